@@ -1,0 +1,244 @@
+"""Command-line interface: ``bayes-annot fit | simulate | demo``.
+
+Bad input prints one line ``bayes-annot: error: ...`` to stderr and exits with
+code 2, leaving no output behind; warnings print as ``bayes-annot: warning: ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+from .errors import InputError
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERNAL = 1
+
+
+def _labels_spec(text: str):
+    text = text.strip().lower()
+    if text == "arena":
+        return "arena"
+    if ":" in text:
+        low, _, high = text.partition(":")
+        return (int(low), int(high))
+    return int(text)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bayes-annot",
+        description="Estimate each user's annotation quality from comparison-mode preference logs, "
+        "then filter or weight the labels.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    fit = sub.add_parser("fit", help="fit the behaviour model to a log and write users/models/rows/summary")
+    fit.add_argument("input", help="comparison log: .csv, .parquet, .json (Arena battles) or .jsonl")
+    fit.add_argument("--out", required=True, help="output folder (replaced atomically)")
+    cols = fit.add_argument_group("columns")
+    cols.add_argument("--user", default=None, help="user column (default: 'user', else 'judge')")
+    cols.add_argument("--model-a", default="model_a", help="column of the model shown first")
+    cols.add_argument("--model-b", default="model_b", help="column of the model shown second")
+    cols.add_argument("--winner", default="winner", help="winner column (model_a/model_b/tie/tie (bothbad)/a/b/left/right)")
+    cols.add_argument("--p-a", default=None, help="column of known attentive P(model_a chosen) (default: 'p_a' if present)")
+    cols.add_argument("--no-p-a", action="store_true", help="ignore a p_a column and learn strengths")
+    model = fit.add_argument_group("model")
+    model.add_argument("--model", default="two-class", choices=["two-class", "continuous"], help="behaviour model variant")
+    model.add_argument("--mu", type=float, default=None, help="known P(attentive user prefers --strong-model)")
+    model.add_argument("--strong-model", default=None, help="the stronger model for --mu")
+    model.add_argument("--q", type=float, default=None, help="fix the casual position bias (0.5 = fair coin)")
+    engine = fit.add_argument_group("engine")
+    engine.add_argument("--method", default="em", choices=["em", "map", "nuts"], help="inference engine")
+    engine.add_argument("--sampler", default="pymc", choices=["pymc", "nutpie"], help="NUTS implementation")
+    engine.add_argument("--draws", type=int, default=1000)
+    engine.add_argument("--tune", type=int, default=1000)
+    engine.add_argument("--chains", type=int, default=2)
+    engine.add_argument("--max-iter", type=int, default=1000, help="EM iteration cap")
+    engine.add_argument("--tol", type=float, default=1e-9, help="EM relative tolerance")
+    engine.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--filter", default="prob:0.5", help="prob:T, fdr:ALPHA, credible:T or none (default prob:0.5)")
+    fit.add_argument("--quiet", action="store_true", help="print nothing but errors")
+
+    sim = sub.add_parser("simulate", help="write a synthetic comparison log with truth columns")
+    sim.add_argument("--out", required=True, help="output file (.csv, .parquet, .json, .jsonl)")
+    sim.add_argument("--users", type=int, default=1000)
+    sim.add_argument("--models", type=int, default=8)
+    sim.add_argument("--casual-share", type=float, default=0.3)
+    sim.add_argument("--q", type=float, default=0.5, help="casual users' P(left)")
+    sim.add_argument("--labels-per-user", type=_labels_spec, default=(5, 40), help="N, LOW:HIGH or arena (default 5:40)")
+    sim.add_argument("--quality", default="two-class", choices=["two-class", "continuous"])
+    sim.add_argument("--known-mu", type=float, default=None, help="paper setting: two models, known mu, adds p_a")
+    sim.add_argument("--adversarial-share", type=float, default=0.0)
+    sim.add_argument("--tie-rate", type=float, default=0.0)
+    sim.add_argument("--with-text", action="store_true", help="add prompt/response text columns")
+    sim.add_argument("--seed", type=int, default=0)
+
+    demo = sub.add_parser("demo", help="run the main job on the embedded demo log")
+    demo.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
+    demo.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def _write_frame(frame, path: Path) -> None:
+    """Write a frame by suffix, atomically (temporary file, then rename)."""
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".parquet", ".json", ".jsonl"):
+        raise InputError(f"output '{path}': unknown file type '{suffix}', expected .csv, .parquet, .json or .jsonl")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(handle)
+    try:
+        if suffix == ".csv":
+            frame.to_csv(tmp, index=False)
+        elif suffix == ".parquet":
+            frame.to_parquet(tmp, index=False)
+        elif suffix == ".json":
+            frame.to_json(tmp, orient="records", force_ascii=False)
+        else:
+            frame.to_json(tmp, orient="records", lines=True, force_ascii=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _print_summary(result, out: Path) -> None:
+    s = result.summary
+    c = s["counts"]
+    params = ", ".join(f"{k}={v:.3f}" for k, v in s["parameters"].items() if isinstance(v, float))
+    print(f"{s['model']} model via {s['engine']}: {c['rows']} rows, {c['users']} users, {c['models']} models ({params})")
+    if s.get("iterations") is not None:
+        print(f"  iterations: {s['iterations']}, converged: {s['converged']}, runtime: {s['runtime_seconds']:.2f} s")
+    if "rhat_max" in s:
+        print(f"  rhat_max={s['rhat_max']:.4f} ess_bulk_min={s['ess_bulk_min']:.0f} divergences={s['divergences']}")
+    f = s["filter"]
+    print(
+        f"  filter {f['rule']}: kept {c['kept_users']} users, {c['kept_rows']} rows "
+        f"(expected casual share among kept {f['expected_casual_share']:.3f})"
+    )
+    top = result.models.sort_values("strength", ascending=False)
+    if top["strength"].notna().any():
+        print("  strongest models: " + ", ".join(f"{m} ({v:+.2f})" for m, v in zip(top.model[:5], top.strength[:5])))
+    print(f"wrote {out}/users.csv, models.csv, rows.csv, summary.json")
+
+
+def _cmd_fit(args) -> int:
+    from .fit import fit
+
+    result = fit(
+        args.input,
+        model=args.model,
+        method=args.method,
+        filter=args.filter,
+        user=args.user,
+        model_a=args.model_a,
+        model_b=args.model_b,
+        winner=args.winner,
+        p_a=args.p_a,
+        use_p_a=not args.no_p_a,
+        mu=args.mu,
+        strong_model=args.strong_model,
+        q=args.q,
+        tol=args.tol,
+        max_iter=args.max_iter,
+        draws=args.draws,
+        tune=args.tune,
+        chains=args.chains,
+        sampler=args.sampler,
+        progress=None,
+        seed=args.seed,
+    )
+    out = Path(args.out)
+    result.save(out)
+    if not args.quiet:
+        _print_summary(result, out)
+    return 0
+
+
+def _cmd_simulate(args) -> int:
+    from .simulate import simulate
+
+    try:
+        frame = simulate(
+            n_users=args.users,
+            n_models=args.models,
+            casual_share=args.casual_share,
+            q=args.q,
+            labels_per_user=args.labels_per_user,
+            quality=args.quality,
+            known_mu=args.known_mu,
+            adversarial_share=args.adversarial_share,
+            tie_rate=args.tie_rate,
+            with_text=args.with_text,
+            seed=args.seed,
+        )
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
+    out = Path(args.out)
+    _write_frame(frame, out)
+    print(f"wrote {len(frame)} rows, {args.users} users to {out}")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from .datasets import DEMO_SETTINGS, load_demo
+    from .fit import fit
+
+    out = Path(args.out)
+    log = load_demo()
+    print(
+        f"demo log: {len(log)} rows from {DEMO_SETTINGS['n_users']} simulated users, {DEMO_SETTINGS['n_models']} models, "
+        f"{DEMO_SETTINGS['casual_share']:.0%} casual (seed {DEMO_SETTINGS['seed']})"
+    )
+    result = fit(log, filter="fdr:0.1", seed=args.seed)
+    result.save(out)
+    _print_summary(result, out)
+    from .metrics import auc
+    from .simulate import truth_users
+
+    truth = truth_users(log)
+    users = result.users.set_index("user").loc[truth.index]
+    print(f"  check against the simulated truth: AUC of quality vs true type = {auc(users.quality, truth.true_attentive):.3f}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    handlers = {"fit": _cmd_fit, "simulate": _cmd_simulate, "demo": _cmd_demo}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            code = handlers[args.command](args)
+        except InputError as exc:
+            print(f"bayes-annot: error: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        except KeyboardInterrupt:
+            print("bayes-annot: interrupted", file=sys.stderr)
+            return 130
+        except Exception as exc:  # an unexpected failure: one line, traceback only with --debug
+            if args.debug:
+                raise
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            print(f"bayes-annot: internal error: {type(exc).__name__}: {first} (rerun with --debug for details)", file=sys.stderr)
+            return EXIT_INTERNAL
+        finally:
+            seen = set()
+            for item in caught:
+                if issubclass(item.category, (DeprecationWarning, PendingDeprecationWarning, FutureWarning)):
+                    continue
+                text = str(item.message).strip().splitlines()[0] if str(item.message).strip() else ""
+                if text and text not in seen:
+                    seen.add(text)
+                    print(f"bayes-annot: warning: {text}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,418 @@
+"""Reading, validating and encoding comparison-mode logs.
+
+One row of input is one annotation: a ``user`` saw the responses of
+``model_a`` (shown first) and ``model_b`` and picked a ``winner``. This module
+turns such a table into integer-coded arrays for the engines while keeping the
+original labels, and accounts for every input row: a row is either *usable*
+(it enters the likelihood) or carries the reason it does not (``tie``,
+``same_model``). Anything that cannot be interpreted raises
+:class:`~bayes_annot.errors.InputError` with a one-line message naming the
+column, value and row.
+
+Documented normalisations
+-------------------------
+* ids (user, model) are compared as text with surrounding whitespace removed,
+  so ``1`` and ``"1"`` and ``" 1 "`` are the same user; whole-number floats
+  (``1.0``, which is how a column of integers with gaps often arrives) are read
+  as integers;
+* ``winner`` values are matched case-insensitively with surrounding and
+  repeated inner whitespace removed;
+* ``p_a`` of exactly 0 or 1 is clipped to ``[1e-6, 1 - 1e-6]`` with a warning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import InputError
+
+__all__ = [
+    "WINNER_VALUES",
+    "REASONS",
+    "ColumnMap",
+    "PreparedData",
+    "read_table",
+    "prepare",
+    "file_sha256",
+]
+
+#: Accepted ``winner`` values (after normalisation) and what they mean.
+WINNER_VALUES: dict[str, str] = {
+    "model_a": "a",
+    "a": "a",
+    "left": "a",
+    "model_b": "b",
+    "b": "b",
+    "right": "b",
+    "tie": "tie",
+    "tie (bothbad)": "tie",
+    "tie(bothbad)": "tie",
+}
+
+#: Every reason a row of ``rows.csv`` can carry.
+REASONS: dict[str, str] = {
+    "ok": "kept: enters the likelihood and its user passed the filter",
+    "tie": "the user declared a tie; not in the likelihood",
+    "same_model": "both responses came from the same model; carries no information",
+    "user_low_quality": "its user did not pass the filter",
+}
+
+P_A_CLIP = 1e-6
+_USER_ALIASES = ("user", "judge", "worker", "annotator")
+
+
+@dataclass(frozen=True)
+class ColumnMap:
+    """Names of the input columns that play each role.
+
+    ``user=None`` means: use ``user``, else Arena's ``judge`` (then ``worker``,
+    ``annotator``). ``p_a=None`` means: use a column called ``p_a`` if present.
+    """
+
+    user: str | None = None
+    model_a: str = "model_a"
+    model_b: str = "model_b"
+    winner: str = "winner"
+    p_a: str | None = None
+
+
+@dataclass
+class PreparedData:
+    """A validated, integer-coded comparison log.
+
+    Attributes
+    ----------
+    frame : pandas.DataFrame
+        The input rows, unchanged, in input order.
+    columns : dict
+        Resolved role -> column name.
+    user_labels, model_labels : numpy.ndarray of str
+        Original ids, sorted; codes index into these.
+    user, model_a, model_b : numpy.ndarray of int32
+        Codes per input row.
+    choice_a : numpy.ndarray of int8
+        1 when ``model_a`` was chosen, 0 when ``model_b`` was, -1 for a tie.
+    p_a : numpy.ndarray of float or None
+        Known attentive probability of picking ``model_a`` per row.
+    reason : numpy.ndarray of object
+        ``""`` for usable rows, else ``"tie"`` / ``"same_model"``.
+    """
+
+    frame: pd.DataFrame
+    columns: dict[str, str | None]
+    user_labels: np.ndarray
+    model_labels: np.ndarray
+    user: np.ndarray
+    model_a: np.ndarray
+    model_b: np.ndarray
+    choice_a: np.ndarray
+    p_a: np.ndarray | None
+    reason: np.ndarray
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.user.shape[0])
+
+    @property
+    def n_users(self) -> int:
+        return int(self.user_labels.shape[0])
+
+    @property
+    def n_models(self) -> int:
+        return int(self.model_labels.shape[0])
+
+    @property
+    def usable(self) -> np.ndarray:
+        """Boolean mask of rows that enter the likelihood."""
+        return self.reason == ""
+
+    def counts(self) -> dict[str, int]:
+        usable = self.usable
+        return {
+            "rows": self.n_rows,
+            "rows_in_likelihood": int(usable.sum()),
+            "ties": int((self.reason == "tie").sum()),
+            "same_model": int((self.reason == "same_model").sum()),
+            "users": self.n_users,
+            "models": self.n_models,
+        }
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (recorded in ``summary.json``)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read a comparison log from ``.csv``, ``.parquet``, ``.json`` or ``.jsonl``.
+
+    CSV cells are read as text (ids keep leading zeros, nothing is guessed);
+    ``.json`` is a list of records (Chatbot Arena's battle dump) or a
+    column-oriented object; ``.jsonl`` is one record per line.
+
+    Raises
+    ------
+    InputError
+        The file is missing, is a directory, has an unknown suffix or cannot be
+        parsed; the message names the file (and the line for JSONL).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"input file '{path}' does not exist")
+    if path.is_dir():
+        raise InputError(f"input '{path}' is a directory, expected a .csv, .parquet, .json or .jsonl file")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".csv":
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+        elif suffix in (".parquet", ".pq"):
+            try:
+                import pyarrow  # noqa: F401
+            except ImportError as exc:  # pragma: no cover - depends on the environment
+                raise InputError(
+                    "reading parquet needs pyarrow: pip install 'bayes_annot[parquet]'"
+                ) from exc
+            frame = pd.read_parquet(path)
+        elif suffix == ".json":
+            with open(path, encoding="utf-8") as handle:
+                payload = json.load(handle)
+            if isinstance(payload, dict) and not all(isinstance(v, (list, dict)) for v in payload.values()):
+                raise InputError(f"'{path}': expected a JSON list of records or an object of columns")
+            frame = pd.DataFrame(payload)
+        elif suffix == ".jsonl":
+            records = []
+            with open(path, encoding="utf-8") as handle:
+                for number, line in enumerate(handle, start=1):
+                    if not line.strip():
+                        continue
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        raise InputError(f"'{path}' line {number}: not valid JSON ({exc.msg})") from exc
+                    if not isinstance(record, dict):
+                        raise InputError(f"'{path}' line {number}: expected a JSON object per line")
+                    records.append(record)
+            frame = pd.DataFrame.from_records(records)
+        else:
+            raise InputError(
+                f"input '{path}': unknown file type '{suffix}', expected .csv, .parquet, .json or .jsonl"
+            )
+    except InputError:
+        raise
+    except json.JSONDecodeError as exc:
+        raise InputError(f"'{path}' is not valid JSON (line {exc.lineno}: {exc.msg})") from exc
+    except UnicodeDecodeError as exc:
+        raise InputError(f"'{path}' is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    except pd.errors.EmptyDataError as exc:
+        raise InputError(f"input '{path}' is empty") from exc
+    except (pd.errors.ParserError, ValueError, OSError) as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"cannot read '{path}': {message}") from exc
+    except Exception as exc:  # pyarrow errors and other parser failures
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"cannot read '{path}': {message}") from exc
+    return frame
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def _resolve_columns(frame: pd.DataFrame, columns: ColumnMap) -> dict[str, str | None]:
+    present = list(frame.columns)
+    resolved: dict[str, str | None] = {}
+    if columns.user is not None:
+        resolved["user"] = columns.user
+    else:
+        resolved["user"] = next((c for c in _USER_ALIASES if c in present), "user")
+    resolved["model_a"] = columns.model_a
+    resolved["model_b"] = columns.model_b
+    resolved["winner"] = columns.winner
+    for role in ("user", "model_a", "model_b", "winner"):
+        name = resolved[role]
+        if name not in present:
+            hint = " (also looked for 'judge', 'worker', 'annotator')" if role == "user" and columns.user is None else ""
+            raise InputError(
+                f"missing required column '{name}' for {role}{hint}; columns present: {', '.join(map(str, present)) or 'none'}"
+            )
+    if columns.p_a is not None:
+        if columns.p_a not in present:
+            raise InputError(f"missing column '{columns.p_a}' given for p_a; columns present: {', '.join(map(str, present))}")
+        resolved["p_a"] = columns.p_a
+    else:
+        resolved["p_a"] = "p_a" if "p_a" in present else None
+    return resolved
+
+
+def _as_text(value) -> str:
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace").strip()
+    return str(value).strip()
+
+
+def _is_missing(value) -> bool:
+    if value is None or value is pd.NA or value is pd.NaT:
+        return True
+    if isinstance(value, (float, np.floating)) and np.isnan(value):
+        return True
+    return isinstance(value, str) and value.strip() == ""
+
+
+def _encode_ids(series_list: list[pd.Series], names: list[str]) -> tuple[list[np.ndarray], np.ndarray]:
+    """Encode one or more id columns against a shared sorted vocabulary of text ids."""
+    raw_codes = []
+    raw_uniques = []
+    for series, name in zip(series_list, names):
+        codes, uniques = pd.factorize(series, use_na_sentinel=True)
+        uniques = np.asarray(uniques, dtype=object)
+        missing_unique = np.array([_is_missing(u) for u in uniques], dtype=bool)
+        bad = codes < 0
+        if missing_unique.any():
+            bad |= missing_unique[np.where(codes < 0, 0, codes)] & (codes >= 0)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise InputError(
+                f"column '{name}' has {int(bad.sum())} missing value(s), first at input row {row + 1}"
+            )
+        raw_codes.append(codes)
+        raw_uniques.append([_as_text(u) for u in uniques])
+    vocabulary = np.array(sorted(set().union(*[set(u) for u in raw_uniques])), dtype=object)
+    position = {label: i for i, label in enumerate(vocabulary)}
+    encoded = []
+    for codes, uniques in zip(raw_codes, raw_uniques):
+        remap = np.array([position[u] for u in uniques], dtype=np.int32)
+        encoded.append(remap[codes] if len(remap) else codes.astype(np.int32))
+    return encoded, vocabulary
+
+
+def _encode_winner(series: pd.Series, name: str) -> np.ndarray:
+    codes, uniques = pd.factorize(series, use_na_sentinel=True)
+    if (codes < 0).any():
+        row = int(np.flatnonzero(codes < 0)[0])
+        raise InputError(f"column '{name}' has a missing value at input row {row + 1}")
+    normalised = [" ".join(_as_text(u).lower().split()) for u in uniques]
+    unknown = [(str(u), i) for i, (u, n) in enumerate(zip(uniques, normalised)) if n not in WINNER_VALUES]
+    if unknown:
+        first_rows = [int(np.flatnonzero(codes == i)[0]) + 1 for _, i in unknown]
+        listed = ", ".join(f"'{v}'" for v, _ in unknown[:10])
+        more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+        raise InputError(
+            f"column '{name}' has unknown value(s) {listed}{more} (first at input row {min(first_rows)}); "
+            "expected model_a, model_b, tie, tie (bothbad), a, b, left or right"
+        )
+    value_of = {"a": 1, "b": 0, "tie": -1}
+    table = np.array([value_of[WINNER_VALUES[n]] for n in normalised], dtype=np.int8)
+    return table[codes]
+
+
+def _encode_p_a(series: pd.Series, name: str, needed: np.ndarray) -> np.ndarray:
+    values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+    non_numeric = np.isnan(values) & ~series.isna().to_numpy() & needed
+    if non_numeric.any():
+        row = int(np.flatnonzero(non_numeric)[0])
+        raise InputError(f"column '{name}' has a non-numeric value '{series.iloc[row]}' at input row {row + 1}")
+    missing = np.isnan(values) & needed
+    if missing.any():
+        row = int(np.flatnonzero(missing)[0])
+        raise InputError(f"column '{name}' has a missing value at input row {row + 1}")
+    outside = ((values < 0) | (values > 1)) & needed
+    if outside.any():
+        row = int(np.flatnonzero(outside)[0])
+        raise InputError(f"column '{name}' value {values[row]:g} at input row {row + 1} is outside [0, 1]")
+    edge = ((values <= 0) | (values >= 1)) & needed
+    if edge.any():
+        warnings.warn(
+            f"column '{name}': {int(edge.sum())} value(s) of exactly 0 or 1 clipped to "
+            f"[{P_A_CLIP:g}, {1 - P_A_CLIP:g}] (first at input row {int(np.flatnonzero(edge)[0]) + 1})",
+            UserWarning,
+            stacklevel=3,
+        )
+    return np.clip(np.where(np.isnan(values), 0.5, values), P_A_CLIP, 1 - P_A_CLIP)
+
+
+def prepare(frame: pd.DataFrame, columns: ColumnMap | None = None) -> PreparedData:
+    """Validate and encode a comparison log.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        One row per annotation; extra columns are carried through untouched.
+    columns : ColumnMap, optional
+        Which columns hold user, models, winner and (optionally) ``p_a``.
+
+    Returns
+    -------
+    PreparedData
+
+    Raises
+    ------
+    InputError
+        Empty input, a missing required column, missing ids, unknown winner
+        values (all listed), or a ``p_a`` that is not a probability.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from bayes_annot.data import prepare
+    >>> log = pd.DataFrame({"user": ["u1", "u1"], "model_a": ["x", "y"],
+    ...                     "model_b": ["y", "y"], "winner": ["model_a", "tie"]})
+    >>> prepare(log).reason.tolist()
+    ['', 'same_model']
+    """
+    columns = columns or ColumnMap()
+    if not isinstance(frame, pd.DataFrame):
+        raise InputError(f"expected a pandas DataFrame or a file path, got {type(frame).__name__}")
+    if frame.shape[0] == 0:
+        raise InputError("input is empty: no rows")
+    if frame.columns.duplicated().any():
+        dup = frame.columns[frame.columns.duplicated()][0]
+        raise InputError(f"column '{dup}' appears more than once")
+    resolved = _resolve_columns(frame, columns)
+    frame = frame.reset_index(drop=True)
+
+    (user,), user_labels = _encode_ids([frame[resolved["user"]]], [resolved["user"]])
+    (model_a, model_b), model_labels = _encode_ids(
+        [frame[resolved["model_a"]], frame[resolved["model_b"]]], [resolved["model_a"], resolved["model_b"]]
+    )
+    choice_a = _encode_winner(frame[resolved["winner"]], resolved["winner"])
+
+    reason = np.full(frame.shape[0], "", dtype=object)
+    reason[choice_a < 0] = "tie"
+    reason[model_a == model_b] = "same_model"
+    p_a = None
+    if resolved["p_a"] is not None:
+        p_a = _encode_p_a(frame[resolved["p_a"]], resolved["p_a"], reason == "")
+    notes = []
+    if len(model_labels) < 2:
+        raise InputError(
+            f"only one model ('{model_labels[0]}') in columns '{resolved['model_a']}'/'{resolved['model_b']}': nothing to compare"
+        )
+    return PreparedData(
+        frame=frame,
+        columns=resolved,
+        user_labels=np.asarray(user_labels, dtype=object),
+        model_labels=np.asarray(model_labels, dtype=object),
+        user=user.astype(np.int32),
+        model_a=model_a.astype(np.int32),
+        model_b=model_b.astype(np.int32),
+        choice_a=choice_a,
+        p_a=p_a,
+        reason=reason,
+        notes=notes,
+    )

@@ -1,0 +1,413 @@
+r"""EM engine for the user behaviour model (vectorised numpy, log space).
+
+The engine maximises the *penalised* observed log-likelihood (log-likelihood
+plus the log priors of :class:`~bayes_annot.likelihood.Priors`), i.e. it finds
+the MAP of the global parameters, with the discrete latents summed out. Each
+iteration is one E-step (responsibilities: per user for ``two-class``, per
+label for ``continuous``) and one M-step:
+
+* ``pi`` and ``q``: closed form (Beta-prior MAP);
+* strengths ``s``: weighted Bradley–Terry with a ridge (the Normal prior),
+  solved to convergence by Newton's method with backtracking on the
+  ``K x K`` table of weighted win counts (so its cost does not grow with rows);
+* ``theta_u = logit(eta_u)`` (continuous): a vectorised one-dimensional Newton
+  per user, then the population mean ``m`` in closed form.
+
+Every M-step maximises its block exactly, so the penalised log-likelihood never
+decreases (a tested property); ``loglik_trace`` records it per iteration.
+Per-user sums use ``np.bincount``; the per-row work per iteration is a few
+gathers and bincounts, which keeps 10^7 rows within seconds.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.special import expit, log_expit, logit
+from scipy.stats import norm
+
+from .likelihood import (
+    Priors,
+    continuous_label_loglik,
+    continuous_label_responsibility,
+    log_beta_pdf,
+    log_normal_pdf,
+    two_class_posterior,
+    two_class_user_loglik,
+)
+
+__all__ = ["EMProblem", "EMResult", "fit_em", "fit_bradley_terry", "pair_weights"]
+
+
+@dataclass
+class EMProblem:
+    """The labels that enter the likelihood, integer-coded.
+
+    Attributes
+    ----------
+    user, model_a, model_b : int32 arrays (n,)
+        Codes; ``user`` indexes ``n_users`` users, models index ``n_models``.
+    choice_a : int8 array (n,)
+        1 when ``model_a`` was chosen, else 0.
+    n_users, n_models : int
+    known_logit_mu : float array (n,) or None
+        Attentive log-odds of choosing ``model_a`` when strengths are known;
+        ``None`` means strengths are learned.
+    """
+
+    user: np.ndarray
+    model_a: np.ndarray
+    model_b: np.ndarray
+    choice_a: np.ndarray
+    n_users: int
+    n_models: int
+    known_logit_mu: np.ndarray | None = None
+
+    @property
+    def n_labels(self) -> int:
+        return int(self.user.shape[0])
+
+    @property
+    def learned(self) -> bool:
+        return self.known_logit_mu is None
+
+    def cell(self) -> np.ndarray:
+        """Index of (model_a, model_b, choice) in a flattened ``K x K x 2`` table."""
+        k = self.n_models
+        return (self.model_a.astype(np.int64) * k + self.model_b) * 2 + self.choice_a
+
+
+@dataclass
+class EMResult:
+    """What the EM engine estimated (arrays over all users / models)."""
+
+    variant: str
+    pi: float | None
+    q: float
+    strengths: np.ndarray | None
+    quality: np.ndarray
+    p_eta_above_half: np.ndarray | None
+    theta: np.ndarray | None
+    m: float | None
+    tau: float | None
+    n_labels_user: np.ndarray
+    informative: np.ndarray
+    loglik: float
+    loglik_trace: list[float]
+    n_iter: int
+    converged: bool
+    runtime_seconds: float
+    user_loglik: np.ndarray = field(repr=False, default=None)
+
+
+# --------------------------------------------------------------------------- Bradley–Terry
+
+
+def pair_weights(cell: np.ndarray, weights: np.ndarray | None, n_models: int) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted counts ``W1[a, b]`` (model_a chosen) and ``W0[a, b]`` (model_b chosen)."""
+    table = np.bincount(cell, weights=weights, minlength=2 * n_models * n_models).reshape(n_models, n_models, 2)
+    return table[:, :, 1], table[:, :, 0]
+
+
+def _bt_objective(s, w1, w0, sigma):
+    d = s[:, None] - s[None, :]
+    return float((w1 * log_expit(d)).sum() + (w0 * log_expit(-d)).sum() - 0.5 * (s @ s) / sigma**2)
+
+
+def fit_bradley_terry(
+    w1: np.ndarray,
+    w0: np.ndarray,
+    sigma: float,
+    start: np.ndarray | None = None,
+    tol: float = 1e-10,
+    max_iter: int = 100,
+) -> np.ndarray:
+    r"""Weighted Bradley–Terry strengths with a Normal(0, sigma) ridge (Newton).
+
+    Maximises :math:`\sum_{a,b} W^1_{ab}\log\sigma(s_a - s_b) + W^0_{ab}\log\sigma(s_b - s_a)
+    - \lVert s\rVert^2 / (2\sigma^2)`, a strictly concave function, by Newton's
+    method with backtracking; the analytic gradient is checked against finite
+    differences in the tests.
+    """
+    k = w1.shape[0]
+    s = np.zeros(k) if start is None else np.array(start, dtype=float)
+    value = _bt_objective(s, w1, w0, sigma)
+    for _ in range(max_iter):
+        d = s[:, None] - s[None, :]
+        p = expit(d)
+        g_pair = w1 * (1.0 - p) - w0 * p
+        grad = g_pair.sum(axis=1) - g_pair.sum(axis=0) - s / sigma**2
+        c = (w1 + w0) * p * (1.0 - p)
+        c = c + c.T
+        neg_hess = np.diag(c.sum(axis=1)) - c + np.eye(k) / sigma**2
+        step = np.linalg.solve(neg_hess, grad)
+        t = 1.0
+        while True:
+            candidate = s + t * step
+            new_value = _bt_objective(candidate, w1, w0, sigma)
+            if new_value >= value - 1e-12 * abs(value) or t < 1e-8:
+                break
+            t *= 0.5
+        s, improvement, value = candidate, new_value - value, new_value
+        if np.max(np.abs(t * step)) < tol or abs(improvement) < 1e-14 * (1.0 + abs(value)):
+            break
+    return s
+
+
+def bradley_terry_gradient(s, w1, w0, sigma):
+    """Analytic gradient of the ridge Bradley–Terry objective (exposed for tests)."""
+    p = expit(s[:, None] - s[None, :])
+    g_pair = w1 * (1.0 - p) - w0 * p
+    return g_pair.sum(axis=1) - g_pair.sum(axis=0) - s / sigma**2
+
+
+# --------------------------------------------------------------------------- shared pieces
+
+
+def _attentive_table(s: np.ndarray) -> np.ndarray:
+    """log P_att for every (model_a, model_b, choice) cell, flattened."""
+    d = s[:, None] - s[None, :]
+    return np.stack([log_expit(-d), log_expit(d)], axis=-1).ravel()
+
+
+def _attentive_rows(problem: EMProblem, cell: np.ndarray | None, strengths: np.ndarray | None) -> np.ndarray:
+    if problem.learned:
+        return _attentive_table(strengths)[cell]
+    sign = 2.0 * problem.choice_a - 1.0
+    return log_expit(sign * problem.known_logit_mu)
+
+
+def _row_logit_mu(problem: EMProblem, strengths: np.ndarray | None) -> np.ndarray:
+    if problem.learned:
+        return strengths[problem.model_a] - strengths[problem.model_b]
+    return problem.known_logit_mu
+
+
+def _informative_users(problem: EMProblem, strengths, q: float, tol: float) -> np.ndarray:
+    """Users with at least one label whose attentive and casual distributions differ."""
+    differs = np.abs(_row_logit_mu(problem, strengths) - logit(q)) > tol
+    return np.bincount(problem.user, weights=differs, minlength=problem.n_users) > 0
+
+
+def _update_q(casual_weight_a: float, casual_weight: float, priors: Priors) -> float:
+    return (casual_weight_a + priors.q_alpha - 1.0) / (casual_weight + priors.q_alpha + priors.q_beta - 2.0)
+
+
+def _initial_strengths(problem: EMProblem, cell, priors: Priors):
+    if not problem.learned:
+        return None
+    w1, w0 = pair_weights(cell, None, problem.n_models)
+    return fit_bradley_terry(w1, w0, priors.strength_sigma)
+
+
+# --------------------------------------------------------------------------- two-class
+
+
+def _two_class_objective(att_sum, cas_sum, active, pi, q, strengths, priors, q_free):
+    value = float(two_class_user_loglik(att_sum[active], cas_sum[active], pi).sum())
+    value += float(log_beta_pdf(pi, priors.pi_alpha, priors.pi_beta))
+    if q_free:
+        value += float(log_beta_pdf(q, priors.q_alpha, priors.q_beta))
+    if strengths is not None:
+        value += float(log_normal_pdf(strengths, 0.0, priors.strength_sigma).sum())
+    return value
+
+
+def _fit_two_class(problem, priors, q_fixed, tol, max_iter, callback):
+    cell = problem.cell() if problem.learned else None
+    n_user = np.bincount(problem.user, minlength=problem.n_users).astype(float)
+    n_user_a = np.bincount(problem.user, weights=problem.choice_a, minlength=problem.n_users)
+    active = n_user > 0
+    n_active = int(active.sum())
+    strengths = _initial_strengths(problem, cell, priors)
+    pi = 0.5
+    q = 0.5 if q_fixed is None else float(q_fixed)
+    att_rows = _attentive_rows(problem, cell, strengths)
+    trace: list[float] = []
+    converged = False
+    iteration = 0
+    while True:
+        att_sum = np.bincount(problem.user, weights=att_rows, minlength=problem.n_users)
+        cas_sum = n_user_a * np.log(q) + (n_user - n_user_a) * np.log1p(-q)
+        value = _two_class_objective(att_sum, cas_sum, active, pi, q, strengths, priors, q_fixed is None)
+        trace.append(value)
+        if callback is not None:
+            callback(iteration, value)
+        if len(trace) > 1 and abs(trace[-1] - trace[-2]) <= tol * (1.0 + abs(value)):
+            converged = True
+            break
+        if iteration >= max_iter:
+            break
+        iteration += 1
+        # E-step: per-user posterior of being attentive
+        p_attentive = two_class_posterior(att_sum, cas_sum, pi)
+        # M-step
+        pi = (p_attentive[active].sum() + priors.pi_alpha - 1.0) / (n_active + priors.pi_alpha + priors.pi_beta - 2.0)
+        if q_fixed is None:
+            casual = 1.0 - p_attentive
+            q = _update_q(float(casual @ n_user_a), float(casual @ n_user), priors)
+        if problem.learned:
+            w1, w0 = pair_weights(cell, p_attentive[problem.user], problem.n_models)
+            strengths = fit_bradley_terry(w1, w0, priors.strength_sigma, start=strengths)
+            att_rows = _attentive_rows(problem, cell, strengths)
+    quality = two_class_posterior(att_sum, cas_sum, pi)
+    quality[~active] = pi
+    user_ll = np.where(active, two_class_user_loglik(att_sum, cas_sum, pi), 0.0)
+    return dict(
+        pi=float(pi), q=float(q), strengths=strengths, quality=quality, p_eta_above_half=None,
+        theta=None, m=None, tau=None, n_labels_user=n_user.astype(np.int64), loglik=trace[-1],
+        loglik_trace=trace, n_iter=iteration, converged=converged, user_loglik=user_ll,
+    )
+
+
+# --------------------------------------------------------------------------- continuous
+
+
+def _update_theta(attentive_sum, n_user, m, tau, theta, tol=1e-12, max_iter=100):
+    """Per-user MAP of theta = logit(eta) given label responsibilities (vectorised Newton)."""
+    theta = theta.copy()
+    inv_tau2 = 1.0 / tau**2
+    for _ in range(max_iter):
+        p = expit(theta)
+        grad = attentive_sum - n_user * p - (theta - m) * inv_tau2
+        curvature = n_user * p * (1.0 - p) + inv_tau2
+        step = np.clip(grad / curvature, -4.0, 4.0)
+        theta += step
+        if np.max(np.abs(step), initial=0.0) < tol:
+            break
+    return theta
+
+
+def _continuous_objective(att_rows, cas_rows, theta, user, m, q, strengths, priors, tau, q_free):
+    value = float(continuous_label_loglik(att_rows, cas_rows, theta[user]).sum())
+    value += float(log_normal_pdf(theta, m, tau).sum())
+    value += float(log_normal_pdf(m, priors.eta_m_mu, priors.eta_m_sigma))
+    if q_free:
+        value += float(log_beta_pdf(q, priors.q_alpha, priors.q_beta))
+    if strengths is not None:
+        value += float(log_normal_pdf(strengths, 0.0, priors.strength_sigma).sum())
+    return value
+
+
+def _fit_continuous(problem, priors, q_fixed, tol, max_iter, callback):
+    cell = problem.cell() if problem.learned else None
+    n_user = np.bincount(problem.user, minlength=problem.n_users).astype(float)
+    choice = problem.choice_a.astype(float)
+    strengths = _initial_strengths(problem, cell, priors)
+    tau = priors.eta_tau
+    m = float(logit(0.7))
+    theta = np.full(problem.n_users, m)
+    q = 0.5 if q_fixed is None else float(q_fixed)
+    att_rows = _attentive_rows(problem, cell, strengths)
+    trace: list[float] = []
+    converged = False
+    iteration = 0
+    while True:
+        cas_rows = np.where(problem.choice_a == 1, np.log(q), np.log1p(-q))
+        value = _continuous_objective(att_rows, cas_rows, theta, problem.user, m, q, strengths, priors, tau, q_fixed is None)
+        trace.append(value)
+        if callback is not None:
+            callback(iteration, value)
+        if len(trace) > 1 and abs(trace[-1] - trace[-2]) <= tol * (1.0 + abs(value)):
+            converged = True
+            break
+        if iteration >= max_iter:
+            break
+        iteration += 1
+        # E-step: per-label posterior of attentive behaviour
+        resp = continuous_label_responsibility(att_rows, cas_rows, theta[problem.user])
+        # M-step
+        attentive_sum = np.bincount(problem.user, weights=resp, minlength=problem.n_users)
+        theta = _update_theta(attentive_sum, n_user, m, tau, theta)
+        m = (theta.sum() / tau**2 + priors.eta_m_mu / priors.eta_m_sigma**2) / (
+            problem.n_users / tau**2 + 1.0 / priors.eta_m_sigma**2
+        )
+        if q_fixed is None:
+            casual = 1.0 - resp
+            q = _update_q(float(casual @ choice), float(casual.sum()), priors)
+        if problem.learned:
+            w1, w0 = pair_weights(cell, resp, problem.n_models)
+            strengths = fit_bradley_terry(w1, w0, priors.strength_sigma, start=strengths)
+            att_rows = _attentive_rows(problem, cell, strengths)
+    # Laplace approximation of each user's posterior of theta (other parameters at their MAP):
+    # d^2/dtheta^2 log p(y_r) = w_r (1 - w_r) - sigma(theta)(1 - sigma(theta)).
+    resp = continuous_label_responsibility(att_rows, cas_rows, theta[problem.user])
+    eta = expit(theta)
+    curvature_rows = np.bincount(problem.user, weights=resp * (1.0 - resp), minlength=problem.n_users)
+    precision = n_user * eta * (1.0 - eta) - curvature_rows + 1.0 / tau**2
+    precision = np.maximum(precision, 1e-6)
+    p_above = norm.cdf(theta * np.sqrt(precision))
+    user_ll = np.bincount(
+        problem.user, weights=continuous_label_loglik(att_rows, cas_rows, theta[problem.user]), minlength=problem.n_users
+    )
+    return dict(
+        pi=None, q=float(q), strengths=strengths, quality=eta, p_eta_above_half=p_above,
+        theta=theta, m=float(m), tau=float(tau), n_labels_user=n_user.astype(np.int64), loglik=trace[-1],
+        loglik_trace=trace, n_iter=iteration, converged=converged, user_loglik=user_ll,
+    )
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def fit_em(
+    problem: EMProblem,
+    variant: str = "two-class",
+    priors: Priors | None = None,
+    q_fixed: float | None = None,
+    tol: float = 1e-9,
+    max_iter: int = 1000,
+    informative_tol: float = 0.1,
+    callback=None,
+) -> EMResult:
+    """Fit the behaviour model by EM.
+
+    Parameters
+    ----------
+    problem : EMProblem
+        The labels in the likelihood.
+    variant : {"two-class", "continuous"}
+    priors : Priors, optional
+    q_fixed : float, optional
+        Fix the casual position bias (e.g. 0.5 for a fair coin); estimated when ``None``.
+    tol : float
+        Stop when the penalised log-likelihood changes by less than
+        ``tol * (1 + |loglik|)`` between iterations.
+    max_iter : int
+    informative_tol : float
+        A user is *uninformative* when, on every one of their labels, the
+        attentive and casual log-odds of choosing ``model_a`` differ by less
+        than this (e.g. only same-strength pairs with a fair-coin casual
+        behaviour): their quality stays at the prior level.
+    callback : callable(iteration, loglik), optional
+        Called once per iteration (progress reporting).
+
+    Returns
+    -------
+    EMResult
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from bayes_annot.em import EMProblem, fit_em
+    >>> rng = np.random.default_rng(0)
+    >>> n = 2000
+    >>> problem = EMProblem(user=rng.integers(0, 100, n).astype(np.int32),
+    ...     model_a=np.zeros(n, np.int32), model_b=np.ones(n, np.int32),
+    ...     choice_a=rng.integers(0, 2, n).astype(np.int8), n_users=100, n_models=2)
+    >>> result = fit_em(problem)
+    >>> bool(np.all(np.diff(result.loglik_trace) >= -1e-8))
+    True
+    """
+    if variant not in ("two-class", "continuous"):
+        raise ValueError(f"unknown model variant '{variant}', expected 'two-class' or 'continuous'")
+    priors = priors or Priors()
+    if q_fixed is not None and not 0.0 < q_fixed < 1.0:
+        raise ValueError(f"q must be in (0, 1), got {q_fixed}")
+    start = time.perf_counter()
+    fitter = _fit_two_class if variant == "two-class" else _fit_continuous
+    out = fitter(problem, priors, q_fixed, tol, max_iter, callback)
+    informative = _informative_users(problem, out["strengths"], out["q"], informative_tol)
+    return EMResult(variant=variant, informative=informative, runtime_seconds=time.perf_counter() - start, **out)

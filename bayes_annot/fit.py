@@ -1,0 +1,570 @@
+"""The estimator and its result: users, models, rows, summary and InferenceData.
+
+``bayes_annot.fit(data, ...)`` is the one entry point for every engine; it
+returns a :class:`FitResult` whose tables follow the output contract of
+DESIGN §5 whatever the engine, and :class:`UserQualityModel` wraps it in
+scikit-learn style (settings in the constructor, ``fit`` returns ``self``,
+fitted attributes end in ``_``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from scipy.special import logit
+
+from . import __version__
+from .data import ColumnMap, PreparedData, file_sha256, prepare, read_table
+from .decide import FilterRule, decide_users, parse_filter
+from .em import EMProblem, fit_em
+from .errors import FitWarning, InputError
+from .likelihood import Priors
+
+__all__ = ["Estimates", "FitResult", "UserQualityModel", "fit", "load", "build_problem"]
+
+VARIANTS = ("two-class", "continuous")
+METHODS = ("em", "map", "nuts")
+OUTPUT_COLUMNS = ("kept", "reason", "weight")
+
+
+@dataclass
+class Estimates:
+    """What any engine hands back (arrays over all users / models)."""
+
+    engine: str
+    variant: str
+    quality: np.ndarray
+    p_good: np.ndarray
+    n_labels_user: np.ndarray
+    informative: np.ndarray
+    strengths: np.ndarray | None
+    parameters: dict
+    quality_low: np.ndarray | None = None
+    quality_high: np.ndarray | None = None
+    strength_low: np.ndarray | None = None
+    strength_high: np.ndarray | None = None
+    loglik: float | None = None
+    loglik_trace: list = field(default_factory=list)
+    n_iter: int | None = None
+    converged: bool | None = None
+    runtime_seconds: float = 0.0
+    diagnostics: dict = field(default_factory=dict)
+    user_loglik: np.ndarray | None = None
+    idata: object | None = None
+
+
+# --------------------------------------------------------------------------- problem set-up
+
+
+def build_problem(
+    data: PreparedData, mu: float | None = None, strong_model: str | None = None, use_p_a: bool = True
+) -> tuple[EMProblem, str]:
+    """Turn prepared data into the engines' arrays; returns the problem and the strength mode."""
+    usable = data.usable
+    choice = data.choice_a[usable].astype(np.int8)
+    a = data.model_a[usable]
+    b = data.model_b[usable]
+    known = None
+    mode = "learned"
+    if mu is not None:
+        if not 0.0 < mu < 1.0:
+            raise InputError(f"mu must lie in (0, 1), got {mu}")
+        if strong_model is None:
+            raise InputError("a global mu needs --strong-model NAME (the model an attentive user prefers with probability mu)")
+        matches = np.flatnonzero(data.model_labels == str(strong_model).strip())
+        if len(matches) == 0:
+            raise InputError(
+                f"strong model '{strong_model}' is not among the models: {', '.join(map(str, data.model_labels[:20]))}"
+            )
+        k = int(matches[0])
+        known = np.where(a == k, logit(mu), np.where(b == k, -logit(mu), 0.0))
+        mode = f"known (mu={mu:g} for '{data.model_labels[k]}')"
+    elif use_p_a and data.p_a is not None:
+        known = logit(data.p_a[usable])
+        mode = f"known (column '{data.columns['p_a']}')"
+    problem = EMProblem(
+        user=data.user[usable],
+        model_a=a,
+        model_b=b,
+        choice_a=choice,
+        n_users=data.n_users,
+        n_models=data.n_models,
+        known_logit_mu=known,
+    )
+    return problem, mode
+
+
+def _graph_components(data: PreparedData) -> np.ndarray:
+    usable = data.usable
+    k = data.n_models
+    graph = coo_matrix((np.ones(int(usable.sum())), (data.model_a[usable], data.model_b[usable])), shape=(k, k))
+    _, labels = connected_components(graph, directed=False)
+    return labels
+
+
+def _known_strengths(problem: EMProblem, data: PreparedData, mu, strong_model) -> np.ndarray | None:
+    if mu is None:
+        return None
+    k = data.n_models
+    strong = int(np.flatnonzero(data.model_labels == str(strong_model).strip())[0])
+    s = np.full(k, -logit(mu) / k)
+    s[strong] = logit(mu) * (k - 1) / k
+    return s
+
+
+# --------------------------------------------------------------------------- result
+
+
+class FitResult:
+    """A fitted behaviour model: tables, summary and the posterior.
+
+    Attributes
+    ----------
+    users : pandas.DataFrame
+        ``user, n_labels, quality, quality_low, quality_high, kept`` (+
+        ``uninformative``, ``n_rows``, and ``p_eta_above_half`` for continuous).
+    models : pandas.DataFrame
+        ``model, strength`` (+ ``strength_low, strength_high`` when sampled, ``n_labels``).
+    rows : pandas.DataFrame
+        Every input row in input order + ``kept, reason, weight``.
+    summary : dict
+        What ``summary.json`` holds.
+    """
+
+    def __init__(self, data: PreparedData, estimates: Estimates, rule: FilterRule, summary_base: dict):
+        self._data = data
+        self.estimates = estimates
+        self._summary_base = summary_base
+        self._apply(rule)
+
+    # ----------------------------------------------------------------- tables
+    def _apply(self, rule: FilterRule) -> None:
+        data, est = self._data, self.estimates
+        eligible = est.n_labels_user > 0
+        keep, info = decide_users(rule, est.quality, est.p_good, est.quality_low, eligible=eligible)
+        self.rule = rule
+        n_rows_user = np.bincount(data.user, minlength=data.n_users)
+        users = pd.DataFrame(
+            {
+                "user": data.user_labels,
+                "n_labels": est.n_labels_user.astype(np.int64),
+                "quality": est.quality,
+                "quality_low": est.quality_low if est.quality_low is not None else np.nan,
+                "quality_high": est.quality_high if est.quality_high is not None else np.nan,
+                "kept": keep,
+                "uninformative": ~est.informative,
+                "n_rows": n_rows_user.astype(np.int64),
+            }
+        )
+        if est.variant == "continuous":
+            users["p_eta_above_half"] = est.p_good
+        self.users = users
+
+        n_labels_model = np.bincount(data.model_a[data.usable], minlength=data.n_models) + np.bincount(
+            data.model_b[data.usable], minlength=data.n_models
+        )
+        models = pd.DataFrame(
+            {
+                "model": data.model_labels,
+                "strength": est.strengths if est.strengths is not None else np.nan,
+            }
+        )
+        if est.strength_low is not None:
+            models["strength_low"] = est.strength_low
+            models["strength_high"] = est.strength_high
+        models["n_labels"] = n_labels_model.astype(np.int64)
+        self.models = models
+
+        reason = data.reason.copy()
+        row_kept = data.usable & keep[data.user]
+        reason[data.usable & ~row_kept] = "user_low_quality"
+        reason[row_kept] = "ok"
+        rows = data.frame.copy()
+        clashes = [c for c in OUTPUT_COLUMNS if c in rows.columns]
+        if clashes:
+            rows = rows.rename(columns={c: f"input_{c}" for c in clashes})
+        rows["kept"] = row_kept
+        rows["reason"] = reason
+        rows["weight"] = est.quality[data.user]
+        self.rows = rows
+
+        summary = json.loads(json.dumps(self._summary_base))
+        summary["counts"].update(
+            kept_rows=int(row_kept.sum()),
+            kept_users=int(keep.sum()),
+        )
+        summary["filter"] = dict(info, kept_rows=int(row_kept.sum()))
+        self.summary = summary
+
+    def filter(self, rule: str | FilterRule) -> "FitResult":
+        """A copy of this result with another filter rule applied (no refit)."""
+        clone = object.__new__(FitResult)
+        clone._data, clone.estimates, clone._summary_base = self._data, self.estimates, self._summary_base
+        clone._apply(parse_filter(rule))
+        return clone
+
+    # ----------------------------------------------------------------- accessors
+    @property
+    def loglik_trace(self) -> list[float]:
+        """Penalised log-likelihood per EM iteration (empty for other engines)."""
+        return list(self.estimates.loglik_trace)
+
+    @property
+    def idata(self):
+        """ArviZ ``InferenceData`` (EM / MAP: 1 chain x 1 draw; NUTS: the posterior)."""
+        if self.estimates.idata is None:
+            from .inference_data import point_estimate_idata
+
+            self.estimates.idata = point_estimate_idata(self._data, self.estimates)
+        return self.estimates.idata
+
+    @property
+    def kept_rows(self) -> pd.DataFrame:
+        """The input rows that passed the filter."""
+        return self.rows[self.rows["kept"]]
+
+    def save(self, directory: str | Path, posterior: bool | None = None) -> Path:
+        """Write ``users.csv``, ``models.csv``, ``rows.csv``, ``summary.json`` atomically.
+
+        The files are written to a temporary folder beside ``directory`` and moved
+        into place only when all are complete, so a failure never leaves a
+        half-written output folder. Sampled results also write ``posterior.nc``
+        unless ``posterior=False``.
+        """
+        directory = Path(directory)
+        parent = directory.resolve().parent
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=parent))
+        try:
+            self.users.to_csv(tmp / "users.csv", index=False, float_format="%.10g")
+            self.models.to_csv(tmp / "models.csv", index=False, float_format="%.10g")
+            self.rows.to_csv(tmp / "rows.csv", index=False, float_format="%.10g")
+            with open(tmp / "summary.json", "w", encoding="utf-8") as handle:
+                json.dump(self.summary, handle, indent=2, sort_keys=False, allow_nan=False)
+                handle.write("\n")
+            if posterior is None:
+                posterior = self.estimates.engine == "nuts"
+            if posterior and self.estimates.idata is not None:
+                self.estimates.idata.to_netcdf(str(tmp / "posterior.nc"))
+            _replace_directory(tmp, directory)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return directory
+
+    # ----------------------------------------------------------------- display
+    def __repr__(self) -> str:
+        s = self.summary
+        c = s["counts"]
+        return (
+            f"<FitResult {s['model']} via {s['engine']}: {c['users']} users, {c['models']} models, "
+            f"{c['rows']} rows; kept {c['kept_users']} users / {c['kept_rows']} rows ({s['filter']['rule']})>"
+        )
+
+    def _repr_html_(self) -> str:
+        s = self.summary
+        c = s["counts"]
+        params = ", ".join(f"{k} = {v:.3g}" for k, v in s["parameters"].items() if isinstance(v, (int, float)))
+        top = self.models.sort_values("strength", ascending=False).head(10)
+        warn = "".join(f"<li>{w}</li>" for w in s.get("warnings", []))
+        return (
+            f"<div><b>bayes_annot FitResult</b> — {s['model']} model, {s['engine']} engine<br>"
+            f"{c['rows']} rows, {c['users']} users, {c['models']} models; "
+            f"kept {c['kept_users']} users and {c['kept_rows']} rows under <code>{s['filter']['rule']}</code> "
+            f"(expected casual share {s['filter']['expected_casual_share']:.3f})<br>{params}"
+            f"{'<ul>' + warn + '</ul>' if warn else ''}"
+            f"{top.to_html(index=False, float_format=lambda v: f'{v:.3f}')}</div>"
+        )
+
+
+def _replace_directory(tmp: Path, directory: Path) -> None:
+    if directory.exists():
+        if not directory.is_dir():
+            raise InputError(f"output path '{directory}' exists and is not a directory")
+        backup = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.resolve().parent))
+        os.rmdir(backup)
+        os.replace(directory, backup)
+        os.replace(tmp, directory)
+        shutil.rmtree(backup, ignore_errors=True)
+    else:
+        os.replace(tmp, directory)
+
+
+# --------------------------------------------------------------------------- fitting
+
+
+def _warn(summary: dict, message: str) -> None:
+    summary["warnings"].append(message)
+    warnings.warn(message, FitWarning, stacklevel=3)
+
+
+def fit(
+    data,
+    *,
+    model: str = "two-class",
+    method: str = "em",
+    filter: str | FilterRule = "prob:0.5",
+    user: str | None = None,
+    model_a: str = "model_a",
+    model_b: str = "model_b",
+    winner: str = "winner",
+    p_a: str | None = None,
+    use_p_a: bool = True,
+    mu: float | None = None,
+    strong_model: str | None = None,
+    q: float | None = None,
+    priors: Priors | None = None,
+    tol: float = 1e-9,
+    max_iter: int = 1000,
+    draws: int = 1000,
+    tune: int = 1000,
+    chains: int = 2,
+    sampler: str = "pymc",
+    progress: bool | None = None,
+    seed: int = 0,
+) -> FitResult:
+    """Fit the user behaviour model to a comparison-mode log.
+
+    Parameters
+    ----------
+    data : str, Path or pandas.DataFrame
+        A ``.csv`` / ``.parquet`` / ``.json`` / ``.jsonl`` file or a frame with
+        one row per annotation.
+    model : {"two-class", "continuous"}
+        Behaviour model variant (DESIGN §2).
+    method : {"em", "map", "nuts"}
+        Engine: EM (default, fast), PyMC MAP, or full posterior by NUTS.
+    filter : str
+        ``prob:T``, ``fdr:ALPHA``, ``credible:T`` or ``none``.
+    user, model_a, model_b, winner, p_a : str
+        Column names (``user`` defaults to ``user``, else ``judge``).
+    use_p_a : bool
+        Use a ``p_a`` column as known attentive probabilities when present.
+    mu, strong_model : float, str
+        The paper's setting: an attentive user prefers ``strong_model`` with
+        probability ``mu`` (other pairs are uninformative).
+    q : float, optional
+        Fix the casual position bias (0.5 = fair coin); estimated if ``None``.
+    priors : Priors, optional
+    tol, max_iter : float, int
+        EM convergence settings.
+    draws, tune, chains, sampler, progress : NUTS settings.
+    seed : int
+
+    Returns
+    -------
+    FitResult
+
+    Examples
+    --------
+    >>> import bayes_annot as ba
+    >>> log = ba.simulate(n_users=300, n_models=4, seed=3)
+    >>> result = ba.fit(log)
+    >>> list(result.users.columns[:6])
+    ['user', 'n_labels', 'quality', 'quality_low', 'quality_high', 'kept']
+    """
+    start = time.perf_counter()
+    if model not in VARIANTS:
+        raise InputError(f"unknown model '{model}', expected one of {', '.join(VARIANTS)}")
+    if method not in METHODS:
+        raise InputError(f"unknown method '{method}', expected one of {', '.join(METHODS)}")
+    if q is not None and not 0.0 < q < 1.0:
+        raise InputError(f"q must lie in (0, 1), got {q}")
+    rule = parse_filter(filter)
+    input_info: dict = {}
+    if isinstance(data, (str, Path)):
+        input_info = {"path": str(data), "sha256": None}
+        frame = read_table(data)
+        input_info["sha256"] = file_sha256(data)
+    elif isinstance(data, pd.DataFrame):
+        frame = data
+        input_info = {"path": None, "sha256": None}
+    else:
+        raise InputError(f"data must be a file path or a pandas DataFrame, got {type(data).__name__}")
+    columns = ColumnMap(user=user, model_a=model_a, model_b=model_b, winner=winner, p_a=p_a)
+    prepared = prepare(frame, columns)
+    priors = priors or Priors()
+    problem, strength_mode = build_problem(prepared, mu=mu, strong_model=strong_model, use_p_a=use_p_a)
+    if problem.n_labels == 0:
+        # Nothing enters the likelihood: no verdict on anybody.
+        estimates = _empty_estimates(prepared, model, method, priors, q)
+    elif method == "em":
+        em = fit_em(problem, variant=model, priors=priors, q_fixed=q, tol=tol, max_iter=max_iter)
+        params = {"q": em.q}
+        if model == "two-class":
+            params = {"pi": em.pi, "q": em.q}
+        else:
+            params = {"m": em.m, "tau": em.tau, "q": em.q}
+        params["mean_quality"] = float(np.mean(em.quality[em.n_labels_user > 0]))
+        strengths = em.strengths if em.strengths is not None else _known_strengths(problem, prepared, mu, strong_model)
+        estimates = Estimates(
+            engine="em",
+            variant=model,
+            quality=em.quality,
+            p_good=em.p_eta_above_half if model == "continuous" else em.quality,
+            n_labels_user=em.n_labels_user,
+            informative=em.informative,
+            strengths=strengths,
+            parameters=params,
+            loglik=em.loglik,
+            loglik_trace=em.loglik_trace,
+            n_iter=em.n_iter,
+            converged=em.converged,
+            runtime_seconds=em.runtime_seconds,
+            user_loglik=em.user_loglik,
+        )
+    else:
+        from .pymc_model import fit_pymc
+
+        estimates = fit_pymc(
+            problem,
+            variant=model,
+            method=method,
+            priors=priors,
+            q_fixed=q,
+            draws=draws,
+            tune=tune,
+            chains=chains,
+            sampler=sampler,
+            progress=progress,
+            seed=seed,
+            user_labels=prepared.user_labels,
+            model_labels=prepared.model_labels,
+        )
+        if estimates.strengths is None:
+            estimates.strengths = _known_strengths(problem, prepared, mu, strong_model)
+
+    counts = prepared.counts()
+    counts["users_in_likelihood"] = int((estimates.n_labels_user > 0).sum())
+    counts["uninformative_users"] = int((~estimates.informative).sum())
+    components = _graph_components(prepared)
+    settings = {
+        "model": model,
+        "method": method,
+        "filter": str(rule),
+        "columns": prepared.columns,
+        "use_p_a": use_p_a,
+        "mu": mu,
+        "strong_model": strong_model,
+        "q": q,
+        "priors": asdict(priors),
+        "tol": tol,
+        "max_iter": max_iter,
+        "seed": seed,
+    }
+    if method == "nuts":
+        settings.update(draws=draws, tune=tune, chains=chains, sampler=sampler)
+    summary = {
+        "bayes_annot_version": __version__,
+        "engine": estimates.engine,
+        "model": model,
+        "strengths": strength_mode,
+        "counts": counts,
+        "parameters": {k: (None if v is None else float(v)) for k, v in estimates.parameters.items()},
+        "loglik": None if estimates.loglik is None else float(estimates.loglik),
+        "iterations": estimates.n_iter,
+        "converged": estimates.converged,
+        "runtime_seconds": None,
+        "comparison_graph_components": int(components.max() + 1) if len(components) else 0,
+        "warnings": [],
+        "input": input_info,
+        "settings": settings,
+    }
+    summary.update(estimates.diagnostics)
+    if problem.n_labels == 0:
+        _warn(summary, "no row enters the likelihood (all ties or same-model pairs): every user is uninformative")
+    elif counts["uninformative_users"] == counts["users"]:
+        _warn(summary, "every user is uninformative (all pairs have attentive probability near the casual one)")
+    elif counts["uninformative_users"]:
+        summary["notes"] = [
+            f"{counts['uninformative_users']} user(s) saw only pairs that carry no information about their quality; "
+            "their quality stays at the prior level (column 'uninformative')"
+        ]
+    if estimates.converged is False:
+        _warn(summary, f"EM did not converge in {estimates.n_iter} iterations; raise max_iter or loosen tol")
+    used = np.unique(np.concatenate([problem.model_a, problem.model_b])) if problem.n_labels else np.array([], int)
+    if len(used) and len(np.unique(components[used])) > 1 and problem.learned:
+        _warn(
+            summary,
+            f"the comparison graph has {len(np.unique(components[used]))} disconnected parts: strengths are "
+            "comparable only within a part (each part is centred at 0)",
+        )
+    summary["runtime_seconds"] = round(time.perf_counter() - start, 4)
+    return FitResult(prepared, estimates, rule, summary)
+
+
+def _empty_estimates(prepared: PreparedData, model: str, method: str, priors: Priors, q) -> Estimates:
+    n = prepared.n_users
+    prior_mean = priors.pi_alpha / (priors.pi_alpha + priors.pi_beta)
+    return Estimates(
+        engine=method,
+        variant=model,
+        quality=np.full(n, prior_mean),
+        p_good=np.full(n, prior_mean),
+        n_labels_user=np.zeros(n, dtype=np.int64),
+        informative=np.zeros(n, dtype=bool),
+        strengths=np.zeros(prepared.n_models),
+        parameters={"q": 0.5 if q is None else q, "mean_quality": prior_mean},
+        loglik=0.0,
+        n_iter=0,
+        converged=True,
+    )
+
+
+class UserQualityModel:
+    """Scikit-learn style wrapper around :func:`fit`.
+
+    Parameters are those of :func:`fit` (except ``data``); ``fit(data)``
+    validates, fits and returns ``self``, with ``result_``, ``users_``,
+    ``models_``, ``rows_`` and ``summary_`` set.
+
+    Examples
+    --------
+    >>> import bayes_annot as ba
+    >>> est = ba.UserQualityModel(model="two-class").fit(ba.simulate(n_users=200, seed=0))
+    >>> est.users_.shape[0]
+    200
+    """
+
+    def __init__(self, **settings):
+        self.settings = settings
+
+    def get_params(self) -> dict:
+        return dict(self.settings)
+
+    def fit(self, data) -> "UserQualityModel":
+        self.result_ = fit(data, **self.settings)
+        self.users_ = self.result_.users
+        self.models_ = self.result_.models
+        self.rows_ = self.result_.rows
+        self.summary_ = self.result_.summary
+        return self
+
+
+def load(directory: str | Path) -> dict:
+    """Read the tables a fit saved (``users``, ``models``, ``rows``, ``summary``, ``idata`` if present)."""
+    directory = Path(directory)
+    if not (directory / "summary.json").exists():
+        raise InputError(f"'{directory}' holds no bayes_annot results (summary.json missing)")
+    out = {
+        "users": pd.read_csv(directory / "users.csv", dtype={"user": str}, keep_default_na=False, na_values=[""]),
+        "models": pd.read_csv(directory / "models.csv", dtype={"model": str}, keep_default_na=False, na_values=[""]),
+        "rows": pd.read_csv(directory / "rows.csv", dtype=str, keep_default_na=False, na_values=[""]),
+        "summary": json.loads((directory / "summary.json").read_text(encoding="utf-8")),
+    }
+    if (directory / "posterior.nc").exists():
+        import arviz as az
+
+        out["idata"] = az.from_netcdf(str(directory / "posterior.nc"))
+    return out

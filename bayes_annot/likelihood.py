@@ -1,0 +1,140 @@
+r"""The user behaviour model's log-probabilities (numpy): one source of truth.
+
+Notation (DESIGN §2). For label :math:`r` by user :math:`u(r)` on the pair
+:math:`(a_r, b_r)` let :math:`y_r = 1` when ``model_a`` was chosen and
+:math:`\ell_r = \operatorname{logit}\mu_r` the attentive log-odds of choosing
+``model_a``: :math:`\ell_r = s_{a_r} - s_{b_r}` (learned Bradley–Terry
+strengths) or :math:`\operatorname{logit} p_{a,r}` (known).
+
+* attentive: :math:`\log P_{att}(y_r) = \log\sigma\big((2y_r - 1)\,\ell_r\big)`;
+* casual: :math:`\log P_{cas}(y_r) = y_r \log q + (1 - y_r)\log(1 - q)`;
+* ``two-class``: with :math:`A_u = \sum_{r \in u} \log P_{att}(y_r)` and
+  :math:`C_u = \sum_{r \in u} \log P_{cas}(y_r)`,
+  :math:`\log p(y_u) = \operatorname{logsumexp}(\log\pi + A_u, \log(1-\pi) + C_u)`
+  and :math:`P(z_u = \text{attentive} \mid y_u) = \sigma(\operatorname{logit}\pi + A_u - C_u)`;
+* ``continuous``: :math:`\eta_u = \sigma(\theta_u)` and
+  :math:`\log p(y_r) = \operatorname{logsumexp}(\log\eta_u + \log P_{att}(y_r), \log(1-\eta_u) + \log P_{cas}(y_r))`.
+
+Priors (the penalties of the EM objective and the PyMC model's priors):
+:math:`\pi, q \sim \mathrm{Beta}(2, 2)`, :math:`s_k \sim \mathcal N(0, \sigma_s^2)`,
+:math:`\theta_u \sim \mathcal N(m, \tau^2)`, :math:`m \sim \mathcal N(m_0, \sigma_m^2)`.
+
+The PyMC back end (:mod:`bayes_annot.pymc_model`) writes the same formulas in
+PyTensor; a test checks the two agree to 1e-8.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import expit, gammaln, log_expit
+
+__all__ = [
+    "Priors",
+    "log_sigmoid",
+    "attentive_logprob",
+    "casual_logprob",
+    "two_class_user_loglik",
+    "two_class_posterior",
+    "continuous_label_loglik",
+    "continuous_label_responsibility",
+    "log_beta_pdf",
+    "log_normal_pdf",
+]
+
+LOG_2PI = float(np.log(2.0 * np.pi))
+
+
+@dataclass(frozen=True)
+class Priors:
+    """Weakly informative priors shared by every engine.
+
+    Attributes
+    ----------
+    pi_alpha, pi_beta : float
+        Beta prior on the attentive share ``pi`` (two-class).
+    q_alpha, q_beta : float
+        Beta prior on the casual position bias ``q``.
+    strength_sigma : float
+        Normal(0, sigma) prior on each model's strength (log-odds units); it also
+        fixes the location, so MAP strengths sum to zero within each connected
+        component of the comparison graph.
+    eta_tau : float
+        Spread of ``logit(eta_u)`` around ``m`` (continuous). EM keeps it fixed
+        (a joint MAP over a free ``tau`` collapses to ``tau = 0``); NUTS gives
+        it a HalfNormal(``eta_tau``) prior instead.
+    eta_m_mu, eta_m_sigma : float
+        Normal prior on the population mean ``m`` of ``logit(eta_u)``.
+    """
+
+    pi_alpha: float = 2.0
+    pi_beta: float = 2.0
+    q_alpha: float = 2.0
+    q_beta: float = 2.0
+    strength_sigma: float = 3.0
+    eta_tau: float = 1.5
+    eta_m_mu: float = 0.0
+    eta_m_sigma: float = 2.0
+
+
+def log_sigmoid(x):
+    """Numerically stable :math:`\\log\\sigma(x)`."""
+    return log_expit(x)
+
+
+def attentive_logprob(choice_a, logit_mu):
+    """Log-probability of each label under the attentive behaviour.
+
+    Parameters
+    ----------
+    choice_a : array of {0, 1}
+        1 when ``model_a`` was chosen.
+    logit_mu : array of float
+        Attentive log-odds of choosing ``model_a``.
+    """
+    sign = 2.0 * np.asarray(choice_a, dtype=float) - 1.0
+    return log_sigmoid(sign * np.asarray(logit_mu, dtype=float))
+
+
+def casual_logprob(choice_a, q):
+    """Log-probability of each label under the casual behaviour (position bias ``q``)."""
+    choice_a = np.asarray(choice_a, dtype=float)
+    return choice_a * np.log(q) + (1.0 - choice_a) * np.log1p(-q)
+
+
+def two_class_user_loglik(att_sum, cas_sum, pi):
+    """Marginal log-likelihood of each user's labels with the type summed out."""
+    return np.logaddexp(np.log(pi) + att_sum, np.log1p(-pi) + cas_sum)
+
+
+def two_class_posterior(att_sum, cas_sum, pi):
+    """Posterior probability that each user is attentive (closed form)."""
+    return expit(np.log(pi) - np.log1p(-pi) + att_sum - cas_sum)
+
+
+def continuous_label_loglik(att_logp, cas_logp, eta_logit):
+    """Log-likelihood of each label under the continuous model (``eta_logit`` per label)."""
+    return np.logaddexp(log_sigmoid(eta_logit) + att_logp, log_sigmoid(-eta_logit) + cas_logp)
+
+
+def continuous_label_responsibility(att_logp, cas_logp, eta_logit):
+    """Posterior probability that each label was given attentively."""
+    return expit(eta_logit + att_logp - cas_logp)
+
+
+def log_beta_pdf(x, alpha, beta):
+    """Log density of Beta(alpha, beta) at ``x``."""
+    return (
+        (alpha - 1.0) * np.log(x)
+        + (beta - 1.0) * np.log1p(-x)
+        + gammaln(alpha + beta)
+        - gammaln(alpha)
+        - gammaln(beta)
+    )
+
+
+def log_normal_pdf(x, mu, sigma):
+    """Log density of Normal(mu, sigma) at ``x`` (elementwise)."""
+    z = (np.asarray(x, dtype=float) - mu) / sigma
+    return -0.5 * z * z - np.log(sigma) - 0.5 * LOG_2PI

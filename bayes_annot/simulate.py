@@ -1,0 +1,201 @@
+r"""Generative simulator of comparison-mode logs with ground truth.
+
+Every simulated user sees pairs of responses from two *different* models
+(chosen uniformly at random, shown in random order) and picks one:
+
+* an attentive label picks ``model_a`` with probability
+  :math:`\sigma(s_a - s_b)` (or the known ``mu`` in the paper's two-model setting);
+* a casual label picks ``model_a`` (the left response) with probability ``q``;
+* an adversarial user (optional) picks the *weaker* model attentively.
+
+``quality="two-class"``: a user is casual with probability ``casual_share`` and
+then every label is casual. ``quality="continuous"``: each user has
+:math:`\eta_u = \sigma(\theta_u)`, :math:`\theta_u \sim N(\operatorname{logit}(1 - \text{casual\_share}), \tau^2)`,
+the chance that any one label is attentive.
+
+Truth columns (prefixed ``true_``) travel with the log: ``true_attentive``
+(user type; for continuous, ``true_eta >= 0.5``), ``true_eta``,
+``true_label_attentive``, ``true_strength_a``, ``true_strength_b`` and
+``true_p_a`` (the attentive probability of choosing ``model_a``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy.special import expit, logit
+
+__all__ = ["simulate", "draw_labels_per_user", "truth_users", "truth_models"]
+
+
+def draw_labels_per_user(n_users: int, spec, rng: np.random.Generator) -> np.ndarray:
+    """Draw the number of labels of each user.
+
+    ``spec`` is an int (everyone the same), a ``(low, high)`` tuple (uniform,
+    inclusive), or ``"arena"``: heavy-tailed like Chatbot Arena, ``Zipf(2)``
+    capped at 200 — about 61% of users vote once and 83% one to three times.
+    """
+    if isinstance(spec, str):
+        if spec != "arena":
+            raise ValueError(f"unknown labels_per_user '{spec}', expected an int, (low, high) or 'arena'")
+        return np.minimum(rng.zipf(2.0, size=n_users), 200).astype(np.int64)
+    if np.isscalar(spec):
+        if int(spec) < 1:
+            raise ValueError("labels_per_user must be at least 1")
+        return np.full(n_users, int(spec), dtype=np.int64)
+    low, high = spec
+    if not 1 <= low <= high:
+        raise ValueError(f"labels_per_user range must satisfy 1 <= low <= high, got {spec}")
+    return rng.integers(int(low), int(high) + 1, size=n_users).astype(np.int64)
+
+
+def simulate(
+    n_users: int = 1000,
+    n_models: int = 8,
+    casual_share: float = 0.3,
+    q: float = 0.5,
+    labels_per_user=(5, 40),
+    quality: str = "two-class",
+    strengths=None,
+    known_mu: float | None = None,
+    eta_tau: float = 1.5,
+    adversarial_share: float = 0.0,
+    tie_rate: float = 0.0,
+    with_text: bool = False,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Simulate a comparison-mode log with its ground truth.
+
+    Parameters
+    ----------
+    n_users, n_models : int
+    casual_share : float
+        Share of casual users (two-class) or ``1 - mean`` of the eta prior's
+        centre (continuous).
+    q : float
+        Casual users' probability of picking the left response (position bias).
+    labels_per_user : int, (low, high) or "arena"
+    quality : {"two-class", "continuous"}
+    strengths : array, optional
+        Model strengths; default evenly spaced from +1.5 (``model_0``) down to -1.5.
+    known_mu : float, optional
+        The paper's setting: two models, the stronger (``model_0``) wins an
+        attentive comparison with probability ``known_mu``; adds a ``p_a`` column.
+    eta_tau : float
+        Spread of ``logit(eta)`` for continuous quality.
+    adversarial_share : float
+        Share of users (taken from the attentive ones) who pick the weaker model.
+    tie_rate : float
+        Probability that any label is a tie (kept in the log, excluded from the fit).
+    with_text : bool
+        Add ``prompt``, ``response_a``, ``response_b`` text columns.
+    seed : int
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``user, model_a, model_b, winner`` (+ ``p_a``, text) and the
+        ``true_*`` columns; ids are categorical to keep large logs small.
+
+    Examples
+    --------
+    >>> from bayes_annot import simulate
+    >>> log = simulate(n_users=50, n_models=4, seed=1)
+    >>> sorted(log.winner.unique())
+    ['model_a', 'model_b']
+    """
+    if quality not in ("two-class", "continuous"):
+        raise ValueError(f"unknown quality '{quality}', expected 'two-class' or 'continuous'")
+    if not 0.0 <= casual_share <= 1.0:
+        raise ValueError("casual_share must be in [0, 1]")
+    if not 0.0 < q < 1.0:
+        raise ValueError("q must be in (0, 1)")
+    rng = np.random.default_rng(seed)
+    if known_mu is not None:
+        if not 0.0 < known_mu < 1.0:
+            raise ValueError("known_mu must be in (0, 1)")
+        n_models = 2
+        strengths = np.array([logit(known_mu) / 2.0, -logit(known_mu) / 2.0])
+    if strengths is None:
+        strengths = np.linspace(1.5, -1.5, n_models)
+    strengths = np.asarray(strengths, dtype=float)
+    if strengths.shape != (n_models,):
+        raise ValueError(f"strengths must have length n_models={n_models}")
+    if n_models < 2:
+        raise ValueError("need at least two models")
+
+    counts = draw_labels_per_user(n_users, labels_per_user, rng)
+    # user types
+    if quality == "two-class":
+        attentive_user = rng.random(n_users) >= casual_share
+        eta = attentive_user.astype(float)
+    else:
+        centre = logit(np.clip(1.0 - casual_share, 1e-3, 1 - 1e-3))
+        eta = expit(centre + eta_tau * rng.standard_normal(n_users))
+        attentive_user = eta >= 0.5
+    adversarial = np.zeros(n_users, dtype=bool)
+    if adversarial_share > 0:
+        candidates = np.flatnonzero(attentive_user)
+        n_adv = min(len(candidates), int(round(adversarial_share * n_users)))
+        adversarial[rng.choice(candidates, size=n_adv, replace=False)] = True
+
+    user = np.repeat(np.arange(n_users), counts)
+    n_rows = user.shape[0]
+    model_a = rng.integers(0, n_models, size=n_rows)
+    model_b = (model_a + rng.integers(1, n_models, size=n_rows)) % n_models
+    p_attentive = expit(strengths[model_a] - strengths[model_b])
+    label_attentive = rng.random(n_rows) < eta[user]
+    p_choose_a = np.where(label_attentive, np.where(adversarial[user], 1.0 - p_attentive, p_attentive), q)
+    choice_a = rng.random(n_rows) < p_choose_a
+    winner_code = np.where(choice_a, 0, 1)
+    if tie_rate > 0:
+        winner_code = np.where(rng.random(n_rows) < tie_rate, 2, winner_code)
+
+    width = len(str(max(n_users - 1, 1)))
+    user_names = np.array([f"u{i:0{width}d}" for i in range(n_users)], dtype=object)
+    model_names = np.array([f"model_{k}" for k in range(n_models)], dtype=object)
+    frame = pd.DataFrame(
+        {
+            "user": pd.Categorical.from_codes(user, categories=user_names),
+            "model_a": pd.Categorical.from_codes(model_a, categories=model_names),
+            "model_b": pd.Categorical.from_codes(model_b, categories=model_names),
+            "winner": pd.Categorical.from_codes(winner_code, categories=["model_a", "model_b", "tie"]),
+        }
+    )
+    if known_mu is not None:
+        frame["p_a"] = p_attentive
+    if with_text:
+        prompt_id = np.arange(n_rows)
+        frame["prompt"] = [f"Prompt {i}: explain topic {i % 97}." for i in prompt_id]
+        frame["response_a"] = [f"Answer by {model_names[m]} to prompt {i}." for m, i in zip(model_a, prompt_id)]
+        frame["response_b"] = [f"Answer by {model_names[m]} to prompt {i}." for m, i in zip(model_b, prompt_id)]
+    frame["true_attentive"] = attentive_user[user] & ~adversarial[user]
+    frame["true_adversarial"] = adversarial[user]
+    frame["true_eta"] = eta[user]
+    frame["true_label_attentive"] = label_attentive
+    frame["true_strength_a"] = strengths[model_a]
+    frame["true_strength_b"] = strengths[model_b]
+    frame["true_p_a"] = p_attentive
+    frame.winner = frame.winner.cat.remove_unused_categories() if tie_rate == 0 else frame.winner
+    return frame
+
+
+def truth_users(log: pd.DataFrame, user: str = "user") -> pd.DataFrame:
+    """One row per user of a simulated log: ``true_attentive``, ``true_eta``, ``n_labels``."""
+    grouped = log.groupby(user, observed=True, sort=True)
+    out = grouped.agg(
+        true_attentive=("true_attentive", "first"),
+        true_eta=("true_eta", "first"),
+        n_labels=("true_eta", "size"),
+    )
+    out.index = out.index.astype(str)
+    return out
+
+
+def truth_models(log: pd.DataFrame) -> pd.Series:
+    """True strength of each model of a simulated log."""
+    a = log.groupby("model_a", observed=True)["true_strength_a"].first()
+    b = log.groupby("model_b", observed=True)["true_strength_b"].first()
+    out = pd.concat([a, b]).groupby(level=0).first()
+    out.index = out.index.astype(str)
+    return out.rename("true_strength")
