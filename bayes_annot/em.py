@@ -359,7 +359,7 @@ def fit_em(
     q_fixed: float | None = None,
     tol: float = 1e-9,
     max_iter: int = 1000,
-    informative_tol: float = 0.1,
+    informative_tol: float = 0.2,
     callback=None,
 ) -> EMResult:
     """Fit the behaviour model by EM.
@@ -379,8 +379,9 @@ def fit_em(
     informative_tol : float
         A user is *uninformative* when, on every one of their labels, the
         attentive and casual log-odds of choosing ``model_a`` differ by less
-        than this (e.g. only same-strength pairs with a fair-coin casual
-        behaviour): their quality stays at the prior level.
+        than this (0.2: |mu - q| below about 0.05; e.g. only same-strength
+        pairs with a fair-coin casual behaviour). Their quality is set to the
+        population level (``pi``, or ``sigmoid(m)`` for continuous): no verdict.
     callback : callable(iteration, loglik), optional
         Called once per iteration (progress reporting).
 
@@ -410,4 +411,10 @@ def fit_em(
     fitter = _fit_two_class if variant == "two-class" else _fit_continuous
     out = fitter(problem, priors, q_fixed, tol, max_iter, callback)
     informative = _informative_users(problem, out["strengths"], out["q"], informative_tol)
+    # No verdict on users whose labels cannot tell the behaviours apart: prior-level quality.
+    if variant == "two-class":
+        out["quality"] = np.where(informative, out["quality"], out["pi"])
+    else:
+        out["quality"] = np.where(informative, out["quality"], expit(out["m"]))
+        out["p_eta_above_half"] = np.where(informative, out["p_eta_above_half"], norm.cdf(out["m"] / out["tau"]))
     return EMResult(variant=variant, informative=informative, runtime_seconds=time.perf_counter() - start, **out)

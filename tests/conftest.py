@@ -1,0 +1,40 @@
+"""Shared fixtures: seeded simulated logs (session scope) and a project-local PyTensor cache."""
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("PYTENSOR_FLAGS", f"base_compiledir={Path(__file__).resolve().parents[1] / '.pytensor_cache'}")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import bayes_annot as ba  # noqa: E402
+
+
+def aligned(result, log):
+    """Users table of a fit aligned with the simulated truth, by user id."""
+    truth = ba.truth_users(log)
+    users = result.users.set_index("user").loc[truth.index]
+    return users, truth
+
+
+@pytest.fixture(scope="session")
+def standard_log():
+    """3,000 users, 8 models, 30% casual (q = 0.5), 5-40 labels per user."""
+    return ba.simulate(n_users=3000, n_models=8, casual_share=0.3, q=0.5, labels_per_user=(5, 40), seed=11)
+
+
+@pytest.fixture(scope="session")
+def standard_fit(standard_log):
+    return ba.fit(standard_log)
+
+
+@pytest.fixture(scope="session")
+def small_log():
+    return ba.simulate(n_users=200, n_models=5, casual_share=0.3, labels_per_user=(3, 15), tie_rate=0.1, seed=5)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)

@@ -1,0 +1,130 @@
+"""The command line: outputs of DESIGN §5, exit codes, nothing half written."""
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+import bayes_annot as ba
+from bayes_annot.cli import main
+from bayes_annot.datasets import real_data_path
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "bayes_annot", *map(str, args)], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def sim_csv(tmp_path_factory):
+    path = tmp_path_factory.mktemp("sim") / "log.csv"
+    assert main(["simulate", "--out", str(path), "--users", "300", "--models", "5", "--tie-rate", "0.05", "--seed", "3"]) == 0
+    return path
+
+
+def test_simulate_writes_truth_columns(sim_csv):
+    log = pd.read_csv(sim_csv)
+    assert {"user", "model_a", "model_b", "winner", "true_attentive", "true_eta", "true_strength_a"} <= set(log.columns)
+    assert log.user.nunique() == 300
+
+
+def test_fit_writes_the_contract(sim_csv, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["fit", str(sim_csv), "--out", str(out), "--filter", "fdr:0.1"]) == 0
+    printed = capsys.readouterr().out
+    assert "kept" in printed and str(out) in printed
+    users = pd.read_csv(out / "users.csv")
+    assert list(users.columns[:6]) == ["user", "n_labels", "quality", "quality_low", "quality_high", "kept"]
+    assert users.quality_low.isna().all()  # EM gives no interval
+    models = pd.read_csv(out / "models.csv")
+    assert list(models.columns[:2]) == ["model", "strength"]
+    rows = pd.read_csv(out / "rows.csv")
+    log = pd.read_csv(sim_csv)
+    assert len(rows) == len(log)
+    assert list(rows.columns[: len(log.columns)]) == list(log.columns)
+    assert {"kept", "reason", "weight"} <= set(rows.columns)
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("engine", "model", "counts", "parameters", "loglik", "iterations", "converged", "runtime_seconds"):
+        assert key in summary
+    for key in ("rows", "users", "models", "kept_rows", "kept_users"):
+        assert key in summary["counts"]
+    assert summary["filter"]["rule"] == "fdr:0.1"
+    assert summary["counts"]["kept_rows"] == int(rows.kept.sum())
+    assert len(summary["input"]["sha256"]) == 64
+
+
+def test_same_seed_same_bytes(sim_csv, tmp_path):
+    for name in ("a", "b"):
+        assert main(["fit", str(sim_csv), "--out", str(tmp_path / name), "--seed", "4"]) == 0
+    for table in ("users.csv", "models.csv", "rows.csv"):
+        assert (tmp_path / "a" / table).read_bytes() == (tmp_path / "b" / table).read_bytes()
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("user,model_a,model_b\nu,x,y\n", "missing required column 'winner'"),
+        ("user,model_a,model_b,winner\nu,x,y,maybe\n", "unknown value(s) 'maybe'"),
+        ("user,model_a,model_b,winner\n", "input is empty"),
+        ("user,model_a,model_b,winner\n,x,y,a\n", "column 'user' has 1 missing value(s), first at input row 1"),
+        ("user,model_a,model_b,winner,p_a\nu,x,y,a,2\n", "column 'p_a' value 2 at input row 1 is outside [0, 1]"),
+    ],
+)
+def test_bad_input_exit_2_one_line_no_output(tmp_path, content, message):
+    path = tmp_path / "bad.csv"
+    path.write_text(content)
+    out = tmp_path / "out"
+    proc = run("fit", path, "--out", out)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_unreadable_and_directory_inputs_exit_2(tmp_path):
+    assert run("fit", tmp_path / "missing.csv", "--out", tmp_path / "o").returncode == 2
+    proc = run("fit", tmp_path, "--out", tmp_path / "o")
+    assert proc.returncode == 2 and "is a directory" in proc.stderr
+
+
+def test_failed_refit_leaves_previous_output_intact(sim_csv, tmp_path):
+    out = tmp_path / "out"
+    assert main(["fit", str(sim_csv), "--out", str(out)]) == 0
+    before = (out / "users.csv").read_bytes()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("user,model_a,model_b,winner\nu,x,y,??\n")
+    assert main(["fit", str(bad), "--out", str(out)]) == 2
+    assert (out / "users.csv").read_bytes() == before
+
+
+def test_cemschoice_puts_london_first(tmp_path):
+    out = tmp_path / "cems"
+    with __import__("importlib").resources.as_file(real_data_path("cemschoice")) as path:
+        proc = run("fit", path, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    models = pd.read_csv(out / "models.csv").sort_values("strength", ascending=False)
+    assert models.model.iloc[0] == "London"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"]["ties"] == 487 and summary["counts"]["rows"] == 4454
+
+
+def test_paper_setting_flags(tmp_path):
+    log = ba.simulate(n_users=200, known_mu=0.8, labels_per_user=30, seed=2).drop(columns=["p_a"])
+    path = tmp_path / "paper.csv"
+    log.to_csv(path, index=False)
+    out = tmp_path / "o"
+    assert main(["fit", str(path), "--out", str(out), "--mu", "0.8", "--strong-model", "model_0", "--q", "0.5"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["strengths"].startswith("known (mu=0.8")
+    assert summary["parameters"]["q"] == 0.5
+
+
+def test_demo_runs(tmp_path):
+    out = tmp_path / "demo"
+    proc = run("demo", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "AUC" in proc.stdout
+    for name in ("users.csv", "models.csv", "rows.csv", "summary.json"):
+        assert (out / name).exists()

@@ -1,0 +1,200 @@
+"""EM engine: parameter recovery against simulated truth, calibration, monotonicity, gradients."""
+
+import numpy as np
+import pytest
+from scipy.special import expit
+
+import bayes_annot as ba
+from bayes_annot.em import (
+    EMProblem,
+    _bt_objective,
+    bradley_terry_gradient,
+    fit_bradley_terry,
+    fit_em,
+    pair_weights,
+)
+from bayes_annot.metrics import auc, expected_calibration_error, spearman
+
+from .conftest import aligned
+
+
+# --------------------------------------------------------------------------- recovery
+
+
+def test_two_class_recovery_standard(standard_log, standard_fit):
+    users, truth = aligned(standard_fit, standard_log)
+    assert auc(users.quality, truth.true_attentive) >= 0.95
+    true_share = truth.true_attentive.mean()
+    assert abs(standard_fit.summary["parameters"]["pi"] - true_share) <= 0.03
+    assert expected_calibration_error(users.quality, truth.true_attentive) <= 0.05
+    assert abs(standard_fit.summary["parameters"]["q"] - 0.5) <= 0.03
+
+
+def test_two_class_strengths_recovered(standard_log, standard_fit):
+    truth = ba.truth_models(standard_log)
+    models = standard_fit.models.set_index("model").loc[truth.index]
+    centred_truth = truth - truth.mean()
+    assert np.max(np.abs(models.strength - centred_truth)) < 0.15
+    # the ridge fixes the location: MAP strengths sum to zero
+    assert abs(models.strength.sum()) < 1e-6
+
+
+def test_paper_setting_known_mu_two_models():
+    log = ba.simulate(n_users=1000, known_mu=0.75, labels_per_user=40, seed=21)
+    result = ba.fit(log)  # uses the p_a column
+    assert result.summary["strengths"].startswith("known")
+    users, truth = aligned(result, log)
+    assert auc(users.quality, truth.true_attentive) >= 0.9
+    # the same with a global mu and the named stronger model instead of p_a
+    result_mu = ba.fit(log, use_p_a=False, mu=0.75, strong_model="model_0")
+    users_mu, _ = aligned(result_mu, log)
+    np.testing.assert_allclose(users_mu.quality, users.quality, atol=1e-6)
+
+
+def test_continuous_recovery_spearman():
+    # Continuous quality is identified through how far users' choices depart from
+    # a coin, so the models must differ clearly in strength (+-3 here); the
+    # estimate must also beat the oracle agreement rate with the truly better model.
+    log = ba.simulate(
+        n_users=1000, quality="continuous", labels_per_user=40, strengths=np.linspace(3, -3, 8), seed=22
+    )
+    result = ba.fit(log, model="continuous")
+    users, truth = aligned(result, log)
+    rho = spearman(users.quality, truth.true_eta)
+    assert rho >= 0.8
+    agrees = (log.true_p_a > 0.5) == (log.winner == "model_a")
+    oracle_rate = agrees.groupby(log.user, observed=True).mean()
+    oracle_rate.index = oracle_rate.index.astype(str)
+    assert rho >= spearman(oracle_rate.loc[truth.index], truth.true_eta) - 0.01
+    assert np.all(np.diff(result.loglik_trace) >= -1e-8 * np.abs(result.loglik_trace[1:]))
+
+
+def test_position_biased_casual_users_separated_when_q_estimated():
+    log = ba.simulate(n_users=2000, casual_share=0.3, q=0.8, labels_per_user=(5, 40), seed=23)
+    result = ba.fit(log)
+    users, truth = aligned(result, log)
+    assert abs(result.summary["parameters"]["q"] - 0.8) < 0.03
+    assert auc(users.quality, truth.true_attentive) >= 0.95
+    # fixing q at a fair coin when casual users are biased is worse
+    fixed = ba.fit(log, q=0.5)
+    users_fixed, _ = aligned(fixed, log)
+    assert auc(users.quality, truth.true_attentive) > auc(users_fixed.quality, truth.true_attentive)
+
+
+def test_arena_like_log_runs_and_ranks():
+    log = ba.simulate(n_users=20000, casual_share=0.3, labels_per_user="arena", seed=24)
+    counts = log.groupby("user", observed=True).size()
+    assert (counts <= 3).mean() > 0.75  # most users vote 1-3 times
+    result = ba.fit(log)
+    users, truth = aligned(result, log)
+    assert 0.0 <= users.quality.min() and users.quality.max() <= 1.0
+    heavy = users.n_labels >= 20
+    assert auc(users.quality[heavy], truth.true_attentive[heavy]) >= 0.9
+    # one vote cannot give a confident verdict: its Bayes factor is at most
+    # max(mu) / q ~ 0.95 / 0.5, so P(attentive) stays well inside (0.1, 0.9)
+    assert users.quality[users.n_labels == 1].between(0.1, 0.9).all()
+
+
+# --------------------------------------------------------------------------- monotonicity
+
+
+@pytest.mark.parametrize("variant", ["two-class", "continuous"])
+@pytest.mark.parametrize("q_fixed", [None, 0.5])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_penalised_loglik_never_decreases(variant, q_fixed, seed):
+    log = ba.simulate(n_users=300, n_models=6, casual_share=0.4, q=0.65, labels_per_user=(2, 30), quality=variant, seed=seed)
+    result = ba.fit(log, model=variant, q=q_fixed, tol=1e-12, max_iter=300)
+    trace = np.asarray(result.loglik_trace)
+    assert len(trace) > 3
+    assert np.all(np.diff(trace) >= -1e-9 * np.abs(trace[1:]))
+
+
+def test_known_strength_loglik_never_decreases():
+    log = ba.simulate(n_users=400, known_mu=0.7, labels_per_user=(5, 30), seed=3)
+    result = ba.fit(log, tol=1e-12)
+    assert np.all(np.diff(result.loglik_trace) >= -1e-9)
+
+
+# --------------------------------------------------------------------------- Bradley–Terry M-step
+
+
+def _random_weights(rng, k):
+    w1 = rng.gamma(2.0, 3.0, size=(k, k))
+    w0 = rng.gamma(2.0, 3.0, size=(k, k))
+    np.fill_diagonal(w1, 0)
+    np.fill_diagonal(w0, 0)
+    return w1, w0
+
+
+def test_bradley_terry_gradient_matches_finite_differences(rng):
+    k = 7
+    w1, w0 = _random_weights(rng, k)
+    s = rng.normal(size=k)
+    grad = bradley_terry_gradient(s, w1, w0, 3.0)
+    eps = 1e-6
+    numeric = np.array(
+        [
+            (_bt_objective(s + eps * np.eye(k)[i], w1, w0, 3.0) - _bt_objective(s - eps * np.eye(k)[i], w1, w0, 3.0))
+            / (2 * eps)
+            for i in range(k)
+        ]
+    )
+    np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-6)
+
+
+def test_bradley_terry_newton_reaches_the_maximum(rng):
+    k = 6
+    w1, w0 = _random_weights(rng, k)
+    s = fit_bradley_terry(w1, w0, 3.0)
+    assert np.max(np.abs(bradley_terry_gradient(s, w1, w0, 3.0))) < 1e-6
+    best = _bt_objective(s, w1, w0, 3.0)
+    for _ in range(20):
+        assert _bt_objective(s + 0.01 * rng.normal(size=k), w1, w0, 3.0) < best
+
+
+def test_pair_weights_count_every_label(rng):
+    n, k = 500, 4
+    a = rng.integers(0, k, n).astype(np.int32)
+    b = ((a + rng.integers(1, k, n)) % k).astype(np.int32)
+    y = rng.integers(0, 2, n).astype(np.int8)
+    problem = EMProblem(user=np.zeros(n, np.int32), model_a=a, model_b=b, choice_a=y, n_users=1, n_models=k)
+    w1, w0 = pair_weights(problem.cell(), None, k)
+    assert w1.sum() == y.sum() and w0.sum() == n - y.sum()
+    assert w1[a[0], b[0]] == np.sum((a == a[0]) & (b == b[0]) & (y == 1))
+
+
+# --------------------------------------------------------------------------- identifiability
+
+
+def test_uninformative_users_stay_at_prior_level():
+    # users who only compared two equally strong models: no verdict on them
+    rng = np.random.default_rng(7)
+    n_inf, n_uninf = 300, 40
+    users = np.concatenate([np.repeat(np.arange(n_inf), 20), np.repeat(np.arange(n_inf, n_inf + n_uninf), 20)])
+    n = users.size
+    a = np.where(users < n_inf, rng.integers(0, 2, n), 2)
+    b = np.where(users < n_inf, 1 - a, 3)  # models 2 and 3 have equal strength
+    strengths = np.array([1.5, -1.5, 0.0, 0.0])
+    attentive = rng.random(n_inf + n_uninf) < 0.7
+    p = np.where(attentive[users], expit(strengths[a] - strengths[b]), 0.5)
+    y = (rng.random(n) < p).astype(np.int8)
+    problem = EMProblem(
+        user=users.astype(np.int32), model_a=a.astype(np.int32), model_b=b.astype(np.int32),
+        choice_a=y, n_users=n_inf + n_uninf, n_models=4,
+    )
+    result = fit_em(problem, q_fixed=0.5)
+    assert not result.informative[n_inf:].any()
+    assert result.informative[:n_inf].mean() > 0.95
+    # no verdict: their quality is the population share
+    np.testing.assert_allclose(result.quality[n_inf:], result.pi)
+    assert result.quality[:n_inf].std() > 0.2
+
+
+def test_attentive_component_does_not_swap_with_casual():
+    # mostly casual population: the attentive component still follows the strengths
+    log = ba.simulate(n_users=1500, casual_share=0.8, labels_per_user=(10, 40), seed=31)
+    result = ba.fit(log)
+    users, truth = aligned(result, log)
+    assert auc(users.quality, truth.true_attentive) > 0.9
+    strengths = result.models.set_index("model").strength
+    assert strengths["model_0"] > strengths["model_7"]
