@@ -101,8 +101,9 @@ class PreparedData:
         1 when ``model_a`` was chosen, 0 when ``model_b`` was, -1 for a tie.
     p_a : numpy.ndarray of float or None
         Known attentive probability of picking ``model_a`` per row.
-    reason : numpy.ndarray of object
-        ``""`` for usable rows, else ``"tie"`` / ``"same_model"``.
+    reason_code : numpy.ndarray of int8
+        0 for usable rows, 1 for a tie, 2 for a same-model pair
+        (:attr:`reason` gives the text).
     """
 
     frame: pd.DataFrame
@@ -114,8 +115,19 @@ class PreparedData:
     model_b: np.ndarray
     choice_a: np.ndarray
     p_a: np.ndarray | None
-    reason: np.ndarray
+    reason_code: np.ndarray
     notes: list[str] = field(default_factory=list)
+
+    #: Text of each ``reason_code``.
+    REASON_TEXT = ("", "tie", "same_model")
+
+    def __post_init__(self):
+        self._usable = self.reason_code == 0
+
+    @property
+    def reason(self) -> np.ndarray:
+        """``""`` for usable rows, else ``"tie"`` / ``"same_model"`` (object array)."""
+        return np.array(self.REASON_TEXT, dtype=object)[self.reason_code]
 
     @property
     def n_rows(self) -> int:
@@ -132,15 +144,15 @@ class PreparedData:
     @property
     def usable(self) -> np.ndarray:
         """Boolean mask of rows that enter the likelihood."""
-        return self.reason == ""
+        return self._usable
 
     def counts(self) -> dict[str, int]:
         usable = self.usable
         return {
             "rows": self.n_rows,
             "rows_in_likelihood": int(usable.sum()),
-            "ties": int((self.reason == "tie").sum()),
-            "same_model": int((self.reason == "same_model").sum()),
+            "ties": int((self.reason_code == 1).sum()),
+            "same_model": int((self.reason_code == 2).sum()),
             "users": self.n_users,
             "models": self.n_models,
         }
@@ -274,14 +286,33 @@ def _is_missing(value) -> bool:
     return isinstance(value, str) and value.strip() == ""
 
 
+def _uniques_as_text(uniques) -> tuple[np.ndarray, np.ndarray]:
+    """Text form of factorized unique values (vectorised) and which of them are missing."""
+    values = np.asarray(uniques)
+    if values.dtype.kind in "iub":
+        return values.astype(str), np.zeros(len(values), dtype=bool)
+    if values.dtype.kind == "f":
+        missing = np.isnan(values)
+        integral = ~missing & (np.mod(values, 1) == 0)
+        text = np.where(integral, np.where(integral, values, 0).astype(np.int64).astype(str), values.astype(str))
+        return text.astype(str), missing
+    series = pd.Series(values, dtype=object)
+    missing = series.isna().to_numpy()
+    if not series[~missing].map(type).isin([str]).all():
+        text = np.array(["" if m else _as_text(v) for v, m in zip(values, missing)], dtype=str)
+    else:
+        text = series.where(~missing, "").astype(str).str.strip().to_numpy(dtype=str)
+    missing = missing | (text == "")
+    return text, missing
+
+
 def _encode_ids(series_list: list[pd.Series], names: list[str]) -> tuple[list[np.ndarray], np.ndarray]:
     """Encode one or more id columns against a shared sorted vocabulary of text ids."""
     raw_codes = []
-    raw_uniques = []
+    texts = []
     for series, name in zip(series_list, names):
         codes, uniques = pd.factorize(series, use_na_sentinel=True)
-        uniques = np.asarray(uniques, dtype=object)
-        missing_unique = np.array([_is_missing(u) for u in uniques], dtype=bool)
+        text, missing_unique = _uniques_as_text(uniques)
         bad = codes < 0
         if missing_unique.any():
             bad |= missing_unique[np.where(codes < 0, 0, codes)] & (codes >= 0)
@@ -291,14 +322,15 @@ def _encode_ids(series_list: list[pd.Series], names: list[str]) -> tuple[list[np
                 f"column '{name}' has {int(bad.sum())} missing value(s), first at input row {row + 1}"
             )
         raw_codes.append(codes)
-        raw_uniques.append([_as_text(u) for u in uniques])
-    vocabulary = np.array(sorted(set().union(*[set(u) for u in raw_uniques])), dtype=object)
-    position = {label: i for i, label in enumerate(vocabulary)}
+        texts.append(text)
+    vocabulary, inverse = np.unique(np.concatenate(texts), return_inverse=True)
     encoded = []
-    for codes, uniques in zip(raw_codes, raw_uniques):
-        remap = np.array([position[u] for u in uniques], dtype=np.int32)
-        encoded.append(remap[codes] if len(remap) else codes.astype(np.int32))
-    return encoded, vocabulary
+    offset = 0
+    for codes, text in zip(raw_codes, texts):
+        remap = inverse[offset : offset + len(text)].astype(np.int32)
+        offset += len(text)
+        encoded.append(remap[codes])
+    return encoded, vocabulary.astype(object)
 
 
 def _encode_winner(series: pd.Series, name: str) -> np.ndarray:
@@ -392,12 +424,10 @@ def prepare(frame: pd.DataFrame, columns: ColumnMap | None = None) -> PreparedDa
     )
     choice_a = _encode_winner(frame[resolved["winner"]], resolved["winner"])
 
-    reason = np.full(frame.shape[0], "", dtype=object)
-    reason[choice_a < 0] = "tie"
-    reason[model_a == model_b] = "same_model"
+    reason_code = np.where(model_a == model_b, 2, np.where(choice_a < 0, 1, 0)).astype(np.int8)
     p_a = None
     if resolved["p_a"] is not None:
-        p_a = _encode_p_a(frame[resolved["p_a"]], resolved["p_a"], reason == "")
+        p_a = _encode_p_a(frame[resolved["p_a"]], resolved["p_a"], reason_code == 0)
     notes = []
     if len(model_labels) < 2:
         raise InputError(
@@ -413,6 +443,6 @@ def prepare(frame: pd.DataFrame, columns: ColumnMap | None = None) -> PreparedDa
         model_b=model_b.astype(np.int32),
         choice_a=choice_a,
         p_a=p_a,
-        reason=reason,
+        reason_code=reason_code,
         notes=notes,
     )

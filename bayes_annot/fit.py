@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.sparse import coo_matrix
+from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.special import logit
 
@@ -108,8 +108,8 @@ def build_problem(
 def _graph_components(data: PreparedData) -> np.ndarray:
     usable = data.usable
     k = data.n_models
-    graph = coo_matrix((np.ones(int(usable.sum())), (data.model_a[usable], data.model_b[usable])), shape=(k, k))
-    _, labels = connected_components(graph, directed=False)
+    pairs = np.bincount(data.model_a[usable].astype(np.int64) * k + data.model_b[usable], minlength=k * k)
+    _, labels = connected_components(csr_matrix(pairs.reshape(k, k) > 0), directed=False)
     return labels
 
 
@@ -186,10 +186,10 @@ class FitResult:
         models["n_labels"] = n_labels_model.astype(np.int64)
         self.models = models
 
-        reason = data.reason.copy()
         row_kept = data.usable & keep[data.user]
-        reason[data.usable & ~row_kept] = "user_low_quality"
-        reason[row_kept] = "ok"
+        # codes: 0 ok, 1 tie, 2 same_model, 3 user_low_quality
+        code = np.where(data.usable, np.where(row_kept, 0, 3), data.reason_code).astype(np.int8)
+        reason = pd.Categorical.from_codes(code, categories=["ok", "tie", "same_model", "user_low_quality"])
         rows = data.frame.copy()
         clashes = [c for c in OUTPUT_COLUMNS if c in rows.columns]
         if clashes:

@@ -1,0 +1,762 @@
+r"""The behaviour model as a PyMC model: MAP (``pm.find_MAP``) and NUTS.
+
+The formulas are those of :mod:`bayes_annot.likelihood` written in PyTensor
+(a test checks that both back ends agree to 1e-8). Discrete latents are summed
+out, so the model is differentiable in all its free parameters:
+
+* ``two-class``: the user type is marginalised per user,
+  :math:`\log p(y_u) = \operatorname{logsumexp}(\log\pi + A_u, \log(1 - \pi) + C_u)`;
+  the sampler sees only ``pi``, ``q`` and the strengths. Each user's
+  :math:`P(\text{attentive} \mid y_u, \pi, q, s) = \sigma(\operatorname{logit}\pi + A_u - C_u)`
+  is computed per posterior draw afterwards (Rao–Blackwellised): quality is its
+  posterior mean and ``quality_low/high`` its 94% HDI.
+* ``continuous``: the per-label type is marginalised; :math:`\operatorname{logit}\eta_u`
+  is sampled non-centred.
+
+The log is stored compressed: one *cell* per distinct
+(user, model_a, model_b, choice) — or (user, known log-odds, choice) — with
+its count, which is a sufficient statistic of the likelihood and makes the
+per-gradient cost proportional to the number of distinct cells, not rows.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import warnings
+from types import SimpleNamespace
+
+import numpy as np
+from scipy.special import expit, log_expit, logit
+from scipy.stats import norm
+
+from .em import EMProblem, _informative_users, fit_bradley_terry, pair_weights
+from .errors import FitWarning, InputError
+from .likelihood import (
+    Priors,
+    continuous_label_loglik,
+    continuous_label_responsibility,
+    log_beta_pdf,
+    log_normal_pdf,
+    two_class_posterior,
+    two_class_user_loglik,
+)
+
+__all__ = [
+    "build_model",
+    "fit_pymc",
+    "model_loglik",
+    "pytensor_loglik",
+    "numpy_loglik",
+    "compress_cells",
+    "HDI_PROB",
+    "RHAT_MAX",
+    "ESS_MIN",
+]
+
+HDI_PROB = 0.94
+RHAT_MAX = 1.01
+ESS_MIN = 400
+_DRAW_CHUNK = 64
+
+
+# --------------------------------------------------------------------------- data
+
+
+def compress_cells(problem: EMProblem) -> dict:
+    """Collapse the labels into distinct cells with counts (a sufficient statistic).
+
+    Returns
+    -------
+    dict
+        ``user`` (int64), ``choice_a`` (int64), ``count`` (float) per cell, plus
+        ``model_a``, ``model_b`` (learned strengths) or ``logit_mu`` (known).
+    """
+    user = problem.user.astype(np.int64)
+    choice = problem.choice_a.astype(np.int64)
+    if problem.learned:
+        k = problem.n_models
+        key = ((user * k + problem.model_a) * k + problem.model_b) * 2 + choice
+        uniq, count = np.unique(key, return_counts=True)
+        c = uniq % 2
+        rest = uniq // 2
+        b = rest % k
+        rest = rest // k
+        a = rest % k
+        u = rest // k
+        return dict(user=u, choice_a=c, count=count.astype(float), model_a=a, model_b=b)
+    table = np.column_stack([user.astype(float), choice.astype(float), np.asarray(problem.known_logit_mu, float)])
+    uniq, count = np.unique(table, axis=0, return_counts=True)
+    return dict(
+        user=uniq[:, 0].astype(np.int64),
+        choice_a=uniq[:, 1].astype(np.int64),
+        count=count.astype(float),
+        logit_mu=uniq[:, 2].copy(),
+    )
+
+
+def _user_choice_counts(problem: EMProblem) -> tuple[np.ndarray, np.ndarray]:
+    n_a = np.bincount(problem.user, weights=problem.choice_a, minlength=problem.n_users)
+    n = np.bincount(problem.user, minlength=problem.n_users).astype(float)
+    return n_a, n - n_a
+
+
+def _labels(values, n: int, prefix: str) -> list[str]:
+    if values is None:
+        return [f"{prefix}{i}" for i in range(n)]
+    return [str(v) for v in values]
+
+
+# --------------------------------------------------------------------------- model
+
+
+def build_model(
+    problem: EMProblem,
+    variant: str = "two-class",
+    priors: Priors | None = None,
+    q_fixed: float | None = None,
+    user_labels=None,
+    model_labels=None,
+    tau_fixed: bool = False,
+    strength_init: np.ndarray | None = None,
+):
+    r"""Build the behaviour model as a :class:`pymc.Model`.
+
+    Parameters
+    ----------
+    problem : EMProblem
+        The labels in the likelihood (see :func:`bayes_annot.fit.build_problem`).
+    variant : {"two-class", "continuous"}
+    priors : Priors, optional
+        Prior settings (defaults: :class:`~bayes_annot.likelihood.Priors`).
+    q_fixed : float, optional
+        Fix the casual position bias ``q`` (then stored as data, not sampled).
+    user_labels, model_labels : sequence of str, optional
+        Coordinates of the ``user`` and ``model`` dims.
+    tau_fixed : bool
+        Continuous only: keep :math:`\tau` fixed at ``priors.eta_tau`` (used
+        for MAP — a joint MAP over a free :math:`\tau` collapses to
+        :math:`\tau \to 0`, where the density of the :math:`\theta_u` diverges —
+        and identical to EM's objective); otherwise :math:`\tau` gets a
+        HalfNormal prior (NUTS).
+    strength_init : array (K,), optional
+        Initial strengths (default: a plain Bradley–Terry fit of all labels, so
+        the attentive component starts on the strengths the data follow).
+
+    Returns
+    -------
+    pymc.Model
+
+    Notes
+    -----
+    Data (``pm.Data``, dim ``cell``): the log compressed to distinct cells
+    :math:`c` (user :math:`u_c`, pair :math:`(a_c, b_c)` or known log-odds
+    :math:`\ell_c`, choice :math:`y_c`) with counts :math:`n_c`; for
+    ``two-class`` also each user's number of ``model_a`` / ``model_b`` choices
+    (dim ``user``).
+
+    Likelihood, with :math:`\ell_c = s_{a_c} - s_{b_c}` (learned) or known,
+
+    .. math::
+
+        \log P_{att}(y_c) = \log\sigma\big((2y_c - 1)\ell_c\big), \qquad
+        \log P_{cas}(y_c) = y_c\log q + (1 - y_c)\log(1 - q).
+
+    ``two-class`` (potential ``y_user``, dim ``user``):
+    :math:`A_u = \sum_{c: u_c = u} n_c \log P_{att}(y_c)`,
+    :math:`C_u = \sum_{c: u_c = u} n_c \log P_{cas}(y_c)`,
+    :math:`\log p(y_u) = \operatorname{logsumexp}(\log\pi + A_u, \log(1-\pi) + C_u)`.
+
+    ``continuous`` (potential ``y_user``): :math:`\eta_u = \sigma(\theta_u)`,
+    :math:`\log p(y_u) = \sum_{c: u_c = u} n_c \operatorname{logsumexp}
+    (\log\eta_u + \log P_{att}(y_c), \log(1 - \eta_u) + \log P_{cas}(y_c))`.
+    Users without labels contribute 0.
+
+    Priors (all overridable through :class:`Priors`):
+
+    .. math::
+
+        \pi &\sim \mathrm{Beta}(\alpha_\pi, \beta_\pi) = \mathrm{Beta}(2, 2)
+            \quad\text{(two-class)} \\
+        q &\sim \mathrm{Beta}(\alpha_q, \beta_q) = \mathrm{Beta}(2, 2)
+            \quad\text{(unless fixed)} \\
+        s_k &\sim \mathcal N(0, \sigma_s^2), \ \sigma_s = 3
+            \quad\text{(dim model; learned strengths only)} \\
+        m &\sim \mathcal N(\mu_m, \sigma_m^2) = \mathcal N(0, 2^2)
+            \quad\text{(continuous)} \\
+        \tau &\sim \mathrm{HalfNormal}(\sigma_\tau), \ \sigma_\tau = 1.5
+            \quad\text{(continuous, NUTS; fixed at } \sigma_\tau \text{ for MAP)} \\
+        z_u &\sim \mathcal N(0, 1), \quad \theta_u = m + \tau z_u
+            \quad\text{(non-centred, dim user)}.
+
+    No sum-to-zero constraint on the strengths is needed: the Normal prior
+    fixes their location (the MAP sums to zero within each connected component
+    of the comparison graph, as in EM). Deterministics: ``eta`` (dim user,
+    continuous). Known strengths: the per-row log-odds are data and no
+    ``strength`` variable exists.
+    """
+    import pymc as pm
+    import pytensor.tensor as pt
+
+    if variant not in ("two-class", "continuous"):
+        raise InputError(f"unknown model variant '{variant}', expected 'two-class' or 'continuous'")
+    priors = priors or Priors()
+    cells = compress_cells(problem)
+    n_users, n_models = problem.n_users, problem.n_models
+    coords = {
+        "user": _labels(user_labels, n_users, "u"),
+        "model": _labels(model_labels, n_models, "model_"),
+        "cell": np.arange(len(cells["count"])),
+    }
+    if problem.learned and strength_init is None:
+        w1, w0 = pair_weights(problem.cell(), None, n_models)
+        strength_init = fit_bradley_terry(w1, w0, priors.strength_sigma)
+
+    with pm.Model(coords=coords) as model:
+        cell_user = pm.Data("cell_user", cells["user"], dims="cell")
+        cell_choice = pm.Data("cell_choice_a", cells["choice_a"], dims="cell")
+        cell_count = pm.Data("cell_count", cells["count"], dims="cell")
+        sign = 2.0 * cell_choice - 1.0
+
+        if q_fixed is None:
+            q = pm.Beta("q", alpha=priors.q_alpha, beta=priors.q_beta, initval=0.5)
+        else:
+            q = pm.Data("q", float(q_fixed))
+
+        if problem.learned:
+            cell_a = pm.Data("cell_model_a", cells["model_a"], dims="cell")
+            cell_b = pm.Data("cell_model_b", cells["model_b"], dims="cell")
+            strength = pm.Normal(
+                "strength", mu=0.0, sigma=priors.strength_sigma, dims="model", initval=np.asarray(strength_init, float)
+            )
+            logit_mu = strength[cell_a] - strength[cell_b]
+        else:
+            logit_mu = pm.Data("cell_logit_mu", cells["logit_mu"], dims="cell")
+        att_cell = -pt.softplus(-sign * logit_mu)  # log sigmoid((2y - 1) logit_mu)
+        cas_cell = cell_choice * pt.log(q) + (1 - cell_choice) * pt.log1p(-q)
+
+        if variant == "two-class":
+            n_a, n_b = _user_choice_counts(problem)
+            user_n_a = pm.Data("user_n_choice_a", n_a, dims="user")
+            user_n_b = pm.Data("user_n_choice_b", n_b, dims="user")
+            pi = pm.Beta("pi", alpha=priors.pi_alpha, beta=priors.pi_beta, initval=0.5)
+            att_sum = pt.inc_subtensor(pt.zeros(n_users)[cell_user], cell_count * att_cell)
+            cas_sum = user_n_a * pt.log(q) + user_n_b * pt.log1p(-q)
+            pm.Potential("y_user", pt.logaddexp(pt.log(pi) + att_sum, pt.log1p(-pi) + cas_sum), dims="user")
+        else:
+            m = pm.Normal("m", mu=priors.eta_m_mu, sigma=priors.eta_m_sigma, initval=float(logit(0.7)))
+            if tau_fixed:
+                tau = pm.Data("tau", float(priors.eta_tau))
+            else:
+                tau = pm.HalfNormal("tau", sigma=priors.eta_tau, initval=float(priors.eta_tau) * 0.7)
+            z = pm.Normal("z", mu=0.0, sigma=1.0, dims="user")
+            theta = m + tau * z
+            pm.Deterministic("eta", pt.sigmoid(theta), dims="user")
+            theta_cell = theta[cell_user]
+            label_ll = pt.logaddexp(-pt.softplus(-theta_cell) + att_cell, -pt.softplus(theta_cell) + cas_cell)
+            pm.Potential("y_user", pt.inc_subtensor(pt.zeros(n_users)[cell_user], cell_count * label_ll), dims="user")
+    return model
+
+
+# --------------------------------------------------------------------------- log-likelihood helpers
+
+
+def _to_value_point(model, params: dict) -> dict:
+    """Natural-scale parameter values -> the model's value variables (transformed)."""
+    point = {}
+    for rv in model.free_RVs:
+        name = rv.name
+        if name == "z":
+            tau = params["tau"]
+            value = (np.asarray(params["theta"], float) - params["m"]) / tau
+        else:
+            value = np.asarray(params[name], float)
+        value_var = model.rvs_to_values[rv]
+        transform = model.rvs_to_transforms.get(rv)
+        if transform is not None:
+            value = transform.forward(value, *rv.owner.inputs).eval()
+        point[value_var.name] = np.asarray(value, dtype=value_var.dtype)
+    return point
+
+
+def model_loglik(model, params: dict, penalised: bool = True, per_user: bool = False):
+    """Evaluate a built model's log-likelihood at natural-scale parameter values.
+
+    Parameters
+    ----------
+    model : pymc.Model
+        From :func:`build_model`.
+    params : dict
+        ``pi`` / ``q`` / ``strength`` (two-class) or ``m``, ``tau``, ``theta``,
+        ``q``, ``strength`` (continuous); missing fixed ones are ignored.
+    penalised : bool
+        Add the log prior densities on the natural scale (no Jacobian) — the
+        objective EM and MAP maximise. For ``continuous`` the prior of the
+        users is that of :math:`\\theta_u \\sim N(m, \\tau)` (the model is
+        parametrised by :math:`z_u`; the constant ``-U log tau`` is added back).
+    per_user : bool
+        Return the per-user log-likelihood (the ``y_user`` potential) instead.
+    """
+    import pytensor.tensor as pt
+
+    point = _to_value_point(model, params)
+    inputs = model.value_vars
+    if per_user:
+        (potential,) = [p for p in model.potentials if p.name == "y_user"]
+        fn = model.compile_fn(potential, inputs=inputs, point_fn=False)
+        return np.asarray(fn(*[point[v.name] for v in inputs]))
+    if penalised:
+        fn = model.compile_logp(jacobian=False)
+        value = float(fn(point))
+        if "z" in model.named_vars:
+            tau = float(params["tau"])
+            value -= len(np.atleast_1d(params["theta"])) * np.log(tau)
+            if "tau" in [rv.name for rv in model.free_RVs]:
+                # only the tau-fixed model matches EM; remove tau's own prior
+                value -= float(model.compile_logp(vars=[model["tau"]], jacobian=False)(point))
+        return value
+    total = pt.sum([pt.sum(p) for p in model.potentials])
+    fn = model.compile_fn(total, inputs=inputs, point_fn=False)
+    return float(fn(*[point[v.name] for v in inputs]))
+
+
+def pytensor_loglik(
+    problem: EMProblem,
+    variant: str,
+    params: dict,
+    priors: Priors | None = None,
+    q_fixed: float | None = None,
+    penalised: bool = True,
+) -> float:
+    """Build the (MAP-form) PyMC model and evaluate its log-likelihood at ``params``."""
+    model = build_model(problem, variant, priors, q_fixed, tau_fixed=True)
+    if q_fixed is not None:
+        params = dict(params, q=q_fixed)
+    return model_loglik(model, params, penalised=penalised)
+
+
+def _rows(problem: EMProblem, strengths, q):
+    if problem.learned:
+        logit_mu = strengths[problem.model_a] - strengths[problem.model_b]
+    else:
+        logit_mu = problem.known_logit_mu
+    sign = 2.0 * problem.choice_a - 1.0
+    att = log_expit(sign * logit_mu)
+    cas = np.where(problem.choice_a == 1, np.log(q), np.log1p(-q))
+    return att, cas
+
+
+def numpy_loglik(
+    problem: EMProblem,
+    variant: str,
+    params: dict,
+    priors: Priors | None = None,
+    q_fixed: float | None = None,
+    penalised: bool = True,
+) -> float:
+    """The same quantity as :func:`pytensor_loglik`, in numpy (EM's objectives)."""
+    from .em import _continuous_objective, _two_class_objective
+
+    priors = priors or Priors()
+    q = float(q_fixed if q_fixed is not None else params["q"])
+    strengths = np.asarray(params["strength"], float) if problem.learned else None
+    att, cas = _rows(problem, strengths, q)
+    if variant == "two-class":
+        att_sum = np.bincount(problem.user, weights=att, minlength=problem.n_users)
+        cas_sum = np.bincount(problem.user, weights=cas, minlength=problem.n_users)
+        active = np.bincount(problem.user, minlength=problem.n_users) > 0
+        if penalised:
+            return _two_class_objective(att_sum, cas_sum, active, params["pi"], q, strengths, priors, q_fixed is None)
+        return float(two_class_user_loglik(att_sum[active], cas_sum[active], params["pi"]).sum())
+    theta = np.asarray(params["theta"], float)
+    if penalised:
+        return _continuous_objective(
+            att, cas, theta, problem.user, params["m"], q, strengths, priors, params["tau"], q_fixed is None
+        )
+    return float(continuous_label_loglik(att, cas, theta[problem.user]).sum())
+
+
+# --------------------------------------------------------------------------- per-draw quantities (numpy)
+
+
+def _cell_matrix(cells: dict, n_users: int):
+    from scipy.sparse import csr_matrix
+
+    n = len(cells["count"])
+    return csr_matrix((np.ones(n), (cells["user"], np.arange(n))), shape=(n_users, n))
+
+
+def _cell_att(cells: dict, strengths):
+    """log P_att per cell; ``strengths`` (S, K) draws or None (known)."""
+    sign = 2.0 * cells["choice_a"] - 1.0
+    if strengths is None:
+        return log_expit(sign * cells["logit_mu"])[None, :]
+    return log_expit(sign * (strengths[:, cells["model_a"]] - strengths[:, cells["model_b"]]))
+
+
+def _cell_cas(cells: dict, q):
+    q = np.asarray(q, float)[:, None]
+    return np.where(cells["choice_a"][None, :] == 1, np.log(q), np.log1p(-q))
+
+
+def _per_draw_two_class(problem, cells, pi, q, strengths):
+    """Per-draw (S, U) P(attentive) and per-user log-lik (Rao–Blackwellised)."""
+    agg = _cell_matrix(cells, problem.n_users)
+    n_a, n_b = _user_choice_counts(problem)
+    active = (n_a + n_b) > 0
+    n_draws = len(pi)
+    p_att = np.empty((n_draws, problem.n_users))
+    user_ll = np.empty((n_draws, problem.n_users))
+    for lo in range(0, n_draws, _DRAW_CHUNK):
+        sl = slice(lo, min(lo + _DRAW_CHUNK, n_draws))
+        s = None if strengths is None else strengths[sl]
+        att = _cell_att(cells, s) * cells["count"]
+        att_sum = np.asarray(agg @ att.T).T
+        if att_sum.shape[0] == 1:
+            att_sum = np.repeat(att_sum, sl.stop - sl.start, axis=0)
+        cas_sum = n_a[None, :] * np.log(q[sl])[:, None] + n_b[None, :] * np.log1p(-q[sl])[:, None]
+        p_pi = pi[sl][:, None]
+        p_att[sl] = np.where(active, two_class_posterior(att_sum, cas_sum, p_pi), p_pi)
+        user_ll[sl] = np.where(active, two_class_user_loglik(att_sum, cas_sum, p_pi), 0.0)
+    return p_att, user_ll
+
+
+def _per_draw_continuous(problem, cells, theta, q, strengths):
+    """Per-draw (S, U) per-user log-likelihood of the continuous model."""
+    agg = _cell_matrix(cells, problem.n_users)
+    n_draws = theta.shape[0]
+    user_ll = np.empty((n_draws, problem.n_users))
+    for lo in range(0, n_draws, _DRAW_CHUNK):
+        sl = slice(lo, min(lo + _DRAW_CHUNK, n_draws))
+        s = None if strengths is None else strengths[sl]
+        att = _cell_att(cells, s)
+        cas = _cell_cas(cells, q[sl])
+        ll = continuous_label_loglik(att, cas, theta[sl][:, cells["user"]]) * cells["count"]
+        user_ll[sl] = np.asarray(agg @ ll.T).T
+    return user_ll
+
+
+def _laplace_p_above_half(problem, theta, q, strengths, tau):
+    """P(eta_u >= 1/2) from a Laplace approximation at the MAP (as EM does)."""
+    att, cas = _rows(problem, strengths, q)
+    resp = continuous_label_responsibility(att, cas, theta[problem.user])
+    n_user = np.bincount(problem.user, minlength=problem.n_users).astype(float)
+    eta = expit(theta)
+    curvature = np.bincount(problem.user, weights=resp * (1.0 - resp), minlength=problem.n_users)
+    precision = np.maximum(n_user * eta * (1.0 - eta) - curvature + 1.0 / tau**2, 1e-6)
+    return norm.cdf(theta * np.sqrt(precision))
+
+
+# --------------------------------------------------------------------------- engines
+
+
+def fit_pymc(
+    problem: EMProblem,
+    variant: str = "two-class",
+    method: str = "map",
+    priors: Priors | None = None,
+    q_fixed: float | None = None,
+    draws: int = 1000,
+    tune: int = 1000,
+    chains: int = 2,
+    sampler: str = "pymc",
+    progress: bool | None = None,
+    seed: int = 0,
+    user_labels=None,
+    model_labels=None,
+    target_accept: float = 0.9,
+    informative_tol: float = 0.1,
+    maxeval: int = 50000,
+):
+    """Fit the behaviour model with PyMC: ``method="map"`` or ``"nuts"``.
+
+    Parameters
+    ----------
+    problem : EMProblem
+    variant : {"two-class", "continuous"}
+    method : {"map", "nuts"}
+        ``map``: ``pm.find_MAP`` (L-BFGS-B, no Jacobian) of the same penalised
+        log-likelihood EM maximises (continuous: ``tau`` fixed at
+        ``priors.eta_tau``). ``nuts``: full posterior.
+    priors : Priors, optional
+    q_fixed : float, optional
+        Fix the casual position bias.
+    draws, tune, chains : int
+        NUTS settings (per chain).
+    sampler : {"pymc", "nutpie"}
+        NUTS implementation; ``nutpie`` needs ``pip install 'bayes_annot[nutpie]'``.
+    progress : bool, optional
+        Progress bars; default: on when stderr is a terminal (NUTS), off (MAP).
+    seed : int
+    user_labels, model_labels : sequence of str, optional
+        Coordinates of the ``user`` / ``model`` dims.
+    target_accept : float
+        NUTS target acceptance rate.
+    informative_tol : float
+        See :func:`bayes_annot.em.fit_em`.
+    maxeval : int
+        MAP: maximum number of log-density evaluations.
+
+    Returns
+    -------
+    bayes_annot.fit.Estimates
+        ``idata`` holds the posterior (NUTS, dims ``user`` / ``model``, with a
+        ``log_likelihood`` group ``y_user`` so ``az.loo`` works) or the MAP as
+        1 chain x 1 draw.
+
+    Warns
+    -----
+    FitWarning
+        NUTS: R-hat above 1.01, bulk ESS below 400, or any divergent transition.
+    """
+    if method not in ("map", "nuts"):
+        raise InputError(f"unknown method '{method}' for the PyMC engine, expected 'map' or 'nuts'")
+    if sampler not in ("pymc", "nutpie"):
+        raise InputError(f"unknown sampler '{sampler}', expected 'pymc' or 'nutpie'")
+    if method == "nuts" and sampler == "nutpie":
+        try:
+            import nutpie  # noqa: F401
+        except ImportError as exc:
+            raise InputError(
+                "the nutpie sampler is not installed: run pip install 'bayes_annot[nutpie]' or use --sampler pymc"
+            ) from exc
+    priors = priors or Priors()
+    start = time.perf_counter()
+    user_labels = _labels(user_labels, problem.n_users, "u")
+    model_labels = _labels(model_labels, problem.n_models, "model_")
+    if method == "map":
+        est = _fit_map(problem, variant, priors, q_fixed, progress, seed, user_labels, model_labels, informative_tol, maxeval)
+    else:
+        est = _fit_nuts(
+            problem, variant, priors, q_fixed, draws, tune, chains, sampler, progress, seed,
+            user_labels, model_labels, target_accept, informative_tol,
+        )
+    est.runtime_seconds = time.perf_counter() - start
+    return est
+
+
+def _fit_map(problem, variant, priors, q_fixed, progress, seed, user_labels, model_labels, informative_tol, maxeval):
+    import pymc as pm
+
+    from .fit import Estimates
+    from .inference_data import point_estimate_idata
+
+    model = build_model(problem, variant, priors, q_fixed, user_labels, model_labels, tau_fixed=True)
+    with model:
+        point, raw = pm.find_MAP(
+            progressbar=bool(progress), seed=seed, return_raw=True, maxeval=maxeval,
+            options={"maxiter": maxeval, "ftol": 1e-14, "gtol": 1e-7},
+        )
+    q = float(q_fixed) if q_fixed is not None else float(point["q"])
+    strengths = np.asarray(point["strength"], float) if problem.learned else None
+    n_user = np.bincount(problem.user, minlength=problem.n_users)
+    active = n_user > 0
+    att, cas = _rows(problem, strengths, q)
+    if variant == "two-class":
+        pi = float(point["pi"])
+        att_sum = np.bincount(problem.user, weights=att, minlength=problem.n_users)
+        cas_sum = np.bincount(problem.user, weights=cas, minlength=problem.n_users)
+        quality = np.where(active, two_class_posterior(att_sum, cas_sum, pi), pi)
+        p_good = quality
+        user_ll = np.where(active, two_class_user_loglik(att_sum, cas_sum, pi), 0.0)
+        params = {"pi": pi, "q": q}
+        loglik = numpy_loglik(problem, variant, {"pi": pi, "q": q, "strength": strengths}, priors, q_fixed)
+    else:
+        m, tau = float(point["m"]), float(priors.eta_tau)
+        theta = m + tau * np.asarray(point["z"], float)
+        quality = expit(theta)
+        p_good = _laplace_p_above_half(problem, theta, q, strengths, tau)
+        user_ll = np.bincount(
+            problem.user, weights=continuous_label_loglik(att, cas, theta[problem.user]), minlength=problem.n_users
+        )
+        params = {"m": m, "tau": tau, "q": q}
+        loglik = numpy_loglik(
+            problem, variant, {"m": m, "tau": tau, "theta": theta, "q": q, "strength": strengths}, priors, q_fixed
+        )
+    params["mean_quality"] = float(np.mean(quality[active])) if active.any() else float("nan")
+    success = bool(raw is not None and raw.success)
+    est = Estimates(
+        engine="map",
+        variant=variant,
+        quality=quality,
+        p_good=p_good,
+        n_labels_user=n_user.astype(np.int64),
+        informative=_informative_users(problem, strengths, q, informative_tol),
+        strengths=strengths,
+        parameters=params,
+        loglik=float(loglik),
+        n_iter=int(getattr(raw, "nit", 0)) if raw is not None else None,
+        converged=success,
+        user_loglik=user_ll,
+    )
+    if not success:
+        message = getattr(raw, "message", "interrupted")
+        est.diagnostics = {"warnings": [f"the MAP optimiser stopped without converging ({message})"]}
+        warnings.warn(est.diagnostics["warnings"][0], FitWarning, stacklevel=3)
+    est.idata = point_estimate_idata(SimpleNamespace(user_labels=user_labels, model_labels=model_labels), est)
+    return est
+
+
+def _stack(posterior, name):
+    """(chain, draw, ...) -> (S, ...) numpy array."""
+    values = posterior[name].values
+    return values.reshape((-1,) + values.shape[2:])
+
+
+def _unstack(values, n_chains, n_draws):
+    return values.reshape((n_chains, n_draws) + values.shape[1:])
+
+
+def _finite_or_none(value):
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def nuts_diagnostics(idata, var_names) -> dict:
+    """``rhat_max``, ``ess_bulk_min`` and ``divergences`` over ``var_names``."""
+    import arviz as az
+
+    rhat = az.rhat(idata, var_names=var_names)
+    ess = az.ess(idata, var_names=var_names, method="bulk")
+    rhat_values = np.concatenate([np.ravel(rhat[v].values) for v in rhat.data_vars])
+    ess_values = np.concatenate([np.ravel(ess[v].values) for v in ess.data_vars])
+    divergences = 0
+    n_transitions = int(idata.posterior.sizes["chain"] * idata.posterior.sizes["draw"])
+    if "sample_stats" in idata.groups() and "diverging" in idata.sample_stats:
+        divergences = int(np.asarray(idata.sample_stats["diverging"].values).sum())
+    return {
+        "rhat_max": _finite_or_none(np.nanmax(rhat_values)) if np.isfinite(rhat_values).any() else None,
+        "ess_bulk_min": _finite_or_none(np.nanmin(ess_values)) if np.isfinite(ess_values).any() else None,
+        "divergences": divergences,
+        "divergent_share": divergences / max(n_transitions, 1),
+    }
+
+
+def diagnostic_warnings(diagnostics: dict) -> list[str]:
+    """Plain-words warnings for poor NUTS diagnostics."""
+    out = []
+    rhat, ess, div = diagnostics.get("rhat_max"), diagnostics.get("ess_bulk_min"), diagnostics.get("divergences", 0)
+    if rhat is None or rhat > RHAT_MAX:
+        shown = "could not be computed" if rhat is None else f"is {rhat:.3f}"
+        out.append(
+            f"the chains disagree (largest R-hat {shown}, should be at most {RHAT_MAX}): "
+            "the posterior is not reliable; run more tune/draws or more chains"
+        )
+    if ess is None or ess < ESS_MIN:
+        shown = "could not be computed" if ess is None else f"is only {ess:.0f}"
+        out.append(
+            f"too few effective draws (smallest bulk ESS {shown}, want at least {ESS_MIN}): "
+            "intervals are imprecise; run more draws"
+        )
+    if div:
+        out.append(
+            f"{div} divergent transition(s): the sampler could not explore part of the posterior and "
+            "results may be biased; raise target_accept or simplify the model"
+        )
+    return out
+
+
+def _fit_nuts(
+    problem, variant, priors, q_fixed, draws, tune, chains, sampler, progress, seed,
+    user_labels, model_labels, target_accept, informative_tol,
+):
+    import arviz as az
+    import pymc as pm
+    import xarray as xr
+
+    from .fit import Estimates
+
+    model = build_model(problem, variant, priors, q_fixed, user_labels, model_labels, tau_fixed=False)
+    progressbar = sys.stderr.isatty() if progress is None else bool(progress)
+    kwargs = dict(
+        draws=draws, tune=tune, chains=chains, random_seed=seed, progressbar=progressbar,
+        target_accept=target_accept, compute_convergence_checks=False,
+    )
+    if sampler == "nutpie":
+        kwargs["nuts_sampler"] = "nutpie"
+    else:
+        kwargs["cores"] = min(chains, os.cpu_count() or 1)
+    with model, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*initvals.*nutpie.*")
+        warnings.filterwarnings("ignore", message=".*The effect of Potentials.*")
+        idata = pm.sample(**kwargs)
+
+    post = idata.posterior
+    n_chains, n_draws = post.sizes["chain"], post.sizes["draw"]
+    cells = compress_cells(problem)
+    q_draws = np.full(n_chains * n_draws, float(q_fixed)) if q_fixed is not None else _stack(post, "q")
+    s_draws = _stack(post, "strength") if problem.learned else None
+    n_user = np.bincount(problem.user, minlength=problem.n_users)
+    active = n_user > 0
+    user_dims = ("chain", "draw", "user")
+    coords = {"chain": post["chain"].values, "draw": post["draw"].values, "user": list(user_labels)}
+
+    if variant == "two-class":
+        pi_draws = _stack(post, "pi")
+        p_att, user_ll = _per_draw_two_class(problem, cells, pi_draws, q_draws, s_draws)
+        quality_draws = p_att
+        global_vars = ["pi"]
+        p_good_fn = None
+    else:
+        theta = _stack(post, "m")[:, None] + _stack(post, "tau")[:, None] * _stack(post, "z")
+        user_ll = _per_draw_continuous(problem, cells, theta, q_draws, s_draws)
+        quality_draws = _stack(post, "eta")
+        p_good_fn = (theta >= 0.0).mean(axis=0)
+        global_vars = ["m", "tau"]
+    if q_fixed is None:
+        global_vars.append("q")
+    if problem.learned:
+        global_vars.append("strength")
+    idata.posterior["quality"] = xr.DataArray(_unstack(quality_draws, n_chains, n_draws), dims=user_dims, coords=coords)
+    log_lik = xr.Dataset({"y_user": xr.DataArray(_unstack(user_ll, n_chains, n_draws), dims=user_dims, coords=coords)})
+    if "log_likelihood" in idata.groups():
+        del idata["log_likelihood"]
+    idata.add_groups(log_likelihood=log_lik)
+    idata.posterior.attrs["engine"] = "nuts"
+    idata.posterior.attrs["sampler"] = sampler
+
+    hdi = az.hdi(idata.posterior[["quality"]], hdi_prob=HDI_PROB)["quality"]
+    quality = quality_draws.mean(axis=0)
+    p_good = quality if p_good_fn is None else p_good_fn
+    strengths = strength_low = strength_high = None
+    if problem.learned:
+        strengths = s_draws.mean(axis=0)
+        s_hdi = az.hdi(idata.posterior[["strength"]], hdi_prob=HDI_PROB)["strength"]
+        strength_low, strength_high = s_hdi.sel(hdi="lower").values, s_hdi.sel(hdi="higher").values
+    q_mean = float(q_draws.mean())
+    if variant == "two-class":
+        params = {"pi": float(pi_draws.mean()), "q": q_mean}
+    else:
+        params = {"m": float(_stack(post, "m").mean()), "tau": float(_stack(post, "tau").mean()), "q": q_mean}
+    params["mean_quality"] = float(np.mean(quality[active])) if active.any() else float("nan")
+
+    diag_vars = global_vars + (["eta"] if variant == "continuous" else [])
+    diagnostics = nuts_diagnostics(idata, diag_vars)
+    messages = diagnostic_warnings(diagnostics)
+    for message in messages:
+        warnings.warn(message, FitWarning, stacklevel=4)
+    diagnostics["warnings"] = messages
+    diagnostics["sampler"] = sampler
+    converged = bool(
+        diagnostics["rhat_max"] is not None and diagnostics["rhat_max"] <= RHAT_MAX and diagnostics["divergences"] == 0
+    )
+    return Estimates(
+        engine="nuts",
+        variant=variant,
+        quality=quality,
+        p_good=p_good,
+        n_labels_user=n_user.astype(np.int64),
+        informative=_informative_users(problem, strengths, q_mean, informative_tol),
+        strengths=strengths,
+        parameters=params,
+        quality_low=hdi.sel(hdi="lower").values,
+        quality_high=hdi.sel(hdi="higher").values,
+        strength_low=strength_low,
+        strength_high=strength_high,
+        loglik=float(user_ll.sum(axis=1).mean()),
+        converged=converged,
+        diagnostics=diagnostics,
+        user_loglik=user_ll.mean(axis=0),
+        idata=idata,
+    )

@@ -1,0 +1,95 @@
+"""EM fit time and peak memory at 10^6 and 10^7 rows (issue #2 targets).
+
+Each size runs in its own process: simulate the log (categorical ids, as a
+parquet/Arena loader would deliver them), then time ``bayes_annot.fit`` (data
+validation + encoding + EM + tables) and the EM engine alone, and record the
+peak memory of the fit: the process's peak RSS growth over the RSS right
+before the fit (read from /proc/self/status VmHWM after resetting it).
+
+Usage: python benchmarks/bench_em.py [--sizes 1e6,1e7] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+CHILD = r"""
+import json, os, sys, time
+import numpy as np
+import bayes_annot as ba
+from bayes_annot.data import prepare
+from bayes_annot.fit import build_problem
+from bayes_annot.em import fit_em
+from bayes_annot.metrics import auc
+
+n_rows, n_users, n_models, variant = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+
+def rss_kb(field):
+    for line in open('/proc/self/status'):
+        if line.startswith(field):
+            return int(line.split()[1])
+
+mean_labels = n_rows / n_users
+log = ba.simulate(n_users=n_users, n_models=n_models, casual_share=0.3, labels_per_user=(1, int(2 * mean_labels - 1)),
+                  quality=variant, strengths=np.linspace(2, -2, n_models), seed=1)
+truth = log.groupby("user", observed=True)["true_attentive"].first().to_numpy()
+log = log[["user", "model_a", "model_b", "winner"]].copy()
+base = rss_kb('VmRSS')
+with open('/proc/self/clear_refs', 'w') as fh:
+    fh.write('5')  # reset VmHWM to the current RSS
+t0 = time.perf_counter()
+result = ba.fit(log, model=variant)
+t_fit = time.perf_counter() - t0
+peak = rss_kb('VmHWM')
+prepared = prepare(log)
+problem, _ = build_problem(prepared)
+t0 = time.perf_counter()
+em = fit_em(problem, variant=variant)
+t_em = time.perf_counter() - t0
+order = np.argsort(np.array([int(u[1:]) for u in result.users.user]))
+out = dict(rows=len(log), users=n_users, models=n_models, variant=variant, fit_seconds=t_fit, em_seconds=t_em,
+           iterations=em.n_iter, converged=bool(em.converged), peak_fit_mb=(peak - base) / 1024,
+           peak_rss_mb=peak / 1024, auc=auc(result.users.quality.to_numpy()[order], truth))
+print(json.dumps(out))
+"""
+
+
+def run_size(n_rows: int, n_users: int, n_models: int, variant: str) -> dict:
+    env = dict(os.environ)
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, str(n_rows), str(n_users), str(n_models), variant],
+        capture_output=True, text=True, env=env,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-2000:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> list[dict]:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", default="1e6:1e5,1e7:1e6", help="rows:users pairs")
+    parser.add_argument("--variants", default="two-class,continuous")
+    parser.add_argument("--models", type=int, default=20)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    results = []
+    for variant in args.variants.split(","):
+        for spec in args.sizes.split(","):
+            rows, users = (int(float(x)) for x in spec.split(":"))
+            t = time.time()
+            res = run_size(rows, users, args.models, variant)
+            print(json.dumps(res), f"(wall {time.time() - t:.0f} s incl. simulation)", flush=True)
+            results.append(res)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(results, fh, indent=2)
+    return results
+
+
+if __name__ == "__main__":
+    main()
