@@ -30,8 +30,6 @@ from scipy.stats import norm
 
 from .likelihood import (
     Priors,
-    continuous_label_loglik,
-    continuous_label_responsibility,
     log_beta_pdf,
     log_normal_pdf,
     two_class_posterior,
@@ -179,6 +177,14 @@ def _attentive_rows(problem: EMProblem, cell: np.ndarray | None, strengths: np.n
     return log_expit(sign * problem.known_logit_mu)
 
 
+def _attentive_prob_rows(problem: EMProblem, cell: np.ndarray | None, strengths: np.ndarray | None) -> np.ndarray:
+    """P_att of each label (table lookup for learned strengths)."""
+    if problem.learned:
+        return np.exp(_attentive_table(strengths))[cell]
+    sign = 2.0 * problem.choice_a - 1.0
+    return expit(sign * problem.known_logit_mu)
+
+
 def _row_logit_mu(problem: EMProblem, strengths: np.ndarray | None) -> np.ndarray:
     if problem.learned:
         return strengths[problem.model_a] - strengths[problem.model_b]
@@ -280,8 +286,23 @@ def _update_theta(attentive_sum, n_user, m, tau, theta, tol=1e-12, max_iter=100)
     return theta
 
 
-def _continuous_objective(att_rows, cas_rows, theta, user, m, q, strengths, priors, tau, q_free):
-    value = float(continuous_label_loglik(att_rows, cas_rows, theta[user]).sum())
+def _continuous_rows(att_prob, cas_prob, theta, user):
+    """Per-label log-likelihood and attentive responsibility in one pass.
+
+    Same quantity as :func:`~bayes_annot.likelihood.continuous_label_loglik`
+    (a test checks equality), computed in probability space: per-label
+    probabilities are bounded away from 0 (strength differences are finite,
+    known ``p_a`` is clipped), so ``log(eta P_att + (1 - eta) P_cas)`` is exact
+    to rounding and needs one ``log`` per label instead of three.
+    """
+    eta = expit(theta)[user]
+    attentive = eta * att_prob
+    mixture = attentive + (1.0 - eta) * cas_prob
+    return np.log(mixture), attentive / mixture
+
+
+def _continuous_objective(label_loglik, theta, m, q, strengths, priors, tau, q_free):
+    value = float(label_loglik.sum())
     value += float(log_normal_pdf(theta, m, tau).sum())
     value += float(log_normal_pdf(m, priors.eta_m_mu, priors.eta_m_sigma))
     if q_free:
@@ -300,13 +321,14 @@ def _fit_continuous(problem, priors, q_fixed, tol, max_iter, callback):
     m = float(logit(0.7))
     theta = np.full(problem.n_users, m)
     q = 0.5 if q_fixed is None else float(q_fixed)
-    att_rows = _attentive_rows(problem, cell, strengths)
+    att_prob = _attentive_prob_rows(problem, cell, strengths)
     trace: list[float] = []
     converged = False
     iteration = 0
     while True:
-        cas_rows = np.where(problem.choice_a == 1, np.log(q), np.log1p(-q))
-        value = _continuous_objective(att_rows, cas_rows, theta, problem.user, m, q, strengths, priors, tau, q_fixed is None)
+        cas_prob = np.where(problem.choice_a == 1, q, 1.0 - q)
+        label_loglik, resp = _continuous_rows(att_prob, cas_prob, theta, problem.user)
+        value = _continuous_objective(label_loglik, theta, m, q, strengths, priors, tau, q_fixed is None)
         trace.append(value)
         if callback is not None:
             callback(iteration, value)
@@ -316,8 +338,7 @@ def _fit_continuous(problem, priors, q_fixed, tol, max_iter, callback):
         if iteration >= max_iter:
             break
         iteration += 1
-        # E-step: per-label posterior of attentive behaviour
-        resp = continuous_label_responsibility(att_rows, cas_rows, theta[problem.user])
+        # E-step: per-label posterior of attentive behaviour (resp, computed above)
         # M-step
         attentive_sum = np.bincount(problem.user, weights=resp, minlength=problem.n_users)
         theta = _update_theta(attentive_sum, n_user, m, tau, theta)
@@ -330,18 +351,15 @@ def _fit_continuous(problem, priors, q_fixed, tol, max_iter, callback):
         if problem.learned:
             w1, w0 = pair_weights(cell, resp, problem.n_models)
             strengths = fit_bradley_terry(w1, w0, priors.strength_sigma, start=strengths)
-            att_rows = _attentive_rows(problem, cell, strengths)
+            att_prob = _attentive_prob_rows(problem, cell, strengths)
     # Laplace approximation of each user's posterior of theta (other parameters at their MAP):
     # d^2/dtheta^2 log p(y_r) = w_r (1 - w_r) - sigma(theta)(1 - sigma(theta)).
-    resp = continuous_label_responsibility(att_rows, cas_rows, theta[problem.user])
     eta = expit(theta)
     curvature_rows = np.bincount(problem.user, weights=resp * (1.0 - resp), minlength=problem.n_users)
     precision = n_user * eta * (1.0 - eta) - curvature_rows + 1.0 / tau**2
     precision = np.maximum(precision, 1e-6)
     p_above = norm.cdf(theta * np.sqrt(precision))
-    user_ll = np.bincount(
-        problem.user, weights=continuous_label_loglik(att_rows, cas_rows, theta[problem.user]), minlength=problem.n_users
-    )
+    user_ll = np.bincount(problem.user, weights=label_loglik, minlength=problem.n_users)
     return dict(
         pi=None, q=float(q), strengths=strengths, quality=eta, p_eta_above_half=p_above,
         theta=theta, m=float(m), tau=float(tau), n_labels_user=n_user.astype(np.int64), loglik=trace[-1],

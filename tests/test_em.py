@@ -198,3 +198,23 @@ def test_attentive_component_does_not_swap_with_casual():
     assert auc(users.quality, truth.true_attentive) > 0.9
     strengths = result.models.set_index("model").strength
     assert strengths["model_0"] > strengths["model_7"]
+
+
+def test_continuous_probability_space_equals_log_space(rng):
+    from bayes_annot.em import _continuous_rows
+    from bayes_annot.likelihood import (
+        attentive_logprob,
+        casual_logprob,
+        continuous_label_loglik,
+        continuous_label_responsibility,
+    )
+
+    n, n_users = 2000, 60
+    choice = rng.integers(0, 2, n)
+    logit_mu = rng.normal(0.0, 3.0, n)
+    theta = rng.normal(0.0, 3.0, n_users)
+    user = rng.integers(0, n_users, n)
+    att, cas = attentive_logprob(choice, logit_mu), casual_logprob(choice, 0.63)
+    loglik, resp = _continuous_rows(np.exp(att), np.exp(cas), theta, user)
+    np.testing.assert_allclose(loglik, continuous_label_loglik(att, cas, theta[user]), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(resp, continuous_label_responsibility(att, cas, theta[user]), rtol=0, atol=1e-12)
