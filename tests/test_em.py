@@ -218,3 +218,18 @@ def test_continuous_probability_space_equals_log_space(rng):
     loglik, resp = _continuous_rows(np.exp(att), np.exp(cas), theta, user)
     np.testing.assert_allclose(loglik, continuous_label_loglik(att, cas, theta[user]), rtol=0, atol=1e-12)
     np.testing.assert_allclose(resp, continuous_label_responsibility(att, cas, theta[user]), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("variant", ["two-class", "continuous"])
+def test_warm_start_reaches_the_same_optimum_faster(variant):
+    log = ba.simulate(n_users=800, casual_share=0.3, labels_per_user=(5, 30), quality=variant, seed=41)
+    from bayes_annot.data import prepare
+    from bayes_annot.fit import build_problem
+
+    problem, _ = build_problem(prepare(log))
+    cold = fit_em(problem, variant=variant, tol=1e-13)
+    start = {"pi": cold.pi, "q": cold.q, "strengths": cold.strengths, "theta": cold.theta, "m": cold.m}
+    warm = fit_em(problem, variant=variant, tol=1e-13, start=start)
+    assert warm.n_iter < cold.n_iter
+    np.testing.assert_allclose(warm.quality, cold.quality, atol=1e-6)
+    np.testing.assert_allclose(warm.strengths, cold.strengths, atol=1e-6)
