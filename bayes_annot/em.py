@@ -191,9 +191,15 @@ def _row_logit_mu(problem: EMProblem, strengths: np.ndarray | None) -> np.ndarra
     return problem.known_logit_mu
 
 
-def _informative_users(problem: EMProblem, strengths, q: float, tol: float) -> np.ndarray:
-    """Users with at least one label whose attentive and casual distributions differ."""
-    differs = np.abs(_row_logit_mu(problem, strengths) - logit(q)) > tol
+def _informative_users(problem: EMProblem, strengths, tol: float) -> np.ndarray:
+    """Users with at least one label whose attentive probability is away from 0.5.
+
+    DESIGN §2: a user who only saw pairs with ``mu_r ~ 0.5`` (same model, or
+    equally strong models) carries no information about their quality. This is
+    deliberately conservative: with a position-biased casual behaviour such a
+    user is weakly identifiable through ``q`` alone, which we do not trust.
+    """
+    differs = np.abs(_row_logit_mu(problem, strengths)) > tol
     return np.bincount(problem.user, weights=differs, minlength=problem.n_users) > 0
 
 
@@ -407,10 +413,11 @@ def fit_em(
     max_iter : int
     informative_tol : float
         A user is *uninformative* when, on every one of their labels, the
-        attentive and casual log-odds of choosing ``model_a`` differ by less
-        than this (0.2: |mu - q| below about 0.05; e.g. only same-strength
-        pairs with a fair-coin casual behaviour). Their quality is set to the
-        population level (``pi``, or ``sigmoid(m)`` for continuous): no verdict.
+        attentive log-odds of choosing ``model_a`` are within this of 0
+        (0.2: ``mu`` within about 0.05 of 0.5; e.g. only pairs of equally
+        strong models). Their quality is set to the population level (``pi``,
+        or ``sigmoid(m)`` for continuous; the prior's when nobody is
+        informative): no verdict.
     callback : callable(iteration, loglik), optional
         Called once per iteration (progress reporting).
     start : dict, optional
@@ -443,11 +450,14 @@ def fit_em(
     started = time.perf_counter()
     fitter = _fit_two_class if variant == "two-class" else _fit_continuous
     out = fitter(problem, priors, q_fixed, tol, max_iter, callback, start)
-    informative = _informative_users(problem, out["strengths"], out["q"], informative_tol)
-    # No verdict on users whose labels cannot tell the behaviours apart: prior-level quality.
+    informative = _informative_users(problem, out["strengths"], informative_tol)
+    # No verdict on users whose labels cannot tell the behaviours apart: population-level
+    # quality, or the prior's when nobody is informative (the population estimate is then an artefact).
     if variant == "two-class":
-        out["quality"] = np.where(informative, out["quality"], out["pi"])
+        level = out["pi"] if informative.any() else priors.pi_alpha / (priors.pi_alpha + priors.pi_beta)
+        out["quality"] = np.where(informative, out["quality"], level)
     else:
-        out["quality"] = np.where(informative, out["quality"], expit(out["m"]))
-        out["p_eta_above_half"] = np.where(informative, out["p_eta_above_half"], norm.cdf(out["m"] / out["tau"]))
+        m_level = out["m"] if informative.any() else priors.eta_m_mu
+        out["quality"] = np.where(informative, out["quality"], expit(m_level))
+        out["p_eta_above_half"] = np.where(informative, out["p_eta_above_half"], norm.cdf(m_level / out["tau"]))
     return EMResult(variant=variant, informative=informative, runtime_seconds=time.perf_counter() - started, **out)

@@ -247,16 +247,16 @@ class FitResult:
         parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=parent))
         try:
-            self.users.to_csv(tmp / "users.csv", index=False, float_format="%.10g")
-            self.models.to_csv(tmp / "models.csv", index=False, float_format="%.10g")
-            self.rows.to_csv(tmp / "rows.csv", index=False, float_format="%.10g")
+            self.users.to_csv(tmp / "users.csv", index=False)
+            self.models.to_csv(tmp / "models.csv", index=False)
+            self.rows.to_csv(tmp / "rows.csv", index=False)
             with open(tmp / "summary.json", "w", encoding="utf-8") as handle:
                 json.dump(self.summary, handle, indent=2, sort_keys=False, allow_nan=False)
                 handle.write("\n")
             if posterior is None:
                 posterior = self.estimates.engine == "nuts"
-            if posterior and self.estimates.idata is not None:
-                self.estimates.idata.to_netcdf(str(tmp / "posterior.nc"))
+            if posterior:
+                self.idata.to_netcdf(str(tmp / "posterior.nc"))
             _replace_directory(tmp, directory)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -485,7 +485,7 @@ def fit(
     if problem.n_labels == 0:
         _warn(summary, "no row enters the likelihood (all ties or same-model pairs): every user is uninformative")
     elif counts["uninformative_users"] == counts["users"]:
-        _warn(summary, "every user is uninformative (all pairs have attentive probability near the casual one)")
+        _warn(summary, "every user is uninformative: all pairs have attentive probability near 0.5 (equally strong models, or users who all click at random), so nobody can be judged")
     elif counts["uninformative_users"]:
         summary["notes"] = [
             f"{counts['uninformative_users']} user(s) saw only pairs that carry no information about their quality; "
@@ -552,19 +552,59 @@ class UserQualityModel:
         return self
 
 
-def load(directory: str | Path) -> dict:
-    """Read the tables a fit saved (``users``, ``models``, ``rows``, ``summary``, ``idata`` if present)."""
+class SavedResult:
+    """Results read back from an output folder (see :func:`load`).
+
+    Attributes ``users``, ``models``, ``rows`` (pandas), ``summary`` (dict) and
+    ``idata`` (ArviZ ``InferenceData`` or ``None``); item access
+    (``saved["users"]``) works too.
+    """
+
+    def __init__(self, users, models, rows, summary, idata=None):
+        self.users, self.models, self.rows, self.summary, self.idata = users, models, rows, summary, idata
+
+    def __getitem__(self, key):
+        if key not in ("users", "models", "rows", "summary", "idata"):
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __contains__(self, key) -> bool:
+        return key in ("users", "models", "rows", "summary") or (key == "idata" and self.idata is not None)
+
+    def keys(self):
+        return [k for k in ("users", "models", "rows", "summary", "idata") if k in self]
+
+    def __repr__(self) -> str:
+        c = self.summary.get("counts", {})
+        return f"<SavedResult {self.summary.get('model')} via {self.summary.get('engine')}: {c.get('users')} users, {c.get('rows')} rows>"
+
+
+def load(directory: str | Path) -> SavedResult:
+    """Read what :meth:`FitResult.save` wrote.
+
+    ``users`` and ``models`` come back with the dtypes they were saved with
+    (ids as text), ``rows`` with every cell as text (input columns are carried
+    through untouched, so no type is guessed), ``summary`` as a dict and
+    ``idata`` from ``posterior.nc`` when present.
+
+    Examples
+    --------
+    >>> import tempfile, bayes_annot as ba
+    >>> result = ba.fit(ba.simulate(n_users=50, seed=0))
+    >>> saved = ba.load(result.save(tempfile.mkdtemp() + "/out"))
+    >>> saved.users.shape == result.users.shape
+    True
+    """
     directory = Path(directory)
     if not (directory / "summary.json").exists():
         raise InputError(f"'{directory}' holds no bayes_annot results (summary.json missing)")
-    out = {
-        "users": pd.read_csv(directory / "users.csv", dtype={"user": str}, keep_default_na=False, na_values=[""]),
-        "models": pd.read_csv(directory / "models.csv", dtype={"model": str}, keep_default_na=False, na_values=[""]),
-        "rows": pd.read_csv(directory / "rows.csv", dtype=str, keep_default_na=False, na_values=[""]),
-        "summary": json.loads((directory / "summary.json").read_text(encoding="utf-8")),
-    }
+    users = pd.read_csv(directory / "users.csv", dtype={"user": str}, keep_default_na=False, na_values=[""])
+    models = pd.read_csv(directory / "models.csv", dtype={"model": str}, keep_default_na=False, na_values=[""])
+    rows = pd.read_csv(directory / "rows.csv", dtype=str, keep_default_na=False, na_values=[""])
+    summary = json.loads((directory / "summary.json").read_text(encoding="utf-8"))
+    idata = None
     if (directory / "posterior.nc").exists():
         import arviz as az
 
-        out["idata"] = az.from_netcdf(str(directory / "posterior.nc"))
-    return out
+        idata = az.from_netcdf(str(directory / "posterior.nc"))
+    return SavedResult(users, models, rows, summary, idata)
