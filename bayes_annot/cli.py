@@ -63,6 +63,7 @@ def _build_parser() -> argparse.ArgumentParser:
     engine.add_argument("--tol", type=float, default=1e-9, help="EM relative tolerance")
     engine.add_argument("--seed", type=int, default=0)
     fit.add_argument("--filter", default="prob:0.5", help="prob:T, fdr:ALPHA, credible:T or none (default prob:0.5)")
+    fit.add_argument("--dpo", default=None, help="also export kept labels for DPO training (.jsonl or .parquet)")
     fit.add_argument("--quiet", action="store_true", help="print nothing but errors")
 
     sim = sub.add_parser("simulate", help="write a synthetic comparison log with truth columns")
@@ -155,9 +156,20 @@ def _cmd_fit(args) -> int:
         seed=args.seed,
     )
     out = Path(args.out)
+    dpo = None
+    if args.dpo:
+        from .export import _SUFFIXES, _write_atomic
+
+        if Path(args.dpo).suffix.lower() not in _SUFFIXES:
+            raise InputError(f"--dpo '{args.dpo}': expected a .jsonl or .parquet file")
+        dpo = result.to_dpo()  # validates the text columns before anything is written
     result.save(out)
+    if dpo is not None:
+        _write_atomic(dpo, Path(args.dpo))
     if not args.quiet:
         _print_summary(result, out)
+        if dpo is not None:
+            print(f"wrote {len(dpo)} preference pairs to {args.dpo}")
     return 0
 
 

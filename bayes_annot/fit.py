@@ -234,6 +234,16 @@ class FitResult:
         """The input rows that passed the filter."""
         return self.rows[self.rows["kept"]]
 
+    def to_dpo(self, path: str | Path | None = None, **columns) -> pd.DataFrame:
+        """Kept labels as a DPO data set (``prompt, chosen, rejected, weight, ...``).
+
+        See :func:`bayes_annot.export.to_dpo`; ``path`` ending in ``.jsonl`` or
+        ``.parquet`` also writes the file (atomically).
+        """
+        from .export import to_dpo
+
+        return to_dpo(self, path, **columns)
+
     def save(self, directory: str | Path, posterior: bool | None = None) -> Path:
         """Write ``users.csv``, ``models.csv``, ``rows.csv``, ``summary.json`` atomically.
 

@@ -128,3 +128,24 @@ def test_demo_runs(tmp_path):
     assert "AUC" in proc.stdout
     for name in ("users.csv", "models.csv", "rows.csv", "summary.json"):
         assert (out / name).exists()
+
+
+def test_fit_fdr_with_dpo_export_end_to_end(tmp_path):
+    log_path = tmp_path / "text.csv"
+    assert main(["simulate", "--out", str(log_path), "--users", "300", "--with-text", "--tie-rate", "0.05", "--seed", "8"]) == 0
+    out, dpo = tmp_path / "out", tmp_path / "pairs.jsonl"
+    assert main(["fit", str(log_path), "--filter", "fdr:0.1", "--dpo", str(dpo), "--out", str(out)]) == 0
+    records = [json.loads(line) for line in dpo.read_text().splitlines()]
+    rows = pd.read_csv(out / "rows.csv")
+    assert len(records) == int((rows.reason == "ok").sum()) > 0
+    assert set(records[0]) >= {"prompt", "chosen", "rejected", "weight", "user", "chosen_model", "rejected_model"}
+    first = rows[rows.reason == "ok"].iloc[0]
+    chosen = first.response_a if first.winner == "model_a" else first.response_b
+    assert records[0]["chosen"] == chosen and records[0]["prompt"] == first.prompt
+
+
+def test_dpo_without_text_columns_exit_2_and_nothing_written(sim_csv, tmp_path):
+    out, dpo = tmp_path / "out", tmp_path / "pairs.jsonl"
+    proc = run("fit", sim_csv, "--dpo", dpo, "--out", out)
+    assert proc.returncode == 2 and "prompt" in proc.stderr
+    assert not out.exists() and not dpo.exists()

@@ -1,0 +1,233 @@
+"""Export the kept labels as a preference data set a DPO / reward-model trainer reads.
+
+One record per kept row that has a winner: ``prompt``, ``chosen``, ``rejected``
+(the text of the picked and of the other response), ``weight`` (the user's
+quality, for weighted training), ``user``, ``chosen_model``,
+``rejected_model``. ``prompt`` / ``chosen`` / ``rejected`` are the column names
+TRL's ``DPOTrainer`` (and ``RewardTrainer``) read from a data set; the others
+ride along for weighting and auditing.
+
+Text comes from three columns (``prompt``, ``response_a``, ``response_b`` by
+default), or, for Chatbot Arena style records that lack them, from
+``conversation_a`` / ``conversation_b``: lists of ``{"role", "content"}``
+messages, where the prompt is the first user message and each response is the
+last assistant message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import InputError
+
+__all__ = ["DPO_COLUMNS", "to_dpo"]
+
+#: Columns of the exported data set, in order.
+DPO_COLUMNS = ("prompt", "chosen", "rejected", "weight", "user", "chosen_model", "rejected_model")
+
+_SUFFIXES = (".jsonl", ".parquet")
+_CONVERSATIONS = ("conversation_a", "conversation_b")
+
+
+def to_dpo(
+    result,
+    path=None,
+    *,
+    prompt: str = "prompt",
+    response_a: str = "response_a",
+    response_b: str = "response_b",
+) -> pd.DataFrame:
+    """Kept, decided labels as ``prompt, chosen, rejected, weight, ...`` records.
+
+    Parameters
+    ----------
+    result : FitResult
+        A fitted result; its current filter decides which rows are kept
+        (``result.filter("fdr:0.1")`` to change it first).
+    path : str or Path, optional
+        Also write the records to ``.jsonl`` (one JSON object per line, UTF-8)
+        or ``.parquet``, chosen by the suffix. The file is written to a
+        temporary file beside ``path`` and moved into place when complete.
+    prompt, response_a, response_b : str
+        Columns holding the prompt and the text of the response of
+        ``model_a`` and of ``model_b``. When a column is absent and the input
+        has Chatbot Arena's ``conversation_a`` / ``conversation_b``, the text is
+        taken from the conversations instead.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns :data:`DPO_COLUMNS`, one row per input row whose reason is
+        ``"ok"`` (kept user, two different models, a winner: ties and
+        same-model pairs are never exported); the index is the row's position
+        in the input. ``chosen_model`` / ``rejected_model`` and ``user`` are
+        the ids as text.
+
+    Raises
+    ------
+    InputError
+        Text columns are missing (the message names them), a kept row has no
+        text, or ``path`` has a suffix other than ``.jsonl`` / ``.parquet``.
+
+    Examples
+    --------
+    >>> import bayes_annot as ba
+    >>> from bayes_annot.export import to_dpo
+    >>> log = ba.simulate(n_users=100, n_models=4, with_text=True, seed=2)
+    >>> dpo = to_dpo(ba.fit(log, filter="fdr:0.1"))
+    >>> list(dpo.columns)
+    ['prompt', 'chosen', 'rejected', 'weight', 'user', 'chosen_model', 'rejected_model']
+    >>> bool((dpo.chosen != dpo.rejected).all())
+    True
+    """
+    if path is not None:
+        path = Path(path)
+        if path.suffix.lower() not in _SUFFIXES:
+            raise InputError(
+                f"DPO export path '{path}' must end in .jsonl or .parquet (got '{path.suffix or 'no suffix'}')"
+            )
+    data = result._data
+    frame = data.frame
+    rows = result.rows
+    selected = np.flatnonzero((rows["reason"] == "ok").to_numpy())
+    texts = _texts(frame, selected, prompt, response_a, response_b)
+
+    choice_a = data.choice_a[selected] == 1
+    model_a = data.model_labels[data.model_a[selected]]
+    model_b = data.model_labels[data.model_b[selected]]
+    text_a, text_b = texts["response_a"], texts["response_b"]
+    out = pd.DataFrame(
+        {
+            "prompt": texts["prompt"],
+            "chosen": np.where(choice_a, text_a, text_b),
+            "rejected": np.where(choice_a, text_b, text_a),
+            "weight": rows["weight"].to_numpy(dtype=float)[selected],
+            "user": data.user_labels[data.user[selected]],
+            "chosen_model": np.where(choice_a, model_a, model_b),
+            "rejected_model": np.where(choice_a, model_b, model_a),
+        },
+        index=pd.Index(selected, name="row"),
+    )
+    for column in ("prompt", "chosen", "rejected", "user", "chosen_model", "rejected_model"):
+        out[column] = out[column].astype(object)
+    if path is not None:
+        _write_atomic(out, path)
+    return out
+
+
+# --------------------------------------------------------------------------- text
+
+
+def _texts(frame: pd.DataFrame, selected: np.ndarray, prompt: str, response_a: str, response_b: str) -> dict:
+    """Text of the selected rows per role: from the named columns, else from Arena conversations."""
+    wanted = {"prompt": prompt, "response_a": response_a, "response_b": response_b}
+    missing = {role: col for role, col in wanted.items() if col not in frame.columns}
+    have_conversations = all(c in frame.columns for c in _CONVERSATIONS)
+    if missing and not have_conversations:
+        raise InputError(
+            "DPO export needs the prompt and response text: missing column(s) "
+            + ", ".join(f"'{col}'" for col in missing.values())
+            + " (name them with prompt=/response_a=/response_b=, or give Chatbot Arena's "
+            "'conversation_a' and 'conversation_b')"
+        )
+    out: dict[str, np.ndarray] = {}
+    for role, col in wanted.items():
+        if role in missing:
+            continue
+        values = frame[col].to_numpy(dtype=object)[selected]
+        out[role] = np.array([_clean_text(v, col, int(i)) for v, i in zip(values, selected)], dtype=object)
+    if missing:
+        conv = {c: frame[c].to_numpy(dtype=object)[selected] for c in _CONVERSATIONS}
+        if "prompt" in missing:
+            out["prompt"] = np.array(
+                [_first_message(v, "user", "conversation_a", int(i)) for v, i in zip(conv["conversation_a"], selected)],
+                dtype=object,
+            )
+        for role, conv_col in (("response_a", "conversation_a"), ("response_b", "conversation_b")):
+            if role in missing:
+                out[role] = np.array(
+                    [_last_message(v, "assistant", conv_col, int(i)) for v, i in zip(conv[conv_col], selected)],
+                    dtype=object,
+                )
+    return out
+
+
+def _clean_text(value, column: str, row: int) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
+        raise InputError(f"column '{column}' is empty in row {row}, which is kept: cannot export it")
+    return value if isinstance(value, str) else str(value)
+
+
+def _messages(value, column: str, row: int) -> list:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise InputError(f"column '{column}' in row {row} is not a list of messages (invalid JSON)") from None
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if not isinstance(value, (list, tuple)):
+        raise InputError(
+            f"column '{column}' in row {row} is not a list of {{role, content}} messages "
+            f"(got {type(value).__name__})"
+        )
+    return list(value)
+
+
+def _content(message) -> str:
+    content = message.get("content")
+    if isinstance(content, np.ndarray):
+        content = content.tolist()
+    if isinstance(content, (list, tuple)):  # multi-part content: keep the text parts
+        content = "".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in content)
+    return "" if content is None else str(content)
+
+
+def _first_message(value, role: str, column: str, row: int) -> str:
+    for message in _messages(value, column, row):
+        if isinstance(message, dict) and message.get("role") == role:
+            return _content(message)
+    raise InputError(f"column '{column}' in row {row} has no '{role}' message")
+
+
+def _last_message(value, role: str, column: str, row: int) -> str:
+    for message in reversed(_messages(value, column, row)):
+        if isinstance(message, dict) and message.get("role") == role:
+            return _content(message)
+    raise InputError(f"column '{column}' in row {row} has no '{role}' message")
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _write_atomic(frame: pd.DataFrame, path: Path) -> None:
+    parent = path.resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=parent)
+    try:
+        if path.suffix.lower() == ".jsonl":
+            with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as out:
+                for record in frame.to_dict(orient="records"):
+                    record["weight"] = float(record["weight"])
+                    out.write(json.dumps(record, ensure_ascii=False, allow_nan=False))
+                    out.write("\n")
+        else:
+            os.close(handle)
+            try:
+                import pyarrow  # noqa: F401
+            except ImportError:  # pragma: no cover - depends on the environment
+                raise InputError("writing parquet needs pyarrow: pip install 'bayes_annot[parquet]'") from None
+            frame.reset_index(drop=True).to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
