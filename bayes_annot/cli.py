@@ -63,6 +63,7 @@ def _build_parser() -> argparse.ArgumentParser:
     engine.add_argument("--tol", type=float, default=1e-9, help="EM relative tolerance")
     engine.add_argument("--seed", type=int, default=0)
     fit.add_argument("--filter", default="prob:0.5", help="prob:T, fdr:ALPHA, credible:T or none (default prob:0.5)")
+    fit.add_argument("--report", action="store_true", help="also write DIR/report.html (diagnostics report)")
     fit.add_argument("--dpo", default=None, help="also export kept labels for DPO training (.jsonl or .parquet)")
     fit.add_argument("--quiet", action="store_true", help="print nothing but errors")
 
@@ -79,6 +80,10 @@ def _build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--tie-rate", type=float, default=0.0)
     sim.add_argument("--with-text", action="store_true", help="add prompt/response text columns")
     sim.add_argument("--seed", type=int, default=0)
+
+    report = sub.add_parser("report", help="rebuild the HTML diagnostics report from a saved output folder")
+    report.add_argument("directory", help="a folder written by 'bayes-annot fit'")
+    report.add_argument("--out", default=None, help="report file (default DIRECTORY/report.html)")
 
     demo = sub.add_parser("demo", help="run the main job on the embedded demo log")
     demo.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
@@ -164,10 +169,14 @@ def _cmd_fit(args) -> int:
             raise InputError(f"--dpo '{args.dpo}': expected a .jsonl or .parquet file")
         dpo = result.to_dpo()  # validates the text columns before anything is written
     result.save(out)
+    if args.report:
+        result.report(out / "report.html")
     if dpo is not None:
         _write_atomic(dpo, Path(args.dpo))
     if not args.quiet:
         _print_summary(result, out)
+        if args.report:
+            print(f"wrote {out / 'report.html'}")
         if dpo is not None:
             print(f"wrote {len(dpo)} preference pairs to {args.dpo}")
     return 0
@@ -198,6 +207,17 @@ def _cmd_simulate(args) -> int:
     return 0
 
 
+def _cmd_report(args) -> int:
+    from .report import build_report_from_dir
+
+    directory = Path(args.directory)
+    if not (directory / "summary.json").exists():
+        raise InputError(f"'{directory}' holds no bayes_annot results (summary.json missing)")
+    path = build_report_from_dir(directory, args.out)
+    print(f"wrote {path}")
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from .datasets import DEMO_SETTINGS, load_demo
     from .fit import fit
@@ -210,7 +230,10 @@ def _cmd_demo(args) -> int:
     )
     result = fit(log, filter="fdr:0.1", seed=args.seed)
     result.save(out)
+    result.to_dpo(out / "dpo.jsonl")
+    result.report(out / "report.html")
     _print_summary(result, out)
+    print(f"wrote {out}/report.html and {out}/dpo.jsonl")
     from .metrics import auc
     from .simulate import truth_users
 
@@ -223,7 +246,7 @@ def _cmd_demo(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
-    handlers = {"fit": _cmd_fit, "simulate": _cmd_simulate, "demo": _cmd_demo}
+    handlers = {"fit": _cmd_fit, "simulate": _cmd_simulate, "report": _cmd_report, "demo": _cmd_demo}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:

@@ -234,6 +234,12 @@ class FitResult:
         """The input rows that passed the filter."""
         return self.rows[self.rows["kept"]]
 
+    def report(self, path: str | Path, **options) -> Path:
+        """Write the self-contained HTML diagnostics report (see :func:`bayes_annot.report.build_report`)."""
+        from .report import build_report
+
+        return build_report(self, path, **options)
+
     def to_dpo(self, path: str | Path | None = None, **columns) -> pd.DataFrame:
         """Kept labels as a DPO data set (``prompt, chosen, rejected, weight, ...``).
 
@@ -501,8 +507,10 @@ def fit(
             f"{counts['uninformative_users']} user(s) saw only pairs that carry no information about their quality; "
             "their quality stays at the prior level (column 'uninformative')"
         ]
-    if estimates.converged is False:
+    if estimates.converged is False and estimates.engine == "em":
         _warn(summary, f"EM did not converge in {estimates.n_iter} iterations; raise max_iter or loosen tol")
+    elif estimates.converged is False and estimates.engine == "map":
+        _warn(summary, "the MAP optimiser did not report convergence; compare with --method em")
     used = np.unique(np.concatenate([problem.model_a, problem.model_b])) if problem.n_labels else np.array([], int)
     if len(used) and len(np.unique(components[used])) > 1 and problem.learned:
         _warn(

@@ -126,7 +126,7 @@ def test_demo_runs(tmp_path):
     proc = run("demo", "--out", out)
     assert proc.returncode == 0, proc.stderr
     assert "AUC" in proc.stdout
-    for name in ("users.csv", "models.csv", "rows.csv", "summary.json"):
+    for name in ("users.csv", "models.csv", "rows.csv", "summary.json", "report.html", "dpo.jsonl"):
         assert (out / name).exists()
 
 
@@ -149,3 +149,14 @@ def test_dpo_without_text_columns_exit_2_and_nothing_written(sim_csv, tmp_path):
     proc = run("fit", sim_csv, "--dpo", dpo, "--out", out)
     assert proc.returncode == 2 and "prompt" in proc.stderr
     assert not out.exists() and not dpo.exists()
+
+
+def test_fit_report_and_rebuild_from_folder(sim_csv, tmp_path):
+    out = tmp_path / "out"
+    assert main(["fit", str(sim_csv), "--out", str(out), "--report"]) == 0
+    html = (out / "report.html").read_text()
+    assert "<html" in html.lower() and "data:image/png;base64" in html
+    (out / "report.html").unlink()
+    assert main(["report", str(out)]) == 0
+    assert (out / "report.html").exists()
+    assert main(["report", str(tmp_path)]) == 2

@@ -158,6 +158,22 @@ def _rebuild_data(rows: pd.DataFrame | None, summary: dict):
         return None
 
 
+def _get(obj, key):
+    if isinstance(obj, dict):
+        return obj.get(key)
+    value = getattr(obj, key, None)
+    if value is None:
+        try:
+            value = obj[key]
+        except (KeyError, TypeError, IndexError):
+            value = None
+    return value
+
+
+def _has(obj, key) -> bool:
+    return _get(obj, key) is not None
+
+
 def as_source(obj) -> ResultSource:
     """Normalise a fit result, a ``load()`` dict or a saved directory to a :class:`ResultSource`."""
     if isinstance(obj, ResultSource):
@@ -169,29 +185,29 @@ def as_source(obj) -> ResultSource:
         source = as_source(loaded)
         source.origin = "directory"
         return source
-    if isinstance(obj, dict):
-        if "users" not in obj or "summary" not in obj:
-            raise TypeError("a dict source needs at least 'users' and 'summary' (what bayes_annot.load returns)")
-        models = obj.get("models")
+    if not hasattr(obj, "_data") and _has(obj, "users") and _has(obj, "summary"):
+        # saved outputs: the dict / SavedResult that bayes_annot.load returns
+        models = _get(obj, "models")
         if models is None:
             models = pd.DataFrame({"model": [], "strength": []})
-        users = obj["users"].copy()
+        users = _get(obj, "users").copy()
         for col in ("kept", "uninformative"):
-            if col in users and users[col].dtype == object:
+            if col in users and users[col].dtype != bool:
                 users[col] = users[col].astype(str).str.lower().isin(["true", "1"])
-        rows = obj.get("rows")
-        if rows is not None and "kept" in rows and rows["kept"].dtype == object:
+        rows = _get(obj, "rows")
+        if rows is not None and "kept" in rows and rows["kept"].dtype != bool:
             rows = rows.copy()
             rows["kept"] = rows["kept"].astype(str).str.lower().isin(["true", "1"])
-        summary = obj["summary"]
+        summary = _get(obj, "summary")
+        data = _get(obj, "data")
         return ResultSource(
             users=users,
             models=models,
             rows=rows,
             summary=summary,
-            loglik_trace=obj.get("loglik_trace"),
-            idata=obj.get("idata"),
-            data=obj.get("data") or _rebuild_data(rows, summary),
+            loglik_trace=_get(obj, "loglik_trace"),
+            idata=_get(obj, "idata"),
+            data=data if data is not None else _rebuild_data(rows, summary),
             origin="directory",
         )
     if hasattr(obj, "users") and hasattr(obj, "summary"):

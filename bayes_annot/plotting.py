@@ -1,0 +1,531 @@
+"""Plots of a fit for Jupyter and the diagnostics report.
+
+Every function takes keyword-only options, draws on ``ax`` (a new figure when
+``ax`` is ``None``) and returns the matplotlib ``Axes``. The first argument may
+be a :class:`~bayes_annot.fit.FitResult`, the dict :func:`bayes_annot.load`
+returns, or a directory of saved outputs (see
+:func:`bayes_annot.report.source.as_source`).
+
+matplotlib is an optional dependency: ``pip install 'bayes_annot[plot]'``.
+
+>>> import bayes_annot as ba
+>>> from bayes_annot import plotting
+>>> result = ba.fit(ba.simulate(n_users=100, n_models=4, seed=0))
+>>> ax = plotting.plot_strengths(result)
+>>> len(ax.collections[0].get_offsets())
+4
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .report.source import ResultSource, as_source
+
+__all__ = [
+    "plot_quality_distribution",
+    "plot_quality_caterpillar",
+    "plot_strengths",
+    "plot_labels_per_user",
+    "plot_comparison_matrix",
+    "plot_loglik_trace",
+    "plot_reliability",
+    "plot_ppc_agreement",
+    "ppc_agreement",
+    "comparison_counts",
+]
+
+KEPT_COLOR = "#2b6cb0"
+DROPPED_COLOR = "#dd6b20"
+NEUTRAL_COLOR = "#718096"
+QUALITY_VARS = ("quality", "p_attentive", "eta")
+
+
+def _pyplot():
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "bayes_annot plots need matplotlib, an optional dependency: pip install 'bayes_annot[plot]'"
+        ) from exc
+    return plt
+
+
+def _axes(ax, figsize=(6.0, 4.0)):
+    if ax is not None:
+        return ax
+    plt = _pyplot()
+    _, ax = plt.subplots(figsize=figsize)
+    return ax
+
+
+def _empty(ax, message: str):
+    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color=NEUTRAL_COLOR, wrap=True)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return ax
+
+
+def _bool(series) -> np.ndarray:
+    if series.dtype == bool:
+        return series.to_numpy()
+    return series.astype(str).str.lower().isin(["true", "1"]).to_numpy()
+
+
+def _active_users(src: ResultSource) -> pd.DataFrame:
+    users = src.users
+    if "n_labels" in users:
+        users = users[pd.to_numeric(users["n_labels"], errors="coerce").fillna(0) > 0]
+    return users
+
+
+# --------------------------------------------------------------------------- quality
+
+
+def plot_quality_distribution(result, *, bins: int = 20, ax=None):
+    """Histogram of per-user quality, kept and filtered-out users stacked.
+
+    Only users with at least one label in the likelihood are counted. The
+    bar heights sum to that number of users.
+    """
+    src = as_source(result)
+    ax = _axes(ax)
+    users = _active_users(src)
+    if users.empty:
+        return _empty(ax, "no user has a label in the likelihood")
+    quality = users["quality"].to_numpy(dtype=float)
+    kept = _bool(users["kept"]) if "kept" in users else np.ones(len(users), bool)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    ax.hist(
+        [quality[kept], quality[~kept]],
+        bins=edges,
+        stacked=True,
+        color=[KEPT_COLOR, DROPPED_COLOR],
+        label=[f"kept ({int(kept.sum())})", f"filtered out ({int((~kept).sum())})"],
+        edgecolor="white",
+        linewidth=0.5,
+    )
+    rule = str(src.summary.get("filter", {}).get("rule", ""))
+    if rule.startswith("prob:"):
+        try:
+            ax.axvline(float(rule.split(":", 1)[1]), color="black", linestyle="--", linewidth=1, label=f"threshold ({rule})")
+        except ValueError:
+            pass
+    label = "P(attentive | data)" if src.variant == "two-class" else "quality (share of attentive labels, eta)"
+    ax.set_xlabel(label)
+    ax.set_ylabel("users")
+    ax.set_xlim(0, 1)
+    ax.set_title(f"User quality ({len(users)} users with labels)")
+    ax.legend(loc="upper center", frameon=False, fontsize=8)
+    return ax
+
+
+def plot_quality_caterpillar(result, *, max_users: int = 60, ax=None):
+    """Per-user quality sorted, with credible intervals when the engine gives them.
+
+    With more than ``max_users`` users, the ``max_users // 2`` best and worst
+    are shown, separated by a dotted line. One point per shown user.
+    """
+    src = as_source(result)
+    users = _active_users(src)
+    n_show = min(len(users), max_users)
+    ax = _axes(ax, figsize=(6.0, max(3.0, 0.12 * n_show + 1.0)))
+    if users.empty:
+        return _empty(ax, "no user has a label in the likelihood")
+    order = users.sort_values("quality", ascending=False, kind="mergesort")
+    truncated = len(order) > max_users
+    if truncated:
+        half = max_users // 2
+        order = pd.concat([order.head(half), order.tail(max_users - half)])
+    q = order["quality"].to_numpy(dtype=float)
+    low = pd.to_numeric(order.get("quality_low"), errors="coerce") if "quality_low" in order else None
+    high = pd.to_numeric(order.get("quality_high"), errors="coerce") if "quality_high" in order else None
+    y = np.arange(len(order))[::-1].astype(float)
+    if truncated:
+        y[max_users // 2 :] -= 1.0  # leave a gap row between top and bottom
+    kept = _bool(order["kept"]) if "kept" in order else np.ones(len(order), bool)
+    colors = np.where(kept, KEPT_COLOR, DROPPED_COLOR)
+    if low is not None and high is not None and np.isfinite(low.to_numpy(float)).any():
+        lo, hi = low.to_numpy(float), high.to_numpy(float)
+        ok = np.isfinite(lo) & np.isfinite(hi)
+        ax.hlines(y[ok], lo[ok], hi[ok], colors=colors[ok], linewidth=1.5, alpha=0.6)
+        ax.set_title("User quality with 94% credible intervals")
+    else:
+        ax.set_title("User quality (point estimates)")
+    ax.scatter(q, y, c=colors, s=14, zorder=3)
+    if truncated:
+        gap = y[max_users // 2 - 1] - 1.0
+        ax.axhline(gap, color=NEUTRAL_COLOR, linestyle=":", linewidth=1)
+        ax.text(
+            0.5, gap, f"{len(users) - max_users} users not shown", ha="center", va="center",
+            fontsize=7, color=NEUTRAL_COLOR, backgroundcolor="white",
+        )
+        ax.set_title(ax.get_title() + f": top and bottom {max_users // 2}", fontsize=10)
+    labels = order["user"].astype(str).to_numpy()
+    fontsize = 7 if n_show <= 40 else 6
+    ax.set_yticks(y)
+    ax.set_yticklabels([f"{u} (n={int(n)})" for u, n in zip(labels, order["n_labels"])], fontsize=fontsize)
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(y.min() - 1, y.max() + 1)
+    ax.set_xlabel("quality")
+    ax.grid(axis="x", alpha=0.3)
+    return ax
+
+
+# --------------------------------------------------------------------------- models
+
+
+def plot_strengths(result, *, ax=None):
+    """Model strengths (Bradley–Terry log-odds), sorted, with intervals when sampled. One point per model."""
+    src = as_source(result)
+    models = src.models
+    ax = _axes(ax, figsize=(6.0, max(2.5, 0.3 * len(models) + 1.0)))
+    if models.empty or "strength" not in models or models["strength"].isna().all():
+        return _empty(ax, "no strengths: attentive probabilities were given (known p_a)")
+    order = models.sort_values("strength", ascending=True, kind="mergesort")
+    s = order["strength"].to_numpy(dtype=float)
+    y = np.arange(len(order), dtype=float)
+    has_interval = "strength_low" in order and np.isfinite(pd.to_numeric(order["strength_low"], errors="coerce")).any()
+    if has_interval:
+        lo = pd.to_numeric(order["strength_low"], errors="coerce").to_numpy(float)
+        hi = pd.to_numeric(order["strength_high"], errors="coerce").to_numpy(float)
+        ax.hlines(y, lo, hi, color=KEPT_COLOR, linewidth=2, alpha=0.6)
+        ax.set_title("Model strengths with 94% credible intervals")
+    else:
+        ax.set_title("Model strengths (point estimates)")
+    ax.scatter(s, y, color=KEPT_COLOR, zorder=3)
+    ax.axvline(0.0, color=NEUTRAL_COLOR, linewidth=0.8)
+    ax.set_yticks(y)
+    ax.set_yticklabels(order["model"].astype(str), fontsize=8 if len(order) <= 30 else 5)
+    ax.set_xlabel("strength (log-odds; a 1-unit gap = 73% attentive preference)")
+    ax.grid(axis="x", alpha=0.3)
+    return ax
+
+
+def comparison_counts(result) -> pd.DataFrame | None:
+    """Model x model counts of the comparisons that enter the likelihood (symmetric)."""
+    src = as_source(result)
+    data = src.data
+    if data is None:
+        return None
+    usable = data.usable
+    k = data.n_models
+    mat = np.zeros((k, k), dtype=np.int64)
+    np.add.at(mat, (data.model_a[usable], data.model_b[usable]), 1)
+    mat = mat + mat.T
+    labels = [str(m) for m in data.model_labels]
+    return pd.DataFrame(mat, index=labels, columns=labels)
+
+
+def plot_comparison_matrix(result, *, ax=None):
+    """Heatmap of how often each pair of models was compared (rows in the likelihood)."""
+    src = as_source(result)
+    counts = comparison_counts(src)
+    k = 0 if counts is None else len(counts)
+    size = min(9.0, max(4.0, 0.45 * k + 2.0))
+    ax = _axes(ax, figsize=(size + 1.0, size))
+    if counts is None:
+        return _empty(ax, "comparison counts need the rows (rows.csv) of the fit")
+    values = counts.to_numpy().astype(float)
+    shown = np.where(values > 0, values, np.nan)
+    top = float(np.nanmax(shown)) if np.isfinite(shown).any() else 1.0
+    image = ax.imshow(shown, cmap="Blues", interpolation="nearest", vmin=0.0, vmax=top)
+    ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="comparisons")
+    from matplotlib.patches import Rectangle
+
+    for i in range(k):  # a model is never compared with itself: grey, not "never compared"
+        ax.add_patch(Rectangle((i - 0.5, i - 0.5), 1.0, 1.0, facecolor="#cbd5e0", edgecolor="none"))
+    step = max(1, int(np.ceil(k / 30)))
+    ticks = np.arange(0, k, step)
+    fontsize = 8 if k <= 12 else 6
+    ax.set_xticks(ticks)
+    ax.set_xticklabels(counts.columns[ticks], rotation=60, ha="right", fontsize=fontsize)
+    ax.set_yticks(ticks)
+    ax.set_yticklabels(counts.index[ticks], fontsize=fontsize)
+    if k <= 12:
+        for i in range(k):
+            for j in range(k):
+                if values[i, j] > 0:
+                    ax.text(j, i, f"{int(values[i, j])}", ha="center", va="center", fontsize=7,
+                            color="white" if values[i, j] > 0.6 * top else "black")
+    ax.set_title("Comparisons per model pair (white: never compared)")
+    return ax
+
+
+# --------------------------------------------------------------------------- data
+
+
+def plot_labels_per_user(result, *, ax=None):
+    """Histogram of the number of labels per user (rows in the likelihood); bars sum to the users with labels."""
+    src = as_source(result)
+    ax = _axes(ax)
+    users = src.users
+    col = "n_labels" if "n_labels" in users else "n_rows"
+    n = pd.to_numeric(users[col], errors="coerce").fillna(0).to_numpy(dtype=int)
+    n = n[n > 0]
+    if len(n) == 0:
+        return _empty(ax, "no user has a label in the likelihood")
+    top = int(n.max())
+    if top <= 40:
+        edges = np.arange(0.5, top + 1.5, 1.0)
+        ax.hist(n, bins=edges, color=KEPT_COLOR, edgecolor="white", linewidth=0.5)
+    else:
+        edges = np.unique(np.round(np.logspace(0, np.log10(top + 1), 30)).astype(int)).astype(float) - 0.5
+        edges = np.append(edges, top + 0.5) if edges[-1] < top + 0.5 else edges
+        ax.hist(n, bins=edges, color=KEPT_COLOR, edgecolor="white", linewidth=0.5)
+        ax.set_xscale("log")
+    few = int((n < 5).sum())
+    ax.axvline(4.5, color=DROPPED_COLOR, linestyle="--", linewidth=1, label=f"fewer than 5 labels: {few} users")
+    ax.set_xlabel("labels per user (in the likelihood)")
+    ax.set_ylabel("users")
+    ax.set_title(f"Labels per user: median {np.median(n):g}, max {top}")
+    ax.legend(frameon=False, fontsize=8)
+    return ax
+
+
+# --------------------------------------------------------------------------- convergence
+
+
+def plot_loglik_trace(result, *, ax=None):
+    """Penalised log-likelihood per EM iteration (never decreases). One point per iteration."""
+    src = as_source(result)
+    ax = _axes(ax)
+    trace = src.loglik_trace
+    if not trace:
+        why = "saved outputs keep no EM trace" if src.origin == "directory" else f"no EM trace ({src.engine} engine)"
+        return _empty(ax, why)
+    trace = np.asarray(trace, dtype=float)
+    it = np.arange(len(trace))
+    ax.plot(it, trace, marker="o", markersize=3, color=KEPT_COLOR)
+    ax.set_xlabel("EM iteration (0 = starting values)")
+    ax.set_ylabel("penalised log-likelihood")
+    conv = src.summary.get("converged")
+    state = ", converged" if conv else (", did NOT converge" if conv is False else "")
+    ax.set_title(f"EM log-likelihood: {len(trace) - 1} iterations{state}")
+    ax.grid(alpha=0.3)
+    return ax
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def plot_reliability(result, truth, *, n_bins: int = 10, prob: str | None = None, ax=None):
+    """Reliability diagram of P(attentive) against the true user type (simulations).
+
+    Parameters
+    ----------
+    truth : array of bool, pandas.Series indexed by user, or DataFrame with ``true_attentive``
+        A boolean per user (e.g. ``bayes_annot.truth_users(log)``). An array
+        must follow the order of ``result.users``.
+    prob : str, optional
+        Column of ``users`` with the predicted probability; default
+        ``p_eta_above_half`` when present (continuous), else ``quality``.
+    """
+    from .metrics import expected_calibration_error, reliability_table
+
+    src = as_source(result)
+    ax = _axes(ax, figsize=(4.8, 4.8))
+    users = src.users
+    if prob is None:
+        prob = "p_eta_above_half" if "p_eta_above_half" in users else "quality"
+    if isinstance(truth, pd.DataFrame):
+        truth = truth["true_attentive"]
+    if isinstance(truth, pd.Series) and not isinstance(truth.index, pd.RangeIndex):
+        series = truth.copy()
+        series.index = series.index.astype(str)
+        aligned = series.reindex(users["user"].astype(str).to_numpy())
+        valid = aligned.notna().to_numpy()
+        t = aligned.to_numpy()[valid].astype(bool)
+    else:
+        t = np.asarray(truth).astype(bool)
+        if t.shape[0] != len(users):
+            raise ValueError(f"truth has {t.shape[0]} entries but the result has {len(users)} users")
+        valid = np.ones(len(users), bool)
+    p = users[prob].to_numpy(dtype=float)[valid]
+    if "n_labels" in users:
+        has = users["n_labels"].to_numpy()[valid] > 0
+        p, t = p[has], t[has]
+    if len(p) == 0:
+        return _empty(ax, "no user to compare with the truth")
+    table = reliability_table(p, t, n_bins=n_bins)
+    ece = expected_calibration_error(p, t, n_bins=n_bins)
+    ax.plot([0, 1], [0, 1], color=NEUTRAL_COLOR, linestyle="--", linewidth=1, label="perfect calibration")
+    ax.plot(table["predicted"], table["observed"], color=KEPT_COLOR, linewidth=1)
+    sizes = 20 + 200 * table["n"].to_numpy() / table["n"].max()
+    ax.scatter(table["predicted"], table["observed"], s=sizes, color=KEPT_COLOR, zorder=3, label="bins (size = users)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel(f"predicted P(attentive) ({prob})")
+    ax.set_ylabel("observed share attentive")
+    ax.set_title(f"Reliability ({len(p)} users, ECE {ece:.3f})")
+    ax.legend(loc="upper left", frameon=False, fontsize=8)
+    ax.grid(alpha=0.3)
+    return ax
+
+
+# --------------------------------------------------------------------------- posterior predictive check
+
+
+def _posterior_var(idata, names):
+    post = getattr(idata, "posterior", None)
+    if post is None:
+        return None, None
+    for name in names:
+        if name in post:
+            return name, post[name]
+    return None, None
+
+
+def _draws(src: ResultSource, n_rep: int, rng: np.random.Generator):
+    """Yield (quality per user [data.user order], strengths [model order] or None, q) per replicate."""
+    data = src.data
+    uidx = src.user_index()
+    point_q = src.users["quality"].to_numpy(dtype=float)[uidx]
+    point_s = src.strength_vector()
+    params = src.summary.get("parameters", {}) or {}
+    point_qbias = params.get("q")
+    fixed_q = (src.summary.get("settings", {}) or {}).get("q")
+    point_qbias = float(fixed_q if fixed_q is not None else (point_qbias if point_qbias is not None else 0.5))
+
+    quality_draws = strength_draws = q_draws = None
+    if src.sampled:
+        _, qv = _posterior_var(src.idata, QUALITY_VARS)
+        if qv is not None and "user" in qv.dims:
+            qv = qv.stack(sample=("chain", "draw")).transpose("sample", "user")
+            labels = [str(u) for u in qv["user"].values]
+            pos = pd.Series(np.arange(len(labels)), index=labels)
+            want = [str(u) for u in data.user_labels]
+            if set(want) <= set(pos.index):
+                quality_draws = qv.values[:, pos.loc[want].to_numpy()]
+        _, sv = _posterior_var(src.idata, ("strength",))
+        if sv is not None and "model" in sv.dims:
+            sv = sv.stack(sample=("chain", "draw")).transpose("sample", "model")
+            labels = [str(m) for m in sv["model"].values]
+            pos = pd.Series(np.arange(len(labels)), index=labels)
+            want = [str(m) for m in data.model_labels]
+            if set(want) <= set(pos.index):
+                strength_draws = sv.values[:, pos.loc[want].to_numpy()]
+        _, qb = _posterior_var(src.idata, ("q",))
+        if qb is not None and qb.ndim == 2:
+            q_draws = np.ravel(qb.values)
+    n_samples = max(len(x) for x in (quality_draws, strength_draws, q_draws) if x is not None) if any(
+        x is not None for x in (quality_draws, strength_draws, q_draws)
+    ) else 1
+    for _ in range(n_rep):
+        i = int(rng.integers(n_samples))
+        quality = quality_draws[i % len(quality_draws)] if quality_draws is not None else point_q
+        strengths = strength_draws[i % len(strength_draws)] if strength_draws is not None else point_s
+        q = float(q_draws[i % len(q_draws)]) if q_draws is not None else point_qbias
+        yield quality, strengths, q
+
+
+def ppc_agreement(result, *, n_rep: int = 200, seed: int = 0, min_labels: int = 1, bins: int = 20) -> dict | None:
+    """Observed and replicated per-user agreement with the stronger model.
+
+    Agreement of a user = share of their labels (on pairs whose fitted
+    strengths differ) that picked the stronger model. Replicated data are
+    simulated from the fitted model: each user's type (two-class) or each
+    label's attentiveness (continuous) is drawn from the fitted quality, an
+    attentive label follows the fitted strengths, a casual one picks the left
+    response with probability ``q``. Sampled runs use one posterior draw per
+    replicate.
+
+    Returns
+    -------
+    dict or None
+        ``observed`` (per-user agreement), ``replicated`` (n_rep x users),
+        ``edges``, ``observed_counts``, ``replicated_counts`` (n_rep x bins),
+        ``low_share_observed`` and ``low_share_replicated`` (share of users
+        agreeing at most 50%); ``None`` when the rows or strengths are unavailable.
+    """
+    src = as_source(result)
+    data = src.data
+    if data is None or src.user_index() is None:
+        return None
+    ell = src.attentive_logit()
+    if ell is None:
+        return None
+    usable = data.usable
+    user = data.user[usable]
+    y = data.choice_a[usable].astype(int)
+    informative = np.abs(ell) > 1e-9
+    stronger_a = ell > 0
+    n_users = data.n_users
+    n_inf = np.bincount(user[informative], minlength=n_users)
+    shown = n_inf >= max(1, int(min_labels))
+    if not shown.any():
+        return None
+
+    def agreement(choice):
+        agree = (choice == stronger_a) & informative
+        return np.bincount(user, weights=agree, minlength=n_users)[shown] / n_inf[shown]
+
+    observed = agreement(y == 1)
+    known_p_a = str(src.summary.get("strengths", "")).startswith("known (column")
+    continuous = src.variant == "continuous"
+    rng = np.random.default_rng(seed)
+    replicated = np.empty((n_rep, int(shown.sum())))
+    for r, (quality, strengths, q) in enumerate(_draws(src, n_rep, rng)):
+        if known_p_a or strengths is None:
+            ell_r = ell
+        else:
+            ell_r = strengths[data.model_a[usable]] - strengths[data.model_b[usable]]
+        quality = np.clip(np.asarray(quality, dtype=float), 0.0, 1.0)
+        if continuous:
+            attentive = rng.random(len(user)) < quality[user]
+        else:
+            attentive = (rng.random(n_users) < quality)[user]
+        p_a = np.where(attentive, 1.0 / (1.0 + np.exp(-ell_r)), q)
+        replicated[r] = agreement(rng.random(len(user)) < p_a)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    obs_counts = np.histogram(observed, bins=edges)[0]
+    rep_counts = np.stack([np.histogram(row, bins=edges)[0] for row in replicated])
+    return {
+        "observed": observed,
+        "replicated": replicated,
+        "edges": edges,
+        "observed_counts": obs_counts,
+        "replicated_counts": rep_counts,
+        "low_share_observed": float(np.mean(observed <= 0.5)),
+        "low_share_replicated": np.mean(replicated <= 0.5, axis=1),
+        "n_users": int(shown.sum()),
+        "n_rep": n_rep,
+        "sampled": src.sampled,
+    }
+
+
+def plot_ppc_agreement(result, *, n_rep: int = 200, seed: int = 0, min_labels: int = 1, ax=None):
+    """Posterior predictive check: observed vs replicated histogram of per-user agreement with the stronger model.
+
+    Bars: observed users per bin (they sum to the users shown). Points and
+    whiskers: median and 5–95% range of the same count over ``n_rep``
+    data sets replicated from the fitted model (see :func:`ppc_agreement`).
+    """
+    src = as_source(result)
+    ax = _axes(ax, figsize=(7.0, 4.0))
+    ppc = ppc_agreement(src, n_rep=n_rep, seed=seed, min_labels=min_labels)
+    if ppc is None:
+        return _empty(ax, "posterior predictive check needs the rows and fitted strengths")
+    edges = ppc["edges"]
+    centres = 0.5 * (edges[:-1] + edges[1:])
+    width = edges[1] - edges[0]
+    ax.bar(centres, ppc["observed_counts"], width=width * 0.9, color=KEPT_COLOR, alpha=0.55, label="observed")
+    rep = ppc["replicated_counts"]
+    med = np.median(rep, axis=0)
+    lo, hi = np.percentile(rep, [5, 95], axis=0)
+    ax.errorbar(
+        centres, med, yerr=[med - lo, hi - med], fmt="o", color="black", markersize=3, capsize=2, linewidth=1,
+        label=f"replicated (median, 90% range, {ppc['n_rep']} sets)",
+    )
+    ax.set_xlabel("share of a user's labels that picked the stronger model")
+    ax.set_ylabel("users")
+    rl, rh = np.percentile(ppc["low_share_replicated"], [5, 95])
+    ax.set_title(
+        f"Agreement with the stronger model ({ppc['n_users']} users)\n"
+        f"users at or below 50%: observed {ppc['low_share_observed']:.1%}, replicated {rl:.1%}–{rh:.1%}",
+        fontsize=10,
+    )
+    ax.set_xlim(0, 1)
+    ax.legend(loc="upper left", frameon=False, fontsize=8)
+    return ax

@@ -1,0 +1,91 @@
+"""The diagnostics report: one self-contained HTML file per fit.
+
+* :func:`build_report` writes the report of a fit (a ``FitResult``, the dict
+  :func:`bayes_annot.load` returns, or a directory of saved outputs);
+* :func:`build_report_from_dir` rebuilds it from ``users.csv``, ``models.csv``,
+  ``rows.csv``, ``summary.json`` (and ``posterior.nc`` if present);
+* :func:`render_report` returns the HTML text.
+
+Images are inline PNG (base64), there is no script and no external resource,
+so the file opens from disk in any browser and can be handed on as is.
+matplotlib is needed (``pip install 'bayes_annot[plot]'``).
+"""
+
+from __future__ import annotations
+
+from .source import ResultSource, as_source
+
+__all__ = ["build_report", "build_report_from_dir", "render_report", "SECTIONS", "ResultSource", "as_source"]
+
+#: (anchor, heading) of every section, in page order.
+SECTIONS = (
+    ("warnings", "Warnings"),
+    ("data", "Data"),
+    ("strengths", "Model strengths"),
+    ("quality", "User quality"),
+    ("decision", "The decision: whom to keep"),
+    ("convergence", "Convergence"),
+    ("ppc", "Posterior predictive check"),
+    ("comparison", "Model comparison"),
+    ("settings", "Settings and provenance"),
+)
+
+
+def render_report(result, *, comparison=None, title: str | None = None, n_rep: int = 200, seed: int = 0,
+                  few_labels: int = 5) -> str:
+    """HTML text of the diagnostics report (see :func:`build_report`)."""
+    from .builder import render
+
+    return render(as_source(result), comparison=comparison, title=title, n_rep=n_rep, seed=seed, few_labels=few_labels)
+
+
+def build_report(result, path, *, comparison=None, title: str | None = None, n_rep: int = 200, seed: int = 0,
+                 few_labels: int = 5):
+    """Write the diagnostics report of a fit to ``path`` (one self-contained HTML file).
+
+    Parameters
+    ----------
+    result : FitResult, dict or path
+        A fitted result, what :func:`bayes_annot.load` returns, or a directory
+        of saved outputs.
+    path : str or Path
+        The HTML file to write (parent folders are created).
+    comparison : pandas.DataFrame or dict, optional
+        A model-comparison table (e.g. :func:`arviz.compare` output or a table
+        of held-out log-likelihoods), or ``{name: FitResult | InferenceData}``
+        to compare by LOO (needs a ``log_likelihood`` group with a real sample).
+    title : str, optional
+    n_rep : int
+        Replicated data sets for the posterior predictive check.
+    seed : int
+        Seed of the posterior predictive replication.
+    few_labels : int
+        Users with fewer labels than this are reported as too few to judge.
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    from pathlib import Path
+
+    text = render_report(result, comparison=comparison, title=title, n_rep=n_rep, seed=seed, few_labels=few_labels)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def build_report_from_dir(directory, path=None, **kwargs):
+    """Rebuild the report from saved outputs; writes ``DIRECTORY/report.html`` unless ``path`` is given.
+
+    Sections that need the live fit (the EM log-likelihood trace) say so
+    instead of failing; everything else is rebuilt from the saved tables and
+    ``posterior.nc``. Keyword arguments are those of :func:`build_report`.
+    """
+    from pathlib import Path
+
+    directory = Path(directory)
+    source = as_source(directory)
+    return build_report(source, directory / "report.html" if path is None else path, **kwargs)

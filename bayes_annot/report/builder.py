@@ -1,0 +1,634 @@
+"""Sections of the diagnostics report (HTML text; every piece of text is escaped)."""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import io
+import json
+from html import escape
+
+import numpy as np
+import pandas as pd
+
+from .source import ResultSource
+
+RHAT_MAX = 1.01
+ESS_MIN = 400
+
+CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0;color:#1a202c;background:#f7fafc;line-height:1.45}
+main{max-width:1080px;margin:0 auto;padding:24px 32px 64px;background:#fff}
+h1{font-size:1.7em;margin:0 0 4px}h2{border-bottom:2px solid #e2e8f0;padding-bottom:4px;margin-top:40px}
+h3{font-size:1.05em;margin:20px 0 6px}
+.sub{color:#4a5568;margin:0 0 16px}
+nav{font-size:.9em;margin:12px 0 8px}nav a{margin-right:14px;color:#2b6cb0;text-decoration:none}
+.cards{display:flex;flex-wrap:wrap;gap:10px;margin:16px 0}
+.card{border:1px solid #e2e8f0;border-radius:6px;padding:8px 14px;min-width:110px;background:#f8fafc}
+.card .v{font-size:1.35em;font-weight:600}.card .k{font-size:.8em;color:#4a5568}
+table{border-collapse:collapse;margin:8px 0 14px;font-size:.88em}
+th,td{border:1px solid #e2e8f0;padding:3px 9px;text-align:right}th{background:#edf2f7}
+td.t,th.t{text-align:left}table.kv td{text-align:left}
+.warn{background:#fffaf0;border-left:4px solid #dd6b20;padding:6px 12px;margin:6px 0}
+.note{background:#ebf8ff;border-left:4px solid #3182ce;padding:6px 12px;margin:6px 0}
+.ok{background:#f0fff4;border-left:4px solid #38a169;padding:6px 12px;margin:6px 0}
+.fig{margin:10px 0}.fig img{max-width:100%;height:auto;border:1px solid #edf2f7}
+.row{display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start}.row .fig{flex:1 1 420px}
+.muted{color:#718096;font-size:.9em}
+pre{background:#f7fafc;border:1px solid #e2e8f0;padding:8px;font-size:.8em;overflow-x:auto}
+code{background:#edf2f7;padding:0 3px;border-radius:3px}
+"""
+
+REASON_MEANING = {
+    "ok": "kept: enters the likelihood and its user passed the filter",
+    "tie": "the user declared a tie; not in the likelihood",
+    "same_model": "both responses came from the same model; carries no information",
+    "user_low_quality": "in the likelihood, but its user did not pass the filter",
+}
+
+
+# --------------------------------------------------------------------------- html helpers
+
+
+def p(text: str, cls: str | None = None) -> str:
+    return f'<p class="{cls}">{escape(text)}</p>' if cls else f"<p>{escape(text)}</p>"
+
+
+def box(text: str, cls: str) -> str:
+    return f'<div class="{cls}">{escape(text)}</div>'
+
+
+def table(frame: pd.DataFrame, index: bool = False, digits: int = 3) -> str:
+    """An escaped HTML table; numeric columns right-aligned, text left-aligned."""
+    if index:
+        frame = frame.reset_index()
+
+    def fmt(v):
+        if v is None or v is pd.NA or v is pd.NaT or (isinstance(v, (float, np.floating)) and not np.isfinite(v)):
+            return ""
+        if isinstance(v, (bool, np.bool_)):
+            return "yes" if v else "no"
+        if isinstance(v, (float, np.floating)):
+            return f"{v:.{digits}g}" if abs(v) >= 1e5 or (abs(v) < 1e-3 and v != 0) else f"{v:.{digits}f}"
+        if isinstance(v, (int, np.integer)):
+            return str(int(v))
+        return str(v)
+
+    numeric = [pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c]) for c in frame.columns]
+    head = "".join(f'<th class="{"n" if n else "t"}">{escape(str(c))}</th>' for c, n in zip(frame.columns, numeric))
+    body = []
+    for row in frame.itertuples(index=False, name=None):
+        cells = "".join(f'<td class="{"n" if n else "t"}">{escape(fmt(v))}</td>' for v, n in zip(row, numeric))
+        body.append(f"<tr>{cells}</tr>")
+    return f'<table class="data"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+
+
+def kv_table(pairs) -> str:
+    body = "".join(f"<tr><td>{escape(str(k))}</td><td>{escape(_fmt(v))}</td></tr>" for k, v in pairs)
+    return f'<table class="kv">{body}</table>'
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, (float, np.floating)):
+        if not np.isfinite(v):
+            return "—"
+        return f"{v:,.4g}" if abs(v) < 1e6 else f"{v:,.0f}"
+    if isinstance(v, (int, np.integer)):
+        return f"{int(v):,}"
+    return str(v)
+
+
+def figure(draw, *, figsize=(6.4, 4.0), alt: str = "figure") -> str:
+    """Run ``draw(ax)`` on a fresh figure and return an inline ``<img>`` (or a note if drawing fails)."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as exc:  # pragma: no cover
+        raise ImportError("the report needs matplotlib: pip install 'bayes_annot[plot]'") from exc
+    try:
+        fig = Figure(figsize=figsize, dpi=100)
+        ax = fig.subplots()
+        draw(ax)
+        return _png(fig, alt)
+    except Exception as exc:  # noqa: BLE001 - one broken figure must not lose the report
+        return box(f"This figure could not be drawn ({type(exc).__name__}: {exc}).", "warn")
+
+
+def _png(fig, alt: str) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    data = base64.b64encode(buf.getvalue()).decode("ascii")
+    return f'<div class="fig"><img alt="{escape(alt)}" src="data:image/png;base64,{data}"></div>'
+
+
+def section(anchor: str, title: str, body: str) -> str:
+    return f'<section id="{escape(anchor)}"><h2>{escape(title)}</h2>\n{body}\n</section>'
+
+
+# --------------------------------------------------------------------------- warnings
+
+
+def _used_components(src: ResultSource) -> int:
+    """Connected parts of the comparison graph among models that appear in the likelihood (0 if unknown)."""
+    data = src.data
+    if data is None:
+        return 0
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    usable = data.usable
+    if not usable.any():
+        return 0
+    k = data.n_models
+    graph = coo_matrix((np.ones(int(usable.sum())), (data.model_a[usable], data.model_b[usable])), shape=(k, k))
+    _, labels = connected_components(graph, directed=False)
+    used = np.unique(np.concatenate([data.model_a[usable], data.model_b[usable]]))
+    return int(len(np.unique(labels[used])))
+
+
+def plain_warnings(src: ResultSource, few_labels: int = 5) -> tuple[list[str], list[str]]:
+    """(warnings, notes) in plain words: the fit's own warnings plus checks of the report."""
+    s = src.summary
+    fit_warnings = [str(w) for w in s.get("warnings", []) or []]
+    joined = " ".join(fit_warnings).lower()
+    out = list(fit_warnings)
+    notes = [str(n) for n in s.get("notes", []) or []]
+    counts = s.get("counts", {}) or {}
+
+    if s.get("converged") is False and "converge" not in joined and "r-hat" not in joined:
+        out.append(
+            f"The {s.get('engine', '')} fit did not converge: the numbers in this report may change if it is run longer."
+        )
+    rhat, ess, div = s.get("rhat_max"), s.get("ess_bulk_min"), s.get("divergences")
+    if rhat is not None and rhat > RHAT_MAX and "r-hat" not in joined:
+        out.append(f"The chains disagree (largest R-hat {rhat:.3f} > {RHAT_MAX}): the posterior is not reliable.")
+    if ess is not None and ess < ESS_MIN and "ess" not in joined:
+        out.append(f"Few effective draws (smallest bulk ESS {ess:.0f} < {ESS_MIN}): intervals are imprecise.")
+    if div and "divergent" not in joined:
+        out.append(f"{div} divergent transition(s): the sampler missed part of the posterior; results may be biased.")
+
+    parts = _used_components(src)
+    if parts > 1 and "disconnected" not in joined:
+        out.append(
+            f"The comparison graph has {parts} disconnected parts: models in different parts were never "
+            "compared, so their strengths cannot be compared with each other."
+        )
+
+    users = src.users
+    if "n_labels" in users and len(users):
+        n = pd.to_numeric(users["n_labels"], errors="coerce").fillna(0).to_numpy()
+        few = int(((n > 0) & (n < few_labels)).sum())
+        active = int((n > 0).sum())
+        if few:
+            out.append(
+                f"{few} of {active} users ({few / max(active, 1):.0%}) have fewer than {few_labels} labels in the "
+                "likelihood: too few to judge. Their quality stays close to the population average and "
+                "keeping or dropping them is largely a guess."
+            )
+        none = int((n == 0).sum())
+        if none:
+            notes.append(
+                f"{none} user(s) have no label in the likelihood (only ties or same-model pairs); "
+                "no verdict is made on them."
+            )
+    kept_users = counts.get("kept_users", s.get("filter", {}).get("kept_users"))
+    if kept_users == 0 and counts.get("users"):
+        out.append("No user passed the filter: the filtered data set is empty. Loosen the rule or check the fit.")
+    if counts.get("models", 0) and counts.get("rows_in_likelihood", 0) == 0 and "no row enters" not in joined:
+        out.append("No row enters the likelihood (all ties or same-model pairs): nothing can be estimated.")
+    return out, notes
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _header(src: ResultSource, title: str | None) -> str:
+    s = src.summary
+    c = s.get("counts", {}) or {}
+    f = s.get("filter", {}) or {}
+    when = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    inp = (s.get("input") or {}).get("path")
+    sub = (
+        f"{s.get('model', '?')} model, {s.get('engine', '?')} engine, bayes_annot {s.get('bayes_annot_version', '?')}"
+        f"; report written {when}" + (f"; input {inp}" if inp else "")
+        + ("; rebuilt from saved outputs" if src.origin == "directory" else "")
+    )
+    cards = [
+        ("rows", c.get("rows")),
+        ("users", c.get("users")),
+        ("models", c.get("models")),
+        ("kept users", c.get("kept_users")),
+        ("kept rows", c.get("kept_rows")),
+        ("expected casual share among kept", f.get("expected_casual_share")),
+        ("runtime (s)", s.get("runtime_seconds")),
+    ]
+    cards_html = "".join(
+        f'<div class="card"><div class="v">{escape(_fmt(v))}</div><div class="k">{escape(k)}</div></div>' for k, v in cards
+    )
+    from . import SECTIONS
+
+    nav = "".join(f'<a href="#{a}">{escape(t)}</a>' for a, t in SECTIONS)
+    intro = (
+        "Each user picked one of two responses that came from two different models. An attentive user picks "
+        "the stronger model's response more often than chance; a casual user clicks without reading. This report "
+        "shows how the fitted model separates the two, how sure it is, and which labels it keeps."
+    )
+    return (
+        f"<h1>{escape(title or 'bayes_annot diagnostics report')}</h1>"
+        f'<p class="sub">{escape(sub)}</p>{p(intro)}<div class="cards">{cards_html}</div><nav>{nav}</nav>'
+    )
+
+
+def _warnings_section(src: ResultSource, few_labels: int) -> str:
+    warns, notes = plain_warnings(src, few_labels)
+    body = "".join(box(w, "warn") for w in warns) or box("No warnings: nothing in the fit or the data calls for caution.", "ok")
+    body += "".join(box(n, "note") for n in notes)
+    return body
+
+
+def _data_section(src: ResultSource) -> str:
+    from .. import plotting
+
+    s = src.summary
+    c = s.get("counts", {}) or {}
+    pairs = [
+        ("input rows", c.get("rows")),
+        ("rows in the likelihood", c.get("rows_in_likelihood")),
+        ("ties", c.get("ties")),
+        ("same-model pairs", c.get("same_model")),
+        ("users", c.get("users")),
+        ("users with labels in the likelihood", c.get("users_in_likelihood")),
+        ("uninformative users", c.get("uninformative_users")),
+        ("models", c.get("models")),
+        ("connected parts of the comparison graph", s.get("comparison_graph_components")),
+        ("attentive probabilities", s.get("strengths")),
+    ]
+    body = kv_table(pairs)
+    body += "<h3>Rows dropped and why</h3>"
+    if src.rows is not None and "reason" in src.rows:
+        vc = src.rows["reason"].astype(str).value_counts()
+        reasons = pd.DataFrame({"reason": vc.index, "rows": vc.to_numpy()})
+    else:
+        in_lik = c.get("rows_in_likelihood", 0) or 0
+        kept = c.get("kept_rows", 0) or 0
+        reasons = pd.DataFrame(
+            {
+                "reason": ["ok", "tie", "same_model", "user_low_quality"],
+                "rows": [kept, c.get("ties", 0) or 0, c.get("same_model", 0) or 0, in_lik - kept],
+            }
+        )
+    reasons = reasons[reasons["rows"] > 0]
+    total = max(int(reasons["rows"].sum()), 1)
+    reasons["share"] = reasons["rows"] / total
+    reasons["meaning"] = [REASON_MEANING.get(r, "dropped (see the rows table)") for r in reasons["reason"]]
+    body += table(reasons)
+    body += p(
+        "Every input row appears in rows.csv with its reason; rows marked 'ok' are the filtered data set, and every "
+        "row carries a weight (its user's quality) for weighted training.",
+        "muted",
+    )
+    k = int(c.get("models", 0) or 0)
+    size = min(9.0, max(4.5, 0.42 * k + 2.5))
+    body += '<div class="row">'
+    body += figure(lambda ax: plotting.plot_labels_per_user(src, ax=ax), figsize=(5.6, 4.0), alt="labels per user")
+    body += figure(lambda ax: plotting.plot_comparison_matrix(src, ax=ax), figsize=(size + 1.2, size), alt="comparison matrix")
+    body += "</div>"
+    return body
+
+
+def _strengths_section(src: ResultSource) -> str:
+    from .. import plotting
+
+    models = src.models
+    k = len(models)
+    body = p(
+        "Bradley–Terry strengths of the models as learned from the attentive labels (log-odds; the strengths sum to "
+        "zero). An attentive user prefers a model with strength s1 over one with s2 with probability "
+        "1 / (1 + exp(s2 − s1)). Intervals are shown when the posterior was sampled."
+    )
+    body += figure(lambda ax: plotting.plot_strengths(src, ax=ax), figsize=(6.4, max(2.6, 0.32 * k + 1.2)), alt="strengths")
+    if k and "strength" in models:
+        shown = models.sort_values("strength", ascending=False)
+        cols = [c for c in ("model", "strength", "strength_low", "strength_high", "n_labels") if c in shown]
+        body += table(shown[cols].head(60))
+        if k > 60:
+            body += p(f"{k - 60} more models in models.csv.", "muted")
+    return body
+
+
+def _quality_section(src: ResultSource) -> str:
+    from .. import plotting
+
+    s = src.summary
+    params = s.get("parameters", {}) or {}
+    names = {
+        "pi": "pi — share of attentive users",
+        "q": "q — a casual user's chance of picking the left (first) response",
+        "m": "m — mean of logit(quality)",
+        "tau": "tau — spread of logit(quality) between users",
+        "mean_quality": "mean quality of users with labels",
+    }
+    body = kv_table([(names.get(k, k), v) for k, v in params.items()])
+    if src.variant == "two-class":
+        body += p(
+            "Quality of a user = the posterior probability that they are attentive (all their labels attentive) "
+            "rather than casual (all their labels random clicks)."
+        )
+    else:
+        body += p(
+            "Quality of a user = the share of their labels that are attentive (eta); the rest are random clicks."
+        )
+    n_active = int((pd.to_numeric(src.users.get("n_labels", pd.Series(dtype=float)), errors="coerce") > 0).sum())
+    n_show = min(n_active, 60)
+    body += '<div class="row">'
+    body += figure(lambda ax: plotting.plot_quality_distribution(src, ax=ax), figsize=(5.6, 4.0), alt="quality distribution")
+    body += figure(
+        lambda ax: plotting.plot_quality_caterpillar(src, max_users=60, ax=ax),
+        figsize=(6.2, max(3.0, 0.12 * n_show + 1.2)),
+        alt="quality caterpillar",
+    )
+    body += "</div>"
+    return body
+
+
+RULE_TEXT = {
+    "prob": "keep users whose quality (posterior probability of being attentive) is at least {v}",
+    "fdr": "keep the largest set of best users whose expected share of casual users is at most {v} "
+    "(Bayesian false-discovery control)",
+    "credible": "keep users whose lower credible bound of quality is at least {v}",
+    "none": "keep every user (no filter; use the weights)",
+}
+
+
+def _decision_section(src: ResultSource) -> str:
+    s = src.summary
+    f = s.get("filter", {}) or {}
+    c = s.get("counts", {}) or {}
+    rule = str(f.get("rule", "?"))
+    kind, _, value = rule.partition(":")
+    text = RULE_TEXT.get(kind, "rule {v}").format(v=value or rule)
+    users, kept_u = c.get("users_in_likelihood") or c.get("users"), f.get("kept_users", c.get("kept_users"))
+    rows, kept_r = c.get("rows_in_likelihood") or c.get("rows"), f.get("kept_rows", c.get("kept_rows"))
+    pairs = [
+        ("rule", rule),
+        ("in words", text),
+        ("kept users", f"{_fmt(kept_u)} of {_fmt(users)} users with labels"
+         + (f" ({kept_u / users:.1%})" if users and kept_u is not None else "")),
+        ("kept rows", f"{_fmt(kept_r)} of {_fmt(rows)} rows in the likelihood"
+         + (f" ({kept_r / rows:.1%})" if rows and kept_r is not None else "")),
+        ("expected share of casual users among the kept", f.get("expected_casual_share")),
+    ]
+    for key, value in f.items():
+        if key not in ("rule", "kept_users", "kept_rows", "expected_casual_share"):
+            pairs.append((key, value))
+    body = kv_table(pairs)
+    body += p(
+        "The expected casual share is the average of (1 − quality) over the kept users: the share of kept users the "
+        "model expects to be casual after all. Soft weights (each row's weight = its user's quality) are an "
+        "alternative to a hard cut-off.",
+        "muted",
+    )
+    return body
+
+
+def _global_summary(src: ResultSource, var_names) -> pd.DataFrame | None:
+    import arviz as az
+
+    try:
+        summary = az.summary(src.idata, var_names=var_names, round_to="none")
+    except Exception:  # noqa: BLE001
+        return None
+    summary.index.name = "parameter"
+    for col in ("ess_bulk", "ess_tail"):
+        if col in summary:
+            summary[col] = summary[col].round().astype("Int64")
+    return summary.reset_index()
+
+
+def _convergence_section(src: ResultSource) -> str:
+    from .. import plotting
+
+    s = src.summary
+    body = ""
+    if src.sampled:
+        post = src.idata.posterior
+        pairs = [
+            ("chains × draws", f"{post.sizes.get('chain', 1)} × {post.sizes.get('draw', 1)}"),
+            ("largest R-hat (want ≤ 1.01)", s.get("rhat_max")),
+            ("smallest bulk ESS (want ≥ 400)", s.get("ess_bulk_min")),
+            ("divergent transitions (want 0)", s.get("divergences")),
+            ("converged", s.get("converged")),
+        ]
+        body += kv_table(pairs)
+        names = src.global_var_names()
+        if names:
+            frame = _global_summary(src, names)
+            if frame is not None:
+                body += "<h3>Global parameters (az.summary)</h3>" + table(frame.head(80))
+            body += "<h3>Rank plots of the global parameters</h3>"
+            body += p(
+                "Each panel shows, per chain, where its draws rank among all draws. Well-mixed chains give flat, "
+                "overlapping bars; a chain stuck in one region stands out.",
+                "muted",
+            )
+            body += _rank_plots(src, names)
+        else:
+            body += box("No global parameter found in the posterior to plot.", "note")
+    elif src.loglik_trace:
+        trace = np.asarray(src.loglik_trace, dtype=float)
+        body += kv_table(
+            [
+                ("engine", s.get("engine")),
+                ("iterations", s.get("iterations")),
+                ("converged", s.get("converged")),
+                ("final penalised log-likelihood", s.get("loglik")),
+            ]
+        )
+        body += p(
+            "EM raises the penalised log-likelihood at every iteration (left); the right panel shows the distance to "
+            "the final value on a log scale, which should fall steadily to the tolerance.",
+            "muted",
+        )
+
+        def gap(ax):
+            g = trace.max() - trace
+            it = np.arange(len(trace))
+            ok = g > 0
+            if ok.any():
+                ax.semilogy(it[ok], g[ok], marker="o", markersize=3, color="#2b6cb0")
+            ax.set_xlabel("EM iteration")
+            ax.set_ylabel("final − current log-likelihood")
+            ax.set_title("Distance to the final value")
+            ax.grid(alpha=0.3)
+
+        body += '<div class="row">'
+        body += figure(lambda ax: plotting.plot_loglik_trace(src, ax=ax), figsize=(5.2, 3.6), alt="EM trace")
+        body += figure(gap, figsize=(5.2, 3.6), alt="EM gap")
+        body += "</div>"
+    else:
+        body += kv_table(
+            [
+                ("engine", s.get("engine")),
+                ("iterations", s.get("iterations")),
+                ("converged", s.get("converged")),
+                ("log-likelihood", s.get("loglik")),
+            ]
+        )
+        if src.origin == "directory" and s.get("engine") == "em":
+            body += box("The per-iteration EM trace is not kept in saved outputs; the table above is what was saved.", "note")
+        elif s.get("engine") == "map":
+            body += box("MAP is an optimisation: there is no chain to diagnose. Sample with method='nuts' for intervals.", "note")
+    return body
+
+
+def _rank_plots(src: ResultSource, names) -> str:
+    try:
+        import arviz as az
+        import matplotlib.pyplot as plt
+
+        post = src.idata.posterior
+        coords = {}
+        if "model" in post.dims and post.sizes["model"] > 10:
+            labels = list(post["model"].values)
+            coords["model"] = labels[:5] + labels[-5:]
+        n_panels = 0
+        for n in names:
+            dims = [d for d in post[n].dims if d not in ("chain", "draw")]
+            n_panels += int(np.prod([len(coords[d]) if d in coords else post[n].sizes[d] for d in dims] or [1]))
+        rows = (n_panels + 2) // 3
+        axes = az.plot_rank(src.idata, var_names=names, coords=coords or None, kind="bars",
+                            figsize=(10, 2.2 * rows), show=False)
+        fig = np.ravel(axes)[0].figure
+        for a in np.ravel(axes):
+            a.set_title(a.get_title().replace("\n", " "), fontsize=9)
+            a.xaxis.label.set_fontsize(8)
+            a.yaxis.label.set_fontsize(8)
+            a.tick_params(labelsize=7)
+        fig.tight_layout()
+        try:
+            return _png(fig, "rank plots")
+        finally:
+            plt.close(fig)
+    except Exception as exc:  # noqa: BLE001
+        return box(f"Rank plots could not be drawn ({type(exc).__name__}: {exc}).", "warn")
+
+
+def _ppc_section(src: ResultSource, n_rep: int, seed: int) -> str:
+    from .. import plotting
+
+    body = p(
+        "For every user, the share of their labels that picked the stronger of the two models (by the fitted "
+        "strengths). Bars: what was observed. Points: the same histogram over data sets simulated from the fitted "
+        "model — each user's type (or each label's attentiveness) drawn from their fitted quality, attentive "
+        "labels following the strengths, casual ones clicking left with probability q. If the model fits, the bars "
+        "sit within the whiskers."
+    )
+    try:
+        ppc = plotting.ppc_agreement(src, n_rep=n_rep, seed=seed)
+    except Exception as exc:  # noqa: BLE001
+        return body + box(f"The check could not be run ({type(exc).__name__}: {exc}).", "warn")
+    if ppc is None:
+        return body + box("The check needs the rows of the fit and the fitted strengths, which are not available here.", "note")
+    body += figure(lambda ax: plotting.plot_ppc_agreement(src, n_rep=n_rep, seed=seed, ax=ax), figsize=(7.6, 4.2),
+                   alt="posterior predictive check")
+    lo, hi = np.percentile(ppc["low_share_replicated"], [2.5, 97.5])
+    obs = ppc["low_share_observed"]
+    rep = ppc["replicated_counts"]
+    r_lo, r_hi = np.percentile(rep, [2.5, 97.5], axis=0)
+    outside = int(((ppc["observed_counts"] < r_lo) | (ppc["observed_counts"] > r_hi)).sum())
+    if lo <= obs <= hi:
+        body += box(
+            f"Users agreeing with the stronger model at most half the time: observed {obs:.1%}, "
+            f"replicated 95% range {lo:.1%}–{hi:.1%}. The model reproduces this feature of the data.",
+            "ok",
+        )
+    else:
+        body += box(
+            f"Users agreeing with the stronger model at most half the time: observed {obs:.1%}, but the fitted "
+            f"model produces {lo:.1%}–{hi:.1%} (95% range). The model does not reproduce the data here; "
+            "consider the other variant or more taste classes.",
+            "warn",
+        )
+    body += p(
+        f"{outside} of {len(r_lo)} histogram bins fall outside the replicated 95% range"
+        + ("" if ppc["sampled"] else " (replicated from point estimates: parameter uncertainty is not included)")
+        + ".",
+        "muted",
+    )
+    return body
+
+
+def _comparison_section(comparison) -> str:
+    if comparison is None:
+        return p(
+            "No comparison was requested. Fit both variants (two-class and continuous) and pass their comparison "
+            "(an arviz.compare table, a table of held-out log-likelihoods, or {name: result}) as comparison= to "
+            "choose between them on predictive grounds.",
+            "muted",
+        )
+    frame = None
+    if isinstance(comparison, pd.DataFrame):
+        frame = comparison
+    elif isinstance(comparison, dict):
+        import arviz as az
+
+        try:
+            idatas = {str(k): getattr(v, "idata", v) for k, v in comparison.items()}
+            frame = az.compare(idatas, ic="loo")
+        except Exception as exc:  # noqa: BLE001
+            return box(f"LOO comparison could not be computed ({type(exc).__name__}: {exc}).", "warn")
+    else:
+        return box(f"Unrecognised comparison argument of type {type(comparison).__name__}.", "warn")
+    frame = frame.copy()
+    index_name = frame.index.name or "model"
+    frame = frame.reset_index().rename(columns={"index": index_name})
+    body = table(frame)
+    if "elpd_loo" in frame or "rank" in frame:
+        body += p(
+            "Higher elpd (expected log predictive density) is better; rank 0 is preferred. A difference smaller "
+            "than about twice its standard error (dse) does not distinguish the variants.",
+            "muted",
+        )
+    return body
+
+
+def _settings_section(src: ResultSource) -> str:
+    s = src.summary
+    keep = {k: s.get(k) for k in ("settings", "input", "bayes_annot_version", "sampler") if k in s}
+    text = json.dumps(keep, indent=2, default=str)
+    return p("The settings of the fit, as saved in summary.json.", "muted") + f"<pre>{escape(text)}</pre>"
+
+
+def render(src: ResultSource, *, comparison=None, title=None, n_rep: int = 200, seed: int = 0, few_labels: int = 5) -> str:
+    """The whole report as HTML text."""
+    from . import SECTIONS
+
+    builders = {
+        "warnings": lambda: _warnings_section(src, few_labels),
+        "data": lambda: _data_section(src),
+        "strengths": lambda: _strengths_section(src),
+        "quality": lambda: _quality_section(src),
+        "decision": lambda: _decision_section(src),
+        "convergence": lambda: _convergence_section(src),
+        "ppc": lambda: _ppc_section(src, n_rep, seed),
+        "comparison": lambda: _comparison_section(comparison),
+        "settings": lambda: _settings_section(src),
+    }
+    parts = []
+    for anchor, heading in SECTIONS:
+        try:
+            body = builders[anchor]()
+        except Exception as exc:  # noqa: BLE001 - a section that fails says so; the rest still renders
+            body = box(f"This section could not be built ({type(exc).__name__}: {exc}).", "warn")
+        parts.append(section(anchor, heading, body))
+    page_title = escape(title or "bayes_annot diagnostics report")
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f"<title>{page_title}</title><style>{CSS}</style></head><body><main>"
+        + _header(src, title)
+        + "\n".join(parts)
+        + "</main></body></html>\n"
+    )
