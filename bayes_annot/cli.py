@@ -29,6 +29,19 @@ def _labels_spec(text: str):
     return int(text)
 
 
+def _tastes_spec(text: str):
+    text = text.strip().lower()
+    if text == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got '{text}'")
+    return value
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bayes-annot",
@@ -53,6 +66,10 @@ def _build_parser() -> argparse.ArgumentParser:
     model.add_argument("--mu", type=float, default=None, help="known P(attentive user prefers --strong-model)")
     model.add_argument("--strong-model", default=None, help="the stronger model for --mu")
     model.add_argument("--q", type=float, default=None, help="fix the casual position bias (0.5 = fair coin)")
+    model.add_argument(
+        "--tastes", type=_tastes_spec, default=1,
+        help="taste classes: N rankings attentive users may follow, or 'auto' (chooses 1..4; two-class EM only)",
+    )
     engine = fit.add_argument_group("engine")
     engine.add_argument("--method", default="em", choices=["em", "map", "nuts"], help="inference engine")
     engine.add_argument("--sampler", default="pymc", choices=["pymc", "nutpie"], help="NUTS implementation")
@@ -151,6 +168,7 @@ def _cmd_fit(args) -> int:
         mu=args.mu,
         strong_model=args.strong_model,
         q=args.q,
+        tastes=args.tastes,
         tol=args.tol,
         max_iter=args.max_iter,
         draws=args.draws,

@@ -62,6 +62,9 @@ class Estimates:
     diagnostics: dict = field(default_factory=dict)
     user_loglik: np.ndarray | None = None
     idata: object | None = None
+    extra_user_columns: dict = field(default_factory=dict)
+    extra_model_columns: dict = field(default_factory=dict)
+    extra_summary: dict = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- problem set-up
@@ -169,6 +172,8 @@ class FitResult:
         )
         if est.variant == "continuous":
             users["p_eta_above_half"] = est.p_good
+        for name, values in est.extra_user_columns.items():
+            users[name] = values
         self.users = users
 
         n_labels_model = np.bincount(data.model_a[data.usable], minlength=data.n_models) + np.bincount(
@@ -183,6 +188,8 @@ class FitResult:
         if est.strength_low is not None:
             models["strength_low"] = est.strength_low
             models["strength_high"] = est.strength_high
+        for name, values in est.extra_model_columns.items():
+            models[name] = values
         models["n_labels"] = n_labels_model.astype(np.int64)
         self.models = models
 
@@ -340,6 +347,7 @@ def fit(
     mu: float | None = None,
     strong_model: str | None = None,
     q: float | None = None,
+    tastes: int | str = 1,
     priors: Priors | None = None,
     tol: float = 1e-9,
     max_iter: int = 1000,
@@ -372,6 +380,12 @@ def fit(
         probability ``mu`` (other pairs are uninformative).
     q : float, optional
         Fix the casual position bias (0.5 = fair coin); estimated if ``None``.
+    tastes : int or "auto"
+        Number of taste classes (two-class model, EM, learned strengths only):
+        attentive users may follow one of ``tastes`` rankings, so a coherent
+        minority taste is not mistaken for casual clicking. ``"auto"`` chooses
+        1..4 by cross-validated held-out log-likelihood
+        (:func:`bayes_annot.tastes.select_tastes`).
     priors : Priors, optional
     tol, max_iter : float, int
         EM convergence settings.
@@ -412,9 +426,18 @@ def fit(
     prepared = prepare(frame, columns)
     priors = priors or Priors()
     problem, strength_mode = build_problem(prepared, mu=mu, strong_model=strong_model, use_p_a=use_p_a)
+    if tastes != 1:
+        if not (tastes == "auto" or (isinstance(tastes, (int, np.integer)) and tastes >= 1)):
+            raise InputError(f"tastes must be a positive integer or 'auto', got {tastes!r}")
+        if model != "two-class" or method != "em":
+            raise InputError("taste classes (tastes > 1 or auto) need model='two-class' and method='em'")
+        if not problem.learned:
+            raise InputError("taste classes need learned strengths; known strengths (p_a or mu) stay one class")
     if problem.n_labels == 0:
         # Nothing enters the likelihood: no verdict on anybody.
         estimates = _empty_estimates(prepared, model, method, priors, q)
+    elif tastes != 1:
+        estimates = _fit_tastes_estimates(problem, tastes, priors, q, tol, max_iter, seed)
     elif method == "em":
         em = fit_em(problem, variant=model, priors=priors, q_fixed=q, tol=tol, max_iter=max_iter)
         params = {"q": em.q}
@@ -474,6 +497,7 @@ def fit(
         "mu": mu,
         "strong_model": strong_model,
         "q": q,
+        "tastes": tastes,
         "priors": asdict(priors),
         "tol": tol,
         "max_iter": max_iter,
@@ -498,6 +522,7 @@ def fit(
         "settings": settings,
     }
     summary.update(estimates.diagnostics)
+    summary.update(estimates.extra_summary)
     if problem.n_labels == 0:
         _warn(summary, "no row enters the likelihood (all ties or same-model pairs): every user is uninformative")
     elif counts["uninformative_users"] == counts["users"]:
@@ -520,6 +545,51 @@ def fit(
         )
     summary["runtime_seconds"] = round(time.perf_counter() - start, 4)
     return FitResult(prepared, estimates, rule, summary)
+
+
+def _fit_tastes_estimates(problem, tastes, priors, q, tol, max_iter, seed) -> Estimates:
+    from .tastes import fit_tastes, select_tastes, taste_columns
+
+    extra_summary: dict = {}
+    if tastes == "auto":
+        selection = select_tastes(problem, max_tastes=4, seed=seed, priors=priors, q_fixed=q)
+        res = selection.fits[selection.chosen]
+        table = selection.table.replace({np.nan: None})
+        extra_summary["taste_selection"] = {
+            "chosen": int(selection.chosen),
+            "chosen_by_bic": int(selection.chosen_bic),
+            "message": selection.message,
+            "table": json.loads(table.to_json(orient="records")),
+        }
+    else:
+        res = fit_tastes(problem, int(tastes), priors=priors, q_fixed=q, tol=tol, max_iter=max_iter, seed=seed)
+    extra_summary["tastes"] = {
+        "n_tastes": int(res.n_tastes),
+        "starts_agreed": int(res.starts_agreed),
+        "n_starts": int(res.n_starts),
+        "class_spread": [float(v) for v in res.class_spread],
+        "ordering": "classes numbered by share, largest first",
+    }
+    user_cols, model_cols = taste_columns(res)
+    return Estimates(
+        engine="em",
+        variant="two-class",
+        quality=res.quality,
+        p_good=res.quality,
+        n_labels_user=res.n_labels_user,
+        informative=res.informative,
+        strengths=res.strengths[0],
+        parameters=res.parameters(),
+        loglik=res.loglik,
+        loglik_trace=res.loglik_trace,
+        n_iter=res.n_iter,
+        converged=res.converged,
+        runtime_seconds=res.runtime_seconds,
+        user_loglik=res.user_loglik,
+        extra_user_columns=user_cols,
+        extra_model_columns=model_cols,
+        extra_summary=extra_summary,
+    )
 
 
 def _empty_estimates(prepared: PreparedData, model: str, method: str, priors: Priors, q) -> Estimates:
