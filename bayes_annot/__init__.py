@@ -25,10 +25,13 @@ from .fit import FitResult, UserQualityModel, fit, load  # noqa: E402
 from .likelihood import Priors  # noqa: E402
 from .simulate import simulate, truth_models, truth_users  # noqa: E402
 from .datasets import load_demo  # noqa: E402
+from .compare import compare, fit_baseline  # noqa: E402
 
 __all__ = [
     "__version__",
     "ColumnMap",
+    "compare",
+    "fit_baseline",
     "FitResult",
     "FitWarning",
     "InputError",

@@ -1,0 +1,289 @@
+"""The PyMC back end: same likelihood as numpy/EM, MAP = EM, NUTS diagnostics and coverage, LOO comparison."""
+
+import functools
+import json
+import sys
+
+import numpy as np
+import pytest
+
+import bayes_annot as ba
+from bayes_annot.data import prepare
+from bayes_annot.em import fit_em
+from bayes_annot.errors import FitWarning, InputError
+from bayes_annot.fit import build_problem
+from bayes_annot.pymc_model import build_model, model_loglik, numpy_loglik, pytensor_loglik
+
+pm = pytest.importorskip("pymc")
+az = pytest.importorskip("arviz")
+
+
+def _problem(known: bool, seed: int = 3):
+    if known:
+        log = ba.simulate(n_users=60, known_mu=0.75, labels_per_user=(2, 12), tie_rate=0.1, seed=seed)
+    else:
+        log = ba.simulate(n_users=60, n_models=5, labels_per_user=(2, 12), tie_rate=0.1, seed=seed)
+    # one extra user whose only label is a tie: in the data, not in the likelihood
+    extra = log.iloc[:1].copy()
+    extra["user"] = "zz_tie_only"
+    extra["winner"] = "tie"
+    import pandas as pd
+
+    log = pd.concat([log.astype({"user": str, "winner": str}), extra.astype({"user": str, "winner": str})])
+    problem, _ = build_problem(prepare(log))
+    assert np.bincount(problem.user, minlength=problem.n_users).min() == 0
+    return problem
+
+
+def _random_params(problem, rng):
+    return {
+        "pi": rng.uniform(0.1, 0.9),
+        "q": rng.uniform(0.2, 0.8),
+        "strength": rng.normal(0.0, 1.0, problem.n_models),
+        "m": rng.normal(0.5, 1.0),
+        "tau": rng.uniform(0.5, 2.0),
+        "theta": rng.normal(0.5, 2.0, problem.n_users),
+    }
+
+
+COMBOS = [
+    (variant, known, q_fixed)
+    for variant in ("two-class", "continuous")
+    for known in (False, True)
+    for q_fixed in (None, 0.4)
+]
+
+
+# --------------------------------------------------------------------------- (1) one likelihood, two back ends
+
+
+def _pymc_constant_error(problem, variant, q_fixed):
+    """PyMC rounds the normalising constants of Normal (log sqrt(2 pi)) and Beta (gammaln) by ~2e-8.
+
+    Measured once per distribution at a fixed reference value: a constant, the
+    same at every parameter value, so the value-dependent part is still
+    compared to 1e-8.
+    """
+    from bayes_annot.likelihood import log_beta_pdf, log_normal_pdf
+
+    def normal(sigma):
+        return float(pm.logp(pm.Normal.dist(0.0, sigma), 0.0).eval()) - float(log_normal_pdf(0.0, 0.0, sigma))
+
+    priors = ba.Priors()
+    beta = float(pm.logp(pm.Beta.dist(2.0, 2.0), 0.5).eval()) - float(log_beta_pdf(0.5, 2.0, 2.0))
+    error = ((variant == "two-class") + (q_fixed is None)) * beta
+    if problem.learned:
+        error += problem.n_models * normal(priors.strength_sigma)
+    if variant == "continuous":
+        error += normal(priors.eta_m_sigma) + problem.n_users * normal(1.0)  # m and z_u
+    return error
+
+
+@pytest.mark.parametrize("variant,known,q_fixed", COMBOS)
+def test_pytensor_equals_numpy_at_random_parameters(variant, known, q_fixed, rng):
+    problem = _problem(known)
+    model = build_model(problem, variant, q_fixed=q_fixed, tau_fixed=True)
+    offset = _pymc_constant_error(problem, variant, q_fixed)
+    values = []
+    for _ in range(3):
+        params = _random_params(problem, rng)
+        params["tau"] = ba.Priors().eta_tau  # the MAP-form model keeps tau fixed
+        if q_fixed is not None:
+            params["q"] = q_fixed
+        # log-likelihood: equal to 1e-8
+        expected = numpy_loglik(problem, variant, params, q_fixed=q_fixed, penalised=False)
+        assert model_loglik(model, params, penalised=False) == pytest.approx(expected, abs=1e-8, rel=0)
+        # penalised (EM's objective): equal to 1e-8 once PyMC's rounded Normal constant is accounted for
+        expected_pen = numpy_loglik(problem, variant, params, q_fixed=q_fixed, penalised=True)
+        got_pen = model_loglik(model, params, penalised=True)
+        assert got_pen - offset == pytest.approx(expected_pen, abs=1e-8, rel=0)
+        values.append((got_pen, expected_pen))
+    # differences between parameter values agree exactly (constants cancel)
+    (g0, e0), (g1, e1) = values[0], values[1]
+    assert g1 - g0 == pytest.approx(e1 - e0, abs=1e-8, rel=0)
+    assert abs(e1 - e0) > 1e-3  # the objective moves with the parameters
+    # per user, zero for the user without labels
+    per_user = model_loglik(model, params, per_user=True)
+    counts = np.bincount(problem.user, minlength=problem.n_users)
+    assert per_user.shape == (problem.n_users,)
+    assert np.all(np.abs(per_user[counts == 0]) < 1e-12)
+    assert per_user.sum() == pytest.approx(expected, abs=1e-8, rel=0)
+
+
+@pytest.mark.parametrize("variant,known,q_fixed", COMBOS)
+def test_pytensor_equals_em_objective_at_em_estimates(variant, known, q_fixed):
+    problem = _problem(known, seed=8)
+    em = fit_em(problem, variant=variant, q_fixed=q_fixed)
+    params = {"q": em.q, "strength": em.strengths, "pi": em.pi, "m": em.m, "tau": em.tau, "theta": em.theta}
+    value = pytensor_loglik(problem, variant, params, q_fixed=q_fixed)
+    offset = _pymc_constant_error(problem, variant, q_fixed)
+    assert value - offset == pytest.approx(em.loglik, abs=1e-8, rel=0)
+    assert abs(offset) < 1e-5
+
+
+# --------------------------------------------------------------------------- (2) MAP = EM
+
+
+@pytest.fixture(scope="module")
+def map_log():
+    return ba.simulate(n_users=400, n_models=6, casual_share=0.3, labels_per_user=(5, 30), seed=21)
+
+
+@pytest.mark.parametrize("variant", ["two-class", "continuous"])
+def test_map_matches_em(map_log, variant):
+    em = ba.fit(map_log, model=variant, method="em", tol=1e-12, max_iter=5000)
+    mp = ba.fit(map_log, model=variant, method="map")
+    assert mp.summary["engine"] == "map" and mp.summary["converged"] is True
+    np.testing.assert_allclose(mp.models.strength, em.models.strength, atol=0.02)
+    np.testing.assert_allclose(mp.users.quality, em.users.quality, atol=0.02)
+    np.testing.assert_allclose(mp.estimates.p_good, em.estimates.p_good, atol=0.02)
+    # both maximise the same objective
+    assert mp.summary["loglik"] == pytest.approx(em.summary["loglik"], abs=1e-3)
+    # MAP strengths sum to zero (connected graph), like EM's
+    assert abs(mp.models.strength.sum()) < 1e-3
+    # same InferenceData shape as EM: 1 chain x 1 draw, quality over users
+    idata = mp.idata
+    assert idata.posterior.sizes["chain"] == 1 and idata.posterior.sizes["draw"] == 1
+    assert idata.posterior["quality"].dims == ("chain", "draw", "user")
+    assert set(em.idata.posterior.data_vars) == set(idata.posterior.data_vars)
+    assert mp.users.quality_low.isna().all()
+
+
+# --------------------------------------------------------------------------- (5) sampling plumbing, mocked
+
+
+def _mock_sample(monkeypatch, diverging):
+    from pymc.testing import mock_sample
+
+    fake = functools.partial(mock_sample, sample_stats={"diverging": diverging})
+    monkeypatch.setattr(pm, "sample", fake)
+
+
+@pytest.mark.parametrize("variant", ["two-class", "continuous"])
+def test_nuts_plumbing_with_mocked_sampler(monkeypatch, tmp_path, variant):
+    log = ba.simulate(n_users=40, n_models=4, labels_per_user=(3, 10), seed=4)
+    _mock_sample(monkeypatch, lambda size: np.zeros(size, dtype=bool))
+    with pytest.warns(FitWarning, match="effective draws"):
+        result = ba.fit(log, model=variant, method="nuts", draws=30, tune=5, chains=2, progress=False)
+    users, models, summary = result.users, result.models, result.summary
+    assert summary["engine"] == "nuts"
+    for key in ("rhat_max", "ess_bulk_min", "divergences"):
+        assert key in summary
+    assert summary["divergences"] == 0
+    assert summary["ess_bulk_min"] < 400
+    assert any("effective draws" in w for w in summary["warnings"])
+    assert users.quality_low.notna().all() and users.quality_high.notna().all()
+    assert (users.quality_low <= users.quality + 1e-12).all() and (users.quality <= users.quality_high + 1e-12).all()
+    assert {"strength_low", "strength_high"} <= set(models.columns)
+    idata = result.idata
+    assert idata.posterior.sizes["draw"] == 30 and idata.posterior.sizes["chain"] == 2
+    assert idata.posterior["strength"].dims == ("chain", "draw", "model")
+    assert idata.posterior["quality"].dims == ("chain", "draw", "user")
+    assert idata.log_likelihood["y_user"].dims == ("chain", "draw", "user")
+    # quality is the posterior mean of the per-draw quality
+    np.testing.assert_allclose(users.quality, idata.posterior["quality"].mean(("chain", "draw")).values)
+    # per-user log-lik matches the numpy likelihood at one draw
+    problem, _ = build_problem(prepare(log))
+    draw = idata.posterior.isel(chain=1, draw=7)
+    params = {k: draw[k].values for k in ("q", "strength")}
+    if variant == "two-class":
+        params["pi"] = float(draw["pi"])
+    else:
+        params.update(m=float(draw["m"]), tau=float(draw["tau"]), theta=float(draw["m"]) + float(draw["tau"]) * draw["z"].values)
+    expected = numpy_loglik(problem, variant, params, penalised=False)
+    assert float(idata.log_likelihood["y_user"].isel(chain=1, draw=7).sum()) == pytest.approx(expected, abs=1e-8)
+    az.loo(idata)  # works on the stored group
+    out = result.save(tmp_path / "out")
+    assert (out / "posterior.nc").exists()
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved["divergences"] == 0 and saved["ess_bulk_min"] == pytest.approx(summary["ess_bulk_min"])
+    assert ba.load(out)["idata"].posterior.sizes["draw"] == 30
+
+
+def test_divergences_are_warned_and_mark_not_converged(monkeypatch):
+    log = ba.simulate(n_users=30, n_models=3, labels_per_user=(3, 8), seed=6)
+
+    def some_divergent(size):
+        out = np.zeros(size, dtype=bool)
+        out[0, :3] = True
+        return out
+
+    _mock_sample(monkeypatch, some_divergent)
+    with pytest.warns(FitWarning, match="3 divergent transition"):
+        result = ba.fit(log, method="nuts", draws=20, chains=2, progress=False)
+    assert result.summary["divergences"] == 3
+    assert result.estimates.converged is False
+
+
+def test_nutpie_missing_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "nutpie", None)
+    with pytest.raises(InputError, match=r"pip install 'bayes_annot\[nutpie\]'"):
+        ba.fit(ba.simulate(n_users=20, seed=1), method="nuts", sampler="nutpie")
+
+
+# --------------------------------------------------------------------------- (3), (4) real NUTS
+
+
+@pytest.mark.slow
+def test_nuts_two_class_diagnostics_and_intervals():
+    log = ba.simulate(n_users=300, n_models=6, casual_share=0.3, labels_per_user=30, seed=2)
+    result = ba.fit(log, model="two-class", method="nuts", draws=1000, tune=1000, chains=2, seed=1, progress=False)
+    s = result.summary
+    assert s["rhat_max"] <= 1.01
+    assert s["divergences"] == 0
+    assert s["ess_bulk_min"] >= 400
+    assert s["converged"] is True
+    users, models = result.users, result.models
+    assert ((users.quality_low <= users.quality) & (users.quality <= users.quality_high)).all()
+    assert ((models.strength_low <= models.strength) & (models.strength <= models.strength_high)).all()
+    # the posterior recovers the truth: types separate and true strengths (centred) are covered
+    truth = ba.truth_users(log).loc[users.user]
+    assert np.mean((users.quality.values > 0.5) == truth.true_attentive.values) > 0.95
+    true_s = ba.truth_models(log).loc[models.model].values
+    true_s = true_s - true_s.mean()
+    assert np.mean((models.strength_low <= true_s) & (true_s <= models.strength_high)) >= 4 / 6
+    # MAP/EM point estimate lies inside the posterior interval for nearly all users
+    em = ba.fit(log, model="two-class")
+    inside = (users.quality_low - 1e-9 <= em.users.quality) & (em.users.quality <= users.quality_high + 1e-9)
+    assert inside.mean() > 0.95
+
+
+@pytest.mark.slow
+def test_nuts_continuous_coverage():
+    log = ba.simulate(
+        n_users=200, n_models=5, casual_share=0.3, labels_per_user=30, quality="continuous", eta_tau=1.5, seed=7
+    )
+    result = ba.fit(log, model="continuous", method="nuts", draws=500, tune=700, chains=2, seed=3, progress=False)
+    idata = result.idata
+    n_transitions = idata.posterior.sizes["chain"] * idata.posterior.sizes["draw"]
+    assert result.summary["divergences"] <= 0.01 * n_transitions
+    hdi = az.hdi(idata.posterior[["eta"]], hdi_prob=0.90)["eta"]
+    truth = ba.truth_users(log).loc[[str(u) for u in idata.posterior["user"].values]]
+    covered = (hdi.sel(hdi="lower").values <= truth.true_eta.values) & (truth.true_eta.values <= hdi.sel(hdi="higher").values)
+    print(f"90% HDI coverage of eta: {covered.mean():.3f}; divergences {result.summary['divergences']}")
+    assert 0.85 <= covered.mean() <= 0.97
+
+
+# --------------------------------------------------------------------------- (6) model comparison
+
+
+@pytest.mark.slow
+def test_compare_three_models():
+    from bayes_annot.compare import compare, fit_baseline
+
+    log = ba.simulate(n_users=120, n_models=4, casual_share=0.4, labels_per_user=20, seed=12)
+    settings = dict(method="nuts", draws=300, tune=300, chains=2, seed=0, progress=False)
+    fits = {
+        "two-class": ba.fit(log, model="two-class", **settings),
+        "continuous": ba.fit(log, model="continuous", **settings),
+        "bradley-terry": fit_baseline(log, draws=300, tune=300, chains=2, seed=0, progress=False),
+    }
+    table = compare(fits)
+    assert set(table.index) == {"two-class", "continuous", "bradley-terry"}
+    assert {"elpd_loo", "p_loo", "weight"} <= set(table.columns)
+    # data with 40% casual users: a model with casual users beats plain Bradley–Terry clearly
+    assert table.index[-1] == "bradley-terry"
+    assert table.loc["bradley-terry", "elpd_diff"] > 4 * table.loc["bradley-terry", "dse"]
+    with pytest.raises(InputError, match="point estimate"):
+        compare({"em": ba.fit(log), "two-class": fits["two-class"]})
+
