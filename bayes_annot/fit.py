@@ -548,12 +548,14 @@ def fit(
 
 
 def _fit_tastes_estimates(problem, tastes, priors, q, tol, max_iter, seed) -> Estimates:
-    from .tastes import fit_tastes, select_tastes, taste_columns
+    from .tastes import casual_group_test, fit_tastes, select_tastes, taste_columns
 
     extra_summary: dict = {}
     if tastes == "auto":
         selection = select_tastes(problem, max_tastes=4, seed=seed, priors=priors, q_fixed=q)
         res = selection.fits[selection.chosen]
+        check = casual_group_test(problem, selection.fits[1], seed=seed, priors=priors, q_fixed=q)
+        extra_summary["taste_diagnostic"] = _casual_test_summary(check)
         table = selection.table.replace({np.nan: None})
         extra_summary["taste_selection"] = {
             "chosen": int(selection.chosen),
@@ -590,6 +592,18 @@ def _fit_tastes_estimates(problem, tastes, priors, q, tol, max_iter, seed) -> Es
         extra_model_columns=model_cols,
         extra_summary=extra_summary,
     )
+
+
+def _casual_test_summary(check) -> dict:
+    return {
+        "verdict": check.verdict,
+        "message": check.message,
+        "statistic": float(check.statistic),
+        "p_value": float(check.p_value),
+        "n_flagged": int(check.n_flagged),
+        "n_labels": int(check.n_labels),
+        "rank_correlation": None if not np.isfinite(check.rank_correlation) else float(check.rank_correlation),
+    }
 
 
 def _empty_estimates(prepared: PreparedData, model: str, method: str, priors: Priors, q) -> Estimates:

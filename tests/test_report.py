@@ -288,3 +288,20 @@ def test_missing_matplotlib_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
     with pytest.raises(ImportError, match=r"pip install 'bayes_annot\[plot\]'"):
         plotting.plot_strengths(ba.fit(ba.simulate(n_users=30, n_models=3, seed=0)))
+
+
+def test_report_explains_taste_choice_and_flags_a_taste_group(tmp_path):
+    from bayes_annot.tastes import simulate_tastes
+
+    log = simulate_tastes(n_users=300, n_models=6, casual_share=0.3, minority_share=0.2, seed=2)
+    one = ba.fit(log)
+    html = one.report(tmp_path / "one.html").read_text()
+    section = html[html.index('<section id="tastes">'):]
+    section = section[: section.index("</section>")]
+    assert "taste group" in section and 'class="warn"' in section
+    auto = ba.fit(log, tastes="auto")
+    assert auto.summary["taste_selection"]["chosen"] == 2
+    html = auto.report(tmp_path / "auto.html").read_text()
+    section = html[html.index('<section id="tastes">'):]
+    section = section[: section.index("</section>")]
+    assert "C = 2" in section and "data:image/png;base64" in section and "strength_taste_2" in section

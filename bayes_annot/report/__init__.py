@@ -23,6 +23,7 @@ SECTIONS = (
     ("data", "Data"),
     ("strengths", "Model strengths"),
     ("quality", "User quality"),
+    ("tastes", "Taste or noise?"),
     ("decision", "The decision: whom to keep"),
     ("convergence", "Convergence"),
     ("ppc", "Posterior predictive check"),

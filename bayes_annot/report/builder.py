@@ -363,6 +363,64 @@ RULE_TEXT = {
 }
 
 
+def _taste_check_for_one_ranking(src: ResultSource):
+    """Run the casual-group test on a one-ranking fit (small logs only: it refits on simulations)."""
+    data = src.data
+    if data is None or src.summary.get("model") != "two-class" or "tastes" in src.summary:
+        return None
+    if src.summary.get("counts", {}).get("rows_in_likelihood", 0) > 200_000:
+        return None
+    from ..fit import _casual_test_summary, build_problem
+    from ..tastes import casual_group_test
+
+    problem, _ = build_problem(data, use_p_a=False)
+    if not problem.learned:
+        return None
+    return _casual_test_summary(casual_group_test(problem, n_sim=99, seed=0))
+
+
+def _tastes_section(src: ResultSource) -> str:
+    s = src.summary
+    body = ""
+    selection = s.get("taste_selection")
+    if selection:
+        frame = pd.DataFrame(selection["table"])
+        body += box(selection["message"], "note")
+        keep = [c for c in ("n_tastes", "heldout_loglik", "heldout_se", "bic", "casual_share", "starts_agreed", "chosen") if c in frame]
+        body += table(frame[keep])
+
+        def draw(ax):
+            ax.errorbar(frame["n_tastes"], frame["heldout_loglik"], yerr=frame.get("heldout_se"), marker="o", capsize=3)
+            chosen = frame.loc[frame["n_tastes"] == selection["chosen"]]
+            ax.plot(chosen["n_tastes"], chosen["heldout_loglik"], "o", ms=12, mfc="none", mec="C3", label="chosen")
+            ax.set_xlabel("taste classes C")
+            ax.set_ylabel("held-out log-likelihood")
+            ax.set_xticks(frame["n_tastes"])
+            ax.legend()
+
+        body += figure(draw, figsize=(5.5, 3.4), alt="held-out log-likelihood by number of taste classes")
+    if "tastes" in s:
+        t = s["tastes"]
+        body += p(
+            f"This fit uses {t['n_tastes']} taste classes ({t['ordering']}); {t['starts_agreed']} of {t['n_starts']} "
+            "seeded starts reached the best optimum. Quality is the probability that a user is not casual, whatever their taste."
+        )
+        cols = [c for c in src.models.columns if c.startswith("strength_taste_")]
+        if cols:
+            body += table(src.models[["model", *cols]])
+    check = s.get("taste_diagnostic") or _taste_check_for_one_ranking(src)
+    if check:
+        text = check["message"]
+        body += box(text, "warn" if check["verdict"] == "taste group" else "note")
+    if not body:
+        body = p(
+            "One ranking is assumed for all attentive users. Fit with --tastes auto (tastes='auto') to check whether "
+            "users flagged casual follow a coherent alternative ranking instead of clicking at random.",
+            "muted",
+        )
+    return body
+
+
 def _decision_section(src: ResultSource) -> str:
     s = src.summary
     f = s.get("filter", {}) or {}
@@ -611,6 +669,7 @@ def render(src: ResultSource, *, comparison=None, title=None, n_rep: int = 200, 
         "data": lambda: _data_section(src),
         "strengths": lambda: _strengths_section(src),
         "quality": lambda: _quality_section(src),
+        "tastes": lambda: _tastes_section(src),
         "decision": lambda: _decision_section(src),
         "convergence": lambda: _convergence_section(src),
         "ppc": lambda: _ppc_section(src, n_rep, seed),
