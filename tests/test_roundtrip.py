@@ -52,3 +52,11 @@ def test_same_seed_same_output(small_log):
 def test_load_rejects_a_folder_without_results(tmp_path):
     with pytest.raises(ba.InputError, match="summary.json missing"):
         ba.load(tmp_path)
+
+
+def test_library_prints_nothing(capsys, small_log):
+    result = ba.fit(small_log, filter="fdr:0.1")
+    result.filter("prob:0.7")
+    _ = result.idata
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
