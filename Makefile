@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export PYTENSOR_FLAGS ?= base_compiledir=$(CURDIR)/.pytensor_cache
 export MPLBACKEND ?= Agg
 
-.PHONY: venv demo test test-fast bench clean
+.PHONY: venv demo test test-fast bench docs clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,11 @@ test: $(VENV)/.installed
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -m "not slow"
 
+docs: $(VENV)/.installed
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
 bench: $(VENV)/.installed
 	$(PY) benchmarks/run_all.py --out docs/benchmarks.md
 
 clean:
-	rm -rf $(VENV) demo-output .pytensor_cache .pytest_cache build *.egg-info
+	rm -rf $(VENV) demo-output site .pytensor_cache .pytest_cache build *.egg-info

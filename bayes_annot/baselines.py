@@ -387,6 +387,7 @@ class BradleyTerry:
         self.user, self.model_a, self.model_b, self.winner = user, model_a, model_b, winner
 
     def fit(self, data) -> "BradleyTerry":
+        """Fit the strengths to ``data`` (a frame or a path); returns ``self``."""
         prepared = load_prepared(data, self.user, self.model_a, self.model_b, self.winner)
         self.strengths_ = _plain_strengths(prepared, self.strength_sigma)
         self.model_labels_ = prepared.model_labels
@@ -518,6 +519,7 @@ class NoisyBradleyTerry:
         self.user, self.model_a, self.model_b, self.winner = user, model_a, model_b, winner
 
     def get_params(self) -> dict:
+        """The constructor's settings."""
         return dict(
             regularization=self.regularization, max_iter=self.max_iter, tol=self.tol, threshold=self.threshold,
             user=self.user, model_a=self.model_a, model_b=self.model_b, winner=self.winner,
@@ -533,6 +535,7 @@ class NoisyBradleyTerry:
         )
 
     def fit(self, data) -> "NoisyBradleyTerry":
+        """Fit skills, position biases and strengths to ``data`` (a frame or a path); returns ``self``."""
         prepared = load_prepared(data, self.user, self.model_a, self.model_b, self.winner)
         user, ma, mb, sign = self._arrays(prepared)
         n_users, n_models = prepared.n_users, prepared.n_models

@@ -107,7 +107,8 @@ def fit_baseline(
     Parameters
     ----------
     data : str, Path or pandas.DataFrame
-    draws, tune, chains, sampler, seed, progress : NUTS settings (as in :func:`bayes_annot.fit`).
+    draws, tune, chains, sampler, seed, progress
+        NUTS settings (as in :func:`bayes_annot.fit`).
     priors : Priors, optional
     user, model_a, model_b, winner : str
         Column names.

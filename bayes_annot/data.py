@@ -147,6 +147,7 @@ class PreparedData:
         return self._usable
 
     def counts(self) -> dict[str, int]:
+        """Row, tie, same-model, user and model counts (the ``counts`` of ``summary.json``)."""
         usable = self.usable
         return {
             "rows": self.n_rows,

@@ -389,7 +389,8 @@ def fit(
     priors : Priors, optional
     tol, max_iter : float, int
         EM convergence settings.
-    draws, tune, chains, sampler, progress : NUTS settings.
+    draws, tune, chains, sampler, progress
+        NUTS settings.
     seed : int
 
     Returns
@@ -643,9 +644,11 @@ class UserQualityModel:
         self.settings = settings
 
     def get_params(self) -> dict:
+        """The settings given to the constructor (a copy)."""
         return dict(self.settings)
 
     def fit(self, data) -> "UserQualityModel":
+        """Fit :func:`fit` to ``data`` with the stored settings; returns ``self``."""
         self.result_ = fit(data, **self.settings)
         self.users_ = self.result_.users
         self.models_ = self.result_.models
@@ -674,6 +677,7 @@ class SavedResult:
         return key in ("users", "models", "rows", "summary") or (key == "idata" and self.idata is not None)
 
     def keys(self):
+        """Names of the parts present (``idata`` only when ``posterior.nc`` was saved)."""
         return [k for k in ("users", "models", "rows", "summary", "idata") if k in self]
 
     def __repr__(self) -> str:
