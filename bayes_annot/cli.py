@@ -52,7 +52,9 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     fit = sub.add_parser("fit", help="fit the behaviour model to a log and write users/models/rows/summary")
-    fit.add_argument("input", help="comparison log: .csv, .parquet, .json (Arena battles) or .jsonl")
+    fit.add_argument(
+        "input", help="comparison log: .csv, .parquet, .json (Arena battles) or .jsonl; a folder or glob of parquet files is fitted with Dask"
+    )
     fit.add_argument("--out", required=True, help="output folder (replaced atomically)")
     cols = fit.add_argument_group("columns")
     cols.add_argument("--user", default=None, help="user column (default: 'user', else 'judge')")
@@ -80,6 +82,8 @@ def _build_parser() -> argparse.ArgumentParser:
     engine.add_argument("--tol", type=float, default=1e-9, help="EM relative tolerance")
     engine.add_argument("--seed", type=int, default=0)
     fit.add_argument("--filter", default="prob:0.5", help="prob:T, fdr:ALPHA, credible:T or none (default prob:0.5)")
+    fit.add_argument("--warm-start", default=None, metavar="DIR",
+                     help="start EM from a previous fit's folder (INPUT should be the whole old + new log)")
     fit.add_argument("--report", action="store_true", help="also write DIR/report.html (diagnostics report)")
     fit.add_argument("--dpo", default=None, help="also export kept labels for DPO training (.jsonl or .parquet)")
     fit.add_argument("--quiet", action="store_true", help="print nothing but errors")
@@ -177,9 +181,12 @@ def _cmd_fit(args) -> int:
         sampler=args.sampler,
         progress=None,
         seed=args.seed,
+        start=args.warm_start,
     )
     out = Path(args.out)
     dpo = None
+    if (args.dpo or args.report) and not hasattr(result, "to_dpo"):
+        raise InputError("--dpo and --report are not available for Dask fits (a folder or glob of parquet files) yet")
     if args.dpo:
         from .export import _SUFFIXES, _write_atomic
 

@@ -188,7 +188,10 @@ def read_table(path: str | Path) -> pd.DataFrame:
     if not path.exists():
         raise InputError(f"input file '{path}' does not exist")
     if path.is_dir():
-        raise InputError(f"input '{path}' is a directory, expected a .csv, .parquet, .json or .jsonl file")
+        raise InputError(
+            f"input '{path}' is a directory with no .parquet files; expected a .csv, .parquet, .json or .jsonl file, "
+            "or a folder / glob of parquet files"
+        )
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":

@@ -241,6 +241,16 @@ class FitResult:
         """The input rows that passed the filter."""
         return self.rows[self.rows["kept"]]
 
+    def update(self, new_rows, **settings) -> "FitResult":
+        """Refit on this fit's rows plus ``new_rows``, warm-started from this fit.
+
+        Converges to the same answer as a full refit on old + new rows (see
+        :func:`bayes_annot.incremental.update`); new users and models are added.
+        """
+        from .incremental import update
+
+        return update(self, new_rows, **settings)
+
     def report(self, path: str | Path, **options) -> Path:
         """Write the self-contained HTML diagnostics report (see :func:`bayes_annot.report.build_report`)."""
         from .report import build_report
@@ -357,6 +367,7 @@ def fit(
     sampler: str = "pymc",
     progress: bool | None = None,
     seed: int = 0,
+    start: dict | str | Path | None = None,
 ) -> FitResult:
     """Fit the user behaviour model to a comparison-mode log.
 
@@ -392,6 +403,10 @@ def fit(
     draws, tune, chains, sampler, progress
         NUTS settings.
     seed : int
+    start : dict or path, optional
+        Warm start for EM: a folder written by a previous fit (its parameters,
+        strengths and per-user quality, matched by label) or a ``start`` dict
+        of :func:`bayes_annot.em.fit_em`.
 
     Returns
     -------
@@ -405,7 +420,7 @@ def fit(
     >>> list(result.users.columns[:6])
     ['user', 'n_labels', 'quality', 'quality_low', 'quality_high', 'kept']
     """
-    start = time.perf_counter()
+    t_start = time.perf_counter()
     if model not in VARIANTS:
         raise InputError(f"unknown model '{model}', expected one of {', '.join(VARIANTS)}")
     if method not in METHODS:
@@ -414,6 +429,16 @@ def fit(
         raise InputError(f"q must lie in (0, 1), got {q}")
     rule = parse_filter(filter)
     input_info: dict = {}
+    if isinstance(data, (str, Path)) and _is_parquet_collection(data):
+        data = _read_parquet_collection(data)
+    if _is_dask_frame(data):
+        if method != "em" or tastes != 1:
+            raise InputError("a Dask DataFrame (or a folder of parquet files) is fitted by EM only, with tastes=1")
+        return _fit_dask_frame(
+            data, model=model, rule=rule, user=user, model_a=model_a, model_b=model_b, winner=winner, p_a=p_a,
+            use_p_a=use_p_a, mu=mu, strong_model=strong_model, q=q, priors=priors, tol=tol, max_iter=max_iter,
+            seed=seed, start=start,
+        )
     if isinstance(data, (str, Path)):
         input_info = {"path": str(data), "sha256": None}
         frame = read_table(data)
@@ -440,7 +465,8 @@ def fit(
     elif tastes != 1:
         estimates = _fit_tastes_estimates(problem, tastes, priors, q, tol, max_iter, seed)
     elif method == "em":
-        em = fit_em(problem, variant=model, priors=priors, q_fixed=q, tol=tol, max_iter=max_iter)
+        em_start = _resolve_start(start, prepared)
+        em = fit_em(problem, variant=model, priors=priors, q_fixed=q, tol=tol, max_iter=max_iter, start=em_start)
         params = {"q": em.q}
         if model == "two-class":
             params = {"pi": em.pi, "q": em.q}
@@ -544,7 +570,7 @@ def fit(
             f"the comparison graph has {len(np.unique(components[used]))} disconnected parts: strengths are "
             "comparable only within a part (each part is centred at 0)",
         )
-    summary["runtime_seconds"] = round(time.perf_counter() - start, 4)
+    summary["runtime_seconds"] = round(time.perf_counter() - t_start, 4)
     return FitResult(prepared, estimates, rule, summary)
 
 
@@ -593,6 +619,88 @@ def _fit_tastes_estimates(problem, tastes, priors, q, tol, max_iter, seed) -> Es
         extra_model_columns=model_cols,
         extra_summary=extra_summary,
     )
+
+
+def _resolve_start(start, prepared: PreparedData) -> dict | None:
+    if start is None:
+        return None
+    if isinstance(start, (str, Path)):
+        from .incremental import align_start, load_start
+
+        if not (Path(start) / "summary.json").exists():
+            raise InputError(f"warm start '{start}' holds no bayes_annot results (summary.json missing)")
+        return align_start(load_start(start), prepared.user_labels, prepared.model_labels)
+    return dict(start)
+
+
+def _is_dask_frame(data) -> bool:
+    return type(data).__module__.split(".")[0] in ("dask", "dask_expr") and hasattr(data, "npartitions")
+
+
+def _is_parquet_collection(path) -> bool:
+    text = str(path)
+    if any(ch in text for ch in "*?["):
+        return True
+    path = Path(path)
+    return path.is_dir() and any(path.glob("*.parquet"))
+
+
+def _read_parquet_collection(path):
+    try:
+        import dask.dataframe as dd
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise InputError(f"'{path}': reading a folder or glob of parquet files needs pip install 'bayes_annot[dask]'") from None
+    target = str(Path(path) / "*.parquet") if Path(path).is_dir() else str(path)
+    try:
+        return dd.read_parquet(target)
+    except Exception as exc:  # noqa: BLE001 - any reader failure is bad input
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"cannot read parquet files '{target}': {first}") from exc
+
+
+def _fit_dask_frame(ddf, *, model, rule, priors, q, tol, max_iter, seed, start, mu, strong_model, **columns):
+    from .dask_em import fit_dask
+    from .dask_result import DaskFitResult
+
+    started = time.perf_counter()
+    priors = priors or Priors()
+    try:
+        dfit = fit_dask(ddf, model=model, priors=priors, q=q, tol=tol, max_iter=max_iter, mu=mu,
+                        strong_model=strong_model, start=start if isinstance(start, dict) else None, **columns)
+    except ValueError as exc:
+        if isinstance(exc, InputError):
+            raise
+        raise InputError(str(exc)) from exc
+    est = dfit.to_estimates()
+    counts = dict(dfit.counts)
+    counts["users_in_likelihood"] = int((est.n_labels_user > 0).sum())
+    counts["uninformative_users"] = int((~est.informative).sum())
+    components = dfit.components()
+    summary = {
+        "bayes_annot_version": __version__,
+        "engine": "em",
+        "backend": f"dask ({dfit.n_partitions} partitions)",
+        "model": model,
+        "strengths": dfit.strength_mode,
+        "counts": counts,
+        "parameters": {k: (None if v is None else float(v)) for k, v in est.parameters.items()},
+        "loglik": float(est.loglik),
+        "iterations": est.n_iter,
+        "converged": est.converged,
+        "runtime_seconds": None,
+        "comparison_graph_components": int(components.max() + 1) if len(components) else 0,
+        "warnings": [],
+        "input": {"path": None, "sha256": None},
+        "settings": {"model": model, "method": "em", "filter": str(rule), "columns": dfit.columns, "mu": mu,
+                     "strong_model": strong_model, "q": q, "priors": asdict(priors), "tol": tol,
+                     "max_iter": max_iter, "seed": seed},
+    }
+    if counts["uninformative_users"] == counts["users"]:
+        _warn(summary, "every user is uninformative: all pairs have attentive probability near 0.5, so nobody can be judged")
+    if est.converged is False:
+        _warn(summary, f"EM did not converge in {est.n_iter} iterations; raise max_iter or loosen tol")
+    summary["runtime_seconds"] = round(time.perf_counter() - started, 4)
+    return DaskFitResult(ddf, dfit, rule, summary)
 
 
 def _casual_test_summary(check) -> dict:

@@ -1,0 +1,126 @@
+"""The result of a Dask-backed EM fit: same tables and files as :class:`~bayes_annot.fit.FitResult`.
+
+``users``, ``models`` and ``summary`` are small and live on the driver;
+``rows`` is a lazy Dask DataFrame (every input row + ``kept, reason, weight``,
+in input order) that :meth:`DaskFitResult.save` streams to ``rows.csv``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+
+from .decide import FilterRule, decide_users, parse_filter
+
+__all__ = ["DaskFitResult"]
+
+
+class DaskFitResult:
+    """Tables of a Dask EM fit (see :func:`bayes_annot.dask_em.fit_dask`).
+
+    Attributes
+    ----------
+    users, models : pandas.DataFrame
+        As in :class:`~bayes_annot.fit.FitResult`.
+    rows : dask.dataframe.DataFrame
+        Lazy: every input row + ``kept, reason, weight``.
+    summary : dict
+    """
+
+    def __init__(self, ddf, dask_fit, rule: FilterRule, summary_base: dict):
+        self._ddf = ddf
+        self.dask_fit = dask_fit
+        self.estimates = dask_fit.to_estimates()
+        self._summary_base = summary_base
+        self._apply(rule)
+
+    def _apply(self, rule: FilterRule) -> None:
+        est, dfit = self.estimates, self.dask_fit
+        eligible = est.n_labels_user > 0
+        keep, info = decide_users(rule, est.quality, est.p_good, None, eligible=eligible)
+        self.rule, self._keep = rule, keep
+        users = pd.DataFrame(
+            {
+                "user": dfit.user_labels,
+                "n_labels": est.n_labels_user.astype(np.int64),
+                "quality": est.quality,
+                "quality_low": np.nan,
+                "quality_high": np.nan,
+                "kept": keep,
+                "uninformative": ~est.informative,
+                "n_rows": np.asarray(dfit.n_rows_user, dtype=np.int64),
+            }
+        )
+        if est.variant == "continuous":
+            users["p_eta_above_half"] = est.p_good
+        self.users = users
+        self.models = pd.DataFrame(
+            {
+                "model": dfit.model_labels,
+                "strength": est.strengths if est.strengths is not None else np.nan,
+                "n_labels": np.asarray(dfit.n_labels_model, dtype=np.int64),
+            }
+        )
+        from .dask_em import to_rows
+
+        self.rows = to_rows(self._ddf, dfit, keep, est.quality)
+        kept_rows = int(est.n_labels_user[keep].sum())
+        summary = json.loads(json.dumps(self._summary_base))
+        summary["counts"].update(kept_rows=kept_rows, kept_users=int(keep.sum()))
+        summary["filter"] = dict(info, kept_rows=kept_rows)
+        self.summary = summary
+
+    def filter(self, rule) -> "DaskFitResult":
+        """A copy with another filter rule applied (no refit)."""
+        clone = object.__new__(DaskFitResult)
+        clone._ddf, clone.dask_fit, clone.estimates = self._ddf, self.dask_fit, self.estimates
+        clone._summary_base = self._summary_base
+        clone._apply(parse_filter(rule))
+        return clone
+
+    @property
+    def loglik_trace(self) -> list[float]:
+        """Penalised log-likelihood per EM iteration."""
+        return list(self.estimates.loglik_trace)
+
+    @property
+    def idata(self):
+        """1 chain x 1 draw ``InferenceData`` of the point estimates."""
+        from .inference_data import point_estimate_idata
+
+        labels = SimpleNamespace(user_labels=self.dask_fit.user_labels, model_labels=self.dask_fit.model_labels)
+        return point_estimate_idata(labels, self.estimates)
+
+    def save(self, directory) -> Path:
+        """Write ``users.csv``, ``models.csv``, ``rows.csv`` (streamed from the workers) and ``summary.json``."""
+        from .fit import _replace_directory
+
+        directory = Path(directory)
+        parent = directory.resolve().parent
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=parent))
+        try:
+            self.users.to_csv(tmp / "users.csv", index=False)
+            self.models.to_csv(tmp / "models.csv", index=False)
+            self.rows.to_csv(str(tmp / "rows.csv"), single_file=True, index=False)
+            with open(tmp / "summary.json", "w", encoding="utf-8") as handle:
+                json.dump(self.summary, handle, indent=2, allow_nan=False)
+                handle.write("\n")
+            _replace_directory(tmp, directory)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return directory
+
+    def __repr__(self) -> str:
+        c = self.summary["counts"]
+        return (
+            f"<DaskFitResult {self.summary['model']} via em (dask): {c['users']} users, {c['models']} models, "
+            f"{c['rows']} rows; kept {c['kept_users']} users ({self.summary['filter']['rule']})>"
+        )
