@@ -26,6 +26,7 @@ HEADINGS = [
     "Data",
     "Model strengths",
     "User quality",
+    "Taste or noise?",
     "The decision: whom to keep",
     "Convergence",
     "Posterior predictive check",
