@@ -194,17 +194,8 @@ class FitResult:
         self.models = models
 
         row_kept = data.usable & keep[data.user]
-        # codes: 0 ok, 1 tie, 2 same_model, 3 user_low_quality
-        code = np.where(data.usable, np.where(row_kept, 0, 3), data.reason_code).astype(np.int8)
-        reason = pd.Categorical.from_codes(code, categories=["ok", "tie", "same_model", "user_low_quality"])
-        rows = data.frame.copy()
-        clashes = [c for c in OUTPUT_COLUMNS if c in rows.columns]
-        if clashes:
-            rows = rows.rename(columns={c: f"input_{c}" for c in clashes})
-        rows["kept"] = row_kept
-        rows["reason"] = reason
-        rows["weight"] = est.quality[data.user]
-        self.rows = rows
+        self._row_kept = row_kept
+        self._rows = None  # built on first access (a copy of every input row)
 
         summary = json.loads(json.dumps(self._summary_base))
         summary["counts"].update(
@@ -213,6 +204,24 @@ class FitResult:
         )
         summary["filter"] = dict(info, kept_rows=int(row_kept.sum()))
         self.summary = summary
+
+    @property
+    def rows(self) -> pd.DataFrame:
+        """Every input row in input order + ``kept``, ``reason``, ``weight`` (built on first access)."""
+        if self._rows is None:
+            data, row_kept = self._data, self._row_kept
+            # codes: 0 ok, 1 tie, 2 same_model, 3 user_low_quality
+            code = np.where(data.usable, np.where(row_kept, 0, 3), data.reason_code).astype(np.int8)
+            reason = pd.Categorical.from_codes(code, categories=["ok", "tie", "same_model", "user_low_quality"])
+            rows = data.frame.copy()
+            clashes = [c for c in OUTPUT_COLUMNS if c in rows.columns]
+            if clashes:
+                rows = rows.rename(columns={c: f"input_{c}" for c in clashes})
+            rows["kept"] = row_kept
+            rows["reason"] = reason
+            rows["weight"] = self.estimates.quality[data.user]
+            self._rows = rows
+        return self._rows
 
     def filter(self, rule: str | FilterRule) -> "FitResult":
         """A copy of this result with another filter rule applied (no refit)."""
