@@ -15,7 +15,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -520,9 +520,6 @@ def fit(
         if estimates.strengths is None:
             estimates.strengths = _known_strengths(problem, prepared, mu, strong_model)
 
-    counts = prepared.counts()
-    counts["users_in_likelihood"] = int((estimates.n_labels_user > 0).sum())
-    counts["uninformative_users"] = int((~estimates.informative).sum())
     components = _graph_components(prepared)
     settings = {
         "model": model,
@@ -541,6 +538,25 @@ def fit(
     }
     if method == "nuts":
         settings.update(draws=draws, tune=tune, chains=chains, sampler=sampler)
+    summary = assemble_summary(prepared, problem, estimates, model, strength_mode, components, input_info, settings)
+    summary["runtime_seconds"] = round(time.perf_counter() - t_start, 4)
+    return FitResult(prepared, estimates, rule, summary)
+
+
+def assemble_summary(
+    prepared: PreparedData,
+    problem: EMProblem,
+    estimates: Estimates,
+    model: str,
+    strength_mode: str,
+    components: np.ndarray,
+    input_info: dict | None,
+    settings: dict,
+) -> dict:
+    """The ``summary.json`` of a fit (without ``runtime_seconds``), with its plain-language warnings."""
+    counts = prepared.counts()
+    counts["users_in_likelihood"] = int((estimates.n_labels_user > 0).sum())
+    counts["uninformative_users"] = int((~estimates.informative).sum())
     summary = {
         "bayes_annot_version": __version__,
         "engine": estimates.engine,
@@ -554,7 +570,7 @@ def fit(
         "runtime_seconds": None,
         "comparison_graph_components": int(components.max() + 1) if len(components) else 0,
         "warnings": [],
-        "input": input_info,
+        "input": input_info or {"path": None, "sha256": None},
         "settings": settings,
     }
     summary.update(estimates.diagnostics)
@@ -562,7 +578,11 @@ def fit(
     if problem.n_labels == 0:
         _warn(summary, "no row enters the likelihood (all ties or same-model pairs): every user is uninformative")
     elif counts["uninformative_users"] == counts["users"]:
-        _warn(summary, "every user is uninformative: all pairs have attentive probability near 0.5 (equally strong models, or users who all click at random), so nobody can be judged")
+        _warn(
+            summary,
+            "every user is uninformative: all pairs have attentive probability near 0.5 (equally strong models, "
+            "or users who all click at random), so nobody can be judged",
+        )
     elif counts["uninformative_users"]:
         summary["notes"] = [
             f"{counts['uninformative_users']} user(s) saw only pairs that carry no information about their quality; "
@@ -579,8 +599,7 @@ def fit(
             f"the comparison graph has {len(np.unique(components[used]))} disconnected parts: strengths are "
             "comparable only within a part (each part is centred at 0)",
         )
-    summary["runtime_seconds"] = round(time.perf_counter() - t_start, 4)
-    return FitResult(prepared, estimates, rule, summary)
+    return summary
 
 
 def _fit_tastes_estimates(problem, tastes, priors, q, tol, max_iter, seed) -> Estimates:

@@ -44,7 +44,6 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.special import logit
 
-from . import __version__
 from .dask_em import LocalRunner, make_block, run_em
 from .data import ColumnMap, PreparedData, prepare
 from .decide import parse_filter
@@ -219,7 +218,7 @@ def fit_prepared(
     Builds the same :class:`~bayes_annot.fit.FitResult` (tables and summary)
     as :func:`bayes_annot.fit` with ``method="em"``.
     """
-    from .fit import Estimates, FitResult, _warn, build_problem
+    from .fit import Estimates, FitResult, assemble_summary, build_problem
 
     started = time.perf_counter() if _started is None else _started
     if model not in ("two-class", "continuous"):
@@ -263,9 +262,6 @@ def fit_prepared(
         runtime_seconds=em.runtime_seconds, user_loglik=em.user_loglik,
     )
     estimates.theta = em.theta  # exact theta for the next warm start (continuous)
-    counts = prepared.counts()
-    counts["users_in_likelihood"] = int((estimates.n_labels_user > 0).sum())
-    counts["uninformative_users"] = int((~estimates.informative).sum())
     if problem.learned:
         pair_counts = block.cell_sums_by_user(np.ones(block.users.shape[0])).reshape(k, k, 2).sum(axis=2)
     else:
@@ -276,38 +272,7 @@ def fit_prepared(
         "mu": mu, "strong_model": strong_model, "q": q, "priors": asdict(priors), "tol": tol, "max_iter": max_iter,
         "seed": 0, "warm_start": start is not None, "accelerate": accelerate,
     }
-    summary = {
-        "bayes_annot_version": __version__,
-        "engine": "em",
-        "model": model,
-        "strengths": strength_mode,
-        "counts": counts,
-        "parameters": {key: (None if v is None else float(v)) for key, v in params.items()},
-        "loglik": float(em.loglik),
-        "iterations": em.n_iter,
-        "converged": em.converged,
-        "runtime_seconds": None,
-        "comparison_graph_components": int(components.max() + 1) if len(components) else 0,
-        "warnings": [],
-        "input": input_info or {"path": None, "sha256": None},
-        "settings": settings,
-    }
-    if counts["uninformative_users"] == counts["users"]:
-        _warn(summary, "every user is uninformative (all pairs have attentive probability near the casual one)")
-    elif counts["uninformative_users"]:
-        summary["notes"] = [
-            f"{counts['uninformative_users']} user(s) saw only pairs that carry no information about their quality; "
-            "their quality stays at the prior level (column 'uninformative')"
-        ]
-    if not em.converged:
-        _warn(summary, f"EM did not converge in {em.n_iter} iterations; raise max_iter or loosen tol")
-    used = np.flatnonzero(pair_counts.sum(axis=0) + pair_counts.sum(axis=1) > 0)
-    if len(used) and len(np.unique(components[used])) > 1 and problem.learned:
-        _warn(
-            summary,
-            f"the comparison graph has {len(np.unique(components[used]))} disconnected parts: strengths are "
-            "comparable only within a part (each part is centred at 0)",
-        )
+    summary = assemble_summary(prepared, problem, estimates, model, strength_mode, components, input_info, settings)
     summary["runtime_seconds"] = round(time.perf_counter() - started, 4)
     return FitResult(prepared, estimates, rule, summary)
 
