@@ -251,7 +251,7 @@ def _block_informative(block: Block, differs_cell, q, tol) -> np.ndarray:
     if block.learned:
         differs = differs_cell[block.cell]
     else:
-        differs = np.abs(block.known_logit - logit(q)) > tol
+        differs = np.abs(block.known_logit) > tol  # same rule as em._informative_users
     return block.row_sums(differs.astype(float)) > 0
 
 
@@ -472,12 +472,13 @@ def run_em(
     differs_cell = None
     if learned:
         d = s[:, None] - s[None, :]
-        differs_cell = np.repeat((np.abs(d - logit(out["q"])) > informative_tol).ravel(), 2)
+        differs_cell = np.repeat((np.abs(d) > informative_tol).ravel(), 2)  # same rule as em._informative_users
     n_users = runner.n_users
     if variant == "two-class":
         parts = runner.two_class_final(out["pi"], out["q"], _attentive_table(s) if learned else None, differs_cell, informative_tol)
         g = _gather(parts, n_users, ["quality", "user_loglik", "informative", "n_user"])
-        g["quality"] = np.where(g["informative"], g["quality"], out["pi"])
+        level = out["pi"] if g["informative"].any() else priors.pi_alpha / (priors.pi_alpha + priors.pi_beta)
+        g["quality"] = np.where(g["informative"], g["quality"], level)
         extra = dict(p_eta_above_half=None, theta=None, m=None, tau=None)
     else:
         parts = runner.continuous_final(
@@ -485,8 +486,9 @@ def run_em(
             differs_cell, informative_tol,
         )
         g = _gather(parts, n_users, ["quality", "p_eta_above_half", "theta", "user_loglik", "informative", "n_user"])
-        g["quality"] = np.where(g["informative"], g["quality"], expit(out["m"]))
-        g["p_eta_above_half"] = np.where(g["informative"], g["p_eta_above_half"], norm.cdf(out["m"] / out["tau"]))
+        m_level = out["m"] if g["informative"].any() else priors.eta_m_mu
+        g["quality"] = np.where(g["informative"], g["quality"], expit(m_level))
+        g["p_eta_above_half"] = np.where(g["informative"], g["p_eta_above_half"], norm.cdf(m_level / out["tau"]))
         extra = dict(p_eta_above_half=g["p_eta_above_half"], theta=g["theta"], m=float(out["m"]), tau=float(out["tau"]))
     return EMResult(
         variant=variant, pi=out.get("pi"), q=float(out["q"]), strengths=s, quality=g["quality"],

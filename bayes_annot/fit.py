@@ -377,6 +377,7 @@ def fit(
     progress: bool | None = None,
     seed: int = 0,
     start: dict | str | Path | None = None,
+    accelerate: bool | None = None,
 ) -> FitResult:
     """Fit the user behaviour model to a comparison-mode log.
 
@@ -412,6 +413,10 @@ def fit(
     draws, tune, chains, sampler, progress
         NUTS settings.
     seed : int
+    accelerate : bool, optional
+        EM with SQUAREM extrapolation (steps kept only when the objective does
+        not decrease); default: on for ``continuous`` (plain EM needs ~100
+        iterations there), off for ``two-class`` (~10 iterations).
     start : dict or path, optional
         Warm start for EM: a folder written by a previous fit (its parameters,
         strengths and per-user quality, matched by label) or a ``start`` dict
@@ -475,7 +480,12 @@ def fit(
         estimates = _fit_tastes_estimates(problem, tastes, priors, q, tol, max_iter, seed)
     elif method == "em":
         em_start = _resolve_start(start, prepared)
-        em = fit_em(problem, variant=model, priors=priors, q_fixed=q, tol=tol, max_iter=max_iter, start=em_start)
+        if (accelerate if accelerate is not None else model == "continuous") and problem.n_labels:
+            # continuous EM converges slowly (~100 plain iterations): SQUAREM steps, each kept only
+            # when the penalised log-likelihood does not decrease, reach the optimum in ~4x fewer.
+            em = _accelerated_em(problem, prepared, model, priors, q, tol, max_iter, em_start)
+        else:
+            em = fit_em(problem, variant=model, priors=priors, q_fixed=q, tol=tol, max_iter=max_iter, start=em_start)
         params = {"q": em.q}
         if model == "two-class":
             params = {"pi": em.pi, "q": em.q}
@@ -535,6 +545,7 @@ def fit(
         "tol": tol,
         "max_iter": max_iter,
         "seed": seed,
+        "accelerate": bool(accelerate if accelerate is not None else model == "continuous") if method == "em" else None,
     }
     if method == "nuts":
         settings.update(draws=draws, tune=tune, chains=chains, sampler=sampler)
@@ -646,6 +657,26 @@ def _fit_tastes_estimates(problem, tastes, priors, q, tol, max_iter, seed) -> Es
         extra_user_columns=user_cols,
         extra_model_columns=model_cols,
         extra_summary=extra_summary,
+    )
+
+
+def _accelerated_em(problem: EMProblem, prepared: PreparedData, model, priors, q, tol, max_iter, start):
+    """EM with SQUAREM acceleration (same objective, M-steps and stopping rule as :func:`fit_em`)."""
+    from .dask_em import LocalRunner, make_block, run_em
+
+    users = np.arange(prepared.n_users)
+    if problem.learned:
+        block = make_block(prepared.user, prepared.usable, problem.n_models, cell=problem.cell().astype(np.int32), users=users)
+    else:
+        block = make_block(
+            prepared.user, prepared.usable, problem.n_models, choice=problem.choice_a,
+            known_logit=problem.known_logit_mu, users=users,
+        )
+    if start is not None and not problem.learned:
+        start = {key: value for key, value in start.items() if key != "strengths"}
+    return run_em(
+        LocalRunner([block], prepared.n_users), problem.n_models, problem.learned, variant=model, priors=priors,
+        q_fixed=q, tol=tol, max_iter=max_iter, start=start, accelerate=True,
     )
 
 

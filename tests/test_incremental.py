@@ -97,7 +97,7 @@ def test_update_keeps_settings_and_allows_overrides():
 
 def test_block_engine_cold_equals_fit_em():
     log, _ = _split("continuous", seed=6, n_users=300, share=0.01)
-    ref = ba.fit(log, model="continuous")
+    ref = ba.fit(log, model="continuous", accelerate=False)
     cold = fit_prepared(prepare(log), model="continuous", accelerate=False)
     _close(cold, ref, 1e-10)
     assert cold.estimates.n_iter == ref.estimates.n_iter
