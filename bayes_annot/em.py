@@ -164,6 +164,18 @@ def bradley_terry_gradient(s, w1, w0, sigma):
 # --------------------------------------------------------------------------- shared pieces
 
 
+def user_cell_counts(problem: EMProblem, cell: np.ndarray):
+    """Sparse ``n_users x (K * K * 2)`` matrix of label counts per (user, model_a, model_b, choice)."""
+    from scipy.sparse import csr_matrix
+
+    k = problem.n_models
+    counts = csr_matrix(
+        (np.ones(problem.n_labels), (problem.user, cell)), shape=(problem.n_users, 2 * k * k)
+    )
+    counts.sum_duplicates()
+    return counts
+
+
 def _attentive_table(s: np.ndarray) -> np.ndarray:
     """log P_att for every (model_a, model_b, choice) cell, flattened."""
     d = s[:, None] - s[None, :]
@@ -240,12 +252,21 @@ def _fit_two_class(problem, priors, q_fixed, tol, max_iter, callback, start=None
         strengths = _initial_strengths(problem, cell, priors)
     pi = float(start.get("pi") or 0.5)
     q = float(start.get("q") or 0.5) if q_fixed is None else float(q_fixed)
-    att_rows = _attentive_rows(problem, cell, strengths)
+    if problem.learned:
+        # Sufficient statistics: counts of each (user, model_a, model_b, choice) cell as a sparse
+        # users x cells matrix, so each iteration is two sparse mat-vecs instead of passes over rows.
+        counts = user_cell_counts(problem, cell)
+        counts_t = counts.T.tocsr()
+    else:
+        att_rows = _attentive_rows(problem, cell, strengths)
     trace: list[float] = []
     converged = False
     iteration = 0
     while True:
-        att_sum = np.bincount(problem.user, weights=att_rows, minlength=problem.n_users)
+        if problem.learned:
+            att_sum = counts @ _attentive_table(strengths)
+        else:
+            att_sum = np.bincount(problem.user, weights=att_rows, minlength=problem.n_users)
         cas_sum = n_user_a * np.log(q) + (n_user - n_user_a) * np.log1p(-q)
         value = _two_class_objective(att_sum, cas_sum, active, pi, q, strengths, priors, q_fixed is None)
         trace.append(value)
@@ -265,9 +286,9 @@ def _fit_two_class(problem, priors, q_fixed, tol, max_iter, callback, start=None
             casual = 1.0 - p_attentive
             q = _update_q(float(casual @ n_user_a), float(casual @ n_user), priors)
         if problem.learned:
-            w1, w0 = pair_weights(cell, p_attentive[problem.user], problem.n_models)
-            strengths = fit_bradley_terry(w1, w0, priors.strength_sigma, start=strengths)
-            att_rows = _attentive_rows(problem, cell, strengths)
+            k = problem.n_models
+            table = (counts_t @ p_attentive).reshape(k, k, 2)
+            strengths = fit_bradley_terry(table[:, :, 1], table[:, :, 0], priors.strength_sigma, start=strengths)
     quality = two_class_posterior(att_sum, cas_sum, pi)
     quality[~active] = pi
     user_ll = np.where(active, two_class_user_loglik(att_sum, cas_sum, pi), 0.0)

@@ -48,11 +48,23 @@ t_fit = time.perf_counter() - t0
 peak = rss_kb('VmHWM')
 prepared = prepare(log)
 problem, _ = build_problem(prepared)
+ticks = []
 t0 = time.perf_counter()
-em = fit_em(problem, variant=variant)
+em = fit_em(problem, variant=variant, callback=lambda i, v: ticks.append(time.perf_counter()))
 t_em = time.perf_counter() - t0
+per_iter = float(np.median(np.diff(ticks))) if len(ticks) > 2 else float("nan")
+# the floor: two full np.bincount passes over the rows (per-user sums and per-pair sums)
+w = np.random.default_rng(0).random(problem.n_labels)
+cell = problem.cell()
+floor = []
+for _ in range(3):
+    t1 = time.perf_counter()
+    np.bincount(problem.user, weights=w, minlength=problem.n_users)
+    np.bincount(cell, weights=w, minlength=2 * problem.n_models ** 2)
+    floor.append(time.perf_counter() - t1)
 order = np.argsort(np.array([int(u[1:]) for u in result.users.user]))
 out = dict(rows=len(log), users=n_users, models=n_models, variant=variant, fit_seconds=t_fit, em_seconds=t_em,
+           em_per_iteration=per_iter, bincount_floor=min(floor),
            iterations=em.n_iter, converged=bool(em.converged), peak_fit_mb=(peak - base) / 1024,
            peak_rss_mb=peak / 1024, auc=auc(result.users.quality.to_numpy()[order], truth))
 print(json.dumps(out))
