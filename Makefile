@@ -27,8 +27,15 @@ test-fast: $(VENV)/.installed
 docs: $(VENV)/.installed
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
-bench: $(VENV)/.installed
-	$(PY) benchmarks/run_all.py --out docs/benchmarks.md
+# crowd-kit (the peer we compare against) pins pandas < 3 and a heavy stack: it gets its own venv.
+CROWDKIT_VENV ?= .venv-crowdkit
+$(CROWDKIT_VENV)/.installed:
+	$(PYTHON) -m venv $(CROWDKIT_VENV)
+	$(CROWDKIT_VENV)/bin/pip install --quiet "crowd-kit==1.4.*" "pandas<3"
+	touch $@
+
+bench: $(VENV)/.installed $(CROWDKIT_VENV)/.installed
+	CROWDKIT_PYTHON=$(CURDIR)/$(CROWDKIT_VENV)/bin/python $(PY) benchmarks/run_all.py --out docs/benchmarks.md
 
 clean:
-	rm -rf $(VENV) demo-output site .pytensor_cache .pytest_cache build *.egg-info
+	rm -rf $(VENV) $(CROWDKIT_VENV) demo-output site .pytensor_cache .pytest_cache build *.egg-info
