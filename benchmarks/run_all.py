@@ -57,7 +57,7 @@ def em_section(quick: bool, full: bool) -> str:
         "",
         "Simulated logs, 20 models, 30% casual users, labels per user uniform on 1..2n-1 (mean n = rows/users), "
         "ids categorical. `fit` = `bayes_annot.fit` on the frame (validation, encoding, EM, tables); "
-        "`EM` = the engine alone; peak = growth of the process's peak RSS during `fit`. "
+        "`EM` = `fit_em` alone, plain EM (`fit` accelerates the continuous variant with SQUAREM, hence fewer seconds there); peak = growth of the process's peak RSS during `fit`. "
         "Targets (issue #2): ≤ 2 s at 10^6 rows, ≤ 20 s and ≤ 3 GB at 10^7 rows.",
         "",
         "Per iteration: median time between EM iterations; floor: two full `np.bincount` passes over the rows "
