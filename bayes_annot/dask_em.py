@@ -48,7 +48,7 @@ from scipy.special import expit, log_expit, logit
 from scipy.stats import norm
 
 from .data import ColumnMap, _encode_p_a, _encode_winner, _resolve_columns, _uniques_as_text
-from .em import EMResult, _attentive_table, _two_class_objective, _update_q, _update_theta, fit_bradley_terry
+from .em import EMResult, _attentive_table, _two_class_objective, _update_q, _update_theta, fit_bradley_terry, has_converged
 from .errors import InputError
 from .likelihood import Priors, log_beta_pdf, log_normal_pdf, two_class_posterior, two_class_user_loglik
 
@@ -498,10 +498,6 @@ def run_em(
     )
 
 
-def _stop(trace, tol):
-    return len(trace) > 1 and abs(trace[-1] - trace[-2]) <= tol * (1.0 + abs(trace[-1]))
-
-
 def _run_two_class(runner, k, learned, priors, q_fixed, tol, max_iter, start, strengths, q, callback, accelerate):
     pi = float(start.get("pi") or 0.5)
 
@@ -555,7 +551,7 @@ def _run_two_class(runner, k, learned, priors, q_fixed, tol, max_iter, start, st
         trace.append(value)
         if callback is not None:
             callback(iteration, value)
-        if _stop(trace, tol):
+        if has_converged(trace, tol):
             converged = True
             break
         if accelerate and iteration < max_iter:
@@ -647,7 +643,7 @@ def _run_continuous(runner, k, learned, priors, q_fixed, tol, max_iter, start, s
         trace.append(value)
         if callback is not None:
             callback(iteration, value)
-        if _stop(trace, tol):
+        if has_converged(trace, tol):
             converged = True
             break
         if accelerate and iteration < max_iter:

@@ -215,6 +215,12 @@ def _informative_users(problem: EMProblem, strengths, tol: float) -> np.ndarray:
     return np.bincount(problem.user, weights=differs, minlength=problem.n_users) > 0
 
 
+def has_converged(trace: list[float], tol: float) -> bool:
+    """The EM stopping rule shared by every engine: the penalised log-likelihood changed by at most
+    ``tol * (1 + |loglik|)`` in the last iteration."""
+    return len(trace) > 1 and abs(trace[-1] - trace[-2]) <= tol * (1.0 + abs(trace[-1]))
+
+
 def _update_q(casual_weight_a: float, casual_weight: float, priors: Priors) -> float:
     return (casual_weight_a + priors.q_alpha - 1.0) / (casual_weight + priors.q_alpha + priors.q_beta - 2.0)
 
@@ -272,7 +278,7 @@ def _fit_two_class(problem, priors, q_fixed, tol, max_iter, callback, start=None
         trace.append(value)
         if callback is not None:
             callback(iteration, value)
-        if len(trace) > 1 and abs(trace[-1] - trace[-2]) <= tol * (1.0 + abs(value)):
+        if has_converged(trace, tol):
             converged = True
             break
         if iteration >= max_iter:
@@ -369,7 +375,7 @@ def _fit_continuous(problem, priors, q_fixed, tol, max_iter, callback, start=Non
         trace.append(value)
         if callback is not None:
             callback(iteration, value)
-        if len(trace) > 1 and abs(trace[-1] - trace[-2]) <= tol * (1.0 + abs(value)):
+        if has_converged(trace, tol):
             converged = True
             break
         if iteration >= max_iter:

@@ -72,7 +72,7 @@ import pandas as pd
 from scipy.sparse import csr_matrix
 from scipy.special import expit, gammaln, log_expit
 
-from .em import EMProblem, _attentive_table, fit_bradley_terry, pair_weights
+from .em import EMProblem, _attentive_table, fit_bradley_terry, has_converged, pair_weights
 from .likelihood import Priors, log_beta_pdf, log_normal_pdf
 from .simulate import draw_labels_per_user
 
@@ -304,7 +304,7 @@ def _run_em(d: _Data, strengths, shares, q, priors, q_fixed, tol, max_iter, call
         trace.append(value)
         if callback is not None:
             callback(iteration, value)
-        if len(trace) > 1 and abs(trace[-1] - trace[-2]) <= tol * (1.0 + abs(value)):
+        if has_converged(trace, tol):
             converged = True
             break
         if iteration >= max_iter:

@@ -32,10 +32,12 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse  # noqa: E402
 import datetime as dt  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
+from _common import find_crowdkit_python, machine  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
@@ -43,7 +45,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from scipy.special import expit, log_expit  # noqa: E402
+from scipy.special import expit  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -109,31 +111,6 @@ print(json.dumps(out))
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores ({cpu}), {platform.system()} {platform.machine()}, Python {platform.python_version()}"
-
-
-def find_crowdkit_python(explicit: str | None) -> str | None:
-    """An interpreter with crowd-kit: the one given, $CROWDKIT_PYTHON, or this one if it has crowdkit."""
-    for candidate in (explicit, os.environ.get("CROWDKIT_PYTHON")):
-        if candidate and Path(candidate).exists():
-            return candidate
-    try:
-        import crowdkit  # noqa: F401
-
-        return sys.executable
-    except ImportError:
-        return None
 
 
 def run_crowdkit(python: str, log: pd.DataFrame) -> dict:

@@ -46,11 +46,13 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import shutil
 import signal
 import subprocess
 import sys
+
+sys.path.insert(0, str(__import__('pathlib').Path(__file__).resolve().parent))
+from _common import find_crowdkit_python, machine  # noqa: E402
 import tempfile
 import time
 from pathlib import Path
@@ -202,42 +204,6 @@ print(json.dumps(out))
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    mem = ""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next(
-                (
-                    line.split(":", 1)[1].strip()
-                    for line in fh
-                    if line.startswith("model name")
-                ),
-                cpu,
-            )
-        with open("/proc/meminfo") as fh:
-            total = next(
-                (int(line.split()[1]) for line in fh if line.startswith("MemTotal")),
-                None,
-            )
-        mem = f", {total / 1024**2:.0f} GiB RAM" if total else ""
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores ({cpu}){mem}, {platform.system()} {platform.machine()}, Python {platform.python_version()}"
-
-
-def find_crowdkit_python(explicit: str | None) -> str | None:
-    for candidate in (explicit, os.environ.get("CROWDKIT_PYTHON")):
-        if candidate and Path(candidate).exists():
-            return candidate
-    try:
-        import crowdkit  # noqa: F401
-
-        return sys.executable
-    except ImportError:
-        return None
 
 
 def crowdkit_version(python: str) -> str:

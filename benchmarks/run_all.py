@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -23,27 +22,12 @@ sys.path.insert(0, str(HERE))
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = ""
-    try:
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemTotal"):
-                mem = f"{int(line.split()[1]) / 1024**2:.0f} GiB RAM"
-    except OSError:
-        pass
     import numpy
+    from _common import machine as base
 
     return (
-        f"{os.cpu_count()} cores ({cpu}), {mem}, {platform.system()} {platform.machine()}, "
-        f"Python {platform.python_version()}, numpy {numpy.__version__}; "
-        f"1-minute load average at the start: {os.getloadavg()[0]:.1f} (other jobs running make times pessimistic)"
+        f"{base()}, numpy {numpy.__version__}; 1-minute load average at the start: {os.getloadavg()[0]:.1f} "
+        "(other jobs running make times pessimistic)"
     )
 
 
