@@ -123,6 +123,31 @@ class PreparedData:
 
     def __post_init__(self):
         self._usable = self.reason_code == 0
+        self._label_text = {}
+
+    def set_label_text(self, users: np.ndarray, models: np.ndarray) -> None:
+        """Record the vocabularies' numpy text form (see :meth:`label_text`) when the caller has it."""
+        self._label_text.update(user=users, model=models)
+
+    def label_array(self, kind: str):
+        """``user_labels`` (``kind="user"``) or ``model_labels`` as the pandas array a table column holds (cached).
+
+        Building a column from an object array of text converts it (to
+        pandas' string dtype); caching the converted array makes every table
+        of a result, and of later incremental updates, reuse one conversion.
+        """
+        key = f"{kind}_array"
+        if key not in self._label_text:
+            labels = self.user_labels if kind == "user" else self.model_labels
+            self._label_text[key] = pd.Series(labels).array
+        return self._label_text[key]
+
+    def label_text(self, kind: str) -> np.ndarray:
+        """``user_labels`` (``kind="user"``) or ``model_labels`` as a numpy text array (cached)."""
+        if kind not in self._label_text:
+            labels = self.user_labels if kind == "user" else self.model_labels
+            self._label_text[kind] = np.asarray(labels, dtype=object).astype(str)
+        return self._label_text[kind]
 
     @property
     def reason(self) -> np.ndarray:
@@ -132,6 +157,11 @@ class PreparedData:
     @property
     def n_rows(self) -> int:
         return int(self.user.shape[0])
+
+    @property
+    def has_p_a(self) -> bool:
+        """Whether the log has a known attentive probability column."""
+        return self.p_a is not None
 
     @property
     def n_users(self) -> int:
@@ -148,12 +178,14 @@ class PreparedData:
 
     def counts(self) -> dict[str, int]:
         """Row, tie, same-model, user and model counts (the ``counts`` of ``summary.json``)."""
-        usable = self.usable
+        if "_reason_counts" not in self.__dict__:
+            self._reason_counts = np.bincount(self.reason_code, minlength=3)  # the arrays never change
+        by_reason = self._reason_counts
         return {
             "rows": self.n_rows,
-            "rows_in_likelihood": int(usable.sum()),
-            "ties": int((self.reason_code == 1).sum()),
-            "same_model": int((self.reason_code == 2).sum()),
+            "rows_in_likelihood": int(by_reason[0]),
+            "ties": int(by_reason[1]),
+            "same_model": int(by_reason[2]),
             "users": self.n_users,
             "models": self.n_models,
         }
@@ -290,6 +322,9 @@ def _is_missing(value) -> bool:
     return isinstance(value, str) and value.strip() == ""
 
 
+_strip = getattr(np, "strings", np.char).strip  # numpy >= 2: vectorised in C
+
+
 def _uniques_as_text(uniques) -> tuple[np.ndarray, np.ndarray]:
     """Text form of factorized unique values (vectorised) and which of them are missing."""
     values = np.asarray(uniques)
@@ -300,6 +335,11 @@ def _uniques_as_text(uniques) -> tuple[np.ndarray, np.ndarray]:
         integral = ~missing & (np.mod(values, 1) == 0)
         text = np.where(integral, np.where(integral, values, 0).astype(np.int64).astype(str), values.astype(str))
         return text.astype(str), missing
+    if values.dtype == object:
+        missing = pd.isna(values)
+        if pd.api.types.infer_dtype(values, skipna=True) == "string":  # all text: vectorised strip
+            text = _strip(np.where(missing, "", values).astype(str))
+            return text, missing | (text == "")
     series = pd.Series(values, dtype=object)
     missing = series.isna().to_numpy()
     if not series[~missing].map(type).isin([str]).all():
@@ -334,7 +374,7 @@ def _encode_ids(series_list: list[pd.Series], names: list[str]) -> tuple[list[np
         remap = inverse[offset : offset + len(text)].astype(np.int32)
         offset += len(text)
         encoded.append(remap[codes])
-    return encoded, vocabulary.astype(object)
+    return encoded, vocabulary
 
 
 def _encode_winner(series: pd.Series, name: str) -> np.ndarray:
@@ -437,7 +477,7 @@ def prepare(frame: pd.DataFrame, columns: ColumnMap | None = None) -> PreparedDa
         raise InputError(
             f"only one model ('{model_labels[0]}') in columns '{resolved['model_a']}'/'{resolved['model_b']}': nothing to compare"
         )
-    return PreparedData(
+    prepared = PreparedData(
         frame=frame,
         columns=resolved,
         user_labels=np.asarray(user_labels, dtype=object),
@@ -450,3 +490,5 @@ def prepare(frame: pd.DataFrame, columns: ColumnMap | None = None) -> PreparedDa
         reason_code=reason_code,
         notes=notes,
     )
+    prepared.set_label_text(user_labels, model_labels)
+    return prepared

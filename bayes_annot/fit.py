@@ -27,11 +27,12 @@ from scipy.special import logit
 from . import __version__
 from .data import ColumnMap, PreparedData, file_sha256, prepare, read_table
 from .decide import FilterRule, decide_users, parse_filter
-from .em import EMProblem, fit_em
+from .block_em import Block, EMState, LocalRunner, make_block, run_em
+from .em import EMProblem, EMResult
 from .errors import FitWarning, InputError
 from .likelihood import Priors
 
-__all__ = ["Estimates", "FitResult", "UserQualityModel", "fit", "load", "build_problem"]
+__all__ = ["Estimates", "FitResult", "UserQualityModel", "fit", "load", "build_problem", "pair_counts", "graph_components"]
 
 VARIANTS = ("two-class", "continuous")
 METHODS = ("em", "map", "nuts")
@@ -79,7 +80,7 @@ def build_problem(
     a = data.model_a[usable]
     b = data.model_b[usable]
     known = None
-    mode = "learned"
+    mode = strength_mode(data, mu, strong_model, use_p_a)
     if mu is not None:
         if not 0.0 < mu < 1.0:
             raise InputError(f"mu must lie in (0, 1), got {mu}")
@@ -92,10 +93,8 @@ def build_problem(
             )
         k = int(matches[0])
         known = np.where(a == k, logit(mu), np.where(b == k, -logit(mu), 0.0))
-        mode = f"known (mu={mu:g} for '{data.model_labels[k]}')"
     elif use_p_a and data.p_a is not None:
         known = logit(data.p_a[usable])
-        mode = f"known (column '{data.columns['p_a']}')"
     problem = EMProblem(
         user=data.user[usable],
         model_a=a,
@@ -108,11 +107,35 @@ def build_problem(
     return problem, mode
 
 
-def _graph_components(data: PreparedData) -> np.ndarray:
+def strength_mode(data: PreparedData, mu: float | None, strong_model: str | None, use_p_a: bool) -> str:
+    """How the attentive probabilities are set: ``learned``, or ``known (...)`` (summary.json's ``strengths``)."""
+    if mu is not None:
+        return f"known (mu={mu:g} for '{str(strong_model).strip()}')"
+    if use_p_a and data.has_p_a:
+        return f"known (column '{data.columns['p_a']}')"
+    return "learned"
+
+
+@dataclass
+class ProblemSize:
+    """What the summary and the block engine need to know of an :class:`~bayes_annot.em.EMProblem`
+    (used when the labels are already in an EM block and the per-row problem is not rebuilt)."""
+
+    n_labels: int
+    n_models: int
+    learned: bool
+
+
+def pair_counts(data: PreparedData) -> np.ndarray:
+    """``K x K`` table of usable labels per (model_a, model_b)."""
     usable = data.usable
     k = data.n_models
-    pairs = np.bincount(data.model_a[usable].astype(np.int64) * k + data.model_b[usable], minlength=k * k)
-    _, labels = connected_components(csr_matrix(pairs.reshape(k, k) > 0), directed=False)
+    return np.bincount(data.model_a[usable].astype(np.int64) * k + data.model_b[usable], minlength=k * k).reshape(k, k)
+
+
+def graph_components(pairs: np.ndarray) -> np.ndarray:
+    """Connected part of each model in the comparison graph (``pairs``: a ``K x K`` count table)."""
+    _, labels = connected_components(csr_matrix(pairs > 0), directed=False)
     return labels
 
 
@@ -145,10 +168,13 @@ class FitResult:
         What ``summary.json`` holds.
     """
 
-    def __init__(self, data: PreparedData, estimates: Estimates, rule: FilterRule, summary_base: dict):
+    def __init__(
+        self, data: PreparedData, estimates: Estimates, rule: FilterRule, summary_base: dict, state: EMState | None = None
+    ):
         self._data = data
         self.estimates = estimates
         self._summary_base = summary_base
+        self._state = state  # the EM block, kept for fast incremental updates (see bayes_annot.incremental)
         self._apply(rule)
 
     # ----------------------------------------------------------------- tables
@@ -157,10 +183,11 @@ class FitResult:
         eligible = est.n_labels_user > 0
         keep, info = decide_users(rule, est.quality, est.p_good, est.quality_low, eligible=eligible)
         self.rule = rule
-        n_rows_user = np.bincount(data.user, minlength=data.n_users)
+        state = self._state
+        n_rows_user = state.block.n_rows if state is not None else np.bincount(data.user, minlength=data.n_users)
         users = pd.DataFrame(
             {
-                "user": data.user_labels,
+                "user": data.label_array("user"),
                 "n_labels": est.n_labels_user.astype(np.int64),
                 "quality": est.quality,
                 "quality_low": est.quality_low if est.quality_low is not None else np.nan,
@@ -176,12 +203,11 @@ class FitResult:
             users[name] = values
         self.users = users
 
-        n_labels_model = np.bincount(data.model_a[data.usable], minlength=data.n_models) + np.bincount(
-            data.model_b[data.usable], minlength=data.n_models
-        )
+        pairs = state.pair_counts if state is not None else pair_counts(data)
+        n_labels_model = pairs.sum(axis=1) + pairs.sum(axis=0)
         models = pd.DataFrame(
             {
-                "model": data.model_labels,
+                "model": data.label_array("model"),
                 "strength": est.strengths if est.strengths is not None else np.nan,
             }
         )
@@ -193,17 +219,22 @@ class FitResult:
         models["n_labels"] = n_labels_model.astype(np.int64)
         self.models = models
 
-        row_kept = data.usable & keep[data.user]
-        self._row_kept = row_kept
+        self._keep = keep
+        self._row_kept_mask = None  # built on first access (a pass over every row)
         self._rows = None  # built on first access (a copy of every input row)
 
+        kept_rows = int(est.n_labels_user[keep].sum())  # usable labels of kept users
         summary = json.loads(json.dumps(self._summary_base))
-        summary["counts"].update(
-            kept_rows=int(row_kept.sum()),
-            kept_users=int(keep.sum()),
-        )
-        summary["filter"] = dict(info, kept_rows=int(row_kept.sum()))
+        summary["counts"].update(kept_rows=kept_rows, kept_users=int(keep.sum()))
+        summary["filter"] = dict(info, kept_rows=kept_rows)
         self.summary = summary
+
+    @property
+    def _row_kept(self) -> np.ndarray:
+        """Per input row: usable and its user kept."""
+        if self._row_kept_mask is None:
+            self._row_kept_mask = self._data.usable & self._keep[self._data.user]
+        return self._row_kept_mask
 
     @property
     def rows(self) -> pd.DataFrame:
@@ -227,6 +258,7 @@ class FitResult:
         """A copy of this result with another filter rule applied (no refit)."""
         clone = object.__new__(FitResult)
         clone._data, clone.estimates, clone._summary_base = self._data, self.estimates, self._summary_base
+        clone._state = self._state
         clone._apply(parse_filter(rule))
         return clone
 
@@ -473,42 +505,23 @@ def fit(
             raise InputError("taste classes (tastes > 1 or auto) need model='two-class' and method='em'")
         if not problem.learned:
             raise InputError("taste classes need learned strengths; known strengths (p_a or mu) stay one class")
+    pairs = pair_counts(prepared)
+    state = None
     if problem.n_labels == 0:
         # Nothing enters the likelihood: no verdict on anybody.
         estimates = _empty_estimates(prepared, model, method, priors, q)
     elif tastes != 1:
         estimates = _fit_tastes_estimates(problem, tastes, priors, q, tol, max_iter, seed)
     elif method == "em":
-        em_start = _resolve_start(start, prepared)
-        if (accelerate if accelerate is not None else model == "continuous") and problem.n_labels:
-            # continuous EM converges slowly (~100 plain iterations): SQUAREM steps, each kept only
-            # when the penalised log-likelihood does not decrease, reach the optimum in ~4x fewer.
-            em = _accelerated_em(problem, prepared, model, priors, q, tol, max_iter, em_start)
-        else:
-            em = fit_em(problem, variant=model, priors=priors, q_fixed=q, tol=tol, max_iter=max_iter, start=em_start)
-        params = {"q": em.q}
-        if model == "two-class":
-            params = {"pi": em.pi, "q": em.q}
-        else:
-            params = {"m": em.m, "tau": em.tau, "q": em.q}
-        params["mean_quality"] = float(np.mean(em.quality[em.n_labels_user > 0]))
-        strengths = em.strengths if em.strengths is not None else _known_strengths(problem, prepared, mu, strong_model)
-        estimates = Estimates(
-            engine="em",
-            variant=model,
-            quality=em.quality,
-            p_good=em.p_eta_above_half if model == "continuous" else em.quality,
-            n_labels_user=em.n_labels_user,
-            informative=em.informative,
-            strengths=strengths,
-            parameters=params,
-            loglik=em.loglik,
-            loglik_trace=em.loglik_trace,
-            n_iter=em.n_iter,
-            converged=em.converged,
-            runtime_seconds=em.runtime_seconds,
-            user_loglik=em.user_loglik,
+        # continuous EM converges slowly (~100 plain iterations): SQUAREM steps, each kept only
+        # when the penalised log-likelihood does not decrease, reach the optimum in ~4x fewer.
+        squarem = bool(accelerate if accelerate is not None else model == "continuous")
+        state = em_state(prepared, problem, pairs, mu=mu, strong_model=strong_model, use_p_a=use_p_a)
+        em = run_block_em(
+            state.block, problem, model, priors=priors, q=q, tol=tol, max_iter=max_iter,
+            start=_resolve_start(start, prepared), accelerate=squarem,
         )
+        estimates = em_estimates(em, model, _known_strengths(problem, prepared, mu, strong_model))
     else:
         from .pymc_model import fit_pymc
 
@@ -530,7 +543,7 @@ def fit(
         if estimates.strengths is None:
             estimates.strengths = _known_strengths(problem, prepared, mu, strong_model)
 
-    components = _graph_components(prepared)
+    components = graph_components(pairs)
     settings = {
         "model": model,
         "method": method,
@@ -549,9 +562,9 @@ def fit(
     }
     if method == "nuts":
         settings.update(draws=draws, tune=tune, chains=chains, sampler=sampler)
-    summary = assemble_summary(prepared, problem, estimates, model, strength_mode, components, input_info, settings)
+    summary = assemble_summary(prepared, problem, estimates, model, strength_mode, components, input_info, settings, pairs)
     summary["runtime_seconds"] = round(time.perf_counter() - t_start, 4)
-    return FitResult(prepared, estimates, rule, summary)
+    return FitResult(prepared, estimates, rule, summary, state=state)
 
 
 def assemble_summary(
@@ -563,8 +576,12 @@ def assemble_summary(
     components: np.ndarray,
     input_info: dict | None,
     settings: dict,
+    pairs: np.ndarray | None = None,
 ) -> dict:
-    """The ``summary.json`` of a fit (without ``runtime_seconds``), with its plain-language warnings."""
+    """The ``summary.json`` of a fit (without ``runtime_seconds``), with its plain-language warnings.
+
+    ``pairs`` is the ``K x K`` table of usable labels per model pair (computed when not given).
+    """
     counts = prepared.counts()
     counts["users_in_likelihood"] = int((estimates.n_labels_user > 0).sum())
     counts["uninformative_users"] = int((~estimates.informative).sum())
@@ -603,7 +620,9 @@ def assemble_summary(
         _warn(summary, f"EM did not converge in {estimates.n_iter} iterations; raise max_iter or loosen tol")
     elif estimates.converged is False and estimates.engine == "map":
         _warn(summary, "the MAP optimiser did not report convergence; compare with --method em")
-    used = np.unique(np.concatenate([problem.model_a, problem.model_b])) if problem.n_labels else np.array([], int)
+    if pairs is None:
+        pairs = pair_counts(prepared)
+    used = np.flatnonzero(pairs.sum(axis=0) + pairs.sum(axis=1))
     if len(used) and len(np.unique(components[used])) > 1 and problem.learned:
         _warn(
             summary,
@@ -660,24 +679,71 @@ def _fit_tastes_estimates(problem, tastes, priors, q, tol, max_iter, seed) -> Es
     )
 
 
-def _accelerated_em(problem: EMProblem, prepared: PreparedData, model, priors, q, tol, max_iter, start):
-    """EM with SQUAREM acceleration (same objective, M-steps and stopping rule as :func:`fit_em`)."""
-    from .dask_em import LocalRunner, make_block, run_em
+def problem_key(mu: float | None, strong_model: str | None, use_p_a: bool, has_p_a: bool) -> tuple:
+    """What identifies the likelihood's strength mode (learned, known ``p_a`` column, or a global ``mu``)."""
+    if mu is not None:
+        return ("mu", float(mu), str(strong_model).strip())
+    if use_p_a and has_p_a:
+        return ("p_a",)
+    return ("learned",)
 
-    users = np.arange(prepared.n_users)
+
+def problem_block(prepared: PreparedData, problem: EMProblem, rows: slice | None = None, users=None) -> Block:
+    """The :class:`~bayes_annot.block_em.Block` of a prepared log's usable labels (optionally of a row range).
+
+    ``problem`` holds the usable labels of the same rows (``build_problem``);
+    the block covers ``users`` (default: every user of the vocabulary).
+    """
+    user, usable = prepared.user, prepared.usable
+    if rows is not None:
+        user, usable = user[rows], usable[rows]
+    if users is None:
+        users = np.arange(prepared.n_users)
     if problem.learned:
-        block = make_block(prepared.user, prepared.usable, problem.n_models, cell=problem.cell().astype(np.int32), users=users)
-    else:
-        block = make_block(
-            prepared.user, prepared.usable, problem.n_models, choice=problem.choice_a,
-            known_logit=problem.known_logit_mu, users=users,
-        )
+        return make_block(user, usable, problem.n_models, cell=problem.cell().astype(np.int32), users=users)
+    return make_block(user, usable, problem.n_models, choice=problem.choice_a, known_logit=problem.known_logit_mu, users=users)
+
+
+def em_state(prepared: PreparedData, problem: EMProblem, pairs: np.ndarray, *, mu, strong_model, use_p_a) -> EMState:
+    """The EM block of a whole prepared log, with what an incremental update needs to extend it."""
+    return EMState(
+        block=problem_block(prepared, problem), pair_counts=pairs,
+        key=problem_key(mu, strong_model, use_p_a, prepared.has_p_a),
+    )
+
+
+def run_block_em(block: Block, problem: EMProblem, model: str, *, priors, q, tol, max_iter, start, accelerate) -> EMResult:
+    """EM on one in-memory block (plain, or with SQUAREM steps kept only when the objective does not decrease)."""
     if start is not None and not problem.learned:
         start = {key: value for key, value in start.items() if key != "strengths"}
     return run_em(
-        LocalRunner([block], prepared.n_users), problem.n_models, problem.learned, variant=model, priors=priors,
-        q_fixed=q, tol=tol, max_iter=max_iter, start=start, accelerate=True,
+        LocalRunner([block], block.users.shape[0]), problem.n_models, problem.learned, variant=model, priors=priors,
+        q_fixed=q, tol=tol, max_iter=max_iter, start=start, accelerate=accelerate,
     )
+
+
+def em_estimates(em: EMResult, model: str, known_strengths: np.ndarray | None) -> Estimates:
+    """:class:`Estimates` of an EM result (``known_strengths``: the fixed strengths of a global ``mu``)."""
+    params = {"pi": em.pi, "q": em.q} if model == "two-class" else {"m": em.m, "tau": em.tau, "q": em.q}
+    params["mean_quality"] = float(np.mean(em.quality[em.n_labels_user > 0]))
+    estimates = Estimates(
+        engine="em",
+        variant=model,
+        quality=em.quality,
+        p_good=em.p_eta_above_half if model == "continuous" else em.quality,
+        n_labels_user=em.n_labels_user,
+        informative=em.informative,
+        strengths=em.strengths if em.strengths is not None else known_strengths,
+        parameters=params,
+        loglik=em.loglik,
+        loglik_trace=em.loglik_trace,
+        n_iter=em.n_iter,
+        converged=em.converged,
+        runtime_seconds=em.runtime_seconds,
+        user_loglik=em.user_loglik,
+    )
+    estimates.theta = em.theta  # exact theta for a warm start (continuous)
+    return estimates
 
 
 def _resolve_start(start, prepared: PreparedData) -> dict | None:

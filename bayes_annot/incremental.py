@@ -2,24 +2,28 @@ r"""Incremental updates: refit after new votes arrive, starting from the previou
 
 :func:`update` returns the fit of *old + new* rows, the same answer as a full
 refit (:func:`bayes_annot.fit` on the concatenated log) to the EM tolerance,
-but does much less work:
+but its work outside the EM passes is proportional to the *new* rows:
 
-* **encoding is reused**: only the new rows are validated and encoded; the
-  previous codes are remapped to the merged sorted vocabularies with
-  ``np.searchsorted`` (the merged :class:`~bayes_annot.data.PreparedData` is
-  identical to what :func:`~bayes_annot.data.prepare` builds from the
-  concatenated log);
+* **encoding is reused**: only the new rows are validated and encoded; the new
+  labels are placed in the previous sorted vocabularies with one
+  ``np.searchsorted``, and the old codes are shifted by integer arithmetic (the
+  merged :class:`~bayes_annot.data.PreparedData` is identical to what
+  :func:`~bayes_annot.data.prepare` builds from the concatenated log; its
+  ``frame`` is concatenated only when asked for);
+* **the EM block is reused**: an in-memory EM fit keeps its
+  :class:`~bayes_annot.block_em.Block` (the ``users x cells`` label counts); the
+  new labels' block is merged into it (:func:`~bayes_annot.block_em.merge_blocks`:
+  old entries are copied, never re-sorted), so nothing is rebuilt from the old
+  rows;
 * **warm start**: EM starts from the previous estimates, mapped to the new
-  vocabularies by label (``pi``, ``q``, strengths, ``theta_u``; new users and
-  models start at the defaults: the population level and strength 0);
-* **a faster E-step**: labels are sorted by user once, so per-user and per-cell
-  sums are ``np.add.reduceat`` over contiguous runs instead of weighted
-  ``np.bincount`` (the block code of :mod:`bayes_annot.dask_em`, one block);
-* **SQUAREM** (``accelerate=True``): after each EM step an extrapolated point
-  is tried and kept only when its objective is at least that of the EM step,
-  so the penalised log-likelihood still never decreases; the stopping rule is
-  the one of :func:`~bayes_annot.em.fit_em` (a plain EM step changing the
-  objective by at most ``tol * (1 + |loglik|)``).
+  vocabularies (``pi``, ``q``, strengths, ``theta_u``; new users and models
+  start at the defaults: the population level and strength 0). Two-class EM
+  then converges in two or three passes instead of about nine;
+* **SQUAREM** (``accelerate``, default on for ``continuous``): after each EM
+  step an extrapolated point is tried and kept only when its objective is at
+  least that of the EM step, so the penalised log-likelihood still never
+  decreases; the stopping rule is the one of :func:`~bayes_annot.em.fit_em`
+  (a plain EM step changing the objective by at most ``tol * (1 + |loglik|)``).
 
 EM converges linearly, so stopping at ``tol`` leaves a small distance to the
 optimum that depends on where EM started: a warm-started fit and a cold refit
@@ -27,24 +31,23 @@ agree to about ``sqrt(tol)``-scale in the parameters; use ``tol=1e-14`` when
 the two must agree to 1e-6.
 
 :func:`load_start` reads a saved output folder into a label-keyed start (for
-``bayes-annot fit NEW --warm-start DIR``) and :func:`align_start` maps such a
-start onto a prepared log's vocabularies.
+``bayes-annot fit LOG --warm-start DIR``) and :func:`align_start` maps such a
+start onto a prepared log's vocabularies; :func:`update_saved` refits a saved
+folder's rows plus new rows (``bayes-annot fit NEW --update DIR``).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.sparse import csr_matrix
-from scipy.sparse.csgraph import connected_components
 from scipy.special import logit
 
-from .dask_em import LocalRunner, make_block, run_em
+from .block_em import EMState, cell_index_map, merge_blocks
 from .data import ColumnMap, PreparedData, prepare
 from .decide import parse_filter
 from .errors import InputError
@@ -62,52 +65,183 @@ def _as_text(labels) -> np.ndarray:
     return np.asarray(labels, dtype=object).astype(str)
 
 
-def _sorted_union(old: np.ndarray, new: np.ndarray) -> np.ndarray:
-    """Union of two sorted unique text arrays; O(len(old)) when few labels are new."""
-    if old.shape[0] == 0:
-        return new
-    position = np.searchsorted(old, new)
-    found = old[np.minimum(position, old.shape[0] - 1)] == new
-    if found.all():
-        return old
-    return np.insert(old.astype(np.result_type(old, new)), position[~found], new[~found])
+def _sorted_union(old: np.ndarray, new: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Union of two sorted unique text arrays, and where each old and new label lands in it.
 
-
-def merge_prepared(old: PreparedData, new: PreparedData) -> PreparedData:
-    """The prepared log of ``old`` rows followed by ``new`` rows, without re-encoding ``old``.
-
-    Equal, array for array, to ``prepare(concat([old.frame, new.frame]))``.
+    Returns ``(union, old_map, new_map)``; ``old_map`` is ``None`` when no label
+    is new (then ``union is old``). One text search of the new labels; the
+    old labels' positions follow from integer arithmetic on the insertion points.
     """
+    n_old = old.shape[0]
+    position = np.searchsorted(old, new)
+    found = (position < n_old) & (old[np.minimum(position, n_old - 1)] == new)
+    if found.all():
+        return old, None, position.astype(np.int32)
+    inserted_at = position[~found]  # nondecreasing, since ``new`` is sorted
+    union = np.insert(old.astype(np.result_type(old, new)), inserted_at, new[~found])
+    old_map = np.arange(n_old) + np.searchsorted(inserted_at, np.arange(n_old), side="right")
+    new_map = np.empty(new.shape[0], dtype=np.int64)
+    new_map[found] = old_map[position[found]]
+    new_map[~found] = inserted_at + np.arange(inserted_at.shape[0])
+    return union, old_map.astype(np.int32), new_map.astype(np.int32)
+
+
+def _compose(first: np.ndarray | None, then: np.ndarray | None) -> np.ndarray | None:
+    """Code map ``then[first[code]]`` (``None`` is the identity)."""
+    if first is None:
+        return then
+    if then is None:
+        return first
+    return then[first]
+
+
+def _mapped(codes: np.ndarray, mapping: np.ndarray | None) -> np.ndarray:
+    return codes if mapping is None else mapping[codes]
+
+
+class MergedPreparedData(PreparedData):
+    """A :class:`~bayes_annot.data.PreparedData` made of parts (the previous log, then each batch of new rows).
+
+    The per-row arrays and the ``frame`` are concatenated (and old codes mapped
+    onto the merged vocabularies) on first access, so an update that only needs
+    the EM block and per-user results never touches the old rows; the row
+    counts of the summary are sums over the parts. Once built, an array is the
+    one :func:`~bayes_annot.data.prepare` would build from the concatenated log.
+
+    Parameters
+    ----------
+    parts : list of (PreparedData, user_map, model_map)
+        Each part with the maps from its codes to the merged vocabularies
+        (``None``: already merged codes).
+    columns, user_labels, model_labels
+        As in :class:`~bayes_annot.data.PreparedData`.
+    """
+
+    def __init__(self, parts: list, columns: dict, user_labels: np.ndarray, model_labels: np.ndarray):
+        self._parts = parts
+        self._built: dict = {}
+        self.columns = columns
+        self.user_labels = user_labels
+        self.model_labels = model_labels
+        self.notes = []
+        self._label_text = {}
+
+    @classmethod
+    def of(cls, old: PreparedData, user_map, model_map, tail: PreparedData) -> "MergedPreparedData":
+        """``old`` (codes mapped by ``user_map``/``model_map``) followed by ``tail`` (merged codes)."""
+        if isinstance(old, MergedPreparedData) and not old._built:
+            parts = [(p, _compose(u, user_map), _compose(m, model_map)) for p, u, m in old._parts]
+        else:
+            parts = [(old, user_map, model_map)]
+        return cls(parts + [(tail, None, None)], dict(old.columns), tail.user_labels, tail.model_labels)
+
+    def _build(self, name: str):
+        if name not in self._built:
+            parts = self._parts
+            if name == "user":
+                value = np.concatenate([_mapped(p.user, u) for p, u, _ in parts])
+            elif name in ("model_a", "model_b"):
+                value = np.concatenate([_mapped(getattr(p, name), m) for p, _, m in parts])
+            elif name == "p_a":
+                value = np.concatenate([p.p_a for p, _, _ in parts]) if self.has_p_a else None
+            elif name == "frame":
+                value = pd.concat([p.frame for p, _, _ in parts], ignore_index=True)
+            elif name == "usable":
+                value = self.reason_code == 0
+            else:
+                value = np.concatenate([getattr(p, name) for p, _, _ in parts])
+            self._built[name] = value
+        return self._built[name]
+
+    frame = property(lambda self: self._build("frame"), doc="The input rows of every part, in order.")
+    user = property(lambda self: self._build("user"), doc="User code per row.")
+    model_a = property(lambda self: self._build("model_a"), doc="``model_a`` code per row.")
+    model_b = property(lambda self: self._build("model_b"), doc="``model_b`` code per row.")
+    choice_a = property(lambda self: self._build("choice_a"), doc="1 / 0 / -1 (tie) per row.")
+    p_a = property(lambda self: self._build("p_a"), doc="Known attentive probability per row, or None.")
+    reason_code = property(lambda self: self._build("reason_code"), doc="0 usable, 1 tie, 2 same model.")
+
+    @property
+    def usable(self) -> np.ndarray:
+        return self._build("usable")
+
+    @property
+    def has_p_a(self) -> bool:
+        return self._parts[0][0].has_p_a
+
+    @property
+    def n_rows(self) -> int:
+        return sum(p.n_rows for p, _, _ in self._parts)
+
+    def counts(self) -> dict[str, int]:
+        out = {"rows": 0, "rows_in_likelihood": 0, "ties": 0, "same_model": 0}
+        for part, _, _ in self._parts:
+            for key, value in part.counts().items():
+                if key in out:
+                    out[key] += value
+        return dict(out, users=self.n_users, models=self.n_models)
+
+
+@dataclass
+class _Merge:
+    """A merged log and how the old codes map onto its vocabularies (``None``: unchanged)."""
+
+    merged: PreparedData
+    new: PreparedData  # the new rows, coded against the merged vocabularies
+    user_map: np.ndarray | None
+    model_map: np.ndarray | None
+
+
+def _merge(old: PreparedData, new: PreparedData) -> _Merge:
     for role in ("user", "model_a", "model_b", "winner", "p_a"):
         if old.columns.get(role) != new.columns.get(role):
             raise InputError(
                 f"new rows use column '{new.columns.get(role)}' for {role}, the previous fit used '{old.columns.get(role)}'"
             )
-    old_u, new_u = _as_text(old.user_labels), _as_text(new.user_labels)
-    old_m, new_m = _as_text(old.model_labels), _as_text(new.model_labels)
-    users = _sorted_union(old_u, new_u)
-    models = _sorted_union(old_m, new_m)
-    umap_old = np.searchsorted(users, old_u).astype(np.int32)
-    umap_new = np.searchsorted(users, new_u).astype(np.int32)
-    mmap_old = np.searchsorted(models, old_m).astype(np.int32)
-    mmap_new = np.searchsorted(models, new_m).astype(np.int32)
-    p_a = None
-    if old.p_a is not None and new.p_a is not None:
-        p_a = np.concatenate([old.p_a, new.p_a])
-    frame = pd.concat([old.frame, new.frame], ignore_index=True)
-    return PreparedData(
-        frame=frame,
-        columns=dict(old.columns),
-        user_labels=users.astype(object),
-        model_labels=models.astype(object),
-        user=np.concatenate([umap_old[old.user], umap_new[new.user]]),
-        model_a=np.concatenate([mmap_old[old.model_a], mmap_new[new.model_a]]),
-        model_b=np.concatenate([mmap_old[old.model_b], mmap_new[new.model_b]]),
-        choice_a=np.concatenate([old.choice_a, new.choice_a]),
-        p_a=p_a,
-        reason_code=np.concatenate([old.reason_code, new.reason_code]),
-        notes=[],
+    if old.has_p_a != new.has_p_a:
+        raise InputError(f"new rows and the previous fit disagree on a 'p_a' column: {old.columns.get('p_a')}")
+    old_u, new_u = old.label_text("user"), new.label_text("user")
+    old_m, new_m = old.label_text("model"), new.label_text("model")
+    users, user_map, umap_new = _sorted_union(old_u, new_u)
+    models, model_map, mmap_new = _sorted_union(old_m, new_m)
+    user_labels = old.user_labels if user_map is None else users.astype(object)
+    model_labels = old.model_labels if model_map is None else models.astype(object)
+    tail = PreparedData(
+        frame=new.frame, columns=dict(old.columns), user_labels=user_labels, model_labels=model_labels,
+        user=umap_new[new.user], model_a=mmap_new[new.model_a], model_b=mmap_new[new.model_b],
+        choice_a=new.choice_a, p_a=new.p_a, reason_code=new.reason_code, notes=[],
     )
+
+    merged = MergedPreparedData.of(old, user_map, model_map, tail)
+    merged.set_label_text(users, models)
+    for kind, mapping, vocabulary in (("user", user_map, users), ("model", model_map, models)):
+        merged._label_text[f"{kind}_array"] = _merged_label_array(old.label_array(kind), mapping, vocabulary)
+    tail.set_label_text(users, models)
+    return _Merge(merged, tail, user_map, model_map)
+
+
+def _merged_label_array(old_array, mapping: np.ndarray | None, vocabulary: np.ndarray):
+    """The table-column array of a merged vocabulary: the old labels' converted array, the new
+    labels converted, put in vocabulary order (so old labels are not converted again)."""
+    if mapping is None:
+        return old_array
+    added = np.ones(vocabulary.shape[0], dtype=bool)
+    added[mapping] = False
+    new_array = pd.Series(vocabulary[added].astype(object)).array
+    combined = type(old_array)._concat_same_type([old_array, new_array.astype(old_array.dtype)])
+    order = np.empty(vocabulary.shape[0], dtype=np.int64)
+    order[mapping] = np.arange(mapping.shape[0])
+    order[added] = mapping.shape[0] + np.arange(int(added.sum()))
+    return combined.take(order)
+
+
+def merge_prepared(old: PreparedData, new: PreparedData) -> PreparedData:
+    """The prepared log of ``old`` rows followed by ``new`` rows, without re-encoding ``old``.
+
+    Equal, array for array, to ``prepare(concat([old.frame, new.frame]))``
+    (the frame is concatenated on first access).
+    """
+    return _merge(old, new).merged
 
 
 # --------------------------------------------------------------------------- warm starts
@@ -191,11 +325,6 @@ def load_start(directory: str | Path) -> dict:
 # --------------------------------------------------------------------------- fitting prepared data
 
 
-def _component_labels(pair_counts: np.ndarray) -> np.ndarray:
-    _, labels = connected_components(csr_matrix(pair_counts > 0), directed=False)
-    return labels
-
-
 def fit_prepared(
     prepared: PreparedData,
     *,
@@ -209,79 +338,111 @@ def fit_prepared(
     tol: float = 1e-9,
     max_iter: int = 1000,
     start: dict | None = None,
-    accelerate: bool = True,
+    accelerate: bool | None = None,
     input_info: dict | None = None,
+    state: EMState | None = None,
     _started: float | None = None,
 ):
     """EM fit of an already prepared log with the block engine (optionally warm-started and accelerated).
 
     Builds the same :class:`~bayes_annot.fit.FitResult` (tables and summary)
-    as :func:`bayes_annot.fit` with ``method="em"``.
+    as :func:`bayes_annot.fit` with ``method="em"``. ``state`` is the log's
+    :class:`~bayes_annot.block_em.EMState` when the caller already has it (an
+    update extends the previous fit's); otherwise it is built from the rows.
     """
-    from .fit import Estimates, FitResult, assemble_summary, build_problem
+    from .fit import (
+        FitResult,
+        ProblemSize,
+        _known_strengths,
+        assemble_summary,
+        build_problem,
+        em_estimates,
+        em_state,
+        graph_components,
+        pair_counts,
+        run_block_em,
+        strength_mode,
+    )
 
     started = time.perf_counter() if _started is None else _started
+    if accelerate is None:
+        accelerate = model == "continuous"
     if model not in ("two-class", "continuous"):
         raise InputError(f"unknown model '{model}', expected one of two-class, continuous")
     if q is not None and not 0.0 < q < 1.0:
         raise InputError(f"q must lie in (0, 1), got {q}")
     rule = parse_filter(filter)
     priors = priors or Priors()
-    problem, strength_mode = build_problem(prepared, mu=mu, strong_model=strong_model, use_p_a=use_p_a)
+    if state is None:
+        problem, mode = build_problem(prepared, mu=mu, strong_model=strong_model, use_p_a=use_p_a)
+        state = em_state(prepared, problem, pair_counts(prepared), mu=mu, strong_model=strong_model, use_p_a=use_p_a)
+    else:  # the labels are already in the state's block: no per-row problem to build
+        problem = ProblemSize(state.block.n_entries, prepared.n_models, state.block.learned)
+        mode = strength_mode(prepared, mu, strong_model, use_p_a)
     if problem.n_labels == 0:
         raise InputError("no row enters the likelihood (all ties or same-model pairs): nothing to update")
-    k = prepared.n_models
-    if problem.learned:
-        block = make_block(
-            prepared.user, prepared.usable, k, cell=problem.cell().astype(np.int32), users=np.arange(prepared.n_users)
-        )
-    else:
-        block = make_block(
-            prepared.user, prepared.usable, k, choice=problem.choice_a, known_logit=problem.known_logit_mu,
-            users=np.arange(prepared.n_users),
-        )
-    runner = LocalRunner([block], prepared.n_users)
-    if start is not None and not problem.learned:
-        start = {key: value for key, value in start.items() if key != "strengths"}
-    em = run_em(
-        runner, k, problem.learned, variant=model, priors=priors, q_fixed=q, tol=tol, max_iter=max_iter,
-        start=start, accelerate=accelerate,
+    em = run_block_em(
+        state.block, problem, model, priors=priors, q=q, tol=tol, max_iter=max_iter, start=start, accelerate=accelerate
     )
-    params = {"pi": em.pi, "q": em.q} if model == "two-class" else {"m": em.m, "tau": em.tau, "q": em.q}
-    params["mean_quality"] = float(np.mean(em.quality[em.n_labels_user > 0]))
-    strengths = em.strengths
-    if strengths is None and mu is not None:
-        strong = int(np.flatnonzero(prepared.model_labels == str(strong_model).strip())[0])
-        strengths = np.full(k, -logit(mu) / k)
-        strengths[strong] = logit(mu) * (k - 1) / k
-    estimates = Estimates(
-        engine="em", variant=model, quality=em.quality,
-        p_good=em.p_eta_above_half if model == "continuous" else em.quality,
-        n_labels_user=em.n_labels_user, informative=em.informative, strengths=strengths, parameters=params,
-        loglik=em.loglik, loglik_trace=em.loglik_trace, n_iter=em.n_iter, converged=em.converged,
-        runtime_seconds=em.runtime_seconds, user_loglik=em.user_loglik,
-    )
-    estimates.theta = em.theta  # exact theta for the next warm start (continuous)
-    if problem.learned:
-        pair_counts = block.cell_sums_by_user(np.ones(block.users.shape[0])).reshape(k, k, 2).sum(axis=2)
-    else:
-        pair_counts = np.bincount(problem.model_a.astype(np.int64) * k + problem.model_b, minlength=k * k).reshape(k, k)
-    components = _component_labels(pair_counts)
+    estimates = em_estimates(em, model, _known_strengths(problem, prepared, mu, strong_model))
     settings = {
         "model": model, "method": "em", "filter": str(rule), "columns": prepared.columns, "use_p_a": use_p_a,
         "mu": mu, "strong_model": strong_model, "q": q, "priors": asdict(priors), "tol": tol, "max_iter": max_iter,
         "seed": 0, "warm_start": start is not None, "accelerate": accelerate,
     }
-    summary = assemble_summary(prepared, problem, estimates, model, strength_mode, components, input_info, settings)
+    components = graph_components(state.pair_counts)
+    summary = assemble_summary(prepared, problem, estimates, model, mode, components, input_info, settings, state.pair_counts)
     summary["runtime_seconds"] = round(time.perf_counter() - started, 4)
-    return FitResult(prepared, estimates, rule, summary)
+    return FitResult(prepared, estimates, rule, summary, state=state)
 
 
 # --------------------------------------------------------------------------- update
 
 
-def update(previous, new_rows, *, accelerate: bool = True, **fit_settings):
-    """Fit old + new rows, warm-started from ``previous`` and reusing its encoding.
+def _mapped_start(previous, merge: _Merge) -> dict:
+    """Warm start over the merged vocabularies: old users and models by code, new ones at the defaults."""
+    est = previous.estimates
+    params = est.parameters
+    start = {"pi": params.get("pi"), "q": params.get("q"), "m": params.get("m")}
+    n_users, n_models = merge.merged.n_users, merge.merged.n_models
+    if est.strengths is not None and previous.summary.get("strengths") == "learned":
+        strengths = np.zeros(n_models)
+        strengths[slice(None) if merge.model_map is None else merge.model_map] = est.strengths
+        start["strengths"] = strengths
+    if est.variant == "continuous":
+        theta_old = getattr(est, "theta", None)
+        if theta_old is None:
+            quality = np.clip(np.asarray(est.quality, dtype=float), 1e-12, 1 - 1e-12)
+            theta_old = np.where(est.informative, logit(quality), np.nan)
+        theta = np.full(n_users, np.nan)
+        theta[slice(None) if merge.user_map is None else merge.user_map] = theta_old
+        start["theta"] = theta
+    return start
+
+
+def _extend_state(state: EMState, merge: _Merge, problem_new, key: tuple) -> EMState:
+    """The previous fit's EM state extended by the new rows (no pass over the old rows' text)."""
+    from .fit import pair_counts, problem_block
+
+    merged, new = merge.merged, merge.new
+    k = merged.n_models
+    new_block = problem_block(new, problem_new)  # dense over the merged users: no search
+    cell_map = None
+    if merge.model_map is not None and state.block.learned:
+        cell_map = cell_index_map(merge.model_map, k)
+    block = merge_blocks(
+        state.block, new_block, np.arange(merged.n_users), user_map=merge.user_map, cell_map=cell_map, n_models=k
+    )
+    pairs = pair_counts(new).astype(np.int64)
+    if merge.model_map is None:
+        pairs += state.pair_counts
+    else:
+        pairs[np.ix_(merge.model_map, merge.model_map)] += state.pair_counts
+    return EMState(block=block, pair_counts=pairs, key=key)
+
+
+def update(previous, new_rows, *, accelerate: bool | None = None, **fit_settings):
+    """Fit old + new rows, warm-started from ``previous`` and reusing its encoding and EM block.
 
     Parameters
     ----------
@@ -290,8 +451,11 @@ def update(previous, new_rows, *, accelerate: bool = True, **fit_settings):
         priors, ``tol``, ...) are reused unless overridden.
     new_rows : pandas.DataFrame or path
         The new annotations, with the previous fit's columns.
-    accelerate : bool
-        SQUAREM extrapolation (monotone; see the module notes).
+    accelerate : bool, optional
+        SQUAREM extrapolation (monotone; see the module notes). Default as in
+        :func:`bayes_annot.fit`: on for ``continuous``; off for ``two-class``,
+        whose warm-started EM converges in two or three plain steps, so an
+        extrapolation would only add a pass.
     **fit_settings
         Any of ``model, filter, tol, max_iter, q, priors, use_p_a, mu, strong_model``.
 
@@ -300,6 +464,16 @@ def update(previous, new_rows, *, accelerate: bool = True, **fit_settings):
     FitResult
         Rows in the order old rows then new rows; users and models over the
         merged vocabularies. ``summary["settings"]["warm_start"]`` is true.
+
+    Notes
+    -----
+    When ``previous`` is an in-memory EM fit (it keeps its EM block) and the
+    update keeps its strength mode (learned, ``p_a`` or ``mu``), the old
+    labels are neither re-encoded nor re-sorted: the new labels' block is
+    merged into the previous one (:func:`bayes_annot.block_em.merge_blocks`),
+    so the work outside the EM passes is proportional to the new rows. The
+    result is identical to fitting the merged log from its rows with the same
+    start (a tested property).
 
     Examples
     --------
@@ -312,6 +486,7 @@ def update(previous, new_rows, *, accelerate: bool = True, **fit_settings):
     True
     """
     from .data import read_table
+    from .fit import build_problem, problem_key
 
     started = time.perf_counter()
     unknown = set(fit_settings) - set(_EM_SETTINGS)
@@ -331,8 +506,17 @@ def update(previous, new_rows, *, accelerate: bool = True, **fit_settings):
         new_rows,
         ColumnMap(user=cols["user"], model_a=cols["model_a"], model_b=cols["model_b"], winner=cols["winner"], p_a=cols.get("p_a")),
     )
-    merged = merge_prepared(old, new)
-    start = warm_start(previous, merged)
+    merge = _merge(old, new)
+    start = _mapped_start(previous, merge)
     if settings.get("model", "two-class") != previous.estimates.variant:
         start = {"strengths": start.get("strengths"), "q": start.get("q")}
-    return fit_prepared(merged, start=start, accelerate=accelerate, _started=started, **settings)
+    mu, strong_model = settings.get("mu"), settings.get("strong_model")
+    use_p_a = settings.get("use_p_a", True)
+    key = problem_key(mu, strong_model, use_p_a, merge.merged.has_p_a)
+    state = getattr(previous, "_state", None)
+    if state is not None and state.key == key:
+        problem_new, _ = build_problem(merge.new, mu=mu, strong_model=strong_model, use_p_a=use_p_a)
+        state = _extend_state(state, merge, problem_new, key)
+    else:
+        state = None  # rebuilt from the merged rows
+    return fit_prepared(merge.merged, start=start, accelerate=accelerate, state=state, _started=started, **settings)

@@ -151,3 +151,128 @@ def test_result_update_method_and_cli_warm_start(tmp_path):
     warm = pd.read_csv(tmp_path / "r1" / "users.csv")
     np.testing.assert_allclose(warm.quality, full.users.quality, atol=1e-6)
     assert main(["fit", str(all_path), "--warm-start", str(tmp_path), "--out", str(tmp_path / "r2")]) == 2
+
+
+# --------------------------------------------------------------------------- the kept EM block
+
+
+def _without_state(result):
+    clone = result.filter(str(result.rule))
+    clone._state = None
+    return clone
+
+
+@pytest.mark.parametrize("variant", ["two-class", "continuous"])
+def test_update_from_the_kept_block_equals_update_from_rows(variant):
+    """Merging the new labels into the previous fit's EM block gives exactly the fit rebuilt from the rows."""
+    old, new = _split(variant, seed=6)
+    new = _with_newcomers(new)
+    previous = ba.fit(old, model=variant)
+    assert previous._state is not None
+    fast = update(previous, new)
+    slow = update(_without_state(previous), new)
+    np.testing.assert_allclose(fast.users.quality, slow.users.quality, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(fast.models.strength, slow.models.strength, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(fast.loglik_trace, slow.loglik_trace, rtol=1e-12)
+    pd.testing.assert_frame_equal(fast.users.drop(columns="quality"), slow.users.drop(columns="quality"))
+    pd.testing.assert_frame_equal(fast.models.drop(columns="strength"), slow.models.drop(columns="strength"))
+    assert fast.summary["counts"] == slow.summary["counts"]
+    # the merged block is the block of the merged rows, entry for entry
+    rebuilt = fit_prepared(prepare(pd.concat([old, new], ignore_index=True)), model=variant)._state
+    for name in ("users", "indptr", "cell", "n_rows", "n_user", "n_user_a", "seg_users", "seg_starts"):
+        np.testing.assert_array_equal(getattr(fast._state.block, name), getattr(rebuilt.block, name), err_msg=name)
+    np.testing.assert_array_equal(fast._state.pair_counts, rebuilt.pair_counts)
+
+
+def test_update_with_known_p_a_uses_the_kept_block():
+    log = ba.simulate(n_users=400, n_models=4, labels_per_user=(5, 30), known_mu=0.8, seed=8)
+    log = log[["user", "model_a", "model_b", "winner", "p_a"]]
+    old, new = log.iloc[:-300].reset_index(drop=True), log.iloc[-300:].reset_index(drop=True)
+    previous = ba.fit(old)
+    assert previous.summary["strengths"].startswith("known") and previous._state.key == ("p_a",)
+    fast = update(previous, new, tol=1e-14)
+    slow = update(_without_state(previous), new, tol=1e-14)
+    full = ba.fit(log, tol=1e-14)
+    np.testing.assert_allclose(fast.users.quality, slow.users.quality, rtol=0, atol=1e-12)
+    _close(fast, full, 1e-6)
+
+
+def test_update_that_changes_the_strength_mode_rebuilds_from_rows():
+    old, new = _split("two-class", seed=9)
+    previous = ba.fit(old)
+    model = previous.models.sort_values("strength").model.iloc[-1]
+    updated = update(previous, new, mu=0.8, strong_model=model, tol=1e-14)
+    full = ba.fit(pd.concat([old, new], ignore_index=True), mu=0.8, strong_model=model, tol=1e-14)
+    assert updated._state.key == ("mu", 0.8, model)
+    _close(updated, full, 1e-6)
+
+
+def test_chained_updates_equal_one_fit_of_everything():
+    log = ba.simulate(n_users=600, n_models=5, labels_per_user=(5, 30), tie_rate=0.05, seed=10)
+    log = log[["user", "model_a", "model_b", "winner"]].astype(str).sample(frac=1.0, random_state=1).reset_index(drop=True)
+    batches = np.array_split(np.arange(len(log)), [len(log) - 400, len(log) - 150])
+    batches = [log.iloc[b].reset_index(drop=True) for b in batches]
+    batches[2] = _with_newcomers(batches[2])
+    result = ba.fit(batches[0], tol=1e-15)
+    for batch in batches[1:]:
+        result = update(result, batch, tol=1e-15)
+    everything = pd.concat(batches, ignore_index=True)
+    full = ba.fit(everything, tol=1e-15)
+    _close(result, full, 1e-6)
+    reference = prepare(everything)
+    for name in ("user", "model_a", "model_b", "choice_a", "reason_code", "usable"):
+        np.testing.assert_array_equal(getattr(result._data, name), getattr(reference, name), err_msg=name)
+    assert result.summary["counts"] == full.summary["counts"]
+    pd.testing.assert_frame_equal(result.rows, full.rows)
+
+
+def test_sorted_union_maps_place_every_label():
+    from bayes_annot.incremental import _sorted_union
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        pool = np.array([f"id{i:03d}" for i in range(200)])
+        old = np.unique(rng.choice(pool, rng.integers(1, 120)))
+        new = np.unique(rng.choice(pool, rng.integers(1, 60)))
+        union, old_map, new_map = _sorted_union(old, new)
+        np.testing.assert_array_equal(union, np.union1d(old, new))
+        np.testing.assert_array_equal(union[new_map], new)
+        np.testing.assert_array_equal(union[old_map] if old_map is not None else union, old)
+
+
+def test_merge_blocks_equals_block_of_the_concatenated_rows():
+    """Old block (old vocabularies) merged with a new block = the block of all rows in the merged vocabularies."""
+    from bayes_annot.block_em import cell_index_map, make_block, merge_blocks
+
+    rng = np.random.default_rng(3)
+    n_old, n_new, n_users, k_old, k = 3000, 400, 300, 4, 6
+    users_old = np.unique(rng.integers(0, n_users, n_old))  # old user code -> merged code
+    models_old = np.array([0, 2, 3, 5])  # old model code -> merged code
+    old_user = rng.integers(0, users_old.shape[0], n_old)
+    old_a, old_b = rng.integers(0, k_old, n_old), rng.integers(0, k_old, n_old)
+    new_user, new_a, new_b = rng.integers(0, n_users, n_new), rng.integers(0, k, n_new), rng.integers(0, k, n_new)
+    choice = rng.integers(0, 2, n_old + n_new).astype(np.int8)
+    logit_mu = rng.normal(size=n_old + n_new)
+    # reference rows: everything in the merged vocabularies
+    user = np.r_[users_old[old_user], new_user]
+    a, b = np.r_[models_old[old_a], new_a], np.r_[models_old[old_b], new_b]
+    usable = (a != b) & (rng.random(n_old + n_new) > 0.05)
+    old_rows = np.arange(n_old + n_new) < n_old
+
+    def block(rows, codes, a, b, k_block, users, known):
+        sel = usable[rows]
+        if known:
+            return make_block(codes, sel, k_block, choice=choice[rows][sel], known_logit=logit_mu[rows][sel], users=users)
+        cell = ((a[sel] * k_block + b[sel]) * 2 + choice[rows][sel]).astype(np.int32)
+        return make_block(codes, sel, k_block, cell=cell, users=users)
+
+    for known in (False, True):
+        old_block = block(old_rows, old_user, old_a, old_b, k_old, np.arange(users_old.shape[0]), known)
+        new_block = block(~old_rows, new_user, new_a, new_b, k, np.arange(n_users), known)
+        merged = merge_blocks(old_block, new_block, np.arange(n_users), user_map=users_old,
+                              cell_map=None if known else cell_index_map(models_old, k), n_models=k)
+        reference = block(np.ones(n_old + n_new, bool), user, a, b, k, np.arange(n_users), known)
+        names = ("users", "indptr", "n_rows", "n_user", "n_user_a", "seg_users", "seg_starts")
+        names += ("choice", "known_logit") if known else ("cell",)
+        for name in names:
+            np.testing.assert_array_equal(getattr(merged, name), getattr(reference, name), err_msg=f"{name} known={known}")
