@@ -184,26 +184,30 @@ def _cmd_fit(args) -> int:
         start=args.warm_start,
     )
     out = Path(args.out)
-    dpo = None
-    if (args.dpo or args.report) and not hasattr(result, "to_dpo"):
-        raise InputError("--dpo and --report are not available for Dask fits (a folder or glob of parquet files) yet")
+    staged = None
     if args.dpo:
-        from .export import _SUFFIXES, _write_atomic
+        from .export import _SUFFIXES
 
         if Path(args.dpo).suffix.lower() not in _SUFFIXES:
             raise InputError(f"--dpo '{args.dpo}': expected a .jsonl or .parquet file")
-        dpo = result.to_dpo()  # validates the text columns before anything is written
-    result.save(out)
-    if args.report:
-        result.report(out / "report.html")
-    if dpo is not None:
-        _write_atomic(dpo, Path(args.dpo))
+        # written (and its text validated) to a temporary file first: a bad text column leaves nothing behind
+        staged = result.stage_dpo(args.dpo)
+    try:
+        result.save(out)
+        if args.report:
+            result.report(out / "report.html")
+    except BaseException:
+        if staged is not None:
+            staged[0].unlink(missing_ok=True)
+        raise
+    if staged is not None:
+        os.replace(staged[0], args.dpo)
     if not args.quiet:
         _print_summary(result, out)
         if args.report:
             print(f"wrote {out / 'report.html'}")
-        if dpo is not None:
-            print(f"wrote {len(dpo)} preference pairs to {args.dpo}")
+        if staged is not None:
+            print(f"wrote {staged[1]} preference pairs to {args.dpo}")
     return 0
 
 

@@ -285,6 +285,8 @@ class DaskFit:
         The learned strengths, or the implied ones for a known ``mu``.
     n_partitions : int
         Blocks after the shuffle by user.
+    partition_rows : int64 array
+        Rows of each input partition (input row numbers of :func:`to_rows` partitions).
     timings : dict
         Seconds spent in scan, encode+shuffle+persist, EM.
     """
@@ -301,6 +303,7 @@ class DaskFit:
     strengths: np.ndarray | None
     n_partitions: int
     timings: dict = field(default_factory=dict)
+    partition_rows: np.ndarray | None = None
 
     @property
     def parameters(self) -> dict:
@@ -484,6 +487,7 @@ def fit_dask(
         em=em, user_labels=np.asarray(user_vocab, dtype=object), model_labels=np.asarray(model_vocab, dtype=object),
         n_rows_user=n_rows_user, n_labels_model=n_labels_model, pair_counts=pair_counts, counts=counts, columns=columns,
         strength_mode=strength_mode, strengths=strengths, n_partitions=nparts, timings=timings,
+        partition_rows=lengths,
     )
 
 

@@ -8,6 +8,7 @@ in input order) that :meth:`DaskFitResult.save` streams to ``rows.csv``.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -96,6 +97,57 @@ class DaskFitResult:
 
         labels = SimpleNamespace(user_labels=self.dask_fit.user_labels, model_labels=self.dask_fit.model_labels)
         return point_estimate_idata(labels, self.estimates)
+
+    def _dpo_parts(self, **columns) -> list:
+        """One delayed DPO frame per input partition (``dpo_from_rows`` with the partition's first row number)."""
+        from dask import delayed
+
+        from .export import dpo_from_rows
+
+        settings = self.dask_fit.columns
+        dpo_from_rows(self.rows._meta, settings, **columns)  # missing text columns fail here, before any work
+        offsets = np.concatenate([[0], np.cumsum(self.dask_fit.partition_rows)[:-1]]).astype(int)
+        parts = self.rows.to_delayed()
+        return [delayed(dpo_from_rows)(part, settings, offset=int(o), **columns) for part, o in zip(parts, offsets)]
+
+    def to_dpo(self, path=None, **columns):
+        """Kept labels as DPO records (``prompt, chosen, rejected, weight, ...``), a lazy Dask DataFrame.
+
+        Same records as :meth:`bayes_annot.fit.FitResult.to_dpo` on the
+        in-memory fit, one partition per input partition, indexed by input
+        row. With ``path`` (``.jsonl`` or ``.parquet``) the records are also
+        written to that one file, streamed partition by partition (the driver
+        holds one partition's records at a time), atomically.
+        """
+        import dask.dataframe as dd
+
+        from .export import DPO_COLUMNS
+
+        parts = self._dpo_parts(**columns)
+        if path is not None:
+            tmp, _ = self.stage_dpo(path, **columns)
+            os.replace(tmp, path)
+        meta = pd.DataFrame({c: pd.Series([], dtype=float if c == "weight" else object) for c in DPO_COLUMNS})
+        meta.index = pd.Index([], dtype=np.int64, name="row")
+        return dd.from_delayed(parts, meta=meta)
+
+    def stage_dpo(self, path, **columns) -> tuple[Path, int]:
+        """DPO records streamed to a temporary file beside ``path``: ``(file, number of records)``."""
+        from .export import stage_dpo
+
+        parts = self._dpo_parts(**columns)
+        return stage_dpo((part.compute() for part in parts), Path(path))
+
+    def report(self, path, **options) -> Path:
+        """Write the HTML diagnostics report (see :func:`bayes_annot.report.build_report`).
+
+        Built from what the driver holds (tables, EM trace, pair counts):
+        sections that need the rows themselves (the posterior predictive check
+        of agreement) say so instead.
+        """
+        from .report import build_report
+
+        return build_report(self, path, **options)
 
     def save(self, directory) -> Path:
         """Write ``users.csv``, ``models.csv``, ``rows.csv`` (streamed from the workers) and ``summary.json``."""

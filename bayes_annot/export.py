@@ -26,7 +26,7 @@ import pandas as pd
 
 from .errors import InputError
 
-__all__ = ["DPO_COLUMNS", "to_dpo"]
+__all__ = ["DPO_COLUMNS", "to_dpo", "dpo_from_rows", "stage_dpo"]
 
 #: Columns of the exported data set, in order.
 DPO_COLUMNS = ("prompt", "chosen", "rejected", "weight", "user", "chosen_model", "rejected_model")
@@ -98,27 +98,90 @@ def to_dpo(
     selected = np.flatnonzero((rows["reason"] == "ok").to_numpy())
     texts = _texts(frame, selected, prompt, response_a, response_b)
 
-    choice_a = data.choice_a[selected] == 1
-    model_a = data.model_labels[data.model_a[selected]]
-    model_b = data.model_labels[data.model_b[selected]]
+    out = _dpo_frame(
+        texts,
+        choice_a=data.choice_a[selected] == 1,
+        model_a=data.model_labels[data.model_a[selected]],
+        model_b=data.model_labels[data.model_b[selected]],
+        weight=rows["weight"].to_numpy(dtype=float)[selected],
+        user=data.user_labels[data.user[selected]],
+        index=selected,
+    )
+    if path is not None:
+        _write_atomic(out, path)
+    return out
+
+
+def _dpo_frame(texts: dict, *, choice_a, model_a, model_b, weight, user, index) -> pd.DataFrame:
+    """The DPO records of the selected rows (``choice_a``: the row's ``model_a`` was picked)."""
     text_a, text_b = texts["response_a"], texts["response_b"]
     out = pd.DataFrame(
         {
             "prompt": texts["prompt"],
             "chosen": np.where(choice_a, text_a, text_b),
             "rejected": np.where(choice_a, text_b, text_a),
-            "weight": rows["weight"].to_numpy(dtype=float)[selected],
-            "user": data.user_labels[data.user[selected]],
+            "weight": np.asarray(weight, dtype=float),
+            "user": user,
             "chosen_model": np.where(choice_a, model_a, model_b),
             "rejected_model": np.where(choice_a, model_b, model_a),
         },
-        index=pd.Index(selected, name="row"),
+        index=pd.Index(np.asarray(index, dtype=np.int64), name="row"),
     )
     for column in ("prompt", "chosen", "rejected", "user", "chosen_model", "rejected_model"):
         out[column] = out[column].astype(object)
-    if path is not None:
-        _write_atomic(out, path)
     return out
+
+
+def dpo_from_rows(
+    rows: pd.DataFrame,
+    columns: dict,
+    *,
+    offset: int = 0,
+    prompt: str = "prompt",
+    response_a: str = "response_a",
+    response_b: str = "response_b",
+) -> pd.DataFrame:
+    """DPO records of a piece of a result's ``rows`` table (input columns + ``kept, reason, weight``).
+
+    The engine of :meth:`bayes_annot.dask_result.DaskFitResult.to_dpo`, applied
+    to each partition: ids are normalised as :func:`bayes_annot.data.prepare`
+    does (text, surrounding whitespace trimmed), the winner is read from the
+    input column, and the index is ``offset`` + the position in ``rows`` (the
+    input row number when ``offset`` is the partition's first row). Same
+    records as :func:`to_dpo` on the in-memory fit (a tested property).
+
+    Parameters
+    ----------
+    rows : pandas.DataFrame
+    columns : dict
+        Role -> input column name (``summary["settings"]["columns"]``).
+    offset : int
+    prompt, response_a, response_b : str
+        As in :func:`to_dpo`.
+    """
+    from .data import _encode_winner, _uniques_as_text
+
+    def column(role):
+        name = columns[role]
+        return name if name in rows.columns or f"input_{name}" not in rows.columns else f"input_{name}"
+
+    selected = np.flatnonzero((rows["reason"].astype(str) == "ok").to_numpy())
+    texts = _texts(rows, selected, prompt, response_a, response_b)
+    picked = rows.iloc[selected]
+
+    def ids(role):
+        codes, uniques = pd.factorize(picked[column(role)])
+        return _uniques_as_text(uniques)[0].astype(object)[codes]
+
+    return _dpo_frame(
+        texts,
+        choice_a=_encode_winner(picked[column("winner")], column("winner")) == 1,
+        model_a=ids("model_a"),
+        model_b=ids("model_b"),
+        weight=picked["weight"].to_numpy(dtype=float),
+        user=ids("user"),
+        index=offset + selected,
+    )
 
 
 # --------------------------------------------------------------------------- text
@@ -207,24 +270,46 @@ def _last_message(value, role: str, column: str, row: int) -> str:
 
 
 def _write_atomic(frame: pd.DataFrame, path: Path) -> None:
+    tmp, _ = stage_dpo([frame], path)
+    os.replace(tmp, path)
+
+
+def stage_dpo(frames, path: Path) -> tuple[Path, int]:
+    """Write DPO record frames (an iterable: one pass, bounded memory) to a temporary file beside ``path``.
+
+    Returns the temporary file and the number of records; the caller moves the
+    file into place with ``os.replace`` once everything else succeeded. On any
+    error the temporary file is removed and nothing is left behind.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in _SUFFIXES:
+        raise InputError(f"DPO export path '{path}' must end in .jsonl or .parquet (got '{path.suffix or 'no suffix'}')")
+    n_records = 0
     parent = path.resolve().parent
     parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=parent)
     try:
         if path.suffix.lower() == ".jsonl":
             with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as out:
-                for record in frame.to_dict(orient="records"):
-                    record["weight"] = float(record["weight"])
-                    out.write(json.dumps(record, ensure_ascii=False, allow_nan=False))
-                    out.write("\n")
+                for frame in frames:
+                    n_records += len(frame)
+                    for record in frame.to_dict(orient="records"):
+                        record["weight"] = float(record["weight"])
+                        out.write(json.dumps(record, ensure_ascii=False, allow_nan=False))
+                        out.write("\n")
         else:
             os.close(handle)
             try:
-                import pyarrow  # noqa: F401
+                import pyarrow as pa
+                import pyarrow.parquet as pq
             except ImportError:  # pragma: no cover - depends on the environment
                 raise InputError("writing parquet needs pyarrow: pip install 'bayes_annot[parquet]'") from None
-            frame.reset_index(drop=True).to_parquet(tmp, index=False)
-        os.replace(tmp, path)
+            schema = pa.schema([(c, pa.float64() if c == "weight" else pa.string()) for c in DPO_COLUMNS])
+            with pq.ParquetWriter(tmp, schema) as writer:
+                for frame in frames:
+                    n_records += len(frame)
+                    writer.write_table(pa.Table.from_pandas(frame.reset_index(drop=True), schema=schema, preserve_index=False))
+        return Path(tmp), n_records
     except BaseException:
         try:
             os.unlink(tmp)

@@ -308,6 +308,16 @@ class FitResult:
 
         return to_dpo(self, path, **columns)
 
+    def stage_dpo(self, path: str | Path, **columns) -> tuple[Path, int]:
+        """The DPO records written to a temporary file beside ``path`` (see :func:`bayes_annot.export.stage_dpo`).
+
+        Returns ``(temporary file, number of records)``; ``os.replace`` it onto
+        ``path`` when the rest of a job has succeeded (the CLI does).
+        """
+        from .export import stage_dpo
+
+        return stage_dpo([self.to_dpo(**columns)], Path(path))
+
     def save(self, directory: str | Path, posterior: bool | None = None) -> Path:
         """Write ``users.csv``, ``models.csv``, ``rows.csv``, ``summary.json`` atomically.
 

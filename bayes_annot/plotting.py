@@ -208,13 +208,16 @@ def comparison_counts(result) -> pd.DataFrame | None:
     src = as_source(result)
     data = src.data
     if data is None:
-        return None
-    usable = data.usable
-    k = data.n_models
-    mat = np.zeros((k, k), dtype=np.int64)
-    np.add.at(mat, (data.model_a[usable], data.model_b[usable]), 1)
+        if src.pair_counts is None:
+            return None
+        mat = np.asarray(src.pair_counts, dtype=np.int64)  # Dask fits: the table computed on the workers
+        labels = [str(m) for m in src.models["model"]]
+    else:
+        usable = data.usable
+        k = data.n_models
+        mat = np.bincount(data.model_a[usable].astype(np.int64) * k + data.model_b[usable], minlength=k * k).reshape(k, k)
+        labels = [str(m) for m in data.model_labels]
     mat = mat + mat.T
-    labels = [str(m) for m in data.model_labels]
     return pd.DataFrame(mat, index=labels, columns=labels)
 
 

@@ -149,3 +149,58 @@ def test_fit_and_cli_accept_a_folder_of_parquet_files(tmp_path):
     assert len(rows) == len(log)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["backend"].startswith("dask") and summary["counts"]["kept_rows"] == int(rows.kept.sum())
+
+
+def _text_log(seed=14):
+    log = ba.simulate(n_users=250, n_models=4, labels_per_user=(3, 20), tie_rate=0.05, with_text=True, seed=seed)
+    keep = ["user", "model_a", "model_b", "winner", "prompt", "response_a", "response_b"]
+    return log[keep].astype(str)
+
+
+def _parts(log, folder, n_files=4):
+    folder.mkdir()
+    for i, part in enumerate(np.array_split(np.arange(len(log)), n_files)):
+        log.iloc[part].to_parquet(folder / f"part-{i}.parquet", index=False)
+    return folder
+
+
+def test_dask_to_dpo_equals_in_memory(tmp_path):
+    log = _text_log()
+    folder = _parts(log, tmp_path / "parts")
+    result = ba.fit(folder, filter="fdr:0.1")
+    reference = ba.fit(log, filter="fdr:0.1").to_dpo()
+    lazy = result.to_dpo(tmp_path / "dpo.parquet")
+    pd.testing.assert_frame_equal(lazy.compute(), reference, check_dtype=False)  # Dask stores text as strings
+    written = pd.read_parquet(tmp_path / "dpo.parquet")
+    pd.testing.assert_frame_equal(written, reference.reset_index(drop=True), check_dtype=False)
+    assert len(reference) > 100 and not list(tmp_path.glob(".dpo*"))
+
+
+def test_cli_dask_fit_writes_dpo_and_report(tmp_path):
+    import json
+
+    from bayes_annot.cli import main
+
+    log = _text_log(seed=15)
+    folder = _parts(log, tmp_path / "parts")
+    out, dpo = tmp_path / "out", tmp_path / "pairs.jsonl"
+    assert main(["fit", str(folder), "--out", str(out), "--dpo", str(dpo), "--report", "--quiet"]) == 0
+    records = [json.loads(line) for line in dpo.read_text(encoding="utf-8").splitlines()]
+    reference = ba.fit(log).to_dpo()
+    assert len(records) == len(reference)
+    assert [r["chosen"] for r in records] == list(reference.chosen)
+    np.testing.assert_allclose([r["weight"] for r in records], reference.weight.to_numpy(), atol=1e-8)
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "Model strengths" in html and "<script" not in html and "data:image/png;base64" in html
+    assert "could not be built" not in html and "Rows dropped and why" in html
+
+
+def test_cli_dask_dpo_without_text_leaves_nothing(tmp_path, capsys):
+    from bayes_annot.cli import main
+
+    log = _text_log(seed=16).drop(columns=["response_b"])
+    folder = _parts(log, tmp_path / "parts")
+    out, dpo = tmp_path / "out", tmp_path / "pairs.jsonl"
+    assert main(["fit", str(folder), "--out", str(out), "--dpo", str(dpo)]) == 2
+    assert "response_b" in capsys.readouterr().err
+    assert not out.exists() and not dpo.exists() and not list(tmp_path.glob(".pairs*"))

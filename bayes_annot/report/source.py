@@ -39,6 +39,9 @@ class ResultSource:
         Integer-coded rows (live result, or rebuilt from ``rows.csv``).
     origin : str
         ``"result"`` or ``"directory"``.
+    pair_counts : array (K, K) or None
+        Usable labels per (model_a, model_b) in ``models`` order, when the rows
+        are not at hand (Dask fits: the table was summed on the workers).
     """
 
     users: pd.DataFrame
@@ -49,6 +52,7 @@ class ResultSource:
     idata: object | None = None
     data: object | None = None
     origin: str = "result"
+    pair_counts: np.ndarray | None = None
 
     # ------------------------------------------------------------ derived
     @property
@@ -185,6 +189,13 @@ def as_source(obj) -> ResultSource:
         source = as_source(loaded)
         source.origin = "directory"
         return source
+    if hasattr(obj, "dask_fit"):
+        # a Dask fit: the rows stay on the workers; the tables, trace and pair counts are on the driver
+        return ResultSource(
+            users=obj.users, models=obj.models, rows=None, summary=obj.summary,
+            loglik_trace=list(obj.loglik_trace), idata=obj.idata, data=None, origin="result",
+            pair_counts=np.asarray(obj.dask_fit.pair_counts),
+        )
     if not hasattr(obj, "_data") and _has(obj, "users") and _has(obj, "summary"):
         # saved outputs: the dict / SavedResult that bayes_annot.load returns
         models = _get(obj, "models")
