@@ -80,6 +80,8 @@ class Block:
     same_model: int = 0
     _counts: object = field(default=None, repr=False)
     _inactive: np.ndarray | None = field(default=None, repr=False)
+    _cell_totals: np.ndarray | None = field(default=None, repr=False)
+    _entry_choice: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def n_entries(self) -> int:
@@ -131,8 +133,19 @@ class Block:
         return self.matrix().T @ per_user
 
     def entry_choice(self) -> np.ndarray:
-        """Per entry: 1 when ``model_a`` was chosen."""
-        return (self.cell & 1).astype(np.int8) if self.learned else self.choice
+        """Per entry: 1 when ``model_a`` was chosen (cached)."""
+        if not self.learned:
+            return self.choice
+        if self._entry_choice is None:
+            self._entry_choice = (self.cell & 1).astype(np.int8)
+        return self._entry_choice
+
+    @property
+    def cell_totals(self) -> np.ndarray:
+        """Unweighted label count of each (model_a, model_b, choice) cell (cached; learned strengths only)."""
+        if self._cell_totals is None:
+            self._cell_totals = self.cell_sums_by_user(np.ones(self.users.shape[0]))
+        return self._cell_totals
 
 
 @dataclass
@@ -261,11 +274,17 @@ def merge_blocks(
         out[from_old] = old_values
         return out
 
+    old_is_all = old_users.shape[0] == n_local  # old block covers every user, in order: no scatter needed
+    new_is_all = new.users.shape[0] == n_local
     per_user = {}
     for name in ("n_rows", "n_user", "n_user_a"):
-        values = np.zeros(n_local, dtype=getattr(old, name).dtype)
-        values[pos_old] += getattr(old, name)
-        values[pos_new] += getattr(new, name)
+        values = getattr(old, name).copy() if old_is_all else np.zeros(n_local, dtype=getattr(old, name).dtype)
+        if not old_is_all:
+            values[pos_old] += getattr(old, name)
+        if new_is_all:
+            values += getattr(new, name)
+        else:
+            values[pos_new] += getattr(new, name)
         per_user[name] = values
     nonempty = np.flatnonzero(counts > 0)
     block = Block(
@@ -276,6 +295,13 @@ def merge_blocks(
     if new.learned:
         old_cell = old.cell if cell_map is None else np.asarray(cell_map, dtype=np.int32)[old.cell]
         block.cell = interleave(old_cell, new.cell, np.int32)
+        if old._cell_totals is not None:
+            totals = new.cell_totals.copy()
+            if cell_map is None:
+                totals += old._cell_totals
+            else:
+                np.add.at(totals, np.asarray(cell_map), old._cell_totals)
+            block._cell_totals = totals
     else:
         block.choice = interleave(old.choice, new.choice, np.int8)
         block.known_logit = interleave(old.known_logit, new.known_logit, float)
@@ -302,7 +328,7 @@ def _block_att_sum(block: Block, table: np.ndarray | None) -> np.ndarray:
 
 def block_cell_counts(block: Block) -> dict:
     """Unweighted pair table (initial strengths, model label counts, comparison graph)."""
-    return {"cells": block.cell_sums_by_user(np.ones(block.users.shape[0])) if block.learned else None}
+    return {"cells": block.cell_totals if block.learned else None}
 
 
 def _two_class_user_terms(att_sum: np.ndarray, cas_sum: np.ndarray, pi: float) -> tuple[np.ndarray, np.ndarray]:
@@ -327,15 +353,23 @@ def _two_class_user_terms(att_sum: np.ndarray, cas_sum: np.ndarray, pi: float) -
     return p_att, user_ll
 
 
-def block_two_class_pass(block: Block, pi: float, q: float, table: np.ndarray | None, att_sum=None) -> dict:
-    """Objective share and E-step sufficient statistics of one block (two-class).
+def block_two_class_users(block: Block, pi: float, q: float, table: np.ndarray | None, att_sum=None):
+    """Per-user posterior P(attentive) and marginal log-likelihood of one block (two-class).
 
     ``att_sum``: the block's per-user attentive log-probability sums at ``table``, when already known.
     """
     if att_sum is None:
         att_sum = _block_att_sum(block, table)
     cas_sum = block.n_user_a * np.log(q) + (block.n_user - block.n_user_a) * np.log1p(-q)
-    p_att, user_ll = _two_class_user_terms(att_sum, cas_sum, pi)
+    return _two_class_user_terms(att_sum, cas_sum, pi)
+
+
+def block_two_class_pass(block: Block, pi: float, q: float, table: np.ndarray | None, users=None) -> dict:
+    """Objective share and E-step sufficient statistics of one block (two-class).
+
+    ``users``: the block's :func:`block_two_class_users` at these parameters, when already known.
+    """
+    p_att, user_ll = block_two_class_users(block, pi, q, table) if users is None else users
     inactive = block.inactive  # users without usable labels: no share of the likelihood
     loglik = float(user_ll.sum() - user_ll[inactive].sum())
     casual = 1.0 - p_att
@@ -351,13 +385,11 @@ def block_two_class_pass(block: Block, pi: float, q: float, table: np.ndarray | 
 
 
 def block_two_class_final(
-    block: Block, pi: float, q: float, table: np.ndarray | None, differs_cell, informative_tol, att_sum=None
+    block: Block, pi: float, q: float, table: np.ndarray | None, differs_cell, informative_tol, users=None
 ):
     """Per-user results of one block at the final parameters (two-class)."""
-    if att_sum is None:
-        att_sum = _block_att_sum(block, table)
-    cas_sum = block.n_user_a * np.log(q) + (block.n_user - block.n_user_a) * np.log1p(-q)
-    quality, user_ll = _two_class_user_terms(att_sum, cas_sum, pi)
+    quality, user_ll = block_two_class_users(block, pi, q, table) if users is None else users
+    quality, user_ll = quality.copy(), user_ll.copy()
     quality[block.inactive] = pi
     user_ll[block.inactive] = 0.0
     informative = _block_informative(block, differs_cell, q, informative_tol)
@@ -367,6 +399,8 @@ def block_two_class_final(
 
 def _block_informative(block: Block, differs_cell, q, tol) -> np.ndarray:
     if block.learned:
+        if bool(differs_cell[block.cell_totals > 0].all()):  # every label is informative: no pass needed
+            return block.n_user > 0
         return block.user_table_sums(differs_cell.astype(float)) > 0  # users with a label in a differing cell
     differs = np.abs(block.known_logit) > tol  # same rule as em._informative_users
     return block.row_sums(differs.astype(float)) > 0
@@ -444,27 +478,26 @@ class LocalRunner:
         """The unweighted pair table summed over the blocks (see ``block_cell_counts``)."""
         return _sum_stats([block_cell_counts(b) for b in self.blocks])["cells"]
 
-    def _att_sums(self, table):
-        """Per-block sums of attentive log-probabilities; the last table's are kept, since the
-        final pass is at the parameters of the last E-step."""
-        cached = getattr(self, "_last_att", None)
-        if table is not None and cached is not None and np.array_equal(cached[0], table):
-            return cached[1]
-        sums = [_block_att_sum(b, table) for b in self.blocks]
-        if table is not None:
-            self._last_att = (np.array(table, copy=True), sums)
-        return sums
+    def _users(self, pi, q, table):
+        """Per-block :func:`block_two_class_users`; the last parameters' are kept, since the final
+        pass is at the parameters of the last E-step."""
+        cached = getattr(self, "_last_users", None)
+        if cached is not None and cached[0] == (pi, q) and np.array_equal(cached[1], table):
+            return cached[2]
+        users = [block_two_class_users(b, pi, q, table) for b in self.blocks]
+        self._last_users = ((pi, q), None if table is None else np.array(table, copy=True), users)
+        return users
 
     def two_class_pass(self, pi, q, table):
         """One two-class E-step over the blocks: summed objective and statistics."""
-        sums = self._att_sums(table)
-        return _sum_stats([block_two_class_pass(b, pi, q, table, a) for b, a in zip(self.blocks, sums)])
+        users = self._users(pi, q, table)
+        return _sum_stats([block_two_class_pass(b, pi, q, table, u) for b, u in zip(self.blocks, users)])
 
     def two_class_final(self, pi, q, table, differs_cell, informative_tol):
         """Per-block final two-class results (quality, log-likelihood, informative)."""
-        sums = self._att_sums(table)
+        users = self._users(pi, q, table)
         return [
-            block_two_class_final(b, pi, q, table, differs_cell, informative_tol, a) for b, a in zip(self.blocks, sums)
+            block_two_class_final(b, pi, q, table, differs_cell, informative_tol, u) for b, u in zip(self.blocks, users)
         ]
 
     def initial_theta(self, start_theta, m):

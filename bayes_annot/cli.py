@@ -83,7 +83,10 @@ def _build_parser() -> argparse.ArgumentParser:
     engine.add_argument("--seed", type=int, default=0)
     fit.add_argument("--filter", default="prob:0.5", help="prob:T, fdr:ALPHA, credible:T or none (default prob:0.5)")
     fit.add_argument("--warm-start", default=None, metavar="DIR",
-                     help="start EM from a previous fit's folder (INPUT should be the whole old + new log)")
+                     help="start EM from a previous fit's folder (INPUT is the whole old + new log)")
+    fit.add_argument("--update", default=None, metavar="DIR",
+                     help="INPUT holds only new rows: refit DIR's rows (rows.csv) plus INPUT, warm-started from DIR, "
+                     "with DIR's settings (options given with non-default values override them)")
     fit.add_argument("--report", action="store_true", help="also write DIR/report.html (diagnostics report)")
     fit.add_argument("--dpo", default=None, help="also export kept labels for DPO training (.jsonl or .parquet)")
     fit.add_argument("--quiet", action="store_true", help="print nothing but errors")
@@ -155,9 +158,29 @@ def _print_summary(result, out: Path) -> None:
     print(f"wrote {out}/users.csv, models.csv, rows.csv, summary.json")
 
 
+def _update_overrides(args) -> dict:
+    """The settings of ``fit --update`` given on the command line with non-default values."""
+    defaults = _build_parser().parse_args(["fit", "x", "--out", "x"])
+    names = {"model": "model", "filter": "filter", "mu": "mu", "strong_model": "strong_model", "q": "q",
+             "tol": "tol", "max_iter": "max_iter"}
+    out = {key: getattr(args, attr) for key, attr in names.items() if getattr(args, attr) != getattr(defaults, attr)}
+    if args.no_p_a:
+        out["use_p_a"] = False
+    return out
+
+
 def _cmd_fit(args) -> int:
     from .fit import fit
 
+    if args.update is not None:
+        if args.warm_start is not None:
+            raise InputError("--update and --warm-start exclude each other (--update already starts from DIR)")
+        if args.method != "em" or args.tastes != 1:
+            raise InputError("--update refits by EM with one ranking: drop --method/--tastes")
+        from .incremental import update_saved
+
+        result = update_saved(args.update, args.input, **_update_overrides(args))
+        return _write_fit_outputs(result, args)
     result = fit(
         args.input,
         model=args.model,
@@ -183,6 +206,10 @@ def _cmd_fit(args) -> int:
         seed=args.seed,
         start=args.warm_start,
     )
+    return _write_fit_outputs(result, args)
+
+
+def _write_fit_outputs(result, args) -> int:
     out = Path(args.out)
     staged = None
     if args.dpo:

@@ -53,7 +53,7 @@ from .decide import parse_filter
 from .errors import InputError
 from .likelihood import Priors
 
-__all__ = ["update", "merge_prepared", "warm_start", "load_start", "align_start", "fit_prepared"]
+__all__ = ["update", "update_saved", "merge_prepared", "warm_start", "load_start", "align_start", "fit_prepared"]
 
 _EM_SETTINGS = ("model", "filter", "tol", "max_iter", "q", "priors", "use_p_a", "mu", "strong_model")
 
@@ -520,3 +520,67 @@ def update(previous, new_rows, *, accelerate: bool | None = None, **fit_settings
     else:
         state = None  # rebuilt from the merged rows
     return fit_prepared(merge.merged, start=start, accelerate=accelerate, state=state, _started=started, **settings)
+
+
+_SAVED_SETTINGS = ("model", "filter", "use_p_a", "mu", "strong_model", "q", "tol", "max_iter")
+
+
+def update_saved(directory: str | Path, new_rows, **overrides):
+    """Refit a saved fit's rows plus new rows, warm-started from the saved folder (``fit NEW --update DIR``).
+
+    The saved ``rows.csv`` holds every input row of the previous fit, so the
+    merged log is those rows (their input columns, read as text) followed by
+    ``new_rows``; it is fitted by EM with the saved settings (model, columns,
+    filter, ``q``, ``mu``, priors, ``tol``), starting from the saved
+    parameters, strengths and (continuous) per-user quality. The result is the
+    fit of old + new rows, as :func:`update` gives for a live result; a saved
+    folder holds no EM block, so the old rows are encoded again.
+
+    Parameters
+    ----------
+    directory : str or Path
+        A folder written by ``bayes-annot fit`` / :meth:`FitResult.save`.
+    new_rows : pandas.DataFrame or path
+        The new annotations, with the previous fit's id columns.
+    **overrides
+        Any of ``model, filter, use_p_a, mu, strong_model, q, tol, max_iter``.
+
+    Returns
+    -------
+    FitResult
+    """
+    from .data import read_table
+    from .fit import fit, load
+
+    unknown = set(overrides) - set(_SAVED_SETTINGS)
+    if unknown:
+        raise TypeError(f"update_saved() got unexpected setting(s): {', '.join(sorted(unknown))}")
+    saved = load(directory)
+    summary = saved.summary
+    saved_settings = summary.get("settings", {})
+    if "tastes" in summary or saved_settings.get("tastes") not in (None, 1):
+        raise InputError(
+            f"'{directory}' was fitted with taste classes; an update refits one ranking: fit the whole log with --tastes"
+        )
+    columns = saved_settings.get("columns") or {}
+    if not isinstance(new_rows, pd.DataFrame):
+        new_rows = read_table(new_rows)
+    needed = [columns[r] for r in ("user", "model_a", "model_b", "winner") if columns.get(r)]
+    if columns.get("p_a") and saved_settings.get("use_p_a", True):
+        needed.append(columns["p_a"])
+    missing = [c for c in needed if c not in new_rows.columns]
+    if missing:
+        raise InputError(
+            f"new rows lack column(s) {', '.join(repr(c) for c in missing)} that the fit in '{directory}' used"
+        )
+    old_rows = saved.rows.drop(columns=["kept", "reason", "weight"])
+    old_rows = old_rows.rename(columns={f"input_{c}": c for c in ("kept", "reason", "weight")})
+    settings = {key: saved_settings[key] for key in _SAVED_SETTINGS if key in saved_settings}
+    settings.update(overrides)
+    priors = Priors(**saved_settings["priors"]) if isinstance(saved_settings.get("priors"), dict) else None
+    merged = pd.concat([old_rows, new_rows], ignore_index=True)
+    return fit(
+        merged, method="em", user=columns.get("user"), model_a=columns.get("model_a", "model_a"),
+        model_b=columns.get("model_b", "model_b"), winner=columns.get("winner", "winner"), p_a=columns.get("p_a"),
+        priors=priors, start=Path(directory), **settings,
+    )

@@ -14,3 +14,16 @@ def test_bench_em_tiny():
         assert key in result
     assert result["converged"] and result["auc"] > 0.8
     assert 0 < result["bincount_floor"] and 0 < result["em_per_iteration"]
+
+
+def test_bench_update_tiny(tmp_path):
+    import bench_update
+
+    out = tmp_path / "update.md"
+    bench_update.main(["--sizes", "400", "--variants", "two-class", "--repeat", "1", "--out", str(out)])
+    text = out.read_text()
+    assert "| two-class |" in text and "speed-up" in text
+    rows = [line for line in text.splitlines() if line.startswith("| two-class | ")]
+    assert len(rows) == 3  # text ids, categorical ids, agreement
+    diff = float(rows[-1].split("|")[3])
+    assert diff < 1e-6  # update and full refit agree at the tight tolerance

@@ -276,3 +276,37 @@ def test_merge_blocks_equals_block_of_the_concatenated_rows():
         names += ("choice", "known_logit") if known else ("cell",)
         for name in names:
             np.testing.assert_array_equal(getattr(merged, name), getattr(reference, name), err_msg=f"{name} known={known}")
+
+
+@pytest.mark.parametrize("variant", ["two-class", "continuous"])
+def test_cli_update_refits_saved_rows_plus_new_rows(tmp_path, variant):
+    """`fit NEW --update DIR`: DIR's rows + NEW, DIR's settings, warm start; equals a fit of everything."""
+    from bayes_annot.cli import main
+
+    old, new = _split(variant, seed=22, n_users=500)
+    new = _with_newcomers(new)
+    old_path, new_path, all_path = tmp_path / "old.csv", tmp_path / "new.parquet", tmp_path / "all.csv"
+    old.to_csv(old_path, index=False)
+    new.to_parquet(new_path, index=False)
+    pd.concat([old, new], ignore_index=True).to_csv(all_path, index=False)
+    common = ["--model", variant, "--tol", "1e-15", "--max-iter", "20000", "--filter", "fdr:0.1"]
+    assert main(["fit", str(old_path), "--out", str(tmp_path / "day1"), "--quiet", *common]) == 0
+    # the saved settings are reused: no --model / --filter / --tol here
+    assert main(["fit", str(new_path), "--update", str(tmp_path / "day1"), "--out", str(tmp_path / "day2"), "--quiet"]) == 0
+    assert main(["fit", str(all_path), "--out", str(tmp_path / "full"), "--quiet", *common]) == 0
+    day2, full = ba.load(tmp_path / "day2"), ba.load(tmp_path / "full")
+    assert day2.summary["model"] == variant and day2.summary["filter"]["rule"] == "fdr:0.1"
+    assert day2.summary["settings"]["tol"] == 1e-15
+    pd.testing.assert_series_equal(day2.users.user, full.users.user)
+    np.testing.assert_allclose(day2.users.quality, full.users.quality, atol=1e-6)
+    np.testing.assert_allclose(day2.models.strength, full.models.strength, atol=1e-6)
+    assert len(day2.rows) == len(old) + len(new)
+    pd.testing.assert_series_equal(day2.rows.kept, full.rows.kept)
+    assert day2.summary["counts"]["rows"] == full.summary["counts"]["rows"]
+    # updating in place (DIR is also --out) works; a folder without results, or new rows missing a column, exit 2
+    assert main(["fit", str(new_path), "--update", str(tmp_path / "day2"), "--out", str(tmp_path / "day2"), "--quiet"]) == 0
+    assert len(ba.load(tmp_path / "day2").rows) == len(old) + 2 * len(new)
+    assert main(["fit", str(new_path), "--update", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
+    new.drop(columns="winner").to_csv(tmp_path / "bad.csv", index=False)
+    assert main(["fit", str(tmp_path / "bad.csv"), "--update", str(tmp_path / "day1"), "--out", str(tmp_path / "x")]) == 2
+    assert not (tmp_path / "x").exists()
