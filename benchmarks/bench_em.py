@@ -2,7 +2,9 @@
 
 Each size runs in its own process: simulate the log (categorical ids, as a
 parquet/Arena loader would deliver them), then time ``bayes_annot.fit`` (data
-validation + encoding + EM + tables) and the EM engine alone, and record the
+validation + encoding + EM + tables) and the EM engine alone (the block
+engine ``fit`` runs: building the users x cells block, then plain EM passes),
+and record the
 peak memory of the fit: the process's peak RSS growth over the RSS right
 before the fit (read from /proc/self/status VmHWM after resetting it).
 
@@ -23,8 +25,8 @@ import json, os, sys, time
 import numpy as np
 import bayes_annot as ba
 from bayes_annot.data import prepare
-from bayes_annot.fit import build_problem
-from bayes_annot.em import fit_em
+from bayes_annot.block_em import LocalRunner, run_em
+from bayes_annot.fit import build_problem, problem_block
 from bayes_annot.metrics import auc
 
 n_rows, n_users, n_models, variant = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
@@ -50,7 +52,9 @@ prepared = prepare(log)
 problem, _ = build_problem(prepared)
 ticks = []
 t0 = time.perf_counter()
-em = fit_em(problem, variant=variant, callback=lambda i, v: ticks.append(time.perf_counter()))
+block = problem_block(prepared, problem)  # the engine ba.fit runs: the users x cells block, then plain EM passes
+em = run_em(LocalRunner([block], prepared.n_users), problem.n_models, problem.learned, variant=variant,
+            callback=lambda i, v: ticks.append(time.perf_counter()))
 t_em = time.perf_counter() - t0
 per_iter = float(np.median(np.diff(ticks))) if len(ticks) > 2 else float("nan")
 # the floor: two full np.bincount passes over the rows (per-user sums and per-pair sums)
