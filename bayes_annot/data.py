@@ -355,7 +355,9 @@ def _encode_ids(series_list: list[pd.Series], names: list[str]) -> tuple[list[np
     raw_codes = []
     texts = []
     for series, name in zip(series_list, names):
-        codes, uniques = pd.factorize(series, use_na_sentinel=True)
+        # categorical ids: factorize in category order (an integer sort), often already the text order
+        categorical = isinstance(series.dtype, pd.CategoricalDtype)
+        codes, uniques = pd.factorize(series, use_na_sentinel=True, sort=categorical)
         text, missing_unique = _uniques_as_text(uniques)
         bad = codes < 0
         if missing_unique.any():
@@ -367,7 +369,11 @@ def _encode_ids(series_list: list[pd.Series], names: list[str]) -> tuple[list[np
             )
         raw_codes.append(codes)
         texts.append(text)
-    vocabulary, inverse = np.unique(np.concatenate(texts), return_inverse=True)
+    merged = np.concatenate(texts)
+    if len(texts) == 1 and merged.shape[0] > 0 and bool(np.all(merged[1:] > merged[:-1])):
+        vocabulary, inverse = merged, np.arange(merged.shape[0])  # already sorted and unique
+    else:
+        vocabulary, inverse = np.unique(merged, return_inverse=True)
     encoded = []
     offset = 0
     for codes, text in zip(raw_codes, texts):

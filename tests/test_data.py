@@ -230,3 +230,21 @@ def test_all_pairs_same_model_gives_no_verdict():
     assert not result.users.kept.any()
     assert result.rows.reason.eq("same_model").all()
     assert np.isfinite(result.users.quality).all()
+
+
+def test_categorical_ids_encode_like_text():
+    """Categorical id columns (sorted, unsorted, or with padded duplicates) give the codes of the text columns."""
+    log = ba.simulate(n_users=300, n_models=5, seed=3)[["user", "model_a", "model_b", "winner"]]
+    reference = prepare(log.astype(str))
+    users = log.user.astype(str)
+    shuffled = list(np.random.default_rng(0).permutation(sorted(set(users))))
+    variants = {
+        "sorted categories": log.astype("category"),
+        "unsorted categories": log.assign(user=pd.Categorical(users, categories=shuffled)),
+        "padded duplicates": log.assign(user=pd.Categorical(users.where(np.arange(len(log)) % 2 == 0, " " + users))),
+    }
+    for name, frame in variants.items():
+        prepared = prepare(frame)
+        for field in ("user", "model_a", "model_b", "choice_a", "reason_code"):
+            np.testing.assert_array_equal(getattr(prepared, field), getattr(reference, field), err_msg=f"{name}: {field}")
+        assert list(prepared.user_labels) == list(reference.user_labels), name
