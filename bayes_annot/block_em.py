@@ -140,6 +140,15 @@ class Block:
             self._entry_choice = (self.cell & 1).astype(np.int8)
         return self._entry_choice
 
+    def release_pass_caches(self) -> None:
+        """Drop what only the EM passes use (the CSR matrix with its float data, per-entry choices).
+
+        A block kept for incremental updates then costs about 4 bytes per
+        label (plus small per-user arrays); the caches are rebuilt on demand.
+        """
+        self._counts = None
+        self._entry_choice = None
+
     @property
     def cell_totals(self) -> np.ndarray:
         """Unweighted label count of each (model_a, model_b, choice) cell (cached; learned strengths only)."""

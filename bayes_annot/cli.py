@@ -86,7 +86,7 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="start EM from a previous fit's folder (INPUT is the whole old + new log)")
     fit.add_argument("--update", default=None, metavar="DIR",
                      help="INPUT holds only new rows: refit DIR's rows (rows.csv) plus INPUT, warm-started from DIR, "
-                     "with DIR's settings (options given with non-default values override them)")
+                     "with DIR's settings (options given here override them; column options name INPUT's columns)")
     fit.add_argument("--report", action="store_true", help="also write DIR/report.html (diagnostics report)")
     fit.add_argument("--dpo", default=None, help="also export kept labels for DPO training (.jsonl or .parquet)")
     fit.add_argument("--quiet", action="store_true", help="print nothing but errors")
@@ -158,15 +158,27 @@ def _print_summary(result, out: Path) -> None:
     print(f"wrote {out}/users.csv, models.csv, rows.csv, summary.json")
 
 
-def _update_overrides(args) -> dict:
-    """The settings of ``fit --update`` given on the command line with non-default values."""
-    defaults = _build_parser().parse_args(["fit", "x", "--out", "x"])
-    names = {"model": "model", "filter": "filter", "mu": "mu", "strong_model": "strong_model", "q": "q",
-             "tol": "tol", "max_iter": "max_iter"}
-    out = {key: getattr(args, attr) for key, attr in names.items() if getattr(args, attr) != getattr(defaults, attr)}
-    if args.no_p_a:
-        out["use_p_a"] = False
-    return out
+def _given_options(argv) -> set[str]:
+    """Destinations of the options actually written on the command line (defaults suppressed)."""
+    parser = _build_parser()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                for option in sub._actions:
+                    if option.option_strings and option.dest not in ("help", "out"):
+                        option.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
+def _update_overrides(args) -> tuple[dict, dict]:
+    """Settings and column names given explicitly with ``fit --update`` (the rest come from DIR)."""
+    given = getattr(args, "given", set())
+    settings = {key: getattr(args, key) for key in ("model", "filter", "mu", "strong_model", "q", "tol", "max_iter")
+                if key in given}
+    if "no_p_a" in given:
+        settings["use_p_a"] = False
+    columns = {role: getattr(args, role) for role in ("user", "model_a", "model_b", "winner", "p_a") if role in given}
+    return settings, columns
 
 
 def _cmd_fit(args) -> int:
@@ -179,7 +191,8 @@ def _cmd_fit(args) -> int:
             raise InputError("--update refits by EM with one ranking: drop --method/--tastes")
         from .incremental import update_saved
 
-        result = update_saved(args.update, args.input, **_update_overrides(args))
+        settings, columns = _update_overrides(args)
+        result = update_saved(args.update, args.input, columns=columns, **settings)
         return _write_fit_outputs(result, args)
     result = fit(
         args.input,
@@ -217,8 +230,11 @@ def _write_fit_outputs(result, args) -> int:
 
         if Path(args.dpo).suffix.lower() not in _SUFFIXES:
             raise InputError(f"--dpo '{args.dpo}': expected a .jsonl or .parquet file")
-        # written (and its text validated) to a temporary file first: a bad text column leaves nothing behind
-        staged = result.stage_dpo(args.dpo)
+        # written (and its text validated) to a temporary file first: a bad text column leaves nothing behind.
+        # A DPO file inside the output folder is staged beside that folder, which save() replaces.
+        dpo_path = Path(args.dpo).resolve()
+        inside = dpo_path.is_relative_to(out.resolve())
+        staged = result.stage_dpo(args.dpo, staging_dir=out.resolve().parent if inside else None)
     try:
         result.save(out)
         if args.report:
@@ -228,6 +244,7 @@ def _write_fit_outputs(result, args) -> int:
             staged[0].unlink(missing_ok=True)
         raise
     if staged is not None:
+        Path(args.dpo).resolve().parent.mkdir(parents=True, exist_ok=True)
         os.replace(staged[0], args.dpo)
     if not args.quiet:
         _print_summary(result, out)
@@ -302,6 +319,8 @@ def _cmd_demo(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
+    if args.command == "fit" and args.update is not None:
+        args.given = _given_options(sys.argv[1:] if argv is None else argv)
     handlers = {"fit": _cmd_fit, "simulate": _cmd_simulate, "report": _cmd_report, "demo": _cmd_demo}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -254,6 +254,9 @@ def _block_from_frame(frame: pd.DataFrame, n_models: int, known: bool) -> Block:
         block = make_block(user, usable, n_models, cell=cell)
     else:
         block = make_block(user, usable, n_models, choice=(cell & 1).astype(np.int8), known_logit=frame["known"].to_numpy()[usable])
+        # known probabilities: the entries carry no cell, but the pair counts (model label counts, comparison
+        # graph, the report's comparison matrix) still come from the cells of the usable rows
+        block._cell_totals = np.bincount(cell, minlength=2 * n_models * n_models).astype(float)
     block.ties = int((reason == 1).sum())
     block.same_model = int((reason == 2).sum())
     return block
@@ -493,7 +496,7 @@ def fit_dask(
 
 def _block_counts(block: Block) -> dict:
     k = block.n_models
-    cells = block.cell_sums_by_user(np.ones(block.users.shape[0])) if block.learned else None
+    cells = block.cell_totals if block.learned else block._cell_totals
     return {
         "users": block.users, "n_rows": block.n_rows, "cells": cells if cells is not None else np.zeros(2 * k * k),
         "tally": np.array([int(block.n_rows.sum()), int(block.n_user.sum())]),

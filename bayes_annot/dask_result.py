@@ -131,12 +131,12 @@ class DaskFitResult:
         meta.index = pd.Index([], dtype=np.int64, name="row")
         return dd.from_delayed(parts, meta=meta)
 
-    def stage_dpo(self, path, **columns) -> tuple[Path, int]:
-        """DPO records streamed to a temporary file beside ``path``: ``(file, number of records)``."""
+    def stage_dpo(self, path, staging_dir=None, **columns) -> tuple[Path, int]:
+        """DPO records streamed to a temporary file (beside ``path`` or in ``staging_dir``): ``(file, records)``."""
         from .export import stage_dpo
 
         parts = self._dpo_parts(**columns)
-        return stage_dpo((part.compute() for part in parts), Path(path))
+        return stage_dpo((part.compute() for part in parts), Path(path), staging_dir)
 
     def report(self, path, **options) -> Path:
         """Write the HTML diagnostics report (see :func:`bayes_annot.report.build_report`).

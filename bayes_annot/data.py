@@ -73,14 +73,15 @@ class ColumnMap:
     """Names of the input columns that play each role.
 
     ``user=None`` means: use ``user``, else Arena's ``judge`` (then ``worker``,
-    ``annotator``). ``p_a=None`` means: use a column called ``p_a`` if present.
+    ``annotator``). ``p_a=None`` means: use a column called ``p_a`` if present;
+    ``p_a=False``: no known-probability column at all.
     """
 
     user: str | None = None
     model_a: str = "model_a"
     model_b: str = "model_b"
     winner: str = "winner"
-    p_a: str | None = None
+    p_a: str | bool | None = None
 
 
 @dataclass
@@ -297,7 +298,9 @@ def _resolve_columns(frame: pd.DataFrame, columns: ColumnMap) -> dict[str, str |
             raise InputError(
                 f"missing required column '{name}' for {role}{hint}; columns present: {', '.join(map(str, present)) or 'none'}"
             )
-    if columns.p_a is not None:
+    if columns.p_a is False:  # explicitly no p_a column (a column named p_a is then ordinary data)
+        resolved["p_a"] = None
+    elif columns.p_a is not None:
         if columns.p_a not in present:
             raise InputError(f"missing column '{columns.p_a}' given for p_a; columns present: {', '.join(map(str, present))}")
         resolved["p_a"] = columns.p_a

@@ -274,18 +274,21 @@ def _write_atomic(frame: pd.DataFrame, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def stage_dpo(frames, path: Path) -> tuple[Path, int]:
-    """Write DPO record frames (an iterable: one pass, bounded memory) to a temporary file beside ``path``.
+def stage_dpo(frames, path: Path, staging_dir: Path | None = None) -> tuple[Path, int]:
+    """Write DPO record frames (an iterable: one pass, bounded memory) to a temporary file.
 
-    Returns the temporary file and the number of records; the caller moves the
-    file into place with ``os.replace`` once everything else succeeded. On any
-    error the temporary file is removed and nothing is left behind.
+    The file is created in ``staging_dir`` (default: beside ``path``; give a
+    folder on the same file system when ``path``'s folder is about to be
+    replaced, e.g. a DPO file inside the output folder). Returns the temporary
+    file and the number of records; the caller moves the file into place with
+    ``os.replace`` once everything else succeeded. On any error the temporary
+    file is removed and nothing is left behind.
     """
     path = Path(path)
     if path.suffix.lower() not in _SUFFIXES:
         raise InputError(f"DPO export path '{path}' must end in .jsonl or .parquet (got '{path.suffix or 'no suffix'}')")
     n_records = 0
-    parent = path.resolve().parent
+    parent = Path(staging_dir) if staging_dir is not None else path.resolve().parent
     parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=parent)
     try:

@@ -308,15 +308,15 @@ class FitResult:
 
         return to_dpo(self, path, **columns)
 
-    def stage_dpo(self, path: str | Path, **columns) -> tuple[Path, int]:
-        """The DPO records written to a temporary file beside ``path`` (see :func:`bayes_annot.export.stage_dpo`).
+    def stage_dpo(self, path: str | Path, staging_dir: str | Path | None = None, **columns) -> tuple[Path, int]:
+        """The DPO records written to a temporary file (see :func:`bayes_annot.export.stage_dpo`).
 
         Returns ``(temporary file, number of records)``; ``os.replace`` it onto
         ``path`` when the rest of a job has succeeded (the CLI does).
         """
         from .export import stage_dpo
 
-        return stage_dpo([self.to_dpo(**columns)], Path(path))
+        return stage_dpo([self.to_dpo(**columns)], Path(path), staging_dir)
 
     def save(self, directory: str | Path, posterior: bool | None = None) -> Path:
         """Write ``users.csv``, ``models.csv``, ``rows.csv``, ``summary.json`` atomically.
@@ -403,7 +403,7 @@ def fit(
     model_a: str = "model_a",
     model_b: str = "model_b",
     winner: str = "winner",
-    p_a: str | None = None,
+    p_a: str | bool | None = None,
     use_p_a: bool = True,
     mu: float | None = None,
     strong_model: str | None = None,
@@ -435,9 +435,11 @@ def fit(
     filter : str
         ``prob:T``, ``fdr:ALPHA``, ``credible:T`` or ``none``.
     user, model_a, model_b, winner, p_a : str
-        Column names (``user`` defaults to ``user``, else ``judge``).
+        Column names (``user`` defaults to ``user``, else ``judge``; ``p_a``
+        to a column named ``p_a`` when present, ``False`` for none).
     use_p_a : bool
-        Use a ``p_a`` column as known attentive probabilities when present.
+        Use a ``p_a`` column as known attentive probabilities when present
+        (``False`` with ``p_a=None``: a column named ``p_a`` is not read).
     mu, strong_model : float, str
         The paper's setting: an attentive user prefers ``strong_model`` with
         probability ``mu`` (other pairs are uninformative).
@@ -484,6 +486,8 @@ def fit(
     if q is not None and not 0.0 < q < 1.0:
         raise InputError(f"q must lie in (0, 1), got {q}")
     rule = parse_filter(filter)
+    if not use_p_a and p_a is None:
+        p_a = False  # ignored: a column named p_a is then not read (nor validated) as probabilities
     input_info: dict = {}
     if isinstance(data, (str, Path)) and _is_parquet_collection(data):
         data = _read_parquet_collection(data)
@@ -726,10 +730,12 @@ def run_block_em(block: Block, problem: EMProblem, model: str, *, priors, q, tol
     """EM on one in-memory block (plain, or with SQUAREM steps kept only when the objective does not decrease)."""
     if start is not None and not problem.learned:
         start = {key: value for key, value in start.items() if key != "strengths"}
-    return run_em(
+    em = run_em(
         LocalRunner([block], block.users.shape[0]), problem.n_models, problem.learned, variant=model, priors=priors,
         q_fixed=q, tol=tol, max_iter=max_iter, start=start, accelerate=accelerate,
     )
+    block.release_pass_caches()  # the block is kept for updates; its pass caches are not needed
+    return em
 
 
 def em_estimates(em: EMResult, model: str, known_strengths: np.ndarray | None) -> Estimates:

@@ -26,9 +26,10 @@ but its work outside the EM passes is proportional to the *new* rows:
   (a plain EM step changing the objective by at most ``tol * (1 + |loglik|)``).
 
 EM converges linearly, so stopping at ``tol`` leaves a small distance to the
-optimum that depends on where EM started: a warm-started fit and a cold refit
-agree to about ``sqrt(tol)``-scale in the parameters; use ``tol=1e-14`` when
-the two must agree to 1e-6.
+optimum that depends on where EM started: at the default ``tol=1e-9`` a
+warm-started fit and a cold refit agree to about 1e-4 in quality and
+strengths; use ``tol=1e-15`` (two-class) or ``1e-16`` (continuous) when the
+two must agree to 1e-6.
 
 :func:`load_start` reads a saved output folder into a label-keyed start (for
 ``bayes-annot fit LOG --warm-start DIR``) and :func:`align_start` maps such a
@@ -129,7 +130,7 @@ class MergedPreparedData(PreparedData):
     @classmethod
     def of(cls, old: PreparedData, user_map, model_map, tail: PreparedData) -> "MergedPreparedData":
         """``old`` (codes mapped by ``user_map``/``model_map``) followed by ``tail`` (merged codes)."""
-        if isinstance(old, MergedPreparedData) and not old._built:
+        if isinstance(old, MergedPreparedData):  # flat: a chain of updates never nests (nor keeps) older merges
             parts = [(p, _compose(u, user_map), _compose(m, model_map)) for p, u, m in old._parts]
         else:
             parts = [(old, user_map, model_map)]
@@ -496,7 +497,9 @@ def update(previous, new_rows, *, accelerate: bool | None = None, **fit_settings
     settings = {key: saved.get(key) for key in _EM_SETTINGS if key in saved}
     if isinstance(settings.get("priors"), dict):
         settings["priors"] = Priors(**settings["priors"])
-    settings.setdefault("filter", str(previous.rule))
+    if "tastes" in previous.summary:
+        raise InputError("an update refits one ranking; this fit has taste classes: refit the whole log with tastes")
+    settings["filter"] = str(previous.rule)  # the rule in force (a .filter() clone's, not the original fit's)
     settings.update(fit_settings)
     old = previous._data
     if not isinstance(new_rows, pd.DataFrame):
@@ -525,7 +528,7 @@ def update(previous, new_rows, *, accelerate: bool | None = None, **fit_settings
 _SAVED_SETTINGS = ("model", "filter", "use_p_a", "mu", "strong_model", "q", "tol", "max_iter")
 
 
-def update_saved(directory: str | Path, new_rows, **overrides):
+def update_saved(directory: str | Path, new_rows, columns: dict | None = None, **overrides):
     """Refit a saved fit's rows plus new rows, warm-started from the saved folder (``fit NEW --update DIR``).
 
     The saved ``rows.csv`` holds every input row of the previous fit, so the
@@ -541,7 +544,10 @@ def update_saved(directory: str | Path, new_rows, **overrides):
     directory : str or Path
         A folder written by ``bayes-annot fit`` / :meth:`FitResult.save`.
     new_rows : pandas.DataFrame or path
-        The new annotations, with the previous fit's id columns.
+        The new annotations (a single file), with the previous fit's id columns.
+    columns : dict, optional
+        Role (``user``, ``model_a``, ``model_b``, ``winner``, ``p_a``) -> column
+        name in ``new_rows`` when it differs from the saved fit's.
     **overrides
         Any of ``model, filter, use_p_a, mu, strong_model, q, tol, max_iter``.
 
@@ -549,12 +555,16 @@ def update_saved(directory: str | Path, new_rows, **overrides):
     -------
     FitResult
     """
-    from .data import read_table
+    from .data import ColumnMap, read_table
     from .fit import fit, load
 
     unknown = set(overrides) - set(_SAVED_SETTINGS)
     if unknown:
         raise TypeError(f"update_saved() got unexpected setting(s): {', '.join(sorted(unknown))}")
+    directory = Path(directory)
+    for name in ("summary.json", "rows.csv"):
+        if not (directory / name).exists():
+            raise InputError(f"'{directory}' holds no bayes_annot results to update ({name} missing)")
     saved = load(directory)
     summary = saved.summary
     saved_settings = summary.get("settings", {})
@@ -562,25 +572,37 @@ def update_saved(directory: str | Path, new_rows, **overrides):
         raise InputError(
             f"'{directory}' was fitted with taste classes; an update refits one ranking: fit the whole log with --tastes"
         )
-    columns = saved_settings.get("columns") or {}
-    if not isinstance(new_rows, pd.DataFrame):
+    saved_columns = dict(saved_settings.get("columns") or {})
+    if isinstance(new_rows, (str, Path)):
+        if Path(new_rows).is_dir() or any(ch in str(new_rows) for ch in "*?["):
+            raise InputError(f"--update reads one file of new rows (.csv, .parquet, .json, .jsonl), got '{new_rows}'")
         new_rows = read_table(new_rows)
-    needed = [columns[r] for r in ("user", "model_a", "model_b", "winner") if columns.get(r)]
-    if columns.get("p_a") and saved_settings.get("use_p_a", True):
-        needed.append(columns["p_a"])
-    missing = [c for c in needed if c not in new_rows.columns]
-    if missing:
-        raise InputError(
-            f"new rows lack column(s) {', '.join(repr(c) for c in missing)} that the fit in '{directory}' used"
-        )
-    old_rows = saved.rows.drop(columns=["kept", "reason", "weight"])
-    old_rows = old_rows.rename(columns={f"input_{c}": c for c in ("kept", "reason", "weight")})
     settings = {key: saved_settings[key] for key in _SAVED_SETTINGS if key in saved_settings}
     settings.update(overrides)
+    use_p_a = bool(settings.get("use_p_a", True))
+    p_a = saved_columns.get("p_a") if use_p_a and saved_columns.get("p_a") else False
+    # the new rows' columns under the saved names
+    renames = {}
+    for role, name in (columns or {}).items():
+        target = saved_columns.get(role) or {"p_a": "p_a"}.get(role, role)
+        if name != target:
+            if name not in new_rows.columns:
+                raise InputError(f"new rows have no column '{name}' (given for {role})")
+            renames[name] = target
+    new_rows = new_rows.rename(columns=renames)
+    role_map = ColumnMap(
+        user=saved_columns.get("user"), model_a=saved_columns.get("model_a", "model_a"),
+        model_b=saved_columns.get("model_b", "model_b"), winner=saved_columns.get("winner", "winner"), p_a=p_a,
+    )
+    try:
+        prepare(new_rows, role_map)  # the new rows alone: errors name their own row numbers
+    except InputError as exc:
+        raise InputError(f"new rows: {exc}") from None
+    old_rows = saved.rows.drop(columns=["kept", "reason", "weight"])
+    old_rows = old_rows.rename(columns={f"input_{c}": c for c in ("kept", "reason", "weight")})
     priors = Priors(**saved_settings["priors"]) if isinstance(saved_settings.get("priors"), dict) else None
     merged = pd.concat([old_rows, new_rows], ignore_index=True)
     return fit(
-        merged, method="em", user=columns.get("user"), model_a=columns.get("model_a", "model_a"),
-        model_b=columns.get("model_b", "model_b"), winner=columns.get("winner", "winner"), p_a=columns.get("p_a"),
-        priors=priors, start=Path(directory), **settings,
+        merged, method="em", user=role_map.user, model_a=role_map.model_a, model_b=role_map.model_b,
+        winner=role_map.winner, p_a=p_a, priors=priors, start=directory, **settings,
     )

@@ -310,3 +310,103 @@ def test_cli_update_refits_saved_rows_plus_new_rows(tmp_path, variant):
     new.drop(columns="winner").to_csv(tmp_path / "bad.csv", index=False)
     assert main(["fit", str(tmp_path / "bad.csv"), "--update", str(tmp_path / "day1"), "--out", str(tmp_path / "x")]) == 2
     assert not (tmp_path / "x").exists()
+
+
+# --------------------------------------------------------------------------- review fixes
+
+
+def _texted(seed=30):
+    log = ba.simulate(n_users=300, n_models=4, labels_per_user=(3, 20), with_text=True, seed=seed)
+    return log[["user", "model_a", "model_b", "winner", "prompt", "response_a", "response_b"]].astype(str)
+
+
+def test_cli_dpo_inside_the_output_folder(tmp_path):
+    from bayes_annot.cli import main
+
+    log = _texted()
+    old, new = log.iloc[:-200], log.iloc[-200:]
+    old.to_csv(tmp_path / "old.csv", index=False)
+    new.to_csv(tmp_path / "new.csv", index=False)
+    out = tmp_path / "res"
+    assert main(["fit", str(tmp_path / "old.csv"), "--out", str(out), "--dpo", str(out / "dpo.jsonl"), "--quiet"]) == 0
+    first = (out / "dpo.jsonl").read_text().splitlines()
+    assert len(first) > 0 and (out / "users.csv").exists()
+    # nightly update in place, DPO file inside the folder that is replaced
+    assert main(["fit", str(tmp_path / "new.csv"), "--update", str(out), "--out", str(out),
+                 "--dpo", str(out / "sub" / "dpo.parquet"), "--quiet"]) == 0
+    assert len(pd.read_parquet(out / "sub" / "dpo.parquet")) > len(first) * 0.9
+    assert not [p for p in tmp_path.rglob(".*") if "tmp" in p.name]
+
+
+def test_update_saved_p_a_column_choices(tmp_path):
+    from bayes_annot.incremental import update_saved
+
+    log = ba.simulate(n_users=300, n_models=4, labels_per_user=(5, 20), known_mu=0.8, seed=31)
+    log = log[["user", "model_a", "model_b", "winner", "p_a"]]
+    old, new = log.iloc[:-200].reset_index(drop=True), log.iloc[-200:].reset_index(drop=True)
+    # saved fit ignored p_a; new rows have none at all
+    ba.fit(old, use_p_a=False).save(tmp_path / "no_p_a")
+    updated = update_saved(tmp_path / "no_p_a", new.drop(columns="p_a"))
+    assert updated.summary["strengths"] == "learned"
+    reference = ba.fit(pd.concat([old.astype(str), new.drop(columns="p_a")], ignore_index=True), use_p_a=False)
+    np.testing.assert_allclose(updated.users.quality, reference.users.quality, atol=1e-4)
+    # saved fit had no p_a column; new rows bring one: it stays ordinary data
+    ba.fit(old.drop(columns="p_a")).save(tmp_path / "plain")
+    assert update_saved(tmp_path / "plain", new).summary["strengths"] == "learned"
+    # saved fit used p_a: the new rows must have it
+    ba.fit(old).save(tmp_path / "known")
+    assert update_saved(tmp_path / "known", new).summary["strengths"].startswith("known")
+    with pytest.raises(ba.InputError, match="p_a"):
+        update_saved(tmp_path / "known", new.drop(columns="p_a"))
+
+
+def test_cli_update_options_written_on_the_command_line_override(tmp_path, capsys):
+    from bayes_annot.cli import main
+
+    old, new = _split("continuous", seed=32, n_users=300)
+    old.to_csv(tmp_path / "old.csv", index=False)
+    new.rename(columns={"user": "judge_id"}).to_csv(tmp_path / "new.csv", index=False)
+    assert main(["fit", str(tmp_path / "old.csv"), "--model", "continuous", "--filter", "fdr:0.1",
+                 "--out", str(tmp_path / "d1"), "--quiet"]) == 0
+    # default-valued options still override, and --user names the new file's column
+    assert main(["fit", str(tmp_path / "new.csv"), "--update", str(tmp_path / "d1"), "--model", "two-class",
+                 "--filter", "prob:0.5", "--user", "judge_id", "--out", str(tmp_path / "d2"), "--quiet"]) == 0
+    saved = ba.load(tmp_path / "d2")
+    assert saved.summary["model"] == "two-class" and saved.summary["filter"]["rule"] == "prob:0.5"
+    assert len(saved.rows) == len(old) + len(new) and saved.summary["settings"]["columns"]["user"] == "user"
+    # errors: the new file's own row numbers; a folder without results; a folder as input
+    bad = new.copy()
+    bad.loc[2, "winner"] = "nobody"
+    bad.to_csv(tmp_path / "bad.csv", index=False)
+    assert main(["fit", str(tmp_path / "bad.csv"), "--update", str(tmp_path / "d1"), "--out", str(tmp_path / "x")]) == 2
+    assert "new rows" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "summary.json").write_text((tmp_path / "d1" / "summary.json").read_text())
+    assert main(["fit", str(tmp_path / "new.csv"), "--update", str(tmp_path / "empty"), "--out", str(tmp_path / "x")]) == 2
+    assert main(["fit", str(tmp_path), "--update", str(tmp_path / "d1"), "--out", str(tmp_path / "x")]) == 2
+    assert not (tmp_path / "x").exists()
+
+
+def test_chained_updates_keep_a_flat_list_of_parts():
+    from bayes_annot.incremental import MergedPreparedData
+
+    log = ba.simulate(n_users=300, n_models=4, labels_per_user=(3, 20), seed=33)[["user", "model_a", "model_b", "winner"]]
+    batches = np.array_split(np.arange(len(log)), 6)
+    result = ba.fit(log.iloc[batches[0]])
+    for batch in batches[1:]:
+        result = result.update(log.iloc[batch])
+        _ = result.rows  # materialise, as save() does
+    parts = result._data._parts
+    assert len(parts) == 6 and not any(isinstance(p, MergedPreparedData) for p, _, _ in parts)
+    assert result._state.block._counts is None  # the kept block drops its pass caches
+    pd.testing.assert_frame_equal(result.rows.drop(columns=["kept", "reason", "weight"]),
+                                  log.reset_index(drop=True), check_dtype=False)
+
+
+def test_update_uses_the_filter_in_force_and_refuses_taste_classes():
+    old, new = _split("two-class", seed=34, n_users=300)
+    previous = ba.fit(old).filter("fdr:0.1")
+    assert previous.update(new).summary["filter"]["rule"] == "fdr:0.1"
+    tasted = ba.fit(old, tastes=2)
+    with pytest.raises(ba.InputError, match="taste"):
+        tasted.update(new)
