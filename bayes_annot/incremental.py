@@ -79,8 +79,9 @@ def _sorted_union(old: np.ndarray, new: np.ndarray) -> tuple[np.ndarray, np.ndar
     if found.all():
         return old, None, position.astype(np.int32)
     inserted_at = position[~found]  # nondecreasing, since ``new`` is sorted
-    union = np.insert(old.astype(np.result_type(old, new)), inserted_at, new[~found])
-    old_map = np.arange(n_old) + np.searchsorted(inserted_at, np.arange(n_old), side="right")
+    union = np.insert(np.asarray(old, dtype=np.result_type(old, new)), inserted_at, new[~found])
+    # old label i moves right by the number of labels inserted at or before it
+    old_map = np.arange(n_old) + np.cumsum(np.bincount(inserted_at, minlength=n_old + 1))[:n_old]
     new_map = np.empty(new.shape[0], dtype=np.int64)
     new_map[found] = old_map[position[found]]
     new_map[~found] = inserted_at + np.arange(inserted_at.shape[0])
@@ -205,8 +206,8 @@ def _merge(old: PreparedData, new: PreparedData) -> _Merge:
     old_m, new_m = old.label_text("model"), new.label_text("model")
     users, user_map, umap_new = _sorted_union(old_u, new_u)
     models, model_map, mmap_new = _sorted_union(old_m, new_m)
-    user_labels = old.user_labels if user_map is None else users.astype(object)
-    model_labels = old.model_labels if model_map is None else models.astype(object)
+    user_labels = _merged_labels(old.user_labels, user_map, users)
+    model_labels = _merged_labels(old.model_labels, model_map, models)
     tail = PreparedData(
         frame=new.frame, columns=dict(old.columns), user_labels=user_labels, model_labels=model_labels,
         user=umap_new[new.user], model_a=mmap_new[new.model_a], model_b=mmap_new[new.model_b],
@@ -219,6 +220,18 @@ def _merge(old: PreparedData, new: PreparedData) -> _Merge:
         merged._label_text[f"{kind}_array"] = _merged_label_array(old.label_array(kind), mapping, vocabulary)
     tail.set_label_text(users, models)
     return _Merge(merged, tail, user_map, model_map)
+
+
+def _merged_labels(old_labels: np.ndarray, mapping: np.ndarray | None, vocabulary: np.ndarray) -> np.ndarray:
+    """The merged vocabulary as an object array: the old label objects, the new ones inserted (no re-conversion)."""
+    if mapping is None:
+        return old_labels
+    out = np.empty(vocabulary.shape[0], dtype=object)
+    added = np.ones(vocabulary.shape[0], dtype=bool)
+    added[mapping] = False
+    out[mapping] = old_labels
+    out[added] = vocabulary[added].astype(object)
+    return out
 
 
 def _merged_label_array(old_array, mapping: np.ndarray | None, vocabulary: np.ndarray):
