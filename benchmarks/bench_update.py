@@ -156,8 +156,8 @@ def markdown(results: list[dict], agreements: list[dict], machine: str, repeat: 
         )
     lines += [
         "",
-        "Why the continuous model gains less: its EM converges linearly and slowly (about 32 passes over all "
-        "labels from scratch); a warm start saves about two thirds of the passes (11 left, with SQUAREM), but "
+        "Why the continuous model gains less: its EM converges linearly and slowly (about 30 passes over all "
+        "labels from scratch); a warm start saves about two thirds of the passes (about 11 left, with SQUAREM), but "
         "every pass still touches every label, so the update is bounded near the ratio of passes plus the "
         "encoding it skips. The two-class model needs 8 passes from scratch and 2 after a warm start.",
         "",

@@ -157,7 +157,8 @@ def _rebuild_data(rows: pd.DataFrame | None, summary: dict):
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return prepare(frame, ColumnMap(**{k: v for k, v in resolved.items() if k != "p_a" or v}))
+            resolved["p_a"] = resolved.get("p_a") or False  # the fit used no p_a column: do not pick one up
+            return prepare(frame, ColumnMap(**resolved))
     except Exception:  # noqa: BLE001 - the report degrades, it does not fail
         return None
 
