@@ -573,6 +573,7 @@ def fit(
         "max_iter": max_iter,
         "seed": seed,
         "accelerate": bool(accelerate if accelerate is not None else model == "continuous") if method == "em" else None,
+        "warm_start": start is not None,
     }
     if method == "nuts":
         settings.update(draws=draws, tune=tune, chains=chains, sampler=sampler)
