@@ -678,6 +678,35 @@ def _em_iterations(evaluate, params, *, tol, max_iter, callback, squarem=None):
     return params, trace, iteration, converged
 
 
+def _shared_m_step(st: dict, q, strengths, k: int, learned: bool, priors: Priors, q_fixed):
+    """M-step of the parameters both variants share: ``q`` (unless fixed) and the strengths (Bradley–Terry)."""
+    new_q = q if q_fixed is not None else float(_update_q(st["casual_a"], st["casual"], priors))
+    new_s = strengths
+    if learned:
+        w1, w0 = _split_cells(st["cells"], k)
+        new_s = fit_bradley_terry(w1, w0, priors.strength_sigma, start=strengths)
+    return float(new_q), new_s
+
+
+def _pack_shared(head: list, q, s, q_fixed, learned: bool) -> np.ndarray:
+    """SQUAREM vector: the variant's own parameters (``head``), then ``logit(q)`` (if free) and the strengths."""
+    parts = list(head)
+    if q_fixed is None:
+        parts.append(np.array([logit(q)]))
+    if learned:
+        parts.append(s)
+    return np.concatenate(parts)
+
+
+def _unpack_shared(x: np.ndarray, i: int, q_fixed, learned: bool):
+    """``(q, strengths)`` from a SQUAREM vector whose shared part starts at ``i``."""
+    q = q_fixed
+    if q_fixed is None:
+        q = float(expit(x[i]))
+        i += 1
+    return q, (x[i:].copy() if learned else None)
+
+
 def _run_two_class(runner, k, learned, priors, q_fixed, tol, max_iter, start, strengths, q, callback, accelerate):
     pi = float(start.get("pi") or 0.5)
 
@@ -688,30 +717,14 @@ def _run_two_class(runner, k, learned, priors, q_fixed, tol, max_iter, start, st
             np.zeros(1), np.zeros(1), np.zeros(1, bool), pi, q, strengths, priors, q_fixed is None
         )
         new_pi = (st["p_active"] + priors.pi_alpha - 1.0) / (st["n_active"] + priors.pi_alpha + priors.pi_beta - 2.0)
-        new_q = q if q_fixed is not None else _update_q(st["casual_a"], st["casual"], priors)
-        new_s = strengths
-        if learned:
-            w1, w0 = _split_cells(st["cells"], k)
-            new_s = fit_bradley_terry(w1, w0, priors.strength_sigma, start=strengths)
-        return value, (float(new_pi), float(new_q), new_s)
+        new_q, new_s = _shared_m_step(st, q, strengths, k, learned, priors, q_fixed)
+        return value, (float(new_pi), new_q, new_s)
 
     def pack(pi, q, s):
-        parts = [np.array([logit(pi)])]
-        if q_fixed is None:
-            parts.append(np.array([logit(q)]))
-        if learned:
-            parts.append(s)
-        return np.concatenate(parts)
+        return _pack_shared([np.array([logit(pi)])], q, s, q_fixed, learned)
 
     def unpack(x, like):
-        pi = float(expit(x[0]))
-        i = 1
-        qq = q_fixed
-        if q_fixed is None:
-            qq = float(expit(x[1]))
-            i = 2
-        s = x[i:].copy() if learned else None
-        return pi, qq, s
+        return (float(expit(x[0])), *_unpack_shared(x, 1, q_fixed, learned))
 
     def valid(params):
         return 0.0 < params[0] < 1.0 and (params[1] is None or 0.0 < params[1] < 1.0)
@@ -743,35 +756,18 @@ def _run_continuous(runner, k, learned, priors, q_fixed, tol, max_iter, start, s
         new_m = (st["theta_sum"] / tau**2 + priors.eta_m_mu / priors.eta_m_sigma**2) / (
             n_users / tau**2 + 1.0 / priors.eta_m_sigma**2
         )
-        new_q = q if q_fixed is not None else float(_update_q(st["casual_a"], st["casual"], priors))
-        new_s = strengths
-        if learned:
-            w1, w0 = _split_cells(st["cells"], k)
-            new_s = fit_bradley_terry(w1, w0, priors.strength_sigma, start=strengths)
+        new_q, new_s = _shared_m_step(st, q, strengths, k, learned, priors, q_fixed)
         return value, (new_thetas, float(new_m), new_q, new_s)
 
     def pack(thetas, m, q, s):
-        parts = [np.concatenate(thetas), np.array([m])]
-        if q_fixed is None:
-            parts.append(np.array([logit(q)]))
-        if learned:
-            parts.append(s)
-        return np.concatenate(parts)
+        return _pack_shared([np.concatenate(thetas), np.array([m])], q, s, q_fixed, learned)
 
     def unpack(x, like):
-        sizes = [t.shape[0] for t in like[0]]
         pieces, i = [], 0
-        for size in sizes:
+        for size in (t.shape[0] for t in like[0]):
             pieces.append(x[i : i + size].copy())
             i += size
-        m = float(x[i])
-        i += 1
-        qq = q_fixed
-        if q_fixed is None:
-            qq = float(expit(x[i]))
-            i += 1
-        s = x[i:].copy() if learned else None
-        return pieces, m, qq, s
+        return (pieces, float(x[i]), *_unpack_shared(x, i + 1, q_fixed, learned))
 
     def valid(params):
         return params[2] is None or 0.0 < params[2] < 1.0

@@ -34,3 +34,14 @@ def find_crowdkit_python(explicit: str | None) -> str | None:
         return sys.executable
     except ImportError:
         return None
+
+
+def write_outputs(markdown: str, raw, out: str, json_path: str | None) -> None:
+    """Write a benchmark's markdown page (and its raw figures as JSON), then print the page."""
+    import json
+
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(markdown + "\n", encoding="utf-8")
+    if json_path:
+        Path(json_path).write_text(json.dumps(raw, indent=1, default=str), encoding="utf-8")
+    print(markdown)

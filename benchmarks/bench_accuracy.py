@@ -37,7 +37,7 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
-from _common import find_crowdkit_python, machine  # noqa: E402
+from _common import find_crowdkit_python, machine, write_outputs  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
@@ -460,11 +460,7 @@ def main(argv=None) -> int:
         args.users, args.seeds, args.splits = 300, 2, 2
     python = None if args.no_crowdkit else find_crowdkit_python(args.crowdkit_python)
     md, raw = run(n_users=args.users, seeds=tuple(range(args.seeds)), splits=args.splits, crowdkit_python=python)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(md + "\n", encoding="utf-8")
-    if args.json:
-        Path(args.json).write_text(json.dumps(raw, indent=1, default=str), encoding="utf-8")
-    print(md)
+    write_outputs(md, raw, args.out, args.json)
     return 0
 
 

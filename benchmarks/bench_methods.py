@@ -33,7 +33,6 @@ os.environ.setdefault("PYTENSOR_FLAGS", f"base_compiledir={Path(__file__).resolv
 
 import argparse  # noqa: E402
 import datetime as dt  # noqa: E402
-import json  # noqa: E402
 import logging  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -59,6 +58,7 @@ from bench_accuracy import (  # noqa: E402
     machine,
     realised_fdr,
     run_crowdkit,
+    write_outputs,
 )
 
 FDR_RULE = "fdr:0.1"
@@ -428,11 +428,7 @@ def main(argv=None) -> int:
     md, raw = run(n_users=args.users, seeds=tuple(range(args.seeds)), nuts_users=args.nuts_users,
                   nuts_seeds=tuple(range(args.nuts_seeds)), engines=engines, ds_users=args.ds_users,
                   ds_seeds=tuple(range(args.ds_seeds)), crowdkit_python=python)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(md + "\n", encoding="utf-8")
-    if args.json:
-        Path(args.json).write_text(json.dumps(raw, indent=1, default=str), encoding="utf-8")
-    print(md)
+    write_outputs(md, raw, args.out, args.json)
     return 0
 
 
