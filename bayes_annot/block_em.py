@@ -45,14 +45,6 @@ def _sort_order(values: np.ndarray) -> np.ndarray:
     return key & ((1 << bits) - 1)
 
 
-def _segment_starts(sorted_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Start index and value of each run of equal values in a sorted array."""
-    if sorted_values.shape[0] == 0:
-        return np.zeros(0, dtype=np.int64), sorted_values[:0]
-    starts = np.flatnonzero(np.r_[True, sorted_values[1:] != sorted_values[:-1]])
-    return starts, sorted_values[starts]
-
-
 @dataclass
 class Block:
     """The labels of a set of users, sorted by user, ready for EM passes.
