@@ -7,6 +7,7 @@ code 2, leaving no output behind; warnings print as ``bayes-annot: warning: ...`
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import sys
 import tempfile
@@ -14,6 +15,7 @@ import warnings
 from pathlib import Path
 
 from .errors import InputError
+from .outdir import _umask
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 1
@@ -55,7 +57,8 @@ def _build_parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "input", help="comparison log: .csv, .parquet, .json (Arena battles) or .jsonl; a folder or glob of parquet files is fitted with Dask"
     )
-    fit.add_argument("--out", required=True, help="output folder (replaced atomically)")
+    fit.add_argument("--out", required=True,
+                     help="output folder: created, or replaced all at once when empty or holding bayes_annot results only")
     cols = fit.add_argument_group("columns")
     cols.add_argument("--user", default=None, help="user column (default: 'user', else 'judge')")
     cols.add_argument("--model-a", default="model_a", help="column of the model shown first")
@@ -89,6 +92,10 @@ def _build_parser() -> argparse.ArgumentParser:
                      "with DIR's settings (options given here override them; column options name INPUT's columns)")
     fit.add_argument("--report", action="store_true", help="also write DIR/report.html (diagnostics report)")
     fit.add_argument("--dpo", default=None, help="also export kept labels for DPO training (.jsonl or .parquet)")
+    fit.add_argument("--format", default="csv", choices=["csv", "parquet"],
+                     help="file format of the users/models/rows tables (default csv); both read back equal")
+    fit.add_argument("--safe-csv", action="store_true",
+                     help="prefix ' to text cells starting with = + - @ (spreadsheet formula injection); load() undoes it")
     fit.add_argument("--quiet", action="store_true", help="print nothing but errors")
 
     sim = sub.add_parser("simulate", help="write a synthetic comparison log with truth columns")
@@ -108,6 +115,7 @@ def _build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="rebuild the HTML diagnostics report from a saved output folder")
     report.add_argument("directory", help="a folder written by 'bayes-annot fit'")
     report.add_argument("--out", default=None, help="report file (default DIRECTORY/report.html)")
+    report.add_argument("--quiet", action="store_true", help="print nothing but errors")
 
     demo = sub.add_parser("demo", help="run the main job on the embedded demo log")
     demo.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
@@ -124,6 +132,7 @@ def _write_frame(frame, path: Path) -> None:
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(handle)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())
         if suffix == ".csv":
             frame.to_csv(tmp, index=False)
         elif suffix == ".parquet":
@@ -155,7 +164,8 @@ def _print_summary(result, out: Path) -> None:
     top = result.models.sort_values("strength", ascending=False)
     if top["strength"].notna().any():
         print("  strongest models: " + ", ".join(f"{m} ({v:+.2f})" for m, v in zip(top.model[:5], top.strength[:5])))
-    print(f"wrote {out}/users.csv, models.csv, rows.csv, summary.json")
+    fmt = s["settings"].get("format", "csv") if isinstance(s.get("settings"), dict) else "csv"
+    print(f"wrote {out}/users.{fmt}, models.{fmt}, rows.{fmt}, summary.json")
 
 
 def _given_options(argv) -> set[str]:
@@ -181,77 +191,73 @@ def _update_overrides(args) -> tuple[dict, dict]:
     return settings, columns
 
 
+def _input_paths(text: str) -> list[Path]:
+    """The files (or folder) INPUT names: a file, a folder of parquet files, or a glob."""
+    if any(ch in text for ch in "*?["):
+        return [Path(p) for p in sorted(glob.glob(text))]
+    return [Path(text)]
+
+
+def _waiting(args):
+    return None if args.quiet else (lambda message: print(f"bayes-annot: {message}", file=sys.stderr))
+
+
 def _cmd_fit(args) -> int:
+    from .export import DPO_COLUMNS
     from .fit import fit
+    from .outdir import check_dpo_target, check_target, locked
 
     if args.update is not None:
         if args.warm_start is not None:
             raise InputError("--update and --warm-start exclude each other (--update already starts from DIR)")
         if args.method != "em" or args.tastes != 1:
             raise InputError("--update refits by EM with one ranking: drop --method/--tastes")
-        from .incremental import update_saved
-
-        settings, columns = _update_overrides(args)
-        result = update_saved(args.update, args.input, columns=columns, **settings)
-        return _write_fit_outputs(result, args)
-    result = fit(
-        args.input,
-        model=args.model,
-        method=args.method,
-        filter=args.filter,
-        user=args.user,
-        model_a=args.model_a,
-        model_b=args.model_b,
-        winner=args.winner,
-        p_a=args.p_a,
-        use_p_a=not args.no_p_a,
-        mu=args.mu,
-        strong_model=args.strong_model,
-        q=args.q,
-        tastes=args.tastes,
-        tol=args.tol,
-        max_iter=args.max_iter,
-        draws=args.draws,
-        tune=args.tune,
-        chains=args.chains,
-        sampler=args.sampler,
-        progress=None,
-        seed=args.seed,
-        start=args.warm_start,
-    )
-    return _write_fit_outputs(result, args)
-
-
-def _write_fit_outputs(result, args) -> int:
-    out = Path(args.out)
-    staged = None
+    # every output-path problem is found before any fitting
+    inputs = _input_paths(args.input)
+    target = check_target(args.out, inputs)
     if args.dpo:
-        from .export import _SUFFIXES
+        check_dpo_target(args.dpo, target, DPO_COLUMNS, inputs)
+    with locked(target, _waiting(args)):  # one writer per folder: an update reads, fits and writes under the lock
+        if args.update is not None:
+            from .incremental import update_saved
 
-        if Path(args.dpo).suffix.lower() not in _SUFFIXES:
-            raise InputError(f"--dpo '{args.dpo}': expected a .jsonl or .parquet file")
-        # written (and its text validated) to a temporary file first: a bad text column leaves nothing behind.
-        # A DPO file inside the output folder is staged beside that folder, which save() replaces.
-        dpo_path = Path(args.dpo).resolve()
-        inside = dpo_path.is_relative_to(out.resolve())
-        staged = result.stage_dpo(args.dpo, staging_dir=out.resolve().parent if inside else None)
-    try:
-        result.save(out)
-        if args.report:
-            result.report(out / "report.html")
-    except BaseException:
-        if staged is not None:
-            staged[0].unlink(missing_ok=True)
-        raise
-    if staged is not None:
-        Path(args.dpo).resolve().parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staged[0], args.dpo)
+            settings, columns = _update_overrides(args)
+            result = update_saved(args.update, args.input, columns=columns, **settings)
+        else:
+            result = fit(
+                args.input,
+                model=args.model,
+                method=args.method,
+                filter=args.filter,
+                user=args.user,
+                model_a=args.model_a,
+                model_b=args.model_b,
+                winner=args.winner,
+                p_a=args.p_a,
+                use_p_a=not args.no_p_a,
+                mu=args.mu,
+                strong_model=args.strong_model,
+                q=args.q,
+                tastes=args.tastes,
+                tol=args.tol,
+                max_iter=args.max_iter,
+                draws=args.draws,
+                tune=args.tune,
+                chains=args.chains,
+                sampler=args.sampler,
+                progress=None,
+                seed=args.seed,
+                start=args.warm_start,
+            )
+        result.summary.setdefault("settings", {})["format"] = args.format
+        result.save(target, report=args.report, dpo=args.dpo, format=args.format, safe_csv=args.safe_csv,
+                    inputs=inputs, on_wait=_waiting(args))
     if not args.quiet:
-        _print_summary(result, out)
+        _print_summary(result, Path(args.out))
         if args.report:
-            print(f"wrote {out / 'report.html'}")
-        if staged is not None:
-            print(f"wrote {staged[1]} preference pairs to {args.dpo}")
+            print(f"wrote {Path(args.out) / 'report.html'}")
+        if args.dpo:
+            print(f"wrote {result.summary['counts']['kept_rows']} preference pairs to {args.dpo}")
     return 0
 
 
@@ -281,13 +287,20 @@ def _cmd_simulate(args) -> int:
 
 
 def _cmd_report(args) -> int:
-    from .report import build_report_from_dir
+    from .outdir import add_file, locked
+    from .report import build_report, render_report
 
     directory = Path(args.directory)
     if not (directory / "summary.json").exists():
         raise InputError(f"'{directory}' holds no bayes_annot results (summary.json missing)")
-    path = build_report_from_dir(directory, args.out)
-    print(f"wrote {path}")
+    if args.out is not None:
+        path = build_report(directory, args.out)
+    else:
+        with locked(Path(os.path.abspath(directory)), _waiting(args)):
+            text = render_report(directory)
+            path = add_file(directory, "report.html", text.encode("utf-8"))
+    if not args.quiet:
+        print(f"wrote {path}")
     return 0
 
 
@@ -302,9 +315,7 @@ def _cmd_demo(args) -> int:
         f"{DEMO_SETTINGS['casual_share']:.0%} casual (seed {DEMO_SETTINGS['seed']})"
     )
     result = fit(log, filter="fdr:0.1", seed=args.seed)
-    result.save(out)
-    result.to_dpo(out / "dpo.jsonl")
-    result.report(out / "report.html")
+    result.save(out, report=True, dpo=out / "dpo.jsonl")
     _print_summary(result, out)
     print(f"wrote {out}/report.html and {out}/dpo.jsonl")
     from .metrics import auc

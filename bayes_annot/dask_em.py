@@ -65,6 +65,7 @@ from .data import ColumnMap, _encode_p_a, _encode_winner, _resolve_columns, _uni
 from .em import EMResult
 from .errors import InputError
 from .likelihood import Priors
+from .tables import input_renames
 
 __all__ = ["DaskFit", "fit_dask", "to_rows", "DaskRunner", "LocalRunner", "Block", "make_block", "run_em"]
 
@@ -536,8 +537,8 @@ def to_rows(ddf, fit: DaskFit, keep: np.ndarray, quality: np.ndarray | None = No
     ``weight`` are renamed ``input_<name>`` as in ``FitResult.rows``.
     """
     quality = fit.em.quality if quality is None else quality
-    clashes = {"kept", "reason", "weight"}
-    out_columns = [f"input_{c}" if c in clashes else c for c in ddf.columns]
+    renames = input_renames(ddf.columns)
+    out_columns = [renames.get(c, c) for c in ddf.columns]
     meta = ddf._meta.copy()
     meta.columns = out_columns
     meta["kept"] = pd.Series([], dtype=bool)

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -149,26 +147,28 @@ class DaskFitResult:
 
         return build_report(self, path, **options)
 
-    def save(self, directory) -> Path:
-        """Write ``users.csv``, ``models.csv``, ``rows.csv`` (streamed from the workers) and ``summary.json``."""
-        from .fit import _replace_directory
+    def save(self, directory, *, report: bool = False, dpo=None, format: str = "csv", safe_csv: bool = False,
+             inputs=(), on_wait=None) -> Path:
+        """Write the result folder as :meth:`bayes_annot.fit.FitResult.save` does, all or nothing.
 
-        directory = Path(directory)
-        parent = directory.resolve().parent
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=parent))
-        try:
-            self.users.to_csv(tmp / "users.csv", index=False)
-            self.models.to_csv(tmp / "models.csv", index=False)
-            self.rows.to_csv(str(tmp / "rows.csv"), single_file=True, index=False)
-            with open(tmp / "summary.json", "w", encoding="utf-8") as handle:
-                json.dump(self.summary, handle, indent=2, allow_nan=False)
-                handle.write("\n")
-            _replace_directory(tmp, directory)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return directory
+        The rows are streamed from the workers one partition at a time into
+        one ``rows`` table; a DPO export (``dpo``) is streamed the same way.
+        """
+        from .outdir import ResultWriter
+        from .tables import input_renames
+
+        with ResultWriter(directory, inputs=inputs, fmt=format, safe_csv=safe_csv, on_wait=on_wait) as out:
+            out.table("users", self.users)
+            out.table("models", self.models)
+            renames = input_renames(self._ddf.columns)
+            out.stream_table("rows", (part.compute() for part in self.rows.to_delayed()),
+                             renamed_input_columns={new: old for old, new in renames.items()})
+            out.json("summary.json", self.summary)
+            if report:
+                self.report(out.path("report.html"))
+            if dpo is not None:
+                out.extra_file(dpo, lambda path: self.to_dpo(path))
+        return out.target
 
     def __repr__(self) -> str:
         c = self.summary["counts"]

@@ -10,9 +10,6 @@ fitted attributes end in ``_``).
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -31,12 +28,12 @@ from .block_em import Block, EMState, LocalRunner, make_block, run_em
 from .em import EMProblem, EMResult
 from .errors import FitWarning, InputError
 from .likelihood import Priors
+from .tables import OUTPUT_COLUMNS, input_renames  # noqa: F401  (OUTPUT_COLUMNS: public name)
 
 __all__ = ["Estimates", "FitResult", "UserQualityModel", "fit", "load", "build_problem", "pair_counts", "graph_components"]
 
 VARIANTS = ("two-class", "continuous")
 METHODS = ("em", "map", "nuts")
-OUTPUT_COLUMNS = ("kept", "reason", "weight")
 
 
 @dataclass
@@ -245,9 +242,9 @@ class FitResult:
             code = np.where(data.usable, np.where(row_kept, 0, 3), data.reason_code).astype(np.int8)
             reason = pd.Categorical.from_codes(code, categories=["ok", "tie", "same_model", "user_low_quality"])
             rows = data.frame.copy()
-            clashes = [c for c in OUTPUT_COLUMNS if c in rows.columns]
-            if clashes:
-                rows = rows.rename(columns={c: f"input_{c}" for c in clashes})
+            renames = input_renames(rows.columns)
+            if renames:
+                rows = rows.rename(columns=renames)
             rows["kept"] = row_kept
             rows["reason"] = reason
             rows["weight"] = self.estimates.quality[data.user]
@@ -308,44 +305,65 @@ class FitResult:
 
         return to_dpo(self, path, **columns)
 
-    def stage_dpo(self, path: str | Path, staging_dir: str | Path | None = None, **columns) -> tuple[Path, int]:
-        """The DPO records written to a temporary file (see :func:`bayes_annot.export.stage_dpo`).
+    def save(
+        self,
+        directory: str | Path,
+        posterior: bool | None = None,
+        *,
+        report: bool = False,
+        dpo: str | Path | None = None,
+        format: str = "csv",
+        safe_csv: bool = False,
+        inputs=(),
+        on_wait=None,
+    ) -> Path:
+        """Write the result folder: ``users``, ``models``, ``rows`` tables, ``summary.json`` and ``manifest.json``.
 
-        Returns ``(temporary file, number of records)``; ``os.replace`` it onto
-        ``path`` when the rest of a job has succeeded (the CLI does).
+        All or nothing: every file (``report.html`` with ``report=True``,
+        ``posterior.nc`` for sampled results unless ``posterior=False``, a DPO
+        file inside the folder) is written to a staging folder beside
+        ``directory`` and swapped in at once; a DPO file elsewhere is moved into
+        place right after. An existing ``directory`` is replaced only when it is
+        empty or holds bayes_annot results and nothing else, and never when it
+        holds one of ``inputs`` (see :mod:`bayes_annot.outdir`).
+
+        Parameters
+        ----------
+        directory : str or Path
+        posterior : bool, optional
+            Also write ``posterior.nc`` (default: for NUTS results).
+        report : bool
+            Also write ``report.html``.
+        dpo : str or Path, optional
+            Also export the kept labels for DPO (``.jsonl`` / ``.parquet``).
+        format : {"csv", "parquet"}
+            File format of the three tables; both read back equal (:func:`load`).
+        safe_csv : bool
+            Escape text cells that a spreadsheet would run as a formula
+            (``=``, ``+``, ``-``, ``@``) with a leading ``'``; :func:`load` undoes it.
+        inputs : paths
+            Input files the folder must not hold.
+        on_wait : callable, optional
+            Called with a message when another writer holds the folder's lock.
         """
-        from .export import stage_dpo
+        from .outdir import ResultWriter
 
-        return stage_dpo([self.to_dpo(**columns)], Path(path), staging_dir)
-
-    def save(self, directory: str | Path, posterior: bool | None = None) -> Path:
-        """Write ``users.csv``, ``models.csv``, ``rows.csv``, ``summary.json`` atomically.
-
-        The files are written to a temporary folder beside ``directory`` and moved
-        into place only when all are complete, so a failure never leaves a
-        half-written output folder. Sampled results also write ``posterior.nc``
-        unless ``posterior=False``.
-        """
-        directory = Path(directory)
-        parent = directory.resolve().parent
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=parent))
-        try:
-            self.users.to_csv(tmp / "users.csv", index=False)
-            self.models.to_csv(tmp / "models.csv", index=False)
-            self.rows.to_csv(tmp / "rows.csv", index=False)
-            with open(tmp / "summary.json", "w", encoding="utf-8") as handle:
-                json.dump(self.summary, handle, indent=2, sort_keys=False, allow_nan=False)
-                handle.write("\n")
-            if posterior is None:
-                posterior = self.estimates.engine == "nuts"
+        if posterior is None:
+            posterior = self.estimates.engine == "nuts"
+        with ResultWriter(directory, inputs=inputs, fmt=format, safe_csv=safe_csv, on_wait=on_wait) as out:
+            out.table("users", self.users)
+            out.table("models", self.models)
+            rows = self.rows
+            renames = input_renames(self._data.frame.columns)
+            out.table("rows", rows, renamed_input_columns={new: old for old, new in renames.items()})
+            out.json("summary.json", self.summary)
             if posterior:
-                self.idata.to_netcdf(str(tmp / "posterior.nc"))
-            _replace_directory(tmp, directory)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return directory
+                self.idata.to_netcdf(str(out.path("posterior.nc")))
+            if report:
+                self.report(out.path("report.html"))
+            if dpo is not None:
+                out.extra_file(dpo, lambda path: self.to_dpo(path))
+        return out.target
 
     # ----------------------------------------------------------------- display
     def __repr__(self) -> str:
@@ -370,19 +388,6 @@ class FitResult:
             f"{'<ul>' + warn + '</ul>' if warn else ''}"
             f"{top.to_html(index=False, float_format=lambda v: f'{v:.3f}')}</div>"
         )
-
-
-def _replace_directory(tmp: Path, directory: Path) -> None:
-    if directory.exists():
-        if not directory.is_dir():
-            raise InputError(f"output path '{directory}' exists and is not a directory")
-        backup = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.resolve().parent))
-        os.rmdir(backup)
-        os.replace(directory, backup)
-        os.replace(tmp, directory)
-        shutil.rmtree(backup, ignore_errors=True)
-    else:
-        os.replace(tmp, directory)
 
 
 # --------------------------------------------------------------------------- fitting
@@ -910,13 +915,15 @@ class UserQualityModel:
 class SavedResult:
     """Results read back from an output folder (see :func:`load`).
 
-    Attributes ``users``, ``models``, ``rows`` (pandas), ``summary`` (dict) and
-    ``idata`` (ArviZ ``InferenceData`` or ``None``); item access
-    (``saved["users"]``) works too.
+    Attributes ``users``, ``models``, ``rows`` (pandas, with the types they
+    were written with), ``summary`` (dict), ``idata`` (ArviZ
+    ``InferenceData`` or ``None``) and ``manifest`` (dict, or ``None`` for a
+    folder written before manifests); item access (``saved["users"]``) works too.
     """
 
-    def __init__(self, users, models, rows, summary, idata=None):
+    def __init__(self, users, models, rows, summary, idata=None, manifest=None):
         self.users, self.models, self.rows, self.summary, self.idata = users, models, rows, summary, idata
+        self.manifest = manifest
 
     def __getitem__(self, key):
         if key not in ("users", "models", "rows", "summary", "idata"):
@@ -930,18 +937,72 @@ class SavedResult:
         """Names of the parts present (``idata`` only when ``posterior.nc`` was saved)."""
         return [k for k in ("users", "models", "rows", "summary", "idata") if k in self]
 
+    def input_rows(self) -> pd.DataFrame:
+        """The input rows as they came in: without ``kept, reason, weight``, clashing input columns renamed back."""
+        rows = self.rows.drop(columns=[c for c in OUTPUT_COLUMNS if c in self.rows.columns])
+        if self.manifest is not None:
+            renamed = self.manifest.get("tables", {}).get("rows", {}).get("renamed_input_columns", {})
+        else:  # a folder written before manifests: the one-level rename of that time
+            renamed = {f"input_{c}": c for c in OUTPUT_COLUMNS if f"input_{c}" in rows.columns}
+        return rows.rename(columns=renamed)
+
     def __repr__(self) -> str:
         c = self.summary.get("counts", {})
         return f"<SavedResult {self.summary.get('model')} via {self.summary.get('engine')}: {c.get('users')} users, {c.get('rows')} rows>"
 
 
+def _legacy_table(folder, name: str) -> pd.DataFrame:
+    """A table of a folder written before manifests (CSV; ids and rows as text)."""
+    dtype = str if name == "rows" else {"user": str, "model": str}
+    with folder.open(f"{name}.csv") as handle:
+        frame = pd.read_csv(handle, dtype=dtype, keep_default_na=False, na_values=[""])
+    for column, kind in (("kept", bool), ("uninformative", bool), ("weight", float)):
+        if column in frame and frame[column].dtype != kind:
+            frame[column] = frame[column].astype(str).str.lower().isin(["true", "1"]) if kind is bool else frame[column].astype(float)
+    return frame
+
+
+def _read_folder(folder) -> SavedResult:
+    from .tables import read_table_file
+
+    manifest = folder.manifest
+    if not folder.exists("summary.json"):
+        raise InputError(f"'{folder.path}' holds no bayes_annot results (summary.json missing)")
+    if manifest is not None and not manifest.get("complete", False):
+        raise InputError(f"'{folder.path}' holds an incomplete result (a write was interrupted)")
+    tables = {}
+    for name in ("users", "models", "rows"):
+        if manifest is not None and name in manifest.get("tables", {}):
+            meta = manifest["tables"][name]
+            with folder.open(meta["file"]) as handle:
+                tables[name] = read_table_file(handle, meta)
+        else:
+            tables[name] = _legacy_table(folder, name)
+    try:
+        summary = json.loads(folder.read_text("summary.json"))
+    except ValueError as exc:
+        raise InputError(f"'{folder.path}/summary.json' is not valid JSON ({exc})") from None
+    if not isinstance(summary, dict):
+        raise InputError(f"'{folder.path}/summary.json' does not hold a JSON object")
+    idata = None
+    if folder.exists("posterior.nc"):
+        import arviz as az
+
+        idata = az.from_netcdf(folder.os_path("posterior.nc"))
+        idata.load() if hasattr(idata, "load") else None
+    return SavedResult(tables["users"], tables["models"], tables["rows"], summary, idata, manifest)
+
+
 def load(directory: str | Path) -> SavedResult:
     """Read what :meth:`FitResult.save` wrote.
 
-    ``users`` and ``models`` come back with the dtypes they were saved with
-    (ids as text), ``rows`` with every cell as text (input columns are carried
-    through untouched, so no type is guessed), ``summary`` as a dict and
-    ``idata`` from ``posterior.nc`` when present.
+    Every table comes back with the types it was written with (``kept`` is
+    boolean, ``weight`` a float, an input column of text stays text and one
+    of numbers stays numbers; see :mod:`bayes_annot.tables`), whether the
+    folder holds CSV or parquet tables; ``summary`` is a dict and ``idata``
+    the ``posterior.nc`` when present. The folder is opened once and every
+    file read through that handle, so a concurrent writer replacing the folder
+    never gives a mix of two fits.
 
     Examples
     --------
@@ -951,16 +1012,9 @@ def load(directory: str | Path) -> SavedResult:
     >>> saved.users.shape == result.users.shape
     True
     """
+    from .outdir import read_consistently
+
     directory = Path(directory)
     if not (directory / "summary.json").exists():
         raise InputError(f"'{directory}' holds no bayes_annot results (summary.json missing)")
-    users = pd.read_csv(directory / "users.csv", dtype={"user": str}, keep_default_na=False, na_values=[""])
-    models = pd.read_csv(directory / "models.csv", dtype={"model": str}, keep_default_na=False, na_values=[""])
-    rows = pd.read_csv(directory / "rows.csv", dtype=str, keep_default_na=False, na_values=[""])
-    summary = json.loads((directory / "summary.json").read_text(encoding="utf-8"))
-    idata = None
-    if (directory / "posterior.nc").exists():
-        import arviz as az
-
-        idata = az.from_netcdf(str(directory / "posterior.nc"))
-    return SavedResult(users, models, rows, summary, idata)
+    return read_consistently(directory, _read_folder)

@@ -315,24 +315,21 @@ def load_start(directory: str | Path) -> dict:
         (:class:`pandas.Series` by model, or absent), ``theta`` (Series by
         user, continuous only), ``model`` (the variant saved).
     """
-    directory = Path(directory)
-    summary_path = directory / "summary.json"
-    if not summary_path.exists():
-        raise InputError(f"'{directory}' holds no bayes_annot results (summary.json missing)")
-    summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    from .fit import load
+
+    saved = load(directory)  # csv or parquet tables, read from one consistent folder
+    summary = saved.summary
     params = summary.get("parameters", {})
     start = {"pi": params.get("pi"), "q": params.get("q"), "m": params.get("m"), "model": summary.get("model")}
-    models_path = directory / "models.csv"
-    if summary.get("strengths") == "learned" and models_path.exists():
-        models = pd.read_csv(models_path, dtype={"model": str}, keep_default_na=False, na_values=[""])
+    models = saved.models
+    if summary.get("strengths") == "learned" and models is not None:
         if "strength" in models.columns and models["strength"].notna().all():
-            start["strengths"] = pd.Series(models["strength"].to_numpy(float), index=models["model"].str.strip())
-    users_path = directory / "users.csv"
-    if summary.get("model") == "continuous" and users_path.exists():
-        users = pd.read_csv(users_path, dtype={"user": str}, keep_default_na=False, na_values=[""])
+            start["strengths"] = pd.Series(models["strength"].to_numpy(float), index=models["model"].astype(str).str.strip())
+    users = saved.users
+    if summary.get("model") == "continuous" and users is not None:
         quality = np.clip(users["quality"].to_numpy(float), 1e-12, 1 - 1e-12)
         informative = ~users["uninformative"].to_numpy(bool) if "uninformative" in users.columns else np.ones(len(users), bool)
-        start["theta"] = pd.Series(np.where(informative, logit(quality), np.nan), index=users["user"].str.strip())
+        start["theta"] = pd.Series(np.where(informative, logit(quality), np.nan), index=users["user"].astype(str).str.strip())
     return start
 
 
@@ -575,9 +572,8 @@ def update_saved(directory: str | Path, new_rows, columns: dict | None = None, *
     if unknown:
         raise TypeError(f"update_saved() got unexpected setting(s): {', '.join(sorted(unknown))}")
     directory = Path(directory)
-    for name in ("summary.json", "rows.csv"):
-        if not (directory / name).exists():
-            raise InputError(f"'{directory}' holds no bayes_annot results to update ({name} missing)")
+    if not (directory / "summary.json").exists():
+        raise InputError(f"'{directory}' holds no bayes_annot results to update (summary.json missing)")
     saved = load(directory)
     summary = saved.summary
     saved_settings = summary.get("settings", {})
@@ -611,8 +607,7 @@ def update_saved(directory: str | Path, new_rows, columns: dict | None = None, *
         prepare(new_rows, role_map)  # the new rows alone: errors name their own row numbers
     except InputError as exc:
         raise InputError(f"new rows: {exc}") from None
-    old_rows = saved.rows.drop(columns=["kept", "reason", "weight"])
-    old_rows = old_rows.rename(columns={f"input_{c}": c for c in ("kept", "reason", "weight")})
+    old_rows = saved.input_rows()
     priors = Priors(**saved_settings["priors"]) if isinstance(saved_settings.get("priors"), dict) else None
     merged = pd.concat([old_rows, new_rows], ignore_index=True)
     return fit(

@@ -67,14 +67,24 @@ def build_report(result, path, *, comparison=None, title: str | None = None, n_r
     -------
     pathlib.Path
     """
+    import os
+    import tempfile
     from pathlib import Path
 
     text = render_report(result, comparison=comparison, title=title, n_rep=n_rep, seed=seed, few_labels=few_labels)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:  # written beside its final name and renamed: a failure (disk full) leaves no partial file behind
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+        current = os.umask(0o022)
+        os.umask(current)
+        os.chmod(tmp, 0o666 & ~current)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 

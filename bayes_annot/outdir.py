@@ -1,0 +1,576 @@
+"""Result folders that never lose anybody's data.
+
+Guarantees (see ``docs/reliability.md``):
+
+* **Ours only.** A folder is replaced only when it is empty or holds
+  bayes_annot results and nothing else: every result folder carries a
+  ``manifest.json`` listing the files the package wrote, and anything not on
+  that list (a thesis, the input log, a sub-folder of parquet parts) makes the
+  write refuse with a one-line :class:`~bayes_annot.errors.InputError`. A folder
+  that contains an input, a symbolic link, a file, ``.``, ``""`` and an
+  unwritable parent are refused too, all before any fitting.
+* **All or nothing.** Everything (tables, summary, report, posterior, a DPO
+  file inside the folder) is written into a staging folder beside the target
+  and swapped in with one atomic ``renameat2(RENAME_EXCHANGE)`` (two renames
+  where the file system lacks it). A crash leaves the previous results whole;
+  the next write to the same folder removes or restores what a crash left
+  (only folders that carry the package's manifest are touched).
+* **One writer at a time.** Writers take an exclusive ``flock`` on the output
+  folder's parent for the whole job (an update reads, fits and writes under
+  it), so two updates of one folder run one after the other and keep every row.
+* **Readers see one fit.** :func:`pinned` opens the folder once and reads every
+  file relative to that handle, so a reader never mixes files of two fits.
+* **Permissions** follow the umask, as ``mkdir`` and plain file writes would.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import json
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import InputError
+
+__all__ = ["MANIFEST", "check_target", "locked", "ResultWriter", "pinned", "read_manifest"]
+
+#: The marker every result folder carries: which files the package wrote, and how to read its tables.
+MANIFEST = "manifest.json"
+#: Files a result folder of an older version (before the manifest) may hold.
+LEGACY_FILES = frozenset(
+    {"users.csv", "models.csv", "rows.csv", "summary.json", "report.html", "posterior.nc", "dpo.jsonl", "dpo.parquet"}
+)
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _umask() -> int:
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
+
+
+def _entries(directory: Path) -> tuple[set[str], set[str]]:
+    """Relative paths of the files and of the folders below ``directory``."""
+    files, folders = set(), set()
+    for root, dirs, names in os.walk(directory):
+        rel = Path(root).relative_to(directory)
+        for name in dirs:
+            folders.add((rel / name).as_posix())
+        for name in names:
+            files.add((rel / name).as_posix())
+    return files, folders
+
+
+def read_manifest(directory: Path, dir_fd: int | None = None) -> dict | None:
+    """The folder's manifest, or ``None`` when it has none (or an unreadable one)."""
+    try:
+        if dir_fd is not None:
+            fd = os.open(MANIFEST, os.O_RDONLY, dir_fd=dir_fd)
+            with os.fdopen(fd, "rb") as handle:
+                manifest = json.loads(handle.read().decode("utf-8"))
+        else:
+            manifest = json.loads((Path(directory) / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) and manifest.get("bayes_annot_result") else None
+
+
+def foreign_entry(directory: Path) -> str | None:
+    """The first entry of ``directory`` that bayes_annot did not write (``None``: empty or all ours)."""
+    files, folders = _entries(directory)
+    if not files and not folders:
+        return None
+    manifest = read_manifest(directory)
+    if manifest is not None:
+        ours = set(manifest.get("files", [])) | {MANIFEST}
+    else:
+        try:
+            summary = json.loads((directory / "summary.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            summary = None
+        if not (isinstance(summary, dict) and "bayes_annot_version" in summary):
+            return sorted(files | folders)[0]
+        ours = set(LEGACY_FILES)
+    implied = {p.as_posix() for f in ours for p in Path(f).parents if p.as_posix() != "."}
+    foreign = sorted((files - ours) | (folders - implied))
+    return foreign[0] if foreign else None
+
+
+def check_target(out, inputs=()) -> Path:
+    """Validate an output folder before any work; return its absolute path.
+
+    Raises :class:`InputError` (one line) when ``out`` is empty, ``.`` or a
+    folder holding the working directory, a symbolic link, an existing file, a
+    folder holding anything bayes_annot did not write, a folder that holds one
+    of ``inputs``, or when its parent cannot be created or written.
+    """
+    text = str(out)
+    if not text.strip():
+        raise InputError("--out is empty: name the output folder")
+    path = Path(text)
+    if path.is_symlink():
+        raise InputError(f"output folder '{text}' is a symbolic link: give the folder it points to")
+    target = Path(os.path.abspath(text))
+    cwd = Path(os.getcwd())
+    if target == cwd or target in cwd.parents or target == Path(target.anchor):
+        raise InputError(f"output folder '{text}' is the current folder or holds it: name a new sub-folder")
+    for item in inputs:
+        if item is None:
+            continue
+        source = Path(os.path.abspath(str(item)))
+        if source == target or target in source.parents:
+            raise InputError(f"output folder '{text}' holds the input '{item}': choose another --out")
+    if target.exists() or target.is_symlink():
+        if not target.is_dir():
+            raise InputError(f"output path '{text}' exists and is not a folder")
+        foreign = foreign_entry(target)
+        if foreign is not None:
+            raise InputError(
+                f"output folder '{text}' holds '{foreign}', which bayes_annot did not write: it replaces only empty "
+                "folders and its own result folders; choose another --out"
+            )
+        if not os.access(target, os.W_OK | os.X_OK):
+            raise InputError(f"output folder '{text}' is not writable")
+    ancestor = target.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise InputError(f"cannot create output folder '{text}': '{ancestor}' is not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise InputError(f"cannot create output folder '{text}': '{ancestor}' is not writable")
+    return target
+
+
+DPO_SUFFIXES = (".jsonl", ".parquet")
+
+
+def check_dpo_target(path, out: Path | None, dpo_columns, inputs=()) -> Path:
+    """Validate a ``--dpo`` file before any work (suffix, not a folder, not an input, not somebody else's file).
+
+    An existing file outside ``out`` is replaced only when it holds exactly ``dpo_columns``.
+    """
+    target = Path(os.path.abspath(str(path)))
+    if target.suffix.lower() not in DPO_SUFFIXES:
+        raise InputError(f"--dpo '{path}': expected a .jsonl or .parquet file")
+    if target.is_dir():
+        raise InputError(f"--dpo '{path}' is a folder: name a .jsonl or .parquet file")
+    for item in inputs:
+        if item is not None and Path(os.path.abspath(str(item))) == target:
+            raise InputError(f"--dpo '{path}' is the input file: choose another name")
+    inside = out is not None and (target == out or out in target.parents)
+    if target.exists() and not inside and not _looks_like_dpo(target, dpo_columns):
+        raise InputError(f"--dpo '{path}' exists and is not a DPO file written by bayes_annot: choose another name")
+    return target
+
+
+def _looks_like_dpo(path: Path, dpo_columns) -> bool:
+    try:
+        if path.suffix.lower() == ".jsonl":
+            with open(path, encoding="utf-8") as handle:
+                first = handle.readline()
+            return first == "" or set(json.loads(first)) == set(dpo_columns)
+        import pyarrow.parquet as pq
+
+        return set(pq.read_schema(path).names) == set(dpo_columns)
+    except Exception:  # unreadable, not JSON, not parquet: not ours
+        return False
+
+
+# --------------------------------------------------------------------------- the lock
+
+_held: dict[tuple[int, int], list] = {}
+_held_guard = threading.Lock()
+
+
+@contextmanager
+def locked(target: Path, on_wait=None):
+    """Hold an exclusive lock for writing ``target`` (a ``flock`` on its parent folder; re-entrant).
+
+    ``on_wait(message)`` is called once when another process holds the lock;
+    the call then waits for it.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - no flock (Windows): one writer is the caller's business
+        yield
+        return
+    parent = Path(target).parent
+    parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    info = os.fstat(fd)
+    key = (info.st_dev, info.st_ino)
+    with _held_guard:
+        entry = _held.get(key)
+        if entry is not None:
+            entry[1] += 1
+    if entry is not None:
+        os.close(fd)
+        try:
+            yield
+        finally:
+            with _held_guard:
+                entry[1] -= 1
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait(f"another bayes-annot run is writing beside '{target}': waiting for it to finish")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        entry = [fd, 1]
+        with _held_guard:
+            _held[key] = entry
+        try:
+            yield
+        finally:
+            with _held_guard:
+                entry[1] -= 1
+                done = entry[1] == 0
+                if done:
+                    del _held[key]
+            if done:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        if key not in _held:
+            os.close(fd)
+
+
+# --------------------------------------------------------------------------- staging and swapping
+
+
+def _leftovers(target: Path) -> list[Path]:
+    parent = target.parent
+    if not parent.is_dir():
+        return []
+    prefixes = (f".{target.name}.tmp-", f".{target.name}.old-")
+    return sorted(p for p in parent.iterdir() if p.name.startswith(prefixes) and p.is_dir() and not p.is_symlink())
+
+
+def recover(target: Path) -> list[str]:
+    """Restore or remove what an interrupted write to ``target`` left (call under :func:`locked`).
+
+    A previous result set aside by a crash between two renames is put back
+    when ``target`` is missing; staging folders are removed. Only folders
+    carrying the package's manifest are touched. Returns what was done.
+    """
+    done = []
+    for leftover in _leftovers(target):
+        if not (leftover / MANIFEST).exists():
+            continue
+        if leftover.name.startswith(f".{target.name}.old-") and not target.exists():
+            os.replace(leftover, target)
+            done.append(f"restored '{target}' from '{leftover.name}' (a previous run stopped between two renames)")
+        else:
+            shutil.rmtree(leftover, ignore_errors=True)
+            done.append(f"removed '{leftover.name}' left by an interrupted run")
+    return done
+
+
+_RENAME_EXCHANGE = 2
+_libc = None
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux ``renameat2``); ``False`` where unsupported."""
+    global _libc
+    if not sys.platform.startswith("linux"):
+        return False
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL(None, use_errno=True)
+            _libc.renameat2  # noqa: B018 - raises AttributeError on an old libc
+        except (OSError, AttributeError):
+            _libc = False
+    if _libc is False:
+        return False
+    at_fdcwd = -100
+    result = _libc.renameat2(at_fdcwd, os.fsencode(str(a)), at_fdcwd, os.fsencode(str(b)), _RENAME_EXCHANGE)
+    if result == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+def _fault(point: str) -> None:
+    """Test hook: ``BAYES_ANNOT_FAULT=point`` kills the process there (fault-injection tests)."""
+    if os.environ.get("BAYES_ANNOT_FAULT") == point:
+        os._exit(91)
+
+
+def publish(staging: Path, target: Path) -> None:
+    """Put a complete staging folder in ``target``'s place in one step; remove the previous results."""
+    _fault("before-publish")
+    if target.exists():
+        if _exchange(staging, target):
+            _fault("after-exchange")
+            shutil.rmtree(staging, ignore_errors=True)
+            return
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        os.rmdir(old)
+        os.replace(target, old)
+        _fault("between-renames")
+        os.replace(staging, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, target)
+
+
+class ResultWriter:
+    """Write one result folder all or nothing (see the module docstring).
+
+    Use as a context manager: files go to :attr:`staging`; on a clean exit the
+    manifest is written and the folder swapped in; on any error nothing of the
+    target changes, staging is removed, and an ``OSError`` (disk full, a
+    read-only folder) becomes an :class:`InputError` naming the folder.
+
+    Examples
+    --------
+    >>> import tempfile, pandas as pd
+    >>> out = tempfile.mkdtemp() + "/res"
+    >>> with ResultWriter(out) as w:
+    ...     w.table("users", pd.DataFrame({"user": ["a"], "quality": [0.9]}))
+    >>> sorted(p.name for p in Path(out).iterdir())
+    ['manifest.json', 'users.csv']
+    """
+
+    def __init__(self, directory, *, inputs=(), fmt: str = "csv", safe_csv: bool = False, on_wait=None):
+        from .tables import table_file_name
+
+        table_file_name("users", fmt)  # validates fmt
+        self.target = check_target(directory, inputs)
+        self.inputs, self.fmt, self.safe_csv, self.on_wait = tuple(inputs), fmt, safe_csv, on_wait
+        self.files: list[str] = []
+        self.tables: dict[str, dict] = {}
+        self.outside: list[tuple[Path, Path]] = []  # (staged file, destination) outside the folder
+        self.staging: Path | None = None
+        self.notes: list[str] = []
+
+    def __enter__(self) -> "ResultWriter":
+        self._lock = locked(self.target, self.on_wait)
+        self._lock.__enter__()
+        try:
+            self.notes = recover(self.target)
+            check_target(self.target, self.inputs)  # again, under the lock
+            self.target.parent.mkdir(parents=True, exist_ok=True)
+            self.staging = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.tmp-", dir=self.target.parent))
+            os.chmod(self.staging, 0o777 & ~_umask())
+            self._write_manifest(complete=False)
+        except BaseException:
+            self._abort()
+            raise
+        return self
+
+    # -- writing
+    def path(self, relative: str) -> Path:
+        """A file's path in the staging folder (parent folders created); recorded in the manifest."""
+        rel = Path(relative)
+        if rel.is_absolute() or ".." in rel.parts:
+            raise InputError(f"'{relative}' is not a path inside the output folder")
+        full = self.staging / rel
+        full.parent.mkdir(parents=True, exist_ok=True)
+        if rel.as_posix() not in self.files:
+            self.files.append(rel.as_posix())
+        return full
+
+    def table(self, name: str, frame, **extra) -> str:
+        """Write a pandas table as ``name.csv`` / ``name.parquet``; returns the file name."""
+        from .tables import table_file_name, write_table
+
+        file_name = table_file_name(name, self.fmt)
+        with open(self.path(file_name), "wb") as handle:
+            meta = write_table(frame, handle, self.fmt, safe_csv=self.safe_csv)
+        meta.update(file=file_name, **extra)
+        self.tables[name] = meta
+        return file_name
+
+    def stream_table(self, name: str, parts, **extra) -> str:
+        """Write a table from an iterable of pandas frames (bounded memory)."""
+        from .tables import CsvStreamWriter, table_file_name
+
+        file_name = table_file_name(name, self.fmt)
+        with open(self.path(file_name), "wb") as handle:
+            writer = CsvStreamWriter(handle, self.fmt, safe_csv=self.safe_csv)
+            for part in parts:
+                writer.write(part)
+            meta = writer.close()
+        meta.update(file=file_name, **extra)
+        self.tables[name] = meta
+        return file_name
+
+    def json(self, name: str, payload) -> None:
+        with open(self.path(name), "w", encoding="utf-8") as handle:
+            json.dump(payload, handle, indent=2, allow_nan=False)
+            handle.write("\n")
+
+    def extra_file(self, destination, write) -> object:
+        """Write a file with ``write(path)``: inside the folder it is staged with it; elsewhere it is
+        staged beside ``destination`` and moved into place right after the folder. Returns ``write``'s value.
+        """
+        dest = Path(os.path.abspath(str(destination)))
+        if dest == self.target or self.target in dest.parents:
+            return write(self.path(dest.relative_to(self.target).as_posix()))
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(prefix=f".{dest.stem}.tmp-", suffix=dest.suffix, dir=dest.parent)
+        os.close(handle)
+        self.outside.append((Path(tmp), dest))
+        os.chmod(tmp, 0o666 & ~_umask())
+        return write(Path(tmp))
+
+    # -- finishing
+    def _write_manifest(self, complete: bool) -> None:
+        from . import __version__
+
+        manifest = {
+            "bayes_annot_result": 1,
+            "complete": complete,
+            "bayes_annot_version": __version__,
+            "fit_id": getattr(self, "fit_id", None) or uuid.uuid4().hex,
+            "format": self.fmt,
+            "files": sorted(self.files),
+            "tables": self.tables,
+        }
+        self.fit_id = manifest["fit_id"]
+        with open(self.staging / MANIFEST, "w", encoding="utf-8") as handle:
+            json.dump(manifest, handle, indent=1)
+            handle.write("\n")
+
+    def _abort(self) -> None:
+        if self.staging is not None:
+            shutil.rmtree(self.staging, ignore_errors=True)
+        for tmp, _ in self.outside:
+            tmp.unlink(missing_ok=True)
+        self._lock.__exit__(None, None, None)
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            try:
+                self._write_manifest(complete=True)
+                mode = 0o666 & ~_umask()
+                for root, dirs, names in os.walk(self.staging):
+                    for name in dirs:
+                        os.chmod(os.path.join(root, name), 0o777 & ~_umask())
+                    for name in names:
+                        os.chmod(os.path.join(root, name), mode)
+                publish(self.staging, self.target)
+                self.staging = None
+                for tmp, dest in self.outside:
+                    os.replace(tmp, dest)
+                self.outside = []
+            except BaseException as failure:
+                self._abort()
+                if isinstance(failure, OSError):
+                    raise InputError(f"cannot write '{self.target}': {failure.strerror or failure}") from failure
+                raise
+            self._lock.__exit__(None, None, None)
+            return False
+        self._abort()
+        if isinstance(exc, OSError) and not isinstance(exc, InputError):
+            raise InputError(f"cannot write '{self.target}': {exc.strerror or exc}") from exc
+        return False
+
+
+def add_file(directory, name: str, payload: bytes) -> Path:
+    """Add (or replace) one file of a published result folder, e.g. a rebuilt ``report.html`` (call under :func:`locked`).
+
+    The file is written beside its final name and renamed into place; the
+    manifest is rewritten the same way to list it, so the folder stays ours.
+    """
+    directory = Path(directory)
+    final = directory / name
+    handle, tmp = tempfile.mkstemp(prefix=f".{final.name}.tmp-", dir=directory)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(payload)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, final)
+        manifest = read_manifest(directory)
+        if manifest is not None and name not in manifest.get("files", []):
+            manifest["files"] = sorted([*manifest.get("files", []), name])
+            handle, tmp = tempfile.mkstemp(prefix=f".{MANIFEST}.tmp-", dir=directory)
+            with os.fdopen(handle, "w", encoding="utf-8") as out:
+                json.dump(manifest, out, indent=1)
+                out.write("\n")
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, directory / MANIFEST)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise InputError(f"cannot write '{final}': {exc.strerror or exc}") from exc
+    return final
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class PinnedFolder:
+    """A result folder opened once: every file is read relative to the same folder handle."""
+
+    def __init__(self, fd: int, path: Path):
+        self.fd, self.path = fd, path
+        self.manifest = read_manifest(path, dir_fd=fd)
+
+    def exists(self, name: str) -> bool:
+        try:
+            os.stat(name, dir_fd=self.fd)
+            return True
+        except FileNotFoundError:
+            return False
+
+    def open(self, name: str):
+        return os.fdopen(os.open(name, os.O_RDONLY, dir_fd=self.fd), "rb")
+
+    def os_path(self, name: str) -> str:
+        """A path to ``name`` that stays in this folder even if it is replaced (Linux ``/proc``), for libraries that need a path."""
+        pinned_path = f"/proc/self/fd/{self.fd}/{name}"
+        return pinned_path if os.path.exists(pinned_path) else str(self.path / name)
+
+    def read_text(self, name: str) -> str:
+        with self.open(name) as handle:
+            return handle.read().decode("utf-8")
+
+
+@contextmanager
+def pinned(directory):
+    """Open a result folder for reading (see :class:`PinnedFolder`)."""
+    path = Path(directory)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except FileNotFoundError:
+        raise InputError(f"'{directory}' does not exist") from None
+    except NotADirectoryError:
+        raise InputError(f"'{directory}' is not a folder of bayes_annot results") from None
+    try:
+        yield PinnedFolder(fd, path)
+    finally:
+        os.close(fd)
+
+
+def read_consistently(directory, read, attempts: int = 5):
+    """``read(PinnedFolder)``, retried when the folder was replaced while it was being read."""
+    for attempt in range(attempts):
+        with pinned(directory) as folder:
+            try:
+                return read(folder)
+            except FileNotFoundError as exc:
+                if attempt == attempts - 1:
+                    missing = Path(exc.filename).name if exc.filename else "a file"
+                    raise InputError(f"'{directory}' is not a complete bayes_annot result folder ('{missing}' missing)") from None
+    return None  # pragma: no cover

@@ -1,0 +1,355 @@
+"""Typed tables on disk: every value written reads back equal.
+
+A result folder's tables (``users``, ``models``, ``rows``) are written with
+pyarrow as ``.csv`` or ``.parquet``. CSV has no types of its own, so the writer
+returns a small description of each column (its pandas dtype, its Arrow type,
+how it was encoded) that the folder's ``manifest.json`` keeps; the reader uses
+it to give every column back its type and every cell its value:
+
+* text columns keep the difference between an empty string (written ``""``)
+  and a missing value (an empty, unquoted cell);
+* numbers are written in their shortest exact form (``0.1`` reads back as the
+  same double), whole-number floats stay floats (``1.0`` is not turned into the
+  integer ``1``), booleans stay booleans;
+* cells that hold lists, dicts or mixed Python values (Chatbot Arena's
+  ``conversation_a``) are written as JSON text and parsed back; numpy arrays
+  come back as lists;
+* categories keep their category list.
+
+``safe_csv=True`` prefixes text cells that a spreadsheet would run as a formula
+(a leading ``=``, ``+``, ``-``, ``@``, tab or carriage return) with ``'``; a
+leading ``'`` is escaped the same way, so the reader removes exactly one
+``'`` and the round trip stays exact.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import decimal
+import json
+from collections.abc import Iterable
+from typing import BinaryIO
+
+import numpy as np
+import pandas as pd
+
+from .errors import InputError
+
+__all__ = ["FORMATS", "OUTPUT_COLUMNS", "input_renames", "write_table", "read_table_file", "table_file_name"]
+
+#: Columns a fit adds to every input row.
+OUTPUT_COLUMNS = ("kept", "reason", "weight")
+
+#: Output formats of the tables.
+FORMATS = ("csv", "parquet")
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def input_renames(columns) -> dict[str, str]:
+    """New names for input columns that clash with :data:`OUTPUT_COLUMNS` (``kept`` -> ``input_kept``).
+
+    The new name is made unique (``input_input_kept`` when ``input_kept`` is
+    taken too), so no two columns of ``rows`` share a header.
+    """
+    taken = {str(c) for c in columns}
+    renames = {}
+    for name in OUTPUT_COLUMNS:
+        if name in taken:
+            new = f"input_{name}"
+            while new in taken:
+                new = f"input_{new}"
+            taken.add(new)
+            renames[name] = new
+    return renames
+
+
+def table_file_name(name: str, fmt: str) -> str:
+    """``users`` + ``csv`` -> ``users.csv``."""
+    if fmt not in FORMATS:
+        raise InputError(f"unknown output format '{fmt}', expected {' or '.join(FORMATS)}")
+    return f"{name}.{fmt}"
+
+
+def _json_default(value):
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (_dt.datetime, _dt.date, _dt.time, pd.Timestamp)):
+        return value.isoformat()
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    if isinstance(value, (decimal.Decimal, bytes)):
+        return str(value) if isinstance(value, decimal.Decimal) else value.decode("utf-8", errors="replace")
+    return str(value)
+
+
+def _missing_mask(values: np.ndarray) -> np.ndarray:
+    """True where an object array holds ``None``, ``NaN``, ``pd.NA`` or ``NaT`` (not where it holds a list)."""
+    out = np.zeros(len(values), dtype=bool)
+    for i, v in enumerate(values):
+        if v is None or v is pd.NA or v is pd.NaT:
+            out[i] = True
+        elif isinstance(v, float) and v != v:
+            out[i] = True
+    return out
+
+
+def _encode_column(series: pd.Series) -> tuple[pd.Series, dict]:
+    """A column as Arrow can write it, and how to give it back its values."""
+    dtype = series.dtype
+    meta: dict = {"dtype": str(dtype), "codec": None}
+    if isinstance(dtype, pd.CategoricalDtype):
+        categories = list(dtype.categories)
+        if all(isinstance(c, str) for c in categories):
+            meta.update(codec="category", categories=categories, ordered=bool(dtype.ordered))
+            return series.astype(object).where(series.notna(), None).astype("string"), meta
+        series = series.astype(object)
+        dtype = series.dtype
+    if dtype == object:
+        kind = pd.api.types.infer_dtype(series, skipna=True)
+        if kind in ("string", "empty"):
+            meta["codec"] = "text"
+            return series.where(series.notna(), None).astype("string"), meta
+        values = series.to_numpy(dtype=object)
+        missing = _missing_mask(values)
+        encoded = np.empty(len(values), dtype=object)
+        for i, v in enumerate(values):
+            encoded[i] = None if missing[i] else json.dumps(v, ensure_ascii=False, default=_json_default)
+        meta["codec"] = "json"
+        return pd.Series(encoded, index=series.index, dtype="string"), meta
+    return series, meta
+
+
+def _escape_formulas(table, columns: Iterable[str]):
+    """Prefix ``'`` to text cells that start like a spreadsheet formula (or with ``'``)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    for name in columns:
+        index = table.schema.get_field_index(name)
+        column = table.column(index)
+        starts = None
+        for prefix in _FORMULA_START:
+            hit = pc.starts_with(column, prefix)
+            starts = hit if starts is None else pc.or_(starts, hit)
+        escaped = pc.if_else(pc.fill_null(starts, False), pc.binary_join_element_wise(pa.scalar("'", column.type), column, pa.scalar("", column.type)), column)
+        table = table.set_column(index, pa.field(name, column.type), escaped)
+    return table
+
+
+def _unescape_formulas(table, columns: Iterable[str]):
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    for name in columns:
+        index = table.schema.get_field_index(name)
+        column = table.column(index)
+        quoted = pc.fill_null(pc.starts_with(column, "'"), False)
+        stripped = pc.utf8_slice_codeunits(column, 1)
+        table = table.set_column(index, pa.field(name, column.type), pc.if_else(quoted, stripped, column))
+    return table
+
+
+def to_arrow(frame: pd.DataFrame) -> tuple[object, list[dict]]:
+    """The frame as an Arrow table (no index) and the per-column restoration records."""
+    import pyarrow as pa
+
+    names = [str(c) for c in frame.columns]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise InputError(f"column '{dup}' appears more than once in a table to write")
+    arrays, metas = [], []
+    for position, name in enumerate(names):
+        encoded, meta = _encode_column(frame.iloc[:, position])
+        meta["name"] = name
+        arrays.append(pa.Array.from_pandas(encoded) if len(encoded) else pa.array([], type=_empty_type(encoded)))
+        metas.append(meta)
+    return pa.Table.from_arrays(arrays, names=names), metas
+
+
+def _empty_type(series: pd.Series):
+    import pyarrow as pa
+
+    try:
+        return pa.from_numpy_dtype(series.dtype)
+    except (TypeError, NotImplementedError, pa.ArrowNotImplementedError):
+        return pa.string()
+
+
+def _text_columns(table, metas: list[dict]) -> list[str]:
+    import pyarrow as pa
+
+    return [m["name"] for m in metas if pa.types.is_string(table.schema.field(m["name"]).type)
+            or pa.types.is_large_string(table.schema.field(m["name"]).type)]
+
+
+def write_table(frame: pd.DataFrame, sink: str | BinaryIO, fmt: str = "csv", *, safe_csv: bool = False) -> dict:
+    """Write a frame to ``sink`` (a path or a binary file) as CSV or parquet.
+
+    Returns the description that :func:`read_table_file` needs to read it back
+    equal: ``{"format", "rows", "columns": [...], "schema", "safe_csv"}``.
+
+    Examples
+    --------
+    >>> import io, pandas as pd
+    >>> frame = pd.DataFrame({"id": ["007", "", None], "x": [1.0, 0.1, float("nan")]})
+    >>> buffer = io.BytesIO()
+    >>> meta = write_table(frame, buffer)
+    >>> _ = buffer.seek(0)
+    >>> back = read_table_file(buffer, meta)
+    >>> back["id"].tolist(), back["x"].tolist()[:2]
+    (['007', '', None], [1.0, 0.1])
+    """
+    table, metas = to_arrow(frame)
+    return write_arrow(table, metas, sink, fmt, safe_csv=safe_csv)
+
+
+def write_arrow(table, metas: list[dict], sink, fmt: str, *, safe_csv: bool = False) -> dict:
+    """Write an Arrow table built by :func:`to_arrow` (see :func:`write_table`)."""
+    import pyarrow.csv as pa_csv
+    import pyarrow.parquet as pq
+
+    table_file_name("table", fmt)
+    schema = table.schema
+    if fmt == "csv":
+        if safe_csv:
+            table = _escape_formulas(table, _text_columns(table, metas))
+        pa_csv.write_csv(table, sink, pa_csv.WriteOptions(quoting_style="needed"))
+    else:
+        pq.write_table(table, sink)
+    return {
+        "format": fmt,
+        "rows": int(table.num_rows),
+        "columns": metas,
+        "schema": base64.b64encode(schema.serialize().to_pybytes()).decode("ascii"),
+        "safe_csv": bool(safe_csv and fmt == "csv"),
+    }
+
+
+class CsvStreamWriter:
+    """Write a table partition by partition into one CSV or parquet file (Dask rows).
+
+    The column encodings are fixed by the first partition; later partitions
+    are encoded the same way.
+    """
+
+    def __init__(self, sink, fmt: str, *, safe_csv: bool = False):
+        table_file_name("table", fmt)
+        self.sink, self.fmt, self.safe_csv = sink, fmt, bool(safe_csv and fmt == "csv")
+        self.writer = None
+        self.metas: list[dict] | None = None
+        self.schema = None
+        self.rows = 0
+
+    def write(self, frame: pd.DataFrame) -> None:
+        import pyarrow as pa
+        import pyarrow.csv as pa_csv
+        import pyarrow.parquet as pq
+
+        table, metas = to_arrow(frame)
+        if self.metas is None:
+            self.metas, self.schema = metas, table.schema
+            if self.fmt == "csv":
+                self.writer = pa_csv.CSVWriter(self.sink, self.schema, write_options=pa_csv.WriteOptions(quoting_style="needed"))
+            else:
+                self.writer = pq.ParquetWriter(self.sink, self.schema)
+        elif table.schema != self.schema:
+            table = pa.Table.from_arrays([table.column(i).cast(f.type) for i, f in enumerate(self.schema)],
+                                         schema=self.schema)
+        if self.safe_csv:
+            table = _escape_formulas(table, _text_columns(table, self.metas))
+        self.writer.write_table(table)
+        self.rows += table.num_rows
+
+    def close(self) -> dict:
+        if self.writer is not None:
+            self.writer.close()
+        return {
+            "format": self.fmt,
+            "rows": self.rows,
+            "columns": self.metas or [],
+            "schema": base64.b64encode(self.schema.serialize().to_pybytes()).decode("ascii") if self.schema else None,
+            "safe_csv": self.safe_csv,
+        }
+
+
+def _restore(series: pd.Series, meta: dict) -> pd.Series:
+    codec = meta.get("codec")
+    if codec == "text":
+        values = series.to_numpy(dtype=object, na_value=None)
+        return pd.Series(values, index=series.index, dtype=object, name=series.name)
+    if codec == "json":
+        values = series.to_numpy(dtype=object, na_value=None)
+        decoded = np.empty(len(values), dtype=object)
+        for i, v in enumerate(values):
+            decoded[i] = None if v is None else json.loads(v)
+        return pd.Series(decoded, index=series.index, dtype=object, name=series.name)
+    if codec == "category":
+        values = series.to_numpy(dtype=object, na_value=None)
+        dtype = pd.CategoricalDtype(meta["categories"], ordered=meta.get("ordered", False))
+        return pd.Series(pd.Categorical(values, dtype=dtype), index=series.index, name=series.name)
+    target = meta.get("dtype")
+    if target and str(series.dtype) != target:
+        try:
+            return series.astype(target)
+        except (TypeError, ValueError):
+            return series
+    return series
+
+
+def read_table_file(source: str | BinaryIO, meta: dict | None = None) -> pd.DataFrame:
+    """Read a table written by :func:`write_table`, typed by its description ``meta``.
+
+    Without ``meta`` (a table written by an older version, or by hand) a CSV
+    is read with every cell as text and a parquet file with its own types.
+    """
+    import pyarrow as pa
+    import pyarrow.csv as pa_csv
+    import pyarrow.parquet as pq
+
+    fmt = (meta or {}).get("format")
+    if fmt is None:
+        name = source if isinstance(source, str) else getattr(source, "name", "")
+        fmt = "parquet" if str(name).endswith(".parquet") else "csv"
+    schema = None
+    if meta and meta.get("schema"):
+        schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(meta["schema"])))
+    if fmt == "csv":
+        if schema is None:
+            convert = pa_csv.ConvertOptions(strings_can_be_null=True, quoted_strings_can_be_null=False)
+            head = pa_csv.read_csv(source, convert_options=convert, read_options=pa_csv.ReadOptions(block_size=1 << 26))
+            table = head.cast(pa.schema([pa.field(f.name, pa.string()) for f in head.schema]))
+        else:
+            convert = pa_csv.ConvertOptions(
+                column_types=schema, strings_can_be_null=True, quoted_strings_can_be_null=False,
+                include_columns=schema.names,
+            )
+            read = pa_csv.ReadOptions(column_names=schema.names, skip_rows=1, block_size=1 << 26)
+            table = pa_csv.read_csv(source, read_options=read, convert_options=convert)
+        if meta and meta.get("safe_csv"):
+            table = _unescape_formulas(table, [f.name for f in table.schema
+                                               if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)])
+    else:
+        table = pq.read_table(source)
+    if meta is None:
+        return table.to_pandas()
+    metas = {m["name"]: m for m in meta["columns"]}
+    columns = {}
+    for i, name in enumerate(table.column_names):
+        column_meta = metas.get(name, {})
+        target = column_meta.get("dtype")
+        mapper = None
+        if column_meta.get("codec") is None and target:
+            try:
+                pandas_dtype = pd.api.types.pandas_dtype(target)
+            except TypeError:
+                pandas_dtype = None
+            if isinstance(pandas_dtype, pd.api.extensions.ExtensionDtype) and hasattr(pandas_dtype, "__from_arrow__"):
+                mapper = {table.column(i).type: pandas_dtype}.get
+        series = table.column(i).to_pandas(types_mapper=mapper)
+        series.name = name
+        columns[name] = _restore(series, column_meta)
+    frame = pd.DataFrame(columns, columns=table.column_names)
+    return frame
