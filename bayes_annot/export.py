@@ -302,11 +302,9 @@ def stage_dpo(frames, path: Path, staging_dir: Path | None = None) -> tuple[Path
                         out.write("\n")
         else:
             os.close(handle)
-            try:
-                import pyarrow as pa
-                import pyarrow.parquet as pq
-            except ImportError:  # pragma: no cover - depends on the environment
-                raise InputError("writing parquet needs pyarrow: pip install 'bayes_annot[parquet]'") from None
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
             schema = pa.schema([(c, pa.float64() if c == "weight" else pa.string()) for c in DPO_COLUMNS])
             with pq.ParquetWriter(tmp, schema) as writer:
                 for frame in frames:

@@ -290,8 +290,8 @@ _libc = None
 def _exchange(a: Path, b: Path) -> bool:
     """Swap two paths atomically (Linux ``renameat2``); ``False`` where unsupported."""
     global _libc
-    if not sys.platform.startswith("linux"):
-        return False
+    if not sys.platform.startswith("linux") or os.environ.get("BAYES_ANNOT_NO_RENAME_EXCHANGE"):
+        return False  # the variable forces the two-rename path (file systems without RENAME_EXCHANGE; tests)
     if _libc is None:
         try:
             _libc = ctypes.CDLL(None, use_errno=True)

@@ -1,0 +1,331 @@
+"""Issue 16: output folders never lose anybody's data; every write is all or nothing; one writer at a time.
+
+Each test reproduces a failure of the earlier code (folders deleted, half-replaced results, rows lost by two
+concurrent updates, internal errors) through the CLI or the public API.
+"""
+
+import errno
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import bayes_annot as ba
+from bayes_annot.cli import main
+
+
+def run(*args, env=None):
+    full_env = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, "-m", "bayes_annot", *map(str, args)], capture_output=True, text=True,
+                          env=full_env)
+
+
+def snapshot(folder: Path) -> dict:
+    """Every file below ``folder`` with its bytes."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def leftovers(parent: Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith(".") and (".tmp-" in p.name or ".old-" in p.name))
+
+
+@pytest.fixture(scope="module")
+def log_csv(tmp_path_factory):
+    path = tmp_path_factory.mktemp("log") / "log.csv"
+    ba.simulate(n_users=150, n_models=4, labels_per_user=(3, 12), tie_rate=0.05, with_text=True, seed=21).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture
+def result_dir(tmp_path, log_csv):
+    out = tmp_path / "res"
+    assert main(["fit", str(log_csv), "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("bayes-annot: error: "), err
+    return err[0]
+
+
+# --------------------------------------------------------------------------- 1. --out never deletes what is not ours
+
+
+def test_a_folder_with_foreign_files_is_refused_before_fitting(tmp_path, log_csv, capsys):
+    userdir = tmp_path / "userdir"
+    userdir.mkdir()
+    (userdir / "thesis.txt").write_text("precious")
+    assert main(["fit", str(log_csv), "--out", str(userdir)]) == 2
+    assert "thesis.txt" in one_error_line(capsys)
+    assert snapshot(userdir) == {"thesis.txt": b"precious"}
+
+
+def test_a_folder_holding_the_input_is_refused(tmp_path, log_csv, capsys):
+    indir = tmp_path / "indir"
+    indir.mkdir()
+    log = indir / "log.csv"
+    log.write_bytes(log_csv.read_bytes())
+    assert main(["fit", str(log), "--out", str(indir)]) == 2
+    assert "holds the input" in one_error_line(capsys)
+    assert log.read_bytes() == log_csv.read_bytes()
+    deep = tmp_path / "sandbox" / "a" / "b"
+    deep.mkdir(parents=True)
+    (deep / "log.csv").write_bytes(log_csv.read_bytes())
+    assert main(["fit", str(deep / "log.csv"), "--out", str(tmp_path / "sandbox")]) == 2
+    assert (deep / "log.csv").exists()
+
+
+def test_dask_output_equal_to_its_parquet_folder_is_refused(tmp_path, capsys):
+    log = ba.simulate(n_users=80, n_models=3, labels_per_user=(3, 8), seed=2)[["user", "model_a", "model_b", "winner"]]
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    for i, chunk in enumerate(np.array_split(np.arange(len(log)), 2)):
+        log.iloc[chunk].to_parquet(parts / f"part-{i}.parquet", index=False)
+    before = snapshot(parts)
+    assert main(["fit", str(parts), "--out", str(parts)]) == 2
+    one_error_line(capsys)
+    assert snapshot(parts) == before
+
+
+@pytest.mark.parametrize("case", ["file", "symlink", "dot", "empty", "unwritable"])
+def test_other_output_path_problems_fail_before_fitting(tmp_path, log_csv, capsys, monkeypatch, case):
+    monkeypatch.chdir(tmp_path)
+    if case == "file":
+        out = tmp_path / "taken"
+        out.write_text("mine")
+    elif case == "symlink":
+        real = tmp_path / "real"
+        real.mkdir()
+        out = tmp_path / "link"
+        out.symlink_to(real)
+    elif case == "dot":
+        out = "."
+    elif case == "empty":
+        out = ""
+    else:
+        parent = tmp_path / "locked"
+        parent.mkdir()
+        out = parent / "res"
+        real_access = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if Path(p) == parent else real_access(p, mode, **kw))
+    before = snapshot(tmp_path)
+    import bayes_annot.fit as fit_module
+
+    monkeypatch.setattr(fit_module, "prepare", lambda *a, **k: pytest.fail("fitted before checking --out"))
+    assert main(["fit", str(log_csv), "--out", str(out)]) == 2
+    one_error_line(capsys)
+    assert snapshot(tmp_path) == before
+    if case == "symlink":
+        assert (tmp_path / "link").is_symlink()
+
+
+def test_results_are_replaced_only_when_they_hold_nothing_else(result_dir, log_csv, capsys):
+    assert (result_dir / "manifest.json").exists()
+    assert main(["fit", str(log_csv), "--out", str(result_dir), "--seed", "1", "--quiet"]) == 0  # ours: replaced
+    (result_dir / "notes.md").write_text("my notes")
+    assert main(["fit", str(log_csv), "--out", str(result_dir), "--quiet"]) == 2
+    assert "notes.md" in one_error_line(capsys)
+    assert (result_dir / "notes.md").read_text() == "my notes"
+
+
+def test_a_folder_written_before_manifests_is_still_ours(tmp_path, log_csv):
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    for name in ("users.csv", "models.csv", "rows.csv", "report.html"):
+        (legacy / name).write_text("x\n1\n")
+    (legacy / "summary.json").write_text(json.dumps({"bayes_annot_version": "0.1.0"}))
+    assert main(["fit", str(log_csv), "--out", str(legacy), "--quiet"]) == 0
+    assert (legacy / "manifest.json").exists()
+
+
+# --------------------------------------------------------------------------- 5. all or nothing
+
+
+def test_dpo_path_that_is_a_folder_leaves_the_results_untouched(result_dir, log_csv, tmp_path, capsys):
+    before = snapshot(result_dir)
+    (tmp_path / "pairs.jsonl").mkdir()
+    assert main(["fit", str(log_csv), "--out", str(result_dir), "--dpo", str(tmp_path / "pairs.jsonl")]) == 2
+    assert "folder" in one_error_line(capsys)
+    assert snapshot(result_dir) == before
+
+
+def test_a_dpo_file_that_is_not_ours_is_not_overwritten(tmp_path, log_csv, capsys):
+    theirs = tmp_path / "pairs.jsonl"
+    theirs.write_text('{"question": 1}\n')
+    assert main(["fit", str(log_csv), "--out", str(tmp_path / "res"), "--dpo", str(theirs)]) == 2
+    one_error_line(capsys)
+    assert theirs.read_text() == '{"question": 1}\n' and not (tmp_path / "res").exists()
+
+
+@pytest.mark.parametrize("where", ["report", "table", "dpo"])
+def test_disk_full_anywhere_keeps_the_old_results(result_dir, log_csv, capsys, monkeypatch, where):
+    """An OSError (disk full) while writing any part: exit 2, one line, the previous results byte-identical."""
+    before = snapshot(result_dir)
+    full = OSError(errno.ENOSPC, "No space left on device")
+
+    def fail(*args, **kwargs):
+        raise full
+
+    if where == "report":
+        monkeypatch.setattr(ba.FitResult, "report", fail)
+    elif where == "table":
+        import bayes_annot.tables as tables
+
+        monkeypatch.setattr(tables, "write_table", fail)
+    else:
+        monkeypatch.setattr(ba.FitResult, "to_dpo", fail)
+    args = ["fit", str(log_csv), "--out", str(result_dir), "--report", "--dpo", str(result_dir.parent / "p.jsonl")]
+    assert main(args) == 2
+    assert "No space left on device" in one_error_line(capsys)
+    assert snapshot(result_dir) == before
+    assert leftovers(result_dir.parent) == [] and not (result_dir.parent / "p.jsonl").exists()
+    assert not [p for p in result_dir.rglob(".*tmp*")]
+
+
+# --------------------------------------------------------------------------- fault injection: kill -9
+
+
+@pytest.mark.parametrize("point, env", [
+    ("before-publish", {}),
+    ("after-exchange", {}),
+    ("between-renames", {"BAYES_ANNOT_NO_RENAME_EXCHANGE": "1"}),
+])
+@pytest.mark.parametrize("mode", ["fit", "update"])
+def test_killed_writes_keep_the_old_results_and_the_next_run_cleans_up(tmp_path, log_csv, point, env, mode):
+    out = tmp_path / "res"
+    new = tmp_path / "new.csv"
+    log = pd.read_csv(log_csv, dtype=str, keep_default_na=False)
+    log.iloc[:-60].to_csv(tmp_path / "old.csv", index=False)
+    log.iloc[-60:].to_csv(new, index=False)
+    assert main(["fit", str(tmp_path / "old.csv"), "--out", str(out), "--quiet"]) == 0
+    before = snapshot(out)
+    args = ["fit", new, "--update", out, "--out", out] if mode == "update" else ["fit", log_csv, "--out", out, "--seed", "2"]
+    proc = run(*args, "--quiet", env={"BAYES_ANNOT_FAULT": point, **env})
+    assert proc.returncode == 91, proc.stderr  # killed at that point (os._exit, as kill -9 would)
+    if point == "before-publish":
+        assert snapshot(out) == before
+    elif point == "after-exchange":
+        assert ba.load(out).summary["counts"]["rows"] == (len(log) if mode == "update" else len(log))
+    else:  # between the two renames: the old results sit aside; the next write puts them back first
+        assert not out.exists() and any(".old-" in name for name in leftovers(tmp_path))
+    assert leftovers(tmp_path)  # something was left ...
+    proc = run(*args, "--quiet", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert leftovers(tmp_path) == []  # ... and the next run removed it
+    saved = ba.load(out)
+    assert len(saved.rows) == len(log) and saved.summary["counts"]["rows"] == len(log)
+
+
+def test_kill_at_random_moments_never_leaves_a_mix(tmp_path):
+    """SIGKILL at several moments of a larger fit: the folder always holds one complete result."""
+    big = tmp_path / "big.csv"
+    ba.simulate(n_users=4000, n_models=6, labels_per_user=(10, 40), seed=3).to_csv(big, index=False)
+    out = tmp_path / "res"
+    assert main(["fit", str(big), "--out", str(out), "--quiet"]) == 0
+    reference = snapshot(out)
+    for delay in (0.5, 1.5, 2.5, 3.5):
+        proc = subprocess.Popen([sys.executable, "-m", "bayes_annot", "fit", str(big), "--out", str(out), "--quiet",
+                                 "--format", "parquet"])
+        time.sleep(delay)
+        proc.kill()
+        proc.wait()
+        files = snapshot(out)
+        manifest = json.loads(files["manifest.json"])
+        assert manifest["complete"] and set(files) == set(manifest["files"]) | {"manifest.json"}
+        if manifest["format"] == "csv":
+            assert files == reference
+        assert len(ba.load(out).rows) == len(pd.read_csv(big))
+    assert main(["fit", str(big), "--out", str(out), "--quiet"]) == 0
+    assert leftovers(tmp_path) == []
+
+
+# --------------------------------------------------------------------------- 2. one writer at a time
+
+
+def test_two_concurrent_updates_keep_every_row(tmp_path):
+    log = ba.simulate(n_users=400, n_models=5, labels_per_user=(5, 20), seed=9)[["user", "model_a", "model_b", "winner"]]
+    old, first, second = log.iloc[:-800], log.iloc[-800:-400], log.iloc[-400:]
+    old.to_csv(tmp_path / "old.csv", index=False)
+    first.to_csv(tmp_path / "n1.csv", index=False)
+    second.to_csv(tmp_path / "n2.csv", index=False)
+    out = tmp_path / "lu"
+    assert main(["fit", str(tmp_path / "old.csv"), "--out", str(out), "--quiet"]) == 0
+    procs = []
+    for name in ("n1.csv", "n2.csv"):
+        procs.append(subprocess.Popen([sys.executable, "-m", "bayes_annot", "fit", str(tmp_path / name), "--update",
+                                       str(out), "--out", str(out), "--quiet"], stderr=subprocess.PIPE, text=True))
+        time.sleep(0.3)
+    for proc in procs:
+        assert proc.wait() == 0, proc.stderr.read()
+    rows = ba.load(out).rows
+    assert len(rows) == len(log)
+    key = ["user", "model_a", "model_b", "winner"]
+    merged = rows[key].astype(str).merge(log.astype(str), on=key, how="outer", indicator=True)
+    assert (merged["_merge"] == "both").all()
+
+
+def test_readers_never_see_two_fits_at_once(tmp_path):
+    """load() while a writer alternates two different fits into one folder: every read is one fit."""
+    small = ba.simulate(n_users=100, n_models=3, labels_per_user=(3, 8), seed=1)
+    large = ba.simulate(n_users=300, n_models=5, labels_per_user=(3, 8), seed=2)
+    small.to_csv(tmp_path / "small.csv", index=False)
+    large.to_csv(tmp_path / "large.csv", index=False)
+    out = tmp_path / "res"
+    assert main(["fit", str(tmp_path / "small.csv"), "--out", str(out), "--quiet"]) == 0
+    script = (
+        "import sys\nfrom bayes_annot.cli import main\n"
+        f"for i in range(16):\n    main(['fit', {str(tmp_path / 'large.csv')!r} if i % 2 == 0 else {str(tmp_path / 'small.csv')!r},"
+        f" '--out', {str(out)!r}, '--quiet'])\n"
+    )
+    writer = subprocess.Popen([sys.executable, "-c", script])
+    reads = 0
+    try:
+        while writer.poll() is None:
+            saved = ba.load(out)
+            n_rows = saved.summary["counts"]["rows"]
+            assert n_rows == len(saved.rows) == int(saved.users["n_rows"].sum())
+            assert set(saved.users["user"]) == set(saved.rows["user"])
+            reads += 1
+    finally:
+        writer.wait()
+    assert writer.returncode == 0 and reads > 5
+
+
+# --------------------------------------------------------------------------- permissions
+
+
+@pytest.mark.parametrize("umask, dir_mode, file_mode", [(0o022, 0o755, 0o644), (0o027, 0o750, 0o640)])
+def test_output_permissions_follow_the_umask(tmp_path, log_csv, umask, dir_mode, file_mode):
+    previous = os.umask(umask)
+    try:
+        assert main(["fit", str(log_csv), "--out", str(tmp_path / "res"), "--report", "--quiet",
+                     "--dpo", str(tmp_path / "pairs.jsonl")]) == 0
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "res").stat().st_mode & 0o777 == dir_mode
+    for path in [*(tmp_path / "res").iterdir(), tmp_path / "pairs.jsonl"]:
+        assert path.stat().st_mode & 0o777 == file_mode, path
+
+
+# --------------------------------------------------------------------------- 7. what leaves the machine
+
+
+def test_safe_csv_escapes_formulas_and_load_undoes_it(tmp_path):
+    log = ba.simulate(n_users=60, n_models=3, labels_per_user=(3, 8), seed=4)[["user", "model_a", "model_b", "winner"]]
+    log["user"] = np.where(log["user"] == log["user"].iloc[0], "=HYPERLINK(\"http://x\")", log["user"])
+    log["note"] = ["+1", "-2", "@a", "'q", "plain"] * (len(log) // 5) + ["x"] * (len(log) % 5)
+    log.to_csv(tmp_path / "log.csv", index=False)
+    assert main(["fit", str(tmp_path / "log.csv"), "--out", str(tmp_path / "res"), "--safe-csv", "--quiet"]) == 0
+    text = (tmp_path / "res" / "rows.csv").read_text()
+    assert "'=HYPERLINK" in text and "\"'+1\"" in text and "\"''q\"" in text
+    assert "\"=HYPERLINK" not in text and "\"=" not in (tmp_path / "res" / "users.csv").read_text()
+    saved = ba.load(tmp_path / "res")
+    assert saved.rows["note"].tolist() == log["note"].tolist()
+    assert saved.rows["user"].tolist() == log["user"].tolist()
