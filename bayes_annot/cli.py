@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 
 from .errors import InputError
-from .outdir import _umask
+from .outdir import apply_umask
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 1
@@ -132,7 +132,7 @@ def _write_frame(frame, path: Path) -> None:
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(handle)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())
+        apply_umask(tmp)
         if suffix == ".csv":
             frame.to_csv(tmp, index=False)
         elif suffix == ".parquet":
@@ -205,7 +205,7 @@ def _waiting(args):
 def _cmd_fit(args) -> int:
     from .export import DPO_COLUMNS
     from .fit import fit
-    from .outdir import check_dpo_target, check_target, locked
+    from .outdir import check_dpo_target, check_target, locked, recover
 
     if args.update is not None:
         if args.warm_start is not None:
@@ -218,6 +218,8 @@ def _cmd_fit(args) -> int:
     if args.dpo:
         check_dpo_target(args.dpo, target, DPO_COLUMNS, inputs)
     with locked(target, _waiting(args)):  # one writer per folder: an update reads, fits and writes under the lock
+        for note in recover(target):  # what an interrupted run left, before anything reads the folder
+            warnings.warn(note, UserWarning, stacklevel=1)
         if args.update is not None:
             from .incremental import update_saved
 

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import InputError
+from .outdir import apply_umask
 
 __all__ = ["DPO_COLUMNS", "to_dpo", "dpo_from_rows", "stage_dpo"]
 
@@ -292,6 +293,7 @@ def stage_dpo(frames, path: Path, staging_dir: Path | None = None) -> tuple[Path
     parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=parent)
     try:
+        apply_umask(tmp)
         if path.suffix.lower() == ".jsonl":
             with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as out:
                 for frame in frames:

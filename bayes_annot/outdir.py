@@ -65,6 +65,11 @@ def _umask() -> int:
     return current
 
 
+def apply_umask(path) -> None:
+    """Give a file made by ``mkstemp`` (mode 0600) the mode a plain file write would give under the umask."""
+    os.chmod(path, 0o666 & ~_umask())
+
+
 def _entries(directory: Path) -> tuple[set[str], set[str]]:
     """Relative paths of the files and of the folders below ``directory``."""
     files, folders = set(), set()
@@ -432,7 +437,7 @@ class ResultWriter:
         handle, tmp = tempfile.mkstemp(prefix=f".{dest.stem}.tmp-", suffix=dest.suffix, dir=dest.parent)
         os.close(handle)
         self.outside.append((Path(tmp), dest))
-        os.chmod(tmp, 0o666 & ~_umask())
+        apply_umask(tmp)
         return write(Path(tmp))
 
     # -- finishing
@@ -500,7 +505,7 @@ def add_file(directory, name: str, payload: bytes) -> Path:
     try:
         with os.fdopen(handle, "wb") as out:
             out.write(payload)
-        os.chmod(tmp, 0o666 & ~_umask())
+        apply_umask(tmp)
         os.replace(tmp, final)
         manifest = read_manifest(directory)
         if manifest is not None and name not in manifest.get("files", []):
@@ -509,7 +514,7 @@ def add_file(directory, name: str, payload: bytes) -> Path:
             with os.fdopen(handle, "w", encoding="utf-8") as out:
                 json.dump(manifest, out, indent=1)
                 out.write("\n")
-            os.chmod(tmp, 0o666 & ~_umask())
+            apply_umask(tmp)
             os.replace(tmp, directory / MANIFEST)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)

@@ -164,18 +164,10 @@ def to_arrow(frame: pd.DataFrame) -> tuple[object, list[dict]]:
     for position, name in enumerate(names):
         encoded, meta = _encode_column(frame.iloc[:, position])
         meta["name"] = name
-        arrays.append(pa.Array.from_pandas(encoded) if len(encoded) else pa.array([], type=_empty_type(encoded)))
+        array = pa.Array.from_pandas(encoded)
+        arrays.append(array.cast(pa.string()) if pa.types.is_null(array.type) else array)
         metas.append(meta)
     return pa.Table.from_arrays(arrays, names=names), metas
-
-
-def _empty_type(series: pd.Series):
-    import pyarrow as pa
-
-    try:
-        return pa.from_numpy_dtype(series.dtype)
-    except (TypeError, NotImplementedError, pa.ArrowNotImplementedError):
-        return pa.string()
 
 
 def _text_columns(table, metas: list[dict]) -> list[str]:

@@ -115,12 +115,13 @@ def test_other_output_path_problems_fail_before_fitting(tmp_path, log_csv, capsy
         out = parent / "res"
         real_access = os.access
         monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if Path(p) == parent else real_access(p, mode, **kw))
+    # an input that would fail to validate: the --out problem must be found first (before reading or fitting)
+    bad = tmp_path.parent / f"{tmp_path.name}-bad.csv"
+    bad.write_text("user,model_a,model_b,winner\nu,x,y,maybe\n")
     before = snapshot(tmp_path)
-    import bayes_annot.fit as fit_module
-
-    monkeypatch.setattr(fit_module, "prepare", lambda *a, **k: pytest.fail("fitted before checking --out"))
-    assert main(["fit", str(log_csv), "--out", str(out)]) == 2
-    one_error_line(capsys)
+    assert main(["fit", str(bad), "--out", str(out)]) == 2
+    line = one_error_line(capsys)
+    assert "maybe" not in line and ("output" in line or "--out" in line), line
     assert snapshot(tmp_path) == before
     if case == "symlink":
         assert (tmp_path / "link").is_symlink()

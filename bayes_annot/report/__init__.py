@@ -71,6 +71,8 @@ def build_report(result, path, *, comparison=None, title: str | None = None, n_r
     import tempfile
     from pathlib import Path
 
+    from ..outdir import apply_umask
+
     text = render_report(result, comparison=comparison, title=title, n_rep=n_rep, seed=seed, few_labels=few_labels)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -78,9 +80,7 @@ def build_report(result, path, *, comparison=None, title: str | None = None, n_r
     try:  # written beside its final name and renamed: a failure (disk full) leaves no partial file behind
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             out.write(text)
-        current = os.umask(0o022)
-        os.umask(current)
-        os.chmod(tmp, 0o666 & ~current)
+        apply_umask(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
