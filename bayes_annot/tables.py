@@ -204,11 +204,18 @@ def write_arrow(table, metas: list[dict], sink, fmt: str, *, safe_csv: bool = Fa
     import pyarrow.parquet as pq
 
     table_file_name("table", fmt)
+    _NO_HEADER = _no_header()
     schema = table.schema
     if fmt == "csv":
         if safe_csv:
             table = _escape_formulas(table, _text_columns(table, metas))
-        pa_csv.write_csv(table, sink, pa_csv.WriteOptions(quoting_style="needed"))
+        if isinstance(sink, (str, bytes)) or hasattr(sink, "__fspath__"):
+            with open(sink, "wb") as handle:
+                _write_header(handle, table.column_names)
+                pa_csv.write_csv(table, handle, _NO_HEADER)
+        else:
+            _write_header(sink, table.column_names)
+            pa_csv.write_csv(table, sink, _NO_HEADER)
     else:
         pq.write_table(table, sink)
     return {
@@ -218,6 +225,17 @@ def write_arrow(table, metas: list[dict], sink, fmt: str, *, safe_csv: bool = Fa
         "schema": base64.b64encode(schema.serialize().to_pybytes()).decode("ascii"),
         "safe_csv": bool(safe_csv and fmt == "csv"),
     }
+
+
+def _write_header(handle, names) -> None:
+    """The header line, every name quoted (pyarrow leaves a name with a line break unquoted)."""
+    handle.write((",".join('"' + name.replace('"', '""') + '"' for name in names) + "\n").encode("utf-8"))
+
+
+def _no_header():
+    import pyarrow.csv as pa_csv
+
+    return pa_csv.WriteOptions(quoting_style="needed", include_header=False)
 
 
 class CsvStreamWriter:
@@ -244,7 +262,8 @@ class CsvStreamWriter:
         if self.metas is None:
             self.metas, self.schema = metas, table.schema
             if self.fmt == "csv":
-                self.writer = pa_csv.CSVWriter(self.sink, self.schema, write_options=pa_csv.WriteOptions(quoting_style="needed"))
+                _write_header(self.sink, self.schema.names)
+                self.writer = pa_csv.CSVWriter(self.sink, self.schema, write_options=_no_header())
             else:
                 self.writer = pq.ParquetWriter(self.sink, self.schema)
         elif table.schema != self.schema:
@@ -318,7 +337,7 @@ def read_table_file(source: str | BinaryIO, meta: dict | None = None) -> pd.Data
                 column_types=schema, strings_can_be_null=True, quoted_strings_can_be_null=False,
                 include_columns=schema.names,
             )
-            read = pa_csv.ReadOptions(column_names=schema.names, skip_rows=1, block_size=1 << 26)
+            read = pa_csv.ReadOptions(block_size=1 << 26)
             table = pa_csv.read_csv(source, read_options=read, convert_options=convert)
         if meta and meta.get("safe_csv"):
             table = _unescape_formulas(table, [f.name for f in table.schema
