@@ -74,9 +74,10 @@ def canonical_text(series: pd.Series) -> np.ndarray:
     dtype = series.dtype
     out = np.full(n, "", dtype=object)
     present = ~missing
-    if isinstance(dtype, pd.CategoricalDtype):
-        series = series.astype(object)
-        dtype = series.dtype
+    if isinstance(dtype, pd.CategoricalDtype):  # the categories once, then by code
+        categories = canonical_text(pd.Series(series.cat.categories))
+        out[present] = categories[series.cat.codes.to_numpy()[present]]
+        return out
     if pd.api.types.is_bool_dtype(dtype):
         out[present] = series[present].astype(bool).astype(str).to_numpy(dtype=object)
         return out
@@ -88,21 +89,43 @@ def canonical_text(series: pd.Series) -> np.ndarray:
         return out
     # text, or mixed Python objects (JSON input): str(), stripped; numbers in any spelling made canonical
     values = series[present].to_numpy(dtype=object)
-    text = pd.Series(values, dtype=object).astype(str)
-    try:
-        text = text.astype("string[pyarrow]").str.strip().to_numpy(dtype=object)
-    except (ImportError, TypeError, ValueError):  # pragma: no cover - without pyarrow
-        text = text.str.strip().to_numpy(dtype=object)
-    number = pd.to_numeric(pd.Series(text, dtype=object), errors="coerce")
-    try:
-        number = np.asarray(number, dtype=float)
-    except (TypeError, ValueError):  # pragma: no cover - values beyond float
-        number = np.full(text.shape[0], np.nan)
-    with np.errstate(invalid="ignore"):
-        numeric = ~np.isnan(number) & (np.abs(number) < _EXACT)  # larger integers keep their exact digits
-    text[numeric] = _number_text(number[numeric])
+    text, looks_numeric, number = _stripped(pd.Series(values, dtype=object).astype(str))
+    candidates = np.flatnonzero(looks_numeric)
+    if candidates.shape[0]:
+        if number is None:
+            number = pd.to_numeric(pd.Series(text[candidates], dtype=object), errors="coerce")
+            try:
+                number = np.asarray(number, dtype=float)
+            except (TypeError, ValueError):  # pragma: no cover - values beyond float
+                number = np.full(candidates.shape[0], np.nan)
+        with np.errstate(invalid="ignore"):
+            numeric = ~np.isnan(number) & (np.abs(number) < _EXACT)  # larger integers keep their exact digits
+        text[candidates[numeric]] = _number_text(number[numeric])
     out[present] = text  # text of only whitespace becomes "", as a missing value
     return out
+
+
+_NUMBER = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
+
+
+def _stripped(text: pd.Series):
+    """Text stripped of surrounding whitespace, which values look like a decimal number, and those numbers
+    (``None`` when they are left to :func:`pandas.to_numeric`); vectorised in Arrow when it is installed."""
+    try:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+    except ImportError:  # pragma: no cover - without pyarrow
+        stripped = text.str.strip()
+        return stripped.to_numpy(dtype=object), stripped.str.fullmatch(_NUMBER[1:-1]).to_numpy(dtype=bool), None
+    arrow = pc.utf8_trim_whitespace(pa.array(text.to_numpy(dtype=object), type=pa.string()))
+    looks = np.asarray(pc.match_substring_regex(arrow, _NUMBER).to_numpy(zero_copy_only=False), dtype=bool)
+    number = None
+    if looks.any():
+        try:
+            number = pc.cast(arrow.filter(pa.array(looks)), pa.float64()).to_numpy(zero_copy_only=False)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # e.g. beyond float range
+            number = None
+    return arrow.to_numpy(zero_copy_only=False).astype(object), looks, number
 
 
 def _hash_column(text: np.ndarray) -> np.ndarray:
