@@ -90,6 +90,14 @@ def _build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--update", default=None, metavar="DIR",
                      help="INPUT holds only new rows: refit DIR's rows (rows.csv) plus INPUT, warm-started from DIR, "
                      "with DIR's settings (options given here override them; column options name INPUT's columns)")
+    fit.add_argument("--on-duplicate", default=None, choices=["skip", "error", "keep"],
+                     help="with --update: new rows already in DIR's rows are skipped with a warning (default), "
+                     "refused (exit 2, nothing written) or appended again")
+    fit.add_argument("--row-id", default=None, metavar="COL[,COL...]",
+                     help="with --update: column(s) identifying a row, to find rows already in DIR "
+                     "(default question_id,tstamp when present, else the whole row); ids win over content")
+    fit.add_argument("--record-paths", action="store_true",
+                     help="record the input's absolute path in summary.json and the report (default: file name and SHA-256)")
     fit.add_argument("--report", action="store_true", help="also write DIR/report.html (diagnostics report)")
     fit.add_argument("--dpo", default=None, help="also export kept labels for DPO training (.jsonl or .parquet)")
     fit.add_argument("--format", default="csv", choices=["csv", "parquet"],
@@ -212,6 +220,8 @@ def _cmd_fit(args) -> int:
             raise InputError("--update and --warm-start exclude each other (--update already starts from DIR)")
         if args.method != "em" or args.tastes != 1:
             raise InputError("--update refits by EM with one ranking: drop --method/--tastes")
+    elif args.on_duplicate is not None or args.row_id is not None:
+        raise InputError("--on-duplicate and --row-id apply to --update (rows already in DIR)")
     # every output-path problem is found before any fitting
     inputs = _input_paths(args.input)
     target = check_target(args.out, inputs)
@@ -224,7 +234,10 @@ def _cmd_fit(args) -> int:
             from .incremental import update_saved
 
             settings, columns = _update_overrides(args)
-            result = update_saved(args.update, args.input, columns=columns, **settings)
+            result = update_saved(
+                args.update, args.input, columns=columns, on_duplicate=args.on_duplicate or "skip",
+                row_id=args.row_id, record_paths=args.record_paths, **settings,
+            )
         else:
             result = fit(
                 args.input,
@@ -250,6 +263,7 @@ def _cmd_fit(args) -> int:
                 progress=None,
                 seed=args.seed,
                 start=args.warm_start,
+                record_paths=args.record_paths,
             )
         result.summary.setdefault("settings", {})["format"] = args.format
         result.save(target, report=args.report, dpo=args.dpo, format=args.format, safe_csv=args.safe_csv,

@@ -21,8 +21,8 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.special import logit
 
-from . import __version__
-from .data import ColumnMap, PreparedData, file_sha256, prepare, read_table
+from . import __version__, provenance
+from .data import ColumnMap, PreparedData, prepare, read_table
 from .decide import FilterRule, decide_users, parse_filter
 from .block_em import Block, EMState, LocalRunner, make_block, run_em
 from .em import EMProblem, EMResult
@@ -425,6 +425,7 @@ def fit(
     seed: int = 0,
     start: dict | str | Path | None = None,
     accelerate: bool | None = None,
+    record_paths: bool = False,
 ) -> FitResult:
     """Fit the user behaviour model to a comparison-mode log.
 
@@ -470,6 +471,11 @@ def fit(
         Warm start for EM: a folder written by a previous fit (its parameters,
         strengths and per-user quality, matched by label) or a ``start`` dict
         of :func:`bayes_annot.em.fit_em`.
+    record_paths : bool
+        Record the input file's absolute path in the summary (and so in
+        ``summary.json`` and the report). By default only its name and
+        SHA-256 are recorded (``summary["input"]``, and the first entry of
+        ``summary["provenance"]``, the list updates extend).
 
     Returns
     -------
@@ -493,24 +499,24 @@ def fit(
     rule = parse_filter(filter)
     if not use_p_a and p_a is None:
         p_a = False  # ignored: a column named p_a is then not read (nor validated) as probabilities
-    input_info: dict = {}
+    input_info = provenance.input_info(None)
     if isinstance(data, (str, Path)) and _is_parquet_collection(data):
+        collection = data
         data = _read_parquet_collection(data)
+        input_info = provenance.parquet_collection_info(collection, record_paths)
     if _is_dask_frame(data):
         if method != "em" or tastes != 1:
             raise InputError("a Dask DataFrame (or a folder of parquet files) is fitted by EM only, with tastes=1")
         return _fit_dask_frame(
             data, model=model, rule=rule, user=user, model_a=model_a, model_b=model_b, winner=winner, p_a=p_a,
             use_p_a=use_p_a, mu=mu, strong_model=strong_model, q=q, priors=priors, tol=tol, max_iter=max_iter,
-            seed=seed, start=start,
+            seed=seed, start=start, input_info=input_info,
         )
     if isinstance(data, (str, Path)):
-        input_info = {"path": str(data), "sha256": None}
         frame = read_table(data)
-        input_info["sha256"] = file_sha256(data)
+        input_info = provenance.input_info(data, record_paths)
     elif isinstance(data, pd.DataFrame):
         frame = data
-        input_info = {"path": None, "sha256": None}
     else:
         raise InputError(f"data must be a file path or a pandas DataFrame, got {type(data).__name__}")
     columns = ColumnMap(user=user, model_a=model_a, model_b=model_b, winner=winner, p_a=p_a)
@@ -583,6 +589,7 @@ def fit(
     if method == "nuts":
         settings.update(draws=draws, tune=tune, chains=chains, sampler=sampler)
     summary = assemble_summary(prepared, problem, estimates, model, strength_mode, components, input_info, settings, pairs)
+    summary["provenance"] = [provenance.provenance_entry(input_info, rows_read=prepared.n_rows, rows_added=prepared.n_rows)]
     summary["runtime_seconds"] = round(time.perf_counter() - t_start, 4)
     return FitResult(prepared, estimates, rule, summary, state=state)
 
@@ -618,7 +625,7 @@ def assemble_summary(
         "runtime_seconds": None,
         "comparison_graph_components": int(components.max() + 1) if len(components) else 0,
         "warnings": [],
-        "input": input_info or {"path": None, "sha256": None},
+        "input": input_info or provenance.input_info(None),
         "settings": settings,
     }
     summary.update(estimates.diagnostics)
@@ -805,7 +812,7 @@ def _read_parquet_collection(path):
         raise InputError(f"cannot read parquet files '{target}': {first}") from exc
 
 
-def _fit_dask_frame(ddf, *, model, rule, priors, q, tol, max_iter, seed, start, mu, strong_model, **columns):
+def _fit_dask_frame(ddf, *, model, rule, priors, q, tol, max_iter, seed, start, mu, strong_model, input_info=None, **columns):
     from .dask_em import fit_dask
     from .dask_result import DaskFitResult
 
@@ -837,7 +844,8 @@ def _fit_dask_frame(ddf, *, model, rule, priors, q, tol, max_iter, seed, start, 
         "runtime_seconds": None,
         "comparison_graph_components": int(components.max() + 1) if len(components) else 0,
         "warnings": [],
-        "input": {"path": None, "sha256": None},
+        "input": input_info or provenance.input_info(None),
+        "provenance": [provenance.provenance_entry(input_info, rows_read=counts["rows"], rows_added=counts["rows"])],
         "settings": {"model": model, "method": "em", "filter": str(rule), "columns": dfit.columns, "mu": mu,
                      "strong_model": strong_model, "q": q, "priors": asdict(priors), "tol": tol,
                      "max_iter": max_iter, "seed": seed},

@@ -53,6 +53,7 @@ from .data import ColumnMap, PreparedData, prepare
 from .decide import parse_filter
 from .errors import InputError
 from .likelihood import Priors
+from .provenance import carried_provenance, drop_duplicates_of, input_info, provenance_entry, set_provenance
 
 __all__ = ["update", "update_saved", "merge_prepared", "warm_start", "load_start", "align_start", "fit_prepared"]
 
@@ -452,7 +453,16 @@ def _extend_state(state: EMState, merge: _Merge, problem_new, key: tuple) -> EMS
     return EMState(block=block, pair_counts=pairs, key=key)
 
 
-def update(previous, new_rows, *, accelerate: bool | None = None, **fit_settings):
+def update(
+    previous,
+    new_rows,
+    *,
+    accelerate: bool | None = None,
+    on_duplicate: str = "skip",
+    row_id=None,
+    record_paths: bool = False,
+    **fit_settings,
+):
     """Fit old + new rows, warm-started from ``previous`` and reusing its encoding and EM block.
 
     Parameters
@@ -467,6 +477,20 @@ def update(previous, new_rows, *, accelerate: bool | None = None, **fit_settings
         :func:`bayes_annot.fit`: on for ``continuous``; off for ``two-class``,
         whose warm-started EM converges in two or three plain steps, so an
         extrapolation would only add a pass.
+    on_duplicate : {"skip", "error", "keep"}
+        New rows already in ``previous``'s log (see
+        :func:`bayes_annot.provenance.drop_duplicates_of`): skipped with a
+        :class:`~bayes_annot.errors.FitWarning` giving their number (default;
+        so applying the same batch twice changes nothing), refused with
+        :class:`~bayes_annot.errors.InputError`, or kept (appended again).
+    row_id : str or list, optional
+        Id column(s) that identify a row (comma-separated names or a list);
+        default ``question_id`` + ``tstamp`` when both logs have both, else the
+        whole row. Ids win over content: a row with known ids is a duplicate
+        even if its other values changed.
+    record_paths : bool
+        Record the absolute path of a ``new_rows`` file in the summary (by
+        default only its name and SHA-256).
     **fit_settings
         Any of ``model, filter, tol, max_iter, q, priors, use_p_a, mu, strong_model``.
 
@@ -474,7 +498,8 @@ def update(previous, new_rows, *, accelerate: bool | None = None, **fit_settings
     -------
     FitResult
         Rows in the order old rows then new rows; users and models over the
-        merged vocabularies. ``summary["settings"]["warm_start"]`` is true.
+        merged vocabularies. ``summary["settings"]["warm_start"]`` is true;
+        ``summary["provenance"]`` is ``previous``'s list plus this update.
 
     Notes
     -----
@@ -512,13 +537,22 @@ def update(previous, new_rows, *, accelerate: bool | None = None, **fit_settings
     settings["filter"] = str(previous.rule)  # the rule in force (a .filter() clone's, not the original fit's)
     settings.update(fit_settings)
     old = previous._data
+    info = input_info(new_rows, record_paths)
     if not isinstance(new_rows, pd.DataFrame):
         new_rows = read_table(new_rows)
     cols = old.columns
-    new = prepare(
-        new_rows,
-        ColumnMap(user=cols["user"], model_a=cols["model_a"], model_b=cols["model_b"], winner=cols["winner"], p_a=cols.get("p_a")),
+    role_map = ColumnMap(
+        user=cols["user"], model_a=cols["model_a"], model_b=cols["model_b"], winner=cols["winner"], p_a=cols.get("p_a")
     )
+    new = prepare(new_rows, role_map)  # validated whole: errors name the rows of the file
+    kept_rows, counts = drop_duplicates_of(old.frame, new_rows, row_id=row_id, on_duplicate=on_duplicate)
+    entries = carried_provenance(previous.summary, record_paths) + [provenance_entry(info, **counts)]
+    if counts["rows_added"] == 0:  # nothing new: refit the previous log as it is
+        result = _refit_unchanged(previous, settings, accelerate, info, started)
+        set_provenance(result, info, entries)
+        return result
+    if counts["rows_skipped"]:
+        new = prepare(kept_rows, role_map)
     merge = _merge(old, new)
     start = _mapped_start(previous, merge)
     if settings.get("model", "two-class") != previous.estimates.variant:
@@ -532,13 +566,40 @@ def update(previous, new_rows, *, accelerate: bool | None = None, **fit_settings
         state = _extend_state(state, merge, problem_new, key)
     else:
         state = None  # rebuilt from the merged rows
-    return fit_prepared(merge.merged, start=start, accelerate=accelerate, state=state, _started=started, **settings)
+    result = fit_prepared(
+        merge.merged, start=start, accelerate=accelerate, state=state, input_info=info, _started=started, **settings
+    )
+    set_provenance(result, info, entries)
+    return result
+
+
+def _refit_unchanged(previous, settings: dict, accelerate, info: dict, started: float):
+    """An update that adds no row: the previous log refitted (same rows), warm-started from ``previous``."""
+    from .fit import problem_key
+
+    old = previous._data
+    start = warm_start(previous, old)
+    if settings.get("model", "two-class") != previous.estimates.variant:
+        start = {"strengths": start.get("strengths"), "q": start.get("q")}
+    key = problem_key(settings.get("mu"), settings.get("strong_model"), settings.get("use_p_a", True), old.has_p_a)
+    state = getattr(previous, "_state", None)
+    state = state if state is not None and state.key == key else None
+    return fit_prepared(old, start=start, accelerate=accelerate, state=state, input_info=info, _started=started, **settings)
 
 
 _SAVED_SETTINGS = ("model", "filter", "use_p_a", "mu", "strong_model", "q", "tol", "max_iter")
 
 
-def update_saved(directory: str | Path, new_rows, columns: dict | None = None, **overrides):
+def update_saved(
+    directory: str | Path,
+    new_rows,
+    columns: dict | None = None,
+    *,
+    on_duplicate: str = "skip",
+    row_id=None,
+    record_paths: bool = False,
+    **overrides,
+):
     """Refit a saved fit's rows plus new rows, warm-started from the saved folder (``fit NEW --update DIR``).
 
     The saved ``rows.csv`` holds every input row of the previous fit, so the
@@ -558,12 +619,21 @@ def update_saved(directory: str | Path, new_rows, columns: dict | None = None, *
     columns : dict, optional
         Role (``user``, ``model_a``, ``model_b``, ``winner``, ``p_a``) -> column
         name in ``new_rows`` when it differs from the saved fit's.
+    on_duplicate : {"skip", "error", "keep"}
+        New rows already in the saved rows: skipped with a warning (default),
+        refused (:class:`~bayes_annot.errors.InputError`, nothing fitted) or
+        appended again; as in :func:`update`.
+    row_id : str or list, optional
+        Id column(s) that identify a row, as in :func:`update`.
+    record_paths : bool
+        Record the absolute path of a ``new_rows`` file (by default its name and SHA-256 only).
     **overrides
         Any of ``model, filter, use_p_a, mu, strong_model, q, tol, max_iter``.
 
     Returns
     -------
     FitResult
+        ``summary["provenance"]`` is the saved list plus this update.
     """
     from .data import ColumnMap, read_table
     from .fit import fit, load
@@ -582,10 +652,13 @@ def update_saved(directory: str | Path, new_rows, columns: dict | None = None, *
             f"'{directory}' was fitted with taste classes; an update refits one ranking: fit the whole log with --tastes"
         )
     saved_columns = dict(saved_settings.get("columns") or {})
+    info = input_info(None, record_paths)
     if isinstance(new_rows, (str, Path)):
         if Path(new_rows).is_dir() or any(ch in str(new_rows) for ch in "*?["):
             raise InputError(f"--update reads one file of new rows (.csv, .parquet, .json, .jsonl), got '{new_rows}'")
-        new_rows = read_table(new_rows)
+        frame = read_table(new_rows)
+        info = input_info(new_rows, record_paths)
+        new_rows = frame
     settings = {key: saved_settings[key] for key in _SAVED_SETTINGS if key in saved_settings}
     settings.update(overrides)
     use_p_a = bool(settings.get("use_p_a", True))
@@ -608,9 +681,13 @@ def update_saved(directory: str | Path, new_rows, columns: dict | None = None, *
     except InputError as exc:
         raise InputError(f"new rows: {exc}") from None
     old_rows = saved.input_rows()
+    new_rows, counts = drop_duplicates_of(old_rows, new_rows, row_id=row_id, on_duplicate=on_duplicate)
+    entries = carried_provenance(summary, record_paths) + [provenance_entry(info, **counts)]
     priors = Priors(**saved_settings["priors"]) if isinstance(saved_settings.get("priors"), dict) else None
-    merged = pd.concat([old_rows, new_rows], ignore_index=True)
-    return fit(
+    merged = pd.concat([old_rows, new_rows], ignore_index=True) if len(new_rows) else old_rows
+    result = fit(
         merged, method="em", user=role_map.user, model_a=role_map.model_a, model_b=role_map.model_b,
         winner=role_map.winner, p_a=p_a, priors=priors, start=directory, **settings,
     )
+    set_provenance(result, info, entries)
+    return result

@@ -11,9 +11,15 @@ from bayes_annot.data import prepare
 from bayes_annot.incremental import align_start, fit_prepared, load_start, merge_prepared, update
 
 
+def _with_vote_ids(log):
+    """A vote id per row: without one, a repeated identical vote in new rows is taken for a row already
+    in the log and skipped (issue 16); these tests append every row."""
+    return log.assign(vote_id=[f"v{i}" for i in range(len(log))])
+
+
 def _split(variant, seed=2, n_users=800, share=0.05, labels=(10, 40)):
     log = ba.simulate(n_users=n_users, n_models=5, labels_per_user=labels, quality=variant, tie_rate=0.05, seed=seed)
-    log = log[["user", "model_a", "model_b", "winner"]].astype(str)
+    log = _with_vote_ids(log[["user", "model_a", "model_b", "winner"]].astype(str))
     log = log.sample(frac=1.0, random_state=seed).reset_index(drop=True)
     cut = int(len(log) * (1 - share))
     return log.iloc[:cut].reset_index(drop=True), log.iloc[cut:].reset_index(drop=True)
@@ -135,7 +141,7 @@ def test_result_update_method_and_cli_warm_start(tmp_path):
     from bayes_annot.cli import main
 
     log = ba.simulate(n_users=400, n_models=6, labels_per_user=(5, 25), seed=21)
-    log = log[["user", "model_a", "model_b", "winner"]].astype(str)
+    log = _with_vote_ids(log[["user", "model_a", "model_b", "winner"]].astype(str))
     old, new = log.iloc[:-300], log.iloc[-300:]
     previous = ba.fit(old, tol=1e-14)
     updated = previous.update(new, tol=1e-14)
@@ -186,7 +192,7 @@ def test_update_from_the_kept_block_equals_update_from_rows(variant):
 
 def test_update_with_known_p_a_uses_the_kept_block():
     log = ba.simulate(n_users=400, n_models=4, labels_per_user=(5, 30), known_mu=0.8, seed=8)
-    log = log[["user", "model_a", "model_b", "winner", "p_a"]]
+    log = _with_vote_ids(log[["user", "model_a", "model_b", "winner", "p_a"]])
     old, new = log.iloc[:-300].reset_index(drop=True), log.iloc[-300:].reset_index(drop=True)
     previous = ba.fit(old)
     assert previous.summary["strengths"].startswith("known") and previous._state.key == ("p_a",)
@@ -209,7 +215,8 @@ def test_update_that_changes_the_strength_mode_rebuilds_from_rows():
 
 def test_chained_updates_equal_one_fit_of_everything():
     log = ba.simulate(n_users=600, n_models=5, labels_per_user=(5, 30), tie_rate=0.05, seed=10)
-    log = log[["user", "model_a", "model_b", "winner"]].astype(str).sample(frac=1.0, random_state=1).reset_index(drop=True)
+    log = _with_vote_ids(log[["user", "model_a", "model_b", "winner"]].astype(str))
+    log = log.sample(frac=1.0, random_state=1).reset_index(drop=True)
     batches = np.array_split(np.arange(len(log)), [len(log) - 400, len(log) - 150])
     batches = [log.iloc[b].reset_index(drop=True) for b in batches]
     batches[2] = _with_newcomers(batches[2])
@@ -303,9 +310,10 @@ def test_cli_update_refits_saved_rows_plus_new_rows(tmp_path, variant):
     assert len(day2.rows) == len(old) + len(new)
     pd.testing.assert_series_equal(day2.rows.kept, full.rows.kept)
     assert day2.summary["counts"]["rows"] == full.summary["counts"]["rows"]
-    # updating in place (DIR is also --out) works; a folder without results, or new rows missing a column, exit 2
+    # updating in place (DIR is also --out) works; applying the same rows again adds none (issue 16);
+    # a folder without results, or new rows missing a column, exit 2
     assert main(["fit", str(new_path), "--update", str(tmp_path / "day2"), "--out", str(tmp_path / "day2"), "--quiet"]) == 0
-    assert len(ba.load(tmp_path / "day2").rows) == len(old) + 2 * len(new)
+    assert len(ba.load(tmp_path / "day2").rows) == len(old) + len(new)
     assert main(["fit", str(new_path), "--update", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
     new.drop(columns="winner").to_csv(tmp_path / "bad.csv", index=False)
     assert main(["fit", str(tmp_path / "bad.csv"), "--update", str(tmp_path / "day1"), "--out", str(tmp_path / "x")]) == 2
@@ -390,7 +398,7 @@ def test_cli_update_options_written_on_the_command_line_override(tmp_path, capsy
 def test_chained_updates_keep_a_flat_list_of_parts():
     from bayes_annot.incremental import MergedPreparedData
 
-    log = ba.simulate(n_users=300, n_models=4, labels_per_user=(3, 20), seed=33)[["user", "model_a", "model_b", "winner"]]
+    log = _with_vote_ids(ba.simulate(n_users=300, n_models=4, labels_per_user=(3, 20), seed=33)[["user", "model_a", "model_b", "winner"]])
     batches = np.array_split(np.arange(len(log)), 6)
     result = ba.fit(log.iloc[batches[0]])
     for batch in batches[1:]:

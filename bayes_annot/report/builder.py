@@ -210,7 +210,7 @@ def _header(src: ResultSource, title: str | None) -> str:
     c = s.get("counts", {}) or {}
     f = s.get("filter", {}) or {}
     when = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-    inp = (s.get("input") or {}).get("path")
+    inp = _input_text(s.get("input"))
     sub = (
         f"{s.get('model', '?')} model, {s.get('engine', '?')} engine, bayes_annot {s.get('bayes_annot_version', '?')}"
         f"; report written {when}" + (f"; input {inp}" if inp else "")
@@ -653,11 +653,39 @@ def _comparison_section(comparison) -> str:
     return body
 
 
+def _input_text(info) -> str | None:
+    """The input as the header names it: the recorded path, else the file name, with a short SHA-256."""
+    if not isinstance(info, dict):
+        return None
+    name = info.get("path") or info.get("file")
+    if not name:
+        return None
+    return name + (f" (sha256 {info['sha256'][:12]})" if info.get("sha256") else "")
+
+
+def _provenance_table(entries) -> str:
+    columns = ["time", "file", "sha256", "rows_read", "rows_added", "rows_skipped", "duplicate_key"]
+    frame = pd.DataFrame([{c: e.get(c) for c in columns} for e in entries if isinstance(e, dict)], columns=columns)
+    if frame["sha256"].notna().any():
+        frame["sha256"] = [v[:12] if isinstance(v, str) else v for v in frame["sha256"]]
+    if any(isinstance(e, dict) and e.get("path") for e in entries):
+        frame.insert(2, "path", [e.get("path") if isinstance(e, dict) else None for e in entries])
+    return (
+        p("The inputs of this fit and of every update since, oldest first (rows_skipped: rows already in the log; "
+          "sha256 shortened to 12 characters, in full in summary.json).", "muted")
+        + table(frame)
+    )
+
+
 def _settings_section(src: ResultSource) -> str:
     s = src.summary
     keep = {k: s.get(k) for k in ("settings", "input", "bayes_annot_version", "sampler") if k in s}
     text = json.dumps(keep, indent=2, default=str)
-    return p("The settings of the fit, as saved in summary.json.", "muted") + f"<pre>{escape(text)}</pre>"
+    out = p("The settings of the fit, as saved in summary.json.", "muted") + f"<pre>{escape(text)}</pre>"
+    entries = s.get("provenance")
+    if isinstance(entries, list) and entries:
+        out += _provenance_table(entries)
+    return out
 
 
 def render(src: ResultSource, *, comparison=None, title=None, n_rep: int = 200, seed: int = 0, few_labels: int = 5) -> str:
