@@ -268,7 +268,9 @@ def drop_duplicates_of(old: pd.DataFrame, new: pd.DataFrame, *, row_id=None, on_
         message = f"{k} of {n} new rows are already in the previous fit's log ({how})"
         if on_duplicate == "error":
             raise InputError(f"{message}; nothing written (use --on-duplicate skip to add only the others)")
-        warnings.warn(f"{message}: skipped them", FitWarning, stacklevel=3)
+        hint = ("; without an id column two identical votes look alike: name one with --row-id COL "
+                "(row_id=), or add them anyway with --on-duplicate keep") if ids is None else ""
+        warnings.warn(f"{message}: skipped them{hint}", FitWarning, stacklevel=3)
         new = new.iloc[np.flatnonzero(~duplicate)].reset_index(drop=True)
     return new, {"rows_read": n, "rows_added": n - k, "rows_skipped": k, "duplicate_key": described}
 

@@ -252,6 +252,7 @@ def test_kill_at_random_moments_never_leaves_a_mix(tmp_path):
 
 def test_two_concurrent_updates_keep_every_row(tmp_path):
     log = ba.simulate(n_users=400, n_models=5, labels_per_user=(5, 20), seed=9)[["user", "model_a", "model_b", "winner"]]
+    log.insert(0, "vote_id", [f"v{i}" for i in range(len(log))])  # identical votes stay distinct rows
     old, first, second = log.iloc[:-800], log.iloc[-800:-400], log.iloc[-400:]
     old.to_csv(tmp_path / "old.csv", index=False)
     first.to_csv(tmp_path / "n1.csv", index=False)
@@ -261,13 +262,14 @@ def test_two_concurrent_updates_keep_every_row(tmp_path):
     procs = []
     for name in ("n1.csv", "n2.csv"):
         procs.append(subprocess.Popen([sys.executable, "-m", "bayes_annot", "fit", str(tmp_path / name), "--update",
-                                       str(out), "--out", str(out), "--quiet"], stderr=subprocess.PIPE, text=True))
+                                       str(out), "--out", str(out), "--row-id", "vote_id", "--quiet"],
+                                      stderr=subprocess.PIPE, text=True))
         time.sleep(0.3)
     for proc in procs:
         assert proc.wait() == 0, proc.stderr.read()
     rows = ba.load(out).rows
     assert len(rows) == len(log)
-    key = ["user", "model_a", "model_b", "winner"]
+    key = ["vote_id", "user", "model_a", "model_b", "winner"]
     merged = rows[key].astype(str).merge(log.astype(str), on=key, how="outer", indicator=True)
     assert (merged["_merge"] == "both").all()
 
