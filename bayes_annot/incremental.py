@@ -545,7 +545,8 @@ def update(
         user=cols["user"], model_a=cols["model_a"], model_b=cols["model_b"], winner=cols["winner"], p_a=cols.get("p_a")
     )
     new = prepare(new_rows, role_map)  # validated whole: errors name the rows of the file
-    kept_rows, counts = drop_duplicates_of(old.frame, new_rows, row_id=row_id, on_duplicate=on_duplicate)
+    kept_rows, counts = drop_duplicates_of(old.frame, new_rows, row_id=row_id, on_duplicate=on_duplicate,
+                                           user=cols["user"], user_codes=(old.user, old.user_labels))
     entries = carried_provenance(previous.summary, record_paths) + [provenance_entry(info, **counts)]
     if counts["rows_added"] == 0:  # nothing new: refit the previous log as it is
         result = _refit_unchanged(previous, settings, accelerate, info, started)
@@ -681,7 +682,8 @@ def update_saved(
     except InputError as exc:
         raise InputError(f"new rows: {exc}") from None
     old_rows = saved.input_rows()
-    new_rows, counts = drop_duplicates_of(old_rows, new_rows, row_id=row_id, on_duplicate=on_duplicate)
+    new_rows, counts = drop_duplicates_of(old_rows, new_rows, row_id=row_id, on_duplicate=on_duplicate,
+                                          user=role_map.user)
     entries = carried_provenance(summary, record_paths) + [provenance_entry(info, **counts)]
     priors = Priors(**saved_settings["priors"]) if isinstance(saved_settings.get("priors"), dict) else None
     merged = pd.concat([old_rows, new_rows], ignore_index=True) if len(new_rows) else old_rows
