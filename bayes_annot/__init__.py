@@ -11,13 +11,7 @@ before DPO / reward-model training.
 (200, 3)
 """
 
-from importlib.metadata import PackageNotFoundError, version as _version
-
-try:
-    __version__ = _version("bayes_annot")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.1.0"
-
+from .version import __version__  # noqa: F401
 from .data import ColumnMap, prepare, read_table  # noqa: E402
 from .decide import parse_filter  # noqa: E402
 from .errors import FitWarning, InputError  # noqa: E402

@@ -21,7 +21,8 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.special import logit
 
-from . import __version__, provenance
+from .provenance import input_info as describe_input, parquet_collection_info, provenance_entry
+from .version import __version__
 from .data import ColumnMap, PreparedData, prepare, read_table
 from .decide import FilterRule, decide_users, parse_filter
 from .block_em import Block, EMState, LocalRunner, make_block, run_em
@@ -499,11 +500,11 @@ def fit(
     rule = parse_filter(filter)
     if not use_p_a and p_a is None:
         p_a = False  # ignored: a column named p_a is then not read (nor validated) as probabilities
-    input_info = provenance.input_info(None)
+    input_info = describe_input(None)
     if isinstance(data, (str, Path)) and _is_parquet_collection(data):
         collection = data
         data = _read_parquet_collection(data)
-        input_info = provenance.parquet_collection_info(collection, record_paths)
+        input_info = parquet_collection_info(collection, record_paths)
     if _is_dask_frame(data):
         if method != "em" or tastes != 1:
             raise InputError("a Dask DataFrame (or a folder of parquet files) is fitted by EM only, with tastes=1")
@@ -514,7 +515,7 @@ def fit(
         )
     if isinstance(data, (str, Path)):
         frame = read_table(data)
-        input_info = provenance.input_info(data, record_paths)
+        input_info = describe_input(data, record_paths)
     elif isinstance(data, pd.DataFrame):
         frame = data
     else:
@@ -589,7 +590,7 @@ def fit(
     if method == "nuts":
         settings.update(draws=draws, tune=tune, chains=chains, sampler=sampler)
     summary = assemble_summary(prepared, problem, estimates, model, strength_mode, components, input_info, settings, pairs)
-    summary["provenance"] = [provenance.provenance_entry(input_info, rows_read=prepared.n_rows, rows_added=prepared.n_rows)]
+    summary["provenance"] = [provenance_entry(input_info, rows_read=prepared.n_rows, rows_added=prepared.n_rows)]
     summary["runtime_seconds"] = round(time.perf_counter() - t_start, 4)
     return FitResult(prepared, estimates, rule, summary, state=state)
 
@@ -625,7 +626,7 @@ def assemble_summary(
         "runtime_seconds": None,
         "comparison_graph_components": int(components.max() + 1) if len(components) else 0,
         "warnings": [],
-        "input": input_info or provenance.input_info(None),
+        "input": input_info or describe_input(None),
         "settings": settings,
     }
     summary.update(estimates.diagnostics)
@@ -844,8 +845,8 @@ def _fit_dask_frame(ddf, *, model, rule, priors, q, tol, max_iter, seed, start, 
         "runtime_seconds": None,
         "comparison_graph_components": int(components.max() + 1) if len(components) else 0,
         "warnings": [],
-        "input": input_info or provenance.input_info(None),
-        "provenance": [provenance.provenance_entry(input_info, rows_read=counts["rows"], rows_added=counts["rows"])],
+        "input": input_info or describe_input(None),
+        "provenance": [provenance_entry(input_info, rows_read=counts["rows"], rows_added=counts["rows"])],
         "settings": {"model": model, "method": "em", "filter": str(rule), "columns": dfit.columns, "mu": mu,
                      "strong_model": strong_model, "q": q, "priors": asdict(priors), "tol": tol,
                      "max_iter": max_iter, "seed": seed},

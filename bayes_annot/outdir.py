@@ -442,7 +442,7 @@ class ResultWriter:
 
     # -- finishing
     def _write_manifest(self, complete: bool) -> None:
-        from . import __version__
+        from .version import __version__
 
         manifest = {
             "bayes_annot_result": 1,
