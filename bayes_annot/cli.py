@@ -100,8 +100,9 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="record the input's absolute path in summary.json and the report (default: file name and SHA-256)")
     fit.add_argument("--report", action="store_true", help="also write DIR/report.html (diagnostics report)")
     fit.add_argument("--dpo", default=None, help="also export kept labels for DPO training (.jsonl or .parquet)")
-    fit.add_argument("--format", default="csv", choices=["csv", "parquet"],
-                     help="file format of the users/models/rows tables (default csv); both read back equal")
+    fit.add_argument("--format", default=None, choices=["csv", "parquet"],
+                     help="file format of the users/models/rows tables (default csv; with --update, DIR's format); "
+                     "both read back equal")
     fit.add_argument("--safe-csv", action="store_true",
                      help="prefix ' to text cells starting with = + - @ (spreadsheet formula injection); load() undoes it")
     fit.add_argument("--quiet", action="store_true", help="print nothing but errors")
@@ -206,6 +207,14 @@ def _input_paths(text: str) -> list[Path]:
     return [Path(text)]
 
 
+def _saved_format(directory) -> str:
+    """The table format of a result folder (``csv`` when there is none or it predates manifests)."""
+    from .outdir import read_manifest
+
+    manifest = read_manifest(Path(directory)) if directory is not None else None
+    return (manifest or {}).get("format", "csv")
+
+
 def _waiting(args):
     return None if args.quiet else (lambda message: print(f"bayes-annot: {message}", file=sys.stderr))
 
@@ -265,8 +274,9 @@ def _cmd_fit(args) -> int:
                 start=args.warm_start,
                 record_paths=args.record_paths,
             )
-        result.summary.setdefault("settings", {})["format"] = args.format
-        result.save(target, report=args.report, dpo=args.dpo, format=args.format, safe_csv=args.safe_csv,
+        fmt = args.format or _saved_format(args.update)
+        result.summary.setdefault("settings", {})["format"] = fmt
+        result.save(target, report=args.report, dpo=args.dpo, format=fmt, safe_csv=args.safe_csv,
                     inputs=inputs, on_wait=_waiting(args))
     if not args.quiet:
         _print_summary(result, Path(args.out))

@@ -145,3 +145,19 @@ def test_whole_number_float_ids_stay_one_user_after_an_update(tmp_path):
     saved = ba.load(out)
     assert len(saved.users) == log["user"].nunique() == 200
     assert saved.rows["user"].dtype == float
+
+
+def test_a_parquet_folder_updates_as_parquet(tmp_path):
+    log = ba.simulate(n_users=120, n_models=4, labels_per_user=(3, 10), seed=8)[["user", "model_a", "model_b", "winner"]]
+    log.insert(0, "vote_id", range(len(log)))
+    log.iloc[:-100].to_parquet(tmp_path / "old.parquet", index=False)
+    log.iloc[-100:].to_parquet(tmp_path / "new.parquet", index=False)
+    out = tmp_path / "res"
+    assert main(["fit", str(tmp_path / "old.parquet"), "--out", str(out), "--format", "parquet", "--quiet"]) == 0
+    assert main(["fit", str(tmp_path / "new.parquet"), "--update", str(out), "--out", str(out), "--quiet"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "models.parquet", "rows.parquet", "summary.json",
+                                                     "users.parquet"]
+    saved = ba.load(out)
+    assert saved.rows["vote_id"].tolist() == log["vote_id"].tolist()  # integers stay integers, no text conversion
+    assert main(["report", str(out), "--quiet"]) == 0 and (out / "report.html").exists()
+    assert "report.html" in json.loads((out / "manifest.json").read_text())["files"]
