@@ -31,6 +31,7 @@ from .block_em import Block, EMState, LocalRunner, make_block, run_em
 from .em import EMProblem, EMResult
 from .errors import FitWarning, InputError
 from .likelihood import Priors
+from .validation import check_fit_settings
 
 __all__ = ["Estimates", "FitResult", "UserQualityModel", "fit", "load", "build_problem", "pair_counts", "graph_components"]
 
@@ -483,8 +484,10 @@ def fit(
         raise InputError(f"unknown model '{model}', expected one of {', '.join(VARIANTS)}")
     if method not in METHODS:
         raise InputError(f"unknown method '{method}', expected one of {', '.join(METHODS)}")
-    if q is not None and not 0.0 < q < 1.0:
-        raise InputError(f"q must lie in (0, 1), got {q}")
+    check_fit_settings(
+        tol=tol, max_iter=max_iter, draws=draws, tune=tune, chains=chains, seed=seed, q=q, mu=mu, tastes=tastes,
+        priors=priors,
+    )
     rule = parse_filter(filter)
     if not use_p_a and p_a is None:
         p_a = False  # ignored: a column named p_a is then not read (nor validated) as probabilities

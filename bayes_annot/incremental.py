@@ -53,6 +53,7 @@ from .data import ColumnMap, PreparedData, prepare
 from .decide import parse_filter
 from .errors import InputError
 from .likelihood import Priors
+from .validation import check_fit_settings, check_number, check_priors
 
 __all__ = ["update", "update_saved", "merge_prepared", "warm_start", "load_start", "align_start", "fit_prepared"]
 
@@ -383,8 +384,7 @@ def fit_prepared(
         accelerate = model == "continuous"
     if model not in ("two-class", "continuous"):
         raise InputError(f"unknown model '{model}', expected one of two-class, continuous")
-    if q is not None and not 0.0 < q < 1.0:
-        raise InputError(f"q must lie in (0, 1), got {q}")
+    check_fit_settings(tol=tol, max_iter=max_iter, q=q, mu=mu, priors=priors)
     rule = parse_filter(filter)
     priors = priors or Priors()
     if state is None:
