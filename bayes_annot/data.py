@@ -353,6 +353,26 @@ def _uniques_as_text(uniques) -> tuple[np.ndarray, np.ndarray]:
     return text, missing
 
 
+_NESTED_KIND = {list: "list", tuple: "list", np.ndarray: "list", dict: "dict", set: "set", frozenset: "set"}
+
+
+def _factorize(series: pd.Series, name: str, sort: bool = False) -> tuple[np.ndarray, object]:
+    """``pd.factorize`` of a column; a list, dict or set in a cell (JSON, parquet) is an InputError naming its row."""
+    try:
+        return pd.factorize(series, use_na_sentinel=True, sort=sort)
+    except TypeError:  # unhashable cells
+        values = series.to_numpy(dtype=object)
+        for row, value in enumerate(values):
+            kind = next((k for t, k in _NESTED_KIND.items() if isinstance(value, t)), None)
+            if kind is not None:
+                shown = repr(value.tolist() if isinstance(value, np.ndarray) else value)
+                shown = shown if len(shown) <= 40 else shown[:37] + "..."
+                raise InputError(
+                    f"column '{name}' has a {kind} value at input row {row + 1} ({shown}); expected a single text or number"
+                ) from None
+        raise
+
+
 def _encode_ids(series_list: list[pd.Series], names: list[str]) -> tuple[list[np.ndarray], np.ndarray]:
     """Encode one or more id columns against a shared sorted vocabulary of text ids."""
     raw_codes = []
@@ -360,7 +380,7 @@ def _encode_ids(series_list: list[pd.Series], names: list[str]) -> tuple[list[np
     for series, name in zip(series_list, names):
         # categorical ids: factorize in category order (an integer sort), often already the text order
         categorical = isinstance(series.dtype, pd.CategoricalDtype)
-        codes, uniques = pd.factorize(series, use_na_sentinel=True, sort=categorical)
+        codes, uniques = _factorize(series, name, sort=categorical)
         text, missing_unique = _uniques_as_text(uniques)
         bad = codes < 0
         if missing_unique.any():
@@ -387,7 +407,7 @@ def _encode_ids(series_list: list[pd.Series], names: list[str]) -> tuple[list[np
 
 
 def _encode_winner(series: pd.Series, name: str) -> np.ndarray:
-    codes, uniques = pd.factorize(series, use_na_sentinel=True)
+    codes, uniques = _factorize(series, name)
     if (codes < 0).any():
         row = int(np.flatnonzero(codes < 0)[0])
         raise InputError(f"column '{name}' has a missing value at input row {row + 1}")
