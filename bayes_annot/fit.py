@@ -790,12 +790,52 @@ def _is_parquet_collection(path) -> bool:
     return path.is_dir() and any(path.glob("*.parquet"))
 
 
+def _check_parquet_files(target: str) -> None:
+    """A glob or folder of parquet files matches at least one file, and all files have the same columns
+    (read from each file's footer; the order may differ)."""
+    import fsspec
+    import pyarrow.parquet as pq
+
+    try:
+        fs, _, files = fsspec.core.get_fs_token_paths(target)
+    except Exception as exc:  # noqa: BLE001 - an unreadable location is bad input
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"cannot list parquet files '{target}': {first}") from exc
+    if not files:
+        raise InputError(f"no file matches '{target}'")
+    reference = None
+    for name in sorted(files):
+        try:
+            with fs.open(name, "rb") as handle:
+                schema = pq.read_schema(handle)
+        except Exception as exc:  # noqa: BLE001 - a corrupt file is bad input
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InputError(f"cannot read parquet file '{name}': {first}") from exc
+        columns = [c for c in schema.names if not c.startswith("__index_level_")]
+        if reference is None:
+            reference = (name, columns)
+            continue
+        missing = [c for c in reference[1] if c not in columns]
+        extra = [c for c in columns if c not in reference[1]]
+        if missing or extra:
+            differs = []
+            if missing:
+                differs.append(f"lacks {', '.join(repr(c) for c in missing)}")
+            if extra:
+                differs.append(f"has {', '.join(repr(c) for c in extra)}")
+            raise InputError(
+                f"parquet files have different columns: '{name}' {' and '.join(differs)} compared with "
+                f"'{reference[0]}'; every file of a Dask fit needs the same columns"
+            )
+
+
 def _read_parquet_collection(path):
     try:
         import dask.dataframe as dd
     except ImportError:  # pragma: no cover - depends on the environment
         raise InputError(f"'{path}': reading a folder or glob of parquet files needs pip install 'bayes_annot[dask]'") from None
     target = str(Path(path) / "*.parquet") if Path(path).is_dir() else str(path)
+    _check_parquet_files(target)
     try:
         return dd.read_parquet(target)
     except Exception as exc:  # noqa: BLE001 - any reader failure is bad input
