@@ -798,7 +798,7 @@ def _check_parquet_files(target: str) -> None:
 
     try:
         fs, _, files = fsspec.core.get_fs_token_paths(target)
-    except Exception as exc:  # noqa: BLE001 - an unreadable location is bad input
+    except Exception as exc:  # an unreadable location is bad input
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"cannot list parquet files '{target}': {first}") from exc
     if not files:
@@ -808,7 +808,7 @@ def _check_parquet_files(target: str) -> None:
         try:
             with fs.open(name, "rb") as handle:
                 schema = pq.read_schema(handle)
-        except Exception as exc:  # noqa: BLE001 - a corrupt file is bad input
+        except Exception as exc:  # a corrupt file is bad input
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise InputError(f"cannot read parquet file '{name}': {first}") from exc
         columns = [c for c in schema.names if not c.startswith("__index_level_")]

@@ -305,18 +305,18 @@ _VARIANTS = ("two-class", "continuous")
 _REQUIRED_SUMMARY = ("model", "strengths", "parameters", "settings")
 # parameters.NAME -> bounds of check_number (absent or null is allowed)
 _PARAMETER_BOUNDS = {
-    "pi": dict(low=0.0, high=1.0, open_low=True, open_high=True),
-    "q": dict(low=0.0, high=1.0, open_low=True, open_high=True),
-    "mean_quality": dict(low=0.0, high=1.0),
+    "pi": {"low": 0.0, "high": 1.0, "open_low": True, "open_high": True},
+    "q": {"low": 0.0, "high": 1.0, "open_low": True, "open_high": True},
+    "mean_quality": {"low": 0.0, "high": 1.0},
     "m": {},
-    "tau": dict(low=0.0, open_low=True),
+    "tau": {"low": 0.0, "open_low": True},
 }
 _SETTING_BOUNDS = {
-    "tol": dict(low=0.0),
-    "max_iter": dict(low=1, integer=True),
-    "seed": dict(low=0, integer=True),
-    "q": dict(low=0.0, high=1.0, open_low=True, open_high=True, optional=True),
-    "mu": dict(low=0.0, high=1.0, open_low=True, open_high=True, optional=True),
+    "tol": {"low": 0.0},
+    "max_iter": {"low": 1, "integer": True},
+    "seed": {"low": 0, "integer": True},
+    "q": {"low": 0.0, "high": 1.0, "open_low": True, "open_high": True, "optional": True},
+    "mu": {"low": 0.0, "high": 1.0, "open_low": True, "open_high": True, "optional": True},
 }
 
 
@@ -354,7 +354,7 @@ def validate_saved_summary(summary, directory: str | Path) -> None:
         if not isinstance(summary[key], dict):
             bad(f"{key} must be a JSON object, got {type(summary[key]).__name__}")
     for name, bounds in _PARAMETER_BOUNDS.items():
-        number(summary["parameters"].get(name), f"parameters.{name}", dict(bounds, optional=True))
+        number(summary["parameters"].get(name), f"parameters.{name}", {**bounds, "optional": True})
     settings = summary["settings"]
     for name, bounds in _SETTING_BOUNDS.items():
         if name in settings:
@@ -398,7 +398,7 @@ def _saved_table(directory: Path, name: str, id_column: str) -> pd.DataFrame:
         raise InputError(f"{where} is missing")
     try:
         table = pd.read_csv(path, dtype={id_column: str}, keep_default_na=False, na_values=[""])
-    except Exception as exc:  # noqa: BLE001 - any parser failure is a corrupt folder
+    except Exception as exc:  # any parser failure is a corrupt folder
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"{where} cannot be read: {first}") from exc
     if id_column not in table.columns:

@@ -13,7 +13,7 @@ import numpy as np
 
 from .errors import InputError
 
-__all__ = ["check_number", "check_fit_settings", "check_priors"]
+__all__ = ["check_fit_settings", "check_number", "check_priors"]
 
 
 def _shown(value) -> str:
