@@ -223,7 +223,13 @@ def _cmd_fit(args) -> int:
     from .export import DPO_COLUMNS
     from .fit import fit
     from .outdir import check_dpo_target, check_target, locked, recover
+    from .validation import check_fit_settings
 
+    # every numeric option is checked before the input is read (one line, exit 2)
+    check_fit_settings(
+        tol=args.tol, max_iter=args.max_iter, draws=args.draws, tune=args.tune, chains=args.chains, seed=args.seed,
+        q=args.q, mu=args.mu, tastes=args.tastes,
+    )
     if args.update is not None:
         if args.warm_start is not None:
             raise InputError("--update and --warm-start exclude each other (--update already starts from DIR)")

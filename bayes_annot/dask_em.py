@@ -61,7 +61,7 @@ from .block_em import (  # noqa: F401  (re-exported: the block engine used to li
     make_block,
     run_em,
 )
-from .data import ColumnMap, _encode_p_a, _encode_winner, _resolve_columns, _uniques_as_text
+from .data import ColumnMap, _encode_p_a, _encode_winner, _factorize, _resolve_columns, _uniques_as_text
 from .em import EMResult
 from .errors import InputError
 from .likelihood import Priors
@@ -146,7 +146,7 @@ def _partition_texts(frame: pd.DataFrame, columns: dict, check: bool):
     out = {}
     for role in ("user", "model_a", "model_b"):
         name = columns[role]
-        codes, uniques = pd.factorize(frame[name], use_na_sentinel=True)
+        codes, uniques = _factorize(frame[name], name)
         text, missing = _uniques_as_text(uniques)
         if check:
             bad = codes < 0

@@ -22,6 +22,8 @@ Documented normalisations
 
 from __future__ import annotations
 
+import codecs
+import csv
 import hashlib
 import json
 import warnings
@@ -228,6 +230,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":
+            _check_csv_header(path)
             frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
         elif suffix in (".parquet", ".pq"):
             try:
@@ -266,7 +269,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
     except json.JSONDecodeError as exc:
         raise InputError(f"'{path}' is not valid JSON (line {exc.lineno}: {exc.msg})") from exc
     except UnicodeDecodeError as exc:
-        raise InputError(f"'{path}' is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+        raise InputError(f"'{path}' is not UTF-8 text ({_utf8_error(path) or exc.reason})") from exc
     except pd.errors.EmptyDataError as exc:
         raise InputError(f"input '{path}' is empty") from exc
     except (pd.errors.ParserError, ValueError, OSError) as exc:
@@ -276,6 +279,45 @@ def read_table(path: str | Path) -> pd.DataFrame:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"cannot read '{path}': {message}") from exc
     return frame
+
+
+def _check_csv_header(path: Path) -> None:
+    """Reject a CSV header naming a column twice (pandas would silently rename the second ``winner.1``)."""
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as handle:
+            header = next(csv.reader(handle), None)
+    except csv.Error:  # left to pandas, whose message names the problem
+        return
+    seen = set()
+    for name in header or ():
+        if name in seen and name.strip():
+            raise InputError(f"column '{name}' appears more than once in the header of '{path}'")
+        seen.add(name)
+
+
+def _utf8_error(path: Path) -> str | None:
+    """Where a file stops being UTF-8: ``"<reason> 0x.. at byte N of the file, line L; ..."``.
+
+    Parsers report the position within their read buffer; this scans the file
+    with an incremental decoder to give the offset in the file.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0  # bytes of the file before ``block``
+    newlines = 0  # newlines before ``block``
+    with open(path, "rb") as handle:
+        while True:
+            block = handle.read(1 << 20)
+            pending = len(decoder.getstate()[0])  # bytes of an unfinished character from the previous block
+            try:
+                decoder.decode(block, final=not block)
+            except UnicodeDecodeError as exc:
+                at = offset - pending + exc.start
+                line = newlines + exc.object[: exc.start].count(b"\n") + 1
+                return f"{exc.reason} 0x{exc.object[exc.start]:02x} at byte {at} of the file, line {line}; bytes count from 0"
+            if not block:
+                return None
+            offset += len(block)
+            newlines += block.count(b"\n")
 
 
 # --------------------------------------------------------------------------- encoding
@@ -353,6 +395,26 @@ def _uniques_as_text(uniques) -> tuple[np.ndarray, np.ndarray]:
     return text, missing
 
 
+_NESTED_KIND = {list: "list", tuple: "list", np.ndarray: "list", dict: "dict", set: "set", frozenset: "set"}
+
+
+def _factorize(series: pd.Series, name: str, sort: bool = False) -> tuple[np.ndarray, object]:
+    """``pd.factorize`` of a column; a list, dict or set in a cell (JSON, parquet) is an InputError naming its row."""
+    try:
+        return pd.factorize(series, use_na_sentinel=True, sort=sort)
+    except TypeError:  # unhashable cells
+        values = series.to_numpy(dtype=object)
+        for row, value in enumerate(values):
+            kind = next((k for t, k in _NESTED_KIND.items() if isinstance(value, t)), None)
+            if kind is not None:
+                shown = repr(value.tolist() if isinstance(value, np.ndarray) else value)
+                shown = shown if len(shown) <= 40 else shown[:37] + "..."
+                raise InputError(
+                    f"column '{name}' has a {kind} value at input row {row + 1} ({shown}); expected a single text or number"
+                ) from None
+        raise
+
+
 def _encode_ids(series_list: list[pd.Series], names: list[str]) -> tuple[list[np.ndarray], np.ndarray]:
     """Encode one or more id columns against a shared sorted vocabulary of text ids."""
     raw_codes = []
@@ -360,7 +422,7 @@ def _encode_ids(series_list: list[pd.Series], names: list[str]) -> tuple[list[np
     for series, name in zip(series_list, names):
         # categorical ids: factorize in category order (an integer sort), often already the text order
         categorical = isinstance(series.dtype, pd.CategoricalDtype)
-        codes, uniques = pd.factorize(series, use_na_sentinel=True, sort=categorical)
+        codes, uniques = _factorize(series, name, sort=categorical)
         text, missing_unique = _uniques_as_text(uniques)
         bad = codes < 0
         if missing_unique.any():
@@ -387,7 +449,7 @@ def _encode_ids(series_list: list[pd.Series], names: list[str]) -> tuple[list[np
 
 
 def _encode_winner(series: pd.Series, name: str) -> np.ndarray:
-    codes, uniques = pd.factorize(series, use_na_sentinel=True)
+    codes, uniques = _factorize(series, name)
     if (codes < 0).any():
         row = int(np.flatnonzero(codes < 0)[0])
         raise InputError(f"column '{name}' has a missing value at input row {row + 1}")

@@ -30,6 +30,7 @@ from .em import EMProblem, EMResult
 from .errors import FitWarning, InputError
 from .likelihood import Priors
 from .tables import OUTPUT_COLUMNS, input_renames  # noqa: F401  (OUTPUT_COLUMNS: public name)
+from .validation import check_fit_settings
 
 __all__ = ["Estimates", "FitResult", "UserQualityModel", "fit", "load", "build_problem", "pair_counts", "graph_components"]
 
@@ -495,8 +496,10 @@ def fit(
         raise InputError(f"unknown model '{model}', expected one of {', '.join(VARIANTS)}")
     if method not in METHODS:
         raise InputError(f"unknown method '{method}', expected one of {', '.join(METHODS)}")
-    if q is not None and not 0.0 < q < 1.0:
-        raise InputError(f"q must lie in (0, 1), got {q}")
+    check_fit_settings(
+        tol=tol, max_iter=max_iter, draws=draws, tune=tune, chains=chains, seed=seed, q=q, mu=mu, tastes=tastes,
+        priors=priors,
+    )
     rule = parse_filter(filter)
     if not use_p_a and p_a is None:
         p_a = False  # ignored: a column named p_a is then not read (nor validated) as probabilities
@@ -800,12 +803,52 @@ def _is_parquet_collection(path) -> bool:
     return path.is_dir() and any(path.glob("*.parquet"))
 
 
+def _check_parquet_files(target: str) -> None:
+    """A glob or folder of parquet files matches at least one file, and all files have the same columns
+    (read from each file's footer; the order may differ)."""
+    import fsspec
+    import pyarrow.parquet as pq
+
+    try:
+        fs, _, files = fsspec.core.get_fs_token_paths(target)
+    except Exception as exc:  # an unreadable location is bad input
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"cannot list parquet files '{target}': {first}") from exc
+    if not files:
+        raise InputError(f"no file matches '{target}'")
+    reference = None
+    for name in sorted(files):
+        try:
+            with fs.open(name, "rb") as handle:
+                schema = pq.read_schema(handle)
+        except Exception as exc:  # a corrupt file is bad input
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InputError(f"cannot read parquet file '{name}': {first}") from exc
+        columns = [c for c in schema.names if not c.startswith("__index_level_")]
+        if reference is None:
+            reference = (name, columns)
+            continue
+        missing = [c for c in reference[1] if c not in columns]
+        extra = [c for c in columns if c not in reference[1]]
+        if missing or extra:
+            differs = []
+            if missing:
+                differs.append(f"lacks {', '.join(repr(c) for c in missing)}")
+            if extra:
+                differs.append(f"has {', '.join(repr(c) for c in extra)}")
+            raise InputError(
+                f"parquet files have different columns: '{name}' {' and '.join(differs)} compared with "
+                f"'{reference[0]}'; every file of a Dask fit needs the same columns"
+            )
+
+
 def _read_parquet_collection(path):
     try:
         import dask.dataframe as dd
     except ImportError:  # pragma: no cover - depends on the environment
         raise InputError(f"'{path}': reading a folder or glob of parquet files needs pip install 'bayes_annot[dask]'") from None
     target = str(Path(path) / "*.parquet") if Path(path).is_dir() else str(path)
+    _check_parquet_files(target)
     try:
         return dd.read_parquet(target)
     except Exception as exc:  # noqa: BLE001 - any reader failure is bad input
@@ -989,10 +1032,12 @@ def _read_folder(folder) -> SavedResult:
             tables[name] = _legacy_table(folder, name)
     try:
         summary = json.loads(folder.read_text("summary.json"))
-    except ValueError as exc:
-        raise InputError(f"'{folder.path}/summary.json' is not valid JSON ({exc})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        detail = f"line {exc.lineno}: {exc.msg}" if isinstance(exc, json.JSONDecodeError) else exc.reason
+        raise InputError(f"results folder '{folder.path}': summary.json is not valid JSON ({detail})") from None
     if not isinstance(summary, dict):
-        raise InputError(f"'{folder.path}/summary.json' does not hold a JSON object")
+        kind = "a list" if isinstance(summary, list) else type(summary).__name__
+        raise InputError(f"results folder '{folder.path}': summary.json must be a JSON object, got {kind}")
     idata = None
     if folder.exists("posterior.nc"):
         import arviz as az

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -54,8 +54,10 @@ from .decide import parse_filter
 from .errors import InputError
 from .likelihood import Priors
 from .provenance import carried_provenance, drop_duplicates_of, input_info, provenance_entry, set_provenance
+from .validation import check_fit_settings, check_number, check_priors
 
-__all__ = ["update", "update_saved", "merge_prepared", "warm_start", "load_start", "align_start", "fit_prepared"]
+__all__ = ["update", "update_saved", "merge_prepared", "warm_start", "load_start", "align_start", "fit_prepared",
+           "read_saved", "validate_saved_summary"]
 
 _EM_SETTINGS = ("model", "filter", "tol", "max_iter", "q", "priors", "use_p_a", "mu", "strong_model")
 
@@ -300,6 +302,166 @@ def warm_start(previous, prepared: PreparedData) -> dict:
     return align_start(_label_start(previous), prepared.user_labels, prepared.model_labels)
 
 
+_VARIANTS = ("two-class", "continuous")
+_REQUIRED_SUMMARY = ("model", "strengths", "parameters", "settings")
+# parameters.NAME -> bounds of check_number (absent or null is allowed)
+_PARAMETER_BOUNDS = {
+    "pi": {"low": 0.0, "high": 1.0, "open_low": True, "open_high": True},
+    "q": {"low": 0.0, "high": 1.0, "open_low": True, "open_high": True},
+    "mean_quality": {"low": 0.0, "high": 1.0},
+    "m": {},
+    "tau": {"low": 0.0, "open_low": True},
+}
+_SETTING_BOUNDS = {
+    "tol": {"low": 0.0},
+    "max_iter": {"low": 1, "integer": True},
+    "seed": {"low": 0, "integer": True},
+    "q": {"low": 0.0, "high": 1.0, "open_low": True, "open_high": True, "optional": True},
+    "mu": {"low": 0.0, "high": 1.0, "open_low": True, "open_high": True, "optional": True},
+}
+
+
+def validate_saved_summary(summary, directory: str | Path) -> None:
+    """Check a results folder's parsed ``summary.json`` before it seeds a warm start or an update.
+
+    Raises :class:`~bayes_annot.errors.InputError` naming the folder and the
+    field at fault: not a JSON object, a missing key (``model``,
+    ``strengths``, ``parameters``, ``settings``), an unknown model, a
+    parameter outside its range (``pi``, ``q`` in (0, 1), ``tau`` > 0, ...),
+    a setting :func:`bayes_annot.fit` would reject (``tol``, ``max_iter``,
+    ``q``, ``mu``, ``filter``, column names) or unknown / invalid priors.
+    """
+    where = f"results folder '{directory}': summary.json"
+
+    def bad(message: str):
+        raise InputError(f"{where} {message}")
+
+    def number(value, name, bounds):
+        try:
+            check_number(value, name, **bounds)
+        except InputError as exc:
+            bad(str(exc))
+
+    if not isinstance(summary, dict):
+        bad(f"must be a JSON object, got {'a list' if isinstance(summary, list) else type(summary).__name__}")
+    missing = [key for key in _REQUIRED_SUMMARY if key not in summary]
+    if missing:
+        bad(f"has no {', '.join(repr(k) for k in missing)}: not a complete bayes_annot summary")
+    if summary["model"] not in _VARIANTS:
+        bad(f"model must be one of {', '.join(_VARIANTS)}, got {summary['model']!r}")
+    if not isinstance(summary["strengths"], str):
+        bad(f"strengths must be text ('learned' or 'known (...)'), got {summary['strengths']!r}")
+    for key in ("parameters", "settings"):
+        if not isinstance(summary[key], dict):
+            bad(f"{key} must be a JSON object, got {type(summary[key]).__name__}")
+    for name, bounds in _PARAMETER_BOUNDS.items():
+        number(summary["parameters"].get(name), f"parameters.{name}", {**bounds, "optional": True})
+    settings = summary["settings"]
+    for name, bounds in _SETTING_BOUNDS.items():
+        if name in settings:
+            number(settings[name], f"settings.{name}", bounds)
+    if "model" in settings and settings["model"] not in _VARIANTS:
+        bad(f"settings.model must be one of {', '.join(_VARIANTS)}, got {settings['model']!r}")
+    if "filter" in settings:
+        if not isinstance(settings["filter"], str):
+            bad(f"settings.filter must be text, got {settings['filter']!r}")
+        try:
+            parse_filter(settings["filter"])
+        except InputError as exc:
+            bad(f"settings.filter: {exc}")
+    for name, kinds in (("use_p_a", (bool,)), ("strong_model", (str, type(None)))):
+        if name in settings and not isinstance(settings[name], kinds):
+            bad(f"settings.{name} has the wrong type: {settings[name]!r}")
+    columns = settings.get("columns", {})
+    if not isinstance(columns, dict):
+        bad(f"settings.columns must be a JSON object of column names, got {columns!r}")
+    for role, name in columns.items():
+        if not (isinstance(name, str) or (name is None and role in ("user", "p_a")) or (name is False and role == "p_a")):
+            bad(f"settings.columns.{role} must be a column name, got {name!r}")
+    priors = settings.get("priors", {})
+    if not isinstance(priors, dict):
+        bad(f"settings.priors must be a JSON object, got {priors!r}")
+    known = {f.name for f in fields(Priors)}
+    unknown = [key for key in priors if key not in known]
+    if unknown:
+        bad(f"settings.priors has unknown key(s) {', '.join(repr(k) for k in unknown)}; known: {', '.join(sorted(known))}")
+    try:
+        check_priors(Priors(**priors), "settings.priors")
+    except InputError as exc:
+        bad(str(exc))
+
+
+def _checked_ids(table: pd.DataFrame, directory: Path, name: str, id_column: str) -> pd.DataFrame:
+    """A loaded ``users`` / ``models`` table whose ids are present and unique (else InputError)."""
+    where = f"results folder '{directory}': {name}"
+    if id_column not in table.columns:
+        raise InputError(f"{where} has no '{id_column}' column")
+    ids = table[id_column]
+    if ids.isna().any():
+        raise InputError(f"{where} has a missing {id_column} id at row {int(np.flatnonzero(ids.isna())[0]) + 1}")
+    table = table.copy()
+    table[id_column] = ids.astype(str).str.strip()
+    if table[id_column].duplicated().any():
+        dup = table[id_column][table[id_column].duplicated()].iloc[0]
+        raise InputError(f"{where}: {id_column} '{dup}' appears more than once")
+    return table
+
+
+def _saved_numbers(table: pd.DataFrame, column: str, directory: Path, name: str, id_column: str,
+                   low: float | None = None, high: float | None = None) -> np.ndarray:
+    """A numeric column of a saved table: every non-empty cell a finite number in [low, high] (else InputError)."""
+    where = f"results folder '{directory}': {name}"
+    if column not in table.columns:
+        raise InputError(f"{where} has no '{column}' column")
+    values = pd.to_numeric(table[column], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+    text = np.isnan(values) & table[column].notna().to_numpy()
+    outside = np.isinf(values)
+    if low is not None:
+        outside |= values < low
+    if high is not None:
+        outside |= values > high
+    for mask in (text, outside):
+        if mask.any():
+            row = int(np.flatnonzero(mask)[0])
+            value = table[column].iloc[row]
+            label = f"{column} of {id_column} '{table[id_column].iloc[row]}'"
+            if mask is text:
+                raise InputError(f"{where} {label} is {value!r}, not a number")
+            check_number(float(values[row]), f"{where} {label}", low=low, high=high)  # raises, naming the value
+    return values
+
+
+def read_saved(directory: str | Path):
+    """Read and check what a warm start or an update takes from a results folder.
+
+    Returns ``(saved, strengths)``: the folder as :func:`bayes_annot.fit.load`
+    reads it (csv or parquet tables), its ``summary.json`` checked by
+    :func:`validate_saved_summary`, and the learned strengths by model
+    (``None`` when the strengths were not learned or a cell is empty). Every
+    defect is an :class:`~bayes_annot.errors.InputError` naming the folder and
+    the field or value: invalid JSON, a strength that is text or not finite, a
+    model listed twice, a missing file or column.
+    """
+    from .fit import load
+
+    directory = Path(directory)
+    try:
+        saved = load(directory)
+    except InputError:
+        raise
+    except Exception as exc:  # any parser failure is a corrupt folder
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"results folder '{directory}' cannot be read: {first}") from exc
+    validate_saved_summary(saved.summary, directory)
+    strengths = None
+    if saved.summary["strengths"] == "learned":
+        models = _checked_ids(saved.models, directory, "models", "model")
+        values = _saved_numbers(models, "strength", directory, "models", "model")
+        if not np.isnan(values).any():
+            strengths = pd.Series(values, index=models["model"].to_numpy())
+    return saved, strengths
+
+
 def load_start(directory: str | Path) -> dict:
     """Label-keyed warm start read from a saved output folder.
 
@@ -316,21 +478,19 @@ def load_start(directory: str | Path) -> dict:
         (:class:`pandas.Series` by model, or absent), ``theta`` (Series by
         user, continuous only), ``model`` (the variant saved).
     """
-    from .fit import load
-
-    saved = load(directory)  # csv or parquet tables, read from one consistent folder
+    saved, strengths = read_saved(directory)  # csv or parquet tables, read from one consistent folder
     summary = saved.summary
-    params = summary.get("parameters", {})
-    start = {"pi": params.get("pi"), "q": params.get("q"), "m": params.get("m"), "model": summary.get("model")}
-    models = saved.models
-    if summary.get("strengths") == "learned" and models is not None:
-        if "strength" in models.columns and models["strength"].notna().all():
-            start["strengths"] = pd.Series(models["strength"].to_numpy(float), index=models["model"].astype(str).str.strip())
-    users = saved.users
-    if summary.get("model") == "continuous" and users is not None:
-        quality = np.clip(users["quality"].to_numpy(float), 1e-12, 1 - 1e-12)
-        informative = ~users["uninformative"].to_numpy(bool) if "uninformative" in users.columns else np.ones(len(users), bool)
-        start["theta"] = pd.Series(np.where(informative, logit(quality), np.nan), index=users["user"].astype(str).str.strip())
+    params = summary["parameters"]
+    start = {"pi": params.get("pi"), "q": params.get("q"), "m": params.get("m"), "model": summary["model"]}
+    if strengths is not None:
+        start["strengths"] = strengths
+    if summary["model"] == "continuous":
+        users = _checked_ids(saved.users, directory, "users", "user")
+        quality = _saved_numbers(users, "quality", directory, "users", "user", low=0.0, high=1.0)
+        quality = np.clip(quality, 1e-12, 1 - 1e-12)
+        informative = ~users["uninformative"].astype(str).str.strip().str.lower().isin(["true", "1"]).to_numpy() \
+            if "uninformative" in users.columns else np.ones(len(users), bool)
+        start["theta"] = pd.Series(np.where(informative, logit(quality), np.nan), index=users["user"].to_numpy())
     return start
 
 
@@ -381,8 +541,7 @@ def fit_prepared(
         accelerate = model == "continuous"
     if model not in ("two-class", "continuous"):
         raise InputError(f"unknown model '{model}', expected one of two-class, continuous")
-    if q is not None and not 0.0 < q < 1.0:
-        raise InputError(f"q must lie in (0, 1), got {q}")
+    check_fit_settings(tol=tol, max_iter=max_iter, q=q, mu=mu, priors=priors)
     rule = parse_filter(filter)
     priors = priors or Priors()
     if state is None:
@@ -637,7 +796,7 @@ def update_saved(
         ``summary["provenance"]`` is the saved list plus this update.
     """
     from .data import ColumnMap, read_table
-    from .fit import fit, load
+    from .fit import fit
 
     unknown = set(overrides) - set(_SAVED_SETTINGS)
     if unknown:
@@ -645,7 +804,7 @@ def update_saved(
     directory = Path(directory)
     if not (directory / "summary.json").exists():
         raise InputError(f"'{directory}' holds no bayes_annot results to update (summary.json missing)")
-    saved = load(directory)
+    saved, _ = read_saved(directory)  # a corrupt or crafted folder is an InputError before anything is fitted
     summary = saved.summary
     saved_settings = summary.get("settings", {})
     if "tastes" in summary or saved_settings.get("tastes") not in (None, 1):
