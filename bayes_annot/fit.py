@@ -460,7 +460,10 @@ def fit(
         (:func:`bayes_annot.tastes.select_tastes`).
     priors : Priors, optional
     tol, max_iter : float, int
-        EM convergence settings.
+        EM convergence settings: EM stops when the penalised log-likelihood
+        changes by less than ``tol * (1 + |loglik|)`` AND no parameter (user
+        quality, strength, ``pi``, ``q``) by more than ``100 * tol``
+        (:func:`bayes_annot.em.has_converged`).
     draws, tune, chains, sampler, progress
         NUTS settings.
     seed : int

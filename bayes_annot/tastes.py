@@ -72,7 +72,7 @@ import pandas as pd
 from scipy.sparse import csr_matrix
 from scipy.special import expit, gammaln, log_expit
 
-from .em import EMProblem, _attentive_table, fit_bradley_terry, has_converged, pair_weights
+from .em import EMProblem, _attentive_table, fit_bradley_terry, has_converged, max_change, pair_weights
 from .likelihood import Priors, log_beta_pdf, log_normal_pdf
 from .simulate import draw_labels_per_user
 
@@ -298,13 +298,14 @@ def _run_em(d: _Data, strengths, shares, q, priors, q_fixed, tol, max_iter, call
     trace: list[float] = []
     converged = False
     iteration = 0
+    step = None  # largest change of shares, q and strengths in the last M-step (see em.has_converged)
     while True:
         table = d.type_logliks(strengths, q)
         value, logw, user_ll = _objective(d, table, shares, q, strengths, priors, q_fixed is None)
         trace.append(value)
         if callback is not None:
             callback(iteration, value)
-        if has_converged(trace, tol):
+        if step is not None and has_converged(trace, tol, step):
             converged = True
             break
         if iteration >= max_iter:
@@ -313,6 +314,7 @@ def _run_em(d: _Data, strengths, shares, q, priors, q_fixed, tol, max_iter, call
         # E-step: posterior over the C + 1 types per user
         resp = np.exp(logw - user_ll[:, None])
         # M-step
+        previous = (shares, q, strengths.copy())
         totals = resp[d.active].sum(axis=0)
         shares = (totals[1:] + priors.pi_alpha - 1.0) / (d.n_active + conc_sum - (n_classes + 1))
         if q_fixed is None:
@@ -326,6 +328,7 @@ def _run_em(d: _Data, strengths, shares, q, priors, q_fixed, tol, max_iter, call
                                              start=strengths[0])
         else:
             strengths = _fit_bt_batch(cells[..., 1], cells[..., 0], priors.strength_sigma, strengths)
+        step = max(max_change(a, b) for a, b in zip(previous, (shares, q, strengths)))
     return dict(
         strengths=strengths, shares=shares, q=q, loglik=trace[-1], trace=trace, n_iter=iteration,
         converged=converged, table=table, logw=logw, user_ll=user_ll,
@@ -511,7 +514,8 @@ def fit_tastes(
     seed : int
     tol, max_iter :
         EM stops when the penalised log-likelihood changes by less than
-        ``tol * (1 + |loglik|)``.
+        ``tol * (1 + |loglik|)`` and no share, ``q`` or strength changes by more
+        than ``100 * tol`` (:func:`~bayes_annot.em.has_converged`).
     informative_tol : float
         As in :func:`~bayes_annot.em.fit_em`; a user is informative when any
         class's strengths separate one of their labels from the casual behaviour.

@@ -263,3 +263,30 @@ def test_fit_block_engine_equals_reference_em(variant, small_log):
     np.testing.assert_allclose(result.estimates.strengths, reference.strengths, atol=1e-8)
     np.testing.assert_allclose(result.loglik_trace, reference.loglik_trace, rtol=1e-10)
     np.testing.assert_array_equal(result.estimates.informative, reference.informative)
+
+
+def test_stopping_rule_needs_both_objective_and_parameters():
+    """em.has_converged (every engine's rule): a flat objective alone does not stop EM while a parameter moves."""
+    from bayes_annot.em import has_converged, param_tolerance
+
+    flat = [-1000.0, -1000.0 + 1e-9]
+    assert not has_converged(flat, 1e-9, step=1e-5)  # objective flat, parameters still moving
+    assert has_converged(flat, 1e-9, step=1e-8)
+    assert not has_converged([-1000.0, -999.0], 1e-9, step=0.0)  # parameters still, objective moving
+    assert param_tolerance(1e-9) == pytest.approx(1e-7) and param_tolerance(1e-16) == 1e-12
+    assert not has_converged(flat, 1e-9, step=1e-8, param_tol=1e-9)
+
+
+@pytest.mark.parametrize("variant", ["two-class", "continuous"])
+def test_fit_stops_with_small_parameter_steps(variant, small_log):
+    """At the default tol, the last EM step moved no strength, q, pi (two-class) or user quality
+    (continuous: sigmoid(theta_u), a parameter) by more than 1e-7; two-class quality, a function of
+    (pi, q, strengths), moves by at most a few times that."""
+    result = ba.fit(small_log, model=variant, accelerate=False, max_iter=5000)
+    previous = ba.fit(small_log, model=variant, accelerate=False, max_iter=result.estimates.n_iter - 1, tol=0.0)
+    assert result.summary["converged"]
+    assert np.max(np.abs(result.estimates.strengths - previous.estimates.strengths)) <= 1e-7
+    for name in ("pi", "q") if variant == "two-class" else ("q",):
+        assert abs(result.summary["parameters"][name] - previous.summary["parameters"][name]) <= 1e-7
+    quality_step = np.max(np.abs(result.estimates.quality - previous.estimates.quality))
+    assert quality_step <= (1e-7 if variant == "continuous" else 1e-6)
