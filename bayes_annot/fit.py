@@ -663,8 +663,10 @@ def assemble_summary(
     return summary
 
 
-def _fit_tastes_estimates(problem, tastes, priors, q, tol, max_iter, seed) -> Estimates:
-    from .tastes import casual_group_test, fit_tastes, select_tastes, taste_columns
+def fit_taste_classes(problem: EMProblem, tastes, priors, q, tol, max_iter, seed):
+    """The taste-class fit of :func:`fit` (``tastes`` an int, or ``"auto"``: chosen by
+    :func:`~bayes_annot.tastes.select_tastes`); returns the ``TasteResult`` and summary entries."""
+    from .tastes import casual_group_test, fit_tastes, select_tastes
 
     extra_summary: dict = {}
     if tastes == "auto":
@@ -681,6 +683,13 @@ def _fit_tastes_estimates(problem, tastes, priors, q, tol, max_iter, seed) -> Es
         }
     else:
         res = fit_tastes(problem, int(tastes), priors=priors, q_fixed=q, tol=tol, max_iter=max_iter, seed=seed)
+    return res, extra_summary
+
+
+def _fit_tastes_estimates(problem, tastes, priors, q, tol, max_iter, seed) -> Estimates:
+    from .tastes import taste_columns
+
+    res, extra_summary = fit_taste_classes(problem, tastes, priors, q, tol, max_iter, seed)
     extra_summary["tastes"] = {
         "n_tastes": int(res.n_tastes),
         "starts_agreed": int(res.starts_agreed),

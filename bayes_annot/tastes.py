@@ -86,7 +86,9 @@ __all__ = [
     "simulate_tastes",
     "taste_columns",
     "heldout_folds",
+    "heldout_user_scores",
     "problem_from",
+    "subproblem",
 ]
 
 
@@ -609,7 +611,8 @@ def problem_from(data) -> EMProblem:
     raise TypeError(f"expected an EMProblem, PreparedData, DataFrame or path, got {type(data).__name__}")
 
 
-def _subproblem(problem: EMProblem, mask: np.ndarray) -> EMProblem:
+def subproblem(problem: EMProblem, mask: np.ndarray) -> EMProblem:
+    """The labels ``mask`` selects, with the same user and model codes (learned strengths)."""
     return EMProblem(
         user=problem.user[mask], model_a=problem.model_a[mask], model_b=problem.model_b[mask],
         choice_a=problem.choice_a[mask], n_users=problem.n_users, n_models=problem.n_models,
@@ -636,9 +639,16 @@ def heldout_folds(problem: EMProblem, n_folds: int = 5, seed: int = 0) -> np.nda
     return folds
 
 
-def _heldout_user_scores(train: EMProblem, test: EMProblem, res: TasteResult) -> np.ndarray:
-    """Per-user log predictive of the test labels: the mixture over the user's types
-    weighted by their posterior given the training labels (prior shares if none)."""
+def heldout_user_scores(train: EMProblem, test: EMProblem, res: TasteResult) -> np.ndarray:
+    """Per-user log predictive of the ``test`` labels under a fit ``res`` of the ``train`` labels.
+
+    The mixture over the user's types (casual, taste class 1..C) weighted by their
+    posterior given their training labels (the fitted shares for a user without
+    any): a user's type persists across their labels. ``train`` and ``test`` share
+    the user and model codes (0 for users without test labels). The one held-out
+    score of the taste model, used by :func:`select_tastes` and
+    :func:`bayes_annot.evaluate.heldout_loglik` (``tastes=``).
+    """
     d_train, d_test = _Data(train), _Data(test)
     log_shares = _log_shares(res.shares)
     lw = log_shares[None, :] + d_train.type_logliks(res.strengths, res.q)
@@ -742,11 +752,11 @@ def select_tastes(
                              seed=seed, tol=tol, max_iter=max_iter)
         score = np.zeros(problem.n_users)
         for f in range(n_folds):
-            train, test = _subproblem(problem, folds != f), _subproblem(problem, folds == f)
+            train, test = subproblem(problem, folds != f), subproblem(problem, folds == f)
             res = fit_tastes(train, c, priors=priors, q_fixed=q_fixed, n_starts=fold_starts,
                              seed=seed + 1 + f, tol=tol, max_iter=max_iter,
                              init=[fits[c].as_start()] if c > 1 else None)
-            score += _heldout_user_scores(train, test, res)
+            score += heldout_user_scores(train, test, res)
         per_user[c] = score
     n_labels = problem.n_labels
     active = np.bincount(problem.user, minlength=problem.n_users) > 0
