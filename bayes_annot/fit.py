@@ -906,7 +906,10 @@ class UserQualityModel:
 
     Parameters are those of :func:`fit` (except ``data``); ``fit(data)``
     validates, fits and returns ``self``, with ``result_``, ``users_``,
-    ``models_``, ``rows_`` and ``summary_`` set.
+    ``models_``, ``rows_`` and ``summary_`` set. ``get_params`` /
+    ``set_params`` follow scikit-learn's conventions, so
+    ``sklearn.base.clone(est)`` and ``type(est)(**est.get_params())`` give an
+    unfitted estimator with the same settings.
 
     Examples
     --------
@@ -914,14 +917,28 @@ class UserQualityModel:
     >>> est = ba.UserQualityModel(model="two-class").fit(ba.simulate(n_users=200, seed=0))
     >>> est.users_.shape[0]
     200
+    >>> ba.UserQualityModel(**est.get_params()).get_params() == est.get_params()
+    True
     """
 
     def __init__(self, **settings):
+        _check_settings(settings)
         self.settings = settings
 
-    def get_params(self) -> dict:
-        """The settings given to the constructor (a copy)."""
-        return dict(self.settings)
+    def get_params(self, deep: bool = True) -> dict:
+        """Every setting of :func:`fit`: the constructor's (the very objects given) over
+        :func:`fit`'s defaults. ``deep`` is accepted for scikit-learn; no setting is an estimator."""
+        return {**_fit_defaults(), **self.settings}
+
+    def set_params(self, **params) -> "UserQualityModel":
+        """Change settings (names of :func:`fit`'s parameters); returns ``self``."""
+        _check_settings(params)
+        self.settings = {**self.settings, **params}
+        return self
+
+    def __repr__(self) -> str:
+        given = ", ".join(f"{k}={v!r}" for k, v in self.settings.items())
+        return f"UserQualityModel({given})"
 
     def fit(self, data) -> "UserQualityModel":
         """Fit :func:`fit` to ``data`` with the stored settings; returns ``self``."""
@@ -931,6 +948,21 @@ class UserQualityModel:
         self.rows_ = self.result_.rows
         self.summary_ = self.result_.summary
         return self
+
+
+def _fit_defaults() -> dict:
+    """:func:`fit`'s keyword parameters and their defaults."""
+    import inspect
+
+    return {
+        name: p.default for name, p in inspect.signature(fit).parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+
+
+def _check_settings(settings: dict) -> None:
+    unknown = sorted(set(settings) - set(_fit_defaults()))
+    if unknown:
+        raise TypeError(f"UserQualityModel got unknown setting(s) {', '.join(unknown)}; expected parameters of fit()")
 
 
 class SavedResult:
