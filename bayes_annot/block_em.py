@@ -335,7 +335,7 @@ def block_cell_counts(block: Block) -> dict:
     return {"cells": block.cell_totals if block.learned else None}
 
 
-def _two_class_user_terms(att_sum: np.ndarray, cas_sum: np.ndarray, pi: float) -> tuple[np.ndarray, np.ndarray]:
+def two_class_user_terms(att_sum: np.ndarray, cas_sum: np.ndarray, pi: float) -> tuple[np.ndarray, np.ndarray]:
     r"""Posterior P(attentive) and marginal log-likelihood of each user, with two transcendental calls.
 
     With :math:`z = \operatorname{logit}\pi + A - C` (``A``, ``C``: the user's attentive and
@@ -365,7 +365,7 @@ def block_two_class_users(block: Block, pi: float, q: float, table: np.ndarray |
     if att_sum is None:
         att_sum = _block_att_sum(block, table)
     cas_sum = block.n_user_a * np.log(q) + (block.n_user - block.n_user_a) * np.log1p(-q)
-    return _two_class_user_terms(att_sum, cas_sum, pi)
+    return two_class_user_terms(att_sum, cas_sum, pi)
 
 
 def block_two_class_pass(block: Block, pi: float, q: float, table: np.ndarray | None, users=None) -> dict:

@@ -36,7 +36,8 @@ from .likelihood import (
     two_class_user_loglik,
 )
 
-__all__ = ["EMProblem", "EMResult", "fit_em", "fit_bradley_terry", "pair_weights", "has_converged", "param_tolerance"]
+__all__ = ["EMProblem", "EMResult", "fit_em", "fit_bradley_terry", "pair_weights", "has_converged", "param_tolerance",
+           "bradley_terry_objective"]
 
 
 @dataclass
@@ -109,7 +110,8 @@ def pair_weights(cell: np.ndarray, weights: np.ndarray | None, n_models: int) ->
     return table[:, :, 1], table[:, :, 0]
 
 
-def _bt_objective(s, w1, w0, sigma):
+def bradley_terry_objective(s, w1, w0, sigma):
+    """The ridge Bradley–Terry objective :func:`fit_bradley_terry` maximises (weighted counts ``w1``, ``w0``)."""
     d = s[:, None] - s[None, :]
     return float((w1 * log_expit(d)).sum() + (w0 * log_expit(-d)).sum() - 0.5 * (s @ s) / sigma**2)
 
@@ -131,7 +133,7 @@ def fit_bradley_terry(
     """
     k = w1.shape[0]
     s = np.zeros(k) if start is None else np.array(start, dtype=float)
-    value = _bt_objective(s, w1, w0, sigma)
+    value = bradley_terry_objective(s, w1, w0, sigma)
     for _ in range(max_iter):
         d = s[:, None] - s[None, :]
         p = expit(d)
@@ -144,7 +146,7 @@ def fit_bradley_terry(
         t = 1.0
         while True:
             candidate = s + t * step
-            new_value = _bt_objective(candidate, w1, w0, sigma)
+            new_value = bradley_terry_objective(candidate, w1, w0, sigma)
             if new_value >= value - 1e-12 * abs(value) or t < 1e-8:
                 break
             t *= 0.5

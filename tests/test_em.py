@@ -7,8 +7,8 @@ from scipy.special import expit
 import bayes_annot as ba
 from bayes_annot.em import (
     EMProblem,
-    _bt_objective,
     bradley_terry_gradient,
+    bradley_terry_objective,
     fit_bradley_terry,
     fit_em,
     pair_weights,
@@ -134,7 +134,7 @@ def test_bradley_terry_gradient_matches_finite_differences(rng):
     eps = 1e-6
     numeric = np.array(
         [
-            (_bt_objective(s + eps * np.eye(k)[i], w1, w0, 3.0) - _bt_objective(s - eps * np.eye(k)[i], w1, w0, 3.0))
+            (bradley_terry_objective(s + eps * np.eye(k)[i], w1, w0, 3.0) - bradley_terry_objective(s - eps * np.eye(k)[i], w1, w0, 3.0))
             / (2 * eps)
             for i in range(k)
         ]
@@ -147,9 +147,9 @@ def test_bradley_terry_newton_reaches_the_maximum(rng):
     w1, w0 = _random_weights(rng, k)
     s = fit_bradley_terry(w1, w0, 3.0)
     assert np.max(np.abs(bradley_terry_gradient(s, w1, w0, 3.0))) < 1e-6
-    best = _bt_objective(s, w1, w0, 3.0)
+    best = bradley_terry_objective(s, w1, w0, 3.0)
     for _ in range(20):
-        assert _bt_objective(s + 0.01 * rng.normal(size=k), w1, w0, 3.0) < best
+        assert bradley_terry_objective(s + 0.01 * rng.normal(size=k), w1, w0, 3.0) < best
 
 
 def test_pair_weights_count_every_label(rng):
@@ -237,7 +237,7 @@ def test_warm_start_reaches_the_same_optimum_faster(variant):
 
 def test_block_user_terms_equal_the_likelihood_formulas():
     """The E-step's two-call posterior / marginal log-likelihood equals likelihood.py, also far in the tails."""
-    from bayes_annot.block_em import _two_class_user_terms
+    from bayes_annot.block_em import two_class_user_terms
     from bayes_annot.likelihood import two_class_posterior, two_class_user_loglik
 
     rng = np.random.default_rng(7)
@@ -245,7 +245,7 @@ def test_block_user_terms_equal_the_likelihood_formulas():
     cas = -np.abs(rng.normal(0, 300, 5000))
     att[:3], cas[:3] = [0.0, -1e-3, -800.0], [0.0, -1e-3, -1.0]
     for pi in (1e-6, 0.3, 0.7, 1 - 1e-6):
-        p, ll = _two_class_user_terms(att, cas, pi)
+        p, ll = two_class_user_terms(att, cas, pi)
         np.testing.assert_allclose(p, two_class_posterior(att, cas, pi), rtol=1e-12, atol=1e-300)
         np.testing.assert_allclose(ll, two_class_user_loglik(att, cas, pi), rtol=1e-12, atol=1e-12)
 
