@@ -24,7 +24,10 @@ import numpy as np
 from scipy.special import expit, log_expit, logit
 from scipy.stats import norm
 
-from .em import EMResult, _attentive_table, _two_class_objective, _update_q, _update_theta, fit_bradley_terry, has_converged
+from .em import (
+    EMResult, _attentive_table, _two_class_objective, _update_q, _update_theta, fit_bradley_terry, has_converged,
+    max_change,
+)
 from .likelihood import Priors, log_beta_pdf, log_normal_pdf
 
 __all__ = ["Block", "EMState", "make_block", "merge_blocks", "cell_index_map", "LocalRunner", "run_em"]
@@ -332,7 +335,7 @@ def block_cell_counts(block: Block) -> dict:
     return {"cells": block.cell_totals if block.learned else None}
 
 
-def _two_class_user_terms(att_sum: np.ndarray, cas_sum: np.ndarray, pi: float) -> tuple[np.ndarray, np.ndarray]:
+def two_class_user_terms(att_sum: np.ndarray, cas_sum: np.ndarray, pi: float) -> tuple[np.ndarray, np.ndarray]:
     r"""Posterior P(attentive) and marginal log-likelihood of each user, with two transcendental calls.
 
     With :math:`z = \operatorname{logit}\pi + A - C` (``A``, ``C``: the user's attentive and
@@ -362,7 +365,7 @@ def block_two_class_users(block: Block, pi: float, q: float, table: np.ndarray |
     if att_sum is None:
         att_sum = _block_att_sum(block, table)
     cas_sum = block.n_user_a * np.log(q) + (block.n_user - block.n_user_a) * np.log1p(-q)
-    return _two_class_user_terms(att_sum, cas_sum, pi)
+    return two_class_user_terms(att_sum, cas_sum, pi)
 
 
 def block_two_class_pass(block: Block, pi: float, q: float, table: np.ndarray | None, users=None) -> dict:
@@ -430,6 +433,8 @@ def block_continuous_pass(block: Block, theta: np.ndarray, m: float, q: float, t
     stats = {
         "loglik": value,
         "theta_sum": float(theta_new.sum()),
+        # largest change of a user's quality in this step (the stopping rule's; a max, not a sum, over blocks)
+        "max_quality_change": max_change(expit(theta), expit(theta_new)),
         "casual_a": float(casual @ choice.astype(float)),
         "casual": float(casual.sum()),
         "cells": block.cell_sums(resp) if block.learned else None,
@@ -458,10 +463,16 @@ def block_initial_theta(block: Block, start_theta: np.ndarray | None, m: float) 
 
 
 def _sum_stats(parts: list[dict]) -> dict:
+    """Statistics summed over blocks (``max_*`` ones: the largest)."""
     out = {}
     for key in parts[0]:
         values = [p[key] for p in parts]
-        out[key] = None if values[0] is None else (np.sum(values, axis=0) if isinstance(values[0], np.ndarray) else sum(values))
+        if values[0] is None:
+            out[key] = None
+        elif key.startswith("max_"):
+            out[key] = max(values)
+        else:
+            out[key] = np.sum(values, axis=0) if isinstance(values[0], np.ndarray) else sum(values)
     return out
 
 
@@ -550,6 +561,7 @@ def run_em(
     start: dict | None = None,
     callback=None,
     accelerate: bool = False,
+    param_tol: float | None = None,
 ) -> EMResult:
     """EM of :func:`bayes_annot.em.fit_em` over the blocks of ``runner``.
 
@@ -557,7 +569,9 @@ def run_em(
     ``accelerate=True`` (two-class, :class:`LocalRunner` or any runner; continuous
     needs a single local block) adds SQUAREM extrapolation steps, each kept only
     when it does not lower the objective, so the trace still never decreases;
-    the stopping rule is applied to plain EM steps, as in ``fit_em``.
+    the stopping rule (:func:`~bayes_annot.em.has_converged`: objective change below
+    ``tol`` AND largest parameter change below ``param_tol``, default ``100 * tol``)
+    is applied to plain EM steps.
     """
     if variant not in ("two-class", "continuous"):
         raise ValueError(f"unknown model variant '{variant}', expected 'two-class' or 'continuous'")
@@ -574,9 +588,11 @@ def run_em(
             strengths = fit_bradley_terry(w1, w0, priors.strength_sigma)
     q = float(start.get("q") or 0.5) if q_fixed is None else float(q_fixed)
     if variant == "two-class":
-        out = _run_two_class(runner, k, learned, priors, q_fixed, tol, max_iter, start, strengths, q, callback, accelerate)
+        out = _run_two_class(runner, k, learned, priors, q_fixed, tol, max_iter, start, strengths, q, callback, accelerate,
+                             param_tol)
     else:
-        out = _run_continuous(runner, k, learned, priors, q_fixed, tol, max_iter, start, strengths, q, callback, accelerate)
+        out = _run_continuous(runner, k, learned, priors, q_fixed, tol, max_iter, start, strengths, q, callback, accelerate,
+                              param_tol)
     s = out["strengths"]
     differs_cell = None
     if learned:
@@ -623,19 +639,21 @@ def _squarem_point(x0: np.ndarray, x1: np.ndarray, x2: np.ndarray) -> np.ndarray
     return x0 - 2.0 * alpha * r + alpha**2 * v
 
 
-def _em_iterations(evaluate, params, *, tol, max_iter, callback, squarem=None):
+def _em_iterations(evaluate, params, *, tol, max_iter, callback, param_tol=None, squarem=None):
     """The EM loop of both variants: plain EM steps until :func:`~bayes_annot.em.has_converged`.
 
-    ``evaluate(*params)`` returns the penalised log-likelihood at ``params``
-    and the EM map's image of ``params``. With ``squarem = (pack, unpack,
+    ``evaluate(*params)`` returns the penalised log-likelihood at ``params``,
+    the EM map's image of ``params`` and the largest parameter change between
+    the two (see :func:`~bayes_annot.em.has_converged`). With ``squarem = (pack, unpack,
     valid)``, after each EM step an extrapolated point is evaluated and kept
     only when its objective is at least the EM step's, so the trace never
-    decreases; the stopping rule is applied to plain EM steps only.
+    decreases; the stopping rule is applied to plain EM steps only (objective
+    change and parameter change of the step that led to the current point).
 
     Returns ``(params, trace, n_iter, converged)``.
     """
     trace: list[float] = []
-    value, nxt = evaluate(*params)
+    value, nxt, step = evaluate(*params)
     trace.append(value)
     if callback is not None:
         callback(0, value)
@@ -643,12 +661,12 @@ def _em_iterations(evaluate, params, *, tol, max_iter, callback, squarem=None):
     iteration = 0
     while iteration < max_iter:
         iteration += 1
-        prev_params, params = params, nxt
-        value, nxt = evaluate(*params)  # a plain EM step
+        prev_params, params, last_step = params, nxt, step
+        value, nxt, step = evaluate(*params)  # a plain EM step
         trace.append(value)
         if callback is not None:
             callback(iteration, value)
-        if has_converged(trace, tol):
+        if has_converged(trace, tol, last_step, param_tol):
             converged = True
             break
         if squarem is None or iteration >= max_iter:
@@ -660,10 +678,10 @@ def _em_iterations(evaluate, params, *, tol, max_iter, callback, squarem=None):
         candidate = unpack(point, params)
         if not valid(candidate):
             continue
-        c_value, c_nxt = evaluate(*candidate)
+        c_value, c_nxt, c_step = evaluate(*candidate)
         if np.isfinite(c_value) and c_value >= value:
             iteration += 1
-            params, value, nxt = candidate, c_value, c_nxt
+            params, value, nxt, step = candidate, c_value, c_nxt, c_step
             trace.append(value)
             if callback is not None:
                 callback(iteration, value)
@@ -699,7 +717,8 @@ def _unpack_shared(x: np.ndarray, i: int, q_fixed, learned: bool):
     return q, (x[i:].copy() if learned else None)
 
 
-def _run_two_class(runner, k, learned, priors, q_fixed, tol, max_iter, start, strengths, q, callback, accelerate):
+def _run_two_class(runner, k, learned, priors, q_fixed, tol, max_iter, start, strengths, q, callback, accelerate,
+                   param_tol=None):
     pi = float(start.get("pi") or 0.5)
 
     def evaluate(pi, q, strengths):
@@ -710,7 +729,9 @@ def _run_two_class(runner, k, learned, priors, q_fixed, tol, max_iter, start, st
         )
         new_pi = (st["p_active"] + priors.pi_alpha - 1.0) / (st["n_active"] + priors.pi_alpha + priors.pi_beta - 2.0)
         new_q, new_s = _shared_m_step(st, q, strengths, k, learned, priors, q_fixed)
-        return value, (float(new_pi), new_q, new_s)
+        # a user's quality is a function of (pi, q, strengths): their change is the step's
+        step = max(max_change(pi, new_pi), max_change(q, new_q), max_change(strengths, new_s))
+        return value, (float(new_pi), new_q, new_s), step
 
     def pack(pi, q, s):
         return _pack_shared([np.array([logit(pi)])], q, s, q_fixed, learned)
@@ -722,14 +743,15 @@ def _run_two_class(runner, k, learned, priors, q_fixed, tol, max_iter, start, st
         return 0.0 < params[0] < 1.0 and (params[1] is None or 0.0 < params[1] < 1.0)
 
     params, trace, iteration, converged = _em_iterations(
-        evaluate, (pi, q, strengths), tol=tol, max_iter=max_iter, callback=callback,
+        evaluate, (pi, q, strengths), tol=tol, max_iter=max_iter, callback=callback, param_tol=param_tol,
         squarem=(pack, unpack, valid) if accelerate else None,
     )
     pi, q, strengths = params
     return dict(pi=pi, q=q, strengths=strengths, trace=trace, n_iter=iteration, converged=converged)
 
 
-def _run_continuous(runner, k, learned, priors, q_fixed, tol, max_iter, start, strengths, q, callback, accelerate):
+def _run_continuous(runner, k, learned, priors, q_fixed, tol, max_iter, start, strengths, q, callback, accelerate,
+                    param_tol=None):
     tau = priors.eta_tau
     m = float(start["m"]) if start.get("m") is not None else float(logit(0.7))
     thetas = runner.initial_theta(start.get("theta"), m)
@@ -749,7 +771,9 @@ def _run_continuous(runner, k, learned, priors, q_fixed, tol, max_iter, start, s
             n_users / tau**2 + 1.0 / priors.eta_m_sigma**2
         )
         new_q, new_s = _shared_m_step(st, q, strengths, k, learned, priors, q_fixed)
-        return value, (new_thetas, float(new_m), new_q, new_s)
+        step = max(st["max_quality_change"], max_change(expit(m), expit(new_m)), max_change(q, new_q),
+                   max_change(strengths, new_s))
+        return value, (new_thetas, float(new_m), new_q, new_s), step
 
     def pack(thetas, m, q, s):
         return _pack_shared([np.concatenate(thetas), np.array([m])], q, s, q_fixed, learned)
@@ -765,7 +789,7 @@ def _run_continuous(runner, k, learned, priors, q_fixed, tol, max_iter, start, s
         return params[2] is None or 0.0 < params[2] < 1.0
 
     params, trace, iteration, converged = _em_iterations(
-        evaluate, (thetas, m, q, strengths), tol=tol, max_iter=max_iter, callback=callback,
+        evaluate, (thetas, m, q, strengths), tol=tol, max_iter=max_iter, callback=callback, param_tol=param_tol,
         squarem=(pack, unpack, valid) if accelerate else None,
     )
     thetas, m, q, strengths = params

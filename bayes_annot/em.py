@@ -36,7 +36,8 @@ from .likelihood import (
     two_class_user_loglik,
 )
 
-__all__ = ["EMProblem", "EMResult", "fit_em", "fit_bradley_terry", "pair_weights"]
+__all__ = ["EMProblem", "EMResult", "fit_em", "fit_bradley_terry", "pair_weights", "has_converged", "param_tolerance",
+           "bradley_terry_objective"]
 
 
 @dataclass
@@ -109,7 +110,8 @@ def pair_weights(cell: np.ndarray, weights: np.ndarray | None, n_models: int) ->
     return table[:, :, 1], table[:, :, 0]
 
 
-def _bt_objective(s, w1, w0, sigma):
+def bradley_terry_objective(s, w1, w0, sigma):
+    """The ridge Bradley–Terry objective :func:`fit_bradley_terry` maximises (weighted counts ``w1``, ``w0``)."""
     d = s[:, None] - s[None, :]
     return float((w1 * log_expit(d)).sum() + (w0 * log_expit(-d)).sum() - 0.5 * (s @ s) / sigma**2)
 
@@ -131,7 +133,7 @@ def fit_bradley_terry(
     """
     k = w1.shape[0]
     s = np.zeros(k) if start is None else np.array(start, dtype=float)
-    value = _bt_objective(s, w1, w0, sigma)
+    value = bradley_terry_objective(s, w1, w0, sigma)
     for _ in range(max_iter):
         d = s[:, None] - s[None, :]
         p = expit(d)
@@ -144,7 +146,7 @@ def fit_bradley_terry(
         t = 1.0
         while True:
             candidate = s + t * step
-            new_value = _bt_objective(candidate, w1, w0, sigma)
+            new_value = bradley_terry_objective(candidate, w1, w0, sigma)
             if new_value >= value - 1e-12 * abs(value) or t < 1e-8:
                 break
             t *= 0.5
@@ -215,10 +217,47 @@ def _informative_users(problem: EMProblem, strengths, tol: float) -> np.ndarray:
     return np.bincount(problem.user, weights=differs, minlength=problem.n_users) > 0
 
 
-def has_converged(trace: list[float], tol: float) -> bool:
-    """The EM stopping rule shared by every engine: the penalised log-likelihood changed by at most
-    ``tol * (1 + |loglik|)`` in the last iteration."""
-    return len(trace) > 1 and abs(trace[-1] - trace[-2]) <= tol * (1.0 + abs(trace[-1]))
+PARAM_TOL_PER_TOL = 100.0
+"""Default parameter tolerance as a multiple of ``tol`` (see :func:`has_converged`): 1e-7 at ``tol=1e-9``."""
+
+
+PARAM_TOL_FLOOR = 1e-12
+"""Smallest default parameter tolerance: changes below it are at the level of rounding in the E-step sums."""
+
+
+def param_tolerance(tol: float, param_tol: float | None = None) -> float:
+    """The parameter tolerance of :func:`has_converged`: ``param_tol`` if given, else
+    ``max(PARAM_TOL_PER_TOL * tol, PARAM_TOL_FLOOR)`` (1e-7 at the default ``tol=1e-9``)."""
+    return float(max(PARAM_TOL_PER_TOL * tol, PARAM_TOL_FLOOR) if param_tol is None else param_tol)
+
+
+def has_converged(trace: list[float], tol: float, step: float | None = None, param_tol: float | None = None) -> bool:
+    """The EM stopping rule shared by every engine: stop when BOTH
+
+    * the penalised log-likelihood changed by at most ``tol * (1 + |loglik|)``
+      in the last iteration, AND
+    * the largest absolute parameter change of the last iteration, ``step``, is at most
+      ``param_tol`` (default :func:`param_tolerance`: ``100 * tol``, at least 1e-12;
+      1e-7 at the default ``tol=1e-9``). The engines measure ``step`` on the reported scale: user quality
+      (``sigmoid(theta_u)``, continuous), strengths, ``pi`` / taste shares, ``q``.
+
+    The objective alone is a weak rule: near the optimum its change is quadratic in
+    the parameter change, so EM could stop while the parameters still moved by
+    ~``sqrt(tol)``, and a warm-started update and a cold refit then disagreed by
+    ~1e-5 in quality. ``step=None`` (an engine that does not report its parameter
+    change) applies the objective rule only.
+    """
+    if not (len(trace) > 1 and abs(trace[-1] - trace[-2]) <= tol * (1.0 + abs(trace[-1]))):
+        return False
+    return step is None or step <= param_tolerance(tol, param_tol)
+
+
+def max_change(old, new) -> float:
+    """Largest absolute elementwise change between two parameter values (scalars, arrays or ``None``)."""
+    if old is None or new is None:
+        return 0.0
+    diff = np.abs(np.asarray(new, dtype=float) - np.asarray(old, dtype=float))
+    return float(diff.max(initial=0.0))
 
 
 def _update_q(casual_weight_a: float, casual_weight: float, priors: Priors) -> float:
@@ -268,6 +307,7 @@ def _fit_two_class(problem, priors, q_fixed, tol, max_iter, callback, start=None
     trace: list[float] = []
     converged = False
     iteration = 0
+    step = None  # largest change of pi, q and the strengths in the last M-step
     while True:
         if problem.learned:
             att_sum = counts @ _attentive_table(strengths)
@@ -278,12 +318,13 @@ def _fit_two_class(problem, priors, q_fixed, tol, max_iter, callback, start=None
         trace.append(value)
         if callback is not None:
             callback(iteration, value)
-        if has_converged(trace, tol):
+        if step is not None and has_converged(trace, tol, step):
             converged = True
             break
         if iteration >= max_iter:
             break
         iteration += 1
+        previous = (pi, q, strengths)
         # E-step: per-user posterior of being attentive
         p_attentive = two_class_posterior(att_sum, cas_sum, pi)
         # M-step
@@ -295,6 +336,7 @@ def _fit_two_class(problem, priors, q_fixed, tol, max_iter, callback, start=None
             k = problem.n_models
             table = (counts_t @ p_attentive).reshape(k, k, 2)
             strengths = fit_bradley_terry(table[:, :, 1], table[:, :, 0], priors.strength_sigma, start=strengths)
+        step = max(max_change(old, new) for old, new in zip(previous, (pi, q, strengths)))
     quality = two_class_posterior(att_sum, cas_sum, pi)
     quality[~active] = pi
     user_ll = np.where(active, two_class_user_loglik(att_sum, cas_sum, pi), 0.0)
@@ -368,6 +410,7 @@ def _fit_continuous(problem, priors, q_fixed, tol, max_iter, callback, start=Non
     trace: list[float] = []
     converged = False
     iteration = 0
+    step = None  # largest change of a user's quality, sigmoid(m), q and the strengths in the last M-step
     while True:
         cas_prob = np.where(problem.choice_a == 1, q, 1.0 - q)
         label_loglik, resp = _continuous_rows(att_prob, cas_prob, theta, problem.user)
@@ -375,12 +418,13 @@ def _fit_continuous(problem, priors, q_fixed, tol, max_iter, callback, start=Non
         trace.append(value)
         if callback is not None:
             callback(iteration, value)
-        if has_converged(trace, tol):
+        if step is not None and has_converged(trace, tol, step):
             converged = True
             break
         if iteration >= max_iter:
             break
         iteration += 1
+        previous = (expit(theta), expit(m), q, strengths)
         # E-step: per-label posterior of attentive behaviour (resp, computed above)
         # M-step
         attentive_sum = np.bincount(problem.user, weights=resp, minlength=problem.n_users)
@@ -395,6 +439,7 @@ def _fit_continuous(problem, priors, q_fixed, tol, max_iter, callback, start=Non
             w1, w0 = pair_weights(cell, resp, problem.n_models)
             strengths = fit_bradley_terry(w1, w0, priors.strength_sigma, start=strengths)
             att_prob = _attentive_prob_rows(problem, cell, strengths)
+        step = max(max_change(old, new) for old, new in zip(previous, (expit(theta), expit(m), q, strengths)))
     # Laplace approximation of each user's posterior of theta (other parameters at their MAP):
     # d^2/dtheta^2 log p(y_r) = w_r (1 - w_r) - sigma(theta)(1 - sigma(theta)).
     eta = expit(theta)
@@ -436,7 +481,8 @@ def fit_em(
         Fix the casual position bias (e.g. 0.5 for a fair coin); estimated when ``None``.
     tol : float
         Stop when the penalised log-likelihood changes by less than
-        ``tol * (1 + |loglik|)`` between iterations.
+        ``tol * (1 + |loglik|)`` between iterations and no parameter by more than
+        ``100 * tol`` (:func:`has_converged`).
     max_iter : int
     informative_tol : float
         A user is *uninformative* when, on every one of their labels, the

@@ -68,7 +68,12 @@ def heldout_loglik(
     seed : int
     columns : ColumnMap, optional
     **fit_kwargs
-        Passed to :func:`bayes_annot.fit` (e.g. ``q=0.5``, ``tastes=2``).
+        Passed to :func:`bayes_annot.fit` (e.g. ``q=0.5``). With ``tastes=C`` (an int
+        > 1 or ``"auto"``, two-class) the training labels get the taste-class fit and
+        the held-out ones are scored by the taste mixture,
+        :func:`bayes_annot.tastes.heldout_user_scores` (the score
+        :func:`~bayes_annot.tastes.select_tastes` uses); ``q``, ``priors``, ``tol``,
+        ``max_iter`` and ``seed`` are the settings it takes.
 
     Returns
     -------
@@ -102,6 +107,19 @@ def heldout_loglik(
     sign = 2.0 * choice - 1.0
     users = prepared.user_labels[prepared.user[test]]
     col_kwargs = {k: v for k, v in vars(columns).items() if v is not None}
+
+    tastes = fit_kwargs.get("tastes", 1)
+    if model == "two-class" and tastes != 1:
+        per_user = _taste_heldout(prepared, hidden, tastes, fit_kwargs)
+        total = float(per_user.sum())
+        return {
+            "model": model,
+            "seed": seed,
+            "heldout_loglik": total,
+            "n_heldout": int(len(test)),
+            "per_label": total / max(len(test), 1),
+            "per_user": per_user,
+        }
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -153,3 +171,28 @@ def heldout_loglik(
         "per_label": total / max(len(test), 1),
         "per_user": per_user,
     }
+
+
+def _taste_heldout(prepared, hidden: np.ndarray, tastes, fit_kwargs: dict) -> pd.Series:
+    """Held-out score of the taste-class model (``tastes`` an int > 1 or ``"auto"``): the
+    training labels are fitted as :func:`bayes_annot.fit` fits them, and the hidden ones scored
+    by :func:`bayes_annot.tastes.heldout_user_scores` (the mixture over each user's types,
+    casual and every taste class), the routine :func:`~bayes_annot.tastes.select_tastes` uses."""
+    from .fit import build_problem, fit_taste_classes
+    from .tastes import heldout_user_scores, subproblem
+
+    unknown = set(fit_kwargs) - {"tastes", "q", "priors", "tol", "max_iter", "seed", "use_p_a"}
+    if unknown:
+        raise InputError(f"heldout_loglik with tastes does not take {', '.join(sorted(unknown))}")
+    problem, _ = build_problem(prepared, use_p_a=False)
+    held = hidden[prepared.usable]
+    train, test = subproblem(problem, ~held), subproblem(problem, held)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res, _ = fit_taste_classes(
+            train, tastes, fit_kwargs.get("priors") or Priors(), fit_kwargs.get("q"),
+            fit_kwargs.get("tol", 1e-9), fit_kwargs.get("max_iter", 1000), fit_kwargs.get("seed", 0),
+        )
+    scores = heldout_user_scores(train, test, res)
+    has_test = np.bincount(test.user, minlength=test.n_users) > 0
+    return pd.Series(scores[has_test], index=pd.Index(prepared.user_labels[has_test]))

@@ -461,7 +461,10 @@ def fit(
         (:func:`bayes_annot.tastes.select_tastes`).
     priors : Priors, optional
     tol, max_iter : float, int
-        EM convergence settings.
+        EM convergence settings: EM stops when the penalised log-likelihood
+        changes by less than ``tol * (1 + |loglik|)`` AND no parameter (user
+        quality, strength, ``pi``, ``q``) by more than ``100 * tol``
+        (:func:`bayes_annot.em.has_converged`).
     draws, tune, chains, sampler, progress
         NUTS settings.
     seed : int
@@ -663,8 +666,10 @@ def assemble_summary(
     return summary
 
 
-def _fit_tastes_estimates(problem, tastes, priors, q, tol, max_iter, seed) -> Estimates:
-    from .tastes import casual_group_test, fit_tastes, select_tastes, taste_columns
+def fit_taste_classes(problem: EMProblem, tastes, priors, q, tol, max_iter, seed):
+    """The taste-class fit of :func:`fit` (``tastes`` an int, or ``"auto"``: chosen by
+    :func:`~bayes_annot.tastes.select_tastes`); returns the ``TasteResult`` and summary entries."""
+    from .tastes import casual_group_test, fit_tastes, select_tastes
 
     extra_summary: dict = {}
     if tastes == "auto":
@@ -681,6 +686,13 @@ def _fit_tastes_estimates(problem, tastes, priors, q, tol, max_iter, seed) -> Es
         }
     else:
         res = fit_tastes(problem, int(tastes), priors=priors, q_fixed=q, tol=tol, max_iter=max_iter, seed=seed)
+    return res, extra_summary
+
+
+def _fit_tastes_estimates(problem, tastes, priors, q, tol, max_iter, seed) -> Estimates:
+    from .tastes import taste_columns
+
+    res, extra_summary = fit_taste_classes(problem, tastes, priors, q, tol, max_iter, seed)
     extra_summary["tastes"] = {
         "n_tastes": int(res.n_tastes),
         "starts_agreed": int(res.starts_agreed),
@@ -937,7 +949,10 @@ class UserQualityModel:
 
     Parameters are those of :func:`fit` (except ``data``); ``fit(data)``
     validates, fits and returns ``self``, with ``result_``, ``users_``,
-    ``models_``, ``rows_`` and ``summary_`` set.
+    ``models_``, ``rows_`` and ``summary_`` set. ``get_params`` /
+    ``set_params`` follow scikit-learn's conventions, so
+    ``sklearn.base.clone(est)`` and ``type(est)(**est.get_params())`` give an
+    unfitted estimator with the same settings.
 
     Examples
     --------
@@ -945,14 +960,28 @@ class UserQualityModel:
     >>> est = ba.UserQualityModel(model="two-class").fit(ba.simulate(n_users=200, seed=0))
     >>> est.users_.shape[0]
     200
+    >>> ba.UserQualityModel(**est.get_params()).get_params() == est.get_params()
+    True
     """
 
     def __init__(self, **settings):
+        _check_settings(settings)
         self.settings = settings
 
-    def get_params(self) -> dict:
-        """The settings given to the constructor (a copy)."""
-        return dict(self.settings)
+    def get_params(self, deep: bool = True) -> dict:
+        """Every setting of :func:`fit`: the constructor's (the very objects given) over
+        :func:`fit`'s defaults. ``deep`` is accepted for scikit-learn; no setting is an estimator."""
+        return {**_fit_defaults(), **self.settings}
+
+    def set_params(self, **params) -> "UserQualityModel":
+        """Change settings (names of :func:`fit`'s parameters); returns ``self``."""
+        _check_settings(params)
+        self.settings = {**self.settings, **params}
+        return self
+
+    def __repr__(self) -> str:
+        given = ", ".join(f"{k}={v!r}" for k, v in self.settings.items())
+        return f"UserQualityModel({given})"
 
     def fit(self, data) -> "UserQualityModel":
         """Fit :func:`fit` to ``data`` with the stored settings; returns ``self``."""
@@ -962,6 +991,21 @@ class UserQualityModel:
         self.rows_ = self.result_.rows
         self.summary_ = self.result_.summary
         return self
+
+
+def _fit_defaults() -> dict:
+    """:func:`fit`'s keyword parameters and their defaults."""
+    import inspect
+
+    return {
+        name: p.default for name, p in inspect.signature(fit).parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+
+
+def _check_settings(settings: dict) -> None:
+    unknown = sorted(set(settings) - set(_fit_defaults()))
+    if unknown:
+        raise TypeError(f"UserQualityModel got unknown setting(s) {', '.join(unknown)}; expected parameters of fit()")
 
 
 class SavedResult:

@@ -72,7 +72,7 @@ import pandas as pd
 from scipy.sparse import csr_matrix
 from scipy.special import expit, gammaln, log_expit
 
-from .em import EMProblem, _attentive_table, fit_bradley_terry, has_converged, pair_weights
+from .em import EMProblem, _attentive_table, fit_bradley_terry, has_converged, max_change, pair_weights
 from .likelihood import Priors, log_beta_pdf, log_normal_pdf
 from .simulate import draw_labels_per_user
 
@@ -86,7 +86,9 @@ __all__ = [
     "simulate_tastes",
     "taste_columns",
     "heldout_folds",
+    "heldout_user_scores",
     "problem_from",
+    "subproblem",
 ]
 
 
@@ -298,13 +300,14 @@ def _run_em(d: _Data, strengths, shares, q, priors, q_fixed, tol, max_iter, call
     trace: list[float] = []
     converged = False
     iteration = 0
+    step = None  # largest change of shares, q and strengths in the last M-step (see em.has_converged)
     while True:
         table = d.type_logliks(strengths, q)
         value, logw, user_ll = _objective(d, table, shares, q, strengths, priors, q_fixed is None)
         trace.append(value)
         if callback is not None:
             callback(iteration, value)
-        if has_converged(trace, tol):
+        if step is not None and has_converged(trace, tol, step):
             converged = True
             break
         if iteration >= max_iter:
@@ -313,6 +316,7 @@ def _run_em(d: _Data, strengths, shares, q, priors, q_fixed, tol, max_iter, call
         # E-step: posterior over the C + 1 types per user
         resp = np.exp(logw - user_ll[:, None])
         # M-step
+        previous = (shares, q, strengths.copy())
         totals = resp[d.active].sum(axis=0)
         shares = (totals[1:] + priors.pi_alpha - 1.0) / (d.n_active + conc_sum - (n_classes + 1))
         if q_fixed is None:
@@ -326,6 +330,7 @@ def _run_em(d: _Data, strengths, shares, q, priors, q_fixed, tol, max_iter, call
                                              start=strengths[0])
         else:
             strengths = _fit_bt_batch(cells[..., 1], cells[..., 0], priors.strength_sigma, strengths)
+        step = max(max_change(a, b) for a, b in zip(previous, (shares, q, strengths)))
     return dict(
         strengths=strengths, shares=shares, q=q, loglik=trace[-1], trace=trace, n_iter=iteration,
         converged=converged, table=table, logw=logw, user_ll=user_ll,
@@ -511,7 +516,8 @@ def fit_tastes(
     seed : int
     tol, max_iter :
         EM stops when the penalised log-likelihood changes by less than
-        ``tol * (1 + |loglik|)``.
+        ``tol * (1 + |loglik|)`` and no share, ``q`` or strength changes by more
+        than ``100 * tol`` (:func:`~bayes_annot.em.has_converged`).
     informative_tol : float
         As in :func:`~bayes_annot.em.fit_em`; a user is informative when any
         class's strengths separate one of their labels from the casual behaviour.
@@ -605,7 +611,8 @@ def problem_from(data) -> EMProblem:
     raise TypeError(f"expected an EMProblem, PreparedData, DataFrame or path, got {type(data).__name__}")
 
 
-def _subproblem(problem: EMProblem, mask: np.ndarray) -> EMProblem:
+def subproblem(problem: EMProblem, mask: np.ndarray) -> EMProblem:
+    """The labels ``mask`` selects, with the same user and model codes (learned strengths)."""
     return EMProblem(
         user=problem.user[mask], model_a=problem.model_a[mask], model_b=problem.model_b[mask],
         choice_a=problem.choice_a[mask], n_users=problem.n_users, n_models=problem.n_models,
@@ -632,9 +639,16 @@ def heldout_folds(problem: EMProblem, n_folds: int = 5, seed: int = 0) -> np.nda
     return folds
 
 
-def _heldout_user_scores(train: EMProblem, test: EMProblem, res: TasteResult) -> np.ndarray:
-    """Per-user log predictive of the test labels: the mixture over the user's types
-    weighted by their posterior given the training labels (prior shares if none)."""
+def heldout_user_scores(train: EMProblem, test: EMProblem, res: TasteResult) -> np.ndarray:
+    """Per-user log predictive of the ``test`` labels under a fit ``res`` of the ``train`` labels.
+
+    The mixture over the user's types (casual, taste class 1..C) weighted by their
+    posterior given their training labels (the fitted shares for a user without
+    any): a user's type persists across their labels. ``train`` and ``test`` share
+    the user and model codes (0 for users without test labels). The one held-out
+    score of the taste model, used by :func:`select_tastes` and
+    :func:`bayes_annot.evaluate.heldout_loglik` (``tastes=``).
+    """
     d_train, d_test = _Data(train), _Data(test)
     log_shares = _log_shares(res.shares)
     lw = log_shares[None, :] + d_train.type_logliks(res.strengths, res.q)
@@ -738,11 +752,11 @@ def select_tastes(
                              seed=seed, tol=tol, max_iter=max_iter)
         score = np.zeros(problem.n_users)
         for f in range(n_folds):
-            train, test = _subproblem(problem, folds != f), _subproblem(problem, folds == f)
+            train, test = subproblem(problem, folds != f), subproblem(problem, folds == f)
             res = fit_tastes(train, c, priors=priors, q_fixed=q_fixed, n_starts=fold_starts,
                              seed=seed + 1 + f, tol=tol, max_iter=max_iter,
                              init=[fits[c].as_start()] if c > 1 else None)
-            score += _heldout_user_scores(train, test, res)
+            score += heldout_user_scores(train, test, res)
         per_user[c] = score
     n_labels = problem.n_labels
     active = np.bincount(problem.user, minlength=problem.n_users) > 0

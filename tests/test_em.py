@@ -7,8 +7,8 @@ from scipy.special import expit
 import bayes_annot as ba
 from bayes_annot.em import (
     EMProblem,
-    _bt_objective,
     bradley_terry_gradient,
+    bradley_terry_objective,
     fit_bradley_terry,
     fit_em,
     pair_weights,
@@ -134,7 +134,7 @@ def test_bradley_terry_gradient_matches_finite_differences(rng):
     eps = 1e-6
     numeric = np.array(
         [
-            (_bt_objective(s + eps * np.eye(k)[i], w1, w0, 3.0) - _bt_objective(s - eps * np.eye(k)[i], w1, w0, 3.0))
+            (bradley_terry_objective(s + eps * np.eye(k)[i], w1, w0, 3.0) - bradley_terry_objective(s - eps * np.eye(k)[i], w1, w0, 3.0))
             / (2 * eps)
             for i in range(k)
         ]
@@ -147,9 +147,9 @@ def test_bradley_terry_newton_reaches_the_maximum(rng):
     w1, w0 = _random_weights(rng, k)
     s = fit_bradley_terry(w1, w0, 3.0)
     assert np.max(np.abs(bradley_terry_gradient(s, w1, w0, 3.0))) < 1e-6
-    best = _bt_objective(s, w1, w0, 3.0)
+    best = bradley_terry_objective(s, w1, w0, 3.0)
     for _ in range(20):
-        assert _bt_objective(s + 0.01 * rng.normal(size=k), w1, w0, 3.0) < best
+        assert bradley_terry_objective(s + 0.01 * rng.normal(size=k), w1, w0, 3.0) < best
 
 
 def test_pair_weights_count_every_label(rng):
@@ -237,7 +237,7 @@ def test_warm_start_reaches_the_same_optimum_faster(variant):
 
 def test_block_user_terms_equal_the_likelihood_formulas():
     """The E-step's two-call posterior / marginal log-likelihood equals likelihood.py, also far in the tails."""
-    from bayes_annot.block_em import _two_class_user_terms
+    from bayes_annot.block_em import two_class_user_terms
     from bayes_annot.likelihood import two_class_posterior, two_class_user_loglik
 
     rng = np.random.default_rng(7)
@@ -245,7 +245,7 @@ def test_block_user_terms_equal_the_likelihood_formulas():
     cas = -np.abs(rng.normal(0, 300, 5000))
     att[:3], cas[:3] = [0.0, -1e-3, -800.0], [0.0, -1e-3, -1.0]
     for pi in (1e-6, 0.3, 0.7, 1 - 1e-6):
-        p, ll = _two_class_user_terms(att, cas, pi)
+        p, ll = two_class_user_terms(att, cas, pi)
         np.testing.assert_allclose(p, two_class_posterior(att, cas, pi), rtol=1e-12, atol=1e-300)
         np.testing.assert_allclose(ll, two_class_user_loglik(att, cas, pi), rtol=1e-12, atol=1e-12)
 
@@ -263,3 +263,30 @@ def test_fit_block_engine_equals_reference_em(variant, small_log):
     np.testing.assert_allclose(result.estimates.strengths, reference.strengths, atol=1e-8)
     np.testing.assert_allclose(result.loglik_trace, reference.loglik_trace, rtol=1e-10)
     np.testing.assert_array_equal(result.estimates.informative, reference.informative)
+
+
+def test_stopping_rule_needs_both_objective_and_parameters():
+    """em.has_converged (every engine's rule): a flat objective alone does not stop EM while a parameter moves."""
+    from bayes_annot.em import has_converged, param_tolerance
+
+    flat = [-1000.0, -1000.0 + 1e-9]
+    assert not has_converged(flat, 1e-9, step=1e-5)  # objective flat, parameters still moving
+    assert has_converged(flat, 1e-9, step=1e-8)
+    assert not has_converged([-1000.0, -999.0], 1e-9, step=0.0)  # parameters still, objective moving
+    assert param_tolerance(1e-9) == pytest.approx(1e-7) and param_tolerance(1e-16) == 1e-12
+    assert not has_converged(flat, 1e-9, step=1e-8, param_tol=1e-9)
+
+
+@pytest.mark.parametrize("variant", ["two-class", "continuous"])
+def test_fit_stops_with_small_parameter_steps(variant, small_log):
+    """At the default tol, the last EM step moved no strength, q, pi (two-class) or user quality
+    (continuous: sigmoid(theta_u), a parameter) by more than 1e-7; two-class quality, a function of
+    (pi, q, strengths), moves by at most a few times that."""
+    result = ba.fit(small_log, model=variant, accelerate=False, max_iter=5000)
+    previous = ba.fit(small_log, model=variant, accelerate=False, max_iter=result.estimates.n_iter - 1, tol=0.0)
+    assert result.summary["converged"]
+    assert np.max(np.abs(result.estimates.strengths - previous.estimates.strengths)) <= 1e-7
+    for name in ("pi", "q") if variant == "two-class" else ("q",):
+        assert abs(result.summary["parameters"][name] - previous.summary["parameters"][name]) <= 1e-7
+    quality_step = np.max(np.abs(result.estimates.quality - previous.estimates.quality))
+    assert quality_step <= (1e-7 if variant == "continuous" else 1e-6)

@@ -134,9 +134,9 @@ def test_map_matches_em(map_log, variant):
     em = ba.fit(map_log, model=variant, method="em", tol=1e-12, max_iter=5000)
     mp = ba.fit(map_log, model=variant, method="map")
     assert mp.summary["engine"] == "map" and mp.summary["converged"] is True
-    np.testing.assert_allclose(mp.models.strength, em.models.strength, atol=0.02)
-    np.testing.assert_allclose(mp.users.quality, em.users.quality, atol=0.02)
-    np.testing.assert_allclose(mp.estimates.p_good, em.estimates.p_good, atol=0.02)
+    np.testing.assert_allclose(mp.models.strength, em.models.strength, atol=1e-4)  # measured gap: 1e-9 two-class, 2e-6 continuous
+    np.testing.assert_allclose(mp.users.quality, em.users.quality, atol=1e-4)  # measured gap: 1e-9 two-class, 2e-6 continuous
+    np.testing.assert_allclose(mp.estimates.p_good, em.estimates.p_good, atol=1e-4)  # measured gap: 1e-9 two-class, 2e-6 continuous
     # both maximise the same objective
     assert mp.summary["loglik"] == pytest.approx(em.summary["loglik"], abs=1e-3)
     # MAP strengths sum to zero (connected graph), like EM's
