@@ -422,6 +422,7 @@ class ResultWriter:
         return file_name
 
     def json(self, name: str, payload) -> None:
+        """Write ``payload`` as ``name`` (indented JSON; NaN is refused, so the file is valid JSON)."""
         with open(self.path(name), "w", encoding="utf-8") as handle:
             json.dump(payload, handle, indent=2, allow_nan=False)
             handle.write("\n")
@@ -533,6 +534,7 @@ class PinnedFolder:
         self.manifest = read_manifest(path, dir_fd=fd)
 
     def exists(self, name: str) -> bool:
+        """Whether the folder holds ``name``."""
         try:
             os.stat(name, dir_fd=self.fd)
             return True
@@ -540,6 +542,7 @@ class PinnedFolder:
             return False
 
     def open(self, name: str):
+        """``name`` opened for reading (binary), relative to the pinned folder."""
         return os.fdopen(os.open(name, os.O_RDONLY, dir_fd=self.fd), "rb")
 
     def os_path(self, name: str) -> str:
@@ -548,6 +551,7 @@ class PinnedFolder:
         return pinned_path if os.path.exists(pinned_path) else str(self.path / name)
 
     def read_text(self, name: str) -> str:
+        """``name`` as UTF-8 text."""
         with self.open(name) as handle:
             return handle.read().decode("utf-8")
 

@@ -254,6 +254,7 @@ class CsvStreamWriter:
         self.rows = 0
 
     def write(self, frame: pd.DataFrame) -> None:
+        """Append one partition."""
         import pyarrow as pa
         import pyarrow.csv as pa_csv
         import pyarrow.parquet as pq
@@ -275,6 +276,7 @@ class CsvStreamWriter:
         self.rows += table.num_rows
 
     def close(self) -> dict:
+        """Finish the file; returns the table's description (as :func:`write_table` does)."""
         if self.writer is not None:
             self.writer.close()
         return {

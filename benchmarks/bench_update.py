@@ -48,6 +48,9 @@ def make_logs(variant: str, n_users: int, seed: int, share: float, ids: str = "c
     log = ba.simulate(n_users=n_users, n_models=20, labels_per_user=(5, 40), quality=variant,
                       strengths=np.linspace(2, -2, 20), seed=seed)[["user", "model_a", "model_b", "winner"]]
     log = log.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+    # a vote id, as real comparison-mode logs have: updates find re-sent rows by it (``row_id``), so two
+    # identical votes of one user stay two rows and the update equals the refit of the same rows
+    log.insert(0, "vote_id", np.arange(len(log), dtype=np.int64))
     cut = int(round(len(log) * (1 - share)))
     # a fifth of the new rows come from users never seen before (5 labels each), so an update inserts users
     newcomers = np.arange(cut, cut + (len(log) - cut) // 5)
@@ -80,8 +83,8 @@ def run(variant: str, n_users: int, ids: str, repeat: int, seed: int = 1, share:
     no_block = _without_block(previous)
     arms = {
         "full": lambda: ba.fit(full_log, model=variant),
-        "update": lambda: previous.update(new),
-        "update_rebuilt": lambda: no_block.update(new),
+        "update": lambda: previous.update(new, row_id="vote_id"),
+        "update_rebuilt": lambda: no_block.update(new, row_id="vote_id"),
     }
     times = {name: [] for name in arms}
     iterations = {}
@@ -111,7 +114,7 @@ def agreement(variant: str, n_users: int, tight_tol: float, seed: int = 1, share
 
     old, new = make_logs(variant, n_users, seed, share)
     full_log = pd.concat([old, new], ignore_index=True)
-    up = ba.fit(old, model=variant, tol=tight_tol).update(new, tol=tight_tol, max_iter=3000)
+    up = ba.fit(old, model=variant, tol=tight_tol).update(new, tol=tight_tol, max_iter=3000, row_id="vote_id")
     ref = ba.fit(full_log, model=variant, tol=tight_tol, max_iter=3000)
     best = fit_prepared(prepare(full_log), model=variant, tol=1e-17, max_iter=1000, accelerate=True)
 
