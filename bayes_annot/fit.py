@@ -29,7 +29,7 @@ from .block_em import Block, EMState, LocalRunner, make_block, run_em
 from .em import EMProblem, EMResult
 from .errors import FitWarning, InputError
 from .likelihood import Priors
-from .tables import OUTPUT_COLUMNS, input_renames  # noqa: F401  (OUTPUT_COLUMNS: public name)
+from .tables import OUTPUT_COLUMNS, input_renames
 
 __all__ = ["Estimates", "FitResult", "UserQualityModel", "fit", "load", "build_problem", "pair_counts", "graph_components"]
 
@@ -470,8 +470,9 @@ def fit(
         iterations there), off for ``two-class`` (~10 iterations).
     start : dict or path, optional
         Warm start for EM: a folder written by a previous fit (its parameters,
-        strengths and per-user quality, matched by label) or a ``start`` dict
-        of :func:`bayes_annot.em.fit_em`.
+        strengths and per-user quality, matched by label) or a dict with any
+        of ``pi``, ``q``, ``strengths`` (n_models,), ``theta`` (n_users; NaN for
+        new users) and ``m``, in this data's vocabularies.
     record_paths : bool
         Record the input file's absolute path in the summary (and so in
         ``summary.json`` and the report). By default only its name and

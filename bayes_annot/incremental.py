@@ -22,7 +22,7 @@ but its work outside the EM passes is proportional to the *new* rows:
 * **SQUAREM** (``accelerate``, default on for ``continuous``): after each EM
   step an extrapolated point is tried and kept only when its objective is at
   least that of the EM step, so the penalised log-likelihood still never
-  decreases; the stopping rule is the one of :func:`~bayes_annot.em.fit_em`
+  decreases; the stopping rule is :func:`~bayes_annot.em.has_converged`
   (a plain EM step changing the objective by at most ``tol * (1 + |loglik|)``).
 
 EM converges linearly, so stopping at ``tol`` leaves a small distance to the
@@ -39,7 +39,6 @@ folder's rows plus new rows (``bayes-annot fit NEW --update DIR``).
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
