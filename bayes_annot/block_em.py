@@ -6,8 +6,8 @@ model_b, choice)``) in CSR form, so that per-user sums of a cell table are a
 sparse mat-vec and the ``K x K x 2`` table of weighted win counts (the
 Bradley–Terry M-step's input) its transpose. A *runner* applies a pass to every
 block and sums the sufficient statistics; :func:`run_em` is the driver loop
-(objective, M-steps and stopping rule of :func:`bayes_annot.em.fit_em`, with
-optional SQUAREM extrapolation).
+(the penalised log-likelihood of :mod:`bayes_annot.likelihood`, exact block-wise
+M-steps, :func:`bayes_annot.em.has_converged`, optional SQUAREM extrapolation).
 
 Every EM fit of :func:`bayes_annot.fit` (in memory: one block over all users,
 :class:`LocalRunner`), :mod:`bayes_annot.incremental` (the previous fit's
@@ -563,9 +563,8 @@ def run_em(
     accelerate: bool = False,
     param_tol: float | None = None,
 ) -> EMResult:
-    """EM of :func:`bayes_annot.em.fit_em` over the blocks of ``runner``.
+    """EM of the behaviour model (either variant) over the blocks of ``runner``.
 
-    Same objective, M-steps, stopping rule and outputs as ``fit_em``.
     ``accelerate=True`` (two-class, :class:`LocalRunner` or any runner; continuous
     needs a single local block) adds SQUAREM extrapolation steps, each kept only
     when it does not lower the objective, so the trace still never decreases;

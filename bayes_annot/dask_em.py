@@ -1,7 +1,7 @@
 r"""EM on logs larger than memory: map-reduce over the partitions of a Dask DataFrame.
 
-The engine is the in-memory EM of :mod:`bayes_annot.em` with every pass over
-rows replaced by a pass over *blocks*; the driver only ever holds arrays of
+The engine is the block EM of :mod:`bayes_annot.block_em` (the one every
+in-memory fit runs on a single block) with one block per partition; the driver only ever holds arrays of
 length ``n_models**2`` (and, once at the end, the per-user results).
 
 1. **Scan** (one pass over the input): per partition, the text form of every id
@@ -26,8 +26,8 @@ length ``n_models**2`` (and, once at the end, the per-user results).
 4. **Finalise**: one pass gathers the per-user results (quality, labels,
    informativeness, ...) into arrays over all users, in vocabulary order.
 
-The objective, M-steps and stopping rule are those of
-:func:`bayes_annot.em.fit_em`, so the tables agree with the in-memory fit to
+The objective, M-steps and stopping rule are those of the in-memory fit
+(:func:`bayes_annot.block_em.run_em`), so the tables agree with it to
 rounding (sums are taken in another order). The blocks, their passes and the
 driver loop live in :mod:`bayes_annot.block_em`, which also runs every
 in-memory EM fit (one block, :class:`~bayes_annot.block_em.LocalRunner`); this
@@ -47,10 +47,8 @@ import numpy as np
 import pandas as pd
 from scipy.special import logit
 
-from .block_em import (  # noqa: F401  (re-exported: the block engine used to live here)
+from .block_em import (
     Block,
-    LocalRunner,
-    _gather,
     _sum_stats,
     block_cell_counts,
     block_continuous_final,
@@ -62,12 +60,12 @@ from .block_em import (  # noqa: F401  (re-exported: the block engine used to li
     run_em,
 )
 from .data import ColumnMap, _encode_p_a, _encode_winner, _factorize, _resolve_columns, _uniques_as_text
-from .em import EMResult
+from .em import INFORMATIVE_TOL, EMResult
 from .errors import InputError
 from .likelihood import Priors
 from .tables import input_renames
 
-__all__ = ["DaskFit", "fit_dask", "to_rows", "DaskRunner", "LocalRunner", "Block", "make_block", "run_em"]
+__all__ = ["DaskFit", "fit_dask", "to_rows", "DaskRunner"]
 
 REASON_CATEGORIES = ["ok", "tie", "same_model", "user_low_quality"]
 
@@ -355,7 +353,7 @@ def fit_dask(
     priors: Priors | None = None,
     tol: float = 1e-9,
     max_iter: int = 1000,
-    informative_tol: float = 0.2,
+    informative_tol: float = INFORMATIVE_TOL,
     start: dict | None = None,
     npartitions: int | None = None,
     callback=None,
@@ -370,7 +368,7 @@ def fit_dask(
     user, model_a, model_b, winner, p_a, use_p_a, mu, strong_model, q, priors, tol, max_iter
         As in :func:`bayes_annot.fit`.
     informative_tol : float
-        As in :func:`bayes_annot.em.fit_em`.
+        As :data:`bayes_annot.em.INFORMATIVE_TOL`.
     start : dict, optional
         Warm start (``pi``, ``q``, ``strengths``, ``theta`` (n_users, NaN = new), ``m``)
         in this data's vocabularies.

@@ -359,14 +359,6 @@ def _as_text(value) -> str:
     return str(value).strip()
 
 
-def _is_missing(value) -> bool:
-    if value is None or value is pd.NA or value is pd.NaT:
-        return True
-    if isinstance(value, (float, np.floating)) and np.isnan(value):
-        return True
-    return isinstance(value, str) and value.strip() == ""
-
-
 _strip = getattr(np, "strings", np.char).strip  # numpy >= 2: vectorised in C
 
 

@@ -474,8 +474,9 @@ def fit(
         iterations there), off for ``two-class`` (~10 iterations).
     start : dict or path, optional
         Warm start for EM: a folder written by a previous fit (its parameters,
-        strengths and per-user quality, matched by label) or a ``start`` dict
-        of :func:`bayes_annot.em.fit_em`.
+        strengths and per-user quality, matched by label) or a dict with any
+        of ``pi``, ``q``, ``strengths`` (n_models,), ``theta`` (n_users; NaN for
+        new users) and ``m``, in this data's vocabularies.
     record_paths : bool
         Record the input file's absolute path in the summary (and so in
         ``summary.json`` and the report). By default only its name and

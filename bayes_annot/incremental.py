@@ -40,7 +40,6 @@ folder's rows plus new rows (``bayes-annot fit NEW --update DIR``).
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -299,7 +298,7 @@ def align_start(start: dict, user_labels, model_labels) -> dict:
 
 
 def warm_start(previous, prepared: PreparedData) -> dict:
-    """Start dict for ``fit_em`` on ``prepared`` from a previous :class:`~bayes_annot.fit.FitResult`."""
+    """Start dict for the EM engine on ``prepared`` from a previous :class:`~bayes_annot.fit.FitResult`."""
     return align_start(_label_start(previous), prepared.user_labels, prepared.model_labels)
 
 

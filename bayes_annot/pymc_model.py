@@ -21,7 +21,6 @@ per-gradient cost proportional to the number of distinct cells, not rows.
 
 from __future__ import annotations
 
-import inspect
 import os
 import sys
 import time
@@ -32,7 +31,7 @@ import numpy as np
 from scipy.special import expit, log_expit, logit
 from scipy.stats import norm
 
-from .em import EMProblem, _informative_users, fit_bradley_terry, fit_em, pair_weights
+from .em import INFORMATIVE_TOL, EMProblem, _informative_users, fit_bradley_terry, pair_weights
 from .errors import FitWarning, InputError
 from .likelihood import (
     Priors,
@@ -528,7 +527,7 @@ def fit_pymc(
     user_labels=None,
     model_labels=None,
     target_accept: float = 0.9,
-    informative_tol: float | None = None,
+    informative_tol: float = INFORMATIVE_TOL,
     maxeval: int = 50000,
 ):
     """Fit the behaviour model with PyMC: ``method="map"`` or ``"nuts"``.
@@ -555,8 +554,8 @@ def fit_pymc(
         Coordinates of the ``user`` / ``model`` dims.
     target_accept : float
         NUTS target acceptance rate.
-    informative_tol : float, optional
-        See :func:`bayes_annot.em.fit_em` (default: the same as EM's).
+    informative_tol : float
+        The informative-user rule of every engine (see :data:`bayes_annot.em.INFORMATIVE_TOL`).
     maxeval : int
         MAP: maximum number of log-density evaluations.
 
@@ -584,8 +583,6 @@ def fit_pymc(
                 "the nutpie sampler is not installed: run pip install 'bayes_annot[nutpie]' or use --sampler pymc"
             ) from exc
     priors = priors or Priors()
-    if informative_tol is None:
-        informative_tol = inspect.signature(fit_em).parameters["informative_tol"].default
     start = time.perf_counter()
     user_labels = _labels(user_labels, problem.n_users, "u")
     model_labels = _labels(model_labels, problem.n_models, "model_")

@@ -33,9 +33,8 @@ class's strengths by :func:`~bayes_annot.em.fit_bradley_terry` on the pair
 table weighted by that class's responsibilities. Each block is maximised
 exactly, so the penalised observed log-likelihood never decreases (tested).
 
-**Starts.** ``C = 1`` uses the single deterministic start of
-:func:`~bayes_annot.em.fit_em` (plain Bradley–Terry fit, ``pi = q = 0.5``) and
-reproduces it to rounding. ``C >= 2`` runs ``n_starts`` seeded starts: start 0
+**Starts.** ``C = 1`` uses the single deterministic start of the two-class EM
+(plain Bradley–Terry fit, ``pi = q = 0.5``) and reproduces it to rounding. ``C >= 2`` runs ``n_starts`` seeded starts: start 0
 is the *split* start (grow from the ``C = 1`` fit one class at a time: fit
 ``c - 1`` classes, then start class ``c`` from a Bradley–Terry fit to the
 labels weighted by each user's casual posterior, i.e. the users the current
@@ -72,7 +71,7 @@ import pandas as pd
 from scipy.sparse import csr_matrix
 from scipy.special import expit, gammaln, log_expit
 
-from .em import EMProblem, _attentive_table, fit_bradley_terry, has_converged, max_change, pair_weights
+from .em import INFORMATIVE_TOL, EMProblem, _attentive_table, fit_bradley_terry, has_converged, max_change, pair_weights
 from .likelihood import Priors, log_beta_pdf, log_normal_pdf
 from .simulate import draw_labels_per_user
 
@@ -291,7 +290,7 @@ def _objective(d: _Data, table, shares, q, strengths, priors, q_free):
 
 
 def _run_em(d: _Data, strengths, shares, q, priors, q_fixed, tol, max_iter, callback=None):
-    """EM from one start. Mirrors ``em._fit_two_class`` step by step (so ``C = 1`` reproduces it)."""
+    """EM from one start. The two-class EM step by step when ``C = 1`` (so ``C = 1`` reproduces it)."""
     strengths = np.array(strengths, dtype=float, copy=True)
     shares = np.array(shares, dtype=float, copy=True)
     q = float(q) if q_fixed is None else float(q_fixed)
@@ -325,7 +324,7 @@ def _run_em(d: _Data, strengths, shares, q, priors, q_fixed, tol, max_iter, call
                 float(casual @ d.n_user) + priors.q_alpha + priors.q_beta - 2.0
             )
         cells = d.pair_tables(resp[:, 1:]).T.reshape(n_classes, d.k, d.k, 2)
-        if n_classes == 1:  # em.py's solver, so that C = 1 reproduces fit_em to rounding
+        if n_classes == 1:  # em.py's solver, so that C = 1 reproduces the two-class EM to rounding
             strengths[0] = fit_bradley_terry(cells[0, :, :, 1], cells[0, :, :, 0], priors.strength_sigma,
                                              start=strengths[0])
         else:
@@ -404,7 +403,7 @@ def _order_and_package(d: _Data, run: dict, priors, q_fixed, informative_tol, ex
         p_taste = post[:, 1:]
         quality = 1.0 - post[:, 0]
     attentive_share = float(shares.sum())
-    # No verdict on users none of whose labels any class can tell from a coin (as em.fit_em):
+    # No verdict on users none of whose labels any class can tell from a coin (as every engine):
     # population-level quality, or the prior's when nobody is informative.
     informative = np.zeros(d.n_users, dtype=bool)
     for s in strengths:
@@ -493,7 +492,7 @@ def fit_tastes(
     seed: int = 0,
     tol: float = 1e-9,
     max_iter: int = 1000,
-    informative_tol: float = 0.2,
+    informative_tol: float = INFORMATIVE_TOL,
     agree_tol: float = 1e-2,
     init: list[dict] | None = None,
     callback=None,
@@ -506,7 +505,7 @@ def fit_tastes(
         Learned-strength problem (``problem.known_logit_mu is None``).
     n_tastes : int
         Number of taste classes ``C >= 1``; ``C = 1`` is the two-class model
-        and reproduces :func:`~bayes_annot.em.fit_em` (``"two-class"``).
+        and reproduces the two-class EM of :func:`bayes_annot.fit`.
     priors : Priors, optional
         ``pi_alpha`` is each class's Dirichlet concentration, ``pi_beta`` the casual type's.
     q_fixed : float, optional
@@ -519,7 +518,7 @@ def fit_tastes(
         ``tol * (1 + |loglik|)`` and no share, ``q`` or strength changes by more
         than ``100 * tol`` (:func:`~bayes_annot.em.has_converged`).
     informative_tol : float
-        As in :func:`~bayes_annot.em.fit_em`; a user is informative when any
+        As :data:`~bayes_annot.em.INFORMATIVE_TOL`; a user is informative when any
         class's strengths separate one of their labels from the casual behaviour.
     agree_tol : float
         Starts whose final penalised log-likelihood is within
@@ -529,7 +528,7 @@ def fit_tastes(
         result): each a dict with ``strengths`` (C, K), ``shares`` (C,) and
         optionally ``q`` — e.g. :meth:`TasteResult.as_start` of a previous fit
         (warm start). With ``C = 1`` and no ``init`` the fit is exactly
-        :func:`~bayes_annot.em.fit_em`'s.
+        the two-class EM's.
     callback : callable(iteration, loglik), optional
         Progress of the ``C = 1`` run.
 

@@ -10,12 +10,12 @@ and scenarios are reused here). Two sections, written as markdown to
    size, next to EM and the in-package baselines on the same logs; and for
    ``method="nuts"`` (two-class, ``draws=500, tune=500, chains=2``) on a
    reduced size, next to EM on the same reduced logs.
-2. **Downstream reward-model accuracy**: :func:`bayes_annot.downstream.simulate_features`
-   logs; a Bradley–Terry reward model (:func:`~bayes_annot.downstream.fit_reward_model`)
+2. **Downstream reward-model accuracy**: ``downstream_experiment.simulate_features``
+   logs; a Bradley–Terry reward model (``downstream_experiment.fit_reward_model``)
    is trained on the labels each method keeps (ours: ``fdr:0.1``; baselines:
    their own ``kept``) and on all labels weighted by each method's ``quality``,
    plus the ``all`` and ``oracle`` arms; scored by held-out pair accuracy
-   (:func:`~bayes_annot.downstream.pair_accuracy`).
+   (``downstream_experiment.pair_accuracy``).
 
 Usage::
 
@@ -47,9 +47,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import bayes_annot as ba  # noqa: E402
 from bayes_annot.baselines import NoisyBradleyTerry, agreement_rate, arena_outlier  # noqa: E402
-from bayes_annot.downstream import fit_reward_model, pair_accuracy, simulate_features  # noqa: E402
 from bayes_annot.metrics import auc, expected_calibration_error  # noqa: E402
 
+from downstream_experiment import fit_reward_model, pair_accuracy, simulate_features  # noqa: E402
 from bench_accuracy import (  # noqa: E402
     NOISY_BT_VARIANTS,
     SCENARIOS,
@@ -382,7 +382,7 @@ def markdown(qf, df, *, scenarios, n_users, seeds, nuts, nuts_users, nuts_seeds,
     lines += [
         "## Downstream: reward-model accuracy per method",
         "",
-        f"`bayes_annot.downstream.simulate_features` logs: {ds_users} users with 5-40 labels each, 8 models, "
+        f"`benchmarks/downstream_experiment.py` (`simulate_features`) logs: {ds_users} users with 5-40 labels each, 8 models, "
         f"8 features, casual users clicking `model_a` with probability q; casual shares "
         f"{', '.join(f'{s:.0%}' for s in shares)}; seeds {', '.join(map(str, ds_seeds))}. Each method sees only "
         "`user, model_a, model_b, winner`. A Bradley–Terry reward model (logistic regression on x_a − x_b, "

@@ -133,7 +133,8 @@ NOTEBOOKS["03-paper-setting.ipynb"] = [
         "`benchmarks/downstream.py` runs the full grid; here one small setting."
     ),
     new_code_cell(
-        "from bayes_annot import downstream\n\n"
+        "import sys; sys.path.insert(0, '../benchmarks')  # the experiment lives with the benchmarks\n"
+        "import downstream_experiment as downstream\n\n"
         "runs = downstream.run_experiment(casual_shares=(0.3, 0.5), qs=(0.5,), seeds=range(5), n_users=50)\n"
         "runs.groupby(['casual_share', 'arm'], observed=True)['accuracy'].mean().unstack().round(4)"
     ),

@@ -1,13 +1,17 @@
 """Downstream experiment: simulator, reward model, arms, tables and the benchmark script on a small seed."""
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy.optimize import minimize
 
-from bayes_annot.downstream import (
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))  # the experiment lives with the benchmarks
+
+from downstream_experiment import (  # noqa: E402
     ARMS,
     fit_reward_model,
     gain_table,
@@ -17,8 +21,6 @@ from bayes_annot.downstream import (
     simulate_features,
     summarise,
 )
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")

@@ -1,21 +1,16 @@
 """EM engine: parameter recovery against simulated truth, calibration, monotonicity, gradients."""
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy.special import expit
 
 import bayes_annot as ba
-from bayes_annot.em import (
-    EMProblem,
-    bradley_terry_gradient,
-    bradley_terry_objective,
-    fit_bradley_terry,
-    fit_em,
-    pair_weights,
-)
+from bayes_annot.em import EMProblem, _bt_derivatives, bradley_terry_objective, fit_bradley_terry, pair_weights
 from bayes_annot.metrics import auc, expected_calibration_error, spearman
 
 from .conftest import aligned
+from .reference_em import reference_em
 
 
 # --------------------------------------------------------------------------- recovery
@@ -126,27 +121,29 @@ def _random_weights(rng, k):
     return w1, w0
 
 
-def test_bradley_terry_gradient_matches_finite_differences(rng):
+def test_bradley_terry_derivatives_match_finite_differences(rng):
+    """The gradient and Hessian fit_bradley_terry's Newton step uses, against its objective."""
     k = 7
     w1, w0 = _random_weights(rng, k)
     s = rng.normal(size=k)
-    grad = bradley_terry_gradient(s, w1, w0, 3.0)
+    grad, neg_hess = _bt_derivatives(s, w1, w0, 3.0)
     eps = 1e-6
+    unit = np.eye(k)
     numeric = np.array(
-        [
-            (bradley_terry_objective(s + eps * np.eye(k)[i], w1, w0, 3.0) - bradley_terry_objective(s - eps * np.eye(k)[i], w1, w0, 3.0))
-            / (2 * eps)
-            for i in range(k)
-        ]
+        [(bradley_terry_objective(s + eps * unit[i], w1, w0, 3.0) - bradley_terry_objective(s - eps * unit[i], w1, w0, 3.0)) / (2 * eps) for i in range(k)]
     )
     np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-6)
+    numeric_hess = np.array(
+        [(_bt_derivatives(s + eps * unit[i], w1, w0, 3.0)[0] - _bt_derivatives(s - eps * unit[i], w1, w0, 3.0)[0]) / (2 * eps) for i in range(k)]
+    )
+    np.testing.assert_allclose(-neg_hess, numeric_hess, rtol=1e-6, atol=1e-6)
 
 
 def test_bradley_terry_newton_reaches_the_maximum(rng):
     k = 6
     w1, w0 = _random_weights(rng, k)
     s = fit_bradley_terry(w1, w0, 3.0)
-    assert np.max(np.abs(bradley_terry_gradient(s, w1, w0, 3.0))) < 1e-6
+    assert np.max(np.abs(_bt_derivatives(s, w1, w0, 3.0)[0])) < 1e-6
     best = bradley_terry_objective(s, w1, w0, 3.0)
     for _ in range(20):
         assert bradley_terry_objective(s + 0.01 * rng.normal(size=k), w1, w0, 3.0) < best
@@ -177,17 +174,18 @@ def test_uninformative_users_stay_at_prior_level():
     strengths = np.array([1.5, -1.5, 0.0, 0.0])
     attentive = rng.random(n_inf + n_uninf) < 0.7
     p = np.where(attentive[users], expit(strengths[a] - strengths[b]), 0.5)
-    y = (rng.random(n) < p).astype(np.int8)
-    problem = EMProblem(
-        user=users.astype(np.int32), model_a=a.astype(np.int32), model_b=b.astype(np.int32),
-        choice_a=y, n_users=n_inf + n_uninf, n_models=4,
-    )
-    result = fit_em(problem, q_fixed=0.5)
-    assert not result.informative[n_inf:].any()
-    assert result.informative[:n_inf].mean() > 0.95
+    y = rng.random(n) < p
+    log = pd.DataFrame({
+        "user": [f"u{i:04d}" for i in users], "model_a": [f"m{i}" for i in a], "model_b": [f"m{i}" for i in b],
+        "winner": np.where(y, "model_a", "model_b"),
+    })
+    result = ba.fit(log, q=0.5)
+    est = result.estimates
+    assert not est.informative[n_inf:].any()
+    assert est.informative[:n_inf].mean() > 0.95
     # no verdict: their quality is the population share
-    np.testing.assert_allclose(result.quality[n_inf:], result.pi)
-    assert result.quality[:n_inf].std() > 0.2
+    np.testing.assert_allclose(est.quality[n_inf:], est.parameters["pi"])
+    assert est.quality[:n_inf].std() > 0.2
 
 
 def test_attentive_component_does_not_swap_with_casual():
@@ -201,7 +199,8 @@ def test_attentive_component_does_not_swap_with_casual():
 
 
 def test_continuous_probability_space_equals_log_space(rng):
-    from bayes_annot.em import _continuous_rows
+    """The block engine's per-label terms (probability space) equal likelihood.py's log-space formulas."""
+    from bayes_annot.block_em import _continuous_entries, make_block
     from bayes_annot.likelihood import (
         attentive_logprob,
         casual_logprob,
@@ -215,21 +214,20 @@ def test_continuous_probability_space_equals_log_space(rng):
     theta = rng.normal(0.0, 3.0, n_users)
     user = rng.integers(0, n_users, n)
     att, cas = attentive_logprob(choice, logit_mu), casual_logprob(choice, 0.63)
-    loglik, resp = _continuous_rows(np.exp(att), np.exp(cas), theta, user)
-    np.testing.assert_allclose(loglik, continuous_label_loglik(att, cas, theta[user]), rtol=0, atol=1e-12)
-    np.testing.assert_allclose(resp, continuous_label_responsibility(att, cas, theta[user]), rtol=0, atol=1e-12)
+    block = make_block(user, np.ones(n, bool), 2, choice=choice, known_logit=logit_mu, users=np.arange(n_users))
+    loglik, resp, _ = _continuous_entries(block, theta, 0.63, None)
+    order = np.argsort(user, kind="stable")  # the block holds the labels grouped by user
+    att, cas, eta_logit = att[order], cas[order], theta[user[order]]
+    np.testing.assert_allclose(loglik, continuous_label_loglik(att, cas, eta_logit), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(resp, continuous_label_responsibility(att, cas, eta_logit), rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("variant", ["two-class", "continuous"])
 def test_warm_start_reaches_the_same_optimum_faster(variant):
     log = ba.simulate(n_users=800, casual_share=0.3, labels_per_user=(5, 30), quality=variant, seed=41)
-    from bayes_annot.data import prepare
-    from bayes_annot.fit import build_problem
-
-    problem, _ = build_problem(prepare(log))
-    cold = fit_em(problem, variant=variant, tol=1e-13)
-    start = {"pi": cold.pi, "q": cold.q, "strengths": cold.strengths, "theta": cold.theta, "m": cold.m}
-    warm = fit_em(problem, variant=variant, tol=1e-13, start=start)
+    cold = ba.fit(log, model=variant, tol=1e-13, accelerate=False).estimates
+    start = {**cold.parameters, "strengths": cold.strengths, "theta": cold.theta}
+    warm = ba.fit(log, model=variant, tol=1e-13, accelerate=False, start=start).estimates
     assert warm.n_iter < cold.n_iter
     np.testing.assert_allclose(warm.quality, cold.quality, atol=1e-6)
     np.testing.assert_allclose(warm.strengths, cold.strengths, atol=1e-6)
@@ -251,16 +249,25 @@ def test_block_user_terms_equal_the_likelihood_formulas():
 
 
 @pytest.mark.parametrize("variant", ["two-class", "continuous"])
-def test_fit_block_engine_equals_reference_em(variant, small_log):
-    """ba.fit runs EM on the block engine; fit_em (per-row numpy) is the reference implementation."""
+@pytest.mark.parametrize("setting", ["learned", "learned-q0.5", "p_a"])
+def test_fit_equals_reference_em(variant, setting, small_log):
+    """ba.fit (the block engine) against the textbook EM of tests/reference_em.py: the same iterates."""
     from bayes_annot.data import prepare
     from bayes_annot.fit import build_problem
 
-    problem, _ = build_problem(prepare(small_log))
-    reference = fit_em(problem, variant=variant, tol=1e-12, max_iter=5000)
-    result = ba.fit(small_log, model=variant, tol=1e-12, max_iter=5000, accelerate=False)
-    np.testing.assert_allclose(result.estimates.quality, reference.quality, atol=1e-8)
-    np.testing.assert_allclose(result.estimates.strengths, reference.strengths, atol=1e-8)
+    log = small_log if setting != "p_a" else ba.simulate(n_users=150, known_mu=0.7, labels_per_user=(2, 20), seed=5)
+    q = 0.5 if setting == "learned-q0.5" else None
+    problem, _ = build_problem(prepare(log))
+    result = ba.fit(log, model=variant, q=q, tol=1e-12, max_iter=5000, accelerate=False)
+    est = result.estimates
+    assert est.converged and est.n_iter > 3
+    # as many EM steps as the package took (the stopping rule is the package's business)
+    reference = reference_em(problem, variant=variant, q_fixed=q, tol=-1.0, max_iter=est.n_iter)  # never stops early
+    np.testing.assert_allclose(est.quality, reference.quality, atol=1e-8)
+    if reference.strengths is not None:
+        np.testing.assert_allclose(est.strengths, reference.strengths, atol=1e-8)
+    np.testing.assert_allclose(est.parameters["q"], reference.q, atol=1e-8)
+    np.testing.assert_array_equal(est.informative, reference.informative)
     np.testing.assert_allclose(result.loglik_trace, reference.loglik_trace, rtol=1e-10)
     np.testing.assert_array_equal(result.estimates.informative, reference.informative)
 

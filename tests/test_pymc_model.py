@@ -9,7 +9,6 @@ import pytest
 
 import bayes_annot as ba
 from bayes_annot.data import prepare
-from bayes_annot.em import fit_em
 from bayes_annot.errors import FitWarning, InputError
 from bayes_annot.fit import build_problem
 from bayes_annot.pymc_model import build_model, model_loglik, numpy_loglik, pytensor_loglik
@@ -18,7 +17,7 @@ pm = pytest.importorskip("pymc")
 az = pytest.importorskip("arviz")
 
 
-def _problem(known: bool, seed: int = 3):
+def _log(known: bool, seed: int = 3):
     if known:
         log = ba.simulate(n_users=60, known_mu=0.75, labels_per_user=(2, 12), tie_rate=0.1, seed=seed)
     else:
@@ -29,8 +28,11 @@ def _problem(known: bool, seed: int = 3):
     extra["winner"] = "tie"
     import pandas as pd
 
-    log = pd.concat([log.astype({"user": str, "winner": str}), extra.astype({"user": str, "winner": str})])
-    problem, _ = build_problem(prepare(log))
+    return pd.concat([log.astype({"user": str, "winner": str}), extra.astype({"user": str, "winner": str})])
+
+
+def _problem(known: bool, seed: int = 3):
+    problem, _ = build_problem(prepare(_log(known, seed)))
     assert np.bincount(problem.user, minlength=problem.n_users).min() == 0
     return problem
 
@@ -112,9 +114,10 @@ def test_pytensor_equals_numpy_at_random_parameters(variant, known, q_fixed, rng
 
 @pytest.mark.parametrize("variant,known,q_fixed", COMBOS)
 def test_pytensor_equals_em_objective_at_em_estimates(variant, known, q_fixed):
+    """The PyMC model's log density at ba.fit's EM estimates equals the objective EM reports."""
     problem = _problem(known, seed=8)
-    em = fit_em(problem, variant=variant, q_fixed=q_fixed)
-    params = {"q": em.q, "strength": em.strengths, "pi": em.pi, "m": em.m, "tau": em.tau, "theta": em.theta}
+    em = ba.fit(_log(known, seed=8), model=variant, q=q_fixed).estimates
+    params = {**em.parameters, "strength": em.strengths, "theta": em.theta}
     value = pytensor_loglik(problem, variant, params, q_fixed=q_fixed)
     offset = _pymc_constant_error(problem, variant, q_fixed)
     assert value - offset == pytest.approx(em.loglik, abs=1e-8, rel=0)

@@ -16,7 +16,7 @@ import pytest
 import bayes_annot as ba
 from bayes_annot.data import prepare
 from bayes_annot.datasets import load_real
-from bayes_annot.em import EMProblem, fit_bradley_terry, fit_em
+from bayes_annot.em import EMProblem, fit_bradley_terry
 from bayes_annot.fit import build_problem
 from bayes_annot.likelihood import Priors
 from bayes_annot.metrics import auc
@@ -35,6 +35,8 @@ from bayes_annot.tastes import (
     simulate_tastes,
     taste_columns,
 )
+
+from .reference_em import reference_em
 
 
 def _truth(log):
@@ -77,10 +79,10 @@ def topmodel_problem():
 
 
 @pytest.mark.parametrize("q_fixed", [None, 0.5])
-def test_one_taste_reproduces_fit_em(minority_problem, q_fixed):
-    em = fit_em(minority_problem, "two-class", q_fixed=q_fixed)
+def test_one_taste_reproduces_the_two_class_em(minority_log, minority_problem, q_fixed):
     res = fit_tastes(minority_problem, 1, q_fixed=q_fixed)
-    assert res.n_iter == em.n_iter
+    assert res.n_iter == ba.fit(minority_log, q=q_fixed).estimates.n_iter  # the package's two-class EM
+    em = reference_em(minority_problem, q_fixed=q_fixed, tol=-1.0, max_iter=res.n_iter)  # its textbook form
     assert np.max(np.abs(res.quality - em.quality)) < 1e-8
     assert np.max(np.abs(res.strengths[0] - em.strengths)) < 1e-8
     assert abs(res.pi - em.pi) < 1e-8 and abs(res.q - em.q) < 1e-8
@@ -91,9 +93,9 @@ def test_one_taste_reproduces_fit_em(minority_problem, q_fixed):
     assert res.starts_agreed == res.n_starts == 1
 
 
-def test_one_taste_reproduces_fit_em_real_and_sparse(topmodel_problem):
-    em = fit_em(topmodel_problem, "two-class")
+def test_one_taste_reproduces_the_two_class_em_real_and_sparse(topmodel_problem):
     res = fit_tastes(topmodel_problem, 1)
+    em = reference_em(topmodel_problem, tol=-1.0, max_iter=res.n_iter)
     assert np.max(np.abs(res.quality - em.quality)) < 1e-8
     # a user without labels and an uninformative user (same-strength pair only) get the population level
     rng = np.random.default_rng(0)
@@ -104,8 +106,8 @@ def test_one_taste_reproduces_fit_em_real_and_sparse(topmodel_problem):
     user[user == 39] = 38
     problem = EMProblem(user=user, model_a=a, model_b=b, choice_a=rng.integers(0, 2, n).astype(np.int8),
                         n_users=40, n_models=3)
-    em = fit_em(problem)
     res = fit_tastes(problem, 1)
+    em = reference_em(problem, tol=-1.0, max_iter=res.n_iter)
     assert np.max(np.abs(res.quality - em.quality)) < 1e-8
 
 
@@ -234,7 +236,7 @@ def test_casual_group_test_taste_group(minority_problem, minority_fits):
 
 
 def test_casual_group_test_noise(one_taste_problem):
-    out = casual_group_test(one_taste_problem, fit_em(one_taste_problem), n_sim=100, seed=0)
+    out = casual_group_test(one_taste_problem, fit_tastes(one_taste_problem, 1), n_sim=100, seed=0)
     assert out.verdict == "noise"
     assert out.p_value > 0.05
     assert "noise" in out.message

@@ -1,5 +1,9 @@
 r"""The downstream experiment: does filtering users improve a reward model?
 
+An experiment built on the package, not part of it: ``benchmarks/downstream.py``
+runs the full grid, ``benchmarks/bench_methods.py`` reuses the simulator and the
+reward model (import with ``benchmarks/`` on ``sys.path``).
+
 The paper's claim at CPU scale. Every response has a feature vector
 :math:`x \in \mathbb{R}^d` and a true utility :math:`u = w \cdot x`; each
 prompt gets two responses from two *different* models whose features scatter
@@ -23,7 +27,7 @@ and scored on fresh held-out pairs by the share whose predicted order,
 :math:`\operatorname{sign}(\hat w \cdot (x_a - x_b))`, matches the true one,
 :math:`\operatorname{sign}(u_a - u_b)`.
 
->>> from bayes_annot.downstream import run_experiment, summarise
+>>> from downstream_experiment import run_experiment, summarise
 >>> runs = run_experiment(casual_shares=(0.3,), qs=(0.5,), seeds=(0,), n_users=40, n_test=2000)
 >>> sorted(runs.arm.unique())
 ['all', 'fdr:0.1', 'oracle', 'prob:0.5', 'weighted']
@@ -38,7 +42,9 @@ import numpy as np
 import pandas as pd
 from scipy.special import expit
 
-from .simulate import draw_labels_per_user
+from bayes_annot import fit
+
+from bayes_annot.simulate import draw_labels_per_user
 
 __all__ = [
     "ARMS",
@@ -254,7 +260,6 @@ def run_once(
     ``weight_total`` and ``casual_label_share`` (the weighted share of the
     training labels that come from casual users), plus the settings.
     """
-    from .fit import fit  # local: keeps `import bayes_annot.downstream` light
 
     sim = simulate_features(n_users=n_users, casual_share=casual_share, q=q, seed=seed, **simulate_kwargs)
     log = sim.log
