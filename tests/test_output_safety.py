@@ -94,7 +94,7 @@ def test_dask_output_equal_to_its_parquet_folder_is_refused(tmp_path, capsys):
     assert snapshot(parts) == before
 
 
-@pytest.mark.parametrize("case", ["file", "symlink", "dot", "empty", "unwritable"])
+@pytest.mark.parametrize("case", ["file", "symlink", "dot", "empty", "unwritable", "read-only-folder"])
 def test_other_output_path_problems_fail_before_fitting(tmp_path, log_csv, capsys, monkeypatch, case):
     monkeypatch.chdir(tmp_path)
     if case == "file":
@@ -109,12 +109,12 @@ def test_other_output_path_problems_fail_before_fitting(tmp_path, log_csv, capsy
         out = "."
     elif case == "empty":
         out = ""
-    else:
-        parent = tmp_path / "locked"
-        parent.mkdir()
-        out = parent / "res"
+    else:  # os.access is consulted (root passes any permission check, so the test stands in for chmod)
+        locked_dir = tmp_path / "locked"
+        locked_dir.mkdir()
+        out = locked_dir / "res" if case == "unwritable" else locked_dir
         real_access = os.access
-        monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if Path(p) == parent else real_access(p, mode, **kw))
+        monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if Path(p) == locked_dir else real_access(p, mode, **kw))
     # an input that would fail to validate: the --out problem must be found first (before reading or fitting)
     bad = tmp_path.parent / f"{tmp_path.name}-bad.csv"
     bad.write_text("user,model_a,model_b,winner\nu,x,y,maybe\n")
