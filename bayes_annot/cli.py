@@ -73,8 +73,13 @@ def _build_parser() -> argparse.ArgumentParser:
     model.add_argument("--q", type=float, default=None, help="fix the casual position bias (0.5 = fair coin)")
     model.add_argument(
         "--tastes", type=_tastes_spec, default=1,
-        help="taste classes: N rankings attentive users may follow, or 'auto' (chooses 1..4; two-class EM only)",
+        help="taste classes: N rankings attentive users may follow, or 'auto' (chooses 1..--max-tastes; two-class EM only)",
     )
+    model.add_argument("--max-tastes", type=int, default=4,
+                       help="largest number of taste classes --tastes auto tries (default 4; a warning says when it wins)")
+    model.add_argument("--taste-check", action="store_true",
+                       help="run the casual-group test (are the users flagged casual a taste group?) and store its "
+                       "verdict in summary.json and the report (always on with --tastes auto)")
     engine = fit.add_argument_group("engine")
     engine.add_argument("--method", default="em", choices=["em", "map", "nuts"], help="inference engine")
     engine.add_argument("--sampler", default="pymc", choices=["pymc", "nutpie"], help="NUTS implementation")
@@ -85,6 +90,9 @@ def _build_parser() -> argparse.ArgumentParser:
     engine.add_argument("--tol", type=float, default=1e-9, help="EM relative tolerance")
     engine.add_argument("--seed", type=int, default=0)
     fit.add_argument("--filter", default="prob:0.5", help="prob:T, fdr:ALPHA, credible:T or none (default prob:0.5)")
+    fit.add_argument("--no-verdict", default="keep", choices=["keep", "drop"],
+                     help="users the filter has no verdict on (uninformative pairs only, or kept whatever they "
+                     "clicked): keep (default) or drop them; their rows have reason no_verdict, a warning counts them")
     fit.add_argument("--warm-start", default=None, metavar="DIR",
                      help="start EM from a previous fit's folder (INPUT is the whole old + new log)")
     fit.add_argument("--update", default=None, metavar="DIR",
@@ -170,11 +178,33 @@ def _print_summary(result, out: Path) -> None:
         f"  filter {f['rule']}: kept {c['kept_users']} users, {c['kept_rows']} rows "
         f"(expected casual share among kept {f['expected_casual_share']:.3f})"
     )
-    top = result.models.sort_values("strength", ascending=False)
+    top, where = _rankable_models(result)
     if top["strength"].notna().any():
-        print("  strongest models: " + ", ".join(f"{m} ({v:+.2f})" for m, v in zip(top.model[:5], top.strength[:5])))
+        ranked = top.sort_values("strength", ascending=False)
+        print(f"  strongest models{where}: "
+              + ", ".join(f"{m} ({v:+.2f})" for m, v in zip(ranked.model[:5], ranked.strength[:5])))
     fmt = s["settings"].get("format", "csv") if isinstance(s.get("settings"), dict) else "csv"
     print(f"wrote {out}/users.{fmt}, models.{fmt}, rows.{fmt}, summary.json")
+
+
+def _rankable_models(result):
+    """The models whose strengths can be ranked together: all of them, or, when the comparison graph
+    falls apart, those of its largest part (most labels), with the words saying so."""
+    import numpy as np
+
+    models = result.models
+    if int(result.summary.get("comparison_graph_components") or 1) <= 1 or not hasattr(result, "comparison_parts"):
+        return models, ""
+    parts = np.asarray(result.comparison_parts())
+    labels = models["n_labels"].to_numpy() if "n_labels" in models else np.ones(len(models))
+    used = labels > 0
+    if len(parts) != len(models) or not used.any():
+        return models, ""
+    sizes = np.bincount(parts[used], weights=labels[used], minlength=parts.max() + 1)
+    largest = int(np.argmax(sizes))
+    n_parts = len(np.unique(parts[used]))
+    mask = parts == largest
+    return models[mask], f" (largest of {n_parts} disconnected parts, {int(mask.sum())} of {len(models)} models)"
 
 
 def _given_options(argv) -> set[str]:
@@ -192,8 +222,8 @@ def _given_options(argv) -> set[str]:
 def _update_overrides(args) -> tuple[dict, dict]:
     """Settings and column names given explicitly with ``fit --update`` (the rest come from DIR)."""
     given = getattr(args, "given", set())
-    settings = {key: getattr(args, key) for key in ("model", "filter", "mu", "strong_model", "q", "tol", "max_iter")
-                if key in given}
+    settings = {key: getattr(args, key)
+                for key in ("model", "filter", "mu", "strong_model", "q", "tol", "max_iter", "no_verdict") if key in given}
     if "no_p_a" in given:
         settings["use_p_a"] = False
     columns = {role: getattr(args, role) for role in ("user", "model_a", "model_b", "winner", "p_a") if role in given}
@@ -269,6 +299,9 @@ def _cmd_fit(args) -> int:
                 strong_model=args.strong_model,
                 q=args.q,
                 tastes=args.tastes,
+                max_tastes=args.max_tastes,
+                taste_check=args.taste_check,
+                no_verdict=args.no_verdict,
                 tol=args.tol,
                 max_iter=args.max_iter,
                 draws=args.draws,

@@ -67,7 +67,7 @@ from .tables import input_renames
 
 __all__ = ["DaskFit", "fit_dask", "to_rows", "DaskRunner"]
 
-REASON_CATEGORIES = ["ok", "tie", "same_model", "user_low_quality"]
+REASON_CATEGORIES = ["ok", "tie", "same_model", "user_low_quality", "no_verdict"]  # as FitResult.rows
 
 
 class DaskRunner:
@@ -506,7 +506,7 @@ def _block_counts(block: Block) -> dict:
 # --------------------------------------------------------------------------- rows accounting
 
 
-def _rows_partition(frame, columns, user_vocab, model_vocab, quality, keep, out_columns):
+def _rows_partition(frame, columns, user_vocab, model_vocab, quality, keep, out_columns, no_verdict=None):
     texts = _partition_texts(frame, columns, check=False)
     cu, tu = texts["user"]
     user = np.searchsorted(user_vocab, tu)[cu]
@@ -516,7 +516,8 @@ def _rows_partition(frame, columns, user_vocab, model_vocab, quality, keep, out_
     choice = _encode_winner(frame[columns["winner"]], columns["winner"])
     usable = ~same & (choice >= 0)
     kept = usable & keep[user]
-    code = np.where(usable, np.where(kept, 0, 3), np.where(same, 2, 1)).astype(np.int8)
+    decided = np.where(kept, 0, 3) if no_verdict is None else np.where(no_verdict[user], 4, np.where(kept, 0, 3))
+    code = np.where(usable, decided, np.where(same, 2, 1)).astype(np.int8)
     out = frame.copy()
     out.columns = out_columns
     out["kept"] = kept
@@ -525,7 +526,7 @@ def _rows_partition(frame, columns, user_vocab, model_vocab, quality, keep, out_
     return out
 
 
-def to_rows(ddf, fit: DaskFit, keep: np.ndarray, quality: np.ndarray | None = None):
+def to_rows(ddf, fit: DaskFit, keep: np.ndarray, quality: np.ndarray | None = None, no_verdict: np.ndarray | None = None):
     """Every input row with ``kept``, ``reason`` and ``weight``, as a lazy Dask DataFrame.
 
     Computed partition by partition from the input (same order as the input);
@@ -546,5 +547,6 @@ def to_rows(ddf, fit: DaskFit, keep: np.ndarray, quality: np.ndarray | None = No
     mv = _broadcast(np.asarray(fit.model_labels).astype(str))
     return ddf.map_partitions(
         _rows_partition, fit.columns, uv, mv, _broadcast(np.asarray(quality, dtype=float)),
-        _broadcast(np.asarray(keep, dtype=bool)), out_columns, meta=meta,
+        _broadcast(np.asarray(keep, dtype=bool)), out_columns,
+        None if no_verdict is None else _broadcast(np.asarray(no_verdict, dtype=bool)), meta=meta,
     )

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 
-from .decide import FilterRule, decide_users, parse_filter
+from .decide import FilterRule, check_no_verdict_policy, decide, parse_filter
 
 __all__ = ["DaskFitResult"]
 
@@ -32,18 +32,20 @@ class DaskFitResult:
     summary : dict
     """
 
-    def __init__(self, ddf, dask_fit, rule: FilterRule, summary_base: dict):
+    def __init__(self, ddf, dask_fit, rule: FilterRule, summary_base: dict, no_verdict: str = "keep"):
         self._ddf = ddf
         self.dask_fit = dask_fit
         self.estimates = dask_fit.to_estimates()
         self._summary_base = summary_base
-        self._apply(rule)
+        self._apply(rule, no_verdict)
 
-    def _apply(self, rule: FilterRule) -> None:
+    def _apply(self, rule: FilterRule, no_verdict: str = "keep") -> None:
         est, dfit = self.estimates, self.dask_fit
         eligible = est.n_labels_user > 0
-        keep, info = decide_users(rule, est.quality, est.p_good, None, eligible=eligible)
-        self.rule, self._keep = rule, keep
+        keep, no_verdict_mask, info = decide(
+            rule, est.quality, est.p_good, None, eligible=eligible, uninformative=~est.informative, no_verdict=no_verdict
+        )
+        self.rule, self._keep, self.no_verdict = rule, keep, no_verdict
         users = pd.DataFrame(
             {
                 "user": dfit.user_labels,
@@ -68,20 +70,30 @@ class DaskFitResult:
         )
         from .dask_em import to_rows
 
-        self.rows = to_rows(self._ddf, dfit, keep, est.quality)
+        self.rows = to_rows(self._ddf, dfit, keep, est.quality, no_verdict_mask)
         kept_rows = int(est.n_labels_user[keep].sum())
         summary = json.loads(json.dumps(self._summary_base))
         summary["counts"].update(kept_rows=kept_rows, kept_users=int(keep.sum()))
         summary["filter"] = dict(info, kept_rows=kept_rows)
+        summary["counts"]["no_verdict_users"] = int(no_verdict_mask.sum())
+        summary["counts"]["no_verdict_rows"] = int(est.n_labels_user[no_verdict_mask].sum())
+        if no_verdict_mask.any():
+            from .fit import _warn, no_verdict_message
+
+            _warn(summary, no_verdict_message(summary["counts"], ~est.informative & no_verdict_mask, no_verdict))
         self.summary = summary
 
-    def filter(self, rule) -> "DaskFitResult":
-        """A copy with another filter rule applied (no refit)."""
+    def filter(self, rule, no_verdict: str | None = None) -> "DaskFitResult":
+        """A copy with another filter rule applied (no refit); ``no_verdict`` as in ``FitResult.filter``."""
         clone = object.__new__(DaskFitResult)
         clone._ddf, clone.dask_fit, clone.estimates = self._ddf, self.dask_fit, self.estimates
         clone._summary_base = self._summary_base
-        clone._apply(parse_filter(rule))
+        clone._apply(parse_filter(rule), check_no_verdict_policy(self.no_verdict if no_verdict is None else no_verdict))
         return clone
+
+    def comparison_parts(self) -> np.ndarray:
+        """Connected part of the comparison graph of each model (``models`` order), as ``FitResult``'s."""
+        return self.dask_fit.components()
 
     @property
     def loglik_trace(self) -> list[float]:

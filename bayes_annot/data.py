@@ -64,6 +64,8 @@ REASONS: dict[str, str] = {
     "tie": "the user declared a tie; not in the likelihood",
     "same_model": "both responses came from the same model; carries no information",
     "user_low_quality": "its user did not pass the filter",
+    "no_verdict": "in the likelihood, but its labels cannot decide whether its user passes the filter "
+    "(kept or dropped by the no_verdict policy; see bayes_annot.decide)",
 }
 
 P_A_CLIP = 1e-6

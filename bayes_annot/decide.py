@@ -16,6 +16,29 @@ Rules (``--filter`` in the CLI, ``result.filter(rule)`` in Python):
 ``none``
     keep everyone; rows still carry ``weight``.
 
+**Users without a verdict.** Some users are kept or dropped by a rule without
+their labels having decided it:
+
+* *uninformative* users, whose every pair carries no information about their
+  quality (equally strong models; under a global ``mu`` every pair without the
+  strong model): their quality is the population level;
+* (two-class model, one ranking) users the rule keeps **whatever they
+  clicked**: even if every one of their labels had gone the least attentive
+  way, their quality would still pass the rule's threshold (the threshold
+  ``t`` of ``prob:t`` / ``credible:t``, the lowest kept ``p_good`` of
+  ``fdr``). Typical of Arena-like logs: one label on a close pair moves
+  nobody far from the prior.
+
+Their rows get ``reason = "no_verdict"``. The option ``no_verdict`` (``fit(...,
+no_verdict=)``, ``result.filter(rule, no_verdict=)``, ``--no-verdict``) says
+what happens to them: ``"keep"`` (default) keeps them all, ``"drop"`` drops
+them all. The default is ``keep`` because dropping them silently discards what
+can be most of a log (2,976 of 5,000 users in the paper's ``mu`` setting, most
+single-label users of an Arena log) although their expected casual share is
+the population's ``1 - pi``, no worse than an unfiltered log; a warning gives
+their number and share of rows, and ``drop`` is there for a training set that
+should hold vetted users only. The DPO export follows ``kept``.
+
 Every row's ``weight`` is its user's quality, for weighted DPO / reward-model
 training.
 """
@@ -28,7 +51,10 @@ import numpy as np
 
 from .errors import InputError
 
-__all__ = ["FilterRule", "parse_filter", "decide_users"]
+__all__ = ["FilterRule", "parse_filter", "decide_users", "decide", "NO_VERDICT_POLICIES"]
+
+#: What a rule does with users it has no verdict on (see the module notes).
+NO_VERDICT_POLICIES = ("keep", "drop")
 
 
 @dataclass(frozen=True)
@@ -133,3 +159,65 @@ def decide_users(
     info["kept_users"] = int(keep.sum())
     info["expected_casual_share"] = float(np.mean(1.0 - p_good[keep])) if keep.any() else 0.0
     return keep, info
+
+
+def check_no_verdict_policy(policy: str) -> str:
+    """``policy`` if it is one of :data:`NO_VERDICT_POLICIES`, else :class:`~bayes_annot.errors.InputError`."""
+    if policy not in NO_VERDICT_POLICIES:
+        raise InputError(f"no_verdict must be one of {', '.join(NO_VERDICT_POLICIES)}, got {policy!r}")
+    return policy
+
+
+def decide(
+    rule: FilterRule,
+    quality: np.ndarray,
+    p_good: np.ndarray,
+    quality_low: np.ndarray | None,
+    eligible: np.ndarray | None = None,
+    *,
+    uninformative: np.ndarray | None = None,
+    quality_floor: np.ndarray | None = None,
+    no_verdict: str = "keep",
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """:func:`decide_users` plus the users without a verdict (see the module notes).
+
+    Parameters
+    ----------
+    rule, quality, p_good, quality_low, eligible :
+        As in :func:`decide_users`.
+    uninformative : bool array, optional
+        Users none of whose labels carries information about their quality.
+    quality_floor : array, optional
+        Per user, the quality they would have had had every one of their labels
+        gone the least attentive way (two-class model); ``None``: not known.
+    no_verdict : {"keep", "drop"}
+        What happens to users without a verdict.
+
+    Returns
+    -------
+    keep : bool array
+    no_verdict_mask : bool array
+        Users with labels in the likelihood but no verdict.
+    info : dict
+        As :func:`decide_users`'s, plus ``no_verdict`` (the policy) and ``no_verdict_users``.
+    """
+    check_no_verdict_policy(no_verdict)
+    n = len(quality)
+    eligible = np.ones(n, dtype=bool) if eligible is None else np.asarray(eligible, dtype=bool)
+    keep, info = decide_users(rule, quality, p_good, quality_low, eligible=eligible)
+    mask = np.zeros(n, dtype=bool)
+    if uninformative is not None:
+        mask |= eligible & np.asarray(uninformative, dtype=bool)
+    if quality_floor is not None and rule.kind != "none":
+        if rule.kind == "fdr":
+            threshold = float(np.min(p_good[keep])) if keep.any() else np.inf
+        else:
+            threshold = float(rule.value)
+        floor = np.asarray(quality_floor, dtype=float)
+        mask |= eligible & keep & (floor >= threshold)
+    keep = keep | mask if no_verdict == "keep" else keep & ~mask
+    info["kept_users"] = int(keep.sum())
+    info["expected_casual_share"] = float(np.mean(1.0 - p_good[keep])) if keep.any() else 0.0
+    info["no_verdict"] = no_verdict
+    info["no_verdict_users"] = int(mask.sum())
+    return keep, mask, info

@@ -36,6 +36,14 @@ _SUFFIXES = (".jsonl", ".parquet")
 _CONVERSATIONS = ("conversation_a", "conversation_b")
 
 
+def _kept(rows: pd.DataFrame) -> np.ndarray:
+    """The rows table's ``kept`` column as booleans (a text column of a legacy CSV too)."""
+    kept = rows["kept"]
+    if kept.dtype == bool:
+        return kept.to_numpy()
+    return kept.astype(str).str.strip().str.lower().isin(["true", "1"]).to_numpy()
+
+
 def to_dpo(
     result,
     path=None,
@@ -64,9 +72,11 @@ def to_dpo(
     Returns
     -------
     pandas.DataFrame
-        Columns :data:`DPO_COLUMNS`, one row per input row whose reason is
-        ``"ok"`` (kept user, two different models, a winner: ties and
-        same-model pairs are never exported); the index is the row's position
+        Columns :data:`DPO_COLUMNS`, one row per kept input row (``kept``:
+        kept user, two different models, a winner: ties and same-model pairs
+        are never exported). Rows of users the filter has no verdict on
+        (``reason = "no_verdict"``) follow the ``no_verdict`` policy: exported
+        under ``keep`` (the default), not under ``drop``. The index is the row's position
         in the input. ``chosen_model`` / ``rejected_model`` and ``user`` are
         the ids as text.
 
@@ -96,7 +106,7 @@ def to_dpo(
     data = result._data
     frame = data.frame
     rows = result.rows
-    selected = np.flatnonzero((rows["reason"] == "ok").to_numpy())
+    selected = np.flatnonzero(_kept(rows))
     texts = _texts(frame, selected, prompt, response_a, response_b)
 
     out = _dpo_frame(
@@ -166,7 +176,7 @@ def dpo_from_rows(
         name = columns[role]
         return name if name in rows.columns or f"input_{name}" not in rows.columns else f"input_{name}"
 
-    selected = np.flatnonzero((rows["reason"].astype(str) == "ok").to_numpy())
+    selected = np.flatnonzero(_kept(rows))
     texts = _texts(rows, selected, prompt, response_a, response_b)
     picked = rows.iloc[selected]
 

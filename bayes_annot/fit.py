@@ -19,15 +19,15 @@ import numpy as np
 import pandas as pd
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
-from scipy.special import logit
+from scipy.special import expit, logit
 
 from .provenance import input_info as describe_input, parquet_collection_info, provenance_entry
 from .version import __version__
 from .data import ColumnMap, PreparedData, prepare, read_table
-from .decide import FilterRule, decide_users, parse_filter
+from .decide import FilterRule, check_no_verdict_policy, decide, parse_filter  # noqa: F401 (re-exported)
 from .block_em import Block, EMState, LocalRunner, make_block, run_em
 from .em import EMProblem, EMResult
-from .errors import FitWarning, InputError
+from .errors import FitWarning, InputError, user_stacklevel
 from .likelihood import Priors
 from .tables import OUTPUT_COLUMNS, input_renames  # noqa: F401  (OUTPUT_COLUMNS: public name)
 from .validation import check_fit_settings
@@ -65,6 +65,7 @@ class Estimates:
     extra_user_columns: dict = field(default_factory=dict)
     extra_model_columns: dict = field(default_factory=dict)
     extra_summary: dict = field(default_factory=dict)
+    quality_floor: np.ndarray | None = None  # two-class: quality had every label gone the least attentive way
 
 
 # --------------------------------------------------------------------------- problem set-up
@@ -168,20 +169,28 @@ class FitResult:
     """
 
     def __init__(
-        self, data: PreparedData, estimates: Estimates, rule: FilterRule, summary_base: dict, state: EMState | None = None
+        self, data: PreparedData, estimates: Estimates, rule: FilterRule, summary_base: dict, state: EMState | None = None,
+        no_verdict: str | None = None,
     ):
         self._data = data
         self.estimates = estimates
         self._summary_base = summary_base
         self._state = state  # the EM block, kept for fast incremental updates (see bayes_annot.incremental)
-        self._apply(rule)
+        if no_verdict is None:
+            no_verdict = (summary_base.get("settings") or {}).get("no_verdict") or "keep"
+        self._apply(rule, no_verdict)
 
     # ----------------------------------------------------------------- tables
-    def _apply(self, rule: FilterRule) -> None:
+    def _apply(self, rule: FilterRule, no_verdict: str = "keep") -> None:
         data, est = self._data, self.estimates
         eligible = est.n_labels_user > 0
-        keep, info = decide_users(rule, est.quality, est.p_good, est.quality_low, eligible=eligible)
+        keep, no_verdict_mask, info = decide(
+            rule, est.quality, est.p_good, est.quality_low, eligible=eligible, uninformative=~est.informative,
+            quality_floor=est.quality_floor, no_verdict=no_verdict,
+        )
         self.rule = rule
+        self.no_verdict = no_verdict
+        self._no_verdict_mask = no_verdict_mask
         state = self._state
         n_rows_user = state.block.n_rows if state is not None else np.bincount(data.user, minlength=data.n_users)
         users = pd.DataFrame(
@@ -226,6 +235,12 @@ class FitResult:
         summary = json.loads(json.dumps(self._summary_base))
         summary["counts"].update(kept_rows=kept_rows, kept_users=int(keep.sum()))
         summary["filter"] = dict(info, kept_rows=kept_rows)
+        summary["counts"]["no_verdict_users"] = int(no_verdict_mask.sum())
+        summary["counts"]["no_verdict_rows"] = int(est.n_labels_user[no_verdict_mask].sum())
+        if no_verdict_mask.any():
+            _warn(summary, no_verdict_message(summary["counts"], ~est.informative & no_verdict_mask, no_verdict))
+        if keep.sum() == 0 and eligible.any():
+            _warn(summary, f"no user passed the filter {rule}: the filtered data set is empty; loosen the rule or check the fit")
         self.summary = summary
 
     @property
@@ -240,9 +255,10 @@ class FitResult:
         """Every input row in input order + ``kept``, ``reason``, ``weight`` (built on first access)."""
         if self._rows is None:
             data, row_kept = self._data, self._row_kept
-            # codes: 0 ok, 1 tie, 2 same_model, 3 user_low_quality
-            code = np.where(data.usable, np.where(row_kept, 0, 3), data.reason_code).astype(np.int8)
-            reason = pd.Categorical.from_codes(code, categories=["ok", "tie", "same_model", "user_low_quality"])
+            # codes: 0 ok, 1 tie, 2 same_model, 3 user_low_quality, 4 no_verdict (kept or not: see `kept`)
+            decided = np.where(self._no_verdict_mask[data.user], 4, np.where(row_kept, 0, 3))
+            code = np.where(data.usable, decided, data.reason_code).astype(np.int8)
+            reason = pd.Categorical.from_codes(code, categories=REASON_CATEGORIES)
             rows = data.frame.copy()
             renames = input_renames(rows.columns)
             if renames:
@@ -253,15 +269,25 @@ class FitResult:
             self._rows = rows
         return self._rows
 
-    def filter(self, rule: str | FilterRule) -> "FitResult":
-        """A copy of this result with another filter rule applied (no refit)."""
+    def filter(self, rule: str | FilterRule, no_verdict: str | None = None) -> "FitResult":
+        """A copy of this result with another filter rule applied (no refit).
+
+        ``no_verdict`` (``"keep"`` or ``"drop"``; default: this result's) says what
+        happens to users the rule has no verdict on (see :mod:`bayes_annot.decide`).
+        """
         clone = object.__new__(FitResult)
         clone._data, clone.estimates, clone._summary_base = self._data, self.estimates, self._summary_base
         clone._state = self._state
-        clone._apply(parse_filter(rule))
+        clone._apply(parse_filter(rule), check_no_verdict_policy(self.no_verdict if no_verdict is None else no_verdict))
         return clone
 
     # ----------------------------------------------------------------- accessors
+    def comparison_parts(self) -> np.ndarray:
+        """Connected part of the comparison graph of each model (``models`` order): strengths compare
+        only within a part (summary ``comparison_graph_components``)."""
+        pairs = self._state.pair_counts if self._state is not None else pair_counts(self._data)
+        return graph_components(pairs)
+
     @property
     def loglik_trace(self) -> list[float]:
         """Penalised log-likelihood per EM iteration (empty for other engines)."""
@@ -395,9 +421,33 @@ class FitResult:
 # --------------------------------------------------------------------------- fitting
 
 
+#: Categories of the rows table's ``reason`` column, in code order (see :data:`bayes_annot.data.REASONS`).
+REASON_CATEGORIES = ["ok", "tie", "same_model", "user_low_quality", "no_verdict"]
+
 def _warn(summary: dict, message: str) -> None:
+    """Record a warning in the summary and raise it as a :class:`FitWarning` pointing at the user's call."""
     summary["warnings"].append(message)
-    warnings.warn(message, FitWarning, stacklevel=3)
+    warnings.warn(message, FitWarning, stacklevel=user_stacklevel())
+
+
+def no_verdict_message(counts: dict, uninformative: np.ndarray, policy: str) -> str:
+    """The warning about users without a verdict (``counts``: the summary's, with the ``no_verdict_*`` entries)."""
+    n_users, n_rows = counts["no_verdict_users"], counts["no_verdict_rows"]
+    in_lik = counts.get("users_in_likelihood") or n_users
+    rows_lik = counts.get("rows_in_likelihood") or n_rows
+    n_uninf = int(np.sum(uninformative))
+    why = []
+    if n_uninf:
+        why.append(f"{n_uninf} saw only pairs that carry no information about their quality")
+    if n_users - n_uninf:
+        why.append(f"{n_users - n_uninf} would pass the filter whatever they clicked")
+    fate = "kept" if policy == "keep" else "dropped"
+    hint = "" if policy == "drop" else "; --no-verdict drop (no_verdict='drop') drops them"
+    return (
+        f"{n_users} of {in_lik} users ({n_rows} rows, {n_rows / max(rows_lik, 1):.1%} of the rows in the likelihood) "
+        f"have no verdict: {' and '.join(why)}; they are {fate} (no_verdict='{policy}'; their rows have "
+        f"reason 'no_verdict'{hint})"
+    )
 
 
 def fit(
@@ -416,6 +466,9 @@ def fit(
     strong_model: str | None = None,
     q: float | None = None,
     tastes: int | str = 1,
+    max_tastes: int = 4,
+    taste_check: bool = False,
+    no_verdict: str = "keep",
     priors: Priors | None = None,
     tol: float = 1e-9,
     max_iter: int = 1000,
@@ -459,6 +512,23 @@ def fit(
         minority taste is not mistaken for casual clicking. ``"auto"`` chooses
         1..4 by cross-validated held-out log-likelihood
         (:func:`bayes_annot.tastes.select_tastes`).
+    max_tastes : int
+        Largest number of taste classes ``tastes="auto"`` tries (default 4).
+        When it wins, a warning says so: more classes may fit better still.
+    taste_check : bool
+        Run the casual-group test (:func:`bayes_annot.tastes.casual_group_test`:
+        are the users a one-ranking fit calls casual coin-flippers or a taste
+        group?) and store its verdict in ``summary["taste_diagnostic"]``
+        (two-class model, learned strengths). Always run with
+        ``tastes="auto"``. It refits the one-ranking model on 100 simulated
+        logs, hence off by default; the report shows the stored verdict and
+        never runs the test itself.
+    no_verdict : {"keep", "drop"}
+        What the filter does with users it has no verdict on (uninformative
+        users, and two-class users it keeps whatever they clicked; see
+        :mod:`bayes_annot.decide`). Default ``keep``, with a warning giving
+        their number and share of rows; their rows have ``reason =
+        "no_verdict"``.
     priors : Priors, optional
     tol, max_iter : float, int
         EM convergence settings: EM stops when the penalised log-likelihood
@@ -505,6 +575,9 @@ def fit(
         priors=priors,
     )
     rule = parse_filter(filter)
+    check_no_verdict_policy(no_verdict)
+    if not isinstance(max_tastes, (int, np.integer)) or isinstance(max_tastes, bool) or max_tastes < 1:
+        raise InputError(f"max_tastes must be a positive integer, got {max_tastes!r}")
     if not use_p_a and p_a is None:
         p_a = False  # ignored: a column named p_a is then not read (nor validated) as probabilities
     input_info = describe_input(None)
@@ -513,12 +586,13 @@ def fit(
         data = _read_parquet_collection(data)
         input_info = parquet_collection_info(collection, record_paths)
     if _is_dask_frame(data):
-        if method != "em" or tastes != 1:
-            raise InputError("a Dask DataFrame (or a folder of parquet files) is fitted by EM only, with tastes=1")
+        if method != "em" or tastes != 1 or taste_check:
+            raise InputError("a Dask DataFrame (or a folder of parquet files) is fitted by EM only, with tastes=1 "
+                             "and without taste_check")
         return _fit_dask_frame(
             data, model=model, rule=rule, user=user, model_a=model_a, model_b=model_b, winner=winner, p_a=p_a,
             use_p_a=use_p_a, mu=mu, strong_model=strong_model, q=q, priors=priors, tol=tol, max_iter=max_iter,
-            seed=seed, start=start, input_info=input_info,
+            seed=seed, start=start, input_info=input_info, no_verdict=no_verdict,
         )
     if isinstance(data, (str, Path)):
         frame = read_table(data)
@@ -538,13 +612,15 @@ def fit(
             raise InputError("taste classes (tastes > 1 or auto) need model='two-class' and method='em'")
         if not problem.learned:
             raise InputError("taste classes need learned strengths; known strengths (p_a or mu) stay one class")
+    if taste_check and (model != "two-class" or not problem.learned):
+        raise InputError("taste_check needs model='two-class' and learned strengths (no p_a column, no mu)")
     pairs = pair_counts(prepared)
     state = None
     if problem.n_labels == 0:
         # Nothing enters the likelihood: no verdict on anybody.
         estimates = _empty_estimates(prepared, model, method, priors, q)
     elif tastes != 1:
-        estimates = _fit_tastes_estimates(problem, tastes, priors, q, tol, max_iter, seed)
+        estimates = _fit_tastes_estimates(problem, tastes, priors, q, tol, max_iter, seed, max_tastes)
     elif method == "em":
         # continuous EM converges slowly (~100 plain iterations): SQUAREM steps, each kept only
         # when the penalised log-likelihood does not decrease, reach the optimum in ~4x fewer.
@@ -575,6 +651,10 @@ def fit(
         )
         if estimates.strengths is None:
             estimates.strengths = _known_strengths(problem, prepared, mu, strong_model)
+    if tastes == 1:
+        estimates.quality_floor = quality_floor(problem, estimates)
+    if taste_check and "taste_diagnostic" not in estimates.extra_summary and problem.n_labels:
+        estimates.extra_summary["taste_diagnostic"] = taste_diagnostic(problem, None, priors=priors, q=q, seed=seed)
 
     components = graph_components(pairs)
     settings = {
@@ -587,6 +667,9 @@ def fit(
         "strong_model": strong_model,
         "q": q,
         "tastes": tastes,
+        "max_tastes": max_tastes if tastes == "auto" else None,
+        "taste_check": bool(taste_check or tastes == "auto"),
+        "no_verdict": no_verdict,
         "priors": asdict(priors),
         "tol": tol,
         "max_iter": max_iter,
@@ -599,7 +682,37 @@ def fit(
     summary = assemble_summary(prepared, problem, estimates, model, strength_mode, components, input_info, settings, pairs)
     summary["provenance"] = [provenance_entry(input_info, rows_read=prepared.n_rows, rows_added=prepared.n_rows)]
     summary["runtime_seconds"] = round(time.perf_counter() - t_start, 4)
-    return FitResult(prepared, estimates, rule, summary, state=state)
+    return FitResult(prepared, estimates, rule, summary, state=state, no_verdict=no_verdict)
+
+
+def quality_floor(problem: EMProblem, estimates: Estimates) -> np.ndarray | None:
+    """Two-class: each user's quality had every one of their labels gone the least attentive way.
+
+    Per label the likelihood ratio attentive / casual of the less attentive
+    outcome, ``min(sigmoid(l) / q, sigmoid(-l) / (1 - q))`` (``l`` the attentive
+    log-odds of choosing ``model_a``), multiplied over the user's labels and
+    combined with the prior odds ``pi``. A user the filter keeps although this
+    floor passes its threshold was kept whatever they clicked: no verdict
+    (:func:`bayes_annot.decide.decide`). ``None`` for the continuous model
+    (per-user quality is not a closed form of the labels there).
+    """
+    if estimates.variant != "two-class" or problem.n_labels == 0 or "pi" not in estimates.parameters:
+        return None
+    pi, q = float(estimates.parameters["pi"]), float(estimates.parameters["q"])
+    if problem.learned:
+        if estimates.strengths is None:
+            return None
+        s = np.asarray(estimates.strengths, dtype=float)
+        ell = s[problem.model_a] - s[problem.model_b]
+    else:
+        ell = np.asarray(problem.known_logit_mu, dtype=float)
+    from scipy.special import log_expit
+
+    eps = 1e-12
+    worst = np.minimum(log_expit(ell) - np.log(max(q, eps)), log_expit(-ell) - np.log(max(1.0 - q, eps)))
+    total = np.bincount(problem.user, weights=worst, minlength=problem.n_users)
+    pi = min(max(pi, eps), 1.0 - eps)
+    return expit(np.log(pi) - np.log1p(-pi) + total)
 
 
 def assemble_summary(
@@ -638,6 +751,7 @@ def assemble_summary(
     }
     summary.update(estimates.diagnostics)
     summary.update(estimates.extra_summary)
+    summary["warnings"] = list(summary["warnings"])  # not the engine's list: warnings below are added to it
     if problem.n_labels == 0:
         _warn(summary, "no row enters the likelihood (all ties or same-model pairs): every user is uninformative")
     elif counts["uninformative_users"] == counts["users"]:
@@ -646,11 +760,7 @@ def assemble_summary(
             "every user is uninformative: all pairs have attentive probability near 0.5 (equally strong models, "
             "or users who all click at random), so nobody can be judged",
         )
-    elif counts["uninformative_users"]:
-        summary["notes"] = [
-            f"{counts['uninformative_users']} user(s) saw only pairs that carry no information about their quality; "
-            "their quality stays at the prior level (column 'uninformative')"
-        ]
+    # users who saw only uninformative pairs: the filter's no-verdict warning (FitResult) counts them
     if estimates.converged is False and estimates.engine == "em":
         _warn(summary, f"EM did not converge in {estimates.n_iter} iterations; raise max_iter or loosen tol")
     elif estimates.converged is False and estimates.engine == "map":
@@ -664,24 +774,112 @@ def assemble_summary(
             f"the comparison graph has {len(np.unique(components[used]))} disconnected parts: strengths are "
             "comparable only within a part (each part is centred at 0)",
         )
+    if problem.n_labels:
+        priors = Priors(**settings["priors"]) if isinstance(settings.get("priors"), dict) else Priors()
+        for message in degenerate_fit_warnings(estimates, settings, priors, problem.learned):
+            _warn(summary, message)
+        for message in taste_warnings(summary):
+            _warn(summary, message)
     return summary
 
 
-def fit_taste_classes(problem: EMProblem, tastes, priors, q, tol, max_iter, seed):
+#: A share parameter (``q``, ``pi``) within this of 0 or 1 is reported as sitting at its boundary.
+BOUNDARY_MARGIN = 0.03
+
+#: Learned strengths beyond this many prior standard deviations (``Priors.strength_sigma``) are
+#: reported as running away: the data no longer hold them, only the prior does.
+STRENGTH_RUNAWAY_SIGMAS = 1.5
+
+
+def degenerate_fit_warnings(estimates: Estimates, settings: dict, priors: Priors, learned: bool) -> list[str]:
+    """Warnings for a fit that sits on a boundary (see :data:`BOUNDARY_MARGIN`, :data:`STRENGTH_RUNAWAY_SIGMAS`).
+
+    * ``q`` (estimated) or ``pi`` within :data:`BOUNDARY_MARGIN` of 0 or 1;
+    * ``tau`` (continuous, sampled) within :data:`BOUNDARY_MARGIN` of 0, its lower bound;
+    * a learned strength beyond ``STRENGTH_RUNAWAY_SIGMAS * strength_sigma`` in absolute value.
+    """
+    params = estimates.parameters
+    out = []
+    margin = BOUNDARY_MARGIN
+    q = params.get("q")
+    if settings.get("q") is None and q is not None and not (margin <= q <= 1.0 - margin):
+        out.append(
+            f"degenerate fit: q = {q:.3f} sits at the boundary of [0, 1] (casual users would click one side "
+            f"{'almost never' if q < margin else 'almost always'}); the casual type is probably absorbing "
+            "something else (a position effect of attentive users, a taste group): do not trust the verdicts "
+            "without checking (fix --q 0.5, or compare with the other model variant)"
+        )
+    pi = params.get("pi")
+    if pi is not None and not (margin <= pi <= 1.0 - margin):
+        side = "casual" if pi < margin else "attentive"
+        out.append(
+            f"degenerate fit: pi = {pi:.3f} sits at the boundary of [0, 1] (almost every user is called {side}); "
+            "the data may not separate the two types"
+        )
+    tau = params.get("tau")
+    if tau is not None and estimates.engine == "nuts" and tau < margin:
+        out.append(
+            f"degenerate fit: tau = {tau:.3f} sits at its lower bound 0 (every user gets the same quality)"
+        )
+    if learned and estimates.strengths is not None and len(estimates.strengths):
+        s = np.asarray(estimates.strengths, dtype=float)
+        limit = STRENGTH_RUNAWAY_SIGMAS * priors.strength_sigma
+        if np.isfinite(s).all() and np.abs(s).max() > limit:
+            out.append(
+                f"degenerate fit: strengths run away (largest |strength| {np.abs(s).max():.2f} > "
+                f"{STRENGTH_RUNAWAY_SIGMAS:g} x the prior sigma {priors.strength_sigma:g}); they are held by the "
+                "prior, not the data: compare with the other model variant or a plain Bradley–Terry fit"
+            )
+    return out
+
+
+def taste_warnings(summary: dict) -> list[str]:
+    """Warnings of the taste-class search and the casual-group test stored in ``summary``."""
+    out = []
+    selection = summary.get("taste_selection")
+    if selection and selection.get("at_limit"):
+        agreed = (summary.get("tastes") or {})
+        starts = f" ({agreed['starts_agreed']} of {agreed['n_starts']} starts agreed)" if "starts_agreed" in agreed else ""
+        out.append(
+            f"tastes='auto' chose C = {selection['chosen']}, the largest number of taste classes it tried{starts}: "
+            "more classes may fit better still; raise max_tastes (--max-tastes)"
+        )
+    check = summary.get("taste_diagnostic")
+    n_tastes = (summary.get("tastes") or {}).get("n_tastes", 1)
+    if check and check.get("verdict") == "taste group" and n_tastes == 1:
+        out.append(check["message"])
+    return out
+
+
+def taste_diagnostic(problem: EMProblem, result_c1=None, *, priors=None, q=None, seed: int = 0) -> dict:
+    """The casual-group test's verdict as ``summary["taste_diagnostic"]`` holds it: the one place it is computed.
+
+    :func:`bayes_annot.tastes.casual_group_test` with its defaults (100 simulated
+    logs, ``alpha = 0.01``) on the one-ranking fit ``result_c1`` (fitted here when
+    ``None``). :func:`fit` stores it (``taste_check=True`` or ``tastes="auto"``);
+    the report shows the stored verdict and never recomputes it.
+    """
+    from .tastes import casual_group_test
+
+    return _casual_test_summary(casual_group_test(problem, result_c1, seed=seed, priors=priors, q_fixed=q))
+
+
+def fit_taste_classes(problem: EMProblem, tastes, priors, q, tol, max_iter, seed, max_tastes: int = 4):
     """The taste-class fit of :func:`fit` (``tastes`` an int, or ``"auto"``: chosen by
-    :func:`~bayes_annot.tastes.select_tastes`); returns the ``TasteResult`` and summary entries."""
-    from .tastes import casual_group_test, fit_tastes, select_tastes
+    :func:`~bayes_annot.tastes.select_tastes` among ``1..max_tastes``); returns the ``TasteResult`` and summary entries."""
+    from .tastes import fit_tastes, select_tastes
 
     extra_summary: dict = {}
     if tastes == "auto":
-        selection = select_tastes(problem, max_tastes=4, seed=seed, priors=priors, q_fixed=q)
+        selection = select_tastes(problem, max_tastes=max_tastes, seed=seed, priors=priors, q_fixed=q)
         res = selection.fits[selection.chosen]
-        check = casual_group_test(problem, selection.fits[1], seed=seed, priors=priors, q_fixed=q)
-        extra_summary["taste_diagnostic"] = _casual_test_summary(check)
+        extra_summary["taste_diagnostic"] = taste_diagnostic(problem, selection.fits[1], priors=priors, q=q, seed=seed)
         table = selection.table.replace({np.nan: None})
         extra_summary["taste_selection"] = {
             "chosen": int(selection.chosen),
             "chosen_by_bic": int(selection.chosen_bic),
+            "max_tastes": int(max_tastes),
+            "at_limit": bool(selection.chosen == max_tastes and max_tastes > 1),
             "message": selection.message,
             "table": json.loads(table.to_json(orient="records")),
         }
@@ -690,10 +888,10 @@ def fit_taste_classes(problem: EMProblem, tastes, priors, q, tol, max_iter, seed
     return res, extra_summary
 
 
-def _fit_tastes_estimates(problem, tastes, priors, q, tol, max_iter, seed) -> Estimates:
+def _fit_tastes_estimates(problem, tastes, priors, q, tol, max_iter, seed, max_tastes: int = 4) -> Estimates:
     from .tastes import taste_columns
 
-    res, extra_summary = fit_taste_classes(problem, tastes, priors, q, tol, max_iter, seed)
+    res, extra_summary = fit_taste_classes(problem, tastes, priors, q, tol, max_iter, seed, max_tastes)
     extra_summary["tastes"] = {
         "n_tastes": int(res.n_tastes),
         "starts_agreed": int(res.starts_agreed),
@@ -869,7 +1067,8 @@ def _read_parquet_collection(path):
         raise InputError(f"cannot read parquet files '{target}': {first}") from exc
 
 
-def _fit_dask_frame(ddf, *, model, rule, priors, q, tol, max_iter, seed, start, mu, strong_model, input_info=None, **columns):
+def _fit_dask_frame(ddf, *, model, rule, priors, q, tol, max_iter, seed, start, mu, strong_model, input_info=None,
+                    no_verdict="keep", **columns):
     from .dask_em import fit_dask
     from .dask_result import DaskFitResult
 
@@ -905,14 +1104,14 @@ def _fit_dask_frame(ddf, *, model, rule, priors, q, tol, max_iter, seed, start, 
         "provenance": [provenance_entry(input_info, rows_read=counts["rows"], rows_added=counts["rows"])],
         "settings": {"model": model, "method": "em", "filter": str(rule), "columns": dfit.columns, "mu": mu,
                      "strong_model": strong_model, "q": q, "priors": asdict(priors), "tol": tol,
-                     "max_iter": max_iter, "seed": seed},
+                     "max_iter": max_iter, "seed": seed, "no_verdict": no_verdict},
     }
     if counts["uninformative_users"] == counts["users"]:
         _warn(summary, "every user is uninformative: all pairs have attentive probability near 0.5, so nobody can be judged")
     if est.converged is False:
         _warn(summary, f"EM did not converge in {est.n_iter} iterations; raise max_iter or loosen tol")
     summary["runtime_seconds"] = round(time.perf_counter() - started, 4)
-    return DaskFitResult(ddf, dfit, rule, summary)
+    return DaskFitResult(ddf, dfit, rule, summary, no_verdict)
 
 
 def _casual_test_summary(check) -> dict:

@@ -59,7 +59,7 @@ from .validation import check_fit_settings, check_number, check_priors
 __all__ = ["update", "update_saved", "merge_prepared", "warm_start", "load_start", "align_start", "fit_prepared",
            "read_saved", "validate_saved_summary"]
 
-_EM_SETTINGS = ("model", "filter", "tol", "max_iter", "q", "priors", "use_p_a", "mu", "strong_model")
+_EM_SETTINGS = ("model", "filter", "tol", "max_iter", "q", "priors", "use_p_a", "mu", "strong_model", "no_verdict")
 
 
 # --------------------------------------------------------------------------- encoding reuse
@@ -513,6 +513,7 @@ def fit_prepared(
     accelerate: bool | None = None,
     input_info: dict | None = None,
     state: EMState | None = None,
+    no_verdict: str = "keep",
     _started: float | None = None,
 ):
     """EM fit of an already prepared log with the block engine (optionally warm-started and accelerated).
@@ -528,10 +529,12 @@ def fit_prepared(
         _known_strengths,
         assemble_summary,
         build_problem,
+        check_no_verdict_policy,
         em_estimates,
         em_state,
         graph_components,
         pair_counts,
+        quality_floor,
         run_block_em,
         strength_mode,
     )
@@ -543,6 +546,7 @@ def fit_prepared(
         raise InputError(f"unknown model '{model}', expected one of two-class, continuous")
     check_fit_settings(tol=tol, max_iter=max_iter, q=q, mu=mu, priors=priors)
     rule = parse_filter(filter)
+    check_no_verdict_policy(no_verdict)
     priors = priors or Priors()
     if state is None:
         problem, mode = build_problem(prepared, mu=mu, strong_model=strong_model, use_p_a=use_p_a)
@@ -556,15 +560,18 @@ def fit_prepared(
         state.block, problem, model, priors=priors, q=q, tol=tol, max_iter=max_iter, start=start, accelerate=accelerate
     )
     estimates = em_estimates(em, model, _known_strengths(problem, prepared, mu, strong_model))
+    rows_problem = problem if hasattr(problem, "user") else build_problem(prepared, mu=mu, strong_model=strong_model,
+                                                                          use_p_a=use_p_a)[0]
+    estimates.quality_floor = quality_floor(rows_problem, estimates)
     settings = {
         "model": model, "method": "em", "filter": str(rule), "columns": prepared.columns, "use_p_a": use_p_a,
         "mu": mu, "strong_model": strong_model, "q": q, "priors": asdict(priors), "tol": tol, "max_iter": max_iter,
-        "seed": 0, "warm_start": start is not None, "accelerate": accelerate,
+        "seed": 0, "warm_start": start is not None, "accelerate": accelerate, "no_verdict": no_verdict,
     }
     components = graph_components(state.pair_counts)
     summary = assemble_summary(prepared, problem, estimates, model, mode, components, input_info, settings, state.pair_counts)
     summary["runtime_seconds"] = round(time.perf_counter() - started, 4)
-    return FitResult(prepared, estimates, rule, summary, state=state)
+    return FitResult(prepared, estimates, rule, summary, state=state, no_verdict=no_verdict)
 
 
 # --------------------------------------------------------------------------- update
@@ -694,6 +701,7 @@ def update(
     if "tastes" in previous.summary:
         raise InputError("an update refits one ranking; this fit has taste classes: refit the whole log with tastes")
     settings["filter"] = str(previous.rule)  # the rule in force (a .filter() clone's, not the original fit's)
+    settings["no_verdict"] = getattr(previous, "no_verdict", "keep")
     settings.update(fit_settings)
     old = previous._data
     info = input_info(new_rows, record_paths)
@@ -747,7 +755,7 @@ def _refit_unchanged(previous, settings: dict, accelerate, info: dict, started: 
     return fit_prepared(old, start=start, accelerate=accelerate, state=state, input_info=info, _started=started, **settings)
 
 
-_SAVED_SETTINGS = ("model", "filter", "use_p_a", "mu", "strong_model", "q", "tol", "max_iter")
+_SAVED_SETTINGS = ("model", "filter", "use_p_a", "mu", "strong_model", "q", "tol", "max_iter", "no_verdict")
 
 
 def update_saved(

@@ -26,6 +26,7 @@ from .report.source import ResultSource, as_source
 __all__ = [
     "plot_quality_distribution",
     "plot_quality_caterpillar",
+    "decision_threshold",
     "plot_strengths",
     "plot_labels_per_user",
     "plot_comparison_matrix",
@@ -121,11 +122,34 @@ def plot_quality_distribution(result, *, bins: int = 20, ax=None):
     return ax
 
 
+def decision_threshold(result) -> float:
+    """The quality at which the fit's filter decides (for display): ``t`` of ``prob:t`` / ``credible:t``,
+    the lowest kept quality under ``fdr``, 0.5 under ``none`` or when unknown."""
+    src = as_source(result)
+    rule = str((src.summary.get("filter") or {}).get("rule", "")).strip().lower()
+    kind, _, value = rule.partition(":")
+    if kind in ("prob", "credible"):
+        try:
+            return float(value)
+        except ValueError:
+            return 0.5
+    if kind == "fdr" and "kept" in src.users:
+        kept = _bool(src.users["kept"])
+        quality = pd.to_numeric(src.users["quality"], errors="coerce").to_numpy(float)
+        if kept.any():
+            return float(np.nanmin(quality[kept]))
+    return 0.5
+
+
 def plot_quality_caterpillar(result, *, max_users: int = 60, ax=None):
     """Per-user quality sorted, with credible intervals when the engine gives them.
 
-    With more than ``max_users`` users, the ``max_users // 2`` best and worst
-    are shown, separated by a dotted line. One point per shown user.
+    With more than ``max_users`` users, the ``max_users`` users the decision is
+    least sure about are shown: those whose quality lies nearest the filter's
+    threshold (:func:`decision_threshold`, drawn as a dashed line), users whose
+    interval straddles it first. (The best and worst users sit at 0 or 1 with
+    no visible interval; they say nothing about the decision.) One point per
+    shown user.
     """
     src = as_source(result)
     users = _active_users(src)
@@ -133,17 +157,23 @@ def plot_quality_caterpillar(result, *, max_users: int = 60, ax=None):
     ax = _axes(ax, figsize=(6.0, max(3.0, 0.12 * n_show + 1.0)))
     if users.empty:
         return _empty(ax, "no user has a label in the likelihood")
-    order = users.sort_values("quality", ascending=False, kind="mergesort")
-    truncated = len(order) > max_users
+    threshold = decision_threshold(src)
+    truncated = len(users) > max_users
+    quality_all = pd.to_numeric(users["quality"], errors="coerce").to_numpy(float)
     if truncated:
-        half = max_users // 2
-        order = pd.concat([order.head(half), order.tail(max_users - half)])
+        distance = np.abs(quality_all - threshold)
+        if "quality_low" in users and "quality_high" in users:
+            lo_all = pd.to_numeric(users["quality_low"], errors="coerce").to_numpy(float)
+            hi_all = pd.to_numeric(users["quality_high"], errors="coerce").to_numpy(float)
+            straddles = (lo_all <= threshold) & (threshold <= hi_all)
+            distance = np.where(straddles, -1.0 + distance, distance)  # straddling users first
+        pick = np.argsort(distance, kind="mergesort")[:max_users]
+        users = users.iloc[np.sort(pick)]
+    order = users.sort_values("quality", ascending=False, kind="mergesort")
     q = order["quality"].to_numpy(dtype=float)
     low = pd.to_numeric(order.get("quality_low"), errors="coerce") if "quality_low" in order else None
     high = pd.to_numeric(order.get("quality_high"), errors="coerce") if "quality_high" in order else None
     y = np.arange(len(order))[::-1].astype(float)
-    if truncated:
-        y[max_users // 2 :] -= 1.0  # leave a gap row between top and bottom
     kept = _bool(order["kept"]) if "kept" in order else np.ones(len(order), bool)
     colors = np.where(kept, KEPT_COLOR, DROPPED_COLOR)
     if low is not None and high is not None and np.isfinite(low.to_numpy(float)).any():
@@ -154,14 +184,13 @@ def plot_quality_caterpillar(result, *, max_users: int = 60, ax=None):
     else:
         ax.set_title("User quality (point estimates)")
     ax.scatter(q, y, c=colors, s=14, zorder=3)
+    ax.axvline(threshold, color=NEUTRAL_COLOR, linestyle="--", linewidth=1)
     if truncated:
-        gap = y[max_users // 2 - 1] - 1.0
-        ax.axhline(gap, color=NEUTRAL_COLOR, linestyle=":", linewidth=1)
-        ax.text(
-            0.5, gap, f"{len(users) - max_users} users not shown", ha="center", va="center",
-            fontsize=7, color=NEUTRAL_COLOR, backgroundcolor="white",
+        ax.set_title(
+            ax.get_title() + f": the {max_users} users nearest the threshold {threshold:.2g} "
+            f"({len(quality_all) - max_users} more not shown)",
+            fontsize=10,
         )
-        ax.set_title(ax.get_title() + f": top and bottom {max_users // 2}", fontsize=10)
     labels = order["user"].astype(str).to_numpy()
     fontsize = 7 if n_show <= 40 else 6
     ax.set_yticks(y)

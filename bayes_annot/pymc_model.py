@@ -32,7 +32,7 @@ from scipy.special import expit, log_expit, logit
 from scipy.stats import norm
 
 from .em import INFORMATIVE_TOL, EMProblem, _informative_users, fit_bradley_terry, pair_weights
-from .errors import FitWarning, InputError
+from .errors import FitWarning, InputError, user_stacklevel
 from .likelihood import (
     Priors,
     continuous_label_loglik,
@@ -806,7 +806,7 @@ def _fit_nuts(
     diagnostics = nuts_diagnostics(idata, diag_vars)
     messages = diagnostic_warnings(diagnostics)
     for message in messages:
-        warnings.warn(message, FitWarning, stacklevel=4)
+        warnings.warn(message, FitWarning, stacklevel=user_stacklevel())
     diagnostics["warnings"] = messages
     diagnostics["sampler"] = sampler
     converged = bool(

@@ -787,7 +787,7 @@ def select_tastes(
     chosen_bic = int(table.loc[table.bic.idxmin(), "n_tastes"])
     gain = totals[chosen] - totals[1]
     boundary = (
-        f" C = {max_tastes} is the largest C tried: more classes may fit better still (raise max_tastes)."
+        f" C = {max_tastes} is the largest C tried: more classes may fit better still (raise max_tastes, --max-tastes on the command line)."
         if chosen == max_tastes and max_tastes > 1 else ""
     )
     if chosen == 1:

@@ -41,7 +41,8 @@ def test_every_row_accounted_in_input_order(small_log):
     assert (rows["true_eta"].to_numpy() == small_log["true_eta"].to_numpy()).all()
     assert set(rows["reason"]) <= set(REASONS)
     assert rows.loc[small_log["winner"].astype(str).eq("tie").to_numpy(), "reason"].eq("tie").all()
-    assert (rows["kept"] == rows["reason"].eq("ok")).all()
+    # kept: reason ok, or no_verdict under the default policy no_verdict="keep"
+    assert (rows["kept"] == rows["reason"].isin(["ok", "no_verdict"])).all()
     counts = result.summary["counts"]
     assert counts["rows"] == len(small_log)
     assert counts["kept_rows"] == int(rows["kept"].sum())
@@ -51,7 +52,7 @@ def test_every_row_accounted_in_input_order(small_log):
     np.testing.assert_allclose(rows["weight"], quality.loc[rows["user"].astype(str)].to_numpy())
     # users' kept flag agrees with their rows
     kept_users = set(result.users.loc[result.users.kept, "user"])
-    usable = rows["reason"].isin(["ok", "user_low_quality"])
+    usable = rows["reason"].isin(["ok", "user_low_quality", "no_verdict"])
     assert (rows.loc[usable, "kept"] == rows.loc[usable, "user"].astype(str).isin(kept_users)).all()
 
 

@@ -60,7 +60,12 @@ def test_everyone_casual_gives_no_verdict(variant):
     assert any("uninformative" in str(w.message) for w in caught)
     assert result.users.uninformative.all()
     np.testing.assert_allclose(result.users.quality, 0.5)
-    assert not result.users.kept.any()
+    # no verdict on anybody: every usable row says so, and the no_verdict policy decides (default keep)
+    usable = result.rows["reason"].astype(str).isin(["ok", "user_low_quality", "no_verdict"])
+    assert (result.rows.loc[usable, "reason"] == "no_verdict").all()
+    assert result.users.kept.all()
+    assert any("400 of 400 users" in w and "no verdict" in w for w in result.summary["warnings"])
+    assert not result.filter("fdr:0.1", no_verdict="drop").users.kept.any()
 
 
 def test_everyone_attentive():

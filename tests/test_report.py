@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from bayes_annot import plotting  # noqa: E402
 from bayes_annot.metrics import reliability_table  # noqa: E402
 from bayes_annot.report import SECTIONS, as_source, build_report, build_report_from_dir, render_report  # noqa: E402
+from bayes_annot.report.source import ResultSource  # noqa: E402
 from bayes_annot.report.builder import plain_warnings  # noqa: E402
 
 HEADINGS = [
@@ -223,9 +224,11 @@ def test_plot_functions_draw_one_mark_per_item(em_fit, log):
     ax = plotting.plot_quality_caterpillar(em_fit, max_users=20)
     pts = ax.collections[-1].get_offsets()
     assert len(pts) == 20
-    shown_q = np.asarray(pts)[:, 0]
-    q_sorted = np.sort(users.quality[users.n_labels > 0].to_numpy())[::-1]
-    assert np.allclose(shown_q[:10], q_sorted[:10]) and np.allclose(shown_q[10:], q_sorted[-10:])
+    # the users the decision is least sure about: the 20 nearest the filter's threshold, not the extremes
+    shown_q = np.sort(np.asarray(pts)[:, 0])
+    active_q = users.quality[users.n_labels > 0].to_numpy()
+    nearest = np.sort(active_q[np.argsort(np.abs(active_q - 0.5), kind="mergesort")[:20]])
+    assert np.allclose(shown_q, nearest)
 
     ax = plotting.plot_strengths(em_fit)
     pts = np.asarray(ax.collections[-1].get_offsets())
@@ -295,7 +298,7 @@ def test_report_explains_taste_choice_and_flags_a_taste_group(tmp_path):
     from bayes_annot.tastes import simulate_tastes
 
     log = simulate_tastes(n_users=300, n_models=6, casual_share=0.3, minority_share=0.2, seed=2)
-    one = ba.fit(log)
+    one = ba.fit(log, taste_check=True)  # the report shows the verdict the fit stored; it runs no test itself
     html = one.report(tmp_path / "one.html").read_text()
     section = html[html.index('<section id="tastes">'):]
     section = section[: section.index("</section>")]
@@ -306,3 +309,25 @@ def test_report_explains_taste_choice_and_flags_a_taste_group(tmp_path):
     section = html[html.index('<section id="tastes">'):]
     section = section[: section.index("</section>")]
     assert "C = 2" in section and "data:image/png;base64" in section and "strength_taste_2" in section
+
+
+def test_caterpillar_shows_the_unsure_users_with_their_intervals():
+    """Under NUTS the best and worst users sit at 0 / 1 with no visible interval; the plot shows the
+    users around the threshold instead, and their intervals are drawn (issue 17, item 8b)."""
+    users = pd.DataFrame({
+        "user": [f"u{i}" for i in range(200)],
+        "n_labels": 5,
+        "quality": np.r_[np.full(90, 0.999), np.linspace(0.3, 0.7, 20), np.full(90, 0.001)],
+    })
+    users["quality_low"] = np.clip(users["quality"] - 0.2, 0, 1)
+    users["quality_high"] = np.clip(users["quality"] + 0.2, 0, 1)
+    users["kept"] = users["quality"] >= 0.5
+    source = ResultSource(users=users, models=pd.DataFrame({"model": ["a", "b"], "strength": [0.5, -0.5]}),
+                          rows=None, summary={"model": "two-class", "filter": {"rule": "prob:0.5"}})
+    ax = plotting.plot_quality_caterpillar(source, max_users=20)
+    shown = np.asarray(ax.collections[-1].get_offsets())[:, 0]
+    assert len(shown) == 20 and np.all((shown > 0.25) & (shown < 0.75))
+    segments = ax.collections[0].get_segments()
+    widths = [seg[1][0] - seg[0][0] for seg in segments]
+    assert len(segments) == 20 and min(widths) > 0.3
+    assert any(abs(line.get_xdata()[0] - 0.5) < 1e-12 for line in ax.lines)  # the threshold is drawn

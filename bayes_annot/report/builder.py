@@ -44,6 +44,8 @@ REASON_MEANING = {
     "tie": "the user declared a tie; not in the likelihood",
     "same_model": "both responses came from the same model; carries no information",
     "user_low_quality": "in the likelihood, but its user did not pass the filter",
+    "no_verdict": "in the likelihood, but its labels cannot decide for or against its user "
+    "(kept or dropped by the no_verdict policy)",
 }
 
 
@@ -183,7 +185,7 @@ def plain_warnings(src: ResultSource, few_labels: int = 5) -> tuple[list[str], l
         few = int(((n > 0) & (n < few_labels)).sum())
         active = int((n > 0).sum())
         if few:
-            out.append(
+            notes.append(
                 f"{few} of {active} users ({few / max(active, 1):.0%}) have fewer than {few_labels} labels in the "
                 "likelihood: too few to judge. Their quality stays close to the population average and "
                 "keeping or dropping them is largely a guess."
@@ -195,7 +197,7 @@ def plain_warnings(src: ResultSource, few_labels: int = 5) -> tuple[list[str], l
                 "no verdict is made on them."
             )
     kept_users = counts.get("kept_users", s.get("filter", {}).get("kept_users"))
-    if kept_users == 0 and counts.get("users"):
+    if kept_users == 0 and counts.get("users") and "no user passed" not in joined:
         out.append("No user passed the filter: the filtered data set is empty. Loosen the rule or check the fit.")
     if counts.get("models", 0) and counts.get("rows_in_likelihood", 0) == 0 and "no row enters" not in joined:
         out.append("No row enters the likelihood (all ties or same-model pairs): nothing can be estimated.")
@@ -363,22 +365,6 @@ RULE_TEXT = {
 }
 
 
-def _taste_check_for_one_ranking(src: ResultSource):
-    """Run the casual-group test on a one-ranking fit (small logs only: it refits on simulations)."""
-    data = src.data
-    if data is None or src.summary.get("model") != "two-class" or "tastes" in src.summary:
-        return None
-    if src.summary.get("counts", {}).get("rows_in_likelihood", 0) > 200_000:
-        return None
-    from ..fit import _casual_test_summary, build_problem
-    from ..tastes import casual_group_test
-
-    problem, _ = build_problem(data, use_p_a=False)
-    if not problem.learned:
-        return None
-    return _casual_test_summary(casual_group_test(problem, n_sim=99, seed=0))
-
-
 def _tastes_section(src: ResultSource) -> str:
     s = src.summary
     body = ""
@@ -408,14 +394,16 @@ def _tastes_section(src: ResultSource) -> str:
         cols = [c for c in src.models.columns if c.startswith("strength_taste_")]
         if cols:
             body += table(src.models[["model", *cols]])
-    check = s.get("taste_diagnostic") or _taste_check_for_one_ranking(src)
+    # the verdict the fit stored (fit(taste_check=True) / --taste-check, or tastes='auto'): never recomputed here
+    check = s.get("taste_diagnostic")
     if check:
         text = check["message"]
         body += box(text, "warn" if check["verdict"] == "taste group" else "note")
     if not body:
         body = p(
-            "One ranking is assumed for all attentive users. Fit with --tastes auto (tastes='auto') to check whether "
-            "users flagged casual follow a coherent alternative ranking instead of clicking at random.",
+            "One ranking is assumed for all attentive users, and the casual-group test was not run. Fit with "
+            "--taste-check (taste_check=True) to test whether the users flagged casual follow a coherent alternative "
+            "ranking instead of clicking at random, or with --tastes auto to also choose a number of taste classes.",
             "muted",
         )
     return body
