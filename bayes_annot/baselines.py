@@ -270,7 +270,7 @@ def arena_outlier(
         raise InputError("min_votes and max_votes must be at least 1")
     prepared = load_prepared(data, user, model_a, model_b, winner)
     n_users, k = prepared.n_users, prepared.n_models
-    vote_rows = np.flatnonzero(prepared.reason_code != 2)  # usable labels and ties, input order
+    vote_rows = np.flatnonzero(prepared.reason_code <= 1)  # usable labels and ties, input order
     u = prepared.user[vote_rows].astype(np.int64)
     a = prepared.model_a[vote_rows].astype(np.int64)
     b = prepared.model_b[vote_rows].astype(np.int64)

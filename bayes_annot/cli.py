@@ -17,6 +17,8 @@ from pathlib import Path
 from .errors import InputError
 from .outdir import apply_umask
 
+_REAL_DATASETS = ("cemschoice", "topmodel2007", "germanparties2009")  # bayes_annot.datasets.REAL_DATASETS (not imported at start-up)
+
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 1
 
@@ -44,6 +46,24 @@ def _tastes_spec(text: str):
     return value
 
 
+class _DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Help that ends every option with ``(default: X)``, unless the default is None/False or the help already says it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text
+            or default is None
+            or default is False
+            or default is argparse.SUPPRESS
+            or not action.option_strings
+            or isinstance(action, argparse._HelpAction)
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bayes-annot",
@@ -53,24 +73,40 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    fit = sub.add_parser("fit", help="fit the behaviour model to a log and write users/models/rows/summary")
-    fit.add_argument(
-        "input", help="comparison log: .csv, .parquet, .json (Arena battles) or .jsonl; a folder or glob of parquet files is fitted with Dask"
+    fit = sub.add_parser(
+        "fit", help="fit the behaviour model to a log and write users/models/rows/summary",
+        formatter_class=_DefaultsHelpFormatter,
     )
+    fit.add_argument(
+        "input", nargs="?", default=None,
+        help="comparison log: .csv, .parquet, .json (Arena battles) or .jsonl; a folder or glob of parquet files is "
+        "fitted with Dask (or give --dataset instead)",
+    )
+    fit.add_argument("--dataset", default=None, choices=list(_REAL_DATASETS),
+                     help="fit an embedded real data set instead of INPUT (see bayes_annot.datasets)")
     fit.add_argument("--out", required=True,
                      help="output folder: created, or replaced all at once when empty or holding bayes_annot results only")
     cols = fit.add_argument_group("columns")
-    cols.add_argument("--user", default=None, help="user column (default: 'user', else 'judge')")
+    cols.add_argument("--user", default=None,
+                      help="user column (default: the first of 'user', 'judge', 'worker', 'annotator' present)")
     cols.add_argument("--model-a", default="model_a", help="column of the model shown first")
     cols.add_argument("--model-b", default="model_b", help="column of the model shown second")
     cols.add_argument("--winner", default="winner", help="winner column (model_a/model_b/tie/tie (bothbad)/a/b/left/right)")
+    cols.add_argument("--winner-values", default=None, metavar="VALUE=MEANING,...",
+                      help="further winner values, e.g. 'A=model_a,B=model_b,Same=tie' (meanings: model_a, model_b, tie)")
+    cols.add_argument("--on-bad-row", default="error", choices=["error", "drop"],
+                      help="a row with a missing/unknown winner or an invalid p_a: stop (error), or keep it out of the "
+                      "fit with reason invalid_winner / invalid_p_a in rows.csv and a warning (drop)")
     cols.add_argument("--p-a", default=None, help="column of known attentive P(model_a chosen) (default: 'p_a' if present)")
     cols.add_argument("--no-p-a", action="store_true", help="ignore a p_a column and learn strengths")
+    cols.add_argument("--prompt", default="prompt", help="prompt text column (for --dpo)")
+    cols.add_argument("--response-a", default="response_a", help="column of model_a's response text (for --dpo)")
+    cols.add_argument("--response-b", default="response_b", help="column of model_b's response text (for --dpo)")
     model = fit.add_argument_group("model")
     model.add_argument("--model", default="two-class", choices=["two-class", "continuous"], help="behaviour model variant")
     model.add_argument("--mu", type=float, default=None, help="known P(attentive user prefers --strong-model)")
     model.add_argument("--strong-model", default=None, help="the stronger model for --mu")
-    model.add_argument("--q", type=float, default=None, help="fix the casual position bias (0.5 = fair coin)")
+    model.add_argument("--q", type=float, default=None, help="fix the casual position bias (0.5 = fair coin; default: estimated)")
     model.add_argument(
         "--tastes", type=_tastes_spec, default=1,
         help="taste classes: N rankings attentive users may follow, or 'auto' (chooses 1..--max-tastes; two-class EM only)",
@@ -83,13 +119,13 @@ def _build_parser() -> argparse.ArgumentParser:
     engine = fit.add_argument_group("engine")
     engine.add_argument("--method", default="em", choices=["em", "map", "nuts"], help="inference engine")
     engine.add_argument("--sampler", default="pymc", choices=["pymc", "nutpie"], help="NUTS implementation")
-    engine.add_argument("--draws", type=int, default=1000)
-    engine.add_argument("--tune", type=int, default=1000)
-    engine.add_argument("--chains", type=int, default=2)
+    engine.add_argument("--draws", type=int, default=1000, help="NUTS draws per chain")
+    engine.add_argument("--tune", type=int, default=1000, help="NUTS tuning steps per chain")
+    engine.add_argument("--chains", type=int, default=2, help="NUTS chains")
     engine.add_argument("--max-iter", type=int, default=1000, help="EM iteration cap")
     engine.add_argument("--tol", type=float, default=1e-9, help="EM relative tolerance")
-    engine.add_argument("--seed", type=int, default=0)
-    fit.add_argument("--filter", default="prob:0.5", help="prob:T, fdr:ALPHA, credible:T or none (default prob:0.5)")
+    engine.add_argument("--seed", type=int, default=0, help="random seed")
+    fit.add_argument("--filter", default="prob:0.5", help="prob:T, fdr:ALPHA, credible:T or none")
     fit.add_argument("--no-verdict", default="keep", choices=["keep", "drop"],
                      help="users the filter has no verdict on (uninformative pairs only, or kept whatever they "
                      "clicked): keep (default) or drop them; their rows have reason no_verdict, a warning counts them")
@@ -99,17 +135,17 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="INPUT holds only new rows: refit DIR's rows (rows.csv) plus INPUT, warm-started from DIR, "
                      "with DIR's settings (options given here override them; column options name INPUT's columns)")
     fit.add_argument("--on-duplicate", default=None, choices=["skip", "error", "keep"],
-                     help="with --update: new rows already in DIR's rows are skipped with a warning (default), "
+                     help="with --update: new rows already in DIR's rows are skipped with a warning (default: skip), "
                      "refused (exit 2, nothing written) or appended again")
     fit.add_argument("--row-id", default=None, metavar="COL[,COL...]",
                      help="with --update: column(s) identifying a row, to find rows already in DIR "
-                     "(default question_id,tstamp when present, else the whole row); ids win over content")
+                     "(default: question_id,tstamp when present, else the whole row); ids win over content")
     fit.add_argument("--record-paths", action="store_true",
                      help="record the input's absolute path in summary.json and the report (default: file name and SHA-256)")
     fit.add_argument("--report", action="store_true", help="also write DIR/report.html (diagnostics report)")
     fit.add_argument("--dpo", default=None, help="also export kept labels for DPO training (.jsonl or .parquet)")
     fit.add_argument("--format", default=None, choices=["csv", "parquet"],
-                     help="file format of the users/models/rows tables (default csv; with --update, DIR's format); "
+                     help="file format of the users/models/rows tables (default: csv; with --update, DIR's format); "
                      "both read back equal")
     fit.add_argument("--safe-csv", action="store_true",
                      help="prefix ' to text cells starting with = + - @ (spreadsheet formula injection); load() undoes it")
@@ -226,6 +262,12 @@ def _update_overrides(args) -> tuple[dict, dict]:
                 for key in ("model", "filter", "mu", "strong_model", "q", "tol", "max_iter", "no_verdict") if key in given}
     if "no_p_a" in given:
         settings["use_p_a"] = False
+    if "winner_values" in given:
+        from .data import parse_winner_values
+
+        settings["winner_values"] = parse_winner_values(args.winner_values)
+    if "on_bad_row" in given:
+        settings["on_bad_row"] = args.on_bad_row
     columns = {role: getattr(args, role) for role in ("user", "model_a", "model_b", "winner", "p_a") if role in given}
     return settings, columns
 
@@ -267,6 +309,19 @@ def _cmd_fit(args) -> int:
             raise InputError("--update refits by EM with one ranking: drop --method/--tastes")
     elif args.on_duplicate is not None or args.row_id is not None:
         raise InputError("--on-duplicate and --row-id apply to --update (rows already in DIR)")
+    if (args.input is None) == (args.dataset is None):
+        raise InputError("give an input file (INPUT) or --dataset NAME, not both" if args.input else
+                         "give an input file (INPUT) or --dataset NAME (one of " + ", ".join(_REAL_DATASETS) + ")")
+    if args.dataset is not None:
+        from .datasets import real_data_path
+
+        args.input = str(real_data_path(args.dataset))
+    winner_values = None
+    if args.winner_values is not None:
+        from .data import parse_winner_values
+
+        winner_values = parse_winner_values(args.winner_values)
+    dpo_columns = {"prompt": args.prompt, "response_a": args.response_a, "response_b": args.response_b}
     # every output-path problem is found before any fitting
     inputs = _input_paths(args.input)
     target = check_target(args.out, inputs)
@@ -312,11 +367,13 @@ def _cmd_fit(args) -> int:
                 seed=args.seed,
                 start=args.warm_start,
                 record_paths=args.record_paths,
+                winner_values=winner_values,
+                on_bad_row=args.on_bad_row,
             )
         fmt = args.format or _saved_format(args.update)
         result.summary.setdefault("settings", {})["format"] = fmt
         result.save(target, report=args.report, dpo=args.dpo, format=fmt, safe_csv=args.safe_csv,
-                    inputs=inputs, on_wait=_waiting(args))
+                    inputs=inputs, on_wait=_waiting(args), dpo_columns=dpo_columns)
     if not args.quiet:
         _print_summary(result, Path(args.out))
         if args.report:

@@ -59,7 +59,7 @@ from .block_em import (
     make_block,
     run_em,
 )
-from .data import ColumnMap, _encode_p_a, _encode_winner, _factorize, _resolve_columns, _uniques_as_text
+from .data import REASONS, ColumnMap, _encode_p_a, _encode_winner, _factorize, _resolve_columns, _uniques_as_text
 from .em import INFORMATIVE_TOL, EMResult
 from .errors import InputError
 from .likelihood import Priors
@@ -67,7 +67,7 @@ from .tables import input_renames
 
 __all__ = ["DaskFit", "fit_dask", "to_rows", "DaskRunner"]
 
-REASON_CATEGORIES = ["ok", "tie", "same_model", "user_low_quality", "no_verdict"]  # as FitResult.rows
+REASON_CATEGORIES = list(REASONS)  # as FitResult.rows
 
 
 class DaskRunner:

@@ -160,7 +160,7 @@ class DaskFitResult:
         return build_report(self, path, **options)
 
     def save(self, directory, *, report: bool = False, dpo=None, format: str = "csv", safe_csv: bool = False,
-             inputs=(), on_wait=None) -> Path:
+             inputs=(), on_wait=None, dpo_columns: dict | None = None) -> Path:
         """Write the result folder as :meth:`bayes_annot.fit.FitResult.save` does, all or nothing.
 
         The rows are streamed from the workers one partition at a time into
@@ -179,7 +179,7 @@ class DaskFitResult:
             if report:
                 self.report(out.path("report.html"))
             if dpo is not None:
-                out.extra_file(dpo, lambda path: self.to_dpo(path))
+                out.extra_file(dpo, lambda path: self.to_dpo(path, **(dpo_columns or {})))
         return out.target
 
     def __repr__(self) -> str:

@@ -58,7 +58,7 @@ WINNER_VALUES: dict[str, str] = {
     "tie(bothbad)": "tie",
 }
 
-#: Every reason a row of ``rows.csv`` can carry.
+#: Every reason a row of ``rows.csv`` can carry, in code order (``FitResult.rows["reason"]`` categories).
 REASONS: dict[str, str] = {
     "ok": "kept: enters the likelihood and its user passed the filter",
     "tie": "the user declared a tie; not in the likelihood",
@@ -66,6 +66,28 @@ REASONS: dict[str, str] = {
     "user_low_quality": "its user did not pass the filter",
     "no_verdict": "in the likelihood, but its labels cannot decide whether its user passes the filter "
     "(kept or dropped by the no_verdict policy; see bayes_annot.decide)",
+    "invalid_winner": "dropped (on_bad_row='drop'): the winner value is missing or not a known value",
+    "invalid_p_a": "dropped (on_bad_row='drop'): p_a is missing, not a number or outside [0, 1]",
+}
+
+#: Reasons of rows dropped as invalid (``on_bad_row="drop"``), by ``PreparedData.reason_code``.
+DROP_REASONS: dict[int, str] = {5: "invalid_winner", 6: "invalid_p_a"}  # codes index list(REASONS)
+
+#: What ``on_bad_row`` accepts: stop at the first invalid row, or drop invalid rows with a reason.
+ON_BAD_ROW = ("error", "drop")
+
+#: The command-line flag that names the column of each role.
+ROLE_FLAGS: dict[str, str] = {
+    "user": "--user", "model_a": "--model-a", "model_b": "--model-b", "winner": "--winner", "p_a": "--p-a",
+}
+
+#: Parts of column names that suggest a role (for "closest" hints of a missing column).
+ROLE_SYNONYMS: dict[str, tuple[str, ...]] = {
+    "user": ("annotator", "rater", "worker", "judge", "user", "labeler", "labeller"),
+    "model_a": ("left", "first", "model_1", "model1", "modela"),
+    "model_b": ("right", "second", "model_2", "model2", "modelb"),
+    "winner": ("choice", "preference", "label", "vote", "winner", "chosen", "pick"),
+    "p_a": ("p_a", "prob", "mu"),
 }
 
 P_A_CLIP = 1e-6
@@ -76,9 +98,12 @@ _USER_ALIASES = ("user", "judge", "worker", "annotator")
 class ColumnMap:
     """Names of the input columns that play each role.
 
-    ``user=None`` means: use ``user``, else Arena's ``judge`` (then ``worker``,
-    ``annotator``). ``p_a=None`` means: use a column called ``p_a`` if present;
-    ``p_a=False``: no known-probability column at all.
+    ``user=None`` means: the first of ``user``, ``judge``, ``worker``,
+    ``annotator`` present (Arena's battles name the user ``judge``). ``p_a=None`` means: use a column called ``p_a`` if present;
+    ``p_a=False``: no known-probability column at all. ``winner_values`` maps
+    further ``winner`` values onto ``model_a``, ``model_b`` or ``tie`` (e.g.
+    ``{"left": "model_a", "right": "model_b", "same": "tie"}``); they are
+    matched like the built-in values (case and surrounding whitespace ignored).
     """
 
     user: str | None = None
@@ -86,6 +111,7 @@ class ColumnMap:
     model_b: str = "model_b"
     winner: str = "winner"
     p_a: str | bool | None = None
+    winner_values: dict | None = None
 
 
 @dataclass
@@ -107,8 +133,10 @@ class PreparedData:
     p_a : numpy.ndarray of float or None
         Known attentive probability of picking ``model_a`` per row.
     reason_code : numpy.ndarray of int8
-        0 for usable rows, 1 for a tie, 2 for a same-model pair
-        (:attr:`reason` gives the text).
+        0 for usable rows, 1 for a tie, 2 for a same-model pair, 4 for an
+        invalid winner and 5 for an invalid ``p_a`` (rows dropped with
+        ``on_bad_row="drop"``; 3 is ``user_low_quality``, decided by the fit);
+        :attr:`reason` gives the text.
     """
 
     frame: pd.DataFrame
@@ -124,7 +152,7 @@ class PreparedData:
     notes: list[str] = field(default_factory=list)
 
     #: Text of each ``reason_code``.
-    REASON_TEXT = ("", "tie", "same_model")
+    REASON_TEXT = ("", "tie", "same_model", "user_low_quality", "invalid_winner", "invalid_p_a")
 
     def __post_init__(self):
         self._usable = self.reason_code == 0
@@ -156,7 +184,7 @@ class PreparedData:
 
     @property
     def reason(self) -> np.ndarray:
-        """``""`` for usable rows, else ``"tie"`` / ``"same_model"`` (object array)."""
+        """``""`` for usable rows, else ``"tie"`` / ``"same_model"`` / ``"invalid_..."`` (object array)."""
         return np.array(self.REASON_TEXT, dtype=object)[self.reason_code]
 
     @property
@@ -182,11 +210,15 @@ class PreparedData:
         return self._usable
 
     def counts(self) -> dict[str, int]:
-        """Row, tie, same-model, user and model counts (the ``counts`` of ``summary.json``)."""
+        """Row, tie, same-model, user and model counts (the ``counts`` of ``summary.json``).
+
+        With rows dropped as invalid (``on_bad_row="drop"``) also
+        ``dropped_rows`` and one count per reason (``invalid_winner``, ...).
+        """
         if "_reason_counts" not in self.__dict__:
-            self._reason_counts = np.bincount(self.reason_code, minlength=3)  # the arrays never change
+            self._reason_counts = np.bincount(self.reason_code, minlength=len(REASONS))  # the arrays never change
         by_reason = self._reason_counts
-        return {
+        out = {
             "rows": self.n_rows,
             "rows_in_likelihood": int(by_reason[0]),
             "ties": int(by_reason[1]),
@@ -194,6 +226,11 @@ class PreparedData:
             "users": self.n_users,
             "models": self.n_models,
         }
+        dropped = {name: int(by_reason[code]) for code, name in DROP_REASONS.items() if by_reason[code]}
+        if dropped:
+            out["dropped_rows"] = sum(dropped.values())
+            out.update(dropped)
+        return out
 
 
 # --------------------------------------------------------------------------- reading
@@ -379,7 +416,20 @@ def _utf8_error(path: Path) -> str | None:
 # --------------------------------------------------------------------------- encoding
 
 
+def _closest_column(role: str, wanted: str, candidates: list) -> str | None:
+    """The present column most like the one a role needs: a known synonym, else the closest spelling."""
+    import difflib
+
+    text = {c: str(c).lower() for c in candidates}
+    by_synonym = [c for c in candidates if any(word in text[c] for word in ROLE_SYNONYMS.get(role, ()))]
+    if by_synonym:  # several: the one spelled most like the wanted name
+        return max(by_synonym, key=lambda c: difflib.SequenceMatcher(None, text[c], str(wanted).lower()).ratio())
+    close = difflib.get_close_matches(str(wanted).lower(), list(text.values()), n=1, cutoff=0.6)
+    return next((c for c in candidates if text[c] == close[0]), None) if close else None
+
+
 def _resolve_columns(frame: pd.DataFrame, columns: ColumnMap) -> dict[str, str | None]:
+    """Role -> column name; every missing role is reported at once, with its flag and the closest present column."""
     present = list(frame.columns)
     resolved: dict[str, str | None] = {}
     if columns.user is not None:
@@ -389,18 +439,29 @@ def _resolve_columns(frame: pd.DataFrame, columns: ColumnMap) -> dict[str, str |
     resolved["model_a"] = columns.model_a
     resolved["model_b"] = columns.model_b
     resolved["winner"] = columns.winner
-    for role in ("user", "model_a", "model_b", "winner"):
-        name = resolved[role]
-        if name not in present:
-            hint = " (also looked for 'judge', 'worker', 'annotator')" if role == "user" and columns.user is None else ""
-            raise InputError(
-                f"missing required column '{name}' for {role}{hint}; columns present: {', '.join(map(str, present)) or 'none'}"
-            )
+    missing = [role for role in ("user", "model_a", "model_b", "winner") if resolved[role] not in present]
+    if columns.p_a not in (None, False) and columns.p_a not in present:
+        missing.append("p_a")
+        resolved["p_a"] = columns.p_a
+    if missing:
+        taken = {resolved[r] for r in resolved if r not in missing}
+        free = [c for c in present if c not in taken]
+        parts = []
+        for role in missing:
+            name = resolved[role]
+            if role == "user" and columns.user is None:
+                looked = "no column " + "/".join(f"'{c}'" for c in _USER_ALIASES)
+            else:
+                looked = f"no column '{name}'"
+            closest = _closest_column(role, name, free)
+            hint = f"; closest: '{closest}'" if closest is not None else ""
+            parts.append(f"{role} ({looked}; map with {ROLE_FLAGS[role]} COL{hint})")
+        raise InputError(
+            f"missing columns: {', '.join(parts)}; columns present: {', '.join(map(str, present)) or 'none'}"
+        )
     if columns.p_a is False:  # explicitly no p_a column (a column named p_a is then ordinary data)
         resolved["p_a"] = None
     elif columns.p_a is not None:
-        if columns.p_a not in present:
-            raise InputError(f"missing column '{columns.p_a}' given for p_a; columns present: {', '.join(map(str, present))}")
         resolved["p_a"] = columns.p_a
     else:
         resolved["p_a"] = "p_a" if "p_a" in present else None
@@ -496,40 +557,95 @@ def _encode_ids(series_list: list[pd.Series], names: list[str]) -> tuple[list[np
     return encoded, vocabulary
 
 
-def _encode_winner(series: pd.Series, name: str) -> np.ndarray:
+def _normalise_winner(value) -> str:
+    return " ".join(_as_text(value).lower().split())
+
+
+def winner_table(winner_values: dict | None = None) -> dict[str, str]:
+    """Normalised winner value -> ``a`` / ``b`` / ``tie``: the built-in values plus ``winner_values``.
+
+    ``winner_values`` maps input values onto ``model_a``, ``model_b`` or
+    ``tie`` (any built-in value is accepted as a target).
+
+    Raises
+    ------
+    InputError
+        A target that is not a known winner value.
+    """
+    table = dict(WINNER_VALUES)
+    for value, target in (winner_values or {}).items():
+        meaning = WINNER_VALUES.get(_normalise_winner(target))
+        if meaning is None:
+            raise InputError(
+                f"winner value '{value}' is mapped to '{target}'; expected model_a, model_b or tie"
+            )
+        table[_normalise_winner(value)] = meaning
+    return table
+
+
+def parse_winner_values(text: str) -> dict[str, str]:
+    """``"A=model_a,B=model_b,Tie=tie"`` -> ``{"A": "model_a", "B": "model_b", "Tie": "tie"}`` (the CLI's ``--winner-values``)."""
+    out = {}
+    for item in str(text).split(","):
+        if not item.strip():
+            continue
+        value, sep, target = item.partition("=")
+        if not sep or not value.strip():
+            raise InputError(f"--winner-values expects VALUE=model_a|model_b|tie pairs separated by commas, got '{item.strip()}'")
+        out[value.strip()] = target.strip()
+    winner_table(out)  # the targets are checked here, before any input is read
+    return out
+
+
+def _encode_winner(series: pd.Series, name: str, winner_values: dict | None = None, on_bad_row: str = "error") -> np.ndarray:
+    """1 (model_a), 0 (model_b) or -1 (tie) per row; with ``on_bad_row="drop"``, -2 for a missing or unknown value."""
+    table = winner_table(winner_values)
     codes, uniques = _factorize(series, name)
-    if (codes < 0).any():
+    drop = on_bad_row == "drop"
+    if (codes < 0).any() and not drop:
         row = int(np.flatnonzero(codes < 0)[0])
-        raise InputError(f"column '{name}' has a missing value at input row {row + 1}")
-    normalised = [" ".join(_as_text(u).lower().split()) for u in uniques]
-    unknown = [(str(u), i) for i, (u, n) in enumerate(zip(uniques, normalised)) if n not in WINNER_VALUES]
-    if unknown:
+        raise InputError(
+            f"column '{name}' has a missing value at input row {row + 1} (drop such rows with --on-bad-row drop)"
+        )
+    normalised = [_normalise_winner(u) for u in uniques]
+    unknown = [(str(u), i) for i, (u, n) in enumerate(zip(uniques, normalised)) if n not in table]
+    if unknown and not drop:
         first_rows = [int(np.flatnonzero(codes == i)[0]) + 1 for _, i in unknown]
         listed = ", ".join(f"'{v}'" for v, _ in unknown[:10])
         more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+        extra = sorted({v for v in (winner_values or {})})
+        accepted = "model_a, model_b, tie, tie (bothbad), a, b, left or right" + (
+            f" (and {', '.join(repr(v) for v in extra)})" if extra else ""
+        )
         raise InputError(
             f"column '{name}' has unknown value(s) {listed}{more} (first at input row {min(first_rows)}); "
-            "expected model_a, model_b, tie, tie (bothbad), a, b, left or right"
+            f"expected {accepted}; map them with --winner-values 'VALUE=model_a,...' or drop such rows with --on-bad-row drop"
         )
     value_of = {"a": 1, "b": 0, "tie": -1}
-    table = np.array([value_of[WINNER_VALUES[n]] for n in normalised], dtype=np.int8)
-    return table[codes]
+    mapped = np.array([value_of[table[n]] if n in table else -2 for n in normalised] + [-2], dtype=np.int8)
+    return mapped[codes]  # code -1 (missing) picks the trailing -2
 
 
-def _encode_p_a(series: pd.Series, name: str, needed: np.ndarray) -> np.ndarray:
+def _encode_p_a(series: pd.Series, name: str, needed: np.ndarray, on_bad_row: str = "error"):
+    """Known attentive probabilities (clipped); with ``on_bad_row="drop"`` also the mask of invalid needed rows."""
     values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
     non_numeric = np.isnan(values) & ~series.isna().to_numpy() & needed
-    if non_numeric.any():
-        row = int(np.flatnonzero(non_numeric)[0])
-        raise InputError(f"column '{name}' has a non-numeric value '{series.iloc[row]}' at input row {row + 1}")
     missing = np.isnan(values) & needed
-    if missing.any():
-        row = int(np.flatnonzero(missing)[0])
-        raise InputError(f"column '{name}' has a missing value at input row {row + 1}")
     outside = ((values < 0) | (values > 1)) & needed
-    if outside.any():
-        row = int(np.flatnonzero(outside)[0])
-        raise InputError(f"column '{name}' value {values[row]:g} at input row {row + 1} is outside [0, 1]")
+    if on_bad_row == "drop":
+        invalid = missing | outside
+        needed = needed & ~invalid
+    else:
+        invalid = None
+        if non_numeric.any():
+            row = int(np.flatnonzero(non_numeric)[0])
+            raise InputError(f"column '{name}' has a non-numeric value '{series.iloc[row]}' at input row {row + 1}")
+        if missing.any():
+            row = int(np.flatnonzero(missing)[0])
+            raise InputError(f"column '{name}' has a missing value at input row {row + 1}")
+        if outside.any():
+            row = int(np.flatnonzero(outside)[0])
+            raise InputError(f"column '{name}' value {values[row]:g} at input row {row + 1} is outside [0, 1]")
     edge = ((values <= 0) | (values >= 1)) & needed
     if edge.any():
         warnings.warn(
@@ -538,10 +654,25 @@ def _encode_p_a(series: pd.Series, name: str, needed: np.ndarray) -> np.ndarray:
             UserWarning,
             stacklevel=3,
         )
-    return np.clip(np.where(np.isnan(values), 0.5, values), P_A_CLIP, 1 - P_A_CLIP)
+    clipped = np.clip(np.where(np.isnan(values) | (invalid if invalid is not None else False), 0.5, values),
+                      P_A_CLIP, 1 - P_A_CLIP)
+    return clipped if invalid is None else (clipped, invalid)
 
 
-def prepare(frame: pd.DataFrame, columns: ColumnMap | None = None) -> PreparedData:
+def dropped_rows_message(reason_code: np.ndarray) -> str | None:
+    """The warning for rows dropped as invalid: how many, per reason, and the first input row of each."""
+    parts = []
+    for code, name in DROP_REASONS.items():
+        hits = np.flatnonzero(reason_code == code)
+        if hits.size:
+            parts.append(f"{hits.size} {name} (first at input row {int(hits[0]) + 1})")
+    if not parts:
+        return None
+    total = int(np.isin(reason_code, list(DROP_REASONS)).sum())
+    return f"dropped {total} invalid row(s): {', '.join(parts)}; they stay in rows.csv with that reason"
+
+
+def prepare(frame: pd.DataFrame, columns: ColumnMap | None = None, on_bad_row: str = "error") -> PreparedData:
     """Validate and encode a comparison log.
 
     Parameters
@@ -549,7 +680,15 @@ def prepare(frame: pd.DataFrame, columns: ColumnMap | None = None) -> PreparedDa
     frame : pandas.DataFrame
         One row per annotation; extra columns are carried through untouched.
     columns : ColumnMap, optional
-        Which columns hold user, models, winner and (optionally) ``p_a``.
+        Which columns hold user, models, winner and (optionally) ``p_a``, and
+        extra ``winner_values``.
+    on_bad_row : {"error", "drop"}
+        ``"error"`` (default): a missing or unknown winner, or a missing,
+        non-numeric or out-of-range ``p_a``, raises :class:`InputError`.
+        ``"drop"``: such rows stay in the data with reason ``invalid_winner``
+        or ``invalid_p_a`` (not in the likelihood, counted in ``counts()``)
+        and a warning gives their number. Missing user or model ids always
+        raise.
 
     Returns
     -------
@@ -558,8 +697,9 @@ def prepare(frame: pd.DataFrame, columns: ColumnMap | None = None) -> PreparedDa
     Raises
     ------
     InputError
-        Empty input, a missing required column, missing ids, unknown winner
-        values (all listed), or a ``p_a`` that is not a probability.
+        Empty input, missing required columns (all listed, each with its flag
+        and the closest present column), missing ids, unknown winner values
+        (all listed), or a ``p_a`` that is not a probability.
 
     Examples
     --------
@@ -571,6 +711,8 @@ def prepare(frame: pd.DataFrame, columns: ColumnMap | None = None) -> PreparedDa
     ['', 'same_model']
     """
     columns = columns or ColumnMap()
+    if on_bad_row not in ON_BAD_ROW:
+        raise InputError(f"on_bad_row must be 'error' or 'drop', got {on_bad_row!r}")
     if not isinstance(frame, pd.DataFrame):
         raise InputError(f"expected a pandas DataFrame or a file path, got {type(frame).__name__}")
     if frame.shape[0] == 0:
@@ -585,13 +727,23 @@ def prepare(frame: pd.DataFrame, columns: ColumnMap | None = None) -> PreparedDa
     (model_a, model_b), model_labels = _encode_ids(
         [frame[resolved["model_a"]], frame[resolved["model_b"]]], [resolved["model_a"], resolved["model_b"]]
     )
-    choice_a = _encode_winner(frame[resolved["winner"]], resolved["winner"])
+    choice_a = _encode_winner(frame[resolved["winner"]], resolved["winner"], columns.winner_values, on_bad_row)
 
-    reason_code = np.where(model_a == model_b, 2, np.where(choice_a < 0, 1, 0)).astype(np.int8)
+    reason_code = np.where(
+        choice_a == -2, 5, np.where(model_a == model_b, 2, np.where(choice_a < 0, 1, 0))
+    ).astype(np.int8)
+    choice_a[choice_a == -2] = -1  # an invalid winner is no choice (like a tie); its reason says why
     p_a = None
     if resolved["p_a"] is not None:
-        p_a = _encode_p_a(frame[resolved["p_a"]], resolved["p_a"], reason_code == 0)
+        p_a = _encode_p_a(frame[resolved["p_a"]], resolved["p_a"], reason_code == 0, on_bad_row)
+        if on_bad_row == "drop":
+            p_a, invalid_p_a = p_a
+            reason_code[invalid_p_a] = 6
     notes = []
+    message = dropped_rows_message(reason_code) if on_bad_row == "drop" else None
+    if message is not None:
+        notes.append(message)
+        warnings.warn(message, UserWarning, stacklevel=2)
     if len(model_labels) < 2:
         raise InputError(
             f"only one model ('{model_labels[0]}') in columns '{resolved['model_a']}'/'{resolved['model_b']}': nothing to compare"

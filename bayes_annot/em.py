@@ -178,10 +178,10 @@ informative): no verdict."""
 def _informative_users(problem: EMProblem, strengths, tol: float = INFORMATIVE_TOL) -> np.ndarray:
     """Users with at least one label whose attentive log-odds are more than ``tol`` away from 0.
 
-    DESIGN §2: a user who only saw pairs with ``mu_r ~ 0.5`` (same model, or
+    A user who only saw pairs with ``mu_r ~ 0.5`` (same model, or
     equally strong models) carries no information about their quality. This is
     deliberately conservative: with a position-biased casual behaviour such a
-    user is weakly identifiable through ``q`` alone, which we do not trust.
+    user is weakly identifiable through ``q`` alone, which we do not trust (docs/model.md).
     """
     differs = np.abs(_row_logit_mu(problem, strengths)) > tol
     return np.bincount(problem.user, weights=differs, minlength=problem.n_users) > 0

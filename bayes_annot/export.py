@@ -207,7 +207,7 @@ def _texts(frame: pd.DataFrame, selected: np.ndarray, prompt: str, response_a: s
         raise InputError(
             "DPO export needs the prompt and response text: missing column(s) "
             + ", ".join(f"'{col}'" for col in missing.values())
-            + " (name them with prompt=/response_a=/response_b=, or give Chatbot Arena's "
+            + " (name them with --prompt/--response-a/--response-b, in Python prompt=/response_a=/response_b=, or give Chatbot Arena's "
             "'conversation_a' and 'conversation_b')"
         )
     out: dict[str, np.ndarray] = {}

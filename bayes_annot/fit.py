@@ -1,8 +1,8 @@
 """The estimator and its result: users, models, rows, summary and InferenceData.
 
 ``bayes_annot.fit(data, ...)`` is the one entry point for every engine; it
-returns a :class:`FitResult` whose tables follow the output contract of
-DESIGN §5 whatever the engine, and :class:`UserQualityModel` wraps it in
+returns a :class:`FitResult` whose tables follow the output contract
+(docs/outputs.md) whatever the engine, and :class:`UserQualityModel` wraps it in
 scikit-learn style (settings in the constructor, ``fit`` returns ``self``,
 fitted attributes end in ``_``).
 """
@@ -23,7 +23,7 @@ from scipy.special import expit, logit
 
 from .provenance import input_info as describe_input, parquet_collection_info, provenance_entry
 from .version import __version__
-from .data import ColumnMap, PreparedData, prepare, read_table
+from .data import REASONS, ColumnMap, PreparedData, prepare, read_table
 from .decide import FilterRule, check_no_verdict_policy, decide, parse_filter  # noqa: F401 (re-exported)
 from .block_em import Block, EMState, LocalRunner, make_block, run_em
 from .em import EMProblem, EMResult
@@ -255,7 +255,8 @@ class FitResult:
         """Every input row in input order + ``kept``, ``reason``, ``weight`` (built on first access)."""
         if self._rows is None:
             data, row_kept = self._data, self._row_kept
-            # codes: 0 ok, 1 tie, 2 same_model, 3 user_low_quality, 4 no_verdict (kept or not: see `kept`)
+            # codes index list(REASONS): 0 ok, 1 tie, 2 same_model, 3 user_low_quality, 4 no_verdict (kept or
+            # not: see `kept`), 5 invalid_winner, 6 invalid_p_a (dropped rows, data.DROP_REASONS)
             decided = np.where(self._no_verdict_mask[data.user], 4, np.where(row_kept, 0, 3))
             code = np.where(data.usable, decided, data.reason_code).astype(np.int8)
             reason = pd.Categorical.from_codes(code, categories=REASON_CATEGORIES)
@@ -344,6 +345,7 @@ class FitResult:
         safe_csv: bool = False,
         inputs=(),
         on_wait=None,
+        dpo_columns: dict | None = None,
     ) -> Path:
         """Write the result folder: ``users``, ``models``, ``rows`` tables, ``summary.json`` and ``manifest.json``.
 
@@ -373,6 +375,9 @@ class FitResult:
             Input files the folder must not hold.
         on_wait : callable, optional
             Called with a message when another writer holds the folder's lock.
+        dpo_columns : dict, optional
+            Text columns for ``dpo``: ``prompt``, ``response_a``, ``response_b``
+            (see :meth:`to_dpo`; the CLI's ``--prompt``, ``--response-a``, ``--response-b``).
         """
         from .outdir import ResultWriter
 
@@ -390,7 +395,7 @@ class FitResult:
             if report:
                 self.report(out.path("report.html"))
             if dpo is not None:
-                out.extra_file(dpo, lambda path: self.to_dpo(path))
+                out.extra_file(dpo, lambda path: self.to_dpo(path, **(dpo_columns or {})))
         return out.target
 
     # ----------------------------------------------------------------- display
@@ -402,27 +407,78 @@ class FitResult:
             f"{c['rows']} rows; kept {c['kept_users']} users / {c['kept_rows']} rows ({s['filter']['rule']})>"
         )
 
+    def _convergence_text(self) -> str:
+        """One line on convergence: EM / MAP iterations and whether it converged; NUTS R-hat, ESS and divergences."""
+        s = self.summary
+        parts = []
+        if s.get("converged") is not None or s.get("iterations") is not None:
+            verdict = {True: "converged", False: "did not converge"}.get(s.get("converged"), "convergence unknown")
+            iterations = f" in {s['iterations']} iterations" if s.get("iterations") is not None else ""
+            parts.append(f"{s['engine']}: {verdict}{iterations}")
+        if "rhat_max" in s or "ess_bulk_min" in s:
+            rhat, ess = s.get("rhat_max"), s.get("ess_bulk_min")
+            parts.append(
+                f"R-hat max {'n/a' if rhat is None else f'{rhat:.3f}'}, "
+                f"ESS bulk min {'n/a' if ess is None else f'{ess:.0f}'}, divergences {s.get('divergences', 0)}"
+            )
+        return "; ".join(parts) or f"{s['engine']}: no convergence diagnostics"
+
     def _repr_html_(self) -> str:
+        from html import escape
+
         s = self.summary
         c = s["counts"]
         params = ", ".join(f"{k} = {v:.3g}" for k, v in s["parameters"].items() if isinstance(v, (int, float)))
         top = self.models.sort_values("strength", ascending=False).head(10)
-        warn = "".join(f"<li>{w}</li>" for w in s.get("warnings", []))
+        warn = "".join(f"<li>{escape(str(w))}</li>" for w in s.get("warnings", []))
         return (
             f"<div><b>bayes_annot FitResult</b> — {s['model']} model, {s['engine']} engine<br>"
             f"{c['rows']} rows, {c['users']} users, {c['models']} models; "
             f"kept {c['kept_users']} users and {c['kept_rows']} rows under <code>{s['filter']['rule']}</code> "
-            f"(expected casual share {s['filter']['expected_casual_share']:.3f})<br>{params}"
+            f"(expected casual share {s['filter']['expected_casual_share']:.3f})<br>{params}<br>"
+            f"{escape(self._convergence_text())}"
             f"{'<ul>' + warn + '</ul>' if warn else ''}"
             f"{top.to_html(index=False, float_format=lambda v: f'{v:.3f}')}</div>"
         )
+
+    def summary_table(self) -> pd.DataFrame:
+        """The global parameters and model strengths as a table, for any engine.
+
+        For NUTS this is ``arviz.summary`` of ``pi``, ``q`` (``m``, ``tau``
+        for the continuous model) and ``strength``. For EM and MAP, which give
+        one point estimate (``idata`` holds 1 chain x 1 draw, so
+        ``arviz.summary`` of it has only NaN spreads and R-hat and warns), a
+        table with one row per parameter and per model: ``estimate``, plus
+        ``n_labels`` for the strengths (known strengths, from ``p_a`` or
+        ``mu``, are marked in ``kind``).
+
+        Returns
+        -------
+        pandas.DataFrame
+            Indexed by ``pi``, ``q``, ..., ``strength[MODEL]``.
+        """
+        if self.estimates.engine == "nuts":
+            import arviz as az
+
+            names = [n for n in ("pi", "q", "m", "tau", "strength") if n in self.idata.posterior]
+            return az.summary(self.idata, var_names=names)
+        params = {k: v for k, v in self.summary["parameters"].items() if isinstance(v, (int, float))}
+        rows = [{"name": k, "kind": "parameter", "estimate": float(v), "n_labels": np.nan} for k, v in params.items()]
+        known = self.summary.get("strengths", "learned") != "learned"
+        for model, strength, n in zip(self.models["model"], self.models["strength"], self.models["n_labels"]):
+            rows.append({"name": f"strength[{model}]", "kind": "strength (known)" if known else "strength",
+                         "estimate": float(strength), "n_labels": n})
+        table = pd.DataFrame(rows).set_index("name")
+        table.index.name = None
+        table["n_labels"] = table["n_labels"].astype("Int64")
+        return table
 
 
 # --------------------------------------------------------------------------- fitting
 
 
 #: Categories of the rows table's ``reason`` column, in code order (see :data:`bayes_annot.data.REASONS`).
-REASON_CATEGORIES = ["ok", "tie", "same_model", "user_low_quality", "no_verdict"]
+REASON_CATEGORIES = list(REASONS)  # every reason a row can carry, in code order
 
 def _warn(summary: dict, message: str) -> None:
     """Record a warning in the summary and raise it as a :class:`FitWarning` pointing at the user's call."""
@@ -481,6 +537,8 @@ def fit(
     start: dict | str | Path | None = None,
     accelerate: bool | None = None,
     record_paths: bool = False,
+    winner_values: dict | None = None,
+    on_bad_row: str = "error",
 ) -> FitResult:
     """Fit the user behaviour model to a comparison-mode log.
 
@@ -490,14 +548,25 @@ def fit(
         A ``.csv`` / ``.parquet`` / ``.json`` / ``.jsonl`` file or a frame with
         one row per annotation.
     model : {"two-class", "continuous"}
-        Behaviour model variant (DESIGN §2).
+        Behaviour model variant (docs/model.md).
     method : {"em", "map", "nuts"}
         Engine: EM (default, fast), PyMC MAP, or full posterior by NUTS.
     filter : str
         ``prob:T``, ``fdr:ALPHA``, ``credible:T`` or ``none``.
     user, model_a, model_b, winner, p_a : str
-        Column names (``user`` defaults to ``user``, else ``judge``; ``p_a``
-        to a column named ``p_a`` when present, ``False`` for none).
+        Column names (``user`` defaults to the first of ``user``, ``judge``,
+        ``worker``, ``annotator`` present; ``p_a`` to a column named ``p_a``
+        when present, ``False`` for none).
+    winner_values : dict, optional
+        Further ``winner`` values and what they mean, e.g.
+        ``{"A": "model_a", "B": "model_b", "Same": "tie"}`` (the CLI's
+        ``--winner-values 'A=model_a,B=model_b,Same=tie'``).
+    on_bad_row : {"error", "drop"}
+        ``"error"`` (default): an unknown or missing winner or an invalid
+        ``p_a`` stops the fit. ``"drop"``: such rows stay in ``rows`` with
+        reason ``invalid_winner`` / ``invalid_p_a``, outside the likelihood,
+        counted in ``summary["counts"]`` (``dropped_rows``) and reported in a
+        warning. In-memory data only.
     use_p_a : bool
         Use a ``p_a`` column as known attentive probabilities when present
         (``False`` with ``p_a=None``: a column named ``p_a`` is not read).
@@ -586,6 +655,12 @@ def fit(
         data = _read_parquet_collection(data)
         input_info = parquet_collection_info(collection, record_paths)
     if _is_dask_frame(data):
+        if on_bad_row != "error" or winner_values:
+            raise InputError(
+                "on_bad_row='drop' (--on-bad-row drop) and winner_values (--winner-values) are not supported for "
+                "Dask input (a folder or glob of parquet files): fix or map the winner values in the files, "
+                "or fit a single file in memory"
+            )
         if method != "em" or tastes != 1 or taste_check:
             raise InputError("a Dask DataFrame (or a folder of parquet files) is fitted by EM only, with tastes=1 "
                              "and without taste_check")
@@ -601,8 +676,8 @@ def fit(
         frame = data
     else:
         raise InputError(f"data must be a file path or a pandas DataFrame, got {type(data).__name__}")
-    columns = ColumnMap(user=user, model_a=model_a, model_b=model_b, winner=winner, p_a=p_a)
-    prepared = prepare(frame, columns)
+    columns = ColumnMap(user=user, model_a=model_a, model_b=model_b, winner=winner, p_a=p_a, winner_values=winner_values)
+    prepared = prepare(frame, columns, on_bad_row=on_bad_row)
     priors = priors or Priors()
     problem, strength_mode = build_problem(prepared, mu=mu, strong_model=strong_model, use_p_a=use_p_a)
     if tastes != 1:
@@ -677,9 +752,14 @@ def fit(
         "accelerate": bool(accelerate if accelerate is not None else model == "continuous") if method == "em" else None,
         "warm_start": start is not None,
     }
+    if winner_values:
+        settings["winner_values"] = {str(k): str(v) for k, v in winner_values.items()}
+    if on_bad_row != "error":
+        settings["on_bad_row"] = on_bad_row
     if method == "nuts":
         settings.update(draws=draws, tune=tune, chains=chains, sampler=sampler)
     summary = assemble_summary(prepared, problem, estimates, model, strength_mode, components, input_info, settings, pairs)
+    summary["warnings"][:0] = prepared.notes  # rows dropped as invalid (already warned by prepare)
     summary["provenance"] = [provenance_entry(input_info, rows_read=prepared.n_rows, rows_added=prepared.n_rows)]
     summary["runtime_seconds"] = round(time.perf_counter() - t_start, 4)
     return FitResult(prepared, estimates, rule, summary, state=state, no_verdict=no_verdict)

@@ -59,7 +59,8 @@ from .validation import check_fit_settings, check_number, check_priors
 __all__ = ["update", "update_saved", "merge_prepared", "warm_start", "load_start", "align_start", "fit_prepared",
            "read_saved", "validate_saved_summary"]
 
-_EM_SETTINGS = ("model", "filter", "tol", "max_iter", "q", "priors", "use_p_a", "mu", "strong_model", "no_verdict")
+_EM_SETTINGS = ("model", "filter", "tol", "max_iter", "q", "priors", "use_p_a", "mu", "strong_model", "no_verdict",
+                "winner_values", "on_bad_row")
 
 
 # --------------------------------------------------------------------------- encoding reuse
@@ -164,7 +165,7 @@ class MergedPreparedData(PreparedData):
     model_b = property(lambda self: self._build("model_b"), doc="``model_b`` code per row.")
     choice_a = property(lambda self: self._build("choice_a"), doc="1 / 0 / -1 (tie) per row.")
     p_a = property(lambda self: self._build("p_a"), doc="Known attentive probability per row, or None.")
-    reason_code = property(lambda self: self._build("reason_code"), doc="0 usable, 1 tie, 2 same model.")
+    reason_code = property(lambda self: self._build("reason_code"), doc="0 usable, 1 tie, 2 same model, 5/6 invalid (dropped; see data.DROP_REASONS).")
 
     @property
     def usable(self) -> np.ndarray:
@@ -180,11 +181,14 @@ class MergedPreparedData(PreparedData):
 
     def counts(self) -> dict[str, int]:
         out = {"rows": 0, "rows_in_likelihood": 0, "ties": 0, "same_model": 0}
+        dropped = {}
         for part, _, _ in self._parts:
             for key, value in part.counts().items():
                 if key in out:
                     out[key] += value
-        return dict(out, users=self.n_users, models=self.n_models)
+                elif key not in ("users", "models"):  # dropped_rows, invalid_...
+                    dropped[key] = dropped.get(key, 0) + value
+        return dict(out, users=self.n_users, models=self.n_models, **dropped)
 
 
 @dataclass
@@ -514,6 +518,8 @@ def fit_prepared(
     input_info: dict | None = None,
     state: EMState | None = None,
     no_verdict: str = "keep",
+    winner_values: dict | None = None,
+    on_bad_row: str = "error",
     _started: float | None = None,
 ):
     """EM fit of an already prepared log with the block engine (optionally warm-started and accelerated).
@@ -568,6 +574,10 @@ def fit_prepared(
         "mu": mu, "strong_model": strong_model, "q": q, "priors": asdict(priors), "tol": tol, "max_iter": max_iter,
         "seed": 0, "warm_start": start is not None, "accelerate": accelerate, "no_verdict": no_verdict,
     }
+    if winner_values:  # recorded so that later updates read the new rows the same way
+        settings["winner_values"] = dict(winner_values)
+    if on_bad_row != "error":
+        settings["on_bad_row"] = on_bad_row
     components = graph_components(state.pair_counts)
     summary = assemble_summary(prepared, problem, estimates, model, mode, components, input_info, settings, state.pair_counts)
     summary["runtime_seconds"] = round(time.perf_counter() - started, 4)
@@ -709,9 +719,11 @@ def update(
         new_rows = read_table(new_rows)
     cols = old.columns
     role_map = ColumnMap(
-        user=cols["user"], model_a=cols["model_a"], model_b=cols["model_b"], winner=cols["winner"], p_a=cols.get("p_a")
+        user=cols["user"], model_a=cols["model_a"], model_b=cols["model_b"], winner=cols["winner"], p_a=cols.get("p_a"),
+        winner_values=settings.get("winner_values"),
     )
-    new = prepare(new_rows, role_map)  # validated whole: errors name the rows of the file
+    on_bad_row = settings.get("on_bad_row") or "error"
+    new = prepare(new_rows, role_map, on_bad_row=on_bad_row)  # validated whole: errors name the rows of the file
     kept_rows, counts = drop_duplicates_of(old.frame, new_rows, row_id=row_id, on_duplicate=on_duplicate,
                                            user=cols["user"], user_codes=(old.user, old.user_labels))
     entries = carried_provenance(previous.summary, record_paths) + [provenance_entry(info, **counts)]
@@ -720,7 +732,7 @@ def update(
         set_provenance(result, info, entries)
         return result
     if counts["rows_skipped"]:
-        new = prepare(kept_rows, role_map)
+        new = prepare(kept_rows, role_map, on_bad_row=on_bad_row)
     merge = _merge(old, new)
     start = _mapped_start(previous, merge)
     if settings.get("model", "two-class") != previous.estimates.variant:
@@ -755,7 +767,8 @@ def _refit_unchanged(previous, settings: dict, accelerate, info: dict, started: 
     return fit_prepared(old, start=start, accelerate=accelerate, state=state, input_info=info, _started=started, **settings)
 
 
-_SAVED_SETTINGS = ("model", "filter", "use_p_a", "mu", "strong_model", "q", "tol", "max_iter", "no_verdict")
+_SAVED_SETTINGS = ("model", "filter", "use_p_a", "mu", "strong_model", "q", "tol", "max_iter", "no_verdict",
+                   "winner_values", "on_bad_row")
 
 
 def update_saved(
@@ -843,9 +856,10 @@ def update_saved(
     role_map = ColumnMap(
         user=saved_columns.get("user"), model_a=saved_columns.get("model_a", "model_a"),
         model_b=saved_columns.get("model_b", "model_b"), winner=saved_columns.get("winner", "winner"), p_a=p_a,
+        winner_values=settings.get("winner_values"),
     )
-    try:
-        prepare(new_rows, role_map)  # the new rows alone: errors name their own row numbers
+    try:  # the new rows alone: errors name their own row numbers
+        prepare(new_rows, role_map, on_bad_row=settings.get("on_bad_row") or "error")
     except InputError as exc:
         raise InputError(f"new rows: {exc}") from None
     old_rows = saved.input_rows()

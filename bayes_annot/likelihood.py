@@ -1,6 +1,6 @@
 r"""The user behaviour model's log-probabilities (numpy): one source of truth.
 
-Notation (DESIGN §2). For label :math:`r` by user :math:`u(r)` on the pair
+Notation (docs/model.md). For label :math:`r` by user :math:`u(r)` on the pair
 :math:`(a_r, b_r)` let :math:`y_r = 1` when ``model_a`` was chosen and
 :math:`\ell_r = \operatorname{logit}\mu_r` the attentive log-odds of choosing
 ``model_a``: :math:`\ell_r = s_{a_r} - s_{b_r}` (learned Bradley–Terry

@@ -527,12 +527,24 @@ def ppc_agreement(result, *, n_rep: int = 200, seed: int = 0, min_labels: int = 
     }
 
 
+#: Central range of the replicated data sets shown by the posterior predictive check (percent);
+#: the report's text quotes the same range.
+PPC_RANGE = 95
+
+
+def ppc_range_percentiles() -> tuple[float, float]:
+    """The lower and upper percentiles of :data:`PPC_RANGE` (2.5 and 97.5)."""
+    tail = (100 - PPC_RANGE) / 2
+    return tail, 100 - tail
+
+
 def plot_ppc_agreement(result, *, n_rep: int = 200, seed: int = 0, min_labels: int = 1, ax=None):
     """Posterior predictive check: observed vs replicated histogram of per-user agreement with the stronger model.
 
     Bars: observed users per bin (they sum to the users shown). Points and
-    whiskers: median and 5–95% range of the same count over ``n_rep``
-    data sets replicated from the fitted model (see :func:`ppc_agreement`).
+    whiskers: median and central 95% range (:data:`PPC_RANGE`) of the same
+    count over ``n_rep`` data sets replicated from the fitted model (see
+    :func:`ppc_agreement`).
     """
     src = as_source(result)
     ax = _axes(ax, figsize=(7.0, 4.0))
@@ -545,14 +557,14 @@ def plot_ppc_agreement(result, *, n_rep: int = 200, seed: int = 0, min_labels: i
     ax.bar(centres, ppc["observed_counts"], width=width * 0.9, color=KEPT_COLOR, alpha=0.55, label="observed")
     rep = ppc["replicated_counts"]
     med = np.median(rep, axis=0)
-    lo, hi = np.percentile(rep, [5, 95], axis=0)
+    lo, hi = np.percentile(rep, ppc_range_percentiles(), axis=0)
     ax.errorbar(
         centres, med, yerr=[med - lo, hi - med], fmt="o", color="black", markersize=3, capsize=2, linewidth=1,
-        label=f"replicated (median, 90% range, {ppc['n_rep']} sets)",
+        label=f"replicated (median, {PPC_RANGE}% range, {ppc['n_rep']} sets)",
     )
     ax.set_xlabel("share of a user's labels that picked the stronger model")
     ax.set_ylabel("users")
-    rl, rh = np.percentile(ppc["low_share_replicated"], [5, 95])
+    rl, rh = np.percentile(ppc["low_share_replicated"], ppc_range_percentiles())
     ax.set_title(
         f"Agreement with the stronger model ({ppc['n_users']} users)\n"
         f"users at or below 50%: observed {ppc['low_share_observed']:.1%}, replicated {rl:.1%}–{rh:.1%}",

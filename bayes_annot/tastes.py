@@ -1,4 +1,4 @@
-r"""Taste classes: taste is not noise (DESIGN §2, issue 9).
+r"""Taste classes: taste is not noise (docs/tastes.md).
 
 The ``two-class`` model has one ranking for every attentive user, so a user
 who consistently follows *another* ranking looks "casual" and would be

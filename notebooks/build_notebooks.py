@@ -125,6 +125,8 @@ NOTEBOOKS["03-paper-setting.ipynb"] = [
         "        rows.append(dict(mu=mu, labels=n, auc=auc(users.quality, truth.true_attentive)))\n"
         "curve = pd.DataFrame(rows).pivot(index='labels', columns='mu', values='auc')\n"
         "ax = curve.plot(marker='o', logx=True, ylabel='AUC of quality vs true type', title='Identification vs labels per user')\n"
+        "ax.minorticks_off()  # a log axis over ~1 decade labels its minor ticks too, and they overlap\n"
+        "ax.set_xticks(curve.index, labels=[str(n) for n in curve.index])\n"
         "curve.round(3)"
     ),
     new_markdown_cell(
@@ -147,6 +149,9 @@ NOTEBOOKS["04-full-posterior.ipynb"] = [
         "user's P(attentive) is computed per draw in closed form. Intervals let the filter act on uncertainty."
     ),
     new_code_cell(
+        "import warnings\n"
+        "# a note about the machine's BLAS (with its install path), not about the model\n"
+        "warnings.filterwarnings('ignore', message='PyTensor could not link to a BLAS')\n"
         "import arviz as az\n"
         "import bayes_annot as ba\n\n"
         "log = ba.simulate(n_users=200, n_models=5, casual_share=0.3, labels_per_user=(5, 30), seed=4)\n"
@@ -166,6 +171,12 @@ NOTEBOOKS["04-full-posterior.ipynb"] = [
         "print('kept by credible:0.5 :', credible.summary['counts']['kept_users'])\n"
         "print('kept by prob:0.5 (EM):', em.summary['counts']['kept_users'])"
     ),
+    new_markdown_cell(
+        "An EM fit is one point estimate (its `idata` holds 1 chain x 1 draw), so `az.summary` of it has only "
+        "NaN spreads and R-hat. `summary_table()` gives every fit a table that makes sense: for NUTS the "
+        "`az.summary` above, for EM and MAP each parameter's estimate and each model's strength with its labels."
+    ),
+    new_code_cell("em.summary_table()"),
 ]
 
 

@@ -30,7 +30,7 @@ from bayes_annot.likelihood import (
     two_class_user_loglik,
 )
 
-INFORMATIVE_TOL = 0.2  # DESIGN §2: no verdict on a user whose labels all have |logit mu| <= 0.2
+INFORMATIVE_TOL = 0.2  # docs/model.md: no verdict on a user whose labels all have |logit mu| <= 0.2
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The command line: outputs of DESIGN §5, exit codes, nothing half written."""
+"""The command line: the outputs of docs/outputs.md, exit codes, nothing half written."""
 
 import json
 import subprocess
@@ -64,7 +64,7 @@ def test_same_seed_same_bytes(sim_csv, tmp_path):
 @pytest.mark.parametrize(
     "content, message",
     [
-        ("user,model_a,model_b\nu,x,y\n", "missing required column 'winner'"),
+        ("user,model_a,model_b\nu,x,y\n", "missing columns: winner (no column 'winner'; map with --winner COL)"),
         ("user,model_a,model_b,winner\nu,x,y,maybe\n", "unknown value(s) 'maybe'"),
         ("user,model_a,model_b,winner\n", "input is empty"),
         ("user,model_a,model_b,winner\n,x,y,a\n", "column 'user' has 1 missing value(s), first at input row 1"),

@@ -161,8 +161,8 @@ def test_arena_battle_json_with_judge_and_nested_fields(tmp_path):
 @pytest.mark.parametrize(
     "frame, pattern",
     [
-        (_frame().drop(columns=["winner"]), r"missing required column 'winner'"),
-        (_frame().drop(columns=["user"]), r"missing required column 'user'.*judge"),
+        (_frame().drop(columns=["winner"]), r"missing columns: winner \(no column 'winner'"),
+        (_frame().drop(columns=["user"]), r"missing columns: user \(no column 'user'/'judge'"),
         (_frame(winner=["model_a", "draw", "x", "a", "b"]), r"unknown value\(s\) 'draw', 'x' \(first at input row 2\)"),
         (_frame(user=["u1", None, "u2", "u2", "u3"]), r"column 'user' has 1 missing value\(s\), first at input row 2"),
         (_frame(model_b=["y", "z", "", "x", "y"]), r"column 'model_b' has 1 missing value\(s\), first at input row 3"),

@@ -44,7 +44,7 @@ def cli(*args):
 
 
 ERROR_CASES = {
-    "missing winner column": (lambda f: f.drop(columns=["winner"]), "missing required column 'winner'"),
+    "missing winner column": (lambda f: f.drop(columns=["winner"]), "missing columns: winner (no column 'winner'"),
     "unknown winner": (lambda f: f.assign(winner=["model_a", "maybe", "a", "b", "tie", "??"]), "'maybe', '??'"),
     "empty user id": (lambda f: f.assign(user=["u1", "", "u2", "u2", "u3", "u3"]), "column 'user' has 1 missing value(s), first at input row 2"),
     "NaN model": (lambda f: f.assign(model_b=["y", None, "z", "x", "x", "y"]), "column 'model_b' has 1 missing value(s), first at input row 2"),

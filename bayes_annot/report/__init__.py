@@ -53,8 +53,12 @@ def build_report(result, path, *, comparison=None, title: str | None = None, n_r
         The HTML file to write (parent folders are created).
     comparison : pandas.DataFrame or dict, optional
         A model-comparison table (e.g. :func:`arviz.compare` output or a table
-        of held-out log-likelihoods), or ``{name: FitResult | InferenceData}``
-        to compare by LOO (needs a ``log_likelihood`` group with a real sample).
+        of held-out log-likelihoods), or ``{name: FitResult | InferenceData}``:
+        NUTS fits (or InferenceData with a ``log_likelihood`` group and a real
+        sample) are compared by LOO; when any fit is by EM or MAP (a point
+        estimate, nothing for LOO), every fit is refitted on 80% of each
+        user's labels and compared by the held-out log-likelihood of the rest
+        (:func:`bayes_annot.evaluate.heldout_loglik`).
     title : str, optional
     n_rep : int
         Replicated data sets for the posterior predictive check.

@@ -580,26 +580,27 @@ def _ppc_section(src: ResultSource, n_rep: int, seed: int) -> str:
         return body + box("The check needs the rows of the fit and the fitted strengths, which are not available here.", "note")
     body += figure(lambda ax: plotting.plot_ppc_agreement(src, n_rep=n_rep, seed=seed, ax=ax), figsize=(7.6, 4.2),
                    alt="posterior predictive check")
-    lo, hi = np.percentile(ppc["low_share_replicated"], [2.5, 97.5])
+    span = plotting.PPC_RANGE  # the figure's whiskers and this text give one range
+    lo, hi = np.percentile(ppc["low_share_replicated"], plotting.ppc_range_percentiles())
     obs = ppc["low_share_observed"]
     rep = ppc["replicated_counts"]
-    r_lo, r_hi = np.percentile(rep, [2.5, 97.5], axis=0)
+    r_lo, r_hi = np.percentile(rep, plotting.ppc_range_percentiles(), axis=0)
     outside = int(((ppc["observed_counts"] < r_lo) | (ppc["observed_counts"] > r_hi)).sum())
     if lo <= obs <= hi:
         body += box(
             f"Users agreeing with the stronger model at most half the time: observed {obs:.1%}, "
-            f"replicated 95% range {lo:.1%}–{hi:.1%}. The model reproduces this feature of the data.",
+            f"replicated {span}% range {lo:.1%}–{hi:.1%}. The model reproduces this feature of the data.",
             "ok",
         )
     else:
         body += box(
             f"Users agreeing with the stronger model at most half the time: observed {obs:.1%}, but the fitted "
-            f"model produces {lo:.1%}–{hi:.1%} (95% range). The model does not reproduce the data here; "
+            f"model produces {lo:.1%}–{hi:.1%} ({span}% range). The model does not reproduce the data here; "
             "consider the other variant or more taste classes.",
             "warn",
         )
     body += p(
-        f"{outside} of {len(r_lo)} histogram bins fall outside the replicated 95% range"
+        f"{outside} of {len(r_lo)} histogram bins fall outside the replicated {span}% range"
         + ("" if ppc["sampled"] else " (replicated from point estimates: parameter uncertainty is not included)")
         + ".",
         "muted",
@@ -619,6 +620,8 @@ def _comparison_section(comparison) -> str:
     if isinstance(comparison, pd.DataFrame):
         frame = comparison
     elif isinstance(comparison, dict):
+        if any(_is_point_estimate(v) for v in comparison.values()):
+            return _heldout_comparison(comparison)
         import arviz as az
 
         try:
@@ -639,6 +642,75 @@ def _comparison_section(comparison) -> str:
             "muted",
         )
     return body
+
+
+HELDOUT_FRAC = 0.2  # share of each user's labels hidden by the report's held-out comparison
+
+
+def _is_point_estimate(value) -> bool:
+    """A fit by EM or MAP (one point estimate: no draws for LOO)."""
+    summary = getattr(value, "summary", None)
+    return isinstance(summary, dict) and summary.get("engine") in ("em", "map")
+
+
+def _heldout_comparison(comparison: dict) -> str:
+    """Compare fits by held-out log-likelihood (:func:`bayes_annot.evaluate.heldout_loglik`).
+
+    LOO needs the pointwise log-likelihood over posterior draws; an EM or MAP
+    fit has a single point estimate, so each variant is refitted on all but
+    ``HELDOUT_FRAC`` of every user's labels and scored on the hidden ones
+    (the same hidden labels for every variant).
+    """
+    from ..data import ColumnMap
+    from ..evaluate import heldout_loglik
+
+    intro = p(
+        "LOO (arviz.compare) needs the log-likelihood of every label over posterior draws; an EM or MAP fit has one "
+        f"point estimate, so the variants are compared by held-out log-likelihood instead: {HELDOUT_FRAC:.0%} of "
+        "each user's labels (the same labels for every variant, seed 0) are hidden, each variant is refitted on the "
+        "rest with its own settings, and the hidden labels are scored with its predictive distribution "
+        "(bayes_annot.evaluate.heldout_loglik). Higher is better; the difference per held-out label is the "
+        "average gain in log predictive probability.",
+        "muted",
+    )
+    records = []
+    for name, result in comparison.items():
+        data = getattr(result, "_data", None)
+        summary = getattr(result, "summary", None)
+        if data is None or not isinstance(summary, dict):
+            return intro + box(
+                f"'{name}' is not a fitted result with its rows (a FitResult): the held-out comparison needs the "
+                "input rows to refit.", "warn",
+            )
+        settings = summary.get("settings", {})
+        cols = settings.get("columns", {})
+        columns = ColumnMap(
+            user=cols.get("user"), model_a=cols.get("model_a", "model_a"), model_b=cols.get("model_b", "model_b"),
+            winner=cols.get("winner", "winner"), p_a=cols.get("p_a") or False,
+            winner_values=settings.get("winner_values"),
+        )
+        kwargs = {"use_p_a": settings.get("use_p_a", True)}
+        if settings.get("q") is not None:
+            kwargs["q"] = settings["q"]
+        if settings.get("tastes", 1) not in (1, None):
+            kwargs["tastes"] = settings["tastes"]
+        elif settings.get("mu") is not None:
+            kwargs.update(mu=settings["mu"], strong_model=settings.get("strong_model"))
+        frame = data.frame[np.asarray(data.reason_code) < 3]  # rows dropped as invalid are not refitted
+        try:
+            scored = heldout_loglik(frame, model=summary.get("model", "two-class"), frac=HELDOUT_FRAC, seed=0,
+                                    columns=columns, **kwargs)
+        except Exception as exc:  # noqa: BLE001
+            return intro + box(
+                f"The held-out comparison could not be computed for '{name}' ({type(exc).__name__}: {exc}).", "warn"
+            )
+        records.append({"fit": str(name), "model": summary.get("model"), "engine": summary.get("engine"),
+                        "heldout_loglik": scored["heldout_loglik"], "n_heldout": scored["n_heldout"],
+                        "per_label": scored["per_label"]})
+    frame = pd.DataFrame(records).sort_values("heldout_loglik", ascending=False, kind="stable")
+    frame["difference_per_label"] = frame["per_label"] - frame["per_label"].iloc[0]
+    frame.insert(0, "rank", range(len(frame)))
+    return intro + table(frame)
 
 
 def _input_text(info) -> str | None:
