@@ -152,7 +152,7 @@ class PreparedData:
     notes: list[str] = field(default_factory=list)
 
     #: Text of each ``reason_code``.
-    REASON_TEXT = ("", "tie", "same_model", "user_low_quality", "invalid_winner", "invalid_p_a")
+    REASON_TEXT = ("", "tie", "same_model", "user_low_quality", "no_verdict", "invalid_winner", "invalid_p_a")
 
     def __post_init__(self):
         self._usable = self.reason_code == 0

@@ -89,7 +89,8 @@ def test_on_bad_row_drop_invalid_p_a():
 def test_clean_input_has_no_dropped_counts():
     result = ba.fit(ba.simulate(n_users=50, n_models=3, seed=2), on_bad_row="drop")
     assert "dropped_rows" not in result.summary["counts"]
-    assert list(result.rows["reason"].cat.categories) == ["ok", "tie", "same_model", "user_low_quality"]
+    assert list(result.rows["reason"].cat.categories) == list(ba.data.REASONS)  # every documented reason, in code order
+    assert not result.rows["reason"].isin(["invalid_winner", "invalid_p_a"]).any()
 
 
 def test_cli_maps_everything_in_one_run(tmp_path, capsys):
