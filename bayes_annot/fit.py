@@ -1313,6 +1313,29 @@ class SavedResult:
         """Names of the parts present (``idata`` only when ``posterior.nc`` was saved)."""
         return [k for k in ("users", "models", "rows", "summary", "idata") if k in self]
 
+    def report(self, path: str | Path, **options) -> Path:
+        """Write the diagnostics report of the saved fit (see :func:`bayes_annot.report.build_report`)."""
+        from .report import build_report
+
+        return build_report(self, path, **options)
+
+    def to_dpo(self, path: str | Path | None = None, **columns) -> pd.DataFrame:
+        """The saved fit's kept labels as DPO records, as :meth:`FitResult.to_dpo` gives them (no refit).
+
+        ``path`` (``.jsonl`` / ``.parquet``) also writes them, atomically.
+        Another filter rule needs the fit itself (the one result type of a
+        later version); the saved ``kept`` column is used as it is.
+        """
+        import os
+
+        from .export import dpo_from_rows, stage_dpo
+
+        frame = dpo_from_rows(self.rows, self.summary["settings"]["columns"], **columns)
+        if path is not None:
+            tmp, _ = stage_dpo([frame], Path(path))
+            os.replace(tmp, path)
+        return frame
+
     def input_rows(self) -> pd.DataFrame:
         """The input rows as they came in: without ``kept, reason, weight``, clashing input columns renamed back."""
         rows = self.rows.drop(columns=[c for c in OUTPUT_COLUMNS if c in self.rows.columns])

@@ -161,3 +161,15 @@ def test_a_parquet_folder_updates_as_parquet(tmp_path):
     assert saved.rows["vote_id"].tolist() == log["vote_id"].tolist()  # integers stay integers, no text conversion
     assert main(["report", str(out), "--quiet"]) == 0 and (out / "report.html").exists()
     assert "report.html" in json.loads((out / "manifest.json").read_text())["files"]
+
+
+def test_a_loaded_folder_reports_and_exports_like_the_fit(tmp_path):
+    """Issue 17 item 4: load() gives typed rows (rows[rows.kept] works) and a loaded fit writes its report and DPO."""
+    log = ba.simulate(n_users=150, n_models=4, labels_per_user=(3, 12), with_text=True, seed=12)
+    result = ba.fit(log, filter="fdr:0.1")
+    saved = ba.load(result.save(tmp_path / "res"))
+    assert len(saved.rows[saved.rows.kept]) == int(result.rows["kept"].sum())
+    pd.testing.assert_frame_equal(saved.to_dpo(tmp_path / "pairs.jsonl"), result.to_dpo(), check_index_type=False)
+    assert len((tmp_path / "pairs.jsonl").read_text().splitlines()) == len(result.to_dpo())
+    html = saved.report(tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "<html" in html.lower() and "Model strengths" in html
