@@ -15,7 +15,9 @@ import warnings
 from pathlib import Path
 
 from .errors import InputError
-from .outdir import apply_umask
+
+# Only the standard library is imported at start-up: `bayes-annot --help` and argument errors answer
+# without loading numpy, pandas or SciPy; each command imports what it needs (tests/test_startup.py).
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 1
@@ -134,6 +136,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _write_frame(frame, path: Path) -> None:
     """Write a frame by suffix, atomically (temporary file, then rename)."""
+    from .outdir import apply_umask
+
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".parquet", ".json", ".jsonl"):
         raise InputError(f"output '{path}': unknown file type '{suffix}', expected .csv, .parquet, .json or .jsonl")
