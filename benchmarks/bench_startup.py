@@ -63,15 +63,18 @@ def _run(args: list[str], env: dict, cwd: Path) -> float:
     return elapsed
 
 
-def measure(source: Path, repeat: int) -> dict[str, list[float]]:
-    """Wall seconds of every case, ``repeat`` fresh processes each, with ``source`` first on the path."""
-    env = _env(source)
-    for _, args, _ in CASES:  # warm-up: bytecode caches written, files in the page cache
-        _run(args, env, source)
-    times: dict[str, list[float]] = {label: [] for label, _, _ in CASES}
+def measure(sources: list[Path], repeat: int) -> list[dict[str, list[float]]]:
+    """Wall seconds of every case, ``repeat`` fresh processes each, for each source tree (first on the
+    path); the trees and cases alternate within every round, so changing load hits them alike."""
+    envs = [_env(source) for source in sources]
+    for source, env in zip(sources, envs):
+        for _, args, _ in CASES:  # warm-up: bytecode caches written, files in the page cache
+            _run(args, env, source)
+    times: list[dict[str, list[float]]] = [{label: [] for label, _, _ in CASES} for _ in sources]
     for _ in range(repeat):
         for label, args, _ in CASES:
-            times[label].append(_run(args, env, source))
+            for source, env, out in zip(sources, envs, times):
+                out[label].append(_run(args, env, source))
     return times
 
 
@@ -87,7 +90,7 @@ def _modules_after(source: Path, code: str) -> list[str]:
     return [m for m in proc.stdout.split() if not m.startswith("__editable__")]
 
 
-def render(now: dict, before: dict | None, baseline: Path | None, repeat: int, load: tuple[float, float]) -> str:
+def render(now: dict, before: dict | None, baseline: str | None, repeat: int, load: tuple[float, float]) -> str:
     head = "| command | median (s) | min (s) | max (s) |" + (" median before (s) |" if before else "") + " target |"
     rule = "|---|---:|---:|---:|" + ("---:|" if before else "") + "---|"
     lines = [
@@ -114,7 +117,8 @@ def render(now: dict, before: dict | None, baseline: Path | None, repeat: int, l
         row += (" met" if med <= TARGET_SECONDS else " **missed**") + " |" if judged else " |"
         lines.append(row)
     if before:
-        lines += ["", f"\"before\": the same commands with `{baseline}` first on `PYTHONPATH` (its own source tree)."]
+        lines += ["", f"\"before\": the same commands on {baseline}, timed in the same rounds (alternating "
+                  "with the current tree)."]
     lines += [
         "",
         "What start-up still imports (third-party packages after the command, standard library left out):",
@@ -143,17 +147,18 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=9, help="fresh processes per command (>= 7)")
     parser.add_argument("--baseline", default=None, help="another source tree to time for comparison")
+    parser.add_argument("--baseline-label", default=None, help="how the page names the baseline (default: its path)")
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks_startup.md"))
     parser.add_argument("--json", default=None, help="also write the raw times here")
     args = parser.parse_args(argv)
     if args.repeat < 7:
         parser.error("--repeat must be at least 7")
     load_start = os.getloadavg()[0]
-    now = measure(ROOT, args.repeat)
     baseline = Path(args.baseline).resolve() if args.baseline else None
-    before = measure(baseline, args.repeat) if baseline else None
+    now, before = (measure([ROOT, baseline], args.repeat) if baseline else (*measure([ROOT], args.repeat), None))
     load_end = os.getloadavg()[0]
-    markdown = render(now, before, baseline, args.repeat, (load_start, load_end))
+    label = args.baseline_label or (f"`{baseline}`" if baseline else None)
+    markdown = render(now, before, label, args.repeat, (load_start, load_end))
     raw = {"now": now, "before": before, "baseline": str(baseline) if baseline else None}
     write_outputs(markdown, raw, args.out, args.json)
     return raw

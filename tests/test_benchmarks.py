@@ -34,7 +34,7 @@ def test_bench_startup_page():
 
     fake = {label: [0.2, 0.1, 0.3, 0.2, 0.2, 0.25, 0.15] for label, _, _ in bench_startup.CASES}
     slow = dict(fake, **{"`bayes-annot --help`": [0.9] * 7})
-    text = bench_startup.render(fake, slow, Path("/old"), 7, (1.0, 1.0))
+    text = bench_startup.render(fake, slow, "the old tree", 7, (1.0, 1.0))
     assert text.startswith("## Start-up time")
     assert "| `import bayes_annot` | 0.200 | 0.100 | 0.300 | 0.200 | met |" in text
     assert "| `bayes-annot --help` | 0.200 | 0.100 | 0.300 | 0.900 | met |" in text
