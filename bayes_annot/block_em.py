@@ -21,8 +21,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.special import expit, log_expit, logit
-from scipy.stats import norm
+from scipy.special import expit, log_expit, logit, ndtr
 
 from .em import (
     EMResult, _attentive_table, _two_class_objective, _update_q, _update_theta, fit_bradley_terry, has_converged,
@@ -448,7 +447,7 @@ def block_continuous_final(block, theta, m, q, tau, att_prob_table, differs_cell
     curvature_rows = block.row_sums(resp * (1.0 - resp))
     precision = np.maximum(block.n_user * eta * (1.0 - eta) - curvature_rows + 1.0 / tau**2, 1e-6)
     return {
-        "users": block.users, "quality": eta, "p_eta_above_half": norm.cdf(theta * np.sqrt(precision)),
+        "users": block.users, "quality": eta, "p_eta_above_half": ndtr(theta * np.sqrt(precision)),
         "theta": theta, "user_loglik": block.row_sums(label_ll),
         "informative": _block_informative(block, differs_cell, q, informative_tol),
         "n_user": block.n_user, "n_rows": block.n_rows,
@@ -612,7 +611,7 @@ def run_em(
         g = _gather(parts, n_users, ["quality", "p_eta_above_half", "theta", "user_loglik", "informative", "n_user"])
         m_level = out["m"] if g["informative"].any() else priors.eta_m_mu
         g["quality"] = np.where(g["informative"], g["quality"], expit(m_level))
-        g["p_eta_above_half"] = np.where(g["informative"], g["p_eta_above_half"], norm.cdf(m_level / out["tau"]))
+        g["p_eta_above_half"] = np.where(g["informative"], g["p_eta_above_half"], ndtr(m_level / out["tau"]))
         extra = dict(p_eta_above_half=g["p_eta_above_half"], theta=g["theta"], m=float(out["m"]), tau=float(out["tau"]))
     return EMResult(
         variant=variant, pi=out.get("pi"), q=float(out["q"]), strengths=s, quality=g["quality"],

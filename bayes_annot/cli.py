@@ -15,7 +15,9 @@ import warnings
 from pathlib import Path
 
 from .errors import InputError
-from .outdir import apply_umask
+
+# Only the standard library is imported at start-up: `bayes-annot --help` and argument errors answer
+# without loading numpy, pandas or SciPy; each command imports what it needs (tests/test_startup.py).
 
 _REAL_DATASETS = ("cemschoice", "topmodel2007", "germanparties2009")  # bayes_annot.datasets.REAL_DATASETS (not imported at start-up)
 
@@ -149,7 +151,8 @@ def _build_parser() -> argparse.ArgumentParser:
                      "both read back equal")
     fit.add_argument("--safe-csv", action="store_true",
                      help="prefix ' to text cells starting with = + - @ (spreadsheet formula injection); load() undoes it")
-    fit.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    fit.add_argument("--quiet", action="store_true", help="print nothing but errors (no progress bars either)")
+    _add_progress(fit)
 
     sim = sub.add_parser("simulate", help="write a synthetic comparison log with truth columns")
     sim.add_argument("--out", required=True, help="output file (.csv, .parquet, .json, .jsonl)")
@@ -168,16 +171,40 @@ def _build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="rebuild the HTML diagnostics report from a saved output folder")
     report.add_argument("directory", help="a folder written by 'bayes-annot fit'")
     report.add_argument("--out", default=None, help="report file (default DIRECTORY/report.html)")
-    report.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    report.add_argument("--quiet", action="store_true", help="print nothing but errors (no progress bars either)")
+    _add_progress(report)
 
     demo = sub.add_parser("demo", help="run the main job on the embedded demo log")
     demo.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
     demo.add_argument("--seed", type=int, default=0)
+    _add_progress(demo)
     return parser
+
+
+def _add_progress(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=None,
+        help="progress bars on stderr for work longer than ~2 s: EM iterations, Dask partitions, NUTS, report "
+        "sections (default: on when stderr is a terminal; --quiet turns them off)",
+    )
+
+
+def _progress_setting(args):
+    """The progress bars a command shows: off with --quiet, else --progress/--no-progress, else on a terminal."""
+    from .progress import Progress
+
+    if getattr(args, "quiet", False):
+        return False
+    wanted = getattr(args, "progress", None)
+    if wanted is None:
+        wanted = sys.stderr.isatty()
+    return Progress() if wanted else False
 
 
 def _write_frame(frame, path: Path) -> None:
     """Write a frame by suffix, atomically (temporary file, then rename)."""
+    from .outdir import apply_umask
+
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".parquet", ".json", ".jsonl"):
         raise InputError(f"output '{path}': unknown file type '{suffix}', expected .csv, .parquet, .json or .jsonl")
@@ -363,7 +390,7 @@ def _cmd_fit(args) -> int:
                 tune=args.tune,
                 chains=args.chains,
                 sampler=args.sampler,
-                progress=None,
+                progress=args.progress_setting,
                 seed=args.seed,
                 start=args.warm_start,
                 record_paths=args.record_paths,
@@ -436,7 +463,7 @@ def _cmd_demo(args) -> int:
         f"demo log: {len(log)} rows from {DEMO_SETTINGS['n_users']} simulated users, {DEMO_SETTINGS['n_models']} models, "
         f"{DEMO_SETTINGS['casual_share']:.0%} casual (seed {DEMO_SETTINGS['seed']})"
     )
-    result = fit(log, filter="fdr:0.1", seed=args.seed)
+    result = fit(log, filter="fdr:0.1", seed=args.seed, progress=args.progress_setting)
     result.save(out, report=True, dpo=out / "dpo.jsonl")
     _print_summary(result, out)
     print(f"wrote {out}/report.html and {out}/dpo.jsonl")
@@ -455,7 +482,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "fit" and args.update is not None:
         args.given = _given_options(sys.argv[1:] if argv is None else argv)
     handlers = {"fit": _cmd_fit, "simulate": _cmd_simulate, "report": _cmd_report, "demo": _cmd_demo}
-    with warnings.catch_warnings(record=True) as caught:
+    from .progress import showing
+
+    args.progress_setting = _progress_setting(args)
+    with warnings.catch_warnings(record=True) as caught, showing(args.progress_setting):
         warnings.simplefilter("always")
         try:
             code = handlers[args.command](args)

@@ -63,6 +63,7 @@ from .data import REASONS, ColumnMap, _encode_p_a, _encode_winner, _factorize, _
 from .em import INFORMATIVE_TOL, EMResult
 from .errors import InputError
 from .likelihood import Priors
+from .progress import dask_tasks, em_callback, resolve as resolve_progress
 from .tables import input_renames
 
 __all__ = ["DaskFit", "fit_dask", "to_rows", "DaskRunner"]
@@ -357,6 +358,7 @@ def fit_dask(
     start: dict | None = None,
     npartitions: int | None = None,
     callback=None,
+    progress=None,
 ) -> DaskFit:
     """Fit the behaviour model by EM on a Dask DataFrame (map-reduce over partitions).
 
@@ -375,6 +377,10 @@ def fit_dask(
     npartitions : int, optional
         Number of blocks after the shuffle by user (default: the input's).
     callback : callable(iteration, loglik), optional
+    progress : bool or bayes_annot.progress.Progress, optional
+        Bars on stderr after ~2 s of work: the passes over the partitions
+        (local schedulers) and the EM iterations with the objective
+        (see :mod:`bayes_annot.progress`; default: none).
 
     Returns
     -------
@@ -409,11 +415,13 @@ def fit_dask(
     narrow = ddf[list(dict.fromkeys(wanted))]
     parts = narrow.to_delayed()
     scans = [delayed(_scan_partition)(p, columns) for p in parts]
-    headers, user_vocab, model_vocab = dask.compute(
-        [delayed(_header)(s) for s in scans],
-        _tree_union([delayed(_pick)(s, "users") for s in scans]),
-        _tree_union([delayed(_pick)(s, "models") for s in scans]),
-    )
+    settings = resolve_progress(progress)
+    with dask_tasks(settings, f"Dask: reading {len(parts)} partitions"):
+        headers, user_vocab, model_vocab = dask.compute(
+            [delayed(_header)(s) for s in scans],
+            _tree_union([delayed(_pick)(s, "users") for s in scans]),
+            _tree_union([delayed(_pick)(s, "models") for s in scans]),
+        )
     lengths = np.array([h[0] for h in headers], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     for i, (_, error) in enumerate(headers):
@@ -454,8 +462,9 @@ def fit_dask(
     nparts = npartitions or narrow.npartitions
     shuffled = encoded.shuffle("user", npartitions=nparts)
     blocks = [delayed(_block_from_frame)(p, k, known) for p in shuffled.to_delayed()]
-    blocks = list(dask.persist(*blocks))
-    summaries = dask.compute(*[delayed(_block_counts)(b) for b in blocks])
+    with dask_tasks(settings, f"Dask: encoding and shuffling {len(parts)} partitions"):
+        blocks = list(dask.persist(*blocks))
+        summaries = dask.compute(*[delayed(_block_counts)(b) for b in blocks])
     timings["encode_shuffle"] = time.perf_counter() - t1
     n_users = int(user_vocab.shape[0])
     cells = np.sum([s["cells"] for s in summaries], axis=0)
@@ -475,10 +484,11 @@ def fit_dask(
     }
     t2 = time.perf_counter()
     runner = DaskRunner(blocks, n_users)
-    em = run_em(
-        runner, k, learned=not known, variant=model, priors=priors, q_fixed=q, tol=tol, max_iter=max_iter,
-        informative_tol=informative_tol, start=start, callback=callback,
-    )
+    with em_callback(settings, callback, desc=f"EM over {nparts} blocks") as each_iteration:
+        em = run_em(
+            runner, k, learned=not known, variant=model, priors=priors, q_fixed=q, tol=tol, max_iter=max_iter,
+            informative_tol=informative_tol, start=start, callback=each_iteration,
+        )
     timings["em"] = time.perf_counter() - t2
     strengths = em.strengths
     if strengths is None and mu is not None:

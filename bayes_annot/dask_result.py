@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .decide import FilterRule, check_no_verdict_policy, decide, parse_filter
+from .progress import iterate, resolve as resolve_progress
 
 __all__ = ["DaskFitResult"]
 
@@ -146,6 +147,7 @@ class DaskFitResult:
         from .export import stage_dpo
 
         parts = self._dpo_parts(**columns)
+        parts = iterate(resolve_progress(None), parts, desc="writing DPO records", unit="partition", total=len(parts))
         return stage_dpo((part.compute() for part in parts), Path(path), staging_dir)
 
     def report(self, path, **options) -> Path:
@@ -173,7 +175,9 @@ class DaskFitResult:
             out.table("users", self.users)
             out.table("models", self.models)
             renames = input_renames(self._ddf.columns)
-            out.stream_table("rows", (part.compute() for part in self.rows.to_delayed()),
+            parts = self.rows.to_delayed()  # a bar inside a bayes_annot.progress.showing() block (the CLI's)
+            parts = iterate(resolve_progress(None), parts, desc="writing rows", unit="partition", total=len(parts))
+            out.stream_table("rows", (part.compute() for part in parts),
                              renamed_input_columns={new: old for old, new in renames.items()})
             out.json("summary.json", self.summary)
             if report:

@@ -28,6 +28,7 @@ from .decide import FilterRule, check_no_verdict_policy, decide, parse_filter  #
 from .block_em import Block, EMState, LocalRunner, make_block, run_em
 from .em import EMProblem, EMResult
 from .errors import FitWarning, InputError, user_stacklevel
+from .progress import Progress, em_callback, resolve as resolve_progress
 from .likelihood import Priors
 from .tables import OUTPUT_COLUMNS, input_renames  # noqa: F401  (OUTPUT_COLUMNS: public name)
 from .validation import check_fit_settings
@@ -532,7 +533,7 @@ def fit(
     tune: int = 1000,
     chains: int = 2,
     sampler: str = "pymc",
-    progress: bool | None = None,
+    progress: bool | Progress | None = None,
     seed: int = 0,
     start: dict | str | Path | None = None,
     accelerate: bool | None = None,
@@ -604,8 +605,14 @@ def fit(
         changes by less than ``tol * (1 + |loglik|)`` AND no parameter (user
         quality, strength, ``pi``, ``q``) by more than ``100 * tol``
         (:func:`bayes_annot.em.has_converged`).
-    draws, tune, chains, sampler, progress
+    draws, tune, chains, sampler
         NUTS settings.
+    progress : bool or bayes_annot.progress.Progress, optional
+        Progress bars on stderr for work longer than about 2 s: EM iterations
+        with the objective, Dask partitions, NUTS/MAP (PyMC's bar). ``None``
+        (default): none, except inside a :func:`bayes_annot.progress.showing`
+        block, and for NUTS PyMC's bar when stderr is a terminal (as before).
+        ``False``: none at all.
     seed : int
     accelerate : bool, optional
         EM with SQUAREM extrapolation (steps kept only when the objective does
@@ -667,7 +674,7 @@ def fit(
         return _fit_dask_frame(
             data, model=model, rule=rule, user=user, model_a=model_a, model_b=model_b, winner=winner, p_a=p_a,
             use_p_a=use_p_a, mu=mu, strong_model=strong_model, q=q, priors=priors, tol=tol, max_iter=max_iter,
-            seed=seed, start=start, input_info=input_info, no_verdict=no_verdict,
+            seed=seed, start=start, input_info=input_info, no_verdict=no_verdict, progress=progress,
         )
     if isinstance(data, (str, Path)):
         frame = read_table(data)
@@ -701,10 +708,11 @@ def fit(
         # when the penalised log-likelihood does not decrease, reach the optimum in ~4x fewer.
         squarem = bool(accelerate if accelerate is not None else model == "continuous")
         state = em_state(prepared, problem, pairs, mu=mu, strong_model=strong_model, use_p_a=use_p_a)
-        em = run_block_em(
-            state.block, problem, model, priors=priors, q=q, tol=tol, max_iter=max_iter,
-            start=_resolve_start(start, prepared), accelerate=squarem,
-        )
+        with em_callback(resolve_progress(progress)) as callback:
+            em = run_block_em(
+                state.block, problem, model, priors=priors, q=q, tol=tol, max_iter=max_iter,
+                start=_resolve_start(start, prepared), accelerate=squarem, callback=callback,
+            )
         estimates = em_estimates(em, model, _known_strengths(problem, prepared, mu, strong_model))
     else:
         from .pymc_model import fit_pymc
@@ -719,7 +727,7 @@ def fit(
             tune=tune,
             chains=chains,
             sampler=sampler,
-            progress=progress,
+            progress=progress if progress is not None else resolve_progress(None),
             seed=seed,
             user_labels=prepared.user_labels,
             model_labels=prepared.model_labels,
@@ -1034,13 +1042,15 @@ def em_state(prepared: PreparedData, problem: EMProblem, pairs: np.ndarray, *, m
     )
 
 
-def run_block_em(block: Block, problem: EMProblem, model: str, *, priors, q, tol, max_iter, start, accelerate) -> EMResult:
-    """EM on one in-memory block (plain, or with SQUAREM steps kept only when the objective does not decrease)."""
+def run_block_em(block: Block, problem: EMProblem, model: str, *, priors, q, tol, max_iter, start, accelerate,
+                 callback=None) -> EMResult:
+    """EM on one in-memory block (plain, or with SQUAREM steps kept only when the objective does not decrease);
+    ``callback(iteration, objective)`` is called after every iteration."""
     if start is not None and not problem.learned:
         start = {key: value for key, value in start.items() if key != "strengths"}
     em = run_em(
         LocalRunner([block], block.users.shape[0]), problem.n_models, problem.learned, variant=model, priors=priors,
-        q_fixed=q, tol=tol, max_iter=max_iter, start=start, accelerate=accelerate,
+        q_fixed=q, tol=tol, max_iter=max_iter, start=start, accelerate=accelerate, callback=callback,
     )
     block.release_pass_caches()  # the block is kept for updates; its pass caches are not needed
     return em
@@ -1148,7 +1158,7 @@ def _read_parquet_collection(path):
 
 
 def _fit_dask_frame(ddf, *, model, rule, priors, q, tol, max_iter, seed, start, mu, strong_model, input_info=None,
-                    no_verdict="keep", **columns):
+                    no_verdict="keep", progress=None, **columns):
     from .dask_em import fit_dask
     from .dask_result import DaskFitResult
 
@@ -1156,7 +1166,8 @@ def _fit_dask_frame(ddf, *, model, rule, priors, q, tol, max_iter, seed, start, 
     priors = priors or Priors()
     try:
         dfit = fit_dask(ddf, model=model, priors=priors, q=q, tol=tol, max_iter=max_iter, mu=mu,
-                        strong_model=strong_model, start=start if isinstance(start, dict) else None, **columns)
+                        strong_model=strong_model, start=start if isinstance(start, dict) else None,
+                        progress=progress, **columns)
     except ValueError as exc:
         if isinstance(exc, InputError):
             raise

@@ -562,9 +562,13 @@ def fit_prepared(
         mode = strength_mode(prepared, mu, strong_model, use_p_a)
     if problem.n_labels == 0:
         raise InputError("no row enters the likelihood (all ties or same-model pairs): nothing to update")
-    em = run_block_em(
-        state.block, problem, model, priors=priors, q=q, tol=tol, max_iter=max_iter, start=start, accelerate=accelerate
-    )
+    from .progress import em_callback, resolve
+
+    with em_callback(resolve(None)) as callback:  # a bar inside a progress.showing() block (the CLI's)
+        em = run_block_em(
+            state.block, problem, model, priors=priors, q=q, tol=tol, max_iter=max_iter, start=start,
+            accelerate=accelerate, callback=callback,
+        )
     estimates = em_estimates(em, model, _known_strengths(problem, prepared, mu, strong_model))
     rows_problem = problem if hasattr(problem, "user") else build_problem(prepared, mu=mu, strong_model=strong_model,
                                                                           use_p_a=use_p_a)[0]

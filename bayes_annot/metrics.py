@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import rankdata, spearmanr
 
 __all__ = ["auc", "expected_calibration_error", "reliability_table", "spearman"]
 
 
 def auc(score, truth) -> float:
     """Area under the ROC curve of ``score`` for the binary ``truth`` (Mann–Whitney, ties averaged)."""
+    from scipy.stats import rankdata  # scipy.stats takes ~1 s to import: only when needed
+
     score = np.asarray(score, dtype=float)
     truth = np.asarray(truth, dtype=bool)
     n_pos, n_neg = int(truth.sum()), int((~truth).sum())
@@ -38,4 +39,6 @@ def expected_calibration_error(prob, truth, n_bins: int = 10) -> float:
 
 def spearman(a, b) -> float:
     """Spearman rank correlation."""
+    from scipy.stats import spearmanr
+
     return float(spearmanr(a, b).statistic)

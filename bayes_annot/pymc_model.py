@@ -28,8 +28,7 @@ import warnings
 from types import SimpleNamespace
 
 import numpy as np
-from scipy.special import expit, log_expit, logit
-from scipy.stats import norm
+from scipy.special import expit, log_expit, logit, ndtr
 
 from .em import INFORMATIVE_TOL, EMProblem, _informative_users, fit_bradley_terry, pair_weights
 from .errors import FitWarning, InputError, user_stacklevel
@@ -492,7 +491,7 @@ def _laplace_p_above_half(problem, theta, q, strengths, tau):
     eta = expit(theta)
     curvature = np.bincount(problem.user, weights=resp * (1.0 - resp), minlength=problem.n_users)
     precision = np.maximum(n_user * eta * (1.0 - eta) - curvature + 1.0 / tau**2, 1e-6)
-    return norm.cdf(theta * np.sqrt(precision))
+    return ndtr(theta * np.sqrt(precision))
 
 
 def _no_verdict(variant, informative, quality, p_good, params, priors):
@@ -505,7 +504,7 @@ def _no_verdict(variant, informative, quality, p_good, params, priors):
         return quality, quality
     m_level = params["m"] if informative.any() else priors.eta_m_mu
     quality = np.where(informative, quality, expit(m_level))
-    p_good = np.where(informative, p_good, norm.cdf(m_level / params["tau"]))
+    p_good = np.where(informative, p_good, ndtr(m_level / params["tau"]))
     return quality, p_good
 
 
@@ -774,7 +773,7 @@ def _fit_nuts(
         if not informative.all():
             m_level = m_draws if informative.any() else np.full_like(m_draws, priors.eta_m_mu)
             quality_draws[:, ~informative] = expit(m_level)[:, None]
-            p_good_fn[~informative] = norm.cdf(m_level / tau_draws).mean()
+            p_good_fn[~informative] = ndtr(m_level / tau_draws).mean()
         global_vars = ["m", "tau"]
     if q_fixed is None:
         global_vars.append("q")

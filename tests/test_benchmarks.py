@@ -27,3 +27,15 @@ def test_bench_update_tiny(tmp_path):
     assert len(rows) == 3  # text ids, categorical ids, agreement
     diff = float(rows[-1].split("|")[3])
     assert diff < 1e-6  # update and full refit agree at the tight tolerance
+
+
+def test_bench_startup_page():
+    import bench_startup
+
+    fake = {label: [0.2, 0.1, 0.3, 0.2, 0.2, 0.25, 0.15] for label, _, _ in bench_startup.CASES}
+    slow = dict(fake, **{"`bayes-annot --help`": [0.9] * 7})
+    text = bench_startup.render(fake, slow, "the old tree", 7, (1.0, 1.0))
+    assert text.startswith("## Start-up time")
+    assert "| `import bayes_annot` | 0.200 | 0.100 | 0.300 | 0.200 | met |" in text
+    assert "| `bayes-annot --help` | 0.200 | 0.100 | 0.300 | 0.900 | met |" in text
+    assert "`import bayes_annot`: bayes_annot\n" in text  # nothing third-party at start-up

@@ -764,8 +764,10 @@ def render(src: ResultSource, *, comparison=None, title=None, n_rep: int = 200, 
         "comparison": lambda: _comparison_section(comparison),
         "settings": lambda: _settings_section(src),
     }
-    parts = []
-    for anchor, heading in SECTIONS:
+    from ..progress import iterate, resolve
+
+    parts = []  # a bar inside a bayes_annot.progress.showing() block (the CLI's), after ~2 s
+    for anchor, heading in iterate(resolve(None), SECTIONS, desc="report", unit="section", total=len(SECTIONS)):
         try:
             body = builders[anchor]()
         except Exception as exc:  # noqa: BLE001 - a section that fails says so; the rest still renders
