@@ -29,6 +29,7 @@ from .block_em import Block, EMState, LocalRunner, make_block, run_em
 from .em import EMProblem, EMResult
 from .errors import FitWarning, InputError
 from .likelihood import Priors
+from .pairs import PairTable
 from .tables import OUTPUT_COLUMNS, input_renames  # noqa: F401  (OUTPUT_COLUMNS: public name)
 from .validation import check_fit_settings
 
@@ -125,16 +126,19 @@ class ProblemSize:
     learned: bool
 
 
-def pair_counts(data: PreparedData) -> np.ndarray:
-    """``K x K`` table of usable labels per (model_a, model_b)."""
+def pair_counts(data: PreparedData) -> PairTable:
+    """Usable labels per compared (model_a, model_b): a sparse :class:`~bayes_annot.pairs.PairTable`
+    (only the pairs that occur; ``.toarray()`` is the ``K x K`` table)."""
     usable = data.usable
-    k = data.n_models
-    return np.bincount(data.model_a[usable].astype(np.int64) * k + data.model_b[usable], minlength=k * k).reshape(k, k)
+    return PairTable.from_labels(data.model_a[usable], data.model_b[usable], data.n_models)[0]
 
 
-def graph_components(pairs: np.ndarray) -> np.ndarray:
-    """Connected part of each model in the comparison graph (``pairs``: a ``K x K`` count table)."""
-    _, labels = connected_components(csr_matrix(pairs > 0), directed=False)
+def graph_components(pairs) -> np.ndarray:
+    """Connected part of each model in the comparison graph (``pairs``: a
+    :class:`~bayes_annot.pairs.PairTable`, or a ``K x K`` count table)."""
+    if isinstance(pairs, PairTable):
+        return pairs.components()
+    _, labels = connected_components(csr_matrix(np.asarray(pairs) > 0), directed=False)
     return labels
 
 
@@ -732,11 +736,15 @@ def problem_key(mu: float | None, strong_model: str | None, use_p_a: bool, has_p
     return ("learned",)
 
 
-def problem_block(prepared: PreparedData, problem: EMProblem, rows: slice | None = None, users=None) -> Block:
+def problem_block(
+    prepared: PreparedData, problem: EMProblem, rows: slice | None = None, users=None, pairs: PairTable | None = None
+) -> Block:
     """The :class:`~bayes_annot.block_em.Block` of a prepared log's usable labels (optionally of a row range).
 
     ``problem`` holds the usable labels of the same rows (``build_problem``);
     the block covers ``users`` (default: every user of the vocabulary).
+    ``pairs``: the pair vocabulary of the cells (must hold every pair of the
+    labels; default: the labels' own pairs).
     """
     user, usable = prepared.user, prepared.usable
     if rows is not None:
@@ -744,14 +752,19 @@ def problem_block(prepared: PreparedData, problem: EMProblem, rows: slice | None
     if users is None:
         users = np.arange(prepared.n_users)
     if problem.learned:
-        return make_block(user, usable, problem.n_models, cell=problem.cell().astype(np.int32), users=users)
+        if pairs is None:
+            pairs, index = PairTable.from_labels(problem.model_a, problem.model_b, problem.n_models)
+            cell = (2 * index + problem.choice_a).astype(np.int32)
+        else:
+            cell = pairs.cells(problem.model_a, problem.model_b, problem.choice_a)
+        return make_block(user, usable, problem.n_models, cell=cell, users=users, pairs=pairs)
     return make_block(user, usable, problem.n_models, choice=problem.choice_a, known_logit=problem.known_logit_mu, users=users)
 
 
-def em_state(prepared: PreparedData, problem: EMProblem, pairs: np.ndarray, *, mu, strong_model, use_p_a) -> EMState:
+def em_state(prepared: PreparedData, problem: EMProblem, pairs: PairTable, *, mu, strong_model, use_p_a) -> EMState:
     """The EM block of a whole prepared log, with what an incremental update needs to extend it."""
     return EMState(
-        block=problem_block(prepared, problem), pair_counts=pairs,
+        block=problem_block(prepared, problem, pairs=pairs), pair_counts=pairs,
         key=problem_key(mu, strong_model, use_p_a, prepared.has_p_a),
     )
 
