@@ -564,6 +564,7 @@ class _PairBT:
     def __init__(self, pairs: PairTable | None, n_models: int, sigma: float):
         self.pairs = pairs if pairs is not None else PairTable.dense(n_models)
         self.sigma = sigma
+        self._structure = None
 
     def table(self, s: np.ndarray) -> np.ndarray:
         """log P_att of every cell."""
@@ -573,8 +574,12 @@ class _PairBT:
         return differs_cells_pairs(s, self.pairs.a, self.pairs.b, tol)
 
     def fit(self, cells: np.ndarray, start=None) -> np.ndarray:
+        from . import pairs as pairs_module
+
         w1, w0 = _split_cells(cells)
-        return fit_bradley_terry_pairs(self.pairs, w1, w0, self.sigma, start=start)
+        if self.pairs.n_models > pairs_module.DENSE_MAX_MODELS and self._structure is None:
+            self._structure = pairs_module._Laplacian(self.pairs.a, self.pairs.b, self.pairs.n_models)
+        return fit_bradley_terry_pairs(self.pairs, w1, w0, self.sigma, start=start, structure=self._structure)
 
 
 def _gather(parts: list[dict], n_users: int, keys) -> dict:

@@ -475,7 +475,9 @@ def fit(
     accelerate : bool, optional
         EM with SQUAREM extrapolation (steps kept only when the objective does
         not decrease); default: on for ``continuous`` (plain EM needs ~100
-        iterations there), off for ``two-class`` (~10 iterations).
+        iterations there) and for more than 200 models (many weakly
+        identified strengths slow plain EM down, e.g. ~450 iterations at 10^4
+        models seen ~20 times each), off for ``two-class`` otherwise (~10 iterations).
     start : dict or path, optional
         Warm start for EM: a folder written by a previous fit (its parameters,
         strengths and per-user quality, matched by label) or a dict with any
@@ -552,7 +554,7 @@ def fit(
     elif method == "em":
         # continuous EM converges slowly (~100 plain iterations): SQUAREM steps, each kept only
         # when the penalised log-likelihood does not decrease, reach the optimum in ~4x fewer.
-        squarem = bool(accelerate if accelerate is not None else model == "continuous")
+        squarem = default_accelerate(accelerate, model, prepared.n_models)
         state = em_state(prepared, problem, pairs, mu=mu, strong_model=strong_model, use_p_a=use_p_a)
         em = run_block_em(
             state.block, problem, model, priors=priors, q=q, tol=tol, max_iter=max_iter,
@@ -595,7 +597,7 @@ def fit(
         "tol": tol,
         "max_iter": max_iter,
         "seed": seed,
-        "accelerate": bool(accelerate if accelerate is not None else model == "continuous") if method == "em" else None,
+        "accelerate": default_accelerate(accelerate, model, prepared.n_models) if method == "em" else None,
         "warm_start": start is not None,
     }
     if method == "nuts":
@@ -767,6 +769,16 @@ def em_state(prepared: PreparedData, problem: EMProblem, pairs: PairTable, *, mu
         block=problem_block(prepared, problem, pairs=pairs), pair_counts=pairs,
         key=problem_key(mu, strong_model, use_p_a, prepared.has_p_a),
     )
+
+
+def default_accelerate(accelerate: bool | None, model: str, n_models: int) -> bool:
+    """SQUAREM on or off: ``accelerate`` if given, else on for ``continuous`` or more than
+    :data:`bayes_annot.pairs.DENSE_MAX_MODELS` models."""
+    from . import pairs
+
+    if accelerate is not None:
+        return bool(accelerate)
+    return model == "continuous" or n_models > pairs.DENSE_MAX_MODELS
 
 
 def run_block_em(block: Block, problem: EMProblem, model: str, *, priors, q, tol, max_iter, start, accelerate) -> EMResult:

@@ -529,6 +529,7 @@ def fit_prepared(
         _known_strengths,
         assemble_summary,
         build_problem,
+        default_accelerate,
         em_estimates,
         em_state,
         graph_components,
@@ -538,8 +539,7 @@ def fit_prepared(
     )
 
     started = time.perf_counter() if _started is None else _started
-    if accelerate is None:
-        accelerate = model == "continuous"
+    accelerate = default_accelerate(accelerate, model, prepared.n_models)
     if model not in ("two-class", "continuous"):
         raise InputError(f"unknown model '{model}', expected one of two-class, continuous")
     check_fit_settings(tol=tol, max_iter=max_iter, q=q, mu=mu, priors=priors)

@@ -179,27 +179,49 @@ def differs_cells_pairs(s: np.ndarray, a: np.ndarray, b: np.ndarray, tol: float)
     return np.repeat(np.abs(s[a] - s[b]) > tol, 2)
 
 
-def bt_objective_pairs(s, a, b, w1, w0, sigma) -> float:
-    """The ridge Bradley–Terry objective over pair weights (``w1``: ``a`` chosen, ``w0``: ``b`` chosen)."""
+def bt_objective_pairs(s, a, b, w1, w0, sigma, wsum=None) -> float:
+    """The ridge Bradley–Terry objective over pair weights (``w1``: ``a`` chosen, ``w0``: ``b`` chosen).
+
+    Uses ``log sigmoid(-d) = log sigmoid(d) - d``: one transcendental per pair (``wsum = w1 + w0``).
+    """
     d = s[a] - s[b]
-    return float(w1 @ log_expit(d) + w0 @ log_expit(-d) - 0.5 * (s @ s) / sigma**2)
+    if wsum is None:
+        wsum = w1 + w0
+    return float(wsum @ log_expit(d) - w0 @ d - 0.5 * (s @ s) / sigma**2)
 
 
-def bt_derivatives_pairs(s, a, b, w1, w0, sigma):
+class _Laplacian:
+    """The sparse negative Hessian's CSR structure over fixed pairs (built once, refilled per Newton step)."""
+
+    def __init__(self, a, b, k):
+        from scipy.sparse import csr_matrix
+
+        rows = np.concatenate([a, b, np.arange(k)])
+        cols = np.concatenate([b, a, np.arange(k)])
+        self.order = np.argsort(rows, kind="stable")
+        indptr = np.zeros(k + 1, dtype=np.int64)
+        np.cumsum(np.bincount(rows, minlength=k), out=indptr[1:])
+        self.matrix = csr_matrix((np.zeros(rows.shape[0]), cols[self.order], indptr), shape=(k, k))
+        self.k = k
+
+    def fill(self, c, diag):
+        self.matrix.data = np.concatenate([-c, -c, diag])[self.order]
+        return self.matrix
+
+
+def bt_derivatives_pairs(s, a, b, w1, w0, sigma, structure=None):
     """Gradient and sparse negative Hessian (weighted graph Laplacian + ``I / sigma^2``, CSR) of
     :func:`bt_objective_pairs`."""
-    from scipy.sparse import csr_matrix
-
     k = s.shape[0]
+    if structure is None:
+        structure = _Laplacian(a, b, k)
     p = expit(s[a] - s[b])
-    g = w1 * (1.0 - p) - w0 * p
+    wsum = w1 + w0
+    g = w1 - wsum * p  # w1 (1 - p) - w0 p
     grad = np.bincount(a, weights=g, minlength=k) - np.bincount(b, weights=g, minlength=k) - s / sigma**2
-    c = (w1 + w0) * p * (1.0 - p)
+    c = wsum * p * (1.0 - p)
     diag = np.bincount(a, weights=c, minlength=k) + np.bincount(b, weights=c, minlength=k) + 1.0 / sigma**2
-    rows = np.concatenate([a, b, np.arange(k)])
-    cols = np.concatenate([b, a, np.arange(k)])
-    neg_hess = csr_matrix((np.concatenate([-c, -c, diag]), (rows, cols)), shape=(k, k))
-    return grad, neg_hess, diag
+    return grad, structure.fill(c, diag), diag
 
 
 def _cg_solve(matrix, diag, rhs, rtol):
@@ -236,6 +258,7 @@ def fit_bradley_terry_pairs(
     max_iter: int = 100,
     method: str = "auto",
     cg_rtol: float = 1e-13,
+    structure: "_Laplacian | None" = None,
 ) -> np.ndarray:
     r"""Weighted ridge Bradley–Terry strengths from per-pair weights (Newton).
 
@@ -274,15 +297,19 @@ def fit_bradley_terry_pairs(
     keep = (w1 != 0) | (w0 != 0)  # pairs without weight do not enter the objective
     if not keep.all():
         a, b, w1, w0 = a[keep], b[keep], w1[keep], w0[keep]
+        structure = None
+    if structure is None:  # the Hessian's sparsity pattern (``structure``: built once for these pairs)
+        structure = _Laplacian(a, b, k)
     s = np.zeros(k) if start is None else np.array(start, dtype=float)
-    value = bt_objective_pairs(s, a, b, w1, w0, sigma)
+    wsum = w1 + w0
+    value = bt_objective_pairs(s, a, b, w1, w0, sigma, wsum)
     for _ in range(max_iter):
-        grad, neg_hess, diag = bt_derivatives_pairs(s, a, b, w1, w0, sigma)
+        grad, neg_hess, diag = bt_derivatives_pairs(s, a, b, w1, w0, sigma, structure)
         step = _cg_solve(neg_hess, diag, grad, cg_rtol)
         t = 1.0
         while True:
             candidate = s + t * step
-            new_value = bt_objective_pairs(candidate, a, b, w1, w0, sigma)
+            new_value = bt_objective_pairs(candidate, a, b, w1, w0, sigma, wsum)
             if new_value >= value - 1e-12 * abs(value) or t < 1e-8:
                 break
             t *= 0.5
