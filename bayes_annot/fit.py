@@ -773,12 +773,12 @@ def em_state(prepared: PreparedData, problem: EMProblem, pairs: PairTable, *, mu
 
 def default_accelerate(accelerate: bool | None, model: str, n_models: int) -> bool:
     """SQUAREM on or off: ``accelerate`` if given, else on for ``continuous`` or more than
-    :data:`bayes_annot.pairs.DENSE_MAX_MODELS` models."""
-    from . import pairs
+    :data:`bayes_annot.pairs.ACCELERATE_MIN_MODELS` models."""
+    from .pairs import ACCELERATE_MIN_MODELS
 
     if accelerate is not None:
         return bool(accelerate)
-    return model == "continuous" or n_models > pairs.DENSE_MAX_MODELS
+    return model == "continuous" or n_models > ACCELERATE_MIN_MODELS
 
 
 def run_block_em(block: Block, problem: EMProblem, model: str, *, priors, q, tol, max_iter, start, accelerate) -> EMResult:

@@ -136,7 +136,7 @@ def main(argv=None) -> list[dict]:
         "The pair statistics are sparse (`bayes_annot.pairs.PairTable`: only the compared model pairs), every "
         "cell table of the EM engine has `2 P` entries (`P` compared pairs, at most the number of labels), and the "
         "Bradley–Terry Newton step solves the sparse Hessian (weighted graph Laplacian + ridge) by Jacobi-"
-        "preconditioned conjugate gradients above 200 models (dense solve up to 200, same optimum: tested to 1e-10). "
+        "preconditioned conjugate gradients above 64 models (dense solve up to 64, same optimum: tested to 1e-10). "
         "Logs: uniformly random pairs of distinct models, 10 labels per user on average, 70% attentive users. "
         "Peak RSS includes the interpreter, the imported libraries and the log itself.",
         "",
