@@ -264,7 +264,7 @@ def fit_bradley_terry_pairs(
     max_iter: int = 100,
     method: str = "auto",
     cg_rtol: float = 1e-13,
-    structure: "_Laplacian | None" = None,
+    structure=None,
 ) -> np.ndarray:
     r"""Weighted ridge Bradley–Terry strengths from per-pair weights (Newton).
 
@@ -276,10 +276,19 @@ def fit_bradley_terry_pairs(
         Weighted labels of each pair choosing ``model_a`` / ``model_b``.
     sigma : float
         The strengths' Normal(0, sigma) prior (ridge).
+    start : float array (K,), optional
+        Starting strengths (default zeros).
+    tol, max_iter : float, int
+        Newton stops when the largest step is below ``tol`` (or the objective stops improving).
     method : {"auto", "dense", "sparse"}
         ``"dense"``: :func:`bayes_annot.em.fit_bradley_terry` on the ``K x K``
         tables; ``"sparse"``: Newton with a conjugate-gradient solve of the
         sparse Hessian; ``"auto"``: dense up to :data:`DENSE_MAX_MODELS` models.
+    cg_rtol : float
+        Relative residual at which conjugate gradients stop (sparse method).
+    structure : optional
+        The Hessian's sparsity pattern over ``pairs``, built once by the caller
+        when it solves many times over the same pairs (EM).
 
     Both methods maximise the same strictly concave objective with the same
     backtracking and stopping rule, so they agree to the solver's accuracy.
