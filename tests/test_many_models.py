@@ -197,7 +197,7 @@ def run_memory_fit(rows: int, models: int, users: int, connected: bool = True) -
 
 @pytest.mark.slow
 def test_memory_bounded_fit_with_200k_models():
-    """2 x 10^5 models on a sparse log (each model seen ~5 times): no K^2 memory."""
-    info = run_memory_fit(500_000, 200_000, 50_000, connected=True)
-    assert info["models"] == 200_000
+    """2 x 10^5 models on a sparse log (each model seen ~2 times): no K^2 memory (a dense table would need 320 GB)."""
+    info = run_memory_fit(200_000, 200_000, 20_000, connected=True)
+    assert info["models"] > 150_000  # models drawn for no label are not in the vocabulary
     assert info["peak_rss_mb"] < 2048, info
