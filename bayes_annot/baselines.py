@@ -45,7 +45,7 @@ from scipy.optimize import minimize
 from scipy.special import expit, log_expit
 
 from .data import ColumnMap, PreparedData, prepare, read_table
-from .em import fit_bradley_terry, pair_weights
+from .pairs import fit_bradley_terry_labels
 from .errors import InputError
 
 __all__ = [
@@ -107,10 +107,7 @@ def _users_table(data: PreparedData, n_labels, quality, kept, uninformative, ext
 def _plain_strengths(data: PreparedData, sigma: float) -> np.ndarray:
     """Ridge Bradley–Terry strengths on every usable label (everyone attentive)."""
     usable = data.usable
-    k = data.n_models
-    cell = (data.model_a[usable].astype(np.int64) * k + data.model_b[usable]) * 2 + data.choice_a[usable]
-    w1, w0 = pair_weights(cell, None, k)
-    return fit_bradley_terry(w1, w0, sigma)
+    return fit_bradley_terry_labels(data.model_a[usable], data.model_b[usable], data.choice_a[usable], data.n_models, sigma)
 
 
 @dataclass
@@ -282,10 +279,12 @@ def arena_outlier(
     vote = np.where(tie, 0.5, first_won.astype(float))
 
     # Reference counts per pair (non-tie votes), minus the user's own on that pair.
-    win = np.bincount(pair, weights=(~tie & first_won).astype(float), minlength=k * k)[pair]
-    loss = np.bincount(pair, weights=(~tie & ~first_won).astype(float), minlength=k * k)[pair]
+    _, pair_index = np.unique(pair, return_inverse=True)  # compared pairs only (no K x K table)
+    pair_index = pair_index.reshape(-1)
+    win = np.bincount(pair_index, weights=(~tie & first_won).astype(float))[pair_index]
+    loss = np.bincount(pair_index, weights=(~tie & ~first_won).astype(float))[pair_index]
     if exclude_own:
-        key = u * (k * k) + pair
+        key = u * (int(pair_index.max(initial=0)) + 1) + pair_index
         _, inverse = np.unique(key, return_inverse=True)
         win = win - np.bincount(inverse, weights=(~tie & first_won).astype(float))[inverse]
         loss = loss - np.bincount(inverse, weights=(~tie & ~first_won).astype(float))[inverse]

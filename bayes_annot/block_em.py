@@ -1,10 +1,12 @@
 r"""The block EM engine: EM passes over users' labels grouped in blocks.
 
 A :class:`Block` holds the usable labels of a set of users, sorted by user:
-with learned strengths, the ``users x cells`` count matrix (cell = ``(model_a,
-model_b, choice)``) in CSR form, so that per-user sums of a cell table are a
-sparse mat-vec and the ``K x K x 2`` table of weighted win counts (the
-Bradley–Terry M-step's input) its transpose. A *runner* applies a pass to every
+with learned strengths, the ``users x cells`` count matrix (cell = ``2 * pair +
+choice``, ``pair`` an index into the compared model pairs of a
+:class:`~bayes_annot.pairs.PairTable`) in CSR form, so that per-user sums of a
+cell table are a sparse mat-vec and the ``2 P`` table of weighted win counts
+(the Bradley–Terry M-step's input) its transpose. Without a pair table the cells
+are the dense ``(model_a, model_b, choice)`` index of ``2 K^2`` cells. A *runner* applies a pass to every
 block and sums the sufficient statistics; :func:`run_em` is the driver loop
 (the penalised log-likelihood of :mod:`bayes_annot.likelihood`, exact block-wise
 M-steps, :func:`bayes_annot.em.has_converged`, optional SQUAREM extrapolation).
@@ -23,13 +25,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.special import expit, log_expit, logit, ndtr
 
-from .em import (
-    EMResult, _attentive_table, _two_class_objective, _update_q, _update_theta, fit_bradley_terry, has_converged,
-    max_change,
-)
+from .em import EMResult, _two_class_objective, _update_q, _update_theta, has_converged, max_change
 from .likelihood import Priors, log_beta_pdf, log_normal_pdf
+from .pairs import PairTable, attentive_table_pairs, differs_cells_pairs, fit_bradley_terry_pairs
 
-__all__ = ["Block", "EMState", "make_block", "merge_blocks", "cell_index_map", "LocalRunner", "run_em"]
+__all__ = ["Block", "EMState", "make_block", "merge_blocks", "cell_index_map", "pair_cell_map", "LocalRunner", "run_em"]
 
 # --------------------------------------------------------------------------- blocks (pure numpy)
 
@@ -67,11 +67,12 @@ class Block:
     seg_users: np.ndarray  # int64: local index of each non-empty user
     seg_starts: np.ndarray  # start of each non-empty user's entries
     n_models: int
-    cell: np.ndarray | None = None  # int32 (n,) flattened (model_a, model_b, choice) when strengths are learned
+    cell: np.ndarray | None = None  # int32 (n,) 2 * pair + choice when strengths are learned
     choice: np.ndarray | None = None  # int8 (n,) (known mode)
     known_logit: np.ndarray | None = None  # float (n,) (known mode)
     ties: int = 0  # rows of these users that are ties / same-model pairs (bookkeeping)
     same_model: int = 0
+    pairs: PairTable | None = None  # the pair vocabulary of ``cell`` (None: every K x K pair)
     _counts: object = field(default=None, repr=False)
     _inactive: np.ndarray | None = field(default=None, repr=False)
     _cell_totals: np.ndarray | None = field(default=None, repr=False)
@@ -86,6 +87,11 @@ class Block:
         return self.cell is not None
 
     @property
+    def n_cells(self) -> int:
+        """Length of a cell table: ``2 P`` (``2 K^2`` without a pair table)."""
+        return 2 * (self.pairs.n_pairs if self.pairs is not None else self.n_models * self.n_models)
+
+    @property
     def inactive(self) -> np.ndarray:
         """Local indices of users without usable labels (cached)."""
         if self._inactive is None:
@@ -96,7 +102,7 @@ class Block:
         """``users x cells`` CSR matrix of the entries (``data`` per entry; ones by default)."""
         from scipy.sparse import csr_matrix
 
-        shape = (self.users.shape[0], 2 * self.n_models * self.n_models)
+        shape = (self.users.shape[0], self.n_cells)
         if data is None:
             if self._counts is None:
                 self._counts = csr_matrix((np.ones(self.n_entries), self.cell, self.indptr), shape=shape)
@@ -119,7 +125,7 @@ class Block:
         return np.repeat(per_user, self.n_user.astype(np.int64))
 
     def cell_sums(self, values: np.ndarray) -> np.ndarray:
-        """Sums of per-entry values by pair cell: a flattened ``K x K x 2`` table."""
+        """Sums of per-entry values by pair cell: a table of ``n_cells``."""
         return self.matrix(values).T @ np.ones(self.users.shape[0])
 
     def cell_sums_by_user(self, per_user: np.ndarray) -> np.ndarray:
@@ -159,15 +165,16 @@ class EMState:
     ----------
     block : Block
         The usable labels of every user of the vocabulary (``users`` = ``0..U-1``).
-    pair_counts : int array (K, K)
-        Usable labels per (model_a, model_b): model label counts and the comparison graph.
+    pair_counts : PairTable
+        Usable labels per compared (model_a, model_b): model label counts, the comparison graph and
+        (learned strengths) the pair vocabulary of the block's cells.
     key : tuple
         The likelihood's strength mode (see :func:`bayes_annot.fit.problem_key`);
         an update that changes it refits from the rows instead.
     """
 
     block: Block
-    pair_counts: np.ndarray
+    pair_counts: PairTable
     key: tuple
 
 
@@ -179,13 +186,15 @@ def make_block(
     choice: np.ndarray | None = None,
     known_logit: np.ndarray | None = None,
     users: np.ndarray | None = None,
+    pairs: PairTable | None = None,
 ) -> Block:
     """Build a :class:`Block` from per-row arrays (global user codes, all rows).
 
     ``cell`` (learned strengths) or ``choice`` + ``known_logit`` (known
     attentive probabilities) are given for the usable rows only, in row order.
     ``users`` (sorted global codes) fixes the block's user set; by default the
-    users present in ``user``.
+    users present in ``user``. ``pairs`` is the pair vocabulary of ``cell``
+    (``2 * pair + choice``); without it ``cell`` is the dense ``(a K + b) 2 + choice``.
     """
     user = np.asarray(user)
     if users is None:
@@ -206,7 +215,7 @@ def make_block(
     nonempty = np.flatnonzero(counts > 0)
     block = Block(
         users=users, n_rows=n_rows, n_user=counts.astype(float), n_user_a=np.zeros(n_local), indptr=indptr,
-        seg_users=nonempty, seg_starts=indptr[:-1][nonempty].astype(np.int64), n_models=n_models,
+        seg_users=nonempty, seg_starts=indptr[:-1][nonempty].astype(np.int64), n_models=n_models, pairs=pairs,
     )
     if cell is not None:
         block.cell = np.asarray(cell, dtype=np.int32)[order]
@@ -224,6 +233,7 @@ def merge_blocks(
     user_map: np.ndarray | None = None,
     cell_map: np.ndarray | None = None,
     n_models: int | None = None,
+    pairs: PairTable | None = None,
 ) -> Block:
     """One block holding the entries of ``old`` and ``new`` (each user's old entries, then new ones).
 
@@ -246,6 +256,9 @@ def merge_blocks(
         Old cell index -> merged cell index, when models were added.
     n_models : int, optional
         Models of the merged vocabulary (default ``new.n_models``).
+    pairs : PairTable, optional
+        Pair vocabulary of the merged cells (default ``new.pairs``); ``cell_map``
+        then maps the old block's cells into it (:func:`pair_cell_map`).
     """
     if old.learned != new.learned:
         raise ValueError("cannot merge a learned-strengths block with a known-probabilities block")
@@ -293,7 +306,7 @@ def merge_blocks(
     block = Block(
         users=users, indptr=indptr, seg_users=nonempty, seg_starts=indptr[:-1][nonempty].astype(np.int64),
         n_models=int(n_models if n_models is not None else new.n_models), ties=old.ties + new.ties,
-        same_model=old.same_model + new.same_model, **per_user,
+        same_model=old.same_model + new.same_model, pairs=pairs if pairs is not None else new.pairs, **per_user,
     )
     if new.learned:
         old_cell = old.cell if cell_map is None else np.asarray(cell_map, dtype=np.int32)[old.cell]
@@ -317,6 +330,13 @@ def cell_index_map(model_map: np.ndarray, n_models: int) -> np.ndarray:
     k_old = model_map.shape[0]
     a, b, c = np.meshgrid(model_map, model_map, np.arange(2), indexing="ij")
     return ((a * n_models + b) * 2 + c).reshape(2 * k_old * k_old).astype(np.int32)
+
+
+def pair_cell_map(pair_index: np.ndarray) -> np.ndarray:
+    """Old cell ``2 * pair + choice`` -> merged cell, from the merged index of each old pair
+    (see :meth:`~bayes_annot.pairs.PairTable.union`)."""
+    pair_index = np.asarray(pair_index, dtype=np.int64)
+    return (2 * pair_index[:, None] + np.arange(2)).reshape(-1).astype(np.int32)
 
 
 # ------------------------------------------------------------------ per-block passes
@@ -481,9 +501,10 @@ def _sum_stats(parts: list[dict]) -> dict:
 class LocalRunner:
     """Runs the block passes in this process (one or more in-memory blocks)."""
 
-    def __init__(self, blocks: list[Block], n_users: int):
+    def __init__(self, blocks: list[Block], n_users: int, pairs: PairTable | None = None):
         self.blocks = blocks
         self.n_users = n_users
+        self.pairs = pairs if pairs is not None else (blocks[0].pairs if blocks else None)
 
     def cell_counts(self):
         """The unweighted pair table summed over the blocks (see ``block_cell_counts``)."""
@@ -531,9 +552,33 @@ class LocalRunner:
 # --------------------------------------------------------------------------- the EM loop (driver)
 
 
-def _split_cells(cells: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    table = cells.reshape(k, k, 2)
-    return table[:, :, 1], table[:, :, 0]
+def _split_cells(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pair weights choosing ``model_a`` and ``model_b`` from a cell table."""
+    return cells[1::2], cells[0::2]
+
+
+class _PairBT:
+    """The strengths' pieces of EM over a pair vocabulary: cell tables and the Bradley–Terry M-step."""
+
+    def __init__(self, pairs: PairTable | None, n_models: int, sigma: float):
+        self.pairs = pairs if pairs is not None else PairTable.dense(n_models)
+        self.sigma = sigma
+        self._structure = None
+
+    def table(self, s: np.ndarray) -> np.ndarray:
+        """log P_att of every cell."""
+        return attentive_table_pairs(s, self.pairs.a, self.pairs.b)
+
+    def differs(self, s: np.ndarray, tol: float) -> np.ndarray:
+        return differs_cells_pairs(s, self.pairs.a, self.pairs.b, tol)
+
+    def fit(self, cells: np.ndarray, start=None) -> np.ndarray:
+        from . import pairs as pairs_module
+
+        w1, w0 = _split_cells(cells)
+        if self.pairs.n_models > pairs_module.DENSE_MAX_MODELS and self._structure is None:
+            self._structure = pairs_module._Laplacian(self.pairs.a, self.pairs.b, self.pairs.n_models)
+        return fit_bradley_terry_pairs(self.pairs, w1, w0, self.sigma, start=start, structure=self._structure)
 
 
 def _gather(parts: list[dict], n_users: int, keys) -> dict:
@@ -578,34 +623,33 @@ def run_em(
     start = start or {}
     k = n_models
     strengths = None
+    bt = _PairBT(getattr(runner, "pairs", None), k, priors.strength_sigma) if learned else None
     if learned:
         if start.get("strengths") is not None:
             strengths = np.asarray(start["strengths"], dtype=float).copy()
         else:
-            w1, w0 = _split_cells(runner.cell_counts(), k)
-            strengths = fit_bradley_terry(w1, w0, priors.strength_sigma)
+            strengths = bt.fit(runner.cell_counts())
     q = float(start.get("q") or 0.5) if q_fixed is None else float(q_fixed)
     if variant == "two-class":
-        out = _run_two_class(runner, k, learned, priors, q_fixed, tol, max_iter, start, strengths, q, callback, accelerate,
+        out = _run_two_class(runner, bt, learned, priors, q_fixed, tol, max_iter, start, strengths, q, callback, accelerate,
                              param_tol)
     else:
-        out = _run_continuous(runner, k, learned, priors, q_fixed, tol, max_iter, start, strengths, q, callback, accelerate,
+        out = _run_continuous(runner, bt, learned, priors, q_fixed, tol, max_iter, start, strengths, q, callback, accelerate,
                               param_tol)
     s = out["strengths"]
     differs_cell = None
     if learned:
-        d = s[:, None] - s[None, :]
-        differs_cell = np.repeat((np.abs(d) > informative_tol).ravel(), 2)  # same rule as em._informative_users
+        differs_cell = bt.differs(s, informative_tol)  # same rule as em._informative_users
     n_users = runner.n_users
     if variant == "two-class":
-        parts = runner.two_class_final(out["pi"], out["q"], _attentive_table(s) if learned else None, differs_cell, informative_tol)
+        parts = runner.two_class_final(out["pi"], out["q"], bt.table(s) if learned else None, differs_cell, informative_tol)
         g = _gather(parts, n_users, ["quality", "user_loglik", "informative", "n_user"])
         level = out["pi"] if g["informative"].any() else priors.pi_alpha / (priors.pi_alpha + priors.pi_beta)
         g["quality"] = np.where(g["informative"], g["quality"], level)
         extra = dict(p_eta_above_half=None, theta=None, m=None, tau=None)
     else:
         parts = runner.continuous_final(
-            out["thetas"], out["m"], out["q"], out["tau"], np.exp(_attentive_table(s)) if learned else None,
+            out["thetas"], out["m"], out["q"], out["tau"], np.exp(bt.table(s)) if learned else None,
             differs_cell, informative_tol,
         )
         g = _gather(parts, n_users, ["quality", "p_eta_above_half", "theta", "user_loglik", "informative", "n_user"])
@@ -686,13 +730,12 @@ def _em_iterations(evaluate, params, *, tol, max_iter, callback, param_tol=None,
     return params, trace, iteration, converged
 
 
-def _shared_m_step(st: dict, q, strengths, k: int, learned: bool, priors: Priors, q_fixed):
+def _shared_m_step(st: dict, q, strengths, bt, learned: bool, priors: Priors, q_fixed):
     """M-step of the parameters both variants share: ``q`` (unless fixed) and the strengths (Bradley–Terry)."""
     new_q = q if q_fixed is not None else float(_update_q(st["casual_a"], st["casual"], priors))
     new_s = strengths
     if learned:
-        w1, w0 = _split_cells(st["cells"], k)
-        new_s = fit_bradley_terry(w1, w0, priors.strength_sigma, start=strengths)
+        new_s = bt.fit(st["cells"], start=strengths)
     return float(new_q), new_s
 
 
@@ -715,18 +758,18 @@ def _unpack_shared(x: np.ndarray, i: int, q_fixed, learned: bool):
     return q, (x[i:].copy() if learned else None)
 
 
-def _run_two_class(runner, k, learned, priors, q_fixed, tol, max_iter, start, strengths, q, callback, accelerate,
+def _run_two_class(runner, bt, learned, priors, q_fixed, tol, max_iter, start, strengths, q, callback, accelerate,
                    param_tol=None):
     pi = float(start.get("pi") or 0.5)
 
     def evaluate(pi, q, strengths):
         """Objective at (pi, q, s) and the EM map's image of (pi, q, s)."""
-        st = runner.two_class_pass(pi, q, _attentive_table(strengths) if learned else None)
+        st = runner.two_class_pass(pi, q, bt.table(strengths) if learned else None)
         value = st["loglik"] + _two_class_objective(
             np.zeros(1), np.zeros(1), np.zeros(1, bool), pi, q, strengths, priors, q_fixed is None
         )
         new_pi = (st["p_active"] + priors.pi_alpha - 1.0) / (st["n_active"] + priors.pi_alpha + priors.pi_beta - 2.0)
-        new_q, new_s = _shared_m_step(st, q, strengths, k, learned, priors, q_fixed)
+        new_q, new_s = _shared_m_step(st, q, strengths, bt, learned, priors, q_fixed)
         # a user's quality is a function of (pi, q, strengths): their change is the step's
         step = max(max_change(pi, new_pi), max_change(q, new_q), max_change(strengths, new_s))
         return value, (float(new_pi), new_q, new_s), step
@@ -748,7 +791,7 @@ def _run_two_class(runner, k, learned, priors, q_fixed, tol, max_iter, start, st
     return dict(pi=pi, q=q, strengths=strengths, trace=trace, n_iter=iteration, converged=converged)
 
 
-def _run_continuous(runner, k, learned, priors, q_fixed, tol, max_iter, start, strengths, q, callback, accelerate,
+def _run_continuous(runner, bt, learned, priors, q_fixed, tol, max_iter, start, strengths, q, callback, accelerate,
                     param_tol=None):
     tau = priors.eta_tau
     m = float(start["m"]) if start.get("m") is not None else float(logit(0.7))
@@ -759,7 +802,7 @@ def _run_continuous(runner, k, learned, priors, q_fixed, tol, max_iter, start, s
         raise ValueError("accelerate=True for the continuous variant needs a LocalRunner")
 
     def evaluate(thetas, m, q, strengths):
-        new_thetas, st = runner.continuous_pass(thetas, m, q, tau, np.exp(_attentive_table(strengths)) if learned else None)
+        new_thetas, st = runner.continuous_pass(thetas, m, q, tau, np.exp(bt.table(strengths)) if learned else None)
         value = st["loglik"] + float(log_normal_pdf(m, priors.eta_m_mu, priors.eta_m_sigma))
         if q_fixed is None:
             value += float(log_beta_pdf(q, priors.q_alpha, priors.q_beta))
@@ -768,7 +811,7 @@ def _run_continuous(runner, k, learned, priors, q_fixed, tol, max_iter, start, s
         new_m = (st["theta_sum"] / tau**2 + priors.eta_m_mu / priors.eta_m_sigma**2) / (
             n_users / tau**2 + 1.0 / priors.eta_m_sigma**2
         )
-        new_q, new_s = _shared_m_step(st, q, strengths, k, learned, priors, q_fixed)
+        new_q, new_s = _shared_m_step(st, q, strengths, bt, learned, priors, q_fixed)
         step = max(st["max_quality_change"], max_change(expit(m), expit(new_m)), max_change(q, new_q),
                    max_change(strengths, new_s))
         return value, (new_thetas, float(new_m), new_q, new_s), step

@@ -2,7 +2,7 @@ r"""EM on logs larger than memory: map-reduce over the partitions of a Dask Data
 
 The engine is the block EM of :mod:`bayes_annot.block_em` (the one every
 in-memory fit runs on a single block) with one block per partition; the driver only ever holds arrays of
-length ``n_models**2`` (and, once at the end, the per-user results).
+length ``n_models`` and of the number of compared model pairs (and, once at the end, the per-user results).
 
 1. **Scan** (one pass over the input): per partition, the text form of every id
    (the normalisation of :mod:`bayes_annot.data`), validation of ``winner`` and
@@ -12,15 +12,17 @@ length ``n_models**2`` (and, once at the end, the per-user results).
 2. **Encode and shuffle by user** (one pass): ids become codes against the
    global vocabularies (``np.searchsorted`` per partition); rows are then
    shuffled with Dask's own shuffle so that all rows of a user sit in one
-   partition, and each partition becomes a compact *block* (``int32`` pair cell
-   per label, sorted by user) that is ``persist()``-ed on the workers.
+   partition. The compared model pairs and their counts (a sparse
+   :class:`~bayes_annot.pairs.PairTable`, the pair vocabulary) are reduced by a
+   tree on the workers, and each partition becomes a compact *block* (``int32``
+   pair cell per label, sorted by user) that is ``persist()``-ed on the workers.
 3. **EM iterations**: because a user lives in exactly one block, every
    per-user quantity (sums of attentive log-probabilities, posteriors,
    ``theta_u`` of the continuous variant) is computed *inside* its block; a
    pass returns only sufficient statistics: the block's share of the
-   objective, of the ``pi`` / ``q`` / ``m`` updates and the ``K x K x 2`` table
-   of weighted win counts for the Bradley–Terry M-step (solved on the driver
-   with :func:`bayes_annot.em.fit_bradley_terry`). Nothing of length ``U`` is
+   objective, of the ``pi`` / ``q`` / ``m`` updates and the ``2 P`` table
+   of weighted win counts per compared pair for the Bradley–Terry M-step (solved on the driver
+   with :func:`bayes_annot.pairs.fit_bradley_terry_pairs`). Nothing of length ``U`` is
    broadcast per iteration; the continuous variant's ``theta_u`` stays on the
    workers as persisted per-block state.
 4. **Finalise**: one pass gathers the per-user results (quality, labels,
@@ -64,6 +66,7 @@ from .em import INFORMATIVE_TOL, EMResult
 from .errors import InputError
 from .likelihood import Priors
 from .progress import dask_tasks, em_callback, resolve as resolve_progress
+from .pairs import PairTable
 from .tables import input_renames
 
 __all__ = ["DaskFit", "fit_dask", "to_rows", "DaskRunner"]
@@ -74,9 +77,10 @@ REASON_CATEGORIES = list(REASONS)  # as FitResult.rows
 class DaskRunner:
     """Runs the block passes on persisted Dask blocks (any scheduler; distributed when a Client is active)."""
 
-    def __init__(self, blocks: list, n_users: int):
+    def __init__(self, blocks: list, n_users: int, pairs: PairTable | None = None):
         self.blocks = blocks  # list of persisted Delayed
         self.n_users = n_users
+        self.pairs = pairs  # the blocks' pair vocabulary
 
     def _compute(self, tasks):
         import dask
@@ -205,7 +209,8 @@ def _tree_union(items: list, split_every: int = 8):
 
 
 def _encode_partition(frame: pd.DataFrame, columns: dict, user_vocab, model_vocab, strong_code, mu, use_p_a) -> pd.DataFrame:
-    """Codes of one partition against the global vocabularies: user, cell (-1 unusable), reason, known."""
+    """Codes of one partition against the global vocabularies: user, dense cell code
+    ``(a K + b) 2 + choice`` (int64; -1 unusable), reason, known."""
     texts = _partition_texts(frame, columns, check=False)
     cu, tu = texts["user"]
     user = np.searchsorted(user_vocab, tu)[cu].astype(np.int32)
@@ -217,7 +222,7 @@ def _encode_partition(frame: pd.DataFrame, columns: dict, user_vocab, model_voca
     reason = np.where(a == b, 2, np.where(choice < 0, 1, 0)).astype(np.int8)
     k = model_vocab.shape[0]
     usable = reason == 0
-    cell = np.where(usable, (a * k + b) * 2 + np.maximum(choice, 0), -1).astype(np.int32)
+    cell = np.where(usable, (a * k + b) * 2 + np.maximum(choice, 0), -1).astype(np.int64)
     out = {"user": user, "cell": cell, "reason": reason}
     if mu is not None:
         out["known"] = np.where(a == strong_code, logit(mu), np.where(b == strong_code, -logit(mu), 0.0))
@@ -245,18 +250,42 @@ def _broadcast(value):
     return client.scatter(value, broadcast=True, hash=False)
 
 
-def _block_from_frame(frame: pd.DataFrame, n_models: int, known: bool) -> Block:
+def _partition_pairs(frame: pd.DataFrame):
+    """Sorted unique pair keys ``a K + b`` of a partition's usable rows, with their counts."""
+    cell = frame["cell"].to_numpy()
+    keys, counts = np.unique(cell[frame["reason"].to_numpy() == 0] >> 1, return_counts=True)
+    return keys, counts.astype(np.int64)
+
+
+def _merge_pairs(*items):
+    """Union of (keys, counts) items, counts summed."""
+    keys = np.concatenate([i[0] for i in items])
+    counts = np.concatenate([i[1] for i in items])
+    merged, inverse = np.unique(keys, return_inverse=True)
+    return merged, np.bincount(inverse.reshape(-1), weights=counts, minlength=merged.shape[0]).astype(np.int64)
+
+
+def _tree_merge_pairs(items: list, split_every: int = 8):
+    from dask import delayed
+
+    level = list(items)
+    while len(level) > 1:
+        level = [delayed(_merge_pairs)(*level[i : i + split_every]) for i in range(0, len(level), split_every)]
+    return level[0]
+
+
+def _block_from_frame(frame: pd.DataFrame, n_models: int, known: bool, pairs: PairTable | None = None) -> Block:
     user = frame["user"].to_numpy()
     reason = frame["reason"].to_numpy()
     usable = reason == 0
     cell = frame["cell"].to_numpy()[usable]
     if not known:
-        block = make_block(user, usable, n_models, cell=cell)
+        if pairs is None:
+            pairs = PairTable.from_keys(np.unique(cell >> 1), n_models)
+        index = np.searchsorted(pairs.keys, cell >> 1)
+        block = make_block(user, usable, n_models, cell=(2 * index + (cell & 1)).astype(np.int32), pairs=pairs)
     else:
         block = make_block(user, usable, n_models, choice=(cell & 1).astype(np.int8), known_logit=frame["known"].to_numpy()[usable])
-        # known probabilities: the entries carry no cell, but the pair counts (model label counts, comparison
-        # graph, the report's comparison matrix) still come from the cells of the usable rows
-        block._cell_totals = np.bincount(cell, minlength=2 * n_models * n_models).astype(float)
     block.ties = int((reason == 1).sum())
     block.same_model = int((reason == 2).sum())
     return block
@@ -276,8 +305,9 @@ class DaskFit:
         Input rows per user (ties and same-model pairs included).
     n_labels_model : int64 array
         Usable labels per model (as ``model_a`` or ``model_b``).
-    pair_counts : (K, K) array
-        Usable labels per (model_a, model_b) (the comparison graph).
+    pair_counts : bayes_annot.pairs.PairTable
+        Usable labels per compared (model_a, model_b) (the comparison graph; sparse,
+        ``.toarray()`` is the ``K x K`` table).
     counts : dict
         ``rows, rows_in_likelihood, ties, same_model, users, models``.
     columns : dict
@@ -299,7 +329,7 @@ class DaskFit:
     model_labels: np.ndarray
     n_rows_user: np.ndarray
     n_labels_model: np.ndarray
-    pair_counts: np.ndarray
+    pair_counts: PairTable
     counts: dict
     columns: dict
     strength_mode: str
@@ -331,11 +361,7 @@ class DaskFit:
 
     def components(self) -> np.ndarray:
         """Connected component of each model in the comparison graph (as ``fit._graph_components``)."""
-        from scipy.sparse import csr_matrix
-        from scipy.sparse.csgraph import connected_components
-
-        _, labels = connected_components(csr_matrix(self.pair_counts > 0), directed=False)
-        return labels
+        return self.pair_counts.components()
 
 
 def fit_dask(
@@ -452,7 +478,7 @@ def fit_dask(
 
     t1 = time.perf_counter()
     uv, mv = _broadcast(user_vocab), _broadcast(model_vocab)
-    meta_enc = {"user": np.int32, "cell": np.int32, "reason": np.int8}
+    meta_enc = {"user": np.int32, "cell": np.int64, "reason": np.int8}
     if known:
         meta_enc["known"] = float
     meta_frame = pd.DataFrame({c: pd.Series([], dtype=t) for c, t in meta_enc.items()})
@@ -460,17 +486,21 @@ def fit_dask(
         _encode_partition, columns, uv, mv, strong_code, mu, use_p_a, meta=meta_frame
     )
     nparts = npartitions or narrow.npartitions
-    shuffled = encoded.shuffle("user", npartitions=nparts)
-    blocks = [delayed(_block_from_frame)(p, k, known) for p in shuffled.to_delayed()]
+    shuffled = encoded.shuffle("user", npartitions=nparts).persist()
+    frames = shuffled.to_delayed()
+    # the compared pairs (sparse: never a K x K array), reduced on the workers
+    pair_keys, pair_n = dask.compute(_tree_merge_pairs([delayed(_partition_pairs)(p) for p in frames]))[0]
+    pair_counts = PairTable.from_keys(pair_keys, k, pair_n)
+    pairs_vocab = _broadcast(pair_counts) if not known else None
+    blocks = [delayed(_block_from_frame)(p, k, known, pairs_vocab) for p in frames]
     with dask_tasks(settings, f"Dask: encoding and shuffling {len(parts)} partitions"):
         blocks = list(dask.persist(*blocks))
         summaries = dask.compute(*[delayed(_block_counts)(b) for b in blocks])
+    del shuffled, frames
     timings["encode_shuffle"] = time.perf_counter() - t1
     n_users = int(user_vocab.shape[0])
-    cells = np.sum([s["cells"] for s in summaries], axis=0)
     counts_all = np.sum([s["tally"] for s in summaries], axis=0)  # rows, usable
-    pair_counts = cells.reshape(k, k, 2).sum(axis=2)
-    n_labels_model = (pair_counts.sum(axis=1) + pair_counts.sum(axis=0)).astype(np.int64)
+    n_labels_model = pair_counts.model_counts().astype(np.int64)
     n_rows_user = np.zeros(n_users, dtype=np.int64)
     for s in summaries:
         n_rows_user[s["users"]] = s["n_rows"]
@@ -483,7 +513,7 @@ def fit_dask(
         "models": k,
     }
     t2 = time.perf_counter()
-    runner = DaskRunner(blocks, n_users)
+    runner = DaskRunner(blocks, n_users, pairs=None if known else pair_counts)
     with em_callback(settings, callback, desc=f"EM over {nparts} blocks") as each_iteration:
         em = run_em(
             runner, k, learned=not known, variant=model, priors=priors, q_fixed=q, tol=tol, max_iter=max_iter,
@@ -504,10 +534,8 @@ def fit_dask(
 
 
 def _block_counts(block: Block) -> dict:
-    k = block.n_models
-    cells = block.cell_totals if block.learned else block._cell_totals
     return {
-        "users": block.users, "n_rows": block.n_rows, "cells": cells if cells is not None else np.zeros(2 * k * k),
+        "users": block.users, "n_rows": block.n_rows,
         "tally": np.array([int(block.n_rows.sum()), int(block.n_user.sum())]),
         "ties": block.ties, "same_model": block.same_model,
     }

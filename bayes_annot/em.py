@@ -10,7 +10,11 @@ holds what the engines share:
 * :class:`EMProblem` (the labels in the likelihood) and :class:`EMResult`;
 * the strengths' M-step: weighted Bradley–Terry with a ridge (the Normal prior),
   solved to convergence by Newton's method with backtracking on the ``K x K``
-  table of weighted win counts (:func:`fit_bradley_terry`, :func:`pair_weights`);
+  table of weighted win counts (:func:`fit_bradley_terry`, :func:`pair_weights`: the
+  dense form, for small ``K``; the engines call
+  :func:`bayes_annot.pairs.fit_bradley_terry_pairs`, which uses it up to
+  :data:`bayes_annot.pairs.DENSE_MAX_MODELS` models and a sparse solve over the
+  compared pairs above);
 * the closed-form ``q`` update, the per-user Newton update of
   ``theta_u = logit(eta_u)`` (continuous), the two-class prior terms of the objective;
 * the stopping rule (:func:`has_converged`) and the informative-user rule

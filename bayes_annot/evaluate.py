@@ -24,7 +24,7 @@ import pandas as pd
 from scipy.special import log_expit, logsumexp
 
 from .data import ColumnMap, prepare, read_table
-from .em import fit_bradley_terry, pair_weights
+from .pairs import fit_bradley_terry_labels
 from .errors import InputError
 from .likelihood import Priors
 
@@ -126,11 +126,10 @@ def heldout_loglik(
         if model == "bradley-terry":
             train = prepare(train_frame, columns)
             usable = train.usable
-            k = train.n_models
-            cell = (train.model_a[usable].astype(np.int64) * k + train.model_b[usable]) * 2 + train.choice_a[usable]
-            w1, w0 = pair_weights(cell, None, k)
             priors = fit_kwargs.get("priors") or Priors()
-            strength = dict(zip(train.model_labels, fit_bradley_terry(w1, w0, priors.strength_sigma)))
+            s = fit_bradley_terry_labels(train.model_a[usable], train.model_b[usable], train.choice_a[usable],
+                                         train.n_models, priors.strength_sigma)
+            strength = dict(zip(train.model_labels, s))
             fitted = None
         else:
             fitted = fit(train_frame, model=model, filter="none", **col_kwargs, **fit_kwargs)

@@ -30,6 +30,7 @@ from .em import EMProblem, EMResult
 from .errors import FitWarning, InputError, user_stacklevel
 from .progress import Progress, em_callback, resolve as resolve_progress
 from .likelihood import Priors
+from .pairs import PairTable
 from .tables import OUTPUT_COLUMNS, input_renames  # noqa: F401  (OUTPUT_COLUMNS: public name)
 from .validation import check_fit_settings
 
@@ -127,16 +128,19 @@ class ProblemSize:
     learned: bool
 
 
-def pair_counts(data: PreparedData) -> np.ndarray:
-    """``K x K`` table of usable labels per (model_a, model_b)."""
+def pair_counts(data: PreparedData) -> PairTable:
+    """Usable labels per compared (model_a, model_b): a sparse :class:`~bayes_annot.pairs.PairTable`
+    (only the pairs that occur; ``.toarray()`` is the ``K x K`` table)."""
     usable = data.usable
-    k = data.n_models
-    return np.bincount(data.model_a[usable].astype(np.int64) * k + data.model_b[usable], minlength=k * k).reshape(k, k)
+    return PairTable.from_labels(data.model_a[usable], data.model_b[usable], data.n_models)[0]
 
 
-def graph_components(pairs: np.ndarray) -> np.ndarray:
-    """Connected part of each model in the comparison graph (``pairs``: a ``K x K`` count table)."""
-    _, labels = connected_components(csr_matrix(pairs > 0), directed=False)
+def graph_components(pairs) -> np.ndarray:
+    """Connected part of each model in the comparison graph (``pairs``: a
+    :class:`~bayes_annot.pairs.PairTable`, or a ``K x K`` count table)."""
+    if isinstance(pairs, PairTable):
+        return pairs.components()
+    _, labels = connected_components(csr_matrix(np.asarray(pairs) > 0), directed=False)
     return labels
 
 
@@ -617,7 +621,9 @@ def fit(
     accelerate : bool, optional
         EM with SQUAREM extrapolation (steps kept only when the objective does
         not decrease); default: on for ``continuous`` (plain EM needs ~100
-        iterations there), off for ``two-class`` (~10 iterations).
+        iterations there) and for more than 200 models (many weakly
+        identified strengths slow plain EM down, e.g. ~450 iterations at 10^4
+        models seen ~20 times each), off for ``two-class`` otherwise (~10 iterations).
     start : dict or path, optional
         Warm start for EM: a folder written by a previous fit (its parameters,
         strengths and per-user quality, matched by label) or a dict with any
@@ -706,7 +712,7 @@ def fit(
     elif method == "em":
         # continuous EM converges slowly (~100 plain iterations): SQUAREM steps, each kept only
         # when the penalised log-likelihood does not decrease, reach the optimum in ~4x fewer.
-        squarem = bool(accelerate if accelerate is not None else model == "continuous")
+        squarem = default_accelerate(accelerate, model, prepared.n_models)
         state = em_state(prepared, problem, pairs, mu=mu, strong_model=strong_model, use_p_a=use_p_a)
         with em_callback(resolve_progress(progress)) as callback:
             em = run_block_em(
@@ -757,7 +763,7 @@ def fit(
         "tol": tol,
         "max_iter": max_iter,
         "seed": seed,
-        "accelerate": bool(accelerate if accelerate is not None else model == "continuous") if method == "em" else None,
+        "accelerate": default_accelerate(accelerate, model, prepared.n_models) if method == "em" else None,
         "warm_start": start is not None,
     }
     if winner_values:
@@ -1018,11 +1024,15 @@ def problem_key(mu: float | None, strong_model: str | None, use_p_a: bool, has_p
     return ("learned",)
 
 
-def problem_block(prepared: PreparedData, problem: EMProblem, rows: slice | None = None, users=None) -> Block:
+def problem_block(
+    prepared: PreparedData, problem: EMProblem, rows: slice | None = None, users=None, pairs: PairTable | None = None
+) -> Block:
     """The :class:`~bayes_annot.block_em.Block` of a prepared log's usable labels (optionally of a row range).
 
     ``problem`` holds the usable labels of the same rows (``build_problem``);
     the block covers ``users`` (default: every user of the vocabulary).
+    ``pairs``: the pair vocabulary of the cells (must hold every pair of the
+    labels; default: the labels' own pairs).
     """
     user, usable = prepared.user, prepared.usable
     if rows is not None:
@@ -1030,16 +1040,31 @@ def problem_block(prepared: PreparedData, problem: EMProblem, rows: slice | None
     if users is None:
         users = np.arange(prepared.n_users)
     if problem.learned:
-        return make_block(user, usable, problem.n_models, cell=problem.cell().astype(np.int32), users=users)
+        if pairs is None:
+            pairs, index = PairTable.from_labels(problem.model_a, problem.model_b, problem.n_models)
+            cell = (2 * index + problem.choice_a).astype(np.int32)
+        else:
+            cell = pairs.cells(problem.model_a, problem.model_b, problem.choice_a)
+        return make_block(user, usable, problem.n_models, cell=cell, users=users, pairs=pairs)
     return make_block(user, usable, problem.n_models, choice=problem.choice_a, known_logit=problem.known_logit_mu, users=users)
 
 
-def em_state(prepared: PreparedData, problem: EMProblem, pairs: np.ndarray, *, mu, strong_model, use_p_a) -> EMState:
+def em_state(prepared: PreparedData, problem: EMProblem, pairs: PairTable, *, mu, strong_model, use_p_a) -> EMState:
     """The EM block of a whole prepared log, with what an incremental update needs to extend it."""
     return EMState(
-        block=problem_block(prepared, problem), pair_counts=pairs,
+        block=problem_block(prepared, problem, pairs=pairs), pair_counts=pairs,
         key=problem_key(mu, strong_model, use_p_a, prepared.has_p_a),
     )
+
+
+def default_accelerate(accelerate: bool | None, model: str, n_models: int) -> bool:
+    """SQUAREM on or off: ``accelerate`` if given, else on for ``continuous`` or more than
+    :data:`bayes_annot.pairs.ACCELERATE_MIN_MODELS` models."""
+    from .pairs import ACCELERATE_MIN_MODELS
+
+    if accelerate is not None:
+        return bool(accelerate)
+    return model == "continuous" or n_models > ACCELERATE_MIN_MODELS
 
 
 def run_block_em(block: Block, problem: EMProblem, model: str, *, priors, q, tol, max_iter, start, accelerate,

@@ -48,7 +48,8 @@ import numpy as np
 import pandas as pd
 from scipy.special import logit
 
-from .block_em import EMState, cell_index_map, merge_blocks
+from .block_em import EMState, merge_blocks, pair_cell_map
+from .pairs import PairTable
 from .data import ColumnMap, PreparedData, prepare
 from .decide import parse_filter
 from .errors import InputError
@@ -536,6 +537,7 @@ def fit_prepared(
         assemble_summary,
         build_problem,
         check_no_verdict_policy,
+        default_accelerate,
         em_estimates,
         em_state,
         graph_components,
@@ -546,8 +548,7 @@ def fit_prepared(
     )
 
     started = time.perf_counter() if _started is None else _started
-    if accelerate is None:
-        accelerate = model == "continuous"
+    accelerate = default_accelerate(accelerate, model, prepared.n_models)
     if model not in ("two-class", "continuous"):
         raise InputError(f"unknown model '{model}', expected one of two-class, continuous")
     check_fit_settings(tol=tol, max_iter=max_iter, q=q, mu=mu, priors=priors)
@@ -618,18 +619,22 @@ def _extend_state(state: EMState, merge: _Merge, problem_new, key: tuple) -> EMS
 
     merged, new = merge.merged, merge.new
     k = merged.n_models
-    new_block = problem_block(new, problem_new)  # dense over the merged users: no search
+    # the merged pair vocabulary: the old pairs (models renamed) and the new ones, counts summed
+    old_pairs = state.pair_counts
+    pairs, old_index, _ = old_pairs.union(pair_counts(new), model_map=merge.model_map)
+    new_block = problem_block(new, problem_new, pairs=pairs)  # dense over the merged users: no search
     cell_map = None
-    if merge.model_map is not None and state.block.learned:
-        cell_map = cell_index_map(merge.model_map, k)
+    if state.block.learned:
+        vocab = state.block.pairs if state.block.pairs is not None else PairTable.dense(old_pairs.n_models)
+        if vocab is not old_pairs:  # a block whose cells index another vocabulary than the pair counts
+            old_index = pairs.index(*((vocab.a, vocab.b) if merge.model_map is None
+                                      else (np.asarray(merge.model_map)[vocab.a], np.asarray(merge.model_map)[vocab.b])))
+        if not (old_index.shape[0] == pairs.n_pairs and np.array_equal(old_index, np.arange(pairs.n_pairs))):
+            cell_map = pair_cell_map(old_index)
     block = merge_blocks(
-        state.block, new_block, np.arange(merged.n_users), user_map=merge.user_map, cell_map=cell_map, n_models=k
+        state.block, new_block, np.arange(merged.n_users), user_map=merge.user_map, cell_map=cell_map, n_models=k,
+        pairs=pairs,
     )
-    pairs = pair_counts(new).astype(np.int64)
-    if merge.model_map is None:
-        pairs += state.pair_counts
-    else:
-        pairs[np.ix_(merge.model_map, merge.model_map)] += state.pair_counts
     return EMState(block=block, pair_counts=pairs, key=key)
 
 

@@ -232,19 +232,30 @@ def plot_strengths(result, *, ax=None):
     return ax
 
 
+def _n_models(src) -> int:
+    return int(src.data.n_models) if src.data is not None else len(src.models)
+
+
 def comparison_counts(result) -> pd.DataFrame | None:
-    """Model x model counts of the comparisons that enter the likelihood (symmetric)."""
+    """Model x model counts of the comparisons that enter the likelihood (symmetric).
+
+    A dense ``K x K`` frame: ``None`` above :data:`bayes_annot.pairs.DENSE_PLOT_MAX_MODELS`
+    models (use ``pair_counts`` of the fit, a sparse table, there).
+    """
+    from .pairs import DENSE_PLOT_MAX_MODELS, PairTable, as_pair_table
+
     src = as_source(result)
     data = src.data
+    if data is None and src.pair_counts is None:
+        return None
+    if _n_models(src) > DENSE_PLOT_MAX_MODELS:
+        return None
     if data is None:
-        if src.pair_counts is None:
-            return None
-        mat = np.asarray(src.pair_counts, dtype=np.int64)  # Dask fits: the table computed on the workers
+        mat = as_pair_table(src.pair_counts).toarray().astype(np.int64)  # Dask fits: the table computed on the workers
         labels = [str(m) for m in src.models["model"]]
     else:
         usable = data.usable
-        k = data.n_models
-        mat = np.bincount(data.model_a[usable].astype(np.int64) * k + data.model_b[usable], minlength=k * k).reshape(k, k)
+        mat = PairTable.from_labels(data.model_a[usable], data.model_b[usable], data.n_models)[0].toarray()
         labels = [str(m) for m in data.model_labels]
     mat = mat + mat.T
     return pd.DataFrame(mat, index=labels, columns=labels)
@@ -252,7 +263,13 @@ def comparison_counts(result) -> pd.DataFrame | None:
 
 def plot_comparison_matrix(result, *, ax=None):
     """Heatmap of how often each pair of models was compared (rows in the likelihood)."""
+    from .pairs import DENSE_PLOT_MAX_MODELS
+
     src = as_source(result)
+    if (src.data is not None or src.pair_counts is not None) and _n_models(src) > DENSE_PLOT_MAX_MODELS:
+        ax = _axes(ax, figsize=(5.0, 4.0))
+        return _empty(ax, f"{_n_models(src)} models: too many for a model x model heat map "
+                          f"(drawn up to {DENSE_PLOT_MAX_MODELS})")
     counts = comparison_counts(src)
     k = 0 if counts is None else len(counts)
     size = min(9.0, max(4.0, 0.45 * k + 2.0))

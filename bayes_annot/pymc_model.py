@@ -30,7 +30,8 @@ from types import SimpleNamespace
 import numpy as np
 from scipy.special import expit, log_expit, logit, ndtr
 
-from .em import INFORMATIVE_TOL, EMProblem, _informative_users, fit_bradley_terry, pair_weights
+from .em import INFORMATIVE_TOL, EMProblem, _informative_users
+from .pairs import PairTable, fit_bradley_terry_pairs
 from .errors import FitWarning, InputError, user_stacklevel
 from .likelihood import (
     Priors,
@@ -231,8 +232,9 @@ def build_model(
         names = np.asarray(coords["model"], dtype=object)
         coords["pair"] = [f"{a} vs {b}" for a, b in zip(names[cells["pair_model_a"]], names[cells["pair_model_b"]])]
     if problem.learned and strength_init is None:
-        w1, w0 = pair_weights(problem.cell(), None, n_models)
-        strength_init = fit_bradley_terry(w1, w0, priors.strength_sigma)
+        pairs, index = PairTable.from_labels(problem.model_a, problem.model_b, n_models)
+        table = np.bincount(2 * index + problem.choice_a, minlength=2 * pairs.n_pairs).astype(float)
+        strength_init = fit_bradley_terry_pairs(pairs, table[1::2], table[0::2], priors.strength_sigma)
 
     with pm.Model(coords=coords) as model:
         cell_user = pm.Data("cell_user", cells["user"], dims="cell")

@@ -29,7 +29,7 @@ for any ``C`` every share's MAP stays strictly inside (0, 1);
 
 **EM.** E-step: responsibilities over the ``C + 1`` types per user (log
 space). M-step: Dirichlet-MAP shares and Beta-MAP ``q`` in closed form; each
-class's strengths by :func:`~bayes_annot.em.fit_bradley_terry` on the pair
+class's strengths by :func:`~bayes_annot.pairs.fit_bradley_terry_pairs` on the pair
 table weighted by that class's responsibilities. Each block is maximised
 exactly, so the penalised observed log-likelihood never decreases (tested).
 
@@ -71,7 +71,8 @@ import pandas as pd
 from scipy.sparse import csr_matrix
 from scipy.special import expit, gammaln, log_expit
 
-from .em import INFORMATIVE_TOL, EMProblem, _attentive_table, fit_bradley_terry, has_converged, max_change, pair_weights
+from .em import INFORMATIVE_TOL, EMProblem, has_converged, max_change, pair_weights
+from .pairs import DENSE_MAX_MODELS, PairTable, attentive_table_pairs, fit_bradley_terry_pairs
 from .likelihood import Priors, log_beta_pdf, log_normal_pdf
 from .simulate import draw_labels_per_user
 
@@ -206,17 +207,19 @@ class _Data:
                 "the model stays one class"
             )
         self.problem = problem
-        self.cell = problem.cell()
         self.user = problem.user
         self.n_users = problem.n_users
         self.k = problem.n_models
+        # the compared pairs (sparse): a label's cell is 2 * pair + choice
+        self.pairs, index = PairTable.from_labels(problem.model_a, problem.model_b, self.k)
+        self.cell = 2 * index + problem.choice_a
         self.n_user = np.bincount(problem.user, minlength=problem.n_users).astype(float)
         self.n_user_a = np.bincount(problem.user, weights=problem.choice_a, minlength=problem.n_users)
         self.active = self.n_user > 0
         self.n_active = int(self.active.sum())
-        # users x (model_a, model_b, choice) counts: per-user sums and weighted pair
+        # users x (pair, choice) counts: per-user sums and weighted pair
         # tables become one sparse product for all classes at once
-        n_cells = 2 * self.k * self.k
+        n_cells = 2 * self.pairs.n_pairs
         self.counts = csr_matrix(
             (np.ones(problem.n_labels), (problem.user, self.cell)), shape=(problem.n_users, n_cells)
         )
@@ -225,12 +228,12 @@ class _Data:
 
     def type_logliks(self, strengths: np.ndarray, q: float) -> np.ndarray:
         """``(U, C + 1)``: column 0 the casual sum ``C_u``, column ``c`` the attentive sum ``A_u^(c)``."""
-        tables = np.column_stack([_attentive_table(s) for s in strengths])
+        tables = np.column_stack([attentive_table_pairs(s, self.pairs.a, self.pairs.b) for s in strengths])
         casual = self.n_user_a * np.log(q) + (self.n_user - self.n_user_a) * np.log1p(-q)
         return np.column_stack([casual, self.counts @ tables])
 
     def pair_tables(self, resp: np.ndarray) -> np.ndarray:
-        """``(2 K^2, C)`` weighted counts per cell, user weights ``resp`` (U, C)."""
+        """``(2 P, C)`` weighted counts per cell, user weights ``resp`` (U, C)."""
         return self.counts_t @ resp
 
 
@@ -323,12 +326,19 @@ def _run_em(d: _Data, strengths, shares, q, priors, q_fixed, tol, max_iter, call
             q = (float(casual @ d.n_user_a) + priors.q_alpha - 1.0) / (
                 float(casual @ d.n_user) + priors.q_alpha + priors.q_beta - 2.0
             )
-        cells = d.pair_tables(resp[:, 1:]).T.reshape(n_classes, d.k, d.k, 2)
-        if n_classes == 1:  # em.py's solver, so that C = 1 reproduces the two-class EM to rounding
-            strengths[0] = fit_bradley_terry(cells[0, :, :, 1], cells[0, :, :, 0], priors.strength_sigma,
-                                             start=strengths[0])
-        else:
-            strengths = _fit_bt_batch(cells[..., 1], cells[..., 0], priors.strength_sigma, strengths)
+        cells = d.pair_tables(resp[:, 1:]).T.reshape(n_classes, d.pairs.n_pairs, 2)
+        if n_classes == 1:  # the EM engine's solver, so that C = 1 reproduces the two-class EM to rounding
+            strengths[0] = fit_bradley_terry_pairs(d.pairs, cells[0, :, 1], cells[0, :, 0], priors.strength_sigma,
+                                                   start=strengths[0])
+        elif d.k <= DENSE_MAX_MODELS:  # all classes in one batched dense solve
+            w = np.zeros((n_classes, d.k, d.k, 2))
+            w[:, d.pairs.a, d.pairs.b, :] = cells
+            strengths = _fit_bt_batch(w[..., 1], w[..., 0], priors.strength_sigma, strengths)
+        else:  # many models: one sparse solve per class (no C x K x K table)
+            strengths = np.stack([
+                fit_bradley_terry_pairs(d.pairs, cells[c, :, 1], cells[c, :, 0], priors.strength_sigma, start=strengths[c])
+                for c in range(n_classes)
+            ])
         step = max(max_change(a, b) for a, b in zip(previous, (shares, q, strengths)))
     return dict(
         strengths=strengths, shares=shares, q=q, loglik=trace[-1], trace=trace, n_iter=iteration,
@@ -337,8 +347,8 @@ def _run_em(d: _Data, strengths, shares, q, priors, q_fixed, tol, max_iter, call
 
 
 def _plain_bt(d: _Data, priors: Priors, weights=None) -> np.ndarray:
-    w1, w0 = pair_weights(d.cell, weights, d.k)
-    return fit_bradley_terry(w1, w0, priors.strength_sigma)
+    table = np.bincount(d.cell, weights=weights, minlength=2 * d.pairs.n_pairs)
+    return fit_bradley_terry_pairs(d.pairs, table[1::2], table[0::2], priors.strength_sigma)
 
 
 def _split_start(d: _Data, base: dict, priors: Priors):

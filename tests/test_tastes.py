@@ -19,6 +19,7 @@ from bayes_annot.datasets import load_real
 from bayes_annot.em import EMProblem, fit_bradley_terry
 from bayes_annot.fit import build_problem
 from bayes_annot.likelihood import Priors
+from bayes_annot.pairs import fit_bradley_terry_pairs
 from bayes_annot.metrics import auc
 from bayes_annot.tastes import (
     _Data,
@@ -128,11 +129,15 @@ def test_batch_bradley_terry_matches_single(minority_problem):
     d = _Data(minority_problem)
     rng = np.random.default_rng(3)
     w = rng.random((3, minority_problem.n_users))
-    cells = d.pair_tables(w.T).T.reshape(3, d.k, d.k, 2)
+    pair_cells = d.pair_tables(w.T).T.reshape(3, d.pairs.n_pairs, 2)  # sparse: compared pairs only
+    cells = np.zeros((3, d.k, d.k, 2))
+    cells[:, d.pairs.a, d.pairs.b, :] = pair_cells
     batch = _fit_bt_batch(cells[..., 1], cells[..., 0], 3.0, np.zeros((3, d.k)))
     for c in range(3):
         single = fit_bradley_terry(cells[c, :, :, 1], cells[c, :, :, 0], 3.0)
         assert np.max(np.abs(batch[c] - single)) < 1e-8
+        sparse = fit_bradley_terry_pairs(d.pairs, pair_cells[c, :, 1], pair_cells[c, :, 0], 3.0, method="sparse")
+        assert np.max(np.abs(sparse - single)) < 1e-10
 
 
 @pytest.mark.parametrize("n_tastes", [2, 3])

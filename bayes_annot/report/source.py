@@ -39,7 +39,7 @@ class ResultSource:
         Integer-coded rows (live result, or rebuilt from ``rows.csv``).
     origin : str
         ``"result"`` or ``"directory"``.
-    pair_counts : array (K, K) or None
+    pair_counts : bayes_annot.pairs.PairTable, array (K, K) or None
         Usable labels per (model_a, model_b) in ``models`` order, when the rows
         are not at hand (Dask fits: the table was summed on the workers).
     """
@@ -52,7 +52,7 @@ class ResultSource:
     idata: object | None = None
     data: object | None = None
     origin: str = "result"
-    pair_counts: np.ndarray | None = None
+    pair_counts: object = None
 
     # ------------------------------------------------------------ derived
     @property
@@ -195,7 +195,7 @@ def as_source(obj) -> ResultSource:
         return ResultSource(
             users=obj.users, models=obj.models, rows=None, summary=obj.summary,
             loglik_trace=list(obj.loglik_trace), idata=obj.idata, data=None, origin="result",
-            pair_counts=np.asarray(obj.dask_fit.pair_counts),
+            pair_counts=obj.dask_fit.pair_counts,
         )
     if not hasattr(obj, "_data") and _has(obj, "users") and _has(obj, "summary"):
         # saved outputs: the dict / SavedResult that bayes_annot.load returns

@@ -1,0 +1,341 @@
+r"""Sparse pair statistics and the sparse Bradley–Terry solver (many models).
+
+Only the ordered model pairs ``(model_a, model_b)`` that were actually compared
+are stored: a :class:`PairTable` lists them (sorted by ``model_a * K + model_b``)
+with their usable label counts. It is the comparison graph (:meth:`PairTable.components`),
+gives the model label counts, and is the *pair vocabulary* of the EM blocks: a
+label's cell is ``2 * pair + choice`` (``choice`` = 1 when ``model_a`` was chosen),
+so every cell table has ``2 P`` entries (``P`` = compared pairs, at most the
+number of labels), never ``2 K^2``.
+
+The strengths' M-step (:func:`fit_bradley_terry_pairs`) maximises the ridge
+Bradley–Terry objective over those pairs. Its negative Hessian is a weighted graph
+Laplacian plus ``I / sigma^2``; up to :data:`DENSE_MAX_MODELS` models it is solved
+densely (exactly :func:`bayes_annot.em.fit_bradley_terry`, the pair weights
+scattered into ``K x K`` tables), above by conjugate gradients with a Jacobi
+preconditioner on the sparse Hessian: ``O(P + K)`` memory and time per CG step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import expit, log_expit
+
+__all__ = ["PairTable", "DENSE_MAX_MODELS", "fit_bradley_terry_pairs", "bt_objective_pairs", "bt_derivatives_pairs",
+           "attentive_table_pairs"]
+
+DENSE_MAX_MODELS = 64
+"""Up to this many models the Bradley–Terry Newton step is a dense ``K x K`` solve (faster there:
+measured 0.7 ms dense vs 2 ms sparse at 20 models, 2 vs 3.5 ms at 60 models with every pair
+compared, but 0.7 s vs 0.04 s at 100 models); above it, a sparse conjugate-gradient solve.
+Both reach the same optimum (tested to 1e-10)."""
+
+ACCELERATE_MIN_MODELS = 200
+"""Above this many models ``fit`` / ``update`` use SQUAREM by default for the two-class model too
+(many weakly identified strengths slow plain EM down)."""
+
+DENSE_PLOT_MAX_MODELS = 200
+"""The report's ``K x K`` comparison heat map is drawn only up to this many models."""
+
+
+@dataclass
+class PairTable:
+    """Usable labels per compared ordered pair ``(a[i], b[i])`` of ``n_models`` models.
+
+    ``a``, ``b`` (int64) are sorted by ``a * n_models + b`` and unique; ``counts``
+    (int64) are the usable labels of each pair. Behaves like the former dense
+    ``K x K`` count table where that is cheap: ``sum(axis=1)`` / ``sum(axis=0)`` are
+    the row / column sums, ``toarray()`` (and ``np.asarray``) the dense table — only
+    for small ``K``.
+    """
+
+    n_models: int
+    a: np.ndarray
+    b: np.ndarray
+    counts: np.ndarray
+
+    # ----------------------------------------------------------------- builders
+    @classmethod
+    def from_labels(cls, model_a, model_b, n_models: int, weights=None) -> tuple["PairTable", np.ndarray]:
+        """The pairs of some labels and each label's pair index (``O(n log n)``, no ``K^2`` array)."""
+        k = int(n_models)
+        key = np.asarray(model_a).astype(np.int64) * k + np.asarray(model_b)
+        keys, inverse = np.unique(key, return_inverse=True)
+        counts = np.bincount(inverse, weights=weights, minlength=keys.shape[0])
+        if weights is None:
+            counts = counts.astype(np.int64)
+        return cls.from_keys(keys, k, counts), inverse.reshape(-1)
+
+    @classmethod
+    def from_keys(cls, keys, n_models: int, counts=None) -> "PairTable":
+        keys = np.asarray(keys, dtype=np.int64)
+        k = int(n_models)
+        counts = np.zeros(keys.shape[0], dtype=np.int64) if counts is None else np.asarray(counts)
+        return cls(k, keys // k, keys % k, counts)
+
+    @classmethod
+    def dense(cls, n_models: int) -> "PairTable":
+        """Every ordered pair (``K^2``; the vocabulary of the former dense cell index ``(a K + b) 2 + choice``)."""
+        return cls.from_keys(np.arange(int(n_models) ** 2, dtype=np.int64), n_models)
+
+    @classmethod
+    def from_dense(cls, table) -> "PairTable":
+        """From a ``K x K`` count table (its non-zero cells)."""
+        table = np.asarray(table)
+        keys = np.flatnonzero(table)
+        return cls.from_keys(keys, table.shape[0], table.ravel()[keys].astype(np.int64))
+
+    # ----------------------------------------------------------------- lookups
+    @property
+    def n_pairs(self) -> int:
+        return int(self.a.shape[0])
+
+    @property
+    def keys(self) -> np.ndarray:
+        return self.a * self.n_models + self.b
+
+    def index(self, model_a, model_b) -> np.ndarray:
+        """Pair index of each ``(model_a, model_b)`` (every pair must be in the table)."""
+        key = np.asarray(model_a).astype(np.int64) * self.n_models + np.asarray(model_b)
+        pos = np.searchsorted(self.keys, key)
+        if key.shape[0] and (pos.max(initial=0) >= self.n_pairs or np.any(self.keys[pos] != key)):
+            raise KeyError("pair not in the pair table")
+        return pos
+
+    def cells(self, model_a, model_b, choice_a) -> np.ndarray:
+        """Cell index ``2 * pair + choice`` of each label (int32)."""
+        return (2 * self.index(model_a, model_b) + np.asarray(choice_a)).astype(np.int32)
+
+    def union(self, other: "PairTable", model_map=None) -> tuple["PairTable", np.ndarray, np.ndarray]:
+        """Pairs of ``self`` (models renamed by ``model_map`` into ``other``'s codes) and ``other``, counts summed.
+
+        Returns the merged table and the merged index of each pair of ``self`` and of ``other``.
+        """
+        k = other.n_models
+        a, b = (self.a, self.b) if model_map is None else (np.asarray(model_map)[self.a], np.asarray(model_map)[self.b])
+        old_keys = a.astype(np.int64) * k + b
+        keys = np.union1d(old_keys, other.keys)
+        pos_old, pos_new = np.searchsorted(keys, old_keys), np.searchsorted(keys, other.keys)
+        counts = np.zeros(keys.shape[0], dtype=np.result_type(self.counts, other.counts))
+        counts[pos_old] += self.counts
+        counts[pos_new] += other.counts
+        return PairTable.from_keys(keys, k, counts), pos_old, pos_new
+
+    # ----------------------------------------------------------------- the former dense table's uses
+    def sum(self, axis=None):
+        """Row sums (``axis=1``: labels as ``model_a``), column sums (``axis=0``), or the total."""
+        if axis is None:
+            return self.counts.sum()
+        idx = self.a if axis in (1, -1) else self.b
+        return np.bincount(idx, weights=self.counts, minlength=self.n_models).astype(self.counts.dtype)
+
+    def model_counts(self) -> np.ndarray:
+        """Usable labels per model (as ``model_a`` or ``model_b``)."""
+        return self.sum(axis=1) + self.sum(axis=0)
+
+    def to_sparse(self):
+        """The ``K x K`` table as a ``scipy.sparse.csr_matrix``."""
+        from scipy.sparse import csr_matrix
+
+        return csr_matrix((self.counts, (self.a, self.b)), shape=(self.n_models, self.n_models))
+
+    def components(self) -> np.ndarray:
+        """Connected part of each model in the (undirected) comparison graph: ``O(P + K)``."""
+        from scipy.sparse import csr_matrix
+        from scipy.sparse.csgraph import connected_components
+
+        used = self.counts > 0
+        graph = csr_matrix((np.ones(int(used.sum()), dtype=np.int8), (self.a[used], self.b[used])),
+                           shape=(self.n_models, self.n_models))
+        return connected_components(graph, directed=False)[1]
+
+    def toarray(self) -> np.ndarray:
+        """The dense ``K x K`` table (``K^2`` memory: small ``K`` only)."""
+        out = np.zeros((self.n_models, self.n_models), dtype=self.counts.dtype)
+        out[self.a, self.b] = self.counts
+        return out
+
+    def __array__(self, dtype=None, copy=None):
+        out = self.toarray()
+        return out if dtype is None else out.astype(dtype)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.n_models, self.n_models)
+
+
+def as_pair_table(pairs) -> PairTable:
+    """A :class:`PairTable` from a table or a dense ``K x K`` count array."""
+    return pairs if isinstance(pairs, PairTable) else PairTable.from_dense(pairs)
+
+
+# --------------------------------------------------------------------------- Bradley–Terry over pairs
+
+
+def attentive_table_pairs(s: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """log P_att of every cell ``2 * pair + choice`` (the pair analogue of ``em._attentive_table``)."""
+    d = s[a] - s[b]
+    return np.stack([log_expit(-d), log_expit(d)], axis=-1).ravel()
+
+
+def differs_cells_pairs(s: np.ndarray, a: np.ndarray, b: np.ndarray, tol: float) -> np.ndarray:
+    """Per cell: the pair's attentive log-odds are more than ``tol`` from 0 (``em._informative_users``' rule)."""
+    return np.repeat(np.abs(s[a] - s[b]) > tol, 2)
+
+
+def bt_objective_pairs(s, a, b, w1, w0, sigma, wsum=None) -> float:
+    """The ridge Bradley–Terry objective over pair weights (``w1``: ``a`` chosen, ``w0``: ``b`` chosen).
+
+    Uses ``log sigmoid(-d) = log sigmoid(d) - d``: one transcendental per pair (``wsum = w1 + w0``).
+    """
+    d = s[a] - s[b]
+    if wsum is None:
+        wsum = w1 + w0
+    return float(wsum @ log_expit(d) - w0 @ d - 0.5 * (s @ s) / sigma**2)
+
+
+class _Laplacian:
+    """The sparse negative Hessian's CSR structure over fixed pairs (built once, refilled per Newton step)."""
+
+    def __init__(self, a, b, k):
+        from scipy.sparse import csr_matrix
+
+        rows = np.concatenate([a, b, np.arange(k)])
+        cols = np.concatenate([b, a, np.arange(k)])
+        self.order = np.argsort(rows, kind="stable")
+        indptr = np.zeros(k + 1, dtype=np.int64)
+        np.cumsum(np.bincount(rows, minlength=k), out=indptr[1:])
+        self.matrix = csr_matrix((np.zeros(rows.shape[0]), cols[self.order], indptr), shape=(k, k))
+        self.k = k
+
+    def fill(self, c, diag):
+        self.matrix.data = np.concatenate([-c, -c, diag])[self.order]
+        return self.matrix
+
+
+def bt_derivatives_pairs(s, a, b, w1, w0, sigma, structure=None):
+    """Gradient and sparse negative Hessian (weighted graph Laplacian + ``I / sigma^2``, CSR) of
+    :func:`bt_objective_pairs`."""
+    k = s.shape[0]
+    if structure is None:
+        structure = _Laplacian(a, b, k)
+    p = expit(s[a] - s[b])
+    wsum = w1 + w0
+    g = w1 - wsum * p  # w1 (1 - p) - w0 p
+    grad = np.bincount(a, weights=g, minlength=k) - np.bincount(b, weights=g, minlength=k) - s / sigma**2
+    c = wsum * p * (1.0 - p)
+    diag = np.bincount(a, weights=c, minlength=k) + np.bincount(b, weights=c, minlength=k) + 1.0 / sigma**2
+    return grad, structure.fill(c, diag), diag
+
+
+def _cg_solve(matrix, diag, rhs, rtol):
+    """Jacobi-preconditioned conjugate gradients for the SPD ``matrix`` (numpy loop, ``O(nnz)`` per step)."""
+    inv = 1.0 / diag
+    x = rhs * inv
+    r = rhs - matrix @ x
+    target = rtol * np.sqrt(rhs @ rhs)
+    z = r * inv
+    p = z.copy()
+    rz = r @ z
+    for _ in range(10 * rhs.shape[0] + 100):
+        if np.sqrt(r @ r) <= target:
+            break
+        ap = matrix @ p
+        alpha = rz / (p @ ap)
+        x += alpha * p
+        r -= alpha * ap
+        z = r * inv
+        rz_new = r @ z
+        p *= rz_new / rz
+        p += z
+        rz = rz_new
+    return x
+
+
+def fit_bradley_terry_pairs(
+    pairs,
+    w1: np.ndarray,
+    w0: np.ndarray,
+    sigma: float,
+    start: np.ndarray | None = None,
+    tol: float = 1e-10,
+    max_iter: int = 100,
+    method: str = "auto",
+    cg_rtol: float = 1e-13,
+    structure=None,
+) -> np.ndarray:
+    r"""Weighted ridge Bradley–Terry strengths from per-pair weights (Newton).
+
+    Parameters
+    ----------
+    pairs : PairTable
+        The compared pairs (``a``, ``b``, ``n_models``).
+    w1, w0 : float arrays (P,)
+        Weighted labels of each pair choosing ``model_a`` / ``model_b``.
+    sigma : float
+        The strengths' Normal(0, sigma) prior (ridge).
+    start : float array (K,), optional
+        Starting strengths (default zeros).
+    tol, max_iter : float, int
+        Newton stops when the largest step is below ``tol`` (or the objective stops improving).
+    method : {"auto", "dense", "sparse"}
+        ``"dense"``: :func:`bayes_annot.em.fit_bradley_terry` on the ``K x K``
+        tables; ``"sparse"``: Newton with a conjugate-gradient solve of the
+        sparse Hessian; ``"auto"``: dense up to :data:`DENSE_MAX_MODELS` models.
+    cg_rtol : float
+        Relative residual at which conjugate gradients stop (sparse method).
+    structure : optional
+        The Hessian's sparsity pattern over ``pairs``, built once by the caller
+        when it solves many times over the same pairs (EM).
+
+    Both methods maximise the same strictly concave objective with the same
+    backtracking and stopping rule, so they agree to the solver's accuracy.
+    """
+    from .em import fit_bradley_terry
+
+    k = pairs.n_models
+    a, b = pairs.a, pairs.b
+    if method == "auto":
+        method = "dense" if k <= DENSE_MAX_MODELS else "sparse"
+    if method == "dense":
+        t1 = np.zeros((k, k))
+        t0 = np.zeros((k, k))
+        t1[a, b] = w1
+        t0[a, b] = w0
+        return fit_bradley_terry(t1, t0, sigma, start=start, tol=tol, max_iter=max_iter)
+    if method != "sparse":
+        raise ValueError(f"unknown method '{method}', expected auto, dense or sparse")
+    w1 = np.asarray(w1, dtype=float)
+    w0 = np.asarray(w0, dtype=float)
+    keep = (w1 != 0) | (w0 != 0)  # pairs without weight do not enter the objective
+    if not keep.all():
+        a, b, w1, w0 = a[keep], b[keep], w1[keep], w0[keep]
+        structure = None
+    if structure is None:  # the Hessian's sparsity pattern (``structure``: built once for these pairs)
+        structure = _Laplacian(a, b, k)
+    s = np.zeros(k) if start is None else np.array(start, dtype=float)
+    wsum = w1 + w0
+    value = bt_objective_pairs(s, a, b, w1, w0, sigma, wsum)
+    for _ in range(max_iter):
+        grad, neg_hess, diag = bt_derivatives_pairs(s, a, b, w1, w0, sigma, structure)
+        step = _cg_solve(neg_hess, diag, grad, cg_rtol)
+        t = 1.0
+        while True:
+            candidate = s + t * step
+            new_value = bt_objective_pairs(candidate, a, b, w1, w0, sigma, wsum)
+            if new_value >= value - 1e-12 * abs(value) or t < 1e-8:
+                break
+            t *= 0.5
+        s, improvement, value = candidate, new_value - value, new_value
+        if np.max(np.abs(t * step), initial=0.0) < tol or abs(improvement) < 1e-14 * (1.0 + abs(value)):
+            break
+    return s
+
+
+def fit_bradley_terry_labels(model_a, model_b, choice_a, n_models: int, sigma: float, weights=None) -> np.ndarray:
+    """Ridge Bradley–Terry strengths of labels (``choice_a`` = 1 when ``model_a`` was chosen), optionally weighted."""
+    table, index = PairTable.from_labels(model_a, model_b, n_models)
+    cells = np.bincount(2 * index + np.asarray(choice_a, dtype=np.int64), weights=weights, minlength=2 * table.n_pairs)
+    return fit_bradley_terry_pairs(table, cells[1::2].astype(float), cells[0::2].astype(float), sigma)
