@@ -70,6 +70,7 @@ class PairTable:
 
     @classmethod
     def from_keys(cls, keys, n_models: int, counts=None) -> "PairTable":
+        """A table from pair keys ``a * n_models + b`` (one per compared ordered pair) and their counts."""
         keys = np.asarray(keys, dtype=np.int64)
         k = int(n_models)
         counts = np.zeros(keys.shape[0], dtype=np.int64) if counts is None else np.asarray(counts)
@@ -290,6 +291,8 @@ def fit_bradley_terry_pairs(
         The Hessian's sparsity pattern over ``pairs``, built once by the caller
         when it solves many times over the same pairs (EM).
 
+    Notes
+    -----
     Both methods maximise the same strictly concave objective with the same
     backtracking and stopping rule, so they agree to the solver's accuracy.
     """
