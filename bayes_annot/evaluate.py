@@ -110,16 +110,7 @@ def heldout_loglik(
 
     tastes = fit_kwargs.get("tastes", 1)
     if model == "two-class" and tastes != 1:
-        per_user = _taste_heldout(prepared, hidden, tastes, fit_kwargs)
-        total = float(per_user.sum())
-        return {
-            "model": model,
-            "seed": seed,
-            "heldout_loglik": total,
-            "n_heldout": int(len(test)),
-            "per_label": total / max(len(test), 1),
-            "per_user": per_user,
-        }
+        return _heldout_result(model, seed, _taste_heldout(prepared, hidden, tastes, fit_kwargs), len(test))
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -161,13 +152,18 @@ def heldout_loglik(
             per_user = pd.Series(
                 logsumexp(np.stack([np.log(p) + sums["att"], np.log1p(-p) + sums["cas"]]), axis=0), index=sums.index
             )
+    return _heldout_result(model, seed, per_user, len(test))
+
+
+def _heldout_result(model: str, seed: int, per_user: pd.Series, n_heldout: int) -> dict:
+    """What :func:`heldout_loglik` returns, from the per-user held-out log-likelihoods."""
     total = float(per_user.sum())
     return {
         "model": model,
         "seed": seed,
         "heldout_loglik": total,
-        "n_heldout": int(len(test)),
-        "per_label": total / max(len(test), 1),
+        "n_heldout": int(n_heldout),
+        "per_label": total / max(n_heldout, 1),
         "per_user": per_user,
     }
 
