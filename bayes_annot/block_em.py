@@ -27,7 +27,14 @@ from scipy.special import expit, log_expit, logit, ndtr
 
 from .em import EMResult, _two_class_objective, _update_q, _update_theta, has_converged, max_change
 from .likelihood import Priors, log_beta_pdf, log_normal_pdf
-from .pairs import PairTable, attentive_table_pairs, differs_cells_pairs, fit_bradley_terry_pairs
+from .pairs import (
+    DENSE_MAX_MODELS,
+    PairTable,
+    _Laplacian,
+    attentive_table_pairs,
+    differs_cells_pairs,
+    fit_bradley_terry_pairs,
+)
 
 __all__ = ["Block", "EMState", "make_block", "merge_blocks", "cell_index_map", "pair_cell_map", "LocalRunner", "run_em"]
 
@@ -573,11 +580,9 @@ class _PairBT:
         return differs_cells_pairs(s, self.pairs.a, self.pairs.b, tol)
 
     def fit(self, cells: np.ndarray, start=None) -> np.ndarray:
-        from . import pairs as pairs_module
-
         w1, w0 = _split_cells(cells)
-        if self.pairs.n_models > pairs_module.DENSE_MAX_MODELS and self._structure is None:
-            self._structure = pairs_module._Laplacian(self.pairs.a, self.pairs.b, self.pairs.n_models)
+        if self.pairs.n_models > DENSE_MAX_MODELS and self._structure is None:
+            self._structure = _Laplacian(self.pairs.a, self.pairs.b, self.pairs.n_models)
         return fit_bradley_terry_pairs(self.pairs, w1, w0, self.sigma, start=start, structure=self._structure)
 
 
