@@ -176,7 +176,7 @@ class EMState:
         Usable labels per compared (model_a, model_b): model label counts, the comparison graph and
         (learned strengths) the pair vocabulary of the block's cells.
     key : tuple
-        The likelihood's strength mode (see :func:`bayes_annot.fit.problem_key`);
+        The likelihood's strength mode (see :func:`bayes_annot.problem.problem_key`);
         an update that changes it refits from the rows instead.
     """
 

@@ -121,7 +121,7 @@ def fit_baseline(
     import xarray as xr
 
     from .data import ColumnMap, prepare, read_table
-    from .fit import build_problem
+    from .problem import build_problem
     from .pymc_model import _cell_att, _cell_matrix, _stack, _unstack, nuts_diagnostics
 
     start = time.perf_counter()

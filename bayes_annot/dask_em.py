@@ -313,7 +313,7 @@ class DaskFit:
     columns : dict
         Resolved role -> column name.
     strength_mode : str
-        ``"learned"`` or ``"known (...)"``, as :func:`bayes_annot.fit.build_problem` says.
+        ``"learned"`` or ``"known (...)"``, as :func:`bayes_annot.problem.build_problem` says.
     strengths : array
         The learned strengths, or the implied ones for a known ``mu``.
     n_partitions : int
@@ -347,8 +347,8 @@ class DaskFit:
         return params
 
     def to_estimates(self):
-        """The engine-neutral :class:`bayes_annot.fit.Estimates` of this fit."""
-        from .fit import Estimates
+        """The engine-neutral :class:`bayes_annot.problem.Estimates` of this fit."""
+        from .problem import Estimates
 
         em = self.em
         return Estimates(
@@ -360,7 +360,7 @@ class DaskFit:
         )
 
     def components(self) -> np.ndarray:
-        """Connected component of each model in the comparison graph (as ``fit._graph_components``)."""
+        """Connected component of each model in the comparison graph (as ``problem.graph_components``)."""
         return self.pair_counts.components()
 
 

@@ -12,146 +12,35 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.sparse import csr_matrix
-from scipy.sparse.csgraph import connected_components
-from scipy.special import expit, logit
 
 from .provenance import input_info as describe_input, parquet_collection_info, provenance_entry
 from .version import __version__
 from .data import REASONS, ColumnMap, PreparedData, prepare, read_table
 from .decide import FilterRule, check_no_verdict_policy, decide, parse_filter  # noqa: F401 (re-exported)
-from .block_em import Block, EMState, LocalRunner, make_block, run_em
-from .em import EMProblem, EMResult
+from .block_em import EMState
+from .local_em import default_accelerate, em_estimates, em_state, run_block_em
+from .problem import (
+    Estimates, build_problem, graph_components, known_strengths, pair_counts, quality_floor,
+)
+from .em import EMProblem
 from .errors import FitWarning, InputError, user_stacklevel
 from .progress import Progress, em_callback, resolve as resolve_progress
 from .likelihood import Priors
-from .pairs import PairTable
 from .tables import OUTPUT_COLUMNS, input_renames  # noqa: F401  (OUTPUT_COLUMNS: public name)
 from .validation import check_fit_settings
 
-__all__ = ["Estimates", "FitResult", "UserQualityModel", "fit", "load", "build_problem", "pair_counts", "graph_components"]
+__all__ = ["FitResult", "UserQualityModel", "fit", "load"]
 
 VARIANTS = ("two-class", "continuous")
 METHODS = ("em", "map", "nuts")
 
 
-@dataclass
-class Estimates:
-    """What any engine hands back (arrays over all users / models)."""
-
-    engine: str
-    variant: str
-    quality: np.ndarray
-    p_good: np.ndarray
-    n_labels_user: np.ndarray
-    informative: np.ndarray
-    strengths: np.ndarray | None
-    parameters: dict
-    quality_low: np.ndarray | None = None
-    quality_high: np.ndarray | None = None
-    strength_low: np.ndarray | None = None
-    strength_high: np.ndarray | None = None
-    loglik: float | None = None
-    loglik_trace: list = field(default_factory=list)
-    n_iter: int | None = None
-    converged: bool | None = None
-    runtime_seconds: float = 0.0
-    diagnostics: dict = field(default_factory=dict)
-    user_loglik: np.ndarray | None = None
-    idata: object | None = None
-    extra_user_columns: dict = field(default_factory=dict)
-    extra_model_columns: dict = field(default_factory=dict)
-    extra_summary: dict = field(default_factory=dict)
-    quality_floor: np.ndarray | None = None  # two-class: quality had every label gone the least attentive way
-
-
 # --------------------------------------------------------------------------- problem set-up
-
-
-def build_problem(
-    data: PreparedData, mu: float | None = None, strong_model: str | None = None, use_p_a: bool = True
-) -> tuple[EMProblem, str]:
-    """Turn prepared data into the engines' arrays; returns the problem and the strength mode."""
-    usable = data.usable
-    choice = data.choice_a[usable].astype(np.int8)
-    a = data.model_a[usable]
-    b = data.model_b[usable]
-    known = None
-    mode = strength_mode(data, mu, strong_model, use_p_a)
-    if mu is not None:
-        if not 0.0 < mu < 1.0:
-            raise InputError(f"mu must lie in (0, 1), got {mu}")
-        if strong_model is None:
-            raise InputError("a global mu needs --strong-model NAME (the model an attentive user prefers with probability mu)")
-        matches = np.flatnonzero(data.model_labels == str(strong_model).strip())
-        if len(matches) == 0:
-            raise InputError(
-                f"strong model '{strong_model}' is not among the models: {', '.join(map(str, data.model_labels[:20]))}"
-            )
-        k = int(matches[0])
-        known = np.where(a == k, logit(mu), np.where(b == k, -logit(mu), 0.0))
-    elif use_p_a and data.p_a is not None:
-        known = logit(data.p_a[usable])
-    problem = EMProblem(
-        user=data.user[usable],
-        model_a=a,
-        model_b=b,
-        choice_a=choice,
-        n_users=data.n_users,
-        n_models=data.n_models,
-        known_logit_mu=known,
-    )
-    return problem, mode
-
-
-def strength_mode(data: PreparedData, mu: float | None, strong_model: str | None, use_p_a: bool) -> str:
-    """How the attentive probabilities are set: ``learned``, or ``known (...)`` (summary.json's ``strengths``)."""
-    if mu is not None:
-        return f"known (mu={mu:g} for '{str(strong_model).strip()}')"
-    if use_p_a and data.has_p_a:
-        return f"known (column '{data.columns['p_a']}')"
-    return "learned"
-
-
-@dataclass
-class ProblemSize:
-    """What the summary and the block engine need to know of an :class:`~bayes_annot.em.EMProblem`
-    (used when the labels are already in an EM block and the per-row problem is not rebuilt)."""
-
-    n_labels: int
-    n_models: int
-    learned: bool
-
-
-def pair_counts(data: PreparedData) -> PairTable:
-    """Usable labels per compared (model_a, model_b): a sparse :class:`~bayes_annot.pairs.PairTable`
-    (only the pairs that occur; ``.toarray()`` is the ``K x K`` table)."""
-    usable = data.usable
-    return PairTable.from_labels(data.model_a[usable], data.model_b[usable], data.n_models)[0]
-
-
-def graph_components(pairs) -> np.ndarray:
-    """Connected part of each model in the comparison graph (``pairs``: a
-    :class:`~bayes_annot.pairs.PairTable`, or a ``K x K`` count table)."""
-    if isinstance(pairs, PairTable):
-        return pairs.components()
-    _, labels = connected_components(csr_matrix(np.asarray(pairs) > 0), directed=False)
-    return labels
-
-
-def _known_strengths(problem: EMProblem, data: PreparedData, mu, strong_model) -> np.ndarray | None:
-    if mu is None:
-        return None
-    k = data.n_models
-    strong = int(np.flatnonzero(data.model_labels == str(strong_model).strip())[0])
-    s = np.full(k, -logit(mu) / k)
-    s[strong] = logit(mu) * (k - 1) / k
-    return s
 
 
 # --------------------------------------------------------------------------- result
@@ -719,7 +608,7 @@ def fit(
                 state.block, problem, model, priors=priors, q=q, tol=tol, max_iter=max_iter,
                 start=_resolve_start(start, prepared), accelerate=squarem, callback=callback,
             )
-        estimates = em_estimates(em, model, _known_strengths(problem, prepared, mu, strong_model))
+        estimates = em_estimates(em, model, known_strengths(problem, prepared, mu, strong_model))
     else:
         from .pymc_model import fit_pymc
 
@@ -739,7 +628,7 @@ def fit(
             model_labels=prepared.model_labels,
         )
         if estimates.strengths is None:
-            estimates.strengths = _known_strengths(problem, prepared, mu, strong_model)
+            estimates.strengths = known_strengths(problem, prepared, mu, strong_model)
     if tastes == 1:
         estimates.quality_floor = quality_floor(problem, estimates)
     if taste_check and "taste_diagnostic" not in estimates.extra_summary and problem.n_labels:
@@ -777,36 +666,6 @@ def fit(
     summary["provenance"] = [provenance_entry(input_info, rows_read=prepared.n_rows, rows_added=prepared.n_rows)]
     summary["runtime_seconds"] = round(time.perf_counter() - t_start, 4)
     return FitResult(prepared, estimates, rule, summary, state=state, no_verdict=no_verdict)
-
-
-def quality_floor(problem: EMProblem, estimates: Estimates) -> np.ndarray | None:
-    """Two-class: each user's quality had every one of their labels gone the least attentive way.
-
-    Per label the likelihood ratio attentive / casual of the less attentive
-    outcome, ``min(sigmoid(l) / q, sigmoid(-l) / (1 - q))`` (``l`` the attentive
-    log-odds of choosing ``model_a``), multiplied over the user's labels and
-    combined with the prior odds ``pi``. A user the filter keeps although this
-    floor passes its threshold was kept whatever they clicked: no verdict
-    (:func:`bayes_annot.decide.decide`). ``None`` for the continuous model
-    (per-user quality is not a closed form of the labels there).
-    """
-    if estimates.variant != "two-class" or problem.n_labels == 0 or "pi" not in estimates.parameters:
-        return None
-    pi, q = float(estimates.parameters["pi"]), float(estimates.parameters["q"])
-    if problem.learned:
-        if estimates.strengths is None:
-            return None
-        s = np.asarray(estimates.strengths, dtype=float)
-        ell = s[problem.model_a] - s[problem.model_b]
-    else:
-        ell = np.asarray(problem.known_logit_mu, dtype=float)
-    from scipy.special import log_expit
-
-    eps = 1e-12
-    worst = np.minimum(log_expit(ell) - np.log(max(q, eps)), log_expit(-ell) - np.log(max(1.0 - q, eps)))
-    total = np.bincount(problem.user, weights=worst, minlength=problem.n_users)
-    pi = min(max(pi, eps), 1.0 - eps)
-    return expit(np.log(pi) - np.log1p(-pi) + total)
 
 
 def assemble_summary(
@@ -1013,96 +872,6 @@ def _fit_tastes_estimates(problem, tastes, priors, q, tol, max_iter, seed, max_t
         extra_model_columns=model_cols,
         extra_summary=extra_summary,
     )
-
-
-def problem_key(mu: float | None, strong_model: str | None, use_p_a: bool, has_p_a: bool) -> tuple:
-    """What identifies the likelihood's strength mode (learned, known ``p_a`` column, or a global ``mu``)."""
-    if mu is not None:
-        return ("mu", float(mu), str(strong_model).strip())
-    if use_p_a and has_p_a:
-        return ("p_a",)
-    return ("learned",)
-
-
-def problem_block(
-    prepared: PreparedData, problem: EMProblem, rows: slice | None = None, users=None, pairs: PairTable | None = None
-) -> Block:
-    """The :class:`~bayes_annot.block_em.Block` of a prepared log's usable labels (optionally of a row range).
-
-    ``problem`` holds the usable labels of the same rows (``build_problem``);
-    the block covers ``users`` (default: every user of the vocabulary).
-    ``pairs``: the pair vocabulary of the cells (must hold every pair of the
-    labels; default: the labels' own pairs).
-    """
-    user, usable = prepared.user, prepared.usable
-    if rows is not None:
-        user, usable = user[rows], usable[rows]
-    if users is None:
-        users = np.arange(prepared.n_users)
-    if problem.learned:
-        if pairs is None:
-            pairs, index = PairTable.from_labels(problem.model_a, problem.model_b, problem.n_models)
-            cell = (2 * index + problem.choice_a).astype(np.int32)
-        else:
-            cell = pairs.cells(problem.model_a, problem.model_b, problem.choice_a)
-        return make_block(user, usable, problem.n_models, cell=cell, users=users, pairs=pairs)
-    return make_block(user, usable, problem.n_models, choice=problem.choice_a, known_logit=problem.known_logit_mu, users=users)
-
-
-def em_state(prepared: PreparedData, problem: EMProblem, pairs: PairTable, *, mu, strong_model, use_p_a) -> EMState:
-    """The EM block of a whole prepared log, with what an incremental update needs to extend it."""
-    return EMState(
-        block=problem_block(prepared, problem, pairs=pairs), pair_counts=pairs,
-        key=problem_key(mu, strong_model, use_p_a, prepared.has_p_a),
-    )
-
-
-def default_accelerate(accelerate: bool | None, model: str, n_models: int) -> bool:
-    """SQUAREM on or off: ``accelerate`` if given, else on for ``continuous`` or more than
-    :data:`bayes_annot.pairs.ACCELERATE_MIN_MODELS` models."""
-    from .pairs import ACCELERATE_MIN_MODELS
-
-    if accelerate is not None:
-        return bool(accelerate)
-    return model == "continuous" or n_models > ACCELERATE_MIN_MODELS
-
-
-def run_block_em(block: Block, problem: EMProblem, model: str, *, priors, q, tol, max_iter, start, accelerate,
-                 callback=None) -> EMResult:
-    """EM on one in-memory block (plain, or with SQUAREM steps kept only when the objective does not decrease);
-    ``callback(iteration, objective)`` is called after every iteration."""
-    if start is not None and not problem.learned:
-        start = {key: value for key, value in start.items() if key != "strengths"}
-    em = run_em(
-        LocalRunner([block], block.users.shape[0]), problem.n_models, problem.learned, variant=model, priors=priors,
-        q_fixed=q, tol=tol, max_iter=max_iter, start=start, accelerate=accelerate, callback=callback,
-    )
-    block.release_pass_caches()  # the block is kept for updates; its pass caches are not needed
-    return em
-
-
-def em_estimates(em: EMResult, model: str, known_strengths: np.ndarray | None) -> Estimates:
-    """:class:`Estimates` of an EM result (``known_strengths``: the fixed strengths of a global ``mu``)."""
-    params = {"pi": em.pi, "q": em.q} if model == "two-class" else {"m": em.m, "tau": em.tau, "q": em.q}
-    params["mean_quality"] = float(np.mean(em.quality[em.n_labels_user > 0]))
-    estimates = Estimates(
-        engine="em",
-        variant=model,
-        quality=em.quality,
-        p_good=em.p_eta_above_half if model == "continuous" else em.quality,
-        n_labels_user=em.n_labels_user,
-        informative=em.informative,
-        strengths=em.strengths if em.strengths is not None else known_strengths,
-        parameters=params,
-        loglik=em.loglik,
-        loglik_trace=em.loglik_trace,
-        n_iter=em.n_iter,
-        converged=em.converged,
-        runtime_seconds=em.runtime_seconds,
-        user_loglik=em.user_loglik,
-    )
-    estimates.theta = em.theta  # exact theta for a warm start (continuous)
-    return estimates
 
 
 def _resolve_start(start, prepared: PreparedData) -> dict | None:

@@ -530,21 +530,10 @@ def fit_prepared(
     :class:`~bayes_annot.block_em.EMState` when the caller already has it (an
     update extends the previous fit's); otherwise it is built from the rows.
     """
-    from .fit import (
-        FitResult,
-        ProblemSize,
-        _known_strengths,
-        assemble_summary,
-        build_problem,
-        check_no_verdict_policy,
-        default_accelerate,
-        em_estimates,
-        em_state,
-        graph_components,
-        pair_counts,
-        quality_floor,
-        run_block_em,
-        strength_mode,
+    from .fit import FitResult, assemble_summary, check_no_verdict_policy
+    from .local_em import default_accelerate, em_estimates, em_state, run_block_em
+    from .problem import (
+        ProblemSize, build_problem, graph_components, known_strengths, pair_counts, quality_floor, strength_mode,
     )
 
     started = time.perf_counter() if _started is None else _started
@@ -570,7 +559,7 @@ def fit_prepared(
             state.block, problem, model, priors=priors, q=q, tol=tol, max_iter=max_iter, start=start,
             accelerate=accelerate, callback=callback,
         )
-    estimates = em_estimates(em, model, _known_strengths(problem, prepared, mu, strong_model))
+    estimates = em_estimates(em, model, known_strengths(problem, prepared, mu, strong_model))
     rows_problem = problem if hasattr(problem, "user") else build_problem(prepared, mu=mu, strong_model=strong_model,
                                                                           use_p_a=use_p_a)[0]
     estimates.quality_floor = quality_floor(rows_problem, estimates)
@@ -615,7 +604,8 @@ def _mapped_start(previous, merge: _Merge) -> dict:
 
 def _extend_state(state: EMState, merge: _Merge, problem_new, key: tuple) -> EMState:
     """The previous fit's EM state extended by the new rows (no pass over the old rows' text)."""
-    from .fit import pair_counts, problem_block
+    from .local_em import problem_block
+    from .problem import pair_counts
 
     merged, new = merge.merged, merge.new
     k = merged.n_models
@@ -707,7 +697,7 @@ def update(
     True
     """
     from .data import read_table
-    from .fit import build_problem, problem_key
+    from .problem import build_problem, problem_key
 
     started = time.perf_counter()
     unknown = set(fit_settings) - set(_EM_SETTINGS)
@@ -764,7 +754,7 @@ def update(
 
 def _refit_unchanged(previous, settings: dict, accelerate, info: dict, started: float):
     """An update that adds no row: the previous log refitted (same rows), warm-started from ``previous``."""
-    from .fit import problem_key
+    from .problem import problem_key
 
     old = previous._data
     start = warm_start(previous, old)

@@ -135,7 +135,7 @@ def build_model(
     Parameters
     ----------
     problem : EMProblem
-        The labels in the likelihood (see :func:`bayes_annot.fit.build_problem`).
+        The labels in the likelihood (see :func:`bayes_annot.problem.build_problem`).
     variant : {"two-class", "continuous"}
     priors : Priors, optional
         Prior settings (defaults: :class:`~bayes_annot.likelihood.Priors`).
@@ -562,7 +562,7 @@ def fit_pymc(
 
     Returns
     -------
-    bayes_annot.fit.Estimates
+    bayes_annot.problem.Estimates
         ``idata`` holds the posterior (NUTS, dims ``user`` / ``model``, with a
         ``log_likelihood`` group ``y_user`` so ``az.loo`` works) or the MAP as
         1 chain x 1 draw.
@@ -601,7 +601,7 @@ def fit_pymc(
 def _fit_map(problem, variant, priors, q_fixed, progress, seed, user_labels, model_labels, informative_tol, maxeval):
     import pymc as pm
 
-    from .fit import Estimates
+    from .problem import Estimates
     from .inference_data import point_estimate_idata
 
     model = build_model(problem, variant, priors, q_fixed, user_labels, model_labels, tau_fixed=True)
@@ -724,7 +724,7 @@ def _fit_nuts(
     import pymc as pm
     import xarray as xr
 
-    from .fit import Estimates
+    from .problem import Estimates
 
     model = build_model(
         problem, variant, priors, q_fixed, user_labels, model_labels, tau_fixed=False, strength_prior="zerosum"

@@ -606,7 +606,7 @@ def taste_columns(result: TasteResult) -> tuple[dict, dict]:
 def problem_from(data) -> EMProblem:
     """An :class:`EMProblem` from a problem, ``PreparedData``, a frame or a file path (learned strengths)."""
     from .data import PreparedData, prepare, read_table
-    from .fit import build_problem
+    from .problem import build_problem
 
     if isinstance(data, EMProblem):
         return data

@@ -26,7 +26,8 @@ import numpy as np
 import bayes_annot as ba
 from bayes_annot.data import prepare
 from bayes_annot.block_em import LocalRunner, run_em
-from bayes_annot.fit import build_problem, problem_block
+from bayes_annot.local_em import problem_block
+from bayes_annot.problem import build_problem
 from bayes_annot.metrics import auc
 
 n_rows, n_users, n_models, variant = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]

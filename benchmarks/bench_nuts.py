@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 
 import bayes_annot as ba  # noqa: E402
 from bayes_annot.data import prepare  # noqa: E402
-from bayes_annot.fit import build_problem  # noqa: E402
+from bayes_annot.problem import build_problem  # noqa: E402
 from bayes_annot.pymc_model import build_model, nuts_diagnostics  # noqa: E402
 
 

@@ -103,7 +103,7 @@ def test_dask_known_p_a(client, tmp_path):
     assert fit.strength_mode == ref.summary["strengths"]
     np.testing.assert_allclose(fit.em.quality, ref.users.quality.to_numpy(), atol=TOL, rtol=0)
     # pair counts are counted in known-probability mode too (model label counts, graph, report matrix)
-    from bayes_annot.fit import pair_counts
+    from bayes_annot.problem import pair_counts
 
     np.testing.assert_array_equal(fit.pair_counts, pair_counts(ref._data))
     np.testing.assert_array_equal(fit.n_labels_model, ref.models.n_labels.to_numpy())

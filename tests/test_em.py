@@ -253,7 +253,7 @@ def test_block_user_terms_equal_the_likelihood_formulas():
 def test_fit_equals_reference_em(variant, setting, small_log):
     """ba.fit (the block engine) against the textbook EM of tests/reference_em.py: the same iterates."""
     from bayes_annot.data import prepare
-    from bayes_annot.fit import build_problem
+    from bayes_annot.problem import build_problem
 
     log = small_log if setting != "p_a" else ba.simulate(n_users=150, known_mu=0.7, labels_per_user=(2, 20), seed=5)
     q = 0.5 if setting == "learned-q0.5" else None

@@ -56,7 +56,7 @@ def taste_log():
 def _split_problems(log, frac=0.2, seed=0):
     from bayes_annot.data import prepare
     from bayes_annot.evaluate import holdout_mask
-    from bayes_annot.fit import build_problem
+    from bayes_annot.problem import build_problem
     from bayes_annot.tastes import subproblem
 
     prepared = prepare(log)

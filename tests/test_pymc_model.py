@@ -10,7 +10,7 @@ import pytest
 import bayes_annot as ba
 from bayes_annot.data import prepare
 from bayes_annot.errors import FitWarning, InputError
-from bayes_annot.fit import build_problem
+from bayes_annot.problem import build_problem
 from bayes_annot.pymc_model import build_model, model_loglik, numpy_loglik, pytensor_loglik
 
 pm = pytest.importorskip("pymc")

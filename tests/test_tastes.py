@@ -17,7 +17,7 @@ import bayes_annot as ba
 from bayes_annot.data import prepare
 from bayes_annot.datasets import load_real
 from bayes_annot.em import EMProblem, fit_bradley_terry
-from bayes_annot.fit import build_problem
+from bayes_annot.problem import build_problem
 from bayes_annot.likelihood import Priors
 from bayes_annot.pairs import fit_bradley_terry_pairs
 from bayes_annot.metrics import auc

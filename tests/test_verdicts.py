@@ -172,7 +172,8 @@ def test_degenerate_continuous_fit_warns(cems_log, tmp_path):
 
 
 def test_degenerate_checks_cover_pi_tau_and_runaway_strengths():
-    from bayes_annot.fit import Estimates, degenerate_fit_warnings
+    from bayes_annot.fit import degenerate_fit_warnings
+    from bayes_annot.problem import Estimates
     from bayes_annot.likelihood import Priors
 
     def est(**params):

@@ -1,0 +1,177 @@
+"""The problem a fit solves: a prepared log's labels as the engines' arrays, and what engines hand back.
+
+:func:`build_problem` turns :class:`~bayes_annot.data.PreparedData` into an
+:class:`~bayes_annot.em.EMProblem` (the usable labels, and the attentive
+log-odds when the strengths are known); :class:`Estimates` is the
+engine-neutral result every engine (EM, Dask, MAP, NUTS) returns, which
+:func:`bayes_annot.fit` turns into a :class:`~bayes_annot.fit.FitResult`.
+This is the model layer: it imports only data, errors and the model's maths.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import connected_components
+from scipy.special import expit, log_expit, logit
+
+from .data import PreparedData
+from .em import EMProblem
+from .errors import InputError
+from .pairs import PairTable
+
+__all__ = [
+    "Estimates", "ProblemSize", "build_problem", "strength_mode", "pair_counts", "graph_components",
+    "known_strengths", "quality_floor", "problem_key",
+]
+
+
+@dataclass
+class Estimates:
+    """What any engine hands back (arrays over all users / models)."""
+
+    engine: str
+    variant: str
+    quality: np.ndarray
+    p_good: np.ndarray
+    n_labels_user: np.ndarray
+    informative: np.ndarray
+    strengths: np.ndarray | None
+    parameters: dict
+    quality_low: np.ndarray | None = None
+    quality_high: np.ndarray | None = None
+    strength_low: np.ndarray | None = None
+    strength_high: np.ndarray | None = None
+    loglik: float | None = None
+    loglik_trace: list = field(default_factory=list)
+    n_iter: int | None = None
+    converged: bool | None = None
+    runtime_seconds: float = 0.0
+    diagnostics: dict = field(default_factory=dict)
+    user_loglik: np.ndarray | None = None
+    idata: object | None = None
+    extra_user_columns: dict = field(default_factory=dict)
+    extra_model_columns: dict = field(default_factory=dict)
+    extra_summary: dict = field(default_factory=dict)
+    quality_floor: np.ndarray | None = None  # two-class: quality had every label gone the least attentive way
+
+
+def build_problem(
+    data: PreparedData, mu: float | None = None, strong_model: str | None = None, use_p_a: bool = True
+) -> tuple[EMProblem, str]:
+    """Turn prepared data into the engines' arrays; returns the problem and the strength mode."""
+    usable = data.usable
+    choice = data.choice_a[usable].astype(np.int8)
+    a = data.model_a[usable]
+    b = data.model_b[usable]
+    known = None
+    mode = strength_mode(data, mu, strong_model, use_p_a)
+    if mu is not None:
+        if not 0.0 < mu < 1.0:
+            raise InputError(f"mu must lie in (0, 1), got {mu}")
+        if strong_model is None:
+            raise InputError("a global mu needs --strong-model NAME (the model an attentive user prefers with probability mu)")
+        matches = np.flatnonzero(data.model_labels == str(strong_model).strip())
+        if len(matches) == 0:
+            raise InputError(
+                f"strong model '{strong_model}' is not among the models: {', '.join(map(str, data.model_labels[:20]))}"
+            )
+        k = int(matches[0])
+        known = np.where(a == k, logit(mu), np.where(b == k, -logit(mu), 0.0))
+    elif use_p_a and data.p_a is not None:
+        known = logit(data.p_a[usable])
+    problem = EMProblem(
+        user=data.user[usable],
+        model_a=a,
+        model_b=b,
+        choice_a=choice,
+        n_users=data.n_users,
+        n_models=data.n_models,
+        known_logit_mu=known,
+    )
+    return problem, mode
+
+
+def strength_mode(data: PreparedData, mu: float | None, strong_model: str | None, use_p_a: bool) -> str:
+    """How the attentive probabilities are set: ``learned``, or ``known (...)`` (summary.json's ``strengths``)."""
+    if mu is not None:
+        return f"known (mu={mu:g} for '{str(strong_model).strip()}')"
+    if use_p_a and data.has_p_a:
+        return f"known (column '{data.columns['p_a']}')"
+    return "learned"
+
+
+@dataclass
+class ProblemSize:
+    """What the summary and the block engine need to know of an :class:`~bayes_annot.em.EMProblem`
+    (used when the labels are already in an EM block and the per-row problem is not rebuilt)."""
+
+    n_labels: int
+    n_models: int
+    learned: bool
+
+
+def pair_counts(data: PreparedData) -> PairTable:
+    """Usable labels per compared (model_a, model_b): a sparse :class:`~bayes_annot.pairs.PairTable`
+    (only the pairs that occur; ``.toarray()`` is the ``K x K`` table)."""
+    usable = data.usable
+    return PairTable.from_labels(data.model_a[usable], data.model_b[usable], data.n_models)[0]
+
+
+def graph_components(pairs) -> np.ndarray:
+    """Connected part of each model in the comparison graph (``pairs``: a
+    :class:`~bayes_annot.pairs.PairTable`, or a ``K x K`` count table)."""
+    if isinstance(pairs, PairTable):
+        return pairs.components()
+    _, labels = connected_components(csr_matrix(np.asarray(pairs) > 0), directed=False)
+    return labels
+
+
+def known_strengths(problem: EMProblem, data: PreparedData, mu, strong_model) -> np.ndarray | None:
+    """The fixed strengths of a global ``mu`` (the strong model above the others by ``logit(mu)``), else ``None``."""
+    if mu is None:
+        return None
+    k = data.n_models
+    strong = int(np.flatnonzero(data.model_labels == str(strong_model).strip())[0])
+    s = np.full(k, -logit(mu) / k)
+    s[strong] = logit(mu) * (k - 1) / k
+    return s
+
+
+def quality_floor(problem: EMProblem, estimates: Estimates) -> np.ndarray | None:
+    """Two-class: each user's quality had every one of their labels gone the least attentive way.
+
+    Per label the likelihood ratio attentive / casual of the less attentive
+    outcome, ``min(sigmoid(l) / q, sigmoid(-l) / (1 - q))`` (``l`` the attentive
+    log-odds of choosing ``model_a``), multiplied over the user's labels and
+    combined with the prior odds ``pi``. A user the filter keeps although this
+    floor passes its threshold was kept whatever they clicked: no verdict
+    (:func:`bayes_annot.decide.decide`). ``None`` for the continuous model
+    (per-user quality is not a closed form of the labels there).
+    """
+    if estimates.variant != "two-class" or problem.n_labels == 0 or "pi" not in estimates.parameters:
+        return None
+    pi, q = float(estimates.parameters["pi"]), float(estimates.parameters["q"])
+    if problem.learned:
+        if estimates.strengths is None:
+            return None
+        s = np.asarray(estimates.strengths, dtype=float)
+        ell = s[problem.model_a] - s[problem.model_b]
+    else:
+        ell = np.asarray(problem.known_logit_mu, dtype=float)
+    eps = 1e-12
+    worst = np.minimum(log_expit(ell) - np.log(max(q, eps)), log_expit(-ell) - np.log(max(1.0 - q, eps)))
+    total = np.bincount(problem.user, weights=worst, minlength=problem.n_users)
+    pi = min(max(pi, eps), 1.0 - eps)
+    return expit(np.log(pi) - np.log1p(-pi) + total)
+
+
+def problem_key(mu: float | None, strong_model: str | None, use_p_a: bool, has_p_a: bool) -> tuple:
+    """What identifies the likelihood's strength mode (learned, known ``p_a`` column, or a global ``mu``)."""
+    if mu is not None:
+        return ("mu", float(mu), str(strong_model).strip())
+    if use_p_a and has_p_a:
+        return ("p_a",)
+    return ("learned",)
