@@ -1,0 +1,106 @@
+r"""The behaviour model's specification: one object every engine fits.
+
+A :class:`BehaviourSpec` says everything about *which* model is fitted, and
+nothing about *how* (engine, tolerance, draws):
+
+* how attentive users behave: Bradley–Terry with ``learned`` strengths, or
+  ``known`` attentive probabilities (a ``p_a`` column or a global ``mu``), and
+  ``n_tastes`` taste classes, each with its own strengths;
+* how a user mixes attentive and casual labels, the ``variant``:
+  ``two-class`` (every label of a user follows the user's one type) or
+  ``continuous`` (each label is attentive with the user's own probability
+  :math:`\eta_u`);
+* how casual users behave: position bias ``q`` (``P(choose model_a)``),
+  estimated when ``None``;
+* the priors (:class:`~bayes_annot.likelihood.Priors`).
+
+:func:`bayes_annot.fit` builds one from its settings and hands it down to the
+engine; EM (:func:`bayes_annot.block_em.run_em`), MAP and NUTS
+(:func:`bayes_annot.pymc_model.build_model`) read the model from it. The
+maths of the specification, written once on sufficient statistics, is in
+:mod:`bayes_annot.likelihood`, :mod:`bayes_annot.em` and :mod:`bayes_annot.pairs`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import InputError
+from .likelihood import Priors
+
+__all__ = ["BehaviourSpec", "VARIANTS", "STRENGTHS"]
+
+VARIANTS = ("two-class", "continuous")
+STRENGTHS = ("learned", "known")
+
+
+@dataclass(frozen=True)
+class BehaviourSpec:
+    """The user behaviour model to fit.
+
+    Parameters
+    ----------
+    variant : {"two-class", "continuous"}
+        How a user mixes attentive and casual labels.
+    n_tastes : int
+        Taste classes :math:`C \\ge 1` of attentive users (each its own
+        strengths); ``C > 1`` needs the ``two-class`` variant and learned strengths.
+    strengths : {"learned", "known"}
+        Learned Bradley–Terry strengths, or known attentive probabilities.
+    q : float, optional
+        Fixed casual position bias in (0, 1); estimated when ``None``.
+    priors : Priors
+        The priors of every parameter.
+
+    Raises
+    ------
+    InputError
+        A combination the model does not define, with the reason.
+
+    Examples
+    --------
+    >>> from bayes_annot.spec import BehaviourSpec
+    >>> spec = BehaviourSpec(n_tastes=2)
+    >>> spec.n_types, spec.describe()
+    (3, 'two-class, 2 taste classes, learned strengths, q estimated')
+    """
+
+    variant: str = "two-class"
+    n_tastes: int = 1
+    strengths: str = "learned"
+    q: float | None = None
+    priors: Priors = field(default_factory=Priors)
+
+    def __post_init__(self):
+        if self.variant not in VARIANTS:
+            raise InputError(f"unknown model variant '{self.variant}', expected one of {', '.join(VARIANTS)}")
+        if self.strengths not in STRENGTHS:
+            raise InputError(f"unknown strengths '{self.strengths}', expected one of {', '.join(STRENGTHS)}")
+        if isinstance(self.n_tastes, bool) or int(self.n_tastes) != self.n_tastes or self.n_tastes < 1:
+            raise InputError(f"tastes must be a positive integer, got {self.n_tastes!r}")
+        object.__setattr__(self, "n_tastes", int(self.n_tastes))
+        if self.q is not None and not 0.0 < float(self.q) < 1.0:
+            raise InputError(f"q must lie in (0, 1), got {self.q}")
+        if self.n_tastes > 1 and self.strengths != "learned":
+            raise InputError("taste classes need learned strengths; known strengths (p_a or mu) stay one class")
+        if self.n_tastes > 1 and self.variant != "two-class":
+            raise InputError(
+                "taste classes need model='two-class': in the continuous variant each label of a user mixes "
+                "attentive and casual, so a user's labels do not single out one ranking (docs/tastes.md)"
+            )
+
+    @property
+    def learned(self) -> bool:
+        """Whether the strengths are learned (else the attentive probabilities are known)."""
+        return self.strengths == "learned"
+
+    @property
+    def n_types(self) -> int | None:
+        """User types of the two-class variant: casual plus one per taste class (``None`` for continuous)."""
+        return self.n_tastes + 1 if self.variant == "two-class" else None
+
+    def describe(self) -> str:
+        """One line naming the model, e.g. for a summary or a report."""
+        classes = f", {self.n_tastes} taste classes" if self.n_tastes > 1 else ""
+        q = "q estimated" if self.q is None else f"q fixed at {self.q:g}"
+        return f"{self.variant}{classes}, {self.strengths} strengths, {q}"

@@ -1,0 +1,47 @@
+"""The behaviour model's specification: the combinations it defines and the ones it refuses, with the reason."""
+
+import pytest
+
+from bayes_annot.errors import InputError
+from bayes_annot.likelihood import Priors
+from bayes_annot.spec import BehaviourSpec
+
+
+@pytest.mark.parametrize("variant", ["two-class", "continuous"])
+@pytest.mark.parametrize("strengths", ["learned", "known"])
+@pytest.mark.parametrize("q", [None, 0.6])
+def test_every_single_class_combination_is_defined(variant, strengths, q):
+    spec = BehaviourSpec(variant=variant, strengths=strengths, q=q, priors=Priors(pi_alpha=3.0))
+    assert spec.learned == (strengths == "learned")
+    assert spec.n_types == (2 if variant == "two-class" else None)
+    assert variant in spec.describe() and strengths in spec.describe()
+
+
+def test_taste_classes_add_user_types():
+    assert BehaviourSpec(n_tastes=3).n_types == 4
+    assert "3 taste classes" in BehaviourSpec(n_tastes=3).describe()
+
+
+@pytest.mark.parametrize(
+    "settings, words",
+    [
+        ({"variant": "mixture"}, "unknown model variant 'mixture'"),
+        ({"strengths": "fixed"}, "unknown strengths 'fixed'"),
+        ({"n_tastes": 0}, "positive integer"),
+        ({"n_tastes": 1.5}, "positive integer"),
+        ({"n_tastes": True}, "positive integer"),
+        ({"q": 1.0}, "q must lie in (0, 1)"),
+        ({"n_tastes": 2, "strengths": "known"}, "need learned strengths"),
+        ({"n_tastes": 2, "variant": "continuous"}, "need model='two-class'"),
+    ],
+)
+def test_undefined_combinations_are_refused_with_the_reason(settings, words):
+    with pytest.raises(InputError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        BehaviourSpec(**settings)
+
+
+def test_spec_is_immutable():
+    spec = BehaviourSpec(n_tastes=2)
+    with pytest.raises(AttributeError):
+        spec.n_tastes = 3
+    assert spec == BehaviourSpec(n_tastes=2.0)
