@@ -674,13 +674,16 @@ def fit(
                 "Dask input (a folder or glob of parquet files): fix or map the winner values in the files, "
                 "or fit a single file in memory"
             )
-        if method != "em" or tastes != 1 or taste_check:
-            raise InputError("a Dask DataFrame (or a folder of parquet files) is fitted by EM only, with tastes=1 "
-                             "and without taste_check")
+        if method != "em" or taste_check:
+            raise InputError("a Dask DataFrame (or a folder of parquet files) is fitted by EM only, without taste_check")
+        if tastes == "auto":
+            raise InputError("tastes='auto' chooses the number of taste classes by cross-validation over each "
+                             "user's labels, which needs the rows in memory: fit a pandas DataFrame, or give "
+                             "tastes=N for a Dask DataFrame (a folder of parquet files)")
         return _fit_dask_frame(
             data, model=model, rule=rule, user=user, model_a=model_a, model_b=model_b, winner=winner, p_a=p_a,
             use_p_a=use_p_a, mu=mu, strong_model=strong_model, q=q, priors=priors, tol=tol, max_iter=max_iter,
-            seed=seed, start=start, input_info=input_info, no_verdict=no_verdict, progress=progress,
+            seed=seed, start=start, input_info=input_info, no_verdict=no_verdict, progress=progress, tastes=tastes,
         )
     if isinstance(data, (str, Path)):
         frame = read_table(data)
@@ -708,7 +711,12 @@ def fit(
         # Nothing enters the likelihood: no verdict on anybody.
         estimates = _empty_estimates(prepared, model, method, priors, q)
     elif tastes != 1:
-        estimates = _fit_tastes_estimates(problem, tastes, priors, q, tol, max_iter, seed, max_tastes)
+        state = em_state(prepared, problem, pairs, mu=mu, strong_model=strong_model, use_p_a=use_p_a)
+        res, extra = fit_taste_classes(problem, tastes, priors, q, tol, max_iter, seed, max_tastes,
+                                       runner=LocalRunner([state.block], prepared.n_users),
+                                       start=_resolve_start(start, prepared))
+        state.block.release_pass_caches()  # the block is kept for updates; its pass caches are not needed
+        estimates = taste_estimates(res, extra)
     elif method == "em":
         # continuous EM converges slowly (~100 plain iterations): SQUAREM steps, each kept only
         # when the penalised log-likelihood does not decrease, reach the optimum in ~4x fewer.
@@ -958,9 +966,14 @@ def taste_diagnostic(problem: EMProblem, result_c1=None, *, priors=None, q=None,
     return _casual_test_summary(casual_group_test(problem, result_c1, seed=seed, priors=priors, q_fixed=q))
 
 
-def fit_taste_classes(problem: EMProblem, tastes, priors, q, tol, max_iter, seed, max_tastes: int = 4):
+def fit_taste_classes(problem: EMProblem, tastes, priors, q, tol, max_iter, seed, max_tastes: int = 4, runner=None,
+                      start: dict | None = None):
     """The taste-class fit of :func:`fit` (``tastes`` an int, or ``"auto"``: chosen by
-    :func:`~bayes_annot.tastes.select_tastes` among ``1..max_tastes``); returns the ``TasteResult`` and summary entries."""
+    :func:`~bayes_annot.tastes.select_tastes` among ``1..max_tastes``); returns the ``TasteResult`` and summary entries.
+
+    ``runner``: the EM runner of an int ``tastes`` (default: the problem's in-memory one); a ``start``
+    with a ``"tastes"`` entry (``strengths`` (C, K), ``shares``, ``q``: a previous fit of as many classes)
+    is the only start (a warm start: an update converges from it)."""
     from .tastes import fit_tastes, select_tastes
 
     extra_summary: dict = {}
@@ -978,14 +991,19 @@ def fit_taste_classes(problem: EMProblem, tastes, priors, q, tol, max_iter, seed
             "table": json.loads(table.to_json(orient="records")),
         }
     else:
-        res = fit_tastes(problem, int(tastes), priors=priors, q_fixed=q, tol=tol, max_iter=max_iter, seed=seed)
+        warm = (start or {}).get("tastes")
+        warm = warm if warm is not None and np.shape(warm["shares"]) == (int(tastes),) else None
+        res = fit_tastes(problem if runner is None else runner, int(tastes), priors=priors, q_fixed=q, tol=tol,
+                         max_iter=max_iter, seed=seed, **({"n_starts": 0, "init": [warm]} if warm else {}))
     return res, extra_summary
 
 
-def _fit_tastes_estimates(problem, tastes, priors, q, tol, max_iter, seed, max_tastes: int = 4) -> Estimates:
+def taste_estimates(res, extra_summary: dict | None = None) -> Estimates:
+    """:class:`Estimates` of a :class:`~bayes_annot.tastes.TasteResult` (class 1's strengths as ``strength``,
+    the taste columns, ``summary["tastes"]``), whichever engine ran it."""
     from .tastes import taste_columns
 
-    res, extra_summary = fit_taste_classes(problem, tastes, priors, q, tol, max_iter, seed, max_tastes)
+    extra_summary = dict(extra_summary or {})
     extra_summary["tastes"] = {
         "n_tastes": int(res.n_tastes),
         "starts_agreed": int(res.starts_agreed),
@@ -1183,7 +1201,7 @@ def _read_parquet_collection(path):
 
 
 def _fit_dask_frame(ddf, *, model, rule, priors, q, tol, max_iter, seed, start, mu, strong_model, input_info=None,
-                    no_verdict="keep", progress=None, **columns):
+                    no_verdict="keep", progress=None, tastes=1, **columns):
     from .dask_em import fit_dask
     from .dask_result import DaskFitResult
 
@@ -1192,7 +1210,7 @@ def _fit_dask_frame(ddf, *, model, rule, priors, q, tol, max_iter, seed, start, 
     try:
         dfit = fit_dask(ddf, model=model, priors=priors, q=q, tol=tol, max_iter=max_iter, mu=mu,
                         strong_model=strong_model, start=start if isinstance(start, dict) else None,
-                        progress=progress, **columns)
+                        progress=progress, tastes=tastes, seed=seed, **columns)
     except ValueError as exc:
         if isinstance(exc, InputError):
             raise
@@ -1220,8 +1238,9 @@ def _fit_dask_frame(ddf, *, model, rule, priors, q, tol, max_iter, seed, start, 
         "provenance": [provenance_entry(input_info, rows_read=counts["rows"], rows_added=counts["rows"])],
         "settings": {"model": model, "method": "em", "filter": str(rule), "columns": dfit.columns, "mu": mu,
                      "strong_model": strong_model, "q": q, "priors": asdict(priors), "tol": tol,
-                     "max_iter": max_iter, "seed": seed, "no_verdict": no_verdict},
+                     "max_iter": max_iter, "seed": seed, "no_verdict": no_verdict, "tastes": tastes},
     }
+    summary.update(est.extra_summary)
     if counts["uninformative_users"] == counts["users"]:
         _warn(summary, "every user is uninformative: all pairs have attentive probability near 0.5, so nobody can be judged")
     if est.converged is False:
