@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.special import expit, gammaln, log_expit, logit, ndtr
 
-from .em import EMResult, _two_class_objective, _update_q, _update_theta, has_converged, max_change
+from .em import EMResult, _update_q, _update_theta, has_converged, max_change
 from .likelihood import Priors, log_beta_pdf, log_normal_pdf
 from .pairs import (
     DENSE_MAX_MODELS,
@@ -748,18 +748,15 @@ def run_class_em(
     def evaluate(shares, q, strengths):
         """Objective at (shares, q, s) and the EM map's image of (shares, q, s)."""
         st = runner.class_pass(shares, q, bt.tables(strengths) if learned else None)
-        if n_classes == 1:
-            value = st["loglik"] + _two_class_objective(
-                np.zeros(1), np.zeros(1), np.zeros(1, bool), shares[0], q, None if strengths is None else strengths[0],
-                priors, q_free,
-            )
+        if n_classes == 1:  # Dirichlet(beta, alpha) of (casual, attentive) is Beta(alpha, beta) of pi
+            prior = float(log_beta_pdf(shares[0], priors.pi_alpha, priors.pi_beta))
         else:
-            log_shares = log_type_shares(shares)
-            value = st["loglik"]
-            value += float(gammaln(conc.sum()) - gammaln(conc).sum() + ((conc - 1.0) * log_shares).sum())
-            if q_free:
-                value += float(log_beta_pdf(q, priors.q_alpha, priors.q_beta))
-            value += float(log_normal_pdf(strengths, 0.0, priors.strength_sigma).sum())
+            prior = float(gammaln(conc.sum()) - gammaln(conc).sum() + ((conc - 1.0) * log_type_shares(shares)).sum())
+        if q_free:
+            prior += float(log_beta_pdf(q, priors.q_alpha, priors.q_beta))
+        if strengths is not None:
+            prior += float(log_normal_pdf(strengths, 0.0, priors.strength_sigma).sum())
+        value = st["loglik"] + prior
         new_shares = (st["totals"] + priors.pi_alpha - 1.0) / (
             st["n_active"] + priors.pi_alpha * n_classes + priors.pi_beta - (n_classes + 1.0)
         )

@@ -349,30 +349,14 @@ class DaskFit:
     partition_rows: np.ndarray | None = None
     tastes: object = None  # the TasteResult of a fit with taste classes (``em`` is then None)
 
-    @property
-    def parameters(self) -> dict:
-        if self.tastes is not None:
-            return self.tastes.parameters()
-        em = self.em
-        params = {"pi": em.pi, "q": em.q} if em.variant == "two-class" else {"m": em.m, "tau": em.tau, "q": em.q}
-        active = em.n_labels_user > 0
-        params["mean_quality"] = float(np.mean(em.quality[active])) if active.any() else float("nan")
-        return params
+    parameters = property(lambda self: self.to_estimates().parameters, doc="Global parameters (as the summary's).")
 
     def to_estimates(self):
         """The engine-neutral :class:`bayes_annot.fit.Estimates` of this fit."""
-        from .fit import Estimates, taste_estimates
+        from .fit import em_estimates, taste_estimates
 
-        if self.tastes is not None:
-            return taste_estimates(self.tastes)
-        em = self.em
-        return Estimates(
-            engine="em", variant=em.variant, quality=em.quality,
-            p_good=em.p_eta_above_half if em.variant == "continuous" else em.quality,
-            n_labels_user=em.n_labels_user, informative=em.informative, strengths=self.strengths,
-            parameters=self.parameters, loglik=em.loglik, loglik_trace=em.loglik_trace, n_iter=em.n_iter,
-            converged=em.converged, runtime_seconds=em.runtime_seconds, user_loglik=em.user_loglik,
-        )
+        return taste_estimates(self.tastes) if self.tastes is not None else em_estimates(self.em, self.em.variant,
+                                                                                          self.strengths)
 
     def components(self) -> np.ndarray:
         """Connected component of each model in the comparison graph (as ``fit._graph_components``)."""

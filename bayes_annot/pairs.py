@@ -176,7 +176,7 @@ def as_pair_table(pairs) -> PairTable:
 
 
 def attentive_table_pairs(s: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """log P_att of every cell ``2 * pair + choice`` (the pair analogue of ``em._attentive_table``)."""
+    """log P_att of every cell ``2 * pair + choice`` (the two entries of a pair: ``model_b``, then ``model_a`` chosen)."""
     d = s[a] - s[b]
     return np.stack([log_expit(-d), log_expit(d)], axis=-1).ravel()
 
