@@ -7,14 +7,19 @@ choice``, ``pair`` an index into the compared model pairs of a
 cell table are a sparse mat-vec and the ``2 P`` table of weighted win counts
 (the Bradley–Terry M-step's input) its transpose. Without a pair table the cells
 are the dense ``(model_a, model_b, choice)`` index of ``2 K^2`` cells. A *runner* applies a pass to every
-block and sums the sufficient statistics; :func:`run_em` is the driver loop
-(the penalised log-likelihood of :mod:`bayes_annot.likelihood`, exact block-wise
-M-steps, :func:`bayes_annot.em.has_converged`, optional SQUAREM extrapolation).
+block and sums the sufficient statistics; :func:`run_class_em` is the driver loop of
+the two-class model with ``C`` taste classes (casual + ``C`` attentive types, all
+classes' statistics in one pass; ``C = 1`` is the two-class model), :func:`run_em`
+that of either variant with one ranking (the penalised log-likelihood of
+:mod:`bayes_annot.likelihood`, exact block-wise M-steps,
+:func:`bayes_annot.em.has_converged`, optional SQUAREM extrapolation).
 
 Every EM fit of :func:`bayes_annot.fit` (in memory: one block over all users,
 :class:`LocalRunner`), :mod:`bayes_annot.incremental` (the previous fit's
 block merged with the new labels' block by :func:`merge_blocks`) and
-:mod:`bayes_annot.dask_em` (one block per partition, on the workers) runs here.
+:mod:`bayes_annot.dask_em` (one block per partition, on the workers) runs here, and so does
+every taste-class fit (:func:`bayes_annot.tastes.fit_tastes` drives :func:`run_class_em`
+over any of these runners).
 """
 
 from __future__ import annotations

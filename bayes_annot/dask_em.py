@@ -33,7 +33,8 @@ The objective, M-steps and stopping rule are those of the in-memory fit
 rounding (sums are taken in another order). The blocks, their passes and the
 driver loop live in :mod:`bayes_annot.block_em`, which also runs every
 in-memory EM fit (one block, :class:`~bayes_annot.block_em.LocalRunner`); this
-module adds the Dask scan, encoding and shuffle, and :class:`DaskRunner`.
+module adds the Dask scan, encoding and shuffle, and :class:`DaskRunner` (which
+:func:`bayes_annot.tastes.fit_tastes` also drives: ``tastes=N``).
 
 Dask is an optional dependency (``pip install 'bayes_annot[dask]'``); this
 module imports it only inside the functions that need it.

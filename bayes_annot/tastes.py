@@ -27,11 +27,17 @@ for any ``C`` every share's MAP stays strictly inside (0, 1);
 :math:`q \sim \mathrm{Beta}(2, 2)`; every class's strengths
 :math:`s^{(c)}_k \sim \mathcal N(0, \sigma_s^2)`.
 
-**EM.** E-step: responsibilities over the ``C + 1`` types per user (log
-space). M-step: Dirichlet-MAP shares and Beta-MAP ``q`` in closed form; each
-class's strengths by :func:`~bayes_annot.pairs.fit_bradley_terry_pairs` on the pair
-table weighted by that class's responsibilities. Each block is maximised
-exactly, so the penalised observed log-likelihood never decreases (tested).
+**EM** is the package's one driver, :func:`bayes_annot.block_em.run_class_em`
+(the two-class EM is its ``C = 1`` case): E-step responsibilities over the
+``C + 1`` types per user (log space); M-step Dirichlet-MAP shares and Beta-MAP
+``q`` in closed form, each class's strengths by Bradley–Terry on the pair table
+weighted by that class's responsibilities
+(:func:`~bayes_annot.pairs.fit_bradley_terry_classes`). Each block is maximised
+exactly, so the penalised observed log-likelihood never decreases (tested). It
+runs over a *runner*: in memory (:func:`problem_runner`, or an update's merged
+block) or over the partitions of a Dask DataFrame
+(:class:`~bayes_annot.dask_em.DaskRunner`); the starts below only need per-user
+weighted pair tables (``runner.user_cells``).
 
 **Starts.** ``C = 1`` uses the single deterministic start of the two-class EM
 (plain Bradley–Terry fit, ``pi = q = 0.5``) and reproduces it to rounding. ``C >= 2`` runs ``n_starts`` seeded starts: start 0
