@@ -7,14 +7,19 @@ choice``, ``pair`` an index into the compared model pairs of a
 cell table are a sparse mat-vec and the ``2 P`` table of weighted win counts
 (the Bradley–Terry M-step's input) its transpose. Without a pair table the cells
 are the dense ``(model_a, model_b, choice)`` index of ``2 K^2`` cells. A *runner* applies a pass to every
-block and sums the sufficient statistics; :func:`run_em` is the driver loop
-(the penalised log-likelihood of :mod:`bayes_annot.likelihood`, exact block-wise
-M-steps, :func:`bayes_annot.em.has_converged`, optional SQUAREM extrapolation).
+block and sums the sufficient statistics; :func:`run_class_em` is the driver loop of
+the two-class model with ``C`` taste classes (casual + ``C`` attentive types, all
+classes' statistics in one pass; ``C = 1`` is the two-class model), :func:`run_em`
+that of either variant with one ranking (the penalised log-likelihood of
+:mod:`bayes_annot.likelihood`, exact block-wise M-steps,
+:func:`bayes_annot.em.has_converged`, optional SQUAREM extrapolation).
 
 Every EM fit of :func:`bayes_annot.fit` (in memory: one block over all users,
 :class:`LocalRunner`), :mod:`bayes_annot.incremental` (the previous fit's
 block merged with the new labels' block by :func:`merge_blocks`) and
-:mod:`bayes_annot.dask_em` (one block per partition, on the workers) runs here.
+:mod:`bayes_annot.dask_em` (one block per partition, on the workers) runs here, and so does
+every taste-class fit (:func:`bayes_annot.tastes.fit_tastes` drives :func:`run_class_em`
+over any of these runners).
 """
 
 from __future__ import annotations
@@ -23,9 +28,9 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.special import expit, log_expit, logit, ndtr
+from scipy.special import expit, gammaln, log_expit, logit, ndtr
 
-from .em import EMResult, _two_class_objective, _update_q, _update_theta, has_converged, max_change
+from .em import EMResult, _update_q, _update_theta, has_converged, max_change
 from .likelihood import Priors, log_beta_pdf, log_normal_pdf
 from .pairs import (
     DENSE_MAX_MODELS,
@@ -33,10 +38,12 @@ from .pairs import (
     _Laplacian,
     attentive_table_pairs,
     differs_cells_pairs,
+    fit_bradley_terry_classes,
     fit_bradley_terry_pairs,
 )
 
-__all__ = ["Block", "EMState", "make_block", "merge_blocks", "cell_index_map", "pair_cell_map", "LocalRunner", "run_em"]
+__all__ = ["Block", "EMState", "make_block", "merge_blocks", "cell_index_map", "pair_cell_map", "LocalRunner", "run_em",
+           "run_class_em", "ClassEMResult"]
 
 # --------------------------------------------------------------------------- blocks (pure numpy)
 
@@ -383,48 +390,98 @@ def two_class_user_terms(att_sum: np.ndarray, cas_sum: np.ndarray, pi: float) ->
     return p_att, user_ll
 
 
-def block_two_class_users(block: Block, pi: float, q: float, table: np.ndarray | None, att_sum=None):
-    """Per-user posterior P(attentive) and marginal log-likelihood of one block (two-class).
-
-    ``att_sum``: the block's per-user attentive log-probability sums at ``table``, when already known.
-    """
-    if att_sum is None:
-        att_sum = _block_att_sum(block, table)
+def block_two_class_users(block: Block, pi: float, q: float, table: np.ndarray | None):
+    """Per-user posterior P(attentive) and marginal log-likelihood of one block (one taste class)."""
     cas_sum = block.n_user_a * np.log(q) + (block.n_user - block.n_user_a) * np.log1p(-q)
-    return two_class_user_terms(att_sum, cas_sum, pi)
+    return two_class_user_terms(_block_att_sum(block, table), cas_sum, pi)
 
 
-def block_two_class_pass(block: Block, pi: float, q: float, table: np.ndarray | None, users=None) -> dict:
-    """Objective share and E-step sufficient statistics of one block (two-class).
+def lse_rows(x: np.ndarray) -> np.ndarray:
+    """Row-wise log-sum-exp; for two columns it is numpy's ``logaddexp`` formula."""
+    idx = np.argmax(x, axis=1)
+    m = x[np.arange(x.shape[0]), idx]
+    rest = np.exp(x - m[:, None])
+    rest[np.arange(x.shape[0]), idx] = 0.0
+    return m + np.log1p(rest.sum(axis=1))
 
-    ``users``: the block's :func:`block_two_class_users` at these parameters, when already known.
+
+def log_type_shares(shares: np.ndarray) -> np.ndarray:
+    """log of the type shares (casual, class 1..C), the casual one as ``log1p(-sum)``."""
+    return np.concatenate([[np.log1p(-shares.sum())], np.log(shares)])
+
+
+def block_type_logliks(block: Block, q: float, tables: np.ndarray) -> np.ndarray:
+    """``(Ul, C + 1)``: per user the casual log-probability sum, then the attentive sum of each class.
+
+    ``tables`` ``(2 P, C)``: log P_att of every cell under each class; the attentive sums
+    of all classes are one sparse product ``counts @ tables``.
     """
-    p_att, user_ll = block_two_class_users(block, pi, q, table) if users is None else users
+    casual = block.n_user_a * np.log(q) + (block.n_user - block.n_user_a) * np.log1p(-q)
+    return np.column_stack([casual, block.matrix() @ tables])
+
+
+def block_class_users(block: Block, shares: np.ndarray, q: float, tables: np.ndarray | None):
+    """Per-user type posteriors and marginal log-likelihood of one block (casual + ``C`` taste classes).
+
+    Returns ``(p_casual (Ul,), p_class (Ul, C), user_loglik (Ul,))``. With one class this is the
+    two-class model's arithmetic (:func:`two_class_user_terms`; ``tables`` may then be ``None``:
+    known attentive probabilities); with ``C >= 2`` the responsibilities are taken in log space.
+    """
+    if shares.shape[0] == 1:
+        p_att, user_ll = block_two_class_users(block, shares[0], q, None if tables is None else tables[:, 0])
+        return 1.0 - p_att, p_att[:, None], user_ll
+    logw = log_type_shares(shares)[None, :] + block_type_logliks(block, q, tables)
+    user_ll = lse_rows(logw)
+    post = np.exp(logw - user_ll[:, None])
+    return post[:, 0], post[:, 1:], user_ll
+
+
+def block_class_pass(block: Block, shares: np.ndarray, q: float, tables: np.ndarray | None, users=None) -> dict:
+    """Objective share and E-step sufficient statistics of one block.
+
+    ``loglik`` (over users with labels), ``totals`` (C,) the classes' responsibility sums over those
+    users, ``n_active``, ``casual_a`` / ``casual`` (the casual-weighted labels choosing ``model_a`` / all,
+    for ``q``) and ``cells`` ``(2 P, C)``, the cell table weighted by each class's responsibilities (the
+    Bradley–Terry M-steps' input). ``users``: :func:`block_class_users` at these parameters, when known.
+    """
+    casual, att, user_ll = block_class_users(block, shares, q, tables) if users is None else users
     inactive = block.inactive  # users without usable labels: no share of the likelihood
-    loglik = float(user_ll.sum() - user_ll[inactive].sum())
-    casual = 1.0 - p_att
-    out = {
-        "loglik": loglik,
-        "p_active": float(p_att.sum() - p_att[inactive].sum()),
+    if att.shape[1] == 1:  # the two-class sums, on 1-d arrays
+        p_att = att[:, 0]
+        totals = np.array([p_att.sum() - p_att[inactive].sum()])
+        cells = block.cell_sums_by_user(p_att)[:, None] if block.learned else None
+    else:
+        totals = att.sum(axis=0) - att[inactive].sum(axis=0)
+        cells = block.matrix().T @ att
+    return {
+        "loglik": float(user_ll.sum() - user_ll[inactive].sum()),
+        "totals": totals,
         "n_active": int(user_ll.shape[0] - inactive.shape[0]),
         "casual_a": float(casual @ block.n_user_a),
         "casual": float(casual @ block.n_user),
-        "cells": block.cell_sums_by_user(p_att) if block.learned else None,
+        "cells": cells,
     }
-    return out
 
 
-def block_two_class_final(
-    block: Block, pi: float, q: float, table: np.ndarray | None, differs_cell, informative_tol, users=None
-):
-    """Per-user results of one block at the final parameters (two-class)."""
-    quality, user_ll = block_two_class_users(block, pi, q, table) if users is None else users
-    quality, user_ll = quality.copy(), user_ll.copy()
-    quality[block.inactive] = pi
+def block_class_final(block: Block, shares, q, tables, differs_cell, informative_tol, users=None) -> dict:
+    """Per-user results of one block at the final parameters: ``quality`` (P(not casual)), ``p_casual``,
+    ``p_taste`` (Ul, C), ``user_loglik``, ``informative`` (users without labels: the shares, 0)."""
+    casual, att, user_ll = block_class_users(block, shares, q, tables) if users is None else users
+    quality = att[:, 0].copy() if att.shape[1] == 1 else 1.0 - casual
+    att, casual, user_ll = att.copy(), casual.copy(), user_ll.copy()
+    quality[block.inactive] = shares.sum()
+    att[block.inactive] = shares
+    casual[block.inactive] = 1.0 - shares.sum()
     user_ll[block.inactive] = 0.0
     informative = _block_informative(block, differs_cell, q, informative_tol)
-    return {"users": block.users, "quality": quality, "user_loglik": user_ll, "informative": informative,
-            "n_user": block.n_user, "n_rows": block.n_rows}
+    return {"users": block.users, "quality": quality, "p_casual": casual, "p_taste": att, "user_loglik": user_ll,
+            "informative": informative, "n_user": block.n_user, "n_rows": block.n_rows}
+
+
+def block_user_cells(block: Block, weights: np.ndarray) -> dict:
+    """``cells``: ``sum_u weights[u] * count[u, cell]`` over the block's users (``weights`` over all users,
+    ``(U,)`` or ``(U, C)``): the cell table ``(2 P,)`` or ``(2 P, C)``, as the E-step's ``cells``."""
+    return {"cells": block.matrix().T @ np.asarray(weights)[block.users]}
 
 
 def _block_informative(block: Block, differs_cell, q, tol) -> np.ndarray:
@@ -517,27 +574,31 @@ class LocalRunner:
         """The unweighted pair table summed over the blocks (see ``block_cell_counts``)."""
         return _sum_stats([block_cell_counts(b) for b in self.blocks])["cells"]
 
-    def _users(self, pi, q, table):
-        """Per-block :func:`block_two_class_users`; the last parameters' are kept, since the final
+    def user_cells(self, weights):
+        """The cell table of per-user weights (``(U,)`` or ``(U, C)`` over all users), summed over the blocks."""
+        return _sum_stats([block_user_cells(b, weights) for b in self.blocks])["cells"]
+
+    def _users(self, shares, q, tables):
+        """Per-block :func:`block_class_users`; the last parameters' are kept, since the final
         pass is at the parameters of the last E-step."""
+        key = (tuple(shares), q)
         cached = getattr(self, "_last_users", None)
-        if cached is not None and cached[0] == (pi, q) and np.array_equal(cached[1], table):
+        if cached is not None and cached[0] == key and np.array_equal(cached[1], tables):
             return cached[2]
-        users = [block_two_class_users(b, pi, q, table) for b in self.blocks]
-        self._last_users = ((pi, q), None if table is None else np.array(table, copy=True), users)
+        users = [block_class_users(b, shares, q, tables) for b in self.blocks]
+        self._last_users = (key, None if tables is None else np.array(tables, copy=True), users)
         return users
 
-    def two_class_pass(self, pi, q, table):
-        """One two-class E-step over the blocks: summed objective and statistics."""
-        users = self._users(pi, q, table)
-        return _sum_stats([block_two_class_pass(b, pi, q, table, u) for b, u in zip(self.blocks, users)])
+    def class_pass(self, shares, q, tables):
+        """One E-step over the blocks (casual + ``C`` classes): summed objective and statistics."""
+        users = self._users(shares, q, tables)
+        return _sum_stats([block_class_pass(b, shares, q, tables, u) for b, u in zip(self.blocks, users)])
 
-    def two_class_final(self, pi, q, table, differs_cell, informative_tol):
-        """Per-block final two-class results (quality, log-likelihood, informative)."""
-        users = self._users(pi, q, table)
-        return [
-            block_two_class_final(b, pi, q, table, differs_cell, informative_tol, u) for b, u in zip(self.blocks, users)
-        ]
+    def class_final(self, shares, q, tables, differs_cell, informative_tol):
+        """Per-block final results (quality, type posteriors, log-likelihood, informative)."""
+        users = self._users(shares, q, tables)
+        return [block_class_final(b, shares, q, tables, differs_cell, informative_tol, u)
+                for b, u in zip(self.blocks, users)]
 
     def initial_theta(self, start_theta, m):
         """Per-block starting ``theta`` (logit eta) of the continuous model."""
@@ -565,7 +626,7 @@ def _split_cells(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class _PairBT:
-    """The strengths' pieces of EM over a pair vocabulary: cell tables and the Bradley–Terry M-step."""
+    """The strengths' pieces of EM over a pair vocabulary: cell tables and the Bradley–Terry M-steps."""
 
     def __init__(self, pairs: PairTable | None, n_models: int, sigma: float):
         self.pairs = pairs if pairs is not None else PairTable.dense(n_models)
@@ -576,25 +637,169 @@ class _PairBT:
         """log P_att of every cell."""
         return attentive_table_pairs(s, self.pairs.a, self.pairs.b)
 
+    def tables(self, strengths: np.ndarray) -> np.ndarray:
+        """``(2 P, C)``: log P_att of every cell under each class's strengths (rows of ``strengths``)."""
+        return np.column_stack([self.table(s) for s in strengths])
+
     def differs(self, s: np.ndarray, tol: float) -> np.ndarray:
-        return differs_cells_pairs(s, self.pairs.a, self.pairs.b, tol)
+        """Cells whose attentive log-odds are more than ``tol`` from 0 (under any class, for ``(C, K)`` strengths)."""
+        rows = np.atleast_2d(s)
+        return np.logical_or.reduce([differs_cells_pairs(r, self.pairs.a, self.pairs.b, tol) for r in rows])
+
+    def _sparse_structure(self):
+        if self.pairs.n_models > DENSE_MAX_MODELS and self._structure is None:
+            self._structure = _Laplacian(self.pairs.a, self.pairs.b, self.pairs.n_models)
+        return self._structure
 
     def fit(self, cells: np.ndarray, start=None) -> np.ndarray:
         w1, w0 = _split_cells(cells)
-        if self.pairs.n_models > DENSE_MAX_MODELS and self._structure is None:
-            self._structure = _Laplacian(self.pairs.a, self.pairs.b, self.pairs.n_models)
-        return fit_bradley_terry_pairs(self.pairs, w1, w0, self.sigma, start=start, structure=self._structure)
+        return fit_bradley_terry_pairs(self.pairs, w1, w0, self.sigma, start=start, structure=self._sparse_structure())
+
+    def fit_classes(self, cells: np.ndarray, start: np.ndarray) -> np.ndarray:
+        """Each class's strengths ``(C, K)`` from the class-weighted cell tables ``(2 P, C)``."""
+        if cells.shape[1] == 1:  # the two-class M-step
+            return self.fit(cells[:, 0], start=start[0])[None, :]
+        w1, w0 = _split_cells(cells)
+        return fit_bradley_terry_classes(self.pairs, w1.T, w0.T, self.sigma, start, structure=self._sparse_structure())
 
 
 def _gather(parts: list[dict], n_users: int, keys) -> dict:
     out = {}
     for key in keys:
         first = parts[0][key]
-        array = np.zeros(n_users, dtype=first.dtype)
+        array = np.zeros((n_users,) + first.shape[1:], dtype=first.dtype)
         for p in parts:
             array[p["users"]] = p[key]
         out[key] = array
     return out
+
+
+@dataclass
+class ClassEMResult:
+    """What :func:`run_class_em` estimated: global parameters and per-user arrays over all users.
+
+    ``quality`` (P(not casual)), ``p_casual`` and ``p_taste`` ``(U, C)`` are the posteriors at the
+    final parameters (users without labels: the shares); informative-user levels are left to the caller.
+    """
+
+    shares: np.ndarray
+    q: float
+    strengths: np.ndarray | None  # (C, K); None with known attentive probabilities
+    loglik_trace: list
+    n_iter: int
+    converged: bool
+    quality: np.ndarray
+    p_casual: np.ndarray
+    p_taste: np.ndarray
+    user_loglik: np.ndarray
+    informative: np.ndarray
+    n_user: np.ndarray
+    runtime_seconds: float = 0.0
+
+    @property
+    def loglik(self) -> float:
+        """Penalised log-likelihood at the final parameters."""
+        return float(self.loglik_trace[-1])
+
+
+def run_class_em(
+    runner,
+    n_models: int,
+    shares,
+    q: float = 0.5,
+    strengths: np.ndarray | None = None,
+    *,
+    learned: bool = True,
+    priors: Priors | None = None,
+    q_fixed: float | None = None,
+    tol: float = 1e-9,
+    max_iter: int = 1000,
+    informative_tol: float = 0.2,
+    callback=None,
+    accelerate: bool = False,
+    param_tol: float | None = None,
+) -> ClassEMResult:
+    r"""EM of the two-class model with ``C = len(shares)`` taste classes over the blocks of ``runner``.
+
+    A user is casual (share :math:`\pi_0 = 1 - \sum_c \pi_c`, labels follow the position bias ``q``)
+    or attentive under class ``c`` (share :math:`\pi_c`, Bradley–Terry with strengths ``strengths[c]``);
+    the priors are :math:`\mathrm{Dirichlet}(\beta, \alpha, \dots, \alpha)` on the shares
+    (``Priors.pi_beta``, ``Priors.pi_alpha``: for ``C = 1`` the two-class ``Beta(alpha, beta)``),
+    ``Beta`` on ``q`` and Normal on every strength (see :mod:`bayes_annot.tastes`). Each pass
+    returns the sufficient statistics of every class at once (:func:`block_class_pass`); the
+    M-steps are closed form for the shares and ``q`` and Bradley–Terry fits per class
+    (:func:`~bayes_annot.pairs.fit_bradley_terry_classes`), so the objective never decreases.
+    ``C = 1`` is the two-class EM of :func:`run_em`, operation for operation.
+
+    ``strengths`` ``(C, K)`` is the start (``None``, one class only: the plain Bradley–Terry
+    fit of the unweighted labels); ``accelerate`` adds SQUAREM steps kept only when they do not
+    lower the objective; the stopping rule is :func:`~bayes_annot.em.has_converged`.
+    """
+    started = time.perf_counter()
+    priors = priors or Priors()
+    shares = np.array(shares, dtype=float).reshape(-1)
+    n_classes = shares.shape[0]
+    bt = _PairBT(getattr(runner, "pairs", None), n_models, priors.strength_sigma) if learned else None
+    if learned:
+        if strengths is None:
+            strengths = np.repeat(bt.fit(runner.cell_counts())[None, :], n_classes, axis=0)
+        strengths = np.array(strengths, dtype=float).reshape(n_classes, n_models)
+    else:
+        strengths = None
+    q = float(q) if q_fixed is None else float(q_fixed)
+    q_free = q_fixed is None
+    conc = np.concatenate([[priors.pi_beta], np.full(n_classes, priors.pi_alpha)])
+
+    def evaluate(shares, q, strengths):
+        """Objective at (shares, q, s) and the EM map's image of (shares, q, s)."""
+        st = runner.class_pass(shares, q, bt.tables(strengths) if learned else None)
+        if n_classes == 1:  # Dirichlet(beta, alpha) of (casual, attentive) is Beta(alpha, beta) of pi
+            prior = float(log_beta_pdf(shares[0], priors.pi_alpha, priors.pi_beta))
+        else:
+            prior = float(gammaln(conc.sum()) - gammaln(conc).sum() + ((conc - 1.0) * log_type_shares(shares)).sum())
+        if q_free:
+            prior += float(log_beta_pdf(q, priors.q_alpha, priors.q_beta))
+        if strengths is not None:
+            prior += float(log_normal_pdf(strengths, 0.0, priors.strength_sigma).sum())
+        value = st["loglik"] + prior
+        new_shares = (st["totals"] + priors.pi_alpha - 1.0) / (
+            st["n_active"] + priors.pi_alpha * n_classes + priors.pi_beta - (n_classes + 1.0)
+        )
+        new_q = float(_update_q(st["casual_a"], st["casual"], priors)) if q_free else q
+        new_s = bt.fit_classes(st["cells"], strengths) if learned else None
+        # a user's posteriors are functions of (shares, q, strengths): their change is the step's
+        step = max(max_change(shares, new_shares), max_change(q, new_q), max_change(strengths, new_s))
+        return value, (new_shares, new_q, new_s), step
+
+    def pack(shares, q, s):
+        head = logit(shares) if n_classes == 1 else np.log(shares) - np.log1p(-shares.sum())
+        return _pack_shared([head], q, None if s is None else s.ravel(), q_fixed, learned)
+
+    def unpack(x, like):
+        head = x[:n_classes]
+        if n_classes == 1:
+            shares = expit(head)
+        else:
+            shares = np.exp(head - np.logaddexp.reduce(np.concatenate([[0.0], head])))
+        q, s = _unpack_shared(x, n_classes, q_fixed, learned)
+        return shares, q, None if s is None else s.reshape(n_classes, n_models)
+
+    def valid(params):
+        shares, q = params[0], params[1]
+        return bool(np.all(shares > 0.0) and shares.sum() < 1.0) and (q is None or 0.0 < q < 1.0)
+
+    params, trace, iteration, converged = _em_iterations(
+        evaluate, (shares, q, strengths), tol=tol, max_iter=max_iter, callback=callback, param_tol=param_tol,
+        squarem=(pack, unpack, valid) if accelerate else None,
+    )
+    shares, q, strengths = params
+    differs_cell = bt.differs(strengths, informative_tol) if learned else None  # as em._informative_users
+    parts = runner.class_final(shares, q, bt.tables(strengths) if learned else None, differs_cell, informative_tol)
+    g = _gather(parts, runner.n_users, ["quality", "p_casual", "p_taste", "user_loglik", "informative", "n_user"])
+    return ClassEMResult(
+        shares=shares, q=float(q), strengths=strengths, loglik_trace=trace, n_iter=iteration, converged=converged,
+        runtime_seconds=time.perf_counter() - started, **g,
+    )
 
 
 def run_em(
@@ -612,14 +817,14 @@ def run_em(
     accelerate: bool = False,
     param_tol: float | None = None,
 ) -> EMResult:
-    """EM of the behaviour model (either variant) over the blocks of ``runner``.
+    """EM of the behaviour model (either variant, one ranking) over the blocks of ``runner``.
 
-    ``accelerate=True`` (two-class, :class:`LocalRunner` or any runner; continuous
-    needs a single local block) adds SQUAREM extrapolation steps, each kept only
-    when it does not lower the objective, so the trace still never decreases;
-    the stopping rule (:func:`~bayes_annot.em.has_converged`: objective change below
-    ``tol`` AND largest parameter change below ``param_tol``, default ``100 * tol``)
-    is applied to plain EM steps.
+    The two-class variant is :func:`run_class_em` with one class. ``accelerate=True``
+    (two-class, any runner; continuous needs a single local block) adds SQUAREM
+    extrapolation steps, each kept only when it does not lower the objective, so the
+    trace still never decreases; the stopping rule (:func:`~bayes_annot.em.has_converged`:
+    objective change below ``tol`` AND largest parameter change below ``param_tol``,
+    default ``100 * tol``) is applied to plain EM steps.
     """
     if variant not in ("two-class", "continuous"):
         raise ValueError(f"unknown model variant '{variant}', expected 'two-class' or 'continuous'")
@@ -628,45 +833,45 @@ def run_em(
     start = start or {}
     k = n_models
     strengths = None
-    bt = _PairBT(getattr(runner, "pairs", None), k, priors.strength_sigma) if learned else None
-    if learned:
-        if start.get("strengths") is not None:
-            strengths = np.asarray(start["strengths"], dtype=float).copy()
-        else:
-            strengths = bt.fit(runner.cell_counts())
+    if learned and start.get("strengths") is not None:
+        strengths = np.asarray(start["strengths"], dtype=float).copy()
     q = float(start.get("q") or 0.5) if q_fixed is None else float(q_fixed)
     if variant == "two-class":
-        out = _run_two_class(runner, bt, learned, priors, q_fixed, tol, max_iter, start, strengths, q, callback, accelerate,
-                             param_tol)
-    else:
-        out = _run_continuous(runner, bt, learned, priors, q_fixed, tol, max_iter, start, strengths, q, callback, accelerate,
-                              param_tol)
-    s = out["strengths"]
-    differs_cell = None
-    if learned:
-        differs_cell = bt.differs(s, informative_tol)  # same rule as em._informative_users
-    n_users = runner.n_users
-    if variant == "two-class":
-        parts = runner.two_class_final(out["pi"], out["q"], bt.table(s) if learned else None, differs_cell, informative_tol)
-        g = _gather(parts, n_users, ["quality", "user_loglik", "informative", "n_user"])
-        level = out["pi"] if g["informative"].any() else priors.pi_alpha / (priors.pi_alpha + priors.pi_beta)
-        g["quality"] = np.where(g["informative"], g["quality"], level)
-        extra = dict(p_eta_above_half=None, theta=None, m=None, tau=None)
-    else:
-        parts = runner.continuous_final(
-            out["thetas"], out["m"], out["q"], out["tau"], np.exp(bt.table(s)) if learned else None,
-            differs_cell, informative_tol,
+        res = run_class_em(
+            runner, k, [float(start.get("pi") or 0.5)], q, None if strengths is None else strengths[None, :],
+            learned=learned, priors=priors, q_fixed=q_fixed, tol=tol, max_iter=max_iter, informative_tol=informative_tol,
+            callback=callback, accelerate=accelerate, param_tol=param_tol,
         )
-        g = _gather(parts, n_users, ["quality", "p_eta_above_half", "theta", "user_loglik", "informative", "n_user"])
-        m_level = out["m"] if g["informative"].any() else priors.eta_m_mu
-        g["quality"] = np.where(g["informative"], g["quality"], expit(m_level))
-        g["p_eta_above_half"] = np.where(g["informative"], g["p_eta_above_half"], ndtr(m_level / out["tau"]))
-        extra = dict(p_eta_above_half=g["p_eta_above_half"], theta=g["theta"], m=float(out["m"]), tau=float(out["tau"]))
+        pi = float(res.shares[0])
+        level = pi if res.informative.any() else priors.pi_alpha / (priors.pi_alpha + priors.pi_beta)
+        return EMResult(
+            variant=variant, pi=pi, q=res.q, strengths=None if res.strengths is None else res.strengths[0],
+            quality=np.where(res.informative, res.quality, level), n_labels_user=res.n_user.astype(np.int64),
+            informative=res.informative.astype(bool), loglik=res.loglik, loglik_trace=res.loglik_trace,
+            n_iter=res.n_iter, converged=res.converged, runtime_seconds=time.perf_counter() - started,
+            user_loglik=res.user_loglik, p_eta_above_half=None, theta=None, m=None, tau=None,
+        )
+    bt = _PairBT(getattr(runner, "pairs", None), k, priors.strength_sigma) if learned else None
+    if learned and strengths is None:
+        strengths = bt.fit(runner.cell_counts())
+    out = _run_continuous(runner, bt, learned, priors, q_fixed, tol, max_iter, start, strengths, q, callback, accelerate,
+                          param_tol)
+    s = out["strengths"]
+    differs_cell = bt.differs(s, informative_tol) if learned else None  # same rule as em._informative_users
+    parts = runner.continuous_final(
+        out["thetas"], out["m"], out["q"], out["tau"], np.exp(bt.table(s)) if learned else None,
+        differs_cell, informative_tol,
+    )
+    g = _gather(parts, runner.n_users, ["quality", "p_eta_above_half", "theta", "user_loglik", "informative", "n_user"])
+    m_level = out["m"] if g["informative"].any() else priors.eta_m_mu
+    g["quality"] = np.where(g["informative"], g["quality"], expit(m_level))
+    g["p_eta_above_half"] = np.where(g["informative"], g["p_eta_above_half"], ndtr(m_level / out["tau"]))
     return EMResult(
-        variant=variant, pi=out.get("pi"), q=float(out["q"]), strengths=s, quality=g["quality"],
+        variant=variant, pi=None, q=float(out["q"]), strengths=s, quality=g["quality"],
         n_labels_user=g["n_user"].astype(np.int64), informative=g["informative"].astype(bool), loglik=out["trace"][-1],
         loglik_trace=out["trace"], n_iter=out["n_iter"], converged=out["converged"],
-        runtime_seconds=time.perf_counter() - started, user_loglik=g["user_loglik"], **extra,
+        runtime_seconds=time.perf_counter() - started, user_loglik=g["user_loglik"], p_eta_above_half=g["p_eta_above_half"],
+        theta=g["theta"], m=float(out["m"]), tau=float(out["tau"]),
     )
 
 
@@ -761,39 +966,6 @@ def _unpack_shared(x: np.ndarray, i: int, q_fixed, learned: bool):
         q = float(expit(x[i]))
         i += 1
     return q, (x[i:].copy() if learned else None)
-
-
-def _run_two_class(runner, bt, learned, priors, q_fixed, tol, max_iter, start, strengths, q, callback, accelerate,
-                   param_tol=None):
-    pi = float(start.get("pi") or 0.5)
-
-    def evaluate(pi, q, strengths):
-        """Objective at (pi, q, s) and the EM map's image of (pi, q, s)."""
-        st = runner.two_class_pass(pi, q, bt.table(strengths) if learned else None)
-        value = st["loglik"] + _two_class_objective(
-            np.zeros(1), np.zeros(1), np.zeros(1, bool), pi, q, strengths, priors, q_fixed is None
-        )
-        new_pi = (st["p_active"] + priors.pi_alpha - 1.0) / (st["n_active"] + priors.pi_alpha + priors.pi_beta - 2.0)
-        new_q, new_s = _shared_m_step(st, q, strengths, bt, learned, priors, q_fixed)
-        # a user's quality is a function of (pi, q, strengths): their change is the step's
-        step = max(max_change(pi, new_pi), max_change(q, new_q), max_change(strengths, new_s))
-        return value, (float(new_pi), new_q, new_s), step
-
-    def pack(pi, q, s):
-        return _pack_shared([np.array([logit(pi)])], q, s, q_fixed, learned)
-
-    def unpack(x, like):
-        return (float(expit(x[0])), *_unpack_shared(x, 1, q_fixed, learned))
-
-    def valid(params):
-        return 0.0 < params[0] < 1.0 and (params[1] is None or 0.0 < params[1] < 1.0)
-
-    params, trace, iteration, converged = _em_iterations(
-        evaluate, (pi, q, strengths), tol=tol, max_iter=max_iter, callback=callback, param_tol=param_tol,
-        squarem=(pack, unpack, valid) if accelerate else None,
-    )
-    pi, q, strengths = params
-    return dict(pi=pi, q=q, strengths=strengths, trace=trace, n_iter=iteration, converged=converged)
 
 
 def _run_continuous(runner, bt, learned, priors, q_fixed, tol, max_iter, start, strengths, q, callback, accelerate,

@@ -333,7 +333,7 @@ def _cmd_fit(args) -> int:
         if args.warm_start is not None:
             raise InputError("--update and --warm-start exclude each other (--update already starts from DIR)")
         if args.method != "em" or args.tastes != 1:
-            raise InputError("--update refits by EM with one ranking: drop --method/--tastes")
+            raise InputError("--update refits by EM with DIR's taste classes: drop --method/--tastes")
     elif args.on_duplicate is not None or args.row_id is not None:
         raise InputError("--on-duplicate and --row-id apply to --update (rows already in DIR)")
     if (args.input is None) == (args.dataset is None):

@@ -33,7 +33,8 @@ The objective, M-steps and stopping rule are those of the in-memory fit
 rounding (sums are taken in another order). The blocks, their passes and the
 driver loop live in :mod:`bayes_annot.block_em`, which also runs every
 in-memory EM fit (one block, :class:`~bayes_annot.block_em.LocalRunner`); this
-module adds the Dask scan, encoding and shuffle, and :class:`DaskRunner`.
+module adds the Dask scan, encoding and shuffle, and :class:`DaskRunner` (which
+:func:`bayes_annot.tastes.fit_tastes` also drives: ``tastes=N``).
 
 Dask is an optional dependency (``pip install 'bayes_annot[dask]'``); this
 module imports it only inside the functions that need it.
@@ -56,8 +57,9 @@ from .block_em import (
     block_continuous_final,
     block_continuous_pass,
     block_initial_theta,
-    block_two_class_final,
-    block_two_class_pass,
+    block_class_final,
+    block_class_pass,
+    block_user_cells,
     make_block,
     run_em,
 )
@@ -93,18 +95,25 @@ class DaskRunner:
 
         return _sum_stats(self._compute([delayed(block_cell_counts)(b) for b in self.blocks]))["cells"]
 
-    def two_class_pass(self, pi, q, table):
-        """One two-class E-step over the blocks: summed objective and statistics."""
+    def user_cells(self, weights):
+        """The cell table of per-user weights (``(U,)`` or ``(U, C)``, sent to the workers once), summed over the blocks."""
         from dask import delayed
 
-        return _sum_stats(self._compute([delayed(block_two_class_pass)(b, pi, q, table) for b in self.blocks]))
+        weights = _broadcast(np.asarray(weights, dtype=float))
+        return _sum_stats(self._compute([delayed(block_user_cells)(b, weights) for b in self.blocks]))["cells"]
 
-    def two_class_final(self, pi, q, table, differs_cell, informative_tol):
-        """Per-block final two-class results (quality, log-likelihood, informative)."""
+    def class_pass(self, shares, q, tables):
+        """One E-step over the blocks (casual + ``C`` classes): summed objective and statistics."""
+        from dask import delayed
+
+        return _sum_stats(self._compute([delayed(block_class_pass)(b, shares, q, tables) for b in self.blocks]))
+
+    def class_final(self, shares, q, tables, differs_cell, informative_tol):
+        """Per-block final results (quality, type posteriors, log-likelihood, informative)."""
         from dask import delayed
 
         return self._compute(
-            [delayed(block_two_class_final)(b, pi, q, table, differs_cell, informative_tol) for b in self.blocks]
+            [delayed(block_class_final)(b, shares, q, tables, differs_cell, informative_tol) for b in self.blocks]
         )
 
     def initial_theta(self, start_theta, m):
@@ -298,7 +307,7 @@ class DaskFit:
     Attributes
     ----------
     em : bayes_annot.em.EMResult
-        Arrays over all users (``user_labels`` order) and models.
+        Arrays over all users (``user_labels`` order) and models (``None`` with taste classes).
     user_labels, model_labels : numpy.ndarray of str (object)
         Sorted vocabularies, as :func:`bayes_annot.data.prepare` builds them.
     n_rows_user : int64 array
@@ -322,6 +331,8 @@ class DaskFit:
         Rows of each input partition (input row numbers of :func:`to_rows` partitions).
     timings : dict
         Seconds spent in scan, encode+shuffle+persist, EM.
+    tastes : bayes_annot.tastes.TasteResult or None
+        The fit with taste classes (``tastes > 1``).
     """
 
     em: EMResult
@@ -337,27 +348,16 @@ class DaskFit:
     n_partitions: int
     timings: dict = field(default_factory=dict)
     partition_rows: np.ndarray | None = None
+    tastes: object = None  # the TasteResult of a fit with taste classes (``em`` is then None)
 
-    @property
-    def parameters(self) -> dict:
-        em = self.em
-        params = {"pi": em.pi, "q": em.q} if em.variant == "two-class" else {"m": em.m, "tau": em.tau, "q": em.q}
-        active = em.n_labels_user > 0
-        params["mean_quality"] = float(np.mean(em.quality[active])) if active.any() else float("nan")
-        return params
+    parameters = property(lambda self: self.to_estimates().parameters, doc="Global parameters (as the summary's).")
 
     def to_estimates(self):
         """The engine-neutral :class:`bayes_annot.problem.Estimates` of this fit."""
-        from .problem import Estimates
+        from .local_em import em_estimates, taste_estimates
 
-        em = self.em
-        return Estimates(
-            engine="em", variant=em.variant, quality=em.quality,
-            p_good=em.p_eta_above_half if em.variant == "continuous" else em.quality,
-            n_labels_user=em.n_labels_user, informative=em.informative, strengths=self.strengths,
-            parameters=self.parameters, loglik=em.loglik, loglik_trace=em.loglik_trace, n_iter=em.n_iter,
-            converged=em.converged, runtime_seconds=em.runtime_seconds, user_loglik=em.user_loglik,
-        )
+        return taste_estimates(self.tastes) if self.tastes is not None else em_estimates(self.em, self.em.variant,
+                                                                                          self.strengths)
 
     def components(self) -> np.ndarray:
         """Connected component of each model in the comparison graph (as ``problem.graph_components``)."""
@@ -385,6 +385,8 @@ def fit_dask(
     npartitions: int | None = None,
     callback=None,
     progress=None,
+    tastes: int = 1,
+    seed: int = 0,
 ) -> DaskFit:
     """Fit the behaviour model by EM on a Dask DataFrame (map-reduce over partitions).
 
@@ -407,6 +409,10 @@ def fit_dask(
         Bars on stderr after ~2 s of work: the passes over the partitions
         (local schedulers) and the EM iterations with the objective
         (see :mod:`bayes_annot.progress`; default: none).
+    tastes : int
+        Taste classes (two-class model, learned strengths): :func:`bayes_annot.tastes.fit_tastes`
+        over the partitions' blocks (:class:`DaskRunner`), with its starts (seeded by ``seed``);
+        a ``start`` with a ``"tastes"`` entry is then the only start.
 
     Returns
     -------
@@ -514,13 +520,24 @@ def fit_dask(
     }
     t2 = time.perf_counter()
     runner = DaskRunner(blocks, n_users, pairs=None if known else pair_counts)
+    taste_fit = None
     with em_callback(settings, callback, desc=f"EM over {nparts} blocks") as each_iteration:
-        em = run_em(
-            runner, k, learned=not known, variant=model, priors=priors, q_fixed=q, tol=tol, max_iter=max_iter,
-            informative_tol=informative_tol, start=start, callback=each_iteration,
-        )
+        if tastes != 1:
+            from .tastes import fit_tastes
+
+            if model != "two-class":
+                raise InputError("taste classes (tastes > 1) need model='two-class'")
+            warm = (start or {}).get("tastes")
+            taste_fit = fit_tastes(runner, int(tastes), priors=priors, q_fixed=q, tol=tol, max_iter=max_iter, seed=seed,
+                                   informative_tol=informative_tol, **({"n_starts": 0, "init": [warm]} if warm else {}))
+            em = None
+        else:
+            em = run_em(
+                runner, k, learned=not known, variant=model, priors=priors, q_fixed=q, tol=tol, max_iter=max_iter,
+                informative_tol=informative_tol, start=start, callback=each_iteration,
+            )
     timings["em"] = time.perf_counter() - t2
-    strengths = em.strengths
+    strengths = em.strengths if em is not None else taste_fit.strengths[0]
     if strengths is None and mu is not None:
         strengths = np.full(k, -logit(mu) / k)
         strengths[strong_code] = logit(mu) * (k - 1) / k
@@ -529,7 +546,7 @@ def fit_dask(
         em=em, user_labels=np.asarray(user_vocab, dtype=object), model_labels=np.asarray(model_vocab, dtype=object),
         n_rows_user=n_rows_user, n_labels_model=n_labels_model, pair_counts=pair_counts, counts=counts, columns=columns,
         strength_mode=strength_mode, strengths=strengths, n_partitions=nparts, timings=timings,
-        partition_rows=lengths,
+        partition_rows=lengths, tastes=taste_fit,
     )
 
 

@@ -61,14 +61,14 @@ class DaskFitResult:
         )
         if est.variant == "continuous":
             users["p_eta_above_half"] = est.p_good
+        for name, values in est.extra_user_columns.items():
+            users[name] = values
         self.users = users
-        self.models = pd.DataFrame(
-            {
-                "model": dfit.model_labels,
-                "strength": est.strengths if est.strengths is not None else np.nan,
-                "n_labels": np.asarray(dfit.n_labels_model, dtype=np.int64),
-            }
-        )
+        models = pd.DataFrame({"model": dfit.model_labels, "strength": est.strengths if est.strengths is not None else np.nan})
+        for name, values in est.extra_model_columns.items():
+            models[name] = values
+        models["n_labels"] = np.asarray(dfit.n_labels_model, dtype=np.int64)
+        self.models = models
         from .dask_em import to_rows
 
         self.rows = to_rows(self._ddf, dfit, keep, est.quality, no_verdict_mask)

@@ -11,12 +11,13 @@ holds what the engines share:
 * the strengths' M-step: weighted Bradley–Terry with a ridge (the Normal prior),
   solved to convergence by Newton's method with backtracking on the ``K x K``
   table of weighted win counts (:func:`fit_bradley_terry`, :func:`pair_weights`: the
-  dense form, for small ``K``; the engines call
+  dense form, for small ``K``; :func:`fit_bradley_terry_batch` for several taste classes
+  at once; the engines call
   :func:`bayes_annot.pairs.fit_bradley_terry_pairs`, which uses it up to
   :data:`bayes_annot.pairs.DENSE_MAX_MODELS` models and a sparse solve over the
   compared pairs above);
 * the closed-form ``q`` update, the per-user Newton update of
-  ``theta_u = logit(eta_u)`` (continuous), the two-class prior terms of the objective;
+  ``theta_u = logit(eta_u)`` (continuous);
 * the stopping rule (:func:`has_converged`) and the informative-user rule
   (:data:`INFORMATIVE_TOL`).
 """
@@ -28,10 +29,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.special import expit, log_expit
 
-from .likelihood import Priors, log_beta_pdf, log_normal_pdf, two_class_user_loglik
+from .likelihood import Priors
 
-__all__ = ["EMProblem", "EMResult", "INFORMATIVE_TOL", "fit_bradley_terry", "pair_weights", "has_converged",
-           "param_tolerance", "bradley_terry_objective"]
+__all__ = ["EMProblem", "EMResult", "INFORMATIVE_TOL", "fit_bradley_terry", "fit_bradley_terry_batch", "pair_weights",
+           "has_converged", "param_tolerance", "bradley_terry_objective"]
 
 
 @dataclass
@@ -110,59 +111,68 @@ def bradley_terry_objective(s, w1, w0, sigma):
     return float((w1 * log_expit(d)).sum() + (w0 * log_expit(-d)).sum() - 0.5 * (s @ s) / sigma**2)
 
 
+def _bt_derivatives_batch(s, w1, w0, sigma):
+    """Gradients ``(C, K)`` and negative Hessians ``(C, K, K)`` of ``C`` objectives at once."""
+    p = expit(s[:, :, None] - s[:, None, :])
+    g = w1 * (1.0 - p) - w0 * p
+    grad = g.sum(2) - g.sum(1) - s / sigma**2
+    c = (w1 + w0) * p * (1.0 - p)
+    c = c + c.transpose(0, 2, 1)
+    eye = np.eye(s.shape[1])
+    return grad, c.sum(2)[:, :, None] * eye - c + eye / sigma**2
+
+
 def _bt_derivatives(s, w1, w0, sigma):
     """Gradient and negative Hessian of :func:`bradley_terry_objective` (the Newton step of :func:`fit_bradley_terry`)."""
-    k = s.shape[0]
-    p = expit(s[:, None] - s[None, :])
-    g_pair = w1 * (1.0 - p) - w0 * p
-    grad = g_pair.sum(axis=1) - g_pair.sum(axis=0) - s / sigma**2
-    c = (w1 + w0) * p * (1.0 - p)
-    c = c + c.T
-    neg_hess = np.diag(c.sum(axis=1)) - c + np.eye(k) / sigma**2
-    return grad, neg_hess
+    grad, neg_hess = _bt_derivatives_batch(s[None], w1[None], w0[None], sigma)
+    return grad[0], neg_hess[0]
 
 
-def fit_bradley_terry(
-    w1: np.ndarray,
-    w0: np.ndarray,
-    sigma: float,
-    start: np.ndarray | None = None,
-    tol: float = 1e-10,
-    max_iter: int = 100,
-) -> np.ndarray:
+def _bt_objective_batch(s, w1, w0, sigma):
+    d = s[:, :, None] - s[:, None, :]
+    return (w1 * log_expit(d)).sum(axis=(1, 2)) + (w0 * log_expit(-d)).sum(axis=(1, 2)) - 0.5 * (s * s).sum(1) / sigma**2
+
+
+def fit_bradley_terry(w1, w0, sigma: float, start=None, tol: float = 1e-10, max_iter: int = 100) -> np.ndarray:
     r"""Weighted Bradley–Terry strengths with a Normal(0, sigma) ridge (Newton).
 
     Maximises :math:`\sum_{a,b} W^1_{ab}\log\sigma(s_a - s_b) + W^0_{ab}\log\sigma(s_b - s_a)
     - \lVert s\rVert^2 / (2\sigma^2)`, a strictly concave function, by Newton's
-    method with backtracking; the analytic gradient and Hessian
-    (:func:`_bt_derivatives`) are checked against finite differences in the tests.
+    method with backtracking (:func:`fit_bradley_terry_batch` of one table); the analytic
+    gradient and Hessian are checked against finite differences in the tests.
     """
-    k = w1.shape[0]
-    s = np.zeros(k) if start is None else np.array(start, dtype=float)
-    value = bradley_terry_objective(s, w1, w0, sigma)
+    start = np.zeros(w1.shape[0]) if start is None else np.asarray(start, dtype=float)
+    return fit_bradley_terry_batch(w1[None], w0[None], sigma, start[None], tol=tol, max_iter=max_iter)[0]
+
+
+def fit_bradley_terry_batch(w1, w0, sigma, start, tol=1e-10, max_iter=100) -> np.ndarray:
+    """:func:`fit_bradley_terry` for ``C`` independent tables at once: ``w1``, ``w0`` of shape ``(C, K, K)``,
+    ``start`` ``(C, K)``; returns ``(C, K)`` strengths.
+
+    Batched Newton with per-table backtracking: every table's (strictly concave) ridge
+    Bradley–Terry objective never decreases, so an EM step using it stays monotone.
+    """
+    s = np.array(start, dtype=float, copy=True)
+    value = _bt_objective_batch(s, w1, w0, sigma)
     for _ in range(max_iter):
-        grad, neg_hess = _bt_derivatives(s, w1, w0, sigma)
-        step = np.linalg.solve(neg_hess, grad)
-        t = 1.0
+        grad, neg_hess = _bt_derivatives_batch(s, w1, w0, sigma)
+        step = np.linalg.solve(neg_hess, grad[:, :, None])[:, :, 0]
+        t = np.ones(s.shape[0])
         while True:
-            candidate = s + t * step
-            new_value = bradley_terry_objective(candidate, w1, w0, sigma)
-            if new_value >= value - 1e-12 * abs(value) or t < 1e-8:
+            candidate = s + t[:, None] * step
+            new_value = _bt_objective_batch(candidate, w1, w0, sigma)
+            bad = (new_value < value - 1e-12 * np.abs(value)) & (t >= 1e-8)
+            if not bad.any():
                 break
-            t *= 0.5
-        s, improvement, value = candidate, new_value - value, new_value
-        if np.max(np.abs(t * step)) < tol or abs(improvement) < 1e-14 * (1.0 + abs(value)):
+            t = np.where(bad, 0.5 * t, t)
+        improvement = new_value - value
+        s, value = candidate, new_value
+        if np.max(np.abs(t[:, None] * step)) < tol or np.all(np.abs(improvement) < 1e-14 * (1.0 + np.abs(value))):
             break
     return s
 
 
 # --------------------------------------------------------------------------- shared pieces
-
-
-def _attentive_table(s: np.ndarray) -> np.ndarray:
-    """log P_att for every (model_a, model_b, choice) cell, flattened."""
-    d = s[:, None] - s[None, :]
-    return np.stack([log_expit(-d), log_expit(d)], axis=-1).ravel()
 
 
 def _row_logit_mu(problem: EMProblem, strengths: np.ndarray | None) -> np.ndarray:
@@ -236,19 +246,6 @@ def max_change(old, new) -> float:
 
 def _update_q(casual_weight_a: float, casual_weight: float, priors: Priors) -> float:
     return (casual_weight_a + priors.q_alpha - 1.0) / (casual_weight + priors.q_alpha + priors.q_beta - 2.0)
-
-
-# --------------------------------------------------------------------------- two-class
-
-
-def _two_class_objective(att_sum, cas_sum, active, pi, q, strengths, priors, q_free):
-    value = float(two_class_user_loglik(att_sum[active], cas_sum[active], pi).sum())
-    value += float(log_beta_pdf(pi, priors.pi_alpha, priors.pi_beta))
-    if q_free:
-        value += float(log_beta_pdf(q, priors.q_alpha, priors.q_beta))
-    if strengths is not None:
-        value += float(log_normal_pdf(strengths, 0.0, priors.strength_sigma).sum())
-    return value
 
 
 # --------------------------------------------------------------------------- continuous

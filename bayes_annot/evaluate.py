@@ -173,7 +173,7 @@ def _taste_heldout(prepared, hidden: np.ndarray, tastes, fit_kwargs: dict) -> pd
     training labels are fitted as :func:`bayes_annot.fit` fits them, and the hidden ones scored
     by :func:`bayes_annot.tastes.heldout_user_scores` (the mixture over each user's types,
     casual and every taste class), the routine :func:`~bayes_annot.tastes.select_tastes` uses."""
-    from .fit import fit_taste_classes
+    from .local_em import fit_taste_classes
     from .problem import build_problem
     from .tastes import heldout_user_scores, subproblem
 

@@ -22,8 +22,10 @@ from .provenance import input_info as describe_input, parquet_collection_info, p
 from .version import __version__
 from .data import REASONS, ColumnMap, PreparedData, prepare, read_table
 from .decide import FilterRule, check_no_verdict_policy, decide, parse_filter  # noqa: F401 (re-exported)
-from .block_em import EMState
-from .local_em import default_accelerate, em_estimates, em_state, run_block_em
+from .block_em import EMState, LocalRunner
+from .local_em import (
+    default_accelerate, em_estimates, em_state, fit_taste_classes, run_block_em, taste_diagnostic, taste_estimates,
+)
 from .problem import (
     Estimates, build_problem, graph_components, known_strengths, pair_counts, quality_floor,
 )
@@ -563,13 +565,16 @@ def fit(
                 "Dask input (a folder or glob of parquet files): fix or map the winner values in the files, "
                 "or fit a single file in memory"
             )
-        if method != "em" or tastes != 1 or taste_check:
-            raise InputError("a Dask DataFrame (or a folder of parquet files) is fitted by EM only, with tastes=1 "
-                             "and without taste_check")
+        if method != "em" or taste_check:
+            raise InputError("a Dask DataFrame (or a folder of parquet files) is fitted by EM only, without taste_check")
+        if tastes == "auto":
+            raise InputError("tastes='auto' chooses the number of taste classes by cross-validation over each "
+                             "user's labels, which needs the rows in memory: fit a pandas DataFrame, or give "
+                             "tastes=N for a Dask DataFrame (a folder of parquet files)")
         return _fit_dask_frame(
             data, model=model, rule=rule, user=user, model_a=model_a, model_b=model_b, winner=winner, p_a=p_a,
             use_p_a=use_p_a, mu=mu, strong_model=strong_model, q=q, priors=priors, tol=tol, max_iter=max_iter,
-            seed=seed, start=start, input_info=input_info, no_verdict=no_verdict, progress=progress,
+            seed=seed, start=start, input_info=input_info, no_verdict=no_verdict, progress=progress, tastes=tastes,
         )
     if isinstance(data, (str, Path)):
         frame = read_table(data)
@@ -597,7 +602,12 @@ def fit(
         # Nothing enters the likelihood: no verdict on anybody.
         estimates = _empty_estimates(prepared, model, method, priors, q)
     elif tastes != 1:
-        estimates = _fit_tastes_estimates(problem, tastes, priors, q, tol, max_iter, seed, max_tastes)
+        state = em_state(prepared, problem, pairs, mu=mu, strong_model=strong_model, use_p_a=use_p_a)
+        res, extra = fit_taste_classes(problem, tastes, priors, q, tol, max_iter, seed, max_tastes,
+                                       runner=LocalRunner([state.block], prepared.n_users),
+                                       start=_resolve_start(start, prepared))
+        state.block.release_pass_caches()  # the block is kept for updates; its pass caches are not needed
+        estimates = taste_estimates(res, extra)
     elif method == "em":
         # continuous EM converges slowly (~100 plain iterations): SQUAREM steps, each kept only
         # when the penalised log-likelihood does not decrease, reach the optimum in ~4x fewer.
@@ -804,76 +814,6 @@ def taste_warnings(summary: dict) -> list[str]:
     return out
 
 
-def taste_diagnostic(problem: EMProblem, result_c1=None, *, priors=None, q=None, seed: int = 0) -> dict:
-    """The casual-group test's verdict as ``summary["taste_diagnostic"]`` holds it: the one place it is computed.
-
-    :func:`bayes_annot.tastes.casual_group_test` with its defaults (100 simulated
-    logs, ``alpha = 0.01``) on the one-ranking fit ``result_c1`` (fitted here when
-    ``None``). :func:`fit` stores it (``taste_check=True`` or ``tastes="auto"``);
-    the report shows the stored verdict and never recomputes it.
-    """
-    from .tastes import casual_group_test
-
-    return _casual_test_summary(casual_group_test(problem, result_c1, seed=seed, priors=priors, q_fixed=q))
-
-
-def fit_taste_classes(problem: EMProblem, tastes, priors, q, tol, max_iter, seed, max_tastes: int = 4):
-    """The taste-class fit of :func:`fit` (``tastes`` an int, or ``"auto"``: chosen by
-    :func:`~bayes_annot.tastes.select_tastes` among ``1..max_tastes``); returns the ``TasteResult`` and summary entries."""
-    from .tastes import fit_tastes, select_tastes
-
-    extra_summary: dict = {}
-    if tastes == "auto":
-        selection = select_tastes(problem, max_tastes=max_tastes, seed=seed, priors=priors, q_fixed=q)
-        res = selection.fits[selection.chosen]
-        extra_summary["taste_diagnostic"] = taste_diagnostic(problem, selection.fits[1], priors=priors, q=q, seed=seed)
-        table = selection.table.replace({np.nan: None})
-        extra_summary["taste_selection"] = {
-            "chosen": int(selection.chosen),
-            "chosen_by_bic": int(selection.chosen_bic),
-            "max_tastes": int(max_tastes),
-            "at_limit": bool(selection.chosen == max_tastes and max_tastes > 1),
-            "message": selection.message,
-            "table": json.loads(table.to_json(orient="records")),
-        }
-    else:
-        res = fit_tastes(problem, int(tastes), priors=priors, q_fixed=q, tol=tol, max_iter=max_iter, seed=seed)
-    return res, extra_summary
-
-
-def _fit_tastes_estimates(problem, tastes, priors, q, tol, max_iter, seed, max_tastes: int = 4) -> Estimates:
-    from .tastes import taste_columns
-
-    res, extra_summary = fit_taste_classes(problem, tastes, priors, q, tol, max_iter, seed, max_tastes)
-    extra_summary["tastes"] = {
-        "n_tastes": int(res.n_tastes),
-        "starts_agreed": int(res.starts_agreed),
-        "n_starts": int(res.n_starts),
-        "class_spread": [float(v) for v in res.class_spread],
-        "ordering": "classes numbered by share, largest first",
-    }
-    user_cols, model_cols = taste_columns(res)
-    return Estimates(
-        engine="em",
-        variant="two-class",
-        quality=res.quality,
-        p_good=res.quality,
-        n_labels_user=res.n_labels_user,
-        informative=res.informative,
-        strengths=res.strengths[0],
-        parameters=res.parameters(),
-        loglik=res.loglik,
-        loglik_trace=res.loglik_trace,
-        n_iter=res.n_iter,
-        converged=res.converged,
-        runtime_seconds=res.runtime_seconds,
-        user_loglik=res.user_loglik,
-        extra_user_columns=user_cols,
-        extra_model_columns=model_cols,
-        extra_summary=extra_summary,
-    )
-
-
 def _resolve_start(start, prepared: PreparedData) -> dict | None:
     if start is None:
         return None
@@ -952,7 +892,7 @@ def _read_parquet_collection(path):
 
 
 def _fit_dask_frame(ddf, *, model, rule, priors, q, tol, max_iter, seed, start, mu, strong_model, input_info=None,
-                    no_verdict="keep", progress=None, **columns):
+                    no_verdict="keep", progress=None, tastes=1, **columns):
     from .dask_em import fit_dask
     from .dask_result import DaskFitResult
 
@@ -961,7 +901,7 @@ def _fit_dask_frame(ddf, *, model, rule, priors, q, tol, max_iter, seed, start, 
     try:
         dfit = fit_dask(ddf, model=model, priors=priors, q=q, tol=tol, max_iter=max_iter, mu=mu,
                         strong_model=strong_model, start=start if isinstance(start, dict) else None,
-                        progress=progress, **columns)
+                        progress=progress, tastes=tastes, seed=seed, **columns)
     except ValueError as exc:
         if isinstance(exc, InputError):
             raise
@@ -989,26 +929,15 @@ def _fit_dask_frame(ddf, *, model, rule, priors, q, tol, max_iter, seed, start, 
         "provenance": [provenance_entry(input_info, rows_read=counts["rows"], rows_added=counts["rows"])],
         "settings": {"model": model, "method": "em", "filter": str(rule), "columns": dfit.columns, "mu": mu,
                      "strong_model": strong_model, "q": q, "priors": asdict(priors), "tol": tol,
-                     "max_iter": max_iter, "seed": seed, "no_verdict": no_verdict},
+                     "max_iter": max_iter, "seed": seed, "no_verdict": no_verdict, "tastes": tastes},
     }
+    summary.update(est.extra_summary)
     if counts["uninformative_users"] == counts["users"]:
         _warn(summary, "every user is uninformative: all pairs have attentive probability near 0.5, so nobody can be judged")
     if est.converged is False:
         _warn(summary, f"EM did not converge in {est.n_iter} iterations; raise max_iter or loosen tol")
     summary["runtime_seconds"] = round(time.perf_counter() - started, 4)
     return DaskFitResult(ddf, dfit, rule, summary, no_verdict)
-
-
-def _casual_test_summary(check) -> dict:
-    return {
-        "verdict": check.verdict,
-        "message": check.message,
-        "statistic": float(check.statistic),
-        "p_value": float(check.p_value),
-        "n_flagged": int(check.n_flagged),
-        "n_labels": int(check.n_labels),
-        "rank_correlation": None if not np.isfinite(check.rank_correlation) else float(check.rank_correlation),
-    }
 
 
 def _empty_estimates(prepared: PreparedData, model: str, method: str, priors: Priors, q) -> Estimates:

@@ -282,6 +282,10 @@ def _label_start(result) -> dict:
             quality = np.clip(np.asarray(est.quality, dtype=float), 1e-12, 1 - 1e-12)
             theta = np.where(est.informative, logit(quality), np.nan)
         start["theta"] = pd.Series(theta, index=_as_text(result._data.user_labels))
+    taste = _taste_start(est, params.get("q"))
+    if taste is not None:
+        taste["strengths"] = pd.DataFrame(taste["strengths"].T, index=_as_text(result._data.model_labels))
+        start["tastes"] = taste
     return start
 
 
@@ -299,6 +303,10 @@ def align_start(start: dict, user_labels, model_labels) -> dict:
     theta = start.get("theta")
     if theta is not None:
         out["theta"] = pd.Series(theta, dtype=float).reindex(_as_text(user_labels)).to_numpy()
+    taste = start.get("tastes")
+    if taste is not None:  # per-class strengths: a models x classes frame
+        s = taste["strengths"].reindex(_as_text(model_labels)).fillna(0.0).to_numpy(dtype=float).T
+        out["tastes"] = dict(taste, strengths=s)
     return out
 
 
@@ -496,6 +504,18 @@ def load_start(directory: str | Path) -> dict:
         informative = ~users["uninformative"].astype(str).str.strip().str.lower().isin(["true", "1"]).to_numpy() \
             if "uninformative" in users.columns else np.ones(len(users), bool)
         start["theta"] = pd.Series(np.where(informative, logit(quality), np.nan), index=users["user"].to_numpy())
+    n_tastes = _n_tastes(summary)
+    if n_tastes > 1 and strengths is not None:  # per-class strengths and shares: the update's warm start
+        models = _checked_ids(saved.models, directory, "models", "model")
+        table = np.column_stack([_saved_numbers(models, f"strength_taste_{k}", directory, "models", "model")
+                                 for k in range(1, n_tastes + 1)])
+        shares = [params.get(f"share_taste_{k}") for k in range(1, n_tastes + 1)]
+        for k, share in enumerate(shares, start=1):
+            check_number(share, f"results folder '{directory}': summary.json parameters.share_taste_{k}", low=0.0,
+                         high=1.0, open_low=True, open_high=True)
+        if not np.isnan(table).any():
+            start["tastes"] = {"strengths": pd.DataFrame(table, index=models["model"].to_numpy()),
+                               "shares": np.asarray(shares, dtype=float), "q": params.get("q")}
     return start
 
 
@@ -521,6 +541,7 @@ def fit_prepared(
     no_verdict: str = "keep",
     winner_values: dict | None = None,
     on_bad_row: str = "error",
+    tastes: int = 1,
     _started: float | None = None,
 ):
     """EM fit of an already prepared log with the block engine (optionally warm-started and accelerated).
@@ -529,6 +550,8 @@ def fit_prepared(
     as :func:`bayes_annot.fit` with ``method="em"``. ``state`` is the log's
     :class:`~bayes_annot.block_em.EMState` when the caller already has it (an
     update extends the previous fit's); otherwise it is built from the rows.
+    With ``tastes`` > 1 the taste classes are fitted over that block
+    (:func:`bayes_annot.local_em.fit_taste_classes`), from ``start["tastes"]`` alone when given.
     """
     from .fit import FitResult, assemble_summary, check_no_verdict_policy
     from .local_em import default_accelerate, em_estimates, em_state, run_block_em
@@ -554,19 +577,30 @@ def fit_prepared(
         raise InputError("no row enters the likelihood (all ties or same-model pairs): nothing to update")
     from .progress import em_callback, resolve
 
-    with em_callback(resolve(None)) as callback:  # a bar inside a progress.showing() block (the CLI's)
-        em = run_block_em(
-            state.block, problem, model, priors=priors, q=q, tol=tol, max_iter=max_iter, start=start,
-            accelerate=accelerate, callback=callback,
-        )
-    estimates = em_estimates(em, model, known_strengths(problem, prepared, mu, strong_model))
-    rows_problem = problem if hasattr(problem, "user") else build_problem(prepared, mu=mu, strong_model=strong_model,
-                                                                          use_p_a=use_p_a)[0]
-    estimates.quality_floor = quality_floor(rows_problem, estimates)
+    if tastes != 1:
+        from .block_em import LocalRunner
+        from .local_em import fit_taste_classes, taste_estimates
+
+        if model != "two-class" or not state.block.learned:
+            raise InputError("taste classes need model='two-class' and learned strengths")
+        res, extra = fit_taste_classes(problem, int(tastes), priors, q, tol, max_iter, 0,
+                                       runner=LocalRunner([state.block], prepared.n_users), start=start)
+        state.block.release_pass_caches()
+        estimates = taste_estimates(res, extra)
+    else:
+        with em_callback(resolve(None)) as callback:  # a bar inside a progress.showing() block (the CLI's)
+            em = run_block_em(
+                state.block, problem, model, priors=priors, q=q, tol=tol, max_iter=max_iter, start=start,
+                accelerate=accelerate, callback=callback,
+            )
+        estimates = em_estimates(em, model, known_strengths(problem, prepared, mu, strong_model))
+        rows_problem = problem if hasattr(problem, "user") else build_problem(prepared, mu=mu, strong_model=strong_model,
+                                                                              use_p_a=use_p_a)[0]
+        estimates.quality_floor = quality_floor(rows_problem, estimates)
     settings = {
         "model": model, "method": "em", "filter": str(rule), "columns": prepared.columns, "use_p_a": use_p_a,
         "mu": mu, "strong_model": strong_model, "q": q, "priors": asdict(priors), "tol": tol, "max_iter": max_iter,
-        "seed": 0, "warm_start": start is not None, "accelerate": accelerate, "no_verdict": no_verdict,
+        "seed": 0, "warm_start": start is not None, "accelerate": accelerate, "no_verdict": no_verdict, "tastes": tastes,
     }
     if winner_values:  # recorded so that later updates read the new rows the same way
         settings["winner_values"] = dict(winner_values)
@@ -599,7 +633,27 @@ def _mapped_start(previous, merge: _Merge) -> dict:
         theta = np.full(n_users, np.nan)
         theta[slice(None) if merge.user_map is None else merge.user_map] = theta_old
         start["theta"] = theta
+    start["tastes"] = _taste_start(est, params.get("q"), merge.model_map, n_models)
     return start
+
+
+def _n_tastes(summary: dict) -> int:
+    """Taste classes of a fit (``tastes="auto"``: the number it chose); an update keeps them."""
+    return int((summary.get("tastes") or {}).get("n_tastes", 1))
+
+
+def _taste_start(estimates, q, model_map=None, n_models=None) -> dict | None:
+    """The ``"tastes"`` warm start (``strengths`` (C, K), ``shares``, ``q``) of a fit with taste classes,
+    its models mapped by ``model_map`` onto ``n_models`` (new models at strength 0)."""
+    columns = [v for k, v in sorted(estimates.extra_model_columns.items()) if k.startswith("strength_taste_")]
+    if not columns:
+        return None
+    strengths = np.vstack(columns)
+    if model_map is not None:
+        strengths, old = np.zeros((strengths.shape[0], n_models)), strengths
+        strengths[:, model_map] = old
+    shares = [estimates.parameters[f"share_taste_{k + 1}"] for k in range(strengths.shape[0])]
+    return {"strengths": strengths, "shares": np.asarray(shares, dtype=float), "q": q}
 
 
 def _extend_state(state: EMState, merge: _Merge, problem_new, key: tuple) -> EMState:
@@ -707,8 +761,7 @@ def update(
     settings = {key: saved.get(key) for key in _EM_SETTINGS if key in saved}
     if isinstance(settings.get("priors"), dict):
         settings["priors"] = Priors(**settings["priors"])
-    if "tastes" in previous.summary:
-        raise InputError("an update refits one ranking; this fit has taste classes: refit the whole log with tastes")
+    settings["tastes"] = _n_tastes(previous.summary)
     settings["filter"] = str(previous.rule)  # the rule in force (a .filter() clone's, not the original fit's)
     settings["no_verdict"] = getattr(previous, "no_verdict", "keep")
     settings.update(fit_settings)
@@ -827,10 +880,6 @@ def update_saved(
     saved, _ = read_saved(directory)  # a corrupt or crafted folder is an InputError before anything is fitted
     summary = saved.summary
     saved_settings = summary.get("settings", {})
-    if "tastes" in summary or saved_settings.get("tastes") not in (None, 1):
-        raise InputError(
-            f"'{directory}' was fitted with taste classes; an update refits one ranking: fit the whole log with --tastes"
-        )
     saved_columns = dict(saved_settings.get("columns") or {})
     info = input_info(None, record_paths)
     if isinstance(new_rows, (str, Path)):
@@ -869,7 +918,7 @@ def update_saved(
     merged = pd.concat([old_rows, new_rows], ignore_index=True) if len(new_rows) else old_rows
     result = fit(
         merged, method="em", user=role_map.user, model_a=role_map.model_a, model_b=role_map.model_b,
-        winner=role_map.winner, p_a=p_a, priors=priors, start=directory, **settings,
+        winner=role_map.winner, p_a=p_a, priors=priors, start=directory, tastes=_n_tastes(summary), **settings,
     )
     set_provenance(result, info, entries)
     return result

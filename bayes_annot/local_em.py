@@ -7,6 +7,8 @@ log) and :mod:`bayes_annot.block_em` (the EM driver over runners), shared by
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from .block_em import Block, EMState, LocalRunner, make_block, run_em
@@ -15,7 +17,10 @@ from .em import EMProblem, EMResult
 from .pairs import ACCELERATE_MIN_MODELS, PairTable
 from .problem import Estimates, problem_key
 
-__all__ = ["problem_block", "em_state", "default_accelerate", "run_block_em", "em_estimates"]
+__all__ = [
+    "problem_block", "em_state", "default_accelerate", "run_block_em", "em_estimates", "fit_taste_classes",
+    "taste_estimates", "taste_diagnostic", "casual_test_summary",
+]
 
 
 def problem_block(
@@ -95,3 +100,96 @@ def em_estimates(em: EMResult, model: str, known_strengths: np.ndarray | None) -
     )
     estimates.theta = em.theta  # exact theta for a warm start (continuous)
     return estimates
+
+
+def taste_diagnostic(problem: EMProblem, result_c1=None, *, priors=None, q=None, seed: int = 0) -> dict:
+    """The casual-group test's verdict as ``summary["taste_diagnostic"]`` holds it: the one place it is computed.
+
+    :func:`bayes_annot.tastes.casual_group_test` with its defaults (100 simulated
+    logs, ``alpha = 0.01``) on the one-ranking fit ``result_c1`` (fitted here when
+    ``None``). :func:`fit` stores it (``taste_check=True`` or ``tastes="auto"``);
+    the report shows the stored verdict and never recomputes it.
+    """
+    from .tastes import casual_group_test
+
+    return casual_test_summary(casual_group_test(problem, result_c1, seed=seed, priors=priors, q_fixed=q))
+
+
+def fit_taste_classes(problem: EMProblem, tastes, priors, q, tol, max_iter, seed, max_tastes: int = 4, runner=None,
+                      start: dict | None = None):
+    """The taste-class fit of :func:`fit` (``tastes`` an int, or ``"auto"``: chosen by
+    :func:`~bayes_annot.tastes.select_tastes` among ``1..max_tastes``); returns the ``TasteResult`` and summary entries.
+
+    ``runner``: the EM runner of an int ``tastes`` (default: the problem's in-memory one); a ``start``
+    with a ``"tastes"`` entry (``strengths`` (C, K), ``shares``, ``q``: a previous fit of as many classes)
+    is the only start (a warm start: an update converges from it)."""
+    from .tastes import fit_tastes, select_tastes
+
+    extra_summary: dict = {}
+    if tastes == "auto":
+        selection = select_tastes(problem, max_tastes=max_tastes, seed=seed, priors=priors, q_fixed=q)
+        res = selection.fits[selection.chosen]
+        extra_summary["taste_diagnostic"] = taste_diagnostic(problem, selection.fits[1], priors=priors, q=q, seed=seed)
+        table = selection.table.replace({np.nan: None})
+        extra_summary["taste_selection"] = {
+            "chosen": int(selection.chosen),
+            "chosen_by_bic": int(selection.chosen_bic),
+            "max_tastes": int(max_tastes),
+            "at_limit": bool(selection.chosen == max_tastes and max_tastes > 1),
+            "message": selection.message,
+            "table": json.loads(table.to_json(orient="records")),
+        }
+    else:
+        warm = (start or {}).get("tastes")
+        warm = warm if warm is not None and np.shape(warm["shares"]) == (int(tastes),) else None
+        res = fit_tastes(problem if runner is None else runner, int(tastes), priors=priors, q_fixed=q, tol=tol,
+                         max_iter=max_iter, seed=seed, **({"n_starts": 0, "init": [warm]} if warm else {}))
+    return res, extra_summary
+
+
+def taste_estimates(res, extra_summary: dict | None = None) -> Estimates:
+    """:class:`Estimates` of a :class:`~bayes_annot.tastes.TasteResult` (class 1's strengths as ``strength``,
+    the taste columns, ``summary["tastes"]``), whichever engine ran it."""
+    from .tastes import taste_columns
+
+    extra_summary = dict(extra_summary or {})
+    extra_summary["tastes"] = {
+        "n_tastes": int(res.n_tastes),
+        "starts_agreed": int(res.starts_agreed),
+        "n_starts": int(res.n_starts),
+        "class_spread": [float(v) for v in res.class_spread],
+        "ordering": "classes numbered by share, largest first",
+    }
+    user_cols, model_cols = taste_columns(res)
+    return Estimates(
+        engine="em",
+        variant="two-class",
+        quality=res.quality,
+        p_good=res.quality,
+        n_labels_user=res.n_labels_user,
+        informative=res.informative,
+        strengths=res.strengths[0],
+        parameters=res.parameters(),
+        loglik=res.loglik,
+        loglik_trace=res.loglik_trace,
+        n_iter=res.n_iter,
+        converged=res.converged,
+        runtime_seconds=res.runtime_seconds,
+        user_loglik=res.user_loglik,
+        extra_user_columns=user_cols,
+        extra_model_columns=model_cols,
+        extra_summary=extra_summary,
+    )
+
+
+def casual_test_summary(check) -> dict:
+    return {
+        "verdict": check.verdict,
+        "message": check.message,
+        "statistic": float(check.statistic),
+        "p_value": float(check.p_value),
+        "n_flagged": int(check.n_flagged),
+        "n_labels": int(check.n_labels),
+        "rank_correlation": None if not np.isfinite(check.rank_correlation) else float(check.rank_correlation),
+    }
+

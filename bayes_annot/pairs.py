@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import expit, log_expit
 
-__all__ = ["PairTable", "DENSE_MAX_MODELS", "fit_bradley_terry_pairs", "bt_objective_pairs", "bt_derivatives_pairs",
-           "attentive_table_pairs"]
+__all__ = ["PairTable", "DENSE_MAX_MODELS", "fit_bradley_terry_pairs", "fit_bradley_terry_classes", "bt_objective_pairs",
+           "bt_derivatives_pairs", "attentive_table_pairs"]
 
 DENSE_MAX_MODELS = 64
 """Up to this many models the Bradley–Terry Newton step is a dense ``K x K`` solve (faster there:
@@ -176,7 +176,7 @@ def as_pair_table(pairs) -> PairTable:
 
 
 def attentive_table_pairs(s: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """log P_att of every cell ``2 * pair + choice`` (the pair analogue of ``em._attentive_table``)."""
+    """log P_att of every cell ``2 * pair + choice`` (the two entries of a pair: ``model_b``, then ``model_a`` chosen)."""
     d = s[a] - s[b]
     return np.stack([log_expit(-d), log_expit(d)], axis=-1).ravel()
 
@@ -335,6 +335,28 @@ def fit_bradley_terry_pairs(
         if np.max(np.abs(t * step), initial=0.0) < tol or abs(improvement) < 1e-14 * (1.0 + abs(value)):
             break
     return s
+
+
+def fit_bradley_terry_classes(pairs, w1: np.ndarray, w0: np.ndarray, sigma: float, start: np.ndarray,
+                              structure=None) -> np.ndarray:
+    """:func:`fit_bradley_terry_pairs` for ``C`` taste classes: pair weights ``w1``, ``w0`` of shape ``(C, P)``,
+    ``start`` ``(C, K)``; returns ``(C, K)`` strengths.
+
+    Up to :data:`DENSE_MAX_MODELS` models all classes are solved in one batched dense Newton
+    (:func:`bayes_annot.em.fit_bradley_terry_batch`); above, one sparse solve per class (no
+    ``C x K x K`` table). Each class's objective never decreases.
+    """
+    from .em import fit_bradley_terry_batch
+
+    k, n_classes = pairs.n_models, w1.shape[0]
+    if k <= DENSE_MAX_MODELS:
+        t1 = np.zeros((n_classes, k, k))
+        t0 = np.zeros((n_classes, k, k))
+        t1[:, pairs.a, pairs.b] = w1
+        t0[:, pairs.a, pairs.b] = w0
+        return fit_bradley_terry_batch(t1, t0, sigma, start)
+    return np.stack([fit_bradley_terry_pairs(pairs, w1[c], w0[c], sigma, start=start[c], structure=structure)
+                     for c in range(n_classes)])
 
 
 def fit_bradley_terry_labels(model_a, model_b, choice_a, n_models: int, sigma: float, weights=None) -> np.ndarray:

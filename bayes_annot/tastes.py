@@ -27,11 +27,17 @@ for any ``C`` every share's MAP stays strictly inside (0, 1);
 :math:`q \sim \mathrm{Beta}(2, 2)`; every class's strengths
 :math:`s^{(c)}_k \sim \mathcal N(0, \sigma_s^2)`.
 
-**EM.** E-step: responsibilities over the ``C + 1`` types per user (log
-space). M-step: Dirichlet-MAP shares and Beta-MAP ``q`` in closed form; each
-class's strengths by :func:`~bayes_annot.pairs.fit_bradley_terry_pairs` on the pair
-table weighted by that class's responsibilities. Each block is maximised
-exactly, so the penalised observed log-likelihood never decreases (tested).
+**EM** is the package's one driver, :func:`bayes_annot.block_em.run_class_em`
+(the two-class EM is its ``C = 1`` case): E-step responsibilities over the
+``C + 1`` types per user (log space); M-step Dirichlet-MAP shares and Beta-MAP
+``q`` in closed form, each class's strengths by Bradley–Terry on the pair table
+weighted by that class's responsibilities
+(:func:`~bayes_annot.pairs.fit_bradley_terry_classes`). Each block is maximised
+exactly, so the penalised observed log-likelihood never decreases (tested). It
+runs over a *runner*: in memory (:func:`problem_runner`, or an update's merged
+block) or over the partitions of a Dask DataFrame
+(:class:`~bayes_annot.dask_em.DaskRunner`); the starts below only need per-user
+weighted pair tables (``runner.user_cells``).
 
 **Starts.** ``C = 1`` uses the single deterministic start of the two-class EM
 (plain Bradley–Terry fit, ``pi = q = 0.5``) and reproduces it to rounding. ``C >= 2`` runs ``n_starts`` seeded starts: start 0
@@ -68,12 +74,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.sparse import csr_matrix
-from scipy.special import expit, gammaln, log_expit
+from scipy.special import expit, log_expit
 
-from .em import INFORMATIVE_TOL, EMProblem, has_converged, max_change, pair_weights
-from .pairs import DENSE_MAX_MODELS, PairTable, attentive_table_pairs, fit_bradley_terry_pairs
-from .likelihood import Priors, log_beta_pdf, log_normal_pdf
+from .block_em import LocalRunner, block_type_logliks, log_type_shares, lse_rows, make_block, run_class_em
+from .em import INFORMATIVE_TOL, EMProblem, pair_weights
+from .likelihood import Priors
+from .pairs import PairTable, attentive_table_pairs, fit_bradley_terry_pairs
 from .simulate import draw_labels_per_user
 
 __all__ = [
@@ -88,6 +94,7 @@ __all__ = [
     "heldout_folds",
     "heldout_user_scores",
     "problem_from",
+    "problem_runner",
     "subproblem",
 ]
 
@@ -181,320 +188,141 @@ class TasteResult:
         return out
 
 
-# --------------------------------------------------------------------------- core EM
+# --------------------------------------------------------------------------- fitting (the block EM engine)
 
 
-def _log_dirichlet(log_shares: np.ndarray, conc: np.ndarray) -> float:
-    return float(gammaln(conc.sum()) - gammaln(conc).sum() + ((conc - 1.0) * log_shares).sum())
-
-
-def _lse_rows(x: np.ndarray) -> np.ndarray:
-    """Row-wise log-sum-exp; for two columns it is numpy's ``logaddexp`` formula."""
-    idx = np.argmax(x, axis=1)
-    m = x[np.arange(x.shape[0]), idx]
-    rest = np.exp(x - m[:, None])
-    rest[np.arange(x.shape[0]), idx] = 0.0
-    return m + np.log1p(rest.sum(axis=1))
-
-
-class _Data:
-    """Per-problem constants shared by every start and iteration."""
-
-    def __init__(self, problem: EMProblem):
-        if not problem.learned:
-            raise ValueError(
-                "taste classes need learned strengths: with known attentive probabilities (p_a / mu) "
-                "the model stays one class"
-            )
-        self.problem = problem
-        self.user = problem.user
-        self.n_users = problem.n_users
-        self.k = problem.n_models
-        # the compared pairs (sparse): a label's cell is 2 * pair + choice
-        self.pairs, index = PairTable.from_labels(problem.model_a, problem.model_b, self.k)
-        self.cell = 2 * index + problem.choice_a
-        self.n_user = np.bincount(problem.user, minlength=problem.n_users).astype(float)
-        self.n_user_a = np.bincount(problem.user, weights=problem.choice_a, minlength=problem.n_users)
-        self.active = self.n_user > 0
-        self.n_active = int(self.active.sum())
-        # users x (pair, choice) counts: per-user sums and weighted pair
-        # tables become one sparse product for all classes at once
-        n_cells = 2 * self.pairs.n_pairs
-        self.counts = csr_matrix(
-            (np.ones(problem.n_labels), (problem.user, self.cell)), shape=(problem.n_users, n_cells)
+def problem_runner(problem: EMProblem) -> LocalRunner:
+    """The in-memory runner of a learned-strength problem: one block over all users (its own pair vocabulary)."""
+    if not problem.learned:
+        raise ValueError(
+            "taste classes need learned strengths: with known attentive probabilities (p_a / mu) "
+            "the model stays one class"
         )
-        self.counts.sum_duplicates()
-        self.counts_t = self.counts.T.tocsr()
-
-    def type_logliks(self, strengths: np.ndarray, q: float) -> np.ndarray:
-        """``(U, C + 1)``: column 0 the casual sum ``C_u``, column ``c`` the attentive sum ``A_u^(c)``."""
-        tables = np.column_stack([attentive_table_pairs(s, self.pairs.a, self.pairs.b) for s in strengths])
-        casual = self.n_user_a * np.log(q) + (self.n_user - self.n_user_a) * np.log1p(-q)
-        return np.column_stack([casual, self.counts @ tables])
-
-    def pair_tables(self, resp: np.ndarray) -> np.ndarray:
-        """``(2 P, C)`` weighted counts per cell, user weights ``resp`` (U, C)."""
-        return self.counts_t @ resp
+    pairs, index = PairTable.from_labels(problem.model_a, problem.model_b, problem.n_models)
+    block = make_block(problem.user, np.ones(problem.n_labels, dtype=bool), problem.n_models,
+                       cell=(2 * index + problem.choice_a).astype(np.int32), users=np.arange(problem.n_users), pairs=pairs)
+    return LocalRunner([block], problem.n_users, pairs)
 
 
-def _bt_objective_batch(s, w1, w0, sigma):
-    d = s[:, :, None] - s[:, None, :]
-    return (w1 * log_expit(d)).sum(axis=(1, 2)) + (w0 * log_expit(-d)).sum(axis=(1, 2)) - 0.5 * (s * s).sum(1) / sigma**2
+@dataclass
+class _Fitter:
+    """One problem's runner and settings: EM runs (:func:`~bayes_annot.block_em.run_class_em`) and start tables."""
+
+    runner: object
+    n_models: int
+    priors: Priors
+    q_fixed: float | None
+    tol: float
+    max_iter: int
+    informative_tol: float
+
+    def run(self, strengths, shares, q, callback=None):
+        return run_class_em(
+            self.runner, self.n_models, shares, q, strengths, priors=self.priors, q_fixed=self.q_fixed, tol=self.tol,
+            max_iter=self.max_iter, informative_tol=self.informative_tol, callback=callback,
+        )
+
+    def plain_bt(self, weights=None) -> np.ndarray:
+        """Bradley–Terry fit of the labels, each user's weighted by ``weights`` (``(U,)``; ``(U, C)``: one fit per column)."""
+        cells = self.runner.cell_counts() if weights is None else self.runner.user_cells(weights)
+        fit = lambda c: fit_bradley_terry_pairs(self.runner.pairs, c[1::2], c[0::2], self.priors.strength_sigma)  # noqa: E731
+        return fit(cells) if cells.ndim == 1 else np.stack([fit(c) for c in cells.T])
 
 
-def _fit_bt_batch(w1, w0, sigma, start, tol=1e-10, max_iter=50):
-    """:func:`~bayes_annot.em.fit_bradley_terry` for several classes at once, ``(C, K, K)`` tables.
-
-    Newton with per-class backtracking: every class's (strictly concave) ridge
-    Bradley–Terry objective never decreases, so the EM step stays monotone.
-    """
-    s = np.array(start, dtype=float, copy=True)
-    n_classes, k = s.shape
-    eye = np.eye(k)
-    value = _bt_objective_batch(s, w1, w0, sigma)
-    for _ in range(max_iter):
-        p = expit(s[:, :, None] - s[:, None, :])
-        g = w1 * (1.0 - p) - w0 * p
-        grad = g.sum(2) - g.sum(1) - s / sigma**2
-        c = (w1 + w0) * p * (1.0 - p)
-        c = c + c.transpose(0, 2, 1)
-        neg_hess = c.sum(2)[:, :, None] * eye - c + eye / sigma**2
-        step = np.linalg.solve(neg_hess, grad[:, :, None])[:, :, 0]
-        t = np.ones(n_classes)
-        while True:
-            candidate = s + t[:, None] * step
-            new_value = _bt_objective_batch(candidate, w1, w0, sigma)
-            bad = (new_value < value - 1e-12 * np.abs(value)) & (t >= 1e-8)
-            if not bad.any():
-                break
-            t = np.where(bad, 0.5 * t, t)
-        improvement = new_value - value
-        s, value = candidate, new_value
-        if np.max(np.abs(t[:, None] * step)) < tol or np.all(np.abs(improvement) < 1e-14 * (1.0 + np.abs(value))):
-            break
-    return s
+def _split_start(f: _Fitter, base, rng=None):
+    """Add one class to a fitted solution: BT on labels weighted by each user's casual posterior
+    (times random Exp(1) factors: the reweighted split)."""
+    w_user = base.p_casual * (base.n_user > 0)
+    if rng is not None:
+        w_user = w_user * rng.exponential(1.0, size=w_user.shape[0])
+    shares = np.concatenate([base.shares, [(1.0 - base.shares.sum()) / 2.0]])
+    return np.vstack([base.strengths, f.plain_bt(w_user)]), shares
 
 
-def _log_shares(shares: np.ndarray) -> np.ndarray:
-    """log of (casual, class 1..C) shares, the casual one as ``log1p(-sum)``."""
-    return np.concatenate([[np.log1p(-shares.sum())], np.log(shares)])
-
-
-def _objective(d: _Data, table, shares, q, strengths, priors, q_free):
-    logw = _log_shares(shares)[None, :] + table
-    user_ll = _lse_rows(logw)
-    conc = np.concatenate([[priors.pi_beta], np.full(len(shares), priors.pi_alpha)])
-    value = float(user_ll[d.active].sum())
-    value += _log_dirichlet(_log_shares(shares), conc)
-    if q_free:
-        value += float(log_beta_pdf(q, priors.q_alpha, priors.q_beta))
-    value += float(log_normal_pdf(strengths, 0.0, priors.strength_sigma).sum())
-    return value, logw, user_ll
-
-
-def _run_em(d: _Data, strengths, shares, q, priors, q_fixed, tol, max_iter, callback=None):
-    """EM from one start. The two-class EM step by step when ``C = 1`` (so ``C = 1`` reproduces it)."""
-    strengths = np.array(strengths, dtype=float, copy=True)
-    shares = np.array(shares, dtype=float, copy=True)
-    q = float(q) if q_fixed is None else float(q_fixed)
-    n_classes = strengths.shape[0]
-    conc_sum = priors.pi_beta + n_classes * priors.pi_alpha
-    trace: list[float] = []
-    converged = False
-    iteration = 0
-    step = None  # largest change of shares, q and strengths in the last M-step (see em.has_converged)
-    while True:
-        table = d.type_logliks(strengths, q)
-        value, logw, user_ll = _objective(d, table, shares, q, strengths, priors, q_fixed is None)
-        trace.append(value)
-        if callback is not None:
-            callback(iteration, value)
-        if step is not None and has_converged(trace, tol, step):
-            converged = True
-            break
-        if iteration >= max_iter:
-            break
-        iteration += 1
-        # E-step: posterior over the C + 1 types per user
-        resp = np.exp(logw - user_ll[:, None])
-        # M-step
-        previous = (shares, q, strengths.copy())
-        totals = resp[d.active].sum(axis=0)
-        shares = (totals[1:] + priors.pi_alpha - 1.0) / (d.n_active + conc_sum - (n_classes + 1))
-        if q_fixed is None:
-            casual = resp[:, 0]
-            q = (float(casual @ d.n_user_a) + priors.q_alpha - 1.0) / (
-                float(casual @ d.n_user) + priors.q_alpha + priors.q_beta - 2.0
-            )
-        cells = d.pair_tables(resp[:, 1:]).T.reshape(n_classes, d.pairs.n_pairs, 2)
-        if n_classes == 1:  # the EM engine's solver, so that C = 1 reproduces the two-class EM to rounding
-            strengths[0] = fit_bradley_terry_pairs(d.pairs, cells[0, :, 1], cells[0, :, 0], priors.strength_sigma,
-                                                   start=strengths[0])
-        elif d.k <= DENSE_MAX_MODELS:  # all classes in one batched dense solve
-            w = np.zeros((n_classes, d.k, d.k, 2))
-            w[:, d.pairs.a, d.pairs.b, :] = cells
-            strengths = _fit_bt_batch(w[..., 1], w[..., 0], priors.strength_sigma, strengths)
-        else:  # many models: one sparse solve per class (no C x K x K table)
-            strengths = np.stack([
-                fit_bradley_terry_pairs(d.pairs, cells[c, :, 1], cells[c, :, 0], priors.strength_sigma, start=strengths[c])
-                for c in range(n_classes)
-            ])
-        step = max(max_change(a, b) for a, b in zip(previous, (shares, q, strengths)))
-    return dict(
-        strengths=strengths, shares=shares, q=q, loglik=trace[-1], trace=trace, n_iter=iteration,
-        converged=converged, table=table, logw=logw, user_ll=user_ll,
-    )
-
-
-def _plain_bt(d: _Data, priors: Priors, weights=None) -> np.ndarray:
-    table = np.bincount(d.cell, weights=weights, minlength=2 * d.pairs.n_pairs)
-    return fit_bradley_terry_pairs(d.pairs, table[1::2], table[0::2], priors.strength_sigma)
-
-
-def _split_start(d: _Data, base: dict, priors: Priors):
-    """Add one class to a fitted solution: BT on labels weighted by each user's casual posterior."""
-    resp = np.exp(base["logw"] - base["user_ll"][:, None])
-    w_user = resp[:, 0] * d.active
-    new = _plain_bt(d, priors, w_user[d.user])
-    casual = 1.0 - base["shares"].sum()
-    shares = np.concatenate([base["shares"], [casual / 2.0]])
-    return np.vstack([base["strengths"], new]), shares
-
-
-def _reweighted_split_start(d: _Data, first: dict, n_tastes, priors, q_fixed, tol, max_iter, rng):
-    """The split start with each user's casual weight multiplied by a random Exp(1) factor."""
-    base = first
-    for c in range(2, n_tastes + 1):
-        resp = np.exp(base["logw"] - base["user_ll"][:, None])
-        w_user = resp[:, 0] * d.active * rng.exponential(1.0, size=d.n_users)
-        new = _plain_bt(d, priors, w_user[d.user])
-        strengths = np.vstack([base["strengths"], new])
-        shares = np.concatenate([base["shares"], [(1.0 - base["shares"].sum()) / 2.0]])
+def _split_chain(f: _Fitter, base, n_tastes: int, rng=None):
+    """Grow ``base`` to ``n_tastes`` classes one split at a time, fitting each intermediate ``C``;
+    returns the last start ``(strengths, shares, q)``."""
+    for c in range(base.shares.shape[0] + 1, n_tastes + 1):
+        s0, sh0 = _split_start(f, base, rng)
         if c == n_tastes:
-            return strengths, shares, base["q"]
-        base = _run_em(d, strengths, shares, base["q"], priors, q_fixed, tol, max_iter)
+            return s0, sh0, base.q
+        base = f.run(s0, sh0, base.q)
 
 
-def _perturbed_start(d: _Data, s_bt, n_classes, rng):
+def _perturbed_start(s_bt, n_classes, rng):
     """Class 1 the plain Bradley–Terry fit; every other class a random ranking, N(0, scale^2)
     strengths with ``scale = max(1, 2 sd(s_BT))`` (a pooled fit is flattened when tastes disagree)."""
     scale = max(1.0, 2.0 * float(np.std(s_bt)))
-    rows = [s_bt.copy()]
-    for _ in range(n_classes - 1):
-        rows.append(rng.normal(0.0, scale, size=d.k))
-    shares = np.full(n_classes, 0.6 / n_classes)
-    return np.vstack(rows), shares
+    rows = [s_bt.copy()] + [rng.normal(0.0, scale, size=s_bt.shape[0]) for _ in range(n_classes - 1)]
+    return np.vstack(rows), np.full(n_classes, 0.6 / n_classes)
 
 
-def _partition_start(d: _Data, n_classes, priors, rng):
+def _partition_start(f: _Fitter, active, n_classes, rng):
     """Random user partition into casual / classes; each class's BT fit on its users' labels."""
-    group = rng.integers(0, n_classes + 1, size=d.n_users)
-    rows = []
-    for c in range(1, n_classes + 1):
-        rows.append(_plain_bt(d, priors, (group == c).astype(float)[d.user]))
-    counts = np.bincount(group[d.active], minlength=n_classes + 1)[1:].astype(float) + 1.0
-    shares = 0.7 * counts / counts.sum()
-    return np.vstack(rows), shares
+    group = rng.integers(0, n_classes + 1, size=active.shape[0])
+    strengths = f.plain_bt((group[:, None] == np.arange(1, n_classes + 1)[None, :]).astype(float))
+    counts = np.bincount(group[active], minlength=n_classes + 1)[1:].astype(float) + 1.0
+    return strengths, 0.7 * counts / counts.sum()
 
 
-def _order_and_package(d: _Data, run: dict, priors, q_fixed, informative_tol, extra) -> TasteResult:
-    order = np.argsort(-run["shares"], kind="stable")
-    shares = run["shares"][order]
-    strengths = run["strengths"][order]
-    logw = run["logw"][:, np.concatenate([[0], order + 1])]
-    user_ll = run["user_ll"]
-    post = np.exp(logw - user_ll[:, None])
+def _order_and_package(f: _Fitter, run, extra) -> TasteResult:
+    order = np.argsort(-run.shares, kind="stable")
+    shares, strengths, p_taste = run.shares[order], run.strengths[order], run.p_taste[:, order]
     n_classes = len(shares)
-    # quality = 1 - P(casual); for C = 1 computed exactly as em.two_class_posterior
-    if n_classes == 1:
-        quality = expit(np.log(shares[0]) - np.log1p(-shares[0]) + run["table"][:, 1] - run["table"][:, 0])
-        p_taste = quality[:, None].copy()
-    else:
-        p_taste = post[:, 1:]
-        quality = 1.0 - post[:, 0]
-    attentive_share = float(shares.sum())
     # No verdict on users none of whose labels any class can tell from a coin (as every engine):
     # population-level quality, or the prior's when nobody is informative.
-    informative = np.zeros(d.n_users, dtype=bool)
-    for s in strengths:
-        differs = np.abs(s[d.problem.model_a] - s[d.problem.model_b]) > informative_tol
-        informative |= np.bincount(d.user, weights=differs, minlength=d.n_users) > 0
-    if informative.any():
-        level, level_shares = attentive_share, shares
-    else:
-        conc = np.concatenate([[priors.pi_beta], np.full(n_classes, priors.pi_alpha)])
+    informative, active = run.informative, run.n_user > 0
+    level_shares = shares
+    if not informative.any():
+        conc = np.concatenate([[f.priors.pi_beta], np.full(n_classes, f.priors.pi_alpha)])
         level_shares = conc[1:] / conc.sum()
-        level = float(level_shares.sum())
-    no_verdict = ~d.active | ~informative
-    quality = np.where(no_verdict, level, quality)
+    no_verdict = ~active | ~informative
+    quality = np.where(no_verdict, float(level_shares.sum()), run.quality)
     p_taste = np.where(no_verdict[:, None], level_shares[None, :], p_taste)
-    taste = np.argmax(p_taste, axis=1) + 1
-    data_ll = float(user_ll[d.active].sum())
-    n_params = n_classes * (d.k - 1) + n_classes + (1 if q_fixed is None else 0)
-    n_labels = int(d.n_user.sum())
+    data_ll = float(run.user_loglik[active].sum())
+    n_params = n_classes * (f.n_models - 1) + n_classes + (1 if f.q_fixed is None else 0)
     return TasteResult(
-        n_tastes=n_classes,
-        quality=quality,
-        p_taste=p_taste,
-        taste=taste.astype(np.int64),
-        strengths=strengths,
-        shares=shares,
-        casual_share=float(1.0 - attentive_share),
-        q=float(run["q"]),
-        loglik=float(run["loglik"]),
-        data_loglik=data_ll,
-        n_params=int(n_params),
-        bic=float(-2.0 * data_ll + n_params * np.log(max(n_labels, 1))),
-        loglik_trace=run["trace"],
-        n_iter=run["n_iter"],
-        converged=run["converged"],
-        informative=informative,
-        n_labels_user=d.n_user.astype(np.int64),
-        class_spread=np.std(strengths, axis=1),
-        user_loglik=np.where(d.active, user_ll, 0.0),
-        **extra,
+        n_tastes=n_classes, quality=quality, p_taste=p_taste, taste=(np.argmax(p_taste, axis=1) + 1).astype(np.int64),
+        strengths=strengths, shares=shares, casual_share=float(1.0 - shares.sum()), q=float(run.q),
+        loglik=run.loglik, data_loglik=data_ll, n_params=int(n_params),
+        bic=float(-2.0 * data_ll + n_params * np.log(max(float(run.n_user.sum()), 1.0))),
+        loglik_trace=run.loglik_trace, n_iter=run.n_iter, converged=run.converged, informative=informative,
+        n_labels_user=run.n_user.astype(np.int64), class_spread=np.std(strengths, axis=1),
+        user_loglik=np.where(active, run.user_loglik, 0.0), **extra,
     )
 
 
-def _fit_chain(d, n_tastes, priors, q_fixed, n_starts, seed, tol, max_iter, init=None, callback=None):
-    """Best run for ``n_tastes`` classes plus the start log-liks (recursive split starts)."""
-    s_bt = _plain_bt(d, priors)
-    base = _run_em(d, s_bt[None, :], np.array([0.5]), 0.5, priors, q_fixed, tol, max_iter,
-                   callback if n_tastes == 1 else None)
+def _fit_chain(f: _Fitter, n_tastes, n_starts, seed, init=None, callback=None):
+    """Every start's run for ``n_tastes`` classes (split first, then seeded, then ``init``)."""
     extra = []
     for start in init or []:
-        strengths = np.asarray(start["strengths"], dtype=float).reshape(n_tastes, d.k)
+        strengths = np.asarray(start["strengths"], dtype=float).reshape(n_tastes, f.n_models)
         shares = np.asarray(start["shares"], dtype=float).reshape(n_tastes)
-        extra.append(_run_em(d, strengths, shares, float(start.get("q", 0.5)), priors, q_fixed, tol, max_iter))
+        extra.append(f.run(strengths, shares, float(start.get("q", 0.5))))
+    if n_starts == 0:
+        return extra
+    s_bt = f.plain_bt()
+    base = f.run(s_bt[None, :], np.array([0.5]), 0.5, callback if n_tastes == 1 else None)
     if n_tastes == 1:
-        runs = [base] + extra
-        logliks = [r["loglik"] for r in runs]
-        return runs[int(np.argmax(logliks))], logliks
+        return [base] + extra
     first = base
-    # split start: grow one class at a time from the C = 1 solution
-    for c in range(2, n_tastes + 1):
-        s0, sh0 = _split_start(d, base, priors)
-        base = _run_em(d, s0, sh0, base["q"], priors, q_fixed, tol, max_iter)
-    runs = [base]
+    runs = [f.run(*_split_chain(f, base, n_tastes))]  # split start: grow one class at a time from C = 1
     rng = np.random.default_rng(seed)
+    active = first.n_user > 0
     for i in range(1, n_starts):
         kind = ("perturbed", "partition", "reweighted")[(i - 1) % 3]
-        q0 = 0.5
         if kind == "perturbed":
-            s0, sh0 = _perturbed_start(d, s_bt, n_tastes, rng)
+            start = (*_perturbed_start(s_bt, n_tastes, rng), 0.5)
         elif kind == "partition":
-            s0, sh0 = _partition_start(d, n_tastes, priors, rng)
+            start = (*_partition_start(f, active, n_tastes, rng), 0.5)
         else:
-            s0, sh0, q0 = _reweighted_split_start(d, first, n_tastes, priors, q_fixed, tol, max_iter, rng)
-        runs.append(_run_em(d, s0, sh0, q0, priors, q_fixed, tol, max_iter))
-    runs += extra
-    logliks = [r["loglik"] for r in runs]
-    best = runs[int(np.argmax(logliks))]
-    return best, logliks
+            start = _split_chain(f, first, n_tastes, rng)
+        runs.append(f.run(*start))
+    return runs + extra
 
 
 def fit_tastes(
-    problem: EMProblem,
+    problem,
     n_tastes: int,
     priors: Priors | None = None,
     q_fixed: float | None = None,
@@ -509,10 +337,17 @@ def fit_tastes(
 ) -> TasteResult:
     """Fit the two-class model with ``n_tastes`` taste classes by EM (MAP).
 
+    Every EM run is :func:`bayes_annot.block_em.run_class_em` over a *runner*: the
+    in-memory one of ``problem`` (:func:`problem_runner`), or any runner given instead
+    (:class:`~bayes_annot.block_em.LocalRunner` over an update's merged block,
+    :class:`~bayes_annot.dask_em.DaskRunner` over a Dask DataFrame's partitions);
+    the starts only need per-user weighted cell tables (``runner.user_cells``).
+
     Parameters
     ----------
-    problem : EMProblem
-        Learned-strength problem (``problem.known_logit_mu is None``).
+    problem : EMProblem or runner
+        Learned-strength problem (``problem.known_logit_mu is None``), or a runner
+        with a pair vocabulary (``runner.pairs``).
     n_tastes : int
         Number of taste classes ``C >= 1``; ``C = 1`` is the two-class model
         and reproduces the two-class EM of :func:`bayes_annot.fit`.
@@ -521,7 +356,8 @@ def fit_tastes(
     q_fixed : float, optional
         Fix the casual position bias; estimated when ``None``.
     n_starts : int
-        Seeded starts for ``C >= 2`` (``C = 1`` has one deterministic start).
+        Seeded starts for ``C >= 2`` (``C = 1`` has one deterministic start);
+        ``0`` runs the ``init`` starts only (a warm-started update).
     seed : int
     tol, max_iter :
         EM stops when the penalised log-likelihood changes by less than
@@ -564,19 +400,21 @@ def fit_tastes(
         raise ValueError(f"n_tastes must be a positive integer, got {n_tastes}")
     if q_fixed is not None and not 0.0 < q_fixed < 1.0:
         raise ValueError(f"q must be in (0, 1), got {q_fixed}")
-    if n_starts < 1:
-        raise ValueError("n_starts must be at least 1")
-    priors = priors or Priors()
+    if n_starts < 0 or (n_starts == 0 and not init):
+        raise ValueError("n_starts must be at least 1 (or 0 with init starts)")
     t0 = time.perf_counter()
-    d = _Data(problem)
-    n_tastes = int(n_tastes)
-    best, logliks = _fit_chain(d, n_tastes, priors, q_fixed, n_starts, seed, tol, max_iter, init, callback)
+    runner = problem_runner(problem) if isinstance(problem, EMProblem) else problem
+    if getattr(runner, "pairs", None) is None:
+        raise ValueError("taste classes need learned strengths (known p_a / mu stays one class)")
+    f = _Fitter(runner, runner.pairs.n_models, priors or Priors(), q_fixed, tol, max_iter, informative_tol)
+    runs = _fit_chain(f, int(n_tastes), n_starts, seed, init, callback)
+    logliks = [r.loglik for r in runs]
     top = max(logliks)
     # a start stopped by ``tol`` may sit a little short of its optimum
     threshold = max(agree_tol, 10.0 * tol * (1.0 + abs(top)))
     agreed = int(sum(abs(v - top) <= threshold for v in logliks))
     return _order_and_package(
-        d, best, priors, q_fixed, informative_tol,
+        f, runs[int(np.argmax(logliks))],
         dict(starts_agreed=agreed, n_starts=len(logliks), start_logliks=[float(v) for v in logliks],
              runtime_seconds=time.perf_counter() - t0),
     )
@@ -658,12 +496,17 @@ def heldout_user_scores(train: EMProblem, test: EMProblem, res: TasteResult) -> 
     score of the taste model, used by :func:`select_tastes` and
     :func:`bayes_annot.evaluate.heldout_loglik` (``tastes=``).
     """
-    d_train, d_test = _Data(train), _Data(test)
-    log_shares = _log_shares(res.shares)
-    lw = log_shares[None, :] + d_train.type_logliks(res.strengths, res.q)
-    log_post = lw - _lse_rows(lw)[:, None]
-    score = _lse_rows(log_post + d_test.type_logliks(res.strengths, res.q))
-    return np.where(d_test.active, score, 0.0)
+
+    def type_logliks(problem):
+        block = problem_runner(problem).blocks[0]
+        tables = np.column_stack([attentive_table_pairs(s, block.pairs.a, block.pairs.b)
+                                  for s in np.atleast_2d(res.strengths)])
+        return block_type_logliks(block, res.q, tables), block.n_user > 0
+
+    lw = log_type_shares(np.atleast_1d(res.shares))[None, :] + type_logliks(train)[0]
+    log_post = lw - lse_rows(lw)[:, None]
+    test_ll, active = type_logliks(test)
+    return np.where(active, lse_rows(log_post + test_ll), 0.0)
 
 
 @dataclass
@@ -953,7 +796,7 @@ def casual_group_test(
     if n_sim < 1.0 / alpha - 1.0:
         raise ValueError(f"n_sim = {n_sim} cannot reach p <= alpha = {alpha}: use n_sim >= {int(np.ceil(1 / alpha - 1))}")
     priors = priors or Priors()
-    d = _Data(problem)
+    active = np.bincount(problem.user, minlength=problem.n_users) > 0
     if result_c1 is None:
         result_c1 = fit_tastes(problem, 1, priors=priors, q_fixed=q_fixed)
     strengths = np.asarray(result_c1.strengths, dtype=float).reshape(-1, problem.n_models)
@@ -961,7 +804,7 @@ def casual_group_test(
         raise ValueError("casual_group_test needs a one-ranking (C = 1) fit")
     pi0 = float(getattr(result_c1, "pi", None) or 1.0 - result_c1.casual_share)
     quality = np.asarray(result_c1.quality)
-    flagged_user = d.active & (quality < threshold)
+    flagged_user = active & (quality < threshold)
     mask = flagged_user[problem.user]
     n_flag, n_lab = int(flagged_user.sum()), int(mask.sum())
     if n_lab < min_labels:
@@ -978,10 +821,9 @@ def casual_group_test(
         sim_choice[mask] = rng.random(n_lab) < q_hat
         sim = EMProblem(user=problem.user, model_a=problem.model_a, model_b=problem.model_b,
                         choice_a=sim_choice.astype(np.int8), n_users=problem.n_users, n_models=problem.n_models)
-        ds = _Data(sim)
-        run = _run_em(ds, strengths, np.array([pi0]), result_c1.q, priors, q_fixed, 1e-8, 500)
-        post = expit(np.log(run["shares"][0]) - np.log1p(-run["shares"][0]) + run["table"][:, 1] - run["table"][:, 0])
-        sim_mask = (ds.active & (post < threshold))[problem.user]
+        run = run_class_em(problem_runner(sim), problem.n_models, [pi0], result_c1.q, strengths, priors=priors,
+                           q_fixed=q_fixed, tol=1e-8, max_iter=500)
+        sim_mask = (active & (run.quality < threshold))[problem.user]
         null[i] = _lr_statistic(sim, sim_mask, sim_choice)[0] if sim_mask.sum() >= min_labels else 0.0
     p_value = float((1 + np.sum(null >= stat)) / (1 + n_sim))
     if p_value <= alpha:

@@ -424,10 +424,9 @@ def test_chained_updates_keep_a_flat_list_of_parts():
                                   log.reset_index(drop=True), check_dtype=False)
 
 
-def test_update_uses_the_filter_in_force_and_refuses_taste_classes():
+def test_update_uses_the_filter_in_force_and_keeps_taste_classes():
     old, new = _split("two-class", seed=34, n_users=300)
     previous = ba.fit(old).filter("fdr:0.1")
     assert previous.update(new).summary["filter"]["rule"] == "fdr:0.1"
-    tasted = ba.fit(old, tastes=2)
-    with pytest.raises(ba.InputError, match="taste"):
-        tasted.update(new)
+    tasted = ba.fit(old, tastes=2).update(new)  # agreement with a refit: tests/test_tastes_engines.py
+    assert tasted.summary["tastes"]["n_tastes"] == 2 and "p_taste_2" in tasted.users.columns

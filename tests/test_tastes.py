@@ -16,22 +16,17 @@ import pytest
 import bayes_annot as ba
 from bayes_annot.data import prepare
 from bayes_annot.datasets import load_real
-from bayes_annot.em import EMProblem, fit_bradley_terry
+from bayes_annot.block_em import run_class_em
+from bayes_annot.em import EMProblem, bradley_terry_objective, fit_bradley_terry, fit_bradley_terry_batch
 from bayes_annot.problem import build_problem
-from bayes_annot.likelihood import Priors
-from bayes_annot.pairs import fit_bradley_terry_pairs
+from bayes_annot.pairs import fit_bradley_terry_classes, fit_bradley_terry_labels, fit_bradley_terry_pairs
 from bayes_annot.metrics import auc
 from bayes_annot.tastes import (
-    _Data,
-    _fit_bt_batch,
-    _partition_start,
-    _perturbed_start,
-    _plain_bt,
-    _run_em,
     casual_group_test,
     fit_tastes,
     heldout_folds,
     problem_from,
+    problem_runner,
     select_tastes,
     simulate_tastes,
     taste_columns,
@@ -126,33 +121,48 @@ def test_known_strengths_stay_one_class():
 
 
 def test_batch_bradley_terry_matches_single(minority_problem):
-    d = _Data(minority_problem)
+    runner = problem_runner(minority_problem)
+    pairs, k = runner.pairs, minority_problem.n_models
     rng = np.random.default_rng(3)
-    w = rng.random((3, minority_problem.n_users))
-    pair_cells = d.pair_tables(w.T).T.reshape(3, d.pairs.n_pairs, 2)  # sparse: compared pairs only
-    cells = np.zeros((3, d.k, d.k, 2))
-    cells[:, d.pairs.a, d.pairs.b, :] = pair_cells
-    batch = _fit_bt_batch(cells[..., 1], cells[..., 0], 3.0, np.zeros((3, d.k)))
+    cells = runner.user_cells(rng.random((minority_problem.n_users, 3)))  # (2P, 3): per-user weighted labels
+    w1, w0 = cells[1::2].T, cells[0::2].T
+    batch = fit_bradley_terry_classes(pairs, w1, w0, 3.0, np.zeros((3, k)))  # batched dense Newton (K <= 64)
+    t1, t0 = np.zeros((3, k, k)), np.zeros((3, k, k))
+    t1[:, pairs.a, pairs.b], t0[:, pairs.a, pairs.b] = w1, w0
     for c in range(3):
-        single = fit_bradley_terry(cells[c, :, :, 1], cells[c, :, :, 0], 3.0)
+        single = fit_bradley_terry(t1[c], t0[c], 3.0)
         assert np.max(np.abs(batch[c] - single)) < 1e-8
-        sparse = fit_bradley_terry_pairs(d.pairs, pair_cells[c, :, 1], pair_cells[c, :, 0], 3.0, method="sparse")
+        sparse = fit_bradley_terry_pairs(pairs, w1[c], w0[c], 3.0, method="sparse")
         assert np.max(np.abs(sparse - single)) < 1e-10
+        # the optimum: a finite-difference gradient of the objective vanishes there
+        f = lambda s: bradley_terry_objective(s, t1[c], t0[c], 3.0)  # noqa: E731
+        grad = [(f(batch[c] + h) - f(batch[c] - h)) / 2e-6 for h in np.eye(k) * 1e-6]
+        assert np.max(np.abs(grad)) < 1e-5
+    # from a poor start the batch still climbs every class's objective to the same optimum
+    again = fit_bradley_terry_batch(t1, t0, 3.0, rng.normal(0, 3, (3, k)))
+    assert np.max(np.abs(again - batch)) < 1e-8
 
 
 @pytest.mark.parametrize("n_tastes", [2, 3])
 def test_penalised_loglik_never_decreases(minority_problem, n_tastes):
     res = fit_tastes(minority_problem, n_tastes, n_starts=2, max_iter=300)
     assert _monotone(res.loglik_trace)
-    # and from the random starts, which wander further
-    d, priors = _Data(minority_problem), Priors()
+    # and from random starts, which wander further (the EM driver every fit runs)
+    runner, k = problem_runner(minority_problem), minority_problem.n_models
+    p = minority_problem
+    s_bt = fit_bradley_terry_labels(p.model_a, p.model_b, p.choice_a, k, 3.0)
     rng = np.random.default_rng(7)
-    s_bt = _plain_bt(d, priors)
-    for s0, sh0 in (_perturbed_start(d, s_bt, n_tastes, rng), _partition_start(d, n_tastes, priors, rng)):
-        run = _run_em(d, s0, sh0, 0.5, priors, None, 1e-9, 300)
-        assert _monotone(run["trace"])
-    run = _run_em(d, s0, sh0, 0.5, priors, 0.5, 1e-9, 300)  # q fixed
-    assert _monotone(run["trace"])
+    perturbed = np.vstack([s_bt] + [rng.normal(0, 2, k) for _ in range(n_tastes - 1)])
+    group = rng.integers(0, n_tastes, p.n_users)
+    cells = runner.user_cells((group[:, None] == np.arange(n_tastes)).astype(float))  # each group's labels
+    partition = fit_bradley_terry_classes(runner.pairs, cells[1::2].T, cells[0::2].T, 3.0, np.zeros((n_tastes, k)))
+    shares = np.full(n_tastes, 0.6 / n_tastes)
+    for s0 in (perturbed, partition):
+        run = run_class_em(runner, k, shares, 0.5, s0, max_iter=300)
+        assert _monotone(run.loglik_trace) and len(run.loglik_trace) > 5
+    run = run_class_em(runner, k, shares, 0.5, perturbed, q_fixed=0.5, max_iter=300)
+    assert _monotone(run.loglik_trace)
+    assert run.q == 0.5
 
 
 def test_result_shapes_ordering_and_columns(minority_fits):
