@@ -413,7 +413,7 @@ class FitResult:
     @property
     def sampled(self) -> bool:
         """True when ``idata`` holds a real sample (more than one draw)."""
-        if self.backend != "memory" and self.summary.get("engine") != "nuts":
+        if self.backend != "folder" and self.summary.get("engine") != "nuts":
             return False
         post = getattr(self.idata, "posterior", None)
         return post is not None and int(post.sizes.get("chain", 1)) * int(post.sizes.get("draw", 1)) > 1
@@ -425,7 +425,8 @@ class FitResult:
 
     def keys(self):
         """Names of the parts present (``idata`` for a folder only when ``posterior.nc`` was saved)."""
-        return [k for k in ("users", "models", "rows", "summary", "idata") if k != "idata" or self.idata is not None]
+        has_idata = self.backend != "folder" or self._idata is not None
+        return [k for k in ("users", "models", "rows", "summary", "idata") if k != "idata" or has_idata]
 
     # ----------------------------------------------------------------- workflows
     def update(self, new_rows, **settings) -> "FitResult":
