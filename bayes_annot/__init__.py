@@ -44,6 +44,7 @@ _EXPORTS = {
     "load_demo": "datasets",
     "compare": "compare",
     "fit_baseline": "compare",
+    "diagnose": "evaluate",
 }
 
 if TYPE_CHECKING:  # what static tools (type checkers, griffe) see; at run time these load lazily
@@ -53,6 +54,7 @@ if TYPE_CHECKING:  # what static tools (type checkers, griffe) see; at run time 
     from .datasets import load_demo
     from .decide import parse_filter
     from .errors import FitWarning, InputError
+    from .evaluate import diagnose
     from .fit import FitResult, UserQualityModel, fit, load
     from .likelihood import Priors
     from .simulate import simulate, truth_models, truth_users
@@ -61,6 +63,7 @@ __all__ = [
     "__version__",
     "ColumnMap",
     "compare",
+    "diagnose",
     "fit_baseline",
     "FitResult",
     "FitWarning",

@@ -437,16 +437,17 @@ def _cmd_simulate(args) -> int:
 
 def _cmd_report(args) -> int:
     from .outdir import add_file, locked
+    from .fit import load
     from .report import build_report, render_report
 
     directory = Path(args.directory)
     if not (directory / "summary.json").exists():
         raise InputError(f"'{directory}' holds no bayes_annot results (summary.json missing)")
     if args.out is not None:
-        path = build_report(directory, args.out)
+        path = build_report(load(directory), args.out)
     else:
         with locked(Path(os.path.abspath(directory)), _waiting(args)):
-            text = render_report(directory)
+            text = render_report(load(directory))
             path = add_file(directory, "report.html", text.encode("utf-8"))
     if not args.quiet:
         print(f"wrote {path}")

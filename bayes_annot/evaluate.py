@@ -13,6 +13,10 @@ hidden labels with the fitted model's predictive distribution:
 * ``bradley-terry``: no casual users, :math:`\log P_{att}(y_r)`.
 
 Models never seen in training get strength 0.
+
+:func:`compare_heldout` ranks fitted results this way, and :func:`diagnose`
+stores in a result the diagnostics that refit (this comparison, the
+casual-group test), so that its report (which never fits) shows them.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from .pairs import fit_bradley_terry_labels
 from .errors import InputError
 from .likelihood import Priors
 
-__all__ = ["holdout_mask", "heldout_loglik"]
+__all__ = ["holdout_mask", "heldout_loglik", "compare_heldout", "diagnose"]
 
 MODELS = ("two-class", "continuous", "bradley-terry")
 
@@ -192,3 +196,125 @@ def _taste_heldout(prepared, hidden: np.ndarray, tastes, fit_kwargs: dict) -> pd
     scores = heldout_user_scores(train, test, res)
     has_test = np.bincount(test.user, minlength=test.n_users) > 0
     return pd.Series(scores[has_test], index=pd.Index(prepared.user_labels[has_test]))
+
+
+def compare_heldout(fits: dict, frac: float = 0.2, seed: int = 0) -> pd.DataFrame:
+    """Rank fitted results by held-out log-likelihood (:func:`heldout_loglik`).
+
+    LOO needs the log-likelihood of every label over posterior draws; an EM or
+    MAP fit has one point estimate, so each fit is refitted with its own
+    settings on all but ``frac`` of every user's labels (the same hidden labels
+    for every fit) and scored on the rest.
+
+    Parameters
+    ----------
+    fits : dict
+        ``{name: FitResult}`` of in-memory or loaded results (a Dask fit's rows
+        stay on the workers: it cannot be refitted here).
+    frac : float
+    seed : int
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``rank, fit, model, engine, heldout_loglik, n_heldout, per_label,
+        difference_per_label`` (per held-out label, against the best), best first.
+    """
+    records = []
+    for name, result in fits.items():
+        data = getattr(result, "data", None)
+        summary = getattr(result, "summary", None)
+        if data is None or not isinstance(summary, dict):
+            raise InputError(f"'{name}': the held-out comparison refits each fit and needs its input rows "
+                             "(a FitResult of fit() in memory, or load() of a folder with its rows table)")
+        settings = summary.get("settings", {})
+        cols = settings.get("columns", {})
+        columns = ColumnMap(
+            user=cols.get("user"), model_a=cols.get("model_a", "model_a"), model_b=cols.get("model_b", "model_b"),
+            winner=cols.get("winner", "winner"), p_a=cols.get("p_a") or False, winner_values=settings.get("winner_values"),
+        )
+        kwargs = {"use_p_a": settings.get("use_p_a", True)}
+        if settings.get("q") is not None:
+            kwargs["q"] = settings["q"]
+        if settings.get("tastes", 1) not in (1, None):
+            kwargs["tastes"] = settings["tastes"]
+        elif settings.get("mu") is not None:
+            kwargs.update(mu=settings["mu"], strong_model=settings.get("strong_model"))
+        frame = data.frame[np.asarray(data.reason_code) < 3]  # rows dropped as invalid are not refitted
+        scored = heldout_loglik(frame, model=summary.get("model", "two-class"), frac=frac, seed=seed, columns=columns,
+                                **kwargs)
+        records.append({"fit": str(name), "model": summary.get("model"), "engine": summary.get("engine"),
+                        "heldout_loglik": scored["heldout_loglik"], "n_heldout": scored["n_heldout"],
+                        "per_label": scored["per_label"]})
+    table = pd.DataFrame(records).sort_values("heldout_loglik", ascending=False, kind="stable")
+    table["difference_per_label"] = table["per_label"] - table["per_label"].iloc[0]
+    table.insert(0, "rank", range(len(table)))
+    return table.reset_index(drop=True)
+
+
+def diagnose(result, *, taste_check: bool = False, compare: dict | None = None, frac: float = 0.2, seed: int = 0):
+    """Compute the diagnostics that need refits and store them in ``result.summary`` (and so in ``summary.json``).
+
+    The report never fits: it shows what the result holds. ``fit(...,
+    taste_check=True)`` (``--taste-check``) stores the casual-group test;
+    this function adds it, or a comparison, to a result afterwards (also to a
+    loaded folder: ``save`` it again to keep them).
+
+    Parameters
+    ----------
+    result : FitResult
+    taste_check : bool
+        Run the casual-group test (:func:`bayes_annot.fit.taste_diagnostic`) as
+        ``fit(taste_check=True)`` does: ``summary["taste_diagnostic"]``.
+    compare : dict, optional
+        ``{name: FitResult}`` (include ``result`` itself to rank it among
+        them): :func:`compare_heldout` stored as ``summary["comparison"]``,
+        which the report's model-comparison section shows.
+    frac, seed : float, int
+        Of the held-out comparison; ``seed`` also seeds the casual-group test.
+
+    Returns
+    -------
+    FitResult
+        ``result``, with the entries added.
+
+    Examples
+    --------
+    >>> import bayes_annot as ba
+    >>> log = ba.simulate(n_users=150, n_models=4, seed=3)
+    >>> two = ba.fit(log)
+    >>> two = ba.diagnose(two, compare={"two-class": two, "continuous": ba.fit(log, model="continuous")})
+    >>> list(two.summary["comparison"]["table"][0])[:3]
+    ['rank', 'fit', 'model']
+    """
+    from .errors import FitWarning, user_stacklevel
+    from .local_em import taste_diagnostic
+    from .problem import build_problem
+
+    entries = {}
+    if taste_check:
+        settings = result.summary.get("settings") or {}
+        if result.data is None:
+            raise InputError("the casual-group test refits on the input rows, which this result does not hold "
+                             "(a Dask fit: fit a sample in memory with taste_check=True)")
+        problem, _ = build_problem(result.data, mu=settings.get("mu"), strong_model=settings.get("strong_model"),
+                                   use_p_a=settings.get("use_p_a", True))
+        if result.summary.get("model") != "two-class" or not problem.learned:
+            raise InputError("taste_check needs model='two-class' and learned strengths (no p_a column, no mu)")
+        priors = Priors(**settings["priors"]) if isinstance(settings.get("priors"), dict) else None
+        entries["taste_diagnostic"] = taste_diagnostic(problem, None, priors=priors, q=settings.get("q"), seed=seed)
+    if compare:
+        table = compare_heldout(compare, frac=frac, seed=seed)
+        entries["comparison"] = {"method": "heldout_loglik", "frac": frac, "seed": seed,
+                                 "table": table.replace({np.nan: None}).to_dict(orient="records")}
+    check = entries.get("taste_diagnostic")
+    message = check["message"] if check and check["verdict"] == "taste group" else None
+    n_tastes = (result.summary.get("tastes") or {}).get("n_tastes", 1)
+    base = getattr(result, "_summary_base", None)
+    for summary in {id(s): s for s in (base, result.summary) if s is not None}.values():
+        summary.update(entries)
+        if message and n_tastes == 1 and message not in summary.setdefault("warnings", []):
+            summary["warnings"].append(message)
+    if message and n_tastes == 1:
+        warnings.warn(message, FitWarning, stacklevel=user_stacklevel())
+    return result

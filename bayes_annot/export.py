@@ -154,7 +154,7 @@ def dpo_from_rows(
 ) -> pd.DataFrame:
     """DPO records of a piece of a result's ``rows`` table (input columns + ``kept, reason, weight``).
 
-    The engine of :meth:`bayes_annot.dask_result.DaskFitResult.to_dpo`, applied
+    The engine of :meth:`bayes_annot.fit.FitResult.to_dpo` for Dask and loaded results, applied
     to each partition: ids are normalised as :func:`bayes_annot.data.prepare`
     does (text, surrounding whitespace trimmed), the winner is read from the
     input column, and the index is ``offset`` + the position in ``rows`` (the

@@ -26,12 +26,13 @@ from .block_em import EMState, LocalRunner
 from .local_em import (
     default_accelerate, em_estimates, em_state, fit_taste_classes, run_block_em, taste_diagnostic, taste_estimates,
 )
+from .pairs import PairTable
 from .problem import (
     Estimates, build_problem, graph_components, known_strengths, pair_counts, quality_floor,
 )
 from .em import EMProblem
 from .errors import FitWarning, InputError, user_stacklevel
-from .progress import Progress, em_callback, resolve as resolve_progress
+from .progress import Progress, em_callback, iterate, resolve as resolve_progress
 from .likelihood import Priors
 from .tables import OUTPUT_COLUMNS, input_renames  # noqa: F401  (OUTPUT_COLUMNS: public name)
 from .validation import check_fit_settings
@@ -49,7 +50,18 @@ METHODS = ("em", "map", "nuts")
 
 
 class FitResult:
-    """A fitted behaviour model: tables, summary and the posterior.
+    """A fitted behaviour model: tables, summary and the posterior, whatever holds the rows.
+
+    One type for every way a fit is held (``backend``):
+
+    * ``"memory"``: :func:`fit` of a file or a pandas frame (the input rows in memory);
+    * ``"dask"``: :func:`fit` of a Dask DataFrame or a folder / glob of parquet
+      files: ``users``, ``models`` and ``summary`` live on the driver, ``rows`` is a
+      lazy Dask DataFrame that :meth:`save` and :meth:`to_dpo` stream partition by partition;
+    * ``"folder"``: :func:`load` of a saved result (or :meth:`from_tables`): the
+      tables as saved, without the engine's estimates. What needs them
+      (:meth:`filter` with another rule, :meth:`update`) raises an
+      :class:`~bayes_annot.errors.InputError` saying what is missing.
 
     Attributes
     ----------
@@ -58,47 +70,94 @@ class FitResult:
         ``uninformative``, ``n_rows``, and ``p_eta_above_half`` for continuous).
     models : pandas.DataFrame
         ``model, strength`` (+ ``strength_low, strength_high`` when sampled, ``n_labels``).
-    rows : pandas.DataFrame
-        Every input row in input order + ``kept, reason, weight``.
+    rows : pandas.DataFrame or dask.dataframe.DataFrame
+        Every input row in input order + ``kept, reason, weight`` (lazy for ``"dask"``).
     summary : dict
-        What ``summary.json`` holds.
+        What ``summary.json`` holds, with the diagnostics stored by :func:`fit`
+        or :func:`bayes_annot.evaluate.diagnose`.
+    backend : {"memory", "dask", "folder"}
+    manifest : dict or None
+        The folder's ``manifest.json`` (``"folder"``; ``None`` otherwise or for a folder written before manifests).
     """
 
     def __init__(
         self, data: PreparedData, estimates: Estimates, rule: FilterRule, summary_base: dict, state: EMState | None = None,
         no_verdict: str | None = None,
     ):
-        self._data = data
-        self.estimates = estimates
-        self._summary_base = summary_base
+        self.backend, self.manifest = "memory", None
+        self._data, self.estimates, self._summary_base = data, estimates, summary_base
         self._state = state  # the EM block, kept for fast incremental updates (see bayes_annot.incremental)
         if no_verdict is None:
             no_verdict = (summary_base.get("settings") or {}).get("no_verdict") or "keep"
         self._apply(rule, no_verdict)
 
+    @classmethod
+    def _from_dask(cls, ddf, dask_fit, rule: FilterRule, summary_base: dict, no_verdict: str = "keep") -> "FitResult":
+        """The result of a Dask EM fit (:func:`bayes_annot.dask_em.fit_dask`)."""
+        self = object.__new__(cls)
+        self.backend, self.manifest = "dask", None
+        self._data, self._state, self._ddf, self.dask_fit = None, None, ddf, dask_fit
+        self.estimates, self._summary_base = dask_fit.to_estimates(), summary_base
+        self._apply(rule, no_verdict)
+        return self
+
+    @classmethod
+    def from_tables(cls, users: pd.DataFrame, models: pd.DataFrame, rows: pd.DataFrame | None, summary: dict,
+                    idata=None, manifest: dict | None = None) -> "FitResult":
+        """A result from its saved tables (what :func:`load` returns): ``backend == "folder"``.
+
+        ``rows`` may be ``None`` (the report and plots then skip what needs
+        them); ``idata`` is the ``posterior.nc`` when one was saved.
+        """
+        self = object.__new__(cls)
+        self.backend, self.manifest, self.estimates = "folder", manifest, None
+        self._data, self._state, self._data_read = None, None, False
+        self.users, self.models, self._rows, self.summary, self._idata = users, models, rows, summary, idata
+        self._summary_base = summary
+        self.no_verdict = (summary.get("settings") or {}).get("no_verdict") or "keep"
+        try:
+            self.rule = parse_filter((summary.get("filter") or {}).get("rule", "none"))
+        except InputError:
+            self.rule = None
+        return self
+
+    def _needs_fit(self, what: str) -> None:
+        if self.backend == "folder":
+            raise InputError(
+                f"{what} needs the fit itself (its estimates), which a saved folder does not hold: the folder keeps "
+                "the tables, summary.json and the verdicts of its rule; refit (bayes_annot.fit(rows, start=folder) "
+                "converges in a few iterations) to do this"
+            )
+
     # ----------------------------------------------------------------- tables
     def _apply(self, rule: FilterRule, no_verdict: str = "keep") -> None:
-        data, est = self._data, self.estimates
+        est = self.estimates
         eligible = est.n_labels_user > 0
         keep, no_verdict_mask, info = decide(
             rule, est.quality, est.p_good, est.quality_low, eligible=eligible, uninformative=~est.informative,
             quality_floor=est.quality_floor, no_verdict=no_verdict,
         )
-        self.rule = rule
-        self.no_verdict = no_verdict
-        self._no_verdict_mask = no_verdict_mask
-        state = self._state
-        n_rows_user = state.block.n_rows if state is not None else np.bincount(data.user, minlength=data.n_users)
+        self.rule, self.no_verdict, self._no_verdict_mask, self._keep = rule, no_verdict, no_verdict_mask, keep
+        if self.backend == "dask":
+            dfit = self.dask_fit
+            user_labels, model_labels, n_rows_user = dfit.user_labels, dfit.model_labels, dfit.n_rows_user
+            n_labels_model = dfit.n_labels_model
+        else:
+            data, state = self._data, self._state
+            user_labels, model_labels = data.label_array("user"), data.label_array("model")
+            n_rows_user = state.block.n_rows if state is not None else np.bincount(data.user, minlength=data.n_users)
+            pairs = self.pair_counts
+            n_labels_model = pairs.sum(axis=1) + pairs.sum(axis=0)
         users = pd.DataFrame(
             {
-                "user": data.label_array("user"),
+                "user": user_labels,
                 "n_labels": est.n_labels_user.astype(np.int64),
                 "quality": est.quality,
                 "quality_low": est.quality_low if est.quality_low is not None else np.nan,
                 "quality_high": est.quality_high if est.quality_high is not None else np.nan,
                 "kept": keep,
                 "uninformative": ~est.informative,
-                "n_rows": n_rows_user.astype(np.int64),
+                "n_rows": np.asarray(n_rows_user).astype(np.int64),
             }
         )
         if est.variant == "continuous":
@@ -107,25 +166,16 @@ class FitResult:
             users[name] = values
         self.users = users
 
-        pairs = state.pair_counts if state is not None else pair_counts(data)
-        n_labels_model = pairs.sum(axis=1) + pairs.sum(axis=0)
-        models = pd.DataFrame(
-            {
-                "model": data.label_array("model"),
-                "strength": est.strengths if est.strengths is not None else np.nan,
-            }
-        )
+        models = pd.DataFrame({"model": model_labels, "strength": est.strengths if est.strengths is not None else np.nan})
         if est.strength_low is not None:
             models["strength_low"] = est.strength_low
             models["strength_high"] = est.strength_high
         for name, values in est.extra_model_columns.items():
             models[name] = values
-        models["n_labels"] = n_labels_model.astype(np.int64)
+        models["n_labels"] = np.asarray(n_labels_model).astype(np.int64)
         self.models = models
-
-        self._keep = keep
         self._row_kept_mask = None  # built on first access (a pass over every row)
-        self._rows = None  # built on first access (a copy of every input row)
+        self._rows = None  # built on first access (a copy of every input row; lazy on Dask)
 
         kept_rows = int(est.n_labels_user[keep].sum())  # usable labels of kept users
         summary = json.loads(json.dumps(self._summary_base))
@@ -135,7 +185,7 @@ class FitResult:
         summary["counts"]["no_verdict_rows"] = int(est.n_labels_user[no_verdict_mask].sum())
         if no_verdict_mask.any():
             _warn(summary, no_verdict_message(summary["counts"], ~est.informative & no_verdict_mask, no_verdict))
-        if keep.sum() == 0 and eligible.any():
+        if keep.sum() == 0 and eligible.any() and self.backend == "memory":
             _warn(summary, f"no user passed the filter {rule}: the filtered data set is empty; loosen the rule or check the fit")
         self.summary = summary
 
@@ -147,9 +197,13 @@ class FitResult:
         return self._row_kept_mask
 
     @property
-    def rows(self) -> pd.DataFrame:
-        """Every input row in input order + ``kept``, ``reason``, ``weight`` (built on first access)."""
-        if self._rows is None:
+    def rows(self):
+        """Every input row in input order + ``kept``, ``reason``, ``weight`` (built on first access; lazy on Dask)."""
+        if self._rows is None and self.backend == "dask":
+            from .dask_em import to_rows
+
+            self._rows = to_rows(self._ddf, self.dask_fit, self._keep, self.estimates.quality, self._no_verdict_mask)
+        elif self._rows is None and self.backend == "memory":
             data, row_kept = self._data, self._row_kept
             # codes index list(REASONS): 0 ok, 1 tie, 2 same_model, 3 user_low_quality, 4 no_verdict (kept or
             # not: see `kept`), 5 invalid_winner, 6 invalid_p_a (dropped rows, data.DROP_REASONS)
@@ -166,15 +220,53 @@ class FitResult:
             self._rows = rows
         return self._rows
 
+    @property
+    def kept_rows(self):
+        """The input rows that passed the filter."""
+        return self.rows[self.rows["kept"]]
+
+    def input_rows(self):
+        """The input rows as they came in: without ``kept, reason, weight``, clashing input columns renamed back."""
+        if self.backend == "dask":
+            return self._ddf
+        if self.backend == "memory":
+            return self._data.frame
+        rows = self.rows.drop(columns=[c for c in OUTPUT_COLUMNS if c in self.rows.columns])
+        if self.manifest is not None:
+            renamed = self.manifest.get("tables", {}).get("rows", {}).get("renamed_input_columns", {})
+        else:  # a folder written before manifests: the one-level rename of that time
+            renamed = {f"input_{c}": c for c in OUTPUT_COLUMNS if f"input_{c}" in rows.columns}
+        return rows.rename(columns=renamed)
+
+    @property
+    def data(self) -> PreparedData | None:
+        """The integer-coded input rows (:class:`~bayes_annot.data.PreparedData`).
+
+        Re-encoded from the saved ``rows`` for a loaded folder; ``None`` for a
+        Dask fit (the rows stay on the workers) or saved rows that cannot be re-encoded.
+        """
+        if self.backend == "folder" and not self._data_read:
+            self._data_read, self._data = True, _rebuild_data(self._rows, self.summary)
+        return self._data
+
+    @property
+    def pair_counts(self) -> PairTable | None:
+        """Usable labels per compared (model_a, model_b) in ``models`` order (``None`` without rows)."""
+        if self.backend == "dask":
+            return self.dask_fit.pair_counts
+        if self._state is not None:
+            return self._state.pair_counts
+        return None if self.data is None else pair_counts(self.data)
+
     def filter(self, rule: str | FilterRule, no_verdict: str | None = None) -> "FitResult":
         """A copy of this result with another filter rule applied (no refit).
 
         ``no_verdict`` (``"keep"`` or ``"drop"``; default: this result's) says what
         happens to users the rule has no verdict on (see :mod:`bayes_annot.decide`).
         """
+        self._needs_fit("filter() with another rule")
         clone = object.__new__(FitResult)
-        clone._data, clone.estimates, clone._summary_base = self._data, self.estimates, self._summary_base
-        clone._state = self._state
+        clone.__dict__.update(self.__dict__)
         clone._apply(parse_filter(rule), check_no_verdict_policy(self.no_verdict if no_verdict is None else no_verdict))
         return clone
 
@@ -182,53 +274,119 @@ class FitResult:
     def comparison_parts(self) -> np.ndarray:
         """Connected part of the comparison graph of each model (``models`` order): strengths compare
         only within a part (summary ``comparison_graph_components``)."""
-        pairs = self._state.pair_counts if self._state is not None else pair_counts(self._data)
+        pairs = self.pair_counts
+        if pairs is None:
+            raise InputError("comparison_parts() needs the rows of the fit, which this result does not hold")
         return graph_components(pairs)
 
     @property
     def loglik_trace(self) -> list[float]:
-        """Penalised log-likelihood per EM iteration (empty for other engines)."""
-        return list(self.estimates.loglik_trace)
+        """Penalised log-likelihood per EM iteration (empty for other engines and for a saved folder)."""
+        return [] if self.estimates is None else list(self.estimates.loglik_trace)
 
     @property
     def idata(self):
-        """ArviZ ``InferenceData`` (EM / MAP: 1 chain x 1 draw; NUTS: the posterior)."""
+        """ArviZ ``InferenceData`` (EM / MAP: 1 chain x 1 draw; NUTS: the posterior).
+
+        For a loaded folder: its ``posterior.nc``, ``None`` when none was saved.
+        """
+        if self.backend == "folder":
+            return self._idata
         if self.estimates.idata is None:
+            from types import SimpleNamespace
+
             from .inference_data import point_estimate_idata
 
-            self.estimates.idata = point_estimate_idata(self._data, self.estimates)
+            dfit = getattr(self, "dask_fit", None)
+            labels = self._data or SimpleNamespace(user_labels=dfit.user_labels, model_labels=dfit.model_labels)
+            self.estimates.idata = point_estimate_idata(labels, self.estimates)
         return self.estimates.idata
 
     @property
-    def kept_rows(self) -> pd.DataFrame:
-        """The input rows that passed the filter."""
-        return self.rows[self.rows["kept"]]
+    def sampled(self) -> bool:
+        """True when ``idata`` holds a real sample (more than one draw)."""
+        if self.backend != "folder" and self.summary.get("engine") != "nuts":
+            return False
+        post = getattr(self.idata, "posterior", None)
+        return post is not None and int(post.sizes.get("chain", 1)) * int(post.sizes.get("draw", 1)) > 1
 
+    def __getitem__(self, key):
+        if key not in ("users", "models", "rows", "summary", "idata"):
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def keys(self):
+        """Names of the parts present (``idata`` for a folder only when ``posterior.nc`` was saved)."""
+        has_idata = self.backend != "folder" or self._idata is not None
+        return [k for k in ("users", "models", "rows", "summary", "idata") if k != "idata" or has_idata]
+
+    # ----------------------------------------------------------------- workflows
     def update(self, new_rows, **settings) -> "FitResult":
         """Refit on this fit's rows plus ``new_rows``, warm-started from this fit.
 
         Converges to the same answer as a full refit on old + new rows (see
         :func:`bayes_annot.incremental.update`); new users and models are added.
+        In-memory fits only (a saved folder: :func:`bayes_annot.incremental.update_saved`).
         """
+        self._needs_fit("update()")
+        if self.backend == "dask":
+            raise InputError("update() needs an in-memory fit; refit the Dask frame with the new partitions instead")
         from .incremental import update
 
         return update(self, new_rows, **settings)
 
     def report(self, path: str | Path, **options) -> Path:
-        """Write the self-contained HTML diagnostics report (see :func:`bayes_annot.report.build_report`)."""
+        """Write the self-contained HTML diagnostics report (see :func:`bayes_annot.report.build_report`).
+
+        The report never fits: it shows what the result holds.
+        """
         from .report import build_report
 
         return build_report(self, path, **options)
 
-    def to_dpo(self, path: str | Path | None = None, **columns) -> pd.DataFrame:
+    def to_dpo(self, path: str | Path | None = None, **columns):
         """Kept labels as a DPO data set (``prompt, chosen, rejected, weight, ...``).
 
         See :func:`bayes_annot.export.to_dpo`; ``path`` ending in ``.jsonl`` or
-        ``.parquet`` also writes the file (atomically).
+        ``.parquet`` also writes the file (atomically). A Dask fit gives a lazy
+        Dask DataFrame (one partition per input partition, indexed by input row)
+        and streams the file partition by partition; a loaded folder uses its
+        saved ``kept`` column.
         """
-        from .export import to_dpo
+        if self.backend == "memory":
+            from .export import to_dpo
 
-        return to_dpo(self, path, **columns)
+            return to_dpo(self, path, **columns)
+        if self.backend == "folder":
+            from .export import dpo_from_rows
+
+            frame = dpo_from_rows(self.rows, self.summary["settings"]["columns"], **columns)
+            if path is not None:
+                _write_dpo(path, [frame])
+            return frame
+        import dask.dataframe as dd
+
+        from .export import DPO_COLUMNS
+
+        parts = self._dpo_parts(**columns)
+        if path is not None:  # streamed: the driver holds one partition's records at a time
+            bar = iterate(resolve_progress(None), parts, desc="writing DPO records", unit="partition", total=len(parts))
+            _write_dpo(path, (part.compute() for part in bar))
+        meta = pd.DataFrame({c: pd.Series([], dtype=float if c == "weight" else object) for c in DPO_COLUMNS})
+        meta.index = pd.Index([], dtype=np.int64, name="row")
+        return dd.from_delayed(parts, meta=meta)
+
+    def _dpo_parts(self, **columns) -> list:
+        """Dask: one delayed DPO frame per input partition (``dpo_from_rows`` with the partition's first row number)."""
+        from dask import delayed
+
+        from .export import dpo_from_rows
+
+        settings = self.dask_fit.columns
+        dpo_from_rows(self.rows._meta, settings, **columns)  # missing text columns fail here, before any work
+        offsets = np.concatenate([[0], np.cumsum(self.dask_fit.partition_rows)[:-1]]).astype(int)
+        parts = self.rows.to_delayed()
+        return [delayed(dpo_from_rows)(part, settings, offset=int(o), **columns) for part, o in zip(parts, offsets)]
 
     def save(
         self,
@@ -251,7 +409,8 @@ class FitResult:
         ``directory`` and swapped in at once; a DPO file elsewhere is moved into
         place right after. An existing ``directory`` is replaced only when it is
         empty or holds bayes_annot results and nothing else, and never when it
-        holds one of ``inputs`` (see :mod:`bayes_annot.outdir`).
+        holds one of ``inputs`` (see :mod:`bayes_annot.outdir`). A Dask fit's
+        rows (and DPO records) are streamed from the workers one partition at a time.
 
         Parameters
         ----------
@@ -278,15 +437,19 @@ class FitResult:
         from .outdir import ResultWriter
 
         if posterior is None:
-            posterior = self.estimates.engine == "nuts"
+            posterior = self.summary.get("engine") == "nuts"
         with ResultWriter(directory, inputs=inputs, fmt=format, safe_csv=safe_csv, on_wait=on_wait) as out:
             out.table("users", self.users)
             out.table("models", self.models)
-            rows = self.rows
-            renames = input_renames(self._data.frame.columns)
-            out.table("rows", rows, renamed_input_columns={new: old for old, new in renames.items()})
+            renamed = {new: old for old, new in input_renames(self.input_rows().columns).items()}
+            if self.backend == "dask":
+                parts = self.rows.to_delayed()  # a bar inside a bayes_annot.progress.showing() block (the CLI's)
+                parts = iterate(resolve_progress(None), parts, desc="writing rows", unit="partition", total=len(parts))
+                out.stream_table("rows", (part.compute() for part in parts), renamed_input_columns=renamed)
+            else:
+                out.table("rows", self.rows, renamed_input_columns=renamed)
             out.json("summary.json", self.summary)
-            if posterior:
+            if posterior and self.idata is not None:
                 self.idata.to_netcdf(str(out.path("posterior.nc")))
             if report:
                 self.report(out.path("report.html"))
@@ -298,8 +461,9 @@ class FitResult:
     def __repr__(self) -> str:
         s = self.summary
         c = s["counts"]
+        via = s["engine"] + ("" if self.backend == "memory" else f", {self.backend}")
         return (
-            f"<FitResult {s['model']} via {s['engine']}: {c['users']} users, {c['models']} models, "
+            f"<FitResult {s['model']} via {via}: {c['users']} users, {c['models']} models, "
             f"{c['rows']} rows; kept {c['kept_users']} users / {c['kept_rows']} rows ({s['filter']['rule']})>"
         )
 
@@ -353,9 +517,12 @@ class FitResult:
         pandas.DataFrame
             Indexed by ``pi``, ``q``, ..., ``strength[MODEL]``.
         """
-        if self.estimates.engine == "nuts":
+        if self.summary.get("engine") == "nuts":
             import arviz as az
 
+            if self.idata is None:
+                raise InputError("summary_table() of a NUTS fit needs its posterior: this folder was saved without "
+                                 "posterior.nc (save(posterior=True))")
             names = [n for n in ("pi", "q", "m", "tau", "strength") if n in self.idata.posterior]
             return az.summary(self.idata, var_names=names)
         params = {k: v for k, v in self.summary["parameters"].items() if isinstance(v, (int, float))}
@@ -894,7 +1061,6 @@ def _read_parquet_collection(path):
 def _fit_dask_frame(ddf, *, model, rule, priors, q, tol, max_iter, seed, start, mu, strong_model, input_info=None,
                     no_verdict="keep", progress=None, tastes=1, **columns):
     from .dask_em import fit_dask
-    from .dask_result import DaskFitResult
 
     started = time.perf_counter()
     priors = priors or Priors()
@@ -937,7 +1103,7 @@ def _fit_dask_frame(ddf, *, model, rule, priors, q, tol, max_iter, seed, start, 
     if est.converged is False:
         _warn(summary, f"EM did not converge in {est.n_iter} iterations; raise max_iter or loosen tol")
     summary["runtime_seconds"] = round(time.perf_counter() - started, 4)
-    return DaskFitResult(ddf, dfit, rule, summary, no_verdict)
+    return FitResult._from_dask(ddf, dfit, rule, summary, no_verdict)
 
 
 def _empty_estimates(prepared: PreparedData, model: str, method: str, priors: Priors, q) -> Estimates:
@@ -1022,66 +1188,41 @@ def _check_settings(settings: dict) -> None:
         raise TypeError(f"UserQualityModel got unknown setting(s) {', '.join(unknown)}; expected parameters of fit()")
 
 
-class SavedResult:
-    """Results read back from an output folder (see :func:`load`).
+def _write_dpo(path, frames) -> None:
+    """DPO record frames (an iterable, one pass) written to ``path`` atomically."""
+    import os
 
-    Attributes ``users``, ``models``, ``rows`` (pandas, with the types they
-    were written with), ``summary`` (dict), ``idata`` (ArviZ
-    ``InferenceData`` or ``None``) and ``manifest`` (dict, or ``None`` for a
-    folder written before manifests); item access (``saved["users"]``) works too.
-    """
+    from .export import stage_dpo
 
-    def __init__(self, users, models, rows, summary, idata=None, manifest=None):
-        self.users, self.models, self.rows, self.summary, self.idata = users, models, rows, summary, idata
-        self.manifest = manifest
+    tmp, _ = stage_dpo(frames, Path(path))
+    os.replace(tmp, path)
 
-    def __getitem__(self, key):
-        if key not in ("users", "models", "rows", "summary", "idata"):
-            raise KeyError(key)
-        return getattr(self, key)
 
-    def __contains__(self, key) -> bool:
-        return key in ("users", "models", "rows", "summary") or (key == "idata" and self.idata is not None)
-
-    def keys(self):
-        """Names of the parts present (``idata`` only when ``posterior.nc`` was saved)."""
-        return [k for k in ("users", "models", "rows", "summary", "idata") if k in self]
-
-    def report(self, path: str | Path, **options) -> Path:
-        """Write the diagnostics report of the saved fit (see :func:`bayes_annot.report.build_report`)."""
-        from .report import build_report
-
-        return build_report(self, path, **options)
-
-    def to_dpo(self, path: str | Path | None = None, **columns) -> pd.DataFrame:
-        """The saved fit's kept labels as DPO records, as :meth:`FitResult.to_dpo` gives them (no refit).
-
-        ``path`` (``.jsonl`` / ``.parquet``) also writes them, atomically.
-        Another filter rule needs the fit itself (the one result type of a
-        later version); the saved ``kept`` column is used as it is.
-        """
-        import os
-
-        from .export import dpo_from_rows, stage_dpo
-
-        frame = dpo_from_rows(self.rows, self.summary["settings"]["columns"], **columns)
-        if path is not None:
-            tmp, _ = stage_dpo([frame], Path(path))
-            os.replace(tmp, path)
-        return frame
-
-    def input_rows(self) -> pd.DataFrame:
-        """The input rows as they came in: without ``kept, reason, weight``, clashing input columns renamed back."""
-        rows = self.rows.drop(columns=[c for c in OUTPUT_COLUMNS if c in self.rows.columns])
-        if self.manifest is not None:
-            renamed = self.manifest.get("tables", {}).get("rows", {}).get("renamed_input_columns", {})
-        else:  # a folder written before manifests: the one-level rename of that time
-            renamed = {f"input_{c}": c for c in OUTPUT_COLUMNS if f"input_{c}" in rows.columns}
-        return rows.rename(columns=renamed)
-
-    def __repr__(self) -> str:
-        c = self.summary.get("counts", {})
-        return f"<SavedResult {self.summary.get('model')} via {self.summary.get('engine')}: {c.get('users')} users, {c.get('rows')} rows>"
+def _rebuild_data(rows: pd.DataFrame | None, summary: dict) -> PreparedData | None:
+    """Re-encode saved rows with the fit's column map (``None`` on any trouble: what needs them degrades)."""
+    if rows is None:
+        return None
+    try:
+        columns = dict((summary.get("settings") or {}).get("columns") or {})
+        resolved = {}
+        for role in ("user", "model_a", "model_b", "winner", "p_a"):
+            name = columns.get(role)
+            if name is not None and name not in rows.columns and f"input_{name}" in rows.columns:
+                name = f"input_{name}"
+            resolved[role] = name
+        if resolved["user"] is None:
+            resolved.pop("user")
+        frame = rows.drop(columns=[c for c in OUTPUT_COLUMNS if c in rows.columns])
+        if resolved.get("p_a"):
+            frame = frame.assign(**{resolved["p_a"]: pd.to_numeric(frame[resolved["p_a"]], errors="coerce")})
+        resolved["p_a"] = resolved.get("p_a") or False  # the fit used no p_a column: do not pick one up
+        settings = summary.get("settings") or {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return prepare(frame, ColumnMap(**resolved, winner_values=settings.get("winner_values")),
+                           on_bad_row=settings.get("on_bad_row") or "error")
+    except Exception:  # noqa: BLE001 - the report degrades, it does not fail
+        return None
 
 
 def _legacy_table(folder, name: str) -> pd.DataFrame:
@@ -1095,7 +1236,7 @@ def _legacy_table(folder, name: str) -> pd.DataFrame:
     return frame
 
 
-def _read_folder(folder) -> SavedResult:
+def _read_folder(folder) -> FitResult:
     from .tables import read_table_file
 
     manifest = folder.manifest
@@ -1125,11 +1266,11 @@ def _read_folder(folder) -> SavedResult:
 
         idata = az.from_netcdf(folder.os_path("posterior.nc"))
         idata.load() if hasattr(idata, "load") else None
-    return SavedResult(tables["users"], tables["models"], tables["rows"], summary, idata, manifest)
+    return FitResult.from_tables(tables["users"], tables["models"], tables["rows"], summary, idata, manifest)
 
 
-def load(directory: str | Path) -> SavedResult:
-    """Read what :meth:`FitResult.save` wrote.
+def load(directory: str | Path) -> FitResult:
+    """Read what :meth:`FitResult.save` wrote, as a :class:`FitResult` with ``backend == "folder"``.
 
     Every table comes back with the types it was written with (``kept`` is
     boolean, ``weight`` a float, an input column of text stays text and one

@@ -2,9 +2,10 @@
 
 Every function takes keyword-only options, draws on ``ax`` (a new figure when
 ``ax`` is ``None``) and returns the matplotlib ``Axes``. The first argument may
-be a :class:`~bayes_annot.fit.FitResult`, the dict :func:`bayes_annot.load`
-returns, or a directory of saved outputs (see
-:func:`bayes_annot.report.source.as_source`).
+is a :class:`~bayes_annot.fit.FitResult`: of :func:`bayes_annot.fit` (in
+memory or on Dask) or of :func:`bayes_annot.load` (a saved folder). What a
+result does not hold (the EM trace of a saved fit, the rows of a Dask fit)
+gives a note on the axes, not an error.
 
 matplotlib is an optional dependency: ``pip install 'bayes_annot[plot]'``.
 
@@ -21,7 +22,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .report.source import ResultSource, as_source
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .fit import FitResult
 
 __all__ = [
     "plot_quality_distribution",
@@ -74,7 +78,49 @@ def _bool(series) -> np.ndarray:
     return series.astype(str).str.lower().isin(["true", "1"]).to_numpy()
 
 
-def _active_users(src: ResultSource) -> pd.DataFrame:
+def _result(result) -> "FitResult":
+    from .fit import FitResult
+
+    if not isinstance(result, FitResult):
+        raise TypeError(f"plots read a FitResult (of bayes_annot.fit or bayes_annot.load(folder)), got {type(result).__name__}")
+    return result
+
+
+def _strength_vector(src: "FitResult") -> np.ndarray | None:
+    """Strengths ordered like ``src.data.model_labels`` (``None`` if unknown)."""
+    if src.data is None or "strength" not in src.models:
+        return None
+    table = src.models.assign(model=src.models["model"].astype(str)).set_index("model")["strength"]
+    labels = [str(m) for m in src.data.model_labels]
+    if not set(labels) <= set(table.index):
+        return None
+    s = table.loc[labels].to_numpy(dtype=float)
+    return None if np.isnan(s).any() else s
+
+
+def _user_index(src: "FitResult") -> np.ndarray | None:
+    """Row position in ``users`` of each of ``src.data.user_labels``."""
+    if src.data is None:
+        return None
+    pos = pd.Series(np.arange(len(src.users)), index=src.users["user"].astype(str))
+    labels = [str(u) for u in src.data.user_labels]
+    return pos.loc[labels].to_numpy() if set(labels) <= set(pos.index) else None
+
+
+def _attentive_logit(src: "FitResult") -> np.ndarray | None:
+    """Attentive log-odds of choosing ``model_a`` for each usable row: from the known ``p_a`` column when
+    the fit used one, else from the strengths; ``None`` when neither is available."""
+    data = src.data
+    usable = data.usable
+    use_p_a = bool(src.summary.get("settings", {}).get("use_p_a", True))
+    if data.p_a is not None and use_p_a and str(src.summary.get("strengths", "")).startswith("known (column"):
+        p = np.clip(np.asarray(data.p_a, dtype=float)[usable], 1e-9, 1 - 1e-9)
+        return np.log(p) - np.log1p(-p)
+    s = _strength_vector(src)
+    return None if s is None else s[data.model_a[usable]] - s[data.model_b[usable]]
+
+
+def _active_users(src: "FitResult") -> pd.DataFrame:
     users = src.users
     if "n_labels" in users:
         users = users[pd.to_numeric(users["n_labels"], errors="coerce").fillna(0) > 0]
@@ -90,7 +136,7 @@ def plot_quality_distribution(result, *, bins: int = 20, ax=None):
     Only users with at least one label in the likelihood are counted. The
     bar heights sum to that number of users.
     """
-    src = as_source(result)
+    src = _result(result)
     ax = _axes(ax)
     users = _active_users(src)
     if users.empty:
@@ -113,7 +159,7 @@ def plot_quality_distribution(result, *, bins: int = 20, ax=None):
             ax.axvline(float(rule.split(":", 1)[1]), color="black", linestyle="--", linewidth=1, label=f"threshold ({rule})")
         except ValueError:
             pass
-    label = "P(attentive | data)" if src.variant == "two-class" else "quality (share of attentive labels, eta)"
+    label = "P(attentive | data)" if src.summary.get("model") == "two-class" else "quality (share of attentive labels, eta)"
     ax.set_xlabel(label)
     ax.set_ylabel("users")
     ax.set_xlim(0, 1)
@@ -125,7 +171,7 @@ def plot_quality_distribution(result, *, bins: int = 20, ax=None):
 def decision_threshold(result) -> float:
     """The quality at which the fit's filter decides (for display): ``t`` of ``prob:t`` / ``credible:t``,
     the lowest kept quality under ``fdr``, 0.5 under ``none`` or when unknown."""
-    src = as_source(result)
+    src = _result(result)
     rule = str((src.summary.get("filter") or {}).get("rule", "")).strip().lower()
     kind, _, value = rule.partition(":")
     if kind in ("prob", "credible"):
@@ -151,7 +197,7 @@ def plot_quality_caterpillar(result, *, max_users: int = 60, ax=None):
     no visible interval; they say nothing about the decision.) One point per
     shown user.
     """
-    src = as_source(result)
+    src = _result(result)
     users = _active_users(src)
     n_show = min(len(users), max_users)
     ax = _axes(ax, figsize=(6.0, max(3.0, 0.12 * n_show + 1.0)))
@@ -207,7 +253,7 @@ def plot_quality_caterpillar(result, *, max_users: int = 60, ax=None):
 
 def plot_strengths(result, *, ax=None):
     """Model strengths (Bradley–Terry log-odds), sorted, with intervals when sampled. One point per model."""
-    src = as_source(result)
+    src = _result(result)
     models = src.models
     ax = _axes(ax, figsize=(6.0, max(2.5, 0.3 * len(models) + 1.0)))
     if models.empty or "strength" not in models or models["strength"].isna().all():
@@ -232,31 +278,19 @@ def plot_strengths(result, *, ax=None):
     return ax
 
 
-def _n_models(src) -> int:
-    return int(src.data.n_models) if src.data is not None else len(src.models)
-
-
 def comparison_counts(result) -> pd.DataFrame | None:
     """Model x model counts of the comparisons that enter the likelihood (symmetric).
 
     A dense ``K x K`` frame: ``None`` above :data:`bayes_annot.pairs.DENSE_PLOT_MAX_MODELS`
     models (use ``pair_counts`` of the fit, a sparse table, there).
     """
-    from .pairs import DENSE_PLOT_MAX_MODELS, PairTable, as_pair_table
+    from .pairs import DENSE_PLOT_MAX_MODELS
 
-    src = as_source(result)
-    data = src.data
-    if data is None and src.pair_counts is None:
+    pairs = _result(result).pair_counts  # Dask fits: the table summed on the workers
+    if pairs is None or pairs.n_models > DENSE_PLOT_MAX_MODELS:
         return None
-    if _n_models(src) > DENSE_PLOT_MAX_MODELS:
-        return None
-    if data is None:
-        mat = as_pair_table(src.pair_counts).toarray().astype(np.int64)  # Dask fits: the table computed on the workers
-        labels = [str(m) for m in src.models["model"]]
-    else:
-        usable = data.usable
-        mat = PairTable.from_labels(data.model_a[usable], data.model_b[usable], data.n_models)[0].toarray()
-        labels = [str(m) for m in data.model_labels]
+    mat = pairs.toarray().astype(np.int64)
+    labels = [str(m) for m in result.models["model"]]
     mat = mat + mat.T
     return pd.DataFrame(mat, index=labels, columns=labels)
 
@@ -265,10 +299,10 @@ def plot_comparison_matrix(result, *, ax=None):
     """Heatmap of how often each pair of models was compared (rows in the likelihood)."""
     from .pairs import DENSE_PLOT_MAX_MODELS
 
-    src = as_source(result)
-    if (src.data is not None or src.pair_counts is not None) and _n_models(src) > DENSE_PLOT_MAX_MODELS:
+    src = _result(result)
+    if len(src.models) > DENSE_PLOT_MAX_MODELS:
         ax = _axes(ax, figsize=(5.0, 4.0))
-        return _empty(ax, f"{_n_models(src)} models: too many for a model x model heat map "
+        return _empty(ax, f"{len(src.models)} models: too many for a model x model heat map "
                           f"(drawn up to {DENSE_PLOT_MAX_MODELS})")
     counts = comparison_counts(src)
     k = 0 if counts is None else len(counts)
@@ -307,7 +341,7 @@ def plot_comparison_matrix(result, *, ax=None):
 
 def plot_labels_per_user(result, *, ax=None):
     """Histogram of the number of labels per user (rows in the likelihood); bars sum to the users with labels."""
-    src = as_source(result)
+    src = _result(result)
     ax = _axes(ax)
     users = src.users
     col = "n_labels" if "n_labels" in users else "n_rows"
@@ -338,11 +372,11 @@ def plot_labels_per_user(result, *, ax=None):
 
 def plot_loglik_trace(result, *, ax=None):
     """Penalised log-likelihood per EM iteration (never decreases). One point per iteration."""
-    src = as_source(result)
+    src = _result(result)
     ax = _axes(ax)
     trace = src.loglik_trace
     if not trace:
-        why = "saved outputs keep no EM trace" if src.origin == "directory" else f"no EM trace ({src.engine} engine)"
+        why = "saved outputs keep no EM trace" if src.backend == "folder" else f"no EM trace ({src.summary.get('engine')} engine)"
         return _empty(ax, why)
     trace = np.asarray(trace, dtype=float)
     it = np.arange(len(trace))
@@ -373,7 +407,7 @@ def plot_reliability(result, truth, *, n_bins: int = 10, prob: str | None = None
     """
     from .metrics import expected_calibration_error, reliability_table
 
-    src = as_source(result)
+    src = _result(result)
     ax = _axes(ax, figsize=(4.8, 4.8))
     users = src.users
     if prob is None:
@@ -426,12 +460,12 @@ def _posterior_var(idata, names):
     return None, None
 
 
-def _draws(src: ResultSource, n_rep: int, rng: np.random.Generator):
+def _draws(src: "FitResult", n_rep: int, rng: np.random.Generator):
     """Yield (quality per user [data.user order], strengths [model order] or None, q) per replicate."""
     data = src.data
-    uidx = src.user_index()
+    uidx = _user_index(src)
     point_q = src.users["quality"].to_numpy(dtype=float)[uidx]
-    point_s = src.strength_vector()
+    point_s = _strength_vector(src)
     params = src.summary.get("parameters", {}) or {}
     point_qbias = params.get("q")
     fixed_q = (src.summary.get("settings", {}) or {}).get("q")
@@ -488,11 +522,11 @@ def ppc_agreement(result, *, n_rep: int = 200, seed: int = 0, min_labels: int = 
         ``low_share_observed`` and ``low_share_replicated`` (share of users
         agreeing at most 50%); ``None`` when the rows or strengths are unavailable.
     """
-    src = as_source(result)
+    src = _result(result)
     data = src.data
-    if data is None or src.user_index() is None:
+    if data is None or _user_index(src) is None:
         return None
-    ell = src.attentive_logit()
+    ell = _attentive_logit(src)
     if ell is None:
         return None
     usable = data.usable
@@ -512,7 +546,7 @@ def ppc_agreement(result, *, n_rep: int = 200, seed: int = 0, min_labels: int = 
 
     observed = agreement(y == 1)
     known_p_a = str(src.summary.get("strengths", "")).startswith("known (column")
-    continuous = src.variant == "continuous"
+    continuous = src.summary.get("model") == "continuous"
     rng = np.random.default_rng(seed)
     replicated = np.empty((n_rep, int(shown.sum())))
     for r, (quality, strengths, q) in enumerate(_draws(src, n_rep, rng)):
@@ -563,7 +597,7 @@ def plot_ppc_agreement(result, *, n_rep: int = 200, seed: int = 0, min_labels: i
     count over ``n_rep`` data sets replicated from the fitted model (see
     :func:`ppc_agreement`).
     """
-    src = as_source(result)
+    src = _result(result)
     ax = _axes(ax, figsize=(7.0, 4.0))
     ppc = ppc_agreement(src, n_rep=n_rep, seed=seed, min_labels=min_labels)
     if ppc is None:

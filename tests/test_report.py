@@ -18,9 +18,18 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from bayes_annot import plotting  # noqa: E402
 from bayes_annot.metrics import reliability_table  # noqa: E402
-from bayes_annot.report import SECTIONS, as_source, build_report, build_report_from_dir, render_report  # noqa: E402
-from bayes_annot.report.source import ResultSource  # noqa: E402
-from bayes_annot.report.builder import plain_warnings  # noqa: E402
+from bayes_annot.report import SECTIONS, build_report, build_report_from_dir, render_report  # noqa: E402
+from bayes_annot.report.builder import global_var_names, plain_warnings  # noqa: E402
+
+
+def altered(result, estimates=None, **attributes):
+    """A copy of a fit with some attributes (tables, summary) or estimates replaced (no refit)."""
+    clone = result.filter(str(result.rule))
+    if estimates:
+        clone.estimates = dataclasses.replace(result.estimates, **estimates)
+    for name, value in attributes.items():
+        setattr(clone, name, value)
+    return clone
 
 HEADINGS = [
     "Warnings",
@@ -137,8 +146,7 @@ def test_report_warns_about_a_disconnected_graph(disconnected_fit, tmp_path):
     assert "disconnected" in block
     assert 'class="ok"' not in block  # not "no warnings"
     # the report finds the split from the rows even when the summary does not mention it
-    src = as_source(disconnected_fit)
-    bare = dataclasses.replace(src, summary=dict(src.summary, warnings=[]))
+    bare = altered(disconnected_fit, summary=dict(disconnected_fit.summary, warnings=[]))
     found, _ = plain_warnings(bare)
     assert any("2 disconnected parts" in w for w in found)
 
@@ -155,6 +163,44 @@ def test_report_from_saved_directory(em_fit, tmp_path):
     assert "needs the rows" not in text and "could not" not in text
 
 
+def test_the_report_and_the_plots_never_fit(tmp_path, monkeypatch):
+    """Issue 13 item 4: every entry point that fits raises while the report and the plots are drawn, from a
+    fit and from a loaded folder, with the refitting diagnostics stored (fit, diagnose) and without them."""
+    import importlib
+    from html import escape
+
+    log = ba.simulate(n_users=120, n_models=4, seed=5)
+    stored = ba.fit(log, taste_check=True)
+    ba.diagnose(stored, compare={"two-class": stored, "continuous": ba.fit(log, model="continuous")})
+    plain = ba.fit(log)
+    results = [stored, ba.load(stored.save(tmp_path / "stored")), plain, ba.load(plain.save(tmp_path / "plain"))]
+
+    def refit(*args, **kwargs):
+        raise AssertionError("the report fitted")
+
+    for module, name in (("block_em", "run_em"), ("fit", "run_em"), ("fit", "fit"), ("fit", "run_block_em"),
+                         ("tastes", "casual_group_test"), ("tastes", "fit_tastes"), ("tastes", "select_tastes"),
+                         ("evaluate", "heldout_loglik"), ("evaluate", "compare_heldout"), ("evaluate", "diagnose")):
+        monkeypatch.setattr(importlib.import_module(f"bayes_annot.{module}"), name, refit, raising=False)
+    monkeypatch.setattr(ba, "fit", refit)
+    for i, result in enumerate(results):
+        comparison = {"two-class": plain, "continuous": stored} if i == 2 else None
+        text = build_report(result, tmp_path / f"r{i}.html", n_rep=10, comparison=comparison).read_text(encoding="utf-8")
+        check_page(text)
+        assert "the report fitted" not in text and "could not" not in text
+        tastes = text[text.index('<section id="tastes">'):]
+        comparison_block = text[text.index('<section id="comparison">'):]
+        if i < 2:  # the verdict and the comparison stored in the result (and in summary.json)
+            assert escape(stored.summary["taste_diagnostic"]["message"]) in tastes.split("</section>")[0]
+            assert "heldout_loglik" in comparison_block.split("</section>")[0]
+        else:  # how to compute them, not a fit
+            assert "--taste-check" in tastes.split("</section>")[0]
+            assert "bayes_annot.diagnose" in comparison_block.split("</section>")[0]
+        for draw in (plotting.plot_ppc_agreement, plotting.plot_comparison_matrix, plotting.plot_loglik_trace):
+            draw(result)
+    plt.close("all")
+
+
 def test_text_is_escaped_and_a_clean_fit_has_no_warnings():
     log = ba.simulate(n_users=40, n_models=3, labels_per_user=(5, 10), seed=4)
     for col in ("model_a", "model_b"):
@@ -167,11 +213,10 @@ def test_text_is_escaped_and_a_clean_fit_has_no_warnings():
 
 
 def fake_posterior(result, chains=2, draws=60, seed=0):
-    """A result source with a sampled-looking posterior around the EM estimates (no NUTS needed)."""
+    """A fit with a sampled-looking posterior around the EM estimates (no NUTS needed)."""
     import arviz as az
 
     rng = np.random.default_rng(seed)
-    src = as_source(result)
     shape = (chains, draws)
     s = result.models.strength.to_numpy()
     qual = result.users.quality.to_numpy()
@@ -188,12 +233,12 @@ def fake_posterior(result, chains=2, draws=60, seed=0):
         sample_stats={"diverging": np.zeros(shape, dtype=bool)},
     )
     summary = dict(result.summary, engine="nuts", rhat_max=1.002, ess_bulk_min=110.0, divergences=0)
-    return dataclasses.replace(src, idata=idata, summary=summary, loglik_trace=[])
+    return altered(result, estimates={"idata": idata, "loglik_trace": []}, summary=summary)
 
 
 def test_sampled_run_has_diagnostics_table_and_rank_plots(em_fit):
     src = fake_posterior(em_fit)
-    assert src.sampled and src.global_var_names() == ["pi", "q", "strength"]
+    assert src.sampled and global_var_names(src.idata) == ["pi", "q", "strength"]
     text = render_report(src, n_rep=30)
     check_page(text, min_images=7)
     conv = text[text.index('<section id="convergence">') :]
@@ -262,12 +307,12 @@ def test_plots_accept_an_existing_axes_and_saved_outputs(em_fit, tmp_path):
     fig, axes = plt.subplots(1, 2)
     assert plotting.plot_strengths(em_fit, ax=axes[1]) is axes[1]
     out = em_fit.save(tmp_path / "fit")
-    for source in (out, str(out), ba.load(out)):
+    for source in (ba.load(out),):
         ax = plotting.plot_quality_caterpillar(source, max_users=1000)
         assert len(ax.collections[-1].get_offsets()) == int((em_fit.users.n_labels > 0).sum())
         ax = plotting.plot_comparison_matrix(source)
         assert np.nansum(ax.images[0].get_array()) == 2 * em_fit.summary["counts"]["rows_in_likelihood"]
-    ax = plotting.plot_loglik_trace(out)  # no trace saved: a note, not a failure
+    ax = plotting.plot_loglik_trace(ba.load(out))  # no trace saved: a note, not a failure
     assert not ax.lines and "no EM trace" in ax.texts[0].get_text()
 
 
@@ -282,9 +327,7 @@ def test_ppc_reproduces_well_specified_data(em_fit):
 def test_ppc_detects_a_misfit(log):
     # every user fitted as fully attentive: replicated agreement is far too high
     result = ba.fit(log)
-    src = as_source(result)
-    users = src.users.assign(quality=1.0)
-    ppc = plotting.ppc_agreement(dataclasses.replace(src, users=users), n_rep=50)
+    ppc = plotting.ppc_agreement(altered(result, users=result.users.assign(quality=1.0)), n_rep=50)
     assert ppc["low_share_observed"] > np.percentile(ppc["low_share_replicated"], 99)
 
 
@@ -322,8 +365,8 @@ def test_caterpillar_shows_the_unsure_users_with_their_intervals():
     users["quality_low"] = np.clip(users["quality"] - 0.2, 0, 1)
     users["quality_high"] = np.clip(users["quality"] + 0.2, 0, 1)
     users["kept"] = users["quality"] >= 0.5
-    source = ResultSource(users=users, models=pd.DataFrame({"model": ["a", "b"], "strength": [0.5, -0.5]}),
-                          rows=None, summary={"model": "two-class", "filter": {"rule": "prob:0.5"}})
+    source = ba.FitResult.from_tables(users, pd.DataFrame({"model": ["a", "b"], "strength": [0.5, -0.5]}), None,
+                                      {"model": "two-class", "filter": {"rule": "prob:0.5"}})
     ax = plotting.plot_quality_caterpillar(source, max_users=20)
     shown = np.asarray(ax.collections[-1].get_offsets())[:, 0]
     assert len(shown) == 20 and np.all((shown > 0.25) & (shown < 0.75))

@@ -25,16 +25,23 @@ def _plain(html: str) -> str:
     return " ".join(re.sub(r"<[^>]+>", " ", html).split())
 
 
-def test_report_compares_em_fits_by_heldout_loglik(em_fits, log, tmp_path):
+def test_report_shows_the_heldout_comparison_that_diagnose_stored(em_fits, log, tmp_path):
     from bayes_annot.evaluate import heldout_loglik
 
-    two, cont = em_fits
-    path = two.report(tmp_path / "r.html", comparison={"two-class": two, "continuous": cont}, n_rep=20)
+    two, cont = ba.fit(log), em_fits[1]
+    # the report never fits: given EM fits to compare, it says how to compare them
+    path = two.report(tmp_path / "r0.html", comparison={"two-class": two, "continuous": cont}, n_rep=20)
     text = _plain(path.read_text(encoding="utf-8"))
-    assert "could not be computed" not in text
-    assert "held-out log-likelihood instead" in text
+    assert "the report never fits" in text and "bayes_annot.diagnose" in text
+    ba.diagnose(two, compare={"two-class": two, "continuous": cont})
     expected = heldout_loglik(log, model="continuous", frac=0.2, seed=0)["heldout_loglik"]
-    assert f"{expected:.3f}" in text
+    stored = {row["fit"]: row for row in two.summary["comparison"]["table"]}
+    assert stored["continuous"]["heldout_loglik"] == pytest.approx(expected, rel=1e-12)
+    for result in (two, ba.load(two.save(tmp_path / "out"))):  # kept in summary.json: the loaded folder shows it
+        text = _plain(result.report(tmp_path / "r.html", n_rep=20).read_text(encoding="utf-8"))
+        assert "could not be computed" not in text
+        assert "compared by held-out log-likelihood" in text
+        assert f"{expected:.3f}" in text
 
 
 def test_ppc_figure_and_text_give_the_same_range(em_fits, tmp_path):

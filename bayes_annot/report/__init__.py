@@ -1,10 +1,15 @@
 """The diagnostics report: one self-contained HTML file per fit.
 
-* :func:`build_report` writes the report of a fit (a ``FitResult``, the dict
-  :func:`bayes_annot.load` returns, or a directory of saved outputs);
-* :func:`build_report_from_dir` rebuilds it from ``users.csv``, ``models.csv``,
-  ``rows.csv``, ``summary.json`` (and ``posterior.nc`` if present);
+* :func:`build_report` writes the report of a :class:`~bayes_annot.fit.FitResult`
+  (of :func:`bayes_annot.fit`, in memory or on Dask, or of :func:`bayes_annot.load`);
+* :func:`build_report_from_dir` rebuilds it from a saved folder (the tables,
+  ``summary.json`` and ``posterior.nc`` if present);
 * :func:`render_report` returns the HTML text.
+
+The report never fits: it shows what the result holds. Diagnostics that need
+refits (the casual-group test, the comparison of EM fits by held-out
+log-likelihood) are stored in the result by ``fit(..., taste_check=True)`` or
+:func:`bayes_annot.evaluate.diagnose`; without them the report says how to get them.
 
 Images are inline PNG (base64), there is no script and no external resource,
 so the file opens from disk in any browser and can be handed on as is.
@@ -13,9 +18,7 @@ matplotlib is needed (``pip install 'bayes_annot[plot]'``).
 
 from __future__ import annotations
 
-from .source import ResultSource, as_source
-
-__all__ = ["build_report", "build_report_from_dir", "render_report", "SECTIONS", "ResultSource", "as_source"]
+__all__ = ["build_report", "build_report_from_dir", "render_report", "SECTIONS"]
 
 #: (anchor, heading) of every section, in page order.
 SECTIONS = (
@@ -35,9 +38,13 @@ SECTIONS = (
 def render_report(result, *, comparison=None, title: str | None = None, n_rep: int = 200, seed: int = 0,
                   few_labels: int = 5) -> str:
     """HTML text of the diagnostics report (see :func:`build_report`)."""
+    from ..fit import FitResult
     from .builder import render
 
-    return render(as_source(result), comparison=comparison, title=title, n_rep=n_rep, seed=seed, few_labels=few_labels)
+    if not isinstance(result, FitResult):
+        raise TypeError(f"the report reads a FitResult (of bayes_annot.fit or bayes_annot.load(folder)), "
+                        f"got {type(result).__name__}")
+    return render(result, comparison=comparison, title=title, n_rep=n_rep, seed=seed, few_labels=few_labels)
 
 
 def build_report(result, path, *, comparison=None, title: str | None = None, n_rep: int = 200, seed: int = 0,
@@ -46,19 +53,18 @@ def build_report(result, path, *, comparison=None, title: str | None = None, n_r
 
     Parameters
     ----------
-    result : FitResult, dict or path
-        A fitted result, what :func:`bayes_annot.load` returns, or a directory
-        of saved outputs.
+    result : FitResult
+        A fit (:func:`bayes_annot.fit`) or a saved one (:func:`bayes_annot.load`).
     path : str or Path
         The HTML file to write (parent folders are created).
     comparison : pandas.DataFrame or dict, optional
-        A model-comparison table (e.g. :func:`arviz.compare` output or a table
-        of held-out log-likelihoods), or ``{name: FitResult | InferenceData}``:
-        NUTS fits (or InferenceData with a ``log_likelihood`` group and a real
-        sample) are compared by LOO; when any fit is by EM or MAP (a point
-        estimate, nothing for LOO), every fit is refitted on 80% of each
-        user's labels and compared by the held-out log-likelihood of the rest
-        (:func:`bayes_annot.evaluate.heldout_loglik`).
+        A model-comparison table (e.g. :func:`arviz.compare` output or
+        :func:`bayes_annot.evaluate.compare_heldout`), or ``{name: FitResult |
+        InferenceData}`` of sampled fits, compared by LOO. EM and MAP fits (a
+        point estimate, nothing for LOO) are compared by held-out
+        log-likelihood, which refits: the report does not, it says how
+        (:func:`bayes_annot.evaluate.diagnose` stores the table in the
+        result). Default: the comparison stored in ``result.summary``, if any.
     title : str, optional
     n_rep : int
         Replicated data sets for the posterior predictive check.
@@ -101,6 +107,7 @@ def build_report_from_dir(directory, path=None, **kwargs):
     """
     from pathlib import Path
 
+    from ..fit import load
+
     directory = Path(directory)
-    source = as_source(directory)
-    return build_report(source, directory / "report.html" if path is None else path, **kwargs)
+    return build_report(load(directory), directory / "report.html" if path is None else path, **kwargs)

@@ -1,4 +1,8 @@
-"""Sections of the diagnostics report (HTML text; every piece of text is escaped)."""
+"""Sections of the diagnostics report (HTML text; every piece of text is escaped).
+
+Every section reads a :class:`~bayes_annot.fit.FitResult` (its tables, summary,
+EM trace, posterior and, when it holds them, its rows): nothing here fits.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,10 @@ from html import escape
 import numpy as np
 import pandas as pd
 
-from .source import ResultSource
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..fit import FitResult
 
 RHAT_MAX = 1.01
 ESS_MIN = 400
@@ -133,7 +140,7 @@ def section(anchor: str, title: str, body: str) -> str:
 # --------------------------------------------------------------------------- warnings
 
 
-def _used_components(src: ResultSource) -> int:
+def _used_components(src: "FitResult") -> int:
     """Connected parts of the comparison graph among models that appear in the likelihood (0 if unknown)."""
     data = src.data
     if data is None:
@@ -151,7 +158,7 @@ def _used_components(src: ResultSource) -> int:
     return int(len(np.unique(labels[used])))
 
 
-def plain_warnings(src: ResultSource, few_labels: int = 5) -> tuple[list[str], list[str]]:
+def plain_warnings(src: "FitResult", few_labels: int = 5) -> tuple[list[str], list[str]]:
     """(warnings, notes) in plain words: the fit's own warnings plus checks of the report."""
     s = src.summary
     fit_warnings = [str(w) for w in s.get("warnings", []) or []]
@@ -207,7 +214,7 @@ def plain_warnings(src: ResultSource, few_labels: int = 5) -> tuple[list[str], l
 # --------------------------------------------------------------------------- sections
 
 
-def _header(src: ResultSource, title: str | None) -> str:
+def _header(src: "FitResult", title: str | None) -> str:
     s = src.summary
     c = s.get("counts", {}) or {}
     f = s.get("filter", {}) or {}
@@ -216,7 +223,7 @@ def _header(src: ResultSource, title: str | None) -> str:
     sub = (
         f"{s.get('model', '?')} model, {s.get('engine', '?')} engine, bayes_annot {s.get('bayes_annot_version', '?')}"
         f"; report written {when}" + (f"; input {inp}" if inp else "")
-        + ("; rebuilt from saved outputs" if src.origin == "directory" else "")
+        + ("; rebuilt from saved outputs" if src.backend == "folder" else "")
     )
     cards = [
         ("rows", c.get("rows")),
@@ -244,14 +251,14 @@ def _header(src: ResultSource, title: str | None) -> str:
     )
 
 
-def _warnings_section(src: ResultSource, few_labels: int) -> str:
+def _warnings_section(src: "FitResult", few_labels: int) -> str:
     warns, notes = plain_warnings(src, few_labels)
     body = "".join(box(w, "warn") for w in warns) or box("No warnings: nothing in the fit or the data calls for caution.", "ok")
     body += "".join(box(n, "note") for n in notes)
     return body
 
 
-def _data_section(src: ResultSource) -> str:
+def _data_section(src: "FitResult") -> str:
     from .. import plotting
 
     s = src.summary
@@ -270,7 +277,7 @@ def _data_section(src: ResultSource) -> str:
     ]
     body = kv_table(pairs)
     body += "<h3>Rows dropped and why</h3>"
-    if src.rows is not None and "reason" in src.rows:
+    if src.backend != "dask" and src.rows is not None and "reason" in src.rows:  # Dask: rows on the workers
         vc = src.rows["reason"].astype(str).value_counts()
         reasons = pd.DataFrame({"reason": vc.index, "rows": vc.to_numpy()})
     else:
@@ -301,7 +308,7 @@ def _data_section(src: ResultSource) -> str:
     return body
 
 
-def _strengths_section(src: ResultSource) -> str:
+def _strengths_section(src: "FitResult") -> str:
     from .. import plotting
 
     models = src.models
@@ -321,7 +328,7 @@ def _strengths_section(src: ResultSource) -> str:
     return body
 
 
-def _quality_section(src: ResultSource) -> str:
+def _quality_section(src: "FitResult") -> str:
     from .. import plotting
 
     s = src.summary
@@ -334,7 +341,7 @@ def _quality_section(src: ResultSource) -> str:
         "mean_quality": "mean quality of users with labels",
     }
     body = kv_table([(names.get(k, k), v) for k, v in params.items()])
-    if src.variant == "two-class":
+    if s.get("model") == "two-class":
         body += p(
             "Quality of a user = the posterior probability that they are attentive (all their labels attentive) "
             "rather than casual (all their labels random clicks)."
@@ -365,7 +372,7 @@ RULE_TEXT = {
 }
 
 
-def _tastes_section(src: ResultSource) -> str:
+def _tastes_section(src: "FitResult") -> str:
     s = src.summary
     body = ""
     selection = s.get("taste_selection")
@@ -409,7 +416,7 @@ def _tastes_section(src: ResultSource) -> str:
     return body
 
 
-def _decision_section(src: ResultSource) -> str:
+def _decision_section(src: "FitResult") -> str:
     s = src.summary
     f = s.get("filter", {}) or {}
     c = s.get("counts", {}) or {}
@@ -440,7 +447,28 @@ def _decision_section(src: ResultSource) -> str:
     return body
 
 
-def _global_summary(src: ResultSource, var_names) -> pd.DataFrame | None:
+#: Posterior variables never treated as global parameters in diagnostics.
+GLOBAL_EXCLUDE = ("z", "theta", "eta", "quality", "p_attentive", "p_good", "logit_eta", "y_user")
+
+
+def global_var_names(idata) -> list[str]:
+    """Posterior variables without a ``user`` dimension (``pi``, ``q``, ``strength``, ...), in display order."""
+    if idata is None or not hasattr(idata, "posterior"):
+        return []
+    out = []
+    for name, var in idata.posterior.data_vars.items():
+        dims = [str(d) for d in var.dims if d not in ("chain", "draw")]
+        if name in GLOBAL_EXCLUDE or any(d.startswith(("user", "cell")) for d in dims):
+            continue
+        if var.size // max(int(var.sizes.get("chain", 1)) * int(var.sizes.get("draw", 1)), 1) > 200:
+            continue
+        if np.issubdtype(var.dtype, np.number):
+            out.append(str(name))
+    order = {"pi": 0, "m": 1, "tau": 2, "q": 3, "strength": 4}
+    return sorted(out, key=lambda n: (order.get(n, 10), n))
+
+
+def _global_summary(src: "FitResult", var_names) -> pd.DataFrame | None:
     import arviz as az
 
     try:
@@ -454,7 +482,7 @@ def _global_summary(src: ResultSource, var_names) -> pd.DataFrame | None:
     return summary.reset_index()
 
 
-def _convergence_section(src: ResultSource) -> str:
+def _convergence_section(src: "FitResult") -> str:
     from .. import plotting
 
     s = src.summary
@@ -469,7 +497,7 @@ def _convergence_section(src: ResultSource) -> str:
             ("converged", s.get("converged")),
         ]
         body += kv_table(pairs)
-        names = src.global_var_names()
+        names = global_var_names(src.idata)
         if names:
             frame = _global_summary(src, names)
             if frame is not None:
@@ -523,14 +551,14 @@ def _convergence_section(src: ResultSource) -> str:
                 ("log-likelihood", s.get("loglik")),
             ]
         )
-        if src.origin == "directory" and s.get("engine") == "em":
+        if src.backend == "folder" and s.get("engine") == "em":
             body += box("The per-iteration EM trace is not kept in saved outputs; the table above is what was saved.", "note")
         elif s.get("engine") == "map":
             body += box("MAP is an optimisation: there is no chain to diagnose. Sample with method='nuts' for intervals.", "note")
     return body
 
 
-def _rank_plots(src: ResultSource, names) -> str:
+def _rank_plots(src: "FitResult", names) -> str:
     try:
         import arviz as az
         import matplotlib.pyplot as plt
@@ -562,7 +590,7 @@ def _rank_plots(src: ResultSource, names) -> str:
         return box(f"Rank plots could not be drawn ({type(exc).__name__}: {exc}).", "warn")
 
 
-def _ppc_section(src: ResultSource, n_rep: int, seed: int) -> str:
+def _ppc_section(src: "FitResult", n_rep: int, seed: int) -> str:
     from .. import plotting
 
     body = p(
@@ -608,20 +636,30 @@ def _ppc_section(src: ResultSource, n_rep: int, seed: int) -> str:
     return body
 
 
-def _comparison_section(comparison) -> str:
+HOW_TO_COMPARE = (
+    "Fit both variants (two-class and continuous) and compare them on predictive grounds: "
+    "bayes_annot.diagnose(result, compare={'two-class': two, 'continuous': cont}) refits each on 80% of every "
+    "user's labels, scores the rest (held-out log-likelihood) and stores the table in the result (and so in "
+    "summary.json), where this section shows it; or pass comparison= (an arviz.compare table of NUTS fits, "
+    "bayes_annot.evaluate.compare_heldout(...), or {name: result} of sampled fits)."
+)
+
+
+def _comparison_section(src: "FitResult", comparison) -> str:
+    if comparison is None and isinstance(src.summary.get("comparison"), dict):
+        stored = src.summary["comparison"]
+        return p("Stored in the result by bayes_annot.diagnose.", "muted") + _comparison_table(
+            pd.DataFrame(stored.get("table") or []), stored.get("frac", 0.2), stored.get("seed", 0))
     if comparison is None:
-        return p(
-            "No comparison was requested. Fit both variants (two-class and continuous) and pass their comparison "
-            "(an arviz.compare table, a table of held-out log-likelihoods, or {name: result}) as comparison= to "
-            "choose between them on predictive grounds.",
-            "muted",
-        )
-    frame = None
+        return p("No comparison was requested. " + HOW_TO_COMPARE, "muted")
     if isinstance(comparison, pd.DataFrame):
         frame = comparison
     elif isinstance(comparison, dict):
         if any(_is_point_estimate(v) for v in comparison.values()):
-            return _heldout_comparison(comparison)
+            return box(
+                "EM and MAP fits have one point estimate, nothing for LOO; comparing them by held-out "
+                "log-likelihood refits each one, and the report never fits. " + HOW_TO_COMPARE, "note",
+            )
         import arviz as az
 
         try:
@@ -631,11 +669,28 @@ def _comparison_section(comparison) -> str:
             return box(f"LOO comparison could not be computed ({type(exc).__name__}: {exc}).", "warn")
     else:
         return box(f"Unrecognised comparison argument of type {type(comparison).__name__}.", "warn")
+    return _comparison_table(frame)
+
+
+def _comparison_table(frame: pd.DataFrame, frac=None, seed=None) -> str:
+    """A comparison table with what it means: LOO (arviz.compare) or held-out log-likelihood."""
     frame = frame.copy()
-    index_name = frame.index.name or "model"
-    frame = frame.reset_index().rename(columns={"index": index_name})
+    if not isinstance(frame.index, pd.RangeIndex):
+        index_name = frame.index.name or "model"
+        frame = frame.reset_index().rename(columns={"index": index_name})
     body = table(frame)
-    if "elpd_loo" in frame or "rank" in frame:
+    if "heldout_loglik" in frame:
+        hidden = "a share" if frac is None else f"{frac:.0%}"
+        body = p(
+            "LOO needs the log-likelihood of every label over posterior draws; an EM or MAP fit has one point "
+            f"estimate, so the fits are compared by held-out log-likelihood: {hidden} of each user's labels (the "
+            "same labels for every fit" + ("" if seed is None else f", seed {seed}") + ") are hidden, each fit is "
+            "refitted on the rest with its own settings, and the hidden labels are scored with its predictive "
+            "distribution (bayes_annot.evaluate.compare_heldout). Higher is better; the difference per held-out "
+            "label is the average gain in log predictive probability.",
+            "muted",
+        ) + body
+    elif "elpd_loo" in frame or "rank" in frame:
         body += p(
             "Higher elpd (expected log predictive density) is better; rank 0 is preferred. A difference smaller "
             "than about twice its standard error (dse) does not distinguish the variants.",
@@ -644,73 +699,10 @@ def _comparison_section(comparison) -> str:
     return body
 
 
-HELDOUT_FRAC = 0.2  # share of each user's labels hidden by the report's held-out comparison
-
-
 def _is_point_estimate(value) -> bool:
     """A fit by EM or MAP (one point estimate: no draws for LOO)."""
     summary = getattr(value, "summary", None)
     return isinstance(summary, dict) and summary.get("engine") in ("em", "map")
-
-
-def _heldout_comparison(comparison: dict) -> str:
-    """Compare fits by held-out log-likelihood (:func:`bayes_annot.evaluate.heldout_loglik`).
-
-    LOO needs the pointwise log-likelihood over posterior draws; an EM or MAP
-    fit has a single point estimate, so each variant is refitted on all but
-    ``HELDOUT_FRAC`` of every user's labels and scored on the hidden ones
-    (the same hidden labels for every variant).
-    """
-    from ..data import ColumnMap
-    from ..evaluate import heldout_loglik
-
-    intro = p(
-        "LOO (arviz.compare) needs the log-likelihood of every label over posterior draws; an EM or MAP fit has one "
-        f"point estimate, so the variants are compared by held-out log-likelihood instead: {HELDOUT_FRAC:.0%} of "
-        "each user's labels (the same labels for every variant, seed 0) are hidden, each variant is refitted on the "
-        "rest with its own settings, and the hidden labels are scored with its predictive distribution "
-        "(bayes_annot.evaluate.heldout_loglik). Higher is better; the difference per held-out label is the "
-        "average gain in log predictive probability.",
-        "muted",
-    )
-    records = []
-    for name, result in comparison.items():
-        data = getattr(result, "_data", None)
-        summary = getattr(result, "summary", None)
-        if data is None or not isinstance(summary, dict):
-            return intro + box(
-                f"'{name}' is not a fitted result with its rows (a FitResult): the held-out comparison needs the "
-                "input rows to refit.", "warn",
-            )
-        settings = summary.get("settings", {})
-        cols = settings.get("columns", {})
-        columns = ColumnMap(
-            user=cols.get("user"), model_a=cols.get("model_a", "model_a"), model_b=cols.get("model_b", "model_b"),
-            winner=cols.get("winner", "winner"), p_a=cols.get("p_a") or False,
-            winner_values=settings.get("winner_values"),
-        )
-        kwargs = {"use_p_a": settings.get("use_p_a", True)}
-        if settings.get("q") is not None:
-            kwargs["q"] = settings["q"]
-        if settings.get("tastes", 1) not in (1, None):
-            kwargs["tastes"] = settings["tastes"]
-        elif settings.get("mu") is not None:
-            kwargs.update(mu=settings["mu"], strong_model=settings.get("strong_model"))
-        frame = data.frame[np.asarray(data.reason_code) < 3]  # rows dropped as invalid are not refitted
-        try:
-            scored = heldout_loglik(frame, model=summary.get("model", "two-class"), frac=HELDOUT_FRAC, seed=0,
-                                    columns=columns, **kwargs)
-        except Exception as exc:  # noqa: BLE001
-            return intro + box(
-                f"The held-out comparison could not be computed for '{name}' ({type(exc).__name__}: {exc}).", "warn"
-            )
-        records.append({"fit": str(name), "model": summary.get("model"), "engine": summary.get("engine"),
-                        "heldout_loglik": scored["heldout_loglik"], "n_heldout": scored["n_heldout"],
-                        "per_label": scored["per_label"]})
-    frame = pd.DataFrame(records).sort_values("heldout_loglik", ascending=False, kind="stable")
-    frame["difference_per_label"] = frame["per_label"] - frame["per_label"].iloc[0]
-    frame.insert(0, "rank", range(len(frame)))
-    return intro + table(frame)
 
 
 def _input_text(info) -> str | None:
@@ -737,7 +729,7 @@ def _provenance_table(entries) -> str:
     )
 
 
-def _settings_section(src: ResultSource) -> str:
+def _settings_section(src: "FitResult") -> str:
     s = src.summary
     keep = {k: s.get(k) for k in ("settings", "input", "bayes_annot_version", "sampler") if k in s}
     text = json.dumps(keep, indent=2, default=str)
@@ -748,7 +740,7 @@ def _settings_section(src: ResultSource) -> str:
     return out
 
 
-def render(src: ResultSource, *, comparison=None, title=None, n_rep: int = 200, seed: int = 0, few_labels: int = 5) -> str:
+def render(src: "FitResult", *, comparison=None, title=None, n_rep: int = 200, seed: int = 0, few_labels: int = 5) -> str:
     """The whole report as HTML text."""
     from . import SECTIONS
 
@@ -761,7 +753,7 @@ def render(src: ResultSource, *, comparison=None, title=None, n_rep: int = 200, 
         "decision": lambda: _decision_section(src),
         "convergence": lambda: _convergence_section(src),
         "ppc": lambda: _ppc_section(src, n_rep, seed),
-        "comparison": lambda: _comparison_section(comparison),
+        "comparison": lambda: _comparison_section(src, comparison),
         "settings": lambda: _settings_section(src),
     }
     from ..progress import iterate, resolve
