@@ -358,7 +358,7 @@ def _cmd_fit(args) -> int:
         for note in recover(target):  # what an interrupted run left, before anything reads the folder
             warnings.warn(note, UserWarning, stacklevel=1)
         if args.update is not None:
-            from .incremental import update_saved
+            from .folder_update import update_saved
 
             settings, columns = _update_overrides(args)
             result = update_saved(

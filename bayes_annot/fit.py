@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .provenance import input_info as describe_input, parquet_collection_info, provenance_entry
+from .provenance import input_info as describe_input, parquet_collection_info, provenance_entry, set_provenance
 from .version import __version__
 from .data import REASONS, ColumnMap, PreparedData, prepare, read_table
 from .decide import FilterRule, check_no_verdict_policy, decide, parse_filter  # noqa: F401 (re-exported)
@@ -27,8 +27,10 @@ from .local_em import (
     default_accelerate, em_estimates, em_state, fit_taste_classes, run_block_em, taste_diagnostic, taste_estimates,
 )
 from .pairs import PairTable
+from .incremental import align_start, plan_update
+from .saved import load_start, read_tables
 from .problem import (
-    Estimates, build_problem, graph_components, known_strengths, pair_counts, quality_floor,
+    Estimates, ProblemSize, build_problem, graph_components, known_strengths, pair_counts, quality_floor, strength_mode,
 )
 from .em import EMProblem
 from .errors import FitWarning, InputError, user_stacklevel
@@ -321,19 +323,75 @@ class FitResult:
         return [k for k in ("users", "models", "rows", "summary", "idata") if k != "idata" or has_idata]
 
     # ----------------------------------------------------------------- workflows
-    def update(self, new_rows, **settings) -> "FitResult":
-        """Refit on this fit's rows plus ``new_rows``, warm-started from this fit.
+    def update(self, new_rows, *, accelerate: bool | None = None, on_duplicate: str = "skip", row_id=None,
+               record_paths: bool = False, **settings) -> "FitResult":
+        """Fit this fit's rows plus ``new_rows``, warm-started from it and reusing its encoding and EM block.
 
-        Converges to the same answer as a full refit on old + new rows (see
-        :func:`bayes_annot.incremental.update`); new users and models are added.
-        In-memory fits only (a saved folder: :func:`bayes_annot.incremental.update_saved`).
+        Parameters
+        ----------
+        new_rows : pandas.DataFrame or path
+            The new annotations, with the previous fit's columns.
+        accelerate : bool, optional
+            SQUAREM extrapolation (monotone; see the module notes). Default as in
+            :func:`bayes_annot.fit`: on for ``continuous``; off for ``two-class``,
+            whose warm-started EM converges in two or three plain steps, so an
+            extrapolation would only add a pass.
+        on_duplicate : {"skip", "error", "keep"}
+            New rows already in this fit's log (see
+            :func:`bayes_annot.provenance.drop_duplicates_of`): skipped with a
+            :class:`~bayes_annot.errors.FitWarning` giving their number (default;
+            so applying the same batch twice changes nothing), refused with
+            :class:`~bayes_annot.errors.InputError`, or kept (appended again).
+        row_id : str or list, optional
+            Id column(s) that identify a row (comma-separated names or a list);
+            default ``question_id`` + ``tstamp`` when both logs have both, else the
+            whole row. Ids win over content: a row with known ids is a duplicate
+            even if its other values changed.
+        record_paths : bool
+            Record the absolute path of a ``new_rows`` file in the summary (by
+            default only its name and SHA-256).
+        **settings
+            Any of ``model, filter, tol, max_iter, q, priors, use_p_a, mu, strong_model``.
+
+        The settings of this fit (model, filter, columns, ``q``, priors, ``tol``,
+        taste classes, ...) are reused unless overridden. In-memory fits only (a
+        saved folder: :func:`bayes_annot.folder_update.update_saved`).
+
+        Returns
+        -------
+        FitResult
+            Rows in the order old rows then new rows; users and models over the
+            merged vocabularies. ``summary["settings"]["warm_start"]`` is true;
+            ``summary["provenance"]`` is this fit's list plus this update.
+
+        Notes
+        -----
+        When this fit is an in-memory EM fit (it keeps its EM block) and the
+        update keeps its strength mode (learned, ``p_a`` or ``mu``), the old
+        labels are neither re-encoded nor re-sorted: the new labels' block is
+        merged into the previous one (:func:`bayes_annot.block_em.merge_blocks`),
+        so the work outside the EM passes is proportional to the new rows. The
+        result is identical to fitting the merged log from its rows with the same
+        start (a tested property).
+
+        Examples
+        --------
+        >>> import bayes_annot as ba
+        >>> log = ba.simulate(n_users=300, n_models=4, seed=0)
+        >>> old, new = log.iloc[:-100], log.iloc[-100:]
+        >>> result = ba.fit(old).update(new)
+        >>> result.summary["counts"]["rows"] == len(log)
+        True
         """
         self._needs_fit("update()")
         if self.backend == "dask":
             raise InputError("update() needs an in-memory fit; refit the Dask frame with the new partitions instead")
-        from .incremental import update
-
-        return update(self, new_rows, **settings)
+        plan = plan_update(self, new_rows, on_duplicate=on_duplicate, row_id=row_id, record_paths=record_paths,
+                           **settings)
+        result = fit_prepared(plan.prepared, start=plan.start, accelerate=accelerate, state=plan.state,
+                              input_info=plan.info, _started=plan.started, **plan.settings)
+        set_provenance(result, plan.info, plan.entries)
+        return result
 
     def report(self, path: str | Path, **options) -> Path:
         """Write the self-contained HTML diagnostics report (see :func:`bayes_annot.report.build_report`).
@@ -845,6 +903,90 @@ def fit(
     return FitResult(prepared, estimates, rule, summary, state=state, no_verdict=no_verdict)
 
 
+def fit_prepared(
+    prepared: PreparedData,
+    *,
+    model: str = "two-class",
+    filter="prob:0.5",
+    use_p_a: bool = True,
+    mu: float | None = None,
+    strong_model: str | None = None,
+    q: float | None = None,
+    priors: Priors | None = None,
+    tol: float = 1e-9,
+    max_iter: int = 1000,
+    start: dict | None = None,
+    accelerate: bool | None = None,
+    input_info: dict | None = None,
+    state: EMState | None = None,
+    no_verdict: str = "keep",
+    winner_values: dict | None = None,
+    on_bad_row: str = "error",
+    tastes: int = 1,
+    _started: float | None = None,
+):
+    """EM fit of an already prepared log with the block engine (optionally warm-started and accelerated).
+
+    Builds the same :class:`FitResult` (tables and summary)
+    as :func:`bayes_annot.fit` with ``method="em"``. ``state`` is the log's
+    :class:`~bayes_annot.block_em.EMState` when the caller already has it (an
+    update extends the previous fit's); otherwise it is built from the rows.
+    With ``tastes`` > 1 the taste classes are fitted over that block
+    (:func:`bayes_annot.local_em.fit_taste_classes`), from ``start["tastes"]`` alone when given.
+    """
+    started = time.perf_counter() if _started is None else _started
+    accelerate = default_accelerate(accelerate, model, prepared.n_models)
+    if model not in ("two-class", "continuous"):
+        raise InputError(f"unknown model '{model}', expected one of two-class, continuous")
+    check_fit_settings(tol=tol, max_iter=max_iter, q=q, mu=mu, priors=priors)
+    rule = parse_filter(filter)
+    check_no_verdict_policy(no_verdict)
+    priors = priors or Priors()
+    if state is None:
+        problem, mode = build_problem(prepared, mu=mu, strong_model=strong_model, use_p_a=use_p_a)
+        state = em_state(prepared, problem, pair_counts(prepared), mu=mu, strong_model=strong_model, use_p_a=use_p_a)
+    else:  # the labels are already in the state's block: no per-row problem to build
+        problem = ProblemSize(state.block.n_entries, prepared.n_models, state.block.learned)
+        mode = strength_mode(prepared, mu, strong_model, use_p_a)
+    if problem.n_labels == 0:
+        raise InputError("no row enters the likelihood (all ties or same-model pairs): nothing to update")
+    from .progress import em_callback, resolve
+
+    if tastes != 1:
+        from .block_em import LocalRunner
+        from .local_em import fit_taste_classes, taste_estimates
+
+        if model != "two-class" or not state.block.learned:
+            raise InputError("taste classes need model='two-class' and learned strengths")
+        res, extra = fit_taste_classes(problem, int(tastes), priors, q, tol, max_iter, 0,
+                                       runner=LocalRunner([state.block], prepared.n_users), start=start)
+        state.block.release_pass_caches()
+        estimates = taste_estimates(res, extra)
+    else:
+        with em_callback(resolve(None)) as callback:  # a bar inside a progress.showing() block (the CLI's)
+            em = run_block_em(
+                state.block, problem, model, priors=priors, q=q, tol=tol, max_iter=max_iter, start=start,
+                accelerate=accelerate, callback=callback,
+            )
+        estimates = em_estimates(em, model, known_strengths(problem, prepared, mu, strong_model))
+        rows_problem = problem if hasattr(problem, "user") else build_problem(prepared, mu=mu, strong_model=strong_model,
+                                                                              use_p_a=use_p_a)[0]
+        estimates.quality_floor = quality_floor(rows_problem, estimates)
+    settings = {
+        "model": model, "method": "em", "filter": str(rule), "columns": prepared.columns, "use_p_a": use_p_a,
+        "mu": mu, "strong_model": strong_model, "q": q, "priors": asdict(priors), "tol": tol, "max_iter": max_iter,
+        "seed": 0, "warm_start": start is not None, "accelerate": accelerate, "no_verdict": no_verdict, "tastes": tastes,
+    }
+    if winner_values:  # recorded so that later updates read the new rows the same way
+        settings["winner_values"] = dict(winner_values)
+    if on_bad_row != "error":
+        settings["on_bad_row"] = on_bad_row
+    components = graph_components(state.pair_counts)
+    summary = assemble_summary(prepared, problem, estimates, model, mode, components, input_info, settings, state.pair_counts)
+    summary["runtime_seconds"] = round(time.perf_counter() - started, 4)
+    return FitResult(prepared, estimates, rule, summary, state=state, no_verdict=no_verdict)
+
+
 def assemble_summary(
     prepared: PreparedData,
     problem: EMProblem,
@@ -985,8 +1127,6 @@ def _resolve_start(start, prepared: PreparedData) -> dict | None:
     if start is None:
         return None
     if isinstance(start, (str, Path)):
-        from .incremental import align_start, load_start
-
         if not (Path(start) / "summary.json").exists():
             raise InputError(f"warm start '{start}' holds no bayes_annot results (summary.json missing)")
         return align_start(load_start(start), prepared.user_labels, prepared.model_labels)
@@ -1225,50 +1365,6 @@ def _rebuild_data(rows: pd.DataFrame | None, summary: dict) -> PreparedData | No
         return None
 
 
-def _legacy_table(folder, name: str) -> pd.DataFrame:
-    """A table of a folder written before manifests (CSV; ids and rows as text)."""
-    dtype = str if name == "rows" else {"user": str, "model": str}
-    with folder.open(f"{name}.csv") as handle:
-        frame = pd.read_csv(handle, dtype=dtype, keep_default_na=False, na_values=[""])
-    for column, kind in (("kept", bool), ("uninformative", bool), ("weight", float)):
-        if column in frame and frame[column].dtype != kind:
-            frame[column] = frame[column].astype(str).str.lower().isin(["true", "1"]) if kind is bool else frame[column].astype(float)
-    return frame
-
-
-def _read_folder(folder) -> FitResult:
-    from .tables import read_table_file
-
-    manifest = folder.manifest
-    if not folder.exists("summary.json"):
-        raise InputError(f"'{folder.path}' holds no bayes_annot results (summary.json missing)")
-    if manifest is not None and not manifest.get("complete", False):
-        raise InputError(f"'{folder.path}' holds an incomplete result (a write was interrupted)")
-    tables = {}
-    for name in ("users", "models", "rows"):
-        if manifest is not None and name in manifest.get("tables", {}):
-            meta = manifest["tables"][name]
-            with folder.open(meta["file"]) as handle:
-                tables[name] = read_table_file(handle, meta)
-        else:
-            tables[name] = _legacy_table(folder, name)
-    try:
-        summary = json.loads(folder.read_text("summary.json"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        detail = f"line {exc.lineno}: {exc.msg}" if isinstance(exc, json.JSONDecodeError) else exc.reason
-        raise InputError(f"results folder '{folder.path}': summary.json is not valid JSON ({detail})") from None
-    if not isinstance(summary, dict):
-        kind = "a list" if isinstance(summary, list) else type(summary).__name__
-        raise InputError(f"results folder '{folder.path}': summary.json must be a JSON object, got {kind}")
-    idata = None
-    if folder.exists("posterior.nc"):
-        import arviz as az
-
-        idata = az.from_netcdf(folder.os_path("posterior.nc"))
-        idata.load() if hasattr(idata, "load") else None
-    return FitResult.from_tables(tables["users"], tables["models"], tables["rows"], summary, idata, manifest)
-
-
 def load(directory: str | Path) -> FitResult:
     """Read what :meth:`FitResult.save` wrote, as a :class:`FitResult` with ``backend == "folder"``.
 
@@ -1288,9 +1384,5 @@ def load(directory: str | Path) -> FitResult:
     >>> saved.users.shape == result.users.shape
     True
     """
-    from .outdir import read_consistently
-
-    directory = Path(directory)
-    if not (directory / "summary.json").exists():
-        raise InputError(f"'{directory}' holds no bayes_annot results (summary.json missing)")
-    return read_consistently(directory, _read_folder)
+    saved = read_tables(directory)
+    return FitResult.from_tables(saved.users, saved.models, saved.rows, saved.summary, saved.idata, saved.manifest)

@@ -1,6 +1,6 @@
 r"""Incremental updates: refit after new votes arrive, starting from the previous fit.
 
-:func:`update` returns the fit of *old + new* rows, the same answer as a full
+:meth:`bayes_annot.fit.FitResult.update` returns the fit of *old + new* rows, the same answer as a full
 refit (:func:`bayes_annot.fit` on the concatenated log) to the EM tolerance,
 but its work outside the EM passes is proportional to the *new* rows:
 
@@ -32,17 +32,16 @@ parameter part of the stopping rule bounds that distance: at the default
 and strengths (tested on a 1% update of a 3,000-user log: about 3e-8 two-class,
 2e-7 continuous; the objective-only rule used before left 2.6e-5 and 2.9e-4).
 
-:func:`load_start` reads a saved output folder into a label-keyed start (for
+:func:`bayes_annot.saved.load_start` reads a saved output folder into a label-keyed start (for
 ``bayes-annot fit LOG --warm-start DIR``) and :func:`align_start` maps such a
-start onto a prepared log's vocabularies; :func:`update_saved` refits a saved
+start onto a prepared log's vocabularies; :func:`bayes_annot.folder_update.update_saved` refits a saved
 folder's rows plus new rows (``bayes-annot fit NEW --update DIR``).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -51,14 +50,11 @@ from scipy.special import logit
 from .block_em import EMState, merge_blocks, pair_cell_map
 from .pairs import PairTable
 from .data import ColumnMap, PreparedData, prepare
-from .decide import parse_filter
 from .errors import InputError
 from .likelihood import Priors
-from .provenance import carried_provenance, drop_duplicates_of, input_info, provenance_entry, set_provenance
-from .validation import check_fit_settings, check_number, check_priors
+from .provenance import carried_provenance, drop_duplicates_of, input_info, provenance_entry
 
-__all__ = ["update", "update_saved", "merge_prepared", "warm_start", "load_start", "align_start", "fit_prepared",
-           "read_saved", "validate_saved_summary"]
+__all__ = ["plan_update", "UpdatePlan", "merge_prepared", "warm_start", "align_start", "n_tastes_of"]
 
 _EM_SETTINGS = ("model", "filter", "tol", "max_iter", "q", "priors", "use_p_a", "mu", "strong_model", "no_verdict",
                 "winner_values", "on_bad_row")
@@ -290,7 +286,7 @@ def _label_start(result) -> dict:
 
 
 def align_start(start: dict, user_labels, model_labels) -> dict:
-    """Map a label-keyed start (see :func:`load_start`) onto vocabularies.
+    """Map a label-keyed start (see :func:`bayes_annot.saved.load_start`) onto vocabularies.
 
     Models absent from the start get strength 0 (the prior mean), users absent
     get ``theta = NaN`` (EM starts them at the population level ``m``).
@@ -315,301 +311,7 @@ def warm_start(previous, prepared: PreparedData) -> dict:
     return align_start(_label_start(previous), prepared.user_labels, prepared.model_labels)
 
 
-_VARIANTS = ("two-class", "continuous")
-_REQUIRED_SUMMARY = ("model", "strengths", "parameters", "settings")
-# parameters.NAME -> bounds of check_number (absent or null is allowed)
-_PARAMETER_BOUNDS = {
-    "pi": {"low": 0.0, "high": 1.0, "open_low": True, "open_high": True},
-    "q": {"low": 0.0, "high": 1.0, "open_low": True, "open_high": True},
-    "mean_quality": {"low": 0.0, "high": 1.0},
-    "m": {},
-    "tau": {"low": 0.0, "open_low": True},
-}
-_SETTING_BOUNDS = {
-    "tol": {"low": 0.0},
-    "max_iter": {"low": 1, "integer": True},
-    "seed": {"low": 0, "integer": True},
-    "q": {"low": 0.0, "high": 1.0, "open_low": True, "open_high": True, "optional": True},
-    "mu": {"low": 0.0, "high": 1.0, "open_low": True, "open_high": True, "optional": True},
-}
-
-
-def validate_saved_summary(summary, directory: str | Path) -> None:
-    """Check a results folder's parsed ``summary.json`` before it seeds a warm start or an update.
-
-    Raises :class:`~bayes_annot.errors.InputError` naming the folder and the
-    field at fault: not a JSON object, a missing key (``model``,
-    ``strengths``, ``parameters``, ``settings``), an unknown model, a
-    parameter outside its range (``pi``, ``q`` in (0, 1), ``tau`` > 0, ...),
-    a setting :func:`bayes_annot.fit` would reject (``tol``, ``max_iter``,
-    ``q``, ``mu``, ``filter``, column names) or unknown / invalid priors.
-    """
-    where = f"results folder '{directory}': summary.json"
-
-    def bad(message: str):
-        raise InputError(f"{where} {message}")
-
-    def number(value, name, bounds):
-        try:
-            check_number(value, name, **bounds)
-        except InputError as exc:
-            bad(str(exc))
-
-    if not isinstance(summary, dict):
-        bad(f"must be a JSON object, got {'a list' if isinstance(summary, list) else type(summary).__name__}")
-    missing = [key for key in _REQUIRED_SUMMARY if key not in summary]
-    if missing:
-        bad(f"has no {', '.join(repr(k) for k in missing)}: not a complete bayes_annot summary")
-    if summary["model"] not in _VARIANTS:
-        bad(f"model must be one of {', '.join(_VARIANTS)}, got {summary['model']!r}")
-    if not isinstance(summary["strengths"], str):
-        bad(f"strengths must be text ('learned' or 'known (...)'), got {summary['strengths']!r}")
-    for key in ("parameters", "settings"):
-        if not isinstance(summary[key], dict):
-            bad(f"{key} must be a JSON object, got {type(summary[key]).__name__}")
-    for name, bounds in _PARAMETER_BOUNDS.items():
-        number(summary["parameters"].get(name), f"parameters.{name}", {**bounds, "optional": True})
-    settings = summary["settings"]
-    for name, bounds in _SETTING_BOUNDS.items():
-        if name in settings:
-            number(settings[name], f"settings.{name}", bounds)
-    if "model" in settings and settings["model"] not in _VARIANTS:
-        bad(f"settings.model must be one of {', '.join(_VARIANTS)}, got {settings['model']!r}")
-    if "filter" in settings:
-        if not isinstance(settings["filter"], str):
-            bad(f"settings.filter must be text, got {settings['filter']!r}")
-        try:
-            parse_filter(settings["filter"])
-        except InputError as exc:
-            bad(f"settings.filter: {exc}")
-    for name, kinds in (("use_p_a", (bool,)), ("strong_model", (str, type(None)))):
-        if name in settings and not isinstance(settings[name], kinds):
-            bad(f"settings.{name} has the wrong type: {settings[name]!r}")
-    columns = settings.get("columns", {})
-    if not isinstance(columns, dict):
-        bad(f"settings.columns must be a JSON object of column names, got {columns!r}")
-    for role, name in columns.items():
-        if not (isinstance(name, str) or (name is None and role in ("user", "p_a")) or (name is False and role == "p_a")):
-            bad(f"settings.columns.{role} must be a column name, got {name!r}")
-    priors = settings.get("priors", {})
-    if not isinstance(priors, dict):
-        bad(f"settings.priors must be a JSON object, got {priors!r}")
-    known = {f.name for f in fields(Priors)}
-    unknown = [key for key in priors if key not in known]
-    if unknown:
-        bad(f"settings.priors has unknown key(s) {', '.join(repr(k) for k in unknown)}; known: {', '.join(sorted(known))}")
-    try:
-        check_priors(Priors(**priors), "settings.priors")
-    except InputError as exc:
-        bad(str(exc))
-
-
-def _checked_ids(table: pd.DataFrame, directory: Path, name: str, id_column: str) -> pd.DataFrame:
-    """A loaded ``users`` / ``models`` table whose ids are present and unique (else InputError)."""
-    where = f"results folder '{directory}': {name}"
-    if id_column not in table.columns:
-        raise InputError(f"{where} has no '{id_column}' column")
-    ids = table[id_column]
-    if ids.isna().any():
-        raise InputError(f"{where} has a missing {id_column} id at row {int(np.flatnonzero(ids.isna())[0]) + 1}")
-    table = table.copy()
-    table[id_column] = ids.astype(str).str.strip()
-    if table[id_column].duplicated().any():
-        dup = table[id_column][table[id_column].duplicated()].iloc[0]
-        raise InputError(f"{where}: {id_column} '{dup}' appears more than once")
-    return table
-
-
-def _saved_numbers(table: pd.DataFrame, column: str, directory: Path, name: str, id_column: str,
-                   low: float | None = None, high: float | None = None) -> np.ndarray:
-    """A numeric column of a saved table: every non-empty cell a finite number in [low, high] (else InputError)."""
-    where = f"results folder '{directory}': {name}"
-    if column not in table.columns:
-        raise InputError(f"{where} has no '{column}' column")
-    values = pd.to_numeric(table[column], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
-    text = np.isnan(values) & table[column].notna().to_numpy()
-    outside = np.isinf(values)
-    if low is not None:
-        outside |= values < low
-    if high is not None:
-        outside |= values > high
-    for mask in (text, outside):
-        if mask.any():
-            row = int(np.flatnonzero(mask)[0])
-            value = table[column].iloc[row]
-            label = f"{column} of {id_column} '{table[id_column].iloc[row]}'"
-            if mask is text:
-                raise InputError(f"{where} {label} is {value!r}, not a number")
-            check_number(float(values[row]), f"{where} {label}", low=low, high=high)  # raises, naming the value
-    return values
-
-
-def read_saved(directory: str | Path):
-    """Read and check what a warm start or an update takes from a results folder.
-
-    Returns ``(saved, strengths)``: the folder as :func:`bayes_annot.fit.load`
-    reads it (csv or parquet tables), its ``summary.json`` checked by
-    :func:`validate_saved_summary`, and the learned strengths by model
-    (``None`` when the strengths were not learned or a cell is empty). Every
-    defect is an :class:`~bayes_annot.errors.InputError` naming the folder and
-    the field or value: invalid JSON, a strength that is text or not finite, a
-    model listed twice, a missing file or column.
-    """
-    from .fit import load
-
-    directory = Path(directory)
-    try:
-        saved = load(directory)
-    except InputError:
-        raise
-    except Exception as exc:  # any parser failure is a corrupt folder
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"results folder '{directory}' cannot be read: {first}") from exc
-    validate_saved_summary(saved.summary, directory)
-    strengths = None
-    if saved.summary["strengths"] == "learned":
-        models = _checked_ids(saved.models, directory, "models", "model")
-        values = _saved_numbers(models, "strength", directory, "models", "model")
-        if not np.isnan(values).any():
-            strengths = pd.Series(values, index=models["model"].to_numpy())
-    return saved, strengths
-
-
-def load_start(directory: str | Path) -> dict:
-    """Label-keyed warm start read from a saved output folder.
-
-    Reads ``summary.json`` (``pi``, ``q``, ``m``), ``models.csv`` (strengths
-    by model, when they were learned) and, for the continuous model,
-    ``users.csv`` (``theta = logit(quality)`` of informative users). A saved
-    folder holds no encoded arrays, so this is a parameter-only warm start:
-    fit the *full* log (old + new rows) with it, after :func:`align_start`.
-
-    Returns
-    -------
-    dict
-        ``pi``, ``q``, ``m`` (floats or ``None``), ``strengths``
-        (:class:`pandas.Series` by model, or absent), ``theta`` (Series by
-        user, continuous only), ``model`` (the variant saved).
-    """
-    saved, strengths = read_saved(directory)  # csv or parquet tables, read from one consistent folder
-    summary = saved.summary
-    params = summary["parameters"]
-    start = {"pi": params.get("pi"), "q": params.get("q"), "m": params.get("m"), "model": summary["model"]}
-    if strengths is not None:
-        start["strengths"] = strengths
-    if summary["model"] == "continuous":
-        users = _checked_ids(saved.users, directory, "users", "user")
-        quality = _saved_numbers(users, "quality", directory, "users", "user", low=0.0, high=1.0)
-        quality = np.clip(quality, 1e-12, 1 - 1e-12)
-        informative = ~users["uninformative"].astype(str).str.strip().str.lower().isin(["true", "1"]).to_numpy() \
-            if "uninformative" in users.columns else np.ones(len(users), bool)
-        start["theta"] = pd.Series(np.where(informative, logit(quality), np.nan), index=users["user"].to_numpy())
-    n_tastes = _n_tastes(summary)
-    if n_tastes > 1 and strengths is not None:  # per-class strengths and shares: the update's warm start
-        models = _checked_ids(saved.models, directory, "models", "model")
-        table = np.column_stack([_saved_numbers(models, f"strength_taste_{k}", directory, "models", "model")
-                                 for k in range(1, n_tastes + 1)])
-        shares = [params.get(f"share_taste_{k}") for k in range(1, n_tastes + 1)]
-        for k, share in enumerate(shares, start=1):
-            check_number(share, f"results folder '{directory}': summary.json parameters.share_taste_{k}", low=0.0,
-                         high=1.0, open_low=True, open_high=True)
-        if not np.isnan(table).any():
-            start["tastes"] = {"strengths": pd.DataFrame(table, index=models["model"].to_numpy()),
-                               "shares": np.asarray(shares, dtype=float), "q": params.get("q")}
-    return start
-
-
 # --------------------------------------------------------------------------- fitting prepared data
-
-
-def fit_prepared(
-    prepared: PreparedData,
-    *,
-    model: str = "two-class",
-    filter="prob:0.5",
-    use_p_a: bool = True,
-    mu: float | None = None,
-    strong_model: str | None = None,
-    q: float | None = None,
-    priors: Priors | None = None,
-    tol: float = 1e-9,
-    max_iter: int = 1000,
-    start: dict | None = None,
-    accelerate: bool | None = None,
-    input_info: dict | None = None,
-    state: EMState | None = None,
-    no_verdict: str = "keep",
-    winner_values: dict | None = None,
-    on_bad_row: str = "error",
-    tastes: int = 1,
-    _started: float | None = None,
-):
-    """EM fit of an already prepared log with the block engine (optionally warm-started and accelerated).
-
-    Builds the same :class:`~bayes_annot.fit.FitResult` (tables and summary)
-    as :func:`bayes_annot.fit` with ``method="em"``. ``state`` is the log's
-    :class:`~bayes_annot.block_em.EMState` when the caller already has it (an
-    update extends the previous fit's); otherwise it is built from the rows.
-    With ``tastes`` > 1 the taste classes are fitted over that block
-    (:func:`bayes_annot.local_em.fit_taste_classes`), from ``start["tastes"]`` alone when given.
-    """
-    from .fit import FitResult, assemble_summary, check_no_verdict_policy
-    from .local_em import default_accelerate, em_estimates, em_state, run_block_em
-    from .problem import (
-        ProblemSize, build_problem, graph_components, known_strengths, pair_counts, quality_floor, strength_mode,
-    )
-
-    started = time.perf_counter() if _started is None else _started
-    accelerate = default_accelerate(accelerate, model, prepared.n_models)
-    if model not in ("two-class", "continuous"):
-        raise InputError(f"unknown model '{model}', expected one of two-class, continuous")
-    check_fit_settings(tol=tol, max_iter=max_iter, q=q, mu=mu, priors=priors)
-    rule = parse_filter(filter)
-    check_no_verdict_policy(no_verdict)
-    priors = priors or Priors()
-    if state is None:
-        problem, mode = build_problem(prepared, mu=mu, strong_model=strong_model, use_p_a=use_p_a)
-        state = em_state(prepared, problem, pair_counts(prepared), mu=mu, strong_model=strong_model, use_p_a=use_p_a)
-    else:  # the labels are already in the state's block: no per-row problem to build
-        problem = ProblemSize(state.block.n_entries, prepared.n_models, state.block.learned)
-        mode = strength_mode(prepared, mu, strong_model, use_p_a)
-    if problem.n_labels == 0:
-        raise InputError("no row enters the likelihood (all ties or same-model pairs): nothing to update")
-    from .progress import em_callback, resolve
-
-    if tastes != 1:
-        from .block_em import LocalRunner
-        from .local_em import fit_taste_classes, taste_estimates
-
-        if model != "two-class" or not state.block.learned:
-            raise InputError("taste classes need model='two-class' and learned strengths")
-        res, extra = fit_taste_classes(problem, int(tastes), priors, q, tol, max_iter, 0,
-                                       runner=LocalRunner([state.block], prepared.n_users), start=start)
-        state.block.release_pass_caches()
-        estimates = taste_estimates(res, extra)
-    else:
-        with em_callback(resolve(None)) as callback:  # a bar inside a progress.showing() block (the CLI's)
-            em = run_block_em(
-                state.block, problem, model, priors=priors, q=q, tol=tol, max_iter=max_iter, start=start,
-                accelerate=accelerate, callback=callback,
-            )
-        estimates = em_estimates(em, model, known_strengths(problem, prepared, mu, strong_model))
-        rows_problem = problem if hasattr(problem, "user") else build_problem(prepared, mu=mu, strong_model=strong_model,
-                                                                              use_p_a=use_p_a)[0]
-        estimates.quality_floor = quality_floor(rows_problem, estimates)
-    settings = {
-        "model": model, "method": "em", "filter": str(rule), "columns": prepared.columns, "use_p_a": use_p_a,
-        "mu": mu, "strong_model": strong_model, "q": q, "priors": asdict(priors), "tol": tol, "max_iter": max_iter,
-        "seed": 0, "warm_start": start is not None, "accelerate": accelerate, "no_verdict": no_verdict, "tastes": tastes,
-    }
-    if winner_values:  # recorded so that later updates read the new rows the same way
-        settings["winner_values"] = dict(winner_values)
-    if on_bad_row != "error":
-        settings["on_bad_row"] = on_bad_row
-    components = graph_components(state.pair_counts)
-    summary = assemble_summary(prepared, problem, estimates, model, mode, components, input_info, settings, state.pair_counts)
-    summary["runtime_seconds"] = round(time.perf_counter() - started, 4)
-    return FitResult(prepared, estimates, rule, summary, state=state, no_verdict=no_verdict)
 
 
 # --------------------------------------------------------------------------- update
@@ -637,7 +339,7 @@ def _mapped_start(previous, merge: _Merge) -> dict:
     return start
 
 
-def _n_tastes(summary: dict) -> int:
+def n_tastes_of(summary: dict) -> int:
     """Taste classes of a fit (``tastes="auto"``: the number it chose); an update keeps them."""
     return int((summary.get("tastes") or {}).get("n_tastes", 1))
 
@@ -682,73 +384,28 @@ def _extend_state(state: EMState, merge: _Merge, problem_new, key: tuple) -> EMS
     return EMState(block=block, pair_counts=pairs, key=key)
 
 
-def update(
-    previous,
-    new_rows,
-    *,
-    accelerate: bool | None = None,
-    on_duplicate: str = "skip",
-    row_id=None,
-    record_paths: bool = False,
-    **fit_settings,
-):
-    """Fit old + new rows, warm-started from ``previous`` and reusing its encoding and EM block.
+@dataclass
+class UpdatePlan:
+    """What an update fits: the merged log, its warm start and EM state, the settings and the provenance."""
 
-    Parameters
-    ----------
-    previous : bayes_annot.fit.FitResult
-        An EM (or MAP) fit; its settings (model, filter, columns, ``q``,
-        priors, ``tol``, ...) are reused unless overridden.
-    new_rows : pandas.DataFrame or path
-        The new annotations, with the previous fit's columns.
-    accelerate : bool, optional
-        SQUAREM extrapolation (monotone; see the module notes). Default as in
-        :func:`bayes_annot.fit`: on for ``continuous``; off for ``two-class``,
-        whose warm-started EM converges in two or three plain steps, so an
-        extrapolation would only add a pass.
-    on_duplicate : {"skip", "error", "keep"}
-        New rows already in ``previous``'s log (see
-        :func:`bayes_annot.provenance.drop_duplicates_of`): skipped with a
-        :class:`~bayes_annot.errors.FitWarning` giving their number (default;
-        so applying the same batch twice changes nothing), refused with
-        :class:`~bayes_annot.errors.InputError`, or kept (appended again).
-    row_id : str or list, optional
-        Id column(s) that identify a row (comma-separated names or a list);
-        default ``question_id`` + ``tstamp`` when both logs have both, else the
-        whole row. Ids win over content: a row with known ids is a duplicate
-        even if its other values changed.
-    record_paths : bool
-        Record the absolute path of a ``new_rows`` file in the summary (by
-        default only its name and SHA-256).
-    **fit_settings
-        Any of ``model, filter, tol, max_iter, q, priors, use_p_a, mu, strong_model``.
+    prepared: PreparedData
+    start: dict
+    state: EMState | None
+    settings: dict
+    info: dict
+    entries: list
+    started: float
 
-    Returns
-    -------
-    FitResult
-        Rows in the order old rows then new rows; users and models over the
-        merged vocabularies. ``summary["settings"]["warm_start"]`` is true;
-        ``summary["provenance"]`` is ``previous``'s list plus this update.
 
-    Notes
-    -----
-    When ``previous`` is an in-memory EM fit (it keeps its EM block) and the
-    update keeps its strength mode (learned, ``p_a`` or ``mu``), the old
-    labels are neither re-encoded nor re-sorted: the new labels' block is
-    merged into the previous one (:func:`bayes_annot.block_em.merge_blocks`),
-    so the work outside the EM passes is proportional to the new rows. The
-    result is identical to fitting the merged log from its rows with the same
-    start (a tested property).
+def plan_update(previous, new_rows, *, on_duplicate: str = "skip", row_id=None, record_paths: bool = False,
+                **fit_settings) -> UpdatePlan:
+    """Merge ``new_rows`` into ``previous``'s log and state, and warm-start from ``previous``'s estimates.
 
-    Examples
-    --------
-    >>> import bayes_annot as ba
-    >>> from bayes_annot.incremental import update
-    >>> log = ba.simulate(n_users=300, n_models=4, seed=0)
-    >>> old, new = log.iloc[:-100], log.iloc[-100:]
-    >>> result = update(ba.fit(old), new)
-    >>> result.summary["counts"]["rows"] == len(log)
-    True
+    The engine half of :meth:`bayes_annot.fit.FitResult.update`, which fits
+    the plan; see there for the settings. ``previous`` is an in-memory fit
+    (its ``summary``, ``estimates``, encoded log and EM state are read).
+    New rows already in ``previous``'s log are skipped, refused or kept
+    (``on_duplicate``); when none is left the plan refits the previous log.
     """
     from .data import read_table
     from .problem import build_problem, problem_key
@@ -761,7 +418,7 @@ def update(
     settings = {key: saved.get(key) for key in _EM_SETTINGS if key in saved}
     if isinstance(settings.get("priors"), dict):
         settings["priors"] = Priors(**settings["priors"])
-    settings["tastes"] = _n_tastes(previous.summary)
+    settings["tastes"] = n_tastes_of(previous.summary)
     settings["filter"] = str(previous.rule)  # the rule in force (a .filter() clone's, not the original fit's)
     settings["no_verdict"] = getattr(previous, "no_verdict", "keep")
     settings.update(fit_settings)
@@ -779,146 +436,24 @@ def update(
     kept_rows, counts = drop_duplicates_of(old.frame, new_rows, row_id=row_id, on_duplicate=on_duplicate,
                                            user=cols["user"], user_codes=(old.user, old.user_labels))
     entries = carried_provenance(previous.summary, record_paths) + [provenance_entry(info, **counts)]
-    if counts["rows_added"] == 0:  # nothing new: refit the previous log as it is
-        result = _refit_unchanged(previous, settings, accelerate, info, started)
-        set_provenance(result, info, entries)
-        return result
-    if counts["rows_skipped"]:
-        new = prepare(kept_rows, role_map, on_bad_row=on_bad_row)
-    merge = _merge(old, new)
-    start = _mapped_start(previous, merge)
-    if settings.get("model", "two-class") != previous.estimates.variant:
-        start = {"strengths": start.get("strengths"), "q": start.get("q")}
     mu, strong_model = settings.get("mu"), settings.get("strong_model")
     use_p_a = settings.get("use_p_a", True)
-    key = problem_key(mu, strong_model, use_p_a, merge.merged.has_p_a)
     state = getattr(previous, "_state", None)
-    if state is not None and state.key == key:
-        problem_new, _ = build_problem(merge.new, mu=mu, strong_model=strong_model, use_p_a=use_p_a)
-        state = _extend_state(state, merge, problem_new, key)
+    if counts["rows_added"] == 0:  # nothing new: refit the previous log as it is
+        merged, start = old, warm_start(previous, old)
+        key = problem_key(mu, strong_model, use_p_a, old.has_p_a)
+        state = state if state is not None and state.key == key else None
     else:
-        state = None  # rebuilt from the merged rows
-    result = fit_prepared(
-        merge.merged, start=start, accelerate=accelerate, state=state, input_info=info, _started=started, **settings
-    )
-    set_provenance(result, info, entries)
-    return result
-
-
-def _refit_unchanged(previous, settings: dict, accelerate, info: dict, started: float):
-    """An update that adds no row: the previous log refitted (same rows), warm-started from ``previous``."""
-    from .problem import problem_key
-
-    old = previous._data
-    start = warm_start(previous, old)
+        if counts["rows_skipped"]:
+            new = prepare(kept_rows, role_map, on_bad_row=on_bad_row)
+        merge = _merge(old, new)
+        merged, start = merge.merged, _mapped_start(previous, merge)
+        key = problem_key(mu, strong_model, use_p_a, merged.has_p_a)
+        if state is not None and state.key == key:
+            problem_new, _ = build_problem(merge.new, mu=mu, strong_model=strong_model, use_p_a=use_p_a)
+            state = _extend_state(state, merge, problem_new, key)
+        else:
+            state = None  # rebuilt from the merged rows
     if settings.get("model", "two-class") != previous.estimates.variant:
         start = {"strengths": start.get("strengths"), "q": start.get("q")}
-    key = problem_key(settings.get("mu"), settings.get("strong_model"), settings.get("use_p_a", True), old.has_p_a)
-    state = getattr(previous, "_state", None)
-    state = state if state is not None and state.key == key else None
-    return fit_prepared(old, start=start, accelerate=accelerate, state=state, input_info=info, _started=started, **settings)
-
-
-_SAVED_SETTINGS = ("model", "filter", "use_p_a", "mu", "strong_model", "q", "tol", "max_iter", "no_verdict",
-                   "winner_values", "on_bad_row")
-
-
-def update_saved(
-    directory: str | Path,
-    new_rows,
-    columns: dict | None = None,
-    *,
-    on_duplicate: str = "skip",
-    row_id=None,
-    record_paths: bool = False,
-    **overrides,
-):
-    """Refit a saved fit's rows plus new rows, warm-started from the saved folder (``fit NEW --update DIR``).
-
-    The saved ``rows.csv`` holds every input row of the previous fit, so the
-    merged log is those rows (their input columns, read as text) followed by
-    ``new_rows``; it is fitted by EM with the saved settings (model, columns,
-    filter, ``q``, ``mu``, priors, ``tol``), starting from the saved
-    parameters, strengths and (continuous) per-user quality. The result is the
-    fit of old + new rows, as :func:`update` gives for a live result; a saved
-    folder holds no EM block, so the old rows are encoded again.
-
-    Parameters
-    ----------
-    directory : str or Path
-        A folder written by ``bayes-annot fit`` / :meth:`FitResult.save`.
-    new_rows : pandas.DataFrame or path
-        The new annotations (a single file), with the previous fit's id columns.
-    columns : dict, optional
-        Role (``user``, ``model_a``, ``model_b``, ``winner``, ``p_a``) -> column
-        name in ``new_rows`` when it differs from the saved fit's.
-    on_duplicate : {"skip", "error", "keep"}
-        New rows already in the saved rows: skipped with a warning (default),
-        refused (:class:`~bayes_annot.errors.InputError`, nothing fitted) or
-        appended again; as in :func:`update`.
-    row_id : str or list, optional
-        Id column(s) that identify a row, as in :func:`update`.
-    record_paths : bool
-        Record the absolute path of a ``new_rows`` file (by default its name and SHA-256 only).
-    **overrides
-        Any of ``model, filter, use_p_a, mu, strong_model, q, tol, max_iter``.
-
-    Returns
-    -------
-    FitResult
-        ``summary["provenance"]`` is the saved list plus this update.
-    """
-    from .data import ColumnMap, read_table
-    from .fit import fit
-
-    unknown = set(overrides) - set(_SAVED_SETTINGS)
-    if unknown:
-        raise TypeError(f"update_saved() got unexpected setting(s): {', '.join(sorted(unknown))}")
-    directory = Path(directory)
-    if not (directory / "summary.json").exists():
-        raise InputError(f"'{directory}' holds no bayes_annot results to update (summary.json missing)")
-    saved, _ = read_saved(directory)  # a corrupt or crafted folder is an InputError before anything is fitted
-    summary = saved.summary
-    saved_settings = summary.get("settings", {})
-    saved_columns = dict(saved_settings.get("columns") or {})
-    info = input_info(None, record_paths)
-    if isinstance(new_rows, (str, Path)):
-        if Path(new_rows).is_dir() or any(ch in str(new_rows) for ch in "*?["):
-            raise InputError(f"--update reads one file of new rows (.csv, .parquet, .json, .jsonl), got '{new_rows}'")
-        frame = read_table(new_rows)
-        info = input_info(new_rows, record_paths)
-        new_rows = frame
-    settings = {key: saved_settings[key] for key in _SAVED_SETTINGS if key in saved_settings}
-    settings.update(overrides)
-    use_p_a = bool(settings.get("use_p_a", True))
-    p_a = saved_columns.get("p_a") if use_p_a and saved_columns.get("p_a") else False
-    # the new rows' columns under the saved names
-    renames = {}
-    for role, name in (columns or {}).items():
-        target = saved_columns.get(role) or {"p_a": "p_a"}.get(role, role)
-        if name != target:
-            if name not in new_rows.columns:
-                raise InputError(f"new rows have no column '{name}' (given for {role})")
-            renames[name] = target
-    new_rows = new_rows.rename(columns=renames)
-    role_map = ColumnMap(
-        user=saved_columns.get("user"), model_a=saved_columns.get("model_a", "model_a"),
-        model_b=saved_columns.get("model_b", "model_b"), winner=saved_columns.get("winner", "winner"), p_a=p_a,
-        winner_values=settings.get("winner_values"),
-    )
-    try:  # the new rows alone: errors name their own row numbers
-        prepare(new_rows, role_map, on_bad_row=settings.get("on_bad_row") or "error")
-    except InputError as exc:
-        raise InputError(f"new rows: {exc}") from None
-    old_rows = saved.input_rows()
-    new_rows, counts = drop_duplicates_of(old_rows, new_rows, row_id=row_id, on_duplicate=on_duplicate,
-                                          user=role_map.user)
-    entries = carried_provenance(summary, record_paths) + [provenance_entry(info, **counts)]
-    priors = Priors(**saved_settings["priors"]) if isinstance(saved_settings.get("priors"), dict) else None
-    merged = pd.concat([old_rows, new_rows], ignore_index=True) if len(new_rows) else old_rows
-    result = fit(
-        merged, method="em", user=role_map.user, model_a=role_map.model_a, model_b=role_map.model_b,
-        winner=role_map.winner, p_a=p_a, priors=priors, start=directory, tastes=_n_tastes(summary), **settings,
-    )
-    set_provenance(result, info, entries)
-    return result
+    return UpdatePlan(merged, start, state, settings, info, entries, started)

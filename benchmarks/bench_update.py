@@ -110,7 +110,7 @@ def agreement(variant: str, n_users: int, tight_tol: float, seed: int = 1, share
     """Largest differences between the update and the full refit (and each to the optimum) at a tight tol."""
     import bayes_annot as ba
     from bayes_annot.data import prepare
-    from bayes_annot.incremental import fit_prepared
+    from bayes_annot.fit import fit_prepared
 
     old, new = make_logs(variant, n_users, seed, share)
     full_log = pd.concat([old, new], ignore_index=True)

@@ -8,7 +8,9 @@ import pytest
 
 import bayes_annot as ba
 from bayes_annot.data import prepare
-from bayes_annot.incremental import align_start, fit_prepared, load_start, merge_prepared, update
+from bayes_annot.fit import fit_prepared
+from bayes_annot.incremental import align_start, merge_prepared
+from bayes_annot.saved import load_start
 
 
 def _with_vote_ids(log):
@@ -56,7 +58,7 @@ def test_update_equals_full_refit(variant, tol):
     old, new = _split(variant)
     new = _with_newcomers(new)
     previous = ba.fit(old, model=variant, tol=tol)
-    updated = update(previous, new, tol=tol, max_iter=20000)
+    updated = previous.update(new, tol=tol, max_iter=20000)
     full = ba.fit(pd.concat([old, new], ignore_index=True), model=variant, tol=tol, max_iter=20000)
     _close(updated, full, 1e-6)
     assert updated.summary["counts"] == full.summary["counts"]
@@ -86,7 +88,7 @@ def test_update_equals_full_refit_at_default_settings(variant):
 def test_update_without_acceleration_is_monotone_and_close():
     old, new = _split("two-class", seed=3)
     previous = ba.fit(old, tol=1e-15)
-    plain = update(previous, new, tol=1e-15, accelerate=False)
+    plain = previous.update(new, tol=1e-15, accelerate=False)
     full = ba.fit(pd.concat([old, new], ignore_index=True), tol=1e-15)
     _close(plain, full, 1e-6)
     assert np.all(np.diff(plain.loglik_trace) >= -1e-8)
@@ -95,7 +97,7 @@ def test_update_without_acceleration_is_monotone_and_close():
 def test_update_is_deterministic():
     old, new = _split("two-class", seed=4)
     previous = ba.fit(old)
-    a, b = update(previous, new), update(previous, new)
+    a, b = previous.update(new), previous.update(new)
     pd.testing.assert_frame_equal(a.users, b.users)
     pd.testing.assert_frame_equal(a.models, b.models)
     pd.testing.assert_frame_equal(a.rows, b.rows)
@@ -104,14 +106,14 @@ def test_update_is_deterministic():
 def test_update_keeps_settings_and_allows_overrides():
     old, new = _split("two-class", seed=5, n_users=300)
     previous = ba.fit(old, q=0.5, filter="prob:0.7")
-    updated = update(previous, new)
+    updated = previous.update(new)
     assert updated.summary["settings"]["q"] == 0.5
     assert updated.summary["parameters"]["q"] == 0.5
     assert updated.summary["filter"]["rule"] == previous.summary["filter"]["rule"]
-    other = update(previous, new, filter="none")
+    other = previous.update(new, filter="none")
     assert other.users.kept.all()
     with pytest.raises(TypeError):
-        update(previous, new, draws=10)
+        previous.update(new, draws=10)
 
 
 def test_block_engine_cold_equals_fit_em():
@@ -188,8 +190,8 @@ def test_update_from_the_kept_block_equals_update_from_rows(variant):
     new = _with_newcomers(new)
     previous = ba.fit(old, model=variant)
     assert previous._state is not None
-    fast = update(previous, new)
-    slow = update(_without_state(previous), new)
+    fast = previous.update(new)
+    slow = _without_state(previous).update(new)
     np.testing.assert_allclose(fast.users.quality, slow.users.quality, rtol=0, atol=1e-12)
     np.testing.assert_allclose(fast.models.strength, slow.models.strength, rtol=0, atol=1e-12)
     np.testing.assert_allclose(fast.loglik_trace, slow.loglik_trace, rtol=1e-12)
@@ -209,8 +211,8 @@ def test_update_with_known_p_a_uses_the_kept_block():
     old, new = log.iloc[:-300].reset_index(drop=True), log.iloc[-300:].reset_index(drop=True)
     previous = ba.fit(old)
     assert previous.summary["strengths"].startswith("known") and previous._state.key == ("p_a",)
-    fast = update(previous, new, tol=1e-14)
-    slow = update(_without_state(previous), new, tol=1e-14)
+    fast = previous.update(new, tol=1e-14)
+    slow = _without_state(previous).update(new, tol=1e-14)
     full = ba.fit(log, tol=1e-14)
     np.testing.assert_allclose(fast.users.quality, slow.users.quality, rtol=0, atol=1e-12)
     _close(fast, full, 1e-6)
@@ -220,7 +222,7 @@ def test_update_that_changes_the_strength_mode_rebuilds_from_rows():
     old, new = _split("two-class", seed=9)
     previous = ba.fit(old)
     model = previous.models.sort_values("strength").model.iloc[-1]
-    updated = update(previous, new, mu=0.8, strong_model=model, tol=1e-14)
+    updated = previous.update(new, mu=0.8, strong_model=model, tol=1e-14)
     full = ba.fit(pd.concat([old, new], ignore_index=True), mu=0.8, strong_model=model, tol=1e-14)
     assert updated._state.key == ("mu", 0.8, model)
     _close(updated, full, 1e-6)
@@ -235,7 +237,7 @@ def test_chained_updates_equal_one_fit_of_everything():
     batches[2] = _with_newcomers(batches[2])
     result = ba.fit(batches[0], tol=1e-15)
     for batch in batches[1:]:
-        result = update(result, batch, tol=1e-15)
+        result = result.update(batch, tol=1e-15)
     everything = pd.concat(batches, ignore_index=True)
     full = ba.fit(everything, tol=1e-15)
     _close(result, full, 1e-6)
@@ -360,7 +362,7 @@ def test_cli_dpo_inside_the_output_folder(tmp_path):
 
 
 def test_update_saved_p_a_column_choices(tmp_path):
-    from bayes_annot.incremental import update_saved
+    from bayes_annot.folder_update import update_saved
 
     log = ba.simulate(n_users=300, n_models=4, labels_per_user=(5, 20), known_mu=0.8, seed=31)
     log = log[["user", "model_a", "model_b", "winner", "p_a"]]

@@ -1,0 +1,307 @@
+"""Reading a results folder: its tables, its checked ``summary.json``, and the warm start it holds.
+
+:func:`read_tables` reads what :meth:`bayes_annot.fit.FitResult.save` wrote
+(CSV or parquet tables with their manifest, ``summary.json``, ``posterior.nc``)
+through one handle on the folder, so a concurrent writer never gives a mix of
+two fits; :func:`bayes_annot.fit.load` makes a result of them.
+:func:`validate_saved_summary` and :func:`read_saved` check a folder before it
+seeds a warm start (:func:`load_start`, ``bayes-annot fit LOG --warm-start DIR``)
+or an update; every defect is an :class:`~bayes_annot.errors.InputError` naming
+the folder and the field or value.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.special import logit
+
+from .decide import parse_filter
+from .errors import InputError
+from .incremental import n_tastes_of
+from .likelihood import Priors
+from .tables import read_table_file
+from .validation import check_number, check_priors
+
+__all__ = ["SavedTables", "read_tables", "read_saved", "validate_saved_summary", "load_start"]
+
+
+@dataclass
+class SavedTables:
+    """What a results folder holds: the three tables, the summary, the posterior (or ``None``) and the manifest."""
+
+    users: pd.DataFrame
+    models: pd.DataFrame
+    rows: pd.DataFrame
+    summary: dict
+    idata: object | None = None
+    manifest: dict | None = None
+
+
+def read_tables(directory: str | Path) -> SavedTables:
+    """The tables of a results folder, each with the types it was written with (see :mod:`bayes_annot.tables`).
+
+    Raises :class:`~bayes_annot.errors.InputError` when the folder holds no
+    results, an interrupted write, or a file no parser can read.
+    """
+    from .outdir import read_consistently
+
+    directory = Path(directory)
+    if not (directory / "summary.json").exists():
+        raise InputError(f"'{directory}' holds no bayes_annot results (summary.json missing)")
+    try:
+        return read_consistently(directory, _read_folder)
+    except InputError:
+        raise
+    except Exception as exc:  # any parser failure is a corrupt folder
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"results folder '{directory}' cannot be read: {first}") from exc
+
+
+def _legacy_table(folder, name: str) -> pd.DataFrame:
+    """A table of a folder written before manifests (CSV; ids and rows as text)."""
+    dtype = str if name == "rows" else {"user": str, "model": str}
+    with folder.open(f"{name}.csv") as handle:
+        frame = pd.read_csv(handle, dtype=dtype, keep_default_na=False, na_values=[""])
+    for column, kind in (("kept", bool), ("uninformative", bool), ("weight", float)):
+        if column in frame and frame[column].dtype != kind:
+            frame[column] = frame[column].astype(str).str.lower().isin(["true", "1"]) if kind is bool else frame[column].astype(float)
+    return frame
+
+
+def _read_folder(folder) -> SavedTables:
+    manifest = folder.manifest
+    if not folder.exists("summary.json"):
+        raise InputError(f"'{folder.path}' holds no bayes_annot results (summary.json missing)")
+    if manifest is not None and not manifest.get("complete", False):
+        raise InputError(f"'{folder.path}' holds an incomplete result (a write was interrupted)")
+    tables = {}
+    for name in ("users", "models", "rows"):
+        if manifest is not None and name in manifest.get("tables", {}):
+            meta = manifest["tables"][name]
+            with folder.open(meta["file"]) as handle:
+                tables[name] = read_table_file(handle, meta)
+        else:
+            tables[name] = _legacy_table(folder, name)
+    try:
+        summary = json.loads(folder.read_text("summary.json"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        detail = f"line {exc.lineno}: {exc.msg}" if isinstance(exc, json.JSONDecodeError) else exc.reason
+        raise InputError(f"results folder '{folder.path}': summary.json is not valid JSON ({detail})") from None
+    if not isinstance(summary, dict):
+        kind = "a list" if isinstance(summary, list) else type(summary).__name__
+        raise InputError(f"results folder '{folder.path}': summary.json must be a JSON object, got {kind}")
+    idata = None
+    if folder.exists("posterior.nc"):
+        import arviz as az
+
+        idata = az.from_netcdf(folder.os_path("posterior.nc"))
+        idata.load() if hasattr(idata, "load") else None
+    return SavedTables(tables["users"], tables["models"], tables["rows"], summary, idata, manifest)
+
+
+
+_VARIANTS = ("two-class", "continuous")
+
+
+_REQUIRED_SUMMARY = ("model", "strengths", "parameters", "settings")
+
+
+# parameters.NAME -> bounds of check_number (absent or null is allowed)
+_PARAMETER_BOUNDS = {
+    "pi": {"low": 0.0, "high": 1.0, "open_low": True, "open_high": True},
+    "q": {"low": 0.0, "high": 1.0, "open_low": True, "open_high": True},
+    "mean_quality": {"low": 0.0, "high": 1.0},
+    "m": {},
+    "tau": {"low": 0.0, "open_low": True},
+}
+
+
+_SETTING_BOUNDS = {
+    "tol": {"low": 0.0},
+    "max_iter": {"low": 1, "integer": True},
+    "seed": {"low": 0, "integer": True},
+    "q": {"low": 0.0, "high": 1.0, "open_low": True, "open_high": True, "optional": True},
+    "mu": {"low": 0.0, "high": 1.0, "open_low": True, "open_high": True, "optional": True},
+}
+
+
+def validate_saved_summary(summary, directory: str | Path) -> None:
+    """Check a results folder's parsed ``summary.json`` before it seeds a warm start or an update.
+
+    Raises :class:`~bayes_annot.errors.InputError` naming the folder and the
+    field at fault: not a JSON object, a missing key (``model``,
+    ``strengths``, ``parameters``, ``settings``), an unknown model, a
+    parameter outside its range (``pi``, ``q`` in (0, 1), ``tau`` > 0, ...),
+    a setting :func:`bayes_annot.fit` would reject (``tol``, ``max_iter``,
+    ``q``, ``mu``, ``filter``, column names) or unknown / invalid priors.
+    """
+    where = f"results folder '{directory}': summary.json"
+
+    def bad(message: str):
+        raise InputError(f"{where} {message}")
+
+    def number(value, name, bounds):
+        try:
+            check_number(value, name, **bounds)
+        except InputError as exc:
+            bad(str(exc))
+
+    if not isinstance(summary, dict):
+        bad(f"must be a JSON object, got {'a list' if isinstance(summary, list) else type(summary).__name__}")
+    missing = [key for key in _REQUIRED_SUMMARY if key not in summary]
+    if missing:
+        bad(f"has no {', '.join(repr(k) for k in missing)}: not a complete bayes_annot summary")
+    if summary["model"] not in _VARIANTS:
+        bad(f"model must be one of {', '.join(_VARIANTS)}, got {summary['model']!r}")
+    if not isinstance(summary["strengths"], str):
+        bad(f"strengths must be text ('learned' or 'known (...)'), got {summary['strengths']!r}")
+    for key in ("parameters", "settings"):
+        if not isinstance(summary[key], dict):
+            bad(f"{key} must be a JSON object, got {type(summary[key]).__name__}")
+    for name, bounds in _PARAMETER_BOUNDS.items():
+        number(summary["parameters"].get(name), f"parameters.{name}", {**bounds, "optional": True})
+    settings = summary["settings"]
+    for name, bounds in _SETTING_BOUNDS.items():
+        if name in settings:
+            number(settings[name], f"settings.{name}", bounds)
+    if "model" in settings and settings["model"] not in _VARIANTS:
+        bad(f"settings.model must be one of {', '.join(_VARIANTS)}, got {settings['model']!r}")
+    if "filter" in settings:
+        if not isinstance(settings["filter"], str):
+            bad(f"settings.filter must be text, got {settings['filter']!r}")
+        try:
+            parse_filter(settings["filter"])
+        except InputError as exc:
+            bad(f"settings.filter: {exc}")
+    for name, kinds in (("use_p_a", (bool,)), ("strong_model", (str, type(None)))):
+        if name in settings and not isinstance(settings[name], kinds):
+            bad(f"settings.{name} has the wrong type: {settings[name]!r}")
+    columns = settings.get("columns", {})
+    if not isinstance(columns, dict):
+        bad(f"settings.columns must be a JSON object of column names, got {columns!r}")
+    for role, name in columns.items():
+        if not (isinstance(name, str) or (name is None and role in ("user", "p_a")) or (name is False and role == "p_a")):
+            bad(f"settings.columns.{role} must be a column name, got {name!r}")
+    priors = settings.get("priors", {})
+    if not isinstance(priors, dict):
+        bad(f"settings.priors must be a JSON object, got {priors!r}")
+    known = {f.name for f in fields(Priors)}
+    unknown = [key for key in priors if key not in known]
+    if unknown:
+        bad(f"settings.priors has unknown key(s) {', '.join(repr(k) for k in unknown)}; known: {', '.join(sorted(known))}")
+    try:
+        check_priors(Priors(**priors), "settings.priors")
+    except InputError as exc:
+        bad(str(exc))
+
+
+def _checked_ids(table: pd.DataFrame, directory: Path, name: str, id_column: str) -> pd.DataFrame:
+    """A loaded ``users`` / ``models`` table whose ids are present and unique (else InputError)."""
+    where = f"results folder '{directory}': {name}"
+    if id_column not in table.columns:
+        raise InputError(f"{where} has no '{id_column}' column")
+    ids = table[id_column]
+    if ids.isna().any():
+        raise InputError(f"{where} has a missing {id_column} id at row {int(np.flatnonzero(ids.isna())[0]) + 1}")
+    table = table.copy()
+    table[id_column] = ids.astype(str).str.strip()
+    if table[id_column].duplicated().any():
+        dup = table[id_column][table[id_column].duplicated()].iloc[0]
+        raise InputError(f"{where}: {id_column} '{dup}' appears more than once")
+    return table
+
+
+def _saved_numbers(table: pd.DataFrame, column: str, directory: Path, name: str, id_column: str,
+                   low: float | None = None, high: float | None = None) -> np.ndarray:
+    """A numeric column of a saved table: every non-empty cell a finite number in [low, high] (else InputError)."""
+    where = f"results folder '{directory}': {name}"
+    if column not in table.columns:
+        raise InputError(f"{where} has no '{column}' column")
+    values = pd.to_numeric(table[column], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+    text = np.isnan(values) & table[column].notna().to_numpy()
+    outside = np.isinf(values)
+    if low is not None:
+        outside |= values < low
+    if high is not None:
+        outside |= values > high
+    for mask in (text, outside):
+        if mask.any():
+            row = int(np.flatnonzero(mask)[0])
+            value = table[column].iloc[row]
+            label = f"{column} of {id_column} '{table[id_column].iloc[row]}'"
+            if mask is text:
+                raise InputError(f"{where} {label} is {value!r}, not a number")
+            check_number(float(values[row]), f"{where} {label}", low=low, high=high)  # raises, naming the value
+    return values
+
+
+def read_saved(directory: str | Path):
+    """Read and check what a warm start or an update takes from a results folder.
+
+    Returns ``(saved, strengths)``: the folder's tables (:func:`read_tables` (csv or parquet tables), its ``summary.json`` checked by
+    :func:`validate_saved_summary`, and the learned strengths by model
+    (``None`` when the strengths were not learned or a cell is empty). Every
+    defect is an :class:`~bayes_annot.errors.InputError` naming the folder and
+    the field or value: invalid JSON, a strength that is text or not finite, a
+    model listed twice, a missing file or column.
+    """
+    directory = Path(directory)
+    saved = read_tables(directory)
+    validate_saved_summary(saved.summary, directory)
+    strengths = None
+    if saved.summary["strengths"] == "learned":
+        models = _checked_ids(saved.models, directory, "models", "model")
+        values = _saved_numbers(models, "strength", directory, "models", "model")
+        if not np.isnan(values).any():
+            strengths = pd.Series(values, index=models["model"].to_numpy())
+    return saved, strengths
+
+
+def load_start(directory: str | Path) -> dict:
+    """Label-keyed warm start read from a saved output folder.
+
+    Reads ``summary.json`` (``pi``, ``q``, ``m``), ``models.csv`` (strengths
+    by model, when they were learned) and, for the continuous model,
+    ``users.csv`` (``theta = logit(quality)`` of informative users). A saved
+    folder holds no encoded arrays, so this is a parameter-only warm start:
+    fit the *full* log (old + new rows) with it, after :func:`align_start`.
+
+    Returns
+    -------
+    dict
+        ``pi``, ``q``, ``m`` (floats or ``None``), ``strengths``
+        (:class:`pandas.Series` by model, or absent), ``theta`` (Series by
+        user, continuous only), ``model`` (the variant saved).
+    """
+    saved, strengths = read_saved(directory)  # csv or parquet tables, read from one consistent folder
+    summary = saved.summary
+    params = summary["parameters"]
+    start = {"pi": params.get("pi"), "q": params.get("q"), "m": params.get("m"), "model": summary["model"]}
+    if strengths is not None:
+        start["strengths"] = strengths
+    if summary["model"] == "continuous":
+        users = _checked_ids(saved.users, directory, "users", "user")
+        quality = _saved_numbers(users, "quality", directory, "users", "user", low=0.0, high=1.0)
+        quality = np.clip(quality, 1e-12, 1 - 1e-12)
+        informative = ~users["uninformative"].astype(str).str.strip().str.lower().isin(["true", "1"]).to_numpy() \
+            if "uninformative" in users.columns else np.ones(len(users), bool)
+        start["theta"] = pd.Series(np.where(informative, logit(quality), np.nan), index=users["user"].to_numpy())
+    n_tastes = n_tastes_of(summary)
+    if n_tastes > 1 and strengths is not None:  # per-class strengths and shares: the update's warm start
+        models = _checked_ids(saved.models, directory, "models", "model")
+        table = np.column_stack([_saved_numbers(models, f"strength_taste_{k}", directory, "models", "model")
+                                 for k in range(1, n_tastes + 1)])
+        shares = [params.get(f"share_taste_{k}") for k in range(1, n_tastes + 1)]
+        for k, share in enumerate(shares, start=1):
+            check_number(share, f"results folder '{directory}': summary.json parameters.share_taste_{k}", low=0.0,
+                         high=1.0, open_low=True, open_high=True)
+        if not np.isnan(table).any():
+            start["tastes"] = {"strengths": pd.DataFrame(table, index=models["model"].to_numpy()),
+                               "shares": np.asarray(shares, dtype=float), "q": params.get("q")}
+    return start
+
