@@ -85,6 +85,8 @@ __all__ = [
     "casual_group_test",
     "simulate_tastes",
     "taste_columns",
+    "type_logliks",
+    "taste_loglik",
     "heldout_folds",
     "heldout_user_scores",
     "problem_from",
@@ -580,6 +582,77 @@ def fit_tastes(
         dict(starts_agreed=agreed, n_starts=len(logliks), start_logliks=[float(v) for v in logliks],
              runtime_seconds=time.perf_counter() - t0),
     )
+
+
+# --------------------------------------------------------------------------- the objective at given parameters
+
+
+def type_logliks(problem: EMProblem, strengths, q) -> np.ndarray:
+    """Per-user log-likelihood of each user type at given parameters.
+
+    Parameters
+    ----------
+    problem : EMProblem
+        Learned-strength problem.
+    strengths : array (C, K) or (S, C, K)
+        Each class's strengths; a leading axis evaluates ``S`` parameter draws.
+    q : float or array (S,)
+        Casual position bias (one per draw).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(U, C + 1)`` (or ``(S, U, C + 1)``): column 0 the casual sum
+        :math:`C_u`, column ``c`` the attentive sum :math:`A^{(c)}_u` (module
+        docstring); 0 for users without labels.
+    """
+    d = _Data(problem)
+    strengths = np.asarray(strengths, dtype=float)
+    if strengths.ndim == 2:
+        return d.type_logliks(strengths, float(q))
+    q = np.broadcast_to(np.asarray(q, dtype=float), strengths.shape[:1])
+    return np.stack([d.type_logliks(s, float(qq)) for s, qq in zip(strengths, q)])
+
+
+def taste_loglik(
+    problem: EMProblem,
+    strengths,
+    shares,
+    q: float,
+    priors: Priors | None = None,
+    q_fixed: float | None = None,
+    penalised: bool = True,
+) -> float:
+    """The EM objective of :func:`fit_tastes` at given parameters.
+
+    Parameters
+    ----------
+    problem : EMProblem
+    strengths : array (C, K)
+    shares : array (C,)
+        Class shares :math:`\\pi_1..\\pi_C` (the casual share is ``1 - sum``).
+    q : float
+        Casual position bias (``q_fixed`` when given).
+    priors : Priors, optional
+    q_fixed : float, optional
+        When given, ``q`` is fixed and carries no prior term.
+    penalised : bool
+        Add the log prior densities (Dirichlet shares, Beta ``q`` when free,
+        Normal strengths) on the natural scale, no Jacobian: the quantity
+        :attr:`TasteResult.loglik` reports. ``False``: the marginal
+        log-likelihood :math:`\\sum_u \\log p(y_u)` only.
+
+    Returns
+    -------
+    float
+    """
+    priors = priors or Priors()
+    d = _Data(problem)
+    strengths = np.asarray(strengths, dtype=float).reshape(-1, d.k)
+    shares = np.asarray(shares, dtype=float).reshape(strengths.shape[0])
+    q = float(q_fixed) if q_fixed is not None else float(q)
+    value, _, user_ll = _objective(d, d.type_logliks(strengths, q), shares, q, strengths, priors, q_fixed is None)
+    return value if penalised else float(user_ll[d.active].sum())
 
 
 # --------------------------------------------------------------------------- tables for FitResult
