@@ -347,8 +347,12 @@ def build_model(
                 # [log P_att(choose b), log P_att(choose a)] per pair, flattened
                 att_cell = pt.stack([-pt.softplus(d), -pt.softplus(-d)], axis=1).reshape((-1,))[table_index]
             else:
-                d = strength[:, pair_a] - strength[:, pair_b]  # (C, pair)
-                att_cell = pt.stack([-pt.softplus(d), -pt.softplus(-d)], axis=2).reshape((n_tastes, -1))[:, table_index]
+                # (C, pair) log-odds; the (C, cell) gather and the (user, C) sums below are done on
+                # flat 1-d indices (as for C = 1): ~5x faster gradients than 2-d advanced indexing
+                d = strength[:, pair_a] - strength[:, pair_b]
+                n_table = 2 * pair_a.shape[0]
+                flat = (pt.arange(n_tastes)[:, None] * n_table + table_index[None, :]).reshape((-1,))
+                att_cell = pt.stack([-pt.softplus(d), -pt.softplus(-d)], axis=2).reshape((-1,))[flat]
         else:
             logit_mu = pm.Data("cell_logit_mu", cells["logit_mu"], dims="cell")
             att_cell = -pt.softplus(-(2.0 * cell_choice - 1.0) * logit_mu)  # log sigmoid((2y - 1) logit_mu)
@@ -360,7 +364,9 @@ def build_model(
             concentration = np.concatenate([[priors.pi_beta], np.full(n_tastes, priors.pi_alpha)])
             shares = pm.Dirichlet("shares", a=concentration, dims="type", initval=share_init)
             # (user, class) attentive sums from the cells, all classes at once
-            att_sum = pt.inc_subtensor(pt.zeros((n_users, n_tastes))[cell_user], (cell_count * att_cell).T)
+            user_flat = (cell_user[None, :] * n_tastes + pt.arange(n_tastes)[:, None]).reshape((-1,))
+            weighted = (cell_count[None, :] * att_cell.reshape((n_tastes, -1))).reshape((-1,))
+            att_sum = pt.inc_subtensor(pt.zeros(n_users * n_tastes)[user_flat], weighted).reshape((n_users, n_tastes))
             cas_sum = user_n_a * pt.log(q) + user_n_b * pt.log1p(-q)
             type_ll = pt.concatenate([cas_sum[:, None], att_sum], axis=1)
             pm.Potential("y_user", pt.logsumexp(pt.log(shares)[None, :] + type_ll, axis=1), dims="user")
