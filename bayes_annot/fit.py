@@ -581,11 +581,13 @@ def fit(
     q : float, optional
         Fix the casual position bias (0.5 = fair coin); estimated if ``None``.
     tastes : int or "auto"
-        Number of taste classes (two-class model, EM, learned strengths only):
+        Number of taste classes (two-class model, learned strengths only):
         attentive users may follow one of ``tastes`` rankings, so a coherent
         minority taste is not mistaken for casual clicking. ``"auto"`` chooses
         1..4 by cross-validated held-out log-likelihood
-        (:func:`bayes_annot.tastes.select_tastes`).
+        (:func:`bayes_annot.tastes.select_tastes`). With ``method="map"`` or
+        ``"nuts"`` the EM fit chooses ``C`` and is the start; NUTS relabels
+        every draw's classes by share (docs/tastes.md).
     max_tastes : int
         Largest number of taste classes ``tastes="auto"`` tries (default 4).
         When it wins, a warning says so: more classes may fit better still.

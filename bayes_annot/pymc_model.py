@@ -12,6 +12,9 @@ out, so the model is differentiable in all its free parameters:
   posterior mean and ``quality_low/high`` its 94% HDI.
 * ``continuous``: the per-label type is marginalised; :math:`\operatorname{logit}\eta_u`
   is sampled non-centred.
+* ``two-class`` with ``C`` taste classes (:mod:`bayes_annot.tastes`): the user
+  type (casual or one of the classes) is marginalised per user; label
+  switching is resolved by sorting the classes by share (every draw for NUTS).
 
 The log is stored compressed: one *cell* per distinct
 (user, model_a, model_b, choice) — or (user, known log-odds, choice) — with
@@ -123,10 +126,9 @@ def _labels(values, n: int, prefix: str) -> list[str]:
 
 #: Why the continuous variant has no taste classes (docs/tastes.md).
 CONTINUOUS_TASTES_REASON = (
-    "taste classes need model='two-class': with the continuous variant they would be a different model "
-    "(each user a class and a share eta of attentive clicks, no casual type), which no EM engine implements "
-    "to check MAP/NUTS against and whose classes and eta both explain disagreement with the majority; "
-    "see docs/tastes.md"
+    "taste classes need model='two-class': with the continuous variant a user would have both a class and a "
+    "share eta of attentive clicks, which partly explain the same disagreement with the majority; that model "
+    "has no EM engine to check MAP/NUTS against (docs/tastes.md)"
 )
 
 

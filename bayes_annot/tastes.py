@@ -48,7 +48,9 @@ within ``agree_tol`` of it.
 **Label switching.** The likelihood is invariant to relabelling the taste
 classes; after fitting, classes are ordered by share, largest first, so
 class 1 is the majority taste. (The casual type never swaps with a class: it
-has no ranking.)
+has no ranking.) MAP and NUTS (:func:`bayes_annot.pymc_model.fit_pymc`) fit the
+same model started at this EM fit; NUTS sorts every posterior draw's classes
+by share the same way.
 
 **Caveat.** With more classes than the data hold, an extra class may become
 nearly *flat* (strengths near 0), i.e. a coin flip that competes with the
