@@ -299,7 +299,7 @@ def test_nuts_plumbing_with_mocked_sampler(monkeypatch, tmp_path, variant):
     assert ba.load(out)["idata"].posterior.sizes["draw"] == 30
 
 
-def test_nuts_taste_plumbing_with_mocked_sampler(monkeypatch, taste_log):
+def test_nuts_taste_plumbing_with_mocked_sampler(monkeypatch, tmp_path, taste_log):
     _mock_sample(monkeypatch, lambda size: np.zeros(size, dtype=bool))
     with pytest.warns(FitWarning):
         result = ba.fit(taste_log, tastes=2, method="nuts", draws=40, tune=5, chains=2, progress=False)
@@ -328,6 +328,10 @@ def test_nuts_taste_plumbing_with_mocked_sampler(monkeypatch, taste_log):
     assert float(result.idata.log_likelihood["y_user"].isel(chain=1, draw=7).sum()) == pytest.approx(expected, abs=1e-8)
     for key in ("rhat_max", "ess_bulk_min", "divergences"):
         assert key in summary
+    out = result.save(tmp_path / "out")
+    loaded = ba.load(out)
+    assert loaded["idata"].posterior["shares"].dims == ("chain", "draw", "type")
+    np.testing.assert_allclose(loaded["users"].p_taste_2, users.p_taste_2)
 
 
 def test_divergences_are_warned_and_mark_not_converged(monkeypatch):
