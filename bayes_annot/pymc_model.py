@@ -139,7 +139,7 @@ def check_tastes(problem: EMProblem, variant: str, n_tastes) -> None:
     ``two-class`` variant (:data:`CONTINUOUS_TASTES_REASON`) and learned strengths
     (known ``p_a`` / ``mu`` fix one ranking).
     """
-    if isinstance(n_tastes, bool) or int(n_tastes) != n_tastes or n_tastes < 1:
+    if isinstance(n_tastes, bool) or not isinstance(n_tastes, (int, np.integer)) or n_tastes < 1:
         raise InputError(f"n_tastes must be a positive integer, got {n_tastes!r}")
     if n_tastes == 1:
         return
@@ -350,7 +350,7 @@ def build_model(
                 att_cell = pt.stack([-pt.softplus(d), -pt.softplus(-d)], axis=1).reshape((-1,))[table_index]
             else:
                 # (C, pair) log-odds; the (C, cell) gather and the (user, C) sums below are done on
-                # flat 1-d indices (as for C = 1): ~5x faster gradients than 2-d advanced indexing
+                # flat 1-d indices (as for C = 1): gradients ~3x faster than with 2-d advanced indexing
                 d = strength[:, pair_a] - strength[:, pair_b]
                 n_table = 2 * pair_a.shape[0]
                 flat = (pt.arange(n_tastes)[:, None] * n_table + table_index[None, :]).reshape((-1,))
