@@ -420,6 +420,26 @@ def block_type_logliks(block: Block, q: float, tables: np.ndarray) -> np.ndarray
     return np.column_stack([casual, block.matrix() @ tables])
 
 
+def class_log_prior(shares: np.ndarray, q: float, strengths: np.ndarray | None, priors: Priors, q_free: bool) -> float:
+    r"""Log prior density of the taste-class model's parameters (natural scale, no Jacobian).
+
+    :math:`\mathrm{Dirichlet}(\beta, \alpha, \dots, \alpha)` on (casual, class shares) — for one
+    class the two-class :math:`\mathrm{Beta}(\alpha, \beta)` on ``pi`` —, :math:`\mathrm{Beta}` on ``q``
+    when free and :math:`\mathcal N(0, \sigma_s^2)` on every strength.
+    """
+    shares = np.asarray(shares, dtype=float).reshape(-1)
+    if shares.shape[0] == 1:
+        value = float(log_beta_pdf(shares[0], priors.pi_alpha, priors.pi_beta))
+    else:
+        conc = np.concatenate([[priors.pi_beta], np.full(shares.shape[0], priors.pi_alpha)])
+        value = float(gammaln(conc.sum()) - gammaln(conc).sum() + ((conc - 1.0) * log_type_shares(shares)).sum())
+    if q_free:
+        value += float(log_beta_pdf(q, priors.q_alpha, priors.q_beta))
+    if strengths is not None:
+        value += float(log_normal_pdf(strengths, 0.0, priors.strength_sigma).sum())
+    return value
+
+
 def block_class_users(block: Block, shares: np.ndarray, q: float, tables: np.ndarray | None):
     """Per-user type posteriors and marginal log-likelihood of one block (casual + ``C`` taste classes).
 
@@ -748,20 +768,11 @@ def run_class_em(
         strengths = None
     q = float(q) if q_fixed is None else float(q_fixed)
     q_free = q_fixed is None
-    conc = np.concatenate([[priors.pi_beta], np.full(n_classes, priors.pi_alpha)])
 
     def evaluate(shares, q, strengths):
         """Objective at (shares, q, s) and the EM map's image of (shares, q, s)."""
         st = runner.class_pass(shares, q, bt.tables(strengths) if learned else None)
-        if n_classes == 1:  # Dirichlet(beta, alpha) of (casual, attentive) is Beta(alpha, beta) of pi
-            prior = float(log_beta_pdf(shares[0], priors.pi_alpha, priors.pi_beta))
-        else:
-            prior = float(gammaln(conc.sum()) - gammaln(conc).sum() + ((conc - 1.0) * log_type_shares(shares)).sum())
-        if q_free:
-            prior += float(log_beta_pdf(q, priors.q_alpha, priors.q_beta))
-        if strengths is not None:
-            prior += float(log_normal_pdf(strengths, 0.0, priors.strength_sigma).sum())
-        value = st["loglik"] + prior
+        value = st["loglik"] + class_log_prior(shares, q, strengths, priors, q_free)
         new_shares = (st["totals"] + priors.pi_alpha - 1.0) / (
             st["n_active"] + priors.pi_alpha * n_classes + priors.pi_beta - (n_classes + 1.0)
         )

@@ -111,7 +111,7 @@ def _build_parser() -> argparse.ArgumentParser:
     model.add_argument("--q", type=float, default=None, help="fix the casual position bias (0.5 = fair coin; default: estimated)")
     model.add_argument(
         "--tastes", type=_tastes_spec, default=1,
-        help="taste classes: N rankings attentive users may follow, or 'auto' (chooses 1..--max-tastes; two-class EM only)",
+        help="taste classes: N rankings attentive users may follow, or 'auto' (chooses 1..--max-tastes; two-class model, any --method)",
     )
     model.add_argument("--max-tastes", type=int, default=4,
                        help="largest number of taste classes --tastes auto tries (default 4; a warning says when it wins)")

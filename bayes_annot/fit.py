@@ -697,11 +697,13 @@ def fit(
     q : float, optional
         Fix the casual position bias (0.5 = fair coin); estimated if ``None``.
     tastes : int or "auto"
-        Number of taste classes (two-class model, EM, learned strengths only):
+        Number of taste classes (two-class model, learned strengths only):
         attentive users may follow one of ``tastes`` rankings, so a coherent
         minority taste is not mistaken for casual clicking. ``"auto"`` chooses
         1..4 by cross-validated held-out log-likelihood
-        (:func:`bayes_annot.tastes.select_tastes`).
+        (:func:`bayes_annot.tastes.select_tastes`). With ``method="map"`` or
+        ``"nuts"`` the EM fit chooses ``C`` and is the start; NUTS relabels
+        every draw's classes by share (docs/tastes.md).
     max_tastes : int
         Largest number of taste classes ``tastes="auto"`` tries (default 4).
         When it wins, a warning says so: more classes may fit better still.
@@ -815,8 +817,10 @@ def fit(
     if tastes != 1:
         if not (tastes == "auto" or (isinstance(tastes, (int, np.integer)) and tastes >= 1)):
             raise InputError(f"tastes must be a positive integer or 'auto', got {tastes!r}")
-        if model != "two-class" or method != "em":
-            raise InputError("taste classes (tastes > 1 or auto) need model='two-class' and method='em'")
+        from .pymc_model import CONTINUOUS_TASTES_REASON
+
+        if model != "two-class":
+            raise InputError(CONTINUOUS_TASTES_REASON)
         if not problem.learned:
             raise InputError("taste classes need learned strengths; known strengths (p_a or mu) stay one class")
     if taste_check and (model != "two-class" or not problem.learned):
@@ -826,13 +830,19 @@ def fit(
     if problem.n_labels == 0:
         # Nothing enters the likelihood: no verdict on anybody.
         estimates = _empty_estimates(prepared, model, method, priors, q)
-    elif tastes != 1:
+    elif tastes != 1 and method == "em":
         state = em_state(prepared, problem, pairs, mu=mu, strong_model=strong_model, use_p_a=use_p_a)
         res, extra = fit_taste_classes(problem, tastes, priors, q, tol, max_iter, seed, max_tastes,
                                        runner=LocalRunner([state.block], prepared.n_users),
                                        start=_resolve_start(start, prepared))
         state.block.release_pass_caches()  # the block is kept for updates; its pass caches are not needed
         estimates = taste_estimates(res, extra)
+    elif tastes != 1:
+        estimates = _fit_tastes_pymc(
+            problem, prepared, tastes, model, method, priors, q, tol, max_iter, seed, max_tastes,
+            draws=draws, tune=tune, chains=chains, sampler=sampler,
+            progress=progress if progress is not None else resolve_progress(None),
+        )
     elif method == "em":
         # continuous EM converges slowly (~100 plain iterations): SQUAREM steps, each kept only
         # when the penalised log-likelihood does not decrease, reach the optimum in ~4x fewer.
@@ -1121,6 +1131,31 @@ def taste_warnings(summary: dict) -> list[str]:
     if check and check.get("verdict") == "taste group" and n_tastes == 1:
         out.append(check["message"])
     return out
+
+
+def _fit_tastes_pymc(problem, prepared, tastes, model, method, priors, q, tol, max_iter, seed, max_tastes,
+                     **nuts_settings) -> Estimates:
+    """Taste classes by MAP / NUTS: the EM fit chooses ``C`` (``tastes="auto"``) and is the start
+    (label switching: docs/tastes.md); the same taste columns and summary entries as EM."""
+    from .pymc_model import fit_pymc
+
+    res, extra_summary = fit_taste_classes(problem, tastes, priors, q, tol, max_iter, seed, max_tastes)
+    estimates = fit_pymc(
+        problem, variant=model, method=method, priors=priors, q_fixed=q, seed=seed,
+        user_labels=prepared.user_labels, model_labels=prepared.model_labels,
+        n_tastes=res.n_tastes, start=res.as_start(), **nuts_settings,
+    )
+    if res.n_tastes == 1:  # tastes="auto" chose one ranking: the one-class model, with EM's columns
+        estimates.extra_user_columns = {"taste": np.ones(problem.n_users, dtype=np.int64),
+                                        "p_taste_1": estimates.quality}
+        estimates.extra_model_columns = {"strength_taste_1": estimates.strengths}
+        estimates.extra_summary["tastes"] = {"n_tastes": 1, "class_spread": [float(np.std(estimates.strengths))],
+                                             "ordering": "classes numbered by share, largest first"}
+    estimates.extra_summary["tastes"].update(
+        start="the EM fit", starts_agreed=int(res.starts_agreed), n_starts=int(res.n_starts)
+    )
+    estimates.extra_summary = {**extra_summary, **estimates.extra_summary}
+    return estimates
 
 
 def _resolve_start(start, prepared: PreparedData) -> dict | None:

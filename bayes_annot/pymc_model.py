@@ -12,6 +12,9 @@ out, so the model is differentiable in all its free parameters:
   posterior mean and ``quality_low/high`` its 94% HDI.
 * ``continuous``: the per-label type is marginalised; :math:`\operatorname{logit}\eta_u`
   is sampled non-centred.
+* ``two-class`` with ``C`` taste classes (:mod:`bayes_annot.tastes`): the user
+  type (casual or one of the classes) is marginalised per user; label
+  switching is resolved by sorting the classes by share (every draw for NUTS).
 
 The log is stored compressed: one *cell* per distinct
 (user, model_a, model_b, choice) — or (user, known log-odds, choice) — with
@@ -45,11 +48,14 @@ from .likelihood import (
 
 __all__ = [
     "build_model",
+    "check_tastes",
+    "CONTINUOUS_TASTES_REASON",
     "fit_pymc",
     "model_loglik",
     "pytensor_loglik",
     "numpy_loglik",
     "compress_cells",
+    "relabel_by_share",
     "nuts_diagnostics",
     "diagnostic_warnings",
     "HDI_PROB",
@@ -118,6 +124,30 @@ def _labels(values, n: int, prefix: str) -> list[str]:
 
 # --------------------------------------------------------------------------- model
 
+#: Why the continuous variant has no taste classes (docs/tastes.md).
+CONTINUOUS_TASTES_REASON = (
+    "taste classes need model='two-class': with the continuous variant a user would have both a class and a "
+    "share eta of attentive clicks, which partly explain the same disagreement with the majority; that model "
+    "has no EM engine to check MAP/NUTS against (docs/tastes.md)"
+)
+
+
+def check_tastes(problem: EMProblem, variant: str, n_tastes) -> None:
+    """Raise :class:`~bayes_annot.errors.InputError` (a ``ValueError``) unless ``n_tastes`` classes fit this model.
+
+    ``n_tastes`` must be a positive integer; ``n_tastes > 1`` needs the
+    ``two-class`` variant (:data:`CONTINUOUS_TASTES_REASON`) and learned strengths
+    (known ``p_a`` / ``mu`` fix one ranking).
+    """
+    if isinstance(n_tastes, bool) or not isinstance(n_tastes, (int, np.integer)) or n_tastes < 1:
+        raise InputError(f"n_tastes must be a positive integer, got {n_tastes!r}")
+    if n_tastes == 1:
+        return
+    if variant != "two-class":
+        raise InputError(CONTINUOUS_TASTES_REASON)
+    if not problem.learned:
+        raise InputError("taste classes need learned strengths; known strengths (p_a or mu) stay one class")
+
 
 def build_model(
     problem: EMProblem,
@@ -129,6 +159,9 @@ def build_model(
     tau_fixed: bool = False,
     strength_init: np.ndarray | None = None,
     strength_prior: str = "normal",
+    n_tastes: int = 1,
+    share_init: np.ndarray | None = None,
+    q_init: float = 0.5,
 ):
     r"""Build the behaviour model as a :class:`pymc.Model`.
 
@@ -149,9 +182,13 @@ def build_model(
         :math:`\tau \to 0`, where the density of the :math:`\theta_u` diverges —
         and identical to EM's objective); otherwise :math:`\tau` gets a
         HalfNormal prior (NUTS).
-    strength_init : array (K,), optional
+    strength_init : array (K,) or (C, K), optional
         Initial strengths (default: a plain Bradley–Terry fit of all labels, so
-        the attentive component starts on the strengths the data follow).
+        the attentive component starts on the strengths the data follow; with
+        ``n_tastes > 1`` class 1 starts there and class ``c >= 2`` at that fit
+        plus a seeded N(0, 1) perturbation — identical classes would stay
+        identical under gradient ascent. :func:`fit_pymc` passes the EM fit of
+        :func:`bayes_annot.tastes.fit_tastes` instead).
     strength_prior : {"normal", "zerosum"}
         ``normal``: :math:`s_k \sim N(0, \sigma_s^2)` independently (MAP; equal
         to EM's penalty). ``zerosum``: the centred strengths
@@ -161,7 +198,17 @@ def build_model(
         it out is exact and the zero-sum form is exactly the marginal prior of the
         centred strengths. It removes the one direction NUTS explores slowly
         (posterior sd of the level ~ :math:`\sigma_s/\sqrt K` against ~0.05 for
-        the differences: tree depth 6-8 instead of 2-3).
+        the differences: tree depth 6-8 instead of 2-3). With taste classes,
+        each class's strengths are centred on their own (the likelihood of a
+        class depends on its differences only).
+    n_tastes : int
+        Number of taste classes ``C`` (``two-class`` with learned strengths
+        only; docs/tastes.md). ``C = 1`` is the model above, unchanged.
+    share_init : array (C,), optional
+        ``n_tastes > 1``: initial class shares (default ``0.6 / C`` each; the
+        casual share is ``1 - sum``).
+    q_init : float
+        Initial position bias (when ``q`` is free).
 
     Returns
     -------
@@ -209,6 +256,27 @@ def build_model(
         z_u &\sim \mathcal N(0, 1), \quad \theta_u = m + \tau z_u
             \quad\text{(non-centred, dim user)}.
 
+    **Taste classes** (``n_tastes = C > 1``, :mod:`bayes_annot.tastes`): a user
+    is casual or attentive under one of ``C`` classes, each with its own
+    strengths (variable ``strength``, dims ``("taste", "model")``). The type
+    shares (variable ``shares``, dim ``type`` = ``casual, taste_1..taste_C``)
+    have a :math:`\mathrm{Dirichlet}(\beta_\pi, \alpha_\pi, \dots, \alpha_\pi)`
+    prior (for ``C = 1`` the ``Beta`` prior of ``pi``). With
+    :math:`A^{(c)}_u` the attentive sum under class :math:`c`, the potential
+    ``y_user`` is
+    :math:`\operatorname{logsumexp}(\log\pi_0 + C_u, \log\pi_1 + A^{(1)}_u, \dots, \log\pi_C + A^{(C)}_u)`,
+    the per-user cell sums computed for all classes at once. No ``pi``
+    variable exists (the attentive share is ``1 - shares[casual]``).
+
+    *Label switching.* Classes have identical priors, so the posterior is
+    symmetric under relabelling them; the model itself leaves it so (no
+    ordering constraint). The engines resolve it after fitting: MAP orders
+    the classes by share, largest first (as EM); NUTS starts every chain at
+    the EM fit and relabels each posterior draw by sorting its classes by
+    share, largest first (:func:`fit_pymc`). The casual type never swaps
+    with a class (it has no ranking). The ``continuous`` variant and known
+    strengths refuse ``n_tastes > 1`` (docs/tastes.md says why).
+
     No sum-to-zero constraint on the strengths is needed: the Normal prior
     fixes their location (the MAP sums to zero within each connected component
     of the comparison graph, as in EM). Deterministics: ``eta`` (dim user,
@@ -220,6 +288,8 @@ def build_model(
 
     if variant not in ("two-class", "continuous"):
         raise InputError(f"unknown model variant '{variant}', expected 'two-class' or 'continuous'")
+    check_tastes(problem, variant, n_tastes)
+    n_tastes = int(n_tastes)
     priors = priors or Priors()
     cells = compress_cells(problem)
     n_users, n_models = problem.n_users, problem.n_models
@@ -235,6 +305,19 @@ def build_model(
         pairs, index = PairTable.from_labels(problem.model_a, problem.model_b, n_models)
         table = np.bincount(2 * index + problem.choice_a, minlength=2 * pairs.n_pairs).astype(float)
         strength_init = fit_bradley_terry_pairs(pairs, table[1::2], table[0::2], priors.strength_sigma)
+        if n_tastes > 1:
+            rng = np.random.default_rng(0)
+            strength_init = np.vstack([strength_init] + [
+                strength_init + rng.normal(0.0, 1.0, n_models) for _ in range(n_tastes - 1)
+            ])
+    if n_tastes > 1:
+        coords["taste"] = [f"taste_{c}" for c in range(1, n_tastes + 1)]
+        coords["type"] = ["casual"] + coords["taste"]
+        strength_init = np.asarray(strength_init, float).reshape(n_tastes, n_models)
+        share_init = np.full(n_tastes, 0.6 / n_tastes) if share_init is None else np.asarray(share_init, float)
+        share_init = np.concatenate([[1.0 - share_init.sum()], share_init])
+        if not (share_init.shape == (n_tastes + 1,) and np.all(share_init > 0)):
+            raise InputError(f"share_init must hold {n_tastes} positive class shares summing to less than 1")
 
     with pm.Model(coords=coords) as model:
         cell_user = pm.Data("cell_user", cells["user"], dims="cell")
@@ -242,7 +325,7 @@ def build_model(
         cell_count = pm.Data("cell_count", cells["count"], dims="cell")
 
         if q_fixed is None:
-            q = pm.Beta("q", alpha=priors.q_alpha, beta=priors.q_beta, initval=0.5)
+            q = pm.Beta("q", alpha=priors.q_alpha, beta=priors.q_beta, initval=float(q_init))
         else:
             q = pm.Data("q", float(q_fixed))
 
@@ -251,22 +334,45 @@ def build_model(
             pair_b = pm.Data("pair_model_b", cells["pair_model_b"], dims="pair")
             cell_pair = pm.Data("cell_pair", cells["pair"], dims="cell")
             init = np.asarray(strength_init, float)
+            s_dims = ("taste", "model") if n_tastes > 1 else "model"
             if strength_prior == "zerosum":
                 strength = pm.ZeroSumNormal(
-                    "strength", sigma=priors.strength_sigma, dims="model", initval=init - init.mean()
+                    "strength", sigma=priors.strength_sigma, dims=s_dims,
+                    initval=init - init.mean(axis=-1, keepdims=True),
                 )
             else:
-                strength = pm.Normal("strength", mu=0.0, sigma=priors.strength_sigma, dims="model", initval=init)
-            # attentive log-odds of choosing model_a, once per distinct ordered pair
-            d = strength[pair_a] - strength[pair_b]
+                strength = pm.Normal("strength", mu=0.0, sigma=priors.strength_sigma, dims=s_dims, initval=init)
             table_index = 2 * cell_pair + cell_choice
-            # [log P_att(choose b), log P_att(choose a)] per pair, flattened
-            att_cell = pt.stack([-pt.softplus(d), -pt.softplus(-d)], axis=1).reshape((-1,))[table_index]
+            if n_tastes == 1:
+                # attentive log-odds of choosing model_a, once per distinct ordered pair
+                d = strength[pair_a] - strength[pair_b]
+                # [log P_att(choose b), log P_att(choose a)] per pair, flattened
+                att_cell = pt.stack([-pt.softplus(d), -pt.softplus(-d)], axis=1).reshape((-1,))[table_index]
+            else:
+                # (C, pair) log-odds; the (C, cell) gather and the (user, C) sums below are done on
+                # flat 1-d indices (as for C = 1): gradients ~3x faster than with 2-d advanced indexing
+                d = strength[:, pair_a] - strength[:, pair_b]
+                n_table = 2 * pair_a.shape[0]
+                flat = (pt.arange(n_tastes)[:, None] * n_table + table_index[None, :]).reshape((-1,))
+                att_cell = pt.stack([-pt.softplus(d), -pt.softplus(-d)], axis=2).reshape((-1,))[flat]
         else:
             logit_mu = pm.Data("cell_logit_mu", cells["logit_mu"], dims="cell")
             att_cell = -pt.softplus(-(2.0 * cell_choice - 1.0) * logit_mu)  # log sigmoid((2y - 1) logit_mu)
 
-        if variant == "two-class":
+        if n_tastes > 1:
+            n_a, n_b = _user_choice_counts(problem)
+            user_n_a = pm.Data("user_n_choice_a", n_a, dims="user")
+            user_n_b = pm.Data("user_n_choice_b", n_b, dims="user")
+            concentration = np.concatenate([[priors.pi_beta], np.full(n_tastes, priors.pi_alpha)])
+            shares = pm.Dirichlet("shares", a=concentration, dims="type", initval=share_init)
+            # (user, class) attentive sums from the cells, all classes at once
+            user_flat = (cell_user[None, :] * n_tastes + pt.arange(n_tastes)[:, None]).reshape((-1,))
+            weighted = (cell_count[None, :] * att_cell.reshape((n_tastes, -1))).reshape((-1,))
+            att_sum = pt.inc_subtensor(pt.zeros(n_users * n_tastes)[user_flat], weighted).reshape((n_users, n_tastes))
+            cas_sum = user_n_a * pt.log(q) + user_n_b * pt.log1p(-q)
+            type_ll = pt.concatenate([cas_sum[:, None], att_sum], axis=1)
+            pm.Potential("y_user", pt.logsumexp(pt.log(shares)[None, :] + type_ll, axis=1), dims="user")
+        elif variant == "two-class":
             n_a, n_b = _user_choice_counts(problem)
             user_n_a = pm.Data("user_n_choice_a", n_a, dims="user")
             user_n_b = pm.Data("user_n_choice_b", n_b, dims="user")
@@ -323,7 +429,9 @@ def model_loglik(model, params: dict, penalised: bool = True, per_user: bool = F
         From :func:`build_model`.
     params : dict
         ``pi`` / ``q`` / ``strength`` (two-class) or ``m``, ``tau``, ``theta``,
-        ``q``, ``strength`` (continuous); missing fixed ones are ignored.
+        ``q``, ``strength`` (continuous); with taste classes ``shares``
+        (``C + 1``, casual first), ``q`` and ``strength`` (``C x K``); missing
+        fixed ones are ignored.
     penalised : bool
         Add the log prior densities on the natural scale (no Jacobian) — the
         objective EM and MAP maximise. (PyMC's Normal log-density carries its
@@ -365,9 +473,10 @@ def pytensor_loglik(
     priors: Priors | None = None,
     q_fixed: float | None = None,
     penalised: bool = True,
+    n_tastes: int = 1,
 ) -> float:
-    """Build the (MAP-form) PyMC model and evaluate its log-likelihood at ``params``."""
-    model = build_model(problem, variant, priors, q_fixed, tau_fixed=True)
+    """Build the (MAP-form) PyMC model and evaluate its log-likelihood at ``params`` (see :func:`model_loglik`)."""
+    model = build_model(problem, variant, priors, q_fixed, tau_fixed=True, n_tastes=n_tastes)
     if q_fixed is not None:
         params = dict(params, q=q_fixed)
     return model_loglik(model, params, penalised=penalised)
@@ -397,10 +506,17 @@ def numpy_loglik(
     The penalised value is EM's objective: log-likelihood (users without labels
     contribute 0) plus the log prior densities of ``pi`` (two-class), ``q``
     (when free), the strengths (learned), and ``theta_u ~ N(m, tau)``,
-    ``m`` (continuous).
+    ``m`` (continuous). With taste classes (``params`` holds ``shares``,
+    ``C + 1`` casual first, and ``strength`` ``C x K``) it is the EM objective
+    of :func:`bayes_annot.tastes.taste_loglik`.
     """
     priors = priors or Priors()
     q = float(q_fixed if q_fixed is not None else params["q"])
+    if "shares" in params:
+        from .tastes import taste_loglik
+
+        shares = np.asarray(params["shares"], float)
+        return taste_loglik(problem, params["strength"], shares[1:], q, priors, q_fixed, penalised)
     strengths = np.asarray(params["strength"], float) if problem.learned else None
     att, cas = _rows(problem, strengths, q)
     if variant == "two-class":
@@ -530,6 +646,8 @@ def fit_pymc(
     target_accept: float = 0.9,
     informative_tol: float = INFORMATIVE_TOL,
     maxeval: int = 50000,
+    n_tastes: int = 1,
+    start: dict | None = None,
 ):
     """Fit the behaviour model with PyMC: ``method="map"`` or ``"nuts"``.
 
@@ -559,6 +677,19 @@ def fit_pymc(
         The informative-user rule of every engine (see :data:`bayes_annot.em.INFORMATIVE_TOL`).
     maxeval : int
         MAP: maximum number of log-density evaluations.
+    n_tastes : int
+        Taste classes ``C`` (``two-class``, learned strengths; see
+        :func:`build_model`). For ``C > 1`` MAP and every NUTS chain start at
+        ``start``; MAP orders the classes by share, largest first, and NUTS
+        relabels every draw so (label switching; docs/tastes.md). Quality is
+        ``1 - P(casual)``; NUTS reports posterior means of the per-draw user-type
+        posteriors. The result carries the taste columns of EM
+        (``extra_user_columns``: ``taste``, ``p_taste_1..C``;
+        ``extra_model_columns``: ``strength_taste_1..C``; ``strengths`` is class 1's).
+    start : dict, optional
+        ``C > 1``: ``strengths`` (C, K), ``shares`` (C,) and ``q``, e.g.
+        :meth:`bayes_annot.tastes.TasteResult.as_start`; default: the EM fit
+        :func:`bayes_annot.tastes.fit_tastes` (``seed``).
 
     Returns
     -------
@@ -583,33 +714,46 @@ def fit_pymc(
             raise InputError(
                 "the nutpie sampler is not installed: run pip install 'bayes_annot[nutpie]' or use --sampler pymc"
             ) from exc
+    check_tastes(problem, variant, n_tastes)
     priors = priors or Priors()
-    start = time.perf_counter()
+    t0 = time.perf_counter()
     user_labels = _labels(user_labels, problem.n_users, "u")
     model_labels = _labels(model_labels, problem.n_models, "model_")
-    if method == "map":
+    if n_tastes > 1:
+        if start is None:
+            from .tastes import fit_tastes
+
+            start = fit_tastes(problem, int(n_tastes), priors=priors, q_fixed=q_fixed, seed=seed).as_start()
+        est = _fit_tastes(
+            problem, int(n_tastes), start, method, priors, q_fixed, draws, tune, chains, sampler, progress, seed,
+            user_labels, model_labels, target_accept, informative_tol, maxeval,
+        )
+    elif method == "map":
         est = _fit_map(problem, variant, priors, q_fixed, progress, seed, user_labels, model_labels, informative_tol, maxeval)
     else:
         est = _fit_nuts(
             problem, variant, priors, q_fixed, draws, tune, chains, sampler, progress, seed,
             user_labels, model_labels, target_accept, informative_tol,
         )
-    est.runtime_seconds = time.perf_counter() - start
+    est.runtime_seconds = time.perf_counter() - t0
     return est
 
 
-def _fit_map(problem, variant, priors, q_fixed, progress, seed, user_labels, model_labels, informative_tol, maxeval):
+def _run_map(model, progress, seed, maxeval):
     import pymc as pm
 
-    from .problem import Estimates
-    from .inference_data import point_estimate_idata
-
-    model = build_model(problem, variant, priors, q_fixed, user_labels, model_labels, tau_fixed=True)
     with model:
-        point, raw = pm.find_MAP(
+        return pm.find_MAP(
             progressbar=bool(progress), seed=seed, return_raw=True, maxeval=maxeval,
             options={"maxiter": maxeval, "ftol": 1e-14, "gtol": 1e-7},
         )
+
+
+def _fit_map(problem, variant, priors, q_fixed, progress, seed, user_labels, model_labels, informative_tol, maxeval):
+    from .inference_data import point_estimate_idata
+
+    model = build_model(problem, variant, priors, q_fixed, user_labels, model_labels, tau_fixed=True)
+    point, raw = _run_map(model, progress, seed, maxeval)
     q = float(q_fixed) if q_fixed is not None else float(point["q"])
     strengths = np.asarray(point["strength"], float) if problem.learned else None
     n_user = np.bincount(problem.user, minlength=problem.n_users)
@@ -639,7 +783,7 @@ def _fit_map(problem, variant, priors, q_fixed, progress, seed, user_labels, mod
     informative = _informative_users(problem, strengths, informative_tol)
     quality, p_good = _no_verdict(variant, informative, quality, p_good, params, priors)
     params["mean_quality"] = float(np.mean(quality[active])) if active.any() else float("nan")
-    est = Estimates(
+    est = _estimates(
         engine="map",
         variant=variant,
         quality=quality,
@@ -716,19 +860,16 @@ def diagnostic_warnings(diagnostics: dict) -> list[str]:
     return out
 
 
-def _fit_nuts(
-    problem, variant, priors, q_fixed, draws, tune, chains, sampler, progress, seed,
-    user_labels, model_labels, target_accept, informative_tol,
-):
-    import arviz as az
-    import pymc as pm
-    import xarray as xr
-
+def _estimates(**fields):
+    """The engines' result (:class:`bayes_annot.problem.Estimates`): the one place this module names it."""
     from .problem import Estimates
 
-    model = build_model(
-        problem, variant, priors, q_fixed, user_labels, model_labels, tau_fixed=False, strength_prior="zerosum"
-    )
+    return Estimates(**fields)
+
+
+def _sample(model, draws, tune, chains, sampler, progress, seed, target_accept):
+    import pymc as pm
+
     progressbar = sys.stderr.isatty() if progress is None else bool(progress)
     kwargs = dict(
         draws=draws, tune=tune, chains=chains, random_seed=seed, progressbar=progressbar,
@@ -741,7 +882,34 @@ def _fit_nuts(
     with model, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*initvals.*nutpie.*")
         warnings.filterwarnings("ignore", message=".*The effect of Potentials.*")
-        idata = pm.sample(**kwargs)
+        return pm.sample(**kwargs)
+
+
+def _diagnose(idata, var_names, sampler):
+    """NUTS diagnostics (warned as :class:`FitWarning`) and whether the run counts as converged."""
+    diagnostics = nuts_diagnostics(idata, var_names)
+    messages = diagnostic_warnings(diagnostics)
+    for message in messages:
+        warnings.warn(message, FitWarning, stacklevel=user_stacklevel())
+    diagnostics["warnings"] = messages
+    diagnostics["sampler"] = sampler
+    converged = bool(
+        diagnostics["rhat_max"] is not None and diagnostics["rhat_max"] <= RHAT_MAX and diagnostics["divergences"] == 0
+    )
+    return diagnostics, converged
+
+
+def _fit_nuts(
+    problem, variant, priors, q_fixed, draws, tune, chains, sampler, progress, seed,
+    user_labels, model_labels, target_accept, informative_tol,
+):
+    import arviz as az
+    import xarray as xr
+
+    model = build_model(
+        problem, variant, priors, q_fixed, user_labels, model_labels, tau_fixed=False, strength_prior="zerosum"
+    )
+    idata = _sample(model, draws, tune, chains, sampler, progress, seed, target_accept)
 
     post = idata.posterior
     n_chains, n_draws = post.sizes["chain"], post.sizes["draw"]
@@ -804,16 +972,8 @@ def _fit_nuts(
     params["mean_quality"] = float(np.mean(quality[active])) if active.any() else float("nan")
 
     diag_vars = global_vars + (["eta"] if variant == "continuous" else [])
-    diagnostics = nuts_diagnostics(idata, diag_vars)
-    messages = diagnostic_warnings(diagnostics)
-    for message in messages:
-        warnings.warn(message, FitWarning, stacklevel=user_stacklevel())
-    diagnostics["warnings"] = messages
-    diagnostics["sampler"] = sampler
-    converged = bool(
-        diagnostics["rhat_max"] is not None and diagnostics["rhat_max"] <= RHAT_MAX and diagnostics["divergences"] == 0
-    )
-    return Estimates(
+    diagnostics, converged = _diagnose(idata, diag_vars, sampler)
+    return _estimates(
         engine="nuts",
         variant=variant,
         quality=quality,
@@ -831,4 +991,168 @@ def _fit_nuts(
         diagnostics=diagnostics,
         user_loglik=user_ll.mean(axis=0),
         idata=idata,
+    )
+
+
+# --------------------------------------------------------------------------- taste classes (C > 1)
+
+
+def relabel_by_share(shares: np.ndarray, strengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Resolve label switching: number each draw's taste classes by share, largest first.
+
+    Parameters
+    ----------
+    shares : array (S, C + 1)
+        Type shares per draw, casual first (the casual type is never moved).
+    strengths : array (S, C, K)
+        Each class's strengths per draw.
+
+    Returns
+    -------
+    shares, strengths
+        The same draws with the classes of every draw permuted so that
+        ``shares[:, 1:]`` is non-increasing (a stable sort: ties keep their order).
+    """
+    shares = np.asarray(shares, float)
+    strengths = np.asarray(strengths, float)
+    order = np.argsort(-shares[:, 1:], axis=1, kind="stable")
+    rows = np.arange(shares.shape[0])[:, None]
+    return np.concatenate([shares[:, :1], shares[:, 1:][rows, order]], axis=1), strengths[rows, order]
+
+
+def _taste_informative(problem, strengths, tol):
+    """Informative under any class (as :func:`bayes_annot.tastes.fit_tastes`)."""
+    informative = np.zeros(problem.n_users, dtype=bool)
+    for s in strengths:
+        informative |= _informative_users(problem, s, tol)
+    return informative
+
+
+def _taste_posterior(problem, strengths, shares, q, informative, priors):
+    """Per draw: the user-type posterior (S, U, C + 1), casual first, and per-user log-likelihood (S, U).
+
+    Users without labels or without an informative label get no verdict: the
+    draw's shares (or the prior mean shares when nobody is informative), as EM.
+    """
+    from scipy.special import logsumexp
+
+    from .tastes import type_logliks
+
+    logw = np.log(shares)[:, None, :] + type_logliks(problem, strengths, q)
+    user_ll = logsumexp(logw, axis=2)
+    post = np.exp(logw - user_ll[..., None])
+    active = np.bincount(problem.user, minlength=problem.n_users) > 0
+    if informative.any():
+        level = shares[:, None, :]
+    else:
+        conc = np.concatenate([[priors.pi_beta], np.full(shares.shape[1] - 1, priors.pi_alpha)])
+        level = (conc / conc.sum())[None, None, :]
+    post = np.where((~active | ~informative)[None, :, None], level, post)
+    return post, np.where(active[None, :], user_ll, 0.0)
+
+
+def _fit_tastes(
+    problem, n_tastes, start, method, priors, q_fixed, draws, tune, chains, sampler, progress, seed,
+    user_labels, model_labels, target_accept, informative_tol, maxeval,
+):
+    """MAP or NUTS with ``n_tastes > 1`` classes, started at ``start`` (see :func:`fit_pymc`)."""
+    import arviz as az
+    import xarray as xr
+
+    from .inference_data import point_estimate_idata
+    from .tastes import taste_columns
+
+    nuts = method == "nuts"
+    q0 = float(q_fixed) if q_fixed is not None else float(start.get("q", 0.5))
+    model = build_model(
+        problem, "two-class", priors, q_fixed, user_labels, model_labels,
+        strength_init=np.asarray(start["strengths"], float), share_init=np.asarray(start["shares"], float),
+        q_init=q0, n_tastes=n_tastes, strength_prior="zerosum" if nuts else "normal",
+    )
+    if nuts:
+        idata = _sample(model, draws, tune, chains, sampler, progress, seed, target_accept)
+        post = idata.posterior
+        n_chains, n_draws = post.sizes["chain"], post.sizes["draw"]
+        shares, strengths = _stack(post, "shares"), _stack(post, "strength")
+        q = np.full(len(shares), float(q_fixed)) if q_fixed is not None else _stack(post, "q")
+    else:
+        point, raw = _run_map(model, progress, seed, maxeval)
+        shares, strengths = np.asarray(point["shares"], float)[None], np.asarray(point["strength"], float)[None]
+        q = np.array([float(q_fixed) if q_fixed is not None else float(point["q"])])
+    shares, strengths = relabel_by_share(shares, strengths)
+    class_strengths = strengths.mean(axis=0)  # (C, K)
+    informative = _taste_informative(problem, class_strengths, informative_tol)
+    n_user = np.bincount(problem.user, minlength=problem.n_users)
+    active = n_user > 0
+
+    n_draws_total = len(shares)
+    quality_draws = np.empty((n_draws_total, problem.n_users))
+    user_ll = np.empty((n_draws_total, problem.n_users))
+    p_taste = np.zeros((problem.n_users, n_tastes))
+    for lo in range(0, n_draws_total, _DRAW_CHUNK):
+        sl = slice(lo, min(lo + _DRAW_CHUNK, n_draws_total))
+        type_post, user_ll[sl] = _taste_posterior(problem, strengths[sl], shares[sl], q[sl], informative, priors)
+        quality_draws[sl] = 1.0 - type_post[:, :, 0]
+        p_taste += type_post[:, :, 1:].sum(axis=0)
+    p_taste /= n_draws_total
+    quality = quality_draws.mean(axis=0)
+    columns = SimpleNamespace(
+        n_tastes=n_tastes, taste=np.argmax(p_taste, axis=1) + 1, p_taste=p_taste, strengths=class_strengths
+    )
+    user_cols, model_cols = taste_columns(columns)
+    params = {"pi": float((1.0 - shares[:, 0]).mean()), "q": float(q.mean())}
+    for c in range(n_tastes):
+        params[f"share_taste_{c + 1}"] = float(shares[:, c + 1].mean())
+    params["mean_quality"] = float(np.mean(quality[active])) if active.any() else params["pi"]
+    ordering = "classes numbered by share, largest first"
+    extra_summary = {"tastes": {
+        "n_tastes": int(n_tastes),
+        "class_spread": [float(v) for v in np.std(class_strengths, axis=1)],
+        "ordering": ordering + (" (every posterior draw relabelled so)" if nuts else ""),
+    }}
+    fields = dict(
+        variant="two-class", quality=quality, p_good=quality, n_labels_user=n_user.astype(np.int64),
+        informative=informative, strengths=class_strengths[0], parameters=params,
+        extra_user_columns=user_cols, extra_model_columns=model_cols, extra_summary=extra_summary,
+    )
+    if not nuts:
+        loglik = numpy_loglik(
+            problem, "two-class", {"shares": shares[0], "q": q[0], "strength": strengths[0]}, priors, q_fixed
+        )
+        est = _estimates(
+            engine="map", loglik=float(loglik), user_loglik=user_ll[0],
+            n_iter=int(getattr(raw, "nit", 0)) if raw is not None else None,
+            converged=bool(raw is not None and raw.success), **fields,
+        )
+        est.idata = point_estimate_idata(SimpleNamespace(user_labels=user_labels, model_labels=model_labels), est)
+        return est
+
+    # the relabelled draws replace the sampled ones, so idata, R-hat and the tables agree
+    post["shares"] = (post["shares"].dims, _unstack(shares, n_chains, n_draws))
+    post["strength"] = (post["strength"].dims, _unstack(strengths, n_chains, n_draws))
+    post.attrs["taste_ordering"] = ordering + " in every draw (label switching resolved after sampling)"
+    user_dims = ("chain", "draw", "user")
+    coords = {"chain": post["chain"].values, "draw": post["draw"].values, "user": list(user_labels)}
+    post["quality"] = xr.DataArray(_unstack(quality_draws, n_chains, n_draws), dims=user_dims, coords=coords)
+    log_lik = xr.Dataset({"y_user": xr.DataArray(_unstack(user_ll, n_chains, n_draws), dims=user_dims, coords=coords)})
+    if "log_likelihood" in idata.groups():
+        del idata["log_likelihood"]
+    idata.add_groups(log_likelihood=log_lik)
+    post.attrs["engine"] = "nuts"
+    post.attrs["sampler"] = sampler
+    hdi = az.hdi(post[["quality"]], hdi_prob=HDI_PROB)["quality"]
+    s_hdi = az.hdi(post[["strength"]], hdi_prob=HDI_PROB)["strength"].isel(taste=0)
+    diagnostics, converged = _diagnose(idata, ["shares", "strength"] + (["q"] if q_fixed is None else []), sampler)
+    return _estimates(
+        engine="nuts",
+        quality_low=hdi.sel(hdi="lower").values,
+        quality_high=hdi.sel(hdi="higher").values,
+        strength_low=s_hdi.sel(hdi="lower").values,
+        strength_high=s_hdi.sel(hdi="higher").values,
+        loglik=float(user_ll.sum(axis=1).mean()),
+        converged=converged,
+        diagnostics=diagnostics,
+        user_loglik=user_ll.mean(axis=0),
+        idata=idata,
+        **fields,
     )

@@ -54,7 +54,9 @@ within ``agree_tol`` of it.
 **Label switching.** The likelihood is invariant to relabelling the taste
 classes; after fitting, classes are ordered by share, largest first, so
 class 1 is the majority taste. (The casual type never swaps with a class: it
-has no ranking.)
+has no ranking.) MAP and NUTS (:func:`bayes_annot.pymc_model.fit_pymc`) fit the
+same model started at this EM fit; NUTS sorts every posterior draw's classes
+by share the same way.
 
 **Caveat.** With more classes than the data hold, an extra class may become
 nearly *flat* (strengths near 0), i.e. a coin flip that competes with the
@@ -76,7 +78,9 @@ import numpy as np
 import pandas as pd
 from scipy.special import expit, log_expit
 
-from .block_em import LocalRunner, block_type_logliks, log_type_shares, lse_rows, make_block, run_class_em
+from .block_em import (
+    LocalRunner, block_type_logliks, class_log_prior, log_type_shares, lse_rows, make_block, run_class_em,
+)
 from .em import INFORMATIVE_TOL, EMProblem, pair_weights
 from .likelihood import Priors
 from .pairs import PairTable, attentive_table_pairs, fit_bradley_terry_pairs
@@ -91,6 +95,8 @@ __all__ = [
     "casual_group_test",
     "simulate_tastes",
     "taste_columns",
+    "type_logliks",
+    "taste_loglik",
     "heldout_folds",
     "heldout_user_scores",
     "problem_from",
@@ -418,6 +424,84 @@ def fit_tastes(
         dict(starts_agreed=agreed, n_starts=len(logliks), start_logliks=[float(v) for v in logliks],
              runtime_seconds=time.perf_counter() - t0),
     )
+
+
+# --------------------------------------------------------------------------- the objective at given parameters
+
+
+def type_logliks(problem: EMProblem, strengths, q) -> np.ndarray:
+    """Per-user log-likelihood of each user type at given parameters.
+
+    Parameters
+    ----------
+    problem : EMProblem
+        Learned-strength problem.
+    strengths : array (C, K) or (S, C, K)
+        Each class's strengths; a leading axis evaluates ``S`` parameter draws.
+    q : float or array (S,)
+        Casual position bias (one per draw).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(U, C + 1)`` (or ``(S, U, C + 1)``): column 0 the casual sum
+        :math:`C_u`, column ``c`` the attentive sum :math:`A^{(c)}_u` (module
+        docstring); 0 for users without labels.
+    """
+    runner = problem_runner(problem)
+    block, pairs = runner.blocks[0], runner.pairs
+    strengths = np.asarray(strengths, dtype=float)
+
+    def one(s, q):
+        tables = np.column_stack([attentive_table_pairs(row, pairs.a, pairs.b) for row in s])
+        return block_type_logliks(block, float(q), tables)
+
+    if strengths.ndim == 2:
+        return one(strengths, q)
+    q = np.broadcast_to(np.asarray(q, dtype=float), strengths.shape[:1])
+    return np.stack([one(s, qq) for s, qq in zip(strengths, q)])
+
+
+def taste_loglik(
+    problem: EMProblem,
+    strengths,
+    shares,
+    q: float,
+    priors: Priors | None = None,
+    q_fixed: float | None = None,
+    penalised: bool = True,
+) -> float:
+    """The EM objective of :func:`fit_tastes` at given parameters.
+
+    Parameters
+    ----------
+    problem : EMProblem
+    strengths : array (C, K)
+    shares : array (C,)
+        Class shares :math:`\\pi_1..\\pi_C` (the casual share is ``1 - sum``).
+    q : float
+        Casual position bias (``q_fixed`` when given).
+    priors : Priors, optional
+    q_fixed : float, optional
+        When given, ``q`` is fixed and carries no prior term.
+    penalised : bool
+        Add the log prior densities (Dirichlet shares, Beta ``q`` when free,
+        Normal strengths) on the natural scale, no Jacobian: the quantity
+        :attr:`TasteResult.loglik` reports. ``False``: the marginal
+        log-likelihood :math:`\\sum_u \\log p(y_u)` only.
+
+    Returns
+    -------
+    float
+    """
+    priors = priors or Priors()
+    strengths = np.asarray(strengths, dtype=float).reshape(-1, problem.n_models)
+    shares = np.asarray(shares, dtype=float).reshape(strengths.shape[0])
+    q = float(q_fixed) if q_fixed is not None else float(q)
+    user_ll = lse_rows(log_type_shares(shares)[None, :] + type_logliks(problem, strengths, q))
+    active = np.bincount(problem.user, minlength=problem.n_users) > 0
+    value = float(user_ll[active].sum())
+    return value + class_log_prior(shares, q, strengths, priors, q_fixed is None) if penalised else value
 
 
 # --------------------------------------------------------------------------- tables for FitResult

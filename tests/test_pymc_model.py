@@ -11,7 +11,8 @@ import bayes_annot as ba
 from bayes_annot.data import prepare
 from bayes_annot.errors import FitWarning, InputError
 from bayes_annot.problem import build_problem
-from bayes_annot.pymc_model import build_model, model_loglik, numpy_loglik, pytensor_loglik
+from bayes_annot.pymc_model import build_model, model_loglik, numpy_loglik, pytensor_loglik, relabel_by_share
+from bayes_annot.tastes import fit_tastes, problem_from, simulate_tastes
 
 pm = pytest.importorskip("pymc")
 az = pytest.importorskip("arviz")
@@ -31,14 +32,24 @@ def _log(known: bool, seed: int = 3):
     return pd.concat([log.astype({"user": str, "winner": str}), extra.astype({"user": str, "winner": str})])
 
 
-def _problem(known: bool, seed: int = 3):
-    problem, _ = build_problem(prepare(_log(known, seed)))
+#: How the attentive strengths enter: learned, a known ``p_a`` column, or the paper's global ``mu``.
+STRENGTHS = ("learned", "p_a", "mu")
+MU_SETTINGS = dict(mu=0.7, strong_model="model_0")
+
+
+def _strength_settings(strengths: str) -> dict:
+    return MU_SETTINGS if strengths == "mu" else {}
+
+
+def _problem(strengths: str, seed: int = 3):
+    problem, _ = build_problem(prepare(_log(strengths == "p_a", seed)), **_strength_settings(strengths))
     assert np.bincount(problem.user, minlength=problem.n_users).min() == 0
+    assert problem.learned == (strengths == "learned")
     return problem
 
 
-def _random_params(problem, rng):
-    return {
+def _random_params(problem, rng, n_tastes: int = 1):
+    params = {
         "pi": rng.uniform(0.1, 0.9),
         "q": rng.uniform(0.2, 0.8),
         "strength": rng.normal(0.0, 1.0, problem.n_models),
@@ -46,26 +57,34 @@ def _random_params(problem, rng):
         "tau": rng.uniform(0.5, 2.0),
         "theta": rng.normal(0.5, 2.0, problem.n_users),
     }
+    if n_tastes > 1:
+        params["strength"] = rng.normal(0.0, 1.0, (n_tastes, problem.n_models))
+        params["shares"] = rng.dirichlet(np.full(n_tastes + 1, 3.0))
+    return params
 
 
+# every variant x strengths x q combination of the one-class model, and C = 2 taste classes
+# (two-class, learned strengths only: the others refuse taste classes, tested below)
 COMBOS = [
-    (variant, known, q_fixed)
+    (variant, strengths, q_fixed, 1)
     for variant in ("two-class", "continuous")
-    for known in (False, True)
+    for strengths in STRENGTHS
     for q_fixed in (None, 0.4)
-]
+] + [("two-class", "learned", q_fixed, 2) for q_fixed in (None, 0.4)]
 
 
 # --------------------------------------------------------------------------- (1) one likelihood, two back ends
 
 
-def _pymc_constant_error(problem, variant, q_fixed):
+def _pymc_constant_error(problem, variant, q_fixed, n_tastes=1):
     """PyMC rounds the normalising constants of Normal (log sqrt(2 pi)) and Beta (gammaln) by ~2e-8.
 
     Measured once per distribution at a fixed reference value: a constant, the
     same at every parameter value, so the value-dependent part is still
     compared to 1e-8.
     """
+    from scipy.stats import dirichlet
+
     from bayes_annot.likelihood import log_beta_pdf, log_normal_pdf
 
     def normal(sigma):
@@ -73,22 +92,28 @@ def _pymc_constant_error(problem, variant, q_fixed):
 
     priors = ba.Priors()
     beta = float(pm.logp(pm.Beta.dist(2.0, 2.0), 0.5).eval()) - float(log_beta_pdf(0.5, 2.0, 2.0))
-    error = ((variant == "two-class") + (q_fixed is None)) * beta
+    error = (q_fixed is None) * beta
+    if n_tastes > 1:
+        conc = np.r_[priors.pi_beta, np.full(n_tastes, priors.pi_alpha)]
+        x = np.full(n_tastes + 1, 1.0 / (n_tastes + 1))
+        error += float(pm.logp(pm.Dirichlet.dist(conc), x).eval()) - float(dirichlet.logpdf(x, conc))
+    elif variant == "two-class":
+        error += beta
     if problem.learned:
-        error += problem.n_models * normal(priors.strength_sigma)
+        error += n_tastes * problem.n_models * normal(priors.strength_sigma)
     if variant == "continuous":
         error += normal(priors.eta_m_sigma) + problem.n_users * normal(1.0)  # m and z_u
     return error
 
 
-@pytest.mark.parametrize("variant,known,q_fixed", COMBOS)
-def test_pytensor_equals_numpy_at_random_parameters(variant, known, q_fixed, rng):
-    problem = _problem(known)
-    model = build_model(problem, variant, q_fixed=q_fixed, tau_fixed=True)
-    offset = _pymc_constant_error(problem, variant, q_fixed)
+@pytest.mark.parametrize("variant,strengths,q_fixed,n_tastes", COMBOS)
+def test_pytensor_equals_numpy_at_random_parameters(variant, strengths, q_fixed, n_tastes, rng):
+    problem = _problem(strengths)
+    model = build_model(problem, variant, q_fixed=q_fixed, tau_fixed=True, n_tastes=n_tastes)
+    offset = _pymc_constant_error(problem, variant, q_fixed, n_tastes)
     values = []
     for _ in range(3):
-        params = _random_params(problem, rng)
+        params = _random_params(problem, rng, n_tastes)
         params["tau"] = ba.Priors().eta_tau  # the MAP-form model keeps tau fixed
         if q_fixed is not None:
             params["q"] = q_fixed
@@ -112,16 +137,31 @@ def test_pytensor_equals_numpy_at_random_parameters(variant, known, q_fixed, rng
     assert per_user.sum() == pytest.approx(expected, abs=1e-8, rel=0)
 
 
-@pytest.mark.parametrize("variant,known,q_fixed", COMBOS)
-def test_pytensor_equals_em_objective_at_em_estimates(variant, known, q_fixed):
-    """The PyMC model's log density at ba.fit's EM estimates equals the objective EM reports."""
-    problem = _problem(known, seed=8)
-    em = ba.fit(_log(known, seed=8), model=variant, q=q_fixed).estimates
-    params = {**em.parameters, "strength": em.strengths, "theta": em.theta}
-    value = pytensor_loglik(problem, variant, params, q_fixed=q_fixed)
-    offset = _pymc_constant_error(problem, variant, q_fixed)
-    assert value - offset == pytest.approx(em.loglik, abs=1e-8, rel=0)
+@pytest.mark.parametrize("variant,strengths,q_fixed,n_tastes", COMBOS)
+def test_pytensor_equals_em_objective_at_em_estimates(variant, strengths, q_fixed, n_tastes):
+    """The PyMC model's log density at the EM estimates equals the objective EM reports."""
+    problem = _problem(strengths, seed=8)
+    if n_tastes > 1:
+        em = fit_tastes(problem, n_tastes, q_fixed=q_fixed)
+        params = {"shares": np.r_[em.casual_share, em.shares], "q": em.q, "strength": em.strengths}
+        em_loglik = em.loglik
+    else:
+        em = ba.fit(_log(strengths == "p_a", seed=8), model=variant, q=q_fixed, **_strength_settings(strengths)).estimates
+        params = {**em.parameters, "strength": em.strengths, "theta": em.theta}
+        em_loglik = em.loglik
+    value = pytensor_loglik(problem, variant, params, q_fixed=q_fixed, n_tastes=n_tastes)
+    offset = _pymc_constant_error(problem, variant, q_fixed, n_tastes)
+    assert value - offset == pytest.approx(em_loglik, abs=1e-8, rel=0)
     assert abs(offset) < 1e-5
+
+
+@pytest.mark.parametrize("variant,strengths", [("continuous", "learned"), ("two-class", "p_a"), ("two-class", "mu")])
+def test_taste_classes_refused_where_undefined(variant, strengths):
+    problem = _problem(strengths)
+    with pytest.raises(ValueError, match="two-class" if variant == "continuous" else "learned strengths"):
+        build_model(problem, variant, n_tastes=2)
+    with pytest.raises(InputError, match="two-class" if variant == "continuous" else "learned strengths"):
+        ba.fit(_log(strengths == "p_a"), model=variant, method="map", tastes=2, **_strength_settings(strengths))
 
 
 # --------------------------------------------------------------------------- (2) MAP = EM
@@ -150,6 +190,62 @@ def test_map_matches_em(map_log, variant):
     assert idata.posterior["quality"].dims == ("chain", "draw", "user")
     assert set(em.idata.posterior.data_vars) == set(idata.posterior.data_vars)
     assert mp.users.quality_low.isna().all()
+
+
+@pytest.fixture(scope="module")
+def taste_log():
+    # 18% of users follow the reversed ranking (docs/tastes.md)
+    return simulate_tastes(n_users=300, n_models=6, casual_share=0.3, minority_share=0.18, seed=4)
+
+
+def test_map_with_taste_classes_matches_em(taste_log):
+    """MAP and EM maximise the same penalised objective with C = 2: same optimum, same taste columns."""
+    em = ba.fit(taste_log, tastes=2, tol=1e-12, max_iter=5000)
+    mp = ba.fit(taste_log, tastes=2, method="map")
+    assert mp.summary["engine"] == "map" and mp.summary["converged"] is True
+    assert mp.summary["tastes"]["n_tastes"] == 2 and mp.summary["tastes"]["start"] == "the EM fit"
+    assert list(mp.users.columns) == list(em.users.columns)
+    assert list(mp.models.columns) == list(em.models.columns)
+    # measured gaps (helper run): quality 7e-8, strengths 2e-8
+    for column in ("quality", "p_taste_1", "p_taste_2"):
+        np.testing.assert_allclose(mp.users[column], em.users[column], atol=1e-4)
+    assert (mp.users.taste == em.users.taste).all()
+    for column in ("strength", "strength_taste_1", "strength_taste_2"):
+        np.testing.assert_allclose(mp.models[column], em.models[column], atol=1e-4)
+    for key in ("pi", "q", "share_taste_1", "share_taste_2"):
+        assert mp.summary["parameters"][key] == pytest.approx(em.summary["parameters"][key], abs=1e-5)
+    assert mp.summary["loglik"] == pytest.approx(em.summary["loglik"], abs=1e-6)
+    # quality = 1 - P(casual) = sum of the class posteriors
+    np.testing.assert_allclose(mp.users.p_taste_1 + mp.users.p_taste_2, mp.users.quality, atol=1e-12)
+    # the minority is kept as attentive under its own class
+    truth = taste_log.groupby("user", observed=True).true_taste.first().loc[mp.users.user].values
+    assert mp.users.quality[truth == 2].mean() > 0.8
+    assert np.mean(mp.users.taste[truth == 2] == 2) > 0.9
+
+
+def test_map_from_a_perturbed_start_finds_the_em_optimum(taste_log):
+    """The PyMC objective alone (not the EM start) leads to EM's optimum, up to the class labels."""
+    problem = problem_from(taste_log)
+    em = fit_tastes(problem, 2, tol=1e-12, max_iter=5000)
+    rng = np.random.default_rng(0)
+    # classes swapped and moved: the optimiser has to climb back
+    start = em.strengths[::-1] + rng.normal(0.0, 0.3, em.strengths.shape)
+    model = build_model(problem, n_tastes=2, strength_init=start, share_init=[0.3, 0.4], q_init=0.4)
+    with model:
+        point = pm.find_MAP(progressbar=False, maxeval=50000, options={"ftol": 1e-14, "gtol": 1e-7})
+    shares, strengths = relabel_by_share(point["shares"][None], point["strength"][None])
+    assert np.abs(strengths[0] - em.strengths).max() < 1e-4
+    np.testing.assert_allclose(shares[0], np.r_[em.casual_share, em.shares], atol=1e-5)
+    assert float(point["q"]) == pytest.approx(em.q, abs=1e-5)
+
+
+def test_relabel_by_share_orders_every_draw():
+    shares = np.array([[0.2, 0.1, 0.7], [0.3, 0.5, 0.2], [0.1, 0.45, 0.45]])
+    strengths = np.arange(3 * 2 * 4, dtype=float).reshape(3, 2, 4)
+    new_shares, new_strengths = relabel_by_share(shares, strengths)
+    np.testing.assert_array_equal(new_shares, [[0.2, 0.7, 0.1], [0.3, 0.5, 0.2], [0.1, 0.45, 0.45]])
+    np.testing.assert_array_equal(new_strengths[0], strengths[0, ::-1])
+    np.testing.assert_array_equal(new_strengths[1:], strengths[1:])  # already ordered, and a tie keeps its order
 
 
 # --------------------------------------------------------------------------- (5) sampling plumbing, mocked
@@ -201,6 +297,41 @@ def test_nuts_plumbing_with_mocked_sampler(monkeypatch, tmp_path, variant):
     saved = json.loads((out / "summary.json").read_text())
     assert saved["divergences"] == 0 and saved["ess_bulk_min"] == pytest.approx(summary["ess_bulk_min"])
     assert ba.load(out)["idata"].posterior.sizes["draw"] == 30
+
+
+def test_nuts_taste_plumbing_with_mocked_sampler(monkeypatch, tmp_path, taste_log):
+    _mock_sample(monkeypatch, lambda size: np.zeros(size, dtype=bool))
+    with pytest.warns(FitWarning):
+        result = ba.fit(taste_log, tastes=2, method="nuts", draws=40, tune=5, chains=2, progress=False)
+    users, models, summary = result.users, result.models, result.summary
+    assert summary["engine"] == "nuts" and summary["tastes"]["n_tastes"] == 2
+    assert {"taste", "p_taste_1", "p_taste_2"} <= set(users.columns)
+    assert {"strength_taste_1", "strength_taste_2", "strength_low", "strength_high"} <= set(models.columns)
+    post = result.idata.posterior
+    assert post["shares"].dims == ("chain", "draw", "type")
+    assert list(post["type"].values) == ["casual", "taste_1", "taste_2"]
+    assert post["strength"].dims == ("chain", "draw", "taste", "model")
+    # every (prior) draw relabelled: class shares non-increasing, strengths moved with them
+    assert (post["shares"].sel(type="taste_1") >= post["shares"].sel(type="taste_2")).all()
+    np.testing.assert_allclose(models.strength_taste_2, post["strength"].sel(taste="taste_2").mean(("chain", "draw")))
+    np.testing.assert_allclose(models.strength, models.strength_taste_1)
+    # quality is the posterior mean of 1 - P(casual), and the class posteriors add up to it
+    np.testing.assert_allclose(users.quality, post["quality"].mean(("chain", "draw")).values)
+    np.testing.assert_allclose(users.p_taste_1 + users.p_taste_2, users.quality, atol=1e-12)
+    # (prior draws here: a mean may fall outside a skewed draw set's HDI, so only the interval itself is checked)
+    assert ((0.0 <= users.quality_low) & (users.quality_low <= users.quality_high) & (users.quality_high <= 1.0)).all()
+    # per-user log-lik of one draw = the taste model's likelihood at that draw
+    problem = problem_from(taste_log)
+    draw = post.isel(chain=1, draw=7)
+    params = {"shares": draw["shares"].values, "q": float(draw["q"]), "strength": draw["strength"].values}
+    expected = numpy_loglik(problem, "two-class", params, penalised=False)
+    assert float(result.idata.log_likelihood["y_user"].isel(chain=1, draw=7).sum()) == pytest.approx(expected, abs=1e-8)
+    for key in ("rhat_max", "ess_bulk_min", "divergences"):
+        assert key in summary
+    out = result.save(tmp_path / "out")
+    loaded = ba.load(out)
+    assert loaded["idata"].posterior["shares"].dims == ("chain", "draw", "type")
+    np.testing.assert_allclose(loaded["users"].p_taste_2, users.p_taste_2)
 
 
 def test_divergences_are_warned_and_mark_not_converged(monkeypatch):
@@ -290,3 +421,24 @@ def test_compare_three_models():
     with pytest.raises(InputError, match="point estimate"):
         compare({"em": ba.fit(log), "two-class": fits["two-class"]})
 
+
+
+@pytest.mark.slow
+def test_nuts_taste_classes_minority_kept():
+    """Issue 13: NUTS with tastes=2, 18% reversed-taste minority: R-hat <= 1.01, no divergence, minority kept."""
+    import time
+
+    log = simulate_tastes(n_users=600, n_models=8, casual_share=0.3, minority_share=0.18, seed=1)
+    t0 = time.perf_counter()
+    result = ba.fit(log, tastes=2, method="nuts", draws=1000, tune=500, chains=2, seed=1, progress=False)
+    seconds = time.perf_counter() - t0
+    s = result.summary
+    truth = log.groupby("user", observed=True).true_taste.first().loc[result.users.user].values
+    minority = result.users.quality[truth == 2].mean()
+    print(f"tastes=2 NUTS: R-hat {s['rhat_max']:.4f}, bulk ESS {s['ess_bulk_min']:.0f}, "
+          f"divergences {s['divergences']}, minority mean quality {minority:.3f}, {seconds:.0f} s")
+    assert s["rhat_max"] <= 1.01  # over shares, strengths and q (relabelled draws)
+    assert s["divergences"] == 0
+    assert minority >= 0.8
+    assert result.users.quality[truth == 0].mean() < 0.4  # casual users still caught
+    assert np.mean(result.users.taste[truth == 2] == 2) > 0.9
