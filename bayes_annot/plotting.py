@@ -22,10 +22,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .fit import FitResult
 
 __all__ = [
     "plot_quality_distribution",
@@ -39,6 +35,7 @@ __all__ = [
     "plot_ppc_agreement",
     "ppc_agreement",
     "comparison_counts",
+    "check_result",
 ]
 
 KEPT_COLOR = "#2b6cb0"
@@ -78,15 +75,19 @@ def _bool(series) -> np.ndarray:
     return series.astype(str).str.lower().isin(["true", "1"]).to_numpy()
 
 
-def _result(result) -> "FitResult":
-    from .fit import FitResult
+def check_result(result, reader: str = "plots"):
+    """``result`` if it is a fit's result (of :func:`bayes_annot.fit` or :func:`bayes_annot.load`), else ``TypeError``.
 
-    if not isinstance(result, FitResult):
-        raise TypeError(f"plots read a FitResult (of bayes_annot.fit or bayes_annot.load(folder)), got {type(result).__name__}")
+    Checked by what a result holds (its tables, summary and backend), so that
+    the presentation layer does not import the layer that fits.
+    """
+    if not all(hasattr(result, name) for name in ("users", "models", "summary", "backend")):
+        raise TypeError(f"{reader}: expected a FitResult (of bayes_annot.fit or bayes_annot.load(folder)), "
+                        f"got {type(result).__name__}")
     return result
 
 
-def _strength_vector(src: "FitResult") -> np.ndarray | None:
+def _strength_vector(src) -> np.ndarray | None:
     """Strengths ordered like ``src.data.model_labels`` (``None`` if unknown)."""
     if src.data is None or "strength" not in src.models:
         return None
@@ -98,7 +99,7 @@ def _strength_vector(src: "FitResult") -> np.ndarray | None:
     return None if np.isnan(s).any() else s
 
 
-def _user_index(src: "FitResult") -> np.ndarray | None:
+def _user_index(src) -> np.ndarray | None:
     """Row position in ``users`` of each of ``src.data.user_labels``."""
     if src.data is None:
         return None
@@ -107,7 +108,7 @@ def _user_index(src: "FitResult") -> np.ndarray | None:
     return pos.loc[labels].to_numpy() if set(labels) <= set(pos.index) else None
 
 
-def _attentive_logit(src: "FitResult") -> np.ndarray | None:
+def _attentive_logit(src) -> np.ndarray | None:
     """Attentive log-odds of choosing ``model_a`` for each usable row: from the known ``p_a`` column when
     the fit used one, else from the strengths; ``None`` when neither is available."""
     data = src.data
@@ -120,7 +121,7 @@ def _attentive_logit(src: "FitResult") -> np.ndarray | None:
     return None if s is None else s[data.model_a[usable]] - s[data.model_b[usable]]
 
 
-def _active_users(src: "FitResult") -> pd.DataFrame:
+def _active_users(src) -> pd.DataFrame:
     users = src.users
     if "n_labels" in users:
         users = users[pd.to_numeric(users["n_labels"], errors="coerce").fillna(0) > 0]
@@ -136,7 +137,7 @@ def plot_quality_distribution(result, *, bins: int = 20, ax=None):
     Only users with at least one label in the likelihood are counted. The
     bar heights sum to that number of users.
     """
-    src = _result(result)
+    src = check_result(result)
     ax = _axes(ax)
     users = _active_users(src)
     if users.empty:
@@ -171,7 +172,7 @@ def plot_quality_distribution(result, *, bins: int = 20, ax=None):
 def decision_threshold(result) -> float:
     """The quality at which the fit's filter decides (for display): ``t`` of ``prob:t`` / ``credible:t``,
     the lowest kept quality under ``fdr``, 0.5 under ``none`` or when unknown."""
-    src = _result(result)
+    src = check_result(result)
     rule = str((src.summary.get("filter") or {}).get("rule", "")).strip().lower()
     kind, _, value = rule.partition(":")
     if kind in ("prob", "credible"):
@@ -197,7 +198,7 @@ def plot_quality_caterpillar(result, *, max_users: int = 60, ax=None):
     no visible interval; they say nothing about the decision.) One point per
     shown user.
     """
-    src = _result(result)
+    src = check_result(result)
     users = _active_users(src)
     n_show = min(len(users), max_users)
     ax = _axes(ax, figsize=(6.0, max(3.0, 0.12 * n_show + 1.0)))
@@ -253,7 +254,7 @@ def plot_quality_caterpillar(result, *, max_users: int = 60, ax=None):
 
 def plot_strengths(result, *, ax=None):
     """Model strengths (Bradley–Terry log-odds), sorted, with intervals when sampled. One point per model."""
-    src = _result(result)
+    src = check_result(result)
     models = src.models
     ax = _axes(ax, figsize=(6.0, max(2.5, 0.3 * len(models) + 1.0)))
     if models.empty or "strength" not in models or models["strength"].isna().all():
@@ -286,7 +287,7 @@ def comparison_counts(result) -> pd.DataFrame | None:
     """
     from .pairs import DENSE_PLOT_MAX_MODELS
 
-    pairs = _result(result).pair_counts  # Dask fits: the table summed on the workers
+    pairs = check_result(result).pair_counts  # Dask fits: the table summed on the workers
     if pairs is None or pairs.n_models > DENSE_PLOT_MAX_MODELS:
         return None
     mat = pairs.toarray().astype(np.int64)
@@ -299,7 +300,7 @@ def plot_comparison_matrix(result, *, ax=None):
     """Heatmap of how often each pair of models was compared (rows in the likelihood)."""
     from .pairs import DENSE_PLOT_MAX_MODELS
 
-    src = _result(result)
+    src = check_result(result)
     if len(src.models) > DENSE_PLOT_MAX_MODELS:
         ax = _axes(ax, figsize=(5.0, 4.0))
         return _empty(ax, f"{len(src.models)} models: too many for a model x model heat map "
@@ -341,7 +342,7 @@ def plot_comparison_matrix(result, *, ax=None):
 
 def plot_labels_per_user(result, *, ax=None):
     """Histogram of the number of labels per user (rows in the likelihood); bars sum to the users with labels."""
-    src = _result(result)
+    src = check_result(result)
     ax = _axes(ax)
     users = src.users
     col = "n_labels" if "n_labels" in users else "n_rows"
@@ -372,7 +373,7 @@ def plot_labels_per_user(result, *, ax=None):
 
 def plot_loglik_trace(result, *, ax=None):
     """Penalised log-likelihood per EM iteration (never decreases). One point per iteration."""
-    src = _result(result)
+    src = check_result(result)
     ax = _axes(ax)
     trace = src.loglik_trace
     if not trace:
@@ -407,7 +408,7 @@ def plot_reliability(result, truth, *, n_bins: int = 10, prob: str | None = None
     """
     from .metrics import expected_calibration_error, reliability_table
 
-    src = _result(result)
+    src = check_result(result)
     ax = _axes(ax, figsize=(4.8, 4.8))
     users = src.users
     if prob is None:
@@ -460,7 +461,7 @@ def _posterior_var(idata, names):
     return None, None
 
 
-def _draws(src: "FitResult", n_rep: int, rng: np.random.Generator):
+def _draws(src, n_rep: int, rng: np.random.Generator):
     """Yield (quality per user [data.user order], strengths [model order] or None, q) per replicate."""
     data = src.data
     uidx = _user_index(src)
@@ -522,7 +523,7 @@ def ppc_agreement(result, *, n_rep: int = 200, seed: int = 0, min_labels: int = 
         ``low_share_observed`` and ``low_share_replicated`` (share of users
         agreeing at most 50%); ``None`` when the rows or strengths are unavailable.
     """
-    src = _result(result)
+    src = check_result(result)
     data = src.data
     if data is None or _user_index(src) is None:
         return None
@@ -597,7 +598,7 @@ def plot_ppc_agreement(result, *, n_rep: int = 200, seed: int = 0, min_labels: i
     count over ``n_rep`` data sets replicated from the fitted model (see
     :func:`ppc_agreement`).
     """
-    src = _result(result)
+    src = check_result(result)
     ax = _axes(ax, figsize=(7.0, 4.0))
     ppc = ppc_agreement(src, n_rep=n_rep, seed=seed, min_labels=min_labels)
     if ppc is None:

@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from bayes_annot import plotting  # noqa: E402
 from bayes_annot.metrics import reliability_table  # noqa: E402
-from bayes_annot.report import SECTIONS, build_report, build_report_from_dir, render_report  # noqa: E402
+from bayes_annot.report import SECTIONS, build_report, render_report  # noqa: E402
 from bayes_annot.report.builder import global_var_names, plain_warnings  # noqa: E402
 
 
@@ -153,7 +153,7 @@ def test_report_warns_about_a_disconnected_graph(disconnected_fit, tmp_path):
 
 def test_report_from_saved_directory(em_fit, tmp_path):
     out = em_fit.save(tmp_path / "fit")
-    path = build_report_from_dir(out)
+    path = ba.load(out).report(out / "report.html")
     assert path == out / "report.html"
     text = path.read_text(encoding="utf-8")
     check_page(text, min_images=5)  # all but the two EM-trace panels

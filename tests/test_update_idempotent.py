@@ -11,7 +11,6 @@ import pytest
 
 import bayes_annot as ba
 from bayes_annot.cli import main
-from bayes_annot.report import build_report_from_dir
 
 
 def _sha(path):
@@ -212,7 +211,7 @@ def test_no_absolute_path_unless_asked(tmp_path):
     assert [e["file"] for e in s["provenance"]] == ["old.csv", "new.csv"]
     assert str(tmp_path) not in (d / "summary.json").read_text()
     # the report (rebuilt from the folder; `fit --report` writes the same) names files, not folders
-    html = build_report_from_dir(d, n_rep=5).read_text()
+    html = ba.load(d).report(d / "report.html", n_rep=5).read_text()
     assert str(tmp_path) not in html
     assert f"new.csv (sha256 {_sha(tmp_path / 'new.csv')[:12]})" in html  # header
     assert "old.csv" in html and _sha(tmp_path / "old.csv")[:12] in html  # provenance table

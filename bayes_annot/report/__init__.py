@@ -2,8 +2,6 @@
 
 * :func:`build_report` writes the report of a :class:`~bayes_annot.fit.FitResult`
   (of :func:`bayes_annot.fit`, in memory or on Dask, or of :func:`bayes_annot.load`);
-* :func:`build_report_from_dir` rebuilds it from a saved folder (the tables,
-  ``summary.json`` and ``posterior.nc`` if present);
 * :func:`render_report` returns the HTML text.
 
 The report never fits: it shows what the result holds. Diagnostics that need
@@ -18,33 +16,19 @@ matplotlib is needed (``pip install 'bayes_annot[plot]'``).
 
 from __future__ import annotations
 
-__all__ = ["build_report", "build_report_from_dir", "render_report", "SECTIONS"]
+__all__ = ["build_report", "render_report", "SECTIONS"]
 
-#: (anchor, heading) of every section, in page order.
-SECTIONS = (
-    ("warnings", "Warnings"),
-    ("data", "Data"),
-    ("strengths", "Model strengths"),
-    ("quality", "User quality"),
-    ("tastes", "Taste or noise?"),
-    ("decision", "The decision: whom to keep"),
-    ("convergence", "Convergence"),
-    ("ppc", "Posterior predictive check"),
-    ("comparison", "Model comparison"),
-    ("settings", "Settings and provenance"),
-)
+from .builder import SECTIONS  # noqa: E402  (the sections, in page order)
 
 
 def render_report(result, *, comparison=None, title: str | None = None, n_rep: int = 200, seed: int = 0,
                   few_labels: int = 5) -> str:
     """HTML text of the diagnostics report (see :func:`build_report`)."""
-    from ..fit import FitResult
+    from ..plotting import check_result
     from .builder import render
 
-    if not isinstance(result, FitResult):
-        raise TypeError(f"the report reads a FitResult (of bayes_annot.fit or bayes_annot.load(folder)), "
-                        f"got {type(result).__name__}")
-    return render(result, comparison=comparison, title=title, n_rep=n_rep, seed=seed, few_labels=few_labels)
+    return render(check_result(result, "the report"), comparison=comparison, title=title, n_rep=n_rep, seed=seed,
+                  few_labels=few_labels)
 
 
 def build_report(result, path, *, comparison=None, title: str | None = None, n_rep: int = 200, seed: int = 0,
@@ -96,18 +80,3 @@ def build_report(result, path, *, comparison=None, title: str | None = None, n_r
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
-
-
-def build_report_from_dir(directory, path=None, **kwargs):
-    """Rebuild the report from saved outputs; writes ``DIRECTORY/report.html`` unless ``path`` is given.
-
-    Sections that need the live fit (the EM log-likelihood trace) say so
-    instead of failing; everything else is rebuilt from the saved tables and
-    ``posterior.nc``. Keyword arguments are those of :func:`build_report`.
-    """
-    from pathlib import Path
-
-    from ..fit import load
-
-    directory = Path(directory)
-    return build_report(load(directory), directory / "report.html" if path is None else path, **kwargs)

@@ -15,10 +15,21 @@ from html import escape
 import numpy as np
 import pandas as pd
 
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from ..fit import FitResult
+#: (anchor, heading) of every section, in page order.
+SECTIONS = (
+    ("warnings", "Warnings"),
+    ("data", "Data"),
+    ("strengths", "Model strengths"),
+    ("quality", "User quality"),
+    ("tastes", "Taste or noise?"),
+    ("decision", "The decision: whom to keep"),
+    ("convergence", "Convergence"),
+    ("ppc", "Posterior predictive check"),
+    ("comparison", "Model comparison"),
+    ("settings", "Settings and provenance"),
+)
+
 
 RHAT_MAX = 1.01
 ESS_MIN = 400
@@ -140,7 +151,7 @@ def section(anchor: str, title: str, body: str) -> str:
 # --------------------------------------------------------------------------- warnings
 
 
-def _used_components(src: "FitResult") -> int:
+def _used_components(src) -> int:
     """Connected parts of the comparison graph among models that appear in the likelihood (0 if unknown)."""
     data = src.data
     if data is None:
@@ -158,7 +169,7 @@ def _used_components(src: "FitResult") -> int:
     return int(len(np.unique(labels[used])))
 
 
-def plain_warnings(src: "FitResult", few_labels: int = 5) -> tuple[list[str], list[str]]:
+def plain_warnings(src, few_labels: int = 5) -> tuple[list[str], list[str]]:
     """(warnings, notes) in plain words: the fit's own warnings plus checks of the report."""
     s = src.summary
     fit_warnings = [str(w) for w in s.get("warnings", []) or []]
@@ -214,7 +225,7 @@ def plain_warnings(src: "FitResult", few_labels: int = 5) -> tuple[list[str], li
 # --------------------------------------------------------------------------- sections
 
 
-def _header(src: "FitResult", title: str | None) -> str:
+def _header(src, title: str | None) -> str:
     s = src.summary
     c = s.get("counts", {}) or {}
     f = s.get("filter", {}) or {}
@@ -237,8 +248,6 @@ def _header(src: "FitResult", title: str | None) -> str:
     cards_html = "".join(
         f'<div class="card"><div class="v">{escape(_fmt(v))}</div><div class="k">{escape(k)}</div></div>' for k, v in cards
     )
-    from . import SECTIONS
-
     nav = "".join(f'<a href="#{a}">{escape(t)}</a>' for a, t in SECTIONS)
     intro = (
         "Each user picked one of two responses that came from two different models. An attentive user picks "
@@ -251,15 +260,15 @@ def _header(src: "FitResult", title: str | None) -> str:
     )
 
 
-def _warnings_section(src: "FitResult", few_labels: int) -> str:
+def _warnings_section(src, few_labels: int) -> str:
     warns, notes = plain_warnings(src, few_labels)
     body = "".join(box(w, "warn") for w in warns) or box("No warnings: nothing in the fit or the data calls for caution.", "ok")
     body += "".join(box(n, "note") for n in notes)
     return body
 
 
-def _data_section(src: "FitResult") -> str:
-    from .. import plotting
+def _data_section(src) -> str:
+    from ..plotting import plot_comparison_matrix, plot_labels_per_user
 
     s = src.summary
     c = s.get("counts", {}) or {}
@@ -302,14 +311,14 @@ def _data_section(src: "FitResult") -> str:
     k = int(c.get("models", 0) or 0)
     size = min(9.0, max(4.5, 0.42 * k + 2.5))
     body += '<div class="row">'
-    body += figure(lambda ax: plotting.plot_labels_per_user(src, ax=ax), figsize=(5.6, 4.0), alt="labels per user")
-    body += figure(lambda ax: plotting.plot_comparison_matrix(src, ax=ax), figsize=(size + 1.2, size), alt="comparison matrix")
+    body += figure(lambda ax: plot_labels_per_user(src, ax=ax), figsize=(5.6, 4.0), alt="labels per user")
+    body += figure(lambda ax: plot_comparison_matrix(src, ax=ax), figsize=(size + 1.2, size), alt="comparison matrix")
     body += "</div>"
     return body
 
 
-def _strengths_section(src: "FitResult") -> str:
-    from .. import plotting
+def _strengths_section(src) -> str:
+    from ..plotting import plot_strengths
 
     models = src.models
     k = len(models)
@@ -318,7 +327,7 @@ def _strengths_section(src: "FitResult") -> str:
         "zero). An attentive user prefers a model with strength s1 over one with s2 with probability "
         "1 / (1 + exp(s2 − s1)). Intervals are shown when the posterior was sampled."
     )
-    body += figure(lambda ax: plotting.plot_strengths(src, ax=ax), figsize=(6.4, max(2.6, 0.32 * k + 1.2)), alt="strengths")
+    body += figure(lambda ax: plot_strengths(src, ax=ax), figsize=(6.4, max(2.6, 0.32 * k + 1.2)), alt="strengths")
     if k and "strength" in models:
         shown = models.sort_values("strength", ascending=False)
         cols = [c for c in ("model", "strength", "strength_low", "strength_high", "n_labels") if c in shown]
@@ -328,8 +337,8 @@ def _strengths_section(src: "FitResult") -> str:
     return body
 
 
-def _quality_section(src: "FitResult") -> str:
-    from .. import plotting
+def _quality_section(src) -> str:
+    from ..plotting import plot_quality_caterpillar, plot_quality_distribution
 
     s = src.summary
     params = s.get("parameters", {}) or {}
@@ -353,9 +362,9 @@ def _quality_section(src: "FitResult") -> str:
     n_active = int((pd.to_numeric(src.users.get("n_labels", pd.Series(dtype=float)), errors="coerce") > 0).sum())
     n_show = min(n_active, 60)
     body += '<div class="row">'
-    body += figure(lambda ax: plotting.plot_quality_distribution(src, ax=ax), figsize=(5.6, 4.0), alt="quality distribution")
+    body += figure(lambda ax: plot_quality_distribution(src, ax=ax), figsize=(5.6, 4.0), alt="quality distribution")
     body += figure(
-        lambda ax: plotting.plot_quality_caterpillar(src, max_users=60, ax=ax),
+        lambda ax: plot_quality_caterpillar(src, max_users=60, ax=ax),
         figsize=(6.2, max(3.0, 0.12 * n_show + 1.2)),
         alt="quality caterpillar",
     )
@@ -372,7 +381,7 @@ RULE_TEXT = {
 }
 
 
-def _tastes_section(src: "FitResult") -> str:
+def _tastes_section(src) -> str:
     s = src.summary
     body = ""
     selection = s.get("taste_selection")
@@ -416,7 +425,7 @@ def _tastes_section(src: "FitResult") -> str:
     return body
 
 
-def _decision_section(src: "FitResult") -> str:
+def _decision_section(src) -> str:
     s = src.summary
     f = s.get("filter", {}) or {}
     c = s.get("counts", {}) or {}
@@ -468,7 +477,7 @@ def global_var_names(idata) -> list[str]:
     return sorted(out, key=lambda n: (order.get(n, 10), n))
 
 
-def _global_summary(src: "FitResult", var_names) -> pd.DataFrame | None:
+def _global_summary(src, var_names) -> pd.DataFrame | None:
     import arviz as az
 
     try:
@@ -482,8 +491,8 @@ def _global_summary(src: "FitResult", var_names) -> pd.DataFrame | None:
     return summary.reset_index()
 
 
-def _convergence_section(src: "FitResult") -> str:
-    from .. import plotting
+def _convergence_section(src) -> str:
+    from ..plotting import plot_loglik_trace
 
     s = src.summary
     body = ""
@@ -539,7 +548,7 @@ def _convergence_section(src: "FitResult") -> str:
             ax.grid(alpha=0.3)
 
         body += '<div class="row">'
-        body += figure(lambda ax: plotting.plot_loglik_trace(src, ax=ax), figsize=(5.2, 3.6), alt="EM trace")
+        body += figure(lambda ax: plot_loglik_trace(src, ax=ax), figsize=(5.2, 3.6), alt="EM trace")
         body += figure(gap, figsize=(5.2, 3.6), alt="EM gap")
         body += "</div>"
     else:
@@ -558,7 +567,7 @@ def _convergence_section(src: "FitResult") -> str:
     return body
 
 
-def _rank_plots(src: "FitResult", names) -> str:
+def _rank_plots(src, names) -> str:
     try:
         import arviz as az
         import matplotlib.pyplot as plt
@@ -590,8 +599,8 @@ def _rank_plots(src: "FitResult", names) -> str:
         return box(f"Rank plots could not be drawn ({type(exc).__name__}: {exc}).", "warn")
 
 
-def _ppc_section(src: "FitResult", n_rep: int, seed: int) -> str:
-    from .. import plotting
+def _ppc_section(src, n_rep: int, seed: int) -> str:
+    from ..plotting import PPC_RANGE, plot_ppc_agreement, ppc_agreement, ppc_range_percentiles
 
     body = p(
         "For every user, the share of their labels that picked the stronger of the two models (by the fitted "
@@ -601,18 +610,18 @@ def _ppc_section(src: "FitResult", n_rep: int, seed: int) -> str:
         "sit within the whiskers."
     )
     try:
-        ppc = plotting.ppc_agreement(src, n_rep=n_rep, seed=seed)
+        ppc = ppc_agreement(src, n_rep=n_rep, seed=seed)
     except Exception as exc:  # noqa: BLE001
         return body + box(f"The check could not be run ({type(exc).__name__}: {exc}).", "warn")
     if ppc is None:
         return body + box("The check needs the rows of the fit and the fitted strengths, which are not available here.", "note")
-    body += figure(lambda ax: plotting.plot_ppc_agreement(src, n_rep=n_rep, seed=seed, ax=ax), figsize=(7.6, 4.2),
+    body += figure(lambda ax: plot_ppc_agreement(src, n_rep=n_rep, seed=seed, ax=ax), figsize=(7.6, 4.2),
                    alt="posterior predictive check")
-    span = plotting.PPC_RANGE  # the figure's whiskers and this text give one range
-    lo, hi = np.percentile(ppc["low_share_replicated"], plotting.ppc_range_percentiles())
+    span = PPC_RANGE  # the figure's whiskers and this text give one range
+    lo, hi = np.percentile(ppc["low_share_replicated"], ppc_range_percentiles())
     obs = ppc["low_share_observed"]
     rep = ppc["replicated_counts"]
-    r_lo, r_hi = np.percentile(rep, plotting.ppc_range_percentiles(), axis=0)
+    r_lo, r_hi = np.percentile(rep, ppc_range_percentiles(), axis=0)
     outside = int(((ppc["observed_counts"] < r_lo) | (ppc["observed_counts"] > r_hi)).sum())
     if lo <= obs <= hi:
         body += box(
@@ -645,7 +654,7 @@ HOW_TO_COMPARE = (
 )
 
 
-def _comparison_section(src: "FitResult", comparison) -> str:
+def _comparison_section(src, comparison) -> str:
     if comparison is None and isinstance(src.summary.get("comparison"), dict):
         stored = src.summary["comparison"]
         return p("Stored in the result by bayes_annot.diagnose.", "muted") + _comparison_table(
@@ -729,7 +738,7 @@ def _provenance_table(entries) -> str:
     )
 
 
-def _settings_section(src: "FitResult") -> str:
+def _settings_section(src) -> str:
     s = src.summary
     keep = {k: s.get(k) for k in ("settings", "input", "bayes_annot_version", "sampler") if k in s}
     text = json.dumps(keep, indent=2, default=str)
@@ -740,10 +749,8 @@ def _settings_section(src: "FitResult") -> str:
     return out
 
 
-def render(src: "FitResult", *, comparison=None, title=None, n_rep: int = 200, seed: int = 0, few_labels: int = 5) -> str:
+def render(src, *, comparison=None, title=None, n_rep: int = 200, seed: int = 0, few_labels: int = 5) -> str:
     """The whole report as HTML text."""
-    from . import SECTIONS
-
     builders = {
         "warnings": lambda: _warnings_section(src, few_labels),
         "data": lambda: _data_section(src),
