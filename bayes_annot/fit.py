@@ -327,6 +327,10 @@ class FitResult:
                record_paths: bool = False, **settings) -> "FitResult":
         """Fit this fit's rows plus ``new_rows``, warm-started from it and reusing its encoding and EM block.
 
+        The settings of this fit (model, filter, columns, ``q``, priors, ``tol``,
+        taste classes, ...) are reused unless overridden. In-memory fits only (a
+        saved folder: :func:`bayes_annot.folder_update.update_saved`).
+
         Parameters
         ----------
         new_rows : pandas.DataFrame or path
@@ -352,10 +356,6 @@ class FitResult:
             default only its name and SHA-256).
         **settings
             Any of ``model, filter, tol, max_iter, q, priors, use_p_a, mu, strong_model``.
-
-        The settings of this fit (model, filter, columns, ``q``, priors, ``tol``,
-        taste classes, ...) are reused unless overridden. In-memory fits only (a
-        saved folder: :func:`bayes_annot.folder_update.update_saved`).
 
         Returns
         -------

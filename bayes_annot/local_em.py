@@ -183,6 +183,7 @@ def taste_estimates(res, extra_summary: dict | None = None) -> Estimates:
 
 
 def casual_test_summary(check) -> dict:
+    """The JSON-ready verdict of a :class:`~bayes_annot.tastes.CasualGroupTest` (``summary["taste_diagnostic"]``)."""
     return {
         "verdict": check.verdict,
         "message": check.message,

@@ -416,11 +416,14 @@ def fit_tastes(
     runs = _fit_chain(f, int(n_tastes), n_starts, seed, init, callback)
     logliks = [r.loglik for r in runs]
     top = max(logliks)
-    # a start stopped by ``tol`` may sit a little short of its optimum
-    threshold = max(agree_tol, 10.0 * tol * (1.0 + abs(top)))
-    agreed = int(sum(abs(v - top) <= threshold for v in logliks))
+    # a start stopped by ``tol`` may sit a little short of its optimum: starts within the EM
+    # tolerance of the best reached the same optimum, and the first of them is the fit (not the
+    # one rounding put on top: the engines sum in different orders, and must pick the same run)
+    same = 10.0 * tol * (1.0 + abs(top))
+    best = next(i for i, v in enumerate(logliks) if v >= top - same)
+    agreed = int(sum(abs(v - top) <= max(agree_tol, same) for v in logliks))
     return _order_and_package(
-        f, runs[int(np.argmax(logliks))],
+        f, runs[best],
         dict(starts_agreed=agreed, n_starts=len(logliks), start_logliks=[float(v) for v in logliks],
              runtime_seconds=time.perf_counter() - t0),
     )

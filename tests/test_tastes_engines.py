@@ -39,9 +39,9 @@ def _max_diff(a, b, key, columns):
 
 def test_dask_frame_with_tastes_equals_in_memory(log):
     dd = pytest.importorskip("dask.dataframe")
-    # tight tol: several starts reach the same optimum, and the engines must pick the same point of it
-    memory = ba.fit(log, tastes=2, tol=1e-11)
-    dask = ba.fit(dd.from_pandas(log, npartitions=4), tastes=2, tol=1e-11)
+    # default settings: several starts reach the same optimum, and both engines keep the first of them
+    memory = ba.fit(log, tastes=2)
+    dask = ba.fit(dd.from_pandas(log, npartitions=4), tastes=2)
     assert _max_diff(memory.users, dask.users, "user", TASTE_USER_COLUMNS) < 1e-8
     assert _max_diff(memory.models, dask.models, "model", TASTE_MODEL_COLUMNS + ["strength"]) < 1e-8
     for name in ("pi", "q", "share_taste_1", "share_taste_2"):
