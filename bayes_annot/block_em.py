@@ -32,6 +32,7 @@ from scipy.special import expit, gammaln, log_expit, logit, ndtr
 
 from .em import EMResult, _update_q, _update_theta, has_converged, max_change
 from .likelihood import Priors, log_beta_pdf, log_normal_pdf
+from .spec import BehaviourSpec
 from .pairs import (
     DENSE_MAX_MODELS,
     PairTable,
@@ -816,10 +817,8 @@ def run_class_em(
 def run_em(
     runner,
     n_models: int,
-    learned: bool,
-    variant: str = "two-class",
-    priors: Priors | None = None,
-    q_fixed: float | None = None,
+    spec: BehaviourSpec,
+    *,
     tol: float = 1e-9,
     max_iter: int = 1000,
     informative_tol: float = 0.2,
@@ -828,8 +827,22 @@ def run_em(
     accelerate: bool = False,
     param_tol: float | None = None,
 ) -> EMResult:
-    """EM of the behaviour model (either variant, one ranking) over the blocks of ``runner``.
+    """EM of the behaviour model ``spec`` (either variant, one ranking) over the blocks of ``runner``.
 
+    Parameters
+    ----------
+    runner
+        The blocks' runner (:class:`LocalRunner`, :class:`~bayes_annot.dask_em.DaskRunner`, ...);
+        its cells hold learned pairs or known log-odds as ``spec.strengths`` says.
+    n_models : int
+    spec : BehaviourSpec
+        The model: variant, learned or known strengths, ``q`` fixed or estimated,
+        priors. One taste class (``spec.n_tastes > 1``: :func:`bayes_annot.tastes.fit_tastes`).
+    tol, max_iter, informative_tol, start, callback, accelerate, param_tol
+        How EM runs (see below).
+
+    Notes
+    -----
     The two-class variant is :func:`run_class_em` with one class. ``accelerate=True``
     (two-class, any runner; continuous needs a single local block) adds SQUAREM
     extrapolation steps, each kept only when it does not lower the objective, so the
@@ -837,9 +850,9 @@ def run_em(
     objective change below ``tol`` AND largest parameter change below ``param_tol``,
     default ``100 * tol``) is applied to plain EM steps.
     """
-    if variant not in ("two-class", "continuous"):
-        raise ValueError(f"unknown model variant '{variant}', expected 'two-class' or 'continuous'")
-    priors = priors or Priors()
+    if spec.n_tastes != 1:
+        raise ValueError(f"run_em fits one ranking; {spec.n_tastes} taste classes are fitted by tastes.fit_tastes")
+    variant, learned, priors, q_fixed = spec.variant, spec.learned, spec.priors, spec.q
     started = time.perf_counter()
     start = start or {}
     k = n_models

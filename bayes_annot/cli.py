@@ -320,15 +320,16 @@ def _waiting(args):
 
 def _cmd_fit(args) -> int:
     from .export import DPO_COLUMNS
-    from .fit import fit
+    from .fit import fit, model_spec
     from .outdir import check_dpo_target, check_target, locked, recover
     from .validation import check_fit_settings
 
-    # every numeric option is checked before the input is read (one line, exit 2)
+    # every numeric option and the model they specify are checked before the input is read (one line, exit 2)
     check_fit_settings(
         tol=args.tol, max_iter=args.max_iter, draws=args.draws, tune=args.tune, chains=args.chains, seed=args.seed,
-        q=args.q, mu=args.mu, tastes=args.tastes,
+        mu=args.mu, tastes=args.tastes,
     )
+    model_spec(model=args.model, tastes=args.tastes, q=args.q, mu=args.mu)
     if args.update is not None:
         if args.warm_start is not None:
             raise InputError("--update and --warm-start exclude each other (--update already starts from DIR)")

@@ -34,7 +34,7 @@ rounding (sums are taken in another order). The blocks, their passes and the
 driver loop live in :mod:`bayes_annot.block_em`, which also runs every
 in-memory EM fit (one block, :class:`~bayes_annot.block_em.LocalRunner`); this
 module adds the Dask scan, encoding and shuffle, and :class:`DaskRunner` (which
-:func:`bayes_annot.tastes.fit_tastes` also drives: ``tastes=N``).
+:func:`bayes_annot.tastes.fit_tastes` also drives: ``spec.n_tastes > 1``).
 
 Dask is an optional dependency (``pip install 'bayes_annot[dask]'``); this
 module imports it only inside the functions that need it.
@@ -66,7 +66,7 @@ from .block_em import (
 from .data import REASONS, ColumnMap, _encode_p_a, _encode_winner, _factorize, _resolve_columns, _uniques_as_text
 from .em import INFORMATIVE_TOL, EMResult
 from .errors import InputError
-from .likelihood import Priors
+from .spec import BehaviourSpec
 from .progress import dask_tasks, em_callback, resolve as resolve_progress
 from .pairs import PairTable
 from .tables import input_renames
@@ -367,7 +367,7 @@ class DaskFit:
 def fit_dask(
     ddf,
     *,
-    model: str = "two-class",
+    spec: BehaviourSpec | None = None,
     user: str | None = None,
     model_a: str = "model_a",
     model_b: str = "model_b",
@@ -376,8 +376,6 @@ def fit_dask(
     use_p_a: bool = True,
     mu: float | None = None,
     strong_model: str | None = None,
-    q: float | None = None,
-    priors: Priors | None = None,
     tol: float = 1e-9,
     max_iter: int = 1000,
     informative_tol: float = INFORMATIVE_TOL,
@@ -385,7 +383,6 @@ def fit_dask(
     npartitions: int | None = None,
     callback=None,
     progress=None,
-    tastes: int = 1,
     seed: int = 0,
 ) -> DaskFit:
     """Fit the behaviour model by EM on a Dask DataFrame (map-reduce over partitions).
@@ -394,8 +391,15 @@ def fit_dask(
     ----------
     ddf : dask.dataframe.DataFrame
         One row per annotation (columns as for :func:`bayes_annot.fit`).
-    model : {"two-class", "continuous"}
-    user, model_a, model_b, winner, p_a, use_p_a, mu, strong_model, q, priors, tol, max_iter
+    spec : BehaviourSpec, optional
+        The model (default: ``BehaviourSpec()``, two-class with one ranking);
+        its strengths are set from the data (a ``p_a`` column or ``mu``: known,
+        :meth:`~bayes_annot.spec.BehaviourSpec.with_strengths`). With
+        ``spec.n_tastes > 1`` the taste classes are fitted by
+        :func:`bayes_annot.tastes.fit_tastes` over the partitions' blocks
+        (:class:`DaskRunner`), with its starts (seeded by ``seed``); a ``start``
+        with a ``"tastes"`` entry is then the only start.
+    user, model_a, model_b, winner, p_a, use_p_a, mu, strong_model, tol, max_iter
         As in :func:`bayes_annot.fit`.
     informative_tol : float
         As :data:`bayes_annot.em.INFORMATIVE_TOL`.
@@ -409,10 +413,8 @@ def fit_dask(
         Bars on stderr after ~2 s of work: the passes over the partitions
         (local schedulers) and the EM iterations with the objective
         (see :mod:`bayes_annot.progress`; default: none).
-    tastes : int
-        Taste classes (two-class model, learned strengths): :func:`bayes_annot.tastes.fit_tastes`
-        over the partitions' blocks (:class:`DaskRunner`), with its starts (seeded by ``seed``);
-        a ``start`` with a ``"tastes"`` entry is then the only start.
+    seed : int
+        Seed of the taste-class starts.
 
     Returns
     -------
@@ -434,11 +436,8 @@ def fit_dask(
 
     timings = {}
     t0 = time.perf_counter()
-    if model not in ("two-class", "continuous"):
-        raise InputError(f"unknown model '{model}', expected one of two-class, continuous")
-    if q is not None and not 0.0 < q < 1.0:
-        raise InputError(f"q must lie in (0, 1), got {q}")
-    priors = priors or Priors()
+    spec = BehaviourSpec() if spec is None else spec
+    model, priors, q, tastes = spec.variant, spec.priors, spec.q, spec.n_tastes
     meta = ddf._meta
     if meta.columns.duplicated().any():
         raise InputError(f"column '{meta.columns[meta.columns.duplicated()][0]}' appears more than once")
@@ -481,6 +480,7 @@ def fit_dask(
     elif use_p_a and columns.get("p_a") is not None:
         strength_mode = f"known (column '{columns['p_a']}')"
     known = strength_mode != "learned"
+    spec = spec.with_strengths(not known)  # known strengths refuse taste classes
 
     t1 = time.perf_counter()
     uv, mv = _broadcast(user_vocab), _broadcast(model_vocab)
@@ -525,16 +525,13 @@ def fit_dask(
         if tastes != 1:
             from .tastes import fit_tastes
 
-            if model != "two-class":
-                raise InputError("taste classes (tastes > 1) need model='two-class'")
             warm = (start or {}).get("tastes")
             taste_fit = fit_tastes(runner, int(tastes), priors=priors, q_fixed=q, tol=tol, max_iter=max_iter, seed=seed,
                                    informative_tol=informative_tol, **({"n_starts": 0, "init": [warm]} if warm else {}))
             em = None
         else:
             em = run_em(
-                runner, k, learned=not known, variant=model, priors=priors, q_fixed=q, tol=tol, max_iter=max_iter,
-                informative_tol=informative_tol, start=start, callback=each_iteration,
+                runner, k, spec, tol=tol, max_iter=max_iter, informative_tol=informative_tol, start=start, callback=each_iteration,
             )
     timings["em"] = time.perf_counter() - t2
     strengths = em.strengths if em is not None else taste_fit.strengths[0]

@@ -177,6 +177,7 @@ def _taste_heldout(prepared, hidden: np.ndarray, tastes, fit_kwargs: dict) -> pd
     training labels are fitted as :func:`bayes_annot.fit` fits them, and the hidden ones scored
     by :func:`bayes_annot.tastes.heldout_user_scores` (the mixture over each user's types,
     casual and every taste class), the routine :func:`~bayes_annot.tastes.select_tastes` uses."""
+    from .fit import model_spec
     from .local_em import fit_taste_classes
     from .problem import build_problem
     from .tastes import heldout_user_scores, subproblem
@@ -189,9 +190,10 @@ def _taste_heldout(prepared, hidden: np.ndarray, tastes, fit_kwargs: dict) -> pd
     train, test = subproblem(problem, ~held), subproblem(problem, held)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        spec = model_spec(tastes=tastes, q=fit_kwargs.get("q"), priors=fit_kwargs.get("priors"))
         res, _ = fit_taste_classes(
-            train, tastes, fit_kwargs.get("priors") or Priors(), fit_kwargs.get("q"),
-            fit_kwargs.get("tol", 1e-9), fit_kwargs.get("max_iter", 1000), fit_kwargs.get("seed", 0),
+            train, spec, tol=fit_kwargs.get("tol", 1e-9), max_iter=fit_kwargs.get("max_iter", 1000),
+            seed=fit_kwargs.get("seed", 0), max_tastes=4 if tastes == "auto" else None,
         )
     scores = heldout_user_scores(train, test, res)
     has_test = np.bincount(test.user, minlength=test.n_users) > 0

@@ -36,12 +36,12 @@ from .em import EMProblem
 from .errors import FitWarning, InputError, user_stacklevel
 from .progress import Progress, em_callback, iterate, resolve as resolve_progress
 from .likelihood import Priors
+from .spec import VARIANTS, BehaviourSpec
 from .tables import OUTPUT_COLUMNS, input_renames  # noqa: F401  (OUTPUT_COLUMNS: public name)
 from .validation import check_fit_settings
 
-__all__ = ["FitResult", "UserQualityModel", "fit", "load"]
+__all__ = ["FitResult", "UserQualityModel", "fit", "load", "model_spec"]
 
-VARIANTS = ("two-class", "continuous")
 METHODS = ("em", "map", "nuts")
 
 
@@ -766,14 +766,10 @@ def fit(
     ['user', 'n_labels', 'quality', 'quality_low', 'quality_high', 'kept']
     """
     t_start = time.perf_counter()
-    if model not in VARIANTS:
-        raise InputError(f"unknown model '{model}', expected one of {', '.join(VARIANTS)}")
     if method not in METHODS:
         raise InputError(f"unknown method '{method}', expected one of {', '.join(METHODS)}")
-    check_fit_settings(
-        tol=tol, max_iter=max_iter, draws=draws, tune=tune, chains=chains, seed=seed, q=q, mu=mu, tastes=tastes,
-        priors=priors,
-    )
+    check_fit_settings(tol=tol, max_iter=max_iter, draws=draws, tune=tune, chains=chains, seed=seed, mu=mu, tastes=tastes)
+    spec = model_spec(model=model, tastes=tastes, q=q, priors=priors, mu=mu)  # the model's refusals, before reading
     rule = parse_filter(filter)
     check_no_verdict_policy(no_verdict)
     if not isinstance(max_tastes, (int, np.integer)) or isinstance(max_tastes, bool) or max_tastes < 1:
@@ -799,9 +795,9 @@ def fit(
                              "user's labels, which needs the rows in memory: fit a pandas DataFrame, or give "
                              "tastes=N for a Dask DataFrame (a folder of parquet files)")
         return _fit_dask_frame(
-            data, model=model, rule=rule, user=user, model_a=model_a, model_b=model_b, winner=winner, p_a=p_a,
-            use_p_a=use_p_a, mu=mu, strong_model=strong_model, q=q, priors=priors, tol=tol, max_iter=max_iter,
-            seed=seed, start=start, input_info=input_info, no_verdict=no_verdict, progress=progress, tastes=tastes,
+            data, spec=spec, rule=rule, user=user, model_a=model_a, model_b=model_b, winner=winner, p_a=p_a,
+            use_p_a=use_p_a, mu=mu, strong_model=strong_model, tol=tol, max_iter=max_iter,
+            seed=seed, start=start, input_info=input_info, no_verdict=no_verdict, progress=progress,
         )
     if isinstance(data, (str, Path)):
         frame = read_table(data)
@@ -812,18 +808,10 @@ def fit(
         raise InputError(f"data must be a file path or a pandas DataFrame, got {type(data).__name__}")
     columns = ColumnMap(user=user, model_a=model_a, model_b=model_b, winner=winner, p_a=p_a, winner_values=winner_values)
     prepared = prepare(frame, columns, on_bad_row=on_bad_row)
-    priors = priors or Priors()
+    priors = spec.priors
     problem, strength_mode = build_problem(prepared, mu=mu, strong_model=strong_model, use_p_a=use_p_a)
-    if tastes != 1:
-        if not (tastes == "auto" or (isinstance(tastes, (int, np.integer)) and tastes >= 1)):
-            raise InputError(f"tastes must be a positive integer or 'auto', got {tastes!r}")
-        from .pymc_model import CONTINUOUS_TASTES_REASON
-
-        if model != "two-class":
-            raise InputError(CONTINUOUS_TASTES_REASON)
-        if not problem.learned:
-            raise InputError("taste classes need learned strengths; known strengths (p_a or mu) stay one class")
-    if taste_check and (model != "two-class" or not problem.learned):
+    spec = _data_spec(spec, problem.learned, tastes)  # a p_a column: known strengths (no taste classes)
+    if taste_check and (spec.variant != "two-class" or not spec.learned):
         raise InputError("taste_check needs model='two-class' and learned strengths (no p_a column, no mu)")
     pairs = pair_counts(prepared)
     state = None
@@ -832,14 +820,16 @@ def fit(
         estimates = _empty_estimates(prepared, model, method, priors, q)
     elif tastes != 1 and method == "em":
         state = em_state(prepared, problem, pairs, mu=mu, strong_model=strong_model, use_p_a=use_p_a)
-        res, extra = fit_taste_classes(problem, tastes, priors, q, tol, max_iter, seed, max_tastes,
+        res, extra = fit_taste_classes(problem, spec, tol=tol, max_iter=max_iter, seed=seed,
+                                       max_tastes=max_tastes if tastes == "auto" else None,
                                        runner=LocalRunner([state.block], prepared.n_users),
                                        start=_resolve_start(start, prepared))
+        spec = spec.with_tastes(res.n_tastes)
         state.block.release_pass_caches()  # the block is kept for updates; its pass caches are not needed
         estimates = taste_estimates(res, extra)
     elif tastes != 1:
         estimates = _fit_tastes_pymc(
-            problem, prepared, tastes, model, method, priors, q, tol, max_iter, seed, max_tastes,
+            problem, prepared, spec, method, tol, max_iter, seed, max_tastes if tastes == "auto" else None,
             draws=draws, tune=tune, chains=chains, sampler=sampler,
             progress=progress if progress is not None else resolve_progress(None),
         )
@@ -850,7 +840,7 @@ def fit(
         state = em_state(prepared, problem, pairs, mu=mu, strong_model=strong_model, use_p_a=use_p_a)
         with em_callback(resolve_progress(progress)) as callback:
             em = run_block_em(
-                state.block, problem, model, priors=priors, q=q, tol=tol, max_iter=max_iter,
+                state.block, problem, spec, tol=tol, max_iter=max_iter,
                 start=_resolve_start(start, prepared), accelerate=squarem, callback=callback,
             )
         estimates = em_estimates(em, model, known_strengths(problem, prepared, mu, strong_model))
@@ -859,10 +849,8 @@ def fit(
 
         estimates = fit_pymc(
             problem,
-            variant=model,
+            spec,
             method=method,
-            priors=priors,
-            q_fixed=q,
             draws=draws,
             tune=tune,
             chains=chains,
@@ -945,13 +933,12 @@ def fit_prepared(
     (:func:`bayes_annot.local_em.fit_taste_classes`), from ``start["tastes"]`` alone when given.
     """
     started = time.perf_counter() if _started is None else _started
+    check_fit_settings(tol=tol, max_iter=max_iter, mu=mu, tastes=tastes)
+    spec = model_spec(model=model, tastes=tastes, q=q, priors=priors, mu=mu)
     accelerate = default_accelerate(accelerate, model, prepared.n_models)
-    if model not in ("two-class", "continuous"):
-        raise InputError(f"unknown model '{model}', expected one of two-class, continuous")
-    check_fit_settings(tol=tol, max_iter=max_iter, q=q, mu=mu, priors=priors)
     rule = parse_filter(filter)
     check_no_verdict_policy(no_verdict)
-    priors = priors or Priors()
+    priors = spec.priors
     if state is None:
         problem, mode = build_problem(prepared, mu=mu, strong_model=strong_model, use_p_a=use_p_a)
         state = em_state(prepared, problem, pair_counts(prepared), mu=mu, strong_model=strong_model, use_p_a=use_p_a)
@@ -960,22 +947,21 @@ def fit_prepared(
         mode = strength_mode(prepared, mu, strong_model, use_p_a)
     if problem.n_labels == 0:
         raise InputError("no row enters the likelihood (all ties or same-model pairs): nothing to update")
+    spec = _data_spec(spec, state.block.learned, tastes)
     from .progress import em_callback, resolve
 
-    if tastes != 1:
+    if spec.n_tastes != 1:
         from .block_em import LocalRunner
         from .local_em import fit_taste_classes, taste_estimates
 
-        if model != "two-class" or not state.block.learned:
-            raise InputError("taste classes need model='two-class' and learned strengths")
-        res, extra = fit_taste_classes(problem, int(tastes), priors, q, tol, max_iter, 0,
+        res, extra = fit_taste_classes(problem, spec, tol=tol, max_iter=max_iter, seed=0,
                                        runner=LocalRunner([state.block], prepared.n_users), start=start)
         state.block.release_pass_caches()
         estimates = taste_estimates(res, extra)
     else:
         with em_callback(resolve(None)) as callback:  # a bar inside a progress.showing() block (the CLI's)
             em = run_block_em(
-                state.block, problem, model, priors=priors, q=q, tol=tol, max_iter=max_iter, start=start,
+                state.block, problem, spec, tol=tol, max_iter=max_iter, start=start,
                 accelerate=accelerate, callback=callback,
             )
         estimates = em_estimates(em, model, known_strengths(problem, prepared, mu, strong_model))
@@ -1133,17 +1119,17 @@ def taste_warnings(summary: dict) -> list[str]:
     return out
 
 
-def _fit_tastes_pymc(problem, prepared, tastes, model, method, priors, q, tol, max_iter, seed, max_tastes,
+def _fit_tastes_pymc(problem, prepared, spec: BehaviourSpec, method, tol, max_iter, seed, max_tastes,
                      **nuts_settings) -> Estimates:
-    """Taste classes by MAP / NUTS: the EM fit chooses ``C`` (``tastes="auto"``) and is the start
-    (label switching: docs/tastes.md); the same taste columns and summary entries as EM."""
+    """Taste classes by MAP / NUTS: the EM fit chooses ``C`` (``max_tastes`` given: ``tastes="auto"``) and is
+    the start (label switching: docs/tastes.md); the same taste columns and summary entries as EM."""
     from .pymc_model import fit_pymc
 
-    res, extra_summary = fit_taste_classes(problem, tastes, priors, q, tol, max_iter, seed, max_tastes)
+    res, extra_summary = fit_taste_classes(problem, spec, tol=tol, max_iter=max_iter, seed=seed, max_tastes=max_tastes)
     estimates = fit_pymc(
-        problem, variant=model, method=method, priors=priors, q_fixed=q, seed=seed,
+        problem, spec.with_tastes(res.n_tastes), method=method, seed=seed,
         user_labels=prepared.user_labels, model_labels=prepared.model_labels,
-        n_tastes=res.n_tastes, start=res.as_start(), **nuts_settings,
+        start=res.as_start(), **nuts_settings,
     )
     if res.n_tastes == 1:  # tastes="auto" chose one ranking: the one-class model, with EM's columns
         estimates.extra_user_columns = {"taste": np.ones(problem.n_users, dtype=np.int64),
@@ -1156,6 +1142,39 @@ def _fit_tastes_pymc(problem, prepared, tastes, model, method, priors, q, tol, m
     )
     estimates.extra_summary = {**extra_summary, **estimates.extra_summary}
     return estimates
+
+
+def model_spec(*, model: str = "two-class", tastes: int | str = 1, q: float | None = None,
+               priors: Priors | None = None, mu: float | None = None) -> BehaviourSpec:
+    """The :class:`~bayes_annot.spec.BehaviourSpec` of :func:`fit`'s settings, built before any data is read.
+
+    Parameters
+    ----------
+    model, tastes, q, priors, mu
+        As in :func:`fit`. ``tastes="auto"`` gives one class (the number the
+        search chooses replaces it, :meth:`~bayes_annot.spec.BehaviourSpec.with_tastes`)
+        but must be a model where taste classes are defined; a global ``mu``
+        gives known strengths, otherwise they are learned until the data show a
+        ``p_a`` column (:meth:`~bayes_annot.spec.BehaviourSpec.with_strengths`).
+
+    Raises
+    ------
+    InputError
+        A setting or combination the model does not define (the spec's refusal, with the reason).
+    """
+    spec = BehaviourSpec(
+        variant=model, n_tastes=1 if tastes == "auto" else tastes, strengths="learned" if mu is None else "known",
+        q=q, priors=Priors() if priors is None else priors,
+    )
+    return _data_spec(spec, spec.learned, tastes)
+
+
+def _data_spec(spec: BehaviourSpec, learned: bool, tastes) -> BehaviourSpec:
+    """``spec`` with the data's strength mode; ``tastes="auto"`` fits taste classes, so they must be defined."""
+    spec = spec.with_strengths(learned)
+    if tastes == "auto":
+        spec.with_tastes(2)  # raises where taste classes are not defined (continuous, known strengths)
+    return spec
 
 
 def _resolve_start(start, prepared: PreparedData) -> dict | None:
@@ -1233,16 +1252,16 @@ def _read_parquet_collection(path):
         raise InputError(f"cannot read parquet files '{target}': {first}") from exc
 
 
-def _fit_dask_frame(ddf, *, model, rule, priors, q, tol, max_iter, seed, start, mu, strong_model, input_info=None,
-                    no_verdict="keep", progress=None, tastes=1, **columns):
+def _fit_dask_frame(ddf, *, spec: BehaviourSpec, rule, tol, max_iter, seed, start, mu, strong_model, input_info=None,
+                    no_verdict="keep", progress=None, **columns):
     from .dask_em import fit_dask
 
     started = time.perf_counter()
-    priors = priors or Priors()
+    model, priors, q, tastes = spec.variant, spec.priors, spec.q, spec.n_tastes
     try:
-        dfit = fit_dask(ddf, model=model, priors=priors, q=q, tol=tol, max_iter=max_iter, mu=mu,
+        dfit = fit_dask(ddf, spec=spec, tol=tol, max_iter=max_iter, mu=mu,
                         strong_model=strong_model, start=start if isinstance(start, dict) else None,
-                        progress=progress, tastes=tastes, seed=seed, **columns)
+                        progress=progress, seed=seed, **columns)
     except ValueError as exc:
         if isinstance(exc, InputError):
             raise

@@ -16,6 +16,7 @@ from .data import PreparedData
 from .em import EMProblem, EMResult
 from .pairs import ACCELERATE_MIN_MODELS, PairTable
 from .problem import Estimates, problem_key
+from .spec import BehaviourSpec
 
 __all__ = [
     "problem_block", "em_state", "default_accelerate", "run_block_em", "em_estimates", "fit_taste_classes",
@@ -64,15 +65,23 @@ def default_accelerate(accelerate: bool | None, model: str, n_models: int) -> bo
     return model == "continuous" or n_models > ACCELERATE_MIN_MODELS
 
 
-def run_block_em(block: Block, problem: EMProblem, model: str, *, priors, q, tol, max_iter, start, accelerate,
+def run_block_em(block: Block, problem: EMProblem, spec: BehaviourSpec, *, tol, max_iter, start, accelerate,
                  callback=None) -> EMResult:
-    """EM on one in-memory block (plain, or with SQUAREM steps kept only when the objective does not decrease);
-    ``callback(iteration, objective)`` is called after every iteration."""
-    if start is not None and not problem.learned:
+    """EM of the model ``spec`` (one ranking) on one in-memory block.
+
+    Plain EM, or with SQUAREM steps kept only when the objective does not
+    decrease (``accelerate``); ``callback(iteration, objective)`` is called
+    after every iteration. ``spec.strengths`` must be the block's (learned
+    cells, or known log-odds); a warm ``start``'s strengths are dropped for known ones.
+    """
+    if spec.learned != problem.learned:
+        raise ValueError(f"the spec has {spec.strengths} strengths but the labels have "
+                         f"{'learned' if problem.learned else 'known'} ones")
+    if start is not None and not spec.learned:
         start = {key: value for key, value in start.items() if key != "strengths"}
     em = run_em(
-        LocalRunner([block], block.users.shape[0]), problem.n_models, problem.learned, variant=model, priors=priors,
-        q_fixed=q, tol=tol, max_iter=max_iter, start=start, accelerate=accelerate, callback=callback,
+        LocalRunner([block], block.users.shape[0]), problem.n_models, spec, tol=tol, max_iter=max_iter, start=start,
+        accelerate=accelerate, callback=callback,
     )
     block.release_pass_caches()  # the block is kept for updates; its pass caches are not needed
     return em
@@ -115,18 +124,21 @@ def taste_diagnostic(problem: EMProblem, result_c1=None, *, priors=None, q=None,
     return casual_test_summary(casual_group_test(problem, result_c1, seed=seed, priors=priors, q_fixed=q))
 
 
-def fit_taste_classes(problem: EMProblem, tastes, priors, q, tol, max_iter, seed, max_tastes: int = 4, runner=None,
-                      start: dict | None = None):
-    """The taste-class fit of :func:`fit` (``tastes`` an int, or ``"auto"``: chosen by
-    :func:`~bayes_annot.tastes.select_tastes` among ``1..max_tastes``); returns the ``TasteResult`` and summary entries.
+def fit_taste_classes(problem: EMProblem, spec: BehaviourSpec, *, tol: float = 1e-9, max_iter: int = 1000,
+                      seed: int = 0, max_tastes: int | None = None, runner=None, start: dict | None = None):
+    """The taste-class fit of :func:`fit`: ``spec.n_tastes`` classes of the model ``spec``, or, with
+    ``max_tastes``, the number chosen by :func:`~bayes_annot.tastes.select_tastes` among ``1..max_tastes``
+    (``tastes="auto"``); returns the ``TasteResult`` (its ``n_tastes`` the number fitted) and summary entries.
 
-    ``runner``: the EM runner of an int ``tastes`` (default: the problem's in-memory one); a ``start``
-    with a ``"tastes"`` entry (``strengths`` (C, K), ``shares``, ``q``: a previous fit of as many classes)
-    is the only start (a warm start: an update converges from it)."""
+    ``runner``: the EM runner of a fixed number of classes (default: the problem's in-memory one); a
+    ``start`` with a ``"tastes"`` entry (``strengths`` (C, K), ``shares``, ``q``: a previous fit of as
+    many classes) is the only start (a warm start: an update converges from it)."""
     from .tastes import fit_tastes, select_tastes
 
+    spec.with_tastes(max(spec.n_tastes, 2))  # the spec's refusal where taste classes are not defined
+    priors, q, tastes = spec.priors, spec.q, spec.n_tastes
     extra_summary: dict = {}
-    if tastes == "auto":
+    if max_tastes is not None:
         selection = select_tastes(problem, max_tastes=max_tastes, seed=seed, priors=priors, q_fixed=q)
         res = selection.fits[selection.chosen]
         extra_summary["taste_diagnostic"] = taste_diagnostic(problem, selection.fits[1], priors=priors, q=q, seed=seed)

@@ -45,11 +45,10 @@ from .likelihood import (
     two_class_posterior,
     two_class_user_loglik,
 )
+from .spec import BehaviourSpec
 
 __all__ = [
     "build_model",
-    "check_tastes",
-    "CONTINUOUS_TASTES_REASON",
     "fit_pymc",
     "model_loglik",
     "pytensor_loglik",
@@ -124,56 +123,37 @@ def _labels(values, n: int, prefix: str) -> list[str]:
 
 # --------------------------------------------------------------------------- model
 
-#: Why the continuous variant has no taste classes (docs/tastes.md).
-CONTINUOUS_TASTES_REASON = (
-    "taste classes need model='two-class': with the continuous variant a user would have both a class and a "
-    "share eta of attentive clicks, which partly explain the same disagreement with the majority; that model "
-    "has no EM engine to check MAP/NUTS against (docs/tastes.md)"
-)
-
-
-def check_tastes(problem: EMProblem, variant: str, n_tastes) -> None:
-    """Raise :class:`~bayes_annot.errors.InputError` (a ``ValueError``) unless ``n_tastes`` classes fit this model.
-
-    ``n_tastes`` must be a positive integer; ``n_tastes > 1`` needs the
-    ``two-class`` variant (:data:`CONTINUOUS_TASTES_REASON`) and learned strengths
-    (known ``p_a`` / ``mu`` fix one ranking).
-    """
-    if isinstance(n_tastes, bool) or not isinstance(n_tastes, (int, np.integer)) or n_tastes < 1:
-        raise InputError(f"n_tastes must be a positive integer, got {n_tastes!r}")
-    if n_tastes == 1:
-        return
-    if variant != "two-class":
-        raise InputError(CONTINUOUS_TASTES_REASON)
-    if not problem.learned:
-        raise InputError("taste classes need learned strengths; known strengths (p_a or mu) stay one class")
+def _check_spec(problem: EMProblem, spec: BehaviourSpec) -> None:
+    """The spec's strengths are the labels' (learned pairs, or known log-odds); the spec itself is valid."""
+    if spec.learned != problem.learned:
+        raise InputError(
+            f"the model spec has {spec.strengths} strengths but the labels have "
+            f"{'learned' if problem.learned else 'known (p_a or mu)'} ones: BehaviourSpec.with_strengths sets them"
+        )
 
 
 def build_model(
     problem: EMProblem,
-    variant: str = "two-class",
-    priors: Priors | None = None,
-    q_fixed: float | None = None,
+    spec: BehaviourSpec,
     user_labels=None,
     model_labels=None,
     tau_fixed: bool = False,
     strength_init: np.ndarray | None = None,
     strength_prior: str = "normal",
-    n_tastes: int = 1,
     share_init: np.ndarray | None = None,
     q_init: float = 0.5,
 ):
-    r"""Build the behaviour model as a :class:`pymc.Model`.
+    r"""Build the behaviour model ``spec`` as a :class:`pymc.Model`.
 
     Parameters
     ----------
     problem : EMProblem
         The labels in the likelihood (see :func:`bayes_annot.problem.build_problem`).
-    variant : {"two-class", "continuous"}
-    priors : Priors, optional
-        Prior settings (defaults: :class:`~bayes_annot.likelihood.Priors`).
-    q_fixed : float, optional
-        Fix the casual position bias ``q`` (then stored as data, not sampled).
+    spec : BehaviourSpec
+        The model: ``variant``, ``n_tastes`` taste classes ``C``, learned or
+        known strengths (must be the labels'), ``q`` fixed (then stored as
+        data, not sampled) or free, and the priors. ``C = 1`` is the model
+        below; ``C > 1`` the taste-class model (docs/tastes.md).
     user_labels, model_labels : sequence of str, optional
         Coordinates of the ``user`` and ``model`` dims.
     tau_fixed : bool
@@ -201,9 +181,6 @@ def build_model(
         the differences: tree depth 6-8 instead of 2-3). With taste classes,
         each class's strengths are centred on their own (the likelihood of a
         class depends on its differences only).
-    n_tastes : int
-        Number of taste classes ``C`` (``two-class`` with learned strengths
-        only; docs/tastes.md). ``C = 1`` is the model above, unchanged.
     share_init : array (C,), optional
         ``n_tastes > 1``: initial class shares (default ``0.6 / C`` each; the
         casual share is ``1 - sum``).
@@ -275,7 +252,7 @@ def build_model(
     the EM fit and relabels each posterior draw by sorting its classes by
     share, largest first (:func:`fit_pymc`). The casual type never swaps
     with a class (it has no ranking). The ``continuous`` variant and known
-    strengths refuse ``n_tastes > 1`` (docs/tastes.md says why).
+    strengths have no taste classes (the spec refuses them; docs/tastes.md says why).
 
     No sum-to-zero constraint on the strengths is needed: the Normal prior
     fixes their location (the MAP sums to zero within each connected component
@@ -286,11 +263,8 @@ def build_model(
     import pymc as pm
     import pytensor.tensor as pt
 
-    if variant not in ("two-class", "continuous"):
-        raise InputError(f"unknown model variant '{variant}', expected 'two-class' or 'continuous'")
-    check_tastes(problem, variant, n_tastes)
-    n_tastes = int(n_tastes)
-    priors = priors or Priors()
+    _check_spec(problem, spec)
+    variant, n_tastes, priors, q_fixed = spec.variant, spec.n_tastes, spec.priors, spec.q
     cells = compress_cells(problem)
     n_users, n_models = problem.n_users, problem.n_models
     coords = {
@@ -476,7 +450,8 @@ def pytensor_loglik(
     n_tastes: int = 1,
 ) -> float:
     """Build the (MAP-form) PyMC model and evaluate its log-likelihood at ``params`` (see :func:`model_loglik`)."""
-    model = build_model(problem, variant, priors, q_fixed, tau_fixed=True, n_tastes=n_tastes)
+    spec = BehaviourSpec(variant, n_tastes, "learned" if problem.learned else "known", q_fixed, priors or Priors())
+    model = build_model(problem, spec, tau_fixed=True)
     if q_fixed is not None:
         params = dict(params, q=q_fixed)
     return model_loglik(model, params, penalised=penalised)
@@ -631,10 +606,8 @@ def _no_verdict(variant, informative, quality, p_good, params, priors):
 
 def fit_pymc(
     problem: EMProblem,
-    variant: str = "two-class",
+    spec: BehaviourSpec,
     method: str = "map",
-    priors: Priors | None = None,
-    q_fixed: float | None = None,
     draws: int = 1000,
     tune: int = 1000,
     chains: int = 2,
@@ -646,22 +619,21 @@ def fit_pymc(
     target_accept: float = 0.9,
     informative_tol: float = INFORMATIVE_TOL,
     maxeval: int = 50000,
-    n_tastes: int = 1,
     start: dict | None = None,
 ):
-    """Fit the behaviour model with PyMC: ``method="map"`` or ``"nuts"``.
+    """Fit the behaviour model ``spec`` with PyMC: ``method="map"`` or ``"nuts"``.
 
     Parameters
     ----------
     problem : EMProblem
-    variant : {"two-class", "continuous"}
+    spec : BehaviourSpec
+        The model (:func:`build_model` builds its log-probability): variant,
+        taste classes, learned or known strengths (the labels'), ``q`` fixed or
+        free, priors.
     method : {"map", "nuts"}
         ``map``: ``pm.find_MAP`` (L-BFGS-B, no Jacobian) of the same penalised
         log-likelihood EM maximises (continuous: ``tau`` fixed at
         ``priors.eta_tau``). ``nuts``: full posterior.
-    priors : Priors, optional
-    q_fixed : float, optional
-        Fix the casual position bias.
     draws, tune, chains : int
         NUTS settings (per chain).
     sampler : {"pymc", "nutpie"}
@@ -677,17 +649,15 @@ def fit_pymc(
         The informative-user rule of every engine (see :data:`bayes_annot.em.INFORMATIVE_TOL`).
     maxeval : int
         MAP: maximum number of log-density evaluations.
-    n_tastes : int
-        Taste classes ``C`` (``two-class``, learned strengths; see
-        :func:`build_model`). For ``C > 1`` MAP and every NUTS chain start at
+    start : dict, optional
+        ``spec.n_tastes = C > 1`` (see :func:`build_model`): MAP and every NUTS chain start at
         ``start``; MAP orders the classes by share, largest first, and NUTS
         relabels every draw so (label switching; docs/tastes.md). Quality is
         ``1 - P(casual)``; NUTS reports posterior means of the per-draw user-type
         posteriors. The result carries the taste columns of EM
         (``extra_user_columns``: ``taste``, ``p_taste_1..C``;
         ``extra_model_columns``: ``strength_taste_1..C``; ``strengths`` is class 1's).
-    start : dict, optional
-        ``C > 1``: ``strengths`` (C, K), ``shares`` (C,) and ``q``, e.g.
+        ``start`` holds ``strengths`` (C, K), ``shares`` (C,) and ``q``, e.g.
         :meth:`bayes_annot.tastes.TasteResult.as_start`; default: the EM fit
         :func:`bayes_annot.tastes.fit_tastes` (``seed``).
 
@@ -714,8 +684,8 @@ def fit_pymc(
             raise InputError(
                 "the nutpie sampler is not installed: run pip install 'bayes_annot[nutpie]' or use --sampler pymc"
             ) from exc
-    check_tastes(problem, variant, n_tastes)
-    priors = priors or Priors()
+    _check_spec(problem, spec)
+    variant, n_tastes, priors, q_fixed = spec.variant, spec.n_tastes, spec.priors, spec.q
     t0 = time.perf_counter()
     user_labels = _labels(user_labels, problem.n_users, "u")
     model_labels = _labels(model_labels, problem.n_models, "model_")
@@ -725,14 +695,14 @@ def fit_pymc(
 
             start = fit_tastes(problem, int(n_tastes), priors=priors, q_fixed=q_fixed, seed=seed).as_start()
         est = _fit_tastes(
-            problem, int(n_tastes), start, method, priors, q_fixed, draws, tune, chains, sampler, progress, seed,
+            problem, spec, start, method, draws, tune, chains, sampler, progress, seed,
             user_labels, model_labels, target_accept, informative_tol, maxeval,
         )
     elif method == "map":
-        est = _fit_map(problem, variant, priors, q_fixed, progress, seed, user_labels, model_labels, informative_tol, maxeval)
+        est = _fit_map(problem, spec, progress, seed, user_labels, model_labels, informative_tol, maxeval)
     else:
         est = _fit_nuts(
-            problem, variant, priors, q_fixed, draws, tune, chains, sampler, progress, seed,
+            problem, spec, draws, tune, chains, sampler, progress, seed,
             user_labels, model_labels, target_accept, informative_tol,
         )
     est.runtime_seconds = time.perf_counter() - t0
@@ -749,10 +719,11 @@ def _run_map(model, progress, seed, maxeval):
         )
 
 
-def _fit_map(problem, variant, priors, q_fixed, progress, seed, user_labels, model_labels, informative_tol, maxeval):
+def _fit_map(problem, spec, progress, seed, user_labels, model_labels, informative_tol, maxeval):
     from .inference_data import point_estimate_idata
 
-    model = build_model(problem, variant, priors, q_fixed, user_labels, model_labels, tau_fixed=True)
+    variant, priors, q_fixed = spec.variant, spec.priors, spec.q
+    model = build_model(problem, spec, user_labels, model_labels, tau_fixed=True)
     point, raw = _run_map(model, progress, seed, maxeval)
     q = float(q_fixed) if q_fixed is not None else float(point["q"])
     strengths = np.asarray(point["strength"], float) if problem.learned else None
@@ -900,15 +871,14 @@ def _diagnose(idata, var_names, sampler):
 
 
 def _fit_nuts(
-    problem, variant, priors, q_fixed, draws, tune, chains, sampler, progress, seed,
+    problem, spec, draws, tune, chains, sampler, progress, seed,
     user_labels, model_labels, target_accept, informative_tol,
 ):
     import arviz as az
     import xarray as xr
 
-    model = build_model(
-        problem, variant, priors, q_fixed, user_labels, model_labels, tau_fixed=False, strength_prior="zerosum"
-    )
+    variant, priors, q_fixed = spec.variant, spec.priors, spec.q
+    model = build_model(problem, spec, user_labels, model_labels, tau_fixed=False, strength_prior="zerosum")
     idata = _sample(model, draws, tune, chains, sampler, progress, seed, target_accept)
 
     post = idata.posterior
@@ -1052,10 +1022,10 @@ def _taste_posterior(problem, strengths, shares, q, informative, priors):
 
 
 def _fit_tastes(
-    problem, n_tastes, start, method, priors, q_fixed, draws, tune, chains, sampler, progress, seed,
+    problem, spec, start, method, draws, tune, chains, sampler, progress, seed,
     user_labels, model_labels, target_accept, informative_tol, maxeval,
 ):
-    """MAP or NUTS with ``n_tastes > 1`` classes, started at ``start`` (see :func:`fit_pymc`)."""
+    """MAP or NUTS with ``spec.n_tastes > 1`` classes, started at ``start`` (see :func:`fit_pymc`)."""
     import arviz as az
     import xarray as xr
 
@@ -1063,11 +1033,12 @@ def _fit_tastes(
     from .tastes import taste_columns
 
     nuts = method == "nuts"
+    n_tastes, priors, q_fixed = spec.n_tastes, spec.priors, spec.q
     q0 = float(q_fixed) if q_fixed is not None else float(start.get("q", 0.5))
     model = build_model(
-        problem, "two-class", priors, q_fixed, user_labels, model_labels,
+        problem, spec, user_labels, model_labels,
         strength_init=np.asarray(start["strengths"], float), share_init=np.asarray(start["shares"], float),
-        q_init=q0, n_tastes=n_tastes, strength_prior="zerosum" if nuts else "normal",
+        q_init=q0, strength_prior="zerosum" if nuts else "normal",
     )
     if nuts:
         idata = _sample(model, draws, tune, chains, sampler, progress, seed, target_accept)

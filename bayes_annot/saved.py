@@ -24,6 +24,7 @@ from .decide import parse_filter
 from .errors import InputError
 from .incremental import n_tastes_of
 from .likelihood import Priors
+from .spec import VARIANTS as _VARIANTS
 from .tables import read_table_file
 from .validation import check_number, check_priors
 
@@ -102,10 +103,6 @@ def _read_folder(folder) -> SavedTables:
         idata = az.from_netcdf(folder.os_path("posterior.nc"))
         idata.load() if hasattr(idata, "load") else None
     return SavedTables(tables["users"], tables["models"], tables["rows"], summary, idata, manifest)
-
-
-
-_VARIANTS = ("two-class", "continuous")
 
 
 _REQUIRED_SUMMARY = ("model", "strengths", "parameters", "settings")

@@ -14,19 +14,30 @@ nothing about *how* (engine, tolerance, draws):
   estimated when ``None``;
 * the priors (:class:`~bayes_annot.likelihood.Priors`).
 
-:func:`bayes_annot.fit` builds one from its settings and hands it down to the
-engine; EM (:func:`bayes_annot.block_em.run_em`), MAP and NUTS
-(:func:`bayes_annot.pymc_model.build_model`) read the model from it. The
-maths of the specification, written once on sufficient statistics, is in
-:mod:`bayes_annot.likelihood`, :mod:`bayes_annot.em` and :mod:`bayes_annot.pairs`.
+:func:`bayes_annot.fit` builds one from its settings (the one place a setting
+combination the model does not define is refused) and hands it down to the
+engine: EM in memory (:func:`bayes_annot.local_em.run_block_em`) and over any
+runner (:func:`bayes_annot.block_em.run_em`), EM over Dask partitions
+(:func:`bayes_annot.dask_em.fit_dask`), taste classes
+(:func:`bayes_annot.local_em.fit_taste_classes`), MAP and NUTS
+(:func:`bayes_annot.pymc_model.fit_pymc`, :func:`bayes_annot.pymc_model.build_model`)
+read the model from it. The maths of the specification, written once on
+sufficient statistics, is in :mod:`bayes_annot.likelihood`,
+:mod:`bayes_annot.em` and :mod:`bayes_annot.pairs`.
+
+Whether the strengths are learned or known is a property of the data as well
+(a ``p_a`` column, or ``mu``): an engine that reads the data sets it with
+:meth:`BehaviourSpec.with_strengths`, which checks the combination again.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from numbers import Real
 
 from .errors import InputError
 from .likelihood import Priors
+from .validation import check_number, check_priors
 
 __all__ = ["BehaviourSpec", "VARIANTS", "STRENGTHS"]
 
@@ -50,7 +61,7 @@ class BehaviourSpec:
     q : float, optional
         Fixed casual position bias in (0, 1); estimated when ``None``.
     priors : Priors
-        The priors of every parameter.
+        The priors of every parameter (each a finite number, positive where it must be).
 
     Raises
     ------
@@ -76,11 +87,12 @@ class BehaviourSpec:
             raise InputError(f"unknown model variant '{self.variant}', expected one of {', '.join(VARIANTS)}")
         if self.strengths not in STRENGTHS:
             raise InputError(f"unknown strengths '{self.strengths}', expected one of {', '.join(STRENGTHS)}")
-        if isinstance(self.n_tastes, bool) or int(self.n_tastes) != self.n_tastes or self.n_tastes < 1:
-            raise InputError(f"tastes must be a positive integer, got {self.n_tastes!r}")
-        object.__setattr__(self, "n_tastes", int(self.n_tastes))
-        if self.q is not None and not 0.0 < float(self.q) < 1.0:
-            raise InputError(f"q must lie in (0, 1), got {self.q}")
+        n = self.n_tastes
+        if isinstance(n, bool) or not isinstance(n, Real) or n != n or int(n) != n or n < 1:
+            raise InputError(f"tastes must be a positive integer, got {n!r}")
+        object.__setattr__(self, "n_tastes", int(n))
+        check_number(self.q, "q", low=0.0, high=1.0, open_low=True, open_high=True, optional=True)
+        check_priors(self.priors)
         if self.n_tastes > 1 and self.strengths != "learned":
             raise InputError("taste classes need learned strengths; known strengths (p_a or mu) stay one class")
         if self.n_tastes > 1 and self.variant != "two-class":
@@ -98,6 +110,21 @@ class BehaviourSpec:
     def n_types(self) -> int | None:
         """User types of the two-class variant: casual plus one per taste class (``None`` for continuous)."""
         return self.n_tastes + 1 if self.variant == "two-class" else None
+
+    def with_strengths(self, learned: bool) -> "BehaviourSpec":
+        """This specification with the data's strength mode (learned, or known from ``p_a`` / ``mu``).
+
+        Raises
+        ------
+        InputError
+            Taste classes with known strengths.
+        """
+        strengths = "learned" if learned else "known"
+        return self if strengths == self.strengths else replace(self, strengths=strengths)
+
+    def with_tastes(self, n_tastes: int) -> "BehaviourSpec":
+        """This specification with ``n_tastes`` taste classes (e.g. the number ``tastes="auto"`` chose)."""
+        return self if int(n_tastes) == self.n_tastes else replace(self, n_tastes=int(n_tastes))
 
     def describe(self) -> str:
         """One line naming the model, e.g. for a summary or a report."""

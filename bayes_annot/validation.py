@@ -1,4 +1,4 @@
-"""Checks of numeric settings (fit options, priors), shared by the API, the CLI and saved results folders.
+"""Checks of numeric settings (fit options, priors), shared by the API, the CLI, the spec and saved results folders.
 
 Every check raises :class:`~bayes_annot.errors.InputError` with one line
 ``NAME must be ..., got VALUE`` before anything is read or fitted.
@@ -91,17 +91,16 @@ def check_fit_settings(
     tune=1000,
     chains=2,
     seed=0,
-    q=None,
     mu=None,
     tastes=1,
-    priors=None,
 ) -> None:
     """Validate the numeric settings of :func:`bayes_annot.fit` (called before any input is read).
 
     ``tol`` a finite number >= 0, ``max_iter``, ``draws`` and ``chains``
-    integers >= 1, ``tune`` and ``seed`` integers >= 0, ``q`` and ``mu`` in
-    (0, 1) (or ``None``), ``tastes`` a positive integer or ``"auto"``, and
-    every prior a finite number (positive where it must be).
+    integers >= 1, ``tune`` and ``seed`` integers >= 0, ``mu`` in (0, 1) (or
+    ``None``), ``tastes`` a positive integer or ``"auto"``. The settings of
+    the model itself (variant, ``q``, priors, their combinations) are checked
+    by :class:`bayes_annot.spec.BehaviourSpec`.
     """
     check_number(tol, "tol", low=0.0)
     check_number(max_iter, "max_iter", low=1, integer=True)
@@ -109,8 +108,6 @@ def check_fit_settings(
     check_number(tune, "tune", low=0, integer=True)
     check_number(chains, "chains", low=1, integer=True)
     check_number(seed, "seed", low=0, integer=True)
-    check_number(q, "q", low=0.0, high=1.0, open_low=True, open_high=True, optional=True)
     check_number(mu, "mu", low=0.0, high=1.0, open_low=True, open_high=True, optional=True)
     if not (tastes == "auto" or (isinstance(tastes, (int, np.integer)) and not isinstance(tastes, bool) and tastes >= 1)):
         raise InputError(f"tastes must be a positive integer or 'auto', got {_shown(tastes)}")
-    check_priors(priors)

@@ -83,6 +83,7 @@ def run_one(paths: list[Path], workers: int, memory_limit: str, variant: str) ->
     import distributed
 
     from bayes_annot.dask_em import fit_dask
+    from bayes_annot.spec import BehaviourSpec
 
     cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                        dashboard_address=None, memory_limit=memory_limit)
@@ -106,7 +107,7 @@ def run_one(paths: list[Path], workers: int, memory_limit: str, variant: str) ->
         thread.start()
         t0 = time.perf_counter()
         ddf = dd.read_parquet([str(p) for p in paths])
-        fit = fit_dask(ddf, model=variant)
+        fit = fit_dask(ddf, spec=BehaviourSpec(variant))
         wall = time.perf_counter() - t0
         stop.set()
         thread.join()

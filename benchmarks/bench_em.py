@@ -28,6 +28,7 @@ from bayes_annot.data import prepare
 from bayes_annot.block_em import LocalRunner, run_em
 from bayes_annot.local_em import problem_block
 from bayes_annot.problem import build_problem
+from bayes_annot.spec import BehaviourSpec
 from bayes_annot.metrics import auc
 
 n_rows, n_users, n_models, variant = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
@@ -54,7 +55,7 @@ problem, _ = build_problem(prepared)
 ticks = []
 t0 = time.perf_counter()
 block = problem_block(prepared, problem)  # the engine ba.fit runs: the users x cells block, then plain EM passes
-em = run_em(LocalRunner([block], prepared.n_users), problem.n_models, problem.learned, variant=variant,
+em = run_em(LocalRunner([block], prepared.n_users), problem.n_models, BehaviourSpec(variant),
             callback=lambda i, v: ticks.append(time.perf_counter()))
 t_em = time.perf_counter() - t0
 per_iter = float(np.median(np.diff(ticks))) if len(ticks) > 2 else float("nan")

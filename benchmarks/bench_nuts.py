@@ -38,6 +38,7 @@ import bayes_annot as ba  # noqa: E402
 from bayes_annot.data import prepare  # noqa: E402
 from bayes_annot.problem import build_problem  # noqa: E402
 from bayes_annot.pymc_model import build_model, nuts_diagnostics  # noqa: E402
+from bayes_annot.spec import BehaviourSpec  # noqa: E402
 
 
 def run_one(n_labels, variant, sampler, draws, tune, chains, seed=0):
@@ -49,7 +50,7 @@ def run_one(n_labels, variant, sampler, draws, tune, chains, seed=0):
         quality="two-class" if variant == "two-class" else "continuous", seed=seed,
     )
     problem, _ = build_problem(prepare(log))
-    model = build_model(problem, variant, tau_fixed=False, strength_prior="zerosum")
+    model = build_model(problem, BehaviourSpec(variant), tau_fixed=False, strength_prior="zerosum")
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -11,6 +11,7 @@ pytest.importorskip("pyarrow")
 import bayes_annot as ba  # noqa: E402
 from bayes_annot.dask_em import fit_dask, to_rows  # noqa: E402
 from bayes_annot.errors import InputError  # noqa: E402
+from bayes_annot.spec import BehaviourSpec  # noqa: E402
 
 TOL = 1e-8
 
@@ -72,7 +73,7 @@ def test_dask_fit_equals_in_memory(client, tmp_path, variant):
     log = _log(variant)
     ddf = _parquet(log, tmp_path)
     assert ddf.npartitions == 4
-    fit = fit_dask(ddf, model=variant, npartitions=3)
+    fit = fit_dask(ddf, spec=BehaviourSpec(variant), npartitions=3)
     ref = ba.fit(log, model=variant, accelerate=False)  # plain EM: the same iterates as the Dask engine
     _assert_same(fit, ref)
     if variant == "continuous":

@@ -12,6 +12,7 @@ from bayes_annot.data import prepare
 from bayes_annot.errors import FitWarning, InputError
 from bayes_annot.problem import build_problem
 from bayes_annot.pymc_model import build_model, model_loglik, numpy_loglik, pytensor_loglik, relabel_by_share
+from bayes_annot.spec import BehaviourSpec
 from bayes_annot.tastes import fit_tastes, problem_from, simulate_tastes
 
 pm = pytest.importorskip("pymc")
@@ -109,7 +110,8 @@ def _pymc_constant_error(problem, variant, q_fixed, n_tastes=1):
 @pytest.mark.parametrize("variant,strengths,q_fixed,n_tastes", COMBOS)
 def test_pytensor_equals_numpy_at_random_parameters(variant, strengths, q_fixed, n_tastes, rng):
     problem = _problem(strengths)
-    model = build_model(problem, variant, q_fixed=q_fixed, tau_fixed=True, n_tastes=n_tastes)
+    spec = BehaviourSpec(variant, n_tastes, "learned" if problem.learned else "known", q=q_fixed)
+    model = build_model(problem, spec, tau_fixed=True)
     offset = _pymc_constant_error(problem, variant, q_fixed, n_tastes)
     values = []
     for _ in range(3):
@@ -158,8 +160,8 @@ def test_pytensor_equals_em_objective_at_em_estimates(variant, strengths, q_fixe
 @pytest.mark.parametrize("variant,strengths", [("continuous", "learned"), ("two-class", "p_a"), ("two-class", "mu")])
 def test_taste_classes_refused_where_undefined(variant, strengths):
     problem = _problem(strengths)
-    with pytest.raises(ValueError, match="two-class" if variant == "continuous" else "learned strengths"):
-        build_model(problem, variant, n_tastes=2)
+    with pytest.raises(InputError, match="two-class" if variant == "continuous" else "learned strengths"):
+        build_model(problem, BehaviourSpec(variant, n_tastes=2, strengths="learned" if problem.learned else "known"))
     with pytest.raises(InputError, match="two-class" if variant == "continuous" else "learned strengths"):
         ba.fit(_log(strengths == "p_a"), model=variant, method="map", tastes=2, **_strength_settings(strengths))
 
@@ -230,7 +232,7 @@ def test_map_from_a_perturbed_start_finds_the_em_optimum(taste_log):
     rng = np.random.default_rng(0)
     # classes swapped and moved: the optimiser has to climb back
     start = em.strengths[::-1] + rng.normal(0.0, 0.3, em.strengths.shape)
-    model = build_model(problem, n_tastes=2, strength_init=start, share_init=[0.3, 0.4], q_init=0.4)
+    model = build_model(problem, BehaviourSpec(n_tastes=2), strength_init=start, share_init=[0.3, 0.4], q_init=0.4)
     with model:
         point = pm.find_MAP(progressbar=False, maxeval=50000, options={"ftol": 1e-14, "gtol": 1e-7})
     shares, strengths = relabel_by_share(point["shares"][None], point["strength"][None])
@@ -442,3 +444,12 @@ def test_nuts_taste_classes_minority_kept():
     assert minority >= 0.8
     assert result.users.quality[truth == 0].mean() < 0.4  # casual users still caught
     assert np.mean(result.users.taste[truth == 2] == 2) > 0.9
+
+
+@pytest.mark.parametrize("strengths", STRENGTHS)
+def test_spec_strengths_must_be_the_labels(strengths):
+    """The spec says learned or known strengths; a spec that contradicts the labels is refused, not misread."""
+    problem = _problem(strengths)
+    wrong = BehaviourSpec(strengths="known" if problem.learned else "learned")
+    with pytest.raises(InputError, match="BehaviourSpec.with_strengths"):
+        build_model(problem, wrong)

@@ -30,7 +30,10 @@ def test_taste_classes_add_user_types():
         ({"n_tastes": 0}, "positive integer"),
         ({"n_tastes": 1.5}, "positive integer"),
         ({"n_tastes": True}, "positive integer"),
-        ({"q": 1.0}, "q must lie in (0, 1)"),
+        ({"q": 1.0}, "q must be a number in (0, 1), got 1.0"),
+        ({"q": "0.5"}, "q must be a number in (0, 1)"),
+        ({"n_tastes": "2"}, "positive integer"),
+        ({"priors": Priors(pi_alpha=-1.0)}, "priors.pi_alpha must be a finite number > 0"),
         ({"n_tastes": 2, "strengths": "known"}, "need learned strengths"),
         ({"n_tastes": 2, "variant": "continuous"}, "need model='two-class'"),
     ],
@@ -45,3 +48,11 @@ def test_spec_is_immutable():
     with pytest.raises(AttributeError):
         spec.n_tastes = 3
     assert spec == BehaviourSpec(n_tastes=2.0)
+
+
+def test_strengths_from_the_data_are_checked_again():
+    assert BehaviourSpec().with_strengths(False) == BehaviourSpec(strengths="known")
+    assert BehaviourSpec(n_tastes=2).with_strengths(True) == BehaviourSpec(n_tastes=2)
+    with pytest.raises(InputError, match="need learned strengths"):
+        BehaviourSpec(n_tastes=2).with_strengths(False)
+    assert BehaviourSpec().with_tastes(3).n_types == 4
