@@ -35,7 +35,7 @@ from .likelihood import Priors, attentive_logprob, casual_logprob
 
 __all__ = ["EMProblem", "EMResult", "INFORMATIVE_TOL", "fit_bradley_terry", "fit_bradley_terry_batch", "pair_weights",
            "has_converged", "param_tolerance", "bradley_terry_objective", "newton_ascent", "label_logprobs",
-           "no_verdict_shares", "no_verdict_continuous"]
+           "no_verdict_shares", "no_verdict_continuous", "row_logit_mu"]
 
 
 @dataclass
@@ -205,7 +205,8 @@ def fit_bradley_terry_batch(w1, w0, sigma, start, tol=1e-10, max_iter=100) -> np
 # --------------------------------------------------------------------------- shared pieces
 
 
-def _row_logit_mu(problem: EMProblem, strengths: np.ndarray | None) -> np.ndarray:
+def row_logit_mu(problem: EMProblem, strengths: np.ndarray | None) -> np.ndarray:
+    """Each label's attentive log-odds of choosing ``model_a``: ``s_a - s_b``, or the known ones."""
     if problem.learned:
         return strengths[problem.model_a] - strengths[problem.model_b]
     return problem.known_logit_mu
@@ -214,7 +215,7 @@ def _row_logit_mu(problem: EMProblem, strengths: np.ndarray | None) -> np.ndarra
 def label_logprobs(problem: EMProblem, strengths: np.ndarray | None, q: float) -> tuple[np.ndarray, np.ndarray]:
     """Each label's attentive and casual log-probability (:func:`~bayes_annot.likelihood.attentive_logprob`,
     :func:`~bayes_annot.likelihood.casual_logprob`) at ``strengths`` (``None``: known log-odds) and ``q``."""
-    return attentive_logprob(problem.choice_a, _row_logit_mu(problem, strengths)), casual_logprob(problem.choice_a, q)
+    return attentive_logprob(problem.choice_a, row_logit_mu(problem, strengths)), casual_logprob(problem.choice_a, q)
 
 
 INFORMATIVE_TOL = 0.2
@@ -233,7 +234,7 @@ def _informative_users(problem: EMProblem, strengths, tol: float = INFORMATIVE_T
     deliberately conservative: with a position-biased casual behaviour such a
     user is weakly identifiable through ``q`` alone, which we do not trust (docs/model.md).
     """
-    differs = np.abs(_row_logit_mu(problem, strengths)) > tol
+    differs = np.abs(row_logit_mu(problem, strengths)) > tol
     return np.bincount(problem.user, weights=differs, minlength=problem.n_users) > 0
 
 

@@ -767,15 +767,20 @@ class CasualGroupTest:
     null_statistics: np.ndarray = field(repr=False, default=None)
 
 
+def _bt_bias_loglik(theta, w1, w0) -> float:
+    """sum W1 log s(d) + W0 log s(-d), d = s_a - s_b + beta (``theta = (s, beta)``): Bradley–Terry with a position bias."""
+    k = w1.shape[0]
+    d = theta[:k, None] - theta[None, :k] + theta[k]
+    return float((w1 * log_expit(d)).sum() + (w0 * log_expit(-d)).sum())
+
+
 def _fit_bt_bias(w1, w0, sigma=10.0, tol=1e-10, max_iter=100):
-    """Maximise sum W1 log s(d) + W0 log s(-d), d = s_a - s_b + beta, with a weak ridge (Newton)."""
+    """Maximise :func:`_bt_bias_loglik` with a weak ridge on ``(s, beta)`` (Newton)."""
     k = w1.shape[0]
 
     def objective(theta):
         s, beta = theta[:k], theta[k]
-        d = s[:, None] - s[None, :] + beta
-        return float((w1 * log_expit(d)).sum() + (w0 * log_expit(-d)).sum() - 0.5 * (s @ s) / sigma**2
-                     - 0.5 * beta**2 / sigma**2)
+        return _bt_bias_loglik(theta, w1, w0) - 0.5 * (s @ s) / sigma**2 - 0.5 * beta**2 / sigma**2
 
     def direction(theta):
         s, beta = theta[:k], theta[k]
@@ -800,9 +805,8 @@ def _lr_statistic(problem: EMProblem, mask: np.ndarray, choice: np.ndarray):
     cell = (problem.model_a[mask].astype(np.int64) * k + problem.model_b[mask]) * 2 + choice[mask]
     w1, w0 = pair_weights(cell, None, k)
     theta, _ = _fit_bt_bias(w1, w0)
-    s, beta = theta[:k], theta[k]
-    dd = s[:, None] - s[None, :] + beta
-    l_alt = float((w1 * log_expit(dd)).sum() + (w0 * log_expit(-dd)).sum())
+    s = theta[:k]
+    l_alt = _bt_bias_loglik(theta, w1, w0)
     n, n_a = float(mask.sum()), float(choice[mask].sum())
     q = n_a / n
     l_null = (n_a * np.log(q) if n_a > 0 else 0.0) + ((n - n_a) * np.log1p(-q) if n_a < n else 0.0)
