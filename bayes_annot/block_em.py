@@ -28,10 +28,10 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.special import expit, gammaln, log_expit, logit, ndtr
+from scipy.special import expit, log_expit, logit
 
-from .em import EMResult, _update_q, _update_theta, has_converged, max_change
-from .likelihood import Priors, log_beta_pdf, log_normal_pdf
+from .em import EMResult, _update_q, _update_theta, has_converged, max_change, no_verdict_continuous, no_verdict_shares
+from .likelihood import Priors, laplace_p_above_half, log_normal_pdf, log_prior, log_type_shares
 from .spec import BehaviourSpec
 from .pairs import (
     DENSE_MAX_MODELS,
@@ -406,11 +406,6 @@ def lse_rows(x: np.ndarray) -> np.ndarray:
     return m + np.log1p(rest.sum(axis=1))
 
 
-def log_type_shares(shares: np.ndarray) -> np.ndarray:
-    """log of the type shares (casual, class 1..C), the casual one as ``log1p(-sum)``."""
-    return np.concatenate([[np.log1p(-shares.sum())], np.log(shares)])
-
-
 def block_type_logliks(block: Block, q: float, tables: np.ndarray) -> np.ndarray:
     """``(Ul, C + 1)``: per user the casual log-probability sum, then the attentive sum of each class.
 
@@ -419,26 +414,6 @@ def block_type_logliks(block: Block, q: float, tables: np.ndarray) -> np.ndarray
     """
     casual = block.n_user_a * np.log(q) + (block.n_user - block.n_user_a) * np.log1p(-q)
     return np.column_stack([casual, block.matrix() @ tables])
-
-
-def class_log_prior(shares: np.ndarray, q: float, strengths: np.ndarray | None, priors: Priors, q_free: bool) -> float:
-    r"""Log prior density of the taste-class model's parameters (natural scale, no Jacobian).
-
-    :math:`\mathrm{Dirichlet}(\beta, \alpha, \dots, \alpha)` on (casual, class shares) — for one
-    class the two-class :math:`\mathrm{Beta}(\alpha, \beta)` on ``pi`` —, :math:`\mathrm{Beta}` on ``q``
-    when free and :math:`\mathcal N(0, \sigma_s^2)` on every strength.
-    """
-    shares = np.asarray(shares, dtype=float).reshape(-1)
-    if shares.shape[0] == 1:
-        value = float(log_beta_pdf(shares[0], priors.pi_alpha, priors.pi_beta))
-    else:
-        conc = np.concatenate([[priors.pi_beta], np.full(shares.shape[0], priors.pi_alpha)])
-        value = float(gammaln(conc.sum()) - gammaln(conc).sum() + ((conc - 1.0) * log_type_shares(shares)).sum())
-    if q_free:
-        value += float(log_beta_pdf(q, priors.q_alpha, priors.q_beta))
-    if strengths is not None:
-        value += float(log_normal_pdf(strengths, 0.0, priors.strength_sigma).sum())
-    return value
 
 
 def block_class_users(block: Block, shares: np.ndarray, q: float, tables: np.ndarray | None):
@@ -548,11 +523,9 @@ def block_continuous_pass(block: Block, theta: np.ndarray, m: float, q: float, t
 
 def block_continuous_final(block, theta, m, q, tau, att_prob_table, differs_cell, informative_tol):
     label_ll, resp, _ = _continuous_entries(block, theta, q, att_prob_table)
-    eta = expit(theta)
-    curvature_rows = block.row_sums(resp * (1.0 - resp))
-    precision = np.maximum(block.n_user * eta * (1.0 - eta) - curvature_rows + 1.0 / tau**2, 1e-6)
+    p_above = laplace_p_above_half(theta, block.n_user, block.row_sums(resp * (1.0 - resp)), tau)
     return {
-        "users": block.users, "quality": eta, "p_eta_above_half": ndtr(theta * np.sqrt(precision)),
+        "users": block.users, "quality": expit(theta), "p_eta_above_half": p_above,
         "theta": theta, "user_loglik": block.row_sums(label_ll),
         "informative": _block_informative(block, differs_cell, q, informative_tol),
         "n_user": block.n_user, "n_rows": block.n_rows,
@@ -773,7 +746,7 @@ def run_class_em(
     def evaluate(shares, q, strengths):
         """Objective at (shares, q, s) and the EM map's image of (shares, q, s)."""
         st = runner.class_pass(shares, q, bt.tables(strengths) if learned else None)
-        value = st["loglik"] + class_log_prior(shares, q, strengths, priors, q_free)
+        value = st["loglik"] + log_prior(priors, q, strengths, q_free, shares=shares)
         new_shares = (st["totals"] + priors.pi_alpha - 1.0) / (
             st["n_active"] + priors.pi_alpha * n_classes + priors.pi_beta - (n_classes + 1.0)
         )
@@ -867,7 +840,7 @@ def run_em(
             callback=callback, accelerate=accelerate, param_tol=param_tol,
         )
         pi = float(res.shares[0])
-        level = pi if res.informative.any() else priors.pi_alpha / (priors.pi_alpha + priors.pi_beta)
+        level = no_verdict_shares(res.shares, res.informative.any(), priors)[0]
         return EMResult(
             variant=variant, pi=pi, q=res.q, strengths=None if res.strengths is None else res.strengths[0],
             quality=np.where(res.informative, res.quality, level), n_labels_user=res.n_user.astype(np.int64),
@@ -887,9 +860,9 @@ def run_em(
         differs_cell, informative_tol,
     )
     g = _gather(parts, runner.n_users, ["quality", "p_eta_above_half", "theta", "user_loglik", "informative", "n_user"])
-    m_level = out["m"] if g["informative"].any() else priors.eta_m_mu
-    g["quality"] = np.where(g["informative"], g["quality"], expit(m_level))
-    g["p_eta_above_half"] = np.where(g["informative"], g["p_eta_above_half"], ndtr(m_level / out["tau"]))
+    level, p_level = no_verdict_continuous(out["m"], out["tau"], g["informative"].any(), priors)
+    g["quality"] = np.where(g["informative"], g["quality"], level)
+    g["p_eta_above_half"] = np.where(g["informative"], g["p_eta_above_half"], p_level)
     return EMResult(
         variant=variant, pi=None, q=float(out["q"]), strengths=s, quality=g["quality"],
         n_labels_user=g["n_user"].astype(np.int64), informative=g["informative"].astype(bool), loglik=out["trace"][-1],
@@ -1004,11 +977,7 @@ def _run_continuous(runner, bt, learned, priors, q_fixed, tol, max_iter, start, 
 
     def evaluate(thetas, m, q, strengths):
         new_thetas, st = runner.continuous_pass(thetas, m, q, tau, np.exp(bt.table(strengths)) if learned else None)
-        value = st["loglik"] + float(log_normal_pdf(m, priors.eta_m_mu, priors.eta_m_sigma))
-        if q_fixed is None:
-            value += float(log_beta_pdf(q, priors.q_alpha, priors.q_beta))
-        if strengths is not None:
-            value += float(log_normal_pdf(strengths, 0.0, priors.strength_sigma).sum())
+        value = st["loglik"] + log_prior(priors, q, strengths, q_fixed is None, m=m)
         new_m = (st["theta_sum"] / tau**2 + priors.eta_m_mu / priors.eta_m_sigma**2) / (
             n_users / tau**2 + 1.0 / priors.eta_m_sigma**2
         )

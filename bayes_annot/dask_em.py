@@ -437,7 +437,7 @@ def fit_dask(
     timings = {}
     t0 = time.perf_counter()
     spec = BehaviourSpec() if spec is None else spec
-    model, priors, q, tastes = spec.variant, spec.priors, spec.q, spec.n_tastes
+    priors, q, tastes = spec.priors, spec.q, spec.n_tastes
     meta = ddf._meta
     if meta.columns.duplicated().any():
         raise InputError(f"column '{meta.columns[meta.columns.duplicated()][0]}' appears more than once")

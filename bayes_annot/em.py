@@ -18,8 +18,10 @@ holds what the engines share:
   compared pairs above);
 * the closed-form ``q`` update, the per-user Newton update of
   ``theta_u = logit(eta_u)`` (continuous);
-* the stopping rule (:func:`has_converged`) and the informative-user rule
-  (:data:`INFORMATIVE_TOL`).
+* the stopping rule (:func:`has_converged`), the informative-user rule
+  (:data:`INFORMATIVE_TOL`) and the no-verdict level of uninformative users
+  (:func:`no_verdict_shares`, :func:`no_verdict_continuous`);
+* the Newton ascent with backtracking every Bradley–Terry solver uses (:func:`newton_ascent`).
 """
 
 from __future__ import annotations
@@ -27,12 +29,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.special import expit, log_expit
+from scipy.special import expit, log_expit, ndtr
 
-from .likelihood import Priors
+from .likelihood import Priors, attentive_logprob, casual_logprob
 
 __all__ = ["EMProblem", "EMResult", "INFORMATIVE_TOL", "fit_bradley_terry", "fit_bradley_terry_batch", "pair_weights",
-           "has_converged", "param_tolerance", "bradley_terry_objective"]
+           "has_converged", "param_tolerance", "bradley_terry_objective", "newton_ascent", "label_logprobs",
+           "no_verdict_shares", "no_verdict_continuous", "row_logit_mu"]
 
 
 @dataclass
@@ -107,8 +110,7 @@ def pair_weights(cell: np.ndarray, weights: np.ndarray | None, n_models: int) ->
 
 def bradley_terry_objective(s, w1, w0, sigma):
     """The ridge Bradley–Terry objective :func:`fit_bradley_terry` maximises (weighted counts ``w1``, ``w0``)."""
-    d = s[:, None] - s[None, :]
-    return float((w1 * log_expit(d)).sum() + (w0 * log_expit(-d)).sum() - 0.5 * (s @ s) / sigma**2)
+    return float(_bt_objective_batch(s[None], w1[None], w0[None], sigma)[0])
 
 
 def _bt_derivatives_batch(s, w1, w0, sigma):
@@ -131,6 +133,34 @@ def _bt_derivatives(s, w1, w0, sigma):
 def _bt_objective_batch(s, w1, w0, sigma):
     d = s[:, :, None] - s[:, None, :]
     return (w1 * log_expit(d)).sum(axis=(1, 2)) + (w0 * log_expit(-d)).sum(axis=(1, 2)) - 0.5 * (s * s).sum(1) / sigma**2
+
+
+def newton_ascent(objective, direction, start, tol: float = 1e-10, max_iter: int = 100):
+    """Maximise a strictly concave ``objective`` by Newton steps with backtracking.
+
+    ``direction(x)`` is the Newton step at ``x`` (the negative Hessian's solve of the gradient). A
+    step is halved until the objective does not fall (by more than ``1e-12`` relative) or it is
+    below ``1e-8`` of a full step; the ascent stops when the step taken is below ``tol`` (largest
+    element) or the objective stopped improving (``1e-14`` relative), or after ``max_iter`` steps.
+    :func:`fit_bradley_terry_batch` applies the same rule to several tables at once.
+
+    Returns ``(x, objective(x))``.
+    """
+    x = np.array(start, dtype=float, copy=True)
+    value = objective(x)
+    for _ in range(max_iter):
+        step = direction(x)
+        t = 1.0
+        while True:
+            candidate = x + t * step
+            new_value = objective(candidate)
+            if new_value >= value - 1e-12 * abs(value) or t < 1e-8:
+                break
+            t *= 0.5
+        x, improvement, value = candidate, new_value - value, new_value
+        if np.max(np.abs(t * step), initial=0.0) < tol or abs(improvement) < 1e-14 * (1.0 + abs(value)):
+            break
+    return x, value
 
 
 def fit_bradley_terry(w1, w0, sigma: float, start=None, tol: float = 1e-10, max_iter: int = 100) -> np.ndarray:
@@ -175,10 +205,17 @@ def fit_bradley_terry_batch(w1, w0, sigma, start, tol=1e-10, max_iter=100) -> np
 # --------------------------------------------------------------------------- shared pieces
 
 
-def _row_logit_mu(problem: EMProblem, strengths: np.ndarray | None) -> np.ndarray:
+def row_logit_mu(problem: EMProblem, strengths: np.ndarray | None) -> np.ndarray:
+    """Each label's attentive log-odds of choosing ``model_a``: ``s_a - s_b``, or the known ones."""
     if problem.learned:
         return strengths[problem.model_a] - strengths[problem.model_b]
     return problem.known_logit_mu
+
+
+def label_logprobs(problem: EMProblem, strengths: np.ndarray | None, q: float) -> tuple[np.ndarray, np.ndarray]:
+    """Each label's attentive and casual log-probability (:func:`~bayes_annot.likelihood.attentive_logprob`,
+    :func:`~bayes_annot.likelihood.casual_logprob`) at ``strengths`` (``None``: known log-odds) and ``q``."""
+    return attentive_logprob(problem.choice_a, row_logit_mu(problem, strengths)), casual_logprob(problem.choice_a, q)
 
 
 INFORMATIVE_TOL = 0.2
@@ -197,8 +234,26 @@ def _informative_users(problem: EMProblem, strengths, tol: float = INFORMATIVE_T
     deliberately conservative: with a position-biased casual behaviour such a
     user is weakly identifiable through ``q`` alone, which we do not trust (docs/model.md).
     """
-    differs = np.abs(_row_logit_mu(problem, strengths)) > tol
+    differs = np.abs(row_logit_mu(problem, strengths)) > tol
     return np.bincount(problem.user, weights=differs, minlength=problem.n_users) > 0
+
+
+def no_verdict_shares(shares, any_informative: bool, priors: Priors) -> np.ndarray:
+    """The class shares an uninformative user gets (two-class: ``C = 1``, the share ``pi``): the fitted
+    ``shares`` (``(C,)``, or ``(S, C)`` draws), or the prior's mean shares when nobody is informative
+    (:math:`\\alpha / (\\beta + C \\alpha)` each, the Dirichlet's). Their sum is the user's quality."""
+    shares = np.asarray(shares, dtype=float)
+    if any_informative:
+        return shares
+    conc = np.concatenate([[priors.pi_beta], np.full(shares.shape[-1], priors.pi_alpha)])
+    return np.broadcast_to(conc[1:] / conc.sum(), shares.shape)
+
+
+def no_verdict_continuous(m, tau, any_informative: bool, priors: Priors):
+    """Quality and P(eta >= 1/2) of an uninformative user (continuous): ``sigmoid(m)`` and ``Phi(m / tau)``
+    at the population mean ``m`` (floats or draws), or at the prior's ``eta_m_mu`` when nobody is informative."""
+    m_level = np.asarray(m, dtype=float) if any_informative else np.full_like(np.asarray(m, dtype=float), priors.eta_m_mu)
+    return expit(m_level), ndtr(m_level / tau)
 
 
 PARAM_TOL_PER_TOL = 100.0

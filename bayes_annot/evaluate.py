@@ -25,12 +25,11 @@ import warnings
 
 import numpy as np
 import pandas as pd
-from scipy.special import log_expit, logsumexp
 
 from .data import ColumnMap, prepare, read_table
 from .pairs import fit_bradley_terry_labels
 from .errors import InputError
-from .likelihood import Priors
+from .likelihood import Priors, attentive_logprob, casual_logprob, two_class_user_loglik
 
 __all__ = ["holdout_mask", "heldout_loglik", "compare_heldout", "diagnose"]
 
@@ -108,7 +107,6 @@ def heldout_loglik(
     train_frame = prepared.frame.loc[~hidden]
     test = np.flatnonzero(hidden)
     choice = prepared.choice_a[test].astype(float)
-    sign = 2.0 * choice - 1.0
     users = prepared.user_labels[prepared.user[test]]
     col_kwargs = {k: v for k, v in vars(columns).items() if v is not None}
 
@@ -136,26 +134,24 @@ def heldout_loglik(
         logit_mu = np.log(prepared.p_a[test]) - np.log1p(-prepared.p_a[test])
     else:
         logit_mu = s_a - s_b
-    log_att = log_expit(sign * logit_mu)
+    log_att = attentive_logprob(choice, logit_mu)
     if model == "bradley-terry":
         per_label = log_att
         per_user = pd.Series(per_label).groupby(users).sum()
     else:
         q = fitted.summary["parameters"]["q"]
-        log_cas = np.where(choice == 1, np.log(q), np.log1p(-q))
+        log_cas = casual_logprob(choice, q)
         quality = fitted.users.set_index("user")["quality"]
         default = fitted.summary["parameters"].get("pi", fitted.summary["parameters"].get("mean_quality", 0.5))
         p_u = quality.reindex(users).fillna(default).to_numpy()
         p_u = np.clip(p_u, 1e-12, 1 - 1e-12)
-        if model == "continuous":
-            per_label = np.logaddexp(np.log(p_u) + log_att, np.log1p(-p_u) + log_cas)
+        if model == "continuous":  # each label a mixture with the user's quality as weight
+            per_label = two_class_user_loglik(log_att, log_cas, p_u)
             per_user = pd.Series(per_label).groupby(users).sum()
         else:
             sums = pd.DataFrame({"user": users, "att": log_att, "cas": log_cas}).groupby("user").sum()
             p = quality.reindex(sums.index).fillna(default).clip(1e-12, 1 - 1e-12).to_numpy()
-            per_user = pd.Series(
-                logsumexp(np.stack([np.log(p) + sums["att"], np.log1p(-p) + sums["cas"]]), axis=0), index=sums.index
-            )
+            per_user = pd.Series(two_class_user_loglik(sums["att"].to_numpy(), sums["cas"].to_numpy(), p), index=sums.index)
     return _heldout_result(model, seed, per_user, len(test))
 
 

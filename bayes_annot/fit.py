@@ -36,7 +36,7 @@ from .em import EMProblem
 from .errors import FitWarning, InputError, user_stacklevel
 from .progress import Progress, em_callback, iterate, resolve as resolve_progress
 from .likelihood import Priors
-from .spec import VARIANTS, BehaviourSpec
+from .spec import BehaviourSpec
 from .tables import OUTPUT_COLUMNS, input_renames  # noqa: F401  (OUTPUT_COLUMNS: public name)
 from .validation import check_fit_settings
 
@@ -993,12 +993,18 @@ def assemble_summary(
     input_info: dict | None,
     settings: dict,
     pairs: np.ndarray | None = None,
+    *,
+    counts: dict | None = None,
 ) -> dict:
     """The ``summary.json`` of a fit (without ``runtime_seconds``), with its plain-language warnings.
 
     ``pairs`` is the ``K x K`` table of usable labels per model pair (computed when not given).
+    A fit whose log is not in memory (Dask) passes ``prepared = problem = None`` with its ``counts``
+    (as :meth:`~bayes_annot.data.PreparedData.counts`) and ``pairs``.
     """
-    counts = prepared.counts()
+    counts = dict(prepared.counts() if counts is None else counts)
+    n_labels = counts["rows_in_likelihood"] if problem is None else problem.n_labels
+    learned = strength_mode == "learned" if problem is None else problem.learned
     counts["users_in_likelihood"] = int((estimates.n_labels_user > 0).sum())
     counts["uninformative_users"] = int((~estimates.informative).sum())
     summary = {
@@ -1020,7 +1026,7 @@ def assemble_summary(
     summary.update(estimates.diagnostics)
     summary.update(estimates.extra_summary)
     summary["warnings"] = list(summary["warnings"])  # not the engine's list: warnings below are added to it
-    if problem.n_labels == 0:
+    if n_labels == 0:
         _warn(summary, "no row enters the likelihood (all ties or same-model pairs): every user is uninformative")
     elif counts["uninformative_users"] == counts["users"]:
         _warn(
@@ -1036,15 +1042,15 @@ def assemble_summary(
     if pairs is None:
         pairs = pair_counts(prepared)
     used = np.flatnonzero(pairs.sum(axis=0) + pairs.sum(axis=1))
-    if len(used) and len(np.unique(components[used])) > 1 and problem.learned:
+    if len(used) and len(np.unique(components[used])) > 1 and learned:
         _warn(
             summary,
             f"the comparison graph has {len(np.unique(components[used]))} disconnected parts: strengths are "
             "comparable only within a part (each part is centred at 0)",
         )
-    if problem.n_labels:
+    if n_labels:
         priors = Priors(**settings["priors"]) if isinstance(settings.get("priors"), dict) else Priors()
-        for message in degenerate_fit_warnings(estimates, settings, priors, problem.learned):
+        for message in degenerate_fit_warnings(estimates, settings, priors, learned):
             _warn(summary, message)
         for message in taste_warnings(summary):
             _warn(summary, message)
@@ -1266,36 +1272,13 @@ def _fit_dask_frame(ddf, *, spec: BehaviourSpec, rule, tol, max_iter, seed, star
         if isinstance(exc, InputError):
             raise
         raise InputError(str(exc)) from exc
-    est = dfit.to_estimates()
-    counts = dict(dfit.counts)
-    counts["users_in_likelihood"] = int((est.n_labels_user > 0).sum())
-    counts["uninformative_users"] = int((~est.informative).sum())
-    components = dfit.components()
-    summary = {
-        "bayes_annot_version": __version__,
-        "engine": "em",
-        "backend": f"dask ({dfit.n_partitions} partitions)",
-        "model": model,
-        "strengths": dfit.strength_mode,
-        "counts": counts,
-        "parameters": {k: (None if v is None else float(v)) for k, v in est.parameters.items()},
-        "loglik": float(est.loglik),
-        "iterations": est.n_iter,
-        "converged": est.converged,
-        "runtime_seconds": None,
-        "comparison_graph_components": int(components.max() + 1) if len(components) else 0,
-        "warnings": [],
-        "input": input_info or describe_input(None),
-        "provenance": [provenance_entry(input_info, rows_read=counts["rows"], rows_added=counts["rows"])],
-        "settings": {"model": model, "method": "em", "filter": str(rule), "columns": dfit.columns, "mu": mu,
-                     "strong_model": strong_model, "q": q, "priors": asdict(priors), "tol": tol,
-                     "max_iter": max_iter, "seed": seed, "no_verdict": no_verdict, "tastes": tastes},
-    }
-    summary.update(est.extra_summary)
-    if counts["uninformative_users"] == counts["users"]:
-        _warn(summary, "every user is uninformative: all pairs have attentive probability near 0.5, so nobody can be judged")
-    if est.converged is False:
-        _warn(summary, f"EM did not converge in {est.n_iter} iterations; raise max_iter or loosen tol")
+    settings = {"model": model, "method": "em", "filter": str(rule), "columns": dfit.columns, "mu": mu,
+                "strong_model": strong_model, "q": q, "priors": asdict(priors), "tol": tol,
+                "max_iter": max_iter, "seed": seed, "no_verdict": no_verdict, "tastes": tastes}
+    summary = assemble_summary(None, None, dfit.to_estimates(), model, dfit.strength_mode, dfit.components(), input_info,
+                               settings, dfit.pair_counts, counts=dfit.counts)
+    summary["backend"] = f"dask ({dfit.n_partitions} partitions)"
+    summary["provenance"] = [provenance_entry(input_info, rows_read=dfit.counts["rows"], rows_added=dfit.counts["rows"])]
     summary["runtime_seconds"] = round(time.perf_counter() - started, 4)
     return FitResult._from_dask(ddf, dfit, rule, summary, no_verdict)
 

@@ -28,11 +28,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import expit, gammaln, log_expit
+from scipy.special import expit, gammaln, log_expit, ndtr
 
 __all__ = [
     "Priors",
-    "log_sigmoid",
     "attentive_logprob",
     "casual_logprob",
     "two_class_user_loglik",
@@ -41,6 +40,9 @@ __all__ = [
     "continuous_label_responsibility",
     "log_beta_pdf",
     "log_normal_pdf",
+    "log_type_shares",
+    "log_prior",
+    "laplace_p_above_half",
 ]
 
 LOG_2PI = float(np.log(2.0 * np.pi))
@@ -78,11 +80,6 @@ class Priors:
     eta_m_sigma: float = 2.0
 
 
-def log_sigmoid(x):
-    """Numerically stable :math:`\\log\\sigma(x)`."""
-    return log_expit(x)
-
-
 def attentive_logprob(choice_a, logit_mu):
     """Log-probability of each label under the attentive behaviour.
 
@@ -94,7 +91,7 @@ def attentive_logprob(choice_a, logit_mu):
         Attentive log-odds of choosing ``model_a``.
     """
     sign = 2.0 * np.asarray(choice_a, dtype=float) - 1.0
-    return log_sigmoid(sign * np.asarray(logit_mu, dtype=float))
+    return log_expit(sign * np.asarray(logit_mu, dtype=float))
 
 
 def casual_logprob(choice_a, q):
@@ -115,7 +112,7 @@ def two_class_posterior(att_sum, cas_sum, pi):
 
 def continuous_label_loglik(att_logp, cas_logp, eta_logit):
     """Log-likelihood of each label under the continuous model (``eta_logit`` per label)."""
-    return np.logaddexp(log_sigmoid(eta_logit) + att_logp, log_sigmoid(-eta_logit) + cas_logp)
+    return np.logaddexp(log_expit(eta_logit) + att_logp, log_expit(-eta_logit) + cas_logp)
 
 
 def continuous_label_responsibility(att_logp, cas_logp, eta_logit):
@@ -138,3 +135,49 @@ def log_normal_pdf(x, mu, sigma):
     """Log density of Normal(mu, sigma) at ``x`` (elementwise)."""
     z = (np.asarray(x, dtype=float) - mu) / sigma
     return -0.5 * z * z - np.log(sigma) - 0.5 * LOG_2PI
+
+
+def log_type_shares(shares: np.ndarray) -> np.ndarray:
+    """log of the type shares (casual, class 1..C) from the class shares, the casual one as ``log1p(-sum)``."""
+    return np.concatenate([[np.log1p(-shares.sum())], np.log(shares)])
+
+
+def log_prior(priors: Priors, q: float, strengths, q_free: bool, shares=None, m: float | None = None) -> float:
+    r"""Log prior density of the global parameters (natural scale, no Jacobian): the penalty of every
+    engine's objective.
+
+    ``shares`` (two-class with ``C`` taste classes, ``C >= 1``):
+    :math:`\mathrm{Dirichlet}(\beta, \alpha, \dots, \alpha)` on (casual, class shares), for one
+    class the two-class :math:`\mathrm{Beta}(\alpha, \beta)` on ``pi``; ``m`` (continuous):
+    :math:`\mathcal N(m_0, \sigma_m^2)` (the users' :math:`\theta_u \sim \mathcal N(m, \tau^2)` are
+    the caller's, per user); :math:`\mathrm{Beta}` on ``q`` when ``q_free``; :math:`\mathcal N(0, \sigma_s^2)`
+    on every strength (``strengths`` ``None``: known attentive probabilities).
+    """
+    value = 0.0
+    if shares is not None:
+        shares = np.asarray(shares, dtype=float).reshape(-1)
+        if shares.shape[0] == 1:
+            value = float(log_beta_pdf(shares[0], priors.pi_alpha, priors.pi_beta))
+        else:
+            conc = np.concatenate([[priors.pi_beta], np.full(shares.shape[0], priors.pi_alpha)])
+            value = float(gammaln(conc.sum()) - gammaln(conc).sum() + ((conc - 1.0) * log_type_shares(shares)).sum())
+    if m is not None:
+        value += float(log_normal_pdf(m, priors.eta_m_mu, priors.eta_m_sigma))
+    if q_free:
+        value += float(log_beta_pdf(q, priors.q_alpha, priors.q_beta))
+    if strengths is not None:
+        value += float(log_normal_pdf(strengths, 0.0, priors.strength_sigma).sum())
+    return value
+
+
+def laplace_p_above_half(theta, n_user, resp_curvature, tau):
+    r"""P(eta_u >= 1/2) from a Laplace approximation of each user's posterior of :math:`\theta_u` at its MAP.
+
+    ``resp_curvature`` is :math:`\sum_{r \in u} \rho_r (1 - \rho_r)` (:math:`\rho_r`, the label's
+    attentive responsibility, :func:`continuous_label_responsibility`); the precision is the negative
+    second derivative of the user's log posterior, :math:`n_u \eta_u (1 - \eta_u) - \sum_r \rho_r(1 - \rho_r)
+    + 1/\tau^2` (at least 1e-6), and the probability :math:`\Phi(\theta_u \sqrt{\text{precision}})`.
+    """
+    eta = expit(theta)
+    precision = np.maximum(n_user * eta * (1.0 - eta) - resp_curvature + 1.0 / tau**2, 1e-6)
+    return ndtr(theta * np.sqrt(precision))

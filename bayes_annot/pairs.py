@@ -81,13 +81,6 @@ class PairTable:
         """Every ordered pair (``K^2``; the vocabulary of the former dense cell index ``(a K + b) 2 + choice``)."""
         return cls.from_keys(np.arange(int(n_models) ** 2, dtype=np.int64), n_models)
 
-    @classmethod
-    def from_dense(cls, table) -> "PairTable":
-        """From a ``K x K`` count table (its non-zero cells)."""
-        table = np.asarray(table)
-        keys = np.flatnonzero(table)
-        return cls.from_keys(keys, table.shape[0], table.ravel()[keys].astype(np.int64))
-
     # ----------------------------------------------------------------- lookups
     @property
     def n_pairs(self) -> int:
@@ -136,12 +129,6 @@ class PairTable:
         """Usable labels per model (as ``model_a`` or ``model_b``)."""
         return self.sum(axis=1) + self.sum(axis=0)
 
-    def to_sparse(self):
-        """The ``K x K`` table as a ``scipy.sparse.csr_matrix``."""
-        from scipy.sparse import csr_matrix
-
-        return csr_matrix((self.counts, (self.a, self.b)), shape=(self.n_models, self.n_models))
-
     def components(self) -> np.ndarray:
         """Connected part of each model in the (undirected) comparison graph: ``O(P + K)``."""
         from scipy.sparse import csr_matrix
@@ -165,11 +152,6 @@ class PairTable:
     @property
     def shape(self) -> tuple[int, int]:
         return (self.n_models, self.n_models)
-
-
-def as_pair_table(pairs) -> PairTable:
-    """A :class:`PairTable` from a table or a dense ``K x K`` count array."""
-    return pairs if isinstance(pairs, PairTable) else PairTable.from_dense(pairs)
 
 
 # --------------------------------------------------------------------------- Bradley–Terry over pairs
@@ -296,7 +278,7 @@ def fit_bradley_terry_pairs(
     Both methods maximise the same strictly concave objective with the same
     backtracking and stopping rule, so they agree to the solver's accuracy.
     """
-    from .em import fit_bradley_terry
+    from .em import fit_bradley_terry, newton_ascent
 
     k = pairs.n_models
     a, b = pairs.a, pairs.b
@@ -318,23 +300,14 @@ def fit_bradley_terry_pairs(
         structure = None
     if structure is None:  # the Hessian's sparsity pattern (``structure``: built once for these pairs)
         structure = _Laplacian(a, b, k)
-    s = np.zeros(k) if start is None else np.array(start, dtype=float)
     wsum = w1 + w0
-    value = bt_objective_pairs(s, a, b, w1, w0, sigma, wsum)
-    for _ in range(max_iter):
+
+    def direction(s):
         grad, neg_hess, diag = bt_derivatives_pairs(s, a, b, w1, w0, sigma, structure)
-        step = _cg_solve(neg_hess, diag, grad, cg_rtol)
-        t = 1.0
-        while True:
-            candidate = s + t * step
-            new_value = bt_objective_pairs(candidate, a, b, w1, w0, sigma, wsum)
-            if new_value >= value - 1e-12 * abs(value) or t < 1e-8:
-                break
-            t *= 0.5
-        s, improvement, value = candidate, new_value - value, new_value
-        if np.max(np.abs(t * step), initial=0.0) < tol or abs(improvement) < 1e-14 * (1.0 + abs(value)):
-            break
-    return s
+        return _cg_solve(neg_hess, diag, grad, cg_rtol)
+
+    return newton_ascent(lambda s: bt_objective_pairs(s, a, b, w1, w0, sigma, wsum), direction,
+                         np.zeros(k) if start is None else start, tol, max_iter)[0]
 
 
 def fit_bradley_terry_classes(pairs, w1: np.ndarray, w0: np.ndarray, sigma: float, start: np.ndarray,

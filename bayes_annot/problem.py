@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
-from scipy.special import expit, log_expit, logit
+from scipy.special import log_expit, logit
 
 from .data import PreparedData
-from .em import EMProblem
+from .em import EMProblem, row_logit_mu
 from .errors import InputError
+from .likelihood import two_class_posterior
 from .pairs import PairTable
 
 __all__ = [
@@ -154,18 +155,15 @@ def quality_floor(problem: EMProblem, estimates: Estimates) -> np.ndarray | None
     if estimates.variant != "two-class" or problem.n_labels == 0 or "pi" not in estimates.parameters:
         return None
     pi, q = float(estimates.parameters["pi"]), float(estimates.parameters["q"])
-    if problem.learned:
-        if estimates.strengths is None:
-            return None
-        s = np.asarray(estimates.strengths, dtype=float)
-        ell = s[problem.model_a] - s[problem.model_b]
-    else:
-        ell = np.asarray(problem.known_logit_mu, dtype=float)
+    if problem.learned and estimates.strengths is None:
+        return None
+    ell = np.asarray(row_logit_mu(problem, np.asarray(estimates.strengths, dtype=float) if problem.learned else None),
+                     dtype=float)
     eps = 1e-12
     worst = np.minimum(log_expit(ell) - np.log(max(q, eps)), log_expit(-ell) - np.log(max(1.0 - q, eps)))
     total = np.bincount(problem.user, weights=worst, minlength=problem.n_users)
     pi = min(max(pi, eps), 1.0 - eps)
-    return expit(np.log(pi) - np.log1p(-pi) + total)
+    return two_class_posterior(total, 0.0, pi)
 
 
 def problem_key(mu: float | None, strong_model: str | None, use_p_a: bool, has_p_a: bool) -> tuple:

@@ -31,17 +31,22 @@ import warnings
 from types import SimpleNamespace
 
 import numpy as np
-from scipy.special import expit, log_expit, logit, ndtr
+from scipy.special import expit, logit
 
-from .em import INFORMATIVE_TOL, EMProblem, _informative_users
-from .pairs import PairTable, fit_bradley_terry_pairs
+from .em import (
+    INFORMATIVE_TOL, EMProblem, _informative_users, label_logprobs, no_verdict_continuous, no_verdict_shares,
+)
+from .pairs import fit_bradley_terry_labels
 from .errors import FitWarning, InputError, user_stacklevel
 from .likelihood import (
     Priors,
+    attentive_logprob,
+    casual_logprob,
     continuous_label_loglik,
     continuous_label_responsibility,
-    log_beta_pdf,
+    laplace_p_above_half,
     log_normal_pdf,
+    log_prior,
     two_class_posterior,
     two_class_user_loglik,
 )
@@ -276,9 +281,8 @@ def build_model(
         names = np.asarray(coords["model"], dtype=object)
         coords["pair"] = [f"{a} vs {b}" for a, b in zip(names[cells["pair_model_a"]], names[cells["pair_model_b"]])]
     if problem.learned and strength_init is None:
-        pairs, index = PairTable.from_labels(problem.model_a, problem.model_b, n_models)
-        table = np.bincount(2 * index + problem.choice_a, minlength=2 * pairs.n_pairs).astype(float)
-        strength_init = fit_bradley_terry_pairs(pairs, table[1::2], table[0::2], priors.strength_sigma)
+        strength_init = fit_bradley_terry_labels(problem.model_a, problem.model_b, problem.choice_a, n_models,
+                                                 priors.strength_sigma)
         if n_tastes > 1:
             rng = np.random.default_rng(0)
             strength_init = np.vstack([strength_init] + [
@@ -457,17 +461,6 @@ def pytensor_loglik(
     return model_loglik(model, params, penalised=penalised)
 
 
-def _rows(problem: EMProblem, strengths, q):
-    if problem.learned:
-        logit_mu = strengths[problem.model_a] - strengths[problem.model_b]
-    else:
-        logit_mu = problem.known_logit_mu
-    sign = 2.0 * problem.choice_a - 1.0
-    att = log_expit(sign * logit_mu)
-    cas = np.where(problem.choice_a == 1, np.log(q), np.log1p(-q))
-    return att, cas
-
-
 def numpy_loglik(
     problem: EMProblem,
     variant: str,
@@ -493,27 +486,21 @@ def numpy_loglik(
         shares = np.asarray(params["shares"], float)
         return taste_loglik(problem, params["strength"], shares[1:], q, priors, q_fixed, penalised)
     strengths = np.asarray(params["strength"], float) if problem.learned else None
-    att, cas = _rows(problem, strengths, q)
+    att, cas = label_logprobs(problem, strengths, q)
     if variant == "two-class":
         pi = float(params["pi"])
         att_sum = np.bincount(problem.user, weights=att, minlength=problem.n_users)
         cas_sum = np.bincount(problem.user, weights=cas, minlength=problem.n_users)
         active = np.bincount(problem.user, minlength=problem.n_users) > 0
         value = float(two_class_user_loglik(att_sum[active], cas_sum[active], pi).sum())
-        if penalised:
-            value += float(log_beta_pdf(pi, priors.pi_alpha, priors.pi_beta))
+        prior = dict(shares=[pi])
     else:
         theta = np.asarray(params["theta"], float)
         value = float(continuous_label_loglik(att, cas, theta[problem.user]).sum())
         if penalised:
             value += float(log_normal_pdf(theta, params["m"], params["tau"]).sum())
-            value += float(log_normal_pdf(params["m"], priors.eta_m_mu, priors.eta_m_sigma))
-    if penalised:
-        if q_fixed is None:
-            value += float(log_beta_pdf(q, priors.q_alpha, priors.q_beta))
-        if strengths is not None:
-            value += float(log_normal_pdf(strengths, 0.0, priors.strength_sigma).sum())
-    return value
+        prior = dict(m=params["m"])
+    return value + log_prior(priors, q, strengths, q_fixed is None, **prior) if penalised else value
 
 
 # --------------------------------------------------------------------------- per-draw quantities (numpy)
@@ -528,15 +515,9 @@ def _cell_matrix(cells: dict, n_users: int):
 
 def _cell_att(cells: dict, strengths):
     """log P_att per cell; ``strengths`` (S, K) draws or None (known)."""
-    sign = 2.0 * cells["choice_a"] - 1.0
     if strengths is None:
-        return log_expit(sign * cells["logit_mu"])[None, :]
-    return log_expit(sign * (strengths[:, cells["model_a"]] - strengths[:, cells["model_b"]]))
-
-
-def _cell_cas(cells: dict, q):
-    q = np.asarray(q, float)[:, None]
-    return np.where(cells["choice_a"][None, :] == 1, np.log(q), np.log1p(-q))
+        return attentive_logprob(cells["choice_a"], cells["logit_mu"])[None, :]
+    return attentive_logprob(cells["choice_a"], strengths[:, cells["model_a"]] - strengths[:, cells["model_b"]])
 
 
 def _per_draw_two_class(problem, cells, pi, q, strengths):
@@ -570,35 +551,10 @@ def _per_draw_continuous(problem, cells, theta, q, strengths):
         sl = slice(lo, min(lo + _DRAW_CHUNK, n_draws))
         s = None if strengths is None else strengths[sl]
         att = _cell_att(cells, s)
-        cas = _cell_cas(cells, q[sl])
+        cas = casual_logprob(cells["choice_a"], np.asarray(q[sl], float)[:, None])
         ll = continuous_label_loglik(att, cas, theta[sl][:, cells["user"]]) * cells["count"]
         user_ll[sl] = np.asarray(agg @ ll.T).T
     return user_ll
-
-
-def _laplace_p_above_half(problem, theta, q, strengths, tau):
-    """P(eta_u >= 1/2) from a Laplace approximation at the MAP (as EM does)."""
-    att, cas = _rows(problem, strengths, q)
-    resp = continuous_label_responsibility(att, cas, theta[problem.user])
-    n_user = np.bincount(problem.user, minlength=problem.n_users).astype(float)
-    eta = expit(theta)
-    curvature = np.bincount(problem.user, weights=resp * (1.0 - resp), minlength=problem.n_users)
-    precision = np.maximum(n_user * eta * (1.0 - eta) - curvature + 1.0 / tau**2, 1e-6)
-    return ndtr(theta * np.sqrt(precision))
-
-
-def _no_verdict(variant, informative, quality, p_good, params, priors):
-    """Users whose labels cannot tell the behaviours apart get the population level (as in EM)."""
-    if informative.all():
-        return quality, p_good
-    if variant == "two-class":
-        level = params["pi"] if informative.any() else priors.pi_alpha / (priors.pi_alpha + priors.pi_beta)
-        quality = np.where(informative, quality, level)
-        return quality, quality
-    m_level = params["m"] if informative.any() else priors.eta_m_mu
-    quality = np.where(informative, quality, expit(m_level))
-    p_good = np.where(informative, p_good, ndtr(m_level / params["tau"]))
-    return quality, p_good
 
 
 # --------------------------------------------------------------------------- engines
@@ -685,7 +641,7 @@ def fit_pymc(
                 "the nutpie sampler is not installed: run pip install 'bayes_annot[nutpie]' or use --sampler pymc"
             ) from exc
     _check_spec(problem, spec)
-    variant, n_tastes, priors, q_fixed = spec.variant, spec.n_tastes, spec.priors, spec.q
+    n_tastes, priors, q_fixed = spec.n_tastes, spec.priors, spec.q
     t0 = time.perf_counter()
     user_labels = _labels(user_labels, problem.n_users, "u")
     model_labels = _labels(model_labels, problem.n_models, "model_")
@@ -729,7 +685,7 @@ def _fit_map(problem, spec, progress, seed, user_labels, model_labels, informati
     strengths = np.asarray(point["strength"], float) if problem.learned else None
     n_user = np.bincount(problem.user, minlength=problem.n_users)
     active = n_user > 0
-    att, cas = _rows(problem, strengths, q)
+    att, cas = label_logprobs(problem, strengths, q)
     if variant == "two-class":
         pi = float(point["pi"])
         att_sum = np.bincount(problem.user, weights=att, minlength=problem.n_users)
@@ -743,7 +699,9 @@ def _fit_map(problem, spec, progress, seed, user_labels, model_labels, informati
         m, tau = float(point["m"]), float(priors.eta_tau)
         theta = m + tau * np.asarray(point["z"], float)
         quality = expit(theta)
-        p_good = _laplace_p_above_half(problem, theta, q, strengths, tau)
+        resp = continuous_label_responsibility(att, cas, theta[problem.user])
+        p_good = laplace_p_above_half(theta, n_user, np.bincount(problem.user, weights=resp * (1.0 - resp),
+                                                                 minlength=problem.n_users), tau)
         user_ll = np.bincount(
             problem.user, weights=continuous_label_loglik(att, cas, theta[problem.user]), minlength=problem.n_users
         )
@@ -752,7 +710,11 @@ def _fit_map(problem, spec, progress, seed, user_labels, model_labels, informati
             problem, variant, {"m": m, "tau": tau, "theta": theta, "q": q, "strength": strengths}, priors, q_fixed
         )
     informative = _informative_users(problem, strengths, informative_tol)
-    quality, p_good = _no_verdict(variant, informative, quality, p_good, params, priors)
+    if variant == "two-class":  # no verdict on uninformative users: the population level (as in EM)
+        quality = p_good = np.where(informative, quality, no_verdict_shares([pi], informative.any(), priors)[0])
+    else:
+        level, p_level = no_verdict_continuous(m, tau, informative.any(), priors)
+        quality, p_good = np.where(informative, quality, level), np.where(informative, p_good, p_level)
     params["mean_quality"] = float(np.mean(quality[active])) if active.any() else float("nan")
     est = _estimates(
         engine="map",
@@ -898,10 +860,7 @@ def _fit_nuts(
         pi_draws = _stack(post, "pi")
         p_att, user_ll = _per_draw_two_class(problem, cells, pi_draws, q_draws, s_draws)
         quality_draws = p_att
-        if informative.any():
-            quality_draws[:, ~informative] = pi_draws[:, None]
-        else:
-            quality_draws[:] = priors.pi_alpha / (priors.pi_alpha + priors.pi_beta)
+        quality_draws[:, ~informative] = no_verdict_shares(pi_draws[:, None], informative.any(), priors)
         global_vars = ["pi"]
         p_good_fn = None
     else:
@@ -911,9 +870,9 @@ def _fit_nuts(
         quality_draws = _stack(post, "eta").copy()
         p_good_fn = (theta >= 0.0).mean(axis=0)
         if not informative.all():
-            m_level = m_draws if informative.any() else np.full_like(m_draws, priors.eta_m_mu)
-            quality_draws[:, ~informative] = expit(m_level)[:, None]
-            p_good_fn[~informative] = ndtr(m_level / tau_draws).mean()
+            level, p_level = no_verdict_continuous(m_draws, tau_draws, informative.any(), priors)
+            quality_draws[:, ~informative] = level[:, None]
+            p_good_fn[~informative] = p_level.mean()
         global_vars = ["m", "tau"]
     if q_fixed is None:
         global_vars.append("q")
@@ -1012,11 +971,8 @@ def _taste_posterior(problem, strengths, shares, q, informative, priors):
     user_ll = logsumexp(logw, axis=2)
     post = np.exp(logw - user_ll[..., None])
     active = np.bincount(problem.user, minlength=problem.n_users) > 0
-    if informative.any():
-        level = shares[:, None, :]
-    else:
-        conc = np.concatenate([[priors.pi_beta], np.full(shares.shape[1] - 1, priors.pi_alpha)])
-        level = (conc / conc.sum())[None, None, :]
+    classes = no_verdict_shares(shares[:, 1:], informative.any(), priors)
+    level = np.concatenate([1.0 - classes.sum(axis=1, keepdims=True), classes], axis=1)[:, None, :]
     post = np.where((~active | ~informative)[None, :, None], level, post)
     return post, np.where(active[None, :], user_ll, 0.0)
 

@@ -78,11 +78,9 @@ import numpy as np
 import pandas as pd
 from scipy.special import expit, log_expit
 
-from .block_em import (
-    LocalRunner, block_type_logliks, class_log_prior, log_type_shares, lse_rows, make_block, run_class_em,
-)
-from .em import INFORMATIVE_TOL, EMProblem, pair_weights
-from .likelihood import Priors
+from .block_em import LocalRunner, block_type_logliks, lse_rows, make_block, run_class_em
+from .em import INFORMATIVE_TOL, EMProblem, newton_ascent, no_verdict_shares, pair_weights
+from .likelihood import Priors, log_prior, log_type_shares
 from .pairs import PairTable, attentive_table_pairs, fit_bradley_terry_pairs
 from .simulate import draw_labels_per_user
 
@@ -278,10 +276,7 @@ def _order_and_package(f: _Fitter, run, extra) -> TasteResult:
     # No verdict on users none of whose labels any class can tell from a coin (as every engine):
     # population-level quality, or the prior's when nobody is informative.
     informative, active = run.informative, run.n_user > 0
-    level_shares = shares
-    if not informative.any():
-        conc = np.concatenate([[f.priors.pi_beta], np.full(n_classes, f.priors.pi_alpha)])
-        level_shares = conc[1:] / conc.sum()
+    level_shares = no_verdict_shares(shares, informative.any(), f.priors)
     no_verdict = ~active | ~informative
     quality = np.where(no_verdict, float(level_shares.sum()), run.quality)
     p_taste = np.where(no_verdict[:, None], level_shares[None, :], p_taste)
@@ -504,7 +499,7 @@ def taste_loglik(
     user_ll = lse_rows(log_type_shares(shares)[None, :] + type_logliks(problem, strengths, q))
     active = np.bincount(problem.user, minlength=problem.n_users) > 0
     value = float(user_ll[active].sum())
-    return value + class_log_prior(shares, q, strengths, priors, q_fixed is None) if penalised else value
+    return value + log_prior(priors, q, strengths, q_fixed is None, shares=shares) if penalised else value
 
 
 # --------------------------------------------------------------------------- tables for FitResult
@@ -583,17 +578,11 @@ def heldout_user_scores(train: EMProblem, test: EMProblem, res: TasteResult) -> 
     score of the taste model, used by :func:`select_tastes` and
     :func:`bayes_annot.evaluate.heldout_loglik` (``tastes=``).
     """
-
-    def type_logliks(problem):
-        block = problem_runner(problem).blocks[0]
-        tables = np.column_stack([attentive_table_pairs(s, block.pairs.a, block.pairs.b)
-                                  for s in np.atleast_2d(res.strengths)])
-        return block_type_logliks(block, res.q, tables), block.n_user > 0
-
-    lw = log_type_shares(np.atleast_1d(res.shares))[None, :] + type_logliks(train)[0]
+    strengths = np.atleast_2d(res.strengths)
+    lw = log_type_shares(np.atleast_1d(res.shares))[None, :] + type_logliks(train, strengths, res.q)
     log_post = lw - lse_rows(lw)[:, None]
-    test_ll, active = type_logliks(test)
-    return np.where(active, lse_rows(log_post + test_ll), 0.0)
+    active = np.bincount(test.user, minlength=test.n_users) > 0
+    return np.where(active, lse_rows(log_post + type_logliks(test, strengths, res.q)), 0.0)
 
 
 @dataclass
@@ -781,19 +770,22 @@ class CasualGroupTest:
     null_statistics: np.ndarray = field(repr=False, default=None)
 
 
+def _bt_bias_loglik(theta, w1, w0) -> float:
+    """sum W1 log s(d) + W0 log s(-d), d = s_a - s_b + beta (``theta = (s, beta)``): Bradley–Terry with a position bias."""
+    k = w1.shape[0]
+    d = theta[:k, None] - theta[None, :k] + theta[k]
+    return float((w1 * log_expit(d)).sum() + (w0 * log_expit(-d)).sum())
+
+
 def _fit_bt_bias(w1, w0, sigma=10.0, tol=1e-10, max_iter=100):
-    """Maximise sum W1 log s(d) + W0 log s(-d), d = s_a - s_b + beta, with a weak ridge (Newton)."""
+    """Maximise :func:`_bt_bias_loglik` with a weak ridge on ``(s, beta)`` (Newton)."""
     k = w1.shape[0]
 
     def objective(theta):
         s, beta = theta[:k], theta[k]
-        d = s[:, None] - s[None, :] + beta
-        return float((w1 * log_expit(d)).sum() + (w0 * log_expit(-d)).sum() - 0.5 * (s @ s) / sigma**2
-                     - 0.5 * beta**2 / sigma**2)
+        return _bt_bias_loglik(theta, w1, w0) - 0.5 * (s @ s) / sigma**2 - 0.5 * beta**2 / sigma**2
 
-    theta = np.zeros(k + 1)
-    value = objective(theta)
-    for _ in range(max_iter):
+    def direction(theta):
         s, beta = theta[:k], theta[k]
         p = expit(s[:, None] - s[None, :] + beta)
         g = w1 * (1.0 - p) - w0 * p
@@ -805,18 +797,9 @@ def _fit_bt_bias(w1, w0, sigma=10.0, tol=1e-10, max_iter=100):
         cross = h.sum(1) - h.sum(0)
         neg[:k, k] = neg[k, :k] = cross
         neg[k, k] = h.sum() + 1.0 / sigma**2
-        step = np.linalg.solve(neg, grad)
-        t = 1.0
-        while True:
-            cand = theta + t * step
-            new = objective(cand)
-            if new >= value - 1e-12 * abs(value) or t < 1e-8:
-                break
-            t *= 0.5
-        theta, improvement, value = cand, new - value, new
-        if np.max(np.abs(t * step)) < tol or abs(improvement) < 1e-14 * (1.0 + abs(value)):
-            break
-    return theta, value
+        return np.linalg.solve(neg, grad)
+
+    return newton_ascent(objective, direction, np.zeros(k + 1), tol, max_iter)
 
 
 def _lr_statistic(problem: EMProblem, mask: np.ndarray, choice: np.ndarray):
@@ -825,9 +808,8 @@ def _lr_statistic(problem: EMProblem, mask: np.ndarray, choice: np.ndarray):
     cell = (problem.model_a[mask].astype(np.int64) * k + problem.model_b[mask]) * 2 + choice[mask]
     w1, w0 = pair_weights(cell, None, k)
     theta, _ = _fit_bt_bias(w1, w0)
-    s, beta = theta[:k], theta[k]
-    dd = s[:, None] - s[None, :] + beta
-    l_alt = float((w1 * log_expit(dd)).sum() + (w0 * log_expit(-dd)).sum())
+    s = theta[:k]
+    l_alt = _bt_bias_loglik(theta, w1, w0)
     n, n_a = float(mask.sum()), float(choice[mask].sum())
     q = n_a / n
     l_null = (n_a * np.log(q) if n_a > 0 else 0.0) + ((n - n_a) * np.log1p(-q) if n_a < n else 0.0)
