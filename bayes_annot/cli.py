@@ -66,7 +66,17 @@ class _DefaultsHelpFormatter(argparse.HelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``bayes-annot`` command-line parser (:func:`main` parses with it).
+
+    Its ``fit``, ``simulate``, ``report`` and ``demo`` sub-commands and their
+    ``--help`` texts (with defaults) are the command line's contract, which
+    docs/cli.md describes.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+    """
     parser = argparse.ArgumentParser(
         prog="bayes-annot",
         description="Estimate each user's annotation quality from comparison-mode preference logs, "
@@ -272,7 +282,7 @@ def _rankable_models(result):
 
 def _given_options(argv) -> set[str]:
     """Destinations of the options actually written on the command line (defaults suppressed)."""
-    parser = _build_parser()
+    parser = build_parser()
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for sub in action.choices.values():
@@ -479,7 +489,7 @@ def _cmd_demo(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _build_parser()
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "fit" and args.update is not None:
         args.given = _given_options(sys.argv[1:] if argv is None else argv)

@@ -37,6 +37,7 @@ from .errors import InputError
 
 __all__ = [
     "WINNER_VALUES",
+    "USER_ALIASES",
     "REASONS",
     "ColumnMap",
     "PreparedData",
@@ -91,7 +92,8 @@ ROLE_SYNONYMS: dict[str, tuple[str, ...]] = {
 }
 
 P_A_CLIP = 1e-6
-_USER_ALIASES = ("user", "judge", "worker", "annotator")
+#: Column names taken as the user column, in order, when no ``user`` role is given: the first present.
+USER_ALIASES: tuple[str, ...] = ("user", "judge", "worker", "annotator")
 
 
 @dataclass(frozen=True)
@@ -435,7 +437,7 @@ def _resolve_columns(frame: pd.DataFrame, columns: ColumnMap) -> dict[str, str |
     if columns.user is not None:
         resolved["user"] = columns.user
     else:
-        resolved["user"] = next((c for c in _USER_ALIASES if c in present), "user")
+        resolved["user"] = next((c for c in USER_ALIASES if c in present), "user")
     resolved["model_a"] = columns.model_a
     resolved["model_b"] = columns.model_b
     resolved["winner"] = columns.winner
@@ -450,7 +452,7 @@ def _resolve_columns(frame: pd.DataFrame, columns: ColumnMap) -> dict[str, str |
         for role in missing:
             name = resolved[role]
             if role == "user" and columns.user is None:
-                looked = "no column " + "/".join(f"'{c}'" for c in _USER_ALIASES)
+                looked = "no column " + "/".join(f"'{c}'" for c in USER_ALIASES)
             else:
                 looked = f"no column '{name}'"
             closest = _closest_column(role, name, free)

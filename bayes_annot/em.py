@@ -35,7 +35,8 @@ from .likelihood import Priors, attentive_logprob, casual_logprob
 
 __all__ = ["EMProblem", "EMResult", "INFORMATIVE_TOL", "fit_bradley_terry", "fit_bradley_terry_batch", "pair_weights",
            "has_converged", "param_tolerance", "bradley_terry_objective", "newton_ascent", "label_logprobs",
-           "no_verdict_shares", "no_verdict_continuous", "row_logit_mu"]
+           "no_verdict_shares", "no_verdict_continuous", "row_logit_mu",
+           "bradley_terry_derivatives"]
 
 
 @dataclass
@@ -124,8 +125,25 @@ def _bt_derivatives_batch(s, w1, w0, sigma):
     return grad, c.sum(2)[:, :, None] * eye - c + eye / sigma**2
 
 
-def _bt_derivatives(s, w1, w0, sigma):
-    """Gradient and negative Hessian of :func:`bradley_terry_objective` (the Newton step of :func:`fit_bradley_terry`)."""
+def bradley_terry_derivatives(s, w1, w0, sigma) -> tuple[np.ndarray, np.ndarray]:
+    """Gradient and negative Hessian of :func:`bradley_terry_objective` (the Newton step of :func:`fit_bradley_terry`).
+
+    Parameters
+    ----------
+    s : numpy.ndarray
+        Strengths ``(K,)``.
+    w1, w0 : numpy.ndarray
+        Weighted counts ``(K, K)``: ``model_a`` chosen, ``model_b`` chosen (see :func:`pair_weights`).
+    sigma : float
+        Scale of the Normal(0, sigma) ridge.
+
+    Returns
+    -------
+    grad : numpy.ndarray
+        ``(K,)``.
+    neg_hess : numpy.ndarray
+        ``(K, K)``, positive definite (the objective is strictly concave).
+    """
     grad, neg_hess = _bt_derivatives_batch(s[None], w1[None], w0[None], sigma)
     return grad[0], neg_hess[0]
 

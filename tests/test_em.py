@@ -6,7 +6,7 @@ import pytest
 from scipy.special import expit
 
 import bayes_annot as ba
-from bayes_annot.em import EMProblem, _bt_derivatives, bradley_terry_objective, fit_bradley_terry, pair_weights
+from bayes_annot.em import EMProblem, bradley_terry_derivatives, bradley_terry_objective, fit_bradley_terry, pair_weights
 from bayes_annot.metrics import auc, expected_calibration_error, spearman
 
 from .conftest import aligned
@@ -126,16 +126,18 @@ def test_bradley_terry_derivatives_match_finite_differences(rng):
     k = 7
     w1, w0 = _random_weights(rng, k)
     s = rng.normal(size=k)
-    grad, neg_hess = _bt_derivatives(s, w1, w0, 3.0)
+    grad, neg_hess = bradley_terry_derivatives(s, w1, w0, 3.0)
     eps = 1e-6
     unit = np.eye(k)
     numeric = np.array(
         [(bradley_terry_objective(s + eps * unit[i], w1, w0, 3.0) - bradley_terry_objective(s - eps * unit[i], w1, w0, 3.0)) / (2 * eps) for i in range(k)]
     )
     np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-6)
-    numeric_hess = np.array(
-        [(_bt_derivatives(s + eps * unit[i], w1, w0, 3.0)[0] - _bt_derivatives(s - eps * unit[i], w1, w0, 3.0)[0]) / (2 * eps) for i in range(k)]
-    )
+    numeric_hess = np.array([
+        (bradley_terry_derivatives(s + eps * unit[i], w1, w0, 3.0)[0]
+         - bradley_terry_derivatives(s - eps * unit[i], w1, w0, 3.0)[0]) / (2 * eps)
+        for i in range(k)
+    ])
     np.testing.assert_allclose(-neg_hess, numeric_hess, rtol=1e-6, atol=1e-6)
 
 
@@ -143,7 +145,7 @@ def test_bradley_terry_newton_reaches_the_maximum(rng):
     k = 6
     w1, w0 = _random_weights(rng, k)
     s = fit_bradley_terry(w1, w0, 3.0)
-    assert np.max(np.abs(_bt_derivatives(s, w1, w0, 3.0)[0])) < 1e-6
+    assert np.max(np.abs(bradley_terry_derivatives(s, w1, w0, 3.0)[0])) < 1e-6
     best = bradley_terry_objective(s, w1, w0, 3.0)
     for _ in range(20):
         assert bradley_terry_objective(s + 0.01 * rng.normal(size=k), w1, w0, 3.0) < best
@@ -199,27 +201,37 @@ def test_attentive_component_does_not_swap_with_casual():
 
 
 def test_continuous_probability_space_equals_log_space(rng):
-    """The block engine's per-label terms (probability space) equal likelihood.py's log-space formulas."""
-    from bayes_annot.block_em import _continuous_entries, make_block
+    """The block engine's continuous pass (probability space) equals likelihood.py's log-space formulas.
+
+    Through the block's public pass and final step: per-user log-likelihoods, the objective, and the
+    casual responsibilities summed (all labels, and those choosing ``model_a``) that the M-step of ``q`` uses.
+    """
+    from bayes_annot.block_em import block_continuous_final, block_continuous_pass, make_block
     from bayes_annot.likelihood import (
         attentive_logprob,
         casual_logprob,
         continuous_label_loglik,
         continuous_label_responsibility,
+        log_normal_pdf,
     )
 
-    n, n_users = 2000, 60
+    n, n_users, q, m, tau = 2000, 60, 0.63, 0.4, 1.7
     choice = rng.integers(0, 2, n)
     logit_mu = rng.normal(0.0, 3.0, n)
     theta = rng.normal(0.0, 3.0, n_users)
     user = rng.integers(0, n_users, n)
-    att, cas = attentive_logprob(choice, logit_mu), casual_logprob(choice, 0.63)
+    att, cas = attentive_logprob(choice, logit_mu), casual_logprob(choice, q)
+    loglik = continuous_label_loglik(att, cas, theta[user])
+    resp = continuous_label_responsibility(att, cas, theta[user])
+    assert 0.05 < resp.mean() < 0.95  # both behaviours carry weight: the sums below test the responsibilities
+
     block = make_block(user, np.ones(n, bool), 2, choice=choice, known_logit=logit_mu, users=np.arange(n_users))
-    loglik, resp, _ = _continuous_entries(block, theta, 0.63, None)
-    order = np.argsort(user, kind="stable")  # the block holds the labels grouped by user
-    att, cas, eta_logit = att[order], cas[order], theta[user[order]]
-    np.testing.assert_allclose(loglik, continuous_label_loglik(att, cas, eta_logit), rtol=0, atol=1e-12)
-    np.testing.assert_allclose(resp, continuous_label_responsibility(att, cas, eta_logit), rtol=0, atol=1e-12)
+    _, stats = block_continuous_pass(block, theta, m, q, tau, None)
+    final = block_continuous_final(block, theta, m, q, tau, None, None, 0.2)
+    np.testing.assert_allclose(final["user_loglik"], np.bincount(user, loglik, minlength=n_users), rtol=1e-12, atol=1e-12)
+    assert stats["loglik"] == pytest.approx(loglik.sum() + log_normal_pdf(theta, m, tau).sum(), rel=1e-13)
+    assert stats["casual"] == pytest.approx((1.0 - resp).sum(), rel=1e-12)
+    assert stats["casual_a"] == pytest.approx(((1.0 - resp) * choice).sum(), rel=1e-12)
 
 
 @pytest.mark.parametrize("variant", ["two-class", "continuous"])

@@ -1,6 +1,8 @@
 """Incremental updates (issue #8): warm-started refit equals a full refit on old + new rows."""
 
+import gc
 import json
+import weakref
 
 import numpy as np
 import pandas as pd
@@ -9,7 +11,9 @@ import pytest
 import bayes_annot as ba
 from bayes_annot.data import prepare
 from bayes_annot.fit import fit_prepared
-from bayes_annot.incremental import align_start, merge_prepared
+from bayes_annot.incremental import align_start, merge_prepared, plan_update
+from bayes_annot.local_em import em_state
+from bayes_annot.problem import build_problem, pair_counts
 from bayes_annot.saved import load_start
 
 
@@ -177,10 +181,16 @@ def test_result_update_method_and_cli_warm_start(tmp_path):
 # --------------------------------------------------------------------------- the kept EM block
 
 
-def _without_state(result):
-    clone = result.filter(str(result.rule))
-    clone._state = None
-    return clone
+def _update_from_rows(previous, new, **settings):
+    """``previous.update(new)`` with the EM block rebuilt from the merged rows (the plan's state not used)."""
+    plan = plan_update(previous, new, **settings)
+    return fit_prepared(plan.prepared, start=plan.start, input_info=plan.info, **plan.settings)
+
+
+def _state_of_rows(prepared, **settings):
+    """The EM state a fit of ``prepared``'s rows builds."""
+    problem, _ = build_problem(prepared, **settings)
+    return em_state(prepared, problem, pair_counts(prepared), **settings)
 
 
 @pytest.mark.parametrize("variant", ["two-class", "continuous"])
@@ -189,9 +199,10 @@ def test_update_from_the_kept_block_equals_update_from_rows(variant):
     old, new = _split(variant, seed=6)
     new = _with_newcomers(new)
     previous = ba.fit(old, model=variant)
-    assert previous._state is not None
+    plan = plan_update(previous, new)
+    assert plan.state is not None  # the update extends the kept block
     fast = previous.update(new)
-    slow = _without_state(previous).update(new)
+    slow = _update_from_rows(previous, new)
     np.testing.assert_allclose(fast.users.quality, slow.users.quality, rtol=0, atol=1e-12)
     np.testing.assert_allclose(fast.models.strength, slow.models.strength, rtol=0, atol=1e-12)
     np.testing.assert_allclose(fast.loglik_trace, slow.loglik_trace, rtol=1e-12)
@@ -199,10 +210,13 @@ def test_update_from_the_kept_block_equals_update_from_rows(variant):
     pd.testing.assert_frame_equal(fast.models.drop(columns="strength"), slow.models.drop(columns="strength"))
     assert fast.summary["counts"] == slow.summary["counts"]
     # the merged block is the block of the merged rows, entry for entry
-    rebuilt = fit_prepared(prepare(pd.concat([old, new], ignore_index=True)), model=variant)._state
+    settings = dict(mu=None, strong_model=None, use_p_a=True)
+    rebuilt = _state_of_rows(prepare(pd.concat([old, new], ignore_index=True)), **settings)
+    assert plan.state.key == rebuilt.key
     for name in ("users", "indptr", "cell", "n_rows", "n_user", "n_user_a", "seg_users", "seg_starts"):
-        np.testing.assert_array_equal(getattr(fast._state.block, name), getattr(rebuilt.block, name), err_msg=name)
-    np.testing.assert_array_equal(fast._state.pair_counts, rebuilt.pair_counts)
+        np.testing.assert_array_equal(getattr(plan.state.block, name), getattr(rebuilt.block, name), err_msg=name)
+    np.testing.assert_array_equal(plan.state.pair_counts, rebuilt.pair_counts)
+    np.testing.assert_array_equal(fast.pair_counts, rebuilt.pair_counts)
 
 
 def test_update_with_known_p_a_uses_the_kept_block():
@@ -210,9 +224,10 @@ def test_update_with_known_p_a_uses_the_kept_block():
     log = _with_vote_ids(log[["user", "model_a", "model_b", "winner", "p_a"]])
     old, new = log.iloc[:-300].reset_index(drop=True), log.iloc[-300:].reset_index(drop=True)
     previous = ba.fit(old)
-    assert previous.summary["strengths"].startswith("known") and previous._state.key == ("p_a",)
+    assert previous.summary["strengths"].startswith("known")
+    assert plan_update(previous, new).state.key == ("p_a",)  # the update extends the kept block
     fast = previous.update(new, tol=1e-14)
-    slow = _without_state(previous).update(new, tol=1e-14)
+    slow = _update_from_rows(previous, new, tol=1e-14)
     full = ba.fit(log, tol=1e-14)
     np.testing.assert_allclose(fast.users.quality, slow.users.quality, rtol=0, atol=1e-12)
     _close(fast, full, 1e-6)
@@ -222,9 +237,10 @@ def test_update_that_changes_the_strength_mode_rebuilds_from_rows():
     old, new = _split("two-class", seed=9)
     previous = ba.fit(old)
     model = previous.models.sort_values("strength").model.iloc[-1]
+    assert plan_update(previous, new, mu=0.8, strong_model=model).state is None  # the kept block does not apply
     updated = previous.update(new, mu=0.8, strong_model=model, tol=1e-14)
     full = ba.fit(pd.concat([old, new], ignore_index=True), mu=0.8, strong_model=model, tol=1e-14)
-    assert updated._state.key == ("mu", 0.8, model)
+    assert updated.summary["strengths"] == full.summary["strengths"] == f"known (mu=0.8 for '{model}')"
     _close(updated, full, 1e-6)
 
 
@@ -243,23 +259,34 @@ def test_chained_updates_equal_one_fit_of_everything():
     _close(result, full, 1e-6)
     reference = prepare(everything)
     for name in ("user", "model_a", "model_b", "choice_a", "reason_code", "usable"):
-        np.testing.assert_array_equal(getattr(result._data, name), getattr(reference, name), err_msg=name)
+        np.testing.assert_array_equal(getattr(result.data, name), getattr(reference, name), err_msg=name)
     assert result.summary["counts"] == full.summary["counts"]
     pd.testing.assert_frame_equal(result.rows, full.rows)
 
 
-def test_sorted_union_maps_place_every_label():
-    from bayes_annot.incremental import _sorted_union
-
+def test_merged_vocabularies_place_every_label():
+    """Random old and new user / model vocabularies (new labels or none): the merged log's label arrays are
+    the sorted unions and every row keeps its user and models."""
     rng = np.random.default_rng(0)
-    for _ in range(50):
-        pool = np.array([f"id{i:03d}" for i in range(200)])
-        old = np.unique(rng.choice(pool, rng.integers(1, 120)))
-        new = np.unique(rng.choice(pool, rng.integers(1, 60)))
-        union, old_map, new_map = _sorted_union(old, new)
-        np.testing.assert_array_equal(union, np.union1d(old, new))
-        np.testing.assert_array_equal(union[new_map], new)
-        np.testing.assert_array_equal(union[old_map] if old_map is not None else union, old)
+    pool = np.array([f"id{i:03d}" for i in range(200)])
+    for trial in range(50):
+        n_old, n_new = int(rng.integers(1, 120)), int(rng.integers(1, 60))
+        old_users = rng.choice(pool, n_old)
+        new_users = rng.choice(old_users if trial % 3 == 0 else pool, n_new)  # every third: no new user
+        models = np.array([f"m{i}" for i in range(12)])
+        old_models = rng.choice(models[:8], (n_old, 2))
+        new_models = rng.choice(models[:8] if trial % 2 else models, (n_new, 2))
+        old = pd.DataFrame({"user": old_users, "model_a": old_models[:, 0], "model_b": old_models[:, 1],
+                            "winner": rng.choice(["model_a", "model_b", "tie"], n_old)})
+        new = pd.DataFrame({"user": new_users, "model_a": new_models[:, 0], "model_b": new_models[:, 1],
+                            "winner": rng.choice(["model_a", "model_b", "tie"], n_new)})
+        merged = merge_prepared(prepare(old), prepare(new))
+        both = pd.concat([old, new], ignore_index=True)
+        np.testing.assert_array_equal(merged.user_labels, np.unique(both.user))
+        np.testing.assert_array_equal(merged.model_labels, np.unique(both[["model_a", "model_b"]]))
+        np.testing.assert_array_equal(merged.user_labels[merged.user], both.user)
+        np.testing.assert_array_equal(merged.model_labels[merged.model_a], both.model_a)
+        np.testing.assert_array_equal(merged.model_labels[merged.model_b], both.model_b)
 
 
 def test_merge_blocks_equals_block_of_the_concatenated_rows():
@@ -298,6 +325,22 @@ def test_merge_blocks_equals_block_of_the_concatenated_rows():
         names += ("choice", "known_logit") if known else ("cell",)
         for name in names:
             np.testing.assert_array_equal(getattr(merged, name), getattr(reference, name), err_msg=f"{name} known={known}")
+
+
+def test_release_pass_caches_frees_the_pass_matrix():
+    from bayes_annot.block_em import make_block
+
+    rng = np.random.default_rng(4)
+    user, a = rng.integers(0, 50, 1000), rng.integers(0, 3, 1000)
+    cell = ((a * 3 + (a + 1) % 3) * 2 + rng.integers(0, 2, 1000)).astype(np.int32)
+    block = make_block(user, np.ones(1000, bool), 3, cell=cell)
+    totals = block.matrix().T @ np.ones(block.users.shape[0])
+    matrix = weakref.ref(block.matrix())
+    assert block.matrix() is matrix()  # cached between passes
+    block.release_pass_caches()
+    gc.collect()
+    assert matrix() is None
+    np.testing.assert_array_equal(block.matrix().T @ np.ones(block.users.shape[0]), totals)  # rebuilt on demand
 
 
 @pytest.mark.parametrize("variant", ["two-class", "continuous"])
@@ -410,18 +453,28 @@ def test_cli_update_options_written_on_the_command_line_override(tmp_path, capsy
     assert not (tmp_path / "x").exists()
 
 
-def test_chained_updates_keep_a_flat_list_of_parts():
+def test_chained_updates_keep_a_flat_list_of_parts(monkeypatch):
+    """Each update's merged log lists the previous log's parts instead of holding the previous merge,
+    and each fit drops the EM pass caches of the block it keeps."""
+    from bayes_annot.block_em import Block
     from bayes_annot.incremental import MergedPreparedData
 
+    released = []
+    release = Block.release_pass_caches
+    monkeypatch.setattr(Block, "release_pass_caches", lambda block: released.append(block) or release(block))
     log = _with_vote_ids(ba.simulate(n_users=300, n_models=4, labels_per_user=(3, 20), seed=33)[["user", "model_a", "model_b", "winner"]])
     batches = np.array_split(np.arange(len(log)), 6)
     result = ba.fit(log.iloc[batches[0]])
     for batch in batches[1:]:
+        n_released = len(released)
         result = result.update(log.iloc[batch])
+        assert len(released) == n_released + 1  # the update's kept block
         _ = result.rows  # materialise, as save() does
-    parts = result._data._parts
-    assert len(parts) == 6 and not any(isinstance(p, MergedPreparedData) for p, _, _ in parts)
-    assert result._state.block._counts is None  # the kept block drops its pass caches
+        assert isinstance(result.data, MergedPreparedData)
+        if batch is batches[1]:
+            first_merge = weakref.ref(result.data)  # the log merged by the first update
+    gc.collect()
+    assert first_merge() is None, "a chain of updates keeps an older merged log alive (nested parts)"
     pd.testing.assert_frame_equal(result.rows.drop(columns=["kept", "reason", "weight"]),
                                   log.reset_index(drop=True), check_dtype=False)
 

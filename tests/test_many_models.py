@@ -14,7 +14,7 @@ import pytest
 
 import bayes_annot as ba
 from bayes_annot import pairs as pairs_mod
-from bayes_annot.em import _bt_derivatives, bradley_terry_objective
+from bayes_annot.em import bradley_terry_derivatives, bradley_terry_objective
 from bayes_annot.pairs import PairTable, bt_derivatives_pairs, bt_objective_pairs, fit_bradley_terry_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +62,7 @@ def test_sparse_solver_equals_dense(seed, connected):
     assert bt_objective_pairs(s, table.a, table.b, w1, w0, sigma) == pytest.approx(
         bradley_terry_objective(s, t1, t0, sigma), rel=1e-13, abs=1e-12)
     grad, neg_hess, _ = bt_derivatives_pairs(s, table.a, table.b, w1, w0, sigma)
-    grad_d, neg_hess_d = _bt_derivatives(s, t1, t0, sigma)
+    grad_d, neg_hess_d = bradley_terry_derivatives(s, t1, t0, sigma)
     np.testing.assert_allclose(grad, grad_d, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(neg_hess.toarray(), neg_hess_d, rtol=1e-12, atol=1e-12)
     # gradient by central finite differences on the sparse objective
@@ -166,7 +166,7 @@ def test_fit_with_2000_models():
     extra["user"] += 10**6  # new users
     updated = result.update(extra)
     refit = ba.fit(pd.concat([log, extra], ignore_index=True))
-    np.testing.assert_array_equal(updated._state.pair_counts.toarray(), refit._state.pair_counts.toarray())
+    np.testing.assert_array_equal(updated.pair_counts.toarray(), refit.pair_counts.toarray())
     merged = updated.models.set_index("model")["strength"]
     np.testing.assert_allclose(merged.loc[refit.models["model"]].to_numpy(), refit.models["strength"].to_numpy(),
                                rtol=0, atol=1e-6)
