@@ -20,7 +20,7 @@ DOC = ROOT / "docs" / "architecture.md"
 LAYERS = ["errors", "data", "model", "engines", "fit / results", "workflows", "report, cli"]
 
 #: Upward imports that are allowed, each (importer, imported): the result's convenience
-#: methods that hand the result to a higher layer (docs/architecture.md, "front doors").
+#: methods that hand the result to a higher layer (docs/architecture.md, "The one exception").
 FRONT_DOORS = {("bayes_annot.fit", "bayes_annot.report")}
 
 
