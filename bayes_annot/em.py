@@ -7,7 +7,7 @@ blocks of a Dask DataFrame). It maximises the *penalised* observed log-likelihoo
 finds the MAP of the global parameters, with the discrete latents summed out. This module
 holds what the engines share:
 
-* :class:`EMProblem` (the labels in the likelihood) and :class:`EMResult`;
+* :class:`UsableLabels` (the labels in the likelihood) and :class:`EMResult`;
 * the strengths' M-step: weighted Bradley–Terry with a ridge (the Normal prior),
   solved to convergence by Newton's method with backtracking on the ``K x K``
   table of weighted win counts (:func:`fit_bradley_terry`, :func:`pair_weights`: the
@@ -33,14 +33,14 @@ from scipy.special import expit, log_expit, ndtr
 
 from .likelihood import Priors, attentive_logprob, casual_logprob
 
-__all__ = ["EMProblem", "EMResult", "INFORMATIVE_TOL", "fit_bradley_terry", "fit_bradley_terry_batch", "pair_weights",
+__all__ = ["UsableLabels", "EMResult", "INFORMATIVE_TOL", "fit_bradley_terry", "fit_bradley_terry_batch", "pair_weights",
            "has_converged", "param_tolerance", "bradley_terry_objective", "newton_ascent", "label_logprobs",
            "no_verdict_shares", "no_verdict_continuous", "row_logit_mu",
            "bradley_terry_derivatives"]
 
 
 @dataclass
-class EMProblem:
+class UsableLabels:
     """The labels that enter the likelihood, integer-coded.
 
     Attributes
@@ -223,14 +223,14 @@ def fit_bradley_terry_batch(w1, w0, sigma, start, tol=1e-10, max_iter=100) -> np
 # --------------------------------------------------------------------------- shared pieces
 
 
-def row_logit_mu(problem: EMProblem, strengths: np.ndarray | None) -> np.ndarray:
+def row_logit_mu(problem: UsableLabels, strengths: np.ndarray | None) -> np.ndarray:
     """Each label's attentive log-odds of choosing ``model_a``: ``s_a - s_b``, or the known ones."""
     if problem.learned:
         return strengths[problem.model_a] - strengths[problem.model_b]
     return problem.known_logit_mu
 
 
-def label_logprobs(problem: EMProblem, strengths: np.ndarray | None, q: float) -> tuple[np.ndarray, np.ndarray]:
+def label_logprobs(problem: UsableLabels, strengths: np.ndarray | None, q: float) -> tuple[np.ndarray, np.ndarray]:
     """Each label's attentive and casual log-probability (:func:`~bayes_annot.likelihood.attentive_logprob`,
     :func:`~bayes_annot.likelihood.casual_logprob`) at ``strengths`` (``None``: known log-odds) and ``q``."""
     return attentive_logprob(problem.choice_a, row_logit_mu(problem, strengths)), casual_logprob(problem.choice_a, q)
@@ -244,7 +244,7 @@ population level (``pi``, or ``sigmoid(m)`` for continuous; the prior's when nob
 informative): no verdict."""
 
 
-def _informative_users(problem: EMProblem, strengths, tol: float = INFORMATIVE_TOL) -> np.ndarray:
+def _informative_users(problem: UsableLabels, strengths, tol: float = INFORMATIVE_TOL) -> np.ndarray:
     """Users with at least one label whose attentive log-odds are more than ``tol`` away from 0.
 
     A user who only saw pairs with ``mu_r ~ 0.5`` (same model, or

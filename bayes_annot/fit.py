@@ -32,7 +32,7 @@ from .saved import load_start, read_tables
 from .problem import (
     Estimates, ProblemSize, build_problem, graph_components, known_strengths, pair_counts, quality_floor, strength_mode,
 )
-from .em import EMProblem
+from .em import UsableLabels
 from .errors import FitWarning, InputError, user_stacklevel
 from .progress import Progress, em_callback, iterate, resolve as resolve_progress
 from .likelihood import Priors
@@ -985,7 +985,7 @@ def fit_prepared(
 
 def assemble_summary(
     prepared: PreparedData,
-    problem: EMProblem,
+    problem: UsableLabels,
     estimates: Estimates,
     model: str,
     strength_mode: str,

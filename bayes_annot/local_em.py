@@ -13,7 +13,7 @@ import numpy as np
 
 from .block_em import Block, EMState, LocalRunner, make_block, run_em
 from .data import PreparedData
-from .em import EMProblem, EMResult
+from .em import UsableLabels, EMResult
 from .pairs import ACCELERATE_MIN_MODELS, PairTable
 from .problem import Estimates, problem_key
 from .spec import BehaviourSpec
@@ -25,7 +25,7 @@ __all__ = [
 
 
 def problem_block(
-    prepared: PreparedData, problem: EMProblem, rows: slice | None = None, users=None, pairs: PairTable | None = None
+    prepared: PreparedData, problem: UsableLabels, rows: slice | None = None, users=None, pairs: PairTable | None = None
 ) -> Block:
     """The :class:`~bayes_annot.block_em.Block` of a prepared log's usable labels (optionally of a row range).
 
@@ -49,7 +49,7 @@ def problem_block(
     return make_block(user, usable, problem.n_models, choice=problem.choice_a, known_logit=problem.known_logit_mu, users=users)
 
 
-def em_state(prepared: PreparedData, problem: EMProblem, pairs: PairTable, *, mu, strong_model, use_p_a) -> EMState:
+def em_state(prepared: PreparedData, problem: UsableLabels, pairs: PairTable, *, mu, strong_model, use_p_a) -> EMState:
     """The EM block of a whole prepared log, with what an incremental update needs to extend it."""
     return EMState(
         block=problem_block(prepared, problem, pairs=pairs), pair_counts=pairs,
@@ -65,7 +65,7 @@ def default_accelerate(accelerate: bool | None, model: str, n_models: int) -> bo
     return model == "continuous" or n_models > ACCELERATE_MIN_MODELS
 
 
-def run_block_em(block: Block, problem: EMProblem, spec: BehaviourSpec, *, tol, max_iter, start, accelerate,
+def run_block_em(block: Block, problem: UsableLabels, spec: BehaviourSpec, *, tol, max_iter, start, accelerate,
                  callback=None) -> EMResult:
     """EM of the model ``spec`` (one ranking) on one in-memory block.
 
@@ -111,7 +111,7 @@ def em_estimates(em: EMResult, model: str, known_strengths: np.ndarray | None) -
     return estimates
 
 
-def taste_diagnostic(problem: EMProblem, result_c1=None, *, priors=None, q=None, seed: int = 0) -> dict:
+def taste_diagnostic(problem: UsableLabels, result_c1=None, *, priors=None, q=None, seed: int = 0) -> dict:
     """The casual-group test's verdict as ``summary["taste_diagnostic"]`` holds it: the one place it is computed.
 
     :func:`bayes_annot.tastes.casual_group_test` with its defaults (100 simulated
@@ -124,7 +124,7 @@ def taste_diagnostic(problem: EMProblem, result_c1=None, *, priors=None, q=None,
     return casual_test_summary(casual_group_test(problem, result_c1, seed=seed, priors=priors, q_fixed=q))
 
 
-def fit_taste_classes(problem: EMProblem, spec: BehaviourSpec, *, tol: float = 1e-9, max_iter: int = 1000,
+def fit_taste_classes(problem: UsableLabels, spec: BehaviourSpec, *, tol: float = 1e-9, max_iter: int = 1000,
                       seed: int = 0, max_tastes: int | None = None, runner=None, start: dict | None = None):
     """The taste-class fit of :func:`fit`: ``spec.n_tastes`` classes of the model ``spec``, or, with
     ``max_tastes``, the number chosen by :func:`~bayes_annot.tastes.select_tastes` among ``1..max_tastes``

@@ -1,7 +1,7 @@
 """The problem a fit solves: a prepared log's labels as the engines' arrays, and what engines hand back.
 
 :func:`build_problem` turns :class:`~bayes_annot.data.PreparedData` into an
-:class:`~bayes_annot.em.EMProblem` (the usable labels, and the attentive
+:class:`~bayes_annot.em.UsableLabels` (the usable labels, and the attentive
 log-odds when the strengths are known); :class:`Estimates` is the
 engine-neutral result every engine (EM, Dask, MAP, NUTS) returns, which
 :func:`bayes_annot.fit` turns into a :class:`~bayes_annot.fit.FitResult`.
@@ -18,7 +18,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.special import log_expit, logit
 
 from .data import PreparedData
-from .em import EMProblem, row_logit_mu
+from .em import UsableLabels, row_logit_mu
 from .errors import InputError
 from .likelihood import two_class_posterior
 from .pairs import PairTable
@@ -61,7 +61,7 @@ class Estimates:
 
 def build_problem(
     data: PreparedData, mu: float | None = None, strong_model: str | None = None, use_p_a: bool = True
-) -> tuple[EMProblem, str]:
+) -> tuple[UsableLabels, str]:
     """Turn prepared data into the engines' arrays; returns the problem and the strength mode."""
     usable = data.usable
     choice = data.choice_a[usable].astype(np.int8)
@@ -83,7 +83,7 @@ def build_problem(
         known = np.where(a == k, logit(mu), np.where(b == k, -logit(mu), 0.0))
     elif use_p_a and data.p_a is not None:
         known = logit(data.p_a[usable])
-    problem = EMProblem(
+    problem = UsableLabels(
         user=data.user[usable],
         model_a=a,
         model_b=b,
@@ -106,7 +106,7 @@ def strength_mode(data: PreparedData, mu: float | None, strong_model: str | None
 
 @dataclass
 class ProblemSize:
-    """What the summary and the block engine need to know of an :class:`~bayes_annot.em.EMProblem`
+    """What the summary and the block engine need to know of an :class:`~bayes_annot.em.UsableLabels`
     (used when the labels are already in an EM block and the per-row problem is not rebuilt)."""
 
     n_labels: int
@@ -130,7 +130,7 @@ def graph_components(pairs) -> np.ndarray:
     return labels
 
 
-def known_strengths(problem: EMProblem, data: PreparedData, mu, strong_model) -> np.ndarray | None:
+def known_strengths(problem: UsableLabels, data: PreparedData, mu, strong_model) -> np.ndarray | None:
     """The fixed strengths of a global ``mu`` (the strong model above the others by ``logit(mu)``), else ``None``."""
     if mu is None:
         return None
@@ -141,7 +141,7 @@ def known_strengths(problem: EMProblem, data: PreparedData, mu, strong_model) ->
     return s
 
 
-def quality_floor(problem: EMProblem, estimates: Estimates) -> np.ndarray | None:
+def quality_floor(problem: UsableLabels, estimates: Estimates) -> np.ndarray | None:
     """Two-class: each user's quality had every one of their labels gone the least attentive way.
 
     Per label the likelihood ratio attentive / casual of the less attentive

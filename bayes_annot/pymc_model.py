@@ -34,7 +34,7 @@ import numpy as np
 from scipy.special import expit, logit
 
 from .em import (
-    INFORMATIVE_TOL, EMProblem, _informative_users, label_logprobs, no_verdict_continuous, no_verdict_shares,
+    INFORMATIVE_TOL, UsableLabels, _informative_users, label_logprobs, no_verdict_continuous, no_verdict_shares,
 )
 from .pairs import fit_bradley_terry_labels
 from .errors import FitWarning, InputError, user_stacklevel
@@ -76,7 +76,7 @@ _DRAW_CHUNK = 64
 # --------------------------------------------------------------------------- data
 
 
-def compress_cells(problem: EMProblem) -> dict:
+def compress_cells(problem: UsableLabels) -> dict:
     """Collapse the labels into distinct cells with counts (a sufficient statistic).
 
     Returns
@@ -114,7 +114,7 @@ def compress_cells(problem: EMProblem) -> dict:
     )
 
 
-def _user_choice_counts(problem: EMProblem) -> tuple[np.ndarray, np.ndarray]:
+def _user_choice_counts(problem: UsableLabels) -> tuple[np.ndarray, np.ndarray]:
     n_a = np.bincount(problem.user, weights=problem.choice_a, minlength=problem.n_users)
     n = np.bincount(problem.user, minlength=problem.n_users).astype(float)
     return n_a, n - n_a
@@ -128,7 +128,7 @@ def _labels(values, n: int, prefix: str) -> list[str]:
 
 # --------------------------------------------------------------------------- model
 
-def _check_spec(problem: EMProblem, spec: BehaviourSpec) -> None:
+def _check_spec(problem: UsableLabels, spec: BehaviourSpec) -> None:
     """The spec's strengths are the labels' (learned pairs, or known log-odds); the spec itself is valid."""
     if spec.learned != problem.learned:
         raise InputError(
@@ -138,7 +138,7 @@ def _check_spec(problem: EMProblem, spec: BehaviourSpec) -> None:
 
 
 def build_model(
-    problem: EMProblem,
+    problem: UsableLabels,
     spec: BehaviourSpec,
     user_labels=None,
     model_labels=None,
@@ -152,7 +152,7 @@ def build_model(
 
     Parameters
     ----------
-    problem : EMProblem
+    problem : UsableLabels
         The labels in the likelihood (see :func:`bayes_annot.problem.build_problem`).
     spec : BehaviourSpec
         The model: ``variant``, ``n_tastes`` taste classes ``C``, learned or
@@ -445,7 +445,7 @@ def model_loglik(model, params: dict, penalised: bool = True, per_user: bool = F
 
 
 def pytensor_loglik(
-    problem: EMProblem,
+    problem: UsableLabels,
     variant: str,
     params: dict,
     priors: Priors | None = None,
@@ -462,7 +462,7 @@ def pytensor_loglik(
 
 
 def numpy_loglik(
-    problem: EMProblem,
+    problem: UsableLabels,
     variant: str,
     params: dict,
     priors: Priors | None = None,
@@ -561,7 +561,7 @@ def _per_draw_continuous(problem, cells, theta, q, strengths):
 
 
 def fit_pymc(
-    problem: EMProblem,
+    problem: UsableLabels,
     spec: BehaviourSpec,
     method: str = "map",
     draws: int = 1000,
@@ -581,7 +581,7 @@ def fit_pymc(
 
     Parameters
     ----------
-    problem : EMProblem
+    problem : UsableLabels
     spec : BehaviourSpec
         The model (:func:`build_model` builds its log-probability): variant,
         taste classes, learned or known strengths (the labels'), ``q`` fixed or

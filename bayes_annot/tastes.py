@@ -79,7 +79,7 @@ import pandas as pd
 from scipy.special import expit, log_expit
 
 from .block_em import LocalRunner, block_type_logliks, lse_rows, make_block, run_class_em
-from .em import INFORMATIVE_TOL, EMProblem, newton_ascent, no_verdict_shares, pair_weights
+from .em import INFORMATIVE_TOL, UsableLabels, newton_ascent, no_verdict_shares, pair_weights
 from .likelihood import Priors, log_prior, log_type_shares
 from .pairs import PairTable, attentive_table_pairs, fit_bradley_terry_pairs
 from .simulate import draw_labels_per_user
@@ -195,7 +195,7 @@ class TasteResult:
 # --------------------------------------------------------------------------- fitting (the block EM engine)
 
 
-def problem_runner(problem: EMProblem) -> LocalRunner:
+def problem_runner(problem: UsableLabels) -> LocalRunner:
     """The in-memory runner of a learned-strength problem: one block over all users (its own pair vocabulary)."""
     if not problem.learned:
         raise ValueError(
@@ -346,7 +346,7 @@ def fit_tastes(
 
     Parameters
     ----------
-    problem : EMProblem or runner
+    problem : UsableLabels or runner
         Learned-strength problem (``problem.known_logit_mu is None``), or a runner
         with a pair vocabulary (``runner.pairs``).
     n_tastes : int
@@ -404,7 +404,7 @@ def fit_tastes(
     if n_starts < 0 or (n_starts == 0 and not init):
         raise ValueError("n_starts must be at least 1 (or 0 with init starts)")
     t0 = time.perf_counter()
-    runner = problem_runner(problem) if isinstance(problem, EMProblem) else problem
+    runner = problem_runner(problem) if isinstance(problem, UsableLabels) else problem
     if getattr(runner, "pairs", None) is None:
         raise ValueError("taste classes need learned strengths (known p_a / mu stays one class)")
     f = _Fitter(runner, runner.pairs.n_models, priors or Priors(), q_fixed, tol, max_iter, informative_tol)
@@ -427,12 +427,12 @@ def fit_tastes(
 # --------------------------------------------------------------------------- the objective at given parameters
 
 
-def type_logliks(problem: EMProblem, strengths, q) -> np.ndarray:
+def type_logliks(problem: UsableLabels, strengths, q) -> np.ndarray:
     """Per-user log-likelihood of each user type at given parameters.
 
     Parameters
     ----------
-    problem : EMProblem
+    problem : UsableLabels
         Learned-strength problem.
     strengths : array (C, K) or (S, C, K)
         Each class's strengths; a leading axis evaluates ``S`` parameter draws.
@@ -461,7 +461,7 @@ def type_logliks(problem: EMProblem, strengths, q) -> np.ndarray:
 
 
 def taste_loglik(
-    problem: EMProblem,
+    problem: UsableLabels,
     strengths,
     shares,
     q: float,
@@ -473,7 +473,7 @@ def taste_loglik(
 
     Parameters
     ----------
-    problem : EMProblem
+    problem : UsableLabels
     strengths : array (C, K)
     shares : array (C,)
         Class shares :math:`\\pi_1..\\pi_C` (the casual share is ``1 - sum``).
@@ -523,12 +523,12 @@ def taste_columns(result: TasteResult) -> tuple[dict, dict]:
 # --------------------------------------------------------------------------- input helpers
 
 
-def problem_from(data) -> EMProblem:
-    """An :class:`EMProblem` from a problem, ``PreparedData``, a frame or a file path (learned strengths)."""
+def problem_from(data) -> UsableLabels:
+    """An :class:`UsableLabels` from a problem, ``PreparedData``, a frame or a file path (learned strengths)."""
     from .data import PreparedData, prepare, read_table
     from .problem import build_problem
 
-    if isinstance(data, EMProblem):
+    if isinstance(data, UsableLabels):
         return data
     if isinstance(data, (str, Path)):
         data = read_table(data)
@@ -537,12 +537,12 @@ def problem_from(data) -> EMProblem:
     if isinstance(data, PreparedData):
         problem, _ = build_problem(data, use_p_a=False)
         return problem
-    raise TypeError(f"expected an EMProblem, PreparedData, DataFrame or path, got {type(data).__name__}")
+    raise TypeError(f"expected an UsableLabels, PreparedData, DataFrame or path, got {type(data).__name__}")
 
 
-def subproblem(problem: EMProblem, mask: np.ndarray) -> EMProblem:
+def subproblem(problem: UsableLabels, mask: np.ndarray) -> UsableLabels:
     """The labels ``mask`` selects, with the same user and model codes (learned strengths)."""
-    return EMProblem(
+    return UsableLabels(
         user=problem.user[mask], model_a=problem.model_a[mask], model_b=problem.model_b[mask],
         choice_a=problem.choice_a[mask], n_users=problem.n_users, n_models=problem.n_models,
         known_logit_mu=None,
@@ -552,7 +552,7 @@ def subproblem(problem: EMProblem, mask: np.ndarray) -> EMProblem:
 # --------------------------------------------------------------------------- choosing C
 
 
-def heldout_folds(problem: EMProblem, n_folds: int = 5, seed: int = 0) -> np.ndarray:
+def heldout_folds(problem: UsableLabels, n_folds: int = 5, seed: int = 0) -> np.ndarray:
     """Fold of every label: each user's labels are shuffled (seeded) and dealt round-robin
     into ``n_folds`` folds from a random offset, so every user is spread evenly over the folds."""
     rng = np.random.default_rng(seed)
@@ -568,7 +568,7 @@ def heldout_folds(problem: EMProblem, n_folds: int = 5, seed: int = 0) -> np.nda
     return folds
 
 
-def heldout_user_scores(train: EMProblem, test: EMProblem, res: TasteResult) -> np.ndarray:
+def heldout_user_scores(train: UsableLabels, test: UsableLabels, res: TasteResult) -> np.ndarray:
     """Per-user log predictive of the ``test`` labels under a fit ``res`` of the ``train`` labels.
 
     The mixture over the user's types (casual, taste class 1..C) weighted by their
@@ -644,7 +644,7 @@ def select_tastes(
 
     Parameters
     ----------
-    data_or_problem : EMProblem, PreparedData, DataFrame or path
+    data_or_problem : UsableLabels, PreparedData, DataFrame or path
     max_tastes : int
         Largest ``C`` tried (``1..max_tastes``).
     n_folds : int
@@ -802,7 +802,7 @@ def _fit_bt_bias(w1, w0, sigma=10.0, tol=1e-10, max_iter=100):
     return newton_ascent(objective, direction, np.zeros(k + 1), tol, max_iter)
 
 
-def _lr_statistic(problem: EMProblem, mask: np.ndarray, choice: np.ndarray):
+def _lr_statistic(problem: UsableLabels, mask: np.ndarray, choice: np.ndarray):
     """LR of BT+position bias vs position bias alone on the labels in ``mask`` (exact likelihoods)."""
     k = problem.n_models
     cell = (problem.model_a[mask].astype(np.int64) * k + problem.model_b[mask]) * 2 + choice[mask]
@@ -817,7 +817,7 @@ def _lr_statistic(problem: EMProblem, mask: np.ndarray, choice: np.ndarray):
 
 
 def casual_group_test(
-    problem: EMProblem,
+    problem: UsableLabels,
     result_c1=None,
     threshold: float = 0.5,
     n_sim: int = 100,
@@ -844,7 +844,7 @@ def casual_group_test(
 
     Parameters
     ----------
-    problem : EMProblem
+    problem : UsableLabels
     result_c1 : TasteResult (C = 1) or EMResult (two-class), optional
         Fitted here when ``None``.
     threshold : float
@@ -888,7 +888,7 @@ def casual_group_test(
     for i in range(n_sim):
         sim_choice = choice.copy()
         sim_choice[mask] = rng.random(n_lab) < q_hat
-        sim = EMProblem(user=problem.user, model_a=problem.model_a, model_b=problem.model_b,
+        sim = UsableLabels(user=problem.user, model_a=problem.model_a, model_b=problem.model_b,
                         choice_a=sim_choice.astype(np.int8), n_users=problem.n_users, n_models=problem.n_models)
         run = run_class_em(problem_runner(sim), problem.n_models, [pi0], result_c1.q, strengths, priors=priors,
                            q_fixed=q_fixed, tol=1e-8, max_iter=500)

@@ -5,7 +5,7 @@ the labels, with dense arrays and no blocks, sufficient-statistic tables or
 acceleration, and its own solvers for the M-steps (Newton for the strengths,
 bisection for each user's ``theta``). It shares with the package only the public
 formulas of :mod:`bayes_annot.likelihood` and reads the arrays of an
-``EMProblem``. It starts where the package starts (strengths: a Bradley–Terry
+``UsableLabels``. It starts where the package starts (strengths: a Bradley–Terry
 fit of every label; ``pi = q = 0.5``; ``m = theta_u = logit(0.7)``) and makes the
 same exact block-wise M-steps, so its iterates, and so its trace, are the
 package's to rounding.
@@ -92,7 +92,7 @@ def _converged(trace, tol):
 
 
 def reference_em(problem, variant="two-class", priors=None, q_fixed=None, tol=1e-13, max_iter=5000):
-    """Fit ``problem`` (an ``EMProblem``) by plain EM; see the module docstring."""
+    """Fit ``problem`` (an ``UsableLabels``) by plain EM; see the module docstring."""
     priors = priors or Priors()
     u, a, b = problem.user, problem.model_a, problem.model_b
     y = problem.choice_a.astype(float)

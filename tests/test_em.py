@@ -6,7 +6,7 @@ import pytest
 from scipy.special import expit
 
 import bayes_annot as ba
-from bayes_annot.em import EMProblem, bradley_terry_derivatives, bradley_terry_objective, fit_bradley_terry, pair_weights
+from bayes_annot.em import UsableLabels, bradley_terry_derivatives, bradley_terry_objective, fit_bradley_terry, pair_weights
 from bayes_annot.metrics import auc, expected_calibration_error, spearman
 
 from .conftest import aligned
@@ -156,7 +156,7 @@ def test_pair_weights_count_every_label(rng):
     a = rng.integers(0, k, n).astype(np.int32)
     b = ((a + rng.integers(1, k, n)) % k).astype(np.int32)
     y = rng.integers(0, 2, n).astype(np.int8)
-    problem = EMProblem(user=np.zeros(n, np.int32), model_a=a, model_b=b, choice_a=y, n_users=1, n_models=k)
+    problem = UsableLabels(user=np.zeros(n, np.int32), model_a=a, model_b=b, choice_a=y, n_users=1, n_models=k)
     w1, w0 = pair_weights(problem.cell(), None, k)
     assert w1.sum() == y.sum() and w0.sum() == n - y.sum()
     assert w1[a[0], b[0]] == np.sum((a == a[0]) & (b == b[0]) & (y == 1))

@@ -17,7 +17,7 @@ import bayes_annot as ba
 from bayes_annot.data import prepare
 from bayes_annot.datasets import load_real
 from bayes_annot.block_em import run_class_em
-from bayes_annot.em import EMProblem, bradley_terry_objective, fit_bradley_terry, fit_bradley_terry_batch
+from bayes_annot.em import UsableLabels, bradley_terry_objective, fit_bradley_terry, fit_bradley_terry_batch
 from bayes_annot.problem import build_problem
 from bayes_annot.pairs import fit_bradley_terry_classes, fit_bradley_terry_labels, fit_bradley_terry_pairs
 from bayes_annot.metrics import auc
@@ -100,7 +100,7 @@ def test_one_taste_reproduces_the_two_class_em_real_and_sparse(topmodel_problem)
     b = ((a + 1) % 3).astype(np.int32)
     user = rng.integers(0, 40, n).astype(np.int32)
     user[user == 39] = 38
-    problem = EMProblem(user=user, model_a=a, model_b=b, choice_a=rng.integers(0, 2, n).astype(np.int8),
+    problem = UsableLabels(user=user, model_a=a, model_b=b, choice_a=rng.integers(0, 2, n).astype(np.int8),
                         n_users=40, n_models=3)
     res = fit_tastes(problem, 1)
     em = reference_em(problem, tol=-1.0, max_iter=res.n_iter)
