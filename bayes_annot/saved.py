@@ -77,7 +77,9 @@ def _legacy_table(folder, name: str) -> pd.DataFrame:
 def _read_folder(folder) -> SavedTables:
     manifest = folder.manifest
     if not folder.exists("summary.json"):
-        raise InputError(f"'{folder.path}' holds no bayes_annot results (summary.json missing)")
+        # the path held a result when read_tables looked: the folder pinned here was replaced (and is
+        # being removed) by a concurrent writer, so read_consistently reads the new one
+        raise FileNotFoundError(2, "no such file", "summary.json")
     if manifest is not None and not manifest.get("complete", False):
         raise InputError(f"'{folder.path}' holds an incomplete result (a write was interrupted)")
     tables = {}
