@@ -157,10 +157,18 @@ def quality_floor(problem: UsableLabels, estimates: Estimates) -> np.ndarray | N
     pi, q = float(estimates.parameters["pi"]), float(estimates.parameters["q"])
     if problem.learned and estimates.strengths is None:
         return None
-    ell = np.asarray(row_logit_mu(problem, np.asarray(estimates.strengths, dtype=float) if problem.learned else None),
-                     dtype=float)
     eps = 1e-12
-    worst = np.minimum(log_expit(ell) - np.log(max(q, eps)), log_expit(-ell) - np.log(max(1.0 - q, eps)))
+    k = problem.n_models
+    if problem.learned and k * k <= max(1 << 16, problem.n_labels):
+        # the log-odds depend on the pair only: the same values per pair key a K + b, gathered per label
+        s = np.asarray(estimates.strengths, dtype=float)
+        ell = (s[:, None] - s[None, :]).ravel()
+        worst_pair = np.minimum(log_expit(ell) - np.log(max(q, eps)), log_expit(-ell) - np.log(max(1.0 - q, eps)))
+        worst = worst_pair[problem.model_a.astype(np.int64) * k + problem.model_b]
+    else:
+        ell = np.asarray(row_logit_mu(problem, np.asarray(estimates.strengths, dtype=float) if problem.learned else None),
+                         dtype=float)
+        worst = np.minimum(log_expit(ell) - np.log(max(q, eps)), log_expit(-ell) - np.log(max(1.0 - q, eps)))
     total = np.bincount(problem.user, weights=worst, minlength=problem.n_users)
     pi = min(max(pi, eps), 1.0 - eps)
     return two_class_posterior(total, 0.0, pi)

@@ -124,6 +124,29 @@ def test_pair_table_matches_dense_table():
     np.testing.assert_array_equal(merged.keys[pos_old], model_map[table.a] * 2 * k + model_map[table.b])
 
 
+@pytest.mark.parametrize("k", [30, 300, 3000])  # a lookup table over the K^2 keys (K^2 <= n or small), or a sort
+def test_pair_table_from_labels_and_index_equal_a_sort(k):
+    rng = np.random.default_rng(k)
+    n = 20_000
+    a = rng.integers(0, k, n)
+    b = (a + rng.integers(1, k, n)) % k
+    w = rng.random(n)
+    key = a * k + b
+    keys, inverse = np.unique(key, return_inverse=True)
+    table, index = PairTable.from_labels(a, b, k)
+    np.testing.assert_array_equal(table.keys, keys)
+    np.testing.assert_array_equal(index, inverse)
+    np.testing.assert_array_equal(table.counts, np.bincount(inverse))
+    weighted, _ = PairTable.from_labels(a, b, k, weights=w)
+    np.testing.assert_array_equal(weighted.counts, np.bincount(inverse, weights=w))
+    np.testing.assert_array_equal(table.index(a[::-1], b[::-1]), inverse[::-1])
+    missing = np.setdiff1d(np.arange(k * k), keys)[:1]
+    with pytest.raises(KeyError):
+        table.index(np.r_[a[:5], missing // k], np.r_[b[:5], missing % k])
+    with pytest.raises(KeyError):
+        table.index(np.array([k]), np.array([0]))  # a model code outside the table
+
+
 def sparse_log(n_rows: int, n_models: int, n_users: int, seed: int = 0, connected: bool = True) -> pd.DataFrame:
     """A log where each model is seen a few times (random pairs, two-class users)."""
     rng = np.random.default_rng(seed)
