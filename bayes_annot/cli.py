@@ -329,6 +329,10 @@ def _waiting(args):
 
 
 def _cmd_fit(args) -> int:
+    if args.input is not None and not any(ch in args.input for ch in "*?["):
+        from .data import prefetch
+
+        prefetch(args.input)  # read and hashed in the background while the engines are imported
     from .export import DPO_COLUMNS
     from .fit import fit, model_spec
     from .outdir import check_dpo_target, check_target, locked, recover

@@ -238,8 +238,75 @@ class PreparedData:
 # --------------------------------------------------------------------------- reading
 
 
+_PREFETCHED: dict = {}  # file identity -> {"sha256": thread, result}, {"csv": ...}: see prefetch
+
+
+def _file_key(path: Path) -> tuple:
+    stat = path.stat()
+    return (str(path.resolve()), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+def prefetch(path: str | Path) -> None:
+    """Start hashing an input file (and reading it, for a ``.csv``) in background threads.
+
+    The command line calls this first, so that the file is read while the
+    engines are imported; :func:`read_table` and :func:`file_sha256` then take
+    the results (if the file is unchanged), else they do the work themselves.
+    Nothing is raised here: a file that cannot be read fails later, with the
+    usual message.
+    """
+    import threading
+
+    path = Path(path)
+    try:
+        if not path.is_file():
+            return
+        key = _file_key(path)
+    except OSError:
+        return
+    jobs = {"sha256": lambda: _sha256_of(path)}
+    if path.suffix.lower() == ".csv":
+        import pyarrow.csv  # noqa: F401  (imported here: the threads import nothing)
+
+        jobs["csv"] = lambda: _arrow_csv_with_header(path)
+    entry = _PREFETCHED.setdefault(key, {})
+    for name, job in jobs.items():
+        box: dict = {}
+
+        def run(job=job, box=box):
+            try:
+                box["value"] = job()
+            except BaseException:  # left to the caller, which redoes the work and raises its own error
+                pass
+
+        thread = threading.Thread(target=run, name=f"bayes_annot-prefetch-{name}")
+        thread.start()
+        entry[name] = (thread, box)
+
+
+def _prefetched(path: Path, name: str, pop: bool = False):
+    """The result of a :func:`prefetch` job for ``path`` (waiting for it), or ``None``."""
+    if not _PREFETCHED:
+        return None
+    try:
+        key = _file_key(path)
+    except OSError:
+        return None
+    entry = _PREFETCHED.get(key, {})
+    job = entry.pop(name, None) if pop else entry.get(name)
+    if job is None:
+        return None
+    job[0].join()
+    return job[1].get("value")
+
+
 def file_sha256(path: str | Path) -> str:
     """SHA-256 of a file's bytes (recorded in ``summary.json``)."""
+    done = _prefetched(Path(path), "sha256")
+    return done if done is not None else _sha256_of(path)
+
+
+def _sha256_of(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -346,6 +413,9 @@ def _read_csv(path: Path) -> pd.DataFrame:
     """
     import pyarrow as pa
 
+    table = _prefetched(path, "csv", pop=True)
+    if table is not None:
+        return table.to_pandas()
     header = _check_csv_header(path)
     if not header:
         raise InputError(f"input '{path}' is empty")
@@ -358,6 +428,15 @@ def _read_csv(path: Path) -> pd.DataFrame:
         raise
     table = table.slice(1)  # the header row (read as data, so a header with a line break parses as the csv module read it)
     return table.to_pandas()
+
+
+def _arrow_csv_with_header(path: Path):
+    """:func:`_read_csv`'s Arrow table (header row dropped), or an error (:func:`prefetch`'s job)."""
+    header = _check_csv_header(path)
+    if not header:
+        raise InputError(f"input '{path}' is empty")
+    names = [name if name != "" else f"Unnamed: {i}" for i, name in enumerate(header)]
+    return _arrow_csv(path, names).slice(1)
 
 
 def _arrow_csv(path: Path, names: list[str]):

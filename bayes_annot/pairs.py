@@ -142,14 +142,13 @@ class PairTable:
         return self.sum(axis=1) + self.sum(axis=0)
 
     def components(self) -> np.ndarray:
-        """Connected part of each model in the (undirected) comparison graph: ``O(P + K)``."""
-        from scipy.sparse import csr_matrix
-        from scipy.sparse.csgraph import connected_components
+        """Connected part of each model in the (undirected) comparison graph: ``O(P + K)`` per round.
 
+        Parts are numbered by their smallest model code, as
+        ``scipy.sparse.csgraph.connected_components`` numbers them (tested), without importing it.
+        """
         used = self.counts > 0
-        graph = csr_matrix((np.ones(int(used.sum()), dtype=np.int8), (self.a[used], self.b[used])),
-                           shape=(self.n_models, self.n_models))
-        return connected_components(graph, directed=False)[1]
+        return _connected_parts(self.a[used], self.b[used], self.n_models)
 
     def toarray(self) -> np.ndarray:
         """The dense ``K x K`` table (``K^2`` memory: small ``K`` only)."""
@@ -164,6 +163,31 @@ class PairTable:
     @property
     def shape(self) -> tuple[int, int]:
         return (self.n_models, self.n_models)
+
+
+def _connected_parts(a: np.ndarray, b: np.ndarray, k: int) -> np.ndarray:
+    """Part of each of ``k`` nodes joined by the edges ``(a[i], b[i])``, numbered by their smallest node.
+
+    Hook and shortcut rounds: every node points at a node of its part with a smaller or equal
+    code; each round hooks the larger root of every edge whose ends have different roots onto the
+    smaller one, then follows pointers until each node points at its root (the part's smallest node).
+    """
+    parent = np.arange(k, dtype=np.int64)
+    a = np.asarray(a, dtype=np.int64)
+    b = np.asarray(b, dtype=np.int64)
+    while a.shape[0]:
+        ra, rb = parent[a], parent[b]
+        apart = ra != rb
+        if not apart.any():
+            break
+        a, b, ra, rb = a[apart], b[apart], ra[apart], rb[apart]  # edges inside a part never matter again
+        np.minimum.at(parent, np.maximum(ra, rb), np.minimum(ra, rb))
+        while True:
+            jumped = parent[parent]
+            if np.array_equal(jumped, parent):
+                break
+            parent = jumped
+    return np.unique(parent, return_inverse=True)[1].reshape(-1)
 
 
 def _small_key_space(n_models: int, n_labels: int) -> bool:

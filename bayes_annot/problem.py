@@ -13,8 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.sparse import csr_matrix
-from scipy.sparse.csgraph import connected_components
 from scipy.special import log_expit, logit
 
 from .data import PreparedData
@@ -126,6 +124,9 @@ def graph_components(pairs) -> np.ndarray:
     :class:`~bayes_annot.pairs.PairTable`, or a ``K x K`` count table)."""
     if isinstance(pairs, PairTable):
         return pairs.components()
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import connected_components
+
     _, labels = connected_components(csr_matrix(np.asarray(pairs) > 0), directed=False)
     return labels
 

@@ -104,7 +104,7 @@ def _encode_column(series: pd.Series) -> tuple[pd.Series, dict]:
         categories = list(dtype.categories)
         if all(isinstance(c, str) for c in categories):
             meta.update(codec="category", categories=categories, ordered=bool(dtype.ordered))
-            return series.astype(object).where(series.notna(), None).astype("string"), meta
+            return series, meta  # to_arrow decodes the codes into text
         series = series.astype(object)
         dtype = series.dtype
     if dtype == object:
@@ -162,9 +162,13 @@ def to_arrow(frame: pd.DataFrame) -> tuple[object, list[dict]]:
         raise InputError(f"column '{dup}' appears more than once in a table to write")
     arrays, metas = [], []
     for position, name in enumerate(names):
-        encoded, meta = _encode_column(frame.iloc[:, position])
+        column = frame.iloc[:, position]
+        encoded, meta = _encode_column(column)
         meta["name"] = name
-        array = pa.Array.from_pandas(encoded)
+        if meta["codec"] == "category":  # the category text of each code, decoded by Arrow (no Python objects)
+            array = pa.Array.from_pandas(column).cast(pa.large_string())
+        else:
+            array = pa.Array.from_pandas(encoded)
         arrays.append(array.cast(pa.string()) if pa.types.is_null(array.type) else array)
         metas.append(meta)
     return pa.Table.from_arrays(arrays, names=names), metas
@@ -312,6 +316,20 @@ def _restore(series: pd.Series, meta: dict) -> pd.Series:
     return series
 
 
+def _category_from_arrow(column, meta: dict, name: str) -> pd.Series:
+    """A ``category`` column from its text: each value's position among the categories, looked up by Arrow
+    (as ``pd.Categorical(values, categories)``: a value that is not a category, or missing, has no category)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    dtype = pd.CategoricalDtype(meta["categories"], ordered=meta.get("ordered", False))
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        column = column.cast(pa.large_string())
+    codes = pc.index_in(column, value_set=pa.array(meta["categories"], type=column.type))
+    codes = pc.fill_null(codes, -1).to_numpy().astype(np.int64, copy=False) if len(column) else np.zeros(0, np.int64)
+    return pd.Series(pd.Categorical.from_codes(codes, dtype=dtype), name=name)
+
+
 def read_table_file(source: str | BinaryIO, meta: dict | None = None) -> pd.DataFrame:
     """Read a table written by :func:`write_table`, typed by its description ``meta``.
 
@@ -361,6 +379,9 @@ def read_table_file(source: str | BinaryIO, meta: dict | None = None) -> pd.Data
                 pandas_dtype = None
             if isinstance(pandas_dtype, pd.api.extensions.ExtensionDtype) and hasattr(pandas_dtype, "__from_arrow__"):
                 mapper = {table.column(i).type: pandas_dtype}.get
+        if column_meta.get("codec") == "category":
+            columns[name] = _category_from_arrow(table.column(i), column_meta, name)
+            continue
         series = table.column(i).to_pandas(types_mapper=mapper)
         series.name = name
         columns[name] = _restore(series, column_meta)

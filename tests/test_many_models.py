@@ -147,6 +147,22 @@ def test_pair_table_from_labels_and_index_equal_a_sort(k):
         table.index(np.array([k]), np.array([0]))  # a model code outside the table
 
 
+def test_pair_table_components_number_parts_as_scipy_does():
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        k, n = int(rng.integers(1, 60)), int(rng.integers(0, 80))
+        a, b = rng.integers(0, k, n), rng.integers(0, k, n)
+        table, _ = PairTable.from_labels(a, b, k)
+        expected = connected_components(csr_matrix((np.ones(n), (a, b)), shape=(k, k)), directed=False)[1]
+        np.testing.assert_array_equal(table.components(), expected)
+    order = rng.permutation(3000)  # one long path, visited in random order
+    table, _ = PairTable.from_labels(order[:-1], order[1:], 3000)
+    assert not table.components().any()
+
+
 def sparse_log(n_rows: int, n_models: int, n_users: int, seed: int = 0, connected: bool = True) -> pd.DataFrame:
     """A log where each model is seen a few times (random pairs, two-class users)."""
     rng = np.random.default_rng(seed)
