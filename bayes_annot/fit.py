@@ -1190,6 +1190,8 @@ def _resolve_start(start, prepared: PreparedData) -> dict | None:
         if not (Path(start) / "summary.json").exists():
             raise InputError(f"warm start '{start}' holds no bayes_annot results (summary.json missing)")
         return align_start(load_start(start), prepared.user_labels, prepared.model_labels)
+    if start.get("by_label"):  # a folder's start already read (saved.start_of): keyed by user / model labels
+        return align_start(start, prepared.user_labels, prepared.model_labels)
     return dict(start)
 
 

@@ -15,11 +15,11 @@ import pandas as pd
 
 from .data import ColumnMap, prepare, read_table
 from .errors import InputError
-from .fit import fit, load
+from .fit import FitResult, fit
 from .incremental import n_tastes_of
 from .likelihood import Priors
 from .provenance import carried_provenance, drop_duplicates_of, input_info, provenance_entry, set_provenance
-from .saved import validate_saved_summary
+from .saved import checked_saved, read_tables, start_of
 
 __all__ = ["update_saved"]
 
@@ -79,8 +79,9 @@ def update_saved(
     directory = Path(directory)
     if not (directory / "summary.json").exists():
         raise InputError(f"'{directory}' holds no bayes_annot results to update (summary.json missing)")
-    saved = load(directory)  # a corrupt or crafted folder is an InputError before anything is fitted
-    validate_saved_summary(saved.summary, directory)
+    tables = read_tables(directory)  # read once; a corrupt or crafted folder is an InputError before anything is fitted
+    saved = FitResult.from_tables(tables.users, tables.models, tables.rows, tables.summary, tables.idata, tables.manifest)
+    start = dict(start_of(*checked_saved(tables, directory), directory), by_label=True)  # what start=directory reads
     summary = saved.summary
     saved_settings = summary.get("settings", {})
     saved_columns = dict(saved_settings.get("columns") or {})
@@ -121,7 +122,7 @@ def update_saved(
     merged = pd.concat([old_rows, new_rows], ignore_index=True) if len(new_rows) else old_rows
     result = fit(
         merged, method="em", user=role_map.user, model_a=role_map.model_a, model_b=role_map.model_b,
-        winner=role_map.winner, p_a=p_a, priors=priors, start=directory, tastes=n_tastes_of(summary), **settings,
+        winner=role_map.winner, p_a=p_a, priors=priors, start=start, tastes=n_tastes_of(summary), **settings,
     )
     set_provenance(result, info, entries)
     return result

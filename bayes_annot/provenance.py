@@ -170,10 +170,30 @@ def _narrowed(old: pd.DataFrame, new: pd.DataFrame, column, codes=None) -> pd.Da
     every old row. ``codes`` = ``(code per old row, distinct values)`` when the
     caller has them (an encoded log's user codes and labels).
     """
-    codes, uniques = codes if codes is not None else pd.factorize(old[column], use_na_sentinel=True)
     wanted = pd.Index(pd.unique(canonical_text(new[column])))
+    dtype = old[column].dtype
+    if codes is None and isinstance(dtype, np.dtype) and dtype.kind in "iuf":
+        # numbers: the canonical text of a number reads back as that number (whole numbers as integers,
+        # others by their shortest repr), so only old values equal to a wanted text's number can match;
+        # a superset of the matches found without writing any old value as text
+        return old[pd.Index(old[column].to_numpy()).isin(_numbers_of(wanted, dtype))]
+    codes, uniques = codes if codes is not None else pd.factorize(old[column], use_na_sentinel=True)
     known = np.append(wanted.get_indexer(canonical_text(pd.Series(uniques, dtype=object))) >= 0, "" in wanted)
     return old[known[codes]]
+
+
+def _numbers_of(texts, dtype: np.dtype) -> np.ndarray:
+    """The values of ``dtype`` (integers or floats) that the canonical ``texts`` spell."""
+    info = np.iinfo(dtype) if dtype.kind in "iu" else None
+    out = []
+    for text in texts:
+        try:
+            value = int(text) if info is not None else float(text)
+        except (TypeError, ValueError):
+            continue
+        if info is None or info.min <= value <= info.max:
+            out.append(value)
+    return np.array(out, dtype=dtype)
 
 
 def find_duplicates(old: pd.DataFrame, new: pd.DataFrame, columns, narrow_by=None, narrow_codes=None) -> np.ndarray:
@@ -281,9 +301,12 @@ def drop_duplicates_of(old: pd.DataFrame, new: pd.DataFrame, *, row_id=None, on_
     else:
         described = ", ".join(map(str, ids))
         duplicate = np.zeros(n, dtype=bool)
-        new_blank, old_blank = _missing_any(new, ids), _missing_any(old, ids)
+        new_blank = _missing_any(new, ids)
         with_id = np.flatnonzero(~new_blank)
-        duplicate[with_id] = find_duplicates(old[~old_blank], new.iloc[with_id], ids)
+        # only old rows whose first id some new row has can match (an old row with a blank id has none)
+        candidates = _narrowed(old, new.iloc[with_id], ids[0]) if len(with_id) and len(old) else old.iloc[:0]
+        old_blank = _missing_any(candidates, ids)
+        duplicate[with_id] = find_duplicates(candidates[~old_blank], new.iloc[with_id], ids)
         if new_blank.any():
             without = np.flatnonzero(new_blank)
             duplicate[without] = find_duplicates(old, new.iloc[without], whole, narrow_by=user, narrow_codes=user_codes)

@@ -28,7 +28,8 @@ from .spec import VARIANTS as _VARIANTS
 from .tables import read_table_file
 from .validation import check_number, check_priors
 
-__all__ = ["SavedTables", "read_tables", "read_saved", "validate_saved_summary", "load_start"]
+__all__ = ["SavedTables", "read_tables", "read_saved", "checked_saved", "validate_saved_summary", "load_start",
+           "start_of"]
 
 
 @dataclass
@@ -250,7 +251,12 @@ def read_saved(directory: str | Path):
     model listed twice, a missing file or column.
     """
     directory = Path(directory)
-    saved = read_tables(directory)
+    return checked_saved(read_tables(directory), directory)
+
+
+def checked_saved(saved: SavedTables, directory: str | Path):
+    """:func:`read_saved` of tables already read from ``directory`` (by :func:`read_tables`)."""
+    directory = Path(directory)
     validate_saved_summary(saved.summary, directory)
     strengths = None
     if saved.summary["strengths"] == "learned":
@@ -278,6 +284,12 @@ def load_start(directory: str | Path) -> dict:
         user, continuous only), ``model`` (the variant saved).
     """
     saved, strengths = read_saved(directory)  # csv or parquet tables, read from one consistent folder
+    return start_of(saved, strengths, directory)
+
+
+def start_of(saved: SavedTables, strengths, directory: str | Path) -> dict:
+    """:func:`load_start` of a folder already read and checked (:func:`checked_saved`'s ``(saved, strengths)``)."""
+    directory = Path(directory)
     summary = saved.summary
     params = summary["parameters"]
     start = {"pi": params.get("pi"), "q": params.get("q"), "m": params.get("m"), "model": summary["model"]}

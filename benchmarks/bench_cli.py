@@ -1,6 +1,8 @@
 """End-to-end CLI benchmark: `bayes-annot fit LOG --out DIR` against an I/O floor (issue 15).
 
     python benchmarks/bench_cli.py --sizes 1e5,1e6[,1e7] --out docs/benchmarks_cli.md
+    python benchmarks/bench_cli.py --sizes 1e6 --trees /path/before,/path/after   # alternate two source trees
+    python benchmarks/bench_cli.py --sizes 1e7 --update-share 0.01 --formats parquet   # --update vs full refit
 
 For each size and input format (CSV, parquet) a simulated log is written once, then timed, interleaved,
 median of ``--repeat`` fresh processes:
@@ -10,6 +12,11 @@ median of ``--repeat`` fresh processes:
   ``FitResult.save``), so the CLI's time splits into its parts;
 * ``floor``: pyarrow reading the input (every cell as text for CSV) + the in-memory ``fit`` + pyarrow writing the
   same three output tables, the least the job must do; ``ratio`` = cli / floor (target ≤ 1.5).
+
+``--trees A,B`` runs every cell with each source tree on ``PYTHONPATH`` in turn (before/after in the same run).
+``--update-share S`` times instead ``fit NEW --update DIR --out DIR`` (a copy of a folder written from the
+first ``1 - S`` of a shuffled log with text ids and a vote id, ``--row-id vote_id``) against the full refit
+``fit ALL --out DIR2`` through the command line, both in the folder's format (target ≥ 5x).
 """
 
 from __future__ import annotations
@@ -70,10 +77,67 @@ def make_log(rows: int, fmt: str, folder: Path) -> Path:
     return path
 
 
-def run(cmd: list[str]) -> tuple[float, str]:
+def run(cmd: list[str], tree: str | None = None) -> tuple[float, str]:
+    env = dict(os.environ)
+    if tree:
+        env["PYTHONPATH"] = tree
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     return time.perf_counter() - start, proc.stdout
+
+
+def make_update_logs(rows: int, fmt: str, folder: Path, share: float) -> tuple[Path, Path, Path]:
+    """Old (first ``1 - share``), new and all rows of a shuffled simulated log: text ids and a vote id."""
+    import numpy as np
+    import pandas as pd
+
+    import bayes_annot as ba
+
+    log = ba.simulate(n_users=max(rows // 25, 10), n_models=20, labels_per_user=(5, 45), seed=1)
+    log = log[["user", "model_a", "model_b", "winner"]].astype(str).sample(frac=1.0, random_state=1)
+    log.insert(0, "vote_id", np.arange(len(log), dtype=np.int64))
+    log = log.reset_index(drop=True)
+    cut = int(round(len(log) * (1 - share)))
+    paths = tuple(folder / f"{name}-{rows}.{fmt}" for name in ("old", "new", "all"))
+    for part, path in zip((log.iloc[:cut], log.iloc[cut:], log), paths):
+        if fmt == "csv":
+            part.to_csv(path, index=False)
+        else:
+            pd.DataFrame(part).to_parquet(path, index=False)
+    return paths
+
+
+def bench_update(args, trees, tmp: Path) -> list[dict]:
+    import shutil
+
+    results = []
+    for size in (int(float(s)) for s in args.sizes.split(",")):
+        for fmt in args.formats.split(","):
+            old, new, full = make_update_logs(size, fmt, tmp, args.update_share)
+            day1 = tmp / f"day1-{size}-{fmt}"
+            run([sys.executable, "-m", "bayes_annot", "fit", str(old), "--out", str(day1), "--format", fmt, "--quiet"],
+                trees[0])
+            times = {tree: {"full": [], "update": []} for tree in trees}
+            for i in range(args.repeat):
+                for tree in trees:
+                    out = tmp / f"full-{i}"
+                    seconds, _ = run([sys.executable, "-m", "bayes_annot", "fit", str(full), "--out", str(out),
+                                      "--format", fmt, "--quiet"], tree)
+                    times[tree]["full"].append(seconds)
+                    shutil.rmtree(out)
+                    copy = tmp / f"upd-{i}"
+                    shutil.copytree(day1, copy)
+                    seconds, _ = run([sys.executable, "-m", "bayes_annot", "fit", str(new), "--update", str(copy),
+                                      "--out", str(copy), "--row-id", "vote_id", "--quiet"], tree)
+                    times[tree]["update"].append(seconds)
+                    shutil.rmtree(copy)
+            for tree in trees:
+                full_s, upd_s = (statistics.median(times[tree][k]) for k in ("full", "update"))
+                row = {"tree": tree or "", "rows": size, "format": fmt, "share": args.update_share, "full": full_s,
+                       "update": upd_s, "speedup": full_s / upd_s, "runs": times[tree], "load": os.getloadavg()[0]}
+                results.append(row)
+                print(json.dumps(row), flush=True)
+    return results
 
 
 def main(argv=None) -> list[dict]:
@@ -83,32 +147,46 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--out", default=None, help="markdown page to write")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--trees", default=None, help="comma-separated source trees to alternate (PYTHONPATH)")
+    parser.add_argument("--update-share", type=float, default=None, help="time --update with this share of new rows")
     args = parser.parse_args(argv)
     from _common import machine, write_outputs
 
+    trees = args.trees.split(",") if args.trees else [None]
+    load_start = os.getloadavg()[0]
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        if args.update_share is not None:
+            results = bench_update(args, trees, tmp)
+            return _update_page(args, results, load_start) if args.out else results
         for size in (int(float(s)) for s in args.sizes.split(",")):
             for fmt in args.formats.split(","):
                 log = make_log(size, fmt, tmp)
-                cli, steps = [], []
+                cli, steps = {t: [] for t in trees}, {t: [] for t in trees}
                 for i in range(args.repeat):
-                    out = tmp / f"cli-{size}-{fmt}-{i}"
-                    seconds, _ = run([sys.executable, "-m", "bayes_annot", "fit", str(log), "--out", str(out), "--quiet"])
-                    cli.append(seconds)
-                    _, text = run([sys.executable, "-c", _STEPS, str(log), str(tmp / f"steps-{size}-{fmt}-{i}")])
-                    steps.append(json.loads(text))
-                median = {k: statistics.median(s[k] for s in steps) for k in steps[0]}
-                floor = median["floor_read"] + median["fit"] + median["floor_write"]
-                row = {"rows": size, "format": fmt, "cli": statistics.median(cli), **median, "floor": floor,
-                       "ratio": statistics.median(cli) / floor, "size_mb": log.stat().st_size / 1e6}
-                results.append(row)
-                print(json.dumps(row), flush=True)
+                    for tree in trees:
+                        out = tmp / f"cli-{size}-{fmt}-{i}"
+                        seconds, _ = run([sys.executable, "-m", "bayes_annot", "fit", str(log), "--out", str(out),
+                                          "--quiet"], tree)
+                        cli[tree].append(seconds)
+                        steps_out = tmp / f"steps-{size}-{fmt}-{i}"
+                        _, text = run([sys.executable, "-c", _STEPS, str(log), str(steps_out)], tree)
+                        steps[tree].append(json.loads(text))
+                        for folder in (out, steps_out, steps_out.parent / (steps_out.name + "-floor")):
+                            subprocess.run(["rm", "-rf", str(folder)], check=True)
+                for tree in trees:
+                    median = {k: statistics.median(s[k] for s in steps[tree]) for k in steps[tree][0]}
+                    floor = median["floor_read"] + median["fit"] + median["floor_write"]
+                    row = {"tree": tree or "", "rows": size, "format": fmt, "cli": statistics.median(cli[tree]),
+                           **median, "floor": floor, "ratio": statistics.median(cli[tree]) / floor,
+                           "size_mb": log.stat().st_size / 1e6, "load": os.getloadavg()[0]}
+                    results.append(row)
+                    print(json.dumps(row), flush=True)
     lines = [
         "# Command line end to end",
         "",
-        f"Machine: {machine()}; 1-minute load average at the start: {os.getloadavg()[0]:.1f}. "
+        f"Machine: {machine()}; 1-minute load average at the start: {load_start:.1f}. "
         f"Median of {args.repeat} fresh processes per cell, interleaved.",
         "",
         "`cli`: `bayes-annot fit LOG --out DIR --quiet`, the whole process (start-up included). `read`, `fit`, "
@@ -116,16 +194,40 @@ def main(argv=None) -> list[dict]:
         "tables, summary and manifest into a staging folder and swaps it in). `floor`: pyarrow reading the input + "
         "the in-memory fit + pyarrow writing the same three tables as CSV. Target (issue 15): `cli` ≤ 1.5 × floor.",
         "",
-        "| rows | input | MB | cli (s) | read (s) | fit (s) | write (s) | floor (s) | cli / floor |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| tree | rows | input | MB | cli (s) | read (s) | fit (s) | write (s) | floor (s) | cli / floor | load |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         lines.append(
-            f"| {r['rows']:,} | {r['format']} | {r['size_mb']:.0f} | {r['cli']:.2f} | {r['read']:.2f} | {r['fit']:.2f} | "
-            f"{r['write']:.2f} | {r['floor']:.2f} | {r['ratio']:.2f} |"
+            f"| {r['tree']} | {r['rows']:,} | {r['format']} | {r['size_mb']:.0f} | {r['cli']:.2f} | {r['read']:.2f} | "
+            f"{r['fit']:.2f} | {r['write']:.2f} | {r['floor']:.2f} | {r['ratio']:.2f} | {r['load']:.1f} |"
         )
     if args.out:
         write_outputs("\n".join(lines), results, args.out, args.json)
+    return results
+
+
+def _update_page(args, results, load_start) -> list[dict]:
+    from _common import machine, write_outputs
+
+    lines = [
+        "# Command line: `--update` against a full refit",
+        "",
+        f"Machine: {machine()}; 1-minute load average at the start: {load_start:.1f}. Median of {args.repeat} "
+        "fresh processes per cell, trees and commands interleaved.",
+        "",
+        f"`update`: `bayes-annot fit NEW --update DIR --out DIR --row-id vote_id --quiet` on a copy of a folder "
+        f"fitted on the first {1 - args.update_share:.0%} of a shuffled log (text ids, a vote id); `full`: "
+        "`bayes-annot fit ALL --out DIR2 --quiet` on all rows; both write the folder's format. Target (issue 15): "
+        "update ≥ 5x faster.",
+        "",
+        "| tree | rows | format | full (s) | update (s) | speed-up | load at the end |",
+        "|---|---:|---|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        lines.append(f"| {r['tree']} | {r['rows']:,} | {r['format']} | {r['full']:.2f} | {r['update']:.2f} | "
+                     f"{r['speedup']:.2f}x | {r['load']:.1f} |")
+    write_outputs("\n".join(lines), results, args.out, args.json)
     return results
 
 
