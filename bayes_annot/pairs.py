@@ -59,7 +59,8 @@ class PairTable:
     # ----------------------------------------------------------------- builders
     @classmethod
     def from_labels(cls, model_a, model_b, n_models: int, weights=None) -> tuple["PairTable", np.ndarray]:
-        """The pairs of some labels and each label's pair index (``O(n log n)``, no ``K^2`` array)."""
+        """The pairs of some labels and each label's pair index: ``O(n + K^2)`` through a table over every
+        pair key when ``K^2`` is at most ``max(65536, n)``, else a sort (``O(n log n)``, no ``K^2`` array)."""
         k = int(n_models)
         key = np.asarray(model_a).astype(np.int64) * k + np.asarray(model_b)
         if key.shape[0] and _small_key_space(k, key.shape[0]) and key.min() >= 0 and key.max() < k * k:
@@ -67,6 +68,8 @@ class PairTable:
             present = np.bincount(key, minlength=k * k)
             keys = np.flatnonzero(present)
             inverse = _lookup(keys, k)[key]
+            if weights is None:
+                return cls.from_keys(keys, k, present[keys].astype(np.int64)), inverse
         else:
             keys, inverse = np.unique(key, return_inverse=True)
         counts = np.bincount(inverse, weights=weights, minlength=keys.shape[0])

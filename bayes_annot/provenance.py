@@ -176,7 +176,11 @@ def _narrowed(old: pd.DataFrame, new: pd.DataFrame, column, codes=None) -> pd.Da
         # numbers: the canonical text of a number reads back as that number (whole numbers as integers,
         # others by their shortest repr), so only old values equal to a wanted text's number can match;
         # a superset of the matches found without writing any old value as text
-        return old[pd.Index(old[column].to_numpy()).isin(_numbers_of(wanted, dtype))]
+        values = old[column].to_numpy()
+        match = pd.Index(values).isin(_numbers_of(wanted, dtype))
+        if "" in wanted and dtype.kind == "f":  # a missing number's canonical text is ""
+            match |= np.isnan(values)
+        return old[match]
     codes, uniques = codes if codes is not None else pd.factorize(old[column], use_na_sentinel=True)
     known = np.append(wanted.get_indexer(canonical_text(pd.Series(uniques, dtype=object))) >= 0, "" in wanted)
     return old[known[codes]]
