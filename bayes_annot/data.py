@@ -251,9 +251,14 @@ def prefetch(path: str | Path) -> None:
 
     The command line calls this first, so that the file is read while the
     engines are imported; :func:`read_table` and :func:`file_sha256` then take
-    the results (if the file is unchanged), else they do the work themselves.
-    Nothing is raised here: a file that cannot be read fails later, with the
-    usual message.
+    the results (if the file is unchanged: same size and modification time),
+    else they do the work themselves. Nothing is raised here: a file that
+    cannot be read fails later, with the usual message.
+
+    Parameters
+    ----------
+    path : str or Path
+        The input file (a folder or a missing file is ignored).
     """
     import threading
 
@@ -292,6 +297,8 @@ def _prefetched(path: Path, name: str, pop: bool = False):
         key = _file_key(path)
     except OSError:
         return None
+    for stale in [k for k in _PREFETCHED if k[0] == key[0] and k != key]:  # the file changed since: drop its copy
+        del _PREFETCHED[stale]
     entry = _PREFETCHED.get(key, {})
     job = entry.pop(name, None) if pop else entry.get(name)
     if job is None:

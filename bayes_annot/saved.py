@@ -255,7 +255,19 @@ def read_saved(directory: str | Path):
 
 
 def checked_saved(saved: SavedTables, directory: str | Path):
-    """:func:`read_saved` of tables already read from ``directory`` (by :func:`read_tables`)."""
+    """:func:`read_saved` of tables already read from ``directory`` (by :func:`read_tables`).
+
+    Parameters
+    ----------
+    saved : SavedTables
+    directory : str or Path
+        The folder they were read from (named in errors).
+
+    Returns
+    -------
+    (SavedTables, pandas.Series or None)
+        As :func:`read_saved`.
+    """
     directory = Path(directory)
     validate_saved_summary(saved.summary, directory)
     strengths = None
@@ -288,7 +300,20 @@ def load_start(directory: str | Path) -> dict:
 
 
 def start_of(saved: SavedTables, strengths, directory: str | Path) -> dict:
-    """:func:`load_start` of a folder already read and checked (:func:`checked_saved`'s ``(saved, strengths)``)."""
+    """:func:`load_start` of a folder already read and checked.
+
+    Parameters
+    ----------
+    saved, strengths
+        What :func:`checked_saved` (or :func:`read_saved`) returns.
+    directory : str or Path
+        The folder they were read from (named in errors).
+
+    Returns
+    -------
+    dict
+        As :func:`load_start`.
+    """
     directory = Path(directory)
     summary = saved.summary
     params = summary["parameters"]

@@ -249,3 +249,28 @@ def test_categorical_ids_encode_like_text():
         for field in ("user", "model_a", "model_b", "choice_a", "reason_code"):
             np.testing.assert_array_equal(getattr(prepared, field), getattr(reference, field), err_msg=f"{name}: {field}")
         assert list(prepared.user_labels) == list(reference.user_labels), name
+
+
+def test_prefetched_input_reads_and_hashes_as_without_it(tmp_path):
+    """``data.prefetch`` (the CLI reads and hashes its input while it imports) gives what a plain read gives,
+    never a stale copy of a file changed since, and the same one-line error for a bad file."""
+    from bayes_annot.data import file_sha256, prefetch
+
+    log = ba.simulate(n_users=60, n_models=4, seed=3)[["user", "model_a", "model_b", "winner"]]
+    path = tmp_path / "log.csv"
+    log.to_csv(path, index=False)
+    plain, digest = read_table(path), file_sha256(path)
+    prefetch(path)
+    pd.testing.assert_frame_equal(read_table(path), plain)
+    assert file_sha256(path) == digest
+    prefetch(path)
+    log.iloc[:10].to_csv(path, index=False)  # rewritten after the prefetch started
+    assert len(read_table(path)) == 10
+    assert file_sha256(path) != digest
+    path.write_bytes(b"user,model_a,model_b,winner\nu\xff,a,b,model_a\n")
+    prefetch(path)
+    with pytest.raises(InputError, match="not UTF-8"):
+        read_table(path)
+    prefetch(tmp_path / "missing.csv")  # nothing to read: no error here, the usual one later
+    with pytest.raises(InputError, match="does not exist"):
+        read_table(tmp_path / "missing.csv")
