@@ -30,8 +30,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.special import expit, log_expit, logit
 
-from .em import EMResult, _update_q, _update_theta, has_converged, max_change, no_verdict_continuous, no_verdict_shares
-from .likelihood import Priors, laplace_p_above_half, log_normal_pdf, log_prior, log_type_shares
+from .em import (
+    EMResult, _update_q, has_converged, max_change, no_verdict_continuous, no_verdict_shares, param_tolerance,
+    population_step,
+)
+from .likelihood import ETA_GRID, EtaGrid, Priors, log_prior, log_type_shares
 from .spec import BehaviourSpec
 from .pairs import (
     DENSE_MAX_MODELS,
@@ -92,6 +95,7 @@ class Block:
     _inactive: np.ndarray | None = field(default=None, repr=False)
     _cell_totals: np.ndarray | None = field(default=None, repr=False)
     _entry_choice: np.ndarray | None = field(default=None, repr=False)
+    _known_cells: tuple | None = field(default=None, repr=False)
 
     @property
     def n_entries(self) -> int:
@@ -163,6 +167,7 @@ class Block:
         """
         self._counts = None
         self._entry_choice = None
+        self._known_cells = None
 
     @property
     def cell_totals(self) -> np.ndarray:
@@ -489,54 +494,95 @@ def _block_informative(block: Block, differs_cell, q, tol) -> np.ndarray:
     return block.row_sums(differs.astype(float)) > 0
 
 
-def _continuous_entries(block: Block, theta, q, att_prob_table):
+def _casual_cell_probs(n_cells: int, q: float) -> np.ndarray:
+    """P_cas of every cell ``2 * pair + choice``: ``1 - q`` (``model_b`` chosen), ``q`` (``model_a``)."""
+    return np.tile(np.array([1.0 - q, q]), n_cells // 2)
+
+
+def _grid_cells(block: Block, att_prob_table):
+    """The continuous E-step's cells: ``(users x cells counts, P_att per cell)``.
+
+    Learned strengths: the block's pair cells and ``att_prob_table``. Known ones: the distinct
+    attentive log-odds of the block's labels (``2 * value + choice``, cached on the block), so a
+    global ``mu`` has a handful of cells and a ``p_a`` column at most two per label.
+    """
     if block.learned:
-        att_prob = att_prob_table[block.cell]
-    else:
-        att_prob = expit((2.0 * block.choice - 1.0) * block.known_logit)
-    choice = block.entry_choice()
-    cas_prob = np.where(choice == 1, q, 1.0 - q)
-    eta = block.expand(expit(theta))
-    attentive = eta * att_prob
-    mixture = attentive + (1.0 - eta) * cas_prob
-    return np.log(mixture), attentive / mixture, choice
+        return block.matrix(), att_prob_table
+    if block._known_cells is None:
+        from scipy.sparse import csr_matrix
+
+        values, index = np.unique(block.known_logit, return_inverse=True)
+        cell = 2 * index.reshape(-1) + block.choice
+        counts = csr_matrix((np.ones(block.n_entries), cell, block.indptr), shape=(block.users.shape[0], 2 * len(values)))
+        block._known_cells = (counts, np.stack([expit(-values), expit(values)], axis=1).reshape(-1))
+    return block._known_cells
 
 
-def block_continuous_pass(block: Block, theta: np.ndarray, m: float, q: float, tau: float, att_prob_table):
-    """One continuous EM pass of a block: objective share at ``theta``, new ``theta`` and statistics."""
-    label_ll, resp, choice = _continuous_entries(block, theta, q, att_prob_table)
-    value = float(label_ll.sum()) + float(log_normal_pdf(theta, m, tau).sum())
-    attentive_sum = block.row_sums(resp)
-    theta_new = _update_theta(attentive_sum, block.n_user, m, tau, theta)
-    casual = 1.0 - resp
-    stats = {
-        "loglik": value,
-        "theta_sum": float(theta_new.sum()),
-        # largest change of a user's quality in this step (the stopping rule's; a max, not a sum, over blocks)
-        "max_quality_change": max_change(expit(theta), expit(theta_new)),
-        "casual_a": float(casual @ choice.astype(float)),
-        "casual": float(casual.sum()),
-        "cells": block.cell_sums(resp) if block.learned else None,
-    }
-    return theta_new, stats
+def _normalise_rows(joint: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of ``exp(joint)`` normalised (the posterior over the grid) and their log-sum-exp (in place)."""
+    top = joint.max(axis=1, keepdims=True)
+    np.subtract(joint, top, out=joint)
+    np.exp(joint, out=joint)
+    total = joint.sum(axis=1, keepdims=True)
+    joint /= total
+    return joint, (top + np.log(total))[:, 0]
 
 
-def block_continuous_final(block, theta, m, q, tau, att_prob_table, differs_cell, informative_tol):
-    label_ll, resp, _ = _continuous_entries(block, theta, q, att_prob_table)
-    p_above = laplace_p_above_half(theta, block.n_user, block.row_sums(resp * (1.0 - resp)), tau)
+def block_grid_posterior(block: Block, m: float, tau: float, q: float, att_prob_table, grid: EtaGrid = ETA_GRID):
+    r"""Each user's posterior over the grid's nodes :math:`\theta_g = m + \tau z_g` and marginal log-likelihood.
+
+    ``(post (Ul, G), user_loglik (Ul,))`` with
+    :math:`\log p(y_u) = \operatorname{logsumexp}_g(\log w_g + \sum_{r \in u} \log(\eta_g P_{att}(y_r)
+    + (1 - \eta_g) P_{cas}(y_r)))`: one sparse product of the user-cell counts with the ``cells x G``
+    table of log mixtures (:func:`_grid_cells`). Users without labels get the prior's weights and 0.
+    """
+    eta = expit(grid.theta(m, tau))
+    counts, att = _grid_cells(block, att_prob_table)
+    mix = att[:, None] * eta + _casual_cell_probs(att.shape[0], q)[:, None] * (1.0 - eta)
+    joint = np.asarray(counts @ np.log(mix))
+    joint += grid.log_weights
+    post, user_ll = _normalise_rows(joint)
+    user_ll[block.inactive] = 0.0
+    return post, user_ll
+
+
+def block_continuous_pass(block: Block, m: float, tau: float, q: float, att_prob_table,
+                          grid: EtaGrid = ETA_GRID) -> dict:
+    """One continuous E-step of a block: objective share and the M-steps' sufficient statistics.
+
+    ``loglik``; ``eta_a`` / ``eta_b`` ``(G,)``: expected attentive / casual labels at each grid node
+    (:func:`~bayes_annot.em.population_step`'s input); ``casual_a`` / ``casual``: expected casual labels
+    choosing ``model_a`` / all (``q``); ``cells``: expected attentive labels per cell (Bradley–Terry).
+    """
+    post, user_ll = block_grid_posterior(block, m, tau, q, att_prob_table, grid)
+    eta = expit(grid.theta(m, tau))
+    counts, att = _grid_cells(block, att_prob_table)
+    att_part = att[:, None] * eta
+    weighted = np.asarray(counts.T @ post)  # (cells, G): expected labels of each cell at each node
+    attentive = weighted * (att_part / (att_part + _casual_cell_probs(att.shape[0], q)[:, None] * (1.0 - eta)))
+    by_cell = attentive.sum(axis=1)
+    casual = weighted.sum(axis=1) - by_cell
+    eta_a = attentive.sum(axis=0)
     return {
-        "users": block.users, "quality": expit(theta), "p_eta_above_half": p_above,
-        "theta": theta, "user_loglik": block.row_sums(label_ll),
+        "loglik": float(user_ll.sum()), "eta_a": eta_a, "eta_b": weighted.sum(axis=0) - eta_a,
+        "casual_a": float(casual[1::2].sum()), "casual": float(casual.sum()),
+        "cells": by_cell if block.learned else None,
+    }
+
+
+def block_continuous_final(block: Block, m, tau, q, att_prob_table, differs_cell, informative_tol,
+                           grid: EtaGrid = ETA_GRID) -> dict:
+    """Per-user results of one block at the final parameters: ``quality`` :math:`E[\\eta_u \\mid y_u]`,
+    ``p_eta_above_half`` :math:`P(\\eta_u \\ge 1/2 \\mid y_u)`, ``theta`` :math:`E[\\theta_u \\mid y_u]`,
+    ``user_loglik`` and ``informative``."""
+    post, user_ll = block_grid_posterior(block, m, tau, q, att_prob_table, grid)
+    theta = grid.theta(m, tau)
+    return {
+        "users": block.users, "quality": post @ expit(theta), "p_eta_above_half": post @ grid.above_half(m, tau),
+        "theta": post @ theta, "user_loglik": user_ll,
         "informative": _block_informative(block, differs_cell, q, informative_tol),
         "n_user": block.n_user, "n_rows": block.n_rows,
     }
-
-
-def block_initial_theta(block: Block, start_theta: np.ndarray | None, m: float) -> np.ndarray:
-    if start_theta is None:
-        return np.full(block.users.shape[0], m)
-    theta = np.asarray(start_theta, dtype=float)[block.users]
-    return np.where(np.isnan(theta), m, theta)
 
 
 def _sum_stats(parts: list[dict]) -> dict:
@@ -594,21 +640,14 @@ class LocalRunner:
         return [block_class_final(b, shares, q, tables, differs_cell, informative_tol, u)
                 for b, u in zip(self.blocks, users)]
 
-    def initial_theta(self, start_theta, m):
-        """Per-block starting ``theta`` (logit eta) of the continuous model."""
-        return [block_initial_theta(b, start_theta, m) for b in self.blocks]
+    def continuous_pass(self, m, tau, q, att_prob_table):
+        """One continuous E-step over the blocks: summed objective and statistics."""
+        return _sum_stats([block_continuous_pass(b, m, tau, q, att_prob_table) for b in self.blocks])
 
-    def continuous_pass(self, thetas, m, q, tau, att_prob_table):
-        """One continuous EM pass over the blocks: new ``thetas`` and summed statistics."""
-        outs = [block_continuous_pass(b, t, m, q, tau, att_prob_table) for b, t in zip(self.blocks, thetas)]
-        return [o[0] for o in outs], _sum_stats([o[1] for o in outs])
-
-    def continuous_final(self, thetas, m, q, tau, att_prob_table, differs_cell, informative_tol):
+    def continuous_final(self, m, tau, q, att_prob_table, differs_cell, informative_tol):
         """Per-block final continuous results."""
-        return [
-            block_continuous_final(b, t, m, q, tau, att_prob_table, differs_cell, informative_tol)
-            for b, t in zip(self.blocks, thetas)
-        ]
+        return [block_continuous_final(b, m, tau, q, att_prob_table, differs_cell, informative_tol)
+                for b in self.blocks]
 
 
 # --------------------------------------------------------------------------- the EM loop (driver)
@@ -817,7 +856,7 @@ def run_em(
     Notes
     -----
     The two-class variant is :func:`run_class_em` with one class. ``accelerate=True``
-    (two-class, any runner; continuous needs a single local block) adds SQUAREM
+    (either variant, any runner) adds SQUAREM
     extrapolation steps, each kept only when it does not lower the objective, so the
     trace still never decreases; the stopping rule (:func:`~bayes_annot.em.has_converged`:
     objective change below ``tol`` AND largest parameter change below ``param_tol``,
@@ -856,8 +895,7 @@ def run_em(
     s = out["strengths"]
     differs_cell = bt.differs(s, informative_tol) if learned else None  # same rule as em._informative_users
     parts = runner.continuous_final(
-        out["thetas"], out["m"], out["q"], out["tau"], np.exp(bt.table(s)) if learned else None,
-        differs_cell, informative_tol,
+        out["m"], out["tau"], out["q"], np.exp(bt.table(s)) if learned else None, differs_cell, informative_tol,
     )
     g = _gather(parts, runner.n_users, ["quality", "p_eta_above_half", "theta", "user_loglik", "informative", "n_user"])
     level, p_level = no_verdict_continuous(out["m"], out["tau"], g["informative"].any(), priors)
@@ -965,43 +1003,43 @@ def _unpack_shared(x: np.ndarray, i: int, q_fixed, learned: bool):
     return q, (x[i:].copy() if learned else None)
 
 
+CONTINUOUS_PARAM_TOL_DIVISOR = 10.0
+"""The continuous variant's default parameter tolerance is :func:`~bayes_annot.em.param_tolerance` divided by
+this (1e-8 at ``tol=1e-9``). EM moves ``(m, tau)`` by a small fraction of their distance to the optimum per
+step (most of the information about a user's eta is missing), so a step of 1e-7 left a 1% update 2.6e-6 from
+the refit in quality (3,000 users); at 1e-8 it is within 7e-7, for about 30% more iterations."""
+
+
 def _run_continuous(runner, bt, learned, priors, q_fixed, tol, max_iter, start, strengths, q, callback, accelerate,
                     param_tol=None):
-    tau = priors.eta_tau
+    """EM of the continuous variant: each user's :math:`z_u` summed out on the grid, the population
+    ``(m, tau)``, ``q`` and the strengths estimated (every parameter is global, so any runner works,
+    with or without SQUAREM)."""
     m = float(start["m"]) if start.get("m") is not None else float(logit(0.7))
-    thetas = runner.initial_theta(start.get("theta"), m)
-    n_users = runner.n_users
-    local = isinstance(runner, LocalRunner)
-    if accelerate and not local:
-        raise ValueError("accelerate=True for the continuous variant needs a LocalRunner")
+    tau = float(start["tau"]) if start.get("tau") is not None else float(priors.eta_tau)
+    if param_tol is None:  # (m, tau) converge slowly: stop 10x closer (keeps a 1% update within 1e-6 of a refit)
+        param_tol = param_tolerance(tol) / CONTINUOUS_PARAM_TOL_DIVISOR
 
-    def evaluate(thetas, m, q, strengths):
-        new_thetas, st = runner.continuous_pass(thetas, m, q, tau, np.exp(bt.table(strengths)) if learned else None)
-        value = st["loglik"] + log_prior(priors, q, strengths, q_fixed is None, m=m)
-        new_m = (st["theta_sum"] / tau**2 + priors.eta_m_mu / priors.eta_m_sigma**2) / (
-            n_users / tau**2 + 1.0 / priors.eta_m_sigma**2
-        )
+    def evaluate(m, tau, q, strengths):
+        st = runner.continuous_pass(m, tau, q, np.exp(bt.table(strengths)) if learned else None)
+        value = st["loglik"] + log_prior(priors, q, strengths, q_fixed is None, m=m, tau=tau)
+        new_m, new_tau = population_step(st["eta_a"], st["eta_b"], m, tau, priors)
         new_q, new_s = _shared_m_step(st, q, strengths, bt, learned, priors, q_fixed)
-        step = max(st["max_quality_change"], max_change(expit(m), expit(new_m)), max_change(q, new_q),
-                   max_change(strengths, new_s))
-        return value, (new_thetas, float(new_m), new_q, new_s), step
+        step = max(max_change(m, new_m), max_change(tau, new_tau), max_change(q, new_q), max_change(strengths, new_s))
+        return value, (new_m, new_tau, new_q, new_s), step
 
-    def pack(thetas, m, q, s):
-        return _pack_shared([np.concatenate(thetas), np.array([m])], q, s, q_fixed, learned)
+    def pack(m, tau, q, s):
+        return _pack_shared([np.array([m, np.log(tau)])], q, s, q_fixed, learned)
 
     def unpack(x, like):
-        pieces, i = [], 0
-        for size in (t.shape[0] for t in like[0]):
-            pieces.append(x[i : i + size].copy())
-            i += size
-        return (pieces, float(x[i]), *_unpack_shared(x, i + 1, q_fixed, learned))
+        return (float(x[0]), float(np.exp(x[1])), *_unpack_shared(x, 2, q_fixed, learned))
 
     def valid(params):
         return params[2] is None or 0.0 < params[2] < 1.0
 
     params, trace, iteration, converged = _em_iterations(
-        evaluate, (thetas, m, q, strengths), tol=tol, max_iter=max_iter, callback=callback, param_tol=param_tol,
+        evaluate, (m, tau, q, strengths), tol=tol, max_iter=max_iter, callback=callback, param_tol=param_tol,
         squarem=(pack, unpack, valid) if accelerate else None,
     )
-    thetas, m, q, strengths = params
-    return dict(thetas=thetas, m=m, q=q, tau=tau, strengths=strengths, trace=trace, n_iter=iteration, converged=converged)
+    m, tau, q, strengths = params
+    return dict(m=m, tau=tau, q=q, strengths=strengths, trace=trace, n_iter=iteration, converged=converged)

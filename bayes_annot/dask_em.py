@@ -17,14 +17,13 @@ length ``n_models`` and of the number of compared model pairs (and, once at the 
    tree on the workers, and each partition becomes a compact *block* (``int32``
    pair cell per label, sorted by user) that is ``persist()``-ed on the workers.
 3. **EM iterations**: because a user lives in exactly one block, every
-   per-user quantity (sums of attentive log-probabilities, posteriors,
-   ``theta_u`` of the continuous variant) is computed *inside* its block; a
+   per-user quantity (sums of attentive log-probabilities, posteriors over
+   types or over the continuous variant's grid) is computed *inside* its block; a
    pass returns only sufficient statistics: the block's share of the
    objective, of the ``pi`` / ``q`` / ``m`` updates and the ``2 P`` table
    of weighted win counts per compared pair for the Bradley–Terry M-step (solved on the driver
    with :func:`bayes_annot.pairs.fit_bradley_terry_pairs`). Nothing of length ``U`` is
-   broadcast per iteration; the continuous variant's ``theta_u`` stays on the
-   workers as persisted per-block state.
+   broadcast per iteration, and no per-user state is kept between passes.
 4. **Finalise**: one pass gathers the per-user results (quality, labels,
    informativeness, ...) into arrays over all users, in vocabulary order.
 
@@ -50,13 +49,13 @@ import numpy as np
 import pandas as pd
 from scipy.special import logit
 
+from .local_em import default_accelerate
 from .block_em import (
     Block,
     _sum_stats,
     block_cell_counts,
     block_continuous_final,
     block_continuous_pass,
-    block_initial_theta,
     block_class_final,
     block_class_pass,
     block_user_cells,
@@ -116,34 +115,21 @@ class DaskRunner:
             [delayed(block_class_final)(b, shares, q, tables, differs_cell, informative_tol) for b in self.blocks]
         )
 
-    def initial_theta(self, start_theta, m):
-        """Per-block starting ``theta`` of the continuous model, persisted on the workers."""
-        import dask
+    def continuous_pass(self, m, tau, q, att_prob_table):
+        """One continuous E-step over the blocks: summed objective and statistics."""
         from dask import delayed
 
-        start = None if start_theta is None else delayed(np.asarray(start_theta, dtype=float))
-        return list(dask.persist(*[delayed(block_initial_theta)(b, start, m) for b in self.blocks]))
+        return _sum_stats(self._compute(
+            [delayed(block_continuous_pass)(b, m, tau, q, att_prob_table) for b in self.blocks]
+        ))
 
-    def continuous_pass(self, thetas, m, q, tau, att_prob_table):
-        """One continuous EM pass over the blocks: new (persisted) ``thetas`` and summed statistics."""
-        import dask
-        from dask import delayed
-
-        outs = [delayed(block_continuous_pass, nout=2)(b, t, m, q, tau, att_prob_table) for b, t in zip(self.blocks, thetas)]
-        outs = dask.persist(*outs)
-        stats = self._compute([o[1] for o in outs])
-        new_thetas = list(dask.persist(*[o[0] for o in outs]))
-        return new_thetas, _sum_stats(stats)
-
-    def continuous_final(self, thetas, m, q, tau, att_prob_table, differs_cell, informative_tol):
+    def continuous_final(self, m, tau, q, att_prob_table, differs_cell, informative_tol):
         """Per-block final continuous results."""
         from dask import delayed
 
         return self._compute(
-            [
-                delayed(block_continuous_final)(b, t, m, q, tau, att_prob_table, differs_cell, informative_tol)
-                for b, t in zip(self.blocks, thetas)
-            ]
+            [delayed(block_continuous_final)(b, m, tau, q, att_prob_table, differs_cell, informative_tol)
+             for b in self.blocks]
         )
 
 
@@ -532,6 +518,7 @@ def fit_dask(
         else:
             em = run_em(
                 runner, k, spec, tol=tol, max_iter=max_iter, informative_tol=informative_tol, start=start, callback=each_iteration,
+                accelerate=default_accelerate(None, spec.variant, k),
             )
     timings["em"] = time.perf_counter() - t2
     strengths = em.strengths if em is not None else taste_fit.strengths[0]

@@ -745,8 +745,7 @@ def fit(
     start : dict or path, optional
         Warm start for EM: a folder written by a previous fit (its parameters,
         strengths and per-user quality, matched by label) or a dict with any
-        of ``pi``, ``q``, ``strengths`` (n_models,), ``theta`` (n_users; NaN for
-        new users) and ``m``, in this data's vocabularies.
+        of ``pi``, ``q``, ``strengths`` (n_models,), ``m`` and ``tau``, in this data's vocabularies.
     record_paths : bool
         Record the input file's absolute path in the summary (and so in
         ``summary.json`` and the report). By default only its name and

@@ -16,8 +16,8 @@ but its work outside the EM passes is proportional to the *new* rows:
   old entries are copied, never re-sorted), so nothing is rebuilt from the old
   rows;
 * **warm start**: EM starts from the previous estimates, mapped to the new
-  vocabularies (``pi``, ``q``, strengths, ``theta_u``; new users and models
-  start at the defaults: the population level and strength 0). Two-class EM
+  vocabularies (``pi``, ``q``, ``m``, ``tau``, strengths; new models start at
+  strength 0; per-user quantities are functions of these, so none is carried). Two-class EM
   then converges in fewer passes (about 10 instead of 16 on a 3,000-user log);
 * **SQUAREM** (``accelerate``, default on for ``continuous``): after each EM
   step an extrapolated point is tried and kept only when its objective is at
@@ -45,7 +45,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.special import logit
 
 from .block_em import EMState, merge_blocks, pair_cell_map
 from .pairs import PairTable
@@ -264,20 +263,18 @@ def merge_prepared(old: PreparedData, new: PreparedData) -> PreparedData:
 
 # --------------------------------------------------------------------------- warm starts
 
+START_PARAMETERS = ("pi", "q", "m", "tau")
+"""The global parameters a warm start carries (with the strengths): every per-user quantity of either
+variant is a function of them, so an update needs nothing per user."""
+
 
 def _label_start(result) -> dict:
-    """Label-keyed start from a FitResult (pi, q, m, strengths by model, theta by user)."""
+    """Label-keyed start from a FitResult (pi, q, m, tau, strengths by model)."""
     est = result.estimates
     params = est.parameters
-    start = {"pi": params.get("pi"), "q": params.get("q"), "m": params.get("m")}
+    start = {key: params.get(key) for key in START_PARAMETERS}
     if est.strengths is not None and result.summary.get("strengths") == "learned":
         start["strengths"] = pd.Series(np.asarray(est.strengths, dtype=float), index=_as_text(result._data.model_labels))
-    if est.variant == "continuous":
-        theta = getattr(est, "theta", None)
-        if theta is None:
-            quality = np.clip(np.asarray(est.quality, dtype=float), 1e-12, 1 - 1e-12)
-            theta = np.where(est.informative, logit(quality), np.nan)
-        start["theta"] = pd.Series(theta, index=_as_text(result._data.user_labels))
     taste = _taste_start(est, params.get("q"))
     if taste is not None:
         taste["strengths"] = pd.DataFrame(taste["strengths"].T, index=_as_text(result._data.model_labels))
@@ -288,17 +285,13 @@ def _label_start(result) -> dict:
 def align_start(start: dict, user_labels, model_labels) -> dict:
     """Map a label-keyed start (see :func:`bayes_annot.saved.load_start`) onto vocabularies.
 
-    Models absent from the start get strength 0 (the prior mean), users absent
-    get ``theta = NaN`` (EM starts them at the population level ``m``).
+    Models absent from the start get strength 0 (the prior mean).
     """
-    out = {k: start.get(k) for k in ("pi", "q", "m")}
+    out = {k: start.get(k) for k in START_PARAMETERS}
     strengths = start.get("strengths")
     if strengths is not None:
         s = pd.Series(strengths, dtype=float)
         out["strengths"] = s.reindex(_as_text(model_labels)).fillna(0.0).to_numpy()
-    theta = start.get("theta")
-    if theta is not None:
-        out["theta"] = pd.Series(theta, dtype=float).reindex(_as_text(user_labels)).to_numpy()
     taste = start.get("tastes")
     if taste is not None:  # per-class strengths: a models x classes frame
         s = taste["strengths"].reindex(_as_text(model_labels)).fillna(0.0).to_numpy(dtype=float).T
@@ -321,20 +314,12 @@ def _mapped_start(previous, merge: _Merge) -> dict:
     """Warm start over the merged vocabularies: old users and models by code, new ones at the defaults."""
     est = previous.estimates
     params = est.parameters
-    start = {"pi": params.get("pi"), "q": params.get("q"), "m": params.get("m")}
-    n_users, n_models = merge.merged.n_users, merge.merged.n_models
+    start = {key: params.get(key) for key in START_PARAMETERS}
+    n_models = merge.merged.n_models
     if est.strengths is not None and previous.summary.get("strengths") == "learned":
         strengths = np.zeros(n_models)
         strengths[slice(None) if merge.model_map is None else merge.model_map] = est.strengths
         start["strengths"] = strengths
-    if est.variant == "continuous":
-        theta_old = getattr(est, "theta", None)
-        if theta_old is None:
-            quality = np.clip(np.asarray(est.quality, dtype=float), 1e-12, 1 - 1e-12)
-            theta_old = np.where(est.informative, logit(quality), np.nan)
-        theta = np.full(n_users, np.nan)
-        theta[slice(None) if merge.user_map is None else merge.user_map] = theta_old
-        start["theta"] = theta
     start["tastes"] = _taste_start(est, params.get("q"), merge.model_map, n_models)
     return start
 

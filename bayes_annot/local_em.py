@@ -107,7 +107,6 @@ def em_estimates(em: EMResult, model: str, known_strengths: np.ndarray | None) -
         runtime_seconds=em.runtime_seconds,
         user_loglik=em.user_loglik,
     )
-    estimates.theta = em.theta  # exact theta for a warm start (continuous)
     return estimates
 
 

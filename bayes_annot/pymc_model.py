@@ -43,9 +43,7 @@ from .likelihood import (
     attentive_logprob,
     casual_logprob,
     continuous_label_loglik,
-    continuous_label_responsibility,
-    laplace_p_above_half,
-    log_normal_pdf,
+    ETA_GRID,
     log_prior,
     two_class_posterior,
     two_class_user_loglik,
@@ -142,7 +140,7 @@ def build_model(
     spec: BehaviourSpec,
     user_labels=None,
     model_labels=None,
-    tau_fixed: bool = False,
+    marginal: bool = False,
     strength_init: np.ndarray | None = None,
     strength_prior: str = "normal",
     share_init: np.ndarray | None = None,
@@ -161,12 +159,11 @@ def build_model(
         below; ``C > 1`` the taste-class model (docs/tastes.md).
     user_labels, model_labels : sequence of str, optional
         Coordinates of the ``user`` and ``model`` dims.
-    tau_fixed : bool
-        Continuous only: keep :math:`\tau` fixed at ``priors.eta_tau`` (used
-        for MAP — a joint MAP over a free :math:`\tau` collapses to
-        :math:`\tau \to 0`, where the density of the :math:`\theta_u` diverges —
-        and identical to EM's objective); otherwise :math:`\tau` gets a
-        HalfNormal prior (NUTS).
+    marginal : bool
+        Continuous only: sum each user's :math:`z_u` out on the grid
+        :data:`~bayes_annot.likelihood.ETA_GRID` (the MAP form: its log density is EM's
+        objective, and a joint mode over the :math:`z_u` would be biased), instead of
+        sampling :math:`z_u \sim \mathcal N(0, 1)` (NUTS).
     strength_init : array (K,) or (C, K), optional
         Initial strengths (default: a plain Bradley–Terry fit of all labels, so
         the attentive component starts on the strengths the data follow; with
@@ -217,9 +214,10 @@ def build_model(
     :math:`\log p(y_u) = \operatorname{logsumexp}(\log\pi + A_u, \log(1-\pi) + C_u)`.
 
     ``continuous`` (potential ``y_user``): :math:`\eta_u = \sigma(\theta_u)`,
-    :math:`\log p(y_u) = \sum_{c: u_c = u} n_c \operatorname{logsumexp}
-    (\log\eta_u + \log P_{att}(y_c), \log(1 - \eta_u) + \log P_{cas}(y_c))`.
-    Users without labels contribute 0.
+    :math:`\log p(y_u \mid \theta_u) = \sum_{c: u_c = u} n_c \operatorname{logsumexp}
+    (\log\eta_u + \log P_{att}(y_c), \log(1 - \eta_u) + \log P_{cas}(y_c))`; with
+    ``marginal`` the potential is :math:`\operatorname{logsumexp}_g(\log w_g + \log p(y_u \mid m + \tau z_g))`
+    over the grid's nodes and weights. Users without labels contribute 0.
 
     Priors (all overridable through :class:`Priors`):
 
@@ -234,9 +232,9 @@ def build_model(
         m &\sim \mathcal N(\mu_m, \sigma_m^2) = \mathcal N(0, 2^2)
             \quad\text{(continuous)} \\
         \tau &\sim \mathrm{HalfNormal}(\sigma_\tau), \ \sigma_\tau = 1.5
-            \quad\text{(continuous, NUTS; fixed at } \sigma_\tau \text{ for MAP)} \\
+            \quad\text{(continuous)} \\
         z_u &\sim \mathcal N(0, 1), \quad \theta_u = m + \tau z_u
-            \quad\text{(non-centred, dim user)}.
+            \quad\text{(non-centred, dim user; summed out on the grid with ``marginal``)}.
 
     **Taste classes** (``n_tastes = C > 1``, :mod:`bayes_annot.tastes`): a user
     is casual or attentive under one of ``C`` classes, each with its own
@@ -360,16 +358,19 @@ def build_model(
             pm.Potential("y_user", pt.logaddexp(pt.log(pi) + att_sum, pt.log1p(-pi) + cas_sum), dims="user")
         else:
             m = pm.Normal("m", mu=priors.eta_m_mu, sigma=priors.eta_m_sigma, initval=float(logit(0.7)))
-            if tau_fixed:
-                tau = pm.Data("tau", float(priors.eta_tau))
-            else:
-                tau = pm.HalfNormal("tau", sigma=priors.eta_tau, initval=float(priors.eta_tau) * 0.7)
+            tau = pm.HalfNormal("tau", sigma=priors.eta_tau, initval=float(priors.eta_tau) * (1.0 if marginal else 0.7))
+            p_att = pt.exp(att_cell)
+            p_cas = pt.switch(pt.eq(cell_choice, 1), q, 1.0 - q)
+            if marginal:
+                eta = pt.sigmoid(m + tau * ETA_GRID.z)  # (G,): eta at the grid's nodes
+                label_ll = pt.log(p_att[:, None] * eta[None, :] + p_cas[:, None] * (1.0 - eta)[None, :])
+                user_grid = pt.inc_subtensor(pt.zeros((n_users, ETA_GRID.n))[cell_user], cell_count[:, None] * label_ll)
+                pm.Potential("y_user", pt.logsumexp(user_grid + ETA_GRID.log_weights[None, :], axis=1), dims="user")
+                return model
             z = pm.Normal("z", mu=0.0, sigma=1.0, dims="user")
             theta = m + tau * z
             eta = pm.Deterministic("eta", pt.sigmoid(theta), dims="user")
             # P(y_c) = eta_u P_att(y_c) + (1 - eta_u) P_cas(y_c), in probability space (one log per cell)
-            p_att = pt.exp(att_cell)
-            p_cas = pt.switch(pt.eq(cell_choice, 1), q, 1.0 - q)
             eta_cell = eta[cell_user]
             casual_cell = pt.sigmoid(-theta)[cell_user]
             label_ll = pt.log(eta_cell * p_att + casual_cell * p_cas)
@@ -415,9 +416,8 @@ def model_loglik(model, params: dict, penalised: bool = True, per_user: bool = F
         objective EM and MAP maximise. (PyMC's Normal log-density carries its
         ``log sqrt(2 pi)`` constant with ~2e-8 rounding per element, so the
         penalised value matches numpy to about 1e-8 per Normal variable;
-        differences between parameter values match exactly.) For ``continuous`` the prior of the
-        users is that of :math:`\\theta_u \\sim N(m, \\tau)` (the model is
-        parametrised by :math:`z_u`; the constant ``-U log tau`` is added back).
+        differences between parameter values match exactly.) For ``continuous`` this is EM's
+        objective for the ``marginal`` model (``params`` then need no per-user value).
     per_user : bool
         Return the per-user log-likelihood (the ``y_user`` potential) instead.
     """
@@ -431,14 +431,7 @@ def model_loglik(model, params: dict, penalised: bool = True, per_user: bool = F
         return np.asarray(fn(*[point[v.name] for v in inputs]))
     if penalised:
         fn = model.compile_logp(jacobian=False)
-        value = float(fn(point))
-        if "z" in model.named_vars:
-            tau = float(params["tau"])
-            value -= len(np.atleast_1d(params["theta"])) * np.log(tau)
-            if "tau" in [rv.name for rv in model.free_RVs]:
-                # only the tau-fixed model matches EM; remove tau's own prior
-                value -= float(model.compile_logp(vars=[model["tau"]], jacobian=False)(point))
-        return value
+        return float(fn(point))
     total = pt.add(*[pt.sum(p) for p in model.replace_rvs_by_values(model.potentials)])
     fn = model.compile_fn(total, inputs=inputs, point_fn=False, on_unused_input="ignore")
     return float(fn(*[point[v.name] for v in inputs]))
@@ -455,7 +448,7 @@ def pytensor_loglik(
 ) -> float:
     """Build the (MAP-form) PyMC model and evaluate its log-likelihood at ``params`` (see :func:`model_loglik`)."""
     spec = BehaviourSpec(variant, n_tastes, "learned" if problem.learned else "known", q_fixed, priors or Priors())
-    model = build_model(problem, spec, tau_fixed=True)
+    model = build_model(problem, spec, marginal=True)
     if q_fixed is not None:
         params = dict(params, q=q_fixed)
     return model_loglik(model, params, penalised=penalised)
@@ -473,8 +466,8 @@ def numpy_loglik(
 
     The penalised value is EM's objective: log-likelihood (users without labels
     contribute 0) plus the log prior densities of ``pi`` (two-class), ``q``
-    (when free), the strengths (learned), and ``theta_u ~ N(m, tau)``,
-    ``m`` (continuous). With taste classes (``params`` holds ``shares``,
+    (when free), the strengths (learned), and ``m``, ``tau`` (continuous, whose
+    users' :math:`z_u` are summed out on :data:`~bayes_annot.likelihood.ETA_GRID`). With taste classes (``params`` holds ``shares``,
     ``C + 1`` casual first, and ``strength`` ``C x K``) it is the EM objective
     of :func:`bayes_annot.tastes.taste_loglik`.
     """
@@ -495,11 +488,16 @@ def numpy_loglik(
         value = float(two_class_user_loglik(att_sum[active], cas_sum[active], pi).sum())
         prior = dict(shares=[pi])
     else:
-        theta = np.asarray(params["theta"], float)
-        value = float(continuous_label_loglik(att, cas, theta[problem.user]).sum())
-        if penalised:
-            value += float(log_normal_pdf(theta, params["m"], params["tau"]).sum())
-        prior = dict(m=params["m"])
+        m, tau = float(params["m"]), float(params["tau"])
+        eta = expit(ETA_GRID.theta(m, tau))
+        label_ll = np.log(np.exp(att)[:, None] * eta + np.exp(cas)[:, None] * (1.0 - eta))
+        user_grid = np.zeros((problem.n_users, ETA_GRID.n))
+        np.add.at(user_grid, problem.user, label_ll)
+        active = np.bincount(problem.user, minlength=problem.n_users) > 0
+        joint = user_grid[active] + ETA_GRID.log_weights
+        top = joint.max(axis=1)
+        value = float((top + np.log(np.exp(joint - top[:, None]).sum(axis=1))).sum())
+        prior = dict(m=m, tau=tau)
     return value + log_prior(priors, q, strengths, q_fixed is None, **prior) if penalised else value
 
 
@@ -588,8 +586,8 @@ def fit_pymc(
         free, priors.
     method : {"map", "nuts"}
         ``map``: ``pm.find_MAP`` (L-BFGS-B, no Jacobian) of the same penalised
-        log-likelihood EM maximises (continuous: ``tau`` fixed at
-        ``priors.eta_tau``). ``nuts``: full posterior.
+        log-likelihood EM maximises (continuous: the users' :math:`z_u` summed out on the
+        grid, :func:`build_model` with ``marginal``). ``nuts``: full posterior.
     draws, tune, chains : int
         NUTS settings (per chain).
     sampler : {"pymc", "nutpie"}
@@ -675,11 +673,28 @@ def _run_map(model, progress, seed, maxeval):
         )
 
 
+def _grid_posterior(problem: UsableLabels, m: float, tau: float, q: float, strengths):
+    """Continuous: each user's posterior over the grid and marginal log-likelihood at the given
+    parameters (the block engine's :func:`~bayes_annot.block_em.block_grid_posterior`)."""
+    from .block_em import block_grid_posterior, make_block
+    from .pairs import PairTable, attentive_table_pairs
+
+    usable, users = np.ones(problem.n_labels, dtype=bool), np.arange(problem.n_users)
+    if not problem.learned:
+        block = make_block(problem.user, usable, problem.n_models, choice=problem.choice_a,
+                           known_logit=problem.known_logit_mu, users=users)
+        return block_grid_posterior(block, m, tau, q, None)
+    pairs, index = PairTable.from_labels(problem.model_a, problem.model_b, problem.n_models)
+    block = make_block(problem.user, usable, problem.n_models, cell=(2 * index + problem.choice_a).astype(np.int32),
+                       users=users, pairs=pairs)
+    return block_grid_posterior(block, m, tau, q, np.exp(attentive_table_pairs(strengths, pairs.a, pairs.b)))
+
+
 def _fit_map(problem, spec, progress, seed, user_labels, model_labels, informative_tol, maxeval):
     from .inference_data import point_estimate_idata
 
     variant, priors, q_fixed = spec.variant, spec.priors, spec.q
-    model = build_model(problem, spec, user_labels, model_labels, tau_fixed=True)
+    model = build_model(problem, spec, user_labels, model_labels, marginal=True)
     point, raw = _run_map(model, progress, seed, maxeval)
     q = float(q_fixed) if q_fixed is not None else float(point["q"])
     strengths = np.asarray(point["strength"], float) if problem.learned else None
@@ -696,19 +711,12 @@ def _fit_map(problem, spec, progress, seed, user_labels, model_labels, informati
         params = {"pi": pi, "q": q}
         loglik = numpy_loglik(problem, variant, {"pi": pi, "q": q, "strength": strengths}, priors, q_fixed)
     else:
-        m, tau = float(point["m"]), float(priors.eta_tau)
-        theta = m + tau * np.asarray(point["z"], float)
-        quality = expit(theta)
-        resp = continuous_label_responsibility(att, cas, theta[problem.user])
-        p_good = laplace_p_above_half(theta, n_user, np.bincount(problem.user, weights=resp * (1.0 - resp),
-                                                                 minlength=problem.n_users), tau)
-        user_ll = np.bincount(
-            problem.user, weights=continuous_label_loglik(att, cas, theta[problem.user]), minlength=problem.n_users
-        )
+        m, tau = float(point["m"]), float(point["tau"])
+        post, user_ll = _grid_posterior(problem, m, tau, q, strengths)
+        quality = post @ expit(ETA_GRID.theta(m, tau))
+        p_good = post @ ETA_GRID.above_half(m, tau)
         params = {"m": m, "tau": tau, "q": q}
-        loglik = numpy_loglik(
-            problem, variant, {"m": m, "tau": tau, "theta": theta, "q": q, "strength": strengths}, priors, q_fixed
-        )
+        loglik = numpy_loglik(problem, variant, {"m": m, "tau": tau, "q": q, "strength": strengths}, priors, q_fixed)
     informative = _informative_users(problem, strengths, informative_tol)
     if variant == "two-class":  # no verdict on uninformative users: the population level (as in EM)
         quality = p_good = np.where(informative, quality, no_verdict_shares([pi], informative.any(), priors)[0])
@@ -840,7 +848,7 @@ def _fit_nuts(
     import xarray as xr
 
     variant, priors, q_fixed = spec.variant, spec.priors, spec.q
-    model = build_model(problem, spec, user_labels, model_labels, tau_fixed=False, strength_prior="zerosum")
+    model = build_model(problem, spec, user_labels, model_labels, strength_prior="zerosum")
     idata = _sample(model, draws, tune, chains, sampler, progress, seed, target_accept)
 
     post = idata.posterior

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.special import logit
 
 from .decide import parse_filter
 from .errors import InputError
@@ -264,32 +263,24 @@ def read_saved(directory: str | Path):
 def load_start(directory: str | Path) -> dict:
     """Label-keyed warm start read from a saved output folder.
 
-    Reads ``summary.json`` (``pi``, ``q``, ``m``), ``models.csv`` (strengths
-    by model, when they were learned) and, for the continuous model,
-    ``users.csv`` (``theta = logit(quality)`` of informative users). A saved
+    Reads ``summary.json`` (``pi``, ``q``, ``m``, ``tau``) and ``models.csv``
+    (strengths by model, when they were learned; per-class strengths with taste classes). A saved
     folder holds no encoded arrays, so this is a parameter-only warm start:
     fit the *full* log (old + new rows) with it, after :func:`align_start`.
 
     Returns
     -------
     dict
-        ``pi``, ``q``, ``m`` (floats or ``None``), ``strengths``
-        (:class:`pandas.Series` by model, or absent), ``theta`` (Series by
-        user, continuous only), ``model`` (the variant saved).
+        ``pi``, ``q``, ``m``, ``tau`` (floats or ``None``), ``strengths``
+        (:class:`pandas.Series` by model, or absent), ``model`` (the variant saved).
     """
     saved, strengths = read_saved(directory)  # csv or parquet tables, read from one consistent folder
     summary = saved.summary
     params = summary["parameters"]
-    start = {"pi": params.get("pi"), "q": params.get("q"), "m": params.get("m"), "model": summary["model"]}
+    start = {key: params.get(key) for key in ("pi", "q", "m", "tau")}
+    start["model"] = summary["model"]
     if strengths is not None:
         start["strengths"] = strengths
-    if summary["model"] == "continuous":
-        users = _checked_ids(saved.users, directory, "users", "user")
-        quality = _saved_numbers(users, "quality", directory, "users", "user", low=0.0, high=1.0)
-        quality = np.clip(quality, 1e-12, 1 - 1e-12)
-        informative = ~users["uninformative"].astype(str).str.strip().str.lower().isin(["true", "1"]).to_numpy() \
-            if "uninformative" in users.columns else np.ones(len(users), bool)
-        start["theta"] = pd.Series(np.where(informative, logit(quality), np.nan), index=users["user"].to_numpy())
     n_tastes = n_tastes_of(summary)
     if n_tastes > 1 and strengths is not None:  # per-class strengths and shares: the update's warm start
         models = _checked_ids(saved.models, directory, "models", "model")

@@ -56,7 +56,6 @@ def _random_params(problem, rng, n_tastes: int = 1):
         "strength": rng.normal(0.0, 1.0, problem.n_models),
         "m": rng.normal(0.5, 1.0),
         "tau": rng.uniform(0.5, 2.0),
-        "theta": rng.normal(0.5, 2.0, problem.n_users),
     }
     if n_tastes > 1:
         params["strength"] = rng.normal(0.0, 1.0, (n_tastes, problem.n_models))
@@ -86,7 +85,7 @@ def _pymc_constant_error(problem, variant, q_fixed, n_tastes=1):
     """
     from scipy.stats import dirichlet
 
-    from bayes_annot.likelihood import log_beta_pdf, log_normal_pdf
+    from bayes_annot.likelihood import log_beta_pdf, log_half_normal_pdf, log_normal_pdf
 
     def normal(sigma):
         return float(pm.logp(pm.Normal.dist(0.0, sigma), 0.0).eval()) - float(log_normal_pdf(0.0, 0.0, sigma))
@@ -102,8 +101,10 @@ def _pymc_constant_error(problem, variant, q_fixed, n_tastes=1):
         error += beta
     if problem.learned:
         error += n_tastes * problem.n_models * normal(priors.strength_sigma)
-    if variant == "continuous":
-        error += normal(priors.eta_m_sigma) + problem.n_users * normal(1.0)  # m and z_u
+    if variant == "continuous":  # m and tau (the users' z_u are summed out)
+        error += normal(priors.eta_m_sigma)
+        error += float(pm.logp(pm.HalfNormal.dist(priors.eta_tau), 1.0).eval()) - float(
+            log_half_normal_pdf(1.0, priors.eta_tau))
     return error
 
 
@@ -111,12 +112,11 @@ def _pymc_constant_error(problem, variant, q_fixed, n_tastes=1):
 def test_pytensor_equals_numpy_at_random_parameters(variant, strengths, q_fixed, n_tastes, rng):
     problem = _problem(strengths)
     spec = BehaviourSpec(variant, n_tastes, "learned" if problem.learned else "known", q=q_fixed)
-    model = build_model(problem, spec, tau_fixed=True)
+    model = build_model(problem, spec, marginal=True)
     offset = _pymc_constant_error(problem, variant, q_fixed, n_tastes)
     values = []
     for _ in range(3):
         params = _random_params(problem, rng, n_tastes)
-        params["tau"] = ba.Priors().eta_tau  # the MAP-form model keeps tau fixed
         if q_fixed is not None:
             params["q"] = q_fixed
         # log-likelihood: equal to 1e-8
@@ -149,7 +149,7 @@ def test_pytensor_equals_em_objective_at_em_estimates(variant, strengths, q_fixe
         em_loglik = em.loglik
     else:
         em = ba.fit(_log(strengths == "p_a", seed=8), model=variant, q=q_fixed, **_strength_settings(strengths)).estimates
-        params = {**em.parameters, "strength": em.strengths, "theta": em.theta}
+        params = {**em.parameters, "strength": em.strengths}
         em_loglik = em.loglik
     value = pytensor_loglik(problem, variant, params, q_fixed=q_fixed, n_tastes=n_tastes)
     offset = _pymc_constant_error(problem, variant, q_fixed, n_tastes)
@@ -289,9 +289,14 @@ def test_nuts_plumbing_with_mocked_sampler(monkeypatch, tmp_path, variant):
     params = {k: draw[k].values for k in ("q", "strength")}
     if variant == "two-class":
         params["pi"] = float(draw["pi"])
-    else:
-        params.update(m=float(draw["m"]), tau=float(draw["tau"]), theta=float(draw["m"]) + float(draw["tau"]) * draw["z"].values)
-    expected = numpy_loglik(problem, variant, params, penalised=False)
+        expected = numpy_loglik(problem, variant, params, penalised=False)
+    else:  # NUTS samples each user's z_u: the log-likelihood given the draw's theta_u
+        from bayes_annot.em import label_logprobs
+        from bayes_annot.likelihood import continuous_label_loglik
+
+        theta = float(draw["m"]) + float(draw["tau"]) * draw["z"].values
+        att, cas = label_logprobs(problem, params["strength"], float(params["q"]))
+        expected = float(continuous_label_loglik(att, cas, theta[problem.user]).sum())
     assert float(idata.log_likelihood["y_user"].isel(chain=1, draw=7).sum()) == pytest.approx(expected, abs=1e-8)
     az.loo(idata)  # works on the stored group
     out = result.save(tmp_path / "out")
