@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.special import expit, log_expit, logit
 
+from .casual import casual_table, fit_casual
 from .em import EMResult, _update_q, _update_theta, has_converged, max_change, no_verdict_continuous, no_verdict_shares
 from .likelihood import Priors, laplace_p_above_half, log_normal_pdf, log_prior, log_type_shares
 from .spec import BehaviourSpec
@@ -88,7 +89,10 @@ class Block:
     ties: int = 0  # rows of these users that are ties / same-model pairs (bookkeeping)
     same_model: int = 0
     pairs: PairTable | None = None  # the pair vocabulary of ``cell`` (None: every K x K pair)
+    casual_cell: np.ndarray | None = None  # int32 (n,) casual cell of each entry (casual covariates), same order
+    n_casual: int = 0  # casual cells of the design (bayes_annot.casual.CasualDesign.n_cells)
     _counts: object = field(default=None, repr=False)
+    _casual_counts: object = field(default=None, repr=False)
     _inactive: np.ndarray | None = field(default=None, repr=False)
     _cell_totals: np.ndarray | None = field(default=None, repr=False)
     _entry_choice: np.ndarray | None = field(default=None, repr=False)
@@ -155,6 +159,28 @@ class Block:
             self._entry_choice = (self.cell & 1).astype(np.int8)
         return self._entry_choice
 
+    def casual_index(self) -> np.ndarray:
+        """Per entry: ``2 * casual_cell + choice``, the entry of the casual table (casual covariates only)."""
+        return 2 * self.casual_cell.astype(np.int64) + self.entry_choice()
+
+    def casual_matrix(self):
+        """``users x 2 n_casual`` CSR counts of each user's labels by casual table entry (cached)."""
+        if self._casual_counts is None:
+            from scipy.sparse import csr_matrix
+
+            self._casual_counts = csr_matrix(
+                (np.ones(self.n_entries), self.casual_index(), self.indptr), shape=(self.users.shape[0], 2 * self.n_casual)
+            )
+        return self._casual_counts
+
+    def casual_sums(self, casual) -> np.ndarray:
+        """Per-user sums of casual log-probabilities: ``casual`` the position bias ``q`` (no covariates:
+        ``n_a log q + (n - n_a) log(1 - q)``) or the casual table ``(2 n_casual,)``
+        (:func:`bayes_annot.casual.casual_table`: one sparse mat-vec)."""
+        if self.casual_cell is None:
+            return self.n_user_a * np.log(casual) + (self.n_user - self.n_user_a) * np.log1p(-casual)
+        return self.casual_matrix() @ casual
+
     def release_pass_caches(self) -> None:
         """Drop what only the EM passes use (the CSR matrix with its float data, per-entry choices).
 
@@ -163,6 +189,7 @@ class Block:
         """
         self._counts = None
         self._entry_choice = None
+        self._casual_counts = None
 
     @property
     def cell_totals(self) -> np.ndarray:
@@ -202,6 +229,8 @@ def make_block(
     known_logit: np.ndarray | None = None,
     users: np.ndarray | None = None,
     pairs: PairTable | None = None,
+    casual_cell: np.ndarray | None = None,
+    n_casual: int = 0,
 ) -> Block:
     """Build a :class:`Block` from per-row arrays (global user codes, all rows).
 
@@ -210,6 +239,7 @@ def make_block(
     ``users`` (sorted global codes) fixes the block's user set; by default the
     users present in ``user``. ``pairs`` is the pair vocabulary of ``cell``
     (``2 * pair + choice``); without it ``cell`` is the dense ``(a K + b) 2 + choice``.
+    ``casual_cell`` (usable rows, row order): each label's casual cell of a design of ``n_casual`` cells.
     """
     user = np.asarray(user)
     if users is None:
@@ -238,6 +268,9 @@ def make_block(
         block.choice = np.asarray(choice, dtype=np.int8)[order]
         block.known_logit = np.asarray(known_logit, dtype=float)[order]
     block.n_user_a = block.row_sums(block.entry_choice().astype(float))
+    if casual_cell is not None:
+        block.casual_cell = np.asarray(casual_cell, dtype=np.int32)[order]
+        block.n_casual = int(n_casual)
     return block
 
 
@@ -277,6 +310,8 @@ def merge_blocks(
     """
     if old.learned != new.learned:
         raise ValueError("cannot merge a learned-strengths block with a known-probabilities block")
+    if (old.casual_cell is None) != (new.casual_cell is None) or old.n_casual != new.n_casual:
+        raise ValueError("cannot merge blocks with different casual covariates")
     users = np.asarray(users, dtype=np.int64)
     n_local = users.shape[0]
     old_users = old.users if user_map is None else np.asarray(user_map)[old.users]
@@ -336,6 +371,9 @@ def merge_blocks(
     else:
         block.choice = interleave(old.choice, new.choice, np.int8)
         block.known_logit = interleave(old.known_logit, new.known_logit, float)
+    if new.casual_cell is not None:
+        block.casual_cell = interleave(old.casual_cell, new.casual_cell, np.int32)
+        block.n_casual = new.n_casual
     return block
 
 
@@ -391,9 +429,12 @@ def two_class_user_terms(att_sum: np.ndarray, cas_sum: np.ndarray, pi: float) ->
     return p_att, user_ll
 
 
-def block_two_class_users(block: Block, pi: float, q: float, table: np.ndarray | None):
-    """Per-user posterior P(attentive) and marginal log-likelihood of one block (one taste class)."""
-    cas_sum = block.n_user_a * np.log(q) + (block.n_user - block.n_user_a) * np.log1p(-q)
+def block_two_class_users(block: Block, pi: float, q, table: np.ndarray | None):
+    """Per-user posterior P(attentive) and marginal log-likelihood of one block (one taste class).
+
+    ``q``: the casual position bias, or the casual table when the block has casual cells
+    (:meth:`Block.casual_sums`; so in every pass function below)."""
+    cas_sum = block.casual_sums(q)
     return two_class_user_terms(_block_att_sum(block, table), cas_sum, pi)
 
 
@@ -406,14 +447,13 @@ def lse_rows(x: np.ndarray) -> np.ndarray:
     return m + np.log1p(rest.sum(axis=1))
 
 
-def block_type_logliks(block: Block, q: float, tables: np.ndarray) -> np.ndarray:
+def block_type_logliks(block: Block, q, tables: np.ndarray) -> np.ndarray:
     """``(Ul, C + 1)``: per user the casual log-probability sum, then the attentive sum of each class.
 
     ``tables`` ``(2 P, C)``: log P_att of every cell under each class; the attentive sums
     of all classes are one sparse product ``counts @ tables``.
     """
-    casual = block.n_user_a * np.log(q) + (block.n_user - block.n_user_a) * np.log1p(-q)
-    return np.column_stack([casual, block.matrix() @ tables])
+    return np.column_stack([block.casual_sums(q), block.matrix() @ tables])
 
 
 def block_class_users(block: Block, shares: np.ndarray, q: float, tables: np.ndarray | None):
@@ -437,7 +477,8 @@ def block_class_pass(block: Block, shares: np.ndarray, q: float, tables: np.ndar
 
     ``loglik`` (over users with labels), ``totals`` (C,) the classes' responsibility sums over those
     users, ``n_active``, ``casual_a`` / ``casual`` (the casual-weighted labels choosing ``model_a`` / all,
-    for ``q``) and ``cells`` ``(2 P, C)``, the cell table weighted by each class's responsibilities (the
+    for ``q``), ``casual_cells`` (casual covariates: the casual-weighted labels by casual table entry,
+    for :func:`bayes_annot.casual.fit_casual`; else ``None``) and ``cells`` ``(2 P, C)``, the cell table weighted by each class's responsibilities (the
     Bradley–Terry M-steps' input). ``users``: :func:`block_class_users` at these parameters, when known.
     """
     casual, att, user_ll = block_class_users(block, shares, q, tables) if users is None else users
@@ -455,6 +496,7 @@ def block_class_pass(block: Block, shares: np.ndarray, q: float, tables: np.ndar
         "n_active": int(user_ll.shape[0] - inactive.shape[0]),
         "casual_a": float(casual @ block.n_user_a),
         "casual": float(casual @ block.n_user),
+        "casual_cells": None if block.casual_cell is None else block.casual_matrix().T @ casual,
         "cells": cells,
     }
 
@@ -495,7 +537,10 @@ def _continuous_entries(block: Block, theta, q, att_prob_table):
     else:
         att_prob = expit((2.0 * block.choice - 1.0) * block.known_logit)
     choice = block.entry_choice()
-    cas_prob = np.where(choice == 1, q, 1.0 - q)
+    if block.casual_cell is None:
+        cas_prob = np.where(choice == 1, q, 1.0 - q)
+    else:
+        cas_prob = np.exp(q)[block.casual_index()]
     eta = block.expand(expit(theta))
     attentive = eta * att_prob
     mixture = attentive + (1.0 - eta) * cas_prob
@@ -516,6 +561,8 @@ def block_continuous_pass(block: Block, theta: np.ndarray, m: float, q: float, t
         "max_quality_change": max_change(expit(theta), expit(theta_new)),
         "casual_a": float(casual @ choice.astype(float)),
         "casual": float(casual.sum()),
+        "casual_cells": None if block.casual_cell is None else np.bincount(
+            block.casual_index(), weights=casual, minlength=2 * block.n_casual),
         "cells": block.cell_sums(resp) if block.learned else None,
     }
     return theta_new, stats
@@ -575,7 +622,7 @@ class LocalRunner:
     def _users(self, shares, q, tables):
         """Per-block :func:`block_class_users`; the last parameters' are kept, since the final
         pass is at the parameters of the last E-step."""
-        key = (tuple(shares), q)
+        key = (tuple(shares), q if np.ndim(q) == 0 else np.asarray(q).tobytes())
         cached = getattr(self, "_last_users", None)
         if cached is not None and cached[0] == key and np.array_equal(cached[1], tables):
             return cached[2]
@@ -689,6 +736,7 @@ class ClassEMResult:
     informative: np.ndarray
     n_user: np.ndarray
     runtime_seconds: float = 0.0
+    casual_g: np.ndarray | None = None  # casual covariate effects (``casual``'s design), else None
 
     @property
     def loglik(self) -> float:
@@ -712,6 +760,8 @@ def run_class_em(
     callback=None,
     accelerate: bool = False,
     param_tol: float | None = None,
+    casual=None,
+    casual_g=None,
 ) -> ClassEMResult:
     r"""EM of the two-class model with ``C = len(shares)`` taste classes over the blocks of ``runner``.
 
@@ -728,6 +778,10 @@ def run_class_em(
     ``strengths`` ``(C, K)`` is the start (``None``, one class only: the plain Bradley–Terry
     fit of the unweighted labels); ``accelerate`` adds SQUAREM steps kept only when they do not
     lower the objective; the stopping rule is :func:`~bayes_annot.em.has_converged`.
+
+    ``casual`` (a :class:`~bayes_annot.casual.CasualDesign`; the runner's blocks then carry casual
+    cells): casual clicks follow covariates, ``q = sigmoid(beta_0)`` and the effects ``casual_g``
+    (start; zeros by default) are fitted by :func:`~bayes_annot.casual.fit_casual` in the M-step.
     """
     started = time.perf_counter()
     priors = priors or Priors()
@@ -742,23 +796,29 @@ def run_class_em(
         strengths = None
     q = float(q) if q_fixed is None else float(q_fixed)
     q_free = q_fixed is None
+    cas = _CasualSide(casual, priors, q_free)
+    g0 = cas.start(casual_g)
 
-    def evaluate(shares, q, strengths):
-        """Objective at (shares, q, s) and the EM map's image of (shares, q, s)."""
-        st = runner.class_pass(shares, q, bt.tables(strengths) if learned else None)
-        value = st["loglik"] + log_prior(priors, q, strengths, q_free, shares=shares)
+    def evaluate(shares, q, strengths, g):
+        """Objective at (shares, q, s, g) and the EM map's image of (shares, q, s, g)."""
+        st = runner.class_pass(shares, cas.arg(q, g), bt.tables(strengths) if learned else None)
+        value = st["loglik"] + log_prior(priors, q, strengths, q_free, shares=shares) + cas.log_prior(g)
         new_shares = (st["totals"] + priors.pi_alpha - 1.0) / (
             st["n_active"] + priors.pi_alpha * n_classes + priors.pi_beta - (n_classes + 1.0)
         )
-        new_q = float(_update_q(st["casual_a"], st["casual"], priors)) if q_free else q
+        if cas.design is None:
+            new_q, new_g = (float(_update_q(st["casual_a"], st["casual"], priors)) if q_free else q), None
+        else:
+            new_q, new_g = cas.m_step(st, q, g)
         new_s = bt.fit_classes(st["cells"], strengths) if learned else None
-        # a user's posteriors are functions of (shares, q, strengths): their change is the step's
-        step = max(max_change(shares, new_shares), max_change(q, new_q), max_change(strengths, new_s))
-        return value, (new_shares, new_q, new_s), step
+        # a user's posteriors are functions of (shares, q, strengths, g): their change is the step's
+        step = max(max_change(shares, new_shares), max_change(q, new_q), max_change(strengths, new_s),
+                   max_change(g, new_g))
+        return value, (new_shares, new_q, new_s, new_g), step
 
-    def pack(shares, q, s):
+    def pack(shares, q, s, g):
         head = logit(shares) if n_classes == 1 else np.log(shares) - np.log1p(-shares.sum())
-        return _pack_shared([head], q, None if s is None else s.ravel(), q_fixed, learned)
+        return _pack_shared([head] + ([] if g is None else [g]), q, None if s is None else s.ravel(), q_fixed, learned)
 
     def unpack(x, like):
         head = x[:n_classes]
@@ -766,25 +826,55 @@ def run_class_em(
             shares = expit(head)
         else:
             shares = np.exp(head - np.logaddexp.reduce(np.concatenate([[0.0], head])))
-        q, s = _unpack_shared(x, n_classes, q_fixed, learned)
-        return shares, q, None if s is None else s.reshape(n_classes, n_models)
+        n_g = 0 if like[3] is None else like[3].shape[0]
+        g = None if like[3] is None else x[n_classes: n_classes + n_g].copy()
+        q, s = _unpack_shared(x, n_classes + n_g, q_fixed, learned)
+        return shares, q, None if s is None else s.reshape(n_classes, n_models), g
 
     def valid(params):
         shares, q = params[0], params[1]
         return bool(np.all(shares > 0.0) and shares.sum() < 1.0) and (q is None or 0.0 < q < 1.0)
 
     params, trace, iteration, converged = _em_iterations(
-        evaluate, (shares, q, strengths), tol=tol, max_iter=max_iter, callback=callback, param_tol=param_tol,
+        evaluate, (shares, q, strengths, g0), tol=tol, max_iter=max_iter, callback=callback, param_tol=param_tol,
         squarem=(pack, unpack, valid) if accelerate else None,
     )
-    shares, q, strengths = params
+    shares, q, strengths, g0 = params
     differs_cell = bt.differs(strengths, informative_tol) if learned else None  # as em._informative_users
-    parts = runner.class_final(shares, q, bt.tables(strengths) if learned else None, differs_cell, informative_tol)
+    parts = runner.class_final(shares, cas.arg(q, g0), bt.tables(strengths) if learned else None, differs_cell,
+                               informative_tol)
     g = _gather(parts, runner.n_users, ["quality", "p_casual", "p_taste", "user_loglik", "informative", "n_user"])
     return ClassEMResult(
         shares=shares, q=float(q), strengths=strengths, loglik_trace=trace, n_iter=iteration, converged=converged,
-        runtime_seconds=time.perf_counter() - started, **g,
+        runtime_seconds=time.perf_counter() - started, casual_g=g0, **g,
     )
+
+
+class _CasualSide:
+    """The casual covariates' part of the EM drivers (nothing at all without covariates)."""
+
+    def __init__(self, design, priors: Priors, q_free: bool):
+        self.design, self.priors, self.q_free = design, priors, q_free
+        self.matrix = None if design is None else design.design()
+
+    def start(self, g):
+        if self.design is None:
+            return None
+        return np.zeros(self.design.n_effects) if g is None else np.asarray(g, dtype=float).copy()
+
+    def arg(self, q, g):
+        """What the blocks' passes take as the casual side: ``q``, or the casual table at ``(logit q, g)``."""
+        return q if self.design is None else casual_table(float(logit(q)), g, self.matrix)
+
+    def log_prior(self, g) -> float:
+        """The Normal prior of the effects (the Beta prior of ``q`` is :func:`log_prior`'s)."""
+        if self.design is None:
+            return 0.0
+        return float(log_normal_pdf(g, 0.0, self.priors.casual_effect_sigma).sum())
+
+    def m_step(self, st: dict, q, g):
+        beta0, new_g = fit_casual(st["casual_cells"], self.matrix, float(logit(q)), g, self.priors, self.q_free)
+        return (float(expit(beta0)) if self.q_free else q), new_g
 
 
 def run_em(
@@ -837,7 +927,8 @@ def run_em(
         res = run_class_em(
             runner, k, [float(start.get("pi") or 0.5)], q, None if strengths is None else strengths[None, :],
             learned=learned, priors=priors, q_fixed=q_fixed, tol=tol, max_iter=max_iter, informative_tol=informative_tol,
-            callback=callback, accelerate=accelerate, param_tol=param_tol,
+            callback=callback, accelerate=accelerate, param_tol=param_tol, casual=spec.casual,
+            casual_g=start.get("casual_g"),
         )
         pi = float(res.shares[0])
         level = no_verdict_shares(res.shares, res.informative.any(), priors)[0]
@@ -846,17 +937,18 @@ def run_em(
             quality=np.where(res.informative, res.quality, level), n_labels_user=res.n_user.astype(np.int64),
             informative=res.informative.astype(bool), loglik=res.loglik, loglik_trace=res.loglik_trace,
             n_iter=res.n_iter, converged=res.converged, runtime_seconds=time.perf_counter() - started,
-            user_loglik=res.user_loglik, p_eta_above_half=None, theta=None, m=None, tau=None,
+            user_loglik=res.user_loglik, p_eta_above_half=None, theta=None, m=None, tau=None, casual_g=res.casual_g,
         )
     bt = _PairBT(getattr(runner, "pairs", None), k, priors.strength_sigma) if learned else None
     if learned and strengths is None:
         strengths = bt.fit(runner.cell_counts())
+    cas = _CasualSide(spec.casual, priors, q_fixed is None)
     out = _run_continuous(runner, bt, learned, priors, q_fixed, tol, max_iter, start, strengths, q, callback, accelerate,
-                          param_tol)
+                          param_tol, cas)
     s = out["strengths"]
     differs_cell = bt.differs(s, informative_tol) if learned else None  # same rule as em._informative_users
     parts = runner.continuous_final(
-        out["thetas"], out["m"], out["q"], out["tau"], np.exp(bt.table(s)) if learned else None,
+        out["thetas"], out["m"], cas.arg(out["q"], out["g"]), out["tau"], np.exp(bt.table(s)) if learned else None,
         differs_cell, informative_tol,
     )
     g = _gather(parts, runner.n_users, ["quality", "p_eta_above_half", "theta", "user_loglik", "informative", "n_user"])
@@ -868,7 +960,7 @@ def run_em(
         n_labels_user=g["n_user"].astype(np.int64), informative=g["informative"].astype(bool), loglik=out["trace"][-1],
         loglik_trace=out["trace"], n_iter=out["n_iter"], converged=out["converged"],
         runtime_seconds=time.perf_counter() - started, user_loglik=g["user_loglik"], p_eta_above_half=g["p_eta_above_half"],
-        theta=g["theta"], m=float(out["m"]), tau=float(out["tau"]),
+        theta=g["theta"], m=float(out["m"]), tau=float(out["tau"]), casual_g=out["g"],
     )
 
 
@@ -966,7 +1058,7 @@ def _unpack_shared(x: np.ndarray, i: int, q_fixed, learned: bool):
 
 
 def _run_continuous(runner, bt, learned, priors, q_fixed, tol, max_iter, start, strengths, q, callback, accelerate,
-                    param_tol=None):
+                    param_tol=None, cas=None):
     tau = priors.eta_tau
     m = float(start["m"]) if start.get("m") is not None else float(logit(0.7))
     thetas = runner.initial_theta(start.get("theta"), m)
@@ -975,33 +1067,45 @@ def _run_continuous(runner, bt, learned, priors, q_fixed, tol, max_iter, start, 
     if accelerate and not local:
         raise ValueError("accelerate=True for the continuous variant needs a LocalRunner")
 
-    def evaluate(thetas, m, q, strengths):
-        new_thetas, st = runner.continuous_pass(thetas, m, q, tau, np.exp(bt.table(strengths)) if learned else None)
-        value = st["loglik"] + log_prior(priors, q, strengths, q_fixed is None, m=m)
+    cas = cas if cas is not None else _CasualSide(None, priors, q_fixed is None)
+    g0 = cas.start(start.get("casual_g"))
+
+    def evaluate(thetas, m, q, strengths, g):
+        new_thetas, st = runner.continuous_pass(thetas, m, cas.arg(q, g), tau,
+                                                np.exp(bt.table(strengths)) if learned else None)
+        value = st["loglik"] + log_prior(priors, q, strengths, q_fixed is None, m=m) + cas.log_prior(g)
         new_m = (st["theta_sum"] / tau**2 + priors.eta_m_mu / priors.eta_m_sigma**2) / (
             n_users / tau**2 + 1.0 / priors.eta_m_sigma**2
         )
         new_q, new_s = _shared_m_step(st, q, strengths, bt, learned, priors, q_fixed)
+        new_g = None
+        if cas.design is not None:
+            new_q, new_g = cas.m_step(st, q, g)
         step = max(st["max_quality_change"], max_change(expit(m), expit(new_m)), max_change(q, new_q),
-                   max_change(strengths, new_s))
-        return value, (new_thetas, float(new_m), new_q, new_s), step
+                   max_change(strengths, new_s), max_change(g, new_g))
+        return value, (new_thetas, float(new_m), new_q, new_s, new_g), step
 
-    def pack(thetas, m, q, s):
-        return _pack_shared([np.concatenate(thetas), np.array([m])], q, s, q_fixed, learned)
+    def pack(thetas, m, q, s, g):
+        head = [np.concatenate(thetas), np.array([m])] + ([] if g is None else [g])
+        return _pack_shared(head, q, s, q_fixed, learned)
 
     def unpack(x, like):
         pieces, i = [], 0
         for size in (t.shape[0] for t in like[0]):
             pieces.append(x[i : i + size].copy())
             i += size
-        return (pieces, float(x[i]), *_unpack_shared(x, i + 1, q_fixed, learned))
+        n_g = 0 if like[4] is None else like[4].shape[0]
+        g = None if like[4] is None else x[i + 1: i + 1 + n_g].copy()
+        q, s = _unpack_shared(x, i + 1 + n_g, q_fixed, learned)
+        return pieces, float(x[i]), q, s, g
 
     def valid(params):
         return params[2] is None or 0.0 < params[2] < 1.0
 
     params, trace, iteration, converged = _em_iterations(
-        evaluate, (thetas, m, q, strengths), tol=tol, max_iter=max_iter, callback=callback, param_tol=param_tol,
+        evaluate, (thetas, m, q, strengths, g0), tol=tol, max_iter=max_iter, callback=callback, param_tol=param_tol,
         squarem=(pack, unpack, valid) if accelerate else None,
     )
-    thetas, m, q, strengths = params
-    return dict(thetas=thetas, m=m, q=q, tau=tau, strengths=strengths, trace=trace, n_iter=iteration, converged=converged)
+    thetas, m, q, strengths, g0 = params
+    return dict(thetas=thetas, m=m, q=q, tau=tau, strengths=strengths, trace=trace, n_iter=iteration,
+                converged=converged, g=g0)

@@ -53,6 +53,9 @@ class UsableLabels:
     known_logit_mu : float array (n,) or None
         Attentive log-odds of choosing ``model_a`` when strengths are known;
         ``None`` means strengths are learned.
+    casual_cell : int32 array (n,) or None
+        Each label's casual cell (:meth:`bayes_annot.casual.CasualDesign.cells`) when casual clicks
+        follow covariates; ``None``: no covariates.
     """
 
     user: np.ndarray
@@ -62,6 +65,7 @@ class UsableLabels:
     n_users: int
     n_models: int
     known_logit_mu: np.ndarray | None = None
+    casual_cell: np.ndarray | None = None
 
     @property
     def n_labels(self) -> int:
@@ -98,6 +102,7 @@ class EMResult:
     converged: bool
     runtime_seconds: float
     user_loglik: np.ndarray = field(repr=False, default=None)
+    casual_g: np.ndarray | None = None  # casual covariate effects (bayes_annot.casual), when there are covariates
 
 
 # --------------------------------------------------------------------------- Bradley–Terry
