@@ -28,11 +28,12 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import expit, log_expit
 
+from .data import PreparedData, casual_covariates
 from .em import newton_ascent
 from .errors import InputError
 from .likelihood import Priors, log_beta_pdf, log_normal_pdf
 
-__all__ = ["CasualDesign", "DEFAULT_BINS", "MAX_CELLS", "casual_design", "casual_table", "casual_logits",
+__all__ = ["CasualDesign", "prepare_casual", "design_from_summary", "DEFAULT_BINS", "MAX_CELLS", "casual_design", "casual_table", "casual_logits",
            "casual_objective", "fit_casual", "casual_log_prior", "casual_effects"]
 
 DEFAULT_BINS = 6
@@ -225,3 +226,33 @@ def casual_effects(design: CasualDesign, beta0: float, g: np.ndarray) -> dict:
                                   "g": [float(v) for v in g[col: col + j]]})
         col += j
     return out
+
+
+def prepare_casual(prepared: PreparedData, which="auto", n_bins: int = DEFAULT_BINS,
+                   design: CasualDesign | None = None) -> CasualDesign | None:
+    """Read a prepared log's casual covariates (:func:`bayes_annot.data.casual_covariates`, stored on
+    ``prepared``) and return their design: ``design`` when given (a previous fit's bins, e.g. an
+    update: the same covariates are read), else bins from the rows in the likelihood; ``None``
+    without covariates."""
+    names, x = casual_covariates(prepared, which if design is None else design.names)
+    prepared.casual_names, prepared.casual_x = names, x
+    if design is not None:
+        return design
+    return casual_design(names, None if x is None else x[prepared.usable], n_bins)
+
+
+def design_from_summary(summary: dict) -> CasualDesign | None:
+    """The casual covariates' design a result's ``summary["casual_effects"]`` records (``None``: none)."""
+    effects = (summary or {}).get("casual_effects")
+    if not effects:
+        return None
+    covs = effects["covariates"]
+    return CasualDesign(names=tuple(c["name"] for c in covs), edges=tuple(tuple(c["edges"]) for c in covs))
+
+
+def effects_start(summary: dict) -> np.ndarray | None:
+    """The effects ``g`` a result's ``summary["casual_effects"]`` records, concatenated (a warm start)."""
+    effects = (summary or {}).get("casual_effects")
+    if not effects:
+        return None
+    return np.concatenate([np.asarray(c["g"], dtype=float) for c in effects["covariates"]])

@@ -56,6 +56,8 @@ class UsableLabels:
     casual_cell : int32 array (n,) or None
         Each label's casual cell (:meth:`bayes_annot.casual.CasualDesign.cells`) when casual clicks
         follow covariates; ``None``: no covariates.
+    n_casual : int
+        The design's number of casual cells (0 without covariates).
     """
 
     user: np.ndarray
@@ -66,6 +68,7 @@ class UsableLabels:
     n_models: int
     known_logit_mu: np.ndarray | None = None
     casual_cell: np.ndarray | None = None
+    n_casual: int = 0
 
     @property
     def n_labels(self) -> int:

@@ -35,6 +35,8 @@ from .problem import (
 from .em import UsableLabels
 from .errors import FitWarning, InputError, user_stacklevel
 from .progress import Progress, em_callback, iterate, resolve as resolve_progress
+from .casual import DEFAULT_BINS, casual_design, prepare_casual
+from .data import parse_casual_covariates
 from .likelihood import Priors
 from .spec import BehaviourSpec
 from .tables import OUTPUT_COLUMNS, input_renames  # noqa: F401  (OUTPUT_COLUMNS: public name)
@@ -280,6 +282,14 @@ class FitResult:
         if pairs is None:
             raise InputError("comparison_parts() needs the rows of the fit, which this result does not hold")
         return graph_components(pairs)
+
+    @property
+    def casual_effects_(self) -> dict | None:
+        """The casual covariates' effects (``summary["casual_effects"]``): ``beta0`` (the position bias at
+        equal covariates; ``q = sigmoid(beta0)``) and per covariate its ``name``, bin ``edges`` of ``|x|``
+        and effects ``g`` (log-odds of choosing the response with the larger value, per bin); ``None``
+        when casual clicks had no covariates (docs/model.md)."""
+        return self.summary.get("casual_effects")
 
     @property
     def loglik_trace(self) -> list[float]:
@@ -660,6 +670,8 @@ def fit(
     record_paths: bool = False,
     winner_values: dict | None = None,
     on_bad_row: str = "error",
+    casual_covariates="auto",
+    casual_bins: int = DEFAULT_BINS,
 ) -> FitResult:
     """Fit the user behaviour model to a comparison-mode log.
 
@@ -695,7 +707,17 @@ def fit(
         The paper's setting: an attentive user prefers ``strong_model`` with
         probability ``mu`` (other pairs are uninformative).
     q : float, optional
-        Fix the casual position bias (0.5 = fair coin); estimated if ``None``.
+        Fix the casual position bias (0.5 = fair coin); estimated if ``None``. With casual
+        covariates it is the bias at equal covariates, ``sigmoid(beta_0)``; their effects are still learned.
+    casual_covariates : "auto", "none" or list of str
+        What casual clicks may follow besides position (docs/model.md, "Casual covariates"):
+        ``"auto"`` (default) the log length ratio ``log(len(response_a) / len(response_b))`` when the
+        response texts are present (``response_a`` / ``response_b``, or Arena's ``conversation_a`` /
+        ``conversation_b``), else nothing; ``"none"``: a position coin ``q`` (the paper's model); or
+        column names of numeric a-vs-b contrasts (``"log_length_ratio"`` names the length ratio).
+        Their effects are in ``result.casual_effects_`` and ``summary["casual_effects"]``.
+    casual_bins : int
+        Bins of ``|x|`` per casual covariate (default 6; edges at quantiles, fixed at fit time).
     tastes : int or "auto"
         Number of taste classes (two-class model, learned strengths only):
         attentive users may follow one of ``tastes`` rankings, so a coherent
@@ -770,6 +792,8 @@ def fit(
         raise InputError(f"unknown method '{method}', expected one of {', '.join(METHODS)}")
     check_fit_settings(tol=tol, max_iter=max_iter, draws=draws, tune=tune, chains=chains, seed=seed, mu=mu, tastes=tastes)
     spec = model_spec(model=model, tastes=tastes, q=q, priors=priors, mu=mu)  # the model's refusals, before reading
+    which_casual = parse_casual_covariates(casual_covariates)
+    casual_design(("x",), np.ones((1, 1)), casual_bins)  # casual_bins is checked before reading
     rule = parse_filter(filter)
     check_no_verdict_policy(no_verdict)
     if not isinstance(max_tastes, (int, np.integer)) or isinstance(max_tastes, bool) or max_tastes < 1:
@@ -809,17 +833,22 @@ def fit(
     columns = ColumnMap(user=user, model_a=model_a, model_b=model_b, winner=winner, p_a=p_a, winner_values=winner_values)
     prepared = prepare(frame, columns, on_bad_row=on_bad_row)
     priors = spec.priors
-    problem, strength_mode = build_problem(prepared, mu=mu, strong_model=strong_model, use_p_a=use_p_a)
+    design = prepare_casual(prepared, which_casual, casual_bins)
+    spec = spec.with_casual(design)
+    problem, strength_mode = build_problem(prepared, mu=mu, strong_model=strong_model, use_p_a=use_p_a, casual=design)
     spec = _data_spec(spec, problem.learned, tastes)  # a p_a column: known strengths (no taste classes)
     if taste_check and (spec.variant != "two-class" or not spec.learned):
         raise InputError("taste_check needs model='two-class' and learned strengths (no p_a column, no mu)")
+    if taste_check and design is not None:
+        raise InputError("taste_check simulates casual users as position coins: fit with casual_covariates='none' "
+                         "(--casual-covariates none) to run it")
     pairs = pair_counts(prepared)
     state = None
     if problem.n_labels == 0:
         # Nothing enters the likelihood: no verdict on anybody.
         estimates = _empty_estimates(prepared, model, method, priors, q)
     elif tastes != 1 and method == "em":
-        state = em_state(prepared, problem, pairs, mu=mu, strong_model=strong_model, use_p_a=use_p_a)
+        state = em_state(prepared, problem, pairs, mu=mu, strong_model=strong_model, use_p_a=use_p_a, casual=design)
         res, extra = fit_taste_classes(problem, spec, tol=tol, max_iter=max_iter, seed=seed,
                                        max_tastes=max_tastes if tastes == "auto" else None,
                                        runner=LocalRunner([state.block], prepared.n_users),
@@ -837,13 +866,13 @@ def fit(
         # continuous EM converges slowly (~100 plain iterations): SQUAREM steps, each kept only
         # when the penalised log-likelihood does not decrease, reach the optimum in ~4x fewer.
         squarem = default_accelerate(accelerate, model, prepared.n_models)
-        state = em_state(prepared, problem, pairs, mu=mu, strong_model=strong_model, use_p_a=use_p_a)
+        state = em_state(prepared, problem, pairs, mu=mu, strong_model=strong_model, use_p_a=use_p_a, casual=design)
         with em_callback(resolve_progress(progress)) as callback:
             em = run_block_em(
                 state.block, problem, spec, tol=tol, max_iter=max_iter,
                 start=_resolve_start(start, prepared), accelerate=squarem, callback=callback,
             )
-        estimates = em_estimates(em, model, known_strengths(problem, prepared, mu, strong_model))
+        estimates = em_estimates(em, model, known_strengths(problem, prepared, mu, strong_model), casual=design)
     else:
         from .pymc_model import fit_pymc
 
@@ -887,6 +916,8 @@ def fit(
         "seed": seed,
         "accelerate": default_accelerate(accelerate, model, prepared.n_models) if method == "em" else None,
         "warm_start": start is not None,
+        "casual_covariates": list(which_casual) if isinstance(which_casual, tuple) else which_casual,
+        "casual_bins": int(casual_bins),
     }
     if winner_values:
         settings["winner_values"] = {str(k): str(v) for k, v in winner_values.items()}

@@ -152,9 +152,12 @@ def fit_taste_classes(problem: UsableLabels, spec: BehaviourSpec, *, tol: float 
     priors, q, tastes = spec.priors, spec.q, spec.n_tastes
     extra_summary: dict = {}
     if max_tastes is not None:
-        selection = select_tastes(problem, max_tastes=max_tastes, seed=seed, priors=priors, q_fixed=q)
+        selection = select_tastes(problem, max_tastes=max_tastes, seed=seed, priors=priors, q_fixed=q,
+                                  casual=spec.casual)
         res = selection.fits[selection.chosen]
-        extra_summary["taste_diagnostic"] = taste_diagnostic(problem, selection.fits[1], priors=priors, q=q, seed=seed)
+        if spec.casual is None:  # the casual-group test simulates coin-flipping casual users: no covariates
+            extra_summary["taste_diagnostic"] = taste_diagnostic(problem, selection.fits[1], priors=priors, q=q,
+                                                                 seed=seed)
         table = selection.table.replace({np.nan: None})
         extra_summary["taste_selection"] = {
             "chosen": int(selection.chosen),
@@ -168,7 +171,8 @@ def fit_taste_classes(problem: UsableLabels, spec: BehaviourSpec, *, tol: float 
         warm = (start or {}).get("tastes")
         warm = warm if warm is not None and np.shape(warm["shares"]) == (int(tastes),) else None
         res = fit_tastes(problem if runner is None else runner, int(tastes), priors=priors, q_fixed=q, tol=tol,
-                         max_iter=max_iter, seed=seed, **({"n_starts": 0, "init": [warm]} if warm else {}))
+                         max_iter=max_iter, seed=seed, casual=spec.casual,
+                         **({"n_starts": 0, "init": [warm]} if warm else {}))
     return res, extra_summary
 
 
@@ -178,6 +182,8 @@ def taste_estimates(res, extra_summary: dict | None = None) -> Estimates:
     from .tastes import taste_columns
 
     extra_summary = dict(extra_summary or {})
+    if getattr(res, "casual", None) is not None and res.casual_g is not None:
+        extra_summary["casual_effects"] = casual_effects(res.casual, float(logit(res.q)), res.casual_g)
     extra_summary["tastes"] = {
         "n_tastes": int(res.n_tastes),
         "starts_agreed": int(res.starts_agreed),

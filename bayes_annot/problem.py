@@ -105,6 +105,7 @@ def build_problem(
                 f"(it has {', '.join(data.casual_names) or 'none'})"
             )
         problem.casual_cell = casual.cells(data.casual_x[usable])
+        problem.n_casual = casual.n_cells
     return problem, mode
 
 
@@ -173,7 +174,16 @@ def quality_floor(problem: UsableLabels, estimates: Estimates) -> np.ndarray | N
     ell = np.asarray(row_logit_mu(problem, np.asarray(estimates.strengths, dtype=float) if problem.learned else None),
                      dtype=float)
     eps = 1e-12
-    worst = np.minimum(log_expit(ell) - np.log(max(q, eps)), log_expit(-ell) - np.log(max(1.0 - q, eps)))
+    effects = estimates.extra_summary.get("casual_effects")
+    if getattr(problem, "casual_cell", None) is not None and effects:  # casual covariates: each label's own casual log-odds
+        from .casual import casual_logits, design_from_summary, effects_start
+
+        summary = {"casual_effects": effects}
+        eta = casual_logits(effects["beta0"], effects_start(summary), design_from_summary(summary).design())
+        eta = eta[problem.casual_cell]
+        worst = np.minimum(log_expit(ell) - log_expit(eta), log_expit(-ell) - log_expit(-eta))
+    else:
+        worst = np.minimum(log_expit(ell) - np.log(max(q, eps)), log_expit(-ell) - np.log(max(1.0 - q, eps)))
     total = np.bincount(problem.user, weights=worst, minlength=problem.n_users)
     pi = min(max(pi, eps), 1.0 - eps)
     return two_class_posterior(total, 0.0, pi)
