@@ -50,6 +50,8 @@ __all__ = [
     "last_message",
     "response_lengths",
     "casual_covariates",
+    "casual_input_columns",
+    "covariate_values",
     "parse_casual_covariates",
 ]
 
@@ -877,6 +879,74 @@ def parse_casual_covariates(value) -> tuple[str, ...] | str:
     return names
 
 
+def casual_input_columns(columns, which="auto") -> tuple[tuple[str, ...], list[str]]:
+    """The covariates ``which`` gives for a log with these ``columns``, and the input columns they read.
+
+    ``"auto"``: :data:`LENGTH_COVARIATE` when the response texts are present (``response_a`` /
+    ``response_b``, else Arena's ``conversation_a`` / ``conversation_b``), else none; ``"none"``:
+    none; names: those (``log_length_ratio`` reads the texts unless a column has that name).
+    """
+    which = parse_casual_covariates(which)
+    columns = list(columns)
+    texts = (["response_a", "response_b"] if {"response_a", "response_b"} <= set(columns)
+             else list(CONVERSATIONS) if set(CONVERSATIONS) <= set(columns) else None)
+    if which == "none":
+        return (), []
+    if which == "auto":
+        return ((LENGTH_COVARIATE,), texts) if texts else ((), [])
+    needed = []
+    for name in which:
+        if name == LENGTH_COVARIATE and name not in columns:
+            if texts is None:
+                raise InputError(
+                    "casual covariate 'log_length_ratio' needs the response texts: columns 'response_a' and "
+                    "'response_b' (or Arena's 'conversation_a' and 'conversation_b')"
+                )
+            needed += texts
+        elif name not in columns:
+            close = _closest_column("casual covariate", name, columns)
+            hint = f" (closest: '{close}')" if close else ""
+            raise InputError(f"casual covariate column '{name}' is not in the input{hint}")
+        else:
+            needed.append(name)
+    return tuple(which), list(dict.fromkeys(needed))
+
+
+def covariate_values(frame: pd.DataFrame, names, needed: np.ndarray) -> np.ndarray | None:
+    """``(n_rows, m)`` values of the covariates ``names`` (from :func:`casual_input_columns`) on ``frame``.
+
+    A named column must hold a number on every ``needed`` row (the rows that enter the likelihood);
+    elsewhere a bad value reads as 0. The length ratio is ``log(len(a) / len(b))`` of the response texts
+    (characters), 0 where a text is missing or empty.
+
+    Raises
+    ------
+    InputError
+        A missing / non-numeric value on a needed row (the column and the first such input row).
+    """
+    if not len(names):
+        return None
+    columns = []
+    for name in names:
+        if name == LENGTH_COVARIATE and name not in frame.columns:
+            len_a, len_b = response_lengths(frame)
+            known = (len_a > 0) & (len_b > 0)
+            ratio = np.zeros(len_a.shape[0])
+            ratio[known] = np.log(len_a[known] / len_b[known])
+            columns.append(ratio)
+            continue
+        series = frame[name]
+        values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+        bad = ~np.isfinite(values) & needed
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raw = series.iloc[row]
+            what = "a missing value" if pd.isna(raw) else f"a non-numeric value '{raw}'"
+            raise InputError(f"casual covariate column '{name}' has {what} at input row {row + 1}")
+        columns.append(np.where(np.isfinite(values), values, 0.0))
+    return np.column_stack(columns)
+
+
 def casual_covariates(prepared: PreparedData, which="auto") -> tuple[tuple[str, ...], np.ndarray | None]:
     """The casual covariates of every row: names and an ``(n_rows, m)`` float array of a-vs-b contrasts.
 
@@ -892,44 +962,7 @@ def casual_covariates(prepared: PreparedData, which="auto") -> tuple[tuple[str, 
     InputError
         An unknown column, or a missing / non-numeric value (the column and the first such input row).
     """
-    which = parse_casual_covariates(which)
-    if which == "none":
+    names, _ = casual_input_columns(prepared.frame.columns, which)
+    if not names:
         return (), None
-    names = (LENGTH_COVARIATE,) if which == "auto" else which
-    frame = prepared.frame
-    columns = []
-    kept = []
-    for name in names:
-        if name == LENGTH_COVARIATE and name not in frame.columns:
-            lengths = response_lengths(frame)
-            if lengths is None:
-                if which == "auto":
-                    continue
-                raise InputError(
-                    "casual covariate 'log_length_ratio' needs the response texts: columns 'response_a' and "
-                    "'response_b' (or Arena's 'conversation_a' and 'conversation_b')"
-                )
-            len_a, len_b = lengths
-            known = (len_a > 0) & (len_b > 0)
-            ratio = np.zeros(len_a.shape[0])
-            ratio[known] = np.log(len_a[known] / len_b[known])
-            columns.append(ratio)
-            kept.append(name)
-            continue
-        if name not in frame.columns:
-            close = _closest_column("casual covariate", name, list(frame.columns))
-            hint = f" (closest: '{close}')" if close else ""
-            raise InputError(f"casual covariate column '{name}' is not in the input{hint}")
-        series = frame[name]
-        values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
-        bad = ~np.isfinite(values) & prepared.usable
-        if bad.any():
-            row = int(np.flatnonzero(bad)[0])
-            raw = series.iloc[row]
-            what = "a missing value" if pd.isna(raw) else f"a non-numeric value '{raw}'"
-            raise InputError(f"casual covariate column '{name}' has {what} at input row {row + 1}")
-        columns.append(np.where(np.isfinite(values), values, 0.0))
-        kept.append(name)
-    if not kept:
-        return (), None
-    return tuple(kept), np.column_stack(columns)
+    return names, covariate_values(prepared.frame, names, prepared.usable)

@@ -35,7 +35,7 @@ from .problem import (
 from .em import UsableLabels
 from .errors import FitWarning, InputError, user_stacklevel
 from .progress import Progress, em_callback, iterate, resolve as resolve_progress
-from .casual import DEFAULT_BINS, casual_design, prepare_casual
+from .casual import DEFAULT_BINS, CasualDesign, casual_design, prepare_casual
 from .data import parse_casual_covariates
 from .likelihood import Priors
 from .spec import BehaviourSpec
@@ -792,7 +792,8 @@ def fit(
         raise InputError(f"unknown method '{method}', expected one of {', '.join(METHODS)}")
     check_fit_settings(tol=tol, max_iter=max_iter, draws=draws, tune=tune, chains=chains, seed=seed, mu=mu, tastes=tastes)
     spec = model_spec(model=model, tastes=tastes, q=q, priors=priors, mu=mu)  # the model's refusals, before reading
-    which_casual = parse_casual_covariates(casual_covariates)
+    which_casual = casual_covariates if isinstance(casual_covariates, CasualDesign) else \
+        parse_casual_covariates(casual_covariates)
     casual_design(("x",), np.ones((1, 1)), casual_bins)  # casual_bins is checked before reading
     rule = parse_filter(filter)
     check_no_verdict_policy(no_verdict)
@@ -822,6 +823,7 @@ def fit(
             data, spec=spec, rule=rule, user=user, model_a=model_a, model_b=model_b, winner=winner, p_a=p_a,
             use_p_a=use_p_a, mu=mu, strong_model=strong_model, tol=tol, max_iter=max_iter,
             seed=seed, start=start, input_info=input_info, no_verdict=no_verdict, progress=progress,
+            casual_covariates=which_casual, casual_bins=casual_bins,
         )
     if isinstance(data, (str, Path)):
         frame = read_table(data)
@@ -833,7 +835,10 @@ def fit(
     columns = ColumnMap(user=user, model_a=model_a, model_b=model_b, winner=winner, p_a=p_a, winner_values=winner_values)
     prepared = prepare(frame, columns, on_bad_row=on_bad_row)
     priors = spec.priors
-    design = prepare_casual(prepared, which_casual, casual_bins)
+    if isinstance(which_casual, CasualDesign):  # a previous fit's covariates and bins (an update)
+        design = prepare_casual(prepared, design=which_casual)
+    else:
+        design = prepare_casual(prepared, which_casual, casual_bins)
     spec = spec.with_casual(design)
     problem, strength_mode = build_problem(prepared, mu=mu, strong_model=strong_model, use_p_a=use_p_a, casual=design)
     spec = _data_spec(spec, problem.learned, tastes)  # a p_a column: known strengths (no taste classes)
@@ -916,7 +921,7 @@ def fit(
         "seed": seed,
         "accelerate": default_accelerate(accelerate, model, prepared.n_models) if method == "em" else None,
         "warm_start": start is not None,
-        "casual_covariates": list(which_casual) if isinstance(which_casual, tuple) else which_casual,
+        "casual_covariates": _casual_setting(which_casual),
         "casual_bins": int(casual_bins),
     }
     if winner_values:
@@ -952,6 +957,7 @@ def fit_prepared(
     winner_values: dict | None = None,
     on_bad_row: str = "error",
     tastes: int = 1,
+    casual: CasualDesign | None = None,
     _started: float | None = None,
 ):
     """EM fit of an already prepared log with the block engine (optionally warm-started and accelerated).
@@ -962,6 +968,8 @@ def fit_prepared(
     update extends the previous fit's); otherwise it is built from the rows.
     With ``tastes`` > 1 the taste classes are fitted over that block
     (:func:`bayes_annot.local_em.fit_taste_classes`), from ``start["tastes"]`` alone when given.
+    ``casual``: the casual covariates' design (a previous fit's bins; ``None``: none); ``state``'s
+    block then carries the labels' casual cells.
     """
     started = time.perf_counter() if _started is None else _started
     check_fit_settings(tol=tol, max_iter=max_iter, mu=mu, tastes=tastes)
@@ -970,9 +978,17 @@ def fit_prepared(
     rule = parse_filter(filter)
     check_no_verdict_policy(no_verdict)
     priors = spec.priors
+    spec = spec.with_casual(casual)
+
+    def covariates_read():
+        if casual is not None and tuple(prepared.casual_names) != casual.names:
+            prepare_casual(prepared, design=casual)
+
     if state is None:
-        problem, mode = build_problem(prepared, mu=mu, strong_model=strong_model, use_p_a=use_p_a)
-        state = em_state(prepared, problem, pair_counts(prepared), mu=mu, strong_model=strong_model, use_p_a=use_p_a)
+        covariates_read()
+        problem, mode = build_problem(prepared, mu=mu, strong_model=strong_model, use_p_a=use_p_a, casual=casual)
+        state = em_state(prepared, problem, pair_counts(prepared), mu=mu, strong_model=strong_model, use_p_a=use_p_a,
+                         casual=casual)
     else:  # the labels are already in the state's block: no per-row problem to build
         problem = ProblemSize(state.block.n_entries, prepared.n_models, state.block.learned)
         mode = strength_mode(prepared, mu, strong_model, use_p_a)
@@ -995,14 +1011,18 @@ def fit_prepared(
                 state.block, problem, spec, tol=tol, max_iter=max_iter, start=start,
                 accelerate=accelerate, callback=callback,
             )
-        estimates = em_estimates(em, model, known_strengths(problem, prepared, mu, strong_model))
+        estimates = em_estimates(em, model, known_strengths(problem, prepared, mu, strong_model), casual=casual)
+        if not hasattr(problem, "user"):
+            covariates_read()
         rows_problem = problem if hasattr(problem, "user") else build_problem(prepared, mu=mu, strong_model=strong_model,
-                                                                              use_p_a=use_p_a)[0]
+                                                                              use_p_a=use_p_a, casual=casual)[0]
         estimates.quality_floor = quality_floor(rows_problem, estimates)
     settings = {
         "model": model, "method": "em", "filter": str(rule), "columns": prepared.columns, "use_p_a": use_p_a,
         "mu": mu, "strong_model": strong_model, "q": q, "priors": asdict(priors), "tol": tol, "max_iter": max_iter,
         "seed": 0, "warm_start": start is not None, "accelerate": accelerate, "no_verdict": no_verdict, "tastes": tastes,
+        "casual_covariates": "none" if casual is None else list(casual.names),
+        "casual_bins": None if casual is None else max(casual.n_bins),
     }
     if winner_values:  # recorded so that later updates read the new rows the same way
         settings["winner_values"] = dict(winner_values)
@@ -1290,7 +1310,7 @@ def _read_parquet_collection(path):
 
 
 def _fit_dask_frame(ddf, *, spec: BehaviourSpec, rule, tol, max_iter, seed, start, mu, strong_model, input_info=None,
-                    no_verdict="keep", progress=None, **columns):
+                    no_verdict="keep", progress=None, casual_covariates="auto", casual_bins=DEFAULT_BINS, **columns):
     from .dask_em import fit_dask
 
     started = time.perf_counter()
@@ -1298,20 +1318,29 @@ def _fit_dask_frame(ddf, *, spec: BehaviourSpec, rule, tol, max_iter, seed, star
     try:
         dfit = fit_dask(ddf, spec=spec, tol=tol, max_iter=max_iter, mu=mu,
                         strong_model=strong_model, start=start if isinstance(start, dict) else None,
-                        progress=progress, seed=seed, **columns)
+                        progress=progress, seed=seed, casual_covariates=casual_covariates, casual_bins=casual_bins,
+                        **columns)
     except ValueError as exc:
         if isinstance(exc, InputError):
             raise
         raise InputError(str(exc)) from exc
     settings = {"model": model, "method": "em", "filter": str(rule), "columns": dfit.columns, "mu": mu,
                 "strong_model": strong_model, "q": q, "priors": asdict(priors), "tol": tol,
-                "max_iter": max_iter, "seed": seed, "no_verdict": no_verdict, "tastes": tastes}
+                "max_iter": max_iter, "seed": seed, "no_verdict": no_verdict, "tastes": tastes,
+                "casual_covariates": _casual_setting(casual_covariates), "casual_bins": int(casual_bins)}
     summary = assemble_summary(None, None, dfit.to_estimates(), model, dfit.strength_mode, dfit.components(), input_info,
                                settings, dfit.pair_counts, counts=dfit.counts)
     summary["backend"] = f"dask ({dfit.n_partitions} partitions)"
     summary["provenance"] = [provenance_entry(input_info, rows_read=dfit.counts["rows"], rows_added=dfit.counts["rows"])]
     summary["runtime_seconds"] = round(time.perf_counter() - started, 4)
     return FitResult._from_dask(ddf, dfit, rule, summary, no_verdict)
+
+
+def _casual_setting(which):
+    """``settings["casual_covariates"]``: ``"auto"``, ``"none"`` or the list of names (a design: its names)."""
+    if isinstance(which, CasualDesign):
+        return list(which.names)
+    return list(which) if isinstance(which, tuple) else which
 
 
 def _empty_estimates(prepared: PreparedData, model: str, method: str, priors: Priors, q) -> Estimates:

@@ -220,3 +220,63 @@ def test_texts_missing_on_some_rows_mean_no_contrast(length_log):
     result = _fit(log)
     assert result.casual_effects_ is not None
     pd.testing.assert_index_equal(result.users.index, result.users.index)
+
+
+# --------------------------------------------------------------------------- engines: Dask, update
+
+
+@pytest.fixture(scope="module")
+def text_log():
+    log = ba.simulate(n_users=400, n_models=6, casual_share=0.3, length_bias=LENGTH_BIAS, seed=3)
+    return log.astype({"user": str, "model_a": str, "model_b": str, "winner": str})
+
+
+@pytest.mark.parametrize("kwargs", [{}, pytest.param({"model": "continuous", "accelerate": False}, marks=pytest.mark.slow),
+                                    pytest.param({"tastes": 2, "max_iter": 100}, marks=pytest.mark.slow)])
+def test_dask_fit_equals_in_memory_fit(text_log, kwargs):
+    """(e) the Dask engine computes the casual cells with the global bin edges: the same fit to 1e-8."""
+    dd = pytest.importorskip("dask.dataframe")
+    dask = pytest.importorskip("dask")
+    with dask.config.set(scheduler="synchronous"):
+        dask_fit = _fit(dd.from_pandas(text_log, npartitions=3), **kwargs)
+        dask_users = dask_fit.users
+        dask_users = dask_users.compute() if hasattr(dask_users, "compute") else dask_users
+    memory = _fit(text_log, **kwargs)
+    a, b = memory.casual_effects_, dask_fit.casual_effects_
+    assert a["covariates"][0]["edges"] == b["covariates"][0]["edges"]
+    np.testing.assert_allclose(b["covariates"][0]["g"], a["covariates"][0]["g"], rtol=0, atol=1e-8)
+    np.testing.assert_allclose(dask_users.set_index("user").sort_index()["quality"],
+                               memory.users.set_index("user").sort_index()["quality"], rtol=0, atol=1e-8)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"model": "continuous"}])
+def test_update_equals_refit_with_the_same_bins(text_log, kwargs):
+    """(f) update() keeps the previous fit's bins and equals a refit of all rows with those bins."""
+    from bayes_annot.casual import design_from_summary
+
+    old, new = text_log.iloc[:-1500], text_log.iloc[-1500:]
+    previous = _fit(old, **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        updated = previous.update(new)
+    design = design_from_summary(previous.summary)
+    assert design_from_summary(updated.summary) == design
+    refit = _fit(text_log, casual_covariates=design, **kwargs)
+    np.testing.assert_allclose(updated.users["quality"], refit.users["quality"], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(updated.casual_effects_["covariates"][0]["g"], refit.casual_effects_["covariates"][0]["g"],
+                               rtol=0, atol=1e-5)
+
+
+def test_folder_update_keeps_the_bins(tmp_path, text_log):
+    from bayes_annot.casual import design_from_summary
+    from bayes_annot.folder_update import update_saved
+
+    old, new = text_log.iloc[:-1500], text_log.iloc[-1500:]
+    previous = _fit(old)
+    previous.save(tmp_path / "o")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        updated = update_saved(tmp_path / "o", new)
+    refit = _fit(text_log, casual_covariates=design_from_summary(previous.summary))
+    assert design_from_summary(updated.summary) == design_from_summary(previous.summary)
+    np.testing.assert_allclose(updated.users["quality"], refit.users["quality"], rtol=0, atol=1e-6)
