@@ -34,7 +34,7 @@ from .errors import InputError
 from .likelihood import Priors, log_beta_pdf, log_normal_pdf
 
 __all__ = ["CasualDesign", "prepare_casual", "design_from_summary", "DEFAULT_BINS", "MAX_CELLS", "casual_design", "casual_table", "casual_logits",
-           "casual_objective", "fit_casual", "casual_log_prior", "casual_effects"]
+           "casual_objective", "fit_casual", "casual_tables", "casual_log_prior", "casual_effects"]
 
 DEFAULT_BINS = 6
 """Bins of :math:`|x|` per covariate (fewer when the nonzero values have fewer distinct quantiles)."""
@@ -154,6 +154,16 @@ def casual_table(beta0: float, g: np.ndarray, design_matrix: np.ndarray) -> np.n
     out = np.empty(2 * eta.shape[0])
     out[0::2] = log_expit(-eta)
     out[1::2] = log_expit(eta)
+    return out
+
+
+def casual_tables(beta0, g, design_matrix: np.ndarray) -> np.ndarray:
+    """:func:`casual_table` of ``S`` parameter draws at once: ``beta0`` ``(S,)``, ``g`` ``(S, n_effects)``;
+    returns ``(S, 2 n_cells)``."""
+    eta = np.asarray(beta0, dtype=float)[:, None] + np.asarray(g, dtype=float) @ np.asarray(design_matrix).T
+    out = np.empty((eta.shape[0], 2 * eta.shape[1]))
+    out[:, 0::2] = log_expit(-eta)
+    out[:, 1::2] = log_expit(eta)
     return out
 
 

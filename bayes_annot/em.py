@@ -238,10 +238,16 @@ def row_logit_mu(problem: UsableLabels, strengths: np.ndarray | None) -> np.ndar
     return problem.known_logit_mu
 
 
-def label_logprobs(problem: UsableLabels, strengths: np.ndarray | None, q: float) -> tuple[np.ndarray, np.ndarray]:
+def label_logprobs(problem: UsableLabels, strengths: np.ndarray | None, q: float,
+                   casual_log_table: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Each label's attentive and casual log-probability (:func:`~bayes_annot.likelihood.attentive_logprob`,
-    :func:`~bayes_annot.likelihood.casual_logprob`) at ``strengths`` (``None``: known log-odds) and ``q``."""
-    return attentive_logprob(problem.choice_a, row_logit_mu(problem, strengths)), casual_logprob(problem.choice_a, q)
+    :func:`~bayes_annot.likelihood.casual_logprob`) at ``strengths`` (``None``: known log-odds) and ``q``;
+    with casual covariates the casual one is the label's entry of ``casual_log_table``
+    (:func:`bayes_annot.casual.casual_table`, entry ``2 * casual_cell + choice``)."""
+    att = attentive_logprob(problem.choice_a, row_logit_mu(problem, strengths))
+    if casual_log_table is not None:
+        return att, np.asarray(casual_log_table)[2 * problem.casual_cell.astype(np.int64) + problem.choice_a]
+    return att, casual_logprob(problem.choice_a, q)
 
 
 INFORMATIVE_TOL = 0.2

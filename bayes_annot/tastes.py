@@ -489,6 +489,7 @@ def taste_loglik(
     priors: Priors | None = None,
     q_fixed: float | None = None,
     penalised: bool = True,
+    casual_log_table=None,
 ) -> float:
     """The EM objective of :func:`fit_tastes` at given parameters.
 
@@ -508,6 +509,9 @@ def taste_loglik(
         Normal strengths) on the natural scale, no Jacobian: the quantity
         :attr:`TasteResult.loglik` reports. ``False``: the marginal
         log-likelihood :math:`\\sum_u \\log p(y_u)` only.
+    casual_log_table : array, optional
+        Casual covariates: the casual table (:func:`bayes_annot.casual.casual_table`) at ``q`` and the
+        effects; the effects' own prior is the caller's.
 
     Returns
     -------
@@ -517,7 +521,7 @@ def taste_loglik(
     strengths = np.asarray(strengths, dtype=float).reshape(-1, problem.n_models)
     shares = np.asarray(shares, dtype=float).reshape(strengths.shape[0])
     q = float(q_fixed) if q_fixed is not None else float(q)
-    user_ll = lse_rows(log_type_shares(shares)[None, :] + type_logliks(problem, strengths, q))
+    user_ll = lse_rows(log_type_shares(shares)[None, :] + type_logliks(problem, strengths, q, casual_log_table))
     active = np.bincount(problem.user, minlength=problem.n_users) > 0
     value = float(user_ll[active].sum())
     return value + log_prior(priors, q, strengths, q_fixed is None, shares=shares) if penalised else value
