@@ -280,3 +280,14 @@ def test_folder_update_keeps_the_bins(tmp_path, text_log):
     refit = _fit(text_log, casual_covariates=design_from_summary(previous.summary))
     assert design_from_summary(updated.summary) == design_from_summary(previous.summary)
     np.testing.assert_allclose(updated.users["quality"], refit.users["quality"], rtol=0, atol=1e-6)
+
+
+def test_report_warns_when_casual_clicks_follow_length(fits):
+    from bayes_annot.report.builder import casual_effects_table, casual_length_warning
+
+    message = casual_length_warning(fits["auto"].summary)
+    assert message is not None and "picks the longer one" in message
+    assert casual_length_warning(fits["none"].summary) is None
+    table = casual_effects_table(fits["auto"].summary)
+    assert len(table) == 6 and (table["P(casual picks the larger side)"] > 0.75).all()
+    assert casual_effects_table(fits["none"].summary) is None
