@@ -93,6 +93,8 @@ class Block:
     n_casual: int = 0  # casual cells of the design (bayes_annot.casual.CasualDesign.n_cells)
     _counts: object = field(default=None, repr=False)
     _casual_counts: object = field(default=None, repr=False)
+    _joint_counts: object = field(default=None, repr=False)
+    _joint_totals: np.ndarray | None = field(default=None, repr=False)
     _inactive: np.ndarray | None = field(default=None, repr=False)
     _cell_totals: np.ndarray | None = field(default=None, repr=False)
     _entry_choice: np.ndarray | None = field(default=None, repr=False)
@@ -181,6 +183,43 @@ class Block:
             return self.n_user_a * np.log(casual) + (self.n_user - self.n_user_a) * np.log1p(-casual)
         return self.casual_matrix() @ casual
 
+    @property
+    def joint(self) -> bool:
+        """Whether the passes use the joint (pair cell x casual cell) counts: learned strengths with covariates."""
+        return self.cell is not None and self.casual_cell is not None
+
+    def _joint_matrix(self):
+        """``users x (2 P n_casual)`` CSR counts by joint entry ``(pair n_casual + casual_cell) 2 + choice`` (cached)."""
+        if self._joint_counts is None:
+            from scipy.sparse import csr_matrix
+
+            cell = self.cell.astype(np.int64)
+            joint = ((cell >> 1) * self.n_casual + self.casual_cell) * 2 + (cell & 1)
+            self._joint_counts = csr_matrix((np.ones(self.n_entries), joint, self.indptr),
+                                            shape=(self.users.shape[0], self.n_cells * self.n_casual))
+        return self._joint_counts
+
+    def joint_sums(self, att_table: np.ndarray, cas_table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-user sums of the attentive table (by pair cell) and the casual table (by casual cell): two
+        sparse mat-vecs of the joint counts (today's one, plus one for the casual side)."""
+        n_pairs = self.n_cells // 2
+        att = np.broadcast_to(np.asarray(att_table).reshape(n_pairs, 1, 2), (n_pairs, self.n_casual, 2))
+        cas = np.broadcast_to(np.asarray(cas_table).reshape(1, self.n_casual, 2), (n_pairs, self.n_casual, 2))
+        matrix = self._joint_matrix()
+        return matrix @ att.reshape(-1), matrix @ cas.reshape(-1)
+
+    def joint_stats(self, att_weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The two-class E-step's cell tables from ONE transposed mat-vec of the joint counts: the pair cell
+        table weighted by the users' P(attentive) ``att_weight``, and the casual cell table weighted by
+        ``1 - att_weight`` (the joint totals minus the attentive-weighted joint table)."""
+        n_pairs = self.n_cells // 2
+        matrix = self._joint_matrix()
+        if self._joint_totals is None:
+            self._joint_totals = matrix.T @ np.ones(self.users.shape[0])
+        weighted = matrix.T @ att_weight
+        casual = (self._joint_totals - weighted).reshape(n_pairs, self.n_casual, 2)
+        return weighted.reshape(n_pairs, self.n_casual, 2).sum(axis=1).reshape(-1), casual.sum(axis=0).reshape(-1)
+
     def release_pass_caches(self) -> None:
         """Drop what only the EM passes use (the CSR matrix with its float data, per-entry choices).
 
@@ -190,6 +229,8 @@ class Block:
         self._counts = None
         self._entry_choice = None
         self._casual_counts = None
+        self._joint_counts = None
+        self._joint_totals = None
 
     @property
     def cell_totals(self) -> np.ndarray:
@@ -434,6 +475,9 @@ def block_two_class_users(block: Block, pi: float, q, table: np.ndarray | None):
 
     ``q``: the casual position bias, or the casual table when the block has casual cells
     (:meth:`Block.casual_sums`; so in every pass function below)."""
+    if block.joint and table is not None:  # learned strengths with casual covariates: one pass for both sums
+        att_sum, cas_sum = block.joint_sums(table, q)
+        return two_class_user_terms(att_sum, cas_sum, pi)
     cas_sum = block.casual_sums(q)
     return two_class_user_terms(_block_att_sum(block, table), cas_sum, pi)
 
@@ -483,20 +527,27 @@ def block_class_pass(block: Block, shares: np.ndarray, q: float, tables: np.ndar
     """
     casual, att, user_ll = block_class_users(block, shares, q, tables) if users is None else users
     inactive = block.inactive  # users without usable labels: no share of the likelihood
+    casual_cells = None
     if att.shape[1] == 1:  # the two-class sums, on 1-d arrays
         p_att = att[:, 0]
         totals = np.array([p_att.sum() - p_att[inactive].sum()])
-        cells = block.cell_sums_by_user(p_att)[:, None] if block.learned else None
+        if block.joint:  # both cell tables from one pass over the entries (casual = 1 - p_att here)
+            cells, casual_cells = block.joint_stats(p_att)
+            cells = cells[:, None]
+        else:
+            cells = block.cell_sums_by_user(p_att)[:, None] if block.learned else None
     else:
         totals = att.sum(axis=0) - att[inactive].sum(axis=0)
         cells = block.matrix().T @ att
+    if casual_cells is None and block.casual_cell is not None:
+        casual_cells = block.casual_matrix().T @ casual
     return {
         "loglik": float(user_ll.sum() - user_ll[inactive].sum()),
         "totals": totals,
         "n_active": int(user_ll.shape[0] - inactive.shape[0]),
         "casual_a": float(casual @ block.n_user_a),
         "casual": float(casual @ block.n_user),
-        "casual_cells": None if block.casual_cell is None else block.casual_matrix().T @ casual,
+        "casual_cells": casual_cells,
         "cells": cells,
     }
 
