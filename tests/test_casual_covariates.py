@@ -291,3 +291,15 @@ def test_report_warns_when_casual_clicks_follow_length(fits):
     table = casual_effects_table(fits["auto"].summary)
     assert len(table) == 6 and (table["P(casual picks the larger side)"] > 0.75).all()
     assert casual_effects_table(fits["none"].summary) is None
+
+
+def test_heldout_loglik_prefers_the_length_covariate(length_log):
+    """Held-out log-likelihood (the model choice a user without truth makes) picks the covariate model."""
+    from bayes_annot.evaluate import heldout_loglik
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        new = heldout_loglik(length_log, "two-class", seed=1)
+        old = heldout_loglik(length_log, "two-class", seed=1, casual_covariates="none")
+    assert new["n_heldout"] == old["n_heldout"]
+    assert new["heldout_loglik"] > old["heldout_loglik"] + 50, (new["heldout_loglik"], old["heldout_loglik"])
