@@ -845,8 +845,10 @@ def response_lengths(frame: pd.DataFrame, response_a: str = "response_a", respon
     if response_a in frame.columns and response_b in frame.columns:
         def lengths(col):
             series = frame[col]
-            out = series.astype("string").str.len().to_numpy(dtype=float, na_value=-1.0)
-            return out
+            if series.dtype != object:  # e.g. numbers read from a file, or pandas' string dtype
+                series = series.astype("string")
+            out = series.str.len().to_numpy(dtype=float, na_value=-1.0)
+            return np.where(np.isnan(out), -1.0, out)  # a non-text cell (object column): unknown
         return lengths(response_a), lengths(response_b)
     if all(c in frame.columns for c in CONVERSATIONS):
         out = []
