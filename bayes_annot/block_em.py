@@ -911,7 +911,9 @@ class _CasualSide:
     def start(self, g):
         if self.design is None:
             return None
-        return np.zeros(self.design.n_effects) if g is None else np.asarray(g, dtype=float).copy()
+        if g is None or np.shape(g) != (self.design.n_effects,):  # none, or another design's (a warm start)
+            return np.zeros(self.design.n_effects)
+        return np.asarray(g, dtype=float).copy()
 
     def arg(self, q, g):
         """What the blocks' passes take as the casual side: ``q``, or the casual table at ``(logit q, g)``."""
