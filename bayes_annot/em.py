@@ -53,6 +53,11 @@ class UsableLabels:
     known_logit_mu : float array (n,) or None
         Attentive log-odds of choosing ``model_a`` when strengths are known;
         ``None`` means strengths are learned.
+    casual_cell : int32 array (n,) or None
+        Each label's casual cell (:meth:`bayes_annot.casual.CasualDesign.cells`) when casual clicks
+        follow covariates; ``None``: no covariates.
+    n_casual : int
+        The design's number of casual cells (0 without covariates).
     """
 
     user: np.ndarray
@@ -62,6 +67,8 @@ class UsableLabels:
     n_users: int
     n_models: int
     known_logit_mu: np.ndarray | None = None
+    casual_cell: np.ndarray | None = None
+    n_casual: int = 0
 
     @property
     def n_labels(self) -> int:
@@ -98,6 +105,7 @@ class EMResult:
     converged: bool
     runtime_seconds: float
     user_loglik: np.ndarray = field(repr=False, default=None)
+    casual_g: np.ndarray | None = None  # casual covariate effects (bayes_annot.casual), when there are covariates
 
 
 # --------------------------------------------------------------------------- Bradley–Terry
@@ -230,10 +238,16 @@ def row_logit_mu(problem: UsableLabels, strengths: np.ndarray | None) -> np.ndar
     return problem.known_logit_mu
 
 
-def label_logprobs(problem: UsableLabels, strengths: np.ndarray | None, q: float) -> tuple[np.ndarray, np.ndarray]:
+def label_logprobs(problem: UsableLabels, strengths: np.ndarray | None, q: float,
+                   casual_log_table: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Each label's attentive and casual log-probability (:func:`~bayes_annot.likelihood.attentive_logprob`,
-    :func:`~bayes_annot.likelihood.casual_logprob`) at ``strengths`` (``None``: known log-odds) and ``q``."""
-    return attentive_logprob(problem.choice_a, row_logit_mu(problem, strengths)), casual_logprob(problem.choice_a, q)
+    :func:`~bayes_annot.likelihood.casual_logprob`) at ``strengths`` (``None``: known log-odds) and ``q``;
+    with casual covariates the casual one is the label's entry of ``casual_log_table``
+    (:func:`bayes_annot.casual.casual_table`, entry ``2 * casual_cell + choice``)."""
+    att = attentive_logprob(problem.choice_a, row_logit_mu(problem, strengths))
+    if casual_log_table is not None:
+        return att, np.asarray(casual_log_table)[2 * problem.casual_cell.astype(np.int64) + problem.choice_a]
+    return att, casual_logprob(problem.choice_a, q)
 
 
 INFORMATIVE_TOL = 0.2

@@ -47,6 +47,7 @@ import numpy as np
 import pandas as pd
 
 from .block_em import EMState, merge_blocks, pair_cell_map
+from .casual import design_from_summary, effects_start, prepare_casual
 from .pairs import PairTable
 from .data import ColumnMap, PreparedData, prepare
 from .errors import InputError
@@ -273,10 +274,12 @@ def _label_start(result) -> dict:
     est = result.estimates
     params = est.parameters
     start = {key: params.get(key) for key in START_PARAMETERS}
+    start["casual_g"] = effects_start(result.summary)
     if est.strengths is not None and result.summary.get("strengths") == "learned":
         start["strengths"] = pd.Series(np.asarray(est.strengths, dtype=float), index=_as_text(result._data.model_labels))
     taste = _taste_start(est, params.get("q"))
     if taste is not None:
+        taste["casual_g"] = start["casual_g"]
         taste["strengths"] = pd.DataFrame(taste["strengths"].T, index=_as_text(result._data.model_labels))
         start["tastes"] = taste
     return start
@@ -287,7 +290,7 @@ def align_start(start: dict, user_labels, model_labels) -> dict:
 
     Models absent from the start get strength 0 (the prior mean).
     """
-    out = {k: start.get(k) for k in START_PARAMETERS}
+    out = {k: start.get(k) for k in START_PARAMETERS + ("casual_g",)}
     strengths = start.get("strengths")
     if strengths is not None:
         s = pd.Series(strengths, dtype=float)
@@ -315,12 +318,15 @@ def _mapped_start(previous, merge: _Merge) -> dict:
     est = previous.estimates
     params = est.parameters
     start = {key: params.get(key) for key in START_PARAMETERS}
+    start["casual_g"] = effects_start(previous.summary)
     n_models = merge.merged.n_models
     if est.strengths is not None and previous.summary.get("strengths") == "learned":
         strengths = np.zeros(n_models)
         strengths[slice(None) if merge.model_map is None else merge.model_map] = est.strengths
         start["strengths"] = strengths
     start["tastes"] = _taste_start(est, params.get("q"), merge.model_map, n_models)
+    if start["tastes"] is not None:
+        start["tastes"]["casual_g"] = start["casual_g"]
     return start
 
 
@@ -343,7 +349,7 @@ def _taste_start(estimates, q, model_map=None, n_models=None) -> dict | None:
     return {"strengths": strengths, "shares": np.asarray(shares, dtype=float), "q": q}
 
 
-def _extend_state(state: EMState, merge: _Merge, problem_new, key: tuple) -> EMState:
+def _extend_state(state: EMState, merge: _Merge, problem_new, key: tuple, casual=None) -> EMState:
     """The previous fit's EM state extended by the new rows (no pass over the old rows' text)."""
     from .local_em import problem_block
     from .problem import pair_counts
@@ -353,7 +359,8 @@ def _extend_state(state: EMState, merge: _Merge, problem_new, key: tuple) -> EMS
     # the merged pair vocabulary: the old pairs (models renamed) and the new ones, counts summed
     old_pairs = state.pair_counts
     pairs, old_index, _ = old_pairs.union(pair_counts(new), model_map=merge.model_map)
-    new_block = problem_block(new, problem_new, pairs=pairs)  # dense over the merged users: no search
+    new_block = problem_block(new, problem_new, pairs=pairs,  # dense over the merged users: no search
+                              n_casual=0 if casual is None else casual.n_cells)
     cell_map = None
     if state.block.learned:
         vocab = state.block.pairs if state.block.pairs is not None else PairTable.dense(old_pairs.n_models)
@@ -406,7 +413,9 @@ def plan_update(previous, new_rows, *, on_duplicate: str = "skip", row_id=None, 
     settings["tastes"] = n_tastes_of(previous.summary)
     settings["filter"] = str(previous.rule)  # the rule in force (a .filter() clone's, not the original fit's)
     settings["no_verdict"] = getattr(previous, "no_verdict", "keep")
+    settings["casual"] = design_from_summary(previous.summary)  # the previous fit's covariates and bins
     settings.update(fit_settings)
+    casual = settings["casual"]
     old = previous._data
     info = input_info(new_rows, record_paths)
     if not isinstance(new_rows, pd.DataFrame):
@@ -435,8 +444,10 @@ def plan_update(previous, new_rows, *, on_duplicate: str = "skip", row_id=None, 
         merged, start = merge.merged, _mapped_start(previous, merge)
         key = problem_key(mu, strong_model, use_p_a, merged.has_p_a)
         if state is not None and state.key == key:
-            problem_new, _ = build_problem(merge.new, mu=mu, strong_model=strong_model, use_p_a=use_p_a)
-            state = _extend_state(state, merge, problem_new, key)
+            if casual is not None:
+                prepare_casual(merge.new, design=casual)
+            problem_new, _ = build_problem(merge.new, mu=mu, strong_model=strong_model, use_p_a=use_p_a, casual=casual)
+            state = _extend_state(state, merge, problem_new, key, casual)
         else:
             state = None  # rebuilt from the merged rows
     if settings.get("model", "two-class") != previous.estimates.variant:

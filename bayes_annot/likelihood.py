@@ -75,6 +75,9 @@ class Priors:
         around ``m`` (continuous; every engine estimates ``tau``).
     eta_m_mu, eta_m_sigma : float
         Normal prior on the population mean ``m`` of ``logit(eta_u)``.
+    casual_effect_sigma : float
+        Normal(0, sigma) prior on each casual covariate effect ``g`` (log-odds units;
+        :mod:`bayes_annot.casual`).
     """
 
     pi_alpha: float = 2.0
@@ -85,6 +88,7 @@ class Priors:
     eta_tau: float = 1.5
     eta_m_mu: float = 0.0
     eta_m_sigma: float = 2.0
+    casual_effect_sigma: float = 2.0
 
 
 def attentive_logprob(choice_a, logit_mu):

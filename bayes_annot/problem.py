@@ -17,6 +17,7 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.special import log_expit, logit
 
+from .casual import CasualDesign
 from .data import PreparedData
 from .em import UsableLabels, row_logit_mu
 from .errors import InputError
@@ -60,9 +61,14 @@ class Estimates:
 
 
 def build_problem(
-    data: PreparedData, mu: float | None = None, strong_model: str | None = None, use_p_a: bool = True
+    data: PreparedData, mu: float | None = None, strong_model: str | None = None, use_p_a: bool = True,
+    casual: CasualDesign | None = None,
 ) -> tuple[UsableLabels, str]:
-    """Turn prepared data into the engines' arrays; returns the problem and the strength mode."""
+    """Turn prepared data into the engines' arrays; returns the problem and the strength mode.
+
+    ``casual``: the casual covariates' design; each label then gets its casual cell from
+    ``data.casual_x`` (:func:`bayes_annot.data.casual_covariates`).
+    """
     usable = data.usable
     choice = data.choice_a[usable].astype(np.int8)
     a = data.model_a[usable]
@@ -92,6 +98,14 @@ def build_problem(
         n_models=data.n_models,
         known_logit_mu=known,
     )
+    if casual is not None:
+        if data.casual_x is None or tuple(data.casual_names) != tuple(casual.names):
+            raise InputError(
+                f"the casual covariates {', '.join(casual.names)} are not all in this log "
+                f"(it has {', '.join(data.casual_names) or 'none'})"
+            )
+        problem.casual_cell = casual.cells(data.casual_x[usable])
+        problem.n_casual = casual.n_cells
     return problem, mode
 
 
@@ -160,7 +174,16 @@ def quality_floor(problem: UsableLabels, estimates: Estimates) -> np.ndarray | N
     ell = np.asarray(row_logit_mu(problem, np.asarray(estimates.strengths, dtype=float) if problem.learned else None),
                      dtype=float)
     eps = 1e-12
-    worst = np.minimum(log_expit(ell) - np.log(max(q, eps)), log_expit(-ell) - np.log(max(1.0 - q, eps)))
+    effects = estimates.extra_summary.get("casual_effects")
+    if getattr(problem, "casual_cell", None) is not None and effects:  # casual covariates: each label's own casual log-odds
+        from .casual import casual_logits, design_from_summary, effects_start
+
+        summary = {"casual_effects": effects}
+        eta = casual_logits(effects["beta0"], effects_start(summary), design_from_summary(summary).design())
+        eta = eta[problem.casual_cell]
+        worst = np.minimum(log_expit(ell) - log_expit(eta), log_expit(-ell) - log_expit(-eta))
+    else:
+        worst = np.minimum(log_expit(ell) - np.log(max(q, eps)), log_expit(-ell) - np.log(max(1.0 - q, eps)))
     total = np.bincount(problem.user, weights=worst, minlength=problem.n_users)
     pi = min(max(pi, eps), 1.0 - eps)
     return two_class_posterior(total, 0.0, pi)

@@ -25,6 +25,7 @@ from .incremental import n_tastes_of
 from .likelihood import Priors
 from .spec import VARIANTS as _VARIANTS
 from .tables import read_table_file
+from .casual import effects_start
 from .validation import check_number, check_priors
 
 __all__ = ["SavedTables", "read_tables", "read_saved", "validate_saved_summary", "load_start"]
@@ -293,5 +294,11 @@ def load_start(directory: str | Path) -> dict:
         if not np.isnan(table).any():
             start["tastes"] = {"strengths": pd.DataFrame(table, index=models["model"].to_numpy()),
                                "shares": np.asarray(shares, dtype=float), "q": params.get("q")}
+    try:
+        start["casual_g"] = effects_start(summary)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"results folder '{directory}': summary.json casual_effects is malformed ({exc})") from None
+    if start.get("tastes") is not None:
+        start["tastes"]["casual_g"] = start["casual_g"]
     return start
 
