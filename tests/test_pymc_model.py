@@ -483,14 +483,13 @@ def test_pytensor_equals_numpy_with_casual_covariates(variant, q_fixed, strength
 
     _, problem, design = _covariate_problem(strengths=strengths)
     spec = BehaviourSpec(variant, 1, "learned" if problem.learned else "known", q=q_fixed, casual=design)
-    model = build_model(problem, spec, tau_fixed=True)
+    model = build_model(problem, spec, marginal=True)
     sigma = ba.Priors().casual_effect_sigma
     offset = _pymc_constant_error(problem, variant, q_fixed) + design.n_effects * (
         float(pm.logp(pm.Normal.dist(0.0, sigma), 0.0).eval()) - float(log_normal_pdf(0.0, 0.0, sigma)))
     values = []
     for _ in range(3):
         params = _random_params(problem, rng)
-        params["tau"] = ba.Priors().eta_tau
         params["casual_effect"] = rng.normal(0.0, 1.5, design.n_effects)
         if q_fixed is not None:
             params["q"] = q_fixed
@@ -522,8 +521,7 @@ def test_pytensor_equals_em_objective_with_casual_covariates(variant):
     fitted = ba.fit(log, model=variant, casual_bins=3)
     design = design_from_summary(fitted.summary)
     em = fitted.estimates
-    params = {**em.parameters, "strength": em.strengths, "theta": em.theta,
-              "casual_effect": effects_start(fitted.summary)}
+    params = {**em.parameters, "strength": em.strengths, "casual_effect": effects_start(fitted.summary)}
     prepared = prepare(log)
     prepare_casual(prepared, design=design)
     problem, _ = build_problem(prepared, casual=design)
@@ -571,9 +569,17 @@ def test_nuts_plumbing_with_casual_covariates(monkeypatch, variant):
     params = {k: draw[k].values for k in ("q", "strength", "casual_effect")}
     if variant == "two-class":
         params["pi"] = float(draw["pi"])
-    else:
-        params.update(m=float(draw["m"]), tau=float(draw["tau"]), theta=float(draw["m"]) + float(draw["tau"]) * draw["z"].values)
-    expected = numpy_loglik(problem, variant, params, penalised=False, casual=design)
+        expected = numpy_loglik(problem, variant, params, penalised=False, casual=design)
+    else:  # NUTS samples each user's z_u: the log-likelihood given the draw's theta_u
+        from bayes_annot.casual import casual_table
+        from bayes_annot.em import label_logprobs
+        from bayes_annot.likelihood import continuous_label_loglik
+        from scipy.special import logit
+
+        theta = float(draw["m"]) + float(draw["tau"]) * draw["z"].values
+        table = casual_table(float(logit(params["q"])), params["casual_effect"], design.design())
+        att, cas = label_logprobs(problem, params["strength"], float(params["q"]), table)
+        expected = float(continuous_label_loglik(att, cas, theta[problem.user]).sum())
     assert float(idata.log_likelihood["y_user"].isel(chain=1, draw=7).sum()) == pytest.approx(expected, abs=1e-8)
 
 
