@@ -709,14 +709,12 @@ def fit_pymc(
     t0 = time.perf_counter()
     user_labels = _labels(user_labels, problem.n_users, "u")
     model_labels = _labels(model_labels, problem.n_models, "model_")
-    if n_tastes > 1 and spec.casual is not None:
-        raise InputError("taste classes with casual covariates are fitted by EM only: use method='em', "
-                         "or casual_covariates='none' for MAP/NUTS")
     if n_tastes > 1:
         if start is None:
             from .tastes import fit_tastes
 
-            start = fit_tastes(problem, int(n_tastes), priors=priors, q_fixed=q_fixed, seed=seed).as_start()
+            start = fit_tastes(problem, int(n_tastes), priors=priors, q_fixed=q_fixed, seed=seed,
+                               casual=spec.casual).as_start()
         est = _fit_tastes(
             problem, spec, start, method, draws, tune, chains, sampler, progress, seed,
             user_labels, model_labels, target_accept, informative_tol, maxeval,
@@ -1054,7 +1052,7 @@ def _taste_informative(problem, strengths, tol):
     return informative
 
 
-def _taste_posterior(problem, strengths, shares, q, informative, priors):
+def _taste_posterior(problem, strengths, shares, q, informative, priors, tables=None):
     """Per draw: the user-type posterior (S, U, C + 1), casual first, and per-user log-likelihood (S, U).
 
     Users without labels or without an informative label get no verdict: the
@@ -1064,7 +1062,11 @@ def _taste_posterior(problem, strengths, shares, q, informative, priors):
 
     from .tastes import type_logliks
 
-    logw = np.log(shares)[:, None, :] + type_logliks(problem, strengths, q)
+    if tables is None:
+        logw = np.log(shares)[:, None, :] + type_logliks(problem, strengths, q)
+    else:  # casual covariates: each draw's own casual table
+        logw = np.log(shares)[:, None, :] + np.stack(
+            [type_logliks(problem, s, qq, casual_log_table=t) for s, qq, t in zip(strengths, q, tables)])
     user_ll = logsumexp(logw, axis=2)
     post = np.exp(logw - user_ll[..., None])
     active = np.bincount(problem.user, minlength=problem.n_users) > 0
@@ -1088,10 +1090,13 @@ def _fit_tastes(
     nuts = method == "nuts"
     n_tastes, priors, q_fixed = spec.n_tastes, spec.priors, spec.q
     q0 = float(q_fixed) if q_fixed is not None else float(start.get("q", 0.5))
+    casual_init = start.get("casual_g")
+    if spec.casual is not None and np.shape(casual_init) != (spec.casual.n_effects,):
+        casual_init = None
     model = build_model(
         problem, spec, user_labels, model_labels,
         strength_init=np.asarray(start["strengths"], float), share_init=np.asarray(start["shares"], float),
-        q_init=q0, strength_prior="zerosum" if nuts else "normal",
+        q_init=q0, strength_prior="zerosum" if nuts else "normal", casual_init=casual_init,
     )
     if nuts:
         idata = _sample(model, draws, tune, chains, sampler, progress, seed, target_accept)
@@ -1099,10 +1104,13 @@ def _fit_tastes(
         n_chains, n_draws = post.sizes["chain"], post.sizes["draw"]
         shares, strengths = _stack(post, "shares"), _stack(post, "strength")
         q = np.full(len(shares), float(q_fixed)) if q_fixed is not None else _stack(post, "q")
+        g = _stack(post, "casual_effect") if spec.casual is not None else None
     else:
         point, raw = _run_map(model, progress, seed, maxeval)
         shares, strengths = np.asarray(point["shares"], float)[None], np.asarray(point["strength"], float)[None]
         q = np.array([float(q_fixed) if q_fixed is not None else float(point["q"])])
+        g = np.asarray(point["casual_effect"], float)[None] if spec.casual is not None else None
+    tables = None if g is None else casual_tables(logit(q), g, spec.casual.design())
     shares, strengths = relabel_by_share(shares, strengths)
     class_strengths = strengths.mean(axis=0)  # (C, K)
     informative = _taste_informative(problem, class_strengths, informative_tol)
@@ -1115,7 +1123,8 @@ def _fit_tastes(
     p_taste = np.zeros((problem.n_users, n_tastes))
     for lo in range(0, n_draws_total, _DRAW_CHUNK):
         sl = slice(lo, min(lo + _DRAW_CHUNK, n_draws_total))
-        type_post, user_ll[sl] = _taste_posterior(problem, strengths[sl], shares[sl], q[sl], informative, priors)
+        type_post, user_ll[sl] = _taste_posterior(problem, strengths[sl], shares[sl], q[sl], informative, priors,
+                                                  None if tables is None else tables[sl])
         quality_draws[sl] = 1.0 - type_post[:, :, 0]
         p_taste += type_post[:, :, 1:].sum(axis=0)
     p_taste /= n_draws_total
@@ -1129,7 +1138,9 @@ def _fit_tastes(
         params[f"share_taste_{c + 1}"] = float(shares[:, c + 1].mean())
     params["mean_quality"] = float(np.mean(quality[active])) if active.any() else params["pi"]
     ordering = "classes numbered by share, largest first"
-    extra_summary = {"tastes": {
+    extra_summary = {} if g is None else {
+        "casual_effects": casual_effects(spec.casual, float(logit(q).mean()), g.mean(axis=0))}
+    extra_summary |= {"tastes": {
         "n_tastes": int(n_tastes),
         "class_spread": [float(v) for v in np.std(class_strengths, axis=1)],
         "ordering": ordering + (" (every posterior draw relabelled so)" if nuts else ""),
@@ -1141,7 +1152,9 @@ def _fit_tastes(
     )
     if not nuts:
         loglik = numpy_loglik(
-            problem, "two-class", {"shares": shares[0], "q": q[0], "strength": strengths[0]}, priors, q_fixed
+            problem, "two-class",
+            {"shares": shares[0], "q": q[0], "strength": strengths[0], "casual_effect": None if g is None else g[0]},
+            priors, q_fixed, casual=spec.casual,
         )
         est = _estimates(
             engine="map", loglik=float(loglik), user_loglik=user_ll[0],
@@ -1166,7 +1179,8 @@ def _fit_tastes(
     post.attrs["sampler"] = sampler
     hdi = az.hdi(post[["quality"]], hdi_prob=HDI_PROB)["quality"]
     s_hdi = az.hdi(post[["strength"]], hdi_prob=HDI_PROB)["strength"].isel(taste=0)
-    diagnostics, converged = _diagnose(idata, ["shares", "strength"] + (["q"] if q_fixed is None else []), sampler)
+    diagnostics, converged = _diagnose(idata, ["shares", "strength"] + (["q"] if q_fixed is None else [])
+                                       + (["casual_effect"] if g is not None else []), sampler)
     return _estimates(
         engine="nuts",
         quality_low=hdi.sel(hdi="lower").values,

@@ -583,7 +583,24 @@ def test_nuts_plumbing_with_casual_covariates(monkeypatch, variant):
     assert float(idata.log_likelihood["y_user"].isel(chain=1, draw=7).sum()) == pytest.approx(expected, abs=1e-8)
 
 
-def test_taste_classes_with_covariates_are_em_only():
+def test_map_with_taste_classes_and_covariates_matches_em():
+    log = simulate_tastes(n_users=200, n_models=5, casual_share=0.3, minority_share=0.2, seed=4)
+    rng = np.random.default_rng(0)
+    log["len_ratio"] = rng.normal(0.0, 1.0, len(log))  # any numeric contrast column
+    em = ba.fit(log, tastes=2, casual_covariates=["len_ratio"], casual_bins=3, tol=1e-12, max_iter=5000)
+    mp = ba.fit(log, tastes=2, method="map", casual_covariates=["len_ratio"], casual_bins=3)
+    assert mp.summary["engine"] == "map"
+    np.testing.assert_allclose(mp.users.quality, em.users.quality, atol=1e-3)
+    np.testing.assert_allclose(mp.casual_effects_["covariates"][0]["g"], em.casual_effects_["covariates"][0]["g"],
+                               atol=1e-3)
+    assert mp.summary["loglik"] == pytest.approx(em.summary["loglik"], abs=1e-3)
+
+
+def test_nuts_taste_plumbing_with_casual_covariates(monkeypatch):
     log = ba.simulate(n_users=60, n_models=4, labels_per_user=(3, 10), length_bias=0.85, seed=4)
-    with pytest.raises(InputError, match="EM only"):
-        ba.fit(log, method="map", tastes=2)
+    _mock_sample(monkeypatch, lambda size: np.zeros(size, dtype=bool))
+    with pytest.warns(FitWarning):
+        result = ba.fit(log, method="nuts", tastes=2, draws=20, tune=5, chains=2, progress=False, casual_bins=2)
+    assert result.idata.posterior["casual_effect"].dims == ("chain", "draw", "casual_bin")
+    assert len(result.casual_effects_["covariates"][0]["g"]) == 2
+    assert result.users.quality.between(0, 1).all()
