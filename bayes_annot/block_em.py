@@ -30,8 +30,12 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.special import expit, log_expit, logit
 
-from .em import EMResult, _update_q, _update_theta, has_converged, max_change, no_verdict_continuous, no_verdict_shares
-from .likelihood import Priors, laplace_p_above_half, log_normal_pdf, log_prior, log_type_shares
+from .casual import casual_table, fit_casual
+from .em import (
+    EMResult, _update_q, has_converged, max_change, no_verdict_continuous, no_verdict_shares, param_tolerance,
+    population_step,
+)
+from .likelihood import ETA_GRID, EtaGrid, Priors, log_normal_pdf, log_prior, log_type_shares
 from .spec import BehaviourSpec
 from .pairs import (
     DENSE_MAX_MODELS,
@@ -88,10 +92,16 @@ class Block:
     ties: int = 0  # rows of these users that are ties / same-model pairs (bookkeeping)
     same_model: int = 0
     pairs: PairTable | None = None  # the pair vocabulary of ``cell`` (None: every K x K pair)
+    casual_cell: np.ndarray | None = None  # int32 (n,) casual cell of each entry (casual covariates), same order
+    n_casual: int = 0  # casual cells of the design (bayes_annot.casual.CasualDesign.n_cells)
     _counts: object = field(default=None, repr=False)
+    _casual_counts: object = field(default=None, repr=False)
+    _joint_counts: object = field(default=None, repr=False)
+    _joint_totals: np.ndarray | None = field(default=None, repr=False)
     _inactive: np.ndarray | None = field(default=None, repr=False)
     _cell_totals: np.ndarray | None = field(default=None, repr=False)
     _entry_choice: np.ndarray | None = field(default=None, repr=False)
+    _known_cells: tuple | None = field(default=None, repr=False)
 
     @property
     def n_entries(self) -> int:
@@ -155,6 +165,65 @@ class Block:
             self._entry_choice = (self.cell & 1).astype(np.int8)
         return self._entry_choice
 
+    def casual_index(self) -> np.ndarray:
+        """Per entry: ``2 * casual_cell + choice``, the entry of the casual table (casual covariates only)."""
+        return 2 * self.casual_cell.astype(np.int64) + self.entry_choice()
+
+    def casual_matrix(self):
+        """``users x 2 n_casual`` CSR counts of each user's labels by casual table entry (cached)."""
+        if self._casual_counts is None:
+            from scipy.sparse import csr_matrix
+
+            self._casual_counts = csr_matrix(
+                (np.ones(self.n_entries), self.casual_index(), self.indptr), shape=(self.users.shape[0], 2 * self.n_casual)
+            )
+        return self._casual_counts
+
+    def casual_sums(self, casual) -> np.ndarray:
+        """Per-user sums of casual log-probabilities: ``casual`` the position bias ``q`` (no covariates:
+        ``n_a log q + (n - n_a) log(1 - q)``) or the casual table ``(2 n_casual,)``
+        (:func:`bayes_annot.casual.casual_table`: one sparse mat-vec)."""
+        if self.casual_cell is None:
+            return self.n_user_a * np.log(casual) + (self.n_user - self.n_user_a) * np.log1p(-casual)
+        return self.casual_matrix() @ casual
+
+    @property
+    def joint(self) -> bool:
+        """Whether the passes use the joint (pair cell x casual cell) counts: learned strengths with covariates."""
+        return self.cell is not None and self.casual_cell is not None
+
+    def _joint_matrix(self):
+        """``users x (2 P n_casual)`` CSR counts by joint entry ``(pair n_casual + casual_cell) 2 + choice`` (cached)."""
+        if self._joint_counts is None:
+            from scipy.sparse import csr_matrix
+
+            cell = self.cell.astype(np.int64)
+            joint = ((cell >> 1) * self.n_casual + self.casual_cell) * 2 + (cell & 1)
+            self._joint_counts = csr_matrix((np.ones(self.n_entries), joint, self.indptr),
+                                            shape=(self.users.shape[0], self.n_cells * self.n_casual))
+        return self._joint_counts
+
+    def joint_sums(self, att_table: np.ndarray, cas_table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-user sums of the attentive table (by pair cell) and the casual table (by casual cell): two
+        sparse mat-vecs of the joint counts (today's one, plus one for the casual side)."""
+        n_pairs = self.n_cells // 2
+        att = np.broadcast_to(np.asarray(att_table).reshape(n_pairs, 1, 2), (n_pairs, self.n_casual, 2))
+        cas = np.broadcast_to(np.asarray(cas_table).reshape(1, self.n_casual, 2), (n_pairs, self.n_casual, 2))
+        matrix = self._joint_matrix()
+        return matrix @ att.reshape(-1), matrix @ cas.reshape(-1)
+
+    def joint_stats(self, att_weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The two-class E-step's cell tables from ONE transposed mat-vec of the joint counts: the pair cell
+        table weighted by the users' P(attentive) ``att_weight``, and the casual cell table weighted by
+        ``1 - att_weight`` (the joint totals minus the attentive-weighted joint table)."""
+        n_pairs = self.n_cells // 2
+        matrix = self._joint_matrix()
+        if self._joint_totals is None:
+            self._joint_totals = matrix.T @ np.ones(self.users.shape[0])
+        weighted = matrix.T @ att_weight
+        casual = (self._joint_totals - weighted).reshape(n_pairs, self.n_casual, 2)
+        return weighted.reshape(n_pairs, self.n_casual, 2).sum(axis=1).reshape(-1), casual.sum(axis=0).reshape(-1)
+
     def release_pass_caches(self) -> None:
         """Drop what only the EM passes use (the CSR matrix with its float data, per-entry choices).
 
@@ -163,6 +232,10 @@ class Block:
         """
         self._counts = None
         self._entry_choice = None
+        self._known_cells = None
+        self._casual_counts = None
+        self._joint_counts = None
+        self._joint_totals = None
 
     @property
     def cell_totals(self) -> np.ndarray:
@@ -202,6 +275,8 @@ def make_block(
     known_logit: np.ndarray | None = None,
     users: np.ndarray | None = None,
     pairs: PairTable | None = None,
+    casual_cell: np.ndarray | None = None,
+    n_casual: int = 0,
 ) -> Block:
     """Build a :class:`Block` from per-row arrays (global user codes, all rows).
 
@@ -210,6 +285,7 @@ def make_block(
     ``users`` (sorted global codes) fixes the block's user set; by default the
     users present in ``user``. ``pairs`` is the pair vocabulary of ``cell``
     (``2 * pair + choice``); without it ``cell`` is the dense ``(a K + b) 2 + choice``.
+    ``casual_cell`` (usable rows, row order): each label's casual cell of a design of ``n_casual`` cells.
     """
     user = np.asarray(user)
     if users is None:
@@ -238,6 +314,9 @@ def make_block(
         block.choice = np.asarray(choice, dtype=np.int8)[order]
         block.known_logit = np.asarray(known_logit, dtype=float)[order]
     block.n_user_a = block.row_sums(block.entry_choice().astype(float))
+    if casual_cell is not None:
+        block.casual_cell = np.asarray(casual_cell, dtype=np.int32)[order]
+        block.n_casual = int(n_casual)
     return block
 
 
@@ -277,6 +356,8 @@ def merge_blocks(
     """
     if old.learned != new.learned:
         raise ValueError("cannot merge a learned-strengths block with a known-probabilities block")
+    if (old.casual_cell is None) != (new.casual_cell is None) or old.n_casual != new.n_casual:
+        raise ValueError("cannot merge blocks with different casual covariates")
     users = np.asarray(users, dtype=np.int64)
     n_local = users.shape[0]
     old_users = old.users if user_map is None else np.asarray(user_map)[old.users]
@@ -336,6 +417,9 @@ def merge_blocks(
     else:
         block.choice = interleave(old.choice, new.choice, np.int8)
         block.known_logit = interleave(old.known_logit, new.known_logit, float)
+    if new.casual_cell is not None:
+        block.casual_cell = interleave(old.casual_cell, new.casual_cell, np.int32)
+        block.n_casual = new.n_casual
     return block
 
 
@@ -391,9 +475,15 @@ def two_class_user_terms(att_sum: np.ndarray, cas_sum: np.ndarray, pi: float) ->
     return p_att, user_ll
 
 
-def block_two_class_users(block: Block, pi: float, q: float, table: np.ndarray | None):
-    """Per-user posterior P(attentive) and marginal log-likelihood of one block (one taste class)."""
-    cas_sum = block.n_user_a * np.log(q) + (block.n_user - block.n_user_a) * np.log1p(-q)
+def block_two_class_users(block: Block, pi: float, q, table: np.ndarray | None):
+    """Per-user posterior P(attentive) and marginal log-likelihood of one block (one taste class).
+
+    ``q``: the casual position bias, or the casual table when the block has casual cells
+    (:meth:`Block.casual_sums`; so in every pass function below)."""
+    if block.joint and table is not None:  # learned strengths with casual covariates: one pass for both sums
+        att_sum, cas_sum = block.joint_sums(table, q)
+        return two_class_user_terms(att_sum, cas_sum, pi)
+    cas_sum = block.casual_sums(q)
     return two_class_user_terms(_block_att_sum(block, table), cas_sum, pi)
 
 
@@ -406,14 +496,13 @@ def lse_rows(x: np.ndarray) -> np.ndarray:
     return m + np.log1p(rest.sum(axis=1))
 
 
-def block_type_logliks(block: Block, q: float, tables: np.ndarray) -> np.ndarray:
+def block_type_logliks(block: Block, q, tables: np.ndarray) -> np.ndarray:
     """``(Ul, C + 1)``: per user the casual log-probability sum, then the attentive sum of each class.
 
     ``tables`` ``(2 P, C)``: log P_att of every cell under each class; the attentive sums
     of all classes are one sparse product ``counts @ tables``.
     """
-    casual = block.n_user_a * np.log(q) + (block.n_user - block.n_user_a) * np.log1p(-q)
-    return np.column_stack([casual, block.matrix() @ tables])
+    return np.column_stack([block.casual_sums(q), block.matrix() @ tables])
 
 
 def block_class_users(block: Block, shares: np.ndarray, q: float, tables: np.ndarray | None):
@@ -437,24 +526,33 @@ def block_class_pass(block: Block, shares: np.ndarray, q: float, tables: np.ndar
 
     ``loglik`` (over users with labels), ``totals`` (C,) the classes' responsibility sums over those
     users, ``n_active``, ``casual_a`` / ``casual`` (the casual-weighted labels choosing ``model_a`` / all,
-    for ``q``) and ``cells`` ``(2 P, C)``, the cell table weighted by each class's responsibilities (the
+    for ``q``), ``casual_cells`` (casual covariates: the casual-weighted labels by casual table entry,
+    for :func:`bayes_annot.casual.fit_casual`; else ``None``) and ``cells`` ``(2 P, C)``, the cell table weighted by each class's responsibilities (the
     Bradley–Terry M-steps' input). ``users``: :func:`block_class_users` at these parameters, when known.
     """
     casual, att, user_ll = block_class_users(block, shares, q, tables) if users is None else users
     inactive = block.inactive  # users without usable labels: no share of the likelihood
+    casual_cells = None
     if att.shape[1] == 1:  # the two-class sums, on 1-d arrays
         p_att = att[:, 0]
         totals = np.array([p_att.sum() - p_att[inactive].sum()])
-        cells = block.cell_sums_by_user(p_att)[:, None] if block.learned else None
+        if block.joint:  # both cell tables from one pass over the entries (casual = 1 - p_att here)
+            cells, casual_cells = block.joint_stats(p_att)
+            cells = cells[:, None]
+        else:
+            cells = block.cell_sums_by_user(p_att)[:, None] if block.learned else None
     else:
         totals = att.sum(axis=0) - att[inactive].sum(axis=0)
         cells = block.matrix().T @ att
+    if casual_cells is None and block.casual_cell is not None:
+        casual_cells = block.casual_matrix().T @ casual
     return {
         "loglik": float(user_ll.sum() - user_ll[inactive].sum()),
         "totals": totals,
         "n_active": int(user_ll.shape[0] - inactive.shape[0]),
         "casual_a": float(casual @ block.n_user_a),
         "casual": float(casual @ block.n_user),
+        "casual_cells": casual_cells,
         "cells": cells,
     }
 
@@ -489,54 +587,110 @@ def _block_informative(block: Block, differs_cell, q, tol) -> np.ndarray:
     return block.row_sums(differs.astype(float)) > 0
 
 
-def _continuous_entries(block: Block, theta, q, att_prob_table):
-    if block.learned:
-        att_prob = att_prob_table[block.cell]
+def _grid_cells(block: Block, att_prob_table, casual):
+    """The continuous E-step's cells: ``(users x cells counts, P_att per cell, P_cas per cell, n_casual)``.
+
+    A cell is ``(outer, casual cell, choice)`` flattened, ``outer`` the pair (learned strengths; the
+    table ``att_prob_table``) or one of the block's distinct attentive log-odds (known ones: a global
+    ``mu`` has a handful, a ``p_a`` column at most one per label), and the casual cell that of the casual
+    covariates (one cell without them; ``casual`` is then ``q``, else the casual log-probability table
+    ``(2 n_casual,)``). The known-strengths cells are cached on the block.
+    """
+    n_casual = max(block.n_casual, 1)
+    if block.casual_cell is None:
+        cas = np.array([1.0 - casual, casual])
     else:
-        att_prob = expit((2.0 * block.choice - 1.0) * block.known_logit)
-    choice = block.entry_choice()
-    cas_prob = np.where(choice == 1, q, 1.0 - q)
-    eta = block.expand(expit(theta))
-    attentive = eta * att_prob
-    mixture = attentive + (1.0 - eta) * cas_prob
-    return np.log(mixture), attentive / mixture, choice
+        cas = np.exp(np.asarray(casual, dtype=float))
+    if block.learned:
+        counts = block.matrix() if block.casual_cell is None else block._joint_matrix()
+        att = np.asarray(att_prob_table).reshape(-1, 1, 2)
+    else:
+        if block._known_cells is None:
+            from scipy.sparse import csr_matrix
+
+            values, index = np.unique(block.known_logit, return_inverse=True)
+            outer = index.reshape(-1).astype(np.int64) * n_casual
+            if block.casual_cell is not None:
+                outer = outer + block.casual_cell
+            counts = csr_matrix((np.ones(block.n_entries), 2 * outer + block.choice, block.indptr),
+                                shape=(block.users.shape[0], 2 * len(values) * n_casual))
+            block._known_cells = (counts, np.stack([expit(-values), expit(values)], axis=1))
+        counts, att = block._known_cells
+        att = att.reshape(-1, 1, 2)
+    shape = (att.shape[0], n_casual, 2)
+    return counts, np.broadcast_to(att, shape).reshape(-1), np.broadcast_to(cas.reshape(1, -1, 2), shape).reshape(-1), \
+        n_casual
 
 
-def block_continuous_pass(block: Block, theta: np.ndarray, m: float, q: float, tau: float, att_prob_table):
-    """One continuous EM pass of a block: objective share at ``theta``, new ``theta`` and statistics."""
-    label_ll, resp, choice = _continuous_entries(block, theta, q, att_prob_table)
-    value = float(label_ll.sum()) + float(log_normal_pdf(theta, m, tau).sum())
-    attentive_sum = block.row_sums(resp)
-    theta_new = _update_theta(attentive_sum, block.n_user, m, tau, theta)
-    casual = 1.0 - resp
-    stats = {
-        "loglik": value,
-        "theta_sum": float(theta_new.sum()),
-        # largest change of a user's quality in this step (the stopping rule's; a max, not a sum, over blocks)
-        "max_quality_change": max_change(expit(theta), expit(theta_new)),
-        "casual_a": float(casual @ choice.astype(float)),
-        "casual": float(casual.sum()),
-        "cells": block.cell_sums(resp) if block.learned else None,
-    }
-    return theta_new, stats
+def _normalise_rows(joint: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of ``exp(joint)`` normalised (the posterior over the grid) and their log-sum-exp (in place)."""
+    top = joint.max(axis=1, keepdims=True)
+    np.subtract(joint, top, out=joint)
+    np.exp(joint, out=joint)
+    total = joint.sum(axis=1, keepdims=True)
+    joint /= total
+    return joint, (top + np.log(total))[:, 0]
 
 
-def block_continuous_final(block, theta, m, q, tau, att_prob_table, differs_cell, informative_tol):
-    label_ll, resp, _ = _continuous_entries(block, theta, q, att_prob_table)
-    p_above = laplace_p_above_half(theta, block.n_user, block.row_sums(resp * (1.0 - resp)), tau)
+def block_grid_posterior(block: Block, m: float, tau: float, casual, att_prob_table, grid: EtaGrid = ETA_GRID):
+    r"""Each user's posterior over the grid's nodes :math:`\theta_g = m + \tau z_g` and marginal log-likelihood.
+
+    ``(post (Ul, G), user_loglik (Ul,))`` with
+    :math:`\log p(y_u) = \operatorname{logsumexp}_g(\log w_g + \sum_{r \in u} \log(\eta_g P_{att}(y_r)
+    + (1 - \eta_g) P_{cas}(y_r)))`: one sparse product of the user-cell counts with the ``cells x G``
+    table of log mixtures (:func:`_grid_cells`; ``casual``: ``q``, or the casual table with covariates).
+    Users without labels get the prior's weights and 0.
+    """
+    eta = expit(grid.theta(m, tau))
+    counts, att, cas, _ = _grid_cells(block, att_prob_table, casual)
+    joint = np.asarray(counts @ np.log(att[:, None] * eta + cas[:, None] * (1.0 - eta)))
+    joint += grid.log_weights
+    post, user_ll = _normalise_rows(joint)
+    user_ll[block.inactive] = 0.0
+    return post, user_ll
+
+
+def block_continuous_pass(block: Block, m: float, tau: float, casual, att_prob_table,
+                          grid: EtaGrid = ETA_GRID) -> dict:
+    """One continuous E-step of a block: objective share and the M-steps' sufficient statistics.
+
+    ``loglik``; ``eta_a`` / ``eta_b`` ``(G,)``: expected attentive / casual labels at each grid node
+    (:func:`~bayes_annot.em.population_step`'s input); ``casual_a`` / ``casual``: expected casual labels
+    choosing ``model_a`` / all (``q``); ``casual_cells`` (casual covariates): expected casual labels by
+    casual table entry (:func:`bayes_annot.casual.fit_casual`); ``cells``: expected attentive labels per
+    pair cell (Bradley–Terry).
+    """
+    post, user_ll = block_grid_posterior(block, m, tau, casual, att_prob_table, grid)
+    eta = expit(grid.theta(m, tau))
+    counts, att, cas, n_casual = _grid_cells(block, att_prob_table, casual)
+    att_part = att[:, None] * eta
+    weighted = np.asarray(counts.T @ post)  # (cells, G): expected labels of each cell at each node
+    attentive = weighted * (att_part / (att_part + cas[:, None] * (1.0 - eta)))
+    by_cell = attentive.sum(axis=1).reshape(-1, n_casual, 2)
+    casual_w = weighted.sum(axis=1).reshape(-1, n_casual, 2) - by_cell
+    casual_cells = casual_w.sum(axis=0)  # (n_casual, 2): by casual cell and choice
+    eta_a = attentive.sum(axis=0)
     return {
-        "users": block.users, "quality": expit(theta), "p_eta_above_half": p_above,
-        "theta": theta, "user_loglik": block.row_sums(label_ll),
-        "informative": _block_informative(block, differs_cell, q, informative_tol),
+        "loglik": float(user_ll.sum()), "eta_a": eta_a, "eta_b": weighted.sum(axis=0) - eta_a,
+        "casual_a": float(casual_cells[:, 1].sum()), "casual": float(casual_cells.sum()),
+        "casual_cells": None if block.casual_cell is None else casual_cells.reshape(-1),
+        "cells": by_cell.sum(axis=1).reshape(-1) if block.learned else None,
+    }
+
+
+def block_continuous_final(block: Block, m, tau, casual, att_prob_table, differs_cell, informative_tol,
+                           grid: EtaGrid = ETA_GRID) -> dict:
+    """Per-user results of one block at the final parameters: ``quality`` :math:`E[\\eta_u \\mid y_u]`,
+    ``p_eta_above_half`` :math:`P(\\eta_u \\ge 1/2 \\mid y_u)`, ``theta`` :math:`E[\\theta_u \\mid y_u]`,
+    ``user_loglik`` and ``informative``."""
+    post, user_ll = block_grid_posterior(block, m, tau, casual, att_prob_table, grid)
+    theta = grid.theta(m, tau)
+    return {
+        "users": block.users, "quality": post @ expit(theta), "p_eta_above_half": post @ grid.above_half(m, tau),
+        "theta": post @ theta, "user_loglik": user_ll,
+        "informative": _block_informative(block, differs_cell, casual, informative_tol),
         "n_user": block.n_user, "n_rows": block.n_rows,
     }
-
-
-def block_initial_theta(block: Block, start_theta: np.ndarray | None, m: float) -> np.ndarray:
-    if start_theta is None:
-        return np.full(block.users.shape[0], m)
-    theta = np.asarray(start_theta, dtype=float)[block.users]
-    return np.where(np.isnan(theta), m, theta)
 
 
 def _sum_stats(parts: list[dict]) -> dict:
@@ -575,7 +729,7 @@ class LocalRunner:
     def _users(self, shares, q, tables):
         """Per-block :func:`block_class_users`; the last parameters' are kept, since the final
         pass is at the parameters of the last E-step."""
-        key = (tuple(shares), q)
+        key = (tuple(shares), q if np.ndim(q) == 0 else np.asarray(q).tobytes())
         cached = getattr(self, "_last_users", None)
         if cached is not None and cached[0] == key and np.array_equal(cached[1], tables):
             return cached[2]
@@ -594,21 +748,14 @@ class LocalRunner:
         return [block_class_final(b, shares, q, tables, differs_cell, informative_tol, u)
                 for b, u in zip(self.blocks, users)]
 
-    def initial_theta(self, start_theta, m):
-        """Per-block starting ``theta`` (logit eta) of the continuous model."""
-        return [block_initial_theta(b, start_theta, m) for b in self.blocks]
+    def continuous_pass(self, m, tau, q, att_prob_table):
+        """One continuous E-step over the blocks: summed objective and statistics."""
+        return _sum_stats([block_continuous_pass(b, m, tau, q, att_prob_table) for b in self.blocks])
 
-    def continuous_pass(self, thetas, m, q, tau, att_prob_table):
-        """One continuous EM pass over the blocks: new ``thetas`` and summed statistics."""
-        outs = [block_continuous_pass(b, t, m, q, tau, att_prob_table) for b, t in zip(self.blocks, thetas)]
-        return [o[0] for o in outs], _sum_stats([o[1] for o in outs])
-
-    def continuous_final(self, thetas, m, q, tau, att_prob_table, differs_cell, informative_tol):
+    def continuous_final(self, m, tau, q, att_prob_table, differs_cell, informative_tol):
         """Per-block final continuous results."""
-        return [
-            block_continuous_final(b, t, m, q, tau, att_prob_table, differs_cell, informative_tol)
-            for b, t in zip(self.blocks, thetas)
-        ]
+        return [block_continuous_final(b, m, tau, q, att_prob_table, differs_cell, informative_tol)
+                for b in self.blocks]
 
 
 # --------------------------------------------------------------------------- the EM loop (driver)
@@ -689,6 +836,7 @@ class ClassEMResult:
     informative: np.ndarray
     n_user: np.ndarray
     runtime_seconds: float = 0.0
+    casual_g: np.ndarray | None = None  # casual covariate effects (``casual``'s design), else None
 
     @property
     def loglik(self) -> float:
@@ -712,6 +860,8 @@ def run_class_em(
     callback=None,
     accelerate: bool = False,
     param_tol: float | None = None,
+    casual=None,
+    casual_g=None,
 ) -> ClassEMResult:
     r"""EM of the two-class model with ``C = len(shares)`` taste classes over the blocks of ``runner``.
 
@@ -728,6 +878,10 @@ def run_class_em(
     ``strengths`` ``(C, K)`` is the start (``None``, one class only: the plain Bradley–Terry
     fit of the unweighted labels); ``accelerate`` adds SQUAREM steps kept only when they do not
     lower the objective; the stopping rule is :func:`~bayes_annot.em.has_converged`.
+
+    ``casual`` (a :class:`~bayes_annot.casual.CasualDesign`; the runner's blocks then carry casual
+    cells): casual clicks follow covariates, ``q = sigmoid(beta_0)`` and the effects ``casual_g``
+    (start; zeros by default) are fitted by :func:`~bayes_annot.casual.fit_casual` in the M-step.
     """
     started = time.perf_counter()
     priors = priors or Priors()
@@ -742,23 +896,29 @@ def run_class_em(
         strengths = None
     q = float(q) if q_fixed is None else float(q_fixed)
     q_free = q_fixed is None
+    cas = _CasualSide(casual, priors, q_free)
+    g0 = cas.start(casual_g)
 
-    def evaluate(shares, q, strengths):
-        """Objective at (shares, q, s) and the EM map's image of (shares, q, s)."""
-        st = runner.class_pass(shares, q, bt.tables(strengths) if learned else None)
-        value = st["loglik"] + log_prior(priors, q, strengths, q_free, shares=shares)
+    def evaluate(shares, q, strengths, g):
+        """Objective at (shares, q, s, g) and the EM map's image of (shares, q, s, g)."""
+        st = runner.class_pass(shares, cas.arg(q, g), bt.tables(strengths) if learned else None)
+        value = st["loglik"] + log_prior(priors, q, strengths, q_free, shares=shares) + cas.log_prior(g)
         new_shares = (st["totals"] + priors.pi_alpha - 1.0) / (
             st["n_active"] + priors.pi_alpha * n_classes + priors.pi_beta - (n_classes + 1.0)
         )
-        new_q = float(_update_q(st["casual_a"], st["casual"], priors)) if q_free else q
+        if cas.design is None:
+            new_q, new_g = (float(_update_q(st["casual_a"], st["casual"], priors)) if q_free else q), None
+        else:
+            new_q, new_g = cas.m_step(st, q, g)
         new_s = bt.fit_classes(st["cells"], strengths) if learned else None
-        # a user's posteriors are functions of (shares, q, strengths): their change is the step's
-        step = max(max_change(shares, new_shares), max_change(q, new_q), max_change(strengths, new_s))
-        return value, (new_shares, new_q, new_s), step
+        # a user's posteriors are functions of (shares, q, strengths, g): their change is the step's
+        step = max(max_change(shares, new_shares), max_change(q, new_q), max_change(strengths, new_s),
+                   max_change(g, new_g))
+        return value, (new_shares, new_q, new_s, new_g), step
 
-    def pack(shares, q, s):
+    def pack(shares, q, s, g):
         head = logit(shares) if n_classes == 1 else np.log(shares) - np.log1p(-shares.sum())
-        return _pack_shared([head], q, None if s is None else s.ravel(), q_fixed, learned)
+        return _pack_shared([head] + ([] if g is None else [g]), q, None if s is None else s.ravel(), q_fixed, learned)
 
     def unpack(x, like):
         head = x[:n_classes]
@@ -766,25 +926,57 @@ def run_class_em(
             shares = expit(head)
         else:
             shares = np.exp(head - np.logaddexp.reduce(np.concatenate([[0.0], head])))
-        q, s = _unpack_shared(x, n_classes, q_fixed, learned)
-        return shares, q, None if s is None else s.reshape(n_classes, n_models)
+        n_g = 0 if like[3] is None else like[3].shape[0]
+        g = None if like[3] is None else x[n_classes: n_classes + n_g].copy()
+        q, s = _unpack_shared(x, n_classes + n_g, q_fixed, learned)
+        return shares, q, None if s is None else s.reshape(n_classes, n_models), g
 
     def valid(params):
         shares, q = params[0], params[1]
         return bool(np.all(shares > 0.0) and shares.sum() < 1.0) and (q is None or 0.0 < q < 1.0)
 
     params, trace, iteration, converged = _em_iterations(
-        evaluate, (shares, q, strengths), tol=tol, max_iter=max_iter, callback=callback, param_tol=param_tol,
+        evaluate, (shares, q, strengths, g0), tol=tol, max_iter=max_iter, callback=callback, param_tol=param_tol,
         squarem=(pack, unpack, valid) if accelerate else None,
     )
-    shares, q, strengths = params
+    shares, q, strengths, g0 = params
     differs_cell = bt.differs(strengths, informative_tol) if learned else None  # as em._informative_users
-    parts = runner.class_final(shares, q, bt.tables(strengths) if learned else None, differs_cell, informative_tol)
+    parts = runner.class_final(shares, cas.arg(q, g0), bt.tables(strengths) if learned else None, differs_cell,
+                               informative_tol)
     g = _gather(parts, runner.n_users, ["quality", "p_casual", "p_taste", "user_loglik", "informative", "n_user"])
     return ClassEMResult(
         shares=shares, q=float(q), strengths=strengths, loglik_trace=trace, n_iter=iteration, converged=converged,
-        runtime_seconds=time.perf_counter() - started, **g,
+        runtime_seconds=time.perf_counter() - started, casual_g=g0, **g,
     )
+
+
+class _CasualSide:
+    """The casual covariates' part of the EM drivers (nothing at all without covariates)."""
+
+    def __init__(self, design, priors: Priors, q_free: bool):
+        self.design, self.priors, self.q_free = design, priors, q_free
+        self.matrix = None if design is None else design.design()
+
+    def start(self, g):
+        if self.design is None:
+            return None
+        if g is None or np.shape(g) != (self.design.n_effects,):  # none, or another design's (a warm start)
+            return np.zeros(self.design.n_effects)
+        return np.asarray(g, dtype=float).copy()
+
+    def arg(self, q, g):
+        """What the blocks' passes take as the casual side: ``q``, or the casual table at ``(logit q, g)``."""
+        return q if self.design is None else casual_table(float(logit(q)), g, self.matrix)
+
+    def log_prior(self, g) -> float:
+        """The Normal prior of the effects (the Beta prior of ``q`` is :func:`log_prior`'s)."""
+        if self.design is None:
+            return 0.0
+        return float(log_normal_pdf(g, 0.0, self.priors.casual_effect_sigma).sum())
+
+    def m_step(self, st: dict, q, g):
+        beta0, new_g = fit_casual(st["casual_cells"], self.matrix, float(logit(q)), g, self.priors, self.q_free)
+        return (float(expit(beta0)) if self.q_free else q), new_g
 
 
 def run_em(
@@ -817,7 +1009,7 @@ def run_em(
     Notes
     -----
     The two-class variant is :func:`run_class_em` with one class. ``accelerate=True``
-    (two-class, any runner; continuous needs a single local block) adds SQUAREM
+    (either variant, any runner) adds SQUAREM
     extrapolation steps, each kept only when it does not lower the objective, so the
     trace still never decreases; the stopping rule (:func:`~bayes_annot.em.has_converged`:
     objective change below ``tol`` AND largest parameter change below ``param_tol``,
@@ -837,7 +1029,8 @@ def run_em(
         res = run_class_em(
             runner, k, [float(start.get("pi") or 0.5)], q, None if strengths is None else strengths[None, :],
             learned=learned, priors=priors, q_fixed=q_fixed, tol=tol, max_iter=max_iter, informative_tol=informative_tol,
-            callback=callback, accelerate=accelerate, param_tol=param_tol,
+            callback=callback, accelerate=accelerate, param_tol=param_tol, casual=spec.casual,
+            casual_g=start.get("casual_g"),
         )
         pi = float(res.shares[0])
         level = no_verdict_shares(res.shares, res.informative.any(), priors)[0]
@@ -846,18 +1039,19 @@ def run_em(
             quality=np.where(res.informative, res.quality, level), n_labels_user=res.n_user.astype(np.int64),
             informative=res.informative.astype(bool), loglik=res.loglik, loglik_trace=res.loglik_trace,
             n_iter=res.n_iter, converged=res.converged, runtime_seconds=time.perf_counter() - started,
-            user_loglik=res.user_loglik, p_eta_above_half=None, theta=None, m=None, tau=None,
+            user_loglik=res.user_loglik, p_eta_above_half=None, theta=None, m=None, tau=None, casual_g=res.casual_g,
         )
     bt = _PairBT(getattr(runner, "pairs", None), k, priors.strength_sigma) if learned else None
     if learned and strengths is None:
         strengths = bt.fit(runner.cell_counts())
+    cas = _CasualSide(spec.casual, priors, q_fixed is None)
     out = _run_continuous(runner, bt, learned, priors, q_fixed, tol, max_iter, start, strengths, q, callback, accelerate,
-                          param_tol)
+                          param_tol, cas)
     s = out["strengths"]
     differs_cell = bt.differs(s, informative_tol) if learned else None  # same rule as em._informative_users
     parts = runner.continuous_final(
-        out["thetas"], out["m"], out["q"], out["tau"], np.exp(bt.table(s)) if learned else None,
-        differs_cell, informative_tol,
+        out["m"], out["tau"], cas.arg(out["q"], out["g"]), np.exp(bt.table(s)) if learned else None, differs_cell,
+        informative_tol,
     )
     g = _gather(parts, runner.n_users, ["quality", "p_eta_above_half", "theta", "user_loglik", "informative", "n_user"])
     level, p_level = no_verdict_continuous(out["m"], out["tau"], g["informative"].any(), priors)
@@ -868,7 +1062,7 @@ def run_em(
         n_labels_user=g["n_user"].astype(np.int64), informative=g["informative"].astype(bool), loglik=out["trace"][-1],
         loglik_trace=out["trace"], n_iter=out["n_iter"], converged=out["converged"],
         runtime_seconds=time.perf_counter() - started, user_loglik=g["user_loglik"], p_eta_above_half=g["p_eta_above_half"],
-        theta=g["theta"], m=float(out["m"]), tau=float(out["tau"]),
+        theta=g["theta"], m=float(out["m"]), tau=float(out["tau"]), casual_g=out["g"],
     )
 
 
@@ -965,43 +1159,53 @@ def _unpack_shared(x: np.ndarray, i: int, q_fixed, learned: bool):
     return q, (x[i:].copy() if learned else None)
 
 
+CONTINUOUS_PARAM_TOL_DIVISOR = 10.0
+"""The continuous variant's default parameter tolerance is :func:`~bayes_annot.em.param_tolerance` divided by
+this (1e-8 at ``tol=1e-9``). EM moves ``(m, tau)`` by a small fraction of their distance to the optimum per
+step (most of the information about a user's eta is missing), so a step of 1e-7 left a 1% update 2.6e-6 from
+the refit in quality (3,000 users); at 1e-8 it is within 7e-7, for about 30% more iterations."""
+
+
 def _run_continuous(runner, bt, learned, priors, q_fixed, tol, max_iter, start, strengths, q, callback, accelerate,
-                    param_tol=None):
-    tau = priors.eta_tau
+                    param_tol=None, cas=None):
+    """EM of the continuous variant: each user's :math:`z_u` summed out on the grid, the population
+    ``(m, tau)``, ``q`` (and the casual covariates' effects) and the strengths estimated (every parameter
+    is global, so any runner works, with or without SQUAREM)."""
     m = float(start["m"]) if start.get("m") is not None else float(logit(0.7))
-    thetas = runner.initial_theta(start.get("theta"), m)
-    n_users = runner.n_users
-    local = isinstance(runner, LocalRunner)
-    if accelerate and not local:
-        raise ValueError("accelerate=True for the continuous variant needs a LocalRunner")
+    tau = float(start["tau"]) if start.get("tau") is not None else float(priors.eta_tau)
+    if param_tol is None:  # (m, tau) converge slowly: stop 10x closer (keeps a 1% update within 1e-6 of a refit)
+        param_tol = param_tolerance(tol) / CONTINUOUS_PARAM_TOL_DIVISOR
 
-    def evaluate(thetas, m, q, strengths):
-        new_thetas, st = runner.continuous_pass(thetas, m, q, tau, np.exp(bt.table(strengths)) if learned else None)
-        value = st["loglik"] + log_prior(priors, q, strengths, q_fixed is None, m=m)
-        new_m = (st["theta_sum"] / tau**2 + priors.eta_m_mu / priors.eta_m_sigma**2) / (
-            n_users / tau**2 + 1.0 / priors.eta_m_sigma**2
-        )
+    cas = cas if cas is not None else _CasualSide(None, priors, q_fixed is None)
+    g0 = cas.start(start.get("casual_g"))
+
+    def evaluate(m, tau, q, strengths, g):
+        st = runner.continuous_pass(m, tau, cas.arg(q, g), np.exp(bt.table(strengths)) if learned else None)
+        value = st["loglik"] + log_prior(priors, q, strengths, q_fixed is None, m=m, tau=tau) + cas.log_prior(g)
+        new_m, new_tau = population_step(st["eta_a"], st["eta_b"], m, tau, priors)
         new_q, new_s = _shared_m_step(st, q, strengths, bt, learned, priors, q_fixed)
-        step = max(st["max_quality_change"], max_change(expit(m), expit(new_m)), max_change(q, new_q),
-                   max_change(strengths, new_s))
-        return value, (new_thetas, float(new_m), new_q, new_s), step
+        new_g = None
+        if cas.design is not None:
+            new_q, new_g = cas.m_step(st, q, g)
+        step = max(max_change(m, new_m), max_change(tau, new_tau), max_change(q, new_q), max_change(strengths, new_s),
+                   max_change(g, new_g))
+        return value, (new_m, new_tau, new_q, new_s, new_g), step
 
-    def pack(thetas, m, q, s):
-        return _pack_shared([np.concatenate(thetas), np.array([m])], q, s, q_fixed, learned)
+    def pack(m, tau, q, s, g):
+        return _pack_shared([np.array([m, np.log(tau)])] + ([] if g is None else [g]), q, s, q_fixed, learned)
 
     def unpack(x, like):
-        pieces, i = [], 0
-        for size in (t.shape[0] for t in like[0]):
-            pieces.append(x[i : i + size].copy())
-            i += size
-        return (pieces, float(x[i]), *_unpack_shared(x, i + 1, q_fixed, learned))
+        n_g = 0 if like[4] is None else like[4].shape[0]
+        g = None if like[4] is None else x[2: 2 + n_g].copy()
+        q, s = _unpack_shared(x, 2 + n_g, q_fixed, learned)
+        return float(x[0]), float(np.exp(x[1])), q, s, g
 
     def valid(params):
         return params[2] is None or 0.0 < params[2] < 1.0
 
     params, trace, iteration, converged = _em_iterations(
-        evaluate, (thetas, m, q, strengths), tol=tol, max_iter=max_iter, callback=callback, param_tol=param_tol,
+        evaluate, (m, tau, q, strengths, g0), tol=tol, max_iter=max_iter, callback=callback, param_tol=param_tol,
         squarem=(pack, unpack, valid) if accelerate else None,
     )
-    thetas, m, q, strengths = params
-    return dict(thetas=thetas, m=m, q=q, tau=tau, strengths=strengths, trace=trace, n_iter=iteration, converged=converged)
+    m, tau, q, strengths, g0 = params
+    return dict(m=m, tau=tau, q=q, strengths=strengths, trace=trace, n_iter=iteration, converged=converged, g=g0)

@@ -119,6 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--mu", type=float, default=None, help="known P(attentive user prefers --strong-model)")
     model.add_argument("--strong-model", default=None, help="the stronger model for --mu")
     model.add_argument("--q", type=float, default=None, help="fix the casual position bias (0.5 = fair coin; default: estimated)")
+    model.add_argument("--casual-covariates", default="auto", metavar="auto|none|COL,...",
+                       help="what casual clicks may follow besides position: auto (default: the log length ratio "
+                            "of response_a/response_b, or Arena's conversation_a/conversation_b, when present), "
+                            "none (a position coin, the paper's model), or numeric a-vs-b contrast columns "
+                            "(log_length_ratio names the length ratio)")
+    model.add_argument("--casual-bins", type=int, default=6,
+                       help="bins of |covariate| per casual covariate (default 6, edges at quantiles)")
     model.add_argument(
         "--tastes", type=_tastes_spec, default=1,
         help="taste classes: N rankings attentive users may follow, or 'auto' (chooses 1..--max-tastes; two-class model, any --method)",
@@ -176,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--adversarial-share", type=float, default=0.0)
     sim.add_argument("--tie-rate", type=float, default=0.0)
     sim.add_argument("--with-text", action="store_true", help="add prompt/response text columns")
+    sim.add_argument("--length-bias", type=float, default=None,
+                     help="casual clicks pick the longer response with this probability (adds response texts whose "
+                          "length grows with model strength)")
+    sim.add_argument("--length-confound", type=float, default=0.5, help="slope of log response length on strength")
     sim.add_argument("--seed", type=int, default=0)
 
     report = sub.add_parser("report", help="rebuild the HTML diagnostics report from a saved output folder")
@@ -411,6 +422,8 @@ def _cmd_fit(args) -> int:
                 record_paths=args.record_paths,
                 winner_values=winner_values,
                 on_bad_row=args.on_bad_row,
+                casual_covariates=args.casual_covariates,
+                casual_bins=args.casual_bins,
             )
         fmt = args.format or _saved_format(args.update)
         result.summary.setdefault("settings", {})["format"] = fmt
@@ -440,6 +453,8 @@ def _cmd_simulate(args) -> int:
             adversarial_share=args.adversarial_share,
             tie_rate=args.tie_rate,
             with_text=args.with_text,
+            length_bias=args.length_bias,
+            length_confound=args.length_confound,
             seed=args.seed,
         )
     except ValueError as exc:

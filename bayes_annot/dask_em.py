@@ -17,14 +17,13 @@ length ``n_models`` and of the number of compared model pairs (and, once at the 
    tree on the workers, and each partition becomes a compact *block* (``int32``
    pair cell per label, sorted by user) that is ``persist()``-ed on the workers.
 3. **EM iterations**: because a user lives in exactly one block, every
-   per-user quantity (sums of attentive log-probabilities, posteriors,
-   ``theta_u`` of the continuous variant) is computed *inside* its block; a
+   per-user quantity (sums of attentive log-probabilities, posteriors over
+   types or over the continuous variant's grid) is computed *inside* its block; a
    pass returns only sufficient statistics: the block's share of the
    objective, of the ``pi`` / ``q`` / ``m`` updates and the ``2 P`` table
    of weighted win counts per compared pair for the Bradley–Terry M-step (solved on the driver
    with :func:`bayes_annot.pairs.fit_bradley_terry_pairs`). Nothing of length ``U`` is
-   broadcast per iteration; the continuous variant's ``theta_u`` stays on the
-   workers as persisted per-block state.
+   broadcast per iteration, and no per-user state is kept between passes.
 4. **Finalise**: one pass gathers the per-user results (quality, labels,
    informativeness, ...) into arrays over all users, in vocabulary order.
 
@@ -50,20 +49,21 @@ import numpy as np
 import pandas as pd
 from scipy.special import logit
 
+from .local_em import default_accelerate
 from .block_em import (
     Block,
     _sum_stats,
     block_cell_counts,
     block_continuous_final,
     block_continuous_pass,
-    block_initial_theta,
     block_class_final,
     block_class_pass,
     block_user_cells,
     make_block,
     run_em,
 )
-from .data import REASONS, ColumnMap, _encode_p_a, _encode_winner, _factorize, _resolve_columns, _uniques_as_text
+from .casual import DEFAULT_BINS, casual_design
+from .data import REASONS, ColumnMap, casual_input_columns, covariate_values, _encode_p_a, _encode_winner, _factorize, _resolve_columns, _uniques_as_text
 from .em import INFORMATIVE_TOL, EMResult
 from .errors import InputError
 from .spec import BehaviourSpec
@@ -116,34 +116,21 @@ class DaskRunner:
             [delayed(block_class_final)(b, shares, q, tables, differs_cell, informative_tol) for b in self.blocks]
         )
 
-    def initial_theta(self, start_theta, m):
-        """Per-block starting ``theta`` of the continuous model, persisted on the workers."""
-        import dask
+    def continuous_pass(self, m, tau, q, att_prob_table):
+        """One continuous E-step over the blocks: summed objective and statistics."""
         from dask import delayed
 
-        start = None if start_theta is None else delayed(np.asarray(start_theta, dtype=float))
-        return list(dask.persist(*[delayed(block_initial_theta)(b, start, m) for b in self.blocks]))
+        return _sum_stats(self._compute(
+            [delayed(block_continuous_pass)(b, m, tau, q, att_prob_table) for b in self.blocks]
+        ))
 
-    def continuous_pass(self, thetas, m, q, tau, att_prob_table):
-        """One continuous EM pass over the blocks: new (persisted) ``thetas`` and summed statistics."""
-        import dask
-        from dask import delayed
-
-        outs = [delayed(block_continuous_pass, nout=2)(b, t, m, q, tau, att_prob_table) for b, t in zip(self.blocks, thetas)]
-        outs = dask.persist(*outs)
-        stats = self._compute([o[1] for o in outs])
-        new_thetas = list(dask.persist(*[o[0] for o in outs]))
-        return new_thetas, _sum_stats(stats)
-
-    def continuous_final(self, thetas, m, q, tau, att_prob_table, differs_cell, informative_tol):
+    def continuous_final(self, m, tau, q, att_prob_table, differs_cell, informative_tol):
         """Per-block final continuous results."""
         from dask import delayed
 
         return self._compute(
-            [
-                delayed(block_continuous_final)(b, t, m, q, tau, att_prob_table, differs_cell, informative_tol)
-                for b, t in zip(self.blocks, thetas)
-            ]
+            [delayed(block_continuous_final)(b, m, tau, q, att_prob_table, differs_cell, informative_tol)
+             for b in self.blocks]
         )
 
 
@@ -171,11 +158,15 @@ def _partition_texts(frame: pd.DataFrame, columns: dict, check: bool):
     return out
 
 
-def _scan_partition(frame: pd.DataFrame, columns: dict) -> dict:
+def _scan_partition(frame: pd.DataFrame, columns: dict, casual_names=()) -> dict:
     """Row count, unique text ids and the first validation error of one partition."""
     try:
         texts = _partition_texts(frame, columns, check=True)
         choice = _encode_winner(frame[columns["winner"]], columns["winner"])
+        if len(casual_names):
+            ca, ta = texts["model_a"]
+            cb, tb = texts["model_b"]
+            covariate_values(frame.reset_index(drop=True), casual_names, (choice >= 0) & (ta[ca] != tb[cb]))
         if columns.get("p_a") is not None:
             ca, ta = texts["model_a"]
             cb, tb = texts["model_b"]
@@ -217,9 +208,10 @@ def _tree_union(items: list, split_every: int = 8):
     return level[0]
 
 
-def _encode_partition(frame: pd.DataFrame, columns: dict, user_vocab, model_vocab, strong_code, mu, use_p_a) -> pd.DataFrame:
+def _encode_partition(frame: pd.DataFrame, columns: dict, user_vocab, model_vocab, strong_code, mu, use_p_a,
+                      casual_names=()) -> pd.DataFrame:
     """Codes of one partition against the global vocabularies: user, dense cell code
-    ``(a K + b) 2 + choice`` (int64; -1 unusable), reason, known."""
+    ``(a K + b) 2 + choice`` (int64; -1 unusable), reason, known, and the casual covariates ``cx0, ...``."""
     texts = _partition_texts(frame, columns, check=False)
     cu, tu = texts["user"]
     user = np.searchsorted(user_vocab, tu)[cu].astype(np.int32)
@@ -242,7 +234,17 @@ def _encode_partition(frame: pd.DataFrame, columns: dict, user_vocab, model_voca
             warnings.simplefilter("ignore")
             p = _encode_p_a(frame[columns["p_a"]].reset_index(drop=True), columns["p_a"], usable)
         out["known"] = logit(p)
+    if len(casual_names):
+        x = covariate_values(frame.reset_index(drop=True), casual_names, usable)
+        for j in range(x.shape[1]):
+            out[f"cx{j}"] = x[:, j]
     return pd.DataFrame(out)
+
+
+def _usable_covariates(frame: pd.DataFrame, m: int) -> np.ndarray:
+    """The casual covariates ``(n_usable, m)`` of a partition's usable rows (for the global bin edges)."""
+    usable = frame["reason"].to_numpy() == 0
+    return np.column_stack([frame[f"cx{j}"].to_numpy()[usable] for j in range(m)])
 
 
 def _broadcast(value):
@@ -283,18 +285,24 @@ def _tree_merge_pairs(items: list, split_every: int = 8):
     return level[0]
 
 
-def _block_from_frame(frame: pd.DataFrame, n_models: int, known: bool, pairs: PairTable | None = None) -> Block:
+def _block_from_frame(frame: pd.DataFrame, n_models: int, known: bool, pairs: PairTable | None = None,
+                      casual=None) -> Block:
     user = frame["user"].to_numpy()
     reason = frame["reason"].to_numpy()
     usable = reason == 0
     cell = frame["cell"].to_numpy()[usable]
+    extra = {}
+    if casual is not None:  # casual cells with the global bin edges
+        x = np.column_stack([frame[f"cx{j}"].to_numpy()[usable] for j in range(len(casual.names))])
+        extra = {"casual_cell": casual.cells(x), "n_casual": casual.n_cells}
     if not known:
         if pairs is None:
             pairs = PairTable.from_keys(np.unique(cell >> 1), n_models)
         index = np.searchsorted(pairs.keys, cell >> 1)
-        block = make_block(user, usable, n_models, cell=(2 * index + (cell & 1)).astype(np.int32), pairs=pairs)
+        block = make_block(user, usable, n_models, cell=(2 * index + (cell & 1)).astype(np.int32), pairs=pairs, **extra)
     else:
-        block = make_block(user, usable, n_models, choice=(cell & 1).astype(np.int8), known_logit=frame["known"].to_numpy()[usable])
+        block = make_block(user, usable, n_models, choice=(cell & 1).astype(np.int8),
+                           known_logit=frame["known"].to_numpy()[usable], **extra)
     block.ties = int((reason == 1).sum())
     block.same_model = int((reason == 2).sum())
     return block
@@ -349,6 +357,7 @@ class DaskFit:
     timings: dict = field(default_factory=dict)
     partition_rows: np.ndarray | None = None
     tastes: object = None  # the TasteResult of a fit with taste classes (``em`` is then None)
+    casual: object = None  # the casual covariates' design (bayes_annot.casual.CasualDesign), if any
 
     parameters = property(lambda self: self.to_estimates().parameters, doc="Global parameters (as the summary's).")
 
@@ -357,7 +366,7 @@ class DaskFit:
         from .local_em import em_estimates, taste_estimates
 
         return taste_estimates(self.tastes) if self.tastes is not None else em_estimates(self.em, self.em.variant,
-                                                                                          self.strengths)
+                                                                                          self.strengths, self.casual)
 
     def components(self) -> np.ndarray:
         """Connected component of each model in the comparison graph (as ``problem.graph_components``)."""
@@ -384,6 +393,9 @@ def fit_dask(
     callback=None,
     progress=None,
     seed: int = 0,
+    casual_covariates="auto",
+    casual_bins: int = DEFAULT_BINS,
+    casual=None,
 ) -> DaskFit:
     """Fit the behaviour model by EM on a Dask DataFrame (map-reduce over partitions).
 
@@ -415,6 +427,12 @@ def fit_dask(
         (see :mod:`bayes_annot.progress`; default: none).
     seed : int
         Seed of the taste-class starts.
+    casual_covariates, casual_bins
+        As in :func:`bayes_annot.fit`. The bin edges are the quantiles of the covariates of all
+        usable rows (gathered once on the driver, ``8 m`` bytes per row), so the design is the
+        in-memory fit's.
+    casual : CasualDesign, optional
+        A previous fit's casual design (bins) to use instead of new edges.
 
     Returns
     -------
@@ -443,9 +461,11 @@ def fit_dask(
         raise InputError(f"column '{meta.columns[meta.columns.duplicated()][0]}' appears more than once")
     columns = _resolve_columns(meta, ColumnMap(user=user, model_a=model_a, model_b=model_b, winner=winner, p_a=p_a))
     wanted = [columns[r] for r in ("user", "model_a", "model_b", "winner")] + ([columns["p_a"]] if columns.get("p_a") else [])
-    narrow = ddf[list(dict.fromkeys(wanted))]
+    casual_names, casual_columns = casual_input_columns(meta.columns,
+                                                        casual_covariates if casual is None else casual.names)
+    narrow = ddf[list(dict.fromkeys(wanted + casual_columns))]
     parts = narrow.to_delayed()
-    scans = [delayed(_scan_partition)(p, columns) for p in parts]
+    scans = [delayed(_scan_partition)(p, columns, casual_names) for p in parts]
     settings = resolve_progress(progress)
     with dask_tasks(settings, f"Dask: reading {len(parts)} partitions"):
         headers, user_vocab, model_vocab = dask.compute(
@@ -487,9 +507,11 @@ def fit_dask(
     meta_enc = {"user": np.int32, "cell": np.int64, "reason": np.int8}
     if known:
         meta_enc["known"] = float
+    for j in range(len(casual_names)):
+        meta_enc[f"cx{j}"] = float
     meta_frame = pd.DataFrame({c: pd.Series([], dtype=t) for c, t in meta_enc.items()})
     encoded = narrow.map_partitions(
-        _encode_partition, columns, uv, mv, strong_code, mu, use_p_a, meta=meta_frame
+        _encode_partition, columns, uv, mv, strong_code, mu, use_p_a, casual_names, meta=meta_frame
     )
     nparts = npartitions or narrow.npartitions
     shuffled = encoded.shuffle("user", npartitions=nparts).persist()
@@ -498,7 +520,13 @@ def fit_dask(
     pair_keys, pair_n = dask.compute(_tree_merge_pairs([delayed(_partition_pairs)(p) for p in frames]))[0]
     pair_counts = PairTable.from_keys(pair_keys, k, pair_n)
     pairs_vocab = _broadcast(pair_counts) if not known else None
-    blocks = [delayed(_block_from_frame)(p, k, known, pairs_vocab) for p in frames]
+    if len(casual_names) and casual is None:  # the bin edges: quantiles over every usable row
+        xs = dask.compute(*[delayed(_usable_covariates)(p, len(casual_names)) for p in frames])
+        casual = casual_design(casual_names, np.concatenate(xs, axis=0), casual_bins)
+    elif not len(casual_names):
+        casual = None
+    spec = spec.with_casual(casual)
+    blocks = [delayed(_block_from_frame)(p, k, known, pairs_vocab, casual) for p in frames]
     with dask_tasks(settings, f"Dask: encoding and shuffling {len(parts)} partitions"):
         blocks = list(dask.persist(*blocks))
         summaries = dask.compute(*[delayed(_block_counts)(b) for b in blocks])
@@ -527,11 +555,13 @@ def fit_dask(
 
             warm = (start or {}).get("tastes")
             taste_fit = fit_tastes(runner, int(tastes), priors=priors, q_fixed=q, tol=tol, max_iter=max_iter, seed=seed,
-                                   informative_tol=informative_tol, **({"n_starts": 0, "init": [warm]} if warm else {}))
+                                   informative_tol=informative_tol, casual=casual,
+                                   **({"n_starts": 0, "init": [warm]} if warm else {}))
             em = None
         else:
             em = run_em(
                 runner, k, spec, tol=tol, max_iter=max_iter, informative_tol=informative_tol, start=start, callback=each_iteration,
+                accelerate=default_accelerate(None, spec.variant, k),
             )
     timings["em"] = time.perf_counter() - t2
     strengths = em.strengths if em is not None else taste_fit.strengths[0]
@@ -543,7 +573,7 @@ def fit_dask(
         em=em, user_labels=np.asarray(user_vocab, dtype=object), model_labels=np.asarray(model_vocab, dtype=object),
         n_rows_user=n_rows_user, n_labels_model=n_labels_model, pair_counts=pair_counts, counts=counts, columns=columns,
         strength_mode=strength_mode, strengths=strengths, n_partitions=nparts, timings=timings,
-        partition_rows=lengths, tastes=taste_fit,
+        partition_rows=lengths, tastes=taste_fit, casual=casual,
     )
 
 

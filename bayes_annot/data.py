@@ -44,6 +44,15 @@ __all__ = [
     "read_table",
     "prepare",
     "file_sha256",
+    "CONVERSATIONS",
+    "CASUAL_COVARIATES",
+    "first_message",
+    "last_message",
+    "response_lengths",
+    "casual_covariates",
+    "casual_input_columns",
+    "covariate_values",
+    "parse_casual_covariates",
 ]
 
 #: Accepted ``winner`` values (after normalisation) and what they mean.
@@ -139,6 +148,10 @@ class PreparedData:
         invalid winner and 5 for an invalid ``p_a`` (rows dropped with
         ``on_bad_row="drop"``; 3 is ``user_low_quality``, decided by the fit);
         :attr:`reason` gives the text.
+    casual_names : tuple of str
+        The casual covariates (set by :func:`casual_covariates`; empty: none).
+    casual_x : numpy.ndarray or None
+        ``(n_rows, m)`` their values, a-vs-b contrasts.
     """
 
     frame: pd.DataFrame
@@ -152,6 +165,8 @@ class PreparedData:
     p_a: np.ndarray | None
     reason_code: np.ndarray
     notes: list[str] = field(default_factory=list)
+    casual_names: tuple = ()
+    casual_x: np.ndarray | None = None
 
     #: Text of each ``reason_code``.
     REASON_TEXT = ("", "tie", "same_model", "user_low_quality", "no_verdict", "invalid_winner", "invalid_p_a")
@@ -851,3 +866,191 @@ def prepare(frame: pd.DataFrame, columns: ColumnMap | None = None, on_bad_row: s
     )
     prepared.set_label_text(user_labels, model_labels)
     return prepared
+
+
+# --------------------------------------------------------------------------- casual covariates
+
+#: Chatbot Arena's conversation columns (lists of ``{role, content}`` messages, or their JSON).
+CONVERSATIONS = ("conversation_a", "conversation_b")
+
+#: What ``casual_covariates`` accepts besides a list of column names.
+CASUAL_COVARIATES = ("auto", "none")
+
+#: Name of the default casual covariate: ``log(len(response_a) / len(response_b))``.
+LENGTH_COVARIATE = "log_length_ratio"
+
+
+def _messages(value, column: str, row: int) -> list:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise InputError(f"column '{column}' in row {row} is not a list of messages (invalid JSON)") from None
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if not isinstance(value, (list, tuple)):
+        raise InputError(
+            f"column '{column}' in row {row} is not a list of {{role, content}} messages "
+            f"(got {type(value).__name__})"
+        )
+    return list(value)
+
+
+def _content(message) -> str:
+    content = message.get("content")
+    if isinstance(content, np.ndarray):
+        content = content.tolist()
+    if isinstance(content, (list, tuple)):  # multi-part content: keep the text parts
+        content = "".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in content)
+    return "" if content is None else str(content)
+
+
+def first_message(value, role: str, column: str, row: int) -> str:
+    """Content of the first ``role`` message of an Arena conversation (a list of ``{role, content}`` or its JSON)."""
+    for message in _messages(value, column, row):
+        if isinstance(message, dict) and message.get("role") == role:
+            return _content(message)
+    raise InputError(f"column '{column}' in row {row} has no '{role}' message")
+
+
+def last_message(value, role: str, column: str, row: int) -> str:
+    """Content of the last ``role`` message of an Arena conversation (e.g. the model's response)."""
+    for message in reversed(_messages(value, column, row)):
+        if isinstance(message, dict) and message.get("role") == role:
+            return _content(message)
+    raise InputError(f"column '{column}' in row {row} has no '{role}' message")
+
+
+
+def response_lengths(frame: pd.DataFrame, response_a: str = "response_a", response_b: str = "response_b"):
+    """Character lengths of the two responses of every row, or ``None`` when the log has no response text.
+
+    The text is taken from ``response_a`` / ``response_b``, else from the last assistant message of
+    Arena's ``conversation_a`` / ``conversation_b``. A missing text has length ``-1`` (unknown).
+    """
+    if response_a in frame.columns and response_b in frame.columns:
+        def lengths(col):
+            series = frame[col]
+            if series.dtype != object:  # e.g. numbers read from a file, or pandas' string dtype
+                series = series.astype("string")
+            out = series.str.len().to_numpy(dtype=float, na_value=-1.0)
+            return np.where(np.isnan(out), -1.0, out)  # a non-text cell (object column): unknown
+        return lengths(response_a), lengths(response_b)
+    if all(c in frame.columns for c in CONVERSATIONS):
+        out = []
+        for col in CONVERSATIONS:
+            values = frame[col].to_numpy(dtype=object)
+            lengths = np.empty(values.shape[0])
+            for i, v in enumerate(values):
+                if v is None or (isinstance(v, float) and np.isnan(v)):
+                    lengths[i] = -1.0
+                    continue
+                lengths[i] = len(last_message(v, "assistant", col, i + 1))
+            out.append(lengths)
+        return out[0], out[1]
+    return None
+
+
+def parse_casual_covariates(value) -> tuple[str, ...] | str:
+    """``"auto"``, ``"none"`` or a tuple of column names, from a setting (a string ``"COL,COL"`` or a list)."""
+    if value is None:
+        return "none"
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lower() in CASUAL_COVARIATES:
+            return text.lower()
+        names = tuple(part.strip() for part in text.split(","))
+    else:
+        names = tuple(str(part).strip() for part in value)
+    if not names or any(not n for n in names):
+        raise InputError(f"casual_covariates must be 'auto', 'none' or column names, got {value!r}")
+    return names
+
+
+def casual_input_columns(columns, which="auto") -> tuple[tuple[str, ...], list[str]]:
+    """The covariates ``which`` gives for a log with these ``columns``, and the input columns they read.
+
+    ``"auto"``: :data:`LENGTH_COVARIATE` when the response texts are present (``response_a`` /
+    ``response_b``, else Arena's ``conversation_a`` / ``conversation_b``), else none; ``"none"``:
+    none; names: those (``log_length_ratio`` reads the texts unless a column has that name).
+    """
+    which = parse_casual_covariates(which)
+    columns = list(columns)
+    texts = (["response_a", "response_b"] if {"response_a", "response_b"} <= set(columns)
+             else list(CONVERSATIONS) if set(CONVERSATIONS) <= set(columns) else None)
+    if which == "none":
+        return (), []
+    if which == "auto":
+        return ((LENGTH_COVARIATE,), texts) if texts else ((), [])
+    needed = []
+    for name in which:
+        if name == LENGTH_COVARIATE and name not in columns:
+            if texts is None:
+                raise InputError(
+                    "casual covariate 'log_length_ratio' needs the response texts: columns 'response_a' and "
+                    "'response_b' (or Arena's 'conversation_a' and 'conversation_b')"
+                )
+            needed += texts
+        elif name not in columns:
+            close = _closest_column("casual covariate", name, columns)
+            hint = f" (closest: '{close}')" if close else ""
+            raise InputError(f"casual covariate column '{name}' is not in the input{hint}")
+        else:
+            needed.append(name)
+    return tuple(which), list(dict.fromkeys(needed))
+
+
+def covariate_values(frame: pd.DataFrame, names, needed: np.ndarray) -> np.ndarray | None:
+    """``(n_rows, m)`` values of the covariates ``names`` (from :func:`casual_input_columns`) on ``frame``.
+
+    A named column must hold a number on every ``needed`` row (the rows that enter the likelihood);
+    elsewhere a bad value reads as 0. The length ratio is ``log(len(a) / len(b))`` of the response texts
+    (characters), 0 where a text is missing or empty.
+
+    Raises
+    ------
+    InputError
+        A missing / non-numeric value on a needed row (the column and the first such input row).
+    """
+    if not len(names):
+        return None
+    columns = []
+    for name in names:
+        if name == LENGTH_COVARIATE and name not in frame.columns:
+            len_a, len_b = response_lengths(frame)
+            known = (len_a > 0) & (len_b > 0)
+            ratio = np.zeros(len_a.shape[0])
+            ratio[known] = np.log(len_a[known] / len_b[known])
+            columns.append(ratio)
+            continue
+        series = frame[name]
+        values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+        bad = ~np.isfinite(values) & needed
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raw = series.iloc[row]
+            what = "a missing value" if pd.isna(raw) else f"a non-numeric value '{raw}'"
+            raise InputError(f"casual covariate column '{name}' has {what} at input row {row + 1}")
+        columns.append(np.where(np.isfinite(values), values, 0.0))
+    return np.column_stack(columns)
+
+
+def casual_covariates(prepared: PreparedData, which="auto") -> tuple[tuple[str, ...], np.ndarray | None]:
+    """The casual covariates of every row: names and an ``(n_rows, m)`` float array of a-vs-b contrasts.
+
+    ``which`` is ``"auto"`` (the log length ratio :data:`LENGTH_COVARIATE`
+    ``log(len(response_a) / len(response_b))`` when the response texts are present, else none),
+    ``"none"``, or column names (``"log_length_ratio"`` among them names the length ratio). A named
+    column must hold numbers on every row that enters the likelihood, and must be a contrast: swapping
+    the two responses negates it (e.g. a difference ``a - b``, or a log ratio). Rows where a response
+    text is missing get a length ratio of 0 (no contrast).
+
+    Raises
+    ------
+    InputError
+        An unknown column, or a missing / non-numeric value (the column and the first such input row).
+    """
+    names, _ = casual_input_columns(prepared.frame.columns, which)
+    if not names:
+        return (), None
+    return names, covariate_values(prepared.frame, names, prepared.usable)

@@ -16,8 +16,8 @@ holds what the engines share:
   :func:`bayes_annot.pairs.fit_bradley_terry_pairs`, which uses it up to
   :data:`bayes_annot.pairs.DENSE_MAX_MODELS` models and a sparse solve over the
   compared pairs above);
-* the closed-form ``q`` update, the per-user Newton update of
-  ``theta_u = logit(eta_u)`` (continuous);
+* the closed-form ``q`` update, the population ``(m, tau)`` update of the
+  continuous variant (:func:`population_step`);
 * the stopping rule (:func:`has_converged`), the informative-user rule
   (:data:`INFORMATIVE_TOL`) and the no-verdict level of uninformative users
   (:func:`no_verdict_shares`, :func:`no_verdict_continuous`);
@@ -29,14 +29,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.special import expit, log_expit, ndtr
+from scipy.special import expit, log_expit
 
-from .likelihood import Priors, attentive_logprob, casual_logprob
+from .likelihood import ETA_GRID, EtaGrid, Priors, attentive_logprob, casual_logprob
 
 __all__ = ["UsableLabels", "EMResult", "INFORMATIVE_TOL", "fit_bradley_terry", "fit_bradley_terry_batch", "pair_weights",
            "has_converged", "param_tolerance", "bradley_terry_objective", "newton_ascent", "label_logprobs",
            "no_verdict_shares", "no_verdict_continuous", "row_logit_mu",
-           "bradley_terry_derivatives"]
+           "bradley_terry_derivatives", "population_step"]
 
 
 @dataclass
@@ -53,6 +53,11 @@ class UsableLabels:
     known_logit_mu : float array (n,) or None
         Attentive log-odds of choosing ``model_a`` when strengths are known;
         ``None`` means strengths are learned.
+    casual_cell : int32 array (n,) or None
+        Each label's casual cell (:meth:`bayes_annot.casual.CasualDesign.cells`) when casual clicks
+        follow covariates; ``None``: no covariates.
+    n_casual : int
+        The design's number of casual cells (0 without covariates).
     """
 
     user: np.ndarray
@@ -62,6 +67,8 @@ class UsableLabels:
     n_users: int
     n_models: int
     known_logit_mu: np.ndarray | None = None
+    casual_cell: np.ndarray | None = None
+    n_casual: int = 0
 
     @property
     def n_labels(self) -> int:
@@ -98,6 +105,7 @@ class EMResult:
     converged: bool
     runtime_seconds: float
     user_loglik: np.ndarray = field(repr=False, default=None)
+    casual_g: np.ndarray | None = None  # casual covariate effects (bayes_annot.casual), when there are covariates
 
 
 # --------------------------------------------------------------------------- Bradley–Terry
@@ -230,10 +238,16 @@ def row_logit_mu(problem: UsableLabels, strengths: np.ndarray | None) -> np.ndar
     return problem.known_logit_mu
 
 
-def label_logprobs(problem: UsableLabels, strengths: np.ndarray | None, q: float) -> tuple[np.ndarray, np.ndarray]:
+def label_logprobs(problem: UsableLabels, strengths: np.ndarray | None, q: float,
+                   casual_log_table: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Each label's attentive and casual log-probability (:func:`~bayes_annot.likelihood.attentive_logprob`,
-    :func:`~bayes_annot.likelihood.casual_logprob`) at ``strengths`` (``None``: known log-odds) and ``q``."""
-    return attentive_logprob(problem.choice_a, row_logit_mu(problem, strengths)), casual_logprob(problem.choice_a, q)
+    :func:`~bayes_annot.likelihood.casual_logprob`) at ``strengths`` (``None``: known log-odds) and ``q``;
+    with casual covariates the casual one is the label's entry of ``casual_log_table``
+    (:func:`bayes_annot.casual.casual_table`, entry ``2 * casual_cell + choice``)."""
+    att = attentive_logprob(problem.choice_a, row_logit_mu(problem, strengths))
+    if casual_log_table is not None:
+        return att, np.asarray(casual_log_table)[2 * problem.casual_cell.astype(np.int64) + problem.choice_a]
+    return att, casual_logprob(problem.choice_a, q)
 
 
 INFORMATIVE_TOL = 0.2
@@ -268,10 +282,13 @@ def no_verdict_shares(shares, any_informative: bool, priors: Priors) -> np.ndarr
 
 
 def no_verdict_continuous(m, tau, any_informative: bool, priors: Priors):
-    """Quality and P(eta >= 1/2) of an uninformative user (continuous): ``sigmoid(m)`` and ``Phi(m / tau)``
-    at the population mean ``m`` (floats or draws), or at the prior's ``eta_m_mu`` when nobody is informative."""
-    m_level = np.asarray(m, dtype=float) if any_informative else np.full_like(np.asarray(m, dtype=float), priors.eta_m_mu)
-    return expit(m_level), ndtr(m_level / tau)
+    """Quality and P(eta >= 1/2) of an uninformative user (continuous): the population's, :math:`E[\\eta]` and
+    :math:`P(\\eta \\ge 1/2)` under :math:`\\theta \\sim N(m, \\tau^2)` on the grid (floats or draws), or at the
+    prior's ``eta_m_mu`` and ``eta_tau`` when nobody is informative."""
+    m = np.asarray(m, dtype=float)
+    if not any_informative:
+        m, tau = np.full_like(m, priors.eta_m_mu), np.full_like(m, priors.eta_tau)
+    return ETA_GRID.prior_levels(m, tau)
 
 
 PARAM_TOL_PER_TOL = 100.0
@@ -296,7 +313,7 @@ def has_converged(trace: list[float], tol: float, step: float | None = None, par
     * the largest absolute parameter change of the last iteration, ``step``, is at most
       ``param_tol`` (default :func:`param_tolerance`: ``100 * tol``, at least 1e-12;
       1e-7 at the default ``tol=1e-9``). The engines measure ``step`` on the reported scale: user quality
-      (``sigmoid(theta_u)``, continuous), strengths, ``pi`` / taste shares, ``q``.
+      (continuous: ``m`` and ``tau``), strengths, ``pi`` / taste shares, ``q``.
 
     The objective alone is a weak rule: near the optimum its change is quadratic in
     the parameter change, so EM could stop while the parameters still moved by
@@ -324,16 +341,50 @@ def _update_q(casual_weight_a: float, casual_weight: float, priors: Priors) -> f
 # --------------------------------------------------------------------------- continuous
 
 
-def _update_theta(attentive_sum, n_user, m, tau, theta, tol=1e-12, max_iter=100):
-    """Per-user MAP of theta = logit(eta) given label responsibilities (vectorised Newton)."""
-    theta = theta.copy()
-    inv_tau2 = 1.0 / tau**2
+def population_step(eta_a, eta_b, m: float, tau: float, priors: Priors, grid: EtaGrid = ETA_GRID,
+                    max_iter: int = 100) -> tuple[float, float]:
+    r"""M-step of the continuous variant's population ``(m, tau)``: Newton's method with backtracking.
+
+    With :math:`\theta_g = m + \tau z_g` the grid's nodes (:class:`~bayes_annot.likelihood.EtaGrid`),
+    ``eta_a[g]`` / ``eta_b[g]`` the expected numbers of attentive / casual labels at node ``g`` (the
+    E-step's sums of user-node posteriors times label responsibilities), it maximises
+
+    .. math::
+
+        Q(m, \tau) = \sum_g a_g \log\sigma(\theta_g) + b_g \log\sigma(-\theta_g)
+            + \log\mathcal N(m; m_0, \sigma_m^2) + \log\mathrm{HalfNormal}(\tau; \sigma_\tau),
+
+    a concave two-parameter logistic regression; every accepted step increases :math:`Q`, and
+    ``tau`` stays positive, so the EM objective never decreases.
+    """
+    z = grid.z
+    inv_m2, inv_t2 = 1.0 / priors.eta_m_sigma**2, 1.0 / priors.eta_tau**2
+
+    def objective(mm, tt):
+        t = mm + tt * z
+        return float(eta_a @ log_expit(t) + eta_b @ log_expit(-t)) - 0.5 * (mm - priors.eta_m_mu) ** 2 * inv_m2 \
+            - 0.5 * tt * tt * inv_t2
+
+    value = objective(m, tau)
     for _ in range(max_iter):
-        p = expit(theta)
-        grad = attentive_sum - n_user * p - (theta - m) * inv_tau2
-        curvature = n_user * p * (1.0 - p) + inv_tau2
-        step = np.clip(grad / curvature, -4.0, 4.0)
-        theta += step
-        if np.max(np.abs(step), initial=0.0) < tol:
+        p = expit(m + tau * z)
+        r = eta_a * (1.0 - p) - eta_b * p
+        grad = np.array([r.sum() - (m - priors.eta_m_mu) * inv_m2, r @ z - tau * inv_t2])
+        w = (eta_a + eta_b) * p * (1.0 - p)
+        hess = np.array([[w.sum() + inv_m2, w @ z], [w @ z, w @ (z * z) + inv_t2]])
+        step = np.linalg.solve(hess, grad)
+        length = 1.0
+        while length > 1e-10:
+            m_new, tau_new = m + length * step[0], tau + length * step[1]
+            if tau_new > 0.0:
+                new_value = objective(m_new, tau_new)
+                if new_value >= value:
+                    break
+            length *= 0.5
+        else:
             break
-    return theta
+        gain = new_value - value
+        m, tau, value = m_new, tau_new, new_value
+        if gain <= 1e-13 * (1.0 + abs(value)) or np.max(np.abs(length * step)) < 1e-12:
+            break
+    return float(m), float(tau)

@@ -29,6 +29,7 @@ import pandas as pd
 from .data import ColumnMap, prepare, read_table
 from .pairs import fit_bradley_terry_labels
 from .errors import InputError
+from .casual import casual_table, design_from_summary, effects_start, prepare_casual
 from .likelihood import Priors, attentive_logprob, casual_logprob, two_class_user_loglik
 
 __all__ = ["holdout_mask", "heldout_loglik", "compare_heldout", "diagnose"]
@@ -76,7 +77,10 @@ def heldout_loglik(
         the held-out ones are scored by the taste mixture,
         :func:`bayes_annot.tastes.heldout_user_scores` (the score
         :func:`~bayes_annot.tastes.select_tastes` uses); ``q``, ``priors``, ``tol``,
-        ``max_iter`` and ``seed`` are the settings it takes.
+        ``max_iter`` and ``seed`` are the settings it takes. With casual covariates
+        (``casual_covariates``, default ``"auto"``: the length ratio when the texts are
+        present) each held-out label's casual probability follows its covariates,
+        binned with the training fit's bins (taste classes: covariates not used).
 
     Returns
     -------
@@ -141,6 +145,12 @@ def heldout_loglik(
     else:
         q = fitted.summary["parameters"]["q"]
         log_cas = casual_logprob(choice, q)
+        design = design_from_summary(fitted.summary)
+        if design is not None:  # casual clicks follow covariates: each held-out label's own casual probability
+            prepare_casual(prepared, design=design)
+            effects = fitted.summary["casual_effects"]
+            table = casual_table(effects["beta0"], effects_start(fitted.summary), design.design())
+            log_cas = table[2 * design.cells(prepared.casual_x[test]).astype(np.int64) + choice.astype(np.int64)]
         quality = fitted.users.set_index("user")["quality"]
         default = fitted.summary["parameters"].get("pi", fitted.summary["parameters"].get("mean_quality", 0.5))
         p_u = quality.reindex(users).fillna(default).to_numpy()

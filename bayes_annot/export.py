@@ -24,6 +24,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .data import CONVERSATIONS as _CONVERSATIONS
+from .data import first_message as _first_message
+from .data import last_message as _last_message
 from .errors import InputError
 from .outdir import apply_umask
 
@@ -33,7 +36,6 @@ __all__ = ["DPO_COLUMNS", "to_dpo", "dpo_from_rows", "stage_dpo"]
 DPO_COLUMNS = ("prompt", "chosen", "rejected", "weight", "user", "chosen_model", "rejected_model")
 
 _SUFFIXES = (".jsonl", ".parquet")
-_CONVERSATIONS = ("conversation_a", "conversation_b")
 
 
 def _kept(rows: pd.DataFrame) -> np.ndarray:
@@ -236,45 +238,6 @@ def _clean_text(value, column: str, row: int) -> str:
     if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
         raise InputError(f"column '{column}' is empty in row {row}, which is kept: cannot export it")
     return value if isinstance(value, str) else str(value)
-
-
-def _messages(value, column: str, row: int) -> list:
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            raise InputError(f"column '{column}' in row {row} is not a list of messages (invalid JSON)") from None
-    if isinstance(value, np.ndarray):
-        value = value.tolist()
-    if not isinstance(value, (list, tuple)):
-        raise InputError(
-            f"column '{column}' in row {row} is not a list of {{role, content}} messages "
-            f"(got {type(value).__name__})"
-        )
-    return list(value)
-
-
-def _content(message) -> str:
-    content = message.get("content")
-    if isinstance(content, np.ndarray):
-        content = content.tolist()
-    if isinstance(content, (list, tuple)):  # multi-part content: keep the text parts
-        content = "".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in content)
-    return "" if content is None else str(content)
-
-
-def _first_message(value, role: str, column: str, row: int) -> str:
-    for message in _messages(value, column, row):
-        if isinstance(message, dict) and message.get("role") == role:
-            return _content(message)
-    raise InputError(f"column '{column}' in row {row} has no '{role}' message")
-
-
-def _last_message(value, role: str, column: str, row: int) -> str:
-    for message in reversed(_messages(value, column, row)):
-        if isinstance(message, dict) and message.get("role") == role:
-            return _content(message)
-    raise InputError(f"column '{column}' in row {row} has no '{role}' message")
 
 
 # --------------------------------------------------------------------------- writing

@@ -35,6 +35,8 @@ from .problem import (
 from .em import UsableLabels
 from .errors import FitWarning, InputError, user_stacklevel
 from .progress import Progress, em_callback, iterate, resolve as resolve_progress
+from .casual import DEFAULT_BINS, CasualDesign, casual_design, prepare_casual
+from .data import parse_casual_covariates
 from .likelihood import Priors
 from .spec import BehaviourSpec
 from .tables import OUTPUT_COLUMNS, input_renames  # noqa: F401  (OUTPUT_COLUMNS: public name)
@@ -280,6 +282,14 @@ class FitResult:
         if pairs is None:
             raise InputError("comparison_parts() needs the rows of the fit, which this result does not hold")
         return graph_components(pairs)
+
+    @property
+    def casual_effects_(self) -> dict | None:
+        """The casual covariates' effects (``summary["casual_effects"]``): ``beta0`` (the position bias at
+        equal covariates; ``q = sigmoid(beta0)``) and per covariate its ``name``, bin ``edges`` of ``|x|``
+        and effects ``g`` (log-odds of choosing the response with the larger value, per bin); ``None``
+        when casual clicks had no covariates (docs/model.md)."""
+        return self.summary.get("casual_effects")
 
     @property
     def loglik_trace(self) -> list[float]:
@@ -660,6 +670,8 @@ def fit(
     record_paths: bool = False,
     winner_values: dict | None = None,
     on_bad_row: str = "error",
+    casual_covariates="auto",
+    casual_bins: int = DEFAULT_BINS,
 ) -> FitResult:
     """Fit the user behaviour model to a comparison-mode log.
 
@@ -695,7 +707,17 @@ def fit(
         The paper's setting: an attentive user prefers ``strong_model`` with
         probability ``mu`` (other pairs are uninformative).
     q : float, optional
-        Fix the casual position bias (0.5 = fair coin); estimated if ``None``.
+        Fix the casual position bias (0.5 = fair coin); estimated if ``None``. With casual
+        covariates it is the bias at equal covariates, ``sigmoid(beta_0)``; their effects are still learned.
+    casual_covariates : "auto", "none" or list of str
+        What casual clicks may follow besides position (docs/model.md, "Casual covariates"):
+        ``"auto"`` (default) the log length ratio ``log(len(response_a) / len(response_b))`` when the
+        response texts are present (``response_a`` / ``response_b``, or Arena's ``conversation_a`` /
+        ``conversation_b``), else nothing; ``"none"``: a position coin ``q`` (the paper's model); or
+        column names of numeric a-vs-b contrasts (``"log_length_ratio"`` names the length ratio).
+        Their effects are in ``result.casual_effects_`` and ``summary["casual_effects"]``.
+    casual_bins : int
+        Bins of ``|x|`` per casual covariate (default 6; edges at quantiles, fixed at fit time).
     tastes : int or "auto"
         Number of taste classes (two-class model, learned strengths only):
         attentive users may follow one of ``tastes`` rankings, so a coherent
@@ -745,8 +767,7 @@ def fit(
     start : dict or path, optional
         Warm start for EM: a folder written by a previous fit (its parameters,
         strengths and per-user quality, matched by label) or a dict with any
-        of ``pi``, ``q``, ``strengths`` (n_models,), ``theta`` (n_users; NaN for
-        new users) and ``m``, in this data's vocabularies.
+        of ``pi``, ``q``, ``strengths`` (n_models,), ``m`` and ``tau``, in this data's vocabularies.
     record_paths : bool
         Record the input file's absolute path in the summary (and so in
         ``summary.json`` and the report). By default only its name and
@@ -770,6 +791,9 @@ def fit(
         raise InputError(f"unknown method '{method}', expected one of {', '.join(METHODS)}")
     check_fit_settings(tol=tol, max_iter=max_iter, draws=draws, tune=tune, chains=chains, seed=seed, mu=mu, tastes=tastes)
     spec = model_spec(model=model, tastes=tastes, q=q, priors=priors, mu=mu)  # the model's refusals, before reading
+    which_casual = casual_covariates if isinstance(casual_covariates, CasualDesign) else \
+        parse_casual_covariates(casual_covariates)
+    casual_design(("x",), np.ones((1, 1)), casual_bins)  # casual_bins is checked before reading
     rule = parse_filter(filter)
     check_no_verdict_policy(no_verdict)
     if not isinstance(max_tastes, (int, np.integer)) or isinstance(max_tastes, bool) or max_tastes < 1:
@@ -798,6 +822,7 @@ def fit(
             data, spec=spec, rule=rule, user=user, model_a=model_a, model_b=model_b, winner=winner, p_a=p_a,
             use_p_a=use_p_a, mu=mu, strong_model=strong_model, tol=tol, max_iter=max_iter,
             seed=seed, start=start, input_info=input_info, no_verdict=no_verdict, progress=progress,
+            casual_covariates=which_casual, casual_bins=casual_bins,
         )
     if isinstance(data, (str, Path)):
         frame = read_table(data)
@@ -809,17 +834,25 @@ def fit(
     columns = ColumnMap(user=user, model_a=model_a, model_b=model_b, winner=winner, p_a=p_a, winner_values=winner_values)
     prepared = prepare(frame, columns, on_bad_row=on_bad_row)
     priors = spec.priors
-    problem, strength_mode = build_problem(prepared, mu=mu, strong_model=strong_model, use_p_a=use_p_a)
+    if isinstance(which_casual, CasualDesign):  # a previous fit's covariates and bins (an update)
+        design = prepare_casual(prepared, design=which_casual)
+    else:
+        design = prepare_casual(prepared, which_casual, casual_bins)
+    spec = spec.with_casual(design)
+    problem, strength_mode = build_problem(prepared, mu=mu, strong_model=strong_model, use_p_a=use_p_a, casual=design)
     spec = _data_spec(spec, problem.learned, tastes)  # a p_a column: known strengths (no taste classes)
     if taste_check and (spec.variant != "two-class" or not spec.learned):
         raise InputError("taste_check needs model='two-class' and learned strengths (no p_a column, no mu)")
+    if taste_check and design is not None:
+        raise InputError("taste_check simulates casual users as position coins: fit with casual_covariates='none' "
+                         "(--casual-covariates none) to run it")
     pairs = pair_counts(prepared)
     state = None
     if problem.n_labels == 0:
         # Nothing enters the likelihood: no verdict on anybody.
         estimates = _empty_estimates(prepared, model, method, priors, q)
     elif tastes != 1 and method == "em":
-        state = em_state(prepared, problem, pairs, mu=mu, strong_model=strong_model, use_p_a=use_p_a)
+        state = em_state(prepared, problem, pairs, mu=mu, strong_model=strong_model, use_p_a=use_p_a, casual=design)
         res, extra = fit_taste_classes(problem, spec, tol=tol, max_iter=max_iter, seed=seed,
                                        max_tastes=max_tastes if tastes == "auto" else None,
                                        runner=LocalRunner([state.block], prepared.n_users),
@@ -837,13 +870,13 @@ def fit(
         # continuous EM converges slowly (~100 plain iterations): SQUAREM steps, each kept only
         # when the penalised log-likelihood does not decrease, reach the optimum in ~4x fewer.
         squarem = default_accelerate(accelerate, model, prepared.n_models)
-        state = em_state(prepared, problem, pairs, mu=mu, strong_model=strong_model, use_p_a=use_p_a)
+        state = em_state(prepared, problem, pairs, mu=mu, strong_model=strong_model, use_p_a=use_p_a, casual=design)
         with em_callback(resolve_progress(progress)) as callback:
             em = run_block_em(
                 state.block, problem, spec, tol=tol, max_iter=max_iter,
                 start=_resolve_start(start, prepared), accelerate=squarem, callback=callback,
             )
-        estimates = em_estimates(em, model, known_strengths(problem, prepared, mu, strong_model))
+        estimates = em_estimates(em, model, known_strengths(problem, prepared, mu, strong_model), casual=design)
     else:
         from .pymc_model import fit_pymc
 
@@ -887,6 +920,8 @@ def fit(
         "seed": seed,
         "accelerate": default_accelerate(accelerate, model, prepared.n_models) if method == "em" else None,
         "warm_start": start is not None,
+        "casual_covariates": _casual_setting(which_casual),
+        "casual_bins": int(casual_bins),
     }
     if winner_values:
         settings["winner_values"] = {str(k): str(v) for k, v in winner_values.items()}
@@ -921,6 +956,7 @@ def fit_prepared(
     winner_values: dict | None = None,
     on_bad_row: str = "error",
     tastes: int = 1,
+    casual: CasualDesign | None = None,
     _started: float | None = None,
 ):
     """EM fit of an already prepared log with the block engine (optionally warm-started and accelerated).
@@ -931,6 +967,8 @@ def fit_prepared(
     update extends the previous fit's); otherwise it is built from the rows.
     With ``tastes`` > 1 the taste classes are fitted over that block
     (:func:`bayes_annot.local_em.fit_taste_classes`), from ``start["tastes"]`` alone when given.
+    ``casual``: the casual covariates' design (a previous fit's bins; ``None``: none); ``state``'s
+    block then carries the labels' casual cells.
     """
     started = time.perf_counter() if _started is None else _started
     check_fit_settings(tol=tol, max_iter=max_iter, mu=mu, tastes=tastes)
@@ -939,9 +977,17 @@ def fit_prepared(
     rule = parse_filter(filter)
     check_no_verdict_policy(no_verdict)
     priors = spec.priors
+    spec = spec.with_casual(casual)
+
+    def covariates_read():
+        if casual is not None and tuple(prepared.casual_names) != casual.names:
+            prepare_casual(prepared, design=casual)
+
     if state is None:
-        problem, mode = build_problem(prepared, mu=mu, strong_model=strong_model, use_p_a=use_p_a)
-        state = em_state(prepared, problem, pair_counts(prepared), mu=mu, strong_model=strong_model, use_p_a=use_p_a)
+        covariates_read()
+        problem, mode = build_problem(prepared, mu=mu, strong_model=strong_model, use_p_a=use_p_a, casual=casual)
+        state = em_state(prepared, problem, pair_counts(prepared), mu=mu, strong_model=strong_model, use_p_a=use_p_a,
+                         casual=casual)
     else:  # the labels are already in the state's block: no per-row problem to build
         problem = ProblemSize(state.block.n_entries, prepared.n_models, state.block.learned)
         mode = strength_mode(prepared, mu, strong_model, use_p_a)
@@ -964,14 +1010,18 @@ def fit_prepared(
                 state.block, problem, spec, tol=tol, max_iter=max_iter, start=start,
                 accelerate=accelerate, callback=callback,
             )
-        estimates = em_estimates(em, model, known_strengths(problem, prepared, mu, strong_model))
+        estimates = em_estimates(em, model, known_strengths(problem, prepared, mu, strong_model), casual=casual)
+        if not hasattr(problem, "user"):
+            covariates_read()
         rows_problem = problem if hasattr(problem, "user") else build_problem(prepared, mu=mu, strong_model=strong_model,
-                                                                              use_p_a=use_p_a)[0]
+                                                                              use_p_a=use_p_a, casual=casual)[0]
         estimates.quality_floor = quality_floor(rows_problem, estimates)
     settings = {
         "model": model, "method": "em", "filter": str(rule), "columns": prepared.columns, "use_p_a": use_p_a,
         "mu": mu, "strong_model": strong_model, "q": q, "priors": asdict(priors), "tol": tol, "max_iter": max_iter,
         "seed": 0, "warm_start": start is not None, "accelerate": accelerate, "no_verdict": no_verdict, "tastes": tastes,
+        "casual_covariates": "none" if casual is None else list(casual.names),
+        "casual_bins": None if casual is None else max(casual.n_bins),
     }
     if winner_values:  # recorded so that later updates read the new rows the same way
         settings["winner_values"] = dict(winner_values)
@@ -1261,7 +1311,7 @@ def _read_parquet_collection(path):
 
 
 def _fit_dask_frame(ddf, *, spec: BehaviourSpec, rule, tol, max_iter, seed, start, mu, strong_model, input_info=None,
-                    no_verdict="keep", progress=None, **columns):
+                    no_verdict="keep", progress=None, casual_covariates="auto", casual_bins=DEFAULT_BINS, **columns):
     from .dask_em import fit_dask
 
     started = time.perf_counter()
@@ -1269,20 +1319,29 @@ def _fit_dask_frame(ddf, *, spec: BehaviourSpec, rule, tol, max_iter, seed, star
     try:
         dfit = fit_dask(ddf, spec=spec, tol=tol, max_iter=max_iter, mu=mu,
                         strong_model=strong_model, start=start if isinstance(start, dict) else None,
-                        progress=progress, seed=seed, **columns)
+                        progress=progress, seed=seed, casual_covariates=casual_covariates, casual_bins=casual_bins,
+                        **columns)
     except ValueError as exc:
         if isinstance(exc, InputError):
             raise
         raise InputError(str(exc)) from exc
     settings = {"model": model, "method": "em", "filter": str(rule), "columns": dfit.columns, "mu": mu,
                 "strong_model": strong_model, "q": q, "priors": asdict(priors), "tol": tol,
-                "max_iter": max_iter, "seed": seed, "no_verdict": no_verdict, "tastes": tastes}
+                "max_iter": max_iter, "seed": seed, "no_verdict": no_verdict, "tastes": tastes,
+                "casual_covariates": _casual_setting(casual_covariates), "casual_bins": int(casual_bins)}
     summary = assemble_summary(None, None, dfit.to_estimates(), model, dfit.strength_mode, dfit.components(), input_info,
                                settings, dfit.pair_counts, counts=dfit.counts)
     summary["backend"] = f"dask ({dfit.n_partitions} partitions)"
     summary["provenance"] = [provenance_entry(input_info, rows_read=dfit.counts["rows"], rows_added=dfit.counts["rows"])]
     summary["runtime_seconds"] = round(time.perf_counter() - started, 4)
     return FitResult._from_dask(ddf, dfit, rule, summary, no_verdict)
+
+
+def _casual_setting(which):
+    """``settings["casual_covariates"]``: ``"auto"``, ``"none"`` or the list of names (a design: its names)."""
+    if isinstance(which, CasualDesign):
+        return list(which.names)
+    return list(which) if isinstance(which, tuple) else which
 
 
 def _empty_estimates(prepared: PreparedData, model: str, method: str, priors: Priors, q) -> Estimates:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from .data import ColumnMap, prepare, read_table
+from .casual import design_from_summary
 from .errors import InputError
 from .fit import FitResult, fit
 from .incremental import n_tastes_of
@@ -120,6 +121,8 @@ def update_saved(
     entries = carried_provenance(summary, record_paths) + [provenance_entry(info, **counts)]
     priors = Priors(**saved_settings["priors"]) if isinstance(saved_settings.get("priors"), dict) else None
     merged = pd.concat([old_rows, new_rows], ignore_index=True) if len(new_rows) else old_rows
+    # the saved fit's casual covariates with its bins (none: the model without covariates)
+    settings["casual_covariates"] = design_from_summary(summary) or "none"
     result = fit(
         merged, method="em", user=role_map.user, model_a=role_map.model_a, model_b=role_map.model_b,
         winner=role_map.winner, p_a=p_a, priors=priors, start=start, tastes=n_tastes_of(summary), **settings,

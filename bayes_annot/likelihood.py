@@ -12,12 +12,18 @@ strengths) or :math:`\operatorname{logit} p_{a,r}` (known).
   :math:`C_u = \sum_{r \in u} \log P_{cas}(y_r)`,
   :math:`\log p(y_u) = \operatorname{logsumexp}(\log\pi + A_u, \log(1-\pi) + C_u)`
   and :math:`P(z_u = \text{attentive} \mid y_u) = \sigma(\operatorname{logit}\pi + A_u - C_u)`;
-* ``continuous``: :math:`\eta_u = \sigma(\theta_u)` and
-  :math:`\log p(y_r) = \operatorname{logsumexp}(\log\eta_u + \log P_{att}(y_r), \log(1-\eta_u) + \log P_{cas}(y_r))`.
+* ``continuous``: :math:`\eta_u = \sigma(\theta_u)`, :math:`\theta_u = m + \tau z_u`, and
+  :math:`\log p(y_r \mid \theta_u) = \operatorname{logsumexp}(\log\eta_u + \log P_{att}(y_r), \log(1-\eta_u) + \log P_{cas}(y_r))`;
+  every engine but NUTS sums :math:`z_u` out on the fixed grid :class:`EtaGrid` (a discretised
+  :math:`\mathcal N(0, 1)`): :math:`\log p(y_u) = \operatorname{logsumexp}_g(\log w_g + \sum_{r \in u}
+  \log p(y_r \mid m + \tau z_g))`, so ``m`` and ``tau`` are estimated from the marginal likelihood
+  and each user's posterior over the grid gives quality :math:`E[\eta_u \mid y_u]` and
+  :math:`P(\eta_u \ge 1/2 \mid y_u)` exactly (NUTS samples :math:`z_u \sim \mathcal N(0, 1)`).
 
 Priors (the penalties of the EM objective and the PyMC model's priors):
 :math:`\pi, q \sim \mathrm{Beta}(2, 2)`, :math:`s_k \sim \mathcal N(0, \sigma_s^2)`,
-:math:`\theta_u \sim \mathcal N(m, \tau^2)`, :math:`m \sim \mathcal N(m_0, \sigma_m^2)`.
+:math:`\theta_u \sim \mathcal N(m, \tau^2)`, :math:`m \sim \mathcal N(m_0, \sigma_m^2)`,
+:math:`\tau \sim \mathrm{HalfNormal}(\sigma_\tau)`.
 
 The PyMC back end (:mod:`bayes_annot.pymc_model`) writes the same formulas in
 PyTensor; a test checks the two agree to 1e-8.
@@ -28,7 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import expit, gammaln, log_expit, ndtr
+from scipy.special import expit, gammaln, log_expit
 
 __all__ = [
     "Priors",
@@ -42,7 +48,9 @@ __all__ = [
     "log_normal_pdf",
     "log_type_shares",
     "log_prior",
-    "laplace_p_above_half",
+    "EtaGrid",
+    "ETA_GRID",
+    "log_half_normal_pdf",
 ]
 
 LOG_2PI = float(np.log(2.0 * np.pi))
@@ -63,11 +71,13 @@ class Priors:
         fixes the location, so MAP strengths sum to zero within each connected
         component of the comparison graph.
     eta_tau : float
-        Spread of ``logit(eta_u)`` around ``m`` (continuous). EM keeps it fixed
-        (a joint MAP over a free ``tau`` collapses to ``tau = 0``); NUTS gives
-        it a HalfNormal(``eta_tau``) prior instead.
+        Scale of the HalfNormal prior on ``tau``, the spread of ``logit(eta_u)``
+        around ``m`` (continuous; every engine estimates ``tau``).
     eta_m_mu, eta_m_sigma : float
         Normal prior on the population mean ``m`` of ``logit(eta_u)``.
+    casual_effect_sigma : float
+        Normal(0, sigma) prior on each casual covariate effect ``g`` (log-odds units;
+        :mod:`bayes_annot.casual`).
     """
 
     pi_alpha: float = 2.0
@@ -78,6 +88,7 @@ class Priors:
     eta_tau: float = 1.5
     eta_m_mu: float = 0.0
     eta_m_sigma: float = 2.0
+    casual_effect_sigma: float = 2.0
 
 
 def attentive_logprob(choice_a, logit_mu):
@@ -142,7 +153,8 @@ def log_type_shares(shares: np.ndarray) -> np.ndarray:
     return np.concatenate([[np.log1p(-shares.sum())], np.log(shares)])
 
 
-def log_prior(priors: Priors, q: float, strengths, q_free: bool, shares=None, m: float | None = None) -> float:
+def log_prior(priors: Priors, q: float, strengths, q_free: bool, shares=None, m: float | None = None,
+              tau: float | None = None) -> float:
     r"""Log prior density of the global parameters (natural scale, no Jacobian): the penalty of every
     engine's objective.
 
@@ -150,8 +162,8 @@ def log_prior(priors: Priors, q: float, strengths, q_free: bool, shares=None, m:
     :math:`\mathrm{Dirichlet}(\beta, \alpha, \dots, \alpha)` on (casual, class shares), for one
     class the two-class :math:`\mathrm{Beta}(\alpha, \beta)` on ``pi``; ``m`` (continuous):
     :math:`\mathcal N(m_0, \sigma_m^2)` (the users' :math:`\theta_u \sim \mathcal N(m, \tau^2)` are
-    the caller's, per user); :math:`\mathrm{Beta}` on ``q`` when ``q_free``; :math:`\mathcal N(0, \sigma_s^2)`
-    on every strength (``strengths`` ``None``: known attentive probabilities).
+    summed out), ``tau`` (continuous): :math:`\mathrm{HalfNormal}(\sigma_\tau)`; :math:`\mathrm{Beta}`
+    on ``q`` when ``q_free``; :math:`\mathcal N(0, \sigma_s^2)` on every strength (``strengths`` ``None``: known attentive probabilities).
     """
     value = 0.0
     if shares is not None:
@@ -163,6 +175,8 @@ def log_prior(priors: Priors, q: float, strengths, q_free: bool, shares=None, m:
             value = float(gammaln(conc.sum()) - gammaln(conc).sum() + ((conc - 1.0) * log_type_shares(shares)).sum())
     if m is not None:
         value += float(log_normal_pdf(m, priors.eta_m_mu, priors.eta_m_sigma))
+    if tau is not None:
+        value += float(log_half_normal_pdf(tau, priors.eta_tau))
     if q_free:
         value += float(log_beta_pdf(q, priors.q_alpha, priors.q_beta))
     if strengths is not None:
@@ -170,14 +184,62 @@ def log_prior(priors: Priors, q: float, strengths, q_free: bool, shares=None, m:
     return value
 
 
-def laplace_p_above_half(theta, n_user, resp_curvature, tau):
-    r"""P(eta_u >= 1/2) from a Laplace approximation of each user's posterior of :math:`\theta_u` at its MAP.
+def log_half_normal_pdf(x, sigma):
+    """Log density of HalfNormal(sigma) at ``x >= 0``."""
+    return 0.5 * np.log(2.0 / np.pi) - np.log(sigma) - 0.5 * (np.asarray(x, dtype=float) / sigma) ** 2
 
-    ``resp_curvature`` is :math:`\sum_{r \in u} \rho_r (1 - \rho_r)` (:math:`\rho_r`, the label's
-    attentive responsibility, :func:`continuous_label_responsibility`); the precision is the negative
-    second derivative of the user's log posterior, :math:`n_u \eta_u (1 - \eta_u) - \sum_r \rho_r(1 - \rho_r)
-    + 1/\tau^2` (at least 1e-6), and the probability :math:`\Phi(\theta_u \sqrt{\text{precision}})`.
+
+@dataclass(frozen=True)
+class EtaGrid:
+    r"""The grid on which the continuous variant sums each user's :math:`z_u = (\theta_u - m) / \tau` out.
+
+    ``n`` equally spaced nodes :math:`z_g` on :math:`[-h, h]` with weights :math:`w_g \propto
+    \phi(z_g)` summing to one: a discretised :math:`\mathcal N(0, 1)`, the prior of :math:`z_u`.
+    The default (33 nodes on [-4, 4], spacing 1/4) loses 6e-5 of the normal's mass in the tails.
+    Each node stands for the interval of width ``spacing`` around it, which is how
+    :meth:`above_half` gives :math:`P(\theta \ge 0)` as a smooth function of ``m`` and ``tau``.
+
+    Examples
+    --------
+    >>> from bayes_annot.likelihood import ETA_GRID
+    >>> round(float(np.exp(ETA_GRID.log_weights).sum()), 12), ETA_GRID.z.shape
+    (1.0, (33,))
     """
-    eta = expit(theta)
-    precision = np.maximum(n_user * eta * (1.0 - eta) - resp_curvature + 1.0 / tau**2, 1e-6)
-    return ndtr(theta * np.sqrt(precision))
+
+    n: int = 33
+    half_width: float = 4.0
+
+    @property
+    def z(self) -> np.ndarray:
+        """The nodes :math:`z_g`."""
+        return np.linspace(-self.half_width, self.half_width, self.n)
+
+    @property
+    def spacing(self) -> float:
+        """Distance between neighbouring nodes."""
+        return 2.0 * self.half_width / (self.n - 1)
+
+    @property
+    def log_weights(self) -> np.ndarray:
+        """:math:`\log w_g` (the weights sum to one)."""
+        lw = -0.5 * self.z**2
+        return lw - np.logaddexp.reduce(lw)
+
+    def theta(self, m, tau) -> np.ndarray:
+        """:math:`\theta_g = m + \tau z_g` (``(G,)``, or ``(S, G)`` for arrays of draws)."""
+        return np.asarray(m, dtype=float)[..., None] + np.asarray(tau, dtype=float)[..., None] * self.z
+
+    def above_half(self, m, tau) -> np.ndarray:
+        """Share of each node's interval where :math:`\eta \ge 1/2` (:math:`\theta \ge 0`), in [0, 1]."""
+        tau = np.asarray(tau, dtype=float)[..., None]
+        low = np.asarray(m, dtype=float)[..., None] + tau * (self.z - 0.5 * self.spacing)
+        return np.clip(1.0 + low / (tau * self.spacing), 0.0, 1.0)
+
+    def prior_levels(self, m, tau) -> tuple[np.ndarray, np.ndarray]:
+        """Quality :math:`E[\eta]` and :math:`P(\eta \ge 1/2)` of a user whose labels say nothing: the prior's."""
+        w = np.exp(self.log_weights)
+        return expit(self.theta(m, tau)) @ w, self.above_half(m, tau) @ w
+
+
+ETA_GRID = EtaGrid()
+"""The grid every engine but NUTS sums the continuous variant's users out on."""

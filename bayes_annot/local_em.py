@@ -11,7 +11,10 @@ import json
 
 import numpy as np
 
+from scipy.special import logit
+
 from .block_em import Block, EMState, LocalRunner, make_block, run_em
+from .casual import casual_effects
 from .data import PreparedData
 from .em import UsableLabels, EMResult
 from .pairs import ACCELERATE_MIN_MODELS, PairTable
@@ -25,14 +28,16 @@ __all__ = [
 
 
 def problem_block(
-    prepared: PreparedData, problem: UsableLabels, rows: slice | None = None, users=None, pairs: PairTable | None = None
+    prepared: PreparedData, problem: UsableLabels, rows: slice | None = None, users=None, pairs: PairTable | None = None,
+    n_casual: int = 0,
 ) -> Block:
     """The :class:`~bayes_annot.block_em.Block` of a prepared log's usable labels (optionally of a row range).
 
     ``problem`` holds the usable labels of the same rows (``build_problem``);
     the block covers ``users`` (default: every user of the vocabulary).
     ``pairs``: the pair vocabulary of the cells (must hold every pair of the
-    labels; default: the labels' own pairs).
+    labels; default: the labels' own pairs). ``n_casual``: the casual cells of the covariates' design
+    (when ``problem.casual_cell`` is set).
     """
     user, usable = prepared.user, prepared.usable
     if rows is not None:
@@ -45,14 +50,19 @@ def problem_block(
             cell = (2 * index + problem.choice_a).astype(np.int32)
         else:
             cell = pairs.cells(problem.model_a, problem.model_b, problem.choice_a)
-        return make_block(user, usable, problem.n_models, cell=cell, users=users, pairs=pairs)
-    return make_block(user, usable, problem.n_models, choice=problem.choice_a, known_logit=problem.known_logit_mu, users=users)
+        return make_block(user, usable, problem.n_models, cell=cell, users=users, pairs=pairs,
+                          casual_cell=problem.casual_cell, n_casual=n_casual)
+    return make_block(user, usable, problem.n_models, choice=problem.choice_a, known_logit=problem.known_logit_mu, users=users,
+                      casual_cell=problem.casual_cell, n_casual=n_casual)
 
 
-def em_state(prepared: PreparedData, problem: UsableLabels, pairs: PairTable, *, mu, strong_model, use_p_a) -> EMState:
-    """The EM block of a whole prepared log, with what an incremental update needs to extend it."""
+def em_state(prepared: PreparedData, problem: UsableLabels, pairs: PairTable, *, mu, strong_model, use_p_a,
+             casual=None) -> EMState:
+    """The EM block of a whole prepared log, with what an incremental update needs to extend it
+    (``casual``: the casual covariates' design, when ``problem`` has casual cells)."""
     return EMState(
-        block=problem_block(prepared, problem, pairs=pairs), pair_counts=pairs,
+        block=problem_block(prepared, problem, pairs=pairs, n_casual=0 if casual is None else casual.n_cells),
+        pair_counts=pairs,
         key=problem_key(mu, strong_model, use_p_a, prepared.has_p_a),
     )
 
@@ -87,8 +97,9 @@ def run_block_em(block: Block, problem: UsableLabels, spec: BehaviourSpec, *, to
     return em
 
 
-def em_estimates(em: EMResult, model: str, known_strengths: np.ndarray | None) -> Estimates:
-    """:class:`Estimates` of an EM result (``known_strengths``: the fixed strengths of a global ``mu``)."""
+def em_estimates(em: EMResult, model: str, known_strengths: np.ndarray | None, casual=None) -> Estimates:
+    """:class:`Estimates` of an EM result (``known_strengths``: the fixed strengths of a global ``mu``;
+    ``casual``: the casual covariates' design, whose effects go to ``extra_summary["casual_effects"]``)."""
     params = {"pi": em.pi, "q": em.q} if model == "two-class" else {"m": em.m, "tau": em.tau, "q": em.q}
     params["mean_quality"] = float(np.mean(em.quality[em.n_labels_user > 0]))
     estimates = Estimates(
@@ -107,7 +118,8 @@ def em_estimates(em: EMResult, model: str, known_strengths: np.ndarray | None) -
         runtime_seconds=em.runtime_seconds,
         user_loglik=em.user_loglik,
     )
-    estimates.theta = em.theta  # exact theta for a warm start (continuous)
+    if casual is not None and em.casual_g is not None:
+        estimates.extra_summary["casual_effects"] = casual_effects(casual, float(logit(em.q)), em.casual_g)
     return estimates
 
 
@@ -139,9 +151,12 @@ def fit_taste_classes(problem: UsableLabels, spec: BehaviourSpec, *, tol: float 
     priors, q, tastes = spec.priors, spec.q, spec.n_tastes
     extra_summary: dict = {}
     if max_tastes is not None:
-        selection = select_tastes(problem, max_tastes=max_tastes, seed=seed, priors=priors, q_fixed=q)
+        selection = select_tastes(problem, max_tastes=max_tastes, seed=seed, priors=priors, q_fixed=q,
+                                  casual=spec.casual)
         res = selection.fits[selection.chosen]
-        extra_summary["taste_diagnostic"] = taste_diagnostic(problem, selection.fits[1], priors=priors, q=q, seed=seed)
+        if spec.casual is None:  # the casual-group test simulates coin-flipping casual users: no covariates
+            extra_summary["taste_diagnostic"] = taste_diagnostic(problem, selection.fits[1], priors=priors, q=q,
+                                                                 seed=seed)
         table = selection.table.replace({np.nan: None})
         extra_summary["taste_selection"] = {
             "chosen": int(selection.chosen),
@@ -155,7 +170,8 @@ def fit_taste_classes(problem: UsableLabels, spec: BehaviourSpec, *, tol: float 
         warm = (start or {}).get("tastes")
         warm = warm if warm is not None and np.shape(warm["shares"]) == (int(tastes),) else None
         res = fit_tastes(problem if runner is None else runner, int(tastes), priors=priors, q_fixed=q, tol=tol,
-                         max_iter=max_iter, seed=seed, **({"n_starts": 0, "init": [warm]} if warm else {}))
+                         max_iter=max_iter, seed=seed, casual=spec.casual,
+                         **({"n_starts": 0, "init": [warm]} if warm else {}))
     return res, extra_summary
 
 
@@ -165,6 +181,8 @@ def taste_estimates(res, extra_summary: dict | None = None) -> Estimates:
     from .tastes import taste_columns
 
     extra_summary = dict(extra_summary or {})
+    if getattr(res, "casual", None) is not None and res.casual_g is not None:
+        extra_summary["casual_effects"] = casual_effects(res.casual, float(logit(res.q)), res.casual_g)
     extra_summary["tastes"] = {
         "n_tastes": int(res.n_tastes),
         "starts_agreed": int(res.starts_agreed),

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.special import log_expit, logit
 
+from .casual import CasualDesign
 from .data import PreparedData
 from .em import UsableLabels, row_logit_mu
 from .errors import InputError
@@ -58,9 +59,14 @@ class Estimates:
 
 
 def build_problem(
-    data: PreparedData, mu: float | None = None, strong_model: str | None = None, use_p_a: bool = True
+    data: PreparedData, mu: float | None = None, strong_model: str | None = None, use_p_a: bool = True,
+    casual: CasualDesign | None = None,
 ) -> tuple[UsableLabels, str]:
-    """Turn prepared data into the engines' arrays; returns the problem and the strength mode."""
+    """Turn prepared data into the engines' arrays; returns the problem and the strength mode.
+
+    ``casual``: the casual covariates' design; each label then gets its casual cell from
+    ``data.casual_x`` (:func:`bayes_annot.data.casual_covariates`).
+    """
     usable = data.usable
     choice = data.choice_a[usable].astype(np.int8)
     a = data.model_a[usable]
@@ -90,6 +96,14 @@ def build_problem(
         n_models=data.n_models,
         known_logit_mu=known,
     )
+    if casual is not None:
+        if data.casual_x is None or tuple(data.casual_names) != tuple(casual.names):
+            raise InputError(
+                f"the casual covariates {', '.join(casual.names)} are not all in this log "
+                f"(it has {', '.join(data.casual_names) or 'none'})"
+            )
+        problem.casual_cell = casual.cells(data.casual_x[usable])
+        problem.n_casual = casual.n_cells
     return problem, mode
 
 
@@ -160,7 +174,17 @@ def quality_floor(problem: UsableLabels, estimates: Estimates) -> np.ndarray | N
         return None
     eps = 1e-12
     k = problem.n_models
-    if problem.learned and k * k <= max(1 << 16, problem.n_labels):
+    effects = estimates.extra_summary.get("casual_effects")
+    if getattr(problem, "casual_cell", None) is not None and effects:  # casual covariates: each label's own casual log-odds
+        from .casual import casual_logits, design_from_summary, effects_start
+
+        ell = np.asarray(row_logit_mu(problem, np.asarray(estimates.strengths, dtype=float) if problem.learned else None),
+                         dtype=float)
+        summary = {"casual_effects": effects}
+        eta = casual_logits(effects["beta0"], effects_start(summary), design_from_summary(summary).design())
+        eta = eta[problem.casual_cell]
+        worst = np.minimum(log_expit(ell) - log_expit(eta), log_expit(-ell) - log_expit(-eta))
+    elif problem.learned and k * k <= max(1 << 16, problem.n_labels):
         # the log-odds depend on the pair only: the same values per pair key a K + b, gathered per label
         s = np.asarray(estimates.strengths, dtype=float)
         ell = (s[:, None] - s[None, :]).ravel()

@@ -36,6 +36,7 @@ from scipy.special import expit, logit
 from .em import (
     INFORMATIVE_TOL, UsableLabels, _informative_users, label_logprobs, no_verdict_continuous, no_verdict_shares,
 )
+from .casual import casual_effects, casual_table, casual_tables
 from .pairs import fit_bradley_terry_labels
 from .errors import FitWarning, InputError, user_stacklevel
 from .likelihood import (
@@ -43,8 +44,7 @@ from .likelihood import (
     attentive_logprob,
     casual_logprob,
     continuous_label_loglik,
-    continuous_label_responsibility,
-    laplace_p_above_half,
+    ETA_GRID,
     log_normal_pdf,
     log_prior,
     two_class_posterior,
@@ -85,33 +85,45 @@ def compress_cells(problem: UsableLabels) -> dict:
         ``user`` (int64), ``choice_a`` (int64), ``count`` (float) per cell, plus
         ``model_a``, ``model_b`` and ``pair`` (index into the distinct ordered
         pairs ``pair_model_a``, ``pair_model_b``) for learned strengths, or
-        ``logit_mu`` (known).
+        ``logit_mu`` (known); with casual covariates also ``casual``, each cell's casual cell.
     """
     user = problem.user.astype(np.int64)
     choice = problem.choice_a.astype(np.int64)
+    covariates = problem.casual_cell is not None
+    n_cc = max(int(problem.n_casual), 1)
+    cc = problem.casual_cell.astype(np.int64) if covariates else np.zeros_like(user)
     if problem.learned:
         k = problem.n_models
-        key = ((user * k + problem.model_a) * k + problem.model_b) * 2 + choice
+        key = (((user * k + problem.model_a) * k + problem.model_b) * n_cc + cc) * 2 + choice
         uniq, count = np.unique(key, return_counts=True)
         c = uniq % 2
         rest = uniq // 2
+        casual = rest % n_cc
+        rest = rest // n_cc
         b = rest % k
         rest = rest // k
         a = rest % k
         u = rest // k
         pairs, cell_pair = np.unique(a * k + b, return_inverse=True)
-        return dict(
+        out = dict(
             user=u, choice_a=c, count=count.astype(float), model_a=a, model_b=b,
             pair_model_a=pairs // k, pair_model_b=pairs % k, pair=cell_pair.astype(np.int64),
         )
-    table = np.column_stack([user.astype(float), choice.astype(float), np.asarray(problem.known_logit_mu, float)])
+        if covariates:
+            out["casual"] = casual
+        return out
+    table = np.column_stack([user.astype(float), choice.astype(float), np.asarray(problem.known_logit_mu, float),
+                             cc.astype(float)])
     uniq, count = np.unique(table, axis=0, return_counts=True)
-    return dict(
+    out = dict(
         user=uniq[:, 0].astype(np.int64),
         choice_a=uniq[:, 1].astype(np.int64),
         count=count.astype(float),
         logit_mu=uniq[:, 2].copy(),
     )
+    if covariates:
+        out["casual"] = uniq[:, 3].astype(np.int64)
+    return out
 
 
 def _user_choice_counts(problem: UsableLabels) -> tuple[np.ndarray, np.ndarray]:
@@ -128,8 +140,15 @@ def _labels(values, n: int, prefix: str) -> list[str]:
 
 # --------------------------------------------------------------------------- model
 
+def casual_effect_names(design) -> list[str]:
+    """Names of the ``casual_bin`` coordinate: ``<covariate>[<bin>]``, bins from 1 (smallest ``|x|``)."""
+    return [f"{name}[{j}]" for name, n in zip(design.names, design.n_bins) for j in range(1, n + 1)]
+
+
 def _check_spec(problem: UsableLabels, spec: BehaviourSpec) -> None:
     """The spec's strengths are the labels' (learned pairs, or known log-odds); the spec itself is valid."""
+    if (spec.casual is None) != (problem.casual_cell is None):
+        raise InputError("the model spec's casual covariates and the labels' casual cells disagree")
     if spec.learned != problem.learned:
         raise InputError(
             f"the model spec has {spec.strengths} strengths but the labels have "
@@ -142,11 +161,12 @@ def build_model(
     spec: BehaviourSpec,
     user_labels=None,
     model_labels=None,
-    tau_fixed: bool = False,
+    marginal: bool = False,
     strength_init: np.ndarray | None = None,
     strength_prior: str = "normal",
     share_init: np.ndarray | None = None,
     q_init: float = 0.5,
+    casual_init: np.ndarray | None = None,
 ):
     r"""Build the behaviour model ``spec`` as a :class:`pymc.Model`.
 
@@ -161,12 +181,11 @@ def build_model(
         below; ``C > 1`` the taste-class model (docs/tastes.md).
     user_labels, model_labels : sequence of str, optional
         Coordinates of the ``user`` and ``model`` dims.
-    tau_fixed : bool
-        Continuous only: keep :math:`\tau` fixed at ``priors.eta_tau`` (used
-        for MAP — a joint MAP over a free :math:`\tau` collapses to
-        :math:`\tau \to 0`, where the density of the :math:`\theta_u` diverges —
-        and identical to EM's objective); otherwise :math:`\tau` gets a
-        HalfNormal prior (NUTS).
+    marginal : bool
+        Continuous only: sum each user's :math:`z_u` out on the grid
+        :data:`~bayes_annot.likelihood.ETA_GRID` (the MAP form: its log density is EM's
+        objective, and a joint mode over the :math:`z_u` would be biased), instead of
+        sampling :math:`z_u \sim \mathcal N(0, 1)` (NUTS).
     strength_init : array (K,) or (C, K), optional
         Initial strengths (default: a plain Bradley–Terry fit of all labels, so
         the attentive component starts on the strengths the data follow; with
@@ -191,6 +210,11 @@ def build_model(
         casual share is ``1 - sum``).
     q_init : float
         Initial position bias (when ``q`` is free).
+    casual_init : array, optional
+        Initial casual covariate effects (``spec.casual``; default zeros). With casual covariates
+        the model has ``casual_effect`` (dim ``casual_bin``, Normal(0, ``casual_effect_sigma``))
+        and each cell's casual log-probability is its entry of the casual table
+        (:func:`bayes_annot.casual.casual_table` at ``beta_0 = logit(q)``).
 
     Returns
     -------
@@ -217,9 +241,10 @@ def build_model(
     :math:`\log p(y_u) = \operatorname{logsumexp}(\log\pi + A_u, \log(1-\pi) + C_u)`.
 
     ``continuous`` (potential ``y_user``): :math:`\eta_u = \sigma(\theta_u)`,
-    :math:`\log p(y_u) = \sum_{c: u_c = u} n_c \operatorname{logsumexp}
-    (\log\eta_u + \log P_{att}(y_c), \log(1 - \eta_u) + \log P_{cas}(y_c))`.
-    Users without labels contribute 0.
+    :math:`\log p(y_u \mid \theta_u) = \sum_{c: u_c = u} n_c \operatorname{logsumexp}
+    (\log\eta_u + \log P_{att}(y_c), \log(1 - \eta_u) + \log P_{cas}(y_c))`; with
+    ``marginal`` the potential is :math:`\operatorname{logsumexp}_g(\log w_g + \log p(y_u \mid m + \tau z_g))`
+    over the grid's nodes and weights. Users without labels contribute 0.
 
     Priors (all overridable through :class:`Priors`):
 
@@ -234,9 +259,9 @@ def build_model(
         m &\sim \mathcal N(\mu_m, \sigma_m^2) = \mathcal N(0, 2^2)
             \quad\text{(continuous)} \\
         \tau &\sim \mathrm{HalfNormal}(\sigma_\tau), \ \sigma_\tau = 1.5
-            \quad\text{(continuous, NUTS; fixed at } \sigma_\tau \text{ for MAP)} \\
+            \quad\text{(continuous)} \\
         z_u &\sim \mathcal N(0, 1), \quad \theta_u = m + \tau z_u
-            \quad\text{(non-centred, dim user)}.
+            \quad\text{(non-centred, dim user; summed out on the grid with ``marginal``)}.
 
     **Taste classes** (``n_tastes = C > 1``, :mod:`bayes_annot.tastes`): a user
     is casual or attentive under one of ``C`` classes, each with its own
@@ -280,6 +305,8 @@ def build_model(
     if problem.learned:
         names = np.asarray(coords["model"], dtype=object)
         coords["pair"] = [f"{a} vs {b}" for a, b in zip(names[cells["pair_model_a"]], names[cells["pair_model_b"]])]
+    if spec.casual is not None:
+        coords["casual_bin"] = casual_effect_names(spec.casual)
     if problem.learned and strength_init is None:
         strength_init = fit_bradley_terry_labels(problem.model_a, problem.model_b, problem.choice_a, n_models,
                                                  priors.strength_sigma)
@@ -306,6 +333,16 @@ def build_model(
             q = pm.Beta("q", alpha=priors.q_alpha, beta=priors.q_beta, initval=float(q_init))
         else:
             q = pm.Data("q", float(q_fixed))
+        cas_cell = None
+        if spec.casual is not None:
+            # casual clicks follow covariates: logit P_cas(a) = logit(q) + D g per casual cell (bayes_annot.casual)
+            design = pm.Data("casual_design", spec.casual.design())
+            g = pm.Normal("casual_effect", mu=0.0, sigma=priors.casual_effect_sigma, dims="casual_bin",
+                          initval=np.zeros(spec.casual.n_effects) if casual_init is None else np.asarray(casual_init))
+            eta_cas = pt.log(q) - pt.log1p(-q) + pt.dot(design, g)
+            cas_table = pt.stack([-pt.softplus(eta_cas), -pt.softplus(-eta_cas)], axis=1).reshape((-1,))
+            cell_casual = pm.Data("cell_casual", cells["casual"], dims="cell")
+            cas_cell = cas_table[2 * cell_casual + cell_choice]
 
         if problem.learned:
             pair_a = pm.Data("pair_model_a", cells["pair_model_a"], dims="pair")
@@ -348,6 +385,8 @@ def build_model(
             weighted = (cell_count[None, :] * att_cell.reshape((n_tastes, -1))).reshape((-1,))
             att_sum = pt.inc_subtensor(pt.zeros(n_users * n_tastes)[user_flat], weighted).reshape((n_users, n_tastes))
             cas_sum = user_n_a * pt.log(q) + user_n_b * pt.log1p(-q)
+            if cas_cell is not None:
+                cas_sum = pt.inc_subtensor(pt.zeros(n_users)[cell_user], cell_count * cas_cell)
             type_ll = pt.concatenate([cas_sum[:, None], att_sum], axis=1)
             pm.Potential("y_user", pt.logsumexp(pt.log(shares)[None, :] + type_ll, axis=1), dims="user")
         elif variant == "two-class":
@@ -357,19 +396,24 @@ def build_model(
             pi = pm.Beta("pi", alpha=priors.pi_alpha, beta=priors.pi_beta, initval=0.5)
             att_sum = pt.inc_subtensor(pt.zeros(n_users)[cell_user], cell_count * att_cell)
             cas_sum = user_n_a * pt.log(q) + user_n_b * pt.log1p(-q)
+            if cas_cell is not None:
+                cas_sum = pt.inc_subtensor(pt.zeros(n_users)[cell_user], cell_count * cas_cell)
             pm.Potential("y_user", pt.logaddexp(pt.log(pi) + att_sum, pt.log1p(-pi) + cas_sum), dims="user")
         else:
             m = pm.Normal("m", mu=priors.eta_m_mu, sigma=priors.eta_m_sigma, initval=float(logit(0.7)))
-            if tau_fixed:
-                tau = pm.Data("tau", float(priors.eta_tau))
-            else:
-                tau = pm.HalfNormal("tau", sigma=priors.eta_tau, initval=float(priors.eta_tau) * 0.7)
+            tau = pm.HalfNormal("tau", sigma=priors.eta_tau, initval=float(priors.eta_tau) * (1.0 if marginal else 0.7))
+            p_att = pt.exp(att_cell)
+            p_cas = pt.switch(pt.eq(cell_choice, 1), q, 1.0 - q) if cas_cell is None else pt.exp(cas_cell)
+            if marginal:
+                eta = pt.sigmoid(m + tau * ETA_GRID.z)  # (G,): eta at the grid's nodes
+                label_ll = pt.log(p_att[:, None] * eta[None, :] + p_cas[:, None] * (1.0 - eta)[None, :])
+                user_grid = pt.inc_subtensor(pt.zeros((n_users, ETA_GRID.n))[cell_user], cell_count[:, None] * label_ll)
+                pm.Potential("y_user", pt.logsumexp(user_grid + ETA_GRID.log_weights[None, :], axis=1), dims="user")
+                return model
             z = pm.Normal("z", mu=0.0, sigma=1.0, dims="user")
             theta = m + tau * z
             eta = pm.Deterministic("eta", pt.sigmoid(theta), dims="user")
             # P(y_c) = eta_u P_att(y_c) + (1 - eta_u) P_cas(y_c), in probability space (one log per cell)
-            p_att = pt.exp(att_cell)
-            p_cas = pt.switch(pt.eq(cell_choice, 1), q, 1.0 - q)
             eta_cell = eta[cell_user]
             casual_cell = pt.sigmoid(-theta)[cell_user]
             label_ll = pt.log(eta_cell * p_att + casual_cell * p_cas)
@@ -415,9 +459,8 @@ def model_loglik(model, params: dict, penalised: bool = True, per_user: bool = F
         objective EM and MAP maximise. (PyMC's Normal log-density carries its
         ``log sqrt(2 pi)`` constant with ~2e-8 rounding per element, so the
         penalised value matches numpy to about 1e-8 per Normal variable;
-        differences between parameter values match exactly.) For ``continuous`` the prior of the
-        users is that of :math:`\\theta_u \\sim N(m, \\tau)` (the model is
-        parametrised by :math:`z_u`; the constant ``-U log tau`` is added back).
+        differences between parameter values match exactly.) For ``continuous`` this is EM's
+        objective for the ``marginal`` model (``params`` then need no per-user value).
     per_user : bool
         Return the per-user log-likelihood (the ``y_user`` potential) instead.
     """
@@ -431,14 +474,7 @@ def model_loglik(model, params: dict, penalised: bool = True, per_user: bool = F
         return np.asarray(fn(*[point[v.name] for v in inputs]))
     if penalised:
         fn = model.compile_logp(jacobian=False)
-        value = float(fn(point))
-        if "z" in model.named_vars:
-            tau = float(params["tau"])
-            value -= len(np.atleast_1d(params["theta"])) * np.log(tau)
-            if "tau" in [rv.name for rv in model.free_RVs]:
-                # only the tau-fixed model matches EM; remove tau's own prior
-                value -= float(model.compile_logp(vars=[model["tau"]], jacobian=False)(point))
-        return value
+        return float(fn(point))
     total = pt.add(*[pt.sum(p) for p in model.replace_rvs_by_values(model.potentials)])
     fn = model.compile_fn(total, inputs=inputs, point_fn=False, on_unused_input="ignore")
     return float(fn(*[point[v.name] for v in inputs]))
@@ -452,10 +488,13 @@ def pytensor_loglik(
     q_fixed: float | None = None,
     penalised: bool = True,
     n_tastes: int = 1,
+    casual=None,
 ) -> float:
-    """Build the (MAP-form) PyMC model and evaluate its log-likelihood at ``params`` (see :func:`model_loglik`)."""
-    spec = BehaviourSpec(variant, n_tastes, "learned" if problem.learned else "known", q_fixed, priors or Priors())
-    model = build_model(problem, spec, tau_fixed=True)
+    """Build the (MAP-form) PyMC model and evaluate its log-likelihood at ``params`` (see :func:`model_loglik`;
+    ``casual``: the casual covariates' design, ``params["casual_effect"]`` their effects)."""
+    spec = BehaviourSpec(variant, n_tastes, "learned" if problem.learned else "known", q_fixed, priors or Priors(),
+                         casual=casual)
+    model = build_model(problem, spec, marginal=True)
     if q_fixed is not None:
         params = dict(params, q=q_fixed)
     return model_loglik(model, params, penalised=penalised)
@@ -468,25 +507,33 @@ def numpy_loglik(
     priors: Priors | None = None,
     q_fixed: float | None = None,
     penalised: bool = True,
+    casual=None,
 ) -> float:
     """The same quantity as :func:`pytensor_loglik`, in numpy (:mod:`bayes_annot.likelihood`).
 
     The penalised value is EM's objective: log-likelihood (users without labels
     contribute 0) plus the log prior densities of ``pi`` (two-class), ``q``
-    (when free), the strengths (learned), and ``theta_u ~ N(m, tau)``,
-    ``m`` (continuous). With taste classes (``params`` holds ``shares``,
+    (when free), the strengths (learned), and ``m``, ``tau`` (continuous, whose
+    users' :math:`z_u` are summed out on :data:`~bayes_annot.likelihood.ETA_GRID`). With taste classes (``params`` holds ``shares``,
     ``C + 1`` casual first, and ``strength`` ``C x K``) it is the EM objective
-    of :func:`bayes_annot.tastes.taste_loglik`.
+    of :func:`bayes_annot.tastes.taste_loglik`. ``casual``: the casual covariates' design
+    (:mod:`bayes_annot.casual`), with their effects ``params["casual_effect"]`` (Normal prior added).
     """
     priors = priors or Priors()
     q = float(q_fixed if q_fixed is not None else params["q"])
+    table, g_prior = None, 0.0
+    if casual is not None:
+        g = np.asarray(params["casual_effect"], float)
+        table = casual_table(float(logit(q)), g, casual.design())
+        g_prior = float(log_normal_pdf(g, 0.0, priors.casual_effect_sigma).sum()) if penalised else 0.0
     if "shares" in params:
         from .tastes import taste_loglik
 
         shares = np.asarray(params["shares"], float)
-        return taste_loglik(problem, params["strength"], shares[1:], q, priors, q_fixed, penalised)
+        return taste_loglik(problem, params["strength"], shares[1:], q, priors, q_fixed, penalised,
+                            casual_log_table=table) + g_prior
     strengths = np.asarray(params["strength"], float) if problem.learned else None
-    att, cas = label_logprobs(problem, strengths, q)
+    att, cas = label_logprobs(problem, strengths, q, table)
     if variant == "two-class":
         pi = float(params["pi"])
         att_sum = np.bincount(problem.user, weights=att, minlength=problem.n_users)
@@ -495,12 +542,17 @@ def numpy_loglik(
         value = float(two_class_user_loglik(att_sum[active], cas_sum[active], pi).sum())
         prior = dict(shares=[pi])
     else:
-        theta = np.asarray(params["theta"], float)
-        value = float(continuous_label_loglik(att, cas, theta[problem.user]).sum())
-        if penalised:
-            value += float(log_normal_pdf(theta, params["m"], params["tau"]).sum())
-        prior = dict(m=params["m"])
-    return value + log_prior(priors, q, strengths, q_fixed is None, **prior) if penalised else value
+        m, tau = float(params["m"]), float(params["tau"])
+        eta = expit(ETA_GRID.theta(m, tau))
+        label_ll = np.log(np.exp(att)[:, None] * eta + np.exp(cas)[:, None] * (1.0 - eta))
+        user_grid = np.zeros((problem.n_users, ETA_GRID.n))
+        np.add.at(user_grid, problem.user, label_ll)
+        active = np.bincount(problem.user, minlength=problem.n_users) > 0
+        joint = user_grid[active] + ETA_GRID.log_weights
+        top = joint.max(axis=1)
+        value = float((top + np.log(np.exp(joint - top[:, None]).sum(axis=1))).sum())
+        prior = dict(m=m, tau=tau)
+    return value + g_prior + log_prior(priors, q, strengths, q_fixed is None, **prior) if penalised else value
 
 
 # --------------------------------------------------------------------------- per-draw quantities (numpy)
@@ -520,8 +572,14 @@ def _cell_att(cells: dict, strengths):
     return attentive_logprob(cells["choice_a"], strengths[:, cells["model_a"]] - strengths[:, cells["model_b"]])
 
 
-def _per_draw_two_class(problem, cells, pi, q, strengths):
-    """Per-draw (S, U) P(attentive) and per-user log-lik (Rao–Blackwellised)."""
+def _cell_casual(cells: dict, tables, sl):
+    """Per draw of ``sl`` the casual log-probability of every cell (casual covariates: ``tables`` (S, 2 n_casual))."""
+    return tables[sl][:, 2 * cells["casual"] + cells["choice_a"]]
+
+
+def _per_draw_two_class(problem, cells, pi, q, strengths, casual_tables_=None):
+    """Per-draw (S, U) P(attentive) and per-user log-lik (Rao–Blackwellised); ``casual_tables_`` (S, 2 n_casual):
+    the casual tables of each draw (casual covariates)."""
     agg = _cell_matrix(cells, problem.n_users)
     n_a, n_b = _user_choice_counts(problem)
     active = (n_a + n_b) > 0
@@ -535,14 +593,17 @@ def _per_draw_two_class(problem, cells, pi, q, strengths):
         att_sum = np.asarray(agg @ att.T).T
         if att_sum.shape[0] == 1:
             att_sum = np.repeat(att_sum, sl.stop - sl.start, axis=0)
-        cas_sum = n_a[None, :] * np.log(q[sl])[:, None] + n_b[None, :] * np.log1p(-q[sl])[:, None]
+        if casual_tables_ is None:
+            cas_sum = n_a[None, :] * np.log(q[sl])[:, None] + n_b[None, :] * np.log1p(-q[sl])[:, None]
+        else:
+            cas_sum = np.asarray(agg @ (_cell_casual(cells, casual_tables_, sl) * cells["count"]).T).T
         p_pi = pi[sl][:, None]
         p_att[sl] = np.where(active, two_class_posterior(att_sum, cas_sum, p_pi), p_pi)
         user_ll[sl] = np.where(active, two_class_user_loglik(att_sum, cas_sum, p_pi), 0.0)
     return p_att, user_ll
 
 
-def _per_draw_continuous(problem, cells, theta, q, strengths):
+def _per_draw_continuous(problem, cells, theta, q, strengths, casual_tables_=None):
     """Per-draw (S, U) per-user log-likelihood of the continuous model."""
     agg = _cell_matrix(cells, problem.n_users)
     n_draws = theta.shape[0]
@@ -551,7 +612,10 @@ def _per_draw_continuous(problem, cells, theta, q, strengths):
         sl = slice(lo, min(lo + _DRAW_CHUNK, n_draws))
         s = None if strengths is None else strengths[sl]
         att = _cell_att(cells, s)
-        cas = casual_logprob(cells["choice_a"], np.asarray(q[sl], float)[:, None])
+        if casual_tables_ is None:
+            cas = casual_logprob(cells["choice_a"], np.asarray(q[sl], float)[:, None])
+        else:
+            cas = _cell_casual(cells, casual_tables_, sl)
         ll = continuous_label_loglik(att, cas, theta[sl][:, cells["user"]]) * cells["count"]
         user_ll[sl] = np.asarray(agg @ ll.T).T
     return user_ll
@@ -588,8 +652,8 @@ def fit_pymc(
         free, priors.
     method : {"map", "nuts"}
         ``map``: ``pm.find_MAP`` (L-BFGS-B, no Jacobian) of the same penalised
-        log-likelihood EM maximises (continuous: ``tau`` fixed at
-        ``priors.eta_tau``). ``nuts``: full posterior.
+        log-likelihood EM maximises (continuous: the users' :math:`z_u` summed out on the
+        grid, :func:`build_model` with ``marginal``). ``nuts``: full posterior.
     draws, tune, chains : int
         NUTS settings (per chain).
     sampler : {"pymc", "nutpie"}
@@ -649,7 +713,8 @@ def fit_pymc(
         if start is None:
             from .tastes import fit_tastes
 
-            start = fit_tastes(problem, int(n_tastes), priors=priors, q_fixed=q_fixed, seed=seed).as_start()
+            start = fit_tastes(problem, int(n_tastes), priors=priors, q_fixed=q_fixed, seed=seed,
+                               casual=spec.casual).as_start()
         est = _fit_tastes(
             problem, spec, start, method, draws, tune, chains, sampler, progress, seed,
             user_labels, model_labels, target_accept, informative_tol, maxeval,
@@ -675,17 +740,40 @@ def _run_map(model, progress, seed, maxeval):
         )
 
 
+def _grid_posterior(problem: UsableLabels, m: float, tau: float, casual, strengths):
+    """Continuous: each user's posterior over the grid and marginal log-likelihood at the given
+    parameters (the block engine's :func:`~bayes_annot.block_em.block_grid_posterior`; ``casual``:
+    ``q``, or the casual table with covariates)."""
+    from .block_em import block_grid_posterior, make_block
+    from .pairs import PairTable, attentive_table_pairs
+
+    usable, users = np.ones(problem.n_labels, dtype=bool), np.arange(problem.n_users)
+    cells = dict(casual_cell=problem.casual_cell, n_casual=problem.n_casual)
+    if not problem.learned:
+        block = make_block(problem.user, usable, problem.n_models, choice=problem.choice_a,
+                           known_logit=problem.known_logit_mu, users=users, **cells)
+        return block_grid_posterior(block, m, tau, casual, None)
+    pairs, index = PairTable.from_labels(problem.model_a, problem.model_b, problem.n_models)
+    block = make_block(problem.user, usable, problem.n_models, cell=(2 * index + problem.choice_a).astype(np.int32),
+                       users=users, pairs=pairs, **cells)
+    return block_grid_posterior(block, m, tau, casual, np.exp(attentive_table_pairs(strengths, pairs.a, pairs.b)))
+
+
 def _fit_map(problem, spec, progress, seed, user_labels, model_labels, informative_tol, maxeval):
     from .inference_data import point_estimate_idata
 
     variant, priors, q_fixed = spec.variant, spec.priors, spec.q
-    model = build_model(problem, spec, user_labels, model_labels, tau_fixed=True)
+    model = build_model(problem, spec, user_labels, model_labels, marginal=True)
     point, raw = _run_map(model, progress, seed, maxeval)
     q = float(q_fixed) if q_fixed is not None else float(point["q"])
     strengths = np.asarray(point["strength"], float) if problem.learned else None
     n_user = np.bincount(problem.user, minlength=problem.n_users)
     active = n_user > 0
-    att, cas = label_logprobs(problem, strengths, q)
+    g = table = None
+    if spec.casual is not None:
+        g = np.asarray(point["casual_effect"], float)
+        table = casual_table(float(logit(q)), g, spec.casual.design())
+    att, cas = label_logprobs(problem, strengths, q, table)
     if variant == "two-class":
         pi = float(point["pi"])
         att_sum = np.bincount(problem.user, weights=att, minlength=problem.n_users)
@@ -694,21 +782,16 @@ def _fit_map(problem, spec, progress, seed, user_labels, model_labels, informati
         p_good = quality
         user_ll = np.where(active, two_class_user_loglik(att_sum, cas_sum, pi), 0.0)
         params = {"pi": pi, "q": q}
-        loglik = numpy_loglik(problem, variant, {"pi": pi, "q": q, "strength": strengths}, priors, q_fixed)
+        loglik = numpy_loglik(problem, variant, {"pi": pi, "q": q, "strength": strengths, "casual_effect": g}, priors,
+                              q_fixed, casual=spec.casual)
     else:
-        m, tau = float(point["m"]), float(priors.eta_tau)
-        theta = m + tau * np.asarray(point["z"], float)
-        quality = expit(theta)
-        resp = continuous_label_responsibility(att, cas, theta[problem.user])
-        p_good = laplace_p_above_half(theta, n_user, np.bincount(problem.user, weights=resp * (1.0 - resp),
-                                                                 minlength=problem.n_users), tau)
-        user_ll = np.bincount(
-            problem.user, weights=continuous_label_loglik(att, cas, theta[problem.user]), minlength=problem.n_users
-        )
+        m, tau = float(point["m"]), float(point["tau"])
+        post, user_ll = _grid_posterior(problem, m, tau, q if table is None else table, strengths)
+        quality = post @ expit(ETA_GRID.theta(m, tau))
+        p_good = post @ ETA_GRID.above_half(m, tau)
         params = {"m": m, "tau": tau, "q": q}
-        loglik = numpy_loglik(
-            problem, variant, {"m": m, "tau": tau, "theta": theta, "q": q, "strength": strengths}, priors, q_fixed
-        )
+        loglik = numpy_loglik(problem, variant, {"m": m, "tau": tau, "q": q, "strength": strengths, "casual_effect": g},
+                              priors, q_fixed, casual=spec.casual)
     informative = _informative_users(problem, strengths, informative_tol)
     if variant == "two-class":  # no verdict on uninformative users: the population level (as in EM)
         quality = p_good = np.where(informative, quality, no_verdict_shares([pi], informative.any(), priors)[0])
@@ -730,6 +813,8 @@ def _fit_map(problem, spec, progress, seed, user_labels, model_labels, informati
         converged=bool(raw is not None and raw.success),
         user_loglik=user_ll,
     )
+    if spec.casual is not None:
+        est.extra_summary["casual_effects"] = casual_effects(spec.casual, float(logit(q)), g)
     est.idata = point_estimate_idata(SimpleNamespace(user_labels=user_labels, model_labels=model_labels), est)
     return est
 
@@ -840,7 +925,7 @@ def _fit_nuts(
     import xarray as xr
 
     variant, priors, q_fixed = spec.variant, spec.priors, spec.q
-    model = build_model(problem, spec, user_labels, model_labels, tau_fixed=False, strength_prior="zerosum")
+    model = build_model(problem, spec, user_labels, model_labels, strength_prior="zerosum")
     idata = _sample(model, draws, tune, chains, sampler, progress, seed, target_accept)
 
     post = idata.posterior
@@ -848,6 +933,10 @@ def _fit_nuts(
     cells = compress_cells(problem)
     q_draws = np.full(n_chains * n_draws, float(q_fixed)) if q_fixed is not None else _stack(post, "q")
     s_draws = _stack(post, "strength") if problem.learned else None
+    g_draws = tables = None
+    if spec.casual is not None:
+        g_draws = _stack(post, "casual_effect")
+        tables = casual_tables(logit(q_draws), g_draws, spec.casual.design())
     n_user = np.bincount(problem.user, minlength=problem.n_users)
     active = n_user > 0
     user_dims = ("chain", "draw", "user")
@@ -858,7 +947,7 @@ def _fit_nuts(
     # no verdict on uninformative users: the population level, per draw (as EM does at its estimate)
     if variant == "two-class":
         pi_draws = _stack(post, "pi")
-        p_att, user_ll = _per_draw_two_class(problem, cells, pi_draws, q_draws, s_draws)
+        p_att, user_ll = _per_draw_two_class(problem, cells, pi_draws, q_draws, s_draws, tables)
         quality_draws = p_att
         quality_draws[:, ~informative] = no_verdict_shares(pi_draws[:, None], informative.any(), priors)
         global_vars = ["pi"]
@@ -866,7 +955,7 @@ def _fit_nuts(
     else:
         m_draws, tau_draws = _stack(post, "m"), _stack(post, "tau")
         theta = m_draws[:, None] + tau_draws[:, None] * _stack(post, "z")
-        user_ll = _per_draw_continuous(problem, cells, theta, q_draws, s_draws)
+        user_ll = _per_draw_continuous(problem, cells, theta, q_draws, s_draws, tables)
         quality_draws = _stack(post, "eta").copy()
         p_good_fn = (theta >= 0.0).mean(axis=0)
         if not informative.all():
@@ -878,6 +967,8 @@ def _fit_nuts(
         global_vars.append("q")
     if problem.learned:
         global_vars.append("strength")
+    if spec.casual is not None:
+        global_vars.append("casual_effect")
     idata.posterior["quality"] = xr.DataArray(_unstack(quality_draws, n_chains, n_draws), dims=user_dims, coords=coords)
     log_lik = xr.Dataset({"y_user": xr.DataArray(_unstack(user_ll, n_chains, n_draws), dims=user_dims, coords=coords)})
     if "log_likelihood" in idata.groups():
@@ -902,7 +993,11 @@ def _fit_nuts(
 
     diag_vars = global_vars + (["eta"] if variant == "continuous" else [])
     diagnostics, converged = _diagnose(idata, diag_vars, sampler)
+    extra = {}
+    if spec.casual is not None:  # posterior means
+        extra["casual_effects"] = casual_effects(spec.casual, float(logit(q_draws).mean()), g_draws.mean(axis=0))
     return _estimates(
+        extra_summary=extra,
         engine="nuts",
         variant=variant,
         quality=quality,
@@ -957,7 +1052,7 @@ def _taste_informative(problem, strengths, tol):
     return informative
 
 
-def _taste_posterior(problem, strengths, shares, q, informative, priors):
+def _taste_posterior(problem, strengths, shares, q, informative, priors, tables=None):
     """Per draw: the user-type posterior (S, U, C + 1), casual first, and per-user log-likelihood (S, U).
 
     Users without labels or without an informative label get no verdict: the
@@ -967,7 +1062,11 @@ def _taste_posterior(problem, strengths, shares, q, informative, priors):
 
     from .tastes import type_logliks
 
-    logw = np.log(shares)[:, None, :] + type_logliks(problem, strengths, q)
+    if tables is None:
+        logw = np.log(shares)[:, None, :] + type_logliks(problem, strengths, q)
+    else:  # casual covariates: each draw's own casual table
+        logw = np.log(shares)[:, None, :] + np.stack(
+            [type_logliks(problem, s, qq, casual_log_table=t) for s, qq, t in zip(strengths, q, tables)])
     user_ll = logsumexp(logw, axis=2)
     post = np.exp(logw - user_ll[..., None])
     active = np.bincount(problem.user, minlength=problem.n_users) > 0
@@ -991,10 +1090,13 @@ def _fit_tastes(
     nuts = method == "nuts"
     n_tastes, priors, q_fixed = spec.n_tastes, spec.priors, spec.q
     q0 = float(q_fixed) if q_fixed is not None else float(start.get("q", 0.5))
+    casual_init = start.get("casual_g")
+    if spec.casual is not None and np.shape(casual_init) != (spec.casual.n_effects,):
+        casual_init = None
     model = build_model(
         problem, spec, user_labels, model_labels,
         strength_init=np.asarray(start["strengths"], float), share_init=np.asarray(start["shares"], float),
-        q_init=q0, strength_prior="zerosum" if nuts else "normal",
+        q_init=q0, strength_prior="zerosum" if nuts else "normal", casual_init=casual_init,
     )
     if nuts:
         idata = _sample(model, draws, tune, chains, sampler, progress, seed, target_accept)
@@ -1002,10 +1104,13 @@ def _fit_tastes(
         n_chains, n_draws = post.sizes["chain"], post.sizes["draw"]
         shares, strengths = _stack(post, "shares"), _stack(post, "strength")
         q = np.full(len(shares), float(q_fixed)) if q_fixed is not None else _stack(post, "q")
+        g = _stack(post, "casual_effect") if spec.casual is not None else None
     else:
         point, raw = _run_map(model, progress, seed, maxeval)
         shares, strengths = np.asarray(point["shares"], float)[None], np.asarray(point["strength"], float)[None]
         q = np.array([float(q_fixed) if q_fixed is not None else float(point["q"])])
+        g = np.asarray(point["casual_effect"], float)[None] if spec.casual is not None else None
+    tables = None if g is None else casual_tables(logit(q), g, spec.casual.design())
     shares, strengths = relabel_by_share(shares, strengths)
     class_strengths = strengths.mean(axis=0)  # (C, K)
     informative = _taste_informative(problem, class_strengths, informative_tol)
@@ -1018,7 +1123,8 @@ def _fit_tastes(
     p_taste = np.zeros((problem.n_users, n_tastes))
     for lo in range(0, n_draws_total, _DRAW_CHUNK):
         sl = slice(lo, min(lo + _DRAW_CHUNK, n_draws_total))
-        type_post, user_ll[sl] = _taste_posterior(problem, strengths[sl], shares[sl], q[sl], informative, priors)
+        type_post, user_ll[sl] = _taste_posterior(problem, strengths[sl], shares[sl], q[sl], informative, priors,
+                                                  None if tables is None else tables[sl])
         quality_draws[sl] = 1.0 - type_post[:, :, 0]
         p_taste += type_post[:, :, 1:].sum(axis=0)
     p_taste /= n_draws_total
@@ -1032,7 +1138,9 @@ def _fit_tastes(
         params[f"share_taste_{c + 1}"] = float(shares[:, c + 1].mean())
     params["mean_quality"] = float(np.mean(quality[active])) if active.any() else params["pi"]
     ordering = "classes numbered by share, largest first"
-    extra_summary = {"tastes": {
+    extra_summary = {} if g is None else {
+        "casual_effects": casual_effects(spec.casual, float(logit(q).mean()), g.mean(axis=0))}
+    extra_summary |= {"tastes": {
         "n_tastes": int(n_tastes),
         "class_spread": [float(v) for v in np.std(class_strengths, axis=1)],
         "ordering": ordering + (" (every posterior draw relabelled so)" if nuts else ""),
@@ -1044,7 +1152,9 @@ def _fit_tastes(
     )
     if not nuts:
         loglik = numpy_loglik(
-            problem, "two-class", {"shares": shares[0], "q": q[0], "strength": strengths[0]}, priors, q_fixed
+            problem, "two-class",
+            {"shares": shares[0], "q": q[0], "strength": strengths[0], "casual_effect": None if g is None else g[0]},
+            priors, q_fixed, casual=spec.casual,
         )
         est = _estimates(
             engine="map", loglik=float(loglik), user_loglik=user_ll[0],
@@ -1069,7 +1179,8 @@ def _fit_tastes(
     post.attrs["sampler"] = sampler
     hdi = az.hdi(post[["quality"]], hdi_prob=HDI_PROB)["quality"]
     s_hdi = az.hdi(post[["strength"]], hdi_prob=HDI_PROB)["strength"].isel(taste=0)
-    diagnostics, converged = _diagnose(idata, ["shares", "strength"] + (["q"] if q_fixed is None else []), sampler)
+    diagnostics, converged = _diagnose(idata, ["shares", "strength"] + (["q"] if q_fixed is None else [])
+                                       + (["casual_effect"] if g is not None else []), sampler)
     return _estimates(
         engine="nuts",
         quality_low=hdi.sel(hdi="lower").values,

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.special import logit
 
 from .decide import parse_filter
 from .errors import InputError
@@ -26,6 +25,7 @@ from .incremental import n_tastes_of
 from .likelihood import Priors
 from .spec import VARIANTS as _VARIANTS
 from .tables import read_table_file
+from .casual import effects_start
 from .validation import check_number, check_priors
 
 __all__ = ["SavedTables", "read_tables", "read_saved", "checked_saved", "validate_saved_summary", "load_start",
@@ -282,18 +282,16 @@ def checked_saved(saved: SavedTables, directory: str | Path):
 def load_start(directory: str | Path) -> dict:
     """Label-keyed warm start read from a saved output folder.
 
-    Reads ``summary.json`` (``pi``, ``q``, ``m``), ``models.csv`` (strengths
-    by model, when they were learned) and, for the continuous model,
-    ``users.csv`` (``theta = logit(quality)`` of informative users). A saved
+    Reads ``summary.json`` (``pi``, ``q``, ``m``, ``tau``) and ``models.csv``
+    (strengths by model, when they were learned; per-class strengths with taste classes). A saved
     folder holds no encoded arrays, so this is a parameter-only warm start:
     fit the *full* log (old + new rows) with it, after :func:`align_start`.
 
     Returns
     -------
     dict
-        ``pi``, ``q``, ``m`` (floats or ``None``), ``strengths``
-        (:class:`pandas.Series` by model, or absent), ``theta`` (Series by
-        user, continuous only), ``model`` (the variant saved).
+        ``pi``, ``q``, ``m``, ``tau`` (floats or ``None``), ``strengths``
+        (:class:`pandas.Series` by model, or absent), ``model`` (the variant saved).
     """
     saved, strengths = read_saved(directory)  # csv or parquet tables, read from one consistent folder
     return start_of(saved, strengths, directory)
@@ -317,16 +315,10 @@ def start_of(saved: SavedTables, strengths, directory: str | Path) -> dict:
     directory = Path(directory)
     summary = saved.summary
     params = summary["parameters"]
-    start = {"pi": params.get("pi"), "q": params.get("q"), "m": params.get("m"), "model": summary["model"]}
+    start = {key: params.get(key) for key in ("pi", "q", "m", "tau")}
+    start["model"] = summary["model"]
     if strengths is not None:
         start["strengths"] = strengths
-    if summary["model"] == "continuous":
-        users = _checked_ids(saved.users, directory, "users", "user")
-        quality = _saved_numbers(users, "quality", directory, "users", "user", low=0.0, high=1.0)
-        quality = np.clip(quality, 1e-12, 1 - 1e-12)
-        informative = ~users["uninformative"].astype(str).str.strip().str.lower().isin(["true", "1"]).to_numpy() \
-            if "uninformative" in users.columns else np.ones(len(users), bool)
-        start["theta"] = pd.Series(np.where(informative, logit(quality), np.nan), index=users["user"].to_numpy())
     n_tastes = n_tastes_of(summary)
     if n_tastes > 1 and strengths is not None:  # per-class strengths and shares: the update's warm start
         models = _checked_ids(saved.models, directory, "models", "model")
@@ -339,5 +331,11 @@ def start_of(saved: SavedTables, strengths, directory: str | Path) -> dict:
         if not np.isnan(table).any():
             start["tastes"] = {"strengths": pd.DataFrame(table, index=models["model"].to_numpy()),
                                "shares": np.asarray(shares, dtype=float), "q": params.get("q")}
+    try:
+        start["casual_g"] = effects_start(summary)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"results folder '{directory}': summary.json casual_effects is malformed ({exc})") from None
+    if start.get("tastes") is not None:
+        start["tastes"]["casual_g"] = start["casual_g"]
     return start
 

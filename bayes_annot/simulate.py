@@ -6,6 +6,12 @@ Every simulated user sees pairs of responses from two *different* models
 * an attentive label picks ``model_a`` with probability
   :math:`\sigma(s_a - s_b)` (or the known ``mu`` in the paper's two-model setting);
 * a casual label picks ``model_a`` (the left response) with probability ``q``;
+  with ``length_bias`` set, casual clicks follow length as well:
+  :math:`\operatorname{logit} P(a) = \operatorname{logit} q + \operatorname{sign}(\log L_a / L_b)
+  \operatorname{logit}(\text{length\_bias})`, so with ``q = 0.5`` the longer response is picked
+  with probability ``length_bias`` (docs/model.md, "casual covariates"); response lengths
+  :math:`\log L = \log 60 + \text{length\_confound}\, s_k + \text{length\_noise}\,\varepsilon`
+  grow with the model's strength, and the texts are in ``response_a`` / ``response_b``;
 * an adversarial user (optional) picks the *weaker* model attentively.
 
 ``quality="two-class"``: a user is casual with probability ``casual_share`` and
@@ -62,6 +68,9 @@ def simulate(
     adversarial_share: float = 0.0,
     tie_rate: float = 0.0,
     with_text: bool = False,
+    length_bias: float | None = None,
+    length_confound: float = 0.5,
+    length_noise: float = 0.5,
     seed: int = 0,
 ) -> pd.DataFrame:
     """Simulate a comparison-mode log with its ground truth.
@@ -89,6 +98,18 @@ def simulate(
         Probability that any label is a tie (kept in the log, excluded from the fit).
     with_text : bool
         Add ``prompt``, ``response_a``, ``response_b`` text columns.
+    length_bias : float, optional
+        Casual clicks follow length: with ``q = 0.5`` a casual click picks the
+        longer response with this probability (in general
+        ``logit P(a) = logit q + sign(log L_a/L_b) * logit(length_bias)``). Adds
+        ``prompt``, ``response_a``, ``response_b`` whose lengths (in words) are
+        drawn as ``log L = log 60 + length_confound * s_k + length_noise * N(0, 1)``,
+        and the truth column ``true_log_length_ratio``. ``None`` (default): no
+        length effect, and no random numbers drawn for it (earlier seeds reproduce).
+    length_confound : float
+        Slope of log response length on model strength (stronger models write longer).
+    length_noise : float
+        Standard deviation of log response length around that line.
     seed : int
 
     Returns
@@ -145,7 +166,16 @@ def simulate(
     model_b = (model_a + rng.integers(1, n_models, size=n_rows)) % n_models
     p_attentive = expit(strengths[model_a] - strengths[model_b])
     label_attentive = rng.random(n_rows) < eta[user]
-    p_choose_a = np.where(label_attentive, np.where(adversarial[user], 1.0 - p_attentive, p_attentive), q)
+    p_casual = q
+    if length_bias is not None:
+        if not 0.0 < length_bias < 1.0:
+            raise ValueError("length_bias must be in (0, 1)")
+        length_rng = np.random.default_rng([seed, 1])  # its own stream: the other draws stay those of the seed
+        words_a = _lengths(strengths[model_a], length_confound, length_noise, length_rng)
+        words_b = _lengths(strengths[model_b], length_confound, length_noise, length_rng)
+        log_ratio = np.log(words_a / words_b)
+        p_casual = expit(logit(q) + np.sign(log_ratio) * logit(length_bias))
+    p_choose_a = np.where(label_attentive, np.where(adversarial[user], 1.0 - p_attentive, p_attentive), p_casual)
     choice_a = rng.random(n_rows) < p_choose_a
     winner_code = np.where(choice_a, 0, 1)
     if tie_rate > 0:
@@ -169,6 +199,11 @@ def simulate(
         frame["prompt"] = [f"Prompt {i}: explain topic {i % 97}." for i in prompt_id]
         frame["response_a"] = [f"Answer by {model_names[m]} to prompt {i}." for m, i in zip(model_a, prompt_id)]
         frame["response_b"] = [f"Answer by {model_names[m]} to prompt {i}." for m, i in zip(model_b, prompt_id)]
+    if length_bias is not None:
+        frame["prompt"] = [f"Prompt {i}" for i in range(n_rows)]
+        frame["response_a"] = _texts(words_a)
+        frame["response_b"] = _texts(words_b)
+        frame["true_log_length_ratio"] = log_ratio
     frame["true_attentive"] = attentive_user[user] & ~adversarial[user]
     frame["true_adversarial"] = adversarial[user]
     frame["true_eta"] = eta[user]
@@ -178,6 +213,24 @@ def simulate(
     frame["true_p_a"] = p_attentive
     frame.winner = frame.winner.cat.remove_unused_categories() if tie_rate == 0 else frame.winner
     return frame
+
+
+def _lengths(strength, confound, noise, rng) -> np.ndarray:
+    """Response lengths in words: log-normal around ``60 * exp(confound * strength)``, at least 1."""
+    log_len = np.log(60.0) + confound * strength + noise * rng.standard_normal(strength.shape[0])
+    return np.maximum(np.round(np.exp(log_len)), 1.0)
+
+
+def _texts(words: np.ndarray) -> list:
+    """A text of ``n`` words (``"w w w ..."``; the length ratio is what matters) for each ``n``."""
+    cache: dict = {}
+    out = []
+    for n in words.astype(np.int64):
+        text = cache.get(n)
+        if text is None:
+            text = cache[n] = " ".join(["w"] * int(n))
+        out.append(text)
+    return out
 
 
 def truth_users(log: pd.DataFrame, user: str = "user") -> pd.DataFrame:

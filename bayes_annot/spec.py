@@ -12,6 +12,8 @@ nothing about *how* (engine, tolerance, draws):
   :math:`\eta_u`);
 * how casual users behave: position bias ``q`` (``P(choose model_a)``),
   estimated when ``None``;
+* the casual covariates (:class:`~bayes_annot.casual.CasualDesign`, ``casual``): casual clicks
+  that follow e.g. the log length ratio, their bins fixed at fit time (``None``: a position coin);
 * the priors (:class:`~bayes_annot.likelihood.Priors`).
 
 :func:`bayes_annot.fit` builds one from its settings (the one place a setting
@@ -35,6 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from numbers import Real
 
+from .casual import CasualDesign
 from .errors import InputError
 from .likelihood import Priors
 from .validation import check_number, check_priors
@@ -62,6 +65,10 @@ class BehaviourSpec:
         Fixed casual position bias in (0, 1); estimated when ``None``.
     priors : Priors
         The priors of every parameter (each a finite number, positive where it must be).
+    casual : CasualDesign, optional
+        Casual covariates and their bins (``q`` then is ``sigmoid(beta_0)``, the position bias at
+        equal covariates); ``None``: casual clicks are a position coin ``q``. Set from the data with
+        :meth:`with_casual`.
 
     Raises
     ------
@@ -81,6 +88,7 @@ class BehaviourSpec:
     strengths: str = "learned"
     q: float | None = None
     priors: Priors = field(default_factory=Priors)
+    casual: CasualDesign | None = None
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
@@ -93,6 +101,8 @@ class BehaviourSpec:
         object.__setattr__(self, "n_tastes", int(n))
         check_number(self.q, "q", low=0.0, high=1.0, open_low=True, open_high=True, optional=True)
         check_priors(self.priors)
+        if self.casual is not None and not isinstance(self.casual, CasualDesign):
+            raise InputError(f"casual must be a CasualDesign or None, got {type(self.casual).__name__}")
         if self.n_tastes > 1 and self.strengths != "learned":
             raise InputError("taste classes need learned strengths; known strengths (p_a or mu) stay one class")
         if self.n_tastes > 1 and self.variant != "two-class":
@@ -126,8 +136,13 @@ class BehaviourSpec:
         """This specification with ``n_tastes`` taste classes (e.g. the number ``tastes="auto"`` chose)."""
         return self if int(n_tastes) == self.n_tastes else replace(self, n_tastes=int(n_tastes))
 
+    def with_casual(self, casual: CasualDesign | None) -> "BehaviourSpec":
+        """This specification with the data's casual covariates (``None``: none)."""
+        return self if casual == self.casual else replace(self, casual=casual)
+
     def describe(self) -> str:
         """One line naming the model, e.g. for a summary or a report."""
         classes = f", {self.n_tastes} taste classes" if self.n_tastes > 1 else ""
         q = "q estimated" if self.q is None else f"q fixed at {self.q:g}"
-        return f"{self.variant}{classes}, {self.strengths} strengths, {q}"
+        covariates = f", casual clicks follow {', '.join(self.casual.names)}" if self.casual is not None else ""
+        return f"{self.variant}{classes}, {self.strengths} strengths, {q}{covariates}"

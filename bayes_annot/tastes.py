@@ -76,9 +76,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.special import expit, log_expit
+from scipy.special import expit, log_expit, logit
 
 from .block_em import LocalRunner, block_type_logliks, lse_rows, make_block, run_class_em
+from .casual import casual_table
 from .em import INFORMATIVE_TOL, UsableLabels, newton_ascent, no_verdict_shares, pair_weights
 from .likelihood import Priors, log_prior, log_type_shares
 from .pairs import PairTable, attentive_table_pairs, fit_bradley_terry_pairs
@@ -172,6 +173,8 @@ class TasteResult:
     class_spread: np.ndarray
     runtime_seconds: float = 0.0
     user_loglik: np.ndarray = field(repr=False, default=None)
+    casual: object = None  # the casual covariates' design (bayes_annot.casual.CasualDesign), if any
+    casual_g: np.ndarray | None = None  # their effects
 
     @property
     def pi(self) -> float:
@@ -180,7 +183,16 @@ class TasteResult:
 
     def as_start(self) -> dict:
         """This fit as a start for :func:`fit_tastes` (``init=[result.as_start()]``)."""
-        return {"strengths": self.strengths.copy(), "shares": self.shares.copy(), "q": float(self.q)}
+        start = {"strengths": self.strengths.copy(), "shares": self.shares.copy(), "q": float(self.q)}
+        if self.casual_g is not None:
+            start["casual_g"] = self.casual_g.copy()
+        return start
+
+    def casual_arg(self):
+        """The casual side the block passes take: ``q``, or the casual table (casual covariates)."""
+        if self.casual is None:
+            return float(self.q)
+        return casual_table(float(logit(self.q)), self.casual_g, self.casual.design())
 
     def parameters(self) -> dict:
         """Global parameters as a flat dict (for ``summary.json``)."""
@@ -204,7 +216,8 @@ def problem_runner(problem: UsableLabels) -> LocalRunner:
         )
     pairs, index = PairTable.from_labels(problem.model_a, problem.model_b, problem.n_models)
     block = make_block(problem.user, np.ones(problem.n_labels, dtype=bool), problem.n_models,
-                       cell=(2 * index + problem.choice_a).astype(np.int32), users=np.arange(problem.n_users), pairs=pairs)
+                       cell=(2 * index + problem.choice_a).astype(np.int32), users=np.arange(problem.n_users), pairs=pairs,
+                       casual_cell=problem.casual_cell, n_casual=problem.n_casual)
     return LocalRunner([block], problem.n_users, pairs)
 
 
@@ -219,11 +232,13 @@ class _Fitter:
     tol: float
     max_iter: int
     informative_tol: float
+    casual: object = None
 
-    def run(self, strengths, shares, q, callback=None):
+    def run(self, strengths, shares, q, callback=None, casual_g=None):
         return run_class_em(
             self.runner, self.n_models, shares, q, strengths, priors=self.priors, q_fixed=self.q_fixed, tol=self.tol,
-            max_iter=self.max_iter, informative_tol=self.informative_tol, callback=callback,
+            max_iter=self.max_iter, informative_tol=self.informative_tol, callback=callback, casual=self.casual,
+            casual_g=casual_g,
         )
 
     def plain_bt(self, weights=None) -> np.ndarray:
@@ -282,6 +297,7 @@ def _order_and_package(f: _Fitter, run, extra) -> TasteResult:
     p_taste = np.where(no_verdict[:, None], level_shares[None, :], p_taste)
     data_ll = float(run.user_loglik[active].sum())
     n_params = n_classes * (f.n_models - 1) + n_classes + (1 if f.q_fixed is None else 0)
+    n_params += 0 if f.casual is None else f.casual.n_effects
     return TasteResult(
         n_tastes=n_classes, quality=quality, p_taste=p_taste, taste=(np.argmax(p_taste, axis=1) + 1).astype(np.int64),
         strengths=strengths, shares=shares, casual_share=float(1.0 - shares.sum()), q=float(run.q),
@@ -289,7 +305,7 @@ def _order_and_package(f: _Fitter, run, extra) -> TasteResult:
         bic=float(-2.0 * data_ll + n_params * np.log(max(float(run.n_user.sum()), 1.0))),
         loglik_trace=run.loglik_trace, n_iter=run.n_iter, converged=run.converged, informative=informative,
         n_labels_user=run.n_user.astype(np.int64), class_spread=np.std(strengths, axis=1),
-        user_loglik=np.where(active, run.user_loglik, 0.0), **extra,
+        user_loglik=np.where(active, run.user_loglik, 0.0), casual=f.casual, casual_g=run.casual_g, **extra,
     )
 
 
@@ -299,7 +315,7 @@ def _fit_chain(f: _Fitter, n_tastes, n_starts, seed, init=None, callback=None):
     for start in init or []:
         strengths = np.asarray(start["strengths"], dtype=float).reshape(n_tastes, f.n_models)
         shares = np.asarray(start["shares"], dtype=float).reshape(n_tastes)
-        extra.append(f.run(strengths, shares, float(start.get("q", 0.5))))
+        extra.append(f.run(strengths, shares, float(start.get("q", 0.5)), casual_g=start.get("casual_g")))
     if n_starts == 0:
         return extra
     s_bt = f.plain_bt()
@@ -335,6 +351,7 @@ def fit_tastes(
     agree_tol: float = 1e-2,
     init: list[dict] | None = None,
     callback=None,
+    casual=None,
 ) -> TasteResult:
     """Fit the two-class model with ``n_tastes`` taste classes by EM (MAP).
 
@@ -378,6 +395,8 @@ def fit_tastes(
         the two-class EM's.
     callback : callable(iteration, loglik), optional
         Progress of the ``C = 1`` run.
+    casual : CasualDesign, optional
+        Casual clicks follow these covariates (the problem's or runner's labels carry casual cells).
 
     Returns
     -------
@@ -407,7 +426,7 @@ def fit_tastes(
     runner = problem_runner(problem) if isinstance(problem, UsableLabels) else problem
     if getattr(runner, "pairs", None) is None:
         raise ValueError("taste classes need learned strengths (known p_a / mu stays one class)")
-    f = _Fitter(runner, runner.pairs.n_models, priors or Priors(), q_fixed, tol, max_iter, informative_tol)
+    f = _Fitter(runner, runner.pairs.n_models, priors or Priors(), q_fixed, tol, max_iter, informative_tol, casual)
     runs = _fit_chain(f, int(n_tastes), n_starts, seed, init, callback)
     logliks = [r.loglik for r in runs]
     top = max(logliks)
@@ -427,7 +446,7 @@ def fit_tastes(
 # --------------------------------------------------------------------------- the objective at given parameters
 
 
-def type_logliks(problem: UsableLabels, strengths, q) -> np.ndarray:
+def type_logliks(problem: UsableLabels, strengths, q, casual_log_table=None) -> np.ndarray:
     """Per-user log-likelihood of each user type at given parameters.
 
     Parameters
@@ -438,6 +457,8 @@ def type_logliks(problem: UsableLabels, strengths, q) -> np.ndarray:
         Each class's strengths; a leading axis evaluates ``S`` parameter draws.
     q : float or array (S,)
         Casual position bias (one per draw).
+    casual_log_table : array (2 n_casual,), optional
+        The casual log-probability table (casual covariates: the problem has casual cells); replaces ``q``.
 
     Returns
     -------
@@ -452,7 +473,7 @@ def type_logliks(problem: UsableLabels, strengths, q) -> np.ndarray:
 
     def one(s, q):
         tables = np.column_stack([attentive_table_pairs(row, pairs.a, pairs.b) for row in s])
-        return block_type_logliks(block, float(q), tables)
+        return block_type_logliks(block, float(q) if casual_log_table is None else casual_log_table, tables)
 
     if strengths.ndim == 2:
         return one(strengths, q)
@@ -468,6 +489,7 @@ def taste_loglik(
     priors: Priors | None = None,
     q_fixed: float | None = None,
     penalised: bool = True,
+    casual_log_table=None,
 ) -> float:
     """The EM objective of :func:`fit_tastes` at given parameters.
 
@@ -487,6 +509,9 @@ def taste_loglik(
         Normal strengths) on the natural scale, no Jacobian: the quantity
         :attr:`TasteResult.loglik` reports. ``False``: the marginal
         log-likelihood :math:`\\sum_u \\log p(y_u)` only.
+    casual_log_table : array, optional
+        Casual covariates: the casual table (:func:`bayes_annot.casual.casual_table`) at ``q`` and the
+        effects; the effects' own prior is the caller's.
 
     Returns
     -------
@@ -496,7 +521,7 @@ def taste_loglik(
     strengths = np.asarray(strengths, dtype=float).reshape(-1, problem.n_models)
     shares = np.asarray(shares, dtype=float).reshape(strengths.shape[0])
     q = float(q_fixed) if q_fixed is not None else float(q)
-    user_ll = lse_rows(log_type_shares(shares)[None, :] + type_logliks(problem, strengths, q))
+    user_ll = lse_rows(log_type_shares(shares)[None, :] + type_logliks(problem, strengths, q, casual_log_table))
     active = np.bincount(problem.user, minlength=problem.n_users) > 0
     value = float(user_ll[active].sum())
     return value + log_prior(priors, q, strengths, q_fixed is None, shares=shares) if penalised else value
@@ -545,7 +570,8 @@ def subproblem(problem: UsableLabels, mask: np.ndarray) -> UsableLabels:
     return UsableLabels(
         user=problem.user[mask], model_a=problem.model_a[mask], model_b=problem.model_b[mask],
         choice_a=problem.choice_a[mask], n_users=problem.n_users, n_models=problem.n_models,
-        known_logit_mu=None,
+        known_logit_mu=None, casual_cell=None if problem.casual_cell is None else problem.casual_cell[mask],
+        n_casual=problem.n_casual,
     )
 
 
@@ -579,10 +605,11 @@ def heldout_user_scores(train: UsableLabels, test: UsableLabels, res: TasteResul
     :func:`bayes_annot.evaluate.heldout_loglik` (``tastes=``).
     """
     strengths = np.atleast_2d(res.strengths)
-    lw = log_type_shares(np.atleast_1d(res.shares))[None, :] + type_logliks(train, strengths, res.q)
+    table = None if getattr(res, "casual", None) is None else res.casual_arg()
+    lw = log_type_shares(np.atleast_1d(res.shares))[None, :] + type_logliks(train, strengths, res.q, table)
     log_post = lw - lse_rows(lw)[:, None]
     active = np.bincount(test.user, minlength=test.n_users) > 0
-    return np.where(active, lse_rows(log_post + type_logliks(test, strengths, res.q)), 0.0)
+    return np.where(active, lse_rows(log_post + type_logliks(test, strengths, res.q, table)), 0.0)
 
 
 @dataclass
@@ -626,6 +653,7 @@ def select_tastes(
     tol: float = 1e-6,
     max_iter: int = 1000,
     fold_starts: int = 1,
+    casual=None,
 ) -> TasteSelection:
     """Choose the number of taste classes by cross-validated predictive log-likelihood.
 
@@ -676,12 +704,12 @@ def select_tastes(
     per_user = {}
     fits = {}
     for c in range(1, max_tastes + 1):
-        fits[c] = fit_tastes(problem, c, priors=priors, q_fixed=q_fixed, n_starts=n_starts,
+        fits[c] = fit_tastes(problem, c, priors=priors, q_fixed=q_fixed, n_starts=n_starts, casual=casual,
                              seed=seed, tol=tol, max_iter=max_iter)
         score = np.zeros(problem.n_users)
         for f in range(n_folds):
             train, test = subproblem(problem, folds != f), subproblem(problem, folds == f)
-            res = fit_tastes(train, c, priors=priors, q_fixed=q_fixed, n_starts=fold_starts,
+            res = fit_tastes(train, c, priors=priors, q_fixed=q_fixed, n_starts=fold_starts, casual=casual,
                              seed=seed + 1 + f, tol=tol, max_iter=max_iter,
                              init=[fits[c].as_start()] if c > 1 else None)
             score += heldout_user_scores(train, test, res)

@@ -66,7 +66,8 @@ def check_number(
 
 
 #: Priors fields that must be positive (the rest, ``eta_m_mu``, any finite number).
-_POSITIVE_PRIORS = ("pi_alpha", "pi_beta", "q_alpha", "q_beta", "strength_sigma", "eta_tau", "eta_m_sigma")
+_POSITIVE_PRIORS = ("pi_alpha", "pi_beta", "q_alpha", "q_beta", "strength_sigma", "eta_tau", "eta_m_sigma",
+                    "casual_effect_sigma")
 
 
 def check_priors(priors, name: str = "priors") -> None:

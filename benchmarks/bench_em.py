@@ -8,7 +8,12 @@ and record the
 peak memory of the fit: the process's peak RSS growth over the RSS right
 before the fit (read from /proc/self/status VmHWM after resetting it).
 
-Usage: python benchmarks/bench_em.py [--sizes 1e6,1e7] [--json out.json]
+``--casual length`` runs the issue #14 case instead: casual clicks that follow length
+(``simulate(length_bias=0.85)``, texts in ``response_a`` / ``response_b``) fitted with the
+default length covariate (6 bins, 13 casual cells): one extra sparse mat-vec per E-step
+and a small Newton M-step.
+
+Usage: python benchmarks/bench_em.py [--sizes 1e6,1e7] [--casual none|length] [--json out.json]
 """
 
 from __future__ import annotations
@@ -30,8 +35,10 @@ from bayes_annot.local_em import problem_block
 from bayes_annot.problem import build_problem
 from bayes_annot.spec import BehaviourSpec
 from bayes_annot.metrics import auc
+from bayes_annot.casual import prepare_casual
 
 n_rows, n_users, n_models, variant = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+casual = sys.argv[5]
 
 def rss_kb(field):
     for line in open('/proc/self/status'):
@@ -40,9 +47,10 @@ def rss_kb(field):
 
 mean_labels = n_rows / n_users
 log = ba.simulate(n_users=n_users, n_models=n_models, casual_share=0.3, labels_per_user=(1, int(2 * mean_labels - 1)),
-                  quality=variant, strengths=np.linspace(2, -2, n_models), seed=1)
+                  quality=variant, strengths=np.linspace(2, -2, n_models), seed=1,
+                  length_bias=0.85 if casual == "length" else None)
 truth = log.groupby("user", observed=True)["true_attentive"].first().to_numpy()
-log = log[["user", "model_a", "model_b", "winner"]].copy()
+log = log[["user", "model_a", "model_b", "winner"] + (["response_a", "response_b"] if casual == "length" else [])].copy()
 base = rss_kb('VmRSS')
 with open('/proc/self/clear_refs', 'w') as fh:
     fh.write('5')  # reset VmHWM to the current RSS
@@ -51,11 +59,12 @@ result = ba.fit(log, model=variant)
 t_fit = time.perf_counter() - t0
 peak = rss_kb('VmHWM')
 prepared = prepare(log)
-problem, _ = build_problem(prepared)
+design = prepare_casual(prepared, "auto")
+problem, _ = build_problem(prepared, casual=design)
 ticks = []
 t0 = time.perf_counter()
-block = problem_block(prepared, problem)  # the engine ba.fit runs: the users x cells block, then plain EM passes
-em = run_em(LocalRunner([block], prepared.n_users), problem.n_models, BehaviourSpec(variant),
+block = problem_block(prepared, problem, n_casual=0 if design is None else design.n_cells)  # the engine ba.fit runs
+em = run_em(LocalRunner([block], prepared.n_users), problem.n_models, BehaviourSpec(variant, casual=design),
             callback=lambda i, v: ticks.append(time.perf_counter()))
 t_em = time.perf_counter() - t0
 per_iter = float(np.median(np.diff(ticks))) if len(ticks) > 2 else float("nan")
@@ -69,7 +78,7 @@ for _ in range(3):
     np.bincount(cell, weights=w, minlength=2 * problem.n_models ** 2)
     floor.append(time.perf_counter() - t1)
 order = np.argsort(np.array([int(u[1:]) for u in result.users.user]))
-out = dict(rows=len(log), users=n_users, models=n_models, variant=variant, fit_seconds=t_fit, em_seconds=t_em,
+out = dict(rows=len(log), users=n_users, models=n_models, variant=variant, casual=casual, fit_seconds=t_fit, em_seconds=t_em,
            em_per_iteration=per_iter, bincount_floor=min(floor),
            iterations=em.n_iter, converged=bool(em.converged), peak_fit_mb=(peak - base) / 1024,
            peak_rss_mb=peak / 1024, auc=auc(result.users.quality.to_numpy()[order], truth))
@@ -77,10 +86,10 @@ print(json.dumps(out))
 """
 
 
-def run_size(n_rows: int, n_users: int, n_models: int, variant: str) -> dict:
+def run_size(n_rows: int, n_users: int, n_models: int, variant: str, casual: str = "none") -> dict:
     env = dict(os.environ)
     proc = subprocess.run(
-        [sys.executable, "-c", CHILD, str(n_rows), str(n_users), str(n_models), variant],
+        [sys.executable, "-c", CHILD, str(n_rows), str(n_users), str(n_models), variant, casual],
         capture_output=True, text=True, env=env,
     )
     if proc.returncode != 0:
@@ -93,6 +102,8 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--sizes", default="1e6:1e5,1e7:1e6", help="rows:users pairs")
     parser.add_argument("--variants", default="two-class,continuous")
     parser.add_argument("--models", type=int, default=20)
+    parser.add_argument("--casual", default="none", choices=["none", "length"],
+                        help="length: casual clicks that follow length, fitted with the length covariate")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     results = []
@@ -100,7 +111,7 @@ def main(argv=None) -> list[dict]:
         for spec in args.sizes.split(","):
             rows, users = (int(float(x)) for x in spec.split(":"))
             t = time.time()
-            res = run_size(rows, users, args.models, variant)
+            res = run_size(rows, users, args.models, variant, args.casual)
             print(json.dumps(res), f"(wall {time.time() - t:.0f} s incl. simulation)", flush=True)
             results.append(res)
     if args.json:

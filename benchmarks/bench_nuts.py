@@ -50,7 +50,7 @@ def run_one(n_labels, variant, sampler, draws, tune, chains, seed=0):
         quality="two-class" if variant == "two-class" else "continuous", seed=seed,
     )
     problem, _ = build_problem(prepare(log))
-    model = build_model(problem, BehaviourSpec(variant), tau_fixed=False, strength_prior="zerosum")
+    model = build_model(problem, BehaviourSpec(variant), strength_prior="zerosum")
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

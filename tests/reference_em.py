@@ -2,13 +2,14 @@
 
 A plain textbook EM, written to be read, not to be fast: every step is a pass over
 the labels, with dense arrays and no blocks, sufficient-statistic tables or
-acceleration, and its own solvers for the M-steps (Newton for the strengths,
-bisection for each user's ``theta``). It shares with the package only the public
-formulas of :mod:`bayes_annot.likelihood` and reads the arrays of an
-``UsableLabels``. It starts where the package starts (strengths: a Bradley–Terry
-fit of every label; ``pi = q = 0.5``; ``m = theta_u = logit(0.7)``) and makes the
-same exact block-wise M-steps, so its iterates, and so its trace, are the
-package's to rounding.
+acceleration, and its own solvers for the M-steps (Newton for the strengths and for
+the continuous population ``(m, tau)``). The continuous users are summed out node by
+node on the grid the model defines (33 nodes on [-4, 4], Normal(0, 1) weights; built here
+from those numbers). It shares with the package only the public per-label formulas of
+:mod:`bayes_annot.likelihood` and reads the arrays of an ``UsableLabels``. It starts where
+the package starts (strengths: a Bradley–Terry fit of every label; ``pi = q = 0.5``;
+``m = logit(0.7)``, ``tau = 1.5``) and makes the same exact block-wise M-steps, so its
+iterates, and so its trace, are the package's to rounding.
 """
 
 from __future__ import annotations
@@ -43,7 +44,6 @@ class ReferenceFit:
     pi: float | None = None
     m: float | None = None
     tau: float | None = None
-    theta: np.ndarray | None = None
     loglik: float = np.nan
     loglik_trace: list | None = None
     n_iter: int = 0
@@ -77,14 +77,34 @@ def bradley_terry(a, b, y, weight, n_models, sigma, start=None, tol=1e-13, max_i
     return s
 
 
-def _theta_map(attentive_sum, n_labels, m, tau):
-    """Each user's MAP of theta given the label responsibilities: the root of a decreasing gradient, by bisection."""
-    lo, hi = m - n_labels * tau**2 - 1.0, m + n_labels * tau**2 + 1.0
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        up = attentive_sum - n_labels * expit(mid) - (mid - m) / tau**2 > 0
-        lo, hi = np.where(up, mid, lo), np.where(up, hi, mid)
-    return 0.5 * (lo + hi)
+GRID_Z = np.linspace(-4.0, 4.0, 33)
+GRID_LOG_W = -0.5 * GRID_Z**2 - np.log(np.exp(-0.5 * GRID_Z**2).sum())
+
+
+def _population_newton(eta_a, eta_b, m, tau, priors, steps=200):
+    """Maximise sum_g eta_a[g] log sigmoid(t_g) + eta_b[g] log sigmoid(-t_g) + log N(m) + log HalfNormal(tau),
+    t_g = m + tau z_g, by Newton's method with step halving."""
+    def objective(m, tau):
+        t = m + tau * GRID_Z
+        return (eta_a @ np.log(expit(t)) + eta_b @ np.log(expit(-t)) + log_normal_pdf(m, priors.eta_m_mu, priors.eta_m_sigma)
+                - 0.5 * (tau / priors.eta_tau) ** 2)
+
+    for _ in range(steps):
+        p = expit(m + tau * GRID_Z)
+        r = eta_a - (eta_a + eta_b) * p
+        w = (eta_a + eta_b) * p * (1 - p)
+        grad = np.array([r.sum() - (m - priors.eta_m_mu) / priors.eta_m_sigma**2, r @ GRID_Z - tau / priors.eta_tau**2])
+        hess = np.array([[w.sum() + 1 / priors.eta_m_sigma**2, w @ GRID_Z],
+                         [w @ GRID_Z, w @ GRID_Z**2 + 1 / priors.eta_tau**2]])
+        step, length, before = np.linalg.solve(hess, grad), 1.0, objective(m, tau)
+        while length > 1e-12 and not (tau + length * step[1] > 0 and objective(m + length * step[0], tau + length * step[1]) >= before):
+            length /= 2
+        if length <= 1e-12:
+            break
+        m, tau = m + length * step[0], tau + length * step[1]
+        if np.abs(length * step).max() < 1e-14:
+            break
+    return float(m), float(tau)
 
 
 def _converged(trace, tol):
@@ -103,7 +123,6 @@ def reference_em(problem, variant="two-class", priors=None, q_fixed=None, tol=1e
     s = bradley_terry(a, b, y, np.ones_like(y), k, priors.strength_sigma) if learned else None
     q = 0.5 if q_fixed is None else q_fixed
     pi, m, tau = 0.5, float(logit(0.7)), priors.eta_tau
-    theta = np.full(n_users, m)
 
     def logit_mu(s):
         return s[a] - s[b] if learned else problem.known_logit_mu
@@ -120,8 +139,14 @@ def reference_em(problem, variant="two-class", priors=None, q_fixed=None, tol=1e
             value = two_class_user_loglik(att_sum[active], cas_sum[active], pi).sum()
             value += log_beta_pdf(pi, priors.pi_alpha, priors.pi_beta)
         else:
-            value = continuous_label_loglik(att, cas, theta[u]).sum() + log_normal_pdf(theta, m, tau).sum()
-            value += log_normal_pdf(m, priors.eta_m_mu, priors.eta_m_sigma)
+            theta_g = m + tau * GRID_Z
+            joint = np.stack([np.bincount(u, continuous_label_loglik(att, cas, t), n_users) for t in theta_g], 1)
+            joint += GRID_LOG_W
+            top = joint.max(axis=1, keepdims=True)
+            user_ll = (top + np.log(np.exp(joint - top).sum(axis=1, keepdims=True)))[:, 0]
+            post = np.exp(joint - user_ll[:, None])  # each user's posterior over the grid
+            value = user_ll[active].sum() + log_normal_pdf(m, priors.eta_m_mu, priors.eta_m_sigma)
+            value += np.log(2.0 / np.pi) / 2 - np.log(priors.eta_tau) - 0.5 * (tau / priors.eta_tau) ** 2
         trace.append(float(value) + prior_terms(s, q))
         if _converged(trace, tol) or iteration == max_iter:
             break
@@ -131,11 +156,10 @@ def reference_em(problem, variant="two-class", priors=None, q_fixed=None, tol=1e
             weight = z[u]
             pi = (z[active].sum() + priors.pi_alpha - 1.0) / (active.sum() + priors.pi_alpha + priors.pi_beta - 2.0)
         else:
-            weight = continuous_label_responsibility(att, cas, theta[u])
-            theta = _theta_map(np.bincount(u, weight, n_users), n, m, tau)
-            m = (theta.sum() / tau**2 + priors.eta_m_mu / priors.eta_m_sigma**2) / (
-                n_users / tau**2 + 1.0 / priors.eta_m_sigma**2
-            )
+            resp = np.stack([continuous_label_responsibility(att, cas, t) for t in theta_g], 1)  # (labels, G)
+            attentive = post[u] * resp
+            weight = attentive.sum(axis=1)
+            m, tau = _population_newton(attentive.sum(axis=0), (post[u] - attentive).sum(axis=0), m, tau, priors)
         # M-step of the shared parameters: q (Beta MAP) and the strengths (weighted Bradley–Terry)
         if q_fixed is None:
             casual = 1.0 - weight
@@ -150,8 +174,11 @@ def reference_em(problem, variant="two-class", priors=None, q_fixed=None, tol=1e
         quality = np.where(informative, quality, level)
         extra = dict(pi=float(pi))
     else:
-        quality = np.where(informative, expit(theta), expit(m if informative.any() else priors.eta_m_mu))
-        extra = dict(m=float(m), tau=float(tau), theta=theta)
+        # the loop stopped right after the E-step at the final parameters: post is theirs
+        m_level, tau_level = (m, tau) if informative.any() else (priors.eta_m_mu, priors.eta_tau)
+        level = np.exp(GRID_LOG_W) @ expit(m_level + tau_level * GRID_Z)
+        quality = np.where(informative, post @ expit(theta_g), level)
+        extra = dict(m=float(m), tau=float(tau))
     return ReferenceFit(
         variant=variant, quality=quality, informative=informative, strengths=s, q=float(q),
         loglik=trace[-1], loglik_trace=trace, n_iter=iteration, **extra,

@@ -49,7 +49,7 @@ def _parquet(log, tmp_path, n_files=4):
     return dd.read_parquet(str(folder / "*.parquet"))
 
 
-def _assert_same(fit, ref):
+def _assert_same(fit, ref, same_iterates=True):
     users, models = ref.users, ref.models
     assert list(fit.user_labels) == list(users.user)
     assert list(fit.model_labels) == list(models.model)
@@ -63,7 +63,8 @@ def _assert_same(fit, ref):
         assert fit.counts[key] == ref.summary["counts"][key], key
     for key, value in fit.parameters.items():
         assert abs(value - ref.summary["parameters"][key]) < TOL, key
-    assert fit.em.n_iter == ref.estimates.n_iter
+    if same_iterates:
+        assert fit.em.n_iter == ref.estimates.n_iter
     assert abs(fit.em.loglik - ref.estimates.loglik) < 1e-6 * (1 + abs(ref.estimates.loglik))
     assert np.all(np.diff(fit.em.loglik_trace) >= -1e-8)
 
@@ -73,9 +74,12 @@ def test_dask_fit_equals_in_memory(client, tmp_path, variant):
     log = _log(variant)
     ddf = _parquet(log, tmp_path)
     assert ddf.npartitions == 4
-    fit = fit_dask(ddf, spec=BehaviourSpec(variant), npartitions=3)
-    ref = ba.fit(log, model=variant, accelerate=False)  # plain EM: the same iterates as the Dask engine
-    _assert_same(fit, ref)
+    # two-class: plain EM in both, the same iterates; continuous: SQUAREM in both (its default), whose
+    # extrapolations see sums in another order, so both are run to a tight tolerance and compared there
+    tol = 1e-9 if variant == "two-class" else 1e-13
+    fit = fit_dask(ddf, spec=BehaviourSpec(variant), npartitions=3, tol=tol)
+    ref = ba.fit(log, model=variant, tol=tol)
+    _assert_same(fit, ref, same_iterates=variant == "two-class")
     if variant == "continuous":
         np.testing.assert_allclose(fit.em.p_eta_above_half, ref.users.p_eta_above_half.to_numpy(), atol=TOL, rtol=0)
 

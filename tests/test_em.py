@@ -200,46 +200,108 @@ def test_attentive_component_does_not_swap_with_casual():
     assert strengths["model_0"] > strengths["model_7"]
 
 
-def test_continuous_probability_space_equals_log_space(rng):
-    """The block engine's continuous pass (probability space) equals likelihood.py's log-space formulas.
+def test_continuous_grid_pass_equals_the_log_space_formulas(rng):
+    """The block engine's continuous pass (probability space, cells) equals likelihood.py's log-space formulas
+    summed over the grid node by node.
 
-    Through the block's public pass and final step: per-user log-likelihoods, the objective, and the
-    casual responsibilities summed (all labels, and those choosing ``model_a``) that the M-step of ``q`` uses.
+    Through the block's public pass and final step: per-user marginal log-likelihoods, the objective, the
+    casual responsibilities summed (all labels, and those choosing ``model_a``) for the M-step of ``q``,
+    the per-node sums for ``(m, tau)``, and each user's posterior mean of eta and P(eta >= 1/2).
     """
+    from scipy.special import expit, logsumexp
+
     from bayes_annot.block_em import block_continuous_final, block_continuous_pass, make_block
     from bayes_annot.likelihood import (
+        ETA_GRID,
         attentive_logprob,
         casual_logprob,
         continuous_label_loglik,
         continuous_label_responsibility,
-        log_normal_pdf,
     )
 
     n, n_users, q, m, tau = 2000, 60, 0.63, 0.4, 1.7
     choice = rng.integers(0, 2, n)
     logit_mu = rng.normal(0.0, 3.0, n)
-    theta = rng.normal(0.0, 3.0, n_users)
     user = rng.integers(0, n_users, n)
     att, cas = attentive_logprob(choice, logit_mu), casual_logprob(choice, q)
-    loglik = continuous_label_loglik(att, cas, theta[user])
-    resp = continuous_label_responsibility(att, cas, theta[user])
-    assert 0.05 < resp.mean() < 0.95  # both behaviours carry weight: the sums below test the responsibilities
+    theta = ETA_GRID.theta(m, tau)
+    per_node = np.stack([np.bincount(user, continuous_label_loglik(att, cas, t), minlength=n_users) for t in theta], 1)
+    joint = per_node + ETA_GRID.log_weights
+    user_ll = logsumexp(joint, axis=1)
+    post = np.exp(joint - user_ll[:, None])
+    resp = np.stack([continuous_label_responsibility(att, cas, t) for t in theta], 1)  # (n, G)
+    label_post = post[user]
+    assert 0.05 < (label_post * resp).sum() / n < 0.95  # both behaviours carry weight
 
     block = make_block(user, np.ones(n, bool), 2, choice=choice, known_logit=logit_mu, users=np.arange(n_users))
-    _, stats = block_continuous_pass(block, theta, m, q, tau, None)
-    final = block_continuous_final(block, theta, m, q, tau, None, None, 0.2)
-    np.testing.assert_allclose(final["user_loglik"], np.bincount(user, loglik, minlength=n_users), rtol=1e-12, atol=1e-12)
-    assert stats["loglik"] == pytest.approx(loglik.sum() + log_normal_pdf(theta, m, tau).sum(), rel=1e-13)
-    assert stats["casual"] == pytest.approx((1.0 - resp).sum(), rel=1e-12)
-    assert stats["casual_a"] == pytest.approx(((1.0 - resp) * choice).sum(), rel=1e-12)
+    stats = block_continuous_pass(block, m, tau, q, None)
+    final = block_continuous_final(block, m, tau, q, None, None, 0.2)
+    np.testing.assert_allclose(final["user_loglik"], user_ll, rtol=1e-12, atol=1e-12)
+    assert stats["loglik"] == pytest.approx(user_ll.sum(), rel=1e-13)
+    assert stats["casual"] == pytest.approx((label_post * (1.0 - resp)).sum(), rel=1e-12)
+    assert stats["casual_a"] == pytest.approx(((label_post * (1.0 - resp)).sum(1) * choice).sum(), rel=1e-12)
+    np.testing.assert_allclose(stats["eta_a"], (label_post * resp).sum(0), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(stats["eta_b"], (label_post * (1.0 - resp)).sum(0), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(final["quality"], post @ expit(theta), rtol=1e-12)
+    np.testing.assert_allclose(final["p_eta_above_half"], post @ ETA_GRID.above_half(m, tau), rtol=1e-12, atol=1e-15)
+
+
+def test_population_step_reaches_the_maximum_of_its_objective(rng):
+    """The (m, tau) M-step: its result has zero gradient (central differences) and beats nearby points."""
+    from scipy.special import log_expit
+
+    from bayes_annot.em import population_step
+    from bayes_annot.likelihood import ETA_GRID, Priors, log_half_normal_pdf, log_normal_pdf
+
+    priors = Priors()
+    eta_a, eta_b = rng.uniform(0, 50, ETA_GRID.n), rng.uniform(0, 50, ETA_GRID.n)
+
+    def q_value(m, tau):
+        t = m + tau * ETA_GRID.z
+        return (eta_a @ log_expit(t) + eta_b @ log_expit(-t) + log_normal_pdf(m, priors.eta_m_mu, priors.eta_m_sigma)
+                + log_half_normal_pdf(tau, priors.eta_tau))
+
+    m, tau = population_step(eta_a, eta_b, 0.0, 1.5, priors)
+    h = 1e-5
+    grad = [(q_value(m + h, tau) - q_value(m - h, tau)) / (2 * h), (q_value(m, tau + h) - q_value(m, tau - h)) / (2 * h)]
+    np.testing.assert_allclose(grad, 0.0, atol=1e-5)
+    best = q_value(m, tau)
+    for dm, dt in rng.normal(0, 0.05, (20, 2)):
+        assert q_value(m + dm, max(tau + dt, 1e-3)) <= best + 1e-12
+
+
+def test_continuous_p_eta_above_half_is_calibrated_on_data_from_the_fitted_model():
+    """P(eta >= 1/2) of the continuous variant is calibrated (ECE <= 0.05) on a log simulated from the fitted model.
+
+    Fit a continuous log, simulate a new log of 4,000 users from the fitted m, tau, q and strengths, fit it
+    and compare each user's P(eta >= 1/2) with whether their true eta is at least 1/2. (With each user's
+    eta at its joint MAP and a Laplace approximation, the engine of issue #14's start, ECE was 0.11-0.20.)
+    """
+    from scipy.special import expit
+
+    from bayes_annot.metrics import expected_calibration_error
+
+    first = ba.fit(ba.simulate(n_users=1000, n_models=8, quality="continuous", seed=3), model="continuous")
+    p = first.summary["parameters"]
+    strengths = first.models.set_index("model").strength.reindex([f"model_{k}" for k in range(8)]).to_numpy()
+    share = 1.0 - float(expit(p["m"]))
+    log = ba.simulate(n_users=4000, n_models=8, quality="continuous", casual_share=share, eta_tau=p["tau"], q=p["q"],
+                      strengths=strengths, seed=4)
+    result = ba.fit(log, model="continuous")
+    users, truth = aligned(result, log)
+    ece = expected_calibration_error(users.p_eta_above_half, truth.true_eta >= 0.5)
+    assert ece <= 0.05, ece
 
 
 @pytest.mark.parametrize("variant", ["two-class", "continuous"])
 def test_warm_start_reaches_the_same_optimum_faster(variant):
     log = ba.simulate(n_users=800, casual_share=0.3, labels_per_user=(5, 30), quality=variant, seed=41)
-    cold = ba.fit(log, model=variant, tol=1e-13, accelerate=False).estimates
-    start = {**cold.parameters, "strengths": cold.strengths, "theta": cold.theta}
-    warm = ba.fit(log, model=variant, tol=1e-13, accelerate=False, start=start).estimates
+    # plain EM for two-class; continuous needs SQUAREM (its default): plain EM creeps along (m, tau)
+    accelerate = variant == "continuous"
+    cold = ba.fit(log, model=variant, tol=1e-13, accelerate=accelerate).estimates
+    assert cold.converged
+    start = {**cold.parameters, "strengths": cold.strengths}
+    warm = ba.fit(log, model=variant, tol=1e-13, accelerate=accelerate, start=start).estimates
     assert warm.n_iter < cold.n_iter
     np.testing.assert_allclose(warm.quality, cold.quality, atol=1e-6)
     np.testing.assert_allclose(warm.strengths, cold.strengths, atol=1e-6)
@@ -270,9 +332,11 @@ def test_fit_equals_reference_em(variant, setting, small_log):
     log = small_log if setting != "p_a" else ba.simulate(n_users=150, known_mu=0.7, labels_per_user=(2, 20), seed=5)
     q = 0.5 if setting == "learned-q0.5" else None
     problem, _ = build_problem(prepare(log))
-    result = ba.fit(log, model=variant, q=q, tol=1e-12, max_iter=5000, accelerate=False)
+    # plain EM; the continuous variant's creeps along (m, tau), so it runs a fixed number of steps
+    steps = 5000 if variant == "two-class" else 40
+    result = ba.fit(log, model=variant, q=q, tol=1e-12, max_iter=steps, accelerate=False)
     est = result.estimates
-    assert est.converged and est.n_iter > 3
+    assert (est.converged if variant == "two-class" else est.n_iter == steps) and est.n_iter > 3
     # as many EM steps as the package took (the stopping rule is the package's business)
     reference = reference_em(problem, variant=variant, q_fixed=q, tol=-1.0, max_iter=est.n_iter)  # never stops early
     np.testing.assert_allclose(est.quality, reference.quality, atol=1e-8)

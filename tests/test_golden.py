@@ -37,6 +37,10 @@ ATOL = 1e-12
 # rounds floats to 10 significant digits; a change in the 16th digit can flip that 10th digit,
 # i.e. move the stored number by up to 1e-10 relative (more for numbers just above a power of 10).
 TABLE_RTOL = 1e-9
+LOOSE_CASES = {"dask-continuous": 1e-5}
+"""Cases whose last bits vary between processes AND are amplified by SQUAREM (kept or rejected extrapolations,
+the stopping iteration): compared at this relative tolerance (and 1e-6 absolute), without the iteration count.
+Seen at the default tol: 3.8e-7 in p_eta_above_half in one run of five (the EM tolerance's order)."""
 
 # Summary entries pinned (when the fit has them); run times, versions, settings and paths are not.
 SUMMARY_KEYS = (
@@ -154,7 +158,9 @@ def _dask_case(variant: str):
         # sufficient statistics are summed in a fixed order (tests/test_dask_em.py checks the
         # distributed scheduler against the in-memory fit). Even so, dask-continuous was seen to
         # differ between fresh processes in the last bits (at most 3e-15 relative, 120 plain EM
-        # iterations); that is far inside RTOL, which is therefore not loosened.
+        # iterations); that is far inside RTOL, which is therefore not loosened for two-class. Since the
+        # continuous variant runs SQUAREM on Dask too (issue #14), such last bits can change which
+        # extrapolations are kept and where EM stops: that case is compared at LOOSE_CASES' tolerance.
         with dask.config.set(scheduler="synchronous"):
             ddf = dd.from_pandas(make_log(variant, seed=3), npartitions=3, sort=False)
             return _fit(ddf, model=variant)
@@ -241,7 +247,7 @@ def write_fixture(case: str, snap: dict) -> Path:
 # --------------------------------------------------------------------------- comparison
 
 
-def _compare_tables(actual: dict, expected: dict, where: str) -> None:
+def _compare_tables(actual: dict, expected: dict, where: str, rtol: float = RTOL) -> None:
     assert list(actual) == list(expected), f"{where}: columns differ"
     for name, exp in expected.items():
         act = actual[name]
@@ -250,7 +256,8 @@ def _compare_tables(actual: dict, expected: dict, where: str) -> None:
         if exp["kind"] == "f":
             a = np.array([np.nan if v is None else v for v in act["values"]], dtype=float)
             e = np.array([np.nan if v is None else v for v in exp["values"]], dtype=float)
-            np.testing.assert_allclose(a, e, rtol=RTOL, atol=ATOL, equal_nan=True, err_msg=f"{where}.{name}")
+            np.testing.assert_allclose(a, e, rtol=rtol, atol=ATOL if rtol == RTOL else 1e-6, equal_nan=True,
+                                       err_msg=f"{where}.{name}")
         else:
             assert act["values"] == exp["values"], f"{where}.{name}: values differ"
 
@@ -274,10 +281,13 @@ def _compare_values(actual, expected, where: str, rtol: float = RTOL) -> None:
         np.testing.assert_allclose(actual, expected, rtol=rtol, atol=ATOL, err_msg=where)
 
 
-def compare(actual: dict, expected: dict) -> None:
-    _compare_tables(actual["users"], expected["users"], "users")
-    _compare_tables(actual["models"], expected["models"], "models")
-    _compare_values(actual["summary"], expected["summary"], "summary")
+def compare(actual: dict, expected: dict, rtol: float = RTOL) -> None:
+    _compare_tables(actual["users"], expected["users"], "users", rtol)
+    _compare_tables(actual["models"], expected["models"], "models", rtol)
+    if rtol != RTOL:  # a loose case: where EM stopped is not pinned
+        actual, expected = ({**x, "summary": {k: v for k, v in x["summary"].items() if k != "iterations"}}
+                            for x in (actual, expected))
+    _compare_values(actual["summary"], expected["summary"], "summary", rtol)
 
 
 # --------------------------------------------------------------------------- tests
@@ -298,7 +308,7 @@ def test_golden(case):
     run, _ = CASES[case]
     # through JSON and back, so the comparison sees exactly what a fixture would hold
     actual = json.loads(json.dumps(snapshot(run()), allow_nan=False))
-    compare(actual, expected)
+    compare(actual, expected, LOOSE_CASES.get(case, RTOL))
 
 
 def test_every_fixture_has_a_case():

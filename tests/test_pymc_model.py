@@ -56,7 +56,6 @@ def _random_params(problem, rng, n_tastes: int = 1):
         "strength": rng.normal(0.0, 1.0, problem.n_models),
         "m": rng.normal(0.5, 1.0),
         "tau": rng.uniform(0.5, 2.0),
-        "theta": rng.normal(0.5, 2.0, problem.n_users),
     }
     if n_tastes > 1:
         params["strength"] = rng.normal(0.0, 1.0, (n_tastes, problem.n_models))
@@ -86,7 +85,7 @@ def _pymc_constant_error(problem, variant, q_fixed, n_tastes=1):
     """
     from scipy.stats import dirichlet
 
-    from bayes_annot.likelihood import log_beta_pdf, log_normal_pdf
+    from bayes_annot.likelihood import log_beta_pdf, log_half_normal_pdf, log_normal_pdf
 
     def normal(sigma):
         return float(pm.logp(pm.Normal.dist(0.0, sigma), 0.0).eval()) - float(log_normal_pdf(0.0, 0.0, sigma))
@@ -102,8 +101,10 @@ def _pymc_constant_error(problem, variant, q_fixed, n_tastes=1):
         error += beta
     if problem.learned:
         error += n_tastes * problem.n_models * normal(priors.strength_sigma)
-    if variant == "continuous":
-        error += normal(priors.eta_m_sigma) + problem.n_users * normal(1.0)  # m and z_u
+    if variant == "continuous":  # m and tau (the users' z_u are summed out)
+        error += normal(priors.eta_m_sigma)
+        error += float(pm.logp(pm.HalfNormal.dist(priors.eta_tau), 1.0).eval()) - float(
+            log_half_normal_pdf(1.0, priors.eta_tau))
     return error
 
 
@@ -111,12 +112,11 @@ def _pymc_constant_error(problem, variant, q_fixed, n_tastes=1):
 def test_pytensor_equals_numpy_at_random_parameters(variant, strengths, q_fixed, n_tastes, rng):
     problem = _problem(strengths)
     spec = BehaviourSpec(variant, n_tastes, "learned" if problem.learned else "known", q=q_fixed)
-    model = build_model(problem, spec, tau_fixed=True)
+    model = build_model(problem, spec, marginal=True)
     offset = _pymc_constant_error(problem, variant, q_fixed, n_tastes)
     values = []
     for _ in range(3):
         params = _random_params(problem, rng, n_tastes)
-        params["tau"] = ba.Priors().eta_tau  # the MAP-form model keeps tau fixed
         if q_fixed is not None:
             params["q"] = q_fixed
         # log-likelihood: equal to 1e-8
@@ -149,7 +149,7 @@ def test_pytensor_equals_em_objective_at_em_estimates(variant, strengths, q_fixe
         em_loglik = em.loglik
     else:
         em = ba.fit(_log(strengths == "p_a", seed=8), model=variant, q=q_fixed, **_strength_settings(strengths)).estimates
-        params = {**em.parameters, "strength": em.strengths, "theta": em.theta}
+        params = {**em.parameters, "strength": em.strengths}
         em_loglik = em.loglik
     value = pytensor_loglik(problem, variant, params, q_fixed=q_fixed, n_tastes=n_tastes)
     offset = _pymc_constant_error(problem, variant, q_fixed, n_tastes)
@@ -289,9 +289,14 @@ def test_nuts_plumbing_with_mocked_sampler(monkeypatch, tmp_path, variant):
     params = {k: draw[k].values for k in ("q", "strength")}
     if variant == "two-class":
         params["pi"] = float(draw["pi"])
-    else:
-        params.update(m=float(draw["m"]), tau=float(draw["tau"]), theta=float(draw["m"]) + float(draw["tau"]) * draw["z"].values)
-    expected = numpy_loglik(problem, variant, params, penalised=False)
+        expected = numpy_loglik(problem, variant, params, penalised=False)
+    else:  # NUTS samples each user's z_u: the log-likelihood given the draw's theta_u
+        from bayes_annot.em import label_logprobs
+        from bayes_annot.likelihood import continuous_label_loglik
+
+        theta = float(draw["m"]) + float(draw["tau"]) * draw["z"].values
+        att, cas = label_logprobs(problem, params["strength"], float(params["q"]))
+        expected = float(continuous_label_loglik(att, cas, theta[problem.user]).sum())
     assert float(idata.log_likelihood["y_user"].isel(chain=1, draw=7).sum()) == pytest.approx(expected, abs=1e-8)
     az.loo(idata)  # works on the stored group
     out = result.save(tmp_path / "out")
@@ -453,3 +458,149 @@ def test_spec_strengths_must_be_the_labels(strengths):
     wrong = BehaviourSpec(strengths="known" if problem.learned else "learned")
     with pytest.raises(InputError, match="BehaviourSpec.with_strengths"):
         build_model(problem, wrong)
+
+
+# --------------------------------------------------------------------------- casual covariates (issue #14)
+
+
+def _covariate_problem(seed: int = 3, strengths: str = "learned", n_bins: int = 3):
+    from bayes_annot.casual import prepare_casual
+
+    log = ba.simulate(n_users=60, n_models=5, labels_per_user=(2, 12), tie_rate=0.1, length_bias=0.85, seed=seed)
+    if strengths == "p_a":
+        log["p_a"] = log["true_p_a"]
+    prepared = prepare(log.astype({"user": str, "winner": str}))
+    design = prepare_casual(prepared, "auto", n_bins)
+    problem, _ = build_problem(prepared, casual=design)
+    return log, problem, design
+
+
+@pytest.mark.parametrize("variant,q_fixed,strengths", [
+    ("two-class", None, "learned"), ("continuous", 0.4, "learned"), ("two-class", 0.4, "p_a"), ("continuous", None, "p_a"),
+])
+def test_pytensor_equals_numpy_with_casual_covariates(variant, q_fixed, strengths, rng):
+    from bayes_annot.likelihood import log_normal_pdf
+
+    _, problem, design = _covariate_problem(strengths=strengths)
+    spec = BehaviourSpec(variant, 1, "learned" if problem.learned else "known", q=q_fixed, casual=design)
+    model = build_model(problem, spec, marginal=True)
+    sigma = ba.Priors().casual_effect_sigma
+    offset = _pymc_constant_error(problem, variant, q_fixed) + design.n_effects * (
+        float(pm.logp(pm.Normal.dist(0.0, sigma), 0.0).eval()) - float(log_normal_pdf(0.0, 0.0, sigma)))
+    values = []
+    for _ in range(3):
+        params = _random_params(problem, rng)
+        params["casual_effect"] = rng.normal(0.0, 1.5, design.n_effects)
+        if q_fixed is not None:
+            params["q"] = q_fixed
+        expected = numpy_loglik(problem, variant, params, q_fixed=q_fixed, penalised=False, casual=design)
+        assert model_loglik(model, params, penalised=False) == pytest.approx(expected, abs=1e-8, rel=0)
+        expected_pen = numpy_loglik(problem, variant, params, q_fixed=q_fixed, penalised=True, casual=design)
+        got_pen = model_loglik(model, params, penalised=True)
+        assert got_pen - offset == pytest.approx(expected_pen, abs=1e-8, rel=0)
+        values.append(expected)
+    assert abs(values[1] - values[0]) > 1e-3
+    # the effects move the likelihood: zero effects are the covariate-free model
+    params["casual_effect"] = np.zeros(design.n_effects)
+    plain = numpy_loglik(problem, variant, params, q_fixed=q_fixed, penalised=False, casual=design)
+    from dataclasses import replace
+
+    without = replace(problem, casual_cell=None, n_casual=0)
+    assert plain == pytest.approx(numpy_loglik(without, variant, params, q_fixed=q_fixed, penalised=False), abs=1e-9)
+
+
+@pytest.mark.parametrize("variant", ["two-class", "continuous"])
+def test_pytensor_equals_em_objective_with_casual_covariates(variant):
+    """The PyMC log density at EM's estimates (with covariates) equals the objective EM reports."""
+    from bayes_annot.casual import design_from_summary, effects_start
+    from bayes_annot.likelihood import log_normal_pdf
+
+    from bayes_annot.casual import prepare_casual
+
+    log = _covariate_problem(seed=8)[0].astype({"user": str, "winner": str})
+    fitted = ba.fit(log, model=variant, casual_bins=3)
+    design = design_from_summary(fitted.summary)
+    em = fitted.estimates
+    params = {**em.parameters, "strength": em.strengths, "casual_effect": effects_start(fitted.summary)}
+    prepared = prepare(log)
+    prepare_casual(prepared, design=design)
+    problem, _ = build_problem(prepared, casual=design)
+    value = pytensor_loglik(problem, variant, params, casual=design)
+    sigma = ba.Priors().casual_effect_sigma
+    offset = _pymc_constant_error(problem, variant, None) + design.n_effects * (
+        float(pm.logp(pm.Normal.dist(0.0, sigma), 0.0).eval()) - float(log_normal_pdf(0.0, 0.0, sigma)))
+    assert value - offset == pytest.approx(em.loglik, abs=1e-8, rel=0)
+
+
+@pytest.fixture(scope="module")
+def length_map_log():
+    return ba.simulate(n_users=300, n_models=5, casual_share=0.3, labels_per_user=(5, 30), length_bias=0.85, seed=21)
+
+
+@pytest.mark.parametrize("variant", ["two-class", "continuous"])
+def test_map_matches_em_with_casual_covariates(length_map_log, variant):
+    em = ba.fit(length_map_log, model=variant, method="em", tol=1e-12, max_iter=5000, casual_bins=4)
+    mp = ba.fit(length_map_log, model=variant, method="map", casual_bins=4)
+    assert mp.summary["engine"] == "map" and mp.summary["converged"] is True
+    np.testing.assert_allclose(mp.users.quality, em.users.quality, atol=1e-4)
+    np.testing.assert_allclose(mp.models.strength, em.models.strength, atol=1e-4)
+    g_em = em.casual_effects_["covariates"][0]["g"]
+    np.testing.assert_allclose(mp.casual_effects_["covariates"][0]["g"], g_em, atol=1e-3)
+    assert mp.casual_effects_["beta0"] == pytest.approx(em.casual_effects_["beta0"], abs=1e-4)
+    assert mp.summary["loglik"] == pytest.approx(em.summary["loglik"], abs=1e-3)
+
+
+@pytest.mark.parametrize("variant", ["two-class", "continuous"])
+def test_nuts_plumbing_with_casual_covariates(monkeypatch, variant):
+    log = ba.simulate(n_users=40, n_models=4, labels_per_user=(3, 10), length_bias=0.85, seed=4)
+    _mock_sample(monkeypatch, lambda size: np.zeros(size, dtype=bool))
+    with pytest.warns(FitWarning):
+        result = ba.fit(log, model=variant, method="nuts", draws=30, tune=5, chains=2, progress=False, casual_bins=3)
+    idata = result.idata
+    assert idata.posterior["casual_effect"].dims == ("chain", "draw", "casual_bin")
+    assert result.casual_effects_ is not None and len(result.casual_effects_["covariates"][0]["g"]) == 3
+    from bayes_annot.casual import design_from_summary, prepare_casual
+
+    design = design_from_summary(result.summary)
+    prepared = prepare(log)
+    prepare_casual(prepared, design=design)
+    problem, _ = build_problem(prepared, casual=design)
+    draw = idata.posterior.isel(chain=1, draw=7)
+    params = {k: draw[k].values for k in ("q", "strength", "casual_effect")}
+    if variant == "two-class":
+        params["pi"] = float(draw["pi"])
+        expected = numpy_loglik(problem, variant, params, penalised=False, casual=design)
+    else:  # NUTS samples each user's z_u: the log-likelihood given the draw's theta_u
+        from bayes_annot.casual import casual_table
+        from bayes_annot.em import label_logprobs
+        from bayes_annot.likelihood import continuous_label_loglik
+        from scipy.special import logit
+
+        theta = float(draw["m"]) + float(draw["tau"]) * draw["z"].values
+        table = casual_table(float(logit(params["q"])), params["casual_effect"], design.design())
+        att, cas = label_logprobs(problem, params["strength"], float(params["q"]), table)
+        expected = float(continuous_label_loglik(att, cas, theta[problem.user]).sum())
+    assert float(idata.log_likelihood["y_user"].isel(chain=1, draw=7).sum()) == pytest.approx(expected, abs=1e-8)
+
+
+def test_map_with_taste_classes_and_covariates_matches_em():
+    log = simulate_tastes(n_users=200, n_models=5, casual_share=0.3, minority_share=0.2, seed=4)
+    rng = np.random.default_rng(0)
+    log["len_ratio"] = rng.normal(0.0, 1.0, len(log))  # any numeric contrast column
+    em = ba.fit(log, tastes=2, casual_covariates=["len_ratio"], casual_bins=3, tol=1e-12, max_iter=5000)
+    mp = ba.fit(log, tastes=2, method="map", casual_covariates=["len_ratio"], casual_bins=3)
+    assert mp.summary["engine"] == "map"
+    np.testing.assert_allclose(mp.users.quality, em.users.quality, atol=1e-3)
+    np.testing.assert_allclose(mp.casual_effects_["covariates"][0]["g"], em.casual_effects_["covariates"][0]["g"],
+                               atol=1e-3)
+    assert mp.summary["loglik"] == pytest.approx(em.summary["loglik"], abs=1e-3)
+
+
+def test_nuts_taste_plumbing_with_casual_covariates(monkeypatch):
+    log = ba.simulate(n_users=60, n_models=4, labels_per_user=(3, 10), length_bias=0.85, seed=4)
+    _mock_sample(monkeypatch, lambda size: np.zeros(size, dtype=bool))
+    with pytest.warns(FitWarning):
+        result = ba.fit(log, method="nuts", tastes=2, draws=20, tune=5, chains=2, progress=False, casual_bins=2)
+    assert result.idata.posterior["casual_effect"].dims == ("chain", "draw", "casual_bin")
+    assert len(result.casual_effects_["covariates"][0]["g"]) == 2
+    assert result.users.quality.between(0, 1).all()

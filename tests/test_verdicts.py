@@ -163,9 +163,19 @@ def test_tastes_auto_at_its_limit_warns_and_max_tastes_is_exposed(cems_log, tmp_
 # --------------------------------------------------------------------------- item 3
 
 
-def test_degenerate_continuous_fit_warns(cems_log, tmp_path):
+def test_continuous_fit_of_cemschoice_is_no_longer_degenerate(cems_log):
+    """With each user's eta maximised jointly with m (before issue #14), the continuous fit of cemschoice put
+    q at 0.01 (a degenerate fit, warned); with the users summed out q is an ordinary 0.39."""
     result = _quiet_fit(cems_log, model="continuous")
-    assert result.summary["parameters"]["q"] < 0.03
+    assert 0.03 < result.summary["parameters"]["q"] < 0.97
+    assert not any("degenerate fit" in w for w in result.summary["warnings"])
+
+
+def test_degenerate_fit_warns_in_summary_and_report(tmp_path):
+    """Casual users who always click the left response put the estimated q at the edge: warned, and shown."""
+    log = ba.simulate(n_users=300, n_models=4, casual_share=0.5, q=0.999, seed=2)
+    result = _quiet_fit(log)
+    assert result.summary["parameters"]["q"] > 0.97
     assert any("degenerate fit: q =" in w for w in result.summary["warnings"])
     html = result.report(tmp_path / "r.html").read_text()
     assert "No warnings" not in html and "degenerate fit" in html

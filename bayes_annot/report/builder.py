@@ -219,7 +219,56 @@ def plain_warnings(src, few_labels: int = 5) -> tuple[list[str], list[str]]:
         out.append("No user passed the filter: the filtered data set is empty. Loosen the rule or check the fit.")
     if counts.get("models", 0) and counts.get("rows_in_likelihood", 0) == 0 and "no row enters" not in joined:
         out.append("No row enters the likelihood (all ties or same-model pairs): nothing can be estimated.")
+    length = casual_length_warning(s)
+    if length is not None:
+        out.append(length)
     return out, notes
+
+
+#: A casual effect of the length covariate beyond this (log-odds, in its largest bin) is reported as a warning.
+LENGTH_EFFECT_WARN = 0.5
+
+
+def casual_length_warning(summary: dict) -> str | None:
+    """The warning when casual clicks follow length: the length covariate's effect in its largest bin
+    beyond :data:`LENGTH_EFFECT_WARN` (``None`` otherwise, or without the covariate)."""
+    effects = summary.get("casual_effects") or {}
+    for cov in effects.get("covariates", []):
+        if cov.get("name") != "log_length_ratio" or not cov.get("g"):
+            continue
+        g = float(cov["g"][-1])
+        if abs(g) <= LENGTH_EFFECT_WARN:
+            return None
+        edge = cov["edges"][-1] if cov.get("edges") else 0.0
+        which = "longer" if g > 0 else "shorter"
+        return (
+            f"Casual clicks follow length: when one response is more than {np.exp(edge):.2f} times as long as the "
+            f"other, a casual user picks the {which} one with probability {1.0 / (1.0 + np.exp(-abs(g))):.2f} "
+            "(at no position bias). The fit models this (casual covariate log_length_ratio); without it "
+            "(--casual-covariates none), users who click the longer answer look attentive whenever stronger "
+            "models write longer answers."
+        )
+    return None
+
+
+def casual_effects_table(summary: dict) -> pd.DataFrame | None:
+    """One row per bin of each casual covariate: the bin of ``|x|``, the effect ``g`` and the chance a casual
+    click picks the side with the larger value at no position bias (``sigmoid(g)``); ``None`` without covariates."""
+    effects = summary.get("casual_effects") or {}
+    rows = []
+    for cov in effects.get("covariates", []):
+        edges = [0.0] + [float(e) for e in cov.get("edges", [])] + [np.inf]
+        length = cov.get("name") == "log_length_ratio"
+        for j, g in enumerate(cov.get("g", [])):
+            lo, hi = edges[j], edges[j + 1]
+            if length:
+                span = f"{np.exp(lo):.2f}–{np.exp(hi):.2f}" if np.isfinite(hi) else f"> {np.exp(lo):.2f}"
+                label = f"length ratio {span}"
+            else:
+                label = f"|x| {lo:.3g}–{hi:.3g}" if np.isfinite(hi) else f"|x| > {lo:.3g}"
+            rows.append({"covariate": cov.get("name"), "bin": label, "effect g": float(g),
+                         "P(casual picks the larger side)": float(1.0 / (1.0 + np.exp(-float(g))))})
+    return pd.DataFrame(rows) if rows else None
 
 
 # --------------------------------------------------------------------------- sections
@@ -350,6 +399,14 @@ def _quality_section(src) -> str:
         "mean_quality": "mean quality of users with labels",
     }
     body = kv_table([(names.get(k, k), v) for k, v in params.items()])
+    effects = casual_effects_table(s)
+    if effects is not None:
+        body += p(
+            "Casual clicks follow covariates: the casual log-odds of picking model_a are beta_0 + the effect g of "
+            "the bin, signed by which side has the larger value (beta_0 = logit(q) is the position bias at equal "
+            f"values; beta_0 = {float(s['casual_effects']['beta0']):.3f})."
+        )
+        body += table(effects)
     if s.get("model") == "two-class":
         body += p(
             "Quality of a user = the posterior probability that they are attentive (all their labels attentive) "
