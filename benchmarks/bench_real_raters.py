@@ -234,7 +234,7 @@ def grid_sharp_two_class() -> TypeGrid:
                     "expected accuracy; casual or attentive with gamma_u, log gamma ~ N(0, tau_g)")
 
 
-def grid_sharp_continuous(n_eta: int = 25, n_gamma: int = 13) -> TypeGrid:
+def grid_sharp_continuous(n_eta: int = 21, n_gamma: int = 11) -> TypeGrid:
     x = np.linspace(ETA_GRID[0], ETA_GRID[-1], n_eta)
     lg = np.linspace(GAMMA_GRID[0], GAMMA_GRID[-1], n_gamma)
     X, LG = np.meshgrid(x, lg, indexing="ij")
@@ -647,7 +647,7 @@ def candidates(quick: bool = False) -> list[Candidate]:
         Candidate("sharp2", "(d) two-class x sharpness", "expected accuracy", "grid", grid_sharp_two_class),
         Candidate("sharpc", "(d') continuous x sharpness", "expected accuracy", "grid", grid_sharp_continuous),
         Candidate("ctastes2", "(e) continuous x 2 tastes", "agreement with majority ranking", "grid",
-                  grid_continuous_tastes, n_starts=3 if quick else 5),
+                  grid_continuous_tastes, n_starts=3),
         Candidate("reversed", "(f) continuous + reversed raters (Crowd-BT-like)", "expected accuracy", "grid",
                   grid_reversed),
         Candidate("ds", "(f') one-coin Dawid-Skene on pairs", "worker accuracy a_u", "ds"),
@@ -776,12 +776,18 @@ def bootstrap(qualities: dict[str, np.ndarray], acc: np.ndarray, baseline: str, 
 # --------------------------------------------------------------------------- main
 
 
-def run(data_dir: Path, seeds: list[int], n_boot: int, frac: float, quick: bool, only: list[str] | None = None) -> dict:
+def run(data_dir: Path, seeds: list[int], n_boot: int, frac: float, quick: bool, only: list[str] | None = None,
+        reuse: dict | None = None) -> dict:
     frames = read_sets(data_dir)
     cands = [c for c in candidates(quick) if not only or c.key in only or c.key == "two-class"]
     results = {"heldout": {}, "truth": {}, "settings": dict(seeds=seeds, n_boot=n_boot, frac=frac,
                                                             data=str(data_dir))}
+    if reuse is not None:  # held-out figures of an earlier run (same candidates): only the truth part reruns
+        results["heldout"] = reuse["heldout"]
+        results["settings"].update(seeds=reuse["settings"]["seeds"], frac=reuse["settings"]["frac"])
     for name, frame in frames.items():
+        if reuse is not None:
+            break
         labels, prepared = load_labels(frame)
         q_fixed = q_for(name)
         n_test = 0
@@ -838,6 +844,14 @@ def run(data_dir: Path, seeds: list[int], n_boot: int, frac: float, quick: bool,
         if key in ranking:
             qualities[f"agree-{key}"] = agreement_with(labels, ranking[key])[keep]
             ranking[f"agree-{key}"] = ranking[key]
+    # robustness of (h): the majority ranking of the package's own taste fits
+    for tastes in (2, "auto"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = ba.fit(frame, filter="none", q=0.5, tastes=tastes)
+        s_major = res.models.set_index("model")["strength_taste_1"].reindex(labels.item_labels).to_numpy(dtype=float)
+        qualities[f"agree-pkg-tastes-{tastes}"] = agreement_with(labels, s_major)[keep]
+        ranking[f"agree-pkg-tastes-{tastes}"] = s_major
     qualities["agree-true"] = agreement_with(labels, true_level)[keep]
     ranking["agree-true"] = true_level
     boot = bootstrap(qualities, acc, "agreement", n_boot, seed=0)
@@ -892,6 +906,8 @@ def markdown(results: dict, command: str) -> str:
     label = {"agreement": "agreement rate with the BT consensus (baseline)",
              "pkg-two-class-default": "package `fit(model='two-class')`, default (q learned)",
              "agree-ctastes2": "diagnostic: agreement rate with the majority ranking of (e)",
+             "agree-pkg-tastes-2": "(h') as (h), ranking of the package's `fit(tastes=2)` (taste 1)",
+             "agree-pkg-tastes-auto": "(h'') as (h), ranking of the package's `fit(tastes='auto')` (3 tastes; taste 1)",
              "agree-true": "diagnostic: agreement rate with the true order (the truth itself, smoothed)"}
     label.update({k: v["label"] for k, v in cands.items()})
     for key, r in results["truth"].items():
@@ -933,6 +949,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--frac", type=float, default=0.2)
     parser.add_argument("--quick", action="store_true", help="1 seed, 200 bootstrap resamples")
     parser.add_argument("--only", default="", help="comma-separated candidate keys (two-class always runs)")
+    parser.add_argument("--reuse-heldout", default="", help="JSON of an earlier run: reuse its held-out table")
     parser.add_argument("--check-gradient", action="store_true", help="finite-difference check of every grid model")
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks_real_raters.md"))
     parser.add_argument("--json", default=str(HERE / "results_real_raters.json"))
@@ -943,7 +960,8 @@ def main(argv=None) -> dict:
     seeds = list(range(1 if args.quick else args.seeds))
     n_boot = 200 if args.quick else args.boot
     t0 = time.perf_counter()
-    results = run(Path(args.data), seeds, n_boot, args.frac, args.quick, [k for k in args.only.split(",") if k])
+    reuse = json.loads(Path(args.reuse_heldout).read_text()) if args.reuse_heldout else None
+    results = run(Path(args.data), seeds, n_boot, args.frac, args.quick, [k for k in args.only.split(",") if k], reuse)
     results["settings"]["seconds"] = time.perf_counter() - t0
     command = "python benchmarks/bench_real_raters.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
     body = markdown(results, command.strip())
