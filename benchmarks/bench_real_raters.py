@@ -773,11 +773,59 @@ def bootstrap(qualities: dict[str, np.ndarray], acc: np.ndarray, baseline: str, 
     return out
 
 
+def refit_bootstrap(frame: pd.DataFrame, truth: pd.DataFrame, n_boot: int, seed: int = 0) -> dict:
+    """Bootstrap over workers *with every fit redone* on the resample (a resampled worker's copies are
+    distinct users): the agreement rate, the package's two-class, and the agreement with the majority
+    ranking of the package's ``fit(tastes=2)``. Returns each method's Spearman / AUC draws summarised,
+    and the differences to the agreement rate."""
+    rng = np.random.default_rng(seed)
+    groups = {u: g for u, g in frame.groupby("user", sort=False)}
+    workers = np.array(list(groups))
+    draws = {k: {"spearman": [], "auc": []} for k in ("agreement", "two-class", "majority-taste agreement")}
+    for _ in range(n_boot):
+        pick = workers[rng.integers(0, len(workers), len(workers))]
+        parts, acc = [], []
+        for j, w in enumerate(pick):
+            g = groups[w].copy()
+            g["user"] = f"{w}#{j}"
+            parts.append(g)
+            acc.append(truth.loc[w, "accuracy"])
+        boot = pd.concat(parts, ignore_index=True)
+        acc = np.asarray(acc, dtype=float)
+        if (acc > 0.5).all() or (acc <= 0.5).all():
+            continue
+        labels, _ = load_labels(boot)
+        order = pd.Index(labels.user_labels).get_indexer([f"{w}#{j}" for j, w in enumerate(pick)])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            q = {"agreement": agreement_rate(boot).users.set_index("user")["quality"]
+                 .reindex(labels.user_labels).to_numpy(dtype=float),
+                 "two-class": ba.fit(boot, filter="none", q=0.5).users.set_index("user")["quality"]
+                 .reindex(labels.user_labels).to_numpy(dtype=float)}
+            res = ba.fit(boot, filter="none", q=0.5, tastes=2)
+        s_major = res.models.set_index("model")["strength_taste_1"].reindex(labels.item_labels).to_numpy(dtype=float)
+        q["majority-taste agreement"] = agreement_with(labels, s_major)
+        for k, v in q.items():
+            sp, au = rank_metrics(v[order], acc)
+            draws[k]["spearman"].append(sp)
+            draws[k]["auc"].append(au)
+    out = {"n": len(draws["agreement"]["spearman"])}
+    for k, d in draws.items():
+        out[k] = {}
+        for m, v in d.items():
+            v = np.asarray(v)
+            diff = v - np.asarray(draws["agreement"][m])
+            out[k][m] = dict(mean=float(v.mean()), lo=float(np.quantile(v, 0.025)), hi=float(np.quantile(v, 0.975)),
+                             diff_mean=float(diff.mean()), diff_lo=float(np.quantile(diff, 0.025)),
+                             diff_hi=float(np.quantile(diff, 0.975)), p_not_better=float(np.mean(diff <= 0)))
+    return out
+
+
 # --------------------------------------------------------------------------- main
 
 
 def run(data_dir: Path, seeds: list[int], n_boot: int, frac: float, quick: bool, only: list[str] | None = None,
-        reuse: dict | None = None) -> dict:
+        reuse: dict | None = None, refit_boot: int = 0) -> dict:
     frames = read_sets(data_dir)
     cands = [c for c in candidates(quick) if not only or c.key in only or c.key == "two-class"]
     results = {"heldout": {}, "truth": {}, "settings": dict(seeds=seeds, n_boot=n_boot, frac=frac,
@@ -861,6 +909,8 @@ def run(data_dir: Path, seeds: list[int], n_boot: int, frac: float, quick: bool,
         rk = ranking.get(k)
         results["truth"][k] = dict(spearman=sp, auc=au, boot=boot[k],
                                    ranking_vs_true=None if rk is None else spearman(rk, true_level))
+    if refit_boot:
+        results["refit_boot"] = refit_bootstrap(frame, truth, refit_boot, seed=0)
     results["truth"]["_n_workers"] = int(keep.sum())
     results["truth"]["_n_bad"] = int((acc <= 0.5).sum())
     results["candidates"] = {c.key: dict(label=c.label, quality=c.quality) for c in cands}
@@ -927,6 +977,22 @@ def markdown(results: dict, command: str) -> str:
             + f" | {'' if key == 'agreement' else format(b['auc']['p_not_better'], '.2f')} | "
             + ("" if r["ranking_vs_true"] is None else f"{r['ranking_vs_true']:.3f}") + " |"
         )
+    rb = results.get("refit_boot")
+    if rb:
+        lines += ["", f"#### Bootstrap with every fit redone ({rb['n']} resamples of workers, seed 0)", "",
+                  "The table above holds the fits fixed and resamples the workers it evaluates. Here every fit "
+                  "(consensus strengths, two-class, the 2-taste fit and its majority ranking) is redone on each "
+                  "resample; a resampled worker's copies count as distinct users.", "",
+                  "| quality | Spearman [95% CI] | Δ vs agreement [95% CI] | P(Δ ≤ 0) | AUC [95% CI] | "
+                  "Δ vs agreement [95% CI] | P(Δ ≤ 0) |", "|---|---:|---:|---:|---:|---:|---:|"]
+        for k in ("agreement", "two-class", "majority-taste agreement"):
+            a, b = rb[k]["spearman"], rb[k]["auc"]
+            cells = []
+            for m in (a, b):
+                cells.append(f"{m['mean']:.3f} [{m['lo']:.3f}, {m['hi']:.3f}]")
+                cells.append("" if k == "agreement" else f"{m['diff_mean']:+.3f} [{m['diff_lo']:+.3f}, {m['diff_hi']:+.3f}]")
+                cells.append("" if k == "agreement" else f"{m['p_not_better']:.2f}")
+            lines.append(f"| {k} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -952,6 +1018,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--frac", type=float, default=0.2)
     parser.add_argument("--quick", action="store_true", help="1 seed, 200 bootstrap resamples")
     parser.add_argument("--only", default="", help="comma-separated candidate keys (two-class always runs)")
+    parser.add_argument("--refit-boot", type=int, default=0,
+                        help="also a bootstrap over workers that refits every model per resample (N resamples)")
     parser.add_argument("--reuse-heldout", default="", help="JSON of an earlier run: reuse its held-out table")
     parser.add_argument("--check-gradient", action="store_true", help="finite-difference check of every grid model")
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks_real_raters.md"))
@@ -964,7 +1032,8 @@ def main(argv=None) -> dict:
     n_boot = 200 if args.quick else args.boot
     t0 = time.perf_counter()
     reuse = json.loads(Path(args.reuse_heldout).read_text()) if args.reuse_heldout else None
-    results = run(Path(args.data), seeds, n_boot, args.frac, args.quick, [k for k in args.only.split(",") if k], reuse)
+    results = run(Path(args.data), seeds, n_boot, args.frac, args.quick, [k for k in args.only.split(",") if k], reuse,
+                  args.refit_boot)
     results["settings"]["seconds"] = time.perf_counter() - t0
     command = "python benchmarks/bench_real_raters.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
     results["settings"]["command"] = command.strip()
