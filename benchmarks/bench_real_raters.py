@@ -1054,7 +1054,12 @@ def main(argv=None) -> dict:
     results = run(Path(args.data), seeds, n_boot, args.frac, args.quick, [k for k in args.only.split(",") if k], reuse,
                   args.refit_boot)
     results["settings"]["seconds"] = time.perf_counter() - t0
-    command = "python benchmarks/bench_real_raters.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
+    shown = list(argv if argv is not None else sys.argv[1:])
+    if "--reuse-heldout" in shown:  # the page names the reused file, not this machine's path to it
+        i = shown.index("--reuse-heldout") + 1
+        if i < len(shown):
+            shown[i] = Path(shown[i]).name
+    command = "python benchmarks/bench_real_raters.py" + (" " + " ".join(shown)).rstrip()
     results["settings"]["command"] = command.strip()
     body = markdown(results, command.strip())
     write_page(Path(args.out), body)

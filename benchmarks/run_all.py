@@ -146,7 +146,7 @@ def main(argv=None) -> None:
     real_data = ROOT.parent / "shared" / "data"
     if not args.skip_real_raters and (HERE / "bench_real_raters.py").exists() and (real_data / "countrypop.csv").exists():
         subprocess.run([sys.executable, str(HERE / "bench_real_raters.py"), "--data", str(real_data)]
-                       + (["--quick"] if args.quick else ["--seeds", "3"]), check=True, cwd=ROOT)
+                       + (["--quick"] if args.quick else ["--seeds", "3", "--refit-boot", "200"]), check=True, cwd=ROOT)
     sections.append(
         "## Quality against real raters\n\nSee [benchmarks_real_raters.md](benchmarks_real_raters.md) "
         "(`benchmarks/bench_real_raters.py`): candidate behaviour models judged by held-out log-likelihood on four "
