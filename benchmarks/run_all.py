@@ -6,7 +6,9 @@ Sections: EM speed and memory (bench_em.py); NUTS timings (bench_nuts.py, if
 present, its table is included from docs/benchmarks_nuts.md when --skip-nuts);
 the downstream experiment (downstream.py, table included from docs/downstream.md);
 start-up time of ``import bayes_annot`` and ``--help`` (bench_startup.py, docs/benchmarks_startup.md); many models
-(bench_many_models.py, linked: docs/benchmarks_many_models.md).
+(bench_many_models.py, linked: docs/benchmarks_many_models.md); quality against real raters
+(bench_real_raters.py, linked: docs/benchmarks_real_raters.md; needs the real data sets in ../shared/data,
+kept out of the package by their licences, and is skipped without them).
 """
 
 from __future__ import annotations
@@ -107,6 +109,8 @@ def main(argv=None) -> None:
     parser.add_argument("--skip-scale", action="store_true", help="skip the Dask / update benchmarks (slow: writes 10^8 rows)")
     parser.add_argument("--skip-startup", action="store_true", help="skip the start-up timings (import, --help)")
     parser.add_argument("--full", action="store_true", help="also the continuous EM at 10^7 rows")
+    parser.add_argument("--skip-real-raters", action="store_true",
+                        help="skip the real-rater benchmark (held-out log-likelihood, countrypop truth; ~1 h on 2 cores)")
     args = parser.parse_args(argv)
     sections = [em_section(args.quick, args.full), tastes_section()]
     if not args.skip_speed and (HERE / "bench_speed.py").exists():
@@ -138,6 +142,15 @@ def main(argv=None) -> None:
     sections.append(
         "## Many models\n\nSee [benchmarks_many_models.md](benchmarks_many_models.md) (`benchmarks/bench_many_models.py`): "
         "EM fit time with 10 vs 10^4 models at 10^6 rows, growth from 200 to 2 x 10^5 models, peak memory."
+    )
+    real_data = ROOT.parent / "shared" / "data"
+    if not args.skip_real_raters and (HERE / "bench_real_raters.py").exists() and (real_data / "countrypop.csv").exists():
+        subprocess.run([sys.executable, str(HERE / "bench_real_raters.py"), "--data", str(real_data)]
+                       + (["--quick"] if args.quick else ["--seeds", "3", "--refit-boot", "200"]), check=True, cwd=ROOT)
+    sections.append(
+        "## Quality against real raters\n\nSee [benchmarks_real_raters.md](benchmarks_real_raters.md) "
+        "(`benchmarks/bench_real_raters.py`): candidate behaviour models judged by held-out log-likelihood on four "
+        "real data sets and by countrypop's true worker accuracy, against the agreement-rate baseline."
     )
     if not args.skip_startup and (HERE / "bench_cli.py").exists():
         subprocess.run([sys.executable, str(HERE / "bench_cli.py"), "--sizes", "1e5,1e6" if args.quick else "1e5,1e6,1e7",
