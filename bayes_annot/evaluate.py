@@ -8,8 +8,10 @@ hidden labels with the fitted model's predictive distribution:
   :math:`\log\big(p_u \prod_r P_{att}(y_r) + (1 - p_u)\prod_r P_{cas}(y_r)\big)`
   with :math:`p_u` the user's posterior P(attentive) from the training labels
   (the population share for users with none);
-* ``continuous``: per label, :math:`\log(\hat\eta_u P_{att} + (1 - \hat\eta_u) P_{cas})`
-  (plug-in);
+* ``continuous``: per label, :math:`\log(\bar\eta_u P_{att} + (1 - \bar\eta_u) P_{cas})` with
+  :math:`\bar\eta_u = E[\eta_u \mid \text{training labels}]` (the fit's quality): each hidden label's
+  predictive probability exactly, since it is linear in :math:`\eta_u`; the hidden labels of a user are
+  scored one by one, not jointly;
 * ``bradley-terry``: no casual users, :math:`\log P_{att}(y_r)`.
 
 Models never seen in training get strength 0.
