@@ -244,6 +244,9 @@ def compare_heldout(fits: dict, frac: float = 0.2, seed: int = 0) -> pd.DataFram
             winner=cols.get("winner", "winner"), p_a=cols.get("p_a") or False, winner_values=settings.get("winner_values"),
         )
         kwargs = {"use_p_a": settings.get("use_p_a", True)}
+        for key in ("casual_covariates", "casual_bins"):  # the casual model refits as it was fitted
+            if settings.get(key) is not None:
+                kwargs[key] = settings[key]
         if settings.get("q") is not None:
             kwargs["q"] = settings["q"]
         if settings.get("tastes", 1) not in (1, None):

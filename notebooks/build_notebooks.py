@@ -242,6 +242,50 @@ NOTEBOOKS["05-nightly-updates.ipynb"] = [
 ]
 
 
+NOTEBOOKS["06-length-bias.ipynb"] = [
+    new_markdown_cell(
+        "# When casual clicks follow length\n\n"
+        "In comparison mode a user without time to read often picks the *longer* answer. Stronger models also "
+        "tend to write longer answers, so such a user agrees with the strength ranking and looks attentive to the "
+        "paper's model, whose casual clicks are coins. This notebook simulates exactly that, shows the paper's "
+        "model being fooled, and fits the default model, whose casual clicks follow the length ratio of the two "
+        "responses (docs/model.md, \"Casual covariates\"). Ties as evidence (issue #14, item 2) will join this "
+        "notebook when they reach the model."
+    ),
+    new_code_cell(
+        "import bayes_annot as ba\n"
+        "from bayes_annot.metrics import auc, expected_calibration_error\n\n"
+        "# 30% casual users; a casual click picks the longer response 85% of the time;\n"
+        "# log response length grows with model strength, plus noise\n"
+        "log = ba.simulate(n_users=1000, n_models=8, casual_share=0.3, length_bias=0.85, seed=1)\n"
+        "truth = ba.truth_users(log)\n"
+        "log[['user', 'model_a', 'model_b', 'winner']].assign(\n"
+        "    len_a=log.response_a.str.len(), len_b=log.response_b.str.len()).head()"
+    ),
+    new_markdown_cell("The paper's model (casual clicks are coins with a position bias) against the default, which reads the response texts:"),
+    new_code_cell(
+        "def score(result):\n"
+        "    users = result.users.set_index('user').loc[truth.index]\n"
+        "    return (f\"AUC {auc(users.quality, truth.true_attentive):.3f}, \"\n"
+        "            f\"ECE {expected_calibration_error(users.quality, truth.true_attentive):.3f}\")\n\n"
+        "paper = ba.fit(log, casual_covariates='none')\n"
+        "default = ba.fit(log)  # casual_covariates='auto': the log length ratio, as texts are present\n"
+        "print('paper\\'s model:', score(paper))\n"
+        "print('default      :', score(default))"
+    ),
+    new_markdown_cell(
+        "The fitted casual behaviour: the position bias `beta0` (q = sigmoid(beta0) at equal length) and, per bin of "
+        "|log length ratio|, the effect `g` of the longer side (the truth is logit(0.85) = 1.73 in every bin)."
+    ),
+    new_code_cell("effects = default.casual_effects_\neffects['beta0'], effects['covariates'][0]"),
+    new_markdown_cell(
+        "Without ground truth, choose by held-out log-likelihood: hide 20% of each user's labels, refit each "
+        "model on the rest, score the hidden labels."
+    ),
+    new_code_cell("from bayes_annot.evaluate import compare_heldout\n\ncompare_heldout({'paper': paper, 'length-aware default': default})"),
+]
+
+
 def build(execute: bool, only=None) -> None:
     for name, cells in NOTEBOOKS.items():
         if only and not any(o in name for o in only):
