@@ -73,8 +73,11 @@ def test_dask_fit_equals_in_memory(client, tmp_path, variant):
     log = _log(variant)
     ddf = _parquet(log, tmp_path)
     assert ddf.npartitions == 4
-    fit = fit_dask(ddf, spec=BehaviourSpec(variant), npartitions=3)
-    ref = ba.fit(log, model=variant, accelerate=False)  # plain EM: the same iterates as the Dask engine
+    # continuous plain EM stops after 123 iterations (Dask round trips) at tol 1e-6 instead of 237 at the
+    # default 1e-9: the same stopping rule, and the engines must agree iterate for iterate either way
+    tol = 1e-6 if variant == "continuous" else 1e-9
+    fit = fit_dask(ddf, spec=BehaviourSpec(variant), npartitions=3, tol=tol)
+    ref = ba.fit(log, model=variant, accelerate=False, tol=tol)  # plain EM: the same iterates as the Dask engine
     _assert_same(fit, ref)
     if variant == "continuous":
         np.testing.assert_allclose(fit.em.p_eta_above_half, ref.users.p_eta_above_half.to_numpy(), atol=TOL, rtol=0)
