@@ -22,6 +22,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .saved import bool_column
+
 
 __all__ = [
     "plot_quality_distribution",
@@ -67,12 +69,6 @@ def _empty(ax, message: str):
     ax.set_xticks([])
     ax.set_yticks([])
     return ax
-
-
-def _bool(series) -> np.ndarray:
-    if series.dtype == bool:
-        return series.to_numpy()
-    return series.astype(str).str.lower().isin(["true", "1"]).to_numpy()
 
 
 def check_result(result, reader: str = "plots"):
@@ -150,7 +146,7 @@ def plot_quality_distribution(result, *, bins: int = 20, ax=None):
     if users.empty:
         return _empty(ax, "no user has a label in the likelihood")
     quality = users["quality"].to_numpy(dtype=float)
-    kept = _bool(users["kept"]) if "kept" in users else np.ones(len(users), bool)
+    kept = bool_column(users["kept"]) if "kept" in users else np.ones(len(users), bool)
     edges = np.linspace(0.0, 1.0, bins + 1)
     ax.hist(
         [quality[kept], quality[~kept]],
@@ -188,7 +184,7 @@ def decision_threshold(result) -> float:
         except ValueError:
             return 0.5
     if kind == "fdr" and "kept" in src.users:
-        kept = _bool(src.users["kept"])
+        kept = bool_column(src.users["kept"])
         quality = _numbers(src.users, "quality")
         if kept.any():
             return float(np.nanmin(quality[kept]))
@@ -224,7 +220,7 @@ def plot_quality_caterpillar(result, *, max_users: int = 60, ax=None):
     q = order["quality"].to_numpy(dtype=float)
     lo, hi = _numbers(order, "quality_low"), _numbers(order, "quality_high")
     y = np.arange(len(order))[::-1].astype(float)
-    kept = _bool(order["kept"]) if "kept" in order else np.ones(len(order), bool)
+    kept = bool_column(order["kept"]) if "kept" in order else np.ones(len(order), bool)
     colors = np.where(kept, KEPT_COLOR, DROPPED_COLOR)
     if np.isfinite(lo).any():
         ok = np.isfinite(lo) & np.isfinite(hi)

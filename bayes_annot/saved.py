@@ -28,7 +28,16 @@ from .spec import VARIANTS as _VARIANTS
 from .tables import read_table_file
 from .validation import check_number, check_priors
 
-__all__ = ["SavedTables", "read_tables", "read_saved", "validate_saved_summary", "load_start"]
+__all__ = ["SavedTables", "read_tables", "read_saved", "validate_saved_summary", "load_start", "bool_column"]
+
+
+def bool_column(values) -> np.ndarray:
+    """A yes/no column of a result as booleans: ``bool`` cells as they are, text cells (a CSV's, or
+    a legacy folder's) true when they read ``true`` or ``1`` (any case, spaces trimmed)."""
+    series = pd.Series(values)
+    if series.dtype == bool:
+        return series.to_numpy()
+    return series.astype(str).str.strip().str.lower().isin(["true", "1"]).to_numpy()
 
 
 @dataclass
@@ -70,7 +79,7 @@ def _legacy_table(folder, name: str) -> pd.DataFrame:
         frame = pd.read_csv(handle, dtype=dtype, keep_default_na=False, na_values=[""])
     for column, kind in (("kept", bool), ("uninformative", bool), ("weight", float)):
         if column in frame and frame[column].dtype != kind:
-            frame[column] = frame[column].astype(str).str.lower().isin(["true", "1"]) if kind is bool else frame[column].astype(float)
+            frame[column] = bool_column(frame[column]) if kind is bool else frame[column].astype(float)
     return frame
 
 
@@ -287,8 +296,7 @@ def load_start(directory: str | Path) -> dict:
         users = _checked_ids(saved.users, directory, "users", "user")
         quality = _saved_numbers(users, "quality", directory, "users", "user", low=0.0, high=1.0)
         quality = np.clip(quality, 1e-12, 1 - 1e-12)
-        informative = ~users["uninformative"].astype(str).str.strip().str.lower().isin(["true", "1"]).to_numpy() \
-            if "uninformative" in users.columns else np.ones(len(users), bool)
+        informative = ~bool_column(users["uninformative"]) if "uninformative" in users.columns else np.ones(len(users), bool)
         start["theta"] = pd.Series(np.where(informative, logit(quality), np.nan), index=users["user"].to_numpy())
     n_tastes = n_tastes_of(summary)
     if n_tastes > 1 and strengths is not None:  # per-class strengths and shares: the update's warm start
