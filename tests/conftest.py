@@ -38,20 +38,3 @@ def small_log():
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
-
-
-@pytest.fixture
-def numpy_kernels():
-    """Run PyTensor graphs with numpy kernels (linker ``py``) instead of compiled C modules.
-
-    The graph and its rewrites are the ones MAP and NUTS run; only each op's
-    kernel differs (numpy's ``perform`` instead of C). On a cold PyTensor cache,
-    compiling the C modules of one model took minutes per test on the 2-core CI
-    machine; a test that checks values (log density = numpy) or plumbing with a
-    mocked sampler needs no C. MAP and NUTS tests keep the C kernels: they run
-    production's path, and an optimiser on numpy kernels is far slower (MAP of
-    the continuous model: 414 s instead of 24 s) and may stop elsewhere.
-    """
-    pytensor = pytest.importorskip("pytensor")
-    with pytensor.config.change_flags(linker="py"):
-        yield

@@ -108,7 +108,6 @@ def _pymc_constant_error(problem, variant, q_fixed, n_tastes=1):
 
 
 @pytest.mark.parametrize("variant,strengths,q_fixed,n_tastes", COMBOS)
-@pytest.mark.usefixtures("numpy_kernels")  # values only: no C compilation (conftest)
 def test_pytensor_equals_numpy_at_random_parameters(variant, strengths, q_fixed, n_tastes, rng):
     problem = _problem(strengths)
     spec = BehaviourSpec(variant, n_tastes, "learned" if problem.learned else "known", q=q_fixed)
@@ -141,7 +140,6 @@ def test_pytensor_equals_numpy_at_random_parameters(variant, strengths, q_fixed,
 
 
 @pytest.mark.parametrize("variant,strengths,q_fixed,n_tastes", COMBOS)
-@pytest.mark.usefixtures("numpy_kernels")  # values only: no C compilation (conftest)
 def test_pytensor_equals_em_objective_at_em_estimates(variant, strengths, q_fixed, n_tastes):
     """The PyMC model's log density at the EM estimates equals the objective EM reports."""
     problem = _problem(strengths, seed=8)
@@ -263,7 +261,6 @@ def _mock_sample(monkeypatch, diverging):
 
 
 @pytest.mark.parametrize("variant", ["two-class", "continuous"])
-@pytest.mark.usefixtures("numpy_kernels")  # plumbing, sampler mocked: no C compilation (conftest)
 def test_nuts_plumbing_with_mocked_sampler(monkeypatch, tmp_path, variant):
     log = ba.simulate(n_users=40, n_models=4, labels_per_user=(3, 10), seed=4)
     _mock_sample(monkeypatch, lambda size: np.zeros(size, dtype=bool))
@@ -304,7 +301,6 @@ def test_nuts_plumbing_with_mocked_sampler(monkeypatch, tmp_path, variant):
     assert ba.load(out)["idata"].posterior.sizes["draw"] == 30
 
 
-@pytest.mark.usefixtures("numpy_kernels")  # plumbing, sampler mocked: no C compilation (conftest)
 def test_nuts_taste_plumbing_with_mocked_sampler(monkeypatch, tmp_path, taste_log):
     _mock_sample(monkeypatch, lambda size: np.zeros(size, dtype=bool))
     with pytest.warns(FitWarning):
