@@ -20,7 +20,6 @@ same footing as ``two-class`` (whose user type is summed out) and the baseline
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -120,14 +119,13 @@ def fit_baseline(
     import pymc as pm
     import xarray as xr
 
-    from .data import ColumnMap, prepare, read_table
+    from .baselines import load_prepared
     from .problem import build_problem
     from .pymc_model import _cell_att, _cell_matrix, _stack, _unstack, nuts_diagnostics
 
     start = time.perf_counter()
     priors = priors or Priors()
-    frame = read_table(data) if isinstance(data, (str, Path)) else data
-    prepared = prepare(frame, ColumnMap(user=user, model_a=model_a, model_b=model_b, winner=winner))
+    prepared = load_prepared(data, user, model_a, model_b, winner)
     problem, _ = build_problem(prepared, use_p_a=False)
     if problem.n_labels == 0:
         raise InputError("no row enters the likelihood (all ties or same-model pairs): nothing to compare")

@@ -29,7 +29,6 @@ import numpy as np
 import pandas as pd
 
 from .data import ColumnMap, prepare, read_table
-from .pairs import fit_bradley_terry_labels
 from .errors import InputError
 from .casual import casual_table, design_from_summary, effects_start, prepare_casual
 from .likelihood import Priors, attentive_logprob, casual_logprob, two_class_user_loglik
@@ -123,12 +122,10 @@ def heldout_loglik(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if model == "bradley-terry":
-            train = prepare(train_frame, columns)
-            usable = train.usable
-            priors = fit_kwargs.get("priors") or Priors()
-            s = fit_bradley_terry_labels(train.model_a[usable], train.model_b[usable], train.choice_a[usable],
-                                         train.n_models, priors.strength_sigma)
-            strength = dict(zip(train.model_labels, s))
+            from .baselines import BradleyTerry
+
+            bt = BradleyTerry((fit_kwargs.get("priors") or Priors()).strength_sigma).fit(prepare(train_frame, columns))
+            strength = dict(zip(bt.model_labels_, bt.strengths_))
             fitted = None
         else:
             fitted = fit(train_frame, model=model, filter="none", **col_kwargs, **fit_kwargs)

@@ -29,6 +29,7 @@ from .data import first_message as _first_message
 from .data import last_message as _last_message
 from .errors import InputError
 from .outdir import apply_umask
+from .saved import bool_column
 
 __all__ = ["DPO_COLUMNS", "to_dpo", "dpo_from_rows", "stage_dpo"]
 
@@ -36,14 +37,6 @@ __all__ = ["DPO_COLUMNS", "to_dpo", "dpo_from_rows", "stage_dpo"]
 DPO_COLUMNS = ("prompt", "chosen", "rejected", "weight", "user", "chosen_model", "rejected_model")
 
 _SUFFIXES = (".jsonl", ".parquet")
-
-
-def _kept(rows: pd.DataFrame) -> np.ndarray:
-    """The rows table's ``kept`` column as booleans (a text column of a legacy CSV too)."""
-    kept = rows["kept"]
-    if kept.dtype == bool:
-        return kept.to_numpy()
-    return kept.astype(str).str.strip().str.lower().isin(["true", "1"]).to_numpy()
 
 
 def to_dpo(
@@ -108,7 +101,7 @@ def to_dpo(
     data = result._data
     frame = data.frame
     rows = result.rows
-    selected = np.flatnonzero(_kept(rows))
+    selected = np.flatnonzero(bool_column(rows["kept"]))  # a legacy CSV's text column too
     texts = _texts(frame, selected, prompt, response_a, response_b)
 
     out = _dpo_frame(
@@ -178,7 +171,7 @@ def dpo_from_rows(
         name = columns[role]
         return name if name in rows.columns or f"input_{name}" not in rows.columns else f"input_{name}"
 
-    selected = np.flatnonzero(_kept(rows))
+    selected = np.flatnonzero(bool_column(rows["kept"]))  # a legacy CSV's text column too
     texts = _texts(rows, selected, prompt, response_a, response_b)
     picked = rows.iloc[selected]
 

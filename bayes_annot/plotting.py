@@ -22,6 +22,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .saved import bool_column
+
 
 __all__ = [
     "plot_quality_distribution",
@@ -69,12 +71,6 @@ def _empty(ax, message: str):
     return ax
 
 
-def _bool(series) -> np.ndarray:
-    if series.dtype == bool:
-        return series.to_numpy()
-    return series.astype(str).str.lower().isin(["true", "1"]).to_numpy()
-
-
 def check_result(result, reader: str = "plots"):
     """``result`` if it is a fit's result (of :func:`bayes_annot.fit` or :func:`bayes_annot.load`), else ``TypeError``.
 
@@ -87,25 +83,25 @@ def check_result(result, reader: str = "plots"):
     return result
 
 
+def _positions(labels, want) -> np.ndarray | None:
+    """Position in ``labels`` of each of ``want`` (compared as text); ``None`` if one is missing."""
+    pos = pd.Series(np.arange(len(labels)), index=[str(x) for x in labels])
+    want = [str(w) for w in want]
+    return pos.loc[want].to_numpy() if set(want) <= set(pos.index) else None
+
+
 def _strength_vector(src) -> np.ndarray | None:
     """Strengths ordered like ``src.data.model_labels`` (``None`` if unknown)."""
     if src.data is None or "strength" not in src.models:
         return None
-    table = src.models.assign(model=src.models["model"].astype(str)).set_index("model")["strength"]
-    labels = [str(m) for m in src.data.model_labels]
-    if not set(labels) <= set(table.index):
-        return None
-    s = table.loc[labels].to_numpy(dtype=float)
-    return None if np.isnan(s).any() else s
+    idx = _positions(src.models["model"], src.data.model_labels)
+    s = None if idx is None else src.models["strength"].to_numpy(dtype=float)[idx]
+    return None if s is None or np.isnan(s).any() else s
 
 
 def _user_index(src) -> np.ndarray | None:
     """Row position in ``users`` of each of ``src.data.user_labels``."""
-    if src.data is None:
-        return None
-    pos = pd.Series(np.arange(len(src.users)), index=src.users["user"].astype(str))
-    labels = [str(u) for u in src.data.user_labels]
-    return pos.loc[labels].to_numpy() if set(labels) <= set(pos.index) else None
+    return None if src.data is None else _positions(src.users["user"], src.data.user_labels)
 
 
 def _attentive_logit(src) -> np.ndarray | None:
@@ -119,6 +115,13 @@ def _attentive_logit(src) -> np.ndarray | None:
         return np.log(p) - np.log1p(-p)
     s = _strength_vector(src)
     return None if s is None else s[data.model_a[usable]] - s[data.model_b[usable]]
+
+
+def _numbers(frame: pd.DataFrame, column: str) -> np.ndarray:
+    """``frame[column]`` as floats (text and missing cells NaN; all NaN when the column is absent)."""
+    if column not in frame:
+        return np.full(len(frame), np.nan)
+    return pd.to_numeric(frame[column], errors="coerce").to_numpy(float)
 
 
 def _active_users(src) -> pd.DataFrame:
@@ -143,7 +146,7 @@ def plot_quality_distribution(result, *, bins: int = 20, ax=None):
     if users.empty:
         return _empty(ax, "no user has a label in the likelihood")
     quality = users["quality"].to_numpy(dtype=float)
-    kept = _bool(users["kept"]) if "kept" in users else np.ones(len(users), bool)
+    kept = bool_column(users["kept"]) if "kept" in users else np.ones(len(users), bool)
     edges = np.linspace(0.0, 1.0, bins + 1)
     ax.hist(
         [quality[kept], quality[~kept]],
@@ -181,8 +184,8 @@ def decision_threshold(result) -> float:
         except ValueError:
             return 0.5
     if kind == "fdr" and "kept" in src.users:
-        kept = _bool(src.users["kept"])
-        quality = pd.to_numeric(src.users["quality"], errors="coerce").to_numpy(float)
+        kept = bool_column(src.users["kept"])
+        quality = _numbers(src.users, "quality")
         if kept.any():
             return float(np.nanmin(quality[kept]))
     return 0.5
@@ -206,25 +209,20 @@ def plot_quality_caterpillar(result, *, max_users: int = 60, ax=None):
         return _empty(ax, "no user has a label in the likelihood")
     threshold = decision_threshold(src)
     truncated = len(users) > max_users
-    quality_all = pd.to_numeric(users["quality"], errors="coerce").to_numpy(float)
+    quality_all = _numbers(users, "quality")
     if truncated:
         distance = np.abs(quality_all - threshold)
-        if "quality_low" in users and "quality_high" in users:
-            lo_all = pd.to_numeric(users["quality_low"], errors="coerce").to_numpy(float)
-            hi_all = pd.to_numeric(users["quality_high"], errors="coerce").to_numpy(float)
-            straddles = (lo_all <= threshold) & (threshold <= hi_all)
-            distance = np.where(straddles, -1.0 + distance, distance)  # straddling users first
+        straddles = (_numbers(users, "quality_low") <= threshold) & (threshold <= _numbers(users, "quality_high"))
+        distance = np.where(straddles, -1.0 + distance, distance)  # straddling users first
         pick = np.argsort(distance, kind="mergesort")[:max_users]
         users = users.iloc[np.sort(pick)]
     order = users.sort_values("quality", ascending=False, kind="mergesort")
     q = order["quality"].to_numpy(dtype=float)
-    low = pd.to_numeric(order.get("quality_low"), errors="coerce") if "quality_low" in order else None
-    high = pd.to_numeric(order.get("quality_high"), errors="coerce") if "quality_high" in order else None
+    lo, hi = _numbers(order, "quality_low"), _numbers(order, "quality_high")
     y = np.arange(len(order))[::-1].astype(float)
-    kept = _bool(order["kept"]) if "kept" in order else np.ones(len(order), bool)
+    kept = bool_column(order["kept"]) if "kept" in order else np.ones(len(order), bool)
     colors = np.where(kept, KEPT_COLOR, DROPPED_COLOR)
-    if low is not None and high is not None and np.isfinite(low.to_numpy(float)).any():
-        lo, hi = low.to_numpy(float), high.to_numpy(float)
+    if np.isfinite(lo).any():
         ok = np.isfinite(lo) & np.isfinite(hi)
         ax.hlines(y[ok], lo[ok], hi[ok], colors=colors[ok], linewidth=1.5, alpha=0.6)
         ax.set_title("User quality with 94% credible intervals")
@@ -262,10 +260,8 @@ def plot_strengths(result, *, ax=None):
     order = models.sort_values("strength", ascending=True, kind="mergesort")
     s = order["strength"].to_numpy(dtype=float)
     y = np.arange(len(order), dtype=float)
-    has_interval = "strength_low" in order and np.isfinite(pd.to_numeric(order["strength_low"], errors="coerce")).any()
-    if has_interval:
-        lo = pd.to_numeric(order["strength_low"], errors="coerce").to_numpy(float)
-        hi = pd.to_numeric(order["strength_high"], errors="coerce").to_numpy(float)
+    lo, hi = _numbers(order, "strength_low"), _numbers(order, "strength_high")
+    if np.isfinite(lo).any():
         ax.hlines(y, lo, hi, color=KEPT_COLOR, linewidth=2, alpha=0.6)
         ax.set_title("Model strengths with 94% credible intervals")
     else:
@@ -451,14 +447,20 @@ def plot_reliability(result, truth, *, n_bins: int = 10, prob: str | None = None
 # --------------------------------------------------------------------------- posterior predictive check
 
 
-def _posterior_var(idata, names):
+def _posterior_draws(idata, names, dim: str | None = None, want=None) -> np.ndarray | None:
+    """Draws of the first of ``names`` in the posterior: flat, or (draw x ``dim``) with the
+    ``dim`` labels in the order of ``want``; ``None`` when absent or a label is missing."""
     post = getattr(idata, "posterior", None)
-    if post is None:
-        return None, None
-    for name in names:
-        if name in post:
-            return name, post[name]
-    return None, None
+    var = next((post[name] for name in names if name in post), None) if post is not None else None
+    if var is None:
+        return None
+    if dim is None:
+        return np.ravel(var.values) if var.ndim == 2 else None
+    if dim not in var.dims:
+        return None
+    var = var.stack(sample=("chain", "draw")).transpose("sample", dim)
+    idx = _positions(var[dim].values, want)
+    return None if idx is None else var.values[:, idx]
 
 
 def _draws(src, n_rep: int, rng: np.random.Generator):
@@ -474,28 +476,10 @@ def _draws(src, n_rep: int, rng: np.random.Generator):
 
     quality_draws = strength_draws = q_draws = None
     if src.sampled:
-        _, qv = _posterior_var(src.idata, QUALITY_VARS)
-        if qv is not None and "user" in qv.dims:
-            qv = qv.stack(sample=("chain", "draw")).transpose("sample", "user")
-            labels = [str(u) for u in qv["user"].values]
-            pos = pd.Series(np.arange(len(labels)), index=labels)
-            want = [str(u) for u in data.user_labels]
-            if set(want) <= set(pos.index):
-                quality_draws = qv.values[:, pos.loc[want].to_numpy()]
-        _, sv = _posterior_var(src.idata, ("strength",))
-        if sv is not None and "model" in sv.dims:
-            sv = sv.stack(sample=("chain", "draw")).transpose("sample", "model")
-            labels = [str(m) for m in sv["model"].values]
-            pos = pd.Series(np.arange(len(labels)), index=labels)
-            want = [str(m) for m in data.model_labels]
-            if set(want) <= set(pos.index):
-                strength_draws = sv.values[:, pos.loc[want].to_numpy()]
-        _, qb = _posterior_var(src.idata, ("q",))
-        if qb is not None and qb.ndim == 2:
-            q_draws = np.ravel(qb.values)
-    n_samples = max(len(x) for x in (quality_draws, strength_draws, q_draws) if x is not None) if any(
-        x is not None for x in (quality_draws, strength_draws, q_draws)
-    ) else 1
+        quality_draws = _posterior_draws(src.idata, QUALITY_VARS, "user", data.user_labels)
+        strength_draws = _posterior_draws(src.idata, ("strength",), "model", data.model_labels)
+        q_draws = _posterior_draws(src.idata, ("q",))
+    n_samples = max((len(x) for x in (quality_draws, strength_draws, q_draws) if x is not None), default=1)
     for _ in range(n_rep):
         i = int(rng.integers(n_samples))
         quality = quality_draws[i % len(quality_draws)] if quality_draws is not None else point_q

@@ -29,7 +29,16 @@ from .casual import effects_start
 from .validation import check_number, check_priors
 
 __all__ = ["SavedTables", "read_tables", "read_saved", "checked_saved", "validate_saved_summary", "load_start",
-           "start_of"]
+           "start_of", "bool_column"]
+
+
+def bool_column(values) -> np.ndarray:
+    """A yes/no column of a result as booleans: ``bool`` cells as they are, text cells (a CSV's, or
+    a legacy folder's) true when they read ``true`` or ``1`` (any case, spaces trimmed)."""
+    series = pd.Series(values)
+    if series.dtype == bool:
+        return series.to_numpy()
+    return series.astype(str).str.strip().str.lower().isin(["true", "1"]).to_numpy()
 
 
 @dataclass
@@ -71,7 +80,7 @@ def _legacy_table(folder, name: str) -> pd.DataFrame:
         frame = pd.read_csv(handle, dtype=dtype, keep_default_na=False, na_values=[""])
     for column, kind in (("kept", bool), ("uninformative", bool), ("weight", float)):
         if column in frame and frame[column].dtype != kind:
-            frame[column] = frame[column].astype(str).str.lower().isin(["true", "1"]) if kind is bool else frame[column].astype(float)
+            frame[column] = bool_column(frame[column]) if kind is bool else frame[column].astype(float)
     return frame
 
 

@@ -38,6 +38,13 @@ def cems_log():
     return load_real("cemschoice")
 
 
+@pytest.fixture(scope="module")
+def cems_taste_checked(cems_log):
+    """One ``taste_check=True`` fit of the CEMS log (the casual-group test refits ~100 times), shared:
+    the tests below read it and its report, none changes it."""
+    return _quiet_fit(cems_log, taste_check=True)
+
+
 # --------------------------------------------------------------------------- item 1
 
 
@@ -116,8 +123,9 @@ def test_cli_warns_about_rows_without_a_verdict(mu_log, tmp_path, capsys):
 # --------------------------------------------------------------------------- item 2
 
 
-def test_one_taste_verdict_stored_by_the_fit_and_shown_by_the_report(cems_log, tmp_path, monkeypatch):
-    result = _quiet_fit(cems_log, taste_check=True)
+def test_one_taste_verdict_stored_by_the_fit_and_shown_by_the_report(cems_log, cems_taste_checked, tmp_path,
+                                                                     monkeypatch):
+    result = cems_taste_checked
     check = result.summary["taste_diagnostic"]
     assert check["verdict"] in ("taste group", "noise", "too few")
     # tastes='auto' computes the same verdict (one function, same settings)
@@ -139,7 +147,7 @@ def test_one_taste_verdict_stored_by_the_fit_and_shown_by_the_report(cems_log, t
     assert not calls and "--taste-check" in html and "taste_diagnostic" not in plain.summary
 
 
-def test_tastes_auto_at_its_limit_warns_and_max_tastes_is_exposed(cems_log, tmp_path, capsys):
+def test_tastes_auto_at_its_limit_warns_and_max_tastes_is_exposed(cems_log, cems_taste_checked, tmp_path, capsys):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = ba.fit(cems_log, tastes="auto", max_tastes=2)
@@ -149,7 +157,7 @@ def test_tastes_auto_at_its_limit_warns_and_max_tastes_is_exposed(cems_log, tmp_
     assert any("largest number of taste classes" in w for w in result.summary["warnings"])
     assert any("max_tastes" in str(w.message) for w in caught)
     # the test the report shows is the one tastes='auto' stored, equal to taste_check's
-    direct = _quiet_fit(cems_log, taste_check=True).summary["taste_diagnostic"]
+    direct = cems_taste_checked.summary["taste_diagnostic"]
     assert result.summary["taste_diagnostic"]["verdict"] == direct["verdict"]
     assert result.summary["taste_diagnostic"]["statistic"] == pytest.approx(direct["statistic"], rel=1e-6)
     path = tmp_path / "c.csv"

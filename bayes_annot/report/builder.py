@@ -577,16 +577,17 @@ def _convergence_section(src) -> str:
             body += _rank_plots(src, names)
         else:
             body += box("No global parameter found in the posterior to plot.", "note")
-    elif src.loglik_trace:
+        return body
+    body += kv_table(
+        [
+            ("engine", s.get("engine")),
+            ("iterations", s.get("iterations")),
+            ("converged", s.get("converged")),
+            ("final penalised log-likelihood" if src.loglik_trace else "log-likelihood", s.get("loglik")),
+        ]
+    )
+    if src.loglik_trace:
         trace = np.asarray(src.loglik_trace, dtype=float)
-        body += kv_table(
-            [
-                ("engine", s.get("engine")),
-                ("iterations", s.get("iterations")),
-                ("converged", s.get("converged")),
-                ("final penalised log-likelihood", s.get("loglik")),
-            ]
-        )
         body += p(
             "EM raises the penalised log-likelihood at every iteration (left); the right panel shows the distance to "
             "the final value on a log scale, which should fall steadily to the tolerance.",
@@ -608,19 +609,10 @@ def _convergence_section(src) -> str:
         body += figure(lambda ax: plot_loglik_trace(src, ax=ax), figsize=(5.2, 3.6), alt="EM trace")
         body += figure(gap, figsize=(5.2, 3.6), alt="EM gap")
         body += "</div>"
-    else:
-        body += kv_table(
-            [
-                ("engine", s.get("engine")),
-                ("iterations", s.get("iterations")),
-                ("converged", s.get("converged")),
-                ("log-likelihood", s.get("loglik")),
-            ]
-        )
-        if src.backend == "folder" and s.get("engine") == "em":
-            body += box("The per-iteration EM trace is not kept in saved outputs; the table above is what was saved.", "note")
-        elif s.get("engine") == "map":
-            body += box("MAP is an optimisation: there is no chain to diagnose. Sample with method='nuts' for intervals.", "note")
+    elif src.backend == "folder" and s.get("engine") == "em":
+        body += box("The per-iteration EM trace is not kept in saved outputs; the table above is what was saved.", "note")
+    elif s.get("engine") == "map":
+        body += box("MAP is an optimisation: there is no chain to diagnose. Sample with method='nuts' for intervals.", "note")
     return body
 
 
