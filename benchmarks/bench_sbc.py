@@ -145,8 +145,8 @@ def markdown(results: list[dict], args) -> str:
         lines += ["", f"Smallest p = {min(ps):.3f} against the Bonferroni threshold 0.05 / {len(ps)} = "
                       f"{threshold:.4f}: {verdict} rejects uniformity.", ""]
     lines += [
-        "Not yet covered: casual covariates and ties (issue #14 items 1-2) enter this benchmark as they reach the "
-        "PyMC model.",
+        "Not yet covered: casual covariates (in the PyMC model since issue #14 item 1; `bench_sbc.py` does not "
+        "draw them yet) and ties (item 2, not in the model yet).",
     ]
     return "\n".join(lines)
 
