@@ -98,7 +98,7 @@ def test_no_texts_no_check():
     ax = plot_ppc_length_bins(result, n_rep=10)
     assert "needs casual covariates" in ax.texts[0].get_text()
     html = render_report(result, n_rep=10)
-    assert "the check by length-ratio bin is omitted" in html
+    assert "The check by length-ratio bin is omitted" in html
 
 
 @pytest.mark.slow

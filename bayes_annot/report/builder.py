@@ -712,8 +712,9 @@ def _ppc_covariate_part(src, n_rep: int, seed: int) -> str:
     except Exception as exc:  # noqa: BLE001
         return head + box(f"The check by covariate bin could not be run ({type(exc).__name__}: {exc}).", "warn")
     if frame is None:
-        return head + p("This fit has no casual covariates and its rows hold no response texts (or no fitted "
-                        "strengths), so the check by length-ratio bin is omitted.", "muted")
+        return head + p("The check by length-ratio bin is omitted: this fit has no casual covariates and no "
+                        "response texts in its rows (or the result does not hold its rows or fitted strengths).",
+                        "muted")
     names = list(dict.fromkeys(frame["covariate"]))
     fitted = frame.attrs.get("fitted", True)
     body = head + p(
