@@ -81,7 +81,8 @@ def heldout_loglik(
         ``max_iter`` and ``seed`` are the settings it takes. With casual covariates
         (``casual_covariates``, default ``"auto"``: the length ratio when the texts are
         present) each held-out label's casual probability follows its covariates,
-        binned with the training fit's bins (taste classes: covariates not used).
+        binned with the training fit's bins (taste classes too: the training labels' taste-class
+        fit has the casual covariates, ``casual_bins`` bins of the training rows).
 
     Returns
     -------
@@ -179,23 +180,32 @@ def _heldout_result(model: str, seed: int, per_user: pd.Series, n_heldout: int) 
 
 def _taste_heldout(prepared, hidden: np.ndarray, tastes, fit_kwargs: dict) -> pd.Series:
     """Held-out score of the taste-class model (``tastes`` an int > 1 or ``"auto"``): the
-    training labels are fitted as :func:`bayes_annot.fit` fits them, and the hidden ones scored
+    training labels are fitted as :func:`bayes_annot.fit` fits them (with the casual covariates
+    ``casual_covariates`` names, binned on the training rows), and the hidden ones scored
     by :func:`bayes_annot.tastes.heldout_user_scores` (the mixture over each user's types,
     casual and every taste class), the routine :func:`~bayes_annot.tastes.select_tastes` uses."""
+    from .casual import DEFAULT_BINS, casual_design
+    from .data import casual_covariates, parse_casual_covariates
     from .fit import model_spec
     from .local_em import fit_taste_classes
     from .problem import build_problem
     from .tastes import heldout_user_scores, subproblem
 
-    unknown = set(fit_kwargs) - {"tastes", "q", "priors", "tol", "max_iter", "seed", "use_p_a"}
+    unknown = set(fit_kwargs) - {"tastes", "q", "priors", "tol", "max_iter", "seed", "use_p_a", "casual_covariates",
+                                 "casual_bins"}
     if unknown:
         raise InputError(f"heldout_loglik with tastes does not take {', '.join(sorted(unknown))}")
-    problem, _ = build_problem(prepared, use_p_a=False)
+    # the casual covariates as fit() reads them from the training rows: binned on those rows alone
+    names, x = casual_covariates(prepared, parse_casual_covariates(fit_kwargs.get("casual_covariates", "auto")))
+    design = None if x is None else casual_design(names, x[prepared.usable & ~hidden],
+                                                  fit_kwargs.get("casual_bins", DEFAULT_BINS))
+    prepared.casual_names, prepared.casual_x = (names, x) if design is not None else ((), None)
+    problem, _ = build_problem(prepared, use_p_a=False, casual=design)
     held = hidden[prepared.usable]
     train, test = subproblem(problem, ~held), subproblem(problem, held)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        spec = model_spec(tastes=tastes, q=fit_kwargs.get("q"), priors=fit_kwargs.get("priors"))
+        spec = model_spec(tastes=tastes, q=fit_kwargs.get("q"), priors=fit_kwargs.get("priors")).with_casual(design)
         res, _ = fit_taste_classes(
             train, spec, tol=fit_kwargs.get("tol", 1e-9), max_iter=fit_kwargs.get("max_iter", 1000),
             seed=fit_kwargs.get("seed", 0), max_tastes=4 if tastes == "auto" else None,
@@ -275,7 +285,8 @@ def diagnose(result, *, taste_check: bool = False, compare: dict | None = None, 
     result : FitResult
     taste_check : bool
         Run the casual-group test (:func:`bayes_annot.fit.taste_diagnostic`) as
-        ``fit(taste_check=True)`` does: ``summary["taste_diagnostic"]``.
+        ``fit(taste_check=True)`` does: ``summary["taste_diagnostic"]``. A fit with casual
+        covariates is refitted with the same covariates and bins (``summary["casual_effects"]``).
     compare : dict, optional
         ``{name: FitResult}`` (include ``result`` itself to rank it among
         them): :func:`compare_heldout` stored as ``summary["comparison"]``,
@@ -307,12 +318,16 @@ def diagnose(result, *, taste_check: bool = False, compare: dict | None = None, 
         if result.data is None:
             raise InputError("the casual-group test refits on the input rows, which this result does not hold "
                              "(a Dask fit: fit a sample in memory with taste_check=True)")
+        design = design_from_summary(result.summary)  # the fit's casual covariates and bins: refitted with them
+        if design is not None and tuple(result.data.casual_names) != design.names:
+            prepare_casual(result.data, design=design)
         problem, _ = build_problem(result.data, mu=settings.get("mu"), strong_model=settings.get("strong_model"),
-                                   use_p_a=settings.get("use_p_a", True))
+                                   use_p_a=settings.get("use_p_a", True), casual=design)
         if result.summary.get("model") != "two-class" or not problem.learned:
             raise InputError("taste_check needs model='two-class' and learned strengths (no p_a column, no mu)")
         priors = Priors(**settings["priors"]) if isinstance(settings.get("priors"), dict) else None
-        entries["taste_diagnostic"] = taste_diagnostic(problem, None, priors=priors, q=settings.get("q"), seed=seed)
+        entries["taste_diagnostic"] = taste_diagnostic(problem, None, priors=priors, q=settings.get("q"), seed=seed,
+                                                       casual=design)
     if compare:
         table = compare_heldout(compare, frac=frac, seed=seed)
         entries["comparison"] = {"method": "heldout_loglik", "frac": frac, "seed": seed,

@@ -843,9 +843,6 @@ def fit(
     spec = _data_spec(spec, problem.learned, tastes)  # a p_a column: known strengths (no taste classes)
     if taste_check and (spec.variant != "two-class" or not spec.learned):
         raise InputError("taste_check needs model='two-class' and learned strengths (no p_a column, no mu)")
-    if taste_check and design is not None:
-        raise InputError("taste_check simulates casual users as position coins: fit with casual_covariates='none' "
-                         "(--casual-covariates none) to run it")
     pairs = pair_counts(prepared)
     state = None
     if problem.n_labels == 0:
@@ -898,7 +895,8 @@ def fit(
     if tastes == 1:
         estimates.quality_floor = quality_floor(problem, estimates)
     if taste_check and "taste_diagnostic" not in estimates.extra_summary and problem.n_labels:
-        estimates.extra_summary["taste_diagnostic"] = taste_diagnostic(problem, None, priors=priors, q=q, seed=seed)
+        estimates.extra_summary["taste_diagnostic"] = taste_diagnostic(problem, None, priors=priors, q=q, seed=seed,
+                                                                       casual=design)
 
     components = graph_components(pairs)
     settings = {

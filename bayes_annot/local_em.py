@@ -123,17 +123,20 @@ def em_estimates(em: EMResult, model: str, known_strengths: np.ndarray | None, c
     return estimates
 
 
-def taste_diagnostic(problem: UsableLabels, result_c1=None, *, priors=None, q=None, seed: int = 0) -> dict:
+def taste_diagnostic(problem: UsableLabels, result_c1=None, *, priors=None, q=None, seed: int = 0,
+                     casual=None) -> dict:
     """The casual-group test's verdict as ``summary["taste_diagnostic"]`` holds it: the one place it is computed.
 
     :func:`bayes_annot.tastes.casual_group_test` with its defaults (100 simulated
     logs, ``alpha = 0.01``) on the one-ranking fit ``result_c1`` (fitted here when
-    ``None``). :func:`fit` stores it (``taste_check=True`` or ``tastes="auto"``);
+    ``None``), with the casual covariates ``casual`` (a ``CasualDesign``) when the fit has them.
+    :func:`fit` stores it (``taste_check=True`` or ``tastes="auto"``);
     the report shows the stored verdict and never recomputes it.
     """
     from .tastes import casual_group_test
 
-    return casual_test_summary(casual_group_test(problem, result_c1, seed=seed, priors=priors, q_fixed=q))
+    return casual_test_summary(casual_group_test(problem, result_c1, seed=seed, priors=priors, q_fixed=q,
+                                                 casual=casual))
 
 
 def fit_taste_classes(problem: UsableLabels, spec: BehaviourSpec, *, tol: float = 1e-9, max_iter: int = 1000,
@@ -154,9 +157,8 @@ def fit_taste_classes(problem: UsableLabels, spec: BehaviourSpec, *, tol: float 
         selection = select_tastes(problem, max_tastes=max_tastes, seed=seed, priors=priors, q_fixed=q,
                                   casual=spec.casual)
         res = selection.fits[selection.chosen]
-        if spec.casual is None:  # the casual-group test simulates coin-flipping casual users: no covariates
-            extra_summary["taste_diagnostic"] = taste_diagnostic(problem, selection.fits[1], priors=priors, q=q,
-                                                                 seed=seed)
+        extra_summary["taste_diagnostic"] = taste_diagnostic(problem, selection.fits[1], priors=priors, q=q,
+                                                             seed=seed, casual=spec.casual)
         table = selection.table.replace({np.nan: None})
         extra_summary["taste_selection"] = {
             "chosen": int(selection.chosen),

@@ -19,6 +19,8 @@ matplotlib is an optional dependency: ``pip install 'bayes_annot[plot]'``.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 
@@ -36,6 +38,8 @@ __all__ = [
     "plot_reliability",
     "plot_ppc_agreement",
     "ppc_agreement",
+    "plot_ppc_length_bins",
+    "ppc_length_bins",
     "comparison_counts",
     "check_result",
 ]
@@ -463,8 +467,18 @@ def _posterior_draws(idata, names, dim: str | None = None, want=None) -> np.ndar
     return None if idx is None else var.values[:, idx]
 
 
+def _casual_effect_draws(idata, n_effects: int) -> np.ndarray | None:
+    """Draws of the casual covariates' effects ``casual_effect`` (draw x effect, the design's order)."""
+    post = getattr(idata, "posterior", None)
+    if post is None or "casual_effect" not in post:
+        return None
+    values = np.asarray(post["casual_effect"].values, dtype=float)
+    return values.reshape(-1, n_effects) if values.size and values.shape[-1] == n_effects else None
+
+
 def _draws(src, n_rep: int, rng: np.random.Generator):
-    """Yield (quality per user [data.user order], strengths [model order] or None, q) per replicate."""
+    """Yield (quality per user [data.user order], strengths [model order] or None, q, casual effects ``g`` or
+    None) per replicate: one posterior draw each when the result is sampled, else the point estimates."""
     data = src.data
     uidx = _user_index(src)
     point_q = src.users["quality"].to_numpy(dtype=float)[uidx]
@@ -473,19 +487,63 @@ def _draws(src, n_rep: int, rng: np.random.Generator):
     point_qbias = params.get("q")
     fixed_q = (src.summary.get("settings", {}) or {}).get("q")
     point_qbias = float(fixed_q if fixed_q is not None else (point_qbias if point_qbias is not None else 0.5))
+    effects = src.summary.get("casual_effects") or None
+    point_g = None if effects is None else np.concatenate(
+        [np.asarray(c["g"], dtype=float) for c in effects["covariates"]])
 
-    quality_draws = strength_draws = q_draws = None
+    quality_draws = strength_draws = q_draws = g_draws = None
     if src.sampled:
         quality_draws = _posterior_draws(src.idata, QUALITY_VARS, "user", data.user_labels)
         strength_draws = _posterior_draws(src.idata, ("strength",), "model", data.model_labels)
         q_draws = _posterior_draws(src.idata, ("q",))
-    n_samples = max((len(x) for x in (quality_draws, strength_draws, q_draws) if x is not None), default=1)
+        if point_g is not None:
+            g_draws = _casual_effect_draws(src.idata, len(point_g))
+    n_samples = max((len(x) for x in (quality_draws, strength_draws, q_draws, g_draws) if x is not None), default=1)
     for _ in range(n_rep):
         i = int(rng.integers(n_samples))
         quality = quality_draws[i % len(quality_draws)] if quality_draws is not None else point_q
         strengths = strength_draws[i % len(strength_draws)] if strength_draws is not None else point_s
         q = float(q_draws[i % len(q_draws)]) if q_draws is not None else point_qbias
-        yield quality, strengths, q
+        g = g_draws[i % len(g_draws)] if g_draws is not None else point_g
+        yield quality, strengths, q, g
+
+
+def _casual_rows(src, default: bool = False):
+    """The casual covariates of a result's usable rows: ``(design, x (usable rows x m))``, or ``None`` when
+    the fit had none or its rows cannot give them (covariates recomputed from the rows as the fit read them).
+
+    ``default``: a fit without casual covariates gets the default ones (the log length ratio, when its
+    rows hold the response texts), binned as a fit would bin them."""
+    from .casual import DEFAULT_BINS, casual_design, design_from_summary
+    from .data import casual_input_columns, covariate_values
+
+    design = design_from_summary(src.summary)
+    data = src.data
+    if data is None or (design is None and not default):
+        return None
+    x = getattr(data, "casual_x", None)
+    if design is None or x is None or tuple(getattr(data, "casual_names", ())) != design.names:
+        try:
+            frame = src.input_rows() if src.backend == "folder" else data.frame
+            if len(frame) != data.n_rows:
+                return None
+            names = design.names if design is not None else casual_input_columns(frame.columns, "auto")[0]
+            if not names:
+                return None
+            x = covariate_values(frame, names, np.asarray(data.usable))
+            if design is None:
+                design = casual_design(names, x[data.usable], DEFAULT_BINS)
+        except Exception:  # noqa: BLE001 - a check that cannot read the covariates is left out, not failed
+            return None
+    return design, np.asarray(x, dtype=float)[data.usable]
+
+
+def _casual_prob(design, x_cells: np.ndarray | None, beta0: float, g) -> np.ndarray | float:
+    """Casual probability of choosing ``model_a``: ``sigmoid(beta0 + D g)`` per row's cell, or ``q`` alone."""
+    if design is None or g is None:
+        return 1.0 / (1.0 + np.exp(-beta0))
+    eta = beta0 + design.design() @ np.asarray(g, dtype=float)
+    return (1.0 / (1.0 + np.exp(-eta)))[x_cells]
 
 
 def ppc_agreement(result, *, n_rep: int = 200, seed: int = 0, min_labels: int = 1, bins: int = 20) -> dict | None:
@@ -496,8 +554,9 @@ def ppc_agreement(result, *, n_rep: int = 200, seed: int = 0, min_labels: int = 
     simulated from the fitted model: each user's type (two-class) or each
     label's attentiveness (continuous) is drawn from the fitted quality, an
     attentive label follows the fitted strengths, a casual one picks the left
-    response with probability ``q``. Sampled runs use one posterior draw per
-    replicate.
+    response with probability ``q`` (with casual covariates:
+    ``sigmoid(beta_0 + f(x))`` of the label's covariates, the fitted effects).
+    Sampled runs use one posterior draw per replicate.
 
     Returns
     -------
@@ -532,9 +591,11 @@ def ppc_agreement(result, *, n_rep: int = 200, seed: int = 0, min_labels: int = 
     observed = agreement(y == 1)
     known_p_a = str(src.summary.get("strengths", "")).startswith("known (column")
     continuous = src.summary.get("model") == "continuous"
+    casual = _casual_rows(src)
+    design, cells = (None, None) if casual is None else (casual[0], casual[0].cells(casual[1]))
     rng = np.random.default_rng(seed)
     replicated = np.empty((n_rep, int(shown.sum())))
-    for r, (quality, strengths, q) in enumerate(_draws(src, n_rep, rng)):
+    for r, (quality, strengths, q, g) in enumerate(_draws(src, n_rep, rng)):
         if known_p_a or strengths is None:
             ell_r = ell
         else:
@@ -544,7 +605,8 @@ def ppc_agreement(result, *, n_rep: int = 200, seed: int = 0, min_labels: int = 
             attentive = rng.random(len(user)) < quality[user]
         else:
             attentive = (rng.random(n_users) < quality)[user]
-        p_a = np.where(attentive, 1.0 / (1.0 + np.exp(-ell_r)), q)
+        p_cas = _casual_prob(design, cells, _logit(q), g)
+        p_a = np.where(attentive, 1.0 / (1.0 + np.exp(-ell_r)), p_cas)
         replicated[r] = agreement(rng.random(len(user)) < p_a)
     edges = np.linspace(0.0, 1.0, bins + 1)
     obs_counts = np.histogram(observed, bins=edges)[0]
@@ -608,4 +670,341 @@ def plot_ppc_agreement(result, *, n_rep: int = 200, seed: int = 0, min_labels: i
     )
     ax.set_xlim(0, 1)
     ax.legend(loc="upper left", frameon=False, fontsize=8)
+    return ax
+
+
+# --------------------------------------------------------------------------- posterior predictive check by covariate bin
+
+
+def _logit(p: float) -> float:
+    p = min(max(float(p), 1e-12), 1.0 - 1e-12)
+    return float(np.log(p) - np.log1p(-p))
+
+
+#: Columns of :func:`ppc_length_bins`.
+PPC_BIN_COLUMNS = ("covariate", "group", "bin", "x_median", "n_labels", "observed", "replicated_median",
+                   "replicated_low", "replicated_high", "checked", "outside")
+
+
+def _taste_types(src, uidx) -> tuple[np.ndarray, np.ndarray] | None:
+    """Taste classes of a result: ``(P(class k | data) per user (users x C), strengths (C x models))``."""
+    users, models = src.users, src.models
+    k = 1
+    while f"p_taste_{k}" in users and f"strength_taste_{k}" in models:
+        k += 1
+    if k <= 2:
+        return None
+    midx = _positions(models["model"], src.data.model_labels)
+    if midx is None:
+        return None
+    p = np.column_stack([_numbers(users, f"p_taste_{c}") for c in range(1, k)])[uidx]
+    s = np.stack([_numbers(models, f"strength_taste_{c}")[midx] for c in range(1, k)])
+    return (None if np.isnan(p).any() or np.isnan(s).any() else (p, s))
+
+
+def _group_rule(src, design, cells, ell, user, ma, mb, n_users, threshold, tastes, continuous):
+    """The rule that groups users as the fit does, as a function of the labels: ``choice`` (per usable row)
+    -> per row 1 when its user's posterior quality under the fitted point estimates is at least
+    ``threshold`` (two-class: P(attentive); taste classes: P(not casual); continuous: E[eta]), else 0.
+
+    The observed and every replicated data set are grouped by this one rule, so that users a fit calls
+    casual *because* their labels look casual are compared with replicated users selected the same way.
+    When the fit's parameters needed are not in its summary, the fit's own quality groups every data set.
+    """
+    from scipy.special import expit, log_expit, logsumexp
+
+    from .likelihood import ETA_GRID
+
+    params = src.summary.get("parameters", {}) or {}
+    effects = src.summary.get("casual_effects") or None
+    fixed_q = (src.summary.get("settings", {}) or {}).get("q")
+    q = fixed_q if fixed_q is not None else params.get("q")
+    if effects is not None:
+        beta0, g = float(effects["beta0"]), np.concatenate([np.asarray(c["g"], dtype=float) for c in effects["covariates"]])
+    else:
+        beta0, g = (None if q is None else _logit(q)), None
+    uidx = _user_index(src)
+    fixed = np.nan_to_num(src.users["quality"].to_numpy(dtype=float)[uidx], nan=0.0) >= threshold
+    eff_design = design if (effects is not None and design is not None and _effects_match(design, effects)) else None
+    needs = ("m", "tau") if continuous else ("pi",) if tastes is None else ()
+    if beta0 is None or any(params.get(k) is None for k in needs):
+        return lambda choice: fixed[user]
+    cas_logit = beta0 if eff_design is None else (beta0 + eff_design.design() @ g)[cells]
+
+    def label_logps(choice, logit):
+        sgn = np.where(choice, 1.0, -1.0)
+        return log_expit(sgn * logit)
+
+    if continuous:
+        theta = ETA_GRID.theta(float(params["m"]), float(params["tau"]))  # (G,)
+        log_w = ETA_GRID.log_weights
+        eta_nodes = expit(theta)
+        order = np.argsort(user, kind="stable")
+        present, starts = np.unique(user[order], return_index=True)
+
+        def eta_posterior(choice):
+            """Each user's posterior over the grid's nodes ``(users, G)`` (users without labels: the prior)."""
+            att = np.exp(label_logps(choice, ell)[order])
+            cas = np.exp(label_logps(choice, cas_logit)[order])
+            per_node = np.log(cas[:, None] + (att - cas)[:, None] * eta_nodes[None, :])  # P(label) at each node
+            ll = np.zeros((n_users, len(theta)))
+            ll[present] = np.add.reduceat(per_node, starts, axis=0)
+            post = ll + log_w[None, :]
+            return np.exp(post - logsumexp(post, axis=1, keepdims=True))
+
+        def rule(choice):
+            return ((eta_posterior(choice) @ eta_nodes) >= threshold)[user]
+        rule.eta_posterior, rule.eta_nodes = eta_posterior, eta_nodes
+        return rule
+    if tastes is not None:
+        _, s_taste = tastes
+        shares = np.array([params.get(f"share_taste_{c + 1}", np.nan) for c in range(s_taste.shape[0])], dtype=float)
+        if np.isnan(shares).any():
+            return lambda choice: fixed[user]
+        log_shares = np.log(np.clip(np.r_[1.0 - shares.sum(), shares], 1e-300, None))
+
+        def rule(choice):
+            cols = [np.bincount(user, weights=label_logps(choice, cas_logit), minlength=n_users)]
+            for c in range(s_taste.shape[0]):
+                cols.append(np.bincount(user, weights=label_logps(choice, s_taste[c, ma] - s_taste[c, mb]),
+                                        minlength=n_users))
+            post = np.column_stack(cols) + log_shares[None, :]
+            p_casual = np.exp(post[:, 0] - logsumexp(post, axis=1))
+            return ((1.0 - p_casual) >= threshold)[user]
+        return rule
+    pi = float(params["pi"])
+
+    def rule(choice):
+        att = np.bincount(user, weights=label_logps(choice, ell), minlength=n_users)
+        cas = np.bincount(user, weights=label_logps(choice, cas_logit), minlength=n_users)
+        return (expit(_logit(pi) + att - cas) >= threshold)[user]
+    return rule
+
+
+def _effects_match(design, effects: dict) -> bool:
+    """True when ``effects`` (``summary["casual_effects"]``) are of the covariates and bins of ``design``."""
+    covs = effects.get("covariates") or []
+    return (tuple(c["name"] for c in covs) == tuple(design.names)
+            and all(len(c["g"]) == j for c, j in zip(covs, design.n_bins)))
+
+
+def ppc_length_bins(result, *, n_rep: int = 200, seed: int = 0, threshold: float = 0.5,
+                    min_labels: int = 20, max_rows: int | None = 200_000) -> pd.DataFrame | None:
+    """Posterior predictive check of the casual covariates: agreement with the stronger model per covariate bin.
+
+    Every usable label on a pair whose fitted strengths differ is oriented so that the stronger
+    model comes first: its covariate value ``x`` (for the length ratio, ``log(len(stronger's
+    response) / len(other's))``) falls in one of the fit's own signed bins (``summary["casual_effects"]``:
+    bin ``k > 0`` is ``x`` in the ``k``-th bin of ``|x|``, ``-k`` the same size with the stronger model's
+    response the *shorter* one, ``0`` no contrast). Users are split by the fit: ``"attentive"`` when
+    their quality (P(attentive), or ``E[eta]``) is at least ``threshold``, else ``"casual"``. In each
+    group and bin, the *observed* share of labels that picked the stronger model is compared with the
+    same share in ``n_rep`` data sets replicated from the fitted model on the same rows (as
+    :func:`ppc_agreement`: user types drawn from the fitted quality, or each label's attentiveness
+    for the continuous variant, or the type among casual and the taste classes; attentive labels
+    follow the strengths, casual ones ``sigmoid(beta_0 + f(x))``; one posterior draw per replicate
+    when the result is sampled, else the point estimates). Casual clicks that follow length show as a
+    share rising across the bins among the casual users; a fit whose casual side ignores them
+    replicates a flat share, and the observed points leave the replicated range.
+
+    The covariates are read from the result's rows (recomputed as the fit read them: a loaded folder
+    gives them from its rows table).
+
+    Parameters
+    ----------
+    result : FitResult
+    n_rep : int
+        Replicated data sets.
+    seed : int
+    threshold : float
+        Quality at or above which a user counts as attentive.
+    min_labels : int
+        Bins (of a group) with fewer labels are listed but not ``checked``.
+    max_rows : int or None
+        A log with more usable labels is checked on a seeded random subset of its users (whole
+        users, at most this many labels; ``frame.attrs["n_users"]`` says how many): the continuous
+        variant's grouping costs ``33 x`` labels per replicate. ``None``: every user.
+
+    Returns
+    -------
+    pandas.DataFrame or None
+        One row per covariate, group and bin (:data:`PPC_BIN_COLUMNS`): ``x_median`` (median oriented
+        covariate value of the bin's labels), ``n_labels``, ``observed``, the replicated median and
+        central :data:`PPC_RANGE` % range, ``checked`` (``n_labels >= min_labels``) and ``outside``
+        (checked and observed outside the range). ``None`` when the fit had no casual covariates or
+        its rows (with the covariates) or fitted strengths are not available. ``frame.attrs`` holds
+        ``n_rep``, ``sampled`` and ``threshold``.
+
+    Examples
+    --------
+    >>> import bayes_annot as ba
+    >>> from bayes_annot.plotting import ppc_length_bins
+    >>> log = ba.simulate(n_users=300, n_models=6, length_bias=0.85, seed=0)
+    >>> table = ppc_length_bins(ba.fit(log), n_rep=200)
+    >>> int(table["outside"].sum()), int(table["checked"].sum())  # bins outside the 95% range, of those checked
+    (1, 23)
+    >>> table = ppc_length_bins(ba.fit(log, casual_covariates="none"), n_rep=200)  # casual clicks as coins
+    >>> int(table["outside"].sum()), int(table["checked"].sum())
+    (7, 12)
+    """
+    src = check_result(result)
+    casual = _casual_rows(src, default=True)
+    data = src.data
+    if casual is None or _user_index(src) is None:
+        return None
+    ell = _attentive_logit(src)
+    if ell is None:
+        return None
+    design, x = casual
+    usable = data.usable
+    user = data.user[usable]
+    y = data.choice_a[usable].astype(bool)
+    ma, mb = data.model_a[usable], data.model_b[usable]
+    n_users = data.n_users
+    if max_rows is not None and len(user) > max_rows:  # whole users, seeded, up to max_rows labels
+        order = np.random.default_rng([seed, 1]).permutation(n_users)
+        take = order[np.cumsum(np.bincount(user, minlength=n_users)[order]) <= max_rows]
+        keep = np.isin(user, take)
+        ell, x, user, y, ma, mb = ell[keep], x[keep], user[keep], y[keep], ma[keep], mb[keep]
+    informative = np.abs(ell) > 1e-9
+    if not informative.any():
+        return None
+    uidx = _user_index(src)
+    stronger_a = ell > 0
+    sign = np.where(stronger_a, 1.0, -1.0)
+    cells = design.cells(x)
+    known_p_a = str(src.summary.get("strengths", "")).startswith("known (column")
+    continuous = src.summary.get("model") == "continuous"
+    tastes = None if continuous or known_p_a else _taste_types(src, uidx)
+    group_of = _group_rule(src, design, cells, ell, user, ma, mb, n_users, threshold, tastes, continuous)
+    group = group_of(y).astype(np.int64)  # 0 casual, 1 attentive
+
+    # per covariate: each informative label's signed bin (oriented to the stronger model), as a slot
+    # (the group adds ``width``: a replicate's users are grouped by the same rule on its own labels)
+    slots, widths, meta = [], [], []
+    offset = 0
+    for j, (name, edges) in enumerate(zip(design.names, design.edges)):
+        n_bins = len(edges) + 1
+        xo = x[:, j] * sign
+        level = np.searchsorted(np.asarray(edges, dtype=float), np.abs(xo), side="left") + 1
+        signed = np.where(xo > 0, level, np.where(xo < 0, -level, 0))
+        slot = offset + signed + n_bins
+        slots.append(np.where(informative, slot, -1))
+        widths.append(2 * n_bins + 1)
+        for gi, gname in enumerate(("casual", "attentive")):
+            for b in range(-n_bins, n_bins + 1):
+                sel = informative & (group == gi) & (signed == b)
+                meta.append((name, gname, b, float(np.median(xo[sel])) if sel.any() else np.nan))
+        offset += 2 * (2 * n_bins + 1)
+    n_slots = offset
+
+    def shares(choice_a: np.ndarray, grp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(labels agreeing with the stronger model, labels) per slot, users grouped by ``grp`` (per row)."""
+        agree = (choice_a == stronger_a) & informative
+        hits, n = np.zeros(n_slots), np.zeros(n_slots)
+        for slot, width in zip(slots, widths):
+            ok = slot >= 0
+            idx = slot[ok] + grp[ok] * width
+            hits += np.bincount(idx, weights=agree[ok], minlength=n_slots)
+            n += np.bincount(idx, minlength=n_slots)
+        return hits, n
+
+    hits, counts = shares(y, group)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        observed = hits / counts
+    rng = np.random.default_rng(seed)
+    replicated = np.empty((n_rep, n_slots))
+    eta_cum = None  # continuous point fit: each user's eta drawn from their posterior on the grid
+    if continuous and not src.sampled and hasattr(group_of, "eta_posterior"):
+        eta_cum = np.cumsum(group_of.eta_posterior(y), axis=1)
+    for r, (quality, strengths, q, g) in enumerate(_draws(src, n_rep, rng)):
+        quality = np.clip(np.asarray(quality, dtype=float), 0.0, 1.0)
+        if tastes is not None:  # the type among casual and the taste classes, each class its own strengths
+            p_taste, s_taste = tastes
+            probs = np.column_stack([1.0 - p_taste.sum(axis=1), p_taste]).clip(0.0, None)
+            cum = np.cumsum(probs / probs.sum(axis=1, keepdims=True), axis=1)
+            kind = (rng.random(n_users)[:, None] > cum[:, :-1]).sum(axis=1)  # 0 casual, c: class c
+            kind_row = kind[user]
+            attentive = kind_row > 0
+            cls = np.maximum(kind_row - 1, 0)
+            ell_r = s_taste[cls, ma] - s_taste[cls, mb]
+        else:
+            ell_r = ell if known_p_a or strengths is None else strengths[ma] - strengths[mb]
+            if eta_cum is not None:
+                node = (rng.random(n_users)[:, None] > eta_cum[:, :-1]).sum(axis=1)
+                attentive = rng.random(len(user)) < group_of.eta_nodes[node][user]
+            elif continuous:
+                attentive = rng.random(len(user)) < quality[user]
+            else:
+                attentive = (rng.random(n_users) < quality)[user]
+        p_cas = _casual_prob(design, cells, _logit(q), g)
+        p_a = np.where(attentive, 1.0 / (1.0 + np.exp(-ell_r)), p_cas)
+        choice = rng.random(len(user)) < p_a
+        rep_hits, rep_n = shares(choice, group_of(choice).astype(np.int64))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            replicated[r] = rep_hits / rep_n
+    lo_pct, hi_pct = ppc_range_percentiles()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # empty bins: NaN
+        med = np.nanmedian(replicated, axis=0)
+        lo, hi = np.nanpercentile(replicated, [lo_pct, hi_pct], axis=0)
+    checked = counts >= max(1, int(min_labels))
+    outside = checked & ((observed < lo) | (observed > hi))
+    frame = pd.DataFrame(meta, columns=["covariate", "group", "bin", "x_median"])
+    frame["n_labels"] = counts.astype(np.int64)
+    frame["observed"] = observed
+    frame["replicated_median"], frame["replicated_low"], frame["replicated_high"] = med, lo, hi
+    frame["checked"], frame["outside"] = checked, outside
+    frame = frame[frame["n_labels"] > 0].reset_index(drop=True)
+    frame.attrs.update(n_rep=int(n_rep), sampled=bool(src.sampled), threshold=float(threshold),
+                       min_labels=int(min_labels), n_users=int(len(np.unique(user))), n_users_all=int(
+                           len(np.unique(data.user[usable]))), fitted=src.summary.get("casual_effects") is not None)
+    return frame
+
+
+def plot_ppc_length_bins(result, *, n_rep: int = 200, seed: int = 0, covariate: str | None = None,
+                         table: pd.DataFrame | None = None, ax=None):
+    """Posterior predictive check of the casual covariates (:func:`ppc_length_bins`), one covariate.
+
+    Per signed bin of the covariate (oriented to the stronger model; x axis: the bin's median value),
+    the observed share of labels agreeing with the stronger model (points) and the replicated
+    median and central :data:`PPC_RANGE` % range (bars), for the users the fit calls casual and
+    those it calls attentive (two colours). ``table``: a :func:`ppc_length_bins` result to draw
+    (default: computed with ``n_rep`` and ``seed``); ``covariate``: which one (default the first).
+    """
+    src = check_result(result)
+    ax = _axes(ax, figsize=(7.0, 4.0))
+    frame = table if table is not None else ppc_length_bins(src, n_rep=n_rep, seed=seed)
+    if frame is None or frame.empty:
+        return _empty(ax, "the check by covariate bin needs casual covariates, the rows and the fitted strengths")
+    name = covariate or str(frame["covariate"].iloc[0])
+    frame = frame[frame["covariate"] == name]
+    positions = {b: i for i, b in enumerate(sorted(frame["bin"].unique()))}
+    for gname, color, shift in (("casual", DROPPED_COLOR, -0.12), ("attentive", KEPT_COLOR, 0.12)):
+        part = frame[(frame["group"] == gname) & frame["checked"]]
+        if part.empty:
+            continue
+        xs = np.array([positions[b] for b in part["bin"]]) + shift
+        med = part["replicated_median"].to_numpy()
+        ax.errorbar(xs, med, yerr=[med - part["replicated_low"].to_numpy(), part["replicated_high"].to_numpy() - med],
+                    fmt="_", color=color, alpha=0.6, capsize=3, linewidth=2,
+                    label=f"{gname}: replicated ({PPC_RANGE}% range)")
+        out = part["outside"].to_numpy()
+        ax.scatter(xs[~out], part["observed"].to_numpy()[~out], color=color, s=22, zorder=3,
+                   label=f"{gname}: observed ({int(part['n_labels'].sum())} labels)")
+        if out.any():
+            ax.scatter(xs[out], part["observed"].to_numpy()[out], color=color, marker="x", s=40, zorder=3,
+                       label=f"{gname}: observed, outside the range")
+    ticks = sorted(positions, key=positions.get)
+    median_x = frame.groupby("bin")["x_median"].median()
+    ax.set_xticks([positions[b] for b in ticks])
+    ax.set_xticklabels([f"{median_x.get(b, np.nan):+.2f}" for b in ticks], fontsize=7, rotation=45)
+    ax.axhline(0.5, color=NEUTRAL_COLOR, linewidth=0.8, linestyle=":")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel(f"{name}, stronger model's response vs the other's (bin median)")
+    ax.set_ylabel("share of labels picking the stronger model")
+    n_out, n_checked = int(frame["outside"].sum()), int(frame["checked"].sum())
+    ax.set_title(f"By {name} bin: {n_out} of {n_checked} bins outside the replicated range", fontsize=10)
+    ax.legend(loc="lower right", frameon=False, fontsize=7)
+    ax.grid(alpha=0.3)
     return ax

@@ -844,6 +844,62 @@ def _lr_statistic(problem: UsableLabels, mask: np.ndarray, choice: np.ndarray):
     return max(2.0 * (l_alt - l_null), 0.0), s, q
 
 
+#: Weak priors of the casual-group test's fits with casual covariates (near maximum likelihood).
+_LR_PRIORS = Priors(q_alpha=1.0, q_beta=1.0, casual_effect_sigma=10.0)
+
+
+def _casual_counts(cells: np.ndarray, choice: np.ndarray, n_cells: int) -> np.ndarray:
+    """``(2 n_cells,)`` counts of labels choosing ``model_b`` / ``model_a`` per casual cell (as ``casual_table``)."""
+    return np.bincount(2 * cells.astype(np.int64) + choice, minlength=2 * n_cells).astype(float)
+
+
+def _fit_bt_casual(problem: UsableLabels, mask: np.ndarray, choice: np.ndarray, design_matrix: np.ndarray,
+                   sigma: float = 10.0, tol: float = 1e-10, max_iter: int = 100):
+    """Bradley–Terry plus the casual side's terms, ``logit P(a) = s_a - s_b + beta0 + D[cell] g``, on the labels
+    in ``mask``, with a weak ridge (Newton on the distinct (pair, cell) combinations); returns ``(s, loglik)``."""
+    k, n_eff = problem.n_models, design_matrix.shape[1]
+    ma, mb = problem.model_a[mask].astype(np.int64), problem.model_b[mask].astype(np.int64)
+    cell = problem.casual_cell[mask].astype(np.int64)
+    key, inverse = np.unique((ma * k + mb) * design_matrix.shape[0] + cell, return_inverse=True)
+    w1 = np.bincount(inverse, weights=choice[mask], minlength=len(key))
+    n = np.bincount(inverse, minlength=len(key)).astype(float)
+    pair, cc = key // design_matrix.shape[0], key % design_matrix.shape[0]
+    x = np.zeros((len(key), k + 1 + n_eff))
+    x[np.arange(len(key)), pair // k] += 1.0
+    x[np.arange(len(key)), pair % k] -= 1.0
+    x[:, k] = 1.0
+    x[:, k + 1:] = design_matrix[cc]
+
+    def loglik(theta):
+        eta = x @ theta
+        return float(w1 @ log_expit(eta) + (n - w1) @ log_expit(-eta))
+
+    def objective(theta):
+        return loglik(theta) - 0.5 * float(theta @ theta) / sigma**2
+
+    def direction(theta):
+        p = expit(x @ theta)
+        grad = x.T @ (w1 - n * p) - theta / sigma**2
+        neg = (x * (n * p * (1.0 - p))[:, None]).T @ x + np.eye(x.shape[1]) / sigma**2
+        return np.linalg.solve(neg, grad)
+
+    theta, _ = newton_ascent(objective, direction, np.zeros(x.shape[1]), tol, max_iter)
+    return theta[:k], loglik(theta)
+
+
+def _lr_statistic_casual(problem: UsableLabels, mask: np.ndarray, choice: np.ndarray, casual):
+    """:func:`_lr_statistic` when casual clicks follow covariates: BT plus the casual side's terms against the
+    casual side alone (``beta0 + D g`` of each label's casual cell); returns the null's ``(beta0, g)`` too."""
+    from .casual import fit_casual
+
+    design_matrix = casual.design()
+    counts = _casual_counts(problem.casual_cell[mask], choice[mask], casual.n_cells)
+    beta0, g = fit_casual(counts, design_matrix, 0.0, np.zeros(casual.n_effects), _LR_PRIORS, q_free=True)
+    l_null = float(counts @ casual_table(beta0, g, design_matrix))
+    s, l_alt = _fit_bt_casual(problem, mask, choice, design_matrix)
+    return max(2.0 * (l_alt - l_null), 0.0), s, (beta0, g)
+
+
 def casual_group_test(
     problem: UsableLabels,
     result_c1=None,
@@ -854,6 +910,7 @@ def casual_group_test(
     priors: Priors | None = None,
     q_fixed: float | None = None,
     min_labels: int = 20,
+    casual=None,
 ) -> CasualGroupTest:
     """Test whether the users a one-ranking fit calls casual are noise or a coherent taste group.
 
@@ -883,6 +940,11 @@ def casual_group_test(
     seed : int
     min_labels : int
         Fewer flagged labels than this: verdict ``"too few"``.
+    casual : CasualDesign, optional
+        Casual clicks follow these covariates (the problem's labels carry casual cells): the one-ranking
+        fit has them, the casual side of the statistic is ``beta_0 + f(x)`` (fitted on the flagged labels;
+        the alternative adds Bradley–Terry strengths to it), and under the null the flagged labels are
+        redrawn from that fitted casual side: covariate-following clicks, not coin flips.
 
     Returns
     -------
@@ -892,10 +954,13 @@ def casual_group_test(
 
     if n_sim < 1.0 / alpha - 1.0:
         raise ValueError(f"n_sim = {n_sim} cannot reach p <= alpha = {alpha}: use n_sim >= {int(np.ceil(1 / alpha - 1))}")
+    if casual is not None and problem.casual_cell is None:
+        raise ValueError("casual_group_test with casual covariates needs the labels' casual cells")
+    covariates = casual is not None
     priors = priors or Priors()
     active = np.bincount(problem.user, minlength=problem.n_users) > 0
     if result_c1 is None:
-        result_c1 = fit_tastes(problem, 1, priors=priors, q_fixed=q_fixed)
+        result_c1 = fit_tastes(problem, 1, priors=priors, q_fixed=q_fixed, casual=casual)
     strengths = np.asarray(result_c1.strengths, dtype=float).reshape(-1, problem.n_models)
     if strengths.shape[0] != 1:
         raise ValueError("casual_group_test needs a one-ranking (C = 1) fit")
@@ -909,19 +974,32 @@ def casual_group_test(
         return CasualGroupTest(np.nan, np.nan, "too few", msg, n_flag, n_lab, np.zeros(problem.n_models), np.nan,
                                np.array([]))
     choice = problem.choice_a.astype(np.int64)
-    stat, s_flag, q_hat = _lr_statistic(problem, mask, choice)
+    if covariates:
+        stat, s_flag, (beta0_hat, g_hat) = _lr_statistic_casual(problem, mask, choice, casual)
+        p_null = expit(beta0_hat + casual.design() @ g_hat)[problem.casual_cell[mask]]  # each flagged label's
+    else:
+        stat, s_flag, q_hat = _lr_statistic(problem, mask, choice)
+        p_null = q_hat
     rho = float(spearmanr(s_flag, strengths[0]).statistic) if np.std(s_flag) > 0 else np.nan
     rng = np.random.default_rng(seed)
     null = np.empty(n_sim)
     for i in range(n_sim):
         sim_choice = choice.copy()
-        sim_choice[mask] = rng.random(n_lab) < q_hat
+        sim_choice[mask] = rng.random(n_lab) < p_null
         sim = UsableLabels(user=problem.user, model_a=problem.model_a, model_b=problem.model_b,
-                        choice_a=sim_choice.astype(np.int8), n_users=problem.n_users, n_models=problem.n_models)
+                           choice_a=sim_choice.astype(np.int8), n_users=problem.n_users, n_models=problem.n_models,
+                           casual_cell=problem.casual_cell if covariates else None,
+                           n_casual=problem.n_casual if covariates else 0)
         run = run_class_em(problem_runner(sim), problem.n_models, [pi0], result_c1.q, strengths, priors=priors,
-                           q_fixed=q_fixed, tol=1e-8, max_iter=500)
+                           q_fixed=q_fixed, tol=1e-8, max_iter=500, casual=casual,
+                           casual_g=getattr(result_c1, "casual_g", None) if covariates else None)
         sim_mask = (active & (run.quality < threshold))[problem.user]
-        null[i] = _lr_statistic(sim, sim_mask, sim_choice)[0] if sim_mask.sum() >= min_labels else 0.0
+        if sim_mask.sum() < min_labels:
+            null[i] = 0.0
+        elif covariates:
+            null[i] = _lr_statistic_casual(sim, sim_mask, sim_choice, casual)[0]
+        else:
+            null[i] = _lr_statistic(sim, sim_mask, sim_choice)[0]
     p_value = float((1 + np.sum(null >= stat)) / (1 + n_sim))
     if p_value <= alpha:
         verdict = "taste group"
@@ -935,7 +1013,8 @@ def casual_group_test(
         verdict = "noise"
         message = (
             f"The {n_flag} users flagged casual under one ranking ({n_lab} labels) show no common ranking beyond "
-            f"what coin flips produce (likelihood ratio {stat:.1f}, bootstrap p = {p_value:.3g}): consistent with noise."
+            f"what {'casual clicks following ' + ', '.join(casual.names) if covariates else 'coin flips'} produce "
+            f"(likelihood ratio {stat:.1f}, bootstrap p = {p_value:.3g}): consistent with noise."
         )
     return CasualGroupTest(stat, p_value, verdict, message, n_flag, n_lab, s_flag, rho, null)
 

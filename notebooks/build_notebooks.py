@@ -283,6 +283,20 @@ NOTEBOOKS["06-length-bias.ipynb"] = [
         "model on the rest, score the hidden labels."
     ),
     new_code_cell("from bayes_annot.evaluate import compare_heldout\n\ncompare_heldout({'paper': paper, 'length-aware default': default})"),
+    new_markdown_cell(
+        "The report's posterior predictive check by length-ratio bin (also without ground truth): per bin of the "
+        "log length ratio, oriented so that the stronger model's response comes first, the share of labels "
+        "picking the stronger model among the users each fit calls casual and attentive (points), against data "
+        "replicated from the fit (bars). The paper's model cannot reproduce how choices follow length."
+    ),
+    new_code_cell(
+        "import matplotlib.pyplot as plt\n"
+        "from bayes_annot import plotting\n\n"
+        "fig, axes = plt.subplots(1, 2, figsize=(13, 4), sharey=True)\n"
+        "for ax, (name, result) in zip(axes, [('paper', paper), ('default', default)]):\n"
+        "    plotting.plot_ppc_length_bins(result, n_rep=100, seed=0, ax=ax)\n"
+        "    ax.set_title(name + ': ' + ax.get_title(), fontsize=9)"
+    ),
 ]
 
 
