@@ -39,7 +39,7 @@ from .casual import DEFAULT_BINS, CasualDesign, casual_design, prepare_casual
 from .data import parse_casual_covariates
 from .likelihood import Priors
 from .spec import BehaviourSpec
-from .tables import OUTPUT_COLUMNS, input_renames  # noqa: F401  (OUTPUT_COLUMNS: public name)
+from .tables import OUTPUT_COLUMNS, input_renames, write_table  # noqa: F401  (OUTPUT_COLUMNS: public name)
 from .validation import check_fit_settings
 
 __all__ = ["FitResult", "UserQualityModel", "fit", "load", "model_spec"]
@@ -208,21 +208,24 @@ class FitResult:
 
             self._rows = to_rows(self._ddf, self.dask_fit, self._keep, self.estimates.quality, self._no_verdict_mask)
         elif self._rows is None and self.backend == "memory":
-            data, row_kept = self._data, self._row_kept
-            # codes index list(REASONS): 0 ok, 1 tie, 2 same_model, 3 user_low_quality, 4 no_verdict (kept or
-            # not: see `kept`), 5 invalid_winner, 6 invalid_p_a (dropped rows, data.DROP_REASONS)
-            decided = np.where(self._no_verdict_mask[data.user], 4, np.where(row_kept, 0, 3))
-            code = np.where(data.usable, decided, data.reason_code).astype(np.int8)
-            reason = pd.Categorical.from_codes(code, categories=REASON_CATEGORIES)
-            rows = data.frame.copy()
+            rows = self._data.frame.copy()
             renames = input_renames(rows.columns)
             if renames:
                 rows = rows.rename(columns=renames)
-            rows["kept"] = row_kept
-            rows["reason"] = reason
-            rows["weight"] = self.estimates.quality[data.user]
+            for name, values in self._row_outputs().items():
+                rows[name] = values
             self._rows = rows
         return self._rows
+
+    def _row_outputs(self) -> dict:
+        """The columns a fit adds to every input row: ``kept``, ``reason``, ``weight`` (in-memory fits)."""
+        data, row_kept = self._data, self._row_kept
+        # codes index list(REASONS): 0 ok, 1 tie, 2 same_model, 3 user_low_quality, 4 no_verdict (kept or
+        # not: see `kept`), 5 invalid_winner, 6 invalid_p_a (dropped rows, data.DROP_REASONS)
+        decided = np.where(self._no_verdict_mask[data.user], 4, np.where(row_kept, 0, 3))
+        code = np.where(data.usable, decided, data.reason_code).astype(np.int8)
+        reason = pd.Categorical.from_codes(code, categories=REASON_CATEGORIES)
+        return {"kept": row_kept, "reason": reason, "weight": self.estimates.quality[data.user]}
 
     @property
     def kept_rows(self):
@@ -514,8 +517,10 @@ class FitResult:
                 parts = self.rows.to_delayed()  # a bar inside a bayes_annot.progress.showing() block (the CLI's)
                 parts = iterate(resolve_progress(None), parts, desc="writing rows", unit="partition", total=len(parts))
                 out.stream_table("rows", (part.compute() for part in parts), renamed_input_columns=renamed)
-            else:
+            elif not (format == "parquet" and self.backend == "memory" and _write_row_parts(out, self, renamed)):
                 out.table("rows", self.rows, renamed_input_columns=renamed)
+            if format == "parquet" and self.backend == "memory":
+                _write_update_state(out, self)
             out.json("summary.json", self.summary)
             if posterior and self.idata is not None:
                 self.idata.to_netcdf(str(out.path("posterior.nc")))
@@ -1434,6 +1439,87 @@ def _write_dpo(path, frames) -> None:
 
     tmp, _ = stage_dpo(frames, Path(path))
     os.replace(tmp, path)
+
+
+def _write_update_state(out, result: FitResult) -> None:
+    """Write the folder's side file (:mod:`bayes_annot.update_state`) so that an update of it encodes only
+    its new rows: an in-memory EM fit (it keeps its EM block) without casual covariates."""
+    from .update_state import STATE_FILE, STATE_VERSION, write_state
+
+    state, data = result._state, result._data
+    if state is None or data is None or tuple(data.casual_names) or result.summary.get("casual_effects"):
+        return
+    if state.block.users.shape[0] != data.n_users:
+        return
+    path = out.path(STATE_FILE)
+    if write_state(path, fit_id=out.fit_id, data=data, state=state):
+        out.manifest_extra["update_state"] = {"file": STATE_FILE, "version": STATE_VERSION}
+    else:
+        path.unlink(missing_ok=True)
+        out.files.remove(STATE_FILE)
+
+
+def _write_row_parts(out, result: FitResult, renamed: dict) -> bool:
+    """Write ``rows`` as parts (the result of a fast folder update): the previous folder's parts linked
+    unchanged, the new input rows as one more part, the output columns of every row in their own file.
+
+    ``False`` (nothing written) when the result has no previous parts, or its new rows' columns are not
+    typed as the previous parts' (the caller then writes one table of every row).
+    """
+    from .tables import to_arrow, write_arrow
+
+    source = getattr(result, "_rows_source", None)
+    if source is None or result._data is None:
+        return False
+    parts, n_old, new_frame = source["parts"], source["n_old"], source["new_frame"]
+    n_new = 0 if new_frame is None else len(new_frame)
+    if result._data.n_rows != n_old + n_new or not parts:
+        return False
+    template = parts[0][0]
+    new_part = None
+    if n_new:
+        renames = input_renames(new_frame.columns)
+        frame = new_frame.rename(columns=renames) if renames else new_frame
+        if [str(c) for c in frame.columns] != list(template["input_columns"]):
+            return False
+        table, metas = to_arrow(frame)
+        typed = {m["name"]: m for m in template["columns"]}
+        if any({k: v for k, v in m.items()} != typed.get(m["name"]) for m in metas):
+            return False
+        if any(not table.schema.field(m["name"]).type.equals(_part_type(template, m["name"])) for m in metas):
+            return False
+        new_part = (table, metas)
+    names = {part["file"] for part, _ in parts}
+    descriptions = []
+    for part, handle in parts:
+        out.link_file(part["file"], handle)
+        descriptions.append(part)
+    if new_part is not None:
+        index = len(parts)
+        while f"rows-part-{index}.parquet" in names:
+            index += 1
+        name = f"rows-part-{index}.parquet"
+        with open(out.path(name), "wb") as handle:
+            meta = write_arrow(*new_part, handle, "parquet")
+        descriptions.append(dict(meta, file=name, input_columns=list(template["input_columns"])))
+    with open(out.path("rows-outputs.parquet"), "wb") as handle:
+        outputs = write_table(pd.DataFrame(result._row_outputs()), handle, "parquet")
+    out.tables["rows"] = {
+        "format": "parquet", "layout": "parts", "rows": int(n_old + n_new),
+        "parts": [{k: v for k, v in d.items() if k != "layout"} for d in descriptions],
+        "outputs": dict(outputs, file="rows-outputs.parquet"), "renamed_input_columns": renamed,
+    }
+    return True
+
+
+def _part_type(meta: dict, name: str):
+    """The Arrow type of column ``name`` in a written table's schema."""
+    import base64
+
+    import pyarrow as pa
+
+    schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(meta["schema"])))
+    return schema.field(name).type
 
 
 def _rebuild_data(rows: pd.DataFrame | None, summary: dict) -> PreparedData | None:

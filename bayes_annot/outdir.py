@@ -368,6 +368,7 @@ class ResultWriter:
         self.outside: list[tuple[Path, Path]] = []  # (staged file, destination) outside the folder
         self.staging: Path | None = None
         self.notes: list[str] = []
+        self.manifest_extra: dict = {}  # further manifest entries (e.g. ``update_state``: the side file of an update)
 
     def __enter__(self) -> "ResultWriter":
         self._lock = locked(self.target, self.on_wait)
@@ -421,6 +422,20 @@ class ResultWriter:
         self.tables[name] = meta
         return file_name
 
+    def link_file(self, relative: str, source) -> None:
+        """Put an existing, never rewritten file of a previous result (an open binary file) into the
+        folder as ``relative``: a hard link where the file system allows it, else a copy."""
+        target = self.path(relative)
+        fd = source.fileno()
+        try:
+            os.link(f"/proc/self/fd/{fd}", target, follow_symlinks=True)
+            return
+        except OSError:
+            pass
+        source.seek(0)
+        with open(target, "wb") as out:
+            shutil.copyfileobj(source, out, 1 << 22)
+
     def json(self, name: str, payload) -> None:
         """Write ``payload`` as ``name`` (indented JSON; NaN is refused, so the file is valid JSON)."""
         with open(self.path(name), "w", encoding="utf-8") as handle:
@@ -453,6 +468,7 @@ class ResultWriter:
             "format": self.fmt,
             "files": sorted(self.files),
             "tables": self.tables,
+            **self.manifest_extra,
         }
         self.fit_id = manifest["fit_id"]
         with open(self.staging / MANIFEST, "w", encoding="utf-8") as handle:
