@@ -428,7 +428,12 @@ def read_row_parts(parts, *, columns=None, rows=None) -> pd.DataFrame:
             take = rows[lo:hi] - offset
         if hasattr(source, "seek"):
             source.seek(0)
-        frames.append(read_table_file(source, meta, columns=names, rows=take))
+        if take is not None and take.shape[0] == 0 and meta.get("format") == "parquet":
+            import pyarrow.parquet as pq  # no row wanted: the part's columns, typed, without reading its rows
+
+            frames.append(arrow_to_frame(pq.read_schema(source).empty_table().select(names), meta))
+        else:
+            frames.append(read_table_file(source, meta, columns=names, rows=take))
         offset += n
     if len(frames) == 1:
         return frames[0]
