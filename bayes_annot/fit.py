@@ -39,7 +39,7 @@ from .casual import DEFAULT_BINS, CasualDesign, casual_design, prepare_casual
 from .data import parse_casual_covariates
 from .likelihood import Priors
 from .spec import BehaviourSpec
-from .tables import OUTPUT_COLUMNS, input_renames, write_table  # noqa: F401  (OUTPUT_COLUMNS: public name)
+from .tables import OUTPUT_COLUMNS, input_renames  # noqa: F401  (OUTPUT_COLUMNS: public name)
 from .validation import check_fit_settings
 
 __all__ = ["FitResult", "UserQualityModel", "fit", "load", "model_spec"]
@@ -512,7 +512,9 @@ class FitResult:
         with ResultWriter(directory, inputs=inputs, fmt=format, safe_csv=safe_csv, on_wait=on_wait) as out:
             out.table("users", self.users)
             out.table("models", self.models)
-            renamed = {new: old for old, new in input_renames(self.input_rows().columns).items()}
+            source = getattr(self, "_rows_source", None)  # a fast folder update: the saved rows stay unread
+            columns = source["columns"] if source is not None else self.input_rows().columns
+            renamed = {new: old for old, new in input_renames(columns).items()}
             if self.backend == "dask":
                 parts = self.rows.to_delayed()  # a bar inside a bayes_annot.progress.showing() block (the CLI's)
                 parts = iterate(resolve_progress(None), parts, desc="writing rows", unit="partition", total=len(parts))
@@ -1503,13 +1505,37 @@ def _write_row_parts(out, result: FitResult, renamed: dict) -> bool:
             meta = write_arrow(*new_part, handle, "parquet")
         descriptions.append(dict(meta, file=name, input_columns=list(template["input_columns"])))
     with open(out.path("rows-outputs.parquet"), "wb") as handle:
-        outputs = write_table(pd.DataFrame(result._row_outputs()), handle, "parquet")
+        outputs = _write_outputs(result._row_outputs(), handle)
     out.tables["rows"] = {
         "format": "parquet", "layout": "parts", "rows": int(n_old + n_new),
         "parts": [{k: v for k, v in d.items() if k != "layout"} for d in descriptions],
         "outputs": dict(outputs, file="rows-outputs.parquet"), "renamed_input_columns": renamed,
     }
     return True
+
+
+def _write_outputs(outputs: dict, handle) -> dict:
+    """Write the output columns as parquet, ``reason`` as Arrow dictionary codes (no text per row);
+    the description is :func:`~bayes_annot.tables.write_table`'s, so the table reads back equal."""
+    import pyarrow as pa
+
+    from .tables import to_arrow, write_arrow
+
+    frame = pd.DataFrame(outputs)
+    _, metas = to_arrow(frame.iloc[:0])
+    arrays = []
+    for name in frame.columns:
+        values = frame[name]
+        if isinstance(values.dtype, pd.CategoricalDtype):
+            dictionary = pa.array([str(c) for c in values.cat.categories], type=pa.string())
+            arrays.append(pa.DictionaryArray.from_arrays(pa.array(values.cat.codes.to_numpy()), dictionary))
+        else:
+            arrays.append(pa.array(values.to_numpy()))
+    # plain, uncompressed numbers (weights barely compress; a dictionary of 10^5 users' values costs 3x the time)
+    options = {"use_dictionary": [str(c) for c in frame.columns if isinstance(frame[c].dtype, pd.CategoricalDtype)],
+               "compression": "none", "write_statistics": False}
+    return write_arrow(pa.Table.from_arrays(arrays, names=[str(c) for c in frame.columns]), metas, handle, "parquet",
+                       parquet_options=options)
 
 
 def _part_type(meta: dict, name: str):

@@ -242,7 +242,11 @@ def _fast_update_of(folder, directory, new_rows, columns, on_duplicate, row_id, 
     for target in (result._summary_base, result.summary):
         target["settings"].update(max_tastes=None, taste_check=False, casual_bins=DEFAULT_BINS)
     set_provenance(result, info, entries)
-    result._rows_source = {"parts": folder.parts, "n_old": old.n_rows, "new_frame": new_frame, "folder": folder}
+    names = [old._renamed.get(c, c) for c in folder.parts[0][0]["input_columns"]]
+    if new_frame is not None and list(map(str, new_frame.columns)) != names:
+        names = list(pd.concat([pd.DataFrame(columns=names), new_frame.iloc[:0]]).columns)  # the merged frame's
+    result._rows_source = {"parts": folder.parts, "n_old": old.n_rows, "new_frame": new_frame, "folder": folder,
+                           "columns": names}
     return result
 
 
@@ -263,9 +267,13 @@ def _old_candidates(old, folder, new_rows: pd.DataFrame, row_id, on_duplicate, u
         blank = np.ones(len(new_rows), dtype=bool) if ids is None else _missing_any(new_rows, ids)
         found = []
         if ids is not None and (~blank).any():
-            first = read_row_parts(folder.parts, columns=[back.get(ids[0], ids[0])])
-            first.columns = [ids[0]]
-            found.append(_narrowed(first, new_rows.iloc[np.flatnonzero(~blank)], ids[0]).index.to_numpy())
+            with_id = new_rows.iloc[np.flatnonzero(~blank)]
+            stored = back.get(ids[0], ids[0])
+            found.append(_integer_matches(folder.parts, stored, with_id[ids[0]]))
+            if found[-1] is None:
+                first = read_row_parts(folder.parts, columns=[stored])
+                first.columns = [ids[0]]
+                found[-1] = _narrowed(first, with_id, ids[0]).index.to_numpy()
         if blank.any():
             if user is not None and user in names and user in new_rows.columns:
                 dummy = pd.DataFrame({user: np.zeros(n, dtype=np.int8)})
@@ -278,3 +286,55 @@ def _old_candidates(old, folder, new_rows: pd.DataFrame, row_id, on_duplicate, u
     if renamed:
         rows = rows.rename(columns=renamed)
     return rows, (old.user[positions], old.user_labels)
+
+
+def _integer_matches(parts, column: str, wanted: pd.Series) -> np.ndarray | None:
+    """Positions of the saved rows whose integer ``column`` equals a number some new id spells (what
+    ``provenance._narrowed`` finds for an integer column), looked up in Arrow without converting the
+    saved column; ``None`` when the column is not an integer column in every part."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .provenance import _numbers_of, canonical_text
+
+    kinds = set()
+    for part, _ in parts:
+        meta = {m["name"]: m for m in part["columns"]}.get(column) or {}
+        kinds.add((meta.get("codec"), meta.get("dtype")))
+    if len(kinds) != 1:
+        return None
+    codec, dtype = kinds.pop()
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        return None
+    if codec is not None or dtype.kind not in "iu":
+        return None
+    numbers = np.unique(_numbers_of(pd.unique(canonical_text(wanted)), dtype))
+    found, offset = [], 0
+    for part, handle in parts:
+        handle.seek(0)
+        reader = pq.ParquetFile(handle)
+        if not pa.types.is_integer(reader.schema_arrow.field(column).type):
+            return None
+        leaf = reader.metadata.schema.names.index(column)
+        start = offset
+        for group in range(reader.num_row_groups):
+            meta = reader.metadata.row_group(group)
+            stats = meta.column(leaf).statistics
+            # ids often grow: a row group whose ids all lie outside the new ids' range is not read
+            skip = numbers.shape[0] == 0 or (stats is not None and stats.has_min_max and
+                                             (stats.max < numbers[0] or stats.min > numbers[-1]))
+            if not skip:
+                values = reader.read_row_group(group, columns=[column]).column(0)
+                if values.null_count:
+                    return None
+                values = values.to_numpy()
+                inside = np.flatnonzero((values >= numbers[0]) & (values <= numbers[-1]))
+                hit = inside[pd.Index(numbers).get_indexer(values[inside]) >= 0] if inside.shape[0] else inside
+                found.append(hit.astype(np.int64) + start)
+            start += meta.num_rows
+        if start - offset != int(part["rows"]):
+            return None
+        offset += int(part["rows"])
+    return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)

@@ -202,8 +202,9 @@ def write_table(frame: pd.DataFrame, sink: str | BinaryIO, fmt: str = "csv", *, 
     return write_arrow(table, metas, sink, fmt, safe_csv=safe_csv)
 
 
-def write_arrow(table, metas: list[dict], sink, fmt: str, *, safe_csv: bool = False) -> dict:
-    """Write an Arrow table built by :func:`to_arrow` (see :func:`write_table`)."""
+def write_arrow(table, metas: list[dict], sink, fmt: str, *, safe_csv: bool = False, parquet_options=None) -> dict:
+    """Write an Arrow table built by :func:`to_arrow` (see :func:`write_table`); ``parquet_options``:
+    further keyword arguments of :func:`pyarrow.parquet.write_table`."""
     import pyarrow.csv as pa_csv
     import pyarrow.parquet as pq
 
@@ -221,7 +222,7 @@ def write_arrow(table, metas: list[dict], sink, fmt: str, *, safe_csv: bool = Fa
             _write_header(sink, table.column_names)
             pa_csv.write_csv(table, sink, _NO_HEADER)
     else:
-        pq.write_table(table, sink)
+        pq.write_table(table, sink, **(parquet_options or {}))
     return {
         "format": fmt,
         "rows": int(table.num_rows),

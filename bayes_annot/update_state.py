@@ -57,6 +57,18 @@ def _json_safe(value) -> bool:
         return False
 
 
+def _narrow(values: np.ndarray) -> np.ndarray:
+    """A large integer array in the smallest integer type that holds its values (read back in its own type)."""
+    if values.dtype.kind not in "iu" or values.size < 4096 or values.dtype.itemsize == 1:
+        return values
+    low, high = int(values.min()), int(values.max())
+    for kind in (np.int8, np.int16, np.int32):
+        info = np.iinfo(kind)
+        if info.min <= low and high <= info.max:
+            return values.astype(kind) if np.dtype(kind).itemsize < values.dtype.itemsize else values
+    return values
+
+
 def _flatten(obj, prefix: str, arrays: dict, meta: dict, seen: dict, skip=()) -> None:
     """Store every public field of the dataclass ``obj`` under ``prefix + name``."""
     for f in dataclasses.fields(obj):
@@ -68,8 +80,7 @@ def _flatten(obj, prefix: str, arrays: dict, meta: dict, seen: dict, skip=()) ->
         elif isinstance(value, np.ndarray):
             if value.dtype.hasobject:
                 raise _Unsupported(f"{key}: an object array")
-            arrays[key] = value
-            meta[key] = {"kind": "array"}
+            arrays[key], meta[key] = _narrow(value), {"kind": "array", "dtype": value.dtype.str}
         elif dataclasses.is_dataclass(value) and type(value).__name__ in _CLASSES:
             if id(value) in seen:  # the same object twice (a block's pairs are the state's pair counts)
                 meta[key] = {"kind": "same", "as": seen[id(value)]}
@@ -100,7 +111,7 @@ def _build(cls, prefix: str, arrays, meta: dict, built: dict, skip=()) -> dict:
         if kind == "none":
             out[name] = None
         elif kind == "array":
-            out[name] = arrays[key]
+            out[name] = arrays[key].astype(np.dtype(entry["dtype"]), copy=False) if "dtype" in entry else arrays[key]
         elif kind == "value":
             out[name] = entry["value"]
         elif kind == "tuple":
