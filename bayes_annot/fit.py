@@ -222,8 +222,9 @@ class FitResult:
         data, row_kept = self._data, self._row_kept
         # codes index list(REASONS): 0 ok, 1 tie, 2 same_model, 3 user_low_quality, 4 no_verdict (kept or
         # not: see `kept`), 5 invalid_winner, 6 invalid_p_a (dropped rows, data.DROP_REASONS)
-        decided = np.where(self._no_verdict_mask[data.user], 4, np.where(row_kept, 0, 3))
-        code = np.where(data.usable, decided, data.reason_code).astype(np.int8)
+        code = np.where(row_kept, np.int8(0), np.int8(3))  # one byte per row throughout
+        code[self._no_verdict_mask[data.user]] = 4
+        code = np.where(data.usable, code, data.reason_code.astype(np.int8, copy=False))
         reason = pd.Categorical.from_codes(code, categories=REASON_CATEGORIES)
         return {"kept": row_kept, "reason": reason, "weight": self.estimates.quality[data.user]}
 
