@@ -201,7 +201,12 @@ def _read_update_folder(folder) -> UpdateFolder | None:
     for name in ("users", "models"):
         with folder.open(tables[name]["file"]) as handle:
             small[name] = read_table_file(handle, tables[name])
-    summary = json.loads(folder.read_text("summary.json"))
+    try:
+        summary = json.loads(folder.read_text("summary.json"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None  # the update from the rows reads it again and names the fault
+    if not isinstance(summary, dict):
+        return None
     rows_meta = tables["rows"]
     if rows_meta.get("layout") == "parts":
         descriptions = rows_meta["parts"]

@@ -144,7 +144,7 @@ def test_duplicates_are_found_among_the_saved_rows_without_reading_them_all(day1
         assert provenance["rows_skipped"] == len(pd.read_parquet(paths["old"]).iloc[::50])
 
 
-@pytest.mark.parametrize("damage", ["bytes", "other-fit", "truncated", "version"])
+@pytest.mark.parametrize("damage", ["bytes", "other-fit", "truncated", "version", "fields"])
 def test_a_damaged_or_foreign_side_file_falls_back_to_the_rows(day1, tmp_path, damage):
     out, paths = day1
     slow = _without_state(out, tmp_path / "slow")
@@ -162,13 +162,16 @@ def test_a_damaged_or_foreign_side_file_falls_back_to_the_rows(day1, tmp_path, d
         assert main(["fit", _write(log, tmp_path / "o.parquet"), "--out", str(other), "--format", "parquet",
                      "--quiet"]) == 0
         shutil.copyfile(other / STATE_FILE, state)
-    else:  # a side file of another format version
+    else:  # a side file of another format version, or of a block with other fields
         import io
 
         with np.load(state) as npz:
             arrays = {k: npz[k] for k in npz.files}
         header = json.loads(arrays["__header__"].tobytes())
-        header["version"] = 0
+        if damage == "version":
+            header["version"] = 0
+        else:  # written when the EM block had one field less (a field added since must not be left at a default)
+            del header["entries"]["state.block.ties"]
         arrays["__header__"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
@@ -256,3 +259,20 @@ def test_the_folder_keeps_nothing_it_did_not_write(day1, tmp_path, capsys):
     assert main(["fit", paths["new"], "--update", str(out), "--out", str(out), "--quiet"]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert sorted(p.name for p in out.iterdir()) == sorted(manifest["files"] + ["manifest.json"])
+
+
+def test_rows_are_copied_where_they_cannot_be_linked(day1, tmp_path, monkeypatch):
+    """Another file system (or none with hard links): the saved rows are copied into the new folder."""
+    out, paths = day1
+    slow = _without_state(out, tmp_path / "slow")
+
+    def no_link(*args, **kwargs):
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", no_link)
+    for folder in (out, slow):
+        assert main(["fit", paths["new"], "--update", str(folder), "--out", str(tmp_path / f"{folder.name}-2"),
+                     "--quiet"]) == 0
+    assert _layout(tmp_path / "day1-2") == "parts"
+    assert_same_result(tmp_path / "day1-2", tmp_path / "slow-2")
+    assert (out / "rows.parquet").stat().st_nlink == 1
