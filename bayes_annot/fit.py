@@ -1494,8 +1494,9 @@ def _write_row_parts(out, result: FitResult, renamed: dict) -> bool:
         new_part = (table, metas)
     names = {part["file"] for part, _ in parts}
     descriptions = []
+    folder = source.get("folder")
     for part, handle in parts:
-        out.link_file(part["file"], handle)
+        out.link_file(part["file"], handle, name=part["file"], dir_fd=getattr(folder, "dir_fd", None))
         descriptions.append(part)
     if new_part is not None:
         index = len(parts)

@@ -1,10 +1,12 @@
 """Updating a saved results folder with new rows: ``bayes-annot fit NEW --update DIR --out DIR``.
 
-A saved folder holds every input row of its fit but no EM block, so
-:func:`update_saved` refits the saved rows plus the new ones, warm-started
-from the folder's parameters (:func:`bayes_annot.saved.load_start`), with the
-saved settings; a live result updates faster with
-:meth:`bayes_annot.fit.FitResult.update`.
+A parquet folder written from an in-memory EM fit keeps its integer-coded log and EM block in a side
+file (:mod:`bayes_annot.update_state`): :func:`update_saved` then encodes only the new rows, merges
+them into the saved block as :meth:`bayes_annot.fit.FitResult.update` does for a live result, and the
+result writes its ``rows`` as the saved parquet parts (linked unchanged) plus one part of new rows.
+Any other folder (CSV, older, or a side file that cannot serve it) holds every input row but no EM
+block, so :func:`update_saved` refits the saved rows plus the new ones, warm-started from the folder's
+parameters (:func:`bayes_annot.saved.load_start`), with the saved settings. Both give the same tables.
 """
 
 from __future__ import annotations
@@ -49,8 +51,10 @@ def update_saved(
     ``new_rows``; it is fitted by EM with the saved settings (model, columns,
     filter, ``q``, ``mu``, priors, ``tol``), starting from the saved
     parameters, strengths and (continuous) per-user quality. The result is the
-    fit of old + new rows, as :meth:`~bayes_annot.fit.FitResult.update` gives for a live result; a saved
-    folder holds no EM block, so the old rows are encoded again.
+    fit of old + new rows, as :meth:`~bayes_annot.fit.FitResult.update` gives for a live result. A
+    parquet folder with a side file (``update-state.npz``) is updated from its coded log and EM block
+    without reading its rows (a damaged or foreign side file: a :class:`~bayes_annot.errors.FitWarning`,
+    then the update from the rows); other folders have their rows encoded again.
 
     Parameters
     ----------
@@ -113,7 +117,6 @@ def update_saved(
     )
     set_provenance(result, info, entries)
     return result
-
 
 
 def _settings_and_roles(summary: dict, new_rows: pd.DataFrame, columns, overrides: dict):
@@ -181,7 +184,6 @@ def _fast_update(directory: Path, new_rows: pd.DataFrame, columns, on_duplicate,
 
 
 def _fast_update_of(folder, directory, new_rows, columns, on_duplicate, row_id, record_paths, info, overrides):
-    from .block_em import EMState  # noqa: F401  (the state read back is one)
     from .incremental import _extend_state, _merge
     from .problem import build_problem, problem_key
     from .saved import SavedTables

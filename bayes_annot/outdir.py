@@ -422,16 +422,20 @@ class ResultWriter:
         self.tables[name] = meta
         return file_name
 
-    def link_file(self, relative: str, source) -> None:
-        """Put an existing, never rewritten file of a previous result (an open binary file) into the
-        folder as ``relative``: a hard link where the file system allows it, else a copy."""
+    def link_file(self, relative: str, source, *, name: str | None = None, dir_fd: int | None = None) -> None:
+        """Put an existing, never rewritten file of a previous result (``source``, open for reading) into the
+        folder as ``relative``: a hard link to ``name`` in the folder ``dir_fd`` when that is still the open
+        file and the file system allows it, else a copy of ``source``."""
         target = self.path(relative)
-        fd = source.fileno()
-        try:
-            os.link(f"/proc/self/fd/{fd}", target, follow_symlinks=True)
-            return
-        except OSError:
-            pass
+        if name is not None and dir_fd is not None:
+            try:
+                os.link(name, target, src_dir_fd=dir_fd, follow_symlinks=False)
+                linked, opened = os.stat(target), os.fstat(source.fileno())
+                if (linked.st_dev, linked.st_ino) == (opened.st_dev, opened.st_ino):
+                    return
+                target.unlink()  # the name now holds another file: copy the one that was read
+            except OSError:
+                pass
         source.seek(0)
         with open(target, "wb") as out:
             shutil.copyfileobj(source, out, 1 << 22)

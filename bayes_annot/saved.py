@@ -13,6 +13,7 @@ the folder and the field or value.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -151,20 +152,24 @@ class UpdateFolder:
     state_file: object
     parts: list  # (part description, open binary file)
     rows_meta: dict
+    dir_fd: int | None = None  # the folder, open (the parts are linked by name from it)
 
     def __post_init__(self):
         import weakref
 
-        self._finalizer = weakref.finalize(self, _close_all, [h for _, h in self.parts] + [self.state_file])
+        self._finalizer = weakref.finalize(self, _close_all, [h for _, h in self.parts] + [self.state_file],
+                                           self.dir_fd)
 
     def close(self) -> None:
         """Close the open files."""
         self._finalizer()
 
 
-def _close_all(handles) -> None:
+def _close_all(handles, dir_fd=None) -> None:
     for handle in handles:
         handle.close()
+    if dir_fd is not None:
+        os.close(dir_fd)
 
 
 def read_update_folder(directory: str | Path) -> UpdateFolder | None:
@@ -223,7 +228,8 @@ def _read_update_folder(folder) -> UpdateFolder | None:
         for _, handle in parts:
             handle.close()
         raise
-    return UpdateFolder(small["users"], small["models"], summary, manifest, state_file, parts, rows_meta)
+    return UpdateFolder(small["users"], small["models"], summary, manifest, state_file, parts, rows_meta,
+                        os.dup(folder.fd))
 
 
 _REQUIRED_SUMMARY = ("model", "strengths", "parameters", "settings")

@@ -121,6 +121,7 @@ def test_fast_update_agrees_with_a_full_refit(day1, tmp_path):
                  "--quiet", *common]) == 0
     day2, full = ba.load(tmp_path / "day2"), ba.load(tmp_path / "full")
     assert _layout(tmp_path / "day2") == "parts"
+    assert (tmp_path / "day2" / "rows.parquet").samefile(out / "rows.parquet")  # linked, not copied
     pd.testing.assert_series_equal(day2.users.user, full.users.user)
     np.testing.assert_allclose(day2.users.quality, full.users.quality, atol=1e-6)
     np.testing.assert_allclose(day2.models.strength, full.models.strength, atol=1e-6)
