@@ -429,6 +429,9 @@ def _cmd_fit(args) -> int:
         result.summary.setdefault("settings", {})["format"] = fmt
         result.save(target, report=args.report, dpo=args.dpo, format=fmt, safe_csv=args.safe_csv,
                     inputs=inputs, on_wait=_waiting(args), dpo_columns=dpo_columns)
+        source = getattr(result, "_rows_source", None)
+        if source is not None:  # a fast update's open files of DIR (its rows parts, its side file)
+            source["folder"].close()
     if not args.quiet:
         _print_summary(result, Path(args.out))
         if args.report:

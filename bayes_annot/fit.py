@@ -208,21 +208,25 @@ class FitResult:
 
             self._rows = to_rows(self._ddf, self.dask_fit, self._keep, self.estimates.quality, self._no_verdict_mask)
         elif self._rows is None and self.backend == "memory":
-            data, row_kept = self._data, self._row_kept
-            # codes index list(REASONS): 0 ok, 1 tie, 2 same_model, 3 user_low_quality, 4 no_verdict (kept or
-            # not: see `kept`), 5 invalid_winner, 6 invalid_p_a (dropped rows, data.DROP_REASONS)
-            decided = np.where(self._no_verdict_mask[data.user], 4, np.where(row_kept, 0, 3))
-            code = np.where(data.usable, decided, data.reason_code).astype(np.int8)
-            reason = pd.Categorical.from_codes(code, categories=REASON_CATEGORIES)
-            rows = data.frame.copy()
+            rows = self._data.frame.copy()
             renames = input_renames(rows.columns)
             if renames:
                 rows = rows.rename(columns=renames)
-            rows["kept"] = row_kept
-            rows["reason"] = reason
-            rows["weight"] = self.estimates.quality[data.user]
+            for name, values in self._row_outputs().items():
+                rows[name] = values
             self._rows = rows
         return self._rows
+
+    def _row_outputs(self) -> dict:
+        """The columns a fit adds to every input row: ``kept``, ``reason``, ``weight`` (in-memory fits)."""
+        data, row_kept = self._data, self._row_kept
+        # codes index list(REASONS): 0 ok, 1 tie, 2 same_model, 3 user_low_quality, 4 no_verdict (kept or
+        # not: see `kept`), 5 invalid_winner, 6 invalid_p_a (dropped rows, data.DROP_REASONS)
+        code = np.where(row_kept, np.int8(0), np.int8(3))  # one byte per row throughout
+        code[self._no_verdict_mask[data.user]] = 4
+        code = np.where(data.usable, code, data.reason_code.astype(np.int8, copy=False))
+        reason = pd.Categorical.from_codes(code, categories=REASON_CATEGORIES)
+        return {"kept": row_kept, "reason": reason, "weight": self.estimates.quality[data.user]}
 
     @property
     def kept_rows(self):
@@ -509,13 +513,17 @@ class FitResult:
         with ResultWriter(directory, inputs=inputs, fmt=format, safe_csv=safe_csv, on_wait=on_wait) as out:
             out.table("users", self.users)
             out.table("models", self.models)
-            renamed = {new: old for old, new in input_renames(self.input_rows().columns).items()}
+            source = getattr(self, "_rows_source", None)  # a fast folder update: the saved rows stay unread
+            columns = source["columns"] if source is not None else self.input_rows().columns
+            renamed = {new: old for old, new in input_renames(columns).items()}
             if self.backend == "dask":
                 parts = self.rows.to_delayed()  # a bar inside a bayes_annot.progress.showing() block (the CLI's)
                 parts = iterate(resolve_progress(None), parts, desc="writing rows", unit="partition", total=len(parts))
                 out.stream_table("rows", (part.compute() for part in parts), renamed_input_columns=renamed)
-            else:
+            elif not (format == "parquet" and self.backend == "memory" and _write_row_parts(out, self, renamed)):
                 out.table("rows", self.rows, renamed_input_columns=renamed)
+            if format == "parquet" and self.backend == "memory":
+                _write_update_state(out, self)
             out.json("summary.json", self.summary)
             if posterior and self.idata is not None:
                 self.idata.to_netcdf(str(out.path("posterior.nc")))
@@ -1432,6 +1440,112 @@ def _write_dpo(path, frames) -> None:
 
     tmp, _ = stage_dpo(frames, Path(path))
     os.replace(tmp, path)
+
+
+def _write_update_state(out, result: FitResult) -> None:
+    """Write the folder's side file (:mod:`bayes_annot.update_state`) so that an update of it encodes only
+    its new rows: an in-memory EM fit (it keeps its EM block) without casual covariates."""
+    from .update_state import STATE_FILE, STATE_VERSION, write_state
+
+    state, data = result._state, result._data
+    if state is None or data is None or tuple(data.casual_names) or result.summary.get("casual_effects"):
+        return
+    if state.block.users.shape[0] != data.n_users:
+        return
+    path = out.path(STATE_FILE)
+    if write_state(path, fit_id=out.fit_id, data=data, state=state):
+        out.manifest_extra["update_state"] = {"file": STATE_FILE, "version": STATE_VERSION}
+    else:
+        path.unlink(missing_ok=True)
+        out.files.remove(STATE_FILE)
+
+
+def _write_row_parts(out, result: FitResult, renamed: dict) -> bool:
+    """Write ``rows`` as parts (the result of a fast folder update): the previous folder's parts linked
+    unchanged, the new input rows as one more part, the output columns of every row in their own file.
+
+    ``False`` (nothing written) when the result has no previous parts, or its new rows' columns are not
+    typed as the previous parts' (the caller then writes one table of every row).
+    """
+    from .tables import to_arrow, write_arrow
+
+    source = getattr(result, "_rows_source", None)
+    if source is None or result._data is None:
+        return False
+    parts, n_old, new_frame = source["parts"], source["n_old"], source["new_frame"]
+    n_new = 0 if new_frame is None else len(new_frame)
+    if result._data.n_rows != n_old + n_new or not parts:
+        return False
+    template = parts[0][0]
+    new_part = None
+    if n_new:
+        renames = input_renames(new_frame.columns)
+        frame = new_frame.rename(columns=renames) if renames else new_frame
+        if [str(c) for c in frame.columns] != list(template["input_columns"]):
+            return False
+        table, metas = to_arrow(frame)
+        typed = {m["name"]: m for m in template["columns"]}
+        if any({k: v for k, v in m.items()} != typed.get(m["name"]) for m in metas):
+            return False
+        if any(not table.schema.field(m["name"]).type.equals(_part_type(template, m["name"])) for m in metas):
+            return False
+        new_part = (table, metas)
+    names = {part["file"] for part, _ in parts}
+    descriptions = []
+    folder = source.get("folder")
+    for part, handle in parts:
+        out.link_file(part["file"], handle, name=part["file"], dir_fd=getattr(folder, "dir_fd", None))
+        descriptions.append(part)
+    if new_part is not None:
+        index = len(parts)
+        while f"rows-part-{index}.parquet" in names:
+            index += 1
+        name = f"rows-part-{index}.parquet"
+        with open(out.path(name), "wb") as handle:
+            meta = write_arrow(*new_part, handle, "parquet")
+        descriptions.append(dict(meta, file=name, input_columns=list(template["input_columns"])))
+    with open(out.path("rows-outputs.parquet"), "wb") as handle:
+        outputs = _write_outputs(result._row_outputs(), handle)
+    out.tables["rows"] = {
+        "format": "parquet", "layout": "parts", "rows": int(n_old + n_new),
+        "parts": [{k: v for k, v in d.items() if k != "layout"} for d in descriptions],
+        "outputs": dict(outputs, file="rows-outputs.parquet"), "renamed_input_columns": renamed,
+    }
+    return True
+
+
+def _write_outputs(outputs: dict, handle) -> dict:
+    """Write the output columns as parquet, ``reason`` as Arrow dictionary codes (no text per row);
+    the description is :func:`~bayes_annot.tables.write_table`'s, so the table reads back equal."""
+    import pyarrow as pa
+
+    from .tables import to_arrow, write_arrow
+
+    frame = pd.DataFrame(outputs)
+    _, metas = to_arrow(frame.iloc[:0])
+    arrays = []
+    for name in frame.columns:
+        values = frame[name]
+        if isinstance(values.dtype, pd.CategoricalDtype):
+            dictionary = pa.array([str(c) for c in values.cat.categories], type=pa.string())
+            arrays.append(pa.DictionaryArray.from_arrays(pa.array(values.cat.codes.to_numpy()), dictionary))
+        else:
+            arrays.append(pa.array(values.to_numpy()))
+    # plain, uncompressed numbers (weights barely compress; a dictionary of 10^5 users' values costs 3x the time)
+    options = {"use_dictionary": [str(c) for c in frame.columns if isinstance(frame[c].dtype, pd.CategoricalDtype)],
+               "compression": "none", "write_statistics": False}
+    return write_arrow(pa.Table.from_arrays(arrays, names=[str(c) for c in frame.columns]), metas, handle, "parquet",
+                       parquet_options=options)
+
+
+def _part_type(meta: dict, name: str):
+    """The Arrow type of column ``name`` in a written table's schema."""
+    import base64
+
+    import pyarrow as pa
+
+    schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(meta["schema"])))
+    return schema.field(name).type
 
 
 def _rebuild_data(rows: pd.DataFrame | None, summary: dict) -> PreparedData | None:

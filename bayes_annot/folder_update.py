@@ -1,26 +1,31 @@
 """Updating a saved results folder with new rows: ``bayes-annot fit NEW --update DIR --out DIR``.
 
-A saved folder holds every input row of its fit but no EM block, so
-:func:`update_saved` refits the saved rows plus the new ones, warm-started
-from the folder's parameters (:func:`bayes_annot.saved.load_start`), with the
-saved settings; a live result updates faster with
-:meth:`bayes_annot.fit.FitResult.update`.
+A parquet folder written from an in-memory EM fit keeps its integer-coded log and EM block in a side
+file (:mod:`bayes_annot.update_state`): :func:`update_saved` then encodes only the new rows, merges
+them into the saved block as :meth:`bayes_annot.fit.FitResult.update` does for a live result, and the
+result writes its ``rows`` as the saved parquet parts (linked unchanged) plus one part of new rows.
+Any other folder (CSV, older, or a side file that cannot serve it) holds every input row but no EM
+block, so :func:`update_saved` refits the saved rows plus the new ones, warm-started from the folder's
+parameters (:func:`bayes_annot.saved.load_start`), with the saved settings. Both give the same tables.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from .data import ColumnMap, prepare, read_table
-from .casual import design_from_summary
-from .errors import InputError
-from .fit import FitResult, fit
-from .incremental import n_tastes_of
+from .data import ColumnMap, PreparedData, prepare, read_table
+from .casual import DEFAULT_BINS, design_from_summary
+from .errors import FitWarning, InputError
+from .fit import FitResult, fit, fit_prepared
+from .incremental import align_start, n_tastes_of
 from .likelihood import Priors
 from .provenance import carried_provenance, drop_duplicates_of, input_info, provenance_entry, set_provenance
-from .saved import checked_saved, read_tables, start_of
+from .saved import checked_saved, read_tables, read_update_folder, start_of
+from .tables import read_row_parts
 
 __all__ = ["update_saved"]
 
@@ -46,8 +51,10 @@ def update_saved(
     ``new_rows``; it is fitted by EM with the saved settings (model, columns,
     filter, ``q``, ``mu``, priors, ``tol``), starting from the saved
     parameters, strengths and (continuous) per-user quality. The result is the
-    fit of old + new rows, as :meth:`~bayes_annot.fit.FitResult.update` gives for a live result; a saved
-    folder holds no EM block, so the old rows are encoded again.
+    fit of old + new rows, as :meth:`~bayes_annot.fit.FitResult.update` gives for a live result. A
+    parquet folder with a side file (``update-state.npz``) is updated from its coded log and EM block
+    without reading its rows (a damaged or foreign side file: a :class:`~bayes_annot.errors.FitWarning`,
+    then the update from the rows); other folders have their rows encoded again.
 
     Parameters
     ----------
@@ -80,12 +87,6 @@ def update_saved(
     directory = Path(directory)
     if not (directory / "summary.json").exists():
         raise InputError(f"'{directory}' holds no bayes_annot results to update (summary.json missing)")
-    tables = read_tables(directory)  # read once; a corrupt or crafted folder is an InputError before anything is fitted
-    saved = FitResult.from_tables(tables.users, tables.models, tables.rows, tables.summary, tables.idata, tables.manifest)
-    start = dict(start_of(*checked_saved(tables, directory), directory), by_label=True)  # what start=directory reads
-    summary = saved.summary
-    saved_settings = summary.get("settings", {})
-    saved_columns = dict(saved_settings.get("columns") or {})
     info = input_info(None, record_paths)
     if isinstance(new_rows, (str, Path)):
         if Path(new_rows).is_dir() or any(ch in str(new_rows) for ch in "*?["):
@@ -93,6 +94,36 @@ def update_saved(
         frame = read_table(new_rows)
         info = input_info(new_rows, record_paths)
         new_rows = frame
+    fast = _fast_update(directory, new_rows, columns, on_duplicate, row_id, record_paths, info, overrides)
+    if fast is not None:
+        return fast
+    tables = read_tables(directory)  # read once; a corrupt or crafted folder is an InputError before anything is fitted
+    saved = FitResult.from_tables(tables.users, tables.models, tables.rows, tables.summary, tables.idata, tables.manifest)
+    start = dict(start_of(*checked_saved(tables, directory), directory), by_label=True)  # what start=directory reads
+    summary = saved.summary
+    saved_settings = summary.get("settings", {})
+    settings, role_map, p_a, new_rows, _ = _settings_and_roles(summary, new_rows, columns, overrides)
+    old_rows = saved.input_rows()
+    new_rows, counts = drop_duplicates_of(old_rows, new_rows, row_id=row_id, on_duplicate=on_duplicate,
+                                          user=role_map.user)
+    entries = carried_provenance(summary, record_paths) + [provenance_entry(info, **counts)]
+    priors = Priors(**saved_settings["priors"]) if isinstance(saved_settings.get("priors"), dict) else None
+    merged = pd.concat([old_rows, new_rows], ignore_index=True) if len(new_rows) else old_rows
+    # the saved fit's casual covariates with its bins (none: the model without covariates)
+    settings["casual_covariates"] = design_from_summary(summary) or "none"
+    result = fit(
+        merged, method="em", user=role_map.user, model_a=role_map.model_a, model_b=role_map.model_b,
+        winner=role_map.winner, p_a=p_a, priors=priors, start=start, tastes=n_tastes_of(summary), **settings,
+    )
+    set_provenance(result, info, entries)
+    return result
+
+
+def _settings_and_roles(summary: dict, new_rows: pd.DataFrame, columns, overrides: dict):
+    """The update's settings (the saved ones, then ``overrides``), its column roles, the new rows under the
+    saved column names, and the new rows prepared (validated alone: errors name their own row numbers)."""
+    saved_settings = summary.get("settings", {})
+    saved_columns = dict(saved_settings.get("columns") or {})
     settings = {key: saved_settings[key] for key in _SAVED_SETTINGS if key in saved_settings}
     settings.update(overrides)
     use_p_a = bool(settings.get("use_p_a", True))
@@ -111,22 +142,201 @@ def update_saved(
         model_b=saved_columns.get("model_b", "model_b"), winner=saved_columns.get("winner", "winner"), p_a=p_a,
         winner_values=settings.get("winner_values"),
     )
-    try:  # the new rows alone: errors name their own row numbers
-        prepare(new_rows, role_map, on_bad_row=settings.get("on_bad_row") or "error")
+    try:
+        prepared = prepare(new_rows, role_map, on_bad_row=settings.get("on_bad_row") or "error")
     except InputError as exc:
         raise InputError(f"new rows: {exc}") from None
-    old_rows = saved.input_rows()
-    new_rows, counts = drop_duplicates_of(old_rows, new_rows, row_id=row_id, on_duplicate=on_duplicate,
-                                          user=role_map.user)
+    return settings, role_map, p_a, new_rows, prepared
+
+
+# --------------------------------------------------------------------------- the fast path (a side file)
+
+
+class _StoredPreparedData(PreparedData):
+    """A saved folder's coded log (from its side file) whose input rows are read from its parts on first use."""
+
+    def _get_frame(self):
+        if self.__dict__.get("_frame") is None:
+            rows = read_row_parts(self._row_parts)
+            self.__dict__["_frame"] = rows.rename(columns=self._renamed) if self._renamed else rows
+        return self.__dict__["_frame"]
+
+    def _set_frame(self, value):
+        self.__dict__["_frame"] = value
+
+    frame = property(_get_frame, _set_frame, doc="The input rows (read from the folder's rows parts when first used).")
+
+
+def _fast_update(directory: Path, new_rows: pd.DataFrame, columns, on_duplicate, row_id, record_paths, info,
+                 overrides) -> FitResult | None:
+    """The update from the folder's side file (:mod:`bayes_annot.update_state`); ``None``: update from the rows."""
+    folder = read_update_folder(directory)
+    if folder is None:
+        return None
+    result = None
+    try:
+        result = _fast_update_of(folder, directory, new_rows, columns, on_duplicate, row_id, record_paths, info,
+                                 overrides)
+        return result
+    finally:
+        if result is None:
+            folder.close()
+
+
+def _fast_update_of(folder, directory, new_rows, columns, on_duplicate, row_id, record_paths, info, overrides):
+    from .incremental import _extend_state, _merge
+    from .problem import build_problem, problem_key
+    from .saved import SavedTables
+    from .update_state import STATE_FILE, StateMismatch, read_state
+
+    summary = folder.summary
+    tables = SavedTables(folder.users, folder.models, None, summary, None, folder.manifest)
+    saved, strengths = checked_saved(tables, directory)
+    if design_from_summary(summary) is not None:
+        return None  # casual covariates: their per-row values come from the rows
+    if (overrides.get("on_bad_row") or summary["settings"].get("on_bad_row") or "error") != "error":
+        return None  # dropped rows' notes are made from the whole log
+    settings, role_map, p_a, new_rows, new = _settings_and_roles(summary, new_rows, columns, overrides)
+    n_rows = sum(int(part["rows"]) for part, _ in folder.parts)
+    try:
+        stored = read_state(folder.state_file, fit_id=folder.manifest.get("fit_id"), n_rows=n_rows,
+                            n_users=len(folder.users), n_models=len(folder.models))
+        for table, column, text in ((folder.users, "user", stored.user_text), (folder.models, "model", stored.model_text)):
+            if column not in table or not np.array_equal(table[column].to_numpy(dtype=object).astype(str), text):
+                raise StateMismatch(f"its {column} ids differ from the {column}s table")
+    except StateMismatch as exc:
+        warnings.warn(f"results folder '{directory}': {STATE_FILE} cannot be used ({exc}); updating from the "
+                      "saved rows instead", FitWarning, stacklevel=3)
+        return None
+    data = dict(stored.data)
+    old = _StoredPreparedData(frame=None, user_labels=np.asarray(stored.user_text, dtype=object),
+                              model_labels=np.asarray(stored.model_text, dtype=object), notes=[], **data)
+    old._row_parts = folder.parts
+    old._renamed = folder.rows_meta.get("renamed_input_columns") or {}
+    old.set_label_text(stored.user_text, stored.model_text)
+    if any(old.columns.get(role) != new.columns.get(role) for role in ("user", "model_a", "model_b", "winner", "p_a")) \
+            or old.has_p_a != new.has_p_a:
+        return None  # other columns than the saved fit's (e.g. p_a no longer used): encode everything again
+    mu, strong_model = settings.get("mu"), settings.get("strong_model")
+    use_p_a = bool(settings.get("use_p_a", True))
+    key = problem_key(mu, strong_model, use_p_a, old.has_p_a)
+    if tuple(stored.state.key) != key:
+        return None  # another strength mode: the block is rebuilt from the rows
+    candidates, codes = _old_candidates(old, folder, new_rows, row_id, on_duplicate, role_map.user)
+    new_rows, counts = drop_duplicates_of(candidates, new_rows, row_id=row_id, on_duplicate=on_duplicate,
+                                          user=role_map.user, user_codes=codes)
     entries = carried_provenance(summary, record_paths) + [provenance_entry(info, **counts)]
-    priors = Priors(**saved_settings["priors"]) if isinstance(saved_settings.get("priors"), dict) else None
-    merged = pd.concat([old_rows, new_rows], ignore_index=True) if len(new_rows) else old_rows
-    # the saved fit's casual covariates with its bins (none: the model without covariates)
-    settings["casual_covariates"] = design_from_summary(summary) or "none"
-    result = fit(
-        merged, method="em", user=role_map.user, model_a=role_map.model_a, model_b=role_map.model_b,
-        winner=role_map.winner, p_a=p_a, priors=priors, start=start, tastes=n_tastes_of(summary), **settings,
-    )
+    if counts["rows_added"] == 0:
+        merged, state, new_frame = old, stored.state, None
+    else:
+        if counts["rows_skipped"]:
+            new = prepare(new_rows, role_map, on_bad_row="error")
+        merge = _merge(old, new)
+        merged, new_frame = merge.merged, merge.new.frame
+        problem_new, _ = build_problem(merge.new, mu=mu, strong_model=strong_model, use_p_a=use_p_a, casual=None)
+        state = _extend_state(stored.state, merge, problem_new, key, None)
+    start = align_start(dict(start_of(saved, strengths, directory), by_label=True), merged.user_labels,
+                        merged.model_labels)
+    priors = Priors(**summary["settings"]["priors"]) if isinstance(summary["settings"].get("priors"), dict) else None
+    result = fit_prepared(merged, start=start, state=state, input_info=info, priors=priors,
+                          tastes=n_tastes_of(summary), casual=None, **settings)
+    # the settings a refit of the rows records (fit()), so that both updates write the same summary
+    for target in (result._summary_base, result.summary):
+        target["settings"].update(max_tastes=None, taste_check=False, casual_bins=DEFAULT_BINS)
     set_provenance(result, info, entries)
+    names = [old._renamed.get(c, c) for c in folder.parts[0][0]["input_columns"]]
+    if new_frame is not None and list(map(str, new_frame.columns)) != names:
+        names = list(pd.concat([pd.DataFrame(columns=names), new_frame.iloc[:0]]).columns)  # the merged frame's
+    result._rows_source = {"parts": folder.parts, "n_old": old.n_rows, "new_frame": new_frame, "folder": folder,
+                           "columns": names}
     return result
 
+
+def _old_candidates(old, folder, new_rows: pd.DataFrame, row_id, on_duplicate, user):
+    """The saved rows that may be duplicates of new rows (those :func:`drop_duplicates_of` would look at),
+    read from the rows parts, with their user codes: the same answer as matching against every saved row."""
+    from .provenance import _missing_any, _narrowed, id_columns
+
+    renamed = old._renamed
+    stored_names = list(folder.parts[0][0]["input_columns"])
+    names = [renamed.get(c, c) for c in stored_names]
+    back = {v: k for k, v in renamed.items()}  # input name -> stored name
+    n = old.n_rows
+    if on_duplicate == "keep" or len(new_rows) == 0:
+        positions = np.zeros(0, dtype=np.int64)
+    else:
+        ids = id_columns(row_id, names, list(new_rows.columns))
+        blank = np.ones(len(new_rows), dtype=bool) if ids is None else _missing_any(new_rows, ids)
+        found = []
+        if ids is not None and (~blank).any():
+            with_id = new_rows.iloc[np.flatnonzero(~blank)]
+            stored = back.get(ids[0], ids[0])
+            found.append(_integer_matches(folder.parts, stored, with_id[ids[0]]))
+            if found[-1] is None:
+                first = read_row_parts(folder.parts, columns=[stored])
+                first.columns = [ids[0]]
+                found[-1] = _narrowed(first, with_id, ids[0]).index.to_numpy()
+        if blank.any():
+            if user is not None and user in names and user in new_rows.columns:
+                dummy = pd.DataFrame({user: np.zeros(n, dtype=np.int8)})
+                found.append(_narrowed(dummy, new_rows.iloc[np.flatnonzero(blank)], user,
+                                       (old.user, old.user_labels)).index.to_numpy())
+            else:
+                found.append(np.arange(n))
+        positions = np.unique(np.concatenate(found)).astype(np.int64) if found else np.zeros(0, dtype=np.int64)
+    rows = read_row_parts(folder.parts, rows=positions)
+    if renamed:
+        rows = rows.rename(columns=renamed)
+    return rows, (old.user[positions], old.user_labels)
+
+
+def _integer_matches(parts, column: str, wanted: pd.Series) -> np.ndarray | None:
+    """Positions of the saved rows whose integer ``column`` equals a number some new id spells (what
+    ``provenance._narrowed`` finds for an integer column), looked up in Arrow without converting the
+    saved column; ``None`` when the column is not an integer column in every part."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .provenance import _numbers_of, canonical_text
+
+    kinds = set()
+    for part, _ in parts:
+        meta = {m["name"]: m for m in part["columns"]}.get(column) or {}
+        kinds.add((meta.get("codec"), meta.get("dtype")))
+    if len(kinds) != 1:
+        return None
+    codec, dtype = kinds.pop()
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        return None
+    if codec is not None or dtype.kind not in "iu":
+        return None
+    numbers = np.unique(_numbers_of(pd.unique(canonical_text(wanted)), dtype))
+    found, offset = [], 0
+    for part, handle in parts:
+        handle.seek(0)
+        reader = pq.ParquetFile(handle)
+        if not pa.types.is_integer(reader.schema_arrow.field(column).type):
+            return None
+        leaf = reader.metadata.schema.names.index(column)
+        start = offset
+        for group in range(reader.num_row_groups):
+            meta = reader.metadata.row_group(group)
+            stats = meta.column(leaf).statistics
+            # ids often grow: a row group whose ids all lie outside the new ids' range is not read
+            skip = numbers.shape[0] == 0 or (stats is not None and stats.has_min_max and
+                                             (stats.max < numbers[0] or stats.min > numbers[-1]))
+            if not skip:
+                values = reader.read_row_group(group, columns=[column]).column(0)
+                if values.null_count:
+                    return None
+                values = values.to_numpy()
+                inside = np.flatnonzero((values >= numbers[0]) & (values <= numbers[-1]))
+                hit = inside[pd.Index(numbers).get_indexer(values[inside]) >= 0] if inside.shape[0] else inside
+                found.append(hit.astype(np.int64) + start)
+            start += meta.num_rows
+        if start - offset != int(part["rows"]):
+            return None
+        offset += int(part["rows"])
+    return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)

@@ -368,6 +368,7 @@ class ResultWriter:
         self.outside: list[tuple[Path, Path]] = []  # (staged file, destination) outside the folder
         self.staging: Path | None = None
         self.notes: list[str] = []
+        self.manifest_extra: dict = {}  # further manifest entries (e.g. ``update_state``: the side file of an update)
 
     def __enter__(self) -> "ResultWriter":
         self._lock = locked(self.target, self.on_wait)
@@ -421,6 +422,24 @@ class ResultWriter:
         self.tables[name] = meta
         return file_name
 
+    def link_file(self, relative: str, source, *, name: str | None = None, dir_fd: int | None = None) -> None:
+        """Put an existing, never rewritten file of a previous result (``source``, open for reading) into the
+        folder as ``relative``: a hard link to ``name`` in the folder ``dir_fd`` when that is still the open
+        file and the file system allows it, else a copy of ``source``."""
+        target = self.path(relative)
+        if name is not None and dir_fd is not None:
+            try:
+                os.link(name, target, src_dir_fd=dir_fd, follow_symlinks=False)
+                linked, opened = os.stat(target), os.fstat(source.fileno())
+                if (linked.st_dev, linked.st_ino) == (opened.st_dev, opened.st_ino):
+                    return
+                target.unlink()  # the name now holds another file: copy the one that was read
+            except OSError:
+                pass
+        source.seek(0)
+        with open(target, "wb") as out:
+            shutil.copyfileobj(source, out, 1 << 22)
+
     def json(self, name: str, payload) -> None:
         """Write ``payload`` as ``name`` (indented JSON; NaN is refused, so the file is valid JSON)."""
         with open(self.path(name), "w", encoding="utf-8") as handle:
@@ -453,6 +472,7 @@ class ResultWriter:
             "format": self.fmt,
             "files": sorted(self.files),
             "tables": self.tables,
+            **self.manifest_extra,
         }
         self.fit_id = manifest["fit_id"]
         with open(self.staging / MANIFEST, "w", encoding="utf-8") as handle:

@@ -190,6 +190,12 @@ def _numbers_of(texts, dtype: np.dtype) -> np.ndarray:
     """The values of ``dtype`` (integers or floats) that the canonical ``texts`` spell."""
     info = np.iinfo(dtype) if dtype.kind in "iu" else None
     out = []
+    if info is not None:  # plain decimal integers at once (what int() reads them as); any other text below
+        texts = pd.Series(list(texts), dtype=object)
+        plain = texts.str.fullmatch(r"-?[0-9]{1,18}").fillna(False).to_numpy(dtype=bool)
+        values = texts[plain].astype(np.int64).to_numpy() if plain.any() else np.zeros(0, dtype=np.int64)
+        out.extend(values[(values >= info.min) & (values <= info.max)].tolist())
+        texts = texts[~plain]
     for text in texts:
         try:
             value = int(text) if info is not None else float(text)

@@ -13,6 +13,7 @@ the folder and the field or value.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -24,11 +25,11 @@ from .errors import InputError
 from .incremental import n_tastes_of
 from .likelihood import Priors
 from .spec import VARIANTS as _VARIANTS
-from .tables import read_table_file
+from .tables import OUTPUT_COLUMNS, read_row_parts, read_table_file
 from .casual import effects_start
 from .validation import check_number, check_priors
 
-__all__ = ["SavedTables", "read_tables", "read_saved", "checked_saved", "validate_saved_summary", "load_start",
+__all__ = ["SavedTables", "read_tables", "UpdateFolder", "read_update_folder", "read_saved", "checked_saved", "validate_saved_summary", "load_start",
            "start_of", "bool_column"]
 
 
@@ -96,6 +97,9 @@ def _read_folder(folder) -> SavedTables:
     for name in ("users", "models", "rows"):
         if manifest is not None and name in manifest.get("tables", {}):
             meta = manifest["tables"][name]
+            if meta.get("layout") == "parts":
+                tables[name] = _read_parts(folder, meta)
+                continue
             with folder.open(meta["file"]) as handle:
                 tables[name] = read_table_file(handle, meta)
         else:
@@ -115,6 +119,117 @@ def _read_folder(folder) -> SavedTables:
         idata = az.from_netcdf(folder.os_path("posterior.nc"))
         idata.load() if hasattr(idata, "load") else None
     return SavedTables(tables["users"], tables["models"], tables["rows"], summary, idata, manifest)
+
+
+def _read_parts(folder, meta: dict) -> pd.DataFrame:
+    """A ``rows`` table kept as parts (an update's layout): the input rows of every part, in order, then the
+    output columns (``kept, reason, weight``), which an update rewrites for every row, from their own file."""
+    handles = [folder.open(part["file"]) for part in meta["parts"]]
+    try:
+        rows = read_row_parts(list(zip(meta["parts"], handles)))
+    finally:
+        for handle in handles:
+            handle.close()
+    with folder.open(meta["outputs"]["file"]) as handle:
+        outputs = read_table_file(handle, meta["outputs"])
+    if len(outputs) != len(rows):
+        raise InputError(f"'{folder.path}': the rows table's parts hold {len(rows)} rows, its outputs {len(outputs)}")
+    for column in outputs.columns:
+        rows[column] = outputs[column].to_numpy() if not isinstance(outputs[column].dtype, pd.CategoricalDtype) \
+            else outputs[column].array
+    return rows
+
+
+@dataclass
+class UpdateFolder:
+    """What a fast update reads from a parquet folder with a side file: the small tables, the summary,
+    the manifest, the side file (open), and the rows table's parts (open, not parsed)."""
+
+    users: pd.DataFrame
+    models: pd.DataFrame
+    summary: dict
+    manifest: dict
+    state_file: object
+    parts: list  # (part description, open binary file)
+    rows_meta: dict
+    dir_fd: int | None = None  # the folder, open (the parts are linked by name from it)
+
+    def __post_init__(self):
+        import weakref
+
+        self._finalizer = weakref.finalize(self, _close_all, [h for _, h in self.parts] + [self.state_file],
+                                           self.dir_fd)
+
+    def close(self) -> None:
+        """Close the open files."""
+        self._finalizer()
+
+
+def _close_all(handles, dir_fd=None) -> None:
+    for handle in handles:
+        handle.close()
+    if dir_fd is not None:
+        os.close(dir_fd)
+
+
+def read_update_folder(directory: str | Path) -> UpdateFolder | None:
+    """The parts of a parquet result folder a fast update needs, or ``None`` when the folder has no
+    side file (written before it, as CSV, or by a fit that keeps no EM block): then update from its rows.
+
+    The rows are not read: the parts stay open (so a concurrent writer replacing the folder changes
+    nothing) for the duplicate check and to be linked into the updated folder.
+    """
+    from .outdir import read_consistently
+
+    directory = Path(directory)
+    if not (directory / "summary.json").exists():
+        raise InputError(f"'{directory}' holds no bayes_annot results (summary.json missing)")
+    try:
+        return read_consistently(directory, _read_update_folder)
+    except InputError:
+        raise
+    except Exception as exc:  # any parser failure is a corrupt folder
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"results folder '{directory}' cannot be read: {first}") from exc
+
+
+def _read_update_folder(folder) -> UpdateFolder | None:
+    manifest = folder.manifest
+    if manifest is None or not isinstance(manifest.get("update_state"), dict) or manifest.get("format") != "parquet":
+        return None
+    if not manifest.get("complete", False):
+        raise InputError(f"'{folder.path}' holds an incomplete result (a write was interrupted)")
+    tables = manifest.get("tables", {})
+    if not all(name in tables for name in ("users", "models", "rows")):
+        return None
+    small = {}
+    for name in ("users", "models"):
+        with folder.open(tables[name]["file"]) as handle:
+            small[name] = read_table_file(handle, tables[name])
+    try:
+        summary = json.loads(folder.read_text("summary.json"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None  # the update from the rows reads it again and names the fault
+    if not isinstance(summary, dict):
+        return None
+    rows_meta = tables["rows"]
+    if rows_meta.get("layout") == "parts":
+        descriptions = rows_meta["parts"]
+    else:  # a single rows table: one part, its output columns set aside
+        descriptions = [dict(rows_meta, input_columns=[m["name"] for m in rows_meta["columns"]
+                                                      if m["name"] not in OUTPUT_COLUMNS])]
+    state_file = folder.open(manifest["update_state"]["file"])
+    parts = []
+    try:
+        for part in descriptions:
+            parts.append((part, folder.open(part["file"])))
+    except BaseException:
+        state_file.close()
+        for _, handle in parts:
+            handle.close()
+        raise
+    return UpdateFolder(small["users"], small["models"], summary, manifest, state_file, parts, rows_meta,
+                        os.dup(folder.fd))
 
 
 _REQUIRED_SUMMARY = ("model", "strengths", "parameters", "settings")

@@ -202,8 +202,9 @@ def write_table(frame: pd.DataFrame, sink: str | BinaryIO, fmt: str = "csv", *, 
     return write_arrow(table, metas, sink, fmt, safe_csv=safe_csv)
 
 
-def write_arrow(table, metas: list[dict], sink, fmt: str, *, safe_csv: bool = False) -> dict:
-    """Write an Arrow table built by :func:`to_arrow` (see :func:`write_table`)."""
+def write_arrow(table, metas: list[dict], sink, fmt: str, *, safe_csv: bool = False, parquet_options=None) -> dict:
+    """Write an Arrow table built by :func:`to_arrow` (see :func:`write_table`); ``parquet_options``:
+    further keyword arguments of :func:`pyarrow.parquet.write_table`."""
     import pyarrow.csv as pa_csv
     import pyarrow.parquet as pq
 
@@ -221,7 +222,7 @@ def write_arrow(table, metas: list[dict], sink, fmt: str, *, safe_csv: bool = Fa
             _write_header(sink, table.column_names)
             pa_csv.write_csv(table, sink, _NO_HEADER)
     else:
-        pq.write_table(table, sink)
+        pq.write_table(table, sink, **(parquet_options or {}))
     return {
         "format": fmt,
         "rows": int(table.num_rows),
@@ -330,11 +331,13 @@ def _category_from_arrow(column, meta: dict, name: str) -> pd.Series:
     return pd.Series(pd.Categorical.from_codes(codes, dtype=dtype), name=name)
 
 
-def read_table_file(source: str | BinaryIO, meta: dict | None = None) -> pd.DataFrame:
+def read_table_file(source: str | BinaryIO, meta: dict | None = None, *, columns=None, rows=None) -> pd.DataFrame:
     """Read a table written by :func:`write_table`, typed by its description ``meta``.
 
     Without ``meta`` (a table written by an older version, or by hand) a CSV
     is read with every cell as text and a parquet file with its own types.
+    ``columns`` (parquet only) reads only these columns; ``rows`` (positions)
+    keeps only these rows, taken before any conversion to pandas.
     """
     import pyarrow as pa
     import pyarrow.csv as pa_csv
@@ -363,9 +366,16 @@ def read_table_file(source: str | BinaryIO, meta: dict | None = None) -> pd.Data
             table = _unescape_formulas(table, [f.name for f in table.schema
                                                if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)])
     else:
-        table = pq.read_table(source)
+        table = pq.read_table(source, columns=columns)
+    if rows is not None:
+        table = table.take(pa.array(np.asarray(rows, dtype=np.int64)))
     if meta is None:
         return table.to_pandas()
+    return arrow_to_frame(table, meta)
+
+
+def arrow_to_frame(table, meta: dict) -> pd.DataFrame:
+    """An Arrow table of a written table (or a subset of its columns / rows) as pandas, typed by ``meta``."""
     metas = {m["name"]: m for m in meta["columns"]}
     columns = {}
     for i, name in enumerate(table.column_names):
@@ -387,3 +397,45 @@ def read_table_file(source: str | BinaryIO, meta: dict | None = None) -> pd.Data
         columns[name] = _restore(series, column_meta)
     frame = pd.DataFrame(columns, columns=table.column_names)
     return frame
+
+
+def read_row_parts(parts, *, columns=None, rows=None) -> pd.DataFrame:
+    """The input columns of a ``rows`` table kept as parquet parts, concatenated in order.
+
+    Parameters
+    ----------
+    parts : list of (dict, source)
+        Each part's description (as :func:`write_table` returns it, plus
+        ``input_columns``: the part's columns that hold input rows) and its
+        file (a path or a seekable binary file).
+    columns : list of str, optional
+        Read only these input columns.
+    rows : int array, optional
+        Positions (in the concatenated table, sorted) of the rows to keep.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Typed as each part was written (the parts of one table share their column types).
+    """
+    frames, offset = [], 0
+    rows = None if rows is None else np.asarray(rows, dtype=np.int64)
+    for meta, source in parts:
+        names = list(meta["input_columns"]) if columns is None else [c for c in columns if c in meta["input_columns"]]
+        n = int(meta["rows"])
+        take = None
+        if rows is not None:
+            lo, hi = np.searchsorted(rows, [offset, offset + n])
+            take = rows[lo:hi] - offset
+        if hasattr(source, "seek"):
+            source.seek(0)
+        if take is not None and take.shape[0] == 0 and meta.get("format") == "parquet":
+            import pyarrow.parquet as pq  # no row wanted: the part's columns, typed, without reading its rows
+
+            frames.append(arrow_to_frame(pq.read_schema(source).empty_table().select(names), meta))
+        else:
+            frames.append(read_table_file(source, meta, columns=names, rows=take))
+        offset += n
+    if len(frames) == 1:
+        return frames[0]
+    return pd.concat(frames, ignore_index=True)

@@ -107,6 +107,12 @@ def make_update_logs(rows: int, fmt: str, folder: Path, share: float) -> tuple[P
     return paths
 
 
+def _child_cpu(before) -> float:
+    """User + system CPU seconds of the child processes that ended since ``before`` (``os.times()``)."""
+    after = os.times()
+    return (after.children_user - before.children_user) + (after.children_system - before.children_system)
+
+
 def bench_update(args, trees, tmp: Path) -> list[dict]:
     import shutil
 
@@ -114,27 +120,37 @@ def bench_update(args, trees, tmp: Path) -> list[dict]:
     for size in (int(float(s)) for s in args.sizes.split(",")):
         for fmt in args.formats.split(","):
             old, new, full = make_update_logs(size, fmt, tmp, args.update_share)
-            day1 = tmp / f"day1-{size}-{fmt}"
-            run([sys.executable, "-m", "bayes_annot", "fit", str(old), "--out", str(day1), "--format", fmt, "--quiet"],
-                trees[0])
+            day1 = {}
+            for number, tree in enumerate(trees):  # each tree's own folder (its format, its side file)
+                day1[tree] = tmp / f"day1-{size}-{fmt}-{number}"
+                run([sys.executable, "-m", "bayes_annot", "fit", str(old), "--out", str(day1[tree]), "--format", fmt,
+                     "--quiet"], tree)
             times = {tree: {"full": [], "update": []} for tree in trees}
+            cpu = {tree: {"full": [], "update": []} for tree in trees}
             for i in range(args.repeat):
                 for tree in trees:
                     out = tmp / f"full-{i}"
+                    before = os.times()
                     seconds, _ = run([sys.executable, "-m", "bayes_annot", "fit", str(full), "--out", str(out),
                                       "--format", fmt, "--quiet"], tree)
                     times[tree]["full"].append(seconds)
+                    cpu[tree]["full"].append(_child_cpu(before))
                     shutil.rmtree(out)
                     copy = tmp / f"upd-{i}"
-                    shutil.copytree(day1, copy)
+                    shutil.copytree(day1[tree], copy)
+                    before = os.times()
                     seconds, _ = run([sys.executable, "-m", "bayes_annot", "fit", str(new), "--update", str(copy),
                                       "--out", str(copy), "--row-id", "vote_id", "--quiet"], tree)
                     times[tree]["update"].append(seconds)
+                    cpu[tree]["update"].append(_child_cpu(before))
                     shutil.rmtree(copy)
             for tree in trees:
                 full_s, upd_s = (statistics.median(times[tree][k]) for k in ("full", "update"))
+                full_c, upd_c = (statistics.median(cpu[tree][k]) for k in ("full", "update"))
                 row = {"tree": tree or "", "rows": size, "format": fmt, "share": args.update_share, "full": full_s,
-                       "update": upd_s, "speedup": full_s / upd_s, "runs": times[tree], "load": os.getloadavg()[0]}
+                       "update": upd_s, "speedup": full_s / upd_s, "full_cpu": full_c, "update_cpu": upd_c,
+                       "speedup_cpu": full_c / upd_c, "runs": times[tree], "cpu_runs": cpu[tree],
+                       "load": os.getloadavg()[0]}
                 results.append(row)
                 print(json.dumps(row), flush=True)
     return results
@@ -221,12 +237,14 @@ def _update_page(args, results, load_start) -> list[dict]:
         "`bayes-annot fit ALL --out DIR2 --quiet` on all rows; both write the folder's format. Target (issue 15): "
         "update ≥ 5x faster.",
         "",
-        "| tree | rows | format | full (s) | update (s) | speed-up | load at the end |",
-        "|---|---:|---|---:|---:|---:|---:|",
+        "| tree | rows | format | full, wall (s) | update, wall (s) | speed-up, wall | full, CPU (s) | "
+        "update, CPU (s) | speed-up, CPU | load at the end |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         lines.append(f"| {r['tree']} | {r['rows']:,} | {r['format']} | {r['full']:.2f} | {r['update']:.2f} | "
-                     f"{r['speedup']:.2f}x | {r['load']:.1f} |")
+                     f"{r['speedup']:.2f}x | {r['full_cpu']:.2f} | {r['update_cpu']:.2f} | {r['speedup_cpu']:.2f}x | "
+                     f"{r['load']:.1f} |")
     write_outputs("\n".join(lines), results, args.out, args.json)
     return results
 

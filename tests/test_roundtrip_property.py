@@ -155,8 +155,10 @@ def test_a_parquet_folder_updates_as_parquet(tmp_path):
     out = tmp_path / "res"
     assert main(["fit", str(tmp_path / "old.parquet"), "--out", str(out), "--format", "parquet", "--quiet"]) == 0
     assert main(["fit", str(tmp_path / "new.parquet"), "--update", str(out), "--out", str(out), "--quiet"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "models.parquet", "rows.parquet", "summary.json",
-                                                     "users.parquet"]
+    # the saved rows stay as they were written (a part); the new rows and every row's outputs get their own files
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "models.parquet", "rows-outputs.parquet",
+                                                     "rows-part-1.parquet", "rows.parquet", "summary.json",
+                                                     "update-state.npz", "users.parquet"]
     saved = ba.load(out)
     assert saved.rows["vote_id"].tolist() == log["vote_id"].tolist()  # integers stay integers, no text conversion
     assert main(["report", str(out), "--quiet"]) == 0 and (out / "report.html").exists()
