@@ -24,7 +24,7 @@ from .pairs import PairTable
 
 __all__ = [
     "Estimates", "ProblemSize", "build_problem", "strength_mode", "pair_counts", "graph_components",
-    "known_strengths", "quality_floor", "problem_key",
+    "known_strengths", "quality_floor", "problem_key", "tie_rows",
 ]
 
 
@@ -60,12 +60,13 @@ class Estimates:
 
 def build_problem(
     data: PreparedData, mu: float | None = None, strong_model: str | None = None, use_p_a: bool = True,
-    casual: CasualDesign | None = None,
+    casual: CasualDesign | None = None, ties: bool = False,
 ) -> tuple[UsableLabels, str]:
     """Turn prepared data into the engines' arrays; returns the problem and the strength mode.
 
     ``casual``: the casual covariates' design; each label then gets its casual cell from
-    ``data.casual_x`` (:func:`bayes_annot.data.casual_covariates`).
+    ``data.casual_x`` (:func:`bayes_annot.data.casual_covariates`). ``ties``: the tie rows
+    (:func:`tie_rows`) enter the likelihood (learned strengths only).
     """
     usable = data.usable
     choice = data.choice_a[usable].astype(np.int8)
@@ -104,7 +105,18 @@ def build_problem(
             )
         problem.casual_cell = casual.cells(data.casual_x[usable])
         problem.n_casual = casual.n_cells
+    if ties:
+        if not problem.learned:
+            raise InputError("ties in the likelihood need learned strengths (no p_a column, no mu): "
+                             "use ties='ignore' (--ties ignore)")
+        tie = tie_rows(data)
+        problem.tie_user, problem.tie_model_a, problem.tie_model_b = data.user[tie], data.model_a[tie], data.model_b[tie]
     return problem, mode
+
+
+def tie_rows(data: PreparedData) -> np.ndarray:
+    """Mask of the rows that are ties between two different models (``tie`` and ``tie (bothbad)``)."""
+    return data.reason_code == 1
 
 
 def strength_mode(data: PreparedData, mu: float | None, strong_model: str | None, use_p_a: bool) -> str:
@@ -126,10 +138,11 @@ class ProblemSize:
     learned: bool
 
 
-def pair_counts(data: PreparedData) -> PairTable:
+def pair_counts(data: PreparedData, ties: bool = False) -> PairTable:
     """Usable labels per compared (model_a, model_b): a sparse :class:`~bayes_annot.pairs.PairTable`
-    (only the pairs that occur; ``.toarray()`` is the ``K x K`` table)."""
-    usable = data.usable
+    (only the pairs that occur; ``.toarray()`` is the ``K x K`` table). ``ties``: ties are in the
+    likelihood, and counted too."""
+    usable = data.usable | tie_rows(data) if ties else data.usable
     return PairTable.from_labels(data.model_a[usable], data.model_b[usable], data.n_models)[0]
 
 

@@ -37,11 +37,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import InputError
 from .likelihood import LOG_2PI, Priors, log_beta_pdf
 
 __all__ = [
     "TIES_MODES", "davidson_logprobs", "davidson_tables", "davidson_pair_terms", "davidson_objective_pairs",
     "nu_objective", "nu_step", "tie_rate_step", "log_prior_ties", "tie_start", "log_normal_nu_pdf",
+    "resolve_ties",
 ]
 
 TIES_MODES = ("model", "ignore")
@@ -172,3 +174,29 @@ def tie_start(n_ties: float, n_labels: float) -> tuple[float, float]:
     """Starting ``(nu, t)`` from the overall tie share ``f``: ``t = f`` and ``nu`` with ``nu / (2 + nu) = f``."""
     f = min(max((n_ties + 1.0) / (n_labels + 2.0), 1e-3), 0.9)
     return 2.0 * f / (1.0 - f), f
+
+
+def resolve_ties(ties: str | None, n_ties: int, *, method: str = "em", tastes=1, learned: bool = True) -> str:
+    """The ties mode of a fit: ``ties`` if given (checked), else (``None`` or ``"auto"``) ``"model"`` when the log has ties and the
+    fit supports them (EM, learned strengths, ``tastes`` a number), else ``"ignore"``; ``"model"`` on a
+    log without ties is ``"ignore"`` (nothing to model).
+
+    Raises
+    ------
+    InputError
+        An unknown mode, or ``"model"`` where ties are not in the likelihood yet (MAP / NUTS, known
+        strengths, ``tastes="auto"``).
+    """
+    if ties == "auto":  # the default, as a fit's settings record it
+        ties = None
+    if ties is not None and ties not in TIES_MODES:
+        raise InputError(f"unknown ties mode {ties!r}, expected one of {', '.join(TIES_MODES)}")
+    supported = method == "em" and learned and tastes != "auto"
+    if ties == "model" and not supported:
+        why = ("MAP and NUTS" if method != "em" else "known attentive probabilities (p_a / mu)" if not learned
+               else "tastes='auto'")
+        raise InputError(f"ties in the likelihood are not available with {why} yet: use ties='ignore' "
+                         "(--ties ignore) or method='em'" + (" with learned strengths" if method == "em" else ""))
+    if n_ties == 0 or not supported:
+        return "ignore"
+    return ties or "model"
