@@ -115,3 +115,171 @@ def test_tie_rate_step_is_the_beta_posterior_mode():
     grid = np.linspace(0.01, 0.99, 9801)
     objective = 31 * np.log(grid) + 71 * np.log1p(-grid)
     assert abs(grid[np.argmax(objective)] - t) < 2e-4
+
+
+# --------------------------------------------------------------------------- fits through the public API
+
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import pandas as pd  # noqa: E402
+
+import bayes_annot as ba  # noqa: E402
+from bayes_annot.errors import InputError  # noqa: E402
+from bayes_annot.metrics import auc  # noqa: E402
+
+STRENGTHS = np.linspace(1.5, -1.5, 8)
+
+
+def _nu_for(attentive_tie_share: float) -> float:
+    """The Davidson ``nu`` whose attentive ties make up this share over the simulator's (uniform) pairs."""
+    from scipy.optimize import brentq
+
+    d = (STRENGTHS[:, None] - STRENGTHS[None, :])[~np.eye(8, dtype=bool)]
+    return round(brentq(lambda v: np.mean(v / (2 * np.cosh(d / 2) + v)) - attentive_tie_share, 1e-6, 100.0), 4)
+
+
+def _user_auc(result, log) -> float:
+    truth = log.groupby("user", observed=True).true_attentive.first()
+    return auc(result.users.set_index("user").loc[truth.index.astype(str), "quality"].to_numpy(), truth.to_numpy())
+
+
+@pytest.mark.parametrize("t", [0.02, 0.45])
+def test_recovery_of_nu_and_t_with_20_percent_ties(t):
+    """~20% ties overall (30% casual users), casual tie rates 2% and 45%: nu and t within 10%, and quality
+    separates attentive from casual users at least as well as ignoring ties."""
+    nu = _nu_for((0.2 - 0.3 * t) / 0.7)
+    log = ba.simulate(n_users=3000, n_models=8, casual_share=0.3, labels_per_user=(20, 60), tie_nu=nu,
+                      casual_tie_rate=t, seed=11)
+    assert 0.18 < (log.winner == "tie").mean() < 0.22
+    result = ba.fit(log)
+    assert result.ties_["mode"] == "model" and result.ties_["n_ties"] == int((log.winner == "tie").sum())
+    assert result.ties_["nu"] == pytest.approx(nu, rel=0.10)
+    assert result.ties_["t"] == pytest.approx(t, rel=0.10)
+    assert result.summary["parameters"]["tie_nu"] == result.ties_["nu"]
+    ignored = ba.fit(log, ties="ignore")
+    assert ignored.ties_ == {"mode": "ignore", "n_ties": result.ties_["n_ties"]}
+    assert _user_auc(result, log) >= _user_auc(ignored, log)
+
+
+@pytest.mark.parametrize("model, tastes", [("two-class", 1), ("continuous", 1), ("two-class", 2)])
+@pytest.mark.parametrize("accelerate", [False, True])
+def test_em_objective_never_decreases_with_ties(model, tastes, accelerate):
+    log = ba.simulate(n_users=400, n_models=6, casual_share=0.3, labels_per_user=(3, 25), quality=model,
+                      tie_nu=0.8, casual_tie_rate=0.3, seed=4)
+    result = ba.fit(log, model=model, tastes=tastes, accelerate=accelerate, tol=1e-11, max_iter=300)
+    assert result.ties_["mode"] == "model"
+    trace = np.asarray(result.loglik_trace)
+    assert trace.shape[0] > 3
+    assert np.all(np.diff(trace) >= -1e-9 * (1 + np.abs(trace[1:])))
+    if tastes == 2:
+        assert result.summary["tastes"]["n_tastes"] == 2 and result.ties_["nu"] > 0
+
+
+def test_continuous_recovers_nu_and_t():
+    log = ba.simulate(n_users=2000, n_models=8, casual_share=0.3, labels_per_user=(20, 60), quality="continuous",
+                      eta_tau=0.5, tie_nu=0.8, casual_tie_rate=0.3, seed=2)
+    result = ba.fit(log, model="continuous")
+    assert result.ties_["nu"] == pytest.approx(0.8, rel=0.10)
+    assert result.ties_["t"] == pytest.approx(0.3, rel=0.10)
+
+
+def _tie_log(seed=3, n_users=500):
+    log = ba.simulate(n_users=n_users, n_models=5, labels_per_user=(3, 25), tie_nu=0.7, casual_tie_rate=0.25,
+                      seed=seed)
+    log = log[["user", "model_a", "model_b", "winner"]].astype(str)
+    # a tie (bothbad), a user who only declared ties and a same-model pair
+    extra = pd.DataFrame({"user": ["u_tie", "u_tie", "u001", "u002"], "model_a": ["model_0", "model_1", "model_2", "model_3"],
+                          "model_b": ["model_1", "model_2", "model_2", "model_4"],
+                          "winner": ["tie", "tie (bothbad)", "model_a", "tie (bothbad)"]})
+    return pd.concat([log, extra], ignore_index=True)
+
+
+def test_ignore_is_the_model_without_tie_rows():
+    """``ties="ignore"``: tie rows are counted and left out, exactly as the paper's model (a log without them)."""
+    log = _tie_log()
+    ignored = ba.fit(log, ties="ignore")
+    decided = ba.fit(log[~log.winner.str.startswith("tie")])
+    users = ignored.users.set_index("user").loc[decided.users.user]
+    # to rounding (the tie-only user's empty row shifts the sums' order); the golden fixtures pin "ignore" exactly
+    np.testing.assert_allclose(users.quality.to_numpy(), decided.users.quality.to_numpy(), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(ignored.models.strength.to_numpy(), decided.models.strength.to_numpy(), atol=1e-12)
+    for key, value in decided.summary["parameters"].items():
+        assert ignored.summary["parameters"][key] == pytest.approx(value, rel=1e-12)
+    assert set(ignored.summary["parameters"]) == set(decided.summary["parameters"])
+    # a log without ties: the default is the paper's model
+    assert decided.ties_ == {"mode": "ignore", "n_ties": 0}
+    assert decided.summary["settings"]["ties"] == "auto"
+
+
+def test_ties_are_never_kept_and_every_row_is_accounted_for(tmp_path):
+    log = _tie_log()
+    result = ba.fit(log)
+    rows = result.rows
+    assert len(rows) == len(log)
+    tie = log.winner.str.startswith("tie") & (log.model_a != log.model_b)
+    assert (rows.reason[tie] == "tie").all() and not rows.kept[tie].any()
+    assert (rows.winner[tie] == log.winner[tie]).all()  # "tie (bothbad)" keeps its label
+    assert result.summary["counts"]["ties"] == int(tie.sum()) == result.ties_["n_ties"]
+    assert not result.kept_rows.winner.str.startswith("tie").any()
+    assert result.users.set_index("user").loc["u_tie", "n_labels"] == 0
+
+
+def test_update_equals_refit_with_ties():
+    log = _tie_log(seed=5, n_users=600)
+    old, new = log.iloc[: len(log) // 2], log.iloc[len(log) // 2:]
+    updated = ba.fit(old, tol=1e-13).update(new, tol=1e-13)
+    full = ba.fit(log, tol=1e-13)
+    assert updated.ties_["mode"] == full.ties_["mode"] == "model"
+    np.testing.assert_allclose(updated.users.quality, full.users.quality, atol=1e-6)
+    np.testing.assert_allclose(updated.models.strength, full.models.strength, atol=1e-6)
+    assert updated.ties_["nu"] == pytest.approx(full.ties_["nu"], abs=1e-6)
+    assert updated.ties_["t"] == pytest.approx(full.ties_["t"], abs=1e-6)
+
+
+def test_dask_equals_in_memory_with_ties(tmp_path):
+    dd = pytest.importorskip("dask.dataframe")
+    log = _tie_log(seed=7)
+    folder = tmp_path / "log"
+    folder.mkdir()
+    for i, chunk in enumerate(np.array_split(np.arange(len(log)), 3)):
+        log.iloc[chunk].to_parquet(folder / f"part-{i}.parquet", index=False)
+    for model in ("two-class", "continuous"):
+        tol = 1e-9 if model == "two-class" else 1e-13
+        lazy = ba.fit(dd.read_parquet(str(folder / "*.parquet")), model=model, tol=tol)
+        memory = ba.fit(log, model=model, tol=tol)
+        assert lazy.ties_["mode"] == "model"
+        np.testing.assert_allclose(lazy.users.quality, memory.users.quality, atol=1e-8)
+        np.testing.assert_allclose(lazy.models.strength, memory.models.strength, atol=1e-8)
+        assert lazy.ties_["nu"] == pytest.approx(memory.ties_["nu"], abs=1e-8)
+        assert lazy.ties_["t"] == pytest.approx(memory.ties_["t"], abs=1e-8)
+
+
+def test_settings_ties_cannot_model_are_refused_in_one_line():
+    log = _tie_log()
+    with pytest.raises(InputError, match="unknown ties mode 'foo'"):
+        ba.fit(log, ties="foo")
+    with pytest.raises(InputError, match="use ties='ignore'"):
+        ba.fit(log, method="map", ties="model")
+    assert ba.fit(log, ties="model").ties_["mode"] == "model"
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "bayes_annot", *map(str, args)], capture_output=True, text=True)
+
+
+def test_cli_ties(tmp_path):
+    path = tmp_path / "log.csv"
+    _tie_log().to_csv(path, index=False)
+    bad = _run("fit", path, "--out", tmp_path / "bad", "--ties", "foo")
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "unknown ties mode 'foo'" in bad.stderr
+    assert not (tmp_path / "bad").exists()
+    assert _run("fit", path, "--out", tmp_path / "o").returncode == 0
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["ties"]["mode"] == "model" and summary["ties"]["nu"] > 0 and 0 < summary["ties"]["t"] < 1
+    rows = pd.read_csv(tmp_path / "o" / "rows.csv")
+    assert (rows.winner == "tie (bothbad)").sum() == 2
+    assert (rows.reason[rows.winner.str.startswith("tie")] == "tie").all()
+    assert _run("fit", path, "--out", tmp_path / "i", "--ties", "ignore").returncode == 0
+    assert json.loads((tmp_path / "i" / "summary.json").read_text())["ties"]["mode"] == "ignore"
