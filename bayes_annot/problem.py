@@ -188,6 +188,8 @@ def quality_floor(problem: UsableLabels, estimates: Estimates) -> np.ndarray | N
     eps = 1e-12
     k = problem.n_models
     effects = estimates.extra_summary.get("casual_effects")
+    if "tie_nu" in estimates.parameters and getattr(problem, "tie_user", None) is not None:
+        return _tie_quality_floor(problem, estimates, pi, q, effects)
     if getattr(problem, "casual_cell", None) is not None and effects:  # casual covariates: each label's own casual log-odds
         from .casual import casual_logits, design_from_summary, effects_start
 
@@ -208,6 +210,37 @@ def quality_floor(problem: UsableLabels, estimates: Estimates) -> np.ndarray | N
                          dtype=float)
         worst = np.minimum(log_expit(ell) - np.log(max(q, eps)), log_expit(-ell) - np.log(max(1.0 - q, eps)))
     total = np.bincount(problem.user, weights=worst, minlength=problem.n_users)
+    pi = min(max(pi, eps), 1.0 - eps)
+    return two_class_posterior(total, 0.0, pi)
+
+
+def _tie_quality_floor(problem: UsableLabels, estimates: Estimates, pi: float, q: float, effects) -> np.ndarray:
+    """:func:`quality_floor` with ties in the likelihood: every label (decided or tie) could have been any of
+    the three outcomes; the least attentive one's ratio ``P_att / P_cas`` (Davidson's and ``(1 - t) q``,
+    ``(1 - t)(1 - q)``, ``t``; with casual covariates a decided label's own casual log-odds)."""
+    from .ties import davidson_logprobs
+
+    eps = 1e-12
+    s = np.asarray(estimates.strengths, dtype=float)
+    nu, t = float(estimates.parameters["tie_nu"]), float(estimates.parameters["casual_tie_rate"])
+    eta = np.full(problem.n_labels, logit(min(max(q, eps), 1.0 - eps)))
+    if getattr(problem, "casual_cell", None) is not None and effects:
+        from .casual import casual_logits, design_from_summary, effects_start
+
+        summary = {"casual_effects": effects}
+        eta = casual_logits(effects["beta0"], effects_start(summary), design_from_summary(summary).design())
+        eta = eta[problem.casual_cell]
+    eta_tie = np.full(problem.n_ties, logit(min(max(q, eps), 1.0 - eps)))
+
+    def worst(d, eta):
+        pa, pb, pt = davidson_logprobs(d, nu)
+        return np.minimum(np.minimum(pa - np.log1p(-t) - log_expit(eta), pb - np.log1p(-t) - log_expit(-eta)),
+                          pt - np.log(t))
+
+    total = np.bincount(problem.user, weights=worst(s[problem.model_a] - s[problem.model_b], eta),
+                        minlength=problem.n_users)
+    total += np.bincount(problem.tie_user, weights=worst(s[problem.tie_model_a] - s[problem.tie_model_b], eta_tie),
+                         minlength=problem.n_users)
     pi = min(max(pi, eps), 1.0 - eps)
     return two_class_posterior(total, 0.0, pi)
 
