@@ -1083,6 +1083,8 @@ def assemble_summary(
     counts = dict(prepared.counts() if counts is None else counts)
     n_labels = counts["rows_in_likelihood"] if problem is None else problem.n_labels
     learned = strength_mode == "learned" if problem is None else problem.learned
+    if (estimates.extra_summary.get("ties") or {}).get("mode") == "model":  # ties in the likelihood (and pair counts)
+        counts["ties_in_likelihood"] = int(counts["ties"])
     counts["users_in_likelihood"] = int((estimates.n_labels_user > 0).sum())
     counts["uninformative_users"] = int((~estimates.informative).sum())
     summary = {
