@@ -283,3 +283,34 @@ def test_cli_ties(tmp_path):
     assert (rows.reason[rows.winner.str.startswith("tie")] == "tie").all()
     assert _run("fit", path, "--out", tmp_path / "i", "--ties", "ignore").returncode == 0
     assert json.loads((tmp_path / "i" / "summary.json").read_text())["ties"]["mode"] == "ignore"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["two-class", "continuous"])
+def test_numpy_pytensor_and_em_objective_agree_with_ties(variant):
+    """One log-likelihood with ties: EM's reported objective = the numpy spec at EM's estimates, and the numpy
+    spec = the PyMC model's (PyTensor) log density, unpenalised and in differences of the penalised one."""
+    pytest.importorskip("pymc")
+    from bayes_annot.data import prepare
+    from bayes_annot.problem import build_problem
+    from bayes_annot.pymc_model import build_model, model_loglik, numpy_loglik
+    from bayes_annot.spec import BehaviourSpec
+
+    log = _tie_log(seed=9, n_users=150)
+    result = ba.fit(log, model=variant)
+    problem, _ = build_problem(prepare(log), ties=True)
+    est = result.estimates
+    params = {**est.parameters, "strength": est.strengths}
+    assert numpy_loglik(problem, variant, params) == pytest.approx(est.loglik, abs=1e-8, rel=0)
+    model = build_model(problem, BehaviourSpec(variant), marginal=True)
+    rng = np.random.default_rng(0)
+    points = [params] + [dict(params, strength=params["strength"] + rng.normal(0, 0.3, problem.n_models),
+                              tie_nu=params["tie_nu"] * np.exp(rng.normal(0, 0.3)),
+                              casual_tie_rate=float(np.clip(params["casual_tie_rate"] + rng.normal(0, 0.05), 0.01, 0.9)))
+                         for _ in range(2)]
+    for point in points:
+        assert model_loglik(model, point, penalised=False) == pytest.approx(
+            numpy_loglik(problem, variant, point, penalised=False), abs=1e-8, rel=0)
+    diff_pt = model_loglik(model, points[1], penalised=True) - model_loglik(model, points[0], penalised=True)
+    diff_np = numpy_loglik(problem, variant, points[1]) - numpy_loglik(problem, variant, points[0])
+    assert diff_pt == pytest.approx(diff_np, abs=1e-8, rel=0) and abs(diff_np) > 1e-3
