@@ -767,6 +767,9 @@ def fit_pymc(
             ) from exc
     _check_spec(problem, spec)
     n_tastes, priors, q_fixed = spec.n_tastes, spec.priors, spec.q
+    if problem.n_ties and (method != "map" or n_tastes > 1):
+        raise InputError("ties in the likelihood are fitted by EM and by MAP with one taste class only: "
+                         "use ties='ignore' or method='em'")
     t0 = time.perf_counter()
     user_labels = _labels(user_labels, problem.n_users, "u")
     model_labels = _labels(model_labels, problem.n_models, "model_")
@@ -820,6 +823,38 @@ def _grid_posterior(problem: UsableLabels, m: float, tau: float, casual, strengt
     return block_grid_posterior(block, m, tau, casual, np.exp(attentive_table_pairs(strengths, pairs.a, pairs.b)))
 
 
+def _tie_map_users(problem: UsableLabels, variant: str, point: dict, q: float, table, strengths, informative_tol):
+    """MAP with ties in the likelihood: per-user results at the MAP point by the block engine's passes
+    (the EM engine's arithmetic; :mod:`bayes_annot.ties`). Returns ``(quality, p_good, user_ll, informative,
+    active, params)`` before the no-verdict levels."""
+    from .block_em import _block_informative, block_grid_posterior, block_two_class_users, make_block
+    from .pairs import PairTable
+    from .ties import davidson_tables
+
+    n, n_ties = problem.n_labels, problem.n_ties
+    pairs = PairTable.from_labels(np.concatenate([problem.model_a, problem.tie_model_a]),
+                                  np.concatenate([problem.model_b, problem.tie_model_b]), problem.n_models)[0]
+    mask = np.arange(n + n_ties) < n
+    block = make_block(np.concatenate([problem.user, problem.tie_user]), mask, problem.n_models,
+                       cell=pairs.cells(problem.model_a, problem.model_b, problem.choice_a), users=np.arange(problem.n_users),
+                       pairs=pairs, casual_cell=problem.casual_cell, n_casual=problem.n_casual, tie=~mask,
+                       tie_pair=pairs.index(problem.tie_model_a, problem.tie_model_b))
+    nu, t = float(point["tie_nu"]), float(point["casual_tie_rate"])
+    att_table, tie_table = davidson_tables(strengths, pairs.a, pairs.b, nu)
+    casual = q if table is None else table
+    params = {"tie_nu": nu, "casual_tie_rate": t}
+    if variant == "two-class":
+        quality, user_ll = block_two_class_users(block, float(point["pi"]), casual, att_table, ties=(tie_table, t))
+        p_good = quality
+    else:
+        m, tau = float(point["m"]), float(point["tau"])
+        post, user_ll = block_grid_posterior(block, m, tau, casual, np.exp(att_table), ties=(np.exp(tie_table), t))
+        quality, p_good = post @ expit(ETA_GRID.theta(m, tau)), post @ ETA_GRID.above_half(m, tau)
+    differs = np.repeat(np.abs(strengths[pairs.a] - strengths[pairs.b]) > informative_tol, 2)
+    informative = _block_informative(block, differs, casual, informative_tol)
+    return quality, p_good, user_ll, informative, block.n_user_all > 0, params
+
+
 def _fit_map(problem, spec, progress, seed, user_labels, model_labels, informative_tol, maxeval):
     from .inference_data import point_estimate_idata
 
@@ -834,8 +869,22 @@ def _fit_map(problem, spec, progress, seed, user_labels, model_labels, informati
     if spec.casual is not None:
         g = np.asarray(point["casual_effect"], float)
         table = casual_table(float(logit(q)), g, spec.casual.design())
-    att, cas = label_logprobs(problem, strengths, q, table)
-    if variant == "two-class":
+    tie_params = {}
+    if problem.n_ties:  # ties in the likelihood: the block engine's per-user arithmetic at the MAP point
+        quality, p_good, user_ll, informative, with_labels, tie_params = _tie_map_users(
+            problem, variant, point, q, table, strengths, informative_tol)
+        if variant == "two-class":
+            pi = float(point["pi"])
+            quality = p_good = np.where(with_labels, quality, pi)
+            params = {"pi": pi, "q": q}
+        else:
+            m, tau = float(point["m"]), float(point["tau"])
+            params = {"m": m, "tau": tau, "q": q}
+        user_ll = np.where(with_labels, user_ll, 0.0)
+        loglik = numpy_loglik(problem, variant, {**params, "strength": strengths, "casual_effect": g, **tie_params},
+                              priors, q_fixed, casual=spec.casual)
+    elif variant == "two-class":
+        att, cas = label_logprobs(problem, strengths, q, table)
         pi = float(point["pi"])
         att_sum = np.bincount(problem.user, weights=att, minlength=problem.n_users)
         cas_sum = np.bincount(problem.user, weights=cas, minlength=problem.n_users)
@@ -853,13 +902,15 @@ def _fit_map(problem, spec, progress, seed, user_labels, model_labels, informati
         params = {"m": m, "tau": tau, "q": q}
         loglik = numpy_loglik(problem, variant, {"m": m, "tau": tau, "q": q, "strength": strengths, "casual_effect": g},
                               priors, q_fixed, casual=spec.casual)
-    informative = _informative_users(problem, strengths, informative_tol)
+    if not problem.n_ties:
+        informative = _informative_users(problem, strengths, informative_tol)
     if variant == "two-class":  # no verdict on uninformative users: the population level (as in EM)
         quality = p_good = np.where(informative, quality, no_verdict_shares([pi], informative.any(), priors)[0])
     else:
         level, p_level = no_verdict_continuous(m, tau, informative.any(), priors)
         quality, p_good = np.where(informative, quality, level), np.where(informative, p_good, p_level)
     params["mean_quality"] = float(np.mean(quality[active])) if active.any() else float("nan")
+    params.update(tie_params)
     est = _estimates(
         engine="map",
         variant=variant,

@@ -178,23 +178,24 @@ def tie_start(n_ties: float, n_labels: float) -> tuple[float, float]:
 
 def resolve_ties(ties: str | None, n_ties: int, *, method: str = "em", tastes=1, learned: bool = True) -> str:
     """The ties mode of a fit: ``ties`` if given (checked), else (``None`` or ``"auto"``) ``"model"`` when the log has ties and the
-    fit supports them (EM, learned strengths, ``tastes`` a number), else ``"ignore"``; ``"model"`` on a
+    fit supports them (EM, or MAP with one taste class; learned strengths, ``tastes`` a number), else ``"ignore"``; ``"model"`` on a
     log without ties is ``"ignore"`` (nothing to model).
 
     Raises
     ------
     InputError
-        An unknown mode, or ``"model"`` where ties are not in the likelihood yet (MAP / NUTS, known
-        strengths, ``tastes="auto"``).
+        An unknown mode, or ``"model"`` where ties are not in the likelihood yet (NUTS, MAP with taste
+        classes, known strengths, ``tastes="auto"``).
     """
     if ties == "auto":  # the default, as a fit's settings record it
         ties = None
     if ties is not None and ties not in TIES_MODES:
         raise InputError(f"unknown ties mode {ties!r}, expected one of {', '.join(TIES_MODES)}")
-    supported = method == "em" and learned and tastes != "auto"
+    engine = method == "em" or (method == "map" and tastes == 1)  # EM, or MAP with one taste class
+    supported = engine and learned and tastes != "auto"
     if ties == "model" and not supported:
-        why = ("MAP and NUTS" if method != "em" else "known attentive probabilities (p_a / mu)" if not learned
-               else "tastes='auto'")
+        why = ("NUTS" if method == "nuts" else "MAP with taste classes" if not engine
+               else "known attentive probabilities (p_a / mu)" if not learned else "tastes='auto'")
         raise InputError(f"ties in the likelihood are not available with {why} yet: use ties='ignore' "
                          "(--ties ignore) or method='em'" + (" with learned strengths" if method == "em" else ""))
     if n_ties == 0 or not supported:

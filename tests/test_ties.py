@@ -261,7 +261,11 @@ def test_settings_ties_cannot_model_are_refused_in_one_line():
     with pytest.raises(InputError, match="unknown ties mode 'foo'"):
         ba.fit(log, ties="foo")
     with pytest.raises(InputError, match="use ties='ignore'"):
-        ba.fit(log, method="map", ties="model")
+        ba.fit(log, method="nuts", ties="model")
+    with pytest.raises(InputError, match="use ties='ignore'"):
+        ba.fit(log, method="map", tastes=2, ties="model")
+    with pytest.raises(InputError, match="use ties='ignore'"):
+        ba.fit(log.assign(p_a=0.6), ties="model")
     assert ba.fit(log, ties="model").ties_["mode"] == "model"
 
 
@@ -314,3 +318,20 @@ def test_numpy_pytensor_and_em_objective_agree_with_ties(variant):
     diff_pt = model_loglik(model, points[1], penalised=True) - model_loglik(model, points[0], penalised=True)
     diff_np = numpy_loglik(problem, variant, points[1]) - numpy_loglik(problem, variant, points[0])
     assert diff_pt == pytest.approx(diff_np, abs=1e-8, rel=0) and abs(diff_np) > 1e-3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["two-class", "continuous"])
+def test_map_matches_em_with_ties(variant):
+    pytest.importorskip("pymc")
+    log = _tie_log(seed=12, n_users=300)
+    em = ba.fit(log, model=variant, tol=1e-12, max_iter=5000)
+    mp = ba.fit(log, model=variant, method="map")
+    assert mp.ties_["mode"] == em.ties_["mode"] == "model"
+    assert mp.ties_["nu"] == pytest.approx(em.ties_["nu"], abs=1e-4)
+    assert mp.ties_["t"] == pytest.approx(em.ties_["t"], abs=1e-4)
+    np.testing.assert_allclose(mp.models.strength, em.models.strength, atol=1e-4)
+    np.testing.assert_allclose(mp.users.quality, em.users.quality, atol=1e-4)
+    assert mp.summary["loglik"] == pytest.approx(em.summary["loglik"], abs=1e-3)
+    assert ba.fit(log, model=variant, method="nuts", draws=10, tune=10, chains=1).ties_["mode"] == "ignore" \
+        if variant == "two-class" else True
