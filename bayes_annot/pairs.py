@@ -330,7 +330,7 @@ def fit_bradley_terry_pairs(
     Both methods maximise the same strictly concave objective with the same
     backtracking and stopping rule, so they agree to the solver's accuracy.
     """
-    from .em import fit_bradley_terry, newton_ascent
+    from .em import fit_bradley_terry
 
     k = pairs.n_models
     a, b = pairs.a, pairs.b
@@ -347,19 +347,20 @@ def fit_bradley_terry_pairs(
     w1 = np.asarray(w1, dtype=float)
     w0 = np.asarray(w0, dtype=float)
     keep = (w1 != 0) | (w0 != 0)  # pairs without weight do not enter the objective
-    if not keep.all():
-        a, b, w1, w0 = a[keep], b[keep], w1[keep], w0[keep]
-        structure = None
-    if structure is None:  # the Hessian's sparsity pattern (``structure``: built once for these pairs)
-        structure = _Laplacian(a, b, k)
+    if keep.all():
+        keep = None
+    else:
+        w1, w0 = w1[keep], w0[keep]
     wsum = w1 + w0
 
-    def direction(s):
-        grad, neg_hess, diag = bt_derivatives_pairs(s, a, b, w1, w0, sigma, structure)
-        return _cg_solve(neg_hess, diag, grad, cg_rtol)
+    def terms(d, _keep):
+        # the pair Newton's per-pair terms of Bradley–Terry: log sigmoid(-d) = log sigmoid(d) - d (one
+        # transcendental per pair), derivative w1 (1 - p) - w0 p, curvature (w1 + w0) p (1 - p)
+        p = expit(d)
+        return float(wsum @ log_expit(d) - w0 @ d), w1 - wsum * p, wsum * p * (1.0 - p)
 
-    return newton_ascent(lambda s: bt_objective_pairs(s, a, b, w1, w0, sigma, wsum), direction,
-                         np.zeros(k) if start is None else start, tol, max_iter)[0]
+    return fit_pair_newton(pairs, terms, sigma, start=start, tol=tol, max_iter=max_iter, method="sparse",
+                           cg_rtol=cg_rtol, structure=structure, keep=keep)
 
 
 def fit_bradley_terry_classes(pairs, w1: np.ndarray, w0: np.ndarray, sigma: float, start: np.ndarray,
