@@ -63,9 +63,11 @@ def davidson_logprobs(d, nu: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     --------
     >>> import numpy as np
     >>> from scipy.special import log_expit
-    >>> a, b, t = davidson_logprobs(np.array([0.7]), 0.0)
-    >>> bool(np.allclose(a, log_expit(0.7))), float(np.exp(a) + np.exp(b))
-    (True, 1.0)
+    >>> a, b, t = davidson_logprobs(np.array([0.7, -2.0]), 0.0)
+    >>> bool(np.allclose(a, log_expit([0.7, -2.0]))), bool(np.allclose(np.exp(a) + np.exp(b), 1.0))
+    (True, True)
+    >>> round(float(np.exp(davidson_logprobs(np.array([0.0]), 1.0)[2][0])), 6)  # an even pair: nu / (2 + nu)
+    0.333333
     """
     d = np.asarray(d, dtype=float)
     z = _log_norm(d, nu)
