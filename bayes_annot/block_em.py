@@ -37,6 +37,7 @@ from .em import (
 )
 from .likelihood import ETA_GRID, EtaGrid, Priors, log_normal_pdf, log_prior, log_type_shares
 from .spec import BehaviourSpec
+from .ties import davidson_tables, log_prior_ties, nu_step, tie_rate_step, tie_start
 from .pairs import (
     DENSE_MAX_MODELS,
     PairTable,
@@ -45,6 +46,7 @@ from .pairs import (
     differs_cells_pairs,
     fit_bradley_terry_classes,
     fit_bradley_terry_pairs,
+    fit_davidson_pairs,
 )
 
 __all__ = ["Block", "EMState", "make_block", "merge_blocks", "cell_index_map", "pair_cell_map", "LocalRunner", "run_em",
@@ -102,6 +104,31 @@ class Block:
     _cell_totals: np.ndarray | None = field(default=None, repr=False)
     _entry_choice: np.ndarray | None = field(default=None, repr=False)
     _known_cells: tuple | None = field(default=None, repr=False)
+    # ties in the likelihood (bayes_annot.ties): each tie entry's pair index, grouped by user like the entries
+    tie_cell: np.ndarray | None = None  # int32 (n_ties,) pair index; None: ties not modelled
+    tie_indptr: np.ndarray | None = None  # (Ul + 1,) start of each user's tie entries
+    n_user_tie: np.ndarray | None = None  # float (Ul,) ties of each user
+    _tie_counts: object = field(default=None, repr=False)
+    _grid_tie_counts: object = field(default=None, repr=False)
+
+    @property
+    def has_ties(self) -> bool:
+        """Whether the block's ties enter the likelihood (it then holds them, possibly none)."""
+        return self.tie_cell is not None
+
+    def tie_matrix(self):
+        """``users x P`` CSR counts of each user's ties by pair (cached)."""
+        if self._tie_counts is None:
+            from scipy.sparse import csr_matrix
+
+            self._tie_counts = csr_matrix((np.ones(self.tie_cell.shape[0]), self.tie_cell, self.tie_indptr),
+                                          shape=(self.users.shape[0], self.n_cells // 2))
+        return self._tie_counts
+
+    @property
+    def n_user_all(self) -> np.ndarray:
+        """Labels of each user in the likelihood: decided ones, plus ties when they are modelled."""
+        return self.n_user if self.n_user_tie is None else self.n_user + self.n_user_tie
 
     @property
     def n_entries(self) -> int:
@@ -120,7 +147,7 @@ class Block:
     def inactive(self) -> np.ndarray:
         """Local indices of users without usable labels (cached)."""
         if self._inactive is None:
-            self._inactive = np.flatnonzero(self.n_user == 0)
+            self._inactive = np.flatnonzero(self.n_user_all == 0)
         return self._inactive
 
     def matrix(self, data: np.ndarray | None = None):
@@ -236,6 +263,8 @@ class Block:
         self._casual_counts = None
         self._joint_counts = None
         self._joint_totals = None
+        self._tie_counts = None
+        self._grid_tie_counts = None
 
     @property
     def cell_totals(self) -> np.ndarray:
@@ -277,6 +306,8 @@ def make_block(
     pairs: PairTable | None = None,
     casual_cell: np.ndarray | None = None,
     n_casual: int = 0,
+    tie: np.ndarray | None = None,
+    tie_pair: np.ndarray | None = None,
 ) -> Block:
     """Build a :class:`Block` from per-row arrays (global user codes, all rows).
 
@@ -286,6 +317,8 @@ def make_block(
     users present in ``user``. ``pairs`` is the pair vocabulary of ``cell``
     (``2 * pair + choice``); without it ``cell`` is the dense ``(a K + b) 2 + choice``.
     ``casual_cell`` (usable rows, row order): each label's casual cell of a design of ``n_casual`` cells.
+    ``tie`` (a mask over all rows) and ``tie_pair`` (those rows' pair indices in ``pairs``, row order): the
+    ties, when they enter the likelihood (learned strengths; :mod:`bayes_annot.ties`).
     """
     user = np.asarray(user)
     if users is None:
@@ -317,7 +350,22 @@ def make_block(
     if casual_cell is not None:
         block.casual_cell = np.asarray(casual_cell, dtype=np.int32)[order]
         block.n_casual = int(n_casual)
+    if tie is not None:
+        _set_ties(block, local_all[np.asarray(tie, dtype=bool)], tie_pair)
     return block
+
+
+def _set_ties(block: Block, local: np.ndarray, tie_pair) -> None:
+    """The block's tie entries from each tie's local user index and pair index (any order; stable by user)."""
+    n_local = block.users.shape[0]
+    order = _sort_order(np.asarray(local, dtype=np.int64))
+    counts = np.bincount(local, minlength=n_local)
+    indptr = np.zeros(n_local + 1, dtype=np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    block.tie_cell = np.asarray(tie_pair, dtype=np.int32).reshape(-1)[order]
+    block.tie_indptr = indptr
+    block.n_user_tie = counts.astype(float)
+    block._inactive = None
 
 
 def merge_blocks(
@@ -420,6 +468,13 @@ def merge_blocks(
     if new.casual_cell is not None:
         block.casual_cell = interleave(old.casual_cell, new.casual_cell, np.int32)
         block.n_casual = new.n_casual
+    if old.has_ties != new.has_ties:
+        raise ValueError("cannot merge a block with modelled ties and one without")
+    if new.has_ties:  # each user's old ties, then the new ones (old pairs mapped as their cells are)
+        old_pair = old.tie_cell if cell_map is None else np.asarray(cell_map, dtype=np.int64)[2 * old.tie_cell.astype(
+            np.int64)] // 2
+        local = np.concatenate([np.repeat(pos_old, np.diff(old.tie_indptr)), np.repeat(pos_new, np.diff(new.tie_indptr))])
+        _set_ties(block, local, np.concatenate([old_pair, new.tie_cell]))
     return block
 
 
@@ -475,16 +530,30 @@ def two_class_user_terms(att_sum: np.ndarray, cas_sum: np.ndarray, pi: float) ->
     return p_att, user_ll
 
 
-def block_two_class_users(block: Block, pi: float, q, table: np.ndarray | None):
+def _tie_sums(block: Block, ties) -> tuple[np.ndarray, np.ndarray]:
+    """Per-user sums the ties add (:mod:`bayes_annot.ties`): attentive ``ties[0]`` (log P_att(tie) per pair,
+    ``(P,)`` or ``(P, C)``) over the user's ties, and casual ``n_tie log t + n_decided log(1 - t)``."""
+    tables, t = ties
+    return block.tie_matrix() @ tables, block.n_user_tie * np.log(t) + block.n_user * np.log1p(-t)
+
+
+def block_two_class_users(block: Block, pi: float, q, table: np.ndarray | None, ties=None):
     """Per-user posterior P(attentive) and marginal log-likelihood of one block (one taste class).
 
     ``q``: the casual position bias, or the casual table when the block has casual cells
-    (:meth:`Block.casual_sums`; so in every pass function below)."""
+    (:meth:`Block.casual_sums`; so in every pass function below). ``ties``: ``(log P_att(tie) per pair,
+    t)`` when the block's ties enter the likelihood (``table`` then holds Davidson's decided
+    probabilities), else ``None``."""
     if block.joint and table is not None:  # learned strengths with casual covariates: one pass for both sums
         att_sum, cas_sum = block.joint_sums(table, q)
-        return two_class_user_terms(att_sum, cas_sum, pi)
-    cas_sum = block.casual_sums(q)
-    return two_class_user_terms(_block_att_sum(block, table), cas_sum, pi)
+    else:
+        cas_sum = block.casual_sums(q)
+        att_sum = _block_att_sum(block, table)
+    if ties is not None:
+        att_tie, cas_tie = _tie_sums(block, ties)
+        att_sum = att_sum + att_tie
+        cas_sum = cas_sum + cas_tie
+    return two_class_user_terms(att_sum, cas_sum, pi)
 
 
 def lse_rows(x: np.ndarray) -> np.ndarray:
@@ -496,16 +565,19 @@ def lse_rows(x: np.ndarray) -> np.ndarray:
     return m + np.log1p(rest.sum(axis=1))
 
 
-def block_type_logliks(block: Block, q, tables: np.ndarray) -> np.ndarray:
+def block_type_logliks(block: Block, q, tables: np.ndarray, ties=None) -> np.ndarray:
     """``(Ul, C + 1)``: per user the casual log-probability sum, then the attentive sum of each class.
 
     ``tables`` ``(2 P, C)``: log P_att of every cell under each class; the attentive sums
-    of all classes are one sparse product ``counts @ tables``.
+    of all classes are one sparse product ``counts @ tables``. ``ties``: ``(tie tables (P, C), t)``.
     """
-    return np.column_stack([block.casual_sums(q), block.matrix() @ tables])
+    if ties is None:
+        return np.column_stack([block.casual_sums(q), block.matrix() @ tables])
+    att_tie, cas_tie = _tie_sums(block, ties)
+    return np.column_stack([block.casual_sums(q) + cas_tie, block.matrix() @ tables + att_tie])
 
 
-def block_class_users(block: Block, shares: np.ndarray, q: float, tables: np.ndarray | None):
+def block_class_users(block: Block, shares: np.ndarray, q: float, tables: np.ndarray | None, ties=None):
     """Per-user type posteriors and marginal log-likelihood of one block (casual + ``C`` taste classes).
 
     Returns ``(p_casual (Ul,), p_class (Ul, C), user_loglik (Ul,))``. With one class this is the
@@ -513,15 +585,17 @@ def block_class_users(block: Block, shares: np.ndarray, q: float, tables: np.nda
     known attentive probabilities); with ``C >= 2`` the responsibilities are taken in log space.
     """
     if shares.shape[0] == 1:
-        p_att, user_ll = block_two_class_users(block, shares[0], q, None if tables is None else tables[:, 0])
+        one_tie = None if ties is None else (np.asarray(ties[0]).reshape(-1), ties[1])
+        p_att, user_ll = block_two_class_users(block, shares[0], q, None if tables is None else tables[:, 0], one_tie)
         return 1.0 - p_att, p_att[:, None], user_ll
-    logw = log_type_shares(shares)[None, :] + block_type_logliks(block, q, tables)
+    logw = log_type_shares(shares)[None, :] + block_type_logliks(block, q, tables, ties)
     user_ll = lse_rows(logw)
     post = np.exp(logw - user_ll[:, None])
     return post[:, 0], post[:, 1:], user_ll
 
 
-def block_class_pass(block: Block, shares: np.ndarray, q: float, tables: np.ndarray | None, users=None) -> dict:
+def block_class_pass(block: Block, shares: np.ndarray, q: float, tables: np.ndarray | None, users=None,
+                     ties=None) -> dict:
     """Objective share and E-step sufficient statistics of one block.
 
     ``loglik`` (over users with labels), ``totals`` (C,) the classes' responsibility sums over those
@@ -529,8 +603,10 @@ def block_class_pass(block: Block, shares: np.ndarray, q: float, tables: np.ndar
     for ``q``), ``casual_cells`` (casual covariates: the casual-weighted labels by casual table entry,
     for :func:`bayes_annot.casual.fit_casual`; else ``None``) and ``cells`` ``(2 P, C)``, the cell table weighted by each class's responsibilities (the
     Bradley–Terry M-steps' input). ``users``: :func:`block_class_users` at these parameters, when known.
+    With ties in the likelihood (``ties``), also ``tie_cells`` ``(P, C)`` (each class's weighted ties per pair)
+    and ``casual_ties`` (casual-weighted ties; ``casual`` counts decided labels only).
     """
-    casual, att, user_ll = block_class_users(block, shares, q, tables) if users is None else users
+    casual, att, user_ll = block_class_users(block, shares, q, tables, ties) if users is None else users
     inactive = block.inactive  # users without usable labels: no share of the likelihood
     casual_cells = None
     if att.shape[1] == 1:  # the two-class sums, on 1-d arrays
@@ -554,13 +630,15 @@ def block_class_pass(block: Block, shares: np.ndarray, q: float, tables: np.ndar
         "casual": float(casual @ block.n_user),
         "casual_cells": casual_cells,
         "cells": cells,
+        "tie_cells": None if ties is None else block.tie_matrix().T @ att,
+        "casual_ties": None if ties is None else float(casual @ block.n_user_tie),
     }
 
 
-def block_class_final(block: Block, shares, q, tables, differs_cell, informative_tol, users=None) -> dict:
+def block_class_final(block: Block, shares, q, tables, differs_cell, informative_tol, users=None, ties=None) -> dict:
     """Per-user results of one block at the final parameters: ``quality`` (P(not casual)), ``p_casual``,
     ``p_taste`` (Ul, C), ``user_loglik``, ``informative`` (users without labels: the shares, 0)."""
-    casual, att, user_ll = block_class_users(block, shares, q, tables) if users is None else users
+    casual, att, user_ll = block_class_users(block, shares, q, tables, ties) if users is None else users
     quality = att[:, 0].copy() if att.shape[1] == 1 else 1.0 - casual
     att, casual, user_ll = att.copy(), casual.copy(), user_ll.copy()
     quality[block.inactive] = shares.sum()
@@ -579,6 +657,9 @@ def block_user_cells(block: Block, weights: np.ndarray) -> dict:
 
 
 def _block_informative(block: Block, differs_cell, q, tol) -> np.ndarray:
+    if block.learned and block.has_ties:  # a tie on a pair that differs informs as a decided label does
+        decided = block.user_table_sums(differs_cell.astype(float))
+        return decided + block.tie_matrix() @ differs_cell[1::2].astype(float) > 0
     if block.learned:
         if bool(differs_cell[block.cell_totals > 0].all()):  # every label is informative: no pass needed
             return block.n_user > 0
@@ -587,7 +668,7 @@ def _block_informative(block: Block, differs_cell, q, tol) -> np.ndarray:
     return block.row_sums(differs.astype(float)) > 0
 
 
-def _grid_cells(block: Block, att_prob_table, casual):
+def _grid_cells(block: Block, att_prob_table, casual, ties=None):
     """The continuous E-step's cells: ``(users x cells counts, P_att per cell, P_cas per cell, n_casual)``.
 
     A cell is ``(outer, casual cell, choice)`` flattened, ``outer`` the pair (learned strengths; the
@@ -595,6 +676,10 @@ def _grid_cells(block: Block, att_prob_table, casual):
     ``mu`` has a handful, a ``p_a`` column at most one per label), and the casual cell that of the casual
     covariates (one cell without them; ``casual`` is then ``q``, else the casual log-probability table
     ``(2 n_casual,)``). The known-strengths cells are cached on the block.
+
+    ``ties`` (``(P_att(tie) per pair, t)``, ties in the likelihood): the block's tie counts are appended as
+    ``P`` more cells (attentive ``P_att(tie)``, casual ``t``; decided cells' casual probabilities times
+    ``1 - t``); the fifth value returned is their number (0 without ties).
     """
     n_casual = max(block.n_casual, 1)
     if block.casual_cell is None:
@@ -618,8 +703,17 @@ def _grid_cells(block: Block, att_prob_table, casual):
         counts, att = block._known_cells
         att = att.reshape(-1, 1, 2)
     shape = (att.shape[0], n_casual, 2)
-    return counts, np.broadcast_to(att, shape).reshape(-1), np.broadcast_to(cas.reshape(1, -1, 2), shape).reshape(-1), \
-        n_casual
+    att, cas = np.broadcast_to(att, shape).reshape(-1), np.broadcast_to(cas.reshape(1, -1, 2), shape).reshape(-1)
+    if ties is None:
+        return counts, att, cas, n_casual, 0
+    tie_prob, t = ties
+    if block._grid_tie_counts is None:
+        from scipy.sparse import hstack
+
+        block._grid_tie_counts = hstack([counts, block.tie_matrix()], format="csr")
+    tie_prob = np.asarray(tie_prob, dtype=float).reshape(-1)
+    return block._grid_tie_counts, np.concatenate([att, tie_prob]), \
+        np.concatenate([cas * (1.0 - t), np.full(tie_prob.shape[0], t)]), n_casual, tie_prob.shape[0]
 
 
 def _normalise_rows(joint: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -632,7 +726,8 @@ def _normalise_rows(joint: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return joint, (top + np.log(total))[:, 0]
 
 
-def block_grid_posterior(block: Block, m: float, tau: float, casual, att_prob_table, grid: EtaGrid = ETA_GRID):
+def block_grid_posterior(block: Block, m: float, tau: float, casual, att_prob_table, grid: EtaGrid = ETA_GRID,
+                         ties=None):
     r"""Each user's posterior over the grid's nodes :math:`\theta_g = m + \tau z_g` and marginal log-likelihood.
 
     ``(post (Ul, G), user_loglik (Ul,))`` with
@@ -642,7 +737,7 @@ def block_grid_posterior(block: Block, m: float, tau: float, casual, att_prob_ta
     Users without labels get the prior's weights and 0.
     """
     eta = expit(grid.theta(m, tau))
-    counts, att, cas, _ = _grid_cells(block, att_prob_table, casual)
+    counts, att, cas, _, _ = _grid_cells(block, att_prob_table, casual, ties)
     joint = np.asarray(counts @ np.log(att[:, None] * eta + cas[:, None] * (1.0 - eta)))
     joint += grid.log_weights
     post, user_ll = _normalise_rows(joint)
@@ -651,39 +746,50 @@ def block_grid_posterior(block: Block, m: float, tau: float, casual, att_prob_ta
 
 
 def block_continuous_pass(block: Block, m: float, tau: float, casual, att_prob_table,
-                          grid: EtaGrid = ETA_GRID) -> dict:
+                          grid: EtaGrid = ETA_GRID, ties=None) -> dict:
     """One continuous E-step of a block: objective share and the M-steps' sufficient statistics.
 
     ``loglik``; ``eta_a`` / ``eta_b`` ``(G,)``: expected attentive / casual labels at each grid node
     (:func:`~bayes_annot.em.population_step`'s input); ``casual_a`` / ``casual``: expected casual labels
     choosing ``model_a`` / all (``q``); ``casual_cells`` (casual covariates): expected casual labels by
     casual table entry (:func:`bayes_annot.casual.fit_casual`); ``cells``: expected attentive labels per
-    pair cell (Bradley–Terry).
+    pair cell (Bradley–Terry). With ``ties`` (:func:`_grid_cells`): ``tie_cells`` (expected attentive ties
+    per pair) and ``casual_ties`` (expected casual ties; ``casual`` counts decided labels only).
     """
-    post, user_ll = block_grid_posterior(block, m, tau, casual, att_prob_table, grid)
+    post, user_ll = block_grid_posterior(block, m, tau, casual, att_prob_table, grid, ties)
     eta = expit(grid.theta(m, tau))
-    counts, att, cas, n_casual = _grid_cells(block, att_prob_table, casual)
+    counts, att, cas, n_casual, n_tie = _grid_cells(block, att_prob_table, casual, ties)
     att_part = att[:, None] * eta
     weighted = np.asarray(counts.T @ post)  # (cells, G): expected labels of each cell at each node
     attentive = weighted * (att_part / (att_part + cas[:, None] * (1.0 - eta)))
+    tie_stats = {"tie_cells": None, "casual_ties": None}
+    if ties is not None:
+        eta_a_all = attentive.sum(axis=0)
+        eta_b_all = weighted.sum(axis=0) - eta_a_all
+        tie_att = attentive[-n_tie:].sum(axis=1)
+        tie_stats = {"tie_cells": tie_att, "casual_ties": float(weighted[-n_tie:].sum() - tie_att.sum())}
+        attentive, weighted = attentive[:-n_tie], weighted[:-n_tie]
     by_cell = attentive.sum(axis=1).reshape(-1, n_casual, 2)
     casual_w = weighted.sum(axis=1).reshape(-1, n_casual, 2) - by_cell
     casual_cells = casual_w.sum(axis=0)  # (n_casual, 2): by casual cell and choice
     eta_a = attentive.sum(axis=0)
+    eta_b = weighted.sum(axis=0) - eta_a
+    if ties is not None:
+        eta_a, eta_b = eta_a_all, eta_b_all
     return {
-        "loglik": float(user_ll.sum()), "eta_a": eta_a, "eta_b": weighted.sum(axis=0) - eta_a,
+        "loglik": float(user_ll.sum()), "eta_a": eta_a, "eta_b": eta_b,
         "casual_a": float(casual_cells[:, 1].sum()), "casual": float(casual_cells.sum()),
         "casual_cells": None if block.casual_cell is None else casual_cells.reshape(-1),
-        "cells": by_cell.sum(axis=1).reshape(-1) if block.learned else None,
+        "cells": by_cell.sum(axis=1).reshape(-1) if block.learned else None, **tie_stats,
     }
 
 
 def block_continuous_final(block: Block, m, tau, casual, att_prob_table, differs_cell, informative_tol,
-                           grid: EtaGrid = ETA_GRID) -> dict:
+                           grid: EtaGrid = ETA_GRID, ties=None) -> dict:
     """Per-user results of one block at the final parameters: ``quality`` :math:`E[\\eta_u \\mid y_u]`,
     ``p_eta_above_half`` :math:`P(\\eta_u \\ge 1/2 \\mid y_u)`, ``theta`` :math:`E[\\theta_u \\mid y_u]`,
     ``user_loglik`` and ``informative``."""
-    post, user_ll = block_grid_posterior(block, m, tau, casual, att_prob_table, grid)
+    post, user_ll = block_grid_posterior(block, m, tau, casual, att_prob_table, grid, ties)
     theta = grid.theta(m, tau)
     return {
         "users": block.users, "quality": post @ expit(theta), "p_eta_above_half": post @ grid.above_half(m, tau),
@@ -717,6 +823,11 @@ class LocalRunner:
         self.blocks = blocks
         self.n_users = n_users
         self.pairs = pairs if pairs is not None else (blocks[0].pairs if blocks else None)
+        self.ties = bool(blocks) and blocks[0].has_ties
+
+    def tie_counts(self) -> tuple[float, float]:
+        """Ties and decided labels in the likelihood, summed over the blocks (ties modelled)."""
+        return (float(sum(b.n_user_tie.sum() for b in self.blocks)), float(sum(b.n_user.sum() for b in self.blocks)))
 
     def cell_counts(self):
         """The unweighted pair table summed over the blocks (see ``block_cell_counts``)."""
@@ -726,35 +837,36 @@ class LocalRunner:
         """The cell table of per-user weights (``(U,)`` or ``(U, C)`` over all users), summed over the blocks."""
         return _sum_stats([block_user_cells(b, weights) for b in self.blocks])["cells"]
 
-    def _users(self, shares, q, tables):
+    def _users(self, shares, q, tables, ties=None):
         """Per-block :func:`block_class_users`; the last parameters' are kept, since the final
         pass is at the parameters of the last E-step."""
-        key = (tuple(shares), q if np.ndim(q) == 0 else np.asarray(q).tobytes())
+        key = (tuple(shares), q if np.ndim(q) == 0 else np.asarray(q).tobytes(),
+               None if ties is None else (np.asarray(ties[0]).tobytes(), float(ties[1])))
         cached = getattr(self, "_last_users", None)
         if cached is not None and cached[0] == key and np.array_equal(cached[1], tables):
             return cached[2]
-        users = [block_class_users(b, shares, q, tables) for b in self.blocks]
+        users = [block_class_users(b, shares, q, tables, ties) for b in self.blocks]
         self._last_users = (key, None if tables is None else np.array(tables, copy=True), users)
         return users
 
-    def class_pass(self, shares, q, tables):
+    def class_pass(self, shares, q, tables, ties=None):
         """One E-step over the blocks (casual + ``C`` classes): summed objective and statistics."""
-        users = self._users(shares, q, tables)
-        return _sum_stats([block_class_pass(b, shares, q, tables, u) for b, u in zip(self.blocks, users)])
+        users = self._users(shares, q, tables, ties)
+        return _sum_stats([block_class_pass(b, shares, q, tables, u, ties) for b, u in zip(self.blocks, users)])
 
-    def class_final(self, shares, q, tables, differs_cell, informative_tol):
+    def class_final(self, shares, q, tables, differs_cell, informative_tol, ties=None):
         """Per-block final results (quality, type posteriors, log-likelihood, informative)."""
-        users = self._users(shares, q, tables)
-        return [block_class_final(b, shares, q, tables, differs_cell, informative_tol, u)
+        users = self._users(shares, q, tables, ties)
+        return [block_class_final(b, shares, q, tables, differs_cell, informative_tol, u, ties)
                 for b, u in zip(self.blocks, users)]
 
-    def continuous_pass(self, m, tau, q, att_prob_table):
+    def continuous_pass(self, m, tau, q, att_prob_table, ties=None):
         """One continuous E-step over the blocks: summed objective and statistics."""
-        return _sum_stats([block_continuous_pass(b, m, tau, q, att_prob_table) for b in self.blocks])
+        return _sum_stats([block_continuous_pass(b, m, tau, q, att_prob_table, ties=ties) for b in self.blocks])
 
-    def continuous_final(self, m, tau, q, att_prob_table, differs_cell, informative_tol):
+    def continuous_final(self, m, tau, q, att_prob_table, differs_cell, informative_tol, ties=None):
         """Per-block final continuous results."""
-        return [block_continuous_final(b, m, tau, q, att_prob_table, differs_cell, informative_tol)
+        return [block_continuous_final(b, m, tau, q, att_prob_table, differs_cell, informative_tol, ties=ties)
                 for b in self.blocks]
 
 
@@ -803,6 +915,59 @@ class _PairBT:
         w1, w0 = _split_cells(cells)
         return fit_bradley_terry_classes(self.pairs, w1.T, w0.T, self.sigma, start, structure=self._sparse_structure())
 
+    # ties in the likelihood (bayes_annot.ties): Davidson's tables and M-steps, ``nu`` shared by the classes
+    def davidson(self, strengths: np.ndarray, nu: float) -> tuple[np.ndarray, np.ndarray]:
+        """``(2 P, C)`` log P_att of every decided cell and ``(P, C)`` of a tie on every pair, per class."""
+        parts = [davidson_tables(s, self.pairs.a, self.pairs.b, nu) for s in np.atleast_2d(strengths)]
+        return np.column_stack([p[0] for p in parts]), np.column_stack([p[1] for p in parts])
+
+    def fit_ties(self, cells: np.ndarray, tie_cells: np.ndarray, start: np.ndarray, nu: float) -> np.ndarray:
+        """Each class's Davidson strengths ``(C, K)`` at fixed ``nu`` from its weighted decided cells ``(2 P, C)``
+        and ties ``(P, C)``."""
+        w1, w0 = _split_cells(np.asarray(cells).reshape(cells.shape[0], -1))
+        wt = np.asarray(tie_cells).reshape(w1.shape[0], -1)
+        return np.stack([fit_davidson_pairs(self.pairs, w1[:, c], w0[:, c], wt[:, c], nu, self.sigma, start=start[c],
+                                            structure=self._sparse_structure()) for c in range(w1.shape[1])])
+
+    def nu(self, strengths: np.ndarray, cells: np.ndarray, tie_cells: np.ndarray, nu: float, priors: Priors) -> float:
+        """The ``nu`` M-step at fixed strengths (:func:`~bayes_annot.ties.nu_step`, all classes' pairs)."""
+        w1, w0 = _split_cells(np.asarray(cells).reshape(cells.shape[0], -1))
+        wt = np.asarray(tie_cells).reshape(w1.shape[0], -1)
+        s = np.atleast_2d(strengths)
+        d = (s[:, self.pairs.a] - s[:, self.pairs.b]).T
+        return nu_step(nu, d, w1 + w0 + wt, float(wt.sum()), priors)
+
+
+class _TieSide:
+    """The ties' part of the EM drivers: ``(nu, t)`` and their M-steps (nothing at all when ties are ignored)."""
+
+    def __init__(self, runner, priors: Priors, nu=None, t=None):
+        self.on = bool(getattr(runner, "ties", False))
+        self.priors = priors
+        self.start = (None, None)
+        if self.on:
+            nu0, t0 = tie_start(*runner.tie_counts())
+            self.start = (float(nu) if nu is not None else nu0, float(t) if t is not None else t0)
+
+    def log_prior(self, nu, t) -> float:
+        return log_prior_ties(nu, t, self.priors) if self.on else 0.0
+
+    def t_step(self, st: dict) -> float | None:
+        return tie_rate_step(st["casual_ties"], st["casual"], self.priors) if self.on else None
+
+    def pack(self, nu, t) -> list:
+        return [np.array([np.log(nu), logit(t)])] if self.on else []
+
+    def unpack(self, x: np.ndarray, i: int):
+        """``(nu, t, next index)`` from a SQUAREM vector."""
+        if not self.on:
+            return None, None, i
+        return float(np.exp(x[i])), float(expit(x[i + 1])), i + 2
+
+    @staticmethod
+    def valid(nu, t) -> bool:
+        return nu is None or (np.isfinite(nu) and nu > 0.0 and 0.0 < t < 1.0)
+
 
 def _gather(parts: list[dict], n_users: int, keys) -> dict:
     out = {}
@@ -837,6 +1002,8 @@ class ClassEMResult:
     n_user: np.ndarray
     runtime_seconds: float = 0.0
     casual_g: np.ndarray | None = None  # casual covariate effects (``casual``'s design), else None
+    nu: float | None = None  # Davidson's attentive tie parameter (ties modelled), else None
+    tie_rate: float | None = None  # the casual tie rate t (ties modelled), else None
 
     @property
     def loglik(self) -> float:
@@ -862,6 +1029,8 @@ def run_class_em(
     param_tol: float | None = None,
     casual=None,
     casual_g=None,
+    nu: float | None = None,
+    tie_rate: float | None = None,
 ) -> ClassEMResult:
     r"""EM of the two-class model with ``C = len(shares)`` taste classes over the blocks of ``runner``.
 
@@ -882,6 +1051,11 @@ def run_class_em(
     ``casual`` (a :class:`~bayes_annot.casual.CasualDesign`; the runner's blocks then carry casual
     cells): casual clicks follow covariates, ``q = sigmoid(beta_0)`` and the effects ``casual_g``
     (start; zeros by default) are fitted by :func:`~bayes_annot.casual.fit_casual` in the M-step.
+
+    When the runner's blocks hold ties (``runner.ties``; :mod:`bayes_annot.ties`), attentive labels follow
+    Davidson's model with one ``nu`` shared by the classes and casual ties the rate ``t``; ``nu`` and
+    ``tie_rate`` are their starts (default from the tie share, :func:`~bayes_annot.ties.tie_start`). The
+    M-steps are then ECM: ``t`` in closed form, each class's strengths at fixed ``nu``, then ``nu``.
     """
     started = time.perf_counter()
     priors = priors or Priors()
@@ -898,11 +1072,19 @@ def run_class_em(
     q_free = q_fixed is None
     cas = _CasualSide(casual, priors, q_free)
     g0 = cas.start(casual_g)
+    ties = _TieSide(runner, priors, nu, tie_rate)
+    if ties.on and not learned:
+        raise ValueError("ties in the likelihood need learned strengths")
 
-    def evaluate(shares, q, strengths, g):
-        """Objective at (shares, q, s, g) and the EM map's image of (shares, q, s, g)."""
-        st = runner.class_pass(shares, cas.arg(q, g), bt.tables(strengths) if learned else None)
-        value = st["loglik"] + log_prior(priors, q, strengths, q_free, shares=shares) + cas.log_prior(g)
+    def evaluate(shares, q, strengths, g, nu, t):
+        """Objective at (shares, q, s, g, nu, t) and the EM map's image of them."""
+        if ties.on:
+            tabs, tie_tabs = bt.davidson(strengths, nu)
+            st = runner.class_pass(shares, cas.arg(q, g), tabs, ties=(tie_tabs, t))
+        else:
+            st = runner.class_pass(shares, cas.arg(q, g), bt.tables(strengths) if learned else None)
+        value = st["loglik"] + log_prior(priors, q, strengths, q_free, shares=shares) + cas.log_prior(g) \
+            + ties.log_prior(nu, t)
         new_shares = (st["totals"] + priors.pi_alpha - 1.0) / (
             st["n_active"] + priors.pi_alpha * n_classes + priors.pi_beta - (n_classes + 1.0)
         )
@@ -910,15 +1092,21 @@ def run_class_em(
             new_q, new_g = (float(_update_q(st["casual_a"], st["casual"], priors)) if q_free else q), None
         else:
             new_q, new_g = cas.m_step(st, q, g)
-        new_s = bt.fit_classes(st["cells"], strengths) if learned else None
-        # a user's posteriors are functions of (shares, q, strengths, g): their change is the step's
+        new_nu, new_t = nu, ties.t_step(st)
+        if ties.on:  # ECM: strengths at fixed nu, then nu at the new strengths
+            new_s = bt.fit_ties(st["cells"], st["tie_cells"], strengths, nu)
+            new_nu = bt.nu(new_s, st["cells"], st["tie_cells"], nu, priors)
+        else:
+            new_s = bt.fit_classes(st["cells"], strengths) if learned else None
+        # a user's posteriors are functions of (shares, q, strengths, g, nu, t): their change is the step's
         step = max(max_change(shares, new_shares), max_change(q, new_q), max_change(strengths, new_s),
-                   max_change(g, new_g))
-        return value, (new_shares, new_q, new_s, new_g), step
+                   max_change(g, new_g), max_change(nu, new_nu), max_change(t, new_t))
+        return value, (new_shares, new_q, new_s, new_g, new_nu, new_t), step
 
-    def pack(shares, q, s, g):
+    def pack(shares, q, s, g, nu, t):
         head = logit(shares) if n_classes == 1 else np.log(shares) - np.log1p(-shares.sum())
-        return _pack_shared([head] + ([] if g is None else [g]), q, None if s is None else s.ravel(), q_fixed, learned)
+        return _pack_shared([head] + ([] if g is None else [g]) + ties.pack(nu, t), q, None if s is None else s.ravel(),
+                            q_fixed, learned)
 
     def unpack(x, like):
         head = x[:n_classes]
@@ -928,25 +1116,31 @@ def run_class_em(
             shares = np.exp(head - np.logaddexp.reduce(np.concatenate([[0.0], head])))
         n_g = 0 if like[3] is None else like[3].shape[0]
         g = None if like[3] is None else x[n_classes: n_classes + n_g].copy()
-        q, s = _unpack_shared(x, n_classes + n_g, q_fixed, learned)
-        return shares, q, None if s is None else s.reshape(n_classes, n_models), g
+        nu, t, i = ties.unpack(x, n_classes + n_g)
+        q, s = _unpack_shared(x, i, q_fixed, learned)
+        return shares, q, None if s is None else s.reshape(n_classes, n_models), g, nu, t
 
     def valid(params):
         shares, q = params[0], params[1]
-        return bool(np.all(shares > 0.0) and shares.sum() < 1.0) and (q is None or 0.0 < q < 1.0)
+        return bool(np.all(shares > 0.0) and shares.sum() < 1.0) and (q is None or 0.0 < q < 1.0) and \
+            ties.valid(params[4], params[5])
 
     params, trace, iteration, converged = _em_iterations(
-        evaluate, (shares, q, strengths, g0), tol=tol, max_iter=max_iter, callback=callback, param_tol=param_tol,
-        squarem=(pack, unpack, valid) if accelerate else None,
+        evaluate, (shares, q, strengths, g0) + ties.start, tol=tol, max_iter=max_iter, callback=callback,
+        param_tol=param_tol, squarem=(pack, unpack, valid) if accelerate else None,
     )
-    shares, q, strengths, g0 = params
+    shares, q, strengths, g0, nu, t = params
     differs_cell = bt.differs(strengths, informative_tol) if learned else None  # as em._informative_users
-    parts = runner.class_final(shares, cas.arg(q, g0), bt.tables(strengths) if learned else None, differs_cell,
-                               informative_tol)
+    if ties.on:
+        tabs, tie_tabs = bt.davidson(strengths, nu)
+        parts = runner.class_final(shares, cas.arg(q, g0), tabs, differs_cell, informative_tol, ties=(tie_tabs, t))
+    else:
+        parts = runner.class_final(shares, cas.arg(q, g0), bt.tables(strengths) if learned else None, differs_cell,
+                                   informative_tol)
     g = _gather(parts, runner.n_users, ["quality", "p_casual", "p_taste", "user_loglik", "informative", "n_user"])
     return ClassEMResult(
         shares=shares, q=float(q), strengths=strengths, loglik_trace=trace, n_iter=iteration, converged=converged,
-        runtime_seconds=time.perf_counter() - started, casual_g=g0, **g,
+        runtime_seconds=time.perf_counter() - started, casual_g=g0, nu=nu, tie_rate=t, **g,
     )
 
 
@@ -1030,7 +1224,7 @@ def run_em(
             runner, k, [float(start.get("pi") or 0.5)], q, None if strengths is None else strengths[None, :],
             learned=learned, priors=priors, q_fixed=q_fixed, tol=tol, max_iter=max_iter, informative_tol=informative_tol,
             callback=callback, accelerate=accelerate, param_tol=param_tol, casual=spec.casual,
-            casual_g=start.get("casual_g"),
+            casual_g=start.get("casual_g"), nu=start.get("tie_nu"), tie_rate=start.get("casual_tie_rate"),
         )
         pi = float(res.shares[0])
         level = no_verdict_shares(res.shares, res.informative.any(), priors)[0]
@@ -1040,6 +1234,7 @@ def run_em(
             informative=res.informative.astype(bool), loglik=res.loglik, loglik_trace=res.loglik_trace,
             n_iter=res.n_iter, converged=res.converged, runtime_seconds=time.perf_counter() - started,
             user_loglik=res.user_loglik, p_eta_above_half=None, theta=None, m=None, tau=None, casual_g=res.casual_g,
+            nu=res.nu, tie_rate=res.tie_rate,
         )
     bt = _PairBT(getattr(runner, "pairs", None), k, priors.strength_sigma) if learned else None
     if learned and strengths is None:
@@ -1049,10 +1244,15 @@ def run_em(
                           param_tol, cas)
     s = out["strengths"]
     differs_cell = bt.differs(s, informative_tol) if learned else None  # same rule as em._informative_users
-    parts = runner.continuous_final(
-        out["m"], out["tau"], cas.arg(out["q"], out["g"]), np.exp(bt.table(s)) if learned else None, differs_cell,
-        informative_tol,
-    )
+    if out["nu"] is not None:
+        tabs, tie_tabs = bt.davidson(s, out["nu"])
+        parts = runner.continuous_final(out["m"], out["tau"], cas.arg(out["q"], out["g"]), np.exp(tabs[:, 0]),
+                                        differs_cell, informative_tol, ties=(np.exp(tie_tabs[:, 0]), out["t"]))
+    else:
+        parts = runner.continuous_final(
+            out["m"], out["tau"], cas.arg(out["q"], out["g"]), np.exp(bt.table(s)) if learned else None, differs_cell,
+            informative_tol,
+        )
     g = _gather(parts, runner.n_users, ["quality", "p_eta_above_half", "theta", "user_loglik", "informative", "n_user"])
     level, p_level = no_verdict_continuous(out["m"], out["tau"], g["informative"].any(), priors)
     g["quality"] = np.where(g["informative"], g["quality"], level)
@@ -1062,7 +1262,7 @@ def run_em(
         n_labels_user=g["n_user"].astype(np.int64), informative=g["informative"].astype(bool), loglik=out["trace"][-1],
         loglik_trace=out["trace"], n_iter=out["n_iter"], converged=out["converged"],
         runtime_seconds=time.perf_counter() - started, user_loglik=g["user_loglik"], p_eta_above_half=g["p_eta_above_half"],
-        theta=g["theta"], m=float(out["m"]), tau=float(out["tau"]), casual_g=out["g"],
+        theta=g["theta"], m=float(out["m"]), tau=float(out["tau"]), casual_g=out["g"], nu=out["nu"], tie_rate=out["t"],
     )
 
 
@@ -1178,34 +1378,51 @@ def _run_continuous(runner, bt, learned, priors, q_fixed, tol, max_iter, start, 
 
     cas = cas if cas is not None else _CasualSide(None, priors, q_fixed is None)
     g0 = cas.start(start.get("casual_g"))
+    ties = _TieSide(runner, priors, start.get("tie_nu"), start.get("casual_tie_rate"))
+    if ties.on and not learned:
+        raise ValueError("ties in the likelihood need learned strengths")
 
-    def evaluate(m, tau, q, strengths, g):
-        st = runner.continuous_pass(m, tau, cas.arg(q, g), np.exp(bt.table(strengths)) if learned else None)
-        value = st["loglik"] + log_prior(priors, q, strengths, q_fixed is None, m=m, tau=tau) + cas.log_prior(g)
+    def evaluate(m, tau, q, strengths, g, nu, t):
+        if ties.on:  # Davidson's attentive probabilities; tie entries mix eta P_att(tie) + (1 - eta) t
+            tabs, tie_tabs = bt.davidson(strengths, nu)
+            st = runner.continuous_pass(m, tau, cas.arg(q, g), np.exp(tabs[:, 0]), ties=(np.exp(tie_tabs[:, 0]), t))
+        else:
+            st = runner.continuous_pass(m, tau, cas.arg(q, g), np.exp(bt.table(strengths)) if learned else None)
+        value = st["loglik"] + log_prior(priors, q, strengths, q_fixed is None, m=m, tau=tau) + cas.log_prior(g) \
+            + ties.log_prior(nu, t)
         new_m, new_tau = population_step(st["eta_a"], st["eta_b"], m, tau, priors)
-        new_q, new_s = _shared_m_step(st, q, strengths, bt, learned, priors, q_fixed)
+        new_nu, new_t = nu, ties.t_step(st)
+        if ties.on:
+            new_q = q if q_fixed is not None else float(_update_q(st["casual_a"], st["casual"], priors))
+            new_s = bt.fit_ties(st["cells"][:, None], st["tie_cells"][:, None], strengths[None, :], nu)[0]
+            new_nu = bt.nu(new_s, st["cells"][:, None], st["tie_cells"][:, None], nu, priors)
+        else:
+            new_q, new_s = _shared_m_step(st, q, strengths, bt, learned, priors, q_fixed)
         new_g = None
         if cas.design is not None:
             new_q, new_g = cas.m_step(st, q, g)
         step = max(max_change(m, new_m), max_change(tau, new_tau), max_change(q, new_q), max_change(strengths, new_s),
-                   max_change(g, new_g))
-        return value, (new_m, new_tau, new_q, new_s, new_g), step
+                   max_change(g, new_g), max_change(nu, new_nu), max_change(t, new_t))
+        return value, (new_m, new_tau, new_q, new_s, new_g, new_nu, new_t), step
 
-    def pack(m, tau, q, s, g):
-        return _pack_shared([np.array([m, np.log(tau)])] + ([] if g is None else [g]), q, s, q_fixed, learned)
+    def pack(m, tau, q, s, g, nu, t):
+        return _pack_shared([np.array([m, np.log(tau)])] + ([] if g is None else [g]) + ties.pack(nu, t), q, s,
+                            q_fixed, learned)
 
     def unpack(x, like):
         n_g = 0 if like[4] is None else like[4].shape[0]
         g = None if like[4] is None else x[2: 2 + n_g].copy()
-        q, s = _unpack_shared(x, 2 + n_g, q_fixed, learned)
-        return float(x[0]), float(np.exp(x[1])), q, s, g
+        nu, t, i = ties.unpack(x, 2 + n_g)
+        q, s = _unpack_shared(x, i, q_fixed, learned)
+        return float(x[0]), float(np.exp(x[1])), q, s, g, nu, t
 
     def valid(params):
-        return params[2] is None or 0.0 < params[2] < 1.0
+        return (params[2] is None or 0.0 < params[2] < 1.0) and ties.valid(params[5], params[6])
 
     params, trace, iteration, converged = _em_iterations(
-        evaluate, (m, tau, q, strengths, g0), tol=tol, max_iter=max_iter, callback=callback, param_tol=param_tol,
-        squarem=(pack, unpack, valid) if accelerate else None,
+        evaluate, (m, tau, q, strengths, g0) + ties.start, tol=tol, max_iter=max_iter, callback=callback,
+        param_tol=param_tol, squarem=(pack, unpack, valid) if accelerate else None,
     )
-    m, tau, q, strengths, g0 = params
-    return dict(m=m, tau=tau, q=q, strengths=strengths, trace=trace, n_iter=iteration, converged=converged, g=g0)
+    m, tau, q, strengths, g0, nu, t = params
+    return dict(m=m, tau=tau, q=q, strengths=strengths, trace=trace, n_iter=iteration, converged=converged, g=g0,
+                nu=nu, t=t)

@@ -126,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "(log_length_ratio names the length ratio)")
     model.add_argument("--casual-bins", type=int, default=6,
                        help="bins of |covariate| per casual covariate (default 6, edges at quantiles)")
+    model.add_argument("--ties", default=None, metavar="model|ignore",
+                       help="ties (tie, tie (bothbad)) in the likelihood: model (default when the log has ties and "
+                            "the fit supports it: Davidson's nu for attentive users, a tie rate t for casual ones) or "
+                            "ignore (counted and left out, the paper's model)")
     model.add_argument(
         "--tastes", type=_tastes_spec, default=1,
         help="taste classes: N rankings attentive users may follow, or 'auto' (chooses 1..--max-tastes; two-class model, any --method)",
@@ -182,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--known-mu", type=float, default=None, help="paper setting: two models, known mu, adds p_a")
     sim.add_argument("--adversarial-share", type=float, default=0.0)
     sim.add_argument("--tie-rate", type=float, default=0.0)
+    sim.add_argument("--tie-nu", type=float, default=None, help="attentive ties as Davidson's model with this nu")
+    sim.add_argument("--casual-tie-rate", type=float, default=None, help="casual users' tie rate t")
     sim.add_argument("--with-text", action="store_true", help="add prompt/response text columns")
     sim.add_argument("--length-bias", type=float, default=None,
                      help="casual clicks pick the longer response with this probability (adds response texts whose "
@@ -307,7 +313,8 @@ def _update_overrides(args) -> tuple[dict, dict]:
     """Settings and column names given explicitly with ``fit --update`` (the rest come from DIR)."""
     given = getattr(args, "given", set())
     settings = {key: getattr(args, key)
-                for key in ("model", "filter", "mu", "strong_model", "q", "tol", "max_iter", "no_verdict") if key in given}
+                for key in ("model", "filter", "mu", "strong_model", "q", "tol", "max_iter", "no_verdict", "ties")
+                if key in given}
     if "no_p_a" in given:
         settings["use_p_a"] = False
     if "winner_values" in given:
@@ -355,6 +362,9 @@ def _cmd_fit(args) -> int:
         mu=args.mu, tastes=args.tastes,
     )
     model_spec(model=args.model, tastes=args.tastes, q=args.q, mu=args.mu)
+    from .ties import resolve_ties
+
+    resolve_ties(None if args.ties == "model" else args.ties, 0)  # an unknown --ties, before reading
     if args.update is not None:
         if args.warm_start is not None:
             raise InputError("--update and --warm-start exclude each other (--update already starts from DIR)")
@@ -424,6 +434,7 @@ def _cmd_fit(args) -> int:
                 on_bad_row=args.on_bad_row,
                 casual_covariates=args.casual_covariates,
                 casual_bins=args.casual_bins,
+                ties=args.ties,
             )
         fmt = args.format or _saved_format(args.update)
         result.summary.setdefault("settings", {})["format"] = fmt
@@ -455,6 +466,8 @@ def _cmd_simulate(args) -> int:
             known_mu=args.known_mu,
             adversarial_share=args.adversarial_share,
             tie_rate=args.tie_rate,
+            tie_nu=args.tie_nu,
+            casual_tie_rate=args.casual_tie_rate,
             with_text=args.with_text,
             length_bias=args.length_bias,
             length_confound=args.length_confound,

@@ -67,6 +67,7 @@ from .data import REASONS, ColumnMap, casual_input_columns, covariate_values, _e
 from .em import INFORMATIVE_TOL, EMResult
 from .errors import InputError
 from .spec import BehaviourSpec
+from .ties import resolve_ties
 from .progress import dask_tasks, em_callback, resolve as resolve_progress
 from .pairs import PairTable
 from .tables import input_renames
@@ -79,10 +80,16 @@ REASON_CATEGORIES = list(REASONS)  # as FitResult.rows
 class DaskRunner:
     """Runs the block passes on persisted Dask blocks (any scheduler; distributed when a Client is active)."""
 
-    def __init__(self, blocks: list, n_users: int, pairs: PairTable | None = None):
+    def __init__(self, blocks: list, n_users: int, pairs: PairTable | None = None, tie_counts=None):
         self.blocks = blocks  # list of persisted Delayed
         self.n_users = n_users
         self.pairs = pairs  # the blocks' pair vocabulary
+        self.ties = tie_counts is not None  # the blocks' ties enter the likelihood (bayes_annot.ties)
+        self._tie_counts = tie_counts
+
+    def tie_counts(self) -> tuple[float, float]:
+        """Ties and decided labels in the likelihood (ties modelled)."""
+        return self._tie_counts
 
     def _compute(self, tasks):
         import dask
@@ -102,34 +109,36 @@ class DaskRunner:
         weights = _broadcast(np.asarray(weights, dtype=float))
         return _sum_stats(self._compute([delayed(block_user_cells)(b, weights) for b in self.blocks]))["cells"]
 
-    def class_pass(self, shares, q, tables):
+    def class_pass(self, shares, q, tables, ties=None):
         """One E-step over the blocks (casual + ``C`` classes): summed objective and statistics."""
         from dask import delayed
 
-        return _sum_stats(self._compute([delayed(block_class_pass)(b, shares, q, tables) for b in self.blocks]))
+        return _sum_stats(self._compute([delayed(block_class_pass)(b, shares, q, tables, ties=ties)
+                                         for b in self.blocks]))
 
-    def class_final(self, shares, q, tables, differs_cell, informative_tol):
+    def class_final(self, shares, q, tables, differs_cell, informative_tol, ties=None):
         """Per-block final results (quality, type posteriors, log-likelihood, informative)."""
         from dask import delayed
 
         return self._compute(
-            [delayed(block_class_final)(b, shares, q, tables, differs_cell, informative_tol) for b in self.blocks]
+            [delayed(block_class_final)(b, shares, q, tables, differs_cell, informative_tol, ties=ties)
+             for b in self.blocks]
         )
 
-    def continuous_pass(self, m, tau, q, att_prob_table):
+    def continuous_pass(self, m, tau, q, att_prob_table, ties=None):
         """One continuous E-step over the blocks: summed objective and statistics."""
         from dask import delayed
 
         return _sum_stats(self._compute(
-            [delayed(block_continuous_pass)(b, m, tau, q, att_prob_table) for b in self.blocks]
+            [delayed(block_continuous_pass)(b, m, tau, q, att_prob_table, ties=ties) for b in self.blocks]
         ))
 
-    def continuous_final(self, m, tau, q, att_prob_table, differs_cell, informative_tol):
+    def continuous_final(self, m, tau, q, att_prob_table, differs_cell, informative_tol, ties=None):
         """Per-block final continuous results."""
         from dask import delayed
 
         return self._compute(
-            [delayed(block_continuous_final)(b, m, tau, q, att_prob_table, differs_cell, informative_tol)
+            [delayed(block_continuous_final)(b, m, tau, q, att_prob_table, differs_cell, informative_tol, ties=ties)
              for b in self.blocks]
         )
 
@@ -223,7 +232,8 @@ def _encode_partition(frame: pd.DataFrame, columns: dict, user_vocab, model_voca
     reason = np.where(a == b, 2, np.where(choice < 0, 1, 0)).astype(np.int8)
     k = model_vocab.shape[0]
     usable = reason == 0
-    cell = np.where(usable, (a * k + b) * 2 + np.maximum(choice, 0), -1).astype(np.int64)
+    # tie rows keep their pair (cell (a K + b) 2; their reason says tie), for ties in the likelihood
+    cell = np.where(usable | (reason == 1), (a * k + b) * 2 + np.maximum(choice, 0), -1).astype(np.int64)
     out = {"user": user, "cell": cell, "reason": reason}
     if mu is not None:
         out["known"] = np.where(a == strong_code, logit(mu), np.where(b == strong_code, -logit(mu), 0.0))
@@ -261,10 +271,11 @@ def _broadcast(value):
     return client.scatter(value, broadcast=True, hash=False)
 
 
-def _partition_pairs(frame: pd.DataFrame):
-    """Sorted unique pair keys ``a K + b`` of a partition's usable rows, with their counts."""
+def _partition_pairs(frame: pd.DataFrame, ties: bool = False):
+    """Sorted unique pair keys ``a K + b`` of a partition's usable rows (and ties, when modelled), with their counts."""
     cell = frame["cell"].to_numpy()
-    keys, counts = np.unique(cell[frame["reason"].to_numpy() == 0] >> 1, return_counts=True)
+    reason = frame["reason"].to_numpy()
+    keys, counts = np.unique(cell[(reason == 0) | ((reason == 1) if ties else False)] >> 1, return_counts=True)
     return keys, counts.astype(np.int64)
 
 
@@ -286,7 +297,7 @@ def _tree_merge_pairs(items: list, split_every: int = 8):
 
 
 def _block_from_frame(frame: pd.DataFrame, n_models: int, known: bool, pairs: PairTable | None = None,
-                      casual=None) -> Block:
+                      casual=None, ties: bool = False) -> Block:
     user = frame["user"].to_numpy()
     reason = frame["reason"].to_numpy()
     usable = reason == 0
@@ -299,6 +310,9 @@ def _block_from_frame(frame: pd.DataFrame, n_models: int, known: bool, pairs: Pa
         if pairs is None:
             pairs = PairTable.from_keys(np.unique(cell >> 1), n_models)
         index = np.searchsorted(pairs.keys, cell >> 1)
+        if ties:  # the ties' pairs (in the vocabulary: ``_partition_pairs`` counted them)
+            tie = reason == 1
+            extra.update(tie=tie, tie_pair=np.searchsorted(pairs.keys, frame["cell"].to_numpy()[tie] >> 1))
         block = make_block(user, usable, n_models, cell=(2 * index + (cell & 1)).astype(np.int32), pairs=pairs, **extra)
     else:
         block = make_block(user, usable, n_models, choice=(cell & 1).astype(np.int8),
@@ -358,6 +372,7 @@ class DaskFit:
     partition_rows: np.ndarray | None = None
     tastes: object = None  # the TasteResult of a fit with taste classes (``em`` is then None)
     casual: object = None  # the casual covariates' design (bayes_annot.casual.CasualDesign), if any
+    ties_mode: str = "ignore"  # whether ties entered the likelihood ("model") or not (bayes_annot.ties)
 
     parameters = property(lambda self: self.to_estimates().parameters, doc="Global parameters (as the summary's).")
 
@@ -396,6 +411,7 @@ def fit_dask(
     casual_covariates="auto",
     casual_bins: int = DEFAULT_BINS,
     casual=None,
+    ties: str | None = None,
 ) -> DaskFit:
     """Fit the behaviour model by EM on a Dask DataFrame (map-reduce over partitions).
 
@@ -433,6 +449,9 @@ def fit_dask(
         in-memory fit's.
     casual : CasualDesign, optional
         A previous fit's casual design (bins) to use instead of new edges.
+    ties : {"model", "ignore"}, optional
+        As in :func:`bayes_annot.fit` (:func:`bayes_annot.ties.resolve_ties`; the mode fitted is
+        ``DaskFit.ties_mode``).
 
     Returns
     -------
@@ -501,6 +520,8 @@ def fit_dask(
         strength_mode = f"known (column '{columns['p_a']}')"
     known = strength_mode != "learned"
     spec = spec.with_strengths(not known)  # known strengths refuse taste classes
+    # ties are read into the blocks unless they cannot be modelled (the log's count decides below)
+    tie_blocks = resolve_ties(ties, 1, tastes=tastes, learned=not known) == "model"
 
     t1 = time.perf_counter()
     uv, mv = _broadcast(user_vocab), _broadcast(model_vocab)
@@ -517,7 +538,7 @@ def fit_dask(
     shuffled = encoded.shuffle("user", npartitions=nparts).persist()
     frames = shuffled.to_delayed()
     # the compared pairs (sparse: never a K x K array), reduced on the workers
-    pair_keys, pair_n = dask.compute(_tree_merge_pairs([delayed(_partition_pairs)(p) for p in frames]))[0]
+    pair_keys, pair_n = dask.compute(_tree_merge_pairs([delayed(_partition_pairs)(p, tie_blocks) for p in frames]))[0]
     pair_counts = PairTable.from_keys(pair_keys, k, pair_n)
     pairs_vocab = _broadcast(pair_counts) if not known else None
     if len(casual_names) and casual is None:  # the bin edges: quantiles over every usable row
@@ -526,7 +547,7 @@ def fit_dask(
     elif not len(casual_names):
         casual = None
     spec = spec.with_casual(casual)
-    blocks = [delayed(_block_from_frame)(p, k, known, pairs_vocab, casual) for p in frames]
+    blocks = [delayed(_block_from_frame)(p, k, known, pairs_vocab, casual, tie_blocks) for p in frames]
     with dask_tasks(settings, f"Dask: encoding and shuffling {len(parts)} partitions"):
         blocks = list(dask.persist(*blocks))
         summaries = dask.compute(*[delayed(_block_counts)(b) for b in blocks])
@@ -546,8 +567,11 @@ def fit_dask(
         "users": n_users,
         "models": k,
     }
+    ties_mode = resolve_ties(ties, counts["ties"], tastes=tastes, learned=not known)
     t2 = time.perf_counter()
-    runner = DaskRunner(blocks, n_users, pairs=None if known else pair_counts)
+    runner = DaskRunner(blocks, n_users, pairs=None if known else pair_counts,
+                        tie_counts=(float(counts["ties"]), float(counts["rows_in_likelihood"])) if ties_mode == "model"
+                        else None)
     taste_fit = None
     with em_callback(settings, callback, desc=f"EM over {nparts} blocks") as each_iteration:
         if tastes != 1:
@@ -573,7 +597,7 @@ def fit_dask(
         em=em, user_labels=np.asarray(user_vocab, dtype=object), model_labels=np.asarray(model_vocab, dtype=object),
         n_rows_user=n_rows_user, n_labels_model=n_labels_model, pair_counts=pair_counts, counts=counts, columns=columns,
         strength_mode=strength_mode, strengths=strengths, n_partitions=nparts, timings=timings,
-        partition_rows=lengths, tastes=taste_fit, casual=casual,
+        partition_rows=lengths, tastes=taste_fit, casual=casual, ties_mode=ties_mode,
     )
 
 

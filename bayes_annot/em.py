@@ -58,6 +58,9 @@ class UsableLabels:
         follow covariates; ``None``: no covariates.
     n_casual : int
         The design's number of casual cells (0 without covariates).
+    tie_user, tie_model_a, tie_model_b : int arrays (n_ties,) or None
+        The ties, when they enter the likelihood (:mod:`bayes_annot.ties`; learned strengths); ``None``:
+        ties are ignored.
     """
 
     user: np.ndarray
@@ -69,6 +72,14 @@ class UsableLabels:
     known_logit_mu: np.ndarray | None = None
     casual_cell: np.ndarray | None = None
     n_casual: int = 0
+    tie_user: np.ndarray | None = None
+    tie_model_a: np.ndarray | None = None
+    tie_model_b: np.ndarray | None = None
+
+    @property
+    def n_ties(self) -> int:
+        """Ties in the likelihood (0 when ties are ignored)."""
+        return 0 if self.tie_user is None else int(self.tie_user.shape[0])
 
     @property
     def n_labels(self) -> int:
@@ -106,6 +117,8 @@ class EMResult:
     runtime_seconds: float
     user_loglik: np.ndarray = field(repr=False, default=None)
     casual_g: np.ndarray | None = None  # casual covariate effects (bayes_annot.casual), when there are covariates
+    nu: float | None = None  # Davidson's attentive tie parameter (bayes_annot.ties), when ties are modelled
+    tie_rate: float | None = None  # the casual tie rate t, when ties are modelled
 
 
 # --------------------------------------------------------------------------- Bradley–Terry

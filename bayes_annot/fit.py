@@ -39,6 +39,7 @@ from .casual import DEFAULT_BINS, CasualDesign, casual_design, prepare_casual
 from .data import parse_casual_covariates
 from .likelihood import Priors
 from .spec import BehaviourSpec
+from .ties import resolve_ties
 from .tables import OUTPUT_COLUMNS, input_renames  # noqa: F401  (OUTPUT_COLUMNS: public name)
 from .validation import check_fit_settings
 
@@ -294,6 +295,12 @@ class FitResult:
         and effects ``g`` (log-odds of choosing the response with the larger value, per bin); ``None``
         when casual clicks had no covariates (docs/model.md)."""
         return self.summary.get("casual_effects")
+
+    @property
+    def ties_(self) -> dict | None:
+        """How ties entered the fit: ``{"mode", "n_ties"}`` and, when modelled, Davidson's ``nu`` (attentive)
+        and the casual tie rate ``t`` (``summary["ties"]``; ``None`` for a fit saved before ties were modelled)."""
+        return self.summary.get("ties")
 
     @property
     def loglik_trace(self) -> list[float]:
@@ -680,6 +687,7 @@ def fit(
     on_bad_row: str = "error",
     casual_covariates="auto",
     casual_bins: int = DEFAULT_BINS,
+    ties: str | None = None,
 ) -> FitResult:
     """Fit the user behaviour model to a comparison-mode log.
 
@@ -726,6 +734,13 @@ def fit(
         Their effects are in ``result.casual_effects_`` and ``summary["casual_effects"]``.
     casual_bins : int
         Bins of ``|x|`` per casual covariate (default 6; edges at quantiles, fixed at fit time).
+    ties : {"model", "ignore"}, optional
+        Whether ties (``tie``, ``tie (bothbad)``) enter the likelihood (docs/model.md, "Ties"): ``"model"``,
+        attentive ties follow Davidson's model (a learned ``nu``: more ties on close pairs) and casual ones
+        a rate ``t`` of their own; ``"ignore"``: they are counted and left out (the paper's model). Default:
+        ``"model"`` when the log has ties and the fit supports it (EM with learned strengths, ``tastes`` a
+        number), else ``"ignore"``. ``nu`` and ``t`` are in ``result.ties_`` and ``summary["ties"]``; tie rows
+        keep ``reason = "tie"`` and are never kept for export.
     tastes : int or "auto"
         Number of taste classes (two-class model, learned strengths only):
         attentive users may follow one of ``tastes`` rankings, so a coherent
@@ -799,6 +814,7 @@ def fit(
         raise InputError(f"unknown method '{method}', expected one of {', '.join(METHODS)}")
     check_fit_settings(tol=tol, max_iter=max_iter, draws=draws, tune=tune, chains=chains, seed=seed, mu=mu, tastes=tastes)
     spec = model_spec(model=model, tastes=tastes, q=q, priors=priors, mu=mu)  # the model's refusals, before reading
+    resolve_ties(None if ties == "model" else ties, 0)  # an unknown ties mode, before reading
     which_casual = casual_covariates if isinstance(casual_covariates, CasualDesign) else \
         parse_casual_covariates(casual_covariates)
     casual_design(("x",), np.ones((1, 1)), casual_bins)  # casual_bins is checked before reading
@@ -830,7 +846,7 @@ def fit(
             data, spec=spec, rule=rule, user=user, model_a=model_a, model_b=model_b, winner=winner, p_a=p_a,
             use_p_a=use_p_a, mu=mu, strong_model=strong_model, tol=tol, max_iter=max_iter,
             seed=seed, start=start, input_info=input_info, no_verdict=no_verdict, progress=progress,
-            casual_covariates=which_casual, casual_bins=casual_bins,
+            casual_covariates=which_casual, casual_bins=casual_bins, ties=ties,
         )
     if isinstance(data, (str, Path)):
         frame = read_table(data)
@@ -841,17 +857,20 @@ def fit(
         raise InputError(f"data must be a file path or a pandas DataFrame, got {type(data).__name__}")
     columns = ColumnMap(user=user, model_a=model_a, model_b=model_b, winner=winner, p_a=p_a, winner_values=winner_values)
     prepared = prepare(frame, columns, on_bad_row=on_bad_row)
+    ties_mode = resolve_ties(ties, prepared.counts()["ties"], method=method, tastes=tastes,
+                             learned=mu is None and not (use_p_a and prepared.has_p_a))
     priors = spec.priors
     if isinstance(which_casual, CasualDesign):  # a previous fit's covariates and bins (an update)
         design = prepare_casual(prepared, design=which_casual)
     else:
         design = prepare_casual(prepared, which_casual, casual_bins)
     spec = spec.with_casual(design)
-    problem, strength_mode = build_problem(prepared, mu=mu, strong_model=strong_model, use_p_a=use_p_a, casual=design)
+    problem, strength_mode = build_problem(prepared, mu=mu, strong_model=strong_model, use_p_a=use_p_a, casual=design,
+                                           ties=ties_mode == "model")
     spec = _data_spec(spec, problem.learned, tastes)  # a p_a column: known strengths (no taste classes)
     if taste_check and (spec.variant != "two-class" or not spec.learned):
         raise InputError("taste_check needs model='two-class' and learned strengths (no p_a column, no mu)")
-    pairs = pair_counts(prepared)
+    pairs = pair_counts(prepared, ties=ties_mode == "model")
     state = None
     if problem.n_labels == 0:
         # Nothing enters the likelihood: no verdict on anybody.
@@ -928,7 +947,9 @@ def fit(
         "warm_start": start is not None,
         "casual_covariates": _casual_setting(which_casual),
         "casual_bins": int(casual_bins),
+        "ties": "auto" if ties is None else ties,  # as asked (an update resolves it again); the mode: summary["ties"]
     }
+    estimates.extra_summary["ties"] = ties_summary(ties_mode, prepared.counts()["ties"], estimates)
     if winner_values:
         settings["winner_values"] = {str(k): str(v) for k, v in winner_values.items()}
     if on_bad_row != "error":
@@ -963,6 +984,7 @@ def fit_prepared(
     on_bad_row: str = "error",
     tastes: int = 1,
     casual: CasualDesign | None = None,
+    ties: str | None = None,
     _started: float | None = None,
 ):
     """EM fit of an already prepared log with the block engine (optionally warm-started and accelerated).
@@ -974,7 +996,8 @@ def fit_prepared(
     With ``tastes`` > 1 the taste classes are fitted over that block
     (:func:`bayes_annot.local_em.fit_taste_classes`), from ``start["tastes"]`` alone when given.
     ``casual``: the casual covariates' design (a previous fit's bins; ``None``: none); ``state``'s
-    block then carries the labels' casual cells.
+    block then carries the labels' casual cells. ``ties``: as :func:`fit` (an update keeps the previous
+    fit's mode; ``state``'s block then holds the ties).
     """
     started = time.perf_counter() if _started is None else _started
     check_fit_settings(tol=tol, max_iter=max_iter, mu=mu, tastes=tastes)
@@ -989,11 +1012,14 @@ def fit_prepared(
         if casual is not None and tuple(prepared.casual_names) != casual.names:
             prepare_casual(prepared, design=casual)
 
+    ties_mode = resolve_ties(ties, prepared.counts()["ties"], tastes=tastes,
+                             learned=mu is None and not (use_p_a and prepared.has_p_a))
     if state is None:
         covariates_read()
-        problem, mode = build_problem(prepared, mu=mu, strong_model=strong_model, use_p_a=use_p_a, casual=casual)
-        state = em_state(prepared, problem, pair_counts(prepared), mu=mu, strong_model=strong_model, use_p_a=use_p_a,
-                         casual=casual)
+        problem, mode = build_problem(prepared, mu=mu, strong_model=strong_model, use_p_a=use_p_a, casual=casual,
+                                      ties=ties_mode == "model")
+        state = em_state(prepared, problem, pair_counts(prepared, ties=ties_mode == "model"), mu=mu,
+                         strong_model=strong_model, use_p_a=use_p_a, casual=casual)
     else:  # the labels are already in the state's block: no per-row problem to build
         problem = ProblemSize(state.block.n_entries, prepared.n_models, state.block.learned)
         mode = strength_mode(prepared, mu, strong_model, use_p_a)
@@ -1019,8 +1045,8 @@ def fit_prepared(
         estimates = em_estimates(em, model, known_strengths(problem, prepared, mu, strong_model), casual=casual)
         if not hasattr(problem, "user"):
             covariates_read()
-        rows_problem = problem if hasattr(problem, "user") else build_problem(prepared, mu=mu, strong_model=strong_model,
-                                                                              use_p_a=use_p_a, casual=casual)[0]
+        rows_problem = problem if hasattr(problem, "user") else build_problem(
+            prepared, mu=mu, strong_model=strong_model, use_p_a=use_p_a, casual=casual, ties=ties_mode == "model")[0]
         estimates.quality_floor = quality_floor(rows_problem, estimates)
     settings = {
         "model": model, "method": "em", "filter": str(rule), "columns": prepared.columns, "use_p_a": use_p_a,
@@ -1028,7 +1054,9 @@ def fit_prepared(
         "seed": 0, "warm_start": start is not None, "accelerate": accelerate, "no_verdict": no_verdict, "tastes": tastes,
         "casual_covariates": "none" if casual is None else list(casual.names),
         "casual_bins": None if casual is None else max(casual.n_bins),
+        "ties": "auto" if ties is None else ties,  # as asked (an update resolves it again); the mode: summary["ties"]
     }
+    estimates.extra_summary["ties"] = ties_summary(ties_mode, prepared.counts()["ties"], estimates)
     if winner_values:  # recorded so that later updates read the new rows the same way
         settings["winner_values"] = dict(winner_values)
     if on_bad_row != "error":
@@ -1061,6 +1089,8 @@ def assemble_summary(
     counts = dict(prepared.counts() if counts is None else counts)
     n_labels = counts["rows_in_likelihood"] if problem is None else problem.n_labels
     learned = strength_mode == "learned" if problem is None else problem.learned
+    if (estimates.extra_summary.get("ties") or {}).get("mode") == "model":  # ties in the likelihood (and pair counts)
+        counts["ties_in_likelihood"] = int(counts["ties"])
     counts["users_in_likelihood"] = int((estimates.n_labels_user > 0).sum())
     counts["uninformative_users"] = int((~estimates.informative).sum())
     summary = {
@@ -1206,6 +1236,14 @@ def _fit_tastes_pymc(problem, prepared, spec: BehaviourSpec, method, tol, max_it
     return estimates
 
 
+def ties_summary(mode: str, n_ties: int, estimates) -> dict:
+    """``summary["ties"]``: the mode, the log's ties and, when modelled, the fitted ``nu`` and ``t``."""
+    out = {"mode": mode, "n_ties": int(n_ties)}
+    if mode == "model" and "tie_nu" in estimates.parameters:
+        out.update(nu=float(estimates.parameters["tie_nu"]), t=float(estimates.parameters["casual_tie_rate"]))
+    return out
+
+
 def model_spec(*, model: str = "two-class", tastes: int | str = 1, q: float | None = None,
                priors: Priors | None = None, mu: float | None = None) -> BehaviourSpec:
     """The :class:`~bayes_annot.spec.BehaviourSpec` of :func:`fit`'s settings, built before any data is read.
@@ -1317,7 +1355,8 @@ def _read_parquet_collection(path):
 
 
 def _fit_dask_frame(ddf, *, spec: BehaviourSpec, rule, tol, max_iter, seed, start, mu, strong_model, input_info=None,
-                    no_verdict="keep", progress=None, casual_covariates="auto", casual_bins=DEFAULT_BINS, **columns):
+                    no_verdict="keep", progress=None, casual_covariates="auto", casual_bins=DEFAULT_BINS, ties=None,
+                    **columns):
     from .dask_em import fit_dask
 
     started = time.perf_counter()
@@ -1326,7 +1365,7 @@ def _fit_dask_frame(ddf, *, spec: BehaviourSpec, rule, tol, max_iter, seed, star
         dfit = fit_dask(ddf, spec=spec, tol=tol, max_iter=max_iter, mu=mu,
                         strong_model=strong_model, start=start if isinstance(start, dict) else None,
                         progress=progress, seed=seed, casual_covariates=casual_covariates, casual_bins=casual_bins,
-                        **columns)
+                        ties=ties, **columns)
     except ValueError as exc:
         if isinstance(exc, InputError):
             raise
@@ -1334,8 +1373,11 @@ def _fit_dask_frame(ddf, *, spec: BehaviourSpec, rule, tol, max_iter, seed, star
     settings = {"model": model, "method": "em", "filter": str(rule), "columns": dfit.columns, "mu": mu,
                 "strong_model": strong_model, "q": q, "priors": asdict(priors), "tol": tol,
                 "max_iter": max_iter, "seed": seed, "no_verdict": no_verdict, "tastes": tastes,
-                "casual_covariates": _casual_setting(casual_covariates), "casual_bins": int(casual_bins)}
-    summary = assemble_summary(None, None, dfit.to_estimates(), model, dfit.strength_mode, dfit.components(), input_info,
+                "casual_covariates": _casual_setting(casual_covariates), "casual_bins": int(casual_bins),
+                "ties": "auto" if ties is None else ties}
+    estimates = dfit.to_estimates()
+    estimates.extra_summary["ties"] = ties_summary(dfit.ties_mode, dfit.counts["ties"], estimates)
+    summary = assemble_summary(None, None, estimates, model, dfit.strength_mode, dfit.components(), input_info,
                                settings, dfit.pair_counts, counts=dfit.counts)
     summary["backend"] = f"dask ({dfit.n_partitions} partitions)"
     summary["provenance"] = [provenance_entry(input_info, rows_read=dfit.counts["rows"], rows_added=dfit.counts["rows"])]

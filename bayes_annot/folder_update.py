@@ -31,7 +31,7 @@ __all__ = ["update_saved"]
 
 
 _SAVED_SETTINGS = ("model", "filter", "use_p_a", "mu", "strong_model", "q", "tol", "max_iter", "no_verdict",
-                   "winner_values", "on_bad_row")
+                   "winner_values", "on_bad_row", "ties")
 
 
 def update_saved(

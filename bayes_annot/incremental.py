@@ -57,7 +57,7 @@ from .provenance import carried_provenance, drop_duplicates_of, input_info, prov
 __all__ = ["plan_update", "UpdatePlan", "merge_prepared", "warm_start", "align_start", "n_tastes_of"]
 
 _EM_SETTINGS = ("model", "filter", "tol", "max_iter", "q", "priors", "use_p_a", "mu", "strong_model", "no_verdict",
-                "winner_values", "on_bad_row")
+                "winner_values", "on_bad_row", "ties")
 
 
 # --------------------------------------------------------------------------- encoding reuse
@@ -264,7 +264,7 @@ def merge_prepared(old: PreparedData, new: PreparedData) -> PreparedData:
 
 # --------------------------------------------------------------------------- warm starts
 
-START_PARAMETERS = ("pi", "q", "m", "tau")
+START_PARAMETERS = ("pi", "q", "m", "tau", "tie_nu", "casual_tie_rate")
 """The global parameters a warm start carries (with the strengths): every per-user quantity of either
 variant is a function of them, so an update needs nothing per user."""
 
@@ -346,10 +346,11 @@ def _taste_start(estimates, q, model_map=None, n_models=None) -> dict | None:
         strengths, old = np.zeros((strengths.shape[0], n_models)), strengths
         strengths[:, model_map] = old
     shares = [estimates.parameters[f"share_taste_{k + 1}"] for k in range(strengths.shape[0])]
-    return {"strengths": strengths, "shares": np.asarray(shares, dtype=float), "q": q}
+    return {"strengths": strengths, "shares": np.asarray(shares, dtype=float), "q": q,
+            "tie_nu": estimates.parameters.get("tie_nu"), "casual_tie_rate": estimates.parameters.get("casual_tie_rate")}
 
 
-def _extend_state(state: EMState, merge: _Merge, problem_new, key: tuple, casual=None) -> EMState:
+def _extend_state(state: EMState, merge: _Merge, problem_new, key: tuple, casual=None, ties: bool = False) -> EMState:
     """The previous fit's EM state extended by the new rows (no pass over the old rows' text)."""
     from .local_em import problem_block
     from .problem import pair_counts
@@ -358,7 +359,7 @@ def _extend_state(state: EMState, merge: _Merge, problem_new, key: tuple, casual
     k = merged.n_models
     # the merged pair vocabulary: the old pairs (models renamed) and the new ones, counts summed
     old_pairs = state.pair_counts
-    pairs, old_index, _ = old_pairs.union(pair_counts(new), model_map=merge.model_map)
+    pairs, old_index, _ = old_pairs.union(pair_counts(new, ties=ties), model_map=merge.model_map)
     new_block = problem_block(new, problem_new, pairs=pairs,  # dense over the merged users: no search
                               n_casual=0 if casual is None else casual.n_cells)
     cell_map = None
@@ -401,6 +402,7 @@ def plan_update(previous, new_rows, *, on_duplicate: str = "skip", row_id=None, 
     """
     from .data import read_table
     from .problem import build_problem, problem_key
+    from .ties import resolve_ties
 
     started = time.perf_counter()
     unknown = set(fit_settings) - set(_EM_SETTINGS)
@@ -432,22 +434,29 @@ def plan_update(previous, new_rows, *, on_duplicate: str = "skip", row_id=None, 
     entries = carried_provenance(previous.summary, record_paths) + [provenance_entry(info, **counts)]
     mu, strong_model = settings.get("mu"), settings.get("strong_model")
     use_p_a = settings.get("use_p_a", True)
+
+    def modelled(data) -> bool:  # the ties mode of the fit of ``data`` (the merged log) with these settings
+        learned = mu is None and not (use_p_a and data.has_p_a)
+        return resolve_ties(settings.get("ties"), data.counts()["ties"], tastes=settings["tastes"],
+                            learned=learned) == "model"
     state = getattr(previous, "_state", None)
     if counts["rows_added"] == 0:  # nothing new: refit the previous log as it is
         merged, start = old, warm_start(previous, old)
-        key = problem_key(mu, strong_model, use_p_a, old.has_p_a)
+        key = problem_key(mu, strong_model, use_p_a, old.has_p_a) + (("ties",) if modelled(old) else ())
         state = state if state is not None and state.key == key else None
     else:
         if counts["rows_skipped"]:
             new = prepare(kept_rows, role_map, on_bad_row=on_bad_row)
         merge = _merge(old, new)
         merged, start = merge.merged, _mapped_start(previous, merge)
-        key = problem_key(mu, strong_model, use_p_a, merged.has_p_a)
+        ties = modelled(merged)
+        key = problem_key(mu, strong_model, use_p_a, merged.has_p_a) + (("ties",) if ties else ())
         if state is not None and state.key == key:
             if casual is not None:
                 prepare_casual(merge.new, design=casual)
-            problem_new, _ = build_problem(merge.new, mu=mu, strong_model=strong_model, use_p_a=use_p_a, casual=casual)
-            state = _extend_state(state, merge, problem_new, key, casual)
+            problem_new, _ = build_problem(merge.new, mu=mu, strong_model=strong_model, use_p_a=use_p_a, casual=casual,
+                                           ties=ties)
+            state = _extend_state(state, merge, problem_new, key, casual, ties)
         else:
             state = None  # rebuilt from the merged rows
     if settings.get("model", "two-class") != previous.estimates.variant:

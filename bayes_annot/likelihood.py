@@ -78,6 +78,11 @@ class Priors:
     casual_effect_sigma : float
         Normal(0, sigma) prior on each casual covariate effect ``g`` (log-odds units;
         :mod:`bayes_annot.casual`).
+    tie_nu_mu, tie_nu_sigma : float
+        LogNormal(mu, sigma) prior on Davidson's tie parameter ``nu`` of attentive users (ties modelled;
+        :mod:`bayes_annot.ties`): median ``exp(mu)`` = 1, i.e. a third of even pairs tied, and wide.
+    tie_rate_alpha, tie_rate_beta : float
+        Beta prior on the casual tie rate ``t`` (ties modelled).
     """
 
     pi_alpha: float = 2.0
@@ -89,6 +94,10 @@ class Priors:
     eta_m_mu: float = 0.0
     eta_m_sigma: float = 2.0
     casual_effect_sigma: float = 2.0
+    tie_nu_mu: float = 0.0
+    tie_nu_sigma: float = 2.0
+    tie_rate_alpha: float = 2.0
+    tie_rate_beta: float = 2.0
 
 
 def attentive_logprob(choice_a, logit_mu):

@@ -18,7 +18,7 @@ from .casual import casual_effects
 from .data import PreparedData
 from .em import UsableLabels, EMResult
 from .pairs import ACCELERATE_MIN_MODELS, PairTable
-from .problem import Estimates, problem_key
+from .problem import Estimates, problem_key, tie_rows
 from .spec import BehaviourSpec
 
 __all__ = [
@@ -45,13 +45,20 @@ def problem_block(
     if users is None:
         users = np.arange(prepared.n_users)
     if problem.learned:
+        ties = {}
+        if problem.tie_user is not None:  # ties in the likelihood: their rows and pairs
+            tie = tie_rows(prepared) if rows is None else tie_rows(prepared)[rows]
+            if pairs is None:
+                pairs = PairTable.from_labels(np.concatenate([problem.model_a, problem.tie_model_a]),
+                                              np.concatenate([problem.model_b, problem.tie_model_b]), problem.n_models)[0]
+            ties = {"tie": tie, "tie_pair": pairs.index(problem.tie_model_a, problem.tie_model_b)}
         if pairs is None:
             pairs, index = PairTable.from_labels(problem.model_a, problem.model_b, problem.n_models)
             cell = (2 * index + problem.choice_a).astype(np.int32)
         else:
             cell = pairs.cells(problem.model_a, problem.model_b, problem.choice_a)
         return make_block(user, usable, problem.n_models, cell=cell, users=users, pairs=pairs,
-                          casual_cell=problem.casual_cell, n_casual=n_casual)
+                          casual_cell=problem.casual_cell, n_casual=n_casual, **ties)
     return make_block(user, usable, problem.n_models, choice=problem.choice_a, known_logit=problem.known_logit_mu, users=users,
                       casual_cell=problem.casual_cell, n_casual=n_casual)
 
@@ -63,7 +70,7 @@ def em_state(prepared: PreparedData, problem: UsableLabels, pairs: PairTable, *,
     return EMState(
         block=problem_block(prepared, problem, pairs=pairs, n_casual=0 if casual is None else casual.n_cells),
         pair_counts=pairs,
-        key=problem_key(mu, strong_model, use_p_a, prepared.has_p_a),
+        key=problem_key(mu, strong_model, use_p_a, prepared.has_p_a) + (("ties",) if problem.tie_user is not None else ()),
     )
 
 
@@ -120,6 +127,8 @@ def em_estimates(em: EMResult, model: str, known_strengths: np.ndarray | None, c
     )
     if casual is not None and em.casual_g is not None:
         estimates.extra_summary["casual_effects"] = casual_effects(casual, float(logit(em.q)), em.casual_g)
+    if em.nu is not None:
+        params.update(tie_nu=float(em.nu), casual_tie_rate=float(em.tie_rate))
     return estimates
 
 

@@ -330,7 +330,7 @@ def fit_bradley_terry_pairs(
     Both methods maximise the same strictly concave objective with the same
     backtracking and stopping rule, so they agree to the solver's accuracy.
     """
-    from .em import fit_bradley_terry, newton_ascent
+    from .em import fit_bradley_terry
 
     k = pairs.n_models
     a, b = pairs.a, pairs.b
@@ -347,19 +347,20 @@ def fit_bradley_terry_pairs(
     w1 = np.asarray(w1, dtype=float)
     w0 = np.asarray(w0, dtype=float)
     keep = (w1 != 0) | (w0 != 0)  # pairs without weight do not enter the objective
-    if not keep.all():
-        a, b, w1, w0 = a[keep], b[keep], w1[keep], w0[keep]
-        structure = None
-    if structure is None:  # the Hessian's sparsity pattern (``structure``: built once for these pairs)
-        structure = _Laplacian(a, b, k)
+    if keep.all():
+        keep = None
+    else:
+        w1, w0 = w1[keep], w0[keep]
     wsum = w1 + w0
 
-    def direction(s):
-        grad, neg_hess, diag = bt_derivatives_pairs(s, a, b, w1, w0, sigma, structure)
-        return _cg_solve(neg_hess, diag, grad, cg_rtol)
+    def terms(d, _keep):
+        # the pair Newton's per-pair terms of Bradley–Terry: log sigmoid(-d) = log sigmoid(d) - d (one
+        # transcendental per pair), derivative w1 (1 - p) - w0 p, curvature (w1 + w0) p (1 - p)
+        p = expit(d)
+        return float(wsum @ log_expit(d) - w0 @ d), w1 - wsum * p, wsum * p * (1.0 - p)
 
-    return newton_ascent(lambda s: bt_objective_pairs(s, a, b, w1, w0, sigma, wsum), direction,
-                         np.zeros(k) if start is None else start, tol, max_iter)[0]
+    return fit_pair_newton(pairs, terms, sigma, start=start, tol=tol, max_iter=max_iter, method="sparse",
+                           cg_rtol=cg_rtol, structure=structure, keep=keep)
 
 
 def fit_bradley_terry_classes(pairs, w1: np.ndarray, w0: np.ndarray, sigma: float, start: np.ndarray,
@@ -389,3 +390,81 @@ def fit_bradley_terry_labels(model_a, model_b, choice_a, n_models: int, sigma: f
     table, index = PairTable.from_labels(model_a, model_b, n_models)
     cells = np.bincount(2 * index + np.asarray(choice_a, dtype=np.int64), weights=weights, minlength=2 * table.n_pairs)
     return fit_bradley_terry_pairs(table, cells[1::2].astype(float), cells[0::2].astype(float), sigma)
+
+
+def pair_model_derivatives(s, a, b, g, c, sigma, structure=None, dense: bool = False):
+    """Gradient and negative Hessian in the strengths of a sum of per-pair terms ``f_p(s_a - s_b)`` minus the
+    Normal(0, sigma) ridge, from each pair's derivative ``g = f'`` and curvature ``c = -f''`` (``c >= 0``).
+
+    The negative Hessian is the weighted graph Laplacian of ``c`` plus ``I / sigma^2``: dense ``(K, K)``
+    (``dense=True``) or the sparse CSR of :func:`bt_derivatives_pairs` (Bradley–Terry is the case
+    ``g = w1 - (w1 + w0) p``, ``c = (w1 + w0) p (1 - p)``). Returns ``(grad, neg_hess, diag)``.
+    """
+    k = s.shape[0]
+    grad = np.bincount(a, weights=g, minlength=k) - np.bincount(b, weights=g, minlength=k) - s / sigma**2
+    diag = np.bincount(a, weights=c, minlength=k) + np.bincount(b, weights=c, minlength=k) + 1.0 / sigma**2
+    if dense:
+        off = np.bincount(a.astype(np.int64) * k + b, weights=c, minlength=k * k).reshape(k, k)
+        return grad, np.diag(diag) - off - off.T, diag
+    if structure is None:
+        structure = _Laplacian(a, b, k)
+    return grad, structure.fill(c, diag), diag
+
+
+def fit_pair_newton(pairs, terms, sigma: float, start: np.ndarray | None = None, tol: float = 1e-10,
+                    max_iter: int = 100, method: str = "auto", cg_rtol: float = 1e-13, structure=None,
+                    keep=None) -> np.ndarray:
+    r"""Ridge strengths maximising a sum of concave per-pair terms by Newton with backtracking.
+
+    The pair Newton behind every strengths M-step that is not plain Bradley–Terry (Davidson's ties:
+    :func:`bayes_annot.ties.davidson_pair_terms`): ``terms(d, keep)`` returns, at the pairs' log-odds
+    ``d = s_a - s_b`` of the pairs ``keep`` (a mask or ``None``: all), the terms' sum, per-pair
+    derivative and per-pair curvature (``>= 0``). The objective is the sum minus ``|s|^2 / (2 sigma^2)``,
+    strictly concave. ``method``: ``dense`` solve up to :data:`DENSE_MAX_MODELS` models (``auto``),
+    else conjugate gradients on the sparse Laplacian (:func:`pair_model_derivatives`), as
+    :func:`fit_bradley_terry_pairs`; the stopping rule is :func:`bayes_annot.em.newton_ascent`'s.
+    """
+    from .em import newton_ascent
+
+    k = pairs.n_models
+    a, b = pairs.a, pairs.b
+    if keep is not None and not np.all(keep):
+        a, b = a[keep], b[keep]
+        structure = None
+    if method == "auto":
+        method = "dense" if k <= DENSE_MAX_MODELS else "sparse"
+    if method not in ("dense", "sparse"):
+        raise ValueError(f"unknown method '{method}', expected auto, dense or sparse")
+    dense = method == "dense"
+    if not dense and structure is None:
+        structure = _Laplacian(a, b, k)
+
+    def objective(s):
+        return terms(s[a] - s[b], keep)[0] - 0.5 * float(s @ s) / sigma**2
+
+    def direction(s):
+        _, g, c = terms(s[a] - s[b], keep)
+        grad, neg_hess, diag = pair_model_derivatives(s, a, b, g, c, sigma, structure, dense)
+        return np.linalg.solve(neg_hess, grad) if dense else _cg_solve(neg_hess, diag, grad, cg_rtol)
+
+    return newton_ascent(objective, direction, np.zeros(k) if start is None else np.asarray(start, dtype=float),
+                         tol, max_iter)[0]
+
+
+def fit_davidson_pairs(pairs, w1, w0, wt, nu: float, sigma: float, start=None, structure=None, **options) -> np.ndarray:
+    """Ridge Davidson strengths at fixed ``nu`` from per-pair weighted counts (``w1``: ``model_a`` chosen,
+    ``w0``: ``model_b`` chosen, ``wt``: tie): :func:`fit_pair_newton` with
+    :func:`bayes_annot.ties.davidson_pair_terms`; ``nu = 0`` and no ties is Bradley–Terry."""
+    from .ties import davidson_pair_terms
+
+    w1, w0, wt = (np.asarray(w, dtype=float) for w in (w1, w0, wt))
+    keep = (w1 != 0) | (w0 != 0) | (wt != 0)
+    if keep.all():
+        keep = None
+
+    def terms(d, keep):
+        if keep is None:
+            return davidson_pair_terms(d, w1, w0, wt, nu)
+        return davidson_pair_terms(d, w1[keep], w0[keep], wt[keep], nu)
+
+    return fit_pair_newton(pairs, terms, sigma, start=start, structure=structure, keep=keep, **options)

@@ -24,7 +24,7 @@ from .pairs import PairTable
 
 __all__ = [
     "Estimates", "ProblemSize", "build_problem", "strength_mode", "pair_counts", "graph_components",
-    "known_strengths", "quality_floor", "problem_key",
+    "known_strengths", "quality_floor", "problem_key", "tie_rows",
 ]
 
 
@@ -60,12 +60,13 @@ class Estimates:
 
 def build_problem(
     data: PreparedData, mu: float | None = None, strong_model: str | None = None, use_p_a: bool = True,
-    casual: CasualDesign | None = None,
+    casual: CasualDesign | None = None, ties: bool = False,
 ) -> tuple[UsableLabels, str]:
     """Turn prepared data into the engines' arrays; returns the problem and the strength mode.
 
     ``casual``: the casual covariates' design; each label then gets its casual cell from
-    ``data.casual_x`` (:func:`bayes_annot.data.casual_covariates`).
+    ``data.casual_x`` (:func:`bayes_annot.data.casual_covariates`). ``ties``: the tie rows
+    (:func:`tie_rows`) enter the likelihood (learned strengths only).
     """
     usable = data.usable
     choice = data.choice_a[usable].astype(np.int8)
@@ -104,7 +105,18 @@ def build_problem(
             )
         problem.casual_cell = casual.cells(data.casual_x[usable])
         problem.n_casual = casual.n_cells
+    if ties:
+        if not problem.learned:
+            raise InputError("ties in the likelihood need learned strengths (no p_a column, no mu): "
+                             "use ties='ignore' (--ties ignore)")
+        tie = tie_rows(data)
+        problem.tie_user, problem.tie_model_a, problem.tie_model_b = data.user[tie], data.model_a[tie], data.model_b[tie]
     return problem, mode
+
+
+def tie_rows(data: PreparedData) -> np.ndarray:
+    """Mask of the rows that are ties between two different models (``tie`` and ``tie (bothbad)``)."""
+    return data.reason_code == 1
 
 
 def strength_mode(data: PreparedData, mu: float | None, strong_model: str | None, use_p_a: bool) -> str:
@@ -126,10 +138,11 @@ class ProblemSize:
     learned: bool
 
 
-def pair_counts(data: PreparedData) -> PairTable:
+def pair_counts(data: PreparedData, ties: bool = False) -> PairTable:
     """Usable labels per compared (model_a, model_b): a sparse :class:`~bayes_annot.pairs.PairTable`
-    (only the pairs that occur; ``.toarray()`` is the ``K x K`` table)."""
-    usable = data.usable
+    (only the pairs that occur; ``.toarray()`` is the ``K x K`` table). ``ties``: ties are in the
+    likelihood, and counted too."""
+    usable = data.usable | tie_rows(data) if ties else data.usable
     return PairTable.from_labels(data.model_a[usable], data.model_b[usable], data.n_models)[0]
 
 
@@ -175,6 +188,8 @@ def quality_floor(problem: UsableLabels, estimates: Estimates) -> np.ndarray | N
     eps = 1e-12
     k = problem.n_models
     effects = estimates.extra_summary.get("casual_effects")
+    if "tie_nu" in estimates.parameters and getattr(problem, "tie_user", None) is not None:
+        return _tie_quality_floor(problem, estimates, pi, q, effects)
     if getattr(problem, "casual_cell", None) is not None and effects:  # casual covariates: each label's own casual log-odds
         from .casual import casual_logits, design_from_summary, effects_start
 
@@ -195,6 +210,37 @@ def quality_floor(problem: UsableLabels, estimates: Estimates) -> np.ndarray | N
                          dtype=float)
         worst = np.minimum(log_expit(ell) - np.log(max(q, eps)), log_expit(-ell) - np.log(max(1.0 - q, eps)))
     total = np.bincount(problem.user, weights=worst, minlength=problem.n_users)
+    pi = min(max(pi, eps), 1.0 - eps)
+    return two_class_posterior(total, 0.0, pi)
+
+
+def _tie_quality_floor(problem: UsableLabels, estimates: Estimates, pi: float, q: float, effects) -> np.ndarray:
+    """:func:`quality_floor` with ties in the likelihood: every label (decided or tie) could have been any of
+    the three outcomes; the least attentive one's ratio ``P_att / P_cas`` (Davidson's and ``(1 - t) q``,
+    ``(1 - t)(1 - q)``, ``t``; with casual covariates a decided label's own casual log-odds)."""
+    from .ties import davidson_logprobs
+
+    eps = 1e-12
+    s = np.asarray(estimates.strengths, dtype=float)
+    nu, t = float(estimates.parameters["tie_nu"]), float(estimates.parameters["casual_tie_rate"])
+    eta = np.full(problem.n_labels, logit(min(max(q, eps), 1.0 - eps)))
+    if getattr(problem, "casual_cell", None) is not None and effects:
+        from .casual import casual_logits, design_from_summary, effects_start
+
+        summary = {"casual_effects": effects}
+        eta = casual_logits(effects["beta0"], effects_start(summary), design_from_summary(summary).design())
+        eta = eta[problem.casual_cell]
+    eta_tie = np.full(problem.n_ties, logit(min(max(q, eps), 1.0 - eps)))
+
+    def worst(d, eta):
+        pa, pb, pt = davidson_logprobs(d, nu)
+        return np.minimum(np.minimum(pa - np.log1p(-t) - log_expit(eta), pb - np.log1p(-t) - log_expit(-eta)),
+                          pt - np.log(t))
+
+    total = np.bincount(problem.user, weights=worst(s[problem.model_a] - s[problem.model_b], eta),
+                        minlength=problem.n_users)
+    total += np.bincount(problem.tie_user, weights=worst(s[problem.tie_model_a] - s[problem.tie_model_b], eta_tie),
+                         minlength=problem.n_users)
     pi = min(max(pi, eps), 1.0 - eps)
     return two_class_posterior(total, 0.0, pi)
 

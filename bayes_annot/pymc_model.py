@@ -145,6 +145,24 @@ def casual_effect_names(design) -> list[str]:
     return [f"{name}[{j}]" for name, n in zip(design.names, design.n_bins) for j in range(1, n + 1)]
 
 
+def compress_ties(problem: UsableLabels) -> dict:
+    """The ties in the likelihood as distinct (user, model_a, model_b) cells with counts (``None``: none)."""
+    if problem.tie_user is None or problem.n_ties == 0:
+        return None
+    k = problem.n_models
+    key = (problem.tie_user.astype(np.int64) * k + problem.tie_model_a) * k + problem.tie_model_b
+    uniq, count = np.unique(key, return_counts=True)
+    return dict(user=uniq // (k * k), model_a=(uniq // k) % k, model_b=uniq % k, count=count.astype(float),
+                n_tie_user=np.bincount(problem.tie_user, minlength=problem.n_users).astype(float))
+
+
+def _davidson_log_norm(d, nu):
+    """PyTensor :math:`\log(2\cosh(d/2) + \nu)` (:mod:`bayes_annot.ties`)."""
+    import pytensor.tensor as pt
+
+    return pt.logaddexp(pt.logaddexp(0.5 * d, -0.5 * d), pt.log(nu))
+
+
 def _check_spec(problem: UsableLabels, spec: BehaviourSpec) -> None:
     """The spec's strengths are the labels' (learned pairs, or known log-odds); the spec itself is valid."""
     if (spec.casual is None) != (problem.casual_cell is None):
@@ -296,6 +314,9 @@ def build_model(
     _check_spec(problem, spec)
     variant, n_tastes, priors, q_fixed = spec.variant, spec.n_tastes, spec.priors, spec.q
     cells = compress_cells(problem)
+    ties = compress_ties(problem)  # ties in the likelihood (bayes_annot.ties): Davidson's nu and the casual rate t
+    if ties is not None and (n_tastes > 1 or not problem.learned):
+        raise InputError("ties in the PyMC model need learned strengths and one taste class")
     n_users, n_models = problem.n_users, problem.n_models
     coords = {
         "user": _labels(user_labels, n_users, "u"),
@@ -344,6 +365,14 @@ def build_model(
             cell_casual = pm.Data("cell_casual", cells["casual"], dims="cell")
             cas_cell = cas_table[2 * cell_casual + cell_choice]
 
+        if ties is not None:
+            nu = pm.LogNormal("tie_nu", mu=priors.tie_nu_mu, sigma=priors.tie_nu_sigma, initval=1.0)
+            t = pm.Beta("casual_tie_rate", alpha=priors.tie_rate_alpha, beta=priors.tie_rate_beta, initval=0.2)
+            tie_user = pm.Data("tie_user", ties["user"])
+            tie_count = pm.Data("tie_count", ties["count"])
+            if cas_cell is not None:
+                cas_cell = cas_cell + pt.log1p(-t)
+
         if problem.learned:
             pair_a = pm.Data("pair_model_a", cells["pair_model_a"], dims="pair")
             pair_b = pm.Data("pair_model_b", cells["pair_model_b"], dims="pair")
@@ -358,7 +387,13 @@ def build_model(
             else:
                 strength = pm.Normal("strength", mu=0.0, sigma=priors.strength_sigma, dims=s_dims, initval=init)
             table_index = 2 * cell_pair + cell_choice
-            if n_tastes == 1:
+            if n_tastes == 1 and ties is not None:  # Davidson: log P(a) = d/2 - log h, log P(b) = -d/2 - log h
+                d = strength[pair_a] - strength[pair_b]
+                log_h = _davidson_log_norm(d, nu)
+                att_cell = pt.stack([-0.5 * d - log_h, 0.5 * d - log_h], axis=1).reshape((-1,))[table_index]
+                d_tie = strength[pm.Data("tie_model_a", ties["model_a"])] - strength[pm.Data("tie_model_b", ties["model_b"])]
+                att_tie = pt.log(nu) - _davidson_log_norm(d_tie, nu)  # log P_att(tie) per tie cell
+            elif n_tastes == 1:
                 # attentive log-odds of choosing model_a, once per distinct ordered pair
                 d = strength[pair_a] - strength[pair_b]
                 # [log P_att(choose b), log P_att(choose a)] per pair, flattened
@@ -398,16 +433,26 @@ def build_model(
             cas_sum = user_n_a * pt.log(q) + user_n_b * pt.log1p(-q)
             if cas_cell is not None:
                 cas_sum = pt.inc_subtensor(pt.zeros(n_users)[cell_user], cell_count * cas_cell)
+            elif ties is not None:
+                cas_sum = cas_sum + (user_n_a + user_n_b) * pt.log1p(-t)
+            if ties is not None:  # a tie: attentive Davidson, casual t
+                att_sum = pt.inc_subtensor(att_sum[tie_user], tie_count * att_tie)
+                cas_sum = cas_sum + pm.Data("user_n_tie", ties["n_tie_user"], dims="user") * pt.log(t)
             pm.Potential("y_user", pt.logaddexp(pt.log(pi) + att_sum, pt.log1p(-pi) + cas_sum), dims="user")
         else:
             m = pm.Normal("m", mu=priors.eta_m_mu, sigma=priors.eta_m_sigma, initval=float(logit(0.7)))
             tau = pm.HalfNormal("tau", sigma=priors.eta_tau, initval=float(priors.eta_tau) * (1.0 if marginal else 0.7))
             p_att = pt.exp(att_cell)
             p_cas = pt.switch(pt.eq(cell_choice, 1), q, 1.0 - q) if cas_cell is None else pt.exp(cas_cell)
+            if cas_cell is None and ties is not None:
+                p_cas = p_cas * (1.0 - t)
             if marginal:
                 eta = pt.sigmoid(m + tau * ETA_GRID.z)  # (G,): eta at the grid's nodes
                 label_ll = pt.log(p_att[:, None] * eta[None, :] + p_cas[:, None] * (1.0 - eta)[None, :])
                 user_grid = pt.inc_subtensor(pt.zeros((n_users, ETA_GRID.n))[cell_user], cell_count[:, None] * label_ll)
+                if ties is not None:  # a tie mixes eta P_att(tie) + (1 - eta) t
+                    tie_ll = pt.log(pt.exp(att_tie)[:, None] * eta[None, :] + t * (1.0 - eta)[None, :])
+                    user_grid = pt.inc_subtensor(user_grid[tie_user], tie_count[:, None] * tie_ll)
                 pm.Potential("y_user", pt.logsumexp(user_grid + ETA_GRID.log_weights[None, :], axis=1), dims="user")
                 return model
             z = pm.Normal("z", mu=0.0, sigma=1.0, dims="user")
@@ -417,7 +462,11 @@ def build_model(
             eta_cell = eta[cell_user]
             casual_cell = pt.sigmoid(-theta)[cell_user]
             label_ll = pt.log(eta_cell * p_att + casual_cell * p_cas)
-            pm.Potential("y_user", pt.inc_subtensor(pt.zeros(n_users)[cell_user], cell_count * label_ll), dims="user")
+            user_ll = pt.inc_subtensor(pt.zeros(n_users)[cell_user], cell_count * label_ll)
+            if ties is not None:
+                tie_ll = pt.log(eta[tie_user] * pt.exp(att_tie) + pt.sigmoid(-theta)[tie_user] * t)
+                user_ll = pt.inc_subtensor(user_ll[tie_user], tie_count * tie_ll)
+            pm.Potential("y_user", user_ll, dims="user")
     return model
 
 
@@ -534,11 +583,23 @@ def numpy_loglik(
                             casual_log_table=table) + g_prior
     strengths = np.asarray(params["strength"], float) if problem.learned else None
     att, cas = label_logprobs(problem, strengths, q, table)
+    user, tie_prior = problem.user, 0.0
+    if problem.n_ties:  # ties in the likelihood (bayes_annot.ties): Davidson's attentive labels, casual rate t
+        from .ties import davidson_logprobs, log_prior_ties
+
+        nu, t = float(params["tie_nu"]), float(params["casual_tie_rate"])
+        pa, pb, _ = davidson_logprobs(strengths[problem.model_a] - strengths[problem.model_b], nu)
+        att = np.where(problem.choice_a == 1, pa, pb)
+        tie_att = davidson_logprobs(strengths[problem.tie_model_a] - strengths[problem.tie_model_b], nu)[2]
+        att = np.concatenate([att, tie_att])
+        cas = np.concatenate([cas + np.log1p(-t), np.full(problem.n_ties, np.log(t))])
+        user = np.concatenate([problem.user, problem.tie_user])
+        tie_prior = log_prior_ties(nu, t, priors) if penalised else 0.0
     if variant == "two-class":
         pi = float(params["pi"])
-        att_sum = np.bincount(problem.user, weights=att, minlength=problem.n_users)
-        cas_sum = np.bincount(problem.user, weights=cas, minlength=problem.n_users)
-        active = np.bincount(problem.user, minlength=problem.n_users) > 0
+        att_sum = np.bincount(user, weights=att, minlength=problem.n_users)
+        cas_sum = np.bincount(user, weights=cas, minlength=problem.n_users)
+        active = np.bincount(user, minlength=problem.n_users) > 0
         value = float(two_class_user_loglik(att_sum[active], cas_sum[active], pi).sum())
         prior = dict(shares=[pi])
     else:
@@ -546,13 +607,13 @@ def numpy_loglik(
         eta = expit(ETA_GRID.theta(m, tau))
         label_ll = np.log(np.exp(att)[:, None] * eta + np.exp(cas)[:, None] * (1.0 - eta))
         user_grid = np.zeros((problem.n_users, ETA_GRID.n))
-        np.add.at(user_grid, problem.user, label_ll)
-        active = np.bincount(problem.user, minlength=problem.n_users) > 0
+        np.add.at(user_grid, user, label_ll)
+        active = np.bincount(user, minlength=problem.n_users) > 0
         joint = user_grid[active] + ETA_GRID.log_weights
         top = joint.max(axis=1)
         value = float((top + np.log(np.exp(joint - top[:, None]).sum(axis=1))).sum())
         prior = dict(m=m, tau=tau)
-    return value + g_prior + log_prior(priors, q, strengths, q_fixed is None, **prior) if penalised else value
+    return value + g_prior + tie_prior + log_prior(priors, q, strengths, q_fixed is None, **prior) if penalised else value
 
 
 # --------------------------------------------------------------------------- per-draw quantities (numpy)
@@ -706,6 +767,9 @@ def fit_pymc(
             ) from exc
     _check_spec(problem, spec)
     n_tastes, priors, q_fixed = spec.n_tastes, spec.priors, spec.q
+    if problem.n_ties and (method != "map" or n_tastes > 1):
+        raise InputError("ties in the likelihood are fitted by EM and by MAP with one taste class only: "
+                         "use ties='ignore' or method='em'")
     t0 = time.perf_counter()
     user_labels = _labels(user_labels, problem.n_users, "u")
     model_labels = _labels(model_labels, problem.n_models, "model_")
@@ -759,6 +823,38 @@ def _grid_posterior(problem: UsableLabels, m: float, tau: float, casual, strengt
     return block_grid_posterior(block, m, tau, casual, np.exp(attentive_table_pairs(strengths, pairs.a, pairs.b)))
 
 
+def _tie_map_users(problem: UsableLabels, variant: str, point: dict, q: float, table, strengths, informative_tol):
+    """MAP with ties in the likelihood: per-user results at the MAP point by the block engine's passes
+    (the EM engine's arithmetic; :mod:`bayes_annot.ties`). Returns ``(quality, p_good, user_ll, informative,
+    active, params)`` before the no-verdict levels."""
+    from .block_em import _block_informative, block_grid_posterior, block_two_class_users, make_block
+    from .pairs import PairTable
+    from .ties import davidson_tables
+
+    n, n_ties = problem.n_labels, problem.n_ties
+    pairs = PairTable.from_labels(np.concatenate([problem.model_a, problem.tie_model_a]),
+                                  np.concatenate([problem.model_b, problem.tie_model_b]), problem.n_models)[0]
+    mask = np.arange(n + n_ties) < n
+    block = make_block(np.concatenate([problem.user, problem.tie_user]), mask, problem.n_models,
+                       cell=pairs.cells(problem.model_a, problem.model_b, problem.choice_a), users=np.arange(problem.n_users),
+                       pairs=pairs, casual_cell=problem.casual_cell, n_casual=problem.n_casual, tie=~mask,
+                       tie_pair=pairs.index(problem.tie_model_a, problem.tie_model_b))
+    nu, t = float(point["tie_nu"]), float(point["casual_tie_rate"])
+    att_table, tie_table = davidson_tables(strengths, pairs.a, pairs.b, nu)
+    casual = q if table is None else table
+    params = {"tie_nu": nu, "casual_tie_rate": t}
+    if variant == "two-class":
+        quality, user_ll = block_two_class_users(block, float(point["pi"]), casual, att_table, ties=(tie_table, t))
+        p_good = quality
+    else:
+        m, tau = float(point["m"]), float(point["tau"])
+        post, user_ll = block_grid_posterior(block, m, tau, casual, np.exp(att_table), ties=(np.exp(tie_table), t))
+        quality, p_good = post @ expit(ETA_GRID.theta(m, tau)), post @ ETA_GRID.above_half(m, tau)
+    differs = np.repeat(np.abs(strengths[pairs.a] - strengths[pairs.b]) > informative_tol, 2)
+    informative = _block_informative(block, differs, casual, informative_tol)
+    return quality, p_good, user_ll, informative, block.n_user_all > 0, params
+
+
 def _fit_map(problem, spec, progress, seed, user_labels, model_labels, informative_tol, maxeval):
     from .inference_data import point_estimate_idata
 
@@ -773,8 +869,22 @@ def _fit_map(problem, spec, progress, seed, user_labels, model_labels, informati
     if spec.casual is not None:
         g = np.asarray(point["casual_effect"], float)
         table = casual_table(float(logit(q)), g, spec.casual.design())
-    att, cas = label_logprobs(problem, strengths, q, table)
-    if variant == "two-class":
+    tie_params = {}
+    if problem.n_ties:  # ties in the likelihood: the block engine's per-user arithmetic at the MAP point
+        quality, p_good, user_ll, informative, with_labels, tie_params = _tie_map_users(
+            problem, variant, point, q, table, strengths, informative_tol)
+        if variant == "two-class":
+            pi = float(point["pi"])
+            quality = p_good = np.where(with_labels, quality, pi)
+            params = {"pi": pi, "q": q}
+        else:
+            m, tau = float(point["m"]), float(point["tau"])
+            params = {"m": m, "tau": tau, "q": q}
+        user_ll = np.where(with_labels, user_ll, 0.0)
+        loglik = numpy_loglik(problem, variant, {**params, "strength": strengths, "casual_effect": g, **tie_params},
+                              priors, q_fixed, casual=spec.casual)
+    elif variant == "two-class":
+        att, cas = label_logprobs(problem, strengths, q, table)
         pi = float(point["pi"])
         att_sum = np.bincount(problem.user, weights=att, minlength=problem.n_users)
         cas_sum = np.bincount(problem.user, weights=cas, minlength=problem.n_users)
@@ -792,13 +902,15 @@ def _fit_map(problem, spec, progress, seed, user_labels, model_labels, informati
         params = {"m": m, "tau": tau, "q": q}
         loglik = numpy_loglik(problem, variant, {"m": m, "tau": tau, "q": q, "strength": strengths, "casual_effect": g},
                               priors, q_fixed, casual=spec.casual)
-    informative = _informative_users(problem, strengths, informative_tol)
+    if not problem.n_ties:
+        informative = _informative_users(problem, strengths, informative_tol)
     if variant == "two-class":  # no verdict on uninformative users: the population level (as in EM)
         quality = p_good = np.where(informative, quality, no_verdict_shares([pi], informative.any(), priors)[0])
     else:
         level, p_level = no_verdict_continuous(m, tau, informative.any(), priors)
         quality, p_good = np.where(informative, quality, level), np.where(informative, p_good, p_level)
     params["mean_quality"] = float(np.mean(quality[active])) if active.any() else float("nan")
+    params.update(tie_params)
     est = _estimates(
         engine="map",
         variant=variant,

@@ -439,7 +439,7 @@ def start_of(saved: SavedTables, strengths, directory: str | Path) -> dict:
     directory = Path(directory)
     summary = saved.summary
     params = summary["parameters"]
-    start = {key: params.get(key) for key in ("pi", "q", "m", "tau")}
+    start = {key: params.get(key) for key in ("pi", "q", "m", "tau", "tie_nu", "casual_tie_rate")}
     start["model"] = summary["model"]
     if strengths is not None:
         start["strengths"] = strengths
@@ -454,7 +454,8 @@ def start_of(saved: SavedTables, strengths, directory: str | Path) -> dict:
                          high=1.0, open_low=True, open_high=True)
         if not np.isnan(table).any():
             start["tastes"] = {"strengths": pd.DataFrame(table, index=models["model"].to_numpy()),
-                               "shares": np.asarray(shares, dtype=float), "q": params.get("q")}
+                               "shares": np.asarray(shares, dtype=float), "q": params.get("q"),
+                               "tie_nu": params.get("tie_nu"), "casual_tie_rate": params.get("casual_tie_rate")}
     try:
         start["casual_g"] = effects_start(summary)
     except (KeyError, TypeError, ValueError) as exc:

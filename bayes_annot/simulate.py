@@ -67,6 +67,8 @@ def simulate(
     eta_tau: float = 1.5,
     adversarial_share: float = 0.0,
     tie_rate: float = 0.0,
+    tie_nu: float | None = None,
+    casual_tie_rate: float | None = None,
     with_text: bool = False,
     length_bias: float | None = None,
     length_confound: float = 0.5,
@@ -95,7 +97,13 @@ def simulate(
     adversarial_share : float
         Share of users (taken from the attentive ones) who pick the weaker model.
     tie_rate : float
-        Probability that any label is a tie (kept in the log, excluded from the fit).
+        Probability that any label is a tie whoever gave it (random ties, unrelated to the pair).
+    tie_nu, casual_tie_rate : float, optional
+        Ties as the model has them (docs/model.md, "Ties"): an attentive label is a tie with Davidson's
+        probability ``nu / (2 cosh(d / 2) + nu)`` (``d`` the pair's strength difference; ``tie_nu``,
+        default 0), a casual label with probability ``casual_tie_rate`` (default 0); labels that are not
+        ties keep the model's choice. Drawn from their own random stream (earlier seeds reproduce);
+        adds the truth column ``true_p_tie``.
     with_text : bool
         Add ``prompt``, ``response_a``, ``response_b`` text columns.
     length_bias : float, optional
@@ -180,6 +188,14 @@ def simulate(
     winner_code = np.where(choice_a, 0, 1)
     if tie_rate > 0:
         winner_code = np.where(rng.random(n_rows) < tie_rate, 2, winner_code)
+    modelled_ties = tie_nu is not None or casual_tie_rate is not None
+    if modelled_ties:
+        nu, t = float(tie_nu or 0.0), float(casual_tie_rate or 0.0)
+        if nu < 0 or not 0.0 <= t < 1.0:
+            raise ValueError("tie_nu must be >= 0 and casual_tie_rate in [0, 1)")
+        d = strengths[model_a] - strengths[model_b]
+        p_tie = np.where(label_attentive, nu / (2.0 * np.cosh(0.5 * d) + nu), t)
+        winner_code = np.where(np.random.default_rng([seed, 2]).random(n_rows) < p_tie, 2, winner_code)
 
     width = len(str(max(n_users - 1, 1)))
     user_names = np.array([f"u{i:0{width}d}" for i in range(n_users)], dtype=object)
@@ -211,7 +227,9 @@ def simulate(
     frame["true_strength_a"] = strengths[model_a]
     frame["true_strength_b"] = strengths[model_b]
     frame["true_p_a"] = p_attentive
-    frame.winner = frame.winner.cat.remove_unused_categories() if tie_rate == 0 else frame.winner
+    if modelled_ties:
+        frame["true_p_tie"] = p_tie
+    frame.winner = frame.winner.cat.remove_unused_categories() if tie_rate == 0 and not modelled_ties else frame.winner
     return frame
 
 

@@ -175,6 +175,8 @@ class TasteResult:
     user_loglik: np.ndarray = field(repr=False, default=None)
     casual: object = None  # the casual covariates' design (bayes_annot.casual.CasualDesign), if any
     casual_g: np.ndarray | None = None  # their effects
+    nu: float | None = None  # Davidson's attentive tie parameter (ties modelled; bayes_annot.ties)
+    tie_rate: float | None = None  # the casual tie rate t (ties modelled)
 
     @property
     def pi(self) -> float:
@@ -186,6 +188,8 @@ class TasteResult:
         start = {"strengths": self.strengths.copy(), "shares": self.shares.copy(), "q": float(self.q)}
         if self.casual_g is not None:
             start["casual_g"] = self.casual_g.copy()
+        if self.nu is not None:
+            start.update(tie_nu=float(self.nu), casual_tie_rate=float(self.tie_rate))
         return start
 
     def casual_arg(self):
@@ -201,6 +205,8 @@ class TasteResult:
             out[f"share_taste_{k}"] = float(share)
         active = self.n_labels_user > 0
         out["mean_quality"] = float(np.mean(self.quality[active])) if active.any() else self.pi
+        if self.nu is not None:
+            out.update(tie_nu=float(self.nu), casual_tie_rate=float(self.tie_rate))
         return out
 
 
@@ -234,11 +240,11 @@ class _Fitter:
     informative_tol: float
     casual: object = None
 
-    def run(self, strengths, shares, q, callback=None, casual_g=None):
+    def run(self, strengths, shares, q, callback=None, casual_g=None, nu=None, tie_rate=None):
         return run_class_em(
             self.runner, self.n_models, shares, q, strengths, priors=self.priors, q_fixed=self.q_fixed, tol=self.tol,
             max_iter=self.max_iter, informative_tol=self.informative_tol, callback=callback, casual=self.casual,
-            casual_g=casual_g,
+            casual_g=casual_g, nu=nu, tie_rate=tie_rate,
         )
 
     def plain_bt(self, weights=None) -> np.ndarray:
@@ -298,6 +304,7 @@ def _order_and_package(f: _Fitter, run, extra) -> TasteResult:
     data_ll = float(run.user_loglik[active].sum())
     n_params = n_classes * (f.n_models - 1) + n_classes + (1 if f.q_fixed is None else 0)
     n_params += 0 if f.casual is None else f.casual.n_effects
+    n_params += 0 if run.nu is None else 2
     return TasteResult(
         n_tastes=n_classes, quality=quality, p_taste=p_taste, taste=(np.argmax(p_taste, axis=1) + 1).astype(np.int64),
         strengths=strengths, shares=shares, casual_share=float(1.0 - shares.sum()), q=float(run.q),
@@ -305,7 +312,8 @@ def _order_and_package(f: _Fitter, run, extra) -> TasteResult:
         bic=float(-2.0 * data_ll + n_params * np.log(max(float(run.n_user.sum()), 1.0))),
         loglik_trace=run.loglik_trace, n_iter=run.n_iter, converged=run.converged, informative=informative,
         n_labels_user=run.n_user.astype(np.int64), class_spread=np.std(strengths, axis=1),
-        user_loglik=np.where(active, run.user_loglik, 0.0), casual=f.casual, casual_g=run.casual_g, **extra,
+        user_loglik=np.where(active, run.user_loglik, 0.0), casual=f.casual, casual_g=run.casual_g, nu=run.nu,
+        tie_rate=run.tie_rate, **extra,
     )
 
 
@@ -315,7 +323,8 @@ def _fit_chain(f: _Fitter, n_tastes, n_starts, seed, init=None, callback=None):
     for start in init or []:
         strengths = np.asarray(start["strengths"], dtype=float).reshape(n_tastes, f.n_models)
         shares = np.asarray(start["shares"], dtype=float).reshape(n_tastes)
-        extra.append(f.run(strengths, shares, float(start.get("q", 0.5)), casual_g=start.get("casual_g")))
+        extra.append(f.run(strengths, shares, float(start.get("q", 0.5)), casual_g=start.get("casual_g"),
+                           nu=start.get("tie_nu"), tie_rate=start.get("casual_tie_rate")))
     if n_starts == 0:
         return extra
     s_bt = f.plain_bt()

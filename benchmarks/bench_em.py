@@ -13,7 +13,12 @@ before the fit (read from /proc/self/status VmHWM after resetting it).
 default length covariate (6 bins, 13 casual cells): one extra sparse mat-vec per E-step
 and a small Newton M-step.
 
-Usage: python benchmarks/bench_em.py [--sizes 1e6,1e7] [--casual none|length] [--json out.json]
+``--ties model`` adds ties in the likelihood (issue #14 item 2): ``simulate(tie_nu=0.6,
+casual_tie_rate=0.2)`` (about 20% ties), fitted with Davidson's attentive ties and the casual tie
+rate: a users x pairs tie matrix, one more sparse mat-vec each way per E-step, and the Davidson
+Newton and ``nu`` steps in the M-step. The floor then counts every row in the likelihood (ties too).
+
+Usage: python benchmarks/bench_em.py [--sizes 1e6,1e7] [--casual none|length] [--ties none|model] [--json out.json]
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from bayes_annot.casual import prepare_casual
 
 n_rows, n_users, n_models, variant = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 casual = sys.argv[5]
+ties = sys.argv[6] == "model"
 
 def rss_kb(field):
     for line in open('/proc/self/status'):
@@ -48,19 +54,20 @@ def rss_kb(field):
 mean_labels = n_rows / n_users
 log = ba.simulate(n_users=n_users, n_models=n_models, casual_share=0.3, labels_per_user=(1, int(2 * mean_labels - 1)),
                   quality=variant, strengths=np.linspace(2, -2, n_models), seed=1,
-                  length_bias=0.85 if casual == "length" else None)
+                  length_bias=0.85 if casual == "length" else None,
+                  **(dict(tie_nu=0.6, casual_tie_rate=0.2) if ties else {}))
 truth = log.groupby("user", observed=True)["true_attentive"].first().to_numpy()
 log = log[["user", "model_a", "model_b", "winner"] + (["response_a", "response_b"] if casual == "length" else [])].copy()
 base = rss_kb('VmRSS')
 with open('/proc/self/clear_refs', 'w') as fh:
     fh.write('5')  # reset VmHWM to the current RSS
 t0 = time.perf_counter()
-result = ba.fit(log, model=variant)
+result = ba.fit(log, model=variant, ties="model" if ties else "ignore")
 t_fit = time.perf_counter() - t0
 peak = rss_kb('VmHWM')
 prepared = prepare(log)
 design = prepare_casual(prepared, "auto")
-problem, _ = build_problem(prepared, casual=design)
+problem, _ = build_problem(prepared, casual=design, ties=ties)
 ticks = []
 t0 = time.perf_counter()
 block = problem_block(prepared, problem, n_casual=0 if design is None else design.n_cells)  # the engine ba.fit runs
@@ -69,16 +76,21 @@ em = run_em(LocalRunner([block], prepared.n_users), problem.n_models, BehaviourS
 t_em = time.perf_counter() - t0
 per_iter = float(np.median(np.diff(ticks))) if len(ticks) > 2 else float("nan")
 # the floor: two full np.bincount passes over the rows (per-user sums and per-pair sums)
-w = np.random.default_rng(0).random(problem.n_labels)
 cell = problem.cell()
+user = problem.user
+if ties:  # every row in the likelihood, ties too (a tie's cell: its pair, as choice 0)
+    user = np.concatenate([user, problem.tie_user])
+    cell = np.concatenate([cell, (problem.tie_model_a.astype(np.int64) * problem.n_models + problem.tie_model_b) * 2])
+w = np.random.default_rng(0).random(user.shape[0])
 floor = []
 for _ in range(3):
     t1 = time.perf_counter()
-    np.bincount(problem.user, weights=w, minlength=problem.n_users)
+    np.bincount(user, weights=w, minlength=problem.n_users)
     np.bincount(cell, weights=w, minlength=2 * problem.n_models ** 2)
     floor.append(time.perf_counter() - t1)
 order = np.argsort(np.array([int(u[1:]) for u in result.users.user]))
-out = dict(rows=len(log), users=n_users, models=n_models, variant=variant, casual=casual, fit_seconds=t_fit, em_seconds=t_em,
+out = dict(rows=len(log), users=n_users, models=n_models, variant=variant, casual=casual, ties=sys.argv[6],
+           n_ties=problem.n_ties, nu=em.nu, t=em.tie_rate, fit_seconds=t_fit, em_seconds=t_em,
            em_per_iteration=per_iter, bincount_floor=min(floor),
            iterations=em.n_iter, converged=bool(em.converged), peak_fit_mb=(peak - base) / 1024,
            peak_rss_mb=peak / 1024, auc=auc(result.users.quality.to_numpy()[order], truth))
@@ -86,10 +98,10 @@ print(json.dumps(out))
 """
 
 
-def run_size(n_rows: int, n_users: int, n_models: int, variant: str, casual: str = "none") -> dict:
+def run_size(n_rows: int, n_users: int, n_models: int, variant: str, casual: str = "none", ties: str = "none") -> dict:
     env = dict(os.environ)
     proc = subprocess.run(
-        [sys.executable, "-c", CHILD, str(n_rows), str(n_users), str(n_models), variant, casual],
+        [sys.executable, "-c", CHILD, str(n_rows), str(n_users), str(n_models), variant, casual, ties],
         capture_output=True, text=True, env=env,
     )
     if proc.returncode != 0:
@@ -104,6 +116,8 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--models", type=int, default=20)
     parser.add_argument("--casual", default="none", choices=["none", "length"],
                         help="length: casual clicks that follow length, fitted with the length covariate")
+    parser.add_argument("--ties", default="none", choices=["none", "model"],
+                        help="model: about 20%% ties (Davidson nu = 0.6, casual t = 0.2) fitted in the likelihood")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     results = []
@@ -111,7 +125,7 @@ def main(argv=None) -> list[dict]:
         for spec in args.sizes.split(","):
             rows, users = (int(float(x)) for x in spec.split(":"))
             t = time.time()
-            res = run_size(rows, users, args.models, variant, args.casual)
+            res = run_size(rows, users, args.models, variant, args.casual, args.ties)
             print(json.dumps(res), f"(wall {time.time() - t:.0f} s incl. simulation)", flush=True)
             results.append(res)
     if args.json:

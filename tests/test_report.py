@@ -286,7 +286,8 @@ def test_plot_functions_draw_one_mark_per_item(em_fit, log):
     ax = plotting.plot_comparison_matrix(em_fit)
     image = ax.images[0].get_array()
     assert image.shape == (len(models), len(models))
-    assert np.nansum(image) == 2 * em_fit.summary["counts"]["rows_in_likelihood"]
+    counts = em_fit.summary["counts"]  # labels in the likelihood per pair: ties too when they are modelled
+    assert np.nansum(image) == 2 * (counts["rows_in_likelihood"] + counts.get("ties_in_likelihood", 0))
 
     ax = plotting.plot_loglik_trace(em_fit)
     assert len(ax.lines[0].get_xdata()) == len(em_fit.loglik_trace) > 1

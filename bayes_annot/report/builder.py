@@ -397,8 +397,16 @@ def _quality_section(src) -> str:
         "m": "m — mean of logit(quality)",
         "tau": "tau — spread of logit(quality) between users",
         "mean_quality": "mean quality of users with labels",
+        "tie_nu": "nu — attentive users' tie parameter (Davidson: ties on even pairs nu / (2 + nu))",
+        "casual_tie_rate": "t — a casual user's chance of declaring a tie",
     }
     body = kv_table([(names.get(k, k), v) for k, v in params.items()])
+    ties = s.get("ties") or {}
+    if ties.get("n_ties"):
+        body += p(f"{ties['n_ties']} ties in the log: " + (
+            "in the likelihood (attentive ties follow Davidson's model, more ties on close pairs; casual ties "
+            "the rate t); they are never kept for export." if ties.get("mode") == "model" else
+            "counted and left out of the likelihood (ties='ignore')."))
     effects = casual_effects_table(s)
     if effects is not None:
         body += p(
