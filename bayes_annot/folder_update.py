@@ -26,6 +26,7 @@ from .likelihood import Priors
 from .provenance import carried_provenance, drop_duplicates_of, input_info, provenance_entry, set_provenance
 from .saved import checked_saved, read_tables, read_update_folder, start_of
 from .tables import read_row_parts
+from .ties import resolve_ties
 
 __all__ = ["update_saved"]
 
@@ -219,9 +220,15 @@ def _fast_update_of(folder, directory, new_rows, columns, on_duplicate, row_id, 
         return None  # other columns than the saved fit's (e.g. p_a no longer used): encode everything again
     mu, strong_model = settings.get("mu"), settings.get("strong_model")
     use_p_a = bool(settings.get("use_p_a", True))
-    key = problem_key(mu, strong_model, use_p_a, old.has_p_a)
+    learned = mu is None and not (use_p_a and old.has_p_a)
+
+    def ties_modelled(data) -> bool:  # the ties mode of a fit of ``data`` with the saved settings (as plan_update)
+        return resolve_ties(settings.get("ties"), data.counts()["ties"], tastes=settings.get("tastes", 1),
+                            learned=learned) == "model"
+
+    key = problem_key(mu, strong_model, use_p_a, old.has_p_a) + (("ties",) if ties_modelled(old) else ())
     if tuple(stored.state.key) != key:
-        return None  # another strength mode: the block is rebuilt from the rows
+        return None  # another strength mode (or ties mode): the block is rebuilt from the rows
     candidates, codes = _old_candidates(old, folder, new_rows, row_id, on_duplicate, role_map.user)
     new_rows, counts = drop_duplicates_of(candidates, new_rows, row_id=row_id, on_duplicate=on_duplicate,
                                           user=role_map.user, user_codes=codes)
@@ -233,8 +240,12 @@ def _fast_update_of(folder, directory, new_rows, columns, on_duplicate, row_id, 
             new = prepare(new_rows, role_map, on_bad_row="error")
         merge = _merge(old, new)
         merged, new_frame = merge.merged, merge.new.frame
-        problem_new, _ = build_problem(merge.new, mu=mu, strong_model=strong_model, use_p_a=use_p_a, casual=None)
-        state = _extend_state(stored.state, merge, problem_new, key, None)
+        ties = ties_modelled(merged)
+        if ties != ("ties" in key):
+            return None  # the first ties of the log: the fit's ties mode changes, the block is rebuilt from the rows
+        problem_new, _ = build_problem(merge.new, mu=mu, strong_model=strong_model, use_p_a=use_p_a, casual=None,
+                                       ties=ties)
+        state = _extend_state(stored.state, merge, problem_new, key, None, ties)
     start = align_start(dict(start_of(saved, strengths, directory), by_label=True), merged.user_labels,
                         merged.model_labels)
     priors = Priors(**summary["settings"]["priors"]) if isinstance(summary["settings"].get("priors"), dict) else None
