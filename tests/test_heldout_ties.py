@@ -49,3 +49,27 @@ def test_compare_heldout_scores_every_fit_on_the_ties(tie_log):
     assert table.n_heldout.nunique() == 1
     assert table.iloc[0].fit == "modelled"
     assert np.isfinite(table.heldout_loglik).all()
+
+
+def test_tie_rate_check_passes_the_ties_model_and_flags_ignored_ties():
+    from bayes_annot.plotting import ppc_range_percentiles, ppc_tie_rates
+
+    log = ba.simulate(n_users=800, n_models=8, casual_share=0.3, tie_nu=0.6, casual_tie_rate=0.45, seed=3)
+
+    def outside(result):
+        ppc = ppc_tie_rates(result, n_rep=200, seed=0)
+        assert ppc["n_users"] == 800 and ppc["observed"].shape == (800,)
+        lo, hi = np.percentile(ppc["replicated_counts"], ppc_range_percentiles(), axis=0)
+        return int(((ppc["observed_counts"] < lo) | (ppc["observed_counts"] > hi)).sum()), ppc["modelled"]
+
+    assert outside(ba.fit(log)) == (0, True)
+    n_out, modelled = outside(ba.fit(log, ties="ignore"))
+    assert not modelled and n_out >= 3
+    assert ppc_tie_rates(ba.fit(log[~log.winner.astype(str).str.startswith("tie")])) is None
+
+
+def test_report_shows_the_tie_rate_check(tmp_path, tie_log):
+    ba.fit(tie_log).report(tmp_path / "report.html")
+    html = (tmp_path / "report.html").read_text()
+    assert "Tie rate per user" in html
+    assert "reproduces the users" in html and "tie rates." in html
