@@ -71,7 +71,7 @@ WINNER_VALUES: dict[str, str] = {
 #: Every reason a row of ``rows.csv`` can carry, in code order (``FitResult.rows["reason"]`` categories).
 REASONS: dict[str, str] = {
     "ok": "kept: enters the likelihood and its user passed the filter",
-    "tie": "the user declared a tie; not in the likelihood",
+    "tie": "the user declared a tie: never a DPO pair (in the likelihood unless ties are ignored)",
     "same_model": "both responses came from the same model; carries no information",
     "user_low_quality": "its user did not pass the filter",
     "no_verdict": "in the likelihood, but its labels cannot decide whether its user passes the filter "

@@ -16,6 +16,14 @@ hidden labels with the fitted model's predictive distribution:
 
 Models never seen in training get strength 0.
 
+**Ties.** When the log has ties (``tie``, ``tie (bothbad)``) they are held out and scored like any other
+label (``with_ties``, the default unless ``ties="ignore"`` is passed): every model predicts the three
+outcomes. A fit that models ties (``summary["ties"]["mode"] == "model"``) predicts them with Davidson's
+attentive :math:`\nu` and the casual tie rate :math:`t` (:mod:`bayes_annot.ties`); a fit that ignores them,
+and ``bradley-terry``, with the training labels' empirical tie rate :math:`\hat\tau`:
+:math:`P(\text{tie}) = \hat\tau`, :math:`P(y) = (1 - \hat\tau) P(y \mid \text{decided})` (for
+``bradley-terry`` this is the baseline "Bradley–Terry with an empirical tie rate").
+
 :func:`compare_heldout` ranks fitted results this way, and :func:`diagnose`
 stores in a result the diagnostics that refit (this comparison, the
 casual-group test), so that its report (which never fits) shows them.
@@ -32,6 +40,8 @@ from .data import ColumnMap, prepare, read_table
 from .errors import InputError
 from .casual import casual_table, design_from_summary, effects_start, prepare_casual
 from .likelihood import Priors, attentive_logprob, casual_logprob, two_class_user_loglik
+from .problem import tie_rows
+from .ties import davidson_logprobs
 
 __all__ = ["holdout_mask", "heldout_loglik", "compare_heldout", "diagnose"]
 
@@ -60,6 +70,7 @@ def heldout_loglik(
     frac: float = 0.2,
     seed: int = 0,
     columns: ColumnMap | None = None,
+    with_ties: bool | None = None,
     **fit_kwargs,
 ) -> dict:
     """Fit on all but ``frac`` of each user's labels and score the held-out ones.
@@ -72,6 +83,9 @@ def heldout_loglik(
         Share of each user's labels to hide (rounded per user).
     seed : int
     columns : ColumnMap, optional
+    with_ties : bool, optional
+        Hold out and score the ties too (three outcomes; module docstring). Default: when the log has
+        ties, unless ``ties="ignore"`` is among ``fit_kwargs``. Compare models with the same value.
     **fit_kwargs
         Passed to :func:`bayes_annot.fit` (e.g. ``q=0.5``). With ``tastes=C`` (an int
         > 1 or ``"auto"``, two-class) the training labels get the taste-class fit and
@@ -87,7 +101,8 @@ def heldout_loglik(
     Returns
     -------
     dict
-        ``model, seed, heldout_loglik`` (sum over users), ``n_heldout`` labels,
+        ``model, seed, heldout_loglik`` (sum over users), ``n_heldout`` labels (ties included when
+        scored), ``with_ties``,
         ``per_label`` (mean log-likelihood per held-out label) and
         ``per_user`` (a Series of each user's held-out log-likelihood).
 
@@ -109,16 +124,29 @@ def heldout_loglik(
     frame = read_table(data) if not isinstance(data, pd.DataFrame) else data
     columns = columns or ColumnMap()
     prepared = prepare(frame, columns)
-    hidden = holdout_mask(prepared.user, prepared.usable, frac, seed)
+    tie = tie_rows(prepared)
+    if with_ties is None:
+        with_ties = bool(tie.any()) and fit_kwargs.get("ties") != "ignore"
+    with_ties = bool(with_ties) and bool(tie.any())
+    hidden = holdout_mask(prepared.user, prepared.usable | tie if with_ties else prepared.usable, frac, seed)
     train_frame = prepared.frame.loc[~hidden]
-    test = np.flatnonzero(hidden)
+    # the training labels' tie rate: the tie probability of every fit that does not model ties
+    n_train_ties, n_train_decided = int((tie & ~hidden).sum()), int((prepared.usable & ~hidden).sum())
+    tie_rate = (n_train_ties + 0.5) / (n_train_ties + n_train_decided + 1.0)
+    test_ties = np.flatnonzero(hidden & tie)
+    test = np.flatnonzero(hidden & prepared.usable)
     choice = prepared.choice_a[test].astype(float)
     users = prepared.user_labels[prepared.user[test]]
+    tie_users = prepared.user_labels[prepared.user[test_ties]]
     col_kwargs = {k: v for k, v in vars(columns).items() if v is not None}
+    n_scored = len(test) + len(test_ties)
 
     tastes = fit_kwargs.get("tastes", 1)
     if model == "two-class" and tastes != 1:
-        return _heldout_result(model, seed, _taste_heldout(prepared, hidden, tastes, fit_kwargs), len(test))
+        per_user = _taste_heldout(prepared, hidden & prepared.usable, tastes, fit_kwargs)
+        if with_ties:  # the taste-class score does not model ties: the training tie rate for every type
+            per_user = _add_rate_terms(per_user, users, tie_users, tie_rate)
+        return _heldout_result(model, seed, per_user, n_scored, with_ties)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -132,16 +160,24 @@ def heldout_loglik(
             fitted = fit(train_frame, model=model, filter="none", **col_kwargs, **fit_kwargs)
             strength = dict(zip(fitted.models.model, fitted.models.strength.fillna(0.0)))
 
-    s_a = np.array([strength.get(m, 0.0) for m in prepared.model_labels[prepared.model_a[test]]])
-    s_b = np.array([strength.get(m, 0.0) for m in prepared.model_labels[prepared.model_b[test]]])
-    if prepared.p_a is not None and fit_kwargs.get("use_p_a", True) and model != "bradley-terry":
-        logit_mu = np.log(prepared.p_a[test]) - np.log1p(-prepared.p_a[test])
-    else:
-        logit_mu = s_a - s_b
+    def log_odds(rows):
+        s_a = np.array([strength.get(m, 0.0) for m in prepared.model_labels[prepared.model_a[rows]]])
+        s_b = np.array([strength.get(m, 0.0) for m in prepared.model_labels[prepared.model_b[rows]]])
+        if prepared.p_a is not None and fit_kwargs.get("use_p_a", True) and model != "bradley-terry":
+            return np.log(prepared.p_a[rows]) - np.log1p(-prepared.p_a[rows])
+        return s_a - s_b
+
+    logit_mu = log_odds(test)
     log_att = attentive_logprob(choice, logit_mu)
+    ties_fit = (fitted.summary.get("ties") or {}) if fitted is not None else {}
+    modelled = with_ties and ties_fit.get("mode") == "model" and ties_fit.get("nu") is not None
+    if with_ties and not modelled:  # the training tie rate: P(tie) for every type, decided labels scaled
+        log_att = log_att + np.log1p(-tie_rate)
     if model == "bradley-terry":
         per_label = log_att
         per_user = pd.Series(per_label).groupby(users).sum()
+        if with_ties:
+            per_user = _add_rate_terms(per_user, np.array([], dtype=object), tie_users, tie_rate)
     else:
         q = fitted.summary["parameters"]["q"]
         log_cas = casual_logprob(choice, q)
@@ -151,21 +187,45 @@ def heldout_loglik(
             effects = fitted.summary["casual_effects"]
             table = casual_table(effects["beta0"], effects_start(fitted.summary), design.design())
             log_cas = table[2 * design.cells(prepared.casual_x[test]).astype(np.int64) + choice.astype(np.int64)]
+        if with_ties and not modelled:
+            log_cas = log_cas + np.log1p(-tie_rate)
+        label_users = users
+        if modelled:  # Davidson's attentive ties and the casual tie rate, as the fit modelled them
+            nu, t = float(ties_fit["nu"]), float(ties_fit["t"])
+            tie_d = log_odds(test_ties)
+            decided_a, decided_b, _ = davidson_logprobs(logit_mu, nu)
+            log_att = np.where(choice == 1, decided_a, decided_b)
+            log_cas = log_cas + np.log1p(-t)
+            log_att = np.concatenate([log_att, davidson_logprobs(tie_d, nu)[2]])
+            log_cas = np.concatenate([log_cas, np.full(len(test_ties), np.log(t))])
+            label_users = np.concatenate([users, tie_users])
         quality = fitted.users.set_index("user")["quality"]
         default = fitted.summary["parameters"].get("pi", fitted.summary["parameters"].get("mean_quality", 0.5))
-        p_u = quality.reindex(users).fillna(default).to_numpy()
+        p_u = quality.reindex(label_users).fillna(default).to_numpy()
         p_u = np.clip(p_u, 1e-12, 1 - 1e-12)
         if model == "continuous":  # each label a mixture with the user's quality as weight
             per_label = two_class_user_loglik(log_att, log_cas, p_u)
-            per_user = pd.Series(per_label).groupby(users).sum()
+            per_user = pd.Series(per_label).groupby(label_users).sum()
         else:
-            sums = pd.DataFrame({"user": users, "att": log_att, "cas": log_cas}).groupby("user").sum()
+            sums = pd.DataFrame({"user": label_users, "att": log_att, "cas": log_cas}).groupby("user").sum()
             p = quality.reindex(sums.index).fillna(default).clip(1e-12, 1 - 1e-12).to_numpy()
             per_user = pd.Series(two_class_user_loglik(sums["att"].to_numpy(), sums["cas"].to_numpy(), p), index=sums.index)
-    return _heldout_result(model, seed, per_user, len(test))
+        if with_ties and not modelled:
+            per_user = _add_rate_terms(per_user, np.array([], dtype=object), tie_users, tie_rate)
+    return _heldout_result(model, seed, per_user, n_scored, with_ties)
 
 
-def _heldout_result(model: str, seed: int, per_user: pd.Series, n_heldout: int) -> dict:
+def _add_rate_terms(per_user: pd.Series, decided_users, tie_users, tie_rate: float) -> pd.Series:
+    """``per_user`` plus ``log(1 - tie_rate)`` per decided label of ``decided_users`` and ``log tie_rate``
+    per tie of ``tie_users`` (the empirical tie rate, the same for every user type)."""
+    extra = pd.concat([
+        pd.Series(np.log1p(-tie_rate), index=pd.Index(decided_users, dtype=object)),
+        pd.Series(np.log(tie_rate), index=pd.Index(tie_users, dtype=object)),
+    ]).groupby(level=0).sum()
+    return per_user.astype(float).add(extra, fill_value=0.0)
+
+
+def _heldout_result(model: str, seed: int, per_user: pd.Series, n_heldout: int, with_ties: bool = False) -> dict:
     """What :func:`heldout_loglik` returns, from the per-user held-out log-likelihoods."""
     total = float(per_user.sum())
     return {
@@ -173,6 +233,7 @@ def _heldout_result(model: str, seed: int, per_user: pd.Series, n_heldout: int) 
         "seed": seed,
         "heldout_loglik": total,
         "n_heldout": int(n_heldout),
+        "with_ties": bool(with_ties),
         "per_label": total / max(n_heldout, 1),
         "per_user": per_user,
     }
@@ -235,7 +296,9 @@ def compare_heldout(fits: dict, frac: float = 0.2, seed: int = 0) -> pd.DataFram
     -------
     pandas.DataFrame
         ``rank, fit, model, engine, heldout_loglik, n_heldout, per_label,
-        difference_per_label`` (per held-out label, against the best), best first.
+        difference_per_label`` (per held-out label, against the best), best first. When the
+        log has ties every fit is scored on the ties too (three outcomes; a fit that ignores
+        ties predicts them with the training tie rate).
     """
     records = []
     for name, result in fits.items():
@@ -256,13 +319,16 @@ def compare_heldout(fits: dict, frac: float = 0.2, seed: int = 0) -> pd.DataFram
                 kwargs[key] = settings[key]
         if settings.get("q") is not None:
             kwargs["q"] = settings["q"]
+        if settings.get("ties") in ("model", "ignore"):
+            kwargs["ties"] = settings["ties"]
         if settings.get("tastes", 1) not in (1, None):
             kwargs["tastes"] = settings["tastes"]
         elif settings.get("mu") is not None:
             kwargs.update(mu=settings["mu"], strong_model=settings.get("strong_model"))
         frame = data.frame[np.asarray(data.reason_code) < 3]  # rows dropped as invalid are not refitted
+        # every fit scores the same held-out labels: the ties too when the log has them
         scored = heldout_loglik(frame, model=summary.get("model", "two-class"), frac=frac, seed=seed, columns=columns,
-                                **kwargs)
+                                with_ties=bool((np.asarray(data.reason_code) == 1).any()), **kwargs)
         records.append({"fit": str(name), "model": summary.get("model"), "engine": summary.get("engine"),
                         "heldout_loglik": scored["heldout_loglik"], "n_heldout": scored["n_heldout"],
                         "per_label": scored["per_label"]})

@@ -40,6 +40,8 @@ __all__ = [
     "ppc_agreement",
     "plot_ppc_length_bins",
     "ppc_length_bins",
+    "plot_ppc_tie_rates",
+    "ppc_tie_rates",
     "comparison_counts",
     "check_result",
 ]
@@ -1007,4 +1009,114 @@ def plot_ppc_length_bins(result, *, n_rep: int = 200, seed: int = 0, covariate: 
     ax.set_title(f"By {name} bin: {n_out} of {n_checked} bins outside the replicated range", fontsize=10)
     ax.legend(loc="lower right", frameon=False, fontsize=7)
     ax.grid(alpha=0.3)
+def ppc_tie_rates(result, *, n_rep: int = 200, seed: int = 0, min_labels: int = 5, bins: int = 10) -> dict | None:
+    """Observed and replicated per-user tie rates (the ties' posterior predictive check).
+
+    Tie rate of a user = share of their labels (decided ones and ties between two different models)
+    that are ties. Replicated data are simulated from the fitted model: each user's type (two-class)
+    or each label's attentiveness (continuous) is drawn from the fitted quality; an attentive label is
+    a tie with Davidson's probability :math:`\\nu / (2\\cosh(d/2) + \\nu)` at the pair's fitted log-odds
+    ``d``, a casual one with the casual tie rate ``t`` (docs/model.md, "Ties"). A fit that ignored ties
+    is replicated with the log's overall tie rate for every label: one rate for everybody, which is
+    what the check then tests.
+
+    Returns
+    -------
+    dict or None
+        ``observed`` (per-user tie rate, users with at least ``min_labels`` labels), ``replicated``
+        (n_rep x users), ``edges``, ``observed_counts``, ``replicated_counts`` (n_rep x bins),
+        ``high_share_observed`` / ``high_share_replicated`` (users tying at least half the time),
+        ``zero_share_observed`` / ``zero_share_replicated`` (users who never tie), ``modelled``;
+        ``None`` when the log has no ties or the rows are unavailable.
+    """
+    from .problem import tie_rows
+    from .ties import davidson_logprobs
+
+    src = check_result(result)
+    data = src.data
+    if data is None or _user_index(src) is None:
+        return None
+    tie = tie_rows(data)
+    if not tie.any():
+        return None
+    rows = data.usable | tie
+    user = data.user[rows]
+    is_tie = tie[rows]
+    n_users = data.n_users
+    n_lab = np.bincount(user, minlength=n_users)
+    shown = n_lab >= max(1, int(min_labels))
+    if not shown.any():
+        return None
+
+    def rate(ties):
+        return np.bincount(user, weights=ties, minlength=n_users)[shown] / n_lab[shown]
+
+    observed = rate(is_tie)
+    info = src.summary.get("ties") or {}
+    modelled = info.get("mode") == "model" and info.get("nu") is not None
+    continuous = src.summary.get("model") == "continuous"
+    rng = np.random.default_rng(seed)
+    replicated = np.empty((n_rep, int(shown.sum())))
+    pooled = float(is_tie.mean())
+    for r, (quality, strengths, _q) in enumerate(_draws(src, n_rep, rng)):
+        if not modelled:
+            p_tie = np.full(len(user), pooled)
+        else:
+            if strengths is not None:
+                d = strengths[data.model_a[rows]] - strengths[data.model_b[rows]]
+            else:
+                d = np.zeros(len(user))  # no strengths: every pair even
+            p_att = np.exp(davidson_logprobs(d, float(info["nu"]))[2])
+            quality = np.clip(np.asarray(quality, dtype=float), 0.0, 1.0)
+            if continuous:
+                attentive = rng.random(len(user)) < quality[user]
+            else:
+                attentive = (rng.random(n_users) < quality)[user]
+            p_tie = np.where(attentive, p_att, float(info["t"]))
+        replicated[r] = rate(rng.random(len(user)) < p_tie)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    edges[-1] += 1e-9  # a user who always ties falls in the last bin
+    obs_counts = np.histogram(observed, bins=edges)[0]
+    rep_counts = np.stack([np.histogram(row, bins=edges)[0] for row in replicated])
+    return {
+        "observed": observed,
+        "replicated": replicated,
+        "edges": edges,
+        "observed_counts": obs_counts,
+        "replicated_counts": rep_counts,
+        "high_share_observed": float(np.mean(observed >= 0.5)),
+        "high_share_replicated": np.mean(replicated >= 0.5, axis=1),
+        "zero_share_observed": float(np.mean(observed == 0)),
+        "zero_share_replicated": np.mean(replicated == 0, axis=1),
+        "n_users": int(shown.sum()),
+        "n_rep": n_rep,
+        "modelled": modelled,
+        "sampled": src.sampled,
+    }
+
+
+def plot_ppc_tie_rates(result, *, n_rep: int = 200, seed: int = 0, min_labels: int = 5, ax=None):
+    """Posterior predictive check of ties: observed vs replicated histogram of per-user tie rates
+    (:func:`ppc_tie_rates`; bars observed, points and whiskers the replicated median and central
+    :data:`PPC_RANGE` % range)."""
+    src = check_result(result)
+    ax = _axes(ax, figsize=(7.0, 4.0))
+    ppc = ppc_tie_rates(src, n_rep=n_rep, seed=seed, min_labels=min_labels)
+    if ppc is None:
+        return _empty(ax, "the tie check needs a log with ties and its rows")
+    edges = ppc["edges"]
+    centres = 0.5 * (edges[:-1] + edges[1:])
+    width = edges[1] - edges[0]
+    ax.bar(centres, ppc["observed_counts"], width=width * 0.9, color=KEPT_COLOR, alpha=0.55, label="observed")
+    rep = ppc["replicated_counts"]
+    med = np.median(rep, axis=0)
+    lo, hi = np.percentile(rep, ppc_range_percentiles(), axis=0)
+    ax.errorbar(centres, med, yerr=[med - lo, hi - med], fmt="o", color="black", markersize=3, capsize=2,
+                linewidth=1, label=f"replicated (median, {PPC_RANGE}% range, {ppc['n_rep']} sets)")
+    ax.set_xlabel("share of a user's labels that are ties")
+    ax.set_ylabel("users")
+    how = "ties modelled (nu, t)" if ppc["modelled"] else "ties ignored: one tie rate for everybody"
+    ax.set_title(f"Tie rate per user ({ppc['n_users']} users with ≥ {min_labels} labels; {how})", fontsize=10)
+    ax.set_xlim(0, 1)
+    ax.legend(loc="upper right", frameon=False, fontsize=8)
     return ax

@@ -152,6 +152,13 @@ def main(argv=None) -> None:
         "(`benchmarks/bench_real_raters.py`): candidate behaviour models judged by held-out log-likelihood on four "
         "real data sets and by countrypop's true worker accuracy, against the agreement-rate baseline."
     )
+    if not args.skip_accuracy and (HERE / "bench_ties.py").exists():
+        subprocess.run([sys.executable, str(HERE / "bench_ties.py")], check=True, cwd=ROOT)
+    sections.append(
+        "## Ties as evidence\n\nSee [benchmarks_ties.md](benchmarks_ties.md) (`benchmarks/bench_ties.py`): held-out "
+        "log-likelihood of the three outcomes (ties included) on cemschoice and a simulated log, the ties model "
+        "against Bradley–Terry with an empirical tie rate."
+    )
     if not args.skip_startup and (HERE / "bench_cli.py").exists():
         subprocess.run([sys.executable, str(HERE / "bench_cli.py"), "--sizes", "1e5,1e6" if args.quick else "1e5,1e6,1e7",
                         "--out", str(ROOT / "docs" / "benchmarks_cli.md"),

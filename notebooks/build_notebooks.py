@@ -242,15 +242,15 @@ NOTEBOOKS["05-nightly-updates.ipynb"] = [
 ]
 
 
-NOTEBOOKS["06-length-bias.ipynb"] = [
+NOTEBOOKS["06-length-and-ties.ipynb"] = [
     new_markdown_cell(
-        "# When casual clicks follow length\n\n"
+        "# When casual clicks follow length, and ties as evidence\n\n"
         "In comparison mode a user without time to read often picks the *longer* answer. Stronger models also "
         "tend to write longer answers, so such a user agrees with the strength ranking and looks attentive to the "
         "paper's model, whose casual clicks are coins. This notebook simulates exactly that, shows the paper's "
         "model being fooled, and fits the default model, whose casual clicks follow the length ratio of the two "
-        "responses (docs/model.md, \"Casual covariates\"). Ties as evidence (issue #14, item 2) will join this "
-        "notebook when they reach the model."
+        "responses (docs/model.md, \"Casual covariates\"). The second part adds ties: attentive users tie on close "
+        "pairs, casual ones at a rate of their own, and the default model reads both (docs/model.md, \"Ties\")."
     ),
     new_code_cell(
         "import bayes_annot as ba\n"
@@ -296,6 +296,35 @@ NOTEBOOKS["06-length-bias.ipynb"] = [
         "for ax, (name, result) in zip(axes, [('paper', paper), ('default', default)]):\n"
         "    plotting.plot_ppc_length_bins(result, n_rep=100, seed=0, ax=ax)\n"
         "    ax.set_title(name + ': ' + ax.get_title(), fontsize=9)"
+    ),
+    new_markdown_cell(
+        "## Ties as evidence\n\n"
+        "Arena-style logs have 20-35% ties. An attentive user ties more often when the two models are close "
+        "(Davidson's model, a learned `nu`); a casual user ties at a rate `t` of their own, whatever the pair. "
+        "The same length-biased log, now with ties: the default fit models them (`ties='model'` when the log has "
+        "ties), `ties='ignore'` is the paper's treatment (counted, left out). Tie rows are never exported as DPO pairs."
+    ),
+    new_code_cell(
+        "tied = ba.simulate(n_users=1000, n_models=8, casual_share=0.3, length_bias=0.85,\n"
+        "                   tie_nu=0.6, casual_tie_rate=0.25, seed=2)\n"
+        "truth = ba.truth_users(tied)\n"
+        "print(f\"{tied.winner.astype(str).str.startswith('tie').mean():.0%} of the labels are ties\")\n\n"
+        "ties_modelled = ba.fit(tied)\n"
+        "ties_ignored = ba.fit(tied, ties='ignore')\n"
+        "print('ties ignored :', score(ties_ignored))\n"
+        "print('ties modelled:', score(ties_modelled))\n"
+        "ties_modelled.ties_  # truth: nu = 0.6, t = 0.25"
+    ),
+    new_markdown_cell(
+        "Held-out log-likelihood now predicts three outcomes (model_a, model_b, tie). A fit that ignores ties, and "
+        "plain Bradley-Terry, predict a tie with the training labels' tie rate; the ties model with `nu` and `t`."
+    ),
+    new_code_cell(
+        "from bayes_annot.evaluate import heldout_loglik\n\n"
+        "table = compare_heldout({'ties ignored': ties_ignored, 'ties modelled': ties_modelled})\n"
+        "baseline = heldout_loglik(tied, 'bradley-terry')\n"
+        "print(f\"Bradley-Terry + tie rate: {baseline['per_label']:.4f} nats per held-out label\")\n"
+        "table[['fit', 'per_label', 'n_heldout', 'difference_per_label']]"
     ),
 ]
 

@@ -59,7 +59,7 @@ code{background:#edf2f7;padding:0 3px;border-radius:3px}
 
 REASON_MEANING = {
     "ok": "kept: enters the likelihood and its user passed the filter",
-    "tie": "the user declared a tie; not in the likelihood",
+    "tie": "the user declared a tie: never a DPO pair (in the likelihood unless ties are ignored)",
     "same_model": "both responses came from the same model; carries no information",
     "user_low_quality": "in the likelihood, but its user did not pass the filter",
     "no_verdict": "in the likelihood, but its labels cannot decide for or against its user "
@@ -656,6 +656,39 @@ def _rank_plots(src, names) -> str:
         return box(f"Rank plots could not be drawn ({type(exc).__name__}: {exc}).", "warn")
 
 
+def _ppc_ties_part(src, n_rep: int, seed: int) -> str:
+    """The ties' check: per-user tie rates, observed against replicated (empty when the log has no ties)."""
+    from ..plotting import PPC_RANGE, plot_ppc_tie_rates, ppc_range_percentiles, ppc_tie_rates
+
+    try:
+        ppc = ppc_tie_rates(src, n_rep=n_rep, seed=seed)
+    except Exception as exc:  # noqa: BLE001
+        return box(f"The tie-rate check could not be run ({type(exc).__name__}: {exc}).", "warn")
+    if ppc is None:
+        return ""
+    body = "<h3>Tie rate per user</h3>" + p(
+        "For every user with at least 5 labels, the share of their labels that are ties. Bars: observed. Points: "
+        "data sets simulated from the fitted model — "
+        + ("attentive labels tie with Davidson's probability on the pair's fitted strengths, casual ones at the "
+           "casual tie rate t. One t for the casual class: if some users spam the tie button and others never "
+           "tie, the bars at the extremes leave the whiskers."
+           if ppc["modelled"] else
+           "ties were ignored by this fit, so every label is replicated with the log's overall tie rate.")
+    )
+    body += figure(lambda ax: plot_ppc_tie_rates(src, n_rep=n_rep, seed=seed, ax=ax), figsize=(7.6, 4.2),
+                   alt="tie rate per user check")
+    r_lo, r_hi = np.percentile(ppc["replicated_counts"], ppc_range_percentiles(), axis=0)
+    outside = int(((ppc["observed_counts"] < r_lo) | (ppc["observed_counts"] > r_hi)).sum())
+    lo, hi = np.percentile(ppc["high_share_replicated"], ppc_range_percentiles())
+    obs = ppc["high_share_observed"]
+    text = (f"Users tying at least half the time: observed {obs:.1%}, replicated {PPC_RANGE}% range {lo:.1%}–{hi:.1%}; "
+            f"{outside} of {len(r_lo)} bins outside the replicated range.")
+    if outside == 0 and lo <= obs <= hi:
+        return body + box(text + " The fitted tie behaviour reproduces the users' tie rates.", "ok")
+    advice = ("" if ppc["modelled"] else " Fit with ties modelled (--ties model).")
+    return body + box(text + " The tie rates vary between users more (or less) than the fit explains." + advice, "warn")
+
+
 def _ppc_section(src, n_rep: int, seed: int) -> str:
     from ..plotting import PPC_RANGE, plot_ppc_agreement, ppc_agreement, ppc_range_percentiles
 
@@ -700,7 +733,6 @@ def _ppc_section(src, n_rep: int, seed: int) -> str:
         "muted",
     )
     body += _ppc_covariate_part(src, n_rep, seed)
-    # (tie rate per user, issue #14 item 5: its check goes here, after the casual covariates')
     return body
 
 
@@ -876,7 +908,7 @@ def render(src, *, comparison=None, title=None, n_rep: int = 200, seed: int = 0,
         "tastes": lambda: _tastes_section(src),
         "decision": lambda: _decision_section(src),
         "convergence": lambda: _convergence_section(src),
-        "ppc": lambda: _ppc_section(src, n_rep, seed),
+        "ppc": lambda: _ppc_section(src, n_rep, seed) + _ppc_ties_part(src, n_rep, seed),
         "comparison": lambda: _comparison_section(src, comparison),
         "settings": lambda: _settings_section(src),
     }
