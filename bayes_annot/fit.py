@@ -858,7 +858,7 @@ def fit(
     columns = ColumnMap(user=user, model_a=model_a, model_b=model_b, winner=winner, p_a=p_a, winner_values=winner_values)
     prepared = prepare(frame, columns, on_bad_row=on_bad_row)
     ties_mode = resolve_ties(ties, prepared.counts()["ties"], method=method, tastes=tastes,
-                             learned=mu is None and not (use_p_a and prepared.has_p_a))
+                             learned=mu is None and not (use_p_a and prepared.has_p_a), variant=model)
     priors = spec.priors
     if isinstance(which_casual, CasualDesign):  # a previous fit's covariates and bins (an update)
         design = prepare_casual(prepared, design=which_casual)

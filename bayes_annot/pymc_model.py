@@ -638,12 +638,37 @@ def _cell_casual(cells: dict, tables, sl):
     return tables[sl][:, 2 * cells["casual"] + cells["choice_a"]]
 
 
-def _per_draw_two_class(problem, cells, pi, q, strengths, casual_tables_=None):
+def _tie_terms(problem, cells, ties, strengths, sl):
+    """Per draw of ``sl``, what ties add to each user's sums (:mod:`bayes_annot.ties`): ``(att, cas)`` (S, U).
+
+    ``ties = (tie_cells, nu, t)`` (:func:`compress_ties`, draws of ``nu`` and ``t``). Attentive: every decided
+    cell's Davidson normaliser :math:`\log(2\cosh(d/2)) - \log(2\cosh(d/2) + \nu)` (the decided cells carry
+    :math:`\log\sigma(\pm d)`) plus each tie's :math:`\log P_{att}(\text{tie})`; casual:
+    :math:`n_{tie} \log t + n_{decided} \log(1 - t)`."""
+    from .ties import davidson_logprobs
+
+    tie_cells, nu, t = ties
+    d = strengths[sl][:, cells["model_a"]] - strengths[sl][:, cells["model_b"]]
+    d_tie = strengths[sl][:, tie_cells["model_a"]] - strengths[sl][:, tie_cells["model_b"]]
+    half = 0.5 * np.abs(d)
+    log_base = half + np.log1p(np.exp(-2.0 * half))  # log(2 cosh(d/2))
+    norm = np.stack([log_base[i] - (0.5 * d[i] - davidson_logprobs(d[i], float(v))[0]) for i, v in enumerate(nu[sl])])
+    tie_ll = np.stack([davidson_logprobs(d_tie[i], float(v))[2] for i, v in enumerate(nu[sl])])
+    att = np.asarray(_cell_matrix(cells, problem.n_users) @ (norm * cells["count"]).T).T
+    att += np.asarray(_cell_matrix(tie_cells, problem.n_users) @ (tie_ll * tie_cells["count"]).T).T
+    n_decided = np.bincount(problem.user, minlength=problem.n_users).astype(float)
+    cas = tie_cells["n_tie_user"][None, :] * np.log(t[sl])[:, None] + n_decided[None, :] * np.log1p(-t[sl])[:, None]
+    return att, cas
+
+
+def _per_draw_two_class(problem, cells, pi, q, strengths, casual_tables_=None, ties=None):
     """Per-draw (S, U) P(attentive) and per-user log-lik (Rao–Blackwellised); ``casual_tables_`` (S, 2 n_casual):
-    the casual tables of each draw (casual covariates)."""
+    the casual tables of each draw (casual covariates); ``ties``: :func:`_tie_terms`'s (ties in the likelihood)."""
     agg = _cell_matrix(cells, problem.n_users)
     n_a, n_b = _user_choice_counts(problem)
     active = (n_a + n_b) > 0
+    if ties is not None:
+        active = active | (ties[0]["n_tie_user"] > 0)
     n_draws = len(pi)
     p_att = np.empty((n_draws, problem.n_users))
     user_ll = np.empty((n_draws, problem.n_users))
@@ -658,6 +683,9 @@ def _per_draw_two_class(problem, cells, pi, q, strengths, casual_tables_=None):
             cas_sum = n_a[None, :] * np.log(q[sl])[:, None] + n_b[None, :] * np.log1p(-q[sl])[:, None]
         else:
             cas_sum = np.asarray(agg @ (_cell_casual(cells, casual_tables_, sl) * cells["count"]).T).T
+        if ties is not None:
+            tie_att, tie_cas = _tie_terms(problem, cells, ties, strengths, sl)
+            att_sum, cas_sum = att_sum + tie_att, cas_sum + tie_cas
         p_pi = pi[sl][:, None]
         p_att[sl] = np.where(active, two_class_posterior(att_sum, cas_sum, p_pi), p_pi)
         user_ll[sl] = np.where(active, two_class_user_loglik(att_sum, cas_sum, p_pi), 0.0)
@@ -767,9 +795,9 @@ def fit_pymc(
             ) from exc
     _check_spec(problem, spec)
     n_tastes, priors, q_fixed = spec.n_tastes, spec.priors, spec.q
-    if problem.n_ties and (method != "map" or n_tastes > 1):
-        raise InputError("ties in the likelihood are fitted by EM and by MAP with one taste class only: "
-                         "use ties='ignore' or method='em'")
+    if problem.n_ties and (n_tastes > 1 or (method != "map" and spec.variant != "two-class")):
+        raise InputError("ties in the likelihood are fitted by EM, by MAP with one taste class and by NUTS with "
+                         "the two-class variant only: use ties='ignore' or method='em'")
     t0 = time.perf_counter()
     user_labels = _labels(user_labels, problem.n_users, "u")
     model_labels = _labels(model_labels, problem.n_models, "model_")
@@ -1059,7 +1087,9 @@ def _fit_nuts(
     # no verdict on uninformative users: the population level, per draw (as EM does at its estimate)
     if variant == "two-class":
         pi_draws = _stack(post, "pi")
-        p_att, user_ll = _per_draw_two_class(problem, cells, pi_draws, q_draws, s_draws, tables)
+        tie_cells = compress_ties(problem)
+        ties = None if tie_cells is None else (tie_cells, _stack(post, "tie_nu"), _stack(post, "casual_tie_rate"))
+        p_att, user_ll = _per_draw_two_class(problem, cells, pi_draws, q_draws, s_draws, tables, ties)
         quality_draws = p_att
         quality_draws[:, ~informative] = no_verdict_shares(pi_draws[:, None], informative.any(), priors)
         global_vars = ["pi"]
@@ -1081,6 +1111,8 @@ def _fit_nuts(
         global_vars.append("strength")
     if spec.casual is not None:
         global_vars.append("casual_effect")
+    if "tie_nu" in post:
+        global_vars += ["tie_nu", "casual_tie_rate"]
     idata.posterior["quality"] = xr.DataArray(_unstack(quality_draws, n_chains, n_draws), dims=user_dims, coords=coords)
     log_lik = xr.Dataset({"y_user": xr.DataArray(_unstack(user_ll, n_chains, n_draws), dims=user_dims, coords=coords)})
     if "log_likelihood" in idata.groups():
@@ -1102,6 +1134,8 @@ def _fit_nuts(
     else:
         params = {"m": float(_stack(post, "m").mean()), "tau": float(_stack(post, "tau").mean()), "q": q_mean}
     params["mean_quality"] = float(np.mean(quality[active])) if active.any() else float("nan")
+    if "tie_nu" in post:  # posterior means
+        params.update(tie_nu=float(_stack(post, "tie_nu").mean()), casual_tie_rate=float(_stack(post, "casual_tie_rate").mean()))
 
     diag_vars = global_vars + (["eta"] if variant == "continuous" else [])
     diagnostics, converged = _diagnose(idata, diag_vars, sampler)
