@@ -4,6 +4,15 @@ import os
 from pathlib import Path
 
 os.environ.setdefault("PYTENSOR_FLAGS", f"base_compiledir={Path(__file__).resolve().parents[1] / '.pytensor_cache'}")
+# PyTensor compiles C modules one at a time under a lock on its compile directory: two xdist
+# workers sharing one directory compile in turn, so with a cold cache one core waits on the other.
+# One directory per worker lets both compile at once (issue 13: suite time; docs/benchmarks.md).
+# BAYES_ANNOT_SHARED_COMPILEDIR=1 keeps one shared directory.
+_worker = os.environ.get("PYTEST_XDIST_WORKER")
+if _worker and not os.environ.get("BAYES_ANNOT_SHARED_COMPILEDIR"):
+    os.environ["PYTENSOR_FLAGS"] += (
+        f",compiledir_format=compiledir_{_worker}_%(short_platform)s-%(processor)s-%(python_version)s"
+    )
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 import numpy as np  # noqa: E402
@@ -38,3 +47,13 @@ def small_log():
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Run the `slow` tests (NUTS sampling, large simulations) and the notebooks first, in their usual order.
+
+    With ``pytest -n 2 --dist worksteal`` (``make test``) the longest tests start at once and
+    the short ones fill in around them, so both workers finish together instead of one worker
+    starting a multi-minute NUTS test near the end. Order only: every test still runs.
+    """
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None and item.path.suffix != ".ipynb")
