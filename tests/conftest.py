@@ -4,15 +4,6 @@ import os
 from pathlib import Path
 
 os.environ.setdefault("PYTENSOR_FLAGS", f"base_compiledir={Path(__file__).resolve().parents[1] / '.pytensor_cache'}")
-# PyTensor compiles C modules one at a time under a lock on its compile directory: two xdist
-# workers sharing one directory compile in turn, so with a cold cache one core waits on the other.
-# One directory per worker lets both compile at once (issue 13: suite time; docs/benchmarks.md).
-# BAYES_ANNOT_SHARED_COMPILEDIR=1 keeps one shared directory.
-_worker = os.environ.get("PYTEST_XDIST_WORKER")
-if _worker and not os.environ.get("BAYES_ANNOT_SHARED_COMPILEDIR"):
-    os.environ["PYTENSOR_FLAGS"] += (
-        f",compiledir_format=compiledir_{_worker}_%(short_platform)s-%(processor)s-%(python_version)s"
-    )
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 import numpy as np  # noqa: E402
