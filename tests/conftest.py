@@ -38,3 +38,13 @@ def small_log():
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Run the `slow` tests (NUTS sampling, large simulations) and the notebooks first, in their usual order.
+
+    With ``pytest -n 2 --dist worksteal`` (``make test``) the longest tests start at once and
+    the short ones fill in around them, so both workers finish together instead of one worker
+    starting a multi-minute NUTS test near the end. Order only: every test still runs.
+    """
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None and item.path.suffix != ".ipynb")
