@@ -1058,7 +1058,7 @@ def ppc_tie_rates(result, *, n_rep: int = 200, seed: int = 0, min_labels: int = 
     rng = np.random.default_rng(seed)
     replicated = np.empty((n_rep, int(shown.sum())))
     pooled = float(is_tie.mean())
-    for r, (quality, strengths, _q) in enumerate(_draws(src, n_rep, rng)):
+    for r, (quality, strengths, _q, _g) in enumerate(_draws(src, n_rep, rng)):
         if not modelled:
             p_tie = np.full(len(user), pooled)
         else:
