@@ -638,6 +638,22 @@ def ppc_range_percentiles() -> tuple[float, float]:
     return tail, 100 - tail
 
 
+def _ppc_histogram(ax, ppc: dict) -> None:
+    """A per-user PPC histogram: observed counts as bars, the replicated median and central
+    :data:`PPC_RANGE` % range as points with whiskers."""
+    edges = ppc["edges"]
+    centres = 0.5 * (edges[:-1] + edges[1:])
+    width = edges[1] - edges[0]
+    ax.bar(centres, ppc["observed_counts"], width=width * 0.9, color=KEPT_COLOR, alpha=0.55, label="observed")
+    rep = ppc["replicated_counts"]
+    med = np.median(rep, axis=0)
+    lo, hi = np.percentile(rep, ppc_range_percentiles(), axis=0)
+    ax.errorbar(
+        centres, med, yerr=[med - lo, hi - med], fmt="o", color="black", markersize=3, capsize=2, linewidth=1,
+        label=f"replicated (median, {PPC_RANGE}% range, {ppc['n_rep']} sets)",
+    )
+
+
 def plot_ppc_agreement(result, *, n_rep: int = 200, seed: int = 0, min_labels: int = 1, ax=None):
     """Posterior predictive check: observed vs replicated histogram of per-user agreement with the stronger model.
 
@@ -651,17 +667,7 @@ def plot_ppc_agreement(result, *, n_rep: int = 200, seed: int = 0, min_labels: i
     ppc = ppc_agreement(src, n_rep=n_rep, seed=seed, min_labels=min_labels)
     if ppc is None:
         return _empty(ax, "posterior predictive check needs the rows and fitted strengths")
-    edges = ppc["edges"]
-    centres = 0.5 * (edges[:-1] + edges[1:])
-    width = edges[1] - edges[0]
-    ax.bar(centres, ppc["observed_counts"], width=width * 0.9, color=KEPT_COLOR, alpha=0.55, label="observed")
-    rep = ppc["replicated_counts"]
-    med = np.median(rep, axis=0)
-    lo, hi = np.percentile(rep, ppc_range_percentiles(), axis=0)
-    ax.errorbar(
-        centres, med, yerr=[med - lo, hi - med], fmt="o", color="black", markersize=3, capsize=2, linewidth=1,
-        label=f"replicated (median, {PPC_RANGE}% range, {ppc['n_rep']} sets)",
-    )
+    _ppc_histogram(ax, ppc)
     ax.set_xlabel("share of a user's labels that picked the stronger model")
     ax.set_ylabel("users")
     rl, rh = np.percentile(ppc["low_share_replicated"], ppc_range_percentiles())
@@ -1104,15 +1110,7 @@ def plot_ppc_tie_rates(result, *, n_rep: int = 200, seed: int = 0, min_labels: i
     ppc = ppc_tie_rates(src, n_rep=n_rep, seed=seed, min_labels=min_labels)
     if ppc is None:
         return _empty(ax, "the tie check needs a log with ties and its rows")
-    edges = ppc["edges"]
-    centres = 0.5 * (edges[:-1] + edges[1:])
-    width = edges[1] - edges[0]
-    ax.bar(centres, ppc["observed_counts"], width=width * 0.9, color=KEPT_COLOR, alpha=0.55, label="observed")
-    rep = ppc["replicated_counts"]
-    med = np.median(rep, axis=0)
-    lo, hi = np.percentile(rep, ppc_range_percentiles(), axis=0)
-    ax.errorbar(centres, med, yerr=[med - lo, hi - med], fmt="o", color="black", markersize=3, capsize=2,
-                linewidth=1, label=f"replicated (median, {PPC_RANGE}% range, {ppc['n_rep']} sets)")
+    _ppc_histogram(ax, ppc)
     ax.set_xlabel("share of a user's labels that are ties")
     ax.set_ylabel("users")
     how = "ties modelled (nu, t)" if ppc["modelled"] else "ties ignored: one tie rate for everybody"
