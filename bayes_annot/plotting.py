@@ -548,6 +548,15 @@ def _casual_prob(design, x_cells: np.ndarray | None, beta0: float, g) -> np.ndar
     return (1.0 / (1.0 + np.exp(-eta)))[x_cells]
 
 
+def _attentive_rows(quality, user: np.ndarray, n_users: int, continuous: bool, rng: np.random.Generator):
+    """Which rows a replicated data set draws as attentive: each user's type from their quality (two-class), or
+    each label on its own with the user's quality (continuous)."""
+    quality = np.clip(np.asarray(quality, dtype=float), 0.0, 1.0)
+    if continuous:
+        return rng.random(len(user)) < quality[user]
+    return (rng.random(n_users) < quality)[user]
+
+
 def ppc_agreement(result, *, n_rep: int = 200, seed: int = 0, min_labels: int = 1, bins: int = 20) -> dict | None:
     """Observed and replicated per-user agreement with the stronger model.
 
@@ -602,11 +611,7 @@ def ppc_agreement(result, *, n_rep: int = 200, seed: int = 0, min_labels: int = 
             ell_r = ell
         else:
             ell_r = strengths[data.model_a[usable]] - strengths[data.model_b[usable]]
-        quality = np.clip(np.asarray(quality, dtype=float), 0.0, 1.0)
-        if continuous:
-            attentive = rng.random(len(user)) < quality[user]
-        else:
-            attentive = (rng.random(n_users) < quality)[user]
+        attentive = _attentive_rows(quality, user, n_users, continuous, rng)
         p_cas = _casual_prob(design, cells, _logit(q), g)
         p_a = np.where(attentive, 1.0 / (1.0 + np.exp(-ell_r)), p_cas)
         replicated[r] = agreement(rng.random(len(user)) < p_a)
@@ -926,7 +931,6 @@ def ppc_length_bins(result, *, n_rep: int = 200, seed: int = 0, threshold: float
     if continuous and not src.sampled and hasattr(group_of, "eta_posterior"):
         eta_cum = np.cumsum(group_of.eta_posterior(y), axis=1)
     for r, (quality, strengths, q, g) in enumerate(_draws(src, n_rep, rng)):
-        quality = np.clip(np.asarray(quality, dtype=float), 0.0, 1.0)
         if tastes is not None:  # the type among casual and the taste classes, each class its own strengths
             p_taste, s_taste = tastes
             probs = np.column_stack([1.0 - p_taste.sum(axis=1), p_taste]).clip(0.0, None)
@@ -941,10 +945,8 @@ def ppc_length_bins(result, *, n_rep: int = 200, seed: int = 0, threshold: float
             if eta_cum is not None:
                 node = (rng.random(n_users)[:, None] > eta_cum[:, :-1]).sum(axis=1)
                 attentive = rng.random(len(user)) < group_of.eta_nodes[node][user]
-            elif continuous:
-                attentive = rng.random(len(user)) < quality[user]
             else:
-                attentive = (rng.random(n_users) < quality)[user]
+                attentive = _attentive_rows(quality, user, n_users, continuous, rng)
         p_cas = _casual_prob(design, cells, _logit(q), g)
         p_a = np.where(attentive, 1.0 / (1.0 + np.exp(-ell_r)), p_cas)
         choice = rng.random(len(user)) < p_a
@@ -1073,11 +1075,7 @@ def ppc_tie_rates(result, *, n_rep: int = 200, seed: int = 0, min_labels: int = 
             else:
                 d = np.zeros(len(user))  # no strengths: every pair even
             p_att = np.exp(davidson_logprobs(d, float(info["nu"]))[2])
-            quality = np.clip(np.asarray(quality, dtype=float), 0.0, 1.0)
-            if continuous:
-                attentive = rng.random(len(user)) < quality[user]
-            else:
-                attentive = (rng.random(n_users) < quality)[user]
+            attentive = _attentive_rows(quality, user, n_users, continuous, rng)
             p_tie = np.where(attentive, p_att, float(info["t"]))
         replicated[r] = rate(rng.random(len(user)) < p_tie)
     edges = np.linspace(0.0, 1.0, bins + 1)

@@ -54,24 +54,30 @@ class SavedTables:
     manifest: dict | None = None
 
 
-def read_tables(directory: str | Path) -> SavedTables:
-    """The tables of a results folder, each with the types it was written with (see :mod:`bayes_annot.tables`).
-
-    Raises :class:`~bayes_annot.errors.InputError` when the folder holds no
-    results, an interrupted write, or a file no parser can read.
-    """
+def _read_checked(directory: str | Path, reader):
+    """``reader`` applied to a results folder read consistently (:func:`bayes_annot.outdir.read_consistently`);
+    a folder without results, or one no parser can read, is an :class:`~bayes_annot.errors.InputError`."""
     from .outdir import read_consistently
 
     directory = Path(directory)
     if not (directory / "summary.json").exists():
         raise InputError(f"'{directory}' holds no bayes_annot results (summary.json missing)")
     try:
-        return read_consistently(directory, _read_folder)
+        return read_consistently(directory, reader)
     except InputError:
         raise
     except Exception as exc:  # any parser failure is a corrupt folder
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"results folder '{directory}' cannot be read: {first}") from exc
+
+
+def read_tables(directory: str | Path) -> SavedTables:
+    """The tables of a results folder, each with the types it was written with (see :mod:`bayes_annot.tables`).
+
+    Raises :class:`~bayes_annot.errors.InputError` when the folder holds no
+    results, an interrupted write, or a file no parser can read.
+    """
+    return _read_checked(directory, _read_folder)
 
 
 def _legacy_table(folder, name: str) -> pd.DataFrame:
@@ -179,18 +185,7 @@ def read_update_folder(directory: str | Path) -> UpdateFolder | None:
     The rows are not read: the parts stay open (so a concurrent writer replacing the folder changes
     nothing) for the duplicate check and to be linked into the updated folder.
     """
-    from .outdir import read_consistently
-
-    directory = Path(directory)
-    if not (directory / "summary.json").exists():
-        raise InputError(f"'{directory}' holds no bayes_annot results (summary.json missing)")
-    try:
-        return read_consistently(directory, _read_update_folder)
-    except InputError:
-        raise
-    except Exception as exc:  # any parser failure is a corrupt folder
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"results folder '{directory}' cannot be read: {first}") from exc
+    return _read_checked(directory, _read_update_folder)
 
 
 def _read_update_folder(folder) -> UpdateFolder | None:
