@@ -76,6 +76,36 @@ COMBOS = [
 # --------------------------------------------------------------------------- (1) one likelihood, two back ends
 
 
+@functools.lru_cache(maxsize=None)
+def _normal_error(sigma: float) -> float:
+    """PyMC's Normal(0, sigma) log-density at 0 minus numpy's (each ``.eval()`` compiles a function: once per sigma)."""
+    from bayes_annot.likelihood import log_normal_pdf
+
+    return float(pm.logp(pm.Normal.dist(0.0, sigma), 0.0).eval()) - float(log_normal_pdf(0.0, 0.0, sigma))
+
+
+@functools.lru_cache(maxsize=None)
+def _beta_error() -> float:
+    from bayes_annot.likelihood import log_beta_pdf
+
+    return float(pm.logp(pm.Beta.dist(2.0, 2.0), 0.5).eval()) - float(log_beta_pdf(0.5, 2.0, 2.0))
+
+
+@functools.lru_cache(maxsize=None)
+def _half_normal_error(sigma: float) -> float:
+    from bayes_annot.likelihood import log_half_normal_pdf
+
+    return float(pm.logp(pm.HalfNormal.dist(sigma), 1.0).eval()) - float(log_half_normal_pdf(1.0, sigma))
+
+
+@functools.lru_cache(maxsize=None)
+def _dirichlet_error(conc: tuple) -> float:
+    from scipy.stats import dirichlet
+
+    x = np.full(len(conc), 1.0 / len(conc))
+    return float(pm.logp(pm.Dirichlet.dist(np.array(conc)), x).eval()) - float(dirichlet.logpdf(x, np.array(conc)))
+
+
 def _pymc_constant_error(problem, variant, q_fixed, n_tastes=1):
     """PyMC rounds the normalising constants of Normal (log sqrt(2 pi)) and Beta (gammaln) by ~2e-8.
 
@@ -83,28 +113,18 @@ def _pymc_constant_error(problem, variant, q_fixed, n_tastes=1):
     same at every parameter value, so the value-dependent part is still
     compared to 1e-8.
     """
-    from scipy.stats import dirichlet
-
-    from bayes_annot.likelihood import log_beta_pdf, log_half_normal_pdf, log_normal_pdf
-
-    def normal(sigma):
-        return float(pm.logp(pm.Normal.dist(0.0, sigma), 0.0).eval()) - float(log_normal_pdf(0.0, 0.0, sigma))
-
     priors = ba.Priors()
-    beta = float(pm.logp(pm.Beta.dist(2.0, 2.0), 0.5).eval()) - float(log_beta_pdf(0.5, 2.0, 2.0))
+    beta = _beta_error()
     error = (q_fixed is None) * beta
     if n_tastes > 1:
-        conc = np.r_[priors.pi_beta, np.full(n_tastes, priors.pi_alpha)]
-        x = np.full(n_tastes + 1, 1.0 / (n_tastes + 1))
-        error += float(pm.logp(pm.Dirichlet.dist(conc), x).eval()) - float(dirichlet.logpdf(x, conc))
+        error += _dirichlet_error(tuple(np.r_[priors.pi_beta, np.full(n_tastes, priors.pi_alpha)].tolist()))
     elif variant == "two-class":
         error += beta
     if problem.learned:
-        error += n_tastes * problem.n_models * normal(priors.strength_sigma)
+        error += n_tastes * problem.n_models * _normal_error(priors.strength_sigma)
     if variant == "continuous":  # m and tau (the users' z_u are summed out)
-        error += normal(priors.eta_m_sigma)
-        error += float(pm.logp(pm.HalfNormal.dist(priors.eta_tau), 1.0).eval()) - float(
-            log_half_normal_pdf(1.0, priors.eta_tau))
+        error += _normal_error(priors.eta_m_sigma)
+        error += _half_normal_error(priors.eta_tau)
     return error
 
 
@@ -480,14 +500,11 @@ def _covariate_problem(seed: int = 3, strengths: str = "learned", n_bins: int = 
     ("two-class", None, "learned"), ("continuous", 0.4, "learned"), ("two-class", 0.4, "p_a"), ("continuous", None, "p_a"),
 ])
 def test_pytensor_equals_numpy_with_casual_covariates(variant, q_fixed, strengths, rng):
-    from bayes_annot.likelihood import log_normal_pdf
-
     _, problem, design = _covariate_problem(strengths=strengths)
     spec = BehaviourSpec(variant, 1, "learned" if problem.learned else "known", q=q_fixed, casual=design)
     model = build_model(problem, spec, marginal=True)
-    sigma = ba.Priors().casual_effect_sigma
-    offset = _pymc_constant_error(problem, variant, q_fixed) + design.n_effects * (
-        float(pm.logp(pm.Normal.dist(0.0, sigma), 0.0).eval()) - float(log_normal_pdf(0.0, 0.0, sigma)))
+    offset = _pymc_constant_error(problem, variant, q_fixed) + design.n_effects * _normal_error(
+        ba.Priors().casual_effect_sigma)
     values = []
     for _ in range(3):
         params = _random_params(problem, rng)
@@ -514,7 +531,6 @@ def test_pytensor_equals_numpy_with_casual_covariates(variant, q_fixed, strength
 def test_pytensor_equals_em_objective_with_casual_covariates(variant):
     """The PyMC log density at EM's estimates (with covariates) equals the objective EM reports."""
     from bayes_annot.casual import design_from_summary, effects_start
-    from bayes_annot.likelihood import log_normal_pdf
 
     from bayes_annot.casual import prepare_casual
 
@@ -527,9 +543,8 @@ def test_pytensor_equals_em_objective_with_casual_covariates(variant):
     prepare_casual(prepared, design=design)
     problem, _ = build_problem(prepared, casual=design)
     value = pytensor_loglik(problem, variant, params, casual=design)
-    sigma = ba.Priors().casual_effect_sigma
-    offset = _pymc_constant_error(problem, variant, None) + design.n_effects * (
-        float(pm.logp(pm.Normal.dist(0.0, sigma), 0.0).eval()) - float(log_normal_pdf(0.0, 0.0, sigma)))
+    offset = _pymc_constant_error(problem, variant, None) + design.n_effects * _normal_error(
+        ba.Priors().casual_effect_sigma)
     assert value - offset == pytest.approx(em.loglik, abs=1e-8, rel=0)
 
 
