@@ -152,10 +152,13 @@ NOTEBOOKS["04-full-posterior.ipynb"] = [
         "import warnings\n"
         "# a note about the machine's BLAS (with its install path), not about the model\n"
         "warnings.filterwarnings('ignore', message='PyTensor could not link to a BLAS')\n"
+        "import os\n"
         "import arviz as az\n"
         "import bayes_annot as ba\n\n"
         "log = ba.simulate(n_users=200, n_models=5, casual_share=0.3, labels_per_user=(5, 30), seed=4)\n"
-        "post = ba.fit(log, method='nuts', draws=500, tune=500, chains=2, seed=4)\n"
+        "# the test suite sets BAYES_ANNOT_NOTEBOOK_QUICK=1: a short run that only checks that every cell runs\n"
+        "draws = 100 if os.environ.get('BAYES_ANNOT_NOTEBOOK_QUICK') else 500\n"
+        "post = ba.fit(log, method='nuts', draws=draws, tune=draws, chains=2, seed=4)\n"
         "{k: post.summary[k] for k in ('rhat_max', 'ess_bulk_min', 'divergences')}"
     ),
     new_code_cell("az.summary(post.idata, var_names=['pi', 'q', 'strength'])"),

@@ -5,6 +5,9 @@ from pathlib import Path
 
 os.environ.setdefault("PYTENSOR_FLAGS", f"base_compiledir={Path(__file__).resolve().parents[1] / '.pytensor_cache'}")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# The notebooks (run by nbmake, in kernels that inherit this environment) read it to run NUTS shorter:
+# the suite checks that every cell runs; the stored outputs, and a user's run, are the full ones.
+os.environ.setdefault("BAYES_ANNOT_NOTEBOOK_QUICK", "1")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
