@@ -24,6 +24,7 @@ over any of these runners).
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 
@@ -110,6 +111,7 @@ class Block:
     n_user_tie: np.ndarray | None = None  # float (Ul,) ties of each user
     _tie_counts: object = field(default=None, repr=False)
     _grid_tie_counts: object = field(default=None, repr=False)
+    _tie_appended_totals: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def has_ties(self) -> bool:
@@ -219,16 +221,83 @@ class Block:
         """Whether the passes use the joint (pair cell x casual cell) counts: learned strengths with covariates."""
         return self.cell is not None and self.casual_cell is not None
 
+    def _joint_index(self) -> np.ndarray:
+        """Per entry: its joint entry ``(pair n_casual + casual_cell) 2 + choice``."""
+        cell = self.cell.astype(np.int64)
+        return ((cell >> 1) * self.n_casual + self.casual_cell) * 2 + (cell & 1)
+
     def _joint_matrix(self):
         """``users x (2 P n_casual)`` CSR counts by joint entry ``(pair n_casual + casual_cell) 2 + choice`` (cached)."""
         if self._joint_counts is None:
             from scipy.sparse import csr_matrix
 
-            cell = self.cell.astype(np.int64)
-            joint = ((cell >> 1) * self.n_casual + self.casual_cell) * 2 + (cell & 1)
-            self._joint_counts = csr_matrix((np.ones(self.n_entries), joint, self.indptr),
+            self._joint_counts = csr_matrix((np.ones(self.n_entries), self._joint_index(), self.indptr),
                                             shape=(self.users.shape[0], self.n_cells * self.n_casual))
         return self._joint_counts
+
+    def tie_appended_matrix(self):
+        """``users x (n_pass + P)`` CSR counts: every entry in its pass column (its joint entry with casual
+        covariates, else its cell; ``n_pass`` such columns), then every tie in column ``n_pass + pair``
+        (cached; learned strengths with ties). One sparse pass then covers decided labels and ties."""
+        if self._grid_tie_counts is None:
+            from scipy.sparse import csr_matrix
+
+            if self.casual_cell is None:
+                column, n_pass = self.cell.astype(np.int64), self.n_cells
+            else:
+                column, n_pass = self._joint_index(), self.n_cells * self.n_casual
+            indptr = self.indptr.astype(np.int64) + self.tie_indptr
+            indices = np.empty(int(indptr[-1]), dtype=np.int64)
+            # a user's row: its decided entries, then its ties
+            indices[np.arange(column.shape[0]) + np.repeat(self.tie_indptr[:-1], np.diff(self.indptr))] = column
+            indices[np.arange(self.tie_cell.shape[0]) + np.repeat(self.indptr[1:], np.diff(self.tie_indptr))] = \
+                n_pass + self.tie_cell
+            self._grid_tie_counts = csr_matrix((np.ones(indices.shape[0]), indices, indptr),
+                                               shape=(self.users.shape[0], n_pass + self.n_cells // 2))
+        return self._grid_tie_counts
+
+    def _pass_totals(self, ties: bool) -> np.ndarray:
+        """Column totals of the joint counts (``ties``: of :meth:`tie_appended_matrix`) (cached)."""
+        if ties:
+            if self._tie_appended_totals is None:
+                self._tie_appended_totals = self.tie_appended_matrix().T @ np.ones(self.users.shape[0])
+            return self._tie_appended_totals
+        if self._joint_totals is None:
+            self._joint_totals = self._joint_matrix().T @ np.ones(self.users.shape[0])
+        return self._joint_totals
+
+    def joint_two_class_terms(self, pi: float, att_table: np.ndarray, cas_table: np.ndarray, ties=None):
+        r"""The two-class E-step of a joint block (learned strengths, casual covariates) from ONE forward and
+        ONE transposed sparse pass over its labels (and its ties, appended as columns when they are modelled).
+
+        A user's posterior needs only :math:`D_u = A_u - C_u` (attentive minus casual log-probability sums):
+        one mat-vec of the tables' difference. With :math:`z_u = \operatorname{logit}\pi + D_u`, the
+        objective's share is :math:`\sum_u \log(\pi e^{A_u} + (1 - \pi) e^{C_u}) = \sum_u C_u + \sum_u
+        [\log(1 - \pi) + \operatorname{softplus}(z_u)]`, and :math:`\sum_u C_u` is the column totals times the
+        casual table. ``att_table`` ``(2 P,)`` (log P_att per pair cell), ``cas_table`` ``(2 n_casual,)``;
+        ``ties``: ``(log P_att(tie) per pair, t)``. Returns ``(p_att (Ul,), softplus part (Ul,), sum_u C_u,
+        weighted)``, ``weighted`` the columns' ``p_att``-weighted counts (the transposed pass). The same
+        numbers as :func:`block_two_class_users` to rounding (tested through the engines' equality).
+        """
+        n_pairs = self.n_cells // 2
+        shape = (n_pairs, self.n_casual, 2)
+        att = np.broadcast_to(np.asarray(att_table, dtype=float).reshape(n_pairs, -1, 2), shape).reshape(-1)
+        cas = np.broadcast_to(np.asarray(cas_table, dtype=float).reshape(1, self.n_casual, 2), shape).reshape(-1)
+        if ties is None:
+            matrix, cas_cols, diff = self._joint_matrix(), cas, att - cas
+        else:
+            tie_att, t = np.asarray(ties[0], dtype=float).reshape(-1), float(ties[1])
+            log_t, log_1m_t = np.log(t), np.log1p(-t)
+            matrix = self.tie_appended_matrix()
+            cas_cols = np.concatenate([cas + log_1m_t, np.full(n_pairs, log_t)])
+            diff = np.concatenate([att, tie_att]) - cas_cols
+        z = matrix @ diff
+        z += np.log(pi) - np.log1p(-pi)
+        p_att = expit(z)
+        upper = z >= 0
+        softplus = np.where(upper, z, 0.0) - np.log(np.where(upper, p_att, 1.0 - p_att))
+        softplus += np.log1p(-pi)
+        return p_att, softplus, float(self._pass_totals(ties is not None) @ cas_cols), matrix.T @ p_att
 
     def joint_sums(self, att_table: np.ndarray, cas_table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per-user sums of the attentive table (by pair cell) and the casual table (by casual cell): two
@@ -265,6 +334,7 @@ class Block:
         self._joint_totals = None
         self._tie_counts = None
         self._grid_tie_counts = None
+        self._tie_appended_totals = None
 
     @property
     def cell_totals(self) -> np.ndarray:
@@ -606,6 +676,8 @@ def block_class_pass(block: Block, shares: np.ndarray, q: float, tables: np.ndar
     With ties in the likelihood (``ties``), also ``tie_cells`` ``(P, C)`` (each class's weighted ties per pair)
     and ``casual_ties`` (casual-weighted ties; ``casual`` counts decided labels only).
     """
+    if users is None and shares.shape[0] == 1 and block.joint and tables is not None:
+        return _joint_two_class_pass(block, float(shares[0]), q, tables[:, 0], ties)
     casual, att, user_ll = block_class_users(block, shares, q, tables, ties) if users is None else users
     inactive = block.inactive  # users without usable labels: no share of the likelihood
     casual_cells = None
@@ -631,6 +703,28 @@ def block_class_pass(block: Block, shares: np.ndarray, q: float, tables: np.ndar
         "casual_cells": casual_cells,
         "cells": cells,
         "tie_cells": None if ties is None else block.tie_matrix().T @ att,
+        "casual_ties": None if ties is None else float(casual @ block.n_user_tie),
+    }
+
+
+def _joint_two_class_pass(block: Block, pi: float, cas_table, att_table, ties) -> dict:
+    """:func:`block_class_pass` of a joint block with one class, from :meth:`Block.joint_two_class_terms`:
+    one forward and one transposed sparse pass instead of two forward (three with ties) and two."""
+    p_att, softplus, cas_total, weighted = block.joint_two_class_terms(pi, att_table, cas_table, ties)
+    inactive = block.inactive
+    n_pairs, n_joint = block.n_cells // 2, block.n_cells * block.n_casual
+    totals = block._pass_totals(ties is not None)
+    casual_cells = (totals[:n_joint] - weighted[:n_joint]).reshape(n_pairs, block.n_casual, 2).sum(axis=0).reshape(-1)
+    casual = 1.0 - p_att
+    return {
+        "loglik": cas_total + float(softplus.sum() - softplus[inactive].sum()),
+        "totals": np.array([p_att.sum() - p_att[inactive].sum()]),
+        "n_active": int(p_att.shape[0] - inactive.shape[0]),
+        "casual_a": float(casual @ block.n_user_a),
+        "casual": float(casual @ block.n_user),
+        "casual_cells": casual_cells,
+        "cells": weighted[:n_joint].reshape(n_pairs, block.n_casual, 2).sum(axis=1).reshape(-1)[:, None],
+        "tie_cells": None if ties is None else weighted[n_joint:][:, None],
         "casual_ties": None if ties is None else float(casual @ block.n_user_tie),
     }
 
@@ -687,7 +781,10 @@ def _grid_cells(block: Block, att_prob_table, casual, ties=None):
     else:
         cas = np.exp(np.asarray(casual, dtype=float))
     if block.learned:
-        counts = block.matrix() if block.casual_cell is None else block._joint_matrix()
+        if ties is not None:  # decided labels and ties in one matrix (below)
+            counts = None
+        else:
+            counts = block.matrix() if block.casual_cell is None else block._joint_matrix()
         att = np.asarray(att_prob_table).reshape(-1, 1, 2)
     else:
         if block._known_cells is None:
@@ -707,12 +804,16 @@ def _grid_cells(block: Block, att_prob_table, casual, ties=None):
     if ties is None:
         return counts, att, cas, n_casual, 0
     tie_prob, t = ties
-    if block._grid_tie_counts is None:
-        from scipy.sparse import hstack
+    if block.learned:
+        counts = block.tie_appended_matrix()
+    else:
+        if block._grid_tie_counts is None:
+            from scipy.sparse import hstack
 
-        block._grid_tie_counts = hstack([counts, block.tie_matrix()], format="csr")
+            block._grid_tie_counts = hstack([counts, block.tie_matrix()], format="csr")
+        counts = block._grid_tie_counts
     tie_prob = np.asarray(tie_prob, dtype=float).reshape(-1)
-    return block._grid_tie_counts, np.concatenate([att, tie_prob]), \
+    return counts, np.concatenate([att, tie_prob]), \
         np.concatenate([cas * (1.0 - t), np.full(tie_prob.shape[0], t)]), n_casual, tie_prob.shape[0]
 
 
@@ -851,6 +952,9 @@ class LocalRunner:
 
     def class_pass(self, shares, q, tables, ties=None):
         """One E-step over the blocks (casual + ``C`` classes): summed objective and statistics."""
+        if np.size(shares) == 1 and tables is not None and all(b.joint for b in self.blocks):
+            # one sparse pass each way (Block.joint_two_class_terms); the final pass takes its own users
+            return _sum_stats([block_class_pass(b, shares, q, tables, ties=ties) for b in self.blocks])
         users = self._users(shares, q, tables, ties)
         return _sum_stats([block_class_pass(b, shares, q, tables, u, ties) for b, u in zip(self.blocks, users)])
 
@@ -1011,6 +1115,27 @@ class ClassEMResult:
         return float(self.loglik_trace[-1])
 
 
+def one_blas_thread(fn):
+    """Run ``fn`` with the BLAS library on one thread (``threadpoolctl``; restored on return).
+
+    EM's dense BLAS calls are per-user vector reductions (``casual @ n_user_a``) and the continuous
+    grid's ``(users x nodes) @ nodes`` products: memory-bound, so extra threads do not speed them
+    up, and on a busy machine OpenBLAS's threads wait for cores: a 10^6-element dot product took
+    14-24 ms with the default threads against 0.1-0.7 ms on one (2 cores at load 6). One thread
+    also makes the sums' rounding independent of the machine's core count.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=1, user_api="blas"):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@one_blas_thread
 def run_class_em(
     runner,
     n_models: int,
@@ -1366,6 +1491,7 @@ step (most of the information about a user's eta is missing), so a step of 1e-7 
 the refit in quality (3,000 users); at 1e-8 it is within 7e-7, for about 30% more iterations."""
 
 
+@one_blas_thread
 def _run_continuous(runner, bt, learned, priors, q_fixed, tol, max_iter, start, strengths, q, callback, accelerate,
                     param_tol=None, cas=None):
     """EM of the continuous variant: each user's :math:`z_u` summed out on the grid, the population

@@ -230,22 +230,22 @@ class EtaGrid:
 
     @property
     def log_weights(self) -> np.ndarray:
-        """:math:`\log w_g` (the weights sum to one)."""
+        r""":math:`\log w_g` (the weights sum to one)."""
         lw = -0.5 * self.z**2
         return lw - np.logaddexp.reduce(lw)
 
     def theta(self, m, tau) -> np.ndarray:
-        """:math:`\theta_g = m + \tau z_g` (``(G,)``, or ``(S, G)`` for arrays of draws)."""
+        r""":math:`\theta_g = m + \tau z_g` (``(G,)``, or ``(S, G)`` for arrays of draws)."""
         return np.asarray(m, dtype=float)[..., None] + np.asarray(tau, dtype=float)[..., None] * self.z
 
     def above_half(self, m, tau) -> np.ndarray:
-        """Share of each node's interval where :math:`\eta \ge 1/2` (:math:`\theta \ge 0`), in [0, 1]."""
+        r"""Share of each node's interval where :math:`\eta \ge 1/2` (:math:`\theta \ge 0`), in [0, 1]."""
         tau = np.asarray(tau, dtype=float)[..., None]
         low = np.asarray(m, dtype=float)[..., None] + tau * (self.z - 0.5 * self.spacing)
         return np.clip(1.0 + low / (tau * self.spacing), 0.0, 1.0)
 
     def prior_levels(self, m, tau) -> tuple[np.ndarray, np.ndarray]:
-        """Quality :math:`E[\eta]` and :math:`P(\eta \ge 1/2)` of a user whose labels say nothing: the prior's."""
+        r"""Quality :math:`E[\eta]` and :math:`P(\eta \ge 1/2)` of a user whose labels say nothing: the prior's."""
         w = np.exp(self.log_weights)
         return expit(self.theta(m, tau)) @ w, self.above_half(m, tau) @ w
 

@@ -157,7 +157,7 @@ def compress_ties(problem: UsableLabels) -> dict:
 
 
 def _davidson_log_norm(d, nu):
-    """PyTensor :math:`\log(2\cosh(d/2) + \nu)` (:mod:`bayes_annot.ties`)."""
+    r"""PyTensor :math:`\log(2\cosh(d/2) + \nu)` (:mod:`bayes_annot.ties`)."""
     import pytensor.tensor as pt
 
     return pt.logaddexp(pt.logaddexp(0.5 * d, -0.5 * d), pt.log(nu))
@@ -639,7 +639,7 @@ def _cell_casual(cells: dict, tables, sl):
 
 
 def _tie_terms(problem, cells, ties, strengths, sl):
-    """Per draw of ``sl``, what ties add to each user's sums (:mod:`bayes_annot.ties`): ``(att, cas)`` (S, U).
+    r"""Per draw of ``sl``, what ties add to each user's sums (:mod:`bayes_annot.ties`): ``(att, cas)`` (S, U).
 
     ``ties = (tie_cells, nu, t)`` (:func:`compress_ties`, draws of ``nu`` and ``t``). Attentive: every decided
     cell's Davidson normaliser :math:`\log(2\cosh(d/2)) - \log(2\cosh(d/2) + \nu)` (the decided cells carry

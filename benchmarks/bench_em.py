@@ -7,6 +7,9 @@ engine ``fit`` runs: building the users x cells block, then plain EM passes),
 and record the
 peak memory of the fit: the process's peak RSS growth over the RSS right
 before the fit (read from /proc/self/status VmHWM after resetting it).
+Per-iteration time and the floor are recorded as wall time and as the process's CPU time
+(``*_cpu``): on a shared machine the CPU-time ratio is the steadier one (EM runs on one thread,
+BLAS included).
 
 ``--casual length`` runs the issue #14 case instead: casual clicks that follow length
 (``simulate(length_bias=0.85)``, texts in ``response_a`` / ``response_b``) fitted with the
@@ -72,9 +75,11 @@ ticks = []
 t0 = time.perf_counter()
 block = problem_block(prepared, problem, n_casual=0 if design is None else design.n_cells)  # the engine ba.fit runs
 em = run_em(LocalRunner([block], prepared.n_users), problem.n_models, BehaviourSpec(variant, casual=design),
-            callback=lambda i, v: ticks.append(time.perf_counter()))
+            callback=lambda i, v: ticks.append((time.perf_counter(), time.process_time())))
 t_em = time.perf_counter() - t0
-per_iter = float(np.median(np.diff(ticks))) if len(ticks) > 2 else float("nan")
+ticks = np.array(ticks).reshape(-1, 2)
+per_iter = float(np.median(np.diff(ticks[:, 0]))) if len(ticks) > 2 else float("nan")
+per_iter_cpu = float(np.median(np.diff(ticks[:, 1]))) if len(ticks) > 2 else float("nan")
 # the floor: two full np.bincount passes over the rows (per-user sums and per-pair sums)
 cell = problem.cell()
 user = problem.user
@@ -82,16 +87,18 @@ if ties:  # every row in the likelihood, ties too (a tie's cell: its pair, as ch
     user = np.concatenate([user, problem.tie_user])
     cell = np.concatenate([cell, (problem.tie_model_a.astype(np.int64) * problem.n_models + problem.tie_model_b) * 2])
 w = np.random.default_rng(0).random(user.shape[0])
-floor = []
-for _ in range(3):
-    t1 = time.perf_counter()
+floor, floor_cpu = [], []
+for _ in range(5):
+    t1, c1 = time.perf_counter(), time.process_time()
     np.bincount(user, weights=w, minlength=problem.n_users)
     np.bincount(cell, weights=w, minlength=2 * problem.n_models ** 2)
     floor.append(time.perf_counter() - t1)
+    floor_cpu.append(time.process_time() - c1)
 order = np.argsort(np.array([int(u[1:]) for u in result.users.user]))
 out = dict(rows=len(log), users=n_users, models=n_models, variant=variant, casual=casual, ties=sys.argv[6],
            n_ties=problem.n_ties, nu=em.nu, t=em.tie_rate, fit_seconds=t_fit, em_seconds=t_em,
            em_per_iteration=per_iter, bincount_floor=min(floor),
+           em_per_iteration_cpu=per_iter_cpu, bincount_floor_cpu=min(floor_cpu),
            iterations=em.n_iter, converged=bool(em.converged), peak_fit_mb=(peak - base) / 1024,
            peak_rss_mb=peak / 1024, auc=auc(result.users.quality.to_numpy()[order], truth))
 print(json.dumps(out))
