@@ -21,7 +21,7 @@ casual_tie_rate=0.2)`` (about 20% ties), fitted with Davidson's attentive ties a
 rate: a users x pairs tie matrix, one more sparse mat-vec each way per E-step, and the Davidson
 Newton and ``nu`` steps in the M-step. The floor then counts every row in the likelihood (ties too).
 
-Usage: python benchmarks/bench_em.py [--sizes 1e6,1e7] [--casual none|length] [--ties none|model] [--json out.json]
+Usage: python benchmarks/bench_em.py [--sizes 1e6:1e5,1e7:1e6] [--variants two-class,continuous] [--casual none|length] [--ties none|model] [--json out.json]
 """
 
 from __future__ import annotations
