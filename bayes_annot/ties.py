@@ -181,14 +181,14 @@ def tie_start(n_ties: float, n_labels: float) -> tuple[float, float]:
 def resolve_ties(ties: str | None, n_ties: int, *, method: str = "em", tastes=1, learned: bool = True,
                  variant: str = "two-class") -> str:
     """The ties mode of a fit: ``ties`` if given (checked), else (``None`` or ``"auto"``) ``"model"`` when the log has ties and the
-    fit supports them (EM; MAP with one taste class; NUTS with one taste class and the two-class variant; learned strengths,
-    ``tastes`` a number), else ``"ignore"``; ``"model"`` on a log without ties is ``"ignore"`` (nothing to model).
+    fit supports them (EM; MAP with one taste class; NUTS with one taste class and the two-class variant; learned strengths),
+    else ``"ignore"``; ``"model"`` on a log without ties is ``"ignore"`` (nothing to model).
 
     Raises
     ------
     InputError
         An unknown mode, or ``"model"`` where ties are not in the likelihood yet (NUTS with the continuous
-        variant, MAP or NUTS with taste classes, known strengths, ``tastes="auto"``).
+        variant, MAP or NUTS with taste classes, known strengths).
     """
     if ties == "auto":  # the default, as a fit's settings record it
         ties = None
@@ -197,11 +197,11 @@ def resolve_ties(ties: str | None, n_ties: int, *, method: str = "em", tastes=1,
     # EM; MAP with one taste class; NUTS with one taste class and the two-class variant
     engine = method == "em" or (method == "map" and tastes == 1) or \
         (method == "nuts" and tastes == 1 and variant == "two-class")
-    supported = engine and learned and tastes != "auto"
+    supported = engine and learned
     if ties == "model" and not supported:
         why = ("NUTS with taste classes or the continuous variant" if method == "nuts"
                else "MAP with taste classes" if not engine
-               else "known attentive probabilities (p_a / mu)" if not learned else "tastes='auto'")
+               else "known attentive probabilities (p_a / mu)")
         raise InputError(f"ties in the likelihood are not available with {why} yet: use ties='ignore' "
                          "(--ties ignore) or method='em'" + (" with learned strengths" if method == "em" else ""))
     if n_ties == 0 or not supported:
