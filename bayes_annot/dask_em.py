@@ -521,7 +521,7 @@ def fit_dask(
     known = strength_mode != "learned"
     spec = spec.with_strengths(not known)  # known strengths refuse taste classes
     # ties are read into the blocks unless they cannot be modelled (the log's count decides below)
-    tie_blocks = resolve_ties(ties, 1, tastes=tastes, learned=not known) == "model"
+    tie_blocks = resolve_ties(ties, 1, tastes=tastes, learned=not known, dask=True) == "model"
 
     t1 = time.perf_counter()
     uv, mv = _broadcast(user_vocab), _broadcast(model_vocab)
@@ -567,7 +567,7 @@ def fit_dask(
         "users": n_users,
         "models": k,
     }
-    ties_mode = resolve_ties(ties, counts["ties"], tastes=tastes, learned=not known)
+    ties_mode = resolve_ties(ties, counts["ties"], tastes=tastes, learned=not known, dask=True)
     t2 = time.perf_counter()
     runner = DaskRunner(blocks, n_users, pairs=None if known else pair_counts,
                         tie_counts=(float(counts["ties"]), float(counts["rows_in_likelihood"])) if ties_mode == "model"

@@ -179,29 +179,29 @@ def tie_start(n_ties: float, n_labels: float) -> tuple[float, float]:
 
 
 def resolve_ties(ties: str | None, n_ties: int, *, method: str = "em", tastes=1, learned: bool = True,
-                 variant: str = "two-class") -> str:
+                 variant: str = "two-class", dask: bool = False) -> str:
     """The ties mode of a fit: ``ties`` if given (checked), else (``None`` or ``"auto"``) ``"model"`` when the log has ties and the
-    fit supports them (EM; MAP with one taste class; NUTS with one taste class and the two-class variant; learned strengths),
-    else ``"ignore"``; ``"model"`` on a log without ties is ``"ignore"`` (nothing to model).
+    fit supports them (EM; MAP; NUTS with the two-class variant, taste classes too; known strengths by EM in
+    memory), else ``"ignore"``; ``"model"`` on a log without ties is ``"ignore"`` (nothing to model).
 
     Raises
     ------
     InputError
         An unknown mode, or ``"model"`` where ties are not in the likelihood yet (NUTS with the continuous
-        variant, MAP or NUTS with taste classes, known strengths).
+        variant, known strengths on a Dask DataFrame or by MAP / NUTS).
     """
     if ties == "auto":  # the default, as a fit's settings record it
         ties = None
     if ties is not None and ties not in TIES_MODES:
         raise InputError(f"unknown ties mode {ties!r}, expected one of {', '.join(TIES_MODES)}")
-    # EM; MAP with one taste class; NUTS with one taste class and the two-class variant
-    engine = method == "em" or (method == "map" and tastes == 1) or \
-        (method == "nuts" and tastes == 1 and variant == "two-class")
-    supported = engine and learned
+    # EM; MAP; NUTS with the two-class variant (taste classes too)
+    engine = method in ("em", "map") or (method == "nuts" and variant == "two-class")
+    known_ok = method == "em" and not dask  # known strengths: one vocabulary of known log-odds, in memory
+    supported = engine and (learned or known_ok)
     if ties == "model" and not supported:
-        why = ("NUTS with taste classes or the continuous variant" if method == "nuts"
-               else "MAP with taste classes" if not engine
-               else "known attentive probabilities (p_a / mu)")
+        why = ("NUTS with the continuous variant" if not engine
+               else "known attentive probabilities (p_a / mu) on a Dask DataFrame" if dask
+               else "known attentive probabilities (p_a / mu) by MAP or NUTS")
         raise InputError(f"ties in the likelihood are not available with {why} yet: use ties='ignore' "
                          "(--ties ignore) or method='em'" + (" with learned strengths" if method == "em" else ""))
     if n_ties == 0 or not supported:

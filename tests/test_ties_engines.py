@@ -89,3 +89,115 @@ def test_taste_heldout_scores_ties_with_the_model():
     assert modelled["with_ties"] and ignored["with_ties"]
     assert modelled["n_heldout"] == ignored["n_heldout"]
     assert modelled["heldout_loglik"] > ignored["heldout_loglik"] + 20
+
+
+# --------------------------------------------------------------------------- (b): known strengths with ties
+
+
+def _known_tie_log(n_users=1000, seed=3):
+    """Known attentive probabilities (a ``p_a`` column; model_0 preferred with mu = 0.75) and ~25% ties."""
+    return ba.simulate(n_users=n_users, n_models=6, casual_share=0.3, labels_per_user=(10, 40), tie_nu=0.8,
+                       casual_tie_rate=0.3, known_mu=0.75, seed=seed)
+
+
+@pytest.mark.parametrize("model", ["two-class", "continuous"])
+@pytest.mark.parametrize("strengths", ["p_a", "mu"])
+def test_known_strengths_with_ties_recover_nu_and_t(model, strengths):
+    log = _known_tie_log()
+    if strengths == "p_a":
+        result = _fit(log[COLUMNS + ["p_a"]], model=model)
+        assert result.summary["strengths"].startswith("known (column")
+    else:
+        result = _fit(log[COLUMNS], model=model, mu=0.75, strong_model="model_0")
+        assert result.summary["strengths"].startswith("known (mu")
+    assert result.ties_["mode"] == "model" and result.ties_["n_ties"] == int((log.winner == "tie").sum())
+    assert result.ties_["nu"] == pytest.approx(0.8, rel=0.10)
+    assert result.ties_["t"] == pytest.approx(0.3, rel=0.10)
+    trace = np.asarray(result.loglik_trace)
+    assert np.all(np.diff(trace) >= -1e-9 * (1 + np.abs(trace[1:])))
+
+
+@pytest.mark.parametrize("model", ["two-class", "continuous"])
+def test_known_strengths_with_ties_em_objective_is_the_numpy_spec(model):
+    """EM's objective with known strengths and ties equals the numpy specification at EM's estimates."""
+    from bayes_annot.pymc_model import numpy_loglik
+
+    log = _known_tie_log(n_users=200, seed=5)[COLUMNS + ["p_a"]]
+    result = _fit(log, model=model, tol=1e-12)
+    problem, _ = build_problem(prepare(log), ties=True)
+    assert not problem.learned and problem.n_ties > 0
+    est = result.estimates
+    assert numpy_loglik(problem, model, {**est.parameters, "strength": None}) == pytest.approx(est.loglik, abs=1e-8,
+                                                                                                rel=0)
+
+
+def test_known_strengths_with_ties_update_equals_refit():
+    log = _known_tie_log(n_users=400, seed=6)[COLUMNS + ["p_a"]]
+    old, new = log.iloc[: len(log) // 2], log.iloc[len(log) // 2:]
+    updated = _fit(old, tol=1e-13)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        updated = updated.update(new, tol=1e-13, on_duplicate="keep")  # two models: rows repeat
+    full = _fit(log, tol=1e-13)
+    assert updated.ties_["mode"] == full.ties_["mode"] == "model"
+    np.testing.assert_allclose(updated.users.quality, full.users.quality, atol=1e-6)
+    assert updated.ties_["nu"] == pytest.approx(full.ties_["nu"], abs=1e-6)
+    assert updated.ties_["t"] == pytest.approx(full.ties_["t"], abs=1e-6)
+
+
+# --------------------------------------------------------------------------- (a): MAP and NUTS with taste classes
+
+
+@pytest.mark.slow
+def test_numpy_and_pytensor_agree_with_taste_classes_and_ties():
+    pytest.importorskip("pymc")
+    from bayes_annot.pymc_model import build_model, model_loglik, numpy_loglik
+    from bayes_annot.spec import BehaviourSpec
+
+    log = _taste_tie_log(n_users=120, seed=7)
+    problem, _ = build_problem(prepare(log), ties=True)
+    res = fit_tastes(problem, 2, n_starts=1, seed=0)
+    model = build_model(problem, BehaviourSpec(n_tastes=2))
+    rng = np.random.default_rng(0)
+    base = {"shares": np.concatenate([[res.casual_share], res.shares]), "q": res.q, "strength": res.strengths,
+            "tie_nu": res.nu, "casual_tie_rate": res.tie_rate}
+    points = [base] + [dict(base, strength=base["strength"] + rng.normal(0, 0.3, base["strength"].shape),
+                            tie_nu=base["tie_nu"] * np.exp(rng.normal(0, 0.3)),
+                            casual_tie_rate=float(np.clip(base["casual_tie_rate"] + rng.normal(0, 0.05), 0.01, 0.9)))
+                       for _ in range(2)]
+    for point in points:
+        assert model_loglik(model, point, penalised=False) == pytest.approx(
+            numpy_loglik(problem, "two-class", point, penalised=False), abs=1e-8, rel=0)
+    assert numpy_loglik(problem, "two-class", base) == pytest.approx(res.loglik, abs=1e-7, rel=0)
+
+
+@pytest.mark.slow
+def test_map_with_taste_classes_and_ties_equals_em():
+    pytest.importorskip("pymc")
+    log = _taste_tie_log(n_users=200, seed=8)
+    em = _fit(log, tastes=2, tol=1e-12, max_iter=5000)
+    mp = _fit(log, tastes=2, method="map")
+    assert mp.ties_["mode"] == em.ties_["mode"] == "model"
+    assert mp.ties_["nu"] == pytest.approx(em.ties_["nu"], abs=1e-4)
+    assert mp.ties_["t"] == pytest.approx(em.ties_["t"], abs=1e-4)
+    for key in ("pi", "q", "share_taste_1", "share_taste_2"):
+        assert mp.summary["parameters"][key] == pytest.approx(em.summary["parameters"][key], abs=1e-4)
+    np.testing.assert_allclose(mp.users.quality, em.users.quality, atol=1e-4)
+    np.testing.assert_allclose(mp.users.p_taste_2, em.users.p_taste_2, atol=1e-4)
+    np.testing.assert_allclose(mp.models.strength_taste_2, em.models.strength_taste_2, atol=1e-4)
+    assert mp.summary["loglik"] == pytest.approx(em.summary["loglik"], abs=1e-4)
+
+
+@pytest.mark.slow
+def test_nuts_with_taste_classes_and_ties_agrees_with_em():
+    pytest.importorskip("pymc")
+    log = _taste_tie_log(n_users=150, seed=9)
+    em = _fit(log, tastes=2)
+    nuts = _fit(log, tastes=2, method="nuts", draws=300, tune=300, chains=2, seed=1)
+    assert nuts.ties_["mode"] == "model"
+    assert "tie_nu" in nuts.idata.posterior and "casual_tie_rate" in nuts.idata.posterior
+    for key, truth in (("nu", 0.8), ("t", 0.3)):
+        assert abs(nuts.ties_[key] - em.ties_[key]) < 0.1 * truth
+    q_em, q_nuts = em.users.set_index("user").quality, nuts.users.set_index("user").quality
+    assert float((q_em - q_nuts).abs().max()) < 0.15
+    assert nuts.summary["diagnostics"]["rhat_max"] < 1.05
