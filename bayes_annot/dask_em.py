@@ -373,6 +373,7 @@ class DaskFit:
     tastes: object = None  # the TasteResult of a fit with taste classes (``em`` is then None)
     casual: object = None  # the casual covariates' design (bayes_annot.casual.CasualDesign), if any
     ties_mode: str = "ignore"  # whether ties entered the likelihood ("model") or not (bayes_annot.ties)
+    taste_extra: dict = field(default_factory=dict)  # tastes="auto": summary["taste_selection"], ["taste_diagnostic"]
 
     parameters = property(lambda self: self.to_estimates().parameters, doc="Global parameters (as the summary's).")
 
@@ -380,8 +381,8 @@ class DaskFit:
         """The engine-neutral :class:`bayes_annot.problem.Estimates` of this fit."""
         from .local_em import em_estimates, taste_estimates
 
-        return taste_estimates(self.tastes) if self.tastes is not None else em_estimates(self.em, self.em.variant,
-                                                                                          self.strengths, self.casual)
+        return taste_estimates(self.tastes, self.taste_extra) if self.tastes is not None else em_estimates(
+            self.em, self.em.variant, self.strengths, self.casual)
 
     def components(self) -> np.ndarray:
         """Connected component of each model in the comparison graph (as ``problem.graph_components``)."""
@@ -412,6 +413,7 @@ def fit_dask(
     casual_bins: int = DEFAULT_BINS,
     casual=None,
     ties: str | None = None,
+    max_tastes: int | None = None,
 ) -> DaskFit:
     """Fit the behaviour model by EM on a Dask DataFrame (map-reduce over partitions).
 
@@ -452,6 +454,12 @@ def fit_dask(
     ties : {"model", "ignore"}, optional
         As in :func:`bayes_annot.fit` (:func:`bayes_annot.ties.resolve_ties`; the mode fitted is
         ``DaskFit.ties_mode``).
+    max_tastes : int, optional
+        ``tastes="auto"``: choose the number of taste classes among ``1..max_tastes`` as an in-memory fit
+        does (:func:`bayes_annot.local_em.fit_taste_classes`, the held-out folds over each user's labels). The
+        cross-validation needs every label, so the integer-coded labels (user, pair, choice, ties and casual
+        cells; about 13 bytes per row, in input row order) are gathered on the driver, where the choice and
+        the chosen fit run (the in-memory fit's, number for number).
 
     Returns
     -------
@@ -572,9 +580,19 @@ def fit_dask(
     runner = DaskRunner(blocks, n_users, pairs=None if known else pair_counts,
                         tie_counts=(float(counts["ties"]), float(counts["rows_in_likelihood"])) if ties_mode == "model"
                         else None)
-    taste_fit = None
+    taste_fit, taste_extra = None, {}
+    if max_tastes is not None:  # tastes="auto": the choice on the driver's coded labels, then the partitions' fit
+        from .local_em import fit_taste_classes
+
+        coded = dask.compute(*[delayed(_coded_rows)(p, len(casual_names)) for p in encoded.to_delayed()])
+        problem = _coded_problem(coded, k, n_users, casual, ties_mode == "model")
+        taste_fit, taste_extra = fit_taste_classes(problem, spec, tol=tol, max_iter=max_iter, seed=seed,
+                                                   max_tastes=max_tastes)
+        del coded, problem
     with em_callback(settings, callback, desc=f"EM over {nparts} blocks") as each_iteration:
-        if tastes != 1:
+        if taste_fit is not None:
+            em = None
+        elif tastes != 1:
             from .tastes import fit_tastes
 
             warm = (start or {}).get("tastes")
@@ -597,8 +615,36 @@ def fit_dask(
         em=em, user_labels=np.asarray(user_vocab, dtype=object), model_labels=np.asarray(model_vocab, dtype=object),
         n_rows_user=n_rows_user, n_labels_model=n_labels_model, pair_counts=pair_counts, counts=counts, columns=columns,
         strength_mode=strength_mode, strengths=strengths, n_partitions=nparts, timings=timings,
-        partition_rows=lengths, tastes=taste_fit, casual=casual, ties_mode=ties_mode,
+        partition_rows=lengths, tastes=taste_fit, casual=casual, ties_mode=ties_mode, taste_extra=taste_extra,
     )
+
+
+def _coded_rows(frame: pd.DataFrame, n_covariates: int) -> dict:
+    """One encoded partition's ``user``, ``cell``, ``reason`` (and covariates ``x``) arrays, in row order."""
+    out = {key: frame[key].to_numpy() for key in ("user", "cell", "reason")}
+    if n_covariates:
+        out["x"] = np.column_stack([frame[f"cx{j}"].to_numpy() for j in range(n_covariates)])
+    return out
+
+
+def _coded_problem(coded, n_models: int, n_users: int, casual, ties: bool):
+    """The :class:`~bayes_annot.em.UsableLabels` of the gathered coded rows (input row order, as
+    :func:`bayes_annot.problem.build_problem` of the same log in memory; learned strengths)."""
+    from .em import UsableLabels
+
+    user = np.concatenate([c["user"] for c in coded]).astype(np.int64)
+    cell = np.concatenate([c["cell"] for c in coded])
+    reason = np.concatenate([c["reason"] for c in coded])
+    usable, pair = reason == 0, cell >> 1
+    problem = UsableLabels(user=user[usable], model_a=pair[usable] // n_models, model_b=pair[usable] % n_models,
+                           choice_a=(cell[usable] & 1).astype(np.int8), n_users=n_users, n_models=n_models)
+    if casual is not None:
+        problem.casual_cell = casual.cells(np.concatenate([c["x"] for c in coded], axis=0)[usable])
+        problem.n_casual = casual.n_cells
+    if ties:
+        tie = reason == 1
+        problem.tie_user, problem.tie_model_a, problem.tie_model_b = user[tie], pair[tie] // n_models, pair[tie] % n_models
+    return problem
 
 
 def _block_counts(block: Block) -> dict:

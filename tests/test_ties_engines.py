@@ -200,4 +200,27 @@ def test_nuts_with_taste_classes_and_ties_agrees_with_em():
         assert abs(nuts.ties_[key] - em.ties_[key]) < 0.1 * truth
     q_em, q_nuts = em.users.set_index("user").quality, nuts.users.set_index("user").quality
     assert float((q_em - q_nuts).abs().max()) < 0.15
-    assert nuts.summary["diagnostics"]["rhat_max"] < 1.05
+    assert nuts.summary["rhat_max"] < 1.05 and nuts.summary["divergences"] == 0
+
+
+# --------------------------------------------------------------------------- (e): tastes="auto" on a Dask frame
+
+
+@pytest.mark.slow
+def test_dask_tastes_auto_equals_in_memory(tmp_path):
+    dd = pytest.importorskip("dask.dataframe")
+    import dask
+
+    log = _taste_tie_log(n_users=150, seed=10)
+    with dask.config.set(scheduler="synchronous"):
+        lazy = _fit(dd.from_pandas(log, npartitions=3, sort=False), tastes="auto", max_tastes=2, seed=0)
+    memory = _fit(log, tastes="auto", max_tastes=2, seed=0)
+    assert lazy.summary["settings"]["tastes"] == "auto"
+    assert lazy.summary["taste_selection"]["chosen"] == memory.summary["taste_selection"]["chosen"]
+    assert lazy.summary["taste_selection"]["table"] == memory.summary["taste_selection"]["table"]
+    assert lazy.summary["taste_diagnostic"] == memory.summary["taste_diagnostic"]
+    assert lazy.ties_["mode"] == memory.ties_["mode"] == "model"
+    users_lazy, users_memory = lazy.users.set_index("user"), memory.users.set_index("user")
+    for column in ["quality"] + [c for c in users_memory if c.startswith("p_taste_")]:
+        np.testing.assert_allclose(users_lazy[column].loc[users_memory.index], users_memory[column], atol=1e-8)
+    assert lazy.ties_["nu"] == pytest.approx(memory.ties_["nu"], abs=1e-8)
