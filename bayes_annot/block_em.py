@@ -50,7 +50,7 @@ from .pairs import (
 )
 
 __all__ = ["Block", "EMState", "make_block", "merge_blocks", "cell_index_map", "pair_cell_map", "LocalRunner", "run_em",
-           "run_class_em", "ClassEMResult"]
+           "run_class_em", "ClassEMResult", "known_davidson_tables", "with_known_values"]
 
 # --------------------------------------------------------------------------- blocks (pure numpy)
 
@@ -392,6 +392,20 @@ def _set_ties(block: Block, local: np.ndarray, tie_pair) -> None:
     block.tie_indptr = indptr
     block.n_user_tie = counts.astype(float)
     block._inactive = None
+
+
+def with_known_values(block: Block, values: np.ndarray) -> Block:
+    """``block`` (known strengths with ties) re-indexed on the vocabulary ``values`` of known log-odds (a superset
+    of its own, e.g. the union over a Dask fit's blocks), so that every block's tables are the same."""
+    import copy
+
+    values = np.asarray(values, dtype=float)
+    block = copy.copy(block)  # the input (a persisted Dask block) is left as it is
+    block.tie_cell = np.searchsorted(values, block.known_values[block.tie_cell]).astype(np.int32)
+    block.known_values = values
+    block.release_pass_caches()
+    block._known_cells = None
+    return block
 
 
 def merge_blocks(
@@ -870,6 +884,14 @@ class LocalRunner:
         """Ties and decided labels in the likelihood, summed over the blocks (ties modelled)."""
         return (float(sum(b.n_user_tie.sum() for b in self.blocks)), float(sum(b.n_user.sum() for b in self.blocks)))
 
+    @property
+    def known_values(self) -> np.ndarray:
+        """Known strengths with ties: the blocks' one vocabulary of known log-odds (:attr:`Block.known_values`)."""
+        values = [b.known_values for b in self.blocks]
+        if any(not np.array_equal(v, values[0]) for v in values[1:]):
+            raise ValueError("known strengths with ties need one vocabulary of known log-odds over the blocks")
+        return values[0]
+
     def cell_counts(self):
         """The unweighted pair table summed over the blocks (see ``block_cell_counts``)."""
         return _sum_stats([block_cell_counts(b) for b in self.blocks])["cells"]
@@ -988,8 +1010,7 @@ class _KnownTies:
 
     def davidson(self, strengths, nu: float) -> tuple[np.ndarray, np.ndarray]:
         """``(2 V, 1)`` log P_att of every decided cell ``2 * value + choice`` and ``(V, 1)`` of a tie."""
-        pa, pb, pt = davidson_logprobs(self.values, nu)
-        return np.stack([pb, pa], axis=-1).reshape(-1, 1), pt[:, None]
+        return known_davidson_tables(self.values, nu)
 
     @staticmethod
     def fit_ties(cells, tie_cells, start, nu):
@@ -1002,14 +1023,18 @@ class _KnownTies:
         return nu_step(nu, self.values, w1 + w0 + wt, float(wt.sum()), priors)
 
 
+def known_davidson_tables(values: np.ndarray, nu: float) -> tuple[np.ndarray, np.ndarray]:
+    """Known strengths with ties: ``(2 V, 1)`` Davidson log P_att of every decided cell ``2 * value + choice``
+    and ``(V, 1)`` of a tie, over a vocabulary of known log-odds ``values`` (:attr:`Block.known_values`)."""
+    pa, pb, pt = davidson_logprobs(np.asarray(values, dtype=float), nu)
+    return np.stack([pb, pa], axis=-1).reshape(-1, 1), pt[:, None]
+
+
 def _tie_strengths(runner, bt, learned: bool):
     """The Davidson pieces of the EM drivers: the pair vocabulary's (learned) or the known values'."""
     if learned:
         return bt
-    values = [b.known_values for b in runner.blocks]
-    if any(not np.array_equal(v, values[0]) for v in values[1:]):
-        raise ValueError("known strengths with ties need one vocabulary of known log-odds over the blocks")
-    return _KnownTies(values[0])
+    return _KnownTies(runner.known_values)
 
 
 class _TieSide:

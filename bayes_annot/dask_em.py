@@ -61,6 +61,7 @@ from .block_em import (
     block_user_cells,
     make_block,
     run_em,
+    with_known_values,
 )
 from .casual import DEFAULT_BINS, casual_design
 from .data import REASONS, ColumnMap, casual_input_columns, covariate_values, _encode_p_a, _encode_winner, _factorize, _resolve_columns, _uniques_as_text
@@ -80,10 +81,11 @@ REASON_CATEGORIES = list(REASONS)  # as FitResult.rows
 class DaskRunner:
     """Runs the block passes on persisted Dask blocks (any scheduler; distributed when a Client is active)."""
 
-    def __init__(self, blocks: list, n_users: int, pairs: PairTable | None = None, tie_counts=None):
+    def __init__(self, blocks: list, n_users: int, pairs: PairTable | None = None, tie_counts=None, known_values=None):
         self.blocks = blocks  # list of persisted Delayed
         self.n_users = n_users
         self.pairs = pairs  # the blocks' pair vocabulary
+        self.known_values = known_values  # known strengths with ties: the blocks' one vocabulary of known log-odds
         self.ties = tie_counts is not None  # the blocks' ties enter the likelihood (bayes_annot.ties)
         self._tie_counts = tie_counts
 
@@ -315,6 +317,9 @@ def _block_from_frame(frame: pd.DataFrame, n_models: int, known: bool, pairs: Pa
             extra.update(tie=tie, tie_pair=np.searchsorted(pairs.keys, frame["cell"].to_numpy()[tie] >> 1))
         block = make_block(user, usable, n_models, cell=(2 * index + (cell & 1)).astype(np.int32), pairs=pairs, **extra)
     else:
+        if ties:  # each tie's known log-odds (the blocks share one vocabulary later: with_known_values)
+            tie = reason == 1
+            extra.update(tie=tie, tie_logit=frame["known"].to_numpy()[tie])
         block = make_block(user, usable, n_models, choice=(cell & 1).astype(np.int8),
                            known_logit=frame["known"].to_numpy()[usable], **extra)
     block.ties = int((reason == 1).sum())
@@ -529,7 +534,7 @@ def fit_dask(
     known = strength_mode != "learned"
     spec = spec.with_strengths(not known)  # known strengths refuse taste classes
     # ties are read into the blocks unless they cannot be modelled (the log's count decides below)
-    tie_blocks = resolve_ties(ties, 1, tastes=tastes, learned=not known, dask=True) == "model"
+    tie_blocks = resolve_ties(ties, 1, tastes=tastes, learned=not known) == "model"
 
     t1 = time.perf_counter()
     uv, mv = _broadcast(user_vocab), _broadcast(model_vocab)
@@ -575,11 +580,16 @@ def fit_dask(
         "users": n_users,
         "models": k,
     }
-    ties_mode = resolve_ties(ties, counts["ties"], tastes=tastes, learned=not known, dask=True)
+    ties_mode = resolve_ties(ties, counts["ties"], tastes=tastes, learned=not known)
+    known_values = None
+    if known and tie_blocks:  # one vocabulary of known log-odds over the blocks, so that their tables agree
+        known_values = dask.compute(_tree_union([delayed(_pick_known)(b) for b in blocks]))[0]
+        shared = _broadcast(known_values)
+        blocks = list(dask.persist(*[delayed(with_known_values)(b, shared) for b in blocks]))
     t2 = time.perf_counter()
     runner = DaskRunner(blocks, n_users, pairs=None if known else pair_counts,
                         tie_counts=(float(counts["ties"]), float(counts["rows_in_likelihood"])) if ties_mode == "model"
-                        else None)
+                        else None, known_values=known_values)
     taste_fit, taste_extra = None, {}
     if max_tastes is not None:  # tastes="auto": the choice on the driver's coded labels, then the partitions' fit
         from .local_em import fit_taste_classes
@@ -645,6 +655,10 @@ def _coded_problem(coded, n_models: int, n_users: int, casual, ties: bool):
         tie = reason == 1
         problem.tie_user, problem.tie_model_a, problem.tie_model_b = user[tie], pair[tie] // n_models, pair[tie] % n_models
     return problem
+
+
+def _pick_known(block: Block) -> np.ndarray:
+    return block.known_values
 
 
 def _block_counts(block: Block) -> dict:

@@ -147,9 +147,16 @@ def casual_effect_names(design) -> list[str]:
 
 
 def compress_ties(problem: UsableLabels) -> dict:
-    """The ties in the likelihood as distinct (user, model_a, model_b) cells with counts (``None``: none)."""
+    """The ties in the likelihood as distinct (user, model_a, model_b) cells with counts (``None``: none);
+    with known strengths distinct (user, known log-odds) cells (``logit_mu``)."""
     if problem.tie_user is None or problem.n_ties == 0:
         return None
+    n_tie_user = np.bincount(problem.tie_user, minlength=problem.n_users).astype(float)
+    if not problem.learned:
+        table = np.column_stack([problem.tie_user.astype(float), np.asarray(problem.tie_logit_mu, float)])
+        uniq, count = np.unique(table, axis=0, return_counts=True)
+        return dict(user=uniq[:, 0].astype(np.int64), logit_mu=uniq[:, 1].copy(), count=count.astype(float),
+                    n_tie_user=n_tie_user)
     k = problem.n_models
     key = (problem.tie_user.astype(np.int64) * k + problem.tie_model_a) * k + problem.tie_model_b
     uniq, count = np.unique(key, return_counts=True)
@@ -320,8 +327,6 @@ def build_model(
     variant, n_tastes, priors, q_fixed = spec.variant, spec.n_tastes, spec.priors, spec.q
     cells = compress_cells(problem)
     ties = compress_ties(problem)  # ties in the likelihood (bayes_annot.ties): Davidson's nu and the casual rate t
-    if ties is not None and not problem.learned:
-        raise InputError("ties in the PyMC model need learned strengths")
     n_users, n_models = problem.n_users, problem.n_models
     coords = {
         "user": _labels(user_labels, n_users, "u"),
@@ -420,7 +425,11 @@ def build_model(
                     att_cell = pt.stack([-pt.softplus(d), -pt.softplus(-d)], axis=2).reshape((-1,))[flat]
         else:
             logit_mu = pm.Data("cell_logit_mu", cells["logit_mu"], dims="cell")
-            att_cell = -pt.softplus(-(2.0 * cell_choice - 1.0) * logit_mu)  # log sigmoid((2y - 1) logit_mu)
+            if ties is not None:  # Davidson at the known log-odds: log P(y) = (2y - 1) d / 2 - log h
+                att_cell = 0.5 * (2.0 * cell_choice - 1.0) * logit_mu - _davidson_log_norm(logit_mu, nu)
+                att_tie = pt.log(nu) - _davidson_log_norm(pm.Data("tie_logit_mu", ties["logit_mu"]), nu)
+            else:
+                att_cell = -pt.softplus(-(2.0 * cell_choice - 1.0) * logit_mu)  # log sigmoid((2y - 1) logit_mu)
 
         if n_tastes > 1:
             n_a, n_b = _user_choice_counts(problem)
@@ -669,8 +678,13 @@ def _tie_terms(problem, cells, ties, strengths, sl):
     from .ties import davidson_logprobs
 
     tie_cells, nu, t = ties
-    d = strengths[sl][:, cells["model_a"]] - strengths[sl][:, cells["model_b"]]
-    d_tie = strengths[sl][:, tie_cells["model_a"]] - strengths[sl][:, tie_cells["model_b"]]
+    n_draws = len(nu[sl])
+    if strengths is None:  # known log-odds: the same in every draw
+        d = np.broadcast_to(cells["logit_mu"], (n_draws, len(cells["logit_mu"])))
+        d_tie = np.broadcast_to(tie_cells["logit_mu"], (n_draws, len(tie_cells["logit_mu"])))
+    else:
+        d = strengths[sl][:, cells["model_a"]] - strengths[sl][:, cells["model_b"]]
+        d_tie = strengths[sl][:, tie_cells["model_a"]] - strengths[sl][:, tie_cells["model_b"]]
     half = 0.5 * np.abs(d)
     log_base = half + np.log1p(np.exp(-2.0 * half))  # log(2 cosh(d/2))
     norm = np.stack([log_base[i] - (0.5 * d[i] - davidson_logprobs(d[i], float(v))[0]) for i, v in enumerate(nu[sl])])
@@ -876,20 +890,28 @@ def _tie_map_users(problem: UsableLabels, variant: str, point: dict, q: float, t
     """MAP with ties in the likelihood: per-user results at the MAP point by the block engine's passes
     (the EM engine's arithmetic; :mod:`bayes_annot.ties`). Returns ``(quality, p_good, user_ll, informative,
     active, params)`` before the no-verdict levels."""
-    from .block_em import _block_informative, block_grid_posterior, block_two_class_users, make_block
+    from .block_em import _block_informative, block_grid_posterior, block_two_class_users, known_davidson_tables, make_block
     from .pairs import PairTable
     from .ties import davidson_tables
 
     n, n_ties = problem.n_labels, problem.n_ties
-    pairs = PairTable.from_labels(np.concatenate([problem.model_a, problem.tie_model_a]),
-                                  np.concatenate([problem.model_b, problem.tie_model_b]), problem.n_models)[0]
     mask = np.arange(n + n_ties) < n
-    block = make_block(np.concatenate([problem.user, problem.tie_user]), mask, problem.n_models,
-                       cell=pairs.cells(problem.model_a, problem.model_b, problem.choice_a), users=np.arange(problem.n_users),
-                       pairs=pairs, casual_cell=problem.casual_cell, n_casual=problem.n_casual, tie=~mask,
-                       tie_pair=pairs.index(problem.tie_model_a, problem.tie_model_b))
     nu, t = float(point["tie_nu"]), float(point["casual_tie_rate"])
-    att_table, tie_table = davidson_tables(strengths, pairs.a, pairs.b, nu)
+    common = dict(users=np.arange(problem.n_users), casual_cell=problem.casual_cell, n_casual=problem.n_casual, tie=~mask)
+    user = np.concatenate([problem.user, problem.tie_user])
+    if problem.learned:
+        pairs = PairTable.from_labels(np.concatenate([problem.model_a, problem.tie_model_a]),
+                                      np.concatenate([problem.model_b, problem.tie_model_b]), problem.n_models)[0]
+        block = make_block(user, mask, problem.n_models, cell=pairs.cells(problem.model_a, problem.model_b,
+                                                                          problem.choice_a),
+                           pairs=pairs, tie_pair=pairs.index(problem.tie_model_a, problem.tie_model_b), **common)
+        att_table, tie_table = davidson_tables(strengths, pairs.a, pairs.b, nu)
+        differs = np.repeat(np.abs(strengths[pairs.a] - strengths[pairs.b]) > informative_tol, 2)
+    else:  # known log-odds: Davidson's tables over the block's vocabulary of them
+        block = make_block(user, mask, problem.n_models, choice=problem.choice_a, known_logit=problem.known_logit_mu,
+                           tie_logit=problem.tie_logit_mu, **common)
+        att_table, tie_table = (part[:, 0] for part in known_davidson_tables(block.known_values, nu))
+        differs = None
     casual = q if table is None else table
     params = {"tie_nu": nu, "casual_tie_rate": t}
     if variant == "two-class":
@@ -899,7 +921,6 @@ def _tie_map_users(problem: UsableLabels, variant: str, point: dict, q: float, t
         m, tau = float(point["m"]), float(point["tau"])
         post, user_ll = block_grid_posterior(block, m, tau, casual, np.exp(att_table), ties=(np.exp(tie_table), t))
         quality, p_good = post @ expit(ETA_GRID.theta(m, tau)), post @ ETA_GRID.above_half(m, tau)
-    differs = np.repeat(np.abs(strengths[pairs.a] - strengths[pairs.b]) > informative_tol, 2)
     informative = _block_informative(block, differs, casual, informative_tol)
     return quality, p_good, user_ll, informative, block.n_user_all > 0, params
 

@@ -181,14 +181,14 @@ def tie_start(n_ties: float, n_labels: float) -> tuple[float, float]:
 def resolve_ties(ties: str | None, n_ties: int, *, method: str = "em", tastes=1, learned: bool = True,
                  variant: str = "two-class", dask: bool = False) -> str:
     """The ties mode of a fit: ``ties`` if given (checked), else (``None`` or ``"auto"``) ``"model"`` when the log has ties and the
-    fit supports them (EM; MAP; NUTS with the two-class variant, taste classes too; known strengths by EM in
-    memory), else ``"ignore"``; ``"model"`` on a log without ties is ``"ignore"`` (nothing to model).
+    fit supports them (EM in memory, on Dask and in updates; MAP; NUTS with the two-class variant; learned or known
+    strengths, taste classes too), else ``"ignore"``; ``"model"`` on a log without ties is ``"ignore"`` (nothing to model).
 
     Raises
     ------
     InputError
         An unknown mode, or ``"model"`` where ties are not in the likelihood yet (NUTS with the continuous
-        variant, known strengths on a Dask DataFrame or by MAP / NUTS).
+        variant).
     """
     if ties == "auto":  # the default, as a fit's settings record it
         ties = None
@@ -196,14 +196,10 @@ def resolve_ties(ties: str | None, n_ties: int, *, method: str = "em", tastes=1,
         raise InputError(f"unknown ties mode {ties!r}, expected one of {', '.join(TIES_MODES)}")
     # EM; MAP; NUTS with the two-class variant (taste classes too)
     engine = method in ("em", "map") or (method == "nuts" and variant == "two-class")
-    known_ok = method == "em" and not dask  # known strengths: one vocabulary of known log-odds, in memory
-    supported = engine and (learned or known_ok)
+    supported = engine
     if ties == "model" and not supported:
-        why = ("NUTS with the continuous variant" if not engine
-               else "known attentive probabilities (p_a / mu) on a Dask DataFrame" if dask
-               else "known attentive probabilities (p_a / mu) by MAP or NUTS")
-        raise InputError(f"ties in the likelihood are not available with {why} yet: use ties='ignore' "
-                         "(--ties ignore) or method='em'" + (" with learned strengths" if method == "em" else ""))
+        raise InputError("ties in the likelihood are not available with NUTS with the continuous variant yet: use "
+                         "ties='ignore' (--ties ignore) or method='em'")
     if n_ties == 0 or not supported:
         return "ignore"
     return ties or "model"

@@ -224,3 +224,38 @@ def test_dask_tastes_auto_equals_in_memory(tmp_path):
     for column in ["quality"] + [c for c in users_memory if c.startswith("p_taste_")]:
         np.testing.assert_allclose(users_lazy[column].loc[users_memory.index], users_memory[column], atol=1e-8)
     assert lazy.ties_["nu"] == pytest.approx(memory.ties_["nu"], abs=1e-8)
+
+
+def test_dask_known_strengths_with_ties_equal_in_memory():
+    dd = pytest.importorskip("dask.dataframe")
+    import dask
+
+    log = _known_tie_log(n_users=300, seed=11)[COLUMNS + ["p_a"]]
+    for model in ("two-class", "continuous"):
+        tol = 1e-9 if model == "two-class" else 1e-12
+        with dask.config.set(scheduler="synchronous"):
+            lazy = _fit(dd.from_pandas(log, npartitions=3, sort=False), model=model, tol=tol)
+        memory = _fit(log, model=model, tol=tol)
+        assert lazy.ties_["mode"] == memory.ties_["mode"] == "model"
+        np.testing.assert_allclose(lazy.users.quality, memory.users.quality, atol=1e-8)
+        assert lazy.ties_["nu"] == pytest.approx(memory.ties_["nu"], abs=1e-8)
+        assert lazy.ties_["t"] == pytest.approx(memory.ties_["t"], abs=1e-8)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["two-class", "continuous"])
+def test_map_with_known_strengths_and_ties_equals_em(model):
+    pytest.importorskip("pymc")
+    log = _known_tie_log(n_users=200, seed=12)[COLUMNS + ["p_a"]]
+    em = _fit(log, model=model, tol=1e-12, max_iter=5000)
+    mp = _fit(log, model=model, method="map")
+    assert mp.ties_["mode"] == em.ties_["mode"] == "model"
+    assert mp.ties_["nu"] == pytest.approx(em.ties_["nu"], abs=1e-4)
+    assert mp.ties_["t"] == pytest.approx(em.ties_["t"], abs=1e-4)
+    np.testing.assert_allclose(mp.users.quality, em.users.quality, atol=1e-4)
+    assert mp.summary["loglik"] == pytest.approx(em.summary["loglik"], abs=1e-4)
+    if model == "two-class":  # NUTS samples the same model: posterior means near EM's
+        nuts = _fit(log, method="nuts", draws=200, tune=200, chains=2, seed=1)
+        assert nuts.ties_["mode"] == "model"
+        assert abs(nuts.ties_["nu"] - em.ties_["nu"]) < 0.1 * em.ties_["nu"]
+        assert abs(nuts.ties_["t"] - em.ties_["t"]) < 0.1 * em.ties_["t"]
