@@ -179,10 +179,11 @@ def tie_start(n_ties: float, n_labels: float) -> tuple[float, float]:
 
 
 def resolve_ties(ties: str | None, n_ties: int, *, method: str = "em", tastes=1, learned: bool = True,
-                 variant: str = "two-class", dask: bool = False) -> str:
+                 variant: str = "two-class") -> str:
     """The ties mode of a fit: ``ties`` if given (checked), else (``None`` or ``"auto"``) ``"model"`` when the log has ties and the
     fit supports them (EM in memory, on Dask and in updates; MAP; NUTS with the two-class variant; learned or known
-    strengths, taste classes too), else ``"ignore"``; ``"model"`` on a log without ties is ``"ignore"`` (nothing to model).
+    strengths and taste classes alike: ``tastes`` and ``learned`` no longer restrict it), else ``"ignore"``;
+    ``"model"`` on a log without ties is ``"ignore"`` (nothing to model).
 
     Raises
     ------
@@ -194,9 +195,8 @@ def resolve_ties(ties: str | None, n_ties: int, *, method: str = "em", tastes=1,
         ties = None
     if ties is not None and ties not in TIES_MODES:
         raise InputError(f"unknown ties mode {ties!r}, expected one of {', '.join(TIES_MODES)}")
-    # EM; MAP; NUTS with the two-class variant (taste classes too)
-    engine = method in ("em", "map") or (method == "nuts" and variant == "two-class")
-    supported = engine
+    # EM; MAP; NUTS with the two-class variant (taste classes, known strengths too)
+    supported = method in ("em", "map") or (method == "nuts" and variant == "two-class")
     if ties == "model" and not supported:
         raise InputError("ties in the likelihood are not available with NUTS with the continuous variant yet: use "
                          "ties='ignore' (--ties ignore) or method='em'")
