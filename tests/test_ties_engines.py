@@ -259,3 +259,13 @@ def test_map_with_known_strengths_and_ties_equals_em(model):
         assert nuts.ties_["mode"] == "model"
         assert abs(nuts.ties_["nu"] - em.ties_["nu"]) < 0.1 * em.ties_["nu"]
         assert abs(nuts.ties_["t"] - em.ties_["t"]) < 0.1 * em.ties_["t"]
+
+
+def test_tie_rate_check_of_a_known_strength_fit_uses_each_rows_log_odds():
+    from bayes_annot.plotting import ppc_tie_rates
+
+    log = _known_tie_log(n_users=300, seed=13)[COLUMNS + ["p_a"]]
+    ppc = ppc_tie_rates(_fit(log), n_rep=50, seed=0)
+    # replicated tie rates at each row's own log-odds match the observed ones (at d = 0 for every row, as
+    # without the p_a column, they were 0.02 too high: attentive ties peak on even pairs)
+    assert abs(ppc["replicated"].mean() - ppc["observed"].mean()) < 0.008
