@@ -246,7 +246,7 @@ def test_dask_known_strengths_with_ties_equal_in_memory():
 @pytest.mark.parametrize("model", ["two-class", "continuous"])
 def test_map_with_known_strengths_and_ties_equals_em(model):
     pytest.importorskip("pymc")
-    log = _known_tie_log(n_users=200, seed=12)[COLUMNS + ["p_a"]]
+    log = _known_tie_log(n_users=120, seed=12)[COLUMNS + ["p_a"]]
     em = _fit(log, model=model, tol=1e-12, max_iter=5000)
     mp = _fit(log, model=model, method="map")
     assert mp.ties_["mode"] == em.ties_["mode"] == "model"
@@ -255,7 +255,7 @@ def test_map_with_known_strengths_and_ties_equals_em(model):
     np.testing.assert_allclose(mp.users.quality, em.users.quality, atol=1e-4)
     assert mp.summary["loglik"] == pytest.approx(em.summary["loglik"], abs=1e-4)
     if model == "two-class":  # NUTS samples the same model: posterior means near EM's
-        nuts = _fit(log, method="nuts", draws=200, tune=200, chains=2, seed=1)
+        nuts = _fit(log, method="nuts", draws=150, tune=150, chains=2, seed=1)
         assert nuts.ties_["mode"] == "model"
         assert abs(nuts.ties_["nu"] - em.ties_["nu"]) < 0.1 * em.ties_["nu"]
         assert abs(nuts.ties_["t"] - em.ties_["t"]) < 0.1 * em.ties_["t"]
