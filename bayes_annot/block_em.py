@@ -38,7 +38,7 @@ from .em import (
 )
 from .likelihood import ETA_GRID, EtaGrid, Priors, log_normal_pdf, log_prior, log_type_shares
 from .spec import BehaviourSpec
-from .ties import davidson_tables, log_prior_ties, nu_step, tie_rate_step, tie_start
+from .ties import davidson_logprobs, davidson_tables, log_prior_ties, nu_step, tie_rate_step, tie_start
 from .pairs import (
     DENSE_MAX_MODELS,
     PairTable,
@@ -51,7 +51,7 @@ from .pairs import (
 )
 
 __all__ = ["Block", "EMState", "make_block", "merge_blocks", "cell_index_map", "pair_cell_map", "LocalRunner", "run_em",
-           "run_class_em", "ClassEMResult"]
+           "run_class_em", "ClassEMResult", "known_davidson_tables", "with_known_values"]
 
 # --------------------------------------------------------------------------- blocks (pure numpy)
 
@@ -106,12 +106,15 @@ class Block:
     _entry_choice: np.ndarray | None = field(default=None, repr=False)
     _known_cells: tuple | None = field(default=None, repr=False)
     # ties in the likelihood (bayes_annot.ties): each tie entry's pair index, grouped by user like the entries
-    tie_cell: np.ndarray | None = None  # int32 (n_ties,) pair index; None: ties not modelled
+    tie_cell: np.ndarray | None = None  # int32 (n_ties,) pair index (known: index into known_values); None: not modelled
     tie_indptr: np.ndarray | None = None  # (Ul + 1,) start of each user's tie entries
     n_user_tie: np.ndarray | None = None  # float (Ul,) ties of each user
+    # known strengths with ties: the vocabulary of the entries' and ties' known log-odds (sorted, distinct)
+    known_values: np.ndarray | None = None
     _tie_counts: object = field(default=None, repr=False)
     _grid_tie_counts: object = field(default=None, repr=False)
     _tie_appended_totals: np.ndarray | None = field(default=None, repr=False)
+    _known_counts: object = field(default=None, repr=False)
 
     @property
     def has_ties(self) -> bool:
@@ -124,8 +127,24 @@ class Block:
             from scipy.sparse import csr_matrix
 
             self._tie_counts = csr_matrix((np.ones(self.tie_cell.shape[0]), self.tie_cell, self.tie_indptr),
-                                          shape=(self.users.shape[0], self.n_cells // 2))
+                                          shape=(self.users.shape[0], self.n_tie_cells))
         return self._tie_counts
+
+    @property
+    def n_tie_cells(self) -> int:
+        """Columns of :meth:`tie_matrix`: the pairs (learned strengths) or the known log-odds values."""
+        return self.n_cells // 2 if self.learned else int(self.known_values.shape[0])
+
+    def known_matrix(self):
+        """Known strengths with ties: ``users x 2 V`` CSR counts by ``2 * value + choice`` (``V`` the
+        :attr:`known_values`; cached), so a table over the values sums per user as a learned block's cells do."""
+        if self._known_counts is None:
+            from scipy.sparse import csr_matrix
+
+            cell = 2 * np.searchsorted(self.known_values, self.known_logit) + self.choice
+            self._known_counts = csr_matrix((np.ones(self.n_entries), cell, self.indptr),
+                                            shape=(self.users.shape[0], 2 * self.known_values.shape[0]))
+        return self._known_counts
 
     @property
     def n_user_all(self) -> np.ndarray:
@@ -253,7 +272,7 @@ class Block:
             indices[np.arange(self.tie_cell.shape[0]) + np.repeat(self.indptr[1:], np.diff(self.tie_indptr))] = \
                 n_pass + self.tie_cell
             self._grid_tie_counts = csr_matrix((np.ones(indices.shape[0]), indices, indptr),
-                                               shape=(self.users.shape[0], n_pass + self.n_cells // 2))
+                                               shape=(self.users.shape[0], n_pass + self.n_tie_cells))
         return self._grid_tie_counts
 
     def _pass_totals(self, ties: bool) -> np.ndarray:
@@ -335,6 +354,7 @@ class Block:
         self._tie_counts = None
         self._grid_tie_counts = None
         self._tie_appended_totals = None
+        self._known_counts = None
 
     @property
     def cell_totals(self) -> np.ndarray:
@@ -378,6 +398,7 @@ def make_block(
     n_casual: int = 0,
     tie: np.ndarray | None = None,
     tie_pair: np.ndarray | None = None,
+    tie_logit: np.ndarray | None = None,
 ) -> Block:
     """Build a :class:`Block` from per-row arrays (global user codes, all rows).
 
@@ -388,7 +409,8 @@ def make_block(
     (``2 * pair + choice``); without it ``cell`` is the dense ``(a K + b) 2 + choice``.
     ``casual_cell`` (usable rows, row order): each label's casual cell of a design of ``n_casual`` cells.
     ``tie`` (a mask over all rows) and ``tie_pair`` (those rows' pair indices in ``pairs``, row order): the
-    ties, when they enter the likelihood (learned strengths; :mod:`bayes_annot.ties`).
+    ties, when they enter the likelihood (:mod:`bayes_annot.ties`); with known strengths ``tie_logit`` (those
+    rows' known log-odds) instead of ``tie_pair``.
     """
     user = np.asarray(user)
     if users is None:
@@ -421,6 +443,10 @@ def make_block(
         block.casual_cell = np.asarray(casual_cell, dtype=np.int32)[order]
         block.n_casual = int(n_casual)
     if tie is not None:
+        if cell is None:  # known strengths: ties index the vocabulary of known log-odds
+            tie_logit = np.asarray(tie_logit, dtype=float).reshape(-1)
+            block.known_values = np.unique(np.concatenate([block.known_logit, tie_logit]))
+            tie_pair = np.searchsorted(block.known_values, tie_logit)
         _set_ties(block, local_all[np.asarray(tie, dtype=bool)], tie_pair)
     return block
 
@@ -436,6 +462,20 @@ def _set_ties(block: Block, local: np.ndarray, tie_pair) -> None:
     block.tie_indptr = indptr
     block.n_user_tie = counts.astype(float)
     block._inactive = None
+
+
+def with_known_values(block: Block, values: np.ndarray) -> Block:
+    """``block`` (known strengths with ties) re-indexed on the vocabulary ``values`` of known log-odds (a superset
+    of its own, e.g. the union over a Dask fit's blocks), so that every block's tables are the same."""
+    import copy
+
+    values = np.asarray(values, dtype=float)
+    block = copy.copy(block)  # the input (a persisted Dask block) is left as it is
+    block.tie_cell = np.searchsorted(values, block.known_values[block.tie_cell]).astype(np.int32)
+    block.known_values = values
+    block.release_pass_caches()
+    block._known_cells = None
+    return block
 
 
 def merge_blocks(
@@ -540,7 +580,13 @@ def merge_blocks(
         block.n_casual = new.n_casual
     if old.has_ties != new.has_ties:
         raise ValueError("cannot merge a block with modelled ties and one without")
-    if new.has_ties:  # each user's old ties, then the new ones (old pairs mapped as their cells are)
+    if new.has_ties and not new.learned:  # known log-odds: one vocabulary of both blocks' values
+        block.known_values = np.union1d(old.known_values, new.known_values)
+        old_pair = np.searchsorted(block.known_values, old.known_values)[old.tie_cell]
+        new_pair = np.searchsorted(block.known_values, new.known_values)[new.tie_cell]
+        local = np.concatenate([np.repeat(pos_old, np.diff(old.tie_indptr)), np.repeat(pos_new, np.diff(new.tie_indptr))])
+        _set_ties(block, local, np.concatenate([old_pair, new_pair]))
+    elif new.has_ties:  # each user's old ties, then the new ones (old pairs mapped as their cells are)
         old_pair = old.tie_cell if cell_map is None else np.asarray(cell_map, dtype=np.int64)[2 * old.tie_cell.astype(
             np.int64)] // 2
         local = np.concatenate([np.repeat(pos_old, np.diff(old.tie_indptr)), np.repeat(pos_new, np.diff(new.tie_indptr))])
@@ -570,6 +616,8 @@ def _block_att_sum(block: Block, table: np.ndarray | None) -> np.ndarray:
     """Per-user sums of attentive log-probabilities."""
     if block.learned:
         return block.user_table_sums(table)
+    if table is not None:  # known strengths with ties: Davidson's table over the known values
+        return block.known_matrix() @ table
     return block.row_sums(log_expit((2.0 * block.choice - 1.0) * block.known_logit))
 
 
@@ -687,8 +735,10 @@ def block_class_pass(block: Block, shares: np.ndarray, q: float, tables: np.ndar
         if block.joint:  # both cell tables from one pass over the entries (casual = 1 - p_att here)
             cells, casual_cells = block.joint_stats(p_att)
             cells = cells[:, None]
-        else:
-            cells = block.cell_sums_by_user(p_att)[:, None] if block.learned else None
+        elif block.learned:
+            cells = block.cell_sums_by_user(p_att)[:, None]
+        else:  # known strengths: the values' weighted counts when ties are modelled (the nu M-step's input)
+            cells = None if ties is None else (block.known_matrix().T @ p_att)[:, None]
     else:
         totals = att.sum(axis=0) - att[inactive].sum(axis=0)
         cells = block.matrix().T @ att
@@ -759,6 +809,8 @@ def _block_informative(block: Block, differs_cell, q, tol) -> np.ndarray:
             return block.n_user > 0
         return block.user_table_sums(differs_cell.astype(float)) > 0  # users with a label in a differing cell
     differs = np.abs(block.known_logit) > tol  # same rule as em._informative_users
+    if block.has_ties:
+        return block.row_sums(differs.astype(float)) + block.tie_matrix() @ (np.abs(block.known_values) > tol) > 0
     return block.row_sums(differs.astype(float)) > 0
 
 
@@ -790,7 +842,10 @@ def _grid_cells(block: Block, att_prob_table, casual, ties=None):
         if block._known_cells is None:
             from scipy.sparse import csr_matrix
 
-            values, index = np.unique(block.known_logit, return_inverse=True)
+            if block.known_values is not None:  # with ties: the vocabulary the tie entries index too
+                values, index = block.known_values, np.searchsorted(block.known_values, block.known_logit)
+            else:
+                values, index = np.unique(block.known_logit, return_inverse=True)
             outer = index.reshape(-1).astype(np.int64) * n_casual
             if block.casual_cell is not None:
                 outer = outer + block.casual_cell
@@ -798,7 +853,7 @@ def _grid_cells(block: Block, att_prob_table, casual, ties=None):
                                 shape=(block.users.shape[0], 2 * len(values) * n_casual))
             block._known_cells = (counts, np.stack([expit(-values), expit(values)], axis=1))
         counts, att = block._known_cells
-        att = att.reshape(-1, 1, 2)
+        att = (att if att_prob_table is None else np.asarray(att_prob_table)).reshape(-1, 1, 2)
     shape = (att.shape[0], n_casual, 2)
     att, cas = np.broadcast_to(att, shape).reshape(-1), np.broadcast_to(cas.reshape(1, -1, 2), shape).reshape(-1)
     if ties is None:
@@ -881,7 +936,7 @@ def block_continuous_pass(block: Block, m: float, tau: float, casual, att_prob_t
         "loglik": float(user_ll.sum()), "eta_a": eta_a, "eta_b": eta_b,
         "casual_a": float(casual_cells[:, 1].sum()), "casual": float(casual_cells.sum()),
         "casual_cells": None if block.casual_cell is None else casual_cells.reshape(-1),
-        "cells": by_cell.sum(axis=1).reshape(-1) if block.learned else None, **tie_stats,
+        "cells": by_cell.sum(axis=1).reshape(-1) if block.learned or ties is not None else None, **tie_stats,
     }
 
 
@@ -929,6 +984,14 @@ class LocalRunner:
     def tie_counts(self) -> tuple[float, float]:
         """Ties and decided labels in the likelihood, summed over the blocks (ties modelled)."""
         return (float(sum(b.n_user_tie.sum() for b in self.blocks)), float(sum(b.n_user.sum() for b in self.blocks)))
+
+    @property
+    def known_values(self) -> np.ndarray:
+        """Known strengths with ties: the blocks' one vocabulary of known log-odds (:attr:`Block.known_values`)."""
+        values = [b.known_values for b in self.blocks]
+        if any(not np.array_equal(v, values[0]) for v in values[1:]):
+            raise ValueError("known strengths with ties need one vocabulary of known log-odds over the blocks")
+        return values[0]
 
     def cell_counts(self):
         """The unweighted pair table summed over the blocks (see ``block_cell_counts``)."""
@@ -1040,6 +1103,42 @@ class _PairBT:
         s = np.atleast_2d(strengths)
         d = (s[:, self.pairs.a] - s[:, self.pairs.b]).T
         return nu_step(nu, d, w1 + w0 + wt, float(wt.sum()), priors)
+
+
+class _KnownTies:
+    """Known strengths with ties in the likelihood: :class:`_PairBT`'s Davidson pieces over the blocks' vocabulary
+    of known log-odds (the ``d`` of every decided cell and tie) instead of pairs; the strengths stay fixed."""
+
+    def __init__(self, values: np.ndarray):
+        self.values = np.asarray(values, dtype=float)
+
+    def davidson(self, strengths, nu: float) -> tuple[np.ndarray, np.ndarray]:
+        """``(2 V, 1)`` log P_att of every decided cell ``2 * value + choice`` and ``(V, 1)`` of a tie."""
+        return known_davidson_tables(self.values, nu)
+
+    @staticmethod
+    def fit_ties(cells, tie_cells, start, nu):
+        return start  # known: nothing to fit
+
+    def nu(self, strengths, cells: np.ndarray, tie_cells: np.ndarray, nu: float, priors: Priors) -> float:
+        """The ``nu`` M-step (:func:`~bayes_annot.ties.nu_step`) over the known values' weighted counts."""
+        w1, w0 = _split_cells(np.asarray(cells).reshape(-1))
+        wt = np.asarray(tie_cells).reshape(-1)
+        return nu_step(nu, self.values, w1 + w0 + wt, float(wt.sum()), priors)
+
+
+def known_davidson_tables(values: np.ndarray, nu: float) -> tuple[np.ndarray, np.ndarray]:
+    """Known strengths with ties: ``(2 V, 1)`` Davidson log P_att of every decided cell ``2 * value + choice``
+    and ``(V, 1)`` of a tie, over a vocabulary of known log-odds ``values`` (:attr:`Block.known_values`)."""
+    pa, pb, pt = davidson_logprobs(np.asarray(values, dtype=float), nu)
+    return np.stack([pb, pa], axis=-1).reshape(-1, 1), pt[:, None]
+
+
+def _tie_strengths(runner, bt, learned: bool):
+    """The Davidson pieces of the EM drivers: the pair vocabulary's (learned) or the known values'."""
+    if learned:
+        return bt
+    return _KnownTies(runner.known_values)
 
 
 class _TieSide:
@@ -1198,13 +1297,12 @@ def run_class_em(
     cas = _CasualSide(casual, priors, q_free)
     g0 = cas.start(casual_g)
     ties = _TieSide(runner, priors, nu, tie_rate)
-    if ties.on and not learned:
-        raise ValueError("ties in the likelihood need learned strengths")
+    dv = _tie_strengths(runner, bt, learned) if ties.on else None  # Davidson's tables and M-steps
 
     def evaluate(shares, q, strengths, g, nu, t):
         """Objective at (shares, q, s, g, nu, t) and the EM map's image of them."""
         if ties.on:
-            tabs, tie_tabs = bt.davidson(strengths, nu)
+            tabs, tie_tabs = dv.davidson(strengths, nu)
             st = runner.class_pass(shares, cas.arg(q, g), tabs, ties=(tie_tabs, t))
         else:
             st = runner.class_pass(shares, cas.arg(q, g), bt.tables(strengths) if learned else None)
@@ -1219,8 +1317,8 @@ def run_class_em(
             new_q, new_g = cas.m_step(st, q, g)
         new_nu, new_t = nu, ties.t_step(st)
         if ties.on:  # ECM: strengths at fixed nu, then nu at the new strengths
-            new_s = bt.fit_ties(st["cells"], st["tie_cells"], strengths, nu)
-            new_nu = bt.nu(new_s, st["cells"], st["tie_cells"], nu, priors)
+            new_s = dv.fit_ties(st["cells"], st["tie_cells"], strengths, nu)
+            new_nu = dv.nu(new_s, st["cells"], st["tie_cells"], nu, priors)
         else:
             new_s = bt.fit_classes(st["cells"], strengths) if learned else None
         # a user's posteriors are functions of (shares, q, strengths, g, nu, t): their change is the step's
@@ -1257,7 +1355,7 @@ def run_class_em(
     shares, q, strengths, g0, nu, t = params
     differs_cell = bt.differs(strengths, informative_tol) if learned else None  # as em._informative_users
     if ties.on:
-        tabs, tie_tabs = bt.davidson(strengths, nu)
+        tabs, tie_tabs = dv.davidson(strengths, nu)
         parts = runner.class_final(shares, cas.arg(q, g0), tabs, differs_cell, informative_tol, ties=(tie_tabs, t))
     else:
         parts = runner.class_final(shares, cas.arg(q, g0), bt.tables(strengths) if learned else None, differs_cell,
@@ -1370,7 +1468,7 @@ def run_em(
     s = out["strengths"]
     differs_cell = bt.differs(s, informative_tol) if learned else None  # same rule as em._informative_users
     if out["nu"] is not None:
-        tabs, tie_tabs = bt.davidson(s, out["nu"])
+        tabs, tie_tabs = _tie_strengths(runner, bt, learned).davidson(s, out["nu"])
         parts = runner.continuous_final(out["m"], out["tau"], cas.arg(out["q"], out["g"]), np.exp(tabs[:, 0]),
                                         differs_cell, informative_tol, ties=(np.exp(tie_tabs[:, 0]), out["t"]))
     else:
@@ -1505,12 +1603,11 @@ def _run_continuous(runner, bt, learned, priors, q_fixed, tol, max_iter, start, 
     cas = cas if cas is not None else _CasualSide(None, priors, q_fixed is None)
     g0 = cas.start(start.get("casual_g"))
     ties = _TieSide(runner, priors, start.get("tie_nu"), start.get("casual_tie_rate"))
-    if ties.on and not learned:
-        raise ValueError("ties in the likelihood need learned strengths")
+    dv = _tie_strengths(runner, bt, learned) if ties.on else None  # Davidson's tables and M-steps
 
     def evaluate(m, tau, q, strengths, g, nu, t):
         if ties.on:  # Davidson's attentive probabilities; tie entries mix eta P_att(tie) + (1 - eta) t
-            tabs, tie_tabs = bt.davidson(strengths, nu)
+            tabs, tie_tabs = dv.davidson(strengths, nu)
             st = runner.continuous_pass(m, tau, cas.arg(q, g), np.exp(tabs[:, 0]), ties=(np.exp(tie_tabs[:, 0]), t))
         else:
             st = runner.continuous_pass(m, tau, cas.arg(q, g), np.exp(bt.table(strengths)) if learned else None)
@@ -1520,8 +1617,10 @@ def _run_continuous(runner, bt, learned, priors, q_fixed, tol, max_iter, start, 
         new_nu, new_t = nu, ties.t_step(st)
         if ties.on:
             new_q = q if q_fixed is not None else float(_update_q(st["casual_a"], st["casual"], priors))
-            new_s = bt.fit_ties(st["cells"][:, None], st["tie_cells"][:, None], strengths[None, :], nu)[0]
-            new_nu = bt.nu(new_s, st["cells"][:, None], st["tie_cells"][:, None], nu, priors)
+            new_s = dv.fit_ties(st["cells"][:, None], st["tie_cells"][:, None], None if strengths is None
+                                else strengths[None, :], nu)
+            new_s = None if new_s is None else new_s[0]
+            new_nu = dv.nu(new_s, st["cells"][:, None], st["tie_cells"][:, None], nu, priors)
         else:
             new_q, new_s = _shared_m_step(st, q, strengths, bt, learned, priors, q_fixed)
         new_g = None

@@ -61,6 +61,7 @@ from .block_em import (
     block_user_cells,
     make_block,
     run_em,
+    with_known_values,
 )
 from .casual import DEFAULT_BINS, casual_design
 from .data import REASONS, ColumnMap, casual_input_columns, covariate_values, _encode_p_a, _encode_winner, _factorize, _resolve_columns, _uniques_as_text
@@ -80,10 +81,11 @@ REASON_CATEGORIES = list(REASONS)  # as FitResult.rows
 class DaskRunner:
     """Runs the block passes on persisted Dask blocks (any scheduler; distributed when a Client is active)."""
 
-    def __init__(self, blocks: list, n_users: int, pairs: PairTable | None = None, tie_counts=None):
+    def __init__(self, blocks: list, n_users: int, pairs: PairTable | None = None, tie_counts=None, known_values=None):
         self.blocks = blocks  # list of persisted Delayed
         self.n_users = n_users
         self.pairs = pairs  # the blocks' pair vocabulary
+        self.known_values = known_values  # known strengths with ties: the blocks' one vocabulary of known log-odds
         self.ties = tie_counts is not None  # the blocks' ties enter the likelihood (bayes_annot.ties)
         self._tie_counts = tie_counts
 
@@ -315,6 +317,9 @@ def _block_from_frame(frame: pd.DataFrame, n_models: int, known: bool, pairs: Pa
             extra.update(tie=tie, tie_pair=np.searchsorted(pairs.keys, frame["cell"].to_numpy()[tie] >> 1))
         block = make_block(user, usable, n_models, cell=(2 * index + (cell & 1)).astype(np.int32), pairs=pairs, **extra)
     else:
+        if ties:  # each tie's known log-odds (the blocks share one vocabulary later: with_known_values)
+            tie = reason == 1
+            extra.update(tie=tie, tie_logit=frame["known"].to_numpy()[tie])
         block = make_block(user, usable, n_models, choice=(cell & 1).astype(np.int8),
                            known_logit=frame["known"].to_numpy()[usable], **extra)
     block.ties = int((reason == 1).sum())
@@ -373,6 +378,7 @@ class DaskFit:
     tastes: object = None  # the TasteResult of a fit with taste classes (``em`` is then None)
     casual: object = None  # the casual covariates' design (bayes_annot.casual.CasualDesign), if any
     ties_mode: str = "ignore"  # whether ties entered the likelihood ("model") or not (bayes_annot.ties)
+    taste_extra: dict = field(default_factory=dict)  # tastes="auto": summary["taste_selection"], ["taste_diagnostic"]
 
     parameters = property(lambda self: self.to_estimates().parameters, doc="Global parameters (as the summary's).")
 
@@ -380,8 +386,8 @@ class DaskFit:
         """The engine-neutral :class:`bayes_annot.problem.Estimates` of this fit."""
         from .local_em import em_estimates, taste_estimates
 
-        return taste_estimates(self.tastes) if self.tastes is not None else em_estimates(self.em, self.em.variant,
-                                                                                          self.strengths, self.casual)
+        return taste_estimates(self.tastes, self.taste_extra) if self.tastes is not None else em_estimates(
+            self.em, self.em.variant, self.strengths, self.casual)
 
     def components(self) -> np.ndarray:
         """Connected component of each model in the comparison graph (as ``problem.graph_components``)."""
@@ -412,6 +418,7 @@ def fit_dask(
     casual_bins: int = DEFAULT_BINS,
     casual=None,
     ties: str | None = None,
+    max_tastes: int | None = None,
 ) -> DaskFit:
     """Fit the behaviour model by EM on a Dask DataFrame (map-reduce over partitions).
 
@@ -452,6 +459,12 @@ def fit_dask(
     ties : {"model", "ignore"}, optional
         As in :func:`bayes_annot.fit` (:func:`bayes_annot.ties.resolve_ties`; the mode fitted is
         ``DaskFit.ties_mode``).
+    max_tastes : int, optional
+        ``tastes="auto"``: choose the number of taste classes among ``1..max_tastes`` as an in-memory fit
+        does (:func:`bayes_annot.local_em.fit_taste_classes`, the held-out folds over each user's labels). The
+        cross-validation needs every label, so the integer-coded labels (user, pair, choice, ties and casual
+        cells; about 13 bytes per row, in input row order) are gathered on the driver, where the choice and
+        the chosen fit run (the in-memory fit's, number for number).
 
     Returns
     -------
@@ -568,13 +581,28 @@ def fit_dask(
         "models": k,
     }
     ties_mode = resolve_ties(ties, counts["ties"], tastes=tastes, learned=not known)
+    known_values = None
+    if known and tie_blocks:  # one vocabulary of known log-odds over the blocks, so that their tables agree
+        known_values = dask.compute(_tree_union([delayed(_pick_known)(b) for b in blocks]))[0]
+        shared = _broadcast(known_values)
+        blocks = list(dask.persist(*[delayed(with_known_values)(b, shared) for b in blocks]))
     t2 = time.perf_counter()
     runner = DaskRunner(blocks, n_users, pairs=None if known else pair_counts,
                         tie_counts=(float(counts["ties"]), float(counts["rows_in_likelihood"])) if ties_mode == "model"
-                        else None)
-    taste_fit = None
+                        else None, known_values=known_values)
+    taste_fit, taste_extra = None, {}
+    if max_tastes is not None:  # tastes="auto": the choice on the driver's coded labels, then the partitions' fit
+        from .local_em import fit_taste_classes
+
+        coded = dask.compute(*[delayed(_coded_rows)(p, len(casual_names)) for p in encoded.to_delayed()])
+        problem = _coded_problem(coded, k, n_users, casual, ties_mode == "model")
+        taste_fit, taste_extra = fit_taste_classes(problem, spec, tol=tol, max_iter=max_iter, seed=seed,
+                                                   max_tastes=max_tastes)
+        del coded, problem
     with em_callback(settings, callback, desc=f"EM over {nparts} blocks") as each_iteration:
-        if tastes != 1:
+        if taste_fit is not None:
+            em = None
+        elif tastes != 1:
             from .tastes import fit_tastes
 
             warm = (start or {}).get("tastes")
@@ -597,8 +625,40 @@ def fit_dask(
         em=em, user_labels=np.asarray(user_vocab, dtype=object), model_labels=np.asarray(model_vocab, dtype=object),
         n_rows_user=n_rows_user, n_labels_model=n_labels_model, pair_counts=pair_counts, counts=counts, columns=columns,
         strength_mode=strength_mode, strengths=strengths, n_partitions=nparts, timings=timings,
-        partition_rows=lengths, tastes=taste_fit, casual=casual, ties_mode=ties_mode,
+        partition_rows=lengths, tastes=taste_fit, casual=casual, ties_mode=ties_mode, taste_extra=taste_extra,
     )
+
+
+def _coded_rows(frame: pd.DataFrame, n_covariates: int) -> dict:
+    """One encoded partition's ``user``, ``cell``, ``reason`` (and covariates ``x``) arrays, in row order."""
+    out = {key: frame[key].to_numpy() for key in ("user", "cell", "reason")}
+    if n_covariates:
+        out["x"] = np.column_stack([frame[f"cx{j}"].to_numpy() for j in range(n_covariates)])
+    return out
+
+
+def _coded_problem(coded, n_models: int, n_users: int, casual, ties: bool):
+    """The :class:`~bayes_annot.em.UsableLabels` of the gathered coded rows (input row order, as
+    :func:`bayes_annot.problem.build_problem` of the same log in memory; learned strengths)."""
+    from .em import UsableLabels
+
+    user = np.concatenate([c["user"] for c in coded]).astype(np.int64)
+    cell = np.concatenate([c["cell"] for c in coded])
+    reason = np.concatenate([c["reason"] for c in coded])
+    usable, pair = reason == 0, cell >> 1
+    problem = UsableLabels(user=user[usable], model_a=pair[usable] // n_models, model_b=pair[usable] % n_models,
+                           choice_a=(cell[usable] & 1).astype(np.int8), n_users=n_users, n_models=n_models)
+    if casual is not None:
+        problem.casual_cell = casual.cells(np.concatenate([c["x"] for c in coded], axis=0)[usable])
+        problem.n_casual = casual.n_cells
+    if ties:
+        tie = reason == 1
+        problem.tie_user, problem.tie_model_a, problem.tie_model_b = user[tie], pair[tie] // n_models, pair[tie] % n_models
+    return problem
+
+
+def _pick_known(block: Block) -> np.ndarray:
+    return block.known_values
 
 
 def _block_counts(block: Block) -> dict:

@@ -59,8 +59,10 @@ class UsableLabels:
     n_casual : int
         The design's number of casual cells (0 without covariates).
     tie_user, tie_model_a, tie_model_b : int arrays (n_ties,) or None
-        The ties, when they enter the likelihood (:mod:`bayes_annot.ties`; learned strengths); ``None``:
-        ties are ignored.
+        The ties, when they enter the likelihood (:mod:`bayes_annot.ties`); ``None``: ties are ignored.
+    tie_logit_mu : float array (n_ties,) or None
+        Known strengths with ties in the likelihood: each tie's attentive log-odds ``d`` (Davidson's
+        ``P(tie) = nu / (2 cosh(d/2) + nu)``), as ``known_logit_mu`` for the decided labels.
     """
 
     user: np.ndarray
@@ -75,6 +77,7 @@ class UsableLabels:
     tie_user: np.ndarray | None = None
     tie_model_a: np.ndarray | None = None
     tie_model_b: np.ndarray | None = None
+    tie_logit_mu: np.ndarray | None = None
 
     @property
     def n_ties(self) -> int:
@@ -249,6 +252,13 @@ def row_logit_mu(problem: UsableLabels, strengths: np.ndarray | None) -> np.ndar
     if problem.learned:
         return strengths[problem.model_a] - strengths[problem.model_b]
     return problem.known_logit_mu
+
+
+def tie_logit_mu(problem: UsableLabels, strengths: np.ndarray | None) -> np.ndarray:
+    """Each tie's attentive log-odds (ties in the likelihood): ``s_a - s_b``, or the known ones."""
+    if problem.learned:
+        return strengths[problem.tie_model_a] - strengths[problem.tie_model_b]
+    return problem.tie_logit_mu
 
 
 def label_logprobs(problem: UsableLabels, strengths: np.ndarray | None, q: float,

@@ -143,8 +143,10 @@ def heldout_loglik(
 
     tastes = fit_kwargs.get("tastes", 1)
     if model == "two-class" and tastes != 1:
-        per_user = _taste_heldout(prepared, hidden & prepared.usable, tastes, fit_kwargs)
-        if with_ties:  # the taste-class score does not model ties: the training tie rate for every type
+        # ties are modelled (trained on and scored by Davidson's nu and the casual t) unless ties="ignore"
+        model_ties = with_ties and fit_kwargs.get("ties") != "ignore"
+        per_user = _taste_heldout(prepared, hidden, tastes, fit_kwargs, model_ties)
+        if with_ties and not model_ties:  # a fit that ignores ties: the training tie rate for every type
             per_user = _add_rate_terms(per_user, users, tie_users, tie_rate)
         return _heldout_result(model, seed, per_user, n_scored, with_ties)
 
@@ -239,21 +241,23 @@ def _heldout_result(model: str, seed: int, per_user: pd.Series, n_heldout: int, 
     }
 
 
-def _taste_heldout(prepared, hidden: np.ndarray, tastes, fit_kwargs: dict) -> pd.Series:
+def _taste_heldout(prepared, hidden: np.ndarray, tastes, fit_kwargs: dict, model_ties: bool = False) -> pd.Series:
     """Held-out score of the taste-class model (``tastes`` an int > 1 or ``"auto"``): the
     training labels are fitted as :func:`bayes_annot.fit` fits them (with the casual covariates
     ``casual_covariates`` names, binned on the training rows), and the hidden ones scored
     by :func:`bayes_annot.tastes.heldout_user_scores` (the mixture over each user's types,
-    casual and every taste class), the routine :func:`~bayes_annot.tastes.select_tastes` uses."""
+    casual and every taste class), the routine :func:`~bayes_annot.tastes.select_tastes` uses.
+    ``hidden``: the held-out rows (decided, and ties when they are scored); ``model_ties``: ties enter the
+    training fit (Davidson's ``nu``, the casual ``t``) and the held-out ties are scored by it."""
     from .casual import DEFAULT_BINS, casual_design
     from .data import casual_covariates, parse_casual_covariates
     from .fit import model_spec
     from .local_em import fit_taste_classes
     from .problem import build_problem
-    from .tastes import heldout_user_scores, subproblem
+    from .tastes import heldout_user_scores, labelled_users, subproblem
 
     unknown = set(fit_kwargs) - {"tastes", "q", "priors", "tol", "max_iter", "seed", "use_p_a", "casual_covariates",
-                                 "casual_bins"}
+                                 "casual_bins", "ties"}
     if unknown:
         raise InputError(f"heldout_loglik with tastes does not take {', '.join(sorted(unknown))}")
     # the casual covariates as fit() reads them from the training rows: binned on those rows alone
@@ -261,8 +265,10 @@ def _taste_heldout(prepared, hidden: np.ndarray, tastes, fit_kwargs: dict) -> pd
     design = None if x is None else casual_design(names, x[prepared.usable & ~hidden],
                                                   fit_kwargs.get("casual_bins", DEFAULT_BINS))
     prepared.casual_names, prepared.casual_x = (names, x) if design is not None else ((), None)
-    problem, _ = build_problem(prepared, use_p_a=False, casual=design)
+    problem, _ = build_problem(prepared, use_p_a=False, casual=design, ties=model_ties)
     held = hidden[prepared.usable]
+    if model_ties:  # the decided labels, then the ties (subproblem's order)
+        held = np.concatenate([held, hidden[tie_rows(prepared)]])
     train, test = subproblem(problem, ~held), subproblem(problem, held)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -272,7 +278,7 @@ def _taste_heldout(prepared, hidden: np.ndarray, tastes, fit_kwargs: dict) -> pd
             seed=fit_kwargs.get("seed", 0), max_tastes=4 if tastes == "auto" else None,
         )
     scores = heldout_user_scores(train, test, res)
-    has_test = np.bincount(test.user, minlength=test.n_users) > 0
+    has_test = labelled_users(test)
     return pd.Series(scores[has_test], index=pd.Index(prepared.user_labels[has_test]))
 
 

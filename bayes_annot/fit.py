@@ -738,8 +738,8 @@ def fit(
         Whether ties (``tie``, ``tie (bothbad)``) enter the likelihood (docs/model.md, "Ties"): ``"model"``,
         attentive ties follow Davidson's model (a learned ``nu``: more ties on close pairs) and casual ones
         a rate ``t`` of their own; ``"ignore"``: they are counted and left out (the paper's model). Default:
-        ``"model"`` when the log has ties and the fit supports it (EM with learned strengths, ``tastes`` a
-        number), else ``"ignore"``. ``nu`` and ``t`` are in ``result.ties_`` and ``summary["ties"]``; tie rows
+        ``"model"`` when the log has ties and the fit supports it (every engine, learned or known strengths,
+        taste classes and ``tastes="auto"`` too; not yet NUTS of the continuous variant), else ``"ignore"``. ``nu`` and ``t`` are in ``result.ties_`` and ``summary["ties"]``; tie rows
         keep ``reason = "tie"`` and are never kept for export.
     tastes : int or "auto"
         Number of taste classes (two-class model, learned strengths only):
@@ -838,15 +838,12 @@ def fit(
             )
         if method != "em" or taste_check:
             raise InputError("a Dask DataFrame (or a folder of parquet files) is fitted by EM only, without taste_check")
-        if tastes == "auto":
-            raise InputError("tastes='auto' chooses the number of taste classes by cross-validation over each "
-                             "user's labels, which needs the rows in memory: fit a pandas DataFrame, or give "
-                             "tastes=N for a Dask DataFrame (a folder of parquet files)")
         return _fit_dask_frame(
             data, spec=spec, rule=rule, user=user, model_a=model_a, model_b=model_b, winner=winner, p_a=p_a,
             use_p_a=use_p_a, mu=mu, strong_model=strong_model, tol=tol, max_iter=max_iter,
             seed=seed, start=start, input_info=input_info, no_verdict=no_verdict, progress=progress,
             casual_covariates=which_casual, casual_bins=casual_bins, ties=ties,
+            max_tastes=max_tastes if tastes == "auto" else None,
         )
     if isinstance(data, (str, Path)):
         frame = read_table(data)
@@ -1356,7 +1353,7 @@ def _read_parquet_collection(path):
 
 def _fit_dask_frame(ddf, *, spec: BehaviourSpec, rule, tol, max_iter, seed, start, mu, strong_model, input_info=None,
                     no_verdict="keep", progress=None, casual_covariates="auto", casual_bins=DEFAULT_BINS, ties=None,
-                    **columns):
+                    max_tastes=None, **columns):
     from .dask_em import fit_dask
 
     started = time.perf_counter()
@@ -1365,14 +1362,16 @@ def _fit_dask_frame(ddf, *, spec: BehaviourSpec, rule, tol, max_iter, seed, star
         dfit = fit_dask(ddf, spec=spec, tol=tol, max_iter=max_iter, mu=mu,
                         strong_model=strong_model, start=start if isinstance(start, dict) else None,
                         progress=progress, seed=seed, casual_covariates=casual_covariates, casual_bins=casual_bins,
-                        ties=ties, **columns)
+                        ties=ties, max_tastes=max_tastes, **columns)
     except ValueError as exc:
         if isinstance(exc, InputError):
             raise
         raise InputError(str(exc)) from exc
     settings = {"model": model, "method": "em", "filter": str(rule), "columns": dfit.columns, "mu": mu,
                 "strong_model": strong_model, "q": q, "priors": asdict(priors), "tol": tol,
-                "max_iter": max_iter, "seed": seed, "no_verdict": no_verdict, "tastes": tastes,
+                "max_iter": max_iter, "seed": seed, "no_verdict": no_verdict,
+                "tastes": "auto" if max_tastes is not None else tastes, "max_tastes": max_tastes,
+                "taste_check": max_tastes is not None,
                 "casual_covariates": _casual_setting(casual_covariates), "casual_bins": int(casual_bins),
                 "ties": "auto" if ties is None else ties}
     estimates = dfit.to_estimates()

@@ -59,8 +59,11 @@ def problem_block(
             cell = pairs.cells(problem.model_a, problem.model_b, problem.choice_a)
         return make_block(user, usable, problem.n_models, cell=cell, users=users, pairs=pairs,
                           casual_cell=problem.casual_cell, n_casual=n_casual, **ties)
+    ties = {}
+    if problem.tie_user is not None:  # known strengths with ties: each tie's known log-odds
+        ties = {"tie": tie_rows(prepared) if rows is None else tie_rows(prepared)[rows], "tie_logit": problem.tie_logit_mu}
     return make_block(user, usable, problem.n_models, choice=problem.choice_a, known_logit=problem.known_logit_mu, users=users,
-                      casual_cell=problem.casual_cell, n_casual=n_casual)
+                      casual_cell=problem.casual_cell, n_casual=n_casual, **ties)
 
 
 def em_state(prepared: PreparedData, problem: UsableLabels, pairs: PairTable, *, mu, strong_model, use_p_a,

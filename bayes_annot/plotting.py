@@ -1072,6 +1072,8 @@ def ppc_tie_rates(result, *, n_rep: int = 200, seed: int = 0, min_labels: int = 
         else:
             if strengths is not None:
                 d = strengths[data.model_a[rows]] - strengths[data.model_b[rows]]
+            elif data.p_a is not None:  # known attentive probabilities: each row's own log-odds
+                d = np.log(data.p_a[rows]) - np.log1p(-data.p_a[rows])
             else:
                 d = np.zeros(len(user))  # no strengths: every pair even
             p_att = np.exp(davidson_logprobs(d, float(info["nu"]))[2])

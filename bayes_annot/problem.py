@@ -17,7 +17,7 @@ from scipy.special import log_expit, logit
 
 from .casual import CasualDesign
 from .data import PreparedData
-from .em import UsableLabels, row_logit_mu
+from .em import UsableLabels, row_logit_mu, tie_logit_mu
 from .errors import InputError
 from .likelihood import two_class_posterior
 from .pairs import PairTable
@@ -66,7 +66,9 @@ def build_problem(
 
     ``casual``: the casual covariates' design; each label then gets its casual cell from
     ``data.casual_x`` (:func:`bayes_annot.data.casual_covariates`). ``ties``: the tie rows
-    (:func:`tie_rows`) enter the likelihood (learned strengths only).
+    (:func:`tie_rows`) enter the likelihood; with known strengths each tie gets its attentive log-odds as a
+    decided label does (``mu``: ``±logit(mu)`` on pairs with the strong model, else 0; a ``p_a`` column: the
+    tie row's ``logit(p_a)``, 0.5 where it is missing).
     """
     usable = data.usable
     choice = data.choice_a[usable].astype(np.int8)
@@ -106,11 +108,13 @@ def build_problem(
         problem.casual_cell = casual.cells(data.casual_x[usable])
         problem.n_casual = casual.n_cells
     if ties:
-        if not problem.learned:
-            raise InputError("ties in the likelihood need learned strengths (no p_a column, no mu): "
-                             "use ties='ignore' (--ties ignore)")
         tie = tie_rows(data)
         problem.tie_user, problem.tie_model_a, problem.tie_model_b = data.user[tie], data.model_a[tie], data.model_b[tie]
+        if mu is not None:
+            problem.tie_logit_mu = np.where(problem.tie_model_a == k, logit(mu),
+                                            np.where(problem.tie_model_b == k, -logit(mu), 0.0))
+        elif not problem.learned:
+            problem.tie_logit_mu = logit(data.p_a[tie])
     return problem, mode
 
 
@@ -221,7 +225,7 @@ def _tie_quality_floor(problem: UsableLabels, estimates: Estimates, pi: float, q
     from .ties import davidson_logprobs
 
     eps = 1e-12
-    s = np.asarray(estimates.strengths, dtype=float)
+    s = np.asarray(estimates.strengths, dtype=float) if problem.learned else None
     nu, t = float(estimates.parameters["tie_nu"]), float(estimates.parameters["casual_tie_rate"])
     eta = np.full(problem.n_labels, logit(min(max(q, eps), 1.0 - eps)))
     if getattr(problem, "casual_cell", None) is not None and effects:
@@ -237,10 +241,8 @@ def _tie_quality_floor(problem: UsableLabels, estimates: Estimates, pi: float, q
         return np.minimum(np.minimum(pa - np.log1p(-t) - log_expit(eta), pb - np.log1p(-t) - log_expit(-eta)),
                           pt - np.log(t))
 
-    total = np.bincount(problem.user, weights=worst(s[problem.model_a] - s[problem.model_b], eta),
-                        minlength=problem.n_users)
-    total += np.bincount(problem.tie_user, weights=worst(s[problem.tie_model_a] - s[problem.tie_model_b], eta_tie),
-                         minlength=problem.n_users)
+    total = np.bincount(problem.user, weights=worst(row_logit_mu(problem, s), eta), minlength=problem.n_users)
+    total += np.bincount(problem.tie_user, weights=worst(tie_logit_mu(problem, s), eta_tie), minlength=problem.n_users)
     pi = min(max(pi, eps), 1.0 - eps)
     return two_class_posterior(total, 0.0, pi)
 

@@ -35,6 +35,7 @@ from scipy.special import expit, logit
 
 from .em import (
     INFORMATIVE_TOL, UsableLabels, _informative_users, label_logprobs, no_verdict_continuous, no_verdict_shares,
+    row_logit_mu, tie_logit_mu,
 )
 from .casual import casual_effects, casual_table, casual_tables
 from .pairs import fit_bradley_terry_labels
@@ -146,9 +147,16 @@ def casual_effect_names(design) -> list[str]:
 
 
 def compress_ties(problem: UsableLabels) -> dict:
-    """The ties in the likelihood as distinct (user, model_a, model_b) cells with counts (``None``: none)."""
+    """The ties in the likelihood as distinct (user, model_a, model_b) cells with counts (``None``: none);
+    with known strengths distinct (user, known log-odds) cells (``logit_mu``)."""
     if problem.tie_user is None or problem.n_ties == 0:
         return None
+    n_tie_user = np.bincount(problem.tie_user, minlength=problem.n_users).astype(float)
+    if not problem.learned:
+        table = np.column_stack([problem.tie_user.astype(float), np.asarray(problem.tie_logit_mu, float)])
+        uniq, count = np.unique(table, axis=0, return_counts=True)
+        return dict(user=uniq[:, 0].astype(np.int64), logit_mu=uniq[:, 1].copy(), count=count.astype(float),
+                    n_tie_user=n_tie_user)
     k = problem.n_models
     key = (problem.tie_user.astype(np.int64) * k + problem.tie_model_a) * k + problem.tie_model_b
     uniq, count = np.unique(key, return_counts=True)
@@ -185,6 +193,7 @@ def build_model(
     share_init: np.ndarray | None = None,
     q_init: float = 0.5,
     casual_init: np.ndarray | None = None,
+    tie_init: tuple | None = None,
 ):
     r"""Build the behaviour model ``spec`` as a :class:`pymc.Model`.
 
@@ -233,6 +242,9 @@ def build_model(
         the model has ``casual_effect`` (dim ``casual_bin``, Normal(0, ``casual_effect_sigma``))
         and each cell's casual log-probability is its entry of the casual table
         (:func:`bayes_annot.casual.casual_table` at ``beta_0 = logit(q)``).
+    tie_init : tuple (nu, t), optional
+        Ties in the likelihood: initial ``tie_nu`` and ``casual_tie_rate`` (default 1 and 0.2). With taste
+        classes every class's attentive labels follow Davidson's model with the one shared ``nu`` (as EM).
 
     Returns
     -------
@@ -315,8 +327,6 @@ def build_model(
     variant, n_tastes, priors, q_fixed = spec.variant, spec.n_tastes, spec.priors, spec.q
     cells = compress_cells(problem)
     ties = compress_ties(problem)  # ties in the likelihood (bayes_annot.ties): Davidson's nu and the casual rate t
-    if ties is not None and (n_tastes > 1 or not problem.learned):
-        raise InputError("ties in the PyMC model need learned strengths and one taste class")
     n_users, n_models = problem.n_users, problem.n_models
     coords = {
         "user": _labels(user_labels, n_users, "u"),
@@ -366,8 +376,9 @@ def build_model(
             cas_cell = cas_table[2 * cell_casual + cell_choice]
 
         if ties is not None:
-            nu = pm.LogNormal("tie_nu", mu=priors.tie_nu_mu, sigma=priors.tie_nu_sigma, initval=1.0)
-            t = pm.Beta("casual_tie_rate", alpha=priors.tie_rate_alpha, beta=priors.tie_rate_beta, initval=0.2)
+            nu0, t0 = (1.0, 0.2) if tie_init is None else (float(tie_init[0]), float(tie_init[1]))
+            nu = pm.LogNormal("tie_nu", mu=priors.tie_nu_mu, sigma=priors.tie_nu_sigma, initval=nu0)
+            t = pm.Beta("casual_tie_rate", alpha=priors.tie_rate_alpha, beta=priors.tie_rate_beta, initval=t0)
             tie_user = pm.Data("tie_user", ties["user"])
             tie_count = pm.Data("tie_count", ties["count"])
             if cas_cell is not None:
@@ -404,10 +415,21 @@ def build_model(
                 d = strength[:, pair_a] - strength[:, pair_b]
                 n_table = 2 * pair_a.shape[0]
                 flat = (pt.arange(n_tastes)[:, None] * n_table + table_index[None, :]).reshape((-1,))
-                att_cell = pt.stack([-pt.softplus(d), -pt.softplus(-d)], axis=2).reshape((-1,))[flat]
+                if ties is not None:  # Davidson per class, nu shared (as EM)
+                    log_h = _davidson_log_norm(d, nu)
+                    att_cell = pt.stack([-0.5 * d - log_h, 0.5 * d - log_h], axis=2).reshape((-1,))[flat]
+                    tie_a, tie_b = pm.Data("tie_model_a", ties["model_a"]), pm.Data("tie_model_b", ties["model_b"])
+                    d_tie = strength[:, tie_a] - strength[:, tie_b]  # (C, tie cells)
+                    att_tie = pt.log(nu) - _davidson_log_norm(d_tie, nu)
+                else:
+                    att_cell = pt.stack([-pt.softplus(d), -pt.softplus(-d)], axis=2).reshape((-1,))[flat]
         else:
             logit_mu = pm.Data("cell_logit_mu", cells["logit_mu"], dims="cell")
-            att_cell = -pt.softplus(-(2.0 * cell_choice - 1.0) * logit_mu)  # log sigmoid((2y - 1) logit_mu)
+            if ties is not None:  # Davidson at the known log-odds: log P(y) = (2y - 1) d / 2 - log h
+                att_cell = 0.5 * (2.0 * cell_choice - 1.0) * logit_mu - _davidson_log_norm(logit_mu, nu)
+                att_tie = pt.log(nu) - _davidson_log_norm(pm.Data("tie_logit_mu", ties["logit_mu"]), nu)
+            else:
+                att_cell = -pt.softplus(-(2.0 * cell_choice - 1.0) * logit_mu)  # log sigmoid((2y - 1) logit_mu)
 
         if n_tastes > 1:
             n_a, n_b = _user_choice_counts(problem)
@@ -422,6 +444,13 @@ def build_model(
             cas_sum = user_n_a * pt.log(q) + user_n_b * pt.log1p(-q)
             if cas_cell is not None:
                 cas_sum = pt.inc_subtensor(pt.zeros(n_users)[cell_user], cell_count * cas_cell)
+            elif ties is not None:
+                cas_sum = cas_sum + (user_n_a + user_n_b) * pt.log1p(-t)
+            if ties is not None:  # a tie: attentive Davidson under each class, casual t
+                tie_flat = (tie_user[None, :] * n_tastes + pt.arange(n_tastes)[:, None]).reshape((-1,))
+                att_sum = pt.inc_subtensor(att_sum.reshape((-1,))[tie_flat], (tie_count[None, :] * att_tie).reshape((-1,)))
+                att_sum = att_sum.reshape((n_users, n_tastes))
+                cas_sum = cas_sum + pm.Data("user_n_tie", ties["n_tie_user"], dims="user") * pt.log(t)
             type_ll = pt.concatenate([cas_sum[:, None], att_sum], axis=1)
             pm.Potential("y_user", pt.logsumexp(pt.log(shares)[None, :] + type_ll, axis=1), dims="user")
         elif variant == "two-class":
@@ -579,8 +608,9 @@ def numpy_loglik(
         from .tastes import taste_loglik
 
         shares = np.asarray(params["shares"], float)
+        ties = (float(params["tie_nu"]), float(params["casual_tie_rate"])) if problem.n_ties else None
         return taste_loglik(problem, params["strength"], shares[1:], q, priors, q_fixed, penalised,
-                            casual_log_table=table) + g_prior
+                            casual_log_table=table, ties=ties) + g_prior
     strengths = np.asarray(params["strength"], float) if problem.learned else None
     att, cas = label_logprobs(problem, strengths, q, table)
     user, tie_prior = problem.user, 0.0
@@ -588,9 +618,9 @@ def numpy_loglik(
         from .ties import davidson_logprobs, log_prior_ties
 
         nu, t = float(params["tie_nu"]), float(params["casual_tie_rate"])
-        pa, pb, _ = davidson_logprobs(strengths[problem.model_a] - strengths[problem.model_b], nu)
+        pa, pb, _ = davidson_logprobs(row_logit_mu(problem, strengths), nu)
         att = np.where(problem.choice_a == 1, pa, pb)
-        tie_att = davidson_logprobs(strengths[problem.tie_model_a] - strengths[problem.tie_model_b], nu)[2]
+        tie_att = davidson_logprobs(tie_logit_mu(problem, strengths), nu)[2]
         att = np.concatenate([att, tie_att])
         cas = np.concatenate([cas + np.log1p(-t), np.full(problem.n_ties, np.log(t))])
         user = np.concatenate([problem.user, problem.tie_user])
@@ -648,8 +678,13 @@ def _tie_terms(problem, cells, ties, strengths, sl):
     from .ties import davidson_logprobs
 
     tie_cells, nu, t = ties
-    d = strengths[sl][:, cells["model_a"]] - strengths[sl][:, cells["model_b"]]
-    d_tie = strengths[sl][:, tie_cells["model_a"]] - strengths[sl][:, tie_cells["model_b"]]
+    n_draws = len(nu[sl])
+    if strengths is None:  # known log-odds: the same in every draw
+        d = np.broadcast_to(cells["logit_mu"], (n_draws, len(cells["logit_mu"])))
+        d_tie = np.broadcast_to(tie_cells["logit_mu"], (n_draws, len(tie_cells["logit_mu"])))
+    else:
+        d = strengths[sl][:, cells["model_a"]] - strengths[sl][:, cells["model_b"]]
+        d_tie = strengths[sl][:, tie_cells["model_a"]] - strengths[sl][:, tie_cells["model_b"]]
     half = 0.5 * np.abs(d)
     log_base = half + np.log1p(np.exp(-2.0 * half))  # log(2 cosh(d/2))
     norm = np.stack([log_base[i] - (0.5 * d[i] - davidson_logprobs(d[i], float(v))[0]) for i, v in enumerate(nu[sl])])
@@ -795,8 +830,8 @@ def fit_pymc(
             ) from exc
     _check_spec(problem, spec)
     n_tastes, priors, q_fixed = spec.n_tastes, spec.priors, spec.q
-    if problem.n_ties and (n_tastes > 1 or (method != "map" and spec.variant != "two-class")):
-        raise InputError("ties in the likelihood are fitted by EM, by MAP with one taste class and by NUTS with "
+    if problem.n_ties and method != "map" and spec.variant != "two-class":
+        raise InputError("ties in the likelihood are fitted by EM, by MAP and by NUTS with "
                          "the two-class variant only: use ties='ignore' or method='em'")
     t0 = time.perf_counter()
     user_labels = _labels(user_labels, problem.n_users, "u")
@@ -855,20 +890,28 @@ def _tie_map_users(problem: UsableLabels, variant: str, point: dict, q: float, t
     """MAP with ties in the likelihood: per-user results at the MAP point by the block engine's passes
     (the EM engine's arithmetic; :mod:`bayes_annot.ties`). Returns ``(quality, p_good, user_ll, informative,
     active, params)`` before the no-verdict levels."""
-    from .block_em import _block_informative, block_grid_posterior, block_two_class_users, make_block
+    from .block_em import _block_informative, block_grid_posterior, block_two_class_users, known_davidson_tables, make_block
     from .pairs import PairTable
     from .ties import davidson_tables
 
     n, n_ties = problem.n_labels, problem.n_ties
-    pairs = PairTable.from_labels(np.concatenate([problem.model_a, problem.tie_model_a]),
-                                  np.concatenate([problem.model_b, problem.tie_model_b]), problem.n_models)[0]
     mask = np.arange(n + n_ties) < n
-    block = make_block(np.concatenate([problem.user, problem.tie_user]), mask, problem.n_models,
-                       cell=pairs.cells(problem.model_a, problem.model_b, problem.choice_a), users=np.arange(problem.n_users),
-                       pairs=pairs, casual_cell=problem.casual_cell, n_casual=problem.n_casual, tie=~mask,
-                       tie_pair=pairs.index(problem.tie_model_a, problem.tie_model_b))
     nu, t = float(point["tie_nu"]), float(point["casual_tie_rate"])
-    att_table, tie_table = davidson_tables(strengths, pairs.a, pairs.b, nu)
+    common = dict(users=np.arange(problem.n_users), casual_cell=problem.casual_cell, n_casual=problem.n_casual, tie=~mask)
+    user = np.concatenate([problem.user, problem.tie_user])
+    if problem.learned:
+        pairs = PairTable.from_labels(np.concatenate([problem.model_a, problem.tie_model_a]),
+                                      np.concatenate([problem.model_b, problem.tie_model_b]), problem.n_models)[0]
+        block = make_block(user, mask, problem.n_models, cell=pairs.cells(problem.model_a, problem.model_b,
+                                                                          problem.choice_a),
+                           pairs=pairs, tie_pair=pairs.index(problem.tie_model_a, problem.tie_model_b), **common)
+        att_table, tie_table = davidson_tables(strengths, pairs.a, pairs.b, nu)
+        differs = np.repeat(np.abs(strengths[pairs.a] - strengths[pairs.b]) > informative_tol, 2)
+    else:  # known log-odds: Davidson's tables over the block's vocabulary of them
+        block = make_block(user, mask, problem.n_models, choice=problem.choice_a, known_logit=problem.known_logit_mu,
+                           tie_logit=problem.tie_logit_mu, **common)
+        att_table, tie_table = (part[:, 0] for part in known_davidson_tables(block.known_values, nu))
+        differs = None
     casual = q if table is None else table
     params = {"tie_nu": nu, "casual_tie_rate": t}
     if variant == "two-class":
@@ -878,7 +921,6 @@ def _tie_map_users(problem: UsableLabels, variant: str, point: dict, q: float, t
         m, tau = float(point["m"]), float(point["tau"])
         post, user_ll = block_grid_posterior(block, m, tau, casual, np.exp(att_table), ties=(np.exp(tie_table), t))
         quality, p_good = post @ expit(ETA_GRID.theta(m, tau)), post @ ETA_GRID.above_half(m, tau)
-    differs = np.repeat(np.abs(strengths[pairs.a] - strengths[pairs.b]) > informative_tol, 2)
     informative = _block_informative(block, differs, casual, informative_tol)
     return quality, p_good, user_ll, informative, block.n_user_all > 0, params
 
@@ -1191,28 +1233,35 @@ def relabel_by_share(shares: np.ndarray, strengths: np.ndarray) -> tuple[np.ndar
 
 
 def _taste_informative(problem, strengths, tol):
-    """Informative under any class (as :func:`bayes_annot.tastes.fit_tastes`)."""
+    """Informative under any class (as :func:`bayes_annot.tastes.fit_tastes`; a tie on a pair that differs
+    informs as a decided label does)."""
     informative = np.zeros(problem.n_users, dtype=bool)
     for s in strengths:
         informative |= _informative_users(problem, s, tol)
+        if problem.n_ties:
+            differs = np.abs(tie_logit_mu(problem, s)) > tol
+            informative |= np.bincount(problem.tie_user, weights=differs, minlength=problem.n_users) > 0
     return informative
 
 
-def _taste_posterior(problem, strengths, shares, q, informative, priors, tables=None):
+def _taste_posterior(problem, strengths, shares, q, informative, priors, tables=None, ties=None):
     """Per draw: the user-type posterior (S, U, C + 1), casual first, and per-user log-likelihood (S, U).
 
     Users without labels or without an informative label get no verdict: the
     draw's shares (or the prior mean shares when nobody is informative), as EM.
+    ``ties``: each draw's ``(nu, t)`` (arrays (S,); ties in the likelihood).
     """
     from scipy.special import logsumexp
 
     from .tastes import type_logliks
 
     if tables is None:
-        logw = np.log(shares)[:, None, :] + type_logliks(problem, strengths, q)
+        logw = np.log(shares)[:, None, :] + type_logliks(problem, strengths, q, ties=ties)
     else:  # casual covariates: each draw's own casual table
+        nus, ts = (None, None) if ties is None else ties
         logw = np.log(shares)[:, None, :] + np.stack(
-            [type_logliks(problem, s, qq, casual_log_table=t) for s, qq, t in zip(strengths, q, tables)])
+            [type_logliks(problem, s, qq, casual_log_table=tab, ties=None if ties is None else (nus[i], ts[i]))
+             for i, (s, qq, tab) in enumerate(zip(strengths, q, tables))])
     user_ll = logsumexp(logw, axis=2)
     post = np.exp(logw - user_ll[..., None])
     active = np.bincount(problem.user, minlength=problem.n_users) > 0
@@ -1239,11 +1288,14 @@ def _fit_tastes(
     casual_init = start.get("casual_g")
     if spec.casual is not None and np.shape(casual_init) != (spec.casual.n_effects,):
         casual_init = None
+    tied = problem.n_ties > 0  # ties in the likelihood: Davidson's nu and the casual t (bayes_annot.ties)
+    tie_init = (start["tie_nu"], start["casual_tie_rate"]) if tied and start.get("tie_nu") is not None else None
     model = build_model(
         problem, spec, user_labels, model_labels,
         strength_init=np.asarray(start["strengths"], float), share_init=np.asarray(start["shares"], float),
-        q_init=q0, strength_prior="zerosum" if nuts else "normal", casual_init=casual_init,
+        q_init=q0, strength_prior="zerosum" if nuts else "normal", casual_init=casual_init, tie_init=tie_init,
     )
+    ties = None
     if nuts:
         idata = _sample(model, draws, tune, chains, sampler, progress, seed, target_accept)
         post = idata.posterior
@@ -1251,11 +1303,15 @@ def _fit_tastes(
         shares, strengths = _stack(post, "shares"), _stack(post, "strength")
         q = np.full(len(shares), float(q_fixed)) if q_fixed is not None else _stack(post, "q")
         g = _stack(post, "casual_effect") if spec.casual is not None else None
+        if tied:
+            ties = (_stack(post, "tie_nu"), _stack(post, "casual_tie_rate"))
     else:
         point, raw = _run_map(model, progress, seed, maxeval)
         shares, strengths = np.asarray(point["shares"], float)[None], np.asarray(point["strength"], float)[None]
         q = np.array([float(q_fixed) if q_fixed is not None else float(point["q"])])
         g = np.asarray(point["casual_effect"], float)[None] if spec.casual is not None else None
+        if tied:
+            ties = (np.array([float(point["tie_nu"])]), np.array([float(point["casual_tie_rate"])]))
     tables = None if g is None else casual_tables(logit(q), g, spec.casual.design())
     shares, strengths = relabel_by_share(shares, strengths)
     class_strengths = strengths.mean(axis=0)  # (C, K)
@@ -1270,7 +1326,8 @@ def _fit_tastes(
     for lo in range(0, n_draws_total, _DRAW_CHUNK):
         sl = slice(lo, min(lo + _DRAW_CHUNK, n_draws_total))
         type_post, user_ll[sl] = _taste_posterior(problem, strengths[sl], shares[sl], q[sl], informative, priors,
-                                                  None if tables is None else tables[sl])
+                                                  None if tables is None else tables[sl],
+                                                  None if ties is None else (ties[0][sl], ties[1][sl]))
         quality_draws[sl] = 1.0 - type_post[:, :, 0]
         p_taste += type_post[:, :, 1:].sum(axis=0)
     p_taste /= n_draws_total
@@ -1283,6 +1340,8 @@ def _fit_tastes(
     for c in range(n_tastes):
         params[f"share_taste_{c + 1}"] = float(shares[:, c + 1].mean())
     params["mean_quality"] = float(np.mean(quality[active])) if active.any() else params["pi"]
+    if ties is not None:
+        params.update(tie_nu=float(ties[0].mean()), casual_tie_rate=float(ties[1].mean()))
     ordering = "classes numbered by share, largest first"
     extra_summary = {} if g is None else {
         "casual_effects": casual_effects(spec.casual, float(logit(q).mean()), g.mean(axis=0))}
@@ -1299,7 +1358,8 @@ def _fit_tastes(
     if not nuts:
         loglik = numpy_loglik(
             problem, "two-class",
-            {"shares": shares[0], "q": q[0], "strength": strengths[0], "casual_effect": None if g is None else g[0]},
+            {"shares": shares[0], "q": q[0], "strength": strengths[0], "casual_effect": None if g is None else g[0],
+             **({} if ties is None else {"tie_nu": ties[0][0], "casual_tie_rate": ties[1][0]})},
             priors, q_fixed, casual=spec.casual,
         )
         est = _estimates(
@@ -1326,7 +1386,8 @@ def _fit_tastes(
     hdi = az.hdi(post[["quality"]], hdi_prob=HDI_PROB)["quality"]
     s_hdi = az.hdi(post[["strength"]], hdi_prob=HDI_PROB)["strength"].isel(taste=0)
     diagnostics, converged = _diagnose(idata, ["shares", "strength"] + (["q"] if q_fixed is None else [])
-                                       + (["casual_effect"] if g is not None else []), sampler)
+                                       + (["casual_effect"] if g is not None else [])
+                                       + (["tie_nu", "casual_tie_rate"] if ties is not None else []), sampler)
     return _estimates(
         engine="nuts",
         quality_low=hdi.sel(hdi="lower").values,

@@ -83,6 +83,7 @@ from .casual import casual_table
 from .em import INFORMATIVE_TOL, UsableLabels, newton_ascent, no_verdict_shares, pair_weights
 from .likelihood import Priors, log_prior, log_type_shares
 from .pairs import PairTable, attentive_table_pairs, fit_bradley_terry_pairs
+from .ties import davidson_tables, log_prior_ties
 from .simulate import draw_labels_per_user
 
 __all__ = [
@@ -101,6 +102,8 @@ __all__ = [
     "problem_from",
     "problem_runner",
     "subproblem",
+    "label_users",
+    "labelled_users",
 ]
 
 
@@ -220,6 +223,17 @@ def problem_runner(problem: UsableLabels) -> LocalRunner:
             "taste classes need learned strengths: with known attentive probabilities (p_a / mu) "
             "the model stays one class"
         )
+    if problem.tie_user is not None:  # ties in the likelihood: the decided labels, then the ties (one vocabulary)
+        n = problem.n_labels
+        pairs = PairTable.from_labels(np.concatenate([problem.model_a, problem.tie_model_a]),
+                                      np.concatenate([problem.model_b, problem.tie_model_b]), problem.n_models)[0]
+        decided = np.arange(n + problem.n_ties) < n
+        block = make_block(np.concatenate([problem.user, problem.tie_user]), decided, problem.n_models,
+                           cell=pairs.cells(problem.model_a, problem.model_b, problem.choice_a),
+                           users=np.arange(problem.n_users), pairs=pairs, casual_cell=problem.casual_cell,
+                           n_casual=problem.n_casual, tie=~decided,
+                           tie_pair=pairs.index(problem.tie_model_a, problem.tie_model_b))
+        return LocalRunner([block], problem.n_users, pairs)
     pairs, index = PairTable.from_labels(problem.model_a, problem.model_b, problem.n_models)
     block = make_block(problem.user, np.ones(problem.n_labels, dtype=bool), problem.n_models,
                        cell=(2 * index + problem.choice_a).astype(np.int32), users=np.arange(problem.n_users), pairs=pairs,
@@ -455,7 +469,7 @@ def fit_tastes(
 # --------------------------------------------------------------------------- the objective at given parameters
 
 
-def type_logliks(problem: UsableLabels, strengths, q, casual_log_table=None) -> np.ndarray:
+def type_logliks(problem: UsableLabels, strengths, q, casual_log_table=None, ties=None) -> np.ndarray:
     """Per-user log-likelihood of each user type at given parameters.
 
     Parameters
@@ -468,26 +482,41 @@ def type_logliks(problem: UsableLabels, strengths, q, casual_log_table=None) -> 
         Casual position bias (one per draw).
     casual_log_table : array (2 n_casual,), optional
         The casual log-probability table (casual covariates: the problem has casual cells); replaces ``q``.
+    ties : tuple (nu, t), optional
+        Ties in the likelihood (the problem holds them; :mod:`bayes_annot.ties`): Davidson's ``nu`` and the
+        casual tie rate ``t`` (floats, or arrays (S,) with a draw axis). Required when the problem has ties.
 
     Returns
     -------
     numpy.ndarray
         ``(U, C + 1)`` (or ``(S, U, C + 1)``): column 0 the casual sum
         :math:`C_u`, column ``c`` the attentive sum :math:`A^{(c)}_u` (module
-        docstring); 0 for users without labels.
+        docstring; with ties, Davidson's attentive probabilities and the casual ``t``, ties included);
+        0 for users without labels.
     """
     runner = problem_runner(problem)
     block, pairs = runner.blocks[0], runner.pairs
     strengths = np.asarray(strengths, dtype=float)
+    if runner.ties and ties is None:
+        raise ValueError("the problem holds ties: type_logliks needs ties=(nu, t)")
 
-    def one(s, q):
-        tables = np.column_stack([attentive_table_pairs(row, pairs.a, pairs.b) for row in s])
-        return block_type_logliks(block, float(q) if casual_log_table is None else casual_log_table, tables)
+    def one(s, q, nu=None, t=None):
+        cas = float(q) if casual_log_table is None else casual_log_table
+        if nu is None or not runner.ties:
+            tables = np.column_stack([attentive_table_pairs(row, pairs.a, pairs.b) for row in s])
+            return block_type_logliks(block, cas, tables)
+        parts = [davidson_tables(row, pairs.a, pairs.b, float(nu)) for row in s]
+        return block_type_logliks(block, cas, np.column_stack([p[0] for p in parts]),
+                                  ties=(np.column_stack([p[1] for p in parts]), float(t)))
 
+    nu, t = (None, None) if ties is None else ties
     if strengths.ndim == 2:
-        return one(strengths, q)
-    q = np.broadcast_to(np.asarray(q, dtype=float), strengths.shape[:1])
-    return np.stack([one(s, qq) for s, qq in zip(strengths, q)])
+        return one(strengths, q, nu, t)
+    n_draws = strengths.shape[0]
+    q = np.broadcast_to(np.asarray(q, dtype=float), (n_draws,))
+    nus = [None] * n_draws if nu is None else np.broadcast_to(np.asarray(nu, dtype=float), (n_draws,))
+    ts = [None] * n_draws if t is None else np.broadcast_to(np.asarray(t, dtype=float), (n_draws,))
+    return np.stack([one(s, qq, v, tt) for s, qq, v, tt in zip(strengths, q, nus, ts)])
 
 
 def taste_loglik(
@@ -499,6 +528,7 @@ def taste_loglik(
     q_fixed: float | None = None,
     penalised: bool = True,
     casual_log_table=None,
+    ties=None,
 ) -> float:
     """The EM objective of :func:`fit_tastes` at given parameters.
 
@@ -521,6 +551,8 @@ def taste_loglik(
     casual_log_table : array, optional
         Casual covariates: the casual table (:func:`bayes_annot.casual.casual_table`) at ``q`` and the
         effects; the effects' own prior is the caller's.
+    ties : tuple (nu, t), optional
+        Ties in the likelihood (:func:`type_logliks`); their LogNormal / Beta prior is added when penalised.
 
     Returns
     -------
@@ -530,10 +562,13 @@ def taste_loglik(
     strengths = np.asarray(strengths, dtype=float).reshape(-1, problem.n_models)
     shares = np.asarray(shares, dtype=float).reshape(strengths.shape[0])
     q = float(q_fixed) if q_fixed is not None else float(q)
-    user_ll = lse_rows(log_type_shares(shares)[None, :] + type_logliks(problem, strengths, q, casual_log_table))
-    active = np.bincount(problem.user, minlength=problem.n_users) > 0
+    user_ll = lse_rows(log_type_shares(shares)[None, :] + type_logliks(problem, strengths, q, casual_log_table, ties))
+    active = labelled_users(problem)
     value = float(user_ll[active].sum())
-    return value + log_prior(priors, q, strengths, q_fixed is None, shares=shares) if penalised else value
+    if not penalised:
+        return value
+    tie_prior = 0.0 if ties is None or not problem.n_ties else log_prior_ties(float(ties[0]), float(ties[1]), priors)
+    return value + log_prior(priors, q, strengths, q_fixed is None, shares=shares) + tie_prior
 
 
 # --------------------------------------------------------------------------- tables for FitResult
@@ -575,13 +610,36 @@ def problem_from(data) -> UsableLabels:
 
 
 def subproblem(problem: UsableLabels, mask: np.ndarray) -> UsableLabels:
-    """The labels ``mask`` selects, with the same user and model codes (learned strengths)."""
+    """The labels ``mask`` selects, with the same user and model codes (learned strengths).
+
+    With ties in the likelihood ``mask`` runs over the decided labels, then the ties
+    (``n_labels + n_ties``, as :func:`heldout_folds`); the ties it selects stay ties."""
+    mask = np.asarray(mask, dtype=bool)
+    n = problem.n_labels
+    if mask.shape[0] != n + problem.n_ties:
+        raise ValueError(f"the mask has {mask.shape[0]} entries for {n} labels and {problem.n_ties} ties")
+    ties = {}
+    if problem.tie_user is not None:
+        tie = mask[n:]
+        ties = dict(tie_user=problem.tie_user[tie], tie_model_a=problem.tie_model_a[tie],
+                    tie_model_b=problem.tie_model_b[tie])
+        mask = mask[:n]
     return UsableLabels(
         user=problem.user[mask], model_a=problem.model_a[mask], model_b=problem.model_b[mask],
         choice_a=problem.choice_a[mask], n_users=problem.n_users, n_models=problem.n_models,
         known_logit_mu=None, casual_cell=None if problem.casual_cell is None else problem.casual_cell[mask],
-        n_casual=problem.n_casual,
+        n_casual=problem.n_casual, **ties,
     )
+
+
+def label_users(problem: UsableLabels) -> np.ndarray:
+    """The user of every label in the likelihood: the decided labels, then the ties (when modelled)."""
+    return problem.user if problem.tie_user is None else np.concatenate([problem.user, problem.tie_user])
+
+
+def labelled_users(problem: UsableLabels) -> np.ndarray:
+    """Users with at least one label in the likelihood (a decided label, or a tie when ties are modelled)."""
+    return np.bincount(label_users(problem), minlength=problem.n_users) > 0
 
 
 # --------------------------------------------------------------------------- choosing C
@@ -589,12 +647,14 @@ def subproblem(problem: UsableLabels, mask: np.ndarray) -> UsableLabels:
 
 def heldout_folds(problem: UsableLabels, n_folds: int = 5, seed: int = 0) -> np.ndarray:
     """Fold of every label: each user's labels are shuffled (seeded) and dealt round-robin
-    into ``n_folds`` folds from a random offset, so every user is spread evenly over the folds."""
+    into ``n_folds`` folds from a random offset, so every user is spread evenly over the folds.
+    With ties in the likelihood they are labels too: the folds run over the decided labels, then the ties."""
     rng = np.random.default_rng(seed)
-    n = problem.n_labels
+    user = label_users(problem)
+    n = user.shape[0]
     key = rng.random(n)
-    order = np.lexsort((key, problem.user))
-    sorted_user = problem.user[order]
+    order = np.lexsort((key, user))
+    sorted_user = user[order]
     first = np.searchsorted(sorted_user, sorted_user, side="left")
     position = np.arange(n) - first
     offset = rng.integers(0, n_folds, size=problem.n_users)
@@ -615,10 +675,11 @@ def heldout_user_scores(train: UsableLabels, test: UsableLabels, res: TasteResul
     """
     strengths = np.atleast_2d(res.strengths)
     table = None if getattr(res, "casual", None) is None else res.casual_arg()
-    lw = log_type_shares(np.atleast_1d(res.shares))[None, :] + type_logliks(train, strengths, res.q, table)
+    ties = None if getattr(res, "nu", None) is None else (res.nu, res.tie_rate)  # ties scored by the model
+    lw = log_type_shares(np.atleast_1d(res.shares))[None, :] + type_logliks(train, strengths, res.q, table, ties)
     log_post = lw - lse_rows(lw)[:, None]
-    active = np.bincount(test.user, minlength=test.n_users) > 0
-    return np.where(active, lse_rows(log_post + type_logliks(test, strengths, res.q, table)), 0.0)
+    active = labelled_users(test)
+    return np.where(active, lse_rows(log_post + type_logliks(test, strengths, res.q, table, ties)), 0.0)
 
 
 @dataclass
@@ -723,8 +784,8 @@ def select_tastes(
                              init=[fits[c].as_start()] if c > 1 else None)
             score += heldout_user_scores(train, test, res)
         per_user[c] = score
-    n_labels = problem.n_labels
-    active = np.bincount(problem.user, minlength=problem.n_users) > 0
+    n_labels = problem.n_labels + problem.n_ties
+    active = labelled_users(problem)
     totals = {c: float(per_user[c].sum()) for c in per_user}
     best = max(totals, key=totals.get)
     se = {}
@@ -995,13 +1056,17 @@ def casual_group_test(
     for i in range(n_sim):
         sim_choice = choice.copy()
         sim_choice[mask] = rng.random(n_lab) < p_null
+        # the ties (when modelled) are kept as they are: the refit is the fitted model, only the flagged
+        # users' decided labels are redrawn
         sim = UsableLabels(user=problem.user, model_a=problem.model_a, model_b=problem.model_b,
                            choice_a=sim_choice.astype(np.int8), n_users=problem.n_users, n_models=problem.n_models,
                            casual_cell=problem.casual_cell if covariates else None,
-                           n_casual=problem.n_casual if covariates else 0)
+                           n_casual=problem.n_casual if covariates else 0, tie_user=problem.tie_user,
+                           tie_model_a=problem.tie_model_a, tie_model_b=problem.tie_model_b)
         run = run_class_em(problem_runner(sim), problem.n_models, [pi0], result_c1.q, strengths, priors=priors,
                            q_fixed=q_fixed, tol=1e-8, max_iter=500, casual=casual,
-                           casual_g=getattr(result_c1, "casual_g", None) if covariates else None)
+                           casual_g=getattr(result_c1, "casual_g", None) if covariates else None,
+                           nu=getattr(result_c1, "nu", None), tie_rate=getattr(result_c1, "tie_rate", None))
         sim_mask = (active & (run.quality < threshold))[problem.user]
         if sim_mask.sum() < min_labels:
             null[i] = 0.0
@@ -1041,6 +1106,8 @@ def simulate_tastes(
     q: float = 0.5,
     labels_per_user=(5, 40),
     seed: int = 0,
+    tie_nu: float | None = None,
+    casual_tie_rate: float | None = None,
 ) -> pd.DataFrame:
     """Simulate a log where a minority of attentive users follows another ranking.
 
@@ -1055,6 +1122,10 @@ def simulate_tastes(
         Majority strengths; default evenly spaced from +1.5 (``model_0``) down to -1.5.
     minority_strengths : array, optional
         Default: the reversed ranking (``-strengths``).
+    tie_nu, casual_tie_rate : float, optional
+        Ties (:mod:`bayes_annot.ties`, as :func:`bayes_annot.simulate.simulate`): an attentive label is a tie
+        with Davidson's probability ``nu / (2 cosh(d / 2) + nu)`` (``d`` under the user's taste), a casual one
+        with probability ``casual_tie_rate``; drawn from their own stream, so the other draws stay the seed's.
 
     Returns
     -------
@@ -1086,6 +1157,15 @@ def simulate_tastes(
     p_att = expit(sa - sb)
     p_choose_a = np.where(taste[user] == 0, q, p_att)
     choice_a = rng.random(n_rows) < p_choose_a
+    winner_code = np.where(choice_a, 0, 1)
+    categories = ["model_a", "model_b"]
+    if tie_nu is not None or casual_tie_rate is not None:
+        nu, t = float(tie_nu or 0.0), float(casual_tie_rate or 0.0)
+        if nu < 0 or not 0.0 <= t < 1.0:
+            raise ValueError("tie_nu must be >= 0 and casual_tie_rate in [0, 1)")
+        p_tie = np.where(taste[user] == 0, t, nu / (2.0 * np.cosh(0.5 * (sa - sb)) + nu))
+        winner_code = np.where(np.random.default_rng([seed, 2]).random(n_rows) < p_tie, 2, winner_code)
+        categories.append("tie")
     width = len(str(max(n_users - 1, 1)))
     user_names = np.array([f"u{i:0{width}d}" for i in range(n_users)], dtype=object)
     model_names = np.array([f"model_{k}" for k in range(n_models)], dtype=object)
@@ -1094,7 +1174,7 @@ def simulate_tastes(
             "user": pd.Categorical.from_codes(user, categories=user_names),
             "model_a": pd.Categorical.from_codes(model_a, categories=model_names),
             "model_b": pd.Categorical.from_codes(model_b, categories=model_names),
-            "winner": pd.Categorical.from_codes(np.where(choice_a, 0, 1), categories=["model_a", "model_b"]),
+            "winner": pd.Categorical.from_codes(winner_code, categories=categories),
             "true_attentive": taste[user] > 0,
             "true_taste": taste[user],
             "true_eta": (taste[user] > 0).astype(float),

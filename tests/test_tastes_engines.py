@@ -54,12 +54,6 @@ def test_dask_frame_with_tastes_equals_in_memory(log):
     assert np.corrcoef(strengths.strength_taste_1, strengths.strength_taste_2)[0, 1] < -0.9
 
 
-def test_dask_frame_refuses_auto_tastes(log):
-    dd = pytest.importorskip("dask.dataframe")
-    with pytest.raises(ba.InputError, match="needs the rows in memory"):
-        ba.fit(dd.from_pandas(log, npartitions=2), tastes="auto")
-
-
 @pytest.fixture(scope="module")
 def split(log):
     rng = np.random.default_rng(0)
