@@ -33,11 +33,11 @@ compared, but 0.7 s vs 0.04 s at 100 models); above it, a sparse conjugate-gradi
 Both reach the same optimum (tested to 1e-10)."""
 
 CG_FORCING = 1e-4
-"""Inexact Newton in the sparse solve: conjugate gradients stop at this relative residual for a Newton
-step's first solve, and at the size of the previous step (largest element) for later ones, never below
-``cg_rtol``: a forcing term that shrinks with the steps keeps Newton's quadratic convergence, and the
-step that ends the ascent (below ``tol``) is solved to within ``tol`` times that residual. Same optimum as
-the exact solve (the objective and the stopping rule are unchanged); about half the CG products."""
+"""Inexact Newton in the sparse solve: conjugate gradients stop at a relative residual equal to the
+expected size of the Newton step (the largest element of the Jacobi step ``grad / diag``), at most this
+and at least ``cg_rtol``. The solve's error is then of the order of the step squared, as Newton's own,
+so the ascent ends at the same optimum as with exact solves (1e-15 apart in a whole 250-model EM fit,
+tested to 1e-10) with about 45% fewer CG products."""
 
 ACCELERATE_MIN_MODELS = 200
 """Above this many models ``fit`` / ``update`` use SQUAREM by default for the two-class model too
@@ -525,18 +525,14 @@ def _sparse_pair_newton(pairs, value, slopes, sigma, start, tol, max_iter, cg_rt
     def objective(s):
         return value(log_odds(s)) - 0.5 * float(s @ s) / sigma**2
 
-    previous = [None]  # the largest element of the last Newton step
-
     def direction(s):
         g, c = slopes(log_odds(s))
         grad = np.bincount(a, weights=g, minlength=k) - np.bincount(b, weights=g, minlength=k) - s / sigma**2
         diag = np.bincount(a, weights=c, minlength=k) + np.bincount(b, weights=c, minlength=k) + 1.0 / sigma**2
-        # inexact Newton: the solve's relative residual shrinks with the last step (quadratic convergence kept),
-        # down to cg_rtol; the step that ends the ascent (below tol) is thus solved to the last step's size
-        rtol = max(cg_rtol, CG_FORCING if previous[0] is None else min(CG_FORCING, previous[0]))
-        step = _cg_solve(structure.fill(c, diag), diag, grad, rtol)
-        previous[0] = float(np.max(np.abs(step), initial=0.0))
-        return step
+        # inexact Newton: CG's relative residual is the step's expected size (the Jacobi step), at most
+        # CG_FORCING and at least cg_rtol, so the solve's error stays of the order of Newton's own (quadratic)
+        estimate = float(np.max(np.abs(grad) / diag, initial=0.0))
+        return _cg_solve(structure.fill(c, diag), diag, grad, max(cg_rtol, min(CG_FORCING, estimate)))
 
     return newton_ascent(objective, direction, np.zeros(k) if start is None else np.asarray(start, dtype=float),
                          tol, max_iter)[0]
