@@ -222,9 +222,20 @@ def block_quality_floor(estimates: Estimates, block, n_users: int):
     table: ``O(P)`` work beyond the block's own pass, no ``O(labels)`` temporaries. Same values as
     :func:`quality_floor` but for the order of the sums (``1e-16`` relative).
 
-    ``block``: the block of every user (global codes ``block.users``); returns what
-    :func:`quality_floor` returns, or ``NotImplemented`` for the cases it leaves to the labels (ties,
-    casual covariates, known strengths).
+    Parameters
+    ----------
+    estimates : Estimates
+        The fit's estimates (two-class: ``pi``, ``q`` and the strengths).
+    block : bayes_annot.block_em.Block
+        The EM block of the fit's labels (global user codes ``block.users``).
+    n_users : int
+        Users of the fit (users outside the block have no labels: total 0).
+
+    Returns
+    -------
+    numpy.ndarray or None or NotImplemented
+        What :func:`quality_floor` returns (``None`` for the continuous model), or ``NotImplemented``
+        for the cases it leaves to the labels (ties, casual covariates, known strengths).
     """
     if estimates.variant != "two-class" or "pi" not in estimates.parameters:
         return None
