@@ -42,7 +42,7 @@ from .ties import davidson_logprobs, davidson_tables, log_prior_ties, nu_step, t
 from .pairs import (
     DENSE_MAX_MODELS,
     PairTable,
-    _Laplacian,
+    _PairHessian,
     attentive_table_pairs,
     differs_cells_pairs,
     fit_bradley_terry_classes,
@@ -1068,7 +1068,7 @@ class _PairBT:
 
     def _sparse_structure(self):
         if self.pairs.n_models > DENSE_MAX_MODELS and self._structure is None:
-            self._structure = _Laplacian(self.pairs.a, self.pairs.b, self.pairs.n_models)
+            self._structure = _PairHessian(self.pairs.a, self.pairs.b, self.pairs.n_models)
         return self._structure
 
     def fit(self, cells: np.ndarray, start=None) -> np.ndarray:

@@ -30,7 +30,8 @@ from .pairs import PairTable
 from .incremental import align_start, plan_update
 from .saved import load_start, read_tables
 from .problem import (
-    Estimates, ProblemSize, build_problem, graph_components, known_strengths, pair_counts, quality_floor, strength_mode,
+    Estimates, ProblemSize, block_quality_floor, build_problem, graph_components, known_strengths, pair_counts,
+    quality_floor, strength_mode,
 )
 from .em import UsableLabels
 from .errors import FitWarning, InputError, user_stacklevel
@@ -223,9 +224,10 @@ class FitResult:
         data, row_kept = self._data, self._row_kept
         # codes index list(REASONS): 0 ok, 1 tie, 2 same_model, 3 user_low_quality, 4 no_verdict (kept or
         # not: see `kept`), 5 invalid_winner, 6 invalid_p_a (dropped rows, data.DROP_REASONS)
-        code = np.where(row_kept, np.int8(0), np.int8(3))  # one byte per row throughout
-        code[self._no_verdict_mask[data.user]] = 4
-        code = np.where(data.usable, code, data.reason_code.astype(np.int8, copy=False))
+        # per user 0 (kept), 3 (not kept) or 4 (no verdict), gathered once per row (one byte per row throughout)
+        by_user = np.where(self._keep, np.int8(0), np.int8(3))
+        by_user[self._no_verdict_mask] = 4
+        code = np.where(data.usable, by_user[data.user], data.reason_code.astype(np.int8, copy=False))
         reason = pd.Categorical.from_codes(code, categories=REASON_CATEGORIES)
         return {"kept": row_kept, "reason": reason, "weight": self.estimates.quality[data.user]}
 
@@ -1040,11 +1042,16 @@ def fit_prepared(
                 accelerate=accelerate, callback=callback,
             )
         estimates = em_estimates(em, model, known_strengths(problem, prepared, mu, strong_model), casual=casual)
-        if not hasattr(problem, "user"):
-            covariates_read()
-        rows_problem = problem if hasattr(problem, "user") else build_problem(
-            prepared, mu=mu, strong_model=strong_model, use_p_a=use_p_a, casual=casual, ties=ties_mode == "model")[0]
-        estimates.quality_floor = quality_floor(rows_problem, estimates)
+        floor = NotImplemented
+        if not hasattr(problem, "user"):  # an update: from the block's cell counts when it can
+            floor = block_quality_floor(estimates, state.block, prepared.n_users)
+        if floor is NotImplemented:
+            if not hasattr(problem, "user"):
+                covariates_read()
+            rows_problem = problem if hasattr(problem, "user") else build_problem(
+                prepared, mu=mu, strong_model=strong_model, use_p_a=use_p_a, casual=casual, ties=ties_mode == "model")[0]
+            floor = quality_floor(rows_problem, estimates)
+        estimates.quality_floor = floor
     settings = {
         "model": model, "method": "em", "filter": str(rule), "columns": prepared.columns, "use_p_a": use_p_a,
         "mu": mu, "strong_model": strong_model, "q": q, "priors": asdict(priors), "tol": tol, "max_iter": max_iter,
@@ -1562,20 +1569,20 @@ def _write_outputs(outputs: dict, handle) -> dict:
 
     from .tables import to_arrow, write_arrow
 
-    frame = pd.DataFrame(outputs)
-    _, metas = to_arrow(frame.iloc[:0])
-    arrays = []
-    for name in frame.columns:
-        values = frame[name]
-        if isinstance(values.dtype, pd.CategoricalDtype):
-            dictionary = pa.array([str(c) for c in values.cat.categories], type=pa.string())
-            arrays.append(pa.DictionaryArray.from_arrays(pa.array(values.cat.codes.to_numpy()), dictionary))
+    # the restoration records of the columns (from empty slices: no 10^7-row frame is built), then the
+    # columns handed to Arrow as they are (numpy arrays are wrapped, not copied)
+    _, metas = to_arrow(pd.DataFrame({name: values[:0] for name, values in outputs.items()}))
+    arrays, dictionaries = [], []
+    for name, values in outputs.items():
+        if isinstance(values, pd.Categorical):
+            dictionary = pa.array([str(c) for c in values.categories], type=pa.string())
+            arrays.append(pa.DictionaryArray.from_arrays(pa.array(values.codes), dictionary))
+            dictionaries.append(str(name))
         else:
-            arrays.append(pa.array(values.to_numpy()))
+            arrays.append(pa.array(np.asarray(values)))
     # plain, uncompressed numbers (weights barely compress; a dictionary of 10^5 users' values costs 3x the time)
-    options = {"use_dictionary": [str(c) for c in frame.columns if isinstance(frame[c].dtype, pd.CategoricalDtype)],
-               "compression": "none", "write_statistics": False}
-    return write_arrow(pa.Table.from_arrays(arrays, names=[str(c) for c in frame.columns]), metas, handle, "parquet",
+    options = {"use_dictionary": dictionaries, "compression": "none", "write_statistics": False}
+    return write_arrow(pa.Table.from_arrays(arrays, names=[str(c) for c in outputs]), metas, handle, "parquet",
                        parquet_options=options)
 
 

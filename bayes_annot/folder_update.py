@@ -323,7 +323,12 @@ def _integer_matches(parts, column: str, wanted: pd.Series) -> np.ndarray | None
         return None
     if codec is not None or dtype.kind not in "iu":
         return None
-    numbers = np.unique(_numbers_of(pd.unique(canonical_text(wanted)), dtype))
+    if pd.api.types.is_signed_integer_dtype(wanted.dtype) and not wanted.isna().any():  # the numbers themselves
+        values = wanted.to_numpy(dtype=np.int64)
+        info = np.iinfo(dtype)
+        numbers = np.unique(values[(values >= info.min) & (values <= info.max)]).astype(dtype)
+    else:
+        numbers = np.unique(_numbers_of(pd.unique(canonical_text(wanted)), dtype))
     found, offset = [], 0
     for part, handle in parts:
         handle.seek(0)

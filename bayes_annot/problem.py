@@ -24,7 +24,7 @@ from .pairs import PairTable
 
 __all__ = [
     "Estimates", "ProblemSize", "build_problem", "strength_mode", "pair_counts", "graph_components",
-    "known_strengths", "quality_floor", "problem_key", "tie_rows",
+    "known_strengths", "quality_floor", "block_quality_floor", "problem_key", "tie_rows",
 ]
 
 
@@ -214,6 +214,49 @@ def quality_floor(problem: UsableLabels, estimates: Estimates) -> np.ndarray | N
                          dtype=float)
         worst = np.minimum(log_expit(ell) - np.log(max(q, eps)), log_expit(-ell) - np.log(max(1.0 - q, eps)))
     total = np.bincount(problem.user, weights=worst, minlength=problem.n_users)
+    pi = min(max(pi, eps), 1.0 - eps)
+    return two_class_posterior(total, 0.0, pi)
+
+
+def block_quality_floor(estimates: Estimates, block, n_users: int):
+    """:func:`quality_floor` from an EM block's cell counts instead of the per-label arrays (an update's
+    fit, whose labels are already in its block): with learned strengths, no ties and no casual covariates
+    the least attentive ratio of a label depends on its pair only, so a user's total is one sparse
+    mat-vec of the block (:meth:`~bayes_annot.block_em.Block.user_table_sums`) over a ``2 P`` cell
+    table: ``O(P)`` work beyond the block's own pass, no ``O(labels)`` temporaries. Same values as
+    :func:`quality_floor` but for the order of the sums (``1e-16`` relative).
+
+    Parameters
+    ----------
+    estimates : Estimates
+        The fit's estimates (two-class: ``pi``, ``q`` and the strengths).
+    block : bayes_annot.block_em.Block
+        The EM block of the fit's labels (global user codes ``block.users``).
+    n_users : int
+        Users of the fit (users outside the block have no labels: total 0).
+
+    Returns
+    -------
+    numpy.ndarray or None or NotImplemented
+        What :func:`quality_floor` returns (``None`` for the continuous model), or ``NotImplemented``
+        for the cases it leaves to the labels (ties, casual covariates, known strengths).
+    """
+    if estimates.variant != "two-class" or "pi" not in estimates.parameters:
+        return None
+    if (not block.learned or block.has_ties or block.casual_cell is not None or "tie_nu" in estimates.parameters
+            or estimates.extra_summary.get("casual_effects") or estimates.strengths is None):
+        return NotImplemented
+    if block.n_entries == 0:
+        return None
+    eps = 1e-12
+    pi, q = float(estimates.parameters["pi"]), float(estimates.parameters["q"])
+    s = np.asarray(estimates.strengths, dtype=float)
+    k = block.n_models
+    pairs = block.pairs if block.pairs is not None else PairTable.dense(k)
+    ell = s[pairs.a] - s[pairs.b]
+    worst_pair = np.minimum(log_expit(ell) - np.log(max(q, eps)), log_expit(-ell) - np.log(max(1.0 - q, eps)))
+    total = np.zeros(int(n_users))
+    total[block.users] = block.user_table_sums(np.repeat(worst_pair, 2))  # cell 2 p + choice: the pair's value
     pi = min(max(pi, eps), 1.0 - eps)
     return two_class_posterior(total, 0.0, pi)
 
