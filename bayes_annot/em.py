@@ -119,6 +119,7 @@ class EMResult:
     casual_g: np.ndarray | None = None  # casual covariate effects (bayes_annot.casual), when there are covariates
     nu: float | None = None  # Davidson's attentive tie parameter (bayes_annot.ties), when ties are modelled
     tie_rate: float | None = None  # the casual tie rate t, when ties are modelled
+    style_delta: np.ndarray | None = None  # attentive style effects (bayes_annot.style), when there is a style term
 
 
 # --------------------------------------------------------------------------- Bradley–Terry

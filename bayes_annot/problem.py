@@ -198,6 +198,11 @@ def quality_floor(problem: UsableLabels, estimates: Estimates) -> np.ndarray | N
         summary = {"casual_effects": effects}
         eta = casual_logits(effects["beta0"], effects_start(summary), design_from_summary(summary).design())
         eta = eta[problem.casual_cell]
+        if estimates.extra_summary.get("style_effects"):  # the attentive style term: each label's own offset
+            from .style import cell_offsets_from_summary
+
+            summary["style_effects"] = estimates.extra_summary["style_effects"]
+            ell = ell + cell_offsets_from_summary(summary)[problem.casual_cell]
         worst = np.minimum(log_expit(ell) - log_expit(eta), log_expit(-ell) - log_expit(-eta))
     elif problem.learned and k * k <= max(1 << 16, problem.n_labels):
         # the log-odds depend on the pair only: the same values per pair key a K + b, gathered per label
