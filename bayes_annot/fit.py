@@ -749,8 +749,9 @@ def fit(
         covariates"): attentive log-odds ``s_a - s_b + delta' x``, so a preference for long answers
         *after reading* (``delta``) is reported apart from casual clicks that follow length. ``None`` /
         ``"none"`` (default): no style term; ``"auto"``: every casual covariate; or names among the
-        casual covariates (the term uses their cells, each at its mean ``x``). EM only, one taste class,
-        learned strengths; ties are then left out of the likelihood (``ties="model"`` is refused).
+        casual covariates (the term uses their cells, each at its mean ``x``). EM, MAP and NUTS, one taste
+        class, learned strengths, in-memory data; ties are then left out of the likelihood (``ties="model"``
+        is refused).
         The effects are in ``result.style_effects_`` and ``summary["style_effects"]``.
     ties : {"model", "ignore"}, optional
         Whether ties (``tie``, ``tie (bothbad)``) enter the likelihood (docs/model.md, "Ties"): ``"model"``,
@@ -838,7 +839,7 @@ def fit(
     casual_design(("x",), np.ones((1, 1)), casual_bins)  # casual_bins is checked before reading
     which_style = parse_style_covariates(style_covariates)
     if which_style != "none":
-        _check_style_settings(method=method, tastes=tastes, taste_check=taste_check, ties=ties)
+        _check_style_settings(tastes=tastes, taste_check=taste_check, ties=ties)
     rule = parse_filter(filter)
     check_no_verdict_policy(no_verdict)
     if not isinstance(max_tastes, (int, np.integer)) or isinstance(max_tastes, bool) or max_tastes < 1:
@@ -1055,7 +1056,7 @@ def fit_prepared(
     ties_mode = resolve_ties(ties, prepared.counts()["ties"], tastes=tastes,
                              learned=mu is None and not (use_p_a and prepared.has_p_a))
     if style is not None:
-        _check_style_settings(method="em", tastes=tastes, taste_check=False, ties=ties)
+        _check_style_settings(tastes=tastes, taste_check=False, ties=ties)
         ties_mode = "ignore"
         spec = spec.with_style(style)
     if state is None:
@@ -1432,11 +1433,8 @@ def _fit_dask_frame(ddf, *, spec: BehaviourSpec, rule, tol, max_iter, seed, star
     return FitResult._from_dask(ddf, dfit, rule, summary, no_verdict)
 
 
-def _check_style_settings(*, method, tastes, taste_check, ties) -> None:
+def _check_style_settings(*, tastes, taste_check, ties) -> None:
     """Refuse, in one line, what the attentive style term does not support yet (docs/model.md, "Style covariates")."""
-    if method != "em":
-        raise InputError(f"style covariates (--style-covariates) are fitted by EM only for now, not method='{method}': "
-                         "use method='em' or style_covariates='none'")
     if tastes != 1:
         raise InputError("style covariates (--style-covariates) are fitted with one taste class for now: use tastes=1 "
                          "or style_covariates='none'")

@@ -185,8 +185,6 @@ def test_style_needs_casual_covariates_and_em(small_log):
         ba.fit(small_log, style_covariates="nope")
     with pytest.raises(ba.InputError, match="need the same casual covariates"):
         ba.fit(small_log, style_covariates="log_length_ratio", casual_covariates="none")
-    with pytest.raises(ba.InputError, match="fitted by EM only"):
-        ba.fit(small_log, style_covariates="auto", method="map")
     with pytest.raises(ba.InputError, match="one taste class"):
         ba.fit(small_log, style_covariates="auto", tastes=2)
     with pytest.raises(ba.InputError, match="ties in the likelihood with style covariates"):
@@ -267,7 +265,7 @@ def test_cli_flag_round_trip(tmp_path):
 
 @pytest.mark.parametrize("flags, words", [
     (["--style-covariates", "nosuchcol"], "style covariate column 'nosuchcol' is not in the log"),
-    (["--style-covariates", "auto", "--method", "map"], "fitted by EM only"),
+    (["--style-covariates", "auto", "--tastes", "2"], "one taste class"),
 ])
 def test_cli_bad_style_setting_is_one_line_exit_2(tmp_path, small_log, flags, words):
     path = tmp_path / "log.csv"
@@ -277,3 +275,145 @@ def test_cli_bad_style_setting_is_one_line_exit_2(tmp_path, small_log, flags, wo
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and words in lines[0]
+
+
+# --------------------------------------------------------------------------- MAP and NUTS (PyMC)
+
+
+def _style_problem(seed=3, n_bins=3):
+    from bayes_annot.casual import prepare_casual
+    from bayes_annot.data import prepare
+    from bayes_annot.problem import build_problem
+
+    log = ba.simulate(n_users=60, n_models=5, labels_per_user=(2, 12), length_bias=0.85, style_bias=0.6, seed=seed)
+    prepared = prepare(log.astype({"user": str, "winner": str}))
+    casual = prepare_casual(prepared, "auto", n_bins)
+    problem, _ = build_problem(prepared, casual=casual)
+    style = style_design("auto", casual, prepared.casual_x[prepared.usable])
+    return log, problem, casual, style
+
+
+def _random_style_params(problem, casual, style, rng, q_fixed=None):
+    return {"pi": rng.uniform(0.1, 0.9), "q": rng.uniform(0.2, 0.8) if q_fixed is None else q_fixed,
+            "strength": rng.normal(0.0, 1.0, problem.n_models), "m": rng.normal(0.5, 1.0), "tau": rng.uniform(0.5, 2.0),
+            "casual_effect": rng.normal(0.0, 1.5, casual.n_effects), "style_effect": rng.normal(0.0, 1.0, style.n_effects)}
+
+
+@pytest.mark.parametrize("variant,q_fixed", [("two-class", None), ("continuous", 0.4)])
+def test_pytensor_equals_numpy_with_a_style_term(variant, q_fixed):
+    """The PyMC log density (``style_effect``, dim ``style_covariate``) equals the numpy one to 1e-8 (unpenalised;
+    penalised: up to PyMC's constant rounding of the priors' normalisers, which cancels between two points)."""
+    from bayes_annot.pymc_model import build_model, model_loglik, numpy_loglik
+    from bayes_annot.spec import BehaviourSpec
+
+    pm = pytest.importorskip("pymc")
+    _, problem, casual, style = _style_problem()
+    spec = BehaviourSpec(variant, 1, "learned", q=q_fixed, casual=casual, style=style)
+    model = build_model(problem, spec, marginal=True)
+    assert model["style_effect"].eval().shape == (1,) and "style_covariate" in model.coords
+    rng = np.random.default_rng(0)
+    gaps, values = [], []
+    for _ in range(3):
+        params = _random_style_params(problem, casual, style, rng, q_fixed)
+        expected = numpy_loglik(problem, variant, params, q_fixed=q_fixed, penalised=False, casual=casual, style=style)
+        assert model_loglik(model, params, penalised=False) == pytest.approx(expected, abs=1e-8, rel=0)
+        gaps.append(model_loglik(model, params, penalised=True)
+                    - numpy_loglik(problem, variant, params, q_fixed=q_fixed, casual=casual, style=style))
+        values.append(expected)
+    assert max(gaps) - min(gaps) < 1e-8 and abs(max(gaps)) < 1e-5
+    assert abs(values[1] - values[0]) > 1e-3
+    # delta moves the likelihood; delta = 0 is the model without a style term
+    params["style_effect"] = np.zeros(style.n_effects)
+    assert numpy_loglik(problem, variant, params, q_fixed=q_fixed, penalised=False, casual=casual, style=style) == \
+        pytest.approx(numpy_loglik(problem, variant, params, q_fixed=q_fixed, penalised=False, casual=casual), abs=1e-9)
+    del pm
+
+
+@pytest.mark.parametrize("variant", ["two-class", "continuous"])
+def test_em_objective_is_the_numpy_log_density(variant):
+    """EM's reported objective at its estimates is numpy_loglik (penalised) with the style term, to 1e-8."""
+    from bayes_annot.casual import design_from_summary, effects_start
+    from bayes_annot.pymc_model import numpy_loglik
+
+    log, problem, casual, style = _style_problem(seed=8)
+    fitted = _fit(log.astype({"user": str, "winner": str}), model=variant, casual_covariates=casual,
+                  style_covariates=style, ties="ignore")
+    assert design_from_summary(fitted.summary) == casual and style_from_summary(fitted.summary) == style
+    em = fitted.estimates
+    params = {**em.parameters, "strength": em.strengths, "casual_effect": effects_start(fitted.summary),
+              "style_effect": np.array([_delta(fitted)])}
+    assert numpy_loglik(problem, variant, params, casual=casual, style=style) == pytest.approx(em.loglik, abs=1e-8,
+                                                                                               rel=0)
+
+
+@pytest.mark.parametrize("variant", ["two-class", "continuous"])
+def test_map_matches_em_with_a_style_term(variant):
+    log = ba.simulate(n_users=300, n_models=5, casual_share=0.3, labels_per_user=(5, 30), length_bias=0.85,
+                      style_bias=0.6, seed=21)
+    em = _fit(log, model=variant, tol=1e-12, max_iter=5000, casual_bins=4, style_covariates="auto")
+    mp = _fit(log, model=variant, method="map", casual_bins=4, style_covariates="auto")
+    assert mp.summary["engine"] == "map" and mp.summary["converged"] is True
+    assert _delta(mp) == pytest.approx(_delta(em), abs=1e-3)
+    np.testing.assert_allclose(mp.users.quality, em.users.quality, atol=1e-4)
+    np.testing.assert_allclose(mp.models.strength, em.models.strength, atol=1e-4)
+    assert mp.summary["loglik"] == pytest.approx(em.summary["loglik"], abs=1e-3)
+
+
+@pytest.mark.parametrize("variant", ["two-class", "continuous"])
+def test_nuts_plumbing_with_a_style_term(monkeypatch, variant):
+    """NUTS (a mocked sampler: the plumbing): ``style_effect`` has dim ``style_covariate``, the summary holds its
+    posterior mean, and the per-draw log-likelihood is the numpy one at that draw."""
+    import functools
+
+    pm = pytest.importorskip("pymc")
+    from pymc.testing import mock_sample
+
+    from bayes_annot.casual import design_from_summary, prepare_casual
+    from bayes_annot.data import prepare
+    from bayes_annot.likelihood import continuous_label_loglik
+    from bayes_annot.problem import build_problem
+    from bayes_annot.pymc_model import numpy_loglik
+
+    log = ba.simulate(n_users=40, n_models=4, labels_per_user=(3, 10), length_bias=0.85, style_bias=0.5, seed=4)
+    monkeypatch.setattr(pm, "sample", functools.partial(mock_sample, sample_stats={
+        "diverging": lambda size: np.zeros(size, dtype=bool)}))
+    result = _fit(log, model=variant, method="nuts", draws=30, tune=5, chains=2, progress=False, casual_bins=3,
+                  style_covariates="auto")
+    post = result.idata.posterior
+    assert post["style_effect"].dims == ("chain", "draw", "style_covariate")
+    assert _delta(result) == pytest.approx(float(post["style_effect"].mean()), abs=1e-12)
+    casual, style = design_from_summary(result.summary), style_from_summary(result.summary)
+    prepared = prepare(log)
+    prepare_casual(prepared, design=casual)
+    problem, _ = build_problem(prepared, casual=casual)
+    draw = post.isel(chain=1, draw=7)
+    params = {k: draw[k].values for k in ("q", "strength", "casual_effect", "style_effect")}
+    if variant == "two-class":
+        params["pi"] = float(draw["pi"])
+        expected = numpy_loglik(problem, variant, params, penalised=False, casual=casual, style=style)
+    else:  # NUTS samples each user's z_u: the log-likelihood given the draw's theta_u
+        from bayes_annot.casual import casual_table
+        from bayes_annot.em import label_logprobs
+        from bayes_annot.style import style_offsets
+        from scipy.special import log_expit, logit
+
+        theta = float(draw["m"]) + float(draw["tau"]) * draw["z"].values
+        table = casual_table(float(logit(params["q"])), params["casual_effect"], casual.design())
+        _, cas = label_logprobs(problem, params["strength"], float(params["q"]), table)
+        s = params["strength"]
+        d = s[problem.model_a] - s[problem.model_b] + style_offsets(style.values(casual), params["style_effect"])[
+            problem.casual_cell]
+        att = log_expit(np.where(problem.choice_a == 1, d, -d))
+        expected = float(continuous_label_loglik(att, cas, theta[problem.user]).sum())
+    assert float(result.idata.log_likelihood["y_user"].isel(chain=1, draw=7).sum()) == pytest.approx(expected, abs=1e-8)
+
+
+@pytest.mark.slow
+def test_nuts_recovers_delta():
+    """A real NUTS run (2 chains x 300 draws): delta's posterior mean near the truth 0.8 and near EM's."""
+    log = ba.simulate(n_users=300, n_models=5, casual_share=0.3, length_bias=0.85, style_bias=STYLE_BIAS, seed=5)
+    em = _fit(log, style_covariates="auto")
+    nuts = _fit(log, style_covariates="auto", method="nuts", draws=300, tune=300, chains=2, progress=False, seed=1)
+    assert abs(_delta(nuts) - STYLE_BIAS) < 0.25
+    assert abs(_delta(nuts) - _delta(em)) < 0.1
+    assert nuts.summary["rhat_max"] < 1.05
