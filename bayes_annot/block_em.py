@@ -37,7 +37,7 @@ from .em import (
 )
 from .likelihood import ETA_GRID, EtaGrid, Priors, log_normal_pdf, log_prior, log_type_shares
 from .spec import BehaviourSpec
-from .style import fit_style, style_offsets, style_table
+from .style import fit_style, style_davidson_tables, style_logits, style_offsets, style_table
 from .ties import davidson_tables, log_prior_ties, nu_step, tie_rate_step, tie_start
 from .pairs import (
     DENSE_MAX_MODELS,
@@ -106,7 +106,8 @@ class Block:
     _entry_choice: np.ndarray | None = field(default=None, repr=False)
     _known_cells: tuple | None = field(default=None, repr=False)
     # ties in the likelihood (bayes_annot.ties): each tie entry's pair index, grouped by user like the entries
-    tie_cell: np.ndarray | None = None  # int32 (n_ties,) pair index; None: ties not modelled
+    tie_cell: np.ndarray | None = None  # int32 (n_ties,) pair index (pair n_tie_casual + cell); None: not modelled
+    n_tie_casual: int = 1  # casual cells per pair in the tie index (> 1: an attentive style term, bayes_annot.style)
     tie_indptr: np.ndarray | None = None  # (Ul + 1,) start of each user's tie entries
     n_user_tie: np.ndarray | None = None  # float (Ul,) ties of each user
     _tie_counts: object = field(default=None, repr=False)
@@ -123,7 +124,7 @@ class Block:
             from scipy.sparse import csr_matrix
 
             self._tie_counts = csr_matrix((np.ones(self.tie_cell.shape[0]), self.tie_cell, self.tie_indptr),
-                                          shape=(self.users.shape[0], self.n_cells // 2))
+                                          shape=(self.users.shape[0], self.n_cells // 2 * self.n_tie_casual))
         return self._tie_counts
 
     @property
@@ -320,6 +321,7 @@ def make_block(
     n_casual: int = 0,
     tie: np.ndarray | None = None,
     tie_pair: np.ndarray | None = None,
+    n_tie_casual: int = 1,
 ) -> Block:
     """Build a :class:`Block` from per-row arrays (global user codes, all rows).
 
@@ -330,7 +332,8 @@ def make_block(
     (``2 * pair + choice``); without it ``cell`` is the dense ``(a K + b) 2 + choice``.
     ``casual_cell`` (usable rows, row order): each label's casual cell of a design of ``n_casual`` cells.
     ``tie`` (a mask over all rows) and ``tie_pair`` (those rows' pair indices in ``pairs``, row order): the
-    ties, when they enter the likelihood (learned strengths; :mod:`bayes_annot.ties`).
+    ties, when they enter the likelihood (learned strengths; :mod:`bayes_annot.ties`); with an attentive style
+    term each tie's index is ``pair n_tie_casual + casual cell`` (``n_tie_casual`` the design's casual cells).
     """
     user = np.asarray(user)
     if users is None:
@@ -363,6 +366,7 @@ def make_block(
         block.casual_cell = np.asarray(casual_cell, dtype=np.int32)[order]
         block.n_casual = int(n_casual)
     if tie is not None:
+        block.n_tie_casual = int(n_tie_casual)
         _set_ties(block, local_all[np.asarray(tie, dtype=bool)], tie_pair)
     return block
 
@@ -482,9 +486,13 @@ def merge_blocks(
         block.n_casual = new.n_casual
     if old.has_ties != new.has_ties:
         raise ValueError("cannot merge a block with modelled ties and one without")
+    if new.has_ties and old.n_tie_casual != new.n_tie_casual:
+        raise ValueError("cannot merge blocks whose ties carry different casual cells")
     if new.has_ties:  # each user's old ties, then the new ones (old pairs mapped as their cells are)
-        old_pair = old.tie_cell if cell_map is None else np.asarray(cell_map, dtype=np.int64)[2 * old.tie_cell.astype(
-            np.int64)] // 2
+        n_tc = new.n_tie_casual
+        block.n_tie_casual = n_tc
+        old_pair = old.tie_cell if cell_map is None else np.asarray(cell_map, dtype=np.int64)[2 * (
+            old.tie_cell.astype(np.int64) // n_tc)] // 2 * n_tc + old.tie_cell.astype(np.int64) % n_tc
         local = np.concatenate([np.repeat(pos_old, np.diff(old.tie_indptr)), np.repeat(pos_new, np.diff(new.tie_indptr))])
         _set_ties(block, local, np.concatenate([old_pair, new.tie_cell]))
     return block
@@ -671,7 +679,7 @@ def block_user_cells(block: Block, weights: np.ndarray) -> dict:
 def _block_informative(block: Block, differs_cell, q, tol) -> np.ndarray:
     if block.learned and block.has_ties:  # a tie on a pair that differs informs as a decided label does
         decided = block.user_table_sums(differs_cell.astype(float))
-        return decided + block.tie_matrix() @ differs_cell[1::2].astype(float) > 0
+        return decided + block.tie_matrix() @ np.repeat(differs_cell[1::2].astype(float), block.n_tie_casual) > 0
     if block.learned:
         if bool(differs_cell[block.cell_totals > 0].all()):  # every label is informative: no pass needed
             return block.n_user > 0
@@ -1097,13 +1105,16 @@ def run_class_em(
     if ties.on and not learned:
         raise ValueError("ties in the likelihood need learned strengths")
     sty = _StyleSide(style, casual, priors, bt)
-    if sty.on and (ties.on or n_classes != 1):
-        raise ValueError("an attentive style term is fitted with one taste class and without ties in the likelihood")
+    if sty.on and n_classes != 1:
+        raise ValueError("an attentive style term is fitted with one taste class")
     d0 = sty.start(style_delta)
 
     def evaluate(shares, q, strengths, g, nu, t, delta):
         """Objective at (shares, q, s, g, nu, t, delta) and the EM map's image of them."""
-        if sty.on:
+        if sty.on and ties.on:
+            tab, tie_tab = sty.davidson(strengths[0], delta, nu)
+            st = runner.class_pass(shares, cas.arg(q, g), tab[:, None], ties=(tie_tab[:, None], t))
+        elif sty.on:
             st = runner.class_pass(shares, cas.arg(q, g), sty.table(strengths[0], delta)[:, None])
         elif ties.on:
             tabs, tie_tabs = bt.davidson(strengths, nu)
@@ -1120,8 +1131,11 @@ def run_class_em(
         else:
             new_q, new_g = cas.m_step(st, q, g)
         new_nu, new_t, new_delta = nu, ties.t_step(st), delta
-        if sty.on:  # the joint Newton of (s, delta)
-            new_s, new_delta = sty.fit(st["cells"][:, 0], strengths[0], delta)
+        if sty.on:  # the joint Newton of (s, delta) (ECM with ties: at fixed nu, then nu)
+            tie_cells = st["tie_cells"][:, 0] if ties.on else None
+            new_s, new_delta = sty.fit(st["cells"][:, 0], strengths[0], delta, tie_cells, nu if ties.on else 0.0)
+            if ties.on:
+                new_nu = sty.nu(new_s, new_delta, st["cells"][:, 0], tie_cells, nu)
             new_s = new_s[None, :]
         elif ties.on:  # ECM: strengths at fixed nu, then nu at the new strengths
             new_s = bt.fit_ties(st["cells"], st["tie_cells"], strengths, nu)
@@ -1162,7 +1176,11 @@ def run_class_em(
     )
     shares, q, strengths, g0, nu, t, delta = params
     differs_cell = bt.differs(strengths, informative_tol) if learned else None  # as em._informative_users
-    if sty.on:
+    if sty.on and ties.on:
+        tab, tie_tab = sty.davidson(strengths[0], delta, nu)
+        parts = runner.class_final(shares, cas.arg(q, g0), tab[:, None], differs_cell, informative_tol,
+                                   ties=(tie_tab[:, None], t))
+    elif sty.on:
         parts = runner.class_final(shares, cas.arg(q, g0), sty.table(strengths[0], delta)[:, None], differs_cell,
                                    informative_tol)
     elif ties.on:
@@ -1235,16 +1253,30 @@ class _StyleSide:
         """log P_att of every joint entry ``(2 P n_casual,)`` at strengths ``s`` (K,) and effects ``delta``."""
         return style_table(s, self.bt.pairs.a, self.bt.pairs.b, style_offsets(self.values, delta))
 
+    def davidson(self, s: np.ndarray, delta, nu: float) -> tuple[np.ndarray, np.ndarray]:
+        """Ties in the likelihood: Davidson's decided table ``(2 P n_casual,)`` and tie table ``(P n_casual,)``."""
+        return style_davidson_tables(s, self.bt.pairs.a, self.bt.pairs.b, style_offsets(self.values, delta), nu)
+
+    def nu(self, s: np.ndarray, delta, cells: np.ndarray, tie_cells: np.ndarray, nu: float) -> float:
+        """The ``nu`` M-step at fixed ``(s, delta)`` (:func:`~bayes_annot.ties.nu_step` over the ``(pair, cell)`` terms)."""
+        w = np.asarray(cells, dtype=float).reshape(-1, 2)
+        wt = np.asarray(tie_cells, dtype=float).reshape(-1)
+        d = style_logits(s, self.bt.pairs.a, self.bt.pairs.b, style_offsets(self.values, delta)).ravel()
+        return nu_step(nu, d, w.sum(axis=1) + wt, float(wt.sum()), self.priors)
+
     def log_prior(self, delta) -> float:
         if not self.on:
             return 0.0
         return float(log_normal_pdf(np.asarray(delta, dtype=float), 0.0, self.priors.style_effect_sigma).sum())
 
-    def fit(self, cells: np.ndarray, s: np.ndarray, delta):
-        """``(s, delta)`` from the attentive-weighted joint cells ``(2 P n_casual,)``."""
-        w = np.asarray(cells, dtype=float).reshape(self.bt.pairs.n_pairs, self.values.shape[0], 2)
+    def fit(self, cells: np.ndarray, s: np.ndarray, delta, tie_cells=None, nu: float = 0.0):
+        """``(s, delta)`` from the attentive-weighted joint cells ``(2 P n_casual,)`` (and, ties in the likelihood,
+        the attentive-weighted ties ``(P n_casual,)`` at Davidson's ``nu``)."""
+        shape = (self.bt.pairs.n_pairs, self.values.shape[0])
+        w = np.asarray(cells, dtype=float).reshape(shape + (2,))
+        wt = None if tie_cells is None else np.asarray(tie_cells, dtype=float).reshape(shape)
         return fit_style(self.bt.pairs, w[..., 1], w[..., 0], self.values, s, delta, self.priors.strength_sigma,
-                         self.priors.style_effect_sigma, structure=self.bt._sparse_structure())
+                         self.priors.style_effect_sigma, structure=self.bt._sparse_structure(), wt=wt, nu=nu)
 
     def pack(self, delta) -> list:
         return [np.asarray(delta, dtype=float)] if self.on else []
@@ -1328,7 +1360,11 @@ def run_em(
                           param_tol, cas, sty)
     s = out["strengths"]
     differs_cell = bt.differs(s, informative_tol) if learned else None  # same rule as em._informative_users
-    if sty.on:
+    if sty.on and out["nu"] is not None:
+        tab, tie_tab = sty.davidson(s, out["delta"], out["nu"])
+        parts = runner.continuous_final(out["m"], out["tau"], cas.arg(out["q"], out["g"]), np.exp(tab), differs_cell,
+                                        informative_tol, ties=(np.exp(tie_tab), out["t"]))
+    elif sty.on:
         parts = runner.continuous_final(out["m"], out["tau"], cas.arg(out["q"], out["g"]),
                                         np.exp(sty.table(s, out["delta"])), differs_cell, informative_tol)
     elif out["nu"] is not None:
@@ -1470,12 +1506,13 @@ def _run_continuous(runner, bt, learned, priors, q_fixed, tol, max_iter, start, 
     if ties.on and not learned:
         raise ValueError("ties in the likelihood need learned strengths")
     sty = sty if sty is not None else _StyleSide(None, None, priors, bt)
-    if sty.on and ties.on:
-        raise ValueError("an attentive style term with ties in the likelihood is not available yet")
     d0 = sty.start(start.get("style_delta"))
 
     def evaluate(m, tau, q, strengths, g, nu, t, delta):
-        if sty.on:
+        if sty.on and ties.on:
+            tab, tie_tab = sty.davidson(strengths, delta, nu)
+            st = runner.continuous_pass(m, tau, cas.arg(q, g), np.exp(tab), ties=(np.exp(tie_tab), t))
+        elif sty.on:
             st = runner.continuous_pass(m, tau, cas.arg(q, g), np.exp(sty.table(strengths, delta)))
         elif ties.on:  # Davidson's attentive probabilities; tie entries mix eta P_att(tie) + (1 - eta) t
             tabs, tie_tabs = bt.davidson(strengths, nu)
@@ -1488,7 +1525,10 @@ def _run_continuous(runner, bt, learned, priors, q_fixed, tol, max_iter, start, 
         new_nu, new_t, new_delta = nu, ties.t_step(st), delta
         if sty.on:
             new_q = q if q_fixed is not None else float(_update_q(st["casual_a"], st["casual"], priors))
-            new_s, new_delta = sty.fit(st["cells"], strengths, delta)
+            new_s, new_delta = sty.fit(st["cells"], strengths, delta, st["tie_cells"] if ties.on else None,
+                                       nu if ties.on else 0.0)
+            if ties.on:
+                new_nu = sty.nu(new_s, new_delta, st["cells"], st["tie_cells"], nu)
         elif ties.on:
             new_q = q if q_fixed is not None else float(_update_q(st["casual_a"], st["casual"], priors))
             new_s = bt.fit_ties(st["cells"][:, None], st["tie_cells"][:, None], strengths[None, :], nu)[0]

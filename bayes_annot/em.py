@@ -61,6 +61,8 @@ class UsableLabels:
     tie_user, tie_model_a, tie_model_b : int arrays (n_ties,) or None
         The ties, when they enter the likelihood (:mod:`bayes_annot.ties`; learned strengths); ``None``:
         ties are ignored.
+    tie_casual_cell : int32 array (n_ties,) or None
+        Each tie's casual cell, when an attentive style term needs it (:mod:`bayes_annot.style`); else ``None``.
     """
 
     user: np.ndarray
@@ -75,6 +77,7 @@ class UsableLabels:
     tie_user: np.ndarray | None = None
     tie_model_a: np.ndarray | None = None
     tie_model_b: np.ndarray | None = None
+    tie_casual_cell: np.ndarray | None = None
 
     @property
     def n_ties(self) -> int:

@@ -750,8 +750,8 @@ def fit(
         *after reading* (``delta``) is reported apart from casual clicks that follow length. ``None`` /
         ``"none"`` (default): no style term; ``"auto"``: every casual covariate; or names among the
         casual covariates (the term uses their cells, each at its mean ``x``). EM, MAP and NUTS, one taste
-        class, learned strengths, in-memory data; ties are then left out of the likelihood (``ties="model"``
-        is refused).
+        class, learned strengths, in-memory data; ties stay in the likelihood with EM (Davidson's ``d`` gets
+        the term too), MAP and NUTS leave them out (``ties="model"`` is refused there).
         The effects are in ``result.style_effects_`` and ``summary["style_effects"]``.
     ties : {"model", "ignore"}, optional
         Whether ties (``tie``, ``tie (bothbad)``) enter the likelihood (docs/model.md, "Ties"): ``"model"``,
@@ -839,7 +839,7 @@ def fit(
     casual_design(("x",), np.ones((1, 1)), casual_bins)  # casual_bins is checked before reading
     which_style = parse_style_covariates(style_covariates)
     if which_style != "none":
-        _check_style_settings(tastes=tastes, taste_check=taste_check, ties=ties)
+        _check_style_settings(tastes=tastes, taste_check=taste_check, ties=ties, method=method)
     rule = parse_filter(filter)
     check_no_verdict_policy(no_verdict)
     if not isinstance(max_tastes, (int, np.integer)) or isinstance(max_tastes, bool) or max_tastes < 1:
@@ -899,10 +899,11 @@ def fit(
         if mu is not None or (use_p_a and prepared.has_p_a):
             raise InputError("style covariates need learned strengths (no p_a column, no mu): use "
                              "style_covariates='none' (--style-covariates none)")
-        ties_mode = "ignore"  # ties with a style term are not in the likelihood yet (ties='model' was refused)
+        if method != "em":  # MAP / NUTS: no ties with a style term yet (ties='model' was refused)
+            ties_mode = "ignore"
         spec = spec.with_style(style)
     problem, strength_mode = build_problem(prepared, mu=mu, strong_model=strong_model, use_p_a=use_p_a, casual=design,
-                                           ties=ties_mode == "model")
+                                           ties=ties_mode == "model", style=style is not None)
     spec = _data_spec(spec, problem.learned, tastes)  # a p_a column: known strengths (no taste classes)
     if taste_check and (spec.variant != "two-class" or not spec.learned):
         raise InputError("taste_check needs model='two-class' and learned strengths (no p_a column, no mu)")
@@ -1056,13 +1057,12 @@ def fit_prepared(
     ties_mode = resolve_ties(ties, prepared.counts()["ties"], tastes=tastes,
                              learned=mu is None and not (use_p_a and prepared.has_p_a))
     if style is not None:
-        _check_style_settings(tastes=tastes, taste_check=False, ties=ties)
-        ties_mode = "ignore"
+        _check_style_settings(tastes=tastes, taste_check=False, ties=ties, method="em")
         spec = spec.with_style(style)
     if state is None:
         covariates_read()
         problem, mode = build_problem(prepared, mu=mu, strong_model=strong_model, use_p_a=use_p_a, casual=casual,
-                                      ties=ties_mode == "model")
+                                      ties=ties_mode == "model", style=style is not None)
         state = em_state(prepared, problem, pair_counts(prepared, ties=ties_mode == "model"), mu=mu,
                          strong_model=strong_model, use_p_a=use_p_a, casual=casual)
     else:  # the labels are already in the state's block: no per-row problem to build
@@ -1092,7 +1092,8 @@ def fit_prepared(
         if not hasattr(problem, "user"):
             covariates_read()
         rows_problem = problem if hasattr(problem, "user") else build_problem(
-            prepared, mu=mu, strong_model=strong_model, use_p_a=use_p_a, casual=casual, ties=ties_mode == "model")[0]
+            prepared, mu=mu, strong_model=strong_model, use_p_a=use_p_a, casual=casual, ties=ties_mode == "model",
+            style=style is not None)[0]
         estimates.quality_floor = quality_floor(rows_problem, estimates)
     settings = {
         "model": model, "method": "em", "filter": str(rule), "columns": prepared.columns, "use_p_a": use_p_a,
@@ -1433,7 +1434,7 @@ def _fit_dask_frame(ddf, *, spec: BehaviourSpec, rule, tol, max_iter, seed, star
     return FitResult._from_dask(ddf, dfit, rule, summary, no_verdict)
 
 
-def _check_style_settings(*, tastes, taste_check, ties) -> None:
+def _check_style_settings(*, tastes, taste_check, ties, method) -> None:
     """Refuse, in one line, what the attentive style term does not support yet (docs/model.md, "Style covariates")."""
     if tastes != 1:
         raise InputError("style covariates (--style-covariates) are fitted with one taste class for now: use tastes=1 "
@@ -1441,9 +1442,9 @@ def _check_style_settings(*, tastes, taste_check, ties) -> None:
     if taste_check:
         raise InputError("taste_check does not model style covariates yet: drop taste_check or use "
                          "style_covariates='none'")
-    if ties == "model":
-        raise InputError("ties in the likelihood with style covariates are not available yet: use ties='ignore' "
-                         "(--ties ignore) or style_covariates='none'")
+    if ties == "model" and method != "em":
+        raise InputError("ties in the likelihood with style covariates are fitted by EM only for now: use "
+                         "ties='ignore' (--ties ignore), method='em' or style_covariates='none'")
 
 
 def _casual_setting(which):

@@ -440,8 +440,6 @@ def plan_update(previous, new_rows, *, on_duplicate: str = "skip", row_id=None, 
     use_p_a = settings.get("use_p_a", True)
 
     def modelled(data) -> bool:  # the ties mode of the fit of ``data`` (the merged log) with these settings
-        if settings.get("style") is not None:  # a style term leaves ties out of the likelihood
-            return False
         learned = mu is None and not (use_p_a and data.has_p_a)
         return resolve_ties(settings.get("ties"), data.counts()["ties"], tastes=settings["tastes"],
                             learned=learned) == "model"
@@ -461,7 +459,7 @@ def plan_update(previous, new_rows, *, on_duplicate: str = "skip", row_id=None, 
             if casual is not None:
                 prepare_casual(merge.new, design=casual)
             problem_new, _ = build_problem(merge.new, mu=mu, strong_model=strong_model, use_p_a=use_p_a, casual=casual,
-                                           ties=ties)
+                                           ties=ties, style=settings.get("style") is not None)
             state = _extend_state(state, merge, problem_new, key, casual, ties)
         else:
             state = None  # rebuilt from the merged rows

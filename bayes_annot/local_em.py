@@ -53,6 +53,9 @@ def problem_block(
                 pairs = PairTable.from_labels(np.concatenate([problem.model_a, problem.tie_model_a]),
                                               np.concatenate([problem.model_b, problem.tie_model_b]), problem.n_models)[0]
             ties = {"tie": tie, "tie_pair": pairs.index(problem.tie_model_a, problem.tie_model_b)}
+            if problem.tie_casual_cell is not None:  # an attentive style term: ties by (pair, casual cell)
+                ties = {"tie": tie, "n_tie_casual": n_casual,
+                        "tie_pair": ties["tie_pair"].astype(np.int64) * n_casual + problem.tie_casual_cell}
         if pairs is None:
             pairs, index = PairTable.from_labels(problem.model_a, problem.model_b, problem.n_models)
             cell = (2 * index + problem.choice_a).astype(np.int32)

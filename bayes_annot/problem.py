@@ -60,13 +60,14 @@ class Estimates:
 
 def build_problem(
     data: PreparedData, mu: float | None = None, strong_model: str | None = None, use_p_a: bool = True,
-    casual: CasualDesign | None = None, ties: bool = False,
+    casual: CasualDesign | None = None, ties: bool = False, style: bool = False,
 ) -> tuple[UsableLabels, str]:
     """Turn prepared data into the engines' arrays; returns the problem and the strength mode.
 
     ``casual``: the casual covariates' design; each label then gets its casual cell from
     ``data.casual_x`` (:func:`bayes_annot.data.casual_covariates`). ``ties``: the tie rows
-    (:func:`tie_rows`) enter the likelihood (learned strengths only).
+    (:func:`tie_rows`) enter the likelihood (learned strengths only). ``style``: an attentive style term
+    (:mod:`bayes_annot.style`) is fitted, so the ties get their casual cells too.
     """
     usable = data.usable
     choice = data.choice_a[usable].astype(np.int8)
@@ -111,6 +112,8 @@ def build_problem(
                              "use ties='ignore' (--ties ignore)")
         tie = tie_rows(data)
         problem.tie_user, problem.tie_model_a, problem.tie_model_b = data.user[tie], data.model_a[tie], data.model_b[tie]
+        if style and casual is not None:
+            problem.tie_casual_cell = casual.cells(data.casual_x[tie])
     return problem, mode
 
 
@@ -236,16 +239,24 @@ def _tie_quality_floor(problem: UsableLabels, estimates: Estimates, pi: float, q
         eta = casual_logits(effects["beta0"], effects_start(summary), design_from_summary(summary).design())
         eta = eta[problem.casual_cell]
     eta_tie = np.full(problem.n_ties, logit(min(max(q, eps), 1.0 - eps)))
+    offset, tie_offset = 0.0, 0.0
+    if estimates.extra_summary.get("style_effects") and effects:  # the attentive style term: each label's offset
+        from .style import cell_offsets_from_summary
+
+        cell_offsets = cell_offsets_from_summary({"casual_effects": effects,
+                                                  "style_effects": estimates.extra_summary["style_effects"]})
+        offset = cell_offsets[problem.casual_cell]
+        tie_offset = cell_offsets[problem.tie_casual_cell]
 
     def worst(d, eta):
         pa, pb, pt = davidson_logprobs(d, nu)
         return np.minimum(np.minimum(pa - np.log1p(-t) - log_expit(eta), pb - np.log1p(-t) - log_expit(-eta)),
                           pt - np.log(t))
 
-    total = np.bincount(problem.user, weights=worst(s[problem.model_a] - s[problem.model_b], eta),
+    total = np.bincount(problem.user, weights=worst(s[problem.model_a] - s[problem.model_b] + offset, eta),
                         minlength=problem.n_users)
-    total += np.bincount(problem.tie_user, weights=worst(s[problem.tie_model_a] - s[problem.tie_model_b], eta_tie),
-                         minlength=problem.n_users)
+    total += np.bincount(problem.tie_user, weights=worst(s[problem.tie_model_a] - s[problem.tie_model_b] + tie_offset,
+                                                         eta_tie), minlength=problem.n_users)
     pi = min(max(pi, eps), 1.0 - eps)
     return two_class_posterior(total, 0.0, pi)
 

@@ -123,7 +123,8 @@ def simulate(
         Standard deviation of log response length around that line.
     style_bias : float, optional
         Attentive users prefer the longer answer after reading: their log-odds of choosing ``model_a`` are
-        ``s_a - s_b + style_bias * log(L_a / L_b)`` (``true_p_a`` includes it). Draws the response
+        ``s_a - s_b + style_bias * log(L_a / L_b)`` (``true_p_a`` includes it; so does Davidson's ``d`` of
+        ``tie_nu``). Draws the response
         lengths as ``length_bias`` does (with ``length_bias=None`` casual clicks then ignore length).
         ``None`` (default): no style effect, and no random numbers drawn for it.
     seed : int
@@ -208,6 +209,8 @@ def simulate(
         if nu < 0 or not 0.0 <= t < 1.0:
             raise ValueError("tie_nu must be >= 0 and casual_tie_rate in [0, 1)")
         d = strengths[model_a] - strengths[model_b]
+        if style_bias is not None:  # Davidson's d with the style term
+            d = d + float(style_bias) * log_ratio
         p_tie = np.where(label_attentive, nu / (2.0 * np.cosh(0.5 * d) + nu), t)
         winner_code = np.where(np.random.default_rng([seed, 2]).random(n_rows) < p_tie, 2, winner_code)
 

@@ -39,7 +39,7 @@ from .casual import CasualDesign
 from .errors import InputError
 
 __all__ = ["StyleDesign", "STYLE_COVARIATES", "parse_style_covariates", "style_design", "style_offsets",
-           "style_logits", "style_table", "style_objective", "style_derivatives", "fit_style", "style_effects",
+           "style_logits", "style_table", "style_davidson_tables", "style_objective", "style_derivatives", "fit_style", "style_effects",
            "cell_offsets_from_summary",
            "style_from_summary", "delta_from_summary"]
 
@@ -185,6 +185,16 @@ def style_logits(s, a, b, offsets) -> np.ndarray:
     return (s[a] - s[b])[:, None] + np.asarray(offsets, dtype=float)[None, :]
 
 
+def style_davidson_tables(s, a, b, offsets, nu: float) -> tuple[np.ndarray, np.ndarray]:
+    """With ties in the likelihood: Davidson's attentive log P of every decided joint entry ``(2 P n_cells,)`` (as
+    :func:`style_table`) and of a tie at every ``(pair, cell)`` ``(P n_cells,)``, at ``d = s_a - s_b + offset``."""
+    from .ties import davidson_logprobs
+
+    d = style_logits(s, a, b, offsets)
+    pa, pb, pt = davidson_logprobs(d.ravel(), nu)
+    return np.stack([pb, pa], axis=-1).ravel(), pt
+
+
 def style_table(s, a, b, offsets) -> np.ndarray:
     """``(2 P n_cells,)``: attentive log P of every joint entry ``(pair n_cells + cell) 2 + choice`` (choice 1:
     ``model_a``)."""
@@ -195,29 +205,45 @@ def style_table(s, a, b, offsets) -> np.ndarray:
     return out.reshape(-1)
 
 
-def style_objective(s, delta, a, b, values, w1, w0, strength_sigma: float, style_sigma: float) -> float:
+def _terms(d, w1, w0, wt, nu):
+    """Value, derivative and curvature (``-`` second derivative) in ``d`` of the ``(pair, cell)`` terms:
+    Bradley–Terry (``wt`` None) or Davidson's ties (:func:`bayes_annot.ties.davidson_pair_terms`)."""
+    if wt is None:
+        p = expit(d)
+        n = w1 + w0
+        return float(np.sum(n * log_expit(d)) - np.sum(w0 * d)), w1 - n * p, n * p * (1.0 - p)
+    from .ties import davidson_pair_terms
+
+    value, g, c = davidson_pair_terms(d.ravel(), w1.ravel(), w0.ravel(), wt.ravel(), nu)
+    return value, g.reshape(d.shape), c.reshape(d.shape)
+
+
+def style_objective(s, delta, a, b, values, w1, w0, strength_sigma: float, style_sigma: float, wt=None,
+                    nu: float = 0.0) -> float:
     r"""The M-step objective of ``(s, delta)``: :math:`\sum_{p,c} W^1_{pc} \log\sigma(d_{pc}) + W^0_{pc}
     \log\sigma(-d_{pc})` (``w1``, ``w0`` ``(P, n_cells)``: weighted labels choosing ``model_a`` / ``model_b``)
-    minus the ridges :math:`|s|^2 / 2\sigma_s^2 + |\delta|^2 / 2\sigma_\delta^2`."""
+    minus the ridges :math:`|s|^2 / 2\sigma_s^2 + |\delta|^2 / 2\sigma_\delta^2`. With ties (``wt``
+    ``(P, n_cells)`` weighted ties, Davidson's ``nu``) the terms are Davidson's
+    (:func:`bayes_annot.ties.davidson_pair_terms`) at :math:`d_{pc}`."""
     s, delta = np.asarray(s, dtype=float), np.asarray(delta, dtype=float)
     d = style_logits(s, a, b, style_offsets(values, delta))
-    value = float(np.sum((w1 + w0) * log_expit(d)) - np.sum(w0 * d))
+    value = _terms(d, w1, w0, wt, nu)[0]
     return value - 0.5 * float(s @ s) / strength_sigma**2 - 0.5 * float(delta @ delta) / style_sigma**2
 
 
-def _pieces(s, delta, a, b, values, w1, w0):
+def _pieces(s, delta, a, b, values, w1, w0, wt=None, nu=0.0):
     d = style_logits(s, a, b, style_offsets(values, delta))
-    p = expit(d)
-    n = w1 + w0
-    return w1 - n * p, n * p * (1.0 - p)  # per (pair, cell): derivative and curvature in d
+    _, r, w = _terms(d, w1, w0, wt, nu)
+    return r, w  # per (pair, cell): derivative and curvature in d
 
 
-def style_derivatives(s, delta, a, b, values, w1, w0, strength_sigma: float, style_sigma: float):
+def style_derivatives(s, delta, a, b, values, w1, w0, strength_sigma: float, style_sigma: float, wt=None,
+                      nu: float = 0.0):
     """Gradient ``(K + m,)`` and dense negative Hessian ``(K + m, K + m)`` of :func:`style_objective` in
     ``(s, delta)`` (small problems and tests; :func:`fit_style` solves larger ones by blocks)."""
     s, delta, values = np.asarray(s, dtype=float), np.asarray(delta, dtype=float), np.asarray(values, dtype=float)
     k, m = s.shape[0], delta.shape[0]
-    r, w = _pieces(s, delta, a, b, values, w1, w0)
+    r, w = _pieces(s, delta, a, b, values, w1, w0, wt, nu)
     grad_s, h_ss, h_sd, grad_d, h_dd = _blocks(s, delta, a, b, values, r, w, strength_sigma, style_sigma, dense=True)
     hess = np.zeros((k + m, k + m))
     hess[:k, :k], hess[:k, k:], hess[k:, :k], hess[k:, k:] = h_ss, h_sd, h_sd.T, h_dd
@@ -243,14 +269,15 @@ def _blocks(s, delta, a, b, values, r, w, strength_sigma, style_sigma, dense, st
 
 
 def fit_style(pairs, w1, w0, values, s, delta, strength_sigma: float, style_sigma: float, tol: float = 1e-10,
-              max_iter: int = 100, structure=None) -> tuple[np.ndarray, np.ndarray]:
+              max_iter: int = 100, structure=None, wt=None, nu: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """The M-step of ``(s, delta)``: maximise :func:`style_objective` by Newton's method with backtracking.
 
     ``pairs`` the pair vocabulary (``a``, ``b``, ``n_models``); ``w1``, ``w0`` ``(P, n_cells)``; ``values``
     ``(n_cells, m)`` (:meth:`StyleDesign.values`). Up to
     :data:`~bayes_annot.pairs.DENSE_MAX_MODELS` models the ``(K + m)`` system is solved densely; above, by
     the Schur complement of the strengths' sparse Laplacian block (conjugate gradients, ``m + 1`` solves).
-    Strictly concave (both priors are proper), so the objective never decreases.
+    Strictly concave (both priors are proper), so the objective never decreases. ``wt``, ``nu``: ties in the
+    likelihood (Davidson's terms at fixed ``nu``, :func:`style_objective`).
     """
     from .em import newton_ascent
     from .pairs import DENSE_MAX_MODELS, _cg_solve, _Laplacian
@@ -260,15 +287,16 @@ def fit_style(pairs, w1, w0, values, s, delta, strength_sigma: float, style_sigm
     values = np.asarray(values, dtype=float)
     m = values.shape[1]
     w1, w0 = np.asarray(w1, dtype=float), np.asarray(w0, dtype=float)
+    wt = None if wt is None else np.asarray(wt, dtype=float)
     dense = k <= DENSE_MAX_MODELS
     if not dense and structure is None:
         structure = _Laplacian(a, b, k)
 
     def objective(x):
-        return style_objective(x[:k], x[k:], a, b, values, w1, w0, strength_sigma, style_sigma)
+        return style_objective(x[:k], x[k:], a, b, values, w1, w0, strength_sigma, style_sigma, wt, nu)
 
     def direction(x):
-        r, w = _pieces(x[:k], x[k:], a, b, values, w1, w0)
+        r, w = _pieces(x[:k], x[k:], a, b, values, w1, w0, wt, nu)
         grad_s, h_ss, h_sd, grad_d, h_dd = _blocks(x[:k], x[k:], a, b, values, r, w, strength_sigma, style_sigma,
                                                    dense, structure)
         if dense:

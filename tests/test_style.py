@@ -187,23 +187,62 @@ def test_style_needs_casual_covariates_and_em(small_log):
         ba.fit(small_log, style_covariates="log_length_ratio", casual_covariates="none")
     with pytest.raises(ba.InputError, match="one taste class"):
         ba.fit(small_log, style_covariates="auto", tastes=2)
-    with pytest.raises(ba.InputError, match="ties in the likelihood with style covariates"):
-        ba.fit(small_log, style_covariates="auto", ties="model")
+    with pytest.raises(ba.InputError, match="ties in the likelihood with style covariates are fitted by EM only"):
+        ba.fit(small_log, style_covariates="auto", ties="model", method="map")
     with pytest.raises(ba.InputError, match="learned strengths"):
         ba.fit(small_log.assign(p_a=0.6), style_covariates="auto")
 
 
-def test_ties_left_out_with_a_style_term():
-    log = ba.simulate(n_users=200, n_models=5, style_bias=0.5, tie_nu=0.5, casual_tie_rate=0.1, seed=6)
-    result = _fit(log, style_covariates="auto")
-    assert result.ties_["mode"] == "ignore" and result.ties_["n_ties"] > 0
-    assert result.style_effects_ is not None
+@pytest.mark.parametrize("model", ["two-class", "continuous"])
+def test_ties_with_a_style_term(model):
+    """Ties stay in the likelihood with a style term (EM): Davidson's d = s_a - s_b + delta x. Recovery of
+    delta, nu and t (20%-ish ties: nu = 0.5 on close pairs, casual tie rate 0.1) and a monotone objective; with
+    MAP / NUTS they are left out."""
+    log = ba.simulate(n_users=600, n_models=6, casual_share=0.3, length_bias=0.85, style_bias=STYLE_BIAS, tie_nu=0.5,
+                      casual_tie_rate=0.1, seed=6)
+    result = _fit(log, model=model, style_covariates="auto")
+    ties = result.ties_
+    print(model, _delta(result), ties)
+    assert ties["mode"] == "model" and ties["n_ties"] > 0
+    assert abs(_delta(result) - STYLE_BIAS) < 0.15
+    assert ties["nu"] == pytest.approx(0.5, rel=0.1) and ties["t"] == pytest.approx(0.1, rel=0.1)
+    trace = np.asarray(result.loglik_trace)
+    assert np.all(np.diff(trace) >= -1e-9 * (1.0 + np.abs(trace[1:])))
+    plain = _fit(log, model=model)
+    assert _auc(result, log) >= _auc(plain, log) - 0.002
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"model": "continuous"}])
-def test_update_reuses_the_style_design(small_log, kwargs):
-    """update() keeps the previous fit's style design (cells' values) and equals a refit with it."""
-    log = small_log.astype({"user": str, "model_a": str, "model_b": str, "winner": str})
+def test_derivatives_with_ties_match_finite_differences():
+    pairs, w1, w0, values = _toy(seed=2)
+    wt = np.random.default_rng(9).gamma(1.0, 2.0, size=w1.shape)
+    rng = np.random.default_rng(1)
+    s, delta = rng.normal(size=pairs.n_models), rng.normal(size=1)
+    args = (pairs.a, pairs.b, values, w1, w0, 3.0, 1.0, wt, 0.7)
+    grad, neg_hess = style_derivatives(s, delta, *args)
+    x0, k, h = np.concatenate([s, delta]), pairs.n_models, 1e-6
+    eye = np.eye(x0.shape[0])
+    fd_grad = np.array([(style_objective((x0 + h * e)[:k], (x0 + h * e)[k:], *args)
+                         - style_objective((x0 - h * e)[:k], (x0 - h * e)[k:], *args)) / (2 * h) for e in eye])
+    np.testing.assert_allclose(grad, fd_grad, rtol=1e-6, atol=1e-5)
+    fd_hess = np.array([(style_derivatives((x0 + h * e)[:k], (x0 + h * e)[k:], *args)[0]
+                         - style_derivatives((x0 - h * e)[:k], (x0 - h * e)[k:], *args)[0]) / (2 * h) for e in eye])
+    np.testing.assert_allclose(-fd_hess, neg_hess, rtol=1e-6, atol=1e-5)
+    s_fit, d_fit = fit_style(pairs, w1, w0, values, s, delta, 3.0, 1.0, wt=wt, nu=0.7)
+    assert np.max(np.abs(style_derivatives(s_fit, d_fit, *args)[0])) < 1e-8
+
+
+@pytest.fixture(scope="module")
+def tie_log():
+    return ba.simulate(n_users=200, n_models=5, casual_share=0.3, length_bias=0.8, style_bias=0.5, tie_nu=0.5,
+                       casual_tie_rate=0.1, seed=4)
+
+
+@pytest.mark.parametrize("kwargs,ties", [({}, False), ({"model": "continuous"}, False), ({}, True),
+                                         ({"model": "continuous"}, True)])
+def test_update_reuses_the_style_design(small_log, tie_log, kwargs, ties):
+    """update() keeps the previous fit's style design (cells' values) and equals a refit with it (with ties in
+    the likelihood too: the merged block's ties keep their casual cells)."""
+    log = (tie_log if ties else small_log).astype({"user": str, "model_a": str, "model_b": str, "winner": str})
     old, new = log.iloc[:-800], log.iloc[-800:]
     previous = _fit(old, style_covariates="auto", **kwargs)
     with warnings.catch_warnings():
@@ -216,6 +255,7 @@ def test_update_reuses_the_style_design(small_log, kwargs):
     refit = _fit(log, casual_covariates=design_from_summary(previous.summary), style_covariates=design, **kwargs)
     np.testing.assert_allclose(_delta(updated), _delta(refit), rtol=0, atol=1e-5)
     np.testing.assert_allclose(updated.users["quality"], refit.users["quality"], rtol=0, atol=1e-6)
+    assert updated.ties_["mode"] == ("model" if ties else "ignore")
 
 
 def test_folder_update_and_load_keep_the_style_term(tmp_path, small_log):
