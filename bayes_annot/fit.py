@@ -750,7 +750,7 @@ def fit(
         *after reading* (``delta``) is reported apart from casual clicks that follow length. ``None`` /
         ``"none"`` (default): no style term; ``"auto"``: every casual covariate; or names among the
         casual covariates (the term uses their cells, each at its mean ``x``). EM, MAP and NUTS, one taste
-        class, learned strengths, in-memory data; ties stay in the likelihood with EM (Davidson's ``d`` gets
+        class, learned strengths (in memory or Dask); ties stay in the likelihood with EM (Davidson's ``d`` gets
         the term too), MAP and NUTS leave them out (``ties="model"`` is refused there).
         The effects are in ``result.style_effects_`` and ``summary["style_effects"]``.
     ties : {"model", "ignore"}, optional
@@ -860,9 +860,6 @@ def fit(
             )
         if method != "em" or taste_check:
             raise InputError("a Dask DataFrame (or a folder of parquet files) is fitted by EM only, without taste_check")
-        if which_style != "none":
-            raise InputError("style covariates (--style-covariates) are not available for Dask input (a folder or "
-                             "glob of parquet files) yet: fit a single file in memory, or use style_covariates='none'")
         if tastes == "auto":
             raise InputError("tastes='auto' chooses the number of taste classes by cross-validation over each "
                              "user's labels, which needs the rows in memory: fit a pandas DataFrame, or give "
@@ -872,6 +869,7 @@ def fit(
             use_p_a=use_p_a, mu=mu, strong_model=strong_model, tol=tol, max_iter=max_iter,
             seed=seed, start=start, input_info=input_info, no_verdict=no_verdict, progress=progress,
             casual_covariates=which_casual, casual_bins=casual_bins, ties=ties,
+            style_covariates=style_covariates if isinstance(style_covariates, StyleDesign) else which_style,
         )
     if isinstance(data, (str, Path)):
         frame = read_table(data)
@@ -1405,7 +1403,7 @@ def _read_parquet_collection(path):
 
 def _fit_dask_frame(ddf, *, spec: BehaviourSpec, rule, tol, max_iter, seed, start, mu, strong_model, input_info=None,
                     no_verdict="keep", progress=None, casual_covariates="auto", casual_bins=DEFAULT_BINS, ties=None,
-                    **columns):
+                    style_covariates="none", **columns):
     from .dask_em import fit_dask
 
     started = time.perf_counter()
@@ -1414,7 +1412,7 @@ def _fit_dask_frame(ddf, *, spec: BehaviourSpec, rule, tol, max_iter, seed, star
         dfit = fit_dask(ddf, spec=spec, tol=tol, max_iter=max_iter, mu=mu,
                         strong_model=strong_model, start=start if isinstance(start, dict) else None,
                         progress=progress, seed=seed, casual_covariates=casual_covariates, casual_bins=casual_bins,
-                        ties=ties, **columns)
+                        ties=ties, style_covariates=style_covariates, **columns)
     except ValueError as exc:
         if isinstance(exc, InputError):
             raise
@@ -1424,6 +1422,9 @@ def _fit_dask_frame(ddf, *, spec: BehaviourSpec, rule, tol, max_iter, seed, star
                 "max_iter": max_iter, "seed": seed, "no_verdict": no_verdict, "tastes": tastes,
                 "casual_covariates": _casual_setting(casual_covariates), "casual_bins": int(casual_bins),
                 "ties": "auto" if ties is None else ties}
+    if dfit.style is not None:
+        settings["style_covariates"] = list(dfit.style.names) if isinstance(style_covariates, StyleDesign) else (
+            style_covariates if isinstance(style_covariates, str) else list(style_covariates))
     estimates = dfit.to_estimates()
     estimates.extra_summary["ties"] = ties_summary(dfit.ties_mode, dfit.counts["ties"], estimates)
     summary = assemble_summary(None, None, estimates, model, dfit.strength_mode, dfit.components(), input_info,

@@ -457,3 +457,24 @@ def test_nuts_recovers_delta():
     assert abs(_delta(nuts) - STYLE_BIAS) < 0.25
     assert abs(_delta(nuts) - _delta(em)) < 0.1
     assert nuts.summary["rhat_max"] < 1.05
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_dask_fit_equals_in_memory_fit(small_log, tie_log, ties):
+    """The Dask engine: the cells' representative values are the means over all partitions' usable rows, and
+    the fit (with ties in the likelihood too) equals the in-memory one to 1e-8."""
+    dd = pytest.importorskip("dask.dataframe")
+    dask = pytest.importorskip("dask")
+    log = (tie_log if ties else small_log).astype({"user": str, "model_a": str, "model_b": str, "winner": str})
+    with dask.config.set(scheduler="synchronous"):
+        dask_fit = _fit(dd.from_pandas(log, npartitions=3), style_covariates="auto", tol=1e-12)
+        dask_users = dask_fit.users
+        dask_users = dask_users.compute() if hasattr(dask_users, "compute") else dask_users
+    memory = _fit(log, style_covariates="auto", tol=1e-12)  # both to the optimum: sums in another order
+    assert style_from_summary(dask_fit.summary).names == style_from_summary(memory.summary).names
+    np.testing.assert_allclose(style_from_summary(dask_fit.summary).level_means[0],
+                               style_from_summary(memory.summary).level_means[0], rtol=1e-12)
+    assert dask_fit.ties_["mode"] == memory.ties_["mode"] == ("model" if ties else "ignore")
+    np.testing.assert_allclose(_delta(dask_fit), _delta(memory), rtol=0, atol=1e-8)
+    np.testing.assert_allclose(dask_users.set_index("user").sort_index()["quality"],
+                               memory.users.set_index("user").sort_index()["quality"], rtol=0, atol=1e-8)
