@@ -178,6 +178,23 @@ def test_design_values_are_the_bins_signed_means():
                                                 (style.names, style.index, style.level_means))}) == style
 
 
+def test_design_with_two_casual_covariates_picks_its_column():
+    """Style on the second of two casual covariates: each joint cell's value is the mean of that covariate over
+    the rows whose signed bin of it matches (whatever the other covariate's bin)."""
+    rng = np.random.default_rng(1)
+    x = np.column_stack([rng.normal(size=3000), rng.normal(scale=2.0, size=3000)])
+    casual = casual_design(("a", "b"), x, n_bins=3)
+    style = style_design(["b"], casual, x)
+    assert style.index == (1,)
+    values = style.values(casual)[:, 0]
+    cells = casual.cells(x)
+    one = casual_design(("b",), x[:, 1:], n_bins=3)  # the same bins of b alone
+    level = one.cells(x[:, 1:])
+    for c in np.unique(cells):
+        rows = cells == c
+        np.testing.assert_allclose(values[c], x[level == level[rows][0], 1].mean(), rtol=1e-12)
+
+
 def test_style_needs_casual_covariates_and_em(small_log):
     no_text = small_log.drop(columns=["prompt", "response_a", "response_b"])
     assert _fit(no_text, style_covariates="auto").style_effects_ is None  # auto: nothing to follow
