@@ -77,7 +77,7 @@ def main(argv=None) -> None:
         np.bincount(pair, weights=weights, minlength=args.models**2)
         floors.append(time.perf_counter() - t)
     floor = float(np.median(floors))
-    print(f"# {n_rows} rows ({n_like} in the likelihood, {problem.n_ties} ties), {n_users} users, {args.models} models, "
+    print(f"# {len(log)} rows ({n_like} in the likelihood, {problem.n_ties} ties), {n_users} users, {args.models} models, "
           f"{args.variant}; simulate {t_sim:.1f} s; load {os.getloadavg()[0]:.1f}; floor {floor:.4f} s")
     print("| run | fit | iterations | per iteration (s) | floor (s) | ratio | delta |")
     print("|---|---|---:|---:|---:|---:|---:|")
