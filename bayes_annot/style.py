@@ -92,6 +92,7 @@ class StyleDesign:
         return out
 
     def to_dict(self) -> dict:
+        """JSON-ready form: ``names``, ``index`` and ``level_means``."""
         return {"names": list(self.names), "index": list(self.index), "level_means": [list(m) for m in self.level_means]}
 
 
