@@ -38,6 +38,7 @@ from .em import (
 )
 from .likelihood import ETA_GRID, EtaGrid, Priors, log_normal_pdf, log_prior, log_type_shares
 from .spec import BehaviourSpec
+from .style import fit_style, style_davidson_tables, style_logits, style_offsets, style_table
 from .ties import davidson_logprobs, davidson_tables, log_prior_ties, nu_step, tie_rate_step, tie_start
 from .pairs import (
     DENSE_MAX_MODELS,
@@ -106,7 +107,9 @@ class Block:
     _entry_choice: np.ndarray | None = field(default=None, repr=False)
     _known_cells: tuple | None = field(default=None, repr=False)
     # ties in the likelihood (bayes_annot.ties): each tie entry's pair index, grouped by user like the entries
-    tie_cell: np.ndarray | None = None  # int32 (n_ties,) pair index (known: index into known_values); None: not modelled
+    tie_cell: np.ndarray | None = None  # int32 (n_ties,) pair index (known: index into known_values; style: pair
+    # n_tie_casual + casual cell); None: not modelled
+    n_tie_casual: int = 1  # casual cells per pair in the tie index (> 1: an attentive style term, bayes_annot.style)
     tie_indptr: np.ndarray | None = None  # (Ul + 1,) start of each user's tie entries
     n_user_tie: np.ndarray | None = None  # float (Ul,) ties of each user
     # known strengths with ties: the vocabulary of the entries' and ties' known log-odds (sorted, distinct)
@@ -132,8 +135,9 @@ class Block:
 
     @property
     def n_tie_cells(self) -> int:
-        """Columns of :meth:`tie_matrix`: the pairs (learned strengths) or the known log-odds values."""
-        return self.n_cells // 2 if self.learned else int(self.known_values.shape[0])
+        """Columns of :meth:`tie_matrix`: the pairs (learned strengths; times the casual cells with a style term)
+        or the known log-odds values."""
+        return self.n_cells // 2 * self.n_tie_casual if self.learned else int(self.known_values.shape[0])
 
     def known_matrix(self):
         """Known strengths with ties: ``users x 2 V`` CSR counts by ``2 * value + choice`` (``V`` the
@@ -293,8 +297,8 @@ class Block:
         one mat-vec of the tables' difference. With :math:`z_u = \operatorname{logit}\pi + D_u`, the
         objective's share is :math:`\sum_u \log(\pi e^{A_u} + (1 - \pi) e^{C_u}) = \sum_u C_u + \sum_u
         [\log(1 - \pi) + \operatorname{softplus}(z_u)]`, and :math:`\sum_u C_u` is the column totals times the
-        casual table. ``att_table`` ``(2 P,)`` (log P_att per pair cell), ``cas_table`` ``(2 n_casual,)``;
-        ``ties``: ``(log P_att(tie) per pair, t)``. Returns ``(p_att (Ul,), softplus part (Ul,), sum_u C_u,
+        casual table. ``att_table`` ``(2 P,)`` (log P_att per pair cell; ``(2 P n_casual,)`` per joint entry with a
+        style term), ``cas_table`` ``(2 n_casual,)``; ``ties``: ``(log P_att(tie) per tie column, t)``. Returns ``(p_att (Ul,), softplus part (Ul,), sum_u C_u,
         weighted)``, ``weighted`` the columns' ``p_att``-weighted counts (the transposed pass). The same
         numbers as :func:`block_two_class_users` to rounding (tested through the engines' equality).
         """
@@ -308,7 +312,7 @@ class Block:
             tie_att, t = np.asarray(ties[0], dtype=float).reshape(-1), float(ties[1])
             log_t, log_1m_t = np.log(t), np.log1p(-t)
             matrix = self.tie_appended_matrix()
-            cas_cols = np.concatenate([cas + log_1m_t, np.full(n_pairs, log_t)])
+            cas_cols = np.concatenate([cas + log_1m_t, np.full(self.n_tie_cells, log_t)])
             diff = np.concatenate([att, tie_att]) - cas_cols
         z = matrix @ diff
         z += np.log(pi) - np.log1p(-pi)
@@ -318,25 +322,36 @@ class Block:
         softplus += np.log1p(-pi)
         return p_att, softplus, float(self._pass_totals(ties is not None) @ cas_cols), matrix.T @ p_att
 
+    def is_joint_table(self, table) -> bool:
+        """Whether an attentive table is per joint entry ``(pair n_casual + casual cell) 2 + choice`` (``2 P n_casual``
+        values, the attentive style term of :mod:`bayes_annot.style`) rather than per pair cell (``2 P``)."""
+        return table is not None and self.joint and np.shape(table)[0] == self.n_cells * self.n_casual
+
     def joint_sums(self, att_table: np.ndarray, cas_table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per-user sums of the attentive table (by pair cell) and the casual table (by casual cell): two
-        sparse mat-vecs of the joint counts (today's one, plus one for the casual side)."""
+        """Per-user sums of the attentive table (by pair cell, or by joint entry with a style term) and the casual
+        table (by casual cell): two sparse mat-vecs of the joint counts (today's one, plus one for the casual side)."""
         n_pairs = self.n_cells // 2
-        att = np.broadcast_to(np.asarray(att_table).reshape(n_pairs, 1, 2), (n_pairs, self.n_casual, 2))
+        if self.is_joint_table(att_table):
+            att = np.asarray(att_table).reshape(n_pairs, self.n_casual, 2)
+        else:
+            att = np.broadcast_to(np.asarray(att_table).reshape(n_pairs, 1, 2), (n_pairs, self.n_casual, 2))
         cas = np.broadcast_to(np.asarray(cas_table).reshape(1, self.n_casual, 2), (n_pairs, self.n_casual, 2))
         matrix = self._joint_matrix()
         return matrix @ att.reshape(-1), matrix @ cas.reshape(-1)
 
-    def joint_stats(self, att_weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def joint_stats(self, att_weight: np.ndarray, full: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """The two-class E-step's cell tables from ONE transposed mat-vec of the joint counts: the pair cell
-        table weighted by the users' P(attentive) ``att_weight``, and the casual cell table weighted by
-        ``1 - att_weight`` (the joint totals minus the attentive-weighted joint table)."""
+        table weighted by the users' P(attentive) ``att_weight`` (``full``: the joint table ``(2 P n_casual,)``
+        itself, for a style term), and the casual cell table weighted by ``1 - att_weight`` (the joint totals
+        minus the attentive-weighted joint table)."""
         n_pairs = self.n_cells // 2
         matrix = self._joint_matrix()
         if self._joint_totals is None:
             self._joint_totals = matrix.T @ np.ones(self.users.shape[0])
         weighted = matrix.T @ att_weight
         casual = (self._joint_totals - weighted).reshape(n_pairs, self.n_casual, 2)
+        if full:
+            return weighted, casual.sum(axis=0).reshape(-1)
         return weighted.reshape(n_pairs, self.n_casual, 2).sum(axis=1).reshape(-1), casual.sum(axis=0).reshape(-1)
 
     def release_pass_caches(self) -> None:
@@ -399,6 +414,7 @@ def make_block(
     tie: np.ndarray | None = None,
     tie_pair: np.ndarray | None = None,
     tie_logit: np.ndarray | None = None,
+    n_tie_casual: int = 1,
 ) -> Block:
     """Build a :class:`Block` from per-row arrays (global user codes, all rows).
 
@@ -410,7 +426,8 @@ def make_block(
     ``casual_cell`` (usable rows, row order): each label's casual cell of a design of ``n_casual`` cells.
     ``tie`` (a mask over all rows) and ``tie_pair`` (those rows' pair indices in ``pairs``, row order): the
     ties, when they enter the likelihood (:mod:`bayes_annot.ties`); with known strengths ``tie_logit`` (those
-    rows' known log-odds) instead of ``tie_pair``.
+    rows' known log-odds) instead of ``tie_pair``; with an attentive style term each tie's index is
+    ``pair n_tie_casual + casual cell`` (``n_tie_casual`` the design's casual cells).
     """
     user = np.asarray(user)
     if users is None:
@@ -443,6 +460,7 @@ def make_block(
         block.casual_cell = np.asarray(casual_cell, dtype=np.int32)[order]
         block.n_casual = int(n_casual)
     if tie is not None:
+        block.n_tie_casual = int(n_tie_casual)
         if cell is None:  # known strengths: ties index the vocabulary of known log-odds
             tie_logit = np.asarray(tie_logit, dtype=float).reshape(-1)
             block.known_values = np.unique(np.concatenate([block.known_logit, tie_logit]))
@@ -580,6 +598,8 @@ def merge_blocks(
         block.n_casual = new.n_casual
     if old.has_ties != new.has_ties:
         raise ValueError("cannot merge a block with modelled ties and one without")
+    if new.has_ties and old.n_tie_casual != new.n_tie_casual:
+        raise ValueError("cannot merge blocks whose ties carry different casual cells")
     if new.has_ties and not new.learned:  # known log-odds: one vocabulary of both blocks' values
         block.known_values = np.union1d(old.known_values, new.known_values)
         old_pair = np.searchsorted(block.known_values, old.known_values)[old.tie_cell]
@@ -587,8 +607,10 @@ def merge_blocks(
         local = np.concatenate([np.repeat(pos_old, np.diff(old.tie_indptr)), np.repeat(pos_new, np.diff(new.tie_indptr))])
         _set_ties(block, local, np.concatenate([old_pair, new_pair]))
     elif new.has_ties:  # each user's old ties, then the new ones (old pairs mapped as their cells are)
-        old_pair = old.tie_cell if cell_map is None else np.asarray(cell_map, dtype=np.int64)[2 * old.tie_cell.astype(
-            np.int64)] // 2
+        n_tc = new.n_tie_casual
+        block.n_tie_casual = n_tc
+        old_pair = old.tie_cell if cell_map is None else np.asarray(cell_map, dtype=np.int64)[2 * (
+            old.tie_cell.astype(np.int64) // n_tc)] // 2 * n_tc + old.tie_cell.astype(np.int64) % n_tc
         local = np.concatenate([np.repeat(pos_old, np.diff(old.tie_indptr)), np.repeat(pos_new, np.diff(new.tie_indptr))])
         _set_ties(block, local, np.concatenate([old_pair, new.tie_cell]))
     return block
@@ -733,7 +755,7 @@ def block_class_pass(block: Block, shares: np.ndarray, q: float, tables: np.ndar
         p_att = att[:, 0]
         totals = np.array([p_att.sum() - p_att[inactive].sum()])
         if block.joint:  # both cell tables from one pass over the entries (casual = 1 - p_att here)
-            cells, casual_cells = block.joint_stats(p_att)
+            cells, casual_cells = block.joint_stats(p_att, full=block.is_joint_table(tables))
             cells = cells[:, None]
         elif block.learned:
             cells = block.cell_sums_by_user(p_att)[:, None]
@@ -773,7 +795,8 @@ def _joint_two_class_pass(block: Block, pi: float, cas_table, att_table, ties) -
         "casual_a": float(casual @ block.n_user_a),
         "casual": float(casual @ block.n_user),
         "casual_cells": casual_cells,
-        "cells": weighted[:n_joint].reshape(n_pairs, block.n_casual, 2).sum(axis=1).reshape(-1)[:, None],
+        "cells": (weighted[:n_joint] if block.is_joint_table(att_table)  # a style term: per joint entry
+                  else weighted[:n_joint].reshape(n_pairs, block.n_casual, 2).sum(axis=1).reshape(-1))[:, None],
         "tie_cells": None if ties is None else weighted[n_joint:][:, None],
         "casual_ties": None if ties is None else float(casual @ block.n_user_tie),
     }
@@ -803,7 +826,7 @@ def block_user_cells(block: Block, weights: np.ndarray) -> dict:
 def _block_informative(block: Block, differs_cell, q, tol) -> np.ndarray:
     if block.learned and block.has_ties:  # a tie on a pair that differs informs as a decided label does
         decided = block.user_table_sums(differs_cell.astype(float))
-        return decided + block.tie_matrix() @ differs_cell[1::2].astype(float) > 0
+        return decided + block.tie_matrix() @ np.repeat(differs_cell[1::2].astype(float), block.n_tie_casual) > 0
     if block.learned:
         if bool(differs_cell[block.cell_totals > 0].all()):  # every label is informative: no pass needed
             return block.n_user > 0
@@ -837,7 +860,8 @@ def _grid_cells(block: Block, att_prob_table, casual, ties=None):
             counts = None
         else:
             counts = block.matrix() if block.casual_cell is None else block._joint_matrix()
-        att = np.asarray(att_prob_table).reshape(-1, 1, 2)
+        per_cell = n_casual if block.is_joint_table(att_prob_table) else 1  # a style term: per (pair, casual cell)
+        att = np.asarray(att_prob_table).reshape(-1, per_cell, 2)
     else:
         if block._known_cells is None:
             from scipy.sparse import csr_matrix
@@ -936,7 +960,8 @@ def block_continuous_pass(block: Block, m: float, tau: float, casual, att_prob_t
         "loglik": float(user_ll.sum()), "eta_a": eta_a, "eta_b": eta_b,
         "casual_a": float(casual_cells[:, 1].sum()), "casual": float(casual_cells.sum()),
         "casual_cells": None if block.casual_cell is None else casual_cells.reshape(-1),
-        "cells": by_cell.sum(axis=1).reshape(-1) if block.learned or ties is not None else None, **tie_stats,
+        "cells": (by_cell.reshape(-1) if block.is_joint_table(att_prob_table) else by_cell.sum(axis=1).reshape(-1))
+        if block.learned or ties is not None else None, **tie_stats,
     }
 
 
@@ -1207,6 +1232,7 @@ class ClassEMResult:
     casual_g: np.ndarray | None = None  # casual covariate effects (``casual``'s design), else None
     nu: float | None = None  # Davidson's attentive tie parameter (ties modelled), else None
     tie_rate: float | None = None  # the casual tie rate t (ties modelled), else None
+    style_delta: np.ndarray | None = None  # the attentive style effects (bayes_annot.style), else None
 
     @property
     def loglik(self) -> float:
@@ -1255,6 +1281,8 @@ def run_class_em(
     casual_g=None,
     nu: float | None = None,
     tie_rate: float | None = None,
+    style=None,
+    style_delta=None,
 ) -> ClassEMResult:
     r"""EM of the two-class model with ``C = len(shares)`` taste classes over the blocks of ``runner``.
 
@@ -1280,6 +1308,10 @@ def run_class_em(
     Davidson's model with one ``nu`` shared by the classes and casual ties the rate ``t``; ``nu`` and
     ``tie_rate`` are their starts (default from the tie share, :func:`~bayes_annot.ties.tie_start`). The
     M-steps are then ECM: ``t`` in closed form, each class's strengths at fixed ``nu``, then ``nu``.
+
+    ``style`` (a :class:`~bayes_annot.style.StyleDesign`, with ``casual``; one class, learned strengths, no
+    ties): the attentive log-odds get the style term ``delta' x`` of the row's casual cell; ``style_delta``
+    is its start (zeros by default) and the strengths' M-step the joint Newton of ``(s, delta)``.
     """
     started = time.perf_counter()
     priors = priors or Priors()
@@ -1298,16 +1330,25 @@ def run_class_em(
     g0 = cas.start(casual_g)
     ties = _TieSide(runner, priors, nu, tie_rate)
     dv = _tie_strengths(runner, bt, learned) if ties.on else None  # Davidson's tables and M-steps
+    sty = _StyleSide(style, casual, priors, bt)
+    if sty.on and n_classes != 1:
+        raise ValueError("an attentive style term is fitted with one taste class")
+    d0 = sty.start(style_delta)
 
-    def evaluate(shares, q, strengths, g, nu, t):
-        """Objective at (shares, q, s, g, nu, t) and the EM map's image of them."""
-        if ties.on:
+    def evaluate(shares, q, strengths, g, nu, t, delta):
+        """Objective at (shares, q, s, g, nu, t, delta) and the EM map's image of them."""
+        if sty.on and ties.on:
+            tab, tie_tab = sty.davidson(strengths[0], delta, nu)
+            st = runner.class_pass(shares, cas.arg(q, g), tab[:, None], ties=(tie_tab[:, None], t))
+        elif sty.on:
+            st = runner.class_pass(shares, cas.arg(q, g), sty.table(strengths[0], delta)[:, None])
+        elif ties.on:
             tabs, tie_tabs = dv.davidson(strengths, nu)
             st = runner.class_pass(shares, cas.arg(q, g), tabs, ties=(tie_tabs, t))
         else:
             st = runner.class_pass(shares, cas.arg(q, g), bt.tables(strengths) if learned else None)
         value = st["loglik"] + log_prior(priors, q, strengths, q_free, shares=shares) + cas.log_prior(g) \
-            + ties.log_prior(nu, t)
+            + ties.log_prior(nu, t) + sty.log_prior(delta)
         new_shares = (st["totals"] + priors.pi_alpha - 1.0) / (
             st["n_active"] + priors.pi_alpha * n_classes + priors.pi_beta - (n_classes + 1.0)
         )
@@ -1315,21 +1356,27 @@ def run_class_em(
             new_q, new_g = (float(_update_q(st["casual_a"], st["casual"], priors)) if q_free else q), None
         else:
             new_q, new_g = cas.m_step(st, q, g)
-        new_nu, new_t = nu, ties.t_step(st)
-        if ties.on:  # ECM: strengths at fixed nu, then nu at the new strengths
+        new_nu, new_t, new_delta = nu, ties.t_step(st), delta
+        if sty.on:  # the joint Newton of (s, delta) (ECM with ties: at fixed nu, then nu)
+            tie_cells = st["tie_cells"][:, 0] if ties.on else None
+            new_s, new_delta = sty.fit(st["cells"][:, 0], strengths[0], delta, tie_cells, nu if ties.on else 0.0)
+            if ties.on:
+                new_nu = sty.nu(new_s, new_delta, st["cells"][:, 0], tie_cells, nu)
+            new_s = new_s[None, :]
+        elif ties.on:  # ECM: strengths at fixed nu, then nu at the new strengths
             new_s = dv.fit_ties(st["cells"], st["tie_cells"], strengths, nu)
             new_nu = dv.nu(new_s, st["cells"], st["tie_cells"], nu, priors)
         else:
             new_s = bt.fit_classes(st["cells"], strengths) if learned else None
         # a user's posteriors are functions of (shares, q, strengths, g, nu, t): their change is the step's
         step = max(max_change(shares, new_shares), max_change(q, new_q), max_change(strengths, new_s),
-                   max_change(g, new_g), max_change(nu, new_nu), max_change(t, new_t))
-        return value, (new_shares, new_q, new_s, new_g, new_nu, new_t), step
+                   max_change(g, new_g), max_change(nu, new_nu), max_change(t, new_t), max_change(delta, new_delta))
+        return value, (new_shares, new_q, new_s, new_g, new_nu, new_t, new_delta), step
 
-    def pack(shares, q, s, g, nu, t):
+    def pack(shares, q, s, g, nu, t, delta):
         head = logit(shares) if n_classes == 1 else np.log(shares) - np.log1p(-shares.sum())
-        return _pack_shared([head] + ([] if g is None else [g]) + ties.pack(nu, t), q, None if s is None else s.ravel(),
-                            q_fixed, learned)
+        return _pack_shared([head] + ([] if g is None else [g]) + ties.pack(nu, t) + sty.pack(delta), q,
+                            None if s is None else s.ravel(), q_fixed, learned)
 
     def unpack(x, like):
         head = x[:n_classes]
@@ -1340,8 +1387,9 @@ def run_class_em(
         n_g = 0 if like[3] is None else like[3].shape[0]
         g = None if like[3] is None else x[n_classes: n_classes + n_g].copy()
         nu, t, i = ties.unpack(x, n_classes + n_g)
+        delta, i = sty.unpack(x, i)
         q, s = _unpack_shared(x, i, q_fixed, learned)
-        return shares, q, None if s is None else s.reshape(n_classes, n_models), g, nu, t
+        return shares, q, None if s is None else s.reshape(n_classes, n_models), g, nu, t, delta
 
     def valid(params):
         shares, q = params[0], params[1]
@@ -1349,12 +1397,19 @@ def run_class_em(
             ties.valid(params[4], params[5])
 
     params, trace, iteration, converged = _em_iterations(
-        evaluate, (shares, q, strengths, g0) + ties.start, tol=tol, max_iter=max_iter, callback=callback,
+        evaluate, (shares, q, strengths, g0) + ties.start + (d0,), tol=tol, max_iter=max_iter, callback=callback,
         param_tol=param_tol, squarem=(pack, unpack, valid) if accelerate else None,
     )
-    shares, q, strengths, g0, nu, t = params
+    shares, q, strengths, g0, nu, t, delta = params
     differs_cell = bt.differs(strengths, informative_tol) if learned else None  # as em._informative_users
-    if ties.on:
+    if sty.on and ties.on:
+        tab, tie_tab = sty.davidson(strengths[0], delta, nu)
+        parts = runner.class_final(shares, cas.arg(q, g0), tab[:, None], differs_cell, informative_tol,
+                                   ties=(tie_tab[:, None], t))
+    elif sty.on:
+        parts = runner.class_final(shares, cas.arg(q, g0), sty.table(strengths[0], delta)[:, None], differs_cell,
+                                   informative_tol)
+    elif ties.on:
         tabs, tie_tabs = dv.davidson(strengths, nu)
         parts = runner.class_final(shares, cas.arg(q, g0), tabs, differs_cell, informative_tol, ties=(tie_tabs, t))
     else:
@@ -1363,7 +1418,7 @@ def run_class_em(
     g = _gather(parts, runner.n_users, ["quality", "p_casual", "p_taste", "user_loglik", "informative", "n_user"])
     return ClassEMResult(
         shares=shares, q=float(q), strengths=strengths, loglik_trace=trace, n_iter=iteration, converged=converged,
-        runtime_seconds=time.perf_counter() - started, casual_g=g0, nu=nu, tie_rate=t, **g,
+        runtime_seconds=time.perf_counter() - started, casual_g=g0, nu=nu, tie_rate=t, style_delta=delta, **g,
     )
 
 
@@ -1394,6 +1449,68 @@ class _CasualSide:
     def m_step(self, st: dict, q, g):
         beta0, new_g = fit_casual(st["casual_cells"], self.matrix, float(logit(q)), g, self.priors, self.q_free)
         return (float(expit(beta0)) if self.q_free else q), new_g
+
+
+class _StyleSide:
+    """The attentive style term's part of the EM drivers (:mod:`bayes_annot.style`; nothing at all without it).
+
+    With it, the attentive table is per joint entry ``(pair n_casual + casual cell) 2 + choice`` and the
+    strengths' M-step is the joint Newton of ``(s, delta)`` (:func:`~bayes_annot.style.fit_style`) on the
+    attentive-weighted joint counts.
+    """
+
+    def __init__(self, style, casual, priors: Priors, bt):
+        self.on = style is not None
+        self.bt, self.priors = bt, priors
+        if self.on:
+            if casual is None or bt is None:
+                raise ValueError("an attentive style term needs casual covariates and learned strengths")
+            self.values = style.values(casual)
+            self.n_effects = style.n_effects
+
+    def start(self, delta):
+        if not self.on:
+            return None
+        if delta is None or np.shape(delta) != (self.n_effects,):
+            return np.zeros(self.n_effects)
+        return np.asarray(delta, dtype=float).copy()
+
+    def table(self, s: np.ndarray, delta) -> np.ndarray:
+        """log P_att of every joint entry ``(2 P n_casual,)`` at strengths ``s`` (K,) and effects ``delta``."""
+        return style_table(s, self.bt.pairs.a, self.bt.pairs.b, style_offsets(self.values, delta))
+
+    def davidson(self, s: np.ndarray, delta, nu: float) -> tuple[np.ndarray, np.ndarray]:
+        """Ties in the likelihood: Davidson's decided table ``(2 P n_casual,)`` and tie table ``(P n_casual,)``."""
+        return style_davidson_tables(s, self.bt.pairs.a, self.bt.pairs.b, style_offsets(self.values, delta), nu)
+
+    def nu(self, s: np.ndarray, delta, cells: np.ndarray, tie_cells: np.ndarray, nu: float) -> float:
+        """The ``nu`` M-step at fixed ``(s, delta)`` (:func:`~bayes_annot.ties.nu_step` over the ``(pair, cell)`` terms)."""
+        w = np.asarray(cells, dtype=float).reshape(-1, 2)
+        wt = np.asarray(tie_cells, dtype=float).reshape(-1)
+        d = style_logits(s, self.bt.pairs.a, self.bt.pairs.b, style_offsets(self.values, delta)).ravel()
+        return nu_step(nu, d, w.sum(axis=1) + wt, float(wt.sum()), self.priors)
+
+    def log_prior(self, delta) -> float:
+        if not self.on:
+            return 0.0
+        return float(log_normal_pdf(np.asarray(delta, dtype=float), 0.0, self.priors.style_effect_sigma).sum())
+
+    def fit(self, cells: np.ndarray, s: np.ndarray, delta, tie_cells=None, nu: float = 0.0):
+        """``(s, delta)`` from the attentive-weighted joint cells ``(2 P n_casual,)`` (and, ties in the likelihood,
+        the attentive-weighted ties ``(P n_casual,)`` at Davidson's ``nu``)."""
+        shape = (self.bt.pairs.n_pairs, self.values.shape[0])
+        w = np.asarray(cells, dtype=float).reshape(shape + (2,))
+        wt = None if tie_cells is None else np.asarray(tie_cells, dtype=float).reshape(shape)
+        return fit_style(self.bt.pairs, w[..., 1], w[..., 0], self.values, s, delta, self.priors.strength_sigma,
+                         self.priors.style_effect_sigma, structure=self.bt._sparse_structure(), wt=wt, nu=nu)
+
+    def pack(self, delta) -> list:
+        return [np.asarray(delta, dtype=float)] if self.on else []
+
+    def unpack(self, x: np.ndarray, i: int):
+        if not self.on:
+            return None, i
+        return x[i: i + self.n_effects].copy(), i + self.n_effects
 
 
 def run_em(
@@ -1448,6 +1565,7 @@ def run_em(
             learned=learned, priors=priors, q_fixed=q_fixed, tol=tol, max_iter=max_iter, informative_tol=informative_tol,
             callback=callback, accelerate=accelerate, param_tol=param_tol, casual=spec.casual,
             casual_g=start.get("casual_g"), nu=start.get("tie_nu"), tie_rate=start.get("casual_tie_rate"),
+            style=spec.style, style_delta=start.get("style_delta"),
         )
         pi = float(res.shares[0])
         level = no_verdict_shares(res.shares, res.informative.any(), priors)[0]
@@ -1457,17 +1575,25 @@ def run_em(
             informative=res.informative.astype(bool), loglik=res.loglik, loglik_trace=res.loglik_trace,
             n_iter=res.n_iter, converged=res.converged, runtime_seconds=time.perf_counter() - started,
             user_loglik=res.user_loglik, p_eta_above_half=None, theta=None, m=None, tau=None, casual_g=res.casual_g,
-            nu=res.nu, tie_rate=res.tie_rate,
+            nu=res.nu, tie_rate=res.tie_rate, style_delta=res.style_delta,
         )
     bt = _PairBT(getattr(runner, "pairs", None), k, priors.strength_sigma) if learned else None
     if learned and strengths is None:
         strengths = bt.fit(runner.cell_counts())
     cas = _CasualSide(spec.casual, priors, q_fixed is None)
+    sty = _StyleSide(spec.style, spec.casual, priors, bt)
     out = _run_continuous(runner, bt, learned, priors, q_fixed, tol, max_iter, start, strengths, q, callback, accelerate,
-                          param_tol, cas)
+                          param_tol, cas, sty)
     s = out["strengths"]
     differs_cell = bt.differs(s, informative_tol) if learned else None  # same rule as em._informative_users
-    if out["nu"] is not None:
+    if sty.on and out["nu"] is not None:
+        tab, tie_tab = sty.davidson(s, out["delta"], out["nu"])
+        parts = runner.continuous_final(out["m"], out["tau"], cas.arg(out["q"], out["g"]), np.exp(tab), differs_cell,
+                                        informative_tol, ties=(np.exp(tie_tab), out["t"]))
+    elif sty.on:
+        parts = runner.continuous_final(out["m"], out["tau"], cas.arg(out["q"], out["g"]),
+                                        np.exp(sty.table(s, out["delta"])), differs_cell, informative_tol)
+    elif out["nu"] is not None:
         tabs, tie_tabs = _tie_strengths(runner, bt, learned).davidson(s, out["nu"])
         parts = runner.continuous_final(out["m"], out["tau"], cas.arg(out["q"], out["g"]), np.exp(tabs[:, 0]),
                                         differs_cell, informative_tol, ties=(np.exp(tie_tabs[:, 0]), out["t"]))
@@ -1486,6 +1612,7 @@ def run_em(
         loglik_trace=out["trace"], n_iter=out["n_iter"], converged=out["converged"],
         runtime_seconds=time.perf_counter() - started, user_loglik=g["user_loglik"], p_eta_above_half=g["p_eta_above_half"],
         theta=g["theta"], m=float(out["m"]), tau=float(out["tau"]), casual_g=out["g"], nu=out["nu"], tie_rate=out["t"],
+        style_delta=out["delta"],
     )
 
 
@@ -1591,7 +1718,7 @@ the refit in quality (3,000 users); at 1e-8 it is within 7e-7, for about 30% mor
 
 @one_blas_thread
 def _run_continuous(runner, bt, learned, priors, q_fixed, tol, max_iter, start, strengths, q, callback, accelerate,
-                    param_tol=None, cas=None):
+                    param_tol=None, cas=None, sty=None):
     """EM of the continuous variant: each user's :math:`z_u` summed out on the grid, the population
     ``(m, tau)``, ``q`` (and the casual covariates' effects) and the strengths estimated (every parameter
     is global, so any runner works, with or without SQUAREM)."""
@@ -1604,18 +1731,31 @@ def _run_continuous(runner, bt, learned, priors, q_fixed, tol, max_iter, start, 
     g0 = cas.start(start.get("casual_g"))
     ties = _TieSide(runner, priors, start.get("tie_nu"), start.get("casual_tie_rate"))
     dv = _tie_strengths(runner, bt, learned) if ties.on else None  # Davidson's tables and M-steps
+    sty = sty if sty is not None else _StyleSide(None, None, priors, bt)
+    d0 = sty.start(start.get("style_delta"))
 
-    def evaluate(m, tau, q, strengths, g, nu, t):
-        if ties.on:  # Davidson's attentive probabilities; tie entries mix eta P_att(tie) + (1 - eta) t
+    def evaluate(m, tau, q, strengths, g, nu, t, delta):
+        if sty.on and ties.on:
+            tab, tie_tab = sty.davidson(strengths, delta, nu)
+            st = runner.continuous_pass(m, tau, cas.arg(q, g), np.exp(tab), ties=(np.exp(tie_tab), t))
+        elif sty.on:
+            st = runner.continuous_pass(m, tau, cas.arg(q, g), np.exp(sty.table(strengths, delta)))
+        elif ties.on:  # Davidson's attentive probabilities; tie entries mix eta P_att(tie) + (1 - eta) t
             tabs, tie_tabs = dv.davidson(strengths, nu)
             st = runner.continuous_pass(m, tau, cas.arg(q, g), np.exp(tabs[:, 0]), ties=(np.exp(tie_tabs[:, 0]), t))
         else:
             st = runner.continuous_pass(m, tau, cas.arg(q, g), np.exp(bt.table(strengths)) if learned else None)
         value = st["loglik"] + log_prior(priors, q, strengths, q_fixed is None, m=m, tau=tau) + cas.log_prior(g) \
-            + ties.log_prior(nu, t)
+            + ties.log_prior(nu, t) + sty.log_prior(delta)
         new_m, new_tau = population_step(st["eta_a"], st["eta_b"], m, tau, priors)
-        new_nu, new_t = nu, ties.t_step(st)
-        if ties.on:
+        new_nu, new_t, new_delta = nu, ties.t_step(st), delta
+        if sty.on:
+            new_q = q if q_fixed is not None else float(_update_q(st["casual_a"], st["casual"], priors))
+            new_s, new_delta = sty.fit(st["cells"], strengths, delta, st["tie_cells"] if ties.on else None,
+                                       nu if ties.on else 0.0)
+            if ties.on:
+                new_nu = sty.nu(new_s, new_delta, st["cells"], st["tie_cells"], nu)
+        elif ties.on:
             new_q = q if q_fixed is not None else float(_update_q(st["casual_a"], st["casual"], priors))
             new_s = dv.fit_ties(st["cells"][:, None], st["tie_cells"][:, None], None if strengths is None
                                 else strengths[None, :], nu)
@@ -1627,27 +1767,28 @@ def _run_continuous(runner, bt, learned, priors, q_fixed, tol, max_iter, start, 
         if cas.design is not None:
             new_q, new_g = cas.m_step(st, q, g)
         step = max(max_change(m, new_m), max_change(tau, new_tau), max_change(q, new_q), max_change(strengths, new_s),
-                   max_change(g, new_g), max_change(nu, new_nu), max_change(t, new_t))
-        return value, (new_m, new_tau, new_q, new_s, new_g, new_nu, new_t), step
+                   max_change(g, new_g), max_change(nu, new_nu), max_change(t, new_t), max_change(delta, new_delta))
+        return value, (new_m, new_tau, new_q, new_s, new_g, new_nu, new_t, new_delta), step
 
-    def pack(m, tau, q, s, g, nu, t):
-        return _pack_shared([np.array([m, np.log(tau)])] + ([] if g is None else [g]) + ties.pack(nu, t), q, s,
-                            q_fixed, learned)
+    def pack(m, tau, q, s, g, nu, t, delta):
+        return _pack_shared([np.array([m, np.log(tau)])] + ([] if g is None else [g]) + ties.pack(nu, t)
+                            + sty.pack(delta), q, s, q_fixed, learned)
 
     def unpack(x, like):
         n_g = 0 if like[4] is None else like[4].shape[0]
         g = None if like[4] is None else x[2: 2 + n_g].copy()
         nu, t, i = ties.unpack(x, 2 + n_g)
+        delta, i = sty.unpack(x, i)
         q, s = _unpack_shared(x, i, q_fixed, learned)
-        return float(x[0]), float(np.exp(x[1])), q, s, g, nu, t
+        return float(x[0]), float(np.exp(x[1])), q, s, g, nu, t, delta
 
     def valid(params):
         return (params[2] is None or 0.0 < params[2] < 1.0) and ties.valid(params[5], params[6])
 
     params, trace, iteration, converged = _em_iterations(
-        evaluate, (m, tau, q, strengths, g0) + ties.start, tol=tol, max_iter=max_iter, callback=callback,
+        evaluate, (m, tau, q, strengths, g0) + ties.start + (d0,), tol=tol, max_iter=max_iter, callback=callback,
         param_tol=param_tol, squarem=(pack, unpack, valid) if accelerate else None,
     )
-    m, tau, q, strengths, g0, nu, t = params
+    m, tau, q, strengths, g0, nu, t, delta = params
     return dict(m=m, tau=tau, q=q, strengths=strengths, trace=trace, n_iter=iteration, converged=converged, g=g0,
-                nu=nu, t=t)
+                nu=nu, t=t, delta=delta)

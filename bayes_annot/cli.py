@@ -126,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "(log_length_ratio names the length ratio)")
     model.add_argument("--casual-bins", type=int, default=6,
                        help="bins of |covariate| per casual covariate (default 6, edges at quantiles)")
+    model.add_argument("--style-covariates", default="none", metavar="COL,...|auto|none",
+                       help="attentive style term, as Chatbot Arena's style control: attentive log-odds s_a - s_b + "
+                            "delta'x, so reading-based length preference (delta) is reported apart from casual "
+                            "clicks that follow length; none (default), auto (every casual covariate) or casual "
+                            "covariate names (one taste class; with --method map/nuts ties are left out of the likelihood)")
     model.add_argument("--ties", default=None, metavar="model|ignore",
                        help="ties (tie, tie (bothbad)) in the likelihood: model (default when the log has ties and "
                             "the fit supports it: Davidson's nu for attentive users, a tie rate t for casual ones) or "
@@ -193,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="casual clicks pick the longer response with this probability (adds response texts whose "
                           "length grows with model strength)")
     sim.add_argument("--length-confound", type=float, default=0.5, help="slope of log response length on strength")
+    sim.add_argument("--style-bias", type=float, default=None,
+                     help="attentive users prefer the longer answer after reading: this many log-odds per unit of "
+                          "log length ratio (adds response texts)")
     sim.add_argument("--seed", type=int, default=0)
 
     report = sub.add_parser("report", help="rebuild the HTML diagnostics report from a saved output folder")
@@ -263,6 +271,10 @@ def _print_summary(result, out: Path) -> None:
         print(f"  iterations: {s['iterations']}, converged: {s['converged']}, runtime: {s['runtime_seconds']:.2f} s")
     if "rhat_max" in s:
         print(f"  rhat_max={s['rhat_max']:.4f} ess_bulk_min={s['ess_bulk_min']:.0f} divergences={s['divergences']}")
+    style = s.get("style_effects")
+    if style:
+        print("  attentive style effects (log-odds per unit): "
+              + ", ".join(f"{c['name']} delta={c['delta']:+.3f}" for c in style["covariates"]))
     f = s["filter"]
     print(
         f"  filter {f['rule']}: kept {c['kept_users']} users, {c['kept_rows']} rows "
@@ -435,6 +447,7 @@ def _cmd_fit(args) -> int:
                 casual_covariates=args.casual_covariates,
                 casual_bins=args.casual_bins,
                 ties=args.ties,
+                style_covariates=args.style_covariates,
             )
         fmt = args.format or _saved_format(args.update)
         result.summary.setdefault("settings", {})["format"] = fmt
@@ -471,6 +484,7 @@ def _cmd_simulate(args) -> int:
             with_text=args.with_text,
             length_bias=args.length_bias,
             length_confound=args.length_confound,
+            style_bias=args.style_bias,
             seed=args.seed,
         )
     except ValueError as exc:

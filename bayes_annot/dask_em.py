@@ -68,6 +68,7 @@ from .data import REASONS, ColumnMap, casual_input_columns, covariate_values, _e
 from .em import INFORMATIVE_TOL, EMResult
 from .errors import InputError
 from .spec import BehaviourSpec
+from .style import StyleDesign, parse_style_covariates, style_design
 from .ties import resolve_ties
 from .progress import dask_tasks, em_callback, resolve as resolve_progress
 from .pairs import PairTable
@@ -299,7 +300,7 @@ def _tree_merge_pairs(items: list, split_every: int = 8):
 
 
 def _block_from_frame(frame: pd.DataFrame, n_models: int, known: bool, pairs: PairTable | None = None,
-                      casual=None, ties: bool = False) -> Block:
+                      casual=None, ties: bool = False, style: bool = False) -> Block:
     user = frame["user"].to_numpy()
     reason = frame["reason"].to_numpy()
     usable = reason == 0
@@ -314,7 +315,12 @@ def _block_from_frame(frame: pd.DataFrame, n_models: int, known: bool, pairs: Pa
         index = np.searchsorted(pairs.keys, cell >> 1)
         if ties:  # the ties' pairs (in the vocabulary: ``_partition_pairs`` counted them)
             tie = reason == 1
-            extra.update(tie=tie, tie_pair=np.searchsorted(pairs.keys, frame["cell"].to_numpy()[tie] >> 1))
+            tie_pair = np.searchsorted(pairs.keys, frame["cell"].to_numpy()[tie] >> 1)
+            if style:  # an attentive style term: ties by (pair, casual cell) (bayes_annot.style)
+                x_tie = np.column_stack([frame[f"cx{j}"].to_numpy()[tie] for j in range(len(casual.names))])
+                tie_pair = tie_pair.astype(np.int64) * casual.n_cells + casual.cells(x_tie)
+                extra["n_tie_casual"] = casual.n_cells
+            extra.update(tie=tie, tie_pair=tie_pair)
         block = make_block(user, usable, n_models, cell=(2 * index + (cell & 1)).astype(np.int32), pairs=pairs, **extra)
     else:
         if ties:  # each tie's known log-odds (the blocks share one vocabulary later: with_known_values)
@@ -377,6 +383,7 @@ class DaskFit:
     partition_rows: np.ndarray | None = None
     tastes: object = None  # the TasteResult of a fit with taste classes (``em`` is then None)
     casual: object = None  # the casual covariates' design (bayes_annot.casual.CasualDesign), if any
+    style: object = None  # the attentive style term's design (bayes_annot.style.StyleDesign), if any
     ties_mode: str = "ignore"  # whether ties entered the likelihood ("model") or not (bayes_annot.ties)
     taste_extra: dict = field(default_factory=dict)  # tastes="auto": summary["taste_selection"], ["taste_diagnostic"]
 
@@ -387,7 +394,7 @@ class DaskFit:
         from .local_em import em_estimates, taste_estimates
 
         return taste_estimates(self.tastes, self.taste_extra) if self.tastes is not None else em_estimates(
-            self.em, self.em.variant, self.strengths, self.casual)
+            self.em, self.em.variant, self.strengths, self.casual, style=self.style)
 
     def components(self) -> np.ndarray:
         """Connected component of each model in the comparison graph (as ``problem.graph_components``)."""
@@ -419,6 +426,7 @@ def fit_dask(
     casual=None,
     ties: str | None = None,
     max_tastes: int | None = None,
+    style_covariates="none",
 ) -> DaskFit:
     """Fit the behaviour model by EM on a Dask DataFrame (map-reduce over partitions).
 
@@ -465,6 +473,9 @@ def fit_dask(
         cross-validation needs every label, so the integer-coded labels (user, pair, choice, ties and casual
         cells; about 13 bytes per row, in input row order) are gathered on the driver, where the choice and
         the chosen fit run (the in-memory fit's, number for number).
+    style_covariates : "none", "auto", list of str or StyleDesign
+        The attentive style term (:mod:`bayes_annot.style`), as in :func:`bayes_annot.fit`: the cells'
+        representative values are the means over every usable row (a ``StyleDesign``: a previous fit's).
 
     Returns
     -------
@@ -560,7 +571,19 @@ def fit_dask(
     elif not len(casual_names):
         casual = None
     spec = spec.with_casual(casual)
-    blocks = [delayed(_block_from_frame)(p, k, known, pairs_vocab, casual, tie_blocks) for p in frames]
+    style = style_covariates if isinstance(style_covariates, StyleDesign) else None
+    if style is None and parse_style_covariates(style_covariates) != "none":
+        xs_style = None
+        if casual is not None:  # the cells' representative values: means over every usable row
+            xs_style = np.concatenate(dask.compute(*[delayed(_usable_covariates)(p, len(casual.names)) for p in frames]))
+        style = style_design(style_covariates, casual, xs_style, columns=[str(c) for c in meta.columns])
+    if style is not None:
+        if known:
+            raise InputError("style covariates need learned strengths (no p_a column, no mu): use "
+                             "style_covariates='none' (--style-covariates none)")
+        spec = spec.with_style(style)
+    blocks = [delayed(_block_from_frame)(p, k, known, pairs_vocab, casual, tie_blocks, style is not None)
+              for p in frames]
     with dask_tasks(settings, f"Dask: encoding and shuffling {len(parts)} partitions"):
         blocks = list(dask.persist(*blocks))
         summaries = dask.compute(*[delayed(_block_counts)(b) for b in blocks])
@@ -625,7 +648,7 @@ def fit_dask(
         em=em, user_labels=np.asarray(user_vocab, dtype=object), model_labels=np.asarray(model_vocab, dtype=object),
         n_rows_user=n_rows_user, n_labels_model=n_labels_model, pair_counts=pair_counts, counts=counts, columns=columns,
         strength_mode=strength_mode, strengths=strengths, n_partitions=nparts, timings=timings,
-        partition_rows=lengths, tastes=taste_fit, casual=casual, ties_mode=ties_mode, taste_extra=taste_extra,
+        partition_rows=lengths, tastes=taste_fit, casual=casual, style=style, ties_mode=ties_mode, taste_extra=taste_extra,
     )
 
 

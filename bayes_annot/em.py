@@ -63,6 +63,8 @@ class UsableLabels:
     tie_logit_mu : float array (n_ties,) or None
         Known strengths with ties in the likelihood: each tie's attentive log-odds ``d`` (Davidson's
         ``P(tie) = nu / (2 cosh(d/2) + nu)``), as ``known_logit_mu`` for the decided labels.
+    tie_casual_cell : int32 array (n_ties,) or None
+        Each tie's casual cell, when an attentive style term needs it (:mod:`bayes_annot.style`); else ``None``.
     """
 
     user: np.ndarray
@@ -78,6 +80,7 @@ class UsableLabels:
     tie_model_a: np.ndarray | None = None
     tie_model_b: np.ndarray | None = None
     tie_logit_mu: np.ndarray | None = None
+    tie_casual_cell: np.ndarray | None = None
 
     @property
     def n_ties(self) -> int:
@@ -122,6 +125,7 @@ class EMResult:
     casual_g: np.ndarray | None = None  # casual covariate effects (bayes_annot.casual), when there are covariates
     nu: float | None = None  # Davidson's attentive tie parameter (bayes_annot.ties), when ties are modelled
     tie_rate: float | None = None  # the casual tie rate t, when ties are modelled
+    style_delta: np.ndarray | None = None  # attentive style effects (bayes_annot.style), when there is a style term
 
 
 # --------------------------------------------------------------------------- Bradley–Terry

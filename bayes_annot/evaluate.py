@@ -170,6 +170,15 @@ def heldout_loglik(
         return s_a - s_b
 
     logit_mu = log_odds(test)
+    tie_offset = 0.0
+    if fitted is not None and fitted.summary.get("style_effects"):  # the attentive style term: each label's offset
+        from .style import cell_offsets_from_summary
+
+        style_design_ = design_from_summary(fitted.summary)
+        prepare_casual(prepared, design=style_design_)
+        cell_offsets = cell_offsets_from_summary(fitted.summary)
+        logit_mu = logit_mu + cell_offsets[style_design_.cells(prepared.casual_x[test])]
+        tie_offset = cell_offsets[style_design_.cells(prepared.casual_x[test_ties])]
     log_att = attentive_logprob(choice, logit_mu)
     ties_fit = (fitted.summary.get("ties") or {}) if fitted is not None else {}
     modelled = with_ties and ties_fit.get("mode") == "model" and ties_fit.get("nu") is not None
@@ -194,7 +203,7 @@ def heldout_loglik(
         label_users = users
         if modelled:  # Davidson's attentive ties and the casual tie rate, as the fit modelled them
             nu, t = float(ties_fit["nu"]), float(ties_fit["t"])
-            tie_d = log_odds(test_ties)
+            tie_d = log_odds(test_ties) + tie_offset
             decided_a, decided_b, _ = davidson_logprobs(logit_mu, nu)
             log_att = np.where(choice == 1, decided_a, decided_b)
             log_cas = log_cas + np.log1p(-t)

@@ -40,6 +40,7 @@ from .casual import DEFAULT_BINS, CasualDesign, casual_design, prepare_casual
 from .data import parse_casual_covariates
 from .likelihood import Priors
 from .spec import BehaviourSpec
+from .style import StyleDesign, parse_style_covariates, style_design
 from .ties import resolve_ties
 from .tables import OUTPUT_COLUMNS, input_renames  # noqa: F401  (OUTPUT_COLUMNS: public name)
 from .validation import check_fit_settings
@@ -297,6 +298,14 @@ class FitResult:
         and effects ``g`` (log-odds of choosing the response with the larger value, per bin); ``None``
         when casual clicks had no covariates (docs/model.md)."""
         return self.summary.get("casual_effects")
+
+    @property
+    def style_effects_(self) -> dict | None:
+        """The attentive style effects (``summary["style_effects"]``): per style covariate its ``name`` and
+        ``delta``, the attentive log-odds of choosing ``model_a`` per unit of the covariate (e.g. per unit of
+        log length ratio: reading-based length preference), and its cells' representative values
+        (``level_means``); ``None`` without a style term (``style_covariates="none"``, docs/model.md)."""
+        return self.summary.get("style_effects")
 
     @property
     def ties_(self) -> dict | None:
@@ -690,6 +699,7 @@ def fit(
     casual_covariates="auto",
     casual_bins: int = DEFAULT_BINS,
     ties: str | None = None,
+    style_covariates=None,
 ) -> FitResult:
     """Fit the user behaviour model to a comparison-mode log.
 
@@ -736,6 +746,15 @@ def fit(
         Their effects are in ``result.casual_effects_`` and ``summary["casual_effects"]``.
     casual_bins : int
         Bins of ``|x|`` per casual covariate (default 6; edges at quantiles, fixed at fit time).
+    style_covariates : None, "none", "auto" or list of str
+        An attentive-side style term, as Chatbot Arena's style control (docs/model.md, "Style
+        covariates"): attentive log-odds ``s_a - s_b + delta' x``, so a preference for long answers
+        *after reading* (``delta``) is reported apart from casual clicks that follow length. ``None`` /
+        ``"none"`` (default): no style term; ``"auto"``: every casual covariate; or names among the
+        casual covariates (the term uses their cells, each at its mean ``x``). EM, MAP and NUTS, one taste
+        class, learned strengths (in memory or Dask); ties stay in the likelihood with EM (Davidson's ``d`` gets
+        the term too), MAP and NUTS leave them out (``ties="model"`` is refused there).
+        The effects are in ``result.style_effects_`` and ``summary["style_effects"]``.
     ties : {"model", "ignore"}, optional
         Whether ties (``tie``, ``tie (bothbad)``) enter the likelihood (docs/model.md, "Ties"): ``"model"``,
         attentive ties follow Davidson's model (a learned ``nu``: more ties on close pairs) and casual ones
@@ -820,6 +839,9 @@ def fit(
     which_casual = casual_covariates if isinstance(casual_covariates, CasualDesign) else \
         parse_casual_covariates(casual_covariates)
     casual_design(("x",), np.ones((1, 1)), casual_bins)  # casual_bins is checked before reading
+    which_style = parse_style_covariates(style_covariates)
+    if which_style != "none":
+        _check_style_settings(tastes=tastes, taste_check=taste_check, ties=ties, method=method)
     rule = parse_filter(filter)
     check_no_verdict_policy(no_verdict)
     if not isinstance(max_tastes, (int, np.integer)) or isinstance(max_tastes, bool) or max_tastes < 1:
@@ -846,6 +868,7 @@ def fit(
             seed=seed, start=start, input_info=input_info, no_verdict=no_verdict, progress=progress,
             casual_covariates=which_casual, casual_bins=casual_bins, ties=ties,
             max_tastes=max_tastes if tastes == "auto" else None,
+            style_covariates=style_covariates if isinstance(style_covariates, StyleDesign) else which_style,
         )
     if isinstance(data, (str, Path)):
         frame = read_table(data)
@@ -864,8 +887,20 @@ def fit(
     else:
         design = prepare_casual(prepared, which_casual, casual_bins)
     spec = spec.with_casual(design)
+    if isinstance(style_covariates, StyleDesign):  # a previous fit's style term (cells' values), an update
+        style = style_covariates
+    else:
+        style = style_design(which_style, design, None if design is None else prepared.casual_x[prepared.usable],
+                             columns=[str(c) for c in prepared.frame.columns])
+    if style is not None:
+        if mu is not None or (use_p_a and prepared.has_p_a):
+            raise InputError("style covariates need learned strengths (no p_a column, no mu): use "
+                             "style_covariates='none' (--style-covariates none)")
+        if method != "em":  # MAP / NUTS: no ties with a style term yet (ties='model' was refused)
+            ties_mode = "ignore"
+        spec = spec.with_style(style)
     problem, strength_mode = build_problem(prepared, mu=mu, strong_model=strong_model, use_p_a=use_p_a, casual=design,
-                                           ties=ties_mode == "model")
+                                           ties=ties_mode == "model", style=style is not None)
     spec = _data_spec(spec, problem.learned, tastes)  # a p_a column: known strengths (no taste classes)
     if taste_check and (spec.variant != "two-class" or not spec.learned):
         raise InputError("taste_check needs model='two-class' and learned strengths (no p_a column, no mu)")
@@ -899,7 +934,8 @@ def fit(
                 state.block, problem, spec, tol=tol, max_iter=max_iter,
                 start=_resolve_start(start, prepared), accelerate=squarem, callback=callback,
             )
-        estimates = em_estimates(em, model, known_strengths(problem, prepared, mu, strong_model), casual=design)
+        estimates = em_estimates(em, model, known_strengths(problem, prepared, mu, strong_model), casual=design,
+                                 style=style)
     else:
         from .pymc_model import fit_pymc
 
@@ -948,6 +984,8 @@ def fit(
         "casual_bins": int(casual_bins),
         "ties": "auto" if ties is None else ties,  # as asked (an update resolves it again); the mode: summary["ties"]
     }
+    if which_style != "none":  # absent by default: a fit without a style term records what it always did
+        settings["style_covariates"] = which_style if isinstance(which_style, str) else list(which_style)
     estimates.extra_summary["ties"] = ties_summary(ties_mode, prepared.counts()["ties"], estimates)
     if winner_values:
         settings["winner_values"] = {str(k): str(v) for k, v in winner_values.items()}
@@ -984,6 +1022,7 @@ def fit_prepared(
     tastes: int = 1,
     casual: CasualDesign | None = None,
     ties: str | None = None,
+    style: StyleDesign | None = None,
     _started: float | None = None,
 ):
     """EM fit of an already prepared log with the block engine (optionally warm-started and accelerated).
@@ -996,7 +1035,8 @@ def fit_prepared(
     (:func:`bayes_annot.local_em.fit_taste_classes`), from ``start["tastes"]`` alone when given.
     ``casual``: the casual covariates' design (a previous fit's bins; ``None``: none); ``state``'s
     block then carries the labels' casual cells. ``ties``: as :func:`fit` (an update keeps the previous
-    fit's mode; ``state``'s block then holds the ties).
+    fit's mode; ``state``'s block then holds the ties). ``style``: the attentive style term's design (a
+    previous fit's; needs ``casual``; ties are then left out of the likelihood), its start ``start["style_delta"]``.
     """
     started = time.perf_counter() if _started is None else _started
     check_fit_settings(tol=tol, max_iter=max_iter, mu=mu, tastes=tastes)
@@ -1013,10 +1053,13 @@ def fit_prepared(
 
     ties_mode = resolve_ties(ties, prepared.counts()["ties"], tastes=tastes,
                              learned=mu is None and not (use_p_a and prepared.has_p_a))
+    if style is not None:
+        _check_style_settings(tastes=tastes, taste_check=False, ties=ties, method="em")
+        spec = spec.with_style(style)
     if state is None:
         covariates_read()
         problem, mode = build_problem(prepared, mu=mu, strong_model=strong_model, use_p_a=use_p_a, casual=casual,
-                                      ties=ties_mode == "model")
+                                      ties=ties_mode == "model", style=style is not None)
         state = em_state(prepared, problem, pair_counts(prepared, ties=ties_mode == "model"), mu=mu,
                          strong_model=strong_model, use_p_a=use_p_a, casual=casual)
     else:  # the labels are already in the state's block: no per-row problem to build
@@ -1041,15 +1084,17 @@ def fit_prepared(
                 state.block, problem, spec, tol=tol, max_iter=max_iter, start=start,
                 accelerate=accelerate, callback=callback,
             )
-        estimates = em_estimates(em, model, known_strengths(problem, prepared, mu, strong_model), casual=casual)
+        estimates = em_estimates(em, model, known_strengths(problem, prepared, mu, strong_model), casual=casual,
+                                 style=style)
         floor = NotImplemented
-        if not hasattr(problem, "user"):  # an update: from the block's cell counts when it can
+        if not hasattr(problem, "user") and style is None:  # an update: from the block's cell counts when it can
             floor = block_quality_floor(estimates, state.block, prepared.n_users)
         if floor is NotImplemented:
             if not hasattr(problem, "user"):
                 covariates_read()
             rows_problem = problem if hasattr(problem, "user") else build_problem(
-                prepared, mu=mu, strong_model=strong_model, use_p_a=use_p_a, casual=casual, ties=ties_mode == "model")[0]
+                prepared, mu=mu, strong_model=strong_model, use_p_a=use_p_a, casual=casual, ties=ties_mode == "model",
+                style=style is not None)[0]
             floor = quality_floor(rows_problem, estimates)
         estimates.quality_floor = floor
     settings = {
@@ -1060,6 +1105,8 @@ def fit_prepared(
         "casual_bins": None if casual is None else max(casual.n_bins),
         "ties": "auto" if ties is None else ties,  # as asked (an update resolves it again); the mode: summary["ties"]
     }
+    if style is not None:
+        settings["style_covariates"] = list(style.names)
     estimates.extra_summary["ties"] = ties_summary(ties_mode, prepared.counts()["ties"], estimates)
     if winner_values:  # recorded so that later updates read the new rows the same way
         settings["winner_values"] = dict(winner_values)
@@ -1360,7 +1407,7 @@ def _read_parquet_collection(path):
 
 def _fit_dask_frame(ddf, *, spec: BehaviourSpec, rule, tol, max_iter, seed, start, mu, strong_model, input_info=None,
                     no_verdict="keep", progress=None, casual_covariates="auto", casual_bins=DEFAULT_BINS, ties=None,
-                    max_tastes=None, **columns):
+                    max_tastes=None, style_covariates="none", **columns):
     from .dask_em import fit_dask
 
     started = time.perf_counter()
@@ -1369,7 +1416,7 @@ def _fit_dask_frame(ddf, *, spec: BehaviourSpec, rule, tol, max_iter, seed, star
         dfit = fit_dask(ddf, spec=spec, tol=tol, max_iter=max_iter, mu=mu,
                         strong_model=strong_model, start=start if isinstance(start, dict) else None,
                         progress=progress, seed=seed, casual_covariates=casual_covariates, casual_bins=casual_bins,
-                        ties=ties, max_tastes=max_tastes, **columns)
+                        ties=ties, max_tastes=max_tastes, style_covariates=style_covariates, **columns)
     except ValueError as exc:
         if isinstance(exc, InputError):
             raise
@@ -1381,6 +1428,9 @@ def _fit_dask_frame(ddf, *, spec: BehaviourSpec, rule, tol, max_iter, seed, star
                 "taste_check": max_tastes is not None,
                 "casual_covariates": _casual_setting(casual_covariates), "casual_bins": int(casual_bins),
                 "ties": "auto" if ties is None else ties}
+    if dfit.style is not None:
+        settings["style_covariates"] = list(dfit.style.names) if isinstance(style_covariates, StyleDesign) else (
+            style_covariates if isinstance(style_covariates, str) else list(style_covariates))
     estimates = dfit.to_estimates()
     estimates.extra_summary["ties"] = ties_summary(dfit.ties_mode, dfit.counts["ties"], estimates)
     summary = assemble_summary(None, None, estimates, model, dfit.strength_mode, dfit.components(), input_info,
@@ -1389,6 +1439,19 @@ def _fit_dask_frame(ddf, *, spec: BehaviourSpec, rule, tol, max_iter, seed, star
     summary["provenance"] = [provenance_entry(input_info, rows_read=dfit.counts["rows"], rows_added=dfit.counts["rows"])]
     summary["runtime_seconds"] = round(time.perf_counter() - started, 4)
     return FitResult._from_dask(ddf, dfit, rule, summary, no_verdict)
+
+
+def _check_style_settings(*, tastes, taste_check, ties, method) -> None:
+    """Refuse, in one line, what the attentive style term does not support yet (docs/model.md, "Style covariates")."""
+    if tastes != 1:
+        raise InputError("style covariates (--style-covariates) are fitted with one taste class for now: use tastes=1 "
+                         "or style_covariates='none'")
+    if taste_check:
+        raise InputError("taste_check does not model style covariates yet: drop taste_check or use "
+                         "style_covariates='none'")
+    if ties == "model" and method != "em":
+        raise InputError("ties in the likelihood with style covariates are fitted by EM only for now: use "
+                         "ties='ignore' (--ties ignore), method='em' or style_covariates='none'")
 
 
 def _casual_setting(which):

@@ -19,6 +19,7 @@ import pandas as pd
 
 from .data import ColumnMap, PreparedData, prepare, read_table
 from .casual import DEFAULT_BINS, design_from_summary
+from .style import style_from_summary
 from .errors import FitWarning, InputError
 from .fit import FitResult, fit, fit_prepared
 from .incremental import align_start, n_tastes_of
@@ -112,6 +113,7 @@ def update_saved(
     merged = pd.concat([old_rows, new_rows], ignore_index=True) if len(new_rows) else old_rows
     # the saved fit's casual covariates with its bins (none: the model without covariates)
     settings["casual_covariates"] = design_from_summary(summary) or "none"
+    settings["style_covariates"] = style_from_summary(summary) or "none"  # and its style term's cells' values
     result = fit(
         merged, method="em", user=role_map.user, model_a=role_map.model_a, model_b=role_map.model_b,
         winner=role_map.winner, p_a=p_a, priors=priors, start=start, tastes=n_tastes_of(summary), **settings,

@@ -48,6 +48,7 @@ import pandas as pd
 
 from .block_em import EMState, merge_blocks, pair_cell_map
 from .casual import design_from_summary, effects_start, prepare_casual
+from .style import delta_from_summary, style_from_summary
 from .pairs import PairTable
 from .data import ColumnMap, PreparedData, prepare
 from .errors import InputError
@@ -275,6 +276,7 @@ def _label_start(result) -> dict:
     params = est.parameters
     start = {key: params.get(key) for key in START_PARAMETERS}
     start["casual_g"] = effects_start(result.summary)
+    start["style_delta"] = delta_from_summary(result.summary)
     if est.strengths is not None and result.summary.get("strengths") == "learned":
         start["strengths"] = pd.Series(np.asarray(est.strengths, dtype=float), index=_as_text(result._data.model_labels))
     taste = _taste_start(est, params.get("q"))
@@ -290,7 +292,7 @@ def align_start(start: dict, user_labels, model_labels) -> dict:
 
     Models absent from the start get strength 0 (the prior mean).
     """
-    out = {k: start.get(k) for k in START_PARAMETERS + ("casual_g",)}
+    out = {k: start.get(k) for k in START_PARAMETERS + ("casual_g", "style_delta")}
     strengths = start.get("strengths")
     if strengths is not None:
         s = pd.Series(strengths, dtype=float)
@@ -319,6 +321,7 @@ def _mapped_start(previous, merge: _Merge) -> dict:
     params = est.parameters
     start = {key: params.get(key) for key in START_PARAMETERS}
     start["casual_g"] = effects_start(previous.summary)
+    start["style_delta"] = delta_from_summary(previous.summary)
     n_models = merge.merged.n_models
     if est.strengths is not None and previous.summary.get("strengths") == "learned":
         strengths = np.zeros(n_models)
@@ -416,6 +419,7 @@ def plan_update(previous, new_rows, *, on_duplicate: str = "skip", row_id=None, 
     settings["filter"] = str(previous.rule)  # the rule in force (a .filter() clone's, not the original fit's)
     settings["no_verdict"] = getattr(previous, "no_verdict", "keep")
     settings["casual"] = design_from_summary(previous.summary)  # the previous fit's covariates and bins
+    settings["style"] = style_from_summary(previous.summary)  # and its attentive style term (cells' values)
     settings.update(fit_settings)
     casual = settings["casual"]
     old = previous._data
@@ -455,7 +459,7 @@ def plan_update(previous, new_rows, *, on_duplicate: str = "skip", row_id=None, 
             if casual is not None:
                 prepare_casual(merge.new, design=casual)
             problem_new, _ = build_problem(merge.new, mu=mu, strong_model=strong_model, use_p_a=use_p_a, casual=casual,
-                                           ties=ties)
+                                           ties=ties, style=settings.get("style") is not None)
             state = _extend_state(state, merge, problem_new, key, casual, ties)
         else:
             state = None  # rebuilt from the merged rows

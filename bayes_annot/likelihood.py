@@ -83,6 +83,9 @@ class Priors:
         :mod:`bayes_annot.ties`): median ``exp(mu)`` = 1, i.e. a third of even pairs tied, and wide.
     tie_rate_alpha, tie_rate_beta : float
         Beta prior on the casual tie rate ``t`` (ties modelled).
+    style_effect_sigma : float
+        Normal(0, sigma) prior on each attentive style effect ``delta`` (log-odds per unit of the style
+        covariate, e.g. per unit of log length ratio; :mod:`bayes_annot.style`).
     """
 
     pi_alpha: float = 2.0
@@ -98,6 +101,7 @@ class Priors:
     tie_nu_sigma: float = 2.0
     tie_rate_alpha: float = 2.0
     tie_rate_beta: float = 2.0
+    style_effect_sigma: float = 1.0
 
 
 def attentive_logprob(choice_a, logit_mu):

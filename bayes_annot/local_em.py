@@ -15,6 +15,7 @@ from scipy.special import logit
 
 from .block_em import Block, EMState, LocalRunner, make_block, run_em
 from .casual import casual_effects
+from .style import style_effects
 from .data import PreparedData
 from .em import UsableLabels, EMResult
 from .pairs import ACCELERATE_MIN_MODELS, PairTable
@@ -52,6 +53,9 @@ def problem_block(
                 pairs = PairTable.from_labels(np.concatenate([problem.model_a, problem.tie_model_a]),
                                               np.concatenate([problem.model_b, problem.tie_model_b]), problem.n_models)[0]
             ties = {"tie": tie, "tie_pair": pairs.index(problem.tie_model_a, problem.tie_model_b)}
+            if problem.tie_casual_cell is not None:  # an attentive style term: ties by (pair, casual cell)
+                ties = {"tie": tie, "n_tie_casual": n_casual,
+                        "tie_pair": ties["tie_pair"].astype(np.int64) * n_casual + problem.tie_casual_cell}
         if pairs is None:
             pairs, index = PairTable.from_labels(problem.model_a, problem.model_b, problem.n_models)
             cell = (2 * index + problem.choice_a).astype(np.int32)
@@ -107,9 +111,10 @@ def run_block_em(block: Block, problem: UsableLabels, spec: BehaviourSpec, *, to
     return em
 
 
-def em_estimates(em: EMResult, model: str, known_strengths: np.ndarray | None, casual=None) -> Estimates:
+def em_estimates(em: EMResult, model: str, known_strengths: np.ndarray | None, casual=None, style=None) -> Estimates:
     """:class:`Estimates` of an EM result (``known_strengths``: the fixed strengths of a global ``mu``;
-    ``casual``: the casual covariates' design, whose effects go to ``extra_summary["casual_effects"]``)."""
+    ``casual``: the casual covariates' design, whose effects go to ``extra_summary["casual_effects"]``;
+    ``style``: the attentive style term's design, whose effects go to ``extra_summary["style_effects"]``)."""
     params = {"pi": em.pi, "q": em.q} if model == "two-class" else {"m": em.m, "tau": em.tau, "q": em.q}
     params["mean_quality"] = float(np.mean(em.quality[em.n_labels_user > 0]))
     estimates = Estimates(
@@ -130,6 +135,8 @@ def em_estimates(em: EMResult, model: str, known_strengths: np.ndarray | None, c
     )
     if casual is not None and em.casual_g is not None:
         estimates.extra_summary["casual_effects"] = casual_effects(casual, float(logit(em.q)), em.casual_g)
+    if style is not None and em.style_delta is not None:
+        estimates.extra_summary["style_effects"] = style_effects(style, em.style_delta)
     if em.nu is not None:
         params.update(tie_nu=float(em.nu), casual_tie_rate=float(em.tie_rate))
     return estimates

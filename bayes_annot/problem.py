@@ -60,7 +60,7 @@ class Estimates:
 
 def build_problem(
     data: PreparedData, mu: float | None = None, strong_model: str | None = None, use_p_a: bool = True,
-    casual: CasualDesign | None = None, ties: bool = False,
+    casual: CasualDesign | None = None, ties: bool = False, style: bool = False,
 ) -> tuple[UsableLabels, str]:
     """Turn prepared data into the engines' arrays; returns the problem and the strength mode.
 
@@ -68,7 +68,8 @@ def build_problem(
     ``data.casual_x`` (:func:`bayes_annot.data.casual_covariates`). ``ties``: the tie rows
     (:func:`tie_rows`) enter the likelihood; with known strengths each tie gets its attentive log-odds as a
     decided label does (``mu``: ``±logit(mu)`` on pairs with the strong model, else 0; a ``p_a`` column: the
-    tie row's ``logit(p_a)``, 0.5 where it is missing).
+    tie row's ``logit(p_a)``, 0.5 where it is missing). ``style``: an attentive style term
+    (:mod:`bayes_annot.style`) is fitted, so the ties get their casual cells too.
     """
     usable = data.usable
     choice = data.choice_a[usable].astype(np.int8)
@@ -115,6 +116,8 @@ def build_problem(
                                             np.where(problem.tie_model_b == k, -logit(mu), 0.0))
         elif not problem.learned:
             problem.tie_logit_mu = logit(data.p_a[tie])
+        if style and casual is not None:
+            problem.tie_casual_cell = casual.cells(data.casual_x[tie])
     return problem, mode
 
 
@@ -202,6 +205,11 @@ def quality_floor(problem: UsableLabels, estimates: Estimates) -> np.ndarray | N
         summary = {"casual_effects": effects}
         eta = casual_logits(effects["beta0"], effects_start(summary), design_from_summary(summary).design())
         eta = eta[problem.casual_cell]
+        if estimates.extra_summary.get("style_effects"):  # the attentive style term: each label's own offset
+            from .style import cell_offsets_from_summary
+
+            summary["style_effects"] = estimates.extra_summary["style_effects"]
+            ell = ell + cell_offsets_from_summary(summary)[problem.casual_cell]
         worst = np.minimum(log_expit(ell) - log_expit(eta), log_expit(-ell) - log_expit(-eta))
     elif problem.learned and k * k <= max(1 << 16, problem.n_labels):
         # the log-odds depend on the pair only: the same values per pair key a K + b, gathered per label
@@ -278,14 +286,23 @@ def _tie_quality_floor(problem: UsableLabels, estimates: Estimates, pi: float, q
         eta = casual_logits(effects["beta0"], effects_start(summary), design_from_summary(summary).design())
         eta = eta[problem.casual_cell]
     eta_tie = np.full(problem.n_ties, logit(min(max(q, eps), 1.0 - eps)))
+    offset, tie_offset = 0.0, 0.0
+    if estimates.extra_summary.get("style_effects") and effects:  # the attentive style term: each label's offset
+        from .style import cell_offsets_from_summary
+
+        cell_offsets = cell_offsets_from_summary({"casual_effects": effects,
+                                                  "style_effects": estimates.extra_summary["style_effects"]})
+        offset = cell_offsets[problem.casual_cell]
+        tie_offset = cell_offsets[problem.tie_casual_cell]
 
     def worst(d, eta):
         pa, pb, pt = davidson_logprobs(d, nu)
         return np.minimum(np.minimum(pa - np.log1p(-t) - log_expit(eta), pb - np.log1p(-t) - log_expit(-eta)),
                           pt - np.log(t))
 
-    total = np.bincount(problem.user, weights=worst(row_logit_mu(problem, s), eta), minlength=problem.n_users)
-    total += np.bincount(problem.tie_user, weights=worst(tie_logit_mu(problem, s), eta_tie), minlength=problem.n_users)
+    total = np.bincount(problem.user, weights=worst(row_logit_mu(problem, s) + offset, eta), minlength=problem.n_users)
+    total += np.bincount(problem.tie_user, weights=worst(tie_logit_mu(problem, s) + tie_offset, eta_tie),
+                         minlength=problem.n_users)
     pi = min(max(pi, eps), 1.0 - eps)
     return two_class_posterior(total, 0.0, pi)
 

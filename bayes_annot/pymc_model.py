@@ -52,6 +52,7 @@ from .likelihood import (
     two_class_user_loglik,
 )
 from .spec import BehaviourSpec
+from .style import style_effects, style_offsets
 
 __all__ = [
     "build_model",
@@ -194,6 +195,7 @@ def build_model(
     q_init: float = 0.5,
     casual_init: np.ndarray | None = None,
     tie_init: tuple | None = None,
+    style_init: np.ndarray | None = None,
 ):
     r"""Build the behaviour model ``spec`` as a :class:`pymc.Model`.
 
@@ -237,6 +239,11 @@ def build_model(
         casual share is ``1 - sum``).
     q_init : float
         Initial position bias (when ``q`` is free).
+    style_init : array, optional
+        Initial attentive style effects (``spec.style``, :mod:`bayes_annot.style`; default zeros). With a
+        style term the model has ``style_effect`` (dim ``style_covariate``, Normal(0, ``style_effect_sigma``))
+        and each cell's attentive log-odds are ``s_a - s_b + delta' x`` at its casual cell's
+        representative covariates (one taste class, no ties).
     casual_init : array, optional
         Initial casual covariate effects (``spec.casual``; default zeros). With casual covariates
         the model has ``casual_effect`` (dim ``casual_bin``, Normal(0, ``casual_effect_sigma``))
@@ -327,6 +334,10 @@ def build_model(
     variant, n_tastes, priors, q_fixed = spec.variant, spec.n_tastes, spec.priors, spec.q
     cells = compress_cells(problem)
     ties = compress_ties(problem)  # ties in the likelihood (bayes_annot.ties): Davidson's nu and the casual rate t
+    if ties is not None and (n_tastes > 1 or not problem.learned):
+        raise InputError("ties in the PyMC model need learned strengths and one taste class")
+    if spec.style is not None and ties is not None:
+        raise InputError("the PyMC model has no style term with ties in the likelihood yet: use ties='ignore'")
     n_users, n_models = problem.n_users, problem.n_models
     coords = {
         "user": _labels(user_labels, n_users, "u"),
@@ -338,6 +349,8 @@ def build_model(
         coords["pair"] = [f"{a} vs {b}" for a, b in zip(names[cells["pair_model_a"]], names[cells["pair_model_b"]])]
     if spec.casual is not None:
         coords["casual_bin"] = casual_effect_names(spec.casual)
+    if spec.style is not None:
+        coords["style_covariate"] = list(spec.style.names)
     if problem.learned and strength_init is None:
         strength_init = fit_bradley_terry_labels(problem.model_a, problem.model_b, problem.choice_a, n_models,
                                                  priors.strength_sigma)
@@ -404,6 +417,13 @@ def build_model(
                 att_cell = pt.stack([-0.5 * d - log_h, 0.5 * d - log_h], axis=1).reshape((-1,))[table_index]
                 d_tie = strength[pm.Data("tie_model_a", ties["model_a"])] - strength[pm.Data("tie_model_b", ties["model_b"])]
                 att_tie = pt.log(nu) - _davidson_log_norm(d_tie, nu)  # log P_att(tie) per tie cell
+            elif n_tastes == 1 and spec.style is not None:
+                # the attentive style term (bayes_annot.style): s_a - s_b + delta' x at the cell's casual cell
+                values = pm.Data("style_values", spec.style.values(spec.casual))
+                delta = pm.Normal("style_effect", mu=0.0, sigma=priors.style_effect_sigma, dims="style_covariate",
+                                  initval=np.zeros(spec.style.n_effects) if style_init is None else np.asarray(style_init))
+                d_cell = (strength[pair_a] - strength[pair_b])[cell_pair] + pt.dot(values, delta)[cell_casual]
+                att_cell = -pt.softplus(-(2.0 * cell_choice - 1.0) * d_cell)  # log sigmoid((2y - 1) d)
             elif n_tastes == 1:
                 # attentive log-odds of choosing model_a, once per distinct ordered pair
                 d = strength[pair_a] - strength[pair_b]
@@ -567,11 +587,13 @@ def pytensor_loglik(
     penalised: bool = True,
     n_tastes: int = 1,
     casual=None,
+    style=None,
 ) -> float:
     """Build the (MAP-form) PyMC model and evaluate its log-likelihood at ``params`` (see :func:`model_loglik`;
-    ``casual``: the casual covariates' design, ``params["casual_effect"]`` their effects)."""
+    ``casual``: the casual covariates' design, ``params["casual_effect"]`` their effects; ``style``: the attentive
+    style term's design, ``params["style_effect"]`` its effects)."""
     spec = BehaviourSpec(variant, n_tastes, "learned" if problem.learned else "known", q_fixed, priors or Priors(),
-                         casual=casual)
+                         casual=casual, style=style)
     model = build_model(problem, spec, marginal=True)
     if q_fixed is not None:
         params = dict(params, q=q_fixed)
@@ -586,6 +608,7 @@ def numpy_loglik(
     q_fixed: float | None = None,
     penalised: bool = True,
     casual=None,
+    style=None,
 ) -> float:
     """The same quantity as :func:`pytensor_loglik`, in numpy (:mod:`bayes_annot.likelihood`).
 
@@ -596,6 +619,8 @@ def numpy_loglik(
     ``C + 1`` casual first, and ``strength`` ``C x K``) it is the EM objective
     of :func:`bayes_annot.tastes.taste_loglik`. ``casual``: the casual covariates' design
     (:mod:`bayes_annot.casual`), with their effects ``params["casual_effect"]`` (Normal prior added).
+    ``style``: the attentive style term (:mod:`bayes_annot.style`, with ``casual``), its effects
+    ``params["style_effect"]`` (Normal prior added).
     """
     priors = priors or Priors()
     q = float(q_fixed if q_fixed is not None else params["q"])
@@ -613,6 +638,10 @@ def numpy_loglik(
                             casual_log_table=table, ties=ties) + g_prior
     strengths = np.asarray(params["strength"], float) if problem.learned else None
     att, cas = label_logprobs(problem, strengths, q, table)
+    if style is not None:
+        delta = np.asarray(params["style_effect"], float)
+        att = _style_label_att(problem, strengths, style_offsets(style.values(casual), delta))
+        g_prior += float(log_normal_pdf(delta, 0.0, priors.style_effect_sigma).sum()) if penalised else 0.0
     user, tie_prior = problem.user, 0.0
     if problem.n_ties:  # ties in the likelihood (bayes_annot.ties): Davidson's attentive labels, casual rate t
         from .ties import davidson_logprobs, log_prior_ties
@@ -649,6 +678,12 @@ def numpy_loglik(
 # --------------------------------------------------------------------------- per-draw quantities (numpy)
 
 
+def _style_label_att(problem: UsableLabels, strengths, offsets) -> np.ndarray:
+    """log P_att of every label with the attentive style term: ``log sigmoid(+-(s_a - s_b + offset[casual cell]))``."""
+    d = strengths[problem.model_a] - strengths[problem.model_b] + np.asarray(offsets)[problem.casual_cell]
+    return attentive_logprob(problem.choice_a, d)
+
+
 def _cell_matrix(cells: dict, n_users: int):
     from scipy.sparse import csr_matrix
 
@@ -656,11 +691,15 @@ def _cell_matrix(cells: dict, n_users: int):
     return csr_matrix((np.ones(n), (cells["user"], np.arange(n))), shape=(n_users, n))
 
 
-def _cell_att(cells: dict, strengths):
-    """log P_att per cell; ``strengths`` (S, K) draws or None (known)."""
+def _cell_att(cells: dict, strengths, offsets=None):
+    """log P_att per cell; ``strengths`` (S, K) draws or None (known); ``offsets`` (S, n_casual): each draw's
+    style offsets per casual cell (the attentive style term), else ``None``."""
     if strengths is None:
         return attentive_logprob(cells["choice_a"], cells["logit_mu"])[None, :]
-    return attentive_logprob(cells["choice_a"], strengths[:, cells["model_a"]] - strengths[:, cells["model_b"]])
+    d = strengths[:, cells["model_a"]] - strengths[:, cells["model_b"]]
+    if offsets is not None:
+        d = d + offsets[:, cells["casual"]]
+    return attentive_logprob(cells["choice_a"], d)
 
 
 def _cell_casual(cells: dict, tables, sl):
@@ -696,7 +735,7 @@ def _tie_terms(problem, cells, ties, strengths, sl):
     return att, cas
 
 
-def _per_draw_two_class(problem, cells, pi, q, strengths, casual_tables_=None, ties=None):
+def _per_draw_two_class(problem, cells, pi, q, strengths, casual_tables_=None, ties=None, offsets=None):
     """Per-draw (S, U) P(attentive) and per-user log-lik (Rao–Blackwellised); ``casual_tables_`` (S, 2 n_casual):
     the casual tables of each draw (casual covariates); ``ties``: :func:`_tie_terms`'s (ties in the likelihood)."""
     agg = _cell_matrix(cells, problem.n_users)
@@ -710,7 +749,7 @@ def _per_draw_two_class(problem, cells, pi, q, strengths, casual_tables_=None, t
     for lo in range(0, n_draws, _DRAW_CHUNK):
         sl = slice(lo, min(lo + _DRAW_CHUNK, n_draws))
         s = None if strengths is None else strengths[sl]
-        att = _cell_att(cells, s) * cells["count"]
+        att = _cell_att(cells, s, None if offsets is None else offsets[sl]) * cells["count"]
         att_sum = np.asarray(agg @ att.T).T
         if att_sum.shape[0] == 1:
             att_sum = np.repeat(att_sum, sl.stop - sl.start, axis=0)
@@ -727,7 +766,7 @@ def _per_draw_two_class(problem, cells, pi, q, strengths, casual_tables_=None, t
     return p_att, user_ll
 
 
-def _per_draw_continuous(problem, cells, theta, q, strengths, casual_tables_=None):
+def _per_draw_continuous(problem, cells, theta, q, strengths, casual_tables_=None, offsets=None):
     """Per-draw (S, U) per-user log-likelihood of the continuous model."""
     agg = _cell_matrix(cells, problem.n_users)
     n_draws = theta.shape[0]
@@ -735,7 +774,7 @@ def _per_draw_continuous(problem, cells, theta, q, strengths, casual_tables_=Non
     for lo in range(0, n_draws, _DRAW_CHUNK):
         sl = slice(lo, min(lo + _DRAW_CHUNK, n_draws))
         s = None if strengths is None else strengths[sl]
-        att = _cell_att(cells, s)
+        att = _cell_att(cells, s, None if offsets is None else offsets[sl])
         if casual_tables_ is None:
             cas = casual_logprob(cells["choice_a"], np.asarray(q[sl], float)[:, None])
         else:
@@ -867,11 +906,12 @@ def _run_map(model, progress, seed, maxeval):
         )
 
 
-def _grid_posterior(problem: UsableLabels, m: float, tau: float, casual, strengths):
+def _grid_posterior(problem: UsableLabels, m: float, tau: float, casual, strengths, offsets=None):
     """Continuous: each user's posterior over the grid and marginal log-likelihood at the given
     parameters (the block engine's :func:`~bayes_annot.block_em.block_grid_posterior`; ``casual``:
-    ``q``, or the casual table with covariates)."""
+    ``q``, or the casual table with covariates; ``offsets``: the attentive style term's per casual cell)."""
     from .block_em import block_grid_posterior, make_block
+    from .style import style_table
     from .pairs import PairTable, attentive_table_pairs
 
     usable, users = np.ones(problem.n_labels, dtype=bool), np.arange(problem.n_users)
@@ -883,7 +923,9 @@ def _grid_posterior(problem: UsableLabels, m: float, tau: float, casual, strengt
     pairs, index = PairTable.from_labels(problem.model_a, problem.model_b, problem.n_models)
     block = make_block(problem.user, usable, problem.n_models, cell=(2 * index + problem.choice_a).astype(np.int32),
                        users=users, pairs=pairs, **cells)
-    return block_grid_posterior(block, m, tau, casual, np.exp(attentive_table_pairs(strengths, pairs.a, pairs.b)))
+    table = attentive_table_pairs(strengths, pairs.a, pairs.b) if offsets is None else \
+        style_table(strengths, pairs.a, pairs.b, offsets)
+    return block_grid_posterior(block, m, tau, casual, np.exp(table))
 
 
 def _tie_map_users(problem: UsableLabels, variant: str, point: dict, q: float, table, strengths, informative_tol):
@@ -935,10 +977,14 @@ def _fit_map(problem, spec, progress, seed, user_labels, model_labels, informati
     strengths = np.asarray(point["strength"], float) if problem.learned else None
     n_user = np.bincount(problem.user, minlength=problem.n_users)
     active = n_user > 0
-    g = table = None
+    g = table = delta = offsets = None
     if spec.casual is not None:
         g = np.asarray(point["casual_effect"], float)
         table = casual_table(float(logit(q)), g, spec.casual.design())
+    if spec.style is not None:
+        delta = np.asarray(point["style_effect"], float)
+        offsets = style_offsets(spec.style.values(spec.casual), delta)
+    style_args = {} if delta is None else {"style_effect": delta}
     tie_params = {}
     if problem.n_ties:  # ties in the likelihood: the block engine's per-user arithmetic at the MAP point
         quality, p_good, user_ll, informative, with_labels, tie_params = _tie_map_users(
@@ -955,6 +1001,8 @@ def _fit_map(problem, spec, progress, seed, user_labels, model_labels, informati
                               priors, q_fixed, casual=spec.casual)
     elif variant == "two-class":
         att, cas = label_logprobs(problem, strengths, q, table)
+        if offsets is not None:
+            att = _style_label_att(problem, strengths, offsets)
         pi = float(point["pi"])
         att_sum = np.bincount(problem.user, weights=att, minlength=problem.n_users)
         cas_sum = np.bincount(problem.user, weights=cas, minlength=problem.n_users)
@@ -962,16 +1010,16 @@ def _fit_map(problem, spec, progress, seed, user_labels, model_labels, informati
         p_good = quality
         user_ll = np.where(active, two_class_user_loglik(att_sum, cas_sum, pi), 0.0)
         params = {"pi": pi, "q": q}
-        loglik = numpy_loglik(problem, variant, {"pi": pi, "q": q, "strength": strengths, "casual_effect": g}, priors,
-                              q_fixed, casual=spec.casual)
+        loglik = numpy_loglik(problem, variant, {"pi": pi, "q": q, "strength": strengths, "casual_effect": g,
+                                                 **style_args}, priors, q_fixed, casual=spec.casual, style=spec.style)
     else:
         m, tau = float(point["m"]), float(point["tau"])
-        post, user_ll = _grid_posterior(problem, m, tau, q if table is None else table, strengths)
+        post, user_ll = _grid_posterior(problem, m, tau, q if table is None else table, strengths, offsets)
         quality = post @ expit(ETA_GRID.theta(m, tau))
         p_good = post @ ETA_GRID.above_half(m, tau)
         params = {"m": m, "tau": tau, "q": q}
-        loglik = numpy_loglik(problem, variant, {"m": m, "tau": tau, "q": q, "strength": strengths, "casual_effect": g},
-                              priors, q_fixed, casual=spec.casual)
+        loglik = numpy_loglik(problem, variant, {"m": m, "tau": tau, "q": q, "strength": strengths, "casual_effect": g,
+                                                 **style_args}, priors, q_fixed, casual=spec.casual, style=spec.style)
     if not problem.n_ties:
         informative = _informative_users(problem, strengths, informative_tol)
     if variant == "two-class":  # no verdict on uninformative users: the population level (as in EM)
@@ -997,6 +1045,8 @@ def _fit_map(problem, spec, progress, seed, user_labels, model_labels, informati
     )
     if spec.casual is not None:
         est.extra_summary["casual_effects"] = casual_effects(spec.casual, float(logit(q)), g)
+    if spec.style is not None:
+        est.extra_summary["style_effects"] = style_effects(spec.style, delta)
     est.idata = point_estimate_idata(SimpleNamespace(user_labels=user_labels, model_labels=model_labels), est)
     return est
 
@@ -1119,6 +1169,10 @@ def _fit_nuts(
     if spec.casual is not None:
         g_draws = _stack(post, "casual_effect")
         tables = casual_tables(logit(q_draws), g_draws, spec.casual.design())
+    d_draws = offsets = None
+    if spec.style is not None:  # each draw's style offsets per casual cell
+        d_draws = _stack(post, "style_effect").reshape(-1, spec.style.n_effects)
+        offsets = d_draws @ spec.style.values(spec.casual).T
     n_user = np.bincount(problem.user, minlength=problem.n_users)
     active = n_user > 0
     user_dims = ("chain", "draw", "user")
@@ -1131,7 +1185,7 @@ def _fit_nuts(
         pi_draws = _stack(post, "pi")
         tie_cells = compress_ties(problem)
         ties = None if tie_cells is None else (tie_cells, _stack(post, "tie_nu"), _stack(post, "casual_tie_rate"))
-        p_att, user_ll = _per_draw_two_class(problem, cells, pi_draws, q_draws, s_draws, tables, ties)
+        p_att, user_ll = _per_draw_two_class(problem, cells, pi_draws, q_draws, s_draws, tables, ties, offsets)
         quality_draws = p_att
         quality_draws[:, ~informative] = no_verdict_shares(pi_draws[:, None], informative.any(), priors)
         global_vars = ["pi"]
@@ -1139,7 +1193,7 @@ def _fit_nuts(
     else:
         m_draws, tau_draws = _stack(post, "m"), _stack(post, "tau")
         theta = m_draws[:, None] + tau_draws[:, None] * _stack(post, "z")
-        user_ll = _per_draw_continuous(problem, cells, theta, q_draws, s_draws, tables)
+        user_ll = _per_draw_continuous(problem, cells, theta, q_draws, s_draws, tables, offsets)
         quality_draws = _stack(post, "eta").copy()
         p_good_fn = (theta >= 0.0).mean(axis=0)
         if not informative.all():
@@ -1153,6 +1207,8 @@ def _fit_nuts(
         global_vars.append("strength")
     if spec.casual is not None:
         global_vars.append("casual_effect")
+    if spec.style is not None:
+        global_vars.append("style_effect")
     if "tie_nu" in post:
         global_vars += ["tie_nu", "casual_tie_rate"]
     idata.posterior["quality"] = xr.DataArray(_unstack(quality_draws, n_chains, n_draws), dims=user_dims, coords=coords)
@@ -1184,6 +1240,8 @@ def _fit_nuts(
     extra = {}
     if spec.casual is not None:  # posterior means
         extra["casual_effects"] = casual_effects(spec.casual, float(logit(q_draws).mean()), g_draws.mean(axis=0))
+    if spec.style is not None:  # posterior means
+        extra["style_effects"] = style_effects(spec.style, d_draws.mean(axis=0))
     return _estimates(
         extra_summary=extra,
         engine="nuts",

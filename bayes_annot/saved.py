@@ -27,6 +27,7 @@ from .likelihood import Priors
 from .spec import VARIANTS as _VARIANTS
 from .tables import OUTPUT_COLUMNS, read_row_parts, read_table_file
 from .casual import effects_start
+from .style import delta_from_summary
 from .validation import check_number, check_priors
 
 __all__ = ["SavedTables", "read_tables", "UpdateFolder", "read_update_folder", "read_saved", "checked_saved", "validate_saved_summary", "load_start",
@@ -453,8 +454,10 @@ def start_of(saved: SavedTables, strengths, directory: str | Path) -> dict:
                                "tie_nu": params.get("tie_nu"), "casual_tie_rate": params.get("casual_tie_rate")}
     try:
         start["casual_g"] = effects_start(summary)
+        start["style_delta"] = delta_from_summary(summary)
     except (KeyError, TypeError, ValueError) as exc:
-        raise InputError(f"results folder '{directory}': summary.json casual_effects is malformed ({exc})") from None
+        raise InputError(f"results folder '{directory}': summary.json casual_effects or style_effects is malformed "
+                         f"({exc})") from None
     if start.get("tastes") is not None:
         start["tastes"]["casual_g"] = start["casual_g"]
     return start

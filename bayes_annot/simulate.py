@@ -12,6 +12,8 @@ Every simulated user sees pairs of responses from two *different* models
   with probability ``length_bias`` (docs/model.md, "casual covariates"); response lengths
   :math:`\log L = \log 60 + \text{length\_confound}\, s_k + \text{length\_noise}\,\varepsilon`
   grow with the model's strength, and the texts are in ``response_a`` / ``response_b``;
+  with ``style_bias`` set, attentive labels follow length too, after reading (the attentive style
+  term, docs/model.md "Style covariates"): :math:`P(a) = \sigma(s_a - s_b + \text{style\_bias} \log L_a / L_b)`;
 * an adversarial user (optional) picks the *weaker* model attentively.
 
 ``quality="two-class"``: a user is casual with probability ``casual_share`` and
@@ -73,6 +75,7 @@ def simulate(
     length_bias: float | None = None,
     length_confound: float = 0.5,
     length_noise: float = 0.5,
+    style_bias: float | None = None,
     seed: int = 0,
 ) -> pd.DataFrame:
     """Simulate a comparison-mode log with its ground truth.
@@ -118,6 +121,12 @@ def simulate(
         Slope of log response length on model strength (stronger models write longer).
     length_noise : float
         Standard deviation of log response length around that line.
+    style_bias : float, optional
+        Attentive users prefer the longer answer after reading: their log-odds of choosing ``model_a`` are
+        ``s_a - s_b + style_bias * log(L_a / L_b)`` (``true_p_a`` includes it; so does Davidson's ``d`` of
+        ``tie_nu``). Draws the response
+        lengths as ``length_bias`` does (with ``length_bias=None`` casual clicks then ignore length).
+        ``None`` (default): no style effect, and no random numbers drawn for it.
     seed : int
 
     Returns
@@ -175,14 +184,20 @@ def simulate(
     p_attentive = expit(strengths[model_a] - strengths[model_b])
     label_attentive = rng.random(n_rows) < eta[user]
     p_casual = q
-    if length_bias is not None:
-        if not 0.0 < length_bias < 1.0:
-            raise ValueError("length_bias must be in (0, 1)")
+    lengths = length_bias is not None or style_bias is not None
+    if length_bias is not None and not 0.0 < length_bias < 1.0:
+        raise ValueError("length_bias must be in (0, 1)")
+    if style_bias is not None and not np.isfinite(style_bias):
+        raise ValueError("style_bias must be a finite number")
+    if lengths:
         length_rng = np.random.default_rng([seed, 1])  # its own stream: the other draws stay those of the seed
         words_a = _lengths(strengths[model_a], length_confound, length_noise, length_rng)
         words_b = _lengths(strengths[model_b], length_confound, length_noise, length_rng)
         log_ratio = np.log(words_a / words_b)
+    if length_bias is not None:
         p_casual = expit(logit(q) + np.sign(log_ratio) * logit(length_bias))
+    if style_bias is not None:
+        p_attentive = expit(strengths[model_a] - strengths[model_b] + float(style_bias) * log_ratio)
     p_choose_a = np.where(label_attentive, np.where(adversarial[user], 1.0 - p_attentive, p_attentive), p_casual)
     choice_a = rng.random(n_rows) < p_choose_a
     winner_code = np.where(choice_a, 0, 1)
@@ -194,6 +209,8 @@ def simulate(
         if nu < 0 or not 0.0 <= t < 1.0:
             raise ValueError("tie_nu must be >= 0 and casual_tie_rate in [0, 1)")
         d = strengths[model_a] - strengths[model_b]
+        if style_bias is not None:  # Davidson's d with the style term
+            d = d + float(style_bias) * log_ratio
         p_tie = np.where(label_attentive, nu / (2.0 * np.cosh(0.5 * d) + nu), t)
         winner_code = np.where(np.random.default_rng([seed, 2]).random(n_rows) < p_tie, 2, winner_code)
 
@@ -215,7 +232,7 @@ def simulate(
         frame["prompt"] = [f"Prompt {i}: explain topic {i % 97}." for i in prompt_id]
         frame["response_a"] = [f"Answer by {model_names[m]} to prompt {i}." for m, i in zip(model_a, prompt_id)]
         frame["response_b"] = [f"Answer by {model_names[m]} to prompt {i}." for m, i in zip(model_b, prompt_id)]
-    if length_bias is not None:
+    if lengths:
         frame["prompt"] = [f"Prompt {i}" for i in range(n_rows)]
         frame["response_a"] = _texts(words_a)
         frame["response_b"] = _texts(words_b)

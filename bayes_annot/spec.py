@@ -40,6 +40,7 @@ from numbers import Real
 from .casual import CasualDesign
 from .errors import InputError
 from .likelihood import Priors
+from .style import StyleDesign
 from .validation import check_number, check_priors
 
 __all__ = ["BehaviourSpec", "VARIANTS", "STRENGTHS"]
@@ -69,6 +70,10 @@ class BehaviourSpec:
         Casual covariates and their bins (``q`` then is ``sigmoid(beta_0)``, the position bias at
         equal covariates); ``None``: casual clicks are a position coin ``q``. Set from the data with
         :meth:`with_casual`.
+    style : StyleDesign, optional
+        The attentive side's style term (:mod:`bayes_annot.style`): attentive log-odds
+        ``s_a - s_b + delta' x`` over the casual cells' representative covariates. Needs ``casual``,
+        learned strengths and one taste class. Set from the data with :meth:`with_style`.
 
     Raises
     ------
@@ -89,6 +94,7 @@ class BehaviourSpec:
     q: float | None = None
     priors: Priors = field(default_factory=Priors)
     casual: CasualDesign | None = None
+    style: StyleDesign | None = None
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
@@ -103,6 +109,15 @@ class BehaviourSpec:
         check_priors(self.priors)
         if self.casual is not None and not isinstance(self.casual, CasualDesign):
             raise InputError(f"casual must be a CasualDesign or None, got {type(self.casual).__name__}")
+        if self.style is not None:
+            if not isinstance(self.style, StyleDesign):
+                raise InputError(f"style must be a StyleDesign or None, got {type(self.style).__name__}")
+            if self.casual is None or any(n not in self.casual.names for n in self.style.names):
+                raise InputError("style covariates must be casual covariates too (the style term uses their cells)")
+            if self.strengths != "learned":
+                raise InputError("style covariates need learned strengths (no p_a column, no mu)")
+            if self.n_tastes > 1:
+                raise InputError("style covariates are fitted with one taste class (tastes=1) for now")
         if self.n_tastes > 1 and self.strengths != "learned":
             raise InputError("taste classes need learned strengths; known strengths (p_a or mu) stay one class")
         if self.n_tastes > 1 and self.variant != "two-class":
@@ -140,9 +155,14 @@ class BehaviourSpec:
         """This specification with the data's casual covariates (``None``: none)."""
         return self if casual == self.casual else replace(self, casual=casual)
 
+    def with_style(self, style: StyleDesign | None) -> "BehaviourSpec":
+        """This specification with the attentive side's style term (``None``: none)."""
+        return self if style == self.style else replace(self, style=style)
+
     def describe(self) -> str:
         """One line naming the model, e.g. for a summary or a report."""
         classes = f", {self.n_tastes} taste classes" if self.n_tastes > 1 else ""
         q = "q estimated" if self.q is None else f"q fixed at {self.q:g}"
         covariates = f", casual clicks follow {', '.join(self.casual.names)}" if self.casual is not None else ""
-        return f"{self.variant}{classes}, {self.strengths} strengths, {q}{covariates}"
+        style = f", attentive style term on {', '.join(self.style.names)}" if self.style is not None else ""
+        return f"{self.variant}{classes}, {self.strengths} strengths, {q}{covariates}{style}"

@@ -67,7 +67,7 @@ def check_number(
 
 #: Priors fields that must be positive (the rest, ``eta_m_mu``, any finite number).
 _POSITIVE_PRIORS = ("pi_alpha", "pi_beta", "q_alpha", "q_beta", "strength_sigma", "eta_tau", "eta_m_sigma",
-                    "casual_effect_sigma", "tie_nu_sigma", "tie_rate_alpha", "tie_rate_beta")
+                    "casual_effect_sigma", "tie_nu_sigma", "tie_rate_alpha", "tie_rate_beta", "style_effect_sigma")
 
 
 def check_priors(priors, name: str = "priors") -> None:

@@ -251,6 +251,23 @@ def casual_length_warning(summary: dict) -> str | None:
     return None
 
 
+def style_effects_text(summary: dict) -> str | None:
+    """One sentence on the attentive style effects (``summary["style_effects"]``), to read next to the casual
+    effects: reading-based preference (``delta``) versus click-based (the casual ``g``); ``None`` without a style term."""
+    effects = (summary or {}).get("style_effects") or {}
+    covs = effects.get("covariates") or []
+    if not covs:
+        return None
+    parts = []
+    for c in covs:
+        delta = float(c["delta"])
+        parts.append(f"{c['name']}: delta = {delta:+.3f} (an attentive user's odds of picking model_a are multiplied "
+                     f"by {np.exp(delta):.2f} per unit of {c['name']})")
+    return ("Attentive style term (style control: attentive log-odds s_a - s_b + delta·x, x at each casual bin's "
+            "mean): " + "; ".join(parts) + ". This is preference after reading; the casual effects above are "
+            "clicks without reading.")
+
+
 def casual_effects_table(summary: dict) -> pd.DataFrame | None:
     """One row per bin of each casual covariate: the bin of ``|x|``, the effect ``g`` and the chance a casual
     click picks the side with the larger value at no position bias (``sigmoid(g)``); ``None`` without covariates."""
@@ -415,6 +432,9 @@ def _quality_section(src) -> str:
             f"values; beta_0 = {float(s['casual_effects']['beta0']):.3f})."
         )
         body += table(effects)
+    style = style_effects_text(s)
+    if style is not None:
+        body += p(style)
     if s.get("model") == "two-class":
         body += p(
             "Quality of a user = the posterior probability that they are attentive (all their labels attentive) "

@@ -1,0 +1,512 @@
+"""The attentive style term (issue #14 item 1, ``style_covariates``; docs/model.md, "Style covariates").
+
+Scenario (``simulate(style_bias=0.8)``): 600 users, 6 models, 30% casual users; response lengths grow with
+model strength (``length_confound=0.5``) plus noise; attentive users' log-odds of choosing ``model_a`` are
+``s_a - s_b + 0.8 log(L_a / L_b)``. Casual clicks either ignore length (``length_bias=None``) or pick the
+longer answer 85% of the time (``length_bias=0.85``). The style term recovers 0.8 (measured, seeds 1-3:
+two-class 0.81-0.86, continuous 0.77-0.94), and the fitted delta is within a few hundredths of the oracle
+logistic regression on the truly attentive labels with the exact covariate.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+from scipy.optimize import minimize
+from scipy.special import log_expit
+
+import bayes_annot as ba
+from bayes_annot.casual import casual_design
+from bayes_annot.metrics import auc
+from bayes_annot.pairs import PairTable
+from bayes_annot.simulate import truth_users
+from bayes_annot.style import (
+    StyleDesign, fit_style, style_derivatives, style_design, style_from_summary, style_objective,
+)
+
+STYLE_BIAS = 0.8
+
+
+def _fit(log, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ba.fit(log, **kwargs)
+
+
+def _delta(result) -> float:
+    return float(result.style_effects_["covariates"][0]["delta"])
+
+
+def _auc(result, log) -> float:
+    truth = truth_users(log)
+    return auc(result.users.set_index("user").loc[truth.index, "quality"], truth["true_attentive"])
+
+
+def _oracle_delta(log) -> float:
+    """Logistic regression of the truly attentive labels on model dummies and the exact log length ratio."""
+    att = log[log["true_label_attentive"]]
+    a, b = att["model_a"].cat.codes.to_numpy(), att["model_b"].cat.codes.to_numpy()
+    k = len(log["model_a"].cat.categories)
+    x = np.zeros((len(att), k))
+    x[np.arange(len(att)), a] += 1.0
+    x[np.arange(len(att)), b] -= 1.0
+    x = np.column_stack([x[:, 1:], att["true_log_length_ratio"].to_numpy()])
+    y = (att["winner"] == "model_a").to_numpy()
+    sign = np.where(y, 1.0, -1.0)
+    w = minimize(lambda v: -log_expit(sign * (x @ v)).sum(), np.zeros(x.shape[1]),
+                 jac=lambda v: -(x * (sign * (1.0 - np.exp(log_expit(sign * (x @ v)))))[:, None]).sum(axis=0),
+                 method="BFGS").x
+    return float(w[-1])
+
+
+@pytest.fixture(scope="module", params=[None, 0.85], ids=["casual-ignore-length", "casual-length-biased"])
+def style_log(request):
+    return ba.simulate(n_users=600, n_models=6, casual_share=0.3, length_bias=request.param, style_bias=STYLE_BIAS,
+                       seed=1)
+
+
+@pytest.mark.parametrize("model", ["two-class", "continuous"])
+def test_delta_recovered_and_auc_not_worse(style_log, model):
+    """Recovery of delta = 0.8 (within 0.15, and within 0.1 of the oracle regression), with and without
+    length-biased casual users; quality's AUC at least today's (style_covariates='none') minus 0.002."""
+    plain = _fit(style_log, model=model)
+    styled = _fit(style_log, model=model, style_covariates="auto")
+    delta, oracle = _delta(styled), _oracle_delta(style_log)
+    auc_plain, auc_styled = _auc(plain, style_log), _auc(styled, style_log)
+    print(f"{model}: delta {delta:.3f} (truth {STYLE_BIAS}, oracle {oracle:.3f}); AUC {auc_plain:.3f} -> {auc_styled:.3f}")
+    assert abs(delta - STYLE_BIAS) < 0.15
+    assert abs(delta - oracle) < 0.1
+    assert auc_styled >= auc_plain - 0.002
+    assert plain.style_effects_ is None and "style_effects" not in plain.summary
+
+
+def test_no_style_gives_delta_near_zero():
+    log = ba.simulate(n_users=600, n_models=6, casual_share=0.3, length_bias=0.85, style_bias=0.0, seed=2)
+    result = _fit(log, style_covariates="log_length_ratio")
+    assert abs(_delta(result)) < 0.15
+    assert abs(_delta(result) - _oracle_delta(log)) < 0.1
+
+
+@pytest.fixture(scope="module")
+def small_log():
+    return ba.simulate(n_users=200, n_models=5, casual_share=0.3, length_bias=0.8, style_bias=0.5, seed=4)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"model": "continuous"}, {"accelerate": True}, {"q": 0.5}])
+def test_objective_never_decreases(small_log, kwargs):
+    result = _fit(small_log, style_covariates="auto", **kwargs)
+    trace = np.asarray(result.loglik_trace)
+    assert result.summary["converged"]
+    assert np.all(np.diff(trace) >= -1e-9 * (1.0 + np.abs(trace[1:])))
+
+
+def _toy(seed=0, k=5, n_cells=7, m=1):
+    rng = np.random.default_rng(seed)
+    keys = np.array([(i, j) for i in range(k) for j in range(k) if i != j])
+    pairs = PairTable.from_keys(keys[:, 0] * k + keys[:, 1], k)
+    w1 = rng.gamma(1.0, 3.0, size=(pairs.n_pairs, n_cells))
+    w0 = rng.gamma(1.0, 3.0, size=(pairs.n_pairs, n_cells))
+    values = rng.normal(size=(n_cells, m))
+    return pairs, w1, w0, values
+
+
+@pytest.mark.parametrize("m", [1, 2])
+def test_derivatives_match_finite_differences(m):
+    pairs, w1, w0, values = _toy(m=m)
+    rng = np.random.default_rng(1)
+    s, delta = rng.normal(size=pairs.n_models), rng.normal(size=m)
+    args = (pairs.a, pairs.b, values, w1, w0, 3.0, 1.0)
+    grad, neg_hess = style_derivatives(s, delta, *args)
+    x0 = np.concatenate([s, delta])
+    k = pairs.n_models
+
+    def f(x):
+        return style_objective(x[:k], x[k:], *args)
+
+    h = 1e-6
+    eye = np.eye(x0.shape[0])
+    fd_grad = np.array([(f(x0 + h * e) - f(x0 - h * e)) / (2 * h) for e in eye])
+    np.testing.assert_allclose(grad, fd_grad, rtol=1e-6, atol=1e-5)
+    fd_hess = np.array([(style_derivatives((x0 + h * e)[:k], (x0 + h * e)[k:], *args)[0]
+                         - style_derivatives((x0 - h * e)[:k], (x0 - h * e)[k:], *args)[0]) / (2 * h) for e in eye])
+    np.testing.assert_allclose(-fd_hess, neg_hess, rtol=1e-6, atol=1e-5)
+
+
+def test_newton_m_step_is_the_optimum_dense_and_sparse():
+    """fit_style reaches a zero gradient, never below its start, and the sparse (Schur complement) solve of
+    many models agrees with the dense one."""
+    pairs, w1, w0, values = _toy(seed=3, m=2)
+    s, delta = fit_style(pairs, w1, w0, values, np.zeros(pairs.n_models), np.zeros(2), 3.0, 1.0)
+    grad, _ = style_derivatives(s, delta, pairs.a, pairs.b, values, w1, w0, 3.0, 1.0)
+    assert np.max(np.abs(grad)) < 1e-8
+    start = style_objective(np.zeros(pairs.n_models), np.zeros(2), pairs.a, pairs.b, values, w1, w0, 3.0, 1.0)
+    assert style_objective(s, delta, pairs.a, pairs.b, values, w1, w0, 3.0, 1.0) >= start
+    # 80 models on a ring plus random chords: above DENSE_MAX_MODELS, the sparse path
+    rng = np.random.default_rng(5)
+    k = 80
+    a = np.concatenate([np.arange(k), rng.integers(0, k, 200)])
+    b = np.concatenate([(np.arange(k) + 1) % k, rng.integers(0, k, 200)])
+    keep = a != b
+    keys = np.unique(a[keep] * k + b[keep])
+    big = PairTable.from_keys(keys, k)
+    n_cells = 5
+    vals = rng.normal(size=(n_cells, 1))
+    bw1 = rng.gamma(1.0, 2.0, size=(big.n_pairs, n_cells))
+    bw0 = rng.gamma(1.0, 2.0, size=(big.n_pairs, n_cells))
+    s_sp, d_sp = fit_style(big, bw1, bw0, vals, np.zeros(k), np.zeros(1), 3.0, 1.0)
+    grad, neg_hess = style_derivatives(s_sp, d_sp, big.a, big.b, vals, bw1, bw0, 3.0, 1.0)
+    assert np.max(np.abs(grad)) < 1e-7
+    step = np.linalg.solve(neg_hess, grad)  # one dense Newton step from the sparse answer moves nothing
+    assert np.max(np.abs(step)) < 1e-8
+
+
+def test_design_values_are_the_bins_signed_means():
+    rng = np.random.default_rng(0)
+    x = rng.normal(scale=0.7, size=(2000, 1))
+    casual = casual_design(("log_length_ratio",), x)
+    style = style_design("auto", casual, x)
+    values = style.values(casual)[:, 0]
+    cells = casual.cells(x)
+    for c in np.unique(cells):
+        np.testing.assert_allclose(values[c], x[cells == c, 0].mean(), rtol=1e-12)
+    assert values[casual.n_cells // 2] == 0.0  # x = 0: no contrast
+    assert StyleDesign(**{k: v for k, v in zip(("names", "index", "level_means"),
+                                                (style.names, style.index, style.level_means))}) == style
+
+
+def test_design_with_two_casual_covariates_picks_its_column():
+    """Style on the second of two casual covariates: each joint cell's value is the mean of that covariate over
+    the rows whose signed bin of it matches (whatever the other covariate's bin)."""
+    rng = np.random.default_rng(1)
+    x = np.column_stack([rng.normal(size=3000), rng.normal(scale=2.0, size=3000)])
+    casual = casual_design(("a", "b"), x, n_bins=3)
+    style = style_design(["b"], casual, x)
+    assert style.index == (1,)
+    values = style.values(casual)[:, 0]
+    cells = casual.cells(x)
+    one = casual_design(("b",), x[:, 1:], n_bins=3)  # the same bins of b alone
+    level = one.cells(x[:, 1:])
+    for c in np.unique(cells):
+        rows = cells == c
+        np.testing.assert_allclose(values[c], x[level == level[rows][0], 1].mean(), rtol=1e-12)
+
+
+def test_style_needs_casual_covariates_and_em(small_log):
+    no_text = small_log.drop(columns=["prompt", "response_a", "response_b"])
+    assert _fit(no_text, style_covariates="auto").style_effects_ is None  # auto: nothing to follow
+    with pytest.raises(ba.InputError, match="style covariate column 'nope' is not in the log"):
+        ba.fit(small_log, style_covariates="nope")
+    with pytest.raises(ba.InputError, match="need the same casual covariates"):
+        ba.fit(small_log, style_covariates="log_length_ratio", casual_covariates="none")
+    with pytest.raises(ba.InputError, match="one taste class"):
+        ba.fit(small_log, style_covariates="auto", tastes=2)
+    with pytest.raises(ba.InputError, match="ties in the likelihood with style covariates are fitted by EM only"):
+        ba.fit(small_log, style_covariates="auto", ties="model", method="map")
+    with pytest.raises(ba.InputError, match="learned strengths"):
+        ba.fit(small_log.assign(p_a=0.6), style_covariates="auto")
+
+
+@pytest.mark.parametrize("model", ["two-class", "continuous"])
+def test_ties_with_a_style_term(model):
+    """Ties stay in the likelihood with a style term (EM): Davidson's d = s_a - s_b + delta x. Recovery of
+    delta, nu and t (20%-ish ties: nu = 0.5 on close pairs, casual tie rate 0.1) and a monotone objective; with
+    MAP / NUTS they are left out."""
+    log = ba.simulate(n_users=600, n_models=6, casual_share=0.3, length_bias=0.85, style_bias=STYLE_BIAS, tie_nu=0.5,
+                      casual_tie_rate=0.1, seed=6)
+    result = _fit(log, model=model, style_covariates="auto")
+    ties = result.ties_
+    print(model, _delta(result), ties)
+    assert ties["mode"] == "model" and ties["n_ties"] > 0
+    assert abs(_delta(result) - STYLE_BIAS) < 0.15
+    assert ties["nu"] == pytest.approx(0.5, rel=0.1) and ties["t"] == pytest.approx(0.1, rel=0.1)
+    trace = np.asarray(result.loglik_trace)
+    assert np.all(np.diff(trace) >= -1e-9 * (1.0 + np.abs(trace[1:])))
+    plain = _fit(log, model=model)
+    assert _auc(result, log) >= _auc(plain, log) - 0.002
+
+
+def test_derivatives_with_ties_match_finite_differences():
+    pairs, w1, w0, values = _toy(seed=2)
+    wt = np.random.default_rng(9).gamma(1.0, 2.0, size=w1.shape)
+    rng = np.random.default_rng(1)
+    s, delta = rng.normal(size=pairs.n_models), rng.normal(size=1)
+    args = (pairs.a, pairs.b, values, w1, w0, 3.0, 1.0, wt, 0.7)
+    grad, neg_hess = style_derivatives(s, delta, *args)
+    x0, k, h = np.concatenate([s, delta]), pairs.n_models, 1e-6
+    eye = np.eye(x0.shape[0])
+    fd_grad = np.array([(style_objective((x0 + h * e)[:k], (x0 + h * e)[k:], *args)
+                         - style_objective((x0 - h * e)[:k], (x0 - h * e)[k:], *args)) / (2 * h) for e in eye])
+    np.testing.assert_allclose(grad, fd_grad, rtol=1e-6, atol=1e-5)
+    fd_hess = np.array([(style_derivatives((x0 + h * e)[:k], (x0 + h * e)[k:], *args)[0]
+                         - style_derivatives((x0 - h * e)[:k], (x0 - h * e)[k:], *args)[0]) / (2 * h) for e in eye])
+    np.testing.assert_allclose(-fd_hess, neg_hess, rtol=1e-6, atol=1e-5)
+    s_fit, d_fit = fit_style(pairs, w1, w0, values, s, delta, 3.0, 1.0, wt=wt, nu=0.7)
+    assert np.max(np.abs(style_derivatives(s_fit, d_fit, *args)[0])) < 1e-8
+
+
+@pytest.fixture(scope="module")
+def tie_log():
+    return ba.simulate(n_users=200, n_models=5, casual_share=0.3, length_bias=0.8, style_bias=0.5, tie_nu=0.5,
+                       casual_tie_rate=0.1, seed=4)
+
+
+@pytest.mark.parametrize("kwargs,ties", [({}, False), ({"model": "continuous"}, False), ({}, True),
+                                         ({"model": "continuous"}, True)])
+def test_update_reuses_the_style_design(small_log, tie_log, kwargs, ties):
+    """update() keeps the previous fit's style design (cells' values) and equals a refit with it (with ties in
+    the likelihood too: the merged block's ties keep their casual cells)."""
+    log = (tie_log if ties else small_log).astype({"user": str, "model_a": str, "model_b": str, "winner": str})
+    old, new = log.iloc[:-800], log.iloc[-800:]
+    previous = _fit(old, style_covariates="auto", **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        updated = previous.update(new)
+    design = style_from_summary(previous.summary)
+    assert style_from_summary(updated.summary) == design
+    from bayes_annot.casual import design_from_summary
+
+    refit = _fit(log, casual_covariates=design_from_summary(previous.summary), style_covariates=design, **kwargs)
+    np.testing.assert_allclose(_delta(updated), _delta(refit), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(updated.users["quality"], refit.users["quality"], rtol=0, atol=1e-6)
+    assert updated.ties_["mode"] == ("model" if ties else "ignore")
+
+
+def test_folder_update_and_load_keep_the_style_term(tmp_path, small_log):
+    from bayes_annot.folder_update import update_saved
+
+    log = small_log.astype({"user": str, "model_a": str, "model_b": str, "winner": str})
+    previous = _fit(log.iloc[:-800], style_covariates="auto")
+    previous.save(tmp_path / "o")
+    loaded = ba.load(tmp_path / "o")
+    assert loaded.style_effects_ == previous.style_effects_
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        updated = update_saved(tmp_path / "o", log.iloc[-800:])
+    assert style_from_summary(updated.summary) == style_from_summary(previous.summary)
+    assert abs(_delta(updated) - _delta(previous)) < 0.3
+
+
+def test_report_shows_the_style_effect(small_log):
+    from bayes_annot.report.builder import style_effects_text
+
+    text = style_effects_text(_fit(small_log, style_covariates="auto").summary)
+    assert "log_length_ratio: delta = " in text and "clicks without reading" in text
+    assert style_effects_text(_fit(small_log).summary) is None
+
+
+def test_cli_flag_round_trip(tmp_path):
+    path = tmp_path / "log.csv"
+    sim = subprocess.run([sys.executable, "-m", "bayes_annot", "simulate", "--out", str(path), "--users", "200",
+                          "--models", "5", "--style-bias", "0.6", "--length-bias", "0.8", "--seed", "2"],
+                         capture_output=True, text=True)
+    assert sim.returncode == 0, sim.stderr
+    out = subprocess.run([sys.executable, "-m", "bayes_annot", "fit", str(path), "--out", str(tmp_path / "o"),
+                          "--style-covariates", "auto", "--report"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "attentive style effects" in out.stdout and "log_length_ratio delta=" in out.stdout
+    loaded = ba.load(tmp_path / "o")
+    assert loaded.summary["settings"]["style_covariates"] == "auto"
+    assert loaded.style_effects_["covariates"][0]["name"] == "log_length_ratio"
+    assert "Attentive style term" in (tmp_path / "o" / "report.html").read_text()
+    direct = _fit(path, style_covariates="auto")
+    np.testing.assert_allclose(_delta(loaded), _delta(direct), rtol=1e-12)
+    plain = subprocess.run([sys.executable, "-m", "bayes_annot", "fit", str(path), "--out", str(tmp_path / "n"),
+                            "--quiet"], capture_output=True, text=True)
+    assert plain.returncode == 0, plain.stderr
+    assert ba.load(tmp_path / "n").style_effects_ is None
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--style-covariates", "nosuchcol"], "style covariate column 'nosuchcol' is not in the log"),
+    (["--style-covariates", "auto", "--tastes", "2"], "one taste class"),
+])
+def test_cli_bad_style_setting_is_one_line_exit_2(tmp_path, small_log, flags, words):
+    path = tmp_path / "log.csv"
+    small_log.iloc[:500].to_csv(path, index=False)
+    out = subprocess.run([sys.executable, "-m", "bayes_annot", "fit", str(path), "--out", str(tmp_path / "o")] + flags,
+                         capture_output=True, text=True)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0]
+
+
+# --------------------------------------------------------------------------- MAP and NUTS (PyMC)
+
+
+def _style_problem(seed=3, n_bins=3):
+    from bayes_annot.casual import prepare_casual
+    from bayes_annot.data import prepare
+    from bayes_annot.problem import build_problem
+
+    log = ba.simulate(n_users=60, n_models=5, labels_per_user=(2, 12), length_bias=0.85, style_bias=0.6, seed=seed)
+    prepared = prepare(log.astype({"user": str, "winner": str}))
+    casual = prepare_casual(prepared, "auto", n_bins)
+    problem, _ = build_problem(prepared, casual=casual)
+    style = style_design("auto", casual, prepared.casual_x[prepared.usable])
+    return log, problem, casual, style
+
+
+def _random_style_params(problem, casual, style, rng, q_fixed=None):
+    return {"pi": rng.uniform(0.1, 0.9), "q": rng.uniform(0.2, 0.8) if q_fixed is None else q_fixed,
+            "strength": rng.normal(0.0, 1.0, problem.n_models), "m": rng.normal(0.5, 1.0), "tau": rng.uniform(0.5, 2.0),
+            "casual_effect": rng.normal(0.0, 1.5, casual.n_effects), "style_effect": rng.normal(0.0, 1.0, style.n_effects)}
+
+
+@pytest.mark.parametrize("variant,q_fixed", [("two-class", None), ("continuous", 0.4)])
+def test_pytensor_equals_numpy_with_a_style_term(variant, q_fixed):
+    """The PyMC log density (``style_effect``, dim ``style_covariate``) equals the numpy one to 1e-8 (unpenalised;
+    penalised: up to PyMC's constant rounding of the priors' normalisers, which cancels between two points)."""
+    from bayes_annot.pymc_model import build_model, model_loglik, numpy_loglik
+    from bayes_annot.spec import BehaviourSpec
+
+    pm = pytest.importorskip("pymc")
+    _, problem, casual, style = _style_problem()
+    spec = BehaviourSpec(variant, 1, "learned", q=q_fixed, casual=casual, style=style)
+    model = build_model(problem, spec, marginal=True)
+    assert model["style_effect"].eval().shape == (1,) and "style_covariate" in model.coords
+    rng = np.random.default_rng(0)
+    gaps, values = [], []
+    for _ in range(3):
+        params = _random_style_params(problem, casual, style, rng, q_fixed)
+        expected = numpy_loglik(problem, variant, params, q_fixed=q_fixed, penalised=False, casual=casual, style=style)
+        assert model_loglik(model, params, penalised=False) == pytest.approx(expected, abs=1e-8, rel=0)
+        gaps.append(model_loglik(model, params, penalised=True)
+                    - numpy_loglik(problem, variant, params, q_fixed=q_fixed, casual=casual, style=style))
+        values.append(expected)
+    assert max(gaps) - min(gaps) < 1e-8 and abs(max(gaps)) < 1e-5
+    assert abs(values[1] - values[0]) > 1e-3
+    # delta moves the likelihood; delta = 0 is the model without a style term
+    params["style_effect"] = np.zeros(style.n_effects)
+    assert numpy_loglik(problem, variant, params, q_fixed=q_fixed, penalised=False, casual=casual, style=style) == \
+        pytest.approx(numpy_loglik(problem, variant, params, q_fixed=q_fixed, penalised=False, casual=casual), abs=1e-9)
+    del pm
+
+
+@pytest.mark.parametrize("variant", ["two-class", "continuous"])
+def test_em_objective_is_the_numpy_log_density(variant):
+    """EM's reported objective at its estimates is numpy_loglik (penalised) with the style term, to 1e-8."""
+    from bayes_annot.casual import design_from_summary, effects_start
+    from bayes_annot.pymc_model import numpy_loglik
+
+    log, problem, casual, style = _style_problem(seed=8)
+    fitted = _fit(log.astype({"user": str, "winner": str}), model=variant, casual_covariates=casual,
+                  style_covariates=style, ties="ignore")
+    assert design_from_summary(fitted.summary) == casual and style_from_summary(fitted.summary) == style
+    em = fitted.estimates
+    params = {**em.parameters, "strength": em.strengths, "casual_effect": effects_start(fitted.summary),
+              "style_effect": np.array([_delta(fitted)])}
+    assert numpy_loglik(problem, variant, params, casual=casual, style=style) == pytest.approx(em.loglik, abs=1e-8,
+                                                                                               rel=0)
+
+
+@pytest.mark.parametrize("variant", ["two-class", "continuous"])
+def test_map_matches_em_with_a_style_term(variant):
+    log = ba.simulate(n_users=300, n_models=5, casual_share=0.3, labels_per_user=(5, 30), length_bias=0.85,
+                      style_bias=0.6, seed=21)
+    em = _fit(log, model=variant, tol=1e-12, max_iter=5000, casual_bins=4, style_covariates="auto")
+    mp = _fit(log, model=variant, method="map", casual_bins=4, style_covariates="auto")
+    assert mp.summary["engine"] == "map" and mp.summary["converged"] is True
+    assert _delta(mp) == pytest.approx(_delta(em), abs=1e-3)
+    np.testing.assert_allclose(mp.users.quality, em.users.quality, atol=1e-4)
+    np.testing.assert_allclose(mp.models.strength, em.models.strength, atol=1e-4)
+    assert mp.summary["loglik"] == pytest.approx(em.summary["loglik"], abs=1e-3)
+
+
+@pytest.mark.parametrize("variant", ["two-class", "continuous"])
+def test_nuts_plumbing_with_a_style_term(monkeypatch, variant):
+    """NUTS (a mocked sampler: the plumbing): ``style_effect`` has dim ``style_covariate``, the summary holds its
+    posterior mean, and the per-draw log-likelihood is the numpy one at that draw."""
+    import functools
+
+    pm = pytest.importorskip("pymc")
+    from pymc.testing import mock_sample
+
+    from bayes_annot.casual import design_from_summary, prepare_casual
+    from bayes_annot.data import prepare
+    from bayes_annot.likelihood import continuous_label_loglik
+    from bayes_annot.problem import build_problem
+    from bayes_annot.pymc_model import numpy_loglik
+
+    log = ba.simulate(n_users=40, n_models=4, labels_per_user=(3, 10), length_bias=0.85, style_bias=0.5, seed=4)
+    monkeypatch.setattr(pm, "sample", functools.partial(mock_sample, sample_stats={
+        "diverging": lambda size: np.zeros(size, dtype=bool)}))
+    result = _fit(log, model=variant, method="nuts", draws=30, tune=5, chains=2, progress=False, casual_bins=3,
+                  style_covariates="auto")
+    post = result.idata.posterior
+    assert post["style_effect"].dims == ("chain", "draw", "style_covariate")
+    assert _delta(result) == pytest.approx(float(post["style_effect"].mean()), abs=1e-12)
+    casual, style = design_from_summary(result.summary), style_from_summary(result.summary)
+    prepared = prepare(log)
+    prepare_casual(prepared, design=casual)
+    problem, _ = build_problem(prepared, casual=casual)
+    draw = post.isel(chain=1, draw=7)
+    params = {k: draw[k].values for k in ("q", "strength", "casual_effect", "style_effect")}
+    if variant == "two-class":
+        params["pi"] = float(draw["pi"])
+        expected = numpy_loglik(problem, variant, params, penalised=False, casual=casual, style=style)
+    else:  # NUTS samples each user's z_u: the log-likelihood given the draw's theta_u
+        from bayes_annot.casual import casual_table
+        from bayes_annot.em import label_logprobs
+        from bayes_annot.style import style_offsets
+        from scipy.special import log_expit, logit
+
+        theta = float(draw["m"]) + float(draw["tau"]) * draw["z"].values
+        table = casual_table(float(logit(params["q"])), params["casual_effect"], casual.design())
+        _, cas = label_logprobs(problem, params["strength"], float(params["q"]), table)
+        s = params["strength"]
+        d = s[problem.model_a] - s[problem.model_b] + style_offsets(style.values(casual), params["style_effect"])[
+            problem.casual_cell]
+        att = log_expit(np.where(problem.choice_a == 1, d, -d))
+        expected = float(continuous_label_loglik(att, cas, theta[problem.user]).sum())
+    assert float(result.idata.log_likelihood["y_user"].isel(chain=1, draw=7).sum()) == pytest.approx(expected, abs=1e-8)
+
+
+@pytest.mark.slow
+def test_nuts_recovers_delta():
+    """A real NUTS run (2 chains x 300 draws): delta's posterior mean near the truth 0.8 and near EM's."""
+    log = ba.simulate(n_users=300, n_models=5, casual_share=0.3, length_bias=0.85, style_bias=STYLE_BIAS, seed=5)
+    em = _fit(log, style_covariates="auto")
+    nuts = _fit(log, style_covariates="auto", method="nuts", draws=300, tune=300, chains=2, progress=False, seed=1)
+    assert abs(_delta(nuts) - STYLE_BIAS) < 0.25
+    assert abs(_delta(nuts) - _delta(em)) < 0.1
+    assert nuts.summary["rhat_max"] < 1.05
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_dask_fit_equals_in_memory_fit(small_log, tie_log, ties):
+    """The Dask engine: the cells' representative values are the means over all partitions' usable rows, and
+    the fit (with ties in the likelihood too) equals the in-memory one to 1e-8."""
+    dd = pytest.importorskip("dask.dataframe")
+    dask = pytest.importorskip("dask")
+    log = (tie_log if ties else small_log).astype({"user": str, "model_a": str, "model_b": str, "winner": str})
+    with dask.config.set(scheduler="synchronous"):
+        dask_fit = _fit(dd.from_pandas(log, npartitions=3), style_covariates="auto", tol=1e-12)
+        dask_users = dask_fit.users
+        dask_users = dask_users.compute() if hasattr(dask_users, "compute") else dask_users
+    memory = _fit(log, style_covariates="auto", tol=1e-12)  # both to the optimum: sums in another order
+    assert style_from_summary(dask_fit.summary).names == style_from_summary(memory.summary).names
+    np.testing.assert_allclose(style_from_summary(dask_fit.summary).level_means[0],
+                               style_from_summary(memory.summary).level_means[0], rtol=1e-12)
+    assert dask_fit.ties_["mode"] == memory.ties_["mode"] == ("model" if ties else "ignore")
+    np.testing.assert_allclose(_delta(dask_fit), _delta(memory), rtol=0, atol=1e-8)
+    np.testing.assert_allclose(dask_users.set_index("user").sort_index()["quality"],
+                               memory.users.set_index("user").sort_index()["quality"], rtol=0, atol=1e-8)
+
+
+def test_heldout_loglik_scores_with_the_style_term():
+    """Held-out log-likelihood (the model choice without truth) scores the style term (decided labels and
+    Davidson's ties) and prefers it on a log whose attentive users prefer length (measured: -1765.4 -> -1742.9)."""
+    from bayes_annot.evaluate import heldout_loglik
+
+    log = ba.simulate(n_users=500, n_models=6, casual_share=0.3, length_bias=0.85, style_bias=STYLE_BIAS,
+                      tie_nu=0.5, casual_tie_rate=0.1, seed=7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plain = heldout_loglik(log, "two-class", seed=1)["heldout_loglik"]
+        styled = heldout_loglik(log, "two-class", seed=1, style_covariates="auto")["heldout_loglik"]
+    print(f"held-out log-likelihood: {plain:.1f} without, {styled:.1f} with the style term")
+    assert styled > plain + 10.0
