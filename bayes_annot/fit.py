@@ -738,8 +738,8 @@ def fit(
         Whether ties (``tie``, ``tie (bothbad)``) enter the likelihood (docs/model.md, "Ties"): ``"model"``,
         attentive ties follow Davidson's model (a learned ``nu``: more ties on close pairs) and casual ones
         a rate ``t`` of their own; ``"ignore"``: they are counted and left out (the paper's model). Default:
-        ``"model"`` when the log has ties and the fit supports it (EM with learned strengths, ``tastes`` a
-        number), else ``"ignore"``. ``nu`` and ``t`` are in ``result.ties_`` and ``summary["ties"]``; tie rows
+        ``"model"`` when the log has ties and the fit supports it (learned strengths, ``tastes`` a number;
+        EM, or MAP / NUTS with one taste class), else ``"ignore"``. ``nu`` and ``t`` are in ``result.ties_`` and ``summary["ties"]``; tie rows
         keep ``reason = "tie"`` and are never kept for export.
     tastes : int or "auto"
         Number of taste classes (two-class model, learned strengths only):

@@ -692,21 +692,40 @@ def _per_draw_two_class(problem, cells, pi, q, strengths, casual_tables_=None, t
     return p_att, user_ll
 
 
-def _per_draw_continuous(problem, cells, theta, q, strengths, casual_tables_=None):
-    """Per-draw (S, U) per-user log-likelihood of the continuous model."""
+def _per_draw_continuous(problem, cells, theta, q, strengths, casual_tables_=None, ties=None):
+    """Per-draw (S, U) per-user log-likelihood of the continuous model; ``ties = (tie_cells, nu, t)``
+    (:func:`compress_ties`, draws of ``nu`` and ``t``): a decided label's attentive side is Davidson's and its
+    casual side carries ``1 - t``; a tie mixes :math:`\eta_u P_{att}(\text{tie}) + (1 - \eta_u) t` (as the
+    model's potential and the continuous EM's grid pass)."""
+    from .ties import davidson_logprobs
+
     agg = _cell_matrix(cells, problem.n_users)
     n_draws = theta.shape[0]
     user_ll = np.empty((n_draws, problem.n_users))
     for lo in range(0, n_draws, _DRAW_CHUNK):
         sl = slice(lo, min(lo + _DRAW_CHUNK, n_draws))
         s = None if strengths is None else strengths[sl]
-        att = _cell_att(cells, s)
+        if ties is None:
+            att = _cell_att(cells, s)
+        else:
+            d = s[:, cells["model_a"]] - s[:, cells["model_b"]]
+            att = np.stack([np.where(cells["choice_a"] == 1, *davidson_logprobs(d[i], float(v))[:2])
+                            for i, v in enumerate(ties[1][sl])])
         if casual_tables_ is None:
             cas = casual_logprob(cells["choice_a"], np.asarray(q[sl], float)[:, None])
         else:
             cas = _cell_casual(cells, casual_tables_, sl)
+        if ties is not None:
+            cas = cas + np.log1p(-ties[2][sl])[:, None]
         ll = continuous_label_loglik(att, cas, theta[sl][:, cells["user"]]) * cells["count"]
         user_ll[sl] = np.asarray(agg @ ll.T).T
+        if ties is not None:
+            tie_cells, nu, t = ties
+            d_tie = s[:, tie_cells["model_a"]] - s[:, tie_cells["model_b"]]
+            att_tie = np.stack([davidson_logprobs(d_tie[i], float(v))[2] for i, v in enumerate(nu[sl])])
+            cas_tie = np.broadcast_to(np.log(t[sl])[:, None], att_tie.shape)
+            tie_ll = continuous_label_loglik(att_tie, cas_tie, theta[sl][:, tie_cells["user"]]) * tie_cells["count"]
+            user_ll[sl] += np.asarray(_cell_matrix(tie_cells, problem.n_users) @ tie_ll.T).T
     return user_ll
 
 
@@ -795,9 +814,9 @@ def fit_pymc(
             ) from exc
     _check_spec(problem, spec)
     n_tastes, priors, q_fixed = spec.n_tastes, spec.priors, spec.q
-    if problem.n_ties and (n_tastes > 1 or (method != "map" and spec.variant != "two-class")):
-        raise InputError("ties in the likelihood are fitted by EM, by MAP with one taste class and by NUTS with "
-                         "the two-class variant only: use ties='ignore' or method='em'")
+    if problem.n_ties and n_tastes > 1:
+        raise InputError("ties in the likelihood are fitted by EM and by MAP / NUTS with one taste class only: "
+                         "use ties='ignore' or method='em'")
     t0 = time.perf_counter()
     user_labels = _labels(user_labels, problem.n_users, "u")
     model_labels = _labels(model_labels, problem.n_models, "model_")
@@ -1097,7 +1116,9 @@ def _fit_nuts(
     else:
         m_draws, tau_draws = _stack(post, "m"), _stack(post, "tau")
         theta = m_draws[:, None] + tau_draws[:, None] * _stack(post, "z")
-        user_ll = _per_draw_continuous(problem, cells, theta, q_draws, s_draws, tables)
+        tie_cells = compress_ties(problem)
+        ties = None if tie_cells is None else (tie_cells, _stack(post, "tie_nu"), _stack(post, "casual_tie_rate"))
+        user_ll = _per_draw_continuous(problem, cells, theta, q_draws, s_draws, tables, ties)
         quality_draws = _stack(post, "eta").copy()
         p_good_fn = (theta >= 0.0).mean(axis=0)
         if not informative.all():

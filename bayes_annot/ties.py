@@ -181,26 +181,24 @@ def tie_start(n_ties: float, n_labels: float) -> tuple[float, float]:
 def resolve_ties(ties: str | None, n_ties: int, *, method: str = "em", tastes=1, learned: bool = True,
                  variant: str = "two-class") -> str:
     """The ties mode of a fit: ``ties`` if given (checked), else (``None`` or ``"auto"``) ``"model"`` when the log has ties and the
-    fit supports them (EM; MAP with one taste class; NUTS with one taste class and the two-class variant; learned strengths,
+    fit supports them (EM; MAP and NUTS with one taste class; learned strengths,
     ``tastes`` a number), else ``"ignore"``; ``"model"`` on a log without ties is ``"ignore"`` (nothing to model).
 
     Raises
     ------
     InputError
-        An unknown mode, or ``"model"`` where ties are not in the likelihood yet (NUTS with the continuous
-        variant, MAP or NUTS with taste classes, known strengths, ``tastes="auto"``).
+        An unknown mode, or ``"model"`` where ties are not in the likelihood yet (MAP or NUTS with taste
+        classes, known strengths, ``tastes="auto"``).
     """
     if ties == "auto":  # the default, as a fit's settings record it
         ties = None
     if ties is not None and ties not in TIES_MODES:
         raise InputError(f"unknown ties mode {ties!r}, expected one of {', '.join(TIES_MODES)}")
-    # EM; MAP with one taste class; NUTS with one taste class and the two-class variant
-    engine = method == "em" or (method == "map" and tastes == 1) or \
-        (method == "nuts" and tastes == 1 and variant == "two-class")
+    # EM; MAP and NUTS with one taste class (either variant)
+    engine = method == "em" or (method in ("map", "nuts") and tastes == 1)
     supported = engine and learned and tastes != "auto"
     if ties == "model" and not supported:
-        why = ("NUTS with taste classes or the continuous variant" if method == "nuts"
-               else "MAP with taste classes" if not engine
+        why = (f"{method.upper()} with taste classes" if not engine
                else "known attentive probabilities (p_a / mu)" if not learned else "tastes='auto'")
         raise InputError(f"ties in the likelihood are not available with {why} yet: use ties='ignore' "
                          "(--ties ignore) or method='em'" + (" with learned strengths" if method == "em" else ""))
