@@ -39,7 +39,8 @@ reports the smallest p-value against the Bonferroni threshold. ``q`` stands for 
 logit(q)`` (a monotone map: the same rank).
 
 Every simulation's ranks are written to ``{--json}.{scenario}.{variant}.partial`` as it ends, so
-an interrupted run keeps them; ``--report`` builds the tables from those files without sampling.
+an interrupted run keeps them; ``--resume`` continues such a run (the same prior draws are replayed
+and the finished simulations kept), and ``--report`` builds the tables from those files without sampling.
 
 Usage::
 
@@ -262,10 +263,14 @@ def run(variant: str, args) -> dict:
     rng = np.random.default_rng(args.seed)
     priors = ba.Priors()
     sims, started = [], time.perf_counter()
+    if args.resume and _partial_path(args, variant).exists():  # the same prior draws: replay the first ones
+        sims = json.loads(_partial_path(args, variant).read_text(encoding="utf-8"))
     full = args.scenario == "full"
     compiled = CompiledNuts(variant) if args.compiled else None
     for i in range(args.sims):
         truth = prior_draw(variant, args.models, rng, priors, args.scenario)
+        if i < len(sims):
+            continue
         seed = args.seed * 100003 + i
         log = simulate_full(truth, variant, args, seed) if full else simulate_from(truth, variant, args, seed)
         t0 = time.perf_counter()
@@ -296,7 +301,7 @@ def run(variant: str, args) -> dict:
         if args.verbose:
             print(f"{variant} {i + 1}/{args.sims}: {time.perf_counter() - started:.0f} s "
                   f"(this one {sim['seconds']:.0f} s, {sim['divergences']} divergent)", file=sys.stderr, flush=True)
-    return summarise(variant, sims, args, time.perf_counter() - started)
+    return summarise(variant, sims, args, sum(s["seconds"] for s in sims))
 
 
 def summarise(variant: str, sims: list[dict], args, seconds: float) -> dict:
@@ -386,6 +391,8 @@ def main(argv=None):
     parser.add_argument("--thin", type=int, default=99)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--verbose", action="store_true")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the simulations of the .partial file (same settings and seed) and run the rest")
     parser.add_argument("--report", action="store_true", help="tables from the .partial files, no sampling")
     parser.add_argument("--out", default=None, help="markdown output (default: print only)")
     parser.add_argument("--json", default="benchmarks/results_sbc.json")
