@@ -241,6 +241,16 @@ def ranks_of(truth: dict, posterior, n_thin: int) -> dict:
     return out
 
 
+def mixing(posterior, names: list[str]) -> dict:
+    """Largest R-hat and smallest bulk ESS over the global parameters ``names`` (chains stuck in different
+    modes show here: ranks from such a posterior are not uniform)."""
+    import arviz as az
+
+    rhat = az.rhat(posterior, var_names=names).to_array().values
+    ess = az.ess(posterior, var_names=names, method="bulk").to_array().values
+    return {"rhat_max": float(np.nanmax(rhat)), "ess_bulk_min": float(np.nanmin(ess))}
+
+
 def uniformity(ranks: np.ndarray, n_thin: int, bins: int = 10) -> tuple[float, float]:
     """Chi-square p-value over ``bins`` equal rank bins, and the largest |ECDF - uniform| of the scaled ranks."""
     from scipy.stats import chisquare
@@ -286,7 +296,7 @@ def run(variant: str, args) -> dict:
                                 seed=i, progress=False, filter="prob:0.5", **options)
             posterior, divergences = result.idata.posterior, int(result.summary.get("divergences") or 0)
             bins_ok = full and edges_ok(result)
-        sim = {"ranks": ranks_of(truth, posterior, args.thin),
+        sim = {"ranks": ranks_of(truth, posterior, args.thin), **mixing(posterior, list(truth)),
                "divergences": divergences,
                "seconds": time.perf_counter() - t0,
                "truth": {k: np.asarray(v).round(6).tolist() for k, v in truth.items()}}
@@ -330,13 +340,14 @@ def markdown(results: list[dict], args) -> str:
         f"## Scenario `{args.scenario}`: {what}",
         "",
         f"Generated {time.strftime('%Y-%m-%d')} by `benchmarks/bench_sbc.py --scenario {args.scenario} "
-        f"--sims {args.sims} --draws {args.draws} --tune {args.tune}` on {machine()}.",
+        f"--sims {args.sims} --draws {args.draws} --tune {args.tune}{' --compiled' if args.compiled else ''}` "
+        f"(one process per variant) on {machine()}.",
         "",
         f"Each simulation: global parameters drawn from the priors, a log of {args.users} users x {args.labels} labels "
         f"over {args.models} models simulated from them, NUTS with 2 chains x {args.draws} "
         f"draws ({args.tune} tuning), and the rank of each true value among {args.thin} thinned draws. Uniform "
         "ranks = the sampler recovers the model's posterior. p: chi-square test over 10 rank bins; D: largest "
-        "|ECDF - uniform| of the scaled ranks (for 100 simulations, D above ~0.136 is unusual at the 5% level).",
+        "|ECDF - uniform| of the scaled ranks (for n simulations, D above ~1.36 / sqrt(n) is unusual at the 5% level).",
         "",
     ]
     for res in results:
@@ -352,7 +363,13 @@ def markdown(results: list[dict], args) -> str:
         lines += [f"| {name} | {p:.3f} | {d:.3f} |" for name, (p, d) in res["table"].items()]
         verdict = "no parameter" if min(ps) >= threshold else "some parameter"
         lines += ["", f"Smallest p = {min(ps):.3f} against the Bonferroni threshold 0.05 / {len(ps)} = "
-                      f"{threshold:.4f}: {verdict} rejects uniformity."]
+                      f"{threshold:.4f}: {verdict} rejects uniformity. Largest D = "
+                      f"{max(d for _, d in res['table'].values()):.3f} (5% level for {res['sims']} simulations: "
+                      f"{1.36 / np.sqrt(res['sims']):.3f})."]
+        rhat = [x["rhat_max"] for x in res.get("simulations", []) if "rhat_max" in x]
+        if rhat:
+            lines += [f"Simulations with a global R-hat above 1.05 (chains in different modes): "
+                      f"{sum(r > 1.05 for r in rhat)} of {len(rhat)}."]
         if full:
             lo, med, hi = res["tie_share"]
             lines += [f"Tie share of the simulated logs: {lo:.2f} - {hi:.2f} (median {med:.2f}); the fit's casual "
