@@ -759,8 +759,9 @@ def fit(
         Whether ties (``tie``, ``tie (bothbad)``) enter the likelihood (docs/model.md, "Ties"): ``"model"``,
         attentive ties follow Davidson's model (a learned ``nu``: more ties on close pairs) and casual ones
         a rate ``t`` of their own; ``"ignore"``: they are counted and left out (the paper's model). Default:
-        ``"model"`` when the log has ties and the fit supports it (every engine, learned or known strengths,
-        taste classes and ``tastes="auto"`` too; not yet NUTS of the continuous variant), else ``"ignore"``. ``nu`` and ``t`` are in ``result.ties_`` and ``summary["ties"]``; tie rows
+        ``"model"`` when the log has ties and the fit supports it (every engine: EM, MAP and NUTS of either
+        variant, learned or known strengths, taste classes and ``tastes="auto"`` too; not MAP / NUTS with a
+        style term), else ``"ignore"``. ``nu`` and ``t`` are in ``result.ties_`` and ``summary["ties"]``; tie rows
         keep ``reason = "tie"`` and are never kept for export.
     tastes : int or "auto"
         Number of taste classes (two-class model, learned strengths only):
@@ -880,7 +881,8 @@ def fit(
     columns = ColumnMap(user=user, model_a=model_a, model_b=model_b, winner=winner, p_a=p_a, winner_values=winner_values)
     prepared = prepare(frame, columns, on_bad_row=on_bad_row)
     ties_mode = resolve_ties(ties, prepared.counts()["ties"], method=method, tastes=tastes,
-                             learned=mu is None and not (use_p_a and prepared.has_p_a), variant=model)
+                             learned=mu is None and not (use_p_a and prepared.has_p_a), variant=model,
+                             style=not (isinstance(which_style, str) and which_style == "none"))
     priors = spec.priors
     if isinstance(which_casual, CasualDesign):  # a previous fit's covariates and bins (an update)
         design = prepare_casual(prepared, design=which_casual)

@@ -334,8 +334,6 @@ def build_model(
     variant, n_tastes, priors, q_fixed = spec.variant, spec.n_tastes, spec.priors, spec.q
     cells = compress_cells(problem)
     ties = compress_ties(problem)  # ties in the likelihood (bayes_annot.ties): Davidson's nu and the casual rate t
-    if ties is not None and (n_tastes > 1 or not problem.learned):
-        raise InputError("ties in the PyMC model need learned strengths and one taste class")
     if spec.style is not None and ties is not None:
         raise InputError("the PyMC model has no style term with ties in the likelihood yet: use ties='ignore'")
     n_users, n_models = problem.n_users, problem.n_models
@@ -702,6 +700,14 @@ def _cell_att(cells: dict, strengths, offsets=None):
     return attentive_logprob(cells["choice_a"], d)
 
 
+def _draw_log_odds(cells: dict, strengths, n_draws: int) -> np.ndarray:
+    """``(S, n_cells)`` attentive log-odds ``d`` of every cell in each draw: ``s_a - s_b`` of the draws, or the
+    cells' known log-odds (``strengths`` None), the same in every draw."""
+    if strengths is None:
+        return np.broadcast_to(cells["logit_mu"], (n_draws, len(cells["logit_mu"])))
+    return strengths[:, cells["model_a"]] - strengths[:, cells["model_b"]]
+
+
 def _cell_casual(cells: dict, tables, sl):
     """Per draw of ``sl`` the casual log-probability of every cell (casual covariates: ``tables`` (S, 2 n_casual))."""
     return tables[sl][:, 2 * cells["casual"] + cells["choice_a"]]
@@ -718,12 +724,8 @@ def _tie_terms(problem, cells, ties, strengths, sl):
 
     tie_cells, nu, t = ties
     n_draws = len(nu[sl])
-    if strengths is None:  # known log-odds: the same in every draw
-        d = np.broadcast_to(cells["logit_mu"], (n_draws, len(cells["logit_mu"])))
-        d_tie = np.broadcast_to(tie_cells["logit_mu"], (n_draws, len(tie_cells["logit_mu"])))
-    else:
-        d = strengths[sl][:, cells["model_a"]] - strengths[sl][:, cells["model_b"]]
-        d_tie = strengths[sl][:, tie_cells["model_a"]] - strengths[sl][:, tie_cells["model_b"]]
+    s = None if strengths is None else strengths[sl]
+    d, d_tie = _draw_log_odds(cells, s, n_draws), _draw_log_odds(tie_cells, s, n_draws)
     half = 0.5 * np.abs(d)
     log_base = half + np.log1p(np.exp(-2.0 * half))  # log(2 cosh(d/2))
     norm = np.stack([log_base[i] - (0.5 * d[i] - davidson_logprobs(d[i], float(v))[0]) for i, v in enumerate(nu[sl])])
@@ -766,21 +768,41 @@ def _per_draw_two_class(problem, cells, pi, q, strengths, casual_tables_=None, t
     return p_att, user_ll
 
 
-def _per_draw_continuous(problem, cells, theta, q, strengths, casual_tables_=None, offsets=None):
-    """Per-draw (S, U) per-user log-likelihood of the continuous model."""
+def _per_draw_continuous(problem, cells, theta, q, strengths, casual_tables_=None, offsets=None, ties=None):
+    r"""Per-draw (S, U) per-user log-likelihood of the continuous model (``offsets``: the style term's, as
+    :func:`_cell_att`); ``ties = (tie_cells, nu, t)``
+    (:func:`compress_ties`, draws of ``nu`` and ``t``): a decided label's attentive side is Davidson's and its
+    casual side carries ``1 - t``; a tie mixes :math:`\eta_u P_{att}(\text{tie}) + (1 - \eta_u) t` (as the
+    model's potential and the continuous EM's grid pass)."""
+    from .ties import davidson_logprobs
+
     agg = _cell_matrix(cells, problem.n_users)
     n_draws = theta.shape[0]
     user_ll = np.empty((n_draws, problem.n_users))
     for lo in range(0, n_draws, _DRAW_CHUNK):
         sl = slice(lo, min(lo + _DRAW_CHUNK, n_draws))
         s = None if strengths is None else strengths[sl]
-        att = _cell_att(cells, s, None if offsets is None else offsets[sl])
+        if ties is None:
+            att = _cell_att(cells, s, None if offsets is None else offsets[sl])
+        else:
+            d = _draw_log_odds(cells, s, len(ties[1][sl]))
+            att = np.stack([np.where(cells["choice_a"] == 1, *davidson_logprobs(d[i], float(v))[:2])
+                            for i, v in enumerate(ties[1][sl])])
         if casual_tables_ is None:
             cas = casual_logprob(cells["choice_a"], np.asarray(q[sl], float)[:, None])
         else:
             cas = _cell_casual(cells, casual_tables_, sl)
+        if ties is not None:
+            cas = cas + np.log1p(-ties[2][sl])[:, None]
         ll = continuous_label_loglik(att, cas, theta[sl][:, cells["user"]]) * cells["count"]
         user_ll[sl] = np.asarray(agg @ ll.T).T
+        if ties is not None:
+            tie_cells, nu, t = ties
+            d_tie = _draw_log_odds(tie_cells, s, len(nu[sl]))
+            att_tie = np.stack([davidson_logprobs(d_tie[i], float(v))[2] for i, v in enumerate(nu[sl])])
+            cas_tie = np.broadcast_to(np.log(t[sl])[:, None], att_tie.shape)
+            tie_ll = continuous_label_loglik(att_tie, cas_tie, theta[sl][:, tie_cells["user"]]) * tie_cells["count"]
+            user_ll[sl] += np.asarray(_cell_matrix(tie_cells, problem.n_users) @ tie_ll.T).T
     return user_ll
 
 
@@ -869,9 +891,6 @@ def fit_pymc(
             ) from exc
     _check_spec(problem, spec)
     n_tastes, priors, q_fixed = spec.n_tastes, spec.priors, spec.q
-    if problem.n_ties and method != "map" and spec.variant != "two-class":
-        raise InputError("ties in the likelihood are fitted by EM, by MAP and by NUTS with "
-                         "the two-class variant only: use ties='ignore' or method='em'")
     t0 = time.perf_counter()
     user_labels = _labels(user_labels, problem.n_users, "u")
     model_labels = _labels(model_labels, problem.n_models, "model_")
@@ -1193,7 +1212,9 @@ def _fit_nuts(
     else:
         m_draws, tau_draws = _stack(post, "m"), _stack(post, "tau")
         theta = m_draws[:, None] + tau_draws[:, None] * _stack(post, "z")
-        user_ll = _per_draw_continuous(problem, cells, theta, q_draws, s_draws, tables, offsets)
+        tie_cells = compress_ties(problem)
+        ties = None if tie_cells is None else (tie_cells, _stack(post, "tie_nu"), _stack(post, "casual_tie_rate"))
+        user_ll = _per_draw_continuous(problem, cells, theta, q_draws, s_draws, tables, offsets, ties)
         quality_draws = _stack(post, "eta").copy()
         p_good_fn = (theta >= 0.0).mean(axis=0)
         if not informative.all():

@@ -179,26 +179,26 @@ def tie_start(n_ties: float, n_labels: float) -> tuple[float, float]:
 
 
 def resolve_ties(ties: str | None, n_ties: int, *, method: str = "em", tastes=1, learned: bool = True,
-                 variant: str = "two-class") -> str:
+                 variant: str = "two-class", style: bool = False) -> str:
     """The ties mode of a fit: ``ties`` if given (checked), else (``None`` or ``"auto"``) ``"model"`` when the log has ties and the
-    fit supports them (EM in memory, on Dask and in updates; MAP; NUTS with the two-class variant; learned or known
-    strengths and taste classes alike: ``tastes`` and ``learned`` no longer restrict it), else ``"ignore"``;
-    ``"model"`` on a log without ties is ``"ignore"`` (nothing to model).
+    fit supports them (every engine: EM in memory, on Dask and in updates; MAP; NUTS of either variant; learned
+    or known strengths and taste classes alike: ``tastes`` and ``learned`` no longer restrict it), else
+    ``"ignore"``; ``"model"`` on a log without ties is ``"ignore"`` (nothing to model). ``style`` (an attentive
+    style term, :mod:`bayes_annot.style`): MAP and NUTS leave ties out.
 
     Raises
     ------
     InputError
-        An unknown mode, or ``"model"`` where ties are not in the likelihood yet (NUTS with the continuous
-        variant).
+        An unknown mode, or ``"model"`` for MAP / NUTS with a style term.
     """
     if ties == "auto":  # the default, as a fit's settings record it
         ties = None
     if ties is not None and ties not in TIES_MODES:
         raise InputError(f"unknown ties mode {ties!r}, expected one of {', '.join(TIES_MODES)}")
-    # EM; MAP; NUTS with the two-class variant (taste classes, known strengths too)
-    supported = method in ("em", "map") or (method == "nuts" and variant == "two-class")
+    # every engine, learned or known strengths, taste classes too; not yet MAP / NUTS with a style term
+    supported = method == "em" or (method in ("map", "nuts") and not style)
     if ties == "model" and not supported:
-        raise InputError("ties in the likelihood are not available with NUTS with the continuous variant yet: use "
+        raise InputError(f"ties in the likelihood are not available with {method.upper()} and a style term yet: use "
                          "ties='ignore' (--ties ignore) or method='em'")
     if n_ties == 0 or not supported:
         return "ignore"

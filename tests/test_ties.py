@@ -260,8 +260,6 @@ def test_settings_ties_cannot_model_are_refused_in_one_line():
     log = _tie_log()
     with pytest.raises(InputError, match="unknown ties mode 'foo'"):
         ba.fit(log, ties="foo")
-    with pytest.raises(InputError, match="use ties='ignore'"):
-        ba.fit(log, model="continuous", method="nuts", ties="model")
     assert ba.fit(log, ties="model").ties_["mode"] == "model"
     assert ba.fit(log.assign(p_a=0.6), ties="model").ties_["mode"] == "model"  # known strengths model them too
 
@@ -315,6 +313,18 @@ def test_numpy_pytensor_and_em_objective_agree_with_ties(variant):
     diff_pt = model_loglik(model, points[1], penalised=True) - model_loglik(model, points[0], penalised=True)
     diff_np = numpy_loglik(problem, variant, points[1]) - numpy_loglik(problem, variant, points[0])
     assert diff_pt == pytest.approx(diff_np, abs=1e-8, rel=0) and abs(diff_np) > 1e-3
+    if variant == "continuous":  # NUTS's form (each user's z sampled): the numpy per-user log-likelihood of
+        # every draw (the log_likelihood group) = the model's y_user potential at that draw
+        nuts = ba.fit(log, model=variant, method="nuts", draws=3, tune=5, chains=1, seed=2, progress=False)
+        assert nuts.ties_["mode"] == "model"
+        nuts_model = build_model(problem, BehaviourSpec(variant))
+        post, numpy_ll = nuts.idata.posterior, nuts.idata.log_likelihood["y_user"]
+        for draw in range(3):
+            at = {k: post[k].isel(chain=0, draw=draw).values for k in ("m", "tau", "q", "strength", "tie_nu",
+                                                                       "casual_tie_rate", "z")}
+            at["theta"] = at["m"] + at["tau"] * at.pop("z")
+            np.testing.assert_allclose(model_loglik(nuts_model, at, per_user=True),
+                                       numpy_ll.isel(chain=0, draw=draw).values, atol=1e-8, rtol=0)
 
 
 @pytest.mark.slow
@@ -330,7 +340,6 @@ def test_map_matches_em_with_ties(variant):
     np.testing.assert_allclose(mp.models.strength, em.models.strength, atol=1e-4)
     np.testing.assert_allclose(mp.users.quality, em.users.quality, atol=1e-4)
     assert mp.summary["loglik"] == pytest.approx(em.summary["loglik"], abs=1e-3)
-    # NUTS of the continuous variant does not model ties yet (default: ignore): checked once, in the NUTS test below
 
 
 @pytest.mark.slow
@@ -351,7 +360,27 @@ def test_nuts_two_class_with_ties_agrees_with_em_and_recovers_nu_and_t():
     import arviz as az
 
     assert float(az.rhat(nuts.idata, var_names=["tie_nu", "casual_tie_rate"]).to_array().max()) < 1.02
-    with pytest.raises(ba.InputError, match="continuous"):
-        ba.fit(log, model="continuous", method="nuts", ties="model", draws=10, tune=10)
-    # NUTS of the continuous variant does not model ties yet: by default it ignores them (a short run: only the mode is read)
-    assert ba.fit(log, model="continuous", method="nuts", draws=10, tune=10, chains=1).ties_["mode"] == "ignore"
+
+
+@pytest.mark.slow
+def test_nuts_continuous_with_ties_agrees_with_em_and_recovers_nu_and_t():
+    """NUTS samples the continuous model with ties (a tie mixes eta_u P_att(tie) + (1 - eta_u) t, as the
+    continuous EM's grid pass): the posterior means of nu and t sit near the truth and near EM's estimates
+    (EM's are the mode with the users' eta summed out on the grid, so a little further than two-class's),
+    and users' quality near EM's."""
+    log = ba.simulate(n_users=150, n_models=5, casual_share=0.3, labels_per_user=(10, 30), tie_nu=0.8,
+                      casual_tie_rate=0.3, quality="continuous", seed=5)
+    em = ba.fit(log, model="continuous")
+    nuts = ba.fit(log, model="continuous", method="nuts", draws=300, tune=300, chains=2, seed=1)
+    assert nuts.ties_["mode"] == em.ties_["mode"] == "model"
+    assert "tie_nu" in nuts.idata.posterior and "casual_tie_rate" in nuts.idata.posterior
+    for key, truth in (("nu", 0.8), ("t", 0.3)):
+        assert abs(nuts.ties_[key] - em.ties_[key]) < 0.12 * truth
+        assert abs(nuts.ties_[key] - truth) < 0.15 * truth
+    q_em, q_nuts = em.users.set_index("user").quality, nuts.users.set_index("user").quality
+    assert float((q_em - q_nuts).abs().max()) < 0.1
+    import arviz as az
+
+    assert float(az.rhat(nuts.idata, var_names=["tie_nu", "casual_tie_rate"]).to_array().max()) < 1.02
+    assert ba.fit(log, model="continuous", method="nuts", ties="ignore", draws=20, tune=20,
+                  chains=1).ties_["mode"] == "ignore"
