@@ -557,6 +557,21 @@ def _attentive_rows(quality, user: np.ndarray, n_users: int, continuous: bool, r
     return (rng.random(n_users) < quality)[user]
 
 
+def _per_user_histograms(observed: np.ndarray, replicated: np.ndarray, bins: int, close_last: bool = False) -> dict:
+    """The per-user PPCs' common part: the observed and replicated per-user rates, the ``bins`` equal bins of
+    [0, 1] (``close_last``: the last bin also holds 1 exactly) and each data set's counts per bin."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    if close_last:
+        edges[-1] += 1e-9
+    return {
+        "observed": observed,
+        "replicated": replicated,
+        "edges": edges,
+        "observed_counts": np.histogram(observed, bins=edges)[0],
+        "replicated_counts": np.stack([np.histogram(row, bins=edges)[0] for row in replicated]),
+    }
+
+
 def ppc_agreement(result, *, n_rep: int = 200, seed: int = 0, min_labels: int = 1, bins: int = 20) -> dict | None:
     """Observed and replicated per-user agreement with the stronger model.
 
@@ -615,15 +630,8 @@ def ppc_agreement(result, *, n_rep: int = 200, seed: int = 0, min_labels: int = 
         p_cas = _casual_prob(design, cells, _logit(q), g)
         p_a = np.where(attentive, 1.0 / (1.0 + np.exp(-ell_r)), p_cas)
         replicated[r] = agreement(rng.random(len(user)) < p_a)
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    obs_counts = np.histogram(observed, bins=edges)[0]
-    rep_counts = np.stack([np.histogram(row, bins=edges)[0] for row in replicated])
     return {
-        "observed": observed,
-        "replicated": replicated,
-        "edges": edges,
-        "observed_counts": obs_counts,
-        "replicated_counts": rep_counts,
+        **_per_user_histograms(observed, replicated, bins),
         "low_share_observed": float(np.mean(observed <= 0.5)),
         "low_share_replicated": np.mean(replicated <= 0.5, axis=1),
         "n_users": int(shown.sum()),
@@ -1080,16 +1088,8 @@ def ppc_tie_rates(result, *, n_rep: int = 200, seed: int = 0, min_labels: int = 
             attentive = _attentive_rows(quality, user, n_users, continuous, rng)
             p_tie = np.where(attentive, p_att, float(info["t"]))
         replicated[r] = rate(rng.random(len(user)) < p_tie)
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    edges[-1] += 1e-9  # a user who always ties falls in the last bin
-    obs_counts = np.histogram(observed, bins=edges)[0]
-    rep_counts = np.stack([np.histogram(row, bins=edges)[0] for row in replicated])
     return {
-        "observed": observed,
-        "replicated": replicated,
-        "edges": edges,
-        "observed_counts": obs_counts,
-        "replicated_counts": rep_counts,
+        **_per_user_histograms(observed, replicated, bins, close_last=True),  # a user who always ties: last bin
         "high_share_observed": float(np.mean(observed >= 0.5)),
         "high_share_replicated": np.mean(replicated >= 0.5, axis=1),
         "zero_share_observed": float(np.mean(observed == 0)),
