@@ -939,11 +939,18 @@ def fit(
         estimates = em_estimates(em, model, known_strengths(problem, prepared, mu, strong_model), casual=design,
                                  style=style)
     else:
-        from .pymc_model import fit_pymc
+        from .pymc_model import fit_pymc, start_point
 
+        nuts_start = None
+        if method == "nuts":  # every chain starts at the EM fit of the same model (fit_pymc's ``start``)
+            em = run_block_em(em_state(prepared, problem, pairs, mu=mu, strong_model=strong_model, use_p_a=use_p_a,
+                                       casual=design).block, problem, spec, tol=tol, max_iter=max_iter,
+                              start=None, accelerate=default_accelerate(accelerate, model, prepared.n_models))
+            nuts_start = start_point(em)
         estimates = fit_pymc(
             problem,
             spec,
+            start=nuts_start,
             method=method,
             draws=draws,
             tune=tune,

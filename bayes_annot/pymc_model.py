@@ -865,6 +865,13 @@ def fit_pymc(
         ``start`` holds ``strengths`` (C, K), ``shares`` (C,) and ``q``, e.g.
         :meth:`bayes_annot.tastes.TasteResult.as_start`; default: the EM fit
         :func:`bayes_annot.tastes.fit_tastes` (``seed``).
+        ``C = 1``, NUTS: the point every chain starts at before the sampler's
+        jitter, by variable name (:func:`start_point` of an EM fit; :func:`bayes_annot.fit`
+        passes its EM fit of the same model). A chain started far away can stay
+        in a minor mode, e.g. with ties one that lays them on the other user type
+        (docs/benchmarks_sbc.md). Default: :func:`build_model`'s initial values.
+        MAP always starts at :func:`build_model`'s initial values. The nutpie sampler
+        picks its own start.
 
     Returns
     -------
@@ -909,7 +916,7 @@ def fit_pymc(
     else:
         est = _fit_nuts(
             problem, spec, draws, tune, chains, sampler, progress, seed,
-            user_labels, model_labels, target_accept, informative_tol,
+            user_labels, model_labels, target_accept, informative_tol, start,
         )
     est.runtime_seconds = time.perf_counter() - t0
     return est
@@ -1168,15 +1175,36 @@ def _diagnose(idata, var_names, sampler):
     return diagnostics, converged
 
 
+def start_point(em) -> dict:
+    """The point of an EM fit (:class:`bayes_annot.em.EMResult`) by the names of :func:`build_model`'s
+    variables: where :func:`fit_pymc`'s NUTS chains start (``start``; centred strengths, as the
+    sum-to-zero prior has them)."""
+    point = {"q": em.q, "pi": em.pi, "m": em.m, "tau": em.tau, "casual_effect": em.casual_g,
+             "style_effect": em.style_delta, "tie_nu": em.nu, "casual_tie_rate": em.tie_rate}
+    if em.strengths is not None:
+        point["strength"] = np.asarray(em.strengths, float) - np.mean(em.strengths)
+    return {name: np.asarray(value, float) for name, value in point.items() if value is not None}
+
+
+def _start_at(model, start: dict | None) -> None:
+    """Start ``model``'s free variables at ``start`` (:func:`start_point`): the names it has, with their
+    shapes; the sampler's jitter then spreads the chains around it."""
+    for name, value in (start or {}).items():
+        rv = model.named_vars.get(name)
+        if rv is not None and rv in model.free_RVs and np.shape(value) == tuple(rv.shape.eval()):
+            model.set_initval(rv, value)
+
+
 def _fit_nuts(
     problem, spec, draws, tune, chains, sampler, progress, seed,
-    user_labels, model_labels, target_accept, informative_tol,
+    user_labels, model_labels, target_accept, informative_tol, start=None,
 ):
     import arviz as az
     import xarray as xr
 
     variant, priors, q_fixed = spec.variant, spec.priors, spec.q
     model = build_model(problem, spec, user_labels, model_labels, strength_prior="zerosum")
+    _start_at(model, start)
     idata = _sample(model, draws, tune, chains, sampler, progress, seed, target_accept)
 
     post = idata.posterior
