@@ -344,7 +344,10 @@ def test_fit_equals_reference_em(variant, setting, small_log):
         np.testing.assert_allclose(est.strengths, reference.strengths, atol=1e-8)
     np.testing.assert_allclose(est.parameters["q"], reference.q, atol=1e-8)
     np.testing.assert_array_equal(est.informative, reference.informative)
-    np.testing.assert_allclose(result.loglik_trace, reference.loglik_trace, rtol=1e-10)
+    # continuous: each M-step's inner Newton on (m, tau) stops at its own tolerance, and where it stops follows
+    # the CPU's last bits (an Intel Xeon: iterations 2-3 4e-10 relative apart, an AMD EPYC inside 1e-10)
+    np.testing.assert_allclose(result.loglik_trace, reference.loglik_trace,
+                               rtol=1e-10 if variant == "two-class" else 1e-8)
     np.testing.assert_array_equal(result.estimates.informative, reference.informative)
 
 
