@@ -81,12 +81,12 @@ def em_state(prepared: PreparedData, problem: UsableLabels, pairs: PairTable, *,
     )
 
 
-def default_accelerate(accelerate: bool | None, model: str, n_models: int) -> bool:
+def default_accelerate(accelerate: bool | None, variant: str, n_models: int) -> bool:
     """SQUAREM on or off: ``accelerate`` if given, else on for ``continuous`` or more than
     :data:`bayes_annot.pairs.ACCELERATE_MIN_MODELS` models."""
     if accelerate is not None:
         return bool(accelerate)
-    return model == "continuous" or n_models > ACCELERATE_MIN_MODELS
+    return variant == "continuous" or n_models > ACCELERATE_MIN_MODELS
 
 
 def run_block_em(block: Block, problem: UsableLabels, spec: BehaviourSpec, *, tol, max_iter, start, accelerate,
@@ -111,17 +111,17 @@ def run_block_em(block: Block, problem: UsableLabels, spec: BehaviourSpec, *, to
     return em
 
 
-def em_estimates(em: EMResult, model: str, known_strengths: np.ndarray | None, casual=None, style=None) -> Estimates:
+def em_estimates(em: EMResult, variant: str, known_strengths: np.ndarray | None, casual=None, style=None) -> Estimates:
     """:class:`Estimates` of an EM result (``known_strengths``: the fixed strengths of a global ``mu``;
     ``casual``: the casual covariates' design, whose effects go to ``extra_summary["casual_effects"]``;
     ``style``: the attentive style term's design, whose effects go to ``extra_summary["style_effects"]``)."""
-    params = {"pi": em.pi, "q": em.q} if model == "two-class" else {"m": em.m, "tau": em.tau, "q": em.q}
+    params = {"pi": em.pi, "q": em.q} if variant == "two-class" else {"m": em.m, "tau": em.tau, "q": em.q}
     params["mean_quality"] = float(np.mean(em.quality[em.n_labels_user > 0]))
     estimates = Estimates(
         engine="em",
-        variant=model,
+        variant=variant,
         quality=em.quality,
-        p_good=em.p_eta_above_half if model == "continuous" else em.quality,
+        p_good=em.p_eta_above_half if variant == "continuous" else em.quality,
         n_labels_user=em.n_labels_user,
         informative=em.informative,
         strengths=em.strengths if em.strengths is not None else known_strengths,

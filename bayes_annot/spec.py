@@ -122,7 +122,7 @@ class BehaviourSpec:
             raise InputError("taste classes need learned strengths; known strengths (p_a or mu) stay one class")
         if self.n_tastes > 1 and self.variant != "two-class":
             raise InputError(
-                "taste classes need model='two-class': in the continuous variant each label of a user mixes "
+                "taste classes need variant='two-class': in the continuous variant each label of a user mixes "
                 "attentive and casual, so a user's labels do not single out one ranking (docs/tastes.md)"
             )
 

@@ -83,12 +83,12 @@ NOTEBOOKS["02-real-data.ipynb"] = [
     ),
     new_code_cell(
         "two = ba.fit(cems)\n"
-        "cont = ba.fit(cems, model='continuous')\n"
+        "cont = ba.fit(cems, variant='continuous')\n"
         "two.models.sort_values('strength', ascending=False)"
     ),
     new_code_cell(
-        "table = pd.DataFrame([heldout_loglik(cems, model=m, seed=s) for m in ('two-class', 'continuous') for s in range(3)])\n"
-        "table.groupby('model')[['heldout_loglik', 'per_label']].mean()"
+        "table = pd.DataFrame([heldout_loglik(cems, variant=m, seed=s) for m in ('two-class', 'continuous') for s in range(3)])\n"
+        "table.groupby('variant')[['heldout_loglik', 'per_label']].mean()"
     ),
     new_markdown_cell(
         "London comes first, as in the original analysis. Taste classes (see `docs/tastes.md`) test whether the "

@@ -78,7 +78,7 @@ def test_dask_fit_equals_in_memory(client, tmp_path, variant):
     # extrapolations see sums in another order, so both are run to a tight tolerance and compared there
     tol = 1e-9 if variant == "two-class" else 1e-13
     fit = fit_dask(ddf, spec=BehaviourSpec(variant), npartitions=3, tol=tol)
-    ref = ba.fit(log, model=variant, tol=tol)
+    ref = ba.fit(log, variant=variant, tol=tol)
     _assert_same(fit, ref, same_iterates=variant == "two-class")
     if variant == "continuous":
         np.testing.assert_allclose(fit.em.p_eta_above_half, ref.users.p_eta_above_half.to_numpy(), atol=TOL, rtol=0)

@@ -35,7 +35,7 @@ def test_taste_classes_add_user_types():
         ({"n_tastes": "2"}, "positive integer"),
         ({"priors": Priors(pi_alpha=-1.0)}, "priors.pi_alpha must be a finite number > 0"),
         ({"n_tastes": 2, "strengths": "known"}, "need learned strengths"),
-        ({"n_tastes": 2, "variant": "continuous"}, "need model='two-class'"),
+        ({"n_tastes": 2, "variant": "continuous"}, "need variant='two-class'"),
     ],
 )
 def test_undefined_combinations_are_refused_with_the_reason(settings, words):
