@@ -8,8 +8,8 @@ cell table are a sparse mat-vec and the ``2 P`` table of weighted win counts
 (the Bradley–Terry M-step's input) its transpose. Without a pair table the cells
 are the dense ``(model_a, model_b, choice)`` index of ``2 K^2`` cells. A *runner* applies a pass to every
 block and sums the sufficient statistics; :func:`run_class_em` is the driver loop of
-the two-class model with ``C`` taste classes (casual + ``C`` attentive types, all
-classes' statistics in one pass; ``C = 1`` is the two-class model), :func:`run_em`
+the two-class variant with ``C`` taste classes (casual + ``C`` attentive types, all
+classes' statistics in one pass; ``C = 1`` is the two-class variant), :func:`run_em`
 that of either variant with one ranking (the penalised log-likelihood of
 :mod:`bayes_annot.likelihood`, exact block-wise M-steps,
 :func:`bayes_annot.em.has_converged`, optional SQUAREM extrapolation).
@@ -721,7 +721,7 @@ def block_class_users(block: Block, shares: np.ndarray, q: float, tables: np.nda
     """Per-user type posteriors and marginal log-likelihood of one block (casual + ``C`` taste classes).
 
     Returns ``(p_casual (Ul,), p_class (Ul, C), user_loglik (Ul,))``. With one class this is the
-    two-class model's arithmetic (:func:`two_class_user_terms`; ``tables`` may then be ``None``:
+    two-class variant's arithmetic (:func:`two_class_user_terms`; ``tables`` may then be ``None``:
     known attentive probabilities); with ``C >= 2`` the responsibilities are taken in log space.
     """
     if shares.shape[0] == 1:
@@ -1284,7 +1284,7 @@ def run_class_em(
     style=None,
     style_delta=None,
 ) -> ClassEMResult:
-    r"""EM of the two-class model with ``C = len(shares)`` taste classes over the blocks of ``runner``.
+    r"""EM of the two-class variant with ``C = len(shares)`` taste classes over the blocks of ``runner``.
 
     A user is casual (share :math:`\pi_0 = 1 - \sum_c \pi_c`, labels follow the position bias ``q``)
     or attentive under class ``c`` (share :math:`\pi_c`, Bradley–Terry with strengths ``strengths[c]``);

@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "ignore (counted and left out, the paper's model)")
     model.add_argument(
         "--tastes", type=_tastes_spec, default=1,
-        help="taste classes: N rankings attentive users may follow, or 'auto' (chooses 1..--max-tastes; two-class model, any --method)",
+        help="taste classes: N rankings attentive users may follow, or 'auto' (chooses 1..--max-tastes; two-class variant, any --method)",
     )
     model.add_argument("--max-tastes", type=int, default=4,
                        help="largest number of taste classes --tastes auto tries (default 4; a warning says when it wins)")

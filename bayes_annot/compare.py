@@ -230,7 +230,7 @@ def compare(results: dict, ic: str = "loo", marginal_continuous: bool = True, **
         "bradley-terry": fit_baseline(data)}``).
     ic : {"loo", "waic"}
     marginal_continuous : bool
-        Integrate each user's ``eta_u`` out of the continuous model's per-user
+        Integrate each user's ``eta_u`` out of the continuous variant's per-user
         log-likelihood (see :func:`marginal_user_loglik`); the conditional one
         makes PSIS unreliable.
     **kwargs

@@ -600,7 +600,7 @@ class FitResult:
         """The global parameters and model strengths as a table, for any engine.
 
         For NUTS this is ``arviz.summary`` of ``pi``, ``q`` (``m``, ``tau``
-        for the continuous model) and ``strength``. For EM and MAP, which give
+        for the continuous variant) and ``strength``. For EM and MAP, which give
         one point estimate (``idata`` holds 1 chain x 1 draw, so
         ``arviz.summary`` of it has only NaN spreads and R-hat and warns), a
         table with one row per parameter and per model: ``estimate``, plus
@@ -768,7 +768,7 @@ def fit(
         style term), else ``"ignore"``. ``nu`` and ``t`` are in ``result.ties_`` and ``summary["ties"]``; tie rows
         keep ``reason = "tie"`` and are never kept for export.
     tastes : int or "auto"
-        Number of taste classes (two-class model, learned strengths only):
+        Number of taste classes (two-class variant, learned strengths only):
         attentive users may follow one of ``tastes`` rankings, so a coherent
         minority taste is not mistaken for casual clicking. ``"auto"`` chooses
         1..4 by cross-validated held-out log-likelihood
@@ -782,7 +782,7 @@ def fit(
         Run the casual-group test (:func:`bayes_annot.tastes.casual_group_test`:
         are the users a one-ranking fit calls casual coin-flippers or a taste
         group?) and store its verdict in ``summary["taste_diagnostic"]``
-        (two-class model, learned strengths). Always run with
+        (two-class variant, learned strengths). Always run with
         ``tastes="auto"``. It refits the one-ranking model on 100 simulated
         logs, hence off by default; the report shows the stored verdict and
         never runs the test itself.

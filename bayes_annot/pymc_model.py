@@ -769,7 +769,7 @@ def _per_draw_two_class(problem, cells, pi, q, strengths, casual_tables_=None, t
 
 
 def _per_draw_continuous(problem, cells, theta, q, strengths, casual_tables_=None, offsets=None, ties=None):
-    r"""Per-draw (S, U) per-user log-likelihood of the continuous model (``offsets``: the style term's, as
+    r"""Per-draw (S, U) per-user log-likelihood of the continuous variant (``offsets``: the style term's, as
     :func:`_cell_att`); ``ties = (tie_cells, nu, t)``
     (:func:`compress_ties`, draws of ``nu`` and ``t``): a decided label's attentive side is Davidson's and its
     casual side carries ``1 - t``; a tie mixes :math:`\eta_u P_{att}(\text{tie}) + (1 - \eta_u) t` (as the

@@ -33,7 +33,7 @@ NOTEBOOKS["01-quickstart.ipynb"] = [
         "                  tie_rate=0.05, with_text=True, seed=1)\n"
         "log.head()"
     ),
-    new_code_cell("result = ba.fit(log)  # EM, two-class model, filter prob:0.5\nresult"),
+    new_code_cell("result = ba.fit(log)  # EM, two-class variant, filter prob:0.5\nresult"),
     new_code_cell("result.users.head()"),
     new_code_cell("result.models.sort_values('strength', ascending=False)"),
     new_markdown_cell("Against the simulated truth: AUC and calibration of P(attentive)."),
@@ -145,7 +145,7 @@ NOTEBOOKS["03-paper-setting.ipynb"] = [
 NOTEBOOKS["04-full-posterior.ipynb"] = [
     new_markdown_cell(
         "# Full posterior with NUTS\n\n"
-        "The two-class model with user types summed out: the sampler sees only pi, q and the strengths; each "
+        "The two-class variant with user types summed out: the sampler sees only pi, q and the strengths; each "
         "user's P(attentive) is computed per draw in closed form. Intervals let the filter act on uncertainty."
     ),
     new_code_cell(
