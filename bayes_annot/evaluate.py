@@ -411,7 +411,7 @@ def diagnose(result, *, taste_check: bool = False, compare: dict | None = None, 
         if result.summary.get("variant") != "two-class" or not problem.learned:
             raise InputError("taste_check needs variant='two-class' and learned strengths (no p_a column, no mu)")
         priors = Priors(**settings["priors"]) if isinstance(settings.get("priors"), dict) else None
-        entries["taste_diagnostic"] = taste_diagnostic(problem, None, priors=priors, q=settings.get("q"), seed=seed,
+        entries["taste_diagnostic"] = taste_diagnostic(problem, None, priors=priors, q_fixed=settings.get("q"), seed=seed,
                                                        casual=design)
     if compare:
         table = compare_heldout(compare, frac=frac, seed=seed)

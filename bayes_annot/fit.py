@@ -970,7 +970,7 @@ def fit(
     if tastes == 1:
         estimates.quality_floor = quality_floor(problem, estimates)
     if taste_check and "taste_diagnostic" not in estimates.extra_summary and problem.n_labels:
-        estimates.extra_summary["taste_diagnostic"] = taste_diagnostic(problem, None, priors=priors, q=q, seed=seed,
+        estimates.extra_summary["taste_diagnostic"] = taste_diagnostic(problem, None, priors=priors, q_fixed=q, seed=seed,
                                                                        casual=design)
 
     components = graph_components(pairs)
@@ -1231,7 +1231,7 @@ def degenerate_fit_warnings(estimates: Estimates, settings: dict, priors: Priors
             f"degenerate fit: q = {q:.3f} sits at the boundary of [0, 1] (casual users would click one side "
             f"{'almost never' if q < margin else 'almost always'}); the casual type is probably absorbing "
             "something else (a position effect of attentive users, a taste group): do not trust the verdicts "
-            "without checking (fix --q 0.5, or compare with the other model variant)"
+            "without checking (fix --q 0.5, or compare with the other variant, --variant)"
         )
     pi = params.get("pi")
     if pi is not None and not (margin <= pi <= 1.0 - margin):
@@ -1252,7 +1252,7 @@ def degenerate_fit_warnings(estimates: Estimates, settings: dict, priors: Priors
             out.append(
                 f"degenerate fit: strengths run away (largest |strength| {np.abs(s).max():.2f} > "
                 f"{STRENGTH_RUNAWAY_SIGMAS:g} x the prior sigma {priors.strength_sigma:g}); they are held by the "
-                "prior, not the data: compare with the other model variant or a plain Bradley–Terry fit"
+                "prior, not the data: compare with the other variant (--variant) or a plain Bradley–Terry fit"
             )
     return out
 
@@ -1328,7 +1328,7 @@ def model_spec(*, variant: str = "two-class", tastes: int | str = 1, q: float | 
     """
     spec = BehaviourSpec(
         variant=variant, n_tastes=1 if tastes == "auto" else tastes, strengths="learned" if mu is None else "known",
-        q=q, priors=Priors() if priors is None else priors,
+        q_fixed=q, priors=Priors() if priors is None else priors,
     )
     return _data_spec(spec, spec.learned, tastes)
 
@@ -1424,7 +1424,7 @@ def _fit_dask_frame(ddf, *, spec: BehaviourSpec, rule, tol, max_iter, seed, star
     from .dask_em import fit_dask
 
     started = time.perf_counter()
-    variant, priors, q, tastes = spec.variant, spec.priors, spec.q, spec.n_tastes
+    variant, priors, q_fixed, tastes = spec.variant, spec.priors, spec.q_fixed, spec.n_tastes
     try:
         dfit = fit_dask(ddf, spec=spec, tol=tol, max_iter=max_iter, mu=mu,
                         strong_model=strong_model, start=start if isinstance(start, dict) else None,
@@ -1435,7 +1435,7 @@ def _fit_dask_frame(ddf, *, spec: BehaviourSpec, rule, tol, max_iter, seed, star
             raise
         raise InputError(str(exc)) from exc
     settings = {"variant": variant, "method": "em", "filter": str(rule), "columns": dfit.columns, "mu": mu,
-                "strong_model": strong_model, "q": q, "priors": asdict(priors), "tol": tol,
+                "strong_model": strong_model, "q": q_fixed, "priors": asdict(priors), "tol": tol,
                 "max_iter": max_iter, "seed": seed, "no_verdict": no_verdict,
                 "tastes": "auto" if max_tastes is not None else tastes, "max_tastes": max_tastes,
                 "taste_check": max_tastes is not None,
@@ -1474,7 +1474,7 @@ def _casual_setting(which):
     return list(which) if isinstance(which, tuple) else which
 
 
-def _empty_estimates(prepared: PreparedData, variant: str, method: str, priors: Priors, q) -> Estimates:
+def _empty_estimates(prepared: PreparedData, variant: str, method: str, priors: Priors, q_fixed) -> Estimates:
     n = prepared.n_users
     prior_mean = priors.pi_alpha / (priors.pi_alpha + priors.pi_beta)
     return Estimates(
@@ -1485,7 +1485,7 @@ def _empty_estimates(prepared: PreparedData, variant: str, method: str, priors: 
         n_labels_user=np.zeros(n, dtype=np.int64),
         informative=np.zeros(n, dtype=bool),
         strengths=np.zeros(prepared.n_models),
-        parameters={"q": 0.5 if q is None else q, "mean_quality": prior_mean},
+        parameters={"q": 0.5 if q_fixed is None else q_fixed, "mean_quality": prior_mean},
         loglik=0.0,
         n_iter=0,
         converged=True,

@@ -35,7 +35,8 @@ class Estimates:
     engine: str
     variant: str
     quality: np.ndarray
-    p_good: np.ndarray
+    p_good: np.ndarray  # P(user is good | data): two-class P(attentive) (= quality); continuous P(eta_u >= 1/2),
+    # the users table's p_eta_above_half. What the filter rules rank on (docs/outputs.md, "Names").
     n_labels_user: np.ndarray
     informative: np.ndarray
     strengths: np.ndarray | None

@@ -81,7 +81,7 @@ def test_dask_fit_equals_in_memory(client, tmp_path, variant):
     ref = ba.fit(log, variant=variant, tol=tol)
     _assert_same(fit, ref, same_iterates=variant == "two-class")
     if variant == "continuous":
-        np.testing.assert_allclose(fit.em.p_eta_above_half, ref.users.p_eta_above_half.to_numpy(), atol=TOL, rtol=0)
+        np.testing.assert_allclose(fit.em.p_good, ref.users.p_eta_above_half.to_numpy(), atol=TOL, rtol=0)
 
 
 def test_dask_rows_accounting(client, tmp_path):

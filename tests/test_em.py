@@ -243,7 +243,7 @@ def test_continuous_grid_pass_equals_the_log_space_formulas(rng):
     np.testing.assert_allclose(stats["eta_a"], (label_post * resp).sum(0), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(stats["eta_b"], (label_post * (1.0 - resp)).sum(0), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(final["quality"], post @ expit(theta), rtol=1e-12)
-    np.testing.assert_allclose(final["p_eta_above_half"], post @ ETA_GRID.above_half(m, tau), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(final["p_good"], post @ ETA_GRID.above_half(m, tau), rtol=1e-12, atol=1e-15)
 
 
 def test_population_step_reaches_the_maximum_of_its_objective(rng):

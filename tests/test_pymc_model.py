@@ -131,7 +131,7 @@ def _pymc_constant_error(problem, variant, q_fixed, n_tastes=1):
 @pytest.mark.parametrize("variant,strengths,q_fixed,n_tastes", COMBOS)
 def test_pytensor_equals_numpy_at_random_parameters(variant, strengths, q_fixed, n_tastes, rng):
     problem = _problem(strengths)
-    spec = BehaviourSpec(variant, n_tastes, "learned" if problem.learned else "known", q=q_fixed)
+    spec = BehaviourSpec(variant, n_tastes, "learned" if problem.learned else "known", q_fixed=q_fixed)
     model = build_model(problem, spec, marginal=True)
     offset = _pymc_constant_error(problem, variant, q_fixed, n_tastes)
     values = []
@@ -501,7 +501,7 @@ def _covariate_problem(seed: int = 3, strengths: str = "learned", n_bins: int = 
 ])
 def test_pytensor_equals_numpy_with_casual_covariates(variant, q_fixed, strengths, rng):
     _, problem, design = _covariate_problem(strengths=strengths)
-    spec = BehaviourSpec(variant, 1, "learned" if problem.learned else "known", q=q_fixed, casual=design)
+    spec = BehaviourSpec(variant, 1, "learned" if problem.learned else "known", q_fixed=q_fixed, casual=design)
     model = build_model(problem, spec, marginal=True)
     offset = _pymc_constant_error(problem, variant, q_fixed) + design.n_effects * _normal_error(
         ba.Priors().casual_effect_sigma)

@@ -365,7 +365,7 @@ def test_pytensor_equals_numpy_with_a_style_term(variant, q_fixed):
 
     pm = pytest.importorskip("pymc")
     _, problem, casual, style = _style_problem()
-    spec = BehaviourSpec(variant, 1, "learned", q=q_fixed, casual=casual, style=style)
+    spec = BehaviourSpec(variant, 1, "learned", q_fixed=q_fixed, casual=casual, style=style)
     model = build_model(problem, spec, marginal=True)
     assert model["style_effect"].eval().shape == (1,) and "style_covariate" in model.coords
     rng = np.random.default_rng(0)
