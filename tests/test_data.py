@@ -207,7 +207,7 @@ def test_missing_file_and_directory(tmp_path):
 
 
 def test_bad_settings():
-    with pytest.raises(InputError, match="unknown model"):
+    with pytest.raises(InputError, match="unknown variant"):
         ba.fit(_frame(), variant="three-class")
     with pytest.raises(InputError, match="filter 'top:3' not understood"):
         ba.fit(_frame(), filter="top:3")
