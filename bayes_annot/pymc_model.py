@@ -331,7 +331,7 @@ def build_model(
     import pytensor.tensor as pt
 
     _check_spec(problem, spec)
-    variant, n_tastes, priors, q_fixed = spec.variant, spec.n_tastes, spec.priors, spec.q
+    variant, n_tastes, priors, q_fixed = spec.variant, spec.n_tastes, spec.priors, spec.q_fixed
     cells = compress_cells(problem)
     ties = compress_ties(problem)  # ties in the likelihood (bayes_annot.ties): Davidson's nu and the casual rate t
     if spec.style is not None and ties is not None:
@@ -769,7 +769,7 @@ def _per_draw_two_class(problem, cells, pi, q, strengths, casual_tables_=None, t
 
 
 def _per_draw_continuous(problem, cells, theta, q, strengths, casual_tables_=None, offsets=None, ties=None):
-    r"""Per-draw (S, U) per-user log-likelihood of the continuous model (``offsets``: the style term's, as
+    r"""Per-draw (S, U) per-user log-likelihood of the continuous variant (``offsets``: the style term's, as
     :func:`_cell_att`); ``ties = (tie_cells, nu, t)``
     (:func:`compress_ties`, draws of ``nu`` and ``t``): a decided label's attentive side is Davidson's and its
     casual side carries ``1 - t``; a tie mixes :math:`\eta_u P_{att}(\text{tie}) + (1 - \eta_u) t` (as the
@@ -897,7 +897,7 @@ def fit_pymc(
                 "the nutpie sampler is not installed: run pip install 'bayes_annot[nutpie]' or use --sampler pymc"
             ) from exc
     _check_spec(problem, spec)
-    n_tastes, priors, q_fixed = spec.n_tastes, spec.priors, spec.q
+    n_tastes, priors, q_fixed = spec.n_tastes, spec.priors, spec.q_fixed
     t0 = time.perf_counter()
     user_labels = _labels(user_labels, problem.n_users, "u")
     model_labels = _labels(model_labels, problem.n_models, "model_")
@@ -996,7 +996,7 @@ def _tie_map_users(problem: UsableLabels, variant: str, point: dict, q: float, t
 def _fit_map(problem, spec, progress, seed, user_labels, model_labels, informative_tol, maxeval):
     from .inference_data import point_estimate_idata
 
-    variant, priors, q_fixed = spec.variant, spec.priors, spec.q
+    variant, priors, q_fixed = spec.variant, spec.priors, spec.q_fixed
     model = build_model(problem, spec, user_labels, model_labels, marginal=True)
     point, raw = _run_map(model, progress, seed, maxeval)
     q = float(q_fixed) if q_fixed is not None else float(point["q"])
@@ -1202,7 +1202,7 @@ def _fit_nuts(
     import arviz as az
     import xarray as xr
 
-    variant, priors, q_fixed = spec.variant, spec.priors, spec.q
+    variant, priors, q_fixed = spec.variant, spec.priors, spec.q_fixed
     model = build_model(problem, spec, user_labels, model_labels, strength_prior="zerosum")
     _start_at(model, start)
     idata = _sample(model, draws, tune, chains, sampler, progress, seed, target_accept)
@@ -1390,7 +1390,7 @@ def _fit_tastes(
     from .tastes import taste_columns
 
     nuts = method == "nuts"
-    n_tastes, priors, q_fixed = spec.n_tastes, spec.priors, spec.q
+    n_tastes, priors, q_fixed = spec.n_tastes, spec.priors, spec.q_fixed
     q0 = float(q_fixed) if q_fixed is not None else float(start.get("q", 0.5))
     casual_init = start.get("casual_g")
     if spec.casual is not None and np.shape(casual_init) != (spec.casual.n_effects,):

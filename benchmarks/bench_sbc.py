@@ -98,7 +98,7 @@ def simulate_from(truth: dict, variant: str, args, seed: int):
     share = 1.0 - (truth["pi"] if variant == "two-class" else float(expit(truth["m"])))
     return ba.simulate(
         n_users=args.users, n_models=args.models, casual_share=share, q=truth["q"], strengths=truth["strength"],
-        labels_per_user=args.labels, quality=variant, eta_tau=truth.get("tau", 1.5), seed=seed,
+        labels_per_user=args.labels, variant=variant, eta_tau=truth.get("tau", 1.5), seed=seed,
     )
 
 
@@ -230,7 +230,7 @@ def em_start(log, variant: str) -> dict:
     ``fit(method="nuts")`` starts its chains (:func:`bayes_annot.pymc_model.start_point`)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        em = ba.fit(log, model=variant, casual_covariates="auto", casual_bins=CASUAL_BINS, ties="model")
+        em = ba.fit(log, variant=variant, casual_covariates="auto", casual_bins=CASUAL_BINS, ties="model")
     params = em.summary["parameters"]
     strengths = em.models.strength.to_numpy(float)
     point = {"strength": strengths - strengths.mean(), "q": params["q"],
@@ -308,7 +308,7 @@ def run(variant: str, args) -> dict:
             options = dict(casual_covariates="auto", casual_bins=CASUAL_BINS, ties="model") if full else {}
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                result = ba.fit(log, model=variant, method="nuts", draws=args.draws, tune=args.tune, chains=2,
+                result = ba.fit(log, variant=variant, method="nuts", draws=args.draws, tune=args.tune, chains=2,
                                 seed=i, progress=False, filter="prob:0.5", **options)
             posterior, divergences = result.idata.posterior, int(result.summary.get("divergences") or 0)
             bins_ok = full and edges_ok(result)

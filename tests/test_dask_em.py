@@ -80,10 +80,10 @@ def test_dask_fit_equals_in_memory(client, tmp_path, variant):
     # follow those bits. So both are run to a tight tolerance and compared there, without the iteration count.
     tol = 1e-11 if variant == "two-class" else 1e-13
     fit = fit_dask(ddf, spec=BehaviourSpec(variant), npartitions=3, tol=tol)
-    ref = ba.fit(log, model=variant, tol=tol)
+    ref = ba.fit(log, variant=variant, tol=tol)
     _assert_same(fit, ref, same_iterates=False)
     if variant == "continuous":
-        np.testing.assert_allclose(fit.em.p_eta_above_half, ref.users.p_eta_above_half.to_numpy(), atol=TOL, rtol=0)
+        np.testing.assert_allclose(fit.em.p_good, ref.users.p_eta_above_half.to_numpy(), atol=TOL, rtol=0)
 
 
 def test_dask_rows_accounting(client, tmp_path):

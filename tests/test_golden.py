@@ -81,7 +81,7 @@ Seen at the default tol: 3.8e-7 in p_eta_above_half in one run of five (the EM t
 SUMMARY_KEYS = (
     "engine",
     "backend",
-    "model",
+    "variant",
     "strengths",
     "counts",
     "parameters",
@@ -156,12 +156,12 @@ def _em_case(variant: str, strengths: str, q):
 
     def run():
         if strengths == "learned":
-            return _fit(make_log(variant), model=variant, q=q)
+            return _fit(make_log(variant), variant=variant, q=q)
         if strengths == "p_a":
-            return _fit(make_log(variant, known_mu=0.75), model=variant, q=q)
+            return _fit(make_log(variant, known_mu=0.75), variant=variant, q=q)
         # the paper's setting on the 5-model log: an attentive user prefers model_0 with probability
         # 0.75; pairs without model_0 carry no information about quality
-        return _fit(make_log(variant), model=variant, q=q, mu=0.75, strong_model="model_0")
+        return _fit(make_log(variant), variant=variant, q=q, mu=0.75, strong_model="model_0")
 
     return run
 
@@ -171,7 +171,7 @@ def update_chain(variant: str) -> tuple:
     """A fit on the first 55% of the rows, then three ``result.update(batch)`` (new users arrive in each)."""
     log = make_log(variant, seed=4)
     cuts = [0, int(0.55 * len(log)), int(0.70 * len(log)), int(0.85 * len(log)), len(log)]
-    result = _fit(log.iloc[cuts[0] : cuts[1]], model=variant)
+    result = _fit(log.iloc[cuts[0] : cuts[1]], variant=variant)
     chain = []
     for lo, hi in itertools.pairwise(cuts[1:]):
         with warnings.catch_warnings():
@@ -199,13 +199,13 @@ def _dask_case(variant: str):
         # extrapolations are kept and where EM stops: that case is compared at LOOSE_CASES' tolerance.
         with dask.config.set(scheduler="synchronous"):
             ddf = dd.from_pandas(make_log(variant, seed=3), npartitions=3, sort=False)
-            return _fit(ddf, model=variant)
+            return _fit(ddf, variant=variant)
 
     return run
 
 
 def _map_case(variant: str):
-    return lambda: _fit(make_log(variant, n_users=120, seed=5), model=variant, method="map", seed=0)
+    return lambda: _fit(make_log(variant, n_users=120, seed=5), variant=variant, method="map", seed=0)
 
 
 def _q_id(q) -> str:

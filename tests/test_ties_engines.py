@@ -105,10 +105,10 @@ def _known_tie_log(n_users=1000, seed=3):
 def test_known_strengths_with_ties_recover_nu_and_t(model, strengths):
     log = _known_tie_log()
     if strengths == "p_a":
-        result = _fit(log[COLUMNS + ["p_a"]], model=model)
+        result = _fit(log[COLUMNS + ["p_a"]], variant=model)
         assert result.summary["strengths"].startswith("known (column")
     else:
-        result = _fit(log[COLUMNS], model=model, mu=0.75, strong_model="model_0")
+        result = _fit(log[COLUMNS], variant=model, mu=0.75, strong_model="model_0")
         assert result.summary["strengths"].startswith("known (mu")
     assert result.ties_["mode"] == "model" and result.ties_["n_ties"] == int((log.winner == "tie").sum())
     assert result.ties_["nu"] == pytest.approx(0.8, rel=0.10)
@@ -123,7 +123,7 @@ def test_known_strengths_with_ties_em_objective_is_the_numpy_spec(model):
     from bayes_annot.pymc_model import numpy_loglik
 
     log = _known_tie_log(n_users=200, seed=5)[COLUMNS + ["p_a"]]
-    result = _fit(log, model=model, tol=1e-12)
+    result = _fit(log, variant=model, tol=1e-12)
     problem, _ = build_problem(prepare(log), ties=True)
     assert not problem.learned and problem.n_ties > 0
     est = result.estimates
@@ -234,8 +234,8 @@ def test_dask_known_strengths_with_ties_equal_in_memory():
     for model in ("two-class", "continuous"):
         tol = 1e-9 if model == "two-class" else 1e-12
         with dask.config.set(scheduler="synchronous"):
-            lazy = _fit(dd.from_pandas(log, npartitions=3, sort=False), model=model, tol=tol)
-        memory = _fit(log, model=model, tol=tol)
+            lazy = _fit(dd.from_pandas(log, npartitions=3, sort=False), variant=model, tol=tol)
+        memory = _fit(log, variant=model, tol=tol)
         assert lazy.ties_["mode"] == memory.ties_["mode"] == "model"
         np.testing.assert_allclose(lazy.users.quality, memory.users.quality, atol=1e-8)
         assert lazy.ties_["nu"] == pytest.approx(memory.ties_["nu"], abs=1e-8)
@@ -247,8 +247,8 @@ def test_dask_known_strengths_with_ties_equal_in_memory():
 def test_map_with_known_strengths_and_ties_equals_em(model):
     pytest.importorskip("pymc")
     log = _known_tie_log(n_users=120, seed=12)[COLUMNS + ["p_a"]]
-    em = _fit(log, model=model, tol=1e-12, max_iter=5000)
-    mp = _fit(log, model=model, method="map")
+    em = _fit(log, variant=model, tol=1e-12, max_iter=5000)
+    mp = _fit(log, variant=model, method="map")
     assert mp.ties_["mode"] == em.ties_["mode"] == "model"
     assert mp.ties_["nu"] == pytest.approx(em.ties_["nu"], abs=1e-4)
     assert mp.ties_["t"] == pytest.approx(em.ties_["t"], abs=1e-4)
