@@ -191,7 +191,7 @@ def fit_taste_classes(problem: UsableLabels, spec: BehaviourSpec, *, tol: float 
         warm = (start or {}).get("tastes")
         warm = warm if warm is not None and np.shape(warm["shares"]) == (int(tastes),) else None
         res = fit_tastes(problem if runner is None else runner, int(tastes), priors=priors, q_fixed=q, tol=tol,
-                         max_iter=max_iter, seed=seed, casual=spec.casual,
+                         max_iter=max_iter, seed=seed, casual=spec.casual, style=spec.style,
                          **({"n_starts": 0, "init": [warm]} if warm else {}))
     return res, extra_summary
 
@@ -204,6 +204,8 @@ def taste_estimates(res, extra_summary: dict | None = None) -> Estimates:
     extra_summary = dict(extra_summary or {})
     if getattr(res, "casual", None) is not None and res.casual_g is not None:
         extra_summary["casual_effects"] = casual_effects(res.casual, float(logit(res.q)), res.casual_g)
+    if getattr(res, "style", None) is not None and res.style_delta is not None:
+        extra_summary["style_effects"] = style_effects(res.style, res.style_delta)
     extra_summary["tastes"] = {
         "n_tastes": int(res.n_tastes),
         "starts_agreed": int(res.starts_agreed),
