@@ -18,6 +18,7 @@ from .casual import casual_effects
 from .style import style_effects
 from .data import PreparedData
 from .em import UsableLabels, EMResult
+from .errors import InputError
 from .pairs import ACCELERATE_MIN_MODELS, PairTable
 from .problem import Estimates, problem_key, tie_rows
 from .spec import BehaviourSpec
@@ -173,6 +174,9 @@ def fit_taste_classes(problem: UsableLabels, spec: BehaviourSpec, *, tol: float 
     priors, q, tastes = spec.priors, spec.q, spec.n_tastes
     extra_summary: dict = {}
     if max_tastes is not None:
+        if spec.style is not None:
+            raise InputError("tastes='auto' (--tastes auto) does not choose taste classes with style covariates yet: "
+                             "give the number of classes or use style_covariates='none'")
         selection = select_tastes(problem, max_tastes=max_tastes, seed=seed, priors=priors, q_fixed=q,
                                   casual=spec.casual)
         res = selection.fits[selection.chosen]
