@@ -710,11 +710,14 @@ def block_type_logliks(block: Block, q, tables: np.ndarray, ties=None) -> np.nda
 
     ``tables`` ``(2 P, C)``: log P_att of every cell under each class; the attentive sums
     of all classes are one sparse product ``counts @ tables``. ``ties``: ``(tie tables (P, C), t)``.
+    With an attentive style term ``tables`` is ``(2 P n_casual, C)``, per joint entry (:meth:`Block.is_joint_table`),
+    and the tie tables ``(P n_casual, C)``.
     """
+    att = (block._joint_matrix() if block.is_joint_table(tables) else block.matrix()) @ tables
     if ties is None:
-        return np.column_stack([block.casual_sums(q), block.matrix() @ tables])
+        return np.column_stack([block.casual_sums(q), att])
     att_tie, cas_tie = _tie_sums(block, ties)
-    return np.column_stack([block.casual_sums(q) + cas_tie, block.matrix() @ tables + att_tie])
+    return np.column_stack([block.casual_sums(q) + cas_tie, att + att_tie])
 
 
 def block_class_users(block: Block, shares: np.ndarray, q: float, tables: np.ndarray | None, ties=None):
@@ -763,7 +766,7 @@ def block_class_pass(block: Block, shares: np.ndarray, q: float, tables: np.ndar
             cells = None if ties is None else (block.known_matrix().T @ p_att)[:, None]
     else:
         totals = att.sum(axis=0) - att[inactive].sum(axis=0)
-        cells = block.matrix().T @ att
+        cells = (block._joint_matrix() if block.is_joint_table(tables) else block.matrix()).T @ att
     if casual_cells is None and block.casual_cell is not None:
         casual_cells = block.casual_matrix().T @ casual
     return {
@@ -1309,9 +1312,10 @@ def run_class_em(
     ``tie_rate`` are their starts (default from the tie share, :func:`~bayes_annot.ties.tie_start`). The
     M-steps are then ECM: ``t`` in closed form, each class's strengths at fixed ``nu``, then ``nu``.
 
-    ``style`` (a :class:`~bayes_annot.style.StyleDesign`, with ``casual``; one class, learned strengths, no
-    ties): the attentive log-odds get the style term ``delta' x`` of the row's casual cell; ``style_delta``
-    is its start (zeros by default) and the strengths' M-step the joint Newton of ``(s, delta)``.
+    ``style`` (a :class:`~bayes_annot.style.StyleDesign`, with ``casual``; learned strengths, ties or not): the
+    attentive log-odds of every class get the style term ``delta' x`` of the row's casual cell, ``delta`` shared
+    by the classes (docs/tastes.md); ``style_delta`` is its start (zeros by default) and the strengths' M-step the
+    joint Newton of ``(s^(1..C), delta)`` (:meth:`_StyleSide.fit_classes`).
     """
     started = time.perf_counter()
     priors = priors or Priors()
@@ -1331,17 +1335,15 @@ def run_class_em(
     ties = _TieSide(runner, priors, nu, tie_rate)
     dv = _tie_strengths(runner, bt, learned) if ties.on else None  # Davidson's tables and M-steps
     sty = _StyleSide(style, casual, priors, bt)
-    if sty.on and n_classes != 1:
-        raise ValueError("an attentive style term is fitted with one taste class")
     d0 = sty.start(style_delta)
 
     def evaluate(shares, q, strengths, g, nu, t, delta):
         """Objective at (shares, q, s, g, nu, t, delta) and the EM map's image of them."""
         if sty.on and ties.on:
-            tab, tie_tab = sty.davidson(strengths[0], delta, nu)
-            st = runner.class_pass(shares, cas.arg(q, g), tab[:, None], ties=(tie_tab[:, None], t))
+            tabs, tie_tabs = sty.davidson_classes(strengths, delta, nu)
+            st = runner.class_pass(shares, cas.arg(q, g), tabs, ties=(tie_tabs, t))
         elif sty.on:
-            st = runner.class_pass(shares, cas.arg(q, g), sty.table(strengths[0], delta)[:, None])
+            st = runner.class_pass(shares, cas.arg(q, g), sty.tables(strengths, delta))
         elif ties.on:
             tabs, tie_tabs = dv.davidson(strengths, nu)
             st = runner.class_pass(shares, cas.arg(q, g), tabs, ties=(tie_tabs, t))
@@ -1358,11 +1360,10 @@ def run_class_em(
             new_q, new_g = cas.m_step(st, q, g)
         new_nu, new_t, new_delta = nu, ties.t_step(st), delta
         if sty.on:  # the joint Newton of (s, delta) (ECM with ties: at fixed nu, then nu)
-            tie_cells = st["tie_cells"][:, 0] if ties.on else None
-            new_s, new_delta = sty.fit(st["cells"][:, 0], strengths[0], delta, tie_cells, nu if ties.on else 0.0)
+            tie_cells = st["tie_cells"] if ties.on else None
+            new_s, new_delta = sty.fit_classes(st["cells"], strengths, delta, tie_cells, nu if ties.on else 0.0)
             if ties.on:
-                new_nu = sty.nu(new_s, new_delta, st["cells"][:, 0], tie_cells, nu)
-            new_s = new_s[None, :]
+                new_nu = sty.nu_classes(new_s, new_delta, st["cells"], tie_cells, nu)
         elif ties.on:  # ECM: strengths at fixed nu, then nu at the new strengths
             new_s = dv.fit_ties(st["cells"], st["tie_cells"], strengths, nu)
             new_nu = dv.nu(new_s, st["cells"], st["tie_cells"], nu, priors)
@@ -1403,12 +1404,10 @@ def run_class_em(
     shares, q, strengths, g0, nu, t, delta = params
     differs_cell = bt.differs(strengths, informative_tol) if learned else None  # as em._informative_users
     if sty.on and ties.on:
-        tab, tie_tab = sty.davidson(strengths[0], delta, nu)
-        parts = runner.class_final(shares, cas.arg(q, g0), tab[:, None], differs_cell, informative_tol,
-                                   ties=(tie_tab[:, None], t))
+        tabs, tie_tabs = sty.davidson_classes(strengths, delta, nu)
+        parts = runner.class_final(shares, cas.arg(q, g0), tabs, differs_cell, informative_tol, ties=(tie_tabs, t))
     elif sty.on:
-        parts = runner.class_final(shares, cas.arg(q, g0), sty.table(strengths[0], delta)[:, None], differs_cell,
-                                   informative_tol)
+        parts = runner.class_final(shares, cas.arg(q, g0), sty.tables(strengths, delta), differs_cell, informative_tol)
     elif ties.on:
         tabs, tie_tabs = dv.davidson(strengths, nu)
         parts = runner.class_final(shares, cas.arg(q, g0), tabs, differs_cell, informative_tol, ties=(tie_tabs, t))
@@ -1503,6 +1502,62 @@ class _StyleSide:
         wt = None if tie_cells is None else np.asarray(tie_cells, dtype=float).reshape(shape)
         return fit_style(self.bt.pairs, w[..., 1], w[..., 0], self.values, s, delta, self.priors.strength_sigma,
                          self.priors.style_effect_sigma, structure=self.bt._sparse_structure(), wt=wt, nu=nu)
+
+    def tables(self, strengths: np.ndarray, delta) -> np.ndarray:
+        """``(2 P n_casual, C)``: :meth:`table` of every class's strengths ``(C, K)`` at the shared ``delta``."""
+        return np.stack([self.table(s, delta) for s in strengths], axis=1)
+
+    def davidson_classes(self, strengths: np.ndarray, delta, nu: float) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`davidson` of every class ``(C, K)``: ``(2 P n_casual, C)`` and ``(P n_casual, C)``."""
+        parts = [self.davidson(s, delta, nu) for s in strengths]
+        return np.stack([p[0] for p in parts], axis=1), np.stack([p[1] for p in parts], axis=1)
+
+    def _stacked(self, n_classes: int):
+        """The pair vocabulary of ``C`` classes side by side: class ``c``'s model ``k`` is ``c K + k`` (cached)."""
+        if getattr(self, "_stack", None) is None or self._stack[0] != n_classes:
+            from .pairs import PairTable
+
+            pairs, k = self.bt.pairs, self.bt.pairs.n_models
+            big = k * n_classes
+            offset = np.repeat(np.arange(n_classes) * k, pairs.n_pairs)
+            keys = (np.tile(pairs.a, n_classes) + offset) * big + np.tile(pairs.b, n_classes) + offset
+            self._stack = (n_classes, PairTable.from_keys(keys, big))
+        return self._stack[1]
+
+    def fit_classes(self, cells: np.ndarray, strengths: np.ndarray, delta, tie_cells=None, nu: float = 0.0):
+        """``(s^(1..C), delta)`` from each class's attentive-weighted joint cells ``(2 P n_casual, C)`` (and ties
+        ``(P n_casual, C)``): one class is :meth:`fit`; ``C`` classes one joint Newton of the stacked problem
+        (class ``c``'s strengths are models ``c K .. c K + K - 1`` of a pair table holding every class's pairs:
+        the likelihood is the sum of the classes' and the ridge is per strength, so this is the exact M-step of
+        the shared ``delta``). Returns ``(C, K)`` strengths and ``delta``."""
+        strengths = np.asarray(strengths, dtype=float)
+        n_classes, k = strengths.shape
+        if n_classes == 1:
+            s, d = self.fit(np.asarray(cells)[:, 0], strengths[0], delta,
+                            None if tie_cells is None else np.asarray(tie_cells)[:, 0], nu)
+            return s[None, :], d
+        stacked = self._stacked(n_classes)  # class-major: class c's pair p is row c P + p
+        n_pairs, n_cells = self.bt.pairs.n_pairs, self.values.shape[0]
+        w = np.asarray(cells, dtype=float).reshape(n_pairs, n_cells, 2, n_classes).transpose(3, 0, 1, 2)
+        w = w.reshape(n_classes * n_pairs, n_cells, 2)
+        wt = None
+        if tie_cells is not None:
+            wt = np.asarray(tie_cells, dtype=float).reshape(n_pairs, n_cells, n_classes).transpose(2, 0, 1)
+            wt = wt.reshape(n_classes * n_pairs, n_cells)
+        s, d = fit_style(stacked, w[..., 1], w[..., 0], self.values, strengths.reshape(-1), delta,
+                         self.priors.strength_sigma, self.priors.style_effect_sigma, wt=wt, nu=nu)
+        return s.reshape(n_classes, k), d
+
+    def nu_classes(self, strengths: np.ndarray, delta, cells: np.ndarray, tie_cells: np.ndarray, nu: float) -> float:
+        """The ``nu`` M-step at fixed ``(s^(1..C), delta)`` over every class's ``(pair, cell)`` terms."""
+        n_classes = strengths.shape[0]
+        if n_classes == 1:
+            return self.nu(strengths[0], delta, np.asarray(cells)[:, 0], np.asarray(tie_cells)[:, 0], nu)
+        w = np.asarray(cells, dtype=float).T.reshape(n_classes, -1, 2)
+        wt = np.asarray(tie_cells, dtype=float).T
+        offsets = style_offsets(self.values, delta)
+        d = np.concatenate([style_logits(s, self.bt.pairs.a, self.bt.pairs.b, offsets).ravel() for s in strengths])
+        return nu_step(nu, d, (w.sum(axis=2) + wt).ravel(), float(wt.sum()), self.priors)
 
     def pack(self, delta) -> list:
         return [np.asarray(delta, dtype=float)] if self.on else []

@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="attentive style term, as Chatbot Arena's style control: attentive log-odds s_a - s_b + "
                             "delta'x, so reading-based length preference (delta) is reported apart from casual "
                             "clicks that follow length; none (default), auto (every casual covariate) or casual "
-                            "covariate names (one taste class; with --method map/nuts ties are left out of the likelihood)")
+                            "covariate names (any engine, ties modelled too; --tastes N classes share one delta; not --tastes auto)")
     model.add_argument("--ties", default=None, metavar="model|ignore",
                        help="ties (tie, tie (bothbad)) in the likelihood: model (default when the log has ties and "
                             "the fit supports it: Davidson's nu for attentive users, a tie rate t for casual ones) or "

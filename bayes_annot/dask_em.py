@@ -630,7 +630,7 @@ def fit_dask(
 
             warm = (start or {}).get("tastes")
             taste_fit = fit_tastes(runner, int(tastes), priors=priors, q_fixed=q_fixed, tol=tol, max_iter=max_iter, seed=seed,
-                                   informative_tol=informative_tol, casual=casual,
+                                   informative_tol=informative_tol, casual=casual, style=style,
                                    **({"n_starts": 0, "init": [warm]} if warm else {}))
             em = None
         else:

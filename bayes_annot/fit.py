@@ -755,17 +755,18 @@ def fit(
         covariates"): attentive log-odds ``s_a - s_b + delta' x``, so a preference for long answers
         *after reading* (``delta``) is reported apart from casual clicks that follow length. ``None`` /
         ``"none"`` (default): no style term; ``"auto"``: every casual covariate; or names among the
-        casual covariates (the term uses their cells, each at its mean ``x``). EM, MAP and NUTS, one taste
-        class, learned strengths (in memory or Dask); ties stay in the likelihood with EM (Davidson's ``d`` gets
-        the term too), MAP and NUTS leave them out (``ties="model"`` is refused there).
+        casual covariates (the term uses their cells, each at its mean ``x``). EM, MAP and NUTS, learned
+        strengths (in memory or Dask); ties stay in the likelihood with every engine (Davidson's ``d`` gets the
+        term too); ``tastes=N`` classes share one ``delta`` (docs/tastes.md; not ``tastes="auto"`` nor
+        ``taste_check``).
         The effects are in ``result.style_effects_`` and ``summary["style_effects"]``.
     ties : {"model", "ignore"}, optional
         Whether ties (``tie``, ``tie (bothbad)``) enter the likelihood (docs/model.md, "Ties"): ``"model"``,
         attentive ties follow Davidson's model (a learned ``nu``: more ties on close pairs) and casual ones
         a rate ``t`` of their own; ``"ignore"``: they are counted and left out (the paper's model). Default:
         ``"model"`` when the log has ties and the fit supports it (every engine: EM, MAP and NUTS of either
-        variant, learned or known strengths, taste classes and ``tastes="auto"`` too; not MAP / NUTS with a
-        style term), else ``"ignore"``. ``nu`` and ``t`` are in ``result.ties_`` and ``summary["ties"]``; tie rows
+        variant, learned or known strengths, taste classes and ``tastes="auto"`` too, with a style term too),
+        else ``"ignore"``. ``nu`` and ``t`` are in ``result.ties_`` and ``summary["ties"]``; tie rows
         keep ``reason = "tie"`` and are never kept for export.
     tastes : int or "auto"
         Number of taste classes (two-class variant, learned strengths only):
@@ -846,7 +847,7 @@ def fit(
     casual_design(("x",), np.ones((1, 1)), casual_bins)  # casual_bins is checked before reading
     which_style = parse_style_covariates(style_covariates)
     if which_style != "none":
-        _check_style_settings(tastes=tastes, taste_check=taste_check, ties=ties, method=method)
+        _check_style_settings(tastes=tastes, taste_check=taste_check)
     rule = parse_filter(filter)
     check_no_verdict_policy(no_verdict)
     if not isinstance(max_tastes, (int, np.integer)) or isinstance(max_tastes, bool) or max_tastes < 1:
@@ -885,8 +886,7 @@ def fit(
     columns = ColumnMap(user=user, model_a=model_a, model_b=model_b, winner=winner, p_a=p_a, winner_values=winner_values)
     prepared = prepare(frame, columns, on_bad_row=on_bad_row)
     ties_mode = resolve_ties(ties, prepared.counts()["ties"], method=method, tastes=tastes,
-                             learned=mu is None and not (use_p_a and prepared.has_p_a), variant=variant,
-                             style=not (isinstance(which_style, str) and which_style == "none"))
+                             learned=mu is None and not (use_p_a and prepared.has_p_a), variant=variant)
     priors = spec.priors
     if isinstance(which_casual, CasualDesign):  # a previous fit's covariates and bins (an update)
         design = prepare_casual(prepared, design=which_casual)
@@ -902,8 +902,6 @@ def fit(
         if mu is not None or (use_p_a and prepared.has_p_a):
             raise InputError("style covariates need learned strengths (no p_a column, no mu): use "
                              "style_covariates='none' (--style-covariates none)")
-        if method != "em":  # MAP / NUTS: no ties with a style term yet (ties='model' was refused)
-            ties_mode = "ignore"
         spec = spec.with_style(style)
     problem, strength_mode = build_problem(prepared, mu=mu, strong_model=strong_model, use_p_a=use_p_a, casual=design,
                                            ties=ties_mode == "model", style=style is not None)
@@ -1067,7 +1065,7 @@ def fit_prepared(
     ties_mode = resolve_ties(ties, prepared.counts()["ties"], tastes=tastes,
                              learned=mu is None and not (use_p_a and prepared.has_p_a))
     if style is not None:
-        _check_style_settings(tastes=tastes, taste_check=False, ties=ties, method="em")
+        _check_style_settings(tastes=tastes, taste_check=False)
         spec = spec.with_style(style)
     if state is None:
         covariates_read()
@@ -1454,17 +1452,14 @@ def _fit_dask_frame(ddf, *, spec: BehaviourSpec, rule, tol, max_iter, seed, star
     return FitResult._from_dask(ddf, dfit, rule, summary, no_verdict)
 
 
-def _check_style_settings(*, tastes, taste_check, ties, method) -> None:
+def _check_style_settings(*, tastes, taste_check) -> None:
     """Refuse, in one line, what the attentive style term does not support yet (docs/model.md, "Style covariates")."""
-    if tastes != 1:
-        raise InputError("style covariates (--style-covariates) are fitted with one taste class for now: use tastes=1 "
-                         "or style_covariates='none'")
+    if tastes == "auto":
+        raise InputError("tastes='auto' (--tastes auto) does not choose taste classes with style covariates yet: give "
+                         "the number of classes (e.g. --tastes 2) or use style_covariates='none'")
     if taste_check:
         raise InputError("taste_check does not model style covariates yet: drop taste_check or use "
                          "style_covariates='none'")
-    if ties == "model" and method != "em":
-        raise InputError("ties in the likelihood with style covariates are fitted by EM only for now: use "
-                         "ties='ignore' (--ties ignore), method='em' or style_covariates='none'")
 
 
 def _casual_setting(which):

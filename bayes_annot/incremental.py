@@ -282,6 +282,7 @@ def _label_start(result) -> dict:
     taste = _taste_start(est, params.get("q"))
     if taste is not None:
         taste["casual_g"] = start["casual_g"]
+        taste["style_delta"] = start["style_delta"]
         taste["strengths"] = pd.DataFrame(taste["strengths"].T, index=_as_text(result._data.model_labels))
         start["tastes"] = taste
     return start
@@ -330,6 +331,7 @@ def _mapped_start(previous, merge: _Merge) -> dict:
     start["tastes"] = _taste_start(est, params.get("q"), merge.model_map, n_models)
     if start["tastes"] is not None:
         start["tastes"]["casual_g"] = start["casual_g"]
+        start["tastes"]["style_delta"] = start["style_delta"]
     return start
 
 

@@ -18,6 +18,7 @@ from .casual import casual_effects
 from .style import style_effects
 from .data import PreparedData
 from .em import UsableLabels, EMResult
+from .errors import InputError
 from .pairs import ACCELERATE_MIN_MODELS, PairTable
 from .problem import Estimates, problem_key, tie_rows
 from .spec import BehaviourSpec
@@ -173,6 +174,9 @@ def fit_taste_classes(problem: UsableLabels, spec: BehaviourSpec, *, tol: float 
     priors, q_fixed, tastes = spec.priors, spec.q_fixed, spec.n_tastes
     extra_summary: dict = {}
     if max_tastes is not None:
+        if spec.style is not None:
+            raise InputError("tastes='auto' (--tastes auto) does not choose taste classes with style covariates yet: "
+                             "give the number of classes or use style_covariates='none'")
         selection = select_tastes(problem, max_tastes=max_tastes, seed=seed, priors=priors, q_fixed=q_fixed,
                                   casual=spec.casual)
         res = selection.fits[selection.chosen]
@@ -191,7 +195,7 @@ def fit_taste_classes(problem: UsableLabels, spec: BehaviourSpec, *, tol: float 
         warm = (start or {}).get("tastes")
         warm = warm if warm is not None and np.shape(warm["shares"]) == (int(tastes),) else None
         res = fit_tastes(problem if runner is None else runner, int(tastes), priors=priors, q_fixed=q_fixed, tol=tol,
-                         max_iter=max_iter, seed=seed, casual=spec.casual,
+                         max_iter=max_iter, seed=seed, casual=spec.casual, style=spec.style,
                          **({"n_starts": 0, "init": [warm]} if warm else {}))
     return res, extra_summary
 
@@ -204,6 +208,8 @@ def taste_estimates(res, extra_summary: dict | None = None) -> Estimates:
     extra_summary = dict(extra_summary or {})
     if getattr(res, "casual", None) is not None and res.casual_g is not None:
         extra_summary["casual_effects"] = casual_effects(res.casual, float(logit(res.q)), res.casual_g)
+    if getattr(res, "style", None) is not None and res.style_delta is not None:
+        extra_summary["style_effects"] = style_effects(res.style, res.style_delta)
     extra_summary["tastes"] = {
         "n_tastes": int(res.n_tastes),
         "starts_agreed": int(res.starts_agreed),

@@ -723,10 +723,11 @@ def _taste_types(src, uidx) -> tuple[np.ndarray, np.ndarray] | None:
     return (None if np.isnan(p).any() or np.isnan(s).any() else (p, s))
 
 
-def _group_rule(src, design, cells, ell, user, ma, mb, n_users, threshold, tastes, continuous):
+def _group_rule(src, design, cells, ell, user, ma, mb, n_users, threshold, tastes, continuous, style_offset=0.0):
     """The rule that groups users as the fit does, as a function of the labels: ``choice`` (per usable row)
     -> per row 1 when its user's posterior quality under the fitted point estimates is at least
     ``threshold`` (two-class: P(attentive); taste classes: P(not casual); continuous: E[eta]), else 0.
+    ``style_offset`` (per row): the attentive style term's offset, added to every attentive log-odds.
 
     The observed and every replicated data set are grouped by this one rule, so that users a fit calls
     casual *because* their labels look casual are compared with replicated users selected the same way.
@@ -751,6 +752,7 @@ def _group_rule(src, design, cells, ell, user, ma, mb, n_users, threshold, taste
     if beta0 is None or any(params.get(k) is None for k in needs):
         return lambda choice: fixed[user]
     cas_logit = beta0 if eff_design is None else (beta0 + eff_design.design() @ g)[cells]
+    ell = ell + style_offset
 
     def label_logps(choice, logit):
         sgn = np.where(choice, 1.0, -1.0)
@@ -787,8 +789,8 @@ def _group_rule(src, design, cells, ell, user, ma, mb, n_users, threshold, taste
         def rule(choice):
             cols = [np.bincount(user, weights=label_logps(choice, cas_logit), minlength=n_users)]
             for c in range(s_taste.shape[0]):
-                cols.append(np.bincount(user, weights=label_logps(choice, s_taste[c, ma] - s_taste[c, mb]),
-                                        minlength=n_users))
+                cols.append(np.bincount(user, weights=label_logps(choice, s_taste[c, ma] - s_taste[c, mb]
+                                                                  + style_offset), minlength=n_users))
             post = np.column_stack(cols) + log_shares[None, :]
             p_casual = np.exp(post[:, 0] - logsumexp(post, axis=1))
             return ((1.0 - p_casual) >= threshold)[user]
@@ -800,6 +802,17 @@ def _group_rule(src, design, cells, ell, user, ma, mb, n_users, threshold, taste
         cas = np.bincount(user, weights=label_logps(choice, cas_logit), minlength=n_users)
         return (expit(_logit(pi) + att - cas) >= threshold)[user]
     return rule
+
+
+def _style_row_offsets(src, design, cells) -> np.ndarray | float:
+    """Each label's attentive style offset ``delta' x~`` of its casual cell (``summary["style_effects"]``, on the
+    casual covariates' own design ``design``), or 0 when the fit has no style term."""
+    from .style import cell_offsets_from_summary
+
+    effects = src.summary.get("casual_effects") or None
+    if not src.summary.get("style_effects") or effects is None or design is None or not _effects_match(design, effects):
+        return 0.0
+    return np.asarray(cell_offsets_from_summary(src.summary), dtype=float)[cells]
 
 
 def _effects_match(design, effects: dict) -> bool:
@@ -826,7 +839,12 @@ def ppc_length_bins(result, *, n_rep: int = 200, seed: int = 0, threshold: float
     follow the strengths, casual ones ``sigmoid(beta_0 + f(x))``; one posterior draw per replicate
     when the result is sampled, else the point estimates). Casual clicks that follow length show as a
     share rising across the bins among the casual users; a fit whose casual side ignores them
-    replicates a flat share, and the observed points leave the replicated range.
+    replicates a flat share, and the observed points leave the replicated range. With an attentive
+    style term (``summary["style_effects"]``) attentive labels follow ``s_a - s_b + delta' x`` at their
+    casual cell's representative covariates (``delta`` the fit's estimate, its posterior mean when
+    sampled), in the replicates and in the rule that groups users, so the reading-based length
+    preference the fit models is replicated, not shown as misfit; the orientation ("the stronger
+    model") stays the strengths'.
 
     The covariates are read from the result's rows (recomputed as the fit read them: a loaded folder
     gives them from its rows table).
@@ -894,10 +912,12 @@ def ppc_length_bins(result, *, n_rep: int = 200, seed: int = 0, threshold: float
     stronger_a = ell > 0
     sign = np.where(stronger_a, 1.0, -1.0)
     cells = design.cells(x)
+    style_offset = _style_row_offsets(src, design, cells)  # the attentive style term's, per label (else 0)
     known_p_a = str(src.summary.get("strengths", "")).startswith("known (column")
     continuous = src.summary.get("variant") == "continuous"
     tastes = None if continuous or known_p_a else _taste_types(src, uidx)
-    group_of = _group_rule(src, design, cells, ell, user, ma, mb, n_users, threshold, tastes, continuous)
+    group_of = _group_rule(src, design, cells, ell, user, ma, mb, n_users, threshold, tastes, continuous,
+                           style_offset)
     group = group_of(y).astype(np.int64)  # 0 casual, 1 attentive
 
     # per covariate: each informative label's signed bin (oriented to the stronger model), as a slot
@@ -947,9 +967,9 @@ def ppc_length_bins(result, *, n_rep: int = 200, seed: int = 0, threshold: float
             kind_row = kind[user]
             attentive = kind_row > 0
             cls = np.maximum(kind_row - 1, 0)
-            ell_r = s_taste[cls, ma] - s_taste[cls, mb]
+            ell_r = s_taste[cls, ma] - s_taste[cls, mb] + style_offset
         else:
-            ell_r = ell if known_p_a or strengths is None else strengths[ma] - strengths[mb]
+            ell_r = (ell if known_p_a or strengths is None else strengths[ma] - strengths[mb]) + style_offset
             if eta_cum is not None:
                 node = (rng.random(n_users)[:, None] > eta_cum[:, :-1]).sum(axis=1)
                 attentive = rng.random(len(user)) < group_of.eta_nodes[node][user]

@@ -149,7 +149,8 @@ def casual_effect_names(design) -> list[str]:
 
 def compress_ties(problem: UsableLabels) -> dict:
     """The ties in the likelihood as distinct (user, model_a, model_b) cells with counts (``None``: none);
-    with known strengths distinct (user, known log-odds) cells (``logit_mu``)."""
+    with known strengths distinct (user, known log-odds) cells (``logit_mu``); with an attentive style term
+    (``problem.tie_casual_cell``) distinct (user, model_a, model_b, casual cell) cells (``casual``)."""
     if problem.tie_user is None or problem.n_ties == 0:
         return None
     n_tie_user = np.bincount(problem.tie_user, minlength=problem.n_users).astype(float)
@@ -159,10 +160,17 @@ def compress_ties(problem: UsableLabels) -> dict:
         return dict(user=uniq[:, 0].astype(np.int64), logit_mu=uniq[:, 1].copy(), count=count.astype(float),
                     n_tie_user=n_tie_user)
     k = problem.n_models
-    key = (problem.tie_user.astype(np.int64) * k + problem.tie_model_a) * k + problem.tie_model_b
+    styled = problem.tie_casual_cell is not None  # an attentive style term: ties by (pair, casual cell) too
+    n_cc = max(int(problem.n_casual), 1) if styled else 1
+    cc = problem.tie_casual_cell.astype(np.int64) if styled else 0
+    key = ((problem.tie_user.astype(np.int64) * k + problem.tie_model_a) * k + problem.tie_model_b) * n_cc + cc
     uniq, count = np.unique(key, return_counts=True)
-    return dict(user=uniq // (k * k), model_a=(uniq // k) % k, model_b=uniq % k, count=count.astype(float),
-                n_tie_user=np.bincount(problem.tie_user, minlength=problem.n_users).astype(float))
+    rest = uniq // n_cc
+    out = dict(user=rest // (k * k), model_a=(rest // k) % k, model_b=rest % k, count=count.astype(float),
+               n_tie_user=n_tie_user)
+    if styled:
+        out["casual"] = uniq % n_cc
+    return out
 
 
 def _davidson_log_norm(d, nu):
@@ -243,7 +251,7 @@ def build_model(
         Initial attentive style effects (``spec.style``, :mod:`bayes_annot.style`; default zeros). With a
         style term the model has ``style_effect`` (dim ``style_covariate``, Normal(0, ``style_effect_sigma``))
         and each cell's attentive log-odds are ``s_a - s_b + delta' x`` at its casual cell's
-        representative covariates (one taste class, no ties).
+        representative covariates (with ties, Davidson's ``d`` gets the term too, each tie at its own casual cell).
     casual_init : array, optional
         Initial casual covariate effects (``spec.casual``; default zeros). With casual covariates
         the model has ``casual_effect`` (dim ``casual_bin``, Normal(0, ``casual_effect_sigma``))
@@ -334,8 +342,6 @@ def build_model(
     variant, n_tastes, priors, q_fixed = spec.variant, spec.n_tastes, spec.priors, spec.q_fixed
     cells = compress_cells(problem)
     ties = compress_ties(problem)  # ties in the likelihood (bayes_annot.ties): Davidson's nu and the casual rate t
-    if spec.style is not None and ties is not None:
-        raise InputError("the PyMC model has no style term with ties in the likelihood yet: use ties='ignore'")
     n_users, n_models = problem.n_users, problem.n_models
     coords = {
         "user": _labels(user_labels, n_users, "u"),
@@ -409,19 +415,28 @@ def build_model(
             else:
                 strength = pm.Normal("strength", mu=0.0, sigma=priors.strength_sigma, dims=s_dims, initval=init)
             table_index = 2 * cell_pair + cell_choice
-            if n_tastes == 1 and ties is not None:  # Davidson: log P(a) = d/2 - log h, log P(b) = -d/2 - log h
+            offsets = None
+            if spec.style is not None:
+                # the attentive style term (bayes_annot.style): s_a - s_b + delta' x at the cell's casual cell
+                values = pm.Data("style_values", spec.style.values(spec.casual))
+                delta = pm.Normal("style_effect", mu=0.0, sigma=priors.style_effect_sigma, dims="style_covariate",
+                                  initval=np.zeros(spec.style.n_effects) if style_init is None else np.asarray(style_init))
+                offsets = pt.dot(values, delta)  # per casual cell
+            if n_tastes == 1 and offsets is not None and ties is not None:  # Davidson at d = s_a - s_b + delta' x
+                d_cell = (strength[pair_a] - strength[pair_b])[cell_pair] + offsets[cell_casual]
+                att_cell = 0.5 * (2.0 * cell_choice - 1.0) * d_cell - _davidson_log_norm(d_cell, nu)
+                d_tie = (strength[pm.Data("tie_model_a", ties["model_a"])] - strength[pm.Data("tie_model_b", ties["model_b"])]
+                         + offsets[pm.Data("tie_casual", ties["casual"])])
+                att_tie = pt.log(nu) - _davidson_log_norm(d_tie, nu)
+            elif n_tastes == 1 and offsets is not None:
+                d_cell = (strength[pair_a] - strength[pair_b])[cell_pair] + offsets[cell_casual]
+                att_cell = -pt.softplus(-(2.0 * cell_choice - 1.0) * d_cell)  # log sigmoid((2y - 1) d)
+            elif n_tastes == 1 and ties is not None:  # Davidson: log P(a) = d/2 - log h, log P(b) = -d/2 - log h
                 d = strength[pair_a] - strength[pair_b]
                 log_h = _davidson_log_norm(d, nu)
                 att_cell = pt.stack([-0.5 * d - log_h, 0.5 * d - log_h], axis=1).reshape((-1,))[table_index]
                 d_tie = strength[pm.Data("tie_model_a", ties["model_a"])] - strength[pm.Data("tie_model_b", ties["model_b"])]
                 att_tie = pt.log(nu) - _davidson_log_norm(d_tie, nu)  # log P_att(tie) per tie cell
-            elif n_tastes == 1 and spec.style is not None:
-                # the attentive style term (bayes_annot.style): s_a - s_b + delta' x at the cell's casual cell
-                values = pm.Data("style_values", spec.style.values(spec.casual))
-                delta = pm.Normal("style_effect", mu=0.0, sigma=priors.style_effect_sigma, dims="style_covariate",
-                                  initval=np.zeros(spec.style.n_effects) if style_init is None else np.asarray(style_init))
-                d_cell = (strength[pair_a] - strength[pair_b])[cell_pair] + pt.dot(values, delta)[cell_casual]
-                att_cell = -pt.softplus(-(2.0 * cell_choice - 1.0) * d_cell)  # log sigmoid((2y - 1) d)
             elif n_tastes == 1:
                 # attentive log-odds of choosing model_a, once per distinct ordered pair
                 d = strength[pair_a] - strength[pair_b]
@@ -433,7 +448,17 @@ def build_model(
                 d = strength[:, pair_a] - strength[:, pair_b]
                 n_table = 2 * pair_a.shape[0]
                 flat = (pt.arange(n_tastes)[:, None] * n_table + table_index[None, :]).reshape((-1,))
-                if ties is not None:  # Davidson per class, nu shared (as EM)
+                if offsets is not None:  # a style term, delta shared by the classes: (C, cell) log-odds
+                    d_cell = d[:, cell_pair] + offsets[cell_casual][None, :]
+                    sign = (2.0 * cell_choice - 1.0)[None, :]
+                    if ties is not None:
+                        att_cell = (0.5 * sign * d_cell - _davidson_log_norm(d_cell, nu)).reshape((-1,))
+                        tie_a, tie_b = pm.Data("tie_model_a", ties["model_a"]), pm.Data("tie_model_b", ties["model_b"])
+                        d_tie = strength[:, tie_a] - strength[:, tie_b] + offsets[pm.Data("tie_casual", ties["casual"])][None, :]
+                        att_tie = pt.log(nu) - _davidson_log_norm(d_tie, nu)
+                    else:
+                        att_cell = (-pt.softplus(-sign * d_cell)).reshape((-1,))
+                elif ties is not None:  # Davidson per class, nu shared (as EM)
                     log_h = _davidson_log_norm(d, nu)
                     att_cell = pt.stack([-0.5 * d - log_h, 0.5 * d - log_h], axis=2).reshape((-1,))[flat]
                     tie_a, tie_b = pm.Data("tie_model_a", ties["model_a"]), pm.Data("tie_model_b", ties["model_b"])
@@ -632,22 +657,32 @@ def numpy_loglik(
 
         shares = np.asarray(params["shares"], float)
         ties = (float(params["tie_nu"]), float(params["casual_tie_rate"])) if problem.n_ties else None
+        offsets = None
+        if style is not None:  # one delta shared by the classes
+            delta = np.asarray(params["style_effect"], float)
+            offsets = style_offsets(style.values(casual), delta)
+            g_prior += float(log_normal_pdf(delta, 0.0, priors.style_effect_sigma).sum()) if penalised else 0.0
         return taste_loglik(problem, params["strength"], shares[1:], q, priors, q_fixed, penalised,
-                            casual_log_table=table, ties=ties) + g_prior
+                            casual_log_table=table, ties=ties, offsets=offsets) + g_prior
     strengths = np.asarray(params["strength"], float) if problem.learned else None
     att, cas = label_logprobs(problem, strengths, q, table)
+    offset = tie_offset = 0.0
     if style is not None:
         delta = np.asarray(params["style_effect"], float)
-        att = _style_label_att(problem, strengths, style_offsets(style.values(casual), delta))
+        cell_offsets = style_offsets(style.values(casual), delta)
+        att = _style_label_att(problem, strengths, cell_offsets)
+        offset = cell_offsets[problem.casual_cell]
+        if problem.n_ties:
+            tie_offset = cell_offsets[problem.tie_casual_cell]
         g_prior += float(log_normal_pdf(delta, 0.0, priors.style_effect_sigma).sum()) if penalised else 0.0
     user, tie_prior = problem.user, 0.0
     if problem.n_ties:  # ties in the likelihood (bayes_annot.ties): Davidson's attentive labels, casual rate t
         from .ties import davidson_logprobs, log_prior_ties
 
         nu, t = float(params["tie_nu"]), float(params["casual_tie_rate"])
-        pa, pb, _ = davidson_logprobs(row_logit_mu(problem, strengths), nu)
+        pa, pb, _ = davidson_logprobs(row_logit_mu(problem, strengths) + offset, nu)
         att = np.where(problem.choice_a == 1, pa, pb)
-        tie_att = davidson_logprobs(tie_logit_mu(problem, strengths), nu)[2]
+        tie_att = davidson_logprobs(tie_logit_mu(problem, strengths) + tie_offset, nu)[2]
         att = np.concatenate([att, tie_att])
         cas = np.concatenate([cas + np.log1p(-t), np.full(problem.n_ties, np.log(t))])
         user = np.concatenate([problem.user, problem.tie_user])
@@ -694,18 +729,17 @@ def _cell_att(cells: dict, strengths, offsets=None):
     style offsets per casual cell (the attentive style term), else ``None``."""
     if strengths is None:
         return attentive_logprob(cells["choice_a"], cells["logit_mu"])[None, :]
-    d = strengths[:, cells["model_a"]] - strengths[:, cells["model_b"]]
-    if offsets is not None:
-        d = d + offsets[:, cells["casual"]]
-    return attentive_logprob(cells["choice_a"], d)
+    return attentive_logprob(cells["choice_a"], _draw_log_odds(cells, strengths, len(strengths), offsets))
 
 
-def _draw_log_odds(cells: dict, strengths, n_draws: int) -> np.ndarray:
+def _draw_log_odds(cells: dict, strengths, n_draws: int, offsets=None) -> np.ndarray:
     """``(S, n_cells)`` attentive log-odds ``d`` of every cell in each draw: ``s_a - s_b`` of the draws, or the
-    cells' known log-odds (``strengths`` None), the same in every draw."""
+    cells' known log-odds (``strengths`` None), the same in every draw; ``offsets`` (S, n_casual): plus each
+    draw's style offset of the cell's casual cell (the attentive style term)."""
     if strengths is None:
         return np.broadcast_to(cells["logit_mu"], (n_draws, len(cells["logit_mu"])))
-    return strengths[:, cells["model_a"]] - strengths[:, cells["model_b"]]
+    d = strengths[:, cells["model_a"]] - strengths[:, cells["model_b"]]
+    return d if offsets is None else d + offsets[:, cells["casual"]]
 
 
 def _cell_casual(cells: dict, tables, sl):
@@ -713,19 +747,21 @@ def _cell_casual(cells: dict, tables, sl):
     return tables[sl][:, 2 * cells["casual"] + cells["choice_a"]]
 
 
-def _tie_terms(problem, cells, ties, strengths, sl):
+def _tie_terms(problem, cells, ties, strengths, sl, offsets=None):
     r"""Per draw of ``sl``, what ties add to each user's sums (:mod:`bayes_annot.ties`): ``(att, cas)`` (S, U).
 
     ``ties = (tie_cells, nu, t)`` (:func:`compress_ties`, draws of ``nu`` and ``t``). Attentive: every decided
     cell's Davidson normaliser :math:`\log(2\cosh(d/2)) - \log(2\cosh(d/2) + \nu)` (the decided cells carry
     :math:`\log\sigma(\pm d)`) plus each tie's :math:`\log P_{att}(\text{tie})`; casual:
-    :math:`n_{tie} \log t + n_{decided} \log(1 - t)`."""
+    :math:`n_{tie} \log t + n_{decided} \log(1 - t)`. ``offsets`` (S, n_casual): each draw's style offsets
+    (the attentive style term: ``d`` of every cell and tie gets its casual cell's)."""
     from .ties import davidson_logprobs
 
     tie_cells, nu, t = ties
     n_draws = len(nu[sl])
     s = None if strengths is None else strengths[sl]
-    d, d_tie = _draw_log_odds(cells, s, n_draws), _draw_log_odds(tie_cells, s, n_draws)
+    off = None if offsets is None else offsets[sl]
+    d, d_tie = _draw_log_odds(cells, s, n_draws, off), _draw_log_odds(tie_cells, s, n_draws, off)
     half = 0.5 * np.abs(d)
     log_base = half + np.log1p(np.exp(-2.0 * half))  # log(2 cosh(d/2))
     norm = np.stack([log_base[i] - (0.5 * d[i] - davidson_logprobs(d[i], float(v))[0]) for i, v in enumerate(nu[sl])])
@@ -760,7 +796,7 @@ def _per_draw_two_class(problem, cells, pi, q, strengths, casual_tables_=None, t
         else:
             cas_sum = np.asarray(agg @ (_cell_casual(cells, casual_tables_, sl) * cells["count"]).T).T
         if ties is not None:
-            tie_att, tie_cas = _tie_terms(problem, cells, ties, strengths, sl)
+            tie_att, tie_cas = _tie_terms(problem, cells, ties, strengths, sl, offsets)
             att_sum, cas_sum = att_sum + tie_att, cas_sum + tie_cas
         p_pi = pi[sl][:, None]
         p_att[sl] = np.where(active, two_class_posterior(att_sum, cas_sum, p_pi), p_pi)
@@ -782,10 +818,11 @@ def _per_draw_continuous(problem, cells, theta, q, strengths, casual_tables_=Non
     for lo in range(0, n_draws, _DRAW_CHUNK):
         sl = slice(lo, min(lo + _DRAW_CHUNK, n_draws))
         s = None if strengths is None else strengths[sl]
+        off = None if offsets is None else offsets[sl]
         if ties is None:
-            att = _cell_att(cells, s, None if offsets is None else offsets[sl])
+            att = _cell_att(cells, s, off)
         else:
-            d = _draw_log_odds(cells, s, len(ties[1][sl]))
+            d = _draw_log_odds(cells, s, len(ties[1][sl]), off)
             att = np.stack([np.where(cells["choice_a"] == 1, *davidson_logprobs(d[i], float(v))[:2])
                             for i, v in enumerate(ties[1][sl])])
         if casual_tables_ is None:
@@ -798,7 +835,7 @@ def _per_draw_continuous(problem, cells, theta, q, strengths, casual_tables_=Non
         user_ll[sl] = np.asarray(agg @ ll.T).T
         if ties is not None:
             tie_cells, nu, t = ties
-            d_tie = _draw_log_odds(tie_cells, s, len(nu[sl]))
+            d_tie = _draw_log_odds(tie_cells, s, len(nu[sl]), off)
             att_tie = np.stack([davidson_logprobs(d_tie[i], float(v))[2] for i, v in enumerate(nu[sl])])
             cas_tie = np.broadcast_to(np.log(t[sl])[:, None], att_tie.shape)
             tie_ll = continuous_label_loglik(att_tie, cas_tie, theta[sl][:, tie_cells["user"]]) * tie_cells["count"]
@@ -906,7 +943,7 @@ def fit_pymc(
             from .tastes import fit_tastes
 
             start = fit_tastes(problem, int(n_tastes), priors=priors, q_fixed=q_fixed, seed=seed,
-                               casual=spec.casual).as_start()
+                               casual=spec.casual, style=spec.style).as_start()
         est = _fit_tastes(
             problem, spec, start, method, draws, tune, chains, sampler, progress, seed,
             user_labels, model_labels, target_accept, informative_tol, maxeval,
@@ -954,12 +991,15 @@ def _grid_posterior(problem: UsableLabels, m: float, tau: float, casual, strengt
     return block_grid_posterior(block, m, tau, casual, np.exp(table))
 
 
-def _tie_map_users(problem: UsableLabels, variant: str, point: dict, q: float, table, strengths, informative_tol):
+def _tie_map_users(problem: UsableLabels, variant: str, point: dict, q: float, table, strengths, informative_tol,
+                   offsets=None):
     """MAP with ties in the likelihood: per-user results at the MAP point by the block engine's passes
-    (the EM engine's arithmetic; :mod:`bayes_annot.ties`). Returns ``(quality, p_good, user_ll, informative,
-    active, params)`` before the no-verdict levels."""
+    (the EM engine's arithmetic; :mod:`bayes_annot.ties`). ``offsets``: the attentive style term's per casual
+    cell (ties then indexed by ``(pair, casual cell)``, as EM's blocks). Returns ``(quality, p_good, user_ll,
+    informative, active, params)`` before the no-verdict levels."""
     from .block_em import _block_informative, block_grid_posterior, block_two_class_users, known_davidson_tables, make_block
     from .pairs import PairTable
+    from .style import style_davidson_tables
     from .ties import davidson_tables
 
     n, n_ties = problem.n_labels, problem.n_ties
@@ -970,10 +1010,17 @@ def _tie_map_users(problem: UsableLabels, variant: str, point: dict, q: float, t
     if problem.learned:
         pairs = PairTable.from_labels(np.concatenate([problem.model_a, problem.tie_model_a]),
                                       np.concatenate([problem.model_b, problem.tie_model_b]), problem.n_models)[0]
+        tie_pair = pairs.index(problem.tie_model_a, problem.tie_model_b)
+        if offsets is not None:  # a style term: each tie at (pair, casual cell)
+            common["n_tie_casual"] = problem.n_casual
+            tie_pair = tie_pair.astype(np.int64) * problem.n_casual + problem.tie_casual_cell
         block = make_block(user, mask, problem.n_models, cell=pairs.cells(problem.model_a, problem.model_b,
                                                                           problem.choice_a),
-                           pairs=pairs, tie_pair=pairs.index(problem.tie_model_a, problem.tie_model_b), **common)
-        att_table, tie_table = davidson_tables(strengths, pairs.a, pairs.b, nu)
+                           pairs=pairs, tie_pair=tie_pair, **common)
+        if offsets is None:
+            att_table, tie_table = davidson_tables(strengths, pairs.a, pairs.b, nu)
+        else:  # (2 P n_casual,) decided joint entries and (P n_casual,) ties
+            att_table, tie_table = style_davidson_tables(strengths, pairs.a, pairs.b, offsets, nu)
         differs = np.repeat(np.abs(strengths[pairs.a] - strengths[pairs.b]) > informative_tol, 2)
     else:  # known log-odds: Davidson's tables over the block's vocabulary of them
         block = make_block(user, mask, problem.n_models, choice=problem.choice_a, known_logit=problem.known_logit_mu,
@@ -1014,7 +1061,7 @@ def _fit_map(problem, spec, progress, seed, user_labels, model_labels, informati
     tie_params = {}
     if problem.n_ties:  # ties in the likelihood: the block engine's per-user arithmetic at the MAP point
         quality, p_good, user_ll, informative, with_labels, tie_params = _tie_map_users(
-            problem, variant, point, q, table, strengths, informative_tol)
+            problem, variant, point, q, table, strengths, informative_tol, offsets)
         if variant == "two-class":
             pi = float(point["pi"])
             quality = p_good = np.where(with_labels, quality, pi)
@@ -1023,8 +1070,8 @@ def _fit_map(problem, spec, progress, seed, user_labels, model_labels, informati
             m, tau = float(point["m"]), float(point["tau"])
             params = {"m": m, "tau": tau, "q": q}
         user_ll = np.where(with_labels, user_ll, 0.0)
-        loglik = numpy_loglik(problem, variant, {**params, "strength": strengths, "casual_effect": g, **tie_params},
-                              priors, q_fixed, casual=spec.casual)
+        loglik = numpy_loglik(problem, variant, {**params, "strength": strengths, "casual_effect": g, **tie_params,
+                                                 **style_args}, priors, q_fixed, casual=spec.casual, style=spec.style)
     elif variant == "two-class":
         att, cas = label_logprobs(problem, strengths, q, table)
         if offsets is not None:
@@ -1351,12 +1398,13 @@ def _taste_informative(problem, strengths, tol):
     return informative
 
 
-def _taste_posterior(problem, strengths, shares, q, informative, priors, tables=None, ties=None):
+def _taste_posterior(problem, strengths, shares, q, informative, priors, tables=None, ties=None, offsets=None):
     """Per draw: the user-type posterior (S, U, C + 1), casual first, and per-user log-likelihood (S, U).
 
     Users without labels or without an informative label get no verdict: the
     draw's shares (or the prior mean shares when nobody is informative), as EM.
-    ``ties``: each draw's ``(nu, t)`` (arrays (S,); ties in the likelihood).
+    ``ties``: each draw's ``(nu, t)`` (arrays (S,); ties in the likelihood). ``offsets`` (S, n_casual): each
+    draw's style offsets (an attentive style term).
     """
     from scipy.special import logsumexp
 
@@ -1364,10 +1412,11 @@ def _taste_posterior(problem, strengths, shares, q, informative, priors, tables=
 
     if tables is None:
         logw = np.log(shares)[:, None, :] + type_logliks(problem, strengths, q, ties=ties)
-    else:  # casual covariates: each draw's own casual table
+    else:  # casual covariates: each draw's own casual table (and style offsets)
         nus, ts = (None, None) if ties is None else ties
         logw = np.log(shares)[:, None, :] + np.stack(
-            [type_logliks(problem, s, qq, casual_log_table=tab, ties=None if ties is None else (nus[i], ts[i]))
+            [type_logliks(problem, s, qq, casual_log_table=tab, ties=None if ties is None else (nus[i], ts[i]),
+                          offsets=None if offsets is None else offsets[i])
              for i, (s, qq, tab) in enumerate(zip(strengths, q, tables))])
     user_ll = logsumexp(logw, axis=2)
     post = np.exp(logw - user_ll[..., None])
@@ -1397,11 +1446,16 @@ def _fit_tastes(
         casual_init = None
     tied = problem.n_ties > 0  # ties in the likelihood: Davidson's nu and the casual t (bayes_annot.ties)
     tie_init = (start["tie_nu"], start["casual_tie_rate"]) if tied and start.get("tie_nu") is not None else None
+    style_init = start.get("style_delta")
+    if spec.style is None or np.shape(style_init) != (spec.style.n_effects,):
+        style_init = None
     model = build_model(
         problem, spec, user_labels, model_labels,
         strength_init=np.asarray(start["strengths"], float), share_init=np.asarray(start["shares"], float),
         q_init=q0, strength_prior="zerosum" if nuts else "normal", casual_init=casual_init, tie_init=tie_init,
+        style_init=style_init,
     )
+    delta = None
     ties = None
     if nuts:
         idata = _sample(model, draws, tune, chains, sampler, progress, seed, target_accept)
@@ -1410,6 +1464,8 @@ def _fit_tastes(
         shares, strengths = _stack(post, "shares"), _stack(post, "strength")
         q = np.full(len(shares), float(q_fixed)) if q_fixed is not None else _stack(post, "q")
         g = _stack(post, "casual_effect") if spec.casual is not None else None
+        if spec.style is not None:
+            delta = _stack(post, "style_effect").reshape(-1, spec.style.n_effects)
         if tied:
             ties = (_stack(post, "tie_nu"), _stack(post, "casual_tie_rate"))
     else:
@@ -1417,9 +1473,12 @@ def _fit_tastes(
         shares, strengths = np.asarray(point["shares"], float)[None], np.asarray(point["strength"], float)[None]
         q = np.array([float(q_fixed) if q_fixed is not None else float(point["q"])])
         g = np.asarray(point["casual_effect"], float)[None] if spec.casual is not None else None
+        if spec.style is not None:
+            delta = np.asarray(point["style_effect"], float).reshape(1, spec.style.n_effects)
         if tied:
             ties = (np.array([float(point["tie_nu"])]), np.array([float(point["casual_tie_rate"])]))
     tables = None if g is None else casual_tables(logit(q), g, spec.casual.design())
+    offsets = None if delta is None else delta @ spec.style.values(spec.casual).T  # (S, n_casual)
     shares, strengths = relabel_by_share(shares, strengths)
     class_strengths = strengths.mean(axis=0)  # (C, K)
     informative = _taste_informative(problem, class_strengths, informative_tol)
@@ -1434,7 +1493,8 @@ def _fit_tastes(
         sl = slice(lo, min(lo + _DRAW_CHUNK, n_draws_total))
         type_post, user_ll[sl] = _taste_posterior(problem, strengths[sl], shares[sl], q[sl], informative, priors,
                                                   None if tables is None else tables[sl],
-                                                  None if ties is None else (ties[0][sl], ties[1][sl]))
+                                                  None if ties is None else (ties[0][sl], ties[1][sl]),
+                                                  None if offsets is None else offsets[sl])
         quality_draws[sl] = 1.0 - type_post[:, :, 0]
         p_taste += type_post[:, :, 1:].sum(axis=0)
     p_taste /= n_draws_total
@@ -1452,6 +1512,8 @@ def _fit_tastes(
     ordering = "classes numbered by share, largest first"
     extra_summary = {} if g is None else {
         "casual_effects": casual_effects(spec.casual, float(logit(q).mean()), g.mean(axis=0))}
+    if delta is not None:  # posterior means (NUTS), the MAP point
+        extra_summary["style_effects"] = style_effects(spec.style, delta.mean(axis=0))
     extra_summary |= {"tastes": {
         "n_tastes": int(n_tastes),
         "class_spread": [float(v) for v in np.std(class_strengths, axis=1)],
@@ -1466,8 +1528,9 @@ def _fit_tastes(
         loglik = numpy_loglik(
             problem, "two-class",
             {"shares": shares[0], "q": q[0], "strength": strengths[0], "casual_effect": None if g is None else g[0],
-             **({} if ties is None else {"tie_nu": ties[0][0], "casual_tie_rate": ties[1][0]})},
-            priors, q_fixed, casual=spec.casual,
+             **({} if ties is None else {"tie_nu": ties[0][0], "casual_tie_rate": ties[1][0]}),
+             **({} if delta is None else {"style_effect": delta[0]})},
+            priors, q_fixed, casual=spec.casual, style=spec.style,
         )
         est = _estimates(
             engine="map", loglik=float(loglik), user_loglik=user_ll[0],
@@ -1494,6 +1557,7 @@ def _fit_tastes(
     s_hdi = az.hdi(post[["strength"]], hdi_prob=HDI_PROB)["strength"].isel(taste=0)
     diagnostics, converged = _diagnose(idata, ["shares", "strength"] + (["q"] if q_fixed is None else [])
                                        + (["casual_effect"] if g is not None else [])
+                                       + (["style_effect"] if delta is not None else [])
                                        + (["tie_nu", "casual_tie_rate"] if ties is not None else []), sampler)
     return _estimates(
         engine="nuts",

@@ -75,7 +75,8 @@ class BehaviourSpec:
     style : StyleDesign, optional
         The attentive side's style term (:mod:`bayes_annot.style`): attentive log-odds
         ``s_a - s_b + delta' x`` over the casual cells' representative covariates. Needs ``casual``,
-        learned strengths and one taste class. Set from the data with :meth:`with_style`.
+        learned strengths; with taste classes one ``delta`` shared by the classes. Set from the data with
+        :meth:`with_style`.
 
     Raises
     ------
@@ -118,8 +119,6 @@ class BehaviourSpec:
                 raise InputError("style covariates must be casual covariates too (the style term uses their cells)")
             if self.strengths != "learned":
                 raise InputError("style covariates need learned strengths (no p_a column, no mu)")
-            if self.n_tastes > 1:
-                raise InputError("style covariates are fitted with one taste class (tastes=1) for now")
         if self.n_tastes > 1 and self.strengths != "learned":
             raise InputError("taste classes need learned strengths; known strengths (p_a or mu) stay one class")
         if self.n_tastes > 1 and self.variant != "two-class":

@@ -83,8 +83,9 @@ from .casual import casual_table
 from .em import INFORMATIVE_TOL, UsableLabels, newton_ascent, no_verdict_shares, pair_weights
 from .likelihood import Priors, log_prior, log_type_shares
 from .pairs import PairTable, attentive_table_pairs, fit_bradley_terry_pairs
+from .style import style_davidson_tables, style_table
 from .ties import davidson_tables, log_prior_ties
-from .simulate import draw_labels_per_user
+from .simulate import _lengths, _texts, draw_labels_per_user
 
 __all__ = [
     "TasteResult",
@@ -180,6 +181,8 @@ class TasteResult:
     casual_g: np.ndarray | None = None  # their effects
     nu: float | None = None  # Davidson's attentive tie parameter (ties modelled; bayes_annot.ties)
     tie_rate: float | None = None  # the casual tie rate t (ties modelled)
+    style: object = None  # the attentive style term's design (bayes_annot.style.StyleDesign), if any
+    style_delta: np.ndarray | None = None  # its effects, shared by the classes
 
     @property
     def pi(self) -> float:
@@ -193,6 +196,8 @@ class TasteResult:
             start["casual_g"] = self.casual_g.copy()
         if self.nu is not None:
             start.update(tie_nu=float(self.nu), casual_tie_rate=float(self.tie_rate))
+        if self.style_delta is not None:
+            start["style_delta"] = np.asarray(self.style_delta, dtype=float).copy()
         return start
 
     def casual_arg(self):
@@ -228,11 +233,14 @@ def problem_runner(problem: UsableLabels) -> LocalRunner:
         pairs = PairTable.from_labels(np.concatenate([problem.model_a, problem.tie_model_a]),
                                       np.concatenate([problem.model_b, problem.tie_model_b]), problem.n_models)[0]
         decided = np.arange(n + problem.n_ties) < n
+        tie_pair, styled = pairs.index(problem.tie_model_a, problem.tie_model_b), {}
+        if problem.tie_casual_cell is not None:  # an attentive style term: ties by (pair, casual cell)
+            tie_pair = tie_pair.astype(np.int64) * problem.n_casual + problem.tie_casual_cell
+            styled = {"n_tie_casual": problem.n_casual}
         block = make_block(np.concatenate([problem.user, problem.tie_user]), decided, problem.n_models,
                            cell=pairs.cells(problem.model_a, problem.model_b, problem.choice_a),
                            users=np.arange(problem.n_users), pairs=pairs, casual_cell=problem.casual_cell,
-                           n_casual=problem.n_casual, tie=~decided,
-                           tie_pair=pairs.index(problem.tie_model_a, problem.tie_model_b))
+                           n_casual=problem.n_casual, tie=~decided, tie_pair=tie_pair, **styled)
         return LocalRunner([block], problem.n_users, pairs)
     pairs, index = PairTable.from_labels(problem.model_a, problem.model_b, problem.n_models)
     block = make_block(problem.user, np.ones(problem.n_labels, dtype=bool), problem.n_models,
@@ -253,12 +261,13 @@ class _Fitter:
     max_iter: int
     informative_tol: float
     casual: object = None
+    style: object = None
 
-    def run(self, strengths, shares, q, callback=None, casual_g=None, nu=None, tie_rate=None):
+    def run(self, strengths, shares, q, callback=None, casual_g=None, nu=None, tie_rate=None, style_delta=None):
         return run_class_em(
             self.runner, self.n_models, shares, q, strengths, priors=self.priors, q_fixed=self.q_fixed, tol=self.tol,
             max_iter=self.max_iter, informative_tol=self.informative_tol, callback=callback, casual=self.casual,
-            casual_g=casual_g, nu=nu, tie_rate=tie_rate,
+            casual_g=casual_g, nu=nu, tie_rate=tie_rate, style=self.style, style_delta=style_delta,
         )
 
     def plain_bt(self, weights=None) -> np.ndarray:
@@ -319,6 +328,7 @@ def _order_and_package(f: _Fitter, run, extra) -> TasteResult:
     n_params = n_classes * (f.n_models - 1) + n_classes + (1 if f.q_fixed is None else 0)
     n_params += 0 if f.casual is None else f.casual.n_effects
     n_params += 0 if run.nu is None else 2
+    n_params += 0 if f.style is None else f.style.n_effects
     return TasteResult(
         n_tastes=n_classes, quality=quality, p_taste=p_taste, taste=(np.argmax(p_taste, axis=1) + 1).astype(np.int64),
         strengths=strengths, shares=shares, casual_share=float(1.0 - shares.sum()), q=float(run.q),
@@ -327,7 +337,7 @@ def _order_and_package(f: _Fitter, run, extra) -> TasteResult:
         loglik_trace=run.loglik_trace, n_iter=run.n_iter, converged=run.converged, informative=informative,
         n_labels_user=run.n_user.astype(np.int64), class_spread=np.std(strengths, axis=1),
         user_loglik=np.where(active, run.user_loglik, 0.0), casual=f.casual, casual_g=run.casual_g, nu=run.nu,
-        tie_rate=run.tie_rate, **extra,
+        tie_rate=run.tie_rate, style=f.style, style_delta=run.style_delta, **extra,
     )
 
 
@@ -338,7 +348,8 @@ def _fit_chain(f: _Fitter, n_tastes, n_starts, seed, init=None, callback=None):
         strengths = np.asarray(start["strengths"], dtype=float).reshape(n_tastes, f.n_models)
         shares = np.asarray(start["shares"], dtype=float).reshape(n_tastes)
         extra.append(f.run(strengths, shares, float(start.get("q", 0.5)), casual_g=start.get("casual_g"),
-                           nu=start.get("tie_nu"), tie_rate=start.get("casual_tie_rate")))
+                           nu=start.get("tie_nu"), tie_rate=start.get("casual_tie_rate"),
+                           style_delta=start.get("style_delta")))
     if n_starts == 0:
         return extra
     s_bt = f.plain_bt()
@@ -375,6 +386,7 @@ def fit_tastes(
     init: list[dict] | None = None,
     callback=None,
     casual=None,
+    style=None,
 ) -> TasteResult:
     """Fit the two-class variant with ``n_tastes`` taste classes by EM (MAP).
 
@@ -420,6 +432,9 @@ def fit_tastes(
         Progress of the ``C = 1`` run.
     casual : CasualDesign, optional
         Casual clicks follow these covariates (the problem's or runner's labels carry casual cells).
+    style : StyleDesign, optional
+        An attentive style term (:mod:`bayes_annot.style`, with ``casual``): every class's attentive log-odds
+        get ``delta' x`` of the row's casual cell, one ``delta`` shared by the classes (docs/tastes.md).
 
     Returns
     -------
@@ -449,7 +464,8 @@ def fit_tastes(
     runner = problem_runner(problem) if isinstance(problem, UsableLabels) else problem
     if getattr(runner, "pairs", None) is None:
         raise ValueError("taste classes need learned strengths (known p_a / mu stays one class)")
-    f = _Fitter(runner, runner.pairs.n_models, priors or Priors(), q_fixed, tol, max_iter, informative_tol, casual)
+    f = _Fitter(runner, runner.pairs.n_models, priors or Priors(), q_fixed, tol, max_iter, informative_tol, casual,
+                style)
     runs = _fit_chain(f, int(n_tastes), n_starts, seed, init, callback)
     logliks = [r.loglik for r in runs]
     top = max(logliks)
@@ -469,7 +485,7 @@ def fit_tastes(
 # --------------------------------------------------------------------------- the objective at given parameters
 
 
-def type_logliks(problem: UsableLabels, strengths, q, casual_log_table=None, ties=None) -> np.ndarray:
+def type_logliks(problem: UsableLabels, strengths, q, casual_log_table=None, ties=None, offsets=None) -> np.ndarray:
     """Per-user log-likelihood of each user type at given parameters.
 
     Parameters
@@ -485,6 +501,9 @@ def type_logliks(problem: UsableLabels, strengths, q, casual_log_table=None, tie
     ties : tuple (nu, t), optional
         Ties in the likelihood (the problem holds them; :mod:`bayes_annot.ties`): Davidson's ``nu`` and the
         casual tie rate ``t`` (floats, or arrays (S,) with a draw axis). Required when the problem has ties.
+    offsets : array (n_casual,) or (S, n_casual), optional
+        An attentive style term (:mod:`bayes_annot.style`): each casual cell's offset ``delta' x``, added to every
+        class's attentive log-odds of the labels (and ties) in that cell.
 
     Returns
     -------
@@ -500,23 +519,31 @@ def type_logliks(problem: UsableLabels, strengths, q, casual_log_table=None, tie
     if runner.ties and ties is None:
         raise ValueError("the problem holds ties: type_logliks needs ties=(nu, t)")
 
-    def one(s, q, nu=None, t=None):
+    def one(s, q, nu=None, t=None, off=None):
         cas = float(q) if casual_log_table is None else casual_log_table
-        if nu is None or not runner.ties:
+        if off is not None:  # a style term: tables per joint entry (pair, casual cell, choice)
+            if nu is None or not runner.ties:
+                return block_type_logliks(block, cas, np.column_stack([style_table(row, pairs.a, pairs.b, off)
+                                                                       for row in s]))
+            parts = [style_davidson_tables(row, pairs.a, pairs.b, off, float(nu)) for row in s]
+        elif nu is None or not runner.ties:
             tables = np.column_stack([attentive_table_pairs(row, pairs.a, pairs.b) for row in s])
             return block_type_logliks(block, cas, tables)
-        parts = [davidson_tables(row, pairs.a, pairs.b, float(nu)) for row in s]
+        else:
+            parts = [davidson_tables(row, pairs.a, pairs.b, float(nu)) for row in s]
         return block_type_logliks(block, cas, np.column_stack([p[0] for p in parts]),
                                   ties=(np.column_stack([p[1] for p in parts]), float(t)))
 
     nu, t = (None, None) if ties is None else ties
     if strengths.ndim == 2:
-        return one(strengths, q, nu, t)
+        return one(strengths, q, nu, t, None if offsets is None else np.asarray(offsets, dtype=float))
     n_draws = strengths.shape[0]
     q = np.broadcast_to(np.asarray(q, dtype=float), (n_draws,))
     nus = [None] * n_draws if nu is None else np.broadcast_to(np.asarray(nu, dtype=float), (n_draws,))
     ts = [None] * n_draws if t is None else np.broadcast_to(np.asarray(t, dtype=float), (n_draws,))
-    return np.stack([one(s, qq, v, tt) for s, qq, v, tt in zip(strengths, q, nus, ts)])
+    offs = [None] * n_draws if offsets is None else np.broadcast_to(np.asarray(offsets, dtype=float),
+                                                                    (n_draws, np.shape(offsets)[-1]))
+    return np.stack([one(s, qq, v, tt, o) for s, qq, v, tt, o in zip(strengths, q, nus, ts, offs)])
 
 
 def taste_loglik(
@@ -529,6 +556,7 @@ def taste_loglik(
     penalised: bool = True,
     casual_log_table=None,
     ties=None,
+    offsets=None,
 ) -> float:
     """The EM objective of :func:`fit_tastes` at given parameters.
 
@@ -553,6 +581,9 @@ def taste_loglik(
         effects; the effects' own prior is the caller's.
     ties : tuple (nu, t), optional
         Ties in the likelihood (:func:`type_logliks`); their LogNormal / Beta prior is added when penalised.
+    offsets : array (n_casual,), optional
+        An attentive style term's offsets per casual cell (:func:`type_logliks`); the effects' own prior is the
+        caller's.
 
     Returns
     -------
@@ -562,7 +593,8 @@ def taste_loglik(
     strengths = np.asarray(strengths, dtype=float).reshape(-1, problem.n_models)
     shares = np.asarray(shares, dtype=float).reshape(strengths.shape[0])
     q = float(q_fixed) if q_fixed is not None else float(q)
-    user_ll = lse_rows(log_type_shares(shares)[None, :] + type_logliks(problem, strengths, q, casual_log_table, ties))
+    user_ll = lse_rows(log_type_shares(shares)[None, :] + type_logliks(problem, strengths, q, casual_log_table, ties,
+                                                                        offsets))
     active = labelled_users(problem)
     value = float(user_ll[active].sum())
     if not penalised:
@@ -1108,6 +1140,7 @@ def simulate_tastes(
     seed: int = 0,
     tie_nu: float | None = None,
     casual_tie_rate: float | None = None,
+    style_bias: float | None = None,
 ) -> pd.DataFrame:
     """Simulate a log where a minority of attentive users follows another ranking.
 
@@ -1126,6 +1159,12 @@ def simulate_tastes(
         Ties (:mod:`bayes_annot.ties`, as :func:`bayes_annot.simulate.simulate`): an attentive label is a tie
         with Davidson's probability ``nu / (2 cosh(d / 2) + nu)`` (``d`` under the user's taste), a casual one
         with probability ``casual_tie_rate``; drawn from their own stream, so the other draws stay the seed's.
+    style_bias : float, optional
+        Attentive users of either taste also prefer length after reading (the attentive style term, one effect
+        for both tastes): their log-odds are ``s_a - s_b + style_bias * log(L_a / L_b)`` (Davidson's ``d`` too).
+        Adds ``prompt``, ``response_a``, ``response_b`` with lengths drawn as in
+        :func:`~bayes_annot.simulate.simulate` (around ``60 exp(0.5 s_k)`` of the majority strengths, log-sd 0.5;
+        their own random stream) and ``true_log_length_ratio``; casual clicks ignore length.
 
     Returns
     -------
@@ -1154,7 +1193,14 @@ def simulate_tastes(
     table = np.vstack([strengths, strengths, minority])  # row 0 unused for casual users
     s_user = table[taste[user]]
     sa, sb = s_user[np.arange(n_rows), model_a], s_user[np.arange(n_rows), model_b]
-    p_att = expit(sa - sb)
+    d = sa - sb
+    if style_bias is not None:
+        length_rng = np.random.default_rng([seed, 1])  # its own stream: the other draws stay those of the seed
+        words_a = _lengths(strengths[model_a], 0.5, 0.5, length_rng)
+        words_b = _lengths(strengths[model_b], 0.5, 0.5, length_rng)
+        log_ratio = np.log(words_a / words_b)
+        d = d + float(style_bias) * log_ratio
+    p_att = expit(d)
     p_choose_a = np.where(taste[user] == 0, q, p_att)
     choice_a = rng.random(n_rows) < p_choose_a
     winner_code = np.where(choice_a, 0, 1)
@@ -1163,13 +1209,13 @@ def simulate_tastes(
         nu, t = float(tie_nu or 0.0), float(casual_tie_rate or 0.0)
         if nu < 0 or not 0.0 <= t < 1.0:
             raise ValueError("tie_nu must be >= 0 and casual_tie_rate in [0, 1)")
-        p_tie = np.where(taste[user] == 0, t, nu / (2.0 * np.cosh(0.5 * (sa - sb)) + nu))
+        p_tie = np.where(taste[user] == 0, t, nu / (2.0 * np.cosh(0.5 * d) + nu))
         winner_code = np.where(np.random.default_rng([seed, 2]).random(n_rows) < p_tie, 2, winner_code)
         categories.append("tie")
     width = len(str(max(n_users - 1, 1)))
     user_names = np.array([f"u{i:0{width}d}" for i in range(n_users)], dtype=object)
     model_names = np.array([f"model_{k}" for k in range(n_models)], dtype=object)
-    return pd.DataFrame(
+    frame = pd.DataFrame(
         {
             "user": pd.Categorical.from_codes(user, categories=user_names),
             "model_a": pd.Categorical.from_codes(model_a, categories=model_names),
@@ -1183,3 +1229,9 @@ def simulate_tastes(
             "true_strength_b": sb,
         }
     )
+    if style_bias is not None:
+        frame["prompt"] = [f"Prompt {i}" for i in range(n_rows)]
+        frame["response_a"] = _texts(words_a)
+        frame["response_b"] = _texts(words_b)
+        frame["true_log_length_ratio"] = log_ratio
+    return frame

@@ -179,27 +179,21 @@ def tie_start(n_ties: float, n_labels: float) -> tuple[float, float]:
 
 
 def resolve_ties(ties: str | None, n_ties: int, *, method: str = "em", tastes=1, learned: bool = True,
-                 variant: str = "two-class", style: bool = False) -> str:
-    """The ties mode of a fit: ``ties`` if given (checked), else (``None`` or ``"auto"``) ``"model"`` when the log has ties and the
-    fit supports them (every engine: EM in memory, on Dask and in updates; MAP; NUTS of either variant; learned
-    or known strengths and taste classes alike: ``tastes`` and ``learned`` no longer restrict it), else
-    ``"ignore"``; ``"model"`` on a log without ties is ``"ignore"`` (nothing to model). ``style`` (an attentive
-    style term, :mod:`bayes_annot.style`): MAP and NUTS leave ties out.
+                 variant: str = "two-class") -> str:
+    """The ties mode of a fit: ``ties`` if given (checked), else (``None`` or ``"auto"``) ``"model"`` when the log has ties
+    (every engine models them: EM in memory, on Dask and in updates; MAP; NUTS of either variant; learned or known
+    strengths, taste classes and an attentive style term alike: ``method``, ``tastes``, ``learned`` and ``variant``
+    no longer restrict it), else ``"ignore"``; ``"model"`` on a log without ties is ``"ignore"`` (nothing to model).
 
     Raises
     ------
     InputError
-        An unknown mode, or ``"model"`` for MAP / NUTS with a style term.
+        An unknown mode.
     """
     if ties == "auto":  # the default, as a fit's settings record it
         ties = None
     if ties is not None and ties not in TIES_MODES:
         raise InputError(f"unknown ties mode {ties!r}, expected one of {', '.join(TIES_MODES)}")
-    # every engine, learned or known strengths, taste classes too; not yet MAP / NUTS with a style term
-    supported = method == "em" or (method in ("map", "nuts") and not style)
-    if ties == "model" and not supported:
-        raise InputError(f"ties in the likelihood are not available with {method.upper()} and a style term yet: use "
-                         "ties='ignore' (--ties ignore) or method='em'")
-    if n_ties == 0 or not supported:
+    if n_ties == 0:
         return "ignore"
     return ties or "model"

@@ -27,7 +27,7 @@ def client():
 
 
 def _log(variant, seed=3, **kw):
-    log = ba.simulate(n_users=600, n_models=5, labels_per_user=(3, 25), quality=variant, tie_rate=0.05, seed=seed, **kw)
+    log = ba.simulate(n_users=600, n_models=5, labels_per_user=(3, 25), variant=variant, tie_rate=0.05, seed=seed, **kw)
     log = log[[c for c in ("user", "model_a", "model_b", "winner", "p_a") if c in log.columns]].astype(
         {"user": str, "model_a": str, "model_b": str, "winner": str}
     )

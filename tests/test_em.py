@@ -97,7 +97,7 @@ def test_arena_like_log_runs_and_ranks():
 @pytest.mark.parametrize("q_fixed", [None, 0.5])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_penalised_loglik_never_decreases(variant, q_fixed, seed):
-    log = ba.simulate(n_users=300, n_models=6, casual_share=0.4, q=0.65, labels_per_user=(2, 30), quality=variant, seed=seed)
+    log = ba.simulate(n_users=300, n_models=6, casual_share=0.4, q=0.65, labels_per_user=(2, 30), variant=variant, seed=seed)
     result = ba.fit(log, variant=variant, q=q_fixed, tol=1e-12, max_iter=300)
     trace = np.asarray(result.loglik_trace)
     assert len(trace) > 3
@@ -295,7 +295,7 @@ def test_continuous_p_eta_above_half_is_calibrated_on_data_from_the_fitted_model
 
 @pytest.mark.parametrize("variant", ["two-class", "continuous"])
 def test_warm_start_reaches_the_same_optimum_faster(variant):
-    log = ba.simulate(n_users=800, casual_share=0.3, labels_per_user=(5, 30), quality=variant, seed=41)
+    log = ba.simulate(n_users=800, casual_share=0.3, labels_per_user=(5, 30), variant=variant, seed=41)
     # plain EM for two-class; continuous needs SQUAREM (its default): plain EM creeps along (m, tau)
     accelerate = variant == "continuous"
     cold = ba.fit(log, variant=variant, tol=1e-13, accelerate=accelerate).estimates

@@ -127,7 +127,7 @@ def make_log(variant: str, known_mu: float | None = None, n_users: int = 300, se
         casual_share=0.3,
         q=0.45,
         labels_per_user=(3, 20),
-        quality=variant,
+        variant=variant,
         known_mu=known_mu,
         tie_rate=0.05,
         seed=seed,

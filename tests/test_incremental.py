@@ -24,7 +24,7 @@ def _with_vote_ids(log):
 
 
 def _split(variant, seed=2, n_users=800, share=0.05, labels=(10, 40)):
-    log = ba.simulate(n_users=n_users, n_models=5, labels_per_user=labels, quality=variant, tie_rate=0.05, seed=seed)
+    log = ba.simulate(n_users=n_users, n_models=5, labels_per_user=labels, variant=variant, tie_rate=0.05, seed=seed)
     log = _with_vote_ids(log[["user", "model_a", "model_b", "winner"]].astype(str))
     log = log.sample(frac=1.0, random_state=seed).reset_index(drop=True)
     cut = int(len(log) * (1 - share))
@@ -82,7 +82,7 @@ def test_update_equals_full_refit(variant, tol):
 def test_update_equals_full_refit_at_default_settings(variant):
     """Issue 13 item 8: with the default tol, a 1% update of a 3,000-user log agrees with the full
     refit to 1e-6 (the objective-only stopping rule left 2e-5 in two-class quality, 3e-4 continuous)."""
-    log = _with_vote_ids(ba.simulate(n_users=3000, quality=variant, seed=5))
+    log = _with_vote_ids(ba.simulate(n_users=3000, variant=variant, seed=5))
     cut = int(len(log) * 0.99)
     previous = ba.fit(log.iloc[:cut], variant=variant)
     updated = previous.update(log.iloc[cut:])

@@ -108,3 +108,33 @@ def test_report_shows_the_verdict(fits):
     bad = render_report(fits["none"], n_rep=50)
     assert "does not reproduce how choices vary with log_length_ratio" in bad
     assert "casual_covariates=&#x27;auto&#x27;" in bad
+
+
+@pytest.fixture(scope="module")
+def style_log():
+    """Attentive users prefer length after reading (style_bias 0.8) and casual ones click the longer answer."""
+    return ba.simulate(n_users=600, n_models=6, casual_share=0.3, length_bias=0.85, style_bias=0.8, seed=1)
+
+
+@pytest.mark.parametrize("model", ["two-class", "continuous"])
+def test_style_fit_replicates_reading_based_length_preference(style_log, model):
+    """With the attentive style term the replicated attentive clicks follow ``s_a - s_b + delta' x``, so the
+    fit that models reading-based length preference passes; the fit without the term (casual covariates only)
+    leaves the attentive users' bins (measured, seed 1: two-class 0 vs 12 of 25 bins outside, continuous 1 vs
+    8; seed 2: 2 vs 10 and 2 vs 4; before the replicates had the term, the style fit showed 9-10 of 25)."""
+    styled = ppc_length_bins(_fit(style_log, model=model, style_covariates="auto"), n_rep=200, seed=0)
+    plain = ppc_length_bins(_fit(style_log, model=model), n_rep=200, seed=0)
+    n_styled, checked = _outside(styled)
+    n_plain, checked_plain = _outside(plain)
+    print(f"{model}: {n_styled} of {checked} bins outside with the style term, {n_plain} of {checked_plain} without")
+    assert checked >= 20 and checked_plain >= 20
+    assert n_styled <= 2 and ppc_verdict_ok(n_styled, checked)
+    assert n_plain >= n_styled + 5 and not ppc_verdict_ok(n_plain, checked_plain)
+    attentive = plain[plain["outside"] & (plain["group"] == "attentive")]
+    assert len(attentive) >= 4  # the misfit is on the attentive side, where the style term acts
+
+
+def test_style_fit_with_taste_classes_passes(style_log):
+    frame = ppc_length_bins(_fit(style_log, tastes=2, style_covariates="auto"), n_rep=100, seed=0)
+    n_out, n_checked = _outside(frame)
+    assert ppc_verdict_ok(n_out, n_checked), (n_out, n_checked)
