@@ -8,7 +8,7 @@ import bayes_annot as ba
 from bayes_annot.data import prepare
 from bayes_annot.fit import model_spec
 from bayes_annot.local_em import em_estimates, em_state, run_block_em
-from bayes_annot.pairs import PairTable, attentive_table_pairs, fit_bradley_terry_pairs
+from bayes_annot.pairs import AttentiveTables, PairTable, attentive_table_pairs, fit_bradley_terry_pairs
 from bayes_annot.problem import block_quality_floor, build_problem, pair_counts, quality_floor
 
 
@@ -38,6 +38,19 @@ def test_attentive_table_is_the_two_log_sigmoids_bit_for_bit():
     d = s[table.a] - s[table.b]
     expected = np.stack([log_expit(-d), log_expit(d)], axis=-1).ravel()
     assert np.array_equal(attentive_table_pairs(s, table.a, table.b), expected)
+
+
+def test_fast_attentive_table_is_within_a_few_ulp_of_log_expit():
+    """The many-models path's tables (numpy log1p / exp) equal log_expit's to a few units in the last place."""
+    rng = np.random.default_rng(2)
+    k = 300
+    s = np.concatenate([rng.normal(0, 10, k - 4), [800.0, -800.0, 0.0, -0.0]])
+    table = PairTable.dense(k)
+    d = s[table.a] - s[table.b]
+    expected = np.stack([log_expit(-d), log_expit(d)], axis=-1).ravel()
+    got = AttentiveTables(table.a, table.b, fast=True).table(s)
+    assert np.all(np.abs(got - expected) <= 4 * np.spacing(np.abs(expected)))
+    assert np.array_equal(AttentiveTables(table.a, table.b).table(s), expected)  # the small-model path's arithmetic
 
 
 def test_inexact_sparse_newton_reaches_the_exact_optimum_from_a_warm_start():
