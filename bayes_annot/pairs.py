@@ -582,32 +582,28 @@ def uses_sparse_solve(n_models: int) -> bool:
 
 
 class AttentiveTables:
-    """The attentive tables (:func:`attentive_table_pairs`) of the last few strength vectors, with their pairs'
-    log-odds ``d``: EM needs each point's table in its E-step and again in the M-step that starts there (the
-    Bradley–Terry objective is the cell weights times the table), and the M-step's new point's table in the next
-    E-step, so each table is computed once (:func:`bt_newton_step`). Looked up by value; ``size`` entries (the
-    plain step's point, a SQUAREM candidate and its image). ``fast``: numpy's ``log1p`` / ``exp`` instead of
-    ``log_expit`` (:func:`_attentive_table`; the sparse path's tables)."""
+    """The attentive tables (:func:`attentive_table_pairs`) of the last few strength vectors: EM needs each
+    point's table in its E-step and again in the M-step that starts there (the Bradley–Terry objective is the
+    cell weights times the table), and the M-step's new point's table in the next E-step, so each table is
+    computed once (:func:`bt_newton_step`). Looked up by value; ``size`` entries (the plain step's point, a
+    SQUAREM candidate and its image). ``fast``: numpy's ``log1p`` / ``exp`` instead of ``log_expit``
+    (:func:`_attentive_table`; the sparse path's tables)."""
 
     def __init__(self, a: np.ndarray, b: np.ndarray, size: int = 3, fast: bool = False):
         self.a, self.b, self.size, self.fast = a, b, size, fast
-        self._entries: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._entries: list[tuple[np.ndarray, np.ndarray]] = []
 
-    def get(self, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(d, table)`` at the strengths ``s`` (the table is shared: read-only)."""
-        for i, (point, d, table) in enumerate(self._entries):
+    def table(self, s: np.ndarray) -> np.ndarray:
+        """The attentive table at the strengths ``s`` (read-only)."""
+        for i, (point, table) in enumerate(self._entries):
             if point.shape == s.shape and np.array_equal(point, s):
                 if i:
                     self._entries.insert(0, self._entries.pop(i))
-                return d, table
-        d = s[self.a] - s[self.b]
-        table = _attentive_table(d, self.fast)
+                return table
+        table = _attentive_table(s[self.a] - s[self.b], self.fast)
         table.flags.writeable = False
-        self._entries = [(np.array(s, dtype=float, copy=True), d, table)] + self._entries[: self.size - 1]
-        return d, table
-
-    def table(self, s: np.ndarray) -> np.ndarray:
-        return self.get(s)[1]
+        self._entries = [(np.array(s, dtype=float, copy=True), table)] + self._entries[: self.size - 1]
+        return table
 
 
 def bt_newton_step(pairs, cells: np.ndarray, sigma: float, start: np.ndarray, tables: AttentiveTables | None = None,
