@@ -320,6 +320,14 @@ class _PairHessian:
         self.k = k
         self.diag = None
 
+    def sums(self, values):
+        """Per model, the sums of per-pair ``values`` over its pairs as ``a`` and as ``b`` (``np.bincount``'s
+        numbers: with the pairs in table order, each sum adds the same terms in the same order); leaves
+        ``values`` as the pairs' weights (``fill`` sets them again)."""
+        self.w.data[:] = values if self.order is None else values[self.order]
+        ones = np.ones(self.k)
+        return self.w @ ones, self.wt @ ones
+
     def fill(self, c, diag):
         """Set the pairs' curvatures ``c`` and the diagonal; returns the operator."""
         self.w.data[:] = c if self.order is None else c[self.order]
@@ -566,9 +574,10 @@ def _sparse_pair_newton(pairs, value, slopes, sigma, start, tol, max_iter, cg_rt
 def _sparse_direction(structure, a, b, s, g, c, sigma, cg_rtol, forcing=CG_FORCING):
     """The sparse Newton step at ``s`` from the pairs' derivatives ``g`` and curvatures ``c`` (inexact CG solve:
     relative residual the Jacobi step's size, at most ``forcing`` and at least ``cg_rtol``)."""
-    k = s.shape[0]
-    grad = np.bincount(a, weights=g, minlength=k) - np.bincount(b, weights=g, minlength=k) - s / sigma**2
-    diag = np.bincount(a, weights=c, minlength=k) + np.bincount(b, weights=c, minlength=k) + 1.0 / sigma**2
+    out_g, in_g = structure.sums(g)
+    grad = out_g - in_g - s / sigma**2
+    out_c, in_c = structure.sums(c)
+    diag = out_c + in_c + 1.0 / sigma**2
     # inexact Newton: CG's relative residual is the step's expected size (the Jacobi step), at most
     # CG_FORCING and at least cg_rtol, so the solve's error stays of the order of Newton's own (quadratic)
     estimate = float(np.max(np.abs(grad) / diag, initial=0.0))
@@ -635,8 +644,8 @@ def bt_newton_step(pairs, cells: np.ndarray, sigma: float, start: np.ndarray, ta
         return float(cells @ tables.table(s)) - 0.5 * float(s @ s) / sigma**2
 
     def direction(s):
-        table = tables.table(s)
-        p, p0 = np.exp(table[1::2]), np.exp(table[0::2])  # sigmoid(d), sigmoid(-d): the table's log-probabilities
+        probs = np.exp(tables.table(s))  # one contiguous pass: sigmoid(-d), sigmoid(d) of each pair
+        p, p0 = probs[1::2], probs[0::2]
         return _sparse_direction(structure, a, b, s, w1 - wsum * p, wsum * p * p0, sigma, rtol, rtol)
 
     return newton_ascent(objective, direction, np.asarray(start, dtype=float), 0.0, 1)[0]

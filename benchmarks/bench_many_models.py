@@ -36,12 +36,12 @@ sys.path.insert(0, str(HERE))
 
 NOTE = (
     "Where the 10^4-model fit's time goes (cProfile with a CPU timer, 10^6 rows, ~10^6 distinct pairs, after "
-    "warm imports; load 2 for the baseline, 5 for this tree): every EM iteration does per-pair work over the "
+    "warm imports; load 2 for the baseline, 9 for this tree): every EM iteration does per-pair work over the "
     "~10^6 compared pairs that the 10-model fit (90 pairs, 63 iterations of ~5 ms) does not. Baseline (main "
     "4bd44b5): 236 ms per EM iteration (the strengths' M-step solved to convergence, ~2.6 Newton steps and ~3.6 "
-    "objective evaluations: 185 ms; the attentive table 35 ms; the E-step 25 ms). This tree: 106 ms (one Newton "
-    "step: 70 ms, of which gradient and curvature 30 ms, CG 14 ms, objective 11 ms; the table 14 ms; the E-step "
-    "26 ms, whose two sparse passes hit a 2 x 10^6-entry cell table instead of 180 entries). Above 64 models the "
+    "objective evaluations: 185 ms; the attentive table 35 ms; the E-step 25 ms). This tree: 105 ms (one Newton "
+    "step: 65 ms, of which gradient and curvature 23 ms, CG 17 ms, objective 12 ms; the table 15 ms; the E-step "
+    "28 ms, whose two sparse passes hit a 2 x 10^6-entry cell table instead of 180 entries). Above 64 models the "
     "M-step is one Newton step per EM iteration (ECM: `pairs.bt_newton_step`, same fixed points; tested against "
     "fully solved M-steps), each point's table is computed once and is also the M-step's objective "
     "(`pairs.AttentiveTables`), and EM takes as many iterations (21 vs 20). **The 2x target is not met**: it "
