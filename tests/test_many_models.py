@@ -209,20 +209,20 @@ def test_one_newton_step_m_steps_reach_the_fully_solved_fit(monkeypatch):
     np.testing.assert_allclose(fast.users["quality"], reference.users["quality"], rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("model, accelerate", [("two-class", False), ("continuous", True)])
-def test_em_with_one_step_m_steps_never_lowers_the_objective(monkeypatch, model, accelerate):
+@pytest.mark.parametrize("variant, accelerate", [("two-class", False), ("continuous", True)])
+def test_em_with_one_step_m_steps_never_lowers_the_objective(monkeypatch, variant, accelerate):
     """One-step M-steps, plain EM (no SQUAREM steps to reject; the continuous variant needs SQUAREM to converge in
     1000 iterations): every iteration's objective is at least the last one's, and the fit equals the fit with
     fully solved M-steps under the same stopping rule (1e-6)."""
     log = sparse_log(8_000, 150, 800, seed=8)
-    fast = ba.fit(log, model=model, accelerate=accelerate)
+    fast = ba.fit(log, variant=variant, accelerate=accelerate)
     trace = np.asarray(fast.loglik_trace)
     assert len(trace) > 10 and fast.estimates.converged
     assert np.all(np.diff(trace) >= -1e-12 * np.abs(trace[1:]))
     from bayes_annot import block_em
 
     monkeypatch.setattr(block_em, "uses_sparse_solve", lambda n_models: False)
-    full = ba.fit(log, model=model, accelerate=accelerate)
+    full = ba.fit(log, variant=variant, accelerate=accelerate)
     np.testing.assert_allclose(fast.models["strength"], full.models["strength"], rtol=0, atol=1e-6)
     np.testing.assert_allclose(fast.users["quality"], full.users["quality"], rtol=0, atol=1e-6)
 
