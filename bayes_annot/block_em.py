@@ -44,7 +44,9 @@ from .pairs import (
     DENSE_MAX_MODELS,
     PairTable,
     _PairHessian,
-    attentive_table_pairs,
+    AttentiveTables,
+    bt_newton_step,
+    uses_sparse_solve,
     differs_cells_pairs,
     fit_bradley_terry_classes,
     fit_bradley_terry_pairs,
@@ -985,6 +987,8 @@ def block_continuous_final(block: Block, m, tau, casual, att_prob_table, differs
 
 def _sum_stats(parts: list[dict]) -> dict:
     """Statistics summed over blocks (``max_*`` ones: the largest)."""
+    if len(parts) == 1:  # one block: its statistics (a sum of one array would copy it: 16 MB per pass at 10^6 pairs)
+        return dict(parts[0])
     out = {}
     for key in parts[0]:
         values = [p[key] for p in parts]
@@ -1080,10 +1084,12 @@ class _PairBT:
         self.pairs = pairs if pairs is not None else PairTable.dense(n_models)
         self.sigma = sigma
         self._structure = None
+        # each point's table once (E- and M-step); numpy's log1p / exp on the sparse path (small K: log_expit's)
+        self._tables = AttentiveTables(self.pairs.a, self.pairs.b, fast=uses_sparse_solve(self.pairs.n_models))
 
     def table(self, s: np.ndarray) -> np.ndarray:
-        """log P_att of every cell."""
-        return attentive_table_pairs(s, self.pairs.a, self.pairs.b)
+        """log P_att of every cell (read-only)."""
+        return self._tables.table(s)
 
     def tables(self, strengths: np.ndarray) -> np.ndarray:
         """``(2 P, C)``: log P_att of every cell under each class's strengths (rows of ``strengths``)."""
@@ -1100,6 +1106,11 @@ class _PairBT:
         return self._structure
 
     def fit(self, cells: np.ndarray, start=None) -> np.ndarray:
+        """The strengths' M-step from a cell table: solved to convergence from zeros (``start=None``) or up to
+        :data:`~bayes_annot.pairs.DENSE_MAX_MODELS` models, else one sparse Newton step from ``start`` (ECM:
+        :func:`~bayes_annot.pairs.bt_newton_step`, same fixed points, a third of the per-pair work)."""
+        if start is not None and uses_sparse_solve(self.pairs.n_models):
+            return bt_newton_step(self.pairs, cells, self.sigma, start, self._tables, self._sparse_structure())
         w1, w0 = _split_cells(cells)
         return fit_bradley_terry_pairs(self.pairs, w1, w0, self.sigma, start=start, structure=self._sparse_structure())
 

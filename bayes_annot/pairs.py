@@ -24,7 +24,8 @@ import numpy as np
 from scipy.special import expit, log_expit
 
 __all__ = ["PairTable", "DENSE_MAX_MODELS", "fit_bradley_terry_pairs", "fit_bradley_terry_classes", "bt_objective_pairs",
-           "bt_derivatives_pairs", "attentive_table_pairs"]
+           "bt_derivatives_pairs", "attentive_table_pairs", "AttentiveTables", "bt_newton_step",
+           "uses_sparse_solve"]
 
 DENSE_MAX_MODELS = 64
 """Up to this many models the Bradley–Terry Newton step is a dense ``K x K`` solve (faster there:
@@ -38,6 +39,11 @@ expected size of the Newton step (the largest element of the Jacobi step ``grad 
 and at least ``cg_rtol``. The solve's error is then of the order of the step squared, as Newton's own,
 so the ascent ends at the same optimum as with exact solves (1e-15 apart in a whole 250-model EM fit,
 tested to 1e-10) with about 45% fewer CG products."""
+
+ECM_CG_RTOL = 1e-3
+"""Relative residual of the conjugate gradients in EM's one-step M-step (:func:`bt_newton_step`): each step
+then shrinks the distance to the M-step's optimum ~1000-fold, far more than EM's own contraction per iteration,
+so EM takes as many iterations to the same fixed point (where the gradient, and the step, is zero)."""
 
 ACCELERATE_MIN_MODELS = 200
 """Above this many models ``fit`` / ``update`` use SQUAREM by default for the two-class variant too
@@ -115,7 +121,7 @@ class PairTable:
             if pos.min() < 0:
                 raise KeyError("pair not in the pair table")
             return pos
-        pos = np.searchsorted(self.keys, key)
+        pos = _sorted_search(self.keys, key)
         if key.shape[0] and (pos.max(initial=0) >= self.n_pairs or np.any(self.keys[pos] != key)):
             raise KeyError("pair not in the pair table")
         return pos
@@ -206,6 +212,18 @@ def _small_key_space(n_models: int, n_labels: int) -> bool:
     return n_models * n_models <= max(1 << 16, n_labels)
 
 
+def _sorted_search(keys: np.ndarray, needles: np.ndarray) -> np.ndarray:
+    """``np.searchsorted(keys, needles)`` through the needles in sorted order (same result): each binary search
+    then starts where the previous one ended, so the searches walk ``keys`` once instead of jumping across it
+    (10^6 labels over 10^6 pairs: 0.06 s with the sort against 0.36 s)."""
+    if needles.shape[0] < 2:
+        return np.searchsorted(keys, needles)
+    order = np.argsort(needles)
+    pos = np.empty(needles.shape[0], dtype=np.intp)
+    pos[order] = np.searchsorted(keys, needles[order])
+    return pos
+
+
 def _lookup(keys: np.ndarray, n_models: int) -> np.ndarray:
     """Position of each pair key in the sorted ``keys`` (``-1`` for keys not there), over all ``K^2`` keys."""
     table = np.full(n_models * n_models, -1, dtype=np.int64)
@@ -218,16 +236,29 @@ def _lookup(keys: np.ndarray, n_models: int) -> np.ndarray:
 
 def attentive_table_pairs(s: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """log P_att of every cell ``2 * pair + choice`` (the two entries of a pair: ``model_b``, then ``model_a`` chosen)."""
-    d = s[a] - s[b]
+    return _attentive_table(s[a] - s[b])
+
+
+def _attentive_table(d: np.ndarray, fast: bool = False) -> np.ndarray:
+    """:func:`attentive_table_pairs` from the pairs' attentive log-odds ``d``.
+
+    ``fast``: ``log sigmoid(|d|)`` as numpy's ``-log1p(exp(-|d|))`` (4 ms per 10^6 pairs against scipy
+    ``log_expit``'s 14 ms; within a few ulp of it, tested), for the sparse many-models path only: the small-model
+    path keeps ``log_expit``'s arithmetic (golden numbers).
+    """
     # one transcendental per pair: log sigmoid(-|d|) = log sigmoid(|d|) - |d| (both terms <= 0: no cancellation),
-    # bit for bit what log_expit gives each sign (it computes x - log1p(exp(x)) for x < 0; tested)
+    # bit for bit what log_expit gives each sign (it computes x - log1p(exp(x)) for x < 0; tested). The
+    # cell of the losing side is hi - |d|, written as hi - max(d, 0) and hi + min(d, 0) (the same numbers
+    # without a select: the other side's max / min is an exact 0)
     ad = np.abs(d)
-    hi = log_expit(ad)
-    lo = hi - ad
-    up = d >= 0
+    if fast:
+        hi = np.log1p(np.exp(-ad, out=ad), out=ad)
+        np.negative(hi, out=hi)
+    else:
+        hi = log_expit(ad)
     out = np.empty((d.shape[0], 2))
-    out[:, 0] = np.where(up, lo, hi)
-    out[:, 1] = np.where(up, hi, lo)
+    np.subtract(hi, np.maximum(d, 0.0), out=out[:, 0])
+    np.add(hi, np.minimum(d, 0.0), out=out[:, 1])
     return out.ravel()
 
 
@@ -288,6 +319,14 @@ class _PairHessian:
         self.n_pairs = rows.shape[0]
         self.k = k
         self.diag = None
+
+    def sums(self, values):
+        """Per model, the sums of per-pair ``values`` over its pairs as ``a`` and as ``b`` (``np.bincount``'s
+        numbers: with the pairs in table order, each sum adds the same terms in the same order); leaves
+        ``values`` as the pairs' weights (``fill`` sets them again)."""
+        self.w.data[:] = values if self.order is None else values[self.order]
+        ones = np.ones(self.k)
+        return self.w @ ones, self.wt @ ones
 
     def fill(self, c, diag):
         """Set the pairs' curvatures ``c`` and the diagonal; returns the operator."""
@@ -526,16 +565,90 @@ def _sparse_pair_newton(pairs, value, slopes, sigma, start, tol, max_iter, cg_rt
         return value(log_odds(s)) - 0.5 * float(s @ s) / sigma**2
 
     def direction(s):
-        g, c = slopes(log_odds(s))
-        grad = np.bincount(a, weights=g, minlength=k) - np.bincount(b, weights=g, minlength=k) - s / sigma**2
-        diag = np.bincount(a, weights=c, minlength=k) + np.bincount(b, weights=c, minlength=k) + 1.0 / sigma**2
-        # inexact Newton: CG's relative residual is the step's expected size (the Jacobi step), at most
-        # CG_FORCING and at least cg_rtol, so the solve's error stays of the order of Newton's own (quadratic)
-        estimate = float(np.max(np.abs(grad) / diag, initial=0.0))
-        return _cg_solve(structure.fill(c, diag), diag, grad, max(cg_rtol, min(CG_FORCING, estimate)))
+        return _sparse_direction(structure, a, b, s, *slopes(log_odds(s)), sigma, cg_rtol)
 
     return newton_ascent(objective, direction, np.zeros(k) if start is None else np.asarray(start, dtype=float),
                          tol, max_iter)[0]
+
+
+def _sparse_direction(structure, a, b, s, g, c, sigma, cg_rtol, forcing=CG_FORCING):
+    """The sparse Newton step at ``s`` from the pairs' derivatives ``g`` and curvatures ``c`` (inexact CG solve:
+    relative residual the Jacobi step's size, at most ``forcing`` and at least ``cg_rtol``)."""
+    out_g, in_g = structure.sums(g)
+    grad = out_g - in_g - s / sigma**2
+    out_c, in_c = structure.sums(c)
+    diag = out_c + in_c + 1.0 / sigma**2
+    # inexact Newton: CG's relative residual is the step's expected size (the Jacobi step), at most
+    # CG_FORCING and at least cg_rtol, so the solve's error stays of the order of Newton's own (quadratic)
+    estimate = float(np.max(np.abs(grad) / diag, initial=0.0))
+    return _cg_solve(structure.fill(c, diag), diag, grad, max(cg_rtol, min(forcing, estimate)))
+
+
+def uses_sparse_solve(n_models: int) -> bool:
+    """Whether the Bradley–Terry M-step of ``n_models`` models is the sparse solve (above :data:`DENSE_MAX_MODELS`);
+    EM then takes one Newton step per M-step (:func:`bt_newton_step`)."""
+    return n_models > DENSE_MAX_MODELS
+
+
+class AttentiveTables:
+    """The attentive tables (:func:`attentive_table_pairs`) of the last few strength vectors: EM needs each
+    point's table in its E-step and again in the M-step that starts there (the Bradley–Terry objective is the
+    cell weights times the table), and the M-step's new point's table in the next E-step, so each table is
+    computed once (:func:`bt_newton_step`). Looked up by value; ``size`` entries (the plain step's point, a
+    SQUAREM candidate and its image). ``fast``: numpy's ``log1p`` / ``exp`` instead of ``log_expit``
+    (:func:`_attentive_table`; the sparse path's tables)."""
+
+    def __init__(self, a: np.ndarray, b: np.ndarray, size: int = 3, fast: bool = False):
+        self.a, self.b, self.size, self.fast = a, b, size, fast
+        self._entries: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def table(self, s: np.ndarray) -> np.ndarray:
+        """The attentive table at the strengths ``s`` (read-only)."""
+        for i, (point, table) in enumerate(self._entries):
+            if point.shape == s.shape and np.array_equal(point, s):
+                if i:
+                    self._entries.insert(0, self._entries.pop(i))
+                return table
+        table = _attentive_table(s[self.a] - s[self.b], self.fast)
+        table.flags.writeable = False
+        self._entries = [(np.array(s, dtype=float, copy=True), table)] + self._entries[: self.size - 1]
+        return table
+
+
+def bt_newton_step(pairs, cells: np.ndarray, sigma: float, start: np.ndarray, tables: AttentiveTables | None = None,
+                   structure=None, rtol: float | None = None) -> np.ndarray:
+    r"""One sparse Newton step with backtracking on :func:`fit_bradley_terry_pairs`' objective from ``start``,
+    for the weights of a cell table ``cells`` (``2 P``: ``model_b`` chosen, then ``model_a`` chosen, per pair):
+    an ECM (generalised EM) M-step, the objective does not fall (as in :func:`~bayes_annot.em.newton_ascent`)
+    but is not maximised.
+
+    EM with many models calls this instead of solving each M-step to convergence: EM's fixed points are
+    the same (there the gradient, hence the step, is zero), and each EM iteration costs one Newton step instead
+    of ~3 (EM took 21 iterations instead of 20 at 10^4 models, 10^6 rows). The objective is the cells times the
+    attentive table (``tables``, cached: the E-step computed the start's, and the next E-step reuses the new
+    point's). Conjugate gradients stop at the relative residual ``rtol`` (default :data:`ECM_CG_RTOL`): the
+    step need not be exact, only shrink the distance to the M-step's optimum by about that factor.
+    """
+    from .em import newton_ascent
+
+    k = pairs.n_models
+    a, b = pairs.a, pairs.b
+    tables = tables if tables is not None else AttentiveTables(a, b, fast=True)
+    structure = structure if isinstance(structure, _PairHessian) else _PairHessian(a, b, k)
+    cells = np.asarray(cells, dtype=float)
+    w1, w0 = cells[1::2], cells[0::2]
+    wsum = w1 + w0
+    rtol = ECM_CG_RTOL if rtol is None else rtol
+
+    def objective(s):
+        return float(cells @ tables.table(s)) - 0.5 * float(s @ s) / sigma**2
+
+    def direction(s):
+        probs = np.exp(tables.table(s))  # one contiguous pass: sigmoid(-d), sigmoid(d) of each pair
+        p, p0 = probs[1::2], probs[0::2]
+        return _sparse_direction(structure, a, b, s, w1 - wsum * p, wsum * p * p0, sigma, rtol, rtol)
+
+    return newton_ascent(objective, direction, np.asarray(start, dtype=float), 0.0, 1)[0]
 
 
 def fit_davidson_pairs(pairs, w1, w0, wt, nu: float, sigma: float, start=None, structure=None, **options) -> np.ndarray:

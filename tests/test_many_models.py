@@ -193,6 +193,57 @@ def test_em_fit_sparse_path_equals_dense_path(monkeypatch):
     assert sparse.estimates.loglik == pytest.approx(dense.estimates.loglik, rel=1e-13)
 
 
+def test_one_newton_step_m_steps_reach_the_fully_solved_fit(monkeypatch):
+    """10^4 models: EM with one Newton step per strengths M-step (ECM, the default above 64 models) never lowers
+    the objective and ends within 1e-6 of a tight-tolerance fit whose M-steps are solved to convergence."""
+    log = sparse_log(100_000, 10_000, 10_000, seed=7)
+    fast = ba.fit(log)
+    trace = np.asarray(fast.loglik_trace)
+    assert len(trace) > 3 and fast.estimates.converged
+    assert np.all(np.diff(trace) >= -1e-12 * np.abs(trace[1:]))
+    from bayes_annot import block_em
+
+    monkeypatch.setattr(block_em, "uses_sparse_solve", lambda n_models: False)  # every M-step solved to convergence
+    reference = ba.fit(log, tol=1e-12)
+    np.testing.assert_allclose(fast.models["strength"], reference.models["strength"], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(fast.users["quality"], reference.users["quality"], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("variant, accelerate", [("two-class", False), ("continuous", True)])
+def test_em_with_one_step_m_steps_never_lowers_the_objective(monkeypatch, variant, accelerate):
+    """One-step M-steps, plain EM (no SQUAREM steps to reject; the continuous variant needs SQUAREM to converge in
+    1000 iterations): every iteration's objective is at least the last one's, and the fit equals the fit with
+    fully solved M-steps under the same stopping rule (1e-6)."""
+    log = sparse_log(8_000, 150, 800, seed=8)
+    fast = ba.fit(log, variant=variant, accelerate=accelerate)
+    trace = np.asarray(fast.loglik_trace)
+    assert len(trace) > 10 and fast.estimates.converged
+    assert np.all(np.diff(trace) >= -1e-12 * np.abs(trace[1:]))
+    from bayes_annot import block_em
+
+    monkeypatch.setattr(block_em, "uses_sparse_solve", lambda n_models: False)
+    full = ba.fit(log, variant=variant, accelerate=accelerate)
+    np.testing.assert_allclose(fast.models["strength"], full.models["strength"], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(fast.users["quality"], full.users["quality"], rtol=0, atol=1e-6)
+
+
+def test_newton_step_never_lowers_the_objective_and_iterates_to_the_optimum():
+    """Repeated one-step M-steps (:func:`bt_newton_step`) climb the ridge Bradley–Terry objective to the sparse
+    solver's optimum (1e-10), each step from any start (zeros, or far off) at least as high as the last."""
+    table, w1, w0 = random_graph(3, 400, 6000)
+    cells = np.empty(2 * table.n_pairs)
+    cells[1::2], cells[0::2] = w1, w0
+    optimum = fit_bradley_terry_pairs(table, w1, w0, 3.0, method="sparse")
+    rng = np.random.default_rng(0)
+    for start in (np.zeros(table.n_models), rng.normal(0, 5, table.n_models)):
+        s, values = start, [bt_objective_pairs(start, table.a, table.b, w1, w0, 3.0)]
+        for _ in range(30):
+            s = pairs_mod.bt_newton_step(table, cells, 3.0, s, rtol=1e-3)
+            values.append(bt_objective_pairs(s, table.a, table.b, w1, w0, 3.0))
+        assert np.all(np.diff(values) >= -1e-12 * np.abs(values[1:]))
+        np.testing.assert_allclose(s, optimum, rtol=0, atol=1e-10)
+
+
 def test_fit_with_2000_models():
     log = sparse_log(40_000, 2000, 3000, seed=2, connected=False)
     result = ba.fit(log)
