@@ -222,15 +222,21 @@ class FitResult:
 
     def _row_outputs(self) -> dict:
         """The columns a fit adds to every input row: ``kept``, ``reason``, ``weight`` (in-memory fits)."""
-        data, row_kept = self._data, self._row_kept
+        data = self._data
         # codes index list(REASONS): 0 ok, 1 tie, 2 same_model, 3 user_low_quality, 4 no_verdict (kept or
         # not: see `kept`), 5 invalid_winner, 6 invalid_p_a (dropped rows, data.DROP_REASONS)
-        # per user 0 (kept), 3 (not kept) or 4 (no verdict), gathered once per row (one byte per row throughout)
-        by_user = np.where(self._keep, np.int8(0), np.int8(3))
-        by_user[self._no_verdict_mask] = 4
-        code = np.where(data.usable, by_user[data.user], data.reason_code.astype(np.int8, copy=False))
+        # per user 0 (kept), 3 (not kept) or 4 (no verdict), + 8 when kept: gathered once per row for both
+        # `reason` and `kept` (one byte per row throughout)
+        by_user = np.where(self._keep, np.int8(8), np.int8(3))
+        by_user[self._no_verdict_mask] = np.where(self._keep[self._no_verdict_mask], np.int8(12), np.int8(4))
+        code = by_user[data.user]
+        usable = data.usable
+        if self._row_kept_mask is None:
+            self._row_kept_mask = usable & (code >= 8)
+        np.bitwise_and(code, np.int8(7), out=code)
+        np.copyto(code, data.reason_code, where=~usable)  # rows outside the likelihood: their own reason
         reason = pd.Categorical.from_codes(code, categories=REASON_CATEGORIES)
-        return {"kept": row_kept, "reason": reason, "weight": self.estimates.quality[data.user]}
+        return {"kept": self._row_kept_mask, "reason": reason, "weight": self.estimates.quality[data.user]}
 
     @property
     def kept_rows(self):

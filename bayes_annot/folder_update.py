@@ -203,7 +203,7 @@ def _fast_update_of(folder, directory, new_rows, columns, on_duplicate, row_id, 
     n_rows = sum(int(part["rows"]) for part, _ in folder.parts)
     try:
         stored = read_state(folder.state_file, fit_id=folder.manifest.get("fit_id"), n_rows=n_rows,
-                            n_users=len(folder.users), n_models=len(folder.models))
+                            n_users=len(folder.users), n_models=len(folder.models), mapped=True)
         for table, column, text in ((folder.users, "user", stored.user_text), (folder.models, "model", stored.model_text)):
             if column not in table or not np.array_equal(table[column].to_numpy(dtype=object).astype(str), text):
                 raise StateMismatch(f"its {column} ids differ from the {column}s table")
@@ -236,6 +236,9 @@ def _fast_update_of(folder, directory, new_rows, columns, on_duplicate, row_id, 
                                           user=role_map.user, user_codes=codes)
     entries = carried_provenance(summary, record_paths) + [provenance_entry(info, **counts)]
     if counts["rows_added"] == 0:
+        stored.widen()  # the arrays in memory and types of their own (a merge copies and widens them)
+        for name, value in stored.data.items():
+            setattr(old, name, value)
         merged, state, new_frame = old, stored.state, None
     else:
         if counts["rows_skipped"]:
