@@ -76,14 +76,15 @@ def update_saved(
     record_paths : bool
         Record the absolute path of a ``new_rows`` file (by default its name and SHA-256 only).
     **overrides
-        Any of ``model, filter, use_p_a, mu, strong_model, q, tol, max_iter``.
+        Any of ``model, filter, use_p_a, mu, strong_model, q, tol, max_iter``; and ``accelerate``
+        (SQUAREM steps in the EM; default on: a warm start converges in fewer passes with them).
 
     Returns
     -------
     FitResult
         ``summary["provenance"]`` is the saved list plus this update.
     """
-    unknown = set(overrides) - set(_SAVED_SETTINGS)
+    unknown = set(overrides) - set(_SAVED_SETTINGS) - {"accelerate"}
     if unknown:
         raise TypeError(f"update_saved() got unexpected setting(s): {', '.join(sorted(unknown))}")
     directory = Path(directory)
@@ -128,6 +129,9 @@ def _settings_and_roles(summary: dict, new_rows: pd.DataFrame, columns, override
     saved_settings = summary.get("settings", {})
     saved_columns = dict(saved_settings.get("columns") or {})
     settings = {key: saved_settings[key] for key in _SAVED_SETTINGS if key in saved_settings}
+    # a warm start is near the optimum, where plain EM's steps shrink slowest relative to what is left: SQUAREM
+    # (its steps kept only when the objective does not fall) stops in fewer passes (8 -> 5 at 10^7 rows)
+    settings["accelerate"] = True
     settings.update(overrides)
     use_p_a = bool(settings.get("use_p_a", True))
     p_a = saved_columns.get("p_a") if use_p_a and saved_columns.get("p_a") else False

@@ -322,3 +322,21 @@ def test_the_side_file_is_read_in_place_and_left_unchanged(day1, tmp_path):
     for name in ("users", "models", "rows"):
         pd.testing.assert_frame_equal(getattr(fast, name), getattr(reference, name), check_exact=False, rtol=1e-10)
     assert _comparable(fast.summary) == _comparable(reference.summary)
+
+
+def test_folder_updates_take_squarem_steps_from_their_warm_start(day1, tmp_path):
+    """A folder update runs SQUAREM by default (both paths: the side file's and the rows'); at a tight
+    tolerance it reaches the plain EM update's optimum, in fewer EM passes."""
+    out, paths = day1
+    slow = _without_state(out, tmp_path / "slow")
+    new = pd.read_parquet(paths["new"])
+    common = dict(row_id="vote_id", tol=1e-13, max_iter=20000)
+    fast, from_rows = update_saved(out, new, **common), update_saved(slow, new, **common)
+    plain = update_saved(out, new, accelerate=False, **common)
+    assert fast.summary["settings"]["accelerate"] is True and from_rows.summary["settings"]["accelerate"] is True
+    assert plain.summary["settings"]["accelerate"] is False
+    assert fast.summary["iterations"] < plain.summary["iterations"]
+    for name in ("users", "models", "rows"):
+        pd.testing.assert_frame_equal(getattr(fast, name), getattr(from_rows, name), check_exact=False, rtol=1e-10)
+    np.testing.assert_allclose(fast.users.quality, plain.users.quality, atol=1e-6)
+    np.testing.assert_allclose(fast.models.strength, plain.models.strength, atol=1e-6)
