@@ -8,8 +8,8 @@ cell table are a sparse mat-vec and the ``2 P`` table of weighted win counts
 (the Bradley–Terry M-step's input) its transpose. Without a pair table the cells
 are the dense ``(model_a, model_b, choice)`` index of ``2 K^2`` cells. A *runner* applies a pass to every
 block and sums the sufficient statistics; :func:`run_class_em` is the driver loop of
-the two-class model with ``C`` taste classes (casual + ``C`` attentive types, all
-classes' statistics in one pass; ``C = 1`` is the two-class model), :func:`run_em`
+the two-class variant with ``C`` taste classes (casual + ``C`` attentive types, all
+classes' statistics in one pass; ``C = 1`` is the two-class variant), :func:`run_em`
 that of either variant with one ranking (the penalised log-likelihood of
 :mod:`bayes_annot.likelihood`, exact block-wise M-steps,
 :func:`bayes_annot.em.has_converged`, optional SQUAREM extrapolation).
@@ -721,7 +721,7 @@ def block_class_users(block: Block, shares: np.ndarray, q: float, tables: np.nda
     """Per-user type posteriors and marginal log-likelihood of one block (casual + ``C`` taste classes).
 
     Returns ``(p_casual (Ul,), p_class (Ul, C), user_loglik (Ul,))``. With one class this is the
-    two-class model's arithmetic (:func:`two_class_user_terms`; ``tables`` may then be ``None``:
+    two-class variant's arithmetic (:func:`two_class_user_terms`; ``tables`` may then be ``None``:
     known attentive probabilities); with ``C >= 2`` the responsibilities are taken in log space.
     """
     if shares.shape[0] == 1:
@@ -968,12 +968,12 @@ def block_continuous_pass(block: Block, m: float, tau: float, casual, att_prob_t
 def block_continuous_final(block: Block, m, tau, casual, att_prob_table, differs_cell, informative_tol,
                            grid: EtaGrid = ETA_GRID, ties=None) -> dict:
     """Per-user results of one block at the final parameters: ``quality`` :math:`E[\\eta_u \\mid y_u]`,
-    ``p_eta_above_half`` :math:`P(\\eta_u \\ge 1/2 \\mid y_u)`, ``theta`` :math:`E[\\theta_u \\mid y_u]`,
+    ``p_good`` :math:`P(\\eta_u \\ge 1/2 \\mid y_u)` (the users table's ``p_eta_above_half``), ``theta`` :math:`E[\\theta_u \\mid y_u]`,
     ``user_loglik`` and ``informative``."""
     post, user_ll = block_grid_posterior(block, m, tau, casual, att_prob_table, grid, ties)
     theta = grid.theta(m, tau)
     return {
-        "users": block.users, "quality": post @ expit(theta), "p_eta_above_half": post @ grid.above_half(m, tau),
+        "users": block.users, "quality": post @ expit(theta), "p_good": post @ grid.above_half(m, tau),
         "theta": post @ theta, "user_loglik": user_ll,
         "informative": _block_informative(block, differs_cell, casual, informative_tol),
         "n_user": block.n_user, "n_rows": block.n_rows,
@@ -1284,7 +1284,7 @@ def run_class_em(
     style=None,
     style_delta=None,
 ) -> ClassEMResult:
-    r"""EM of the two-class model with ``C = len(shares)`` taste classes over the blocks of ``runner``.
+    r"""EM of the two-class variant with ``C = len(shares)`` taste classes over the blocks of ``runner``.
 
     A user is casual (share :math:`\pi_0 = 1 - \sum_c \pi_c`, labels follow the position bias ``q``)
     or attentive under class ``c`` (share :math:`\pi_c`, Bradley–Terry with strengths ``strengths[c]``);
@@ -1551,7 +1551,7 @@ def run_em(
     """
     if spec.n_tastes != 1:
         raise ValueError(f"run_em fits one ranking; {spec.n_tastes} taste classes are fitted by tastes.fit_tastes")
-    variant, learned, priors, q_fixed = spec.variant, spec.learned, spec.priors, spec.q
+    variant, learned, priors, q_fixed = spec.variant, spec.learned, spec.priors, spec.q_fixed
     started = time.perf_counter()
     start = start or {}
     k = n_models
@@ -1569,12 +1569,13 @@ def run_em(
         )
         pi = float(res.shares[0])
         level = no_verdict_shares(res.shares, res.informative.any(), priors)[0]
+        quality = np.where(res.informative, res.quality, level)
         return EMResult(
             variant=variant, pi=pi, q=res.q, strengths=None if res.strengths is None else res.strengths[0],
-            quality=np.where(res.informative, res.quality, level), n_labels_user=res.n_user.astype(np.int64),
+            quality=quality, p_good=quality, n_labels_user=res.n_user.astype(np.int64),
             informative=res.informative.astype(bool), loglik=res.loglik, loglik_trace=res.loglik_trace,
             n_iter=res.n_iter, converged=res.converged, runtime_seconds=time.perf_counter() - started,
-            user_loglik=res.user_loglik, p_eta_above_half=None, theta=None, m=None, tau=None, casual_g=res.casual_g,
+            user_loglik=res.user_loglik, theta=None, m=None, tau=None, casual_g=res.casual_g,
             nu=res.nu, tie_rate=res.tie_rate, style_delta=res.style_delta,
         )
     bt = _PairBT(getattr(runner, "pairs", None), k, priors.strength_sigma) if learned else None
@@ -1602,15 +1603,15 @@ def run_em(
             out["m"], out["tau"], cas.arg(out["q"], out["g"]), np.exp(bt.table(s)) if learned else None, differs_cell,
             informative_tol,
         )
-    g = _gather(parts, runner.n_users, ["quality", "p_eta_above_half", "theta", "user_loglik", "informative", "n_user"])
+    g = _gather(parts, runner.n_users, ["quality", "p_good", "theta", "user_loglik", "informative", "n_user"])
     level, p_level = no_verdict_continuous(out["m"], out["tau"], g["informative"].any(), priors)
     g["quality"] = np.where(g["informative"], g["quality"], level)
-    g["p_eta_above_half"] = np.where(g["informative"], g["p_eta_above_half"], p_level)
+    g["p_good"] = np.where(g["informative"], g["p_good"], p_level)
     return EMResult(
         variant=variant, pi=None, q=float(out["q"]), strengths=s, quality=g["quality"],
         n_labels_user=g["n_user"].astype(np.int64), informative=g["informative"].astype(bool), loglik=out["trace"][-1],
         loglik_trace=out["trace"], n_iter=out["n_iter"], converged=out["converged"],
-        runtime_seconds=time.perf_counter() - started, user_loglik=g["user_loglik"], p_eta_above_half=g["p_eta_above_half"],
+        runtime_seconds=time.perf_counter() - started, user_loglik=g["user_loglik"], p_good=g["p_good"],
         theta=g["theta"], m=float(out["m"]), tau=float(out["tau"]), casual_g=out["g"], nu=out["nu"], tie_rate=out["t"],
         style_delta=out["delta"],
     )

@@ -115,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     cols.add_argument("--response-a", default="response_a", help="column of model_a's response text (for --dpo)")
     cols.add_argument("--response-b", default="response_b", help="column of model_b's response text (for --dpo)")
     model = fit.add_argument_group("model")
-    model.add_argument("--model", default="two-class", choices=["two-class", "continuous"], help="behaviour model variant")
+    model.add_argument("--variant", "--model", dest="variant", default="two-class", choices=["two-class", "continuous"],
+                       help="behaviour variant: how a user mixes attentive and casual labels (--model: an alias)")
     model.add_argument("--mu", type=float, default=None, help="known P(attentive user prefers --strong-model)")
     model.add_argument("--strong-model", default=None, help="the stronger model for --mu")
     model.add_argument("--q", type=float, default=None, help="fix the casual position bias (0.5 = fair coin; default: estimated)")
@@ -137,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "ignore (counted and left out, the paper's model)")
     model.add_argument(
         "--tastes", type=_tastes_spec, default=1,
-        help="taste classes: N rankings attentive users may follow, or 'auto' (chooses 1..--max-tastes; two-class model, any --method)",
+        help="taste classes: N rankings attentive users may follow, or 'auto' (chooses 1..--max-tastes; two-class variant, any --method)",
     )
     model.add_argument("--max-tastes", type=int, default=4,
                        help="largest number of taste classes --tastes auto tries (default 4; a warning says when it wins)")
@@ -187,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--casual-share", type=float, default=0.3)
     sim.add_argument("--q", type=float, default=0.5, help="casual users' P(left)")
     sim.add_argument("--labels-per-user", type=_labels_spec, default=(5, 40), help="N, LOW:HIGH or arena (default 5:40)")
-    sim.add_argument("--quality", default="two-class", choices=["two-class", "continuous"])
+    sim.add_argument("--variant", "--quality", dest="variant", default="two-class", choices=["two-class", "continuous"],
+                     help="behaviour variant that generates the labels (--quality: an alias)")
     sim.add_argument("--known-mu", type=float, default=None, help="paper setting: two models, known mu, adds p_a")
     sim.add_argument("--adversarial-share", type=float, default=0.0)
     sim.add_argument("--tie-rate", type=float, default=0.0)
@@ -266,7 +268,7 @@ def _print_summary(result, out: Path) -> None:
     s = result.summary
     c = s["counts"]
     params = ", ".join(f"{k}={v:.3f}" for k, v in s["parameters"].items() if isinstance(v, float))
-    print(f"{s['model']} model via {s['engine']}: {c['rows']} rows, {c['users']} users, {c['models']} models ({params})")
+    print(f"{s['variant']} variant via {s['engine']}: {c['rows']} rows, {c['users']} users, {c['models']} models ({params})")
     if s.get("iterations") is not None:
         print(f"  iterations: {s['iterations']}, converged: {s['converged']}, runtime: {s['runtime_seconds']:.2f} s")
     if "rhat_max" in s:
@@ -325,7 +327,7 @@ def _update_overrides(args) -> tuple[dict, dict]:
     """Settings and column names given explicitly with ``fit --update`` (the rest come from DIR)."""
     given = getattr(args, "given", set())
     settings = {key: getattr(args, key)
-                for key in ("model", "filter", "mu", "strong_model", "q", "tol", "max_iter", "no_verdict", "ties")
+                for key in ("variant", "filter", "mu", "strong_model", "q", "tol", "max_iter", "no_verdict", "ties")
                 if key in given}
     if "no_p_a" in given:
         settings["use_p_a"] = False
@@ -373,7 +375,7 @@ def _cmd_fit(args) -> int:
         tol=args.tol, max_iter=args.max_iter, draws=args.draws, tune=args.tune, chains=args.chains, seed=args.seed,
         mu=args.mu, tastes=args.tastes,
     )
-    model_spec(model=args.model, tastes=args.tastes, q=args.q, mu=args.mu)
+    model_spec(variant=args.variant, tastes=args.tastes, q=args.q, mu=args.mu)
     from .ties import resolve_ties
 
     resolve_ties(None if args.ties == "model" else args.ties, 0)  # an unknown --ties, before reading
@@ -416,7 +418,7 @@ def _cmd_fit(args) -> int:
         else:
             result = fit(
                 args.input,
-                model=args.model,
+                variant=args.variant,
                 method=args.method,
                 filter=args.filter,
                 user=args.user,
@@ -475,7 +477,7 @@ def _cmd_simulate(args) -> int:
             casual_share=args.casual_share,
             q=args.q,
             labels_per_user=args.labels_per_user,
-            quality=args.quality,
+            variant=args.variant,
             known_mu=args.known_mu,
             adversarial_share=args.adversarial_share,
             tie_rate=args.tie_rate,

@@ -159,7 +159,7 @@ def fit_baseline(
             "strength_high": hdi.sel(hdi="higher").values,
         }
     )
-    summary = {"engine": "nuts", "model": "bradley-terry", "loglik": float(user_ll.sum(axis=1).mean())}
+    summary = {"engine": "nuts", "variant": "bradley-terry", "loglik": float(user_ll.sum(axis=1).mean())}
     summary.update(nuts_diagnostics(idata, ["strength"]))
     summary["runtime_seconds"] = round(time.perf_counter() - start, 4)
     return BaselineResult(idata, models, summary)
@@ -230,7 +230,7 @@ def compare(results: dict, ic: str = "loo", marginal_continuous: bool = True, **
         "bradley-terry": fit_baseline(data)}``).
     ic : {"loo", "waic"}
     marginal_continuous : bool
-        Integrate each user's ``eta_u`` out of the continuous model's per-user
+        Integrate each user's ``eta_u`` out of the continuous variant's per-user
         log-likelihood (see :func:`marginal_user_loglik`); the conditional one
         makes PSIS unreliable.
     **kwargs
@@ -253,24 +253,24 @@ def compare(results: dict, ic: str = "loo", marginal_continuous: bool = True, **
     import arviz as az
 
     if len(results) < 2:
-        raise InputError("compare needs at least two fitted models")
+        raise InputError("compare needs at least two fits")
     prepared = {}
     users = None
     for name, result in results.items():
         idata = _idata_of(result)
         if "log_likelihood" not in idata.groups() or "y_user" not in idata.log_likelihood:
-            raise InputError(f"model '{name}' has no per-user log-likelihood (y_user)")
+            raise InputError(f"fit '{name}' has no per-user log-likelihood (y_user)")
         if idata.posterior.sizes["chain"] * idata.posterior.sizes["draw"] < 10:
             raise InputError(
-                f"model '{name}' is a point estimate (EM / MAP): LOO needs posterior draws; fit with method='nuts'"
+                f"fit '{name}' is a point estimate (EM / MAP): LOO needs posterior draws; fit with method='nuts'"
             )
         these = list(map(str, idata.log_likelihood["user"].values))
         if users is None:
             users = these
         elif these != users:
-            raise InputError(f"model '{name}' was fitted on other users than the first model: compare needs the same data")
+            raise InputError(f"fit '{name}' was made on other users than the first fit: compare needs the same data")
         summary = getattr(result, "summary", {}) or {}
-        variant = summary.get("model") or idata.posterior.attrs.get("variant")
+        variant = summary.get("variant") or idata.posterior.attrs.get("variant")
         if marginal_continuous and (variant == "continuous" or "z" in idata.posterior):
             ll = marginal_user_loglik(idata)
             post = idata.posterior.sel(draw=ll["draw"].values)

@@ -498,7 +498,7 @@ def fit_dask(
     timings = {}
     t0 = time.perf_counter()
     spec = BehaviourSpec() if spec is None else spec
-    priors, q, tastes = spec.priors, spec.q, spec.n_tastes
+    priors, q_fixed, tastes = spec.priors, spec.q_fixed, spec.n_tastes
     meta = ddf._meta
     if meta.columns.duplicated().any():
         raise InputError(f"column '{meta.columns[meta.columns.duplicated()][0]}' appears more than once")
@@ -629,7 +629,7 @@ def fit_dask(
             from .tastes import fit_tastes
 
             warm = (start or {}).get("tastes")
-            taste_fit = fit_tastes(runner, int(tastes), priors=priors, q_fixed=q, tol=tol, max_iter=max_iter, seed=seed,
+            taste_fit = fit_tastes(runner, int(tastes), priors=priors, q_fixed=q_fixed, tol=tol, max_iter=max_iter, seed=seed,
                                    informative_tol=informative_tol, casual=casual,
                                    **({"n_starts": 0, "init": [warm]} if warm else {}))
             em = None

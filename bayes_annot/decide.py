@@ -22,7 +22,7 @@ their labels having decided it:
 * *uninformative* users, whose every pair carries no information about their
   quality (equally strong models; under a global ``mu`` every pair without the
   strong model): their quality is the population level;
-* (two-class model, one ranking) users the rule keeps **whatever they
+* (two-class variant, one ranking) users the rule keeps **whatever they
   clicked**: even if every one of their labels had gone the least attentive
   way, their quality would still pass the rule's threshold (the threshold
   ``t`` of ``prob:t`` / ``credible:t``, the lowest kept ``p_good`` of
@@ -189,7 +189,7 @@ def decide(
         Users none of whose labels carries information about their quality.
     quality_floor : array, optional
         Per user, the quality they would have had had every one of their labels
-        gone the least attentive way (two-class model); ``None``: not known.
+        gone the least attentive way (two-class variant); ``None``: not known.
     no_verdict : {"keep", "drop"}
         What happens to users without a verdict.
 

@@ -110,7 +110,7 @@ class EMResult:
     q: float
     strengths: np.ndarray | None
     quality: np.ndarray
-    p_eta_above_half: np.ndarray | None
+    p_good: np.ndarray  # P(user is good | data): two-class P(attentive) (= quality), continuous P(eta_u >= 1/2)
     theta: np.ndarray | None
     m: float | None
     tau: float | None

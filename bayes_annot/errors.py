@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
+import warnings
 
 
 class InputError(ValueError):
@@ -28,3 +30,34 @@ def user_stacklevel() -> int:
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIR):
         frame, level = frame.f_back, level + 1
     return level
+
+
+def take_renamed(settings: dict, old: str, new: str, where: str) -> dict:
+    """``settings`` with the deprecated keyword ``old`` moved to ``new`` (a copy; ``settings`` when ``old`` is absent).
+
+    Emits a :class:`FutureWarning` naming ``new`` at the user's call; both given is a :class:`TypeError`
+    (``where`` names the function, e.g. ``"fit()"``).
+    """
+    if old not in settings:
+        return settings
+    if new in settings:
+        raise TypeError(f"{where} got both {new}= and its deprecated alias {old}=; pass {new}= only")
+    warnings.warn(f"{where}: {old}= is deprecated and will be removed; use {new}= (same values)", FutureWarning,
+                  stacklevel=user_stacklevel())
+    settings = dict(settings)
+    settings[new] = settings.pop(old)
+    return settings
+
+
+def renamed_keyword(old: str, new: str):
+    """Decorator: the keyword ``old`` of the wrapped function is a deprecated alias of ``new`` (see
+    :func:`take_renamed`). The signature seen by :mod:`inspect` (and the docs) is the wrapped one, without ``old``."""
+
+    def decorate(function):
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            return function(*args, **take_renamed(kwargs, old, new, f"{function.__name__}()"))
+
+        return wrapper
+
+    return decorate

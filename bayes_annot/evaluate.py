@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from .data import ColumnMap, prepare, read_table
-from .errors import InputError
+from .errors import InputError, renamed_keyword
 from .casual import casual_table, design_from_summary, effects_start, prepare_casual
 from .likelihood import Priors, attentive_logprob, casual_logprob, two_class_user_loglik
 from .problem import tie_rows
@@ -45,7 +45,8 @@ from .ties import davidson_logprobs
 
 __all__ = ["holdout_mask", "heldout_loglik", "compare_heldout", "diagnose"]
 
-MODELS = ("two-class", "continuous", "bradley-terry")
+VARIANTS = ("two-class", "continuous", "bradley-terry")
+"""What :func:`heldout_loglik` scores: the two behaviour variants, and a plain Bradley–Terry fit (no casual users)."""
 
 
 def holdout_mask(user: np.ndarray, usable: np.ndarray, frac: float, seed: int) -> np.ndarray:
@@ -64,9 +65,10 @@ def holdout_mask(user: np.ndarray, usable: np.ndarray, frac: float, seed: int) -
     return mask
 
 
+@renamed_keyword("model", "variant")
 def heldout_loglik(
     data,
-    model: str = "two-class",
+    variant: str = "two-class",
     frac: float = 0.2,
     seed: int = 0,
     columns: ColumnMap | None = None,
@@ -78,7 +80,9 @@ def heldout_loglik(
     Parameters
     ----------
     data : DataFrame or path
-    model : {"two-class", "continuous", "bradley-terry"}
+    variant : {"two-class", "continuous", "bradley-terry"}
+        The behaviour variant fitted, or a plain Bradley–Terry fit. ``model=`` is its deprecated
+        alias (a :class:`FutureWarning`).
     frac : float
         Share of each user's labels to hide (rounded per user).
     seed : int
@@ -101,7 +105,7 @@ def heldout_loglik(
     Returns
     -------
     dict
-        ``model, seed, heldout_loglik`` (sum over users), ``n_heldout`` labels (ties included when
+        ``variant, seed, heldout_loglik`` (sum over users), ``n_heldout`` labels (ties included when
         scored), ``with_ties``,
         ``per_label`` (mean log-likelihood per held-out label) and
         ``per_user`` (a Series of each user's held-out log-likelihood).
@@ -117,8 +121,8 @@ def heldout_loglik(
     """
     from .fit import fit
 
-    if model not in MODELS:
-        raise InputError(f"unknown model '{model}', expected one of {', '.join(MODELS)}")
+    if variant not in VARIANTS:
+        raise InputError(f"unknown variant '{variant}', expected one of {', '.join(VARIANTS)}")
     if not 0.0 < frac < 1.0:
         raise InputError(f"frac must lie in (0, 1), got {frac}")
     frame = read_table(data) if not isinstance(data, pd.DataFrame) else data
@@ -142,30 +146,30 @@ def heldout_loglik(
     n_scored = len(test) + len(test_ties)
 
     tastes = fit_kwargs.get("tastes", 1)
-    if model == "two-class" and tastes != 1:
+    if variant == "two-class" and tastes != 1:
         # ties are modelled (trained on and scored by Davidson's nu and the casual t) unless ties="ignore"
         model_ties = with_ties and fit_kwargs.get("ties") != "ignore"
         per_user = _taste_heldout(prepared, hidden, tastes, fit_kwargs, model_ties)
         if with_ties and not model_ties:  # a fit that ignores ties: the training tie rate for every type
             per_user = _add_rate_terms(per_user, users, tie_users, tie_rate)
-        return _heldout_result(model, seed, per_user, n_scored, with_ties)
+        return _heldout_result(variant, seed, per_user, n_scored, with_ties)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if model == "bradley-terry":
+        if variant == "bradley-terry":
             from .baselines import BradleyTerry
 
             bt = BradleyTerry((fit_kwargs.get("priors") or Priors()).strength_sigma).fit(prepare(train_frame, columns))
             strength = dict(zip(bt.model_labels_, bt.strengths_))
             fitted = None
         else:
-            fitted = fit(train_frame, model=model, filter="none", **col_kwargs, **fit_kwargs)
+            fitted = fit(train_frame, variant=variant, filter="none", **col_kwargs, **fit_kwargs)
             strength = dict(zip(fitted.models.model, fitted.models.strength.fillna(0.0)))
 
     def log_odds(rows):
         s_a = np.array([strength.get(m, 0.0) for m in prepared.model_labels[prepared.model_a[rows]]])
         s_b = np.array([strength.get(m, 0.0) for m in prepared.model_labels[prepared.model_b[rows]]])
-        if prepared.p_a is not None and fit_kwargs.get("use_p_a", True) and model != "bradley-terry":
+        if prepared.p_a is not None and fit_kwargs.get("use_p_a", True) and variant != "bradley-terry":
             return np.log(prepared.p_a[rows]) - np.log1p(-prepared.p_a[rows])
         return s_a - s_b
 
@@ -184,7 +188,7 @@ def heldout_loglik(
     modelled = with_ties and ties_fit.get("mode") == "model" and ties_fit.get("nu") is not None
     if with_ties and not modelled:  # the training tie rate: P(tie) for every type, decided labels scaled
         log_att = log_att + np.log1p(-tie_rate)
-    if model == "bradley-terry":
+    if variant == "bradley-terry":
         per_label = log_att
         per_user = pd.Series(per_label).groupby(users).sum()
         if with_ties:
@@ -214,7 +218,7 @@ def heldout_loglik(
         default = fitted.summary["parameters"].get("pi", fitted.summary["parameters"].get("mean_quality", 0.5))
         p_u = quality.reindex(label_users).fillna(default).to_numpy()
         p_u = np.clip(p_u, 1e-12, 1 - 1e-12)
-        if model == "continuous":  # each label a mixture with the user's quality as weight
+        if variant == "continuous":  # each label a mixture with the user's quality as weight
             per_label = two_class_user_loglik(log_att, log_cas, p_u)
             per_user = pd.Series(per_label).groupby(label_users).sum()
         else:
@@ -223,7 +227,7 @@ def heldout_loglik(
             per_user = pd.Series(two_class_user_loglik(sums["att"].to_numpy(), sums["cas"].to_numpy(), p), index=sums.index)
         if with_ties and not modelled:
             per_user = _add_rate_terms(per_user, np.array([], dtype=object), tie_users, tie_rate)
-    return _heldout_result(model, seed, per_user, n_scored, with_ties)
+    return _heldout_result(variant, seed, per_user, n_scored, with_ties)
 
 
 def _add_rate_terms(per_user: pd.Series, decided_users, tie_users, tie_rate: float) -> pd.Series:
@@ -236,11 +240,11 @@ def _add_rate_terms(per_user: pd.Series, decided_users, tie_users, tie_rate: flo
     return per_user.astype(float).add(extra, fill_value=0.0)
 
 
-def _heldout_result(model: str, seed: int, per_user: pd.Series, n_heldout: int, with_ties: bool = False) -> dict:
+def _heldout_result(variant: str, seed: int, per_user: pd.Series, n_heldout: int, with_ties: bool = False) -> dict:
     """What :func:`heldout_loglik` returns, from the per-user held-out log-likelihoods."""
     total = float(per_user.sum())
     return {
-        "model": model,
+        "variant": variant,
         "seed": seed,
         "heldout_loglik": total,
         "n_heldout": int(n_heldout),
@@ -310,7 +314,7 @@ def compare_heldout(fits: dict, frac: float = 0.2, seed: int = 0) -> pd.DataFram
     Returns
     -------
     pandas.DataFrame
-        ``rank, fit, model, engine, heldout_loglik, n_heldout, per_label,
+        ``rank, fit, variant, engine, heldout_loglik, n_heldout, per_label,
         difference_per_label`` (per held-out label, against the best), best first. When the
         log has ties every fit is scored on the ties too (three outcomes; a fit that ignores
         ties predicts them with the training tie rate).
@@ -342,9 +346,9 @@ def compare_heldout(fits: dict, frac: float = 0.2, seed: int = 0) -> pd.DataFram
             kwargs.update(mu=settings["mu"], strong_model=settings.get("strong_model"))
         frame = data.frame[np.asarray(data.reason_code) < 3]  # rows dropped as invalid are not refitted
         # every fit scores the same held-out labels: the ties too when the log has them
-        scored = heldout_loglik(frame, model=summary.get("model", "two-class"), frac=frac, seed=seed, columns=columns,
+        scored = heldout_loglik(frame, variant=summary.get("variant", "two-class"), frac=frac, seed=seed, columns=columns,
                                 with_ties=bool((np.asarray(data.reason_code) == 1).any()), **kwargs)
-        records.append({"fit": str(name), "model": summary.get("model"), "engine": summary.get("engine"),
+        records.append({"fit": str(name), "variant": summary.get("variant"), "engine": summary.get("engine"),
                         "heldout_loglik": scored["heldout_loglik"], "n_heldout": scored["n_heldout"],
                         "per_label": scored["per_label"]})
     table = pd.DataFrame(records).sort_values("heldout_loglik", ascending=False, kind="stable")
@@ -385,9 +389,9 @@ def diagnose(result, *, taste_check: bool = False, compare: dict | None = None, 
     >>> import bayes_annot as ba
     >>> log = ba.simulate(n_users=150, n_models=4, seed=3)
     >>> two = ba.fit(log)
-    >>> two = ba.diagnose(two, compare={"two-class": two, "continuous": ba.fit(log, model="continuous")})
+    >>> two = ba.diagnose(two, compare={"two-class": two, "continuous": ba.fit(log, variant="continuous")})
     >>> list(two.summary["comparison"]["table"][0])[:3]
-    ['rank', 'fit', 'model']
+    ['rank', 'fit', 'variant']
     """
     from .errors import FitWarning, user_stacklevel
     from .local_em import taste_diagnostic
@@ -404,10 +408,10 @@ def diagnose(result, *, taste_check: bool = False, compare: dict | None = None, 
             prepare_casual(result.data, design=design)
         problem, _ = build_problem(result.data, mu=settings.get("mu"), strong_model=settings.get("strong_model"),
                                    use_p_a=settings.get("use_p_a", True), casual=design)
-        if result.summary.get("model") != "two-class" or not problem.learned:
-            raise InputError("taste_check needs model='two-class' and learned strengths (no p_a column, no mu)")
+        if result.summary.get("variant") != "two-class" or not problem.learned:
+            raise InputError("taste_check needs variant='two-class' and learned strengths (no p_a column, no mu)")
         priors = Priors(**settings["priors"]) if isinstance(settings.get("priors"), dict) else None
-        entries["taste_diagnostic"] = taste_diagnostic(problem, None, priors=priors, q=settings.get("q"), seed=seed,
+        entries["taste_diagnostic"] = taste_diagnostic(problem, None, priors=priors, q_fixed=settings.get("q"), seed=seed,
                                                        casual=design)
     if compare:
         table = compare_heldout(compare, frac=frac, seed=seed)

@@ -34,7 +34,7 @@ from .problem import (
     quality_floor, strength_mode,
 )
 from .em import UsableLabels
-from .errors import FitWarning, InputError, user_stacklevel
+from .errors import FitWarning, InputError, renamed_keyword, take_renamed, user_stacklevel
 from .progress import Progress, em_callback, iterate, resolve as resolve_progress
 from .casual import DEFAULT_BINS, CasualDesign, casual_design, prepare_casual
 from .data import parse_casual_covariates
@@ -373,7 +373,7 @@ class FitResult:
                record_paths: bool = False, **settings) -> "FitResult":
         """Fit this fit's rows plus ``new_rows``, warm-started from it and reusing its encoding and EM block.
 
-        The settings of this fit (model, filter, columns, ``q``, priors, ``tol``,
+        The settings of this fit (variant, filter, columns, ``q``, priors, ``tol``,
         taste classes, ...) are reused unless overridden. In-memory fits only (a
         saved folder: :func:`bayes_annot.folder_update.update_saved`).
 
@@ -401,7 +401,8 @@ class FitResult:
             Record the absolute path of a ``new_rows`` file in the summary (by
             default only its name and SHA-256).
         **settings
-            Any of ``model, filter, tol, max_iter, q, priors, use_p_a, mu, strong_model``.
+            Any of ``variant, filter, tol, max_iter, q, priors, use_p_a, mu, strong_model`` (``model``: the
+            deprecated alias of ``variant``, a :class:`FutureWarning`).
 
         Returns
         -------
@@ -433,7 +434,7 @@ class FitResult:
         if self.backend == "dask":
             raise InputError("update() needs an in-memory fit; refit the Dask frame with the new partitions instead")
         plan = plan_update(self, new_rows, on_duplicate=on_duplicate, row_id=row_id, record_paths=record_paths,
-                           **settings)
+                           **take_renamed(settings, "model", "variant", "update()"))
         result = fit_prepared(plan.prepared, start=plan.start, accelerate=accelerate, state=plan.state,
                               input_info=plan.info, _started=plan.started, **plan.settings)
         set_provenance(result, plan.info, plan.entries)
@@ -571,7 +572,7 @@ class FitResult:
         c = s["counts"]
         via = s["engine"] + ("" if self.backend == "memory" else f", {self.backend}")
         return (
-            f"<FitResult {s['model']} via {via}: {c['users']} users, {c['models']} models, "
+            f"<FitResult {s['variant']} via {via}: {c['users']} users, {c['models']} models, "
             f"{c['rows']} rows; kept {c['kept_users']} users / {c['kept_rows']} rows ({s['filter']['rule']})>"
         )
 
@@ -600,7 +601,7 @@ class FitResult:
         top = self.models.sort_values("strength", ascending=False).head(10)
         warn = "".join(f"<li>{escape(str(w))}</li>" for w in s.get("warnings", []))
         return (
-            f"<div><b>bayes_annot FitResult</b> — {s['model']} model, {s['engine']} engine<br>"
+            f"<div><b>bayes_annot FitResult</b> — {s['variant']} variant, {s['engine']} engine<br>"
             f"{c['rows']} rows, {c['users']} users, {c['models']} models; "
             f"kept {c['kept_users']} users and {c['kept_rows']} rows under <code>{s['filter']['rule']}</code> "
             f"(expected casual share {s['filter']['expected_casual_share']:.3f})<br>{params}<br>"
@@ -613,7 +614,7 @@ class FitResult:
         """The global parameters and model strengths as a table, for any engine.
 
         For NUTS this is ``arviz.summary`` of ``pi``, ``q`` (``m``, ``tau``
-        for the continuous model) and ``strength``. For EM and MAP, which give
+        for the continuous variant) and ``strength``. For EM and MAP, which give
         one point estimate (``idata`` holds 1 chain x 1 draw, so
         ``arviz.summary`` of it has only NaN spreads and R-hat and warns), a
         table with one row per parameter and per model: ``estimate``, plus
@@ -677,10 +678,11 @@ def no_verdict_message(counts: dict, uninformative: np.ndarray, policy: str) -> 
     )
 
 
+@renamed_keyword("model", "variant")
 def fit(
     data,
     *,
-    model: str = "two-class",
+    variant: str = "two-class",
     method: str = "em",
     filter: str | FilterRule = "prob:0.5",
     user: str | None = None,
@@ -722,8 +724,10 @@ def fit(
     data : str, Path or pandas.DataFrame
         A ``.csv`` / ``.parquet`` / ``.json`` / ``.jsonl`` file or a frame with
         one row per annotation.
-    model : {"two-class", "continuous"}
-        Behaviour model variant (docs/model.md).
+    variant : {"two-class", "continuous"}
+        The behaviour variant: how a user mixes attentive and casual labels
+        (docs/model.md). ``model=`` is its deprecated alias (a
+        :class:`FutureWarning`; giving both is a :class:`TypeError`).
     method : {"em", "map", "nuts"}
         Engine: EM (default, fast), PyMC MAP, or full posterior by NUTS.
     filter : str
@@ -778,7 +782,7 @@ def fit(
         style term), else ``"ignore"``. ``nu`` and ``t`` are in ``result.ties_`` and ``summary["ties"]``; tie rows
         keep ``reason = "tie"`` and are never kept for export.
     tastes : int or "auto"
-        Number of taste classes (two-class model, learned strengths only):
+        Number of taste classes (two-class variant, learned strengths only):
         attentive users may follow one of ``tastes`` rankings, so a coherent
         minority taste is not mistaken for casual clicking. ``"auto"`` chooses
         1..4 by cross-validated held-out log-likelihood
@@ -792,7 +796,7 @@ def fit(
         Run the casual-group test (:func:`bayes_annot.tastes.casual_group_test`:
         are the users a one-ranking fit calls casual coin-flippers or a taste
         group?) and store its verdict in ``summary["taste_diagnostic"]``
-        (two-class model, learned strengths). Always run with
+        (two-class variant, learned strengths). Always run with
         ``tastes="auto"``. It refits the one-ranking model on 100 simulated
         logs, hence off by default; the report shows the stored verdict and
         never runs the test itself.
@@ -849,7 +853,7 @@ def fit(
     if method not in METHODS:
         raise InputError(f"unknown method '{method}', expected one of {', '.join(METHODS)}")
     check_fit_settings(tol=tol, max_iter=max_iter, draws=draws, tune=tune, chains=chains, seed=seed, mu=mu, tastes=tastes)
-    spec = model_spec(model=model, tastes=tastes, q=q, priors=priors, mu=mu)  # the model's refusals, before reading
+    spec = model_spec(variant=variant, tastes=tastes, q=q, priors=priors, mu=mu)  # the model's refusals, before reading
     resolve_ties(None if ties == "model" else ties, 0)  # an unknown ties mode, before reading
     which_casual = casual_covariates if isinstance(casual_covariates, CasualDesign) else \
         parse_casual_covariates(casual_covariates)
@@ -895,7 +899,7 @@ def fit(
     columns = ColumnMap(user=user, model_a=model_a, model_b=model_b, winner=winner, p_a=p_a, winner_values=winner_values)
     prepared = prepare(frame, columns, on_bad_row=on_bad_row)
     ties_mode = resolve_ties(ties, prepared.counts()["ties"], method=method, tastes=tastes,
-                             learned=mu is None and not (use_p_a and prepared.has_p_a), variant=model,
+                             learned=mu is None and not (use_p_a and prepared.has_p_a), variant=variant,
                              style=not (isinstance(which_style, str) and which_style == "none"))
     priors = spec.priors
     if isinstance(which_casual, CasualDesign):  # a previous fit's covariates and bins (an update)
@@ -919,12 +923,12 @@ def fit(
                                            ties=ties_mode == "model", style=style is not None)
     spec = _data_spec(spec, problem.learned, tastes)  # a p_a column: known strengths (no taste classes)
     if taste_check and (spec.variant != "two-class" or not spec.learned):
-        raise InputError("taste_check needs model='two-class' and learned strengths (no p_a column, no mu)")
+        raise InputError("taste_check needs variant='two-class' and learned strengths (no p_a column, no mu)")
     pairs = pair_counts(prepared, ties=ties_mode == "model")
     state = None
     if problem.n_labels == 0:
         # Nothing enters the likelihood: no verdict on anybody.
-        estimates = _empty_estimates(prepared, model, method, priors, q)
+        estimates = _empty_estimates(prepared, variant, method, priors, q)
     elif tastes != 1 and method == "em":
         state = em_state(prepared, problem, pairs, mu=mu, strong_model=strong_model, use_p_a=use_p_a, casual=design)
         res, extra = fit_taste_classes(problem, spec, tol=tol, max_iter=max_iter, seed=seed,
@@ -943,21 +947,28 @@ def fit(
     elif method == "em":
         # continuous EM converges slowly (~100 plain iterations): SQUAREM steps, each kept only
         # when the penalised log-likelihood does not decrease, reach the optimum in ~4x fewer.
-        squarem = default_accelerate(accelerate, model, prepared.n_models)
+        squarem = default_accelerate(accelerate, variant, prepared.n_models)
         state = em_state(prepared, problem, pairs, mu=mu, strong_model=strong_model, use_p_a=use_p_a, casual=design)
         with em_callback(resolve_progress(progress)) as callback:
             em = run_block_em(
                 state.block, problem, spec, tol=tol, max_iter=max_iter,
                 start=_resolve_start(start, prepared), accelerate=squarem, callback=callback,
             )
-        estimates = em_estimates(em, model, known_strengths(problem, prepared, mu, strong_model), casual=design,
+        estimates = em_estimates(em, variant, known_strengths(problem, prepared, mu, strong_model), casual=design,
                                  style=style)
     else:
-        from .pymc_model import fit_pymc
+        from .pymc_model import fit_pymc, start_point
 
+        nuts_start = None
+        if method == "nuts":  # every chain starts at the EM fit of the same model (fit_pymc's ``start``)
+            em = run_block_em(em_state(prepared, problem, pairs, mu=mu, strong_model=strong_model, use_p_a=use_p_a,
+                                       casual=design).block, problem, spec, tol=tol, max_iter=max_iter,
+                              start=None, accelerate=default_accelerate(accelerate, variant, prepared.n_models))
+            nuts_start = start_point(em)
         estimates = fit_pymc(
             problem,
             spec,
+            start=nuts_start,
             method=method,
             draws=draws,
             tune=tune,
@@ -973,12 +984,12 @@ def fit(
     if tastes == 1:
         estimates.quality_floor = quality_floor(problem, estimates)
     if taste_check and "taste_diagnostic" not in estimates.extra_summary and problem.n_labels:
-        estimates.extra_summary["taste_diagnostic"] = taste_diagnostic(problem, None, priors=priors, q=q, seed=seed,
+        estimates.extra_summary["taste_diagnostic"] = taste_diagnostic(problem, None, priors=priors, q_fixed=q, seed=seed,
                                                                        casual=design)
 
     components = graph_components(pairs)
     settings = {
-        "model": model,
+        "variant": variant,
         "method": method,
         "filter": str(rule),
         "columns": prepared.columns,
@@ -994,7 +1005,7 @@ def fit(
         "tol": tol,
         "max_iter": max_iter,
         "seed": seed,
-        "accelerate": default_accelerate(accelerate, model, prepared.n_models) if method == "em" else None,
+        "accelerate": default_accelerate(accelerate, variant, prepared.n_models) if method == "em" else None,
         "warm_start": start is not None,
         "casual_covariates": _casual_setting(which_casual),
         "casual_bins": int(casual_bins),
@@ -1009,7 +1020,7 @@ def fit(
         settings["on_bad_row"] = on_bad_row
     if method == "nuts":
         settings.update(draws=draws, tune=tune, chains=chains, sampler=sampler)
-    summary = assemble_summary(prepared, problem, estimates, model, strength_mode, components, input_info, settings, pairs)
+    summary = assemble_summary(prepared, problem, estimates, variant, strength_mode, components, input_info, settings, pairs)
     summary["warnings"][:0] = prepared.notes  # rows dropped as invalid (already warned by prepare)
     summary["provenance"] = [provenance_entry(input_info, rows_read=prepared.n_rows, rows_added=prepared.n_rows)]
     summary["runtime_seconds"] = round(time.perf_counter() - t_start, 4)
@@ -1019,7 +1030,7 @@ def fit(
 def fit_prepared(
     prepared: PreparedData,
     *,
-    model: str = "two-class",
+    variant: str = "two-class",
     filter="prob:0.5",
     use_p_a: bool = True,
     mu: float | None = None,
@@ -1056,8 +1067,8 @@ def fit_prepared(
     """
     started = time.perf_counter() if _started is None else _started
     check_fit_settings(tol=tol, max_iter=max_iter, mu=mu, tastes=tastes)
-    spec = model_spec(model=model, tastes=tastes, q=q, priors=priors, mu=mu)
-    accelerate = default_accelerate(accelerate, model, prepared.n_models)
+    spec = model_spec(variant=variant, tastes=tastes, q=q, priors=priors, mu=mu)
+    accelerate = default_accelerate(accelerate, variant, prepared.n_models)
     rule = parse_filter(filter)
     check_no_verdict_policy(no_verdict)
     priors = spec.priors
@@ -1100,7 +1111,7 @@ def fit_prepared(
                 state.block, problem, spec, tol=tol, max_iter=max_iter, start=start,
                 accelerate=accelerate, callback=callback,
             )
-        estimates = em_estimates(em, model, known_strengths(problem, prepared, mu, strong_model), casual=casual,
+        estimates = em_estimates(em, variant, known_strengths(problem, prepared, mu, strong_model), casual=casual,
                                  style=style)
         floor = NotImplemented
         if not hasattr(problem, "user") and style is None:  # an update: from the block's cell counts when it can
@@ -1114,7 +1125,7 @@ def fit_prepared(
             floor = quality_floor(rows_problem, estimates)
         estimates.quality_floor = floor
     settings = {
-        "model": model, "method": "em", "filter": str(rule), "columns": prepared.columns, "use_p_a": use_p_a,
+        "variant": variant, "method": "em", "filter": str(rule), "columns": prepared.columns, "use_p_a": use_p_a,
         "mu": mu, "strong_model": strong_model, "q": q, "priors": asdict(priors), "tol": tol, "max_iter": max_iter,
         "seed": 0, "warm_start": start is not None, "accelerate": accelerate, "no_verdict": no_verdict, "tastes": tastes,
         "casual_covariates": "none" if casual is None else list(casual.names),
@@ -1129,7 +1140,7 @@ def fit_prepared(
     if on_bad_row != "error":
         settings["on_bad_row"] = on_bad_row
     components = graph_components(state.pair_counts)
-    summary = assemble_summary(prepared, problem, estimates, model, mode, components, input_info, settings, state.pair_counts)
+    summary = assemble_summary(prepared, problem, estimates, variant, mode, components, input_info, settings, state.pair_counts)
     summary["runtime_seconds"] = round(time.perf_counter() - started, 4)
     return FitResult(prepared, estimates, rule, summary, state=state, no_verdict=no_verdict)
 
@@ -1138,7 +1149,7 @@ def assemble_summary(
     prepared: PreparedData,
     problem: UsableLabels,
     estimates: Estimates,
-    model: str,
+    variant: str,
     strength_mode: str,
     components: np.ndarray,
     input_info: dict | None,
@@ -1163,7 +1174,7 @@ def assemble_summary(
     summary = {
         "bayes_annot_version": __version__,
         "engine": estimates.engine,
-        "model": model,
+        "variant": variant,
         "strengths": strength_mode,
         "counts": counts,
         "parameters": {k: (None if v is None else float(v)) for k, v in estimates.parameters.items()},
@@ -1234,7 +1245,7 @@ def degenerate_fit_warnings(estimates: Estimates, settings: dict, priors: Priors
             f"degenerate fit: q = {q:.3f} sits at the boundary of [0, 1] (casual users would click one side "
             f"{'almost never' if q < margin else 'almost always'}); the casual type is probably absorbing "
             "something else (a position effect of attentive users, a taste group): do not trust the verdicts "
-            "without checking (fix --q 0.5, or compare with the other model variant)"
+            "without checking (fix --q 0.5, or compare with the other variant, --variant)"
         )
     pi = params.get("pi")
     if pi is not None and not (margin <= pi <= 1.0 - margin):
@@ -1255,7 +1266,7 @@ def degenerate_fit_warnings(estimates: Estimates, settings: dict, priors: Priors
             out.append(
                 f"degenerate fit: strengths run away (largest |strength| {np.abs(s).max():.2f} > "
                 f"{STRENGTH_RUNAWAY_SIGMAS:g} x the prior sigma {priors.strength_sigma:g}); they are held by the "
-                "prior, not the data: compare with the other model variant or a plain Bradley–Terry fit"
+                "prior, not the data: compare with the other variant (--variant) or a plain Bradley–Terry fit"
             )
     return out
 
@@ -1311,13 +1322,13 @@ def ties_summary(mode: str, n_ties: int, estimates) -> dict:
     return out
 
 
-def model_spec(*, model: str = "two-class", tastes: int | str = 1, q: float | None = None,
+def model_spec(*, variant: str = "two-class", tastes: int | str = 1, q: float | None = None,
                priors: Priors | None = None, mu: float | None = None) -> BehaviourSpec:
     """The :class:`~bayes_annot.spec.BehaviourSpec` of :func:`fit`'s settings, built before any data is read.
 
     Parameters
     ----------
-    model, tastes, q, priors, mu
+    variant, tastes, q, priors, mu
         As in :func:`fit`. ``tastes="auto"`` gives one class (the number the
         search chooses replaces it, :meth:`~bayes_annot.spec.BehaviourSpec.with_tastes`)
         but must be a model where taste classes are defined; a global ``mu``
@@ -1330,8 +1341,8 @@ def model_spec(*, model: str = "two-class", tastes: int | str = 1, q: float | No
         A setting or combination the model does not define (the spec's refusal, with the reason).
     """
     spec = BehaviourSpec(
-        variant=model, n_tastes=1 if tastes == "auto" else tastes, strengths="learned" if mu is None else "known",
-        q=q, priors=Priors() if priors is None else priors,
+        variant=variant, n_tastes=1 if tastes == "auto" else tastes, strengths="learned" if mu is None else "known",
+        q_fixed=q, priors=Priors() if priors is None else priors,
     )
     return _data_spec(spec, spec.learned, tastes)
 
@@ -1427,7 +1438,7 @@ def _fit_dask_frame(ddf, *, spec: BehaviourSpec, rule, tol, max_iter, seed, star
     from .dask_em import fit_dask
 
     started = time.perf_counter()
-    model, priors, q, tastes = spec.variant, spec.priors, spec.q, spec.n_tastes
+    variant, priors, q_fixed, tastes = spec.variant, spec.priors, spec.q_fixed, spec.n_tastes
     try:
         dfit = fit_dask(ddf, spec=spec, tol=tol, max_iter=max_iter, mu=mu,
                         strong_model=strong_model, start=start if isinstance(start, dict) else None,
@@ -1437,8 +1448,8 @@ def _fit_dask_frame(ddf, *, spec: BehaviourSpec, rule, tol, max_iter, seed, star
         if isinstance(exc, InputError):
             raise
         raise InputError(str(exc)) from exc
-    settings = {"model": model, "method": "em", "filter": str(rule), "columns": dfit.columns, "mu": mu,
-                "strong_model": strong_model, "q": q, "priors": asdict(priors), "tol": tol,
+    settings = {"variant": variant, "method": "em", "filter": str(rule), "columns": dfit.columns, "mu": mu,
+                "strong_model": strong_model, "q": q_fixed, "priors": asdict(priors), "tol": tol,
                 "max_iter": max_iter, "seed": seed, "no_verdict": no_verdict,
                 "tastes": "auto" if max_tastes is not None else tastes, "max_tastes": max_tastes,
                 "taste_check": max_tastes is not None,
@@ -1449,7 +1460,7 @@ def _fit_dask_frame(ddf, *, spec: BehaviourSpec, rule, tol, max_iter, seed, star
             style_covariates if isinstance(style_covariates, str) else list(style_covariates))
     estimates = dfit.to_estimates()
     estimates.extra_summary["ties"] = ties_summary(dfit.ties_mode, dfit.counts["ties"], estimates)
-    summary = assemble_summary(None, None, estimates, model, dfit.strength_mode, dfit.components(), input_info,
+    summary = assemble_summary(None, None, estimates, variant, dfit.strength_mode, dfit.components(), input_info,
                                settings, dfit.pair_counts, counts=dfit.counts)
     summary["backend"] = f"dask ({dfit.n_partitions} partitions)"
     summary["provenance"] = [provenance_entry(input_info, rows_read=dfit.counts["rows"], rows_added=dfit.counts["rows"])]
@@ -1477,18 +1488,18 @@ def _casual_setting(which):
     return list(which) if isinstance(which, tuple) else which
 
 
-def _empty_estimates(prepared: PreparedData, model: str, method: str, priors: Priors, q) -> Estimates:
+def _empty_estimates(prepared: PreparedData, variant: str, method: str, priors: Priors, q_fixed) -> Estimates:
     n = prepared.n_users
     prior_mean = priors.pi_alpha / (priors.pi_alpha + priors.pi_beta)
     return Estimates(
         engine=method,
-        variant=model,
+        variant=variant,
         quality=np.full(n, prior_mean),
         p_good=np.full(n, prior_mean),
         n_labels_user=np.zeros(n, dtype=np.int64),
         informative=np.zeros(n, dtype=bool),
         strengths=np.zeros(prepared.n_models),
-        parameters={"q": 0.5 if q is None else q, "mean_quality": prior_mean},
+        parameters={"q": 0.5 if q_fixed is None else q_fixed, "mean_quality": prior_mean},
         loglik=0.0,
         n_iter=0,
         converged=True,
@@ -1508,7 +1519,7 @@ class UserQualityModel:
     Examples
     --------
     >>> import bayes_annot as ba
-    >>> est = ba.UserQualityModel(model="two-class").fit(ba.simulate(n_users=200, seed=0))
+    >>> est = ba.UserQualityModel(variant="two-class").fit(ba.simulate(n_users=200, seed=0))
     >>> est.users_.shape[0]
     200
     >>> ba.UserQualityModel(**est.get_params()).get_params() == est.get_params()
@@ -1516,6 +1527,7 @@ class UserQualityModel:
     """
 
     def __init__(self, **settings):
+        settings = take_renamed(settings, "model", "variant", "UserQualityModel()")
         _check_settings(settings)
         self.settings = settings
 
@@ -1526,6 +1538,7 @@ class UserQualityModel:
 
     def set_params(self, **params) -> "UserQualityModel":
         """Change settings (names of :func:`fit`'s parameters); returns ``self``."""
+        params = take_renamed(params, "model", "variant", "set_params()")
         _check_settings(params)
         self.settings = {**self.settings, **params}
         return self

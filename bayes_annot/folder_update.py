@@ -20,7 +20,7 @@ import pandas as pd
 from .data import ColumnMap, PreparedData, prepare, read_table
 from .casual import DEFAULT_BINS, design_from_summary
 from .style import style_from_summary
-from .errors import FitWarning, InputError
+from .errors import FitWarning, InputError, take_renamed
 from .fit import FitResult, fit, fit_prepared
 from .incremental import align_start, n_tastes_of
 from .likelihood import Priors
@@ -32,7 +32,7 @@ from .ties import resolve_ties
 __all__ = ["update_saved"]
 
 
-_SAVED_SETTINGS = ("model", "filter", "use_p_a", "mu", "strong_model", "q", "tol", "max_iter", "no_verdict",
+_SAVED_SETTINGS = ("variant", "filter", "use_p_a", "mu", "strong_model", "q", "tol", "max_iter", "no_verdict",
                    "winner_values", "on_bad_row", "ties")
 
 
@@ -50,7 +50,7 @@ def update_saved(
 
     The saved ``rows.csv`` holds every input row of the previous fit, so the
     merged log is those rows (their input columns, read as text) followed by
-    ``new_rows``; it is fitted by EM with the saved settings (model, columns,
+    ``new_rows``; it is fitted by EM with the saved settings (variant, columns,
     filter, ``q``, ``mu``, priors, ``tol``), starting from the saved
     parameters, strengths and (continuous) per-user quality. The result is the
     fit of old + new rows, as :meth:`~bayes_annot.fit.FitResult.update` gives for a live result. A
@@ -76,14 +76,16 @@ def update_saved(
     record_paths : bool
         Record the absolute path of a ``new_rows`` file (by default its name and SHA-256 only).
     **overrides
-        Any of ``model, filter, use_p_a, mu, strong_model, q, tol, max_iter``; and ``accelerate``
-        (SQUAREM steps in the EM; default on: a warm start converges in fewer passes with them).
+        Any of ``variant, filter, use_p_a, mu, strong_model, q, tol, max_iter`` (``model``: the deprecated
+        alias of ``variant``, a :class:`FutureWarning`); and ``accelerate`` (SQUAREM steps in the EM;
+        default on: a warm start converges in fewer passes with them).
 
     Returns
     -------
     FitResult
         ``summary["provenance"]`` is the saved list plus this update.
     """
+    overrides = take_renamed(overrides, "model", "variant", "update_saved()")
     unknown = set(overrides) - set(_SAVED_SETTINGS) - {"accelerate"}
     if unknown:
         raise TypeError(f"update_saved() got unexpected setting(s): {', '.join(sorted(unknown))}")

@@ -57,7 +57,7 @@ from .provenance import carried_provenance, drop_duplicates_of, input_info, prov
 
 __all__ = ["plan_update", "UpdatePlan", "merge_prepared", "warm_start", "align_start", "n_tastes_of"]
 
-_EM_SETTINGS = ("model", "filter", "tol", "max_iter", "q", "priors", "use_p_a", "mu", "strong_model", "no_verdict",
+_EM_SETTINGS = ("variant", "filter", "tol", "max_iter", "q", "priors", "use_p_a", "mu", "strong_model", "no_verdict",
                 "winner_values", "on_bad_row", "ties")
 
 
@@ -474,6 +474,6 @@ def plan_update(previous, new_rows, *, on_duplicate: str = "skip", row_id=None, 
             state = _extend_state(state, merge, problem_new, key, casual, ties)
         else:
             state = None  # rebuilt from the merged rows
-    if settings.get("model", "two-class") != previous.estimates.variant:
+    if settings.get("variant", "two-class") != previous.estimates.variant:
         start = {"strengths": start.get("strengths"), "q": start.get("q")}
     return UpdatePlan(merged, start, state, settings, info, entries, started)

@@ -135,7 +135,7 @@ def two_class_posterior(att_sum, cas_sum, pi):
 
 
 def continuous_label_loglik(att_logp, cas_logp, eta_logit):
-    """Log-likelihood of each label under the continuous model (``eta_logit`` per label)."""
+    """Log-likelihood of each label under the continuous variant (``eta_logit`` per label)."""
     return np.logaddexp(log_expit(eta_logit) + att_logp, log_expit(-eta_logit) + cas_logp)
 
 

@@ -81,12 +81,12 @@ def em_state(prepared: PreparedData, problem: UsableLabels, pairs: PairTable, *,
     )
 
 
-def default_accelerate(accelerate: bool | None, model: str, n_models: int) -> bool:
+def default_accelerate(accelerate: bool | None, variant: str, n_models: int) -> bool:
     """SQUAREM on or off: ``accelerate`` if given, else on for ``continuous`` or more than
     :data:`bayes_annot.pairs.ACCELERATE_MIN_MODELS` models."""
     if accelerate is not None:
         return bool(accelerate)
-    return model == "continuous" or n_models > ACCELERATE_MIN_MODELS
+    return variant == "continuous" or n_models > ACCELERATE_MIN_MODELS
 
 
 def run_block_em(block: Block, problem: UsableLabels, spec: BehaviourSpec, *, tol, max_iter, start, accelerate,
@@ -111,17 +111,17 @@ def run_block_em(block: Block, problem: UsableLabels, spec: BehaviourSpec, *, to
     return em
 
 
-def em_estimates(em: EMResult, model: str, known_strengths: np.ndarray | None, casual=None, style=None) -> Estimates:
+def em_estimates(em: EMResult, variant: str, known_strengths: np.ndarray | None, casual=None, style=None) -> Estimates:
     """:class:`Estimates` of an EM result (``known_strengths``: the fixed strengths of a global ``mu``;
     ``casual``: the casual covariates' design, whose effects go to ``extra_summary["casual_effects"]``;
     ``style``: the attentive style term's design, whose effects go to ``extra_summary["style_effects"]``)."""
-    params = {"pi": em.pi, "q": em.q} if model == "two-class" else {"m": em.m, "tau": em.tau, "q": em.q}
+    params = {"pi": em.pi, "q": em.q} if variant == "two-class" else {"m": em.m, "tau": em.tau, "q": em.q}
     params["mean_quality"] = float(np.mean(em.quality[em.n_labels_user > 0]))
     estimates = Estimates(
         engine="em",
-        variant=model,
+        variant=variant,
         quality=em.quality,
-        p_good=em.p_eta_above_half if model == "continuous" else em.quality,
+        p_good=em.p_good,
         n_labels_user=em.n_labels_user,
         informative=em.informative,
         strengths=em.strengths if em.strengths is not None else known_strengths,
@@ -142,7 +142,7 @@ def em_estimates(em: EMResult, model: str, known_strengths: np.ndarray | None, c
     return estimates
 
 
-def taste_diagnostic(problem: UsableLabels, result_c1=None, *, priors=None, q=None, seed: int = 0,
+def taste_diagnostic(problem: UsableLabels, result_c1=None, *, priors=None, q_fixed=None, seed: int = 0,
                      casual=None) -> dict:
     """The casual-group test's verdict as ``summary["taste_diagnostic"]`` holds it: the one place it is computed.
 
@@ -154,7 +154,7 @@ def taste_diagnostic(problem: UsableLabels, result_c1=None, *, priors=None, q=No
     """
     from .tastes import casual_group_test
 
-    return casual_test_summary(casual_group_test(problem, result_c1, seed=seed, priors=priors, q_fixed=q,
+    return casual_test_summary(casual_group_test(problem, result_c1, seed=seed, priors=priors, q_fixed=q_fixed,
                                                  casual=casual))
 
 
@@ -170,13 +170,13 @@ def fit_taste_classes(problem: UsableLabels, spec: BehaviourSpec, *, tol: float 
     from .tastes import fit_tastes, select_tastes
 
     spec.with_tastes(max(spec.n_tastes, 2))  # the spec's refusal where taste classes are not defined
-    priors, q, tastes = spec.priors, spec.q, spec.n_tastes
+    priors, q_fixed, tastes = spec.priors, spec.q_fixed, spec.n_tastes
     extra_summary: dict = {}
     if max_tastes is not None:
-        selection = select_tastes(problem, max_tastes=max_tastes, seed=seed, priors=priors, q_fixed=q,
+        selection = select_tastes(problem, max_tastes=max_tastes, seed=seed, priors=priors, q_fixed=q_fixed,
                                   casual=spec.casual)
         res = selection.fits[selection.chosen]
-        extra_summary["taste_diagnostic"] = taste_diagnostic(problem, selection.fits[1], priors=priors, q=q,
+        extra_summary["taste_diagnostic"] = taste_diagnostic(problem, selection.fits[1], priors=priors, q_fixed=q_fixed,
                                                              seed=seed, casual=spec.casual)
         table = selection.table.replace({np.nan: None})
         extra_summary["taste_selection"] = {
@@ -190,7 +190,7 @@ def fit_taste_classes(problem: UsableLabels, spec: BehaviourSpec, *, tol: float 
     else:
         warm = (start or {}).get("tastes")
         warm = warm if warm is not None and np.shape(warm["shares"]) == (int(tastes),) else None
-        res = fit_tastes(problem if runner is None else runner, int(tastes), priors=priors, q_fixed=q, tol=tol,
+        res = fit_tastes(problem if runner is None else runner, int(tastes), priors=priors, q_fixed=q_fixed, tol=tol,
                          max_iter=max_iter, seed=seed, casual=spec.casual,
                          **({"n_starts": 0, "init": [warm]} if warm else {}))
     return res, extra_summary

@@ -40,7 +40,7 @@ so the ascent ends at the same optimum as with exact solves (1e-15 apart in a wh
 tested to 1e-10) with about 45% fewer CG products."""
 
 ACCELERATE_MIN_MODELS = 200
-"""Above this many models ``fit`` / ``update`` use SQUAREM by default for the two-class model too
+"""Above this many models ``fit`` / ``update`` use SQUAREM by default for the two-class variant too
 (many weakly identified strengths slow plain EM down)."""
 
 DENSE_PLOT_MAX_MODELS = 200

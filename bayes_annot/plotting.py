@@ -169,7 +169,7 @@ def plot_quality_distribution(result, *, bins: int = 20, ax=None):
             ax.axvline(float(rule.split(":", 1)[1]), color="black", linestyle="--", linewidth=1, label=f"threshold ({rule})")
         except ValueError:
             pass
-    label = "P(attentive | data)" if src.summary.get("model") == "two-class" else "quality (share of attentive labels, eta)"
+    label = "P(attentive | data)" if src.summary.get("variant") == "two-class" else "quality (share of attentive labels, eta)"
     ax.set_xlabel(label)
     ax.set_ylabel("users")
     ax.set_xlim(0, 1)
@@ -616,7 +616,7 @@ def ppc_agreement(result, *, n_rep: int = 200, seed: int = 0, min_labels: int = 
 
     observed = agreement(y == 1)
     known_p_a = str(src.summary.get("strengths", "")).startswith("known (column")
-    continuous = src.summary.get("model") == "continuous"
+    continuous = src.summary.get("variant") == "continuous"
     casual = _casual_rows(src)
     design, cells = (None, None) if casual is None else (casual[0], casual[0].cells(casual[1]))
     rng = np.random.default_rng(seed)
@@ -895,7 +895,7 @@ def ppc_length_bins(result, *, n_rep: int = 200, seed: int = 0, threshold: float
     sign = np.where(stronger_a, 1.0, -1.0)
     cells = design.cells(x)
     known_p_a = str(src.summary.get("strengths", "")).startswith("known (column")
-    continuous = src.summary.get("model") == "continuous"
+    continuous = src.summary.get("variant") == "continuous"
     tastes = None if continuous or known_p_a else _taste_types(src, uidx)
     group_of = _group_rule(src, design, cells, ell, user, ma, mb, n_users, threshold, tastes, continuous)
     group = group_of(y).astype(np.int64)  # 0 casual, 1 attentive
@@ -1070,7 +1070,7 @@ def ppc_tie_rates(result, *, n_rep: int = 200, seed: int = 0, min_labels: int = 
     observed = rate(is_tie)
     info = src.summary.get("ties") or {}
     modelled = info.get("mode") == "model" and info.get("nu") is not None
-    continuous = src.summary.get("model") == "continuous"
+    continuous = src.summary.get("variant") == "continuous"
     rng = np.random.default_rng(seed)
     replicated = np.empty((n_rep, int(shown.sum())))
     pooled = float(is_tie.mean())

@@ -35,7 +35,8 @@ class Estimates:
     engine: str
     variant: str
     quality: np.ndarray
-    p_good: np.ndarray
+    p_good: np.ndarray  # P(user is good | data): two-class P(attentive) (= quality); continuous P(eta_u >= 1/2),
+    # the users table's p_eta_above_half. What the filter rules rank on (docs/outputs.md, "Names").
     n_labels_user: np.ndarray
     informative: np.ndarray
     strengths: np.ndarray | None
@@ -184,7 +185,7 @@ def quality_floor(problem: UsableLabels, estimates: Estimates) -> np.ndarray | N
     log-odds of choosing ``model_a``), multiplied over the user's labels and
     combined with the prior odds ``pi``. A user the filter keeps although this
     floor passes its threshold was kept whatever they clicked: no verdict
-    (:func:`bayes_annot.decide.decide`). ``None`` for the continuous model
+    (:func:`bayes_annot.decide.decide`). ``None`` for the continuous variant
     (per-user quality is not a closed form of the labels there).
     """
     if estimates.variant != "two-class" or problem.n_labels == 0 or "pi" not in estimates.parameters:
@@ -246,7 +247,7 @@ def block_quality_floor(estimates: Estimates, block, n_users: int):
     Returns
     -------
     numpy.ndarray or None or NotImplemented
-        What :func:`quality_floor` returns (``None`` for the continuous model), or ``NotImplemented``
+        What :func:`quality_floor` returns (``None`` for the continuous variant), or ``NotImplemented``
         for the cases it leaves to the labels (ties, casual covariates, known strengths).
     """
     if estimates.variant != "two-class" or "pi" not in estimates.parameters:

@@ -331,7 +331,7 @@ def build_model(
     import pytensor.tensor as pt
 
     _check_spec(problem, spec)
-    variant, n_tastes, priors, q_fixed = spec.variant, spec.n_tastes, spec.priors, spec.q
+    variant, n_tastes, priors, q_fixed = spec.variant, spec.n_tastes, spec.priors, spec.q_fixed
     cells = compress_cells(problem)
     ties = compress_ties(problem)  # ties in the likelihood (bayes_annot.ties): Davidson's nu and the casual rate t
     if spec.style is not None and ties is not None:
@@ -769,7 +769,7 @@ def _per_draw_two_class(problem, cells, pi, q, strengths, casual_tables_=None, t
 
 
 def _per_draw_continuous(problem, cells, theta, q, strengths, casual_tables_=None, offsets=None, ties=None):
-    r"""Per-draw (S, U) per-user log-likelihood of the continuous model (``offsets``: the style term's, as
+    r"""Per-draw (S, U) per-user log-likelihood of the continuous variant (``offsets``: the style term's, as
     :func:`_cell_att`); ``ties = (tie_cells, nu, t)``
     (:func:`compress_ties`, draws of ``nu`` and ``t``): a decided label's attentive side is Davidson's and its
     casual side carries ``1 - t``; a tie mixes :math:`\eta_u P_{att}(\text{tie}) + (1 - \eta_u) t` (as the
@@ -865,6 +865,13 @@ def fit_pymc(
         ``start`` holds ``strengths`` (C, K), ``shares`` (C,) and ``q``, e.g.
         :meth:`bayes_annot.tastes.TasteResult.as_start`; default: the EM fit
         :func:`bayes_annot.tastes.fit_tastes` (``seed``).
+        ``C = 1``, NUTS: the point every chain starts at before the sampler's
+        jitter, by variable name (:func:`start_point` of an EM fit; :func:`bayes_annot.fit`
+        passes its EM fit of the same model). A chain started far away can stay
+        in a minor mode, e.g. with ties one that lays them on the other user type
+        (docs/benchmarks_sbc.md). Default: :func:`build_model`'s initial values.
+        MAP always starts at :func:`build_model`'s initial values. The nutpie sampler
+        picks its own start.
 
     Returns
     -------
@@ -890,7 +897,7 @@ def fit_pymc(
                 "the nutpie sampler is not installed: run pip install 'bayes_annot[nutpie]' or use --sampler pymc"
             ) from exc
     _check_spec(problem, spec)
-    n_tastes, priors, q_fixed = spec.n_tastes, spec.priors, spec.q
+    n_tastes, priors, q_fixed = spec.n_tastes, spec.priors, spec.q_fixed
     t0 = time.perf_counter()
     user_labels = _labels(user_labels, problem.n_users, "u")
     model_labels = _labels(model_labels, problem.n_models, "model_")
@@ -909,7 +916,7 @@ def fit_pymc(
     else:
         est = _fit_nuts(
             problem, spec, draws, tune, chains, sampler, progress, seed,
-            user_labels, model_labels, target_accept, informative_tol,
+            user_labels, model_labels, target_accept, informative_tol, start,
         )
     est.runtime_seconds = time.perf_counter() - t0
     return est
@@ -989,7 +996,7 @@ def _tie_map_users(problem: UsableLabels, variant: str, point: dict, q: float, t
 def _fit_map(problem, spec, progress, seed, user_labels, model_labels, informative_tol, maxeval):
     from .inference_data import point_estimate_idata
 
-    variant, priors, q_fixed = spec.variant, spec.priors, spec.q
+    variant, priors, q_fixed = spec.variant, spec.priors, spec.q_fixed
     model = build_model(problem, spec, user_labels, model_labels, marginal=True)
     point, raw = _run_map(model, progress, seed, maxeval)
     q = float(q_fixed) if q_fixed is not None else float(point["q"])
@@ -1168,15 +1175,36 @@ def _diagnose(idata, var_names, sampler):
     return diagnostics, converged
 
 
+def start_point(em) -> dict:
+    """The point of an EM fit (:class:`bayes_annot.em.EMResult`) by the names of :func:`build_model`'s
+    variables: where :func:`fit_pymc`'s NUTS chains start (``start``; centred strengths, as the
+    sum-to-zero prior has them)."""
+    point = {"q": em.q, "pi": em.pi, "m": em.m, "tau": em.tau, "casual_effect": em.casual_g,
+             "style_effect": em.style_delta, "tie_nu": em.nu, "casual_tie_rate": em.tie_rate}
+    if em.strengths is not None:
+        point["strength"] = np.asarray(em.strengths, float) - np.mean(em.strengths)
+    return {name: np.asarray(value, float) for name, value in point.items() if value is not None}
+
+
+def _start_at(model, start: dict | None) -> None:
+    """Start ``model``'s free variables at ``start`` (:func:`start_point`): the names it has, with their
+    shapes; the sampler's jitter then spreads the chains around it."""
+    for name, value in (start or {}).items():
+        rv = model.named_vars.get(name)
+        if rv is not None and rv in model.free_RVs and np.shape(value) == tuple(rv.shape.eval()):
+            model.set_initval(rv, value)
+
+
 def _fit_nuts(
     problem, spec, draws, tune, chains, sampler, progress, seed,
-    user_labels, model_labels, target_accept, informative_tol,
+    user_labels, model_labels, target_accept, informative_tol, start=None,
 ):
     import arviz as az
     import xarray as xr
 
-    variant, priors, q_fixed = spec.variant, spec.priors, spec.q
+    variant, priors, q_fixed = spec.variant, spec.priors, spec.q_fixed
     model = build_model(problem, spec, user_labels, model_labels, strength_prior="zerosum")
+    _start_at(model, start)
     idata = _sample(model, draws, tune, chains, sampler, progress, seed, target_accept)
 
     post = idata.posterior
@@ -1362,7 +1390,7 @@ def _fit_tastes(
     from .tastes import taste_columns
 
     nuts = method == "nuts"
-    n_tastes, priors, q_fixed = spec.n_tastes, spec.priors, spec.q
+    n_tastes, priors, q_fixed = spec.n_tastes, spec.priors, spec.q_fixed
     q0 = float(q_fixed) if q_fixed is not None else float(start.get("q", 0.5))
     casual_init = start.get("casual_g")
     if spec.casual is not None and np.shape(casual_init) != (spec.casual.n_effects,):

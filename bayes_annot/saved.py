@@ -43,6 +43,24 @@ def bool_column(values) -> np.ndarray:
     return series.astype(str).str.strip().str.lower().isin(["true", "1"]).to_numpy()
 
 
+def _renamed_key(entries: dict, old: str, new: str) -> dict:
+    """``entries`` with the key ``old`` renamed ``new`` in place of it (unchanged when ``new`` is there or ``old`` is not)."""
+    if old not in entries or new in entries:
+        return entries
+    return {new if key == old else key: value for key, value in entries.items()}
+
+
+def upgraded_summary(summary):
+    """A parsed ``summary.json`` in today's names: the behaviour variant was ``model`` before it was
+    ``variant`` (at the top level and in ``settings``); folders written then still load, update and warm-start."""
+    if not isinstance(summary, dict):
+        return summary
+    summary = _renamed_key(summary, "model", "variant")
+    if isinstance(summary.get("settings"), dict):
+        summary["settings"] = _renamed_key(summary["settings"], "model", "variant")
+    return summary
+
+
 @dataclass
 class SavedTables:
     """What a results folder holds: the three tables, the summary, the posterior (or ``None``) and the manifest."""
@@ -112,7 +130,7 @@ def _read_folder(folder) -> SavedTables:
         else:
             tables[name] = _legacy_table(folder, name)
     try:
-        summary = json.loads(folder.read_text("summary.json"))
+        summary = upgraded_summary(json.loads(folder.read_text("summary.json")))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         detail = f"line {exc.lineno}: {exc.msg}" if isinstance(exc, json.JSONDecodeError) else exc.reason
         raise InputError(f"results folder '{folder.path}': summary.json is not valid JSON ({detail})") from None
@@ -203,7 +221,7 @@ def _read_update_folder(folder) -> UpdateFolder | None:
         with folder.open(tables[name]["file"]) as handle:
             small[name] = read_table_file(handle, tables[name])
     try:
-        summary = json.loads(folder.read_text("summary.json"))
+        summary = upgraded_summary(json.loads(folder.read_text("summary.json")))
     except (UnicodeDecodeError, json.JSONDecodeError):
         return None  # the update from the rows reads it again and names the fault
     if not isinstance(summary, dict):
@@ -228,7 +246,7 @@ def _read_update_folder(folder) -> UpdateFolder | None:
                         os.dup(folder.fd))
 
 
-_REQUIRED_SUMMARY = ("model", "strengths", "parameters", "settings")
+_REQUIRED_SUMMARY = ("variant", "strengths", "parameters", "settings")
 
 
 # parameters.NAME -> bounds of check_number (absent or null is allowed)
@@ -254,8 +272,8 @@ def validate_saved_summary(summary, directory: str | Path) -> None:
     """Check a results folder's parsed ``summary.json`` before it seeds a warm start or an update.
 
     Raises :class:`~bayes_annot.errors.InputError` naming the folder and the
-    field at fault: not a JSON object, a missing key (``model``,
-    ``strengths``, ``parameters``, ``settings``), an unknown model, a
+    field at fault: not a JSON object, a missing key (``variant``, or ``model`` in folders written before the rename;
+    ``strengths``, ``parameters``, ``settings``), an unknown variant, a
     parameter outside its range (``pi``, ``q`` in (0, 1), ``tau`` > 0, ...),
     a setting :func:`bayes_annot.fit` would reject (``tol``, ``max_iter``,
     ``q``, ``mu``, ``filter``, column names) or unknown / invalid priors.
@@ -276,8 +294,8 @@ def validate_saved_summary(summary, directory: str | Path) -> None:
     missing = [key for key in _REQUIRED_SUMMARY if key not in summary]
     if missing:
         bad(f"has no {', '.join(repr(k) for k in missing)}: not a complete bayes_annot summary")
-    if summary["model"] not in _VARIANTS:
-        bad(f"model must be one of {', '.join(_VARIANTS)}, got {summary['model']!r}")
+    if summary["variant"] not in _VARIANTS:
+        bad(f"variant must be one of {', '.join(_VARIANTS)}, got {summary['variant']!r}")
     if not isinstance(summary["strengths"], str):
         bad(f"strengths must be text ('learned' or 'known (...)'), got {summary['strengths']!r}")
     for key in ("parameters", "settings"):
@@ -289,8 +307,8 @@ def validate_saved_summary(summary, directory: str | Path) -> None:
     for name, bounds in _SETTING_BOUNDS.items():
         if name in settings:
             number(settings[name], f"settings.{name}", bounds)
-    if "model" in settings and settings["model"] not in _VARIANTS:
-        bad(f"settings.model must be one of {', '.join(_VARIANTS)}, got {settings['model']!r}")
+    if "variant" in settings and settings["variant"] not in _VARIANTS:
+        bad(f"settings.variant must be one of {', '.join(_VARIANTS)}, got {settings['variant']!r}")
     if "filter" in settings:
         if not isinstance(settings["filter"], str):
             bad(f"settings.filter must be text, got {settings['filter']!r}")
@@ -411,7 +429,7 @@ def load_start(directory: str | Path) -> dict:
     -------
     dict
         ``pi``, ``q``, ``m``, ``tau`` (floats or ``None``), ``strengths``
-        (:class:`pandas.Series` by model, or absent), ``model`` (the variant saved).
+        (:class:`pandas.Series` by model, or absent), ``variant`` (the variant saved).
     """
     saved, strengths = read_saved(directory)  # csv or parquet tables, read from one consistent folder
     return start_of(saved, strengths, directory)
@@ -436,7 +454,7 @@ def start_of(saved: SavedTables, strengths, directory: str | Path) -> dict:
     summary = saved.summary
     params = summary["parameters"]
     start = {key: params.get(key) for key in ("pi", "q", "m", "tau", "tie_nu", "casual_tie_rate")}
-    start["model"] = summary["model"]
+    start["variant"] = summary["variant"]
     if strengths is not None:
         start["strengths"] = strengths
     n_tastes = n_tastes_of(summary)

@@ -16,8 +16,8 @@ Every simulated user sees pairs of responses from two *different* models
   term, docs/model.md "Style covariates"): :math:`P(a) = \sigma(s_a - s_b + \text{style\_bias} \log L_a / L_b)`;
 * an adversarial user (optional) picks the *weaker* model attentively.
 
-``quality="two-class"``: a user is casual with probability ``casual_share`` and
-then every label is casual. ``quality="continuous"``: each user has
+``variant="two-class"``: a user is casual with probability ``casual_share`` and
+then every label is casual. ``variant="continuous"``: each user has
 :math:`\eta_u = \sigma(\theta_u)`, :math:`\theta_u \sim N(\operatorname{logit}(1 - \text{casual\_share}), \tau^2)`,
 the chance that any one label is attentive.
 
@@ -32,6 +32,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from scipy.special import expit, logit
+
+from .errors import renamed_keyword
 
 __all__ = ["simulate", "draw_labels_per_user", "truth_users", "truth_models"]
 
@@ -57,13 +59,14 @@ def draw_labels_per_user(n_users: int, spec, rng: np.random.Generator) -> np.nda
     return rng.integers(int(low), int(high) + 1, size=n_users).astype(np.int64)
 
 
+@renamed_keyword("quality", "variant")
 def simulate(
     n_users: int = 1000,
     n_models: int = 8,
     casual_share: float = 0.3,
     q: float = 0.5,
     labels_per_user=(5, 40),
-    quality: str = "two-class",
+    variant: str = "two-class",
     strengths=None,
     known_mu: float | None = None,
     eta_tau: float = 1.5,
@@ -89,7 +92,9 @@ def simulate(
     q : float
         Casual users' probability of picking the left response (position bias).
     labels_per_user : int, (low, high) or "arena"
-    quality : {"two-class", "continuous"}
+    variant : {"two-class", "continuous"}
+        The behaviour variant that generates the labels (docs/model.md). ``quality=`` is its
+        deprecated alias (a :class:`FutureWarning`).
     strengths : array, optional
         Model strengths; default evenly spaced from +1.5 (``model_0``) down to -1.5.
     known_mu : float, optional
@@ -142,8 +147,8 @@ def simulate(
     >>> sorted(log.winner.unique())
     ['model_a', 'model_b']
     """
-    if quality not in ("two-class", "continuous"):
-        raise ValueError(f"unknown quality '{quality}', expected 'two-class' or 'continuous'")
+    if variant not in ("two-class", "continuous"):
+        raise ValueError(f"unknown variant '{variant}', expected 'two-class' or 'continuous'")
     if not 0.0 <= casual_share <= 1.0:
         raise ValueError("casual_share must be in [0, 1]")
     if not 0.0 < q < 1.0:
@@ -164,7 +169,7 @@ def simulate(
 
     counts = draw_labels_per_user(n_users, labels_per_user, rng)
     # user types
-    if quality == "two-class":
+    if variant == "two-class":
         attentive_user = rng.random(n_users) >= casual_share
         eta = attentive_user.astype(float)
     else:

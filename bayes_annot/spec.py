@@ -62,8 +62,10 @@ class BehaviourSpec:
         strengths); ``C > 1`` needs the ``two-class`` variant and learned strengths.
     strengths : {"learned", "known"}
         Learned Bradley–Terry strengths, or known attentive probabilities.
-    q : float, optional
-        Fixed casual position bias in (0, 1); estimated when ``None``.
+    q_fixed : float, optional
+        Fixed casual position bias in (0, 1); estimated when ``None`` (:func:`bayes_annot.fit`'s
+        ``q=``, ``--q``). Inside the package ``q_fixed`` always names this setting and ``q`` the
+        parameter's value (an estimate, a start or a draw).
     priors : Priors
         The priors of every parameter (each a finite number, positive where it must be).
     casual : CasualDesign, optional
@@ -91,21 +93,21 @@ class BehaviourSpec:
     variant: str = "two-class"
     n_tastes: int = 1
     strengths: str = "learned"
-    q: float | None = None
+    q_fixed: float | None = None
     priors: Priors = field(default_factory=Priors)
     casual: CasualDesign | None = None
     style: StyleDesign | None = None
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
-            raise InputError(f"unknown model variant '{self.variant}', expected one of {', '.join(VARIANTS)}")
+            raise InputError(f"unknown variant '{self.variant}', expected one of {', '.join(VARIANTS)}")
         if self.strengths not in STRENGTHS:
             raise InputError(f"unknown strengths '{self.strengths}', expected one of {', '.join(STRENGTHS)}")
         n = self.n_tastes
         if isinstance(n, bool) or not isinstance(n, Real) or n != n or int(n) != n or n < 1:
             raise InputError(f"tastes must be a positive integer, got {n!r}")
         object.__setattr__(self, "n_tastes", int(n))
-        check_number(self.q, "q", low=0.0, high=1.0, open_low=True, open_high=True, optional=True)
+        check_number(self.q_fixed, "q", low=0.0, high=1.0, open_low=True, open_high=True, optional=True)
         check_priors(self.priors)
         if self.casual is not None and not isinstance(self.casual, CasualDesign):
             raise InputError(f"casual must be a CasualDesign or None, got {type(self.casual).__name__}")
@@ -122,7 +124,7 @@ class BehaviourSpec:
             raise InputError("taste classes need learned strengths; known strengths (p_a or mu) stay one class")
         if self.n_tastes > 1 and self.variant != "two-class":
             raise InputError(
-                "taste classes need model='two-class': in the continuous variant each label of a user mixes "
+                "taste classes need variant='two-class': in the continuous variant each label of a user mixes "
                 "attentive and casual, so a user's labels do not single out one ranking (docs/tastes.md)"
             )
 
@@ -162,7 +164,7 @@ class BehaviourSpec:
     def describe(self) -> str:
         """One line naming the model, e.g. for a summary or a report."""
         classes = f", {self.n_tastes} taste classes" if self.n_tastes > 1 else ""
-        q = "q estimated" if self.q is None else f"q fixed at {self.q:g}"
+        q = "q estimated" if self.q_fixed is None else f"q fixed at {self.q_fixed:g}"
         covariates = f", casual clicks follow {', '.join(self.casual.names)}" if self.casual is not None else ""
         style = f", attentive style term on {', '.join(self.style.names)}" if self.style is not None else ""
         return f"{self.variant}{classes}, {self.strengths} strengths, {q}{covariates}{style}"

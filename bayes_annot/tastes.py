@@ -22,7 +22,7 @@ All labels of a user follow the user's type. With
 :math:`(\pi_0, \pi_1, \dots, \pi_C) \sim \mathrm{Dirichlet}(\beta, \alpha, \dots, \alpha)`
 with :math:`\alpha` = ``Priors.pi_alpha`` (2) for every taste class and
 :math:`\beta` = ``Priors.pi_beta`` (2) for the casual type — for ``C = 1`` this
-is exactly the ``Beta(pi_alpha, pi_beta)`` prior of the two-class model, and
+is exactly the ``Beta(pi_alpha, pi_beta)`` prior of the two-class variant, and
 for any ``C`` every share's MAP stays strictly inside (0, 1);
 :math:`q \sim \mathrm{Beta}(2, 2)`; every class's strengths
 :math:`s^{(c)}_k \sim \mathcal N(0, \sigma_s^2)`.
@@ -183,7 +183,7 @@ class TasteResult:
 
     @property
     def pi(self) -> float:
-        """Attentive share ``1 - casual_share`` (the two-class model's ``pi``)."""
+        """Attentive share ``1 - casual_share`` (the two-class variant's ``pi``)."""
         return float(1.0 - self.casual_share)
 
     def as_start(self) -> dict:
@@ -376,7 +376,7 @@ def fit_tastes(
     callback=None,
     casual=None,
 ) -> TasteResult:
-    """Fit the two-class model with ``n_tastes`` taste classes by EM (MAP).
+    """Fit the two-class variant with ``n_tastes`` taste classes by EM (MAP).
 
     Every EM run is :func:`bayes_annot.block_em.run_class_em` over a *runner*: the
     in-memory one of ``problem`` (:func:`problem_runner`), or any runner given instead
@@ -390,7 +390,7 @@ def fit_tastes(
         Learned-strength problem (``problem.known_logit_mu is None``), or a runner
         with a pair vocabulary (``runner.pairs``).
     n_tastes : int
-        Number of taste classes ``C >= 1``; ``C = 1`` is the two-class model
+        Number of taste classes ``C >= 1``; ``C = 1`` is the two-class variant
         and reproduces the two-class EM of :func:`bayes_annot.fit`.
     priors : Priors, optional
         ``pi_alpha`` is each class's Dirichlet concentration, ``pi_beta`` the casual type's.

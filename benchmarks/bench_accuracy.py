@@ -66,7 +66,7 @@ SCENARIOS: dict[str, tuple[str, dict]] = {
     "adversarial": ("5% of users pick the weaker model (counted as not attentive)", dict(adversarial_share=0.05)),
     "continuous": (
         "continuous quality: eta_u = sigmoid(N(logit 0.7, 1.5^2)), truth = eta_u >= 0.5",
-        dict(quality="continuous"),
+        dict(variant="continuous"),
     ),
     "known-mu": (
         "the paper's setting: two models, mu = 0.75 known (p_a column), 40 labels per user",
@@ -170,15 +170,15 @@ def evaluate_scenario(name: str, settings: dict, seed: int, n_users: int, crowdk
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        variants = [("EM two-class", dict(model="two-class")), ("EM continuous", dict(model="continuous"))]
+        variants = [("EM two-class", dict(variant="two-class")), ("EM continuous", dict(variant="continuous"))]
         if "known_mu" in settings:
-            variants.append(("EM two-class, strengths learned", dict(model="two-class", use_p_a=False)))
+            variants.append(("EM two-class, strengths learned", dict(variant="two-class", use_p_a=False)))
         for label, kwargs in variants:
             t0 = time.perf_counter()
             result = ba.fit(log, filter="fdr:0.1", **kwargs)
             seconds = time.perf_counter() - t0
             users = result.users
-            prob = users["p_eta_above_half"] if kwargs["model"] == "continuous" else users["quality"]
+            prob = users["p_eta_above_half"] if kwargs["variant"] == "continuous" else users["quality"]
             add(label, users, seconds, prob=prob.to_numpy())
 
     t0 = time.perf_counter()
@@ -265,10 +265,10 @@ def heldout_section(splits: int, share: float = 0.2, datasets=REAL_DATASETS) -> 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 t0 = time.perf_counter()
-                two = ba.fit(train, model="two-class")
+                two = ba.fit(train, variant="two-class")
                 methods["EM two-class"] = (predict_behaviour(two, test, "two-class"), time.perf_counter() - t0)
                 t0 = time.perf_counter()
-                cont = ba.fit(train, model="continuous")
+                cont = ba.fit(train, variant="continuous")
                 methods["EM continuous"] = (predict_behaviour(cont, test, "continuous"), time.perf_counter() - t0)
             t0 = time.perf_counter()
             bt = BradleyTerry().fit(train)

@@ -139,7 +139,7 @@ def main(argv=None):
     parser.add_argument("--users-per-group", type=int, default=500_000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--memory-limit", default="4GiB")
-    parser.add_argument("--model", default="two-class")
+    parser.add_argument("--variant", default="two-class", choices=["two-class", "continuous"])
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     sizes = [int(g) for g in args.groups.split(",")]
@@ -150,7 +150,7 @@ def main(argv=None):
     results = []
     for groups in sizes:
         chosen = paths[: groups * args.files_per_group]
-        result = run_one(chosen, args.workers, args.memory_limit, args.model)
+        result = run_one(chosen, args.workers, args.memory_limit, args.variant)
         results.append(result)
         print(json.dumps(result), flush=True)
         if args.json:

@@ -56,7 +56,7 @@ def rss_kb(field):
 
 mean_labels = n_rows / n_users
 log = ba.simulate(n_users=n_users, n_models=n_models, casual_share=0.3, labels_per_user=(1, int(2 * mean_labels - 1)),
-                  quality=variant, strengths=np.linspace(2, -2, n_models), seed=1,
+                  variant=variant, strengths=np.linspace(2, -2, n_models), seed=1,
                   length_bias=0.85 if casual == "length" else None,
                   **(dict(tie_nu=0.6, casual_tie_rate=0.2) if ties else {}))
 truth = log.groupby("user", observed=True)["true_attentive"].first().to_numpy()
@@ -65,7 +65,7 @@ base = rss_kb('VmRSS')
 with open('/proc/self/clear_refs', 'w') as fh:
     fh.write('5')  # reset VmHWM to the current RSS
 t0 = time.perf_counter()
-result = ba.fit(log, model=variant, ties="model" if ties else "ignore")
+result = ba.fit(log, variant=variant, ties="model" if ties else "ignore")
 t_fit = time.perf_counter() - t0
 peak = rss_kb('VmHWM')
 prepared = prepare(log)

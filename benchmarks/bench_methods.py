@@ -77,7 +77,7 @@ def _our_fits(engines, log, nuts_settings, seed):
     """(label, users table, P(attentive), seconds) for each of our (method, model) engines."""
     out = []
     for method, model in engines:
-        kwargs = dict(method=method, model=model, filter=FDR_RULE, seed=seed)
+        kwargs = dict(method=method, variant=model, filter=FDR_RULE, seed=seed)
         if method == "nuts":
             kwargs.update(nuts_settings, progress=False)
         t0 = time.perf_counter()

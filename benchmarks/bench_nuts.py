@@ -47,7 +47,7 @@ def run_one(n_labels, variant, sampler, draws, tune, chains, seed=0):
     per_user = 20
     log = ba.simulate(
         n_users=n_labels // per_user, n_models=8, casual_share=0.3, labels_per_user=per_user,
-        quality="two-class" if variant == "two-class" else "continuous", seed=seed,
+        variant=variant, seed=seed,
     )
     problem, _ = build_problem(prepare(log))
     model = build_model(problem, BehaviourSpec(variant), strength_prior="zerosum")

@@ -98,7 +98,7 @@ def simulate_from(truth: dict, variant: str, args, seed: int):
     share = 1.0 - (truth["pi"] if variant == "two-class" else float(expit(truth["m"])))
     return ba.simulate(
         n_users=args.users, n_models=args.models, casual_share=share, q=truth["q"], strengths=truth["strength"],
-        labels_per_user=args.labels, quality=variant, eta_tau=truth.get("tau", 1.5), seed=seed,
+        labels_per_user=args.labels, variant=variant, eta_tau=truth.get("tau", 1.5), seed=seed,
     )
 
 
@@ -177,8 +177,8 @@ class CompiledNuts:
     a small log; ``bayes_annot.fit`` compiles once per fit. Here the first log's model is compiled with
     its NUTS step, and every later log's ``pm.Data`` (cells, pairs, ties, per-user counts: the users and
     models are as many in every log, the casual design has the same bins) replace the first's
-    (``pm.set_data``), and each chain starts at that log's initial values (the Bradley–Terry fit of its
-    strengths, as ``fit``'s; no jitter). The first ``check`` logs compare the compiled log density with a
+    (``pm.set_data``), and each chain starts at that log's EM fit (:func:`em_start`, as ``fit``'s; no
+    jitter). The first ``check`` logs compare the compiled log density with a
     freshly built model's at that log's initial point (to 1e-8).
     """
 
@@ -218,10 +218,26 @@ class CompiledNuts:
                 if self.checked[-1] > 1e-8:
                     raise RuntimeError(f"compiled log density off by {self.checked[-1]:.2e} after set_data")
         initvals = {rv.name: np.asarray(v) for rv, v in fresh.rvs_to_initial_values.items() if v is not None}
+        initvals.update(em_start(log, self.variant))  # as fit(method="nuts"): the chains start at the EM fit
         with self.model, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return pm.sample(draws=draws, tune=tune, chains=2, cores=1, step=self.step, initvals=initvals,
                              random_seed=seed, progressbar=False, compute_convergence_checks=False)
+
+
+def em_start(log, variant: str) -> dict:
+    """The EM fit of ``log`` (same variant, covariates and ties) by the NUTS model's variable names: where
+    ``fit(method="nuts")`` starts its chains (:func:`bayes_annot.pymc_model.start_point`)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        em = ba.fit(log, variant=variant, casual_covariates="auto", casual_bins=CASUAL_BINS, ties="model")
+    params = em.summary["parameters"]
+    strengths = em.models.strength.to_numpy(float)
+    point = {"strength": strengths - strengths.mean(), "q": params["q"],
+             "casual_effect": np.asarray(em.casual_effects_["covariates"][0]["g"], float),
+             "tie_nu": em.ties_["nu"], "casual_tie_rate": em.ties_["t"]}
+    point.update({k: params[k] for k in ("pi", "m", "tau") if k in params})
+    return {k: np.asarray(v, float) for k, v in point.items()}
 
 
 def ranks_of(truth: dict, posterior, n_thin: int) -> dict:
@@ -292,7 +308,7 @@ def run(variant: str, args) -> dict:
             options = dict(casual_covariates="auto", casual_bins=CASUAL_BINS, ties="model") if full else {}
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                result = ba.fit(log, model=variant, method="nuts", draws=args.draws, tune=args.tune, chains=2,
+                result = ba.fit(log, variant=variant, method="nuts", draws=args.draws, tune=args.tune, chains=2,
                                 seed=i, progress=False, filter="prob:0.5", **options)
             posterior, divergences = result.idata.posterior, int(result.summary.get("divergences") or 0)
             bins_ok = full and edges_ok(result)

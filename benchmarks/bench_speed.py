@@ -13,7 +13,7 @@ fit instead. crowd-kit gets the same warm-up.
 
 * ``EM two-class``: ``bayes_annot.fit(frame)`` (the default; includes
   validation, encoding and the output tables);
-* ``EM continuous``: ``bayes_annot.fit(frame, model="continuous")``;
+* ``EM continuous``: ``bayes_annot.fit(frame, variant="continuous")``;
 * ``MAP``: ``bayes_annot.fit(frame, method="map")`` (PyMC ``find_MAP``);
 * ``NUTS``: ``bayes_annot.fit(frame, method="nuts")``, 2 chains x 1,000 draws
   after 1,000 tuning steps; only up to 10^5 rows (beyond that the posterior of
@@ -74,7 +74,7 @@ WARMUP_NUTS_DRAWS = 20  # tuning steps and draws of NUTS's warm-up fit (the chil
 #: method label -> (runner, options)
 METHODS: dict[str, tuple[str, dict]] = {
     "EM two-class": ("ours", {}),
-    "EM continuous": ("ours", {"model": "continuous"}),
+    "EM continuous": ("ours", {"variant": "continuous"}),
     "MAP": ("ours", {"method": "map"}),
     "NUTS": (
         "ours",

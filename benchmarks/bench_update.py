@@ -45,7 +45,7 @@ def make_logs(variant: str, n_users: int, seed: int, share: float, ids: str = "c
     """Old (first 99%) and new (last 1%) rows of a shuffled simulated log; ``ids``: "category" or "text"."""
     import bayes_annot as ba
 
-    log = ba.simulate(n_users=n_users, n_models=20, labels_per_user=(5, 40), quality=variant,
+    log = ba.simulate(n_users=n_users, n_models=20, labels_per_user=(5, 40), variant=variant,
                       strengths=np.linspace(2, -2, 20), seed=seed)[["user", "model_a", "model_b", "winner"]]
     log = log.sample(frac=1.0, random_state=seed).reset_index(drop=True)
     # a vote id, as real comparison-mode logs have: updates find re-sent rows by it (``row_id``), so two
@@ -79,10 +79,10 @@ def run(variant: str, n_users: int, ids: str, repeat: int, seed: int = 1, share:
 
     old, new = make_logs(variant, n_users, seed, share, ids)
     full_log = pd.concat([old, new], ignore_index=True)
-    previous = ba.fit(old, model=variant)
+    previous = ba.fit(old, variant=variant)
     no_block = _without_block(previous)
     arms = {
-        "full": lambda: ba.fit(full_log, model=variant),
+        "full": lambda: ba.fit(full_log, variant=variant),
         "update": lambda: previous.update(new, row_id="vote_id"),
         "update_rebuilt": lambda: no_block.update(new, row_id="vote_id"),
     }
@@ -114,9 +114,9 @@ def agreement(variant: str, n_users: int, tight_tol: float, seed: int = 1, share
 
     old, new = make_logs(variant, n_users, seed, share)
     full_log = pd.concat([old, new], ignore_index=True)
-    up = ba.fit(old, model=variant, tol=tight_tol).update(new, tol=tight_tol, max_iter=3000, row_id="vote_id")
-    ref = ba.fit(full_log, model=variant, tol=tight_tol, max_iter=3000)
-    best = fit_prepared(prepare(full_log), model=variant, tol=1e-17, max_iter=1000, accelerate=True)
+    up = ba.fit(old, variant=variant, tol=tight_tol).update(new, tol=tight_tol, max_iter=3000, row_id="vote_id")
+    ref = ba.fit(full_log, variant=variant, tol=tight_tol, max_iter=3000)
+    best = fit_prepared(prepare(full_log), variant=variant, tol=1e-17, max_iter=1000, accelerate=True)
 
     def gap(a, b, column, table):
         return float(np.abs(getattr(a, table)[column].to_numpy() - getattr(b, table)[column].to_numpy()).max())

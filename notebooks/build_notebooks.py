@@ -33,7 +33,7 @@ NOTEBOOKS["01-quickstart.ipynb"] = [
         "                  tie_rate=0.05, with_text=True, seed=1)\n"
         "log.head()"
     ),
-    new_code_cell("result = ba.fit(log)  # EM, two-class model, filter prob:0.5\nresult"),
+    new_code_cell("result = ba.fit(log)  # EM, two-class variant, filter prob:0.5\nresult"),
     new_code_cell("result.users.head()"),
     new_code_cell("result.models.sort_values('strength', ascending=False)"),
     new_markdown_cell("Against the simulated truth: AUC and calibration of P(attentive)."),
@@ -83,12 +83,12 @@ NOTEBOOKS["02-real-data.ipynb"] = [
     ),
     new_code_cell(
         "two = ba.fit(cems)\n"
-        "cont = ba.fit(cems, model='continuous')\n"
+        "cont = ba.fit(cems, variant='continuous')\n"
         "two.models.sort_values('strength', ascending=False)"
     ),
     new_code_cell(
-        "table = pd.DataFrame([heldout_loglik(cems, model=m, seed=s) for m in ('two-class', 'continuous') for s in range(3)])\n"
-        "table.groupby('model')[['heldout_loglik', 'per_label']].mean()"
+        "table = pd.DataFrame([heldout_loglik(cems, variant=m, seed=s) for m in ('two-class', 'continuous') for s in range(3)])\n"
+        "table.groupby('variant')[['heldout_loglik', 'per_label']].mean()"
     ),
     new_markdown_cell(
         "London comes first, as in the original analysis. Taste classes (see `docs/tastes.md`) test whether the "
@@ -145,7 +145,7 @@ NOTEBOOKS["03-paper-setting.ipynb"] = [
 NOTEBOOKS["04-full-posterior.ipynb"] = [
     new_markdown_cell(
         "# Full posterior with NUTS\n\n"
-        "The two-class model with user types summed out: the sampler sees only pi, q and the strengths; each "
+        "The two-class variant with user types summed out: the sampler sees only pi, q and the strengths; each "
         "user's P(attentive) is computed per draw in closed form. Intervals let the filter act on uncertainty."
     ),
     new_code_cell(

@@ -14,14 +14,14 @@ from bayes_annot.metrics import auc, expected_calibration_error
 
 def _scenario(quality: str, seed: int):
     return ba.simulate(n_users=1000, n_models=8, casual_share=0.3, with_text=True, length_bias=0.85,
-                       tie_nu=0.6, casual_tie_rate=0.25, quality=quality, seed=seed)
+                       tie_nu=0.6, casual_tie_rate=0.25, variant=quality, seed=seed)
 
 
 @pytest.mark.parametrize("quality, seed", [("two-class", 0), ("continuous", 2)])
 def test_quality_is_calibrated_with_covariates_and_ties(quality, seed):
     log = _scenario(quality, seed)
     assert 0.15 < log.winner.astype(str).str.startswith("tie").mean() < 0.3
-    res = ba.fit(log, model=quality)
+    res = ba.fit(log, variant=quality)
     assert res.ties_["mode"] == "model" and res.casual_effects_ is not None
     users = res.users.set_index("user")
     first = log.groupby("user", observed=True).first().reindex(users.index)

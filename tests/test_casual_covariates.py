@@ -83,8 +83,8 @@ def small_log():
     return ba.simulate(n_users=300, n_models=5, casual_share=0.3, length_bias=LENGTH_BIAS, seed=4)
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"model": "continuous"}, {"tastes": 2, "max_iter": 60}, {"q": 0.5},
-                                    {"model": "continuous", "q": 0.4}])
+@pytest.mark.parametrize("kwargs", [{}, {"variant": "continuous"}, {"tastes": 2, "max_iter": 60}, {"q": 0.5},
+                                    {"variant": "continuous", "q": 0.4}])
 def test_objective_never_decreases(small_log, kwargs):
     """(c) EM with covariates: the penalised log-likelihood never decreases (plain EM, and with SQUAREM)."""
     for accelerate in (False, True) if "tastes" not in kwargs else (False,):
@@ -233,7 +233,7 @@ def text_log():
 
 # continuous: SQUAREM in both engines (the Dask one always extrapolates for it), run to a tight tolerance so that
 # extrapolations taken on sums in another order still land within 1e-8
-@pytest.mark.parametrize("kwargs", [{}, pytest.param({"model": "continuous", "tol": 1e-13}, marks=pytest.mark.slow),
+@pytest.mark.parametrize("kwargs", [{}, pytest.param({"variant": "continuous", "tol": 1e-13}, marks=pytest.mark.slow),
                                     pytest.param({"tastes": 2, "max_iter": 100}, marks=pytest.mark.slow)])
 def test_dask_fit_equals_in_memory_fit(text_log, kwargs):
     """(e) the Dask engine computes the casual cells with the global bin edges: the same fit to 1e-8."""
@@ -251,7 +251,7 @@ def test_dask_fit_equals_in_memory_fit(text_log, kwargs):
                                memory.users.set_index("user").sort_index()["quality"], rtol=0, atol=1e-8)
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"model": "continuous"}])
+@pytest.mark.parametrize("kwargs", [{}, {"variant": "continuous"}])
 def test_update_equals_refit_with_the_same_bins(text_log, kwargs):
     """(f) update() keeps the previous fit's bins and equals a refit of all rows with those bins."""
     from bayes_annot.casual import design_from_summary

@@ -191,7 +191,10 @@ SUMMARY_CASES = {
     "pi_5": (_set(["parameters", "pi"], 5), "parameters.pi"),
     "q_negative": (_set(["parameters", "q"], -1), "parameters.q"),
     "pi_text": (_set(["parameters", "pi"], "abc"), "parameters.pi"),
-    "unknown_model": (_set(["model"], "three-class"), "model"),
+    "unknown_variant": (_set(["variant"], "three-class"), "variant"),
+    # a folder written before the rename keeps the variant under "model": read, and checked, as "variant"
+    "unknown_variant_old_key": (lambda s: {("model" if k == "variant" else k): ("three-class" if k == "variant" else v)
+                                           for k, v in s.items()}, "variant must be one of"),
     "unknown_prior": (_set(["settings", "priors", "bogus"], 1.0), "bogus"),
     "bad_prior": (_set(["settings", "priors", "pi_alpha"], -2), "pi_alpha"),
     "tol_text": (_set(["settings", "tol"], "x"), "settings.tol"),

@@ -45,7 +45,7 @@ def test_fit_writes_the_contract(sim_csv, tmp_path, capsys):
     assert list(rows.columns[: len(log.columns)]) == list(log.columns)
     assert {"kept", "reason", "weight"} <= set(rows.columns)
     summary = json.loads((out / "summary.json").read_text())
-    for key in ("engine", "model", "counts", "parameters", "loglik", "iterations", "converged", "runtime_seconds"):
+    for key in ("engine", "variant", "counts", "parameters", "loglik", "iterations", "converged", "runtime_seconds"):
         assert key in summary
     for key in ("rows", "users", "models", "kept_rows", "kept_users"):
         assert key in summary["counts"]

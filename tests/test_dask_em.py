@@ -74,14 +74,16 @@ def test_dask_fit_equals_in_memory(client, tmp_path, variant):
     log = _log(variant)
     ddf = _parquet(log, tmp_path)
     assert ddf.npartitions == 4
-    # two-class: plain EM in both, the same iterates; continuous: SQUAREM in both (its default), whose
-    # extrapolations see sums in another order, so both are run to a tight tolerance and compared there
-    tol = 1e-9 if variant == "two-class" else 1e-13
+    # Both see the sums in another order: two-class (plain EM) has the same iterates up to those last bits, but
+    # with ties the stopping test can fall a step apart (an Intel Xeon: 24 vs 23 iterations at tol 1e-9, quality
+    # 1.2e-7 apart; an AMD EPYC stopped together); continuous runs SQUAREM (its default), whose extrapolations
+    # follow those bits. So both are run to a tight tolerance and compared there, without the iteration count.
+    tol = 1e-11 if variant == "two-class" else 1e-13
     fit = fit_dask(ddf, spec=BehaviourSpec(variant), npartitions=3, tol=tol)
-    ref = ba.fit(log, model=variant, tol=tol)
-    _assert_same(fit, ref, same_iterates=variant == "two-class")
+    ref = ba.fit(log, variant=variant, tol=tol)
+    _assert_same(fit, ref, same_iterates=False)
     if variant == "continuous":
-        np.testing.assert_allclose(fit.em.p_eta_above_half, ref.users.p_eta_above_half.to_numpy(), atol=TOL, rtol=0)
+        np.testing.assert_allclose(fit.em.p_good, ref.users.p_eta_above_half.to_numpy(), atol=TOL, rtol=0)
 
 
 def test_dask_rows_accounting(client, tmp_path):

@@ -207,8 +207,8 @@ def test_missing_file_and_directory(tmp_path):
 
 
 def test_bad_settings():
-    with pytest.raises(InputError, match="unknown model"):
-        ba.fit(_frame(), model="three-class")
+    with pytest.raises(InputError, match="unknown variant"):
+        ba.fit(_frame(), variant="three-class")
     with pytest.raises(InputError, match="filter 'top:3' not understood"):
         ba.fit(_frame(), filter="top:3")
     with pytest.raises(InputError, match="strong model 'w' is not among the models"):

@@ -95,8 +95,8 @@ def test_nuts_same_seed_identical_draws(log):
 
 @pytest.mark.parametrize("variant", ["two-class", "continuous"])
 def test_duplicating_the_log_never_weakens_a_verdict(log, variant):
-    once = ba.fit(log, model=variant)
-    twice = ba.fit(pd.concat([log, log], ignore_index=True), model=variant)
+    once = ba.fit(log, variant=variant)
+    twice = ba.fit(pd.concat([log, log], ignore_index=True), variant=variant)
     u1 = once.users.set_index("user")
     u2 = twice.users.set_index("user").loc[u1.index]
     if variant == "two-class":  # the verdict is quality, the population level pi

@@ -14,14 +14,14 @@ def log():
 
 
 def _estimator():
-    return ba.UserQualityModel(model="continuous", q=0.5, filter="prob:0.6", priors=Priors(strength_sigma=2.0))
+    return ba.UserQualityModel(variant="continuous", q=0.5, filter="prob:0.6", priors=Priors(strength_sigma=2.0))
 
 
 def test_get_params_round_trips_without_sklearn(log):
     est = _estimator()
     params = est.get_params()
     assert params == est.get_params(deep=True) == est.get_params(deep=False)
-    assert params["model"] == "continuous" and params["q"] == 0.5 and params["tol"] == 1e-9  # fit's default
+    assert params["variant"] == "continuous" and params["q"] == 0.5 and params["tol"] == 1e-9  # fit's default
     twin = type(est)(**params)
     assert twin.get_params() == params
     a, b = est.fit(log), twin.fit(log)
@@ -32,7 +32,7 @@ def test_get_params_round_trips_without_sklearn(log):
 def test_set_params_changes_the_fit_and_rejects_unknown_names(log):
     est = _estimator()
     assert est.set_params(q=None, filter="none") is est
-    assert est.get_params()["q"] is None and est.get_params()["model"] == "continuous"
+    assert est.get_params()["q"] is None and est.get_params()["variant"] == "continuous"
     assert est.fit(log).summary_["settings"]["q"] is None
     with pytest.raises(TypeError, match="unknown setting"):
         est.set_params(n_clusters=3)

@@ -24,7 +24,7 @@ def _finite(result):
 @pytest.mark.parametrize("variant", ["two-class", "continuous"])
 def test_one_user(variant):
     log = ba.simulate(n_users=1, n_models=4, labels_per_user=30, casual_share=0.0, seed=1)
-    result = ba.fit(log, model=variant)
+    result = ba.fit(log, variant=variant)
     _finite(result)
     assert result.users.shape[0] == 1
 
@@ -32,7 +32,7 @@ def test_one_user(variant):
 @pytest.mark.parametrize("variant", ["two-class", "continuous"])
 def test_every_user_has_one_label(variant):
     log = ba.simulate(n_users=500, n_models=5, labels_per_user=1, seed=2)
-    result = ba.fit(log, model=variant)
+    result = ba.fit(log, variant=variant)
     _finite(result)
     assert result.users.quality.between(0.05, 0.95).all()
 
@@ -54,7 +54,7 @@ def test_everyone_casual_gives_no_verdict(variant):
     log = ba.simulate(n_users=400, n_models=6, casual_share=1.0, labels_per_user=(10, 30), seed=5)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = ba.fit(log, model=variant, filter="fdr:0.1")
+        result = ba.fit(log, variant=variant, filter="fdr:0.1")
     _finite(result)
     assert any("uninformative" in str(w.message) for w in caught)
     assert result.users.uninformative.all()

@@ -228,7 +228,7 @@ def test_other_models_update_fast_too(tmp_path, kind):
     if kind == "p_a":  # known attentive probabilities: the block holds choices and log-odds, not cells
         log["p_a"] = np.random.default_rng(5).uniform(0.1, 0.9, len(log))
     old, new = _write(log.iloc[:-200], tmp_path / "old.parquet"), _write(log.iloc[-200:], tmp_path / "new.parquet")
-    options = {"tastes": ["--tastes", "2"], "p_a": [], "continuous": ["--model", "continuous"]}[kind]
+    options = {"tastes": ["--tastes", "2"], "p_a": [], "continuous": ["--variant", "continuous"]}[kind]
     out = tmp_path / "d1"
     assert main(["fit", old, "--out", str(out), "--format", "parquet", "--quiet", *options]) == 0
     slow = _without_state(out, tmp_path / "slow")

@@ -61,9 +61,9 @@ def test_merge_prepared_equals_prepare_of_concatenation():
 def test_update_equals_full_refit(variant, tol):
     old, new = _split(variant)
     new = _with_newcomers(new)
-    previous = ba.fit(old, model=variant, tol=tol)
+    previous = ba.fit(old, variant=variant, tol=tol)
     updated = previous.update(new, tol=tol, max_iter=20000)
-    full = ba.fit(pd.concat([old, new], ignore_index=True), model=variant, tol=tol, max_iter=20000)
+    full = ba.fit(pd.concat([old, new], ignore_index=True), variant=variant, tol=tol, max_iter=20000)
     _close(updated, full, 1e-6)
     assert updated.summary["counts"] == full.summary["counts"]
     np.testing.assert_array_equal(updated.rows.reason.astype(str), full.rows.reason.astype(str))
@@ -84,9 +84,9 @@ def test_update_equals_full_refit_at_default_settings(variant):
     refit to 1e-6 (the objective-only stopping rule left 2e-5 in two-class quality, 3e-4 continuous)."""
     log = _with_vote_ids(ba.simulate(n_users=3000, quality=variant, seed=5))
     cut = int(len(log) * 0.99)
-    previous = ba.fit(log.iloc[:cut], model=variant)
+    previous = ba.fit(log.iloc[:cut], variant=variant)
     updated = previous.update(log.iloc[cut:])
-    full = ba.fit(log, model=variant)
+    full = ba.fit(log, variant=variant)
     _close(updated, full, 1e-6)
     assert updated.summary["converged"] and full.summary["converged"]
     if variant == "two-class":  # continuous: SQUAREM's endgame takes about as long from either start
@@ -126,18 +126,18 @@ def test_update_keeps_settings_and_allows_overrides():
 
 def test_block_engine_cold_equals_fit_em():
     log, _ = _split("continuous", seed=6, n_users=300, share=0.01)
-    ref = ba.fit(log, model="continuous", accelerate=False)
-    cold = fit_prepared(prepare(log), model="continuous", accelerate=False)
+    ref = ba.fit(log, variant="continuous", accelerate=False)
+    cold = fit_prepared(prepare(log), variant="continuous", accelerate=False)
     _close(cold, ref, 1e-10)
     assert cold.estimates.n_iter == ref.estimates.n_iter
 
 
 def test_load_start_round_trip(tmp_path):
     old, new = _split("continuous", seed=7, n_users=300)
-    previous = ba.fit(old, model="continuous")
+    previous = ba.fit(old, variant="continuous")
     previous.save(tmp_path / "out")
     start = load_start(tmp_path / "out")
-    assert start["model"] == "continuous"
+    assert start["variant"] == "continuous"
     assert start["m"] == pytest.approx(previous.summary["parameters"]["m"])
     assert start["tau"] == pytest.approx(previous.summary["parameters"]["tau"])
     full = prepare(pd.concat([old, new], ignore_index=True))
@@ -148,11 +148,11 @@ def test_load_start_round_trip(tmp_path):
     got = pd.Series(aligned["strengths"], index=full.model_labels)
     np.testing.assert_allclose(got.loc[by_model.index].to_numpy(), by_model.to_numpy(), atol=1e-12)
     # a parameter-only warm start reaches the same optimum as a cold fit
-    warm = fit_prepared(full, model="continuous", start=aligned, tol=1e-16, max_iter=20000)
-    cold = ba.fit(pd.concat([old, new], ignore_index=True), model="continuous", tol=1e-16, max_iter=20000)
+    warm = fit_prepared(full, variant="continuous", start=aligned, tol=1e-16, max_iter=20000)
+    cold = ba.fit(pd.concat([old, new], ignore_index=True), variant="continuous", tol=1e-16, max_iter=20000)
     _close(warm, cold, 1e-6)
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert summary["model"] == "continuous"
+    assert summary["variant"] == "continuous"
 
 
 def test_load_start_missing_folder(tmp_path):
@@ -203,7 +203,7 @@ def test_update_from_the_kept_block_equals_update_from_rows(variant):
     """Merging the new labels into the previous fit's EM block gives exactly the fit rebuilt from the rows."""
     old, new = _split(variant, seed=6)
     new = _with_newcomers(new)
-    previous = ba.fit(old, model=variant, ties="ignore")  # the block of the paper's model (ties: test_ties.py)
+    previous = ba.fit(old, variant=variant, ties="ignore")  # the block of the paper's model (ties: test_ties.py)
     plan = plan_update(previous, new)
     assert plan.state is not None  # the update extends the kept block
     fast = previous.update(new)
@@ -359,13 +359,13 @@ def test_cli_update_refits_saved_rows_plus_new_rows(tmp_path, variant):
     old.to_csv(old_path, index=False)
     new.to_parquet(new_path, index=False)
     pd.concat([old, new], ignore_index=True).to_csv(all_path, index=False)
-    common = ["--model", variant, "--tol", "1e-15", "--max-iter", "20000", "--filter", "fdr:0.1"]
+    common = ["--variant", variant, "--tol", "1e-15", "--max-iter", "20000", "--filter", "fdr:0.1"]
     assert main(["fit", str(old_path), "--out", str(tmp_path / "day1"), "--quiet", *common]) == 0
-    # the saved settings are reused: no --model / --filter / --tol here
+    # the saved settings are reused: no --variant / --filter / --tol here
     assert main(["fit", str(new_path), "--update", str(tmp_path / "day1"), "--out", str(tmp_path / "day2"), "--quiet"]) == 0
     assert main(["fit", str(all_path), "--out", str(tmp_path / "full"), "--quiet", *common]) == 0
     day2, full = ba.load(tmp_path / "day2"), ba.load(tmp_path / "full")
-    assert day2.summary["model"] == variant and day2.summary["filter"]["rule"] == "fdr:0.1"
+    assert day2.summary["variant"] == variant and day2.summary["filter"]["rule"] == "fdr:0.1"
     assert day2.summary["settings"]["tol"] == 1e-15
     pd.testing.assert_series_equal(day2.users.user, full.users.user)
     np.testing.assert_allclose(day2.users.quality, full.users.quality, atol=1e-6)
@@ -437,13 +437,13 @@ def test_cli_update_options_written_on_the_command_line_override(tmp_path, capsy
     old, new = _split("continuous", seed=32, n_users=300)
     old.to_csv(tmp_path / "old.csv", index=False)
     new.rename(columns={"user": "judge_id"}).to_csv(tmp_path / "new.csv", index=False)
-    assert main(["fit", str(tmp_path / "old.csv"), "--model", "continuous", "--filter", "fdr:0.1",
+    assert main(["fit", str(tmp_path / "old.csv"), "--variant", "continuous", "--filter", "fdr:0.1",
                  "--out", str(tmp_path / "d1"), "--quiet"]) == 0
     # default-valued options still override, and --user names the new file's column
-    assert main(["fit", str(tmp_path / "new.csv"), "--update", str(tmp_path / "d1"), "--model", "two-class",
+    assert main(["fit", str(tmp_path / "new.csv"), "--update", str(tmp_path / "d1"), "--variant", "two-class",
                  "--filter", "prob:0.5", "--user", "judge_id", "--out", str(tmp_path / "d2"), "--quiet"]) == 0
     saved = ba.load(tmp_path / "d2")
-    assert saved.summary["model"] == "two-class" and saved.summary["filter"]["rule"] == "prob:0.5"
+    assert saved.summary["variant"] == "two-class" and saved.summary["filter"]["rule"] == "prob:0.5"
     assert len(saved.rows) == len(old) + len(new) and saved.summary["settings"]["columns"]["user"] == "user"
     # errors: the new file's own row numbers; a folder without results; a folder as input
     bad = new.copy()

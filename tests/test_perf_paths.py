@@ -25,7 +25,7 @@ def test_block_quality_floor_equals_the_floor_from_the_labels(n_models):
     got = block_quality_floor(estimates, state.block, prepared.n_users)
     assert expected is not None and got is not NotImplemented
     np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-14)
-    continuous = em_estimates(run_block_em(state.block, problem, model_spec(model="continuous"), tol=1e-6,
+    continuous = em_estimates(run_block_em(state.block, problem, model_spec(variant="continuous"), tol=1e-6,
                                            max_iter=50, start=None, accelerate=True), "continuous", None)
     assert block_quality_floor(continuous, state.block, prepared.n_users) is None  # as quality_floor
 

@@ -86,7 +86,7 @@ def test_subset_of_users_when_the_log_is_large(fits):
 
 @pytest.mark.slow
 def test_taste_classes_and_continuous_fits_pass(length_log):
-    for kwargs in ({"tastes": 2}, {"model": "continuous"}):
+    for kwargs in ({"tastes": 2}, {"variant": "continuous"}):
         frame = ppc_length_bins(_fit(length_log, **kwargs), n_rep=100, seed=0, max_rows=8000)
         n_out, n_checked = _outside(frame)
         assert ppc_verdict_ok(n_out, n_checked), (kwargs, n_out, n_checked)

@@ -43,7 +43,7 @@ common = settings(max_examples=40, deadline=None, suppress_health_check=[HealthC
 @given(logs(), st.sampled_from(["two-class", "continuous"]))
 def test_accounting_and_ranges(case, variant):
     frame, _ = case
-    result = ba.fit(frame, model=variant, filter="none")
+    result = ba.fit(frame, variant=variant, filter="none")
     rows = result.rows
     assert len(rows) == len(frame)
     assert (rows["extra"].to_numpy() == frame["extra"].to_numpy()).all()

@@ -131,7 +131,7 @@ def _pymc_constant_error(problem, variant, q_fixed, n_tastes=1):
 @pytest.mark.parametrize("variant,strengths,q_fixed,n_tastes", COMBOS)
 def test_pytensor_equals_numpy_at_random_parameters(variant, strengths, q_fixed, n_tastes, rng):
     problem = _problem(strengths)
-    spec = BehaviourSpec(variant, n_tastes, "learned" if problem.learned else "known", q=q_fixed)
+    spec = BehaviourSpec(variant, n_tastes, "learned" if problem.learned else "known", q_fixed=q_fixed)
     model = build_model(problem, spec, marginal=True)
     offset = _pymc_constant_error(problem, variant, q_fixed, n_tastes)
     values = []
@@ -168,7 +168,7 @@ def test_pytensor_equals_em_objective_at_em_estimates(variant, strengths, q_fixe
         params = {"shares": np.r_[em.casual_share, em.shares], "q": em.q, "strength": em.strengths}
         em_loglik = em.loglik
     else:
-        em = ba.fit(_log(strengths == "p_a", seed=8), model=variant, q=q_fixed, ties="ignore",  # ties: test_ties.py
+        em = ba.fit(_log(strengths == "p_a", seed=8), variant=variant, q=q_fixed, ties="ignore",  # ties: test_ties.py
                     **_strength_settings(strengths)).estimates
         params = {**em.parameters, "strength": em.strengths}
         em_loglik = em.loglik
@@ -184,7 +184,7 @@ def test_taste_classes_refused_where_undefined(variant, strengths):
     with pytest.raises(InputError, match="two-class" if variant == "continuous" else "learned strengths"):
         build_model(problem, BehaviourSpec(variant, n_tastes=2, strengths="learned" if problem.learned else "known"))
     with pytest.raises(InputError, match="two-class" if variant == "continuous" else "learned strengths"):
-        ba.fit(_log(strengths == "p_a"), model=variant, method="map", tastes=2, **_strength_settings(strengths))
+        ba.fit(_log(strengths == "p_a"), variant=variant, method="map", tastes=2, **_strength_settings(strengths))
 
 
 # --------------------------------------------------------------------------- (2) MAP = EM
@@ -197,8 +197,8 @@ def map_log():
 
 @pytest.mark.parametrize("variant", ["two-class", "continuous"])
 def test_map_matches_em(map_log, variant):
-    em = ba.fit(map_log, model=variant, method="em", tol=1e-12, max_iter=5000)
-    mp = ba.fit(map_log, model=variant, method="map")
+    em = ba.fit(map_log, variant=variant, method="em", tol=1e-12, max_iter=5000)
+    mp = ba.fit(map_log, variant=variant, method="map")
     assert mp.summary["engine"] == "map" and mp.summary["converged"] is True
     np.testing.assert_allclose(mp.models.strength, em.models.strength, atol=1e-4)  # measured gap: 1e-9 two-class, 2e-6 continuous
     np.testing.assert_allclose(mp.users.quality, em.users.quality, atol=1e-4)  # measured gap: 1e-9 two-class, 2e-6 continuous
@@ -286,7 +286,7 @@ def test_nuts_plumbing_with_mocked_sampler(monkeypatch, tmp_path, variant):
     log = ba.simulate(n_users=40, n_models=4, labels_per_user=(3, 10), seed=4)
     _mock_sample(monkeypatch, lambda size: np.zeros(size, dtype=bool))
     with pytest.warns(FitWarning, match="effective draws"):
-        result = ba.fit(log, model=variant, method="nuts", draws=30, tune=5, chains=2, progress=False)
+        result = ba.fit(log, variant=variant, method="nuts", draws=30, tune=5, chains=2, progress=False)
     users, models, summary = result.users, result.models, result.summary
     assert summary["engine"] == "nuts"
     for key in ("rhat_max", "ess_bulk_min", "divergences"):
@@ -389,7 +389,7 @@ def test_nutpie_missing_is_a_clear_error(monkeypatch):
 @pytest.mark.slow
 def test_nuts_two_class_diagnostics_and_intervals():
     log = ba.simulate(n_users=300, n_models=6, casual_share=0.3, labels_per_user=30, seed=2)
-    result = ba.fit(log, model="two-class", method="nuts", draws=1000, tune=1000, chains=2, seed=1, progress=False)
+    result = ba.fit(log, variant="two-class", method="nuts", draws=1000, tune=1000, chains=2, seed=1, progress=False)
     s = result.summary
     assert s["rhat_max"] <= 1.01
     assert s["divergences"] == 0
@@ -405,7 +405,7 @@ def test_nuts_two_class_diagnostics_and_intervals():
     true_s = true_s - true_s.mean()
     assert np.mean((models.strength_low <= true_s) & (true_s <= models.strength_high)) >= 4 / 6
     # MAP/EM point estimate lies inside the posterior interval for nearly all users
-    em = ba.fit(log, model="two-class")
+    em = ba.fit(log, variant="two-class")
     inside = (users.quality_low - 1e-9 <= em.users.quality) & (em.users.quality <= users.quality_high + 1e-9)
     assert inside.mean() > 0.95
 
@@ -413,9 +413,9 @@ def test_nuts_two_class_diagnostics_and_intervals():
 @pytest.mark.slow
 def test_nuts_continuous_coverage():
     log = ba.simulate(
-        n_users=200, n_models=5, casual_share=0.3, labels_per_user=30, quality="continuous", eta_tau=1.5, seed=7
+        n_users=200, n_models=5, casual_share=0.3, labels_per_user=30, variant="continuous", eta_tau=1.5, seed=7
     )
-    result = ba.fit(log, model="continuous", method="nuts", draws=500, tune=700, chains=2, seed=3, progress=False)
+    result = ba.fit(log, variant="continuous", method="nuts", draws=500, tune=700, chains=2, seed=3, progress=False)
     idata = result.idata
     n_transitions = idata.posterior.sizes["chain"] * idata.posterior.sizes["draw"]
     assert result.summary["divergences"] <= 0.01 * n_transitions
@@ -436,8 +436,8 @@ def test_compare_three_models():
     log = ba.simulate(n_users=120, n_models=4, casual_share=0.4, labels_per_user=20, seed=12)
     settings = dict(method="nuts", draws=300, tune=300, chains=2, seed=0, progress=False)
     fits = {
-        "two-class": ba.fit(log, model="two-class", **settings),
-        "continuous": ba.fit(log, model="continuous", **settings),
+        "two-class": ba.fit(log, variant="two-class", **settings),
+        "continuous": ba.fit(log, variant="continuous", **settings),
         "bradley-terry": fit_baseline(log, draws=300, tune=300, chains=2, seed=0, progress=False),
     }
     table = compare(fits)
@@ -501,7 +501,7 @@ def _covariate_problem(seed: int = 3, strengths: str = "learned", n_bins: int = 
 ])
 def test_pytensor_equals_numpy_with_casual_covariates(variant, q_fixed, strengths, rng):
     _, problem, design = _covariate_problem(strengths=strengths)
-    spec = BehaviourSpec(variant, 1, "learned" if problem.learned else "known", q=q_fixed, casual=design)
+    spec = BehaviourSpec(variant, 1, "learned" if problem.learned else "known", q_fixed=q_fixed, casual=design)
     model = build_model(problem, spec, marginal=True)
     offset = _pymc_constant_error(problem, variant, q_fixed) + design.n_effects * _normal_error(
         ba.Priors().casual_effect_sigma)
@@ -535,7 +535,7 @@ def test_pytensor_equals_em_objective_with_casual_covariates(variant):
     from bayes_annot.casual import prepare_casual
 
     log = _covariate_problem(seed=8)[0].astype({"user": str, "winner": str})
-    fitted = ba.fit(log, model=variant, casual_bins=3, ties="ignore")  # the problem below has no ties
+    fitted = ba.fit(log, variant=variant, casual_bins=3, ties="ignore")  # the problem below has no ties
     design = design_from_summary(fitted.summary)
     em = fitted.estimates
     params = {**em.parameters, "strength": em.strengths, "casual_effect": effects_start(fitted.summary)}
@@ -555,8 +555,8 @@ def length_map_log():
 
 @pytest.mark.parametrize("variant", ["two-class", "continuous"])
 def test_map_matches_em_with_casual_covariates(length_map_log, variant):
-    em = ba.fit(length_map_log, model=variant, method="em", tol=1e-12, max_iter=5000, casual_bins=4)
-    mp = ba.fit(length_map_log, model=variant, method="map", casual_bins=4)
+    em = ba.fit(length_map_log, variant=variant, method="em", tol=1e-12, max_iter=5000, casual_bins=4)
+    mp = ba.fit(length_map_log, variant=variant, method="map", casual_bins=4)
     assert mp.summary["engine"] == "map" and mp.summary["converged"] is True
     np.testing.assert_allclose(mp.users.quality, em.users.quality, atol=1e-4)
     np.testing.assert_allclose(mp.models.strength, em.models.strength, atol=1e-4)
@@ -571,7 +571,7 @@ def test_nuts_plumbing_with_casual_covariates(monkeypatch, variant):
     log = ba.simulate(n_users=40, n_models=4, labels_per_user=(3, 10), length_bias=0.85, seed=4)
     _mock_sample(monkeypatch, lambda size: np.zeros(size, dtype=bool))
     with pytest.warns(FitWarning):
-        result = ba.fit(log, model=variant, method="nuts", draws=30, tune=5, chains=2, progress=False, casual_bins=3)
+        result = ba.fit(log, variant=variant, method="nuts", draws=30, tune=5, chains=2, progress=False, casual_bins=3)
     idata = result.idata
     assert idata.posterior["casual_effect"].dims == ("chain", "draw", "casual_bin")
     assert result.casual_effects_ is not None and len(result.casual_effects_["covariates"][0]["g"]) == 3

@@ -62,7 +62,7 @@ def em_fit(log):
 
 @pytest.fixture(scope="module")
 def em_cont_fit(log):
-    return ba.fit(log, model="continuous")
+    return ba.fit(log, variant="continuous")
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +171,7 @@ def test_the_report_and_the_plots_never_fit(tmp_path, monkeypatch):
 
     log = ba.simulate(n_users=120, n_models=4, seed=5)
     stored = ba.fit(log, taste_check=True)
-    ba.diagnose(stored, compare={"two-class": stored, "continuous": ba.fit(log, model="continuous")})
+    ba.diagnose(stored, compare={"two-class": stored, "continuous": ba.fit(log, variant="continuous")})
     plain = ba.fit(log)
     results = [stored, ba.load(stored.save(tmp_path / "stored")), plain, ba.load(plain.save(tmp_path / "plain"))]
 
@@ -367,7 +367,7 @@ def test_caterpillar_shows_the_unsure_users_with_their_intervals():
     users["quality_high"] = np.clip(users["quality"] + 0.2, 0, 1)
     users["kept"] = users["quality"] >= 0.5
     source = ba.FitResult.from_tables(users, pd.DataFrame({"model": ["a", "b"], "strength": [0.5, -0.5]}), None,
-                                      {"model": "two-class", "filter": {"rule": "prob:0.5"}})
+                                      {"variant": "two-class", "filter": {"rule": "prob:0.5"}})
     ax = plotting.plot_quality_caterpillar(source, max_users=20)
     shown = np.asarray(ax.collections[-1].get_offsets())[:, 0]
     assert len(shown) == 20 and np.all((shown > 0.25) & (shown < 0.75))

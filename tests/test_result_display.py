@@ -18,7 +18,7 @@ def log():
 
 @pytest.fixture(scope="module")
 def em_fits(log):
-    return ba.fit(log), ba.fit(log, model="continuous")
+    return ba.fit(log), ba.fit(log, variant="continuous")
 
 
 def _plain(html: str) -> str:
@@ -34,7 +34,7 @@ def test_report_shows_the_heldout_comparison_that_diagnose_stored(em_fits, log, 
     text = _plain(path.read_text(encoding="utf-8"))
     assert "the report never fits" in text and "bayes_annot.diagnose" in text
     ba.diagnose(two, compare={"two-class": two, "continuous": cont})
-    expected = heldout_loglik(log, model="continuous", frac=0.2, seed=0)["heldout_loglik"]
+    expected = heldout_loglik(log, variant="continuous", frac=0.2, seed=0)["heldout_loglik"]
     stored = {row["fit"]: row for row in two.summary["comparison"]["table"]}
     assert stored["continuous"]["heldout_loglik"] == pytest.approx(expected, rel=1e-12)
     for result in (two, ba.load(two.save(tmp_path / "out"))):  # kept in summary.json: the loaded folder shows it

@@ -11,7 +11,7 @@ import bayes_annot as ba
 
 @pytest.mark.parametrize("variant", ["two-class", "continuous"])
 def test_save_then_load_gives_equal_tables(tmp_path, small_log, variant):
-    result = ba.fit(small_log, model=variant)
+    result = ba.fit(small_log, variant=variant)
     saved = ba.load(result.save(tmp_path / "out"))
     pd.testing.assert_frame_equal(saved.users, result.users, check_dtype=False)
     pd.testing.assert_frame_equal(saved.models, result.models, check_dtype=False)

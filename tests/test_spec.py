@@ -11,7 +11,7 @@ from bayes_annot.spec import BehaviourSpec
 @pytest.mark.parametrize("strengths", ["learned", "known"])
 @pytest.mark.parametrize("q", [None, 0.6])
 def test_every_single_class_combination_is_defined(variant, strengths, q):
-    spec = BehaviourSpec(variant=variant, strengths=strengths, q=q, priors=Priors(pi_alpha=3.0))
+    spec = BehaviourSpec(variant=variant, strengths=strengths, q_fixed=q, priors=Priors(pi_alpha=3.0))
     assert spec.learned == (strengths == "learned")
     assert spec.n_types == (2 if variant == "two-class" else None)
     assert variant in spec.describe() and strengths in spec.describe()
@@ -25,17 +25,17 @@ def test_taste_classes_add_user_types():
 @pytest.mark.parametrize(
     "settings, words",
     [
-        ({"variant": "mixture"}, "unknown model variant 'mixture'"),
+        ({"variant": "mixture"}, "unknown variant 'mixture'"),
         ({"strengths": "fixed"}, "unknown strengths 'fixed'"),
         ({"n_tastes": 0}, "positive integer"),
         ({"n_tastes": 1.5}, "positive integer"),
         ({"n_tastes": True}, "positive integer"),
-        ({"q": 1.0}, "q must be a number in (0, 1), got 1.0"),
-        ({"q": "0.5"}, "q must be a number in (0, 1)"),
+        ({"q_fixed": 1.0}, "q must be a number in (0, 1), got 1.0"),
+        ({"q_fixed": "0.5"}, "q must be a number in (0, 1)"),
         ({"n_tastes": "2"}, "positive integer"),
         ({"priors": Priors(pi_alpha=-1.0)}, "priors.pi_alpha must be a finite number > 0"),
         ({"n_tastes": 2, "strengths": "known"}, "need learned strengths"),
-        ({"n_tastes": 2, "variant": "continuous"}, "need model='two-class'"),
+        ({"n_tastes": 2, "variant": "continuous"}, "need variant='two-class'"),
     ],
 )
 def test_undefined_combinations_are_refused_with_the_reason(settings, words):

@@ -73,8 +73,8 @@ def style_log(request):
 def test_delta_recovered_and_auc_not_worse(style_log, model):
     """Recovery of delta = 0.8 (within 0.15, and within 0.1 of the oracle regression), with and without
     length-biased casual users; quality's AUC at least today's (style_covariates='none') minus 0.002."""
-    plain = _fit(style_log, model=model)
-    styled = _fit(style_log, model=model, style_covariates="auto")
+    plain = _fit(style_log, variant=model)
+    styled = _fit(style_log, variant=model, style_covariates="auto")
     delta, oracle = _delta(styled), _oracle_delta(style_log)
     auc_plain, auc_styled = _auc(plain, style_log), _auc(styled, style_log)
     print(f"{model}: delta {delta:.3f} (truth {STYLE_BIAS}, oracle {oracle:.3f}); AUC {auc_plain:.3f} -> {auc_styled:.3f}")
@@ -96,7 +96,7 @@ def small_log():
     return ba.simulate(n_users=200, n_models=5, casual_share=0.3, length_bias=0.8, style_bias=0.5, seed=4)
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"model": "continuous"}, {"accelerate": True}, {"q": 0.5}])
+@pytest.mark.parametrize("kwargs", [{}, {"variant": "continuous"}, {"accelerate": True}, {"q": 0.5}])
 def test_objective_never_decreases(small_log, kwargs):
     result = _fit(small_log, style_covariates="auto", **kwargs)
     trace = np.asarray(result.loglik_trace)
@@ -217,7 +217,7 @@ def test_ties_with_a_style_term(model):
     MAP / NUTS they are left out."""
     log = ba.simulate(n_users=600, n_models=6, casual_share=0.3, length_bias=0.85, style_bias=STYLE_BIAS, tie_nu=0.5,
                       casual_tie_rate=0.1, seed=6)
-    result = _fit(log, model=model, style_covariates="auto")
+    result = _fit(log, variant=model, style_covariates="auto")
     ties = result.ties_
     print(model, _delta(result), ties)
     assert ties["mode"] == "model" and ties["n_ties"] > 0
@@ -225,7 +225,7 @@ def test_ties_with_a_style_term(model):
     assert ties["nu"] == pytest.approx(0.5, rel=0.1) and ties["t"] == pytest.approx(0.1, rel=0.1)
     trace = np.asarray(result.loglik_trace)
     assert np.all(np.diff(trace) >= -1e-9 * (1.0 + np.abs(trace[1:])))
-    plain = _fit(log, model=model)
+    plain = _fit(log, variant=model)
     assert _auc(result, log) >= _auc(plain, log) - 0.002
 
 
@@ -254,8 +254,8 @@ def tie_log():
                        casual_tie_rate=0.1, seed=4)
 
 
-@pytest.mark.parametrize("kwargs,ties", [({}, False), ({"model": "continuous"}, False), ({}, True),
-                                         ({"model": "continuous"}, True)])
+@pytest.mark.parametrize("kwargs,ties", [({}, False), ({"variant": "continuous"}, False), ({}, True),
+                                         ({"variant": "continuous"}, True)])
 def test_update_reuses_the_style_design(small_log, tie_log, kwargs, ties):
     """update() keeps the previous fit's style design (cells' values) and equals a refit with it (with ties in
     the likelihood too: the merged block's ties keep their casual cells)."""
@@ -365,7 +365,7 @@ def test_pytensor_equals_numpy_with_a_style_term(variant, q_fixed):
 
     pm = pytest.importorskip("pymc")
     _, problem, casual, style = _style_problem()
-    spec = BehaviourSpec(variant, 1, "learned", q=q_fixed, casual=casual, style=style)
+    spec = BehaviourSpec(variant, 1, "learned", q_fixed=q_fixed, casual=casual, style=style)
     model = build_model(problem, spec, marginal=True)
     assert model["style_effect"].eval().shape == (1,) and "style_covariate" in model.coords
     rng = np.random.default_rng(0)
@@ -393,7 +393,7 @@ def test_em_objective_is_the_numpy_log_density(variant):
     from bayes_annot.pymc_model import numpy_loglik
 
     log, problem, casual, style = _style_problem(seed=8)
-    fitted = _fit(log.astype({"user": str, "winner": str}), model=variant, casual_covariates=casual,
+    fitted = _fit(log.astype({"user": str, "winner": str}), variant=variant, casual_covariates=casual,
                   style_covariates=style, ties="ignore")
     assert design_from_summary(fitted.summary) == casual and style_from_summary(fitted.summary) == style
     em = fitted.estimates
@@ -407,8 +407,8 @@ def test_em_objective_is_the_numpy_log_density(variant):
 def test_map_matches_em_with_a_style_term(variant):
     log = ba.simulate(n_users=300, n_models=5, casual_share=0.3, labels_per_user=(5, 30), length_bias=0.85,
                       style_bias=0.6, seed=21)
-    em = _fit(log, model=variant, tol=1e-12, max_iter=5000, casual_bins=4, style_covariates="auto")
-    mp = _fit(log, model=variant, method="map", casual_bins=4, style_covariates="auto")
+    em = _fit(log, variant=variant, tol=1e-12, max_iter=5000, casual_bins=4, style_covariates="auto")
+    mp = _fit(log, variant=variant, method="map", casual_bins=4, style_covariates="auto")
     assert mp.summary["engine"] == "map" and mp.summary["converged"] is True
     assert _delta(mp) == pytest.approx(_delta(em), abs=1e-3)
     np.testing.assert_allclose(mp.users.quality, em.users.quality, atol=1e-4)
@@ -434,7 +434,7 @@ def test_nuts_plumbing_with_a_style_term(monkeypatch, variant):
     log = ba.simulate(n_users=40, n_models=4, labels_per_user=(3, 10), length_bias=0.85, style_bias=0.5, seed=4)
     monkeypatch.setattr(pm, "sample", functools.partial(mock_sample, sample_stats={
         "diverging": lambda size: np.zeros(size, dtype=bool)}))
-    result = _fit(log, model=variant, method="nuts", draws=30, tune=5, chains=2, progress=False, casual_bins=3,
+    result = _fit(log, variant=variant, method="nuts", draws=30, tune=5, chains=2, progress=False, casual_bins=3,
                   style_covariates="auto")
     post = result.idata.posterior
     assert post["style_effect"].dims == ("chain", "draw", "style_covariate")

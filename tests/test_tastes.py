@@ -298,4 +298,4 @@ def test_tastes_rejected_where_unsupported():
     with pytest.raises(ba.InputError, match="known strengths"):
         ba.fit(log, tastes=2)
     with pytest.raises(ba.InputError, match="two-class"):
-        ba.fit(log, tastes=2, model="continuous")
+        ba.fit(log, tastes=2, variant="continuous")

@@ -168,7 +168,7 @@ def test_recovery_of_nu_and_t_with_20_percent_ties(t):
 def test_em_objective_never_decreases_with_ties(model, tastes, accelerate):
     log = ba.simulate(n_users=400, n_models=6, casual_share=0.3, labels_per_user=(3, 25), quality=model,
                       tie_nu=0.8, casual_tie_rate=0.3, seed=4)
-    result = ba.fit(log, model=model, tastes=tastes, accelerate=accelerate, tol=1e-11, max_iter=300)
+    result = ba.fit(log, variant=model, tastes=tastes, accelerate=accelerate, tol=1e-11, max_iter=300)
     assert result.ties_["mode"] == "model"
     trace = np.asarray(result.loglik_trace)
     assert trace.shape[0] > 3
@@ -178,9 +178,9 @@ def test_em_objective_never_decreases_with_ties(model, tastes, accelerate):
 
 
 def test_continuous_recovers_nu_and_t():
-    log = ba.simulate(n_users=2000, n_models=8, casual_share=0.3, labels_per_user=(20, 60), quality="continuous",
+    log = ba.simulate(n_users=2000, n_models=8, casual_share=0.3, labels_per_user=(20, 60), variant="continuous",
                       eta_tau=0.5, tie_nu=0.8, casual_tie_rate=0.3, seed=2)
-    result = ba.fit(log, model="continuous")
+    result = ba.fit(log, variant="continuous")
     assert result.ties_["nu"] == pytest.approx(0.8, rel=0.10)
     assert result.ties_["t"] == pytest.approx(0.3, rel=0.10)
 
@@ -247,8 +247,8 @@ def test_dask_equals_in_memory_with_ties(tmp_path):
         log.iloc[chunk].to_parquet(folder / f"part-{i}.parquet", index=False)
     for model in ("two-class", "continuous"):
         tol = 1e-9 if model == "two-class" else 1e-13
-        lazy = ba.fit(dd.read_parquet(str(folder / "*.parquet")), model=model, tol=tol)
-        memory = ba.fit(log, model=model, tol=tol)
+        lazy = ba.fit(dd.read_parquet(str(folder / "*.parquet")), variant=model, tol=tol)
+        memory = ba.fit(log, variant=model, tol=tol)
         assert lazy.ties_["mode"] == "model"
         np.testing.assert_allclose(lazy.users.quality, memory.users.quality, atol=1e-8)
         np.testing.assert_allclose(lazy.models.strength, memory.models.strength, atol=1e-8)
@@ -296,7 +296,7 @@ def test_numpy_pytensor_and_em_objective_agree_with_ties(variant):
     from bayes_annot.spec import BehaviourSpec
 
     log = _tie_log(seed=9, n_users=150)
-    result = ba.fit(log, model=variant)
+    result = ba.fit(log, variant=variant)
     problem, _ = build_problem(prepare(log), ties=True)
     est = result.estimates
     params = {**est.parameters, "strength": est.strengths}
@@ -315,7 +315,7 @@ def test_numpy_pytensor_and_em_objective_agree_with_ties(variant):
     assert diff_pt == pytest.approx(diff_np, abs=1e-8, rel=0) and abs(diff_np) > 1e-3
     if variant == "continuous":  # NUTS's form (each user's z sampled): the numpy per-user log-likelihood of
         # every draw (the log_likelihood group) = the model's y_user potential at that draw
-        nuts = ba.fit(log, model=variant, method="nuts", draws=3, tune=5, chains=1, seed=2, progress=False)
+        nuts = ba.fit(log, variant=variant, method="nuts", draws=3, tune=5, chains=1, seed=2, progress=False)
         assert nuts.ties_["mode"] == "model"
         nuts_model = build_model(problem, BehaviourSpec(variant))
         post, numpy_ll = nuts.idata.posterior, nuts.idata.log_likelihood["y_user"]
@@ -332,8 +332,8 @@ def test_numpy_pytensor_and_em_objective_agree_with_ties(variant):
 def test_map_matches_em_with_ties(variant):
     pytest.importorskip("pymc")
     log = _tie_log(seed=12, n_users=300)
-    em = ba.fit(log, model=variant, tol=1e-12, max_iter=5000)
-    mp = ba.fit(log, model=variant, method="map")
+    em = ba.fit(log, variant=variant, tol=1e-12, max_iter=5000)
+    mp = ba.fit(log, variant=variant, method="map")
     assert mp.ties_["mode"] == em.ties_["mode"] == "model"
     assert mp.ties_["nu"] == pytest.approx(em.ties_["nu"], abs=1e-4)
     assert mp.ties_["t"] == pytest.approx(em.ties_["t"], abs=1e-4)
@@ -376,9 +376,9 @@ def test_nuts_continuous_with_ties_agrees_with_em_and_recovers_nu_and_t():
     (EM's are the mode with the users' eta summed out on the grid, so a little further than two-class's),
     and users' quality near EM's."""
     log = ba.simulate(n_users=150, n_models=5, casual_share=0.3, labels_per_user=(10, 30), tie_nu=0.8,
-                      casual_tie_rate=0.3, quality="continuous", seed=5)
-    em = ba.fit(log, model="continuous")
-    nuts = ba.fit(log, model="continuous", method="nuts", draws=300, tune=300, chains=2, seed=1)
+                      casual_tie_rate=0.3, variant="continuous", seed=5)
+    em = ba.fit(log, variant="continuous")
+    nuts = ba.fit(log, variant="continuous", method="nuts", draws=300, tune=300, chains=2, seed=1)
     _check_nuts_ties(nuts, em, em_tolerance=0.12)
-    assert ba.fit(log, model="continuous", method="nuts", ties="ignore", draws=20, tune=20,
+    assert ba.fit(log, variant="continuous", method="nuts", ties="ignore", draws=20, tune=20,
                   chains=1).ties_["mode"] == "ignore"

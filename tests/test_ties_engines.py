@@ -105,10 +105,10 @@ def _known_tie_log(n_users=1000, seed=3):
 def test_known_strengths_with_ties_recover_nu_and_t(model, strengths):
     log = _known_tie_log()
     if strengths == "p_a":
-        result = _fit(log[COLUMNS + ["p_a"]], model=model)
+        result = _fit(log[COLUMNS + ["p_a"]], variant=model)
         assert result.summary["strengths"].startswith("known (column")
     else:
-        result = _fit(log[COLUMNS], model=model, mu=0.75, strong_model="model_0")
+        result = _fit(log[COLUMNS], variant=model, mu=0.75, strong_model="model_0")
         assert result.summary["strengths"].startswith("known (mu")
     assert result.ties_["mode"] == "model" and result.ties_["n_ties"] == int((log.winner == "tie").sum())
     assert result.ties_["nu"] == pytest.approx(0.8, rel=0.10)
@@ -123,7 +123,7 @@ def test_known_strengths_with_ties_em_objective_is_the_numpy_spec(model):
     from bayes_annot.pymc_model import numpy_loglik
 
     log = _known_tie_log(n_users=200, seed=5)[COLUMNS + ["p_a"]]
-    result = _fit(log, model=model, tol=1e-12)
+    result = _fit(log, variant=model, tol=1e-12)
     problem, _ = build_problem(prepare(log), ties=True)
     assert not problem.learned and problem.n_ties > 0
     est = result.estimates
@@ -234,8 +234,8 @@ def test_dask_known_strengths_with_ties_equal_in_memory():
     for model in ("two-class", "continuous"):
         tol = 1e-9 if model == "two-class" else 1e-12
         with dask.config.set(scheduler="synchronous"):
-            lazy = _fit(dd.from_pandas(log, npartitions=3, sort=False), model=model, tol=tol)
-        memory = _fit(log, model=model, tol=tol)
+            lazy = _fit(dd.from_pandas(log, npartitions=3, sort=False), variant=model, tol=tol)
+        memory = _fit(log, variant=model, tol=tol)
         assert lazy.ties_["mode"] == memory.ties_["mode"] == "model"
         np.testing.assert_allclose(lazy.users.quality, memory.users.quality, atol=1e-8)
         assert lazy.ties_["nu"] == pytest.approx(memory.ties_["nu"], abs=1e-8)
@@ -247,8 +247,8 @@ def test_dask_known_strengths_with_ties_equal_in_memory():
 def test_map_with_known_strengths_and_ties_equals_em(model):
     pytest.importorskip("pymc")
     log = _known_tie_log(n_users=120, seed=12)[COLUMNS + ["p_a"]]
-    em = _fit(log, model=model, tol=1e-12, max_iter=5000)
-    mp = _fit(log, model=model, method="map")
+    em = _fit(log, variant=model, tol=1e-12, max_iter=5000)
+    mp = _fit(log, variant=model, method="map")
     assert mp.ties_["mode"] == em.ties_["mode"] == "model"
     assert mp.ties_["nu"] == pytest.approx(em.ties_["nu"], abs=1e-4)
     assert mp.ties_["t"] == pytest.approx(em.ties_["t"], abs=1e-4)
@@ -269,3 +269,54 @@ def test_tie_rate_check_of_a_known_strength_fit_uses_each_rows_log_odds():
     # replicated tie rates at each row's own log-odds match the observed ones (at d = 0 for every row, as
     # without the p_a column, they were 0.02 too high: attentive ties peak on even pairs)
     assert abs(ppc["replicated"].mean() - ppc["observed"].mean()) < 0.008
+
+
+# --------------------------------------------------------------------------- NUTS chains start at the EM fit
+
+
+def _two_mode_log(seed=0):
+    """Ties mostly from casual users (t = 0.75) and rarely from attentive ones (nu = 0.1), 55% casual, 60 users
+    x 12 labels: the posterior has a minor mode that lays the ties on the attentive type (nu near 8)."""
+    return ba.simulate(n_users=60, n_models=6, casual_share=0.55, labels_per_user=12, with_text=True,
+                       length_bias=0.85, tie_nu=0.1, casual_tie_rate=0.75, seed=seed)
+
+
+def test_nuts_chains_start_at_the_em_fit(monkeypatch):
+    import pymc as pm
+
+    log = _two_mode_log()
+    em = _fit(log)
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def capture(**kwargs):
+        model = pm.modelcontext(None)
+        seen.update({rv.name: np.asarray(value) for rv, value in model.rvs_to_initial_values.items()
+                     if value is not None})
+        raise Stop
+
+    monkeypatch.setattr(pm, "sample", capture)
+    with pytest.raises(Stop):
+        _fit(log, method="nuts", draws=10, tune=10, chains=2, progress=False)
+    strengths = em.models.set_index("model").strength.to_numpy()
+    np.testing.assert_allclose(seen["strength"], strengths - strengths.mean(), atol=1e-12)
+    assert float(seen["tie_nu"]) == pytest.approx(em.ties_["nu"], rel=1e-12)
+    assert float(seen["casual_tie_rate"]) == pytest.approx(em.ties_["t"], rel=1e-12)
+    assert float(seen["pi"]) == pytest.approx(em.summary["parameters"]["pi"], rel=1e-12)
+    assert float(seen["q"]) == pytest.approx(em.summary["parameters"]["q"], rel=1e-12)
+    np.testing.assert_allclose(seen["casual_effect"], em.casual_effects_["covariates"][0]["g"], rtol=1e-12)
+
+
+@pytest.mark.slow
+def test_nuts_with_ties_finds_the_major_mode():
+    """Started at the Bradley–Terry fit with nu = 1, both chains of this log settled at nu = 8.6 (truth 0.1) with
+    a log density ~40 nats below the mode EM finds, and R-hat did not flag it."""
+    log = _two_mode_log()
+    em = _fit(log)
+    nuts = _fit(log, method="nuts", draws=300, tune=300, chains=2, seed=0, progress=False)
+    nu_chains = nuts.idata.posterior["tie_nu"].mean("draw").values
+    assert np.all(np.abs(nu_chains - em.ties_["nu"]) < 0.3 * em.ties_["nu"]), (nu_chains, em.ties_["nu"])
+    assert abs(em.ties_["nu"] - 0.1) < 0.05
+    assert nuts.summary["rhat_max"] < 1.05

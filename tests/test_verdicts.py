@@ -174,7 +174,7 @@ def test_tastes_auto_at_its_limit_warns_and_max_tastes_is_exposed(cems_log, cems
 def test_continuous_fit_of_cemschoice_is_no_longer_degenerate(cems_log):
     """With each user's eta maximised jointly with m (before issue #14), the continuous fit of cemschoice put
     q at 0.01 (a degenerate fit, warned); with the users summed out q is an ordinary 0.39."""
-    result = _quiet_fit(cems_log, model="continuous")
+    result = _quiet_fit(cems_log, variant="continuous")
     assert 0.03 < result.summary["parameters"]["q"] < 0.97
     assert not any("degenerate fit" in w for w in result.summary["warnings"])
 

@@ -298,7 +298,7 @@ def _header(src, title: str | None) -> str:
     when = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     inp = _input_text(s.get("input"))
     sub = (
-        f"{s.get('model', '?')} model, {s.get('engine', '?')} engine, bayes_annot {s.get('bayes_annot_version', '?')}"
+        f"{s.get('variant', '?')} variant, {s.get('engine', '?')} engine, bayes_annot {s.get('bayes_annot_version', '?')}"
         f"; report written {when}" + (f"; input {inp}" if inp else "")
         + ("; rebuilt from saved outputs" if src.backend == "folder" else "")
     )
@@ -435,7 +435,7 @@ def _quality_section(src) -> str:
     style = style_effects_text(s)
     if style is not None:
         body += p(style)
-    if s.get("model") == "two-class":
+    if s.get("variant") == "two-class":
         body += p(
             "Quality of a user = the posterior probability that they are attentive (all their labels attentive) "
             "rather than casual (all their labels random clicks)."
