@@ -233,7 +233,8 @@ class PreparedData:
         ``dropped_rows`` and one count per reason (``invalid_winner``, ...).
         """
         if "_reason_counts" not in self.__dict__:
-            self._reason_counts = np.bincount(self.reason_code, minlength=len(REASONS))  # the arrays never change
+            # the arrays never change; one count per code (bincount would first widen 10^7 codes to intp)
+            self._reason_counts = np.array([np.count_nonzero(self.reason_code == code) for code in range(len(REASONS))])
         by_reason = self._reason_counts
         out = {
             "rows": self.n_rows,

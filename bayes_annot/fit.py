@@ -220,17 +220,31 @@ class FitResult:
             self._rows = rows
         return self._rows
 
-    def _row_outputs(self) -> dict:
-        """The columns a fit adds to every input row: ``kept``, ``reason``, ``weight`` (in-memory fits)."""
-        data, row_kept = self._data, self._row_kept
+    def _row_outputs(self, rows: slice | None = None) -> dict:
+        """The columns a fit adds to every input row: ``kept``, ``reason``, ``weight`` (in-memory fits);
+        ``rows``: those of a slice of the rows only (a writer's chunk)."""
+        data = self._data
+        user, usable = data.user, data.usable
+        if rows is not None:
+            user, usable = user[rows], usable[rows]
         # codes index list(REASONS): 0 ok, 1 tie, 2 same_model, 3 user_low_quality, 4 no_verdict (kept or
         # not: see `kept`), 5 invalid_winner, 6 invalid_p_a (dropped rows, data.DROP_REASONS)
-        # per user 0 (kept), 3 (not kept) or 4 (no verdict), gathered once per row (one byte per row throughout)
-        by_user = np.where(self._keep, np.int8(0), np.int8(3))
-        by_user[self._no_verdict_mask] = 4
-        code = np.where(data.usable, by_user[data.user], data.reason_code.astype(np.int8, copy=False))
+        # per user 0 (kept), 3 (not kept) or 4 (no verdict), + 8 when kept: gathered once per row for both
+        # `reason` and `kept` (one byte per row throughout)
+        by_user = np.where(self._keep, np.int8(8), np.int8(3))
+        by_user[self._no_verdict_mask] = np.where(self._keep[self._no_verdict_mask], np.int8(12), np.int8(4))
+        code = by_user[user]
+        if rows is not None:
+            kept = usable & (code >= 8)
+        elif self._row_kept_mask is None:
+            kept = self._row_kept_mask = usable & (code >= 8)
+        else:
+            kept = self._row_kept_mask
+        np.bitwise_and(code, np.int8(7), out=code)
+        # rows outside the likelihood: their own reason
+        np.copyto(code, data.reason_code if rows is None else data.reason_code[rows], where=~usable)
         reason = pd.Categorical.from_codes(code, categories=REASON_CATEGORIES)
-        return {"kept": row_kept, "reason": reason, "weight": self.estimates.quality[data.user]}
+        return {"kept": kept, "reason": reason, "weight": self.estimates.quality[user]}
 
     @property
     def kept_rows(self):
@@ -1626,7 +1640,7 @@ def _write_row_parts(out, result: FitResult, renamed: dict) -> bool:
             meta = write_arrow(*new_part, handle, "parquet")
         descriptions.append(dict(meta, file=name, input_columns=list(template["input_columns"])))
     with open(out.path("rows-outputs.parquet"), "wb") as handle:
-        outputs = _write_outputs(result._row_outputs(), handle)
+        outputs = _write_outputs(result, handle)
     out.tables["rows"] = {
         "format": "parquet", "layout": "parts", "rows": int(n_old + n_new),
         "parts": [{k: v for k, v in d.items() if k != "layout"} for d in descriptions],
@@ -1635,28 +1649,50 @@ def _write_row_parts(out, result: FitResult, renamed: dict) -> bool:
     return True
 
 
-def _write_outputs(outputs: dict, handle) -> dict:
-    """Write the output columns as parquet, ``reason`` as Arrow dictionary codes (no text per row);
-    the description is :func:`~bayes_annot.tables.write_table`'s, so the table reads back equal."""
+_OUTPUT_CHUNK = 1 << 20  # rows per chunk of rows-outputs.parquet: pyarrow's default row group length
+
+
+def _write_outputs(result: FitResult, handle) -> dict:
+    """Write the output columns of every row as parquet, ``reason`` as Arrow dictionary codes (no text per
+    row); the description is :func:`~bayes_annot.tables.write_table`'s, so the table reads back equal.
+
+    The columns are built and written one row group (:data:`_OUTPUT_CHUNK` rows) at a time: no array of
+    every row's weights is made (each fresh page of a 10^7-row array costs the kernel a page clearing).
+    """
+    import base64
+
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    from .tables import to_arrow, write_arrow
+    from .tables import to_arrow
 
-    # the restoration records of the columns (from empty slices: no 10^7-row frame is built), then the
-    # columns handed to Arrow as they are (numpy arrays are wrapped, not copied)
-    _, metas = to_arrow(pd.DataFrame({name: values[:0] for name, values in outputs.items()}))
-    arrays, dictionaries = [], []
-    for name, values in outputs.items():
-        if isinstance(values, pd.Categorical):
-            dictionary = pa.array([str(c) for c in values.categories], type=pa.string())
-            arrays.append(pa.DictionaryArray.from_arrays(pa.array(values.codes), dictionary))
-            dictionaries.append(str(name))
-        else:
-            arrays.append(pa.array(np.asarray(values)))
+    n_rows = result._data.n_rows
+
+    def chunk_table(rows: slice):
+        # the columns handed to Arrow as they are (numpy arrays are wrapped, not copied)
+        arrays, names = [], []
+        for name, values in result._row_outputs(rows).items():
+            if isinstance(values, pd.Categorical):
+                dictionary = pa.array([str(c) for c in values.categories], type=pa.string())
+                arrays.append(pa.DictionaryArray.from_arrays(pa.array(values.codes), dictionary))
+            else:
+                arrays.append(pa.array(np.asarray(values)))
+            names.append(str(name))
+        return pa.Table.from_arrays(arrays, names=names)
+
+    # the restoration records of the columns (from an empty slice: no frame of every row is built)
+    empty = result._row_outputs(slice(0, 0))
+    _, metas = to_arrow(pd.DataFrame(empty))
+    first = chunk_table(slice(0, min(n_rows, _OUTPUT_CHUNK)))
+    dictionaries = [name for name, values in empty.items() if isinstance(values, pd.Categorical)]
     # plain, uncompressed numbers (weights barely compress; a dictionary of 10^5 users' values costs 3x the time)
-    options = {"use_dictionary": dictionaries, "compression": "none", "write_statistics": False}
-    return write_arrow(pa.Table.from_arrays(arrays, names=[str(c) for c in outputs]), metas, handle, "parquet",
-                       parquet_options=options)
+    with pq.ParquetWriter(handle, first.schema, use_dictionary=dictionaries, compression="none",
+                          write_statistics=False) as writer:
+        writer.write_table(first, row_group_size=_OUTPUT_CHUNK)
+        for start in range(_OUTPUT_CHUNK, n_rows, _OUTPUT_CHUNK):
+            writer.write_table(chunk_table(slice(start, start + _OUTPUT_CHUNK)), row_group_size=_OUTPUT_CHUNK)
+    return {"format": "parquet", "rows": int(n_rows), "columns": metas,
+            "schema": base64.b64encode(first.schema.serialize().to_pybytes()).decode("ascii"), "safe_csv": False}
 
 
 def _part_type(meta: dict, name: str):

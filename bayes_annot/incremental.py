@@ -169,6 +169,17 @@ class MergedPreparedData(PreparedData):
     def usable(self) -> np.ndarray:
         return self._build("usable")
 
+    def narrow_codes(self, name: str) -> tuple[np.ndarray, np.dtype] | None:
+        """The codes ``name`` (``user``, ``model_a``, ``model_b``) in the smallest integer type their vocabulary
+        needs, concatenated from the parts without building the full-width array (to store them), and the
+        type the attribute has; ``None`` for other names or when the attribute is built already."""
+        if name not in ("user", "model_a", "model_b") or name in self._built:
+            return None
+        size = self.n_users if name == "user" else self.n_models
+        target = next(np.dtype(t) for t in (np.int8, np.int16, np.int32, np.int64) if size - 1 <= np.iinfo(t).max)
+        pieces = [_mapped(getattr(p, name), u if name == "user" else m) for p, u, m in self._parts]
+        return np.concatenate(pieces, dtype=target, casting="same_kind"), np.result_type(*pieces)
+
     @property
     def has_p_a(self) -> bool:
         return self._parts[0][0].has_p_a

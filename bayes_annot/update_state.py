@@ -71,8 +71,13 @@ def _narrow(values: np.ndarray) -> np.ndarray:
 
 def _flatten(obj, prefix: str, arrays: dict, meta: dict, seen: dict, skip=()) -> None:
     """Store every public field of the dataclass ``obj`` under ``prefix + name``."""
+    narrow_codes = getattr(obj, "narrow_codes", None)  # a merged log: its codes stored without widening them first
     for f in dataclasses.fields(obj):
         if f.name.startswith("_") or f.name in skip:
+            continue
+        built = narrow_codes(f.name) if narrow_codes is not None else None
+        if built is not None:
+            arrays[prefix + f.name], meta[prefix + f.name] = built[0], {"kind": "array", "dtype": built[1].str}
             continue
         value, key = getattr(obj, f.name), prefix + f.name
         if value is None:
@@ -97,8 +102,9 @@ def _flatten(obj, prefix: str, arrays: dict, meta: dict, seen: dict, skip=()) ->
             raise _Unsupported(f"{key}: {type(value).__name__}")
 
 
-def _build(cls, prefix: str, arrays, meta: dict, built: dict, skip=()) -> dict:
-    """The keyword arguments of ``cls`` stored under ``prefix`` (StateMismatch when its fields differ)."""
+def _build(cls, prefix: str, arrays, meta: dict, built: dict, skip=(), narrow=frozenset()) -> dict:
+    """The keyword arguments of ``cls`` stored under ``prefix`` (StateMismatch when its fields differ);
+    the arrays whose keys are in ``narrow`` stay in the (narrower) integer type they were stored in."""
     names = [f.name for f in dataclasses.fields(cls) if not f.name.startswith("_") and f.name not in skip]
     stored = [k[len(prefix):] for k in meta if k.startswith(prefix) and "." not in k[len(prefix):]]
     if sorted(names) != sorted(stored):
@@ -111,7 +117,8 @@ def _build(cls, prefix: str, arrays, meta: dict, built: dict, skip=()) -> dict:
         if kind == "none":
             out[name] = None
         elif kind == "array":
-            out[name] = arrays[key].astype(np.dtype(entry["dtype"]), copy=False) if "dtype" in entry else arrays[key]
+            out[name] = arrays[key] if key in narrow or "dtype" not in entry else \
+                arrays[key].astype(np.dtype(entry["dtype"]), copy=False)
         elif kind == "value":
             out[name] = entry["value"]
         elif kind == "tuple":
@@ -124,7 +131,7 @@ def _build(cls, prefix: str, arrays, meta: dict, built: dict, skip=()) -> dict:
             inner = _CLASSES.get(entry.get("class"))
             if inner is None:
                 raise StateMismatch(f"unknown class {entry.get('class')!r}")
-            built[key] = inner(**_build(inner, key + ".", arrays, meta, built))
+            built[key] = inner(**_build(inner, key + ".", arrays, meta, built, narrow=narrow))
             out[name] = built[key]
         else:
             raise StateMismatch(f"unknown entry {kind!r} for {key}")
@@ -173,17 +180,87 @@ class StoredState:
     model_text: np.ndarray
     state: EMState
     n_rows: int
+    narrowed: dict = dataclasses.field(default_factory=dict)  # key -> in-memory type of the arrays left narrow
+
+    def widen(self) -> None:
+        """Give the arrays of ``read_state(mapped=True)`` the types they had when written, in memory of their own
+        (writable; the mapped ones are read-only views of the file)."""
+        def own(value, key):
+            if not isinstance(value, np.ndarray):
+                return value
+            dtype = self.narrowed.get(key, value.dtype)
+            return value.astype(dtype, copy=not value.flags.writeable or value.dtype != dtype)
+
+        self.data = {name: own(value, f"data.{name}") for name, value in self.data.items()}
+        for obj, prefix in ((self.state.block, "state.block."), (self.state.block.pairs, None),
+                            (self.state.pair_counts, None)):
+            if obj is None:
+                continue
+            for f in dataclasses.fields(obj):
+                if not f.name.startswith("_"):
+                    setattr(obj, f.name, own(getattr(obj, f.name), f"{prefix}{f.name}" if prefix else ""))
+        self.narrowed = {}
 
 
-def read_state(handle, *, fit_id: str, n_rows: int, n_users: int, n_models: int) -> StoredState:
+#: The arrays with one entry per row or label (the large ones) that ``read_state(mapped=True)`` leaves narrow.
+_PER_ROW = ("data.user", "data.model_a", "data.model_b", "data.choice_a", "data.reason_code", "state.block.cell")
+
+
+def _mapped_arrays(handle) -> dict | None:
+    """The arrays of an uncompressed ``.npz`` file as read-only views of its memory map (each member's CRC
+    checked, as ``np.load`` does); ``None`` when the file cannot be mapped (then it is read)."""
+    import io
+    import mmap
+    import struct
+    import zipfile
+    import zlib
+
+    try:
+        buffer = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return None
+    view = memoryview(buffer)
+    arrays = {}
+    handle.seek(0)
+    with zipfile.ZipFile(handle) as archive:
+        for info in archive.infolist():
+            if info.compress_type != zipfile.ZIP_STORED or not info.filename.endswith(".npy"):
+                raise ValueError(f"member {info.filename!r} is not a stored .npy array")
+            local = bytes(view[info.header_offset:info.header_offset + 30])
+            if len(local) != 30 or local[:4] != b"PK\x03\x04":
+                raise ValueError(f"member {info.filename!r} has no local header")
+            name_length, extra_length = struct.unpack("<HH", local[26:30])
+            start = info.header_offset + 30 + name_length + extra_length
+            member = view[start:start + info.file_size]
+            if len(member) != info.file_size or zlib.crc32(member) != info.CRC:
+                raise ValueError(f"bad CRC-32 for member {info.filename!r}")
+            head = io.BytesIO(member[:min(len(member), 1 << 16)])
+            version = np.lib.format.read_magic(head)
+            shape, fortran, dtype = (np.lib.format.read_array_header_1_0(head) if version == (1, 0)
+                                     else np.lib.format.read_array_header_2_0(head))
+            if dtype.hasobject:
+                raise ValueError(f"member {info.filename!r} holds objects")
+            count = int(np.prod(shape, dtype=np.int64))
+            array = np.frombuffer(member, dtype=dtype, count=count, offset=head.tell())
+            arrays[info.filename[:-4]] = array.reshape(shape, order="F" if fortran else "C")
+    return arrays
+
+
+def read_state(handle, *, fit_id: str, n_rows: int, n_users: int, n_models: int, mapped: bool = False) -> StoredState:
     """Read a side file written by :func:`write_state` for the folder ``fit_id`` (else :class:`StateMismatch`).
 
     ``n_rows``, ``n_users``, ``n_models`` are the folder's (its tables'); every code is checked
-    against them, so a damaged file is refused rather than used.
+    against them, so a damaged file is refused rather than used. ``mapped=True`` gives the arrays as
+    read-only views of the file mapped in memory (no copy), the per-row codes and the block's label
+    cells in the narrow integer types they are stored in (merging new rows copies and widens them in
+    one pass); :meth:`StoredState.widen` gives every array its own memory and type.
     """
     try:
-        with np.load(handle, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in npz.files}
+        arrays = _mapped_arrays(handle) if mapped else None
+        if arrays is None:
+            handle.seek(0)
+            with np.load(handle, allow_pickle=False) as npz:
+                arrays = {key: npz[key] for key in npz.files}
         header = json.loads(arrays.pop("__header__").tobytes().decode("utf-8"))
     except StateMismatch:
         raise
@@ -199,13 +276,15 @@ def read_state(handle, *, fit_id: str, n_rows: int, n_users: int, n_models: int)
     meta = header["entries"]
     try:
         built: dict = {}
-        state = EMState(**_build(EMState, "state.", arrays, meta, built))
-        data = _build(PreparedData, "data.", arrays, meta, {}, skip=_DATA_SKIP)
+        narrow = frozenset(key for key in _PER_ROW if meta.get(key, {}).get("dtype")) if mapped else frozenset()
+        state = EMState(**_build(EMState, "state.", arrays, meta, built, narrow=narrow))
+        data = _build(PreparedData, "data.", arrays, meta, {}, skip=_DATA_SKIP, narrow=narrow)
         user_text, model_text = arrays["vocab.user"], arrays["vocab.model"]
     except KeyError as exc:
         raise StateMismatch(f"it lacks {exc}") from None
     _check(data, state, user_text, model_text, n_rows, n_users, n_models)
-    return StoredState(data=data, user_text=user_text, model_text=model_text, state=state, n_rows=n_rows)
+    return StoredState(data=data, user_text=user_text, model_text=model_text, state=state, n_rows=n_rows,
+                       narrowed={key: np.dtype(meta[key]["dtype"]) for key in narrow})
 
 
 def _check(data: dict, state: EMState, user_text, model_text, n_rows: int, n_users: int, n_models: int) -> None:

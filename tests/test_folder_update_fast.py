@@ -277,3 +277,66 @@ def test_rows_are_copied_where_they_cannot_be_linked(day1, tmp_path, monkeypatch
     assert _layout(tmp_path / "day1-2") == "parts"
     assert_same_result(tmp_path / "day1-2", tmp_path / "slow-2")
     assert (out / "rows.parquet").stat().st_nlink == 1
+
+
+def test_row_outputs_written_in_several_row_groups_read_back_equal(day1, tmp_path, monkeypatch):
+    """``rows-outputs.parquet`` is built and written one row group at a time (no array of every row's weight):
+    with groups much smaller than the log, the tables still equal the update from the rows, chained."""
+    import importlib
+
+    import pyarrow.parquet as pq
+
+    fit_module = importlib.import_module("bayes_annot.fit")  # the module (``bayes_annot.fit`` is also the function)
+    out, paths = day1
+    slow = _without_state(out, tmp_path / "slow")
+    monkeypatch.setattr(fit_module, "_OUTPUT_CHUNK", 97)  # a prime: the last group is a partial one
+    log2 = _log(seed=6, n_users=50)
+    log2["vote_id"] += 10**6
+    for new in (paths["new"], _write(log2, tmp_path / "second.parquet")):
+        for folder in (out, slow):
+            assert main(["fit", new, "--update", str(folder), "--out", str(folder), "--row-id", "vote_id",
+                         "--quiet"]) == 0
+        assert_same_result(out, slow)
+        n_rows = len(ba.load(out).rows)
+        groups = pq.ParquetFile(out / "rows-outputs.parquet").metadata
+        assert groups.num_rows == n_rows and groups.num_row_groups == -(-n_rows // 97)
+    assert main(["report", str(out), "--quiet"]) == 0
+
+
+def test_the_side_file_is_read_in_place_and_left_unchanged(day1, tmp_path):
+    """The update reads the saved side file through a read-only memory map: the saved folder's file is
+    byte for byte what it was, whether rows are added or none is (every new row a duplicate)."""
+    out, paths = day1
+    before = (out / STATE_FILE).read_bytes()
+    slow = _without_state(out, tmp_path / "slow")
+    new = pd.read_parquet(paths["new"])
+    fast, reference = update_saved(out, new, row_id="vote_id"), update_saved(slow, new, row_id="vote_id")
+    assert (out / STATE_FILE).read_bytes() == before
+    for name in ("users", "models", "rows"):
+        pd.testing.assert_frame_equal(getattr(fast, name), getattr(reference, name), check_exact=False, rtol=1e-10)
+    # nothing new: the saved log and EM state are refitted from arrays of their own (not the map)
+    old = pd.read_parquet(paths["old"]).iloc[::7]
+    with pytest.warns(UserWarning):
+        fast, reference = update_saved(out, old, row_id="vote_id"), update_saved(slow, old, row_id="vote_id")
+    assert (out / STATE_FILE).read_bytes() == before
+    for name in ("users", "models", "rows"):
+        pd.testing.assert_frame_equal(getattr(fast, name), getattr(reference, name), check_exact=False, rtol=1e-10)
+    assert _comparable(fast.summary) == _comparable(reference.summary)
+
+
+def test_folder_updates_take_squarem_steps_from_their_warm_start(day1, tmp_path):
+    """A folder update runs SQUAREM by default (both paths: the side file's and the rows'); at a tight
+    tolerance it reaches the plain EM update's optimum, in fewer EM passes."""
+    out, paths = day1
+    slow = _without_state(out, tmp_path / "slow")
+    new = pd.read_parquet(paths["new"])
+    common = dict(row_id="vote_id", tol=1e-13, max_iter=20000)
+    fast, from_rows = update_saved(out, new, **common), update_saved(slow, new, **common)
+    plain = update_saved(out, new, accelerate=False, **common)
+    assert fast.summary["settings"]["accelerate"] is True and from_rows.summary["settings"]["accelerate"] is True
+    assert plain.summary["settings"]["accelerate"] is False
+    assert fast.summary["iterations"] < plain.summary["iterations"]
+    for name in ("users", "models", "rows"):
+        pd.testing.assert_frame_equal(getattr(fast, name), getattr(from_rows, name), check_exact=False, rtol=1e-10)
+    np.testing.assert_allclose(fast.users.quality, plain.users.quality, atol=1e-6)
+    np.testing.assert_allclose(fast.models.strength, plain.models.strength, atol=1e-6)
