@@ -218,7 +218,11 @@ def fit_casual(counts: np.ndarray, design_matrix: np.ndarray, beta0: float, g: n
             neg_hess[0, 0] += (a1 + b1) * qb * (1.0 - qb)
         grad[-n_eff:] -= gg * inv_var
         neg_hess[-n_eff:, -n_eff:] += np.eye(n_eff) * inv_var
-        return np.linalg.solve(neg_hess, grad)
+        try:
+            return np.linalg.solve(neg_hess, grad)
+        except np.linalg.LinAlgError:  # beta0 far out with no casual labels left (a SQUAREM extrapolation with
+            # every user attentive): q's curvature underflows to 0; the least-squares step moves the rest
+            return np.linalg.lstsq(neg_hess, grad, rcond=None)[0]
 
     start = np.concatenate([[beta0], g]) if q_free else np.asarray(g, dtype=float).copy()
     x, _ = newton_ascent(objective, direction, start, tol=tol, max_iter=max_iter)
