@@ -9,8 +9,6 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 # the suite checks that every cell runs; the stored outputs, and a user's run, are the full ones.
 os.environ.setdefault("BAYES_ANNOT_NOTEBOOK_QUICK", "1")
 
-import functools  # noqa: E402
-
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
@@ -22,28 +20,6 @@ def aligned(result, log):
     truth = ba.truth_users(log)
     users = result.users.set_index("user").loc[truth.index]
     return users, truth
-
-
-def python_linker(fn):
-    """``fn`` with its PyTensor graphs run by the Python linker, FAST_RUN's graph rewrites kept: no C module.
-
-    For the tests that evaluate a model's log density at a few points to compare it with numpy (the
-    ``model_loglik`` / ``pytensor_loglik`` / ``.eval()`` oracle checks): the same rewritten graph, its ops
-    run by numpy instead of compiled C. With a cold compile cache each such graph cost a C compile of
-    its own (about 160 modules for these checks alone, under one compile lock shared by the xdist
-    workers). The compiled C kernels are still what MAP and NUTS run, and the MAP = EM and golden
-    tests compare those.
-    """
-
-    @functools.wraps(fn)
-    def wrapped(*args, **kwargs):
-        import pytensor
-        from pytensor.compile.mode import Mode
-
-        with pytensor.config.change_flags(mode=Mode(linker="py", optimizer="fast_run")):
-            return fn(*args, **kwargs)
-
-    return wrapped
 
 
 @pytest.fixture(scope="session")

@@ -11,18 +11,12 @@ import bayes_annot as ba
 from bayes_annot.data import prepare
 from bayes_annot.errors import FitWarning, InputError
 from bayes_annot.problem import build_problem
-from bayes_annot.pymc_model import build_model, numpy_loglik, relabel_by_share
-from bayes_annot import pymc_model
+from bayes_annot.pymc_model import build_model, model_loglik, numpy_loglik, pytensor_loglik, relabel_by_share
 from bayes_annot.spec import BehaviourSpec
 from bayes_annot.tastes import fit_tastes, problem_from, simulate_tastes
 
-from .conftest import python_linker
-
 pm = pytest.importorskip("pymc")
 az = pytest.importorskip("arviz")
-# the oracle evaluations at a few points: no C compile (see python_linker)
-model_loglik = python_linker(pymc_model.model_loglik)
-pytensor_loglik = python_linker(pymc_model.pytensor_loglik)
 
 
 def _log(known: bool, seed: int = 3):
@@ -83,7 +77,6 @@ COMBOS = [
 
 
 @functools.lru_cache(maxsize=None)
-@python_linker
 def _normal_error(sigma: float) -> float:
     """PyMC's Normal(0, sigma) log-density at 0 minus numpy's (each ``.eval()`` compiles a function: once per sigma)."""
     from bayes_annot.likelihood import log_normal_pdf
@@ -92,7 +85,6 @@ def _normal_error(sigma: float) -> float:
 
 
 @functools.lru_cache(maxsize=None)
-@python_linker
 def _beta_error() -> float:
     from bayes_annot.likelihood import log_beta_pdf
 
@@ -100,7 +92,6 @@ def _beta_error() -> float:
 
 
 @functools.lru_cache(maxsize=None)
-@python_linker
 def _half_normal_error(sigma: float) -> float:
     from bayes_annot.likelihood import log_half_normal_pdf
 
@@ -108,7 +99,6 @@ def _half_normal_error(sigma: float) -> float:
 
 
 @functools.lru_cache(maxsize=None)
-@python_linker
 def _dirichlet_error(conc: tuple) -> float:
     from scipy.stats import dirichlet
 

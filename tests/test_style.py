@@ -28,8 +28,6 @@ from bayes_annot.style import (
     StyleDesign, fit_style, style_derivatives, style_design, style_from_summary, style_objective,
 )
 
-from .conftest import python_linker
-
 STYLE_BIAS = 0.8
 
 
@@ -365,12 +363,11 @@ def test_pytensor_equals_numpy_with_a_style_term(variant, q_fixed):
     from bayes_annot.pymc_model import build_model, model_loglik, numpy_loglik
     from bayes_annot.spec import BehaviourSpec
 
-    model_loglik = python_linker(model_loglik)  # oracle evaluations: no C compile
     pm = pytest.importorskip("pymc")
     _, problem, casual, style = _style_problem()
     spec = BehaviourSpec(variant, 1, "learned", q=q_fixed, casual=casual, style=style)
     model = build_model(problem, spec, marginal=True)
-    assert python_linker(model["style_effect"].eval)().shape == (1,) and "style_covariate" in model.coords
+    assert model["style_effect"].eval().shape == (1,) and "style_covariate" in model.coords
     rng = np.random.default_rng(0)
     gaps, values = [], []
     for _ in range(3):

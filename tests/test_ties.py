@@ -12,8 +12,6 @@ from bayes_annot.ties import (
     davidson_logprobs, davidson_objective_pairs, davidson_pair_terms, nu_objective, nu_step, tie_rate_step,
 )
 
-from .conftest import python_linker
-
 
 def _pairs(k=6, seed=0):
     rng = np.random.default_rng(seed)
@@ -295,8 +293,6 @@ def test_numpy_pytensor_and_em_objective_agree_with_ties(variant):
     from bayes_annot.data import prepare
     from bayes_annot.problem import build_problem
     from bayes_annot.pymc_model import build_model, model_loglik, numpy_loglik
-
-    model_loglik = python_linker(model_loglik)  # oracle evaluations: no C compile
     from bayes_annot.spec import BehaviourSpec
 
     log = _tie_log(seed=9, n_users=150)

@@ -16,8 +16,6 @@ from bayes_annot.tastes import (
     fit_tastes, heldout_folds, select_tastes, simulate_tastes, subproblem, taste_loglik,
 )
 
-from .conftest import python_linker
-
 COLUMNS = ["user", "model_a", "model_b", "winner"]
 
 
@@ -154,8 +152,6 @@ def test_known_strengths_with_ties_update_equals_refit():
 def test_numpy_and_pytensor_agree_with_taste_classes_and_ties():
     pytest.importorskip("pymc")
     from bayes_annot.pymc_model import build_model, model_loglik, numpy_loglik
-
-    model_loglik = python_linker(model_loglik)  # oracle evaluations: no C compile
     from bayes_annot.spec import BehaviourSpec
 
     log = _taste_tie_log(n_users=120, seed=7)
