@@ -618,7 +618,7 @@ def fit_dask(
         from .local_em import fit_taste_classes
 
         coded = dask.compute(*[delayed(_coded_rows)(p, len(casual_names)) for p in encoded.to_delayed()])
-        problem = _coded_problem(coded, k, n_users, casual, ties_mode == "model")
+        problem = _coded_problem(coded, k, n_users, casual, ties_mode == "model", style=spec.style is not None)
         taste_fit, taste_extra = fit_taste_classes(problem, spec, tol=tol, max_iter=max_iter, seed=seed,
                                                    max_tastes=max_tastes)
         del coded, problem
@@ -660,9 +660,10 @@ def _coded_rows(frame: pd.DataFrame, n_covariates: int) -> dict:
     return out
 
 
-def _coded_problem(coded, n_models: int, n_users: int, casual, ties: bool):
+def _coded_problem(coded, n_models: int, n_users: int, casual, ties: bool, style: bool = False):
     """The :class:`~bayes_annot.em.UsableLabels` of the gathered coded rows (input row order, as
-    :func:`bayes_annot.problem.build_problem` of the same log in memory; learned strengths)."""
+    :func:`bayes_annot.problem.build_problem` of the same log in memory; learned strengths; ``style``: an
+    attentive style term, the ties keep their casual cells too)."""
     from .em import UsableLabels
 
     user = np.concatenate([c["user"] for c in coded]).astype(np.int64)
@@ -671,12 +672,15 @@ def _coded_problem(coded, n_models: int, n_users: int, casual, ties: bool):
     usable, pair = reason == 0, cell >> 1
     problem = UsableLabels(user=user[usable], model_a=pair[usable] // n_models, model_b=pair[usable] % n_models,
                            choice_a=(cell[usable] & 1).astype(np.int8), n_users=n_users, n_models=n_models)
+    x = np.concatenate([c["x"] for c in coded], axis=0) if casual is not None else None
     if casual is not None:
-        problem.casual_cell = casual.cells(np.concatenate([c["x"] for c in coded], axis=0)[usable])
+        problem.casual_cell = casual.cells(x[usable])
         problem.n_casual = casual.n_cells
     if ties:
         tie = reason == 1
         problem.tie_user, problem.tie_model_a, problem.tie_model_b = user[tie], pair[tie] // n_models, pair[tie] % n_models
+        if style and casual is not None:
+            problem.tie_casual_cell = casual.cells(x[tie])
     return problem
 
 

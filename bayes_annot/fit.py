@@ -1468,9 +1468,6 @@ def _fit_dask_frame(ddf, *, spec: BehaviourSpec, rule, tol, max_iter, seed, star
 
 def _check_style_settings(*, tastes, taste_check) -> None:
     """Refuse, in one line, what the attentive style term does not support yet (docs/model.md, "Style covariates")."""
-    if tastes == "auto":
-        raise InputError("tastes='auto' (--tastes auto) does not choose taste classes with style covariates yet: give "
-                         "the number of classes (e.g. --tastes 2) or use style_covariates='none'")
     if taste_check:
         raise InputError("taste_check does not model style covariates yet: drop taste_check or use "
                          "style_covariates='none'")

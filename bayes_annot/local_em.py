@@ -144,19 +144,20 @@ def em_estimates(em: EMResult, variant: str, known_strengths: np.ndarray | None,
 
 
 def taste_diagnostic(problem: UsableLabels, result_c1=None, *, priors=None, q_fixed=None, seed: int = 0,
-                     casual=None) -> dict:
+                     casual=None, style=None) -> dict:
     """The casual-group test's verdict as ``summary["taste_diagnostic"]`` holds it: the one place it is computed.
 
     :func:`bayes_annot.tastes.casual_group_test` with its defaults (100 simulated
     logs, ``alpha = 0.01``) on the one-ranking fit ``result_c1`` (fitted here when
-    ``None``), with the casual covariates ``casual`` (a ``CasualDesign``) when the fit has them.
+    ``None``), with the casual covariates ``casual`` (a ``CasualDesign``) and the attentive style term
+    ``style`` (a ``StyleDesign``) when the fit has them.
     :func:`fit` stores it (``taste_check=True`` or ``tastes="auto"``);
     the report shows the stored verdict and never recomputes it.
     """
     from .tastes import casual_group_test
 
     return casual_test_summary(casual_group_test(problem, result_c1, seed=seed, priors=priors, q_fixed=q_fixed,
-                                                 casual=casual))
+                                                 casual=casual, style=style))
 
 
 def fit_taste_classes(problem: UsableLabels, spec: BehaviourSpec, *, tol: float = 1e-9, max_iter: int = 1000,
@@ -174,14 +175,11 @@ def fit_taste_classes(problem: UsableLabels, spec: BehaviourSpec, *, tol: float 
     priors, q_fixed, tastes = spec.priors, spec.q_fixed, spec.n_tastes
     extra_summary: dict = {}
     if max_tastes is not None:
-        if spec.style is not None:
-            raise InputError("tastes='auto' (--tastes auto) does not choose taste classes with style covariates yet: "
-                             "give the number of classes or use style_covariates='none'")
         selection = select_tastes(problem, max_tastes=max_tastes, seed=seed, priors=priors, q_fixed=q_fixed,
-                                  casual=spec.casual)
+                                  casual=spec.casual, style=spec.style)
         res = selection.fits[selection.chosen]
         extra_summary["taste_diagnostic"] = taste_diagnostic(problem, selection.fits[1], priors=priors, q_fixed=q_fixed,
-                                                             seed=seed, casual=spec.casual)
+                                                             seed=seed, casual=spec.casual, style=spec.style)
         table = selection.table.replace({np.nan: None})
         extra_summary["taste_selection"] = {
             "chosen": int(selection.chosen),

@@ -83,7 +83,7 @@ from .casual import casual_table
 from .em import INFORMATIVE_TOL, UsableLabels, newton_ascent, no_verdict_shares, pair_weights
 from .likelihood import Priors, log_prior, log_type_shares
 from .pairs import PairTable, attentive_table_pairs, fit_bradley_terry_pairs
-from .style import style_davidson_tables, style_table
+from .style import style_davidson_tables, style_offsets, style_table
 from .ties import davidson_tables, log_prior_ties
 from .simulate import _lengths, _texts, draw_labels_per_user
 
@@ -655,6 +655,8 @@ def subproblem(problem: UsableLabels, mask: np.ndarray) -> UsableLabels:
         tie = mask[n:]
         ties = dict(tie_user=problem.tie_user[tie], tie_model_a=problem.tie_model_a[tie],
                     tie_model_b=problem.tie_model_b[tie])
+        if problem.tie_casual_cell is not None:  # an attentive style term: the ties' casual cells
+            ties["tie_casual_cell"] = problem.tie_casual_cell[tie]
         mask = mask[:n]
     return UsableLabels(
         user=problem.user[mask], model_a=problem.model_a[mask], model_b=problem.model_b[mask],
@@ -703,15 +705,21 @@ def heldout_user_scores(train: UsableLabels, test: UsableLabels, res: TasteResul
     any): a user's type persists across their labels. ``train`` and ``test`` share
     the user and model codes (0 for users without test labels). The one held-out
     score of the taste model, used by :func:`select_tastes` and
-    :func:`bayes_annot.evaluate.heldout_loglik` (``tastes=``).
+    :func:`bayes_annot.evaluate.heldout_loglik` (``tastes=``). A fit with an
+    attentive style term (``res.style``) adds its offset ``delta' x`` of each label's
+    casual cell to every class's attentive log-odds, on both sides.
     """
     strengths = np.atleast_2d(res.strengths)
     table = None if getattr(res, "casual", None) is None else res.casual_arg()
     ties = None if getattr(res, "nu", None) is None else (res.nu, res.tie_rate)  # ties scored by the model
-    lw = log_type_shares(np.atleast_1d(res.shares))[None, :] + type_logliks(train, strengths, res.q, table, ties)
+    offsets = None
+    if getattr(res, "style", None) is not None and res.style_delta is not None:
+        offsets = style_offsets(res.style.values(res.casual), res.style_delta)
+    lw = log_type_shares(np.atleast_1d(res.shares))[None, :] + type_logliks(train, strengths, res.q, table, ties,
+                                                                            offsets)
     log_post = lw - lse_rows(lw)[:, None]
     active = labelled_users(test)
-    return np.where(active, lse_rows(log_post + type_logliks(test, strengths, res.q, table, ties)), 0.0)
+    return np.where(active, lse_rows(log_post + type_logliks(test, strengths, res.q, table, ties, offsets)), 0.0)
 
 
 @dataclass
@@ -756,6 +764,7 @@ def select_tastes(
     max_iter: int = 1000,
     fold_starts: int = 1,
     casual=None,
+    style=None,
 ) -> TasteSelection:
     """Choose the number of taste classes by cross-validated predictive log-likelihood.
 
@@ -789,6 +798,10 @@ def select_tastes(
     seed, priors, q_fixed, tol, max_iter :
         ``tol`` is looser than :func:`fit_tastes`'s default for speed; the
         full-data fits in ``fits`` use it too.
+    casual, style :
+        Casual covariates (a ``CasualDesign``) and an attentive style term (a ``StyleDesign``), as
+        :func:`fit_tastes` takes them: every fit has them, and the held-out scores use them
+        (:func:`heldout_user_scores`).
 
     Returns
     -------
@@ -807,12 +820,12 @@ def select_tastes(
     fits = {}
     for c in range(1, max_tastes + 1):
         fits[c] = fit_tastes(problem, c, priors=priors, q_fixed=q_fixed, n_starts=n_starts, casual=casual,
-                             seed=seed, tol=tol, max_iter=max_iter)
+                             style=style, seed=seed, tol=tol, max_iter=max_iter)
         score = np.zeros(problem.n_users)
         for f in range(n_folds):
             train, test = subproblem(problem, folds != f), subproblem(problem, folds == f)
             res = fit_tastes(train, c, priors=priors, q_fixed=q_fixed, n_starts=fold_starts, casual=casual,
-                             seed=seed + 1 + f, tol=tol, max_iter=max_iter,
+                             style=style, seed=seed + 1 + f, tol=tol, max_iter=max_iter,
                              init=[fits[c].as_start()] if c > 1 else None)
             score += heldout_user_scores(train, test, res)
         per_user[c] = score
@@ -1013,6 +1026,7 @@ def casual_group_test(
     q_fixed: float | None = None,
     min_labels: int = 20,
     casual=None,
+    style=None,
 ) -> CasualGroupTest:
     """Test whether the users a one-ranking fit calls casual are noise or a coherent taste group.
 
@@ -1047,6 +1061,11 @@ def casual_group_test(
         fit has them, the casual side of the statistic is ``beta_0 + f(x)`` (fitted on the flagged labels;
         the alternative adds Bradley–Terry strengths to it), and under the null the flagged labels are
         redrawn from that fitted casual side: covariate-following clicks, not coin flips.
+    style : StyleDesign, optional
+        An attentive style term (:mod:`bayes_annot.style`, with ``casual``): the one-ranking fit and every
+        bootstrap refit have it (one ``delta``), so the users are flagged by the styled model. The statistic
+        is unchanged: its alternative's casual-cell terms ``D g`` already span the style offsets ``delta' x``
+        (each a function of the label's casual cell).
 
     Returns
     -------
@@ -1058,11 +1077,13 @@ def casual_group_test(
         raise ValueError(f"n_sim = {n_sim} cannot reach p <= alpha = {alpha}: use n_sim >= {int(np.ceil(1 / alpha - 1))}")
     if casual is not None and problem.casual_cell is None:
         raise ValueError("casual_group_test with casual covariates needs the labels' casual cells")
+    if style is not None and casual is None:
+        raise ValueError("casual_group_test with a style term needs its casual covariates (casual=)")
     covariates = casual is not None
     priors = priors or Priors()
     active = np.bincount(problem.user, minlength=problem.n_users) > 0
     if result_c1 is None:
-        result_c1 = fit_tastes(problem, 1, priors=priors, q_fixed=q_fixed, casual=casual)
+        result_c1 = fit_tastes(problem, 1, priors=priors, q_fixed=q_fixed, casual=casual, style=style)
     strengths = np.asarray(result_c1.strengths, dtype=float).reshape(-1, problem.n_models)
     if strengths.shape[0] != 1:
         raise ValueError("casual_group_test needs a one-ranking (C = 1) fit")
@@ -1094,11 +1115,13 @@ def casual_group_test(
                            choice_a=sim_choice.astype(np.int8), n_users=problem.n_users, n_models=problem.n_models,
                            casual_cell=problem.casual_cell if covariates else None,
                            n_casual=problem.n_casual if covariates else 0, tie_user=problem.tie_user,
-                           tie_model_a=problem.tie_model_a, tie_model_b=problem.tie_model_b)
+                           tie_model_a=problem.tie_model_a, tie_model_b=problem.tie_model_b,
+                           tie_casual_cell=problem.tie_casual_cell if covariates else None)
         run = run_class_em(problem_runner(sim), problem.n_models, [pi0], result_c1.q, strengths, priors=priors,
                            q_fixed=q_fixed, tol=1e-8, max_iter=500, casual=casual,
                            casual_g=getattr(result_c1, "casual_g", None) if covariates else None,
-                           nu=getattr(result_c1, "nu", None), tie_rate=getattr(result_c1, "tie_rate", None))
+                           nu=getattr(result_c1, "nu", None), tie_rate=getattr(result_c1, "tie_rate", None),
+                           style=style, style_delta=getattr(result_c1, "style_delta", None) if style is not None else None)
         sim_mask = (active & (run.quality < threshold))[problem.user]
         if sim_mask.sum() < min_labels:
             null[i] = 0.0
