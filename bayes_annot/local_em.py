@@ -18,7 +18,6 @@ from .casual import casual_effects
 from .style import style_effects
 from .data import PreparedData
 from .em import UsableLabels, EMResult
-from .errors import InputError
 from .pairs import ACCELERATE_MIN_MODELS, PairTable
 from .problem import Estimates, problem_key, tie_rows
 from .spec import BehaviourSpec
