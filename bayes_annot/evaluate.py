@@ -100,7 +100,9 @@ def heldout_loglik(
         (``casual_covariates``, default ``"auto"``: the length ratio when the texts are
         present) each held-out label's casual probability follows its covariates,
         binned with the training fit's bins (taste classes too: the training labels' taste-class
-        fit has the casual covariates, ``casual_bins`` bins of the training rows).
+        fit has the casual covariates, ``casual_bins`` bins of the training rows). With an attentive
+        style term (``style_covariates``) every held-out attentive label gets the training fit's
+        ``delta' x`` of its casual cell (taste classes too: one ``delta`` shared by the classes).
 
     Returns
     -------
@@ -257,7 +259,8 @@ def _heldout_result(variant: str, seed: int, per_user: pd.Series, n_heldout: int
 def _taste_heldout(prepared, hidden: np.ndarray, tastes, fit_kwargs: dict, model_ties: bool = False) -> pd.Series:
     """Held-out score of the taste-class model (``tastes`` an int > 1 or ``"auto"``): the
     training labels are fitted as :func:`bayes_annot.fit` fits them (with the casual covariates
-    ``casual_covariates`` names, binned on the training rows), and the hidden ones scored
+    ``casual_covariates`` names, binned on the training rows, and the attentive style term
+    ``style_covariates``, one ``delta`` shared by the classes), and the hidden ones scored
     by :func:`bayes_annot.tastes.heldout_user_scores` (the mixture over each user's types,
     casual and every taste class), the routine :func:`~bayes_annot.tastes.select_tastes` uses.
     ``hidden``: the held-out rows (decided, and ties when they are scored); ``model_ties``: ties enter the
@@ -269,8 +272,10 @@ def _taste_heldout(prepared, hidden: np.ndarray, tastes, fit_kwargs: dict, model
     from .problem import build_problem
     from .tastes import heldout_user_scores, labelled_users, subproblem
 
+    from .style import style_design
+
     unknown = set(fit_kwargs) - {"tastes", "q", "priors", "tol", "max_iter", "seed", "use_p_a", "casual_covariates",
-                                 "casual_bins", "ties"}
+                                 "casual_bins", "ties", "style_covariates"}
     if unknown:
         raise InputError(f"heldout_loglik with tastes does not take {', '.join(sorted(unknown))}")
     # the casual covariates as fit() reads them from the training rows: binned on those rows alone
@@ -278,7 +283,11 @@ def _taste_heldout(prepared, hidden: np.ndarray, tastes, fit_kwargs: dict, model
     design = None if x is None else casual_design(names, x[prepared.usable & ~hidden],
                                                   fit_kwargs.get("casual_bins", DEFAULT_BINS))
     prepared.casual_names, prepared.casual_x = (names, x) if design is not None else ((), None)
-    problem, _ = build_problem(prepared, use_p_a=False, casual=design, ties=model_ties)
+    # the attentive style term as fit() builds it: its cells' representative values from the training rows
+    style = style_design(fit_kwargs.get("style_covariates", "none"), design,
+                         None if design is None else x[prepared.usable & ~hidden],
+                         columns=[str(c) for c in prepared.frame.columns])
+    problem, _ = build_problem(prepared, use_p_a=False, casual=design, ties=model_ties, style=style is not None)
     held = hidden[prepared.usable]
     if model_ties:  # the decided labels, then the ties (subproblem's order)
         held = np.concatenate([held, hidden[tie_rows(prepared)]])
@@ -286,6 +295,7 @@ def _taste_heldout(prepared, hidden: np.ndarray, tastes, fit_kwargs: dict, model
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         spec = model_spec(tastes=tastes, q=fit_kwargs.get("q"), priors=fit_kwargs.get("priors")).with_casual(design)
+        spec = spec if style is None else spec.with_style(style)
         res, _ = fit_taste_classes(
             train, spec, tol=fit_kwargs.get("tol", 1e-9), max_iter=fit_kwargs.get("max_iter", 1000),
             seed=fit_kwargs.get("seed", 0), max_tastes=4 if tastes == "auto" else None,
@@ -333,7 +343,7 @@ def compare_heldout(fits: dict, frac: float = 0.2, seed: int = 0) -> pd.DataFram
             winner=cols.get("winner", "winner"), p_a=cols.get("p_a") or False, winner_values=settings.get("winner_values"),
         )
         kwargs = {"use_p_a": settings.get("use_p_a", True)}
-        for key in ("casual_covariates", "casual_bins"):  # the casual model refits as it was fitted
+        for key in ("casual_covariates", "casual_bins", "style_covariates"):  # refitted as they were fitted
             if settings.get(key) is not None:
                 kwargs[key] = settings[key]
         if settings.get("q") is not None:
