@@ -510,12 +510,13 @@ def _draws(src, n_rep: int, rng: np.random.Generator):
         yield quality, strengths, q, g
 
 
-def _casual_rows(src, default: bool = False):
+def _casual_rows(src, default: bool = False, rows: np.ndarray | None = None):
     """The casual covariates of a result's usable rows: ``(design, x (usable rows x m))``, or ``None`` when
     the fit had none or its rows cannot give them (covariates recomputed from the rows as the fit read them).
 
     ``default``: a fit without casual covariates gets the default ones (the log length ratio, when its
-    rows hold the response texts), binned as a fit would bin them."""
+    rows hold the response texts), binned as a fit would bin them. ``rows``: a row mask other than the
+    usable rows (e.g. with the ties)."""
     from .casual import DEFAULT_BINS, casual_design, design_from_summary
     from .data import casual_input_columns, covariate_values
 
@@ -537,7 +538,7 @@ def _casual_rows(src, default: bool = False):
                 design = casual_design(names, x[data.usable], DEFAULT_BINS)
         except Exception:  # noqa: BLE001 - a check that cannot read the covariates is left out, not failed
             return None
-    return design, np.asarray(x, dtype=float)[data.usable]
+    return design, np.asarray(x, dtype=float)[data.usable if rows is None else rows]
 
 
 def _casual_prob(design, x_cells: np.ndarray | None, beta0: float, g) -> np.ndarray | float:
@@ -579,7 +580,8 @@ def ppc_agreement(result, *, n_rep: int = 200, seed: int = 0, min_labels: int = 
     strengths differ) that picked the stronger model. Replicated data are
     simulated from the fitted model: each user's type (two-class) or each
     label's attentiveness (continuous) is drawn from the fitted quality, an
-    attentive label follows the fitted strengths, a casual one picks the left
+    attentive label follows the fitted strengths (with an attentive style term,
+    ``s_a - s_b + delta' x`` of the label's casual cell), a casual one picks the left
     response with probability ``q`` (with casual covariates:
     ``sigmoid(beta_0 + f(x))`` of the label's covariates, the fitted effects).
     Sampled runs use one posterior draw per replicate.
@@ -619,13 +621,14 @@ def ppc_agreement(result, *, n_rep: int = 200, seed: int = 0, min_labels: int = 
     continuous = src.summary.get("variant") == "continuous"
     casual = _casual_rows(src)
     design, cells = (None, None) if casual is None else (casual[0], casual[0].cells(casual[1]))
+    style_offset = _style_row_offsets(src, design, cells)  # the attentive style term's, per label (else 0)
     rng = np.random.default_rng(seed)
     replicated = np.empty((n_rep, int(shown.sum())))
     for r, (quality, strengths, q, g) in enumerate(_draws(src, n_rep, rng)):
         if known_p_a or strengths is None:
-            ell_r = ell
+            ell_r = ell + style_offset
         else:
-            ell_r = strengths[data.model_a[usable]] - strengths[data.model_b[usable]]
+            ell_r = strengths[data.model_a[usable]] - strengths[data.model_b[usable]] + style_offset
         attentive = _attentive_rows(quality, user, n_users, continuous, rng)
         p_cas = _casual_prob(design, cells, _logit(q), g)
         p_a = np.where(attentive, 1.0 / (1.0 + np.exp(-ell_r)), p_cas)
@@ -1052,7 +1055,7 @@ def ppc_tie_rates(result, *, n_rep: int = 200, seed: int = 0, min_labels: int = 
     that are ties. Replicated data are simulated from the fitted model: each user's type (two-class)
     or each label's attentiveness (continuous) is drawn from the fitted quality; an attentive label is
     a tie with Davidson's probability :math:`\\nu / (2\\cosh(d/2) + \\nu)` at the pair's fitted log-odds
-    ``d``, a casual one with the casual tie rate ``t`` (docs/model.md, "Ties"). A fit that ignored ties
+    ``d`` (with an attentive style term, plus ``delta' x`` of the label's casual cell), a casual one with the casual tie rate ``t`` (docs/model.md, "Ties"). A fit that ignored ties
     is replicated with the log's overall tie rate for every label: one rate for everybody, which is
     what the check then tests.
 
@@ -1094,6 +1097,8 @@ def ppc_tie_rates(result, *, n_rep: int = 200, seed: int = 0, min_labels: int = 
     rng = np.random.default_rng(seed)
     replicated = np.empty((n_rep, int(shown.sum())))
     pooled = float(is_tie.mean())
+    casual = _casual_rows(src, rows=rows) if modelled else None
+    style_offset = 0.0 if casual is None else _style_row_offsets(src, casual[0], casual[0].cells(casual[1]))
     for r, (quality, strengths, _q, _g) in enumerate(_draws(src, n_rep, rng)):
         if not modelled:
             p_tie = np.full(len(user), pooled)
@@ -1104,7 +1109,7 @@ def ppc_tie_rates(result, *, n_rep: int = 200, seed: int = 0, min_labels: int = 
                 d = np.log(data.p_a[rows]) - np.log1p(-data.p_a[rows])
             else:
                 d = np.zeros(len(user))  # no strengths: every pair even
-            p_att = np.exp(davidson_logprobs(d, float(info["nu"]))[2])
+            p_att = np.exp(davidson_logprobs(d + style_offset, float(info["nu"]))[2])
             attentive = _attentive_rows(quality, user, n_users, continuous, rng)
             p_tie = np.where(attentive, p_att, float(info["t"]))
         replicated[r] = rate(rng.random(len(user)) < p_tie)
