@@ -406,6 +406,7 @@ def diagnose(result, *, taste_check: bool = False, compare: dict | None = None, 
     from .errors import FitWarning, user_stacklevel
     from .local_em import taste_diagnostic
     from .problem import build_problem
+    from .style import style_from_summary
 
     entries = {}
     if taste_check:
@@ -416,13 +417,14 @@ def diagnose(result, *, taste_check: bool = False, compare: dict | None = None, 
         design = design_from_summary(result.summary)  # the fit's casual covariates and bins: refitted with them
         if design is not None and tuple(result.data.casual_names) != design.names:
             prepare_casual(result.data, design=design)
+        style = style_from_summary(result.summary)  # the fit's attentive style term (its cells' values)
         problem, _ = build_problem(result.data, mu=settings.get("mu"), strong_model=settings.get("strong_model"),
-                                   use_p_a=settings.get("use_p_a", True), casual=design)
+                                   use_p_a=settings.get("use_p_a", True), casual=design, style=style is not None)
         if result.summary.get("variant") != "two-class" or not problem.learned:
             raise InputError("taste_check needs variant='two-class' and learned strengths (no p_a column, no mu)")
         priors = Priors(**settings["priors"]) if isinstance(settings.get("priors"), dict) else None
         entries["taste_diagnostic"] = taste_diagnostic(problem, None, priors=priors, q_fixed=settings.get("q"), seed=seed,
-                                                       casual=design)
+                                                       casual=design, style=style)
     if compare:
         table = compare_heldout(compare, frac=frac, seed=seed)
         entries["comparison"] = {"method": "heldout_loglik", "frac": frac, "seed": seed,

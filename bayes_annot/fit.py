@@ -860,8 +860,6 @@ def fit(
         parse_casual_covariates(casual_covariates)
     casual_design(("x",), np.ones((1, 1)), casual_bins)  # casual_bins is checked before reading
     which_style = parse_style_covariates(style_covariates)
-    if which_style != "none":
-        _check_style_settings(tastes=tastes, taste_check=taste_check)
     rule = parse_filter(filter)
     check_no_verdict_policy(no_verdict)
     if not isinstance(max_tastes, (int, np.integer)) or isinstance(max_tastes, bool) or max_tastes < 1:
@@ -983,7 +981,7 @@ def fit(
         estimates.quality_floor = quality_floor(problem, estimates)
     if taste_check and "taste_diagnostic" not in estimates.extra_summary and problem.n_labels:
         estimates.extra_summary["taste_diagnostic"] = taste_diagnostic(problem, None, priors=priors, q_fixed=q, seed=seed,
-                                                                       casual=design)
+                                                                       casual=design, style=style)
 
     components = graph_components(pairs)
     settings = {
@@ -1079,7 +1077,6 @@ def fit_prepared(
     ties_mode = resolve_ties(ties, prepared.counts()["ties"], tastes=tastes,
                              learned=mu is None and not (use_p_a and prepared.has_p_a))
     if style is not None:
-        _check_style_settings(tastes=tastes, taste_check=False)
         spec = spec.with_style(style)
     if state is None:
         covariates_read()
@@ -1464,13 +1461,6 @@ def _fit_dask_frame(ddf, *, spec: BehaviourSpec, rule, tol, max_iter, seed, star
     summary["provenance"] = [provenance_entry(input_info, rows_read=dfit.counts["rows"], rows_added=dfit.counts["rows"])]
     summary["runtime_seconds"] = round(time.perf_counter() - started, 4)
     return FitResult._from_dask(ddf, dfit, rule, summary, no_verdict)
-
-
-def _check_style_settings(*, tastes, taste_check) -> None:
-    """Refuse, in one line, what the attentive style term does not support yet (docs/model.md, "Style covariates")."""
-    if taste_check:
-        raise InputError("taste_check does not model style covariates yet: drop taste_check or use "
-                         "style_covariates='none'")
 
 
 def _casual_setting(which):
