@@ -921,7 +921,7 @@ def fit(
     if taste_check and (spec.variant != "two-class" or not spec.learned):
         raise InputError("taste_check needs variant='two-class' and learned strengths (no p_a column, no mu)")
     pairs = pair_counts(prepared, ties=ties_mode == "model")
-    state = None
+    state = estimates = nuts_start = None
     if problem.n_labels == 0:
         # Nothing enters the likelihood: no verdict on anybody.
         estimates = _empty_estimates(prepared, variant, method, priors, q)
@@ -940,27 +940,27 @@ def fit(
             draws=draws, tune=tune, chains=chains, sampler=sampler,
             progress=progress if progress is not None else resolve_progress(None),
         )
-    elif method == "em":
+    elif method in ("em", "nuts"):
         # continuous EM converges slowly (~100 plain iterations): SQUAREM steps, each kept only
         # when the penalised log-likelihood does not decrease, reach the optimum in ~4x fewer.
         squarem = default_accelerate(accelerate, variant, prepared.n_models)
-        state = em_state(prepared, problem, pairs, mu=mu, strong_model=strong_model, use_p_a=use_p_a, casual=design)
+        em_run = em_state(prepared, problem, pairs, mu=mu, strong_model=strong_model, use_p_a=use_p_a, casual=design)
         with em_callback(resolve_progress(progress)) as callback:
             em = run_block_em(
-                state.block, problem, spec, tol=tol, max_iter=max_iter,
+                em_run.block, problem, spec, tol=tol, max_iter=max_iter,
                 start=_resolve_start(start, prepared), accelerate=squarem, callback=callback,
             )
-        estimates = em_estimates(em, variant, known_strengths(problem, prepared, mu, strong_model), casual=design,
-                                 style=style)
-    else:
-        from .pymc_model import fit_pymc, start_point
+        if method == "em":
+            state = em_run
+            estimates = em_estimates(em, variant, known_strengths(problem, prepared, mu, strong_model),
+                                     casual=design, style=style)
+        else:  # every NUTS chain starts at this EM fit of the same model (fit_pymc's ``start``)
+            from .pymc_model import start_point
 
-        nuts_start = None
-        if method == "nuts":  # every chain starts at the EM fit of the same model (fit_pymc's ``start``)
-            em = run_block_em(em_state(prepared, problem, pairs, mu=mu, strong_model=strong_model, use_p_a=use_p_a,
-                                       casual=design).block, problem, spec, tol=tol, max_iter=max_iter,
-                              start=None, accelerate=default_accelerate(accelerate, variant, prepared.n_models))
             nuts_start = start_point(em)
+    if estimates is None:  # MAP, or NUTS of one taste class
+        from .pymc_model import fit_pymc
+
         estimates = fit_pymc(
             problem,
             spec,

@@ -565,13 +565,13 @@ def _sparse_pair_newton(pairs, value, slopes, sigma, start, tol, max_iter, cg_rt
         return value(log_odds(s)) - 0.5 * float(s @ s) / sigma**2
 
     def direction(s):
-        return _sparse_direction(structure, a, b, s, *slopes(log_odds(s)), sigma, cg_rtol)
+        return _sparse_direction(structure, s, *slopes(log_odds(s)), sigma, cg_rtol)
 
     return newton_ascent(objective, direction, np.zeros(k) if start is None else np.asarray(start, dtype=float),
                          tol, max_iter)[0]
 
 
-def _sparse_direction(structure, a, b, s, g, c, sigma, cg_rtol, forcing=CG_FORCING):
+def _sparse_direction(structure, s, g, c, sigma, cg_rtol, forcing=CG_FORCING):
     """The sparse Newton step at ``s`` from the pairs' derivatives ``g`` and curvatures ``c`` (inexact CG solve:
     relative residual the Jacobi step's size, at most ``forcing`` and at least ``cg_rtol``)."""
     out_g, in_g = structure.sums(g)
@@ -646,7 +646,7 @@ def bt_newton_step(pairs, cells: np.ndarray, sigma: float, start: np.ndarray, ta
     def direction(s):
         probs = np.exp(tables.table(s))  # one contiguous pass: sigmoid(-d), sigmoid(d) of each pair
         p, p0 = probs[1::2], probs[0::2]
-        return _sparse_direction(structure, a, b, s, w1 - wsum * p, wsum * p * p0, sigma, rtol, rtol)
+        return _sparse_direction(structure, s, w1 - wsum * p, wsum * p * p0, sigma, rtol, rtol)
 
     return newton_ascent(objective, direction, np.asarray(start, dtype=float), 0.0, 1)[0]
 
