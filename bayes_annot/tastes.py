@@ -356,20 +356,26 @@ def _fit_chain(f: _Fitter, n_tastes, n_starts, seed, init=None, callback=None):
     base = f.run(s_bt[None, :], np.array([0.5]), 0.5, callback if n_tastes == 1 else None)
     if n_tastes == 1:
         return [base] + extra
-    first = base
     runs = [f.run(*_split_chain(f, base, n_tastes))]  # split start: grow one class at a time from C = 1
-    rng = np.random.default_rng(seed)
-    active = first.n_user > 0
+    runs += _seeded_runs(f, s_bt, base.n_user > 0, n_tastes, n_starts, np.random.default_rng(seed),
+                         lambda rng: _split_chain(f, base, n_tastes, rng))
+    return runs + extra
+
+
+def _seeded_runs(f: _Fitter, s_bt, active, n_classes: int, n_starts: int, rng, reweighted) -> list:
+    """The runs of starts ``1..n_starts - 1``, in turn a perturbed, a random partition and a reweighted split
+    start (``reweighted(rng)`` gives the last: its base differs between callers)."""
+    runs = []
     for i in range(1, n_starts):
         kind = ("perturbed", "partition", "reweighted")[(i - 1) % 3]
         if kind == "perturbed":
-            start = (*_perturbed_start(s_bt, n_tastes, rng), 0.5)
+            start = (*_perturbed_start(s_bt, n_classes, rng), 0.5)
         elif kind == "partition":
-            start = (*_partition_start(f, active, n_tastes, rng), 0.5)
+            start = (*_partition_start(f, active, n_classes, rng), 0.5)
         else:
-            start = _split_chain(f, first, n_tastes, rng)
+            start = reweighted(rng)
         runs.append(f.run(*start))
-    return runs + extra
+    return runs
 
 
 def fit_tastes(
@@ -501,17 +507,11 @@ def _grown_fits(f: _Fitter, max_tastes: int, n_starts: int, seed: int, agree_tol
     active = prev.n_user > 0
     for c in range(2, max_tastes + 1):
         t0 = time.perf_counter()
-        rng = np.random.default_rng(seed)  # each C's seeded starts are fit_tastes(..., C, seed=seed)'s
-        runs = [f.run(*_split_start(f, prev), prev.q)]
-        for i in range(1, n_starts):
-            kind = ("perturbed", "partition", "reweighted")[(i - 1) % 3]
-            if kind == "perturbed":
-                start = (*_perturbed_start(s_bt, c, rng), 0.5)
-            elif kind == "partition":
-                start = (*_partition_start(f, active, c, rng), 0.5)
-            else:
-                start = (*_split_start(f, prev, rng), prev.q)
-            runs.append(f.run(*start))
+        base = prev
+        runs = [f.run(*_split_start(f, base), base.q)]
+        # each C's seeded starts are fit_tastes(..., C, seed=seed)'s (a fresh generator per C)
+        runs += _seeded_runs(f, s_bt, active, c, n_starts, np.random.default_rng(seed),
+                             lambda rng, base=base: (*_split_start(f, base, rng), base.q))
         prev, fits[c] = _best_run(f, runs, agree_tol, t0)
     return fits
 
