@@ -686,7 +686,7 @@ def ppc_agreement(result, *, n_rep: int = 200, seed: int = 0, min_labels: int = 
         return np.bincount(user, weights=agree, minlength=n_users)[shown] / np.clip(n_inf, 1e-300, None)
 
     observed = agreement(y == 1)
-    decided = _decided_rows(src, design, None if casual is None else casual[1])
+    decided = SimpleNamespace(user=user, ma=ma, mb=mb, y=y == 1, design=design, cells=cells)
     rng = np.random.default_rng(seed)
     replicated = np.empty((n_rep, int(shown.sum())))
     for r, rep in enumerate(_draws(src, n_rep, rng)):
@@ -1050,7 +1050,6 @@ def ppc_length_bins(result, *, n_rep: int = 200, seed: int = 0, threshold: float
     if ell is None:
         return None
     design, x = casual
-    x_all = x
     usable = data.usable
     user = data.user[usable]
     y = data.choice_a[usable].astype(bool)
@@ -1114,7 +1113,8 @@ def ppc_length_bins(result, *, n_rep: int = 200, seed: int = 0, threshold: float
     eta_cum = None  # continuous point fit: each user's eta drawn from their posterior on the grid
     if continuous and not src.sampled and hasattr(group_of, "eta_posterior"):
         eta_cum = np.cumsum(group_of.eta_posterior(y), axis=1)
-    decided = _decided_rows(src, design, x_all) if src.sampled and tastes is not None else None
+    # a sampled fit's class posteriors per draw, from the checked users' labels (whole users)
+    decided = SimpleNamespace(user=user, ma=ma, mb=mb, y=y, design=design, cells=cells)
     for r, rep in enumerate(_draws(src, n_rep, rng)):
         # the style term's offsets: each draw's delta when sampled, else the fit's (``style_offset``)
         offset = style_offset if not src.sampled or rep.delta is None else _style_row_offsets(src, design, cells,
