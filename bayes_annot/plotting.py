@@ -20,6 +20,7 @@ matplotlib is an optional dependency: ``pip install 'bayes_annot[plot]'``.
 from __future__ import annotations
 
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -471,16 +472,28 @@ def _posterior_draws(idata, names, dim: str | None = None, want=None) -> np.ndar
 
 def _casual_effect_draws(idata, n_effects: int) -> np.ndarray | None:
     """Draws of the casual covariates' effects ``casual_effect`` (draw x effect, the design's order)."""
+    return _effect_draws(idata, "casual_effect", n_effects)
+
+
+def _taste_strength_draws(idata, want) -> np.ndarray | None:
+    """Draws of a taste-class fit's strengths ``strength`` (draw x taste x model, the models in the order of
+    ``want``); ``None`` when the posterior has no ``taste`` dimension."""
     post = getattr(idata, "posterior", None)
-    if post is None or "casual_effect" not in post:
+    if post is None or "strength" not in post or "taste" not in post["strength"].dims:
         return None
-    values = np.asarray(post["casual_effect"].values, dtype=float)
-    return values.reshape(-1, n_effects) if values.size and values.shape[-1] == n_effects else None
+    var = post["strength"].stack(sample=("chain", "draw")).transpose("sample", "taste", "model")
+    idx = _positions(var["model"].values, want)
+    return None if idx is None else var.values[:, :, idx]
 
 
 def _draws(src, n_rep: int, rng: np.random.Generator):
-    """Yield (quality per user [data.user order], strengths [model order] or None, q, casual effects ``g`` or
-    None) per replicate: one posterior draw each when the result is sampled, else the point estimates."""
+    """Yield the parameters of each replicate (a namespace): ``quality`` per user [data.user order],
+    ``strengths`` [model order] or None, ``q``, casual effects ``g`` or None, the style term's ``delta`` or
+    None, the ties' ``nu`` and ``t`` (None when ties are not modelled), and for taste-class fits ``s_taste``
+    (classes x models) and ``shares`` (classes). One posterior draw each when the result is sampled (every
+    parameter of that draw), else the point estimates."""
+    from .style import delta_from_summary
+
     data = src.data
     uidx = _user_index(src)
     point_q = src.users["quality"].to_numpy(dtype=float)[uidx]
@@ -492,22 +505,59 @@ def _draws(src, n_rep: int, rng: np.random.Generator):
     effects = src.summary.get("casual_effects") or None
     point_g = None if effects is None else np.concatenate(
         [np.asarray(c["g"], dtype=float) for c in effects["covariates"]])
+    point_delta = delta_from_summary(src.summary)
+    ties = src.summary.get("ties") or {}
+    modelled = ties.get("mode") == "model" and ties.get("nu") is not None
+    point_nu, point_t = (float(ties["nu"]), float(ties["t"])) if modelled else (None, None)
+    tastes = _taste_types(src, uidx) if uidx is not None else None
+    point_shares = None if tastes is None else _point_shares(src, tastes[1].shape[0])
 
-    quality_draws = strength_draws = q_draws = g_draws = None
+    draws = {}
     if src.sampled:
-        quality_draws = _posterior_draws(src.idata, QUALITY_VARS, "user", data.user_labels)
-        strength_draws = _posterior_draws(src.idata, ("strength",), "model", data.model_labels)
-        q_draws = _posterior_draws(src.idata, ("q",))
+        draws["quality"] = _posterior_draws(src.idata, QUALITY_VARS, "user", data.user_labels)
+        draws["q"] = _posterior_draws(src.idata, ("q",))
         if point_g is not None:
-            g_draws = _casual_effect_draws(src.idata, len(point_g))
-    n_samples = max((len(x) for x in (quality_draws, strength_draws, q_draws, g_draws) if x is not None), default=1)
+            draws["g"] = _casual_effect_draws(src.idata, len(point_g))
+        if point_delta is not None:
+            draws["delta"] = _effect_draws(src.idata, "style_effect", len(point_delta))
+        if modelled:
+            draws["nu"], draws["t"] = (_posterior_draws(src.idata, ("tie_nu",)),
+                                       _posterior_draws(src.idata, ("casual_tie_rate",)))
+        if tastes is not None:
+            draws["s_taste"] = _taste_strength_draws(src.idata, data.model_labels)
+            draws["shares"] = _type_share_draws(src.idata)
+        else:
+            draws["strengths"] = _posterior_draws(src.idata, ("strength",), "model", data.model_labels)
+    draws = {k: v for k, v in draws.items() if v is not None}
+    n_samples = max((len(v) for v in draws.values()), default=1)
+    point = dict(quality=point_q, strengths=point_s, q=point_qbias, g=point_g, delta=point_delta, nu=point_nu,
+                 t=point_t, s_taste=None if tastes is None else tastes[1], shares=point_shares)
     for _ in range(n_rep):
         i = int(rng.integers(n_samples))
-        quality = quality_draws[i % len(quality_draws)] if quality_draws is not None else point_q
-        strengths = strength_draws[i % len(strength_draws)] if strength_draws is not None else point_s
-        q = float(q_draws[i % len(q_draws)]) if q_draws is not None else point_qbias
-        g = g_draws[i % len(g_draws)] if g_draws is not None else point_g
-        yield quality, strengths, q, g
+        rep = {k: (draws[k][i % len(draws[k])] if k in draws else v) for k, v in point.items()}
+        if "s_taste" in draws:
+            rep["strengths"] = rep["s_taste"][0]
+        for k in ("q", "nu", "t"):
+            rep[k] = None if rep[k] is None else float(rep[k])
+        yield SimpleNamespace(**rep)
+
+
+def _effect_draws(idata, name: str, n_effects: int) -> np.ndarray | None:
+    """Draws of an effect vector ``name`` (draw x effect, the design's order)."""
+    post = getattr(idata, "posterior", None)
+    if post is None or name not in post:
+        return None
+    values = np.asarray(post[name].values, dtype=float)
+    return values.reshape(-1, n_effects) if values.size and values.shape[-1] == n_effects else None
+
+
+def _type_share_draws(idata) -> np.ndarray | None:
+    """Draws of a taste-class fit's class shares (draw x class; the casual type's share left out)."""
+    post = getattr(idata, "posterior", None)
+    if post is None or "shares" not in post or "type" not in post["shares"].dims:
+        return None
+    values = post["shares"].stack(sample=("chain", "draw")).transpose("sample", "type").values
+    return values[:, 1:]
 
 
 def _casual_rows(src, default: bool = False, rows: np.ndarray | None = None):
@@ -577,14 +627,21 @@ def ppc_agreement(result, *, n_rep: int = 200, seed: int = 0, min_labels: int = 
     """Observed and replicated per-user agreement with the stronger model.
 
     Agreement of a user = share of their labels (on pairs whose fitted
-    strengths differ) that picked the stronger model. Replicated data are
-    simulated from the fitted model: each user's type (two-class) or each
-    label's attentiveness (continuous) is drawn from the fitted quality, an
-    attentive label follows the fitted strengths (with an attentive style term,
-    ``s_a - s_b + delta' x`` of the label's casual cell), a casual one picks the left
-    response with probability ``q`` (with casual covariates:
-    ``sigmoid(beta_0 + f(x))`` of the label's covariates, the fitted effects).
-    Sampled runs use one posterior draw per replicate.
+    strengths differ) that picked the stronger model. With taste classes a user
+    is judged against their own class mixture: each label counts for class ``c``
+    with the user's posterior weight of class ``c`` given attentive, "stronger" by
+    that class's strengths; the weights come from one rule at the fit's point
+    estimates, applied to the observed and to every replicated data set (as
+    :func:`ppc_length_bins` groups users). Replicated data are simulated from the fitted
+    model: each user's type (two-class; with taste classes, casual or class ``c``)
+    or each label's attentiveness (continuous) is drawn from the fitted
+    posterior, an attentive label follows the (user's class's) fitted strengths
+    (with an attentive style term, ``s_a - s_b + delta' x`` of the label's casual
+    cell), a casual one picks the left response with probability ``q`` (with
+    casual covariates: ``sigmoid(beta_0 + f(x))`` of the label's covariates, the
+    fitted effects). Sampled runs use one posterior draw per replicate, every
+    parameter of it (strengths, ``q``, casual and style effects, shares; the user
+    types from that draw's posterior).
 
     Returns
     -------
@@ -592,7 +649,7 @@ def ppc_agreement(result, *, n_rep: int = 200, seed: int = 0, min_labels: int = 
         ``observed`` (per-user agreement), ``replicated`` (n_rep x users),
         ``edges``, ``observed_counts``, ``replicated_counts`` (n_rep x bins),
         ``low_share_observed`` and ``low_share_replicated`` (share of users
-        agreeing at most 50%); ``None`` when the rows or strengths are unavailable.
+        agreeing at most 50%), ``n_tastes``; ``None`` when the rows or strengths are unavailable.
     """
     src = check_result(result)
     data = src.data
@@ -603,34 +660,45 @@ def ppc_agreement(result, *, n_rep: int = 200, seed: int = 0, min_labels: int = 
         return None
     usable = data.usable
     user = data.user[usable]
+    ma, mb = data.model_a[usable], data.model_b[usable]
     y = data.choice_a[usable].astype(int)
-    informative = np.abs(ell) > 1e-9
-    stronger_a = ell > 0
     n_users = data.n_users
-    n_inf = np.bincount(user[informative], minlength=n_users)
-    shown = n_inf >= max(1, int(min_labels))
+    known_p_a = str(src.summary.get("strengths", "")).startswith("known (column")
+    continuous = src.summary.get("variant") == "continuous"
+    tastes = None if continuous or known_p_a else _taste_types(src, _user_index(src))
+    casual = _casual_rows(src)
+    design, cells = (None, None) if casual is None else (casual[0], casual[0].cells(casual[1]))
+    class_ell, weights_of = ell[None, :], lambda choice: np.ones((n_users, 1))  # one ranking: weight 1 on it
+    if tastes is not None:
+        s_taste = tastes[1]
+        class_ell = s_taste[:, ma] - s_taste[:, mb]
+        weights_of = _class_weight_rule(src, design, cells, user, ma, mb, n_users, tastes)
+    informative = np.abs(class_ell) > 1e-9  # (classes, rows)
+    stronger_a = class_ell > 0
+    shown = np.bincount(user[informative.any(axis=0)], minlength=n_users) >= max(1, int(min_labels))
     if not shown.any():
         return None
 
     def agreement(choice):
-        agree = (choice == stronger_a) & informative
-        return np.bincount(user, weights=agree, minlength=n_users)[shown] / n_inf[shown]
+        row_w = weights_of(choice)[user].T * informative  # each label's weight for each class
+        agree = (row_w * (choice[None, :] == stronger_a)).sum(axis=0)
+        n_inf = np.bincount(user, weights=row_w.sum(axis=0), minlength=n_users)[shown]
+        return np.bincount(user, weights=agree, minlength=n_users)[shown] / np.clip(n_inf, 1e-300, None)
 
     observed = agreement(y == 1)
-    known_p_a = str(src.summary.get("strengths", "")).startswith("known (column")
-    continuous = src.summary.get("variant") == "continuous"
-    casual = _casual_rows(src)
-    design, cells = (None, None) if casual is None else (casual[0], casual[0].cells(casual[1]))
-    style_offset = _style_row_offsets(src, design, cells)  # the attentive style term's, per label (else 0)
+    decided = SimpleNamespace(user=user, ma=ma, mb=mb, y=y == 1, design=design, cells=cells)
     rng = np.random.default_rng(seed)
     replicated = np.empty((n_rep, int(shown.sum())))
-    for r, (quality, strengths, q, g) in enumerate(_draws(src, n_rep, rng)):
-        if known_p_a or strengths is None:
-            ell_r = ell + style_offset
+    for r, rep in enumerate(_draws(src, n_rep, rng)):
+        offset = _style_row_offsets(src, design, cells, rep.delta)  # the style term's, per label (else 0)
+        if tastes is not None:
+            kind = _taste_kinds(src, tastes[0], rep, rng, n_users, decided)[user]
+            attentive, cls = kind > 0, np.maximum(kind - 1, 0)
+            ell_r = rep.s_taste[cls, ma] - rep.s_taste[cls, mb] + offset
         else:
-            ell_r = strengths[data.model_a[usable]] - strengths[data.model_b[usable]] + style_offset
-        attentive = _attentive_rows(quality, user, n_users, continuous, rng)
-        p_cas = _casual_prob(design, cells, _logit(q), g)
+            ell_r = (ell if known_p_a or rep.strengths is None else rep.strengths[ma] - rep.strengths[mb]) + offset
+            attentive = _attentive_rows(rep.quality, user, n_users, continuous, rng)
+        p_cas = _casual_prob(design, cells, _logit(rep.q), rep.g)
         p_a = np.where(attentive, 1.0 / (1.0 + np.exp(-ell_r)), p_cas)
         replicated[r] = agreement(rng.random(len(user)) < p_a)
     return {
@@ -640,6 +708,7 @@ def ppc_agreement(result, *, n_rep: int = 200, seed: int = 0, min_labels: int = 
         "n_users": int(shown.sum()),
         "n_rep": n_rep,
         "sampled": src.sampled,
+        "n_tastes": 1 if tastes is None else int(tastes[1].shape[0]),
     }
 
 
@@ -684,7 +753,8 @@ def plot_ppc_agreement(result, *, n_rep: int = 200, seed: int = 0, min_labels: i
     if ppc is None:
         return _empty(ax, "posterior predictive check needs the rows and fitted strengths")
     _ppc_histogram(ax, ppc)
-    ax.set_xlabel("share of a user's labels that picked the stronger model")
+    ax.set_xlabel("share of a user's labels that picked the stronger model"
+                  + (" (of the user's taste classes)" if ppc.get("n_tastes", 1) > 1 else ""))
     ax.set_ylabel("users")
     rl, rh = np.percentile(ppc["low_share_replicated"], ppc_range_percentiles())
     ax.set_title(
@@ -726,6 +796,28 @@ def _taste_types(src, uidx) -> tuple[np.ndarray, np.ndarray] | None:
     return (None if np.isnan(p).any() or np.isnan(s).any() else (p, s))
 
 
+def _point_casual_logit(src, design, cells):
+    """The fit's casual log-odds of choosing ``model_a``: ``beta_0 + f(x)`` of each row's casual cell (the fit's
+    casual effects on ``design``), or ``logit(q)``; ``None`` when the summary does not hold them."""
+    params = src.summary.get("parameters", {}) or {}
+    effects = src.summary.get("casual_effects") or None
+    fixed_q = (src.summary.get("settings", {}) or {}).get("q")
+    q = fixed_q if fixed_q is not None else params.get("q")
+    if effects is None:
+        return None if q is None else _logit(q)
+    beta0, g = float(effects["beta0"]), np.concatenate([np.asarray(c["g"], dtype=float) for c in effects["covariates"]])
+    if design is None or not _effects_match(design, effects):
+        return beta0
+    return (beta0 + design.design() @ g)[cells]
+
+
+def _point_shares(src, n_tastes: int) -> np.ndarray | None:
+    """A taste-class fit's class shares (``summary["parameters"]["share_taste_k"]``), or ``None``."""
+    params = src.summary.get("parameters", {}) or {}
+    shares = np.array([params.get(f"share_taste_{c + 1}", np.nan) for c in range(n_tastes)], dtype=float)
+    return None if np.isnan(shares).any() else shares
+
+
 def _group_rule(src, design, cells, ell, user, ma, mb, n_users, threshold, tastes, continuous, style_offset=0.0):
     """The rule that groups users as the fit does, as a function of the labels: ``choice`` (per usable row)
     -> per row 1 when its user's posterior quality under the fitted point estimates is at least
@@ -741,20 +833,12 @@ def _group_rule(src, design, cells, ell, user, ma, mb, n_users, threshold, taste
     from .likelihood import ETA_GRID
 
     params = src.summary.get("parameters", {}) or {}
-    effects = src.summary.get("casual_effects") or None
-    fixed_q = (src.summary.get("settings", {}) or {}).get("q")
-    q = fixed_q if fixed_q is not None else params.get("q")
-    if effects is not None:
-        beta0, g = float(effects["beta0"]), np.concatenate([np.asarray(c["g"], dtype=float) for c in effects["covariates"]])
-    else:
-        beta0, g = (None if q is None else _logit(q)), None
     uidx = _user_index(src)
     fixed = np.nan_to_num(src.users["quality"].to_numpy(dtype=float)[uidx], nan=0.0) >= threshold
-    eff_design = design if (effects is not None and design is not None and _effects_match(design, effects)) else None
     needs = ("m", "tau") if continuous else ("pi",) if tastes is None else ()
-    if beta0 is None or any(params.get(k) is None for k in needs):
+    cas_logit = _point_casual_logit(src, design, cells)
+    if cas_logit is None or any(params.get(k) is None for k in needs):
         return lambda choice: fixed[user]
-    cas_logit = beta0 if eff_design is None else (beta0 + eff_design.design() @ g)[cells]
     ell = ell + style_offset
 
     def label_logps(choice, logit):
@@ -784,19 +868,13 @@ def _group_rule(src, design, cells, ell, user, ma, mb, n_users, threshold, taste
         return rule
     if tastes is not None:
         _, s_taste = tastes
-        shares = np.array([params.get(f"share_taste_{c + 1}", np.nan) for c in range(s_taste.shape[0])], dtype=float)
-        if np.isnan(shares).any():
+        shares = _point_shares(src, s_taste.shape[0])
+        if shares is None:
             return lambda choice: fixed[user]
-        log_shares = np.log(np.clip(np.r_[1.0 - shares.sum(), shares], 1e-300, None))
 
         def rule(choice):
-            cols = [np.bincount(user, weights=label_logps(choice, cas_logit), minlength=n_users)]
-            for c in range(s_taste.shape[0]):
-                cols.append(np.bincount(user, weights=label_logps(choice, s_taste[c, ma] - s_taste[c, mb]
-                                                                  + style_offset), minlength=n_users))
-            post = np.column_stack(cols) + log_shares[None, :]
-            p_casual = np.exp(post[:, 0] - logsumexp(post, axis=1))
-            return ((1.0 - p_casual) >= threshold)[user]
+            log_post = _type_log_posterior(choice, user, n_users, cas_logit, s_taste, ma, mb, style_offset, shares)
+            return ((1.0 - np.exp(log_post[:, 0])) >= threshold)[user]
         return rule
     pi = float(params["pi"])
 
@@ -807,15 +885,89 @@ def _group_rule(src, design, cells, ell, user, ma, mb, n_users, threshold, taste
     return rule
 
 
-def _style_row_offsets(src, design, cells) -> np.ndarray | float:
+def _style_row_offsets(src, design, cells, delta=None) -> np.ndarray | float:
     """Each label's attentive style offset ``delta' x~`` of its casual cell (``summary["style_effects"]``, on the
-    casual covariates' own design ``design``), or 0 when the fit has no style term."""
-    from .style import cell_offsets_from_summary
+    casual covariates' own design ``design``), or 0 when the fit has no style term. ``delta``: these effects
+    instead of the fit's estimate (one posterior draw's)."""
+    from .casual import design_from_summary
+    from .style import cell_offsets_from_summary, style_from_summary, style_offsets
 
     effects = src.summary.get("casual_effects") or None
     if not src.summary.get("style_effects") or effects is None or design is None or not _effects_match(design, effects):
         return 0.0
-    return np.asarray(cell_offsets_from_summary(src.summary), dtype=float)[cells]
+    if delta is None:
+        return np.asarray(cell_offsets_from_summary(src.summary), dtype=float)[cells]
+    values = style_from_summary(src.summary).values(design_from_summary(src.summary))
+    return np.asarray(style_offsets(values, np.asarray(delta, dtype=float)), dtype=float)[cells]
+
+
+def _type_log_posterior(choice, user, n_users, cas_logit, s_taste, ma, mb, style_offset, shares) -> np.ndarray:
+    """Each user's log posterior over the types (casual, taste class 1..C) ``(users, C + 1)`` from the
+    decided labels ``choice`` (per row, True = ``model_a``) at given parameters: ``cas_logit`` the casual
+    log-odds (scalar or per row), ``s_taste`` (C x models), ``style_offset`` (per row, or 0), ``shares``
+    the class shares (the casual type's is one minus their sum)."""
+    from scipy.special import log_expit, logsumexp
+
+    sgn = np.where(choice, 1.0, -1.0)
+    cols = [np.bincount(user, weights=log_expit(sgn * cas_logit) * np.ones(len(user)), minlength=n_users)]
+    for c in range(s_taste.shape[0]):
+        ell = s_taste[c, ma] - s_taste[c, mb] + style_offset
+        cols.append(np.bincount(user, weights=log_expit(sgn * ell), minlength=n_users))
+    shares = np.asarray(shares, dtype=float)
+    log_shares = np.log(np.clip(np.r_[1.0 - shares.sum(), shares], 1e-300, None))
+    post = np.column_stack(cols) + log_shares[None, :]
+    return post - logsumexp(post, axis=1, keepdims=True)
+
+
+def _taste_kinds(src, p_taste, rep, rng, n_users: int, decided=None) -> np.ndarray:
+    """Each user's type in one replicated data set (0 casual, ``c`` taste class ``c``), drawn from their
+    posterior: the fit's ``p_taste`` for a point fit; for a sampled fit, the draw's quality split over the
+    classes by the user's class posterior at the draw's parameters (from their decided labels: ``decided``,
+    a namespace of the usable rows' ``user, ma, mb, y, design, cells``)."""
+    if src.sampled and decided is not None and rep.shares is not None:
+        d = decided
+        cas_logit = _logit(rep.q) if d.design is None or rep.g is None else (
+            _logit(rep.q) + d.design.design() @ np.asarray(rep.g, dtype=float))[d.cells]
+        offset = _style_row_offsets(src, d.design, d.cells, rep.delta) if rep.delta is not None else 0.0
+        post = np.exp(_type_log_posterior(d.y, d.user, n_users, cas_logit, rep.s_taste, d.ma, d.mb, offset,
+                                          rep.shares)[:, 1:])
+        split = post / np.clip(post.sum(axis=1, keepdims=True), 1e-300, None)
+        p_taste = np.clip(np.asarray(rep.quality, dtype=float), 0.0, 1.0)[:, None] * split
+    probs = np.column_stack([1.0 - p_taste.sum(axis=1), p_taste]).clip(0.0, None)
+    cum = np.cumsum(probs / probs.sum(axis=1, keepdims=True), axis=1)
+    return (rng.random(n_users)[:, None] > cum[:, :-1]).sum(axis=1)
+
+
+def _class_weight_rule(src, design, cells, user, ma, mb, n_users, tastes):
+    """A taste-class fit's per-user class weights as a function of the labels: ``choice`` (per usable row)
+    -> ``(users, C)`` posterior over the classes given that the user is attentive, under the fit's point
+    estimates (shares, class strengths, casual side, style term). The observed and every replicated data
+    set are weighed by this one rule (as :func:`_group_rule` groups them). When the summary lacks a
+    parameter it needs, the fit's own ``p_taste`` weighs every data set."""
+    p_taste, s_taste = tastes
+    total = p_taste.sum(axis=1, keepdims=True)
+    shares = _point_shares(src, s_taste.shape[0])
+    fallback = np.where(total > 1e-12, p_taste / np.clip(total, 1e-300, None), 1.0 / s_taste.shape[0])
+    cas_logit = _point_casual_logit(src, design, cells)
+    if shares is None or cas_logit is None:
+        return lambda choice: fallback
+    offset = _style_row_offsets(src, design, cells)
+
+    def rule(choice):
+        post = np.exp(_type_log_posterior(choice, user, n_users, cas_logit, s_taste, ma, mb, offset, shares)[:, 1:])
+        return post / np.clip(post.sum(axis=1, keepdims=True), 1e-300, None)
+    return rule
+
+
+def _decided_rows(src, design=None, x_usable=None) -> SimpleNamespace:
+    """The usable (decided) rows of a result: ``user, ma, mb, y`` and the casual ``design`` and ``cells``
+    (None without casual covariates; ``x_usable`` their values)."""
+    data = src.data
+    usable = data.usable
+    cells = None if design is None or x_usable is None else design.cells(x_usable)
+    return SimpleNamespace(user=data.user[usable], ma=data.model_a[usable], mb=data.model_b[usable],
+                           y=data.choice_a[usable].astype(bool), design=design if cells is not None else None,
+                           cells=cells)
 
 
 def _effects_match(design, effects: dict) -> bool:
@@ -839,15 +991,15 @@ def ppc_length_bins(result, *, n_rep: int = 200, seed: int = 0, threshold: float
     same share in ``n_rep`` data sets replicated from the fitted model on the same rows (as
     :func:`ppc_agreement`: user types drawn from the fitted quality, or each label's attentiveness
     for the continuous variant, or the type among casual and the taste classes; attentive labels
-    follow the strengths, casual ones ``sigmoid(beta_0 + f(x))``; one posterior draw per replicate
-    when the result is sampled, else the point estimates). Casual clicks that follow length show as a
+    follow the strengths, casual ones ``sigmoid(beta_0 + f(x))``; one posterior draw per replicate,
+    every parameter of it, when the result is sampled, else the point estimates). Casual clicks that follow length show as a
     share rising across the bins among the casual users; a fit whose casual side ignores them
     replicates a flat share, and the observed points leave the replicated range. With an attentive
     style term (``summary["style_effects"]``) attentive labels follow ``s_a - s_b + delta' x`` at their
-    casual cell's representative covariates (``delta`` the fit's estimate, its posterior mean when
-    sampled), in the replicates and in the rule that groups users, so the reading-based length
-    preference the fit models is replicated, not shown as misfit; the orientation ("the stronger
-    model") stays the strengths'.
+    casual cell's representative covariates (in the replicates: each one's posterior draw of ``delta``
+    when sampled, else the fit's estimate; in the rule that groups users: the fit's estimate), so the
+    reading-based length preference the fit models is replicated, not shown as misfit; the orientation
+    ("the stronger model") stays the strengths'.
 
     The covariates are read from the result's rows (recomputed as the fit read them: a loaded folder
     gives them from its rows table).
@@ -961,24 +1113,25 @@ def ppc_length_bins(result, *, n_rep: int = 200, seed: int = 0, threshold: float
     eta_cum = None  # continuous point fit: each user's eta drawn from their posterior on the grid
     if continuous and not src.sampled and hasattr(group_of, "eta_posterior"):
         eta_cum = np.cumsum(group_of.eta_posterior(y), axis=1)
-    for r, (quality, strengths, q, g) in enumerate(_draws(src, n_rep, rng)):
+    # a sampled fit's class posteriors per draw, from the checked users' labels (whole users)
+    decided = SimpleNamespace(user=user, ma=ma, mb=mb, y=y, design=design, cells=cells)
+    for r, rep in enumerate(_draws(src, n_rep, rng)):
+        # the style term's offsets: each draw's delta when sampled, else the fit's (``style_offset``)
+        offset = style_offset if not src.sampled or rep.delta is None else _style_row_offsets(src, design, cells,
+                                                                                                 rep.delta)
         if tastes is not None:  # the type among casual and the taste classes, each class its own strengths
-            p_taste, s_taste = tastes
-            probs = np.column_stack([1.0 - p_taste.sum(axis=1), p_taste]).clip(0.0, None)
-            cum = np.cumsum(probs / probs.sum(axis=1, keepdims=True), axis=1)
-            kind = (rng.random(n_users)[:, None] > cum[:, :-1]).sum(axis=1)  # 0 casual, c: class c
-            kind_row = kind[user]
+            kind_row = _taste_kinds(src, tastes[0], rep, rng, n_users, decided)[user]  # 0 casual, c: class c
             attentive = kind_row > 0
             cls = np.maximum(kind_row - 1, 0)
-            ell_r = s_taste[cls, ma] - s_taste[cls, mb] + style_offset
+            ell_r = rep.s_taste[cls, ma] - rep.s_taste[cls, mb] + offset
         else:
-            ell_r = (ell if known_p_a or strengths is None else strengths[ma] - strengths[mb]) + style_offset
+            ell_r = (ell if known_p_a or rep.strengths is None else rep.strengths[ma] - rep.strengths[mb]) + offset
             if eta_cum is not None:
                 node = (rng.random(n_users)[:, None] > eta_cum[:, :-1]).sum(axis=1)
                 attentive = rng.random(len(user)) < group_of.eta_nodes[node][user]
             else:
-                attentive = _attentive_rows(quality, user, n_users, continuous, rng)
-        p_cas = _casual_prob(design, cells, _logit(q), g)
+                attentive = _attentive_rows(rep.quality, user, n_users, continuous, rng)
+        p_cas = _casual_prob(design, cells, _logit(rep.q), rep.g)
         p_a = np.where(attentive, 1.0 / (1.0 + np.exp(-ell_r)), p_cas)
         choice = rng.random(len(user)) < p_a
         rep_hits, rep_n = shares(choice, group_of(choice).astype(np.int64))
@@ -1052,10 +1205,13 @@ def ppc_tie_rates(result, *, n_rep: int = 200, seed: int = 0, min_labels: int = 
     """Observed and replicated per-user tie rates (the ties' posterior predictive check).
 
     Tie rate of a user = share of their labels (decided ones and ties between two different models)
-    that are ties. Replicated data are simulated from the fitted model: each user's type (two-class)
-    or each label's attentiveness (continuous) is drawn from the fitted quality; an attentive label is
-    a tie with Davidson's probability :math:`\\nu / (2\\cosh(d/2) + \\nu)` at the pair's fitted log-odds
-    ``d`` (with an attentive style term, plus ``delta' x`` of the label's casual cell), a casual one with the casual tie rate ``t`` (docs/model.md, "Ties"). A fit that ignored ties
+    that are ties. Replicated data are simulated from the fitted model: each user's type (two-class;
+    with taste classes casual or class ``c``, as :func:`ppc_agreement`) or each label's attentiveness
+    (continuous) is drawn from the fitted posterior; an attentive label is a tie with Davidson's
+    probability :math:`\\nu / (2\\cosh(d/2) + \\nu)` at the pair's fitted log-odds ``d`` (under the
+    user's class; with an attentive style term, plus ``delta' x`` of the label's casual cell), a casual
+    one with the casual tie rate ``t`` (docs/model.md, "Ties"). A sampled fit uses one posterior draw
+    per replicate (strengths, ``nu``, ``t``, ``delta``, quality). A fit that ignored ties
     is replicated with the log's overall tie rate for every label: one rate for everybody, which is
     what the check then tests.
 
@@ -1098,20 +1254,32 @@ def ppc_tie_rates(result, *, n_rep: int = 200, seed: int = 0, min_labels: int = 
     replicated = np.empty((n_rep, int(shown.sum())))
     pooled = float(is_tie.mean())
     casual = _casual_rows(src, rows=rows) if modelled else None
-    style_offset = 0.0 if casual is None else _style_row_offsets(src, casual[0], casual[0].cells(casual[1]))
-    for r, (quality, strengths, _q, _g) in enumerate(_draws(src, n_rep, rng)):
+    design, cells = (None, None) if casual is None else (casual[0], casual[0].cells(casual[1]))
+    tastes = None if continuous or not modelled else _taste_types(src, _user_index(src))
+    decided = None
+    if tastes is not None and src.sampled:
+        decided_casual = _casual_rows(src)
+        decided = _decided_rows(src, *(decided_casual or (None, None)))
+    ma, mb = data.model_a[rows], data.model_b[rows]
+    for r, rep in enumerate(_draws(src, n_rep, rng)):
         if not modelled:
             p_tie = np.full(len(user), pooled)
         else:
-            if strengths is not None:
-                d = strengths[data.model_a[rows]] - strengths[data.model_b[rows]]
-            elif data.p_a is not None:  # known attentive probabilities: each row's own log-odds
-                d = np.log(data.p_a[rows]) - np.log1p(-data.p_a[rows])
+            offset = 0.0 if casual is None else _style_row_offsets(src, design, cells, rep.delta)
+            if tastes is not None:  # the user's type among casual and the taste classes, each its strengths
+                kind = _taste_kinds(src, tastes[0], rep, rng, n_users, decided)[user]
+                attentive, cls = kind > 0, np.maximum(kind - 1, 0)
+                d = rep.s_taste[cls, ma] - rep.s_taste[cls, mb]
             else:
-                d = np.zeros(len(user))  # no strengths: every pair even
-            p_att = np.exp(davidson_logprobs(d + style_offset, float(info["nu"]))[2])
-            attentive = _attentive_rows(quality, user, n_users, continuous, rng)
-            p_tie = np.where(attentive, p_att, float(info["t"]))
+                if rep.strengths is not None:
+                    d = rep.strengths[ma] - rep.strengths[mb]
+                elif data.p_a is not None:  # known attentive probabilities: each row's own log-odds
+                    d = np.log(data.p_a[rows]) - np.log1p(-data.p_a[rows])
+                else:
+                    d = np.zeros(len(user))  # no strengths: every pair even
+                attentive = _attentive_rows(rep.quality, user, n_users, continuous, rng)
+            p_att = np.exp(davidson_logprobs(d + offset, rep.nu)[2])
+            p_tie = np.where(attentive, p_att, rep.t)
         replicated[r] = rate(rng.random(len(user)) < p_tie)
     return {
         **_per_user_histograms(observed, replicated, bins, close_last=True),  # a user who always ties: last bin

@@ -356,20 +356,26 @@ def _fit_chain(f: _Fitter, n_tastes, n_starts, seed, init=None, callback=None):
     base = f.run(s_bt[None, :], np.array([0.5]), 0.5, callback if n_tastes == 1 else None)
     if n_tastes == 1:
         return [base] + extra
-    first = base
     runs = [f.run(*_split_chain(f, base, n_tastes))]  # split start: grow one class at a time from C = 1
-    rng = np.random.default_rng(seed)
-    active = first.n_user > 0
+    runs += _seeded_runs(f, s_bt, base.n_user > 0, n_tastes, n_starts, np.random.default_rng(seed),
+                         lambda rng: _split_chain(f, base, n_tastes, rng))
+    return runs + extra
+
+
+def _seeded_runs(f: _Fitter, s_bt, active, n_classes: int, n_starts: int, rng, reweighted) -> list:
+    """The runs of starts ``1..n_starts - 1``, in turn a perturbed, a random partition and a reweighted split
+    start (``reweighted(rng)`` gives the last: its base differs between callers)."""
+    runs = []
     for i in range(1, n_starts):
         kind = ("perturbed", "partition", "reweighted")[(i - 1) % 3]
         if kind == "perturbed":
-            start = (*_perturbed_start(s_bt, n_tastes, rng), 0.5)
+            start = (*_perturbed_start(s_bt, n_classes, rng), 0.5)
         elif kind == "partition":
-            start = (*_partition_start(f, active, n_tastes, rng), 0.5)
+            start = (*_partition_start(f, active, n_classes, rng), 0.5)
         else:
-            start = _split_chain(f, first, n_tastes, rng)
+            start = reweighted(rng)
         runs.append(f.run(*start))
-    return runs + extra
+    return runs
 
 
 def fit_tastes(
@@ -467,19 +473,47 @@ def fit_tastes(
     f = _Fitter(runner, runner.pairs.n_models, priors or Priors(), q_fixed, tol, max_iter, informative_tol, casual,
                 style)
     runs = _fit_chain(f, int(n_tastes), n_starts, seed, init, callback)
+    return _best_run(f, runs, agree_tol, t0)[1]
+
+
+def _best_run(f: _Fitter, runs, agree_tol: float, t0: float):
+    """The best of ``runs`` (its raw run and its :class:`TasteResult`)."""
     logliks = [r.loglik for r in runs]
     top = max(logliks)
     # a start stopped by ``tol`` may sit a little short of its optimum: starts within the EM
     # tolerance of the best reached the same optimum, and the first of them is the fit (not the
     # one rounding put on top: the engines sum in different orders, and must pick the same run)
-    same = 10.0 * tol * (1.0 + abs(top))
+    same = 10.0 * f.tol * (1.0 + abs(top))
     best = next(i for i, v in enumerate(logliks) if v >= top - same)
     agreed = int(sum(abs(v - top) <= max(agree_tol, same) for v in logliks))
-    return _order_and_package(
+    return runs[best], _order_and_package(
         f, runs[best],
         dict(starts_agreed=agreed, n_starts=len(logliks), start_logliks=[float(v) for v in logliks],
              runtime_seconds=time.perf_counter() - t0),
     )
+
+
+def _grown_fits(f: _Fitter, max_tastes: int, n_starts: int, seed: int, agree_tol: float = 1e-2) -> dict:
+    """Fits of ``C = 1..max_tastes`` classes to one runner's labels alone, each ``C`` grown from the best
+    ``C - 1`` fit: ``C = 1`` the deterministic start; for ``C >= 2`` start 0 splits the best ``C - 1`` fit
+    (:func:`_split_start`), and the other ``n_starts - 1`` starts are :func:`fit_tastes`'s seeded ones
+    (perturbed, random partition, reweighted split: the same draws for the same ``seed``). ``C = 2`` is
+    thus ``fit_tastes(runner, 2, n_starts, seed=seed)`` exactly; with ``n_starts = 1`` every ``C`` is
+    ``fit_tastes(runner, C, n_starts=1)``'s (the split chain), computed once for all ``C``."""
+    t0 = time.perf_counter()
+    s_bt = f.plain_bt()
+    prev, out = _best_run(f, [f.run(s_bt[None, :], np.array([0.5]), 0.5)], agree_tol, t0)
+    fits = {1: out}
+    active = prev.n_user > 0
+    for c in range(2, max_tastes + 1):
+        t0 = time.perf_counter()
+        base = prev
+        runs = [f.run(*_split_start(f, base), base.q)]
+        # each C's seeded starts are fit_tastes(..., C, seed=seed)'s (a fresh generator per C)
+        runs += _seeded_runs(f, s_bt, active, c, n_starts, np.random.default_rng(seed),
+                             lambda rng, base=base: (*_split_start(f, base, rng), base.q))
+        prev, fits[c] = _best_run(f, runs, agree_tol, t0)
+    return fits
 
 
 # --------------------------------------------------------------------------- the objective at given parameters
@@ -762,7 +796,7 @@ def select_tastes(
     q_fixed: float | None = None,
     tol: float = 1e-6,
     max_iter: int = 1000,
-    fold_starts: int = 1,
+    fold_starts: int | None = None,
     casual=None,
     style=None,
 ) -> TasteSelection:
@@ -789,12 +823,15 @@ def select_tastes(
     n_folds : int
     n_starts : int
         Starts of the full-data fits (``fits``).
-    fold_starts : int
-        Starts of each fold's fit from its training labels alone (the split
-        start first); each fold fit also gets the full-data fit of the same
-        ``C`` as one more start (a warm start: it only picks the basin, the
-        fold's optimum is a function of its training labels), and keeps the
-        best training penalised log-likelihood.
+    fold_starts : int, optional
+        Starts of each fold's fit of ``C`` classes (default ``n_starts``: a fold's optimum is searched
+        as hard as the full data's), all from the fold's training labels alone: the fold's ``C = 1``
+        fit, then each ``C`` from a split of the fold's own best ``C - 1`` fit (start 0), plus
+        ``fold_starts - 1`` seeded starts (seed ``seed + 1 + fold``, :func:`fit_tastes`'s kinds and
+        draws); the best training penalised log-likelihood is kept. No fold fit starts from the
+        full-data fits: they have seen the held-out labels, and a start there leaks them into the
+        score (it inflated the held-out gain of extra classes; docs/tastes.md). A fold's fit of
+        ``C = 2`` is ``fit_tastes(train, 2, n_starts=fold_starts, seed=seed + 1 + fold)``.
     seed, priors, q_fixed, tol, max_iter :
         ``tol`` is looser than :func:`fit_tastes`'s default for speed; the
         full-data fits in ``fits`` use it too.
@@ -814,21 +851,23 @@ def select_tastes(
         raise ValueError("max_tastes must be at least 1")
     if n_folds < 2:
         raise ValueError("n_folds must be at least 2")
+    fold_starts = n_starts if fold_starts is None else fold_starts
+    if fold_starts < 1:
+        raise ValueError("fold_starts must be at least 1")
     priors = priors or Priors()
     folds = heldout_folds(problem, n_folds, seed)
-    per_user = {}
-    fits = {}
-    for c in range(1, max_tastes + 1):
-        fits[c] = fit_tastes(problem, c, priors=priors, q_fixed=q_fixed, n_starts=n_starts, casual=casual,
-                             style=style, seed=seed, tol=tol, max_iter=max_iter)
-        score = np.zeros(problem.n_users)
-        for f in range(n_folds):
-            train, test = subproblem(problem, folds != f), subproblem(problem, folds == f)
-            res = fit_tastes(train, c, priors=priors, q_fixed=q_fixed, n_starts=fold_starts, casual=casual,
-                             style=style, seed=seed + 1 + f, tol=tol, max_iter=max_iter,
-                             init=[fits[c].as_start()] if c > 1 else None)
-            score += heldout_user_scores(train, test, res)
-        per_user[c] = score
+    fits = {c: fit_tastes(problem, c, priors=priors, q_fixed=q_fixed, n_starts=n_starts, casual=casual, style=style,
+                          seed=seed, tol=tol, max_iter=max_iter) for c in range(1, max_tastes + 1)}
+    per_user = {c: np.zeros(problem.n_users) for c in fits}
+    for f in range(n_folds):
+        # each fold's fits see its training labels only (nothing of the full-data fits, which saw the
+        # held-out labels): C = 1, then each C grown from the fold's own best C - 1 fit
+        train, test = subproblem(problem, folds != f), subproblem(problem, folds == f)
+        runner = problem_runner(train)
+        fitter = _Fitter(runner, runner.pairs.n_models, priors, q_fixed, tol, max_iter, INFORMATIVE_TOL,
+                         casual, style)
+        for c, res in _grown_fits(fitter, max_tastes, fold_starts, seed + 1 + f).items():
+            per_user[c] += heldout_user_scores(train, test, res)
     n_labels = problem.n_labels + problem.n_ties
     active = labelled_users(problem)
     totals = {c: float(per_user[c].sum()) for c in per_user}

@@ -171,3 +171,57 @@ def test_per_user_ppcs_replicate_the_style_term(style_tie_log, variant):
     assert ties["modelled"]
     assert abs(ties["observed"].mean() - ties["replicated"].mean()) < 0.005
     assert _bins_outside(ties) <= 1
+
+
+def test_agreement_check_of_taste_classes_judges_each_user_by_their_classes():
+    """With taste classes, a user's agreement is judged against their own class mixture (their posterior class
+    weights, by one rule for the observed and every replicated data set), and the replicates draw each user's
+    type among casual and the classes, so a fit of the right number of classes passes. Measured
+    (simulate_tastes(400, 6, seed=3), 200 replicates): share of users agreeing at most 50%, C = 2: observed
+    0.125, replicated 0.09-0.15 (it was 0.352 against 0.17-0.24: everybody judged by class 1's ranking);
+    C = 1 misses the minority taste and is flagged (0.352 against 0.27-0.34)."""
+    from bayes_annot.plotting import ppc_agreement
+    from bayes_annot.tastes import simulate_tastes
+
+    log = simulate_tastes(n_users=400, n_models=6, seed=3)
+    ppcs = {c: ppc_agreement(_fit(log, tastes=c), n_rep=200, seed=0) for c in (1, 2)}
+    for c, ppc in ppcs.items():
+        lo, hi = np.percentile(ppc["low_share_replicated"], [2.5, 97.5])
+        assert (lo <= ppc["low_share_observed"] <= hi) == (c == 2), (c, ppc["low_share_observed"], lo, hi)
+    assert abs(ppcs[2]["observed"].mean() - ppcs[2]["replicated"].mean()) < 0.01
+    assert ppcs[2]["observed"].mean() > ppcs[1]["observed"].mean() + 0.04  # the minority judged by its ranking
+    assert _bins_outside(ppcs[2]) <= 2
+
+
+@pytest.mark.parametrize("tastes", [1, 2], ids=["one-ranking", "taste-classes"])
+def test_sampled_ppcs_replicate_with_each_draw(monkeypatch, tastes):
+    """With method="nuts", each replicated data set uses one posterior draw's parameters, the style term's
+    ``delta`` and the ties' ``nu`` included (they were the posterior means), and taste-class fits are replicated
+    from the draws of every class's strengths and shares (a mocked sampler: the draws are the prior's). Shifting
+    the draws of ``delta`` or ``nu`` while the summary's means stay moves the replicates."""
+    import functools
+
+    pm = pytest.importorskip("pymc")
+    from pymc.testing import mock_sample
+
+    from bayes_annot.plotting import ppc_agreement, ppc_tie_rates
+    from bayes_annot.tastes import simulate_tastes
+
+    log = simulate_tastes(n_users=80, n_models=4, style_bias=0.8, tie_nu=0.5, casual_tie_rate=0.1, seed=2,
+                          labels_per_user=(3, 12))
+    monkeypatch.setattr(pm, "sample", functools.partial(mock_sample, sample_stats={
+        "diverging": lambda size: np.zeros(size, dtype=bool)}))
+    result = _fit(log, tastes=tastes, method="nuts", draws=20, tune=5, chains=2, progress=False, casual_bins=3,
+                  style_covariates="auto")
+    assert result.sampled and result.ties_["mode"] == "model"
+    checks = {"agreement": lambda: ppc_agreement(result, n_rep=40, seed=0)["replicated"],
+              "bins": lambda: ppc_length_bins(result, n_rep=40, seed=0, min_labels=1)["replicated_median"].to_numpy(),
+              "ties": lambda: ppc_tie_rates(result, n_rep=40, seed=0)["replicated"]}
+    before = {name: check() for name, check in checks.items()}
+    np.testing.assert_array_equal(before["agreement"], checks["agreement"]())  # seeded
+    post = result.idata.posterior
+    post["style_effect"] = post["style_effect"] + 3.0  # every draw prefers the longer answer much more
+    for name in ("agreement", "bins"):
+        assert not np.array_equal(before[name], checks[name](), equal_nan=True), name
+    post["tie_nu"] = post["tie_nu"] * 20.0  # every draw ties far more often
+    assert checks["ties"]().mean() > before["ties"].mean() + 0.1

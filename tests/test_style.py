@@ -800,6 +800,42 @@ def test_tastes_nuts_plumbing_with_a_style_term(monkeypatch):
     assert result.summary["tastes"]["n_tastes"] == 2 and np.isfinite(result.users["quality"]).all()
 
 
+@pytest.mark.slow
+def test_tastes_nuts_recovers_delta_and_shares():
+    """An unmocked NUTS run of taste classes with a style term (300 users, 5 models, a majority ranking and its
+    reverse, attentive users of both tastes preferring length with delta 0.8; 2 chains x 200 draws, seeded):
+    delta, the class and casual shares and each class's strengths come back near the truth, the chains agree
+    and do not diverge, and the posterior predictive checks (one posterior draw per replicate) pass. Measured:
+    delta 0.776 (posterior sd 0.066), shares 0.549 / 0.175 / casual 0.276 (truth 0.543 / 0.167 / 0.290),
+    R-hat 1.018, 0 divergences; about 100 s wall on 2 shared cores."""
+    from bayes_annot.plotting import ppc_agreement, ppc_length_bins
+    from bayes_annot.report.builder import ppc_verdict_ok
+    from bayes_annot.tastes import simulate_tastes
+
+    log = simulate_tastes(n_users=300, n_models=5, style_bias=STYLE_BIAS, seed=3)
+    truth = log.groupby("user", observed=True)["true_taste"].first().value_counts(normalize=True)
+    nuts = _fit(log, tastes=2, method="nuts", style_covariates="auto", draws=200, tune=200, chains=2, progress=False,
+                seed=1)
+    post = nuts.idata.posterior
+    assert abs(_delta(nuts) - STYLE_BIAS) < 3 * float(post["style_effect"].std()) + 0.05
+    params = nuts.summary["parameters"]
+    for c in (1, 2):
+        assert abs(params[f"share_taste_{c}"] - truth[c]) < 0.08, c
+    assert abs((1.0 - params["pi"]) - truth[0]) < 0.08
+    majority = np.linspace(1.5, -1.5, 5)
+    models = nuts.models.set_index("model").loc[[f"model_{k}" for k in range(5)]]
+    for col, true in (("strength_taste_1", majority), ("strength_taste_2", -majority)):
+        est = models[col].to_numpy()
+        assert np.corrcoef(est, true)[0, 1] > 0.98 and np.max(np.abs(est - est.mean() - true)) < 0.35, col
+    assert nuts.summary["rhat_max"] < 1.05
+    assert nuts.summary["divergences"] <= 0.01 * post.sizes["chain"] * post.sizes["draw"]
+    agree = ppc_agreement(nuts, n_rep=100, seed=0)
+    lo, hi = np.percentile(agree["low_share_replicated"], [2.5, 97.5])
+    assert lo <= agree["low_share_observed"] <= hi
+    bins = ppc_length_bins(nuts, n_rep=100, seed=0)
+    assert ppc_verdict_ok(int(bins["outside"].sum()), int(bins["checked"].sum()))
+
+
 @pytest.mark.parametrize("ties", [False, True], ids=["no-ties", "ties"])
 def test_tastes_dask_and_update_with_a_style_term(ties):
     """Taste classes with a style term on Dask partitions equal the in-memory fit, and update() keeps the style

@@ -239,6 +239,25 @@ def test_select_tastes_picks_one_on_one_taste_scenario(one_taste_problem):
     assert "C = 1" in sel.message
 
 
+def test_select_tastes_fold_fits_see_only_their_training_labels():
+    """No cross-validation leak: each fold's fits start only from the fold's training labels (the
+    full-data fit, which saw the held-out labels, used to be one more start of every fold fit, and won
+    in some folds here). The held-out scores are those of fits of the training labels alone: with one
+    start per fold, fit_tastes(train, C, n_starts=1) on each fold, scored by heldout_user_scores, to
+    rounding."""
+    from bayes_annot.tastes import heldout_user_scores, subproblem
+
+    problem = problem_from(ba.simulate(n_users=200, n_models=5, labels_per_user=(5, 25), seed=3))
+    table = select_tastes(problem, max_tastes=3, seed=0, fold_starts=1, tol=1e-6).table.set_index("n_tastes")
+    folds = heldout_folds(problem, 5, seed=0)
+    for c in (2, 3):
+        oracle = 0.0
+        for f in range(5):
+            train, test = subproblem(problem, folds != f), subproblem(problem, folds == f)
+            oracle += heldout_user_scores(train, test, fit_tastes(train, c, n_starts=1, seed=1 + f, tol=1e-6)).sum()
+        assert abs(table.loc[c, "heldout_loglik"] - oracle) <= 1e-9 * abs(oracle), c
+
+
 # --------------------------------------------------------------------------- casual-group diagnostic
 
 

@@ -725,6 +725,14 @@ def _ppc_section(src, n_rep: int, seed: int) -> str:
         return body + box(f"The check could not be run ({type(exc).__name__}: {exc}).", "warn")
     if ppc is None:
         return body + box("The check needs the rows of the fit and the fitted strengths, which are not available here.", "note")
+    if ppc.get("n_tastes", 1) > 1:
+        body += p(
+            f"With {ppc['n_tastes']} taste classes, a label counts for each class with the user's posterior class "
+            "weight, the stronger model being that class's, and each replicated user is casual or attentive under "
+            "one class, drawn from their posterior."
+        )
+    if ppc["sampled"]:
+        body += p("Each replicated data set uses one posterior draw of every parameter.", "muted")
     body += figure(lambda ax: plot_ppc_agreement(src, n_rep=n_rep, seed=seed, ax=ax), figsize=(7.6, 4.2),
                    alt="posterior predictive check")
     span = PPC_RANGE  # the figure's whiskers and this text give one range
