@@ -632,11 +632,12 @@ class AttentiveTables:
 
     def table(self, s: np.ndarray) -> np.ndarray:
         """The attentive table at the strengths ``s`` (read-only)."""
-        for i, (point, table) in enumerate(self._entries):
-            if point.shape == s.shape and np.array_equal(point, s):
-                if i:
-                    self._entries.insert(0, self._entries.pop(i))
-                return table
+        hit = next((i for i, entry in enumerate(self._entries)
+                    if entry[0].shape == s.shape and np.array_equal(entry[0], s)), None)
+        if hit is not None:
+            if hit:
+                self._entries.insert(0, self._entries.pop(hit))
+            return self._entries[0][1]
         evicted = self._entries[self.size - 1:]
         self._entries = self._entries[: self.size - 1]
         if self.fast:
