@@ -642,8 +642,11 @@ class AttentiveTables:
         self._entries = self._entries[: self.size - 1]
         if self.fast:
             n = self.a.shape[0]
-            d = np.subtract(s[self.a], s[self.b], out=self.scratch("d", n))
-            table = _fast_table(d, self.scratch("work", n), _unused(evicted, 2 * n))
+            # d = s[a] - s[b] in the work arrays (take's mode="wrap": no buffered copy; the codes are < K)
+            d, work = self.scratch("d", n), self.scratch("work", n)
+            np.take(s, self.a, out=d, mode="wrap")
+            d -= np.take(s, self.b, out=work, mode="wrap")
+            table = _fast_table(d, work, _unused(evicted, 2 * n))
         else:
             table = _attentive_table(s[self.a] - s[self.b], self.fast)
         table.flags.writeable = False
@@ -722,14 +725,14 @@ def _table_newton(pairs, cells, sigma, start, tables, structure, cg_rtol, forcin
     tables = tables if tables is not None else AttentiveTables(a, b, fast=True)
     structure = structure if isinstance(structure, _PairHessian) else _PairHessian(a, b, k)
     cells = np.asarray(cells, dtype=float)
+    n = a.shape[0]
     w1, w0 = cells[1::2], cells[0::2]
-    wsum = w1 + w0
+    wsum = np.add(w1, w0, out=tables.scratch("weight", n))
 
     def objective(s):
         return float(cells @ tables.table(s)) - 0.5 * float(s @ s) / sigma**2
 
     def direction(s):
-        n = a.shape[0]
         # p = sigmoid(d) of each pair, then wsum p, the derivative w1 - wsum p and the curvature wsum p (1 - p)
         # (work arrays kept by ``tables``; 1 - p is inexact where p ~ 1, but the curvature only sets the step's
         # length, not where the gradient vanishes: same optimum)
