@@ -928,6 +928,7 @@ def fit(
     elif tastes != 1 and method == "em":
         state = em_state(prepared, problem, pairs, mu=mu, strong_model=strong_model, use_p_a=use_p_a, casual=design,
                          pair_index=pair_index)
+        pair_index = None  # the block's cells hold it now (8 MB at 10^6 labels)
         res, extra = fit_taste_classes(problem, spec, tol=tol, max_iter=max_iter, seed=seed,
                                        max_tastes=max_tastes if tastes == "auto" else None,
                                        runner=LocalRunner([state.block], prepared.n_users),
@@ -947,6 +948,7 @@ def fit(
         squarem = default_accelerate(accelerate, variant, prepared.n_models)
         em_run = em_state(prepared, problem, pairs, mu=mu, strong_model=strong_model, use_p_a=use_p_a, casual=design,
                          pair_index=pair_index)
+        pair_index = None  # the block's cells hold it now (8 MB at 10^6 labels)
         with em_callback(resolve_progress(progress)) as callback:
             em = run_block_em(
                 em_run.block, problem, spec, tol=tol, max_iter=max_iter,

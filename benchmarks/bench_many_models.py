@@ -57,7 +57,10 @@ NOTE = (
     "evaluations are numpy passes over 10^6 pairs at random (gathers and scatters into 16 MB tables), ~20 "
     "of them per evaluation, and EM needs ~22 evaluations; meeting it would take a compiled kernel (numba is "
     "not a dependency) or far fewer EM iterations (e.g. Newton on the marginal likelihood). The 2 x 10^5-model "
-    "fit converges in bounded memory (each model is seen ~10 times, so EM moves slowly)."
+    "fit converges in bounded memory (each model is seen ~10 times, so EM moves slowly). The timed `ba.fit` "
+    "includes its lazy imports (fit.py and the engines; ~0.3-0.5 s), so both trees need compiled bytecode: with "
+    "PYTHONDONTWRITEBYTECODE=1 (these sessions' environment) a fresh worktree compiles its source in every run "
+    "(~0.07 s more per fit; `python -m compileall bayes_annot` once removes it)."
 )
 
 SCRIPT = textwrap.dedent("""
