@@ -42,9 +42,11 @@ from .style import fit_style, style_davidson_tables, style_logits, style_offsets
 from .ties import davidson_logprobs, davidson_tables, log_prior_ties, nu_step, tie_rate_step, tie_start
 from .pairs import (
     DENSE_MAX_MODELS,
+    EM_START_TOL,
     PairTable,
     _PairHessian,
     AttentiveTables,
+    bt_fit_cells,
     bt_newton_step,
     uses_sparse_solve,
     differs_cells_pairs,
@@ -1004,6 +1006,27 @@ def _sum_stats(parts: list[dict]) -> dict:
 # --------------------------------------------------------------------------- runners
 
 
+def _frozen(table):
+    """``table`` itself when read-only (the cached attentive tables and their views: no 16 MB copy per E-step at
+    10^6 pairs), else a copy (the caller may change its array)."""
+    if table is None:
+        return None
+    table = np.asarray(table)
+    return table if not table.flags.writeable else np.array(table, copy=True)
+
+
+def _same_values(kept, table) -> bool:
+    """Whether ``table`` holds the values of ``kept`` (a :func:`_frozen` table): the same read-only memory
+    (same data pointer, shape and strides) without a comparison, else elementwise."""
+    if kept is None or table is None:
+        return kept is None and table is None
+    table = np.asarray(table)
+    if not kept.flags.writeable and not table.flags.writeable and kept.shape == table.shape and \
+            kept.strides == table.strides and kept.__array_interface__["data"][0] == table.__array_interface__["data"][0]:
+        return True
+    return np.array_equal(kept, table)
+
+
 class LocalRunner:
     """Runs the block passes in this process (one or more in-memory blocks)."""
 
@@ -1039,10 +1062,10 @@ class LocalRunner:
         key = (tuple(shares), q if np.ndim(q) == 0 else np.asarray(q).tobytes(),
                None if ties is None else (np.asarray(ties[0]).tobytes(), float(ties[1])))
         cached = getattr(self, "_last_users", None)
-        if cached is not None and cached[0] == key and np.array_equal(cached[1], tables):
+        if cached is not None and cached[0] == key and _same_values(cached[1], tables):
             return cached[2]
         users = [block_class_users(b, shares, q, tables, ties) for b in self.blocks]
-        self._last_users = (key, None if tables is None else np.array(tables, copy=True), users)
+        self._last_users = (key, _frozen(tables), users)
         return users
 
     def class_pass(self, shares, q, tables, ties=None):
@@ -1092,7 +1115,10 @@ class _PairBT:
         return self._tables.table(s)
 
     def tables(self, strengths: np.ndarray) -> np.ndarray:
-        """``(2 P, C)``: log P_att of every cell under each class's strengths (rows of ``strengths``)."""
+        """``(2 P, C)``: log P_att of every cell under each class's strengths (rows of ``strengths``); one class:
+        a read-only view of the cached table (no 16 MB copy per E-step at 10^6 pairs)."""
+        if len(strengths) == 1:
+            return self.table(strengths[0])[:, None]
         return np.column_stack([self.table(s) for s in strengths])
 
     def differs(self, s: np.ndarray, tol: float) -> np.ndarray:
@@ -1109,7 +1135,10 @@ class _PairBT:
         """The strengths' M-step from a cell table: solved to convergence from zeros (``start=None``) or up to
         :data:`~bayes_annot.pairs.DENSE_MAX_MODELS` models, else one sparse Newton step from ``start`` (ECM:
         :func:`~bayes_annot.pairs.bt_newton_step`, same fixed points, a third of the per-pair work)."""
-        if start is not None and uses_sparse_solve(self.pairs.n_models):
+        if uses_sparse_solve(self.pairs.n_models):
+            if start is None:  # the same solve through the cached tables (the first E-step reuses its last table)
+                return bt_fit_cells(self.pairs, cells, self.sigma, self._tables, self._sparse_structure(),
+                                    tol=EM_START_TOL)
             return bt_newton_step(self.pairs, cells, self.sigma, start, self._tables, self._sparse_structure())
         w1, w0 = _split_cells(cells)
         return fit_bradley_terry_pairs(self.pairs, w1, w0, self.sigma, start=start, structure=self._sparse_structure())

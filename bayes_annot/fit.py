@@ -920,13 +920,15 @@ def fit(
     spec = _data_spec(spec, problem.learned, tastes)  # a p_a column: known strengths (no taste classes)
     if taste_check and (spec.variant != "two-class" or not spec.learned):
         raise InputError("taste_check needs variant='two-class' and learned strengths (no p_a column, no mu)")
-    pairs = pair_counts(prepared, ties=ties_mode == "model")
+    pairs, pair_index = pair_counts(prepared, ties=ties_mode == "model", return_index=True)
     state = estimates = nuts_start = None
     if problem.n_labels == 0:
         # Nothing enters the likelihood: no verdict on anybody.
         estimates = _empty_estimates(prepared, variant, method, priors, q)
     elif tastes != 1 and method == "em":
-        state = em_state(prepared, problem, pairs, mu=mu, strong_model=strong_model, use_p_a=use_p_a, casual=design)
+        state = em_state(prepared, problem, pairs, mu=mu, strong_model=strong_model, use_p_a=use_p_a, casual=design,
+                         pair_index=pair_index)
+        pair_index = None  # the block's cells hold it now (8 MB at 10^6 labels)
         res, extra = fit_taste_classes(problem, spec, tol=tol, max_iter=max_iter, seed=seed,
                                        max_tastes=max_tastes if tastes == "auto" else None,
                                        runner=LocalRunner([state.block], prepared.n_users),
@@ -944,7 +946,9 @@ def fit(
         # continuous EM converges slowly (~100 plain iterations): SQUAREM steps, each kept only
         # when the penalised log-likelihood does not decrease, reach the optimum in ~4x fewer.
         squarem = default_accelerate(accelerate, variant, prepared.n_models)
-        em_run = em_state(prepared, problem, pairs, mu=mu, strong_model=strong_model, use_p_a=use_p_a, casual=design)
+        em_run = em_state(prepared, problem, pairs, mu=mu, strong_model=strong_model, use_p_a=use_p_a, casual=design,
+                         pair_index=pair_index)
+        pair_index = None  # the block's cells hold it now (8 MB at 10^6 labels)
         with em_callback(resolve_progress(progress)) as callback:
             em = run_block_em(
                 em_run.block, problem, spec, tol=tol, max_iter=max_iter,

@@ -30,7 +30,7 @@ __all__ = [
 
 def problem_block(
     prepared: PreparedData, problem: UsableLabels, rows: slice | None = None, users=None, pairs: PairTable | None = None,
-    n_casual: int = 0,
+    n_casual: int = 0, pair_index: np.ndarray | None = None,
 ) -> Block:
     """The :class:`~bayes_annot.block_em.Block` of a prepared log's usable labels (optionally of a row range).
 
@@ -38,7 +38,8 @@ def problem_block(
     the block covers ``users`` (default: every user of the vocabulary).
     ``pairs``: the pair vocabulary of the cells (must hold every pair of the
     labels; default: the labels' own pairs). ``n_casual``: the casual cells of the covariates' design
-    (when ``problem.casual_cell`` is set).
+    (when ``problem.casual_cell`` is set). ``pair_index``: the pair of each of ``problem``'s labels in ``pairs``
+    when known (:func:`~bayes_annot.problem.pair_counts`; whole logs only), instead of looking them up.
     """
     user, usable = prepared.user, prepared.usable
     if rows is not None:
@@ -59,6 +60,8 @@ def problem_block(
         if pairs is None:
             pairs, index = PairTable.from_labels(problem.model_a, problem.model_b, problem.n_models)
             cell = (2 * index + problem.choice_a).astype(np.int32)
+        elif pair_index is not None and rows is None:
+            cell = (2 * np.asarray(pair_index, dtype=np.int64) + problem.choice_a).astype(np.int32)
         else:
             cell = pairs.cells(problem.model_a, problem.model_b, problem.choice_a)
         return make_block(user, usable, problem.n_models, cell=cell, users=users, pairs=pairs,
@@ -71,11 +74,13 @@ def problem_block(
 
 
 def em_state(prepared: PreparedData, problem: UsableLabels, pairs: PairTable, *, mu, strong_model, use_p_a,
-             casual=None) -> EMState:
+             casual=None, pair_index=None) -> EMState:
     """The EM block of a whole prepared log, with what an incremental update needs to extend it
-    (``casual``: the casual covariates' design, when ``problem`` has casual cells)."""
+    (``casual``: the casual covariates' design, when ``problem`` has casual cells; ``pair_index``: each usable
+    label's pair in ``pairs``, when known)."""
     return EMState(
-        block=problem_block(prepared, problem, pairs=pairs, n_casual=0 if casual is None else casual.n_cells),
+        block=problem_block(prepared, problem, pairs=pairs, n_casual=0 if casual is None else casual.n_cells,
+                            pair_index=pair_index),
         pair_counts=pairs,
         key=problem_key(mu, strong_model, use_p_a, prepared.has_p_a) + (("ties",) if problem.tie_user is not None else ()),
     )

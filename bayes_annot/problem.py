@@ -146,12 +146,19 @@ class ProblemSize:
     learned: bool
 
 
-def pair_counts(data: PreparedData, ties: bool = False) -> PairTable:
+def pair_counts(data: PreparedData, ties: bool = False, return_index: bool = False):
     """Usable labels per compared (model_a, model_b): a sparse :class:`~bayes_annot.pairs.PairTable`
     (only the pairs that occur; ``.toarray()`` is the ``K x K`` table). ``ties``: ties are in the
-    likelihood, and counted too."""
+    likelihood, and counted too.
+
+    ``return_index``: also the pair index of each usable label in row order (``None`` with ``ties``), as
+    ``PairTable.index`` gives it, so that the EM block need not search the pairs again (0.08 s at 10^6
+    labels over 10^6 pairs)."""
     usable = data.usable | tie_rows(data) if ties else data.usable
-    return PairTable.from_labels(data.model_a[usable], data.model_b[usable], data.n_models)[0]
+    table, index = PairTable.from_labels(data.model_a[usable], data.model_b[usable], data.n_models)
+    if return_index:
+        return table, None if ties else index
+    return table
 
 
 def graph_components(pairs) -> np.ndarray:

@@ -8,7 +8,8 @@ import bayes_annot as ba
 from bayes_annot.data import prepare
 from bayes_annot.fit import model_spec
 from bayes_annot.local_em import em_estimates, em_state, run_block_em
-from bayes_annot.pairs import AttentiveTables, PairTable, attentive_table_pairs, fit_bradley_terry_pairs
+from bayes_annot.pairs import (AttentiveTables, PairTable, attentive_table_pairs, bt_fit_cells,
+                             fit_bradley_terry_pairs)
 from bayes_annot.problem import block_quality_floor, build_problem, pair_counts, quality_floor
 
 
@@ -43,6 +44,41 @@ def test_attentive_table_is_the_two_log_sigmoids_bit_for_bit():
     assert np.array_equal(AttentiveTables(table.a, table.b).table(s), expected)  # the small-model path's arithmetic
     fast = AttentiveTables(table.a, table.b, fast=True).table(s)
     assert np.all(np.abs(fast - expected) <= 4 * np.spacing(np.abs(expected)))
+
+
+def test_fast_tables_reuse_memory_only_when_nobody_holds_the_old_table():
+    """``AttentiveTables(fast=True)`` writes a new table over an evicted one: every table it returns equals a
+    fresh cache's (bit for bit), and a table a caller still holds (itself or a view) keeps its values."""
+    rng = np.random.default_rng(3)
+    k = 120
+    table = PairTable.from_labels(rng.integers(0, k, 3000), rng.integers(0, k, 3000), k)[0]
+    cache = AttentiveTables(table.a, table.b, size=2, fast=True)
+    points = [rng.normal(0, 2, k) for _ in range(8)]
+    held = cache.table(points[0])
+    held_view = cache.table(points[1])[:, None]
+    kept = (held.copy(), held_view.copy())
+    for s in points[2:] + points[:2]:
+        out = cache.table(s)
+        assert not out.flags.writeable
+        assert np.array_equal(out, AttentiveTables(table.a, table.b, fast=True).table(s))
+    assert np.array_equal(held, kept[0]) and np.array_equal(held_view, kept[1])
+
+
+def test_em_start_solve_through_the_cached_tables_equals_the_sparse_solver():
+    """``bt_fit_cells`` (EM's start above 64 models) reaches ``fit_bradley_terry_pairs``' optimum (1e-10), on a
+    connected graph and on one in two parts."""
+    for connected in (True, False):
+        rng = np.random.default_rng(4)
+        k, n = 300, 9000
+        a = rng.integers(0, k, n)
+        b = (a + rng.integers(1, k, n)) % k
+        if not connected:
+            b = np.where(a < k // 2, rng.integers(0, k // 2, n), rng.integers(k // 2, k, n))
+            a, b = a[a != b], b[a != b]
+        pairs, index = PairTable.from_labels(a, b, k)
+        cells = np.bincount(2 * index + (rng.random(a.shape[0]) < 0.6), minlength=2 * pairs.n_pairs).astype(float)
+        expected = fit_bradley_terry_pairs(pairs, cells[1::2], cells[0::2], 3.0, method="sparse")
+        np.testing.assert_allclose(bt_fit_cells(pairs, cells, 3.0), expected, rtol=0, atol=1e-10)
 
 
 def test_inexact_sparse_newton_reaches_the_exact_optimum_from_a_warm_start():
