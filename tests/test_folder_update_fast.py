@@ -279,28 +279,66 @@ def test_rows_are_copied_where_they_cannot_be_linked(day1, tmp_path, monkeypatch
     assert (out / "rows.parquet").stat().st_nlink == 1
 
 
-def test_row_outputs_written_in_several_row_groups_read_back_equal(day1, tmp_path, monkeypatch):
-    """``rows-outputs.parquet`` is built and written one row group at a time (no array of every row's weight):
-    with groups much smaller than the log, the tables still equal the update from the rows, chained."""
-    import importlib
-
+def test_an_update_links_the_saved_codes_and_writes_the_outputs_per_user(day1, tmp_path):
+    """Each row's codes are kept in files an update never rewrites (``rows-codes-N.npz``: linked into the new
+    folder, one more for the new rows), and ``rows-outputs.parquet`` holds one row per user: chained updates
+    still read back as the update from the rows."""
     import pyarrow.parquet as pq
 
-    fit_module = importlib.import_module("bayes_annot.fit")  # the module (``bayes_annot.fit`` is also the function)
     out, paths = day1
     slow = _without_state(out, tmp_path / "slow")
-    monkeypatch.setattr(fit_module, "_OUTPUT_CHUNK", 97)  # a prime: the last group is a partial one
     log2 = _log(seed=6, n_users=50)
     log2["vote_id"] += 10**6
-    for new in (paths["new"], _write(log2, tmp_path / "second.parquet")):
-        for folder in (out, slow):
-            assert main(["fit", new, "--update", str(folder), "--out", str(folder), "--row-id", "vote_id",
+    log2.loc[log2.index[:10], "user"] = [f"another{i % 3}" for i in range(10)]  # new users again
+    previous = out
+    for number, new in enumerate((paths["new"], _write(log2, tmp_path / "second.parquet"))):
+        target = tmp_path / f"day{number + 2}"
+        for folder, into in ((previous, target), (slow, slow)):
+            assert main(["fit", new, "--update", str(folder), "--out", str(into), "--row-id", "vote_id",
                          "--quiet"]) == 0
-        assert_same_result(out, slow)
-        n_rows = len(ba.load(out).rows)
-        groups = pq.ParquetFile(out / "rows-outputs.parquet").metadata
-        assert groups.num_rows == n_rows and groups.num_row_groups == -(-n_rows // 97)
-    assert main(["report", str(out), "--quiet"]) == 0
+        assert_same_result(target, slow)
+        rows = json.loads((target / "manifest.json").read_text())["tables"]["rows"]
+        codes = [entry["file"] for entry in rows["outputs"]["codes"]]
+        assert len(codes) == number + 2
+        for name in codes[:-1]:  # the saved rows' codes: the previous folder's file, linked
+            assert (target / name).samefile(previous / name)
+        assert pq.ParquetFile(target / "rows-outputs.parquet").metadata.num_rows == len(ba.load(target).users)
+        previous = target
+    assert main(["report", str(previous), "--quiet"]) == 0
+
+
+@pytest.mark.parametrize("damage", ["bytes", "missing"])
+def test_a_damaged_codes_file_falls_back_to_the_rows_or_is_one_line_error(day1, tmp_path, damage, capsys):
+    """The codes file of a fit's rows: damaged or missing, the update reads the rows instead (a warning); once
+    the rows' outputs depend on it (after an update), ``load`` and ``report`` name the folder in one line."""
+    out, paths = day1
+    slow = _without_state(out, tmp_path / "slow")
+    codes = out / "rows-codes-0.npz"
+
+    def spoil(path):
+        if damage == "missing":
+            path.unlink()
+        else:
+            payload = bytearray(path.read_bytes())
+            payload[len(payload) // 2:len(payload) // 2 + 64] = bytes(64)
+            path.write_bytes(bytes(payload))
+
+    updated = tmp_path / "updated"
+    shutil.copytree(out, updated)
+    spoil(codes)
+    with pytest.warns(FitWarning, match="cannot be used"):
+        result = update_saved(out, pd.read_parquet(paths["new"]), row_id="vote_id")
+    reference = update_saved(slow, pd.read_parquet(paths["new"]), row_id="vote_id")
+    for name in ("users", "models", "rows"):
+        pd.testing.assert_frame_equal(getattr(result, name), getattr(reference, name), check_exact=False, rtol=1e-10)
+    assert main(["fit", paths["new"], "--update", str(updated), "--out", str(updated), "--quiet"]) == 0
+    assert _layout(updated) == "parts"
+    capsys.readouterr()
+    spoil(updated / "rows-codes-1.npz")
+    assert main(["report", str(updated), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("bayes-annot: error: ") and "updated" in err[0]
+    assert ("cannot be read" if damage == "bytes" else "'rows-codes-1.npz' missing") in err[0]
 
 
 def test_the_side_file_is_read_in_place_and_left_unchanged(day1, tmp_path):
