@@ -1101,13 +1101,14 @@ def fit_prepared(
         with em_callback(resolve(None)) as callback:  # a bar inside a progress.showing() block (the CLI's)
             em = run_block_em(
                 state.block, problem, spec, tol=tol, max_iter=max_iter, start=start,
-                accelerate=accelerate, callback=callback,
+                accelerate=accelerate, callback=callback, release=False,  # the floor reuses the cell counts
             )
         estimates = em_estimates(em, variant, known_strengths(problem, prepared, mu, strong_model), casual=casual,
                                  style=style)
         floor = NotImplemented
         if not hasattr(problem, "user") and style is None:  # an update: from the block's cell counts when it can
             floor = block_quality_floor(estimates, state.block, prepared.n_users)
+        state.block.release_pass_caches()  # the block is kept for updates; its pass caches are not needed
         if floor is NotImplemented:
             if not hasattr(problem, "user"):
                 covariates_read()

@@ -208,6 +208,21 @@ def _stored_log(stored, folder) -> PreparedData:
     return old
 
 
+def _same_text(column: pd.Series, text: np.ndarray) -> bool:
+    """Whether a table's id column holds exactly ``text`` (compared in Arrow: no Python string per id)."""
+    import pyarrow as pa
+
+    if len(column) != text.shape[0]:
+        return False
+    try:
+        left, right = pa.array(column.array), pa.array(text)
+        if not pa.types.is_string(left.type) and not pa.types.is_large_string(left.type):
+            raise TypeError(left.type)
+        return left.null_count == 0 and left.equals(right.cast(left.type))
+    except (TypeError, ValueError, pa.ArrowException):  # not text in Arrow: compare as numpy text
+        return np.array_equal(column.to_numpy(dtype=object).astype(str), text)
+
+
 def _codes_at(old, positions: np.ndarray) -> np.ndarray:
     """The user codes of the saved rows at ``positions`` (without building every row's codes of a merged log)."""
     parts = getattr(old, "_parts", None)
@@ -258,7 +273,7 @@ def _fast_update_of(folder, directory, new_rows, columns, on_duplicate, row_id, 
                             n_users=len(folder.users), n_models=len(folder.models), mapped=True,
                             open_codes=folder.open)
         for table, column, text in ((folder.users, "user", stored.user_text), (folder.models, "model", stored.model_text)):
-            if column not in table or not np.array_equal(table[column].to_numpy(dtype=object).astype(str), text):
+            if column not in table or not _same_text(table[column], text):
                 raise StateMismatch(f"its {column} ids differ from the {column}s table")
     except StateMismatch as exc:
         warnings.warn(f"results folder '{directory}': {STATE_FILE} cannot be used ({exc}); updating from the "

@@ -154,6 +154,20 @@ def _build(cls, prefix: str, arrays, meta: dict, built: dict, skip=(), narrow=fr
     return out
 
 
+def _savez(handle, arrays: dict) -> None:
+    """``numpy.savez`` (uncompressed ``.npz``, read back by ``numpy.load``) without copying each array into bytes
+    first: the members are written from the arrays' memory."""
+    import zipfile
+
+    with zipfile.ZipFile(handle, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for key, value in arrays.items():
+            value = np.ascontiguousarray(value)
+            with archive.open(f"{key}.npy", mode="w", force_zip64=True) as member:
+                np.lib.format.write_array_header_2_0(member, np.lib.format.header_data_from_array_1_0(value))
+                if value.size:
+                    member.write(memoryview(value.reshape(-1)).cast("B"))
+
+
 @dataclasses.dataclass
 class WrittenCodes:
     """The codes files of a folder (:func:`write_codes`): their entries, in row order, and the maps from the
@@ -255,7 +269,7 @@ def write_codes(data: PreparedData, *, path_of, link) -> WrittenCodes | None:
         header = {"codes_version": 1, "id": entry["id"], "rows": entry["rows"], "entries": meta}
         arrays["__header__"] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
         with open(path_of(name), "wb") as handle:
-            np.savez(handle, **arrays)
+            _savez(handle, arrays)
         entries.append(entry)
     return WrittenCodes(entries, user_map, model_map)
 
@@ -299,7 +313,7 @@ def write_state(path, *, fit_id: str, data: PreparedData, state: EMState, codes:
               "n_models": int(data.n_models), "entries": meta, "codes": codes.entries}
     arrays["__header__"] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
     with open(path, "wb") as handle:
-        np.savez(handle, **arrays)
+        _savez(handle, arrays)
     return True
 
 
