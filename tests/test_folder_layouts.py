@@ -131,3 +131,18 @@ def main(out: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1])
+
+
+def test_a_live_update_saved_as_parquet_updates_as_from_its_rows(tmp_path):
+    """A result updated in Python (a merged log whose first part's codes are not the final ones) saves its codes
+    with stable numbers; the folder then updates as the same folder without its side file."""
+    first, second, third = _batches()
+    result = ba.fit(first).update(second, row_id="vote_id")
+    result.save(tmp_path / "live", format="parquet")
+    slow = _without_state(tmp_path / "live", tmp_path / "slow")
+    assert len(_layout(tmp_path / "live")["columns"]) == 8  # one rows table (the codes in their own file)
+    pd.testing.assert_frame_equal(ba.load(tmp_path / "live").rows, result.rows, check_exact=False, rtol=1e-10)
+    for folder in (tmp_path / "live", slow):
+        _update(folder, third, tmp_path, "third")
+    assert _layout(tmp_path / "live")["layout"] == "parts"  # the side file served the update
+    _same(ba.load(tmp_path / "live"), ba.load(slow))

@@ -238,17 +238,38 @@ def test_other_models_update_fast_too(tmp_path, kind):
     assert_same_result(out, slow)
 
 
-def test_killed_fast_update_leaves_the_previous_folder_whole(day1, tmp_path):
+@pytest.mark.parametrize("point", ["before-publish", "after-exchange", "between-renames"])
+def test_killed_fast_update_leaves_one_whole_result(day1, tmp_path, point):
+    """Killed while the updated folder is swapped in (the codes files and rows parts of the saved folder are
+    linked into it): DIR holds either the saved result, byte for byte, or the whole update; never a mix."""
     out, paths = day1
+    reference = tmp_path / "reference"
+    assert main(["fit", paths["new"], "--update", str(out), "--out", str(reference), "--quiet"]) == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     args = [sys.executable, "-m", "bayes_annot", "fit", paths["new"], "--update", str(out), "--out", str(out), "--quiet"]
-    proc = subprocess.run(args, capture_output=True, text=True, env=dict(os.environ, BAYES_ANNOT_FAULT="before-publish"))
+    env = dict(os.environ, BAYES_ANNOT_FAULT=point)
+    if point == "between-renames":
+        env["BAYES_ANNOT_NO_RENAME_EXCHANGE"] = "1"
+    proc = subprocess.run(args, capture_output=True, text=True, env=env)
     assert proc.returncode == 91, proc.stderr
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the linked parts were not touched
+    if point == "before-publish":
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the linked files were not touched
+    elif point == "after-exchange":  # the update is in place, whole; the saved result waits in the staging folder
+        assert_same_result(out, reference)
+        leftover = [p for p in out.parent.iterdir() if ".tmp-" in p.name]
+        assert len(leftover) == 1 and {p.name: p.read_bytes() for p in leftover[0].iterdir()} == before
+        shutil.rmtree(leftover[0])
+    else:  # between the two renames DIR is missing; the saved result is whole beside it
+        assert not out.exists()
+        leftover = [p for p in out.parent.iterdir() if ".old-" in p.name]
+        assert len(leftover) == 1 and {p.name: p.read_bytes() for p in leftover[0].iterdir()} == before
+        leftover[0].rename(out)
     proc = subprocess.run(args, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert not [p for p in out.parent.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
-    assert len(ba.load(out).rows) == len(pd.read_parquet(paths["all"]))
+    assert len(ba.load(out).rows) == len(pd.read_parquet(paths["all"]))  # (after the exchange: every new row skipped)
+    if point != "after-exchange":
+        assert_same_result(out, reference)
 
 
 def test_the_folder_keeps_nothing_it_did_not_write(day1, tmp_path, capsys):
