@@ -1583,10 +1583,15 @@ def _write_row_codes(out, result: FitResult):
 
     written = write_codes(result._data, path_of=out.path, link=link)
     if written is None:
-        for name in [f for f in out.files if f.startswith("rows-codes-")]:
-            out.path(name).unlink(missing_ok=True)
-            out.files.remove(name)
+        _drop_row_codes(out)
     return written
+
+
+def _drop_row_codes(out) -> None:
+    """Remove the codes files written into the staging folder (no side file will use them)."""
+    for name in [f for f in out.files if f.startswith("rows-codes-")]:
+        out.path(name).unlink(missing_ok=True)
+        out.files.remove(name)
 
 
 def _write_update_state(out, result: FitResult, codes) -> None:
@@ -1600,6 +1605,8 @@ def _write_update_state(out, result: FitResult, codes) -> None:
     else:
         path.unlink(missing_ok=True)
         out.files.remove(STATE_FILE)
+        if out.tables.get("rows", {}).get("layout") != "parts":  # the rows' outputs do not read them either
+            _drop_row_codes(out)
 
 
 def _write_row_parts(out, result: FitResult, renamed: dict, codes) -> bool:

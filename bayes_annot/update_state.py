@@ -22,7 +22,7 @@ saved ones into the new folder and writes one file for its new rows only. Their 
 *stable* numbers (a user keeps the number it got when it first appeared; new users get the next ones),
 so the sorted vocabularies of later fits do not renumber them; the side file holds the map from the
 stable numbers to the current codes. The same files give ``load()`` each row's user and reason when
-``rows-outputs.parquet`` holds the outputs per user (:func:`row_outputs`). Version 1 files (every
+``rows-outputs.parquet`` holds the outputs per user (:func:`user_codes`). Version 1 files (every
 row's codes inside the side file) are still read.
 """
 
@@ -38,7 +38,7 @@ from .data import PreparedData
 from .pairs import PairTable
 
 __all__ = ["STATE_FILE", "STATE_VERSION", "StateMismatch", "write_state", "read_state", "StoredState", "write_codes",
-           "read_codes", "row_outputs", "user_codes"]
+           "read_codes", "user_codes"]
 
 #: The side file's name inside a result folder.
 STATE_FILE = "update-state.npz"

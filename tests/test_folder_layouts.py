@@ -21,6 +21,11 @@ import pytest
 
 import bayes_annot as ba
 
+try:
+    from .test_folder_update_fast import _comparable, _without_state
+except ImportError:  # run as a script to regenerate the fixtures (with an older tree): main() needs neither
+    pass
+
 HERE = Path(__file__).resolve().parent / "golden" / "folders"
 
 
@@ -40,25 +45,6 @@ def _batches():
     third["vote_id"] += 10**6
     third.loc[third.index[:20], "user"] = [f"later{i % 4}" for i in range(20)]
     return first.reset_index(drop=True), second.reset_index(drop=True), third
-
-
-def _without_state(folder: Path, copy: Path) -> Path:
-    """A copy of ``folder`` without its side file (the update then reads and encodes every saved row)."""
-    shutil.copytree(folder, copy)
-    manifest = json.loads((copy / "manifest.json").read_text())
-    state = manifest.pop("update_state")["file"]
-    manifest["files"].remove(state)
-    (copy / "manifest.json").write_text(json.dumps(manifest))
-    (copy / state).unlink()
-    return copy
-
-
-def _comparable(summary: dict) -> dict:
-    summary = json.loads(json.dumps(summary))
-    summary.pop("runtime_seconds", None)
-    for entry in summary.get("provenance", []):
-        entry.pop("time", None)
-    return summary
 
 
 def _same(a, b):
