@@ -495,9 +495,11 @@ def _build_rows(arrays: dict, meta: dict, narrow) -> dict:
 def read_codes(handle, fields=("user", "reason_code")) -> dict:
     """Some per-row fields of one codes file (for ``load()``: each row's stable user number and reason);
     ``ValueError`` when it cannot be read."""
-    arrays, header = _read_arrays(handle, mapped=False)
-    meta = header.get("entries") or {}
-    return {name: arrays[f"data.{name}"] for name in fields if meta.get(f"data.{name}", {}).get("kind") == "array"}
+    handle.seek(0)
+    with np.load(handle, allow_pickle=False) as npz:  # only the members asked for are read (and CRC-checked)
+        header = json.loads(npz["__header__"].tobytes().decode("utf-8"))
+        meta = header.get("entries") or {} if isinstance(header, dict) else {}
+        return {name: npz[f"data.{name}"] for name in fields if meta.get(f"data.{name}", {}).get("kind") == "array"}
 
 
 def user_codes(user: np.ndarray, reason_code: np.ndarray, by_user: np.ndarray, weight: np.ndarray):
