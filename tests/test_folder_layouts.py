@@ -132,3 +132,19 @@ def test_a_live_update_saved_as_parquet_updates_as_from_its_rows(tmp_path):
         _update(folder, third, tmp_path, "third")
     assert _layout(tmp_path / "live")["layout"] == "parts"  # the side file served the update
     _same(ba.load(tmp_path / "live"), ba.load(slow))
+
+
+def test_nothing_new_after_an_update_with_new_users(tmp_path):
+    """Every new row already saved, in a folder whose codes need the number map (new users came in an update):
+    the refit of the saved log from its codes files equals the one from its rows, and so do later updates."""
+    first, second, third = _batches()
+    ba.fit(first).save(tmp_path / "d1", format="parquet")
+    _update(tmp_path / "d1", second, tmp_path, "second")
+    slow = _without_state(tmp_path / "d1", tmp_path / "slow")
+    for batch, name in ((pd.concat([first.iloc[::9], second.iloc[::5]]), "again"), (third, "third")):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the duplicates' warning
+            for folder in (tmp_path / "d1", slow):
+                _update(folder, batch, tmp_path, name)
+        _same(ba.load(tmp_path / "d1"), ba.load(slow))
+    assert _layout(tmp_path / "d1")["layout"] == "parts"
