@@ -206,7 +206,7 @@ class UpdateFolder:
     """What a fast update reads from a parquet folder with a side file: the small tables, the summary,
     the manifest, the side file (open), and the rows table's parts (open, not parsed)."""
 
-    users: pd.DataFrame
+    users: pd.DataFrame  # its ids only (the "user" column)
     models: pd.DataFrame
     summary: dict
     manifest: dict
@@ -264,8 +264,11 @@ def _read_update_folder(folder) -> UpdateFolder | None:
         return None
     small = {}
     for name in ("users", "models"):
+        # of the users (10^5-10^6 rows) an update needs only the ids: the fit's estimates come from the EM
+        names = [m.get("name") for m in tables[name].get("columns", [])]
+        columns = ["user"] if name == "users" and "user" in names and tables[name].get("format") == "parquet" else None
         with folder.open(tables[name]["file"]) as handle:
-            small[name] = read_table_file(handle, tables[name])
+            small[name] = read_table_file(handle, tables[name], columns=columns)
     try:
         summary = upgraded_summary(json.loads(folder.read_text("summary.json")))
     except (UnicodeDecodeError, json.JSONDecodeError):
