@@ -220,31 +220,25 @@ class FitResult:
             self._rows = rows
         return self._rows
 
-    def _row_outputs(self, rows: slice | None = None) -> dict:
-        """The columns a fit adds to every input row: ``kept``, ``reason``, ``weight`` (in-memory fits);
-        ``rows``: those of a slice of the rows only (a writer's chunk)."""
-        data = self._data
-        user, usable = data.user, data.usable
-        if rows is not None:
-            user, usable = user[rows], usable[rows]
-        # codes index list(REASONS): 0 ok, 1 tie, 2 same_model, 3 user_low_quality, 4 no_verdict (kept or
-        # not: see `kept`), 5 invalid_winner, 6 invalid_p_a (dropped rows, data.DROP_REASONS)
-        # per user 0 (kept), 3 (not kept) or 4 (no verdict), + 8 when kept: gathered once per row for both
-        # `reason` and `kept` (one byte per row throughout)
+    def _user_output_codes(self) -> np.ndarray:
+        """Per user 0 (kept), 3 (not kept) or 4 (no verdict), + 8 when kept (one byte per user; see
+        :func:`bayes_annot.update_state.user_codes`)."""
         by_user = np.where(self._keep, np.int8(8), np.int8(3))
         by_user[self._no_verdict_mask] = np.where(self._keep[self._no_verdict_mask], np.int8(12), np.int8(4))
-        code = by_user[user]
-        if rows is not None:
-            kept = usable & (code >= 8)
-        elif self._row_kept_mask is None:
-            kept = self._row_kept_mask = usable & (code >= 8)
-        else:
-            kept = self._row_kept_mask
-        np.bitwise_and(code, np.int8(7), out=code)
-        # rows outside the likelihood: their own reason
-        np.copyto(code, data.reason_code if rows is None else data.reason_code[rows], where=~usable)
+        return by_user
+
+    def _row_outputs(self) -> dict:
+        """The columns a fit adds to every input row: ``kept``, ``reason``, ``weight`` (in-memory fits)."""
+        from .update_state import user_codes
+
+        data = self._data
+        # codes index list(REASONS): 0 ok, 1 tie, 2 same_model, 3 user_low_quality, 4 no_verdict (kept or
+        # not: see `kept`), 5 invalid_winner, 6 invalid_p_a (dropped rows, data.DROP_REASONS)
+        kept, code, weight = user_codes(data.user, data.reason_code, self._user_output_codes(), self.estimates.quality)
+        if self._row_kept_mask is None:
+            self._row_kept_mask = kept
         reason = pd.Categorical.from_codes(code, categories=REASON_CATEGORIES)
-        return {"kept": kept, "reason": reason, "weight": self.estimates.quality[user]}
+        return {"kept": self._row_kept_mask, "reason": reason, "weight": weight}
 
     @property
     def kept_rows(self):
@@ -553,10 +547,13 @@ class FitResult:
                 parts = self.rows.to_delayed()  # a bar inside a bayes_annot.progress.showing() block (the CLI's)
                 parts = iterate(resolve_progress(None), parts, desc="writing rows", unit="partition", total=len(parts))
                 out.stream_table("rows", (part.compute() for part in parts), renamed_input_columns=renamed)
-            elif not (format == "parquet" and self.backend == "memory" and _write_row_parts(out, self, renamed)):
-                out.table("rows", self.rows, renamed_input_columns=renamed)
-            if format == "parquet" and self.backend == "memory":
-                _write_update_state(out, self)
+            else:
+                # parquet: each row's codes (in files an update links unchanged) for the side file and the row parts
+                codes = _write_row_codes(out, self) if format == "parquet" and self.backend == "memory" else None
+                if not (codes is not None and _write_row_parts(out, self, renamed, codes)):
+                    out.table("rows", self.rows, renamed_input_columns=renamed)
+                if codes is not None:
+                    _write_update_state(out, self, codes)
             out.json("summary.json", self.summary)
             if posterior and self.idata is not None:
                 self.idata.to_netcdf(str(out.path("posterior.nc")))
@@ -1108,13 +1105,14 @@ def fit_prepared(
         with em_callback(resolve(None)) as callback:  # a bar inside a progress.showing() block (the CLI's)
             em = run_block_em(
                 state.block, problem, spec, tol=tol, max_iter=max_iter, start=start,
-                accelerate=accelerate, callback=callback,
+                accelerate=accelerate, callback=callback, release=False,  # the floor reuses the cell counts
             )
         estimates = em_estimates(em, variant, known_strengths(problem, prepared, mu, strong_model), casual=casual,
                                  style=style)
         floor = NotImplemented
         if not hasattr(problem, "user") and style is None:  # an update: from the block's cell counts when it can
             floor = block_quality_floor(estimates, state.block, prepared.n_users)
+        state.block.release_pass_caches()  # the block is kept for updates; its pass caches are not needed
         if floor is NotImplemented:
             if not hasattr(problem, "user"):
                 covariates_read()
@@ -1568,27 +1566,57 @@ def _write_dpo(path, frames) -> None:
     os.replace(tmp, path)
 
 
-def _write_update_state(out, result: FitResult) -> None:
+def _side_file_fits(result: FitResult) -> bool:
+    """An in-memory EM fit (it keeps its EM block) without casual covariates: its folder gets a side file."""
+    state, data = result._state, result._data
+    if state is None or data is None or tuple(data.casual_names) or result.summary.get("casual_effects"):
+        return False
+    return state.block.users.shape[0] == data.n_users
+
+
+def _write_row_codes(out, result: FitResult):
+    """Write (or link, from the folder a fast update read) the codes files of every row
+    (:func:`bayes_annot.update_state.write_codes`); ``None`` when the fit gets no side file."""
+    from .update_state import write_codes
+
+    if not _side_file_fits(result):
+        return None
+
+    def link(name, handle, dir_fd):
+        out.link_file(name, handle, name=name, dir_fd=dir_fd)
+
+    written = write_codes(result._data, path_of=out.path, link=link)
+    if written is None:
+        _drop_row_codes(out)
+    return written
+
+
+def _drop_row_codes(out) -> None:
+    """Remove the codes files written into the staging folder (no side file will use them)."""
+    for name in [f for f in out.files if f.startswith("rows-codes-")]:
+        out.path(name).unlink(missing_ok=True)
+        out.files.remove(name)
+
+
+def _write_update_state(out, result: FitResult, codes) -> None:
     """Write the folder's side file (:mod:`bayes_annot.update_state`) so that an update of it encodes only
     its new rows: an in-memory EM fit (it keeps its EM block) without casual covariates."""
     from .update_state import STATE_FILE, STATE_VERSION, write_state
 
-    state, data = result._state, result._data
-    if state is None or data is None or tuple(data.casual_names) or result.summary.get("casual_effects"):
-        return
-    if state.block.users.shape[0] != data.n_users:
-        return
     path = out.path(STATE_FILE)
-    if write_state(path, fit_id=out.fit_id, data=data, state=state):
+    if write_state(path, fit_id=out.fit_id, data=result._data, state=result._state, codes=codes):
         out.manifest_extra["update_state"] = {"file": STATE_FILE, "version": STATE_VERSION}
     else:
         path.unlink(missing_ok=True)
         out.files.remove(STATE_FILE)
+        if out.tables.get("rows", {}).get("layout") != "parts":  # the rows' outputs do not read them either
+            _drop_row_codes(out)
 
 
-def _write_row_parts(out, result: FitResult, renamed: dict) -> bool:
+def _write_row_parts(out, result: FitResult, renamed: dict, codes) -> bool:
     """Write ``rows`` as parts (the result of a fast folder update): the previous folder's parts linked
-    unchanged, the new input rows as one more part, the output columns of every row in their own file.
+    unchanged, the new input rows as one more part, the output columns per user in their own file (each
+    row's user and reason are in the codes files, ``codes``).
 
     ``False`` (nothing written) when the result has no previous parts, or its new rows' columns are not
     typed as the previous parts' (the caller then writes one table of every row).
@@ -1631,7 +1659,7 @@ def _write_row_parts(out, result: FitResult, renamed: dict) -> bool:
             meta = write_arrow(*new_part, handle, "parquet")
         descriptions.append(dict(meta, file=name, input_columns=list(template["input_columns"])))
     with open(out.path("rows-outputs.parquet"), "wb") as handle:
-        outputs = _write_outputs(result, handle)
+        outputs = _write_outputs(result, handle, codes)
     out.tables["rows"] = {
         "format": "parquet", "layout": "parts", "rows": int(n_old + n_new),
         "parts": [{k: v for k, v in d.items() if k != "layout"} for d in descriptions],
@@ -1640,50 +1668,24 @@ def _write_row_parts(out, result: FitResult, renamed: dict) -> bool:
     return True
 
 
-_OUTPUT_CHUNK = 1 << 20  # rows per chunk of rows-outputs.parquet: pyarrow's default row group length
-
-
-def _write_outputs(result: FitResult, handle) -> dict:
-    """Write the output columns of every row as parquet, ``reason`` as Arrow dictionary codes (no text per
-    row); the description is :func:`~bayes_annot.tables.write_table`'s, so the table reads back equal.
-
-    The columns are built and written one row group (:data:`_OUTPUT_CHUNK` rows) at a time: no array of
-    every row's weights is made (each fresh page of a 10^7-row array costs the kernel a page clearing).
+def _write_outputs(result: FitResult, handle, codes) -> dict:
+    """Write the outputs of every row per user: one row per stable user number of the codes files
+    (``codes``), its ``code`` (3 not kept, 4 no verdict, 0 kept, + 8 when kept; see
+    :func:`bayes_annot.update_state.user_codes`) and ``weight``. A row's ``kept, reason, weight`` follow from
+    these and the row's own user and reason in the codes files (``load()`` reads them so): no column of every
+    row is written, and the description says so (``by: user``, the codes files in row order).
     """
     import base64
 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from .tables import to_arrow
-
-    n_rows = result._data.n_rows
-
-    def chunk_table(rows: slice):
-        # the columns handed to Arrow as they are (numpy arrays are wrapped, not copied)
-        arrays, names = [], []
-        for name, values in result._row_outputs(rows).items():
-            if isinstance(values, pd.Categorical):
-                dictionary = pa.array([str(c) for c in values.categories], type=pa.string())
-                arrays.append(pa.DictionaryArray.from_arrays(pa.array(values.codes), dictionary))
-            else:
-                arrays.append(pa.array(np.asarray(values)))
-            names.append(str(name))
-        return pa.Table.from_arrays(arrays, names=names)
-
-    # the restoration records of the columns (from an empty slice: no frame of every row is built)
-    empty = result._row_outputs(slice(0, 0))
-    _, metas = to_arrow(pd.DataFrame(empty))
-    first = chunk_table(slice(0, min(n_rows, _OUTPUT_CHUNK)))
-    dictionaries = [name for name, values in empty.items() if isinstance(values, pd.Categorical)]
-    # plain, uncompressed numbers (weights barely compress; a dictionary of 10^5 users' values costs 3x the time)
-    with pq.ParquetWriter(handle, first.schema, use_dictionary=dictionaries, compression="none",
-                          write_statistics=False) as writer:
-        writer.write_table(first, row_group_size=_OUTPUT_CHUNK)
-        for start in range(_OUTPUT_CHUNK, n_rows, _OUTPUT_CHUNK):
-            writer.write_table(chunk_table(slice(start, start + _OUTPUT_CHUNK)), row_group_size=_OUTPUT_CHUNK)
-    return {"format": "parquet", "rows": int(n_rows), "columns": metas,
-            "schema": base64.b64encode(first.schema.serialize().to_pybytes()).decode("ascii"), "safe_csv": False}
+    order = codes.stable_order(result._data.n_users)
+    table = pa.table({"code": pa.array(result._user_output_codes()[order]),
+                      "weight": pa.array(np.asarray(result.estimates.quality, dtype=np.float64)[order])})
+    pq.write_table(table, handle, compression="none", use_dictionary=False, write_statistics=False)
+    return {"format": "parquet", "by": "user", "rows": int(table.num_rows), "codes": list(codes.entries),
+            "schema": base64.b64encode(table.schema.serialize().to_pybytes()).decode("ascii")}
 
 
 def _part_type(meta: dict, name: str):

@@ -22,7 +22,7 @@ from .casual import DEFAULT_BINS, design_from_summary
 from .style import style_from_summary
 from .errors import FitWarning, InputError, take_renamed
 from .fit import FitResult, fit, fit_prepared
-from .incremental import align_start, n_tastes_of
+from .incremental import MergedPreparedData, align_start, n_tastes_of
 from .likelihood import Priors
 from .provenance import carried_provenance, drop_duplicates_of, input_info, provenance_entry, set_provenance
 from .saved import checked_saved, read_tables, read_update_folder, start_of
@@ -162,11 +162,14 @@ def _settings_and_roles(summary: dict, new_rows: pd.DataFrame, columns, override
 
 
 class _StoredPreparedData(PreparedData):
-    """A saved folder's coded log (from its side file) whose input rows are read from its parts on first use."""
+    """Rows of a saved folder's coded log (from its side file and codes files) whose input rows are read from
+    the folder's rows parts on first use."""
 
     def _get_frame(self):
         if self.__dict__.get("_frame") is None:
-            rows = read_row_parts(self._row_parts)
+            start, stop = self._row_range
+            whole = start == 0 and stop == sum(int(part["rows"]) for part, _ in self._row_parts)
+            rows = read_row_parts(self._row_parts, rows=None if whole else np.arange(start, stop))
             self.__dict__["_frame"] = rows.rename(columns=self._renamed) if self._renamed else rows
         return self.__dict__["_frame"]
 
@@ -174,6 +177,64 @@ class _StoredPreparedData(PreparedData):
         self.__dict__["_frame"] = value
 
     frame = property(_get_frame, _set_frame, doc="The input rows (read from the folder's rows parts when first used).")
+
+
+def _stored_log(stored, folder) -> PreparedData:
+    """The saved coded log: one part per codes file (linked unchanged into the updated folder), their stable
+    user and model numbers mapped onto the saved vocabularies."""
+    renamed = folder.rows_meta.get("renamed_input_columns") or {}
+    user_labels = np.asarray(stored.user_text, dtype=object)
+    model_labels = np.asarray(stored.model_text, dtype=object)
+    parts, start = [], 0
+    for rows, entry, handle in stored.parts:
+        part = _StoredPreparedData(frame=None, user_labels=user_labels, model_labels=model_labels, notes=[],
+                                   **stored.data, **rows)
+        part._row_parts, part._renamed = folder.parts, renamed
+        part._row_range = (start, start + part.n_rows)
+        start += part.n_rows
+        if entry is not None:
+            part._codes_source = {"entry": entry, "handle": handle, "dir_fd": folder.dir_fd}
+        part.set_label_text(stored.user_text, stored.model_text)
+        parts.append(part)
+    if len(parts) == 1 and stored.user_map is None and stored.model_map is None:
+        old = parts[0]
+    else:
+        user_map = None if stored.user_map is None else np.asarray(stored.user_map, dtype=np.int64)
+        model_map = None if stored.model_map is None else np.asarray(stored.model_map, dtype=np.int64)
+        old = MergedPreparedData([(p, user_map, model_map) for p in parts], dict(stored.data["columns"]),
+                                 user_labels, model_labels)
+        old.set_label_text(stored.user_text, stored.model_text)
+    old._row_parts, old._renamed = folder.parts, renamed
+    return old
+
+
+def _same_text(column: pd.Series, text: np.ndarray) -> bool:
+    """Whether a table's id column holds exactly ``text`` (compared in Arrow: no Python string per id)."""
+    import pyarrow as pa
+
+    if len(column) != text.shape[0]:
+        return False
+    try:
+        left, right = pa.array(column.array), pa.array(text)
+        if not pa.types.is_string(left.type) and not pa.types.is_large_string(left.type):
+            raise TypeError(left.type)
+        return left.null_count == 0 and left.equals(right.cast(left.type))
+    except (TypeError, ValueError, pa.ArrowException):  # not text in Arrow: compare as numpy text
+        return np.array_equal(column.to_numpy(dtype=object).astype(str), text)
+
+
+def _codes_at(old, positions: np.ndarray) -> np.ndarray:
+    """The user codes of the saved rows at ``positions`` (without building every row's codes of a merged log)."""
+    parts = getattr(old, "_parts", None)
+    if parts is None:
+        return old.user[positions]
+    out, start = [], 0
+    for part, user_map, _ in parts:
+        lo, hi = np.searchsorted(positions, [start, start + part.n_rows])
+        codes = part.user[positions[lo:hi] - start]
+        out.append(codes if user_map is None else user_map[codes])
+        start += part.n_rows
+    return np.concatenate(out).astype(np.int64) if out else np.zeros(0, dtype=np.int64)
 
 
 def _fast_update(directory: Path, new_rows: pd.DataFrame, columns, on_duplicate, row_id, record_paths, info,
@@ -209,20 +270,16 @@ def _fast_update_of(folder, directory, new_rows, columns, on_duplicate, row_id, 
     n_rows = sum(int(part["rows"]) for part, _ in folder.parts)
     try:
         stored = read_state(folder.state_file, fit_id=folder.manifest.get("fit_id"), n_rows=n_rows,
-                            n_users=len(folder.users), n_models=len(folder.models), mapped=True)
+                            n_users=len(folder.users), n_models=len(folder.models), mapped=True,
+                            open_codes=folder.open)
         for table, column, text in ((folder.users, "user", stored.user_text), (folder.models, "model", stored.model_text)):
-            if column not in table or not np.array_equal(table[column].to_numpy(dtype=object).astype(str), text):
+            if column not in table or not _same_text(table[column], text):
                 raise StateMismatch(f"its {column} ids differ from the {column}s table")
     except StateMismatch as exc:
         warnings.warn(f"results folder '{directory}': {STATE_FILE} cannot be used ({exc}); updating from the "
                       "saved rows instead", FitWarning, stacklevel=3)
         return None
-    data = dict(stored.data)
-    old = _StoredPreparedData(frame=None, user_labels=np.asarray(stored.user_text, dtype=object),
-                              model_labels=np.asarray(stored.model_text, dtype=object), notes=[], **data)
-    old._row_parts = folder.parts
-    old._renamed = folder.rows_meta.get("renamed_input_columns") or {}
-    old.set_label_text(stored.user_text, stored.model_text)
+    old = _stored_log(stored, folder)
     if any(old.columns.get(role) != new.columns.get(role) for role in ("user", "model_a", "model_b", "winner", "p_a")) \
             or old.has_p_a != new.has_p_a:
         return None  # other columns than the saved fit's (e.g. p_a no longer used): encode everything again
@@ -243,8 +300,12 @@ def _fast_update_of(folder, directory, new_rows, columns, on_duplicate, row_id, 
     entries = carried_provenance(summary, record_paths) + [provenance_entry(info, **counts)]
     if counts["rows_added"] == 0:
         stored.widen()  # the arrays in memory and types of their own (a merge copies and widens them)
-        for name, value in stored.data.items():
-            setattr(old, name, value)
+        parts = [p for p, _, _ in old._parts] if isinstance(old, MergedPreparedData) else [old]
+        for part, (rows, _, _) in zip(parts, stored.parts):
+            for name, value in rows.items():
+                setattr(part, name, value)
+            part._usable = part.reason_code == 0
+            part.__dict__.pop("_reason_counts", None)
         merged, state, new_frame = old, stored.state, None
     else:
         if counts["rows_skipped"]:
@@ -309,7 +370,7 @@ def _old_candidates(old, folder, new_rows: pd.DataFrame, row_id, on_duplicate, u
     rows = read_row_parts(folder.parts, rows=positions)
     if renamed:
         rows = rows.rename(columns=renamed)
-    return rows, (old.user[positions], old.user_labels)
+    return rows, (_codes_at(old, positions), old.user_labels)
 
 
 def _integer_matches(parts, column: str, wanted: pd.Series) -> np.ndarray | None:

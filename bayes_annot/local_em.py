@@ -95,13 +95,14 @@ def default_accelerate(accelerate: bool | None, variant: str, n_models: int) -> 
 
 
 def run_block_em(block: Block, problem: UsableLabels, spec: BehaviourSpec, *, tol, max_iter, start, accelerate,
-                 callback=None) -> EMResult:
+                 callback=None, release: bool = True) -> EMResult:
     """EM of the model ``spec`` (one ranking) on one in-memory block.
 
     Plain EM, or with SQUAREM steps kept only when the objective does not
     decrease (``accelerate``); ``callback(iteration, objective)`` is called
     after every iteration. ``spec.strengths`` must be the block's (learned
-    cells, or known log-odds); a warm ``start``'s strengths are dropped for known ones.
+    cells, or known log-odds); a warm ``start``'s strengths are dropped for known ones. ``release=False``
+    keeps the block's pass caches (the caller releases them once it has used them too).
     """
     if spec.learned != problem.learned:
         raise ValueError(f"the spec has {spec.strengths} strengths but the labels have "
@@ -112,7 +113,8 @@ def run_block_em(block: Block, problem: UsableLabels, spec: BehaviourSpec, *, to
         LocalRunner([block], block.users.shape[0]), problem.n_models, spec, tol=tol, max_iter=max_iter, start=start,
         accelerate=accelerate, callback=callback,
     )
-    block.release_pass_caches()  # the block is kept for updates; its pass caches are not needed
+    if release:
+        block.release_pass_caches()  # the block is kept for updates; its pass caches are not needed
     return em
 
 

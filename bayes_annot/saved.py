@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .data import REASONS
 from .decide import parse_filter
 from .errors import InputError
 from .incremental import n_tastes_of
@@ -155,8 +156,11 @@ def _read_parts(folder, meta: dict) -> pd.DataFrame:
     finally:
         for handle in handles:
             handle.close()
-    with folder.open(meta["outputs"]["file"]) as handle:
-        outputs = read_table_file(handle, meta["outputs"])
+    if meta["outputs"].get("by") == "user":
+        outputs = _outputs_by_user(folder, meta["outputs"])
+    else:  # an update written before the codes files: the outputs of every row
+        with folder.open(meta["outputs"]["file"]) as handle:
+            outputs = read_table_file(handle, meta["outputs"])
     if len(outputs) != len(rows):
         raise InputError(f"'{folder.path}': the rows table's parts hold {len(rows)} rows, its outputs {len(outputs)}")
     for column in outputs.columns:
@@ -165,12 +169,44 @@ def _read_parts(folder, meta: dict) -> pd.DataFrame:
     return rows
 
 
+def _outputs_by_user(folder, meta: dict) -> pd.DataFrame:
+    """``kept, reason, weight`` of every row from the outputs per user and each row's user and reason in the
+    codes files (see :func:`bayes_annot.update_state.user_codes`); a damaged file raises (``load()`` makes it
+    one line naming the folder)."""
+    import pyarrow.parquet as pq
+
+    from .update_state import read_codes, user_codes
+
+    with folder.open(meta["file"]) as handle:
+        per_user = pq.read_table(handle, columns=["code", "weight"])
+    by_user = per_user.column("code").to_numpy().astype(np.int8, copy=False)
+    weight = per_user.column("weight").to_numpy().astype(np.float64, copy=False)
+    users, reasons = [], []
+    for entry in meta.get("codes") or []:
+        if not isinstance(entry.get("file"), str) or entry["file"] != os.path.basename(entry["file"]):
+            raise ValueError("the list of codes files is damaged")
+        with folder.open(entry["file"]) as handle:
+            rows = read_codes(handle)
+        user, reason_code = rows["user"], rows["reason_code"]
+        if user.shape != reason_code.shape or user.shape[0] != int(entry["rows"]) or (user.shape[0] and (
+                int(user.min()) < 0 or int(user.max()) >= by_user.shape[0]
+                or int(reason_code.min()) < 0 or int(reason_code.max()) >= len(REASONS))):
+            raise ValueError(f"{entry['file']} does not hold the codes of the rows")
+        users.append(user)
+        reasons.append(reason_code)
+    user = np.concatenate(users) if users else np.zeros(0, dtype=np.int64)
+    reason_code = np.concatenate(reasons) if reasons else np.zeros(0, dtype=np.int8)
+    kept, code, weight = user_codes(user, reason_code, by_user, weight)
+    return pd.DataFrame({"kept": kept, "reason": pd.Categorical.from_codes(code, categories=list(REASONS)),
+                         "weight": weight})
+
+
 @dataclass
 class UpdateFolder:
     """What a fast update reads from a parquet folder with a side file: the small tables, the summary,
     the manifest, the side file (open), and the rows table's parts (open, not parsed)."""
 
-    users: pd.DataFrame
+    users: pd.DataFrame  # its ids only (the "user" column)
     models: pd.DataFrame
     summary: dict
     manifest: dict
@@ -182,8 +218,18 @@ class UpdateFolder:
     def __post_init__(self):
         import weakref
 
-        self._finalizer = weakref.finalize(self, _close_all, [h for _, h in self.parts] + [self.state_file],
-                                           self.dir_fd)
+        self._handles = [h for _, h in self.parts] + [self.state_file]
+        self._finalizer = weakref.finalize(self, _close_all, self._handles, self.dir_fd)
+
+    def open(self, name: str):
+        """Open the folder's file ``name`` (a plain file name) for reading; closed with the folder."""
+        if not isinstance(name, str) or name != os.path.basename(name) or name in ("", ".", ".."):
+            raise OSError(2, "not a file of the folder", name)
+        if self.dir_fd is None:
+            raise OSError(2, "the folder is not open", name)
+        handle = os.fdopen(os.open(name, os.O_RDONLY, dir_fd=self.dir_fd), "rb")
+        self._handles.append(handle)
+        return handle
 
     def close(self) -> None:
         """Close the open files."""
@@ -218,8 +264,11 @@ def _read_update_folder(folder) -> UpdateFolder | None:
         return None
     small = {}
     for name in ("users", "models"):
+        # of the users (10^5-10^6 rows) an update needs only the ids: the fit's estimates come from the EM
+        names = [m.get("name") for m in tables[name].get("columns", [])]
+        columns = ["user"] if name == "users" and "user" in names and tables[name].get("format") == "parquet" else None
         with folder.open(tables[name]["file"]) as handle:
-            small[name] = read_table_file(handle, tables[name])
+            small[name] = read_table_file(handle, tables[name], columns=columns)
     try:
         summary = upgraded_summary(json.loads(folder.read_text("summary.json")))
     except (UnicodeDecodeError, json.JSONDecodeError):

@@ -15,6 +15,15 @@ change here. The file records :data:`STATE_VERSION` and each class's field names
 for other fields (an older or newer version), for another fit (its ``fit_id``), or one that
 cannot be read raises :class:`StateMismatch`, and the update falls back to refitting the saved
 rows: never a wrong result. Nothing is unpickled (``allow_pickle=False``).
+
+Format version 2 keeps the per-row codes out of the side file, in files of their own
+(``rows-codes-N.npz``, :func:`write_codes`), one per batch of rows, never rewritten: an update links the
+saved ones into the new folder and writes one file for its new rows only. Their user and model codes are
+*stable* numbers (a user keeps the number it got when it first appeared; new users get the next ones),
+so the sorted vocabularies of later fits do not renumber them; the side file holds the map from the
+stable numbers to the current codes. The same files give ``load()`` each row's user and reason when
+``rows-outputs.parquet`` holds the outputs per user (:func:`user_codes`). Version 1 files (every
+row's codes inside the side file) are still read.
 """
 
 from __future__ import annotations
@@ -28,12 +37,19 @@ from .block_em import Block, EMState
 from .data import PreparedData
 from .pairs import PairTable
 
-__all__ = ["STATE_FILE", "STATE_VERSION", "StateMismatch", "write_state", "read_state", "StoredState"]
+__all__ = ["STATE_FILE", "STATE_VERSION", "StateMismatch", "write_state", "read_state", "StoredState", "write_codes",
+           "read_codes", "user_codes"]
 
 #: The side file's name inside a result folder.
 STATE_FILE = "update-state.npz"
 #: Bumped whenever what the file holds changes in a way the field names do not show.
-STATE_VERSION = 1
+STATE_VERSION = 2
+#: The side file versions this version reads (1: every row's codes inside the side file).
+_READS = (1, 2)
+#: The per-row codes files' names (N: a number not yet used in the folder).
+CODES_FILE = "rows-codes-{}.npz"
+#: The per-row fields of :class:`~bayes_annot.data.PreparedData` (kept in the codes files in version 2).
+ROW_FIELDS = ("user", "model_a", "model_b", "choice_a", "p_a", "reason_code", "casual_x")
 
 _CLASSES = {cls.__name__: cls for cls in (Block, EMState, PairTable)}
 # PreparedData's fields that are not stored as such: the input rows (kept in the rows table), the
@@ -138,7 +154,132 @@ def _build(cls, prefix: str, arrays, meta: dict, built: dict, skip=(), narrow=fr
     return out
 
 
-def write_state(path, *, fit_id: str, data: PreparedData, state: EMState) -> bool:
+def _savez(handle, arrays: dict) -> None:
+    """``numpy.savez`` (uncompressed ``.npz``, read back by ``numpy.load``) without copying each array into bytes
+    first: the members are written from the arrays' memory."""
+    import zipfile
+
+    with zipfile.ZipFile(handle, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for key, value in arrays.items():
+            value = np.ascontiguousarray(value)
+            with archive.open(f"{key}.npy", mode="w", force_zip64=True) as member:
+                np.lib.format.write_array_header_2_0(member, np.lib.format.header_data_from_array_1_0(value))
+                if value.size:
+                    member.write(memoryview(value.reshape(-1)).cast("B"))
+
+
+@dataclasses.dataclass
+class WrittenCodes:
+    """The codes files of a folder (:func:`write_codes`): their entries, in row order, and the maps from the
+    stable user and model numbers they hold to the fit's codes (``None``: the same numbers)."""
+
+    entries: list
+    user_map: np.ndarray | None
+    model_map: np.ndarray | None
+
+    def stable_order(self, n: int, kind: str = "user") -> np.ndarray:
+        """The fit's code of each stable number (length ``n``)."""
+        mapping = self.user_map if kind == "user" else self.model_map
+        return np.arange(n) if mapping is None else mapping
+
+
+def _parts_of(data: PreparedData) -> list:
+    """``data`` as (part, user map, model map) triples: the parts of a merged log, else the log itself."""
+    parts = getattr(data, "_parts", None)
+    return list(parts) if parts is not None else [(data, None, None)]
+
+
+def _stable_maps(mapping, n: int):
+    """The stable -> current map that starts with ``mapping`` (the first part's; ``None``: identity) and numbers
+    the codes it does not reach after it, in code order; and its inverse (current -> stable)."""
+    if mapping is None:
+        return None, None
+    mapping = np.asarray(mapping, dtype=np.int64)
+    missing = np.ones(n, dtype=bool)
+    missing[mapping] = False
+    full = np.concatenate([mapping, np.flatnonzero(missing)])
+    if np.array_equal(full, np.arange(n)):
+        return None, None
+    inverse = np.empty(n, dtype=np.int64)
+    inverse[full] = np.arange(n)
+    return full, inverse
+
+
+def _same_map(a, b) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None and (a is b or np.array_equal(a, b)))
+
+
+def write_codes(data: PreparedData, *, path_of, link) -> WrittenCodes | None:
+    """Write the per-row codes of ``data`` into codes files, linking those of a saved folder unchanged.
+
+    Parameters
+    ----------
+    data : PreparedData
+        The fit's coded log; the parts of a merged log that came from a saved folder's codes files
+        (:func:`read_state`) are linked, the others written (one file each).
+    path_of : callable
+        ``path_of(name)``: where to write the folder's file ``name``.
+    link : callable
+        ``link(name, handle, dir_fd)``: put the saved file ``name`` (open as ``handle``, in the folder open
+        as ``dir_fd``) into the folder.
+
+    Returns
+    -------
+    WrittenCodes or None
+        ``None`` (nothing written) when a per-row field cannot be stored (object arrays, covariates).
+    """
+    import uuid
+
+    parts = _parts_of(data)
+    if getattr(data, "casual_x", None) is not None or any(p.casual_x is not None for p, _, _ in parts):
+        return None
+    first, user0, model0 = parts[0]
+    user_map, user_inverse = _stable_maps(user0, data.n_users)
+    model_map, model_inverse = _stable_maps(model0, data.n_models)
+    used = {getattr(p, "_codes_source", {}).get("entry", {}).get("file") for p, _, _ in parts}
+    entries, number = [], 0
+    for index, (part, umap, mmap) in enumerate(parts):
+        source = getattr(part, "_codes_source", None)
+        if source is not None and _same_map(umap, user0) and _same_map(mmap, model0):
+            entry = source["entry"]
+            link(entry["file"], source["handle"], source.get("dir_fd"))
+            entries.append(dict(entry))
+            continue
+        if index == 0:  # the stable numbers are the first part's codes
+            stable = {"user": part.user, "model_a": part.model_a, "model_b": part.model_b}
+        else:  # the part's codes, then current, then stable
+            stable = {"user": _to_stable(part.user, umap, user_inverse),
+                      "model_a": _to_stable(part.model_a, mmap, model_inverse),
+                      "model_b": _to_stable(part.model_b, mmap, model_inverse)}
+        arrays, meta = {}, {}
+        for name in ROW_FIELDS:
+            value = stable.get(name, getattr(part, name))
+            if value is None:
+                meta[f"data.{name}"] = {"kind": "none"}
+            elif isinstance(value, np.ndarray) and not value.dtype.hasobject:
+                arrays[f"data.{name}"] = _narrow(value)
+                meta[f"data.{name}"] = {"kind": "array", "dtype": value.dtype.str}
+            else:
+                return None
+        while CODES_FILE.format(number) in used:
+            number += 1
+        name = CODES_FILE.format(number)
+        used.add(name)
+        entry = {"file": name, "rows": int(part.n_rows), "id": uuid.uuid4().hex}
+        header = {"codes_version": 1, "id": entry["id"], "rows": entry["rows"], "entries": meta}
+        arrays["__header__"] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
+        with open(path_of(name), "wb") as handle:
+            _savez(handle, arrays)
+        entries.append(entry)
+    return WrittenCodes(entries, user_map, model_map)
+
+
+def _to_stable(codes: np.ndarray, mapping, inverse) -> np.ndarray:
+    current = codes if mapping is None else np.asarray(mapping)[codes]
+    return current if inverse is None else inverse[current]
+
+
+def write_state(path, *, fit_id: str, data: PreparedData, state: EMState, codes: WrittenCodes) -> bool:
     """Write the side file of a fit; ``False`` (nothing written) when a field cannot be stored.
 
     Parameters
@@ -148,38 +289,47 @@ def write_state(path, *, fit_id: str, data: PreparedData, state: EMState) -> boo
     fit_id : str
         The folder's ``fit_id`` (its manifest's): the file serves only that folder.
     data : PreparedData
-        The fit's integer-coded log.
+        The fit's integer-coded log (its per-row codes are in ``codes``' files).
     state : EMState
         The fit's EM state, over every user of ``data``.
+    codes : WrittenCodes
+        The folder's codes files (:func:`write_codes`).
     """
     arrays: dict = {}
     meta: dict = {}
     try:
         _flatten(state, "state.", arrays, meta, {})
-        _flatten(data, "data.", arrays, meta, {}, skip=_DATA_SKIP)
+        _flatten(data, "data.", arrays, meta, {}, skip=_DATA_SKIP + ROW_FIELDS)
     except _Unsupported:
         return False
     arrays["vocab.user"] = np.asarray(data.label_text("user"))
     arrays["vocab.model"] = np.asarray(data.label_text("model"))
     if arrays["vocab.user"].dtype.hasobject or arrays["vocab.model"].dtype.hasobject:
         return False
+    for kind, mapping in (("user", codes.user_map), ("model", codes.model_map)):
+        if mapping is not None:
+            arrays[f"codes.{kind}_map"] = _narrow(np.asarray(mapping, dtype=np.int64))
     header = {"version": STATE_VERSION, "fit_id": fit_id, "n_rows": int(data.n_rows), "n_users": int(data.n_users),
-              "n_models": int(data.n_models), "entries": meta}
+              "n_models": int(data.n_models), "entries": meta, "codes": codes.entries}
     arrays["__header__"] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
     with open(path, "wb") as handle:
-        np.savez(handle, **arrays)
+        _savez(handle, arrays)
     return True
 
 
 @dataclasses.dataclass
 class StoredState:
-    """A side file read back: the coded log's arrays, the vocabularies' text and the EM state."""
+    """A side file read back: the coded log's arrays (by codes file), the vocabularies' text and the EM state."""
 
-    data: dict  # PreparedData keyword arguments (without frame, labels, notes)
+    data: dict  # PreparedData keyword arguments that are not per row (columns, casual_names)
+    parts: list  # per codes file, in row order: (its per-row PreparedData keyword arguments, its entry or None,
+    #              the file, open, or None)
     user_text: np.ndarray
     model_text: np.ndarray
     state: EMState
     n_rows: int
+    user_map: np.ndarray | None = None  # stable user number -> code (None: the same)
+    model_map: np.ndarray | None = None
     narrowed: dict = dataclasses.field(default_factory=dict)  # key -> in-memory type of the arrays left narrow
 
     def widen(self) -> None:
@@ -191,7 +341,8 @@ class StoredState:
             dtype = self.narrowed.get(key, value.dtype)
             return value.astype(dtype, copy=not value.flags.writeable or value.dtype != dtype)
 
-        self.data = {name: own(value, f"data.{name}") for name, value in self.data.items()}
+        self.parts = [({name: own(value, f"data.{name}") for name, value in rows.items()}, entry, handle)
+                      for rows, entry, handle in self.parts]
         for obj, prefix in ((self.state.block, "state.block."), (self.state.block.pairs, None),
                             (self.state.pair_counts, None)):
             if obj is None:
@@ -203,9 +354,20 @@ class StoredState:
 
 
 #: The arrays with one entry per row or label (the large ones) that ``read_state(mapped=True)`` leaves narrow.
-_PER_ROW = ("data.user", "data.model_a", "data.model_b", "data.choice_a", "data.reason_code", "state.block.cell")
+_PER_ROW = tuple(f"data.{name}" for name in ROW_FIELDS) + ("state.block.cell",)
 
 
+def _read_arrays(handle, mapped: bool) -> tuple[dict, dict]:
+    """The arrays of a ``.npz`` file written here (mapped read-only when asked and possible) and its header."""
+    arrays = _mapped_arrays(handle) if mapped else None
+    if arrays is None:
+        handle.seek(0)
+        with np.load(handle, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+    header = json.loads(arrays.pop("__header__").tobytes().decode("utf-8"))
+    if not isinstance(header, dict):
+        raise ValueError("its header is not a JSON object")
+    return arrays, header
 def _mapped_arrays(handle) -> dict | None:
     """The arrays of an uncompressed ``.npz`` file as read-only views of its memory map (each member's CRC
     checked, as ``np.load`` does); ``None`` when the file cannot be mapped (then it is read)."""
@@ -246,49 +408,114 @@ def _mapped_arrays(handle) -> dict | None:
     return arrays
 
 
-def read_state(handle, *, fit_id: str, n_rows: int, n_users: int, n_models: int, mapped: bool = False) -> StoredState:
+def read_state(handle, *, fit_id: str, n_rows: int, n_users: int, n_models: int, mapped: bool = False,
+               open_codes=None) -> StoredState:
     """Read a side file written by :func:`write_state` for the folder ``fit_id`` (else :class:`StateMismatch`).
 
     ``n_rows``, ``n_users``, ``n_models`` are the folder's (its tables'); every code is checked
     against them, so a damaged file is refused rather than used. ``mapped=True`` gives the arrays as
     read-only views of the file mapped in memory (no copy), the per-row codes and the block's label
     cells in the narrow integer types they are stored in (merging new rows copies and widens them in
-    one pass); :meth:`StoredState.widen` gives every array its own memory and type.
+    one pass); :meth:`StoredState.widen` gives every array its own memory and type. ``open_codes(name)``
+    opens the folder's codes file ``name`` (format version 2: the per-row codes are there).
     """
     try:
-        arrays = _mapped_arrays(handle) if mapped else None
-        if arrays is None:
-            handle.seek(0)
-            with np.load(handle, allow_pickle=False) as npz:
-                arrays = {key: npz[key] for key in npz.files}
-        header = json.loads(arrays.pop("__header__").tobytes().decode("utf-8"))
-    except StateMismatch:
-        raise
+        arrays, header = _read_arrays(handle, mapped)
     except Exception as exc:  # a damaged zip, a bad CRC, missing header: unusable
         raise StateMismatch(f"it cannot be read ({type(exc).__name__}: {exc})") from None
-    if not isinstance(header, dict) or header.get("version") != STATE_VERSION:
-        raise StateMismatch(f"it has format version {header.get('version') if isinstance(header, dict) else None}, "
-                            f"this version reads {STATE_VERSION}")
+    if header.get("version") not in _READS:
+        raise StateMismatch(f"it has format version {header.get('version')}, this version reads "
+                            f"{' and '.join(map(str, _READS))}")
     if header.get("fit_id") != fit_id:
         raise StateMismatch("it belongs to another fit than the folder's tables")
     if (header.get("n_rows"), header.get("n_users"), header.get("n_models")) != (n_rows, n_users, n_models):
         raise StateMismatch("its row, user or model counts differ from the folder's tables")
     meta = header["entries"]
+    row_keys = [f"data.{name}" for name in ROW_FIELDS]
     try:
         built: dict = {}
         narrow = frozenset(key for key in _PER_ROW if meta.get(key, {}).get("dtype")) if mapped else frozenset()
         state = EMState(**_build(EMState, "state.", arrays, meta, built, narrow=narrow))
-        data = _build(PreparedData, "data.", arrays, meta, {}, skip=_DATA_SKIP, narrow=narrow)
+        narrowed = {key: np.dtype(meta[key]["dtype"]) for key in narrow}
+        if header["version"] == 1:  # every row's codes in this file
+            data = _build(PreparedData, "data.", arrays, meta, {}, skip=_DATA_SKIP, narrow=narrow)
+            parts = [({name: data.pop(name) for name in ROW_FIELDS}, None, None)]
+            user_map = model_map = None
+        else:
+            data = _build(PreparedData, "data.", arrays, meta, {}, skip=_DATA_SKIP + ROW_FIELDS)
+            parts = []
+            for entry in header.get("codes") or []:
+                rows, part_meta, opened = _read_codes(open_codes, entry, mapped)
+                narrow_part = frozenset(k for k in row_keys if mapped and part_meta.get(k, {}).get("dtype"))
+                parts.append((_build_rows(rows, part_meta, narrow_part), entry, opened))
+                narrowed.update({k: np.dtype(part_meta[k]["dtype"]) for k in narrow_part})
+            user_map, model_map = (arrays.get(f"codes.{kind}_map") for kind in ("user", "model"))
         user_text, model_text = arrays["vocab.user"], arrays["vocab.model"]
     except KeyError as exc:
         raise StateMismatch(f"it lacks {exc}") from None
-    _check(data, state, user_text, model_text, n_rows, n_users, n_models)
-    return StoredState(data=data, user_text=user_text, model_text=model_text, state=state, n_rows=n_rows,
-                       narrowed={key: np.dtype(meta[key]["dtype"]) for key in narrow})
+    _check(parts, state, user_text, model_text, n_rows, n_users, n_models, user_map, model_map)
+    return StoredState(data=data, parts=parts, user_text=user_text, model_text=model_text, state=state, n_rows=n_rows,
+                       user_map=user_map, model_map=model_map, narrowed=narrowed)
 
 
-def _check(data: dict, state: EMState, user_text, model_text, n_rows: int, n_users: int, n_models: int) -> None:
-    """Every code within its vocabulary and every per-row array of the folder's length (else StateMismatch)."""
+def _read_codes(open_codes, entry: dict, mapped: bool) -> tuple[dict, dict, object]:
+    """The arrays and entries of the codes file ``entry`` names (StateMismatch when it is not that file), and the
+    file, open (its owner, ``open_codes``' caller, closes it)."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("file"), str) or open_codes is None:
+        raise StateMismatch("its list of codes files is damaged")
+    try:
+        handle = open_codes(entry["file"])
+    except OSError as exc:
+        raise StateMismatch(f"its codes file {entry['file']} cannot be opened ({exc.strerror})") from None
+    try:
+        arrays, header = _read_arrays(handle, mapped)
+    except Exception as exc:
+        raise StateMismatch(f"its codes file {entry['file']} cannot be read ({type(exc).__name__}: {exc})") from None
+    if header.get("id") != entry.get("id") or header.get("rows") != entry.get("rows"):
+        raise StateMismatch(f"its codes file {entry['file']} belongs to other rows")
+    return arrays, header.get("entries") or {}, handle
+
+
+def _build_rows(arrays: dict, meta: dict, narrow) -> dict:
+    """The per-row fields stored in a codes file (StateMismatch when they are not :data:`ROW_FIELDS`)."""
+    if sorted(meta) != sorted(f"data.{name}" for name in ROW_FIELDS):
+        raise StateMismatch("a codes file was written for other fields")
+    out = {}
+    for name in ROW_FIELDS:
+        key, entry = f"data.{name}", meta[f"data.{name}"]
+        if entry.get("kind") == "none":
+            out[name] = None
+        elif entry.get("kind") == "array":
+            out[name] = arrays[key] if key in narrow else arrays[key].astype(np.dtype(entry["dtype"]), copy=False)
+        else:
+            raise StateMismatch(f"unknown entry for {key}")
+    return out
+
+
+def read_codes(handle, fields=("user", "reason_code")) -> dict:
+    """Some per-row fields of one codes file (for ``load()``: each row's stable user number and reason);
+    ``ValueError`` when it cannot be read."""
+    handle.seek(0)
+    with np.load(handle, allow_pickle=False) as npz:  # only the members asked for are read (and CRC-checked)
+        header = json.loads(npz["__header__"].tobytes().decode("utf-8"))
+        meta = header.get("entries") or {} if isinstance(header, dict) else {}
+        return {name: npz[f"data.{name}"] for name in fields if meta.get(f"data.{name}", {}).get("kind") == "array"}
+
+
+def user_codes(user: np.ndarray, reason_code: np.ndarray, by_user: np.ndarray, weight: np.ndarray):
+    """``kept, reason codes, weight`` of rows from their user (an index into ``by_user`` and ``weight``) and their
+    own reason code: ``by_user`` is 3 (not kept), 4 (no verdict) or 0 (kept), + 8 when the user is kept."""
+    usable = reason_code == 0
+    code = by_user[user]
+    kept = usable & (code >= 8)
+    np.bitwise_and(code, np.int8(7), out=code)
+    np.copyto(code, reason_code, where=~usable)  # rows outside the likelihood: their own reason
+    return kept, code, weight[user]
+
+
+def _check(parts: list, state: EMState, user_text, model_text, n_rows: int, n_users: int, n_models: int,
+           user_map=None, model_map=None) -> None:
+    """Every code within its vocabulary and the per-row arrays covering the folder's rows (else StateMismatch)."""
     def within(values, high, what):
         values = np.asarray(values)
         if values.shape[0] and (int(values.min()) < 0 or int(values.max()) >= high):
@@ -296,12 +523,24 @@ def _check(data: dict, state: EMState, user_text, model_text, n_rows: int, n_use
 
     if user_text.shape[0] != n_users or model_text.shape[0] != n_models:
         raise StateMismatch("its vocabularies differ from the folder's tables")
-    for name, value in data.items():
-        if isinstance(value, np.ndarray) and value.shape[:1] != (n_rows,):
-            raise StateMismatch(f"its {name} codes do not cover the folder's rows")
-    within(data["user"], n_users, "user codes")
-    within(data["model_a"], n_models, "model codes")
-    within(data["model_b"], n_models, "model codes")
+    for mapping, n, what in ((user_map, n_users, "user"), (model_map, n_models, "model")):
+        if mapping is None:
+            continue
+        if mapping.shape != (n,):
+            raise StateMismatch(f"its {what} numbering is damaged")
+        within(mapping, n, f"{what} numbers")
+        if n and np.bincount(mapping, minlength=n).max() != 1:
+            raise StateMismatch(f"its {what} numbering is damaged")
+    if sum(int(np.shape(rows["user"])[0]) for rows, _, _ in parts) != n_rows:
+        raise StateMismatch("its codes do not cover the folder's rows")
+    for rows, _, _ in parts:
+        n = int(np.shape(rows["user"])[0])
+        for name, value in rows.items():
+            if isinstance(value, np.ndarray) and value.shape[:1] != (n,):
+                raise StateMismatch(f"its {name} codes do not cover the folder's rows")
+        within(rows["user"], n_users, "user codes")
+        within(rows["model_a"], n_models, "model codes")
+        within(rows["model_b"], n_models, "model codes")
     block = state.block
     if block.users.shape[0] != n_users or block.indptr.shape[0] != n_users + 1 or block.n_models != n_models:
         raise StateMismatch("its EM block does not cover the folder's users")

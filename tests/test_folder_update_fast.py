@@ -238,17 +238,38 @@ def test_other_models_update_fast_too(tmp_path, kind):
     assert_same_result(out, slow)
 
 
-def test_killed_fast_update_leaves_the_previous_folder_whole(day1, tmp_path):
+@pytest.mark.parametrize("point", ["before-publish", "after-exchange", "between-renames"])
+def test_killed_fast_update_leaves_one_whole_result(day1, tmp_path, point):
+    """Killed while the updated folder is swapped in (the codes files and rows parts of the saved folder are
+    linked into it): DIR holds either the saved result, byte for byte, or the whole update; never a mix."""
     out, paths = day1
+    reference = tmp_path / "reference"
+    assert main(["fit", paths["new"], "--update", str(out), "--out", str(reference), "--quiet"]) == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     args = [sys.executable, "-m", "bayes_annot", "fit", paths["new"], "--update", str(out), "--out", str(out), "--quiet"]
-    proc = subprocess.run(args, capture_output=True, text=True, env=dict(os.environ, BAYES_ANNOT_FAULT="before-publish"))
+    env = dict(os.environ, BAYES_ANNOT_FAULT=point)
+    if point == "between-renames":
+        env["BAYES_ANNOT_NO_RENAME_EXCHANGE"] = "1"
+    proc = subprocess.run(args, capture_output=True, text=True, env=env)
     assert proc.returncode == 91, proc.stderr
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the linked parts were not touched
+    if point == "before-publish":
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the linked files were not touched
+    elif point == "after-exchange":  # the update is in place, whole; the saved result waits in the staging folder
+        assert_same_result(out, reference)
+        leftover = [p for p in out.parent.iterdir() if ".tmp-" in p.name]
+        assert len(leftover) == 1 and {p.name: p.read_bytes() for p in leftover[0].iterdir()} == before
+        shutil.rmtree(leftover[0])
+    else:  # between the two renames DIR is missing; the saved result is whole beside it
+        assert not out.exists()
+        leftover = [p for p in out.parent.iterdir() if ".old-" in p.name]
+        assert len(leftover) == 1 and {p.name: p.read_bytes() for p in leftover[0].iterdir()} == before
+        leftover[0].rename(out)
     proc = subprocess.run(args, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert not [p for p in out.parent.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
-    assert len(ba.load(out).rows) == len(pd.read_parquet(paths["all"]))
+    assert len(ba.load(out).rows) == len(pd.read_parquet(paths["all"]))  # (after the exchange: every new row skipped)
+    if point != "after-exchange":
+        assert_same_result(out, reference)
 
 
 def test_the_folder_keeps_nothing_it_did_not_write(day1, tmp_path, capsys):
@@ -279,28 +300,70 @@ def test_rows_are_copied_where_they_cannot_be_linked(day1, tmp_path, monkeypatch
     assert (out / "rows.parquet").stat().st_nlink == 1
 
 
-def test_row_outputs_written_in_several_row_groups_read_back_equal(day1, tmp_path, monkeypatch):
-    """``rows-outputs.parquet`` is built and written one row group at a time (no array of every row's weight):
-    with groups much smaller than the log, the tables still equal the update from the rows, chained."""
-    import importlib
-
+def test_an_update_links_the_saved_codes_and_writes_the_outputs_per_user(day1, tmp_path):
+    """Each row's codes are kept in files an update never rewrites (``rows-codes-N.npz``: linked into the new
+    folder, one more for the new rows), and ``rows-outputs.parquet`` holds one row per user: chained updates
+    still read back as the update from the rows."""
     import pyarrow.parquet as pq
 
-    fit_module = importlib.import_module("bayes_annot.fit")  # the module (``bayes_annot.fit`` is also the function)
     out, paths = day1
     slow = _without_state(out, tmp_path / "slow")
-    monkeypatch.setattr(fit_module, "_OUTPUT_CHUNK", 97)  # a prime: the last group is a partial one
     log2 = _log(seed=6, n_users=50)
     log2["vote_id"] += 10**6
-    for new in (paths["new"], _write(log2, tmp_path / "second.parquet")):
-        for folder in (out, slow):
-            assert main(["fit", new, "--update", str(folder), "--out", str(folder), "--row-id", "vote_id",
+    log2.loc[log2.index[:10], "user"] = [f"another{i % 3}" for i in range(10)]  # new users again
+    previous = out
+    for number, new in enumerate((paths["new"], _write(log2, tmp_path / "second.parquet"))):
+        target = tmp_path / f"day{number + 2}"
+        for folder, into in ((previous, target), (slow, slow)):
+            assert main(["fit", new, "--update", str(folder), "--out", str(into), "--row-id", "vote_id",
                          "--quiet"]) == 0
-        assert_same_result(out, slow)
-        n_rows = len(ba.load(out).rows)
-        groups = pq.ParquetFile(out / "rows-outputs.parquet").metadata
-        assert groups.num_rows == n_rows and groups.num_row_groups == -(-n_rows // 97)
-    assert main(["report", str(out), "--quiet"]) == 0
+        assert_same_result(target, slow)
+        rows = json.loads((target / "manifest.json").read_text())["tables"]["rows"]
+        codes = [entry["file"] for entry in rows["outputs"]["codes"]]
+        assert len(codes) == number + 2
+        for name in codes[:-1]:  # the saved rows' codes: the previous folder's file, linked
+            assert (target / name).samefile(previous / name)
+        assert pq.ParquetFile(target / "rows-outputs.parquet").metadata.num_rows == len(ba.load(target).users)
+        previous = target
+    assert main(["report", str(previous), "--quiet"]) == 0
+
+
+@pytest.mark.parametrize("damage", ["bytes", "truncated", "missing"])
+def test_a_damaged_codes_file_falls_back_to_the_rows_or_is_one_line_error(day1, tmp_path, damage, capsys):
+    """The codes file of a fit's rows: damaged or missing, the update reads the rows instead (a warning); once
+    the rows' outputs depend on it (after an update), ``load`` and ``report`` name the folder in one line."""
+    out, paths = day1
+    slow = _without_state(out, tmp_path / "slow")
+    codes = out / "rows-codes-0.npz"
+
+    def spoil(path):
+        if damage == "missing":
+            path.unlink()
+        elif damage == "truncated":
+            path.write_bytes(path.read_bytes()[:1000])
+        else:  # (the update reads every member; load() only each row's user and reason)
+            payload = bytearray(path.read_bytes())
+            payload[len(payload) // 2:len(payload) // 2 + 64] = bytes(64)
+            path.write_bytes(bytes(payload))
+
+    updated = tmp_path / "updated"
+    shutil.copytree(out, updated)
+    spoil(codes)
+    with pytest.warns(FitWarning, match="cannot be used"):
+        result = update_saved(out, pd.read_parquet(paths["new"]), row_id="vote_id")
+    reference = update_saved(slow, pd.read_parquet(paths["new"]), row_id="vote_id")
+    for name in ("users", "models", "rows"):
+        pd.testing.assert_frame_equal(getattr(result, name), getattr(reference, name), check_exact=False, rtol=1e-10)
+    assert main(["fit", paths["new"], "--update", str(updated), "--out", str(updated), "--quiet"]) == 0
+    assert _layout(updated) == "parts"
+    capsys.readouterr()
+    if damage == "bytes":
+        return
+    spoil(updated / "rows-codes-1.npz")
+    assert main(["report", str(updated), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("bayes-annot: error: ") and "updated" in err[0]
+    assert ("cannot be read" if damage == "truncated" else "'rows-codes-1.npz' missing") in err[0]
 
 
 def test_the_side_file_is_read_in_place_and_left_unchanged(day1, tmp_path):

@@ -155,8 +155,10 @@ def test_a_parquet_folder_updates_as_parquet(tmp_path):
     out = tmp_path / "res"
     assert main(["fit", str(tmp_path / "old.parquet"), "--out", str(out), "--format", "parquet", "--quiet"]) == 0
     assert main(["fit", str(tmp_path / "new.parquet"), "--update", str(out), "--out", str(out), "--quiet"]) == 0
-    # the saved rows stay as they were written (a part); the new rows and every row's outputs get their own files
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "models.parquet", "rows-outputs.parquet",
+    # the saved rows and their codes stay as they were written (a part); the new rows, their codes and the
+    # outputs per user get their own files
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "models.parquet", "rows-codes-0.npz",
+                                                     "rows-codes-1.npz", "rows-outputs.parquet",
                                                      "rows-part-1.parquet", "rows.parquet", "summary.json",
                                                      "update-state.npz", "users.parquet"]
     saved = ba.load(out)
