@@ -638,12 +638,13 @@ def candidates(quick: bool = False) -> list[Candidate]:
         Candidate("bt", "Bradley-Terry (no casual labels)", "-", "grid", grid_bt),
         Candidate("two-class", "(a) two-class", "P(attentive)", "grid", grid_two_class),
         Candidate("continuous", "(b) continuous, eta integrated", "E[eta]", "grid", grid_continuous),
-        Candidate("pkg-continuous", "(b') continuous, package EM (eta MAP, tau = 1.5)", "eta MAP", "package",
-                  fit_kwargs=dict(variant="continuous")),
+        Candidate("pkg-continuous", "(b') continuous, package EM (eta summed out; held-out labels scored one by one)",
+                  "E[eta]", "package",
+                  fit_kwargs=dict(variant="continuous", ties="ignore")),
         Candidate("tastes2", "(c) two-class x 2 tastes", "expected agreement with the majority ranking", "grid",
                   grid_two_class_tastes, n_starts=5),
         Candidate("pkg-tastes", "(c') package tastes='auto'", "P(not casual)", "package",
-                  fit_kwargs=dict(variant="two-class", tastes="auto")),
+                  fit_kwargs=dict(variant="two-class", tastes="auto", ties="ignore")),
         Candidate("sharp2", "(d) two-class x sharpness", "expected accuracy", "grid", grid_sharp_two_class),
         Candidate("sharpc", "(d') continuous x sharpness", "expected accuracy", "grid", grid_sharp_continuous),
         Candidate("ctastes2", "(e) continuous x 2 tastes", "expected agreement with the majority ranking", "grid",
@@ -689,12 +690,12 @@ def heldout_scores(cand: Candidate, frame: pd.DataFrame, labels: Labels, prepare
     """Per-user held-out log-likelihood (aligned to ``labels.user_labels``; NaN for users without test labels)."""
     if cand.kind == "package":
         kw = dict(cand.fit_kwargs)
-        model = kw.pop("model")
+        variant = kw.pop("variant")
         if q_fixed is not None:
             kw["q"] = q_fixed
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            res = heldout_loglik(frame, model, frac=frac, seed=seed, **kw)
+            res = heldout_loglik(frame, variant, frac=frac, seed=seed, **kw)
         return res["per_user"].reindex(labels.user_labels).to_numpy(dtype=float)
     hidden = holdout_mask(prepared.user, prepared.usable, frac, seed)[prepared.usable]
     train, test = labels.subset(~hidden), labels.subset(hidden)
@@ -908,6 +909,7 @@ def run(data_dir: Path, seeds: list[int], n_boot: int, frac: float, quick: bool,
             qualities[f"agree-{key}"] = agreement_with(labels, ranking[key])[keep]
             ranking[f"agree-{key}"] = ranking[key]
     # robustness of (h): the majority ranking of the package's own taste fits
+    chosen_tastes = {}
     for tastes in (2, "auto"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -915,6 +917,7 @@ def run(data_dir: Path, seeds: list[int], n_boot: int, frac: float, quick: bool,
         s_major = res.models.set_index("model")["strength_taste_1"].reindex(labels.item_labels).to_numpy(dtype=float)
         qualities[f"agree-pkg-tastes-{tastes}"] = agreement_with(labels, s_major)[keep]
         ranking[f"agree-pkg-tastes-{tastes}"] = s_major
+        chosen_tastes[f"agree-pkg-tastes-{tastes}"] = int((res.summary.get("tastes") or {}).get("n_tastes", tastes))
     qualities["agree-true"] = agreement_with(labels, true_level)[keep]
     ranking["agree-true"] = true_level
     boot = bootstrap(qualities, acc, "agreement", n_boot, seed=0)
@@ -923,6 +926,8 @@ def run(data_dir: Path, seeds: list[int], n_boot: int, frac: float, quick: bool,
         rk = ranking.get(k)
         results["truth"][k] = dict(spearman=sp, auc=au, boot=boot[k],
                                    ranking_vs_true=None if rk is None else spearman(rk, true_level))
+        if k in chosen_tastes:
+            results["truth"][k]["n_tastes"] = chosen_tastes[k]
     if refit_boot:
         results["refit_boot"] = [refit_bootstrap(frame, truth, refit_boot, seed=0, true_level=items),
                                  refit_bootstrap(frame, truth, refit_boot, seed=0, frac=0.8, true_level=items)]
@@ -930,6 +935,37 @@ def run(data_dir: Path, seeds: list[int], n_boot: int, frac: float, quick: bool,
     results["truth"]["_n_bad"] = int((acc <= 0.5).sum())
     results["candidates"] = {c.key: dict(label=c.label, quality=c.quality) for c in cands}
     return results
+
+
+# truth rows that come from the package's taste fits whatever --only says (re-measured with pkg-tastes)
+PKG_TASTE_ROWS = ("agree-pkg-tastes-2", "agree-pkg-tastes-auto")
+
+
+def merge_rows(base: dict, new: dict, keys: list[str], command: str) -> dict:
+    """``base`` (an earlier full run) with the rows of candidates ``keys`` taken from ``new`` (a run with
+    ``--only`` those keys, same seeds, split share and bootstrap): their held-out cells and truth rows,
+    plus the package taste-fit rows of the truth table when ``pkg-tastes`` is among them. Every other row
+    keeps ``base``'s figures. Valid because two-class, the paired base, is deterministic, and the
+    bootstrap draws the same workers for every row (seed 0), whatever the other rows are."""
+    for name in ("seeds", "frac", "n_boot"):
+        if base["settings"][name] != new["settings"][name]:
+            raise SystemExit(f"--merge: {name} differs ({base['settings'][name]} vs {new['settings'][name]})")
+    out = json.loads(json.dumps(base))
+    missing = [k for k in keys if k not in out["candidates"]]
+    if missing:
+        raise SystemExit(f"--merge: candidate(s) {', '.join(missing)} not in the earlier run")
+    for name, table in new["heldout"].items():
+        for k in keys:
+            out["heldout"][name][k] = table[k]
+    rows = list(keys) + (list(PKG_TASTE_ROWS) if "pkg-tastes" in keys else [])
+    for k in rows:
+        if k in new["truth"]:
+            out["truth"][k] = new["truth"][k]
+    for k in keys:
+        out["candidates"][k] = new["candidates"][k]
+    out["settings"]["merged"] = dict(command=command, keys=rows, date=dt.date.today().isoformat(),
+                                     machine=new["settings"].get("machine"))
+    return out
 
 
 NAMES = {"countrypop": "countrypop", "cemschoice": "CEMSChoice", "topmodel2007": "Topmodel2007",
@@ -940,9 +976,19 @@ def markdown(results: dict, command: str) -> str:
     cands = results["candidates"]
     st = results["settings"]
     reused = st.get("heldout_command")
+    merged = st.get("merged")
+    if merged:  # the rows of some candidates rerun and merged into an earlier run
+        short = {"agree-pkg-tastes-2": "(h')", "agree-pkg-tastes-auto": "(h'')"}
+        names = [cands[k]["label"].split(" ")[0] if k in cands else short.get(k, k) for k in merged["keys"]]
+        head = (f"Generated by `{st['command']}` on {st.get('date', 'an earlier date')}"
+                + (f" ({st['machine']})" if st.get("machine") else "") + f"; the rows of {', '.join(names)} "
+                f"(held-out and truth tables) rerun by `{merged['command']}` on {merged['date']}"
+                + (f" ({merged['machine']})" if merged.get("machine") else "")
+                + " and merged into it; every other row keeps its figures.")
+    else:
+        head = f"Generated by `{command}` on {dt.date.today().isoformat()}; machine: {machine()}."
     lines = [
-        f"Generated by `{command}` on {dt.date.today().isoformat()}; machine: {machine()}."
-        + (f" The held-out table is the one of `{reused}` (same code and candidates)." if reused else ""),
+        head + (f" The held-out table is the one of `{reused}` (same code and candidates)." if reused else ""),
         f"Held-out split seeds {st['seeds']} (each hides {st['frac']:.0%} of every user's non-tie labels); "
         f"bootstrap: {st['n_boot']} resamples of workers, seed 0.",
         "",
@@ -975,7 +1021,10 @@ def markdown(results: dict, command: str) -> str:
              "pkg-two-class-default": "package `fit(variant='two-class')`, default (q learned)",
              "agree-ctastes2": "diagnostic: agreement rate with the majority ranking of (e)",
              "agree-pkg-tastes-2": "(h') as (h), ranking of the package's `fit(tastes=2)` (taste 1)",
-             "agree-pkg-tastes-auto": "(h'') as (h), ranking of the package's `fit(tastes='auto')` (3 tastes; taste 1)",
+             "agree-pkg-tastes-auto": "(h'') as (h), ranking of the package's `fit(tastes='auto')` "
+                                      + (f"({results['truth']['agree-pkg-tastes-auto']['n_tastes']} tastes; taste 1)"
+                                         if "n_tastes" in results["truth"].get("agree-pkg-tastes-auto", {})
+                                         else "(taste 1)"),
              "agree-true": "diagnostic: agreement rate with the true order (the truth itself, smoothed)"}
     label.update({k: v["label"] for k, v in cands.items()})
     for key, r in results["truth"].items():
@@ -1040,6 +1089,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--refit-boot", type=int, default=0,
                         help="also a bootstrap over workers that refits every model per resample (N resamples)")
     parser.add_argument("--reuse-heldout", default="", help="JSON of an earlier run: reuse its held-out table")
+    parser.add_argument("--merge", default="",
+                        help="JSON of an earlier full run: rerun only the --only candidates and merge their rows into it")
     parser.add_argument("--check-gradient", action="store_true", help="finite-difference check of every grid model")
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks_real_raters.md"))
     parser.add_argument("--json", default=str(HERE / "results_real_raters.json"))
@@ -1047,6 +1098,9 @@ def main(argv=None) -> dict:
     if args.check_gradient:
         check_gradients(Path(args.data))
         return {}
+    keys = [k for k in args.only.split(",") if k and k != "two-class"]
+    if args.merge and not keys:
+        parser.error("--merge needs --only (the candidates whose rows are rerun)")
     seeds = list(range(1 if args.quick else args.seeds))
     n_boot = 200 if args.quick else args.boot
     t0 = time.perf_counter()
@@ -1055,12 +1109,15 @@ def main(argv=None) -> dict:
                   args.refit_boot)
     results["settings"]["seconds"] = time.perf_counter() - t0
     shown = list(argv if argv is not None else sys.argv[1:])
-    if "--reuse-heldout" in shown:  # the page names the reused file, not this machine's path to it
-        i = shown.index("--reuse-heldout") + 1
-        if i < len(shown):
-            shown[i] = Path(shown[i]).name
+    for opt in ("--reuse-heldout", "--merge", "--data"):  # the page names the file, not this machine's path to it
+        if opt in shown and shown.index(opt) + 1 < len(shown):
+            i = shown.index(opt) + 1
+            shown[i] = Path(shown[i]).name if opt != "--data" else "DIR"
     command = "python benchmarks/bench_real_raters.py" + (" " + " ".join(shown)).rstrip()
     results["settings"]["command"] = command.strip()
+    results["settings"].update(date=dt.date.today().isoformat(), machine=machine())
+    if args.merge:
+        results = merge_rows(json.loads(Path(args.merge).read_text()), results, keys, command.strip())
     body = markdown(results, command.strip())
     write_page(Path(args.out), body)
     Path(args.json).write_text(json.dumps(results, indent=1, default=float))

@@ -69,3 +69,61 @@ def test_bench_real_raters_prototypes_on_a_simulated_log():
     quality = ref.users.set_index("user")["quality"].reindex(labels.user_labels).to_numpy()
     assert abs(brr.expit(fitted.theta[0]) - ref.summary["parameters"]["pi"]) < 1e-4
     assert np.max(np.abs(brr.attentive_share(fitted) - quality)) < 1e-3
+
+
+def test_bench_real_raters_package_candidates_leave_ties_out():
+    """The package candidates run (``variant=``) and, like the prototypes, keep ties out of the held-out score:
+    their per-user held-out scores on a log with ties equal those on the same log without its tie rows."""
+    import numpy as np
+
+    import bayes_annot as ba
+    import bench_real_raters as brr
+
+    log = ba.simulate(n_users=60, n_models=5, labels_per_user=(6, 12), tie_rate=0.15, seed=4)
+    assert (log["winner"] == "tie").sum() > 20
+    decided = log[log["winner"] != "tie"].reset_index(drop=True)
+    cands = {c.key: c for c in brr.candidates()}
+    for key in ("pkg-continuous", "pkg-tastes", "two-class"):
+        scores = []
+        for frame in (log, decided):
+            labels, prepared = brr.load_labels(frame)
+            scores.append(brr.heldout_scores(cands[key], frame, labels, prepared, None, seed=1, frac=0.2))
+        assert np.isfinite(scores[0]).sum() > 40, key
+        np.testing.assert_allclose(scores[0], scores[1], rtol=0, atol=1e-8, equal_nan=True, err_msg=key)
+
+
+def test_bench_real_raters_merge_keeps_other_rows():
+    """--merge takes the rerun candidates' rows (and the package taste-fit truth rows) from the new run and
+    keeps every other row of the earlier run; the page names both commands and the chosen number of tastes."""
+    import bench_real_raters as brr
+
+    def run(value, n_tastes):
+        cell = dict(per_label=value, diff=value, se=0.01, seconds_per_fit=1.0)
+        truth = dict(spearman=value, auc=value, ranking_vs_true=value,
+                     boot={m: dict(lo=0.0, hi=0.1, p_not_better=0.5, sd=0.1) for m in ("spearman", "auc")})
+        return {"heldout": {"countrypop": {"two-class": dict(cell), "pkg-tastes": dict(cell), "ds": dict(cell),
+                                           "_n_test": 10, "_n_users": 5, "_n_labels": 50}},
+                "truth": {"agreement": dict(truth), "two-class": dict(truth), "pkg-tastes": dict(truth),
+                          "ds": dict(truth), "agree-pkg-tastes-auto": dict(truth, n_tastes=n_tastes),
+                          "_n_workers": 5, "_n_bad": 1},
+                "settings": dict(seeds=[0, 1], frac=0.2, n_boot=10, command="python old", date="2026-01-01"),
+                "candidates": {k: dict(label=f"({k})", quality="q") for k in ("two-class", "pkg-tastes", "ds")}}
+
+    base, new = run(0.25, 3), run(0.5, 2)
+    del new["heldout"]["countrypop"]["ds"], new["truth"]["ds"]
+    merged = brr.merge_rows(base, new, ["pkg-tastes"], "python new --only pkg-tastes")
+    assert merged["heldout"]["countrypop"]["pkg-tastes"]["per_label"] == 0.5
+    assert merged["heldout"]["countrypop"]["ds"]["per_label"] == 0.25
+    assert merged["heldout"]["countrypop"]["two-class"]["per_label"] == 0.25
+    assert merged["truth"]["pkg-tastes"]["spearman"] == 0.5 and merged["truth"]["ds"]["spearman"] == 0.25
+    assert merged["truth"]["agree-pkg-tastes-auto"]["n_tastes"] == 2
+    page = brr.markdown(merged, "unused")
+    assert "`python old` on 2026-01-01" in page and "`python new --only pkg-tastes`" in page
+    assert "(2 tastes; taste 1)" in page
+    new["settings"]["n_boot"] = 20
+    try:
+        brr.merge_rows(base, new, ["pkg-tastes"], "python new")
+    except SystemExit as err:
+        assert "n_boot" in str(err)
+    else:
+        raise AssertionError("a merge across different bootstrap settings must fail")
