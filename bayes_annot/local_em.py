@@ -183,7 +183,12 @@ def fit_taste_classes(problem: UsableLabels, spec: BehaviourSpec, *, tol: float 
     if max_tastes is not None:
         selection = select_tastes(problem, max_tastes=max_tastes, seed=seed, priors=priors, q_fixed=q_fixed,
                                   casual=spec.casual, style=spec.style)
-        res = selection.fits[selection.chosen]
+        # The chosen C fitted as ``tastes=C`` is (its tolerance and starts; the selection's fits use a looser
+        # tol and fewer starts), with the selection's fit as one more start: never worse than ``tastes=C``.
+        chosen = int(selection.chosen)
+        res = fit_tastes(problem if runner is None else runner, chosen, priors=priors, q_fixed=q_fixed, tol=tol,
+                         max_iter=max_iter, seed=seed, casual=spec.casual, style=spec.style,
+                         init=[selection.fits[chosen].as_start()] if chosen > 1 else None)
         extra_summary["taste_diagnostic"] = taste_diagnostic(problem, selection.fits[1], priors=priors, q_fixed=q_fixed,
                                                              seed=seed, casual=spec.casual, style=spec.style)
         table = selection.table.replace({np.nan: None})
