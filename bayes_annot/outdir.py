@@ -454,7 +454,10 @@ class ResultWriter:
         """
         dest = Path(os.path.abspath(str(destination)))
         if dest == self.target or self.target in dest.parents:
-            return write(self.path(dest.relative_to(self.target).as_posix()))
+            relative = dest.relative_to(self.target).as_posix()
+            if relative in self.files or relative == MANIFEST:  # it would replace a file of the results
+                raise InputError(f"'{destination}' is the result folder's own {relative}: choose another name")
+            return write(self.path(relative))
         dest.parent.mkdir(parents=True, exist_ok=True)
         handle, tmp = tempfile.mkstemp(prefix=f".{dest.stem}.tmp-", suffix=dest.suffix, dir=dest.parent)
         os.close(handle)
