@@ -369,6 +369,7 @@ class ResultWriter:
         self.staging: Path | None = None
         self.notes: list[str] = []
         self.manifest_extra: dict = {}  # further manifest entries (e.g. ``update_state``: the side file of an update)
+        self.linked: set[str] = set()  # files hard-linked from a previous result: their mode is that result's too
 
     def __enter__(self) -> "ResultWriter":
         self._lock = locked(self.target, self.on_wait)
@@ -432,6 +433,7 @@ class ResultWriter:
                 os.link(name, target, src_dir_fd=dir_fd, follow_symlinks=False)
                 linked, opened = os.stat(target), os.fstat(source.fileno())
                 if (linked.st_dev, linked.st_ino) == (opened.st_dev, opened.st_ino):
+                    self.linked.add(Path(relative).as_posix())
                     return
                 target.unlink()  # the name now holds another file: copy the one that was read
             except OSError:
@@ -452,7 +454,10 @@ class ResultWriter:
         """
         dest = Path(os.path.abspath(str(destination)))
         if dest == self.target or self.target in dest.parents:
-            return write(self.path(dest.relative_to(self.target).as_posix()))
+            relative = dest.relative_to(self.target).as_posix()
+            if relative in self.files or relative == MANIFEST:  # it would replace a file of the results
+                raise InputError(f"'{destination}' is the result folder's own {relative}: choose another name")
+            return write(self.path(relative))
         dest.parent.mkdir(parents=True, exist_ok=True)
         handle, tmp = tempfile.mkstemp(prefix=f".{dest.stem}.tmp-", suffix=dest.suffix, dir=dest.parent)
         os.close(handle)
@@ -495,7 +500,9 @@ class ResultWriter:
                     for name in dirs:
                         os.chmod(os.path.join(root, name), 0o777 & ~_umask())
                     for name in names:
-                        os.chmod(os.path.join(root, name), mode)
+                        path = os.path.join(root, name)
+                        if Path(path).relative_to(self.staging).as_posix() not in self.linked:  # (shared inode)
+                            os.chmod(path, mode)
                 publish(self.staging, self.target)
                 self.staging = None
                 for tmp, dest in self.outside:

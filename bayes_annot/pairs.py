@@ -661,8 +661,10 @@ def _unused(evicted: list, n: int):
         return None
     table = evicted[0][1]
     evicted.clear()
-    # references: ``table`` and getrefcount's argument (a view or a caller's name would add one)
-    if table.shape != (n,) or sys.getrefcount(table) > 2:
+    # references: ``table`` (and getrefcount's argument, but from Python 3.14 on a local's load is borrowed and
+    # counts nothing); a view or a caller's name would add one: compared with an object only a local holds
+    alone = np.empty(0)
+    if table.shape != (n,) or sys.getrefcount(table) > sys.getrefcount(alone):
         return None
     table.flags.writeable = True
     return table

@@ -403,3 +403,17 @@ def test_folder_updates_take_squarem_steps_from_their_warm_start(day1, tmp_path)
         pd.testing.assert_frame_equal(getattr(fast, name), getattr(from_rows, name), check_exact=False, rtol=1e-10)
     np.testing.assert_allclose(fast.users.quality, plain.users.quality, atol=1e-6)
     np.testing.assert_allclose(fast.models.strength, plain.models.strength, atol=1e-6)
+
+
+def test_an_update_into_another_folder_leaves_the_saved_files_modes_alone(day1, tmp_path):
+    """The saved folder's rows and codes files are hard-linked into the update's folder: making the new folder's
+    files follow the umask must not change the saved folder's files (one inode), e.g. an archive made read-only."""
+    import stat
+
+    out, paths = day1
+    for path in out.iterdir():
+        path.chmod(0o444)
+    before = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
+    assert main(["fit", paths["new"], "--update", str(out), "--out", str(tmp_path / "day2"), "--quiet"]) == 0
+    assert (tmp_path / "day2" / "rows-codes-0.npz").samefile(out / "rows-codes-0.npz")  # linked
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()} == before

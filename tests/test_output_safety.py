@@ -165,6 +165,18 @@ def test_a_dpo_file_that_is_not_ours_is_not_overwritten(tmp_path, log_csv, capsy
     assert theirs.read_text() == '{"question": 1}\n' and not (tmp_path / "res").exists()
 
 
+@pytest.mark.parametrize("name", ["users.parquet", "rows.parquet"])
+def test_a_dpo_file_named_as_one_of_the_folders_tables_is_refused(result_dir, log_csv, capsys, name):
+    """``--dpo DIR/rows.parquet`` with ``--out DIR --format parquet`` used to replace the rows table with the DPO
+    pairs: the folder's manifest still described the rows, and ``load(DIR).rows`` gave the DPO records. Refused
+    in one line; the previous results stay as they were."""
+    before = snapshot(result_dir)
+    assert main(["fit", str(log_csv), "--out", str(result_dir), "--format", "parquet", "--dpo",
+                 str(result_dir / name), "--quiet"]) == 2
+    assert name in one_error_line(capsys)
+    assert snapshot(result_dir) == before and not leftovers(result_dir.parent)
+
+
 @pytest.mark.parametrize("where", ["report", "table", "dpo"])
 def test_disk_full_anywhere_keeps_the_old_results(result_dir, log_csv, capsys, monkeypatch, where):
     """An OSError (disk full) while writing any part: exit 2, one line, the previous results byte-identical."""
