@@ -184,6 +184,31 @@ def check_dpo_target(path, out: Path | None, dpo_columns, inputs=()) -> Path:
     return target
 
 
+#: The tag every report carries in its ``<head>``: an existing file is replaced by a report only when it has it.
+REPORT_MARKER = '<meta name="generator" content="bayes_annot">'
+_OLD_REPORT_TITLE = "<title>bayes_annot diagnostics report</title>"  # reports written before the tag
+
+
+def check_report_target(path) -> Path:
+    """Validate a report file before it is written: not a folder, and an existing file only when it is a
+    report bayes_annot wrote (a log, a table or a thesis given to ``report --out`` is never overwritten)."""
+    target = Path(os.path.abspath(str(path)))
+    if target.is_dir():
+        raise InputError(f"report path '{path}' is a folder: name an .html file")
+    if target.exists() and not _looks_like_report(target):
+        raise InputError(f"report path '{path}' exists and is not a report written by bayes_annot: choose another name")
+    return target
+
+
+def _looks_like_report(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8192).decode("utf-8", errors="replace")
+    except OSError:
+        return False
+    return head == "" or REPORT_MARKER in head or _OLD_REPORT_TITLE in head
+
+
 def _looks_like_dpo(path: Path, dpo_columns) -> bool:
     try:
         if path.suffix.lower() == ".jsonl":
