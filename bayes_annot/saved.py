@@ -25,7 +25,7 @@ from .errors import InputError
 from .incremental import n_tastes_of
 from .likelihood import Priors
 from .spec import VARIANTS as _VARIANTS
-from .tables import OUTPUT_COLUMNS, read_row_parts, read_table_file
+from .tables import OUTPUT_COLUMNS, DamagedTable, check_row_count, read_row_parts, read_table_file
 from .casual import effects_start
 from .style import delta_from_summary
 from .validation import check_number, check_priors
@@ -83,6 +83,8 @@ def _read_checked(directory: str | Path, reader):
         raise InputError(f"'{directory}' holds no bayes_annot results (summary.json missing)")
     try:
         return read_consistently(directory, reader)
+    except DamagedTable as exc:
+        raise InputError(f"results folder '{directory}' is damaged: {exc}") from None
     except InputError:
         raise
     except Exception as exc:  # any parser failure is a corrupt folder
@@ -237,6 +239,10 @@ def _read_update_folder(folder) -> UpdateFolder | None:
     try:
         for part in descriptions:
             parts.append((part, folder.open(part["file"])))
+            if part.get("format") == "parquet":  # the footer only: a cut or edited part fails here, not mid-update
+                import pyarrow.parquet as pq
+
+                check_row_count(pq.ParquetFile(parts[-1][1]).metadata.num_rows, part)
     except BaseException:
         state_file.close()
         for _, handle in parts:

@@ -331,6 +331,18 @@ def _category_from_arrow(column, meta: dict, name: str) -> pd.Series:
     return pd.Series(pd.Categorical.from_codes(codes, dtype=dtype), name=name)
 
 
+class DamagedTable(InputError):
+    """A table file holds another number of rows than its manifest records (truncated or edited)."""
+
+
+def check_row_count(n_rows: int, meta: dict | None) -> None:
+    """Raise :class:`DamagedTable` when a table read back has another number of rows than was written
+    (a cut or hand-edited file would otherwise lose rows silently, e.g. in an ``--update``)."""
+    if meta and meta.get("rows") is not None and int(meta["rows"]) != int(n_rows):
+        raise DamagedTable(f"'{meta.get('file', 'a table')}' holds {n_rows} rows but {int(meta['rows'])} were "
+                           "written (the file was cut short or edited)")
+
+
 def read_table_file(source: str | BinaryIO, meta: dict | None = None, *, columns=None, rows=None) -> pd.DataFrame:
     """Read a table written by :func:`write_table`, typed by its description ``meta``.
 
@@ -367,6 +379,7 @@ def read_table_file(source: str | BinaryIO, meta: dict | None = None, *, columns
                                                if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)])
     else:
         table = pq.read_table(source, columns=columns)
+    check_row_count(table.num_rows, meta)
     if rows is not None:
         table = table.take(pa.array(np.asarray(rows, dtype=np.int64)))
     if meta is None:

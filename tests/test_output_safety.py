@@ -357,3 +357,49 @@ def test_safe_csv_escapes_formulas_and_load_undoes_it(tmp_path):
     saved = ba.load(tmp_path / "res")
     assert saved.rows["note"].tolist() == log["note"].tolist()
     assert saved.rows["user"].tolist() == log["user"].tolist()
+
+
+# --------------------------------------------------------------------------- 8. a damaged folder is never updated
+
+
+@pytest.mark.parametrize("layout", ["csv", "parquet", "parquet-parts"])
+@pytest.mark.parametrize("damage", ["cut", "sliced"])
+def test_a_cut_rows_table_is_refused_not_updated(tmp_path, layout, damage, capsys):
+    """A rows table cut at a line boundary (a partial copy, a sync that stopped) parsed fine, and
+    ``--update`` refitted what was left: the saved rows past the cut were lost without a word (a sliced
+    parquet file was an internal error, exit 1). Now every reader checks the row count the manifest
+    records: exit 2, one line naming the file, the folder untouched."""
+    log = ba.simulate(n_users=80, n_models=4, labels_per_user=(4, 10), seed=8)[["user", "model_a", "model_b", "winner"]]
+    log["vid"] = np.arange(len(log))
+    third = len(log) // 3
+    for i, part in enumerate((log.iloc[:third], log.iloc[third:2 * third], log.iloc[2 * third:])):
+        part.to_csv(tmp_path / f"p{i}.csv", index=False)
+    out = tmp_path / "res"
+    fmt = "csv" if layout == "csv" else "parquet"
+    assert main(["fit", str(tmp_path / "p0.csv"), "--out", str(out), "--format", fmt, "--quiet"]) == 0
+    if layout == "parquet-parts":  # a fast update: rows kept as parts
+        assert main(["fit", str(tmp_path / "p1.csv"), "--update", str(out), "--out", str(out), "--quiet"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    rows_meta = manifest["tables"]["rows"]
+    victim = out / (rows_meta["parts"][0]["file"] if rows_meta.get("layout") == "parts" else rows_meta["file"])
+    if victim.suffix == ".csv":
+        lines = victim.read_bytes().splitlines(keepends=True)
+        victim.write_bytes(b"".join(lines[: len(lines) // 2]) if damage == "cut" else b"".join(lines[:-1]))
+    else:
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(victim)
+        if damage == "cut":
+            victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+        else:
+            pq.write_table(table.slice(0, table.num_rows - 1), victim)
+    before = snapshot(out)
+    capsys.readouterr()
+    assert main(["fit", str(tmp_path / "p2.csv"), "--update", str(out), "--out", str(out)]) == 2
+    line = one_error_line(capsys)
+    assert victim.name in line or "cannot be read" in line, line
+    assert main(["report", str(out)]) == 2
+    one_error_line(capsys)
+    with pytest.raises(ba.InputError):
+        ba.load(out)
+    assert snapshot(out) == before
