@@ -590,8 +590,11 @@ def _uniques_as_text(uniques) -> tuple[np.ndarray, np.ndarray]:
         return values.astype(str), np.zeros(len(values), dtype=bool)
     if values.dtype.kind == "f":
         missing = np.isnan(values)
-        integral = ~missing & (np.mod(values, 1) == 0)
-        text = np.where(integral, np.where(integral, values, 0).astype(np.int64).astype(str), values.astype(str))
+        with np.errstate(invalid="ignore"):
+            integral = ~missing & (np.mod(values, 1) == 0)
+        small = integral & (np.abs(values) < 2.0**63)  # whole numbers int64 holds; larger ones as Python ints
+        text = np.where(small, np.where(small, values, 0).astype(np.int64).astype(str), values.astype(str)).astype(object)
+        text[integral & ~small] = [str(int(v)) for v in values[integral & ~small]]  # 1e20 and 2e20 stay apart
         return text.astype(str), missing
     if values.dtype == object:
         missing = pd.isna(values)

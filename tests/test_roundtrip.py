@@ -72,3 +72,28 @@ def test_library_prints_nothing(capsys, small_log):
     _ = result.idata
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == ""
+
+
+def test_whole_number_float_ids_beyond_int64_stay_apart(tmp_path):
+    """Float ids of 2**63 and more (1e20, 2e20: a parquet id column read as float) were cast to int64,
+    which overflows: every such user became '-9223372036854775808', one user (and numpy's 'invalid value
+    encountered in cast' leaked out as a warning). They are now written as the whole numbers they are."""
+    import warnings
+
+    log = ba.simulate(n_users=3, n_models=4, labels_per_user=40, seed=3)[["user", "model_a", "model_b", "winner"]]
+    ids = dict(zip(sorted(log["user"].astype(str).unique()), [1e20, 2e20, 3.0]))
+    log["user"] = log["user"].astype(str).map(ids).astype(float)
+    expected = {"100000000000000000000": 40, "200000000000000000000": 40, "3": 40}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        users = ba.fit(log).users
+    assert dict(zip(users["user"], users["n_rows"])) == expected
+    mixed = log.astype({"user": object})
+    mixed.loc[mixed.index[0], "user"] = "x"  # the object path (mixed text and numbers) spells them the same way
+    users = ba.fit(mixed).users
+    assert dict(zip(users["user"], users["n_rows"])) == {**expected, "100000000000000000000": 39, "x": 1}
+    path = tmp_path / "log.parquet"
+    log.to_parquet(path)
+    saved = ba.load(ba.fit(path).save(tmp_path / "out", format="parquet"))
+    assert dict(zip(saved.users["user"], saved.users["n_rows"])) == expected
+    assert saved.rows["user"].tolist() == log["user"].tolist()
