@@ -525,7 +525,8 @@ class FitResult:
         report : bool
             Also write ``report.html``.
         dpo : str or Path, optional
-            Also export the kept labels for DPO (``.jsonl`` / ``.parquet``).
+            Also export the kept labels for DPO (``.jsonl`` / ``.parquet``); an existing file
+            outside ``directory`` is replaced only when it holds DPO records.
         format : {"csv", "parquet"}
             File format of the three tables; both read back equal (:func:`load`).
         safe_csv : bool
@@ -539,8 +540,12 @@ class FitResult:
             Text columns for ``dpo``: ``prompt``, ``response_a``, ``response_b``
             (see :meth:`to_dpo`; the CLI's ``--prompt``, ``--response-a``, ``--response-b``).
         """
-        from .outdir import ResultWriter
+        from .outdir import ResultWriter, check_dpo_target, check_target
 
+        if dpo is not None:  # before anything is written: a file elsewhere that is not DPO records is never replaced
+            from .export import DPO_COLUMNS
+
+            check_dpo_target(dpo, check_target(directory, inputs), DPO_COLUMNS, inputs)
         if posterior is None:
             posterior = self.summary.get("engine") == "nuts"
         with ResultWriter(directory, inputs=inputs, fmt=format, safe_csv=safe_csv, on_wait=on_wait) as out:
@@ -1558,8 +1563,10 @@ def _write_dpo(path, frames) -> None:
     """DPO record frames (an iterable, one pass) written to ``path`` atomically."""
     import os
 
-    from .export import stage_dpo
+    from .export import DPO_COLUMNS, stage_dpo
+    from .outdir import check_dpo_target
 
+    check_dpo_target(path, None, DPO_COLUMNS)  # an existing file that is not DPO records is never replaced
     tmp, _ = stage_dpo(frames, Path(path))
     os.replace(tmp, path)
 

@@ -211,6 +211,8 @@ def _looks_like_report(path: Path) -> bool:
 
 def _looks_like_dpo(path: Path, dpo_columns) -> bool:
     try:
+        if path.stat().st_size == 0:  # nothing to lose (and the staged file save() writes into)
+            return True
         if path.suffix.lower() == ".jsonl":
             with open(path, encoding="utf-8") as handle:
                 first = handle.readline()

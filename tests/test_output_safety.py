@@ -190,6 +190,33 @@ def test_report_out_never_overwrites_a_file_that_is_not_a_report(result_dir, log
     assert main(["fit", str(log_csv), "--out", str(result_dir), "--quiet"]) == 0
 
 
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_python_dpo_exports_never_overwrite_a_file_that_is_not_dpo_records(tmp_path, log_csv, suffix):
+    """The CLI refused to replace a --dpo file that is not DPO records, but ``result.save(DIR, dpo=FILE)``
+    and ``result.to_dpo(FILE)`` (of a fit or of a loaded folder) replaced it. Now the same rule holds in
+    Python: InputError before anything is written; a DPO file (or a new one) is still written."""
+    theirs = tmp_path / f"mine{suffix}"
+    if suffix == ".jsonl":
+        theirs.write_text('{"question": 1}\n')
+    else:
+        pd.DataFrame({"question": [1]}).to_parquet(theirs)
+    before = theirs.read_bytes()
+    result = ba.fit(log_csv)
+    loaded = ba.load(result.save(tmp_path / "saved"))
+    for write in (lambda: result.save(tmp_path / "res", dpo=theirs), lambda: result.to_dpo(theirs),
+                  lambda: loaded.to_dpo(theirs)):
+        with pytest.raises(ba.InputError, match="not a DPO file"):
+            write()
+        assert theirs.read_bytes() == before
+    assert not (tmp_path / "res").exists()
+    ours = tmp_path / f"pairs{suffix}"
+    result.save(tmp_path / "res", dpo=ours)
+    result.to_dpo(ours)  # DPO records: replaced
+    loaded.to_dpo(ours)
+    assert len(pd.read_parquet(ours) if suffix == ".parquet" else pd.read_json(ours, lines=True)) == \
+        result.summary["counts"]["kept_rows"]
+
+
 @pytest.mark.parametrize("where", ["report", "table", "dpo"])
 def test_disk_full_anywhere_keeps_the_old_results(result_dir, log_csv, capsys, monkeypatch, where):
     """An OSError (disk full) while writing any part: exit 2, one line, the previous results byte-identical."""
