@@ -467,9 +467,33 @@ def _cmd_fit(args) -> int:
     return 0
 
 
+def _check_simulate_target(path: Path) -> None:
+    """``simulate --out``: a folder, or an existing file that is not a simulated log (its truth column
+    ``true_attentive``), is refused before anything is written: a mistyped name never replaces a real log."""
+    if path.is_dir():
+        raise InputError(f"output '{path}' is a folder: name a .csv, .parquet, .json or .jsonl file")
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    try:
+        if path.suffix.lower() == ".parquet":
+            import pyarrow.parquet as pq
+
+            simulated = "true_attentive" in pq.read_schema(path).names
+        else:
+            with open(path, encoding="utf-8", errors="replace") as handle:
+                head = handle.read(1 << 16)
+            first = head.splitlines()[0] if head else ""
+            simulated = "true_attentive" in (head if path.suffix.lower() == ".json" else first)
+    except Exception:  # unreadable: not a log simulate wrote
+        simulated = False
+    if not simulated:
+        raise InputError(f"output '{path}' exists and is not a log written by 'bayes-annot simulate': choose another name")
+
+
 def _cmd_simulate(args) -> int:
     from .simulate import simulate
 
+    _check_simulate_target(Path(args.out))
     try:
         frame = simulate(
             n_users=args.users,

@@ -23,6 +23,30 @@ def sim_csv(tmp_path_factory):
     return path
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".jsonl", ".json"])
+def test_simulate_never_overwrites_a_real_log(tmp_path, suffix, capsys):
+    """``simulate --out real_log.csv`` replaced the user's log with a synthetic one. Now an existing file is
+    replaced only when it is a simulated log (it has the truth column ``true_attentive``); a folder is refused
+    too (it was an internal error for a folder named like a file)."""
+    real = tmp_path / f"real{suffix}"
+    log = ba.simulate(n_users=20, n_models=3, seed=1)[["user", "model_a", "model_b", "winner"]].astype(str)
+    {".csv": lambda: log.to_csv(real, index=False), ".parquet": lambda: log.to_parquet(real),
+     ".jsonl": lambda: log.to_json(real, orient="records", lines=True),
+     ".json": lambda: log.to_json(real, orient="records")}[suffix]()
+    before = real.read_bytes()
+    capsys.readouterr()
+    assert main(["simulate", "--out", str(real), "--users", "10"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a log written by 'bayes-annot simulate'" in err[0]
+    assert real.read_bytes() == before
+    (tmp_path / f"folder{suffix}").mkdir()
+    assert main(["simulate", "--out", str(tmp_path / f"folder{suffix}"), "--users", "10"]) == 2
+    sim = tmp_path / f"sim{suffix}"
+    assert main(["simulate", "--out", str(sim), "--users", "10"]) == 0
+    assert main(["simulate", "--out", str(sim), "--users", "12"]) == 0  # a simulated log: replaced
+    assert ba.data.read_table(sim)["user"].nunique() == 12
+
+
 def test_simulate_writes_truth_columns(sim_csv):
     log = pd.read_csv(sim_csv)
     assert {"user", "model_a", "model_b", "winner", "true_attentive", "true_eta", "true_strength_a"} <= set(log.columns)
