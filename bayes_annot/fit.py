@@ -540,6 +540,8 @@ class FitResult:
             Text columns for ``dpo``: ``prompt``, ``response_a``, ``response_b``
             (see :meth:`to_dpo`; the CLI's ``--prompt``, ``--response-a``, ``--response-b``).
         """
+        import os
+
         from .outdir import ResultWriter, check_dpo_target, check_target
 
         if dpo is not None:  # before anything is written: a file elsewhere that is not DPO records is never replaced
@@ -548,7 +550,10 @@ class FitResult:
             check_dpo_target(dpo, check_target(directory, inputs), DPO_COLUMNS, inputs)
         if posterior is None:
             posterior = self.summary.get("engine") == "nuts"
-        with ResultWriter(directory, inputs=inputs, fmt=format, safe_csv=safe_csv, on_wait=on_wait) as out:
+        base = getattr(self, "_update_base", None)  # an update of a saved folder: (that folder, the fit it held)
+        expect = base[1] if base is not None and os.path.abspath(directory) == base[0] else None
+        with ResultWriter(directory, inputs=inputs, fmt=format, safe_csv=safe_csv, on_wait=on_wait,
+                          expect_fit_id=expect) as out:
             out.table("users", self.users)
             out.table("models", self.models)
             source = getattr(self, "_rows_source", None)  # a fast folder update: the saved rows stay unread
@@ -569,6 +574,8 @@ class FitResult:
                 self.report(out.path("report.html"))
             if dpo is not None:
                 out.extra_file(dpo, lambda path: self.to_dpo(path, **(dpo_columns or {})))
+        if expect is not None:
+            self._update_base = (str(out.target), out.fit_id)  # saving it there again is fine
         return out.target
 
     # ----------------------------------------------------------------- display

@@ -11,6 +11,7 @@ parameters (:func:`bayes_annot.saved.load_start`), with the saved settings. Both
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -101,6 +102,7 @@ def update_saved(
         new_rows = frame
     fast = _fast_update(directory, new_rows, columns, on_duplicate, row_id, record_paths, info, overrides)
     if fast is not None:
+        fast._update_base = (os.path.abspath(directory), fast._rows_source["folder"].manifest.get("fit_id"))
         return fast
     tables = read_tables(directory)  # read once; a corrupt or crafted folder is an InputError before anything is fitted
     saved = FitResult.from_tables(tables.users, tables.models, tables.rows, tables.summary, tables.idata, tables.manifest)
@@ -122,6 +124,8 @@ def update_saved(
         winner=role_map.winner, p_a=p_a, priors=priors, start=start, tastes=n_tastes_of(summary), **settings,
     )
     set_provenance(result, info, entries)
+    # saving it back into ``directory`` checks that no other run replaced the folder meanwhile (its rows would be lost)
+    result._update_base = (os.path.abspath(directory), (tables.manifest or {}).get("fit_id"))
     return result
 
 

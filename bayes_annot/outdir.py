@@ -384,12 +384,14 @@ class ResultWriter:
     ['manifest.json', 'users.csv']
     """
 
-    def __init__(self, directory, *, inputs=(), fmt: str = "csv", safe_csv: bool = False, on_wait=None):
+    def __init__(self, directory, *, inputs=(), fmt: str = "csv", safe_csv: bool = False, on_wait=None,
+                 expect_fit_id: str | None = None):
         from .tables import table_file_name
 
         table_file_name("users", fmt)  # validates fmt
         self.target = check_target(directory, inputs)
         self.inputs, self.fmt, self.safe_csv, self.on_wait = tuple(inputs), fmt, safe_csv, on_wait
+        self.expect_fit_id = expect_fit_id  # the fit an update read from this folder: it must still be there
         self.files: list[str] = []
         self.tables: dict[str, dict] = {}
         self.outside: list[tuple[Path, Path]] = []  # (staged file, destination) outside the folder
@@ -403,6 +405,13 @@ class ResultWriter:
         try:
             self.notes = recover(self.target)
             check_target(self.target, self.inputs)  # again, under the lock
+            if self.expect_fit_id is not None:
+                found = (read_manifest(self.target) or {}).get("fit_id")
+                if found != self.expect_fit_id:
+                    raise InputError(
+                        f"'{self.target}' was replaced after this update read it (another run wrote it): saving "
+                        "would drop that run's rows; update the folder again (the CLI's --update holds a lock for this)"
+                    )
             self.target.parent.mkdir(parents=True, exist_ok=True)
             self.staging = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.tmp-", dir=self.target.parent))
             os.chmod(self.staging, 0o777 & ~_umask())

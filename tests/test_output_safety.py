@@ -326,6 +326,32 @@ def test_two_concurrent_updates_keep_every_row(tmp_path):
     assert (merged["_merge"] == "both").all()
 
 
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_python_updates_that_overlap_never_drop_rows(tmp_path, fmt):
+    """The CLI holds a lock from reading DIR to writing it, but in Python ``update_saved(DIR, new).save(DIR)``
+    did not: two nightly jobs that both read DIR before either saved wrote one after the other, and the second
+    save dropped the first one's rows (a probe: 11,435 rows saved of 11,535). Now the second save is an
+    InputError and DIR keeps the first update whole; the update run again keeps both."""
+    from bayes_annot.folder_update import update_saved
+
+    log = ba.simulate(n_users=200, n_models=4, labels_per_user=(5, 15), seed=12)[["user", "model_a", "model_b", "winner"]]
+    log.insert(0, "vote_id", [f"v{i}" for i in range(len(log))])
+    old, first, second = log.iloc[:-300], log.iloc[-300:-100], log.iloc[-100:]
+    out = tmp_path / "res"
+    ba.fit(old).save(out, format=fmt)
+    one = update_saved(out, first, row_id="vote_id")
+    two = update_saved(out, second, row_id="vote_id")  # read before ``one`` is saved
+    one.save(out, format=fmt)
+    one.save(out, format=fmt)  # saving the same update again is fine
+    before = snapshot(out)
+    with pytest.raises(ba.InputError, match="replaced after this update read it"):
+        two.save(out, format=fmt)
+    assert snapshot(out) == before and leftovers(tmp_path) == []
+    update_saved(out, second, row_id="vote_id").save(out, format=fmt)
+    assert sorted(ba.load(out).rows["vote_id"]) == sorted(log["vote_id"])
+    two.save(tmp_path / "elsewhere", format=fmt)  # another folder: nothing to lose
+
+
 def test_readers_never_see_two_fits_at_once(tmp_path):
     """load() while a writer alternates two different fits into one folder: every read is one fit."""
     small = ba.simulate(n_users=100, n_models=3, labels_per_user=(3, 8), seed=1)
