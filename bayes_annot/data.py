@@ -373,7 +373,13 @@ def read_table(path: str | Path) -> pd.DataFrame:
         elif suffix == ".json":
             with open(path, encoding="utf-8") as handle:
                 payload = json.load(handle)
-            if isinstance(payload, dict) and not all(isinstance(v, (list, dict)) for v in payload.values()):
+            if isinstance(payload, list):
+                bad = next((i for i, record in enumerate(payload) if not isinstance(record, dict)), None)
+                if bad is not None:  # a list of numbers or of lists: pandas would make columns 0, 1, ...
+                    kind = {list: "a list", str: "text", bool: "a boolean", type(None): "null"}.get(
+                        type(payload[bad]), "a number")
+                    raise InputError(f"'{path}': expected a JSON list of records (objects), item {bad + 1} is {kind}")
+            elif not isinstance(payload, dict) or not all(isinstance(v, (list, dict)) for v in payload.values()):
                 raise InputError(f"'{path}': expected a JSON list of records or an object of columns")
             frame = pd.DataFrame(payload)
         elif suffix == ".jsonl" and (frame := _read_jsonl_arrow(path)) is not None:

@@ -296,3 +296,22 @@ def test_glob_matching_no_file(tmp_path, capsys):
     assert f"no file matches '{pattern}'" in line, line
     with pytest.raises(InputError, match="no file matches"):
         ba.fit(pattern)
+
+
+# --------------------------------------------------------------------------- 8. a .json that is not records
+
+
+@pytest.mark.parametrize("payload, expected", [
+    ("42", "expected a JSON list of records or an object of columns"),
+    ('"votes"', "expected a JSON list of records or an object of columns"),
+    ("[[1, 2], [3, 4]]", "item 1 is a list"),
+    ('[{"user": "u", "model_a": "a", "model_b": "b", "winner": "model_a"}, 5]', "item 2 is a number"),
+])
+def test_json_that_is_not_records(payload, expected, tmp_path, capsys):
+    """A scalar .json gave pandas' 'DataFrame constructor not properly called!'; a list of lists or numbers
+    became columns 0, 1, ... and a 'missing columns' error that hid the cause (or a mixed list a half-read log)."""
+    path = tmp_path / "log.json"
+    path.write_text(payload)
+    out = tmp_path / "out"
+    line = cli_error(["fit", path, "--out", out], out, capsys)
+    assert expected in line and "log.json" in line, line
