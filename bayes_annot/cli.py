@@ -48,6 +48,14 @@ def _tastes_spec(text: str):
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument error is one line, ``bayes-annot: error: ...`` (exit 2), as every other bad input;
+    argparse's own prints the whole usage block first, which buries the line that matters."""
+
+    def error(self, message):
+        self.exit(EXIT_BAD_INPUT, f"bayes-annot: error: {message} (see '{self.prog} --help')\n")
+
+
 class _DefaultsHelpFormatter(argparse.HelpFormatter):
     """Help that ends every option with ``(default: X)``, unless the default is None/False or the help already says it."""
 
@@ -77,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     -------
     argparse.ArgumentParser
     """
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="bayes-annot",
         description="Estimate each user's annotation quality from comparison-mode preference logs, "
         "then filter or weight the labels.",

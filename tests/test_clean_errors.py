@@ -4,6 +4,8 @@ writes nothing."""
 
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -315,3 +317,38 @@ def test_json_that_is_not_records(payload, expected, tmp_path, capsys):
     out = tmp_path / "out"
     line = cli_error(["fit", path, "--out", out], out, capsys)
     assert expected in line and "log.json" in line, line
+
+
+# --------------------------------------------------------------------------- 9. argument errors and half-given settings
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["fit", "LOG", "--out", "OUT", "--tastes", "0"], "argument --tastes: expected a positive integer"),
+    (["fit", "LOG", "--out", "OUT", "--format", "xlsx"], "argument --format: invalid choice: 'xlsx'"),
+    (["fit", "LOG"], "the following arguments are required: --out"),
+    (["simulate", "--users", "many", "--out", "OUT"], "argument --users: invalid int value: 'many'"),
+    (["fitt", "LOG", "--out", "OUT"], "invalid choice: 'fitt'"),
+])
+def test_argument_errors_are_one_line(args, expected, log, tmp_path):
+    """argparse printed its whole usage block (26 lines) before the error; now one line like every other
+    bad input, exit 2, nothing written."""
+    path, out = tmp_path / "log.csv", tmp_path / "out"
+    log.to_csv(path, index=False)
+    argv = [str(path) if a == "LOG" else str(out) if a == "OUT" else a for a in args]
+    done = subprocess.run([sys.executable, "-m", "bayes_annot", *argv], capture_output=True, text=True)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("bayes-annot: error: "), done.stderr
+    assert expected in lines[0] and "--help" in lines[0], lines[0]
+    assert not out.exists()
+
+
+def test_strong_model_without_mu_is_refused(log, tmp_path, capsys):
+    """``--strong-model NAME`` without ``--mu`` was ignored: strengths were learned while the user asked for
+    the paper's known-mu setting, and nothing said so."""
+    path, out = tmp_path / "log.csv", tmp_path / "out"
+    log.to_csv(path, index=False)
+    strong = str(log["model_a"].iloc[0])
+    line = cli_error(["fit", path, "--out", out, "--strong-model", strong], out, capsys)
+    assert f"--strong-model '{strong}' needs --mu" in line
+    with pytest.raises(InputError, match="needs --mu"):
+        ba.fit(log, strong_model=strong)
