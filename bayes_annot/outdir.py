@@ -29,6 +29,7 @@ import ctypes
 import errno
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -163,6 +164,8 @@ def check_target(out, inputs=()) -> Path:
 
 
 DPO_SUFFIXES = (".jsonl", ".parquet")
+#: Table files a result folder may hold (a DPO file of that name would replace the table).
+_TABLE_FILE = re.compile(r"(users|models|rows|rows-outputs|rows-part-[0-9]+)\.(csv|parquet)", re.IGNORECASE)
 
 
 def check_dpo_target(path, out: Path | None, dpo_columns, inputs=()) -> Path:
@@ -179,6 +182,8 @@ def check_dpo_target(path, out: Path | None, dpo_columns, inputs=()) -> Path:
         if item is not None and Path(os.path.abspath(str(item))) == target:
             raise InputError(f"--dpo '{path}' is the input file: choose another name")
     inside = out is not None and (target == out or out in target.parents)
+    if inside and target.parent == out and _TABLE_FILE.fullmatch(target.name):
+        raise InputError(f"--dpo '{path}' is a table of the output folder: name the DPO file otherwise (e.g. dpo.jsonl)")
     if target.exists() and not inside and not _looks_like_dpo(target, dpo_columns):
         raise InputError(f"--dpo '{path}' exists and is not a DPO file written by bayes_annot: choose another name")
     return target
@@ -488,7 +493,10 @@ class ResultWriter:
         """
         dest = Path(os.path.abspath(str(destination)))
         if dest == self.target or self.target in dest.parents:
-            return write(self.path(dest.relative_to(self.target).as_posix()))
+            relative = dest.relative_to(self.target).as_posix()
+            if relative in self.files or relative == MANIFEST:  # never over a file of the folder itself
+                raise InputError(f"'{destination}' is a file of the output folder itself: choose another name")
+            return write(self.path(relative))
         dest.parent.mkdir(parents=True, exist_ok=True)
         handle, tmp = tempfile.mkstemp(prefix=f".{dest.stem}.tmp-", suffix=dest.suffix, dir=dest.parent)
         os.close(handle)

@@ -190,6 +190,20 @@ def test_report_out_never_overwrites_a_file_that_is_not_a_report(result_dir, log
     assert main(["fit", str(log_csv), "--out", str(result_dir), "--quiet"]) == 0
 
 
+@pytest.mark.parametrize("name", ["rows.parquet", "users.parquet", "models.parquet"])
+def test_a_dpo_file_named_like_a_table_never_replaces_it(tmp_path, log_csv, name, capsys):
+    """``fit LOG --out res --format parquet --dpo res/rows.parquet`` wrote the DPO records over the staged rows
+    table: the folder loaded 'fine' with DPO records as its rows (every input row lost from it), exit 0.
+    Now refused before fitting (exit 2, one line, nothing written); in Python too."""
+    out = tmp_path / "res"
+    assert main(["fit", str(log_csv), "--out", str(out), "--format", "parquet", "--dpo", str(out / name)]) == 2
+    assert "is a table of the output folder" in one_error_line(capsys)
+    assert not out.exists()
+    with pytest.raises(ba.InputError, match="is a table of the output folder"):
+        ba.fit(log_csv).save(out, format="parquet", dpo=out / name)
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
 @pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
 def test_python_dpo_exports_never_overwrite_a_file_that_is_not_dpo_records(tmp_path, log_csv, suffix):
     """The CLI refused to replace a --dpo file that is not DPO records, but ``result.save(DIR, dpo=FILE)``
