@@ -371,7 +371,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
                 ) from exc
             frame = pd.read_parquet(path)
         elif suffix == ".json":
-            with open(path, encoding="utf-8") as handle:
+            with open(path, encoding="utf-8-sig") as handle:
                 payload = json.load(handle)
             if isinstance(payload, list):
                 bad = next((i for i, record in enumerate(payload) if not isinstance(record, dict)), None)
@@ -386,7 +386,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
             pass
         elif suffix == ".jsonl":
             records = []
-            with open(path, encoding="utf-8") as handle:
+            with open(path, encoding="utf-8-sig") as handle:
                 for number, line in enumerate(handle, start=1):
                     if not line.strip():
                         continue

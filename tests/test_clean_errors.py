@@ -352,3 +352,17 @@ def test_strong_model_without_mu_is_refused(log, tmp_path, capsys):
     assert f"--strong-model '{strong}' needs --mu" in line
     with pytest.raises(InputError, match="needs --mu"):
         ba.fit(log, strong_model=strong)
+
+
+@pytest.mark.parametrize("suffix", [".json", ".jsonl"])
+def test_json_with_a_byte_order_mark_is_read(suffix, log, tmp_path):
+    """A .json saved with a UTF-8 byte order mark (Windows editors) was refused ('Unexpected UTF-8 BOM'), and a
+    .jsonl one with nested cells (Arena conversations, read line by line) too, while a CSV with one was read."""
+    path = tmp_path / f"log{suffix}"
+    frame = log.copy()
+    frame["conversation_a"] = [[{"role": "user", "content": "q"}]] * len(frame)  # the line-by-line reader
+    frame.to_json(path, orient="records", lines=suffix == ".jsonl")
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    back = read_table(path)
+    assert list(back.columns) == list(frame.columns)
+    assert back["user"].astype(str).tolist() == log["user"].tolist()
