@@ -356,12 +356,15 @@ def _input_paths(text: str) -> list[Path]:
     return [Path(text)]
 
 
-def _saved_format(directory) -> str:
-    """The table format of a result folder (``csv`` when there is none or it predates manifests)."""
+def _saved_format(directory) -> tuple[str, bool]:
+    """The table format of a result folder (``csv`` when there is none or it predates manifests) and whether
+    its tables were written with ``--safe-csv`` (an update keeps both, as it keeps DIR's other settings)."""
     from .outdir import read_manifest
 
     manifest = read_manifest(Path(directory)) if directory is not None else None
-    return (manifest or {}).get("format", "csv")
+    tables = (manifest or {}).get("tables") or {}
+    safe = any(isinstance(meta, dict) and meta.get("safe_csv") for meta in tables.values())
+    return (manifest or {}).get("format", "csv"), safe
 
 
 def _waiting(args):
@@ -459,9 +462,10 @@ def _cmd_fit(args) -> int:
                 ties=args.ties,
                 style_covariates=args.style_covariates,
             )
-        fmt = args.format or _saved_format(args.update)
+        saved_format, saved_safe = _saved_format(args.update)
+        fmt = args.format or saved_format
         result.summary.setdefault("settings", {})["format"] = fmt
-        result.save(target, report=args.report, dpo=args.dpo, format=fmt, safe_csv=args.safe_csv,
+        result.save(target, report=args.report, dpo=args.dpo, format=fmt, safe_csv=args.safe_csv or saved_safe,
                     inputs=inputs, on_wait=_waiting(args), dpo_columns=dpo_columns)
         source = getattr(result, "_rows_source", None)
         if source is not None:  # a fast update's open files of DIR (its rows parts, its side file)

@@ -470,3 +470,18 @@ def test_a_cut_rows_table_is_refused_not_updated(tmp_path, layout, damage, capsy
     with pytest.raises(ba.InputError):
         ba.load(out)
     assert snapshot(out) == before
+
+
+def test_an_update_keeps_safe_csv(tmp_path):
+    """A folder written with ``--safe-csv`` lost the escaping at its next ``--update`` (which keeps DIR's other
+    settings and its format): every formula cell was written bare again. The update now keeps it."""
+    log = ba.simulate(n_users=60, n_models=3, labels_per_user=(3, 8), seed=4)[["user", "model_a", "model_b", "winner"]]
+    log["note"] = "=1+1"
+    log.iloc[:-20].to_csv(tmp_path / "old.csv", index=False)
+    log.iloc[-20:].assign(note="=2+2").to_csv(tmp_path / "new.csv", index=False)
+    out = tmp_path / "res"
+    assert main(["fit", str(tmp_path / "old.csv"), "--out", str(out), "--safe-csv", "--quiet"]) == 0
+    assert main(["fit", str(tmp_path / "new.csv"), "--update", str(out), "--out", str(out), "--quiet"]) == 0
+    text = (out / "rows.csv").read_text()
+    assert "\"=" not in text and "'=2+2" in text and "'=1+1" in text
+    assert ba.load(out).rows["note"].tolist() == ["=1+1"] * (len(log) - 20) + ["=2+2"] * 20
