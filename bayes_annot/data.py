@@ -495,6 +495,12 @@ def _read_jsonl_arrow(path: Path) -> pd.DataFrame | None:
         return None
     if any(pa.types.is_nested(f.type) or pa.types.is_dictionary(f.type) for f in table.schema):
         return None  # lists or objects in cells (Arena conversations): the line-by-line reader keeps them as Python lists/dicts
+    for column in table.columns:
+        if pa.types.is_floating(column.type):  # integers too large for int64 became floats, which merge nearby ids
+            values = column.to_numpy(zero_copy_only=False)
+            with np.errstate(invalid="ignore"):
+                if bool(np.any(np.abs(values) >= 2.0**53)):
+                    return None  # the line-by-line reader keeps them as exact Python integers
     return table.to_pandas()
 
 

@@ -97,3 +97,18 @@ def test_whole_number_float_ids_beyond_int64_stay_apart(tmp_path):
     saved = ba.load(ba.fit(path).save(tmp_path / "out", format="parquet"))
     assert dict(zip(saved.users["user"], saved.users["n_rows"])) == expected
     assert saved.rows["user"].tolist() == log["user"].tolist()
+
+
+def test_jsonl_integer_ids_beyond_int64_stay_apart(tmp_path):
+    """pyarrow's JSON reader reads integers beyond int64 as float64: in a .jsonl, the users
+    1180591620717411303424 and ...425 became one float, hence one user. Such a file is now read line by
+    line (exact Python integers): two users, and their ids read back equal."""
+    big = 2**70
+    lines = [{"user": big + (i % 2), "model_a": f"m{i % 3}", "model_b": f"m{(i + 1) % 3}",
+              "winner": "model_a" if i % 4 else "model_b"} for i in range(40)]
+    path = tmp_path / "log.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    result = ba.fit(path)
+    assert dict(zip(result.users["user"], result.users["n_rows"])) == {str(big): 20, str(big + 1): 20}
+    saved = ba.load(result.save(tmp_path / "out"))
+    assert saved.rows["user"].tolist() == [line["user"] for line in lines]
