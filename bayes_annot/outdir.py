@@ -34,6 +34,7 @@ import shutil
 import sys
 import tempfile
 import threading
+from glob import escape as glob_escape
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -97,6 +98,10 @@ def read_manifest(directory: Path, dir_fd: int | None = None) -> dict | None:
     return manifest if isinstance(manifest, dict) and manifest.get("bayes_annot_result") else None
 
 
+#: A temporary file add_file writes beside one of the folder's files (``.report.html.tmp-k2j4x9``).
+_OUR_TEMP = re.compile(r"\.(.+)\.tmp-[A-Za-z0-9_]+")
+
+
 def foreign_entry(directory: Path) -> str | None:
     """The first entry of ``directory`` that bayes_annot did not write (``None``: empty or all ours)."""
     files, folders = _entries(directory)
@@ -114,6 +119,7 @@ def foreign_entry(directory: Path) -> str | None:
             return sorted(files | folders)[0]
         ours = set(LEGACY_FILES)
     implied = {p.as_posix() for f in ours for p in Path(f).parents if p.as_posix() != "."}
+    ours |= {f for f in files if (m := _OUR_TEMP.fullmatch(f)) is not None and m.group(1) in ours}  # a killed add_file's
     foreign = sorted((files - ours) | (folders - implied))
     return foreign[0] if foreign else None
 
@@ -561,17 +567,18 @@ class ResultWriter:
 def add_file(directory, name: str, payload: bytes) -> Path:
     """Add (or replace) one file of a published result folder, e.g. a rebuilt ``report.html`` (call under :func:`locked`).
 
-    The file is written beside its final name and renamed into place; the
-    manifest is rewritten the same way to list it, so the folder stays ours.
+    The manifest is rewritten first (beside its final name, then renamed) to
+    list the file, so the folder stays ours whenever the process stops; then
+    the file is written beside its final name and renamed into place. What a
+    killed earlier call left (``.NAME.tmp-*``) is removed first.
     """
     directory = Path(directory)
     final = directory / name
-    handle, tmp = tempfile.mkstemp(prefix=f".{final.name}.tmp-", dir=directory)
+    tmp = None
     try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(payload)
-        apply_umask(tmp)
-        os.replace(tmp, final)
+        for stale in directory.glob(f".{glob_escape(final.name)}.tmp-*"):
+            if stale.is_file() and not stale.is_symlink():
+                stale.unlink()
         manifest = read_manifest(directory)
         if manifest is not None and name not in manifest.get("files", []):
             manifest["files"] = sorted([*manifest.get("files", []), name])
@@ -581,8 +588,16 @@ def add_file(directory, name: str, payload: bytes) -> Path:
                 out.write("\n")
             apply_umask(tmp)
             os.replace(tmp, directory / MANIFEST)
+        _fault("add-file-listed")
+        handle, tmp = tempfile.mkstemp(prefix=f".{final.name}.tmp-", dir=directory)
+        with os.fdopen(handle, "wb") as out:
+            out.write(payload)
+        apply_umask(tmp)
+        _fault("add-file-staged")
+        os.replace(tmp, final)
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise InputError(f"cannot write '{final}': {exc.strerror or exc}") from exc
     return final
 

@@ -485,3 +485,20 @@ def test_an_update_keeps_safe_csv(tmp_path):
     text = (out / "rows.csv").read_text()
     assert "\"=" not in text and "'=2+2" in text and "'=1+1" in text
     assert ba.load(out).rows["note"].tolist() == ["=1+1"] * (len(log) - 20) + ["=2+2"] * 20
+
+
+@pytest.mark.parametrize("point", ["add-file-listed", "add-file-staged"])
+def test_a_killed_report_rebuild_leaves_the_folder_ours(result_dir, log_csv, point):
+    """``bayes-annot report DIR`` killed while writing left ``.report.html.tmp-*`` in DIR (or a report.html
+    its manifest did not list): every later ``fit --out DIR`` then refused the folder ('holds
+    '.report.html.tmp-...', which bayes_annot did not write'). Now the manifest is rewritten first, such
+    leftovers count as the package's, and the next rebuild removes them."""
+    killed = run("report", result_dir, env={"BAYES_ANNOT_FAULT": point})
+    assert killed.returncode == 91, killed.stderr
+    assert len(ba.load(result_dir).rows) == len(pd.read_csv(log_csv))
+    assert run("fit", log_csv, "--out", result_dir, "--quiet").returncode == 0
+    killed = run("report", result_dir, env={"BAYES_ANNOT_FAULT": point})
+    assert run("report", result_dir, "--quiet").returncode == 0
+    assert sorted(p.name for p in result_dir.iterdir() if p.name.startswith(".")) == []
+    assert "report.html" in json.loads((result_dir / "manifest.json").read_text())["files"]
+    assert run("fit", log_csv, "--out", result_dir, "--quiet").returncode == 0
