@@ -85,6 +85,16 @@ def _json_default(value):
     return str(value)
 
 
+#: Object columns of one scalar type that JSON would not give back (bytes were decoded lossily, dates and
+#: decimals came back as text): pandas' inferred kind -> (the type, its text, the value of that text).
+_SCALAR_CODECS = {
+    "bytes": (bytes, lambda v: base64.b64encode(v).decode("ascii"), base64.b64decode),
+    "date": (_dt.date, lambda v: v.isoformat(), _dt.date.fromisoformat),
+    "time": (_dt.time, lambda v: v.isoformat(), _dt.time.fromisoformat),
+    "decimal": (decimal.Decimal, str, decimal.Decimal),
+}
+
+
 def _missing_mask(values: np.ndarray) -> np.ndarray:
     """True where an object array holds ``None``, ``NaN``, ``pd.NA`` or ``NaT`` (not where it holds a list)."""
     out = np.zeros(len(values), dtype=bool)
@@ -115,6 +125,12 @@ def _encode_column(series: pd.Series) -> tuple[pd.Series, dict]:
         values = series.to_numpy(dtype=object)
         missing = _missing_mask(values)
         encoded = np.empty(len(values), dtype=object)
+        scalar = _SCALAR_CODECS.get(kind)  # bytes, dates, times, decimals: as text that gives them back exactly
+        if scalar is not None and all(type(v) is scalar[0] for v, m in zip(values, missing) if not m):
+            for i, v in enumerate(values):
+                encoded[i] = None if missing[i] else scalar[1](v)
+            meta["codec"] = kind
+            return pd.Series(encoded, index=series.index, dtype="string"), meta
         for i, v in enumerate(values):
             encoded[i] = None if missing[i] else json.dumps(v, ensure_ascii=False, default=_json_default)
         meta["codec"] = "json"
@@ -303,6 +319,11 @@ def _restore(series: pd.Series, meta: dict) -> pd.Series:
         decoded = np.empty(len(values), dtype=object)
         for i, v in enumerate(values):
             decoded[i] = None if v is None else json.loads(v)
+        return pd.Series(decoded, index=series.index, dtype=object, name=series.name)
+    if codec in _SCALAR_CODECS:
+        parse = _SCALAR_CODECS[codec][2]
+        values = series.to_numpy(dtype=object, na_value=None)
+        decoded = np.array([None if v is None else parse(v) for v in values] + [None], dtype=object)[:-1]
         return pd.Series(decoded, index=series.index, dtype=object, name=series.name)
     if codec == "category":
         values = series.to_numpy(dtype=object, na_value=None)
