@@ -559,7 +559,10 @@ def _cmd_demo(args) -> int:
     from .datasets import DEMO_SETTINGS, load_demo
     from .fit import fit
 
+    from .outdir import check_target
+
     out = Path(args.out)
+    check_target(out)  # a folder that is not ours, before the fit (as fit --out)
     log = load_demo()
     print(
         f"demo log: {len(log)} rows from {DEMO_SETTINGS['n_users']} simulated users, {DEMO_SETTINGS['n_models']} models, "

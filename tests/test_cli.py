@@ -184,3 +184,15 @@ def test_fit_report_and_rebuild_from_folder(sim_csv, tmp_path):
     assert main(["report", str(out)]) == 0
     assert (out / "report.html").exists()
     assert main(["report", str(tmp_path)]) == 2
+
+
+def test_demo_refuses_a_folder_that_is_not_ours_before_fitting(tmp_path):
+    """``demo --out DIR`` with the user's files in DIR fitted the 2,000-user demo first and only then refused."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    done = run("demo", "--out", folder, "--no-progress")
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "notes.txt" in lines[0], done.stderr
+    assert "demo log" not in done.stdout  # refused before the demo log was even loaded
+    assert [p.name for p in folder.iterdir()] == ["notes.txt"]
