@@ -371,7 +371,11 @@ def publish(staging: Path, target: Path) -> None:
         os.rmdir(old)
         os.replace(target, old)
         _fault("between-renames")
-        os.replace(staging, target)
+        try:
+            os.replace(staging, target)
+        except BaseException:  # the previous results go back at once (not only at the next run's recovery)
+            os.replace(old, target)
+            raise
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(staging, target)

@@ -231,6 +231,27 @@ def test_python_dpo_exports_never_overwrite_a_file_that_is_not_dpo_records(tmp_p
         result.summary["counts"]["kept_rows"]
 
 
+def test_a_failed_second_rename_puts_the_old_results_back_at_once(result_dir, log_csv, capsys, monkeypatch):
+    """Where renameat2 is missing (two renames), a failure of the second rename (staging -> DIR) left DIR
+    missing, its results set aside as '.DIR.old-*' until the next run's recovery: load() and report failed
+    meanwhile. Now the old results are renamed back before the error is reported."""
+    import bayes_annot.outdir as outdir
+
+    monkeypatch.setenv("BAYES_ANNOT_NO_RENAME_EXCHANGE", "1")
+    before = snapshot(result_dir)
+    real = os.replace
+
+    def replace(src, dst, *args, **kwargs):
+        if ".tmp-" in Path(src).name and Path(dst) == result_dir:
+            raise OSError(errno.EIO, "Input/output error")
+        return real(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(outdir.os, "replace", replace)
+    assert main(["fit", str(log_csv), "--out", str(result_dir), "--seed", "3"]) == 2
+    assert "cannot write" in one_error_line(capsys)
+    assert snapshot(result_dir) == before and leftovers(result_dir.parent) == []
+
+
 @pytest.mark.parametrize("where", ["report", "table", "dpo"])
 def test_disk_full_anywhere_keeps_the_old_results(result_dir, log_csv, capsys, monkeypatch, where):
     """An OSError (disk full) while writing any part: exit 2, one line, the previous results byte-identical."""
