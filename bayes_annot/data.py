@@ -124,6 +124,11 @@ class ColumnMap:
     p_a: str | bool | None = None
     winner_values: dict | None = None
 
+    def id_roles(self) -> tuple[str, ...]:
+        """The columns whose values are ids (the user, both models): an update compares them as ids."""
+        users = USER_ALIASES if self.user is None else (self.user,)
+        return (*users, self.model_a, self.model_b)
+
 
 @dataclass
 class PreparedData:

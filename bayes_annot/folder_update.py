@@ -112,7 +112,7 @@ def update_saved(
     settings, role_map, p_a, new_rows, _ = _settings_and_roles(summary, new_rows, columns, overrides)
     old_rows = saved.input_rows()
     new_rows, counts = drop_duplicates_of(old_rows, new_rows, row_id=row_id, on_duplicate=on_duplicate,
-                                          user=role_map.user)
+                                          user=role_map.user, id_roles=role_map.id_roles())
     entries = carried_provenance(summary, record_paths) + [provenance_entry(info, **counts)]
     priors = Priors(**saved_settings["priors"]) if isinstance(saved_settings.get("priors"), dict) else None
     merged = pd.concat([old_rows, new_rows], ignore_index=True) if len(new_rows) else old_rows
@@ -243,7 +243,7 @@ def _fast_update_of(folder, directory, new_rows, columns, on_duplicate, row_id, 
         return None  # another strength mode (or ties mode): the block is rebuilt from the rows
     candidates, codes = _old_candidates(old, folder, new_rows, row_id, on_duplicate, role_map.user)
     new_rows, counts = drop_duplicates_of(candidates, new_rows, row_id=row_id, on_duplicate=on_duplicate,
-                                          user=role_map.user, user_codes=codes)
+                                          user=role_map.user, user_codes=codes, id_roles=role_map.id_roles())
     entries = carried_provenance(summary, record_paths) + [provenance_entry(info, **counts)]
     if counts["rows_added"] == 0:
         stored.widen()  # the arrays in memory and types of their own (a merge copies and widens them)
