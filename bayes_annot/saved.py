@@ -25,7 +25,7 @@ from .errors import InputError
 from .incremental import n_tastes_of
 from .likelihood import Priors
 from .spec import VARIANTS as _VARIANTS
-from .tables import OUTPUT_COLUMNS, DamagedTable, check_row_count, read_row_parts, read_table_file
+from .tables import OUTPUT_COLUMNS, DamagedTable, check_columns, check_row_count, read_row_parts, read_table_file
 from .casual import effects_start
 from .style import delta_from_summary
 from .validation import check_number, check_priors
@@ -242,7 +242,9 @@ def _read_update_folder(folder) -> UpdateFolder | None:
             if part.get("format") == "parquet":  # the footer only: a cut or edited part fails here, not mid-update
                 import pyarrow.parquet as pq
 
-                check_row_count(pq.ParquetFile(parts[-1][1]).metadata.num_rows, part)
+                footer = pq.ParquetFile(parts[-1][1])
+                check_row_count(footer.metadata.num_rows, part)
+                check_columns(footer.schema_arrow.names, part)
     except BaseException:
         state_file.close()
         for _, handle in parts:

@@ -364,6 +364,21 @@ def check_row_count(n_rows: int, meta: dict | None) -> None:
                            "written (the file was cut short or edited)")
 
 
+def check_columns(names, meta: dict | None) -> None:
+    """Raise :class:`DamagedTable` when a parquet table's columns are not those written (a column dropped,
+    renamed or added by hand would otherwise vanish from, or slip into, the rows an update writes back)."""
+    if not meta or not meta.get("columns"):
+        return
+    written = [m["name"] for m in meta["columns"]]
+    names = list(names)
+    if names != written:
+        missing = [n for n in written if n not in names]
+        extra = [n for n in names if n not in written]
+        detail = (f"lacks {', '.join(map(repr, missing))}" if missing else
+                  f"has {', '.join(map(repr, extra))} too" if extra else "has them in another order")
+        raise DamagedTable(f"'{meta.get('file', 'a table')}' {detail}: not the columns that were written (the file was edited)")
+
+
 def read_table_file(source: str | BinaryIO, meta: dict | None = None, *, columns=None, rows=None) -> pd.DataFrame:
     """Read a table written by :func:`write_table`, typed by its description ``meta``.
 
@@ -399,6 +414,10 @@ def read_table_file(source: str | BinaryIO, meta: dict | None = None, *, columns
             table = _unescape_formulas(table, [f.name for f in table.schema
                                                if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)])
     else:
+        if meta and meta.get("columns"):
+            check_columns(pq.read_schema(source).names, meta)
+            if hasattr(source, "seek"):
+                source.seek(0)
         table = pq.read_table(source, columns=columns)
     check_row_count(table.num_rows, meta)
     if rows is not None:

@@ -451,12 +451,13 @@ def test_safe_csv_escapes_formulas_and_load_undoes_it(tmp_path):
 
 
 @pytest.mark.parametrize("layout", ["csv", "parquet", "parquet-parts"])
-@pytest.mark.parametrize("damage", ["cut", "sliced"])
+@pytest.mark.parametrize("damage", ["cut", "sliced", "column"])
 def test_a_cut_rows_table_is_refused_not_updated(tmp_path, layout, damage, capsys):
     """A rows table cut at a line boundary (a partial copy, a sync that stopped) parsed fine, and
     ``--update`` refitted what was left: the saved rows past the cut were lost without a word (a sliced
-    parquet file was an internal error, exit 1). Now every reader checks the row count the manifest
-    records: exit 2, one line naming the file, the folder untouched."""
+    parquet file was an internal error, exit 1). A parquet rows file with a column dropped by hand loaded
+    without that column (and the update was an internal error). Now every reader checks the row count and
+    the columns the manifest records: exit 2, one line naming the file, the folder untouched."""
     log = ba.simulate(n_users=80, n_models=4, labels_per_user=(4, 10), seed=8)[["user", "model_a", "model_b", "winner"]]
     log["vid"] = np.arange(len(log))
     third = len(log) // 3
@@ -472,12 +473,17 @@ def test_a_cut_rows_table_is_refused_not_updated(tmp_path, layout, damage, capsy
     victim = out / (rows_meta["parts"][0]["file"] if rows_meta.get("layout") == "parts" else rows_meta["file"])
     if victim.suffix == ".csv":
         lines = victim.read_bytes().splitlines(keepends=True)
-        victim.write_bytes(b"".join(lines[: len(lines) // 2]) if damage == "cut" else b"".join(lines[:-1]))
+        if damage == "column":
+            pd.read_csv(victim, dtype=str, keep_default_na=False).drop(columns=["vid"]).to_csv(victim, index=False)
+        else:
+            victim.write_bytes(b"".join(lines[: len(lines) // 2]) if damage == "cut" else b"".join(lines[:-1]))
     else:
         import pyarrow.parquet as pq
 
         table = pq.read_table(victim)
-        if damage == "cut":
+        if damage == "column":
+            pq.write_table(table.drop(["vid"]), victim)
+        elif damage == "cut":
             victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
         else:
             pq.write_table(table.slice(0, table.num_rows - 1), victim)
