@@ -586,6 +586,14 @@ def _resolve_columns(frame: pd.DataFrame, columns: ColumnMap) -> dict[str, str |
         resolved["p_a"] = columns.p_a
     else:
         resolved["p_a"] = "p_a" if "p_a" in present else None
+    first_role: dict = {}
+    for role in ("user", "model_a", "model_b", "winner", "p_a"):  # one column, one role (--model-b model_a: no fit)
+        name = resolved[role]
+        if name is not None and name in first_role:
+            other = first_role[name]
+            raise InputError(f"column '{name}' is given as both {other} ({ROLE_FLAGS[other]}) and {role} "
+                             f"({ROLE_FLAGS[role]}): each role needs its own column")
+        first_role.setdefault(name, role)
     return resolved
 
 

@@ -366,3 +366,21 @@ def test_json_with_a_byte_order_mark_is_read(suffix, log, tmp_path):
     back = read_table(path)
     assert list(back.columns) == list(frame.columns)
     assert back["user"].astype(str).tolist() == log["user"].tolist()
+
+
+@pytest.mark.parametrize("flags, shared", [
+    (["--model-b", "model_a"], "model_a"),
+    (["--user", "winner"], "winner"),
+    (["--user", "model_b"], "model_b"),
+])
+def test_one_column_for_two_roles_is_refused(flags, shared, log, tmp_path, capsys):
+    """``--model-b model_a`` fitted every row as a same-model pair (exit 0, a warning, every user
+    'uninformative'); ``--user winner`` fitted three 'users' named model_a, model_b and tie. A column given
+    for two roles is now a settings error naming both flags."""
+    path, out = tmp_path / "log.csv", tmp_path / "out"
+    log.to_csv(path, index=False)
+    line = cli_error(["fit", path, "--out", out, *flags], out, capsys)
+    assert f"column '{shared}' is given as both" in line and flags[0] in line, line
+    role = flags[0][2:].replace("-", "_")
+    with pytest.raises(InputError, match="each role needs its own column"):
+        ba.fit(log, **{role: flags[1]})
