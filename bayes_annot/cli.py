@@ -534,22 +534,21 @@ def _cmd_simulate(args) -> int:
 
 
 def _cmd_report(args) -> int:
-    from .outdir import add_file, check_report_target, locked, read_manifest
+    from .outdir import add_file, check_report_target, locked
     from .fit import load
     from .report import build_report, render_report
 
     directory = Path(args.directory)
     if not (directory / "summary.json").exists():
         raise InputError(f"'{directory}' holds no bayes_annot results (summary.json missing)")
-    target = check_report_target(args.out) if args.out is not None else None
-    if target is not None and read_manifest(target.parent) is None:
-        path = build_report(load(directory), args.out)
-    else:  # into a result folder: added to its manifest, so the folder stays the package's
-        folder = Path(os.path.abspath(directory)) if target is None else target.parent
-        with locked(folder, _waiting(args)):
+    if args.out is not None:
+        check_report_target(args.out)  # before loading anything
+        path = build_report(load(directory), args.out)  # into a result folder: listed in its manifest
+    else:
+        with locked(Path(os.path.abspath(directory)), _waiting(args)):
             text = render_report(load(directory))
-            add_file(folder, "report.html" if target is None else target.name, text.encode("utf-8"))
-        path = directory / "report.html" if args.out is None else Path(args.out)
+            add_file(directory, "report.html", text.encode("utf-8"))
+        path = directory / "report.html"
     if not args.quiet:
         print(f"wrote {path}")
     return 0

@@ -529,3 +529,15 @@ def test_a_killed_report_rebuild_leaves_the_folder_ours(result_dir, log_csv, poi
     assert sorted(p.name for p in result_dir.iterdir() if p.name.startswith(".")) == []
     assert "report.html" in json.loads((result_dir / "manifest.json").read_text())["files"]
     assert run("fit", log_csv, "--out", result_dir, "--quiet").returncode == 0
+
+
+def test_a_report_written_from_python_into_a_result_folder_keeps_it_ours(result_dir, log_csv):
+    """``result.save(DIR)`` then ``result.report(DIR / "report.html")`` left a report.html the manifest did not
+    list, so the next ``fit --out DIR`` refused the folder ('holds 'report.html', which bayes_annot did not
+    write'). The report is now added to the manifest."""
+    loaded = ba.load(result_dir)
+    loaded.report(result_dir / "report.html")
+    loaded.report(result_dir / "second.html")
+    files = json.loads((result_dir / "manifest.json").read_text())["files"]
+    assert {"report.html", "second.html"} <= set(files)
+    assert run("fit", log_csv, "--out", result_dir, "--quiet").returncode == 0

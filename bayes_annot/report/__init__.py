@@ -67,11 +67,15 @@ def build_report(result, path, *, comparison=None, title: str | None = None, n_r
     import tempfile
     from pathlib import Path
 
-    from ..outdir import apply_umask, check_report_target
+    from ..outdir import add_file, apply_umask, check_report_target, locked, read_manifest
 
-    check_report_target(path)  # a folder, or a file that is not a report, before any work
+    target = check_report_target(path)  # a folder, or a file that is not a report, before any work
     text = render_report(result, comparison=comparison, title=title, n_rep=n_rep, seed=seed, few_labels=few_labels)
     path = Path(path)
+    if (read_manifest(target.parent) or {}).get("complete"):  # into a published result folder: listed in its
+        with locked(target.parent):  # manifest (else the next fit --out there refuses the folder)
+            add_file(target.parent, target.name, text.encode("utf-8"))
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:  # written beside its final name and renamed: a failure (disk full) leaves no partial file behind
