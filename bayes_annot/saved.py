@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from .decide import parse_filter
-from .errors import InputError
+from .errors import FitWarning, InputError
 from .incremental import n_tastes_of
 from .likelihood import Priors
 from .spec import VARIANTS as _VARIANTS
@@ -234,7 +235,13 @@ def _read_update_folder(folder) -> UpdateFolder | None:
     else:  # a single rows table: one part, its output columns set aside
         descriptions = [dict(rows_meta, input_columns=[m["name"] for m in rows_meta["columns"]
                                                       if m["name"] not in OUTPUT_COLUMNS])]
-    state_file = folder.open(manifest["update_state"]["file"])
+    state_name = manifest["update_state"].get("file")
+    if not isinstance(state_name, str) or not folder.exists(state_name):  # a cache only: update from the rows
+        warnings.warn(f"results folder '{folder.path}': {state_name} cannot be used (it is missing); updating from the "
+                      "saved rows instead",
+                      FitWarning, stacklevel=2)
+        return None
+    state_file = folder.open(state_name)
     parts = []
     try:
         for part in descriptions:
