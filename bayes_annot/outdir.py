@@ -298,12 +298,17 @@ def locked(target: Path, on_wait=None):
 # --------------------------------------------------------------------------- staging and swapping
 
 
+_MKDTEMP = re.compile(r"[a-z0-9_]{8}")  # the random part of a tempfile.mkdtemp name
+
+
 def _leftovers(target: Path) -> list[Path]:
     parent = target.parent
     if not parent.is_dir():
         return []
     prefixes = (f".{target.name}.tmp-", f".{target.name}.old-")
-    return sorted(p for p in parent.iterdir() if p.name.startswith(prefixes) and p.is_dir() and not p.is_symlink())
+    # only names mkdtemp makes (8 random characters): a user's own '.res.old-backup' copy is never touched
+    return sorted(p for p in parent.iterdir() if p.name.startswith(prefixes) and _MKDTEMP.fullmatch(p.name[-8:])
+                  and len(p.name) == len(prefixes[0]) + 8 and p.is_dir() and not p.is_symlink())
 
 
 def recover(target: Path) -> list[str]:

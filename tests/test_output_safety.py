@@ -541,3 +541,16 @@ def test_a_report_written_from_python_into_a_result_folder_keeps_it_ours(result_
     files = json.loads((result_dir / "manifest.json").read_text())["files"]
     assert {"report.html", "second.html"} <= set(files)
     assert run("fit", log_csv, "--out", result_dir, "--quiet").returncode == 0
+
+
+def test_a_users_hidden_backup_beside_the_folder_is_never_removed(result_dir, log_csv):
+    """The recovery after a crash removed every folder named '.DIR.tmp-*' / '.DIR.old-*' that holds a
+    manifest: a user's own copy '.res.old-backup1' (a result folder, so with a manifest) was deleted by the
+    next fit. Only the names the package makes (8 random characters) are recovered now."""
+    backup = result_dir.parent / f".{result_dir.name}.old-backup1"
+    import shutil
+
+    shutil.copytree(result_dir, backup)
+    before = snapshot(backup)
+    assert run("fit", log_csv, "--out", result_dir, "--seed", "4", "--quiet").returncode == 0
+    assert snapshot(backup) == before
