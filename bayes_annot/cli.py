@@ -351,7 +351,9 @@ def _update_overrides(args) -> tuple[dict, dict]:
 
 def _input_paths(text: str) -> list[Path]:
     """The files (or folder) INPUT names: a file, a folder of parquet files, or a glob."""
-    if any(ch in text for ch in "*?["):
+    from .data import is_glob
+
+    if is_glob(text):
         return [Path(p) for p in sorted(glob.glob(text))]
     return [Path(text)]
 
@@ -372,7 +374,9 @@ def _waiting(args):
 
 
 def _cmd_fit(args) -> int:
-    if args.input is not None and not any(ch in args.input for ch in "*?["):
+    from .data import is_glob
+
+    if args.input is not None and not is_glob(args.input):
         from .data import prefetch
 
         prefetch(args.input)  # read and hashed in the background while the engines are imported

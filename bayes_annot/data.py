@@ -342,6 +342,13 @@ def _sha256_of(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def is_glob(text) -> bool:
+    """Whether an input names a glob of parquet files: it has ``*``, ``?`` or ``[`` and is not itself an
+    existing file or folder (``votes[1].csv`` is a file name)."""
+    text = str(text)
+    return any(ch in text for ch in "*?[") and not Path(text).exists()
+
+
 def read_table(path: str | Path) -> pd.DataFrame:
     """Read a comparison log from ``.csv``, ``.parquet``, ``.json`` or ``.jsonl``.
 

@@ -1379,8 +1379,9 @@ def _is_dask_frame(data) -> bool:
 
 
 def _is_parquet_collection(path) -> bool:
-    text = str(path)
-    if any(ch in text for ch in "*?["):
+    from .data import is_glob
+
+    if is_glob(path):
         return True
     path = Path(path)
     return path.is_dir() and any(path.glob("*.parquet"))

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .data import ColumnMap, PreparedData, prepare, read_table
+from .data import ColumnMap, PreparedData, is_glob, prepare, read_table
 from .casual import DEFAULT_BINS, design_from_summary
 from .style import style_from_summary
 from .errors import FitWarning, InputError, take_renamed
@@ -95,7 +95,7 @@ def update_saved(
         raise InputError(f"'{directory}' holds no bayes_annot results to update (summary.json missing)")
     info = input_info(None, record_paths)
     if isinstance(new_rows, (str, Path)):
-        if Path(new_rows).is_dir() or any(ch in str(new_rows) for ch in "*?["):
+        if Path(new_rows).is_dir() or is_glob(new_rows):
             raise InputError(f"--update reads one file of new rows (.csv, .parquet, .json, .jsonl), got '{new_rows}'")
         frame = read_table(new_rows)
         info = input_info(new_rows, record_paths)

@@ -381,9 +381,11 @@ def parquet_collection_info(data, record_paths: bool = False) -> dict:
     """
     from .data import file_sha256
 
+    from .data import is_glob
+
     text = str(data)
     path = Path(data)
-    if any(ch in text for ch in "*?["):
+    if is_glob(text):
         files = sorted((Path(p) for p in _glob.glob(text)), key=lambda p: p.name)
         name = f"{path.parent.name}/{path.name}" if path.parent.name else path.name
         where = str(path.parent.resolve() / path.name)

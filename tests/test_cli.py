@@ -196,3 +196,23 @@ def test_demo_refuses_a_folder_that_is_not_ours_before_fitting(tmp_path):
     assert done.returncode == 2 and len(lines) == 1 and "notes.txt" in lines[0], done.stderr
     assert "demo log" not in done.stdout  # refused before the demo log was even loaded
     assert [p.name for p in folder.iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.parametrize("name", ["votes[1].csv", "what?.csv", "all*.jsonl"])
+def test_a_file_name_with_glob_characters_is_a_file(tmp_path, name):
+    """``fit 'votes[1].csv'`` took the name for a glob of parquet files: 'cannot read parquet file
+    .../votes[1].csv: Parquet magic bytes not found' (exit 2) for a CSV that exists. An existing file is
+    now read as that file, for a fit and for --update; a pattern matching files is still a glob."""
+    log = ba.simulate(n_users=40, n_models=3, labels_per_user=(3, 8), seed=5)[["user", "model_a", "model_b", "winner"]]
+    path = tmp_path / name
+    if name.endswith(".jsonl"):
+        log.to_json(path, orient="records", lines=True)
+    else:
+        log.to_csv(path, index=False)
+    out = tmp_path / "res"
+    done = run("fit", path, "--out", out, "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert json.loads((out / "summary.json").read_text())["input"]["file"] == name
+    done = run("fit", path, "--update", out, "--out", out, "--on-duplicate", "keep", "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert len(ba.load(out).rows) == 2 * len(log)
