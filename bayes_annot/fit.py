@@ -438,6 +438,8 @@ class FitResult:
         result = fit_prepared(plan.prepared, start=plan.start, accelerate=accelerate, state=plan.state,
                               input_info=plan.info, _started=plan.started, **plan.settings)
         set_provenance(result, plan.info, plan.entries)
+        # an update of a result saved to a folder: saving it back there checks nobody replaced the folder since
+        result._update_base = getattr(self, "_saved_as", None)
         return result
 
     def report(self, path: str | Path, **options) -> Path:
@@ -576,6 +578,7 @@ class FitResult:
                 out.extra_file(dpo, lambda path: self.to_dpo(path, **(dpo_columns or {})))
         if expect is not None:
             self._update_base = (str(out.target), out.fit_id)  # saving it there again is fine
+        self._saved_as = (str(out.target), out.fit_id)  # what an update of this result extends
         return out.target
 
     # ----------------------------------------------------------------- display

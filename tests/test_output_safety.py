@@ -387,6 +387,27 @@ def test_python_updates_that_overlap_never_drop_rows(tmp_path, fmt):
     two.save(tmp_path / "elsewhere", format=fmt)  # another folder: nothing to lose
 
 
+def test_a_live_update_saved_over_a_folder_updated_meanwhile_is_refused(tmp_path):
+    """``r = fit(log); r.save(DIR)``; a nightly ``fit NEW --update DIR --out DIR`` runs; then
+    ``r.update(more).save(DIR)`` replaced DIR with r's rows plus ``more``: the nightly rows were lost.
+    That save is now an InputError (DIR untouched); a plain re-save of a fit still replaces the folder."""
+    log = ba.simulate(n_users=150, n_models=4, labels_per_user=(5, 15), seed=14)[["user", "model_a", "model_b", "winner"]]
+    log.insert(0, "vote_id", [f"v{i}" for i in range(len(log))])
+    old, nightly, more = log.iloc[:-200], log.iloc[-200:-100], log.iloc[-100:]
+    nightly.to_csv(tmp_path / "nightly.csv", index=False)
+    out = tmp_path / "res"
+    result = ba.fit(old)
+    result.save(out)
+    assert main(["fit", str(tmp_path / "nightly.csv"), "--update", str(out), "--out", str(out), "--quiet"]) == 0
+    before = snapshot(out)
+    with pytest.raises(ba.InputError, match="replaced after this update read it"):
+        result.update(more).save(out)
+    assert snapshot(out) == before
+    result.save(out)  # a fit (not an update) replaces the folder as asked
+    result.update(more).save(out)  # an update of what the folder now holds
+    assert len(ba.load(out).rows) == len(old) + len(more)
+
+
 def test_readers_never_see_two_fits_at_once(tmp_path):
     """load() while a writer alternates two different fits into one folder: every read is one fit."""
     small = ba.simulate(n_users=100, n_models=3, labels_per_user=(3, 8), seed=1)
