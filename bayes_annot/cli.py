@@ -48,6 +48,14 @@ def _tastes_spec(text: str):
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument error is one line, ``bayes-annot: error: ...`` (exit 2), as every other bad input;
+    argparse's own prints the whole usage block first, which buries the line that matters."""
+
+    def error(self, message):
+        self.exit(EXIT_BAD_INPUT, f"bayes-annot: error: {message} (see '{self.prog} --help')\n")
+
+
 class _DefaultsHelpFormatter(argparse.HelpFormatter):
     """Help that ends every option with ``(default: X)``, unless the default is None/False or the help already says it."""
 
@@ -77,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     -------
     argparse.ArgumentParser
     """
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="bayes-annot",
         description="Estimate each user's annotation quality from comparison-mode preference logs, "
         "then filter or weight the labels.",
@@ -343,17 +351,22 @@ def _update_overrides(args) -> tuple[dict, dict]:
 
 def _input_paths(text: str) -> list[Path]:
     """The files (or folder) INPUT names: a file, a folder of parquet files, or a glob."""
-    if any(ch in text for ch in "*?["):
+    from .data import is_glob
+
+    if is_glob(text):
         return [Path(p) for p in sorted(glob.glob(text))]
     return [Path(text)]
 
 
-def _saved_format(directory) -> str:
-    """The table format of a result folder (``csv`` when there is none or it predates manifests)."""
+def _saved_format(directory) -> tuple[str, bool]:
+    """The table format of a result folder (``csv`` when there is none or it predates manifests) and whether
+    its tables were written with ``--safe-csv`` (an update keeps both, as it keeps DIR's other settings)."""
     from .outdir import read_manifest
 
     manifest = read_manifest(Path(directory)) if directory is not None else None
-    return (manifest or {}).get("format", "csv")
+    tables = (manifest or {}).get("tables") or {}
+    safe = any(isinstance(meta, dict) and meta.get("safe_csv") for meta in tables.values())
+    return (manifest or {}).get("format", "csv"), safe
 
 
 def _waiting(args):
@@ -361,7 +374,9 @@ def _waiting(args):
 
 
 def _cmd_fit(args) -> int:
-    if args.input is not None and not any(ch in args.input for ch in "*?["):
+    from .data import is_glob
+
+    if args.input is not None and not is_glob(args.input):
         from .data import prefetch
 
         prefetch(args.input)  # read and hashed in the background while the engines are imported
@@ -451,9 +466,10 @@ def _cmd_fit(args) -> int:
                 ties=args.ties,
                 style_covariates=args.style_covariates,
             )
-        fmt = args.format or _saved_format(args.update)
+        saved_format, saved_safe = _saved_format(args.update)
+        fmt = args.format or saved_format
         result.summary.setdefault("settings", {})["format"] = fmt
-        result.save(target, report=args.report, dpo=args.dpo, format=fmt, safe_csv=args.safe_csv,
+        result.save(target, report=args.report, dpo=args.dpo, format=fmt, safe_csv=args.safe_csv or saved_safe,
                     inputs=inputs, on_wait=_waiting(args), dpo_columns=dpo_columns)
         source = getattr(result, "_rows_source", None)
         if source is not None:  # a fast update's open files of DIR (its rows parts, its side file)
@@ -467,9 +483,33 @@ def _cmd_fit(args) -> int:
     return 0
 
 
+def _check_simulate_target(path: Path) -> None:
+    """``simulate --out``: a folder, or an existing file that is not a simulated log (its truth column
+    ``true_attentive``), is refused before anything is written: a mistyped name never replaces a real log."""
+    if path.is_dir():
+        raise InputError(f"output '{path}' is a folder: name a .csv, .parquet, .json or .jsonl file")
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    try:
+        if path.suffix.lower() == ".parquet":
+            import pyarrow.parquet as pq
+
+            simulated = "true_attentive" in pq.read_schema(path).names
+        else:
+            with open(path, encoding="utf-8", errors="replace") as handle:
+                head = handle.read(1 << 16)
+            first = head.splitlines()[0] if head else ""
+            simulated = "true_attentive" in (head if path.suffix.lower() == ".json" else first)
+    except Exception:  # unreadable: not a log simulate wrote
+        simulated = False
+    if not simulated:
+        raise InputError(f"output '{path}' exists and is not a log written by 'bayes-annot simulate': choose another name")
+
+
 def _cmd_simulate(args) -> int:
     from .simulate import simulate
 
+    _check_simulate_target(Path(args.out))
     try:
         frame = simulate(
             n_users=args.users,
@@ -498,7 +538,7 @@ def _cmd_simulate(args) -> int:
 
 
 def _cmd_report(args) -> int:
-    from .outdir import add_file, locked
+    from .outdir import add_file, check_report_target, locked
     from .fit import load
     from .report import build_report, render_report
 
@@ -506,11 +546,13 @@ def _cmd_report(args) -> int:
     if not (directory / "summary.json").exists():
         raise InputError(f"'{directory}' holds no bayes_annot results (summary.json missing)")
     if args.out is not None:
-        path = build_report(load(directory), args.out)
+        check_report_target(args.out)  # before loading anything
+        path = build_report(load(directory), args.out)  # into a result folder: listed in its manifest
     else:
         with locked(Path(os.path.abspath(directory)), _waiting(args)):
             text = render_report(load(directory))
-            path = add_file(directory, "report.html", text.encode("utf-8"))
+            add_file(directory, "report.html", text.encode("utf-8"))
+        path = directory / "report.html"
     if not args.quiet:
         print(f"wrote {path}")
     return 0
@@ -520,7 +562,10 @@ def _cmd_demo(args) -> int:
     from .datasets import DEMO_SETTINGS, load_demo
     from .fit import fit
 
+    from .outdir import check_target
+
     out = Path(args.out)
+    check_target(out)  # a folder that is not ours, before the fit (as fit --out)
     log = load_demo()
     print(
         f"demo log: {len(log)} rows from {DEMO_SETTINGS['n_users']} simulated users, {DEMO_SETTINGS['n_models']} models, "

@@ -540,6 +540,8 @@ def fit_dask(
             raise InputError(f"strong model '{strong_model}' is not among the models: {', '.join(map(str, model_vocab[:20]))}")
         strong_code = int(matches[0])
         strength_mode = f"known (mu={mu:g} for '{model_vocab[strong_code]}')"
+    elif strong_model is not None:  # the paper's setting half given: never learn strengths silently instead
+        raise InputError(f"--strong-model '{strong_model}' needs --mu P (the probability an attentive user prefers it)")
     elif use_p_a and columns.get("p_a") is not None:
         strength_mode = f"known (column '{columns['p_a']}')"
     known = strength_mode != "learned"

@@ -124,6 +124,11 @@ class ColumnMap:
     p_a: str | bool | None = None
     winner_values: dict | None = None
 
+    def id_roles(self) -> tuple[str, ...]:
+        """The columns whose values are ids (the user, both models): an update compares them as ids."""
+        users = USER_ALIASES if self.user is None else (self.user,)
+        return (*users, self.model_a, self.model_b)
+
 
 @dataclass
 class PreparedData:
@@ -337,6 +342,13 @@ def _sha256_of(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def is_glob(text) -> bool:
+    """Whether an input names a glob of parquet files: it has ``*``, ``?`` or ``[`` and is not itself an
+    existing file or folder (``votes[1].csv`` is a file name)."""
+    text = str(text)
+    return any(ch in text for ch in "*?[") and not Path(text).exists()
+
+
 def read_table(path: str | Path) -> pd.DataFrame:
     """Read a comparison log from ``.csv``, ``.parquet``, ``.json`` or ``.jsonl``.
 
@@ -371,16 +383,22 @@ def read_table(path: str | Path) -> pd.DataFrame:
                 ) from exc
             frame = pd.read_parquet(path)
         elif suffix == ".json":
-            with open(path, encoding="utf-8") as handle:
+            with open(path, encoding="utf-8-sig") as handle:
                 payload = json.load(handle)
-            if isinstance(payload, dict) and not all(isinstance(v, (list, dict)) for v in payload.values()):
+            if isinstance(payload, list):
+                bad = next((i for i, record in enumerate(payload) if not isinstance(record, dict)), None)
+                if bad is not None:  # a list of numbers or of lists: pandas would make columns 0, 1, ...
+                    kind = {list: "a list", str: "text", bool: "a boolean", type(None): "null"}.get(
+                        type(payload[bad]), "a number")
+                    raise InputError(f"'{path}': expected a JSON list of records (objects), item {bad + 1} is {kind}")
+            elif not isinstance(payload, dict) or not all(isinstance(v, (list, dict)) for v in payload.values()):
                 raise InputError(f"'{path}': expected a JSON list of records or an object of columns")
             frame = pd.DataFrame(payload)
         elif suffix == ".jsonl" and (frame := _read_jsonl_arrow(path)) is not None:
             pass
         elif suffix == ".jsonl":
             records = []
-            with open(path, encoding="utf-8") as handle:
+            with open(path, encoding="utf-8-sig") as handle:
                 for number, line in enumerate(handle, start=1):
                     if not line.strip():
                         continue
@@ -489,6 +507,12 @@ def _read_jsonl_arrow(path: Path) -> pd.DataFrame | None:
         return None
     if any(pa.types.is_nested(f.type) or pa.types.is_dictionary(f.type) for f in table.schema):
         return None  # lists or objects in cells (Arena conversations): the line-by-line reader keeps them as Python lists/dicts
+    for column in table.columns:
+        if pa.types.is_floating(column.type):  # integers too large for int64 became floats, which merge nearby ids
+            values = column.to_numpy(zero_copy_only=False)
+            with np.errstate(invalid="ignore"):
+                if bool(np.any(np.abs(values) >= 2.0**53)):
+                    return None  # the line-by-line reader keeps them as exact Python integers
     return table.to_pandas()
 
 
@@ -569,6 +593,14 @@ def _resolve_columns(frame: pd.DataFrame, columns: ColumnMap) -> dict[str, str |
         resolved["p_a"] = columns.p_a
     else:
         resolved["p_a"] = "p_a" if "p_a" in present else None
+    first_role: dict = {}
+    for role in ("user", "model_a", "model_b", "winner", "p_a"):  # one column, one role (--model-b model_a: no fit)
+        name = resolved[role]
+        if name is not None and name in first_role:
+            other = first_role[name]
+            raise InputError(f"column '{name}' is given as both {other} ({ROLE_FLAGS[other]}) and {role} "
+                             f"({ROLE_FLAGS[role]}): each role needs its own column")
+        first_role.setdefault(name, role)
     return resolved
 
 
@@ -590,8 +622,11 @@ def _uniques_as_text(uniques) -> tuple[np.ndarray, np.ndarray]:
         return values.astype(str), np.zeros(len(values), dtype=bool)
     if values.dtype.kind == "f":
         missing = np.isnan(values)
-        integral = ~missing & (np.mod(values, 1) == 0)
-        text = np.where(integral, np.where(integral, values, 0).astype(np.int64).astype(str), values.astype(str))
+        with np.errstate(invalid="ignore"):
+            integral = ~missing & (np.mod(values, 1) == 0)
+        small = integral & (np.abs(values) < 2.0**63)  # whole numbers int64 holds; larger ones as Python ints
+        text = np.where(small, np.where(small, values, 0).astype(np.int64).astype(str), values.astype(str)).astype(object)
+        text[integral & ~small] = [str(int(v)) for v in values[integral & ~small]]  # 1e20 and 2e20 stay apart
         return text.astype(str), missing
     if values.dtype == object:
         missing = pd.isna(values)

@@ -28,7 +28,7 @@ from .data import CONVERSATIONS as _CONVERSATIONS
 from .data import first_message as _first_message
 from .data import last_message as _last_message
 from .errors import InputError
-from .outdir import apply_umask
+from .outdir import apply_umask, check_dpo_target
 from .saved import bool_column
 
 __all__ = ["DPO_COLUMNS", "to_dpo", "dpo_from_rows", "stage_dpo"]
@@ -57,7 +57,8 @@ def to_dpo(
     path : str or Path, optional
         Also write the records to ``.jsonl`` (one JSON object per line, UTF-8)
         or ``.parquet``, chosen by the suffix. The file is written to a
-        temporary file beside ``path`` and moved into place when complete.
+        temporary file beside ``path`` and moved into place when complete. An
+        existing file is replaced only when it holds DPO records (these columns).
     prompt, response_a, response_b : str
         Columns holding the prompt and the text of the response of
         ``model_a`` and of ``model_b``. When a column is absent and the input
@@ -79,7 +80,8 @@ def to_dpo(
     ------
     InputError
         Text columns are missing (the message names them), a kept row has no
-        text, or ``path`` has a suffix other than ``.jsonl`` / ``.parquet``.
+        text, ``path`` has a suffix other than ``.jsonl`` / ``.parquet``, is a
+        folder, or is an existing file that does not hold DPO records.
 
     Examples
     --------
@@ -98,6 +100,7 @@ def to_dpo(
             raise InputError(
                 f"DPO export path '{path}' must end in .jsonl or .parquet (got '{path.suffix or 'no suffix'}')"
             )
+        check_dpo_target(path, None, DPO_COLUMNS)  # an existing file that is not DPO records is never replaced
     data = result._data
     frame = data.frame
     rows = result.rows

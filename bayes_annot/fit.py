@@ -432,6 +432,8 @@ class FitResult:
         result = fit_prepared(plan.prepared, start=plan.start, accelerate=accelerate, state=plan.state,
                               input_info=plan.info, _started=plan.started, **plan.settings)
         set_provenance(result, plan.info, plan.entries)
+        # an update of a result saved to a folder: saving it back there checks nobody replaced the folder since
+        result._update_base = getattr(self, "_saved_as", None)
         return result
 
     def report(self, path: str | Path, **options) -> Path:
@@ -519,7 +521,8 @@ class FitResult:
         report : bool
             Also write ``report.html``.
         dpo : str or Path, optional
-            Also export the kept labels for DPO (``.jsonl`` / ``.parquet``).
+            Also export the kept labels for DPO (``.jsonl`` / ``.parquet``); an existing file
+            outside ``directory`` is replaced only when it holds DPO records.
         format : {"csv", "parquet"}
             File format of the three tables; both read back equal (:func:`load`).
         safe_csv : bool
@@ -533,11 +536,20 @@ class FitResult:
             Text columns for ``dpo``: ``prompt``, ``response_a``, ``response_b``
             (see :meth:`to_dpo`; the CLI's ``--prompt``, ``--response-a``, ``--response-b``).
         """
-        from .outdir import ResultWriter
+        import os
 
+        from .outdir import ResultWriter, check_dpo_target, check_target
+
+        if dpo is not None:  # before anything is written: a file elsewhere that is not DPO records is never replaced
+            from .export import DPO_COLUMNS
+
+            check_dpo_target(dpo, check_target(directory, inputs), DPO_COLUMNS, inputs)
         if posterior is None:
             posterior = self.summary.get("engine") == "nuts"
-        with ResultWriter(directory, inputs=inputs, fmt=format, safe_csv=safe_csv, on_wait=on_wait) as out:
+        base = getattr(self, "_update_base", None)  # an update of a saved folder: (that folder, the fit it held)
+        expect = base[1] if base is not None and os.path.abspath(directory) == base[0] else None
+        with ResultWriter(directory, inputs=inputs, fmt=format, safe_csv=safe_csv, on_wait=on_wait,
+                          expect_fit_id=expect) as out:
             out.table("users", self.users)
             out.table("models", self.models)
             source = getattr(self, "_rows_source", None)  # a fast folder update: the saved rows stay unread
@@ -561,6 +573,9 @@ class FitResult:
                 self.report(out.path("report.html"))
             if dpo is not None:
                 out.extra_file(dpo, lambda path: self.to_dpo(path, **(dpo_columns or {})))
+        if expect is not None:
+            self._update_base = (str(out.target), out.fit_id)  # saving it there again is fine
+        self._saved_as = (str(out.target), out.fit_id)  # what an update of this result extends
         return out.target
 
     # ----------------------------------------------------------------- display
@@ -1369,8 +1384,9 @@ def _is_dask_frame(data) -> bool:
 
 
 def _is_parquet_collection(path) -> bool:
-    text = str(path)
-    if any(ch in text for ch in "*?["):
+    from .data import is_glob
+
+    if is_glob(path):
         return True
     path = Path(path)
     return path.is_dir() and any(path.glob("*.parquet"))
@@ -1560,8 +1576,10 @@ def _write_dpo(path, frames) -> None:
     """DPO record frames (an iterable, one pass) written to ``path`` atomically."""
     import os
 
-    from .export import stage_dpo
+    from .export import DPO_COLUMNS, stage_dpo
+    from .outdir import check_dpo_target
 
+    check_dpo_target(path, None, DPO_COLUMNS)  # an existing file that is not DPO records is never replaced
     tmp, _ = stage_dpo(frames, Path(path))
     os.replace(tmp, path)
 

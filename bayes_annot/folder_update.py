@@ -11,13 +11,14 @@ parameters (:func:`bayes_annot.saved.load_start`), with the saved settings. Both
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .data import ColumnMap, PreparedData, prepare, read_table
+from .data import ColumnMap, PreparedData, is_glob, prepare, read_table
 from .casual import DEFAULT_BINS, design_from_summary
 from .style import style_from_summary
 from .errors import FitWarning, InputError, take_renamed
@@ -94,13 +95,14 @@ def update_saved(
         raise InputError(f"'{directory}' holds no bayes_annot results to update (summary.json missing)")
     info = input_info(None, record_paths)
     if isinstance(new_rows, (str, Path)):
-        if Path(new_rows).is_dir() or any(ch in str(new_rows) for ch in "*?["):
+        if Path(new_rows).is_dir() or is_glob(new_rows):
             raise InputError(f"--update reads one file of new rows (.csv, .parquet, .json, .jsonl), got '{new_rows}'")
         frame = read_table(new_rows)
         info = input_info(new_rows, record_paths)
         new_rows = frame
     fast = _fast_update(directory, new_rows, columns, on_duplicate, row_id, record_paths, info, overrides)
     if fast is not None:
+        fast._update_base = (os.path.abspath(directory), fast._rows_source["folder"].manifest.get("fit_id"))
         return fast
     tables = read_tables(directory)  # read once; a corrupt or crafted folder is an InputError before anything is fitted
     saved = FitResult.from_tables(tables.users, tables.models, tables.rows, tables.summary, tables.idata, tables.manifest)
@@ -110,7 +112,7 @@ def update_saved(
     settings, role_map, p_a, new_rows, _ = _settings_and_roles(summary, new_rows, columns, overrides)
     old_rows = saved.input_rows()
     new_rows, counts = drop_duplicates_of(old_rows, new_rows, row_id=row_id, on_duplicate=on_duplicate,
-                                          user=role_map.user)
+                                          user=role_map.user, id_roles=role_map.id_roles())
     entries = carried_provenance(summary, record_paths) + [provenance_entry(info, **counts)]
     priors = Priors(**saved_settings["priors"]) if isinstance(saved_settings.get("priors"), dict) else None
     merged = pd.concat([old_rows, new_rows], ignore_index=True) if len(new_rows) else old_rows
@@ -122,6 +124,8 @@ def update_saved(
         winner=role_map.winner, p_a=p_a, priors=priors, start=start, tastes=n_tastes_of(summary), **settings,
     )
     set_provenance(result, info, entries)
+    # saving it back into ``directory`` checks that no other run replaced the folder meanwhile (its rows would be lost)
+    result._update_base = (os.path.abspath(directory), (tables.manifest or {}).get("fit_id"))
     return result
 
 
@@ -296,7 +300,7 @@ def _fast_update_of(folder, directory, new_rows, columns, on_duplicate, row_id, 
         return None  # another strength mode (or ties mode): the block is rebuilt from the rows
     candidates, codes = _old_candidates(old, folder, new_rows, row_id, on_duplicate, role_map.user)
     new_rows, counts = drop_duplicates_of(candidates, new_rows, row_id=row_id, on_duplicate=on_duplicate,
-                                          user=role_map.user, user_codes=codes)
+                                          user=role_map.user, user_codes=codes, id_roles=role_map.id_roles())
     entries = carried_provenance(summary, record_paths) + [provenance_entry(info, **counts)]
     if counts["rows_added"] == 0:
         stored.widen()  # the arrays in memory and types of their own (a merge copies and widens them)

@@ -447,7 +447,8 @@ def plan_update(previous, new_rows, *, on_duplicate: str = "skip", row_id=None, 
     on_bad_row = settings.get("on_bad_row") or "error"
     new = prepare(new_rows, role_map, on_bad_row=on_bad_row)  # validated whole: errors name the rows of the file
     kept_rows, counts = drop_duplicates_of(old.frame, new_rows, row_id=row_id, on_duplicate=on_duplicate,
-                                           user=cols["user"], user_codes=(old.user, old.user_labels))
+                                           user=cols["user"], user_codes=(old.user, old.user_labels),
+                                           id_roles=role_map.id_roles())
     entries = carried_provenance(previous.summary, record_paths) + [provenance_entry(info, **counts)]
     mu, strong_model = settings.get("mu"), settings.get("strong_model")
     use_p_a = settings.get("use_p_a", True)

@@ -29,10 +29,12 @@ import ctypes
 import errno
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
 import threading
+from glob import escape as glob_escape
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -96,6 +98,10 @@ def read_manifest(directory: Path, dir_fd: int | None = None) -> dict | None:
     return manifest if isinstance(manifest, dict) and manifest.get("bayes_annot_result") else None
 
 
+#: A temporary file add_file writes beside one of the folder's files (``.report.html.tmp-k2j4x9``).
+_OUR_TEMP = re.compile(r"\.(.+)\.tmp-[A-Za-z0-9_]+")
+
+
 def foreign_entry(directory: Path) -> str | None:
     """The first entry of ``directory`` that bayes_annot did not write (``None``: empty or all ours)."""
     files, folders = _entries(directory)
@@ -113,6 +119,7 @@ def foreign_entry(directory: Path) -> str | None:
             return sorted(files | folders)[0]
         ours = set(LEGACY_FILES)
     implied = {p.as_posix() for f in ours for p in Path(f).parents if p.as_posix() != "."}
+    ours |= {f for f in files if (m := _OUR_TEMP.fullmatch(f)) is not None and m.group(1) in ours}  # a killed add_file's
     foreign = sorted((files - ours) | (folders - implied))
     return foreign[0] if foreign else None
 
@@ -163,6 +170,8 @@ def check_target(out, inputs=()) -> Path:
 
 
 DPO_SUFFIXES = (".jsonl", ".parquet")
+#: Table files a result folder may hold (a DPO file of that name would replace the table).
+_TABLE_FILE = re.compile(r"(users|models|rows|rows-outputs|rows-part-[0-9]+)\.(csv|parquet)", re.IGNORECASE)
 
 
 def check_dpo_target(path, out: Path | None, dpo_columns, inputs=()) -> Path:
@@ -179,13 +188,42 @@ def check_dpo_target(path, out: Path | None, dpo_columns, inputs=()) -> Path:
         if item is not None and Path(os.path.abspath(str(item))) == target:
             raise InputError(f"--dpo '{path}' is the input file: choose another name")
     inside = out is not None and (target == out or out in target.parents)
+    if inside and target.parent == out and _TABLE_FILE.fullmatch(target.name):
+        raise InputError(f"--dpo '{path}' is a table of the output folder: name the DPO file otherwise (e.g. dpo.jsonl)")
     if target.exists() and not inside and not _looks_like_dpo(target, dpo_columns):
         raise InputError(f"--dpo '{path}' exists and is not a DPO file written by bayes_annot: choose another name")
     return target
 
 
+#: The tag every report carries in its ``<head>``: an existing file is replaced by a report only when it has it.
+REPORT_MARKER = '<meta name="generator" content="bayes_annot">'
+_OLD_REPORT_TITLE = "<title>bayes_annot diagnostics report</title>"  # reports written before the tag
+
+
+def check_report_target(path) -> Path:
+    """Validate a report file before it is written: not a folder, and an existing file only when it is a
+    report bayes_annot wrote (a log, a table or a thesis given to ``report --out`` is never overwritten)."""
+    target = Path(os.path.abspath(str(path)))
+    if target.is_dir():
+        raise InputError(f"report path '{path}' is a folder: name an .html file")
+    if target.exists() and not _looks_like_report(target):
+        raise InputError(f"report path '{path}' exists and is not a report written by bayes_annot: choose another name")
+    return target
+
+
+def _looks_like_report(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8192).decode("utf-8", errors="replace")
+    except OSError:
+        return False
+    return head == "" or REPORT_MARKER in head or _OLD_REPORT_TITLE in head
+
+
 def _looks_like_dpo(path: Path, dpo_columns) -> bool:
     try:
+        if path.stat().st_size == 0:  # nothing to lose (and the staged file save() writes into)
+            return True
         if path.suffix.lower() == ".jsonl":
             with open(path, encoding="utf-8") as handle:
                 first = handle.readline()
@@ -260,12 +298,17 @@ def locked(target: Path, on_wait=None):
 # --------------------------------------------------------------------------- staging and swapping
 
 
+_MKDTEMP = re.compile(r"[a-z0-9_]{8}")  # the random part of a tempfile.mkdtemp name
+
+
 def _leftovers(target: Path) -> list[Path]:
     parent = target.parent
     if not parent.is_dir():
         return []
     prefixes = (f".{target.name}.tmp-", f".{target.name}.old-")
-    return sorted(p for p in parent.iterdir() if p.name.startswith(prefixes) and p.is_dir() and not p.is_symlink())
+    # only names mkdtemp makes (8 random characters): a user's own '.res.old-backup' copy is never touched
+    return sorted(p for p in parent.iterdir() if p.name.startswith(prefixes) and _MKDTEMP.fullmatch(p.name[-8:])
+                  and len(p.name) == len(prefixes[0]) + 8 and p.is_dir() and not p.is_symlink())
 
 
 def recover(target: Path) -> list[str]:
@@ -333,7 +376,11 @@ def publish(staging: Path, target: Path) -> None:
         os.rmdir(old)
         os.replace(target, old)
         _fault("between-renames")
-        os.replace(staging, target)
+        try:
+            os.replace(staging, target)
+        except BaseException:  # the previous results go back at once (not only at the next run's recovery)
+            os.replace(old, target)
+            raise
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(staging, target)
@@ -357,12 +404,14 @@ class ResultWriter:
     ['manifest.json', 'users.csv']
     """
 
-    def __init__(self, directory, *, inputs=(), fmt: str = "csv", safe_csv: bool = False, on_wait=None):
+    def __init__(self, directory, *, inputs=(), fmt: str = "csv", safe_csv: bool = False, on_wait=None,
+                 expect_fit_id: str | None = None):
         from .tables import table_file_name
 
         table_file_name("users", fmt)  # validates fmt
         self.target = check_target(directory, inputs)
         self.inputs, self.fmt, self.safe_csv, self.on_wait = tuple(inputs), fmt, safe_csv, on_wait
+        self.expect_fit_id = expect_fit_id  # the fit an update read from this folder: it must still be there
         self.files: list[str] = []
         self.tables: dict[str, dict] = {}
         self.outside: list[tuple[Path, Path]] = []  # (staged file, destination) outside the folder
@@ -377,6 +426,13 @@ class ResultWriter:
         try:
             self.notes = recover(self.target)
             check_target(self.target, self.inputs)  # again, under the lock
+            if self.expect_fit_id is not None:
+                found = (read_manifest(self.target) or {}).get("fit_id")
+                if found != self.expect_fit_id:
+                    raise InputError(
+                        f"'{self.target}' was replaced after this update read it (another run wrote it): saving "
+                        "would drop that run's rows; update the folder again (the CLI's --update holds a lock for this)"
+                    )
             self.target.parent.mkdir(parents=True, exist_ok=True)
             self.staging = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.tmp-", dir=self.target.parent))
             os.chmod(self.staging, 0o777 & ~_umask())
@@ -455,8 +511,8 @@ class ResultWriter:
         dest = Path(os.path.abspath(str(destination)))
         if dest == self.target or self.target in dest.parents:
             relative = dest.relative_to(self.target).as_posix()
-            if relative in self.files or relative == MANIFEST:  # it would replace a file of the results
-                raise InputError(f"'{destination}' is the result folder's own {relative}: choose another name")
+            if relative in self.files or relative == MANIFEST:  # never over a file of the folder itself
+                raise InputError(f"'{destination}' is a file of the output folder itself: choose another name")
             return write(self.path(relative))
         dest.parent.mkdir(parents=True, exist_ok=True)
         handle, tmp = tempfile.mkstemp(prefix=f".{dest.stem}.tmp-", suffix=dest.suffix, dir=dest.parent)
@@ -524,17 +580,18 @@ class ResultWriter:
 def add_file(directory, name: str, payload: bytes) -> Path:
     """Add (or replace) one file of a published result folder, e.g. a rebuilt ``report.html`` (call under :func:`locked`).
 
-    The file is written beside its final name and renamed into place; the
-    manifest is rewritten the same way to list it, so the folder stays ours.
+    The manifest is rewritten first (beside its final name, then renamed) to
+    list the file, so the folder stays ours whenever the process stops; then
+    the file is written beside its final name and renamed into place. What a
+    killed earlier call left (``.NAME.tmp-*``) is removed first.
     """
     directory = Path(directory)
     final = directory / name
-    handle, tmp = tempfile.mkstemp(prefix=f".{final.name}.tmp-", dir=directory)
+    tmp = None
     try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(payload)
-        apply_umask(tmp)
-        os.replace(tmp, final)
+        for stale in directory.glob(f".{glob_escape(final.name)}.tmp-*"):
+            if stale.is_file() and not stale.is_symlink():
+                stale.unlink()
         manifest = read_manifest(directory)
         if manifest is not None and name not in manifest.get("files", []):
             manifest["files"] = sorted([*manifest.get("files", []), name])
@@ -544,8 +601,16 @@ def add_file(directory, name: str, payload: bytes) -> Path:
                 out.write("\n")
             apply_umask(tmp)
             os.replace(tmp, directory / MANIFEST)
+        _fault("add-file-listed")
+        handle, tmp = tempfile.mkstemp(prefix=f".{final.name}.tmp-", dir=directory)
+        with os.fdopen(handle, "wb") as out:
+            out.write(payload)
+        apply_umask(tmp)
+        _fault("add-file-staged")
+        os.replace(tmp, final)
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise InputError(f"cannot write '{final}': {exc.strerror or exc}") from exc
     return final
 

@@ -90,6 +90,8 @@ def build_problem(
             )
         k = int(matches[0])
         known = np.where(a == k, logit(mu), np.where(b == k, -logit(mu), 0.0))
+    elif strong_model is not None:  # the paper's setting half given: never learn strengths silently instead
+        raise InputError(f"--strong-model '{strong_model}' needs --mu P (the probability an attentive user prefers it)")
     elif use_p_a and data.p_a is not None:
         known = logit(data.p_a[usable])
     problem = UsableLabels(

@@ -12,7 +12,8 @@ r"""Where a fit's rows came from: input records, duplicate rows of an update, th
   frame): missing -> ``""``; numbers -> the shortest text of the number, whole
   numbers without a decimal point (``"0.70"``, ``"0.7"`` and ``0.7`` agree;
   ``"1.0"``, ``" 1"`` and ``1`` agree; so do ``"007"`` and ``7``); other text
-  stripped of surrounding whitespace.
+  stripped of surrounding whitespace. The user and model columns are compared as
+  the fit reads ids (:func:`id_text`): ``"007"`` and ``7`` are two users there.
 * :func:`provenance_entry` is one item of ``summary.json``'s ``provenance``
   list: a first fit starts it, each update appends one.
 """
@@ -132,13 +133,33 @@ def _hash_column(text: np.ndarray) -> np.ndarray:
     return pd.util.hash_pandas_object(pd.Series(text, dtype=object), index=False, categorize=True).to_numpy(np.uint64)
 
 
-def row_keys(frame: pd.DataFrame, columns) -> np.ndarray:
+def id_text(series: pd.Series) -> np.ndarray:
+    """An id column's values as the fit reads ids (text, stripped; a whole-number float as its integer;
+    missing -> ``""``): ``"007"`` and ``7`` are two users there, so they are two here too."""
+    from .data import _uniques_as_text
+
+    series = pd.Series(series).reset_index(drop=True)
+    codes, uniques = pd.factorize(series, use_na_sentinel=True)
+    text, missing = _uniques_as_text(uniques)
+    text = np.where(missing, "", text).astype(object)
+    out = np.full(len(series), "", dtype=object)
+    present = codes >= 0
+    out[present] = text[codes[present]]
+    return out
+
+
+def _text(series: pd.Series, column, id_roles) -> np.ndarray:
+    return id_text(series) if column in id_roles else canonical_text(series)
+
+
+def row_keys(frame: pd.DataFrame, columns, id_roles=()) -> np.ndarray:
     """A 64-bit key per row from the canonical text of ``columns`` (a column ``frame`` lacks counts as empty).
 
     Vectorised: one hash per column (:func:`pandas.util.hash_pandas_object`),
     combined in the order of ``columns``. Equal rows have equal keys; rows
     with equal keys are compared value by value before they are called equal
-    (:func:`find_duplicates`).
+    (:func:`find_duplicates`). Columns in ``id_roles`` (user, models) are compared as the fit
+    reads ids (:func:`id_text`).
     """
     n = len(frame)
     key = np.full(n, np.uint64(0xCBF29CE484222325), dtype=np.uint64)
@@ -146,7 +167,7 @@ def row_keys(frame: pd.DataFrame, columns) -> np.ndarray:
     empty = None
     for number, column in enumerate(columns):
         if column in frame.columns:
-            h = _hash_column(canonical_text(frame[column]))
+            h = _hash_column(_text(frame[column], column, id_roles))
         else:
             empty = _hash_column(np.full(1, "", dtype=object))[0] if empty is None else empty
             h = np.full(n, empty, dtype=np.uint64)
@@ -155,10 +176,10 @@ def row_keys(frame: pd.DataFrame, columns) -> np.ndarray:
     return key
 
 
-def _column_text(frame: pd.DataFrame, column, positions: np.ndarray) -> np.ndarray:
+def _column_text(frame: pd.DataFrame, column, positions: np.ndarray, id_roles=()) -> np.ndarray:
     if column not in frame.columns:
         return np.full(positions.shape[0], "", dtype=object)
-    return canonical_text(frame[column].iloc[positions])
+    return _text(frame[column].iloc[positions], column, id_roles)
 
 
 def _narrowed(old: pd.DataFrame, new: pd.DataFrame, column, codes=None) -> pd.DataFrame:
@@ -206,7 +227,8 @@ def _numbers_of(texts, dtype: np.dtype) -> np.ndarray:
     return np.array(out, dtype=dtype)
 
 
-def find_duplicates(old: pd.DataFrame, new: pd.DataFrame, columns, narrow_by=None, narrow_codes=None) -> np.ndarray:
+def find_duplicates(old: pd.DataFrame, new: pd.DataFrame, columns, narrow_by=None, narrow_codes=None,
+                    id_roles=()) -> np.ndarray:
     """Per row of ``new``: whether some row of ``old`` has the same canonical values in ``columns``.
 
     Rows are matched by :func:`row_keys`, then the matched pairs are compared
@@ -219,7 +241,7 @@ def find_duplicates(old: pd.DataFrame, new: pd.DataFrame, columns, narrow_by=Non
         old = _narrowed(old, new, narrow_by, narrow_codes)
     if len(new) == 0 or len(old) == 0:
         return np.zeros(len(new), dtype=bool)
-    old_keys, new_keys = row_keys(old, columns), row_keys(new, columns)
+    old_keys, new_keys = row_keys(old, columns, id_roles), row_keys(new, columns, id_roles)
     first = pd.Index(old_keys)
     if not first.is_unique:
         keep = ~first.duplicated()
@@ -234,7 +256,7 @@ def find_duplicates(old: pd.DataFrame, new: pd.DataFrame, columns, narrow_by=Non
     old_positions = first_position[found[candidates]]
     same = np.ones(candidates.shape[0], dtype=bool)
     for column in columns:
-        same &= _column_text(old, column, old_positions) == _column_text(new, column, candidates)
+        same &= _column_text(old, column, old_positions, id_roles) == _column_text(new, column, candidates, id_roles)
     duplicate[candidates[same]] = True
     return duplicate
 
@@ -270,7 +292,7 @@ def _missing_any(frame: pd.DataFrame, columns) -> np.ndarray:
 
 
 def drop_duplicates_of(old: pd.DataFrame, new: pd.DataFrame, *, row_id=None, on_duplicate: str = "skip",
-                       user=None, user_codes=None):
+                       user=None, user_codes=None, id_roles=()):
     """The rows of ``new`` to add to ``old``, and how they were matched.
 
     Parameters
@@ -291,6 +313,9 @@ def drop_duplicates_of(old: pd.DataFrame, new: pd.DataFrame, *, row_id=None, on_
         the users present in ``new`` (same answer, less work).
     user_codes : (numpy.ndarray, numpy.ndarray), optional
         The old rows' user codes and the labels they index, when already encoded.
+    id_roles : tuple of str
+        The user and model columns: whole rows compare their values as the fit reads ids (``"007"`` and
+        ``7`` are two users, so a vote of one is not a duplicate of the other's), other columns canonically.
 
     Returns
     -------
@@ -306,7 +331,7 @@ def drop_duplicates_of(old: pd.DataFrame, new: pd.DataFrame, *, row_id=None, on_
     ids = id_columns(row_id, list(old.columns), list(new.columns))
     whole = sorted(set(old.columns) | set(new.columns), key=str)
     if ids is None:
-        duplicate = find_duplicates(old, new, whole, narrow_by=user, narrow_codes=user_codes)
+        duplicate = find_duplicates(old, new, whole, narrow_by=user, narrow_codes=user_codes, id_roles=id_roles)
         described = "row hash"
     else:
         described = ", ".join(map(str, ids))
@@ -319,7 +344,8 @@ def drop_duplicates_of(old: pd.DataFrame, new: pd.DataFrame, *, row_id=None, on_
         duplicate[with_id] = find_duplicates(candidates[~old_blank], new.iloc[with_id], ids)
         if new_blank.any():
             without = np.flatnonzero(new_blank)
-            duplicate[without] = find_duplicates(old, new.iloc[without], whole, narrow_by=user, narrow_codes=user_codes)
+            duplicate[without] = find_duplicates(old, new.iloc[without], whole, narrow_by=user, narrow_codes=user_codes,
+                                                 id_roles=id_roles)
     k = int(duplicate.sum())
     if k:
         how = "the same row" if ids is None else f"the same {described}"
@@ -355,9 +381,11 @@ def parquet_collection_info(data, record_paths: bool = False) -> dict:
     """
     from .data import file_sha256
 
+    from .data import is_glob
+
     text = str(data)
     path = Path(data)
-    if any(ch in text for ch in "*?["):
+    if is_glob(text):
         files = sorted((Path(p) for p in _glob.glob(text)), key=lambda p: p.name)
         name = f"{path.parent.name}/{path.name}" if path.parent.name else path.name
         where = str(path.parent.resolve() / path.name)

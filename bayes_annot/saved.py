@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -22,11 +23,11 @@ import pandas as pd
 
 from .data import REASONS
 from .decide import parse_filter
-from .errors import InputError
+from .errors import FitWarning, InputError
 from .incremental import n_tastes_of
 from .likelihood import Priors
 from .spec import VARIANTS as _VARIANTS
-from .tables import OUTPUT_COLUMNS, read_row_parts, read_table_file
+from .tables import OUTPUT_COLUMNS, DamagedTable, check_columns, check_row_count, read_row_parts, read_table_file
 from .casual import effects_start
 from .style import delta_from_summary
 from .validation import check_number, check_priors
@@ -84,6 +85,8 @@ def _read_checked(directory: str | Path, reader):
         raise InputError(f"'{directory}' holds no bayes_annot results (summary.json missing)")
     try:
         return read_consistently(directory, reader)
+    except DamagedTable as exc:
+        raise InputError(f"results folder '{directory}' is damaged: {exc}") from None
     except InputError:
         raise
     except Exception as exc:  # any parser failure is a corrupt folder
@@ -281,11 +284,23 @@ def _read_update_folder(folder) -> UpdateFolder | None:
     else:  # a single rows table: one part, its output columns set aside
         descriptions = [dict(rows_meta, input_columns=[m["name"] for m in rows_meta["columns"]
                                                       if m["name"] not in OUTPUT_COLUMNS])]
-    state_file = folder.open(manifest["update_state"]["file"])
+    state_name = manifest["update_state"].get("file")
+    if not isinstance(state_name, str) or not folder.exists(state_name):  # a cache only: update from the rows
+        warnings.warn(f"results folder '{folder.path}': {state_name} cannot be used (it is missing); updating from the "
+                      "saved rows instead",
+                      FitWarning, stacklevel=2)
+        return None
+    state_file = folder.open(state_name)
     parts = []
     try:
         for part in descriptions:
             parts.append((part, folder.open(part["file"])))
+            if part.get("format") == "parquet":  # the footer only: a cut or edited part fails here, not mid-update
+                import pyarrow.parquet as pq
+
+                footer = pq.ParquetFile(parts[-1][1])
+                check_row_count(footer.metadata.num_rows, part)
+                check_columns(footer.schema_arrow.names, part)
     except BaseException:
         state_file.close()
         for _, handle in parts:

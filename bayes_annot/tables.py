@@ -85,6 +85,16 @@ def _json_default(value):
     return str(value)
 
 
+#: Object columns of one scalar type that JSON would not give back (bytes were decoded lossily, dates and
+#: decimals came back as text): pandas' inferred kind -> (the type, its text, the value of that text).
+_SCALAR_CODECS = {
+    "bytes": (bytes, lambda v: base64.b64encode(v).decode("ascii"), base64.b64decode),
+    "date": (_dt.date, lambda v: v.isoformat(), _dt.date.fromisoformat),
+    "time": (_dt.time, lambda v: v.isoformat(), _dt.time.fromisoformat),
+    "decimal": (decimal.Decimal, str, decimal.Decimal),
+}
+
+
 def _missing_mask(values: np.ndarray) -> np.ndarray:
     """True where an object array holds ``None``, ``NaN``, ``pd.NA`` or ``NaT`` (not where it holds a list)."""
     out = np.zeros(len(values), dtype=bool)
@@ -115,6 +125,12 @@ def _encode_column(series: pd.Series) -> tuple[pd.Series, dict]:
         values = series.to_numpy(dtype=object)
         missing = _missing_mask(values)
         encoded = np.empty(len(values), dtype=object)
+        scalar = _SCALAR_CODECS.get(kind)  # bytes, dates, times, decimals: as text that gives them back exactly
+        if scalar is not None and all(type(v) is scalar[0] for v, m in zip(values, missing) if not m):
+            for i, v in enumerate(values):
+                encoded[i] = None if missing[i] else scalar[1](v)
+            meta["codec"] = kind
+            return pd.Series(encoded, index=series.index, dtype="string"), meta
         for i, v in enumerate(values):
             encoded[i] = None if missing[i] else json.dumps(v, ensure_ascii=False, default=_json_default)
         meta["codec"] = "json"
@@ -304,6 +320,11 @@ def _restore(series: pd.Series, meta: dict) -> pd.Series:
         for i, v in enumerate(values):
             decoded[i] = None if v is None else json.loads(v)
         return pd.Series(decoded, index=series.index, dtype=object, name=series.name)
+    if codec in _SCALAR_CODECS:
+        parse = _SCALAR_CODECS[codec][2]
+        values = series.to_numpy(dtype=object, na_value=None)
+        decoded = np.array([None if v is None else parse(v) for v in values] + [None], dtype=object)[:-1]
+        return pd.Series(decoded, index=series.index, dtype=object, name=series.name)
     if codec == "category":
         values = series.to_numpy(dtype=object, na_value=None)
         dtype = pd.CategoricalDtype(meta["categories"], ordered=meta.get("ordered", False))
@@ -329,6 +350,33 @@ def _category_from_arrow(column, meta: dict, name: str) -> pd.Series:
     codes = pc.index_in(column, value_set=pa.array(meta["categories"], type=column.type))
     codes = pc.fill_null(codes, -1).to_numpy().astype(np.int64, copy=False) if len(column) else np.zeros(0, np.int64)
     return pd.Series(pd.Categorical.from_codes(codes, dtype=dtype), name=name)
+
+
+class DamagedTable(InputError):
+    """A table file holds another number of rows than its manifest records (truncated or edited)."""
+
+
+def check_row_count(n_rows: int, meta: dict | None) -> None:
+    """Raise :class:`DamagedTable` when a table read back has another number of rows than was written
+    (a cut or hand-edited file would otherwise lose rows silently, e.g. in an ``--update``)."""
+    if meta and meta.get("rows") is not None and int(meta["rows"]) != int(n_rows):
+        raise DamagedTable(f"'{meta.get('file', 'a table')}' holds {n_rows} rows but {int(meta['rows'])} were "
+                           "written (the file was cut short or edited)")
+
+
+def check_columns(names, meta: dict | None) -> None:
+    """Raise :class:`DamagedTable` when a parquet table's columns are not those written (a column dropped,
+    renamed or added by hand would otherwise vanish from, or slip into, the rows an update writes back)."""
+    if not meta or not meta.get("columns"):
+        return
+    written = [m["name"] for m in meta["columns"]]
+    names = list(names)
+    if names != written:
+        missing = [n for n in written if n not in names]
+        extra = [n for n in names if n not in written]
+        detail = (f"lacks {', '.join(map(repr, missing))}" if missing else
+                  f"has {', '.join(map(repr, extra))} too" if extra else "has them in another order")
+        raise DamagedTable(f"'{meta.get('file', 'a table')}' {detail}: not the columns that were written (the file was edited)")
 
 
 def read_table_file(source: str | BinaryIO, meta: dict | None = None, *, columns=None, rows=None) -> pd.DataFrame:
@@ -366,7 +414,12 @@ def read_table_file(source: str | BinaryIO, meta: dict | None = None, *, columns
             table = _unescape_formulas(table, [f.name for f in table.schema
                                                if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)])
     else:
+        if meta and meta.get("columns"):
+            check_columns(pq.read_schema(source).names, meta)
+            if hasattr(source, "seek"):
+                source.seek(0)
         table = pq.read_table(source, columns=columns)
+    check_row_count(table.num_rows, meta)
     if rows is not None:
         table = table.take(pa.array(np.asarray(rows, dtype=np.int64)))
     if meta is None:

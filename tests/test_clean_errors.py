@@ -4,6 +4,8 @@ writes nothing."""
 
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -296,3 +298,89 @@ def test_glob_matching_no_file(tmp_path, capsys):
     assert f"no file matches '{pattern}'" in line, line
     with pytest.raises(InputError, match="no file matches"):
         ba.fit(pattern)
+
+
+# --------------------------------------------------------------------------- 8. a .json that is not records
+
+
+@pytest.mark.parametrize("payload, expected", [
+    ("42", "expected a JSON list of records or an object of columns"),
+    ('"votes"', "expected a JSON list of records or an object of columns"),
+    ("[[1, 2], [3, 4]]", "item 1 is a list"),
+    ('[{"user": "u", "model_a": "a", "model_b": "b", "winner": "model_a"}, 5]', "item 2 is a number"),
+])
+def test_json_that_is_not_records(payload, expected, tmp_path, capsys):
+    """A scalar .json gave pandas' 'DataFrame constructor not properly called!'; a list of lists or numbers
+    became columns 0, 1, ... and a 'missing columns' error that hid the cause (or a mixed list a half-read log)."""
+    path = tmp_path / "log.json"
+    path.write_text(payload)
+    out = tmp_path / "out"
+    line = cli_error(["fit", path, "--out", out], out, capsys)
+    assert expected in line and "log.json" in line, line
+
+
+# --------------------------------------------------------------------------- 9. argument errors and half-given settings
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["fit", "LOG", "--out", "OUT", "--tastes", "0"], "argument --tastes: expected a positive integer"),
+    (["fit", "LOG", "--out", "OUT", "--format", "xlsx"], "argument --format: invalid choice: 'xlsx'"),
+    (["fit", "LOG"], "the following arguments are required: --out"),
+    (["simulate", "--users", "many", "--out", "OUT"], "argument --users: invalid int value: 'many'"),
+    (["fitt", "LOG", "--out", "OUT"], "invalid choice: 'fitt'"),
+])
+def test_argument_errors_are_one_line(args, expected, log, tmp_path):
+    """argparse printed its whole usage block (26 lines) before the error; now one line like every other
+    bad input, exit 2, nothing written."""
+    path, out = tmp_path / "log.csv", tmp_path / "out"
+    log.to_csv(path, index=False)
+    argv = [str(path) if a == "LOG" else str(out) if a == "OUT" else a for a in args]
+    done = subprocess.run([sys.executable, "-m", "bayes_annot", *argv], capture_output=True, text=True)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("bayes-annot: error: "), done.stderr
+    assert expected in lines[0] and "--help" in lines[0], lines[0]
+    assert not out.exists()
+
+
+def test_strong_model_without_mu_is_refused(log, tmp_path, capsys):
+    """``--strong-model NAME`` without ``--mu`` was ignored: strengths were learned while the user asked for
+    the paper's known-mu setting, and nothing said so."""
+    path, out = tmp_path / "log.csv", tmp_path / "out"
+    log.to_csv(path, index=False)
+    strong = str(log["model_a"].iloc[0])
+    line = cli_error(["fit", path, "--out", out, "--strong-model", strong], out, capsys)
+    assert f"--strong-model '{strong}' needs --mu" in line
+    with pytest.raises(InputError, match="needs --mu"):
+        ba.fit(log, strong_model=strong)
+
+
+@pytest.mark.parametrize("suffix", [".json", ".jsonl"])
+def test_json_with_a_byte_order_mark_is_read(suffix, log, tmp_path):
+    """A .json saved with a UTF-8 byte order mark (Windows editors) was refused ('Unexpected UTF-8 BOM'), and a
+    .jsonl one with nested cells (Arena conversations, read line by line) too, while a CSV with one was read."""
+    path = tmp_path / f"log{suffix}"
+    frame = log.copy()
+    frame["conversation_a"] = [[{"role": "user", "content": "q"}]] * len(frame)  # the line-by-line reader
+    frame.to_json(path, orient="records", lines=suffix == ".jsonl")
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    back = read_table(path)
+    assert list(back.columns) == list(frame.columns)
+    assert back["user"].astype(str).tolist() == log["user"].tolist()
+
+
+@pytest.mark.parametrize("flags, shared", [
+    (["--model-b", "model_a"], "model_a"),
+    (["--user", "winner"], "winner"),
+    (["--user", "model_b"], "model_b"),
+])
+def test_one_column_for_two_roles_is_refused(flags, shared, log, tmp_path, capsys):
+    """``--model-b model_a`` fitted every row as a same-model pair (exit 0, a warning, every user
+    'uninformative'); ``--user winner`` fitted three 'users' named model_a, model_b and tie. A column given
+    for two roles is now a settings error naming both flags."""
+    path, out = tmp_path / "log.csv", tmp_path / "out"
+    log.to_csv(path, index=False)
+    line = cli_error(["fit", path, "--out", out, *flags], out, capsys)
+    assert f"column '{shared}' is given as both" in line and flags[0] in line, line
+    role = flags[0][2:].replace("-", "_")
+    with pytest.raises(InputError, match="each role needs its own column"):
+        ba.fit(log, **{role: flags[1]})

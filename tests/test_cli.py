@@ -23,6 +23,30 @@ def sim_csv(tmp_path_factory):
     return path
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".jsonl", ".json"])
+def test_simulate_never_overwrites_a_real_log(tmp_path, suffix, capsys):
+    """``simulate --out real_log.csv`` replaced the user's log with a synthetic one. Now an existing file is
+    replaced only when it is a simulated log (it has the truth column ``true_attentive``); a folder is refused
+    too (it was an internal error for a folder named like a file)."""
+    real = tmp_path / f"real{suffix}"
+    log = ba.simulate(n_users=20, n_models=3, seed=1)[["user", "model_a", "model_b", "winner"]].astype(str)
+    {".csv": lambda: log.to_csv(real, index=False), ".parquet": lambda: log.to_parquet(real),
+     ".jsonl": lambda: log.to_json(real, orient="records", lines=True),
+     ".json": lambda: log.to_json(real, orient="records")}[suffix]()
+    before = real.read_bytes()
+    capsys.readouterr()
+    assert main(["simulate", "--out", str(real), "--users", "10"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a log written by 'bayes-annot simulate'" in err[0]
+    assert real.read_bytes() == before
+    (tmp_path / f"folder{suffix}").mkdir()
+    assert main(["simulate", "--out", str(tmp_path / f"folder{suffix}"), "--users", "10"]) == 2
+    sim = tmp_path / f"sim{suffix}"
+    assert main(["simulate", "--out", str(sim), "--users", "10"]) == 0
+    assert main(["simulate", "--out", str(sim), "--users", "12"]) == 0  # a simulated log: replaced
+    assert ba.data.read_table(sim)["user"].nunique() == 12
+
+
 def test_simulate_writes_truth_columns(sim_csv):
     log = pd.read_csv(sim_csv)
     assert {"user", "model_a", "model_b", "winner", "true_attentive", "true_eta", "true_strength_a"} <= set(log.columns)
@@ -160,3 +184,35 @@ def test_fit_report_and_rebuild_from_folder(sim_csv, tmp_path):
     assert main(["report", str(out)]) == 0
     assert (out / "report.html").exists()
     assert main(["report", str(tmp_path)]) == 2
+
+
+def test_demo_refuses_a_folder_that_is_not_ours_before_fitting(tmp_path):
+    """``demo --out DIR`` with the user's files in DIR fitted the 2,000-user demo first and only then refused."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    done = run("demo", "--out", folder, "--no-progress")
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "notes.txt" in lines[0], done.stderr
+    assert "demo log" not in done.stdout  # refused before the demo log was even loaded
+    assert [p.name for p in folder.iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.parametrize("name", ["votes[1].csv", "what?.csv", "all*.jsonl"])
+def test_a_file_name_with_glob_characters_is_a_file(tmp_path, name):
+    """``fit 'votes[1].csv'`` took the name for a glob of parquet files: 'cannot read parquet file
+    .../votes[1].csv: Parquet magic bytes not found' (exit 2) for a CSV that exists. An existing file is
+    now read as that file, for a fit and for --update; a pattern matching files is still a glob."""
+    log = ba.simulate(n_users=40, n_models=3, labels_per_user=(3, 8), seed=5)[["user", "model_a", "model_b", "winner"]]
+    path = tmp_path / name
+    if name.endswith(".jsonl"):
+        log.to_json(path, orient="records", lines=True)
+    else:
+        log.to_csv(path, index=False)
+    out = tmp_path / "res"
+    done = run("fit", path, "--out", out, "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert json.loads((out / "summary.json").read_text())["input"]["file"] == name
+    done = run("fit", path, "--update", out, "--out", out, "--on-duplicate", "keep", "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert len(ba.load(out).rows) == 2 * len(log)

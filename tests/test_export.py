@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 import bayes_annot as ba
+from bayes_annot.errors import InputError
 from bayes_annot.export import DPO_COLUMNS, to_dpo
 
 
@@ -139,10 +140,16 @@ def test_unknown_suffix_is_an_error(tmp_path, text_fit):
 
 
 def test_existing_file_is_replaced(tmp_path, text_fit, dpo):
+    """An existing DPO file is replaced; a file that is not DPO records is not (InputError, untouched)."""
     path = tmp_path / "dpo.jsonl"
-    path.write_text("old\n", encoding="utf-8")
+    path.write_text(json.dumps({c: "x" for c in DPO_COLUMNS}) + "\n", encoding="utf-8")
     to_dpo(text_fit, path)
     assert len(path.read_text(encoding="utf-8").splitlines()) == len(dpo)
+    other = tmp_path / "notes.jsonl"
+    other.write_text("old\n", encoding="utf-8")
+    with pytest.raises(InputError, match="not a DPO file"):
+        to_dpo(text_fit, other)
+    assert other.read_text(encoding="utf-8") == "old\n"
 
 
 def _conversation(prompt, answer, follow_up=None, final=None):

@@ -145,12 +145,15 @@ def test_duplicates_are_found_among_the_saved_rows_without_reading_them_all(day1
         assert provenance["rows_skipped"] == len(pd.read_parquet(paths["old"]).iloc[::50])
 
 
-@pytest.mark.parametrize("damage", ["bytes", "other-fit", "truncated", "version", "fields"])
+@pytest.mark.parametrize("damage", ["bytes", "other-fit", "truncated", "version", "fields", "deleted"])
 def test_a_damaged_or_foreign_side_file_falls_back_to_the_rows(day1, tmp_path, damage):
+    """... and a deleted one (it is a cache; the update was refused: 'not a complete result folder')."""
     out, paths = day1
     slow = _without_state(out, tmp_path / "slow")
     state = out / STATE_FILE
-    if damage == "bytes":
+    if damage == "deleted":
+        state.unlink()
+    elif damage == "bytes":
         payload = bytearray(state.read_bytes())
         middle = len(payload) // 2
         payload[middle:middle + 64] = bytes(64)

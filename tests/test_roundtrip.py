@@ -72,3 +72,43 @@ def test_library_prints_nothing(capsys, small_log):
     _ = result.idata
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == ""
+
+
+def test_whole_number_float_ids_beyond_int64_stay_apart(tmp_path):
+    """Float ids of 2**63 and more (1e20, 2e20: a parquet id column read as float) were cast to int64,
+    which overflows: every such user became '-9223372036854775808', one user (and numpy's 'invalid value
+    encountered in cast' leaked out as a warning). They are now written as the whole numbers they are."""
+    import warnings
+
+    log = ba.simulate(n_users=3, n_models=4, labels_per_user=40, seed=3)[["user", "model_a", "model_b", "winner"]]
+    ids = dict(zip(sorted(log["user"].astype(str).unique()), [1e20, 2e20, 3.0]))
+    log["user"] = log["user"].astype(str).map(ids).astype(float)
+    expected = {"100000000000000000000": 40, "200000000000000000000": 40, "3": 40}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        users = ba.fit(log).users
+    assert dict(zip(users["user"], users["n_rows"])) == expected
+    mixed = log.astype({"user": object})
+    mixed.loc[mixed.index[0], "user"] = "x"  # the object path (mixed text and numbers) spells them the same way
+    users = ba.fit(mixed).users
+    assert dict(zip(users["user"], users["n_rows"])) == {**expected, "100000000000000000000": 39, "x": 1}
+    path = tmp_path / "log.parquet"
+    log.to_parquet(path)
+    saved = ba.load(ba.fit(path).save(tmp_path / "out", format="parquet"))
+    assert dict(zip(saved.users["user"], saved.users["n_rows"])) == expected
+    assert saved.rows["user"].tolist() == log["user"].tolist()
+
+
+def test_jsonl_integer_ids_beyond_int64_stay_apart(tmp_path):
+    """pyarrow's JSON reader reads integers beyond int64 as float64: in a .jsonl, the users
+    1180591620717411303424 and ...425 became one float, hence one user. Such a file is now read line by
+    line (exact Python integers): two users, and their ids read back equal."""
+    big = 2**70
+    lines = [{"user": big + (i % 2), "model_a": f"m{i % 3}", "model_b": f"m{(i + 1) % 3}",
+              "winner": "model_a" if i % 4 else "model_b"} for i in range(40)]
+    path = tmp_path / "log.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    result = ba.fit(path)
+    assert dict(zip(result.users["user"], result.users["n_rows"])) == {str(big): 20, str(big + 1): 20}
+    saved = ba.load(result.save(tmp_path / "out"))
+    assert saved.rows["user"].tolist() == [line["user"] for line in lines]

@@ -88,6 +88,27 @@ def test_canonical_row_text_matches_text_and_typed_values(tmp_path):
     assert _summary(d)["provenance"][-1]["rows_skipped"] == len(old)
 
 
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_a_vote_of_user_1_is_not_a_duplicate_of_user_001s(tmp_path, fmt):
+    """The fit reads ids as text ("001" and "1" are two users), but whole-row duplicate detection compared
+    every column numerically: user "1"'s new votes on the same pairs as user "001"'s old ones were skipped
+    as duplicates (3 of 3 lost, with a warning blaming identical votes). The user and model columns are
+    now compared as ids; the same file applied again still adds nothing."""
+    log = _log()
+    codes = {u: f"{i:03d}" for i, u in enumerate(sorted(log["user"].unique()))}
+    log["user"] = log["user"].map(codes)
+    log.to_csv(tmp_path / "old.csv", index=False)
+    new = log[log["user"] == "001"].head(3).assign(user="1")
+    new.to_csv(tmp_path / "new.csv", index=False)
+    d = tmp_path / "res"
+    assert main(["fit", str(tmp_path / "old.csv"), "--out", str(d), "--format", fmt, "--quiet"]) == 0
+    for _ in range(2):
+        assert main(["fit", str(tmp_path / "new.csv"), "--update", str(d), "--out", str(d), "--quiet"]) == 0
+        saved = ba.load(d)
+        assert len(saved.rows) == len(log) + 3 and {"001", "1"} <= set(saved.users["user"])
+    assert ba.fit(log).update(new).summary["counts"]["rows"] == len(log) + 3  # the Python update too
+
+
 def test_on_duplicate_error_writes_nothing_then_new_rows_are_added(tmp_path, capsys):
     log = _log()
     old, new = _split(log)

@@ -40,7 +40,9 @@ def build_report(result, path, *, comparison=None, title: str | None = None, n_r
     result : FitResult
         A fit (:func:`bayes_annot.fit`) or a saved one (:func:`bayes_annot.load`).
     path : str or Path
-        The HTML file to write (parent folders are created).
+        The HTML file to write (parent folders are created). An existing file is
+        replaced only when it is a report bayes_annot wrote; another file, or a
+        folder, is an :class:`~bayes_annot.errors.InputError` before any work.
     comparison : pandas.DataFrame or dict, optional
         A model-comparison table (e.g. :func:`arviz.compare` output or
         :func:`bayes_annot.evaluate.compare_heldout`), or ``{name: FitResult |
@@ -65,10 +67,15 @@ def build_report(result, path, *, comparison=None, title: str | None = None, n_r
     import tempfile
     from pathlib import Path
 
-    from ..outdir import apply_umask
+    from ..outdir import add_file, apply_umask, check_report_target, locked, read_manifest
 
+    target = check_report_target(path)  # a folder, or a file that is not a report, before any work
     text = render_report(result, comparison=comparison, title=title, n_rep=n_rep, seed=seed, few_labels=few_labels)
     path = Path(path)
+    if (read_manifest(target.parent) or {}).get("complete"):  # into a published result folder: listed in its
+        with locked(target.parent):  # manifest (else the next fit --out there refuses the folder)
+            add_file(target.parent, target.name, text.encode("utf-8"))
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:  # written beside its final name and renamed: a failure (disk full) leaves no partial file behind

@@ -15,6 +15,8 @@ from html import escape
 import numpy as np
 import pandas as pd
 
+from ..outdir import REPORT_MARKER
+
 
 #: (anchor, heading) of every section, in page order.
 SECTIONS = (
@@ -952,7 +954,7 @@ def render(src, *, comparison=None, title=None, n_rep: int = 200, seed: int = 0,
     page_title = escape(title or "bayes_annot diagnostics report")
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f"<title>{page_title}</title><style>{CSS}</style></head><body><main>"
+        f"{REPORT_MARKER}<title>{page_title}</title><style>{CSS}</style></head><body><main>"
         + _header(src, title)
         + "\n".join(parts)
         + "</main></body></html>\n"
