@@ -621,5 +621,22 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+def run() -> None:
+    """The ``bayes-annot`` command: :func:`main`, then exit without the interpreter's teardown.
+
+    By the time :func:`main` returns, every output is written, closed and renamed into place (the result
+    writer's staging is all or nothing), so nothing is left for the teardown but freeing the fit's arrays and
+    unloading modules one by one: 0.1-0.3 s at 10^6 rows, a tenth of a whole run. The streams are flushed
+    first; the operating system closes the rest. Library callers use :func:`main`, which returns the code.
+    """
+    code = main()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (BrokenPipeError, ValueError):  # a closed reader or stream: nothing more can be said
+        pass
+    os._exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    run()
