@@ -306,10 +306,8 @@ def _fast_update_of(folder, directory, new_rows, columns, on_duplicate, row_id, 
         stored.widen()  # the arrays in memory and types of their own (a merge copies and widens them)
         parts = [p for p, _, _ in old._parts] if isinstance(old, MergedPreparedData) else [old]
         for part, (rows, _, _) in zip(parts, stored.parts):
-            for name, value in rows.items():
+            for name, value in rows.items():  # (the same values: what __post_init__ derived from them holds)
                 setattr(part, name, value)
-            part._usable = part.reason_code == 0
-            part.__dict__.pop("_reason_counts", None)
         merged, state, new_frame = old, stored.state, None
     else:
         if counts["rows_skipped"]:

@@ -379,9 +379,7 @@ def parquet_collection_info(data, record_paths: bool = False) -> dict:
     ``sha256`` the SHA-256 of the list ``"<sha256>  <name>\\n"`` of the part
     files sorted by name (what ``sha256sum`` prints), ``files`` their number.
     """
-    from .data import file_sha256
-
-    from .data import is_glob
+    from .data import file_sha256, is_glob
 
     text = str(data)
     path = Path(data)

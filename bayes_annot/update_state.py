@@ -177,10 +177,9 @@ class WrittenCodes:
     user_map: np.ndarray | None
     model_map: np.ndarray | None
 
-    def stable_order(self, n: int, kind: str = "user") -> np.ndarray:
-        """The fit's code of each stable number (length ``n``)."""
-        mapping = self.user_map if kind == "user" else self.model_map
-        return np.arange(n) if mapping is None else mapping
+    def stable_order(self, n: int) -> np.ndarray:
+        """The fit's code of each stable user number (length ``n``)."""
+        return np.arange(n) if self.user_map is None else self.user_map
 
 
 def _parts_of(data: PreparedData) -> list:
@@ -233,7 +232,7 @@ def write_codes(data: PreparedData, *, path_of, link) -> WrittenCodes | None:
     parts = _parts_of(data)
     if getattr(data, "casual_x", None) is not None or any(p.casual_x is not None for p, _, _ in parts):
         return None
-    first, user0, model0 = parts[0]
+    _, user0, model0 = parts[0]
     user_map, user_inverse = _stable_maps(user0, data.n_users)
     model_map, model_inverse = _stable_maps(model0, data.n_models)
     used = {getattr(p, "_codes_source", {}).get("entry", {}).get("file") for p, _, _ in parts}
@@ -368,6 +367,8 @@ def _read_arrays(handle, mapped: bool) -> tuple[dict, dict]:
     if not isinstance(header, dict):
         raise ValueError("its header is not a JSON object")
     return arrays, header
+
+
 def _mapped_arrays(handle) -> dict | None:
     """The arrays of an uncompressed ``.npz`` file as read-only views of its memory map (each member's CRC
     checked, as ``np.load`` does); ``None`` when the file cannot be mapped (then it is read)."""

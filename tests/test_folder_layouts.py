@@ -115,10 +115,6 @@ def main(out: str) -> None:
     (out / "second.parquet").unlink()
 
 
-if __name__ == "__main__":
-    main(sys.argv[1])
-
-
 def test_a_live_update_saved_as_parquet_updates_as_from_its_rows(tmp_path):
     """A result updated in Python (a merged log whose first part's codes are not the final ones) saves its codes
     with stable numbers; the folder then updates as the same folder without its side file."""
@@ -148,3 +144,7 @@ def test_nothing_new_after_an_update_with_new_users(tmp_path):
                 _update(folder, batch, tmp_path, name)
         _same(ba.load(tmp_path / "d1"), ba.load(slow))
     assert _layout(tmp_path / "d1")["layout"] == "parts"
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
