@@ -470,11 +470,6 @@ def _posterior_draws(idata, names, dim: str | None = None, want=None) -> np.ndar
     return None if idx is None else var.values[:, idx]
 
 
-def _casual_effect_draws(idata, n_effects: int) -> np.ndarray | None:
-    """Draws of the casual covariates' effects ``casual_effect`` (draw x effect, the design's order)."""
-    return _effect_draws(idata, "casual_effect", n_effects)
-
-
 def _taste_strength_draws(idata, want) -> np.ndarray | None:
     """Draws of a taste-class fit's strengths ``strength`` (draw x taste x model, the models in the order of
     ``want``); ``None`` when the posterior has no ``taste`` dimension."""
@@ -517,7 +512,7 @@ def _draws(src, n_rep: int, rng: np.random.Generator):
         draws["quality"] = _posterior_draws(src.idata, QUALITY_VARS, "user", data.user_labels)
         draws["q"] = _posterior_draws(src.idata, ("q",))
         if point_g is not None:
-            draws["g"] = _casual_effect_draws(src.idata, len(point_g))
+            draws["g"] = _effect_draws(src.idata, "casual_effect", len(point_g))
         if point_delta is not None:
             draws["delta"] = _effect_draws(src.idata, "style_effect", len(point_delta))
         if modelled:
