@@ -470,11 +470,6 @@ def _posterior_draws(idata, names, dim: str | None = None, want=None) -> np.ndar
     return None if idx is None else var.values[:, idx]
 
 
-def _casual_effect_draws(idata, n_effects: int) -> np.ndarray | None:
-    """Draws of the casual covariates' effects ``casual_effect`` (draw x effect, the design's order)."""
-    return _effect_draws(idata, "casual_effect", n_effects)
-
-
 def _taste_strength_draws(idata, want) -> np.ndarray | None:
     """Draws of a taste-class fit's strengths ``strength`` (draw x taste x model, the models in the order of
     ``want``); ``None`` when the posterior has no ``taste`` dimension."""
@@ -517,7 +512,7 @@ def _draws(src, n_rep: int, rng: np.random.Generator):
         draws["quality"] = _posterior_draws(src.idata, QUALITY_VARS, "user", data.user_labels)
         draws["q"] = _posterior_draws(src.idata, ("q",))
         if point_g is not None:
-            draws["g"] = _casual_effect_draws(src.idata, len(point_g))
+            draws["g"] = _effect_draws(src.idata, "casual_effect", len(point_g))
         if point_delta is not None:
             draws["delta"] = _effect_draws(src.idata, "style_effect", len(point_delta))
         if modelled:
@@ -919,6 +914,13 @@ def _type_log_posterior(choice, user, n_users, cas_logit, s_taste, ma, mb, style
     return post - logsumexp(post, axis=1, keepdims=True)
 
 
+def _class_weights(log_post: np.ndarray) -> np.ndarray:
+    """Each user's posterior over the taste classes given attentive ``(users, C)``, from their log posterior over
+    the types ``(users, C + 1)`` (:func:`_type_log_posterior`, casual first)."""
+    post = np.exp(log_post[:, 1:])
+    return post / np.clip(post.sum(axis=1, keepdims=True), 1e-300, None)
+
+
 def _taste_kinds(src, p_taste, rep, rng, n_users: int, decided=None) -> np.ndarray:
     """Each user's type in one replicated data set (0 casual, ``c`` taste class ``c``), drawn from their
     posterior: the fit's ``p_taste`` for a point fit; for a sampled fit, the draw's quality split over the
@@ -929,9 +931,8 @@ def _taste_kinds(src, p_taste, rep, rng, n_users: int, decided=None) -> np.ndarr
         cas_logit = _logit(rep.q) if d.design is None or rep.g is None else (
             _logit(rep.q) + d.design.design() @ np.asarray(rep.g, dtype=float))[d.cells]
         offset = _style_row_offsets(src, d.design, d.cells, rep.delta) if rep.delta is not None else 0.0
-        post = np.exp(_type_log_posterior(d.y, d.user, n_users, cas_logit, rep.s_taste, d.ma, d.mb, offset,
-                                          rep.shares)[:, 1:])
-        split = post / np.clip(post.sum(axis=1, keepdims=True), 1e-300, None)
+        split = _class_weights(_type_log_posterior(d.y, d.user, n_users, cas_logit, rep.s_taste, d.ma, d.mb, offset,
+                                                   rep.shares))
         p_taste = np.clip(np.asarray(rep.quality, dtype=float), 0.0, 1.0)[:, None] * split
     probs = np.column_stack([1.0 - p_taste.sum(axis=1), p_taste]).clip(0.0, None)
     cum = np.cumsum(probs / probs.sum(axis=1, keepdims=True), axis=1)
@@ -954,8 +955,7 @@ def _class_weight_rule(src, design, cells, user, ma, mb, n_users, tastes):
     offset = _style_row_offsets(src, design, cells)
 
     def rule(choice):
-        post = np.exp(_type_log_posterior(choice, user, n_users, cas_logit, s_taste, ma, mb, offset, shares)[:, 1:])
-        return post / np.clip(post.sum(axis=1, keepdims=True), 1e-300, None)
+        return _class_weights(_type_log_posterior(choice, user, n_users, cas_logit, s_taste, ma, mb, offset, shares))
     return rule
 
 

@@ -652,29 +652,26 @@ def numpy_loglik(
         g = np.asarray(params["casual_effect"], float)
         table = casual_table(float(logit(q)), g, casual.design())
         g_prior = float(log_normal_pdf(g, 0.0, priors.casual_effect_sigma).sum()) if penalised else 0.0
+    cell_offsets = None  # the attentive style term's offset per casual cell (one delta, shared by any taste classes)
+    if style is not None:
+        delta = np.asarray(params["style_effect"], float)
+        cell_offsets = style_offsets(style.values(casual), delta)
+        g_prior += float(log_normal_pdf(delta, 0.0, priors.style_effect_sigma).sum()) if penalised else 0.0
     if "shares" in params:
         from .tastes import taste_loglik
 
         shares = np.asarray(params["shares"], float)
         ties = (float(params["tie_nu"]), float(params["casual_tie_rate"])) if problem.n_ties else None
-        offsets = None
-        if style is not None:  # one delta shared by the classes
-            delta = np.asarray(params["style_effect"], float)
-            offsets = style_offsets(style.values(casual), delta)
-            g_prior += float(log_normal_pdf(delta, 0.0, priors.style_effect_sigma).sum()) if penalised else 0.0
         return taste_loglik(problem, params["strength"], shares[1:], q, priors, q_fixed, penalised,
-                            casual_log_table=table, ties=ties, offsets=offsets) + g_prior
+                            casual_log_table=table, ties=ties, offsets=cell_offsets) + g_prior
     strengths = np.asarray(params["strength"], float) if problem.learned else None
     att, cas = label_logprobs(problem, strengths, q, table)
     offset = tie_offset = 0.0
-    if style is not None:
-        delta = np.asarray(params["style_effect"], float)
-        cell_offsets = style_offsets(style.values(casual), delta)
+    if cell_offsets is not None:
         att = _style_label_att(problem, strengths, cell_offsets)
         offset = cell_offsets[problem.casual_cell]
         if problem.n_ties:
             tie_offset = cell_offsets[problem.tie_casual_cell]
-        g_prior += float(log_normal_pdf(delta, 0.0, priors.style_effect_sigma).sum()) if penalised else 0.0
     user, tie_prior = problem.user, 0.0
     if problem.n_ties:  # ties in the likelihood (bayes_annot.ties): Davidson's attentive labels, casual rate t
         from .ties import davidson_logprobs, log_prior_ties
