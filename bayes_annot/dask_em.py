@@ -547,7 +547,7 @@ def fit_dask(
     known = strength_mode != "learned"
     spec = spec.with_strengths(not known)  # known strengths refuse taste classes
     # ties are read into the blocks unless they cannot be modelled (the log's count decides below)
-    tie_blocks = resolve_ties(ties, 1, tastes=tastes, learned=not known) == "model"
+    tie_blocks = resolve_ties(ties, 1) == "model"
 
     t1 = time.perf_counter()
     uv, mv = _broadcast(user_vocab), _broadcast(model_vocab)
@@ -605,7 +605,7 @@ def fit_dask(
         "users": n_users,
         "models": k,
     }
-    ties_mode = resolve_ties(ties, counts["ties"], tastes=tastes, learned=not known)
+    ties_mode = resolve_ties(ties, counts["ties"])
     known_values = None
     if known and tie_blocks:  # one vocabulary of known log-odds over the blocks, so that their tables agree
         known_values = dask.compute(_tree_union([delayed(_pick_known)(b) for b in blocks]))[0]
