@@ -70,6 +70,7 @@ from .errors import InputError
 from .spec import BehaviourSpec
 from .style import StyleDesign, parse_style_covariates, style_design
 from .ties import resolve_ties
+from .problem import strong_model_code
 from .progress import dask_tasks, em_callback, resolve as resolve_progress
 from .pairs import PairTable
 from .tables import input_renames
@@ -529,19 +530,9 @@ def fit_dask(
         )
     timings["scan"] = time.perf_counter() - t0
     k = int(model_vocab.shape[0])
-    strength_mode, strong_code = "learned", None
-    if mu is not None:
-        if not 0.0 < mu < 1.0:
-            raise InputError(f"mu must lie in (0, 1), got {mu}")
-        if strong_model is None:
-            raise InputError("a global mu needs --strong-model NAME (the model an attentive user prefers with probability mu)")
-        matches = np.flatnonzero(model_vocab == str(strong_model).strip())
-        if len(matches) == 0:
-            raise InputError(f"strong model '{strong_model}' is not among the models: {', '.join(map(str, model_vocab[:20]))}")
-        strong_code = int(matches[0])
+    strength_mode, strong_code = "learned", strong_model_code(mu, strong_model, model_vocab)
+    if strong_code is not None:
         strength_mode = f"known (mu={mu:g} for '{model_vocab[strong_code]}')"
-    elif strong_model is not None:  # the paper's setting half given: never learn strengths silently instead
-        raise InputError(f"--strong-model '{strong_model}' needs --mu P (the probability an attentive user prefers it)")
     elif use_p_a and columns.get("p_a") is not None:
         strength_mode = f"known (column '{columns['p_a']}')"
     known = strength_mode != "learned"
