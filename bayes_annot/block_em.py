@@ -1553,16 +1553,20 @@ class _StyleSide:
         return np.stack([p[0] for p in parts], axis=1), np.stack([p[1] for p in parts], axis=1)
 
     def _stacked(self, n_classes: int):
-        """The pair vocabulary of ``C`` classes side by side: class ``c``'s model ``k`` is ``c K + k`` (cached)."""
+        """The pair vocabulary of ``C`` classes side by side: class ``c``'s model ``k`` is ``c K + k``, and the
+        sparse Hessian structure :func:`~bayes_annot.style.fit_style` would build for it (``None`` when dense), both
+        cached: built once per EM, not per M-step."""
         if getattr(self, "_stack", None) is None or self._stack[0] != n_classes:
-            from .pairs import PairTable
+            from .pairs import PairTable, _Laplacian
 
             pairs, k = self.bt.pairs, self.bt.pairs.n_models
             big = k * n_classes
             offset = np.repeat(np.arange(n_classes) * k, pairs.n_pairs)
             keys = (np.tile(pairs.a, n_classes) + offset) * big + np.tile(pairs.b, n_classes) + offset
-            self._stack = (n_classes, PairTable.from_keys(keys, big))
-        return self._stack[1]
+            stacked = PairTable.from_keys(keys, big)
+            structure = None if big <= DENSE_MAX_MODELS else _Laplacian(stacked.a, stacked.b, big)
+            self._stack = (n_classes, stacked, structure)
+        return self._stack[1:]
 
     def fit_classes(self, cells: np.ndarray, strengths: np.ndarray, delta, tie_cells=None, nu: float = 0.0):
         """``(s^(1..C), delta)`` from each class's attentive-weighted joint cells ``(2 P n_casual, C)`` (and ties
@@ -1576,7 +1580,7 @@ class _StyleSide:
             s, d = self.fit(np.asarray(cells)[:, 0], strengths[0], delta,
                             None if tie_cells is None else np.asarray(tie_cells)[:, 0], nu)
             return s[None, :], d
-        stacked = self._stacked(n_classes)  # class-major: class c's pair p is row c P + p
+        stacked, structure = self._stacked(n_classes)  # class-major: class c's pair p is row c P + p
         n_pairs, n_cells = self.bt.pairs.n_pairs, self.values.shape[0]
         w = np.asarray(cells, dtype=float).reshape(n_pairs, n_cells, 2, n_classes).transpose(3, 0, 1, 2)
         w = w.reshape(n_classes * n_pairs, n_cells, 2)
@@ -1585,7 +1589,7 @@ class _StyleSide:
             wt = np.asarray(tie_cells, dtype=float).reshape(n_pairs, n_cells, n_classes).transpose(2, 0, 1)
             wt = wt.reshape(n_classes * n_pairs, n_cells)
         s, d = fit_style(stacked, w[..., 1], w[..., 0], self.values, strengths.reshape(-1), delta,
-                         self.priors.strength_sigma, self.priors.style_effect_sigma, wt=wt, nu=nu)
+                         self.priors.strength_sigma, self.priors.style_effect_sigma, structure=structure, wt=wt, nu=nu)
         return s.reshape(n_classes, k), d
 
     def nu_classes(self, strengths: np.ndarray, delta, cells: np.ndarray, tie_cells: np.ndarray, nu: float) -> float:

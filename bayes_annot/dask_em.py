@@ -70,6 +70,7 @@ from .errors import InputError
 from .spec import BehaviourSpec
 from .style import StyleDesign, parse_style_covariates, style_design
 from .ties import resolve_ties
+from .problem import strong_model_code
 from .progress import dask_tasks, em_callback, resolve as resolve_progress
 from .pairs import PairTable
 from .tables import input_renames
@@ -529,25 +530,15 @@ def fit_dask(
         )
     timings["scan"] = time.perf_counter() - t0
     k = int(model_vocab.shape[0])
-    strength_mode, strong_code = "learned", None
-    if mu is not None:
-        if not 0.0 < mu < 1.0:
-            raise InputError(f"mu must lie in (0, 1), got {mu}")
-        if strong_model is None:
-            raise InputError("a global mu needs --strong-model NAME (the model an attentive user prefers with probability mu)")
-        matches = np.flatnonzero(model_vocab == str(strong_model).strip())
-        if len(matches) == 0:
-            raise InputError(f"strong model '{strong_model}' is not among the models: {', '.join(map(str, model_vocab[:20]))}")
-        strong_code = int(matches[0])
+    strength_mode, strong_code = "learned", strong_model_code(mu, strong_model, model_vocab)
+    if strong_code is not None:
         strength_mode = f"known (mu={mu:g} for '{model_vocab[strong_code]}')"
-    elif strong_model is not None:  # the paper's setting half given: never learn strengths silently instead
-        raise InputError(f"--strong-model '{strong_model}' needs --mu P (the probability an attentive user prefers it)")
     elif use_p_a and columns.get("p_a") is not None:
         strength_mode = f"known (column '{columns['p_a']}')"
     known = strength_mode != "learned"
     spec = spec.with_strengths(not known)  # known strengths refuse taste classes
     # ties are read into the blocks unless they cannot be modelled (the log's count decides below)
-    tie_blocks = resolve_ties(ties, 1, tastes=tastes, learned=not known) == "model"
+    tie_blocks = resolve_ties(ties, 1) == "model"
 
     t1 = time.perf_counter()
     uv, mv = _broadcast(user_vocab), _broadcast(model_vocab)
@@ -605,7 +596,7 @@ def fit_dask(
         "users": n_users,
         "models": k,
     }
-    ties_mode = resolve_ties(ties, counts["ties"], tastes=tastes, learned=not known)
+    ties_mode = resolve_ties(ties, counts["ties"])
     known_values = None
     if known and tie_blocks:  # one vocabulary of known log-odds over the blocks, so that their tables agree
         known_values = dask.compute(_tree_union([delayed(_pick_known)(b) for b in blocks]))[0]

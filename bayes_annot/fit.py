@@ -909,8 +909,7 @@ def fit(
         raise InputError(f"data must be a file path or a pandas DataFrame, got {type(data).__name__}")
     columns = ColumnMap(user=user, model_a=model_a, model_b=model_b, winner=winner, p_a=p_a, winner_values=winner_values)
     prepared = prepare(frame, columns, on_bad_row=on_bad_row)
-    ties_mode = resolve_ties(ties, prepared.counts()["ties"], method=method, tastes=tastes,
-                             learned=mu is None and not (use_p_a and prepared.has_p_a), variant=variant)
+    ties_mode = resolve_ties(ties, prepared.counts()["ties"])
     priors = spec.priors
     if isinstance(which_casual, CasualDesign):  # a previous fit's covariates and bins (an update)
         design = prepare_casual(prepared, design=which_casual)
@@ -1090,8 +1089,7 @@ def fit_prepared(
         if casual is not None and tuple(prepared.casual_names) != casual.names:
             prepare_casual(prepared, design=casual)
 
-    ties_mode = resolve_ties(ties, prepared.counts()["ties"], tastes=tastes,
-                             learned=mu is None and not (use_p_a and prepared.has_p_a))
+    ties_mode = resolve_ties(ties, prepared.counts()["ties"])
     if style is not None:
         spec = spec.with_style(style)
     if state is None:

@@ -289,11 +289,9 @@ def _fast_update_of(folder, directory, new_rows, columns, on_duplicate, row_id, 
         return None  # other columns than the saved fit's (e.g. p_a no longer used): encode everything again
     mu, strong_model = settings.get("mu"), settings.get("strong_model")
     use_p_a = bool(settings.get("use_p_a", True))
-    learned = mu is None and not (use_p_a and old.has_p_a)
 
     def ties_modelled(data) -> bool:  # the ties mode of a fit of ``data`` with the saved settings (as plan_update)
-        return resolve_ties(settings.get("ties"), data.counts()["ties"], tastes=settings.get("tastes", 1),
-                            learned=learned) == "model"
+        return resolve_ties(settings.get("ties"), data.counts()["ties"]) == "model"
 
     key = problem_key(mu, strong_model, use_p_a, old.has_p_a) + (("ties",) if ties_modelled(old) else ())
     if tuple(stored.state.key) != key:

@@ -454,9 +454,7 @@ def plan_update(previous, new_rows, *, on_duplicate: str = "skip", row_id=None, 
     use_p_a = settings.get("use_p_a", True)
 
     def modelled(data) -> bool:  # the ties mode of the fit of ``data`` (the merged log) with these settings
-        learned = mu is None and not (use_p_a and data.has_p_a)
-        return resolve_ties(settings.get("ties"), data.counts()["ties"], tastes=settings["tastes"],
-                            learned=learned) == "model"
+        return resolve_ties(settings.get("ties"), data.counts()["ties"]) == "model"
     state = getattr(previous, "_state", None)
     if counts["rows_added"] == 0:  # nothing new: refit the previous log as it is
         merged, start = old, warm_start(previous, old)

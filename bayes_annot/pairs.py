@@ -244,26 +244,12 @@ def _lookup(keys: np.ndarray, n_models: int) -> np.ndarray:
 
 def attentive_table_pairs(s: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """log P_att of every cell ``2 * pair + choice`` (the two entries of a pair: ``model_b``, then ``model_a`` chosen)."""
-    return _attentive_table(s[a] - s[b])
-
-
-def _attentive_table(d: np.ndarray, fast: bool = False) -> np.ndarray:
-    """:func:`attentive_table_pairs` from the pairs' attentive log-odds ``d``.
-
-    ``fast``: ``log sigmoid(|d|)`` as numpy's ``-log1p(exp(-|d|))`` (4 ms per 10^6 pairs against scipy
-    ``log_expit``'s 14 ms; within a few ulp of it, tested), for the sparse many-models path only: the small-model
-    path keeps ``log_expit``'s arithmetic (golden numbers).
-    """
+    d = s[a] - s[b]
     # one transcendental per pair: log sigmoid(-|d|) = log sigmoid(|d|) - |d| (both terms <= 0: no cancellation),
     # bit for bit what log_expit gives each sign (it computes x - log1p(exp(x)) for x < 0; tested). The
     # cell of the losing side is hi - |d|, written as hi - max(d, 0) and hi + min(d, 0) (the same numbers
     # without a select: the other side's max / min is an exact 0)
-    ad = np.abs(d)
-    if fast:
-        hi = np.log1p(np.exp(-ad, out=ad), out=ad)
-        np.negative(hi, out=hi)
-    else:
-        hi = log_expit(ad)
+    hi = log_expit(np.abs(d))
     out = np.empty((d.shape[0], 2))
     np.subtract(hi, np.maximum(d, 0.0), out=out[:, 0])
     np.add(hi, np.minimum(d, 0.0), out=out[:, 1])
@@ -614,7 +600,7 @@ class AttentiveTables:
     cell weights times the table), and the M-step's new point's table in the next E-step, so each table is
     computed once (:func:`bt_newton_step`). Looked up by value; ``size`` entries (the plain step's point, a
     SQUAREM candidate and its image). ``fast``: numpy's ``log1p`` / ``exp`` instead of ``log_expit``
-    (:func:`_attentive_table`; the sparse path's tables)."""
+    (:func:`_fast_table`; the sparse path's tables)."""
 
     def __init__(self, a: np.ndarray, b: np.ndarray, size: int = 3, fast: bool = False):
         self.a, self.b, self.size, self.fast = a, b, size, fast
@@ -648,7 +634,7 @@ class AttentiveTables:
             d -= np.take(s, self.b, out=work, mode="wrap")
             table = _fast_table(d, work, _unused(evicted, 2 * n))
         else:
-            table = _attentive_table(s[self.a] - s[self.b], self.fast)
+            table = attentive_table_pairs(s, self.a, self.b)
         table.flags.writeable = False
         self._entries.insert(0, (np.array(s, dtype=float, copy=True), table))
         return table
@@ -671,8 +657,11 @@ def _unused(evicted: list, n: int):
 
 
 def _fast_table(d: np.ndarray, work: np.ndarray, out: np.ndarray | None) -> np.ndarray:
-    """:func:`_attentive_table` with ``fast=True`` (bit for bit: the same operations) into ``out`` (a new array when
-    ``None``), using ``work`` (``P`` floats) for ``log1p(exp(-|d|))``; ``d`` is left unchanged."""
+    """:func:`attentive_table_pairs` from the pairs' log-odds ``d`` with ``log sigmoid(|d|)`` as numpy's
+    ``-log1p(exp(-|d|))`` (4 ms per 10^6 pairs against scipy ``log_expit``'s 14 ms; within a few ulp of it, tested),
+    for the sparse many-models path only: the small-model path keeps ``log_expit``'s arithmetic (golden numbers).
+    Written into ``out`` (a new array when ``None``), using ``work`` (``P`` floats) for ``log1p(exp(-|d|))``;
+    ``d`` is left unchanged."""
     out = np.empty(2 * d.shape[0]) if out is None else out
     cells = out.reshape(-1, 2)
     np.abs(d, out=work)

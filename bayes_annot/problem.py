@@ -78,20 +78,9 @@ def build_problem(
     b = data.model_b[usable]
     known = None
     mode = strength_mode(data, mu, strong_model, use_p_a)
-    if mu is not None:
-        if not 0.0 < mu < 1.0:
-            raise InputError(f"mu must lie in (0, 1), got {mu}")
-        if strong_model is None:
-            raise InputError("a global mu needs --strong-model NAME (the model an attentive user prefers with probability mu)")
-        matches = np.flatnonzero(data.model_labels == str(strong_model).strip())
-        if len(matches) == 0:
-            raise InputError(
-                f"strong model '{strong_model}' is not among the models: {', '.join(map(str, data.model_labels[:20]))}"
-            )
-        k = int(matches[0])
+    k = strong_model_code(mu, strong_model, data.model_labels)
+    if k is not None:
         known = np.where(a == k, logit(mu), np.where(b == k, -logit(mu), 0.0))
-    elif strong_model is not None:  # the paper's setting half given: never learn strengths silently instead
-        raise InputError(f"--strong-model '{strong_model}' needs --mu P (the probability an attentive user prefers it)")
     elif use_p_a and data.p_a is not None:
         known = logit(data.p_a[usable])
     problem = UsableLabels(
@@ -127,6 +116,24 @@ def build_problem(
 def tie_rows(data: PreparedData) -> np.ndarray:
     """Mask of the rows that are ties between two different models (``tie`` and ``tie (bothbad)``)."""
     return data.reason_code == 1
+
+
+def strong_model_code(mu: float | None, strong_model: str | None, labels: np.ndarray) -> int | None:
+    """The code of the strong model of a global ``mu`` among the model ``labels`` (``None`` without ``mu``), after
+    checking the pair: ``mu`` in (0, 1), ``strong_model`` given and among the models; ``strong_model`` without ``mu``
+    is an error too (the paper's setting half given: never learn strengths silently instead)."""
+    if mu is None:
+        if strong_model is not None:
+            raise InputError(f"--strong-model '{strong_model}' needs --mu P (the probability an attentive user prefers it)")
+        return None
+    if not 0.0 < mu < 1.0:
+        raise InputError(f"mu must lie in (0, 1), got {mu}")
+    if strong_model is None:
+        raise InputError("a global mu needs --strong-model NAME (the model an attentive user prefers with probability mu)")
+    matches = np.flatnonzero(labels == str(strong_model).strip())
+    if len(matches) == 0:
+        raise InputError(f"strong model '{strong_model}' is not among the models: {', '.join(map(str, labels[:20]))}")
+    return int(matches[0])
 
 
 def strength_mode(data: PreparedData, mu: float | None, strong_model: str | None, use_p_a: bool) -> str:

@@ -178,12 +178,10 @@ def tie_start(n_ties: float, n_labels: float) -> tuple[float, float]:
     return 2.0 * f / (1.0 - f), f
 
 
-def resolve_ties(ties: str | None, n_ties: int, *, method: str = "em", tastes=1, learned: bool = True,
-                 variant: str = "two-class") -> str:
+def resolve_ties(ties: str | None, n_ties: int) -> str:
     """The ties mode of a fit: ``ties`` if given (checked), else (``None`` or ``"auto"``) ``"model"`` when the log has ties
     (every engine models them: EM in memory, on Dask and in updates; MAP; NUTS of either variant; learned or known
-    strengths, taste classes and an attentive style term alike: ``method``, ``tastes``, ``learned`` and ``variant``
-    no longer restrict it), else ``"ignore"``; ``"model"`` on a log without ties is ``"ignore"`` (nothing to model).
+    strengths, taste classes and an attentive style term alike), else ``"ignore"``; ``"model"`` on a log without ties is ``"ignore"`` (nothing to model).
 
     Raises
     ------
