@@ -246,9 +246,10 @@ def test_dask_equals_in_memory_with_ties(tmp_path):
     for i, chunk in enumerate(np.array_split(np.arange(len(log)), 3)):
         log.iloc[chunk].to_parquet(folder / f"part-{i}.parquet", index=False)
     for model in ("two-class", "continuous"):
-        tol = 1e-9 if model == "two-class" else 1e-13
-        lazy = ba.fit(dd.read_parquet(str(folder / "*.parquet")), variant=model, tol=tol)
-        memory = ba.fit(log, variant=model, tol=tol)
+        # both fits run to tol=1e-13: at a looser tolerance each stops 1e-7 short of the optimum, and where it stops
+        # follows the rounding of the partition sums (CI's machine: 1e-7 apart at tol=1e-9; here 9e-9)
+        lazy = ba.fit(dd.read_parquet(str(folder / "*.parquet")), variant=model, tol=1e-13)
+        memory = ba.fit(log, variant=model, tol=1e-13)
         assert lazy.ties_["mode"] == "model"
         np.testing.assert_allclose(lazy.users.quality, memory.users.quality, atol=1e-8)
         np.testing.assert_allclose(lazy.models.strength, memory.models.strength, atol=1e-8)
