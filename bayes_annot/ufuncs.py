@@ -11,7 +11,8 @@ on the 2-core AMD EPYC, docs/benchmarks_startup.md).
 When ``scipy.special`` is already imported, or its compiled module cannot be loaded on its own (a SciPy
 that keeps these functions elsewhere), the public ``scipy.special`` is imported and its functions are
 used: the same objects either way (``tests/test_ufuncs.py``). A later ``import scipy.special`` finds the
-compiled module in ``sys.modules`` and exports the same objects.
+compiled module in ``sys.modules`` and exports the same objects. The loading happens once, while this module is
+first imported (the engines import it at module level, before any thread of theirs starts).
 
 Examples
 --------
