@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from scipy.optimize import minimize
-from scipy.special import expit, log_expit
+from .ufuncs import expit, log_expit
 
 from .data import ColumnMap, PreparedData, prepare, read_table
 from .pairs import fit_bradley_terry_labels

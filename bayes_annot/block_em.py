@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.special import expit, log_expit, logit
+from .ufuncs import expit, log_expit, logit
 
 from .casual import casual_table, fit_casual
 from .em import (

@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import expit, log_expit
+from .ufuncs import expit, log_expit
 
 from .data import PreparedData, casual_covariates
 from .em import newton_ascent

@@ -10,7 +10,6 @@ import argparse
 import glob
 import os
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -248,6 +247,8 @@ def _progress_setting(args):
 
 def _write_frame(frame, path: Path) -> None:
     """Write a frame by suffix, atomically (temporary file, then rename)."""
+    import tempfile
+
     from .outdir import apply_umask
 
     suffix = path.suffix.lower()

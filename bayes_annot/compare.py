@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 import pandas as pd
-from scipy.special import expit, logsumexp
+from .ufuncs import expit
 
 from .errors import InputError
 from .likelihood import Priors
@@ -176,6 +176,7 @@ def marginal_user_loglik(idata, n_grid: int = 121, max_draws: int | None = 500, 
     """
     import xarray as xr
     from scipy.sparse import csr_matrix
+    from scipy.special import logsumexp
 
     post, data = idata.posterior, idata.constant_data
     n_draws = post.sizes["draw"]

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from scipy.special import logit
+from .ufuncs import logit
 
 from .local_em import default_accelerate
 from .block_em import (

@@ -29,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.special import expit, log_expit
+from .ufuncs import expit, log_expit
 
 from .likelihood import ETA_GRID, EtaGrid, Priors, attentive_logprob, casual_logprob
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import expit, gammaln, log_expit
+from .ufuncs import expit, gammaln, log_expit
 
 __all__ = [
     "Priors",

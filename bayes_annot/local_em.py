@@ -11,7 +11,7 @@ import json
 
 import numpy as np
 
-from scipy.special import logit
+from .ufuncs import logit
 
 from .block_em import Block, EMState, LocalRunner, make_block, run_em
 from .casual import casual_effects

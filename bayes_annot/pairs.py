@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import sys
 
 import numpy as np
-from scipy.special import expit, log_expit
+from .ufuncs import expit, log_expit
 
 __all__ = ["PairTable", "DENSE_MAX_MODELS", "fit_bradley_terry_pairs", "fit_bradley_terry_classes", "bt_objective_pairs",
            "bt_derivatives_pairs", "attentive_table_pairs", "AttentiveTables", "bt_newton_step", "bt_fit_cells",

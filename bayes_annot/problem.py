@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.special import log_expit, logit
+from .ufuncs import log_expit, logit
 
 from .casual import CasualDesign
 from .data import PreparedData

@@ -31,7 +31,7 @@ import warnings
 from types import SimpleNamespace
 
 import numpy as np
-from scipy.special import expit, logit
+from .ufuncs import expit, logit
 
 from .em import (
     INFORMATIVE_TOL, UsableLabels, _informative_users, label_logprobs, no_verdict_continuous, no_verdict_shares,

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy.special import expit, logit
+from .ufuncs import expit, logit
 
 from .errors import renamed_keyword
 

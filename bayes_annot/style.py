@@ -33,7 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import expit, log_expit
+from .ufuncs import expit, log_expit
 
 from .casual import CasualDesign
 from .errors import InputError

@@ -222,7 +222,6 @@ def write_arrow(table, metas: list[dict], sink, fmt: str, *, safe_csv: bool = Fa
     """Write an Arrow table built by :func:`to_arrow` (see :func:`write_table`); ``parquet_options``:
     further keyword arguments of :func:`pyarrow.parquet.write_table`."""
     import pyarrow.csv as pa_csv
-    import pyarrow.parquet as pq
 
     table_file_name("table", fmt)
     _NO_HEADER = _no_header()
@@ -238,6 +237,8 @@ def write_arrow(table, metas: list[dict], sink, fmt: str, *, safe_csv: bool = Fa
             _write_header(sink, table.column_names)
             pa_csv.write_csv(table, sink, _NO_HEADER)
     else:
+        import pyarrow.parquet as pq  # parquet only: its import (pyarrow.fs, ssl) is not a CSV write's
+
         pq.write_table(table, sink, **(parquet_options or {}))
     return {
         "format": fmt,

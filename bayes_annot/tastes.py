@@ -76,7 +76,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.special import expit, log_expit, logit
+from .ufuncs import expit, log_expit, logit
 
 from .block_em import LocalRunner, block_type_logliks, lse_rows, make_block, run_class_em
 from .casual import casual_table

@@ -127,3 +127,18 @@ def test_bench_real_raters_merge_keeps_other_rows():
         assert "n_boot" in str(err)
     else:
         raise AssertionError("a merge across different bootstrap settings must fail")
+
+
+def test_cpu_alternate_times_every_tree_in_every_round(tmp_path, capsys):
+    import cpu_alternate
+
+    trees = [str(tmp_path / "a"), str(tmp_path / "b")]
+    out = tmp_path / "scratch"
+    out.mkdir()
+    result = cpu_alternate.main(["--trees", ",".join(trees), "--repeat", "3", "--", sys.executable, "-c",
+                                 "import os, sys; assert not os.path.exists(sys.argv[2]); os.mkdir(sys.argv[2])",
+                                 "--out", str(out)])
+    assert set(result["trees"]) == set(trees) and len(result["load"]) == 3
+    for times in result["trees"].values():
+        assert len(times["cpu"]) == len(times["wall"]) == 3 and min(times["wall"]) > 0 and min(times["cpu"]) >= 0
+    assert capsys.readouterr().out.count("CPU median") == 2

@@ -18,13 +18,12 @@ HEAVY = ("pymc", "pytensor", "arviz", "matplotlib", "dask", "distributed", "xarr
 NUMERIC = ("numpy", "pandas", "scipy", "pyarrow", "tqdm")
 
 
-def _loaded_after(code: str) -> set[str]:
-    """Top-level names (and ``scipy.stats``) in ``sys.modules`` after running ``code`` in a fresh interpreter."""
+def _modules_after(code: str) -> set[str]:
+    """Every name in ``sys.modules`` after running ``code`` in a fresh interpreter."""
     probe = code + textwrap.dedent(
         """
         import json as _json, sys as _sys
-        _names = {m.split('.')[0] for m in _sys.modules} | ({'scipy.stats'} & set(_sys.modules))
-        _sys.__stdout__.write('\\nLOADED=' + _json.dumps(sorted(_names)) + '\\n')
+        _sys.__stdout__.write('\\nLOADED=' + _json.dumps(sorted(_sys.modules)) + '\\n')
         """
     )
     env = dict(os.environ)
@@ -33,6 +32,12 @@ def _loaded_after(code: str) -> set[str]:
     assert proc.returncode == 0, proc.stderr
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("LOADED=")][-1]
     return set(json.loads(line[len("LOADED="):]))
+
+
+def _loaded_after(code: str) -> set[str]:
+    """Top-level names (and ``scipy.stats``) in ``sys.modules`` after running ``code`` in a fresh interpreter."""
+    modules = _modules_after(code)
+    return {m.split(".")[0] for m in modules} | ({"scipy.stats"} & modules)
 
 
 def test_import_loads_no_heavy_stack():
@@ -81,3 +86,30 @@ def test_lazy_names_behave_like_eager_ones():
     namespace: dict = {}
     exec("from bayes_annot import *", namespace)
     assert set(ba.__all__) <= set(namespace)
+
+
+#: What a CSV fit through the command line does not use: ``scipy.special``'s package (its four ufuncs come from
+#: its compiled module, bayes_annot.ufuncs), SciPy's optimisers, and the parquet writer (CSV in, CSV out).
+FIT_UNUSED = ("scipy.special", "scipy.special._support_alternative_backends", "scipy.optimize", "scipy.stats",
+              "pyarrow.parquet", "pyarrow.dataset")
+
+
+def test_cli_csv_fit_loads_only_what_it_uses(tmp_path):
+    import bayes_annot as ba
+
+    log = tmp_path / "log.csv"
+    ba.simulate(n_users=40, n_models=4, labels_per_user=(5, 10), seed=1).to_csv(log, index=False)
+    out = tmp_path / "out"
+    code = textwrap.dedent(
+        f"""
+        import warnings
+        warnings.simplefilter("ignore")
+        from bayes_annot.cli import main
+        assert main(["fit", {str(log)!r}, "--out", {str(out)!r}, "--quiet"]) == 0
+        """
+    )
+    loaded = _modules_after(code)
+    assert (out / "users.csv").is_file()
+    assert "scipy.special._special_ufuncs" in loaded and "bayes_annot.ufuncs" in loaded  # the fit ran its engines
+    assert not loaded & set(FIT_UNUSED), f"bayes-annot fit LOG.csv loads {sorted(loaded & set(FIT_UNUSED))}"
+    assert not loaded & set(HEAVY), sorted(loaded & set(HEAVY))
