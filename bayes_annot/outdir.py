@@ -13,8 +13,10 @@ Guarantees (see ``docs/reliability.md``):
   file inside the folder) is written into a staging folder beside the target
   and swapped in with one atomic ``renameat2(RENAME_EXCHANGE)`` (two renames
   where the file system lacks it). A crash leaves the previous results whole;
-  the next write to the same folder removes or restores what a crash left
-  (only folders that carry the package's manifest are touched).
+  the next write to the same folder removes or restores what a crash left:
+  only folders a staging record proves the package made (their name and
+  inode, see :func:`recover`); anything else named like a leftover is kept
+  with a warning.
 * **One writer at a time.** Writers take an exclusive ``flock`` on the output
   folder's parent for the whole job (an update reads, fits and writes under
   it), so two updates of one folder run one after the other and keep every row.
@@ -31,11 +33,13 @@ import json
 import os
 import re
 import shutil
+import stat
 import sys
 import tempfile
 import threading
 from glob import escape as glob_escape
 import uuid
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -120,6 +124,7 @@ def foreign_entry(directory: Path) -> str | None:
         ours = set(LEGACY_FILES)
     implied = {p.as_posix() for f in ours for p in Path(f).parents if p.as_posix() != "."}
     ours |= {f for f in files if (m := _OUR_TEMP.fullmatch(f)) is not None and m.group(1) in ours}  # a killed add_file's
+    ours.add(STAGING_MARK)  # the record of the staging folder this one was, until its swap finished
     foreign = sorted((files - ours) | (folders - implied))
     return foreign[0] if foreign else None
 
@@ -299,14 +304,72 @@ def locked(target: Path, on_wait=None):
 
 
 _MKDTEMP = re.compile(r"[a-z0-9_]{8}")  # the random part of a tempfile.mkdtemp name
+#: The file every staging folder holds from its first moment (see :func:`_mark`): which folder it was made as
+#: (name and inode), for which target, and which folder a swap sets aside. Recovery removes a folder beside the
+#: target only when such a record proves the package made it; a copy (another inode) or a renamed folder (another
+#: name) of one is never touched.
+STAGING_MARK = ".bayes_annot-staging.json"
 
 
-def _leftovers(target: Path) -> list[Path]:
+def _inode(path: Path) -> int | None:
+    try:
+        info = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return None
+    return info.st_ino if stat.S_ISDIR(info.st_mode) else None
+
+
+def _mark(folder: Path, target: Path, aside: tuple[str, int] | None = None) -> None:
+    """Write (atomically) ``folder``'s staging record: its own name and inode, ``target``'s name, the folder set aside."""
+    record = {"bayes_annot_staging": 1, "target": target.name, "name": folder.name, "inode": _inode(folder),
+              "aside": None if aside is None else {"name": aside[0], "inode": aside[1]}}
+    tmp = folder / (STAGING_MARK + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(record, handle)
+    os.replace(tmp, folder / STAGING_MARK)
+
+
+def _record(folder: Path, target: Path, *, published: bool = False) -> dict | None:
+    """``folder``'s staging record when it was written in this very folder (same inode; same name unless
+    ``published``: then ``folder`` is ``target``, the staging folder swapped in) for ``target``."""
+    try:
+        record = json.loads((folder / STAGING_MARK).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    inode = _inode(folder)
+    if not (isinstance(record, dict) and record.get("bayes_annot_staging") == 1 and record.get("target") == target.name
+            and inode is not None and record.get("inode") == inode and (published or record.get("name") == folder.name)):
+        return None
+    aside = record.get("aside")
+    valid = isinstance(aside, dict) and isinstance(aside.get("name"), str) and isinstance(aside.get("inode"), int)
+    record["aside"] = (aside["name"], aside["inode"]) if valid else None
+    return record
+
+
+def _remove_ours(folder: Path) -> None:
+    """Remove a folder the package made, its staging record last (a kill half-way leaves it provably ours)."""
+    if not folder.is_dir() or folder.is_symlink():
+        return
+    for entry in folder.iterdir():
+        if entry.name == STAGING_MARK:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+    (folder / STAGING_MARK).unlink(missing_ok=True)
+    try:
+        os.rmdir(folder)
+    except OSError:
+        pass
+
+
+def _candidates(target: Path) -> list[Path]:
+    """Folders beside ``target`` named as the package names its staging and set-aside folders."""
     parent = target.parent
     if not parent.is_dir():
         return []
     prefixes = (f".{target.name}.tmp-", f".{target.name}.old-")
-    # only names mkdtemp makes (8 random characters): a user's own '.res.old-backup' copy is never touched
     return sorted(p for p in parent.iterdir() if p.name.startswith(prefixes) and _MKDTEMP.fullmatch(p.name[-8:])
                   and len(p.name) == len(prefixes[0]) + 8 and p.is_dir() and not p.is_symlink())
 
@@ -314,20 +377,41 @@ def _leftovers(target: Path) -> list[Path]:
 def recover(target: Path) -> list[str]:
     """Restore or remove what an interrupted write to ``target`` left (call under :func:`locked`).
 
-    A previous result set aside by a crash between two renames is put back
-    when ``target`` is missing; staging folders are removed. Only folders
-    carrying the package's manifest are touched. Returns what was done.
+    Only what the package provably made is touched: a staging folder whose
+    staging record names it (same name and inode), and the previous results a
+    swap set aside, named (with their inode) in the record of the staging
+    folder that replaced them. Previous results set aside by a crash between
+    two renames are put back when ``target`` is missing. A folder that only
+    looks like a leftover (the name, but no record: a user's copy, or what a
+    version before the records left) is kept and reported. Returns what was
+    done, one line each.
     """
     done = []
-    for leftover in _leftovers(target):
-        if not (leftover / MANIFEST).exists():
-            continue
-        if leftover.name.startswith(f".{target.name}.old-") and not target.exists():
-            os.replace(leftover, target)
-            done.append(f"restored '{target}' from '{leftover.name}' (a previous run stopped between two renames)")
-        else:
-            shutil.rmtree(leftover, ignore_errors=True)
+    found = _candidates(target)
+    staged = {p.name: r for p in found if (r := _record(p, target)) is not None}
+    published = _record(target, target, published=True) if target.is_dir() and not target.is_symlink() else None
+    asides = {r["aside"] for r in [*staged.values(), published] if r is not None and r["aside"] is not None}
+    ours = {p.name for p in found if p.name in staged or (p.name, _inode(p)) in asides}
+    if not (target.exists() or target.is_symlink()):  # stopped between two renames: the previous results go back
+        for record in staged.values():
+            aside = record["aside"]
+            if aside is not None and aside[0] in ours and aside[0] not in staged:
+                os.replace(target.parent / aside[0], target)
+                ours.discard(aside[0])
+                done.append(f"restored '{target}' from '{aside[0]}' (a previous run stopped between two renames)")
+                break
+    for leftover in found:
+        if leftover.name in ours:
+            _remove_ours(leftover)
             done.append(f"removed '{leftover.name}' left by an interrupted run")
+        elif leftover.exists():
+            done.append(
+                f"kept '{leftover}': named like what an interrupted run leaves, but not provably written by this "
+                "bayes_annot version (a copy, or left by an older one): remove it yourself if you do not need it"
+                + ("" if target.exists() else f", or rename it to '{target.name}' if it holds the previous results")
+            )
+    if target.is_dir() and not target.is_symlink() and _record(target, target, published=True) is not None:
+        (target / STAGING_MARK).unlink(missing_ok=True)  # its set-aside folder is gone: the record is done
     return done
 
 
@@ -365,15 +449,23 @@ def _fault(point: str) -> None:
 
 
 def publish(staging: Path, target: Path) -> None:
-    """Put a complete staging folder in ``target``'s place in one step; remove the previous results."""
+    """Put a complete staging folder in ``target``'s place in one step; remove the previous results.
+
+    Before a swap, the staging record names the folder the previous results will be set aside as (and their
+    inode), so a crash at any later moment leaves them provably the package's; the record goes last.
+    """
     _fault("before-publish")
     if target.exists():
+        previous = _inode(target)
+        _mark(staging, target, aside=(staging.name, previous) if previous is not None else None)
         if _exchange(staging, target):
             _fault("after-exchange")
-            shutil.rmtree(staging, ignore_errors=True)
+            _remove_ours(staging)  # now holding the previous results
+            (target / STAGING_MARK).unlink(missing_ok=True)
             return
         old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
         os.rmdir(old)
+        _mark(staging, target, aside=(old.name, previous) if previous is not None else None)
         os.replace(target, old)
         _fault("between-renames")
         try:
@@ -381,9 +473,11 @@ def publish(staging: Path, target: Path) -> None:
         except BaseException:  # the previous results go back at once (not only at the next run's recovery)
             os.replace(old, target)
             raise
-        shutil.rmtree(old, ignore_errors=True)
+        _fault("after-renames")
+        _remove_ours(old)
     else:
         os.replace(staging, target)
+    (target / STAGING_MARK).unlink(missing_ok=True)
 
 
 class ResultWriter:
@@ -425,6 +519,8 @@ class ResultWriter:
         self._lock.__enter__()
         try:
             self.notes = recover(self.target)
+            for note in self.notes:
+                warnings.warn(note, UserWarning, stacklevel=2)
             check_target(self.target, self.inputs)  # again, under the lock
             if self.expect_fit_id is not None:
                 found = (read_manifest(self.target) or {}).get("fit_id")
@@ -435,6 +531,7 @@ class ResultWriter:
                     )
             self.target.parent.mkdir(parents=True, exist_ok=True)
             self.staging = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.tmp-", dir=self.target.parent))
+            _mark(self.staging, self.target)  # first: from now on a kill leaves it provably the package's
             os.chmod(self.staging, 0o777 & ~_umask())
             self._write_manifest(complete=False)
         except BaseException:
@@ -542,7 +639,7 @@ class ResultWriter:
 
     def _abort(self) -> None:
         if self.staging is not None:
-            shutil.rmtree(self.staging, ignore_errors=True)
+            _remove_ours(self.staging)
         for tmp, _ in self.outside:
             tmp.unlink(missing_ok=True)
         self._lock.__exit__(None, None, None)
