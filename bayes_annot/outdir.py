@@ -722,21 +722,30 @@ class PinnedFolder:
         self.fd, self.path = fd, path
         self.manifest = read_manifest(path, dir_fd=fd)
 
+    def _inside(self, name: str) -> str:
+        """``name`` when it is a path inside the folder; a damaged or crafted manifest naming ``../x`` or ``/x``
+        is refused (one line), so nothing outside the folder is ever read."""
+        rel = Path(name) if isinstance(name, str) else None
+        if rel is None or not name or "\0" in name or rel.is_absolute() or ".." in rel.parts:
+            raise InputError(f"results folder '{self.path}' is damaged: its manifest names {name!r}, which is not a "
+                             "file inside the folder")
+        return name
+
     def exists(self, name: str) -> bool:
         """Whether the folder holds ``name``."""
         try:
-            os.stat(name, dir_fd=self.fd)
+            os.stat(self._inside(name), dir_fd=self.fd)
             return True
         except FileNotFoundError:
             return False
 
     def open(self, name: str):
         """``name`` opened for reading (binary), relative to the pinned folder."""
-        return os.fdopen(os.open(name, os.O_RDONLY, dir_fd=self.fd), "rb")
+        return os.fdopen(os.open(self._inside(name), os.O_RDONLY, dir_fd=self.fd), "rb")
 
     def os_path(self, name: str) -> str:
         """A path to ``name`` that stays in this folder even if it is replaced (Linux ``/proc``), for libraries that need a path."""
-        pinned_path = f"/proc/self/fd/{self.fd}/{name}"
+        pinned_path = f"/proc/self/fd/{self.fd}/{self._inside(name)}"
         return pinned_path if os.path.exists(pinned_path) else str(self.path / name)
 
     def read_text(self, name: str) -> str:
