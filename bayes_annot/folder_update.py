@@ -104,7 +104,9 @@ def update_saved(
     if fast is not None:
         fast._update_base = (os.path.abspath(directory), fast._rows_source["folder"].manifest.get("fit_id"))
         return fast
-    tables = read_tables(directory)  # read once; a corrupt or crafted folder is an InputError before anything is fitted
+    # read once; a corrupt or crafted folder is an InputError before anything is fitted (but not posterior.nc, which
+    # an update neither uses nor keeps: a damaged one does not stop it)
+    tables = read_tables(directory, posterior=False)
     saved = FitResult.from_tables(tables.users, tables.models, tables.rows, tables.summary, tables.idata, tables.manifest)
     start = dict(start_of(*checked_saved(tables, directory), directory), by_label=True)  # what start=directory reads
     summary = saved.summary

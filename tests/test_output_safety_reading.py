@@ -25,6 +25,7 @@ def one_error_line(capsys) -> str:
 def logs(tmp_path_factory):
     folder = tmp_path_factory.mktemp("logs")
     log = ba.simulate(n_users=120, n_models=4, labels_per_user=(3, 10), seed=8)
+    log.insert(0, "vote_id", [f"v{i}" for i in range(len(log))])  # identical votes stay distinct rows
     log.iloc[:-40].to_csv(folder / "old.csv", index=False)
     log.iloc[-40:].to_csv(folder / "new.csv", index=False)
     return folder / "old.csv", folder / "new.csv", len(log)
@@ -73,3 +74,28 @@ def test_a_manifest_naming_a_file_outside_the_folder_is_refused(tmp_path, logs, 
         assert main(["report", str(out), "--quiet"]) == 2
     line = one_error_line(capsys)
     assert "is damaged" in line and repr(crafted) in line and str(out) in line
+
+
+# --------------------------------------------------------------------------- 3. a damaged posterior.nc
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+@pytest.mark.parametrize("damage", ["garbage", "cut"])
+def test_a_damaged_posterior_does_not_block_an_update(tmp_path, logs, capsys, fmt, damage):
+    """``--update`` refits by EM from the saved tables and writes no posterior, yet it read posterior.nc and a
+    damaged one stopped it. The update now goes on without reading it; ``load()``, which returns it as
+    ``idata``, refuses with one line naming the file."""
+    old, new, n_rows = logs
+    out = tmp_path / "res"
+    ba.fit(str(old)).save(out, posterior=True, format=fmt)
+    posterior = out / "posterior.nc"
+    payload = posterior.read_bytes()
+    posterior.write_bytes(b"not a netCDF file\n" * 40 if damage == "garbage" else payload[: len(payload) // 2])
+    with pytest.raises(InputError, match="posterior.nc"):
+        ba.load(out)
+    assert main(["report", str(out), "--quiet"]) == 2
+    assert "posterior.nc" in one_error_line(capsys)
+    assert main(["fit", str(new), "--update", str(out), "--out", str(out), "--quiet"]) == 0
+    updated = ba.load(out)
+    assert len(updated.rows) == n_rows
+    assert not (out / "posterior.nc").exists() and updated.idata is None
