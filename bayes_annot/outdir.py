@@ -45,7 +45,7 @@ from pathlib import Path
 
 from .errors import InputError
 
-__all__ = ["MANIFEST", "check_target", "locked", "ResultWriter", "pinned", "read_manifest"]
+__all__ = ["MANIFEST", "check_target", "locked", "ResultWriter", "pinned", "read_manifest", "TempFile", "clean_temps", "is_temp"]
 
 #: The marker every result folder carries: which files the package wrote, and how to read its tables.
 MANIFEST = "manifest.json"
@@ -508,7 +508,7 @@ class ResultWriter:
         self.expect_fit_id = expect_fit_id  # the fit an update read from this folder: it must still be there
         self.files: list[str] = []
         self.tables: dict[str, dict] = {}
-        self.outside: list[tuple[Path, Path]] = []  # (staged file, destination) outside the folder
+        self.outside: list[TempFile] = []  # files staged beside their destination outside the folder
         self.staging: Path | None = None
         self.notes: list[str] = []
         self.manifest_extra: dict = {}  # further manifest entries (e.g. ``update_state``: the side file of an update)
@@ -611,12 +611,10 @@ class ResultWriter:
             if relative in self.files or relative == MANIFEST:  # never over a file of the folder itself
                 raise InputError(f"'{destination}' is a file of the output folder itself: choose another name")
             return write(self.path(relative))
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(prefix=f".{dest.stem}.tmp-", suffix=dest.suffix, dir=dest.parent)
-        os.close(handle)
-        self.outside.append((Path(tmp), dest))
-        apply_umask(tmp)
-        return write(Path(tmp))
+        clean_temps_warning(dest)  # what a killed write of this file left
+        staged = TempFile(dest, suffix=dest.suffix)  # the writer may go by the suffix (.jsonl / .parquet)
+        self.outside.append(staged)
+        return write(staged.path)
 
     # -- finishing
     def _write_manifest(self, complete: bool) -> None:
@@ -640,8 +638,8 @@ class ResultWriter:
     def _abort(self) -> None:
         if self.staging is not None:
             _remove_ours(self.staging)
-        for tmp, _ in self.outside:
-            tmp.unlink(missing_ok=True)
+        for staged in self.outside:
+            staged.discard()
         self._lock.__exit__(None, None, None)
 
     def __exit__(self, exc_type, exc, tb):
@@ -658,8 +656,8 @@ class ResultWriter:
                             os.chmod(path, mode)
                 publish(self.staging, self.target)
                 self.staging = None
-                for tmp, dest in self.outside:
-                    os.replace(tmp, dest)
+                for staged in self.outside:
+                    staged.commit()
                 self.outside = []
             except BaseException as failure:
                 self._abort()
@@ -710,6 +708,137 @@ def add_file(directory, name: str, payload: bytes) -> Path:
             Path(tmp).unlink(missing_ok=True)
         raise InputError(f"cannot write '{final}': {exc.strerror or exc}") from exc
     return final
+
+
+# --------------------------------------------------------------------------- single files outside a result folder
+
+
+def _temp_name(name: str, inode: int, suffix: str = "") -> str:
+    """The name of the package's temporary file for ``name`` held in inode ``inode``: ``.NAME.tmp-INODE-HASH``.
+
+    The name proves the file is the package's: a copy (another inode) or a file named by hand does not match.
+    """
+    import hashlib
+
+    digest = hashlib.sha256(f"bayes_annot-temp\0{name}\0{inode}".encode("utf-8", "surrogateescape")).hexdigest()[:12]
+    return f".{name}.tmp-{inode:x}-{digest}{suffix}"
+
+
+class TempFile:
+    """A temporary file beside ``dest``, named by :func:`_temp_name` and locked (``flock``) while it is written.
+
+    ``commit()`` renames it over ``dest``; ``discard()`` removes it. A process killed meanwhile leaves it
+    behind, provably the package's and no longer locked: :func:`clean_temps` of the next write to ``dest``
+    removes it (and never a file a live writer still holds, nor anything else).
+    """
+
+    def __init__(self, dest, suffix: str = ""):
+        self.dest = Path(os.path.abspath(str(dest)))
+        self.dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, random_name = tempfile.mkstemp(prefix=f".{self.dest.name}.tmp-", dir=self.dest.parent)
+        try:
+            _flock(fd, blocking=True)
+            self.path = self.dest.parent / _temp_name(self.dest.name, os.fstat(fd).st_ino, suffix)
+            os.rename(random_name, self.path)  # no other file can hold this name: it names this file's inode
+        except BaseException:
+            os.close(fd)
+            Path(random_name).unlink(missing_ok=True)
+            raise
+        self.fd = fd
+        apply_umask(self.path)
+
+    def commit(self) -> Path:
+        """Move the written file into place (atomically)."""
+        try:
+            _fault("temp-written")
+            os.replace(self.path, self.dest)
+        finally:
+            self._close()
+        return self.dest
+
+    def discard(self) -> None:
+        """Remove the file (a failed write)."""
+        try:
+            self.path.unlink(missing_ok=True)
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _flock(fd: int, blocking: bool) -> bool:
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - no flock (Windows)
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+    except BlockingIOError:
+        return False
+    return True
+
+
+def clean_temps(dest) -> list[str]:
+    """Remove the temporary files a killed write to the file ``dest`` left beside it; returns what was done.
+
+    Only files named as :class:`TempFile` names them for their own inode and that no live writer holds are
+    removed; a file that only looks like one (a user's, or what a version before these names left) is kept
+    and reported.
+    """
+    dest = Path(os.path.abspath(str(dest)))
+    done = []
+    try:
+        found = sorted(dest.parent.glob(f".{glob_escape(dest.name)}.tmp-*"))
+    except OSError:
+        return done
+    for path in found:
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        except OSError:
+            continue  # a symbolic link, gone meanwhile, unreadable: not touched
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                continue
+            ours = path.name in {_temp_name(dest.name, info.st_ino, suffix) for suffix in ("", dest.suffix)}
+            if not _flock(fd, blocking=False):
+                continue  # a live writer's
+            if ours:
+                path.unlink()
+                done.append(f"removed '{path}' left by an interrupted write of '{dest.name}'")
+            elif _MKDTEMP.fullmatch(path.name[-8:]) or _MKDTEMP.fullmatch(path.stem[-8:]):
+                done.append(f"kept '{path}': named like what an interrupted write leaves, but not provably written "
+                            "by this bayes_annot version: remove it yourself if you do not need it")
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+    return done
+
+
+def clean_temps_warning(dest) -> None:
+    """:func:`clean_temps`, each line a ``UserWarning`` (the CLI prints them)."""
+    for note in clean_temps(dest):
+        warnings.warn(note, UserWarning, stacklevel=3)
+
+
+_TEMP_NAME = re.compile(r"\.(.+)\.tmp-([0-9a-f]+)-[0-9a-f]{12}(\.[^.]*)?")
+
+
+def is_temp(path) -> bool:
+    """Whether ``path`` is a :class:`TempFile`'s file (its name names its inode)."""
+    path = Path(path)
+    match = _TEMP_NAME.fullmatch(path.name)
+    if match is None:
+        return False
+    try:
+        info = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    return stat.S_ISREG(info.st_mode) and path.name == _temp_name(match.group(1), info.st_ino, match.group(3) or "")
 
 
 # --------------------------------------------------------------------------- reading

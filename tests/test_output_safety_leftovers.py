@@ -123,3 +123,77 @@ def test_a_leftover_of_an_older_version_is_kept_and_reported(tmp_path, result_di
     with pytest.warns(UserWarning, match="kept .*k2j4x9ab"):
         ba.fit(str(log_csv)).save(result_dir)
     assert snapshot(old) == before
+
+
+# --------------------------------------------------------------------------- 6. single files outside a folder
+
+
+def temps(path: Path) -> list[str]:
+    return sorted(p.name for p in path.parent.iterdir() if p.name.startswith(f".{path.name}.tmp-"))
+
+
+@pytest.mark.parametrize("command", ["simulate", "report", "dpo"])
+def test_a_killed_file_write_leaves_a_named_temporary_the_next_write_removes(tmp_path, result_dir, log_csv, command):
+    """A ``simulate --out FILE``, ``report DIR --out FILE`` or ``--dpo FILE`` (outside the folder) killed before
+    its rename left a temporary file beside FILE for ever ('.log.csv.k2j4x9ab', '.FILE.tmp-k2j4x9ab'), and nothing
+    removed it. It is now named '.FILE.tmp-INODE-HASH' (the name proves the package wrote that very file) and the
+    next write to FILE removes it; a user's file named alike, and a copy of the temporary, are kept."""
+    target = {"simulate": tmp_path / "sim.csv", "report": tmp_path / "r.html", "dpo": tmp_path / "pairs.jsonl"}[command]
+    args = {"simulate": ["simulate", "--out", target, "--users", "30", "--seed", "1"],
+            "report": ["report", result_dir, "--out", target],
+            "dpo": ["fit", log_csv, "--out", result_dir, "--dpo", target, "--quiet"]}[command]
+    killed = run(*args, env={"BAYES_ANNOT_FAULT": "temp-written"})
+    assert killed.returncode == 91, killed.stderr
+    (left,) = temps(target)
+    assert (target.parent / left).stat().st_size > 0 and not target.exists()
+    mine = target.parent / f".{target.name}.tmp-mine"
+    mine.write_text("a user's file")
+    copy = target.parent / f".{target.name}.tmp-{'0' * 6}-{'a' * 12}"
+    shutil.copy(target.parent / left, copy)
+    proc = run(*args)
+    assert proc.returncode == 0, proc.stderr
+    assert temps(target) == sorted([mine.name, copy.name]) and mine.read_text() == "a user's file"
+    assert f"removed '{target.parent / left}'" in proc.stderr and target.stat().st_size > 0
+
+
+def test_a_live_writers_temporary_file_is_never_removed(tmp_path):
+    """Another process still writing FILE holds its temporary file (flock): a write to FILE meanwhile leaves it."""
+    from bayes_annot.outdir import TempFile
+
+    target = tmp_path / "sim.csv"
+    live = TempFile(target)
+    live.path.write_text("being written")
+    proc = run("simulate", "--out", target, "--users", "30", "--seed", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert live.path.read_text() == "being written"
+    live.discard()
+    assert temps(target) == []
+
+
+def test_simulate_killed_while_writing_leaves_nothing_after_the_next_run(tmp_path):
+    """A real SIGKILL while ``simulate --out FILE`` writes (once its temporary file has data): the old code's
+    '.sim.csv.k2j4x9ab' stayed for ever; the next run now removes what the killed one left."""
+    import signal
+    import time
+
+    def size(path):
+        try:
+            return path.stat().st_size
+        except FileNotFoundError:  # renamed meanwhile
+            return 0
+
+    target = tmp_path / "sim.csv"
+    args = [sys.executable, "-m", "bayes_annot", "simulate", "--out", str(target), "--users", "20000", "--seed", "1"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        if any(p.name.startswith(".sim.csv.") and size(p) > 0 for p in tmp_path.iterdir()):
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.001)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL and not target.exists()  # killed while writing
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".sim.csv.")]
+    again = run("simulate", "--out", target, "--users", "30", "--seed", "1")
+    assert again.returncode == 0, again.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["sim.csv"]

@@ -7,7 +7,6 @@ import json
 import shutil
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 import bayes_annot as ba
