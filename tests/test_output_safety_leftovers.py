@@ -5,7 +5,6 @@ file left for ever), through the CLI or the public API.
 """
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -15,35 +14,12 @@ import pandas as pd
 import pytest
 
 import bayes_annot as ba
-from bayes_annot.cli import main
 
-
-def run(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "bayes_annot", *map(str, args)], capture_output=True, text=True,
-                          env=dict(os.environ, **(env or {})))
-
-
-def snapshot(folder: Path) -> dict:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+from .test_output_safety import run, snapshot
 
 
 def hidden(parent: Path) -> list[str]:
     return sorted(p.name for p in parent.iterdir() if p.name.startswith("."))
-
-
-@pytest.fixture(scope="module")
-def log_csv(tmp_path_factory):
-    path = tmp_path_factory.mktemp("log") / "log.csv"
-    ba.simulate(n_users=120, n_models=4, labels_per_user=(3, 10), tie_rate=0.05, with_text=True, seed=5).to_csv(
-        path, index=False)
-    return path
-
-
-@pytest.fixture
-def result_dir(tmp_path, log_csv):
-    out = tmp_path / "res"
-    assert main(["fit", str(log_csv), "--out", str(out), "--quiet"]) == 0
-    return out
 
 
 # --------------------------------------------------------------------------- 1. crash recovery
