@@ -448,6 +448,14 @@ def _fault(point: str) -> None:
         os._exit(91)
 
 
+def _fresh_name(parent: Path, prefix: str) -> Path:
+    """A name ``prefix`` + 8 random characters (as ``mkdtemp`` makes them) that nothing in ``parent`` has yet."""
+    while True:
+        candidate = parent / (prefix + uuid.uuid4().hex[:8])
+        if not (candidate.exists() or candidate.is_symlink()):
+            return candidate
+
+
 def publish(staging: Path, target: Path) -> None:
     """Put a complete staging folder in ``target``'s place in one step; remove the previous results.
 
@@ -463,8 +471,8 @@ def publish(staging: Path, target: Path) -> None:
             _remove_ours(staging)  # now holding the previous results
             (target / STAGING_MARK).unlink(missing_ok=True)
             return
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-        os.rmdir(old)
+        old = _fresh_name(target.parent, f".{target.name}.old-")  # no folder made: a kill here leaves nothing
+        _fault("old-named")
         _mark(staging, target, aside=(old.name, previous) if previous is not None else None)
         os.replace(target, old)
         _fault("between-renames")

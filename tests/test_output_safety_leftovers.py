@@ -88,6 +88,19 @@ def test_previous_results_set_aside_by_a_killed_swap_are_removed(tmp_path, resul
     assert hidden(tmp_path) == [] and hidden(result_dir) == []
 
 
+def test_a_kill_before_the_previous_results_are_set_aside_leaves_no_unprovable_folder(tmp_path, result_dir, log_csv):
+    """The two-rename swap made its '.res.old-XXXXXXXX' with mkdtemp and removed it again before the rename: a
+    kill in between left an empty folder no record names (kept for ever, with a warning). The name is now
+    chosen without making a folder."""
+    env = {"BAYES_ANNOT_NO_RENAME_EXCHANGE": "1"}
+    killed = run("fit", log_csv, "--out", result_dir, "--quiet", env={"BAYES_ANNOT_FAULT": "old-named", **env})
+    assert killed.returncode == 91, killed.stderr
+    assert [name for name in hidden(tmp_path) if ".old-" in name] == []
+    proc = run("fit", log_csv, "--out", result_dir, "--quiet", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "kept" not in proc.stderr and hidden(tmp_path) == []
+
+
 def test_a_leftover_of_an_older_version_is_kept_and_reported(tmp_path, result_dir, log_csv):
     """A staging folder as versions before the record left it (a manifest marked incomplete, no record): there
     is no telling it from a user's copy, so it is kept and reported, never removed."""
