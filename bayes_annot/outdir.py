@@ -14,7 +14,7 @@ Guarantees (see ``docs/reliability.md``):
   and swapped in with one atomic ``renameat2(RENAME_EXCHANGE)`` (two renames
   where the file system lacks it). A crash leaves the previous results whole;
   the next write to the same folder removes or restores what a crash left:
-  only folders a staging record proves the package made (their name and
+  only folders whose record proves the package made them (their name and
   inode, see :func:`recover`); anything else named like a leftover is kept
   with a warning.
 * **One writer at a time.** Writers take an exclusive ``flock`` on the output
@@ -109,6 +109,8 @@ _OUR_TEMP = re.compile(r"\.(.+)\.tmp-[A-Za-z0-9_]+")
 def foreign_entry(directory: Path) -> str | None:
     """The first entry of ``directory`` that bayes_annot did not write (``None``: empty or all ours)."""
     files, folders = _entries(directory)
+    if STAGING_MARK in files and _record(directory, directory, any_name=True) is not None:
+        files.discard(STAGING_MARK)  # the record a swap killed midway left in it (see _mark)
     if not files and not folders:
         return None
     manifest = read_manifest(directory)
@@ -124,7 +126,6 @@ def foreign_entry(directory: Path) -> str | None:
         ours = set(LEGACY_FILES)
     implied = {p.as_posix() for f in ours for p in Path(f).parents if p.as_posix() != "."}
     ours |= {f for f in files if (m := _OUR_TEMP.fullmatch(f)) is not None and m.group(1) in ours}  # a killed add_file's
-    ours.add(STAGING_MARK)  # the record of the staging folder this one was, until its swap finished
     foreign = sorted((files - ours) | (folders - implied))
     return foreign[0] if foreign else None
 
@@ -304,10 +305,10 @@ def locked(target: Path, on_wait=None):
 
 
 _MKDTEMP = re.compile(r"[a-z0-9_]{8}")  # the random part of a tempfile.mkdtemp name
-#: The file every staging folder holds from its first moment (see :func:`_mark`): which folder it was made as
-#: (name and inode), for which target, and which folder a swap sets aside. Recovery removes a folder beside the
-#: target only when such a record proves the package made it; a copy (another inode) or a renamed folder (another
-#: name) of one is never touched.
+#: The record a folder the package puts beside a target holds (see :func:`_mark`): its role (``staging``: new
+#: results being written; ``aside``: the previous results a swap sets aside), its own name and inode, and the
+#: target's name. Recovery removes or restores a folder beside the target only when its record proves the
+#: package made it: a copy (another inode) or a renamed folder (another name) of one is never touched.
 STAGING_MARK = ".bayes_annot-staging.json"
 
 
@@ -319,30 +320,29 @@ def _inode(path: Path) -> int | None:
     return info.st_ino if stat.S_ISDIR(info.st_mode) else None
 
 
-def _mark(folder: Path, target: Path, aside: tuple[str, int] | None = None) -> None:
-    """Write (atomically) ``folder``'s staging record: its own name and inode, ``target``'s name, the folder set aside."""
-    record = {"bayes_annot_staging": 1, "target": target.name, "name": folder.name, "inode": _inode(folder),
-              "aside": None if aside is None else {"name": aside[0], "inode": aside[1]}}
+def _mark(folder: Path, target: Path, role: str, name: str | None = None) -> None:
+    """Write (atomically) ``folder``'s record: ``role``, the name it has or will have (``name``), its inode
+    (kept by a rename) and ``target``'s name."""
+    record = {"bayes_annot_staging": 1, "role": role, "target": target.name, "name": name or folder.name,
+              "inode": _inode(folder)}
     tmp = folder / (STAGING_MARK + ".tmp")
     with open(tmp, "w", encoding="utf-8") as handle:
         json.dump(record, handle)
     os.replace(tmp, folder / STAGING_MARK)
 
 
-def _record(folder: Path, target: Path, *, published: bool = False) -> dict | None:
-    """``folder``'s staging record when it was written in this very folder (same inode; same name unless
-    ``published``: then ``folder`` is ``target``, the staging folder swapped in) for ``target``."""
+def _record(folder: Path, target: Path, *, any_name: bool = False) -> dict | None:
+    """``folder``'s record when it was written in this very folder (same inode) for ``target`` and names the
+    folder's name (unless ``any_name``: a record left inside ``target`` itself)."""
     try:
         record = json.loads((folder / STAGING_MARK).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     inode = _inode(folder)
     if not (isinstance(record, dict) and record.get("bayes_annot_staging") == 1 and record.get("target") == target.name
-            and inode is not None and record.get("inode") == inode and (published or record.get("name") == folder.name)):
+            and record.get("role") in ("staging", "aside") and inode is not None and record.get("inode") == inode
+            and (any_name or record.get("name") == folder.name)):
         return None
-    aside = record.get("aside")
-    valid = isinstance(aside, dict) and isinstance(aside.get("name"), str) and isinstance(aside.get("inode"), int)
-    record["aside"] = (aside["name"], aside["inode"]) if valid else None
     return record
 
 
@@ -377,31 +377,24 @@ def _candidates(target: Path) -> list[Path]:
 def recover(target: Path) -> list[str]:
     """Restore or remove what an interrupted write to ``target`` left (call under :func:`locked`).
 
-    Only what the package provably made is touched: a staging folder whose
-    staging record names it (same name and inode), and the previous results a
-    swap set aside, named (with their inode) in the record of the staging
-    folder that replaced them. Previous results set aside by a crash between
-    two renames are put back when ``target`` is missing. A folder that only
-    looks like a leftover (the name, but no record: a user's copy, or what a
-    version before the records left) is kept and reported. Returns what was
-    done, one line each.
+    Only folders whose record (:func:`_mark`) proves the package made them
+    are touched: staging folders are removed, and so are previous results a
+    swap set aside, unless ``target`` is missing (a crash between two renames):
+    then they are put back. A folder that only looks like a leftover (the
+    name, but no record: a user's copy, or what a version before the records
+    left) is kept and reported. Returns what was done, one line each.
     """
     done = []
     found = _candidates(target)
-    staged = {p.name: r for p in found if (r := _record(p, target)) is not None}
-    published = _record(target, target, published=True) if target.is_dir() and not target.is_symlink() else None
-    asides = {r["aside"] for r in [*staged.values(), published] if r is not None and r["aside"] is not None}
-    ours = {p.name for p in found if p.name in staged or (p.name, _inode(p)) in asides}
+    records = {p.name: r for p in found if (r := _record(p, target)) is not None}
     if not (target.exists() or target.is_symlink()):  # stopped between two renames: the previous results go back
-        for record in staged.values():
-            aside = record["aside"]
-            if aside is not None and aside[0] in ours and aside[0] not in staged:
-                os.replace(target.parent / aside[0], target)
-                ours.discard(aside[0])
-                done.append(f"restored '{target}' from '{aside[0]}' (a previous run stopped between two renames)")
-                break
+        aside = next((name for name, r in records.items() if r["role"] == "aside"), None)
+        if aside is not None:
+            os.replace(target.parent / aside, target)
+            del records[aside]
+            done.append(f"restored '{target}' from '{aside}' (a previous run stopped between two renames)")
     for leftover in found:
-        if leftover.name in ours:
+        if leftover.name in records:
             _remove_ours(leftover)
             done.append(f"removed '{leftover.name}' left by an interrupted run")
         elif leftover.exists():
@@ -410,8 +403,8 @@ def recover(target: Path) -> list[str]:
                 "bayes_annot version (a copy, or left by an older one): remove it yourself if you do not need it"
                 + ("" if target.exists() else f", or rename it to '{target.name}' if it holds the previous results")
             )
-    if target.is_dir() and not target.is_symlink() and _record(target, target, published=True) is not None:
-        (target / STAGING_MARK).unlink(missing_ok=True)  # its set-aside folder is gone: the record is done
+    if target.is_dir() and not target.is_symlink() and _record(target, target, any_name=True) is not None:
+        (target / STAGING_MARK).unlink(missing_ok=True)  # a record a swap left in the folder: no longer needed
     return done
 
 
@@ -459,33 +452,35 @@ def _fresh_name(parent: Path, prefix: str) -> Path:
 def publish(staging: Path, target: Path) -> None:
     """Put a complete staging folder in ``target``'s place in one step; remove the previous results.
 
-    Before a swap, the staging record names the folder the previous results will be set aside as (and their
-    inode), so a crash at any later moment leaves them provably the package's; the record goes last.
+    Before the swap, the previous results get the record of the folder they are set aside as
+    (:func:`_mark`), so from then on a crash leaves them provably the package's; removing them removes the
+    record last. The published folder loses its staging record right after the swap.
     """
     _fault("before-publish")
     if target.exists():
-        previous = _inode(target)
-        _mark(staging, target, aside=(staging.name, previous) if previous is not None else None)
+        _mark(target, target, "aside", name=staging.name)
         if _exchange(staging, target):
             _fault("after-exchange")
-            _remove_ours(staging)  # now holding the previous results
             (target / STAGING_MARK).unlink(missing_ok=True)
+            _remove_ours(staging)  # now holding the previous results
             return
         old = _fresh_name(target.parent, f".{target.name}.old-")  # no folder made: a kill here leaves nothing
         _fault("old-named")
-        _mark(staging, target, aside=(old.name, previous) if previous is not None else None)
+        _mark(target, target, "aside", name=old.name)
         os.replace(target, old)
         _fault("between-renames")
         try:
             os.replace(staging, target)
         except BaseException:  # the previous results go back at once (not only at the next run's recovery)
             os.replace(old, target)
+            (target / STAGING_MARK).unlink(missing_ok=True)
             raise
         _fault("after-renames")
+        (target / STAGING_MARK).unlink(missing_ok=True)
         _remove_ours(old)
     else:
         os.replace(staging, target)
-    (target / STAGING_MARK).unlink(missing_ok=True)
+        (target / STAGING_MARK).unlink(missing_ok=True)
 
 
 class ResultWriter:
@@ -539,7 +534,7 @@ class ResultWriter:
                     )
             self.target.parent.mkdir(parents=True, exist_ok=True)
             self.staging = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.tmp-", dir=self.target.parent))
-            _mark(self.staging, self.target)  # first: from now on a kill leaves it provably the package's
+            _mark(self.staging, self.target, "staging")  # first: from now on a kill leaves it provably the package's
             os.chmod(self.staging, 0o777 & ~_umask())
             self._write_manifest(complete=False)
         except BaseException:

@@ -76,8 +76,9 @@ def test_a_copy_of_a_real_leftover_is_kept_while_the_leftover_is_recovered(tmp_p
     ("after-renames", {"BAYES_ANNOT_NO_RENAME_EXCHANGE": "1"}),
 ])
 def test_previous_results_set_aside_by_a_killed_swap_are_removed(tmp_path, result_dir, log_csv, point, env):
-    """The folder a swap sets aside carries no record of its own: the published folder's record names it
-    (name and inode), so the next run removes it, and then the record."""
+    """Killed right after the swap: the previous results set aside carry the record written into them before
+    the swap (their new name, their inode), so the next run removes them, and the record the new folder still
+    holds."""
     killed = run("fit", log_csv, "--out", result_dir, "--seed", "3", "--quiet", env={"BAYES_ANNOT_FAULT": point, **env})
     assert killed.returncode == 91, killed.stderr
     assert hidden(tmp_path) and (result_dir / ".bayes_annot-staging.json").exists()
@@ -99,6 +100,20 @@ def test_a_kill_before_the_previous_results_are_set_aside_leaves_no_unprovable_f
     proc = run("fit", log_csv, "--out", result_dir, "--quiet", env=env)
     assert proc.returncode == 0, proc.stderr
     assert "kept" not in proc.stderr and hidden(tmp_path) == []
+
+
+def test_a_record_left_in_an_empty_folder_keeps_it_replaceable(tmp_path, log_csv):
+    """A swap killed right after writing the set-aside record into the target (here an empty folder the user
+    made for the results) leaves that record in it: the folder still counts as empty, not as foreign."""
+    out = tmp_path / "res"
+    out.mkdir()
+    env = {"BAYES_ANNOT_NO_RENAME_EXCHANGE": "1"}
+    killed = run("fit", log_csv, "--out", out, "--quiet", env={"BAYES_ANNOT_FAULT": "old-named", **env})
+    assert killed.returncode == 91, killed.stderr
+    assert hidden(out) == [".bayes_annot-staging.json"]
+    proc = run("fit", log_csv, "--out", out, "--quiet", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert hidden(tmp_path) == [] and hidden(out) == [] and len(ba.load(out).rows) == len(pd.read_csv(log_csv))
 
 
 def test_a_leftover_of_an_older_version_is_kept_and_reported(tmp_path, result_dir, log_csv):
