@@ -247,18 +247,15 @@ def _progress_setting(args):
 
 def _write_frame(frame, path: Path) -> None:
     """Write a frame by suffix, atomically (temporary file, then rename)."""
-    import tempfile
-
-    from .outdir import apply_umask
+    from .outdir import TempFile, clean_temps_warning
 
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".parquet", ".json", ".jsonl"):
         raise InputError(f"output '{path}': unknown file type '{suffix}', expected .csv, .parquet, .json or .jsonl")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(handle)
+    clean_temps_warning(path)  # what a killed write of this file left
+    staged = TempFile(path)
+    tmp = staged.path
     try:
-        apply_umask(tmp)
         if suffix == ".csv":
             frame.to_csv(tmp, index=False)
         elif suffix == ".parquet":
@@ -267,10 +264,10 @@ def _write_frame(frame, path: Path) -> None:
             frame.to_json(tmp, orient="records", force_ascii=False)
         else:
             frame.to_json(tmp, orient="records", lines=True, force_ascii=False)
-        os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        staged.discard()
         raise
+    staged.commit()
 
 
 def _print_summary(result, out: Path) -> None:

@@ -42,6 +42,7 @@ __all__ = [
     "ColumnMap",
     "PreparedData",
     "read_table",
+    "named_index_as_columns",
     "prepare",
     "file_sha256",
     "CONVERSATIONS",
@@ -811,13 +812,38 @@ def dropped_rows_message(reason_code: np.ndarray) -> str | None:
     return f"dropped {total} invalid row(s): {', '.join(parts)}; they stay in rows.csv with that reason"
 
 
+def named_index_as_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with its named index levels (``df.set_index("vote_id")``) turned into its first columns.
+
+    A named index is data (a vote id, a timestamp): it is kept as a column of the rows and reads back with
+    them. An unnamed index (the row positions, or labels pandas gives) is dropped, as ``to_csv(index=False)``
+    does. An index named as one of the columns is refused (one line naming it).
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> named_index_as_columns(pd.DataFrame({"user": ["u"]}, index=pd.Index(["v1"], name="vote"))).columns.tolist()
+    ['vote', 'user']
+    """
+    names = [name for name in frame.index.names if name is not None]
+    if not names:
+        return frame
+    for name in names:
+        if name in frame.columns or names.count(name) > 1:
+            where = "one of its columns" if name in frame.columns else "another level of the index"
+            raise InputError(f"the DataFrame's index is named '{name}', as {where}: rename the index "
+                             "(df.index.names) or drop it (df.reset_index(drop=True))")
+    return frame.reset_index(level=names)
+
+
 def prepare(frame: pd.DataFrame, columns: ColumnMap | None = None, on_bad_row: str = "error") -> PreparedData:
     """Validate and encode a comparison log.
 
     Parameters
     ----------
     frame : pandas.DataFrame
-        One row per annotation; extra columns are carried through untouched.
+        One row per annotation; extra columns are carried through untouched, and so is a named index, as
+        the first columns (:func:`named_index_as_columns`).
     columns : ColumnMap, optional
         Which columns hold user, models, winner and (optionally) ``p_a``, and
         extra ``winner_values``.
@@ -856,6 +882,7 @@ def prepare(frame: pd.DataFrame, columns: ColumnMap | None = None, on_bad_row: s
         raise InputError(f"expected a pandas DataFrame or a file path, got {type(frame).__name__}")
     if frame.shape[0] == 0:
         raise InputError("input is empty: no rows")
+    frame = named_index_as_columns(frame)
     if frame.columns.duplicated().any():
         dup = frame.columns[frame.columns.duplicated()][0]
         raise InputError(f"column '{dup}' appears more than once")

@@ -28,10 +28,10 @@ from .data import CONVERSATIONS as _CONVERSATIONS
 from .data import first_message as _first_message
 from .data import last_message as _last_message
 from .errors import InputError
-from .outdir import apply_umask, check_dpo_target
+from .outdir import TempFile, apply_umask, check_dpo_target, clean_temps_warning, is_temp
 from .saved import bool_column
 
-__all__ = ["DPO_COLUMNS", "to_dpo", "dpo_from_rows", "stage_dpo"]
+__all__ = ["DPO_COLUMNS", "to_dpo", "dpo_from_rows", "stage_dpo", "write_dpo"]
 
 #: Columns of the exported data set, in order.
 DPO_COLUMNS = ("prompt", "chosen", "rejected", "weight", "user", "chosen_model", "rejected_model")
@@ -240,8 +240,59 @@ def _clean_text(value, column: str, row: int) -> str:
 
 
 def _write_atomic(frame: pd.DataFrame, path: Path) -> None:
-    tmp, _ = stage_dpo([frame], path)
-    os.replace(tmp, path)
+    write_dpo([frame], path)
+
+
+def write_dpo(frames, path) -> int:
+    """Write DPO record frames (an iterable: one pass, bounded memory) to ``path`` atomically; returns the
+    number of records.
+
+    The records go to a temporary file beside ``path`` (:class:`bayes_annot.outdir.TempFile`,
+    ``.NAME.tmp-...``), renamed into place at the end; what a killed earlier write of ``path`` left is
+    removed first. A ``path`` that is itself such a file (``save(dpo=...)`` stages the DPO file with the
+    folder) is written in place: its writer moves it.
+    """
+    path = Path(path)
+    _check_suffix(path)
+    if is_temp(path):
+        return _write_records(frames, path)
+    clean_temps_warning(path)
+    staged = TempFile(path)
+    try:
+        n_records = _write_records(frames, staged.path, path.suffix)
+    except BaseException:
+        staged.discard()
+        raise
+    staged.commit()
+    return n_records
+
+
+def _check_suffix(path: Path) -> None:
+    if path.suffix.lower() not in _SUFFIXES:
+        raise InputError(f"DPO export path '{path}' must end in .jsonl or .parquet (got '{path.suffix or 'no suffix'}')")
+
+
+def _write_records(frames, target: Path, suffix: str | None = None) -> int:
+    """The records of ``frames`` written into the file ``target`` (JSON lines or parquet by ``suffix``)."""
+    n_records = 0
+    if (suffix or target.suffix).lower() == ".jsonl":
+        with open(target, "w", encoding="utf-8", newline="\n") as out:
+            for frame in frames:
+                n_records += len(frame)
+                for record in frame.to_dict(orient="records"):
+                    record["weight"] = float(record["weight"])
+                    out.write(json.dumps(record, ensure_ascii=False, allow_nan=False))
+                    out.write("\n")
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        schema = pa.schema([(c, pa.float64() if c == "weight" else pa.string()) for c in DPO_COLUMNS])
+        with pq.ParquetWriter(target, schema) as writer:
+            for frame in frames:
+                n_records += len(frame)
+                writer.write_table(pa.Table.from_pandas(frame.reset_index(drop=True), schema=schema, preserve_index=False))
+    return n_records
 
 
 def stage_dpo(frames, path: Path, staging_dir: Path | None = None) -> tuple[Path, int]:
@@ -255,33 +306,14 @@ def stage_dpo(frames, path: Path, staging_dir: Path | None = None) -> tuple[Path
     file is removed and nothing is left behind.
     """
     path = Path(path)
-    if path.suffix.lower() not in _SUFFIXES:
-        raise InputError(f"DPO export path '{path}' must end in .jsonl or .parquet (got '{path.suffix or 'no suffix'}')")
-    n_records = 0
+    _check_suffix(path)
     parent = Path(staging_dir) if staging_dir is not None else path.resolve().parent
     parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=parent)
     try:
+        os.close(handle)
         apply_umask(tmp)
-        if path.suffix.lower() == ".jsonl":
-            with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as out:
-                for frame in frames:
-                    n_records += len(frame)
-                    for record in frame.to_dict(orient="records"):
-                        record["weight"] = float(record["weight"])
-                        out.write(json.dumps(record, ensure_ascii=False, allow_nan=False))
-                        out.write("\n")
-        else:
-            os.close(handle)
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-
-            schema = pa.schema([(c, pa.float64() if c == "weight" else pa.string()) for c in DPO_COLUMNS])
-            with pq.ParquetWriter(tmp, schema) as writer:
-                for frame in frames:
-                    n_records += len(frame)
-                    writer.write_table(pa.Table.from_pandas(frame.reset_index(drop=True), schema=schema, preserve_index=False))
-        return Path(tmp), n_records
+        return Path(tmp), _write_records(frames, Path(tmp), path.suffix)
     except BaseException:
         try:
             os.unlink(tmp)

@@ -1572,14 +1572,11 @@ def _check_settings(settings: dict) -> None:
 
 def _write_dpo(path, frames) -> None:
     """DPO record frames (an iterable, one pass) written to ``path`` atomically."""
-    import os
-
-    from .export import DPO_COLUMNS, stage_dpo
+    from .export import DPO_COLUMNS, write_dpo
     from .outdir import check_dpo_target
 
     check_dpo_target(path, None, DPO_COLUMNS)  # an existing file that is not DPO records is never replaced
-    tmp, _ = stage_dpo(frames, Path(path))
-    os.replace(tmp, path)
+    write_dpo(frames, Path(path))
 
 
 def _side_file_fits(result: FitResult) -> bool:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .data import ColumnMap, PreparedData, is_glob, prepare, read_table
+from .data import ColumnMap, PreparedData, is_glob, named_index_as_columns, prepare, read_table
 from .casual import DEFAULT_BINS, design_from_summary
 from .style import style_from_summary
 from .errors import FitWarning, InputError, take_renamed
@@ -100,11 +100,15 @@ def update_saved(
         frame = read_table(new_rows)
         info = input_info(new_rows, record_paths)
         new_rows = frame
+    elif isinstance(new_rows, pd.DataFrame):
+        new_rows = named_index_as_columns(new_rows)  # a named index is a column of the rows, as in fit()
     fast = _fast_update(directory, new_rows, columns, on_duplicate, row_id, record_paths, info, overrides)
     if fast is not None:
         fast._update_base = (os.path.abspath(directory), fast._rows_source["folder"].manifest.get("fit_id"))
         return fast
-    tables = read_tables(directory)  # read once; a corrupt or crafted folder is an InputError before anything is fitted
+    # read once; a corrupt or crafted folder is an InputError before anything is fitted (but not posterior.nc, which
+    # an update neither uses nor keeps: a damaged one does not stop it)
+    tables = read_tables(directory, posterior=False)
     saved = FitResult.from_tables(tables.users, tables.models, tables.rows, tables.summary, tables.idata, tables.manifest)
     start = dict(start_of(*checked_saved(tables, directory), directory), by_label=True)  # what start=directory reads
     summary = saved.summary

@@ -50,7 +50,7 @@ from .block_em import EMState, merge_blocks, pair_cell_map
 from .casual import design_from_summary, effects_start, prepare_casual
 from .style import delta_from_summary, style_from_summary
 from .pairs import PairTable
-from .data import ColumnMap, PreparedData, prepare
+from .data import ColumnMap, PreparedData, named_index_as_columns, prepare
 from .errors import InputError
 from .likelihood import Priors
 from .provenance import carried_provenance, drop_duplicates_of, input_info, provenance_entry
@@ -439,6 +439,7 @@ def plan_update(previous, new_rows, *, on_duplicate: str = "skip", row_id=None, 
     info = input_info(new_rows, record_paths)
     if not isinstance(new_rows, pd.DataFrame):
         new_rows = read_table(new_rows)
+    new_rows = named_index_as_columns(new_rows)  # a named index is a column of the rows, as in fit()
     cols = old.columns
     role_map = ColumnMap(
         user=cols["user"], model_a=cols["model_a"], model_b=cols["model_b"], winner=cols["winner"], p_a=cols.get("p_a"),

@@ -13,8 +13,10 @@ Guarantees (see ``docs/reliability.md``):
   file inside the folder) is written into a staging folder beside the target
   and swapped in with one atomic ``renameat2(RENAME_EXCHANGE)`` (two renames
   where the file system lacks it). A crash leaves the previous results whole;
-  the next write to the same folder removes or restores what a crash left
-  (only folders that carry the package's manifest are touched).
+  the next write to the same folder removes or restores what a crash left:
+  only folders whose record proves the package made them (their name and
+  inode, see :func:`recover`); anything else named like a leftover is kept
+  with a warning.
 * **One writer at a time.** Writers take an exclusive ``flock`` on the output
   folder's parent for the whole job (an update reads, fits and writes under
   it), so two updates of one folder run one after the other and keep every row.
@@ -31,17 +33,19 @@ import json
 import os
 import re
 import shutil
+import stat
 import sys
 import tempfile
 import threading
 from glob import escape as glob_escape
 import uuid
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import InputError
 
-__all__ = ["MANIFEST", "check_target", "locked", "ResultWriter", "pinned", "read_manifest"]
+__all__ = ["MANIFEST", "check_target", "locked", "ResultWriter", "pinned", "read_manifest", "TempFile", "clean_temps", "is_temp"]
 
 #: The marker every result folder carries: which files the package wrote, and how to read its tables.
 MANIFEST = "manifest.json"
@@ -105,6 +109,8 @@ _OUR_TEMP = re.compile(r"\.(.+)\.tmp-[A-Za-z0-9_]+")
 def foreign_entry(directory: Path) -> str | None:
     """The first entry of ``directory`` that bayes_annot did not write (``None``: empty or all ours)."""
     files, folders = _entries(directory)
+    if STAGING_MARK in files and _record(directory, directory, any_name=True) is not None:
+        files.discard(STAGING_MARK)  # the record a swap killed midway left in it (see _mark)
     if not files and not folders:
         return None
     manifest = read_manifest(directory)
@@ -299,14 +305,71 @@ def locked(target: Path, on_wait=None):
 
 
 _MKDTEMP = re.compile(r"[a-z0-9_]{8}")  # the random part of a tempfile.mkdtemp name
+#: The record a folder the package puts beside a target holds (see :func:`_mark`): its role (``staging``: new
+#: results being written; ``aside``: the previous results a swap sets aside), its own name and inode, and the
+#: target's name. Recovery removes or restores a folder beside the target only when its record proves the
+#: package made it: a copy (another inode) or a renamed folder (another name) of one is never touched.
+STAGING_MARK = ".bayes_annot-staging.json"
 
 
-def _leftovers(target: Path) -> list[Path]:
+def _inode(path: Path) -> int | None:
+    try:
+        info = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return None
+    return info.st_ino if stat.S_ISDIR(info.st_mode) else None
+
+
+def _mark(folder: Path, target: Path, role: str, name: str | None = None) -> None:
+    """Write (atomically) ``folder``'s record: ``role``, the name it has or will have (``name``), its inode
+    (kept by a rename) and ``target``'s name."""
+    record = {"bayes_annot_staging": 1, "role": role, "target": target.name, "name": name or folder.name,
+              "inode": _inode(folder)}
+    tmp = folder / (STAGING_MARK + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(record, handle)
+    os.replace(tmp, folder / STAGING_MARK)
+
+
+def _record(folder: Path, target: Path, *, any_name: bool = False) -> dict | None:
+    """``folder``'s record when it was written in this very folder (same inode) for ``target`` and names the
+    folder's name (unless ``any_name``: a record left inside ``target`` itself)."""
+    try:
+        record = json.loads((folder / STAGING_MARK).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    inode = _inode(folder)
+    if not (isinstance(record, dict) and record.get("bayes_annot_staging") == 1 and record.get("target") == target.name
+            and record.get("role") in ("staging", "aside") and inode is not None and record.get("inode") == inode
+            and (any_name or record.get("name") == folder.name)):
+        return None
+    return record
+
+
+def _remove_ours(folder: Path) -> None:
+    """Remove a folder the package made, its staging record last (a kill half-way leaves it provably ours)."""
+    if not folder.is_dir() or folder.is_symlink():
+        return
+    for entry in folder.iterdir():
+        if entry.name == STAGING_MARK:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+    (folder / STAGING_MARK).unlink(missing_ok=True)
+    try:
+        os.rmdir(folder)
+    except OSError:
+        pass
+
+
+def _candidates(target: Path) -> list[Path]:
+    """Folders beside ``target`` named as the package names its staging and set-aside folders."""
     parent = target.parent
     if not parent.is_dir():
         return []
     prefixes = (f".{target.name}.tmp-", f".{target.name}.old-")
-    # only names mkdtemp makes (8 random characters): a user's own '.res.old-backup' copy is never touched
     return sorted(p for p in parent.iterdir() if p.name.startswith(prefixes) and _MKDTEMP.fullmatch(p.name[-8:])
                   and len(p.name) == len(prefixes[0]) + 8 and p.is_dir() and not p.is_symlink())
 
@@ -314,20 +377,34 @@ def _leftovers(target: Path) -> list[Path]:
 def recover(target: Path) -> list[str]:
     """Restore or remove what an interrupted write to ``target`` left (call under :func:`locked`).
 
-    A previous result set aside by a crash between two renames is put back
-    when ``target`` is missing; staging folders are removed. Only folders
-    carrying the package's manifest are touched. Returns what was done.
+    Only folders whose record (:func:`_mark`) proves the package made them
+    are touched: staging folders are removed, and so are previous results a
+    swap set aside, unless ``target`` is missing (a crash between two renames):
+    then they are put back. A folder that only looks like a leftover (the
+    name, but no record: a user's copy, or what a version before the records
+    left) is kept and reported. Returns what was done, one line each.
     """
     done = []
-    for leftover in _leftovers(target):
-        if not (leftover / MANIFEST).exists():
-            continue
-        if leftover.name.startswith(f".{target.name}.old-") and not target.exists():
-            os.replace(leftover, target)
-            done.append(f"restored '{target}' from '{leftover.name}' (a previous run stopped between two renames)")
-        else:
-            shutil.rmtree(leftover, ignore_errors=True)
+    found = _candidates(target)
+    records = {p.name: r for p in found if (r := _record(p, target)) is not None}
+    if not (target.exists() or target.is_symlink()):  # stopped between two renames: the previous results go back
+        aside = next((name for name, r in records.items() if r["role"] == "aside"), None)
+        if aside is not None:
+            os.replace(target.parent / aside, target)
+            del records[aside]
+            done.append(f"restored '{target}' from '{aside}' (a previous run stopped between two renames)")
+    for leftover in found:
+        if leftover.name in records:
+            _remove_ours(leftover)
             done.append(f"removed '{leftover.name}' left by an interrupted run")
+        elif leftover.exists():
+            done.append(
+                f"kept '{leftover}': named like what an interrupted run leaves, but not provably written by this "
+                "bayes_annot version (a copy, or left by an older one): remove it yourself if you do not need it"
+                + ("" if target.exists() else f", or rename it to '{target.name}' if it holds the previous results")
+            )
+    if target.is_dir() and not target.is_symlink() and _record(target, target, any_name=True) is not None:
+        (target / STAGING_MARK).unlink(missing_ok=True)  # a record a swap left in the folder: no longer needed
     return done
 
 
@@ -364,26 +441,46 @@ def _fault(point: str) -> None:
         os._exit(91)
 
 
+def _fresh_name(parent: Path, prefix: str) -> Path:
+    """A name ``prefix`` + 8 random characters (as ``mkdtemp`` makes them) that nothing in ``parent`` has yet."""
+    while True:
+        candidate = parent / (prefix + uuid.uuid4().hex[:8])
+        if not (candidate.exists() or candidate.is_symlink()):
+            return candidate
+
+
 def publish(staging: Path, target: Path) -> None:
-    """Put a complete staging folder in ``target``'s place in one step; remove the previous results."""
+    """Put a complete staging folder in ``target``'s place in one step; remove the previous results.
+
+    Before the swap, the previous results get the record of the folder they are set aside as
+    (:func:`_mark`), so from then on a crash leaves them provably the package's; removing them removes the
+    record last. The published folder loses its staging record right after the swap.
+    """
     _fault("before-publish")
     if target.exists():
+        _mark(target, target, "aside", name=staging.name)
         if _exchange(staging, target):
             _fault("after-exchange")
-            shutil.rmtree(staging, ignore_errors=True)
+            (target / STAGING_MARK).unlink(missing_ok=True)
+            _remove_ours(staging)  # now holding the previous results
             return
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-        os.rmdir(old)
+        old = _fresh_name(target.parent, f".{target.name}.old-")  # no folder made: a kill here leaves nothing
+        _fault("old-named")
+        _mark(target, target, "aside", name=old.name)
         os.replace(target, old)
         _fault("between-renames")
         try:
             os.replace(staging, target)
         except BaseException:  # the previous results go back at once (not only at the next run's recovery)
             os.replace(old, target)
+            (target / STAGING_MARK).unlink(missing_ok=True)
             raise
-        shutil.rmtree(old, ignore_errors=True)
+        _fault("after-renames")
+        (target / STAGING_MARK).unlink(missing_ok=True)
+        _remove_ours(old)
     else:
         os.replace(staging, target)
+        (target / STAGING_MARK).unlink(missing_ok=True)
 
 
 class ResultWriter:
@@ -414,7 +511,7 @@ class ResultWriter:
         self.expect_fit_id = expect_fit_id  # the fit an update read from this folder: it must still be there
         self.files: list[str] = []
         self.tables: dict[str, dict] = {}
-        self.outside: list[tuple[Path, Path]] = []  # (staged file, destination) outside the folder
+        self.outside: list[TempFile] = []  # files staged beside their destination outside the folder
         self.staging: Path | None = None
         self.notes: list[str] = []
         self.manifest_extra: dict = {}  # further manifest entries (e.g. ``update_state``: the side file of an update)
@@ -425,6 +522,8 @@ class ResultWriter:
         self._lock.__enter__()
         try:
             self.notes = recover(self.target)
+            for note in self.notes:
+                warnings.warn(note, UserWarning, stacklevel=2)
             check_target(self.target, self.inputs)  # again, under the lock
             if self.expect_fit_id is not None:
                 found = (read_manifest(self.target) or {}).get("fit_id")
@@ -435,6 +534,7 @@ class ResultWriter:
                     )
             self.target.parent.mkdir(parents=True, exist_ok=True)
             self.staging = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.tmp-", dir=self.target.parent))
+            _mark(self.staging, self.target, "staging")  # first: from now on a kill leaves it provably the package's
             os.chmod(self.staging, 0o777 & ~_umask())
             self._write_manifest(complete=False)
         except BaseException:
@@ -514,12 +614,10 @@ class ResultWriter:
             if relative in self.files or relative == MANIFEST:  # never over a file of the folder itself
                 raise InputError(f"'{destination}' is a file of the output folder itself: choose another name")
             return write(self.path(relative))
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(prefix=f".{dest.stem}.tmp-", suffix=dest.suffix, dir=dest.parent)
-        os.close(handle)
-        self.outside.append((Path(tmp), dest))
-        apply_umask(tmp)
-        return write(Path(tmp))
+        clean_temps_warning(dest)  # what a killed write of this file left
+        staged = TempFile(dest, suffix=dest.suffix)  # the writer may go by the suffix (.jsonl / .parquet)
+        self.outside.append(staged)
+        return write(staged.path)
 
     # -- finishing
     def _write_manifest(self, complete: bool) -> None:
@@ -542,9 +640,9 @@ class ResultWriter:
 
     def _abort(self) -> None:
         if self.staging is not None:
-            shutil.rmtree(self.staging, ignore_errors=True)
-        for tmp, _ in self.outside:
-            tmp.unlink(missing_ok=True)
+            _remove_ours(self.staging)
+        for staged in self.outside:
+            staged.discard()
         self._lock.__exit__(None, None, None)
 
     def __exit__(self, exc_type, exc, tb):
@@ -561,8 +659,8 @@ class ResultWriter:
                             os.chmod(path, mode)
                 publish(self.staging, self.target)
                 self.staging = None
-                for tmp, dest in self.outside:
-                    os.replace(tmp, dest)
+                for staged in self.outside:
+                    staged.commit()
                 self.outside = []
             except BaseException as failure:
                 self._abort()
@@ -615,6 +713,137 @@ def add_file(directory, name: str, payload: bytes) -> Path:
     return final
 
 
+# --------------------------------------------------------------------------- single files outside a result folder
+
+
+def _temp_name(name: str, inode: int, suffix: str = "") -> str:
+    """The name of the package's temporary file for ``name`` held in inode ``inode``: ``.NAME.tmp-INODE-HASH``.
+
+    The name proves the file is the package's: a copy (another inode) or a file named by hand does not match.
+    """
+    import hashlib
+
+    digest = hashlib.sha256(f"bayes_annot-temp\0{name}\0{inode}".encode("utf-8", "surrogateescape")).hexdigest()[:12]
+    return f".{name}.tmp-{inode:x}-{digest}{suffix}"
+
+
+class TempFile:
+    """A temporary file beside ``dest``, named by :func:`_temp_name` and locked (``flock``) while it is written.
+
+    ``commit()`` renames it over ``dest``; ``discard()`` removes it. A process killed meanwhile leaves it
+    behind, provably the package's and no longer locked: :func:`clean_temps` of the next write to ``dest``
+    removes it (and never a file a live writer still holds, nor anything else).
+    """
+
+    def __init__(self, dest, suffix: str = ""):
+        self.dest = Path(os.path.abspath(str(dest)))
+        self.dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, random_name = tempfile.mkstemp(prefix=f".{self.dest.name}.tmp-", dir=self.dest.parent)
+        try:
+            _flock(fd, blocking=True)
+            self.path = self.dest.parent / _temp_name(self.dest.name, os.fstat(fd).st_ino, suffix)
+            os.rename(random_name, self.path)  # no other file can hold this name: it names this file's inode
+        except BaseException:
+            os.close(fd)
+            Path(random_name).unlink(missing_ok=True)
+            raise
+        self.fd = fd
+        apply_umask(self.path)
+
+    def commit(self) -> Path:
+        """Move the written file into place (atomically)."""
+        try:
+            _fault("temp-written")
+            os.replace(self.path, self.dest)
+        finally:
+            self._close()
+        return self.dest
+
+    def discard(self) -> None:
+        """Remove the file (a failed write)."""
+        try:
+            self.path.unlink(missing_ok=True)
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _flock(fd: int, blocking: bool) -> bool:
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - no flock (Windows)
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+    except BlockingIOError:
+        return False
+    return True
+
+
+def clean_temps(dest) -> list[str]:
+    """Remove the temporary files a killed write to the file ``dest`` left beside it; returns what was done.
+
+    Only files named as :class:`TempFile` names them for their own inode and that no live writer holds are
+    removed; a file that only looks like one (a user's, or what a version before these names left) is kept
+    and reported.
+    """
+    dest = Path(os.path.abspath(str(dest)))
+    done = []
+    try:
+        found = sorted(dest.parent.glob(f".{glob_escape(dest.name)}.tmp-*"))
+    except OSError:
+        return done
+    for path in found:
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        except OSError:
+            continue  # a symbolic link, gone meanwhile, unreadable: not touched
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                continue
+            ours = path.name in {_temp_name(dest.name, info.st_ino, suffix) for suffix in ("", dest.suffix)}
+            if not _flock(fd, blocking=False):
+                continue  # a live writer's
+            if ours:
+                path.unlink()
+                done.append(f"removed '{path}' left by an interrupted write of '{dest.name}'")
+            elif _MKDTEMP.fullmatch(path.name[-8:]) or _MKDTEMP.fullmatch(path.stem[-8:]):
+                done.append(f"kept '{path}': named like what an interrupted write leaves, but not provably written "
+                            "by this bayes_annot version: remove it yourself if you do not need it")
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+    return done
+
+
+def clean_temps_warning(dest) -> None:
+    """:func:`clean_temps`, each line a ``UserWarning`` (the CLI prints them)."""
+    for note in clean_temps(dest):
+        warnings.warn(note, UserWarning, stacklevel=3)
+
+
+_TEMP_NAME = re.compile(r"\.(.+)\.tmp-([0-9a-f]+)-[0-9a-f]{12}(\.[^.]*)?")
+
+
+def is_temp(path) -> bool:
+    """Whether ``path`` is a :class:`TempFile`'s file (its name names its inode)."""
+    path = Path(path)
+    match = _TEMP_NAME.fullmatch(path.name)
+    if match is None:
+        return False
+    try:
+        info = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    return stat.S_ISREG(info.st_mode) and path.name == _temp_name(match.group(1), info.st_ino, match.group(3) or "")
+
+
 # --------------------------------------------------------------------------- reading
 
 
@@ -625,21 +854,30 @@ class PinnedFolder:
         self.fd, self.path = fd, path
         self.manifest = read_manifest(path, dir_fd=fd)
 
+    def _inside(self, name: str) -> str:
+        """``name`` when it is a path inside the folder; a damaged or crafted manifest naming ``../x`` or ``/x``
+        is refused (one line), so nothing outside the folder is ever read."""
+        rel = Path(name) if isinstance(name, str) else None
+        if rel is None or not name or "\0" in name or rel.is_absolute() or ".." in rel.parts:
+            raise InputError(f"results folder '{self.path}' is damaged: its manifest names {name!r}, which is not a "
+                             "file inside the folder")
+        return name
+
     def exists(self, name: str) -> bool:
         """Whether the folder holds ``name``."""
         try:
-            os.stat(name, dir_fd=self.fd)
+            os.stat(self._inside(name), dir_fd=self.fd)
             return True
         except FileNotFoundError:
             return False
 
     def open(self, name: str):
         """``name`` opened for reading (binary), relative to the pinned folder."""
-        return os.fdopen(os.open(name, os.O_RDONLY, dir_fd=self.fd), "rb")
+        return os.fdopen(os.open(self._inside(name), os.O_RDONLY, dir_fd=self.fd), "rb")
 
     def os_path(self, name: str) -> str:
         """A path to ``name`` that stays in this folder even if it is replaced (Linux ``/proc``), for libraries that need a path."""
-        pinned_path = f"/proc/self/fd/{self.fd}/{name}"
+        pinned_path = f"/proc/self/fd/{self.fd}/{self._inside(name)}"
         return pinned_path if os.path.exists(pinned_path) else str(self.path / name)
 
     def read_text(self, name: str) -> str:

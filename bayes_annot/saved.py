@@ -94,13 +94,16 @@ def _read_checked(directory: str | Path, reader):
         raise InputError(f"results folder '{directory}' cannot be read: {first}") from exc
 
 
-def read_tables(directory: str | Path) -> SavedTables:
+def read_tables(directory: str | Path, *, posterior: bool = True) -> SavedTables:
     """The tables of a results folder, each with the types it was written with (see :mod:`bayes_annot.tables`).
 
+    ``posterior=False`` leaves ``posterior.nc`` unread (``idata`` is ``None``): an update and a warm start
+    take only the tables and the summary, so a damaged posterior does not stop them.
+
     Raises :class:`~bayes_annot.errors.InputError` when the folder holds no
-    results, an interrupted write, or a file no parser can read.
+    results, an interrupted write, or a file no parser can read (naming ``posterior.nc`` when it is that one).
     """
-    return _read_checked(directory, _read_folder)
+    return _read_checked(directory, lambda folder: _read_folder(folder, posterior=posterior))
 
 
 def _legacy_table(folder, name: str) -> pd.DataFrame:
@@ -114,7 +117,7 @@ def _legacy_table(folder, name: str) -> pd.DataFrame:
     return frame
 
 
-def _read_folder(folder) -> SavedTables:
+def _read_folder(folder, *, posterior: bool = True) -> SavedTables:
     manifest = folder.manifest
     if not folder.exists("summary.json"):
         # the path held a result when read_tables looked: the folder pinned here was replaced (and is
@@ -142,11 +145,18 @@ def _read_folder(folder) -> SavedTables:
         kind = "a list" if isinstance(summary, list) else type(summary).__name__
         raise InputError(f"results folder '{folder.path}': summary.json must be a JSON object, got {kind}")
     idata = None
-    if folder.exists("posterior.nc"):
+    if posterior and folder.exists("posterior.nc"):
         import arviz as az
 
-        idata = az.from_netcdf(folder.os_path("posterior.nc"))
-        idata.load() if hasattr(idata, "load") else None
+        try:
+            idata = az.from_netcdf(folder.os_path("posterior.nc"))
+            idata.load() if hasattr(idata, "load") else None
+        except FileNotFoundError:
+            raise  # replaced while being read: read_consistently reads the new folder
+        except Exception as exc:  # noqa: BLE001 - any netCDF / HDF5 failure is a damaged file
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InputError(f"results folder '{folder.path}': posterior.nc cannot be read ({first}); an update "
+                             "(--update) does not need it, load() and the report do") from None
     return SavedTables(tables["users"], tables["models"], tables["rows"], summary, idata, manifest)
 
 
@@ -453,7 +463,7 @@ def read_saved(directory: str | Path):
     model listed twice, a missing file or column.
     """
     directory = Path(directory)
-    return checked_saved(read_tables(directory), directory)
+    return checked_saved(read_tables(directory, posterior=False), directory)  # tables and summary only
 
 
 def checked_saved(saved: SavedTables, directory: str | Path):

@@ -14,6 +14,9 @@ it to give every column back its type and every cell its value:
 * cells that hold lists, dicts or mixed Python values (Chatbot Arena's
   ``conversation_a``) are written as JSON text and parsed back; numpy arrays
   come back as lists;
+* a column of bytes, dates, times or decimals reads back as those values, and
+  so does one that mixes them with text or other values (``[b"\\xff", "text"]``):
+  each cell is then written with a tag of its type;
 * categories keep their category list.
 
 ``safe_csv=True`` prefixes text cells that a spreadsheet would run as a formula
@@ -95,6 +98,31 @@ _SCALAR_CODECS = {
 }
 
 
+#: A column that mixes text (or JSON values) with bytes, dates, times or decimals: each cell's text starts with a
+#: tag saying how to read it back (``"s"`` text, ``"j"`` JSON, else the type's tag of :data:`_SCALAR_CODECS`).
+_TAG_OF = {bytes: "b", _dt.date: "d", _dt.time: "t", decimal.Decimal: "m"}
+_KIND_OF_TAG = {"b": "bytes", "d": "date", "t": "time", "m": "decimal"}
+
+
+def _tagged(value) -> str:
+    kind = type(value)
+    if kind is str:
+        return "s" + value
+    tag = _TAG_OF.get(kind)
+    if tag is not None:
+        return tag + _SCALAR_CODECS[_KIND_OF_TAG[tag]][1](value)
+    return "j" + json.dumps(value, ensure_ascii=False, default=_json_default)
+
+
+def _untagged(text: str):
+    tag, body = text[:1], text[1:]
+    if tag == "s":
+        return body
+    if tag == "j":
+        return json.loads(body)
+    return _SCALAR_CODECS[_KIND_OF_TAG[tag]][2](body)
+
+
 def _missing_mask(values: np.ndarray) -> np.ndarray:
     """True where an object array holds ``None``, ``NaN``, ``pd.NA`` or ``NaT`` (not where it holds a list)."""
     out = np.zeros(len(values), dtype=bool)
@@ -130,6 +158,11 @@ def _encode_column(series: pd.Series) -> tuple[pd.Series, dict]:
             for i, v in enumerate(values):
                 encoded[i] = None if missing[i] else scalar[1](v)
             meta["codec"] = kind
+            return pd.Series(encoded, index=series.index, dtype="string"), meta
+        if any(type(v) in _TAG_OF for v, m in zip(values, missing) if not m):  # mixed: each cell says its type
+            for i, v in enumerate(values):
+                encoded[i] = None if missing[i] else _tagged(v)
+            meta["codec"] = "tagged"
             return pd.Series(encoded, index=series.index, dtype="string"), meta
         for i, v in enumerate(values):
             encoded[i] = None if missing[i] else json.dumps(v, ensure_ascii=False, default=_json_default)
@@ -320,6 +353,10 @@ def _restore(series: pd.Series, meta: dict) -> pd.Series:
         decoded = np.empty(len(values), dtype=object)
         for i, v in enumerate(values):
             decoded[i] = None if v is None else json.loads(v)
+        return pd.Series(decoded, index=series.index, dtype=object, name=series.name)
+    if codec == "tagged":
+        values = series.to_numpy(dtype=object, na_value=None)
+        decoded = np.array([None if v is None else _untagged(v) for v in values] + [None], dtype=object)[:-1]
         return pd.Series(decoded, index=series.index, dtype=object, name=series.name)
     if codec in _SCALAR_CODECS:
         parse = _SCALAR_CODECS[codec][2]

@@ -38,6 +38,24 @@ def small_log():
     return ba.simulate(n_users=200, n_models=5, casual_share=0.3, labels_per_user=(3, 15), tie_rate=0.1, seed=5)
 
 
+@pytest.fixture(scope="session")
+def log_csv(tmp_path_factory):
+    """A small CSV log with ties and text columns (the output-safety tests; a module may define its own)."""
+    path = tmp_path_factory.mktemp("log") / "log.csv"
+    ba.simulate(n_users=150, n_models=4, labels_per_user=(3, 12), tie_rate=0.05, with_text=True, seed=21).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture
+def result_dir(tmp_path, log_csv):
+    """``log_csv`` fitted into ``tmp_path / "res"`` by the CLI."""
+    from bayes_annot.cli import main
+
+    out = tmp_path / "res"
+    assert main(["fit", str(log_csv), "--out", str(out), "--quiet"]) == 0
+    return out
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)

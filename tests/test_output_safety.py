@@ -35,20 +35,6 @@ def leftovers(parent: Path) -> list[str]:
     return sorted(p.name for p in parent.iterdir() if p.name.startswith(".") and (".tmp-" in p.name or ".old-" in p.name))
 
 
-@pytest.fixture(scope="module")
-def log_csv(tmp_path_factory):
-    path = tmp_path_factory.mktemp("log") / "log.csv"
-    ba.simulate(n_users=150, n_models=4, labels_per_user=(3, 12), tie_rate=0.05, with_text=True, seed=21).to_csv(path, index=False)
-    return path
-
-
-@pytest.fixture
-def result_dir(tmp_path, log_csv):
-    out = tmp_path / "res"
-    assert main(["fit", str(log_csv), "--out", str(out), "--quiet"]) == 0
-    return out
-
-
 def one_error_line(capsys) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("bayes-annot: error: "), err

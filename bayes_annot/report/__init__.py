@@ -63,11 +63,9 @@ def build_report(result, path, *, comparison=None, title: str | None = None, n_r
     -------
     pathlib.Path
     """
-    import os
-    import tempfile
     from pathlib import Path
 
-    from ..outdir import add_file, apply_umask, check_report_target, locked, read_manifest
+    from ..outdir import TempFile, add_file, check_report_target, clean_temps_warning, is_temp, locked, read_manifest
 
     target = check_report_target(path)  # a folder, or a file that is not a report, before any work
     text = render_report(result, comparison=comparison, title=title, n_rep=n_rep, seed=seed, few_labels=few_labels)
@@ -76,14 +74,15 @@ def build_report(result, path, *, comparison=None, title: str | None = None, n_r
         with locked(target.parent):  # manifest (else the next fit --out there refuses the folder)
             add_file(target.parent, target.name, text.encode("utf-8"))
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:  # written beside its final name and renamed: a failure (disk full) leaves no partial file behind
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-        apply_umask(tmp)
-        os.replace(tmp, path)
+    if is_temp(target):  # a file staged for it already: written in place, its writer moves it
+        target.write_text(text, encoding="utf-8")
+        return path
+    clean_temps_warning(target)  # what a killed write of this report left
+    staged = TempFile(target)
+    try:  # written beside its final name and renamed: a failure (disk full) or a kill leaves no partial report
+        staged.path.write_text(text, encoding="utf-8")
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        staged.discard()
         raise
+    staged.commit()
     return path

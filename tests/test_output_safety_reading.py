@@ -1,0 +1,100 @@
+"""Reading a result folder (``load``, ``report DIR``, ``--update DIR``) with a damaged or crafted file.
+
+Each test failed on the code before the fix, through the CLI or the public API.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+import bayes_annot as ba
+from bayes_annot.cli import main
+from bayes_annot.errors import InputError
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("bayes-annot: error: "), err
+    return err[0]
+
+
+@pytest.fixture(scope="module")
+def logs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("logs")
+    log = ba.simulate(n_users=120, n_models=4, labels_per_user=(3, 10), seed=8)
+    log.insert(0, "vote_id", [f"v{i}" for i in range(len(log))])  # identical votes stay distinct rows
+    log.iloc[:-40].to_csv(folder / "old.csv", index=False)
+    log.iloc[-40:].to_csv(folder / "new.csv", index=False)
+    return folder / "old.csv", folder / "new.csv", len(log)
+
+
+def edit_manifest(folder: Path, change) -> None:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    change(manifest)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+# --------------------------------------------------------------------------- 2. manifest paths outside the folder
+
+
+@pytest.mark.parametrize("where", ["table", "part", "update_state"])
+@pytest.mark.parametrize("outside", ["../elsewhere/{name}", "{absolute}"])
+def test_a_manifest_naming_a_file_outside_the_folder_is_refused(tmp_path, logs, capsys, where, outside):
+    """A manifest naming '../x' or '/abs/x' made load() read that file (here a copy of the folder's own table
+    put outside it, so the old code read it without complaint)."""
+    old, new, _ = logs
+    out = tmp_path / "res"
+    fmt = "csv" if where == "table" else "parquet"
+    assert main(["fit", str(old), "--out", str(out), "--format", fmt, "--quiet"]) == 0
+    if where == "part":
+        assert main(["fit", str(new), "--update", str(out), "--out", str(out), "--quiet"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    if where == "table":
+        entry = manifest["tables"]["users"]
+    elif where == "part":
+        entry = manifest["tables"]["rows"]["parts"][0]
+    else:
+        entry = manifest["update_state"]
+    name = entry["file"]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copy(out / name, elsewhere / name)
+    crafted = outside.format(name=name, absolute=elsewhere / name)
+    edit_manifest(out, lambda m: (m["tables"]["users"] if where == "table" else m["tables"]["rows"]["parts"][0]
+                                  if where == "part" else m["update_state"]).update(file=crafted))
+    capsys.readouterr()
+    if where == "update_state":  # read by --update only
+        assert main(["fit", str(new), "--update", str(out), "--out", str(tmp_path / "res2"), "--quiet"]) == 2
+    else:
+        with pytest.raises(InputError, match="not a file inside the folder"):
+            ba.load(out)
+        assert main(["report", str(out), "--quiet"]) == 2
+    line = one_error_line(capsys)
+    assert "is damaged" in line and repr(crafted) in line and str(out) in line
+
+
+# --------------------------------------------------------------------------- 3. a damaged posterior.nc
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+@pytest.mark.parametrize("damage", ["garbage", "cut"])
+def test_a_damaged_posterior_does_not_block_an_update(tmp_path, logs, capsys, fmt, damage):
+    """``--update`` refits by EM from the saved tables and writes no posterior, yet it read posterior.nc and a
+    damaged one stopped it. The update now goes on without reading it; ``load()``, which returns it as
+    ``idata``, refuses with one line naming the file."""
+    old, new, n_rows = logs
+    out = tmp_path / "res"
+    ba.fit(str(old)).save(out, posterior=True, format=fmt)
+    posterior = out / "posterior.nc"
+    payload = posterior.read_bytes()
+    posterior.write_bytes(b"not a netCDF file\n" * 40 if damage == "garbage" else payload[: len(payload) // 2])
+    with pytest.raises(InputError, match="posterior.nc"):
+        ba.load(out)
+    assert main(["report", str(out), "--quiet"]) == 2
+    assert "posterior.nc" in one_error_line(capsys)
+    assert main(["fit", str(new), "--update", str(out), "--out", str(out), "--quiet"]) == 0
+    updated = ba.load(out)
+    assert len(updated.rows) == n_rows
+    assert not (out / "posterior.nc").exists() and updated.idata is None
