@@ -199,13 +199,18 @@ def _connected_parts(a: np.ndarray, b: np.ndarray, k: int) -> np.ndarray:
     parent = np.arange(k, dtype=np.int64)
     a = np.asarray(a, dtype=np.int64)
     b = np.asarray(b, dtype=np.int64)
+    first = True
     while a.shape[0]:
-        ra, rb = parent[a], parent[b]
-        apart = ra != rb
-        if not apart.any():
+        ra, rb = (a, b) if first else (parent[a], parent[b])  # every node is its own root at first
+        first = False
+        high, low = np.maximum(ra, rb), np.minimum(ra, rb)
+        apart = high != low
+        n_apart = int(np.count_nonzero(apart))
+        if not n_apart:
             break
-        a, b, ra, rb = a[apart], b[apart], ra[apart], rb[apart]  # edges inside a part never matter again
-        np.minimum.at(parent, np.maximum(ra, rb), np.minimum(ra, rb))
+        if n_apart < a.shape[0] // 2:  # edges inside a part never matter again (hooking a root onto itself is a no-op,
+            a, b, high, low = a[apart], b[apart], high[apart], low[apart]  # so they are dropped only when it pays)
+        np.minimum.at(parent, high, low)
         while True:
             jumped = parent[parent]
             if np.array_equal(jumped, parent):
