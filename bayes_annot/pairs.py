@@ -92,7 +92,7 @@ class PairTable:
             if weights is None:
                 return cls.from_keys(keys, k, present[keys].astype(np.int64)), inverse
         else:
-            keys, inverse = np.unique(key, return_inverse=True)
+            keys, inverse = _unique_inverse(key)
         counts = np.bincount(inverse, weights=weights, minlength=keys.shape[0])
         if weights is None:
             counts = counts.astype(np.int64)
@@ -199,19 +199,45 @@ def _connected_parts(a: np.ndarray, b: np.ndarray, k: int) -> np.ndarray:
     parent = np.arange(k, dtype=np.int64)
     a = np.asarray(a, dtype=np.int64)
     b = np.asarray(b, dtype=np.int64)
+    first = True
     while a.shape[0]:
-        ra, rb = parent[a], parent[b]
-        apart = ra != rb
-        if not apart.any():
+        ra, rb = (a, b) if first else (parent[a], parent[b])  # every node is its own root at first
+        first = False
+        high, low = np.maximum(ra, rb), np.minimum(ra, rb)
+        apart = high != low
+        n_apart = int(np.count_nonzero(apart))
+        if not n_apart:
             break
-        a, b, ra, rb = a[apart], b[apart], ra[apart], rb[apart]  # edges inside a part never matter again
-        np.minimum.at(parent, np.maximum(ra, rb), np.minimum(ra, rb))
+        if n_apart < a.shape[0] // 2:  # edges inside a part never matter again (hooking a root onto itself is a no-op,
+            a, b, high, low = a[apart], b[apart], high[apart], low[apart]  # so they are dropped only when it pays)
+        np.minimum.at(parent, high, low)
         while True:
             jumped = parent[parent]
             if np.array_equal(jumped, parent):
                 break
             parent = jumped
     return np.unique(parent, return_inverse=True)[1].reshape(-1)
+
+
+def _unique_inverse(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(key, return_inverse=True)`` of non-negative int64 keys through one sort of ``key << bits | index``
+    (``bits`` for the positions) instead of an argsort: the same arrays, 10^6 keys in ~30 ms instead of ~100 ms.
+    Falls back to ``np.unique`` when the keys are too large to share 63 bits with their positions."""
+    n = key.shape[0]
+    bits = max(int(n - 1).bit_length(), 1)
+    if n < 2 or int(key.min()) < 0 or int(key.max()).bit_length() + bits > 62:
+        keys, inverse = np.unique(key, return_inverse=True)
+        return keys, inverse.reshape(-1)
+    packed = np.left_shift(key, bits, dtype=np.int64)
+    packed |= np.arange(n, dtype=np.int64)
+    packed.sort()
+    ordered = packed >> bits  # the keys in sorted order
+    first = np.empty(n, dtype=bool)
+    first[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
+    inverse = np.empty(n, dtype=np.intp)
+    inverse[packed & ((1 << bits) - 1)] = np.cumsum(first) - 1
+    return ordered[first], inverse
 
 
 def _small_key_space(n_models: int, n_labels: int) -> bool:
@@ -626,7 +652,11 @@ class AttentiveTables:
             return self._entries[0][1]
         evicted = self._entries[self.size - 1:]
         self._entries = self._entries[: self.size - 1]
-        if self.fast:
+        if self.fast and not np.any(s):  # EM's start from zeros: every cell is log sigmoid(0), as computed below
+            table = _unused(evicted, 2 * self.a.shape[0])
+            table = np.empty(2 * self.a.shape[0]) if table is None else table
+            table.fill(_fast_table(np.zeros(1), np.empty(1), None)[0])
+        elif self.fast:
             n = self.a.shape[0]
             # d = s[a] - s[b] in the work arrays (take's mode="wrap": no buffered copy; the codes are < K)
             d, work = self.scratch("d", n), self.scratch("work", n)

@@ -97,3 +97,43 @@ def test_inexact_sparse_newton_reaches_the_exact_optimum_from_a_warm_start():
     warm = fit_bradley_terry_pairs(table, w1, w0, 3.0, method="sparse", start=dense + rng.normal(0, 1e-3, k))
     np.testing.assert_allclose(cold, dense, rtol=0, atol=1e-10)
     np.testing.assert_allclose(warm, dense, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("n_users", [50, 3000])
+def test_cell_ordered_passes_equal_the_csr_passes(n_users):
+    """Above 64 models a block's passes go through its entries in cell order (``Block.entries_by_cell``): the cell
+    table of per-user weights is the CSR transpose's bit for bit (each cell's terms in user order both ways), the
+    per-user sums of a table equal the CSR mat-vec's to rounding (added in cell order instead of entry order);
+    with repeated (user, cell) entries and users without labels."""
+    from bayes_annot.block_em import make_block
+
+    rng = np.random.default_rng(5)
+    k, n = 200, 20000
+    user = rng.integers(0, n_users, n)
+    a = rng.integers(0, k, n)
+    b = (a + rng.integers(1, k, n)) % k
+    pairs, index = PairTable.from_labels(a, b, k)
+    cell = (2 * index + (rng.random(n) < 0.5)).astype(np.int32)
+    usable = rng.random(n) < 0.9
+    block = make_block(user, usable, k, cell=cell[usable], users=np.arange(n_users + 7), pairs=pairs)
+    assert block.cell_ordered_passes
+    weights, table = rng.random(n_users + 7), rng.normal(0, 3, block.n_cells)
+    csr = block.matrix()
+    assert np.array_equal(block.cell_sums_by_user(weights), csr.T @ weights)
+    assert np.array_equal(block.cell_totals, csr.T @ np.ones(n_users + 7))
+    np.testing.assert_allclose(block.user_table_sums(table), csr @ table, rtol=1e-13, atol=1e-13)
+    cells, users = block.entries_by_cell()
+    assert np.all(np.diff(cells) >= 0) and np.array_equal(np.sort(cells), np.sort(block.cell))
+
+
+def test_pair_keys_unique_inverse_equals_numpy_unique():
+    """``pairs._unique_inverse`` (one sort of packed key and position) is ``np.unique(return_inverse=True)``, also
+    where the keys are too large to pack (``np.unique`` itself) and for one key."""
+    from bayes_annot.pairs import _unique_inverse
+
+    rng = np.random.default_rng(6)
+    for n, high in [(50_000, 10**8), (3000, 40), (1, 5), (2000, 2**55)]:
+        key = rng.integers(0, high, n).astype(np.int64)
+        keys, inverse = _unique_inverse(key)
+        expected_keys, expected_inverse = np.unique(key, return_inverse=True)
+        assert np.array_equal(keys, expected_keys) and np.array_equal(inverse, expected_inverse)
