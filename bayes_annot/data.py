@@ -817,7 +817,8 @@ def named_index_as_columns(frame: pd.DataFrame) -> pd.DataFrame:
 
     A named index is data (a vote id, a timestamp): it is kept as a column of the rows and reads back with
     them. An unnamed index (the row positions, or labels pandas gives) is dropped, as ``to_csv(index=False)``
-    does. An index named as one of the columns is refused (one line naming it).
+    does. An index level that repeats the column of its name (``set_index("user", drop=False)``) is
+    dropped; one named as a column but holding other values is refused (one line naming it).
 
     Examples
     --------
@@ -828,6 +829,15 @@ def named_index_as_columns(frame: pd.DataFrame) -> pd.DataFrame:
     names = [name for name in frame.index.names if name is not None]
     if not names:
         return frame
+    # a level that repeats its column (``df.set_index("user", drop=False)``) holds nothing new: dropped
+    same = [name for name in names if name in frame.columns and names.count(name) == 1
+            and np.array_equal(frame.index.get_level_values(name).to_numpy(dtype=object),
+                               frame[name].to_numpy(dtype=object))]
+    if same:
+        frame = frame.reset_index(level=same, drop=True)
+        names = [name for name in names if name not in same]
+        if not names:
+            return frame
     for name in names:
         if name in frame.columns or names.count(name) > 1:
             where = "one of its columns" if name in frame.columns else "another level of the index"

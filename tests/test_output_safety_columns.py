@@ -54,6 +54,14 @@ def test_an_index_named_as_a_column_is_refused(log):
     assert "\n" not in str(caught.value)
 
 
+def test_an_index_that_repeats_its_column_fits_as_before(log):
+    """``set_index("user", drop=False)`` worked before named indexes were kept: the level adds nothing."""
+    plain = ba.fit(log)
+    repeated = ba.fit(log.set_index("user", drop=False))
+    assert repeated.rows.columns.tolist() == plain.rows.columns.tolist()
+    pd.testing.assert_frame_equal(repeated.users, plain.users)
+
+
 # --------------------------------------------------------------------------- 5. bytes mixed with text
 
 
