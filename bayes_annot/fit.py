@@ -546,6 +546,12 @@ class FitResult:
             check_dpo_target(dpo, check_target(directory, inputs), DPO_COLUMNS, inputs)
         if posterior is None:
             posterior = self.summary.get("engine") == "nuts"
+        if self.backend == "memory":  # a value no table gives back equal is refused before anything is written
+            from .tables import check_storable
+
+            source = getattr(self, "_rows_source", None)
+            if source is None or source.get("new_frame") is not None:
+                check_storable(self.input_rows() if source is None else source["new_frame"])
         base = getattr(self, "_update_base", None)  # an update of a saved folder: (that folder, the fit it held)
         expect = base[1] if base is not None and os.path.abspath(directory) == base[0] else None
         with ResultWriter(directory, inputs=inputs, fmt=format, safe_csv=safe_csv, on_wait=on_wait,

@@ -99,9 +99,83 @@ _SCALAR_CODECS = {
 
 
 #: A column that mixes text (or JSON values) with bytes, dates, times or decimals: each cell's text starts with a
-#: tag saying how to read it back (``"s"`` text, ``"j"`` JSON, else the type's tag of :data:`_SCALAR_CODECS`).
+#: tag saying how to read it back (``"s"`` text, ``"j"`` JSON, else the type's tag of :data:`_SCALAR_CODECS`,
+#: or of :data:`_EXACT_CODECS`: datetimes, pandas timestamps and timedeltas, numpy scalars).
 _TAG_OF = {bytes: "b", _dt.date: "d", _dt.time: "t", decimal.Decimal: "m"}
 _KIND_OF_TAG = {"b": "bytes", "d": "date", "t": "time", "m": "decimal"}
+
+
+def _datetime_text(value: _dt.datetime) -> str:
+    """A datetime as text that gives it back: ISO (with its offset) or, for a named zone (``zoneinfo``), the wall
+    time, ``fold`` and the zone's key."""
+    zone = value.tzinfo
+    if zone is None or isinstance(zone, _dt.timezone):
+        return value.isoformat()
+    return json.dumps([value.replace(tzinfo=None).isoformat(), value.fold, zone.key])  # no key: refused (checked)
+
+
+def _datetime_value(text: str) -> _dt.datetime:
+    if not text.startswith("["):
+        return _dt.datetime.fromisoformat(text)
+    import zoneinfo
+
+    wall, fold, key = json.loads(text)
+    return _dt.datetime.fromisoformat(wall).replace(tzinfo=zoneinfo.ZoneInfo(key), fold=fold)
+
+
+def _timestamp_text(value: pd.Timestamp) -> str:
+    return json.dumps([int(value.as_unit("ns").value) if value.unit == "ns" else value.isoformat(), value.unit,
+                       None if value.tz is None else str(value.tz)])
+
+
+def _timestamp_value(text: str) -> pd.Timestamp:
+    stamp, unit, zone = json.loads(text)
+    value = pd.Timestamp(stamp, unit="ns") if isinstance(stamp, int) else pd.Timestamp(stamp)
+    if zone is not None:
+        value = (value.tz_localize("UTC") if value.tz is None else value).tz_convert(zone)
+    return value.as_unit(unit)
+
+
+def _numpy_text(value) -> str:
+    return value.dtype.str + ":" + base64.b64encode(value.tobytes()).decode("ascii")
+
+
+def _numpy_value(text: str):
+    dtype, _, body = text.partition(":")
+    return np.frombuffer(base64.b64decode(body), dtype=np.dtype(dtype))[0]
+
+
+#: Tags of further scalar types, mixed with others in a column: tag -> (the type, its text, the value of that text).
+_EXACT_CODECS = {
+    "D": (_dt.datetime, _datetime_text, _datetime_value),
+    "P": (pd.Timestamp, _timestamp_text, _timestamp_value),
+    "e": (_dt.timedelta, lambda v: f"{v.days},{v.seconds},{v.microseconds}",
+          lambda t: _dt.timedelta(*map(int, t.split(",")))),
+    "Q": (pd.Timedelta, lambda v: json.dumps([int(v.as_unit("ns").value), v.unit]),
+          lambda t: pd.Timedelta(json.loads(t)[0], unit="ns").as_unit(json.loads(t)[1])),
+    "B": (np.bytes_, lambda v: base64.b64encode(bytes(v)).decode("ascii"), lambda t: np.bytes_(base64.b64decode(t))),
+    "U": (np.str_, str, np.str_),  # (an array drops their trailing NULs: not by "n")
+    "n": (np.generic, _numpy_text, _numpy_value),  # other numpy scalars (datetime64, int64, ...): their bytes
+}
+_EXACT_TAG_OF = {kind: tag for tag, (kind, _, _) in _EXACT_CODECS.items() if kind is not np.generic}
+#: Cells the JSON encoding gives back as they were (a numpy array comes back as a list, as documented).
+_JSON_SCALARS = (str, int, float, bool, type(None))
+#: Cells of a column written as JSON; a column holding any other type is tagged cell by cell.
+_JSON_CELLS = frozenset({*_JSON_SCALARS, list, dict, np.ndarray})
+
+
+def _exact_json(value) -> bool:
+    """Whether ``json.loads(json.dumps(value))`` gives ``value`` back (arrays: as lists)."""
+    kind = type(value)
+    if kind in _JSON_SCALARS:
+        return True
+    if kind is list:
+        return all(_exact_json(v) for v in value)
+    if kind is dict:
+        return all(type(k) is str and _exact_json(v) for k, v in value.items())
+    if kind is np.ndarray:
+        return value.dtype.kind in "biufU" or (value.dtype == object and all(_exact_json(v) for v in value.flat))
+    return False
 
 
 def _tagged(value) -> str:
@@ -111,6 +185,9 @@ def _tagged(value) -> str:
     tag = _TAG_OF.get(kind)
     if tag is not None:
         return tag + _SCALAR_CODECS[_KIND_OF_TAG[tag]][1](value)
+    tag = _EXACT_TAG_OF.get(kind, "n" if isinstance(value, np.generic) else None)
+    if tag is not None:
+        return tag + _EXACT_CODECS[tag][1](value)
     return "j" + json.dumps(value, ensure_ascii=False, default=_json_default)
 
 
@@ -120,7 +197,32 @@ def _untagged(text: str):
         return body
     if tag == "j":
         return json.loads(body)
+    if tag in _EXACT_CODECS:
+        return _EXACT_CODECS[tag][2](body)
     return _SCALAR_CODECS[_KIND_OF_TAG[tag]][2](body)
+
+
+def _unsavable(series: pd.Series, position: int, value) -> InputError:
+    shown = repr(value).replace("\n", " ")
+    shown = shown if len(shown) <= 80 else shown[:77] + "..."
+    return InputError(
+        f"column '{series.name}' holds {shown} ({type(value).__name__}, row {position}), which a saved table "
+        "cannot give back equal: convert the column (e.g. to text) before saving"
+    )
+
+
+def _check_tagged(series: pd.Series, position: int, value, text: str) -> None:
+    """Refuse a cell whose tagged text does not give back the same value (type, value, time zone, unit)."""
+    if text[:1] == "j":
+        faithful = _exact_json(value)
+    else:
+        try:
+            back = _untagged(text)
+            faithful = type(back) is type(value) and repr(back) == repr(value) and bool(back == value or value != value)
+        except Exception:
+            faithful = False
+    if not faithful:
+        raise _unsavable(series, position, value)
 
 
 def _missing_mask(values: np.ndarray) -> np.ndarray:
@@ -156,19 +258,37 @@ def _encode_column(series: pd.Series) -> tuple[pd.Series, dict]:
         scalar = _SCALAR_CODECS.get(kind)  # bytes, dates, times, decimals: as text that gives them back exactly
         if scalar is not None and all(type(v) is scalar[0] for v, m in zip(values, missing) if not m):
             for i, v in enumerate(values):
-                encoded[i] = None if missing[i] else scalar[1](v)
+                if not missing[i]:
+                    encoded[i] = scalar[1](v)
+                    _check_tagged(series, i, v, _TAG_OF[scalar[0]] + encoded[i])
             meta["codec"] = kind
             return pd.Series(encoded, index=series.index, dtype="string"), meta
-        if any(type(v) in _TAG_OF for v, m in zip(values, missing) if not m):  # mixed: each cell says its type
+        if any(type(v) not in _JSON_CELLS for v, m in zip(values, missing) if not m):  # mixed: each cell says its type
             for i, v in enumerate(values):
-                encoded[i] = None if missing[i] else _tagged(v)
+                if not missing[i]:
+                    encoded[i] = _tagged(v)
+                    _check_tagged(series, i, v, encoded[i])
             meta["codec"] = "tagged"
             return pd.Series(encoded, index=series.index, dtype="string"), meta
         for i, v in enumerate(values):
-            encoded[i] = None if missing[i] else json.dumps(v, ensure_ascii=False, default=_json_default)
+            if not missing[i]:
+                if not _exact_json(v):
+                    raise _unsavable(series, i, v)
+                encoded[i] = json.dumps(v, ensure_ascii=False, default=_json_default)
         meta["codec"] = "json"
         return pd.Series(encoded, index=series.index, dtype="string"), meta
     return series, meta
+
+
+def check_storable(frame: pd.DataFrame) -> None:
+    """Raise :class:`InputError` (one line, naming the column, the value and its row) when a cell of ``frame``
+    cannot be written so that it reads back equal (e.g. a tuple, or a list holding a date): called before a
+    folder is written, so a refused value leaves nothing behind. Only object columns that are not all text
+    are looked at (their cells are encoded one by one anyway)."""
+    for position in range(frame.shape[1]):
+        column = frame.iloc[:, position]
+        if column.dtype == object and pd.api.types.infer_dtype(column, skipna=True) not in ("string", "empty"):
+            _encode_column(column.rename(str(frame.columns[position])))
 
 
 def _escape_formulas(table, columns: Iterable[str]):

@@ -88,3 +88,49 @@ def test_a_column_mixing_bytes_and_text_reads_back_exactly(tmp_path, log, fmt):
         for name, values in extra.items():
             got = back[name].tolist()
             assert got == values and [type(v) for v in got] == [type(v) for v in values], name
+
+
+# --------------------------------------------------------------------------- 6. datetimes and numpy scalars mixed
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_datetimes_and_numpy_scalars_mixed_with_text_read_back_exactly(tmp_path, log, fmt):
+    """An object column of datetimes (``datetime``, ``pd.Timestamp``, ``np.datetime64``), numpy scalars
+    (``np.bytes_``, ``np.int64``) or timedeltas among other values went through the JSON encoding: datetimes came
+    back as ISO text, ``np.datetime64`` as an integer, ``np.bytes_`` as text, ``np.int64`` as ``int``."""
+    import datetime as dt
+    import zoneinfo
+
+    n = len(log)
+    paris = zoneinfo.ZoneInfo("Europe/Paris")
+    extra = {
+        "when": [dt.datetime(2024, 1, 1, 12, 30, i % 60) if i % 2 else "unknown" for i in range(n)],
+        "zoned": [dt.datetime(2024, 10, 27, 2, 30, fold=i % 2, tzinfo=paris) if i % 3 else dt.datetime(2024, 1, 1)
+                  for i in range(n)],
+        "stamp": [pd.Timestamp("2024-01-01 12:00:00.000000001", tz="UTC") if i % 2 else
+                  pd.Timestamp("2024-03-01", tz="Europe/Paris") if i % 3 else "x" for i in range(n)],
+        "np_time": [np.datetime64("2024-01-01T00:00:00.123456789") if i % 2 else i for i in range(n)],
+        "np_bytes": [np.bytes_(b"ab\x00") if i % 2 else "ab" for i in range(n)],
+        "np_int": [np.int64(i) if i % 2 else np.float32(0.1) for i in range(n)],
+        "span": [dt.timedelta(seconds=i) if i % 2 else pd.Timedelta(i, unit="ms") for i in range(n)],
+    }
+    given = log.assign(**{name: pd.Series(values, dtype=object) for name, values in extra.items()})
+    back = ba.load(ba.fit(given).save(tmp_path / "res", format=fmt)).rows
+    for name, values in extra.items():
+        got = back[name].tolist()
+        assert [type(v) for v in got] == [type(v) for v in values], name
+        assert [repr(v) for v in got] == [repr(v) for v in values], name
+        assert all(bool(a == b) for a, b in zip(got, values)), name  # np.bytes_ keeps its trailing NUL
+
+
+@pytest.mark.parametrize("value", [(1, 2), {"at": pd.Timestamp("2024-01-01")}, [b"\xff"], {1: "int key"}])
+def test_a_value_no_table_gives_back_is_refused_before_anything_is_written(tmp_path, log, value):
+    """A tuple, or a list / dict holding a date, bytes or a non-text key, was written as JSON and read back as
+    something else (a list, text, a text key). Saving now refuses in one line naming the column and the value,
+    and writes nothing: not the folder, not even its missing parent."""
+    given = log.assign(odd=pd.Series([value if i == 3 else "plain" for i in range(len(log))], dtype=object))
+    result = ba.fit(given)
+    with pytest.raises(InputError, match="column 'odd' holds .*row 3") as caught:
+        result.save(tmp_path / "new" / "res")
+    assert "\n" not in str(caught.value) and repr(value)[:10] in str(caught.value)
+    assert list(tmp_path.iterdir()) == []
