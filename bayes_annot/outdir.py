@@ -326,7 +326,8 @@ def _mark(folder: Path, target: Path, role: str, name: str | None = None) -> Non
     record = {"bayes_annot_staging": 1, "role": role, "target": target.name, "name": name or folder.name,
               "inode": _inode(folder)}
     tmp = folder / (STAGING_MARK + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)  # a link there is not followed
+    with os.fdopen(os.open(tmp, flags, 0o666), "w", encoding="utf-8") as handle:
         json.dump(record, handle)
     os.replace(tmp, folder / STAGING_MARK)
 
@@ -847,6 +848,44 @@ def is_temp(path) -> bool:
 # --------------------------------------------------------------------------- reading
 
 
+def _fd_path(fd: int) -> str | None:
+    """Where the open folder ``fd`` is now (Linux ``/proc``), or ``None``."""
+    try:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
+    return None if path.endswith(" (deleted)") else path
+
+
+def open_inside(dir_fd: int, name: str, folder) -> int:
+    """``name`` of the open folder ``dir_fd`` opened for reading; a symbolic link that resolves outside the
+    folder (``rows.csv`` -> a file elsewhere) is refused with one line naming ``folder`` and ``name``, as a
+    manifest naming ``../x`` is, so a result folder never makes the package read another file."""
+    fd = os.open(name, os.O_RDONLY, dir_fd=dir_fd)
+    try:
+        check_inside(dir_fd, name, folder)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def check_inside(dir_fd: int, name: str, folder) -> None:
+    """Raise :class:`InputError` when ``name`` in the open folder ``dir_fd`` is (or goes through) a symbolic link
+    that resolves outside it (see :func:`open_inside`)."""
+    try:
+        linked = stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return  # gone meanwhile: its open fails or failed by itself
+    if not linked and "/" not in name:
+        return
+    home = _fd_path(dir_fd) or os.path.realpath(str(folder))
+    real = os.path.realpath(os.path.join(home, name))
+    if not real.startswith(home.rstrip(os.sep) + os.sep):
+        raise InputError(f"results folder '{folder}' holds '{name}', a symbolic link to '{real}' outside the folder: "
+                         "not read (put the file itself in the folder)")
+
+
 class PinnedFolder:
     """A result folder opened once: every file is read relative to the same folder handle."""
 
@@ -873,11 +912,12 @@ class PinnedFolder:
 
     def open(self, name: str):
         """``name`` opened for reading (binary), relative to the pinned folder."""
-        return os.fdopen(os.open(self._inside(name), os.O_RDONLY, dir_fd=self.fd), "rb")
+        return os.fdopen(open_inside(self.fd, self._inside(name), self.path), "rb")
 
     def os_path(self, name: str) -> str:
         """A path to ``name`` that stays in this folder even if it is replaced (Linux ``/proc``), for libraries that need a path."""
         pinned_path = f"/proc/self/fd/{self.fd}/{self._inside(name)}"
+        check_inside(self.fd, name, self.path)
         return pinned_path if os.path.exists(pinned_path) else str(self.path / name)
 
     def read_text(self, name: str) -> str:

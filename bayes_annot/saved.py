@@ -227,6 +227,7 @@ class UpdateFolder:
     parts: list  # (part description, open binary file)
     rows_meta: dict
     dir_fd: int | None = None  # the folder, open (the parts are linked by name from it)
+    path: Path | None = None  # the folder's path (named in errors)
 
     def __post_init__(self):
         import weakref
@@ -240,7 +241,9 @@ class UpdateFolder:
             raise OSError(2, "not a file of the folder", name)
         if self.dir_fd is None:
             raise OSError(2, "the folder is not open", name)
-        handle = os.fdopen(os.open(name, os.O_RDONLY, dir_fd=self.dir_fd), "rb")
+        from .outdir import open_inside
+
+        handle = os.fdopen(open_inside(self.dir_fd, name, self.path), "rb")
         self._handles.append(handle)
         return handle
 
@@ -317,7 +320,7 @@ def _read_update_folder(folder) -> UpdateFolder | None:
             handle.close()
         raise
     return UpdateFolder(small["users"], small["models"], summary, manifest, state_file, parts, rows_meta,
-                        os.dup(folder.fd))
+                        os.dup(folder.fd), folder.path)
 
 
 _REQUIRED_SUMMARY = ("variant", "strengths", "parameters", "settings")

@@ -98,3 +98,57 @@ def test_a_damaged_posterior_does_not_block_an_update(tmp_path, logs, capsys, fm
     updated = ba.load(out)
     assert len(updated.rows) == n_rows
     assert not (out / "posterior.nc").exists() and updated.idata is None
+
+
+# --------------------------------------------------------------------------- 4. a symbolic link inside the folder
+
+
+def snapshot(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): (p.is_symlink(), p.read_bytes()) for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.mark.parametrize("where", ["table", "part", "update_state", "posterior"])
+def test_a_table_that_links_outside_the_folder_is_refused(tmp_path, logs, capsys, where):
+    """A folder entry replaced by a symbolic link to a file elsewhere (here a copy of the entry itself, so the
+    old code read it without complaint) was followed by load(), report DIR and --update DIR, as a manifest
+    naming '../x' was before it was refused. Now refused in one line naming the folder and the entry; an
+    update in place leaves the folder, the link and the file it points to as they were."""
+    old, new, _ = logs
+    out = tmp_path / "res"
+    fmt = "csv" if where in ("table", "posterior") else "parquet"
+    ba.fit(str(old)).save(out, format=fmt, posterior=where == "posterior")
+    if where == "part":
+        assert main(["fit", str(new), "--update", str(out), "--out", str(out), "--quiet"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    name = {"table": "rows.csv", "part": lambda: manifest["tables"]["rows"]["parts"][0]["file"],
+            "update_state": lambda: manifest["update_state"]["file"], "posterior": "posterior.nc"}[where]
+    name = name if isinstance(name, str) else name()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.move(out / name, elsewhere / name)
+    (out / name).symlink_to(elsewhere / name)
+    before, outside = snapshot(out), (elsewhere / name).read_bytes()
+    capsys.readouterr()
+    if where != "update_state":  # the side file is read by --update only
+        with pytest.raises(InputError, match="symbolic link") as caught:
+            ba.load(out)
+        assert str(out) in str(caught.value) and name in str(caught.value) and "\n" not in str(caught.value)
+        assert main(["report", str(out), "--quiet"]) == 2
+        line = one_error_line(capsys)
+        assert str(out) in line and name in line
+    if where != "posterior":  # an update neither reads nor keeps the posterior
+        assert main(["fit", str(new), "--update", str(out), "--out", str(out), "--quiet"]) == 2
+        line = one_error_line(capsys)
+        assert str(out) in line and name in line and "symbolic link" in line
+    assert snapshot(out) == before and (elsewhere / name).read_bytes() == outside
+
+
+def test_a_link_inside_the_folder_to_a_file_of_it_is_read(tmp_path, logs):
+    """A link that stays inside the folder names a file of the folder: nothing outside is read."""
+    old, _, n_rows = logs
+    out = tmp_path / "res"
+    ba.fit(str(old)).save(out)
+    (out / "rows.csv").rename(out / "rows-copy.csv")
+    (out / "rows.csv").symlink_to("rows-copy.csv")
+    assert len(ba.load(out).rows) == n_rows - 40
