@@ -573,8 +573,12 @@ class ResultWriter:
         file_name = table_file_name(name, self.fmt)
         with open(self.path(file_name), "wb") as handle:
             writer = CsvStreamWriter(handle, self.fmt, safe_csv=self.safe_csv)
-            for part in parts:
-                writer.write(part)
+            try:
+                for part in parts:
+                    writer.write(part)
+            except BaseException:
+                writer.discard()
+                raise
             meta = writer.close()
         meta.update(file=file_name, **extra)
         self.tables[name] = meta

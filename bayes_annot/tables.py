@@ -202,11 +202,15 @@ def _untagged(text: str):
     return _SCALAR_CODECS[_KIND_OF_TAG[tag]][2](body)
 
 
-def _unsavable(series: pd.Series, position: int, value) -> InputError:
+def _shown(value) -> str:
+    """``value``'s repr on one line, at most 80 characters (for an error message)."""
     shown = repr(value).replace("\n", " ")
-    shown = shown if len(shown) <= 80 else shown[:77] + "..."
+    return shown if len(shown) <= 80 else shown[:77] + "..."
+
+
+def _unsavable(series: pd.Series, position: int, value) -> InputError:
     return InputError(
-        f"column '{series.name}' holds {shown} ({type(value).__name__}, row {position}), which a saved table "
+        f"column '{series.name}' holds {_shown(value)} ({type(value).__name__}, row {position}), which a saved table "
         "cannot give back equal: convert the column (e.g. to text) before saving"
     )
 
@@ -236,8 +240,9 @@ def _missing_mask(values: np.ndarray) -> np.ndarray:
     return out
 
 
-def _encode_column(series: pd.Series) -> tuple[pd.Series, dict]:
-    """A column as Arrow can write it, and how to give it back its values."""
+def _encode_column(series: pd.Series, offset: int = 0) -> tuple[pd.Series, dict]:
+    """A column as Arrow can write it, and how to give it back its values (``offset``: the row number of its
+    first cell, named in a refusal)."""
     dtype = series.dtype
     meta: dict = {"dtype": str(dtype), "codec": None}
     if isinstance(dtype, pd.CategoricalDtype):
@@ -254,30 +259,47 @@ def _encode_column(series: pd.Series) -> tuple[pd.Series, dict]:
             return series.where(series.notna(), None).astype("string"), meta
         values = series.to_numpy(dtype=object)
         missing = _missing_mask(values)
-        encoded = np.empty(len(values), dtype=object)
         scalar = _SCALAR_CODECS.get(kind)  # bytes, dates, times, decimals: as text that gives them back exactly
         if scalar is not None and all(type(v) is scalar[0] for v, m in zip(values, missing) if not m):
-            for i, v in enumerate(values):
-                if not missing[i]:
-                    encoded[i] = scalar[1](v)
-                    _check_tagged(series, i, v, _TAG_OF[scalar[0]] + encoded[i])
             meta["codec"] = kind
-            return pd.Series(encoded, index=series.index, dtype="string"), meta
-        if any(type(v) not in _JSON_CELLS for v, m in zip(values, missing) if not m):  # mixed: each cell says its type
-            for i, v in enumerate(values):
-                if not missing[i]:
-                    encoded[i] = _tagged(v)
-                    _check_tagged(series, i, v, encoded[i])
+        elif any(type(v) not in _JSON_CELLS for v, m in zip(values, missing) if not m):  # mixed: each cell says its type
             meta["codec"] = "tagged"
-            return pd.Series(encoded, index=series.index, dtype="string"), meta
-        for i, v in enumerate(values):
-            if not missing[i]:
-                if not _exact_json(v):
-                    raise _unsavable(series, i, v)
-                encoded[i] = json.dumps(v, ensure_ascii=False, default=_json_default)
-        meta["codec"] = "json"
-        return pd.Series(encoded, index=series.index, dtype="string"), meta
+        else:
+            meta["codec"] = "json"
+        return _encode_cells(series, meta["codec"], offset, values, missing), meta
     return series, meta
+
+
+def _encode_cells(series: pd.Series, codec: str, offset: int = 0, values=None, missing=None,
+                  refusal=None) -> pd.Series:
+    """The cells of an object column as text by ``codec`` (``json``, ``tagged`` or a scalar codec), each checked
+    to give back its value; a cell that does not raises ``refusal(position, value)`` (default: :func:`_unsavable`)."""
+    if values is None:
+        values = series.to_numpy(dtype=object)
+        missing = _missing_mask(values)
+    refusal = refusal or (lambda position, value: _unsavable(series, position, value))
+    encoded = np.empty(len(values), dtype=object)
+    scalar = _SCALAR_CODECS.get(codec)
+    for i, v in enumerate(values):
+        if missing[i]:
+            continue
+        if codec == "json":
+            if not _exact_json(v):
+                raise refusal(offset + i, v)
+            encoded[i] = json.dumps(v, ensure_ascii=False, default=_json_default)
+            continue
+        if scalar is not None:
+            if type(v) is not scalar[0]:
+                raise refusal(offset + i, v)
+            encoded[i] = scalar[1](v)
+            text = _TAG_OF[scalar[0]] + encoded[i]
+        else:
+            encoded[i] = text = _tagged(v)
+        try:
+            _check_tagged(series, offset + i, v, text)
+        except InputError:
+            raise refusal(offset + i, v) from None
+    return pd.Series(encoded, index=series.index, dtype="string")
 
 
 def check_storable(frame: pd.DataFrame) -> None:
@@ -321,8 +343,9 @@ def _unescape_formulas(table, columns: Iterable[str]):
     return table
 
 
-def to_arrow(frame: pd.DataFrame) -> tuple[object, list[dict]]:
-    """The frame as an Arrow table (no index) and the per-column restoration records."""
+def to_arrow(frame: pd.DataFrame, offset: int = 0) -> tuple[object, list[dict]]:
+    """The frame as an Arrow table (no index) and the per-column restoration records (``offset``: the row
+    number of the frame's first row, named in a refusal)."""
     import pyarrow as pa
 
     names = [str(c) for c in frame.columns]
@@ -332,7 +355,7 @@ def to_arrow(frame: pd.DataFrame) -> tuple[object, list[dict]]:
     arrays, metas = [], []
     for position, name in enumerate(names):
         column = frame.iloc[:, position]
-        encoded, meta = _encode_column(column)
+        encoded, meta = _encode_column(column.rename(name), offset)
         meta["name"] = name
         if meta["codec"] == "category":  # the category text of each code, decoded by Arrow (no Python objects)
             array = pa.Array.from_pandas(column).cast(pa.large_string())
@@ -417,7 +440,13 @@ class CsvStreamWriter:
     """Write a table partition by partition into one CSV or parquet file (Dask rows).
 
     The column encodings are fixed by the first partition; later partitions
-    are encoded the same way.
+    are encoded the same way: a column the first partitions left empty takes
+    the encoding of the first partition that has a value, a column written
+    as JSON or tagged cells takes a later partition's values in that encoding,
+    and a category column keeps the categories of every partition.
+    A later partition whose values the fixed encoding cannot give back (an
+    integer column that turns to bytes) is refused with one line naming the
+    column, the value and its row (the folder being written is then dropped).
     """
 
     def __init__(self, sink, fmt: str, *, safe_csv: bool = False):
@@ -434,21 +463,72 @@ class CsvStreamWriter:
         import pyarrow.csv as pa_csv
         import pyarrow.parquet as pq
 
-        table, metas = to_arrow(frame)
+        table, metas = to_arrow(frame, self.rows)
         if self.metas is None:
             self.metas, self.schema = metas, table.schema
+            self.empty = [table.column(i).null_count == table.num_rows for i in range(table.num_columns)]
             if self.fmt == "csv":
                 _write_header(self.sink, self.schema.names)
                 self.writer = pa_csv.CSVWriter(self.sink, self.schema, write_options=_no_header())
             else:
                 self.writer = pq.ParquetWriter(self.sink, self.schema)
-        elif table.schema != self.schema:
-            table = pa.Table.from_arrays([table.column(i).cast(f.type) for i, f in enumerate(self.schema)],
-                                         schema=self.schema)
+        else:
+            table = self._as_first(frame, table, metas)
+        if table.schema != self.schema:
+            try:
+                table = pa.Table.from_arrays([table.column(i).cast(f.type) for i, f in enumerate(self.schema)],
+                                             schema=self.schema)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                name = next(f.name for i, f in enumerate(self.schema) if not table.column(i).type.equals(f.type))
+                raise InputError(f"column '{name}' has another type in rows {self.rows}-{self.rows + table.num_rows - 1} "
+                                 f"than in the rows before ({exc}): give the column one type before fitting") from None
         if self.safe_csv:
             table = _escape_formulas(table, _text_columns(table, self.metas))
         self.writer.write_table(table)
         self.rows += table.num_rows
+
+    def _as_first(self, frame: pd.DataFrame, table, metas: list[dict]):
+        """A later partition's table encoded as the first partition fixed each column (see the class)."""
+        import pyarrow as pa
+
+        for i, (fixed, meta) in enumerate(zip(self.metas, metas)):
+            column_empty = table.column(i).null_count == table.num_rows
+            if meta == fixed or column_empty:
+                self.empty[i] = self.empty[i] and column_empty
+                continue
+            if self.empty[i] and fixed.get("codec") == "text" and table.schema.field(i).type.equals(self.schema.field(i).type):
+                self.metas[i], self.empty[i] = meta, False  # nothing written yet but missing cells: any encoding reads them
+                continue
+            if fixed.get("codec") == meta.get("codec") == "category" and not (fixed["ordered"] or meta["ordered"]):
+                known = set(fixed["categories"])  # categories a partition has of its own (unknown to Dask): all kept
+                fixed["categories"] = fixed["categories"] + [c for c in meta["categories"] if c not in known]
+                continue
+            series = frame.iloc[:, i].rename(fixed["name"])
+            if fixed.get("codec") in ("json", "tagged") and series.dtype == object:
+                def refusal(position, value, codec=fixed["codec"], name=fixed["name"]):
+                    return InputError(
+                        f"column '{name}' holds {_shown(value)} ({type(value).__name__}) in row {position}, which the rows "
+                        f"before did not prepare for (they are written as {codec}): give the column one type before "
+                        "fitting (e.g. .astype(str))")
+
+                encoded = _encode_cells(series, fixed["codec"], self.rows, refusal=refusal)
+                array = pa.Array.from_pandas(encoded)
+                table = table.set_column(i, pa.field(fixed["name"], array.type), array)
+                continue
+            raise InputError(
+                f"column '{fixed['name']}' is {meta.get('codec') or meta['dtype']} in rows from {self.rows} on "
+                f"(e.g. {_shown(_first_value(series))}) but {fixed.get('codec') or fixed['dtype']} in the rows before, which cannot both be "
+                "written in one table: give the column one type before fitting (e.g. .astype(str))")
+        return table
+
+    def discard(self) -> None:
+        """Stop writing after a failure (the file is incomplete: its writer drops it)."""
+        if self.writer is not None:
+            try:
+                self.writer.close()
+            except Exception:  # the sink may be closed or full: the file is dropped anyway
+                pass
+            self.writer = None
 
     def close(self) -> dict:
         """Finish the file; returns the table's description (as :func:`write_table` does)."""
@@ -461,6 +541,12 @@ class CsvStreamWriter:
             "schema": base64.b64encode(self.schema.serialize().to_pybytes()).decode("ascii") if self.schema else None,
             "safe_csv": self.safe_csv,
         }
+
+
+def _first_value(series: pd.Series):
+    """The first value of ``series`` that is not missing (``None`` if all are)."""
+    present = series[series.notna()]
+    return present.iloc[0] if len(present) else None
 
 
 def _restore(series: pd.Series, meta: dict) -> pd.Series:

@@ -134,3 +134,68 @@ def test_a_value_no_table_gives_back_is_refused_before_anything_is_written(tmp_p
         result.save(tmp_path / "new" / "res")
     assert "\n" not in str(caught.value) and repr(value)[:10] in str(caught.value)
     assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- 7. Dask rows: a column changing type
+
+
+def _two_partitions(log, column):
+    """A Dask frame of ``log`` + ``column`` (object, kept as it is) in two partitions; the row where the second starts."""
+    import dask
+    import dask.dataframe as dd
+
+    first = (len(log) + 1) // 2
+    with dask.config.set({"dataframe.convert-string": False}):
+        ddf = dd.from_pandas(log.assign(extra=pd.Series(column, dtype=object)), npartitions=2, sort=False)
+    assert [len(p) for p in ddf.partitions] == [first, len(log) - first]
+    return ddf, first
+
+
+def _switching(log, before, after):
+    first = (len(log) + 1) // 2
+    return [before(i) if i < first else after(i) for i in range(len(log))]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+@pytest.mark.parametrize("case", ["int_then_text", "missing_then_int", "mixed_then_text", "int_then_lists"])
+def test_dask_rows_whose_column_changes_type_read_back_exactly(tmp_path, log, fmt, case):
+    """Dask rows are written partition by partition with the encodings of the first: integers (JSON) then text
+    wrote the text raw into a JSON column (the folder could not be read back), a column empty in the first
+    partition was written as text (later integers came back as str). Each now reads back as it was."""
+    before, after = {
+        "int_then_text": (lambda i: i, lambda i: f"t{i}"),
+        "missing_then_int": (lambda i: None, lambda i: i),
+        "mixed_then_text": (lambda i: b"\xff" if i % 2 else "a", lambda i: f"t{i}"),
+        "int_then_lists": (lambda i: i, lambda i: [i, {"k": "v"}]),
+    }[case]
+    values = _switching(log, before, after)
+    ddf, _ = _two_partitions(log, values)
+    back = ba.load(ba.fit(ddf).save(tmp_path / "res", format=fmt)).rows["extra"].tolist()
+    assert back == values and [type(v) for v in back] == [type(v) for v in values]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_dask_category_columns_keep_every_partitions_categories(tmp_path, log, fmt):
+    """``ddf[c].astype("category")`` leaves the categories unknown: each partition has its own. The first
+    partition's were written as the column's, so every value of a later partition read back as missing."""
+    ddf, first = _two_partitions(log, _switching(log, lambda i: f"a{i % 3}", lambda i: f"b{i % 3}"))
+    ddf["extra"] = ddf["extra"].astype("category")
+    back = ba.load(ba.fit(ddf).save(tmp_path / "res", format=fmt)).rows["extra"]
+    assert back.astype(object).tolist() == _switching(log, lambda i: f"a{i % 3}", lambda i: f"b{i % 3}")
+
+
+@pytest.mark.parametrize("case", ["int_then_bytes", "text_then_int", "bytes_then_text"])
+def test_dask_rows_whose_column_cannot_keep_one_encoding_are_refused(tmp_path, log, case):
+    """A later partition the first one's encoding cannot hold (bytes after integers written as JSON, integers
+    after text): refused in one line naming the column, the value and its row; nothing is left behind."""
+    before, after = {
+        "int_then_bytes": (lambda i: i, lambda i: b"\xff"),
+        "text_then_int": (lambda i: f"t{i}", lambda i: i),
+        "bytes_then_text": (lambda i: b"\xff", lambda i: "t"),
+    }[case]
+    ddf, first = _two_partitions(log, _switching(log, before, after))
+    result = ba.fit(ddf)
+    with pytest.raises(InputError, match=f"column 'extra' .*{first}") as caught:
+        result.save(tmp_path / "res")
+    assert "\n" not in str(caught.value)
+    assert list(tmp_path.iterdir()) == []
