@@ -234,7 +234,8 @@ class Block:
         user order (cached). A pass then reads and writes the cell tables in order and only the per-user arrays
         at random: 10^6 labels over 10^6 pairs, 6 + 8 ms against the CSR mat-vecs' 11 + 16 ms (AMD EPYC, loaded),
         which gather from and scatter into the cell table at random."""
-        if self._by_cell is None:
+        by_cell = self._by_cell  # read once: a compact() on another thread may reset the cache meanwhile
+        if by_cell is None:
             n_users = self.users.shape[0]
             user = np.repeat(np.arange(n_users, dtype=np.int64), np.diff(self.indptr))
             bits = max(int(n_users - 1).bit_length(), 1)
@@ -248,16 +249,18 @@ class Block:
             else:
                 order = _sort_order(self.cell)
                 cell, user = self.cell[order], user[order]
-            self._by_cell = (cell.astype(np.intp, copy=False), user.astype(np.intp, copy=False))
-        return self._by_cell
+            by_cell = (cell.astype(np.intp, copy=False), user.astype(np.intp, copy=False))
+            self._by_cell = by_cell  # one assignment of the finished pair
+        return by_cell
 
     def entry_choice(self) -> np.ndarray:
         """Per entry: 1 when ``model_a`` was chosen (cached)."""
         if not self.learned:
             return self.choice
-        if self._entry_choice is None:
-            self._entry_choice = (self.cell & 1).astype(np.int8)
-        return self._entry_choice
+        choice = self._entry_choice  # read once (as entries_by_cell)
+        if choice is None:
+            choice = self._entry_choice = (self.cell & 1).astype(np.int8)
+        return choice
 
     def casual_index(self) -> np.ndarray:
         """Per entry: ``2 * casual_cell + choice``, the entry of the casual table (casual covariates only)."""
