@@ -152,3 +152,29 @@ def test_a_link_inside_the_folder_to_a_file_of_it_is_read(tmp_path, logs):
     (out / "rows.csv").rename(out / "rows-copy.csv")
     (out / "rows.csv").symlink_to("rows-copy.csv")
     assert len(ba.load(out).rows) == n_rows - 40
+
+
+# --------------------------------------------------------------------------- 5. a read-only previous result
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_a_read_only_result_is_updated_elsewhere_and_refused_in_place(tmp_path, logs, capsys, monkeypatch, fmt):
+    """Guard (passes on the code before this session too; a real read-only folder, checked by hand without
+    CAP_DAC_OVERRIDE, behaves the same): ``--update DIR --out DIR`` of a folder that cannot be written fails in
+    one line before anything is read or fitted, DIR as it was; ``--update DIR --out NEW`` only reads DIR.
+    os.access stands in for chmod (root passes any permission check)."""
+    import os
+
+    old, new, n_rows = logs
+    out = tmp_path / "res"
+    assert main(["fit", str(old), "--out", str(out), "--format", fmt, "--quiet"]) == 0
+    before = snapshot(out)
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if Path(p) == out and mode & os.W_OK
+                        else real_access(p, mode, **kw))
+    capsys.readouterr()
+    assert main(["fit", str(new), "--update", str(out), "--out", str(out), "--quiet"]) == 2
+    assert "not writable" in one_error_line(capsys)
+    assert snapshot(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["res"]
+    assert main(["fit", str(new), "--update", str(out), "--out", str(tmp_path / "res2"), "--quiet"]) == 0
+    assert snapshot(out) == before and len(ba.load(tmp_path / "res2").rows) == n_rows
