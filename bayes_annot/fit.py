@@ -546,10 +546,12 @@ class FitResult:
             check_dpo_target(dpo, check_target(directory, inputs), DPO_COLUMNS, inputs)
         if posterior is None:
             posterior = self.summary.get("engine") == "nuts"
-        if self.backend == "memory":  # a value no table gives back equal is refused before anything is written
+        checked = self.backend == "memory"  # a value no table gives back equal is refused before anything is written
+        if checked:
             from .tables import check_storable
 
             source = getattr(self, "_rows_source", None)
+            checked = source is None  # (a fast update's saved rows were checked when written; its new rows here)
             if source is None or source.get("new_frame") is not None:
                 check_storable(self.input_rows() if source is None else source["new_frame"])
         base = getattr(self, "_update_base", None)  # an update of a saved folder: (that folder, the fit it held)
@@ -569,7 +571,7 @@ class FitResult:
                 # parquet: each row's codes (in files an update links unchanged) for the side file and the row parts
                 codes = _write_row_codes(out, self) if format == "parquet" and self.backend == "memory" else None
                 if not (codes is not None and _write_row_parts(out, self, renamed, codes)):
-                    out.table("rows", self.rows, renamed_input_columns=renamed)
+                    out.table("rows", self.rows, checked=checked, renamed_input_columns=renamed)
                 if codes is not None:
                     _write_update_state(out, self, codes)
             out.json("summary.json", self.summary)
@@ -1656,7 +1658,7 @@ def _write_row_parts(out, result: FitResult, renamed: dict, codes) -> bool:
         frame = new_frame.rename(columns=renames) if renames else new_frame
         if [str(c) for c in frame.columns] != list(template["input_columns"]):
             return False
-        table, metas = to_arrow(frame)
+        table, metas = to_arrow(frame, checked=True)  # (save() checked the new rows)
         typed = {m["name"]: m for m in template["columns"]}
         if any({k: v for k, v in m.items()} != typed.get(m["name"]) for m in metas):
             return False

@@ -555,13 +555,14 @@ class ResultWriter:
             self.files.append(rel.as_posix())
         return full
 
-    def table(self, name: str, frame, **extra) -> str:
-        """Write a pandas table as ``name.csv`` / ``name.parquet``; returns the file name."""
+    def table(self, name: str, frame, *, checked: bool = False, **extra) -> str:
+        """Write a pandas table as ``name.csv`` / ``name.parquet``; returns the file name (``checked``: the
+        frame passed :func:`bayes_annot.tables.check_storable`)."""
         from .tables import table_file_name, write_table
 
         file_name = table_file_name(name, self.fmt)
         with open(self.path(file_name), "wb") as handle:
-            meta = write_table(frame, handle, self.fmt, safe_csv=self.safe_csv)
+            meta = write_table(frame, handle, self.fmt, safe_csv=self.safe_csv, checked=checked)
         meta.update(file=file_name, **extra)
         self.tables[name] = meta
         return file_name

@@ -169,10 +169,16 @@ def _exact_json(value) -> bool:
     kind = type(value)
     if kind in _JSON_SCALARS:
         return True
-    if kind is list:
-        return all(_exact_json(v) for v in value)
+    if kind is list:  # plain loops, scalars tested inline (Arena conversations: a list of dicts of text per row)
+        for item in value:
+            if type(item) not in _JSON_SCALARS and not _exact_json(item):
+                return False
+        return True
     if kind is dict:
-        return all(type(k) is str and _exact_json(v) for k, v in value.items())
+        for key, item in value.items():
+            if type(key) is not str or (type(item) not in _JSON_SCALARS and not _exact_json(item)):
+                return False
+        return True
     if kind is np.ndarray:
         return value.dtype.kind in "biufU" or (value.dtype == object and all(_exact_json(v) for v in value.flat))
     return False
@@ -240,9 +246,9 @@ def _missing_mask(values: np.ndarray) -> np.ndarray:
     return out
 
 
-def _encode_column(series: pd.Series, offset: int = 0) -> tuple[pd.Series, dict]:
+def _encode_column(series: pd.Series, offset: int = 0, checked: bool = False) -> tuple[pd.Series, dict]:
     """A column as Arrow can write it, and how to give it back its values (``offset``: the row number of its
-    first cell, named in a refusal)."""
+    first cell, named in a refusal; ``checked``: its JSON cells passed :func:`check_storable` already)."""
     dtype = series.dtype
     meta: dict = {"dtype": str(dtype), "codec": None}
     if isinstance(dtype, pd.CategoricalDtype):
@@ -259,19 +265,23 @@ def _encode_column(series: pd.Series, offset: int = 0) -> tuple[pd.Series, dict]
             return series.where(series.notna(), None).astype("string"), meta
         values = series.to_numpy(dtype=object)
         missing = _missing_mask(values)
-        scalar = _SCALAR_CODECS.get(kind)  # bytes, dates, times, decimals: as text that gives them back exactly
-        if scalar is not None and all(type(v) is scalar[0] for v, m in zip(values, missing) if not m):
-            meta["codec"] = kind
-        elif any(type(v) not in _JSON_CELLS for v, m in zip(values, missing) if not m):  # mixed: each cell says its type
-            meta["codec"] = "tagged"
-        else:
-            meta["codec"] = "json"
-        return _encode_cells(series, meta["codec"], offset, values, missing), meta
+        meta["codec"] = _object_codec(kind, values, missing)
+        return _encode_cells(series, meta["codec"], offset, values, missing, checked=checked), meta
     return series, meta
 
 
+def _object_codec(kind: str, values: np.ndarray, missing: np.ndarray) -> str:
+    """The codec of an object column that is not all text (``kind``: pandas' inferred kind of its values)."""
+    scalar = _SCALAR_CODECS.get(kind)  # bytes, dates, times, decimals: as text that gives them back exactly
+    if scalar is not None and all(type(v) is scalar[0] for v, m in zip(values, missing) if not m):
+        return kind
+    if any(type(v) not in _JSON_CELLS for v, m in zip(values, missing) if not m):  # mixed: each cell says its type
+        return "tagged"
+    return "json"
+
+
 def _encode_cells(series: pd.Series, codec: str, offset: int = 0, values=None, missing=None,
-                  refusal=None) -> pd.Series:
+                  refusal=None, checked: bool = False) -> pd.Series:
     """The cells of an object column as text by ``codec`` (``json``, ``tagged`` or a scalar codec), each checked
     to give back its value; a cell that does not raises ``refusal(position, value)`` (default: :func:`_unsavable`)."""
     if values is None:
@@ -284,7 +294,7 @@ def _encode_cells(series: pd.Series, codec: str, offset: int = 0, values=None, m
         if missing[i]:
             continue
         if codec == "json":
-            if not _exact_json(v):
+            if not (checked or _exact_json(v)):
                 raise refusal(offset + i, v)
             encoded[i] = json.dumps(v, ensure_ascii=False, default=_json_default)
             continue
@@ -309,8 +319,19 @@ def check_storable(frame: pd.DataFrame) -> None:
     are looked at (their cells are encoded one by one anyway)."""
     for position in range(frame.shape[1]):
         column = frame.iloc[:, position]
-        if column.dtype == object and pd.api.types.infer_dtype(column, skipna=True) not in ("string", "empty"):
-            _encode_column(column.rename(str(frame.columns[position])))
+        kind = pd.api.types.infer_dtype(column, skipna=True) if column.dtype == object else "string"
+        if kind in ("string", "empty"):
+            continue
+        series = column.rename(str(frame.columns[position]))
+        values = series.to_numpy(dtype=object)
+        missing = _missing_mask(values)
+        codec = _object_codec(kind, values, missing)
+        if codec != "json":
+            _encode_cells(series, codec, 0, values, missing)  # (bytes, dates, numpy scalars...: rare, checked as written)
+            continue
+        for i, v in enumerate(values):  # JSON cells: checked, not encoded (the write encodes them)
+            if not missing[i] and not _exact_json(v):
+                raise _unsavable(series, i, v)
 
 
 def _escape_formulas(table, columns: Iterable[str]):
@@ -343,9 +364,9 @@ def _unescape_formulas(table, columns: Iterable[str]):
     return table
 
 
-def to_arrow(frame: pd.DataFrame, offset: int = 0) -> tuple[object, list[dict]]:
+def to_arrow(frame: pd.DataFrame, offset: int = 0, *, checked: bool = False) -> tuple[object, list[dict]]:
     """The frame as an Arrow table (no index) and the per-column restoration records (``offset``: the row
-    number of the frame's first row, named in a refusal)."""
+    number of the frame's first row, named in a refusal; ``checked``: the frame passed :func:`check_storable`)."""
     import pyarrow as pa
 
     names = [str(c) for c in frame.columns]
@@ -355,7 +376,7 @@ def to_arrow(frame: pd.DataFrame, offset: int = 0) -> tuple[object, list[dict]]:
     arrays, metas = [], []
     for position, name in enumerate(names):
         column = frame.iloc[:, position]
-        encoded, meta = _encode_column(column.rename(name), offset)
+        encoded, meta = _encode_column(column.rename(name), offset, checked)
         meta["name"] = name
         if meta["codec"] == "category":  # the category text of each code, decoded by Arrow (no Python objects)
             array = pa.Array.from_pandas(column).cast(pa.large_string())
@@ -373,7 +394,8 @@ def _text_columns(table, metas: list[dict]) -> list[str]:
             or pa.types.is_large_string(table.schema.field(m["name"]).type)]
 
 
-def write_table(frame: pd.DataFrame, sink: str | BinaryIO, fmt: str = "csv", *, safe_csv: bool = False) -> dict:
+def write_table(frame: pd.DataFrame, sink: str | BinaryIO, fmt: str = "csv", *, safe_csv: bool = False,
+                checked: bool = False) -> dict:
     """Write a frame to ``sink`` (a path or a binary file) as CSV or parquet.
 
     Returns the description that :func:`read_table_file` needs to read it back
@@ -390,7 +412,7 @@ def write_table(frame: pd.DataFrame, sink: str | BinaryIO, fmt: str = "csv", *, 
     >>> back["id"].tolist(), back["x"].tolist()[:2]
     (['007', '', None], [1.0, 0.1])
     """
-    table, metas = to_arrow(frame)
+    table, metas = to_arrow(frame, checked=checked)
     return write_arrow(table, metas, sink, fmt, safe_csv=safe_csv)
 
 
