@@ -15,8 +15,12 @@ it to give every column back its type and every cell its value:
   ``conversation_a``) are written as JSON text and parsed back; numpy arrays
   come back as lists;
 * a column of bytes, dates, times or decimals reads back as those values, and
-  so does one that mixes them with text or other values (``[b"\\xff", "text"]``):
-  each cell is then written with a tag of its type;
+  so does one that mixes them, datetimes (``datetime``, ``pd.Timestamp`` with
+  its zone and unit), ``np.datetime64``, ``np.bytes_`` and other numpy scalars or
+  timedeltas with text or other values (``[b"\\xff", "text"]``): each cell is
+  then written with a tag of its type, and checked to read back so;
+* a value no table gives back (a tuple, a list holding a date) is refused with
+  one line naming the column, the value and its row (:func:`check_storable`);
 * categories keep their category list.
 
 ``safe_csv=True`` prefixes text cells that a spreadsheet would run as a formula
