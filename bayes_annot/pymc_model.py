@@ -28,6 +28,7 @@ import os
 import sys
 import time
 import warnings
+import weakref
 from types import SimpleNamespace
 
 import numpy as np
@@ -585,20 +586,36 @@ def model_loglik(model, params: dict, penalised: bool = True, per_user: bool = F
     per_user : bool
         Return the per-user log-likelihood (the ``y_user`` potential) instead.
     """
-    import pytensor.tensor as pt
-
     point = _to_value_point(model, params)
-    inputs = model.value_vars
-    if per_user:
-        (potential,) = model.replace_rvs_by_values([p for p in model.potentials if p.name == "y_user"])
-        fn = model.compile_fn(potential, inputs=inputs, point_fn=False, on_unused_input="ignore")
-        return np.asarray(fn(*[point[v.name] for v in inputs]))
-    if penalised:
-        fn = model.compile_logp(jacobian=False)
+    fn = _compiled_loglik(model, penalised, per_user)
+    if penalised and not per_user:
         return float(fn(point))
-    total = pt.add(*[pt.sum(p) for p in model.replace_rvs_by_values(model.potentials)])
-    fn = model.compile_fn(total, inputs=inputs, point_fn=False, on_unused_input="ignore")
-    return float(fn(*[point[v.name] for v in inputs]))
+    value = fn(*[point[v.name] for v in model.value_vars])
+    return np.asarray(value) if per_user else float(value)
+
+
+# model -> {(penalised, per_user): compiled function}: model_loglik evaluated at several points compiles once
+_COMPILED_LOGLIK: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _compiled_loglik(model, penalised: bool, per_user: bool):
+    """The compiled function :func:`model_loglik` evaluates, compiled on its first use for ``model`` and kept
+    while the model lives (a PyTensor compilation costs ~1 s; its evaluation microseconds)."""
+    cache = _COMPILED_LOGLIK.setdefault(model, {})
+    key = (bool(penalised), bool(per_user))
+    if key not in cache:
+        import pytensor.tensor as pt
+
+        inputs = model.value_vars
+        if per_user:
+            (potential,) = model.replace_rvs_by_values([p for p in model.potentials if p.name == "y_user"])
+            cache[key] = model.compile_fn(potential, inputs=inputs, point_fn=False, on_unused_input="ignore")
+        elif penalised:
+            cache[key] = model.compile_logp(jacobian=False)
+        else:
+            total = pt.add(*[pt.sum(p) for p in model.replace_rvs_by_values(model.potentials)])
+            cache[key] = model.compile_fn(total, inputs=inputs, point_fn=False, on_unused_input="ignore")
+    return cache[key]
 
 
 def pytensor_loglik(

@@ -347,8 +347,8 @@ def test_report_explains_taste_choice_and_flags_a_taste_group(tmp_path):
     section = html[html.index('<section id="tastes">'):]
     section = section[: section.index("</section>")]
     assert "taste group" in section and 'class="warn"' in section
-    auto = ba.fit(log, tastes="auto")
-    assert auto.summary["taste_selection"]["chosen"] == 2
+    auto = ba.fit(log, tastes="auto", max_tastes=3)  # the default 4 adds the C = 4 folds, not another section
+    assert auto.summary["taste_selection"]["chosen"] == 2 and not auto.summary["taste_selection"]["at_limit"]
     html = auto.report(tmp_path / "auto.html").read_text()
     section = html[html.index('<section id="tastes">'):]
     section = section[: section.index("</section>")]
