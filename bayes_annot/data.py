@@ -23,8 +23,6 @@ Documented normalisations
 from __future__ import annotations
 
 import codecs
-import csv
-import hashlib
 import json
 import warnings
 from dataclasses import dataclass, field
@@ -34,6 +32,8 @@ import numpy as np
 import pandas as pd
 
 from .errors import InputError
+from .readahead import _arrow_csv, _check_csv_header, _prefetched
+from .readahead import file_sha256, is_glob, prefetch  # noqa: F401  (re-exported: the names data.* had)
 
 __all__ = [
     "WINNER_VALUES",
@@ -260,96 +260,6 @@ class PreparedData:
 # --------------------------------------------------------------------------- reading
 
 
-_PREFETCHED: dict = {}  # file identity -> {"sha256": thread, result}, {"csv": ...}: see prefetch
-
-
-def _file_key(path: Path) -> tuple:
-    stat = path.stat()
-    return (str(path.resolve()), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
-
-
-def prefetch(path: str | Path) -> None:
-    """Start hashing an input file (and reading it, for a ``.csv``) in background threads.
-
-    The command line calls this first, so that the file is read while the
-    engines are imported; :func:`read_table` and :func:`file_sha256` then take
-    the results (if the file is unchanged: same size and modification time),
-    else they do the work themselves. Nothing is raised here: a file that
-    cannot be read fails later, with the usual message.
-
-    Parameters
-    ----------
-    path : str or Path
-        The input file (a folder or a missing file is ignored).
-    """
-    import threading
-
-    path = Path(path)
-    try:
-        if not path.is_file():
-            return
-        key = _file_key(path)
-    except OSError:
-        return
-    jobs = {"sha256": lambda: _sha256_of(path)}
-    if path.suffix.lower() == ".csv":
-        import pyarrow.csv  # noqa: F401  (imported here: the threads import nothing)
-
-        jobs["csv"] = lambda: _arrow_csv_with_header(path)
-    entry = _PREFETCHED.setdefault(key, {})
-    for name, job in jobs.items():
-        box: dict = {}
-
-        def run(job=job, box=box):
-            try:
-                box["value"] = job()
-            except BaseException:  # left to the caller, which redoes the work and raises its own error
-                pass
-
-        thread = threading.Thread(target=run, name=f"bayes_annot-prefetch-{name}")
-        thread.start()
-        entry[name] = (thread, box)
-
-
-def _prefetched(path: Path, name: str, pop: bool = False):
-    """The result of a :func:`prefetch` job for ``path`` (waiting for it), or ``None``."""
-    if not _PREFETCHED:
-        return None
-    try:
-        key = _file_key(path)
-    except OSError:
-        return None
-    for stale in [k for k in _PREFETCHED if k[0] == key[0] and k != key]:  # the file changed since: drop its copy
-        del _PREFETCHED[stale]
-    entry = _PREFETCHED.get(key, {})
-    job = entry.pop(name, None) if pop else entry.get(name)
-    if job is None:
-        return None
-    job[0].join()
-    return job[1].get("value")
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file's bytes (recorded in ``summary.json``)."""
-    done = _prefetched(Path(path), "sha256")
-    return done if done is not None else _sha256_of(path)
-
-
-def _sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def is_glob(text) -> bool:
-    """Whether an input names a glob of parquet files: it has ``*``, ``?`` or ``[`` and is not itself an
-    existing file or folder (``votes[1].csv`` is a file name)."""
-    text = str(text)
-    return any(ch in text for ch in "*?[") and not Path(text).exists()
-
-
 def read_table(path: str | Path) -> pd.DataFrame:
     """Read a comparison log from ``.csv``, ``.parquet``, ``.json`` or ``.jsonl``.
 
@@ -432,21 +342,6 @@ def read_table(path: str | Path) -> pd.DataFrame:
     return frame
 
 
-def _check_csv_header(path: Path) -> list[str] | None:
-    """The CSV header's names; a name given twice is an error (never silently renamed ``winner.1``)."""
-    try:
-        with open(path, encoding="utf-8-sig", newline="") as handle:
-            header = next(csv.reader(handle), None)
-    except csv.Error:  # left to the parser, whose message names the problem
-        return None
-    seen = set()
-    for name in header or ():
-        if name in seen and name.strip():
-            raise InputError(f"column '{name}' appears more than once in the header of '{path}'")
-        seen.add(name)
-    return header
-
-
 def _read_csv(path: Path) -> pd.DataFrame:
     """A CSV log with every cell as text (pyarrow: several times faster than pandas' parser).
 
@@ -455,9 +350,15 @@ def _read_csv(path: Path) -> pd.DataFrame:
     """
     import pyarrow as pa
 
-    table = _prefetched(path, "csv", pop=True)
-    if table is not None:
-        return table.to_pandas()
+    _CODES_AHEAD.clear()  # at most one read's codes are kept, until prepare takes them
+    ahead = _prefetched(path, "csv", pop=True)
+    if ahead is not None:
+        table, codes = ahead
+        frame = table.to_pandas()
+        for name, (indices, dictionary) in codes.items():
+            column = frame[name].array.__arrow_array__()
+            _CODES_AHEAD[id(column)] = (column, indices, dictionary)
+        return frame
     header = _check_csv_header(path)
     if not header:
         raise InputError(f"input '{path}' is empty")
@@ -470,30 +371,6 @@ def _read_csv(path: Path) -> pd.DataFrame:
         raise
     table = table.slice(1)  # the header row (read as data, so a header with a line break parses as the csv module read it)
     return table.to_pandas()
-
-
-def _arrow_csv_with_header(path: Path):
-    """:func:`_read_csv`'s Arrow table (header row dropped), or an error (:func:`prefetch`'s job)."""
-    header = _check_csv_header(path)
-    if not header:
-        raise InputError(f"input '{path}' is empty")
-    names = [name if name != "" else f"Unnamed: {i}" for i, name in enumerate(header)]
-    return _arrow_csv(path, names).slice(1)
-
-
-def _arrow_csv(path: Path, names: list[str]):
-    import pyarrow as pa
-    import pyarrow.csv as pa_csv
-
-    return pa_csv.read_csv(
-        path,
-        read_options=pa_csv.ReadOptions(column_names=names, skip_rows=0, block_size=1 << 24),
-        parse_options=pa_csv.ParseOptions(newlines_in_values=True),
-        convert_options=pa_csv.ConvertOptions(
-            column_types={name: pa.string() for name in names}, null_values=[""], strings_can_be_null=True,
-            quoted_strings_can_be_null=True,
-        ),
-    )
 
 
 def _read_jsonl_arrow(path: Path) -> pd.DataFrame | None:
@@ -647,8 +524,31 @@ def _uniques_as_text(uniques) -> tuple[np.ndarray, np.ndarray]:
 _NESTED_KIND = {list: "list", tuple: "list", np.ndarray: "list", dict: "dict", set: "set", frozenset: "set"}
 
 
+#: id of a column's Arrow data -> (that data, its codes, its dictionary): encoded by :func:`readahead.prefetch`
+#: while the command line started, taken (once) by :func:`_factorize`.
+_CODES_AHEAD: dict = {}
+
+
+def _codes_ahead(series: pd.Series) -> tuple[np.ndarray, pd.Index] | None:
+    """``pd.factorize(series)`` from the codes :func:`readahead.prefetch` computed for the very Arrow data of
+    ``series`` (the same codes and uniques: pandas factorizes an Arrow column by the same dictionary encoding),
+    or ``None``."""
+    if not isinstance(series.array, pd.arrays.ArrowExtensionArray):  # its Arrow data, not a copy
+        return None
+    column = series.array.__arrow_array__()
+    ahead = _CODES_AHEAD.get(id(column))
+    if ahead is None or ahead[0] is not column:
+        return None
+    del _CODES_AHEAD[id(ahead[0])]
+    _, indices, dictionary = ahead
+    codes = indices.to_numpy(zero_copy_only=False, writable=True).astype(np.intp, copy=False)
+    return codes, pd.Index(pd.array(dictionary, dtype=series.dtype))
+
+
 def _factorize(series: pd.Series, name: str, sort: bool = False) -> tuple[np.ndarray, object]:
     """``pd.factorize`` of a column; a list, dict or set in a cell (JSON, parquet) is an InputError naming its row."""
+    if _CODES_AHEAD and not sort and (ahead := _codes_ahead(series)) is not None:
+        return ahead
     try:
         return pd.factorize(series, use_na_sentinel=True, sort=sort)
     except TypeError:  # unhashable cells

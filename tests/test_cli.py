@@ -216,3 +216,34 @@ def test_a_file_name_with_glob_characters_is_a_file(tmp_path, name):
     done = run("fit", path, "--update", out, "--out", out, "--on-duplicate", "keep", "--quiet")
     assert done.returncode == 0, done.stderr
     assert len(ba.load(out).rows) == 2 * len(log)
+
+
+def test_command_pauses_the_garbage_collector_only_while_it_imports(tmp_path):
+    """``bayes-annot`` (``cli.run``) pauses the cyclic garbage collector while a command imports pandas and the
+    engines, then freezes what they created and resumes it before the fit: a long fit collects as usual.
+    ``main()`` (library callers, these tests) leaves the collector alone."""
+    import gc
+
+    log, out, seen = tmp_path / "log.csv", tmp_path / "out", tmp_path / "seen.json"
+    ba.simulate(n_users=40, n_models=4, labels_per_user=(5, 10), seed=1).to_csv(log, index=False)
+    code = f"""
+import gc, json, sys
+import bayes_annot.fit
+fitting = sys.modules["bayes_annot.fit"]
+original = fitting.fit
+def fit(*args, **kwargs):
+    with open({str(seen)!r}, "w") as handle:
+        json.dump({{"enabled": gc.isenabled(), "frozen": gc.get_freeze_count()}}, handle)
+    return original(*args, **kwargs)
+fitting.fit = fit
+sys.argv = ["bayes-annot", "fit", {str(log)!r}, "--out", {str(out)!r}, "--quiet"]
+from bayes_annot.cli import run
+run()
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    state = json.loads(seen.read_text())
+    assert state["enabled"] and state["frozen"] > 0, state
+    assert gc.isenabled()
+    assert main(["fit", str(log), "--out", str(tmp_path / "again"), "--quiet"]) == 0
+    assert gc.isenabled() and (tmp_path / "again" / "users.csv").is_file()

@@ -251,6 +251,59 @@ def test_categorical_ids_encode_like_text():
         assert list(prepared.user_labels) == list(reference.user_labels), name
 
 
+_AHEAD_CASES = {
+    "simulated": None,
+    "ids with spaces, numbers, a tie": "user,model_a,model_b,winner\n 1,a,b,model_a\n1,b, a,tie\n01,a,c,B\n2,c,a,left\n",
+    "a missing user": "user,model_a,model_b,winner\nu1,a,b,model_a\nu2,a,b,model_b\n,b,a,model_a\n",
+    "a missing winner": "user,model_a,model_b,winner\nu1,a,b,model_a\nu2,a,b,\n",
+    "an unknown winner": "user,model_a,model_b,winner\nu1,a,b,model_a\nu2,a,b,first\n",
+    "a missing model": "user,model_a,model_b,winner\nu1,a,b,model_a\nu2,,b,model_b\n",
+}
+
+
+@pytest.mark.parametrize("case", list(_AHEAD_CASES))
+def test_codes_encoded_ahead_prepare_as_pandas_factorize(tmp_path, case):
+    """The id columns ``prefetch`` encodes while the command line starts give ``prepare`` the codes and uniques
+    ``pd.factorize`` gives: the same prepared data, array for array, or the same one-line error."""
+    from bayes_annot import data
+    from bayes_annot.data import prefetch
+
+    path = tmp_path / "log.csv"
+    if _AHEAD_CASES[case] is None:
+        ba.simulate(n_users=80, n_models=5, seed=4)[["user", "model_a", "model_b", "winner"]].to_csv(path, index=False)
+    else:
+        path.write_text(_AHEAD_CASES[case])
+
+    def prepared(ahead: bool):
+        if ahead:
+            prefetch(path, columns=("user", "model_a", "model_b", "winner", "not_a_column"))
+        frame = read_table(path)
+        assert len(data._CODES_AHEAD) == (4 if ahead else 0)
+        try:
+            return prepare(frame)
+        except InputError as exc:
+            return str(exc)
+
+    reference, ahead = prepared(False), prepared(True)
+    if isinstance(reference, str):
+        assert ahead == reference
+        return
+    assert not data._CODES_AHEAD  # prepare took every code computed ahead
+    for field in ("user", "model_a", "model_b", "choice_a", "reason_code"):
+        np.testing.assert_array_equal(getattr(ahead, field), getattr(reference, field), err_msg=field)
+        assert getattr(ahead, field).dtype == getattr(reference, field).dtype
+    assert list(ahead.user_labels) == list(reference.user_labels)
+    assert list(ahead.model_labels) == list(reference.model_labels)
+    prefetch(path, columns=("user", "model_a"))
+    frame = read_table(path)
+    for name in ("user", "model_a"):
+        codes, uniques = data._factorize(frame[name], name)
+        expected_codes, expected_uniques = pd.factorize(frame[name], use_na_sentinel=True)
+        assert codes.dtype == expected_codes.dtype
+        np.testing.assert_array_equal(codes, expected_codes)
+        pd.testing.assert_index_equal(uniques, expected_uniques, exact=True)
+
+
 def test_prefetched_input_reads_and_hashes_as_without_it(tmp_path):
     """``data.prefetch`` (the CLI reads and hashes its input while it imports) gives what a plain read gives,
     never a stale copy of a file changed since, and the same one-line error for a bad file."""

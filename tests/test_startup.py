@@ -94,22 +94,45 @@ FIT_UNUSED = ("scipy.special", "scipy.special._support_alternative_backends", "s
               "pyarrow.parquet", "pyarrow.dataset")
 
 
-def test_cli_csv_fit_loads_only_what_it_uses(tmp_path):
+def _cli_fit(tmp_path, setup: str = "", check: str = "") -> tuple[Path, str]:
+    """The output folder and the code of ``bayes-annot fit LOG.csv --out OUT --quiet`` (through ``cli.main``) on
+    a small simulated log, with ``setup`` run before and ``check`` after (each a dedented block)."""
     import bayes_annot as ba
 
     log = tmp_path / "log.csv"
     ba.simulate(n_users=40, n_models=4, labels_per_user=(5, 10), seed=1).to_csv(log, index=False)
     out = tmp_path / "out"
-    code = textwrap.dedent(
-        f"""
-        import warnings
-        warnings.simplefilter("ignore")
-        from bayes_annot.cli import main
-        assert main(["fit", {str(log)!r}, "--out", {str(out)!r}, "--quiet"]) == 0
-        """
-    )
+    run = f"from bayes_annot.cli import main\nassert main(['fit', {str(log)!r}, '--out', {str(out)!r}, '--quiet']) == 0\n"
+    return out, "import warnings\nwarnings.simplefilter('ignore')\n" + textwrap.dedent(setup) + run + textwrap.dedent(check)
+
+
+def test_cli_csv_fit_loads_only_what_it_uses(tmp_path):
+    out, code = _cli_fit(tmp_path)
     loaded = _modules_after(code)
     assert (out / "users.csv").is_file()
     assert "scipy.special._special_ufuncs" in loaded and "bayes_annot.ufuncs" in loaded  # the fit ran its engines
     assert not loaded & set(FIT_UNUSED), f"bayes-annot fit LOG.csv loads {sorted(loaded & set(FIT_UNUSED))}"
     assert not loaded & set(HEAVY), sorted(loaded & set(HEAVY))
+
+
+def test_cli_fit_reads_its_input_before_importing_pandas(tmp_path):
+    """``bayes-annot fit LOG.csv`` starts the background read (``readahead.prefetch``) before pandas is
+    imported, so the read overlaps pandas' import; the module itself loads neither numpy nor pandas."""
+    loaded = _modules_after("import bayes_annot.readahead")
+    assert not {m.split(".")[0] for m in loaded} & {"numpy", "pandas", "pyarrow"}, "readahead imports a numeric stack"
+    out, code = _cli_fit(
+        tmp_path,
+        setup="""
+        import sys
+        import bayes_annot.readahead as readahead
+        calls = []
+        original = readahead.prefetch
+        def prefetch(*args, **kwargs):
+            calls.append("pandas" in sys.modules)
+            return original(*args, **kwargs)
+        readahead.prefetch = prefetch
+        """,
+        check="assert calls == [False], calls\n",
+    )
+    assert "pandas" in _modules_after(code)
+    assert (out / "users.csv").is_file()
