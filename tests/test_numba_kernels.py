@@ -19,6 +19,8 @@ from .test_many_models import sparse_log
 numba = pytest.importorskip("numba")
 from bayes_annot import numba_kernels as nk  # noqa: E402  - after the skip
 
+numba_pair_slopes = nk.pair_slopes  # the kernel itself, for a test that counts its calls
+
 
 def compiled_table(s, a, b):
     n = a.shape[0]
@@ -113,8 +115,6 @@ def test_compiled_fit_equals_the_numpy_fit(monkeypatch, variant):
     np.testing.assert_allclose(compiled.models["strength"], plain.models["strength"], rtol=0, atol=1e-10)
     np.testing.assert_allclose(compiled.users["quality"], plain.users["quality"], rtol=0, atol=1e-10)
 
-
-numba_pair_slopes = nk.pair_slopes
 
 
 def test_kernels_serve_only_many_models_and_many_pairs(monkeypatch):
