@@ -53,12 +53,18 @@ from .pairs import (
     fit_bradley_terry_classes,
     fit_bradley_terry_pairs,
     fit_davidson_pairs,
+    numba_kernels,
 )
 
 __all__ = ["Block", "EMState", "make_block", "merge_blocks", "cell_index_map", "pair_cell_map", "LocalRunner", "run_em",
            "run_class_em", "ClassEMResult", "known_davidson_tables", "with_known_values"]
 
 # --------------------------------------------------------------------------- blocks (pure numpy)
+
+
+def _float_vector(values) -> np.ndarray:
+    """``values`` as a contiguous float64 vector (no copy when it is one)."""
+    return np.ascontiguousarray(values, dtype=np.float64)
 
 
 def _sort_order(values: np.ndarray) -> np.ndarray:
@@ -203,6 +209,9 @@ class Block:
         :meth:`entries_by_cell`; else in entry order, the CSR mat-vec)."""
         if self.cell_ordered_passes and np.ndim(table) == 1:
             cell, user = self.entries_by_cell()
+            kernels = self._kernels()
+            if kernels is not None:  # the same additions in the same order, without the gathered temporary
+                return kernels.gather_add(user, cell, _float_vector(table), np.zeros(self.users.shape[0]))
             return np.bincount(user, weights=np.take(table, cell), minlength=self.users.shape[0])
         return self.matrix() @ table
 
@@ -219,8 +228,16 @@ class Block:
         user order both ways: the CSR transpose's mat-vec, or many models :meth:`entries_by_cell`, bit for bit)."""
         if self.cell_ordered_passes and np.ndim(per_user) == 1:
             cell, user = self.entries_by_cell()
+            kernels = self._kernels()
+            if kernels is not None:
+                return kernels.gather_add(cell, user, _float_vector(per_user), np.zeros(self.n_cells))
             return np.bincount(cell, weights=np.take(per_user, user), minlength=self.n_cells)
         return self.matrix().T @ per_user
+
+    def _kernels(self):
+        """The compiled kernels when they serve these cell-ordered passes (:func:`~bayes_annot.pairs.numba_kernels`),
+        else ``None``."""
+        return numba_kernels(self.n_models, self.n_cells // 2)
 
     @property
     def cell_ordered_passes(self) -> bool:
@@ -1150,7 +1167,8 @@ class _PairBT:
         self.sigma = sigma
         self._structure = None
         # each point's table once (E- and M-step); numpy's log1p / exp on the sparse path (small K: log_expit's)
-        self._tables = AttentiveTables(self.pairs.a, self.pairs.b, fast=uses_sparse_solve(self.pairs.n_models))
+        self._tables = AttentiveTables(self.pairs.a, self.pairs.b, fast=uses_sparse_solve(self.pairs.n_models),
+                                       n_models=self.pairs.n_models)
 
     def table(self, s: np.ndarray) -> np.ndarray:
         """log P_att of every cell (read-only)."""

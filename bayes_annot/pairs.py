@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import os
 import sys
 
 import numpy as np
@@ -27,7 +28,7 @@ from .ufuncs import expit, log_expit
 
 __all__ = ["PairTable", "DENSE_MAX_MODELS", "fit_bradley_terry_pairs", "fit_bradley_terry_classes", "bt_objective_pairs",
            "bt_derivatives_pairs", "attentive_table_pairs", "AttentiveTables", "bt_newton_step", "bt_fit_cells",
-           "uses_sparse_solve"]
+           "uses_sparse_solve", "numba_kernels", "NUMBA_MIN_PAIRS"]
 
 DENSE_MAX_MODELS = 64
 """Up to this many models the Bradley–Terry Newton step is a dense ``K x K`` solve (faster there:
@@ -52,6 +53,37 @@ EM_START_TOL = 1e-3
 (:func:`bt_fit_cells`), stops after a Newton step below this: Newton converges quadratically, so the start is then
 within ~the step squared of the solved fit (2.3e-7 at 10^4 models, 10^6 labels: steps 1.4, 0.39, 0.05, 7.6e-4,
 then 2.3e-7), far less than EM then moves the strengths, and the solve skips its last, most precise step."""
+
+NUMBA_MIN_PAIRS = 500_000
+"""The compiled kernels (:mod:`bayes_annot.numba_kernels`, when numba is installed) serve EM above
+:data:`DENSE_MAX_MODELS` models with at least this many compared pairs. Importing numba and loading the cached
+kernels costs ~0.45 s of CPU once per process; they save ~35 ms per EM evaluation per 10^6 pairs (table, Newton
+direction, E-step; AMD EPYC), so at ~20-25 evaluations (10^4 models, 10^6 labels) they pay for themselves from
+~5 x 10^5 pairs on, and far more in long fits (hundreds of evaluations) or in a process that fits again."""
+
+NUMBA_ENV = "BAYES_ANNOT_NUMBA"
+"""Environment variable: ``0`` keeps every fit on the numpy path even when numba is installed."""
+
+_NUMBA_MODULE = None  # the imported kernels module, or False when numba is not importable (looked up once)
+
+
+def numba_kernels(n_models: int, n_pairs: int):
+    """:mod:`bayes_annot.numba_kernels` when the compiled path serves EM over ``n_pairs`` pairs of ``n_models``
+    models (above :data:`DENSE_MAX_MODELS` models, at least :data:`NUMBA_MIN_PAIRS` pairs, numba importable and
+    not switched off by :data:`NUMBA_ENV`), else ``None``. Fits with few models never import numba."""
+    global _NUMBA_MODULE
+    if n_models <= DENSE_MAX_MODELS or n_pairs < NUMBA_MIN_PAIRS or os.environ.get(NUMBA_ENV, "").strip() == "0":
+        return None
+    if _NUMBA_MODULE is None:
+        try:
+            from .numba_kernels import attentive_table  # imports numba: an optional extra (bayes_annot[fast])
+
+            kernels = sys.modules[attentive_table.__module__]
+        except ImportError:
+            kernels = False
+        _NUMBA_MODULE = kernels
+    return _NUMBA_MODULE or None
+
 
 ACCELERATE_MIN_MODELS = 200
 """Above this many models ``fit`` / ``update`` use SQUAREM by default for the two-class variant too
@@ -605,8 +637,14 @@ def _sparse_direction(structure, s, g, c, sigma, cg_rtol, forcing=CG_FORCING):
     """The sparse Newton step at ``s`` from the pairs' derivatives ``g`` and curvatures ``c`` (inexact CG solve:
     relative residual the Jacobi step's size, at most ``forcing`` and at least ``cg_rtol``)."""
     out_g, in_g = structure.sums(g)
-    grad = out_g - in_g - s / sigma**2
     out_c, in_c = structure.sums(c)
+    return _solve_direction(structure, s, out_g, in_g, out_c, in_c, c, sigma, cg_rtol, forcing)
+
+
+def _solve_direction(structure, s, out_g, in_g, out_c, in_c, c, sigma, cg_rtol, forcing):
+    """:func:`_sparse_direction` from the per-model sums of the pairs' derivatives and curvatures over the pairs
+    where the model is ``a`` (``out_*``) and ``b`` (``in_*``), and the curvatures ``c``."""
+    grad = out_g - in_g - s / sigma**2
     diag = out_c + in_c + 1.0 / sigma**2
     # inexact Newton: CG's relative residual is the step's expected size (the Jacobi step), at most
     # CG_FORCING and at least cg_rtol, so the solve's error stays of the order of Newton's own (quadratic)
@@ -626,64 +664,94 @@ class AttentiveTables:
     cell weights times the table), and the M-step's new point's table in the next E-step, so each table is
     computed once (:func:`bt_newton_step`). Looked up by value; ``size`` entries (the plain step's point, a
     SQUAREM candidate and its image). ``fast``: numpy's ``log1p`` / ``exp`` instead of ``log_expit``
-    (:func:`_fast_table`; the sparse path's tables)."""
+    (:func:`_fast_table`; the sparse path's tables), or the compiled kernels when :func:`numba_kernels` serves
+    these pairs (:attr:`kernels`; each table then comes with its pairs' ``sigmoid(d)``, :meth:`probs`)."""
 
-    def __init__(self, a: np.ndarray, b: np.ndarray, size: int = 3, fast: bool = False):
+    def __init__(self, a: np.ndarray, b: np.ndarray, size: int = 3, fast: bool = False, n_models: int | None = None):
         self.a, self.b, self.size, self.fast = a, b, size, fast
-        self._entries: list[tuple[np.ndarray, np.ndarray]] = []
+        if fast and n_models is None:
+            n_models = int(max(a.max(initial=-1), b.max(initial=-1))) + 1
+        self.kernels = numba_kernels(n_models, a.shape[0]) if fast else None
+        self._entries: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
         self._scratch: dict[str, np.ndarray] = {}
 
-    def scratch(self, name: str, n: int) -> np.ndarray:
-        """A float work array of ``n`` entries kept between calls (``fast`` tables and :func:`bt_newton_step`):
+    def scratch(self, name: str, n: int, dtype=float) -> np.ndarray:
+        """A work array of ``n`` entries kept between calls (``fast`` tables and :func:`bt_newton_step`):
         a fresh 8-16 MB array costs as much in page faults as a pass over it (1,600 faults, ~4 ms of system
         time per table at 10^6 pairs)."""
         work = self._scratch.get(name)
-        if work is None or work.shape[0] != n:
-            work = self._scratch[name] = np.empty(n)
+        if work is None or work.shape[0] != n or work.dtype != dtype:
+            work = self._scratch[name] = np.empty(n, dtype=dtype)
         return work
 
-    def table(self, s: np.ndarray) -> np.ndarray:
-        """The attentive table at the strengths ``s`` (read-only)."""
+    def _lookup(self, s: np.ndarray):
+        """The cache entry ``(point, table, probs)`` at ``s``, computed when missing (moved to the front)."""
         hit = next((i for i, entry in enumerate(self._entries)
                     if entry[0].shape == s.shape and np.array_equal(entry[0], s)), None)
         if hit is not None:
             if hit:
                 self._entries.insert(0, self._entries.pop(hit))
-            return self._entries[0][1]
+            return self._entries[0]
         evicted = self._entries[self.size - 1:]
         self._entries = self._entries[: self.size - 1]
+        n = self.a.shape[0]
+        # the evicted entry's arrays, each alone in a list (no other reference here: see _reusable)
+        old_table, old_probs = [entry[1] for entry in evicted], [entry[2] for entry in evicted if entry[2] is not None]
+        evicted.clear()
+        probs = None
         if self.fast and not np.any(s):  # EM's start from zeros: every cell is log sigmoid(0), as computed below
-            table = _unused(evicted, 2 * self.a.shape[0])
-            table = np.empty(2 * self.a.shape[0]) if table is None else table
+            table = _reusable(old_table, 2 * n)
+            table = np.empty(2 * n) if table is None else table
             table.fill(_fast_table(np.zeros(1), np.empty(1), None)[0])
+            if self.kernels is not None:
+                probs = _reusable(old_probs, n)
+                probs = np.empty(n) if probs is None else probs
+                probs.fill(0.5)
+        elif self.kernels is not None:  # the compiled table and each pair's sigmoid(d)
+            table = _reusable(old_table, 2 * n)
+            probs = _reusable(old_probs, n)
+            table = np.empty(2 * n) if table is None else table
+            probs = np.empty(n) if probs is None else probs
+            self.kernels.attentive_table(np.ascontiguousarray(s, dtype=float), self.a, self.b, self.scratch("d", n),
+                                         self.scratch("work", n), self.scratch("bits", n, np.int64), table, probs)
         elif self.fast:
-            n = self.a.shape[0]
             # d = s[a] - s[b] in the work arrays (take's mode="wrap": no buffered copy; the codes are < K)
             d, work = self.scratch("d", n), self.scratch("work", n)
             np.take(s, self.a, out=d, mode="wrap")
             d -= np.take(s, self.b, out=work, mode="wrap")
-            table = _fast_table(d, work, _unused(evicted, 2 * n))
+            table = _fast_table(d, work, _reusable(old_table, 2 * n))
         else:
             table = attentive_table_pairs(s, self.a, self.b)
         table.flags.writeable = False
-        self._entries.insert(0, (np.array(s, dtype=float, copy=True), table))
-        return table
+        self._entries.insert(0, (np.array(s, dtype=float, copy=True), table, probs))
+        return self._entries[0]
+
+    def table(self, s: np.ndarray) -> np.ndarray:
+        """The attentive table at the strengths ``s`` (read-only)."""
+        return self._lookup(s)[1]
+
+    def probs(self, s: np.ndarray) -> np.ndarray | None:
+        """Each pair's ``sigmoid(s_a - s_b)`` from the compiled table at ``s`` (read-only); ``None`` on the numpy
+        path (its direction takes ``exp`` of the table's cells)."""
+        probs = self._lookup(s)[2]
+        if probs is not None:
+            probs.flags.writeable = False
+        return probs
 
 
-def _unused(evicted: list, n: int):
-    """The table of the evicted cache entry (a list of at most one ``(point, table)``) when nothing else holds it
-    (no caller, no view: CPython's reference count), to be written over; else ``None``."""
-    if not evicted:
+def _reusable(slot: list, n: int):
+    """An evicted cache entry's array (``slot``: a list of at most one, emptied) when nothing else holds it (no
+    caller, no view: CPython's reference count), to be written over; else ``None``."""
+    if not slot:
         return None
-    table = evicted[0][1]
-    evicted.clear()
-    # references: ``table`` (and getrefcount's argument, but from Python 3.14 on a local's load is borrowed and
+    array = slot.pop()
+    # references: ``array`` (and getrefcount's argument, but from Python 3.14 on a local's load is borrowed and
     # counts nothing); a view or a caller's name would add one: compared with an object only a local holds
     alone = np.empty(0)
-    if table.shape != (n,) or sys.getrefcount(table) > sys.getrefcount(alone):
+    if array.shape != (n,) or sys.getrefcount(array) > sys.getrefcount(alone):
         return None
-    table.flags.writeable = True
-    return table
+    array.flags.writeable = True
+    return array
 
 
 def _fast_table(d: np.ndarray, work: np.ndarray, out: np.ndarray | None) -> np.ndarray:
@@ -743,12 +811,12 @@ def _table_newton(pairs, cells, sigma, start, tables, structure, cg_rtol, forcin
 
     k = pairs.n_models
     a, b = pairs.a, pairs.b
-    tables = tables if tables is not None else AttentiveTables(a, b, fast=True)
+    tables = tables if tables is not None else AttentiveTables(a, b, fast=True, n_models=k)
     structure = structure if isinstance(structure, _PairHessian) else _PairHessian(a, b, k)
     cells = np.asarray(cells, dtype=float)
     n = a.shape[0]
     w1, w0 = cells[1::2], cells[0::2]
-    wsum = np.add(w1, w0, out=tables.scratch("weight", n))
+    wsum = None if tables.kernels is not None else np.add(w1, w0, out=tables.scratch("weight", n))
 
     def objective(s):
         return float(cells @ tables.table(s)) - 0.5 * float(s @ s) / sigma**2
@@ -757,6 +825,11 @@ def _table_newton(pairs, cells, sigma, start, tables, structure, cg_rtol, forcin
         # p = sigmoid(d) of each pair, then wsum p, the derivative w1 - wsum p and the curvature wsum p (1 - p)
         # (work arrays kept by ``tables``; 1 - p is inexact where p ~ 1, but the curvature only sets the step's
         # length, not where the gradient vanishes: same optimum)
+        if tables.kernels is not None:  # the compiled table's p, then one pass for c and the four per-model sums
+            sums = [np.zeros(k) for _ in range(4)]
+            c = tables.scratch("curvature", n)
+            tables.kernels.pair_slopes(tables.probs(s), w1, w0, a, b, c, *sums)
+            return _solve_direction(structure, s, *sums, c, sigma, cg_rtol, forcing)
         p = np.exp(tables.table(s)[1::2], out=tables.scratch("probs", n))
         c = np.multiply(wsum, p, out=tables.scratch("curvature", n))
         g = np.subtract(w1, c, out=tables.scratch("slope", n))

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-HEAVY = ("pymc", "pytensor", "arviz", "matplotlib", "dask", "distributed", "xarray", "scipy.stats")
+HEAVY = ("pymc", "pytensor", "arviz", "matplotlib", "dask", "distributed", "xarray", "scipy.stats", "numba")
 NUMERIC = ("numpy", "pandas", "scipy", "pyarrow", "tqdm")
 
 
@@ -66,6 +66,29 @@ def test_help_loads_no_heavy_stack(argv):
 def test_fit_import_defers_pymc_and_scipy_stats():
     loaded = _loaded_after("from bayes_annot import fit, simulate, load, compare")
     assert not loaded & set(HEAVY), sorted(loaded & set(HEAVY))
+
+
+@pytest.mark.parametrize("n_models", [64, 80])
+def test_fit_with_few_models_does_not_import_numba(n_models):
+    """The compiled kernels (``bayes_annot[fast]``) serve only fits above 64 models (with many pairs: that threshold
+    is lifted here): a fit of 64 models never imports numba (~0.2 s), one of 80 does when numba is installed."""
+    code = textwrap.dedent(
+        f"""
+        import bayes_annot as ba
+        import bayes_annot.pairs
+        bayes_annot.pairs.NUMBA_MIN_PAIRS = 0
+        log = ba.simulate(n_users=200, n_models={n_models}, labels_per_user=(5, 15), seed=0)
+        ba.fit(log)
+        ba.fit(log, variant="continuous")
+        """
+    )
+    loaded = _loaded_after(code)
+    if n_models <= 64:
+        assert "numba" not in loaded and "llvmlite" not in loaded
+    else:
+        import importlib.util
+
+        assert ("numba" in loaded) == (importlib.util.find_spec("numba") is not None)
 
 
 def test_lazy_names_behave_like_eager_ones():

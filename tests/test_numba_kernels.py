@@ -1,0 +1,132 @@
+"""The optional compiled path of many-models EM (``bayes_annot[fast]``: numba, :mod:`bayes_annot.numba_kernels`)
+gives the numpy path's numbers: the kernels to a few ulp (or bit for bit where they add the same terms in the same
+order), a whole fit to 1e-10. Skipped when numba is not installed (the test extra installs it)."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+from scipy.special import expit
+
+import bayes_annot as ba
+from bayes_annot import pairs as pairs_mod
+from bayes_annot.pairs import AttentiveTables, PairTable, _PairHessian, _fast_table
+
+from .test_many_models import sparse_log
+
+numba = pytest.importorskip("numba")
+from bayes_annot import numba_kernels as nk  # noqa: E402  - after the skip
+
+numba_pair_slopes = nk.pair_slopes  # the kernel itself, for a test that counts its calls
+
+
+def compiled_table(s, a, b):
+    n = a.shape[0]
+    out, p = np.empty(2 * n), np.empty(n)
+    nk.attentive_table(s, a, b, np.empty(n), np.empty(n), np.empty(n, dtype=np.int64), out, p)
+    return out, p
+
+
+def test_compiled_table_is_numpys_to_a_few_ulp():
+    """The vectorised ``exp`` / ``log1p`` polynomials: every cell within 6 ulp of the numpy table (``log1p(exp(-|d|))``),
+    each pair's ``p`` within 4 ulp of scipy's ``expit(d)``, over ``|d|`` from 0 to beyond the clamp;
+    NaN strengths give NaN cells as numpy's."""
+    rng = np.random.default_rng(0)
+    k = 400
+    s = np.concatenate([rng.normal(0, 1, 100), rng.normal(0, 30, 100), rng.uniform(-400, 400, 196),
+                        [0.0, -0.0, 1e-300, 5e-17]])
+    a, b = np.repeat(np.arange(k), 10), rng.integers(0, k, 10 * k)
+    d = s[a] - s[b]
+    expected = _fast_table(d, np.empty(d.shape[0]), None)
+    got, p = compiled_table(s, a, b)
+    big = np.abs(d) > nk.EXP_CLAMP  # exp(-|d|) below exp(-700): the cells move by less than 1e-300
+    error = np.abs(got - expected).reshape(-1, 2)
+    assert np.all(error[~big] <= 6 * np.spacing(np.abs(expected.reshape(-1, 2)[~big])))
+    assert np.all(error[big] <= 1e-300)
+    prob = expit(d)
+    assert np.all(np.abs(p - prob)[~big] <= 4 * np.spacing(prob[~big]))
+    assert np.all(np.abs(p - prob)[big] <= 1e-300) and big.any()
+    s_nan = s.copy()
+    s_nan[3] = np.nan
+    got_nan = compiled_table(s_nan, a, b)[0]
+    np.testing.assert_array_equal(np.isnan(got_nan), np.isnan(_fast_table(s_nan[a] - s_nan[b], np.empty(d.shape[0]),
+                                                                          None)))
+
+
+def test_compiled_sums_are_the_numpy_sums_bit_for_bit():
+    """The E-step's passes are ``np.bincount``'s numbers and the direction's per-model sums the sparse products'
+    (the same additions in the same order)."""
+    rng = np.random.default_rng(1)
+    k, n, n_users = 300, 20_000, 900
+    pairs, index = PairTable.from_labels(rng.integers(0, k, n), rng.integers(0, k, n), k)
+    cell = np.sort(2 * index + (rng.random(n) < 0.5))
+    user = rng.integers(0, n_users, n)
+    table, per_user = rng.normal(0, 3, 2 * pairs.n_pairs), rng.random(n_users)
+    np.testing.assert_array_equal(nk.gather_add(user, cell, table, np.zeros(n_users)),
+                                  np.bincount(user, weights=table[cell], minlength=n_users))
+    np.testing.assert_array_equal(nk.gather_add(cell, user, per_user, np.zeros(2 * pairs.n_pairs)),
+                                  np.bincount(cell, weights=per_user[user], minlength=2 * pairs.n_pairs))
+    p, w1, w0 = rng.random(pairs.n_pairs), rng.random(pairs.n_pairs), rng.random(pairs.n_pairs)
+    wsum = w1 + w0
+    sums = [np.zeros(k) for _ in range(4)]
+    c = np.empty(pairs.n_pairs)
+    nk.pair_slopes(p, w1, w0, pairs.a, pairs.b, c, *sums)
+    cw = wsum * p
+    structure = _PairHessian(pairs.a, pairs.b, k)
+    np.testing.assert_array_equal(c, cw * (1.0 - p))
+    for got, expected in zip(sums, structure.sums(w1 - cw) + structure.sums(cw * (1.0 - p))):
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_compiled_cache_returns_tables_and_probs_of_each_point(monkeypatch):
+    """``AttentiveTables`` on the compiled path: each point's table (and its ``p``) as a fresh cache computes it,
+    evicted arrays reused only when nobody holds them; the all-zero start's ``p`` is 1/2."""
+    monkeypatch.setattr(pairs_mod, "NUMBA_MIN_PAIRS", 0)
+    rng = np.random.default_rng(3)
+    k = 120
+    pairs = PairTable.from_labels(rng.integers(0, k, 3000), rng.integers(0, k, 3000), k)[0]
+    cache = AttentiveTables(pairs.a, pairs.b, size=2, fast=True, n_models=k)
+    assert cache.kernels is nk
+    held = cache.table(rng.normal(0, 2, k))
+    kept = held.copy()
+    for s in [np.zeros(k)] + [rng.normal(0, 2, k) for _ in range(5)]:
+        table, p = cache.table(s), cache.probs(s)
+        expected, expected_p = compiled_table(s, pairs.a, pairs.b)
+        assert not table.flags.writeable and not p.flags.writeable
+        np.testing.assert_allclose(table, expected, rtol=1e-15, atol=0)
+        np.testing.assert_allclose(p, 0.5 if not s.any() else expected_p, rtol=1e-15, atol=0)
+    np.testing.assert_array_equal(held, kept)
+
+
+@pytest.mark.parametrize("variant", ["two-class", "continuous"])
+def test_compiled_fit_equals_the_numpy_fit(monkeypatch, variant):
+    """A whole EM fit above 64 models through the compiled kernels equals the numpy path's (strengths and user
+    qualities to 1e-10 at a tight tolerance), and the compiled path is the one taken."""
+    log = sparse_log(12_000, 300, 1_500, seed=4)
+    monkeypatch.setattr(pairs_mod, "NUMBA_MIN_PAIRS", 0)
+    calls = []
+    monkeypatch.setattr(nk, "pair_slopes", lambda *args: calls.append(1) or numba_pair_slopes(*args))
+    compiled = ba.fit(log, variant=variant, tol=1e-13, accelerate=True)
+    assert calls
+    monkeypatch.setenv(pairs_mod.NUMBA_ENV, "0")
+    plain = ba.fit(log, variant=variant, tol=1e-13, accelerate=True)
+    np.testing.assert_allclose(compiled.models["strength"], plain.models["strength"], rtol=0, atol=1e-10)
+    np.testing.assert_allclose(compiled.users["quality"], plain.users["quality"], rtol=0, atol=1e-10)
+
+
+
+def test_kernels_serve_only_many_models_and_many_pairs(monkeypatch):
+    """The compiled path: above 64 models, from NUMBA_MIN_PAIRS pairs, unless switched off; without numba (an
+    import error) every fit stays on the numpy path."""
+    assert pairs_mod.numba_kernels(pairs_mod.DENSE_MAX_MODELS, 10**7) is None
+    assert pairs_mod.numba_kernels(1000, pairs_mod.NUMBA_MIN_PAIRS - 1) is None
+    assert pairs_mod.numba_kernels(1000, pairs_mod.NUMBA_MIN_PAIRS) is nk
+    monkeypatch.setenv(pairs_mod.NUMBA_ENV, "0")
+    assert pairs_mod.numba_kernels(1000, pairs_mod.NUMBA_MIN_PAIRS) is None
+    monkeypatch.delenv(pairs_mod.NUMBA_ENV)
+    monkeypatch.setattr(pairs_mod, "_NUMBA_MODULE", None)
+    monkeypatch.delattr(ba, "numba_kernels", raising=False)
+    monkeypatch.setitem(sys.modules, "bayes_annot.numba_kernels", None)  # importing it fails (as without numba)
+    assert pairs_mod.numba_kernels(1000, pairs_mod.NUMBA_MIN_PAIRS) is None
