@@ -1,9 +1,9 @@
 r"""Compiled kernels of the many-models EM path (optional: ``pip install bayes_annot[fast]``, numba).
 
-Used only above :data:`~bayes_annot.pairs.DENSE_MAX_MODELS` models and only when numba is importable
-(:func:`bayes_annot.pairs.numba_kernels`); importing this module imports numba (~0.2 s), so nothing imports it
-at start-up or for a fit with few models. Every kernel has a pure-numpy twin in :mod:`bayes_annot.pairs` /
-:mod:`bayes_annot.block_em`, and a fit through either path reaches the same optimum (tested to 1e-10).
+Used only above :data:`~bayes_annot.pairs.DENSE_MAX_MODELS` models with many compared pairs, and only when
+they can be loaded (:func:`bayes_annot.pairs.numba_kernels`), so nothing imports this module at start-up or for
+a fit with few models. Every kernel has a pure-numpy twin in :mod:`bayes_annot.pairs` / :mod:`bayes_annot.block_em`,
+and a fit through either path reaches the same optimum (tested to 1e-10).
 
 * :func:`attentive_table`: the attentive table ``log P_att`` of every cell ``2 * pair + choice`` and each pair's
   ``p = sigmoid(d)`` (the Newton direction's input) from ``d = s_a - s_b``, in three passes, the two
@@ -17,19 +17,29 @@ at start-up or for a fit with few models. Every kernel has a pure-numpy twin in 
 * :func:`gather_add`: the E-step's two passes over the labels in cell order,
   ``np.bincount``'s numbers (the same additions in the same order) without the gathered temporary.
 
-Compiled on first use and cached on disk (``cache=True``: next to this file, or, when that folder is read-only,
-numba's user-wide cache folder; ``NUMBA_CACHE_DIR`` overrides both). When no cache folder is writable the kernels
-are compiled in memory each run.
+How they are built and loaded. Importing numba and letting it load its own cached kernels costs ~0.45 s of CPU per
+process (its import, then its typing and lowering registries on the first call), as much as ~10 EM evaluations at
+10^6 pairs. So numba compiles the kernels once (``numba.cfunc``: C functions over raw pointers, no numba runtime
+calls) and llvmlite (numba's own LLVM binding, installed with it) turns them into one native object file for this
+CPU, cached on disk (:func:`cache_dirs`); every later process loads that file with llvmlite alone (~0.04 s, numba
+not imported) and calls the kernels through :mod:`ctypes`. The file's name holds a hash of this module's source,
+the llvmlite version and the host CPU (name, features), so an edit, an upgrade or another machine compiles anew.
+When no cache folder is writable the kernels are compiled in memory each run (numba imported, as before). The
+wrappers check every array's dtype and layout (the kernels read and write raw memory).
 """
 
 from __future__ import annotations
 
-import warnings
+import ctypes
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
 
 import numpy as np
-import numba
 
-__all__ = ["attentive_table", "pair_slopes", "gather_add", "EXP_CLAMP"]
+__all__ = ["attentive_table", "pair_slopes", "gather_add", "EXP_CLAMP", "cache_dirs"]
 
 EXP_CLAMP = 700.0
 """``|d|`` above this is taken as this in ``exp(-|d|)`` (a normal number, ``2^-k`` built from exponent bits)."""
@@ -39,31 +49,21 @@ _LN2_HI = 6.93147180369123816490e-01  # Cody and Waite's split of log(2): k * _L
 _LN2_LO = 1.90821492927058770002e-10
 
 
-def _jit(function):
-    """``numba.njit(cache=True)``, or without the disk cache when no cache folder is writable."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", numba.NumbaWarning)
-            return numba.njit(cache=True, error_model="numpy")(function)
-    except RuntimeError:  # numba: "cannot cache function ...: no locator available"
-        return numba.njit(cache=False, error_model="numpy")(function)
+# The kernels' source: loops over raw pointers (``x[i]`` of a ``float64*`` / ``int64*``), ``n`` the pairs or labels.
+# Compiled by numba.cfunc (see _compile), never run as Python.
 
-
-@_jit
-def _pair_log_odds(s, a, b, d):
-    for i in range(a.shape[0]):
+def _pair_log_odds(s, a, b, d, n):
+    for i in range(n):
         d[i] = s[a[i]] - s[b[i]]
 
 
 # The two polynomials are written out (Horner): a loop over a tuple of coefficients, even inlined, is not unrolled
 # before LLVM's vectoriser, and the table then took 28-60 ms per 10^6 pairs instead of ~9 (measured).
 
-
-@_jit
-def _exp_neg_abs(d, mantissa, bits):
+def _exp_neg_abs(d, mantissa, bits, n):
     """``exp(-min(|d|, EXP_CLAMP)) = mantissa * 2^-k``: ``mantissa`` (``e^r``, ``|r| <= log(2) / 2``, a degree-13
     Taylor polynomial: error below 5e-18 relative) and ``bits`` (the int64 bit pattern of the float ``2^-k``)."""
-    for i in range(d.shape[0]):
+    for i in range(n):
         t = min(abs(d[i]), EXP_CLAMP)
         k = np.floor(t * _INV_LN2 + 0.5)
         r = (k * _LN2_HI - t) + k * _LN2_LO
@@ -85,11 +85,11 @@ def _exp_neg_abs(d, mantissa, bits):
         bits[i] = np.int64(1023 - np.int32(k)) << 52
 
 
-@_jit
-def _table_tail(d, mantissa, scale, out, p):
-    """From ``e = exp(-|d|)``: ``log1p(e) = 2 atanh(z)``, ``z = e / (2 + e) <= 1/3``, as its series (17 terms:
-    truncation below 2e-17 relative), the two cells of each pair and ``p = sigmoid(d)``."""
-    for i in range(d.shape[0]):
+def _table_tail(d, mantissa, scale, out, p, n):
+    """From ``e = exp(-|d|)`` (``scale``: ``bits`` read as floats): ``log1p(e) = 2 atanh(z)``, ``z = e / (2 + e)
+    <= 1/3``, as its series (17 terms: truncation below 2e-17 relative), the two cells of each pair and
+    ``p = sigmoid(d)``."""
+    for i in range(n):
         v = d[i]
         e = mantissa[i] * scale[i]
         z = e / (2.0 + e)
@@ -120,25 +120,13 @@ def _table_tail(d, mantissa, scale, out, p):
         p[i] = u if v >= 0.0 else e * u
 
 
-def attentive_table(s, a, b, d, mantissa, bits, out, p):
-    """The attentive table of the strengths ``s`` over the pairs ``(a, b)`` into ``out`` (``2 P``) and each pair's
-    ``sigmoid(s_a - s_b)`` into ``p``; ``d``, ``mantissa`` (float) and ``bits`` (int64) are ``P``-long work arrays.
-    Returns ``out``."""
-    _pair_log_odds(s, a, b, d)
-    _exp_neg_abs(d, mantissa, bits)
-    _table_tail(d, mantissa, bits.view(np.float64), out, p)
-    return out
-
-
-@_jit
-def pair_slopes(p, w1, w0, a, b, c, out_g, in_g, out_c, in_c):
-    """Each pair's curvature ``c = wsum p (1 - p)`` (into ``c``; ``wsum = w1 + w0``) and the per-model sums, over
-    the pairs where the model is ``a`` (``out_*``) and ``b`` (``in_*``), of the derivatives ``w1 - wsum p`` and the
-    curvatures (into the zeroed ``(K,)`` arrays)."""
-    for i in range(p.shape[0]):
+def _pair_slopes(p, w1, w1_step, w0, w0_step, a, b, c, out_g, in_g, out_c, in_c, n):
+    """``w1`` / ``w0`` every ``*_step`` elements (EM passes the cell table's two strided halves)."""
+    for i in range(n):
         pi = p[i]
-        cw = (w1[i] + w0[i]) * pi
-        g = w1[i] - cw
+        x1 = w1[i * w1_step]
+        cw = (x1 + w0[i * w0_step]) * pi
+        g = x1 - cw
         ci = cw * (1.0 - pi)
         c[i] = ci
         out_g[a[i]] += g
@@ -147,11 +135,204 @@ def pair_slopes(p, w1, w0, a, b, c, out_g, in_g, out_c, in_c):
         in_c[b[i]] += ci
 
 
-@_jit
+def _gather_add(into, source, values, out, n):
+    for i in range(n):
+        out[into[i]] += values[source[i]]
+
+
+_KERNELS = {  # argument kinds (f a float64 pointer, i an int64 pointer, n an int64), FMA contraction
+    "_pair_log_odds": (_pair_log_odds, "fiifn", False),
+    "_exp_neg_abs": (_exp_neg_abs, "ffin", True),
+    "_table_tail": (_table_tail, "fffffn", True),
+    "_pair_slopes": (_pair_slopes, "ffnfniifffffn", False),
+    "_gather_add": (_gather_add, "iiffn", False),
+}
+"""Each kernel, its arguments and whether its multiply-adds may fuse (``fastmath={"contract"}``, where the CPU has
+FMA): the two polynomials' Horner steps then take one rounding instead of two and half the latency (table 7.0 ms ->
+4.4 ms per 10^6 pairs, AMD EPYC; still within 4 ulp of numpy's cells and of ``expit``, tested). The sums of
+:func:`pair_slopes` and :func:`gather_add` stay unfused: bit for bit the numpy path's."""
+
+
+def cache_dirs() -> list[Path]:
+    """Where the compiled object file is looked for and written, in order: ``NUMBA_CACHE_DIR`` alone when set
+    (as numba's own cache), else this package's ``__pycache__`` folder, then ``$XDG_CACHE_HOME/bayes_annot``
+    (``~/.cache/bayes_annot``)."""
+    override = os.environ.get("NUMBA_CACHE_DIR", "").strip()
+    if override:
+        return [Path(override)]
+    user_cache = Path(os.environ.get("XDG_CACHE_HOME", "").strip() or Path.home() / ".cache") / "bayes_annot"
+    return [Path(__file__).resolve().parent / "__pycache__", user_cache]
+
+
+def _target_machine():
+    """llvmlite's binding and a target machine for this CPU (its name and features: AVX2 where present)."""
+    import llvmlite.binding as llvm
+
+    llvm.initialize_native_target()
+    llvm.initialize_native_asmprinter()
+    machine = llvm.Target.from_default_triple().create_target_machine(
+        cpu=llvm.get_host_cpu_name(), features=llvm.get_host_cpu_features().flatten(), opt=3, codemodel="jitdefault")
+    return llvm, machine
+
+
+def _cache_name(llvm, machine) -> str:
+    """The object file's name: a hash of this module's source, llvmlite's version and the target CPU."""
+    import llvmlite
+
+    key = hashlib.sha256(Path(__file__).read_bytes())
+    key.update("\0".join([llvmlite.__version__, llvm.get_process_triple(), llvm.get_host_cpu_name(),
+                          llvm.get_host_cpu_features().flatten()]).encode())
+    return f"numba_kernels-{key.hexdigest()[:20]}.native"
+
+
+def _compile(llvm, machine) -> bytes:
+    """Compile every kernel with ``numba.cfunc`` (imports numba) into one native object file; returns the file's
+    bytes: a JSON line (each kernel's symbol, the object code's SHA-256) then the object code."""
+    import warnings
+
+    import numba
+    from numba import types
+
+    kinds = {"f": types.CPointer(types.float64), "i": types.CPointer(types.int64), "n": types.int64}
+    module, symbols = None, {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", numba.NumbaWarning)
+        for name, (function, args, fuse) in _KERNELS.items():
+            compiled = numba.cfunc(types.void(*[kinds[k] for k in args]), error_model="numpy",
+                                   fastmath={"contract"} if fuse else False)(function)
+            part = llvm.parse_assembly(compiled.inspect_llvm())  # numba's optimised (vectorised) IR
+            symbols[name] = compiled.native_name
+            if module is None:
+                module = part
+            else:
+                module.link_in(part)
+    module.verify()
+    code = machine.emit_object(module)
+    header = {"symbols": symbols, "sha256": hashlib.sha256(code).hexdigest()}
+    return json.dumps(header).encode() + b"\n" + code
+
+
+def _write(folder: Path, name: str, data: bytes) -> None:
+    """Write the object file atomically (a temporary file renamed); silently nothing when ``folder`` is not
+    writable."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=folder, prefix=".numba_kernels-")
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+        os.replace(temporary, folder / name)
+    except OSError:
+        pass
+
+
+def _load(llvm, machine, data: bytes) -> dict:
+    """The kernels of an object file (:func:`_compile`'s bytes) loaded by llvmlite's MCJIT, as ctypes functions;
+    ValueError (before LLVM reads it) when the object code is not the one its header's hash describes."""
+    header, _, code = data.partition(b"\n")
+    header = json.loads(header)
+    if hashlib.sha256(code).hexdigest() != header["sha256"]:  # LLVM would crash on a damaged object file
+        raise ValueError("damaged object file")
+    symbols = header["symbols"]
+    engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), machine)
+    engine.add_object_file(llvm.ObjectFileRef.from_data(code))
+    engine.finalize_object()
+    kinds = {"f": ctypes.c_void_p, "i": ctypes.c_void_p, "n": ctypes.c_int64}
+    kernels = {"engine": engine}  # the engine owns the code: kept as long as the kernels
+    for name, (_, args, _) in _KERNELS.items():
+        address = engine.get_function_address(symbols[name])
+        if not address:
+            raise ImportError(f"compiled kernel {name} missing from its object file")
+        kernels[name] = ctypes.CFUNCTYPE(None, *[kinds[k] for k in args])(address)
+    return kernels
+
+
+def _build() -> dict:
+    """The kernels: loaded from the first cache folder holding this source's object file, else compiled (numba)
+    and cached in the first writable folder. ImportError when llvmlite (or, to compile, numba) is missing."""
+    llvm, machine = _target_machine()
+    name = _cache_name(llvm, machine)
+    folders = cache_dirs()
+    for folder in folders:
+        try:
+            data = (folder / name).read_bytes()
+        except OSError:
+            continue
+        try:
+            return _load(llvm, machine, data)
+        except Exception:  # a damaged or foreign file: compiled anew below (and rewritten)
+            break
+    try:
+        data = _compile(llvm, machine)
+    except ImportError:
+        raise
+    except Exception as error:  # numba or LLVM refused: the fit takes the numpy path (pairs.numba_kernels)
+        raise ImportError(f"the compiled kernels could not be built: {error}") from error
+    for folder in folders:
+        _write(folder, name, data)
+        if (folder / name).is_file():
+            break
+    return _load(llvm, machine, data)
+
+
+_NATIVE = _build()
+
+
+def _pointer(array: np.ndarray, dtype, n: int, strided: bool = False):
+    """The data pointer of a 1-d array of ``dtype`` with at least ``n`` elements, contiguous (``strided``: any
+    positive stride of whole elements, returned as ``(pointer, stride in elements)``); ValueError for anything
+    else (the kernels read and write raw memory)."""
+    if not isinstance(array, np.ndarray) or array.dtype != dtype or array.ndim != 1 or array.shape[0] < n:
+        raise ValueError(f"a compiled kernel needs 1-d {np.dtype(dtype)} arrays of at least {n} elements")
+    if strided:
+        stride = array.strides[0] if array.shape[0] > 1 else array.itemsize
+        if stride <= 0 or stride % array.itemsize:
+            raise ValueError("a compiled kernel needs arrays with a positive stride of whole elements")
+        return array.ctypes.data, stride // array.itemsize
+    if not array.flags.c_contiguous:
+        raise ValueError("a compiled kernel needs contiguous arrays")
+    return array.ctypes.data
+
+
+def _writable(array: np.ndarray, dtype, n: int):
+    if isinstance(array, np.ndarray) and not array.flags.writeable:
+        raise ValueError("a compiled kernel's output array is read-only")
+    return _pointer(array, dtype, n)
+
+
+_F, _I = np.dtype(np.float64), np.dtype(np.int64)
+
+
+def attentive_table(s, a, b, d, mantissa, bits, out, p):
+    """The attentive table of the strengths ``s`` over the pairs ``(a, b)`` into ``out`` (``2 P``) and each pair's
+    ``sigmoid(s_a - s_b)`` into ``p``; ``d``, ``mantissa`` (float) and ``bits`` (int64) are ``P``-long work arrays.
+    Returns ``out``. ``a`` and ``b`` index ``s`` (not checked)."""
+    n = a.shape[0]
+    ps, pa, pb = _pointer(s, _F, 0), _pointer(a, _I, n), _pointer(b, _I, n)
+    pd, pm, pbits = _writable(d, _F, n), _writable(mantissa, _F, n), _writable(bits, _I, n)
+    pout, pp = _writable(out, _F, 2 * n), _writable(p, _F, n)
+    _NATIVE["_pair_log_odds"](ps, pa, pb, pd, n)
+    _NATIVE["_exp_neg_abs"](pd, pm, pbits, n)
+    _NATIVE["_table_tail"](pd, pm, pbits, pout, pp, n)
+    return out
+
+
+def pair_slopes(p, w1, w0, a, b, c, out_g, in_g, out_c, in_c):
+    """Each pair's curvature ``c = wsum p (1 - p)`` (into ``c``; ``wsum = w1 + w0``) and the per-model sums, over
+    the pairs where the model is ``a`` (``out_*``) and ``b`` (``in_*``), of the derivatives ``w1 - wsum p`` and the
+    curvatures (into the zeroed ``(K,)`` arrays). ``w1`` and ``w0`` may be strided (the halves of a cell table)."""
+    n = p.shape[0]
+    (p1, s1), (p0, s0) = _pointer(w1, _F, n, strided=True), _pointer(w0, _F, n, strided=True)
+    sums = [_writable(x, _F, 0) for x in (out_g, in_g, out_c, in_c)]
+    _NATIVE["_pair_slopes"](_pointer(p, _F, n), p1, s1, p0, s0, _pointer(a, _I, n), _pointer(b, _I, n),
+                            _writable(c, _F, n), *sums, n)
+
+
 def gather_add(into, source, values, out):
     """``out[into[i]] += values[source[i]]`` over ``i`` in order (``out`` zeroed): ``np.bincount(into,
     weights=values[source])``. The E-step's passes over the labels in cell order: per-user sums of a cell table
-    (``into`` the users, ``source`` the cells) and the cell table of per-user weights (the other way round)."""
-    for i in range(into.shape[0]):
-        out[into[i]] += values[source[i]]
+    (``into`` the users, ``source`` the cells) and the cell table of per-user weights (the other way round).
+    Returns ``out``."""
+    n = into.shape[0]
+    _NATIVE["_gather_add"](_pointer(into, _I, n), _pointer(source, _I, n), _pointer(values, _F, 0),
+                           _writable(out, _F, 0), n)
     return out

@@ -4,7 +4,12 @@ order), a whole fit to 1e-10. Skipped when numba is not installed (the test extr
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -130,3 +135,51 @@ def test_kernels_serve_only_many_models_and_many_pairs(monkeypatch):
     monkeypatch.delattr(ba, "numba_kernels", raising=False)
     monkeypatch.setitem(sys.modules, "bayes_annot.numba_kernels", None)  # importing it fails (as without numba)
     assert pairs_mod.numba_kernels(1000, pairs_mod.NUMBA_MIN_PAIRS) is None
+
+
+def _load_in_fresh_process(cache_dir) -> dict:
+    """Import the kernels in a fresh interpreter with ``NUMBA_CACHE_DIR=cache_dir``; whether numba was imported,
+    the cache folder's object files and one table's cells (a small fixed input)."""
+    code = textwrap.dedent("""
+        import json, os, sys
+        import numpy as np
+        from bayes_annot import numba_kernels as nk
+        s = np.array([0.0, 1.5, -2.0]); a = np.array([0, 1, 2, 0]); b = np.array([1, 2, 0, 2])
+        out, p = np.empty(8), np.empty(4)
+        nk.attentive_table(s, a, b, np.empty(4), np.empty(4), np.empty(4, dtype=np.int64), out, p)
+        print(json.dumps({"numba": "numba" in sys.modules, "files": sorted(os.listdir(os.environ["NUMBA_CACHE_DIR"])),
+                          "cells": out.tolist()}))
+    """)
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache_dir), PYTHONPATH=str(Path(nk.__file__).resolve().parents[1]))
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_compiled_kernels_load_from_their_object_file_without_numba(tmp_path):
+    """The first process compiles the kernels (numba) into one object file in the cache folder; the next loads it
+    without importing numba and computes the same cells; a damaged file is compiled anew (and rewritten)."""
+    first = _load_in_fresh_process(tmp_path)
+    assert first["numba"] and len(first["files"]) == 1
+    second = _load_in_fresh_process(tmp_path)
+    assert not second["numba"] and second["files"] == first["files"]
+    assert second["cells"] == first["cells"]
+    (tmp_path / first["files"][0]).write_bytes(b'{"_gather_add": "nothing"}\nnot an object file')
+    damaged = _load_in_fresh_process(tmp_path)
+    assert damaged["numba"] and damaged["cells"] == first["cells"]
+    assert not _load_in_fresh_process(tmp_path)["numba"]
+
+
+def test_compiled_kernels_refuse_arrays_they_would_misread():
+    """The kernels read raw memory: a wrong dtype, a non-contiguous work array or a short output is a ValueError,
+    not a silent misread."""
+    s, a, b = np.zeros(3), np.array([0, 1]), np.array([1, 2])
+    work = [np.empty(2), np.empty(2), np.empty(2, dtype=np.int64), np.empty(4), np.empty(2)]
+    nk.attentive_table(s, a, b, *work)
+    with pytest.raises(ValueError):
+        nk.attentive_table(s, a.astype(np.int32), b, *work)
+    with pytest.raises(ValueError):
+        nk.attentive_table(s, a, b, np.empty(4)[::2], *work[1:])
+    with pytest.raises(ValueError):
+        nk.attentive_table(s, a, b, *work[:3], np.empty(3), work[4])
+    with pytest.raises(ValueError):
+        nk.gather_add(a, b, np.zeros(3, dtype=np.float32), np.zeros(3))
