@@ -20,12 +20,15 @@ and a fit through either path reaches the same optimum (tested to 1e-10).
 How they are built and loaded. Importing numba and letting it load its own cached kernels costs ~0.45 s of CPU per
 process (its import, then its typing and lowering registries on the first call), as much as ~10 EM evaluations at
 10^6 pairs. So numba compiles the kernels once (``numba.cfunc``: C functions over raw pointers, no numba runtime
-calls) and llvmlite (numba's own LLVM binding, installed with it) turns them into one native object file for this
-CPU, cached on disk (:func:`cache_dirs`); every later process loads that file with llvmlite alone (~0.04 s, numba
-not imported) and calls the kernels through :mod:`ctypes`. The file's name holds a hash of this module's source,
-the llvmlite version and the host CPU (name, features), so an edit, an upgrade or another machine compiles anew.
-When no cache folder is writable the kernels are compiled in memory each run (numba imported, as before). The
-wrappers check every array's dtype and layout (the kernels read and write raw memory).
+calls) and llvmlite (numba's LLVM binding, installed with it) turns them into native code for this CPU, cached on
+disk (:func:`cache_dirs`) twice: an object file, which llvmlite's MCJIT loads (~0.04 s: importing llvmlite), and,
+on Linux with a C compiler (``cc``), a shared library linked from it, which :mod:`ctypes` loads (~1 ms: neither
+numba nor llvmlite imported). A process takes the first that is there and intact (SHA-256 in their headers: a
+damaged file would crash LLVM or the loader), else compiles (numba) and writes both. Names hold a hash of this
+module's source and the CPU (llvmlite's host CPU name and features for the object file, the first processor's
+vendor, family, model and flags in ``/proc/cpuinfo`` for the library), so an edit, an upgrade or another machine
+compiles anew. When no cache folder is writable the kernels are compiled in memory each run (numba imported, as
+before). The wrappers check every array's dtype and layout (the kernels read and write raw memory).
 """
 
 from __future__ import annotations
@@ -164,6 +167,45 @@ def cache_dirs() -> list[Path]:
     return [Path(__file__).resolve().parent / "__pycache__", user_cache]
 
 
+def _cpu_signature() -> str | None:
+    """This CPU as Linux's ``/proc/cpuinfo`` describes its first processor (vendor, family, model, flags: what
+    compiled code may use), read without llvmlite; ``None`` elsewhere (no shared-library path)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            first = handle.read(1 << 16).split("\n\n", 1)[0]
+    except OSError:
+        return None
+    keep = [line.strip() for line in first.splitlines()
+            if line.split(":", 1)[0].strip() in ("vendor_id", "cpu family", "model", "flags")]
+    return "\n".join(keep) if len(keep) == 4 else None
+
+
+def _library_name(signature: str) -> str:
+    """The shared library's name (``.so``, its symbols and hash in the ``.json`` beside it): a hash of this
+    module's source, the platform and :func:`_cpu_signature`."""
+    import platform
+    import sys
+
+    key = hashlib.sha256(Path(__file__).read_bytes())
+    key.update("\0".join([sys.platform, platform.machine(), signature]).encode())
+    return f"numba_kernels-{key.hexdigest()[:20]}"
+
+
+def _load_library(folder: Path, name: str) -> dict:
+    """The kernels of a cached shared library, loaded by ctypes (neither numba nor llvmlite imported); OSError or
+    ValueError when it is missing or not the file its ``.json`` describes."""
+    header = json.loads((folder / f"{name}.json").read_text())
+    path = folder / f"{name}.so"
+    if hashlib.sha256(path.read_bytes()).hexdigest() != header["sha256"]:
+        raise ValueError("damaged shared library")
+    library = ctypes.CDLL(str(path))
+    kinds = {"f": ctypes.c_void_p, "i": ctypes.c_void_p, "n": ctypes.c_int64}
+    kernels = {"library": library}
+    for kernel, (_, args, _) in _KERNELS.items():
+        kernels[kernel] = ctypes.CFUNCTYPE(None, *[kinds[k] for k in args])((header["symbols"][kernel], library))
+    return kernels
+
+
 def _target_machine():
     """llvmlite's binding and a target machine for this CPU (its name and features: AVX2 where present)."""
     import llvmlite.binding as llvm
@@ -185,9 +227,10 @@ def _cache_name(llvm, machine) -> str:
     return f"numba_kernels-{key.hexdigest()[:20]}.native"
 
 
-def _compile(llvm, machine) -> bytes:
+def _compile(llvm, machine):
     """Compile every kernel with ``numba.cfunc`` (imports numba) into one native object file; returns the file's
-    bytes: a JSON line (each kernel's symbol, the object code's SHA-256) then the object code."""
+    bytes (a JSON line: each kernel's symbol, the object code's SHA-256; then the object code), the shared
+    library's bytes (:func:`_link`, or ``None``) and the kernels' symbols."""
     import warnings
 
     import numba
@@ -209,7 +252,27 @@ def _compile(llvm, machine) -> bytes:
     module.verify()
     code = machine.emit_object(module)
     header = {"symbols": symbols, "sha256": hashlib.sha256(code).hexdigest()}
-    return json.dumps(header).encode() + b"\n" + code
+    return json.dumps(header).encode() + b"\n" + code, _link(llvm, module), symbols
+
+
+def _link(llvm, module) -> bytes | None:
+    """The kernels as a shared library (position-independent code linked by the system's ``cc -shared``), or
+    ``None`` when there is no C compiler or it fails: the llvmlite path then serves every process."""
+    import shutil
+    import subprocess
+
+    if shutil.which("cc") is None:
+        return None
+    try:
+        machine = llvm.Target.from_default_triple().create_target_machine(
+            cpu=llvm.get_host_cpu_name(), features=llvm.get_host_cpu_features().flatten(), opt=3, reloc="pic")
+        with tempfile.TemporaryDirectory(prefix="bayes-annot-kernels-") as folder:
+            (Path(folder) / "kernels.o").write_bytes(machine.emit_object(module))
+            subprocess.run(["cc", "-shared", "-o", "kernels.so", "kernels.o"], cwd=folder, check=True,
+                           capture_output=True, timeout=120)
+            return (Path(folder) / "kernels.so").read_bytes()
+    except Exception:  # no usable compiler here: the object file alone
+        return None
 
 
 def _write(folder: Path, name: str, data: bytes) -> None:
@@ -247,11 +310,19 @@ def _load(llvm, machine, data: bytes) -> dict:
 
 
 def _build() -> dict:
-    """The kernels: loaded from the first cache folder holding this source's object file, else compiled (numba)
-    and cached in the first writable folder. ImportError when llvmlite (or, to compile, numba) is missing."""
+    """The kernels: from the first cache folder holding this source's shared library for this CPU (ctypes alone),
+    else its object file (llvmlite), else compiled (numba) and cached in the first writable folder. ImportError
+    when llvmlite (or, to compile, numba) is missing."""
+    folders = cache_dirs()
+    signature = _cpu_signature()
+    library = None if signature is None else _library_name(signature)
+    for folder in folders if library else []:
+        try:
+            return _load_library(folder, library)
+        except (OSError, ValueError, KeyError, AttributeError, TypeError):
+            continue  # missing, damaged or foreign (a damaged one is rewritten when the kernels are compiled)
     llvm, machine = _target_machine()
     name = _cache_name(llvm, machine)
-    folders = cache_dirs()
     for folder in folders:
         try:
             data = (folder / name).read_bytes()
@@ -262,7 +333,7 @@ def _build() -> dict:
         except Exception:  # a damaged or foreign file: compiled anew below (and rewritten)
             break
     try:
-        data = _compile(llvm, machine)
+        data, shared, symbols = _compile(llvm, machine)
     except ImportError:
         raise
     except Exception as error:  # numba or LLVM refused: the fit takes the numpy path (pairs.numba_kernels)
@@ -270,6 +341,10 @@ def _build() -> dict:
     for folder in folders:
         _write(folder, name, data)
         if (folder / name).is_file():
+            if library and shared is not None:  # the library, then its description (which makes it usable)
+                _write(folder, f"{library}.so", shared)
+                _write(folder, f"{library}.json",
+                       json.dumps({"symbols": symbols, "sha256": hashlib.sha256(shared).hexdigest()}).encode())
             break
     return _load(llvm, machine, data)
 

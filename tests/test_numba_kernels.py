@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -138,8 +139,8 @@ def test_kernels_serve_only_many_models_and_many_pairs(monkeypatch):
 
 
 def _load_in_fresh_process(cache_dir) -> dict:
-    """Import the kernels in a fresh interpreter with ``NUMBA_CACHE_DIR=cache_dir``; whether numba was imported,
-    the cache folder's object files and one table's cells (a small fixed input)."""
+    """Import the kernels in a fresh interpreter with ``NUMBA_CACHE_DIR=cache_dir``: which of numba / llvmlite it
+    imported, how it loaded them, the cache folder's files and one table's cells (a small fixed input)."""
     code = textwrap.dedent("""
         import json, os, sys
         import numpy as np
@@ -147,26 +148,39 @@ def _load_in_fresh_process(cache_dir) -> dict:
         s = np.array([0.0, 1.5, -2.0]); a = np.array([0, 1, 2, 0]); b = np.array([1, 2, 0, 2])
         out, p = np.empty(8), np.empty(4)
         nk.attentive_table(s, a, b, np.empty(4), np.empty(4), np.empty(4, dtype=np.int64), out, p)
-        print(json.dumps({"numba": "numba" in sys.modules, "files": sorted(os.listdir(os.environ["NUMBA_CACHE_DIR"])),
-                          "cells": out.tolist()}))
+        print(json.dumps({"numba": "numba" in sys.modules, "llvmlite": "llvmlite" in sys.modules,
+                          "library": "library" in nk._NATIVE,
+                          "files": sorted(os.listdir(os.environ["NUMBA_CACHE_DIR"])), "cells": out.tolist()}))
     """)
     env = dict(os.environ, NUMBA_CACHE_DIR=str(cache_dir), PYTHONPATH=str(Path(nk.__file__).resolve().parents[1]))
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_compiled_kernels_load_from_their_object_file_without_numba(tmp_path):
-    """The first process compiles the kernels (numba) into one object file in the cache folder; the next loads it
-    without importing numba and computes the same cells; a damaged file is compiled anew (and rewritten)."""
+def test_compiled_kernels_load_from_their_cached_files_without_numba(tmp_path):
+    """The first process compiles the kernels (numba) into an object file (and, on Linux with a C compiler, a
+    shared library) in the cache folder; the next loads them without numba (the library: without llvmlite too)
+    and computes the same cells; a damaged library falls back to the object file, a damaged object file is
+    compiled anew (and both rewritten)."""
     first = _load_in_fresh_process(tmp_path)
-    assert first["numba"] and len(first["files"]) == 1
+    assert first["numba"] and first["llvmlite"] and not first["library"]
+    native = [f for f in first["files"] if f.endswith(".native")]
+    shared = [f for f in first["files"] if f.endswith(".so")]
+    assert len(native) == 1
+    linkable = sys.platform.startswith("linux") and shutil.which("cc") is not None
+    assert len(shared) == int(linkable)
     second = _load_in_fresh_process(tmp_path)
-    assert not second["numba"] and second["files"] == first["files"]
-    assert second["cells"] == first["cells"]
-    (tmp_path / first["files"][0]).write_bytes(b'{"_gather_add": "nothing"}\nnot an object file')
+    assert not second["numba"] and second["llvmlite"] != linkable and second["library"] == linkable
+    assert second["files"] == first["files"] and second["cells"] == first["cells"]
+    for name in shared:
+        (tmp_path / name).write_bytes(b"not a shared library")
+        damaged = _load_in_fresh_process(tmp_path)
+        assert not damaged["numba"] and damaged["llvmlite"] and damaged["cells"] == first["cells"]
+    (tmp_path / native[0]).write_bytes(b'{"symbols": {}, "sha256": ""}\nnot an object file')
     damaged = _load_in_fresh_process(tmp_path)
     assert damaged["numba"] and damaged["cells"] == first["cells"]
-    assert not _load_in_fresh_process(tmp_path)["numba"]
+    again = _load_in_fresh_process(tmp_path)
+    assert not again["numba"] and again["library"] == linkable and again["cells"] == first["cells"]
 
 
 def test_compiled_kernels_refuse_arrays_they_would_misread():
