@@ -349,7 +349,12 @@ def _build() -> dict:
     return _load(llvm, machine, data)
 
 
-_NATIVE = _build()
+try:
+    _NATIVE = _build()
+except ImportError:
+    raise
+except Exception as error:  # whatever else fails, the optional path must not break a fit: the numpy path serves
+    raise ImportError(f"the compiled kernels could not be loaded: {error}") from error
 
 
 def _pointer(array: np.ndarray, dtype, n: int, strided: bool = False):
