@@ -27,16 +27,26 @@ numba nor llvmlite imported). A process takes the first that is there and intact
 damaged file would crash LLVM or the loader), else compiles (numba) and writes both. Names hold a hash of this
 module's source and the CPU (llvmlite's host CPU name and features for the object file, the first processor's
 vendor, family, model and flags in ``/proc/cpuinfo`` for the library), so an edit, an upgrade or another machine
-compiles anew. When no cache folder is writable the kernels are compiled in memory each run (numba imported, as
-before). The wrappers check every array's dtype and layout (the kernels read and write raw memory).
+compiles anew. A file that does not load is skipped (the next folder, else compiled anew and rewritten); a freshly
+compiled file is loaded before it is written.
+
+Machine code is run from these files, so only folders and files that this user alone can change are read or written
+(owned by this user, writable neither by its group nor by others, files not symbolic links, opened relative to the
+folder's descriptor); a missing folder is created ``0o700`` (the package's ``__pycache__``: under the umask, as
+Python's own), files ``0o600``. Other users of a shared installation therefore cache their own copy in
+``~/.cache/bayes_annot``. When no cache folder serves, the kernels are compiled in memory each run (numba imported,
+``cc`` not run). The wrappers check every float array's dtype and layout (the kernels read and write raw memory)
+and convert index arrays of other integer types to int64.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -157,14 +167,81 @@ FMA): the two polynomials' Horner steps then take one rounding instead of two an
 
 
 def cache_dirs() -> list[Path]:
-    """Where the compiled object file is looked for and written, in order: ``NUMBA_CACHE_DIR`` alone when set
+    """Where the compiled kernels are looked for and written, in order: ``NUMBA_CACHE_DIR`` alone when set
     (as numba's own cache), else this package's ``__pycache__`` folder, then ``$XDG_CACHE_HOME/bayes_annot``
-    (``~/.cache/bayes_annot``)."""
+    (``~/.cache/bayes_annot``). Only folders that this user alone can change are used (:func:`_open_folder`)."""
     override = os.environ.get("NUMBA_CACHE_DIR", "").strip()
     if override:
         return [Path(override)]
     user_cache = Path(os.environ.get("XDG_CACHE_HOME", "").strip() or Path.home() / ".cache") / "bayes_annot"
     return [Path(__file__).resolve().parent / "__pycache__", user_cache]
+
+
+def _private(status: os.stat_result) -> bool:
+    """Whether a file or folder (its ``fstat``) can be changed by this user alone (and root): owned by this user,
+    writable neither by its group nor by others."""
+    return status.st_uid == os.getuid() and not status.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
+def _open_folder(folder: Path, create: bool = False) -> int | None:
+    """A descriptor of ``folder`` (created when ``create``: ``0o700``, except this package's ``__pycache__``,
+    which follows the umask as Python's own) when this user alone can change it, else ``None``. Machine code is
+    loaded from these files, so a folder that another user could write to (a shared ``NUMBA_CACHE_DIR``, a
+    group-writable install) is neither read nor written: the next folder serves. Every file is then opened
+    relative to this descriptor, so a path changed meanwhile (a symbolic link pointed elsewhere) cannot swap
+    the folder. ``None`` on systems without user ids (nothing cached there: compiled in memory each run)."""
+    if not hasattr(os, "getuid") or os.open not in os.supports_dir_fd:
+        return None
+    try:
+        if create:
+            folder.mkdir(mode=0o777 if folder.name == "__pycache__" else 0o700, parents=True, exist_ok=True)
+        descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return None
+    status = os.fstat(descriptor)
+    if stat.S_ISDIR(status.st_mode) and _private(status):
+        return descriptor
+    os.close(descriptor)
+    return None
+
+
+def _open_file(folder: int, name: str) -> int:
+    """A read descriptor of the regular file ``name`` in the open folder ``folder``, not a symbolic link, that
+    this user alone can change; OSError otherwise."""
+    descriptor = os.open(name, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0), dir_fd=folder)
+    status = os.fstat(descriptor)
+    if not (stat.S_ISREG(status.st_mode) and _private(status)):
+        os.close(descriptor)
+        raise PermissionError(f"{name}: not a regular file that only this user can change")
+    return descriptor
+
+
+def _read(folder: int, name: str) -> bytes:
+    """The bytes of ``name`` in the open folder ``folder`` (:func:`_open_file`'s checks); OSError otherwise."""
+    with os.fdopen(_open_file(folder, name), "rb") as handle:
+        return handle.read()
+
+
+def _write(folder: int, name: str, data: bytes) -> bool:
+    """Write ``name`` into the open folder ``folder`` atomically (a temporary file, mode ``0o600``, renamed over
+    it); whether it worked (nothing left behind when not)."""
+    temporary = f".{name}-{os.getpid()}-{os.urandom(4).hex()}"
+    try:
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600,
+                             dir_fd=folder)
+    except OSError:
+        return False
+    try:
+        with os.fdopen(descriptor, "wb") as out:
+            out.write(data)
+        os.replace(temporary, name, src_dir_fd=folder, dst_dir_fd=folder)
+        return True
+    except OSError:
+        try:
+            os.unlink(temporary, dir_fd=folder)
+        except OSError:
+            pass
+        return False
 
 
 def _cpu_signature() -> str | None:
@@ -191,33 +268,46 @@ def _library_name(signature: str) -> str:
     return f"numba_kernels-{key.hexdigest()[:20]}"
 
 
-def _load_library(folder: Path, name: str) -> dict:
-    """The kernels of a cached shared library, loaded by ctypes (neither numba nor llvmlite imported); OSError or
-    ValueError when it is missing or not the file its ``.json`` describes."""
-    header = json.loads((folder / f"{name}.json").read_text())
-    path = folder / f"{name}.so"
-    if hashlib.sha256(path.read_bytes()).hexdigest() != header["sha256"]:
-        raise ValueError("damaged shared library")
-    library = ctypes.CDLL(str(path))
-    kinds = {"f": ctypes.c_void_p, "i": ctypes.c_void_p, "n": ctypes.c_int64}
+_ARGUMENT_TYPES = {"f": ctypes.c_void_p, "i": ctypes.c_void_p, "n": ctypes.c_int64}
+
+
+def _load_library(folder: int, name: str) -> dict:
+    """The kernels of a cached shared library, loaded by ctypes (neither numba nor llvmlite imported); OSError,
+    ValueError or KeyError when it is missing or not the file its ``.json`` describes. The library is loaded
+    through the descriptor whose bytes were hashed (``/proc/self/fd``: Linux, as the library path itself)."""
+    header = json.loads(_read(folder, f"{name}.json"))
+    descriptor = _open_file(folder, f"{name}.so")
+    try:
+        with open(descriptor, "rb", closefd=False) as handle:
+            if hashlib.sha256(handle.read()).hexdigest() != header["sha256"]:
+                raise ValueError("damaged shared library")
+        library = ctypes.CDLL(f"/proc/self/fd/{descriptor}")
+    finally:
+        os.close(descriptor)
     kernels = {"library": library}
     for kernel, (_, args, _) in _KERNELS.items():
-        kernels[kernel] = ctypes.CFUNCTYPE(None, *[kinds[k] for k in args])((header["symbols"][kernel], library))
+        function = ctypes.CFUNCTYPE(None, *[_ARGUMENT_TYPES[k] for k in args])
+        kernels[kernel] = function((header["symbols"][kernel], library))
     return kernels
 
 
-def _target_machine():
-    """llvmlite's binding and a target machine for this CPU (its name and features: AVX2 where present)."""
+def _target_machine(llvm, **options):
+    """A new llvmlite target machine for this CPU (its name and features: AVX2 where present). Each use gets
+    its own: an MCJIT engine takes ownership of its machine and frees it with itself."""
+    return llvm.Target.from_default_triple().create_target_machine(
+        cpu=llvm.get_host_cpu_name(), features=llvm.get_host_cpu_features().flatten(), opt=3, **options)
+
+
+def _llvm():
+    """llvmlite's binding, initialised for this CPU."""
     import llvmlite.binding as llvm
 
     llvm.initialize_native_target()
     llvm.initialize_native_asmprinter()
-    machine = llvm.Target.from_default_triple().create_target_machine(
-        cpu=llvm.get_host_cpu_name(), features=llvm.get_host_cpu_features().flatten(), opt=3, codemodel="jitdefault")
-    return llvm, machine
+    return llvm
 
 
-def _cache_name(llvm, machine) -> str:
+def _cache_name(llvm) -> str:
     """The object file's name: a hash of this module's source, llvmlite's version and the target CPU."""
     import llvmlite
 
@@ -227,10 +317,10 @@ def _cache_name(llvm, machine) -> str:
     return f"numba_kernels-{key.hexdigest()[:20]}.native"
 
 
-def _compile(llvm, machine):
-    """Compile every kernel with ``numba.cfunc`` (imports numba) into one native object file; returns the file's
-    bytes (a JSON line: each kernel's symbol, the object code's SHA-256; then the object code), the shared
-    library's bytes (:func:`_link`, or ``None``) and the kernels' symbols."""
+def _compile(llvm):
+    """Compile every kernel with ``numba.cfunc`` (imports numba) into one LLVM module; returns the object file's
+    bytes (a JSON line: each kernel's symbol, the object code's SHA-256; then the object code), the module (for
+    :func:`_link`) and the kernels' symbols."""
     import warnings
 
     import numba
@@ -250,9 +340,9 @@ def _compile(llvm, machine):
             else:
                 module.link_in(part)
     module.verify()
-    code = machine.emit_object(module)
+    code = _target_machine(llvm, codemodel="jitdefault").emit_object(module)
     header = {"symbols": symbols, "sha256": hashlib.sha256(code).hexdigest()}
-    return json.dumps(header).encode() + b"\n" + code, _link(llvm, module), symbols
+    return json.dumps(header).encode() + b"\n" + code, module, symbols
 
 
 def _link(llvm, module) -> bytes | None:
@@ -264,10 +354,8 @@ def _link(llvm, module) -> bytes | None:
     if shutil.which("cc") is None:
         return None
     try:
-        machine = llvm.Target.from_default_triple().create_target_machine(
-            cpu=llvm.get_host_cpu_name(), features=llvm.get_host_cpu_features().flatten(), opt=3, reloc="pic")
         with tempfile.TemporaryDirectory(prefix="bayes-annot-kernels-") as folder:
-            (Path(folder) / "kernels.o").write_bytes(machine.emit_object(module))
+            (Path(folder) / "kernels.o").write_bytes(_target_machine(llvm, reloc="pic").emit_object(module))
             subprocess.run(["cc", "-shared", "-o", "kernels.so", "kernels.o"], cwd=folder, check=True,
                            capture_output=True, timeout=120)
             return (Path(folder) / "kernels.so").read_bytes()
@@ -275,78 +363,74 @@ def _link(llvm, module) -> bytes | None:
         return None
 
 
-def _write(folder: Path, name: str, data: bytes) -> None:
-    """Write the object file atomically (a temporary file renamed); silently nothing when ``folder`` is not
-    writable."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=folder, prefix=".numba_kernels-")
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-        os.replace(temporary, folder / name)
-    except OSError:
-        pass
-
-
-def _load(llvm, machine, data: bytes) -> dict:
-    """The kernels of an object file (:func:`_compile`'s bytes) loaded by llvmlite's MCJIT, as ctypes functions;
-    ValueError (before LLVM reads it) when the object code is not the one its header's hash describes."""
+def _load(llvm, data: bytes) -> dict:
+    """The kernels of an object file (:func:`_compile`'s bytes) loaded by llvmlite's MCJIT (in an engine with its
+    own target machine), as ctypes functions; ValueError (before LLVM reads it) when the object code is not the
+    one its header's hash describes, ImportError when a kernel is missing from it."""
     header, _, code = data.partition(b"\n")
     header = json.loads(header)
     if hashlib.sha256(code).hexdigest() != header["sha256"]:  # LLVM would crash on a damaged object file
         raise ValueError("damaged object file")
     symbols = header["symbols"]
-    engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), machine)
+    engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), _target_machine(llvm, codemodel="jitdefault"))
     engine.add_object_file(llvm.ObjectFileRef.from_data(code))
     engine.finalize_object()
-    kinds = {"f": ctypes.c_void_p, "i": ctypes.c_void_p, "n": ctypes.c_int64}
     kernels = {"engine": engine}  # the engine owns the code: kept as long as the kernels
     for name, (_, args, _) in _KERNELS.items():
         address = engine.get_function_address(symbols[name])
         if not address:
             raise ImportError(f"compiled kernel {name} missing from its object file")
-        kernels[name] = ctypes.CFUNCTYPE(None, *[kinds[k] for k in args])(address)
+        kernels[name] = ctypes.CFUNCTYPE(None, *[_ARGUMENT_TYPES[k] for k in args])(address)
     return kernels
 
 
 def _build() -> dict:
     """The kernels: from the first cache folder holding this source's shared library for this CPU (ctypes alone),
-    else its object file (llvmlite), else compiled (numba) and cached in the first writable folder. ImportError
-    when llvmlite (or, to compile, numba) is missing."""
-    folders = cache_dirs()
-    signature = _cpu_signature()
-    library = None if signature is None else _library_name(signature)
-    for folder in folders if library else []:
+    else the first holding its object file (llvmlite), else compiled (numba) and cached in the first folder where
+    both can be written. A file that does not load (damaged, foreign) is skipped, and rewritten when the kernels
+    are compiled. ImportError when llvmlite (or, to compile, numba) is missing."""
+    with contextlib.ExitStack() as opened:
+        def folders(create: bool = False):
+            for path in cache_dirs():
+                descriptor = _open_folder(path, create)
+                if descriptor is not None:
+                    opened.callback(os.close, descriptor)
+                    yield descriptor
+
+        signature = _cpu_signature()
+        library = None if signature is None else _library_name(signature)
+        for folder in folders() if library else ():
+            try:
+                return _load_library(folder, library)
+            except (OSError, ValueError, KeyError, AttributeError, TypeError):
+                continue  # missing, damaged or foreign
+        llvm = _llvm()
+        name = _cache_name(llvm)
+        for folder in folders():
+            try:
+                data = _read(folder, name)
+            except OSError:
+                continue
+            try:
+                return _load(llvm, data)
+            except Exception:  # a damaged or foreign file: the next folder, else compiled anew below
+                continue
         try:
-            return _load_library(folder, library)
-        except (OSError, ValueError, KeyError, AttributeError, TypeError):
-            continue  # missing, damaged or foreign (a damaged one is rewritten when the kernels are compiled)
-    llvm, machine = _target_machine()
-    name = _cache_name(llvm, machine)
-    for folder in folders:
-        try:
-            data = (folder / name).read_bytes()
-        except OSError:
-            continue
-        try:
-            return _load(llvm, machine, data)
-        except Exception:  # a damaged or foreign file: compiled anew below (and rewritten)
-            break
-    try:
-        data, shared, symbols = _compile(llvm, machine)
-    except ImportError:
-        raise
-    except Exception as error:  # numba or LLVM refused: the fit takes the numpy path (pairs.numba_kernels)
-        raise ImportError(f"the compiled kernels could not be built: {error}") from error
-    for folder in folders:
-        _write(folder, name, data)
-        if (folder / name).is_file():
-            if library and shared is not None:  # the library, then its description (which makes it usable)
-                _write(folder, f"{library}.so", shared)
+            data, module, symbols = _compile(llvm)
+        except ImportError:
+            raise
+        except Exception as error:  # numba or LLVM refused: the fit takes the numpy path (pairs.numba_kernels)
+            raise ImportError(f"the compiled kernels could not be built: {error}") from error
+        kernels = _load(llvm, data)  # before caching: a file that does not load is never written
+        for folder in folders(create=True):
+            if not _write(folder, name, data):
+                continue
+            shared = _link(llvm, module) if library else None  # cc runs only where its output can be kept
+            if shared is not None and _write(folder, f"{library}.so", shared):  # then its description (usable)
                 _write(folder, f"{library}.json",
                        json.dumps({"symbols": symbols, "sha256": hashlib.sha256(shared).hexdigest()}).encode())
             break
-    return _load(llvm, machine, data)
+        return kernels
 
 
 try:
@@ -382,11 +466,20 @@ def _writable(array: np.ndarray, dtype, n: int):
 _F, _I = np.dtype(np.float64), np.dtype(np.int64)
 
 
+def _indices(array):
+    """An index array as the kernels read it (int64): other integer arrays are converted (``intp`` is 32 bits on
+    32-bit platforms), anything else is left for :func:`_pointer` to refuse."""
+    if isinstance(array, np.ndarray) and array.dtype.kind in "iu" and array.dtype != _I:
+        return array.astype(_I)
+    return array
+
+
 def attentive_table(s, a, b, d, mantissa, bits, out, p):
     """The attentive table of the strengths ``s`` over the pairs ``(a, b)`` into ``out`` (``2 P``) and each pair's
     ``sigmoid(s_a - s_b)`` into ``p``; ``d``, ``mantissa`` (float) and ``bits`` (int64) are ``P``-long work arrays.
     Returns ``out``. ``a`` and ``b`` index ``s`` (not checked)."""
     n = a.shape[0]
+    a, b = _indices(a), _indices(b)
     ps, pa, pb = _pointer(s, _F, 0), _pointer(a, _I, n), _pointer(b, _I, n)
     pd, pm, pbits = _writable(d, _F, n), _writable(mantissa, _F, n), _writable(bits, _I, n)
     pout, pp = _writable(out, _F, 2 * n), _writable(p, _F, n)
@@ -401,6 +494,7 @@ def pair_slopes(p, w1, w0, a, b, c, out_g, in_g, out_c, in_c):
     the pairs where the model is ``a`` (``out_*``) and ``b`` (``in_*``), of the derivatives ``w1 - wsum p`` and the
     curvatures (into the zeroed ``(K,)`` arrays). ``w1`` and ``w0`` may be strided (the halves of a cell table)."""
     n = p.shape[0]
+    a, b = _indices(a), _indices(b)
     (p1, s1), (p0, s0) = _pointer(w1, _F, n, strided=True), _pointer(w0, _F, n, strided=True)
     sums = [_writable(x, _F, 0) for x in (out_g, in_g, out_c, in_c)]
     _NATIVE["_pair_slopes"](_pointer(p, _F, n), p1, s1, p0, s0, _pointer(a, _I, n), _pointer(b, _I, n),
@@ -413,6 +507,7 @@ def gather_add(into, source, values, out):
     (``into`` the users, ``source`` the cells) and the cell table of per-user weights (the other way round).
     Returns ``out``."""
     n = into.shape[0]
+    into, source = _indices(into), _indices(source)
     _NATIVE["_gather_add"](_pointer(into, _I, n), _pointer(source, _I, n), _pointer(values, _F, 0),
                            _writable(out, _F, 0), n)
     return out
