@@ -22,17 +22,18 @@ process (its import, then its typing and lowering registries on the first call),
 10^6 pairs. So numba compiles the kernels once (``numba.cfunc``: C functions over raw pointers, no numba runtime
 calls) and llvmlite (numba's LLVM binding, installed with it) turns them into native code for this CPU, cached on
 disk (:func:`cache_dirs`) twice: an object file, which llvmlite's MCJIT loads (~0.04 s: importing llvmlite), and,
-on Linux with a C compiler (``cc``), a shared library linked from it, which :mod:`ctypes` loads (~1 ms: neither
-numba nor llvmlite imported). A process takes the first that is there and intact (SHA-256 in their headers: a
+on Linux on x86 with a C compiler (``cc``), a shared library linked from it, which :mod:`ctypes` loads (~1 ms:
+neither numba nor llvmlite imported; checked to load before it is written). A process takes the first that is there and intact (SHA-256 in their headers: a
 damaged file would crash LLVM or the loader), else compiles (numba) and writes both. Names hold a hash of this
-module's source and the CPU (llvmlite's host CPU name and features for the object file, the first processor's
-vendor, family, model and flags in ``/proc/cpuinfo`` for the library), so an edit, an upgrade or another machine
-compiles anew. A file that does not load is skipped (the next folder, else compiled anew and rewritten); a freshly
+module's source, the installed numba and llvmlite (:func:`_toolchain`) and the CPU (llvmlite's host CPU name and
+features for the object file, the first processor's vendor, family, model and flags in ``/proc/cpuinfo`` for the
+library), so an edit, an upgrade or another machine compiles anew (older files stay until the folder is cleared). A file that does not load is skipped (the next folder, else compiled anew and rewritten); a freshly
 compiled file is loaded before it is written.
 
 Machine code is run from these files, so only folders and files that this user alone can change are read or written
 (owned by this user, writable neither by its group nor by others, files not symbolic links, opened relative to the
-folder's descriptor); a missing folder is created ``0o700`` (the package's ``__pycache__``: under the umask, as
+folder's descriptor; in a folder that others can write to, such as a shared ``NUMBA_CACHE_DIR``, a private
+subfolder ``bayes_annot-<uid>``); a missing folder is created ``0o700`` (the package's ``__pycache__``: under the umask, as
 Python's own), files ``0o600``. Other users of a shared installation therefore cache their own copy in
 ``~/.cache/bayes_annot``. When no cache folder serves, the kernels are compiled in memory each run (numba imported,
 ``cc`` not run). The wrappers check every float array's dtype and layout (the kernels read and write raw memory)
@@ -169,12 +170,20 @@ FMA): the two polynomials' Horner steps then take one rounding instead of two an
 def cache_dirs() -> list[Path]:
     """Where the compiled kernels are looked for and written, in order: ``NUMBA_CACHE_DIR`` alone when set
     (as numba's own cache), else this package's ``__pycache__`` folder, then ``$XDG_CACHE_HOME/bayes_annot``
-    (``~/.cache/bayes_annot``). Only folders that this user alone can change are used (:func:`_open_folder`)."""
+    (``~/.cache/bayes_annot``; left out when the home folder belongs to another user). Only folders that this user
+    alone can change are used, else a subfolder ``bayes_annot-<uid>`` of theirs (:func:`_open_folder`)."""
     override = os.environ.get("NUMBA_CACHE_DIR", "").strip()
     if override:
         return [Path(override)]
-    user_cache = Path(os.environ.get("XDG_CACHE_HOME", "").strip() or Path.home() / ".cache") / "bayes_annot"
-    return [Path(__file__).resolve().parent / "__pycache__", user_cache]
+    package = Path(__file__).resolve().parent / "__pycache__"
+    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
+    if not xdg and hasattr(os, "getuid"):
+        try:  # not under another user's home (root under sudo keeping HOME): that user could not use it
+            if Path.home().stat().st_uid != os.getuid():
+                return [package]
+        except (OSError, RuntimeError):
+            return [package]
+    return [package, Path(xdg or Path.home() / ".cache") / "bayes_annot"]
 
 
 def _private(status: os.stat_result) -> bool:
@@ -184,6 +193,16 @@ def _private(status: os.stat_result) -> bool:
 
 
 def _open_folder(folder: Path, create: bool = False) -> int | None:
+    """:func:`_open_private_folder` of ``folder``, else of its subfolder ``bayes_annot-<uid>`` (a shared
+    ``NUMBA_CACHE_DIR`` such as ``/tmp``: a sticky folder keeps another user from replacing this user's
+    subfolder, and a subfolder that another user made first is refused)."""
+    descriptor = _open_private_folder(folder, create)
+    if descriptor is None and hasattr(os, "getuid"):
+        descriptor = _open_private_folder(folder / f"bayes_annot-{os.getuid()}", create, private_mode=True)
+    return descriptor
+
+
+def _open_private_folder(folder: Path, create: bool = False, private_mode: bool = False) -> int | None:
     """A descriptor of ``folder`` (created when ``create``: ``0o700``, except this package's ``__pycache__``,
     which follows the umask as Python's own) when this user alone can change it, else ``None``. Machine code is
     loaded from these files, so a folder that another user could write to (a shared ``NUMBA_CACHE_DIR``, a
@@ -194,8 +213,9 @@ def _open_folder(folder: Path, create: bool = False) -> int | None:
         return None
     try:
         if create:
-            folder.mkdir(mode=0o777 if folder.name == "__pycache__" else 0o700, parents=True, exist_ok=True)
-        descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+            mode = 0o777 if folder.name == "__pycache__" and not private_mode else 0o700
+            folder.mkdir(mode=mode, parents=not private_mode, exist_ok=True)
+        descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | (getattr(os, "O_NOFOLLOW", 0) if private_mode else 0))
     except OSError:
         return None
     status = os.fstat(descriptor)
@@ -206,9 +226,10 @@ def _open_folder(folder: Path, create: bool = False) -> int | None:
 
 
 def _open_file(folder: int, name: str) -> int:
-    """A read descriptor of the regular file ``name`` in the open folder ``folder``, not a symbolic link, that
-    this user alone can change; OSError otherwise."""
-    descriptor = os.open(name, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0), dir_fd=folder)
+    """A read descriptor of the regular file ``name`` in the open folder ``folder``, not a symbolic link (nor a
+    FIFO, which would block: opened non-blocking, then refused), that this user alone can change; OSError
+    otherwise."""
+    descriptor = os.open(name, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0), dir_fd=folder)
     status = os.fstat(descriptor)
     if not (stat.S_ISREG(status.st_mode) and _private(status)):
         os.close(descriptor)
@@ -236,12 +257,14 @@ def _write(folder: int, name: str, data: bytes) -> bool:
             out.write(data)
         os.replace(temporary, name, src_dir_fd=folder, dst_dir_fd=folder)
         return True
-    except OSError:
+    except BaseException as error:  # an interrupt too: no temporary file left behind
         try:
             os.unlink(temporary, dir_fd=folder)
         except OSError:
             pass
-        return False
+        if isinstance(error, OSError):
+            return False
+        raise
 
 
 def _cpu_signature() -> str | None:
@@ -257,14 +280,31 @@ def _cpu_signature() -> str | None:
     return "\n".join(keep) if len(keep) == 4 else None
 
 
+def _toolchain() -> str:
+    """The installed numba and llvmlite as files (their packages' ``__init__.py`` paths, sizes and modification
+    times, found without importing them): an upgrade of either gives new cache names."""
+    import importlib.util
+
+    parts = []
+    for package in ("numba", "llvmlite"):
+        try:
+            origin = importlib.util.find_spec(package).origin
+            status = os.stat(origin)
+            parts.append(f"{origin}:{status.st_size}:{status.st_mtime_ns}")
+        except (AttributeError, ImportError, OSError, TypeError, ValueError):
+            parts.append(f"{package}:-")
+    return "\0".join(parts)
+
+
 def _library_name(signature: str) -> str:
     """The shared library's name (``.so``, its symbols and hash in the ``.json`` beside it): a hash of this
-    module's source, the platform and :func:`_cpu_signature`."""
+    module's source, the platform, :func:`_cpu_signature` (Linux on x86: the fields it needs; elsewhere there is no
+    shared-library path, only the object file) and :func:`_toolchain`."""
     import platform
     import sys
 
     key = hashlib.sha256(Path(__file__).read_bytes())
-    key.update("\0".join([sys.platform, platform.machine(), signature]).encode())
+    key.update("\0".join([sys.platform, platform.machine(), signature, _toolchain()]).encode())
     return f"numba_kernels-{key.hexdigest()[:20]}"
 
 
@@ -274,7 +314,9 @@ _ARGUMENT_TYPES = {"f": ctypes.c_void_p, "i": ctypes.c_void_p, "n": ctypes.c_int
 def _load_library(folder: int, name: str) -> dict:
     """The kernels of a cached shared library, loaded by ctypes (neither numba nor llvmlite imported); OSError,
     ValueError or KeyError when it is missing or not the file its ``.json`` describes. The library is loaded
-    through the descriptor whose bytes were hashed (``/proc/self/fd``: Linux, as the library path itself)."""
+    through the descriptor whose bytes were hashed (``/proc/self/fd``: Linux, as the library path itself), kept
+    open with the library: the loader knows a loaded library by its path, and a closed descriptor's number (so its
+    path) could name another file later."""
     header = json.loads(_read(folder, f"{name}.json"))
     descriptor = _open_file(folder, f"{name}.so")
     try:
@@ -282,9 +324,10 @@ def _load_library(folder: int, name: str) -> dict:
             if hashlib.sha256(handle.read()).hexdigest() != header["sha256"]:
                 raise ValueError("damaged shared library")
         library = ctypes.CDLL(f"/proc/self/fd/{descriptor}")
-    finally:
+    except BaseException:
         os.close(descriptor)
-    kernels = {"library": library}
+        raise
+    kernels = {"library": library, "descriptor": descriptor}
     for kernel, (_, args, _) in _KERNELS.items():
         function = ctypes.CFUNCTYPE(None, *[_ARGUMENT_TYPES[k] for k in args])
         kernels[kernel] = function((header["symbols"][kernel], library))
@@ -308,11 +351,12 @@ def _llvm():
 
 
 def _cache_name(llvm) -> str:
-    """The object file's name: a hash of this module's source, llvmlite's version and the target CPU."""
+    """The object file's name: a hash of this module's source, llvmlite's version, :func:`_toolchain` and the
+    target CPU."""
     import llvmlite
 
     key = hashlib.sha256(Path(__file__).read_bytes())
-    key.update("\0".join([llvmlite.__version__, llvm.get_process_triple(), llvm.get_host_cpu_name(),
+    key.update("\0".join([llvmlite.__version__, _toolchain(), llvm.get_process_triple(), llvm.get_host_cpu_name(),
                           llvm.get_host_cpu_features().flatten()]).encode())
     return f"numba_kernels-{key.hexdigest()[:20]}.native"
 
@@ -345,7 +389,7 @@ def _compile(llvm):
     return json.dumps(header).encode() + b"\n" + code, module, symbols
 
 
-def _link(llvm, module) -> bytes | None:
+def _link(llvm, module, symbols: dict) -> bytes | None:
     """The kernels as a shared library (position-independent code linked by the system's ``cc -shared``), or
     ``None`` when there is no C compiler or it fails: the llvmlite path then serves every process."""
     import shutil
@@ -358,9 +402,16 @@ def _link(llvm, module) -> bytes | None:
             (Path(folder) / "kernels.o").write_bytes(_target_machine(llvm, reloc="pic").emit_object(module))
             subprocess.run(["cc", "-shared", "-o", "kernels.so", "kernels.o"], cwd=folder, check=True,
                            capture_output=True, timeout=120)
+            linked = ctypes.CDLL(str(Path(folder) / "kernels.so"))  # it loads and has every kernel, or not cached
+            for symbol in symbols.values():
+                getattr(linked, symbol)
             return (Path(folder) / "kernels.so").read_bytes()
     except Exception:  # no usable compiler here: the object file alone
         return None
+
+
+_OBJECT_MAGIC = (b"\x7fELF", b"\xcf\xfa\xed\xfe", b"\x64\x86")
+"""How an object file of this platform begins: ELF, 64-bit Mach-O, x86-64 COFF."""
 
 
 def _load(llvm, data: bytes) -> dict:
@@ -373,7 +424,12 @@ def _load(llvm, data: bytes) -> dict:
         raise ValueError("damaged object file")
     symbols = header["symbols"]
     engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), _target_machine(llvm, codemodel="jitdefault"))
-    engine.add_object_file(llvm.ObjectFileRef.from_data(code))
+    if not code.startswith(_OBJECT_MAGIC):  # LLVM would crash on it (a truncated object still would: the hash)
+        raise ValueError("not an object file")
+    objectfile = llvm.ObjectFileRef.from_data(code)
+    if not getattr(objectfile, "_ptr", True):
+        raise ValueError("not an object file LLVM reads")
+    engine.add_object_file(objectfile)
     engine.finalize_object()
     kernels = {"engine": engine}  # the engine owns the code: kept as long as the kernels
     for name, (_, args, _) in _KERNELS.items():
@@ -402,8 +458,8 @@ def _build() -> dict:
         for folder in folders() if library else ():
             try:
                 return _load_library(folder, library)
-            except (OSError, ValueError, KeyError, AttributeError, TypeError):
-                continue  # missing, damaged or foreign
+            except Exception:  # missing, damaged or foreign
+                continue
         llvm = _llvm()
         name = _cache_name(llvm)
         for folder in folders():
@@ -425,7 +481,7 @@ def _build() -> dict:
         for folder in folders(create=True):
             if not _write(folder, name, data):
                 continue
-            shared = _link(llvm, module) if library else None  # cc runs only where its output can be kept
+            shared = _link(llvm, module, symbols) if library else None  # cc runs only where its output can be kept
             if shared is not None and _write(folder, f"{library}.so", shared):  # then its description (usable)
                 _write(folder, f"{library}.json",
                        json.dumps({"symbols": symbols, "sha256": hashlib.sha256(shared).hexdigest()}).encode())

@@ -62,6 +62,11 @@ process (llvmlite and the cached object file; numba itself only to compile them,
 models (CPU s, compiled / numpy path): 3 x 10^4 labels 0.29 / 0.30 (30 EM iterations), 10^5 labels 1.10 / 1.65,
 3 x 10^5 labels 0.59 / 0.83, so they pay from a few 10^4 pairs on."""
 
+NUMBA_MIN_PAIRS_UNCACHED = 500_000
+"""The threshold instead of :data:`NUMBA_MIN_PAIRS` where the kernels cannot be cached on disk (systems without
+user ids, such as Windows: :func:`bayes_annot.numba_kernels.cache_dirs`), so every process compiles them (numba,
+~1.5 s of CPU)."""
+
 NUMBA_ENV = "BAYES_ANNOT_NUMBA"
 """Environment variable: ``0`` keeps every fit on the numpy path even when numba is installed."""
 
@@ -70,11 +75,13 @@ _NUMBA_MODULE = None  # the imported kernels module, or False when they cannot b
 
 def numba_kernels(n_models: int, n_pairs: int):
     """:mod:`bayes_annot.numba_kernels` when the compiled path serves EM over ``n_pairs`` pairs of ``n_models``
-    models (above :data:`DENSE_MAX_MODELS` models, at least :data:`NUMBA_MIN_PAIRS` pairs, the kernels loadable: llvmlite
-    and their cached object file, or numba to compile it; and not switched off by :data:`NUMBA_ENV`), else ``None``. Fits with few models never load them (nor numba,
-    nor llvmlite)."""
+    models (above :data:`DENSE_MAX_MODELS` models, at least :data:`NUMBA_MIN_PAIRS` pairs, or
+    :data:`NUMBA_MIN_PAIRS_UNCACHED` where they cannot be cached; the kernels loadable: their cached shared library
+    or object file (llvmlite), or numba to compile them; and not switched off by :data:`NUMBA_ENV`), else ``None``.
+    Fits with few models never load them (nor numba, nor llvmlite)."""
     global _NUMBA_MODULE
-    if n_models <= DENSE_MAX_MODELS or n_pairs < NUMBA_MIN_PAIRS or os.environ.get(NUMBA_ENV, "").strip() == "0":
+    min_pairs = NUMBA_MIN_PAIRS if hasattr(os, "getuid") else max(NUMBA_MIN_PAIRS, NUMBA_MIN_PAIRS_UNCACHED)
+    if n_models <= DENSE_MAX_MODELS or n_pairs < min_pairs or os.environ.get(NUMBA_ENV, "").strip() == "0":
         return None
     if _NUMBA_MODULE is None:
         try:

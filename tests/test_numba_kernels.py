@@ -132,6 +132,10 @@ def test_kernels_serve_only_many_models_and_many_pairs(monkeypatch):
     monkeypatch.setenv(pairs_mod.NUMBA_ENV, "0")
     assert pairs_mod.numba_kernels(1000, pairs_mod.NUMBA_MIN_PAIRS) is None
     monkeypatch.delenv(pairs_mod.NUMBA_ENV)
+    with monkeypatch.context() as no_user_ids:  # as on Windows: nothing cached, so only where compiling pays
+        no_user_ids.delattr(os, "getuid")
+        assert pairs_mod.numba_kernels(1000, pairs_mod.NUMBA_MIN_PAIRS_UNCACHED - 1) is None
+        assert pairs_mod.numba_kernels(1000, pairs_mod.NUMBA_MIN_PAIRS_UNCACHED) is nk
     monkeypatch.setattr(pairs_mod, "_NUMBA_MODULE", None)
     monkeypatch.delattr(ba, "numba_kernels", raising=False)
     monkeypatch.setitem(sys.modules, "bayes_annot.numba_kernels", None)  # importing it fails (as without numba)
@@ -225,23 +229,45 @@ def test_an_object_file_that_fails_after_llvm_took_it_is_compiled_anew(cached_ke
 
 @pytest.mark.skipif(not hasattr(os, "getuid"), reason="ownership of the cache folder is a POSIX notion")
 def test_cached_machine_code_is_used_only_where_no_one_else_could_have_written_it(cached_kernels, tmp_path):
-    """A cache folder that other users may write to (group- or world-writable, as a shared NUMBA_CACHE_DIR) is
-    neither loaded from nor written to: its files, though intact, are not run (the kernels are compiled in memory)
-    and nothing is added to it. The same for a single group-writable file in a private folder."""
+    """A cache folder that other users may write to (group- or world-writable, as a shared NUMBA_CACHE_DIR such as
+    /tmp) is not loaded from: its files, though intact, are not run; the kernels are compiled and cached in a
+    private subfolder ``bayes_annot-<uid>`` (0700), which the next process loads. A subfolder that is a symbolic
+    link, or a group-writable file in a private folder, is not used either."""
     folder, first = cached_kernels
+    own = f"bayes_annot-{os.getuid()}"
     shared_folder = _copy_cache(folder, tmp_path / "shared", mode=0o777)
     planted = _load_in_fresh_process(shared_folder)
-    assert planted["numba"] and planted["cells"] == first["cells"] and planted["files"] == first["files"]
-    empty = tmp_path / "empty"
-    empty.mkdir(mode=0o700)
-    empty.chmod(0o770)
-    run = _load_in_fresh_process(empty)
-    assert run["numba"] and run["files"] == []
+    assert planted["numba"] and planted["cells"] == first["cells"]
+    assert planted["files"] == sorted(first["files"] + [own])
+    assert (shared_folder / own).stat().st_mode & 0o777 == 0o700
+    assert sorted(os.listdir(shared_folder / own)) == first["files"]
+    again = _load_in_fresh_process(shared_folder)
+    assert not again["numba"] and again["cells"] == first["cells"]
+    linked = tmp_path / "linked"
+    linked.mkdir(mode=0o700)
+    linked.chmod(0o770)
+    (linked / own).symlink_to(_copy_cache(folder, tmp_path / "elsewhere"))
+    run = _load_in_fresh_process(linked)
+    assert run["numba"] and run["files"] == [own] and sorted(os.listdir(tmp_path / "elsewhere")) == first["files"]
     private = _copy_cache(folder, tmp_path / "private")
     for name in first["files"]:
         (private / name).chmod(0o660)
     loose = _load_in_fresh_process(private)
     assert loose["numba"] and loose["cells"] == first["cells"]
+
+
+def test_a_cache_file_that_is_not_a_regular_file_does_not_hang_the_import(cached_kernels, tmp_path):
+    """A FIFO where the library's description should be (opening it for reading would block) is refused: the
+    object file serves."""
+    folder, first = cached_kernels
+    if not hasattr(os, "mkfifo") or not LINKABLE:
+        pytest.skip("needs FIFOs and the shared-library path")
+    work = _copy_cache(folder, tmp_path / "cache")
+    description = next(work.glob("*.json"))
+    description.unlink()
+    os.mkfifo(description, 0o600)
+    run = _load_in_fresh_process(work)  # the subprocess's timeout fails the test if it hangs
+    assert not run["numba"] and run["llvmlite"] and not run["library"] and run["cells"] == first["cells"]
 
 
 def test_kernels_are_cached_in_the_next_folder_when_the_first_cannot_serve(monkeypatch, tmp_path):
