@@ -1,9 +1,9 @@
 r"""Compiled kernels of the many-models EM path (optional: ``pip install bayes_annot[fast]``, numba).
 
-Used only above :data:`~bayes_annot.pairs.DENSE_MAX_MODELS` models and only when numba is importable
-(:func:`bayes_annot.pairs.numba_kernels`); importing this module imports numba (~0.2 s), so nothing imports it
-at start-up or for a fit with few models. Every kernel has a pure-numpy twin in :mod:`bayes_annot.pairs` /
-:mod:`bayes_annot.block_em`, and a fit through either path reaches the same optimum (tested to 1e-10).
+Used only above :data:`~bayes_annot.pairs.DENSE_MAX_MODELS` models with many compared pairs, and only when
+they can be loaded (:func:`bayes_annot.pairs.numba_kernels`), so nothing imports this module at start-up or for
+a fit with few models. Every kernel has a pure-numpy twin in :mod:`bayes_annot.pairs` / :mod:`bayes_annot.block_em`,
+and a fit through either path reaches the same optimum (tested to 1e-10).
 
 * :func:`attentive_table`: the attentive table ``log P_att`` of every cell ``2 * pair + choice`` and each pair's
   ``p = sigmoid(d)`` (the Newton direction's input) from ``d = s_a - s_b``, in three passes, the two
@@ -17,19 +17,43 @@ at start-up or for a fit with few models. Every kernel has a pure-numpy twin in 
 * :func:`gather_add`: the E-step's two passes over the labels in cell order,
   ``np.bincount``'s numbers (the same additions in the same order) without the gathered temporary.
 
-Compiled on first use and cached on disk (``cache=True``: next to this file, or, when that folder is read-only,
-numba's user-wide cache folder; ``NUMBA_CACHE_DIR`` overrides both). When no cache folder is writable the kernels
-are compiled in memory each run.
+How they are built and loaded. Importing numba and letting it load its own cached kernels costs ~0.45 s of CPU per
+process (its import, then its typing and lowering registries on the first call), as much as ~10 EM evaluations at
+10^6 pairs. So numba compiles the kernels once (``numba.cfunc``: C functions over raw pointers, no numba runtime
+calls) and llvmlite (numba's LLVM binding, installed with it) turns them into native code for this CPU, cached on
+disk (:func:`cache_dirs`) twice: an object file, which llvmlite's MCJIT loads (~0.04 s: importing llvmlite), and,
+on Linux on x86 with a C compiler (``cc``), a shared library linked from it, which :mod:`ctypes` loads (~1 ms:
+neither numba nor llvmlite imported; checked to load before it is written). A process takes the first that is there and intact (SHA-256 in their headers: a
+damaged file would crash LLVM or the loader), else compiles (numba) and writes both. Names hold a hash of this
+module's source, the installed numba and llvmlite (:func:`_toolchain`) and the CPU (llvmlite's host CPU name and
+features for the object file, the first processor's vendor, family, model and flags in ``/proc/cpuinfo`` for the
+library), so an edit, an upgrade or another machine compiles anew (older files stay until the folder is cleared). A file that does not load is skipped (the next folder, else compiled anew and rewritten); a freshly
+compiled file is loaded before it is written.
+
+Machine code is run from these files, so only folders and files that this user alone can change are read or written
+(owned by this user, writable neither by its group nor by others, files not symbolic links, opened relative to the
+folder's descriptor; in a folder that others can write to, such as a shared ``NUMBA_CACHE_DIR``, a private
+subfolder ``bayes_annot-<uid>``); a missing folder is created ``0o700`` (the package's ``__pycache__``: under the umask, as
+Python's own), files ``0o600``. Other users of a shared installation therefore cache their own copy in
+``~/.cache/bayes_annot``. When no cache folder serves, the kernels are compiled in memory each run (numba imported,
+``cc`` not run). The wrappers check every float array's dtype and layout (the kernels read and write raw memory)
+and convert index arrays of other integer types to int64.
 """
 
 from __future__ import annotations
 
-import warnings
+import contextlib
+import ctypes
+import hashlib
+import json
+import os
+import stat
+import tempfile
+from pathlib import Path
 
 import numpy as np
-import numba
 
-__all__ = ["attentive_table", "pair_slopes", "gather_add", "EXP_CLAMP"]
+__all__ = ["attentive_table", "pair_slopes", "gather_add", "EXP_CLAMP", "cache_dirs"]
 
 EXP_CLAMP = 700.0
 """``|d|`` above this is taken as this in ``exp(-|d|)`` (a normal number, ``2^-k`` built from exponent bits)."""
@@ -39,31 +63,21 @@ _LN2_HI = 6.93147180369123816490e-01  # Cody and Waite's split of log(2): k * _L
 _LN2_LO = 1.90821492927058770002e-10
 
 
-def _jit(function):
-    """``numba.njit(cache=True)``, or without the disk cache when no cache folder is writable."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", numba.NumbaWarning)
-            return numba.njit(cache=True, error_model="numpy")(function)
-    except RuntimeError:  # numba: "cannot cache function ...: no locator available"
-        return numba.njit(cache=False, error_model="numpy")(function)
+# The kernels' source: loops over raw pointers (``x[i]`` of a ``float64*`` / ``int64*``), ``n`` the pairs or labels.
+# Compiled by numba.cfunc (see _compile), never run as Python.
 
-
-@_jit
-def _pair_log_odds(s, a, b, d):
-    for i in range(a.shape[0]):
+def _pair_log_odds(s, a, b, d, n):
+    for i in range(n):
         d[i] = s[a[i]] - s[b[i]]
 
 
 # The two polynomials are written out (Horner): a loop over a tuple of coefficients, even inlined, is not unrolled
 # before LLVM's vectoriser, and the table then took 28-60 ms per 10^6 pairs instead of ~9 (measured).
 
-
-@_jit
-def _exp_neg_abs(d, mantissa, bits):
+def _exp_neg_abs(d, mantissa, bits, n):
     """``exp(-min(|d|, EXP_CLAMP)) = mantissa * 2^-k``: ``mantissa`` (``e^r``, ``|r| <= log(2) / 2``, a degree-13
     Taylor polynomial: error below 5e-18 relative) and ``bits`` (the int64 bit pattern of the float ``2^-k``)."""
-    for i in range(d.shape[0]):
+    for i in range(n):
         t = min(abs(d[i]), EXP_CLAMP)
         k = np.floor(t * _INV_LN2 + 0.5)
         r = (k * _LN2_HI - t) + k * _LN2_LO
@@ -85,11 +99,11 @@ def _exp_neg_abs(d, mantissa, bits):
         bits[i] = np.int64(1023 - np.int32(k)) << 52
 
 
-@_jit
-def _table_tail(d, mantissa, scale, out, p):
-    """From ``e = exp(-|d|)``: ``log1p(e) = 2 atanh(z)``, ``z = e / (2 + e) <= 1/3``, as its series (17 terms:
-    truncation below 2e-17 relative), the two cells of each pair and ``p = sigmoid(d)``."""
-    for i in range(d.shape[0]):
+def _table_tail(d, mantissa, scale, out, p, n):
+    """From ``e = exp(-|d|)`` (``scale``: ``bits`` read as floats): ``log1p(e) = 2 atanh(z)``, ``z = e / (2 + e)
+    <= 1/3``, as its series (17 terms: truncation below 2e-17 relative), the two cells of each pair and
+    ``p = sigmoid(d)``."""
+    for i in range(n):
         v = d[i]
         e = mantissa[i] * scale[i]
         z = e / (2.0 + e)
@@ -120,25 +134,13 @@ def _table_tail(d, mantissa, scale, out, p):
         p[i] = u if v >= 0.0 else e * u
 
 
-def attentive_table(s, a, b, d, mantissa, bits, out, p):
-    """The attentive table of the strengths ``s`` over the pairs ``(a, b)`` into ``out`` (``2 P``) and each pair's
-    ``sigmoid(s_a - s_b)`` into ``p``; ``d``, ``mantissa`` (float) and ``bits`` (int64) are ``P``-long work arrays.
-    Returns ``out``."""
-    _pair_log_odds(s, a, b, d)
-    _exp_neg_abs(d, mantissa, bits)
-    _table_tail(d, mantissa, bits.view(np.float64), out, p)
-    return out
-
-
-@_jit
-def pair_slopes(p, w1, w0, a, b, c, out_g, in_g, out_c, in_c):
-    """Each pair's curvature ``c = wsum p (1 - p)`` (into ``c``; ``wsum = w1 + w0``) and the per-model sums, over
-    the pairs where the model is ``a`` (``out_*``) and ``b`` (``in_*``), of the derivatives ``w1 - wsum p`` and the
-    curvatures (into the zeroed ``(K,)`` arrays)."""
-    for i in range(p.shape[0]):
+def _pair_slopes(p, w1, w1_step, w0, w0_step, a, b, c, out_g, in_g, out_c, in_c, n):
+    """``w1`` / ``w0`` every ``*_step`` elements (EM passes the cell table's two strided halves)."""
+    for i in range(n):
         pi = p[i]
-        cw = (w1[i] + w0[i]) * pi
-        g = w1[i] - cw
+        x1 = w1[i * w1_step]
+        cw = (x1 + w0[i * w0_step]) * pi
+        g = x1 - cw
         ci = cw * (1.0 - pi)
         c[i] = ci
         out_g[a[i]] += g
@@ -147,11 +149,421 @@ def pair_slopes(p, w1, w0, a, b, c, out_g, in_g, out_c, in_c):
         in_c[b[i]] += ci
 
 
-@_jit
+def _gather_add(into, source, values, out, n):
+    for i in range(n):
+        out[into[i]] += values[source[i]]
+
+
+_KERNELS = {  # argument kinds (f a float64 pointer, i an int64 pointer, n an int64), FMA contraction
+    "_pair_log_odds": (_pair_log_odds, "fiifn", False),
+    "_exp_neg_abs": (_exp_neg_abs, "ffin", True),
+    "_table_tail": (_table_tail, "fffffn", True),
+    "_pair_slopes": (_pair_slopes, "ffnfniifffffn", False),
+    "_gather_add": (_gather_add, "iiffn", False),
+}
+"""Each kernel, its arguments and whether its multiply-adds may fuse (``fastmath={"contract"}``, where the CPU has
+FMA): the two polynomials' Horner steps then take one rounding instead of two and half the latency (table 7.0 ms ->
+4.4 ms per 10^6 pairs, AMD EPYC; still within 4 ulp of numpy's cells and of ``expit``, tested). The sums of
+:func:`pair_slopes` and :func:`gather_add` stay unfused: bit for bit the numpy path's."""
+
+
+def cache_dirs() -> list[Path]:
+    """Where the compiled kernels are looked for and written, in order: ``NUMBA_CACHE_DIR`` alone when set
+    (as numba's own cache), else this package's ``__pycache__`` folder, then ``$XDG_CACHE_HOME/bayes_annot``
+    (``~/.cache/bayes_annot``; left out when the home folder belongs to another user). Only folders that this user
+    alone can change are used, else a subfolder ``bayes_annot-<uid>`` of theirs (:func:`_open_folder`)."""
+    override = os.environ.get("NUMBA_CACHE_DIR", "").strip()
+    if override:
+        return [Path(override)]
+    package = Path(__file__).resolve().parent / "__pycache__"
+    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
+    if not xdg and hasattr(os, "getuid"):
+        try:  # not under another user's home (root under sudo keeping HOME): that user could not use it
+            if Path.home().stat().st_uid != os.getuid():
+                return [package]
+        except (OSError, RuntimeError):
+            return [package]
+    return [package, Path(xdg or Path.home() / ".cache") / "bayes_annot"]
+
+
+def _private(status: os.stat_result) -> bool:
+    """Whether a file or folder (its ``fstat``) can be changed by this user alone (and root): owned by this user,
+    writable neither by its group nor by others."""
+    return status.st_uid == os.getuid() and not status.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
+def _open_folder(folder: Path, create: bool = False) -> int | None:
+    """:func:`_open_private_folder` of ``folder``, else of its subfolder ``bayes_annot-<uid>`` (a shared
+    ``NUMBA_CACHE_DIR`` such as ``/tmp``: a sticky folder keeps another user from replacing this user's
+    subfolder, and a subfolder that another user made first is refused)."""
+    descriptor = _open_private_folder(folder, create)
+    if descriptor is None and hasattr(os, "getuid"):
+        descriptor = _open_private_folder(folder / f"bayes_annot-{os.getuid()}", create, private_mode=True)
+    return descriptor
+
+
+def _open_private_folder(folder: Path, create: bool = False, private_mode: bool = False) -> int | None:
+    """A descriptor of ``folder`` (created when ``create``: ``0o700``, except this package's ``__pycache__``,
+    which follows the umask as Python's own) when this user alone can change it, else ``None``. Machine code is
+    loaded from these files, so a folder that another user could write to (a shared ``NUMBA_CACHE_DIR``, a
+    group-writable install) is neither read nor written: the next folder serves. Every file is then opened
+    relative to this descriptor, so a path changed meanwhile (a symbolic link pointed elsewhere) cannot swap
+    the folder. ``None`` on systems without user ids (nothing cached there: compiled in memory each run)."""
+    if not hasattr(os, "getuid") or os.open not in os.supports_dir_fd:
+        return None
+    try:
+        if create:
+            mode = 0o777 if folder.name == "__pycache__" and not private_mode else 0o700
+            folder.mkdir(mode=mode, parents=not private_mode, exist_ok=True)
+        descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | (getattr(os, "O_NOFOLLOW", 0) if private_mode else 0))
+    except OSError:
+        return None
+    status = os.fstat(descriptor)
+    if stat.S_ISDIR(status.st_mode) and _private(status):
+        return descriptor
+    os.close(descriptor)
+    return None
+
+
+def _open_file(folder: int, name: str) -> int:
+    """A read descriptor of the regular file ``name`` in the open folder ``folder``, not a symbolic link (nor a
+    FIFO, which would block: opened non-blocking, then refused), that this user alone can change; OSError
+    otherwise."""
+    descriptor = os.open(name, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0), dir_fd=folder)
+    status = os.fstat(descriptor)
+    if not (stat.S_ISREG(status.st_mode) and _private(status)):
+        os.close(descriptor)
+        raise PermissionError(f"{name}: not a regular file that only this user can change")
+    return descriptor
+
+
+def _read(folder: int, name: str) -> bytes:
+    """The bytes of ``name`` in the open folder ``folder`` (:func:`_open_file`'s checks); OSError otherwise."""
+    with os.fdopen(_open_file(folder, name), "rb") as handle:
+        return handle.read()
+
+
+def _write(folder: int, name: str, data: bytes) -> bool:
+    """Write ``name`` into the open folder ``folder`` atomically (a temporary file, mode ``0o600``, renamed over
+    it); whether it worked (nothing left behind when not)."""
+    temporary = f".{name}-{os.getpid()}-{os.urandom(4).hex()}"
+    try:
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600,
+                             dir_fd=folder)
+    except OSError:
+        return False
+    try:
+        with os.fdopen(descriptor, "wb") as out:
+            out.write(data)
+        os.replace(temporary, name, src_dir_fd=folder, dst_dir_fd=folder)
+        return True
+    except BaseException as error:  # an interrupt too: no temporary file left behind
+        try:
+            os.unlink(temporary, dir_fd=folder)
+        except OSError:
+            pass
+        if isinstance(error, OSError):
+            return False
+        raise
+
+
+def _cpu_signature() -> str | None:
+    """This CPU as Linux's ``/proc/cpuinfo`` describes its first processor (vendor, family, model, flags: what
+    compiled code may use), read without llvmlite; ``None`` elsewhere (no shared-library path)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            first = handle.read(1 << 16).split("\n\n", 1)[0]
+    except OSError:
+        return None
+    keep = [line.strip() for line in first.splitlines()
+            if line.split(":", 1)[0].strip() in ("vendor_id", "cpu family", "model", "flags")]
+    return "\n".join(keep) if len(keep) == 4 else None
+
+
+def _toolchain() -> str:
+    """The installed numba and llvmlite as files (their packages' ``__init__.py`` paths, sizes and modification
+    times, found without importing them): an upgrade of either gives new cache names."""
+    import importlib.util
+
+    parts = []
+    for package in ("numba", "llvmlite"):
+        try:
+            origin = importlib.util.find_spec(package).origin
+            status = os.stat(origin)
+            parts.append(f"{origin}:{status.st_size}:{status.st_mtime_ns}")
+        except (AttributeError, ImportError, OSError, TypeError, ValueError):
+            parts.append(f"{package}:-")
+    return "\0".join(parts)
+
+
+def _library_name(signature: str) -> str:
+    """The shared library's name (``.so``, its symbols and hash in the ``.json`` beside it): a hash of this
+    module's source, the platform, :func:`_cpu_signature` (Linux on x86: the fields it needs; elsewhere there is no
+    shared-library path, only the object file) and :func:`_toolchain`."""
+    import platform
+    import sys
+
+    key = hashlib.sha256(Path(__file__).read_bytes())
+    key.update("\0".join([sys.platform, platform.machine(), signature, _toolchain()]).encode())
+    return f"numba_kernels-{key.hexdigest()[:20]}"
+
+
+_ARGUMENT_TYPES = {"f": ctypes.c_void_p, "i": ctypes.c_void_p, "n": ctypes.c_int64}
+
+
+def _load_library(folder: int, name: str) -> dict:
+    """The kernels of a cached shared library, loaded by ctypes (neither numba nor llvmlite imported); OSError,
+    ValueError or KeyError when it is missing or not the file its ``.json`` describes. The library is loaded
+    through the descriptor whose bytes were hashed (``/proc/self/fd``: Linux, as the library path itself), kept
+    open with the library: the loader knows a loaded library by its path, and a closed descriptor's number (so its
+    path) could name another file later."""
+    header = json.loads(_read(folder, f"{name}.json"))
+    descriptor = _open_file(folder, f"{name}.so")
+    try:
+        with open(descriptor, "rb", closefd=False) as handle:
+            if hashlib.sha256(handle.read()).hexdigest() != header["sha256"]:
+                raise ValueError("damaged shared library")
+        library = ctypes.CDLL(f"/proc/self/fd/{descriptor}")
+    except BaseException:
+        os.close(descriptor)
+        raise
+    kernels = {"library": library, "descriptor": descriptor}
+    for kernel, (_, args, _) in _KERNELS.items():
+        function = ctypes.CFUNCTYPE(None, *[_ARGUMENT_TYPES[k] for k in args])
+        kernels[kernel] = function((header["symbols"][kernel], library))
+    return kernels
+
+
+def _target_machine(llvm, **options):
+    """A new llvmlite target machine for this CPU (its name and features: AVX2 where present). Each use gets
+    its own: an MCJIT engine takes ownership of its machine and frees it with itself."""
+    return llvm.Target.from_default_triple().create_target_machine(
+        cpu=llvm.get_host_cpu_name(), features=llvm.get_host_cpu_features().flatten(), opt=3, **options)
+
+
+def _llvm():
+    """llvmlite's binding, initialised for this CPU."""
+    import llvmlite.binding as llvm
+
+    llvm.initialize_native_target()
+    llvm.initialize_native_asmprinter()
+    return llvm
+
+
+def _cache_name(llvm) -> str:
+    """The object file's name: a hash of this module's source, llvmlite's version, :func:`_toolchain` and the
+    target CPU."""
+    import llvmlite
+
+    key = hashlib.sha256(Path(__file__).read_bytes())
+    key.update("\0".join([llvmlite.__version__, _toolchain(), llvm.get_process_triple(), llvm.get_host_cpu_name(),
+                          llvm.get_host_cpu_features().flatten()]).encode())
+    return f"numba_kernels-{key.hexdigest()[:20]}.native"
+
+
+def _compile(llvm):
+    """Compile every kernel with ``numba.cfunc`` (imports numba) into one LLVM module; returns the object file's
+    bytes (a JSON line: each kernel's symbol, the object code's SHA-256; then the object code), the module (for
+    :func:`_link`) and the kernels' symbols."""
+    import warnings
+
+    import numba
+    from numba import types
+
+    kinds = {"f": types.CPointer(types.float64), "i": types.CPointer(types.int64), "n": types.int64}
+    module, symbols = None, {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", numba.NumbaWarning)
+        for name, (function, args, fuse) in _KERNELS.items():
+            compiled = numba.cfunc(types.void(*[kinds[k] for k in args]), error_model="numpy",
+                                   fastmath={"contract"} if fuse else False)(function)
+            part = llvm.parse_assembly(compiled.inspect_llvm())  # numba's optimised (vectorised) IR
+            symbols[name] = compiled.native_name
+            if module is None:
+                module = part
+            else:
+                module.link_in(part)
+    module.verify()
+    code = _target_machine(llvm, codemodel="jitdefault").emit_object(module)
+    header = {"symbols": symbols, "sha256": hashlib.sha256(code).hexdigest()}
+    return json.dumps(header).encode() + b"\n" + code, module, symbols
+
+
+def _link(llvm, module, symbols: dict) -> bytes | None:
+    """The kernels as a shared library (position-independent code linked by the system's ``cc -shared``), or
+    ``None`` when there is no C compiler or it fails: the llvmlite path then serves every process."""
+    import shutil
+    import subprocess
+
+    if shutil.which("cc") is None:
+        return None
+    try:
+        with tempfile.TemporaryDirectory(prefix="bayes-annot-kernels-") as folder:
+            (Path(folder) / "kernels.o").write_bytes(_target_machine(llvm, reloc="pic").emit_object(module))
+            subprocess.run(["cc", "-shared", "-o", "kernels.so", "kernels.o"], cwd=folder, check=True,
+                           capture_output=True, timeout=120)
+            linked = ctypes.CDLL(str(Path(folder) / "kernels.so"))  # it loads and has every kernel, or not cached
+            for symbol in symbols.values():
+                getattr(linked, symbol)
+            return (Path(folder) / "kernels.so").read_bytes()
+    except Exception:  # no usable compiler here: the object file alone
+        return None
+
+
+_OBJECT_MAGIC = (b"\x7fELF", b"\xcf\xfa\xed\xfe", b"\x64\x86")
+"""How an object file of this platform begins: ELF, 64-bit Mach-O, x86-64 COFF."""
+
+
+def _load(llvm, data: bytes) -> dict:
+    """The kernels of an object file (:func:`_compile`'s bytes) loaded by llvmlite's MCJIT (in an engine with its
+    own target machine), as ctypes functions; ValueError (before LLVM reads it) when the object code is not the
+    one its header's hash describes, ImportError when a kernel is missing from it."""
+    header, _, code = data.partition(b"\n")
+    header = json.loads(header)
+    if hashlib.sha256(code).hexdigest() != header["sha256"]:  # LLVM would crash on a damaged object file
+        raise ValueError("damaged object file")
+    symbols = header["symbols"]
+    engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), _target_machine(llvm, codemodel="jitdefault"))
+    if not code.startswith(_OBJECT_MAGIC):  # LLVM would crash on it (a truncated object still would: the hash)
+        raise ValueError("not an object file")
+    objectfile = llvm.ObjectFileRef.from_data(code)
+    if not getattr(objectfile, "_ptr", True):
+        raise ValueError("not an object file LLVM reads")
+    engine.add_object_file(objectfile)
+    engine.finalize_object()
+    kernels = {"engine": engine}  # the engine owns the code: kept as long as the kernels
+    for name, (_, args, _) in _KERNELS.items():
+        address = engine.get_function_address(symbols[name])
+        if not address:
+            raise ImportError(f"compiled kernel {name} missing from its object file")
+        kernels[name] = ctypes.CFUNCTYPE(None, *[_ARGUMENT_TYPES[k] for k in args])(address)
+    return kernels
+
+
+def _build() -> dict:
+    """The kernels: from the first cache folder holding this source's shared library for this CPU (ctypes alone),
+    else the first holding its object file (llvmlite), else compiled (numba) and cached in the first folder where
+    both can be written. A file that does not load (damaged, foreign) is skipped, and rewritten when the kernels
+    are compiled. ImportError when llvmlite (or, to compile, numba) is missing."""
+    with contextlib.ExitStack() as opened:
+        def folders(create: bool = False):
+            for path in cache_dirs():
+                descriptor = _open_folder(path, create)
+                if descriptor is not None:
+                    opened.callback(os.close, descriptor)
+                    yield descriptor
+
+        signature = _cpu_signature()
+        library = None if signature is None else _library_name(signature)
+        for folder in folders() if library else ():
+            try:
+                return _load_library(folder, library)
+            except Exception:  # missing, damaged or foreign
+                continue
+        llvm = _llvm()
+        name = _cache_name(llvm)
+        for folder in folders():
+            try:
+                data = _read(folder, name)
+            except OSError:
+                continue
+            try:
+                return _load(llvm, data)
+            except Exception:  # a damaged or foreign file: the next folder, else compiled anew below
+                continue
+        try:
+            data, module, symbols = _compile(llvm)
+        except ImportError:
+            raise
+        except Exception as error:  # numba or LLVM refused: the fit takes the numpy path (pairs.numba_kernels)
+            raise ImportError(f"the compiled kernels could not be built: {error}") from error
+        kernels = _load(llvm, data)  # before caching: a file that does not load is never written
+        for folder in folders(create=True):
+            if not _write(folder, name, data):
+                continue
+            shared = _link(llvm, module, symbols) if library else None  # cc runs only where its output can be kept
+            if shared is not None and _write(folder, f"{library}.so", shared):  # then its description (usable)
+                _write(folder, f"{library}.json",
+                       json.dumps({"symbols": symbols, "sha256": hashlib.sha256(shared).hexdigest()}).encode())
+            break
+        return kernels
+
+
+try:
+    _NATIVE = _build()
+except ImportError:
+    raise
+except Exception as error:  # whatever else fails, the optional path must not break a fit: the numpy path serves
+    raise ImportError(f"the compiled kernels could not be loaded: {error}") from error
+
+
+def _pointer(array: np.ndarray, dtype, n: int, strided: bool = False):
+    """The data pointer of a 1-d array of ``dtype`` with at least ``n`` elements, contiguous (``strided``: any
+    positive stride of whole elements, returned as ``(pointer, stride in elements)``); ValueError for anything
+    else (the kernels read and write raw memory)."""
+    if not isinstance(array, np.ndarray) or array.dtype != dtype or array.ndim != 1 or array.shape[0] < n:
+        raise ValueError(f"a compiled kernel needs 1-d {np.dtype(dtype)} arrays of at least {n} elements")
+    if strided:
+        stride = array.strides[0] if array.shape[0] > 1 else array.itemsize
+        if stride <= 0 or stride % array.itemsize:
+            raise ValueError("a compiled kernel needs arrays with a positive stride of whole elements")
+        return array.ctypes.data, stride // array.itemsize
+    if not array.flags.c_contiguous:
+        raise ValueError("a compiled kernel needs contiguous arrays")
+    return array.ctypes.data
+
+
+def _writable(array: np.ndarray, dtype, n: int):
+    if isinstance(array, np.ndarray) and not array.flags.writeable:
+        raise ValueError("a compiled kernel's output array is read-only")
+    return _pointer(array, dtype, n)
+
+
+_F, _I = np.dtype(np.float64), np.dtype(np.int64)
+
+
+def _indices(array):
+    """An index array as the kernels read it (int64): other integer arrays are converted (``intp`` is 32 bits on
+    32-bit platforms), anything else is left for :func:`_pointer` to refuse."""
+    if isinstance(array, np.ndarray) and array.dtype.kind in "iu" and array.dtype != _I:
+        return array.astype(_I)
+    return array
+
+
+def attentive_table(s, a, b, d, mantissa, bits, out, p):
+    """The attentive table of the strengths ``s`` over the pairs ``(a, b)`` into ``out`` (``2 P``) and each pair's
+    ``sigmoid(s_a - s_b)`` into ``p``; ``d``, ``mantissa`` (float) and ``bits`` (int64) are ``P``-long work arrays.
+    Returns ``out``. ``a`` and ``b`` index ``s`` (not checked)."""
+    n = a.shape[0]
+    a, b = _indices(a), _indices(b)
+    ps, pa, pb = _pointer(s, _F, 0), _pointer(a, _I, n), _pointer(b, _I, n)
+    pd, pm, pbits = _writable(d, _F, n), _writable(mantissa, _F, n), _writable(bits, _I, n)
+    pout, pp = _writable(out, _F, 2 * n), _writable(p, _F, n)
+    _NATIVE["_pair_log_odds"](ps, pa, pb, pd, n)
+    _NATIVE["_exp_neg_abs"](pd, pm, pbits, n)
+    _NATIVE["_table_tail"](pd, pm, pbits, pout, pp, n)
+    return out
+
+
+def pair_slopes(p, w1, w0, a, b, c, out_g, in_g, out_c, in_c):
+    """Each pair's curvature ``c = wsum p (1 - p)`` (into ``c``; ``wsum = w1 + w0``) and the per-model sums, over
+    the pairs where the model is ``a`` (``out_*``) and ``b`` (``in_*``), of the derivatives ``w1 - wsum p`` and the
+    curvatures (into the zeroed ``(K,)`` arrays). ``w1`` and ``w0`` may be strided (the halves of a cell table)."""
+    n = p.shape[0]
+    a, b = _indices(a), _indices(b)
+    (p1, s1), (p0, s0) = _pointer(w1, _F, n, strided=True), _pointer(w0, _F, n, strided=True)
+    sums = [_writable(x, _F, 0) for x in (out_g, in_g, out_c, in_c)]
+    _NATIVE["_pair_slopes"](_pointer(p, _F, n), p1, s1, p0, s0, _pointer(a, _I, n), _pointer(b, _I, n),
+                            _writable(c, _F, n), *sums, n)
+
+
 def gather_add(into, source, values, out):
     """``out[into[i]] += values[source[i]]`` over ``i`` in order (``out`` zeroed): ``np.bincount(into,
     weights=values[source])``. The E-step's passes over the labels in cell order: per-user sums of a cell table
-    (``into`` the users, ``source`` the cells) and the cell table of per-user weights (the other way round)."""
-    for i in range(into.shape[0]):
-        out[into[i]] += values[source[i]]
+    (``into`` the users, ``source`` the cells) and the cell table of per-user weights (the other way round).
+    Returns ``out``."""
+    n = into.shape[0]
+    into, source = _indices(into), _indices(source)
+    _NATIVE["_gather_add"](_pointer(into, _I, n), _pointer(source, _I, n), _pointer(values, _F, 0),
+                           _writable(out, _F, 0), n)
     return out

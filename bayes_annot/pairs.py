@@ -54,29 +54,38 @@ EM_START_TOL = 1e-3
 within ~the step squared of the solved fit (2.3e-7 at 10^4 models, 10^6 labels: steps 1.4, 0.39, 0.05, 7.6e-4,
 then 2.3e-7), far less than EM then moves the strengths, and the solve skips its last, most precise step."""
 
-NUMBA_MIN_PAIRS = 500_000
+NUMBA_MIN_PAIRS = 50_000
 """The compiled kernels (:mod:`bayes_annot.numba_kernels`, when numba is installed) serve EM above
-:data:`DENSE_MAX_MODELS` models with at least this many compared pairs. Importing numba and loading the cached
-kernels costs ~0.45 s of CPU once per process; they save ~35 ms per EM evaluation per 10^6 pairs (table, Newton
-direction, E-step; AMD EPYC), so at ~20-25 evaluations (10^4 models, 10^6 labels) they pay for themselves from
-~5 x 10^5 pairs on, and far more in long fits (hundreds of evaluations) or in a process that fits again."""
+:data:`DENSE_MAX_MODELS` models with at least this many compared pairs. Loading them costs ~0.04 s of CPU once per
+process (llvmlite and the cached object file; numba itself only to compile them, once per machine); they save
+~30 ms per EM evaluation per 10^6 pairs (table, Newton direction, E-step; AMD EPYC). Fresh-process fits of 10^4
+models (CPU s, compiled / numpy path): 3 x 10^4 labels 0.29 / 0.30 (30 EM iterations), 10^5 labels 1.10 / 1.65,
+3 x 10^5 labels 0.59 / 0.83, so they pay from a few 10^4 pairs on."""
+
+NUMBA_MIN_PAIRS_UNCACHED = 500_000
+"""The threshold instead of :data:`NUMBA_MIN_PAIRS` where the kernels cannot be cached on disk (systems without
+user ids, such as Windows: :func:`bayes_annot.numba_kernels.cache_dirs`), so every process compiles them (numba,
+~1.5 s of CPU)."""
 
 NUMBA_ENV = "BAYES_ANNOT_NUMBA"
 """Environment variable: ``0`` keeps every fit on the numpy path even when numba is installed."""
 
-_NUMBA_MODULE = None  # the imported kernels module, or False when numba is not importable (looked up once)
+_NUMBA_MODULE = None  # the imported kernels module, or False when they cannot be loaded (looked up once)
 
 
 def numba_kernels(n_models: int, n_pairs: int):
     """:mod:`bayes_annot.numba_kernels` when the compiled path serves EM over ``n_pairs`` pairs of ``n_models``
-    models (above :data:`DENSE_MAX_MODELS` models, at least :data:`NUMBA_MIN_PAIRS` pairs, numba importable and
-    not switched off by :data:`NUMBA_ENV`), else ``None``. Fits with few models never import numba."""
+    models (above :data:`DENSE_MAX_MODELS` models, at least :data:`NUMBA_MIN_PAIRS` pairs, or
+    :data:`NUMBA_MIN_PAIRS_UNCACHED` where they cannot be cached; the kernels loadable: their cached shared library
+    or object file (llvmlite), or numba to compile them; and not switched off by :data:`NUMBA_ENV`), else ``None``.
+    Fits with few models never load them (nor numba, nor llvmlite)."""
     global _NUMBA_MODULE
-    if n_models <= DENSE_MAX_MODELS or n_pairs < NUMBA_MIN_PAIRS or os.environ.get(NUMBA_ENV, "").strip() == "0":
+    min_pairs = NUMBA_MIN_PAIRS if hasattr(os, "getuid") else max(NUMBA_MIN_PAIRS, NUMBA_MIN_PAIRS_UNCACHED)
+    if n_models <= DENSE_MAX_MODELS or n_pairs < min_pairs or os.environ.get(NUMBA_ENV, "").strip() == "0":
         return None
     if _NUMBA_MODULE is None:
         try:
-            from .numba_kernels import attentive_table  # imports numba: an optional extra (bayes_annot[fast])
+            from .numba_kernels import attentive_table  # llvmlite (numba to compile): the extra bayes_annot[fast]
 
             kernels = sys.modules[attentive_table.__module__]
         except ImportError:

@@ -234,13 +234,34 @@ def quality_floor(problem: UsableLabels, estimates: Estimates) -> np.ndarray | N
         ell = (s[:, None] - s[None, :]).ravel()
         worst_pair = np.minimum(log_expit(ell) - np.log(max(q, eps)), log_expit(-ell) - np.log(max(1.0 - q, eps)))
         worst = worst_pair[problem.model_a.astype(np.int64) * k + problem.model_b]
+    elif problem.learned:  # more than 256 models (K^2 beyond the labels): per label, as EM's sparse path
+        worst = _least_attentive(row_logit_mu(problem, np.asarray(estimates.strengths, dtype=float)), q, eps)
     else:
-        ell = np.asarray(row_logit_mu(problem, np.asarray(estimates.strengths, dtype=float) if problem.learned else None),
-                         dtype=float)
+        ell = np.asarray(row_logit_mu(problem, None), dtype=float)
         worst = np.minimum(log_expit(ell) - np.log(max(q, eps)), log_expit(-ell) - np.log(max(1.0 - q, eps)))
     total = np.bincount(problem.user, weights=worst, minlength=problem.n_users)
     pi = min(max(pi, eps), 1.0 - eps)
     return two_class_posterior(total, 0.0, pi)
+
+
+def _least_attentive(ell: np.ndarray, q: float, eps: float) -> np.ndarray:
+    """``min(log sigmoid(l) - log q, log sigmoid(-l) - log(1 - q))`` per label (``ell``: the attentive log-odds,
+    overwritten) with one transcendental pair per label: ``log sigmoid(+-l) = min(+-l, 0) - log1p(exp(-|l|))``,
+    numpy's ``exp`` / ``log1p`` as the many-models EM tables (:func:`~bayes_annot.pairs._fast_table`; within a few
+    ulp of ``log_expit``), and the shared ``log1p`` term subtracted after the ``min`` (rounding is monotonic: the
+    same minimum). 30 ms instead of 60 at 10^6 labels."""
+    h = np.abs(ell)
+    np.negative(h, out=h)
+    np.exp(h, out=h)
+    np.log1p(h, out=h)
+    chose_a = np.minimum(ell, 0.0)
+    chose_a -= np.log(max(q, eps))
+    np.maximum(ell, 0.0, out=ell)
+    np.negative(ell, out=ell)
+    ell -= np.log(max(1.0 - q, eps))
+    np.minimum(chose_a, ell, out=ell)
+    ell -= h
+    return ell
 
 
 def block_quality_floor(estimates: Estimates, block, n_users: int):

@@ -36,47 +36,47 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 NOTE = (
-    "Session s20 (numba kernels, optional extra `fast`). Where the 10^4-model fit's time went before it (cProfile "
-    "with a CPU timer, 10^6 rows, ~10^6 distinct pairs, after warm imports, AMD EPYC at load ~3): 22 EM evaluations "
-    "of ~80 ms (the 10-model fit: 64 of ~7 ms), the start ~0.3 s, ~0.4 s outside EM. Per evaluation ~37 ms of "
-    "attentive tables (the M-step's new point and SQUAREM candidates: 37 tables of ~22 ms, half of it numpy's "
-    "`exp` and `log1p`, scalar libm calls at ~5 ns per pair each on this CPU, which has no AVX-512), the Newton "
-    "direction (~26 ms: `exp` of the table again, four passes, four sparse sums, ~10 ms of conjugate gradients) "
-    "and the E-step (~13 ms). Above 64 models and from 5 x 10^5 compared pairs (`pairs.NUMBA_MIN_PAIRS`), EM "
-    "now runs these through compiled kernels when numba is installed (`bayes_annot/numba_kernels.py`, "
-    "`@njit(cache=True)`): the table and each pair's `sigmoid(d)` in three passes whose `exp(-|d|)` (Cody-Waite "
-    "reduction, degree-13 polynomial, `2^-k` from exponent bits) and `log1p` (`2 atanh(e / (2 + e))` series) the "
-    "compiler vectorises (~9 ms per 10^6 pairs instead of 22, within 4 ulp of numpy's, tested), the direction's "
-    "curvatures and four per-model sums in one pass from that `sigmoid(d)` (no second `exp`), and the E-step's two "
-    "passes over the labels without gathered temporaries (`np.bincount`'s numbers bit for bit). EM then takes "
-    "~41 ms per evaluation (0.91 s instead of 1.83 s for the 22), the start 0.12-0.15 s instead of 0.3 s: a second "
-    "fit in the same process 1.44 s CPU against the numpy path's 2.68 s. But importing numba (~0.2 s) and its "
-    "first call (~0.26 s: numba's typing and lowering registries, which import `scipy.linalg`) cost ~0.5 s once "
-    "per process, so a fresh process's fit gains ~0.6 s of ~2.6 (the first fit in that profile: 1.97 s against "
-    "2.63 s); that is why the kernels wait for 5 x 10^5 pairs (below, a typical fit of ~20 EM evaluations would "
-    "not repay the import). The JIT compile, once per machine and numba version (the cache sits next to the "
-    "module, or in numba's user-wide cache folder when that is read-only; `NUMBA_CACHE_DIR` overrides), is the "
-    "cold run's extra seconds above. The numba path and the numpy path reach the same fit (strengths and user "
-    "qualities within 1e-10 at a tight tolerance: tested; 2e-15 apart at the default tolerance on the 10^6-row "
-    "log), and a fit of at most 64 models never imports numba (tested). **The 2x target is still not met**: with "
-    "the kernels, the 10^4-model fit's ~2 s is ~0.5 s of numba start-up, ~0.4 s of set-up that the 10-model fit "
-    "does in ~0.2 s (the pair keys' sort, the cell-order sort, the comparison graph, the no-verdict floor's two "
-    "`log_expit` per label), the start and ~0.9 s of EM; 2x would need the whole fit near the 10-model fit's "
-    "~0.75 s, i.e. EM in a few evaluations (e.g. Newton on the marginal likelihood) or a kernel library without a "
-    "JIT start-up. Tried and dropped this session: the log-odds gather fused into the `exp` pass (the loop then "
-    "does not vectorise: 9.7 ms against 4.2 for the two passes), the per-model sums accumulated per run of equal "
-    "`model_a` (6.8 ms against 5.1), a numba product for conjugate gradients (3.7 ms against scipy's CSR + CSC "
-    "1.9 ms), numba's scalar libm `exp` / `log1p` (27 ms per table, slower than numpy's), a numpy table in "
-    "cache-sized chunks (~15% at best, within noise). Before (sessions s17-s19, from 236 ms per EM iteration): one "
-    "Newton step per M-step above 64 models (ECM, `pairs.bt_newton_step`, same fixed points, tested), each "
-    "point's table computed once (`pairs.AttentiveTables`), work arrays kept between evaluations, the E-step "
-    "in cell order (`Block.entries_by_cell`), the pair keys' unique / inverse as one packed sort, EM's start "
-    "through the cached tables stopping at a Newton step below 1e-3. The 2 x 10^5-model fit converges in bounded "
-    "memory (each model is seen ~10 times, so EM moves slowly; hundreds of evaluations, where the kernels pay "
-    "most). The timed `ba.fit` includes its lazy imports (fit.py and the engines; ~0.3-0.5 s; numba's for the "
-    "kernels), so both trees need compiled bytecode: with PYTHONDONTWRITEBYTECODE=1 a fresh worktree compiles "
+    "Session s21: the compiled kernels without numba's start-up. Phase profile of the 10^4-model fit before it "
+    "(fresh process, AMD EPYC, load ~2, CPU s): 1.98 in all, of which ~0.5 numba (its import 0.17 s, then its typing "
+    "and lowering registries on the first call of a cached kernel, ~0.15 s, and more in the fit), ~0.12 lazy imports "
+    "that the 10-model fit pays too, ~0.31 outside EM (reading and encoding the log 0.13 as with 10 models, the "
+    "no-verdict floor 0.06, the pair table 0.03, the comparison graph 0.02, the EM block 0.03), EM's start 0.10-0.17 "
+    "(4 Newton steps) and 22 EM evaluations of ~39 ms (attentive tables 36 x 10 ms, Newton directions 26 x ~14 ms "
+    "of which conjugate gradients ~9 ms, E-step passes ~8 ms); the 10-model fit: 0.66, of which EM 0.42 (64 "
+    "evaluations of 6.5 ms) and reading 0.12. Now numba compiles the kernels once (`numba.cfunc` over raw pointers) "
+    "and llvmlite emits native code for this CPU, cached as an object file (loaded by llvmlite, ~0.04 s) and, on "
+    "Linux with a C compiler, as a shared library linked from it (loaded by ctypes, ~1 ms): later processes never "
+    "import numba. The table's Horner polynomials may fuse multiply-adds (7.0 -> 4.4 ms per 10^6 pairs, still "
+    "within 4 ulp of numpy's cells and of `expit`), the no-verdict floor above 256 models takes one `exp`/`log1p` "
+    "per label instead of two `log_expit` (60 -> 25 ms), and the kernels serve from 5 x 10^4 pairs (fresh-process "
+    "fits of 10^4 models, compiled / numpy path: 3 x 10^4 labels 0.29 / 0.30 s, 10^5 labels 1.10 / 1.65 s). Tried "
+    "and dropped: the table's three passes fused over L1-sized chunks (8.7 ms against 7.8: the passes are not "
+    "memory-bound), Estrin's scheme for the polynomials (0.6 ms less per table, but `p` 5 ulp from `expit`), int32 "
+    "indices for the E-step passes (2.0 ms both ways: the scatter-add's dependency, not memory, bounds them), a "
+    "rougher EM start (`EM_START_TOL` 0.1: ~20 ms less, same 21 EM iterations, but the continuous variant's "
+    "compiled and numpy fits at tol 1e-13 ended 1.7e-10 apart, beyond their test's 1e-10). What is left in the "
+    "10^4-model fit (~1.3 s): EM's 22 evaluations (~0.75 s: per evaluation ~1.6 tables of 7 ms, a Newton direction "
+    "of ~13 ms, two E-step passes of 2.6 ms and per-user terms of 2.3 ms, the objective's dot products), the start "
+    "(~0.1 s), set-up outside EM (~0.25 s, ~0.1 s more than with 10 models) and the lazy imports. "
+    "Session s20 (numba kernels, optional extra `fast`) took EM from ~80 to ~41 ms per evaluation: the table and "
+    "each pair's `sigmoid(d)` in three passes whose `exp(-|d|)` (Cody-Waite reduction, degree-13 polynomial, "
+    "`2^-k` from exponent bits) and `log1p` (`2 atanh(e / (2 + e))` series) the compiler vectorises, the "
+    "direction's curvatures and four per-model sums in one pass, the E-step's two passes without gathered "
+    "temporaries (`np.bincount`'s numbers bit for bit); the two paths reach the same fit (1e-10 at a tight "
+    "tolerance: tested; 2e-15 apart at the default tolerance on the 10^6-row log), and a fit of at most 64 models "
+    "never loads the kernels (tested). Tried and dropped then: the log-odds gather fused into the `exp` pass, the "
+    "per-model sums accumulated per run of equal `model_a`, a numba product for conjugate gradients (3.7 ms against "
+    "scipy's CSR + CSC 1.9 ms), numba's scalar libm `exp` / `log1p`, a numpy table in cache-sized chunks. Before "
+    "(sessions s17-s19, from 236 ms per EM iteration): one Newton step per M-step above 64 models (ECM, "
+    "`pairs.bt_newton_step`, same fixed points, tested), each point's table computed once (`pairs.AttentiveTables`), "
+    "work arrays kept between evaluations, the E-step in cell order (`Block.entries_by_cell`), the pair keys' "
+    "unique / inverse as one packed sort, EM's start through the cached tables stopping at a Newton step below "
+    "1e-3. The 2 x 10^5-model fit converges in bounded memory (each model is seen ~10 times, so EM moves slowly; "
+    "hundreds of evaluations, where the kernels pay most). The timed `ba.fit` includes its lazy imports (fit.py and "
+    "the engines), so both trees need compiled bytecode: with PYTHONDONTWRITEBYTECODE=1 a fresh worktree compiles "
     "its source in every run (`python -m compileall bayes_annot` once removes it)."
 )
+
 
 SCRIPT = textwrap.dedent("""
     import json, resource, sys, time
@@ -105,7 +105,7 @@ SCRIPT = textwrap.dedent("""
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                       "rss_before_fit_mb": base, "iterations": result.estimates.n_iter,
                       "components": result.summary.get("comparison_graph_components"),
-                      "numba": "numba" in sys.modules}}))
+                      "numba": "numba" in sys.modules, "kernels": "bayes_annot.numba_kernels" in sys.modules}}))
 """)
 
 
@@ -195,7 +195,7 @@ def main(argv=None) -> list[dict]:
         return results
     big = 10**5 if args.quick else 10**6
     ratio_cases = [(big, 10), (big, 10**4)]
-    # the compiled kernels' first use in a fresh cache (JIT compile included), before the alternated (warm) runs
+    # the compiled kernels' first use in a fresh cache (numba's compile included), before the alternated (warm) runs
     cold = run_case(big, 10**4, big // 10, root, args.timeout) if numba_installed() else None
     if cold is not None:
         print("this tree, cold numba cache", fmt(cold), flush=True)
@@ -230,7 +230,7 @@ def main(argv=None) -> list[dict]:
     head = ("| rows | models | users | fit CPU (s) | fit wall (s) | EM iterations | peak RSS (MB) | graph components |"
             "\n|---:|---:|---:|---:|---:|---:|---:|---:|")
     compare = []
-    rows_of = [("this tree" + (" (numba kernels, warm cache)" if ratio[1].get("numba") else ""), ratio)]
+    rows_of = [("this tree" + (" (compiled kernels, warm cache)" if ratio[1].get("kernels") else ""), ratio)]
     if results.get("numpy_path"):
         rows_of.append(("this tree, numpy path (`BAYES_ANNOT_NUMBA=0`)", results["numpy_path"]))
     if args.baseline is not None:
@@ -251,10 +251,11 @@ def main(argv=None) -> list[dict]:
     if cold is not None and cold.get("status") == "ok":
         compare += [
             "",
-            f"The numba kernels' first use, with an empty cache (`NUMBA_CACHE_DIR`; JIT compile included), one run: "
-            f"10^4 models {cold['cpu_seconds']:.2f} CPU s ({cold['cpu_seconds'] / ratio[0]['cpu_seconds']:.2f}x the "
-            f"10-model fit) against {ratio[1]['cpu_seconds']:.2f} s warm (fastest warm run above): the compile costs "
-            f"~{cold['cpu_seconds'] - ratio[1]['cpu_seconds']:.1f} s once per machine and numba version.",
+            f"The compiled kernels' first use, with an empty cache (`NUMBA_CACHE_DIR`; numba's compile included), one "
+            f"run: 10^4 models {cold['cpu_seconds']:.2f} CPU s ({cold['cpu_seconds'] / ratio[0]['cpu_seconds']:.2f}x "
+            f"the 10-model fit) against {ratio[1]['cpu_seconds']:.2f} s warm (fastest warm run above): the compile "
+            f"costs ~{cold['cpu_seconds'] - ratio[1]['cpu_seconds']:.1f} s once per machine, source and llvmlite "
+            "version.",
         ]
     lines = [
         "# Many models: sparse pair statistics",
@@ -276,9 +277,9 @@ def main(argv=None) -> list[dict]:
         f"## 10 vs 10^4 models at {big:,} rows",
         "",
         f"Target: the 10^4-model fit takes at most 2x the 10-model one. Observed: **{factor(ratio):.2f}x** "
-        "(CPU seconds, fastest runs" + (", the 10^4-model fit through the numba kernels, warm cache; without numba "
-        f"(`BAYES_ANNOT_NUMBA=0`, or numba not installed): {factor(results['numpy_path']):.2f}x"
-        if results.get("numpy_path") and ratio[1].get("numba") else "") + ").",
+        "(CPU seconds, fastest runs" + (", the 10^4-model fit through the compiled kernels, warm cache; without "
+        f"them (`BAYES_ANNOT_NUMBA=0`, or numba not installed): {factor(results['numpy_path']):.2f}x"
+        if results.get("numpy_path") and ratio[1].get("kernels") else "") + ").",
         "",
         head,
         *[fmt(r) for r in ratio],

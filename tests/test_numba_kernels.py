@@ -4,7 +4,13 @@ order), a whole fit to 1e-10. Skipped when numba is not installed (the test extr
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
 import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -126,7 +132,185 @@ def test_kernels_serve_only_many_models_and_many_pairs(monkeypatch):
     monkeypatch.setenv(pairs_mod.NUMBA_ENV, "0")
     assert pairs_mod.numba_kernels(1000, pairs_mod.NUMBA_MIN_PAIRS) is None
     monkeypatch.delenv(pairs_mod.NUMBA_ENV)
+    with monkeypatch.context() as no_user_ids:  # as on Windows: nothing cached, so only where compiling pays
+        no_user_ids.delattr(os, "getuid")
+        assert pairs_mod.numba_kernels(1000, pairs_mod.NUMBA_MIN_PAIRS_UNCACHED - 1) is None
+        assert pairs_mod.numba_kernels(1000, pairs_mod.NUMBA_MIN_PAIRS_UNCACHED) is nk
     monkeypatch.setattr(pairs_mod, "_NUMBA_MODULE", None)
     monkeypatch.delattr(ba, "numba_kernels", raising=False)
     monkeypatch.setitem(sys.modules, "bayes_annot.numba_kernels", None)  # importing it fails (as without numba)
     assert pairs_mod.numba_kernels(1000, pairs_mod.NUMBA_MIN_PAIRS) is None
+
+
+def _load_in_fresh_process(cache_dir) -> dict:
+    """Import the kernels in a fresh interpreter with ``NUMBA_CACHE_DIR=cache_dir``: which of numba / llvmlite it
+    imported, how it loaded them, the cache folder's files and one table's cells (a small fixed input)."""
+    code = textwrap.dedent("""
+        import json, os, sys
+        import numpy as np
+        from bayes_annot import numba_kernels as nk
+        s = np.array([0.0, 1.5, -2.0]); a = np.array([0, 1, 2, 0]); b = np.array([1, 2, 0, 2])
+        out, p = np.empty(8), np.empty(4)
+        nk.attentive_table(s, a, b, np.empty(4), np.empty(4), np.empty(4, dtype=np.int64), out, p)
+        print(json.dumps({"numba": "numba" in sys.modules, "llvmlite": "llvmlite" in sys.modules,
+                          "library": "library" in nk._NATIVE,
+                          "files": sorted(os.listdir(os.environ["NUMBA_CACHE_DIR"])), "cells": out.tolist()}))
+    """)
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache_dir), PYTHONPATH=str(Path(nk.__file__).resolve().parents[1]))
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]  # a crash of LLVM or the loader is a negative return code
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+LINKABLE = sys.platform.startswith("linux") and shutil.which("cc") is not None
+"""Whether the kernels are also cached as a shared library (Linux with a C compiler)."""
+
+
+@pytest.fixture(scope="module")
+def cached_kernels(tmp_path_factory):
+    """A cache folder filled by a first process (which compiles the kernels) and that process's report."""
+    folder = tmp_path_factory.mktemp("kernels")
+    folder.chmod(0o700)
+    return folder, _load_in_fresh_process(folder)
+
+
+def _copy_cache(source, target, mode=0o700):
+    shutil.copytree(source, target)
+    target.chmod(mode)
+    return target
+
+
+def test_compiled_kernels_load_from_their_cached_files_without_numba(cached_kernels, tmp_path):
+    """The first process compiles the kernels (numba) into an object file (and, on Linux with a C compiler, a
+    shared library) in the cache folder, readable by this user only; the next loads them without numba (the
+    library: without llvmlite too) and computes the same cells; a damaged library falls back to the object file,
+    a damaged object file is compiled anew (and both rewritten). No temporary file is left behind."""
+    folder, first = cached_kernels
+    assert first["numba"] and first["llvmlite"] and not first["library"]
+    native = [f for f in first["files"] if f.endswith(".native")]
+    shared = [f for f in first["files"] if f.endswith(".so")]
+    assert len(native) == 1 and len(shared) == int(LINKABLE)
+    assert len(first["files"]) == 1 + 2 * int(LINKABLE)  # no leftover temporary file
+    for name in first["files"]:
+        assert (folder / name).stat().st_mode & 0o077 == 0
+    work = _copy_cache(folder, tmp_path / "cache")
+    second = _load_in_fresh_process(work)
+    assert not second["numba"] and second["llvmlite"] != LINKABLE and second["library"] == LINKABLE
+    assert second["files"] == first["files"] and second["cells"] == first["cells"]
+    for name in shared:
+        (work / name).write_bytes(b"not a shared library")
+        damaged = _load_in_fresh_process(work)
+        assert not damaged["numba"] and damaged["llvmlite"] and damaged["cells"] == first["cells"]
+    (work / native[0]).write_bytes(b'{"symbols": {}, "sha256": ""}\nnot an object file')
+    damaged = _load_in_fresh_process(work)
+    assert damaged["numba"] and damaged["cells"] == first["cells"] and damaged["files"] == first["files"]
+    again = _load_in_fresh_process(work)
+    assert not again["numba"] and again["library"] == LINKABLE and again["cells"] == first["cells"]
+
+
+def test_an_object_file_that_fails_after_llvm_took_it_is_compiled_anew(cached_kernels, tmp_path):
+    """An intact object file (its hash matches) whose header names a kernel it lacks fails after LLVM's engine
+    has loaded it: the process compiles the kernels anew, with a target machine of its own (the failed engine
+    freed the one it was given), instead of crashing, and rewrites the file."""
+    folder, first = cached_kernels
+    work = _copy_cache(folder, tmp_path / "cache")
+    for name in first["files"]:
+        if not name.endswith(".native"):
+            (work / name).unlink()  # the object-file path
+    native = next(work.glob("*.native"))
+    header, _, code = native.read_bytes().partition(b"\n")
+    header = json.loads(header)
+    header["symbols"]["_gather_add"] = "no_such_kernel"
+    native.write_bytes(json.dumps(header).encode() + b"\n" + code)
+    rebuilt = _load_in_fresh_process(work)
+    assert rebuilt["numba"] and rebuilt["cells"] == first["cells"]
+    assert json.loads(native.read_bytes().partition(b"\n")[0])["symbols"]["_gather_add"] != "no_such_kernel"
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="ownership of the cache folder is a POSIX notion")
+def test_cached_machine_code_is_used_only_where_no_one_else_could_have_written_it(cached_kernels, tmp_path):
+    """A cache folder that other users may write to (group- or world-writable, as a shared NUMBA_CACHE_DIR such as
+    /tmp) is not loaded from: its files, though intact, are not run; the kernels are compiled and cached in a
+    private subfolder ``bayes_annot-<uid>`` (0700), which the next process loads. A subfolder that is a symbolic
+    link, or a group-writable file in a private folder, is not used either."""
+    folder, first = cached_kernels
+    own = f"bayes_annot-{os.getuid()}"
+    shared_folder = _copy_cache(folder, tmp_path / "shared", mode=0o777)
+    planted = _load_in_fresh_process(shared_folder)
+    assert planted["numba"] and planted["cells"] == first["cells"]
+    assert planted["files"] == sorted(first["files"] + [own])
+    assert (shared_folder / own).stat().st_mode & 0o777 == 0o700
+    assert sorted(os.listdir(shared_folder / own)) == first["files"]
+    again = _load_in_fresh_process(shared_folder)
+    assert not again["numba"] and again["cells"] == first["cells"]
+    linked = tmp_path / "linked"
+    linked.mkdir(mode=0o700)
+    linked.chmod(0o770)
+    (linked / own).symlink_to(_copy_cache(folder, tmp_path / "elsewhere"))
+    run = _load_in_fresh_process(linked)
+    assert run["numba"] and run["files"] == [own] and sorted(os.listdir(tmp_path / "elsewhere")) == first["files"]
+    private = _copy_cache(folder, tmp_path / "private")
+    for name in first["files"]:
+        (private / name).chmod(0o660)
+    loose = _load_in_fresh_process(private)
+    assert loose["numba"] and loose["cells"] == first["cells"]
+
+
+def test_a_cache_file_that_is_not_a_regular_file_does_not_hang_the_import(cached_kernels, tmp_path):
+    """A FIFO where the library's description should be (opening it for reading would block) is refused: the
+    object file serves."""
+    folder, first = cached_kernels
+    if not hasattr(os, "mkfifo") or not LINKABLE:
+        pytest.skip("needs FIFOs and the shared-library path")
+    work = _copy_cache(folder, tmp_path / "cache")
+    description = next(work.glob("*.json"))
+    description.unlink()
+    os.mkfifo(description, 0o600)
+    run = _load_in_fresh_process(work)  # the subprocess's timeout fails the test if it hangs
+    assert not run["numba"] and run["llvmlite"] and not run["library"] and run["cells"] == first["cells"]
+
+
+def test_kernels_are_cached_in_the_next_folder_when_the_first_cannot_serve(monkeypatch, tmp_path):
+    """The cache folders are tried in order: a first one that cannot be a folder (a file is in the way) leaves the
+    kernels to the second; damaged files in the first do not hide intact ones in the second."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.write_bytes(b"a file where the first cache folder would be")
+    monkeypatch.setattr(nk, "cache_dirs", lambda: [first, second])
+    built = nk._build()
+    written = sorted(os.listdir(second))
+    assert len(written) == 1 + 2 * int(LINKABLE) and not any(name.startswith(".") for name in written)
+    first.unlink()
+    first.mkdir(mode=0o700)
+    for name in written:
+        (first / name).write_bytes(b'{"symbols": {}, "sha256": ""}\ndamaged')
+    loaded = nk._build()
+    assert ("library" in loaded) == LINKABLE and sorted(os.listdir(second)) == written
+    s, a, b = np.array([0.0, 2.0, -1.0]), np.array([0, 1, 2]), np.array([1, 2, 0])
+    cells = []
+    for kernels in (built, loaded):
+        out, p = np.empty(6), np.empty(3)
+        monkeypatch.setattr(nk, "_NATIVE", kernels)
+        nk.attentive_table(s, a, b, np.empty(3), np.empty(3), np.empty(3, dtype=np.int64), out, p)
+        cells.append(out.tolist())
+    assert cells[0] == cells[1]
+
+
+def test_compiled_kernels_refuse_arrays_they_would_misread():
+    """The kernels read raw memory: a wrong float dtype, a non-contiguous work array or a short output is a
+    ValueError, not a silent misread; index arrays of another integer type (``intp`` on 32-bit platforms) are
+    converted and give the same numbers."""
+    s, a, b = np.array([0.0, 1.0, -3.0]), np.array([0, 1]), np.array([1, 2])
+    work = [np.empty(2), np.empty(2), np.empty(2, dtype=np.int64), np.empty(4), np.empty(2)]
+    expected = nk.attentive_table(s, a, b, *work).copy()
+    narrow = nk.attentive_table(s, a.astype(np.int32), b.astype(np.uint32), *work)
+    np.testing.assert_array_equal(narrow, expected)
+    with pytest.raises(ValueError):
+        nk.attentive_table(s, a.astype(float), b, *work)
+    with pytest.raises(ValueError):
+        nk.attentive_table(s, a, b, np.empty(4)[::2], *work[1:])
+    with pytest.raises(ValueError):
+        nk.attentive_table(s, a, b, *work[:3], np.empty(3), work[4])
+    with pytest.raises(ValueError):
+        nk.gather_add(a, b, np.zeros(3, dtype=np.float32), np.zeros(3))
+    np.testing.assert_array_equal(nk.gather_add(a.astype(np.int32), b, np.array([1.0, 2.0, 4.0]), np.zeros(2)),
+                                  [2.0, 4.0])

@@ -13,7 +13,7 @@ from bayes_annot.pairs import (AttentiveTables, PairTable, attentive_table_pairs
 from bayes_annot.problem import block_quality_floor, build_problem, pair_counts, quality_floor
 
 
-@pytest.mark.parametrize("n_models", [6, 90])
+@pytest.mark.parametrize("n_models", [6, 90, 300])
 def test_block_quality_floor_equals_the_floor_from_the_labels(n_models):
     """An update's no-verdict floor, from the EM block's cell counts, is the per-label one (1e-12)."""
     log = ba.simulate(n_users=300, n_models=n_models, casual_share=0.3, labels_per_user=(1, 12), seed=3)
