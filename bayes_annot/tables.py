@@ -722,6 +722,56 @@ def arrow_to_frame(table, meta: dict) -> pd.DataFrame:
     return frame
 
 
+#: Rows (or bytes) a merged rows part buffers before it writes them as one row group.
+_MERGE_GROUP_ROWS = 1 << 20
+_MERGE_GROUP_BYTES = 1 << 28
+
+
+def write_parts_as_one(parts, sink, tail=None) -> dict:
+    """Write the input rows of a ``rows`` table's parquet parts (then the Arrow table ``tail``, typed as them) as
+    one parquet file, row group by row group (bounded memory); returns its description (as :func:`write_arrow`).
+
+    ``parts`` is a list of (description, open binary file) as :func:`read_row_parts` takes it; the first
+    part's description gives the columns, their records and their Arrow types, which every part shares (an
+    update writes a part only when its columns are typed so). A part holding another number of rows than
+    its description raises :class:`DamagedTable`; columns typed otherwise raise ``pyarrow.ArrowInvalid``.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    template = parts[0][0]
+    names = list(template["input_columns"])
+    records = {m["name"]: m for m in template["columns"]}
+    written = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(template["schema"])))
+    schema = pa.schema([written.field(name) for name in names])
+    buffered, total = [], 0
+    with pq.ParquetWriter(sink, schema) as writer:
+        def add(table, force=False):
+            if table is not None and table.num_rows:
+                buffered.append(table.select(names).cast(schema))
+            if buffered and (force or sum(t.num_rows for t in buffered) >= _MERGE_GROUP_ROWS
+                             or sum(t.nbytes for t in buffered) >= _MERGE_GROUP_BYTES):
+                writer.write_table(pa.concat_tables(buffered), row_group_size=_MERGE_GROUP_ROWS)
+                buffered.clear()
+
+        for meta, source in parts:
+            source.seek(0)
+            reader = pq.ParquetFile(source)
+            check_columns(reader.schema_arrow.names, meta)
+            n = 0
+            for group in range(reader.num_row_groups):
+                table = reader.read_row_group(group, columns=names)
+                n += table.num_rows
+                add(table)
+            check_row_count(n, meta)
+            total += n
+        if tail is not None:
+            total += tail.num_rows
+        add(tail, force=True)
+    return {"format": "parquet", "rows": int(total), "columns": [records[name] for name in names],
+            "schema": base64.b64encode(schema.serialize().to_pybytes()).decode("ascii"), "safe_csv": False}
+
+
 def read_row_parts(parts, *, columns=None, rows=None) -> pd.DataFrame:
     """The input columns of a ``rows`` table kept as parquet parts, concatenated in order.
 
