@@ -749,18 +749,37 @@ def open_file_limit() -> int | None:
 
 
 def parts_fit_open(n_parts: int) -> bool:
-    """Whether a fast update may hold ``n_parts`` parts open (:data:`FDS_PER_PART` files each) within the
-    open-file limit, :data:`FD_RESERVE` kept free (see :func:`max_parts`)."""
+    """Whether a fast update may hold ``n_parts`` parts open within the open-file limit.
+
+    Parameters
+    ----------
+    n_parts : int
+        The parts (rows parts or codes files, whichever are more) of the folder to update.
+
+    Returns
+    -------
+    bool
+        ``n_parts * FDS_PER_PART`` files fit under the limit with :data:`FD_RESERVE` (at most half the limit)
+        kept free; always true without a limit.
+    """
     soft = open_file_limit()
     return soft is None or n_parts * FDS_PER_PART + min(FD_RESERVE, soft // 2) <= soft
 
 
 def max_parts() -> int | None:
-    """How many parts a folder's ``rows`` (and its codes files) may have after an update; ``None``: no limit.
+    """How many parts a folder's ``rows`` (and its codes files) may have after an update.
 
-    :data:`MAX_PARTS`, or the environment variable ``BAYES_ANNOT_MAX_PARTS`` (a whole number; ``0``: never
-    merge), lowered so that the next update can hold every part open within the process's open-file limit
-    (:func:`parts_fit_open`; never below 1).
+    Returns
+    -------
+    int or None
+        :data:`MAX_PARTS`, or the environment variable ``BAYES_ANNOT_MAX_PARTS`` (a whole number), lowered so
+        that the next update can hold every part open within the process's open-file limit
+        (:func:`parts_fit_open`; never below 1); ``None`` when the variable is ``0`` (never merge).
+
+    Raises
+    ------
+    InputError
+        ``BAYES_ANNOT_MAX_PARTS`` is not a whole number (one line).
     """
     text = os.environ.get(MAX_PARTS_VARIABLE)
     limit = MAX_PARTS
@@ -790,13 +809,26 @@ def _size_class(rows: int) -> int:
 
 
 def compaction_start(rows, limit: int | None) -> int | None:
-    """Which parts an update merges into one: ``None`` (none: the folder keeps its ``len(rows)`` parts) or the
-    index ``s`` of the first merged part (parts ``s:`` become one; ``0``: all of them).
+    """Which trailing parts of a ``rows`` table an update merges into one.
 
-    ``rows`` holds each part's row count, in row order (the first fit's rows first, the update's new rows last);
-    ``limit`` is :func:`max_parts` (``None``: never merge). Parts are merged by size class, as a log-structured
-    store merges its runs: when the last part and the parts just before it of its size class or smaller number
-    :data:`MERGE_FANOUT`, they become one part (of a larger class, which may in turn complete a run before it).
+    Parameters
+    ----------
+    rows : sequence of int
+        Each part's row count, in row order (the first fit's rows first, the update's new rows last).
+    limit : int or None
+        :func:`max_parts` (``None``: never merge).
+
+    Returns
+    -------
+    int or None
+        ``None``: no merge (the folder keeps its ``len(rows)`` parts); else the index ``s`` of the first merged
+        part (parts ``s:``, at least two, become one; ``0``: all of them).
+
+    Notes
+    -----
+    Parts are merged by size class, as a log-structured store merges its runs: when the last part and the parts
+    just before it of its size class or smaller number :data:`MERGE_FANOUT`, they become one part (of a larger
+    class, which may in turn complete a run before it).
     So a part is rewritten about once per class it climbs (``log_F`` of the log's size over an update's), and
     a folder keeps about ``F - 1`` parts per class. Should that exceed ``limit``, the trailing parts are merged
     that hold at most ``1 / COMPACT_RATIO`` of the rows before them (the first fit's large table is not rewritten

@@ -728,13 +728,32 @@ _MERGE_GROUP_BYTES = 1 << 28
 
 
 def write_parts_as_one(parts, sink, tail=None) -> dict:
-    """Write the input rows of a ``rows`` table's parquet parts (then the Arrow table ``tail``, typed as them) as
-    one parquet file, row group by row group (bounded memory); returns its description (as :func:`write_arrow`).
+    """Write the input rows of a ``rows`` table's parquet parts, then ``tail``, as one parquet file.
 
-    ``parts`` is a list of (description, open binary file) as :func:`read_row_parts` takes it; the first
-    part's description gives the columns, their records and their Arrow types, which every part shares (an
-    update writes a part only when its columns are typed so). A part holding another number of rows than
-    its description raises :class:`DamagedTable`; columns typed otherwise raise ``pyarrow.ArrowInvalid``.
+    The rows are copied row group by row group (bounded memory), without a pandas round trip.
+
+    Parameters
+    ----------
+    parts : list of (dict, binary file)
+        Each part's description and its open file, as :func:`read_row_parts` takes them; the first part's
+        description gives the columns, their records and their Arrow types, which every part shares (an update
+        writes a part only when its columns are typed so).
+    sink : binary file
+        Where to write.
+    tail : pyarrow.Table, optional
+        Rows written after the parts (an update's new rows, as :func:`to_arrow` gives them).
+
+    Returns
+    -------
+    dict
+        The file's description, as :func:`write_arrow` returns it.
+
+    Raises
+    ------
+    DamagedTable
+        A part holds another number of rows, or other columns, than its description records.
+    pyarrow.ArrowInvalid
+        A part's columns cannot be cast to the first part's types.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq

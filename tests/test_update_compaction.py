@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _log(n_users=60, seed=5):
-    """A small log with input columns of several kinds (text with gaps, floats with NaN, nullable integers)."""
+    """A small log with input columns of several kinds (text with gaps, floats with NaN, nullable integers,
+    timestamps, booleans, a categorical, nested JSON-like cells)."""
     log = ba.simulate(n_users=n_users, n_models=4, labels_per_user=(3, 8), tie_rate=0.05, seed=seed)
     log = log[["user", "model_a", "model_b", "winner"]].astype(str)
     rng = np.random.default_rng(seed)
@@ -35,6 +36,10 @@ def _log(n_users=60, seed=5):
     log["score"] = np.where(rng.random(n) < 0.2, np.nan, rng.random(n))
     log["count"] = pd.array(np.where(rng.random(n) < 0.2, -1, rng.integers(0, 9, n)), dtype="Int64")
     log.loc[log["count"] == -1, "count"] = pd.NA
+    log["when"] = pd.Timestamp("2026-01-01", tz="UTC") + pd.to_timedelta(rng.integers(0, 10**6, n), unit="s")
+    log["flag"] = rng.random(n) < 0.5
+    log["lang"] = pd.Categorical(rng.choice(["en", "de", "fr"], n), categories=["de", "en", "fr"])
+    log["turns"] = [[{"role": "user", "content": f"q{i}"}] if i % 3 else None for i in range(n)]
     return log
 
 
@@ -110,7 +115,7 @@ def _two_chains(tmp_path, monkeypatch, first, batches, limit: str):
 
 def test_a_chain_past_the_limit_reads_back_as_without_merging(tmp_path, monkeypatch):
     log = _log()
-    first, batches = _batches(log, 150, 10)  # the new rows stay under a quarter of the first fit's
+    first, batches = _batches(log, 150, 8)  # the new rows stay under a quarter of the first fit's
     counts = []
     for merged, plain in _two_chains(tmp_path, monkeypatch, first, batches, "4"):
         rows_parts, codes = _parts(merged)
@@ -252,15 +257,15 @@ def test_a_folder_of_many_parts_loads_and_updates_under_a_low_limit(tmp_path):
     """A folder written with more parts than a later process may hold open (no merging, a higher limit): load()
     reads its parts one at a time, and an update (from the saved rows, as the fast one cannot open them all)
     writes it back as one table."""
-    script = _CHAIN.format(tests=str(ROOT / "tests"), out=str(tmp_path / "out"), n_updates=21, limit=24,
-                           lower_at=20, before="os.environ['BAYES_ANNOT_MAX_PARTS'] = '0'")
+    script = _CHAIN.format(tests=str(ROOT / "tests"), out=str(tmp_path / "out"), n_updates=16, limit=14,
+                           lower_at=15, before="os.environ['BAYES_ANNOT_MAX_PARTS'] = '0'")
     script = script.replace("print(json.dumps(", "parts = json.load(open(out / 'manifest.json'))['tables']['rows']"
                                                  ".get('parts', [0]); print(json.dumps(")
     script = script.replace('"rows": len(ba.load(out).rows)', '"rows": len(ba.load(out).rows), "parts": len(parts)')
     proc = _run(script)
     assert proc.returncode == 0, proc.stderr[-3000:]
     found = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert found["rows"] == 150 + 3 * 21 and found["fallbacks"] == 1 and found["parts"] == 1
+    assert found["rows"] == 150 + 3 * 16 and found["fallbacks"] == 1 and found["parts"] == 1
 
 
 def _compacting_folder(tmp_path, monkeypatch):
