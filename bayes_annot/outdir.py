@@ -832,7 +832,7 @@ def compaction_start(rows, limit: int | None) -> int | None:
     So a part is rewritten about once per class it climbs (``log_F`` of the log's size over an update's), and
     a folder keeps about ``F - 1`` parts per class. Should that exceed ``limit``, the trailing parts are merged
     that hold at most ``1 / COMPACT_RATIO`` of the rows before them (the first fit's large table is not rewritten
-    for a few new rows), keeping at most ``limit // 2 - 1`` parts, else every part.
+    for a few new rows), keeping at most ``max(limit // 2 - 1, 1)`` parts (``limit >= 2``), else every part.
     """
     rows = [int(n) for n in rows]
     n = len(rows)
@@ -851,7 +851,9 @@ def compaction_start(rows, limit: int | None) -> int | None:
     merge = start if start < n - 1 else None
     if (n if merge is None else merge + 1) <= limit:
         return merge
-    total, keep_at_most = sum(rows), limit // 2 - 1
+    # at least the first part and one merged tail (below 4 the half would keep none: the first fit's whole table
+    # rewritten every few updates)
+    total, keep_at_most = sum(rows), max(limit // 2 - 1, 1 if limit >= 2 else 0)
     after = sum(rows[1:])
     for first in range(1, min(n - 1, keep_at_most + 1)):
         if after * COMPACT_RATIO <= total - after:

@@ -32,6 +32,7 @@ leading ``'`` is escaped the same way, so the reader removes exactly one
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as _dt
 import decimal
 import json
@@ -727,6 +728,20 @@ _MERGE_GROUP_ROWS = 1 << 20
 _MERGE_GROUP_BYTES = 1 << 28
 
 
+@contextlib.contextmanager
+def _reading_part(meta: dict):
+    """Errors raised while reading a saved part (not while casting or writing) as :class:`DamagedTable` naming
+    it, in one line."""
+    import pyarrow as pa
+
+    try:
+        yield
+    except (OSError, pa.ArrowException) as error:
+        detail = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise DamagedTable(f"'{meta.get('file', 'a rows part')}' cannot be read ({detail}): the file was damaged "
+                           "or edited") from None
+
+
 def write_parts_as_one(parts, sink, tail=None) -> dict:
     """Write the input rows of a ``rows`` table's parquet parts, then ``tail``, as one parquet file.
 
@@ -751,7 +766,7 @@ def write_parts_as_one(parts, sink, tail=None) -> dict:
     Raises
     ------
     DamagedTable
-        A part holds another number of rows, or other columns, than its description records.
+        A part holds another number of rows, or other columns, than its description records, or cannot be read.
     pyarrow.ArrowInvalid
         A part's columns cannot be cast to the first part's types.
     """
@@ -775,11 +790,13 @@ def write_parts_as_one(parts, sink, tail=None) -> dict:
 
         for meta, source in parts:
             source.seek(0)
-            reader = pq.ParquetFile(source)
+            with _reading_part(meta):
+                reader = pq.ParquetFile(source)
             check_columns(reader.schema_arrow.names, meta)
             n = 0
             for group in range(reader.num_row_groups):
-                table = reader.read_row_group(group, columns=names)
+                with _reading_part(meta):
+                    table = reader.read_row_group(group, columns=names)
                 n += table.num_rows
                 add(table)
             check_row_count(n, meta)

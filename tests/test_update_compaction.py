@@ -181,14 +181,48 @@ def test_csv_folders_keep_one_rows_table(tmp_path, monkeypatch):
     assert _parts(again) == (["rows.csv"], []) and len(ba.load(again).rows) == len(ba.load(parquet).rows)
 
 
-@pytest.mark.parametrize("value", ["-1", "many"])
-def test_a_bad_limit_is_one_line(tmp_path, monkeypatch, capsys, value):
+@pytest.mark.parametrize("value, fmt", [("-1", "parquet"), ("many", "parquet"), ("many", "csv")])
+def test_a_bad_limit_is_one_line(tmp_path, monkeypatch, capsys, value, fmt):
+    """A bad BAYES_ANNOT_MAX_PARTS is refused before the fit, whatever the output format (a CSV fit never merges,
+    but the setting is wrong all the same)."""
+    import importlib
+
+    fit_module = importlib.import_module("bayes_annot.fit")
     first, _ = _batches(_log(), 100, 0)
     monkeypatch.setenv("BAYES_ANNOT_MAX_PARTS", value)
+    fits = []
+    monkeypatch.setattr(fit_module, "fit", lambda *args, **kwargs: fits.append(1))  # never reached
     assert main(["fit", str(_write(first, tmp_path / "first.parquet")), "--out", str(tmp_path / "out"), "--format",
-                 "parquet", "--quiet"]) == 2
+                 fmt, "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert "BAYES_ANNOT_MAX_PARTS" in err and len(err.splitlines()) == 1 and not (tmp_path / "out").exists()
+    assert not fits
+
+
+def test_a_damaged_part_in_a_merge_is_named_in_one_line(tmp_path, monkeypatch, capsys):
+    """A saved rows part that cannot be read, among the parts an update merges, is refused in one line naming the
+    part (the folder is damaged), exit 2, and the folder is left as it was."""
+    monkeypatch.setenv("BAYES_ANNOT_MAX_PARTS", "0")
+    first, batches = _batches(_log(), 150, 5)
+    out = tmp_path / "out"
+    _fit(_write(first, tmp_path / "first.parquet"), out)
+    for i in range(4):
+        _update(_write(batches[i], tmp_path / f"new{i}.parquet"), out)
+    rows_parts = _parts(out)[0]
+    assert len(rows_parts) == 5
+    name = rows_parts[2]  # a part the next update reads only to merge it (the four small parts, then the new one)
+    damaged = out / name
+    data = bytearray(damaged.read_bytes())
+    data[8:48] = bytes(b ^ 0x5A for b in data[8:48])  # its first data page: the footer (schema, rows) intact
+    damaged.write_bytes(bytes(data))
+    before = _snapshot(out)
+    monkeypatch.setenv("BAYES_ANNOT_MAX_PARTS", "8")
+    capsys.readouterr()
+    assert main(["fit", str(_write(batches[4], tmp_path / "new4.parquet")), "--update", str(out), "--out", str(out),
+                 "--row-id", "vote_id", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and name in err, err
+    assert _snapshot(out) == before
 
 
 # --------------------------------------------------------------------------- in subprocesses
@@ -378,3 +412,27 @@ def test_merging_rewrites_each_row_a_few_times_and_bounds_the_parts(first, updat
     classes = math.log(sum(parts) / max(1, update // 2), MERGE_FANOUT)
     assert merges and rewritten / added <= classes + 2
     assert compaction_start(parts, None) is None and compaction_start(parts[:1], MAX_PARTS) is None
+
+
+@pytest.mark.parametrize("limit", [2, 3, 4, 8])
+def test_a_low_limit_rewrites_the_first_fit_rarely(limit):
+    """With a limit of a few parts (BAYES_ANNOT_MAX_PARTS, or a low open-file limit), the parts stay within it and
+    the first fit's table is rewritten only when the rows after it reach a share of its size: it then grows by at
+    least ``1 + 1 / COMPACT_RATIO``, so at most ``log(final / first) / log(1 + 1 / COMPACT_RATIO)`` times (plus
+    one), not every few updates."""
+    import math
+
+    from bayes_annot.outdir import COMPACT_RATIO, compaction_start
+
+    rng = np.random.default_rng(1)
+    first = 10**6
+    parts, first_rewrites = [first], 0
+    for size in rng.integers(5_000, 15_001, 2000):
+        parts.append(int(size))
+        start = compaction_start(parts, limit)
+        if start is not None:
+            first_rewrites += start == 0
+            parts = parts[:start] + [sum(parts[start:])]
+        assert len(parts) <= limit
+    bound = math.log(sum(parts) / first) / math.log(1 + 1 / COMPACT_RATIO) + 1
+    assert first_rewrites <= bound, (first_rewrites, bound)
