@@ -392,6 +392,9 @@ def _cmd_fit(args) -> int:
     from .ties import resolve_ties
 
     resolve_ties(None if args.ties == "model" else args.ties, 0)  # an unknown --ties, before reading
+    from .outdir import max_parts
+
+    max_parts()  # a bad BAYES_ANNOT_MAX_PARTS, before the fit (whatever the format: one line, exit 2)
     if args.update is not None:
         if args.warm_start is not None:
             raise InputError("--update and --warm-start exclude each other (--update already starts from DIR)")

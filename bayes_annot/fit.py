@@ -10,6 +10,7 @@ fitted attributes end in ``_``).
 from __future__ import annotations
 
 import json
+import re
 import time
 import warnings
 from dataclasses import asdict
@@ -569,8 +570,13 @@ class FitResult:
                 out.stream_table("rows", (part.compute() for part in parts), renamed_input_columns=renamed)
             else:
                 # parquet: each row's codes (in files an update links unchanged) for the side file and the row parts
-                codes = _write_row_codes(out, self) if format == "parquet" and self.backend == "memory" else None
-                if not (codes is not None and _write_row_parts(out, self, renamed, codes)):
+                limit = None
+                if format == "parquet" and self.backend == "memory":  # how many parts an update keeps
+                    from .outdir import max_parts
+
+                    limit = max_parts()
+                codes = _write_row_codes(out, self, limit) if format == "parquet" and self.backend == "memory" else None
+                if not (codes is not None and _write_row_parts(out, self, renamed, codes, limit)):
                     out.table("rows", self.rows, checked=checked, renamed_input_columns=renamed)
                 if codes is not None:
                     _write_update_state(out, self, codes)
@@ -1595,9 +1601,10 @@ def _side_file_fits(result: FitResult) -> bool:
     return state.block.users.shape[0] == data.n_users
 
 
-def _write_row_codes(out, result: FitResult):
+def _write_row_codes(out, result: FitResult, limit: int | None = None):
     """Write (or link, from the folder a fast update read) the codes files of every row
-    (:func:`bayes_annot.update_state.write_codes`); ``None`` when the fit gets no side file."""
+    (:func:`bayes_annot.update_state.write_codes`; past ``limit`` files, the trailing ones merged into one);
+    ``None`` when the fit gets no side file."""
     from .update_state import write_codes
 
     if not _side_file_fits(result):
@@ -1606,7 +1613,7 @@ def _write_row_codes(out, result: FitResult):
     def link(name, handle, dir_fd):
         out.link_file(name, handle, name=name, dir_fd=dir_fd)
 
-    written = write_codes(result._data, path_of=out.path, link=link)
+    written = write_codes(result._data, path_of=out.path, link=link, limit=limit)
     if written is None:
         _drop_row_codes(out)
     return written
@@ -1634,14 +1641,19 @@ def _write_update_state(out, result: FitResult, codes) -> None:
             _drop_row_codes(out)
 
 
-def _write_row_parts(out, result: FitResult, renamed: dict, codes) -> bool:
+def _write_row_parts(out, result: FitResult, renamed: dict, codes, limit: int | None = None) -> bool:
     """Write ``rows`` as parts (the result of a fast folder update): the previous folder's parts linked
     unchanged, the new input rows as one more part, the output columns per user in their own file (each
     row's user and reason are in the codes files, ``codes``).
 
+    Past ``limit`` parts, the trailing ones (the new rows among them) are merged into one part instead
+    (:func:`bayes_annot.outdir.compaction_start`): the folder is swapped in whole as always, so the parts
+    it replaces leave with the previous folder and a failure leaves that folder as it was.
+
     ``False`` (nothing written) when the result has no previous parts, or its new rows' columns are not
     typed as the previous parts' (the caller then writes one table of every row).
     """
+    from .outdir import compaction_start
     from .tables import to_arrow, write_arrow
 
     source = getattr(result, "_rows_source", None)
@@ -1666,16 +1678,29 @@ def _write_row_parts(out, result: FitResult, renamed: dict, codes) -> bool:
             return False
         new_part = (table, metas)
     names = {part["file"] for part, _ in parts}
+
+    def fresh_name() -> str:  # after every number the previous parts used (a merged part too)
+        numbers = [int(m.group(1)) for n in names if (m := re.fullmatch(r"rows-part-([0-9]+)\.parquet", n))]
+        name = f"rows-part-{max([len(parts) - 1, *numbers]) + 1}.parquet"
+        names.add(name)
+        return name
+
+    start = compaction_start([int(part["rows"]) for part, _ in parts] + ([n_new] if new_part else []), limit)
+    merged = None
+    if start is not None:
+        merged = _merge_row_parts(out, parts[start:], None if new_part is None else new_part[0], fresh_name())
+        if merged is None:
+            start = None
+    kept = parts if start is None else parts[:start]
     descriptions = []
     folder = source.get("folder")
-    for part, handle in parts:
+    for part, handle in kept:
         out.link_file(part["file"], handle, name=part["file"], dir_fd=getattr(folder, "dir_fd", None))
         descriptions.append(part)
-    if new_part is not None:
-        index = len(parts)
-        while f"rows-part-{index}.parquet" in names:
-            index += 1
-        name = f"rows-part-{index}.parquet"
+    if merged is not None:
+        descriptions.append(merged)
+    elif new_part is not None:
+        name = fresh_name()
         with open(out.path(name), "wb") as handle:
             meta = write_arrow(*new_part, handle, "parquet")
         descriptions.append(dict(meta, file=name, input_columns=list(template["input_columns"])))
@@ -1687,6 +1712,25 @@ def _write_row_parts(out, result: FitResult, renamed: dict, codes) -> bool:
         "outputs": dict(outputs, file="rows-outputs.parquet"), "renamed_input_columns": renamed,
     }
     return True
+
+
+def _merge_row_parts(out, parts: list, tail, name: str) -> dict | None:
+    """Write the saved ``parts`` (then the new rows' Arrow table ``tail``) as the one part ``name`` of the staging
+    folder; its description, or ``None`` (nothing left written) when they cannot be one part (columns typed
+    otherwise: the parts are then kept as they are)."""
+    import pyarrow as pa
+
+    from .tables import write_parts_as_one
+
+    path = out.path(name)
+    try:
+        with open(path, "wb") as handle:
+            meta = write_parts_as_one(parts, handle, tail)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        path.unlink(missing_ok=True)
+        out.files.remove(name)
+        return None
+    return dict(meta, file=name, input_columns=list(parts[0][0]["input_columns"]))
 
 
 def _write_outputs(result: FitResult, handle, codes) -> dict:

@@ -3,7 +3,8 @@
 A parquet folder written from an in-memory EM fit keeps its integer-coded log and EM block in a side
 file (:mod:`bayes_annot.update_state`): :func:`update_saved` then encodes only the new rows, merges
 them into the saved block as :meth:`bayes_annot.fit.FitResult.update` does for a live result, and the
-result writes its ``rows`` as the saved parquet parts (linked unchanged) plus one part of new rows.
+result writes its ``rows`` as the saved parquet parts (linked unchanged) plus one part of new rows (runs of
+parts of one size merged into one: :func:`bayes_annot.outdir.compaction_start`).
 Any other folder (CSV, older, or a side file that cannot serve it) holds every input row but no EM
 block, so :func:`update_saved` refits the saved rows plus the new ones, warm-started from the folder's
 parameters (:func:`bayes_annot.saved.load_start`), with the saved settings. Both give the same tables.

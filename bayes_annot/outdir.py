@@ -45,7 +45,8 @@ from pathlib import Path
 
 from .errors import InputError
 
-__all__ = ["MANIFEST", "check_target", "locked", "ResultWriter", "pinned", "read_manifest", "TempFile", "clean_temps", "is_temp"]
+__all__ = ["MANIFEST", "check_target", "locked", "ResultWriter", "pinned", "read_manifest", "TempFile", "clean_temps", "is_temp",
+           "max_parts", "compaction_start", "parts_fit_open"]
 
 #: The marker every result folder carries: which files the package wrote, and how to read its tables.
 MANIFEST = "manifest.json"
@@ -717,6 +718,148 @@ def add_file(directory, name: str, payload: bytes) -> Path:
             Path(tmp).unlink(missing_ok=True)
         raise InputError(f"cannot write '{final}': {exc.strerror or exc}") from exc
     return final
+
+
+# --------------------------------------------------------------------------- compaction of an update's parts
+
+#: A folder's rows parts (and codes files) an update keeps before it merges some (see :func:`compaction_start`).
+MAX_PARTS = 32
+#: Parts of one size class an update merges into one (see :func:`compaction_start`).
+MERGE_FANOUT = 4
+#: Past :func:`max_parts`, the parts an update merges hold at most ``1 / COMPACT_RATIO`` of the rows it keeps.
+COMPACT_RATIO = 4
+#: Open files a fast update holds per part: the rows part, its codes file and the codes file's memory map.
+FDS_PER_PART = 3
+#: Open files kept free for everything else (the interpreter, the side file, the tables, pyarrow), at most half the
+#: process's open-file limit.
+FD_RESERVE = 64
+#: The environment variable that sets :data:`MAX_PARTS` (``0``: never merge).
+MAX_PARTS_VARIABLE = "BAYES_ANNOT_MAX_PARTS"
+
+
+def open_file_limit() -> int | None:
+    """The process's open-file limit (the soft ``RLIMIT_NOFILE``); ``None`` when unlimited or unknown."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):  # pragma: no cover - no resource module (Windows)
+        return None
+    return None if soft == resource.RLIM_INFINITY or soft <= 0 else int(soft)
+
+
+def parts_fit_open(n_parts: int) -> bool:
+    """Whether a fast update may hold ``n_parts`` parts open within the open-file limit.
+
+    Parameters
+    ----------
+    n_parts : int
+        The parts (rows parts or codes files, whichever are more) of the folder to update.
+
+    Returns
+    -------
+    bool
+        ``n_parts * FDS_PER_PART`` files fit under the limit with :data:`FD_RESERVE` (at most half the limit)
+        kept free; always true without a limit.
+    """
+    soft = open_file_limit()
+    return soft is None or n_parts * FDS_PER_PART + min(FD_RESERVE, soft // 2) <= soft
+
+
+def max_parts() -> int | None:
+    """How many parts a folder's ``rows`` (and its codes files) may have after an update.
+
+    Returns
+    -------
+    int or None
+        :data:`MAX_PARTS`, or the environment variable ``BAYES_ANNOT_MAX_PARTS`` (a whole number), lowered so
+        that the next update can hold every part open within the process's open-file limit
+        (:func:`parts_fit_open`; never below 1); ``None`` when the variable is ``0`` (never merge).
+
+    Raises
+    ------
+    InputError
+        ``BAYES_ANNOT_MAX_PARTS`` is not a whole number (one line).
+    """
+    text = os.environ.get(MAX_PARTS_VARIABLE)
+    limit = MAX_PARTS
+    if text is not None and text.strip():
+        try:
+            limit = int(text.strip())
+        except ValueError:
+            limit = -1
+        if limit < 0:
+            raise InputError(f"{MAX_PARTS_VARIABLE} must be a whole number (0: never merge parts), got {text!r}")
+        if limit == 0:
+            return None
+    soft = open_file_limit()
+    if soft is not None:
+        limit = min(limit, (soft - min(FD_RESERVE, soft // 2)) // FDS_PER_PART)
+    return max(1, limit)
+
+
+def _size_class(rows: int) -> int:
+    """A part's size class: ``floor(log_F(rows))`` for :data:`MERGE_FANOUT` ``F`` (parts of one class differ in
+    size by less than that factor)."""
+    rows, size = max(int(rows), 1), 0
+    while rows >= MERGE_FANOUT:
+        rows //= MERGE_FANOUT
+        size += 1
+    return size
+
+
+def compaction_start(rows, limit: int | None) -> int | None:
+    """Which trailing parts of a ``rows`` table an update merges into one.
+
+    Parameters
+    ----------
+    rows : sequence of int
+        Each part's row count, in row order (the first fit's rows first, the update's new rows last).
+    limit : int or None
+        :func:`max_parts` (``None``: never merge).
+
+    Returns
+    -------
+    int or None
+        ``None``: no merge (the folder keeps its ``len(rows)`` parts); else the index ``s`` of the first merged
+        part (parts ``s:``, at least two, become one; ``0``: all of them).
+
+    Notes
+    -----
+    Parts are merged by size class, as a log-structured store merges its runs: when the last part and the parts
+    just before it of its size class or smaller number :data:`MERGE_FANOUT`, they become one part (of a larger
+    class, which may in turn complete a run before it).
+    So a part is rewritten about once per class it climbs (``log_F`` of the log's size over an update's), and
+    a folder keeps about ``F - 1`` parts per class. Should that exceed ``limit``, the trailing parts are merged
+    that hold at most ``1 / COMPACT_RATIO`` of the rows before them (the first fit's large table is not rewritten
+    for a few new rows), keeping at most ``max(limit // 2 - 1, 1)`` parts (``limit >= 2``), else every part.
+    """
+    rows = [int(n) for n in rows]
+    n = len(rows)
+    if limit is None or n < 2:
+        return None
+    limit = max(1, limit)
+    start, size = n - 1, rows[-1]
+    while True:  # the run of the last part's class, merged, and again while that completes a run of its class
+        size_class, first = _size_class(size), start
+        while first > 0 and _size_class(rows[first - 1]) <= size_class:
+            first -= 1
+        if start - first + 1 < MERGE_FANOUT:
+            break
+        size += sum(rows[first:start])
+        start = first
+    merge = start if start < n - 1 else None
+    if (n if merge is None else merge + 1) <= limit:
+        return merge
+    # at least the first part and one merged tail (below 4 the half would keep none: the first fit's whole table
+    # rewritten every few updates)
+    total, keep_at_most = sum(rows), max(limit // 2 - 1, 1 if limit >= 2 else 0)
+    after = sum(rows[1:])
+    for first in range(1, min(n - 1, keep_at_most + 1)):
+        if after * COMPACT_RATIO <= total - after:
+            return first
+        after -= rows[first]
+    return 0
 
 
 # --------------------------------------------------------------------------- single files outside a result folder

@@ -12,6 +12,7 @@ the folder and the field or value.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import warnings
@@ -163,12 +164,11 @@ def _read_folder(folder, *, posterior: bool = True) -> SavedTables:
 def _read_parts(folder, meta: dict) -> pd.DataFrame:
     """A ``rows`` table kept as parts (an update's layout): the input rows of every part, in order, then the
     output columns (``kept, reason, weight``), which an update rewrites for every row, from their own file."""
-    handles = [folder.open(part["file"]) for part in meta["parts"]]
-    try:
-        rows = read_row_parts(list(zip(meta["parts"], handles)))
-    finally:
-        for handle in handles:
-            handle.close()
+    frames = []
+    for part in meta["parts"]:  # one open file at a time: a folder of many parts stays within the open-file limit
+        with folder.open(part["file"]) as handle:
+            frames.append(read_row_parts([(part, handle)]))
+    rows = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
     if meta["outputs"].get("by") == "user":
         outputs = _outputs_by_user(folder, meta["outputs"])
     else:  # an update written before the codes files: the outputs of every row
@@ -303,6 +303,15 @@ def _read_update_folder(folder) -> UpdateFolder | None:
                       "saved rows instead",
                       FitWarning, stacklevel=2)
         return None
+    from .outdir import open_file_limit, parts_fit_open
+
+    codes = rows_meta.get("outputs", {}).get("codes") if rows_meta.get("layout") == "parts" else None
+    n_parts = max(len(descriptions), len(codes) if isinstance(codes, list) else 0)
+    if not parts_fit_open(n_parts):  # an update would run out of open files: one from the rows reads them in turn
+        warnings.warn(f"results folder '{folder.path}': its {n_parts} rows parts are more than this process may keep "
+                      f"open (open-file limit {open_file_limit()}); updating from the saved rows instead (the update "
+                      "writes them as one table)", FitWarning, stacklevel=2)
+        return None
     state_file = folder.open(state_name)
     parts = []
     try:
@@ -314,10 +323,15 @@ def _read_update_folder(folder) -> UpdateFolder | None:
                 footer = pq.ParquetFile(parts[-1][1])
                 check_row_count(footer.metadata.num_rows, part)
                 check_columns(footer.schema_arrow.names, part)
-    except BaseException:
+    except BaseException as exc:
         state_file.close()
         for _, handle in parts:
             handle.close()
+        if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):  # as above, found on the way
+            warnings.warn(f"results folder '{folder.path}': its rows parts cannot all be kept open ({exc.strerror}); "
+                          "updating from the saved rows instead (the update writes them as one table)",
+                          FitWarning, stacklevel=2)
+            return None
         raise
     return UpdateFolder(small["users"], small["models"], summary, manifest, state_file, parts, rows_meta,
                         os.dup(folder.fd), folder.path)

@@ -32,6 +32,7 @@ leading ``'`` is escaped the same way, so the reader removes exactly one
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as _dt
 import decimal
 import json
@@ -720,6 +721,91 @@ def arrow_to_frame(table, meta: dict) -> pd.DataFrame:
         columns[name] = _restore(series, column_meta)
     frame = pd.DataFrame(columns, columns=table.column_names)
     return frame
+
+
+#: Rows (or bytes) a merged rows part buffers before it writes them as one row group.
+_MERGE_GROUP_ROWS = 1 << 20
+_MERGE_GROUP_BYTES = 1 << 28
+
+
+@contextlib.contextmanager
+def _reading_part(meta: dict):
+    """Errors raised while reading a saved part (not while casting or writing) as :class:`DamagedTable` naming
+    it, in one line."""
+    import pyarrow as pa
+
+    try:
+        yield
+    except (OSError, pa.ArrowException) as error:
+        detail = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise DamagedTable(f"'{meta.get('file', 'a rows part')}' cannot be read ({detail}): the file was damaged "
+                           "or edited") from None
+
+
+def write_parts_as_one(parts, sink, tail=None) -> dict:
+    """Write the input rows of a ``rows`` table's parquet parts, then ``tail``, as one parquet file.
+
+    The rows are copied row group by row group (bounded memory), without a pandas round trip.
+
+    Parameters
+    ----------
+    parts : list of (dict, binary file)
+        Each part's description and its open file, as :func:`read_row_parts` takes them; the first part's
+        description gives the columns, their records and their Arrow types, which every part shares (an update
+        writes a part only when its columns are typed so).
+    sink : binary file
+        Where to write.
+    tail : pyarrow.Table, optional
+        Rows written after the parts (an update's new rows, as :func:`to_arrow` gives them).
+
+    Returns
+    -------
+    dict
+        The file's description, as :func:`write_arrow` returns it.
+
+    Raises
+    ------
+    DamagedTable
+        A part holds another number of rows, or other columns, than its description records, or cannot be read.
+    pyarrow.ArrowInvalid
+        A part's columns cannot be cast to the first part's types.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    template = parts[0][0]
+    names = list(template["input_columns"])
+    records = {m["name"]: m for m in template["columns"]}
+    written = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(template["schema"])))
+    schema = pa.schema([written.field(name) for name in names])
+    buffered, total = [], 0
+    with pq.ParquetWriter(sink, schema) as writer:
+        def add(table, force=False):
+            if table is not None and table.num_rows:
+                buffered.append(table.select(names).cast(schema))
+            if buffered and (force or sum(t.num_rows for t in buffered) >= _MERGE_GROUP_ROWS
+                             or sum(t.nbytes for t in buffered) >= _MERGE_GROUP_BYTES):
+                writer.write_table(pa.concat_tables(buffered), row_group_size=_MERGE_GROUP_ROWS)
+                buffered.clear()
+
+        for meta, source in parts:
+            source.seek(0)
+            with _reading_part(meta):
+                reader = pq.ParquetFile(source)
+            check_columns(reader.schema_arrow.names, meta)
+            n = 0
+            for group in range(reader.num_row_groups):
+                with _reading_part(meta):
+                    table = reader.read_row_group(group, columns=names)
+                n += table.num_rows
+                add(table)
+            check_row_count(n, meta)
+            total += n
+        if tail is not None:
+            total += tail.num_rows
+        add(tail, force=True)
+    return {"format": "parquet", "rows": int(total), "columns": [records[name] for name in names],
+            "schema": base64.b64encode(schema.serialize().to_pybytes()).decode("ascii"), "safe_csv": False}
 
 
 def read_row_parts(parts, *, columns=None, rows=None) -> pd.DataFrame:

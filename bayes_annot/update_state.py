@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import numpy as np
 
@@ -48,6 +49,7 @@ STATE_VERSION = 2
 _READS = (1, 2)
 #: The per-row codes files' names (N: a number not yet used in the folder).
 CODES_FILE = "rows-codes-{}.npz"
+_CODES_NUMBER = re.compile(r"rows-codes-([0-9]+)\.npz")
 #: The per-row fields of :class:`~bayes_annot.data.PreparedData` (kept in the codes files in version 2).
 ROW_FIELDS = ("user", "model_a", "model_b", "choice_a", "p_a", "reason_code", "casual_x")
 
@@ -208,7 +210,7 @@ def _same_map(a, b) -> bool:
     return (a is None and b is None) or (a is not None and b is not None and (a is b or np.array_equal(a, b)))
 
 
-def write_codes(data: PreparedData, *, path_of, link) -> WrittenCodes | None:
+def write_codes(data: PreparedData, *, path_of, link, limit: int | None = None) -> WrittenCodes | None:
     """Write the per-row codes of ``data`` into codes files, linking those of a saved folder unchanged.
 
     Parameters
@@ -221,13 +223,16 @@ def write_codes(data: PreparedData, *, path_of, link) -> WrittenCodes | None:
     link : callable
         ``link(name, handle, dir_fd)``: put the saved file ``name`` (open as ``handle``, in the folder open
         as ``dir_fd``) into the folder.
+    limit : int, optional
+        At most this many codes files: past it, trailing parts are written as one file instead
+        (:func:`bayes_annot.outdir.compaction_start`; ``None``: one file per part).
 
     Returns
     -------
     WrittenCodes or None
         ``None`` (nothing written) when a per-row field cannot be stored (object arrays, covariates).
     """
-    import uuid
+    from .outdir import compaction_start
 
     parts = _parts_of(data)
     if getattr(data, "casual_x", None) is not None or any(p.casual_x is not None for p, _, _ in parts):
@@ -235,42 +240,107 @@ def write_codes(data: PreparedData, *, path_of, link) -> WrittenCodes | None:
     _, user0, model0 = parts[0]
     user_map, user_inverse = _stable_maps(user0, data.n_users)
     model_map, model_inverse = _stable_maps(model0, data.n_models)
-    used = {getattr(p, "_codes_source", {}).get("entry", {}).get("file") for p, _, _ in parts}
-    entries, number = [], 0
-    for index, (part, umap, mmap) in enumerate(parts):
-        source = getattr(part, "_codes_source", None)
-        if source is not None and _same_map(umap, user0) and _same_map(mmap, model0):
-            entry = source["entry"]
-            link(entry["file"], source["handle"], source.get("dir_fd"))
-            entries.append(dict(entry))
-            continue
+
+    def stable_fields(index: int) -> dict:
+        """The per-row fields of part ``index`` with its user and model codes as stable numbers."""
+        part, umap, mmap = parts[index]
         if index == 0:  # the stable numbers are the first part's codes
             stable = {"user": part.user, "model_a": part.model_a, "model_b": part.model_b}
         else:  # the part's codes, then current, then stable
             stable = {"user": _to_stable(part.user, umap, user_inverse),
                       "model_a": _to_stable(part.model_a, mmap, model_inverse),
                       "model_b": _to_stable(part.model_b, mmap, model_inverse)}
-        arrays, meta = {}, {}
-        for name in ROW_FIELDS:
-            value = stable.get(name, getattr(part, name))
-            if value is None:
-                meta[f"data.{name}"] = {"kind": "none"}
-            elif isinstance(value, np.ndarray) and not value.dtype.hasobject:
-                arrays[f"data.{name}"] = _narrow(value)
-                meta[f"data.{name}"] = {"kind": "array", "dtype": value.dtype.str}
-            else:
-                return None
+        return {name: stable.get(name, getattr(part, name)) for name in ROW_FIELDS}
+
+    start = compaction_start([p.n_rows for p, _, _ in parts], limit)
+    merged = None if start is None else _merged_fields([stable_fields(i) for i in range(start, len(parts))],
+                                                       [getattr(p, "_codes_source", None) for p, _, _ in parts[start:]])
+    if merged is None:
+        start = None
+    used = {getattr(p, "_codes_source", {}).get("entry", {}).get("file") for p, _, _ in parts}
+    # new files after every number the saved ones use (a merged file too)
+    number = 1 + max([-1, *(int(m.group(1)) for name in used if name and (m := _CODES_NUMBER.fullmatch(name)))])
+    entries = []
+    for index, (part, umap, mmap) in enumerate(parts):
+        if start is not None and index >= start:
+            fields = merged
+        else:
+            source = getattr(part, "_codes_source", None)
+            if source is not None and _same_map(umap, user0) and _same_map(mmap, model0):
+                entry = source["entry"]
+                link(entry["file"], source["handle"], source.get("dir_fd"))
+                entries.append(dict(entry))
+                continue
+            fields = stable_fields(index)
         while CODES_FILE.format(number) in used:
             number += 1
         name = CODES_FILE.format(number)
         used.add(name)
-        entry = {"file": name, "rows": int(part.n_rows), "id": uuid.uuid4().hex}
-        header = {"codes_version": 1, "id": entry["id"], "rows": entry["rows"], "entries": meta}
-        arrays["__header__"] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
-        with open(path_of(name), "wb") as handle:
-            _savez(handle, arrays)
+        entry = _write_codes_file(path_of(name), name, fields)
+        if entry is None:
+            return None
         entries.append(entry)
+        if start is not None and index >= start:
+            break
     return WrittenCodes(entries, user_map, model_map)
+
+
+def _merged_fields(pieces: list, sources: list) -> dict | None:
+    """The per-row fields of consecutive parts (``pieces``, as :func:`write_codes` stores them) as one part, each
+    field in the type its parts have in memory (a saved part's: the type its codes file records); ``None``
+    when they cannot be one part (a field stored for some parts only)."""
+    declared = [_declared_types(source) for source in sources]
+    out = {}
+    for name in ROW_FIELDS:
+        values = [piece[name] for piece in pieces]
+        if all(v is None for v in values):
+            out[name] = None
+            continue
+        if any(not isinstance(v, np.ndarray) or v.dtype.hasobject for v in values):
+            return None
+        kinds = [recorded.get(name, v.dtype) for recorded, v in zip(declared, values)]
+        out[name] = np.concatenate(values, dtype=np.result_type(*kinds), casting="same_kind")
+    return out
+
+
+def _declared_types(source: dict | None) -> dict:
+    """The in-memory types a saved codes file records for its fields (its arrays may be stored narrower)."""
+    if source is None:
+        return {}
+    handle = source["handle"]
+    try:
+        handle.seek(0)
+        with np.load(handle, allow_pickle=False) as npz:  # its header member only
+            header = json.loads(npz["__header__"].tobytes().decode("utf-8"))
+        meta = header.get("entries") or {}
+        return {name: np.dtype(meta[f"data.{name}"]["dtype"]) for name in ROW_FIELDS
+                if meta.get(f"data.{name}", {}).get("kind") == "array"}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def _write_codes_file(path, name: str, fields: dict) -> dict | None:
+    """Write one codes file of ``fields`` (the per-row fields of its rows); its entry, or ``None`` when a field
+    cannot be stored."""
+    import uuid
+
+    arrays, meta, n_rows = {}, {}, None
+    for field in ROW_FIELDS:
+        value = fields[field]
+        if value is None:
+            meta[f"data.{field}"] = {"kind": "none"}
+        elif isinstance(value, np.ndarray) and not value.dtype.hasobject:
+            arrays[f"data.{field}"] = _narrow(value)
+            meta[f"data.{field}"] = {"kind": "array", "dtype": value.dtype.str}
+            n_rows = int(value.shape[0]) if n_rows is None else n_rows
+        else:
+            return None
+    entry = {"file": name, "rows": int(n_rows or 0), "id": uuid.uuid4().hex}
+    header = {"codes_version": 1, "id": entry["id"], "rows": entry["rows"], "entries": meta}
+    arrays["__header__"] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
+    with open(path, "wb") as handle:
+        _savez(handle, arrays)
+    return entry
 
 
 def _to_stable(codes: np.ndarray, mapping, inverse) -> np.ndarray:
