@@ -418,10 +418,14 @@ class FitResult:
 
         Examples
         --------
+        A simulated log repeats identical votes, so its rows get an id column:
+        without one, a new row equal to an old one would be skipped as a duplicate.
+
         >>> import bayes_annot as ba
         >>> log = ba.simulate(n_users=300, n_models=4, seed=0)
+        >>> log["vote_id"] = range(len(log))
         >>> old, new = log.iloc[:-100], log.iloc[-100:]
-        >>> result = ba.fit(old).update(new)
+        >>> result = ba.fit(old).update(new, row_id="vote_id")
         >>> result.summary["counts"]["rows"] == len(log)
         True
         """

@@ -499,6 +499,7 @@ class ResultWriter:
     >>> out = tempfile.mkdtemp() + "/res"
     >>> with ResultWriter(out) as w:
     ...     w.table("users", pd.DataFrame({"user": ["a"], "quality": [0.9]}))
+    'users.csv'
     >>> sorted(p.name for p in Path(out).iterdir())
     ['manifest.json', 'users.csv']
     """

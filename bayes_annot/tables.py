@@ -414,8 +414,8 @@ def write_table(frame: pd.DataFrame, sink: str | BinaryIO, fmt: str = "csv", *, 
     >>> meta = write_table(frame, buffer)
     >>> _ = buffer.seek(0)
     >>> back = read_table_file(buffer, meta)
-    >>> back["id"].tolist(), back["x"].tolist()[:2]
-    (['007', '', None], [1.0, 0.1])
+    >>> back.equals(frame), back["id"].tolist()[:2], back["id"].isna().tolist()
+    (True, ['007', ''], [False, False, True])
     """
     table, metas = to_arrow(frame, checked=checked)
     return write_arrow(table, metas, sink, fmt, safe_csv=safe_csv)
@@ -670,9 +670,12 @@ def read_table_file(source: str | BinaryIO, meta: dict | None = None, *, columns
     if meta and meta.get("schema"):
         schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(meta["schema"])))
     if fmt == "csv":
+        # a file we wrote (it has ``meta``): a blank line is a row whose cells are all missing (a one-column table)
+        parse = pa_csv.ParseOptions(ignore_empty_lines=meta is None)
         if schema is None:
             convert = pa_csv.ConvertOptions(strings_can_be_null=True, quoted_strings_can_be_null=False)
-            head = pa_csv.read_csv(source, convert_options=convert, read_options=pa_csv.ReadOptions(block_size=1 << 26))
+            head = pa_csv.read_csv(source, convert_options=convert, parse_options=parse,
+                                   read_options=pa_csv.ReadOptions(block_size=1 << 26))
             table = head.cast(pa.schema([pa.field(f.name, pa.string()) for f in head.schema]))
         else:
             convert = pa_csv.ConvertOptions(
@@ -680,7 +683,7 @@ def read_table_file(source: str | BinaryIO, meta: dict | None = None, *, columns
                 include_columns=schema.names,
             )
             read = pa_csv.ReadOptions(block_size=1 << 26)
-            table = pa_csv.read_csv(source, read_options=read, convert_options=convert)
+            table = pa_csv.read_csv(source, read_options=read, convert_options=convert, parse_options=parse)
         if meta and meta.get("safe_csv"):
             table = _unescape_formulas(table, [f.name for f in table.schema
                                                if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)])

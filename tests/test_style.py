@@ -648,7 +648,7 @@ def test_tastes_with_a_style_term_recover_the_truth(taste_style_log, taste_style
         "log_length_ratio"
 
 
-def test_tastes_auto_with_a_style_term(taste_style_log, taste_style_fits):
+def test_tastes_auto_with_a_style_term(taste_style_log, taste_style_fits, monkeypatch):
     """tastes='auto' with a style term: every fit of the choice (full data and folds) has it and the held-out
     scores use it, so C = 2 is chosen over C = 1 and its fit is the fixed C = 2 fit (the chosen C is refitted
     with tastes=C's tolerance and starts, the selection's fit one more start); the stored casual-group test flags
@@ -665,7 +665,12 @@ def test_tastes_auto_with_a_style_term(taste_style_log, taste_style_fits):
     table = {row["n_tastes"]: row for row in selection["table"]}
     assert table[2]["heldout_loglik"] > table[1]["heldout_loglik"]
     assert auto.summary["taste_diagnostic"]["verdict"] == "taste group"
-    plain = _fit(log, tastes="auto", max_tastes=2)  # the same choice without the style term scores lower
+    # the same choice without the style term scores lower (its casual-group test, a 100-log bootstrap that a
+    # third of the fit's time went to, is not looked at: skipped)
+    import bayes_annot.local_em as local_em
+
+    monkeypatch.setattr(local_em, "taste_diagnostic", lambda *args, **kwargs: {})
+    plain = _fit(log, tastes="auto", max_tastes=2)
     plain_table = {row["n_tastes"]: row for row in plain.summary["taste_selection"]["table"]}
     assert table[2]["heldout_loglik"] > plain_table[2]["heldout_loglik"]
 
@@ -676,7 +681,8 @@ def test_tastes_auto_with_a_style_term_dask_equals_in_memory():
 
     from bayes_annot.tastes import simulate_tastes
 
-    log = simulate_tastes(n_users=300, n_models=5, style_bias=STYLE_BIAS, seed=3, tie_nu=0.5, casual_tie_rate=0.1)
+    # 150 users: the engines must agree whatever the choice (300 took twice the time and checked nothing more)
+    log = simulate_tastes(n_users=150, n_models=5, style_bias=STYLE_BIAS, seed=3, tie_nu=0.5, casual_tie_rate=0.1)
     mem = _fit(log, tastes="auto", max_tastes=2, style_covariates="auto")
     dk = _fit(dd.from_pandas(log, npartitions=3), tastes="auto", max_tastes=2, style_covariates="auto")
     assert dk.summary["taste_selection"]["chosen"] == mem.summary["taste_selection"]["chosen"]
