@@ -66,6 +66,17 @@ def _write(frame, path):
     return path
 
 
+def _updated_folder(tmp_path, n_batches: int, n_done: int):
+    """The folder ``tmp_path / "out"``: a parquet fit of the log's first 150 rows, then ``n_done`` of its
+    ``n_batches`` update batches (each through ``--update``); returns it and every batch."""
+    first, batches = _batches(_log(), 150, n_batches)
+    out = tmp_path / "out"
+    _fit(_write(first, tmp_path / "first.parquet"), out)
+    for i in range(n_done):
+        _update(_write(batches[i], tmp_path / f"new{i}.parquet"), out)
+    return out, batches
+
+
 def assert_same_tables(a, b, exact=True):
     x, y = ba.load(a), ba.load(b)
     for name in ("users", "models", "rows"):
@@ -203,11 +214,7 @@ def test_a_damaged_part_in_a_merge_is_named_in_one_line(tmp_path, monkeypatch, c
     """A saved rows part that cannot be read, among the parts an update merges, is refused in one line naming the
     part (the folder is damaged), exit 2, and the folder is left as it was."""
     monkeypatch.setenv("BAYES_ANNOT_MAX_PARTS", "0")
-    first, batches = _batches(_log(), 150, 5)
-    out = tmp_path / "out"
-    _fit(_write(first, tmp_path / "first.parquet"), out)
-    for i in range(4):
-        _update(_write(batches[i], tmp_path / f"new{i}.parquet"), out)
+    out, batches = _updated_folder(tmp_path, n_batches=5, n_done=4)
     rows_parts = _parts(out)[0]
     assert len(rows_parts) == 5
     name = rows_parts[2]  # a part the next update reads only to merge it (the four small parts, then the new one)
@@ -306,11 +313,7 @@ def _compacting_folder(tmp_path, monkeypatch):
     """A folder whose next update merges parts (limit 3, three parts held), the next update's file, and the
     reference: that update into another folder."""
     monkeypatch.setenv("BAYES_ANNOT_MAX_PARTS", "3")
-    first, batches = _batches(_log(), 150, 3)
-    out = tmp_path / "out"
-    _fit(_write(first, tmp_path / "first.parquet"), out)
-    for i in range(2):
-        _update(_write(batches[i], tmp_path / f"new{i}.parquet"), out)
+    out, batches = _updated_folder(tmp_path, n_batches=3, n_done=2)
     assert len(_parts(out)[0]) == 3
     last = _write(batches[2], tmp_path / "new2.parquet")
     reference = tmp_path / "reference"
