@@ -24,7 +24,8 @@ calls) and llvmlite (numba's LLVM binding, installed with it) turns them into na
 disk (:func:`cache_dirs`) twice: an object file, which llvmlite's MCJIT loads (~0.04 s: importing llvmlite), and,
 on Linux on x86 with a C compiler (``cc``), a shared library, which :mod:`ctypes` loads (~2 ms: neither numba nor
 llvmlite imported). The object file also holds position-independent code from which ``cc -shared`` links the
-library (:func:`_cache_library`; checked to load, then loaded from the cache as the next process loads it): the
+library (:func:`_cache_library`; loaded from the cache as the next process loads it, never from the compiler's
+temporary folder, and removed when it does not load there): the
 process that compiles the kernels links it, and so does a process that finds the object file but no library that
 loads (deleted, damaged, or ``cc`` missing when the kernels were compiled and installed since: one link, ~15 ms of
 the compiler's CPU, then ~2 ms per process). A link that fails (a broken compiler) leaves a marker
@@ -418,10 +419,11 @@ def _compile(llvm, position_independent: bool) -> bytes:
     return json.dumps(header).encode() + b"\n" + code + shared
 
 
-def _link(code: bytes, symbols: dict) -> bytes | None:
+def _link(code: bytes) -> bytes | None:
     """The kernels as a shared library linked by the system's ``cc -shared`` from their position-independent object
-    code (checked to load, with every kernel, before it is returned), or ``None`` when there is no C compiler or it
-    fails: the llvmlite path then serves."""
+    code, or ``None`` when there is no C compiler or it fails: the llvmlite path then serves. Not loaded here: only
+    from the cache folder (:func:`_cache_library`), never from the temporary folder (``TMPDIR``: another user's
+    folder, or mounted ``noexec``)."""
     import shutil
     import subprocess
 
@@ -432,9 +434,6 @@ def _link(code: bytes, symbols: dict) -> bytes | None:
             (Path(folder) / "kernels.o").write_bytes(code)
             subprocess.run(["cc", "-shared", "-o", "kernels.so", "kernels.o"], cwd=folder, check=True,
                            capture_output=True, timeout=120)
-            linked = ctypes.CDLL(str(Path(folder) / "kernels.so"))  # it loads and has every kernel, or not cached
-            for symbol in symbols.values():
-                getattr(linked, symbol)
             return (Path(folder) / "kernels.so").read_bytes()
     except Exception:  # no usable compiler here: the object file alone
         return None
@@ -466,14 +465,17 @@ def _cache_library(folder: int, library: str, name: str, data: bytes) -> dict | 
             return None
     if not _write(folder, marker, b""):  # a folder this process cannot write to: nothing linked for it
         return None
-    shared = _link(code, symbols)
+    shared = _link(code)
     description = {"symbols": symbols, "sha256": hashlib.sha256(shared or b"").hexdigest(), "object": name}
     if (shared is None or not _write(folder, f"{library}.so", shared)
             or not _write(folder, f"{library}.json", json.dumps(description).encode())):
         return None
     try:
         kernels = _load_library(folder, library)
-    except Exception:  # it does not load from this folder: the marker stays
+    except Exception:  # it does not load from this folder: removed (not retried by every process), the marker stays
+        for suffix in (".so", ".json"):
+            with contextlib.suppress(OSError):
+                os.unlink(f"{library}{suffix}", dir_fd=folder)
         return None
     with contextlib.suppress(OSError):
         os.unlink(marker, dir_fd=folder)
@@ -492,7 +494,7 @@ def _refresh(folder: int, names) -> None:
             continue
         try:
             descriptor = _open_file(folder, name)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: a damaged description's name (a NUL)
             continue
         try:
             if now - os.fstat(descriptor).st_mtime > _DAY:

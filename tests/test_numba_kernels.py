@@ -478,3 +478,26 @@ def test_compiled_kernels_refuse_arrays_they_would_misread():
         nk.gather_add(a, b, np.zeros(3, dtype=np.float32), np.zeros(3))
     np.testing.assert_array_equal(nk.gather_add(a.astype(np.int32), b, np.array([1.0, 2.0, 4.0]), np.zeros(2)),
                                   [2.0, 4.0])
+
+
+@pytest.mark.skipif(not LINKABLE, reason="needs the shared-library path")
+def test_a_linked_library_is_loaded_only_from_the_cache_folder(cached_kernels, tmp_path):
+    """``cc``'s output is loaded only from the cache folder, through the descriptor whose bytes were hashed, never
+    from the temporary folder it is linked in (``TMPDIR``: another user's folder, or mounted ``noexec`` as on
+    hardened machines, where the library then could never be cached)."""
+    folder, first = cached_kernels
+    work = _without_library(folder, first, tmp_path)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    code = textwrap.dedent("""
+        import json
+        import bayes_annot.numba_kernels as nk
+        mapped = sorted({line.split(maxsplit=5)[5].strip() for line in open("/proc/self/maps") if len(line.split()) > 5})
+        print(json.dumps({"library": "library" in nk._NATIVE, "mapped": mapped}))
+    """)
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(work), TMPDIR=str(scratch),
+               PYTHONPATH=str(Path(nk.__file__).resolve().parents[1]))
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["library"] and not [path for path in report["mapped"] if path.startswith(str(scratch))]
