@@ -22,13 +22,30 @@ process (its import, then its typing and lowering registries on the first call),
 10^6 pairs. So numba compiles the kernels once (``numba.cfunc``: C functions over raw pointers, no numba runtime
 calls) and llvmlite (numba's LLVM binding, installed with it) turns them into native code for this CPU, cached on
 disk (:func:`cache_dirs`) twice: an object file, which llvmlite's MCJIT loads (~0.04 s: importing llvmlite), and,
-on Linux on x86 with a C compiler (``cc``), a shared library linked from it, which :mod:`ctypes` loads (~1 ms:
-neither numba nor llvmlite imported; checked to load before it is written). A process takes the first that is there and intact (SHA-256 in their headers: a
-damaged file would crash LLVM or the loader), else compiles (numba) and writes both. Names hold a hash of this
-module's source, the installed numba and llvmlite (:func:`_toolchain`) and the CPU (llvmlite's host CPU name and
-features for the object file, the first processor's vendor, family, model and flags in ``/proc/cpuinfo`` for the
-library), so an edit, an upgrade or another machine compiles anew (older files stay until the folder is cleared). A file that does not load is skipped (the next folder, else compiled anew and rewritten); a freshly
-compiled file is loaded before it is written.
+on Linux on x86 with a C compiler (``cc``), a shared library, which :mod:`ctypes` loads (~2 ms: neither numba nor
+llvmlite imported). The object file also holds position-independent code from which ``cc -shared`` links the
+library (:func:`_cache_library`; loaded from the cache as the next process loads it, never from the compiler's
+temporary folder, and removed when it does not load there): the
+process that compiles the kernels links it, and so does a process that finds the object file but no library that
+loads (deleted, damaged, or ``cc`` missing when the kernels were compiled and installed since: one link, ~15 ms of
+the compiler's CPU, then ~2 ms per process). A link that fails (a broken compiler) leaves a marker
+(``<library>.nolink``) that keeps it from being retried in that folder for a day; without ``cc`` on the ``PATH``
+nothing is tried (``shutil.which``, ~0.07 ms). A process takes the first that is there and intact (SHA-256 in
+their headers: a damaged file would crash LLVM or the loader), else compiles (numba) and writes both. Names hold a
+hash of this module's source, the installed numba and llvmlite (:func:`_toolchain`) and the CPU (llvmlite's host
+CPU name and features for the object file, the first processor's vendor, family, model and flags in
+``/proc/cpuinfo`` for the library), so an edit, an upgrade or another machine compiles anew. A file that does not
+load is skipped (the next folder, else compiled anew and rewritten); a freshly compiled file is loaded before it
+is written.
+
+Stale files are removed. A process marks the files it loads as in use (their modification time set to now when it is more
+than a day old: :func:`_refresh`), and a process that writes kernels to a folder removes from it this module's
+files (names ``numba_kernels-<20 hex digits>.native`` / ``.so`` / ``.json`` / ``.nolink`` and their temporary
+files, nothing else; regular files of this user only, never through a symbolic link) unused for
+:data:`STALE_DAYS` days (:func:`_remove_stale`): those of an older version, numba, llvmlite or CPU. Two installations
+sharing a folder (two virtual environments, one ``NUMBA_CACHE_DIR``) thus keep each other's files while both are
+used. A process loading a file as it is removed keeps it open (POSIX), or finds it missing and takes the next
+(at worst compiles). Other cache folders are cleared only when kernels are written to them.
 
 Machine code is run from these files, so only folders and files that this user alone can change are read or written
 (owned by this user, writable neither by its group nor by others, files not symbolic links, opened relative to the
@@ -49,14 +66,22 @@ import json
 import os
 import stat
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["attentive_table", "pair_slopes", "gather_add", "EXP_CLAMP", "cache_dirs"]
+__all__ = ["attentive_table", "pair_slopes", "gather_add", "EXP_CLAMP", "STALE_DAYS", "cache_dirs"]
 
 EXP_CLAMP = 700.0
 """``|d|`` above this is taken as this in ``exp(-|d|)`` (a normal number, ``2^-k`` built from exponent bits)."""
+
+_DAY = 86400.0
+
+STALE_DAYS = 30
+"""This package's cached kernel files that no process has used for this many days (another source, numba /
+llvmlite or CPU: their modification time, which every process refreshes at most once a day on the files it loads)
+are removed from a cache folder when kernels are written to it (:func:`_remove_stale`)."""
 
 _INV_LN2 = 1.4426950408889634
 _LN2_HI = 6.93147180369123816490e-01  # Cody and Waite's split of log(2): k * _LN2_HI is exact for |k| < 2^11
@@ -327,7 +352,7 @@ def _load_library(folder: int, name: str) -> dict:
     except BaseException:
         os.close(descriptor)
         raise
-    kernels = {"library": library, "descriptor": descriptor}
+    kernels = {"library": library, "descriptor": descriptor, "object": header.get("object")}
     for kernel, (_, args, _) in _KERNELS.items():
         function = ctypes.CFUNCTYPE(None, *[_ARGUMENT_TYPES[k] for k in args])
         kernels[kernel] = function((header["symbols"][kernel], library))
@@ -361,10 +386,12 @@ def _cache_name(llvm) -> str:
     return f"numba_kernels-{key.hexdigest()[:20]}.native"
 
 
-def _compile(llvm):
+def _compile(llvm, position_independent: bool) -> bytes:
     """Compile every kernel with ``numba.cfunc`` (imports numba) into one LLVM module; returns the object file's
-    bytes (a JSON line: each kernel's symbol, the object code's SHA-256; then the object code), the module (for
-    :func:`_link`) and the kernels' symbols."""
+    bytes: a JSON line (each kernel's symbol, the object code's size and SHA-256, and with
+    ``position_independent`` the SHA-256 of a second, position-independent object code), then the object code that
+    llvmlite loads, then the position-independent one (from which :func:`_cache_library` links the shared library
+    without numba or LLVM, in this process or a later one)."""
     import warnings
 
     import numba
@@ -385,13 +412,18 @@ def _compile(llvm):
                 module.link_in(part)
     module.verify()
     code = _target_machine(llvm, codemodel="jitdefault").emit_object(module)
-    header = {"symbols": symbols, "sha256": hashlib.sha256(code).hexdigest()}
-    return json.dumps(header).encode() + b"\n" + code, module, symbols
+    header = {"symbols": symbols, "sha256": hashlib.sha256(code).hexdigest(), "size": len(code)}
+    shared = _target_machine(llvm, reloc="pic").emit_object(module) if position_independent else b""
+    if shared:
+        header["pic_sha256"] = hashlib.sha256(shared).hexdigest()
+    return json.dumps(header).encode() + b"\n" + code + shared
 
 
-def _link(llvm, module, symbols: dict) -> bytes | None:
-    """The kernels as a shared library (position-independent code linked by the system's ``cc -shared``), or
-    ``None`` when there is no C compiler or it fails: the llvmlite path then serves every process."""
+def _link(code: bytes) -> bytes | None:
+    """The kernels as a shared library linked by the system's ``cc -shared`` from their position-independent object
+    code, or ``None`` when there is no C compiler or it fails: the llvmlite path then serves. Not loaded here: only
+    from the cache folder (:func:`_cache_library`), never from the temporary folder (``TMPDIR``: another user's
+    folder, or mounted ``noexec``)."""
     import shutil
     import subprocess
 
@@ -399,15 +431,111 @@ def _link(llvm, module, symbols: dict) -> bytes | None:
         return None
     try:
         with tempfile.TemporaryDirectory(prefix="bayes-annot-kernels-") as folder:
-            (Path(folder) / "kernels.o").write_bytes(_target_machine(llvm, reloc="pic").emit_object(module))
+            (Path(folder) / "kernels.o").write_bytes(code)
             subprocess.run(["cc", "-shared", "-o", "kernels.so", "kernels.o"], cwd=folder, check=True,
                            capture_output=True, timeout=120)
-            linked = ctypes.CDLL(str(Path(folder) / "kernels.so"))  # it loads and has every kernel, or not cached
-            for symbol in symbols.values():
-                getattr(linked, symbol)
             return (Path(folder) / "kernels.so").read_bytes()
     except Exception:  # no usable compiler here: the object file alone
         return None
+
+
+def _cache_library(folder: int, library: str, name: str, data: bytes) -> dict | None:
+    """Link the shared library ``library`` from the position-independent code in the object file ``name``'s bytes
+    ``data`` (:func:`_compile`; numba and LLVM not needed), cache it in the open folder ``folder`` (its ``.so``,
+    then its ``.json``) and return its kernels loaded from there, as the next process loads them. ``None`` when
+    there is no C compiler or no such code, the folder cannot be written, or the library cannot be linked or does
+    not load from there. A marker ``<library>.nolink`` written before ``cc`` runs and removed once the library
+    loads keeps a link that failed (a broken compiler, a folder mounted ``noexec``) from being tried again in that
+    folder for a day: at most one ``cc`` run per day there, not one per process."""
+    import shutil
+
+    if shutil.which("cc") is None:  # ~0.07 ms: a machine without a compiler tries nothing more
+        return None
+    try:
+        header, _, rest = data.partition(b"\n")
+        header = json.loads(header)
+        code, symbols = rest[header["size"]:], header["symbols"]
+        if hashlib.sha256(code).hexdigest() != header["pic_sha256"]:
+            return None
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None
+    marker = f"{library}.nolink"
+    with contextlib.suppress(OSError):
+        if 0 <= time.time() - os.stat(marker, dir_fd=folder, follow_symlinks=False).st_mtime < _DAY:
+            return None
+    if not _write(folder, marker, b""):  # a folder this process cannot write to: nothing linked for it
+        return None
+    shared = _link(code)
+    description = {"symbols": symbols, "sha256": hashlib.sha256(shared or b"").hexdigest(), "object": name}
+    if (shared is None or not _write(folder, f"{library}.so", shared)
+            or not _write(folder, f"{library}.json", json.dumps(description).encode())):
+        return None
+    try:
+        kernels = _load_library(folder, library)
+    except Exception:  # it does not load from this folder: removed (not retried by every process), the marker stays
+        for suffix in (".so", ".json"):
+            with contextlib.suppress(OSError):
+                os.unlink(f"{library}{suffix}", dir_fd=folder)
+        return None
+    with contextlib.suppress(OSError):
+        os.unlink(marker, dir_fd=folder)
+    return kernels
+
+
+def _refresh(folder: int, names) -> None:
+    """Mark the kernel files ``names`` (of the open folder ``folder``, just loaded) as in use: each one's
+    modification time set to now when it is more than a day old (a few microseconds a process; one write per file
+    per day), so that :func:`_remove_stale` in another installation's process sharing the folder keeps them."""
+    if os.utime not in os.supports_fd:
+        return
+    now = time.time()
+    for name in names:
+        if not isinstance(name, str) or "/" in name or not name.startswith("numba_kernels-"):
+            continue
+        try:
+            descriptor = _open_file(folder, name)
+        except (OSError, ValueError):  # ValueError: a damaged description's name (a NUL)
+            continue
+        try:
+            if now - os.fstat(descriptor).st_mtime > _DAY:
+                os.utime(descriptor)
+        except OSError:
+            pass
+        finally:
+            os.close(descriptor)
+
+
+_OWN_FILE = (r"numba_kernels-[0-9a-f]{20}\.(?:native|so|json|nolink)"
+             r"|\.numba_kernels-[0-9a-f]{20}\.(?:native|so|json|nolink)-[0-9]+-[0-9a-f]{8}")
+"""The names of this module's cache files (:func:`_cache_name`, :func:`_library_name`, the marker of
+:func:`_cache_library`) and of :func:`_write`'s temporary files for them (left behind by a killed process)."""
+
+
+def _remove_stale(folder: int, keep) -> None:
+    """Remove from the open folder ``folder`` this module's cache files (names matching :data:`_OWN_FILE` exactly,
+    except ``keep``: this process's own) that are regular files (not symbolic links, which are left alone and not
+    followed) owned by this user and unused for :data:`STALE_DAYS` days (modification time, refreshed by
+    :func:`_refresh`): the files of an older version, numba / llvmlite or CPU. A process still using one of them
+    refreshed it within the last day, so two installations sharing a folder keep each other's files; one loading a
+    file as it is removed keeps it open (POSIX), or finds it missing and loads the next (or compiles)."""
+    import re
+
+    if os.unlink not in os.supports_dir_fd or os.listdir not in os.supports_fd:
+        return
+    cutoff = time.time() - STALE_DAYS * _DAY
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        if name in keep or not re.fullmatch(_OWN_FILE, name):
+            continue
+        try:
+            status = os.stat(name, dir_fd=folder, follow_symlinks=False)
+            if stat.S_ISREG(status.st_mode) and status.st_uid == os.getuid() and status.st_mtime < cutoff:
+                os.unlink(name, dir_fd=folder)
+        except OSError:
+            continue
 
 
 _OBJECT_MAGIC = (b"\x7fELF", b"\xcf\xfa\xed\xfe", b"\x64\x86")
@@ -420,6 +548,7 @@ def _load(llvm, data: bytes) -> dict:
     one its header's hash describes, ImportError when a kernel is missing from it."""
     header, _, code = data.partition(b"\n")
     header = json.loads(header)
+    code = code[:header["size"]]
     if hashlib.sha256(code).hexdigest() != header["sha256"]:  # LLVM would crash on a damaged object file
         raise ValueError("damaged object file")
     symbols = header["symbols"]
@@ -442,9 +571,12 @@ def _load(llvm, data: bytes) -> dict:
 
 def _build() -> dict:
     """The kernels: from the first cache folder holding this source's shared library for this CPU (ctypes alone),
-    else the first holding its object file (llvmlite), else compiled (numba) and cached in the first folder where
-    both can be written. A file that does not load (damaged, foreign) is skipped, and rewritten when the kernels
-    are compiled. ImportError when llvmlite (or, to compile, numba) is missing."""
+    else the first holding its object file (llvmlite; the shared library then linked from it and cached there,
+    :func:`_cache_library`), else compiled (numba) and cached in the first folder where the object file can be
+    written (the shared library too). A file that does not load (damaged, foreign) is skipped, and rewritten when
+    the kernels are compiled. The files loaded are marked as in use (:func:`_refresh`); a folder written to loses
+    this module's stale files (:func:`_remove_stale`). ImportError when llvmlite (or, to compile, numba) is
+    missing."""
     with contextlib.ExitStack() as opened:
         def folders(create: bool = False):
             for path in cache_dirs():
@@ -457,22 +589,30 @@ def _build() -> dict:
         library = None if signature is None else _library_name(signature)
         for folder in folders() if library else ():
             try:
-                return _load_library(folder, library)
+                kernels = _load_library(folder, library)
             except Exception:  # missing, damaged or foreign
                 continue
+            _refresh(folder, [f"{library}.so", f"{library}.json", kernels["object"]])
+            return kernels
         llvm = _llvm()
         name = _cache_name(llvm)
+        current = {name, f"{library}.so", f"{library}.json"}
         for folder in folders():
             try:
                 data = _read(folder, name)
             except OSError:
                 continue
             try:
-                return _load(llvm, data)
+                kernels = _load(llvm, data)
             except Exception:  # a damaged or foreign file: the next folder, else compiled anew below
                 continue
+            _refresh(folder, [name])
+            linked = _cache_library(folder, library, name, data) if library else None  # none loaded: missing
+            if linked is not None:
+                _remove_stale(folder, current)
+            return linked or kernels
         try:
-            data, module, symbols = _compile(llvm)
+            data = _compile(llvm, position_independent=library is not None)
         except ImportError:
             raise
         except Exception as error:  # numba or LLVM refused: the fit takes the numpy path (pairs.numba_kernels)
@@ -481,11 +621,9 @@ def _build() -> dict:
         for folder in folders(create=True):
             if not _write(folder, name, data):
                 continue
-            shared = _link(llvm, module, symbols) if library else None  # cc runs only where its output can be kept
-            if shared is not None and _write(folder, f"{library}.so", shared):  # then its description (usable)
-                _write(folder, f"{library}.json",
-                       json.dumps({"symbols": symbols, "sha256": hashlib.sha256(shared).hexdigest()}).encode())
-            break
+            linked = _cache_library(folder, library, name, data) if library else None  # cc runs where kept
+            _remove_stale(folder, current)
+            return linked or kernels
         return kernels
 
 

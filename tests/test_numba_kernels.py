@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -142,8 +143,8 @@ def test_kernels_serve_only_many_models_and_many_pairs(monkeypatch):
     assert pairs_mod.numba_kernels(1000, pairs_mod.NUMBA_MIN_PAIRS) is None
 
 
-def _load_in_fresh_process(cache_dir) -> dict:
-    """Import the kernels in a fresh interpreter with ``NUMBA_CACHE_DIR=cache_dir``: which of numba / llvmlite it
+def _load_in_fresh_process(cache_dir, **environment) -> dict:
+    """Import the kernels in a fresh interpreter with ``NUMBA_CACHE_DIR=cache_dir`` (and ``environment``): which of numba / llvmlite it
     imported, how it loaded them, the cache folder's files and one table's cells (a small fixed input)."""
     code = textwrap.dedent("""
         import json, os, sys
@@ -156,7 +157,8 @@ def _load_in_fresh_process(cache_dir) -> dict:
                           "library": "library" in nk._NATIVE,
                           "files": sorted(os.listdir(os.environ["NUMBA_CACHE_DIR"])), "cells": out.tolist()}))
     """)
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache_dir), PYTHONPATH=str(Path(nk.__file__).resolve().parents[1]))
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache_dir), PYTHONPATH=str(Path(nk.__file__).resolve().parents[1]),
+               **environment)
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]  # a crash of LLVM or the loader is a negative return code
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -183,10 +185,11 @@ def _copy_cache(source, target, mode=0o700):
 def test_compiled_kernels_load_from_their_cached_files_without_numba(cached_kernels, tmp_path):
     """The first process compiles the kernels (numba) into an object file (and, on Linux with a C compiler, a
     shared library) in the cache folder, readable by this user only; the next loads them without numba (the
-    library: without llvmlite too) and computes the same cells; a damaged library falls back to the object file,
-    a damaged object file is compiled anew (and both rewritten). No temporary file is left behind."""
+    library: without llvmlite too) and computes the same cells; a damaged library falls back to the object file
+    (and is linked anew from it), a damaged object file is compiled anew (and both rewritten). No temporary file
+    is left behind."""
     folder, first = cached_kernels
-    assert first["numba"] and first["llvmlite"] and not first["library"]
+    assert first["numba"] and first["llvmlite"] and first["library"] == LINKABLE  # the library it cached
     native = [f for f in first["files"] if f.endswith(".native")]
     shared = [f for f in first["files"] if f.endswith(".so")]
     assert len(native) == 1 and len(shared) == int(LINKABLE)
@@ -201,6 +204,8 @@ def test_compiled_kernels_load_from_their_cached_files_without_numba(cached_kern
         (work / name).write_bytes(b"not a shared library")
         damaged = _load_in_fresh_process(work)
         assert not damaged["numba"] and damaged["llvmlite"] and damaged["cells"] == first["cells"]
+        assert damaged["files"] == first["files"] and (work / name).read_bytes() == (folder / name).read_bytes()
+        (work / name).write_bytes(b"not a shared library")
     (work / native[0]).write_bytes(b'{"symbols": {}, "sha256": ""}\nnot an object file')
     damaged = _load_in_fresh_process(work)
     assert damaged["numba"] and damaged["cells"] == first["cells"] and damaged["files"] == first["files"]
@@ -258,7 +263,7 @@ def test_cached_machine_code_is_used_only_where_no_one_else_could_have_written_i
 
 def test_a_cache_file_that_is_not_a_regular_file_does_not_hang_the_import(cached_kernels, tmp_path):
     """A FIFO where the library's description should be (opening it for reading would block) is refused: the
-    object file serves."""
+    object file serves, and the library is linked anew (its description a regular file again)."""
     folder, first = cached_kernels
     if not hasattr(os, "mkfifo") or not LINKABLE:
         pytest.skip("needs FIFOs and the shared-library path")
@@ -267,7 +272,166 @@ def test_a_cache_file_that_is_not_a_regular_file_does_not_hang_the_import(cached
     description.unlink()
     os.mkfifo(description, 0o600)
     run = _load_in_fresh_process(work)  # the subprocess's timeout fails the test if it hangs
-    assert not run["numba"] and run["llvmlite"] and not run["library"] and run["cells"] == first["cells"]
+    assert not run["numba"] and run["llvmlite"] and run["library"] and run["cells"] == first["cells"]
+    assert description.is_file()
+
+
+def _without_library(folder, first, tmp_path):
+    """A copy of the cache folder holding the object file alone (the shared library deleted, or never linked)."""
+    work = _copy_cache(folder, tmp_path / "cache")
+    for name in first["files"]:
+        if not name.endswith(".native"):
+            (work / name).unlink()
+    return work
+
+
+def _fake_compiler(tmp_path, works: bool):
+    """A folder holding a ``cc`` that counts its runs in ``runs`` and fails (``works=False``) or runs the real one."""
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    real = shutil.which("cc")
+    (tools / "cc").write_text(f'#!/bin/sh\necho run >> "{tools / "runs"}"\n' + (f'exec {real} "$@"\n' if works else "exit 1\n"))
+    (tools / "cc").chmod(0o755)
+    return tools
+
+
+def _runs(tools) -> int:
+    return len((tools / "runs").read_text().splitlines()) if (tools / "runs").exists() else 0
+
+
+@pytest.mark.skipif(not LINKABLE, reason="the shared library is linked on Linux with a C compiler")
+def test_a_missing_shared_library_is_linked_from_the_object_file_once(cached_kernels, tmp_path):
+    """Only the object file cached (the library deleted, or ``cc`` missing when the kernels were compiled): the
+    process that loads it (llvmlite, no numba) links the library once from the position-independent code stored in
+    it and caches it, so the next process loads the library (no llvmlite) and computes the same cells; nothing but
+    the cache's own files is left in the folder."""
+    folder, first = cached_kernels
+    work = _without_library(folder, first, tmp_path)
+    tools = _fake_compiler(tmp_path, works=True)
+    path = f"{tools}{os.pathsep}{os.environ.get('PATH', '')}"
+    relinked = _load_in_fresh_process(work, PATH=path)
+    assert not relinked["numba"] and relinked["llvmlite"] and relinked["cells"] == first["cells"]
+    assert relinked["files"] == first["files"] and _runs(tools) == 1
+    later = _load_in_fresh_process(work, PATH=path)
+    assert not later["llvmlite"] and later["library"] and later["cells"] == first["cells"] and _runs(tools) == 1
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the shared library is linked on Linux")
+def test_a_compiler_that_fails_is_not_run_again_by_every_process(cached_kernels, tmp_path):
+    """Without ``cc`` on the PATH the object file serves and nothing is written; with a ``cc`` that fails, the first
+    process that loads the object file runs it once and leaves a marker, so the next ones do not run it again
+    (that day: a marker a day old is retried)."""
+    folder, first = cached_kernels
+    work = _without_library(folder, first, tmp_path)
+    native = [name for name in first["files"] if name.endswith(".native")]
+    plain = _load_in_fresh_process(work, PATH=str(tmp_path / "no-such-folder"))
+    assert not plain["numba"] and plain["llvmlite"] and plain["files"] == native and plain["cells"] == first["cells"]
+    tools = _fake_compiler(tmp_path, works=False)
+    for _ in range(2):
+        failed = _load_in_fresh_process(work, PATH=str(tools))
+        assert not failed["numba"] and failed["llvmlite"] and not failed["library"]
+        assert failed["cells"] == first["cells"] and _runs(tools) == 1
+    markers = [name for name in failed["files"] if name not in native]
+    assert len(markers) == 1 and markers[0].endswith(".nolink")
+    day_old = time.time() - 1.5 * 86400
+    os.utime(work / markers[0], (day_old, day_old))
+    _load_in_fresh_process(work, PATH=str(tools))
+    assert _runs(tools) == 2
+
+
+def _plant(path: Path, days_old: float, content: bytes = b"x") -> Path:
+    path.write_bytes(content)
+    path.chmod(0o600)
+    when = time.time() - days_old * 86400
+    os.utime(path, (when, when))
+    return path
+
+
+@pytest.mark.parametrize("written_by", ["compiling", "linking"])
+def test_stale_kernel_files_are_removed_where_kernels_are_written(cached_kernels, tmp_path, written_by):
+    """A process that writes the kernels to a folder (compiling them, or linking the missing library) removes this
+    module's files there that no process has used for ``STALE_DAYS`` days (another source, toolchain or CPU; also
+    leftover temporary files), and only those: not another version's recent files, not a name that merely looks
+    alike, nor a symbolic link (or its target), a folder, or (as root) another user's file of such a name. A
+    process that only loads the kernels removes nothing."""
+    if written_by == "linking" and not LINKABLE:
+        pytest.skip("needs the shared-library path")
+    folder, first = cached_kernels
+    work = _copy_cache(folder, tmp_path / "cache")
+    old = 2 * nk.STALE_DAYS
+    stale = [_plant(work / f"numba_kernels-{'0' * 20}{suffix}", old) for suffix in (".native", ".so", ".json", ".nolink")]
+    stale.append(_plant(work / f".numba_kernels-{'1' * 20}.so-4242-0123abcd", old))
+    kept = [_plant(work / f"numba_kernels-{'2' * 20}.native", nk.STALE_DAYS - 1)]
+    kept += [_plant(work / name, old) for name in (
+        "numba_kernels.cpython-312.pyc", f"numba_kernels-{'3' * 19}.native", f"numba_kernels-{'3' * 20}.native.bak",
+        f"numba_kernels-{'3' * 20}.o", f"numba_kernels-{'A' * 20}.so", "other.so", f"x-numba_kernels-{'3' * 20}.so")]
+    target = _plant(tmp_path / f"numba_kernels-{'4' * 20}.so", old)
+    link = work / target.name
+    link.symlink_to(target)
+    os.utime(link, (time.time() - old * 86400,) * 2, follow_symlinks=False)
+    (work / f"numba_kernels-{'5' * 20}.json").mkdir()
+    kept += [link, target, work / f"numba_kernels-{'5' * 20}.json"]
+    if os.getuid() == 0:
+        foreign = _plant(work / f"numba_kernels-{'6' * 20}.native", old)
+        os.chown(foreign, 12345, 12345)
+        os.utime(foreign, (time.time() - old * 86400,) * 2)
+        kept.append(foreign)
+    loaded = _load_in_fresh_process(work)
+    assert not loaded["numba"] and all(path.exists() for path in stale)
+    for name in first["files"]:
+        if written_by == "compiling" or not name.endswith(".native"):
+            (work / name).unlink()
+    written = _load_in_fresh_process(work)
+    assert written["numba"] == (written_by == "compiling") and written["cells"] == first["cells"]
+    assert not any(os.path.lexists(path) for path in stale)
+    assert all(os.path.lexists(path) for path in kept) and link.is_symlink()
+    assert sorted(set(written["files"]) - {path.name for path in kept}) == first["files"]
+
+
+def test_loaded_kernel_files_are_marked_as_in_use_at_most_once_a_day(cached_kernels, tmp_path):
+    """A process that loads the kernels sets the modification time of their files (the library's, its description
+    and the object file: the ones it would rewrite) to now when it is more than a day old, so that another
+    installation sharing the folder does not take them for stale; a file used within the day is not written."""
+    folder, first = cached_kernels
+    work = _copy_cache(folder, tmp_path / "cache")
+    for days_old, refreshed in ((2.0, True), (0.5, False)):
+        when = time.time() - days_old * 86400
+        for name in first["files"]:
+            os.utime(work / name, (when, when))
+        start = time.time()
+        run = _load_in_fresh_process(work)
+        assert not run["numba"] and run["cells"] == first["cells"]
+        for name in first["files"]:
+            mtime = (work / name).stat().st_mtime
+            assert (mtime >= start - 1) if refreshed else mtime == pytest.approx(when, abs=1e-3), (name, days_old)
+
+
+@pytest.mark.skipif(not LINKABLE, reason="needs the shared-library path")
+def test_a_library_removed_while_it_is_being_loaded_still_loads(cached_kernels, monkeypatch, tmp_path):
+    """A concurrent process may remove a stale file just as this one opens it: the library (and its description)
+    unlinked right after being opened still load from their open descriptors and compute the same cells."""
+    folder, first = cached_kernels
+    library = next(name for name in first["files"] if name.endswith(".so"))[:-3]
+    work = _copy_cache(folder, tmp_path / "cache")
+    opened = nk._open_private_folder(work)
+    opening = nk._open_file
+
+    def opened_then_removed(folder_descriptor, name):
+        descriptor = opening(folder_descriptor, name)
+        os.unlink(name, dir_fd=folder_descriptor)
+        return descriptor
+
+    monkeypatch.setattr(nk, "_open_file", opened_then_removed)
+    try:
+        kernels = nk._load_library(opened, library)
+    finally:
+        os.close(opened)
+    assert not any(name.startswith(library) for name in os.listdir(work))
+    s, a, b = np.array([0.0, 1.5, -2.0]), np.array([0, 1, 2, 0]), np.array([1, 2, 0, 2])
+    out, p = np.empty(8), np.empty(4)
+    monkeypatch.setattr(nk, "_NATIVE", kernels)
+    nk.attentive_table(s, a, b, np.empty(4), np.empty(4), np.empty(4, dtype=np.int64), out, p)
+    assert out.tolist() == first["cells"]
 
 
 def test_kernels_are_cached_in_the_next_folder_when_the_first_cannot_serve(monkeypatch, tmp_path):
@@ -314,3 +478,26 @@ def test_compiled_kernels_refuse_arrays_they_would_misread():
         nk.gather_add(a, b, np.zeros(3, dtype=np.float32), np.zeros(3))
     np.testing.assert_array_equal(nk.gather_add(a.astype(np.int32), b, np.array([1.0, 2.0, 4.0]), np.zeros(2)),
                                   [2.0, 4.0])
+
+
+@pytest.mark.skipif(not LINKABLE, reason="needs the shared-library path")
+def test_a_linked_library_is_loaded_only_from_the_cache_folder(cached_kernels, tmp_path):
+    """``cc``'s output is loaded only from the cache folder, through the descriptor whose bytes were hashed, never
+    from the temporary folder it is linked in (``TMPDIR``: another user's folder, or mounted ``noexec`` as on
+    hardened machines, where the library then could never be cached)."""
+    folder, first = cached_kernels
+    work = _without_library(folder, first, tmp_path)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    code = textwrap.dedent("""
+        import json
+        import bayes_annot.numba_kernels as nk
+        mapped = sorted({line.split(maxsplit=5)[5].strip() for line in open("/proc/self/maps") if len(line.split()) > 5})
+        print(json.dumps({"library": "library" in nk._NATIVE, "mapped": mapped}))
+    """)
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(work), TMPDIR=str(scratch),
+               PYTHONPATH=str(Path(nk.__file__).resolve().parents[1]))
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["library"] and not [path for path in report["mapped"] if path.startswith(str(scratch))]
