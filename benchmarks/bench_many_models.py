@@ -275,8 +275,8 @@ def main(argv=None) -> list[dict]:
         "",
         "The pair statistics are sparse (`bayes_annot.pairs.PairTable`: only the compared model pairs), every "
         "cell table of the EM engine has `2 P` entries (`P` compared pairs, at most the number of labels), and the "
-        "Bradley–Terry Newton step solves the sparse Hessian (weighted graph Laplacian + ridge) by Jacobi-"
-        "preconditioned conjugate gradients above 64 models (dense solve up to 64, same optimum: tested to 1e-10); "
+        "Bradley–Terry Newton step solves the sparse Hessian (weighted graph Laplacian + ridge) by conjugate "
+        "gradients (Jacobi plus a coarse correction for the common shift) above 64 models (dense solve up to 64, same optimum: tested to 1e-10); "
         "above 64 models EM takes one such Newton step per M-step (ECM; the fit is within 1e-6 of one with fully "
         "solved M-steps at a tight tolerance: tested). "
         "Logs: uniformly random pairs of distinct models, 10 labels per user on average, 70% attentive users. "
