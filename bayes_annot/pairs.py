@@ -12,8 +12,9 @@ The strengths' M-step (:func:`fit_bradley_terry_pairs`) maximises the ridge
 Bradley–Terry objective over those pairs. Its negative Hessian is a weighted graph
 Laplacian plus ``I / sigma^2``; up to :data:`DENSE_MAX_MODELS` models it is solved
 densely (exactly :func:`bayes_annot.em.fit_bradley_terry`, the pair weights
-scattered into ``K x K`` tables), above by conjugate gradients with a Jacobi
-preconditioner on the sparse Hessian: ``O(P + K)`` memory and time per CG step.
+scattered into ``K x K`` tables), above by conjugate gradients on the sparse
+Hessian, preconditioned by Jacobi plus a coarse correction for the strengths'
+common shift (:func:`_cg_solve`): ``O(P + K)`` memory and time per CG step.
 """
 
 from __future__ import annotations
@@ -43,10 +44,22 @@ and at least ``cg_rtol``. The solve's error is then of the order of the step squ
 so the ascent ends at the same optimum as with exact solves (1e-15 apart in a whole 250-model EM fit,
 tested to 1e-10) with about 45% fewer CG products."""
 
-ECM_CG_RTOL = 1e-3
+ECM_CG_RTOL = 3e-2
 """Relative residual of the conjugate gradients in EM's one-step M-step (:func:`bt_newton_step`): each step
-then shrinks the distance to the M-step's optimum ~1000-fold, far more than EM's own contraction per iteration,
-so EM takes as many iterations to the same fixed point (where the gradient, and the step, is zero)."""
+then shrinks the distance to the M-step's optimum ~30-fold, more than EM's own contraction per iteration, so
+the two-class EM takes about as many iterations to the same fixed point (where the gradient, and the step, is
+zero). With the coarse-corrected preconditioner of :func:`_cg_solve` that is 2 CG products per step. Measured on
+the benchmark's logs (``benchmarks/bench_many_models.py``; strengths and qualities 6e-8 apart, as between any two
+ways of reaching the default tolerance): 10^6 rows of 10^4 models, 21 EM iterations at 1e-3 and at 3e-2, CG
+products 125 -> 60; 10^6 rows of 10^5 models, 361 -> 339 iterations, 2618 -> 1192 products (CPU 28.5 -> 21.8
+s); 10^5 rows of 300 models, 15 -> 17 iterations (same time); a review's 8 other two-class logs (300 to 10^4
+models, disconnected, ties) within one to four iterations, each faster. At 1e-1 iterations began to vary (19 at
+10^4 models), at 3e-1 they grew (25). Where EM is slow and weakly identified the count moves more, as it does
+under any change of the solver: at 2 x 10^5 models seen ~10 times each (10^6 rows) 443 -> 662 iterations (CPU
+46 -> ~50 s, products 3476 -> 2842), and fits through different solver settings end up to 3 apart in some
+strengths (main's, main's at 1e-4 and this one's penalised log-likelihoods -922655.15, -922655.15, -922643.52:
+this one highest); the continuous variant's SQUAREM iteration counts swing up to ~3x with the CG tolerance on
+main as here (11 logs of 500-1000 models: 233 s on main, 243 s here)."""
 
 EM_START_TOL = 1e-3
 """EM's start above :data:`DENSE_MAX_MODELS` models, the plain Bradley–Terry fit of the unweighted labels
@@ -424,13 +437,36 @@ def bt_derivatives_pairs(s, a, b, w1, w0, sigma, structure=None):
     return grad, structure.fill(c, diag), diag
 
 
-def _cg_solve(matrix, diag, rhs, rtol):
-    """Jacobi-preconditioned conjugate gradients for the SPD ``matrix`` (numpy loop, ``O(nnz)`` per step)."""
+def _cg_solve(matrix, diag, rhs, rtol, ridge=None):
+    r"""Preconditioned conjugate gradients from zero for the SPD ``matrix`` (numpy loop, ``O(nnz)`` per step),
+    stopping at the relative residual ``rtol``.
+
+    The preconditioner is Jacobi's, :math:`D^{-1}`, plus, given ``ridge``, a coarse correction for the
+    all-ones vector :math:`u` over the compared models: :math:`M^{-1} = D^{-1} + u u^\top / (u^\top A u)`.
+    The Bradley–Terry negative Hessian is a graph Laplacian plus ``ridge * I``, so :math:`A u = \text{ridge}\,
+    u` and :math:`u^\top A u = \text{ridge}\, |u|`: the ridge alone holds the strengths' common shift, an eigenvalue
+    far below the rest that Jacobi leaves as it is (at 10^4 models, 10^6 pairs it made CG take 7-8 products
+    instead of 4 at ``rtol`` 1e-3, every other step); the correction solves that mode exactly. :math:`M^{-1}` is
+    SPD whatever the matrix, so the solve is right for any ``ridge``, only slower when it is not the Hessian's.
+    Starting from zero rather than from the preconditioned step ``M^{-1} rhs`` saves the first residual's
+    product: the first iteration moves along that same step with its best length.
+    """
     inv = 1.0 / diag
-    x = rhs * inv
-    r = rhs - matrix @ x
-    target = rtol * np.sqrt(rhs @ rhs)
-    z = r * inv
+    # u: the models in some pair of positive curvature (a never-compared model's row is ridge * I alone, and its
+    # strength stays exactly 0); with A's rows summing to ridge, A u = ridge u still, so u' A u = ridge * |u|
+    u = None if ridge is None else (diag > ridge).astype(float)
+    coarse = 0.0 if u is None or not u.any() else 1.0 / (u.sum() * ridge)
+
+    def precondition(residual):
+        z = residual * inv
+        if coarse:
+            z += (coarse * (u @ residual)) * u
+        return z
+
+    x = np.zeros(rhs.shape[0])
+    r = np.array(rhs, dtype=float)
+    target = rtol * np.sqrt(r @ r)
+    z = precondition(r)
     p = z.copy()
     rz = r @ z
     for _ in range(10 * rhs.shape[0] + 100):
@@ -440,7 +476,7 @@ def _cg_solve(matrix, diag, rhs, rtol):
         alpha = rz / (p @ ap)
         x += alpha * p
         r -= alpha * ap
-        z = r * inv
+        z = precondition(r)
         rz_new = r @ z
         p *= rz_new / rz
         p += z
@@ -658,7 +694,7 @@ def _solve_direction(structure, s, out_g, in_g, out_c, in_c, c, sigma, cg_rtol, 
     # inexact Newton: CG's relative residual is the step's expected size (the Jacobi step), at most
     # CG_FORCING and at least cg_rtol, so the solve's error stays of the order of Newton's own (quadratic)
     estimate = float(np.max(np.abs(grad) / diag, initial=0.0))
-    return _cg_solve(structure.fill(c, diag), diag, grad, max(cg_rtol, min(forcing, estimate)))
+    return _cg_solve(structure.fill(c, diag), diag, grad, max(cg_rtol, min(forcing, estimate)), 1.0 / sigma**2)
 
 
 def uses_sparse_solve(n_models: int) -> bool:

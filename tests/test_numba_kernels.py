@@ -110,7 +110,10 @@ def test_compiled_cache_returns_tables_and_probs_of_each_point(monkeypatch):
 @pytest.mark.parametrize("variant", ["two-class", "continuous"])
 def test_compiled_fit_equals_the_numpy_fit(monkeypatch, variant):
     """A whole EM fit above 64 models through the compiled kernels equals the numpy path's (strengths and user
-    qualities to 1e-10 at a tight tolerance), and the compiled path is the one taken."""
+    qualities to 1e-10 at a tight tolerance; the continuous variant to 1e-9, its own accuracy there: on main at
+    f0b32c8 its two fits at tol 1e-13 were 8e-11 and 1.1e-10 from a fit at 1e-15, and paths that differ only in
+    rounding, where the conjugate gradients' stopping step or a SQUAREM step's acceptance flips, end 3e-11 to 3e-10
+    apart), and the compiled path is the one taken."""
     log = sparse_log(12_000, 300, 1_500, seed=4)
     monkeypatch.setattr(pairs_mod, "NUMBA_MIN_PAIRS", 0)
     calls = []
@@ -119,8 +122,9 @@ def test_compiled_fit_equals_the_numpy_fit(monkeypatch, variant):
     assert calls
     monkeypatch.setenv(pairs_mod.NUMBA_ENV, "0")
     plain = ba.fit(log, variant=variant, tol=1e-13, accelerate=True)
-    np.testing.assert_allclose(compiled.models["strength"], plain.models["strength"], rtol=0, atol=1e-10)
-    np.testing.assert_allclose(compiled.users["quality"], plain.users["quality"], rtol=0, atol=1e-10)
+    atol = 1e-10 if variant == "two-class" else 1e-9
+    np.testing.assert_allclose(compiled.models["strength"], plain.models["strength"], rtol=0, atol=atol)
+    np.testing.assert_allclose(compiled.users["quality"], plain.users["quality"], rtol=0, atol=atol)
 
 
 
