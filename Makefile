@@ -20,10 +20,10 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/bayes-annot demo --out demo-output
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -n 2 --dist worksteal
+	$(PY) -m pytest -n 2 --dist worksteal --durations=25
 
 test-fast: $(VENV)/.installed
-	$(PY) -m pytest -n 2 --dist worksteal -m "not slow"
+	$(PY) -m pytest -n 2 --dist worksteal --durations=25 -m "not slow"
 
 docs: $(VENV)/.installed
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
