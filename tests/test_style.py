@@ -665,6 +665,8 @@ def test_tastes_auto_with_a_style_term(taste_style_log, taste_style_fits, monkey
     table = {row["n_tastes"]: row for row in selection["table"]}
     assert table[2]["heldout_loglik"] > table[1]["heldout_loglik"]
     assert auto.summary["taste_diagnostic"]["verdict"] == "taste group"
+    if not (log["winner"] == "tie").any():
+        return  # the rest checks the folds' style plumbing, which ties do not branch: the log with ties covers it
     # the same choice without the style term scores lower (its casual-group test, a 100-log bootstrap that a
     # third of the fit's time went to, is not looked at: skipped)
     import bayes_annot.local_em as local_em
