@@ -574,12 +574,12 @@ class FitResult:
                 out.stream_table("rows", (part.compute() for part in parts), renamed_input_columns=renamed)
             else:
                 # parquet: each row's codes (in files an update links unchanged) for the side file and the row parts
-                limit = None
-                if format == "parquet" and self.backend == "memory":  # how many parts an update keeps
+                codes = limit = None
+                if format == "parquet" and self.backend == "memory":
                     from .outdir import max_parts
 
-                    limit = max_parts()
-                codes = _write_row_codes(out, self, limit) if format == "parquet" and self.backend == "memory" else None
+                    limit = max_parts()  # how many parts an update keeps
+                    codes = _write_row_codes(out, self, limit)
                 if not (codes is not None and _write_row_parts(out, self, renamed, codes, limit)):
                     out.table("rows", self.rows, checked=checked, renamed_input_columns=renamed)
                 if codes is not None:

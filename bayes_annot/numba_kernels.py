@@ -424,12 +424,9 @@ def _link(code: bytes) -> bytes | None:
     code, or ``None`` when there is no C compiler or it fails: the llvmlite path then serves. Not loaded here: only
     from the cache folder (:func:`_cache_library`), never from the temporary folder (``TMPDIR``: another user's
     folder, or mounted ``noexec``)."""
-    import shutil
     import subprocess
 
-    if shutil.which("cc") is None:
-        return None
-    try:
+    try:  # (its one caller, :func:`_cache_library`, has looked for ``cc`` on the PATH)
         with tempfile.TemporaryDirectory(prefix="bayes-annot-kernels-") as folder:
             (Path(folder) / "kernels.o").write_bytes(code)
             subprocess.run(["cc", "-shared", "-o", "kernels.so", "kernels.o"], cwd=folder, check=True,

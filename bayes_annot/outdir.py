@@ -764,7 +764,13 @@ def parts_fit_open(n_parts: int) -> bool:
         kept free; always true without a limit.
     """
     soft = open_file_limit()
-    return soft is None or n_parts * FDS_PER_PART + min(FD_RESERVE, soft // 2) <= soft
+    return soft is None or n_parts <= _parts_open_at_most(soft)
+
+
+def _parts_open_at_most(soft: int) -> int:
+    """The parts whose ``FDS_PER_PART`` files each fit under the open-file limit ``soft`` with :data:`FD_RESERVE`
+    (at most half the limit) kept free."""
+    return (soft - min(FD_RESERVE, soft // 2)) // FDS_PER_PART
 
 
 def max_parts() -> int | None:
@@ -795,7 +801,7 @@ def max_parts() -> int | None:
             return None
     soft = open_file_limit()
     if soft is not None:
-        limit = min(limit, (soft - min(FD_RESERVE, soft // 2)) // FDS_PER_PART)
+        limit = min(limit, _parts_open_at_most(soft))
     return max(1, limit)
 
 
