@@ -24,13 +24,14 @@ venv: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(VENV)/bin/bayes-annot demo --out demo-output
 
-test: $(VENV)/.installed
-	$(PY) tests/pytensor_pch.py $(PYTENSOR_PCH)
+PYTEST_RUN = $(PY) tests/pytensor_pch.py $(PYTENSOR_PCH) && \
 	PYTENSOR_FLAGS='$(TEST_PYTENSOR_FLAGS)' $(PY) -m pytest -n 2 --dist worksteal --durations=25
 
+test: $(VENV)/.installed
+	$(PYTEST_RUN)
+
 test-fast: $(VENV)/.installed
-	$(PY) tests/pytensor_pch.py $(PYTENSOR_PCH)
-	PYTENSOR_FLAGS='$(TEST_PYTENSOR_FLAGS)' $(PY) -m pytest -n 2 --dist worksteal --durations=25 -m "not slow"
+	$(PYTEST_RUN) -m "not slow"
 
 docs: $(VENV)/.installed
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
